@@ -1,0 +1,546 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * kvshare.h - the one public header of libkvshare: move LLM KV-cache blocks
+ * between inference processes and cache-pool nodes.
+ *
+ * Conventions (see STYLE.md):
+ *  - Every object is an opaque handle (kvs_ctx_h, kvs_pool_h, ...).
+ *  - Every call returns kvs_status_t: KVS_OK (0), KVS_INPROGRESS (1) for
+ *    requests still running, or a negative error. A failing call writes none
+ *    of its *_p outputs.
+ *  - Parameter structs begin with `field_mask`; a field is read only when its
+ *    bit is set, so new fields can be appended without breaking callers.
+ *  - "Owns" in a doc comment says who frees what.
+ *
+ * Threading model
+ * ---------------
+ *  - A kvs_ctx_h may be shared by all threads of a process.
+ *  - kvs_lookup() and kvs_stats_query() may run on any number of threads at
+ *    once, concurrently with one thread that publishes, unpublishes and
+ *    evicts. Publishing from several threads is also safe (it serialises on
+ *    the catalog's writer lock), but the intended shape is one writer.
+ *  - A lease (kvs_lease_h) and a request (kvs_request_h) belong to the thread
+ *    that holds them; pass them between threads only with your own
+ *    synchronisation.
+ *  - Leased blocks are never evicted or reused until kvs_lease_release() or
+ *    the lease's deadline, whichever comes first.
+ *  - Remote transfers progress either on a library-owned progress thread
+ *    (KVSHARE_PROGRESS=thread, the default) or when the caller calls
+ *    kvs_progress()/kvs_request_wait() (KVSHARE_PROGRESS=poll).
+ */
+#ifndef KVSHARE_H
+#define KVSHARE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define KVS_API __attribute__((visibility("default")))
+#else
+#define KVS_API
+#endif
+
+#define KVS_VERSION_MAJOR 0
+#define KVS_VERSION_MINOR 1
+#define KVS_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------ */
+/* Status codes. Append only: never renumber or remove one.                 */
+/* ------------------------------------------------------------------------ */
+typedef enum kvs_status {
+    KVS_INPROGRESS = 1,           /* request still running */
+    KVS_OK = 0,
+    KVS_ERR_INVALID_PARAM = -1,   /* a NULL, zero or out-of-range argument */
+    KVS_ERR_NO_MEMORY = -2,       /* an allocation failed */
+    KVS_ERR_NOT_FOUND = -3,       /* no such key, block, peer or file */
+    KVS_ERR_NO_SPACE = -4,        /* the store is full of leased blocks */
+    KVS_ERR_BUSY = -5,            /* the block is leased; try after release */
+    KVS_ERR_TIMED_OUT = -6,       /* a deadline passed */
+    KVS_ERR_PEER_FAILED = -7,     /* the remote side died or closed */
+    KVS_ERR_LAYOUT_MISMATCH = -8, /* peers or blocks of different layouts */
+    KVS_ERR_PROTOCOL = -9,        /* a malformed or unexpected message */
+    KVS_ERR_AUTH = -10,           /* the peer failed authentication */
+    KVS_ERR_UNSUPPORTED = -11,    /* not available in this build/config */
+    KVS_ERR_CONFIG = -12,         /* a bad KVSHARE_* value or config file */
+    KVS_ERR_IO = -13,             /* a system call failed */
+    KVS_ERR_STALE = -14,          /* block generation changed under a read */
+    KVS_ERR_CANCELED = -15,       /* the request was cancelled */
+    KVS_ERR_TRANSPORT = -16,      /* the transport reported an error */
+} kvs_status_t;
+
+/** Static English text for a status; never NULL, even for unknown codes. */
+KVS_API const char *kvs_status_string(kvs_status_t status);
+
+/** Library version as "MAJOR.MINOR.PATCH"; a static string. */
+KVS_API const char *kvs_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Logging                                                                  */
+/* ------------------------------------------------------------------------ */
+typedef enum kvs_log_level {
+    KVS_LOG_OFF = 0,
+    KVS_LOG_ERROR,
+    KVS_LOG_WARN,
+    KVS_LOG_INFO,
+    KVS_LOG_DEBUG,
+    KVS_LOG_TRACE,
+} kvs_log_level_t;
+
+/**
+ * A log sink. @msg is one formatted line without a trailing newline; it is
+ * valid only during the call. Called from any library thread, so the sink
+ * must be thread-safe. It must not call back into kvshare.
+ */
+typedef void (*kvs_log_fn)(void *arg, kvs_log_level_t level, const char *msg);
+
+/* ------------------------------------------------------------------------ */
+/* Block keys: chained hashes identical to vLLM's prefix-caching hashes.     */
+/* ------------------------------------------------------------------------ */
+typedef enum kvs_hash_algo {
+    KVS_HASH_SHA256_CBOR = 0, /* vLLM sha256_cbor: 32-byte digest */
+    KVS_HASH_XXHASH_CBOR = 1, /* vLLM xxhash_cbor: xxh3-128, 16 bytes */
+} kvs_hash_algo_t;
+
+#define KVS_KEY_BYTES 32
+
+/**
+ * A block key. Digests shorter than 32 bytes (xxhash_cbor) are stored in the
+ * first bytes and zero-padded; the padding is never hashed.
+ */
+typedef struct kvs_key {
+    uint8_t bytes[KVS_KEY_BYTES];
+} kvs_key_t;
+
+typedef struct kvs_hasher *kvs_hasher_h;
+
+enum kvs_hasher_field {
+    KVS_HASHER_FIELD_ALGO = 1u << 0,
+    KVS_HASHER_FIELD_SEED = 1u << 1,
+    KVS_HASHER_FIELD_BLOCK_TOKENS = 1u << 2,
+};
+
+typedef struct kvs_hasher_params {
+    uint64_t field_mask;
+    kvs_hash_algo_t algo; /* default KVS_HASH_SHA256_CBOR */
+    /* The PYTHONHASHSEED string vLLM runs with; NONE_HASH = H(CBOR(seed)).
+     * Default: $PYTHONHASHSEED, else "0". Copied. */
+    const char *seed;
+    uint32_t block_tokens; /* tokens per block; default 16 */
+} kvs_hasher_params_t;
+
+/**
+ * Creates a hasher. @params may be NULL (all defaults). On success the caller
+ * owns *hasher_p and frees it with kvs_hasher_destroy(). A hasher is immutable
+ * and may be used from many threads at once.
+ * Errors: KVS_ERR_INVALID_PARAM (unknown algo, block_tokens 0), NO_MEMORY.
+ */
+KVS_API kvs_status_t kvs_hasher_create(const kvs_hasher_params_t *params,
+                                       kvs_hasher_h *hasher_p);
+KVS_API void kvs_hasher_destroy(kvs_hasher_h hasher);
+
+/** Digest length in bytes of the hasher's algorithm (32 or 16). */
+KVS_API size_t kvs_hasher_digest_len(kvs_hasher_h hasher);
+
+/** Writes NONE_HASH (the parent of a chain's first block) to *key_p. */
+KVS_API void kvs_hasher_none_hash(kvs_hasher_h hasher, kvs_key_t *key_p);
+
+enum kvs_chain_field {
+    KVS_CHAIN_FIELD_PARENT = 1u << 0,
+    KVS_CHAIN_FIELD_CACHE_SALT = 1u << 1,
+    KVS_CHAIN_FIELD_LORA_NAME = 1u << 2,
+};
+
+/** Extra inputs of a chain; the pointers are borrowed for the call only. */
+typedef struct kvs_chain_params {
+    uint64_t field_mask;
+    /* Continue an existing chain from this key instead of NONE_HASH. The
+     * first block is then not the prompt's first, so no cache salt applies. */
+    const kvs_key_t *parent;
+    const char *cache_salt; /* vLLM cache_salt: first block only */
+    const char *lora_name;  /* vLLM LoRA adapter name: every block */
+} kvs_chain_params_t;
+
+/**
+ * Hashes the full blocks of @tokens into @keys (capacity @max_keys).
+ * Only full blocks are hashed; a partial tail is ignored. *nkeys_p receives
+ * the number of keys written = min(ntokens / block_tokens, max_keys).
+ * @params may be NULL. Errors: KVS_ERR_INVALID_PARAM, KVS_ERR_NO_MEMORY.
+ */
+KVS_API kvs_status_t kvs_hasher_chain(kvs_hasher_h hasher, const kvs_chain_params_t *params,
+                                      const uint32_t *tokens, size_t ntokens, kvs_key_t *keys,
+                                      size_t max_keys, size_t *nkeys_p);
+
+/**
+ * The 64-bit view of a key that vLLM's KV events carry: the digest's last
+ * 8 bytes read big-endian. @digest_len is kvs_hasher_digest_len().
+ */
+KVS_API uint64_t kvs_key_to_u64(const kvs_key_t *key, size_t digest_len);
+
+/** Writes 2*digest_len hex digits and a NUL to @out (size >= 2*len+1). */
+KVS_API void kvs_key_to_hex(const kvs_key_t *key, size_t digest_len, char *out);
+
+/* ------------------------------------------------------------------------ */
+/* Layouts: the model's KV geometry, fingerprinted into a 64-bit layout id.  */
+/* ------------------------------------------------------------------------ */
+typedef enum kvs_dtype {
+    KVS_DTYPE_FP16 = 0,
+    KVS_DTYPE_BF16,
+    KVS_DTYPE_FP32,
+    KVS_DTYPE_FP8_E4M3,
+    KVS_DTYPE_FP8_E5M2,
+    KVS_DTYPE_INT8,
+} kvs_dtype_t;
+
+typedef enum kvs_kv_layout {
+    KVS_KV_NHD = 0, /* block, token, head, dim (vLLM FlashAttention) */
+    KVS_KV_HND,     /* block, head, token, dim */
+} kvs_kv_layout_t;
+
+typedef enum kvs_kv_order {
+    KVS_KV_ORDER_KV_OUTER = 0, /* (2, num_blocks, ...): K and V planes apart */
+    KVS_KV_ORDER_BLOCK_OUTER,  /* (num_blocks, 2, ...): K then V per block */
+} kvs_kv_order_t;
+
+typedef struct kvs_layout {
+    uint64_t field_mask; /* reserved; set to 0 */
+    const char *model_id; /* e.g. "meta-llama/Llama-3.1-8B-Instruct" */
+    kvs_dtype_t dtype;
+    uint32_t block_tokens;
+    uint32_t num_layers;
+    uint32_t num_kv_heads;
+    uint32_t head_dim;
+    uint32_t tp_rank;
+    uint32_t tp_size;
+    kvs_kv_layout_t kv_layout;
+    kvs_kv_order_t kv_order;
+} kvs_layout_t;
+
+/**
+ * Fingerprints @layout into *layout_id_p: peers with different ids never
+ * exchange blocks. Every field takes part, the model id by its bytes.
+ * Errors: KVS_ERR_INVALID_PARAM (NULL model id, zero geometry, rank >= size).
+ */
+KVS_API kvs_status_t kvs_layout_id(const kvs_layout_t *layout, uint64_t *layout_id_p);
+
+/* ------------------------------------------------------------------------ */
+/* Context                                                                  */
+/* ------------------------------------------------------------------------ */
+typedef struct kvs_ctx *kvs_ctx_h;
+typedef struct kvs_pool *kvs_pool_h;
+typedef struct kvs_lease *kvs_lease_h;
+typedef struct kvs_request *kvs_request_h;
+
+typedef enum kvs_strategy {
+    KVS_STRATEGY_LRU = 0,
+    KVS_STRATEGY_LFU,
+} kvs_strategy_t;
+
+typedef enum kvs_progress_mode {
+    KVS_PROGRESS_THREAD = 0, /* a library thread drives transfers */
+    KVS_PROGRESS_POLL,       /* the caller drives them: kvs_progress() */
+} kvs_progress_mode_t;
+
+enum kvs_ctx_field {
+    KVS_CTX_FIELD_LOG_FN = 1u << 0,         /* log_fn + log_arg */
+    KVS_CTX_FIELD_LOG_LEVEL = 1u << 1,
+    KVS_CTX_FIELD_CONFIG_FILE = 1u << 2,
+    KVS_CTX_FIELD_CAPACITY = 1u << 3,
+    KVS_CTX_FIELD_SLOT_BYTES = 1u << 4,
+    KVS_CTX_FIELD_STRATEGY = 1u << 5,
+    KVS_CTX_FIELD_WATERMARKS = 1u << 6,     /* high_watermark + low_watermark */
+    KVS_CTX_FIELD_LISTEN = 1u << 7,
+    KVS_CTX_FIELD_PROGRESS = 1u << 8,
+    KVS_CTX_FIELD_FETCH_TIMEOUT = 1u << 9,
+    KVS_CTX_FIELD_LEASE_TIMEOUT = 1u << 10,
+    KVS_CTX_FIELD_AUTH_TOKEN_FILE = 1u << 11,
+    KVS_CTX_FIELD_POOL = 1u << 12,
+    KVS_CTX_FIELD_ERRBUF = 1u << 13,        /* errbuf + errbuf_len */
+    KVS_CTX_FIELD_NO_ENV = 1u << 14,        /* ignore KVSHARE_* env vars */
+};
+
+/**
+ * Context parameters. Each setting is taken, in order of precedence, from
+ * this struct (when its bit is set), the KVSHARE_* environment, the JSON
+ * file named by config_file or KVSHARE_CONFIG, and the documented default.
+ * Strings are copied.
+ */
+typedef struct kvs_ctx_params {
+    uint64_t field_mask;
+    kvs_log_fn log_fn;        /* default: stderr, at KVSHARE_LOG's level */
+    void *log_arg;
+    kvs_log_level_t log_level; /* KVSHARE_LOG; default off */
+    const char *config_file;  /* KVSHARE_CONFIG; default none */
+    uint64_t capacity_bytes;  /* KVSHARE_CAPACITY; default 1 GiB */
+    uint64_t slot_bytes;      /* KVSHARE_SLOT_BYTES; default: the first pool's block */
+    kvs_strategy_t strategy;  /* KVSHARE_STRATEGY; default lru */
+    double high_watermark;    /* KVSHARE_HIGH_WATERMARK; default 0.9 */
+    double low_watermark;     /* KVSHARE_LOW_WATERMARK; default 0.8 */
+    const char *listen;       /* KVSHARE_LISTEN host:port; default none */
+    kvs_progress_mode_t progress; /* KVSHARE_PROGRESS; default thread */
+    uint32_t fetch_timeout_ms; /* KVSHARE_FETCH_TIMEOUT_MS; default 5000 */
+    uint32_t lease_timeout_ms; /* KVSHARE_LEASE_TIMEOUT_MS; default 30000 */
+    const char *auth_token_file; /* KVSHARE_AUTH_TOKEN_FILE; default none */
+    const char *pool;         /* KVSHARE_POOL: DNS name or host:port list */
+    /* When set, a failing kvs_ctx_create() writes one line naming the cause
+     * here (e.g. the bad variable and its accepted values). */
+    char *errbuf;
+    size_t errbuf_len;
+} kvs_ctx_params_t;
+
+/**
+ * Creates a context. @params may be NULL. On success the caller owns *ctx_p
+ * and frees it with kvs_ctx_destroy().
+ * Errors: KVS_ERR_CONFIG (a bad setting; the message names it), NO_MEMORY,
+ * KVS_ERR_IO (config file unreadable), KVS_ERR_UNSUPPORTED (a listener or
+ * pool was asked for but no transport is built in).
+ */
+KVS_API kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p);
+
+/** Destroys @ctx; accepts NULL. All pools, leases and requests must be gone. */
+KVS_API void kvs_ctx_destroy(kvs_ctx_h ctx);
+
+/**
+ * Drives outstanding transfers once without blocking (poll mode). Returns
+ * the number of events handled, or a negative status. Harmless in thread mode.
+ */
+KVS_API int kvs_progress(kvs_ctx_h ctx);
+
+/* ------------------------------------------------------------------------ */
+/* Pools: the engine's KV memory, described once.                            */
+/* ------------------------------------------------------------------------ */
+typedef enum kvs_mem_type {
+    KVS_MEM_HOST = 0,
+    KVS_MEM_CUDA = 1,
+} kvs_mem_type_t;
+
+/**
+ * One segment of a pool, e.g. one layer's KV tensor. Block b of the segment
+ * lives at base + b * block_stride and is block_bytes long. A block id names
+ * the same slot in every segment.
+ */
+typedef struct kvs_segment {
+    void *base;
+    size_t block_stride; /* >= block_bytes */
+    size_t block_bytes;
+    kvs_mem_type_t mem_type;
+} kvs_segment_t;
+
+typedef struct kvs_region *kvs_region_h;
+
+/**
+ * Registers a memory range with the context (and its transport, once), ahead
+ * of or apart from any pool: the LD_PRELOAD shim registers the engine's KV
+ * allocations as it sees them. Pools whose segments fall inside a registered
+ * region reuse its registration. The memory stays the caller's. On success
+ * the caller owns *region_p and ends it with kvs_mem_deregister(), before
+ * freeing the memory.
+ * Errors: KVS_ERR_INVALID_PARAM (NULL/empty, overlaps a registered region),
+ * NO_MEMORY, KVS_ERR_TRANSPORT.
+ */
+KVS_API kvs_status_t kvs_mem_register(kvs_ctx_h ctx, void *base, size_t length,
+                                      kvs_mem_type_t mem_type, kvs_region_h *region_p);
+
+/** Ends a registration; accepts NULL. */
+KVS_API void kvs_mem_deregister(kvs_region_h region);
+
+/** Number of regions registered now (for stats and tests). */
+KVS_API size_t kvs_mem_region_count(kvs_ctx_h ctx);
+
+enum kvs_pool_field {
+    KVS_POOL_FIELD_NAME = 1u << 0,
+};
+
+typedef struct kvs_pool_params {
+    uint64_t field_mask;
+    const kvs_layout_t *layout; /* required; fingerprinted at creation */
+    const kvs_segment_t *segments; /* required; copied */
+    size_t num_segments;
+    uint32_t num_blocks; /* block ids are 0 .. num_blocks-1 */
+    const char *name;    /* for logs and stats; copied */
+} kvs_pool_params_t;
+
+/**
+ * Describes the engine's KV memory to the library (and registers it with the
+ * transport, once). The memory stays owned by the caller and must outlive the
+ * pool. On success the caller owns *pool_p (kvs_pool_destroy()).
+ * Errors: KVS_ERR_INVALID_PARAM (no segments, overlapping or misaligned
+ * strides, zero blocks), NO_MEMORY, KVS_ERR_TRANSPORT (registration failed).
+ */
+KVS_API kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params,
+                                     kvs_pool_h *pool_p);
+
+/**
+ * Unpublishes every block of the pool and destroys it; accepts NULL.
+ * Blocks still under lease make this wait for their leases to end (at most
+ * the lease timeout), because remote readers may be reading them.
+ */
+KVS_API void kvs_pool_destroy(kvs_pool_h pool);
+
+/** The pool's layout id. */
+KVS_API uint64_t kvs_pool_layout_id(kvs_pool_h pool);
+
+/** Total bytes of one block across all segments. */
+KVS_API size_t kvs_pool_block_bytes(kvs_pool_h pool);
+
+/* ------------------------------------------------------------------------ */
+/* Publish: make blocks readable by lookups (local and remote).              */
+/* ------------------------------------------------------------------------ */
+enum kvs_publish_flags {
+    /* Zero-copy: readers read the pool's memory directly. The caller promises
+     * not to overwrite a published block until kvs_unpublish() succeeds for
+     * it (which fails with KVS_ERR_BUSY while the block is leased). Without
+     * this flag the blocks are copied into the library's arena and the
+     * caller may reuse its blocks as soon as kvs_publish() returns. */
+    KVS_PUBLISH_ZERO_COPY = 1u << 0,
+};
+
+/**
+ * Publishes @count blocks: key[i] is held by block_ids[i] of @pool. Keys
+ * already present under the pool's layout are skipped (content-addressed),
+ * counted in *published_p as not published. Copy mode may evict unleased
+ * blocks (by strategy, from the high to the low watermark).
+ * @published_p may be NULL. Errors: KVS_ERR_INVALID_PARAM (block id out of
+ * range), KVS_ERR_NO_SPACE (the store is full of leased blocks; the blocks
+ * before the first that did not fit were published), NO_MEMORY.
+ */
+KVS_API kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys,
+                                 const uint32_t *block_ids, size_t count, unsigned flags,
+                                 size_t *published_p);
+
+enum kvs_unpublish_flags {
+    /* Unpublish even leased blocks: their generation is bumped, so a reader
+     * mid-transfer sees KVS_ERR_STALE instead of wrong data. */
+    KVS_UNPUBLISH_FORCE = 1u << 0,
+};
+
+/**
+ * Withdraws zero-copy blocks the engine wants to reuse, bumping each block's
+ * generation. Without KVS_UNPUBLISH_FORCE it fails with KVS_ERR_BUSY, changing
+ * nothing, when any of the blocks is leased. Blocks not published are ignored.
+ */
+KVS_API kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
+                                   unsigned flags);
+
+/* ------------------------------------------------------------------------ */
+/* Lookup, fetch and release.                                               */
+/* ------------------------------------------------------------------------ */
+typedef enum kvs_source {
+    KVS_SOURCE_LOCAL = 1u << 0, /* this context's store */
+    KVS_SOURCE_PEER = 1u << 1,  /* a named peer (P/D: the prefill engine) */
+    KVS_SOURCE_POOL = 1u << 2,  /* the KVCachePool (KVSHARE_POOL) */
+} kvs_source_t;
+
+enum kvs_lookup_field {
+    KVS_LOOKUP_FIELD_SOURCES = 1u << 0,
+    KVS_LOOKUP_FIELD_PEER = 1u << 1,
+    KVS_LOOKUP_FIELD_LEASE_MS = 1u << 2,
+    KVS_LOOKUP_FIELD_TIMEOUT_MS = 1u << 3,
+    KVS_LOOKUP_FIELD_NO_LEASE = 1u << 4, /* probe only: count hits, hold nothing */
+};
+
+typedef struct kvs_lookup_params {
+    uint64_t field_mask;
+    unsigned sources;     /* kvs_source_t mask; default LOCAL|POOL, plus PEER if set */
+    const char *peer;     /* "host:port" of the peer to ask */
+    uint32_t lease_ms;    /* default: the context's lease timeout */
+    uint32_t timeout_ms;  /* remote round-trip deadline; default fetch timeout */
+} kvs_lookup_params_t;
+
+/**
+ * Finds the longest prefix of @keys (a chain, in order) available under
+ * @layout_id, trying sources from cheapest to dearest, and leases it.
+ * Always returns a lease handle on KVS_OK, even for 0 hits; the caller owns
+ * it and ends it with kvs_lease_release(). A layout mismatch is a miss.
+ * Errors: KVS_ERR_INVALID_PARAM, NO_MEMORY, TIMED_OUT, PEER_FAILED.
+ */
+KVS_API kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys,
+                                size_t nkeys, const kvs_lookup_params_t *params,
+                                kvs_lease_h *lease_p);
+
+/** Number of leading keys the lease covers (the hit length in blocks). */
+KVS_API size_t kvs_lease_hits(kvs_lease_h lease);
+
+/** Where the leased blocks are (one kvs_source_t bit; 0 for no hits). */
+KVS_API kvs_source_t kvs_lease_source(kvs_lease_h lease);
+
+/**
+ * Ends the lease (the holder may evict or reuse the blocks again) and frees
+ * the handle; accepts NULL. A request fetching from the lease must be
+ * complete or freed first.
+ */
+KVS_API void kvs_lease_release(kvs_lease_h lease);
+
+enum kvs_fetch_field {
+    KVS_FETCH_FIELD_TIMEOUT_MS = 1u << 0,
+    KVS_FETCH_FIELD_FIRST = 1u << 1, /* start at hit index `first` */
+};
+
+typedef struct kvs_fetch_params {
+    uint64_t field_mask;
+    uint32_t timeout_ms; /* default: the context's fetch timeout */
+    size_t first;        /* skip the first hits (already in the pool) */
+} kvs_fetch_params_t;
+
+/**
+ * Starts copying @count leased blocks (hits first .. first+count-1) into
+ * @dst_block_ids of @dst (same layout). Adjacent block ids are coalesced.
+ * On KVS_OK the caller owns *req_p: poll it with kvs_request_test() or
+ * kvs_request_wait(), then kvs_request_free(). Each block's generation is
+ * checked after its data lands; a changed block fails the request with
+ * KVS_ERR_STALE rather than deliver wrong KV.
+ * Errors at start: INVALID_PARAM (count beyond the hits, bad block id),
+ * LAYOUT_MISMATCH, NO_MEMORY, UNSUPPORTED (no transport to a remote source).
+ */
+KVS_API kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_block_ids,
+                               size_t count, const kvs_fetch_params_t *params,
+                               kvs_request_h *req_p);
+
+/**
+ * Offloads blocks of @pool to the cache pool (KVSHARE_POOL); the pool node
+ * pulls them. On KVS_OK the caller owns *req_p and must keep the blocks
+ * unchanged until the request completes.
+ * Errors: KVS_ERR_UNSUPPORTED (no pool configured or no transport).
+ */
+KVS_API kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
+                             size_t count, kvs_request_h *req_p);
+
+/** KVS_INPROGRESS while running, else the request's final status. */
+KVS_API kvs_status_t kvs_request_test(kvs_request_h req);
+
+/**
+ * Waits up to @timeout_ms (< 0: until the request's own deadline, which
+ * always exists) and returns kvs_request_test()'s answer.
+ */
+KVS_API kvs_status_t kvs_request_wait(kvs_request_h req, int timeout_ms);
+
+/** Cancels the request if running, waits for it to stop, frees it; accepts NULL. */
+KVS_API void kvs_request_free(kvs_request_h req);
+
+/* ------------------------------------------------------------------------ */
+/* Statistics                                                               */
+/* ------------------------------------------------------------------------ */
+typedef struct kvs_stats {
+    uint64_t field_mask;    /* reserved; set to 0 */
+    uint64_t hits;          /* keys found by lookups */
+    uint64_t misses;        /* lookups' first missing key, once per lookup */
+    uint64_t evictions;
+    uint64_t blocks;        /* catalog entries */
+    uint64_t bytes;         /* arena bytes in use */
+    uint64_t capacity_bytes;
+    uint64_t zero_copy_blocks;
+    uint64_t leased_blocks;
+    uint64_t published;
+    uint64_t fetched_bytes;
+} kvs_stats_t;
+
+/** Fills *stats (a consistent-enough snapshot; counters are relaxed). */
+KVS_API kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVSHARE_H */

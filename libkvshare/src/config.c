@@ -1,0 +1,434 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* config.c - resolves every context setting from params > KVSHARE_* env > JSON file > default.
+ *
+ * One table drives all three sources, so every setting has one parser and
+ * one error message: the variable (or JSON key), the bad value, and what
+ * would have been accepted. */
+#include "config_int.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef kvs_status_t (*setting_parse_fn)(const char *value, kvs__config_t *cfg);
+
+typedef struct setting {
+    const char *key;    /* JSON key; env is KVSHARE_ + upper(key) */
+    const char *env;
+    const char *accepts; /* for error messages */
+    setting_parse_fn parse;
+} setting_t;
+
+kvs_status_t kvs__parse_size(const char *s, uint64_t *bytes_p)
+{
+    static const struct {
+        const char *suffix;
+        double mult;
+    } units[] = {
+        {"", 1},       {"B", 1},          {"K", 1024.0},        {"KI", 1024.0},
+        {"KIB", 1024.0}, {"KB", 1e3},      {"M", 1048576.0},     {"MI", 1048576.0},
+        {"MIB", 1048576.0}, {"MB", 1e6},   {"G", 1073741824.0},  {"GI", 1073741824.0},
+        {"GIB", 1073741824.0}, {"GB", 1e9}, {"T", 1099511627776.0}, {"TI", 1099511627776.0},
+        {"TIB", 1099511627776.0}, {"TB", 1e12},
+    };
+    char *end = NULL;
+    if (s == NULL || !isdigit((unsigned char)s[0]))
+        return KVS_ERR_CONFIG;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || end == s || !isfinite(v) || v < 0)
+        return KVS_ERR_CONFIG;
+    while (*end == ' ')
+        end++;
+    char suf[8];
+    size_t n = strlen(end);
+    if (n >= sizeof(suf))
+        return KVS_ERR_CONFIG;
+    for (size_t i = 0; i <= n; i++)
+        suf[i] = (char)toupper((unsigned char)end[i]);
+    for (size_t i = 0; i < KVS_ARRAY_SIZE(units); i++) {
+        if (strcmp(suf, units[i].suffix) == 0) {
+            double b = v * units[i].mult;
+            if (b >= 18446744073709551615.0)
+                return KVS_ERR_CONFIG;
+            *bytes_p = (uint64_t)b;
+            return KVS_OK;
+        }
+    }
+    return KVS_ERR_CONFIG;
+}
+
+static kvs_status_t parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out)
+{
+    char *end = NULL;
+    if (s == NULL || !isdigit((unsigned char)s[0]))
+        return KVS_ERR_CONFIG;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return KVS_ERR_CONFIG;
+    *out = (uint32_t)v;
+    return KVS_OK;
+}
+
+static kvs_status_t parse_fraction(const char *s, double *out)
+{
+    char *end = NULL;
+    if (s == NULL || s[0] == '\0')
+        return KVS_ERR_CONFIG;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || *end != '\0' || !(v > 0.0 && v <= 1.0))
+        return KVS_ERR_CONFIG;
+    *out = v;
+    return KVS_OK;
+}
+
+static kvs_status_t set_string(const char *s, char *dst, size_t cap)
+{
+    size_t n = strlen(s);
+    if (n >= cap)
+        return KVS_ERR_CONFIG;
+    memcpy(dst, s, n + 1);
+    return KVS_OK;
+}
+
+/* host:port or [v6]:port with a port in 1..65535; "" turns the listener off. */
+static bool valid_hostport(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || colon == s)
+        return false;
+    if (s[0] == '[' && colon[-1] != ']')
+        return false;
+    uint32_t port;
+    return parse_u32(colon + 1, 1, 65535, &port) == KVS_OK;
+}
+
+static kvs_status_t p_log(const char *s, kvs__config_t *c)
+{
+    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
+    for (size_t i = 0; i < KVS_ARRAY_SIZE(names); i++) {
+        if (strcmp(s, names[i]) == 0) {
+            c->log_level = (kvs_log_level_t)i;
+            return KVS_OK;
+        }
+    }
+    return KVS_ERR_CONFIG;
+}
+
+static kvs_status_t p_capacity(const char *s, kvs__config_t *c)
+{
+    uint64_t v;
+    if (kvs__parse_size(s, &v) != KVS_OK || v == 0)
+        return KVS_ERR_CONFIG;
+    c->capacity_bytes = v;
+    return KVS_OK;
+}
+
+static kvs_status_t p_slot(const char *s, kvs__config_t *c)
+{
+    uint64_t v;
+    if (kvs__parse_size(s, &v) != KVS_OK)
+        return KVS_ERR_CONFIG;
+    c->slot_bytes = v;
+    return KVS_OK;
+}
+
+static kvs_status_t p_strategy(const char *s, kvs__config_t *c)
+{
+    if (strcmp(s, "lru") == 0)
+        c->strategy = KVS_STRATEGY_LRU;
+    else if (strcmp(s, "lfu") == 0)
+        c->strategy = KVS_STRATEGY_LFU;
+    else
+        return KVS_ERR_CONFIG;
+    return KVS_OK;
+}
+
+static kvs_status_t p_high(const char *s, kvs__config_t *c)
+{
+    return parse_fraction(s, &c->high_watermark);
+}
+
+static kvs_status_t p_low(const char *s, kvs__config_t *c)
+{
+    return parse_fraction(s, &c->low_watermark);
+}
+
+static kvs_status_t p_progress(const char *s, kvs__config_t *c)
+{
+    if (strcmp(s, "thread") == 0)
+        c->progress = KVS_PROGRESS_THREAD;
+    else if (strcmp(s, "poll") == 0)
+        c->progress = KVS_PROGRESS_POLL;
+    else
+        return KVS_ERR_CONFIG;
+    return KVS_OK;
+}
+
+static kvs_status_t p_fetch_timeout(const char *s, kvs__config_t *c)
+{
+    return parse_u32(s, 1, 3600000, &c->fetch_timeout_ms);
+}
+
+static kvs_status_t p_lease_timeout(const char *s, kvs__config_t *c)
+{
+    return parse_u32(s, 1, 3600000, &c->lease_timeout_ms);
+}
+
+static kvs_status_t p_listen(const char *s, kvs__config_t *c)
+{
+    if (s[0] != '\0' && !valid_hostport(s))
+        return KVS_ERR_CONFIG;
+    return set_string(s, c->listen, sizeof(c->listen));
+}
+
+static kvs_status_t p_auth(const char *s, kvs__config_t *c)
+{
+    return set_string(s, c->auth_token_file, sizeof(c->auth_token_file));
+}
+
+static kvs_status_t p_pool(const char *s, kvs__config_t *c)
+{
+    return set_string(s, c->pool, sizeof(c->pool));
+}
+
+static const setting_t settings[] = {
+    {"log", "KVSHARE_LOG", "off, error, warn, info, debug or trace", p_log},
+    {"capacity", "KVSHARE_CAPACITY", "a size > 0 such as 1073741824, 512MiB or 4GiB", p_capacity},
+    {"slot_bytes", "KVSHARE_SLOT_BYTES", "a size such as 65536 or 256KiB (0: first pool's block)",
+     p_slot},
+    {"strategy", "KVSHARE_STRATEGY", "lru or lfu", p_strategy},
+    {"high_watermark", "KVSHARE_HIGH_WATERMARK", "a fraction in (0, 1], e.g. 0.9", p_high},
+    {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low},
+    {"progress", "KVSHARE_PROGRESS", "thread or poll", p_progress},
+    {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000",
+     p_fetch_timeout},
+    {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000",
+     p_lease_timeout},
+    {"listen", "KVSHARE_LISTEN", "HOST:PORT with a port 1-65535, or empty", p_listen},
+    {"auth_token_file", "KVSHARE_AUTH_TOKEN_FILE", "a path shorter than 4096 bytes", p_auth},
+    {"pool", "KVSHARE_POOL", "a DNS name or a comma list of HOST:PORT (< 1024 bytes)", p_pool},
+};
+
+static kvs_status_t fail(char *errbuf, size_t len, kvs_status_t status, const char *fmt, ...)
+    KVS_PRINTF(4, 5);
+
+static kvs_status_t fail(char *errbuf, size_t len, kvs_status_t status, const char *fmt, ...)
+{
+    if (errbuf != NULL && len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errbuf, len, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+static kvs_status_t apply(const setting_t *st, const char *value, const char *source,
+                          kvs__config_t *cfg, char *errbuf, size_t len)
+{
+    if (st->parse(value, cfg) == KVS_OK)
+        return KVS_OK;
+    return fail(errbuf, len, KVS_ERR_CONFIG, "%s='%s'%s: invalid value; accepted: %s", st->env,
+                value, source, st->accepts);
+}
+
+static kvs_status_t read_file(const char *path, char **text_p, char *errbuf, size_t len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return fail(errbuf, len, KVS_ERR_IO, "KVSHARE_CONFIG='%s': cannot open: %s", path,
+                    strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = kvs__malloc(cap);
+    if (buf == NULL) {
+        fclose(f);
+        return KVS_ERR_NO_MEMORY;
+    }
+    for (;;) {
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (n < cap - 1)
+            break;
+        if (cap >= (1u << 20)) {
+            kvs__free(buf);
+            fclose(f);
+            return fail(errbuf, len, KVS_ERR_CONFIG, "KVSHARE_CONFIG='%s': larger than 1 MiB",
+                        path);
+        }
+        char *nb = kvs__realloc(buf, cap * 2);
+        if (nb == NULL) {
+            kvs__free(buf);
+            fclose(f);
+            return KVS_ERR_NO_MEMORY;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    bool err = ferror(f) != 0;
+    fclose(f);
+    if (err) {
+        kvs__free(buf);
+        return fail(errbuf, len, KVS_ERR_IO, "KVSHARE_CONFIG='%s': read error", path);
+    }
+    buf[n] = '\0';
+    *text_p = buf;
+    return KVS_OK;
+}
+
+static kvs_status_t apply_json(const char *path, kvs__config_t *cfg, char *errbuf, size_t len)
+{
+    char *text = NULL;
+    kvs_status_t status = read_file(path, &text, errbuf, len);
+    if (status != KVS_OK)
+        return status;
+    const char *errptr = NULL;
+    cJSON *root = cJSON_ParseWithOpts(text, &errptr, 1);
+    if (root == NULL) {
+        /* cJSON cannot tell an allocation failure from bad JSON; the offset
+         * at least points a human at the spot. */
+        long off = errptr != NULL ? (long)(errptr - text) : -1;
+        status = fail(errbuf, len, KVS_ERR_CONFIG,
+                      "KVSHARE_CONFIG='%s': not valid JSON (near byte %ld)", path, off);
+        goto out;
+    }
+    if (!cJSON_IsObject(root)) {
+        status = fail(errbuf, len, KVS_ERR_CONFIG, "KVSHARE_CONFIG='%s': top level must be an "
+                      "object", path);
+        goto out;
+    }
+    for (cJSON *it = root->child; it != NULL; it = it->next) {
+        const setting_t *st = NULL;
+        for (size_t i = 0; i < KVS_ARRAY_SIZE(settings); i++)
+            if (strcmp(it->string, settings[i].key) == 0)
+                st = &settings[i];
+        if (st == NULL) {
+            status = fail(errbuf, len, KVS_ERR_CONFIG,
+                          "KVSHARE_CONFIG='%s': unknown key \"%s\"; known keys: log, capacity, "
+                          "slot_bytes, strategy, high_watermark, low_watermark, progress, "
+                          "fetch_timeout_ms, lease_timeout_ms, listen, auth_token_file, pool",
+                          path, it->string);
+            goto out;
+        }
+        char num[64];
+        const char *value;
+        if (cJSON_IsString(it)) {
+            value = it->valuestring;
+        } else if (cJSON_IsNumber(it)) {
+            snprintf(num, sizeof(num), "%.17g", it->valuedouble);
+            value = num;
+        } else {
+            status = fail(errbuf, len, KVS_ERR_CONFIG,
+                          "KVSHARE_CONFIG='%s': \"%s\" must be a string or number; accepted: %s",
+                          path, it->string, st->accepts);
+            goto out;
+        }
+        char source[64 + 16];
+        snprintf(source, sizeof(source), " (key \"%s\" in the config file)", st->key);
+        status = apply(st, value, source, cfg, errbuf, len);
+        if (status != KVS_OK)
+            goto out;
+    }
+out:
+    cJSON_Delete(root);
+    kvs__free(text);
+    return status;
+}
+
+kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, char *errbuf,
+                                 size_t len)
+{
+    kvs_status_t status;
+    uint64_t m = p != NULL ? p->field_mask : 0;
+    bool use_env = !(m & KVS_CTX_FIELD_NO_ENV);
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->log_level = KVS_LOG_OFF;
+    cfg->capacity_bytes = 1ull << 30;
+    cfg->strategy = KVS_STRATEGY_LRU;
+    cfg->high_watermark = 0.9;
+    cfg->low_watermark = 0.8;
+    cfg->progress = KVS_PROGRESS_THREAD;
+    cfg->fetch_timeout_ms = 5000;
+    cfg->lease_timeout_ms = 30000;
+
+    const char *file = NULL;
+    if (m & KVS_CTX_FIELD_CONFIG_FILE)
+        file = p->config_file;
+    else if (use_env)
+        file = getenv("KVSHARE_CONFIG");
+    if (file != NULL && file[0] != '\0') {
+        status = apply_json(file, cfg, errbuf, len);
+        if (status != KVS_OK)
+            return status;
+    }
+
+    if (use_env) {
+        for (size_t i = 0; i < KVS_ARRAY_SIZE(settings); i++) {
+            const char *v = getenv(settings[i].env);
+            if (v == NULL)
+                continue;
+            status = apply(&settings[i], v, "", cfg, errbuf, len);
+            if (status != KVS_OK)
+                return status;
+        }
+    }
+
+    if (m & KVS_CTX_FIELD_LOG_FN)
+        cfg->log_level = KVS_LOG_WARN; /* a caller who gives a sink wants warnings */
+    if (m & KVS_CTX_FIELD_LOG_LEVEL) {
+        if ((unsigned)p->log_level > KVS_LOG_TRACE)
+            return fail(errbuf, len, KVS_ERR_CONFIG, "params.log_level=%d: out of range 0-5",
+                        (int)p->log_level);
+        cfg->log_level = p->log_level;
+    }
+    if (m & KVS_CTX_FIELD_CAPACITY) {
+        if (p->capacity_bytes == 0)
+            return fail(errbuf, len, KVS_ERR_CONFIG, "params.capacity_bytes=0: must be > 0");
+        cfg->capacity_bytes = p->capacity_bytes;
+    }
+    if (m & KVS_CTX_FIELD_SLOT_BYTES)
+        cfg->slot_bytes = p->slot_bytes;
+    if (m & KVS_CTX_FIELD_STRATEGY) {
+        if ((unsigned)p->strategy > KVS_STRATEGY_LFU)
+            return fail(errbuf, len, KVS_ERR_CONFIG, "params.strategy=%d: accepted: lru, lfu",
+                        (int)p->strategy);
+        cfg->strategy = p->strategy;
+    }
+    if (m & KVS_CTX_FIELD_WATERMARKS) {
+        cfg->high_watermark = p->high_watermark;
+        cfg->low_watermark = p->low_watermark;
+    }
+    if (m & KVS_CTX_FIELD_PROGRESS) {
+        if ((unsigned)p->progress > KVS_PROGRESS_POLL)
+            return fail(errbuf, len, KVS_ERR_CONFIG, "params.progress=%d: accepted: thread, poll",
+                        (int)p->progress);
+        cfg->progress = p->progress;
+    }
+    if ((m & KVS_CTX_FIELD_FETCH_TIMEOUT) && p->fetch_timeout_ms > 0)
+        cfg->fetch_timeout_ms = p->fetch_timeout_ms;
+    if ((m & KVS_CTX_FIELD_LEASE_TIMEOUT) && p->lease_timeout_ms > 0)
+        cfg->lease_timeout_ms = p->lease_timeout_ms;
+    if ((m & KVS_CTX_FIELD_LISTEN) && p->listen != NULL) {
+        if (p_listen(p->listen, cfg) != KVS_OK)
+            return fail(errbuf, len, KVS_ERR_CONFIG, "params.listen='%s': accepted: %s",
+                        p->listen, settings[9].accepts);
+    }
+    if ((m & KVS_CTX_FIELD_AUTH_TOKEN_FILE) && p->auth_token_file != NULL &&
+        p_auth(p->auth_token_file, cfg) != KVS_OK)
+        return fail(errbuf, len, KVS_ERR_CONFIG, "params.auth_token_file: too long");
+    if ((m & KVS_CTX_FIELD_POOL) && p->pool != NULL && p_pool(p->pool, cfg) != KVS_OK)
+        return fail(errbuf, len, KVS_ERR_CONFIG, "params.pool: too long");
+
+    if (!(cfg->low_watermark > 0.0 && cfg->low_watermark < cfg->high_watermark &&
+          cfg->high_watermark <= 1.0))
+        return fail(errbuf, len, KVS_ERR_CONFIG,
+                    "KVSHARE_LOW_WATERMARK=%g, KVSHARE_HIGH_WATERMARK=%g: need 0 < low < high <= 1",
+                    cfg->low_watermark, cfg->high_watermark);
+    return KVS_OK;
+}

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* config_int.h - resolved context settings from params, KVSHARE_* env and a JSON file. */
+#ifndef KVS_CONFIG_INT_H
+#define KVS_CONFIG_INT_H
+
+#include "kvs_int.h"
+
+typedef struct kvs__config {
+    kvs_log_level_t log_level;
+    uint64_t capacity_bytes;
+    uint64_t slot_bytes; /* 0: taken from the first pool */
+    kvs_strategy_t strategy;
+    double high_watermark;
+    double low_watermark;
+    kvs_progress_mode_t progress;
+    uint32_t fetch_timeout_ms;
+    uint32_t lease_timeout_ms;
+    char listen[256];          /* "" = no listener */
+    char auth_token_file[4096]; /* "" = no auth */
+    char pool[1024];           /* "" = no pool */
+} kvs__config_t;
+
+/* Fills *cfg. On failure writes one line naming the setting, its source and
+ * the accepted values to errbuf (if any) and returns KVS_ERR_CONFIG (or
+ * KVS_ERR_IO / KVS_ERR_NO_MEMORY). */
+kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *params, kvs__config_t *cfg, char *errbuf,
+                                 size_t errbuf_len);
+
+/* Parses "1073741824", "512MiB", "4GiB", "1.5G"... into bytes. */
+kvs_status_t kvs__parse_size(const char *s, uint64_t *bytes_p);
+
+#endif

@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* ctx.c - context life cycle, progress and statistics. */
+#include "ctx_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const kvs__transport_ops_t *find_transport(void)
+{
+    return kvs__transports[0];
+}
+
+kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
+{
+    char *errbuf = NULL;
+    size_t errlen = 0;
+    kvs_status_t status;
+
+    if (ctx_p == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    if (params != NULL && (params->field_mask & KVS_CTX_FIELD_ERRBUF)) {
+        errbuf = params->errbuf;
+        errlen = params->errbuf_len;
+    }
+    if (errbuf != NULL && errlen > 0)
+        errbuf[0] = '\0';
+
+    kvs_ctx_h ctx = kvs__calloc(1, sizeof(*ctx));
+    if (ctx == NULL)
+        return KVS_ERR_NO_MEMORY;
+
+    status = kvs__config_resolve(params, &ctx->cfg, errbuf, errlen);
+    if (status != KVS_OK)
+        goto err_free;
+    ctx->log.level = ctx->cfg.log_level;
+    ctx->log.fn = kvs__log_default_sink;
+    if (params != NULL && (params->field_mask & KVS_CTX_FIELD_LOG_FN) && params->log_fn != NULL) {
+        ctx->log.fn = params->log_fn;
+        ctx->log.arg = params->log_arg;
+    }
+
+    status = kvs__store_init(&ctx->store, &ctx->cfg, &ctx->log);
+    if (status != KVS_OK)
+        goto err_free;
+    if (ctx->cfg.slot_bytes > 0) {
+        status = kvs__store_arena_init(&ctx->store, ctx->cfg.slot_bytes);
+        if (status != KVS_OK) {
+            if (errbuf != NULL && errlen > 0)
+                snprintf(errbuf, errlen, "KVSHARE_SLOT_BYTES=%llu: arena setup failed: %s",
+                         (unsigned long long)ctx->cfg.slot_bytes, kvs_status_string(status));
+            goto err_store;
+        }
+    }
+    if (pthread_mutex_init(&ctx->regions_lock, NULL) != 0) {
+        status = KVS_ERR_NO_MEMORY;
+        goto err_store;
+    }
+
+    ctx->tl_ops = find_transport();
+    if (ctx->tl_ops == NULL && (ctx->cfg.listen[0] != '\0' || ctx->cfg.pool[0] != '\0')) {
+        status = KVS_ERR_UNSUPPORTED;
+        if (errbuf != NULL && errlen > 0)
+            snprintf(errbuf, errlen,
+                     "%s is set but this build of libkvshare has no transport "
+                     "(the UCX connector is not built in); unset it to run local-only",
+                     ctx->cfg.listen[0] != '\0' ? "KVSHARE_LISTEN" : "KVSHARE_POOL");
+        goto err_mutex;
+    }
+    if (ctx->tl_ops != NULL) {
+        status = ctx->tl_ops->init(ctx, &ctx->cfg, &ctx->tl);
+        if (status != KVS_OK)
+            goto err_mutex;
+    }
+    kvs__info(&ctx->log, "kvshare %s: capacity %llu bytes, strategy %s, progress %s",
+              kvs_version(), (unsigned long long)ctx->cfg.capacity_bytes,
+              ctx->cfg.strategy == KVS_STRATEGY_LRU ? "lru" : "lfu",
+              ctx->cfg.progress == KVS_PROGRESS_THREAD ? "thread" : "poll");
+    *ctx_p = ctx;
+    return KVS_OK;
+
+err_mutex:
+    pthread_mutex_destroy(&ctx->regions_lock);
+err_store:
+    kvs__store_fini(&ctx->store);
+err_free:
+    if (status != KVS_OK && errbuf != NULL && errlen > 0 && errbuf[0] == '\0')
+        snprintf(errbuf, errlen, "kvs_ctx_create: %s", kvs_status_string(status));
+    if (params != NULL && (params->field_mask & KVS_CTX_FIELD_LOG_FN) && params->log_fn != NULL &&
+        errbuf != NULL && errbuf[0] != '\0')
+        params->log_fn(params->log_arg, KVS_LOG_ERROR, errbuf);
+    kvs__free(ctx);
+    return status;
+}
+
+void kvs_ctx_destroy(kvs_ctx_h ctx)
+{
+    if (ctx == NULL)
+        return;
+    if (atomic_load(&ctx->npools) != 0)
+        kvs__warn(&ctx->log, "kvs_ctx_destroy: %zu pools still exist (they leak)",
+                  atomic_load(&ctx->npools));
+    /* Regions the caller forgot are dropped with a warning: their memory is
+     * the caller's, only our bookkeeping is freed. */
+    while (ctx->regions != NULL) {
+        struct kvs_region *r = ctx->regions;
+        kvs__warn(&ctx->log, "kvs_ctx_destroy: region %p+%zu still registered", (void *)r->base,
+                  r->length);
+        kvs_mem_deregister(r);
+    }
+    if (ctx->tl_ops != NULL)
+        ctx->tl_ops->fini(ctx->tl);
+    pthread_mutex_destroy(&ctx->regions_lock);
+    kvs__store_fini(&ctx->store);
+    kvs__free(ctx);
+}
+
+int kvs_progress(kvs_ctx_h ctx)
+{
+    if (ctx == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    if (ctx->tl_ops == NULL)
+        return 0;
+    return ctx->tl_ops->progress(ctx->tl);
+}
+
+kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
+{
+    if (ctx == NULL || st == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    kvs__store_t *s = &ctx->store;
+    memset(st, 0, sizeof(*st));
+    st->hits = atomic_load_explicit(&s->hits, memory_order_relaxed);
+    st->misses = atomic_load_explicit(&s->misses, memory_order_relaxed);
+    st->evictions = atomic_load_explicit(&s->evictions, memory_order_relaxed);
+    st->published = atomic_load_explicit(&s->published, memory_order_relaxed);
+    st->leased_blocks = atomic_load_explicit(&s->leased_blocks, memory_order_relaxed);
+    st->fetched_bytes = atomic_load_explicit(&ctx->fetched_bytes, memory_order_relaxed);
+    pthread_rwlock_rdlock(&s->lock);
+    st->blocks = s->count;
+    st->zero_copy_blocks = s->zero_copy_count;
+    st->bytes = (uint64_t)s->arena_used * s->slot_bytes;
+    pthread_rwlock_unlock(&s->lock);
+    st->capacity_bytes = ctx->cfg.capacity_bytes;
+    return KVS_OK;
+}

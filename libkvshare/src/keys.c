@@ -1,0 +1,269 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* keys.c - chained block keys, byte-identical to vLLM's sha256_cbor and xxhash_cbor.
+ *
+ * vLLM (v1/core/kv_cache_utils.py) hashes each full block as
+ *     H(cbor2.dumps((parent or NONE_HASH, tuple(tokens), extra), canonical=True))
+ * with NONE_HASH = H(cbor(PYTHONHASHSEED string)) and
+ *     extra = tuple(lora_name? + mm keys + cache_salt (block 0 only) + ...) or None.
+ * The parent is the previous digest as a byte string of its own length
+ * (32 bytes for sha256, 16 for xxh3-128). */
+#include "kvs_int.h"
+#include "cbor_int.h"
+
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+struct kvs_hasher {
+    kvs_hash_algo_t algo;
+    uint32_t block_tokens;
+    size_t digest_len;
+    EVP_MD *md; /* fetched once: implicit fetches per digest are slow in OpenSSL 3 */
+    kvs_key_t none_hash;
+};
+
+/* Digest of @len bytes into @out (zero-padded to 32). @mdctx is NULL for xxh3. */
+static kvs_status_t digest(const kvs_hasher_h h, EVP_MD_CTX *mdctx, const uint8_t *data, size_t len,
+                           kvs_key_t *out)
+{
+    memset(out->bytes, 0, sizeof(out->bytes));
+    if (h->algo == KVS_HASH_XXHASH_CBOR) {
+        XXH128_canonical_t c;
+        XXH128_canonicalFromHash(&c, XXH3_128bits(data, len));
+        memcpy(out->bytes, c.digest, sizeof(c.digest));
+        return KVS_OK;
+    }
+    unsigned int n = 0;
+    if (!EVP_DigestInit_ex2(mdctx, h->md, NULL) || !EVP_DigestUpdate(mdctx, data, len) ||
+        !EVP_DigestFinal_ex(mdctx, out->bytes, &n) || n != 32)
+        return KVS_ERR_NO_MEMORY; /* OpenSSL fails here only on allocation */
+    return KVS_OK;
+}
+
+kvs_status_t kvs_hasher_create(const kvs_hasher_params_t *params, kvs_hasher_h *hasher_p)
+{
+    kvs_hash_algo_t algo = KVS_HASH_SHA256_CBOR;
+    uint32_t block_tokens = 16;
+    const char *seed = getenv("PYTHONHASHSEED");
+    kvs_status_t status;
+
+    if (hasher_p == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    if (params != NULL) {
+        if (params->field_mask & KVS_HASHER_FIELD_ALGO)
+            algo = params->algo;
+        if (params->field_mask & KVS_HASHER_FIELD_SEED)
+            seed = params->seed;
+        if (params->field_mask & KVS_HASHER_FIELD_BLOCK_TOKENS)
+            block_tokens = params->block_tokens;
+    }
+    if (seed == NULL)
+        seed = "0";
+    if ((algo != KVS_HASH_SHA256_CBOR && algo != KVS_HASH_XXHASH_CBOR) || block_tokens == 0)
+        return KVS_ERR_INVALID_PARAM;
+
+    kvs_hasher_h h = kvs__calloc(1, sizeof(*h));
+    if (h == NULL)
+        return KVS_ERR_NO_MEMORY;
+    h->algo = algo;
+    h->block_tokens = block_tokens;
+    h->digest_len = (algo == KVS_HASH_SHA256_CBOR) ? 32 : 16;
+
+    EVP_MD_CTX *mdctx = NULL;
+    if (algo == KVS_HASH_SHA256_CBOR) {
+        h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        mdctx = EVP_MD_CTX_new();
+        if (h->md == NULL || mdctx == NULL) {
+            status = KVS_ERR_NO_MEMORY;
+            goto err_free;
+        }
+    }
+
+    /* NONE_HASH = H(cbor text string of the seed). */
+    size_t slen = strlen(seed);
+    uint8_t small[256];
+    uint8_t *buf = small;
+    if (slen + KVS_CBOR_HEAD_MAX > sizeof(small)) {
+        buf = kvs__malloc(slen + KVS_CBOR_HEAD_MAX);
+        if (buf == NULL) {
+            status = KVS_ERR_NO_MEMORY;
+            goto err_free;
+        }
+    }
+    size_t n = kvs__cbor_string(buf, KVS_CBOR_TEXT, seed, slen);
+    status = digest(h, mdctx, buf, n, &h->none_hash);
+    if (buf != small)
+        kvs__free(buf);
+    if (status != KVS_OK)
+        goto err_free;
+    EVP_MD_CTX_free(mdctx);
+    *hasher_p = h;
+    return KVS_OK;
+
+err_free:
+    EVP_MD_CTX_free(mdctx);
+    EVP_MD_free(h->md);
+    kvs__free(h);
+    return status;
+}
+
+void kvs_hasher_destroy(kvs_hasher_h hasher)
+{
+    if (hasher == NULL)
+        return;
+    EVP_MD_free(hasher->md);
+    kvs__free(hasher);
+}
+
+size_t kvs_hasher_digest_len(kvs_hasher_h hasher)
+{
+    return hasher->digest_len;
+}
+
+void kvs_hasher_none_hash(kvs_hasher_h hasher, kvs_key_t *key_p)
+{
+    *key_p = hasher->none_hash;
+}
+
+/* Encodes the extra-keys tuple, or CBOR null when it is empty. */
+static size_t encode_extra(uint8_t *p, const char *lora, const char *salt)
+{
+    unsigned count = (unsigned)(lora != NULL) + (unsigned)(salt != NULL);
+    if (count == 0) {
+        p[0] = KVS_CBOR_NULL;
+        return 1;
+    }
+    size_t n = kvs__cbor_head(p, KVS_CBOR_ARRAY, count);
+    /* vLLM's order: lora + mm + cache_salt + prompt_embeds. */
+    if (lora != NULL)
+        n += kvs__cbor_string(p + n, KVS_CBOR_TEXT, lora, strlen(lora));
+    if (salt != NULL)
+        n += kvs__cbor_string(p + n, KVS_CBOR_TEXT, salt, strlen(salt));
+    return n;
+}
+
+kvs_status_t kvs_hasher_chain(kvs_hasher_h h, const kvs_chain_params_t *params,
+                              const uint32_t *tokens, size_t ntokens, kvs_key_t *keys,
+                              size_t max_keys, size_t *nkeys_p)
+{
+    const kvs_key_t *parent;
+    const char *salt = NULL, *lora = NULL;
+    kvs_status_t status = KVS_OK;
+
+    if (h == NULL || nkeys_p == NULL || (ntokens > 0 && tokens == NULL) ||
+        (max_keys > 0 && keys == NULL))
+        return KVS_ERR_INVALID_PARAM;
+    parent = &h->none_hash;
+    if (params != NULL) {
+        if ((params->field_mask & KVS_CHAIN_FIELD_PARENT) && params->parent != NULL)
+            parent = params->parent;
+        if (params->field_mask & KVS_CHAIN_FIELD_CACHE_SALT)
+            salt = params->cache_salt;
+        if (params->field_mask & KVS_CHAIN_FIELD_LORA_NAME)
+            lora = params->lora_name;
+    }
+    /* vLLM treats an empty salt or name as absent ("if request.cache_salt"). */
+    if (salt != NULL && salt[0] == '\0')
+        salt = NULL;
+    if (lora != NULL && lora[0] == '\0')
+        lora = NULL;
+    /* The salt belongs to the prompt's first block only, not a continued chain. */
+    if (parent != &h->none_hash)
+        salt = NULL;
+
+    size_t nblocks = ntokens / h->block_tokens;
+    if (nblocks > max_keys)
+        nblocks = max_keys;
+    if (nblocks == 0) {
+        *nkeys_p = 0;
+        return KVS_OK;
+    }
+
+    size_t extra_max = 2 * KVS_CBOR_HEAD_MAX + 1 + (lora ? strlen(lora) + KVS_CBOR_HEAD_MAX : 0) +
+                       (salt ? strlen(salt) + KVS_CBOR_HEAD_MAX : 0);
+    size_t need = 1 + KVS_CBOR_HEAD_MAX + KVS_KEY_BYTES + KVS_CBOR_HEAD_MAX +
+                  (size_t)h->block_tokens * 5 + extra_max;
+    uint8_t small[2048];
+    uint8_t *buf = small;
+    EVP_MD_CTX *mdctx = NULL;
+    /* Extra keys of the later blocks are the same for every block, so they
+     * are encoded once; block 0 may differ by the salt. */
+    uint8_t extra_rest[KVS_CBOR_HEAD_MAX * 4 + 1];
+    uint8_t *extra_rest_buf = extra_rest;
+    size_t extra_rest_len = 0;
+    if (need > sizeof(small)) {
+        buf = kvs__malloc(need);
+        if (buf == NULL)
+            return KVS_ERR_NO_MEMORY;
+    }
+    if (h->algo == KVS_HASH_SHA256_CBOR) {
+        mdctx = EVP_MD_CTX_new();
+        if (mdctx == NULL) {
+            status = KVS_ERR_NO_MEMORY;
+            goto out;
+        }
+    }
+
+    if (lora != NULL) {
+        extra_rest_buf = kvs__malloc(extra_max);
+        if (extra_rest_buf == NULL) {
+            status = KVS_ERR_NO_MEMORY;
+            goto out;
+        }
+    }
+    extra_rest_len = encode_extra(extra_rest_buf, lora, NULL);
+
+    kvs_key_t prev = *parent;
+    const uint32_t *tok = tokens;
+    for (size_t b = 0; b < nblocks; b++) {
+        uint8_t *p = buf;
+        *p++ = 0x83; /* array of 3 */
+        p += kvs__cbor_string(p, KVS_CBOR_BYTES, prev.bytes, h->digest_len);
+        p += kvs__cbor_head(p, KVS_CBOR_ARRAY, h->block_tokens);
+        for (uint32_t t = 0; t < h->block_tokens; t++)
+            p += kvs__cbor_head(p, KVS_CBOR_UINT, tok[t]);
+        if (b == 0 && salt != NULL) {
+            p += encode_extra(p, lora, salt);
+        } else {
+            memcpy(p, extra_rest_buf, extra_rest_len);
+            p += extra_rest_len;
+        }
+        status = digest(h, mdctx, buf, (size_t)(p - buf), &keys[b]);
+        if (status != KVS_OK)
+            goto out;
+        prev = keys[b];
+        tok += h->block_tokens;
+    }
+    *nkeys_p = nblocks;
+
+out:
+    if (extra_rest_buf != extra_rest)
+        kvs__free(extra_rest_buf);
+    EVP_MD_CTX_free(mdctx);
+    if (buf != small)
+        kvs__free(buf);
+    return status;
+}
+
+uint64_t kvs_key_to_u64(const kvs_key_t *key, size_t digest_len)
+{
+    if (digest_len < 8 || digest_len > KVS_KEY_BYTES)
+        digest_len = KVS_KEY_BYTES;
+    uint64_t v = 0;
+    for (size_t i = digest_len - 8; i < digest_len; i++)
+        v = (v << 8) | key->bytes[i];
+    return v;
+}
+
+void kvs_key_to_hex(const kvs_key_t *key, size_t digest_len, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (digest_len > KVS_KEY_BYTES)
+        digest_len = KVS_KEY_BYTES;
+    for (size_t i = 0; i < digest_len; i++) {
+        out[2 * i] = hex[key->bytes[i] >> 4];
+        out[2 * i + 1] = hex[key->bytes[i] & 15];
+    }
+    out[2 * digest_len] = '\0';
+}

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kvs_int.h - internals shared by the core's files: allocation, logging, time. */
+#ifndef KVS_INT_H
+#define KVS_INT_H
+
+#include "kvshare.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVS_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#define KVS_ARRAY_SIZE(a)     (sizeof(a) / sizeof((a)[0]))
+#define KVS_UNLIKELY(x)       __builtin_expect(!!(x), 0)
+#define KVS_LIKELY(x)         __builtin_expect(!!(x), 1)
+
+/* --- allocation: every allocation site goes through these so tests can
+ * inject failures (kvs__alloc_fail_after) and walk every site. --------- */
+void *kvs__malloc(size_t size);
+void *kvs__calloc(size_t n, size_t size);
+void *kvs__realloc(void *ptr, size_t size);
+char *kvs__strdup(const char *s);
+void kvs__free(void *ptr);
+/* Make the (n+1)-th allocation from now fail, and every one after it while
+ * `sticky`; n < 0 turns injection off. Test-only; not thread-safe. */
+void kvs__alloc_fail_after(long n, bool sticky);
+/* Number of allocations attempted since the counter was last reset. */
+unsigned long kvs__alloc_count(bool reset);
+
+/* --- logging: a sink per context; the level is checked before formatting. */
+typedef struct kvs__logger {
+    kvs_log_fn fn;
+    void *arg;
+    kvs_log_level_t level;
+} kvs__logger_t;
+
+void kvs__log_default_sink(void *arg, kvs_log_level_t level, const char *msg);
+void kvs__logf(const kvs__logger_t *lg, kvs_log_level_t level, const char *fmt, ...)
+    KVS_PRINTF(3, 4);
+
+#define kvs__log(lg, lvl, ...)                                                                     \
+    do {                                                                                           \
+        const kvs__logger_t *lg_ = (lg);                                                           \
+        if (lg_ != NULL && lg_->fn != NULL && (lvl) <= lg_->level)                                 \
+            kvs__logf(lg_, (lvl), __VA_ARGS__);                                                    \
+    } while (0)
+#define kvs__error(lg, ...) kvs__log(lg, KVS_LOG_ERROR, __VA_ARGS__)
+#define kvs__warn(lg, ...)  kvs__log(lg, KVS_LOG_WARN, __VA_ARGS__)
+#define kvs__info(lg, ...)  kvs__log(lg, KVS_LOG_INFO, __VA_ARGS__)
+#define kvs__debug(lg, ...) kvs__log(lg, KVS_LOG_DEBUG, __VA_ARGS__)
+
+/* --- time ---------------------------------------------------------------- */
+uint64_t kvs__now_ns(void);
+static inline uint64_t kvs__now_ms(void)
+{
+    return kvs__now_ns() / 1000000u;
+}
+
+#endif /* KVS_INT_H */

@@ -1,0 +1,231 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* lease.c - lookups that lease the longest cached prefix, fetches from a lease, requests. */
+#include "pool_int.h"
+
+#include <string.h>
+#include <time.h>
+
+struct kvs_lease {
+    kvs_ctx_h ctx;
+    uint64_t layout_id;
+    size_t hits;
+    kvs_source_t source;
+    bool holds; /* false for NO_LEASE probes: nothing to release */
+    kvs__ref_t *refs;
+};
+
+struct kvs_request {
+    kvs_ctx_h ctx;
+    kvs_status_t status; /* local requests complete before kvs_fetch returns */
+};
+
+kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys, size_t nkeys,
+                        const kvs_lookup_params_t *params, kvs_lease_h *lease_p)
+{
+    unsigned sources = KVS_SOURCE_LOCAL;
+    uint32_t lease_ms;
+    bool no_lease = false;
+
+    if (ctx == NULL || lease_p == NULL || (nkeys > 0 && keys == NULL))
+        return KVS_ERR_INVALID_PARAM;
+    lease_ms = ctx->cfg.lease_timeout_ms;
+    if (ctx->cfg.pool[0] != '\0')
+        sources |= KVS_SOURCE_POOL;
+    if (params != NULL) {
+        uint64_t m = params->field_mask;
+        if (m & KVS_LOOKUP_FIELD_SOURCES)
+            sources = params->sources;
+        else if ((m & KVS_LOOKUP_FIELD_PEER) && params->peer != NULL)
+            sources |= KVS_SOURCE_PEER;
+        if ((m & KVS_LOOKUP_FIELD_LEASE_MS) && params->lease_ms > 0)
+            lease_ms = params->lease_ms;
+        no_lease = (m & KVS_LOOKUP_FIELD_NO_LEASE) != 0;
+        if ((sources & KVS_SOURCE_PEER) &&
+            (!(m & KVS_LOOKUP_FIELD_PEER) || params->peer == NULL))
+            return KVS_ERR_INVALID_PARAM;
+    }
+    if (sources == 0 || (sources & ~(unsigned)(KVS_SOURCE_LOCAL | KVS_SOURCE_PEER |
+                                               KVS_SOURCE_POOL)))
+        return KVS_ERR_INVALID_PARAM;
+    if ((sources & (KVS_SOURCE_PEER | KVS_SOURCE_POOL)) && ctx->tl_ops == NULL &&
+        !(sources & KVS_SOURCE_LOCAL)) {
+        kvs__error(&ctx->log, "kvs_lookup: remote sources asked for, but this build has no "
+                              "transport");
+        return KVS_ERR_UNSUPPORTED;
+    }
+
+    kvs_lease_h lease = kvs__calloc(1, sizeof(*lease));
+    if (lease == NULL)
+        return KVS_ERR_NO_MEMORY;
+    if (!no_lease && nkeys > 0) {
+        lease->refs = kvs__malloc(nkeys * sizeof(*lease->refs));
+        if (lease->refs == NULL) {
+            kvs__free(lease);
+            return KVS_ERR_NO_MEMORY;
+        }
+    }
+    lease->ctx = ctx;
+    lease->layout_id = layout_id;
+    lease->holds = !no_lease;
+    if (sources & KVS_SOURCE_LOCAL) {
+        lease->hits = kvs__store_find_prefix(&ctx->store, layout_id, keys, nkeys, lease->refs,
+                                             kvs__now_ms() + lease_ms);
+        if (lease->hits > 0)
+            lease->source = KVS_SOURCE_LOCAL;
+    }
+    /* Remote sources (peer, pool) are asked for the rest of the chain by
+     * the transport connector; without one the local answer is final. */
+    *lease_p = lease;
+    return KVS_OK;
+}
+
+size_t kvs_lease_hits(kvs_lease_h lease)
+{
+    return lease != NULL ? lease->hits : 0;
+}
+
+kvs_source_t kvs_lease_source(kvs_lease_h lease)
+{
+    return lease != NULL ? lease->source : (kvs_source_t)0;
+}
+
+void kvs_lease_release(kvs_lease_h lease)
+{
+    if (lease == NULL)
+        return;
+    if (lease->holds && lease->hits > 0)
+        kvs__store_release(&lease->ctx->store, lease->refs, lease->hits);
+    kvs__free(lease->refs);
+    kvs__free(lease);
+}
+
+/* Copies one leased block into dst's block @db, segment by segment, and
+ * checks the source's generation afterwards. Store lock held shared. */
+static kvs_status_t copy_block(kvs__store_t *s, const kvs__ref_t *ref, kvs_pool_h dst, uint32_t db,
+                               size_t *bytes)
+{
+    const kvs__entry_t *e = &s->entries[ref->idx];
+    if (e->serial != ref->serial)
+        return KVS_ERR_STALE; /* evicted after its lease expired */
+    const kvs_pool_h src = e->pool;
+    const uint8_t *arena_src = src == NULL ? kvs__arena_slot(s, e->block) : NULL;
+    for (size_t i = 0; i < dst->nsegs; i++) {
+        const kvs_segment_t *ds = &dst->segs[i];
+        uint8_t *d = (uint8_t *)ds->base + (size_t)db * ds->block_stride;
+        if (src != NULL) {
+            const kvs_segment_t *ss = &src->segs[i];
+            memcpy(d, (const uint8_t *)ss->base + (size_t)e->block * ss->block_stride,
+                   ds->block_bytes);
+        } else {
+            memcpy(d, arena_src, ds->block_bytes);
+            arena_src += ds->block_bytes;
+        }
+        *bytes += ds->block_bytes;
+    }
+    /* The generation is read after the data: if the slot was reused while
+     * we copied, the copy is discarded as stale. */
+    uint64_t gen = src != NULL ? atomic_load_explicit(&src->gen[e->block], memory_order_acquire)
+                               : atomic_load_explicit(&s->arena_gen[e->block],
+                                                      memory_order_acquire);
+    return gen == e->gen ? KVS_OK : KVS_ERR_STALE;
+}
+
+/* The destination must have the source's geometry segment by segment. */
+static bool same_geometry(const kvs__store_t *s, const kvs__entry_t *e, kvs_pool_h dst)
+{
+    if (e->pool != NULL) {
+        if (e->pool->nsegs != dst->nsegs)
+            return false;
+        for (size_t i = 0; i < dst->nsegs; i++)
+            if (e->pool->segs[i].block_bytes != dst->segs[i].block_bytes)
+                return false;
+        return true;
+    }
+    return dst->block_bytes <= s->slot_bytes;
+}
+
+kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_block_ids,
+                       size_t count, const kvs_fetch_params_t *params, kvs_request_h *req_p)
+{
+    size_t first = 0;
+    if (lease == NULL || dst == NULL || req_p == NULL || (count > 0 && dst_block_ids == NULL))
+        return KVS_ERR_INVALID_PARAM;
+    kvs_ctx_h ctx = lease->ctx;
+    if (params != NULL && (params->field_mask & KVS_FETCH_FIELD_FIRST))
+        first = params->first;
+    if (first > lease->hits || count > lease->hits - first) {
+        kvs__error(&ctx->log, "kvs_fetch: blocks %zu..%zu asked, lease covers %zu", first,
+                   first + count, lease->hits);
+        return KVS_ERR_INVALID_PARAM;
+    }
+    if (!lease->holds) {
+        kvs__error(&ctx->log, "kvs_fetch: the lookup was a probe (NO_LEASE); nothing to fetch");
+        return KVS_ERR_INVALID_PARAM;
+    }
+    if (dst->ctx != ctx || dst->layout_id != lease->layout_id) {
+        kvs__error(&ctx->log, "kvs_fetch: destination layout %016llx, blocks are %016llx",
+                   (unsigned long long)dst->layout_id, (unsigned long long)lease->layout_id);
+        return KVS_ERR_LAYOUT_MISMATCH;
+    }
+    for (size_t i = 0; i < count; i++)
+        if (dst_block_ids[i] >= dst->num_blocks)
+            return KVS_ERR_INVALID_PARAM;
+    if (count > 0 && lease->source != KVS_SOURCE_LOCAL)
+        return KVS_ERR_UNSUPPORTED;
+    if (!dst->host_only) {
+        kvs__error(&ctx->log, "kvs_fetch: local copies into CUDA memory need the transport");
+        return KVS_ERR_UNSUPPORTED;
+    }
+
+    kvs_request_h req = kvs__calloc(1, sizeof(*req));
+    if (req == NULL)
+        return KVS_ERR_NO_MEMORY;
+    req->ctx = ctx;
+
+    kvs__store_t *s = &ctx->store;
+    kvs_status_t status = KVS_OK;
+    size_t bytes = 0;
+    pthread_rwlock_rdlock(&s->lock);
+    for (size_t i = 0; i < count && status == KVS_OK; i++) {
+        const kvs__ref_t *ref = &lease->refs[first + i];
+        if (!same_geometry(s, &s->entries[ref->idx], dst))
+            status = KVS_ERR_LAYOUT_MISMATCH;
+        else
+            status = copy_block(s, ref, dst, dst_block_ids[i], &bytes);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    if (status != KVS_OK)
+        kvs__warn(&ctx->log, "kvs_fetch: %s", kvs_status_string(status));
+    atomic_fetch_add_explicit(&ctx->fetched_bytes, bytes, memory_order_relaxed);
+    req->status = status;
+    *req_p = req;
+    return KVS_OK;
+}
+
+kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
+                     size_t count, kvs_request_h *req_p)
+{
+    if (pool == NULL || req_p == NULL || (count > 0 && (keys == NULL || block_ids == NULL)))
+        return KVS_ERR_INVALID_PARAM;
+    kvs__error(&pool->ctx->log, "kvs_put: no cache pool is reachable in this build (no "
+                                "transport); KVSHARE_POOL needs the UCX connector");
+    return KVS_ERR_UNSUPPORTED;
+}
+
+kvs_status_t kvs_request_test(kvs_request_h req)
+{
+    if (req == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    return req->status;
+}
+
+kvs_status_t kvs_request_wait(kvs_request_h req, int timeout_ms)
+{
+    (void)timeout_ms; /* local requests are complete when returned */
+    return kvs_request_test(req);
+}
+
+void kvs_request_free(kvs_request_h req)
+{
+    kvs__free(req);
+}

@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* pool.c - pools of engine KV blocks, and publishing them into the store. */
+#include "catalog_int.h"
+#include "pool_int.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs_pool_h *pool_p)
+{
+    kvs_status_t status;
+    uint64_t layout_id;
+
+    if (ctx == NULL || params == NULL || pool_p == NULL || params->segments == NULL ||
+        params->num_segments == 0 || params->num_blocks == 0 || params->layout == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    status = kvs_layout_id(params->layout, &layout_id);
+    if (status != KVS_OK) {
+        kvs__error(&ctx->log, "kvs_pool_create: invalid layout (%s)", kvs_status_string(status));
+        return status;
+    }
+    size_t block_bytes = 0;
+    bool host_only = true;
+    for (size_t i = 0; i < params->num_segments; i++) {
+        const kvs_segment_t *sg = &params->segments[i];
+        if (sg->base == NULL || sg->block_bytes == 0 || sg->block_stride < sg->block_bytes ||
+            (sg->mem_type != KVS_MEM_HOST && sg->mem_type != KVS_MEM_CUDA) ||
+            (size_t)params->num_blocks > SIZE_MAX / sg->block_stride) {
+            kvs__error(&ctx->log,
+                       "kvs_pool_create: segment %zu invalid (base %p, stride %zu, bytes %zu)", i,
+                       sg->base, sg->block_stride, sg->block_bytes);
+            return KVS_ERR_INVALID_PARAM;
+        }
+        block_bytes += sg->block_bytes;
+        host_only = host_only && sg->mem_type == KVS_MEM_HOST;
+    }
+
+    kvs_pool_h pool = kvs__calloc(1, sizeof(*pool));
+    if (pool == NULL)
+        return KVS_ERR_NO_MEMORY;
+    pool->segs = kvs__malloc(params->num_segments * sizeof(*pool->segs));
+    if (pool->segs == NULL)
+        goto err_nomem;
+    memcpy(pool->segs, params->segments, params->num_segments * sizeof(*pool->segs));
+    pool->gen = kvs__calloc(params->num_blocks, sizeof(*pool->gen));
+    if (pool->gen == NULL)
+        goto err_nomem;
+    pool->entry_of_block = kvs__calloc(params->num_blocks, sizeof(*pool->entry_of_block));
+    if (pool->entry_of_block == NULL)
+        goto err_nomem;
+    if ((params->field_mask & KVS_POOL_FIELD_NAME) && params->name != NULL) {
+        pool->name = kvs__strdup(params->name);
+        if (pool->name == NULL)
+            goto err_nomem;
+    }
+    pool->ctx = ctx;
+    pool->layout_id = layout_id;
+    pool->nsegs = params->num_segments;
+    pool->num_blocks = params->num_blocks;
+    pool->block_bytes = block_bytes;
+    pool->host_only = host_only;
+    atomic_fetch_add(&ctx->npools, 1);
+    kvs__info(&ctx->log, "pool %s: %u blocks x %zu segments, %zu bytes/block, layout %016llx",
+              pool->name ? pool->name : "(unnamed)", pool->num_blocks, pool->nsegs, block_bytes,
+              (unsigned long long)layout_id);
+    *pool_p = pool;
+    return KVS_OK;
+
+err_nomem:
+    kvs__free(pool->entry_of_block);
+    kvs__free((void *)pool->gen);
+    kvs__free(pool->segs);
+    kvs__free(pool);
+    return KVS_ERR_NO_MEMORY;
+}
+
+void kvs__pool_forget_block(struct kvs_pool *pool, uint32_t block)
+{
+    pool->entry_of_block[block] = 0;
+    atomic_fetch_add_explicit(&pool->gen[block], 1, memory_order_release);
+}
+
+/* Removes the pool's unleased entries (all of them with @force); returns how
+ * many leased ones remain. Exclusive lock held. */
+static uint32_t drop_entries(kvs_pool_h pool, bool force)
+{
+    kvs__store_t *s = &pool->ctx->store;
+    uint64_t now = kvs__now_ms();
+    uint32_t left = 0;
+    for (uint32_t b = 0; b < pool->num_blocks; b++) {
+        uint32_t e1 = pool->entry_of_block[b];
+        if (e1 == 0)
+            continue;
+        kvs__entry_t *e = &s->entries[e1 - 1];
+        if (!force && kvs__entry_leased(e, now))
+            left++;
+        else
+            kvs__store_remove(s, e);
+    }
+    return left;
+}
+
+void kvs_pool_destroy(kvs_pool_h pool)
+{
+    if (pool == NULL)
+        return;
+    kvs_ctx_h ctx = pool->ctx;
+    kvs__store_t *s = &ctx->store;
+    /* Remote readers may be mid-GET on leased blocks: give them until the
+     * lease timeout, then pull the blocks anyway (generations bump). */
+    uint64_t deadline = kvs__now_ms() + ctx->cfg.lease_timeout_ms;
+    for (;;) {
+        pthread_rwlock_wrlock(&s->lock);
+        bool force = kvs__now_ms() >= deadline;
+        uint32_t left = drop_entries(pool, force);
+        pthread_rwlock_unlock(&s->lock);
+        if (left == 0)
+            break;
+        if (force)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    atomic_fetch_sub(&ctx->npools, 1);
+    kvs__free(pool->name);
+    kvs__free(pool->entry_of_block);
+    kvs__free((void *)pool->gen);
+    kvs__free(pool->segs);
+    kvs__free(pool);
+}
+
+uint64_t kvs_pool_layout_id(kvs_pool_h pool)
+{
+    return pool->layout_id;
+}
+
+size_t kvs_pool_block_bytes(kvs_pool_h pool)
+{
+    return pool->block_bytes;
+}
+
+static void copy_to_arena(kvs_pool_h pool, uint32_t block, uint8_t *dst)
+{
+    for (size_t i = 0; i < pool->nsegs; i++) {
+        const kvs_segment_t *sg = &pool->segs[i];
+        memcpy(dst, (const uint8_t *)sg->base + (size_t)block * sg->block_stride, sg->block_bytes);
+        dst += sg->block_bytes;
+    }
+}
+
+kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
+                         size_t count, unsigned flags, size_t *published_p)
+{
+    kvs_status_t status = KVS_OK;
+    size_t published = 0;
+
+    if (pool == NULL || (count > 0 && (keys == NULL || block_ids == NULL)) ||
+        (flags & ~(unsigned)KVS_PUBLISH_ZERO_COPY))
+        return KVS_ERR_INVALID_PARAM;
+    kvs_ctx_h ctx = pool->ctx;
+    kvs__store_t *s = &ctx->store;
+    bool zcopy = flags & KVS_PUBLISH_ZERO_COPY;
+    for (size_t i = 0; i < count; i++) {
+        if (block_ids[i] >= pool->num_blocks) {
+            kvs__error(&ctx->log, "kvs_publish: block id %u out of range (pool has %u)",
+                       block_ids[i], pool->num_blocks);
+            return KVS_ERR_INVALID_PARAM;
+        }
+    }
+    if (!zcopy && !pool->host_only) {
+        kvs__error(&ctx->log, "kvs_publish: copy mode needs host memory; publish CUDA blocks "
+                              "with KVS_PUBLISH_ZERO_COPY");
+        return KVS_ERR_UNSUPPORTED;
+    }
+
+    pthread_rwlock_wrlock(&s->lock);
+    if (!zcopy) {
+        status = kvs__store_arena_init(s, ctx->cfg.slot_bytes ? ctx->cfg.slot_bytes
+                                                             : pool->block_bytes);
+        if (status != KVS_OK)
+            goto out;
+        if (pool->block_bytes > s->slot_bytes) {
+            kvs__error(&ctx->log, "kvs_publish: blocks of %zu bytes do not fit arena slots of %zu "
+                                  "bytes (set KVSHARE_SLOT_BYTES)",
+                       pool->block_bytes, s->slot_bytes);
+            status = KVS_ERR_INVALID_PARAM;
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < count; i++) {
+        uint32_t b = block_ids[i];
+        if (kvs__store_get(s, pool->layout_id, &keys[i]) != NULL)
+            continue; /* content-addressed: same key, same KV */
+        kvs__entry_t *e;
+        if (zcopy) {
+            uint32_t old = pool->entry_of_block[b];
+            if (old != 0) {
+                /* The engine refilled a published block without
+                 * unpublishing it: the old key's data is gone. */
+                kvs__warn(&ctx->log, "kvs_publish: block %u republished without "
+                                     "kvs_unpublish; dropping its old key", b);
+                kvs__store_remove(s, &s->entries[old - 1]);
+            }
+            status = kvs__store_insert(s, pool->layout_id, &keys[i], pool, b,
+                                       atomic_load_explicit(&pool->gen[b], memory_order_acquire),
+                                       &e);
+            if (status != KVS_OK)
+                goto out;
+            pool->entry_of_block[b] = (uint32_t)(e - s->entries) + 1;
+        } else {
+            status = kvs__store_insert(s, pool->layout_id, &keys[i], NULL, 0, 0, &e);
+            if (status != KVS_OK) {
+                if (status == KVS_ERR_NO_SPACE)
+                    kvs__warn(&ctx->log, "kvs_publish: store full (%u slots, all leased); "
+                                         "published %zu of %zu",
+                              s->arena_slots, published, count);
+                goto out;
+            }
+            copy_to_arena(pool, b, kvs__arena_slot(s, e->block));
+        }
+        published++;
+    }
+out:
+    pthread_rwlock_unlock(&s->lock);
+    if (published_p != NULL && (status == KVS_OK || status == KVS_ERR_NO_SPACE))
+        *published_p = published;
+    return status;
+}
+
+kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
+                           unsigned flags)
+{
+    if (pool == NULL || (count > 0 && block_ids == NULL) ||
+        (flags & ~(unsigned)KVS_UNPUBLISH_FORCE))
+        return KVS_ERR_INVALID_PARAM;
+    for (size_t i = 0; i < count; i++)
+        if (block_ids[i] >= pool->num_blocks)
+            return KVS_ERR_INVALID_PARAM;
+    kvs__store_t *s = &pool->ctx->store;
+    uint64_t now = kvs__now_ms();
+    pthread_rwlock_wrlock(&s->lock);
+    if (!(flags & KVS_UNPUBLISH_FORCE)) {
+        for (size_t i = 0; i < count; i++) {
+            uint32_t e1 = pool->entry_of_block[block_ids[i]];
+            if (e1 != 0 && kvs__entry_leased(&s->entries[e1 - 1], now)) {
+                pthread_rwlock_unlock(&s->lock);
+                return KVS_ERR_BUSY;
+            }
+        }
+    }
+    for (size_t i = 0; i < count; i++) {
+        uint32_t b = block_ids[i];
+        uint32_t e1 = pool->entry_of_block[b];
+        if (e1 != 0)
+            kvs__store_remove(s, &s->entries[e1 - 1]);
+        else
+            atomic_fetch_add_explicit(&pool->gen[b], 1, memory_order_release);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return KVS_OK;
+}

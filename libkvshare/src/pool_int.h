@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* pool_int.h - a pool: the engine's KV memory as segments of same-numbered blocks. */
+#ifndef KVS_POOL_INT_H
+#define KVS_POOL_INT_H
+
+#include "ctx_int.h"
+
+struct kvs_pool {
+    struct kvs_ctx *ctx;
+    uint64_t layout_id;
+    kvs_segment_t *segs;
+    size_t nsegs;
+    uint32_t num_blocks;
+    size_t block_bytes; /* sum over segments */
+    bool host_only;
+    char *name;
+    _Atomic uint64_t *gen;   /* per block id */
+    uint32_t *entry_of_block; /* store entry + 1 for published blocks; store lock */
+};
+
+/* Called by the store (exclusive lock) when a zero-copy entry goes away. */
+void kvs__pool_forget_block(struct kvs_pool *pool, uint32_t block);
+
+#endif

@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* region.c - memory ranges registered once with the context and its transport. */
+#include "ctx_int.h"
+
+kvs_status_t kvs_mem_register(kvs_ctx_h ctx, void *base, size_t length, kvs_mem_type_t mem_type,
+                              kvs_region_h *region_p)
+{
+    kvs_status_t status;
+    if (ctx == NULL || base == NULL || length == 0 || region_p == NULL ||
+        (mem_type != KVS_MEM_HOST && mem_type != KVS_MEM_CUDA) ||
+        (uintptr_t)base + length < (uintptr_t)base)
+        return KVS_ERR_INVALID_PARAM;
+
+    struct kvs_region *r = kvs__calloc(1, sizeof(*r));
+    if (r == NULL)
+        return KVS_ERR_NO_MEMORY;
+    r->ctx = ctx;
+    r->base = base;
+    r->length = length;
+    r->mem_type = mem_type;
+
+    pthread_mutex_lock(&ctx->regions_lock);
+    for (struct kvs_region *o = ctx->regions; o != NULL; o = o->next) {
+        if (r->base < o->base + o->length && o->base < r->base + length) {
+            kvs__error(&ctx->log, "kvs_mem_register(%p, %zu): overlaps region %p+%zu", base,
+                       length, (void *)o->base, o->length);
+            status = KVS_ERR_INVALID_PARAM;
+            goto err_unlock;
+        }
+    }
+    if (ctx->tl_ops != NULL) {
+        status = ctx->tl_ops->mem_reg(ctx->tl, base, length, mem_type, &r->tl_memh);
+        if (status != KVS_OK) {
+            kvs__error(&ctx->log, "kvs_mem_register(%p, %zu): transport %s: %s", base, length,
+                       ctx->tl_ops->name, kvs_status_string(status));
+            goto err_unlock;
+        }
+    }
+    r->next = ctx->regions;
+    ctx->regions = r;
+    ctx->nregions++;
+    pthread_mutex_unlock(&ctx->regions_lock);
+    kvs__debug(&ctx->log, "registered %s region %p+%zu", mem_type == KVS_MEM_CUDA ? "cuda" : "host",
+               base, length);
+    *region_p = r;
+    return KVS_OK;
+
+err_unlock:
+    pthread_mutex_unlock(&ctx->regions_lock);
+    kvs__free(r);
+    return status;
+}
+
+void kvs_mem_deregister(kvs_region_h region)
+{
+    if (region == NULL)
+        return;
+    kvs_ctx_h ctx = region->ctx;
+    pthread_mutex_lock(&ctx->regions_lock);
+    for (struct kvs_region **pp = &ctx->regions; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == region) {
+            *pp = region->next;
+            ctx->nregions--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ctx->regions_lock);
+    if (ctx->tl_ops != NULL && region->tl_memh != NULL)
+        ctx->tl_ops->mem_dereg(ctx->tl, region->tl_memh);
+    kvs__free(region);
+}
+
+size_t kvs_mem_region_count(kvs_ctx_h ctx)
+{
+    if (ctx == NULL)
+        return 0;
+    pthread_mutex_lock(&ctx->regions_lock);
+    size_t n = ctx->nregions;
+    pthread_mutex_unlock(&ctx->regions_lock);
+    return n;
+}

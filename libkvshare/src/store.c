@@ -1,0 +1,366 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* store.c - store entries, the host arena, leases and watermark eviction. */
+#include "catalog_int.h"
+#include "pool_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#define INITIAL_SLOTS   1024u
+#define INITIAL_ENTRIES 512u
+
+kvs_status_t kvs__store_init(kvs__store_t *s, const kvs__config_t *cfg, const kvs__logger_t *log)
+{
+    kvs_status_t status;
+    memset(s, 0, sizeof(*s));
+    s->log = log;
+    s->strategy = cfg->strategy;
+    s->capacity_bytes = cfg->capacity_bytes;
+    s->high_wm = cfg->high_watermark;
+    s->low_wm = cfg->low_watermark;
+    s->lease_timeout_ms = cfg->lease_timeout_ms;
+    s->free_head = KVS_NO_ENTRY;
+    s->next_serial = 1;
+
+    status = kvs__catalog_init(s, INITIAL_SLOTS);
+    if (status != KVS_OK)
+        goto err;
+    s->entries = kvs__calloc(INITIAL_ENTRIES, sizeof(*s->entries));
+    if (s->entries == NULL) {
+        status = KVS_ERR_NO_MEMORY;
+        goto err_free_slots;
+    }
+    s->entries_cap = INITIAL_ENTRIES;
+    /* Entries beyond `count` high-water are handed out in order; freed ones
+     * go on the free list. */
+    for (uint32_t i = 0; i < INITIAL_ENTRIES; i++)
+        s->entries[i].next_free = (i + 1 < INITIAL_ENTRIES) ? i + 1 : KVS_NO_ENTRY;
+    s->free_head = 0;
+    if (pthread_rwlock_init(&s->lock, NULL) != 0) {
+        status = KVS_ERR_NO_MEMORY;
+        goto err_free_entries;
+    }
+    return KVS_OK;
+
+err_free_entries:
+    kvs__free(s->entries);
+err_free_slots:
+    kvs__free(s->slots);
+err:
+    return status;
+}
+
+void kvs__store_fini(kvs__store_t *s)
+{
+    if (s->arena != NULL)
+        munmap(s->arena, s->arena_bytes);
+    kvs__free(s->arena_free);
+    kvs__free((void *)s->arena_gen);
+    kvs__free(s->cands);
+    kvs__free(s->entries);
+    kvs__free(s->slots);
+    pthread_rwlock_destroy(&s->lock);
+}
+
+kvs_status_t kvs__store_arena_init(kvs__store_t *s, size_t slot_bytes)
+{
+    if (s->arena != NULL)
+        return KVS_OK;
+    if (slot_bytes == 0)
+        return KVS_ERR_INVALID_PARAM;
+    uint64_t nslots = s->capacity_bytes / slot_bytes;
+    if (nslots == 0) {
+        kvs__error(s->log, "capacity %llu bytes is smaller than one %zu-byte block",
+                   (unsigned long long)s->capacity_bytes, slot_bytes);
+        return KVS_ERR_NO_SPACE;
+    }
+    if (nslots > UINT32_MAX - 1)
+        nslots = UINT32_MAX - 1;
+    size_t bytes = (size_t)nslots * slot_bytes;
+    uint32_t *fr = kvs__malloc((size_t)nslots * sizeof(*fr));
+    _Atomic uint64_t *gen = kvs__calloc((size_t)nslots, sizeof(*gen));
+    kvs__evict_cand_t *cands = kvs__malloc((size_t)nslots * sizeof(*cands));
+    if (fr == NULL || gen == NULL || cands == NULL)
+        goto err_nomem;
+    /* Anonymous mapping: pages are committed on first copy, so a large
+     * default capacity costs nothing until used. */
+    void *arena = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (arena == MAP_FAILED) {
+        kvs__error(s->log, "mmap(%zu) for the block arena: %s", bytes, strerror(errno));
+        goto err_nomem;
+    }
+    /* Hand out low slot numbers first. */
+    for (uint64_t i = 0; i < nslots; i++)
+        fr[i] = (uint32_t)(nslots - 1 - i);
+    s->arena = arena;
+    s->arena_bytes = bytes;
+    s->slot_bytes = slot_bytes;
+    s->arena_slots = (uint32_t)nslots;
+    s->arena_free = fr;
+    s->arena_nfree = (uint32_t)nslots;
+    s->arena_gen = gen;
+    s->cands = cands;
+    kvs__info(s->log, "arena: %u slots of %zu bytes (%zu bytes)", s->arena_slots, slot_bytes,
+              bytes);
+    return KVS_OK;
+
+err_nomem:
+    kvs__free(fr);
+    kvs__free((void *)gen);
+    kvs__free(cands);
+    return KVS_ERR_NO_MEMORY;
+}
+
+bool kvs__entry_leased(const kvs__entry_t *e, uint64_t now_ms)
+{
+    /* A lease whose deadline passed no longer pins the block: its holder
+     * may be gone. A late reader then sees the generation change. */
+    return atomic_load_explicit(&e->leases, memory_order_acquire) > 0 &&
+           atomic_load_explicit(&e->lease_deadline_ms, memory_order_relaxed) > now_ms;
+}
+
+kvs__entry_t *kvs__store_get(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key)
+{
+    uint32_t idx = kvs__catalog_find(s, kvs__catalog_hash(layout_id, key), layout_id, key);
+    return idx == KVS_NO_ENTRY ? NULL : &s->entries[idx];
+}
+
+size_t kvs__store_find_prefix(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *keys, size_t n,
+                              kvs__ref_t *refs, uint64_t deadline_ms)
+{
+    /* Two-stage software pipeline: the slot for key i+2D is prefetched, the
+     * entry for key i+D (found from its now-cached slot) is prefetched, and
+     * key i is checked. Long chains thus overlap their cache misses instead
+     * of paying one DRAM round trip per key. */
+    enum { D = 8 };
+    uint32_t cand[D];
+    uint64_t hash[D];
+    size_t hits = 0;
+
+    pthread_rwlock_rdlock(&s->lock);
+    uint64_t now = atomic_fetch_add_explicit(&s->clock, 1, memory_order_relaxed) + 1;
+    size_t mask = s->nslots - 1;
+    size_t pre = n < 2 * D ? n : 2 * D;
+    for (size_t i = 0; i < pre; i++) {
+        uint64_t h = kvs__catalog_hash(layout_id, &keys[i]);
+        __builtin_prefetch(&s->slots[h & mask]);
+        if (i < D)
+            hash[i] = h;
+    }
+    for (size_t i = 0; i < D && i < n; i++) {
+        cand[i] = s->slots[hash[i] & mask].idx1;
+        if (cand[i] != 0)
+            __builtin_prefetch(&s->entries[cand[i] - 1]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t r = i % D;
+        uint32_t idx;
+        const kvs__slot_t *first = &s->slots[hash[r] & mask];
+        if (first->idx1 != 0 && first->hash == hash[r] &&
+            kvs__entry_matches(&s->entries[first->idx1 - 1], layout_id, &keys[i]))
+            idx = first->idx1 - 1;
+        else
+            idx = kvs__catalog_find(s, hash[r], layout_id, &keys[i]);
+        if (idx == KVS_NO_ENTRY)
+            break;
+        kvs__entry_t *e = &s->entries[idx];
+        atomic_store_explicit(&e->atime, now, memory_order_relaxed);
+        atomic_fetch_add_explicit(&e->freq, 1, memory_order_relaxed);
+        if (refs != NULL) {
+            atomic_fetch_add_explicit(&e->leases, 1, memory_order_acq_rel);
+            uint64_t old = atomic_load_explicit(&e->lease_deadline_ms, memory_order_relaxed);
+            while (old < deadline_ms &&
+                   !atomic_compare_exchange_weak_explicit(&e->lease_deadline_ms, &old,
+                                                          deadline_ms, memory_order_relaxed,
+                                                          memory_order_relaxed))
+                ;
+            refs[i].idx = idx;
+            refs[i].pad = 0;
+            refs[i].serial = e->serial;
+        }
+        hits++;
+        /* Refill this ring position with key i+D. */
+        size_t nx = i + D;
+        if (nx < n) {
+            hash[r] = kvs__catalog_hash(layout_id, &keys[nx]);
+            uint32_t c = s->slots[hash[r] & mask].idx1;
+            if (c != 0)
+                __builtin_prefetch(&s->entries[c - 1]);
+            if (nx + D < n)
+                __builtin_prefetch(&s->slots[kvs__catalog_hash(layout_id, &keys[nx + D]) & mask]);
+        }
+    }
+    pthread_rwlock_unlock(&s->lock);
+
+    atomic_fetch_add_explicit(&s->hits, hits, memory_order_relaxed);
+    if (hits < n)
+        atomic_fetch_add_explicit(&s->misses, 1, memory_order_relaxed);
+    if (refs != NULL && hits > 0)
+        atomic_fetch_add_explicit(&s->leased_blocks, hits, memory_order_relaxed);
+    return hits;
+}
+
+void kvs__store_release(kvs__store_t *s, const kvs__ref_t *refs, size_t n)
+{
+    size_t released = 0;
+    pthread_rwlock_rdlock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        kvs__entry_t *e = &s->entries[refs[i].idx];
+        /* A serial mismatch means the entry was force-unpublished or its
+         * lease expired and it was evicted: nothing of ours is left. */
+        if (e->serial == refs[i].serial) {
+            uint32_t old = atomic_load_explicit(&e->leases, memory_order_relaxed);
+            while (old > 0 && !atomic_compare_exchange_weak_explicit(
+                                  &e->leases, &old, old - 1, memory_order_acq_rel,
+                                  memory_order_relaxed))
+                ;
+        }
+        released++;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    atomic_fetch_sub_explicit(&s->leased_blocks, released, memory_order_relaxed);
+}
+
+static int cand_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const kvs__evict_cand_t *)a)->score, y = ((const kvs__evict_cand_t *)b)->score;
+    return (x > y) - (x < y);
+}
+
+static uint64_t evict_score(const kvs__store_t *s, const kvs__entry_t *e)
+{
+    uint64_t atime = atomic_load_explicit(&e->atime, memory_order_relaxed);
+    if (s->strategy == KVS_STRATEGY_LRU)
+        return atime;
+    /* LFU: fewest uses first, the least recent among equals. */
+    uint64_t f = atomic_load_explicit(&e->freq, memory_order_relaxed);
+    if (f > 0xffffff)
+        f = 0xffffff;
+    return (f << 40) | (atime & ((1ull << 40) - 1));
+}
+
+/* Evicts unleased arena entries in strategy order until at most @target
+ * slots are used. Returns how many were evicted. Exclusive lock held. */
+static uint32_t evict_to(kvs__store_t *s, uint32_t target)
+{
+    if (s->arena_used <= target)
+        return 0;
+    uint64_t now_ms = kvs__now_ms();
+    size_t nc = 0;
+    for (uint32_t i = 0; i < s->entries_cap; i++) {
+        kvs__entry_t *e = &s->entries[i];
+        if (e->serial == 0 || e->pool != NULL || kvs__entry_leased(e, now_ms))
+            continue;
+        s->cands[nc].score = evict_score(s, e);
+        s->cands[nc].idx = i;
+        s->cands[nc].pad = 0;
+        nc++;
+    }
+    size_t want = s->arena_used - target;
+    if (want > nc)
+        want = nc;
+    /* One sort per eviction batch, amortised over the batch (high - low). */
+    qsort(s->cands, nc, sizeof(*s->cands), cand_cmp);
+    for (size_t i = 0; i < want; i++)
+        kvs__store_remove(s, &s->entries[s->cands[i].idx]);
+    atomic_fetch_add_explicit(&s->evictions, want, memory_order_relaxed);
+    if (want > 0)
+        kvs__debug(s->log, "evicted %zu blocks (%zu candidates), %u of %u slots in use", want,
+                   nc, s->arena_used, s->arena_slots);
+    return (uint32_t)want;
+}
+
+static kvs_status_t grow_entries(kvs__store_t *s)
+{
+    if (s->entries_cap >= UINT32_MAX / 2)
+        return KVS_ERR_NO_SPACE;
+    uint32_t ncap = s->entries_cap * 2;
+    kvs__entry_t *ne = kvs__realloc(s->entries, (size_t)ncap * sizeof(*ne));
+    if (ne == NULL)
+        return KVS_ERR_NO_MEMORY;
+    memset(&ne[s->entries_cap], 0, (size_t)(ncap - s->entries_cap) * sizeof(*ne));
+    for (uint32_t i = s->entries_cap; i < ncap; i++)
+        ne[i].next_free = (i + 1 < ncap) ? i + 1 : s->free_head;
+    s->free_head = s->entries_cap;
+    s->entries = ne;
+    s->entries_cap = ncap;
+    return KVS_OK;
+}
+
+kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key,
+                               struct kvs_pool *pool, uint32_t block, uint64_t gen,
+                               kvs__entry_t **entry_p)
+{
+    kvs_status_t status;
+    uint32_t slot = 0;
+
+    if (pool == NULL) {
+        if (s->arena == NULL)
+            return KVS_ERR_INVALID_PARAM;
+        uint32_t high = (uint32_t)(s->high_wm * s->arena_slots);
+        if (high == 0)
+            high = 1;
+        if (s->arena_used + 1 > high) {
+            uint32_t low = (uint32_t)(s->low_wm * s->arena_slots);
+            evict_to(s, low < high ? low : high - 1);
+        }
+        if (s->arena_nfree == 0)
+            return KVS_ERR_NO_SPACE;
+    }
+    if (s->free_head == KVS_NO_ENTRY) {
+        status = grow_entries(s);
+        if (status != KVS_OK)
+            return status;
+    }
+    uint32_t idx = s->free_head;
+    status = kvs__catalog_add(s, kvs__catalog_hash(layout_id, key), idx);
+    if (status != KVS_OK)
+        return status;
+    kvs__entry_t *e = &s->entries[idx];
+    s->free_head = e->next_free;
+    if (pool == NULL) {
+        slot = s->arena_free[--s->arena_nfree];
+        s->arena_used++;
+        block = slot;
+        gen = atomic_load_explicit(&s->arena_gen[slot], memory_order_relaxed);
+    } else {
+        s->zero_copy_count++;
+    }
+    e->key = *key;
+    e->layout_id = layout_id;
+    e->serial = s->next_serial++;
+    e->pool = pool;
+    e->block = block;
+    e->next_free = KVS_NO_ENTRY;
+    e->gen = gen;
+    atomic_store_explicit(&e->leases, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->freq, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->atime, atomic_load(&s->clock), memory_order_relaxed);
+    atomic_store_explicit(&e->lease_deadline_ms, 0, memory_order_relaxed);
+    s->count++;
+    atomic_fetch_add_explicit(&s->published, 1, memory_order_relaxed);
+    *entry_p = e;
+    return KVS_OK;
+}
+
+void kvs__store_remove(kvs__store_t *s, kvs__entry_t *e)
+{
+    uint32_t idx = (uint32_t)(e - s->entries);
+    kvs__catalog_del(s, kvs__catalog_hash(e->layout_id, &e->key), idx);
+    if (e->pool == NULL) {
+        /* The slot's generation moves on, so a late reader of the old
+         * contents is told, never handed the next block's data. */
+        atomic_fetch_add_explicit(&s->arena_gen[e->block], 1, memory_order_release);
+        s->arena_free[s->arena_nfree++] = e->block;
+        s->arena_used--;
+    } else {
+        kvs__pool_forget_block(e->pool, e->block);
+        s->zero_copy_count--;
+    }
+    e->serial = 0;
+    e->pool = NULL;
+    e->next_free = s->free_head;
+    s->free_head = idx;
+    s->count--;
+}

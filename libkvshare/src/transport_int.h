@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* transport_int.h - the vtables the core declares and connectors fill in.
+ *
+ * The core never includes a connector header: connectors/registry.c lists
+ * the built-in implementations of these tables. */
+#ifndef KVS_TRANSPORT_INT_H
+#define KVS_TRANSPORT_INT_H
+
+#include "config_int.h"
+
+#define KVS_TRANSPORT_OPS_VERSION 1
+
+struct kvs_ctx;
+
+typedef struct kvs__transport_ops {
+    uint32_t version; /* KVS_TRANSPORT_OPS_VERSION */
+    const char *name;
+    kvs_status_t (*init)(struct kvs_ctx *ctx, const kvs__config_t *cfg, void **tl_p);
+    void (*fini)(void *tl);
+    kvs_status_t (*mem_reg)(void *tl, void *base, size_t length, kvs_mem_type_t type,
+                            void **memh_p);
+    void (*mem_dereg)(void *tl, void *memh);
+    int (*progress)(void *tl);
+} kvs__transport_ops_t;
+
+#define KVS_INDEX_OPS_VERSION 1
+
+/* A cluster index (who holds which key), e.g. Redis. */
+typedef struct kvs__index_ops {
+    uint32_t version; /* KVS_INDEX_OPS_VERSION */
+    const char *name;
+    kvs_status_t (*open)(const char *uri, void **idx_p);
+    void (*close)(void *idx);
+    kvs_status_t (*add)(void *idx, uint64_t layout_id, const kvs_key_t *keys, size_t n,
+                        const char *holder);
+    kvs_status_t (*remove)(void *idx, uint64_t layout_id, const kvs_key_t *keys, size_t n,
+                           const char *holder);
+} kvs__index_ops_t;
+
+/* NULL-terminated lists of built-in connectors (connectors/registry.c). */
+extern const kvs__transport_ops_t *const kvs__transports[];
+extern const kvs__index_ops_t *const kvs__indexes[];
+
+#endif
