@@ -328,8 +328,8 @@ static kvs_status_t apply_json(const char *path, kvs__config_t *cfg, char *errbu
                           path, it->string, st->accepts);
             goto out;
         }
-        char source[64 + 16];
-        snprintf(source, sizeof(source), " (key \"%s\" in the config file)", st->key);
+        char source[4096 + 128];
+        snprintf(source, sizeof(source), " (key \"%s\" in KVSHARE_CONFIG='%s')", st->key, path);
         status = apply(st, value, source, cfg, errbuf, len);
         if (status != KVS_OK)
             goto out;

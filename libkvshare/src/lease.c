@@ -188,7 +188,9 @@ kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_bl
     pthread_rwlock_rdlock(&s->lock);
     for (size_t i = 0; i < count && status == KVS_OK; i++) {
         const kvs__ref_t *ref = &lease->refs[first + i];
-        if (!same_geometry(s, &s->entries[ref->idx], dst))
+        if (s->entries[ref->idx].serial != ref->serial)
+            status = KVS_ERR_STALE; /* gone: force-unpublished, or evicted after expiry */
+        else if (!same_geometry(s, &s->entries[ref->idx], dst))
             status = KVS_ERR_LAYOUT_MISMATCH;
         else
             status = copy_block(s, ref, dst, dst_block_ids[i], &bytes);

@@ -336,7 +336,9 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
     e->gen = gen;
     atomic_store_explicit(&e->leases, 0, memory_order_relaxed);
     atomic_store_explicit(&e->freq, 0, memory_order_relaxed);
-    atomic_store_explicit(&e->atime, atomic_load(&s->clock), memory_order_relaxed);
+    /* Insertion counts as an access, so LRU order among never-read blocks is
+     * their insertion order. */
+    atomic_store_explicit(&e->atime, atomic_fetch_add(&s->clock, 1) + 1, memory_order_relaxed);
     atomic_store_explicit(&e->lease_deadline_ms, 0, memory_order_relaxed);
     s->count++;
     atomic_fetch_add_explicit(&s->published, 1, memory_order_relaxed);

@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* cli.h - shared helpers of the kvshare command's subcommands. */
+#ifndef KVS_CLI_H
+#define KVS_CLI_H
+
+#include "kvshare.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+int kvs_cli_keys(int argc, char **argv);
+int kvs_cli_bench(int argc, char **argv);
+int kvs_cli_bench_keys(int argc, char **argv);
+int kvs_cli_bench_lookup(int argc, char **argv);
+
+/* Monotonic time in seconds. */
+double kvs_cli_now(void);
+/* Median of n doubles (sorts them). */
+double kvs_cli_median(double *v, int n);
+/* Parses a non-negative integer argument; prints "kvshare: OPT: ..." and
+ * returns false on error. */
+bool kvs_cli_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out);
+/* Prints "kvshare: what: status text" to stderr; returns 1 (exit code). */
+int kvs_cli_fail(const char *what, kvs_status_t status);
+
+#endif

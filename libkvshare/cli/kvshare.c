@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kvshare.c - entry point of the `kvshare` command: dispatches to subcommands. */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kvshare <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  keys     print vLLM-identical block keys for a token sequence\n"
+               "  bench    measure: keys, lookup (see kvshare bench --help)\n"
+               "  version  print the library version\n"
+               "  help     this text\n"
+               "\n"
+               "Not yet built (their issues are open): serve (cache-pool node),\n"
+               "demo (prefill->decode end to end), bench transfer (UCX).\n"
+               "Run 'kvshare <command> --help' for a command's options.\n");
+}
+
+double kvs_cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double kvs_cli_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return (n % 2) ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+bool kvs_cli_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end = NULL;
+    if (s == NULL) {
+        fprintf(stderr, "kvshare: %s needs a value\n", opt);
+        return false;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (s[0] == '-' || end == s || *end != '\0' || errno != 0 || v < min || v > max) {
+        fprintf(stderr, "kvshare: %s '%s': expected an integer in %llu..%llu\n", opt, s,
+                (unsigned long long)min, (unsigned long long)max);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+int kvs_cli_fail(const char *what, kvs_status_t status)
+{
+    fprintf(stderr, "kvshare: %s: %s\n", what, kvs_status_string(status));
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "keys") == 0)
+        return kvs_cli_keys(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0)
+        return kvs_cli_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("kvshare %s\n", kvs_version());
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "demo") == 0) {
+        fprintf(stderr, "kvshare: '%s' is not built yet: it needs the UCX transport\n", cmd);
+        return 2;
+    }
+    fprintf(stderr, "kvshare: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_config.c - settings from params, KVSHARE_* env and the JSON file, and their errors. */
+#include "config_int.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Criterion runs each test in its own process, so setenv stays local. */
+static kvs_status_t create_with(kvs_ctx_params_t *p, char *err, size_t len, kvs_ctx_h *ctx)
+{
+    p->field_mask |= KVS_CTX_FIELD_ERRBUF;
+    p->errbuf = err;
+    p->errbuf_len = len;
+    return kvs_ctx_create(p, ctx);
+}
+
+static void expect_env_error(const char *var, const char *value, const char *accepted_fragment)
+{
+    char err[512];
+    kvs_ctx_params_t p = {.field_mask = 0};
+    kvs_ctx_h ctx = (kvs_ctx_h)0x1;
+    cr_assert_eq(setenv(var, value, 1), 0);
+    kvs_status_t st = create_with(&p, err, sizeof(err), &ctx);
+    unsetenv(var);
+    cr_assert_eq(st, KVS_ERR_CONFIG, "%s=%s: got %s", var, value, kvs_status_string(st));
+    cr_assert_eq(ctx, (kvs_ctx_h)0x1, "failed create wrote *ctx_p");
+    cr_assert(strstr(err, var) != NULL, "message does not name %s: %s", var, err);
+    cr_assert(strstr(err, accepted_fragment) != NULL, "message lacks accepted values '%s': %s",
+              accepted_fragment, err);
+    char quoted[256];
+    snprintf(quoted, sizeof(quoted), "'%s'", value);
+    cr_assert(strstr(err, quoted) != NULL, "message does not quote the bad value: %s", err);
+}
+
+Test(config, every_bad_env_value_names_variable_and_accepted_values)
+{
+    expect_env_error("KVSHARE_LOG", "loud", "off, error, warn, info, debug or trace");
+    expect_env_error("KVSHARE_CAPACITY", "lots", "512MiB");
+    expect_env_error("KVSHARE_CAPACITY", "0", "a size > 0");
+    expect_env_error("KVSHARE_CAPACITY", "-5GiB", "a size > 0");
+    expect_env_error("KVSHARE_CAPACITY", "5 parsecs", "a size > 0");
+    expect_env_error("KVSHARE_SLOT_BYTES", "x", "a size such as");
+    expect_env_error("KVSHARE_STRATEGY", "fifo", "lru or lfu");
+    expect_env_error("KVSHARE_HIGH_WATERMARK", "1.5", "a fraction in (0, 1]");
+    expect_env_error("KVSHARE_HIGH_WATERMARK", "abc", "a fraction in (0, 1]");
+    expect_env_error("KVSHARE_LOW_WATERMARK", "0", "a fraction in (0, 1]");
+    expect_env_error("KVSHARE_PROGRESS", "spin", "thread or poll");
+    expect_env_error("KVSHARE_FETCH_TIMEOUT_MS", "0", "milliseconds, 1 to 3600000");
+    expect_env_error("KVSHARE_FETCH_TIMEOUT_MS", "5s", "milliseconds, 1 to 3600000");
+    expect_env_error("KVSHARE_LEASE_TIMEOUT_MS", "-1", "milliseconds, 1 to 3600000");
+    expect_env_error("KVSHARE_LISTEN", "localhost", "HOST:PORT");
+    expect_env_error("KVSHARE_LISTEN", "host:99999", "HOST:PORT");
+    expect_env_error("KVSHARE_LISTEN", ":80", "HOST:PORT");
+}
+
+Test(config, watermarks_must_be_ordered)
+{
+    char err[512];
+    kvs_ctx_params_t p = {.field_mask = 0};
+    kvs_ctx_h ctx;
+    setenv("KVSHARE_HIGH_WATERMARK", "0.5", 1);
+    setenv("KVSHARE_LOW_WATERMARK", "0.7", 1);
+    cr_assert_eq(create_with(&p, err, sizeof(err), &ctx), KVS_ERR_CONFIG);
+    cr_assert(strstr(err, "KVSHARE_LOW_WATERMARK") && strstr(err, "KVSHARE_HIGH_WATERMARK"), "%s",
+              err);
+}
+
+Test(config, defaults_and_sizes)
+{
+    kvs__config_t c;
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV};
+    cr_assert_eq(kvs__config_resolve(&p, &c, NULL, 0), KVS_OK);
+    cr_assert_eq(c.capacity_bytes, 1ull << 30);
+    cr_assert_eq(c.strategy, KVS_STRATEGY_LRU);
+    cr_assert_float_eq(c.high_watermark, 0.9, 1e-12);
+    cr_assert_float_eq(c.low_watermark, 0.8, 1e-12);
+    cr_assert_eq(c.fetch_timeout_ms, 5000);
+    cr_assert_eq(c.lease_timeout_ms, 30000);
+    cr_assert_eq(c.progress, KVS_PROGRESS_THREAD);
+    cr_assert_eq(c.log_level, KVS_LOG_OFF);
+    uint64_t b;
+    cr_assert_eq(kvs__parse_size("512MiB", &b), KVS_OK);
+    cr_assert_eq(b, 512ull << 20);
+    cr_assert_eq(kvs__parse_size("4GiB", &b), KVS_OK);
+    cr_assert_eq(b, 4ull << 30);
+    cr_assert_eq(kvs__parse_size("1.5G", &b), KVS_OK);
+    cr_assert_eq(b, 3ull << 29);
+    cr_assert_eq(kvs__parse_size("2kb", &b), KVS_OK);
+    cr_assert_eq(b, 2000);
+    cr_assert_eq(kvs__parse_size("12345", &b), KVS_OK);
+    cr_assert_eq(b, 12345);
+    cr_assert_eq(kvs__parse_size("1e30TiB", &b), KVS_ERR_CONFIG);
+    cr_assert_eq(kvs__parse_size("", &b), KVS_ERR_CONFIG);
+}
+
+static char *write_tmp(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof(path), "/tmp/kvs-config-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+Test(config, precedence_params_over_env_over_file)
+{
+    char *path = write_tmp("{\"strategy\": \"lfu\", \"capacity\": \"64MiB\", "
+                           "\"fetch_timeout_ms\": 777, \"high_watermark\": 0.95}");
+    setenv("KVSHARE_CONFIG", path, 1);
+    setenv("KVSHARE_CAPACITY", "128MiB", 1);
+    kvs__config_t c;
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_FETCH_TIMEOUT, .fetch_timeout_ms = 999};
+    cr_assert_eq(kvs__config_resolve(&p, &c, NULL, 0), KVS_OK);
+    cr_assert_eq(c.strategy, KVS_STRATEGY_LFU, "file value applies");
+    cr_assert_eq(c.capacity_bytes, 128ull << 20, "env beats file");
+    cr_assert_eq(c.fetch_timeout_ms, 999, "params beat file");
+    cr_assert_float_eq(c.high_watermark, 0.95, 1e-12);
+    p.field_mask = KVS_CTX_FIELD_NO_ENV;
+    cr_assert_eq(kvs__config_resolve(&p, &c, NULL, 0), KVS_OK);
+    cr_assert_eq(c.capacity_bytes, 1ull << 30, "NO_ENV ignores env and KVSHARE_CONFIG");
+    unlink(path);
+}
+
+static void expect_file_error(const char *text, const char *fragment)
+{
+    char err[512];
+    char *path = write_tmp(text);
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_CONFIG_FILE | KVS_CTX_FIELD_NO_ENV,
+                          .config_file = path};
+    kvs_ctx_h ctx;
+    kvs_status_t st = create_with(&p, err, sizeof(err), &ctx);
+    unlink(path);
+    cr_assert_eq(st, KVS_ERR_CONFIG, "%s: %s", text, kvs_status_string(st));
+    cr_assert(strstr(err, fragment) != NULL, "'%s' not in: %s", fragment, err);
+    cr_assert(strstr(err, path) != NULL, "message does not name the file: %s", err);
+}
+
+Test(config, bad_files)
+{
+    expect_file_error("{\"strategy\": \"fifo\"}", "lru or lfu");
+    expect_file_error("{\"strategy\": \"fifo\"}", "key \"strategy\"");
+    expect_file_error("{\"capasity\": 1}", "unknown key \"capasity\"");
+    expect_file_error("{\"capacity\": true}", "must be a string or number");
+    expect_file_error("{\"capacity\": ", "not valid JSON");
+    expect_file_error("[1, 2]", "top level must be an object");
+    expect_file_error("", "not valid JSON");
+
+    char err[512];
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_CONFIG_FILE | KVS_CTX_FIELD_NO_ENV,
+                          .config_file = "/nonexistent/kvshare.json"};
+    kvs_ctx_h ctx;
+    cr_assert_eq(create_with(&p, err, sizeof(err), &ctx), KVS_ERR_IO);
+    cr_assert(strstr(err, "/nonexistent/kvshare.json") && strstr(err, "No such file"), "%s", err);
+}
+
+Test(config, remote_settings_without_transport_are_refused_clearly)
+{
+    char err[512];
+    setenv("KVSHARE_LISTEN", "127.0.0.1:18515", 1);
+    kvs_ctx_params_t p = {.field_mask = 0};
+    kvs_ctx_h ctx;
+    cr_assert_eq(create_with(&p, err, sizeof(err), &ctx), KVS_ERR_UNSUPPORTED);
+    cr_assert(strstr(err, "KVSHARE_LISTEN") != NULL, "%s", err);
+}
+
+static int sink_calls;
+static kvs_log_level_t sink_level;
+static void sink(void *arg, kvs_log_level_t level, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+    sink_calls++;
+    sink_level = level;
+}
+
+Test(config, errors_reach_the_log_sink_and_levels_filter)
+{
+    setenv("KVSHARE_STRATEGY", "fifo", 1);
+    char err[256];
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_LOG_FN, .log_fn = sink};
+    kvs_ctx_h ctx;
+    cr_assert_eq(create_with(&p, err, sizeof(err), &ctx), KVS_ERR_CONFIG);
+    cr_assert_eq(sink_calls, 1);
+    cr_assert_eq(sink_level, KVS_LOG_ERROR);
+    unsetenv("KVSHARE_STRATEGY");
+
+    /* info lines appear at KVSHARE_LOG=info, not at the default warn */
+    sink_calls = 0;
+    p.field_mask = KVS_CTX_FIELD_LOG_FN | KVS_CTX_FIELD_NO_ENV;
+    cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK);
+    kvs_ctx_destroy(ctx);
+    cr_assert_eq(sink_calls, 0);
+    p.field_mask |= KVS_CTX_FIELD_LOG_LEVEL;
+    p.log_level = KVS_LOG_INFO;
+    cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK);
+    kvs_ctx_destroy(ctx);
+    cr_assert_gt(sink_calls, 0);
+}
