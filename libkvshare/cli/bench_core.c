@@ -43,12 +43,11 @@ static bool parse_opts(int argc, char **argv, bench_opts_t *o, const char *name)
             o->algo = v[0] == 's' ? KVS_HASH_SHA256_CBOR : KVS_HASH_XXHASH_CBOR;
             i++;
         } else {
-            fprintf(stderr,
-                    "usage: kvshare bench %s [--blocks N] [--chain N] [--repeats N]%s [--json]\n",
-                    name,
-                    strcmp(name, "keys") == 0
-                        ? " [--block-tokens N] [--algo sha256_cbor|xxhash_cbor]"
-                        : "");
+            fprintf(
+                stderr,
+                "usage: kvshare bench %s [--blocks N] [--chain N] [--repeats N]%s [--json]\n", name,
+                strcmp(name, "keys") == 0 ? " [--block-tokens N] [--algo sha256_cbor|xxhash_cbor]"
+                                          : "");
             return false;
         }
     }
@@ -191,11 +190,16 @@ int kvs_cli_bench_lookup(int argc, char **argv)
     ids = malloc((size_t)o.blocks * sizeof(*ids));
     if (!mem || !keys || !ids)
         goto out;
-    kvs_layout_t lay = {.model_id = "bench", .dtype = KVS_DTYPE_BF16, .block_tokens = 16,
-                        .num_layers = 1, .num_kv_heads = 1, .head_dim = 1, .tp_size = 1};
+    kvs_layout_t lay = {.model_id = "bench",
+                        .dtype = KVS_DTYPE_BF16,
+                        .block_tokens = 16,
+                        .num_layers = 1,
+                        .num_kv_heads = 1,
+                        .head_dim = 1,
+                        .tp_size = 1};
     kvs_segment_t seg = {.base = mem, .block_stride = 16, .block_bytes = 16};
-    kvs_pool_params_t pp = {.layout = &lay, .segments = &seg, .num_segments = 1,
-                            .num_blocks = (uint32_t)o.blocks};
+    kvs_pool_params_t pp = {
+        .layout = &lay, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)o.blocks};
     st = kvs_pool_create(ctx, &pp, &pool);
     if (st != KVS_OK) {
         rc = kvs_cli_fail("bench lookup: pool", st);

@@ -52,7 +52,7 @@ extern "C" {
 /* Status codes. Append only: never renumber or remove one.                 */
 /* ------------------------------------------------------------------------ */
 typedef enum kvs_status {
-    KVS_INPROGRESS = 1,           /* request still running */
+    KVS_INPROGRESS = 1, /* request still running */
     KVS_OK = 0,
     KVS_ERR_INVALID_PARAM = -1,   /* a NULL, zero or out-of-range argument */
     KVS_ERR_NO_MEMORY = -2,       /* an allocation failed */
@@ -138,8 +138,7 @@ typedef struct kvs_hasher_params {
  * and may be used from many threads at once.
  * Errors: KVS_ERR_INVALID_PARAM (unknown algo, block_tokens 0), NO_MEMORY.
  */
-KVS_API kvs_status_t kvs_hasher_create(const kvs_hasher_params_t *params,
-                                       kvs_hasher_h *hasher_p);
+KVS_API kvs_status_t kvs_hasher_create(const kvs_hasher_params_t *params, kvs_hasher_h *hasher_p);
 KVS_API void kvs_hasher_destroy(kvs_hasher_h hasher);
 
 /** Digest length in bytes of the hasher's algorithm (32 or 16). */
@@ -206,7 +205,7 @@ typedef enum kvs_kv_order {
 } kvs_kv_order_t;
 
 typedef struct kvs_layout {
-    uint64_t field_mask; /* reserved; set to 0 */
+    uint64_t field_mask;  /* reserved; set to 0 */
     const char *model_id; /* e.g. "meta-llama/Llama-3.1-8B-Instruct" */
     kvs_dtype_t dtype;
     uint32_t block_tokens;
@@ -245,21 +244,21 @@ typedef enum kvs_progress_mode {
 } kvs_progress_mode_t;
 
 enum kvs_ctx_field {
-    KVS_CTX_FIELD_LOG_FN = 1u << 0,         /* log_fn + log_arg */
+    KVS_CTX_FIELD_LOG_FN = 1u << 0, /* log_fn + log_arg */
     KVS_CTX_FIELD_LOG_LEVEL = 1u << 1,
     KVS_CTX_FIELD_CONFIG_FILE = 1u << 2,
     KVS_CTX_FIELD_CAPACITY = 1u << 3,
     KVS_CTX_FIELD_SLOT_BYTES = 1u << 4,
     KVS_CTX_FIELD_STRATEGY = 1u << 5,
-    KVS_CTX_FIELD_WATERMARKS = 1u << 6,     /* high_watermark + low_watermark */
+    KVS_CTX_FIELD_WATERMARKS = 1u << 6, /* high_watermark + low_watermark */
     KVS_CTX_FIELD_LISTEN = 1u << 7,
     KVS_CTX_FIELD_PROGRESS = 1u << 8,
     KVS_CTX_FIELD_FETCH_TIMEOUT = 1u << 9,
     KVS_CTX_FIELD_LEASE_TIMEOUT = 1u << 10,
     KVS_CTX_FIELD_AUTH_TOKEN_FILE = 1u << 11,
     KVS_CTX_FIELD_POOL = 1u << 12,
-    KVS_CTX_FIELD_ERRBUF = 1u << 13,        /* errbuf + errbuf_len */
-    KVS_CTX_FIELD_NO_ENV = 1u << 14,        /* ignore KVSHARE_* env vars */
+    KVS_CTX_FIELD_ERRBUF = 1u << 13, /* errbuf + errbuf_len */
+    KVS_CTX_FIELD_NO_ENV = 1u << 14, /* ignore KVSHARE_* env vars */
 };
 
 /**
@@ -270,21 +269,21 @@ enum kvs_ctx_field {
  */
 typedef struct kvs_ctx_params {
     uint64_t field_mask;
-    kvs_log_fn log_fn;        /* default: stderr, at KVSHARE_LOG's level */
+    kvs_log_fn log_fn; /* default: stderr, at KVSHARE_LOG's level */
     void *log_arg;
-    kvs_log_level_t log_level; /* KVSHARE_LOG; default off */
-    const char *config_file;  /* KVSHARE_CONFIG; default none */
-    uint64_t capacity_bytes;  /* KVSHARE_CAPACITY; default 1 GiB */
-    uint64_t slot_bytes;      /* KVSHARE_SLOT_BYTES; default: the first pool's block */
-    kvs_strategy_t strategy;  /* KVSHARE_STRATEGY; default lru */
-    double high_watermark;    /* KVSHARE_HIGH_WATERMARK; default 0.9 */
-    double low_watermark;     /* KVSHARE_LOW_WATERMARK; default 0.8 */
-    const char *listen;       /* KVSHARE_LISTEN host:port; default none */
+    kvs_log_level_t log_level;    /* KVSHARE_LOG; default off */
+    const char *config_file;      /* KVSHARE_CONFIG; default none */
+    uint64_t capacity_bytes;      /* KVSHARE_CAPACITY; default 1 GiB */
+    uint64_t slot_bytes;          /* KVSHARE_SLOT_BYTES; default: the first pool's block */
+    kvs_strategy_t strategy;      /* KVSHARE_STRATEGY; default lru */
+    double high_watermark;        /* KVSHARE_HIGH_WATERMARK; default 0.9 */
+    double low_watermark;         /* KVSHARE_LOW_WATERMARK; default 0.8 */
+    const char *listen;           /* KVSHARE_LISTEN host:port; default none */
     kvs_progress_mode_t progress; /* KVSHARE_PROGRESS; default thread */
-    uint32_t fetch_timeout_ms; /* KVSHARE_FETCH_TIMEOUT_MS; default 5000 */
-    uint32_t lease_timeout_ms; /* KVSHARE_LEASE_TIMEOUT_MS; default 30000 */
-    const char *auth_token_file; /* KVSHARE_AUTH_TOKEN_FILE; default none */
-    const char *pool;         /* KVSHARE_POOL: DNS name or host:port list */
+    uint32_t fetch_timeout_ms;    /* KVSHARE_FETCH_TIMEOUT_MS; default 5000 */
+    uint32_t lease_timeout_ms;    /* KVSHARE_LEASE_TIMEOUT_MS; default 30000 */
+    const char *auth_token_file;  /* KVSHARE_AUTH_TOKEN_FILE; default none */
+    const char *pool;             /* KVSHARE_POOL: DNS name or host:port list */
     /* When set, a failing kvs_ctx_create() writes one line naming the cause
      * here (e.g. the bad variable and its accepted values). */
     char *errbuf;
@@ -356,7 +355,7 @@ enum kvs_pool_field {
 
 typedef struct kvs_pool_params {
     uint64_t field_mask;
-    const kvs_layout_t *layout; /* required; fingerprinted at creation */
+    const kvs_layout_t *layout;    /* required; fingerprinted at creation */
     const kvs_segment_t *segments; /* required; copied */
     size_t num_segments;
     uint32_t num_blocks; /* block ids are 0 .. num_blocks-1 */
@@ -407,9 +406,8 @@ enum kvs_publish_flags {
  * range), KVS_ERR_NO_SPACE (the store is full of leased blocks; the blocks
  * before the first that did not fit were published), NO_MEMORY.
  */
-KVS_API kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys,
-                                 const uint32_t *block_ids, size_t count, unsigned flags,
-                                 size_t *published_p);
+KVS_API kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
+                                 size_t count, unsigned flags, size_t *published_p);
 
 enum kvs_unpublish_flags {
     /* Unpublish even leased blocks: their generation is bumped, so a reader
@@ -444,10 +442,10 @@ enum kvs_lookup_field {
 
 typedef struct kvs_lookup_params {
     uint64_t field_mask;
-    unsigned sources;     /* kvs_source_t mask; default LOCAL|POOL, plus PEER if set */
-    const char *peer;     /* "host:port" of the peer to ask */
-    uint32_t lease_ms;    /* default: the context's lease timeout */
-    uint32_t timeout_ms;  /* remote round-trip deadline; default fetch timeout */
+    unsigned sources;    /* kvs_source_t mask; default LOCAL|POOL, plus PEER if set */
+    const char *peer;    /* "host:port" of the peer to ask */
+    uint32_t lease_ms;   /* default: the context's lease timeout */
+    uint32_t timeout_ms; /* remote round-trip deadline; default fetch timeout */
 } kvs_lookup_params_t;
 
 /**
@@ -524,12 +522,12 @@ KVS_API void kvs_request_free(kvs_request_h req);
 /* Statistics                                                               */
 /* ------------------------------------------------------------------------ */
 typedef struct kvs_stats {
-    uint64_t field_mask;    /* reserved; set to 0 */
-    uint64_t hits;          /* keys found by lookups */
-    uint64_t misses;        /* lookups' first missing key, once per lookup */
+    uint64_t field_mask; /* reserved; set to 0 */
+    uint64_t hits;       /* keys found by lookups */
+    uint64_t misses;     /* lookups' first missing key, once per lookup */
     uint64_t evictions;
-    uint64_t blocks;        /* catalog entries */
-    uint64_t bytes;         /* arena bytes in use */
+    uint64_t blocks; /* catalog entries */
+    uint64_t bytes;  /* arena bytes in use */
     uint64_t capacity_bytes;
     uint64_t zero_copy_blocks;
     uint64_t leased_blocks;

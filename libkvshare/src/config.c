@@ -17,7 +17,7 @@
 typedef kvs_status_t (*setting_parse_fn)(const char *value, kvs__config_t *cfg);
 
 typedef struct setting {
-    const char *key;    /* JSON key; env is KVSHARE_ + upper(key) */
+    const char *key; /* JSON key; env is KVSHARE_ + upper(key) */
     const char *env;
     const char *accepts; /* for error messages */
     setting_parse_fn parse;
@@ -29,11 +29,24 @@ kvs_status_t kvs__parse_size(const char *s, uint64_t *bytes_p)
         const char *suffix;
         double mult;
     } units[] = {
-        {"", 1},       {"B", 1},          {"K", 1024.0},        {"KI", 1024.0},
-        {"KIB", 1024.0}, {"KB", 1e3},      {"M", 1048576.0},     {"MI", 1048576.0},
-        {"MIB", 1048576.0}, {"MB", 1e6},   {"G", 1073741824.0},  {"GI", 1073741824.0},
-        {"GIB", 1073741824.0}, {"GB", 1e9}, {"T", 1099511627776.0}, {"TI", 1099511627776.0},
-        {"TIB", 1099511627776.0}, {"TB", 1e12},
+        {"", 1},
+        {"B", 1},
+        {"K", 1024.0},
+        {"KI", 1024.0},
+        {"KIB", 1024.0},
+        {"KB", 1e3},
+        {"M", 1048576.0},
+        {"MI", 1048576.0},
+        {"MIB", 1048576.0},
+        {"MB", 1e6},
+        {"G", 1073741824.0},
+        {"GI", 1073741824.0},
+        {"GIB", 1073741824.0},
+        {"GB", 1e9},
+        {"T", 1099511627776.0},
+        {"TI", 1099511627776.0},
+        {"TIB", 1099511627776.0},
+        {"TB", 1e12},
     };
     char *end = NULL;
     if (s == NULL || !isdigit((unsigned char)s[0]))
@@ -207,10 +220,8 @@ static const setting_t settings[] = {
     {"high_watermark", "KVSHARE_HIGH_WATERMARK", "a fraction in (0, 1], e.g. 0.9", p_high},
     {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low},
     {"progress", "KVSHARE_PROGRESS", "thread or poll", p_progress},
-    {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000",
-     p_fetch_timeout},
-    {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000",
-     p_lease_timeout},
+    {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_fetch_timeout},
+    {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout},
     {"listen", "KVSHARE_LISTEN", "HOST:PORT with a port 1-65535, or empty", p_listen},
     {"auth_token_file", "KVSHARE_AUTH_TOKEN_FILE", "a path shorter than 4096 bytes", p_auth},
     {"pool", "KVSHARE_POOL", "a DNS name or a comma list of HOST:PORT (< 1024 bytes)", p_pool},
@@ -298,8 +309,10 @@ static kvs_status_t apply_json(const char *path, kvs__config_t *cfg, char *errbu
         goto out;
     }
     if (!cJSON_IsObject(root)) {
-        status = fail(errbuf, len, KVS_ERR_CONFIG, "KVSHARE_CONFIG='%s': top level must be an "
-                      "object", path);
+        status = fail(errbuf, len, KVS_ERR_CONFIG,
+                      "KVSHARE_CONFIG='%s': top level must be an "
+                      "object",
+                      path);
         goto out;
     }
     for (cJSON *it = root->child; it != NULL; it = it->next) {
@@ -416,8 +429,8 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
         cfg->lease_timeout_ms = p->lease_timeout_ms;
     if ((m & KVS_CTX_FIELD_LISTEN) && p->listen != NULL) {
         if (p_listen(p->listen, cfg) != KVS_OK)
-            return fail(errbuf, len, KVS_ERR_CONFIG, "params.listen='%s': accepted: %s",
-                        p->listen, settings[9].accepts);
+            return fail(errbuf, len, KVS_ERR_CONFIG, "params.listen='%s': accepted: %s", p->listen,
+                        settings[9].accepts);
     }
     if ((m & KVS_CTX_FIELD_AUTH_TOKEN_FILE) && p->auth_token_file != NULL &&
         p_auth(p->auth_token_file, cfg) != KVS_OK)

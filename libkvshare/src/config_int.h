@@ -15,9 +15,9 @@ typedef struct kvs__config {
     kvs_progress_mode_t progress;
     uint32_t fetch_timeout_ms;
     uint32_t lease_timeout_ms;
-    char listen[256];          /* "" = no listener */
+    char listen[256];           /* "" = no listener */
     char auth_token_file[4096]; /* "" = no auth */
-    char pool[1024];           /* "" = no pool */
+    char pool[1024];            /* "" = no pool */
 } kvs__config_t;
 
 /* Fills *cfg. On failure writes one line naming the setting, its source and

@@ -71,8 +71,8 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
         if (status != KVS_OK)
             goto err_mutex;
     }
-    kvs__info(&ctx->log, "kvshare %s: capacity %llu bytes, strategy %s, progress %s",
-              kvs_version(), (unsigned long long)ctx->cfg.capacity_bytes,
+    kvs__info(&ctx->log, "kvshare %s: capacity %llu bytes, strategy %s, progress %s", kvs_version(),
+              (unsigned long long)ctx->cfg.capacity_bytes,
               ctx->cfg.strategy == KVS_STRATEGY_LRU ? "lru" : "lfu",
               ctx->cfg.progress == KVS_PROGRESS_THREAD ? "thread" : "poll");
     *ctx_p = ctx;

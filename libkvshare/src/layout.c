@@ -45,7 +45,8 @@ kvs_status_t kvs_layout_id(const kvs_layout_t *l, uint64_t *layout_id_p)
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL)
         return KVS_ERR_NO_MEMORY;
-    int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) && EVP_DigestUpdate(ctx, tag, sizeof(tag)) &&
+    int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
+             EVP_DigestUpdate(ctx, tag, sizeof(tag)) &&
              EVP_DigestUpdate(ctx, mlen_le, sizeof(mlen_le)) &&
              EVP_DigestUpdate(ctx, l->model_id, mlen) && EVP_DigestUpdate(ctx, fixed, n) &&
              EVP_DigestFinal_ex(ctx, md, &mdlen);

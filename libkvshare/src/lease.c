@@ -40,12 +40,11 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         if ((m & KVS_LOOKUP_FIELD_LEASE_MS) && params->lease_ms > 0)
             lease_ms = params->lease_ms;
         no_lease = (m & KVS_LOOKUP_FIELD_NO_LEASE) != 0;
-        if ((sources & KVS_SOURCE_PEER) &&
-            (!(m & KVS_LOOKUP_FIELD_PEER) || params->peer == NULL))
+        if ((sources & KVS_SOURCE_PEER) && (!(m & KVS_LOOKUP_FIELD_PEER) || params->peer == NULL))
             return KVS_ERR_INVALID_PARAM;
     }
-    if (sources == 0 || (sources & ~(unsigned)(KVS_SOURCE_LOCAL | KVS_SOURCE_PEER |
-                                               KVS_SOURCE_POOL)))
+    if (sources == 0 ||
+        (sources & ~(unsigned)(KVS_SOURCE_LOCAL | KVS_SOURCE_PEER | KVS_SOURCE_POOL)))
         return KVS_ERR_INVALID_PARAM;
     if ((sources & (KVS_SOURCE_PEER | KVS_SOURCE_POOL)) && ctx->tl_ops == NULL &&
         !(sources & KVS_SOURCE_LOCAL)) {
@@ -124,9 +123,9 @@ static kvs_status_t copy_block(kvs__store_t *s, const kvs__ref_t *ref, kvs_pool_
     }
     /* The generation is read after the data: if the slot was reused while
      * we copied, the copy is discarded as stale. */
-    uint64_t gen = src != NULL ? atomic_load_explicit(&src->gen[e->block], memory_order_acquire)
-                               : atomic_load_explicit(&s->arena_gen[e->block],
-                                                      memory_order_acquire);
+    uint64_t gen = src != NULL
+                       ? atomic_load_explicit(&src->gen[e->block], memory_order_acquire)
+                       : atomic_load_explicit(&s->arena_gen[e->block], memory_order_acquire);
     return gen == e->gen ? KVS_OK : KVS_ERR_STALE;
 }
 

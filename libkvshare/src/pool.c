@@ -176,13 +176,14 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
 
     pthread_rwlock_wrlock(&s->lock);
     if (!zcopy) {
-        status = kvs__store_arena_init(s, ctx->cfg.slot_bytes ? ctx->cfg.slot_bytes
-                                                             : pool->block_bytes);
+        status =
+            kvs__store_arena_init(s, ctx->cfg.slot_bytes ? ctx->cfg.slot_bytes : pool->block_bytes);
         if (status != KVS_OK)
             goto out;
         if (pool->block_bytes > s->slot_bytes) {
-            kvs__error(&ctx->log, "kvs_publish: blocks of %zu bytes do not fit arena slots of %zu "
-                                  "bytes (set KVSHARE_SLOT_BYTES)",
+            kvs__error(&ctx->log,
+                       "kvs_publish: blocks of %zu bytes do not fit arena slots of %zu "
+                       "bytes (set KVSHARE_SLOT_BYTES)",
                        pool->block_bytes, s->slot_bytes);
             status = KVS_ERR_INVALID_PARAM;
             goto out;
@@ -198,13 +199,15 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
             if (old != 0) {
                 /* The engine refilled a published block without
                  * unpublishing it: the old key's data is gone. */
-                kvs__warn(&ctx->log, "kvs_publish: block %u republished without "
-                                     "kvs_unpublish; dropping its old key", b);
+                kvs__warn(&ctx->log,
+                          "kvs_publish: block %u republished without "
+                          "kvs_unpublish; dropping its old key",
+                          b);
                 kvs__store_remove(s, &s->entries[old - 1]);
             }
-            status = kvs__store_insert(s, pool->layout_id, &keys[i], pool, b,
-                                       atomic_load_explicit(&pool->gen[b], memory_order_acquire),
-                                       &e);
+            status =
+                kvs__store_insert(s, pool->layout_id, &keys[i], pool, b,
+                                  atomic_load_explicit(&pool->gen[b], memory_order_acquire), &e);
             if (status != KVS_OK)
                 goto out;
             pool->entry_of_block[b] = (uint32_t)(e - s->entries) + 1;
@@ -212,8 +215,9 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
             status = kvs__store_insert(s, pool->layout_id, &keys[i], NULL, 0, 0, &e);
             if (status != KVS_OK) {
                 if (status == KVS_ERR_NO_SPACE)
-                    kvs__warn(&ctx->log, "kvs_publish: store full (%u slots, all leased); "
-                                         "published %zu of %zu",
+                    kvs__warn(&ctx->log,
+                              "kvs_publish: store full (%u slots, all leased); "
+                              "published %zu of %zu",
                               s->arena_slots, published, count);
                 goto out;
             }
@@ -228,8 +232,7 @@ out:
     return status;
 }
 
-kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
-                           unsigned flags)
+kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t count, unsigned flags)
 {
     if (pool == NULL || (count > 0 && block_ids == NULL) ||
         (flags & ~(unsigned)KVS_UNPUBLISH_FORCE))

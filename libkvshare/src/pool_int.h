@@ -14,7 +14,7 @@ struct kvs_pool {
     size_t block_bytes; /* sum over segments */
     bool host_only;
     char *name;
-    _Atomic uint64_t *gen;   /* per block id */
+    _Atomic uint64_t *gen;    /* per block id */
     uint32_t *entry_of_block; /* store entry + 1 for published blocks; store lock */
 };
 

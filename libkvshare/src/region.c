@@ -22,8 +22,8 @@ kvs_status_t kvs_mem_register(kvs_ctx_h ctx, void *base, size_t length, kvs_mem_
     pthread_mutex_lock(&ctx->regions_lock);
     for (struct kvs_region *o = ctx->regions; o != NULL; o = o->next) {
         if (r->base < o->base + o->length && o->base < r->base + length) {
-            kvs__error(&ctx->log, "kvs_mem_register(%p, %zu): overlaps region %p+%zu", base,
-                       length, (void *)o->base, o->length);
+            kvs__error(&ctx->log, "kvs_mem_register(%p, %zu): overlaps region %p+%zu", base, length,
+                       (void *)o->base, o->length);
             status = KVS_ERR_INVALID_PARAM;
             goto err_unlock;
         }

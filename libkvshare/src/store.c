@@ -170,10 +170,9 @@ size_t kvs__store_find_prefix(kvs__store_t *s, uint64_t layout_id, const kvs_key
         if (refs != NULL) {
             atomic_fetch_add_explicit(&e->leases, 1, memory_order_acq_rel);
             uint64_t old = atomic_load_explicit(&e->lease_deadline_ms, memory_order_relaxed);
-            while (old < deadline_ms &&
-                   !atomic_compare_exchange_weak_explicit(&e->lease_deadline_ms, &old,
-                                                          deadline_ms, memory_order_relaxed,
-                                                          memory_order_relaxed))
+            while (old < deadline_ms && !atomic_compare_exchange_weak_explicit(
+                                            &e->lease_deadline_ms, &old, deadline_ms,
+                                            memory_order_relaxed, memory_order_relaxed))
                 ;
             refs[i].idx = idx;
             refs[i].pad = 0;
@@ -211,9 +210,9 @@ void kvs__store_release(kvs__store_t *s, const kvs__ref_t *refs, size_t n)
          * lease expired and it was evicted: nothing of ours is left. */
         if (e->serial == refs[i].serial) {
             uint32_t old = atomic_load_explicit(&e->leases, memory_order_relaxed);
-            while (old > 0 && !atomic_compare_exchange_weak_explicit(
-                                  &e->leases, &old, old - 1, memory_order_acq_rel,
-                                  memory_order_relaxed))
+            while (old > 0 && !atomic_compare_exchange_weak_explicit(&e->leases, &old, old - 1,
+                                                                     memory_order_acq_rel,
+                                                                     memory_order_relaxed))
                 ;
         }
         released++;
@@ -266,8 +265,8 @@ static uint32_t evict_to(kvs__store_t *s, uint32_t target)
         kvs__store_remove(s, &s->entries[s->cands[i].idx]);
     atomic_fetch_add_explicit(&s->evictions, want, memory_order_relaxed);
     if (want > 0)
-        kvs__debug(s->log, "evicted %zu blocks (%zu candidates), %u of %u slots in use", want,
-                   nc, s->arena_used, s->arena_slots);
+        kvs__debug(s->log, "evicted %zu blocks (%zu candidates), %u of %u slots in use", want, nc,
+                   s->arena_used, s->arena_slots);
     return (uint32_t)want;
 }
 

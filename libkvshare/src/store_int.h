@@ -18,7 +18,7 @@ struct kvs_pool;
 typedef struct kvs__entry {
     kvs_key_t key;
     uint64_t layout_id;
-    uint64_t serial; /* unique per insertion; 0 marks a free entry */
+    uint64_t serial;       /* unique per insertion; 0 marks a free entry */
     struct kvs_pool *pool; /* zero-copy holder; NULL: in the arena */
     uint32_t block;        /* pool block id, or arena slot */
     uint32_t next_free;

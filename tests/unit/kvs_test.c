@@ -46,8 +46,8 @@ void test_pool_init(test_pool_t *tp, kvs_ctx_h ctx, const char *model, uint32_t 
         segs[s].block_bytes = seg_bytes;
         segs[s].mem_type = KVS_MEM_HOST;
     }
-    kvs_pool_params_t pp = {.layout = &l, .segments = segs, .num_segments = nsegs,
-                            .num_blocks = nblocks};
+    kvs_pool_params_t pp = {
+        .layout = &l, .segments = segs, .num_segments = nsegs, .num_blocks = nblocks};
     tp->nsegs = nsegs;
     tp->seg_bytes = seg_bytes;
     tp->nblocks = nblocks;

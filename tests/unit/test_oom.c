@@ -59,8 +59,12 @@ static kvs_status_t scenario(void)
     kvs_layout_t l = test_layout("oom");
     kvs_segment_t s1 = {.base = mem[0], .block_stride = 64, .block_bytes = 64};
     kvs_segment_t s2 = {.base = mem[1], .block_stride = 64, .block_bytes = 64};
-    kvs_pool_params_t pp = {.field_mask = KVS_POOL_FIELD_NAME, .layout = &l, .segments = &s1,
-                            .num_segments = 1, .num_blocks = 64, .name = "src"};
+    kvs_pool_params_t pp = {.field_mask = KVS_POOL_FIELD_NAME,
+                            .layout = &l,
+                            .segments = &s1,
+                            .num_segments = 1,
+                            .num_blocks = 64,
+                            .name = "src"};
     CHECK(kvs_pool_create(ctx, &pp, &src));
     pp.segments = &s2;
     pp.field_mask = 0;

@@ -1,0 +1,377 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Unit tests for kvsc_inject_patch(): which pods, which operations, escaping, idempotence. */
+#include "kvsc_test_util.h"
+
+static cJSON *get(const cJSON *o, const char *k)
+{
+    return cJSON_GetObjectItemCaseSensitive(o, k);
+}
+
+/* Run the injector on the pod inside fixture-derived review; returns patch (may be NULL). */
+static cJSON *inject(const cJSON *pod, const char *ns, cJSON **warnings_p)
+{
+    cJSON *warnings = cJSON_CreateArray();
+    cJSON *patch = (cJSON *)1;
+    cr_assert_eq(kvsc_inject_patch(kvsc_t_cfg(), pod, ns, &patch, warnings), KVSC_OK);
+    cr_assert_neq(patch, (cJSON *)1, "patch_p is always written on success");
+    if (warnings_p != NULL) {
+        *warnings_p = warnings;
+    } else {
+        cJSON_Delete(warnings);
+    }
+    return patch;
+}
+
+static const cJSON *value_of(const cJSON *patch, const char *op, const char *path)
+{
+    const cJSON *o = kvsc_t_find(patch, op, path);
+    cr_assert_not_null(o, "patch has %s %s", op, path);
+    return get(o, "value");
+}
+
+/* The env entries the patch appends to container idx, in order, as a new array. */
+static cJSON *appended_env(const cJSON *patch, int idx)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/spec/containers/%d/env/-", idx);
+    cJSON *env = cJSON_CreateArray();
+    const cJSON *it;
+    cJSON_ArrayForEach(it, patch)
+    {
+        if (strcmp(get(it, "path")->valuestring, path) == 0) {
+            cJSON_AddItemToArray(env, cJSON_Duplicate(get(it, "value"), 1));
+        }
+    }
+    return env;
+}
+
+static const cJSON *env_named(const cJSON *env, const char *name)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, env)
+    {
+        if (strcmp(get(it, "name")->valuestring, name) == 0) {
+            return it;
+        }
+    }
+    return NULL;
+}
+
+static int index_of(const cJSON *env, const char *name)
+{
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, env)
+    {
+        if (strcmp(get(it, "name")->valuestring, name) == 0) {
+            return i;
+        }
+        i++;
+    }
+    return -1;
+}
+
+Test(inject, json_pointer_escaping_is_rfc6901)
+{
+    static const char *const in[] = {"kvshare.io/injected", "a~b", "a/b~c", "~1", "/~", "plain"};
+    static const char *const want[] = {
+        "kvshare.io~1injected", "a~0b", "a~1b~0c", "~01", "~1~0", "plain"};
+    for (size_t i = 0; i < 6; i++) {
+        char *e = kvsc_json_pointer_escape(in[i]);
+        cr_assert_str_eq(e, want[i], "escape(%s)", in[i]);
+        cJSON_free(e);
+    }
+}
+
+Test(inject, full_patch_for_the_captured_pod)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *pod = kvsc_t_pod(review);
+    cJSON *patch = inject(pod, "default", NULL);
+    cr_assert_not_null(patch);
+
+    /* The pod has annotations and volumes but no initContainers: only that is created. */
+    cr_assert_null(kvsc_t_find(patch, "add", "/metadata/annotations"));
+    cr_assert_null(kvsc_t_find(patch, "add", "/spec/volumes"));
+    cr_assert(cJSON_IsArray(value_of(patch, "add", "/spec/initContainers")));
+    cr_assert_eq(cJSON_GetArraySize(value_of(patch, "add", "/spec/initContainers")), 0);
+    const cJSON *init = value_of(patch, "add", "/spec/initContainers/-");
+    cr_assert_str_eq(get(init, "image")->valuestring, kvsc_t_cfg()->image);
+    cr_assert_str_eq(get(init, "name")->valuestring, KVSC_INIT_NAME);
+    const cJSON *vol = value_of(patch, "add", "/spec/volumes/-");
+    cr_assert_str_eq(get(vol, "name")->valuestring, KVSC_VOLUME_LIB);
+    cr_assert(cJSON_IsObject(get(vol, "emptyDir")));
+    const cJSON *mark = value_of(patch, "add", "/metadata/annotations/kvshare.io~1injected");
+    cr_assert_str_eq(mark->valuestring, kvsc_t_cfg()->version);
+
+    /* Both containers: mounts appended, env created (neither had env... except nginx). */
+    cr_assert_null(kvsc_t_find(patch, "add", "/spec/containers/0/volumeMounts"));
+    const cJSON *m = value_of(patch, "add", "/spec/containers/1/volumeMounts/-");
+    cr_assert_str_eq(get(m, "mountPath")->valuestring, KVSC_MOUNT_LIB);
+    cr_assert(cJSON_IsArray(value_of(patch, "add", "/spec/containers/0/env")));
+    cr_assert_null(kvsc_t_find(patch, "add", "/spec/containers/1/env"));
+
+    cJSON *env0 = appended_env(patch, 0);
+    cr_assert_str_eq(get(env_named(env0, "LD_PRELOAD"), "value")->valuestring, KVSC_SHIM_PATH);
+    cr_assert_str_eq(get(env_named(env0, "KVSHARE_ROLE"), "value")->valuestring, "decode");
+    cr_assert_str_eq(get(env_named(env0, "KVSHARE_POOL"), "value")->valuestring,
+                     "llama-cache.default.svc");
+    cr_assert_str_eq(get(env_named(env0, "KVSHARE_LISTEN"), "value")->valuestring,
+                     "$(KVSHARE_POD_IP):18515");
+    const cJSON *ip = env_named(env0, "KVSHARE_POD_IP");
+    cr_assert_str_eq(get(get(get(ip, "valueFrom"), "fieldRef"), "fieldPath")->valuestring,
+                     "status.podIP");
+    const cJSON *name = env_named(env0, "KVSHARE_POD_NAME");
+    cr_assert_str_eq(get(get(get(name, "valueFrom"), "fieldRef"), "fieldPath")->valuestring,
+                     "metadata.name");
+    /* $(VAR) only expands variables defined earlier in the list. */
+    cr_assert_lt(index_of(env0, "KVSHARE_POD_IP"), index_of(env0, "KVSHARE_LISTEN"));
+    cr_assert_null(env_named(env0, "KVSHARE_AUTH_TOKEN_FILE"));
+
+    /* nginx already had LD_PRELOAD: appended to with ':', guarded by a test op. */
+    cJSON *env1 = appended_env(patch, 1);
+    cr_assert_null(env_named(env1, "LD_PRELOAD"));
+    cr_assert_str_eq(value_of(patch, "test", "/spec/containers/1/env/0/name")->valuestring,
+                     "LD_PRELOAD");
+    cr_assert_str_eq(value_of(patch, "add", "/spec/containers/1/env/0/value")->valuestring,
+                     "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2:" KVSC_SHIM_PATH);
+    cJSON_Delete(env0);
+    cJSON_Delete(env1);
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, absent_maps_and_arrays_are_created_first)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *pod = kvsc_t_pod(review);
+    cJSON *meta = get(pod, "metadata");
+    cJSON_DeleteItemFromObjectCaseSensitive(meta, "annotations");
+    cJSON_DeleteItemFromObjectCaseSensitive(get(pod, "spec"), "volumes");
+    cJSON_DeleteItemFromObjectCaseSensitive(
+        cJSON_GetArrayItem(get(get(pod, "spec"), "containers"), 0), "volumeMounts");
+    cJSON *patch = inject(pod, "default", NULL);
+    const char *pairs[][2] = {
+        {"/metadata/annotations", "/metadata/annotations/kvshare.io~1injected"},
+        {"/spec/volumes", "/spec/volumes/-"},
+        {"/spec/initContainers", "/spec/initContainers/-"},
+        {"/spec/containers/0/volumeMounts", "/spec/containers/0/volumeMounts/-"},
+        {"/spec/containers/0/env", "/spec/containers/0/env/-"},
+    };
+    for (size_t i = 0; i < 5; i++) {
+        int create = -1, use = -1, k = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, patch)
+        {
+            const char *p = get(it, "path")->valuestring;
+            if (create < 0 && strcmp(p, pairs[i][0]) == 0) {
+                create = k;
+            }
+            if (use < 0 && strcmp(p, pairs[i][1]) == 0) {
+                use = k;
+            }
+            k++;
+        }
+        cr_assert_geq(create, 0, "%s is created", pairs[i][0]);
+        cr_assert_lt(create, use, "%s is created before %s", pairs[i][0], pairs[i][1]);
+    }
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, existing_env_wins_and_is_not_duplicated)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *c0 = cJSON_GetArrayItem(get(get(kvsc_t_pod(review), "spec"), "containers"), 0);
+    cJSON *env = cJSON_AddArrayToObject(c0, "env");
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "name", "KVSHARE_ROLE");
+    cJSON_AddStringToObject(e, "value", "prefill");
+    cJSON_AddItemToArray(env, e);
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    cJSON *added = appended_env(patch, 0);
+    cr_assert_null(env_named(added, "KVSHARE_ROLE"));
+    cr_assert_not_null(env_named(added, "KVSHARE_POOL"));
+    cr_assert_null(kvsc_t_find(patch, "add", "/spec/containers/0/env"), "env is not recreated");
+    cJSON_Delete(added);
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, ld_preload_from_valuefrom_is_left_alone_with_a_warning)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *c1 = cJSON_GetArrayItem(get(get(kvsc_t_pod(review), "spec"), "containers"), 1);
+    cJSON *pre = cJSON_GetArrayItem(get(c1, "env"), 0);
+    cJSON_DeleteItemFromObjectCaseSensitive(pre, "value");
+    cJSON *from = cJSON_AddObjectToObject(pre, "valueFrom");
+    cJSON *ref = cJSON_AddObjectToObject(from, "configMapKeyRef");
+    cJSON_AddStringToObject(ref, "name", "preload");
+    cJSON_AddStringToObject(ref, "key", "LD_PRELOAD");
+    cJSON *warnings;
+    cJSON *patch = inject(kvsc_t_pod(review), "default", &warnings);
+    cr_assert_not_null(patch);
+    cr_assert_null(kvsc_t_find(patch, "add", "/spec/containers/1/env/0/value"));
+    cJSON *added = appended_env(patch, 1);
+    cr_assert_null(env_named(added, "LD_PRELOAD"), "no second LD_PRELOAD");
+    cr_assert_eq(cJSON_GetArraySize(warnings), 1);
+    cr_assert_not_null(strstr(cJSON_GetArrayItem(warnings, 0)->valuestring, "valueFrom"));
+    cr_assert_not_null(strstr(cJSON_GetArrayItem(warnings, 0)->valuestring, "nginx"));
+    cJSON_Delete(added);
+    cJSON_Delete(warnings);
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, ld_preload_already_holding_the_shim_is_untouched)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *c1 = cJSON_GetArrayItem(get(get(kvsc_t_pod(review), "spec"), "containers"), 1);
+    cJSON *pre = cJSON_GetArrayItem(get(c1, "env"), 0);
+    cJSON_ReplaceItemInObjectCaseSensitive(pre, "value",
+                                           cJSON_CreateString("/a.so " KVSC_SHIM_PATH));
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    cr_assert_null(kvsc_t_find(patch, "add", "/spec/containers/1/env/0/value"));
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, invalid_role_is_a_warning_not_a_patch)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *labels = get(get(kvsc_t_pod(review), "metadata"), "labels");
+    cJSON_ReplaceItemInObjectCaseSensitive(labels, "kvshare.io/role", cJSON_CreateString("router"));
+    cJSON *warnings;
+    cJSON *patch = inject(kvsc_t_pod(review), "default", &warnings);
+    cr_assert_null(patch);
+    cr_assert_eq(cJSON_GetArraySize(warnings), 1);
+    cr_assert_not_null(strstr(cJSON_GetArrayItem(warnings, 0)->valuestring, "\"router\""));
+
+    /* Through kvsc_review: allowed, no patch, the warning in the response. */
+    kvsc_review_out_t out;
+    cJSON *resp = kvsc_t_review(review, &out);
+    cr_assert_eq(out.result, KVSC_RESULT_NO_PATCH);
+    const cJSON *r = get(resp, "response");
+    cr_assert(cJSON_IsTrue(get(r, "allowed")));
+    cr_assert_null(get(r, "patch"));
+    cr_assert_not_null(strstr(cJSON_GetArrayItem(get(r, "warnings"), 0)->valuestring, "router"));
+    cJSON_Delete(resp);
+    kvsc_review_out_free(&out);
+    cJSON_Delete(warnings);
+    cJSON_Delete(review);
+}
+
+Test(inject, role_defaults_to_both)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON_DeleteItemFromObjectCaseSensitive(get(get(kvsc_t_pod(review), "metadata"), "labels"),
+                                            "kvshare.io/role");
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    cJSON *env = appended_env(patch, 0);
+    cr_assert_str_eq(get(env_named(env, "KVSHARE_ROLE"), "value")->valuestring, "both");
+    cJSON_Delete(env);
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, bad_pool_or_secret_names_are_warnings)
+{
+    const char *cases[][2] = {
+        {"kvshare.io/pool", "Bad_Pool"},
+        {"kvshare.io/pool", "pool-name-of-fifty-eight-characters-is-one-too-many-for-it"},
+        {"kvshare.io/auth-secret", "no/slash"}};
+    for (size_t i = 0; i < 3; i++) {
+        cJSON *review = kvsc_t_load("pod-optin.json");
+        cJSON *annots = get(get(kvsc_t_pod(review), "metadata"), "annotations");
+        cJSON_DeleteItemFromObjectCaseSensitive(annots, cases[i][0]);
+        cJSON_AddStringToObject(annots, cases[i][0], cases[i][1]);
+        cJSON *warnings;
+        cJSON *patch = inject(kvsc_t_pod(review), "default", &warnings);
+        cr_assert_null(patch, "%s=%s is refused", cases[i][0], cases[i][1]);
+        cr_assert_eq(cJSON_GetArraySize(warnings), 1);
+        cJSON_Delete(warnings);
+        cJSON_Delete(review);
+    }
+}
+
+Test(inject, auth_secret_is_mounted_and_pointed_at)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON_AddStringToObject(get(get(kvsc_t_pod(review), "metadata"), "annotations"),
+                            "kvshare.io/auth-secret", "llama-token");
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    int found = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, patch)
+    {
+        const cJSON *v = get(it, "value");
+        if (strcmp(get(it, "path")->valuestring, "/spec/volumes/-") == 0 &&
+            get(v, "secret") != NULL) {
+            cr_assert_str_eq(get(get(v, "secret"), "secretName")->valuestring, "llama-token");
+            found = 1;
+        }
+    }
+    cr_assert(found, "the secret volume is added");
+    for (int c = 0; c < 2; c++) {
+        cJSON *env = appended_env(patch, c);
+        cr_assert_str_eq(get(env_named(env, "KVSHARE_AUTH_TOKEN_FILE"), "value")->valuestring,
+                         KVSC_MOUNT_AUTH "/" KVSC_AUTH_TOKEN_KEY);
+        cJSON_Delete(env);
+    }
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, namespace_falls_back_to_object_metadata)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *meta = get(kvsc_t_pod(review), "metadata");
+    cJSON_ReplaceItemInObjectCaseSensitive(meta, "namespace", cJSON_CreateString("team-a"));
+    cJSON *patch = inject(kvsc_t_pod(review), NULL, NULL);
+    cJSON *env = appended_env(patch, 0);
+    cr_assert_str_eq(get(env_named(env, "KVSHARE_POOL"), "value")->valuestring,
+                     "llama-cache.team-a.svc");
+    cJSON_Delete(env);
+    cJSON_Delete(patch);
+    /* request.namespace wins over the object's. */
+    patch = inject(kvsc_t_pod(review), "team-b", NULL);
+    env = appended_env(patch, 0);
+    cr_assert_str_eq(get(env_named(env, "KVSHARE_POOL"), "value")->valuestring,
+                     "llama-cache.team-b.svc");
+    cJSON_Delete(env);
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, marked_or_already_injected_pods_get_no_patch)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *pod = kvsc_t_pod(review);
+    cJSON_AddStringToObject(get(get(pod, "metadata"), "annotations"), KVSC_ANNOT_INJECTED, "0.0.1");
+    cr_assert_null(inject(pod, "default", NULL));
+    cJSON_Delete(review);
+
+    review = kvsc_t_load("pod-optin.json");
+    pod = kvsc_t_pod(review);
+    cJSON *inits = cJSON_AddArrayToObject(get(pod, "spec"), "initContainers");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddStringToObject(c, "name", KVSC_INIT_NAME);
+    cJSON_AddItemToArray(inits, c);
+    cr_assert_null(inject(pod, "default", NULL));
+    cJSON_Delete(review);
+}
+
+Test(inject, malformed_specs_are_left_alone)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *spec = get(kvsc_t_pod(review), "spec");
+    cJSON_ReplaceItemInObjectCaseSensitive(spec, "volumes", cJSON_CreateString("x"));
+    cJSON *warnings;
+    cr_assert_null(inject(kvsc_t_pod(review), "default", &warnings));
+    cr_assert_eq(cJSON_GetArraySize(warnings), 1);
+    cJSON_Delete(warnings);
+    cJSON_DeleteItemFromObjectCaseSensitive(spec, "containers");
+    cJSON_DeleteItemFromObjectCaseSensitive(spec, "volumes");
+    cr_assert_null(inject(kvsc_t_pod(review), "default", NULL));
+    cJSON_Delete(review);
+}
