@@ -15,10 +15,13 @@
  * Threading model
  * ---------------
  *  - A kvs_ctx_h may be shared by all threads of a process.
- *  - kvs_lookup() and kvs_stats_query() may run on any number of threads at
- *    once, concurrently with one thread that publishes, unpublishes and
- *    evicts. Publishing from several threads is also safe (it serialises on
- *    the catalog's writer lock), but the intended shape is one writer.
+ *  - kvs_lookup(), kvs_fetch() and kvs_stats_query() may run on any number
+ *    of threads at once, concurrently with one thread that publishes,
+ *    unpublishes and evicts. Publishing from several threads is also safe
+ *    (it serialises on the catalog's writer lock), but the intended shape is
+ *    one writer. Lookups take the lock shared and touch entries only through
+ *    atomics; a copy-mode kvs_publish() holds it exclusively while it copies
+ *    its batch into the arena, so lookups wait for at most one batch.
  *  - A lease (kvs_lease_h) and a request (kvs_request_h) belong to the thread
  *    that holds them; pass them between threads only with your own
  *    synchronisation.
@@ -366,8 +369,9 @@ typedef struct kvs_pool_params {
  * Describes the engine's KV memory to the library (and registers it with the
  * transport, once). The memory stays owned by the caller and must outlive the
  * pool. On success the caller owns *pool_p (kvs_pool_destroy()).
- * Errors: KVS_ERR_INVALID_PARAM (no segments, overlapping or misaligned
- * strides, zero blocks), NO_MEMORY, KVS_ERR_TRANSPORT (registration failed).
+ * Errors: KVS_ERR_INVALID_PARAM (no segments, a NULL base, a stride smaller
+ * than the block, zero blocks, an invalid layout), NO_MEMORY,
+ * KVS_ERR_TRANSPORT (registration failed).
  */
 KVS_API kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params,
                                      kvs_pool_h *pool_p);

@@ -46,8 +46,9 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
     if (sources == 0 ||
         (sources & ~(unsigned)(KVS_SOURCE_LOCAL | KVS_SOURCE_PEER | KVS_SOURCE_POOL)))
         return KVS_ERR_INVALID_PARAM;
-    if ((sources & (KVS_SOURCE_PEER | KVS_SOURCE_POOL)) && ctx->tl_ops == NULL &&
-        !(sources & KVS_SOURCE_LOCAL)) {
+    /* A peer named explicitly must be asked; answering from the local store
+     * alone would hide that it never was. */
+    if ((sources & KVS_SOURCE_PEER || sources == KVS_SOURCE_POOL) && ctx->tl_ops == NULL) {
         kvs__error(&ctx->log, "kvs_lookup: remote sources asked for, but this build has no "
                               "transport");
         return KVS_ERR_UNSUPPORTED;

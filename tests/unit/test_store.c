@@ -393,6 +393,9 @@ Test(store, fetch_argument_errors_write_nothing)
                                 .peer = "127.0.0.1:1"};
     cr_assert_eq(kvs_lookup(ctx, kvs_pool_layout_id(p.pool), &k, 1, &peer, &l),
                  KVS_ERR_UNSUPPORTED);
+    peer.sources = KVS_SOURCE_LOCAL | KVS_SOURCE_PEER;
+    cr_assert_eq(kvs_lookup(ctx, kvs_pool_layout_id(p.pool), &k, 1, &peer, &l), KVS_ERR_UNSUPPORTED,
+                 "a named peer is never silently skipped");
     test_pool_free(&p);
     kvs_ctx_destroy(ctx);
 }
