@@ -141,6 +141,7 @@ int kvs_cli_keys(int argc, char **argv)
             printf("%zu %zu-%zu %llu %s\n", b, b * block_tokens, (b + 1) * block_tokens - 1,
                    (unsigned long long)kvs_key_to_u64(&keys[b], dl), hex);
         }
+        fflush(stdout); /* keep the note after the lines it refers to */
         if (ntok % block_tokens)
             fprintf(stderr, "kvshare keys: %zu trailing tokens form a partial block (not hashed)\n",
                     (size_t)(ntok % block_tokens));
