@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for kvsc_inject_patch(): which pods, which operations, escaping, idempotence. */
-#include "kvsc_test_util.h"
+#include "test_controller_util.h"
 
 static cJSON *get(const cJSON *o, const char *k)
 {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for kvsc_review(): the AdmissionReview envelope, bad input, dry runs, OOM. */
-#include "kvsc_test_util.h"
+#include "test_controller_util.h"
 
 static cJSON *get(const cJSON *o, const char *k)
 {

@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* proto.c - encodes and strictly decodes peer protocol messages. */
+#include "proto_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* --- little-endian readers over a bounded cursor ---------------------- */
+typedef struct rd {
+    const uint8_t *p;
+    size_t left;
+    bool bad;
+} rd_t;
+
+static const uint8_t *take(rd_t *r, size_t n)
+{
+    if (r->bad || n > r->left) {
+        r->bad = true;
+        return NULL;
+    }
+    const uint8_t *p = r->p;
+    r->p += n;
+    r->left -= n;
+    return p;
+}
+
+static uint64_t le(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static uint8_t rd_u8(rd_t *r)
+{
+    const uint8_t *p = take(r, 1);
+    return p ? p[0] : 0;
+}
+
+static uint16_t rd_u16(rd_t *r)
+{
+    const uint8_t *p = take(r, 2);
+    return p ? (uint16_t)le(p, 2) : 0;
+}
+
+static uint32_t rd_u32(rd_t *r)
+{
+    const uint8_t *p = take(r, 4);
+    return p ? (uint32_t)le(p, 4) : 0;
+}
+
+static uint64_t rd_u64(rd_t *r)
+{
+    const uint8_t *p = take(r, 8);
+    return p ? le(p, 8) : 0;
+}
+
+#define REGION_FIXED (4 + 8 + 8 + 4)
+#define PIECE_LEN    16
+#define BLOCK_FIXED  (4 + 8 + 8 + 2)
+
+static kvs_status_t bad(char *why, size_t why_len, const char *fmt, ...) KVS_PRINTF(3, 4);
+
+static kvs_status_t bad(char *why, size_t why_len, const char *fmt, ...)
+{
+    if (why != NULL && why_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return KVS_ERR_PROTOCOL;
+}
+
+static kvs_status_t decode_regions(rd_t *r, kvs__msg_t *m, char *why, size_t wl)
+{
+    m->nregions = rd_u32(r);
+    if (r->bad || m->nregions > KVS_PROTO_MAX_REGIONS)
+        return bad(why, wl, "region count %u invalid or truncated", m->nregions);
+    m->regions = r->p;
+    for (uint32_t i = 0; i < m->nregions; i++) {
+        rd_u32(r);
+        rd_u64(r);
+        uint64_t length = rd_u64(r);
+        uint32_t rkey_len = rd_u32(r);
+        if (r->bad)
+            return bad(why, wl, "region %u truncated", i);
+        if (rkey_len == 0 || rkey_len > KVS_PROTO_MAX_RKEY || length == 0)
+            return bad(why, wl, "region %u: rkey length %u or length %llu invalid", i, rkey_len,
+                       (unsigned long long)length);
+        if (take(r, rkey_len) == NULL)
+            return bad(why, wl, "region %u: rkey truncated", i);
+    }
+    return KVS_OK;
+}
+
+kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char *why, size_t wl)
+{
+    rd_t r = {.p = buf, .left = len};
+    memset(m, 0, sizeof(*m));
+    if (buf == NULL || len < KVS_PROTO_HDR_LEN)
+        return bad(why, wl, "message of %zu bytes is shorter than the %u-byte header", len,
+                   KVS_PROTO_HDR_LEN);
+    uint32_t magic = rd_u32(&r);
+    uint16_t version = rd_u16(&r);
+    m->hdr.type = rd_u16(&r);
+    m->hdr.flags = rd_u32(&r);
+    m->hdr.body_len = rd_u32(&r);
+    m->hdr.req_id = rd_u64(&r);
+    m->hdr.session = rd_u64(&r);
+    if (magic != KVS_PROTO_MAGIC)
+        return bad(why, wl, "bad magic 0x%08x", magic);
+    if (version != KVS_PROTO_VERSION)
+        return bad(why, wl, "protocol version %u, expected %u", version, KVS_PROTO_VERSION);
+    if (m->hdr.type == 0 || m->hdr.type > KVS_MSG_TYPE_MAX)
+        return bad(why, wl, "unknown message type %u", m->hdr.type);
+    if (m->hdr.flags & ~KVS_PROTO_FLAG_REGIONS)
+        return bad(why, wl, "reserved header bits set");
+    if (m->hdr.body_len > KVS_PROTO_MAX_BODY || m->hdr.body_len != len - KVS_PROTO_HDR_LEN)
+        return bad(why, wl, "body length %u does not match the %zu bytes received", m->hdr.body_len,
+                   len - KVS_PROTO_HDR_LEN);
+    bool has_regions = (m->hdr.flags & KVS_PROTO_FLAG_REGIONS) != 0;
+    kvs_status_t st;
+
+    switch ((kvs__msg_type_t)m->hdr.type) {
+    case KVS_MSG_HELLO:
+        m->u.hello.layout_id = rd_u64(&r);
+        m->u.hello.nonce = take(&r, KVS_PROTO_NONCE_LEN);
+        m->u.hello.name_len = rd_u16(&r);
+        if (m->u.hello.name_len > KVS_PROTO_MAX_NAME)
+            return bad(why, wl, "HELLO name of %u bytes", m->u.hello.name_len);
+        m->u.hello.name = (const char *)take(&r, m->u.hello.name_len);
+        break;
+    case KVS_MSG_CHALLENGE:
+        m->u.challenge.nonce = take(&r, KVS_PROTO_NONCE_LEN);
+        m->u.challenge.mac = take(&r, KVS_PROTO_MAC_LEN);
+        m->u.challenge.auth_required = rd_u8(&r);
+        if (m->u.challenge.auth_required > 1)
+            return bad(why, wl, "CHALLENGE auth flag %u", m->u.challenge.auth_required);
+        break;
+    case KVS_MSG_AUTH:
+        m->u.auth.mac = take(&r, KVS_PROTO_MAC_LEN);
+        break;
+    case KVS_MSG_HELLO_ACK:
+        m->u.hello_ack.data_path = rd_u8(&r);
+        if (!r.bad && m->u.hello_ack.data_path != KVS_PATH_GET &&
+            m->u.hello_ack.data_path != KVS_PATH_AM)
+            return bad(why, wl, "HELLO_ACK data path %u", m->u.hello_ack.data_path);
+        if (has_regions && (st = decode_regions(&r, m, why, wl)) != KVS_OK)
+            return st;
+        break;
+    case KVS_MSG_LOOKUP:
+        m->u.lookup.layout_id = rd_u64(&r);
+        m->u.lookup.lease_ms = rd_u32(&r);
+        m->u.lookup.nkeys = rd_u32(&r);
+        if (m->u.lookup.nkeys > KVS_PROTO_MAX_KEYS)
+            return bad(why, wl, "LOOKUP of %u keys (max %u)", m->u.lookup.nkeys,
+                       KVS_PROTO_MAX_KEYS);
+        m->u.lookup.keys = take(&r, (size_t)m->u.lookup.nkeys * KVS_KEY_BYTES);
+        break;
+    case KVS_MSG_LOOKUP_REPLY:
+        m->u.lookup_reply.status = (int32_t)rd_u32(&r);
+        m->u.lookup_reply.lease_id = rd_u64(&r);
+        m->u.lookup_reply.hits = rd_u32(&r);
+        if (m->u.lookup_reply.hits > KVS_PROTO_MAX_KEYS)
+            return bad(why, wl, "LOOKUP_REPLY with %u hits", m->u.lookup_reply.hits);
+        if (has_regions && (st = decode_regions(&r, m, why, wl)) != KVS_OK)
+            return st;
+        m->u.lookup_reply.blocks = r.p;
+        for (uint32_t i = 0; i < m->u.lookup_reply.hits && !r.bad; i++) {
+            take(&r, BLOCK_FIXED - 2);
+            uint16_t np = rd_u16(&r);
+            if (np == 0 || np > KVS_PROTO_MAX_PIECES)
+                return bad(why, wl, "block %u has %u pieces", i, np);
+            take(&r, (size_t)np * PIECE_LEN);
+        }
+        m->u.lookup_reply.blocks_len = r.bad ? 0 : (size_t)(r.p - m->u.lookup_reply.blocks);
+        break;
+    case KVS_MSG_RELEASE:
+        m->u.release.lease_id = rd_u64(&r);
+        break;
+    case KVS_MSG_ERROR:
+        m->u.error.status = (int32_t)rd_u32(&r);
+        m->u.error.text_len = rd_u16(&r);
+        if (m->u.error.text_len > KVS_PROTO_MAX_TEXT)
+            return bad(why, wl, "ERROR text of %u bytes", m->u.error.text_len);
+        m->u.error.text = (const char *)take(&r, m->u.error.text_len);
+        break;
+    case KVS_MSG_FETCH:
+        m->u.fetch.lease_id = rd_u64(&r);
+        m->u.fetch.first = rd_u32(&r);
+        m->u.fetch.count = rd_u32(&r);
+        if (m->u.fetch.count > KVS_PROTO_MAX_KEYS ||
+            m->u.fetch.first > KVS_PROTO_MAX_KEYS - m->u.fetch.count)
+            return bad(why, wl, "FETCH of blocks %u+%u", m->u.fetch.first, m->u.fetch.count);
+        break;
+    case KVS_MSG_DATA:
+        m->u.data.block = rd_u32(&r);
+        m->u.data.offset = rd_u32(&r);
+        break;
+    case KVS_MSG_FETCH_DONE:
+        m->u.fetch_done.status = (int32_t)rd_u32(&r);
+        m->u.fetch_done.count = rd_u32(&r);
+        if (m->u.fetch_done.count > KVS_PROTO_MAX_KEYS)
+            return bad(why, wl, "FETCH_DONE of %u blocks", m->u.fetch_done.count);
+        m->u.fetch_done.gens = take(&r, (size_t)m->u.fetch_done.count * 8);
+        break;
+    case KVS_MSG_PUT:
+    case KVS_MSG_EVENT:
+        return bad(why, wl, "message type %u is not served by this version", m->hdr.type);
+    }
+    if (r.bad)
+        return bad(why, wl, "message type %u truncated", m->hdr.type);
+    if (r.left != 0)
+        return bad(why, wl, "message type %u has %zu trailing bytes", m->hdr.type, r.left);
+    if (has_regions && m->hdr.type != KVS_MSG_HELLO_ACK && m->hdr.type != KVS_MSG_LOOKUP_REPLY)
+        return bad(why, wl, "region flag on message type %u", m->hdr.type);
+    return KVS_OK;
+}
+
+void kvs__proto_region(const uint8_t **cursor, kvs__region_desc_t *out)
+{
+    const uint8_t *p = *cursor;
+    out->id = (uint32_t)le(p, 4);
+    out->base = le(p + 4, 8);
+    out->length = le(p + 12, 8);
+    out->rkey_len = (uint32_t)le(p + 20, 4);
+    out->rkey = p + REGION_FIXED;
+    *cursor = p + REGION_FIXED + out->rkey_len;
+}
+
+void kvs__proto_block(const uint8_t **cursor, kvs__block_desc_t *out)
+{
+    const uint8_t *p = *cursor;
+    out->gen_region = (uint32_t)le(p, 4);
+    out->gen_addr = le(p + 4, 8);
+    out->gen = le(p + 12, 8);
+    out->npieces = (uint16_t)le(p + 20, 2);
+    out->pieces = p + BLOCK_FIXED;
+    *cursor = p + BLOCK_FIXED + (size_t)out->npieces * PIECE_LEN;
+}
+
+void kvs__proto_piece(const uint8_t *pieces, uint16_t i, kvs__piece_t *out)
+{
+    const uint8_t *p = pieces + (size_t)i * PIECE_LEN;
+    out->region = (uint32_t)le(p, 4);
+    out->len = (uint32_t)le(p + 4, 4);
+    out->addr = le(p + 8, 8);
+}
+
+uint64_t kvs__proto_u64_at(const uint8_t *p, size_t i)
+{
+    return le(p + 8 * i, 8);
+}
+
+/* --- encoder ------------------------------------------------------------- */
+void kvs__buf_init(kvs__buf_t *b)
+{
+    memset(b, 0, sizeof(*b));
+}
+
+void kvs__buf_free(kvs__buf_t *b)
+{
+    kvs__free(b->data);
+    kvs__buf_init(b);
+}
+
+void kvs__buf_put(kvs__buf_t *b, const void *data, size_t len)
+{
+    if (b->failed)
+        return;
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + len)
+            cap *= 2;
+        uint8_t *nd = kvs__realloc(b->data, cap);
+        if (nd == NULL) {
+            b->failed = true;
+            return;
+        }
+        b->data = nd;
+        b->cap = cap;
+    }
+    if (len > 0)
+        memcpy(b->data + b->len, data, len);
+    b->len += len;
+}
+
+static void put_le(kvs__buf_t *b, uint64_t v, int n)
+{
+    uint8_t t[8];
+    for (int i = 0; i < n; i++)
+        t[i] = (uint8_t)(v >> (8 * i));
+    kvs__buf_put(b, t, (size_t)n);
+}
+
+void kvs__buf_u8(kvs__buf_t *b, uint8_t v)
+{
+    kvs__buf_put(b, &v, 1);
+}
+
+void kvs__buf_u16(kvs__buf_t *b, uint16_t v)
+{
+    put_le(b, v, 2);
+}
+
+void kvs__buf_u32(kvs__buf_t *b, uint32_t v)
+{
+    put_le(b, v, 4);
+}
+
+void kvs__buf_u64(kvs__buf_t *b, uint64_t v)
+{
+    put_le(b, v, 8);
+}
+
+void kvs__buf_patch_u32(kvs__buf_t *b, size_t off, uint32_t v)
+{
+    if (b->failed || off + 4 > b->len)
+        return;
+    for (int i = 0; i < 4; i++)
+        b->data[off + (size_t)i] = (uint8_t)(v >> (8 * i));
+}
+
+void kvs__proto_begin(kvs__buf_t *b, kvs__msg_type_t type, uint32_t flags, uint64_t req_id,
+                      uint64_t session)
+{
+    b->len = 0;
+    kvs__buf_u32(b, KVS_PROTO_MAGIC);
+    kvs__buf_u16(b, KVS_PROTO_VERSION);
+    kvs__buf_u16(b, (uint16_t)type);
+    kvs__buf_u32(b, flags);
+    kvs__buf_u32(b, 0);
+    kvs__buf_u64(b, req_id);
+    kvs__buf_u64(b, session);
+}
+
+kvs_status_t kvs__proto_finish(kvs__buf_t *b)
+{
+    if (b->failed)
+        return KVS_ERR_NO_MEMORY;
+    if (b->len - KVS_PROTO_HDR_LEN > KVS_PROTO_MAX_BODY)
+        return KVS_ERR_INVALID_PARAM;
+    kvs__buf_patch_u32(b, 12, (uint32_t)(b->len - KVS_PROTO_HDR_LEN));
+    return KVS_OK;
+}
+
+void kvs__proto_put_region(kvs__buf_t *b, const kvs__region_desc_t *r)
+{
+    kvs__buf_u32(b, r->id);
+    kvs__buf_u64(b, r->base);
+    kvs__buf_u64(b, r->length);
+    kvs__buf_u32(b, r->rkey_len);
+    kvs__buf_put(b, r->rkey, r->rkey_len);
+}
+
+void kvs__proto_put_block(kvs__buf_t *b, const kvs__block_desc_t *d, const kvs__piece_t *pieces)
+{
+    kvs__buf_u32(b, d->gen_region);
+    kvs__buf_u64(b, d->gen_addr);
+    kvs__buf_u64(b, d->gen);
+    kvs__buf_u16(b, d->npieces);
+    for (uint16_t i = 0; i < d->npieces; i++) {
+        kvs__buf_u32(b, pieces[i].region);
+        kvs__buf_u32(b, pieces[i].len);
+        kvs__buf_u64(b, pieces[i].addr);
+    }
+}

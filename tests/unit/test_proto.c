@@ -1,0 +1,210 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_proto.c - wire messages round-trip, and every truncation or bad field is refused. */
+#include "proto_int.h"
+
+#include <criterion/criterion.h>
+#include <string.h>
+
+static kvs__buf_t b;
+
+static void fini(void)
+{
+    kvs__buf_free(&b);
+}
+
+TestSuite(proto, .fini = fini);
+
+static void decode_ok(kvs__msg_t *m)
+{
+    char why[256] = "";
+    kvs_status_t st = kvs__proto_decode(b.data, b.len, m, why, sizeof(why));
+    cr_assert_eq(st, KVS_OK, "decode: %s", why);
+}
+
+/* Every strict prefix of a valid message must be refused, never read past. */
+static void every_truncation_fails(void)
+{
+    for (size_t n = 0; n < b.len; n++) {
+        kvs__msg_t m;
+        char why[256] = "";
+        /* A copy of exactly n bytes, so ASan catches any overread. */
+        uint8_t *copy = malloc(n ? n : 1);
+        memcpy(copy, b.data, n);
+        kvs_status_t st = kvs__proto_decode(n ? copy : NULL, n, &m, why, sizeof(why));
+        free(copy);
+        cr_assert_eq(st, KVS_ERR_PROTOCOL, "prefix of %zu/%zu bytes accepted", n, b.len);
+        cr_assert_neq(why[0], '\0', "no reason given for %zu bytes", n);
+    }
+}
+
+static void lookup_msg(uint32_t nkeys)
+{
+    kvs__proto_begin(&b, KVS_MSG_LOOKUP, 0, 77, 0xabc);
+    kvs__buf_u64(&b, 0x1122334455667788ull);
+    kvs__buf_u32(&b, 1500);
+    kvs__buf_u32(&b, nkeys);
+    for (uint32_t i = 0; i < nkeys; i++) {
+        uint8_t k[32];
+        memset(k, (int)i, sizeof(k));
+        kvs__buf_put(&b, k, sizeof(k));
+    }
+    cr_assert_eq(kvs__proto_finish(&b), KVS_OK);
+}
+
+Test(proto, lookup_round_trip_and_truncations)
+{
+    lookup_msg(3);
+    kvs__msg_t m;
+    decode_ok(&m);
+    cr_assert_eq(m.hdr.type, KVS_MSG_LOOKUP);
+    cr_assert_eq(m.hdr.req_id, 77);
+    cr_assert_eq(m.hdr.session, 0xabc);
+    cr_assert_eq(m.u.lookup.layout_id, 0x1122334455667788ull);
+    cr_assert_eq(m.u.lookup.lease_ms, 1500);
+    cr_assert_eq(m.u.lookup.nkeys, 3);
+    cr_assert_eq(m.u.lookup.keys[2 * 32], 2);
+    every_truncation_fails();
+}
+
+Test(proto, reply_with_regions_and_blocks_round_trips)
+{
+    uint8_t rkey[5] = {1, 2, 3, 4, 5};
+    kvs__region_desc_t r = {.id = 9, .base = 0x7000, .length = 4096, .rkey_len = 5, .rkey = rkey};
+    kvs__piece_t pieces[2] = {{.region = 9, .len = 64, .addr = 0x7000},
+                              {.region = 9, .len = 32, .addr = 0x7100}};
+    kvs__block_desc_t d = {.gen_region = 9, .gen_addr = 0x7f00, .gen = 42, .npieces = 2};
+    kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY, KVS_PROTO_FLAG_REGIONS, 5, 0);
+    kvs__buf_u32(&b, (uint32_t)KVS_OK);
+    kvs__buf_u64(&b, 1234);
+    kvs__buf_u32(&b, 2);
+    kvs__buf_u32(&b, 1);
+    kvs__proto_put_region(&b, &r);
+    kvs__proto_put_block(&b, &d, pieces);
+    d.gen = 43;
+    kvs__proto_put_block(&b, &d, pieces);
+    cr_assert_eq(kvs__proto_finish(&b), KVS_OK);
+    kvs__msg_t m;
+    decode_ok(&m);
+    cr_assert_eq(m.u.lookup_reply.lease_id, 1234);
+    cr_assert_eq(m.u.lookup_reply.hits, 2);
+    cr_assert_eq(m.nregions, 1);
+    const uint8_t *cur = m.regions;
+    kvs__region_desc_t r2;
+    kvs__proto_region(&cur, &r2);
+    cr_assert_eq(r2.id, 9);
+    cr_assert_eq(r2.base, 0x7000);
+    cr_assert_eq(r2.rkey_len, 5);
+    cr_assert_eq(memcmp(r2.rkey, rkey, 5), 0);
+    cur = m.u.lookup_reply.blocks;
+    kvs__block_desc_t d2;
+    kvs__proto_block(&cur, &d2);
+    cr_assert_eq(d2.gen, 42);
+    cr_assert_eq(d2.npieces, 2);
+    kvs__piece_t p2;
+    kvs__proto_piece(d2.pieces, 1, &p2);
+    cr_assert_eq(p2.addr, 0x7100);
+    cr_assert_eq(p2.len, 32);
+    kvs__proto_block(&cur, &d2);
+    cr_assert_eq(d2.gen, 43);
+    cr_assert_eq(cur, m.u.lookup_reply.blocks + m.u.lookup_reply.blocks_len);
+    every_truncation_fails();
+}
+
+Test(proto, small_messages_round_trip)
+{
+    kvs__msg_t m;
+    uint8_t nonce[32] = {7}, mac[32] = {9};
+    kvs__proto_begin(&b, KVS_MSG_HELLO, 0, 1, 0);
+    kvs__buf_u64(&b, 5);
+    kvs__buf_put(&b, nonce, 32);
+    kvs__buf_u16(&b, 4);
+    kvs__buf_put(&b, "node", 4);
+    kvs__proto_finish(&b);
+    decode_ok(&m);
+    cr_assert_eq(m.u.hello.name_len, 4);
+    cr_assert_eq(memcmp(m.u.hello.name, "node", 4), 0);
+    every_truncation_fails();
+
+    kvs__proto_begin(&b, KVS_MSG_CHALLENGE, 0, 1, 0);
+    kvs__buf_put(&b, nonce, 32);
+    kvs__buf_put(&b, mac, 32);
+    kvs__buf_u8(&b, 1);
+    kvs__proto_finish(&b);
+    decode_ok(&m);
+    cr_assert_eq(m.u.challenge.auth_required, 1);
+    cr_assert_eq(m.u.challenge.mac[0], 9);
+
+    kvs__proto_begin(&b, KVS_MSG_ERROR, 0, 3, 0);
+    kvs__buf_u32(&b, (uint32_t)KVS_ERR_LAYOUT_MISMATCH);
+    kvs__buf_u16(&b, 3);
+    kvs__buf_put(&b, "bad", 3);
+    kvs__proto_finish(&b);
+    decode_ok(&m);
+    cr_assert_eq(m.u.error.status, KVS_ERR_LAYOUT_MISMATCH);
+    every_truncation_fails();
+
+    kvs__proto_begin(&b, KVS_MSG_FETCH_DONE, 0, 3, 0);
+    kvs__buf_u32(&b, 0);
+    kvs__buf_u32(&b, 2);
+    kvs__buf_u64(&b, 10);
+    kvs__buf_u64(&b, 11);
+    kvs__proto_finish(&b);
+    decode_ok(&m);
+    cr_assert_eq(kvs__proto_u64_at(m.u.fetch_done.gens, 1), 11);
+    every_truncation_fails();
+}
+
+static void expect_refused(const char *fragment)
+{
+    kvs__msg_t m;
+    char why[256] = "";
+    cr_assert_eq(kvs__proto_decode(b.data, b.len, &m, why, sizeof(why)), KVS_ERR_PROTOCOL,
+                 "accepted; wanted '%s'", fragment);
+    cr_assert(strstr(why, fragment) != NULL, "'%s' not in '%s'", fragment, why);
+}
+
+Test(proto, bad_fields_are_refused_with_a_reason)
+{
+    lookup_msg(1);
+    b.data[0] ^= 1;
+    expect_refused("bad magic");
+    lookup_msg(1);
+    b.data[4] = 9;
+    expect_refused("protocol version 9");
+    lookup_msg(1);
+    b.data[6] = 99;
+    expect_refused("unknown message type 99");
+    lookup_msg(1);
+    b.data[8] = 0x80;
+    expect_refused("reserved header bits");
+    lookup_msg(1);
+    kvs__buf_u8(&b, 0); /* a trailing byte the length does not cover */
+    expect_refused("does not match");
+    lookup_msg(1);
+    kvs__buf_u8(&b, 0);
+    kvs__proto_finish(&b); /* covered, but not part of a LOOKUP */
+    expect_refused("trailing bytes");
+    lookup_msg(1);
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 12, 70000);
+    expect_refused("LOOKUP of 70000 keys");
+    lookup_msg(2);
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 12, 3); /* claims more keys than sent */
+    expect_refused("truncated");
+    lookup_msg(0);
+    kvs__buf_patch_u32(&b, 8, KVS_PROTO_FLAG_REGIONS);
+    expect_refused("region flag");
+
+    kvs__proto_begin(&b, KVS_MSG_PUT, 0, 1, 0);
+    kvs__proto_finish(&b);
+    expect_refused("not served");
+
+    /* A reply whose block claims zero pieces. */
+    kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY, 0, 1, 0);
+    kvs__buf_u32(&b, 0);
+    kvs__buf_u64(&b, 1);
+    kvs__buf_u32(&b, 1);
+    kvs__block_desc_t d = {.npieces = 0};
+    kvs__proto_put_block(&b, &d, NULL);
+    kvs__proto_finish(&b);
+    expect_refused("0 pieces");
+}
