@@ -1,12 +1,20 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* registry.c - the connectors built into libkvshare, as lists of vtables.
  *
- * The UCX transport and the Redis index add themselves here when their
- * issues land; until then the core runs local-only and says so when a
- * remote feature is asked for. */
+ * The core only sees these lists; which connectors exist is decided by the
+ * build (CMake finds UCX and defines KVS_HAVE_UCX). */
 #include "transport_int.h"
 
 #include <stddef.h>
 
-const kvs__transport_ops_t *const kvs__transports[] = {NULL};
+#ifdef KVS_HAVE_UCX
+extern const kvs__transport_ops_t kvs__ucx_transport;
+#endif
+
+const kvs__transport_ops_t *const kvs__transports[] = {
+#ifdef KVS_HAVE_UCX
+    &kvs__ucx_transport,
+#endif
+    NULL,
+};
 const kvs__index_ops_t *const kvs__indexes[] = {NULL};

@@ -262,6 +262,7 @@ enum kvs_ctx_field {
     KVS_CTX_FIELD_POOL = 1u << 12,
     KVS_CTX_FIELD_ERRBUF = 1u << 13, /* errbuf + errbuf_len */
     KVS_CTX_FIELD_NO_ENV = 1u << 14, /* ignore KVSHARE_* env vars */
+    KVS_CTX_FIELD_TRANSPORT = 1u << 15,
 };
 
 /**
@@ -291,6 +292,9 @@ typedef struct kvs_ctx_params {
      * here (e.g. the bad variable and its accepted values). */
     char *errbuf;
     size_t errbuf_len;
+    /* KVSHARE_TRANSPORT: "auto" (default: UCX when built in), "ucx" or
+     * "none" (local only; no UCX context, no progress thread). Copied. */
+    const char *transport;
 } kvs_ctx_params_t;
 
 /**
@@ -301,6 +305,13 @@ typedef struct kvs_ctx_params {
  * pool was asked for but no transport is built in).
  */
 KVS_API kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p);
+
+/**
+ * Writes the address peers reach this context at ("host:port", with the
+ * port the listener actually bound when KVSHARE_LISTEN asked for port 0).
+ * Errors: KVS_ERR_NOT_FOUND (no listener), KVS_ERR_INVALID_PARAM (buffer).
+ */
+KVS_API kvs_status_t kvs_ctx_listen_addr(kvs_ctx_h ctx, char *buf, size_t len);
 
 /** Destroys @ctx; accepts NULL. All pools, leases and requests must be gone. */
 KVS_API void kvs_ctx_destroy(kvs_ctx_h ctx);

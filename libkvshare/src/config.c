@@ -119,7 +119,7 @@ static bool valid_hostport(const char *s)
     if (s[0] == '[' && colon[-1] != ']')
         return false;
     uint32_t port;
-    return parse_u32(colon + 1, 1, 65535, &port) == KVS_OK;
+    return parse_u32(colon + 1, 0, 65535, &port) == KVS_OK;
 }
 
 static kvs_status_t p_log(const char *s, kvs__config_t *c)
@@ -211,6 +211,13 @@ static kvs_status_t p_pool(const char *s, kvs__config_t *c)
     return set_string(s, c->pool, sizeof(c->pool));
 }
 
+static kvs_status_t p_transport(const char *s, kvs__config_t *c)
+{
+    if (strcmp(s, "auto") != 0 && strcmp(s, "ucx") != 0 && strcmp(s, "none") != 0)
+        return KVS_ERR_CONFIG;
+    return set_string(s, c->transport, sizeof(c->transport));
+}
+
 static const setting_t settings[] = {
     {"log", "KVSHARE_LOG", "off, error, warn, info, debug or trace", p_log},
     {"capacity", "KVSHARE_CAPACITY", "a size > 0 such as 1073741824, 512MiB or 4GiB", p_capacity},
@@ -222,9 +229,11 @@ static const setting_t settings[] = {
     {"progress", "KVSHARE_PROGRESS", "thread or poll", p_progress},
     {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_fetch_timeout},
     {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout},
-    {"listen", "KVSHARE_LISTEN", "HOST:PORT with a port 1-65535, or empty", p_listen},
+    {"listen", "KVSHARE_LISTEN", "HOST:PORT with a port 0-65535 (0: any free port), or empty",
+     p_listen},
     {"auth_token_file", "KVSHARE_AUTH_TOKEN_FILE", "a path shorter than 4096 bytes", p_auth},
     {"pool", "KVSHARE_POOL", "a DNS name or a comma list of HOST:PORT (< 1024 bytes)", p_pool},
+    {"transport", "KVSHARE_TRANSPORT", "auto, ucx or none", p_transport},
 };
 
 static kvs_status_t fail(char *errbuf, size_t len, kvs_status_t status, const char *fmt, ...)
@@ -324,7 +333,8 @@ static kvs_status_t apply_json(const char *path, kvs__config_t *cfg, char *errbu
             status = fail(errbuf, len, KVS_ERR_CONFIG,
                           "KVSHARE_CONFIG='%s': unknown key \"%s\"; known keys: log, capacity, "
                           "slot_bytes, strategy, high_watermark, low_watermark, progress, "
-                          "fetch_timeout_ms, lease_timeout_ms, listen, auth_token_file, pool",
+                          "fetch_timeout_ms, lease_timeout_ms, listen, auth_token_file, pool, "
+                          "transport",
                           path, it->string);
             goto out;
         }
@@ -369,6 +379,7 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     cfg->progress = KVS_PROGRESS_THREAD;
     cfg->fetch_timeout_ms = 5000;
     cfg->lease_timeout_ms = 30000;
+    strcpy(cfg->transport, "auto");
 
     const char *file = NULL;
     if (m & KVS_CTX_FIELD_CONFIG_FILE)
@@ -435,6 +446,10 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     if ((m & KVS_CTX_FIELD_AUTH_TOKEN_FILE) && p->auth_token_file != NULL &&
         p_auth(p->auth_token_file, cfg) != KVS_OK)
         return fail(errbuf, len, KVS_ERR_CONFIG, "params.auth_token_file: too long");
+    if ((m & KVS_CTX_FIELD_TRANSPORT) && p->transport != NULL &&
+        p_transport(p->transport, cfg) != KVS_OK)
+        return fail(errbuf, len, KVS_ERR_CONFIG, "params.transport='%s': accepted: %s",
+                    p->transport, "auto, ucx or none");
     if ((m & KVS_CTX_FIELD_POOL) && p->pool != NULL && p_pool(p->pool, cfg) != KVS_OK)
         return fail(errbuf, len, KVS_ERR_CONFIG, "params.pool: too long");
 

@@ -18,6 +18,7 @@ typedef struct kvs__config {
     char listen[256];           /* "" = no listener */
     char auth_token_file[4096]; /* "" = no auth */
     char pool[1024];            /* "" = no pool */
+    char transport[16];         /* auto, ucx or none */
 } kvs__config_t;
 
 /* Fills *cfg. On failure writes one line naming the setting, its source and

@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* ctx.c - context life cycle, progress and statistics. */
-#include "ctx_int.h"
+#include "pool_int.h"
 
 #include <stdio.h>
 #include <string.h>
 
-static const kvs__transport_ops_t *find_transport(void)
+static const kvs__transport_ops_t *find_transport(const char *name)
 {
-    return kvs__transports[0];
+    for (size_t i = 0; kvs__transports[i] != NULL; i++)
+        if (strcmp(name, "auto") == 0 || strcmp(name, kvs__transports[i]->name) == 0)
+            return kvs__transports[i];
+    return NULL;
 }
 
 kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
@@ -42,34 +45,48 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
     status = kvs__store_init(&ctx->store, &ctx->cfg, &ctx->log);
     if (status != KVS_OK)
         goto err_free;
-    if (ctx->cfg.slot_bytes > 0) {
-        status = kvs__store_arena_init(&ctx->store, ctx->cfg.slot_bytes);
-        if (status != KVS_OK) {
-            if (errbuf != NULL && errlen > 0)
-                snprintf(errbuf, errlen, "KVSHARE_SLOT_BYTES=%llu: arena setup failed: %s",
-                         (unsigned long long)ctx->cfg.slot_bytes, kvs_status_string(status));
-            goto err_store;
-        }
-    }
     if (pthread_mutex_init(&ctx->regions_lock, NULL) != 0) {
         status = KVS_ERR_NO_MEMORY;
         goto err_store;
     }
 
-    ctx->tl_ops = find_transport();
+    if (pthread_mutex_init(&ctx->arena_lock, NULL) != 0) {
+        status = KVS_ERR_NO_MEMORY;
+        goto err_mutex;
+    }
+    if (strcmp(ctx->cfg.transport, "none") != 0) {
+        ctx->tl_ops = find_transport(ctx->cfg.transport);
+        if (ctx->tl_ops == NULL && strcmp(ctx->cfg.transport, "auto") != 0) {
+            status = KVS_ERR_UNSUPPORTED;
+            if (errbuf != NULL && errlen > 0)
+                snprintf(errbuf, errlen, "KVSHARE_TRANSPORT=%s: not built into this libkvshare",
+                         ctx->cfg.transport);
+            goto err_arena_lock;
+        }
+    }
     if (ctx->tl_ops == NULL && (ctx->cfg.listen[0] != '\0' || ctx->cfg.pool[0] != '\0')) {
         status = KVS_ERR_UNSUPPORTED;
         if (errbuf != NULL && errlen > 0)
             snprintf(errbuf, errlen,
-                     "%s is set but this build of libkvshare has no transport "
-                     "(the UCX connector is not built in); unset it to run local-only",
-                     ctx->cfg.listen[0] != '\0' ? "KVSHARE_LISTEN" : "KVSHARE_POOL");
-        goto err_mutex;
+                     "%s is set but this context has no transport (KVSHARE_TRANSPORT=%s); "
+                     "unset it to run local-only",
+                     ctx->cfg.listen[0] != '\0' ? "KVSHARE_LISTEN" : "KVSHARE_POOL",
+                     ctx->cfg.transport);
+        goto err_arena_lock;
     }
     if (ctx->tl_ops != NULL) {
-        status = ctx->tl_ops->init(ctx, &ctx->cfg, &ctx->tl);
+        status = ctx->tl_ops->init(ctx, &ctx->cfg, &ctx->tl, errbuf, errlen);
         if (status != KVS_OK)
-            goto err_mutex;
+            goto err_arena_lock;
+    }
+    if (ctx->cfg.slot_bytes > 0) {
+        status = kvs__ctx_arena_ensure(ctx, ctx->cfg.slot_bytes);
+        if (status != KVS_OK) {
+            if (errbuf != NULL && errlen > 0)
+                snprintf(errbuf, errlen, "KVSHARE_SLOT_BYTES=%llu: arena setup failed: %s",
+                         (unsigned long long)ctx->cfg.slot_bytes, kvs_status_string(status));
+            goto err_tl;
+        }
     }
     kvs__info(&ctx->log, "kvshare %s: capacity %llu bytes, strategy %s, progress %s", kvs_version(),
               (unsigned long long)ctx->cfg.capacity_bytes,
@@ -78,6 +95,11 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
     *ctx_p = ctx;
     return KVS_OK;
 
+err_tl:
+    if (ctx->tl_ops != NULL)
+        ctx->tl_ops->fini(ctx->tl);
+err_arena_lock:
+    pthread_mutex_destroy(&ctx->arena_lock);
 err_mutex:
     pthread_mutex_destroy(&ctx->regions_lock);
 err_store:
@@ -107,11 +129,53 @@ void kvs_ctx_destroy(kvs_ctx_h ctx)
                   r->length);
         kvs_mem_deregister(r);
     }
-    if (ctx->tl_ops != NULL)
-        ctx->tl_ops->fini(ctx->tl);
+    if (ctx->tl_ops != NULL) {
+        /* Peers' leases go first (fini releases them), then our memory. */
+        void *tl = ctx->tl;
+        if (ctx->arena_memh != NULL)
+            ctx->tl_ops->mem_dereg(tl, ctx->arena_memh);
+        if (ctx->arena_gen_memh != NULL)
+            ctx->tl_ops->mem_dereg(tl, ctx->arena_gen_memh);
+        ctx->tl_ops->fini(tl);
+        ctx->tl = NULL;
+        /* Registrations died with the transport's context. */
+        ctx->arena_memh = ctx->arena_gen_memh = NULL;
+    }
+    pthread_mutex_destroy(&ctx->arena_lock);
     pthread_mutex_destroy(&ctx->regions_lock);
     kvs__store_fini(&ctx->store);
     kvs__free(ctx);
+}
+
+kvs_status_t kvs_ctx_listen_addr(kvs_ctx_h ctx, char *buf, size_t len)
+{
+    if (ctx == NULL || buf == NULL || len == 0)
+        return KVS_ERR_INVALID_PARAM;
+    if (ctx->tl_ops == NULL || ctx->cfg.listen[0] == '\0')
+        return KVS_ERR_NOT_FOUND;
+    return ctx->tl_ops->listen_addr(ctx->tl, buf, len);
+}
+
+const kvs__logger_t *kvs__ctx_log(struct kvs_ctx *ctx)
+{
+    return &ctx->log;
+}
+
+bool kvs__ctx_serves_layout(struct kvs_ctx *ctx, uint64_t layout_id, char *list, size_t len)
+{
+    bool found = false;
+    size_t off = 0;
+    if (list != NULL && len > 0)
+        list[0] = '\0';
+    pthread_mutex_lock(&ctx->regions_lock);
+    for (struct kvs_pool *p = ctx->pools; p != NULL && !found; p = p->next) {
+        found = p->layout_id == layout_id;
+        if (list != NULL && off + 20 < len)
+            off += (size_t)snprintf(list + off, len - off, "%s%016llx", off ? ", " : "",
+                                    (unsigned long long)p->layout_id);
+    }
+    pthread_mutex_unlock(&ctx->regions_lock);
+    return found;
 }
 
 int kvs_progress(kvs_ctx_h ctx)

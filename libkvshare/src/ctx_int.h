@@ -17,6 +17,9 @@ struct kvs_region {
 
 struct kvs_ctx {
     kvs__config_t cfg;
+    pthread_mutex_t arena_lock; /* creating + registering the arena, once */
+    void *arena_memh, *arena_gen_memh;
+    struct kvs_pool *pools; /* under regions_lock */
     kvs__logger_t log;
     kvs__store_t store;
     pthread_mutex_t regions_lock;
@@ -27,5 +30,29 @@ struct kvs_ctx {
     void *tl;
     _Atomic uint64_t fetched_bytes;
 };
+
+/* --- what a transport needs to answer peers (lease.c, pool.c) ---------- */
+typedef struct kvs__piece_loc {
+    void *addr;
+    size_t len;
+} kvs__piece_loc_t;
+
+typedef struct kvs__block_loc {
+    size_t npieces; /* in: capacity of pieces[]; out: pieces used */
+    kvs__piece_loc_t *pieces;
+    void *gen_addr; /* 8 bytes, little-endian u64 */
+    uint64_t gen;
+} kvs__block_loc_t;
+
+/* Looks up @keys in the local store and leases the hits (for a peer). */
+kvs_status_t kvs__serve_lookup(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,
+                               size_t n, uint32_t lease_ms, kvs_lease_h *lease_p);
+/* Where hit @i of a local lease lives. KVS_ERR_STALE if it is gone. */
+kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc);
+/* The generation hit @i has now (for a pushed block's final check). */
+uint64_t kvs__lease_gen_now(kvs_lease_h lease, size_t i);
+/* True when a pool of @layout_id exists; else writes the ids served to @list. */
+bool kvs__ctx_serves_layout(struct kvs_ctx *ctx, uint64_t layout_id, char *list, size_t len);
+const kvs__logger_t *kvs__ctx_log(struct kvs_ctx *ctx);
 
 #endif

@@ -12,11 +12,13 @@ struct kvs_lease {
     kvs_source_t source;
     bool holds; /* false for NO_LEASE probes: nothing to release */
     kvs__ref_t *refs;
+    void *remote; /* the transport's lease when source is PEER or POOL */
 };
 
 struct kvs_request {
     kvs_ctx_h ctx;
     kvs_status_t status; /* local requests complete before kvs_fetch returns */
+    void *treq;          /* a transport request, for remote sources */
 };
 
 kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys, size_t nkeys,
@@ -73,10 +75,86 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         if (lease->hits > 0)
             lease->source = KVS_SOURCE_LOCAL;
     }
-    /* Remote sources (peer, pool) are asked for the rest of the chain by
-     * the transport connector; without one the local answer is final. */
+    /* A named peer is asked for the whole chain when the local store does
+     * not have all of it; the longer answer wins and the other is released. */
+    if ((sources & KVS_SOURCE_PEER) && lease->hits < nkeys && !no_lease) {
+        uint32_t timeout_ms = ctx->cfg.fetch_timeout_ms;
+        if ((params->field_mask & KVS_LOOKUP_FIELD_TIMEOUT_MS) && params->timeout_ms > 0)
+            timeout_ms = params->timeout_ms;
+        void *rl = NULL;
+        size_t rhits = 0;
+        kvs_status_t st = ctx->tl_ops->lookup(ctx->tl, params->peer, layout_id, keys, nkeys,
+                                              lease_ms, timeout_ms, &rl, &rhits);
+        if (st != KVS_OK) {
+            kvs_lease_release(lease);
+            return st;
+        }
+        if (rhits > lease->hits) {
+            if (lease->hits > 0)
+                kvs__store_release(&ctx->store, lease->refs, lease->hits);
+            lease->hits = rhits;
+            lease->source = KVS_SOURCE_PEER;
+            lease->remote = rl;
+        } else {
+            ctx->tl_ops->release(ctx->tl, rl);
+        }
+    }
     *lease_p = lease;
     return KVS_OK;
+}
+
+kvs_status_t kvs__serve_lookup(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,
+                               size_t n, uint32_t lease_ms, kvs_lease_h *lease_p)
+{
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_LEASE_MS,
+                              .sources = KVS_SOURCE_LOCAL,
+                              .lease_ms = lease_ms};
+    return kvs_lookup(ctx, layout_id, keys, n, &lp, lease_p);
+}
+
+kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc)
+{
+    kvs__store_t *s = &lease->ctx->store;
+    kvs_status_t status = KVS_OK;
+    if (i >= lease->hits || lease->source != KVS_SOURCE_LOCAL || !lease->holds)
+        return KVS_ERR_INVALID_PARAM;
+    pthread_rwlock_rdlock(&s->lock);
+    const kvs__entry_t *e = &s->entries[lease->refs[i].idx];
+    if (e->serial != lease->refs[i].serial) {
+        status = KVS_ERR_STALE;
+    } else if (e->pool == NULL) {
+        loc->npieces = 1;
+        loc->pieces[0].addr = kvs__arena_slot(s, e->block);
+        loc->pieces[0].len = e->nbytes;
+        loc->gen_addr = (void *)&s->arena_gen[e->block];
+    } else if (e->pool->nsegs > loc->npieces) {
+        status = KVS_ERR_UNSUPPORTED;
+    } else {
+        for (size_t k = 0; k < e->pool->nsegs; k++) {
+            const kvs_segment_t *sg = &e->pool->segs[k];
+            loc->pieces[k].addr = (uint8_t *)sg->base + (size_t)e->block * sg->block_stride;
+            loc->pieces[k].len = sg->block_bytes;
+        }
+        loc->npieces = e->pool->nsegs;
+        loc->gen_addr = (void *)&e->pool->gen[e->block];
+    }
+    if (status == KVS_OK)
+        loc->gen = e->gen;
+    pthread_rwlock_unlock(&s->lock);
+    return status;
+}
+
+uint64_t kvs__lease_gen_now(kvs_lease_h lease, size_t i)
+{
+    kvs__store_t *s = &lease->ctx->store;
+    uint64_t gen = UINT64_MAX; /* never equal to a published generation */
+    pthread_rwlock_rdlock(&s->lock);
+    const kvs__entry_t *e = &s->entries[lease->refs[i].idx];
+    if (e->serial == lease->refs[i].serial)
+        gen = e->pool != NULL ? atomic_load_explicit(&e->pool->gen[e->block], memory_order_acquire)
+                              : atomic_load_explicit(&s->arena_gen[e->block], memory_order_acquire);
+    pthread_rwlock_unlock(&s->lock);
+    return gen;
 }
 
 size_t kvs_lease_hits(kvs_lease_h lease)
@@ -93,7 +171,9 @@ void kvs_lease_release(kvs_lease_h lease)
 {
     if (lease == NULL)
         return;
-    if (lease->holds && lease->hits > 0)
+    if (lease->remote != NULL)
+        lease->ctx->tl_ops->release(lease->ctx->tl, lease->remote);
+    else if (lease->holds && lease->hits > 0)
         kvs__store_release(&lease->ctx->store, lease->refs, lease->hits);
     kvs__free(lease->refs);
     kvs__free(lease);
@@ -158,7 +238,7 @@ kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_bl
                    first + count, lease->hits);
         return KVS_ERR_INVALID_PARAM;
     }
-    if (!lease->holds) {
+    if (!lease->holds && lease->remote == NULL) {
         kvs__error(&ctx->log, "kvs_fetch: the lookup was a probe (NO_LEASE); nothing to fetch");
         return KVS_ERR_INVALID_PARAM;
     }
@@ -170,8 +250,25 @@ kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_bl
     for (size_t i = 0; i < count; i++)
         if (dst_block_ids[i] >= dst->num_blocks)
             return KVS_ERR_INVALID_PARAM;
-    if (count > 0 && lease->source != KVS_SOURCE_LOCAL)
-        return KVS_ERR_UNSUPPORTED;
+    if (lease->remote != NULL) {
+        uint32_t timeout_ms = ctx->cfg.fetch_timeout_ms;
+        if (params != NULL && (params->field_mask & KVS_FETCH_FIELD_TIMEOUT_MS) &&
+            params->timeout_ms > 0)
+            timeout_ms = params->timeout_ms;
+        kvs_request_h rreq = kvs__calloc(1, sizeof(*rreq));
+        if (rreq == NULL)
+            return KVS_ERR_NO_MEMORY;
+        kvs_status_t st = ctx->tl_ops->fetch(ctx->tl, lease->remote, dst, dst_block_ids, count,
+                                             first, timeout_ms, &rreq->treq);
+        if (st != KVS_OK) {
+            kvs__free(rreq);
+            return st;
+        }
+        rreq->ctx = ctx;
+        rreq->status = KVS_INPROGRESS;
+        *req_p = rreq;
+        return KVS_OK;
+    }
     if (!dst->host_only) {
         kvs__error(&ctx->log, "kvs_fetch: local copies into CUDA memory need the transport");
         return KVS_ERR_UNSUPPORTED;
@@ -209,8 +306,8 @@ kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *blo
 {
     if (pool == NULL || req_p == NULL || (count > 0 && (keys == NULL || block_ids == NULL)))
         return KVS_ERR_INVALID_PARAM;
-    kvs__error(&pool->ctx->log, "kvs_put: no cache pool is reachable in this build (no "
-                                "transport); KVSHARE_POOL needs the UCX connector");
+    kvs__error(&pool->ctx->log, "kvs_put: offloading to a cache pool is not built yet "
+                                "(the KVCachePool client is a later issue)");
     return KVS_ERR_UNSUPPORTED;
 }
 
@@ -218,16 +315,25 @@ kvs_status_t kvs_request_test(kvs_request_h req)
 {
     if (req == NULL)
         return KVS_ERR_INVALID_PARAM;
+    if (req->treq != NULL && req->status == KVS_INPROGRESS)
+        req->status = req->ctx->tl_ops->req_test(req->ctx->tl, req->treq);
     return req->status;
 }
 
 kvs_status_t kvs_request_wait(kvs_request_h req, int timeout_ms)
 {
-    (void)timeout_ms; /* local requests are complete when returned */
-    return kvs_request_test(req);
+    if (req == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    if (req->treq != NULL && req->status == KVS_INPROGRESS)
+        req->status = req->ctx->tl_ops->req_wait(req->ctx->tl, req->treq, timeout_ms);
+    return req->status; /* local requests are complete when returned */
 }
 
 void kvs_request_free(kvs_request_h req)
 {
+    if (req == NULL)
+        return;
+    if (req->treq != NULL)
+        req->ctx->tl_ops->req_free(req->ctx->tl, req->treq);
     kvs__free(req);
 }

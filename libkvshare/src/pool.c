@@ -54,12 +54,44 @@ kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs
         if (pool->name == NULL)
             goto err_nomem;
     }
+    if (block_bytes > UINT32_MAX) {
+        kvs__error(&ctx->log, "kvs_pool_create: %zu bytes per block is more than 4 GiB",
+                   block_bytes);
+        kvs__free(pool->name);
+        goto err_inval;
+    }
     pool->ctx = ctx;
     pool->layout_id = layout_id;
     pool->nsegs = params->num_segments;
     pool->num_blocks = params->num_blocks;
     pool->block_bytes = block_bytes;
     pool->host_only = host_only;
+    /* Register each segment's span and the generations once, so peers can
+     * read blocks without any registration on the data path. */
+    if (ctx->tl_ops != NULL) {
+        pool->seg_memh = kvs__calloc(pool->nsegs, sizeof(*pool->seg_memh));
+        if (pool->seg_memh == NULL) {
+            kvs__free(pool->name);
+            goto err_nomem;
+        }
+        for (size_t i = 0; i < pool->nsegs; i++) {
+            const kvs_segment_t *sg = &pool->segs[i];
+            size_t span = (size_t)(pool->num_blocks - 1) * sg->block_stride + sg->block_bytes;
+            status =
+                ctx->tl_ops->mem_reg(ctx->tl, sg->base, span, sg->mem_type, &pool->seg_memh[i]);
+            if (status != KVS_OK)
+                goto err_dereg;
+        }
+        status =
+            ctx->tl_ops->mem_reg(ctx->tl, (void *)pool->gen, pool->num_blocks * sizeof(*pool->gen),
+                                 KVS_MEM_HOST, &pool->gen_memh);
+        if (status != KVS_OK)
+            goto err_dereg;
+    }
+    pthread_mutex_lock(&ctx->regions_lock);
+    pool->next = ctx->pools;
+    ctx->pools = pool;
+    pthread_mutex_unlock(&ctx->regions_lock);
     atomic_fetch_add(&ctx->npools, 1);
     kvs__info(&ctx->log, "pool %s: %u blocks x %zu segments, %zu bytes/block, layout %016llx",
               pool->name ? pool->name : "(unnamed)", pool->num_blocks, pool->nsegs, block_bytes,
@@ -67,6 +99,24 @@ kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs
     *pool_p = pool;
     return KVS_OK;
 
+err_dereg:
+    for (size_t i = 0; i < pool->nsegs; i++)
+        if (pool->seg_memh[i] != NULL)
+            ctx->tl_ops->mem_dereg(ctx->tl, pool->seg_memh[i]);
+    kvs__free(pool->seg_memh);
+    kvs__free(pool->name);
+    kvs__free(pool->entry_of_block);
+    kvs__free((void *)pool->gen);
+    kvs__free(pool->segs);
+    kvs__free(pool);
+    return status;
+err_inval:
+    status = KVS_ERR_INVALID_PARAM;
+    kvs__free(pool->entry_of_block);
+    kvs__free((void *)pool->gen);
+    kvs__free(pool->segs);
+    kvs__free(pool);
+    return status;
 err_nomem:
     kvs__free(pool->entry_of_block);
     kvs__free((void *)pool->gen);
@@ -122,6 +172,22 @@ void kvs_pool_destroy(kvs_pool_h pool)
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
+    pthread_mutex_lock(&ctx->regions_lock);
+    for (struct kvs_pool **pp = &ctx->pools; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == pool) {
+            *pp = pool->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ctx->regions_lock);
+    if (ctx->tl_ops != NULL) {
+        for (size_t i = 0; pool->seg_memh != NULL && i < pool->nsegs; i++)
+            if (pool->seg_memh[i] != NULL)
+                ctx->tl_ops->mem_dereg(ctx->tl, pool->seg_memh[i]);
+        if (pool->gen_memh != NULL)
+            ctx->tl_ops->mem_dereg(ctx->tl, pool->gen_memh);
+    }
+    kvs__free(pool->seg_memh);
     atomic_fetch_sub(&ctx->npools, 1);
     kvs__free(pool->name);
     kvs__free(pool->entry_of_block);
@@ -138,6 +204,41 @@ uint64_t kvs_pool_layout_id(kvs_pool_h pool)
 size_t kvs_pool_block_bytes(kvs_pool_h pool)
 {
     return pool->block_bytes;
+}
+
+kvs_status_t kvs__ctx_arena_ensure(struct kvs_ctx *ctx, size_t slot_bytes)
+{
+    kvs__store_t *s = &ctx->store;
+    kvs_status_t status = KVS_OK;
+    pthread_mutex_lock(&ctx->arena_lock);
+    if (s->arena != NULL)
+        goto out;
+    /* The arena appears to lookups only once it is registered: blocks are
+     * published into it after this returns. */
+    pthread_rwlock_wrlock(&s->lock);
+    status = kvs__store_arena_init(s, slot_bytes);
+    pthread_rwlock_unlock(&s->lock);
+    if (status != KVS_OK || ctx->tl_ops == NULL)
+        goto out;
+    status =
+        ctx->tl_ops->mem_reg(ctx->tl, s->arena, s->arena_bytes, KVS_MEM_HOST, &ctx->arena_memh);
+    if (status == KVS_OK)
+        status = ctx->tl_ops->mem_reg(ctx->tl, (void *)s->arena_gen,
+                                      (size_t)s->arena_slots * sizeof(*s->arena_gen), KVS_MEM_HOST,
+                                      &ctx->arena_gen_memh);
+    if (status != KVS_OK) {
+        kvs__error(&ctx->log, "registering the %zu-byte arena: %s", s->arena_bytes,
+                   kvs_status_string(status));
+        if (ctx->arena_memh != NULL)
+            ctx->tl_ops->mem_dereg(ctx->tl, ctx->arena_memh);
+        ctx->arena_memh = NULL;
+        pthread_rwlock_wrlock(&s->lock);
+        kvs__store_arena_fini(s);
+        pthread_rwlock_unlock(&s->lock);
+    }
+out:
+    pthread_mutex_unlock(&ctx->arena_lock);
+    return status;
 }
 
 static void copy_to_arena(kvs_pool_h pool, uint32_t block, uint8_t *dst)
@@ -174,12 +275,14 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
         return KVS_ERR_UNSUPPORTED;
     }
 
+    if (!zcopy) {
+        status = kvs__ctx_arena_ensure(ctx, ctx->cfg.slot_bytes ? ctx->cfg.slot_bytes
+                                                                : pool->block_bytes);
+        if (status != KVS_OK)
+            return status;
+    }
     pthread_rwlock_wrlock(&s->lock);
     if (!zcopy) {
-        status =
-            kvs__store_arena_init(s, ctx->cfg.slot_bytes ? ctx->cfg.slot_bytes : pool->block_bytes);
-        if (status != KVS_OK)
-            goto out;
         if (pool->block_bytes > s->slot_bytes) {
             kvs__error(&ctx->log,
                        "kvs_publish: blocks of %zu bytes do not fit arena slots of %zu "
@@ -211,6 +314,7 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
             if (status != KVS_OK)
                 goto out;
             pool->entry_of_block[b] = (uint32_t)(e - s->entries) + 1;
+            e->nbytes = (uint32_t)pool->block_bytes;
         } else {
             status = kvs__store_insert(s, pool->layout_id, &keys[i], NULL, 0, 0, &e);
             if (status != KVS_OK) {
@@ -222,6 +326,7 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
                 goto out;
             }
             copy_to_arena(pool, b, kvs__arena_slot(s, e->block));
+            e->nbytes = (uint32_t)pool->block_bytes;
         }
         published++;
     }

@@ -16,7 +16,13 @@ struct kvs_pool {
     char *name;
     _Atomic uint64_t *gen;    /* per block id */
     uint32_t *entry_of_block; /* store entry + 1 for published blocks; store lock */
+    void **seg_memh;          /* transport registration per segment */
+    void *gen_memh;
+    struct kvs_pool *next; /* ctx->pools, under ctx->regions_lock */
 };
+
+/* Creates and registers the ctx's arena once, with no store lock held. */
+kvs_status_t kvs__ctx_arena_ensure(struct kvs_ctx *ctx, size_t slot_bytes);
 
 /* Called by the store (exclusive lock) when a zero-copy entry goes away. */
 void kvs__pool_forget_block(struct kvs_pool *pool, uint32_t block);

@@ -143,10 +143,10 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         m->u.auth.mac = take(&r, KVS_PROTO_MAC_LEN);
         break;
     case KVS_MSG_HELLO_ACK:
-        m->u.hello_ack.data_path = rd_u8(&r);
-        if (!r.bad && m->u.hello_ack.data_path != KVS_PATH_GET &&
-            m->u.hello_ack.data_path != KVS_PATH_AM)
-            return bad(why, wl, "HELLO_ACK data path %u", m->u.hello_ack.data_path);
+        m->u.hello_ack.addr_len = rd_u32(&r);
+        if (m->u.hello_ack.addr_len > KVS_PROTO_MAX_ADDR)
+            return bad(why, wl, "HELLO_ACK worker address of %u bytes", m->u.hello_ack.addr_len);
+        m->u.hello_ack.addr = take(&r, m->u.hello_ack.addr_len);
         if (has_regions && (st = decode_regions(&r, m, why, wl)) != KVS_OK)
             return st;
         break;
@@ -194,6 +194,10 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         if (m->u.fetch.count > KVS_PROTO_MAX_KEYS ||
             m->u.fetch.first > KVS_PROTO_MAX_KEYS - m->u.fetch.count)
             return bad(why, wl, "FETCH of blocks %u+%u", m->u.fetch.first, m->u.fetch.count);
+        m->u.fetch.nchunks = rd_u16(&r);
+        if (!r.bad && (m->u.fetch.nchunks == 0 || m->u.fetch.nchunks > KVS_PROTO_MAX_PIECES))
+            return bad(why, wl, "FETCH with %u chunks per block", m->u.fetch.nchunks);
+        m->u.fetch.chunks = take(&r, (size_t)m->u.fetch.nchunks * 4);
         break;
     case KVS_MSG_DATA:
         m->u.data.block = rd_u32(&r);
@@ -252,6 +256,11 @@ void kvs__proto_piece(const uint8_t *pieces, uint16_t i, kvs__piece_t *out)
 uint64_t kvs__proto_u64_at(const uint8_t *p, size_t i)
 {
     return le(p + 8 * i, 8);
+}
+
+uint32_t kvs__proto_u32_at(const uint8_t *p, size_t i)
+{
+    return (uint32_t)le(p + 4 * i, 4);
 }
 
 /* --- encoder ------------------------------------------------------------- */

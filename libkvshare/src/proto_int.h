@@ -28,12 +28,13 @@
 #define KVS_PROTO_MAX_PIECES  1024u
 #define KVS_PROTO_MAX_NAME    256u
 #define KVS_PROTO_MAX_TEXT    1024u
+#define KVS_PROTO_MAX_ADDR    65536u
 
 typedef enum kvs__msg_type {
     KVS_MSG_HELLO = 1,        /* c->s: layout id, client nonce, name */
     KVS_MSG_CHALLENGE = 2,    /* s->c: server nonce and server proof */
     KVS_MSG_AUTH = 3,         /* c->s: client proof */
-    KVS_MSG_HELLO_ACK = 4,    /* s->c: data path and exposed regions */
+    KVS_MSG_HELLO_ACK = 4,    /* s->c: session, worker address, exposed regions */
     KVS_MSG_LOOKUP = 5,       /* c->s: key chain */
     KVS_MSG_LOOKUP_REPLY = 6, /* s->c: hits, lease, block descriptors */
     KVS_MSG_RELEASE = 7,      /* c->s: end a lease */
@@ -101,7 +102,8 @@ typedef struct kvs__msg {
             const uint8_t *mac;
         } auth;
         struct {
-            uint8_t data_path; /* KVS_PATH_* */
+            uint32_t addr_len; /* the server's UCP worker address (may be 0) */
+            const uint8_t *addr;
         } hello_ack;
         struct {
             uint64_t layout_id;
@@ -128,6 +130,8 @@ typedef struct kvs__msg {
             uint64_t lease_id;
             uint32_t first;
             uint32_t count;
+            uint16_t nchunks;      /* the requester's segment sizes: */
+            const uint8_t *chunks; /* each block is pushed as these pieces */
         } fetch;
         struct {
             uint32_t block;  /* index within the fetch */
@@ -144,8 +148,6 @@ typedef struct kvs__msg {
     const uint8_t *regions;
 } kvs__msg_t;
 
-enum { KVS_PATH_GET = 1, KVS_PATH_AM = 2 };
-
 /* Parses and validates one message of @len bytes. On error returns
  * KVS_ERR_PROTOCOL and writes a reason into @why (if non-NULL). */
 kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *msg, char *why,
@@ -156,6 +158,7 @@ void kvs__proto_region(const uint8_t **cursor, kvs__region_desc_t *out);
 void kvs__proto_block(const uint8_t **cursor, kvs__block_desc_t *out);
 void kvs__proto_piece(const uint8_t *pieces, uint16_t i, kvs__piece_t *out);
 uint64_t kvs__proto_u64_at(const uint8_t *p, size_t i);
+uint32_t kvs__proto_u32_at(const uint8_t *p, size_t i);
 
 /* --- encoding into a growable buffer ---------------------------------- */
 typedef struct kvs__buf {

@@ -51,13 +51,24 @@ err:
     return status;
 }
 
-void kvs__store_fini(kvs__store_t *s)
+void kvs__store_arena_fini(kvs__store_t *s)
 {
     if (s->arena != NULL)
         munmap(s->arena, s->arena_bytes);
     kvs__free(s->arena_free);
     kvs__free((void *)s->arena_gen);
     kvs__free(s->cands);
+    s->arena = NULL;
+    s->arena_free = NULL;
+    s->arena_gen = NULL;
+    s->cands = NULL;
+    s->arena_slots = s->arena_nfree = s->arena_used = 0;
+    s->slot_bytes = 0;
+}
+
+void kvs__store_fini(kvs__store_t *s)
+{
+    kvs__store_arena_fini(s);
     kvs__free(s->entries);
     kvs__free(s->slots);
     pthread_rwlock_destroy(&s->lock);

@@ -22,7 +22,8 @@ typedef struct kvs__entry {
     struct kvs_pool *pool; /* zero-copy holder; NULL: in the arena */
     uint32_t block;        /* pool block id, or arena slot */
     uint32_t next_free;
-    uint64_t gen; /* the slot's generation when published */
+    uint32_t nbytes; /* the block's length (the publishing pool's block) */
+    uint64_t gen;    /* the slot's generation when published */
     _Atomic uint32_t leases;
     _Atomic uint32_t freq;
     _Atomic uint64_t atime;
@@ -85,6 +86,8 @@ typedef struct kvs__store {
 kvs_status_t kvs__store_init(kvs__store_t *s, const kvs__config_t *cfg, const kvs__logger_t *log);
 void kvs__store_fini(kvs__store_t *s);
 
+/* Frees the arena (only while it holds no entries). */
+void kvs__store_arena_fini(kvs__store_t *s);
 /* Creates the arena (once) with slots of @slot_bytes. */
 kvs_status_t kvs__store_arena_init(kvs__store_t *s, size_t slot_bytes);
 

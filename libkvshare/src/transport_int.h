@@ -11,16 +11,35 @@
 #define KVS_TRANSPORT_OPS_VERSION 1
 
 struct kvs_ctx;
+struct kvs_pool;
 
+/* A transport moves protocol messages and block data between contexts in
+ * different processes. The core calls it for registration, remote lookups
+ * and fetches; the transport calls back into the core (kvs__serve_*) to
+ * answer peers. Its calls may take the transport's own lock and then the
+ * store lock, never the other way round: the core never calls a transport
+ * with the store lock held. */
 typedef struct kvs__transport_ops {
     uint32_t version; /* KVS_TRANSPORT_OPS_VERSION */
     const char *name;
-    kvs_status_t (*init)(struct kvs_ctx *ctx, const kvs__config_t *cfg, void **tl_p);
+    kvs_status_t (*init)(struct kvs_ctx *ctx, const kvs__config_t *cfg, void **tl_p, char *err,
+                         size_t err_len);
     void (*fini)(void *tl);
     kvs_status_t (*mem_reg)(void *tl, void *base, size_t length, kvs_mem_type_t type,
                             void **memh_p);
     void (*mem_dereg)(void *tl, void *memh);
     int (*progress)(void *tl);
+    kvs_status_t (*listen_addr)(void *tl, char *buf, size_t len);
+    /* client side: a remote lease is the transport's own object */
+    kvs_status_t (*lookup)(void *tl, const char *peer, uint64_t layout_id, const kvs_key_t *keys,
+                           size_t n, uint32_t lease_ms, uint32_t timeout_ms, void **rlease_p,
+                           size_t *hits_p);
+    void (*release)(void *tl, void *rlease);
+    kvs_status_t (*fetch)(void *tl, void *rlease, struct kvs_pool *dst, const uint32_t *ids,
+                          size_t count, size_t first, uint32_t timeout_ms, void **treq_p);
+    kvs_status_t (*req_test)(void *tl, void *treq);
+    kvs_status_t (*req_wait)(void *tl, void *treq, int timeout_ms);
+    void (*req_free)(void *tl, void *treq);
 } kvs__transport_ops_t;
 
 #define KVS_INDEX_OPS_VERSION 1

@@ -21,8 +21,11 @@ kvs_layout_t test_layout(const char *model)
 
 kvs_ctx_h test_ctx(uint64_t capacity_bytes, kvs_strategy_t strategy, double high, double low)
 {
+    /* Local-only: these tests are about the store, not the transport. */
     kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_CAPACITY |
-                                        KVS_CTX_FIELD_STRATEGY | KVS_CTX_FIELD_WATERMARKS,
+                                        KVS_CTX_FIELD_STRATEGY | KVS_CTX_FIELD_WATERMARKS |
+                                        KVS_CTX_FIELD_TRANSPORT,
+                          .transport = "none",
                           .capacity_bytes = capacity_bytes,
                           .strategy = strategy,
                           .high_watermark = high,

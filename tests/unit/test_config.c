@@ -54,6 +54,7 @@ Test(config, every_bad_env_value_names_variable_and_accepted_values)
     expect_env_error("KVSHARE_LISTEN", "localhost", "HOST:PORT");
     expect_env_error("KVSHARE_LISTEN", "host:99999", "HOST:PORT");
     expect_env_error("KVSHARE_LISTEN", ":80", "HOST:PORT");
+    expect_env_error("KVSHARE_TRANSPORT", "rdma", "auto, ucx or none");
 }
 
 Test(config, watermarks_must_be_ordered)
@@ -162,6 +163,7 @@ Test(config, remote_settings_without_transport_are_refused_clearly)
 {
     char err[512];
     setenv("KVSHARE_LISTEN", "127.0.0.1:18515", 1);
+    setenv("KVSHARE_TRANSPORT", "none", 1);
     kvs_ctx_params_t p = {.field_mask = 0};
     kvs_ctx_h ctx;
     cr_assert_eq(create_with(&p, err, sizeof(err), &ctx), KVS_ERR_UNSUPPORTED);

@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * bench_shim.c - `kvshare bench shim`: ns per cuMemAlloc / cuMemFree /
+ * cuMemcpyHtoD against the fake driver, with and without the LD_PRELOAD
+ * shim, measured in the same run. It re-executes a helper program twice per
+ * repeat (alternating the order, as this machine is noisy) and reports the
+ * medians and their ratio.
+ *
+ * Where things are: $KVSHARE_BENCH_SHIM_HELPER, $KVSHARE_BENCH_SHIM_PRELOAD
+ * and $KVSHARE_BENCH_FAKECUDA_DIR override the build-tree paths compiled in.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench_shim.h"
+
+extern char **environ;
+
+#ifndef KVS_BENCH_SHIM_HELPER
+#define KVS_BENCH_SHIM_HELPER ""
+#endif
+#ifndef KVS_BENCH_SHIM_PRELOAD
+#define KVS_BENCH_SHIM_PRELOAD ""
+#endif
+#ifndef KVS_BENCH_FAKECUDA_DIR
+#define KVS_BENCH_FAKECUDA_DIR ""
+#endif
+#ifndef KVS_BENCH_ASAN_RUNTIME
+#define KVS_BENCH_ASAN_RUNTIME ""
+#endif
+
+#define BS_OPS         3
+#define BS_MAX_REPEATS 101
+
+static const char *const bs_ops[BS_OPS] = {"cuMemAlloc", "cuMemFree", "cuMemcpyHtoD"};
+
+typedef struct bs_paths {
+    const char *helper;
+    const char *shim;
+    const char *fakedir;
+    const char *asan;
+} bs_paths_t;
+
+static const char *bs_path(const char *env, const char *built)
+{
+    const char *v = getenv(env);
+    return v != NULL && v[0] != '\0' ? v : built;
+}
+
+static int bs_cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double bs_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), bs_cmp);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}
+
+/* Runs the helper once; fills ns[BS_OPS]. Returns 0 or -1 (message printed). */
+static int bs_run(const bs_paths_t *p, int with_shim, long calls, double ns[BS_OPS])
+{
+    char preload[4096], libpath[4096], ncalls[32], out[512];
+    char *argv[] = {(char *)p->helper, ncalls, NULL};
+    char *envp[512];
+    size_t n = 0, used = 0;
+    posix_spawn_file_actions_t fa;
+    int fds[2], status = 0, rc = -1;
+    pid_t pid;
+    ssize_t got;
+
+    snprintf(ncalls, sizeof(ncalls), "%ld", calls);
+    snprintf(libpath, sizeof(libpath), "LD_LIBRARY_PATH=%s", p->fakedir);
+    if (p->asan[0] != '\0') {
+        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s:%s", p->asan, p->shim);
+    } else {
+        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", p->shim);
+    }
+    for (char **e = environ; *e != NULL && n < 500; e++) {
+        if (strncmp(*e, "LD_PRELOAD=", 11) == 0 || strncmp(*e, "LD_LIBRARY_PATH=", 16) == 0 ||
+            strncmp(*e, "KVSHARE_", 8) == 0) {
+            continue; /* the same, clean settings for both runs */
+        }
+        envp[n++] = *e;
+    }
+    envp[n++] = libpath;
+    if (with_shim) {
+        envp[n++] = preload;
+    }
+    envp[n] = NULL;
+
+    if (pipe(fds) != 0) {
+        fprintf(stderr, "kvshare bench shim: pipe: %s\n", strerror(errno));
+        return -1;
+    }
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&fa, fds[0]);
+    if (posix_spawn(&pid, p->helper, &fa, NULL, argv, envp) != 0) {
+        fprintf(stderr, "kvshare bench shim: cannot run %s\n", p->helper);
+        posix_spawn_file_actions_destroy(&fa);
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    close(fds[1]);
+    while (used + 1 < sizeof(out) &&
+           ((got = read(fds[0], out + used, sizeof(out) - 1 - used)) > 0 ||
+            (got < 0 && errno == EINTR))) {
+        used += got > 0 ? (size_t)got : 0;
+    }
+    out[used] = '\0';
+    close(fds[0]);
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "kvshare bench shim: %s failed (%s shim)\n", p->helper,
+                with_shim ? "with" : "without");
+        return -1;
+    }
+    if (sscanf(out, "{\"cuMemAlloc\":%lf,\"cuMemFree\":%lf,\"cuMemcpyHtoD\":%lf", &ns[0], &ns[1],
+               &ns[2]) == 3) {
+        rc = 0;
+    } else {
+        fprintf(stderr, "kvshare bench shim: unexpected helper output: %s\n", out);
+    }
+    return rc;
+}
+
+static void bs_usage(FILE *f)
+{
+    fprintf(f, "usage: kvshare bench shim [--repeats N] [--calls N] [--json]\n"
+               "  ns per driver call against the fake driver, with and without the\n"
+               "  LD_PRELOAD shim; medians of N repeats (default 7) of CALLS calls\n"
+               "  (default 100000) each.\n");
+}
+
+static int bs_parse_long(const char *opt, const char *s, long min, long max, long *out)
+{
+    char *end = NULL;
+    long v;
+
+    errno = 0;
+    v = s != NULL ? strtol(s, &end, 10) : 0;
+    if (s == NULL || *s == '\0' || *end != '\0' || errno != 0 || v < min || v > max) {
+        fprintf(stderr, "kvshare bench shim: %s: expected an integer in %ld..%ld\n", opt, min, max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int kvs_cli_bench_shim(int argc, char **argv)
+{
+    bs_paths_t p;
+    long repeats = 7, calls = 100000;
+    int json = 0;
+    double with[BS_OPS][BS_MAX_REPEATS], without[BS_OPS][BS_MAX_REPEATS];
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
+        } else if (strcmp(argv[i], "--repeats") == 0) {
+            if (bs_parse_long("--repeats", i + 1 < argc ? argv[++i] : NULL, 1, BS_MAX_REPEATS,
+                              &repeats) != 0) {
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--calls") == 0) {
+            if (bs_parse_long("--calls", i + 1 < argc ? argv[++i] : NULL, 1000, 100000000,
+                              &calls) != 0) {
+                return 2;
+            }
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            bs_usage(stdout);
+            return 0;
+        } else {
+            bs_usage(stderr);
+            return 2;
+        }
+    }
+    p.helper = bs_path("KVSHARE_BENCH_SHIM_HELPER", KVS_BENCH_SHIM_HELPER);
+    p.shim = bs_path("KVSHARE_BENCH_SHIM_PRELOAD", KVS_BENCH_SHIM_PRELOAD);
+    p.fakedir = bs_path("KVSHARE_BENCH_FAKECUDA_DIR", KVS_BENCH_FAKECUDA_DIR);
+    p.asan = KVS_BENCH_ASAN_RUNTIME;
+    if (access(p.helper, X_OK) != 0 || access(p.shim, R_OK) != 0 || p.fakedir[0] == '\0') {
+        fprintf(stderr,
+                "kvshare bench shim: needs the build tree's helper, shim and fake driver; "
+                "set KVSHARE_BENCH_SHIM_HELPER, KVSHARE_BENCH_SHIM_PRELOAD and "
+                "KVSHARE_BENCH_FAKECUDA_DIR (now '%s', '%s', '%s')\n",
+                p.helper, p.shim, p.fakedir);
+        return 1;
+    }
+
+    for (long r = 0; r < repeats; r++) {
+        double a[BS_OPS], b[BS_OPS];
+        /* Alternate which run goes first so drift hits both sides alike. */
+        int first = (int)(r % 2);
+        if (bs_run(&p, first, calls, first ? b : a) != 0 ||
+            bs_run(&p, !first, calls, first ? a : b) != 0) {
+            return 1;
+        }
+        for (int k = 0; k < BS_OPS; k++) {
+            without[k][r] = a[k];
+            with[k][r] = b[k];
+        }
+    }
+
+    if (!json) {
+        printf("kvshare bench shim: fake libcuda.so.1, %ld calls per run, median of %ld repeats\n",
+               calls, repeats);
+        printf("%-14s %12s %12s %12s %8s\n", "call", "no shim ns", "shim ns", "overhead ns",
+               "ratio");
+    }
+    for (int k = 0; k < BS_OPS; k++) {
+        double m0 = bs_median(without[k], (int)repeats);
+        double m1 = bs_median(with[k], (int)repeats);
+        double ratio = m0 > 0 ? m1 / m0 : 0;
+        if (json) {
+            printf("{\"bench\":\"shim\",\"call\":\"%s\",\"driver\":\"fake\",\"calls\":%ld,"
+                   "\"repeats\":%ld,\"ns_no_shim\":%.1f,\"ns_shim\":%.1f,\"overhead_ns\":%.1f,"
+                   "\"ratio\":%.3f}\n",
+                   bs_ops[k], calls, repeats, m0, m1, m1 - m0, ratio);
+        } else {
+            printf("%-14s %12.1f %12.1f %12.1f %8.2f\n", bs_ops[k], m0, m1, m1 - m0, ratio);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,638 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_engine.c - the example engine: paged attention, and KV fetched through kvshare equal to KV
+ * recomputed. */
+/*
+ * Built twice: test_engine reaches libkvshare through the linked library,
+ * test_engine_dlopen (-DKVSE_DLOPEN) through dlopen of the library just
+ * built, so every scenario below also proves the dlopen path.
+ */
+#include "engine.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef KVSE_DLOPEN
+#include <dlfcn.h>
+#endif
+
+#define NDECODE 16
+
+static engine_kvs_t api;
+
+static void api_setup(void)
+{
+#ifdef KVSE_DLOPEN
+    char err[512] = "";
+    const char *path = getenv("KVSHARE_ENGINE_LIB");
+    cr_assert_eq(engine_kvs_dlopen(&api, path ? path : KVSE_LIBKVSHARE_PATH, err, sizeof(err)),
+                 KVS_OK, "%s", err);
+#else
+    engine_kvs_linked(&api);
+#endif
+}
+
+static void api_teardown(void)
+{
+    engine_kvs_close(&api);
+}
+
+/* Small enough for a Debug + ASan build, with every feature on: GQA (4 query
+ * heads over 2 KV heads), several layers, untied embeddings. */
+static engine_config_t small_cfg(uint64_t alloc_seed)
+{
+    engine_config_t c;
+    engine_config_default(&c);
+    c.n_layers = 2;
+    c.d_model = 64;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 16;
+    c.ffn_dim = 128;
+    c.vocab = 512;
+    c.num_blocks = 64;
+    c.threads = 2;
+    c.alloc_seed = alloc_seed;
+    return c;
+}
+
+static void make_prompt(uint32_t *p, size_t n, uint64_t seed, uint32_t vocab)
+{
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] = (uint32_t)((seed >> 33) % vocab);
+    }
+}
+
+static kvs_ctx_h new_ctx(void)
+{
+    char err[256] = "";
+    /* Local store only; the environment must not change what a test sees. */
+    kvs_ctx_params_t p = {.field_mask =
+                              KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_ERRBUF,
+                          .capacity_bytes = 16u << 20,
+                          .errbuf = err,
+                          .errbuf_len = sizeof(err)};
+    kvs_ctx_h ctx = NULL;
+    cr_assert_eq(api.ctx_create(&p, &ctx), KVS_OK, "kvs_ctx_create: %s", err);
+    return ctx;
+}
+
+/* What a run produced: the logits after prefill and after each decode step,
+ * and the tokens. Compared bit for bit. */
+typedef struct trace {
+    uint32_t vocab;
+    float *logits; /* (NDECODE + 1) x vocab */
+    uint32_t tokens[NDECODE];
+    engine_stats_t stats;
+} trace_t;
+
+static void trace_init(trace_t *t, uint32_t vocab)
+{
+    t->vocab = vocab;
+    t->logits = calloc((size_t)(NDECODE + 1) * vocab, sizeof(float));
+    cr_assert_not_null(t->logits);
+}
+
+/* Prefill (whatever is not cached yet), then decode token by token, keeping
+ * every step's logits. */
+static void run_rest(engine_seq_h seq, trace_t *t)
+{
+    cr_assert_eq(engine_prefill(seq), KVS_OK);
+    memcpy(t->logits, engine_seq_logits(seq), t->vocab * sizeof(float));
+    for (size_t i = 0; i < NDECODE; i++) {
+        cr_assert_eq(engine_decode(seq, 1, &t->tokens[i]), KVS_OK);
+        memcpy(t->logits + (i + 1) * t->vocab, engine_seq_logits(seq), t->vocab * sizeof(float));
+    }
+    engine_seq_stats(seq, &t->stats);
+}
+
+/* The reference: engine C, no kvshare, computes everything itself. */
+static void run_recompute(const engine_config_t *cfg, const uint32_t *prompt, size_t n, trace_t *t)
+{
+    engine_h e;
+    engine_seq_h s;
+    trace_init(t, cfg->vocab);
+    cr_assert_eq(engine_create(cfg, NULL, NULL, &e), KVS_OK);
+    cr_assert_eq(engine_seq_create(e, prompt, n, &s), KVS_OK);
+    run_rest(s, t);
+    engine_seq_destroy(s);
+    engine_destroy(e);
+}
+
+static void assert_same(const trace_t *a, const trace_t *b)
+{
+    for (size_t step = 0; step <= NDECODE; step++)
+        cr_assert(memcmp(a->logits + step * a->vocab, b->logits + step * b->vocab,
+                         a->vocab * sizeof(float)) == 0,
+                  "logits differ at step %zu", step);
+    cr_assert(memcmp(a->tokens, b->tokens, sizeof(a->tokens)) == 0, "generated tokens differ");
+}
+
+static void trace_free(trace_t *t)
+{
+    free(t->logits);
+}
+
+/* Engine A: prefill @prompt and publish it. */
+static void prefill_publish(engine_h a, const uint32_t *prompt, size_t n, unsigned flags,
+                            engine_seq_h *seq_p)
+{
+    size_t published = 0;
+    cr_assert_eq(engine_seq_create(a, prompt, n, seq_p), KVS_OK);
+    cr_assert_eq(engine_prefill(*seq_p), KVS_OK);
+    cr_assert_eq(engine_publish(*seq_p, flags, &published), KVS_OK);
+    cr_assert_eq(published, n / 16);
+}
+
+/* ------------------------------------------------------------------------ */
+TestSuite(attention);
+
+/* Paged attention with scattered block ids equals the same cache stored
+ * contiguously (bitwise) and a naive double-precision reference over plain
+ * K/V arrays (to rounding). */
+Test(attention, paged_scattered_equals_contiguous)
+{
+    const engine_config_t cfg = small_cfg(0);
+    const size_t ntok = 77, hd = cfg.head_dim, kvh = cfg.n_kv_heads, kvdim = kvh * hd;
+    const size_t nblk = (ntok + 15) / 16, blk_floats = 2 * 16 * kvdim;
+    const uint32_t scattered[5] = {9, 2, 7, 0, 5}, contiguous[5] = {0, 1, 2, 3, 4};
+    float *kv_s = calloc(10 * blk_floats, sizeof(float));
+    float *kv_c = calloc(10 * blk_floats, sizeof(float));
+    float *k = malloc(ntok * kvdim * sizeof(float)), *v = malloc(ntok * kvdim * sizeof(float));
+    float q[4 * 16], out_s[4 * 16], out_c[4 * 16], scores[77];
+    cr_assert(kv_s && kv_c && k && v && nblk == 5);
+    uint64_t r = 12345;
+    for (size_t i = 0; i < ntok * kvdim; i++) {
+        r = r * 6364136223846793005ull + 1;
+        k[i] = (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        r = r * 6364136223846793005ull + 1;
+        v[i] = (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    }
+    for (size_t i = 0; i < 4 * hd; i++)
+        q[i] = (float)i / 32.0f - 1.0f;
+    /* vLLM's layout: (block, K|V, token in block, kv head, dim). */
+    for (size_t t = 0; t < ntok; t++)
+        for (size_t p = 0; p < 2; p++) {
+            const float *src = (p == 0 ? k : v) + t * kvdim;
+            memcpy(kv_s + scattered[t / 16] * blk_floats + (p * 16 + t % 16) * kvdim, src,
+                   kvdim * sizeof(float));
+            memcpy(kv_c + contiguous[t / 16] * blk_floats + (p * 16 + t % 16) * kvdim, src,
+                   kvdim * sizeof(float));
+        }
+    engine_attention(&cfg, kv_s, scattered, ntok, q, out_s, scores);
+    engine_attention(&cfg, kv_c, contiguous, ntok, q, out_c, scores);
+    cr_assert(memcmp(out_s, out_c, sizeof(out_s)) == 0);
+
+    for (size_t h = 0; h < cfg.n_heads; h++) {
+        const size_t g = h / (cfg.n_heads / kvh);
+        double s[77], max = -INFINITY, sum = 0;
+        for (size_t t = 0; t < ntok; t++) {
+            s[t] = 0;
+            for (size_t d = 0; d < hd; d++)
+                s[t] += (double)q[h * hd + d] * k[t * kvdim + g * hd + d];
+            s[t] /= sqrt((double)hd);
+            max = fmax(max, s[t]);
+        }
+        for (size_t t = 0; t < ntok; t++)
+            sum += exp(s[t] - max);
+        for (size_t d = 0; d < hd; d++) {
+            double o = 0;
+            for (size_t t = 0; t < ntok; t++)
+                o += exp(s[t] - max) / sum * v[t * kvdim + g * hd + d];
+            cr_assert(fabs(o - out_s[h * hd + d]) < 1e-5, "head %zu dim %zu: %g vs %g", h, d, o,
+                      (double)out_s[h * hd + d]);
+        }
+    }
+    free(kv_s);
+    free(kv_c);
+    free(k);
+    free(v);
+}
+
+/* A whole engine over scattered blocks and several threads computes the
+ * same bits as one over contiguous blocks and one thread. */
+Test(attention, engine_scattered_equals_contiguous)
+{
+    uint32_t prompt[150];
+    make_prompt(prompt, 150, 3, 512);
+    engine_config_t c1 = small_cfg(0), c2 = small_cfg(99);
+    c1.threads = 1;
+    c2.threads = 3;
+    trace_t a, b;
+    run_recompute(&c1, prompt, 150, &a);
+    run_recompute(&c2, prompt, 150, &b);
+    assert_same(&a, &b);
+
+    /* And the ids really were scattered, and contiguous ones were not. */
+    engine_h e1, e2;
+    engine_seq_h s1, s2;
+    const uint32_t *ids1, *ids2;
+    cr_assert_eq(engine_create(&c1, NULL, NULL, &e1), KVS_OK);
+    cr_assert_eq(engine_create(&c2, NULL, NULL, &e2), KVS_OK);
+    cr_assert_eq(engine_seq_create(e1, prompt, 150, &s1), KVS_OK);
+    cr_assert_eq(engine_seq_create(e2, prompt, 150, &s2), KVS_OK);
+    cr_assert_eq(engine_prefill(s1), KVS_OK);
+    cr_assert_eq(engine_prefill(s2), KVS_OK);
+    const size_t n1 = engine_seq_blocks(s1, &ids1), n2 = engine_seq_blocks(s2, &ids2);
+    cr_assert_eq(n1, 10);
+    cr_assert_eq(n2, 10);
+    size_t in_order = 0;
+    for (size_t i = 0; i < n1; i++) {
+        cr_assert_eq(ids1[i], i);
+        in_order += ids2[i] == i;
+    }
+    cr_assert_lt(in_order, 5, "alloc_seed 99 should scatter block ids");
+    engine_seq_destroy(s1);
+    engine_seq_destroy(s2);
+    engine_destroy(e1);
+    engine_destroy(e2);
+    trace_free(&a);
+    trace_free(&b);
+}
+
+/* The tests below could pass vacuously if the output ignored the KV of
+ * earlier tokens; it does not. */
+Test(attention, output_depends_on_early_context)
+{
+    uint32_t p1[100], p2[100];
+    make_prompt(p1, 100, 5, 512);
+    memcpy(p2, p1, sizeof(p1));
+    p2[0] = (p1[0] + 1) % 512;
+    const engine_config_t c = small_cfg(1);
+    trace_t a, b;
+    run_recompute(&c, p1, 100, &a);
+    run_recompute(&c, p2, 100, &b);
+    cr_assert(memcmp(a.logits, b.logits, 512 * sizeof(float)) != 0);
+    trace_free(&a);
+    trace_free(&b);
+}
+
+/* ------------------------------------------------------------------------ */
+TestSuite(share, .init = api_setup, .fini = api_teardown);
+
+/* A prefills 200 tokens and publishes; B (own KV memory, other scattered
+ * ids) fetches the prefix and decodes; C recomputes. B == C bit for bit. */
+static void fetch_equals_recompute(unsigned publish_flags)
+{
+    const size_t n = 200;
+    uint32_t prompt[200];
+    make_prompt(prompt, n, 7, 512);
+    kvs_ctx_h ctx = new_ctx();
+    const engine_config_t ca = small_cfg(11), cb = small_cfg(22);
+    engine_h a, b;
+    engine_seq_h sa, sb;
+    cr_assert_eq(engine_create(&ca, &api, ctx, &a), KVS_OK);
+    cr_assert_eq(engine_create(&cb, &api, ctx, &b), KVS_OK);
+    prefill_publish(a, prompt, n, publish_flags, &sa);
+
+    size_t hit = 0;
+    cr_assert_eq(engine_seq_create(b, prompt, n, &sb), KVS_OK);
+    cr_assert_eq(engine_load_prefix(sb, NULL, &hit), KVS_OK);
+    cr_assert_eq(hit, (n / 16) * 16, "hit %zu tokens, want every full block", hit);
+    const uint32_t *ida, *idb;
+    const size_t na = engine_seq_blocks(sa, &ida), nb = engine_seq_blocks(sb, &idb);
+    cr_assert_eq(nb, n / 16);
+    size_t same = 0;
+    for (size_t i = 0; i < nb && i < na; i++)
+        same += ida[i] == idb[i];
+    cr_assert_lt(same, nb / 2, "B's block ids should differ from A's");
+
+    trace_t tb, tc;
+    trace_init(&tb, cb.vocab);
+    run_rest(sb, &tb);
+    cr_assert_eq(tb.stats.hit_tokens, 192);
+    cr_assert_eq(tb.stats.computed_tokens, 8);
+    const engine_config_t cc = small_cfg(33);
+    run_recompute(&cc, prompt, n, &tc);
+    assert_same(&tb, &tc);
+
+    engine_seq_destroy(sb);
+    engine_seq_destroy(sa);
+    engine_destroy(b);
+    engine_destroy(a);
+    api.ctx_destroy(ctx);
+    trace_free(&tb);
+    trace_free(&tc);
+}
+
+Test(share, fetched_prefix_equals_recompute_copy)
+{
+    fetch_equals_recompute(0);
+}
+
+Test(share, fetched_prefix_equals_recompute_zero_copy)
+{
+    fetch_equals_recompute(ENGINE_PUBLISH_ZERO_COPY);
+}
+
+/* A prompt sharing its first 100 tokens with the published one gets exactly
+ * the 6 full blocks they share (tokens 0..95), and still decodes right. */
+Test(share, shared_prefix_hits_only_shared_full_blocks)
+{
+    uint32_t p1[200], p2[180];
+    make_prompt(p1, 200, 7, 512);
+    make_prompt(p2, 180, 8, 512);
+    memcpy(p2, p1, 100 * sizeof(uint32_t));
+    p2[100] = (p1[100] + 1) % 512; /* make sure block 6 differs */
+    kvs_ctx_h ctx = new_ctx();
+    const engine_config_t ca = small_cfg(11), cb = small_cfg(22);
+    engine_h a, b;
+    engine_seq_h sa, sb;
+    cr_assert_eq(engine_create(&ca, &api, ctx, &a), KVS_OK);
+    cr_assert_eq(engine_create(&cb, &api, ctx, &b), KVS_OK);
+    prefill_publish(a, p1, 200, 0, &sa);
+
+    size_t hit = 0;
+    cr_assert_eq(engine_seq_create(b, p2, 180, &sb), KVS_OK);
+    cr_assert_eq(engine_load_prefix(sb, NULL, &hit), KVS_OK);
+    cr_assert_eq(hit, 96);
+    trace_t tb, tc;
+    trace_init(&tb, cb.vocab);
+    run_rest(sb, &tb);
+    cr_assert_eq(tb.stats.computed_tokens, 84);
+    run_recompute(&cb, p2, 180, &tc);
+    assert_same(&tb, &tc);
+
+    engine_seq_destroy(sb);
+    engine_seq_destroy(sa);
+    engine_destroy(b);
+    engine_destroy(a);
+    api.ctx_destroy(ctx);
+    trace_free(&tb);
+    trace_free(&tc);
+}
+
+/* A fully cached prompt (a multiple of 16 tokens) still computes its last
+ * block: the first generated token needs the last prompt token's logits. */
+Test(share, fully_cached_prompt_recomputes_last_block)
+{
+    uint32_t p[192];
+    make_prompt(p, 192, 9, 512);
+    kvs_ctx_h ctx = new_ctx();
+    const engine_config_t ca = small_cfg(11), cb = small_cfg(22);
+    engine_h a, b;
+    engine_seq_h sa, sb;
+    cr_assert_eq(engine_create(&ca, &api, ctx, &a), KVS_OK);
+    cr_assert_eq(engine_create(&cb, &api, ctx, &b), KVS_OK);
+    prefill_publish(a, p, 192, 0, &sa);
+    size_t hit = 0;
+    cr_assert_eq(engine_seq_create(b, p, 192, &sb), KVS_OK);
+    cr_assert_eq(engine_load_prefix(sb, NULL, &hit), KVS_OK);
+    cr_assert_eq(hit, 176);
+    trace_t tb, tc;
+    trace_init(&tb, cb.vocab);
+    run_rest(sb, &tb);
+    run_recompute(&cb, p, 192, &tc);
+    assert_same(&tb, &tc);
+    engine_seq_destroy(sb);
+    engine_seq_destroy(sa);
+    engine_destroy(b);
+    engine_destroy(a);
+    api.ctx_destroy(ctx);
+    trace_free(&tb);
+    trace_free(&tc);
+}
+
+/* Nothing published: zero hits, a full prefill, the same result. */
+Test(share, no_hits_falls_back_to_full_recompute)
+{
+    uint32_t p[120];
+    make_prompt(p, 120, 10, 512);
+    kvs_ctx_h ctx = new_ctx();
+    const engine_config_t cb = small_cfg(22);
+    engine_h b;
+    engine_seq_h sb;
+    cr_assert_eq(engine_create(&cb, &api, ctx, &b), KVS_OK);
+    size_t hit = 99;
+    cr_assert_eq(engine_seq_create(b, p, 120, &sb), KVS_OK);
+    cr_assert_eq(engine_load_prefix(sb, NULL, &hit), KVS_OK);
+    cr_assert_eq(hit, 0);
+    trace_t tb, tc;
+    trace_init(&tb, cb.vocab);
+    run_rest(sb, &tb);
+    cr_assert_eq(tb.stats.computed_tokens, 120);
+    run_recompute(&cb, p, 120, &tc);
+    assert_same(&tb, &tc);
+    engine_seq_destroy(sb);
+    engine_destroy(b);
+    api.ctx_destroy(ctx);
+    trace_free(&tb);
+    trace_free(&tc);
+}
+
+/* Other weights mean other KV: a model id that differs only in its weight
+ * seed is another layout, so the lookup misses instead of serving wrong KV. */
+Test(share, other_weights_never_hit)
+{
+    uint32_t p[100];
+    make_prompt(p, 100, 12, 512);
+    kvs_ctx_h ctx = new_ctx();
+    engine_config_t ca = small_cfg(11), cb = small_cfg(22);
+    cb.weight_seed = ca.weight_seed + 1;
+    engine_h a, b;
+    engine_seq_h sa, sb;
+    cr_assert_eq(engine_create(&ca, &api, ctx, &a), KVS_OK);
+    cr_assert_eq(engine_create(&cb, &api, ctx, &b), KVS_OK);
+    prefill_publish(a, p, 100, 0, &sa);
+    size_t hit = 99;
+    cr_assert_eq(engine_seq_create(b, p, 100, &sb), KVS_OK);
+    cr_assert_eq(engine_load_prefix(sb, NULL, &hit), KVS_OK);
+    cr_assert_eq(hit, 0);
+    engine_seq_destroy(sb);
+    engine_seq_destroy(sa);
+    engine_destroy(b);
+    engine_destroy(a);
+    api.ctx_destroy(ctx);
+}
+
+/* A zero-copy holder that withdraws its blocks (forced) between B's lookup
+ * and fetch: the fetch fails with KVS_ERR_STALE, B recomputes everything and
+ * still produces C's tokens. */
+Test(share, stale_fetch_falls_back_to_recompute)
+{
+    const size_t n = 200;
+    uint32_t prompt[200];
+    make_prompt(prompt, n, 7, 512);
+    kvs_ctx_h ctx = new_ctx();
+    const engine_config_t ca = small_cfg(11), cb = small_cfg(22);
+    engine_h a, b;
+    engine_seq_h sa, sb;
+    cr_assert_eq(engine_create(&ca, &api, ctx, &a), KVS_OK);
+    cr_assert_eq(engine_create(&cb, &api, ctx, &b), KVS_OK);
+    prefill_publish(a, prompt, n, ENGINE_PUBLISH_ZERO_COPY, &sa);
+
+    kvs_lease_h lease;
+    cr_assert_eq(engine_seq_create(b, prompt, n, &sb), KVS_OK);
+    cr_assert_eq(engine_lookup(sb, NULL, &lease), KVS_OK);
+    cr_assert_eq(api.lease_hits(lease), 12);
+    /* Leased: a polite unpublish is refused, a forced one goes through. */
+    cr_assert_eq(engine_unpublish(sa, false), KVS_ERR_BUSY);
+    cr_assert_eq(engine_unpublish(sa, true), KVS_OK);
+    size_t hit = 99;
+    cr_assert_eq(engine_fetch(sb, lease, &hit), KVS_ERR_STALE);
+    cr_assert_eq(hit, 99, "a failed fetch writes no output");
+
+    trace_t tb, tc;
+    trace_init(&tb, cb.vocab);
+    run_rest(sb, &tb);
+    cr_assert_eq(tb.stats.hit_tokens, 0);
+    cr_assert_eq(tb.stats.computed_tokens, n);
+    run_recompute(&cb, prompt, n, &tc);
+    assert_same(&tb, &tc);
+
+    engine_seq_destroy(sb);
+    engine_seq_destroy(sa);
+    engine_destroy(b);
+    engine_destroy(a);
+    api.ctx_destroy(ctx);
+    trace_free(&tb);
+    trace_free(&tc);
+}
+
+/* The default geometry (4 layers, d_model 256, vocab 4096) works end to end. */
+Test(share, default_config_short_prompt)
+{
+    uint32_t p[40];
+    make_prompt(p, 40, 13, 4096);
+    kvs_ctx_h ctx = new_ctx();
+    engine_config_t ca, cb;
+    engine_config_default(&ca);
+    ca.num_blocks = 8;
+    cb = ca;
+    cb.alloc_seed = 5;
+    engine_h a, b;
+    engine_seq_h sa, sb;
+    cr_assert_eq(engine_create(&ca, &api, ctx, &a), KVS_OK);
+    cr_assert_eq(engine_create(&cb, &api, ctx, &b), KVS_OK);
+    prefill_publish(a, p, 40, 0, &sa);
+    size_t hit = 0;
+    cr_assert_eq(engine_seq_create(b, p, 40, &sb), KVS_OK);
+    cr_assert_eq(engine_load_prefix(sb, NULL, &hit), KVS_OK);
+    cr_assert_eq(hit, 32);
+    cr_assert_eq(engine_prefill(sb), KVS_OK);
+    cr_assert(memcmp(engine_seq_logits(sa), engine_seq_logits(sb), 4096 * sizeof(float)) == 0);
+    uint32_t ta[4], tb[4];
+    cr_assert_eq(engine_decode(sa, 4, ta), KVS_OK);
+    cr_assert_eq(engine_decode(sb, 4, tb), KVS_OK);
+    cr_assert(memcmp(ta, tb, sizeof(ta)) == 0);
+    engine_seq_destroy(sb);
+    engine_seq_destroy(sa);
+    engine_destroy(b);
+    engine_destroy(a);
+    api.ctx_destroy(ctx);
+}
+
+/* ------------------------------------------------------------------------ */
+TestSuite(errors, .init = api_setup, .fini = api_teardown);
+
+Test(errors, without_kvshare_share_calls_are_unsupported)
+{
+    uint32_t p[40];
+    make_prompt(p, 40, 1, 512);
+    const engine_config_t c = small_cfg(1);
+    engine_h e;
+    engine_seq_h s;
+    kvs_lease_h lease = NULL;
+    size_t hit = 99;
+    cr_assert_eq(engine_create(&c, NULL, NULL, &e), KVS_OK);
+    cr_assert_null(engine_pool(e));
+    cr_assert_eq(engine_seq_create(e, p, 40, &s), KVS_OK);
+    cr_assert_eq(engine_lookup(s, NULL, &lease), KVS_ERR_UNSUPPORTED);
+    cr_assert_eq(engine_load_prefix(s, NULL, &hit), KVS_ERR_UNSUPPORTED);
+    cr_assert_eq(hit, 99);
+    cr_assert_eq(engine_prefill(s), KVS_OK);
+    cr_assert_eq(engine_publish(s, 0, NULL), KVS_ERR_UNSUPPORTED);
+    cr_assert_eq(engine_prefill(s), KVS_ERR_INVALID_PARAM, "prefill twice");
+    engine_seq_destroy(s);
+    engine_destroy(e);
+}
+
+Test(errors, bad_arguments)
+{
+    engine_config_t c = small_cfg(1);
+    engine_h e = NULL;
+    engine_seq_h s = NULL;
+    uint32_t out[2], p[2] = {1, 600};
+    c.n_kv_heads = 3; /* 4 query heads cannot share 3 KV heads */
+    cr_assert_eq(engine_create(&c, NULL, NULL, &e), KVS_ERR_INVALID_PARAM);
+    cr_assert_null(e);
+    c = small_cfg(1);
+    c.head_dim = 15; /* RoPE rotates pairs */
+    cr_assert_eq(engine_create(&c, NULL, NULL, &e), KVS_ERR_INVALID_PARAM);
+    c = small_cfg(1);
+    cr_assert_eq(engine_create(&c, NULL, NULL, &e), KVS_OK);
+    cr_assert_eq(engine_seq_create(e, p, 2, &s), KVS_ERR_INVALID_PARAM, "token >= vocab");
+    cr_assert_null(s);
+    cr_assert_eq(engine_seq_create(e, p, 0, &s), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(engine_seq_create(e, p, 1, &s), KVS_OK);
+    cr_assert_eq(engine_decode(s, 2, out), KVS_ERR_INVALID_PARAM, "decode before prefill");
+    engine_seq_destroy(s);
+    engine_destroy(e);
+    engine_destroy(NULL);
+    engine_seq_destroy(NULL);
+}
+
+/* Out of KV blocks is an error the caller sees, and the blocks come back. */
+Test(errors, out_of_blocks)
+{
+    engine_config_t c = small_cfg(1);
+    c.num_blocks = 4; /* 64 tokens */
+    uint32_t p[80];
+    make_prompt(p, 80, 2, 512);
+    engine_h e;
+    engine_seq_h s1, s2;
+    uint32_t out[8];
+    cr_assert_eq(engine_create(&c, NULL, NULL, &e), KVS_OK);
+    cr_assert_eq(engine_seq_create(e, p, 80, &s1), KVS_OK);
+    cr_assert_eq(engine_prefill(s1), KVS_ERR_NO_SPACE);
+    engine_seq_destroy(s1);
+    cr_assert_eq(engine_seq_create(e, p, 60, &s2), KVS_OK);
+    cr_assert_eq(engine_prefill(s2), KVS_OK);
+    cr_assert_eq(engine_decode(s2, 8, out), KVS_ERR_NO_SPACE, "token 65 needs a 5th block");
+    engine_seq_destroy(s2);
+    engine_destroy(e);
+}
+
+#ifdef KVSE_DLOPEN
+/* ------------------------------------------------------------------------ */
+TestSuite(dlopen);
+
+/* This binary does not link libkvshare: every kvs_* call above went through
+ * the dlopen'd table. */
+Test(dlopen, binary_does_not_link_libkvshare)
+{
+    cr_assert_null(dlsym(RTLD_DEFAULT, "kvs_ctx_create"));
+}
+
+Test(dlopen, missing_library_is_a_clear_error)
+{
+    engine_kvs_t t;
+    memset(&t, 0xab, sizeof(t));
+    const engine_kvs_t before = t;
+    char err[512] = "";
+    cr_assert_eq(engine_kvs_dlopen(&t, "/nonexistent/libkvshare.so.0", err, sizeof(err)),
+                 KVS_ERR_NOT_FOUND);
+    cr_assert(strstr(err, "dlopen(/nonexistent/libkvshare.so.0)") != NULL, "%s", err);
+    cr_assert(memcmp(&t, &before, sizeof(t)) == 0, "a failed load writes nothing");
+}
+
+Test(dlopen, missing_symbol_is_a_clear_error)
+{
+    engine_kvs_t t;
+    char err[512] = "";
+    cr_assert_eq(engine_kvs_dlopen(&t, "libm.so.6", err, sizeof(err)), KVS_ERR_NOT_FOUND);
+    cr_assert(strstr(err, "has no symbol kvs_status_string") != NULL, "%s", err);
+}
+
+Test(dlopen, env_names_the_library)
+{
+    engine_kvs_t t;
+    char err[512] = "";
+    setenv("KVSHARE_ENGINE_LIB", "/nonexistent/from-env.so", 1);
+    cr_assert_eq(engine_kvs_dlopen(&t, NULL, err, sizeof(err)), KVS_ERR_NOT_FOUND);
+    cr_assert(strstr(err, "/nonexistent/from-env.so") != NULL, "%s", err);
+    unsetenv("KVSHARE_ENGINE_LIB");
+}
+#endif
