@@ -190,6 +190,7 @@ struct tl {
     conn_t *conns;
     waiter_t *waiters;
     treq_t *reqs;
+    treq_t *zombies; /* freed by the user, still owed UCX callbacks */
     push_t *pushes;
     inmsg_t *inbox, **inbox_tail;
     pending_conn_t *pending;
@@ -1767,9 +1768,11 @@ static kvs_status_t tl_req_test(void *arg, void *treq)
     return st;
 }
 
+/* Finished, with nothing of UCX's left to call back, or failed on a
+ * connection whose endpoints are closed (so nothing can land any more). */
 static bool req_settled(const treq_t *r)
 {
-    return r->status != KVS_INPROGRESS && r->outstanding == 0;
+    return r->status != KVS_INPROGRESS && (r->outstanding == 0 || r->conn->state == C_FAILED);
 }
 
 static kvs_status_t tl_req_wait(void *arg, void *treq, int timeout_ms)
@@ -1804,7 +1807,7 @@ static void tl_req_free(void *arg, void *treq)
         r->status = KVS_ERR_CANCELED;
         conn_fail(r->conn, KVS_ERR_CANCELED, "request cancelled");
     }
-    uint64_t deadline = now_ns() + 5000000000u;
+    uint64_t deadline = now_ns() + 1000000000u;
     while (r->outstanding > 0 && now_ns() < deadline)
         progress_locked(tl);
     for (treq_t **pp = &tl->reqs; *pp != NULL; pp = &(*pp)->next) {
@@ -1814,15 +1817,22 @@ static void tl_req_free(void *arg, void *treq)
         }
     }
     conn_unref(r->conn);
+    r->conn = NULL;
+    if (r->outstanding > 0) {
+        /* UCX still owes callbacks on a closed endpoint: keep the request
+         * (its callbacks touch it) until the worker is destroyed. */
+        r->freed = true;
+        r->next = tl->zombies;
+        tl->zombies = r;
+        unlock(tl);
+        return;
+    }
     unlock(tl);
     kvs__free(r->dst_ids);
     kvs__free(r->gens_now);
     kvs__free(r);
 }
 
-/* ---------------------------------------------------------------------- */
-/* Registration, progress, life cycle                                       */
-/* ---------------------------------------------------------------------- */
 static kvs_status_t tl_mem_reg(void *arg, void *base, size_t length, kvs_mem_type_t type,
                                void **memh_p)
 {
@@ -2129,6 +2139,13 @@ static void tl_fini(void *arg)
         ucp_worker_destroy(tl->worker);
     if (tl->ucp != NULL)
         ucp_cleanup(tl->ucp);
+    while (tl->zombies != NULL) {
+        treq_t *r = tl->zombies;
+        tl->zombies = r->next;
+        kvs__free(r->dst_ids);
+        kvs__free(r->gens_now);
+        kvs__free(r);
+    }
     unlock(tl);
     if (tl->epfd >= 0)
         close(tl->epfd);

@@ -9,6 +9,8 @@
  *                                              how it failed and how long it took; then
  *                                              fetch from --peer2, then wait for a line on
  *                                              stdin and fetch from --peer once more
+ *   kvs_peer garbage --peer H:P                connect with raw UCX and send malformed
+ *                                              messages (the server must stay up)
  * common: --blocks N --block-bytes B --segments S --seed X --model M --zero-copy
  *         --batch K --expect STATUS --timeout-ms T
  * Block i's bytes and key derive from (seed, i), so a wrong block is caught. */
@@ -22,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <arpa/inet.h>
+#include <ucp/api/ucp.h>
 #include <unistd.h>
 
 typedef struct opts {
@@ -335,6 +339,84 @@ static int soak(const opts_t *o)
     return rc;
 }
 
+/* Raw UCX: sends each message as kvshare's active message 0x4b, as a
+ * hostile or broken peer would, on its own connection each time. */
+static int garbage(const opts_t *o)
+{
+    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_AM};
+    ucp_context_h uc;
+    ucp_worker_h w;
+    if (ucp_init(&up, NULL, &uc) != UCS_OK)
+        return 1;
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SINGLE};
+    if (ucp_worker_create(uc, &wp, &w) != UCS_OK)
+        return 1;
+    char host[256];
+    const char *colon = strrchr(o->peer, ':');
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - o->peer), o->peer);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    /* 1: too short; 2: bad magic; 3: a header whose length lies; 4: a HELLO
+     * with an oversized name count; 5: a LOOKUP before any handshake;
+     * 6: random bytes; 7: a LOOKUP claiming 4 G keys. */
+    uint8_t msgs[7][96];
+    size_t lens[7] = {3, 32, 40, 74, 48, 64, 48};
+    memset(msgs, 0, sizeof(msgs));
+    uint64_t r = 12345;
+    for (int i = 0; i < 7; i++) {
+        uint8_t *m = msgs[i];
+        uint32_t magic = 0x4853564Bu, blen = (uint32_t)lens[i] - 32;
+        uint16_t ver = 1, type = i == 4 ? 5 : (i == 6 ? 5 : 1);
+        memcpy(m, &magic, 4);
+        memcpy(m + 4, &ver, 2);
+        memcpy(m + 6, &type, 2);
+        memcpy(m + 12, &blen, 4);
+    }
+    msgs[1][0] = 'X';
+    uint32_t lie = 9999;
+    memcpy(msgs[2] + 12, &lie, 4);
+    msgs[3][72] = 0xff; /* name length 0xffff */
+    msgs[3][73] = 0xff;
+    for (int j = 0; j < 64; j++) {
+        r = mix(r);
+        msgs[5][j] = (uint8_t)r;
+    }
+    uint32_t huge = 0xffffffffu;
+    memcpy(msgs[6] + 32 + 12, &huge, 4);
+    for (int i = 0; i < 7; i++) {
+        ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_FLAGS |
+                                            UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                                            UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE,
+                              .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
+                              .sockaddr = {.addr = (struct sockaddr *)&sa, .addrlen = sizeof(sa)},
+                              .err_mode = UCP_ERR_HANDLING_MODE_PEER};
+        ucp_ep_h e;
+        if (ucp_ep_create(w, &ep, &e) != UCS_OK)
+            return 1;
+        ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                 .flags = UCP_AM_SEND_FLAG_REPLY};
+        ucs_status_ptr_t s = ucp_am_send_nbx(e, 0x4b, NULL, 0, msgs[i], lens[i], &p);
+        for (int k = 0;
+             k < 200000 && UCS_PTR_IS_PTR(s) && ucp_request_check_status(s) == UCS_INPROGRESS; k++)
+            ucp_worker_progress(w);
+        if (UCS_PTR_IS_PTR(s))
+            ucp_request_free(s);
+        ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                  .flags = UCP_EP_CLOSE_FLAG_FORCE};
+        ucs_status_ptr_t c = ucp_ep_close_nbx(e, &cp);
+        for (int k = 0;
+             k < 200000 && UCS_PTR_IS_PTR(c) && ucp_request_check_status(c) == UCS_INPROGRESS; k++)
+            ucp_worker_progress(w);
+        if (UCS_PTR_IS_PTR(c))
+            ucp_request_free(c);
+    }
+    ucp_worker_destroy(w);
+    ucp_cleanup(uc);
+    printf("sent 7 malformed messages\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     opts_t o = {.model = "kvs-peer-model",
@@ -394,6 +476,8 @@ int main(int argc, char **argv)
         return fetch_mode(&o);
     if (strcmp(o.mode, "soak") == 0 && o.peer != NULL)
         return soak(&o);
+    if (strcmp(o.mode, "garbage") == 0 && o.peer != NULL)
+        return garbage(&o);
     fprintf(stderr, "kvs_peer: bad mode or missing --listen/--peer\n");
     return 2;
 }
