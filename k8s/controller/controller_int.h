@@ -149,4 +149,204 @@ void kvsc_server_check_reload(kvsc_server_t *server);
 /* Mark not ready, stop accepting, finish, free. Accepts NULL. */
 void kvsc_server_stop(kvsc_server_t *server);
 
+/* ---- KVCachePool reconciler ------------------------------------------------------------- */
+
+#define KVSC_POOL_GROUP_VERSION "kvshare.io/v1alpha1"
+#define KVSC_POOL_KIND          "KVCachePool"
+#define KVSC_LABEL_APP_NAME     "app.kubernetes.io/name"
+#define KVSC_LABEL_MANAGED_BY   "app.kubernetes.io/managed-by"
+#define KVSC_LABEL_POOL         "kvshare.io/pool"
+#define KVSC_CACHE_APP          "kvshare-cache"
+#define KVSC_CACHE_SUFFIX       "-cache"
+#define KVSC_MANAGER            "kvshare-controller"
+#define KVSC_CACHE_METRICS_PORT 9090u
+/* "<name>-cache" must be a DNS-1035 label (63 characters) to name a Service. */
+#define KVSC_REC_POOL_NAME_MAX (63 - (sizeof(KVSC_CACHE_SUFFIX) - 1))
+
+/* What the desired objects are built from; strings borrowed. */
+typedef struct kvsc_rec_cfg {
+    const char *image;    /* image that runs `kvshare serve` */
+    unsigned listen_port; /* kvshare data port of each cache node */
+} kvsc_rec_cfg_t;
+
+/* A pool's spec after validation; strings borrow from the pool JSON it was parsed from. */
+typedef struct kvsc_pool {
+    const char *namespace_;
+    const char *name;
+    const char *uid;
+    long long generation;
+    long long total_memory_gb;
+    long long replicas;
+    const char *strategy;
+} kvsc_pool_t;
+
+/**
+ * Read and validate a KVCachePool object. Defaults: replicas 1, strategy "lru".
+ * @param obj      the pool as the API server returned it (borrowed).
+ * @param pool     filled on KVSC_OK, and its identity fields (namespace_, name, uid,
+ *                 generation) also on KVSC_ERR_INVALID when they could be read.
+ * @param reason_p on KVSC_ERR_INVALID: a static CamelCase condition reason naming the field
+ *                 (InvalidReplicas, InvalidTotalMemoryGB, InvalidStrategy, InvalidName, ...).
+ * @param msg      on KVSC_ERR_INVALID: a message naming the field and the accepted values.
+ * @return KVSC_OK or KVSC_ERR_INVALID.
+ */
+kvsc_status_t kvsc_pool_parse(const cJSON *obj, kvsc_pool_t *pool, const char **reason_p, char *msg,
+                              size_t msg_len);
+
+/* The Deployment and the headless Service "<name>-cache" for a valid pool, as new cJSON
+ * objects (caller deletes). KVSC_OK or KVSC_ERR_NO_MEMORY (then *obj_p is untouched). */
+kvsc_status_t kvsc_desired_deployment(const kvsc_rec_cfg_t *cfg, const kvsc_pool_t *pool,
+                                      cJSON **obj_p);
+kvsc_status_t kvsc_desired_service(const kvsc_rec_cfg_t *cfg, const kvsc_pool_t *pool,
+                                   cJSON **obj_p);
+
+/* The JSON merge patch (RFC 7386) that brings an existing object to the desired one: the
+ * labels and the spec fields the controller owns, without immutable fields (Deployment
+ * selector, Service clusterIP) or ownerReferences. New object, caller deletes; NULL on
+ * no memory. */
+cJSON *kvsc_update_patch(const cJSON *desired);
+
+/* 1 when every field of want is in have with the same value (lists: same length, each
+ * element a subset), so fields the API server defaults never count as drift. */
+int kvsc_json_subset(const cJSON *want, const cJSON *have);
+
+/* 1: obj has a controller ownerReference with this uid; 0: no controller reference;
+ * -1: controlled by something else. */
+int kvsc_controlled_by(const cJSON *obj, const char *uid);
+
+/* The Ready condition the status should carry. */
+typedef struct kvsc_ready {
+    int ready;          /* condition status True/False */
+    const char *reason; /* CamelCase */
+    const char *message;
+    long long ready_replicas;
+} kvsc_ready_t;
+
+/**
+ * Build the pool's desired .status: readyReplicas, observedGeneration and the Ready
+ * condition. lastTransitionTime is kept from current_status while the condition's status
+ * does not change, so an unchanged pool gives an identical status and no write.
+ * @param current_status the pool's .status, or NULL (borrowed).
+ * @param now_rfc3339    the time to stamp on a transition.
+ * @return a new object (caller deletes), NULL on no memory.
+ */
+cJSON *kvsc_desired_status(const cJSON *current_status, long long generation,
+                           const kvsc_ready_t *ready, const char *now_rfc3339);
+
+/* Splits a watch stream into newline-terminated lines across arbitrary write chunks. */
+typedef struct kvsc_lines {
+    char *buf;
+    size_t len, cap;
+    size_t max; /* longest line accepted; 0 means KVSC_MAX_BODY * 4 */
+} kvsc_lines_t;
+
+/* Called once per non-empty line (no '\n', a trailing '\r' removed, NUL-terminated);
+ * a nonzero return stops kvsc_lines_feed, which then returns that value. */
+typedef int (*kvsc_line_cb)(void *ud, char *line, size_t len);
+
+/* Feed bytes; returns 0, the callback's nonzero value, -1 (KVSC_ERR_NO_MEMORY) or
+ * -2 (KVSC_ERR_INVALID: a line longer than max). Keeps a partial last line. */
+int kvsc_lines_feed(kvsc_lines_t *lines, const char *data, size_t len, kvsc_line_cb cb, void *ud);
+/* Frees the buffer and resets; accepts a zeroed struct. */
+void kvsc_lines_free(kvsc_lines_t *lines);
+
+/* Exponential backoff with a cap and "equal jitter": min(cap, base*2^attempt) scaled into
+ * [1/2, 1] by rand (any 64-bit value), so retries spread out but never collapse to 0. */
+uint64_t kvsc_backoff_ms(unsigned attempt, uint64_t base_ms, uint64_t cap_ms, uint64_t rand);
+
+/* Work queue of pool keys ("namespace/name"), deduplicated, with delayed retries. */
+typedef struct kvsc_queue kvsc_queue_t;
+
+kvsc_status_t kvsc_queue_create(kvsc_queue_t **queue_p);
+void kvsc_queue_destroy(kvsc_queue_t *queue);
+/* Queue key to be due after delay_ms (an earlier due time wins). */
+kvsc_status_t kvsc_queue_add(kvsc_queue_t *queue, const char *key, uint64_t delay_ms);
+/* Wait up to wait_ms for a due key; 1 with *key_p (caller frees), 0 on timeout or close,
+ * -1 on no memory. */
+int kvsc_queue_pop(kvsc_queue_t *queue, uint64_t wait_ms, char **key_p);
+/* Failures recorded for key by kvsc_queue_retry since its last kvsc_queue_forget. */
+unsigned kvsc_queue_failures(kvsc_queue_t *queue, const char *key);
+/* Count a failure and requeue key after delay_ms. */
+kvsc_status_t kvsc_queue_retry(kvsc_queue_t *queue, const char *key, uint64_t delay_ms);
+/* Reset key's failure count. */
+void kvsc_queue_forget(kvsc_queue_t *queue, const char *key);
+/* Wake every waiter; later pops return 0 at once. */
+void kvsc_queue_close(kvsc_queue_t *queue);
+
+/* The API client (libcurl). */
+typedef struct kvsc_kube_cfg {
+    const char *api;        /* "https://host:port", no trailing slash needed */
+    const char *ca_file;    /* PEM bundle to verify the API server; NULL: system CAs */
+    const char *token_file; /* bearer token, re-read when it changes; NULL: none */
+    int verbose;
+} kvsc_kube_cfg_t;
+
+typedef struct kvsc_kube kvsc_kube_t;
+typedef struct kvsc_kube_conn kvsc_kube_conn_t;
+
+/* Copies cfg. In-cluster settings come from kvsc_kube_incluster_cfg(). Logs why on failure:
+ * KVSC_ERR_IO (unreadable CA or token file), KVSC_ERR_NO_MEMORY. */
+kvsc_status_t kvsc_kube_create(const kvsc_kube_cfg_t *cfg, kvsc_kube_t **kube_p);
+/* After every connection is closed. Accepts NULL. */
+void kvsc_kube_destroy(kvsc_kube_t *kube);
+/* Abort transfers in flight (within about a second) and make new ones fail at once. */
+void kvsc_kube_cancel(kvsc_kube_t *kube);
+int kvsc_kube_cancelled(kvsc_kube_t *kube);
+
+/* The in-cluster settings: KUBERNETES_SERVICE_HOST/PORT and the ServiceAccount files.
+ * Fills api (a buffer of api_len) and points ca/token at the standard paths;
+ * KVSC_ERR_INVALID when KUBERNETES_SERVICE_HOST is unset. */
+kvsc_status_t kvsc_kube_incluster_cfg(kvsc_kube_cfg_t *cfg, char *api, size_t api_len);
+
+/* One connection (a reusable curl handle) per thread. */
+kvsc_status_t kvsc_kube_conn_open(kvsc_kube_t *kube, kvsc_kube_conn_t **conn_p);
+void kvsc_kube_conn_close(kvsc_kube_conn_t *conn);
+
+typedef struct kvsc_kube_resp {
+    long code;  /* HTTP status */
+    cJSON *doc; /* the parsed body, NULL when empty or not JSON; caller deletes */
+} kvsc_kube_resp_t;
+
+/**
+ * One request. path starts with "/" and carries any query.
+ * @param body         NUL-terminated request body or NULL; content_type is sent with it.
+ * @return KVSC_OK when a response arrived (any status, see resp->code); KVSC_ERR_IO on a
+ *         transport failure or cancel (logged); KVSC_ERR_NO_MEMORY.
+ */
+kvsc_status_t kvsc_kube_request(kvsc_kube_conn_t *conn, const char *method, const char *path,
+                                const char *content_type, const char *body, kvsc_kube_resp_t *resp);
+
+/**
+ * A watch: GET path and hand each line of the stream to cb until the server ends it, cb
+ * returns nonzero, or the transfer fails. *code_p gets the HTTP status (0 when none came).
+ * @return KVSC_OK when the stream ended cleanly or cb stopped it; KVSC_ERR_IO otherwise.
+ */
+kvsc_status_t kvsc_kube_watch(kvsc_kube_conn_t *conn, const char *path, long timeout_s,
+                              kvsc_line_cb cb, void *ud, long *code_p);
+
+/* The reconciler: watches, work queue and reconcile loop, in threads of its own. */
+typedef struct kvsc_reconciler_cfg {
+    kvsc_rec_cfg_t build;
+    const char *namespace_;   /* NULL: every namespace */
+    unsigned backoff_max_ms;  /* cap of every retry delay */
+    unsigned resync_s;        /* relist pools this often */
+    unsigned watch_timeout_s; /* longest single watch request */
+    int verbose;
+} kvsc_reconciler_cfg_t;
+
+typedef struct kvsc_reconciler kvsc_reconciler_t;
+
+/* Start the threads. cfg strings and kube must outlive the reconciler. */
+kvsc_status_t kvsc_reconciler_start(const kvsc_reconciler_cfg_t *cfg, kvsc_kube_t *kube,
+                                    kvsc_reconciler_t **rec_p);
+/* Cancel, join and free. Accepts NULL. */
+void kvsc_reconciler_stop(kvsc_reconciler_t *rec);
+/* Prometheus text of the reconciler's counters; a new string from malloc, NULL on no memory. */
+char *kvsc_reconciler_metrics_render(void *rec, size_t *len_p);
+
+/* Appends extra Prometheus text (the reconciler's) to every /metrics answer. Set before the
+ * server starts; fn returns a malloc'ed string or NULL on no memory. Defined in metrics.c. */
+void kvsc_metrics_set_extra(kvsc_metrics_t *metrics, char *(*fn)(void *ud, size_t *len_p),
+                            void *ud);
+
 #endif

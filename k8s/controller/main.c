@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* kvshare-controller: command line, signals and the main loop around the webhook server. */
+/* kvshare-controller: command line, signals and the main loop around the webhook server and
+ * the KVCachePool reconciler. */
 #include "controller_int.h"
 
 #include <errno.h>
@@ -11,24 +12,33 @@
 #include <string.h>
 #include <time.h>
 
+#include <curl/curl.h>
+
 #ifndef KVSC_VERSION
 #define KVSC_VERSION "0.0.0"
 #endif
 
 #define KVSC_DEFAULT_IMAGE "ghcr.io/kvshare/kvshare:" KVSC_VERSION
 
+/* metrics.c gains kvsc_metrics_set_extra with the reconciler; until a build has it, the
+ * reconciler's counters are simply not exported. */
+#pragma weak kvsc_metrics_set_extra
+
 static void usage(FILE *f)
 {
     fprintf(f,
-            "Usage: kvshare-controller --tls-cert FILE --tls-key FILE --no-reconcile [OPTIONS]\n"
+            "Usage: kvshare-controller --tls-cert FILE --tls-key FILE [OPTIONS]\n"
             "\n"
             "Mutating admission webhook that injects the kvshare shim into pods labelled\n"
-            "kvshare.io/inject=\"true\". Serves HTTPS only:\n"
+            "kvshare.io/inject=\"true\", and the KVCachePool reconciler: for every pool it\n"
+            "keeps a Deployment and a headless Service \"<name>-cache\" of `kvshare serve` nodes\n"
+            "and reports their readiness in the pool's status. Serves HTTPS only:\n"
             "  POST /mutate    AdmissionReview admission.k8s.io/v1 in, JSONPatch response out\n"
             "  GET  /healthz   200 while the process runs\n"
             "  GET  /readyz    200 while serving, 503 while shutting down\n"
             "  GET  /metrics   Prometheus text: requests by result, review latency histogram,\n"
-            "                  patches emitted, certificate reloads\n"
+            "                  patches emitted, certificate reloads; reconciles by result,\n"
+            "                  watch restarts, API errors and writes\n"
             "\n"
             "Options:\n"
             "  --listen ADDR:PORT     address to serve on (default 0.0.0.0:8443; [::]:8443 for\n"
@@ -42,18 +52,30 @@ static void usage(FILE *f)
             "                         old one kept.\n"
             "  --reload-interval SEC  how often to check the certificate files (default 1)\n"
             "  --image IMAGE          image of the injected init container that carries the\n"
-            "                         shim (default " KVSC_DEFAULT_IMAGE ")\n"
-            "  --listen-port PORT     kvshare data port put in KVSHARE_LISTEN (default %u)\n"
+            "                         shim, and of the cache nodes the reconciler runs\n"
+            "                         (default " KVSC_DEFAULT_IMAGE ")\n"
+            "  --listen-port PORT     kvshare data port put in KVSHARE_LISTEN, and the port cache\n"
+            "                         nodes listen on (default %u)\n"
             "  --threads N            server threads (default: one per CPU)\n"
             "  --no-reconcile         run the webhook alone, with no API server connection.\n"
-            "                         Required for now: the KVCachePool reconciler is not built\n"
-            "                         yet, and without this flag the controller exits with 2.\n"
-            "  --verbose              log every review on stderr\n"
+            "\n"
+            "Reconciler options (API access defaults to the in-cluster ServiceAccount:\n"
+            "KUBERNETES_SERVICE_HOST/PORT and "
+            "/var/run/secrets/kubernetes.io/serviceaccount):\n"
+            "  --kube-api URL         API server base URL, e.g. https://127.0.0.1:6443\n"
+            "  --kube-ca FILE         PEM CA bundle that signed the API server's certificate\n"
+            "  --kube-token-file FILE bearer token, re-read on every request (rotation)\n"
+            "  --namespace NS         watch pools in NS only (default: all namespaces)\n"
+            "  --backoff-max SEC      cap of the retry delay after API errors (default 30)\n"
+            "  --resync SEC           relist every pool this often, 0 never (default 600)\n"
+            "  --watch-timeout SEC    longest single watch request (default 300)\n"
+            "  --verbose              log every review, API request and reconcile on stderr\n"
             "  --version              print the version and exit\n"
             "  --help                 print this help and exit\n"
             "\n"
             "SIGTERM or SIGINT: stop accepting, finish, exit 0. Exit 1: runtime failure\n"
-            "(bind, certificate). Exit 2: bad usage.\n",
+            "(bind, certificate, unreadable API CA or token file). Exit 2: bad usage, or no\n"
+            "API server to reconcile against (not in a cluster and no --kube-api).\n",
             KVSC_DEFAULT_LISTEN_PORT);
 }
 
@@ -72,6 +94,21 @@ static int parse_uint(const char *flag, const char *s, unsigned long min, unsign
     return 0;
 }
 
+/* DNS-1123 label, what a namespace name is; it goes into URL paths unescaped. */
+static int valid_namespace(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-') {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     enum {
@@ -84,6 +121,13 @@ int main(int argc, char **argv)
         OPT_NORECONCILE,
         OPT_RELOAD,
         OPT_VERBOSE,
+        OPT_KUBE_API,
+        OPT_KUBE_CA,
+        OPT_KUBE_TOKEN,
+        OPT_NAMESPACE,
+        OPT_BACKOFF_MAX,
+        OPT_RESYNC,
+        OPT_WATCH_TIMEOUT,
         OPT_VERSION,
         OPT_HELP
     };
@@ -97,6 +141,13 @@ int main(int argc, char **argv)
         {"reload-interval", required_argument, NULL, OPT_RELOAD},
         {"no-reconcile", no_argument, NULL, OPT_NORECONCILE},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
+        {"kube-api", required_argument, NULL, OPT_KUBE_API},
+        {"kube-ca", required_argument, NULL, OPT_KUBE_CA},
+        {"kube-token-file", required_argument, NULL, OPT_KUBE_TOKEN},
+        {"namespace", required_argument, NULL, OPT_NAMESPACE},
+        {"backoff-max", required_argument, NULL, OPT_BACKOFF_MAX},
+        {"resync", required_argument, NULL, OPT_RESYNC},
+        {"watch-timeout", required_argument, NULL, OPT_WATCH_TIMEOUT},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
@@ -107,7 +158,8 @@ int main(int argc, char **argv)
                    .version = KVSC_VERSION,
                    .listen_port = KVSC_DEFAULT_LISTEN_PORT},
     };
-    unsigned reload_s = 1;
+    unsigned reload_s = 1, backoff_max_s = 30, resync_s = 600, watch_timeout_s = 300;
+    const char *kube_api = NULL, *kube_ca = NULL, *kube_token = NULL, *namespace_ = NULL;
     int no_reconcile = 0, c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -148,6 +200,45 @@ int main(int argc, char **argv)
         case OPT_VERBOSE:
             cfg.verbose = 1;
             break;
+        case OPT_KUBE_API:
+            if (strncmp(optarg, "https://", 8) != 0 && strncmp(optarg, "http://", 7) != 0) {
+                fprintf(stderr, "kvshare-controller: --kube-api %s: want an https:// URL\n",
+                        optarg);
+                return 2;
+            }
+            kube_api = optarg;
+            break;
+        case OPT_KUBE_CA:
+            kube_ca = optarg;
+            break;
+        case OPT_KUBE_TOKEN:
+            kube_token = optarg;
+            break;
+        case OPT_NAMESPACE:
+            if (!valid_namespace(optarg)) {
+                fprintf(stderr,
+                        "kvshare-controller: --namespace %s: want a DNS-1123 label "
+                        "(lower-case letters, digits and '-', at most 63)\n",
+                        optarg);
+                return 2;
+            }
+            namespace_ = optarg;
+            break;
+        case OPT_BACKOFF_MAX:
+            if (parse_uint("--backoff-max", optarg, 1, 3600, &backoff_max_s) != 0) {
+                return 2;
+            }
+            break;
+        case OPT_RESYNC:
+            if (parse_uint("--resync", optarg, 0, 86400, &resync_s) != 0) {
+                return 2;
+            }
+            break;
+        case OPT_WATCH_TIMEOUT:
+            if (parse_uint("--watch-timeout", optarg, 1, 3600, &watch_timeout_s) != 0) {
+                return 2;
+            }
+            break;
         case OPT_VERSION:
             printf("kvshare-controller %s\n", KVSC_VERSION);
             return 0;
@@ -168,10 +259,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvshare-controller: --tls-cert and --tls-key are required (see --help)\n");
         return 2;
     }
-    if (!no_reconcile) {
-        fprintf(stderr, "kvshare-controller: the KVCachePool reconciler is not built yet; run "
-                        "with --no-reconcile to serve the webhook alone\n");
+    kvsc_kube_cfg_t kcfg = {.api = kube_api, .verbose = cfg.verbose};
+    char incluster_api[300];
+    if (!no_reconcile && kube_api == NULL &&
+        kvsc_kube_incluster_cfg(&kcfg, incluster_api, sizeof(incluster_api)) != KVSC_OK) {
+        fprintf(stderr, "kvshare-controller: the KVCachePool reconciler needs an API server: "
+                        "KUBERNETES_SERVICE_HOST is unset (not in a cluster) and no --kube-api "
+                        "was given; pass --kube-api, or --no-reconcile to serve the webhook "
+                        "alone\n");
         return 2;
+    }
+    if (kube_ca != NULL) {
+        kcfg.ca_file = kube_ca;
+    }
+    if (kube_token != NULL) {
+        kcfg.token_file = kube_token;
     }
 
     /* Block the stop signals before any server thread exists, so every thread inherits the
@@ -185,13 +287,41 @@ int main(int argc, char **argv)
 
     kvsc_metrics_t *metrics = NULL;
     kvsc_server_t *server = NULL;
+    kvsc_kube_t *kube = NULL;
+    kvsc_reconciler_t *rec = NULL;
     int rc = 1;
-    if (kvsc_metrics_create(&metrics) != KVSC_OK) {
-        fprintf(stderr, "kvshare-controller: out of memory\n");
+    /* Before any thread: curl_global_init is not thread-safe on every build. */
+    if (!no_reconcile && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "kvshare-controller: curl_global_init failed\n");
         return 1;
     }
+    if (kvsc_metrics_create(&metrics) != KVSC_OK) {
+        fprintf(stderr, "kvshare-controller: out of memory\n");
+        goto out_curl;
+    }
+    if (!no_reconcile) {
+        kvsc_reconciler_cfg_t rcfg = {
+            .build = {.image = cfg.inject.image, .listen_port = cfg.inject.listen_port},
+            .namespace_ = namespace_,
+            .backoff_max_ms = backoff_max_s * 1000u,
+            .resync_s = resync_s,
+            .watch_timeout_s = watch_timeout_s,
+            .verbose = cfg.verbose,
+        };
+        if (kvsc_kube_create(&kcfg, &kube) != KVSC_OK) {
+            goto out_metrics;
+        }
+        if (kvsc_reconciler_start(&rcfg, kube, &rec) != KVSC_OK) {
+            goto out_kube;
+        }
+        if (kvsc_metrics_set_extra != NULL) {
+            kvsc_metrics_set_extra(metrics, kvsc_reconciler_metrics_render, rec);
+        }
+        fprintf(stderr, "kvshare-controller: reconciling KVCachePools in %s via %s\n",
+                namespace_ != NULL ? namespace_ : "all namespaces", kcfg.api);
+    }
     if (kvsc_server_start(&cfg, metrics, &server) != KVSC_OK) {
-        goto out_metrics;
+        goto out_rec;
     }
     printf("listening on %s\n", kvsc_server_address(server));
     fflush(stdout);
@@ -208,9 +338,18 @@ int main(int argc, char **argv)
             kvsc_server_check_reload(server);
         }
     }
+    /* The server first: its /metrics may still be reading the reconciler's counters. */
     kvsc_server_stop(server);
     rc = 0;
+out_rec:
+    kvsc_reconciler_stop(rec);
+out_kube:
+    kvsc_kube_destroy(kube);
 out_metrics:
     kvsc_metrics_destroy(metrics);
+out_curl:
+    if (!no_reconcile) {
+        curl_global_cleanup();
+    }
     return rc;
 }

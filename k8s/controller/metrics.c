@@ -2,6 +2,7 @@
 /* Lock-free webhook counters and their Prometheus text exposition. */
 #include "controller_int.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +26,9 @@ struct kvsc_metrics {
     atomic_uint_fast64_t patch_ops;
     atomic_uint_fast64_t reloads_ok;
     atomic_uint_fast64_t reloads_failed;
+    /* Set once before the server starts (the reconciler's counters); read-only after. */
+    char *(*extra)(void *ud, size_t *len_p);
+    void *extra_ud;
 };
 
 kvsc_status_t kvsc_metrics_create(kvsc_metrics_t **metrics_p)
@@ -72,6 +76,12 @@ void kvsc_metrics_observe(kvsc_metrics_t *m, kvsc_result_t result, uint64_t dura
         atomic_fetch_add_explicit(&m->patches, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&m->patch_ops, patch_ops, memory_order_relaxed);
     }
+}
+
+void kvsc_metrics_set_extra(kvsc_metrics_t *m, char *(*fn)(void *ud, size_t *len_p), void *ud)
+{
+    m->extra = fn;
+    m->extra_ud = ud;
 }
 
 void kvsc_metrics_cert_reload(kvsc_metrics_t *m, int ok)
@@ -171,6 +181,16 @@ char *kvsc_metrics_render(kvsc_metrics_t *m, const char *version, size_t *len_p)
               "kvshare_webhook_cert_reloads_total{result=\"failed\"} %llu\n",
               (unsigned long long)load(&m->reloads_ok),
               (unsigned long long)load(&m->reloads_failed));
+    if (m->extra != NULL && !sb.failed) {
+        size_t xlen = 0;
+        char *x = m->extra(m->extra_ud, &xlen);
+        if (x == NULL || xlen > (size_t)INT_MAX) {
+            sb.failed = 1;
+        } else {
+            sb_printf(&sb, "%.*s", (int)xlen, x);
+        }
+        free(x);
+    }
     if (sb.failed) {
         free(sb.buf);
         return NULL;

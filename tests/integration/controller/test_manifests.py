@@ -95,7 +95,7 @@ def main():
     tls_vol = [n for n, s in secret_vols.items() if s == cert["spec"]["secretName"]]
     check(len(tls_vol) == 1, "the Certificate's Secret is mounted")
     argv = c["args"]
-    check("--no-reconcile" in argv, "webhook-only until the reconciler exists")
+    check("--no-reconcile" not in argv, "the reconciler runs beside the webhook")
     check("--tls-cert=%s/tls.crt" % mounts[tls_vol[0]] in argv and
           "--tls-key=%s/tls.key" % mounts[tls_vol[0]] in argv, "cert and key from the Secret")
     check(pod["spec"]["serviceAccountName"] == by_kind["ServiceAccount"][0]["metadata"]["name"],
