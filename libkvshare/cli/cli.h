@@ -12,6 +12,7 @@ int kvs_cli_keys(int argc, char **argv);
 int kvs_cli_bench(int argc, char **argv);
 int kvs_cli_bench_keys(int argc, char **argv);
 int kvs_cli_bench_lookup(int argc, char **argv);
+int kvs_cli_bench_transfer(int argc, char **argv);
 
 /* Monotonic time in seconds. */
 double kvs_cli_now(void);

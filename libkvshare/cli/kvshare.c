@@ -14,12 +14,12 @@ static void usage(FILE *f)
                "\n"
                "commands:\n"
                "  keys     print vLLM-identical block keys for a token sequence\n"
-               "  bench    measure: keys, lookup (see kvshare bench --help)\n"
+               "  bench    measure: keys, lookup, transfer (see kvshare bench --help)\n"
                "  version  print the library version\n"
                "  help     this text\n"
                "\n"
                "Not yet built (their issues are open): serve (cache-pool node),\n"
-               "demo (prefill->decode end to end), bench transfer (UCX).\n"
+               "demo (prefill->decode end to end).\n"
                "Run 'kvshare <command> --help' for a command's options.\n");
 }
 

@@ -1,0 +1,464 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* bench_transfer.c - `kvshare bench transfer`: fetch speed between two processes, beside
+ * one core's memcpy of the same blocks and UCX's own ucx_perftest at the same size. */
+#include "cli.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct xopts {
+    const char *tls;
+    uint64_t block_bytes, blocks, batch, repeats, seed;
+    bool json, contiguous, serve, no_perftest;
+} xopts_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kvshare bench transfer [--tls posix,cma,self|tcp] [--block-bytes B]\n"
+            "                              [--blocks N] [--batch K] [--repeats R]\n"
+            "                              [--contiguous] [--no-perftest] [--json]\n"
+            "\n"
+            "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
+            "this process looks them up and fetches them all in batches of K, R times, into\n"
+            "shuffled ids of its own. Printed beside it, from the same run: one core's memcpy\n"
+            "of the same blocks (the limit of a shared-memory path), and ucx_perftest at the\n"
+            "same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw on tcp).\n"
+            "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
+            "          --repeats 5\n");
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static kvs_key_t key_of(uint64_t seed, uint64_t i)
+{
+    kvs_key_t k;
+    for (int w = 0; w < 4; w++) {
+        uint64_t v = mix(seed * 1000003u + i * 4u + (uint64_t)w);
+        memcpy(&k.bytes[8 * w], &v, 8);
+    }
+    return k;
+}
+
+/* Block ids for keys 0..n-1: a shuffle, or the identity with --contiguous. */
+static uint32_t *block_ids(uint64_t n, uint64_t seed, bool contiguous)
+{
+    uint32_t *ids = malloc(n * sizeof(*ids));
+    if (ids == NULL)
+        return NULL;
+    for (uint64_t i = 0; i < n; i++)
+        ids[i] = (uint32_t)i;
+    if (!contiguous) {
+        uint64_t r = seed;
+        for (uint64_t i = n; i > 1; i--) {
+            r = mix(r);
+            uint64_t j = r % i;
+            uint32_t t = ids[i - 1];
+            ids[i - 1] = ids[j];
+            ids[j] = t;
+        }
+    }
+    return ids;
+}
+
+static kvs_layout_t bench_layout(void)
+{
+    kvs_layout_t l = {.model_id = "kvshare-bench", .dtype = KVS_DTYPE_BF16, .block_tokens = 16,
+                      .num_layers = 1, .num_kv_heads = 8, .head_dim = 128, .tp_size = 1};
+    return l;
+}
+
+static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, uint8_t **mem_p, kvs_pool_h *p)
+{
+    size_t bytes = (size_t)(o->blocks * o->block_bytes);
+    uint8_t *mem = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+    if (mem == NULL)
+        return KVS_ERR_NO_MEMORY;
+    memset(mem, 0, bytes); /* touch every page before timing */
+    kvs_layout_t l = bench_layout();
+    kvs_segment_t seg = {.base = mem, .block_stride = o->block_bytes,
+                         .block_bytes = o->block_bytes, .mem_type = KVS_MEM_HOST};
+    kvs_pool_params_t pp = {.layout = &l, .segments = &seg, .num_segments = 1,
+                            .num_blocks = (uint32_t)o->blocks};
+    kvs_status_t st = kvs_pool_create(ctx, &pp, p);
+    if (st != KVS_OK) {
+        free(mem);
+        return st;
+    }
+    *mem_p = mem;
+    return KVS_OK;
+}
+
+static kvs_ctx_h make_ctx(const char *listen)
+{
+    char err[512];
+    kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT |
+                                         (listen != NULL ? KVS_CTX_FIELD_PROGRESS : 0),
+                           .progress = KVS_PROGRESS_THREAD, /* the server must serve */
+                           .errbuf = err,
+                           .errbuf_len = sizeof(err),
+                           .transport = "ucx"};
+    if (listen != NULL) {
+        cp.field_mask |= KVS_CTX_FIELD_LISTEN;
+        cp.listen = listen;
+    }
+    kvs_ctx_h ctx = NULL;
+    kvs_status_t st = kvs_ctx_create(&cp, &ctx);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare bench transfer: %s: %s\n", kvs_status_string(st), err);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* The server half: publish, say where, serve until stdin closes. */
+static int serve(const xopts_t *o)
+{
+    kvs_ctx_h ctx = make_ctx("127.0.0.1:0");
+    if (ctx == NULL)
+        return 1;
+    uint8_t *mem = NULL;
+    kvs_pool_h pool = NULL;
+    kvs_status_t st = make_pool(ctx, o, &mem, &pool);
+    uint32_t *ids = block_ids(o->blocks, o->seed + 1, o->contiguous);
+    kvs_key_t *keys = malloc(o->blocks * sizeof(*keys));
+    if (st != KVS_OK || ids == NULL || keys == NULL) {
+        fprintf(stderr, "kvshare bench transfer: server setup: %s\n", kvs_status_string(st));
+        return 1;
+    }
+    for (uint64_t i = 0; i < o->blocks; i++) {
+        keys[i] = key_of(o->seed, i);
+        uint64_t x = mix(i);
+        uint8_t *b = mem + (size_t)ids[i] * o->block_bytes;
+        for (size_t j = 0; j + 8 <= o->block_bytes; j += 8, x = mix(x))
+            memcpy(b + j, &x, 8);
+    }
+    st = kvs_publish(pool, keys, ids, o->blocks, KVS_PUBLISH_ZERO_COPY, NULL);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare bench transfer: publish: %s\n", kvs_status_string(st));
+        return 1;
+    }
+    char addr[300];
+    kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
+    printf("ready %s\n", addr);
+    fflush(stdout);
+    char buf[16];
+    while (read(0, buf, sizeof(buf)) > 0)
+        ;
+    kvs_pool_destroy(pool);
+    kvs_ctx_destroy(ctx);
+    free(mem);
+    free(ids);
+    free(keys);
+    return 0;
+}
+
+/* Starts a child with stdin and stdout on pipes; returns its pid. */
+static pid_t spawn(char *const argv[], int *to_child, FILE **from_child)
+{
+    int in[2], out[2];
+    if (pipe(in) != 0 || pipe(out) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(in[1]);
+        close(out[0]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    *to_child = in[1];
+    *from_child = fdopen(out[0], "r");
+    return pid;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ucx_perftest at the same size and transports, server and client on loopback.
+ * Returns GB/s (1e9 bytes), or a negative number when it could not run. */
+static double perftest(const char *tls, const char *test, uint64_t size, char *note, size_t nlen)
+{
+    char port[16], sz[32], cmd[512];
+    snprintf(port, sizeof(port), "%d", 20000 + (int)(mix((uint64_t)getpid()) % 20000));
+    snprintf(sz, sizeof(sz), "%llu", (unsigned long long)size);
+    setenv("UCX_TLS", tls, 1);
+    char *sargv[] = {"/usr/bin/ucx_perftest", "-p", port, NULL};
+    if (access(sargv[0], X_OK) != 0) {
+        snprintf(note, nlen, "ucx_perftest not installed (Debian package ucx-utils)");
+        return -1;
+    }
+    int to;
+    FILE *from;
+    pid_t srv = spawn(sargv, &to, &from);
+    if (srv < 0)
+        return -1;
+    /* The client retries until the server listens: no fixed sleep. */
+    double gbps = -1;
+    for (int attempt = 0; attempt < 50 && gbps < 0; attempt++) {
+        snprintf(cmd, sizeof(cmd),
+                 "UCX_TLS=%s /usr/bin/ucx_perftest 127.0.0.1 -p %s -t %s -s %s -n 2000 -w 200 "
+                 "2>/dev/null",
+                 tls, port, test, sz);
+        FILE *p = popen(cmd, "r");
+        char line[512];
+        while (p != NULL && fgets(line, sizeof(line), p) != NULL) {
+            double it, l50, lavg, lall, bw;
+            if (sscanf(line, "Final: %lf %lf %lf %lf %lf", &it, &l50, &lavg, &lall, &bw) == 5)
+                gbps = bw * 1048576.0 / 1e9; /* perftest's MB is 2^20 bytes */
+        }
+        if (p != NULL)
+            pclose(p);
+        if (gbps < 0) {
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    kill(srv, SIGKILL);
+    waitpid(srv, NULL, 0);
+    close(to);
+    fclose(from);
+    if (gbps < 0)
+        snprintf(note, nlen, "ucx_perftest did not report");
+    return gbps;
+}
+
+int kvs_cli_bench_transfer(int argc, char **argv)
+{
+    xopts_t o = {.tls = "posix,cma,self", .block_bytes = 262144, .blocks = 4096, .batch = 64,
+                 .repeats = 5, .seed = 42};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--json") == 0) {
+            o.json = true;
+        } else if (strcmp(a, "--contiguous") == 0) {
+            o.contiguous = true;
+        } else if (strcmp(a, "--serve") == 0) {
+            o.serve = true;
+        } else if (strcmp(a, "--no-perftest") == 0) {
+            o.no_perftest = true;
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--tls") == 0 && v != NULL) {
+            o.tls = v;
+            i++;
+        } else if (strcmp(a, "--block-bytes") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 8, 1ull << 30, &o.block_bytes))
+                return 2;
+            i++;
+        } else if (strcmp(a, "--blocks") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 1, 1u << 24, &o.blocks))
+                return 2;
+            i++;
+        } else if (strcmp(a, "--batch") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 1, 65536, &o.batch))
+                return 2;
+            i++;
+        } else if (strcmp(a, "--repeats") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 1, 1000, &o.repeats))
+                return 2;
+            i++;
+        } else if (strcmp(a, "--seed") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 0, UINT64_MAX, &o.seed))
+                return 2;
+            i++;
+        } else {
+            fprintf(stderr, "kvshare bench transfer: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (o.block_bytes % 8 != 0) {
+        fprintf(stderr, "kvshare bench transfer: --block-bytes must be a multiple of 8\n");
+        return 2;
+    }
+    /* Connection setup goes through UCX's TCP connection manager, so our
+     * processes need tcp listed; the data path still takes the fastest
+     * transport UCX finds in the list (see docs/transport.md). */
+    char ours[256];
+    bool has_tcp = strstr(o.tls, "tcp") != NULL || strcmp(o.tls, "all") == 0;
+    snprintf(ours, sizeof(ours), "%s%s", o.tls, has_tcp ? "" : ",tcp");
+    setenv("UCX_TLS", ours, 1);
+    if (o.serve)
+        return serve(&o);
+
+    bool shm = strcmp(o.tls, "tcp") != 0;
+    const char *pt_test = shm ? "ucp_get" : "ucp_am_bw";
+    double bytes_total = (double)o.blocks * (double)o.block_bytes;
+    if (!o.json)
+        fprintf(stderr, "bench transfer: %llu blocks x %llu bytes (%.0f MiB), batches of %llu, "
+                        "UCX_TLS=%s, %s ids\n",
+                (unsigned long long)o.blocks, (unsigned long long)o.block_bytes,
+                bytes_total / 1048576.0, (unsigned long long)o.batch, ours,
+                o.contiguous ? "contiguous" : "shuffled");
+
+    /* 1. The server process. */
+    char bb[32], nb[32], sb[32];
+    snprintf(bb, sizeof(bb), "%llu", (unsigned long long)o.block_bytes);
+    snprintf(nb, sizeof(nb), "%llu", (unsigned long long)o.blocks);
+    snprintf(sb, sizeof(sb), "%llu", (unsigned long long)o.seed);
+    char self[4096];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (sl <= 0)
+        return 1;
+    self[sl] = '\0';
+    char *sargv[] = {self,  "bench",        "transfer", "--serve", "--tls",
+                     (char *)o.tls, "--block-bytes", bb, "--blocks", nb,
+                     "--seed", sb, o.contiguous ? "--contiguous" : "--json", NULL};
+    int to;
+    FILE *from;
+    pid_t srv = spawn(sargv, &to, &from);
+    char line[512] = "", addr[300] = "";
+    if (srv < 0 || fgets(line, sizeof(line), from) == NULL || sscanf(line, "ready %299s", addr) != 1) {
+        fprintf(stderr, "kvshare bench transfer: the server process did not start\n");
+        return 1;
+    }
+
+    /* 2. Our side: fetch everything, R times after a warm-up pass. */
+    int rc = 1;
+    kvs_ctx_h ctx = make_ctx(NULL);
+    uint8_t *mem = NULL;
+    kvs_pool_h pool = NULL;
+    kvs_key_t *keys = malloc(o.blocks * sizeof(*keys));
+    uint32_t *dst = block_ids(o.blocks, o.seed + 2, o.contiguous);
+    uint64_t nbatches = (o.blocks + o.batch - 1) / o.batch;
+    double *lat = calloc(nbatches * o.repeats, sizeof(double));
+    double *rep = calloc(o.repeats, sizeof(double));
+    if (ctx == NULL || keys == NULL || dst == NULL || lat == NULL || rep == NULL ||
+        make_pool(ctx, &o, &mem, &pool) != KVS_OK)
+        goto out;
+    for (uint64_t i = 0; i < o.blocks; i++)
+        keys[i] = key_of(o.seed, i);
+    size_t nlat = 0;
+    kvs_status_t st = KVS_OK;
+    for (uint64_t r = 0; r <= o.repeats && st == KVS_OK; r++) {
+        double t0 = kvs_cli_now();
+        for (uint64_t b = 0; b < nbatches && st == KVS_OK; b++) {
+            uint64_t first = b * o.batch;
+            size_t n = (size_t)(o.blocks - first < o.batch ? o.blocks - first : o.batch);
+            double b0 = kvs_cli_now();
+            kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES |
+                                                    KVS_LOOKUP_FIELD_PEER,
+                                      .sources = KVS_SOURCE_PEER,
+                                      .peer = addr};
+            kvs_lease_h lease;
+            st = kvs_lookup(ctx, kvs_pool_layout_id(pool), keys + first, n, &lp, &lease);
+            if (st != KVS_OK)
+                break;
+            if (kvs_lease_hits(lease) != n) {
+                fprintf(stderr, "kvshare bench transfer: %zu of %zu hits\n",
+                        kvs_lease_hits(lease), n);
+                st = KVS_ERR_NOT_FOUND;
+            } else {
+                kvs_request_h req;
+                st = kvs_fetch(lease, pool, dst + first, n, NULL, &req);
+                if (st == KVS_OK) {
+                    st = kvs_request_wait(req, -1);
+                    kvs_request_free(req);
+                }
+            }
+            kvs_lease_release(lease);
+            if (r > 0)
+                lat[nlat++] = (kvs_cli_now() - b0) * 1e6;
+        }
+        if (r > 0)
+            rep[r - 1] = kvs_cli_now() - t0;
+    }
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare bench transfer: %s\n", kvs_status_string(st));
+        goto out;
+    }
+    /* Spot-check the content against what the server wrote. */
+    for (uint64_t i = 0; i < o.blocks; i += 97) {
+        uint64_t x = mix(i), got;
+        memcpy(&got, mem + (size_t)dst[i] * o.block_bytes, 8);
+        if (got != x) {
+            fprintf(stderr, "kvshare bench transfer: block %llu has wrong content\n",
+                    (unsigned long long)i);
+            goto out;
+        }
+    }
+    double gbps = bytes_total / kvs_cli_median(rep, (int)o.repeats) / 1e9;
+    qsort(lat, nlat, sizeof(double), cmp_d);
+    double p50 = lat[nlat / 2], p99 = lat[(size_t)((double)(nlat - 1) * 0.99)];
+
+    /* 3. One core copying the same blocks, same shuffled ids both sides. */
+    uint8_t *src = aligned_alloc(4096, (size_t)bytes_total);
+    uint32_t *sids = block_ids(o.blocks, o.seed + 1, o.contiguous);
+    double mc = 0;
+    if (src != NULL && sids != NULL) {
+        memset(src, 1, (size_t)bytes_total);
+        double *mt = calloc(o.repeats, sizeof(double));
+        for (uint64_t r = 0; r <= o.repeats && mt != NULL; r++) {
+            double t0 = kvs_cli_now();
+            for (uint64_t i = 0; i < o.blocks; i++)
+                memcpy(mem + (size_t)dst[i] * o.block_bytes, src + (size_t)sids[i] * o.block_bytes,
+                       o.block_bytes);
+            if (r > 0)
+                mt[r - 1] = kvs_cli_now() - t0;
+        }
+        if (mt != NULL)
+            mc = bytes_total / kvs_cli_median(mt, (int)o.repeats) / 1e9;
+        free(mt);
+    }
+    free(src);
+    free(sids);
+
+    /* 4. ucx_perftest at the same size and transports. */
+    char note[128] = "";
+    double pt = o.no_perftest ? -1 : perftest(o.tls, pt_test, o.block_bytes, note, sizeof(note));
+    if (o.no_perftest)
+        snprintf(note, sizeof(note), "skipped (--no-perftest)");
+
+    if (o.json) {
+        printf("{\"bench\":\"transfer\",\"tls\":\"%s\",\"block_bytes\":%llu,\"blocks\":%llu,"
+               "\"batch\":%llu,\"repeats\":%llu,\"ids\":\"%s\",\"gbps\":%.3f,"
+               "\"memcpy_gbps\":%.3f,\"ratio_memcpy\":%.3f,\"perftest_test\":\"%s\","
+               "\"perftest_gbps\":%.3f,\"ratio_perftest\":%.3f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
+               o.tls, (unsigned long long)o.block_bytes, (unsigned long long)o.blocks,
+               (unsigned long long)o.batch, (unsigned long long)o.repeats,
+               o.contiguous ? "contiguous" : "shuffled", gbps, mc, mc > 0 ? gbps / mc : 0,
+               pt_test, pt > 0 ? pt : 0, pt > 0 ? gbps / pt : 0, p50, p99);
+    } else {
+        printf("  kvshare fetch        %8.2f GB/s   batch latency p50 %.0f us, p99 %.0f us\n"
+               "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
+               gbps, p50, p99, mc, mc > 0 ? gbps / mc : 0);
+        if (pt > 0)
+            printf("  ucx_perftest %-9s %7.2f GB/s   ratio_perftest %.2f\n", pt_test, pt,
+                   gbps / pt);
+        else
+            printf("  ucx_perftest %-9s   n/a      (%s)\n", pt_test, note);
+    }
+    rc = 0;
+out:
+    close(to);
+    waitpid(srv, NULL, 0);
+    fclose(from);
+    kvs_pool_destroy(pool);
+    kvs_ctx_destroy(ctx);
+    free(mem);
+    free(keys);
+    free(dst);
+    free(lat);
+    free(rep);
+    return rc;
+}

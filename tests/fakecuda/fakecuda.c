@@ -1,0 +1,823 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* A fake CUDA driver (libcuda.so.1) on host memory, for machines with no GPU. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "fakecuda.h"
+
+/* Everything in this file is the driver's ABI: export it all. */
+#pragma GCC visibility push(default)
+
+#define FAKE_VERSION     12080
+#define FAKE_HDR         256u /* header before each allocation; keeps 256-byte alignment */
+#define FAKE_MAX_ALLOCS  (1u << 16)
+#define FAKE_MAX_VMM     1024u
+#define FAKE_GRANULARITY (64u * 1024u)
+#define FAKE_ALLOC_MAGIC 0x6b767366616b6563ull
+
+/* ---- call counters, errno knob, fault injection ------------------------- */
+enum {
+#define FAKE_ENUM(name, params, args) FAKE_FN_##name,
+    KVS_CUDA_ALL_FUNCS(FAKE_ENUM)
+#undef FAKE_ENUM
+        FAKE_FN_COUNT
+};
+
+static const char *const fake_names[FAKE_FN_COUNT] = {
+#define FAKE_NAME(name, params, args) #name,
+    KVS_CUDA_ALL_FUNCS(FAKE_NAME)
+#undef FAKE_NAME
+};
+
+static void *const fake_procs[FAKE_FN_COUNT] = {
+#define FAKE_PROC(name, params, args) (void *)(uintptr_t)name,
+    KVS_CUDA_ALL_FUNCS(FAKE_PROC)
+#undef FAKE_PROC
+};
+
+static atomic_ulong fake_counts[FAKE_FN_COUNT];
+static atomic_int fake_errno;
+static atomic_int fake_fail_fn = -1;
+static atomic_int fake_fail_result;
+static atomic_int fake_reenter;
+
+static int fake_index(const char *name)
+{
+    for (int i = 0; i < FAKE_FN_COUNT; i++) {
+        if (strcmp(fake_names[i], name) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+void *fakecuda_proc(const char *name)
+{
+    int i = name ? fake_index(name) : -1;
+    return i < 0 ? NULL : fake_procs[i];
+}
+
+unsigned long fakecuda_calls(const char *name)
+{
+    int i = name ? fake_index(name) : -1;
+    return i < 0 ? 0 : atomic_load(&fake_counts[i]);
+}
+
+void fakecuda_set_errno(int err)
+{
+    atomic_store(&fake_errno, err);
+}
+
+void fakecuda_set_reenter(int on)
+{
+    atomic_store(&fake_reenter, on);
+}
+
+void fakecuda_fail_next(const char *name, CUresult result)
+{
+    atomic_store(&fake_fail_result, result);
+    atomic_store(&fake_fail_fn, fake_index(name));
+}
+
+/* Counts the call, applies the errno knob, and returns an injected failure. */
+#define FAKE_ENTER(name)                                                                           \
+    do {                                                                                           \
+        int fake_e_ = atomic_load_explicit(&fake_errno, memory_order_relaxed);                     \
+        int fake_f_ = FAKE_FN_##name;                                                              \
+        atomic_fetch_add_explicit(&fake_counts[FAKE_FN_##name], 1, memory_order_relaxed);          \
+        if (fake_e_ != 0) {                                                                        \
+            errno = fake_e_;                                                                       \
+        }                                                                                          \
+        if (atomic_load_explicit(&fake_fail_fn, memory_order_relaxed) == fake_f_ &&                \
+            atomic_compare_exchange_strong(&fake_fail_fn, &fake_f_, -1)) {                         \
+            return atomic_load(&fake_fail_result);                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* ---- linear allocations ------------------------------------------------- */
+typedef struct fake_hdr {
+    uint64_t magic;
+    size_t size;
+    uint32_t index;
+} fake_hdr_t;
+
+typedef struct fake_alloc {
+    uintptr_t base;
+    size_t size;
+} fake_alloc_t;
+
+static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
+static fake_alloc_t fake_allocs[FAKE_MAX_ALLOCS];
+static uint32_t fake_nallocs;
+
+static CUresult fake_alloc(CUdeviceptr *dptr, size_t size)
+{
+    void *mem = NULL;
+    fake_hdr_t *hdr;
+
+    if (dptr == NULL || size == 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (size > SIZE_MAX - FAKE_HDR || posix_memalign(&mem, FAKE_HDR, FAKE_HDR + size) != 0) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    hdr = mem;
+    hdr->magic = FAKE_ALLOC_MAGIC;
+    hdr->size = size;
+    pthread_mutex_lock(&fake_lock);
+    if (fake_nallocs == FAKE_MAX_ALLOCS) {
+        pthread_mutex_unlock(&fake_lock);
+        free(mem);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    hdr->index = fake_nallocs;
+    fake_allocs[fake_nallocs].base = (uintptr_t)mem + FAKE_HDR;
+    fake_allocs[fake_nallocs].size = size;
+    fake_nallocs++;
+    pthread_mutex_unlock(&fake_lock);
+    *dptr = (CUdeviceptr)((uintptr_t)mem + FAKE_HDR);
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_free(CUdeviceptr dptr)
+{
+    fake_hdr_t *hdr;
+    uint32_t last;
+
+    if (dptr == 0) {
+        return CUDA_SUCCESS;
+    }
+    hdr = (fake_hdr_t *)((uintptr_t)dptr - FAKE_HDR);
+    pthread_mutex_lock(&fake_lock);
+    if (hdr->index >= fake_nallocs || fake_allocs[hdr->index].base != (uintptr_t)dptr ||
+        hdr->magic != FAKE_ALLOC_MAGIC) {
+        pthread_mutex_unlock(&fake_lock);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    last = --fake_nallocs;
+    if (hdr->index != last) {
+        fake_alloc_t moved = fake_allocs[last];
+        fake_hdr_t *mhdr = (fake_hdr_t *)(moved.base - FAKE_HDR);
+        fake_allocs[hdr->index] = moved;
+        mhdr->index = hdr->index;
+    }
+    hdr->magic = 0;
+    pthread_mutex_unlock(&fake_lock);
+    free(hdr);
+    return CUDA_SUCCESS;
+}
+
+unsigned long fakecuda_live_allocs(void)
+{
+    unsigned long n;
+    pthread_mutex_lock(&fake_lock);
+    n = fake_nallocs;
+    pthread_mutex_unlock(&fake_lock);
+    return n;
+}
+
+/* ---- virtual memory management: memfd-backed handles -------------------- */
+typedef struct fake_handle {
+    int fd;
+    size_t size;
+    int used;
+} fake_handle_t;
+
+typedef struct fake_map {
+    uintptr_t base;
+    size_t size;
+    CUmemGenericAllocationHandle handle;
+} fake_map_t;
+
+static fake_handle_t fake_handles[FAKE_MAX_VMM];
+static fake_map_t fake_maps[FAKE_MAX_VMM];
+
+/* Finds the allocation or mapping holding @p; fills base/size/handle. */
+static int fake_find(uintptr_t p, uintptr_t *base_p, size_t *size_p,
+                     CUmemGenericAllocationHandle *handle_p)
+{
+    int found = 0;
+
+    pthread_mutex_lock(&fake_lock);
+    for (uint32_t i = 0; i < fake_nallocs && !found; i++) {
+        if (p >= fake_allocs[i].base && p - fake_allocs[i].base < fake_allocs[i].size) {
+            *base_p = fake_allocs[i].base;
+            *size_p = fake_allocs[i].size;
+            *handle_p = 0;
+            found = 1;
+        }
+    }
+    for (uint32_t i = 0; i < FAKE_MAX_VMM && !found; i++) {
+        if (fake_maps[i].size != 0 && p >= fake_maps[i].base &&
+            p - fake_maps[i].base < fake_maps[i].size) {
+            *base_p = fake_maps[i].base;
+            *size_p = fake_maps[i].size;
+            *handle_p = fake_maps[i].handle;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&fake_lock);
+    return found;
+}
+
+/* ---- the driver API ------------------------------------------------------ */
+CUresult cuInit(unsigned int flags)
+{
+    FAKE_ENTER(cuInit);
+    return flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuDriverGetVersion(int *version)
+{
+    FAKE_ENTER(cuDriverGetVersion);
+    if (version == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *version = FAKE_VERSION;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGetErrorString(CUresult error, const char **str)
+{
+    FAKE_ENTER(cuGetErrorString);
+    if (str == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *str = error == CUDA_SUCCESS ? "no error (fake)" : "fake driver error";
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGet(CUdevice *dev, int ordinal)
+{
+    FAKE_ENTER(cuDeviceGet);
+    if (dev == NULL || ordinal != 0) {
+        return CUDA_ERROR_INVALID_DEVICE;
+    }
+    *dev = 0;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetCount(int *count)
+{
+    FAKE_ENTER(cuDeviceGetCount);
+    if (count == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *count = 1;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
+{
+    FAKE_ENTER(cuDevicePrimaryCtxRetain);
+    if (pctx == NULL || dev != 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *pctx = (CUcontext)(uintptr_t)0x1000;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    FAKE_ENTER(cuDevicePrimaryCtxRelease_v2);
+    return dev == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
+CUresult cuCtxSetCurrent(CUcontext ctx)
+{
+    FAKE_ENTER(cuCtxSetCurrent);
+    (void)ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxSynchronize(void)
+{
+    FAKE_ENTER(cuCtxSynchronize);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamSynchronize(CUstream stream)
+{
+    FAKE_ENTER(cuStreamSynchronize);
+    (void)stream;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
+{
+    uintptr_t base = 0;
+    size_t size = 0;
+    CUmemGenericAllocationHandle h = 0;
+
+    FAKE_ENTER(cuPointerGetAttribute);
+    if (data == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (!fake_find((uintptr_t)ptr, &base, &size, &h)) {
+        return CUDA_ERROR_INVALID_VALUE; /* as the real driver does for host memory */
+    }
+    switch (attr) {
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        *(unsigned int *)data = CU_MEMORYTYPE_DEVICE;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        *(CUdeviceptr *)data = base;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        *(size_t *)data = size;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *(int *)data = 0;
+        return CUDA_SUCCESS;
+    default:
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)
+{
+    uintptr_t base = 0;
+    size_t size = 0;
+    CUmemGenericAllocationHandle h = 0;
+
+    FAKE_ENTER(cuMemGetAddressRange_v2);
+    if (!fake_find((uintptr_t)dptr, &base, &size, &h)) {
+        return CUDA_ERROR_NOT_FOUND;
+    }
+    if (pbase != NULL) {
+        *pbase = base;
+    }
+    if (psize != NULL) {
+        *psize = size;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemGetHandleForAddressRange(void *handle, CUdeviceptr dptr, size_t size,
+                                       CUmemRangeHandleType type, unsigned long long flags)
+{
+    uintptr_t base = 0;
+    size_t msize = 0;
+    CUmemGenericAllocationHandle h = 0;
+    int fd;
+
+    FAKE_ENTER(cuMemGetHandleForAddressRange);
+    if (handle == NULL || type != CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD || flags != 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (!fake_find((uintptr_t)dptr, &base, &msize, &h) || dptr - base + size > msize) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    /* Only VMM memory has a file behind it in the fake; the real driver
+     * refuses some memory too, so callers must cope with NOT_SUPPORTED. */
+    if (h == 0 || h > FAKE_MAX_VMM) {
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    pthread_mutex_lock(&fake_lock);
+    fd = fake_handles[h - 1].used ? dup(fake_handles[h - 1].fd) : -1;
+    pthread_mutex_unlock(&fake_lock);
+    if (fd < 0) {
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    *(int *)handle = fd;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count)
+{
+    FAKE_ENTER(cuMemSetAccess);
+    (void)ptr;
+    (void)size;
+    return desc != NULL && count > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop,
+                                       CUmemAllocationGranularity_flags option)
+{
+    FAKE_ENTER(cuMemGetAllocationGranularity);
+    (void)option;
+    if (granularity == NULL || prop == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *granularity = FAKE_GRANULARITY;
+    return CUDA_SUCCESS;
+}
+
+/* ---- cuGetProcAddress: versioned names, per-thread-stream variants ------ */
+typedef struct fake_sym {
+    const char *api;    /* the name callers ask for */
+    const char *symbol; /* the exported function it resolves to */
+    int min_version;
+    int ptds; /* 1: the per-thread-default-stream variant */
+} fake_sym_t;
+
+static const fake_sym_t fake_syms[] = {
+    {"cuInit", "cuInit", 2000, 0},
+    {"cuDriverGetVersion", "cuDriverGetVersion", 2020, 0},
+    {"cuGetErrorString", "cuGetErrorString", 6000, 0},
+    {"cuDeviceGet", "cuDeviceGet", 2000, 0},
+    {"cuDeviceGetCount", "cuDeviceGetCount", 2000, 0},
+    {"cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRetain", 7000, 0},
+    {"cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2", 11000, 0},
+    {"cuCtxSetCurrent", "cuCtxSetCurrent", 4000, 0},
+    {"cuCtxSynchronize", "cuCtxSynchronize", 2000, 0},
+    {"cuStreamSynchronize", "cuStreamSynchronize", 2000, 0},
+    {"cuPointerGetAttribute", "cuPointerGetAttribute", 4000, 0},
+    {"cuMemGetAddressRange", "cuMemGetAddressRange_v2", 3020, 0},
+    {"cuMemGetHandleForAddressRange", "cuMemGetHandleForAddressRange", 11070, 0},
+    {"cuMemSetAccess", "cuMemSetAccess", 10020, 0},
+    {"cuMemGetAllocationGranularity", "cuMemGetAllocationGranularity", 10020, 0},
+    {"cuGetProcAddress", "cuGetProcAddress", 11030, 0},
+    {"cuGetProcAddress", "cuGetProcAddress_v2", 12000, 0},
+    {"cuMemAlloc", "cuMemAlloc_v2", 3020, 0},
+    {"cuMemAllocPitch", "cuMemAllocPitch_v2", 3020, 0},
+    {"cuMemAllocAsync", "cuMemAllocAsync", 11020, 0},
+    {"cuMemAllocAsync", "cuMemAllocAsync_ptsz", 11020, 1},
+    {"cuMemFree", "cuMemFree_v2", 3020, 0},
+    {"cuMemFreeAsync", "cuMemFreeAsync", 11020, 0},
+    {"cuMemFreeAsync", "cuMemFreeAsync_ptsz", 11020, 1},
+    {"cuMemCreate", "cuMemCreate", 10020, 0},
+    {"cuMemRelease", "cuMemRelease", 10020, 0},
+    {"cuMemAddressReserve", "cuMemAddressReserve", 10020, 0},
+    {"cuMemAddressFree", "cuMemAddressFree", 10020, 0},
+    {"cuMemMap", "cuMemMap", 10020, 0},
+    {"cuMemUnmap", "cuMemUnmap", 10020, 0},
+    {"cuMemcpy", "cuMemcpy", 4000, 0},
+    {"cuMemcpy", "cuMemcpy_ptds", 7000, 1},
+    {"cuMemcpyAsync", "cuMemcpyAsync", 4000, 0},
+    {"cuMemcpyAsync", "cuMemcpyAsync_ptsz", 7000, 1},
+    {"cuMemcpyHtoD", "cuMemcpyHtoD_v2", 3020, 0},
+    {"cuMemcpyHtoD", "cuMemcpyHtoD_v2_ptds", 7000, 1},
+    {"cuMemcpyDtoH", "cuMemcpyDtoH_v2", 3020, 0},
+    {"cuMemcpyDtoH", "cuMemcpyDtoH_v2_ptds", 7000, 1},
+    {"cuMemcpyDtoD", "cuMemcpyDtoD_v2", 3020, 0},
+    {"cuMemcpyDtoD", "cuMemcpyDtoD_v2_ptds", 7000, 1},
+    {"cuMemcpyHtoDAsync", "cuMemcpyHtoDAsync_v2", 3020, 0},
+    {"cuMemcpyHtoDAsync", "cuMemcpyHtoDAsync_v2_ptsz", 7000, 1},
+    {"cuMemcpyDtoHAsync", "cuMemcpyDtoHAsync_v2", 3020, 0},
+    {"cuMemcpyDtoHAsync", "cuMemcpyDtoHAsync_v2_ptsz", 7000, 1},
+    {"cuMemcpyDtoDAsync", "cuMemcpyDtoDAsync_v2", 3020, 0},
+    {"cuMemcpyDtoDAsync", "cuMemcpyDtoDAsync_v2_ptsz", 7000, 1},
+};
+
+static CUresult fake_get_proc(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                              CUdriverProcAddressQueryResult *status)
+{
+    const fake_sym_t *best = NULL;
+    int known = 0;
+    int want_ptds = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+
+    if (symbol == NULL || pfn == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *pfn = NULL;
+    for (size_t i = 0; i < sizeof(fake_syms) / sizeof(fake_syms[0]); i++) {
+        const fake_sym_t *s = &fake_syms[i];
+        if (strcmp(s->api, symbol) != 0) {
+            continue;
+        }
+        known = 1;
+        if (s->min_version > version || (s->ptds && !want_ptds)) {
+            continue;
+        }
+        /* The ptds variant wins when asked for; then the newest version. */
+        if (best == NULL || s->ptds > best->ptds ||
+            (s->ptds == best->ptds && s->min_version > best->min_version)) {
+            best = s;
+        }
+    }
+    if (best == NULL) {
+        if (status != NULL) {
+            *status = known ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
+                            : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        }
+        return CUDA_ERROR_NOT_FOUND;
+    }
+    *pfn = fakecuda_proc(best->symbol);
+    if (status != NULL) {
+        *status = CU_GET_PROC_ADDRESS_SUCCESS;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags)
+{
+    FAKE_ENTER(cuGetProcAddress);
+    return fake_get_proc(symbol, pfn, cudaVersion, flags, NULL);
+}
+
+CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                             CUdriverProcAddressQueryResult *symbolStatus)
+{
+    FAKE_ENTER(cuGetProcAddress_v2);
+    return fake_get_proc(symbol, pfn, cudaVersion, flags, symbolStatus);
+}
+
+/* ---- allocation ---------------------------------------------------------- */
+CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+{
+    FAKE_ENTER(cuMemAlloc_v2);
+    return fake_alloc(dptr, bytesize);
+}
+
+CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height,
+                            unsigned int ElementSizeBytes)
+{
+    size_t pitch;
+
+    FAKE_ENTER(cuMemAllocPitch_v2);
+    if (pPitch == NULL || WidthInBytes == 0 || Height == 0 ||
+        (ElementSizeBytes != 4 && ElementSizeBytes != 8 && ElementSizeBytes != 16)) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    pitch = (WidthInBytes + 511u) & ~(size_t)511u;
+    if (Height > SIZE_MAX / pitch) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *pPitch = pitch;
+    return fake_alloc(dptr, pitch * Height);
+}
+
+CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
+{
+    FAKE_ENTER(cuMemAllocAsync);
+    (void)hStream;
+    return fake_alloc(dptr, bytesize);
+}
+
+CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
+{
+    FAKE_ENTER(cuMemAllocAsync_ptsz);
+    (void)hStream;
+    return fake_alloc(dptr, bytesize);
+}
+
+CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    FAKE_ENTER(cuMemFree_v2);
+    return fake_free(dptr);
+}
+
+CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
+{
+    FAKE_ENTER(cuMemFreeAsync);
+    (void)hStream;
+    return fake_free(dptr);
+}
+
+CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
+{
+    FAKE_ENTER(cuMemFreeAsync_ptsz);
+    (void)hStream;
+    return fake_free(dptr);
+}
+
+/* ---- VMM ----------------------------------------------------------------- */
+CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                     const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    int fd;
+
+    FAKE_ENTER(cuMemCreate);
+    if (handle == NULL || prop == NULL || flags != 0 || size == 0 || size % FAKE_GRANULARITY) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    fd = memfd_create("fakecuda", MFD_CLOEXEC);
+    if (fd < 0) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (ftruncate(fd, (off_t)size) != 0) {
+        close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_lock(&fake_lock);
+    for (uint32_t i = 0; i < FAKE_MAX_VMM; i++) {
+        if (!fake_handles[i].used) {
+            fake_handles[i].used = 1;
+            fake_handles[i].fd = fd;
+            fake_handles[i].size = size;
+            pthread_mutex_unlock(&fake_lock);
+            *handle = i + 1;
+            return CUDA_SUCCESS;
+        }
+    }
+    pthread_mutex_unlock(&fake_lock);
+    close(fd);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    int fd = -1;
+
+    FAKE_ENTER(cuMemRelease);
+    if (handle == 0 || handle > FAKE_MAX_VMM) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_lock(&fake_lock);
+    if (fake_handles[handle - 1].used) {
+        fd = fake_handles[handle - 1].fd;
+        fake_handles[handle - 1].used = 0;
+    }
+    pthread_mutex_unlock(&fake_lock);
+    if (fd < 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    close(fd); /* existing mappings keep the pages, as with the real driver */
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
+                             unsigned long long flags)
+{
+    void *p;
+
+    FAKE_ENTER(cuMemAddressReserve);
+    (void)alignment;
+    if (ptr == NULL || size == 0 || flags != 0 || size % FAKE_GRANULARITY) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    p = mmap((void *)(uintptr_t)addr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+             -1, 0);
+    if (p == MAP_FAILED) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *ptr = (CUdeviceptr)(uintptr_t)p;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
+{
+    FAKE_ENTER(cuMemAddressFree);
+    if (ptr == 0 || size == 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    return munmap((void *)(uintptr_t)ptr, size) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                  unsigned long long flags)
+{
+    void *p;
+    int fd = -1;
+
+    FAKE_ENTER(cuMemMap);
+    if (ptr == 0 || size == 0 || flags != 0 || handle == 0 || handle > FAKE_MAX_VMM) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_lock(&fake_lock);
+    if (fake_handles[handle - 1].used && offset + size <= fake_handles[handle - 1].size) {
+        fd = fake_handles[handle - 1].fd;
+    }
+    pthread_mutex_unlock(&fake_lock);
+    if (fd < 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    p = mmap((void *)(uintptr_t)ptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+             (off_t)offset);
+    if (p == MAP_FAILED) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_lock(&fake_lock);
+    for (uint32_t i = 0; i < FAKE_MAX_VMM; i++) {
+        if (fake_maps[i].size == 0) {
+            fake_maps[i].base = (uintptr_t)ptr;
+            fake_maps[i].size = size;
+            fake_maps[i].handle = handle;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&fake_lock);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    void *p;
+
+    FAKE_ENTER(cuMemUnmap);
+    if (ptr == 0 || size == 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    /* Back to reserved-but-inaccessible, as after cuMemAddressReserve. */
+    p = mmap((void *)(uintptr_t)ptr, size, PROT_NONE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_lock(&fake_lock);
+    for (uint32_t i = 0; i < FAKE_MAX_VMM; i++) {
+        if (fake_maps[i].size != 0 && fake_maps[i].base >= (uintptr_t)ptr &&
+            fake_maps[i].base < (uintptr_t)ptr + size) {
+            fake_maps[i].size = 0;
+        }
+    }
+    pthread_mutex_unlock(&fake_lock);
+    return CUDA_SUCCESS;
+}
+
+/* ---- copies -------------------------------------------------------------- */
+static CUresult fake_copy(uintptr_t dst, uintptr_t src, size_t n)
+{
+    if ((dst == 0 || src == 0) && n != 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (n != 0) {
+        memmove((void *)dst, (const void *)src, n);
+    }
+    return CUDA_SUCCESS;
+}
+
+#define FAKE_COPY_D(name, dst, src, n)                                                             \
+    do {                                                                                           \
+        FAKE_ENTER(name);                                                                          \
+        return fake_copy((uintptr_t)(dst), (uintptr_t)(src), (n));                                 \
+    } while (0)
+
+CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+    if (atomic_load(&fake_reenter)) {
+        kvs_pfn_cuMemcpyHtoD_v2 exported =
+            (kvs_pfn_cuMemcpyHtoD_v2)(uintptr_t)dlsym(RTLD_DEFAULT, "cuMemcpyHtoD_v2");
+        FAKE_ENTER(cuMemcpy);
+        return exported != NULL ? exported(dst, (const void *)(uintptr_t)src, n)
+                                : CUDA_ERROR_UNKNOWN;
+    }
+    FAKE_COPY_D(cuMemcpy, dst, src, n);
+}
+CUresult cuMemcpy_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+    FAKE_COPY_D(cuMemcpy_ptds, dst, src, n);
+}
+CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    (void)s;
+    FAKE_COPY_D(cuMemcpyAsync, dst, src, n);
+}
+CUresult cuMemcpyAsync_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    (void)s;
+    FAKE_COPY_D(cuMemcpyAsync_ptsz, dst, src, n);
+}
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n)
+{
+    FAKE_COPY_D(cuMemcpyHtoD_v2, dst, src, n);
+}
+CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr dst, const void *src, size_t n)
+{
+    FAKE_COPY_D(cuMemcpyHtoD_v2_ptds, dst, src, n);
+}
+CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n)
+{
+    FAKE_COPY_D(cuMemcpyDtoH_v2, dst, src, n);
+}
+CUresult cuMemcpyDtoH_v2_ptds(void *dst, CUdeviceptr src, size_t n)
+{
+    FAKE_COPY_D(cuMemcpyDtoH_v2_ptds, dst, src, n);
+}
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+    FAKE_COPY_D(cuMemcpyDtoD_v2, dst, src, n);
+}
+CUresult cuMemcpyDtoD_v2_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+    FAKE_COPY_D(cuMemcpyDtoD_v2_ptds, dst, src, n);
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s)
+{
+    (void)s;
+    FAKE_COPY_D(cuMemcpyHtoDAsync_v2, dst, src, n);
+}
+CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dst, const void *src, size_t n, CUstream s)
+{
+    (void)s;
+    FAKE_COPY_D(cuMemcpyHtoDAsync_v2_ptsz, dst, src, n);
+}
+CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    (void)s;
+    FAKE_COPY_D(cuMemcpyDtoHAsync_v2, dst, src, n);
+}
+CUresult cuMemcpyDtoHAsync_v2_ptsz(void *dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    (void)s;
+    FAKE_COPY_D(cuMemcpyDtoHAsync_v2_ptsz, dst, src, n);
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    (void)s;
+    FAKE_COPY_D(cuMemcpyDtoDAsync_v2, dst, src, n);
+}
+CUresult cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    (void)s;
+    FAKE_COPY_D(cuMemcpyDtoDAsync_v2_ptsz, dst, src, n);
+}
+
+#pragma GCC visibility pop
