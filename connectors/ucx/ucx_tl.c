@@ -20,6 +20,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sched.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -40,7 +41,8 @@
 #define IDLE_WAKE_MS     20
 /* Coalesced GETs stop growing here: past it UCX's CMA path slows down
  * (measured: 16 MiB GETs ran at a tenth of 256 KiB ones). */
-#define MAX_RUN (1u << 20)
+#define MAX_RUN    (1u << 20)
+#define GEN_WINDOW (64u << 10)
 
 typedef struct tl tl_t;
 typedef struct conn conn_t;
@@ -139,6 +141,8 @@ typedef struct treq {
     bool freed;         /* the user freed it; the last callback frees */
     bool done_msg;      /* AM: FETCH_DONE received */
     uint64_t *gens_now; /* GET: generations read after the data */
+    uint8_t *genwin;    /* GET: one window over the holder's generation array */
+    uint64_t genwin_base;
     size_t bytes_expected, bytes_got;
     struct treq *next;
 } treq_t;
@@ -1633,17 +1637,51 @@ static kvs_status_t post_gen_gets(treq_t *r)
 {
     conn_t *c = r->conn;
     ucp_request_param_t p = get_param(r);
+    /* Generations live in one array per pool: when this batch's all sit in
+     * one region within a small window, one GET reads them all. */
+    uint64_t lo = UINT64_MAX, hi = 0;
+    uint32_t region = 0;
+    bool one_region = true;
     for (size_t i = 0; i < r->count; i++) {
         kvs__block_desc_t d;
         const uint8_t *cur = r->rl->block_at[r->first + i];
         kvs__proto_block(&cur, &d);
-        rregion_t *rr = rregion(c, d.gen_region, d.gen_addr, 8);
+        if (i == 0)
+            region = d.gen_region;
+        one_region = one_region && d.gen_region == region;
+        lo = d.gen_addr < lo ? d.gen_addr : lo;
+        hi = d.gen_addr + 8 > hi ? d.gen_addr + 8 : hi;
+    }
+    if (r->count > 1 && one_region && hi - lo <= GEN_WINDOW) {
+        rregion_t *rr = rregion(c, region, lo, hi - lo);
         if (rr == NULL)
             return KVS_ERR_PROTOCOL;
-        track(r, ucp_get_nbx(c->data_ep, &r->gens_now[i], 8, d.gen_addr, rr->rkey, &p));
+        r->genwin = kvs__malloc((size_t)(hi - lo));
+        if (r->genwin == NULL)
+            return KVS_ERR_NO_MEMORY;
+        r->genwin_base = lo;
+        track(r, ucp_get_nbx(c->data_ep, r->genwin, (size_t)(hi - lo), lo, rr->rkey, &p));
+    } else {
+        for (size_t i = 0; i < r->count; i++) {
+            kvs__block_desc_t d;
+            const uint8_t *cur = r->rl->block_at[r->first + i];
+            kvs__proto_block(&cur, &d);
+            rregion_t *rr = rregion(c, d.gen_region, d.gen_addr, 8);
+            if (rr == NULL)
+                return KVS_ERR_PROTOCOL;
+            track(r, ucp_get_nbx(c->data_ep, &r->gens_now[i], 8, d.gen_addr, rr->rkey, &p));
+        }
     }
     track(r, ucp_ep_flush_nbx(c->data_ep, &p));
     return KVS_OK;
+}
+
+static uint64_t le64(const uint8_t *b)
+{
+    uint64_t g = 0;
+    for (int k = 7; k >= 0; k--)
+        g = (g << 8) | b[k];
+    return g;
 }
 
 static void check_gens(treq_t *r)
@@ -1652,14 +1690,12 @@ static void check_gens(treq_t *r)
         kvs__block_desc_t d;
         const uint8_t *cur = r->rl->block_at[r->first + i];
         kvs__proto_block(&cur, &d);
-        /* Generations are little-endian u64 in the holder's memory. */
+        /* GETs bring the holder's little-endian u64s; pushes decoded them. */
         uint64_t g = r->gens_now[i];
-        if (r->conn->data_ep != NULL) {
-            uint8_t *b = (uint8_t *)&r->gens_now[i];
-            g = 0;
-            for (int k = 7; k >= 0; k--)
-                g = (g << 8) | b[k];
-        }
+        if (r->genwin != NULL)
+            g = le64(r->genwin + (d.gen_addr - r->genwin_base));
+        else if (r->conn->data_ep != NULL)
+            g = le64((const uint8_t *)&r->gens_now[i]);
         if (g != d.gen) {
             r->status = KVS_ERR_STALE;
             return;
@@ -1710,6 +1746,7 @@ static kvs_status_t tl_fetch(void *arg, void *rlease, struct kvs_pool *dst, cons
     if (r->dst_ids == NULL || r->gens_now == NULL) {
         kvs__free(r->dst_ids);
         kvs__free(r->gens_now);
+        kvs__free(r->genwin);
         kvs__free(r);
         return KVS_ERR_NO_MEMORY;
     }
@@ -1836,6 +1873,7 @@ static void tl_req_free(void *arg, void *treq)
     unlock(tl);
     kvs__free(r->dst_ids);
     kvs__free(r->gens_now);
+    kvs__free(r->genwin);
     kvs__free(r);
 }
 
@@ -1920,13 +1958,26 @@ static kvs_status_t tl_listen_addr(void *arg, char *buf, size_t len)
 static void *progress_thread(void *arg)
 {
     tl_t *tl = arg;
+    unsigned busy = 0;
     lock(tl);
     while (!tl->stopping) {
         progress_locked(tl);
         ucs_status_t s = ucp_worker_arm(tl->worker);
-        if (s == UCS_ERR_BUSY)
-            continue;
         unlock(tl);
+        if (s == UCS_ERR_BUSY) {
+            /* Events are pending: progress again, but let callers take the
+             * lock in between, and stop spinning if it never settles (a
+             * dead peer's transport can keep the worker busy). */
+            if (++busy > 64) {
+                struct timespec ts = {0, 200000};
+                nanosleep(&ts, NULL);
+            } else {
+                sched_yield();
+            }
+            lock(tl);
+            continue;
+        }
+        busy = 0;
         struct epoll_event ev[4];
         /* A bounded sleep: deadlines are checked at least this often. */
         int n = epoll_wait(tl->epfd, ev, 4, IDLE_WAKE_MS);
@@ -1980,6 +2031,15 @@ static kvs_status_t start_listener(tl_t *tl, const char *addr, char *err, size_t
                                 .sockaddr = {.addr = (const struct sockaddr *)&ss, .addrlen = sl},
                                 .conn_handler = {.cb = conn_request_cb, .arg = tl}};
     ucs_status_t s = ucp_listener_create(tl->worker, &lp, &tl->listener);
+    /* A node restarted on its port finds it busy while the old connections
+     * linger in TIME_WAIT (UCX 1.13 sets no SO_REUSEADDR): wait a little. */
+    for (int i = 0; s == UCS_ERR_BUSY && i < 50; i++) {
+        if (i == 0)
+            kvs__info(tl->log, "KVSHARE_LISTEN='%s': port busy, retrying for up to 5 s", addr);
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+        s = ucp_listener_create(tl->worker, &lp, &tl->listener);
+    }
     if (s != UCS_OK) {
         snprintf(err, errlen, "KVSHARE_LISTEN='%s': ucp_listener_create: %s", addr,
                  ucs_status_string(s));
@@ -2031,6 +2091,12 @@ static kvs_status_t tl_init(struct kvs_ctx *ctx, const kvs__config_t *cfg, void 
                        .features = UCP_FEATURE_AM | UCP_FEATURE_RMA |
                                    (tl->thread_mode ? UCP_FEATURE_WAKEUP : 0),
                        .mt_workers_shared = 0};
+    /* A restarted node must get its port back at once, not after TIME_WAIT:
+     * listeners set SO_REUSEADDR unless the user chose otherwise. UCX 1.13
+     * reads this transport setting only from the environment (setting it
+     * through ucp_config_modify is reported as invalid). */
+    if (cfg->listen[0] != '\0')
+        setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
     ucs_status_t s = ucp_init(&up, NULL, &tl->ucp);
     if (s != UCS_OK) {
         snprintf(err, errlen, "ucp_init: %s", ucs_status_string(s));
@@ -2150,6 +2216,7 @@ static void tl_fini(void *arg)
         tl->zombies = r->next;
         kvs__free(r->dst_ids);
         kvs__free(r->gens_now);
+        kvs__free(r->genwin);
         kvs__free(r);
     }
     unlock(tl);

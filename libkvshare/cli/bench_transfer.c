@@ -20,18 +20,17 @@ typedef struct xopts {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: kvshare bench transfer [--tls posix,cma,self|tcp] [--block-bytes B]\n"
-            "                              [--blocks N] [--batch K] [--repeats R]\n"
-            "                              [--contiguous] [--no-perftest] [--json]\n"
-            "\n"
-            "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
-            "this process looks them up and fetches them all in batches of K, R times, into\n"
-            "shuffled ids of its own. Printed beside it, from the same run: one core's memcpy\n"
-            "of the same blocks (the limit of a shared-memory path), and ucx_perftest at the\n"
-            "same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw on tcp).\n"
-            "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
-            "          --repeats 5\n");
+    fprintf(f, "usage: kvshare bench transfer [--tls posix,cma,self|tcp] [--block-bytes B]\n"
+               "                              [--blocks N] [--batch K] [--repeats R]\n"
+               "                              [--contiguous] [--no-perftest] [--json]\n"
+               "\n"
+               "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
+               "this process looks them up and fetches them all in batches of K, R times, into\n"
+               "shuffled ids of its own. Printed beside it, from the same run: one core's memcpy\n"
+               "of the same blocks (the limit of a shared-memory path), and ucx_perftest at the\n"
+               "same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw on tcp).\n"
+               "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
+               "          --repeats 5\n");
 }
 
 static uint64_t mix(uint64_t x)
@@ -75,8 +74,13 @@ static uint32_t *block_ids(uint64_t n, uint64_t seed, bool contiguous)
 
 static kvs_layout_t bench_layout(void)
 {
-    kvs_layout_t l = {.model_id = "kvshare-bench", .dtype = KVS_DTYPE_BF16, .block_tokens = 16,
-                      .num_layers = 1, .num_kv_heads = 8, .head_dim = 128, .tp_size = 1};
+    kvs_layout_t l = {.model_id = "kvshare-bench",
+                      .dtype = KVS_DTYPE_BF16,
+                      .block_tokens = 16,
+                      .num_layers = 1,
+                      .num_kv_heads = 8,
+                      .head_dim = 128,
+                      .tp_size = 1};
     return l;
 }
 
@@ -88,10 +92,12 @@ static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, uint8_t **mem_p, 
         return KVS_ERR_NO_MEMORY;
     memset(mem, 0, bytes); /* touch every page before timing */
     kvs_layout_t l = bench_layout();
-    kvs_segment_t seg = {.base = mem, .block_stride = o->block_bytes,
-                         .block_bytes = o->block_bytes, .mem_type = KVS_MEM_HOST};
-    kvs_pool_params_t pp = {.layout = &l, .segments = &seg, .num_segments = 1,
-                            .num_blocks = (uint32_t)o->blocks};
+    kvs_segment_t seg = {.base = mem,
+                         .block_stride = o->block_bytes,
+                         .block_bytes = o->block_bytes,
+                         .mem_type = KVS_MEM_HOST};
+    kvs_pool_params_t pp = {
+        .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)o->blocks};
     kvs_status_t st = kvs_pool_create(ctx, &pp, p);
     if (st != KVS_OK) {
         free(mem);
@@ -243,8 +249,12 @@ static double perftest(const char *tls, const char *test, uint64_t size, char *n
 
 int kvs_cli_bench_transfer(int argc, char **argv)
 {
-    xopts_t o = {.tls = "posix,cma,self", .block_bytes = 262144, .blocks = 4096, .batch = 64,
-                 .repeats = 5, .seed = 42};
+    xopts_t o = {.tls = "posix,cma,self",
+                 .block_bytes = 262144,
+                 .blocks = 4096,
+                 .batch = 64,
+                 .repeats = 5,
+                 .seed = 42};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--json") == 0) {
@@ -305,8 +315,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     const char *pt_test = shm ? "ucp_get" : "ucp_am_bw";
     double bytes_total = (double)o.blocks * (double)o.block_bytes;
     if (!o.json)
-        fprintf(stderr, "bench transfer: %llu blocks x %llu bytes (%.0f MiB), batches of %llu, "
-                        "UCX_TLS=%s, %s ids\n",
+        fprintf(stderr,
+                "bench transfer: %llu blocks x %llu bytes (%.0f MiB), batches of %llu, "
+                "UCX_TLS=%s, %s ids\n",
                 (unsigned long long)o.blocks, (unsigned long long)o.block_bytes,
                 bytes_total / 1048576.0, (unsigned long long)o.batch, ours,
                 o.contiguous ? "contiguous" : "shuffled");
@@ -321,14 +332,26 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     if (sl <= 0)
         return 1;
     self[sl] = '\0';
-    char *sargv[] = {self,  "bench",        "transfer", "--serve", "--tls",
-                     (char *)o.tls, "--block-bytes", bb, "--blocks", nb,
-                     "--seed", sb, o.contiguous ? "--contiguous" : "--json", NULL};
+    char *sargv[] = {self,
+                     "bench",
+                     "transfer",
+                     "--serve",
+                     "--tls",
+                     (char *)o.tls,
+                     "--block-bytes",
+                     bb,
+                     "--blocks",
+                     nb,
+                     "--seed",
+                     sb,
+                     o.contiguous ? "--contiguous" : "--json",
+                     NULL};
     int to;
     FILE *from;
     pid_t srv = spawn(sargv, &to, &from);
     char line[512] = "", addr[300] = "";
-    if (srv < 0 || fgets(line, sizeof(line), from) == NULL || sscanf(line, "ready %299s", addr) != 1) {
+    if (srv < 0 || fgets(line, sizeof(line), from) == NULL ||
+        sscanf(line, "ready %299s", addr) != 1) {
         fprintf(stderr, "kvshare bench transfer: the server process did not start\n");
         return 1;
     }
@@ -356,8 +379,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             uint64_t first = b * o.batch;
             size_t n = (size_t)(o.blocks - first < o.batch ? o.blocks - first : o.batch);
             double b0 = kvs_cli_now();
-            kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES |
-                                                    KVS_LOOKUP_FIELD_PEER,
+            kvs_lookup_params_t lp = {.field_mask =
+                                          KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
                                       .sources = KVS_SOURCE_PEER,
                                       .peer = addr};
             kvs_lease_h lease;
@@ -365,8 +388,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             if (st != KVS_OK)
                 break;
             if (kvs_lease_hits(lease) != n) {
-                fprintf(stderr, "kvshare bench transfer: %zu of %zu hits\n",
-                        kvs_lease_hits(lease), n);
+                fprintf(stderr, "kvshare bench transfer: %zu of %zu hits\n", kvs_lease_hits(lease),
+                        n);
                 st = KVS_ERR_NOT_FOUND;
             } else {
                 kvs_request_h req;
@@ -436,8 +459,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                "\"perftest_gbps\":%.3f,\"ratio_perftest\":%.3f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
                o.tls, (unsigned long long)o.block_bytes, (unsigned long long)o.blocks,
                (unsigned long long)o.batch, (unsigned long long)o.repeats,
-               o.contiguous ? "contiguous" : "shuffled", gbps, mc, mc > 0 ? gbps / mc : 0,
-               pt_test, pt > 0 ? pt : 0, pt > 0 ? gbps / pt : 0, p50, p99);
+               o.contiguous ? "contiguous" : "shuffled", gbps, mc, mc > 0 ? gbps / mc : 0, pt_test,
+               pt > 0 ? pt : 0, pt > 0 ? gbps / pt : 0, p50, p99);
     } else {
         printf("  kvshare fetch        %8.2f GB/s   batch latency p50 %.0f us, p99 %.0f us\n"
                "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",

@@ -68,9 +68,11 @@ static void make_prompt(uint32_t *p, size_t n, uint64_t seed, uint32_t vocab)
 static kvs_ctx_h new_ctx(void)
 {
     char err[256] = "";
-    /* Local store only; the environment must not change what a test sees. */
-    kvs_ctx_params_t p = {.field_mask =
-                              KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_ERRBUF,
+    /* Local store only (no UCX context, no progress thread); the environment
+     * must not change what a test sees. */
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_CAPACITY |
+                                        KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT,
+                          .transport = "none",
                           .capacity_bytes = 16u << 20,
                           .errbuf = err,
                           .errbuf_len = sizeof(err)};
@@ -161,17 +163,17 @@ Test(attention, paged_scattered_equals_contiguous)
     float *kv_s = calloc(10 * blk_floats, sizeof(float));
     float *kv_c = calloc(10 * blk_floats, sizeof(float));
     float *k = malloc(ntok * kvdim * sizeof(float)), *v = malloc(ntok * kvdim * sizeof(float));
-    float q[4 * 16], out_s[4 * 16], out_c[4 * 16], scores[77];
+    float q[4 * 64], out_s[4 * 64], out_c[4 * 64], out_1[64], scratch[4 * 2 * 78];
     cr_assert(kv_s && kv_c && k && v && nblk == 5);
-    uint64_t r = 12345;
+    uint64_t rng = 12345;
     for (size_t i = 0; i < ntok * kvdim; i++) {
-        r = r * 6364136223846793005ull + 1;
-        k[i] = (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-        r = r * 6364136223846793005ull + 1;
-        v[i] = (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        rng = rng * 6364136223846793005ull + 1;
+        k[i] = (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        rng = rng * 6364136223846793005ull + 1;
+        v[i] = (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
     }
-    for (size_t i = 0; i < 4 * hd; i++)
-        q[i] = (float)i / 32.0f - 1.0f;
+    for (size_t i = 0; i < 4 * 64; i++) /* 4 query rows x 4 heads x 16 */
+        q[i] = (float)(i % 67) / 32.0f - 1.0f;
     /* vLLM's layout: (block, K|V, token in block, kv head, dim). */
     for (size_t t = 0; t < ntok; t++)
         for (size_t p = 0; p < 2; p++) {
@@ -181,17 +183,25 @@ Test(attention, paged_scattered_equals_contiguous)
             memcpy(kv_c + contiguous[t / 16] * blk_floats + (p * 16 + t % 16) * kvdim, src,
                    kvdim * sizeof(float));
         }
-    engine_attention(&cfg, kv_s, scattered, ntok, q, out_s, scores);
-    engine_attention(&cfg, kv_c, contiguous, ntok, q, out_c, scores);
+    /* Rows 0..3 are tokens 73..76, attending causally. */
+    engine_attention(&cfg, kv_s, scattered, ntok - 4, 4, q, out_s, scratch);
+    engine_attention(&cfg, kv_c, contiguous, ntok - 4, 4, q, out_c, scratch);
     cr_assert(memcmp(out_s, out_c, sizeof(out_s)) == 0);
+    /* A row computed alone (as in decode) gives the same bits as in a tile. */
+    for (size_t r = 0; r < 4; r++) {
+        engine_attention(&cfg, kv_s, scattered, ntok - 4 + r, 1, q + r * 64, out_1, scratch);
+        cr_assert(memcmp(out_1, out_s + r * 64, sizeof(out_1)) == 0, "row %zu", r);
+    }
 
+    /* The last row (token 76) against plain arrays. */
+    const float *q3 = q + 3 * 64, *o3 = out_s + 3 * 64;
     for (size_t h = 0; h < cfg.n_heads; h++) {
         const size_t g = h / (cfg.n_heads / kvh);
         double s[77], max = -INFINITY, sum = 0;
         for (size_t t = 0; t < ntok; t++) {
             s[t] = 0;
             for (size_t d = 0; d < hd; d++)
-                s[t] += (double)q[h * hd + d] * k[t * kvdim + g * hd + d];
+                s[t] += (double)q3[h * hd + d] * k[t * kvdim + g * hd + d];
             s[t] /= sqrt((double)hd);
             max = fmax(max, s[t]);
         }
@@ -201,8 +211,8 @@ Test(attention, paged_scattered_equals_contiguous)
             double o = 0;
             for (size_t t = 0; t < ntok; t++)
                 o += exp(s[t] - max) / sum * v[t * kvdim + g * hd + d];
-            cr_assert(fabs(o - out_s[h * hd + d]) < 1e-5, "head %zu dim %zu: %g vs %g", h, d, o,
-                      (double)out_s[h * hd + d]);
+            cr_assert(fabs(o - o3[h * hd + d]) < 1e-5, "head %zu dim %zu: %g vs %g", h, d, o,
+                      (double)o3[h * hd + d]);
         }
     }
     free(kv_s);

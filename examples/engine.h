@@ -1,0 +1,242 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* engine.h - a tiny decoder-only transformer with a paged KV cache that shares its KV through
+ * kvshare. */
+#ifndef KVS_EXAMPLE_ENGINE_H
+#define KVS_EXAMPLE_ENGINE_H
+
+/*
+ * The example engine is what a C inference engine looks like to kvshare:
+ * weights, a paged KV cache laid out like vLLM's (one buffer per layer of
+ * shape (num_blocks, 2, block_tokens, num_kv_heads, head_dim), K then V per
+ * block), a block allocator that hands out scattered block ids, and greedy
+ * decoding. The math is real (RMSNorm, RoPE, grouped-query attention, SwiGLU)
+ * and the weights are random from a fixed seed, so two engines built from the
+ * same config compute bit-identical KV and logits.
+ *
+ * Every kvshare call lives in engine.c's "kvshare" section and goes through
+ * an engine_kvs_t table, which is filled either from the linked library
+ * (engine_kvs_linked()) or by dlopen (engine_kvs_dlopen()).
+ *
+ * Errors are kvs_status_t values (the enum only; no library call is needed
+ * to use them). Threading: an engine and its sequences belong to one thread;
+ * engine_prefill() and engine_decode() use cfg.threads workers internally.
+ */
+
+#include <kvshare.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------ */
+/* The kvshare functions the engine calls, as a table.                      */
+/* ------------------------------------------------------------------------ */
+
+/* One X(name) per kvs_<name> function the engine uses. Members are typed
+ * from the public prototypes, so a signature change in kvshare.h breaks the
+ * build instead of the dlopen'd call. */
+#define ENGINE_KVS_FUNCS(X)                                                                        \
+    X(status_string)                                                                               \
+    X(version)                                                                                     \
+    X(ctx_create)                                                                                  \
+    X(ctx_destroy)                                                                                 \
+    X(pool_create)                                                                                 \
+    X(pool_destroy)                                                                                \
+    X(pool_layout_id)                                                                              \
+    X(hasher_create)                                                                               \
+    X(hasher_destroy)                                                                              \
+    X(hasher_chain)                                                                                \
+    X(publish)                                                                                     \
+    X(unpublish)                                                                                   \
+    X(lookup)                                                                                      \
+    X(lease_hits)                                                                                  \
+    X(lease_release)                                                                               \
+    X(fetch)                                                                                       \
+    X(request_wait)                                                                                \
+    X(request_free)
+
+typedef struct engine_kvs {
+#define ENGINE_KVS_MEMBER(name) __typeof__(kvs_##name) *name;
+    ENGINE_KVS_FUNCS(ENGINE_KVS_MEMBER)
+#undef ENGINE_KVS_MEMBER
+    void *dl; /* dlopen handle, or NULL when linked */
+} engine_kvs_t;
+
+/**
+ * Fills @api with the functions of the libkvshare this program is linked
+ * against. Defined in engine_kvs_linked.c (target kvs_engine_linked), so a
+ * program that only dlopens never links libkvshare.
+ */
+void engine_kvs_linked(engine_kvs_t *api);
+
+/**
+ * Fills @api by dlopen(@path) + dlsym of every function. @path NULL means
+ * $KVSHARE_ENGINE_LIB, else "libkvshare.so.0" (found the usual ld.so way).
+ * On failure writes one line to @errbuf (the library's dlerror(), or the
+ * missing symbol), leaves nothing open and returns KVS_ERR_NOT_FOUND.
+ * On success the caller ends it with engine_kvs_close().
+ */
+kvs_status_t engine_kvs_dlopen(engine_kvs_t *api, const char *path, char *errbuf, size_t errlen);
+
+/** dlclose()s a table filled by engine_kvs_dlopen(); harmless on a linked one. */
+void engine_kvs_close(engine_kvs_t *api);
+
+/* ------------------------------------------------------------------------ */
+/* Engine                                                                   */
+/* ------------------------------------------------------------------------ */
+typedef struct engine_config {
+    uint32_t n_layers;     /* default 4 */
+    uint32_t d_model;      /* default 256 */
+    uint32_t n_heads;      /* query heads; default 4 */
+    uint32_t n_kv_heads;   /* KV heads (grouped-query attention); default 2 */
+    uint32_t head_dim;     /* default 64; even (RoPE rotates pairs) */
+    uint32_t ffn_dim;      /* SwiGLU hidden size; default 768 */
+    uint32_t vocab;        /* default 4096 */
+    uint32_t block_tokens; /* tokens per KV block; default 16 (vLLM's) */
+    uint32_t num_blocks;   /* KV blocks per layer; default 1024 (16384 tokens) */
+    bool tied_embeddings;  /* lm_head = embedding matrix; default false */
+    float rope_theta;      /* default 10000 */
+    uint64_t weight_seed;  /* same seed, same weights; default 42 */
+    /* Seed of the block allocator's shuffle; 0 hands out ids 0, 1, 2, ...
+     * (a contiguous cache, for tests). Default 1. */
+    uint64_t alloc_seed;
+    unsigned threads;      /* prefill workers; 0 = online CPUs (default) */
+    const char *model_id;  /* kvshare model id prefix; default "kvshare-example-tiny" */
+    const char *hash_seed; /* PYTHONHASHSEED of the block keys; default "0" */
+} engine_config_t;
+
+typedef struct engine *engine_h;
+typedef struct engine_seq *engine_seq_h;
+
+/** Fills @cfg with the defaults above. */
+void engine_config_default(engine_config_t *cfg);
+
+/**
+ * Creates an engine: random weights from cfg->weight_seed and a KV cache of
+ * cfg->num_blocks blocks per layer. With @api and @ctx (both borrowed; they
+ * must outlive the engine) the KV cache is described to kvshare as a pool
+ * and the engine can publish and fetch blocks; with either NULL it runs
+ * alone. On success the caller owns *eng_p (engine_destroy()).
+ * Errors: KVS_ERR_INVALID_PARAM (a zero or inconsistent size), NO_MEMORY,
+ * or the status of kvs_pool_create()/kvs_hasher_create().
+ */
+kvs_status_t engine_create(const engine_config_t *cfg, const engine_kvs_t *api, kvs_ctx_h ctx,
+                           engine_h *eng_p);
+
+/** Destroys @eng; accepts NULL. Its sequences must be destroyed first. */
+void engine_destroy(engine_h eng);
+
+/** The kvshare pool of the engine's KV cache, or NULL when running alone. */
+kvs_pool_h engine_pool(engine_h eng);
+
+/**
+ * Starts a sequence with a copy of @prompt (@n >= 1 tokens, each < vocab).
+ * No KV is computed yet. The caller owns *seq_p (engine_seq_destroy()).
+ * Errors: KVS_ERR_INVALID_PARAM, NO_MEMORY.
+ */
+kvs_status_t engine_seq_create(engine_h eng, const uint32_t *prompt, size_t n, engine_seq_h *seq_p);
+
+/**
+ * Frees the sequence's blocks (withdrawing any it published zero-copy first)
+ * and the sequence; accepts NULL.
+ */
+void engine_seq_destroy(engine_seq_h seq);
+
+/**
+ * Looks up the longest cached prefix of the prompt's full blocks (never the
+ * block holding the last prompt token, whose logits are needed) and returns
+ * its lease, which the caller passes to engine_fetch(). @params (borrowed,
+ * may be NULL) picks sources and peers, as in kvs_lookup().
+ * Errors: KVS_ERR_UNSUPPORTED (no kvshare), KVS_ERR_INVALID_PARAM (KV
+ * already computed), or kvs_lookup()'s. On error nothing changed.
+ */
+kvs_status_t engine_lookup(engine_seq_h seq, const kvs_lookup_params_t *params,
+                           kvs_lease_h *lease_p);
+
+/**
+ * Fetches the lease's hits into freshly allocated blocks of the sequence and
+ * releases the lease (always: the call owns @lease from here). On KVS_OK,
+ * *hit_tokens_p is the number of prompt tokens whose KV is now in the cache
+ * (a multiple of block_tokens). On error the sequence holds no KV, so
+ * engine_prefill() recomputes the whole prompt: a failed fetch costs time,
+ * never correctness. Errors: KVS_ERR_NO_SPACE (out of blocks), or the
+ * fetch's (KVS_ERR_STALE when the holder withdrew a block mid-read).
+ */
+kvs_status_t engine_fetch(engine_seq_h seq, kvs_lease_h lease, size_t *hit_tokens_p);
+
+/** engine_lookup() then engine_fetch(); the same fallback on error. */
+kvs_status_t engine_load_prefix(engine_seq_h seq, const kvs_lookup_params_t *params,
+                                size_t *hit_tokens_p);
+
+/**
+ * Computes the KV of every prompt token not yet in the cache, then the
+ * logits of the last prompt token and from them the first generated token
+ * (kept for engine_decode()). Errors: KVS_ERR_INVALID_PARAM (already
+ * prefilled), KVS_ERR_NO_SPACE (out of blocks), NO_MEMORY.
+ */
+kvs_status_t engine_prefill(engine_seq_h seq);
+
+/** engine_publish() flags. */
+enum engine_publish_flags {
+    /* Publish straight from the KV cache (kvs KVS_PUBLISH_ZERO_COPY): no
+     * copy, but the blocks stay pinned until engine_unpublish() or
+     * engine_seq_destroy(). Default: copy into kvshare's arena. */
+    ENGINE_PUBLISH_ZERO_COPY = 1u << 0,
+};
+
+/**
+ * Publishes the sequence's full blocks of computed KV under their block keys
+ * so that other engines (in this process now; over the transport later) can
+ * fetch them. *published_p (may be NULL) gets the number of blocks newly
+ * published; keys already present are not counted.
+ * Errors: KVS_ERR_UNSUPPORTED (no kvshare), or kvs_publish()'s.
+ */
+kvs_status_t engine_publish(engine_seq_h seq, unsigned flags, size_t *published_p);
+
+/**
+ * Withdraws blocks published zero-copy. Without @force it fails with
+ * KVS_ERR_BUSY while a reader holds a lease; with @force readers get
+ * KVS_ERR_STALE instead of data the engine is about to overwrite.
+ */
+kvs_status_t engine_unpublish(engine_seq_h seq, bool force);
+
+/**
+ * Generates @n tokens greedily into @out: the first is the one engine_prefill()
+ * chose; each is then fed back to compute the next. Errors:
+ * KVS_ERR_INVALID_PARAM (not prefilled), KVS_ERR_NO_SPACE, NO_MEMORY.
+ */
+kvs_status_t engine_decode(engine_seq_h seq, size_t n, uint32_t *out);
+
+/** The latest logits (cfg.vocab floats): those that chose the next token. */
+const float *engine_seq_logits(engine_seq_h seq);
+
+/** The sequence's block table; *ids_p gets the block ids in logical order. */
+size_t engine_seq_blocks(engine_seq_h seq, const uint32_t **ids_p);
+
+typedef struct engine_stats {
+    size_t prompt_tokens;
+    size_t hit_tokens;      /* fetched through kvshare */
+    size_t computed_tokens; /* prompt tokens prefilled here */
+    size_t decoded_tokens;
+    double lookup_s, fetch_s, prefill_s, decode_s;
+    /* Time to first token: lookup + fetch + prefill, i.e. all the work
+     * between the prompt arriving and the first generated token. */
+    double ttft_s;
+} engine_stats_t;
+
+void engine_seq_stats(engine_seq_h seq, engine_stats_t *stats);
+
+/**
+ * Causal attention of @nrows query tokens at positions @pos0 .. pos0+nrows-1
+ * over one layer's paged KV buffer @layer_kv, reached through @block_table:
+ * row r attends to tokens 0 .. pos0+r, whose K/V must be in the cache. @q
+ * and @out hold nrows x n_heads x head_dim floats (@q with RoPE applied).
+ * @scratch holds nrows * (n_heads / n_kv_heads) * (pos0 + nrows + 1) floats.
+ * Each row's result is bit-identical however the rows are grouped. This is
+ * the function prefill and decode use; it is public for tests.
+ */
+void engine_attention(const engine_config_t *cfg, const float *layer_kv,
+                      const uint32_t *block_table, size_t pos0, size_t nrows, const float *q,
+                      float *out, float *scratch);
+
+#endif

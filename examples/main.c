@@ -1,0 +1,325 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* main.c - kvshare-engine: runs the example engine as prefill, decode, both, or a recompute
+ * baseline. */
+#include "engine.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: kvshare-engine [options]\n"
+    "  --role R            both (default): prefill+publish, then fetch+decode, in one process\n"
+    "                      prefill: prefill, publish, print a line, hold until stdin closes\n"
+    "                      decode: fetch the prefix (from --peer), prefill the rest, decode\n"
+    "                      recompute: no kvshare; the time-to-first-token baseline\n"
+    "  --prompt-tokens N   prompt length (default 4096); tokens are random from --prompt-seed\n"
+    "  --prompt-seed S     (default 1)\n"
+    "  --decode N          tokens to generate (default 16)\n"
+    "  --peer HOST:PORT    decode: the prefill engine to fetch from (needs the transport)\n"
+    "  --zero-copy         publish from the KV cache itself instead of copying\n"
+    "  --check             both: also recompute locally and require identical tokens\n"
+    "  --dlopen[=PATH]     reach libkvshare by dlopen (default libkvshare.so.0;\n"
+    "                      also KVSHARE_ENGINE_DLOPEN=1 and KVSHARE_ENGINE_LIB=PATH)\n"
+    "  --layers N --d-model N --heads N --kv-heads N --head-dim N --ffn N --vocab N\n"
+    "  --threads N         prefill threads (default: online CPUs)\n"
+    "  --weight-seed S     (default 42)\n"
+    "Prints one JSON object per engine run on stdout.\n";
+
+typedef struct opts {
+    const char *role;
+    size_t prompt_tokens, decode;
+    uint64_t prompt_seed;
+    const char *peer;
+    bool zero_copy, check, use_dlopen;
+    const char *dl_path;
+    engine_config_t cfg;
+} opts_t;
+
+static bool parse_u64(const char *name, const char *s, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || *s == '-' || v > max) {
+        fprintf(stderr, "kvshare-engine: %s '%s': expected an integer 0..%llu\n", name, s,
+                (unsigned long long)max);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static int parse_args(int argc, char **argv, opts_t *o)
+{
+    static const struct option longopts[] = {{"role", required_argument, NULL, 'r'},
+                                             {"prompt-tokens", required_argument, NULL, 'p'},
+                                             {"prompt-seed", required_argument, NULL, 'S'},
+                                             {"decode", required_argument, NULL, 'n'},
+                                             {"peer", required_argument, NULL, 'P'},
+                                             {"zero-copy", no_argument, NULL, 'z'},
+                                             {"check", no_argument, NULL, 'c'},
+                                             {"dlopen", optional_argument, NULL, 'D'},
+                                             {"layers", required_argument, NULL, 'L'},
+                                             {"d-model", required_argument, NULL, 'd'},
+                                             {"heads", required_argument, NULL, 'H'},
+                                             {"kv-heads", required_argument, NULL, 'K'},
+                                             {"head-dim", required_argument, NULL, 'E'},
+                                             {"ffn", required_argument, NULL, 'F'},
+                                             {"vocab", required_argument, NULL, 'V'},
+                                             {"threads", required_argument, NULL, 't'},
+                                             {"weight-seed", required_argument, NULL, 'W'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    const char *env = getenv("KVSHARE_ENGINE_DLOPEN");
+    o->use_dlopen = env != NULL && strcmp(env, "1") == 0;
+    int ch;
+    uint64_t v;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        const char *name = ch == '?' ? "" : longopts[0].name;
+        for (const struct option *lo = longopts; lo->name != NULL; lo++)
+            if (lo->val == ch)
+                name = lo->name;
+        switch (ch) {
+        case 'r':
+            o->role = optarg;
+            break;
+        case 'z':
+            o->zero_copy = true;
+            break;
+        case 'c':
+            o->check = true;
+            break;
+        case 'D':
+            o->use_dlopen = true;
+            o->dl_path = optarg;
+            break;
+        case 'P':
+            o->peer = optarg;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            exit(0);
+        case 'p':
+        case 'n':
+            if (!parse_u64(name, optarg, 1u << 24, &v))
+                return 2;
+            *(ch == 'p' ? &o->prompt_tokens : &o->decode) = (size_t)v;
+            break;
+        case 'S':
+        case 'W':
+            if (!parse_u64(name, optarg, UINT64_MAX, &v))
+                return 2;
+            *(ch == 'S' ? &o->prompt_seed : &o->cfg.weight_seed) = v;
+            break;
+        case 'L':
+        case 'd':
+        case 'H':
+        case 'K':
+        case 'E':
+        case 'F':
+        case 'V':
+        case 't':
+            if (!parse_u64(name, optarg, 1u << 20, &v))
+                return 2;
+            {
+                uint32_t *f = ch == 'L'   ? &o->cfg.n_layers
+                              : ch == 'd' ? &o->cfg.d_model
+                              : ch == 'H' ? &o->cfg.n_heads
+                              : ch == 'K' ? &o->cfg.n_kv_heads
+                              : ch == 'E' ? &o->cfg.head_dim
+                              : ch == 'F' ? &o->cfg.ffn_dim
+                              : ch == 'V' ? &o->cfg.vocab
+                                          : NULL;
+                if (f != NULL)
+                    *f = (uint32_t)v;
+                else
+                    o->cfg.threads = (unsigned)v;
+            }
+            break;
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (optind != argc || o->prompt_tokens == 0) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    const char *roles[] = {"both", "prefill", "decode", "recompute"};
+    for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
+        if (strcmp(o->role, roles[i]) == 0)
+            return 0;
+    fprintf(stderr, "kvshare-engine: --role '%s': accepted: both, prefill, decode, recompute\n",
+            o->role);
+    return 2;
+}
+
+static void print_run(const char *role, engine_seq_h seq, const uint32_t *out, size_t n)
+{
+    engine_stats_t st;
+    engine_seq_stats(seq, &st);
+    printf("{\"role\":\"%s\",\"prompt_tokens\":%zu,\"hit_tokens\":%zu,\"computed_tokens\":%zu,"
+           "\"lookup_ms\":%.3f,\"fetch_ms\":%.3f,\"prefill_ms\":%.3f,\"ttft_ms\":%.3f,"
+           "\"decode_tokens\":%zu,\"decode_ms_per_token\":%.3f,\"tokens\":[",
+           role, st.prompt_tokens, st.hit_tokens, st.computed_tokens, st.lookup_s * 1e3,
+           st.fetch_s * 1e3, st.prefill_s * 1e3, st.ttft_s * 1e3, st.decoded_tokens,
+           st.decoded_tokens ? st.decode_s * 1e3 / (double)st.decoded_tokens : 0.0);
+    for (size_t i = 0; i < n; i++)
+        printf("%s%u", i ? "," : "", out[i]);
+    printf("]}\n");
+    fflush(stdout);
+}
+
+/* One engine run over the prompt: optional prefix fetch, prefill, optional
+ * publish, decode. Returns 0, or 1 with a message on stderr. */
+typedef struct run {
+    const char *role;
+    bool fetch, publish;
+    const kvs_lookup_params_t *lookup;
+} run_t;
+
+static int run_engine(const opts_t *o, const run_t *r, const engine_kvs_t *api, kvs_ctx_h ctx,
+                      const uint32_t *prompt, uint32_t *out, engine_h *eng_p, engine_seq_h *seq_p)
+{
+    engine_h eng;
+    engine_seq_h seq;
+    kvs_status_t st = engine_create(&o->cfg, api, ctx, &eng);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare-engine: %s: engine_create: %s\n", r->role,
+                api ? api->status_string(st) : "failed");
+        return 1;
+    }
+    st = engine_seq_create(eng, prompt, o->prompt_tokens, &seq);
+    if (st != KVS_OK) {
+        engine_destroy(eng);
+        fprintf(stderr, "kvshare-engine: %s: engine_seq_create failed (%d)\n", r->role, st);
+        return 1;
+    }
+    size_t hit = 0;
+    if (r->fetch) {
+        st = engine_load_prefix(seq, r->lookup, &hit);
+        if (st != KVS_OK) /* not fatal: the prefill below computes everything */
+            fprintf(stderr, "kvshare-engine: %s: prefix fetch: %s; recomputing\n", r->role,
+                    api->status_string(st));
+    }
+    st = engine_prefill(seq);
+    if (st == KVS_OK && r->publish)
+        st = engine_publish(seq, o->zero_copy ? ENGINE_PUBLISH_ZERO_COPY : 0, NULL);
+    if (st == KVS_OK)
+        st = engine_decode(seq, o->decode, out);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare-engine: %s: %s\n", r->role,
+                api ? api->status_string(st) : "engine error");
+        engine_seq_destroy(seq);
+        engine_destroy(eng);
+        return 1;
+    }
+    print_run(r->role, seq, out, o->decode);
+    *eng_p = eng;
+    *seq_p = seq;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    opts_t o = {.role = "both", .prompt_tokens = 4096, .decode = 16, .prompt_seed = 1};
+    engine_config_default(&o.cfg);
+    int rc = parse_args(argc, argv, &o);
+    if (rc != 0)
+        return rc;
+    /* Enough blocks for the prompt and the generated tokens. */
+    o.cfg.num_blocks =
+        (uint32_t)((o.prompt_tokens + o.decode + o.cfg.block_tokens) / o.cfg.block_tokens);
+
+    uint32_t *prompt = malloc(o.prompt_tokens * sizeof(*prompt));
+    uint32_t *out[3] = {calloc(o.decode + 1, sizeof(uint32_t)),
+                        calloc(o.decode + 1, sizeof(uint32_t)),
+                        calloc(o.decode + 1, sizeof(uint32_t))};
+    if (prompt == NULL || out[0] == NULL || out[1] == NULL || out[2] == NULL) {
+        fprintf(stderr, "kvshare-engine: out of memory\n");
+        return 1;
+    }
+    uint64_t rng = o.prompt_seed;
+    for (size_t i = 0; i < o.prompt_tokens; i++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        prompt[i] = (uint32_t)((rng >> 33) % o.cfg.vocab);
+    }
+
+    /* kvshare is optional to an engine: recompute needs none of it. */
+    engine_kvs_t api;
+    kvs_ctx_h ctx = NULL;
+    const bool want_kvs = strcmp(o.role, "recompute") != 0;
+    char err[256] = "";
+    if (want_kvs) {
+        if (o.use_dlopen) {
+            if (engine_kvs_dlopen(&api, o.dl_path, err, sizeof(err)) != KVS_OK) {
+                fprintf(stderr, "%s\n", err);
+                return 1;
+            }
+        } else {
+            engine_kvs_linked(&api);
+        }
+        /* Settings (KVSHARE_LISTEN, KVSHARE_CAPACITY, ...) come from the env. */
+        kvs_ctx_params_t cp = {
+            .field_mask = KVS_CTX_FIELD_ERRBUF, .errbuf = err, .errbuf_len = sizeof(err)};
+        kvs_status_t st = api.ctx_create(&cp, &ctx);
+        if (st != KVS_OK) {
+            fprintf(stderr, "kvshare-engine: kvs_ctx_create: %s: %s\n", api.status_string(st), err);
+            engine_kvs_close(&api);
+            return 1;
+        }
+    }
+
+    engine_h eng[3] = {NULL, NULL, NULL};
+    engine_seq_h seq[3] = {NULL, NULL, NULL};
+    kvs_lookup_params_t lp = {0};
+    if (o.peer != NULL) {
+        lp.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER;
+        lp.sources = KVS_SOURCE_PEER;
+        lp.peer = o.peer;
+    }
+    rc = 0;
+    if (strcmp(o.role, "recompute") == 0) {
+        rc = run_engine(&o, &(run_t){.role = "recompute"}, NULL, NULL, prompt, out[0], &eng[0],
+                        &seq[0]);
+    } else if (strcmp(o.role, "prefill") == 0) {
+        rc = run_engine(&o, &(run_t){.role = "prefill", .publish = true}, &api, ctx, prompt, out[0],
+                        &eng[0], &seq[0]);
+        /* Hold the published blocks until whoever started us closes stdin. */
+        while (rc == 0 && getchar() != EOF)
+            ;
+    } else if (strcmp(o.role, "decode") == 0) {
+        rc = run_engine(&o, &(run_t){.role = "decode", .fetch = true, .lookup = &lp}, &api, ctx,
+                        prompt, out[0], &eng[0], &seq[0]);
+    } else { /* both */
+        rc = run_engine(&o, &(run_t){.role = "prefill", .publish = true}, &api, ctx, prompt, out[0],
+                        &eng[0], &seq[0]);
+        o.cfg.alloc_seed += 1; /* the decode engine scatters its blocks differently */
+        if (rc == 0)
+            rc = run_engine(&o, &(run_t){.role = "decode", .fetch = true}, &api, ctx, prompt,
+                            out[1], &eng[1], &seq[1]);
+        if (rc == 0 && o.check) {
+            rc = run_engine(&o, &(run_t){.role = "recompute"}, NULL, NULL, prompt, out[2], &eng[2],
+                            &seq[2]);
+            if (rc == 0 && memcmp(out[1], out[2], o.decode * sizeof(uint32_t)) != 0) {
+                fprintf(stderr, "kvshare-engine: fetched and recomputed tokens differ\n");
+                rc = 1;
+            }
+        }
+    }
+    for (int i = 2; i >= 0; i--) {
+        engine_seq_destroy(seq[i]);
+        engine_destroy(eng[i]);
+    }
+    if (want_kvs) {
+        api.ctx_destroy(ctx);
+        engine_kvs_close(&api);
+    }
+    free(prompt);
+    for (int i = 0; i < 3; i++)
+        free(out[i]);
+    return rc;
+}
