@@ -140,12 +140,29 @@ typedef struct treq {
     int outstanding;    /* UCX operations whose callbacks are pending */
     bool freed;         /* the user freed it; the last callback frees */
     bool done_msg;      /* AM: FETCH_DONE received */
+    bool is_put;        /* a kvs_put: done when the node says PUT_DONE */
     uint64_t *gens_now; /* GET: generations read after the data */
     uint8_t *genwin;    /* GET: one window over the holder's generation array */
     uint64_t genwin_base;
     size_t bytes_expected, bytes_got;
     struct treq *next;
 } treq_t;
+
+/* Blocks a peer is putting into this pool node (server). */
+typedef struct sput {
+    conn_t *conn;
+    uint64_t req_id;
+    uint64_t layout_id;
+    uint32_t n; /* accepted blocks, in the order the client pushes them */
+    kvs_key_t *keys;
+    size_t block_bytes;
+    uint8_t *staging; /* n * block_bytes */
+    size_t got, want;
+    int outstanding; /* rendezvous receives still landing */
+    bool dead;       /* its connection failed: free once nothing lands */
+    uint64_t deadline_ns;
+    struct sput *next;
+} sput_t;
 
 /* A push in flight (server). */
 typedef struct push {
@@ -199,6 +216,7 @@ struct tl {
     treq_t *reqs;
     treq_t *zombies; /* freed by the user, still owed UCX callbacks */
     push_t *pushes;
+    sput_t *sputs;
     inmsg_t *inbox, **inbox_tail;
     pending_conn_t *pending;
     uint64_t next_req_id;
@@ -354,7 +372,12 @@ static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(c->why, sizeof(c->why), fmt, ap);
     va_end(ap);
-    kvs__warn(tl->log, "peer %s: %s", c->peer, c->why);
+    /* A client going away is routine for a server; for a client, losing
+     * its server is worth a warning. */
+    if (c->server && st == KVS_ERR_PEER_FAILED)
+        kvs__info(tl->log, "peer %s: disconnected (%s)", c->peer, c->why);
+    else
+        kvs__warn(tl->log, "peer %s: %s", c->peer, c->why);
     c->state = C_FAILED;
     c->fail_status = st;
     release_server_leases(c);
@@ -367,6 +390,9 @@ static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...)
     for (push_t *p = tl->pushes; p != NULL; p = p->next)
         if (p->conn == c)
             p->status = st;
+    for (sput_t *p = tl->sputs; p != NULL; p = p->next)
+        if (p->conn == c)
+            p->dead = true;
     /* Close now so UCX cancels what is outstanding on these endpoints. */
     ucp_ep_h ep = c->ep, dep = c->data_ep;
     c->ep = c->data_ep = NULL;
@@ -516,6 +542,51 @@ static uint8_t *dst_addr(treq_t *r, uint32_t i, uint32_t off, size_t len)
     return NULL;
 }
 
+static void sput_recv_done(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    sput_t *p = user_data;
+    p->outstanding--;
+    if (status == UCS_OK)
+        p->got += length;
+    else
+        p->dead = true;
+    ucp_request_free(request);
+}
+
+/* A piece of a block being put into this node: it lands in the staging
+ * buffer we chose; the client never learns where our memory is. */
+static ucs_status_t on_put_data(tl_t *tl, conn_t *c, const kvs__msg_t *m, void *data, size_t length,
+                                const ucp_am_recv_param_t *param)
+{
+    sput_t *p = tl->sputs;
+    while (p != NULL && !(p->conn == c && p->req_id == m->hdr.req_id))
+        p = p->next;
+    if (p == NULL || p->dead || m->u.data.block >= p->n ||
+        (size_t)m->u.data.offset + length > p->block_bytes) {
+        if (p != NULL)
+            p->dead = true; /* out of bounds: never write outside staging */
+        return UCS_OK;
+    }
+    uint8_t *dst = p->staging + (size_t)m->u.data.block * p->block_bytes + m->u.data.offset;
+    if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+        ucp_request_param_t rp = {.op_attr_mask =
+                                      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+                                  .cb.recv_am = sput_recv_done,
+                                  .user_data = p};
+        ucs_status_ptr_t st = ucp_am_recv_data_nbx(tl->worker, data, dst, length, &rp);
+        if (st == NULL)
+            p->got += length;
+        else if (UCS_PTR_IS_ERR(st))
+            p->dead = true;
+        else
+            p->outstanding++;
+        return UCS_OK;
+    }
+    memcpy(dst, data, length);
+    p->got += length;
+    return UCS_OK;
+}
+
 /* A pushed piece of a block: it goes straight into the destination. */
 static ucs_status_t on_data(tl_t *tl, const void *header, size_t hlen, void *data, size_t length,
                             const ucp_am_recv_param_t *param)
@@ -525,6 +596,11 @@ static ucs_status_t on_data(tl_t *tl, const void *header, size_t hlen, void *dat
     if (kvs__proto_decode(header, hlen, &m, why, sizeof(why)) != KVS_OK ||
         m.hdr.type != KVS_MSG_DATA)
         return UCS_OK; /* not ours to land; the request will time out or fail */
+    conn_t *c = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)
+                    ? conn_by_ep(tl, param->reply_ep)
+                    : NULL;
+    if (c != NULL && c->server)
+        return on_put_data(tl, c, &m, data, length, param);
     treq_t *r = req_by_id(tl, m.hdr.req_id);
     if (r == NULL || r->status != KVS_INPROGRESS || m.u.data.block >= r->count)
         return UCS_OK;
@@ -850,6 +926,118 @@ fail:
     send_error(tl, c->ep, rid, st == KVS_OK ? KVS_ERR_NO_MEMORY : st, kvs_status_string(st));
 }
 
+#define MAX_PUT_BYTES (1ull << 30)
+
+static void srv_put(tl_t *tl, conn_t *c, const kvs__msg_t *m)
+{
+    uint64_t rid = m->hdr.req_id;
+    if (!tl->ctx->cfg.pool_node) {
+        send_error(tl, c->ep, rid, KVS_ERR_UNSUPPORTED,
+                   "this node is not a pool node (kvshare serve) and takes no PUT");
+        return;
+    }
+    size_t block_bytes = 0;
+    for (uint16_t k = 0; k < m->u.put.nchunks; k++)
+        block_bytes += kvs__proto_u32_at(m->u.put.chunks, k);
+    if (block_bytes == 0) {
+        send_error(tl, c->ep, rid, KVS_ERR_INVALID_PARAM, "PUT of empty blocks");
+        return;
+    }
+    sput_t *p = kvs__calloc(1, sizeof(*p));
+    uint32_t *idx = kvs__malloc((m->u.put.nkeys ? m->u.put.nkeys : 1) * sizeof(*idx));
+    kvs_key_t *keys = kvs__malloc((m->u.put.nkeys ? m->u.put.nkeys : 1) * sizeof(*keys));
+    if (p == NULL || idx == NULL || keys == NULL)
+        goto nomem;
+    /* Take only what we do not hold, and no more than a bounded staging. */
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < m->u.put.nkeys; i++) {
+        kvs_key_t k;
+        memcpy(&k, m->u.put.keys + (size_t)i * KVS_KEY_BYTES, sizeof(k));
+        if ((uint64_t)(n + 1) * block_bytes > MAX_PUT_BYTES)
+            break;
+        if (kvs__ctx_has_key(tl->ctx, m->u.put.layout_id, &k))
+            continue;
+        keys[n] = k;
+        idx[n++] = i;
+    }
+    p->staging = kvs__malloc(n ? (size_t)n * block_bytes : 1);
+    if (p->staging == NULL)
+        goto nomem;
+    p->conn = c;
+    p->req_id = rid;
+    p->layout_id = m->u.put.layout_id;
+    p->n = n;
+    p->keys = keys;
+    p->block_bytes = block_bytes;
+    p->want = (size_t)n * block_bytes;
+    p->deadline_ns = now_ns() + (uint64_t)tl->ctx->cfg.fetch_timeout_ms * 1000000u * 4;
+    p->next = tl->sputs;
+    tl->sputs = p;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    kvs__proto_begin(&b, KVS_MSG_PUT_ACK, 0, rid, c->session);
+    kvs__buf_u32(&b, (uint32_t)KVS_OK);
+    kvs__buf_u32(&b, n);
+    for (uint32_t i = 0; i < n; i++)
+        kvs__buf_u32(&b, idx[i]);
+    kvs__free(idx);
+    send_buf(tl, c->ep, &b);
+    return;
+nomem:
+    if (p != NULL)
+        kvs__free(p->staging);
+    kvs__free(p);
+    kvs__free(idx);
+    kvs__free(keys);
+    send_error(tl, c->ep, rid, KVS_ERR_NO_MEMORY, "out of memory staging a PUT");
+}
+
+static void sput_free(tl_t *tl, sput_t *p)
+{
+    for (sput_t **pp = &tl->sputs; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    kvs__free(p->staging);
+    kvs__free(p->keys);
+    kvs__free(p);
+}
+
+/* Stores completed puts, and drops failed or expired ones. Lock held. */
+static int finish_puts(tl_t *tl)
+{
+    int n = 0;
+    uint64_t t = now_ns();
+    for (sput_t *p = tl->sputs, *next; p != NULL; p = next) {
+        next = p->next;
+        if (p->outstanding > 0)
+            continue;
+        if (!p->dead && p->got < p->want && t <= p->deadline_ns)
+            continue;
+        if (!p->dead && p->got == p->want) {
+            size_t stored = 0;
+            kvs_status_t st = kvs__publish_staged(tl->ctx, p->layout_id, p->keys, p->n, p->staging,
+                                                  p->block_bytes, &stored);
+            kvs__buf_t b;
+            kvs__buf_init(&b);
+            kvs__proto_begin(&b, KVS_MSG_PUT_DONE, 0, p->req_id, p->conn->session);
+            kvs__buf_u32(&b, (uint32_t)st);
+            kvs__buf_u32(&b, (uint32_t)stored);
+            send_buf(tl, p->conn->ep, &b);
+            kvs__debug(tl->log, "peer %s: stored %zu of %u put blocks", p->conn->peer, stored,
+                       p->n);
+        } else if (!p->dead) {
+            kvs__warn(tl->log, "peer %s: put of %u blocks expired with %zu of %zu bytes",
+                      p->conn->peer, p->n, p->got, p->want);
+        }
+        sput_free(tl, p);
+        n++;
+    }
+    return n;
+}
+
 static srv_lease_t **find_lease(conn_t *c, uint64_t id)
 {
     for (srv_lease_t **pp = &c->leases; *pp != NULL; pp = &(*pp)->next)
@@ -1046,6 +1234,7 @@ static void handle(tl_t *tl, inmsg_t *in)
     case KVS_MSG_LOOKUP:
     case KVS_MSG_RELEASE:
     case KVS_MSG_FETCH:
+    case KVS_MSG_PUT:
         if (!c->server || c->state != C_READY || m.hdr.session != c->session) {
             conn_fail(c, KVS_ERR_PROTOCOL, "request before the handshake completed");
             return;
@@ -1054,8 +1243,23 @@ static void handle(tl_t *tl, inmsg_t *in)
             srv_lookup(tl, c, &m);
         else if (m.hdr.type == KVS_MSG_RELEASE)
             srv_release(c, &m);
-        else
+        else if (m.hdr.type == KVS_MSG_FETCH)
             srv_fetch(tl, c, &m);
+        else
+            srv_put(tl, c, &m);
+        return;
+    case KVS_MSG_PUT_ACK:
+        if (c->server)
+            conn_fail(c, KVS_ERR_PROTOCOL, "PUT_ACK sent to a server");
+        else
+            deliver_reply(tl, c, in, &m);
+        return;
+    case KVS_MSG_PUT_DONE:
+        if (!c->server) {
+            treq_t *r = req_by_id(tl, m.hdr.req_id);
+            if (r != NULL && r->is_put && r->status == KVS_INPROGRESS)
+                r->status = (kvs_status_t)m.u.put_done.status;
+        }
         return;
     case KVS_MSG_CHALLENGE:
     case KVS_MSG_HELLO_ACK:
@@ -1081,7 +1285,6 @@ static void handle(tl_t *tl, inmsg_t *in)
             client_fetch_done(tl, &m);
         return;
     case KVS_MSG_DATA:
-    case KVS_MSG_PUT:
     case KVS_MSG_EVENT:
         conn_fail(c, KVS_ERR_PROTOCOL, "unexpected message type %u", m.hdr.type);
         return;
@@ -1143,6 +1346,7 @@ static int progress_locked(tl_t *tl)
             n++;
         }
     }
+    n += finish_puts(tl);
     advance_requests(tl);
     check_deadlines(tl);
     if (n > 0)
@@ -1708,7 +1912,7 @@ static void check_gens(treq_t *r)
 static void advance_requests(tl_t *tl)
 {
     for (treq_t *r = tl->reqs; r != NULL; r = r->next) {
-        if (r->status != KVS_INPROGRESS || r->outstanding > 0)
+        if (r->status != KVS_INPROGRESS || r->outstanding > 0 || r->is_put)
             continue;
         if (r->conn->data_ep != NULL) {
             if (r->stage == 1) {
@@ -1875,6 +2079,102 @@ static void tl_req_free(void *arg, void *treq)
     kvs__free(r->gens_now);
     kvs__free(r->genwin);
     kvs__free(r);
+}
+
+static kvs_status_t tl_put(void *arg, const char *node, struct kvs_pool *src, const kvs_key_t *keys,
+                           const uint32_t *ids, size_t n, uint32_t timeout_ms, void **treq_p)
+{
+    tl_t *tl = arg;
+    conn_t *c = NULL;
+    waiter_t *w = NULL;
+    kvs__msg_t m;
+    treq_t *r = NULL;
+    if (n > KVS_PROTO_MAX_KEYS || src->nsegs > KVS_PROTO_MAX_PIECES)
+        return KVS_ERR_INVALID_PARAM;
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+    lock(tl);
+    kvs_status_t st = get_conn(tl, node, src->layout_id, deadline, &c);
+    if (st != KVS_OK)
+        goto out;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    uint64_t rid = ++tl->next_req_id;
+    kvs__proto_begin(&b, KVS_MSG_PUT, 0, rid, c->session);
+    kvs__buf_u64(&b, src->layout_id);
+    kvs__buf_u32(&b, (uint32_t)n);
+    kvs__buf_u16(&b, (uint16_t)src->nsegs);
+    for (size_t s = 0; s < src->nsegs; s++)
+        kvs__buf_u32(&b, (uint32_t)src->segs[s].block_bytes);
+    kvs__buf_put(&b, keys, n * KVS_KEY_BYTES);
+    st = request(tl, c, &b, rid, deadline, &w, &m);
+    if (st != KVS_OK)
+        goto out;
+    if (m.hdr.type != KVS_MSG_PUT_ACK || m.u.put_ack.count > n) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "bad PUT_ACK");
+        st = KVS_ERR_PROTOCOL;
+        goto out;
+    }
+    r = kvs__calloc(1, sizeof(*r));
+    if (r == NULL) {
+        st = KVS_ERR_NO_MEMORY;
+        goto out;
+    }
+    r->tl = tl;
+    r->conn = c;
+    c->refs++;
+    r->req_id = rid;
+    r->is_put = true;
+    r->status = m.u.put_ack.count == 0 ? KVS_OK : KVS_INPROGRESS;
+    r->deadline_ns = deadline + (uint64_t)timeout_ms * 1000000u;
+    r->next = tl->reqs;
+    tl->reqs = r;
+    /* Push the wanted blocks; the node lands them where it chooses. */
+    ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                                             UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS,
+                             .cb.send = get_done,
+                             .user_data = r,
+                             .flags = UCP_AM_SEND_FLAG_REPLY};
+    for (uint32_t k = 0; k < m.u.put_ack.count && r->status == KVS_INPROGRESS; k++) {
+        uint32_t i = kvs__proto_u32_at(m.u.put_ack.idx, k);
+        if (i >= n || ids[i] >= src->num_blocks) {
+            r->status = KVS_ERR_PROTOCOL;
+            break;
+        }
+        uint32_t off = 0;
+        for (size_t s = 0; s < src->nsegs; s++) {
+            const kvs_segment_t *sg = &src->segs[s];
+            uint8_t hdr[KVS_PROTO_HDR_LEN + 8];
+            kvs__buf_t hb = {.data = hdr, .cap = sizeof(hdr)};
+            kvs__proto_begin(&hb, KVS_MSG_DATA, 0, rid, c->session);
+            kvs__buf_u32(&hb, k);
+            kvs__buf_u32(&hb, off);
+            kvs__proto_finish(&hb);
+            track(r, ucp_am_send_nbx(c->ep, AM_ID, hdr, sizeof(hdr),
+                                     (const uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride,
+                                     sg->block_bytes, &p));
+            off += (uint32_t)sg->block_bytes;
+        }
+    }
+    kick(tl);
+    *treq_p = r;
+out:
+    if (w != NULL)
+        waiter_del(tl, w);
+    if (c != NULL)
+        conn_unref(c);
+    unlock(tl);
+    return st;
+}
+
+static size_t tl_npeers(void *arg)
+{
+    tl_t *tl = arg;
+    size_t n = 0;
+    lock(tl);
+    for (conn_t *c = tl->conns; c != NULL; c = c->next)
+        n += c->state == C_READY;
+    unlock(tl);
+    return n;
 }
 
 static kvs_status_t tl_mem_reg(void *arg, void *base, size_t length, kvs_mem_type_t type,
@@ -2077,7 +2377,13 @@ static kvs_status_t tl_init(struct kvs_ctx *ctx, const kvs__config_t *cfg, void 
     tl->efd = tl->wakefd = tl->epfd = -1;
     tl->inbox_tail = &tl->inbox;
     tl->thread_mode = cfg->progress == KVS_PROGRESS_THREAD;
-    pthread_mutex_init(&tl->lock, NULL);
+    /* Recursive: serving a PUT may create the arena, whose registration
+     * comes back into the transport (tl_mem_reg) on the same thread. */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&tl->lock, &ma);
+    pthread_mutexattr_destroy(&ma);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_cond_init(&tl->cond, &ca);
@@ -2211,6 +2517,8 @@ static void tl_fini(void *arg)
         ucp_worker_destroy(tl->worker);
     if (tl->ucp != NULL)
         ucp_cleanup(tl->ucp);
+    while (tl->sputs != NULL)
+        sput_free(tl, tl->sputs);
     while (tl->zombies != NULL) {
         treq_t *r = tl->zombies;
         tl->zombies = r->next;
@@ -2245,4 +2553,6 @@ const kvs__transport_ops_t kvs__ucx_transport = {
     .req_test = tl_req_test,
     .req_wait = tl_req_wait,
     .req_free = tl_req_free,
+    .put = tl_put,
+    .npeers = tl_npeers,
 };

@@ -263,6 +263,7 @@ enum kvs_ctx_field {
     KVS_CTX_FIELD_ERRBUF = 1u << 13, /* errbuf + errbuf_len */
     KVS_CTX_FIELD_NO_ENV = 1u << 14, /* ignore KVSHARE_* env vars */
     KVS_CTX_FIELD_TRANSPORT = 1u << 15,
+    KVS_CTX_FIELD_POOL_NODE = 1u << 16,
 };
 
 /**
@@ -295,6 +296,9 @@ typedef struct kvs_ctx_params {
     /* KVSHARE_TRANSPORT: "auto" (default: UCX when built in), "ucx" or
      * "none" (local only; no UCX context, no progress thread). Copied. */
     const char *transport;
+    /* Non-zero: this context is a cache-pool node (`kvshare serve`): it
+     * serves blocks of any layout and stores blocks that peers kvs_put(). */
+    int pool_node;
 } kvs_ctx_params_t;
 
 /**
@@ -513,10 +517,14 @@ KVS_API kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t
                                kvs_request_h *req_p);
 
 /**
- * Offloads blocks of @pool to the cache pool (KVSHARE_POOL); the pool node
- * pulls them. On KVS_OK the caller owns *req_p and must keep the blocks
- * unchanged until the request completes.
- * Errors: KVS_ERR_UNSUPPORTED (no pool configured or no transport).
+ * Offloads blocks of @pool to the cache pool (KVSHARE_POOL). keys must be a
+ * chain from the prompt's first block (keys[0] places the chain: a prompt
+ * and every prompt sharing its first block live on one node, chosen by
+ * rendezvous hashing over the pool's nodes). The node keeps the blocks it
+ * does not have yet. On KVS_OK the caller owns *req_p and must keep the
+ * blocks unchanged until the request completes.
+ * Errors: KVS_ERR_UNSUPPORTED (no KVSHARE_POOL or no transport),
+ * KVS_ERR_PEER_FAILED, KVS_ERR_TIMED_OUT, KVS_ERR_LAYOUT_MISMATCH.
  */
 KVS_API kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
                              size_t count, kvs_request_h *req_p);
@@ -536,10 +544,17 @@ KVS_API void kvs_request_free(kvs_request_h req);
 /* ------------------------------------------------------------------------ */
 /* Statistics                                                               */
 /* ------------------------------------------------------------------------ */
+enum kvs_stats_field {
+    KVS_STATS_FIELD_PEERS = 1u << 0, /* fill `peers` (a later field) */
+};
+
+/* The fields before `peers` are always filled; later ones only when their
+ * bit is set in field_mask, so callers built against an older, shorter
+ * struct are never written past. */
 typedef struct kvs_stats {
-    uint64_t field_mask; /* reserved; set to 0 */
-    uint64_t hits;       /* keys found by lookups */
-    uint64_t misses;     /* lookups' first missing key, once per lookup */
+    uint64_t field_mask;
+    uint64_t hits;   /* keys found by lookups */
+    uint64_t misses; /* lookups' first missing key, once per lookup */
     uint64_t evictions;
     uint64_t blocks; /* catalog entries */
     uint64_t bytes;  /* arena bytes in use */
@@ -548,6 +563,7 @@ typedef struct kvs_stats {
     uint64_t leased_blocks;
     uint64_t published;
     uint64_t fetched_bytes;
+    uint64_t peers; /* connections open now (KVS_STATS_FIELD_PEERS) */
 } kvs_stats_t;
 
 /** Fills *stats (a consistent-enough snapshot; counters are relaxed). */

@@ -450,6 +450,8 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
         p_transport(p->transport, cfg) != KVS_OK)
         return fail(errbuf, len, KVS_ERR_CONFIG, "params.transport='%s': accepted: %s",
                     p->transport, "auto, ucx or none");
+    if (m & KVS_CTX_FIELD_POOL_NODE)
+        cfg->pool_node = p->pool_node != 0;
     if ((m & KVS_CTX_FIELD_POOL) && p->pool != NULL && p_pool(p->pool, cfg) != KVS_OK)
         return fail(errbuf, len, KVS_ERR_CONFIG, "params.pool: too long");
 

@@ -19,6 +19,7 @@ typedef struct kvs__config {
     char auth_token_file[4096]; /* "" = no auth */
     char pool[1024];            /* "" = no pool */
     char transport[16];         /* auto, ucx or none */
+    bool pool_node;             /* serve any layout, accept PUTs */
 } kvs__config_t;
 
 /* Fills *cfg. On failure writes one line naming the setting, its source and

@@ -54,6 +54,7 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
         status = KVS_ERR_NO_MEMORY;
         goto err_mutex;
     }
+    pthread_mutex_init(&ctx->pool_lock, NULL);
     if (strcmp(ctx->cfg.transport, "none") != 0) {
         ctx->tl_ops = find_transport(ctx->cfg.transport);
         if (ctx->tl_ops == NULL && strcmp(ctx->cfg.transport, "auto") != 0) {
@@ -99,6 +100,8 @@ err_tl:
     if (ctx->tl_ops != NULL)
         ctx->tl_ops->fini(ctx->tl);
 err_arena_lock:
+    pthread_mutex_destroy(&ctx->pool_lock);
+    kvs__free(ctx->pool_nodes);
     pthread_mutex_destroy(&ctx->arena_lock);
 err_mutex:
     pthread_mutex_destroy(&ctx->regions_lock);
@@ -143,6 +146,8 @@ void kvs_ctx_destroy(kvs_ctx_h ctx)
     }
     pthread_mutex_destroy(&ctx->arena_lock);
     pthread_mutex_destroy(&ctx->regions_lock);
+    pthread_mutex_destroy(&ctx->pool_lock);
+    kvs__free(ctx->pool_nodes);
     kvs__store_fini(&ctx->store);
     kvs__free(ctx);
 }
@@ -163,7 +168,7 @@ const kvs__logger_t *kvs__ctx_log(struct kvs_ctx *ctx)
 
 bool kvs__ctx_serves_layout(struct kvs_ctx *ctx, uint64_t layout_id, char *list, size_t len)
 {
-    bool found = false;
+    bool found = ctx->cfg.pool_node; /* a pool node keeps any model's blocks */
     size_t off = 0;
     if (list != NULL && len > 0)
         list[0] = '\0';
@@ -192,13 +197,15 @@ kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
     if (ctx == NULL || st == NULL)
         return KVS_ERR_INVALID_PARAM;
     kvs__store_t *s = &ctx->store;
-    memset(st, 0, sizeof(*st));
+    /* No memset of the whole struct: an older caller's may be shorter. */
     st->hits = atomic_load_explicit(&s->hits, memory_order_relaxed);
     st->misses = atomic_load_explicit(&s->misses, memory_order_relaxed);
     st->evictions = atomic_load_explicit(&s->evictions, memory_order_relaxed);
     st->published = atomic_load_explicit(&s->published, memory_order_relaxed);
     st->leased_blocks = atomic_load_explicit(&s->leased_blocks, memory_order_relaxed);
     st->fetched_bytes = atomic_load_explicit(&ctx->fetched_bytes, memory_order_relaxed);
+    if (st->field_mask & KVS_STATS_FIELD_PEERS)
+        st->peers = ctx->tl_ops != NULL ? ctx->tl_ops->npeers(ctx->tl) : 0;
     pthread_rwlock_rdlock(&s->lock);
     st->blocks = s->count;
     st->zero_copy_blocks = s->zero_copy_count;

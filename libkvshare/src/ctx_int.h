@@ -29,6 +29,11 @@ struct kvs_ctx {
     const kvs__transport_ops_t *tl_ops; /* NULL: local only */
     void *tl;
     _Atomic uint64_t fetched_bytes;
+    /* KVSHARE_POOL resolved into nodes ("host:port"), refreshed from DNS */
+    pthread_mutex_t pool_lock;
+    char (*pool_nodes)[300];
+    size_t npool_nodes;
+    uint64_t pool_resolved_ms;
 };
 
 /* --- what a transport needs to answer peers (lease.c, pool.c) ---------- */
@@ -54,5 +59,17 @@ uint64_t kvs__lease_gen_now(kvs_lease_h lease, size_t i);
 /* True when a pool of @layout_id exists; else writes the ids served to @list. */
 bool kvs__ctx_serves_layout(struct kvs_ctx *ctx, uint64_t layout_id, char *list, size_t len);
 const kvs__logger_t *kvs__ctx_log(struct kvs_ctx *ctx);
+/* Stores @n blocks that arrived from a peer (pool nodes): block i is
+ * data + i * block_bytes, keyed keys[i]. Returns how many were stored. */
+kvs_status_t kvs__publish_staged(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,
+                                 size_t n, const uint8_t *data, size_t block_bytes,
+                                 size_t *stored_p);
+/* True when the store already holds @key under @layout_id. */
+bool kvs__ctx_has_key(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *key);
+/* The pool node that owns chains starting with @first (rendezvous hashing
+ * over KVSHARE_POOL's nodes); writes "host:port" to @out. */
+kvs_status_t kvs__pool_node_for(struct kvs_ctx *ctx, const kvs_key_t *first, char *out, size_t len);
+/* Index of the node with the highest rendezvous weight for @key. */
+size_t kvs__rendezvous(const kvs_key_t *key, const char *const *nodes, size_t n);
 
 #endif

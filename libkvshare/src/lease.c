@@ -75,25 +75,46 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         if (lease->hits > 0)
             lease->source = KVS_SOURCE_LOCAL;
     }
-    /* A named peer is asked for the whole chain when the local store does
-     * not have all of it; the longer answer wins and the other is released. */
-    if ((sources & KVS_SOURCE_PEER) && lease->hits < nkeys && !no_lease) {
-        uint32_t timeout_ms = ctx->cfg.fetch_timeout_ms;
-        if ((params->field_mask & KVS_LOOKUP_FIELD_TIMEOUT_MS) && params->timeout_ms > 0)
-            timeout_ms = params->timeout_ms;
+    /* Then the dearer sources, in order of cost: the pool node that owns
+     * this chain, then a named peer. Each is asked for the whole chain only
+     * while what we hold is shorter; the longer answer wins. */
+    uint32_t timeout_ms = ctx->cfg.fetch_timeout_ms;
+    if (params != NULL && (params->field_mask & KVS_LOOKUP_FIELD_TIMEOUT_MS) &&
+        params->timeout_ms > 0)
+        timeout_ms = params->timeout_ms;
+    for (int k = 0; k < 2 && !no_lease && nkeys > 0; k++) {
+        kvs_source_t src = k == 0 ? KVS_SOURCE_POOL : KVS_SOURCE_PEER;
+        if (!(sources & src) || lease->hits == nkeys)
+            continue;
+        char node[300];
+        const char *where = params != NULL ? params->peer : NULL;
+        if (src == KVS_SOURCE_POOL) {
+            if (ctx->tl_ops == NULL ||
+                kvs__pool_node_for(ctx, &keys[0], node, sizeof(node)) != KVS_OK)
+                continue; /* no pool reachable: a miss, not an error */
+            where = node;
+        }
         void *rl = NULL;
         size_t rhits = 0;
-        kvs_status_t st = ctx->tl_ops->lookup(ctx->tl, params->peer, layout_id, keys, nkeys,
-                                              lease_ms, timeout_ms, &rl, &rhits);
+        kvs_status_t st = ctx->tl_ops->lookup(ctx->tl, where, layout_id, keys, nkeys, lease_ms,
+                                              timeout_ms, &rl, &rhits);
         if (st != KVS_OK) {
+            if (src == KVS_SOURCE_POOL) {
+                /* A node that is down or restarting costs a miss only. */
+                kvs__warn(&ctx->log, "kvs_lookup: pool node %s: %s; treating as a miss", where,
+                          kvs_status_string(st));
+                continue;
+            }
             kvs_lease_release(lease);
             return st;
         }
         if (rhits > lease->hits) {
-            if (lease->hits > 0)
+            if (lease->remote != NULL)
+                ctx->tl_ops->release(ctx->tl, lease->remote);
+            else if (lease->hits > 0)
                 kvs__store_release(&ctx->store, lease->refs, lease->hits);
             lease->hits = rhits;
-            lease->source = KVS_SOURCE_PEER;
+            lease->source = src;
             lease->remote = rl;
         } else {
             ctx->tl_ops->release(ctx->tl, rl);
@@ -304,11 +325,37 @@ kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_bl
 kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
                      size_t count, kvs_request_h *req_p)
 {
-    if (pool == NULL || req_p == NULL || (count > 0 && (keys == NULL || block_ids == NULL)))
+    if (pool == NULL || req_p == NULL || count == 0 || keys == NULL || block_ids == NULL)
         return KVS_ERR_INVALID_PARAM;
-    kvs__error(&pool->ctx->log, "kvs_put: offloading to a cache pool is not built yet "
-                                "(the KVCachePool client is a later issue)");
-    return KVS_ERR_UNSUPPORTED;
+    kvs_ctx_h ctx = pool->ctx;
+    for (size_t i = 0; i < count; i++)
+        if (block_ids[i] >= pool->num_blocks)
+            return KVS_ERR_INVALID_PARAM;
+    if (ctx->tl_ops == NULL || ctx->cfg.pool[0] == '\0') {
+        kvs__error(&ctx->log, "kvs_put: no cache pool: set KVSHARE_POOL (and build with UCX)");
+        return KVS_ERR_UNSUPPORTED;
+    }
+    if (!pool->host_only) {
+        kvs__error(&ctx->log, "kvs_put: offloading CUDA blocks needs a CUDA-enabled transport");
+        return KVS_ERR_UNSUPPORTED;
+    }
+    char node[300];
+    kvs_status_t st = kvs__pool_node_for(ctx, &keys[0], node, sizeof(node));
+    if (st != KVS_OK)
+        return st;
+    kvs_request_h req = kvs__calloc(1, sizeof(*req));
+    if (req == NULL)
+        return KVS_ERR_NO_MEMORY;
+    st = ctx->tl_ops->put(ctx->tl, node, pool, keys, block_ids, count, ctx->cfg.fetch_timeout_ms,
+                          &req->treq);
+    if (st != KVS_OK) {
+        kvs__free(req);
+        return st;
+    }
+    req->ctx = ctx;
+    req->status = KVS_INPROGRESS;
+    *req_p = req;
+    return KVS_OK;
 }
 
 kvs_status_t kvs_request_test(kvs_request_h req)

@@ -368,3 +368,46 @@ kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t co
     pthread_rwlock_unlock(&s->lock);
     return KVS_OK;
 }
+
+bool kvs__ctx_has_key(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *key)
+{
+    kvs__store_t *s = &ctx->store;
+    pthread_rwlock_rdlock(&s->lock);
+    bool has = kvs__store_get(s, layout_id, key) != NULL;
+    pthread_rwlock_unlock(&s->lock);
+    return has;
+}
+
+kvs_status_t kvs__publish_staged(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,
+                                 size_t n, const uint8_t *data, size_t block_bytes,
+                                 size_t *stored_p)
+{
+    kvs__store_t *s = &ctx->store;
+    kvs_status_t status =
+        kvs__ctx_arena_ensure(ctx, ctx->cfg.slot_bytes ? ctx->cfg.slot_bytes : block_bytes);
+    size_t stored = 0;
+    if (status != KVS_OK)
+        return status;
+    if (block_bytes > s->slot_bytes || block_bytes > UINT32_MAX) {
+        kvs__error(&ctx->log,
+                   "pool node: blocks of %zu bytes do not fit its %zu-byte slots "
+                   "(start it with a larger --slot-bytes)",
+                   block_bytes, s->slot_bytes);
+        return KVS_ERR_LAYOUT_MISMATCH;
+    }
+    pthread_rwlock_wrlock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        if (kvs__store_get(s, layout_id, &keys[i]) != NULL)
+            continue; /* stored meanwhile by another client: same key, same KV */
+        kvs__entry_t *e;
+        status = kvs__store_insert(s, layout_id, &keys[i], NULL, 0, 0, &e);
+        if (status != KVS_OK)
+            break;
+        memcpy(kvs__arena_slot(s, e->block), data + i * block_bytes, block_bytes);
+        e->nbytes = (uint32_t)block_bytes;
+        stored++;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    *stored_p = stored;
+    return status;
+}

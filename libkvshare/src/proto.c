@@ -211,6 +211,27 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         m->u.fetch_done.gens = take(&r, (size_t)m->u.fetch_done.count * 8);
         break;
     case KVS_MSG_PUT:
+        m->u.put.layout_id = rd_u64(&r);
+        m->u.put.nkeys = rd_u32(&r);
+        if (m->u.put.nkeys > KVS_PROTO_MAX_KEYS)
+            return bad(why, wl, "PUT of %u keys (max %u)", m->u.put.nkeys, KVS_PROTO_MAX_KEYS);
+        m->u.put.nchunks = rd_u16(&r);
+        if (!r.bad && (m->u.put.nchunks == 0 || m->u.put.nchunks > KVS_PROTO_MAX_PIECES))
+            return bad(why, wl, "PUT with %u chunks per block", m->u.put.nchunks);
+        m->u.put.chunks = take(&r, (size_t)m->u.put.nchunks * 4);
+        m->u.put.keys = take(&r, (size_t)m->u.put.nkeys * KVS_KEY_BYTES);
+        break;
+    case KVS_MSG_PUT_ACK:
+        m->u.put_ack.status = (int32_t)rd_u32(&r);
+        m->u.put_ack.count = rd_u32(&r);
+        if (m->u.put_ack.count > KVS_PROTO_MAX_KEYS)
+            return bad(why, wl, "PUT_ACK of %u blocks", m->u.put_ack.count);
+        m->u.put_ack.idx = take(&r, (size_t)m->u.put_ack.count * 4);
+        break;
+    case KVS_MSG_PUT_DONE:
+        m->u.put_done.status = (int32_t)rd_u32(&r);
+        m->u.put_done.stored = rd_u32(&r);
+        break;
     case KVS_MSG_EVENT:
         return bad(why, wl, "message type %u is not served by this version", m->hdr.type);
     }

@@ -42,9 +42,11 @@ typedef enum kvs__msg_type {
     KVS_MSG_FETCH = 9,        /* c->s: push leased blocks (AM data path) */
     KVS_MSG_DATA = 10,        /* s->c: one piece of a pushed block */
     KVS_MSG_FETCH_DONE = 11,  /* s->c: all pieces sent, with generations */
-    KVS_MSG_PUT = 12,         /* reserved: offer blocks to a pool node */
+    KVS_MSG_PUT = 12,         /* c->node: offer blocks (keys and sizes) */
     KVS_MSG_EVENT = 13,       /* reserved: block stored/removed */
-    KVS_MSG_TYPE_MAX = 13,
+    KVS_MSG_PUT_ACK = 14,     /* node->c: which offered blocks it wants */
+    KVS_MSG_PUT_DONE = 15,    /* node->c: the wanted blocks are stored */
+    KVS_MSG_TYPE_MAX = 15,
 } kvs__msg_type_t;
 
 /* Header flag: the LOOKUP_REPLY / HELLO_ACK carries a region table. */
@@ -142,6 +144,22 @@ typedef struct kvs__msg {
             uint32_t count;
             const uint8_t *gens; /* count u64 */
         } fetch_done;
+        struct {
+            uint64_t layout_id;
+            uint32_t nkeys;
+            uint16_t nchunks;      /* the sender's segment sizes: a block is */
+            const uint8_t *chunks; /* pushed as these pieces, in order */
+            const uint8_t *keys;   /* nkeys * 32 bytes */
+        } put;
+        struct {
+            int32_t status;
+            uint32_t count;
+            const uint8_t *idx; /* count u32: indices into the PUT's keys */
+        } put_ack;
+        struct {
+            int32_t status;
+            uint32_t stored;
+        } put_done;
     } u;
     /* Region table, when hdr.flags has KVS_PROTO_FLAG_REGIONS. */
     uint32_t nregions;

@@ -40,6 +40,10 @@ typedef struct kvs__transport_ops {
     kvs_status_t (*req_test)(void *tl, void *treq);
     kvs_status_t (*req_wait)(void *tl, void *treq, int timeout_ms);
     void (*req_free)(void *tl, void *treq);
+    /* offload blocks of @src to the pool node @node (it keeps what it lacks) */
+    kvs_status_t (*put)(void *tl, const char *node, struct kvs_pool *src, const kvs_key_t *keys,
+                        const uint32_t *ids, size_t n, uint32_t timeout_ms, void **treq_p);
+    size_t (*npeers)(void *tl);
 } kvs__transport_ops_t;
 
 #define KVS_INDEX_OPS_VERSION 1

@@ -9,6 +9,8 @@
  *                                              how it failed and how long it took; then
  *                                              fetch from --peer2, then wait for a line on
  *                                              stdin and fetch from --peer once more
+ *   kvs_peer put                               offload every block to KVSHARE_POOL
+ *   kvs_peer fetch --from-pool                 fetch from the pool instead of a peer
  *   kvs_peer garbage --peer H:P                connect with raw UCX and send malformed
  *                                              messages (the server must stay up)
  * common: --blocks N --block-bytes B --segments S --seed X --model M --zero-copy
@@ -30,6 +32,7 @@
 
 typedef struct opts {
     const char *mode, *listen, *peer, *peer2, *model, *expect;
+    bool from_pool;
     uint32_t blocks, segments, batch, timeout_ms;
     size_t block_bytes;
     uint64_t seed;
@@ -204,6 +207,9 @@ static kvs_status_t fetch_all(kvs_ctx_h ctx, const opts_t *o, pool_t *p, const c
                                   .sources = KVS_SOURCE_PEER,
                                   .peer = peer,
                                   .timeout_ms = o->timeout_ms};
+        if (o->from_pool) { /* KVSHARE_POOL names the nodes; no peer */
+            lp.field_mask = KVS_LOOKUP_FIELD_TIMEOUT_MS;
+        }
         double t0 = now_ms();
         kvs_lease_h lease = NULL;
         st = kvs_lookup(ctx, kvs_pool_layout_id(p->h), keys + first, n, &lp, &lease);
@@ -275,6 +281,38 @@ static const char *status_name(kvs_status_t st)
     if (st <= 0 && -st < (int)(sizeof(names) / sizeof(names[0])))
         return names[-st];
     return st == KVS_INPROGRESS ? "INPROGRESS" : "?";
+}
+
+/* Offload every block to the pool (KVSHARE_POOL) with kvs_put. */
+static int put_mode(const opts_t *o)
+{
+    kvs_ctx_h ctx = make_ctx(NULL);
+    if (ctx == NULL)
+        return 1;
+    pool_t p;
+    if (make_pool(ctx, o, &p) != KVS_OK)
+        return 1;
+    kvs_key_t *keys = malloc(o->blocks * sizeof(*keys));
+    uint32_t *ids = malloc(o->blocks * sizeof(*ids));
+    for (uint32_t i = 0; i < o->blocks; i++) {
+        keys[i] = key_of(o, i);
+        ids[i] = (i * 7 + 3) % o->blocks; /* scattered, as an engine's are */
+        for (uint32_t s = 0; s < o->segments; s++)
+            fill(o, seg_block(o, &p, s, ids[i]), i, s, o->block_bytes / o->segments);
+    }
+    kvs_request_h req = NULL;
+    kvs_status_t st = kvs_put(p.h, keys, ids, o->blocks, &req);
+    if (st == KVS_OK) {
+        st = kvs_request_wait(req, -1);
+        kvs_request_free(req);
+    }
+    printf("put blocks=%u status=%s\n", o->blocks, st == KVS_OK ? "OK" : kvs_status_string(st));
+    kvs_pool_destroy(p.h);
+    kvs_ctx_destroy(ctx);
+    free(p.mem);
+    free(keys);
+    free(ids);
+    return st == KVS_OK ? 0 : 1;
 }
 
 static int fetch_mode(const opts_t *o)
@@ -437,6 +475,10 @@ int main(int argc, char **argv)
             o.zero_copy = true;
             continue;
         }
+        if (strcmp(a, "--from-pool") == 0) {
+            o.from_pool = true;
+            continue;
+        }
         i++;
         if (strcmp(a, "--listen") == 0)
             o.listen = v;
@@ -472,8 +514,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(o.mode, "serve") == 0 && o.listen != NULL)
         return serve(&o);
-    if (strcmp(o.mode, "fetch") == 0 && o.peer != NULL)
+    if (strcmp(o.mode, "fetch") == 0 && (o.peer != NULL || o.from_pool))
         return fetch_mode(&o);
+    if (strcmp(o.mode, "put") == 0)
+        return put_mode(&o);
     if (strcmp(o.mode, "soak") == 0 && o.peer != NULL)
         return soak(&o);
     if (strcmp(o.mode, "garbage") == 0 && o.peer != NULL)

@@ -143,6 +143,30 @@ Test(proto, small_messages_round_trip)
     cr_assert_eq(m.u.error.status, KVS_ERR_LAYOUT_MISMATCH);
     every_truncation_fails();
 
+    kvs__proto_begin(&b, KVS_MSG_PUT, 0, 4, 0);
+    kvs__buf_u64(&b, 9);
+    kvs__buf_u32(&b, 2);
+    kvs__buf_u16(&b, 2);
+    kvs__buf_u32(&b, 64);
+    kvs__buf_u32(&b, 32);
+    for (int i = 0; i < 64; i++)
+        kvs__buf_u8(&b, (uint8_t)i);
+    kvs__proto_finish(&b);
+    decode_ok(&m);
+    cr_assert_eq(m.u.put.nkeys, 2);
+    cr_assert_eq(kvs__proto_u32_at(m.u.put.chunks, 1), 32);
+    cr_assert_eq(m.u.put.keys[33], 33);
+    every_truncation_fails();
+
+    kvs__proto_begin(&b, KVS_MSG_PUT_ACK, 0, 4, 0);
+    kvs__buf_u32(&b, 0);
+    kvs__buf_u32(&b, 1);
+    kvs__buf_u32(&b, 7);
+    kvs__proto_finish(&b);
+    decode_ok(&m);
+    cr_assert_eq(kvs__proto_u32_at(m.u.put_ack.idx, 0), 7);
+    every_truncation_fails();
+
     kvs__proto_begin(&b, KVS_MSG_FETCH_DONE, 0, 3, 0);
     kvs__buf_u32(&b, 0);
     kvs__buf_u32(&b, 2);
@@ -194,9 +218,15 @@ Test(proto, bad_fields_are_refused_with_a_reason)
     kvs__buf_patch_u32(&b, 8, KVS_PROTO_FLAG_REGIONS);
     expect_refused("region flag");
 
-    kvs__proto_begin(&b, KVS_MSG_PUT, 0, 1, 0);
+    kvs__proto_begin(&b, KVS_MSG_EVENT, 0, 1, 0);
     kvs__proto_finish(&b);
     expect_refused("not served");
+    kvs__proto_begin(&b, KVS_MSG_PUT, 0, 1, 0);
+    kvs__buf_u64(&b, 1);
+    kvs__buf_u32(&b, 1);
+    kvs__buf_u16(&b, 0);
+    kvs__proto_finish(&b);
+    expect_refused("PUT with 0 chunks");
 
     /* A reply whose block claims zero pieces. */
     kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY, 0, 1, 0);

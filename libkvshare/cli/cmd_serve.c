@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* cmd_serve.c - `kvshare serve`: a KVCachePool cache node with Prometheus metrics. */
+#include "cli.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef KVS_HAVE_MHD
+#include <microhttpd.h>
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kvshare serve [--listen HOST:PORT] [--capacity SIZE] [--strategy lru|lfu]\n"
+               "                     [--slot-bytes SIZE] [--metrics HOST:PORT]\n"
+               "\n"
+               "A cache-pool node: holds KV blocks that clients offload (kvs_put) in one host\n"
+               "arena, and serves lookups and fetches of them to any client, for any model.\n"
+               "  --listen    where peers connect (default 0.0.0.0:18515; port 0 picks one);\n"
+               "              prints 'ready HOST:PORT' on stdout once listening\n"
+               "  --capacity  arena size, e.g. 512MiB or 8GiB. Default: KVSHARE_TOTAL_MEMORY_GB\n"
+               "              divided by KVSHARE_REPLICAS (set by the KVCachePool controller),\n"
+               "              else KVSHARE_CAPACITY, else 1GiB\n"
+               "  --strategy  eviction order (default KVSHARE_STRATEGY, else lru)\n"
+               "  --slot-bytes  arena slot size (default: the first block stored)\n"
+               "  --metrics   serve Prometheus text on http://HOST:PORT/metrics\n"
+               "Stops cleanly on SIGTERM or SIGINT (and when stdin is a pipe that closes).\n");
+}
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+#ifdef KVS_HAVE_MHD
+static enum MHD_Result metrics(void *cls, struct MHD_Connection *conn, const char *url,
+                               const char *method, const char *version, const char *data,
+                               size_t *size, void **state)
+{
+    (void)version;
+    (void)data;
+    (void)size;
+    (void)state;
+    kvs_ctx_h ctx = cls;
+    char body[2048];
+    unsigned code = MHD_HTTP_OK;
+    if (strcmp(method, "GET") != 0) {
+        snprintf(body, sizeof(body), "method not allowed\n");
+        code = MHD_HTTP_METHOD_NOT_ALLOWED;
+    } else if (strcmp(url, "/metrics") == 0) {
+        kvs_stats_t st = {.field_mask = KVS_STATS_FIELD_PEERS};
+        kvs_stats_query(ctx, &st);
+        snprintf(body, sizeof(body),
+                 "# HELP kvshare_pool_blocks Blocks held.\n# TYPE kvshare_pool_blocks gauge\n"
+                 "kvshare_pool_blocks %llu\n"
+                 "# HELP kvshare_pool_bytes Arena bytes in use.\n"
+                 "# TYPE kvshare_pool_bytes gauge\nkvshare_pool_bytes %llu\n"
+                 "# HELP kvshare_pool_capacity_bytes Arena capacity.\n"
+                 "# TYPE kvshare_pool_capacity_bytes gauge\nkvshare_pool_capacity_bytes %llu\n"
+                 "# HELP kvshare_pool_hits_total Keys found by lookups.\n"
+                 "# TYPE kvshare_pool_hits_total counter\nkvshare_pool_hits_total %llu\n"
+                 "# HELP kvshare_pool_misses_total Lookups that missed part of their chain.\n"
+                 "# TYPE kvshare_pool_misses_total counter\nkvshare_pool_misses_total %llu\n"
+                 "# HELP kvshare_pool_evictions_total Blocks evicted.\n"
+                 "# TYPE kvshare_pool_evictions_total counter\nkvshare_pool_evictions_total %llu\n"
+                 "# HELP kvshare_pool_peers Peers connected now.\n"
+                 "# TYPE kvshare_pool_peers gauge\nkvshare_pool_peers %llu\n",
+                 (unsigned long long)st.blocks, (unsigned long long)st.bytes,
+                 (unsigned long long)st.capacity_bytes, (unsigned long long)st.hits,
+                 (unsigned long long)st.misses, (unsigned long long)st.evictions,
+                 (unsigned long long)st.peers);
+    } else if (strcmp(url, "/healthz") == 0) {
+        snprintf(body, sizeof(body), "ok\n");
+    } else {
+        snprintf(body, sizeof(body), "not found\n");
+        code = MHD_HTTP_NOT_FOUND;
+    }
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_COPY);
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4");
+    enum MHD_Result ret = MHD_queue_response(conn, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+#endif
+
+/* Capacity from the controller's env: total pool memory split over replicas. */
+static bool capacity_from_env(uint64_t *bytes, char *why, size_t wl)
+{
+    const char *total = getenv("KVSHARE_TOTAL_MEMORY_GB");
+    if (total == NULL || total[0] == '\0')
+        return false;
+    char *end;
+    double gb = strtod(total, &end);
+    const char *rep = getenv("KVSHARE_REPLICAS");
+    unsigned long replicas = rep != NULL && rep[0] != '\0' ? strtoul(rep, NULL, 10) : 1;
+    if (*end != '\0' || !(gb > 0) || replicas == 0) {
+        snprintf(why, wl,
+                 "KVSHARE_TOTAL_MEMORY_GB='%s' / KVSHARE_REPLICAS='%s': expected a number > 0 "
+                 "and a count >= 1",
+                 total, rep ? rep : "");
+        *bytes = 0;
+        return true;
+    }
+    *bytes = (uint64_t)(gb * 1073741824.0 / (double)replicas);
+    return true;
+}
+
+int kvs_cli_serve(int argc, char **argv)
+{
+    const char *listen = "0.0.0.0:18515", *strategy = NULL, *metrics_addr = NULL;
+    const char *capacity = NULL, *slot = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (v == NULL) {
+            fprintf(stderr, "kvshare serve: %s needs a value\n", a);
+            return 2;
+        }
+        if (strcmp(a, "--listen") == 0)
+            listen = v;
+        else if (strcmp(a, "--capacity") == 0)
+            capacity = v;
+        else if (strcmp(a, "--strategy") == 0)
+            strategy = v;
+        else if (strcmp(a, "--slot-bytes") == 0)
+            slot = v;
+        else if (strcmp(a, "--metrics") == 0)
+            metrics_addr = v;
+        else {
+            fprintf(stderr, "kvshare serve: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        i++;
+    }
+    /* Flags become the library's own settings, so one parser checks them. */
+    char why[256] = "";
+    uint64_t env_cap = 0;
+    if (capacity != NULL)
+        setenv("KVSHARE_CAPACITY", capacity, 1);
+    else if (capacity_from_env(&env_cap, why, sizeof(why))) {
+        if (env_cap == 0) {
+            fprintf(stderr, "kvshare serve: %s\n", why);
+            return 2;
+        }
+        char b[32];
+        snprintf(b, sizeof(b), "%llu", (unsigned long long)env_cap);
+        setenv("KVSHARE_CAPACITY", b, 1);
+    }
+    if (strategy != NULL)
+        setenv("KVSHARE_STRATEGY", strategy, 1);
+    if (slot != NULL)
+        setenv("KVSHARE_SLOT_BYTES", slot, 1);
+    if (getenv("KVSHARE_LOG") == NULL)
+        setenv("KVSHARE_LOG", "warn", 1);
+
+    char err[512];
+    kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_LISTEN | KVS_CTX_FIELD_POOL_NODE |
+                                         KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT |
+                                         KVS_CTX_FIELD_PROGRESS,
+                           .listen = listen,
+                           .pool_node = 1,
+                           .transport = "ucx",
+                           .progress = KVS_PROGRESS_THREAD,
+                           .errbuf = err,
+                           .errbuf_len = sizeof(err)};
+    kvs_ctx_h ctx = NULL;
+    kvs_status_t st = kvs_ctx_create(&cp, &ctx);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare serve: %s\n", err[0] ? err : kvs_status_string(st));
+        return 1;
+    }
+#ifdef KVS_HAVE_MHD
+    struct MHD_Daemon *mhd = NULL;
+#endif
+    if (metrics_addr != NULL) {
+#ifdef KVS_HAVE_MHD
+        const char *colon = strrchr(metrics_addr, ':');
+        unsigned long port = colon ? strtoul(colon + 1, NULL, 10) : 0;
+        if (colon == NULL || port == 0 || port > 65535) {
+            fprintf(stderr, "kvshare serve: --metrics '%s': expected HOST:PORT\n", metrics_addr);
+            kvs_ctx_destroy(ctx);
+            return 2;
+        }
+        mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port,
+                               NULL, NULL, metrics, ctx, MHD_OPTION_END);
+        if (mhd == NULL) {
+            fprintf(stderr, "kvshare serve: --metrics '%s': cannot listen\n", metrics_addr);
+            kvs_ctx_destroy(ctx);
+            return 1;
+        }
+#else
+        fprintf(stderr, "kvshare serve: --metrics: built without libmicrohttpd\n");
+        kvs_ctx_destroy(ctx);
+        return 2;
+#endif
+    }
+    char addr[300];
+    kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
+    kvs_stats_t s0 = {0};
+    kvs_stats_query(ctx, &s0);
+    printf("ready %s\n", addr);
+    fflush(stdout);
+    fprintf(stderr, "kvshare serve: listening on %s, capacity %llu bytes%s%s\n", addr,
+            (unsigned long long)s0.capacity_bytes, metrics_addr ? ", metrics on " : "",
+            metrics_addr ? metrics_addr : "");
+
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    struct stat in;
+    bool watch_stdin = fstat(0, &in) == 0 && S_ISFIFO(in.st_mode);
+    while (!stop_signal) {
+        if (watch_stdin) {
+            char buf[64];
+            ssize_t n = read(0, buf, sizeof(buf)); /* interrupted by the signal */
+            if (n == 0)
+                break;
+        } else {
+            pause();
+        }
+    }
+    fprintf(stderr, "kvshare serve: stopping (%s)\n",
+            stop_signal == SIGTERM  ? "SIGTERM"
+            : stop_signal == SIGINT ? "SIGINT"
+                                    : "stdin closed");
+#ifdef KVS_HAVE_MHD
+    if (mhd != NULL)
+        MHD_stop_daemon(mhd);
+#endif
+    /* Peers mid-fetch see their connection end and fail with a clear status. */
+    kvs_ctx_destroy(ctx);
+    return 0;
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# pool.sh - `kvshare serve` nodes: put, fetch from the pool, placement, eviction, restart, SIGTERM.
+. "$(dirname "$0")/lib.sh"
+KVSHARE=$2
+export KVSHARE_LOG=info
+G="--segments 2 --block-bytes 32768"
+
+serve() { # serve NAME [kvshare serve options]: a node; sets ADDR
+  local name=$1; shift
+  mkfifo "$WORK/$name.in"
+  "$KVSHARE" serve "$@" <"$WORK/$name.in" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  PIDS+=($!)
+  eval "NODE_PID_$name=$!"
+  exec {fd}>"$WORK/$name.in"
+  local deadline=$((SECONDS + 30))
+  until grep -q '^ready ' "$WORK/$name.out" 2>/dev/null; do
+    kill -0 "${PIDS[-1]}" 2>/dev/null || fail "node $name exited: $(cat "$WORK/$name.err")"
+    ((SECONDS < deadline)) || fail "node $name not ready"; sleep 0.05
+  done
+  ADDR=$(awk '/^ready /{print $2}' "$WORK/$name.out")
+}
+
+# --- one node: put, then fetch from the pool on both data paths
+serve one --listen 127.0.0.1:0 --capacity 64MiB; one=$ADDR
+out=$(KVSHARE_POOL=$one "$PEER" put --blocks 300 $G --seed 3 2>"$WORK/p1.err") || fail "put: $out"
+out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 300 $G --seed 3 --batch 300 2>"$WORK/f1.err") || fail "fetch: $out"
+out2=$(UCX_TLS=tcp KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 300 $G --seed 3 --batch 300 2>"$WORK/f2.err") || fail "fetch over tcp: $out2"
+ok "put 300 blocks, fetched them back from the pool (GET: $out; TCP: $out2)"
+
+# --- capacity: 64 MiB holds 2048 blocks of 32 KiB; put 3000 -> the node evicts, keeps serving
+out=$(KVSHARE_POOL=$one "$PEER" put --blocks 3000 $G --seed 4 2>"$WORK/p2.err") || fail "put beyond capacity: $out"
+out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 100 $G --seed 4 --batch 100 --expect OK 2>/dev/null) || fail "$out"
+[ "$out" = "done hits=0 bytes=0 status=OK" ] || fail "the oldest blocks should have been evicted: $out"
+out=$(KVSHARE_POOL=$one "$PEER" put --blocks 50 $G --seed 5 2>/dev/null) || fail "put after eviction: $out"
+out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 50 $G --seed 5 --batch 50 2>/dev/null) || fail "fetch after eviction: $out"
+ok "beyond capacity the node evicted the oldest chain (a clean miss) and keeps storing and serving: $out"
+
+# --- three nodes: each chain lives on one node; all chains come back
+serve a --listen 127.0.0.1:0 --capacity 64MiB; a=$ADDR
+serve b --listen 127.0.0.1:0 --capacity 64MiB; b=$ADDR
+serve c --listen 127.0.0.1:0 --capacity 64MiB; c=$ADDR
+export KVSHARE_POOL="$a,$b,$c"
+for s in 11 12 13 14 15 16; do
+  out=$("$PEER" put --blocks 40 $G --seed $s 2>/dev/null) || fail "put seed $s: $out"
+done
+for s in 11 12 13 14 15 16; do
+  out=$("$PEER" fetch --from-pool --blocks 40 $G --seed $s --batch 40 2>/dev/null) || fail "fetch seed $s: $out"
+done
+ok "six chains over three nodes, every chain fetched whole"
+
+# --- a node restarts empty: its chains miss (no error), the others still hit
+aport=${a##*:}
+kill -TERM "$NODE_PID_a"
+wait "$NODE_PID_a"; rc=$?
+((rc == 0)) || fail "SIGTERM exit status $rc"
+grep -q 'stopping (SIGTERM)' "$WORK/a.err" || fail "no clean stop: $(cat "$WORK/a.err")"
+misses=0 hits=0
+for s in 11 12 13 14 15 16; do
+  out=$("$PEER" fetch --from-pool --blocks 40 $G --seed $s --batch 40 --expect OK 2>/dev/null) || fail "with a node down: $out"
+  case "$out" in *hits=40*) hits=$((hits + 1));; *hits=0*) misses=$((misses + 1));; *) fail "partial: $out";; esac
+done
+serve a2 --listen "127.0.0.1:$aport" --capacity 64MiB
+for s in 11 12 13 14 15 16; do
+  out=$("$PEER" fetch --from-pool --blocks 40 $G --seed $s --batch 40 --expect OK 2>/dev/null) || fail "after restart: $out"
+done
+((hits + misses == 6)) || fail "hits $hits misses $misses"
+ok "SIGTERM stops a node cleanly; with it down or restarted empty, its chains miss ($misses) and the rest hit ($hits)"
