@@ -296,7 +296,7 @@ static int put_mode(const opts_t *o)
     uint32_t *ids = malloc(o->blocks * sizeof(*ids));
     for (uint32_t i = 0; i < o->blocks; i++) {
         keys[i] = key_of(o, i);
-        ids[i] = (i * 7 + 3) % o->blocks; /* scattered, as an engine's are */
+        ids[i] = o->blocks - 1 - i; /* not in key order, as an engine's are not */
         for (uint32_t s = 0; s < o->segments; s++)
             fill(o, seg_block(o, &p, s, ids[i]), i, s, o->block_bytes / o->segments);
     }
