@@ -1305,7 +1305,7 @@ static void check_deadlines(tl_t *tl)
     }
 }
 
-static void advance_requests(tl_t *tl);
+static int advance_requests(tl_t *tl);
 
 /* Drives the worker and everything queued behind it. Lock held. */
 static int progress_locked(tl_t *tl)
@@ -1347,7 +1347,7 @@ static int progress_locked(tl_t *tl)
         }
     }
     n += finish_puts(tl);
-    advance_requests(tl);
+    n += advance_requests(tl);
     check_deadlines(tl);
     if (n > 0)
         pthread_cond_broadcast(&tl->cond);
@@ -1357,28 +1357,38 @@ static int progress_locked(tl_t *tl)
 /* ---------------------------------------------------------------------- */
 /* Waiting                                                                  */
 /* ---------------------------------------------------------------------- */
-/* Waits (lock held) until *flag is true or the deadline passes. */
+/* Sleeps on tl->cond until @until_ns at the latest (lock held). */
+static void cond_sleep(tl_t *tl, uint64_t until_ns)
+{
+    uint64_t t = now_ns();
+    if (until_ns <= t)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t rel = until_ns - t;
+    ts.tv_sec += (time_t)(rel / 1000000000u);
+    ts.tv_nsec += (long)(rel % 1000000000u);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&tl->cond, &tl->lock, &ts);
+}
+
+/* Waits (lock held) until *flag is true or the deadline passes. The waiter
+ * drives the worker itself while there is work, so a reply is handled on
+ * this thread without a hand-off; it sleeps only when nothing moves (the
+ * progress thread, in thread mode, wakes it for events meanwhile). */
 static bool wait_until(tl_t *tl, const bool *flag, uint64_t deadline_ns)
 {
     while (!*flag) {
         uint64_t t = now_ns();
         if (t >= deadline_ns)
             return false;
-        if (tl->thread_mode) {
-            uint64_t until = deadline_ns - t > 50000000u ? t + 50000000u : deadline_ns;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            uint64_t rel = until - t;
-            ts.tv_sec += (time_t)(rel / 1000000000u);
-            ts.tv_nsec += (long)(rel % 1000000000u);
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&tl->cond, &tl->lock, &ts);
-        } else {
-            progress_locked(tl);
-        }
+        if (progress_locked(tl) > 0 || *flag)
+            continue;
+        if (tl->thread_mode)
+            cond_sleep(tl, deadline_ns - t > 1000000u ? t + 1000000u : deadline_ns);
     }
     return true;
 }
@@ -1909,8 +1919,9 @@ static void check_gens(treq_t *r)
 }
 
 /* Moves requests through their stages as their operations complete. */
-static void advance_requests(tl_t *tl)
+static int advance_requests(tl_t *tl)
 {
+    int moved = 0;
     for (treq_t *r = tl->reqs; r != NULL; r = r->next) {
         if (r->status != KVS_INPROGRESS || r->outstanding > 0 || r->is_put)
             continue;
@@ -1923,15 +1934,18 @@ static void advance_requests(tl_t *tl)
             } else {
                 check_gens(r);
             }
+            moved++;
         } else if (r->done_msg) {
             if (r->bytes_got != r->bytes_expected)
                 r->status = KVS_ERR_PROTOCOL;
             else
                 check_gens(r);
+            moved++;
         }
         if (r->status != KVS_INPROGRESS)
             pthread_cond_broadcast(&tl->cond);
     }
+    return moved;
 }
 
 static kvs_status_t tl_fetch(void *arg, void *rlease, struct kvs_pool *dst, const uint32_t *ids,
@@ -2029,14 +2043,15 @@ static kvs_status_t tl_req_wait(void *arg, void *treq, int timeout_ms)
     uint64_t deadline =
         timeout_ms < 0 ? r->deadline_ns + 1000000000u : now_ns() + (uint64_t)timeout_ms * 1000000u;
     lock(tl);
-    while (!req_settled(r) && now_ns() < deadline) {
-        bool flag = false;
-        /* Wake on any progress; re-check the request each time. */
-        wait_until(tl, &flag, now_ns() + 2000000u < deadline ? now_ns() + 2000000u : deadline);
-        if (!tl->thread_mode)
-            progress_locked(tl);
-        else
-            check_deadlines(tl);
+    while (!req_settled(r)) {
+        uint64_t t = now_ns();
+        if (t >= deadline)
+            break;
+        /* Drive the request from this thread; sleep only when idle. */
+        if (progress_locked(tl) > 0 || req_settled(r))
+            continue;
+        if (tl->thread_mode)
+            cond_sleep(tl, deadline - t > 1000000u ? t + 1000000u : deadline);
     }
     kvs_status_t st = req_settled(r) ? r->status : KVS_INPROGRESS;
     unlock(tl);
