@@ -832,6 +832,33 @@ kvs_status_t engine_publish(engine_seq_h s, unsigned flags, size_t *published_p)
     return KVS_OK;
 }
 
+kvs_status_t engine_offload(engine_seq_h s, size_t *blocks_p)
+{
+    if (s == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    engine_h e = s->eng;
+    if (e->kvs == NULL)
+        return KVS_ERR_UNSUPPORTED;
+    const size_t nfull = s->n_computed / e->cfg.block_tokens;
+    kvs_key_t *keys;
+    kvs_status_t status = seq_keys(s, nfull, &keys);
+    if (status != KVS_OK)
+        return status;
+    /* The pool node pulls the blocks straight from our KV cache, so they
+     * must not change until the request completes: wait for it here rather
+     * than let the engine reuse them under the node's reads. */
+    kvs_request_h req = NULL;
+    status = nfull > 0 ? e->kvs->put(e->pool, keys, s->blocks, nfull, &req) : KVS_OK;
+    if (req != NULL) {
+        status = e->kvs->request_wait(req, -1);
+        e->kvs->request_free(req);
+    }
+    free(keys);
+    if (status == KVS_OK && blocks_p != NULL)
+        *blocks_p = nfull;
+    return status;
+}
+
 kvs_status_t engine_unpublish(engine_seq_h s, bool force)
 {
     if (s == NULL)
@@ -902,6 +929,8 @@ kvs_status_t engine_fetch(engine_seq_h s, kvs_lease_h lease, size_t *hit_tokens_
         return status; /* n_computed stays 0: engine_prefill() recomputes all */
     s->n_computed = hits * e->cfg.block_tokens;
     s->stats.hit_tokens = s->n_computed;
+    s->stats.fetched_bytes =
+        (uint64_t)hits * e->cfg.n_layers * (uint64_t)(e->block_floats * sizeof(float));
     *hit_tokens_p = s->n_computed;
     return KVS_OK;
 }

@@ -40,6 +40,7 @@
     X(version)                                                                                     \
     X(ctx_create)                                                                                  \
     X(ctx_destroy)                                                                                 \
+    X(ctx_listen_addr)                                                                             \
     X(pool_create)                                                                                 \
     X(pool_destroy)                                                                                \
     X(pool_layout_id)                                                                              \
@@ -53,7 +54,8 @@
     X(lease_release)                                                                               \
     X(fetch)                                                                                       \
     X(request_wait)                                                                                \
-    X(request_free)
+    X(request_free)                                                                                \
+    X(put)
 
 typedef struct engine_kvs {
 #define ENGINE_KVS_MEMBER(name) __typeof__(kvs_##name) *name;
@@ -194,6 +196,16 @@ enum engine_publish_flags {
 kvs_status_t engine_publish(engine_seq_h seq, unsigned flags, size_t *published_p);
 
 /**
+ * Offloads the sequence's full blocks of computed KV to the cache pool
+ * (KVSHARE_POOL) with kvs_put() and waits for the pool node to pull them
+ * (until the request's own deadline), so that other replicas can later fetch
+ * the prefix from the pool. *blocks_p (may be NULL) gets the number of blocks
+ * offered. Errors: KVS_ERR_UNSUPPORTED (no kvshare, no pool configured or no
+ * transport), or kvs_put()'s / the request's.
+ */
+kvs_status_t engine_offload(engine_seq_h seq, size_t *blocks_p);
+
+/**
  * Withdraws blocks published zero-copy. Without @force it fails with
  * KVS_ERR_BUSY while a reader holds a lease; with @force readers get
  * KVS_ERR_STALE instead of data the engine is about to overwrite.
@@ -222,6 +234,9 @@ typedef struct engine_stats {
     /* Time to first token: lookup + fetch + prefill, i.e. all the work
      * between the prompt arriving and the first generated token. */
     double ttft_s;
+    /* KV bytes engine_fetch() brought in (hit blocks x layers x block
+     * bytes), so fetched_bytes / fetch_s is the transfer rate users see. */
+    uint64_t fetched_bytes;
 } engine_stats_t;
 
 void engine_seq_stats(engine_seq_h seq, engine_stats_t *stats);

@@ -8,18 +8,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const char usage[] =
     "usage: kvshare-engine [options]\n"
     "  --role R            both (default): prefill+publish, then fetch+decode, in one process\n"
-    "                      prefill: prefill, publish, print a line, hold until stdin closes\n"
+    "                      prefill: prefill, publish, print its JSON line and then\n"
+    "                      'ready HOST:PORT' (the KVSHARE_LISTEN address peers reach),\n"
+    "                      hold the blocks until stdin closes\n"
     "                      decode: fetch the prefix (from --peer), prefill the rest, decode\n"
     "                      recompute: no kvshare; the time-to-first-token baseline\n"
     "  --prompt-tokens N   prompt length (default 4096); tokens are random from --prompt-seed\n"
     "  --prompt-seed S     (default 1)\n"
+    "  --diverge-at P      tokens from position P on come from another seed: a prompt\n"
+    "                      sharing its first P tokens with the --prompt-seed one\n"
     "  --decode N          tokens to generate (default 16)\n"
     "  --peer HOST:PORT    decode: the prefill engine to fetch from (needs the transport)\n"
     "  --zero-copy         publish from the KV cache itself instead of copying\n"
+    "  --offload           prefill/both: also offload the full blocks to the cache pool\n"
+    "                      (KVSHARE_POOL) with kvs_put; a failure is reported in the JSON\n"
+    "                      (\"offload\") and is not fatal\n"
     "  --check             both: also recompute locally and require identical tokens\n"
     "  --dlopen[=PATH]     reach libkvshare by dlopen (default libkvshare.so.0;\n"
     "                      also KVSHARE_ENGINE_DLOPEN=1 and KVSHARE_ENGINE_LIB=PATH)\n"
@@ -30,10 +38,10 @@ static const char usage[] =
 
 typedef struct opts {
     const char *role;
-    size_t prompt_tokens, decode;
+    size_t prompt_tokens, decode, diverge_at;
     uint64_t prompt_seed;
     const char *peer;
-    bool zero_copy, check, use_dlopen;
+    bool zero_copy, check, use_dlopen, offload;
     const char *dl_path;
     engine_config_t cfg;
 } opts_t;
@@ -60,6 +68,8 @@ static int parse_args(int argc, char **argv, opts_t *o)
                                              {"decode", required_argument, NULL, 'n'},
                                              {"peer", required_argument, NULL, 'P'},
                                              {"zero-copy", no_argument, NULL, 'z'},
+                                             {"offload", no_argument, NULL, 'o'},
+                                             {"diverge-at", required_argument, NULL, 'v'},
                                              {"check", no_argument, NULL, 'c'},
                                              {"dlopen", optional_argument, NULL, 'D'},
                                              {"layers", required_argument, NULL, 'L'},
@@ -92,6 +102,9 @@ static int parse_args(int argc, char **argv, opts_t *o)
         case 'c':
             o->check = true;
             break;
+        case 'o':
+            o->offload = true;
+            break;
         case 'D':
             o->use_dlopen = true;
             o->dl_path = optarg;
@@ -104,9 +117,10 @@ static int parse_args(int argc, char **argv, opts_t *o)
             exit(0);
         case 'p':
         case 'n':
+        case 'v':
             if (!parse_u64(name, optarg, 1u << 24, &v))
                 return 2;
-            *(ch == 'p' ? &o->prompt_tokens : &o->decode) = (size_t)v;
+            *(ch == 'p' ? &o->prompt_tokens : ch == 'n' ? &o->decode : &o->diverge_at) = (size_t)v;
             break;
         case 'S':
         case 'W':
@@ -157,27 +171,50 @@ static int parse_args(int argc, char **argv, opts_t *o)
     return 2;
 }
 
-static void print_run(const char *role, engine_seq_h seq, const uint32_t *out, size_t n)
+/* What --offload did, for the JSON line (NULL status: not asked for). */
+typedef struct offload_result {
+    const char *status;
+    size_t blocks;
+    double ms;
+} offload_result_t;
+
+static void print_run(const char *role, engine_seq_h seq, const uint32_t *out, size_t n,
+                      const offload_result_t *off)
 {
     engine_stats_t st;
     engine_seq_stats(seq, &st);
     printf("{\"role\":\"%s\",\"prompt_tokens\":%zu,\"hit_tokens\":%zu,\"computed_tokens\":%zu,"
            "\"lookup_ms\":%.3f,\"fetch_ms\":%.3f,\"prefill_ms\":%.3f,\"ttft_ms\":%.3f,"
-           "\"decode_tokens\":%zu,\"decode_ms_per_token\":%.3f,\"tokens\":[",
+           "\"fetch_bytes\":%llu,\"fetch_gbps\":%.3f,"
+           "\"decode_tokens\":%zu,\"decode_ms_per_token\":%.3f,",
            role, st.prompt_tokens, st.hit_tokens, st.computed_tokens, st.lookup_s * 1e3,
-           st.fetch_s * 1e3, st.prefill_s * 1e3, st.ttft_s * 1e3, st.decoded_tokens,
+           st.fetch_s * 1e3, st.prefill_s * 1e3, st.ttft_s * 1e3,
+           (unsigned long long)st.fetched_bytes,
+           st.fetch_s > 0 ? (double)st.fetched_bytes / st.fetch_s / 1e9 : 0.0, st.decoded_tokens,
            st.decoded_tokens ? st.decode_s * 1e3 / (double)st.decoded_tokens : 0.0);
+    /* Status texts are our own fixed strings: no JSON escaping needed. */
+    if (off != NULL && off->status != NULL)
+        printf("\"offload\":\"%s\",\"offload_blocks\":%zu,\"offload_ms\":%.3f,", off->status,
+               off->blocks, off->ms);
+    printf("\"tokens\":[");
     for (size_t i = 0; i < n; i++)
         printf("%s%u", i ? "," : "", out[i]);
     printf("]}\n");
     fflush(stdout);
 }
 
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
 /* One engine run over the prompt: optional prefix fetch, prefill, optional
  * publish, decode. Returns 0, or 1 with a message on stderr. */
 typedef struct run {
     const char *role;
-    bool fetch, publish;
+    bool fetch, publish, offload;
     const kvs_lookup_params_t *lookup;
 } run_t;
 
@@ -208,6 +245,18 @@ static int run_engine(const opts_t *o, const run_t *r, const engine_kvs_t *api, 
     st = engine_prefill(seq);
     if (st == KVS_OK && r->publish)
         st = engine_publish(seq, o->zero_copy ? ENGINE_PUBLISH_ZERO_COPY : 0, NULL);
+    offload_result_t off = {0};
+    if (st == KVS_OK && r->offload) {
+        /* Not fatal: the peer still serves the published blocks; the JSON
+         * says why the pool did not get them. */
+        const double t0 = now_ms();
+        kvs_status_t ost = engine_offload(seq, &off.blocks);
+        off.ms = now_ms() - t0;
+        off.status = ost == KVS_OK ? "ok" : api->status_string(ost);
+        if (ost != KVS_OK)
+            fprintf(stderr, "kvshare-engine: %s: offload to the cache pool: %s\n", r->role,
+                    off.status);
+    }
     if (st == KVS_OK)
         st = engine_decode(seq, o->decode, out);
     if (st != KVS_OK) {
@@ -217,7 +266,7 @@ static int run_engine(const opts_t *o, const run_t *r, const engine_kvs_t *api, 
         engine_destroy(eng);
         return 1;
     }
-    print_run(r->role, seq, out, o->decode);
+    print_run(r->role, seq, out, o->decode, &off);
     *eng_p = eng;
     *seq_p = seq;
     return 0;
@@ -244,6 +293,9 @@ int main(int argc, char **argv)
     }
     uint64_t rng = o.prompt_seed;
     for (size_t i = 0; i < o.prompt_tokens; i++) {
+        /* From --diverge-at on, another stream: same prefix, different rest. */
+        if (o.diverge_at > 0 && i == o.diverge_at)
+            rng = ~o.prompt_seed;
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         prompt[i] = (uint32_t)((rng >> 33) % o.cfg.vocab);
     }
@@ -286,8 +338,18 @@ int main(int argc, char **argv)
         rc = run_engine(&o, &(run_t){.role = "recompute"}, NULL, NULL, prompt, out[0], &eng[0],
                         &seq[0]);
     } else if (strcmp(o.role, "prefill") == 0) {
-        rc = run_engine(&o, &(run_t){.role = "prefill", .publish = true}, &api, ctx, prompt, out[0],
-                        &eng[0], &seq[0]);
+        rc = run_engine(&o, &(run_t){.role = "prefill", .publish = true, .offload = o.offload},
+                        &api, ctx, prompt, out[0], &eng[0], &seq[0]);
+        /* Say where peers reach us (KVSHARE_LISTEN=host:0 binds any free
+         * port), only now that the blocks are published: whoever started us
+         * can send decoders as soon as it reads this line. */
+        char addr[300];
+        if (rc == 0) {
+            if (api.ctx_listen_addr(ctx, addr, sizeof(addr)) != KVS_OK)
+                snprintf(addr, sizeof(addr), "(not listening: set KVSHARE_LISTEN=HOST:PORT)");
+            printf("ready %s\n", addr);
+            fflush(stdout);
+        }
         /* Hold the published blocks until whoever started us closes stdin. */
         while (rc == 0 && getchar() != EOF)
             ;
@@ -295,8 +357,8 @@ int main(int argc, char **argv)
         rc = run_engine(&o, &(run_t){.role = "decode", .fetch = true, .lookup = &lp}, &api, ctx,
                         prompt, out[0], &eng[0], &seq[0]);
     } else { /* both */
-        rc = run_engine(&o, &(run_t){.role = "prefill", .publish = true}, &api, ctx, prompt, out[0],
-                        &eng[0], &seq[0]);
+        rc = run_engine(&o, &(run_t){.role = "prefill", .publish = true, .offload = o.offload},
+                        &api, ctx, prompt, out[0], &eng[0], &seq[0]);
         o.cfg.alloc_seed += 1; /* the decode engine scatters its blocks differently */
         if (rc == 0)
             rc = run_engine(&o, &(run_t){.role = "decode", .fetch = true}, &api, ctx, prompt,

@@ -200,10 +200,11 @@ kvsc_status_t kvsc_desired_deployment(const kvsc_rec_cfg_t *cfg, const kvsc_pool
 kvsc_status_t kvsc_desired_service(const kvsc_rec_cfg_t *cfg, const kvsc_pool_t *pool,
                                    cJSON **obj_p);
 
-/* The JSON merge patch (RFC 7386) that brings an existing object to the desired one: the
- * labels and the spec fields the controller owns, without immutable fields (Deployment
- * selector, Service clusterIP) or ownerReferences. New object, caller deletes; NULL on
- * no memory. */
+/* The part of a desired object that drift is judged on: the labels and the spec fields the
+ * controller owns, without immutable fields (Deployment selector, Service clusterIP) or
+ * ownerReferences (checked apart, by kvsc_controlled_by). When an existing object holds it
+ * (kvsc_json_subset), nothing is applied. It is also a valid JSON merge patch (RFC 7386).
+ * New object, caller deletes; NULL on no memory. */
 cJSON *kvsc_update_patch(const cJSON *desired);
 
 /* 1 when every field of want is in have with the same value (lists: same length, each

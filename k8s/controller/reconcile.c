@@ -15,8 +15,13 @@
 #define KVSC_DEPLOY_PREFIX "/apis/apps/v1"
 #define KVSC_SVC_PREFIX    "/api/v1"
 /* URL-encoded KVSC_LABEL_APP_NAME=KVSC_CACHE_APP. */
-#define KVSC_OWNED_SELECTOR  "labelSelector=app.kubernetes.io%2Fname%3Dkvshare-cache"
-#define KVSC_MERGE_PATCH     "application/merge-patch+json"
+#define KVSC_OWNED_SELECTOR "labelSelector=app.kubernetes.io%2Fname%3Dkvshare-cache"
+#define KVSC_MERGE_PATCH    "application/merge-patch+json"
+#define KVSC_APPLY_PATCH    "application/apply-patch+yaml"
+/* Server-side apply as our field manager; force takes back fields others changed. */
+#define KVSC_APPLY_QUERY "?fieldManager=" KVSC_MANAGER "&force=true"
+/* Merge patches name the manager too, so managedFields say who wrote the status. */
+#define KVSC_UPDATE_QUERY    "?fieldManager=" KVSC_MANAGER
 #define KVSC_BACKOFF_BASE_MS 200u
 
 enum { W_POOLS, W_DEPLOYMENTS, W_SERVICES, W_COUNT };
@@ -61,6 +66,7 @@ struct kvsc_reconciler {
     atomic_uint_fast64_t restarts[W_COUNT][WR_COUNT];
     atomic_uint_fast64_t writes[WV_COUNT];
     atomic_uint_fast64_t api_errors;
+    atomic_uint_fast64_t apply_conflicts;
 };
 
 static void count(atomic_uint_fast64_t *c)
@@ -354,19 +360,26 @@ static void api_error(kvsc_reconciler_t *rec, const char *method, const char *pa
             status_message(r));
 }
 
-/* Make the object at ns/kind/name match desired: create it when missing, merge-patch the
- * fields we own when they drifted, and send nothing when they did not. *actual_p gets the
- * object as the server has it (caller deletes). */
+/* Make the object at ns/kind/name match desired by server-side apply: GET it, leave it alone
+ * when someone else controls it, and apply the whole desired object (one PATCH that creates
+ * or updates) only when it is missing or the fields we own drifted. *actual_p gets the object
+ * as the server has it (caller deletes). */
 static kvsc_ens_t ensure(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, int kind,
                          const kvsc_pool_t *pool, cJSON *desired, cJSON **actual_p)
 {
     kvsc_ens_t res = ENS_ERROR;
     kvsc_kube_resp_t r = {0};
-    char *coll = collection_path(rec, kind, pool->namespace_), *path = NULL, *body = NULL;
-    cJSON *patch = NULL;
+    char *coll = collection_path(rec, kind, pool->namespace_), *path = NULL, *apply = NULL;
+    char *body = NULL;
+    cJSON *owned = NULL;
     const char *name = str_at(meta_of(desired), "name");
     if (coll == NULL || asprintf(&path, "%s/%s", coll, name) < 0) {
         path = NULL;
+        res = ENS_NO_MEMORY;
+        goto out;
+    }
+    if (asprintf(&apply, "%s" KVSC_APPLY_QUERY, path) < 0) {
+        apply = NULL;
         res = ENS_NO_MEMORY;
         goto out;
     }
@@ -374,72 +387,62 @@ static kvsc_ens_t ensure(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, int kin
         count(&rec->api_errors);
         goto out;
     }
-    if (r.code == 404) {
-        cJSON_Delete(r.doc);
-        r.doc = NULL;
-        body = cJSON_PrintUnformatted(desired);
-        if (body == NULL) {
+    int missing = r.code == 404;
+    if (!missing) {
+        if (r.code != 200 || !cJSON_IsObject(r.doc)) {
+            api_error(rec, "GET", path, &r);
+            goto out;
+        }
+        /* Checked before applying: a forced apply would take over someone else's object. */
+        if (kvsc_controlled_by(r.doc, pool->uid) != 1) {
+            res = ENS_NOT_OWNED;
+            *actual_p = r.doc;
+            r.doc = NULL;
+            goto out;
+        }
+        owned = kvsc_update_patch(desired);
+        if (owned == NULL) {
             res = ENS_NO_MEMORY;
             goto out;
         }
-        if (kvsc_kube_request(conn, "POST", coll, "application/json", body, &r) != KVSC_OK) {
-            count(&rec->api_errors);
-            goto out;
+        if (kvsc_json_subset(owned, r.doc)) {
+            goto done; /* no drift: no write, so we never fight another writer over nothing */
         }
-        if (r.code != 201 && r.code != 200) {
-            /* 409: it appeared since our GET; the retry sees it. */
-            api_error(rec, "POST", coll, &r);
-            goto out;
-        }
-        count(&rec->writes[WV_CREATE]);
-        fprintf(stderr, "kvshare-controller: created %s %s/%s\n", kvsc_w_resource[kind],
-                pool->namespace_, name);
-        goto done;
     }
-    if (r.code != 200 || !cJSON_IsObject(r.doc)) {
-        api_error(rec, "GET", path, &r);
-        goto out;
-    }
-    if (kvsc_controlled_by(r.doc, pool->uid) != 1) {
-        res = ENS_NOT_OWNED;
-        *actual_p = r.doc;
-        r.doc = NULL;
-        goto out;
-    }
-    patch = kvsc_update_patch(desired);
-    if (patch == NULL) {
-        res = ENS_NO_MEMORY;
-        goto out;
-    }
-    if (kvsc_json_subset(patch, r.doc)) {
-        goto done; /* no drift: no write, so we never fight another writer over nothing */
-    }
-    body = cJSON_PrintUnformatted(patch);
+    /* JSON is YAML, so the desired object goes as it is. force=true: fields another manager
+     * took (kubectl edit, kubectl scale) come back to us instead of failing with 409. */
+    body = cJSON_PrintUnformatted(desired);
     if (body == NULL) {
         res = ENS_NO_MEMORY;
         goto out;
     }
     cJSON_Delete(r.doc);
     r.doc = NULL;
-    if (kvsc_kube_request(conn, "PATCH", path, KVSC_MERGE_PATCH, body, &r) != KVSC_OK) {
+    if (kvsc_kube_request(conn, "PATCH", apply, KVSC_APPLY_PATCH, body, &r) != KVSC_OK) {
         count(&rec->api_errors);
         goto out;
     }
-    if (r.code != 200) {
-        api_error(rec, "PATCH", path, &r);
+    if (r.code != 200 && r.code != 201) {
+        /* 409: a conflict (only without force) or a concurrent write; the retry reapplies. */
+        if (r.code == 409) {
+            count(&rec->apply_conflicts);
+        }
+        api_error(rec, "PATCH", apply, &r);
         goto out;
     }
-    count(&rec->writes[WV_UPDATE]);
-    fprintf(stderr, "kvshare-controller: updated %s %s/%s\n", kvsc_w_resource[kind],
-            pool->namespace_, name);
+    int created = r.code == 201; /* the API server answers 201 when the apply created it */
+    count(&rec->writes[created ? WV_CREATE : WV_UPDATE]);
+    fprintf(stderr, "kvshare-controller: %s %s %s/%s\n", created ? "created" : "updated",
+            kvsc_w_resource[kind], pool->namespace_, name);
 done:
     *actual_p = r.doc;
     r.doc = NULL;
     res = ENS_OK;
 out:
     cJSON_Delete(r.doc);
-    cJSON_Delete(patch);
+    cJSON_Delete(owned);
     free(body);
+    free(apply);
     free(path);
     free(coll);
     return res;
@@ -485,8 +488,9 @@ static int write_status(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, const cJ
     }
     want = NULL;
     body = cJSON_PrintUnformatted(patch);
-    if (body == NULL || asprintf(&path, KVSC_POOLS_PREFIX "/namespaces/%s/kvcachepools/%s/status",
-                                 pool->namespace_, pool->name) < 0) {
+    if (body == NULL ||
+        asprintf(&path, KVSC_POOLS_PREFIX "/namespaces/%s/kvcachepools/%s/status" KVSC_UPDATE_QUERY,
+                 pool->namespace_, pool->name) < 0) {
         path = NULL;
         goto out;
     }
@@ -767,8 +771,15 @@ char *kvsc_reconciler_metrics_render(void *ud, size_t *len_p)
             "# TYPE kvshare_reconciler_api_errors_total counter\n"
             "kvshare_reconciler_api_errors_total %llu\n",
             load(&rec->api_errors));
+    fprintf(f,
+            "# HELP kvshare_reconciler_apply_conflicts_total Server-side applies answered 409 "
+            "Conflict (retried with backoff).\n"
+            "# TYPE kvshare_reconciler_apply_conflicts_total counter\n"
+            "kvshare_reconciler_apply_conflicts_total %llu\n",
+            load(&rec->apply_conflicts));
     fprintf(f, "# HELP kvshare_reconciler_writes_total Writes to the API server by kind "
-               "(create, update: merge patch of a drifted object, status).\n"
+               "(create and update: server-side apply of a missing or drifted object; status: "
+               "merge patch of the status subresource).\n"
                "# TYPE kvshare_reconciler_writes_total counter\n");
     for (int i = 0; i < WV_COUNT; i++) {
         fprintf(f, "kvshare_reconciler_writes_total{verb=\"%s\"} %llu\n", kvsc_wv_name[i],

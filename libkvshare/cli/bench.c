@@ -16,6 +16,7 @@ static void usage(FILE *f)
                "  keys     block keys hashed per second (16-token blocks), beside raw SHA-256\n"
                "  lookup   longest-prefix lookups: keys/s over 4096-block chains, 1M-block store\n"
                "  transfer fetch GB/s between two processes, beside memcpy and ucx_perftest\n"
+               "  pool     put/fetch GB/s through pool nodes, hit rate of a shared-prefix load\n"
 #ifdef KVS_HAVE_BENCH_SHIM
                "  shim     ns per CUDA driver call with and without the LD_PRELOAD shim\n"
 #endif
@@ -39,6 +40,8 @@ int kvs_cli_bench(int argc, char **argv)
 #endif
     if (strcmp(argv[1], "transfer") == 0)
         return kvs_cli_bench_transfer(argc - 1, argv + 1);
+    if (strcmp(argv[1], "pool") == 0)
+        return kvs_cli_bench_pool(argc - 1, argv + 1);
     fprintf(stderr, "kvshare bench: unknown benchmark '%s'\n", argv[1]);
     usage(stderr);
     return 2;

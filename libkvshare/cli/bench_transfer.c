@@ -171,28 +171,6 @@ static int serve(const xopts_t *o)
     return 0;
 }
 
-/* Starts a child with stdin and stdout on pipes; returns its pid. */
-static pid_t spawn(char *const argv[], int *to_child, FILE **from_child)
-{
-    int in[2], out[2];
-    if (pipe(in) != 0 || pipe(out) != 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[1]);
-        close(out[0]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    *to_child = in[1];
-    *from_child = fdopen(out[0], "r");
-    return pid;
-}
-
 static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -214,7 +192,7 @@ static double perftest(const char *tls, const char *test, uint64_t size, char *n
     }
     int to;
     FILE *from;
-    pid_t srv = spawn(sargv, &to, &from);
+    pid_t srv = kvs_cli_spawn(sargv, &to, &from);
     if (srv < 0)
         return -1;
     /* The client retries until the server listens: no fixed sleep. */
@@ -348,7 +326,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                      NULL};
     int to;
     FILE *from;
-    pid_t srv = spawn(sargv, &to, &from);
+    pid_t srv = kvs_cli_spawn(sargv, &to, &from);
     char line[512] = "", addr[300] = "";
     if (srv < 0 || fgets(line, sizeof(line), from) == NULL ||
         sscanf(line, "ready %299s", addr) != 1) {

@@ -7,12 +7,19 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
 
 int kvs_cli_keys(int argc, char **argv);
 int kvs_cli_bench(int argc, char **argv);
+int kvs_cli_demo(int argc, char **argv);
 int kvs_cli_bench_keys(int argc, char **argv);
 int kvs_cli_bench_lookup(int argc, char **argv);
 int kvs_cli_bench_transfer(int argc, char **argv);
+int kvs_cli_serve(int argc, char **argv);
+int kvs_cli_bench_pool(int argc, char **argv);
+/* Starts argv[0] with its stdin and stdout on pipes; returns its pid or -1. */
+pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child);
 
 /* Monotonic time in seconds. */
 double kvs_cli_now(void);

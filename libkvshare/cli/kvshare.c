@@ -14,12 +14,13 @@ static void usage(FILE *f)
                "\n"
                "commands:\n"
                "  keys     print vLLM-identical block keys for a token sequence\n"
-               "  bench    measure: keys, lookup, transfer (see kvshare bench --help)\n"
+               "  serve    run a cache-pool node (KVCachePool)\n"
+               "  demo     prefill -> decode end to end over kvshare, checked against recompute\n"
+               "  bench    measure: keys, lookup, transfer, pool, shim (kvshare bench --help)\n"
                "  version  print the library version\n"
                "  help     this text\n"
                "\n"
-               "Not yet built (their issues are open): serve (cache-pool node),\n"
-               "demo (prefill->decode end to end).\n"
+
                "Run 'kvshare <command> --help' for a command's options.\n");
 }
 
@@ -77,6 +78,8 @@ int main(int argc, char **argv)
         return kvs_cli_keys(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0)
         return kvs_cli_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "demo") == 0)
+        return kvs_cli_demo(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("kvshare %s\n", kvs_version());
         return 0;
@@ -85,10 +88,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "demo") == 0) {
-        fprintf(stderr, "kvshare: '%s' is not built yet: it needs the UCX transport\n", cmd);
-        return 2;
-    }
+    if (strcmp(cmd, "serve") == 0)
+        return kvs_cli_serve(argc - 1, argv + 1);
     fprintf(stderr, "kvshare: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -3,11 +3,23 @@
 
 It implements only what kvshare-controller uses, with real Kubernetes JSON shapes and
 semantics: a global resourceVersion, list with metadata.resourceVersion, watch streams
-(?watch=1&resourceVersion=N, chunked, newline-delimited events, BOOKMARKs), 410 Gone for a
-compacted resourceVersion (as an HTTP status or as an ERROR event), GET/POST/PUT/PATCH
-(merge patch)/DELETE for deployments, services and kvcachepools (+ /status), defaulting,
-generation, no-op writes that do not bump resourceVersion, ownerReferences with a garbage
-collector, bearer-token auth and injected failures. Tests drive its state directly.
+(?watch=1&resourceVersion=N, chunked transfer encoding, newline-delimited events split across
+chunks, BOOKMARKs when allowWatchBookmarks=true), 410 Gone for a compacted resourceVersion
+(as an HTTP status or as an ERROR event), GET/POST/PUT/PATCH/DELETE for deployments, services
+and kvcachepools (+ /status), defaulting, generation, no-op writes that do not bump
+resourceVersion, ownerReferences with a garbage collector, bearer-token auth and injected
+failures. Tests drive its state directly.
+
+PATCH takes a JSON merge patch (application/merge-patch+json) or a server-side apply
+(application/apply-patch+yaml; JSON bodies only, JSON being YAML). Apply needs ?fieldManager,
+creates a missing object (201), sets the fields it names, removes those its manager applied
+before and no longer names (unless another manager owns them), and records field ownership in
+metadata.managedFields (FieldsV1). A field another manager owns with a different value is a
+409 Conflict with the API server's Status body (reason Conflict, causes FieldManagerConflict),
+unless ?force=true, which takes the field over. Other writes take ownership of the fields they
+change (operation Update, the manager from ?fieldManager or the User-Agent). One honest
+simplification: every list is atomic (owned and replaced whole), where the real server treats
+containers, env and ports as maps keyed by name.
 """
 import copy
 import json
@@ -42,9 +54,80 @@ def merge_patch(target, patch):
     return out
 
 
-def status_obj(code, reason, message):
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+def status_obj(code, reason, message, details=None):
+    st = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+          "message": message, "reason": reason, "code": code}
+    if details:
+        st["details"] = details
+    return st
+
+
+# Field paths (tuples of keys) that no manager owns: identity and server-set metadata.
+UNOWNED = (("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace"),
+           ("metadata", "uid"), ("metadata", "resourceVersion"), ("metadata", "generation"),
+           ("metadata", "creationTimestamp"), ("metadata", "managedFields"))
+MISSING = object()
+
+
+def leaf_paths(obj, prefix=()):
+    """Leaves of obj: scalars, lists (atomic here) and empty maps."""
+    if isinstance(obj, dict) and obj:
+        out = set()
+        for k, v in obj.items():
+            out |= leaf_paths(v, prefix + (k,))
+        return out
+    return {prefix}
+
+
+def fields_of(obj, sub):
+    """The fields a write of obj sets: the status subresource only .status, else all but it."""
+    return {p for p in leaf_paths(obj) if p and not any(p[:len(u)] == u for u in UNOWNED) and
+            (p[0] == "status") == (sub == "status")}
+
+
+def get_path(obj, path):
+    for k in path:
+        if not isinstance(obj, dict) or k not in obj:
+            return MISSING
+        obj = obj[k]
+    return obj
+
+
+def set_path(obj, path, value):
+    for k in path[:-1]:
+        if not isinstance(obj.get(k), dict):
+            obj[k] = {}
+        obj = obj[k]
+    obj[path[-1]] = copy.deepcopy(value)
+
+
+def del_path(obj, path):
+    for k in path[:-1]:
+        obj = obj.get(k) if isinstance(obj, dict) else None
+    if isinstance(obj, dict):
+        obj.pop(path[-1], None)
+
+
+def overlaps(p, q):
+    return p[:len(q)] == q or q[:len(p)] == p
+
+
+def changed_paths(old, new, sub):
+    paths = fields_of(old, sub) | fields_of(new, sub)
+    return {p for p in paths if get_path(old, p) != get_path(new, p)}
+
+
+def fields_v1(paths):
+    root = {}
+    for p in sorted(paths):
+        d = root
+        for k in p:
+            d = d.setdefault("f:" + k, {})
+    return root
+
+
+def dotted(path):
+    return "".join("." + k for k in path)
 
 
 def default(resource, obj):
@@ -105,7 +188,10 @@ class FakeKube:
         self.watch_gen = 0   # bumping it ends every open watch
         self.fail_until = 0.0
         self.fail_code = 500
-        self.log = []        # (time, method, path, code)
+        self.apply_faults = []  # HTTP statuses for the next server-side applies, in order
+        self.managers = {}   # (resource, ns, name) -> [{manager, operation, subresource, fields}]
+        self.bookmarks = []  # (time, resource, resourceVersion) of every BOOKMARK sent
+        self.log = []        # (time, method, path, code, query dict, content type)
         self.closing = False
         fake = self
 
@@ -154,12 +240,15 @@ class FakeKube:
     def _store(self, resource, ns, name, obj, etype):
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
+        self._render_managed(resource, (resource, ns, name), obj)
         self.objs[(resource, ns, name)] = obj
         self._emit(resource, ns, etype, obj)
         return obj
 
     def _write(self, resource, ns, name, new, old):
-        """Store new unless it equals old (a no-op write keeps the resourceVersion)."""
+        """Store new unless it equals old (a no-op write keeps the resourceVersion). A change
+        of field ownership alone is a change, as on a real server."""
+        self._render_managed(resource, (resource, ns, name), new)
         if old is not None:
             a, b = copy.deepcopy(new), copy.deepcopy(old)
             for o in (a, b):
@@ -171,11 +260,146 @@ class FakeKube:
                 new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         return self._store(resource, ns, name, new, "MODIFIED" if old else "ADDED"), True
 
-    def create(self, resource, ns, obj):
-        with self.cond:
-            return copy.deepcopy(self._create(resource, ns, obj)[1])
+    # ---- field ownership (managedFields) ------------------------------------------------
+    def _own(self, key, manager, operation, sub, paths, replace, take):
+        """Give manager the paths: replace its set (apply) or add to it (update). take: strip
+        the overlapping paths from every other manager (forced apply, update)."""
+        ents = self.managers.setdefault(key, [])
+        me = (manager, operation, sub)
+        if take:
+            for e in ents:
+                if (e["manager"], e["operation"], e["subresource"]) != me:
+                    e["fields"] = {q for q in e["fields"]
+                                   if not any(overlaps(p, q) for p in paths)}
+        mine = [e for e in ents if (e["manager"], e["operation"], e["subresource"]) == me]
+        if not mine:
+            mine = [{"manager": manager, "operation": operation, "subresource": sub,
+                     "fields": set()}]
+            ents.append(mine[0])
+        mine[0]["fields"] = set(paths) if replace else mine[0]["fields"] | set(paths)
+        ents[:] = [e for e in ents if e["fields"]]
 
-    def _create(self, resource, ns, obj):
+    def _render_managed(self, resource, key, obj):
+        api_version = KINDS[resource][0]
+        mf = []
+        for e in self.managers.get(key, []):
+            ent = {"manager": e["manager"], "operation": e["operation"],
+                   "apiVersion": api_version, "fieldsType": "FieldsV1",
+                   "fieldsV1": fields_v1(e["fields"])}
+            if e["subresource"]:
+                ent["subresource"] = e["subresource"]
+            mf.append(ent)
+        if mf:
+            obj["metadata"]["managedFields"] = mf
+        else:
+            obj["metadata"].pop("managedFields", None)
+
+    def owners(self, resource, ns, name, path):
+        """Managers that own path (a tuple of keys) of an object, or a path under it."""
+        with self.cond:
+            return sorted({e["manager"] for e in self.managers.get((resource, ns, name), [])
+                           for q in e["fields"] if q[:len(path)] == path})
+
+    def apply(self, resource, ns, name, obj, manager, force=False, sub=None):
+        """A server-side apply, as PATCH with application/apply-patch+yaml does it."""
+        with self.cond:
+            code, doc = self._apply(resource, ns, name, sub, copy.deepcopy(obj), manager, force)
+            return code, copy.deepcopy(doc)
+
+    def _apply(self, resource, ns, name, sub, body, manager, force):
+        key = (resource, ns, name)
+        old = self.objs.get(key)
+        api_version, kind = KINDS[resource]
+        if not isinstance(body, dict):
+            return 400, status_obj(400, "BadRequest", "the body is not an object")
+        if body.get("apiVersion") != api_version or body.get("kind") != kind:
+            return 400, status_obj(400, "BadRequest", "the API version and kind in the data "
+                                   "(%s, %s) do not match the expected ones (%s, %s)" %
+                                   (body.get("apiVersion"), body.get("kind"), api_version, kind))
+        meta = body.get("metadata") or {}
+        if meta.get("name") != name:
+            return 400, status_obj(400, "BadRequest", "the name of the object (%s) does not "
+                                   "match the name on the URL (%s)" % (meta.get("name"), name))
+        if meta.get("namespace", ns) != ns:
+            return 400, status_obj(400, "BadRequest", "the namespace of the object does not "
+                                   "match the namespace on the request")
+        paths = fields_of(body, sub)
+        if old is None:
+            if sub == "status":
+                return 404, status_obj(404, "NotFound", '%s "%s" not found' % (resource, name))
+            return self._create(resource, ns, body, manager, "Apply")
+        conflicts = []
+        for e in self.managers.get(key, []):
+            if e["manager"] == manager:
+                continue
+            for q in sorted(e["fields"]):
+                for p in sorted(paths):
+                    if overlaps(p, q) and get_path(old, p) != get_path(body, p):
+                        conflicts.append((e["manager"], p))
+        if conflicts and not force:
+            causes = [{"reason": "FieldManagerConflict", "field": dotted(p),
+                       "message": 'conflict with "%s" using %s' % (m, api_version)}
+                      for m, p in conflicts]
+            msg = "Apply failed with %d conflict%s: %s" % (
+                len(causes), "" if len(causes) == 1 else "s",
+                "; ".join("%s: %s" % (c["message"], c["field"]) for c in causes))
+            return 409, status_obj(409, "Conflict", msg, {
+                "name": name, "group": GROUPS[resource].split("/")[-2]
+                if resource != "services" else "", "kind": resource, "causes": causes})
+        new = copy.deepcopy(old)
+        prev = [e for e in self.managers.get(key, []) if e["manager"] == manager and
+                e["operation"] == "Apply" and e["subresource"] == sub]
+        others = [q for e in self.managers.get(key, []) if e not in prev for q in e["fields"]]
+        for p in (prev[0]["fields"] if prev else set()) - paths:
+            if not any(overlaps(p, q) for q in others):
+                del_path(new, p)  # applied before, not now, and nobody else wants it
+        for p in paths:
+            set_path(new, p, get_path(body, p))
+        code, new = self._check(resource, sub, old, new)
+        if code != 200:
+            return code, new
+        self._own(key, manager, "Apply", sub, paths, replace=True, take=bool(conflicts))
+        return 200, self._write(resource, ns, name, new, old)[0]
+
+    def _check(self, resource, sub, old, new):
+        """The rules every write of an existing object passes; (200, new) or an error."""
+        # The status subresource writes only .status; the main resource never does.
+        if sub == "status":
+            st = new.get("status")
+            new = copy.deepcopy(old)
+            new["status"] = st
+            if st is None:
+                new.pop("status")
+            return 200, new
+        new["status"] = copy.deepcopy(old.get("status"))
+        if new["status"] is None:
+            new.pop("status")
+        new["metadata"].update({k: old["metadata"][k] for k in
+                                ("uid", "namespace", "name", "creationTimestamp",
+                                 "generation")})
+        new["apiVersion"], new["kind"] = KINDS[resource]
+        if resource == "services" and \
+                new.get("spec", {}).get("clusterIP") != old["spec"].get("clusterIP"):
+            return 422, status_obj(422, "Invalid", "spec.clusterIP: field is immutable")
+        if resource == "deployments" and \
+                new.get("spec", {}).get("selector") != old["spec"].get("selector"):
+            return 422, status_obj(422, "Invalid", "spec.selector: field is immutable")
+        default(resource, new)
+        return 200, new
+
+    def _update_owned(self, resource, ns, name, sub, old, new, manager):
+        """A non-apply write: its manager takes the fields it changed."""
+        paths = changed_paths(old, new, sub)
+        if paths:
+            self._own((resource, ns, name), manager, "Update", sub, paths, replace=False,
+                      take=True)
+        return self._write(resource, ns, name, new, old)[0]
+
+    def create(self, resource, ns, obj, manager="test"):
+        with self.cond:
+            return copy.deepcopy(self._create(resource, ns, obj, manager)[1])
+
+    def _create(self, resource, ns, obj, manager="test", operation="Update"):
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         name = meta.get("name")
@@ -195,6 +419,10 @@ class FakeKube:
                 return 422, status_obj(422, "Invalid", "spec.template.metadata.labels: "
                                        "`selector` does not match template `labels`")
         obj.pop("status", None)
+        meta.pop("managedFields", None)
+        self.managers[(resource, ns, name)] = [
+            {"manager": manager, "operation": operation, "subresource": None,
+             "fields": fields_of(obj, None)}]
         default(resource, obj)
         return 201, self._store(resource, ns, name, obj, "ADDED")
 
@@ -203,12 +431,17 @@ class FakeKube:
             o = self.objs.get((resource, ns, name))
             return copy.deepcopy(o) if o else None
 
-    def update(self, resource, ns, name, fn):
-        """Apply fn to a copy of the object (as a user would with kubectl edit)."""
+    def update(self, resource, ns, name, fn, manager="kubectl-edit"):
+        """Apply fn to a copy of the object (as a user would with kubectl edit); manager
+        takes the fields it changed, as a real update does."""
         with self.cond:
             old = self.objs[(resource, ns, name)]
             new = copy.deepcopy(old)
             fn(new)
+            key = (resource, ns, name)
+            paths = changed_paths(old, new, None) | changed_paths(old, new, "status")
+            if paths:
+                self._own(key, manager, "Update", None, paths, replace=False, take=True)
             return copy.deepcopy(self._write(resource, ns, name, new, old)[0])
 
     def delete(self, resource, ns, name):
@@ -217,6 +450,7 @@ class FakeKube:
 
     def _delete(self, resource, ns, name):
         obj = self.objs.pop((resource, ns, name), None)
+        self.managers.pop((resource, ns, name), None)
         if obj is None:
             return None
         self.rv += 1
@@ -237,6 +471,27 @@ class FakeKube:
             self.expire_mode = mode
             self.watch_gen += 1
             self.cond.notify_all()
+
+    def compact_to(self, rv):
+        """Compact history up to rv with no write of its own, and end every open watch: a
+        watcher that resumes from rv or later (as bookmarks let it) is not told 410."""
+        with self.cond:
+            self.compacted = rv
+            self.expire_mode = "http"
+            self.watch_gen += 1
+            self.cond.notify_all()
+
+    def unrelated_write(self):
+        """A write to something no watch here sees, so only bookmarks tell of it."""
+        with self.cond:
+            self.rv += 1
+            self.cond.notify_all()
+            return self.rv
+
+    def fail_apply(self, codes):
+        """Answer the next server-side applies with these HTTP statuses, in order."""
+        with self.cond:
+            self.apply_faults.extend(codes)
 
     def fail(self, seconds, code=500):
         with self.cond:
@@ -268,7 +523,8 @@ class FakeKube:
         if code is None:
             return  # a watch, already answered
         with self.cond:
-            self.log.append((time.monotonic(), method, url.path, code))
+            self.log.append((time.monotonic(), method, url.path, code, q,
+                             h.headers.get("Content-Type", "")))
         self._send(h, code, doc)
 
     def _route(self, h, method, path, q, raw):
@@ -295,13 +551,36 @@ class FakeKube:
         except ValueError:
             return 400, status_obj(400, "BadRequest", "body is not JSON")
         ctype = h.headers.get("Content-Type", "")
+        # Without ?fieldManager, the API server names the manager after the User-Agent.
+        manager = q.get("fieldManager") or h.headers.get("User-Agent", "unknown").split("/")[0]
         with self.cond:
+            if method == "PATCH" and ctype == "application/apply-patch+yaml":
+                if not q.get("fieldManager"):
+                    return 422, status_obj(422, "Invalid", 'PatchOptions.meta.k8s.io "" is '
+                                           "invalid: fieldManager: Required value: is "
+                                           "required for apply patch")
+                if self.apply_faults:
+                    c = self.apply_faults.pop(0)
+                    if c == 409:
+                        return 409, status_obj(409, "Conflict", "Operation cannot be fulfilled "
+                                               'on %s "%s": the object has been modified; '
+                                               "please apply your changes to the latest "
+                                               "version and try again" % (resource, name),
+                                               {"name": name, "kind": resource})
+                    return c, status_obj(c, "InternalError", "injected failure")
+                if name is None or ns is None:
+                    return 405, status_obj(405, "MethodNotAllowed", method)
+                return self._apply(resource, ns, name, sub, body, q["fieldManager"],
+                                   q.get("force") in ("true", "1", "True"))
+            elif "force" in q:
+                return 422, status_obj(422, "Invalid", "force: Forbidden: may not be "
+                                       "specified for non-apply patch")
             if method == "POST" and name is None:
                 if ctype != "application/json" or not isinstance(body, dict):
                     return 415, status_obj(415, "UnsupportedMediaType", ctype)
                 if body.get("metadata", {}).get("namespace", ns) != ns:
                     return 400, status_obj(400, "BadRequest", "namespace mismatch")
-                return self._create(resource, ns, body)
+                return self._create(resource, ns, body, manager)
             key = (resource, ns, name)
             old = self.objs.get(key)
             if name is None or method == "POST":
@@ -324,27 +603,11 @@ class FakeKube:
                 new = copy.deepcopy(body)
             else:
                 return 405, status_obj(405, "MethodNotAllowed", method)
-            # The status subresource writes only .status; the main resource never does.
-            if sub == "status":
-                st = new.get("status")
-                new = copy.deepcopy(old)
-                new["status"] = st
-            else:
-                new["status"] = copy.deepcopy(old.get("status"))
-                if new["status"] is None:
-                    new.pop("status")
-                new["metadata"].update({k: old["metadata"][k] for k in
-                                        ("uid", "namespace", "name", "creationTimestamp",
-                                         "generation")})
-                new["apiVersion"], new["kind"] = KINDS[resource]
-                if resource == "services" and \
-                        new.get("spec", {}).get("clusterIP") != old["spec"].get("clusterIP"):
-                    return 422, status_obj(422, "Invalid", "spec.clusterIP: field is immutable")
-                if resource == "deployments" and \
-                        new.get("spec", {}).get("selector") != old["spec"].get("selector"):
-                    return 422, status_obj(422, "Invalid", "spec.selector: field is immutable")
-                default(resource, new)
-            return 200, copy.deepcopy(self._write(resource, ns, name, new, old)[0])
+            code, new = self._check(resource, sub, old, new)
+            if code != 200:
+                return code, new
+            return 200, copy.deepcopy(self._update_owned(resource, ns, name, sub, old, new,
+                                                         manager))
 
     def _list(self, resource, ns, q):
         with self.cond:
@@ -362,12 +625,13 @@ class FakeKube:
             since = 0
         timeout = float(q.get("timeoutSeconds") or 1800)
         sel = q.get("labelSelector")
+        bookmarks = q.get("allowWatchBookmarks") == "true"
         with self.cond:
             gen = self.watch_gen
             expired = since < self.compacted
             mode = self.expire_mode
             self.log.append((time.monotonic(), "WATCH", h.path.split("?")[0],
-                             410 if expired and mode == "http" else 200))
+                             410 if expired and mode == "http" else 200, q, ""))
         gone = status_obj(410, "Expired", "too old resource version: %d (%d)" %
                           (since, self.compacted))
         if expired and mode == "http":
@@ -409,11 +673,16 @@ class FakeKube:
                     since = rv
                 if stop or time.monotonic() >= end:
                     break
-                if time.monotonic() - last_bookmark > 1.0:
+                # The real server sends one about every minute and before it ends a watch;
+                # only the object's kind, apiVersion and resourceVersion are meaningful.
+                if bookmarks and time.monotonic() - last_bookmark > 1.0:
                     api_version, kind = KINDS[resource]
                     bm = {"type": "BOOKMARK", "object": {"apiVersion": api_version,
-                          "kind": kind, "metadata": {"resourceVersion": str(rv_now)}}}
+                          "kind": kind, "metadata": {"resourceVersion": str(rv_now),
+                                                     "creationTimestamp": None}}}
                     chunk(json.dumps(bm).encode() + b"\n")
+                    with self.cond:
+                        self.bookmarks.append((time.monotonic(), resource, rv_now))
                     since = max(since, rv_now)
                     last_bookmark = time.monotonic()
             chunk(b"")

@@ -86,6 +86,24 @@ def run(fake, ctl):
     check(env["KVSHARE_TOTAL_MEMORY_GB"] == "64" and env["KVSHARE_STRATEGY"] == "lru" and
           env["KVSHARE_REPLICAS"] == "2", "env: %r" % env)
     check(svc["spec"]["clusterIP"] == "None", "headless Service")
+
+    # Created by server-side apply, one PATCH per object, as our field manager.
+    applies = wait_for("both applies logged", lambda: (lambda a: a if len(a) >= 2 else None)(
+        [r for r in fake.requests() if r[1] == "PATCH" and r[2].endswith("/llama-cache")]))
+    for r in applies:
+        check(r[5] == "application/apply-patch+yaml" and
+              r[4].get("fieldManager") == "kvshare-controller" and r[4].get("force") == "true",
+              "apply: content type, fieldManager and force: %r" % (r,))
+    check(sorted(r[2] for r in applies if r[3] == 201) ==
+          ["/api/v1/namespaces/ml/services/llama-cache",
+           "/apis/apps/v1/namespaces/ml/deployments/llama-cache"], "created by apply: %r" %
+          applies)
+    check(not [r for r in fake.requests() if r[1] in ("POST", "PUT")], "no POST or PUT")
+    for obj in (dep, svc):
+        mf = obj["metadata"]["managedFields"]
+        check([(e["manager"], e["operation"]) for e in mf] == [("kvshare-controller", "Apply")]
+              and "f:spec" in mf[0]["fieldsV1"] and "f:ownerReferences" in
+              mf[0]["fieldsV1"]["f:metadata"], "managedFields: %r" % mf)
     check(svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"],
           "Service selects the Deployment's pods")
 
@@ -103,6 +121,12 @@ def run(fake, ctl):
     pool = get("kvcachepools", NS, "llama")
     check(pool["status"]["readyReplicas"] == 2 and
           pool["status"]["observedGeneration"] == pool["metadata"]["generation"], "status")
+    st = [r for r in fake.requests() if r[2].endswith("/status")]
+    check(st and all(r[1] == "PATCH" and r[5] == "application/merge-patch+json" and
+                     r[4] == {"fieldManager": "kvshare-controller"} for r in st),
+          "status: merge patch of the subresource as kvshare-controller: %r" % st)
+    check(fake.owners("kvcachepools", NS, "llama", ("status",)) == ["kvshare-controller"],
+          "status owned by kvshare-controller")
 
     # No-op: a reconcile that finds nothing to change writes nothing.
     m0 = ctl.metrics()
@@ -129,9 +153,26 @@ def run(fake, ctl):
              .get("KVSHARE_STRATEGY") == "lfu")
 
     # Drift made by hand is undone; a deleted Deployment comes back.
-    fake.update("deployments", NS, "llama-cache", lambda d: d["spec"].__setitem__("replicas", 9))
+    # kubectl edit takes spec.replicas (an update owns what it changes); only a forced apply
+    # can take it back, so converging proves force=true.
+    t0 = time.monotonic()
+    fake.update("deployments", NS, "llama-cache", lambda d: d["spec"].__setitem__("replicas", 9),
+                manager="kubectl-edit")
     wait_for("replicas back to 3", lambda: get("deployments", NS, "llama-cache")
              ["spec"]["replicas"] == 3)
+    check(fake.owners("deployments", NS, "llama-cache", ("spec", "replicas")) ==
+          ["kvshare-controller"], "the forced apply took spec.replicas back")
+    fix = wait_for("the drift-fixing apply logged", lambda: [
+        r for r in fake.requests(t0, ("PATCH",)) if "/deployments/" in r[2]])
+    check(fix[0][3] == 200 and fix[0][4].get("force") == "true", "drift undone: %r" % fix)
+    # The fake honours conflicts: another manager applying a different value without force.
+    code, st = fake.apply("deployments", NS, "llama-cache", {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "llama-cache"},
+        "spec": {"replicas": 7}}, "someone-else")
+    check(code == 409 and st["reason"] == "Conflict" and
+          st["details"]["causes"][0]["field"] == ".spec.replicas" and
+          'conflict with "kvshare-controller"' in st["message"], "409 on apply: %r" % st)
+    check(get("deployments", NS, "llama-cache")["spec"]["replicas"] == 3, "conflict: no write")
     fake.delete("deployments", NS, "llama-cache")
     wait_for("Deployment recreated", lambda: get("deployments", NS, "llama-cache"))
     fake.delete("services", NS, "llama-cache")

@@ -16,6 +16,7 @@ from kube_fake import Controller, FakeKube, wait_for  # noqa: E402
 
 NS = "ml"
 RESTARTS = 'kvshare_reconciler_watch_restarts_total{resource="%s",reason="%s"}'
+RESOURCES = ("kvcachepools", "deployments", "services")
 
 
 def replicas(fake, ns, name):
@@ -66,6 +67,24 @@ def faults(fake, ctl):
     check(m[RESTARTS % ("deployments", "error")] > m0[RESTARTS % ("deployments", "error")],
           "watch errors counted")
 
+    # 409 Conflict on apply (a write raced ours): counted, backed off, retried with force.
+    m0 = ctl.metrics()
+    t0 = time.monotonic()
+    fake.fail_apply([409, 409])
+    scale(fake, NS, "p", 6)
+    applies = wait_for("three applies logged", lambda: (lambda a: a if len(a) >= 3 else None)(
+        [r for r in fake.requests(t0, ("PATCH",)) if "/deployments/" in r[2]]))
+    check([r[3] for r in applies[:3]] == [409, 409, 200], "409, 409, then applied: %r" % applies)
+    check(all(r[5] == "application/apply-patch+yaml" and r[4].get("force") == "true" and
+              r[4].get("fieldManager") == "kvshare-controller" for r in applies), "apply shape")
+    gaps = [b[0] - a[0] for a, b in zip(applies, applies[1:3])]
+    check(all(g >= 0.09 for g in gaps), "backed off between retries: %r" % gaps)
+    wait_for("conflicts counted", lambda: ctl.metrics()[
+        "kvshare_reconciler_apply_conflicts_total"] >=
+        m0["kvshare_reconciler_apply_conflicts_total"] + 2)
+    check(ctl.metrics()["kvshare_reconciler_api_errors_total"] >=
+          m0["kvshare_reconciler_api_errors_total"] + 2, "409s are API errors too")
+
     # The server ends watches (timeoutSeconds): the controller resumes from its
     # resourceVersion without relisting, and still sees changes.
     wait_for("a watch closed by the server", lambda: ctl.metrics()[
@@ -79,6 +98,37 @@ def faults(fake, ctl):
     check(not [r for r in fake.requests() if "/namespaces/other/" in r[2] or
                r[2] in ("/apis/kvshare.io/v1alpha1/kvcachepools", "/apis/apps/v1/deployments")],
           "no request outside --namespace")
+
+    # Bookmarks: every watch asks for them, and a resumed watch starts from the last one. A
+    # write no watch sees, then history compacted up to it: a watcher that kept the
+    # bookmark's resourceVersion resumes; one that ignored bookmarks would get 410.
+    watches = [r for r in fake.requests() if r[1] == "WATCH"]
+    check(watches and all(r[4].get("allowWatchBookmarks") == "true" for r in watches),
+          "watches ask for bookmarks")
+    target = fake.unrelated_write()
+
+    def bookmarked():
+        with fake.cond:
+            per = {res: max([rv for _, r, rv in fake.bookmarks if r == res] or [0])
+                   for res in RESOURCES}
+        return per if min(per.values()) >= target else None
+
+    wait_for("a bookmark past %d on every watch" % target, bookmarked, deadline_s=10)
+    m0 = ctl.metrics()
+    t0 = time.monotonic()
+    fake.compact_to(target)
+
+    def resumed():
+        ok = {r[2].rsplit("/", 1)[-1] for r in fake.requests(t0, ("WATCH",))
+              if r[3] == 200 and int(r[4].get("resourceVersion", "0")) >= target}
+        return ok >= set(RESOURCES)
+
+    wait_for("every watch resumed from a bookmark", resumed, deadline_s=10)
+    for res in RESOURCES:
+        check(ctl.metrics()[RESTARTS % (res, "expired")] == m0[RESTARTS % (res, "expired")],
+              "%s: no 410 after resuming from a bookmark" % res)
+    check(not [r for r in fake.requests(t0, ("GET",)) if r[2].endswith(RESOURCES)],
+          "no relist")
 
 
 def cli(binary, pki, work, crt, key):

@@ -8,8 +8,10 @@ import sys
 
 SKIP = 77
 
-# (apiGroup, resource, verb) for every request the reconciler makes (reconcile.c), plus
-# the finalizers update that blockOwnerDeletion needs under OwnerReferencesPermissionEnforcement.
+# (apiGroup, resource, verb) for every request the reconciler makes (reconcile.c; the table
+# in docs/controller.md), plus the finalizers update that blockOwnerDeletion needs under
+# OwnerReferencesPermissionEnforcement. Server-side apply is a PATCH, and an apply that
+# creates the object is also authorized as create.
 USED = [("kvshare.io", "kvcachepools", v) for v in ("get", "list", "watch")] + [
     ("kvshare.io", "kvcachepools/status", "patch"),
     ("kvshare.io", "kvcachepools/finalizers", "update")] + [

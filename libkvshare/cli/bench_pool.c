@@ -1,0 +1,287 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* bench_pool.c - `kvshare bench pool`: put and fetch speed through cache-pool nodes, and the
+ * hit rate of a shared-prefix workload. */
+#include "cli.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct popts {
+    const char *pool;
+    uint64_t nodes, prefixes, prefix_blocks, prompts, suffix_blocks, block_bytes;
+    bool json;
+} popts_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kvshare bench pool [--pool HOST:PORT,...] [--nodes N] [--prefixes S]\n"
+               "                          [--prefix-blocks B] [--prompts P] [--suffix-blocks K]\n"
+               "                          [--block-bytes BYTES] [--json]\n"
+               "\n"
+               "A shared-prefix workload, like llm-d's: P prompts, each one of S long system\n"
+               "prefixes followed by its own suffix. Client A offloads every prompt's chain with\n"
+               "kvs_put (put_gbps: bytes the nodes stored per second); client B, another context\n"
+               "with no local copy, then serves the same prompts in another order, fetching the\n"
+               "longest cached prefix of each from the pool (fetch_gbps, and hit_rate = blocks\n"
+               "fetched / blocks asked for). Without --pool, N (default 3) local `kvshare serve`\n"
+               "nodes are started, sized so the whole workload fits.\n"
+               "Defaults: --prefixes 8 --prefix-blocks 128 --prompts 64 --suffix-blocks 32\n"
+               "          --block-bytes 65536\n");
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* Prompt p's chain: the keys of its system prefix, then its own suffix.
+ * Real chains are hashes of their tokens; distinct tokens, distinct keys. */
+static void chain(const popts_t *o, uint64_t p, kvs_key_t *keys)
+{
+    uint64_t prefix = p % o->prefixes;
+    for (uint64_t i = 0; i < o->prefix_blocks + o->suffix_blocks; i++) {
+        uint64_t id = i < o->prefix_blocks ? (prefix << 32) | i : (1ull << 63) | (p << 32) | i;
+        for (int w = 0; w < 4; w++) {
+            uint64_t v = mix(id * 4 + (uint64_t)w);
+            memcpy(&keys[i].bytes[8 * w], &v, 8);
+        }
+    }
+}
+
+static kvs_ctx_h client(const char *pool)
+{
+    char err[512];
+    kvs_ctx_params_t cp = {.field_mask =
+                               KVS_CTX_FIELD_POOL | KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT,
+                           .pool = pool,
+                           .transport = "ucx",
+                           .errbuf = err,
+                           .errbuf_len = sizeof(err)};
+    kvs_ctx_h ctx = NULL;
+    if (kvs_ctx_create(&cp, &ctx) != KVS_OK) {
+        fprintf(stderr, "kvshare bench pool: %s\n", err);
+        return NULL;
+    }
+    return ctx;
+}
+
+static kvs_pool_h make_pool(kvs_ctx_h ctx, const popts_t *o, uint8_t **mem_p)
+{
+    uint64_t n = o->prefix_blocks + o->suffix_blocks;
+    uint8_t *mem = aligned_alloc(4096, (size_t)((n * o->block_bytes + 4095) / 4096 * 4096));
+    if (mem == NULL)
+        return NULL;
+    for (size_t j = 0; j < n * o->block_bytes; j += 8) {
+        uint64_t x = mix(j);
+        memcpy(mem + j, &x, 8);
+    }
+    kvs_layout_t l = {.model_id = "kvshare-bench-pool",
+                      .dtype = KVS_DTYPE_BF16,
+                      .block_tokens = 16,
+                      .num_layers = 1,
+                      .num_kv_heads = 8,
+                      .head_dim = 128,
+                      .tp_size = 1};
+    kvs_segment_t seg = {
+        .base = mem, .block_stride = o->block_bytes, .block_bytes = o->block_bytes};
+    kvs_pool_params_t pp = {
+        .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)n};
+    kvs_pool_h pool = NULL;
+    if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK) {
+        free(mem);
+        return NULL;
+    }
+    *mem_p = mem;
+    return pool;
+}
+
+int kvs_cli_bench_pool(int argc, char **argv)
+{
+    popts_t o = {.nodes = 3,
+                 .prefixes = 8,
+                 .prefix_blocks = 128,
+                 .prompts = 64,
+                 .suffix_blocks = 32,
+                 .block_bytes = 65536};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        uint64_t *dst = NULL;
+        if (strcmp(a, "--json") == 0) {
+            o.json = true;
+            continue;
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--pool") == 0 && v != NULL) {
+            o.pool = v;
+            i++;
+            continue;
+        } else if (strcmp(a, "--nodes") == 0) {
+            dst = &o.nodes;
+        } else if (strcmp(a, "--prefixes") == 0) {
+            dst = &o.prefixes;
+        } else if (strcmp(a, "--prefix-blocks") == 0) {
+            dst = &o.prefix_blocks;
+        } else if (strcmp(a, "--prompts") == 0) {
+            dst = &o.prompts;
+        } else if (strcmp(a, "--suffix-blocks") == 0) {
+            dst = &o.suffix_blocks;
+        } else if (strcmp(a, "--block-bytes") == 0) {
+            dst = &o.block_bytes;
+        } else {
+            fprintf(stderr, "kvshare bench pool: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (!kvs_cli_parse_u64(a, v, 1, 1u << 30, dst))
+            return 2;
+        i++;
+    }
+    if (o.block_bytes % 8 != 0 || o.nodes > 16) {
+        fprintf(stderr,
+                "kvshare bench pool: --block-bytes must be a multiple of 8, --nodes <= 16\n");
+        return 2;
+    }
+    uint64_t per_prompt = o.prefix_blocks + o.suffix_blocks;
+    uint64_t unique = o.prefixes * o.prefix_blocks + o.prompts * o.suffix_blocks;
+    double unique_bytes = (double)unique * (double)o.block_bytes;
+
+    /* Nodes: the given list, or N local ones that can hold everything even
+     * if placement puts it all on one (first-key placement can skew). */
+    pid_t pids[16];
+    int tos[16];
+    FILE *froms[16];
+    size_t started = 0;
+    char list[16 * 64] = "";
+    int rc = 1;
+    if (o.pool == NULL) {
+        char self[4096], cap[32];
+        ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        if (sl <= 0)
+            return 1;
+        self[sl] = '\0';
+        snprintf(cap, sizeof(cap), "%llu", (unsigned long long)(unique_bytes * 1.5) + (64u << 20));
+        for (uint64_t n = 0; n < o.nodes; n++) {
+            char *sargv[] = {self, "serve", "--listen", "127.0.0.1:0", "--capacity", cap, NULL};
+            pids[started] = kvs_cli_spawn(sargv, &tos[started], &froms[started]);
+            char line[512] = "", addr[300] = "";
+            if (pids[started] < 0 || fgets(line, sizeof(line), froms[started]) == NULL ||
+                sscanf(line, "ready %299s", addr) != 1) {
+                fprintf(stderr, "kvshare bench pool: a local node did not start\n");
+                started += pids[started] > 0;
+                goto out_nodes;
+            }
+            started++;
+            size_t l = strlen(list);
+            snprintf(list + l, sizeof(list) - l, "%s%s", l ? "," : "", addr);
+        }
+        o.pool = list;
+    }
+    if (!o.json)
+        fprintf(stderr,
+                "bench pool: %llu prompts = one of %llu prefixes x %llu blocks + %llu own "
+                "blocks, %llu-byte blocks, pool %s\n",
+                (unsigned long long)o.prompts, (unsigned long long)o.prefixes,
+                (unsigned long long)o.prefix_blocks, (unsigned long long)o.suffix_blocks,
+                (unsigned long long)o.block_bytes, o.pool);
+
+    kvs_ctx_h a = client(o.pool), b = client(o.pool);
+    uint8_t *mema = NULL, *memb = NULL;
+    kvs_pool_h pa = a ? make_pool(a, &o, &mema) : NULL;
+    kvs_pool_h pb = b ? make_pool(b, &o, &memb) : NULL;
+    kvs_key_t *keys = malloc(per_prompt * sizeof(*keys));
+    uint32_t *ids = malloc(per_prompt * sizeof(*ids));
+    if (pa == NULL || pb == NULL || keys == NULL || ids == NULL) {
+        fprintf(stderr, "kvshare bench pool: client setup failed\n");
+        goto out;
+    }
+    for (uint64_t i = 0; i < per_prompt; i++)
+        ids[i] = (uint32_t)(per_prompt - 1 - i);
+
+    /* 1. Client A offloads every prompt. */
+    double t0 = kvs_cli_now();
+    kvs_status_t st = KVS_OK;
+    for (uint64_t p = 0; p < o.prompts && st == KVS_OK; p++) {
+        chain(&o, p, keys);
+        kvs_request_h req;
+        st = kvs_put(pa, keys, ids, per_prompt, &req);
+        if (st == KVS_OK) {
+            st = kvs_request_wait(req, -1);
+            kvs_request_free(req);
+        }
+    }
+    double put_s = kvs_cli_now() - t0;
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare bench pool: put: %s\n", kvs_status_string(st));
+        goto out;
+    }
+
+    /* 2. Client B serves the same prompts, in another order. */
+    uint64_t asked = 0, hit = 0;
+    t0 = kvs_cli_now();
+    for (uint64_t q = 0; q < o.prompts && st == KVS_OK; q++) {
+        uint64_t p = (q * 7919) % o.prompts;
+        chain(&o, p, keys);
+        kvs_lease_h lease;
+        st = kvs_lookup(b, kvs_pool_layout_id(pb), keys, per_prompt, NULL, &lease);
+        if (st != KVS_OK)
+            break;
+        size_t h = kvs_lease_hits(lease);
+        asked += per_prompt;
+        hit += h;
+        if (h > 0) {
+            kvs_request_h req;
+            st = kvs_fetch(lease, pb, ids, h, NULL, &req);
+            if (st == KVS_OK) {
+                st = kvs_request_wait(req, -1);
+                kvs_request_free(req);
+            }
+        }
+        kvs_lease_release(lease);
+    }
+    double fetch_s = kvs_cli_now() - t0;
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare bench pool: fetch: %s\n", kvs_status_string(st));
+        goto out;
+    }
+    double put_gbps = unique_bytes / put_s / 1e9;
+    double fetch_gbps = (double)hit * (double)o.block_bytes / fetch_s / 1e9;
+    double hit_rate = asked ? (double)hit / (double)asked : 0;
+    if (o.json)
+        printf("{\"bench\":\"pool\",\"nodes\":%zu,\"prompts\":%llu,\"prefixes\":%llu,"
+               "\"prefix_blocks\":%llu,\"suffix_blocks\":%llu,\"block_bytes\":%llu,"
+               "\"put_gbps\":%.3f,\"fetch_gbps\":%.3f,\"hit_rate\":%.3f}\n",
+               started ? started : (size_t)0, (unsigned long long)o.prompts,
+               (unsigned long long)o.prefixes, (unsigned long long)o.prefix_blocks,
+               (unsigned long long)o.suffix_blocks, (unsigned long long)o.block_bytes, put_gbps,
+               fetch_gbps, hit_rate);
+    else
+        printf("  put    %8.2f GB/s  (%.0f MiB stored, prefixes once)\n"
+               "  fetch  %8.2f GB/s  (%llu blocks)\n"
+               "  hit rate %6.3f     (blocks fetched / blocks asked for)\n",
+               put_gbps, unique_bytes / 1048576.0, fetch_gbps, (unsigned long long)hit, hit_rate);
+    rc = 0;
+out:
+    kvs_pool_destroy(pa);
+    kvs_pool_destroy(pb);
+    kvs_ctx_destroy(a);
+    kvs_ctx_destroy(b);
+    free(mema);
+    free(memb);
+    free(keys);
+    free(ids);
+out_nodes:
+    for (size_t n = 0; n < started; n++) {
+        close(tos[n]); /* stdin closes: the node stops cleanly */
+        waitpid(pids[n], NULL, 0);
+        fclose(froms[n]);
+    }
+    return rc;
+}
