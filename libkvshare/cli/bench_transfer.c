@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -158,7 +159,8 @@ static int serve(const xopts_t *o)
     }
     char addr[300];
     kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
-    printf("ready %s\n", addr);
+    /* The pool's address lets the client time raw CMA on the same blocks. */
+    printf("ready %s %p\n", addr, (void *)mem);
     fflush(stdout);
     char buf[16];
     while (read(0, buf, sizeof(buf)) > 0)
@@ -328,8 +330,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     FILE *from;
     pid_t srv = kvs_cli_spawn(sargv, &to, &from);
     char line[512] = "", addr[300] = "";
+    void *srv_base = NULL;
     if (srv < 0 || fgets(line, sizeof(line), from) == NULL ||
-        sscanf(line, "ready %299s", addr) != 1) {
+        sscanf(line, "ready %299s %p", addr, &srv_base) != 2) {
         fprintf(stderr, "kvshare bench transfer: the server process did not start\n");
         return 1;
     }
@@ -424,6 +427,31 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     free(src);
     free(sids);
 
+    /* 3b. The kernel's cross-process copy (CMA, process_vm_readv) of the
+     * same blocks from the server process: the ceiling of a shared-memory
+     * path when the holder's memory cannot be mapped (no xpmem/knem). */
+    double cma = 0;
+    if (shm) {
+        uint32_t *sids2 = block_ids(o.blocks, o.seed + 1, o.contiguous);
+        double *ct = calloc(o.repeats, sizeof(double));
+        bool ok = sids2 != NULL && ct != NULL;
+        for (uint64_t r = 0; ok && r <= o.repeats; r++) {
+            double t0 = kvs_cli_now();
+            for (uint64_t i = 0; ok && i < o.blocks; i++) {
+                struct iovec l = {mem + (size_t)dst[i] * o.block_bytes, o.block_bytes};
+                struct iovec rm = {(uint8_t *)srv_base + (size_t)sids2[i] * o.block_bytes,
+                                   o.block_bytes};
+                ok = process_vm_readv(srv, &l, 1, &rm, 1, 0) == (ssize_t)o.block_bytes;
+            }
+            if (r > 0)
+                ct[r - 1] = kvs_cli_now() - t0;
+        }
+        if (ok)
+            cma = bytes_total / kvs_cli_median(ct, (int)o.repeats) / 1e9;
+        free(ct);
+        free(sids2);
+    }
+
     /* 4. ucx_perftest at the same size and transports. */
     char note[128] = "";
     double pt = o.no_perftest ? -1 : perftest(o.tls, pt_test, o.block_bytes, note, sizeof(note));
@@ -434,15 +462,18 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         printf("{\"bench\":\"transfer\",\"tls\":\"%s\",\"block_bytes\":%llu,\"blocks\":%llu,"
                "\"batch\":%llu,\"repeats\":%llu,\"ids\":\"%s\",\"gbps\":%.3f,"
                "\"memcpy_gbps\":%.3f,\"ratio_memcpy\":%.3f,\"perftest_test\":\"%s\","
-               "\"perftest_gbps\":%.3f,\"ratio_perftest\":%.3f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
+               "\"perftest_gbps\":%.3f,\"ratio_perftest\":%.3f,\"cma_gbps\":%.3f,"
+               "\"ratio_cma\":%.3f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
                o.tls, (unsigned long long)o.block_bytes, (unsigned long long)o.blocks,
                (unsigned long long)o.batch, (unsigned long long)o.repeats,
                o.contiguous ? "contiguous" : "shuffled", gbps, mc, mc > 0 ? gbps / mc : 0, pt_test,
-               pt > 0 ? pt : 0, pt > 0 ? gbps / pt : 0, p50, p99);
+               pt > 0 ? pt : 0, pt > 0 ? gbps / pt : 0, cma, cma > 0 ? gbps / cma : 0, p50, p99);
     } else {
         printf("  kvshare fetch        %8.2f GB/s   batch latency p50 %.0f us, p99 %.0f us\n"
                "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
                gbps, p50, p99, mc, mc > 0 ? gbps / mc : 0);
+        if (cma > 0)
+            printf("  raw CMA, one core    %8.2f GB/s   ratio_cma      %.2f\n", cma, gbps / cma);
         if (pt > 0)
             printf("  ucx_perftest %-9s %7.2f GB/s   ratio_perftest %.2f\n", pt_test, pt,
                    gbps / pt);
