@@ -221,6 +221,9 @@ struct tl {
     pending_conn_t *pending;
     uint64_t next_req_id;
     uint64_t next_lease_id;
+    /* Per-block piece scratch for describing and pushing blocks (lock held). */
+    kvs__piece_loc_t *scratch_locs;
+    kvs__piece_t *scratch_pieces;
 };
 
 static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...) KVS_PRINTF(3, 4);
@@ -869,11 +872,12 @@ static void srv_lookup(tl_t *tl, conn_t *c, const kvs__msg_t *m)
     kvs__buf_u32(&b, 0);
     if (with_regions)
         put_regions(tl, c, &b);
-    kvs__piece_loc_t locs[64];
-    kvs__piece_t pieces[64];
+    /* Scratch for one block's pieces (one per layer: 80 for a 70B model). */
+    kvs__piece_loc_t *locs = tl->scratch_locs;
+    kvs__piece_t *pieces = tl->scratch_pieces;
     size_t described = 0;
     for (size_t i = 0; i < hits; i++) {
-        kvs__block_loc_t loc = {.npieces = 64, .pieces = locs};
+        kvs__block_loc_t loc = {.npieces = MAX_PIECES, .pieces = locs};
         if (kvs__lease_locate(lease, i, &loc) != KVS_OK)
             break; /* the prefix ends where a block cannot be described */
         const region_t *gr = region_of(tl, loc.gen_addr, 8);
@@ -1121,9 +1125,9 @@ static void srv_fetch(tl_t *tl, conn_t *c, const kvs__msg_t *m)
     p->status = KVS_OK;
     p->next = tl->pushes;
     tl->pushes = p;
-    kvs__piece_loc_t locs[64];
+    kvs__piece_loc_t *locs = tl->scratch_locs;
     for (uint32_t i = 0; i < p->count && p->status == KVS_OK; i++) {
-        kvs__block_loc_t loc = {.npieces = 64, .pieces = locs};
+        kvs__block_loc_t loc = {.npieces = MAX_PIECES, .pieces = locs};
         if (kvs__lease_locate(lease, p->first + i, &loc) != KVS_OK) {
             p->status = KVS_ERR_STALE;
             break;
@@ -2403,7 +2407,12 @@ static kvs_status_t tl_init(struct kvs_ctx *ctx, const kvs__config_t *cfg, void 
     pthread_condattr_init(&ca);
     pthread_cond_init(&tl->cond, &ca);
     pthread_condattr_destroy(&ca);
-    kvs_status_t st = KVS_ERR_TRANSPORT;
+    kvs_status_t st = KVS_ERR_NO_MEMORY;
+    tl->scratch_locs = kvs__malloc(MAX_PIECES * sizeof(*tl->scratch_locs));
+    tl->scratch_pieces = kvs__malloc(MAX_PIECES * sizeof(*tl->scratch_pieces));
+    if (tl->scratch_locs == NULL || tl->scratch_pieces == NULL)
+        goto fail;
+    st = KVS_ERR_TRANSPORT;
     if (cfg->auth_token_file[0] != '\0' &&
         (st = read_secret(tl, cfg->auth_token_file, err, errlen)) != KVS_OK)
         goto fail;
@@ -2548,6 +2557,8 @@ static void tl_fini(void *arg)
     if (tl->wakefd >= 0)
         close(tl->wakefd);
     OPENSSL_cleanse(tl->secret, sizeof(tl->secret));
+    kvs__free(tl->scratch_locs);
+    kvs__free(tl->scratch_pieces);
     pthread_cond_destroy(&tl->cond);
     pthread_mutex_destroy(&tl->lock);
     kvs__free(tl);

@@ -87,7 +87,7 @@ static kvs_status_t make_pool(kvs_ctx_h ctx, const opts_t *o, pool_t *p)
                       .num_kv_heads = 8,
                       .head_dim = 128,
                       .tp_size = 1};
-    kvs_segment_t segs[64];
+    kvs_segment_t segs[128];
     size_t seg_bytes = o->block_bytes / o->segments;
     p->mem = aligned_alloc(4096, ((size_t)o->blocks * o->block_bytes + 4095) / 4096 * 4096);
     if (p->mem == NULL)
@@ -507,7 +507,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (o.blocks == 0 || o.segments == 0 || o.segments > 64 || o.batch == 0 ||
+    if (o.blocks == 0 || o.segments == 0 || o.segments > 128 || o.batch == 0 ||
         o.block_bytes % o.segments != 0) {
         fprintf(stderr, "kvs_peer: bad geometry\n");
         return 2;

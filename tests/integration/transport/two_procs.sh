@@ -27,6 +27,13 @@ start_server b --listen 127.0.0.1:0 --blocks 4096 --segments 1 --block-bytes 102
 out=$("$PEER" fetch --peer "$addr2" --blocks 4096 --segments 1 --block-bytes 1024 --seed 9 --batch 512 2>"$WORK/c4.err") || fail "zero-copy small blocks: $out"
 ok "zero-copy publish, 4096 x 1 KiB blocks: $out"
 
+# 80 segments (one per layer of a 70B model): more pieces per block than a
+# small fixed buffer would hold, on both data paths.
+start_server deep --listen 127.0.0.1:0 --blocks 32 --segments 80 --block-bytes 81920 --seed 21 --zero-copy; addr3=$ADDR
+out=$("$PEER" fetch --peer "$addr3" --blocks 32 --segments 80 --block-bytes 81920 --seed 21 2>"$WORK/c6.err") || fail "80 segments, GET: $out"
+out2=$(UCX_TLS=tcp "$PEER" fetch --peer "$addr3" --blocks 32 --segments 80 --block-bytes 81920 --seed 21 2>"$WORK/c7.err") || fail "80 segments, AM: $out2"
+ok "80-segment blocks over GET ($out) and AM push ($out2)"
+
 # A different seed means different keys: every lookup misses, nothing is wrong.
 out=$("$PEER" fetch --peer "$addr" --blocks 10 --segments 4 --block-bytes 65536 --seed 8 --expect OK 2>"$WORK/c5.err") || fail "miss: $out"
 [ "$out" = "done hits=0 bytes=0 status=OK" ] || fail "miss should be 0 hits: $out"
