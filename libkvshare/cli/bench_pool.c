@@ -33,14 +33,6 @@ static void usage(FILE *f)
                "          --block-bytes 65536\n");
 }
 
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 /* Prompt p's chain: the keys of its system prefix, then its own suffix.
  * Real chains are hashes of their tokens; distinct tokens, distinct keys. */
 static void chain(const popts_t *o, uint64_t p, kvs_key_t *keys)
@@ -49,7 +41,7 @@ static void chain(const popts_t *o, uint64_t p, kvs_key_t *keys)
     for (uint64_t i = 0; i < o->prefix_blocks + o->suffix_blocks; i++) {
         uint64_t id = i < o->prefix_blocks ? (prefix << 32) | i : (1ull << 63) | (p << 32) | i;
         for (int w = 0; w < 4; w++) {
-            uint64_t v = mix(id * 4 + (uint64_t)w);
+            uint64_t v = kvs_cli_mix(id * 4 + (uint64_t)w);
             memcpy(&keys[i].bytes[8 * w], &v, 8);
         }
     }
@@ -79,7 +71,7 @@ static kvs_pool_h make_pool(kvs_ctx_h ctx, const popts_t *o, uint8_t **mem_p)
     if (mem == NULL)
         return NULL;
     for (size_t j = 0; j < n * o->block_bytes; j += 8) {
-        uint64_t x = mix(j);
+        uint64_t x = kvs_cli_mix(j);
         memcpy(mem + j, &x, 8);
     }
     kvs_layout_t l = {.model_id = "kvshare-bench-pool",

@@ -34,19 +34,11 @@ static void usage(FILE *f)
                "          --repeats 5\n");
 }
 
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 static kvs_key_t key_of(uint64_t seed, uint64_t i)
 {
     kvs_key_t k;
     for (int w = 0; w < 4; w++) {
-        uint64_t v = mix(seed * 1000003u + i * 4u + (uint64_t)w);
+        uint64_t v = kvs_cli_mix(seed * 1000003u + i * 4u + (uint64_t)w);
         memcpy(&k.bytes[8 * w], &v, 8);
     }
     return k;
@@ -63,7 +55,7 @@ static uint32_t *block_ids(uint64_t n, uint64_t seed, bool contiguous)
     if (!contiguous) {
         uint64_t r = seed;
         for (uint64_t i = n; i > 1; i--) {
-            r = mix(r);
+            r = kvs_cli_mix(r);
             uint64_t j = r % i;
             uint32_t t = ids[i - 1];
             ids[i - 1] = ids[j];
@@ -147,9 +139,9 @@ static int serve(const xopts_t *o)
     }
     for (uint64_t i = 0; i < o->blocks; i++) {
         keys[i] = key_of(o->seed, i);
-        uint64_t x = mix(i);
+        uint64_t x = kvs_cli_mix(i);
         uint8_t *b = mem + (size_t)ids[i] * o->block_bytes;
-        for (size_t j = 0; j + 8 <= o->block_bytes; j += 8, x = mix(x))
+        for (size_t j = 0; j + 8 <= o->block_bytes; j += 8, x = kvs_cli_mix(x))
             memcpy(b + j, &x, 8);
     }
     st = kvs_publish(pool, keys, ids, o->blocks, KVS_PUBLISH_ZERO_COPY, NULL);
@@ -184,7 +176,7 @@ static int cmp_d(const void *a, const void *b)
 static double perftest(const char *tls, const char *test, uint64_t size, char *note, size_t nlen)
 {
     char port[16], sz[32], cmd[512];
-    snprintf(port, sizeof(port), "%d", 20000 + (int)(mix((uint64_t)getpid()) % 20000));
+    snprintf(port, sizeof(port), "%d", 20000 + (int)(kvs_cli_mix((uint64_t)getpid()) % 20000));
     snprintf(sz, sizeof(sz), "%llu", (unsigned long long)size);
     setenv("UCX_TLS", tls, 1);
     char *sargv[] = {"/usr/bin/ucx_perftest", "-p", port, NULL};
@@ -393,7 +385,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     }
     /* Spot-check the content against what the server wrote. */
     for (uint64_t i = 0; i < o.blocks; i += 97) {
-        uint64_t x = mix(i), got;
+        uint64_t x = kvs_cli_mix(i), got;
         memcpy(&got, mem + (size_t)dst[i] * o.block_bytes, 8);
         if (got != x) {
             fprintf(stderr, "kvshare bench transfer: block %llu has wrong content\n",

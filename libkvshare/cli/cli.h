@@ -20,6 +20,8 @@ int kvs_cli_serve(int argc, char **argv);
 int kvs_cli_bench_pool(int argc, char **argv);
 /* Starts argv[0] with its stdin and stdout on pipes; returns its pid or -1. */
 pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child);
+/* splitmix64: distinct, well-spread test data and keys from an index. */
+uint64_t kvs_cli_mix(uint64_t x);
 
 /* Monotonic time in seconds. */
 double kvs_cli_now(void);

@@ -37,3 +37,11 @@ pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child)
     *from_child = fdopen(out[0], "r");
     return pid;
 }
+
+uint64_t kvs_cli_mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}

@@ -19,12 +19,28 @@ static void usage(FILE *f)
             "Tokens may also be read from stdin, whitespace-separated, with '-'.\n");
 }
 
-static int parse_token(const char *s, uint32_t *out)
+typedef struct token_list {
+    uint32_t *v;
+    size_t n, cap;
+} token_list_t;
+
+/* Parses one token and appends it; -1 on a bad token (reported) or OOM. */
+static int push_token(token_list_t *t, const char *s)
 {
     uint64_t v;
     if (!kvs_cli_parse_u64("TOKEN", s, 0, UINT32_MAX, &v))
         return -1;
-    *out = (uint32_t)v;
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 256;
+        uint32_t *nv = realloc(t->v, cap * sizeof(*nv));
+        if (nv == NULL) {
+            fprintf(stderr, "kvshare keys: out of memory\n");
+            return -1;
+        }
+        t->v = nv;
+        t->cap = cap;
+    }
+    t->v[t->n++] = (uint32_t)v;
     return 0;
 }
 
@@ -33,8 +49,7 @@ int kvs_cli_keys(int argc, char **argv)
     kvs_hasher_params_t hp = {.field_mask = 0};
     kvs_chain_params_t cp = {.field_mask = 0};
     uint64_t block_tokens = 16;
-    uint32_t *tokens = NULL;
-    size_t ntok = 0, cap = 0;
+    token_list_t tl = {0};
     bool from_stdin = false, opts_done = false;
     int rc = 1;
 
@@ -47,7 +62,7 @@ int kvs_cli_keys(int argc, char **argv)
             goto token;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
-            free(tokens);
+            free(tl.v);
             return 0;
         } else if (strcmp(a, "--algo") == 0) {
             if (v == NULL || (strcmp(v, "sha256_cbor") != 0 && strcmp(v, "xxhash_cbor") != 0)) {
@@ -91,33 +106,18 @@ int kvs_cli_keys(int argc, char **argv)
             goto out;
         } else {
         token:
-            if (ntok == cap) {
-                cap = cap ? cap * 2 : 256;
-                uint32_t *nt = realloc(tokens, cap * sizeof(*nt));
-                if (nt == NULL)
-                    goto out;
-                tokens = nt;
-            }
-            if (parse_token(a, &tokens[ntok]) != 0)
+            if (push_token(&tl, a) != 0)
                 goto out;
-            ntok++;
         }
     }
     if (from_stdin) {
         char word[32];
-        while (scanf("%31s", word) == 1) {
-            if (ntok == cap) {
-                cap = cap ? cap * 2 : 256;
-                uint32_t *nt = realloc(tokens, cap * sizeof(*nt));
-                if (nt == NULL)
-                    goto out;
-                tokens = nt;
-            }
-            if (parse_token(word, &tokens[ntok]) != 0)
+        while (scanf("%31s", word) == 1)
+            if (push_token(&tl, word) != 0)
                 goto out;
-            ntok++;
-        }
     }
+    const uint32_t *tokens = tl.v;
+    size_t ntok = tl.n;
 
     hp.field_mask |= KVS_HASHER_FIELD_BLOCK_TOKENS;
     hp.block_tokens = (uint32_t)block_tokens;
@@ -150,6 +150,6 @@ int kvs_cli_keys(int argc, char **argv)
     free(keys);
     kvs_hasher_destroy(h);
 out:
-    free(tokens);
+    free(tl.v);
     return rc;
 }
