@@ -390,9 +390,15 @@ static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...)
     for (treq_t *r = tl->reqs; r != NULL; r = r->next)
         if (r->conn == c && r->status == KVS_INPROGRESS)
             r->status = st;
-    for (push_t *p = tl->pushes; p != NULL; p = p->next)
-        if (p->conn == c)
+    /* Pushes outlive their connection only while UCX owes them callbacks;
+     * they must not reach the connection (or its leases) again. */
+    for (push_t *p = tl->pushes; p != NULL; p = p->next) {
+        if (p->conn == c) {
             p->status = st;
+            p->conn = NULL;
+            p->lease = NULL;
+        }
+    }
     for (sput_t *p = tl->sputs; p != NULL; p = p->next)
         if (p->conn == c)
             p->dead = true;
@@ -1068,8 +1074,8 @@ static void srv_release(conn_t *c, const kvs__msg_t *m)
 
 static void push_finish(tl_t *tl, push_t *p)
 {
-    conn_t *c = p->conn;
-    if (c->state == C_READY) {
+    conn_t *c = p->conn; /* NULL once its connection failed */
+    if (c != NULL && c->state == C_READY) {
         kvs__buf_t b;
         kvs__buf_init(&b);
         kvs__proto_begin(&b, KVS_MSG_FETCH_DONE, 0, p->req_id, c->session);
