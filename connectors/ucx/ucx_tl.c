@@ -1105,6 +1105,22 @@ static void push_sent(void *request, ucs_status_t status, void *user_data)
     ucp_request_free(request);
 }
 
+/* Sends one piece of a block as a DATA message: the header names the
+ * request, the block's index in it and the piece's offset; the payload goes
+ * from @src (rendezvous for large pieces). The caller tracks the result. */
+static ucs_status_ptr_t send_data(ucp_ep_h ep, uint64_t req_id, uint64_t session, uint32_t block,
+                                  uint32_t offset, const void *src, size_t len,
+                                  const ucp_request_param_t *param)
+{
+    uint8_t hdr[KVS_PROTO_HDR_LEN + 8];
+    kvs__buf_t hb = {.data = hdr, .cap = sizeof(hdr)};
+    kvs__proto_begin(&hb, KVS_MSG_DATA, 0, req_id, session);
+    kvs__buf_u32(&hb, block);
+    kvs__buf_u32(&hb, offset);
+    kvs__proto_finish(&hb);
+    return ucp_am_send_nbx(ep, AM_ID, hdr, sizeof(hdr), src, len, param);
+}
+
 static void srv_fetch(tl_t *tl, conn_t *c, const kvs__msg_t *m)
 {
     srv_lease_t **pp = find_lease(c, m->u.fetch.lease_id);
@@ -1156,19 +1172,13 @@ static void srv_fetch(tl_t *tl, conn_t *c, const kvs__msg_t *m)
                 p->status = KVS_ERR_LAYOUT_MISMATCH;
                 break;
             }
-            uint8_t hdr[KVS_PROTO_HDR_LEN + 8];
-            kvs__buf_t hb = {.data = hdr, .cap = sizeof(hdr)};
-            kvs__proto_begin(&hb, KVS_MSG_DATA, 0, rid, c->session);
-            kvs__buf_u32(&hb, i);
-            kvs__buf_u32(&hb, off);
-            kvs__proto_finish(&hb);
             ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
                                                        UCP_OP_ATTR_FIELD_USER_DATA |
                                                        UCP_OP_ATTR_FIELD_FLAGS,
                                        .cb.send = push_sent,
                                        .user_data = p,
                                        .flags = UCP_AM_SEND_FLAG_REPLY};
-            ucs_status_ptr_t s = ucp_am_send_nbx(c->ep, AM_ID, hdr, sizeof(hdr), src, len, &prm);
+            ucs_status_ptr_t s = send_data(c->ep, rid, c->session, i, off, src, len, &prm);
             if (UCS_PTR_IS_ERR(s))
                 p->status = KVS_ERR_PEER_FAILED;
             else if (s != NULL)
@@ -2168,15 +2178,9 @@ static kvs_status_t tl_put(void *arg, const char *node, struct kvs_pool *src, co
         uint32_t off = 0;
         for (size_t s = 0; s < src->nsegs; s++) {
             const kvs_segment_t *sg = &src->segs[s];
-            uint8_t hdr[KVS_PROTO_HDR_LEN + 8];
-            kvs__buf_t hb = {.data = hdr, .cap = sizeof(hdr)};
-            kvs__proto_begin(&hb, KVS_MSG_DATA, 0, rid, c->session);
-            kvs__buf_u32(&hb, k);
-            kvs__buf_u32(&hb, off);
-            kvs__proto_finish(&hb);
-            track(r, ucp_am_send_nbx(c->ep, AM_ID, hdr, sizeof(hdr),
-                                     (const uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride,
-                                     sg->block_bytes, &p));
+            track(r, send_data(c->ep, rid, c->session, k, off,
+                               (const uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride,
+                               sg->block_bytes, &p));
             off += (uint32_t)sg->block_bytes;
         }
     }
