@@ -213,7 +213,8 @@ static kvs_status_t p_pool(const char *s, kvs__config_t *c)
 
 static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 {
-    if (strcmp(s, "auto") != 0 && strcmp(s, "ucx") != 0 && strcmp(s, "none") != 0)
+    if (strcmp(s, "auto") != 0 && strcmp(s, "ucx") != 0 && strcmp(s, "none") != 0 &&
+        strcmp(s, "loop") != 0 && strcmp(s, "loop-am") != 0)
         return KVS_ERR_CONFIG;
     return set_string(s, c->transport, sizeof(c->transport));
 }
@@ -233,7 +234,7 @@ static const setting_t settings[] = {
      p_listen},
     {"auth_token_file", "KVSHARE_AUTH_TOKEN_FILE", "a path shorter than 4096 bytes", p_auth},
     {"pool", "KVSHARE_POOL", "a DNS name or a comma list of HOST:PORT (< 1024 bytes)", p_pool},
-    {"transport", "KVSHARE_TRANSPORT", "auto, ucx or none", p_transport},
+    {"transport", "KVSHARE_TRANSPORT", "auto, ucx, none, loop or loop-am", p_transport},
 };
 
 static kvs_status_t fail(char *errbuf, size_t len, kvs_status_t status, const char *fmt, ...)
@@ -449,7 +450,7 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     if ((m & KVS_CTX_FIELD_TRANSPORT) && p->transport != NULL &&
         p_transport(p->transport, cfg) != KVS_OK)
         return fail(errbuf, len, KVS_ERR_CONFIG, "params.transport='%s': accepted: %s",
-                    p->transport, "auto, ucx or none");
+                    p->transport, "auto, ucx, none, loop or loop-am");
     if (m & KVS_CTX_FIELD_POOL_NODE)
         cfg->pool_node = p->pool_node != 0;
     if ((m & KVS_CTX_FIELD_POOL) && p->pool != NULL && p_pool(p->pool, cfg) != KVS_OK)

@@ -5,11 +5,15 @@
 #include <stdio.h>
 #include <string.h>
 
+/* "auto" is the first real transport; the in-process loopback ones are
+ * only ever chosen by name (tests). */
 static const kvs__transport_ops_t *find_transport(const char *name)
 {
-    for (size_t i = 0; kvs__transports[i] != NULL; i++)
-        if (strcmp(name, "auto") == 0 || strcmp(name, kvs__transports[i]->name) == 0)
+    for (size_t i = 0; kvs__transports[i] != NULL; i++) {
+        const char *tn = kvs__transports[i]->name;
+        if (strcmp(name, tn) == 0 || (strcmp(name, "auto") == 0 && strncmp(tn, "loop", 4) != 0))
             return kvs__transports[i];
+    }
     return NULL;
 }
 
@@ -55,9 +59,10 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
         goto err_mutex;
     }
     pthread_mutex_init(&ctx->pool_lock, NULL);
+    const kvs__transport_ops_t *ops = NULL;
     if (strcmp(ctx->cfg.transport, "none") != 0) {
-        ctx->tl_ops = find_transport(ctx->cfg.transport);
-        if (ctx->tl_ops == NULL && strcmp(ctx->cfg.transport, "auto") != 0) {
+        ops = find_transport(ctx->cfg.transport);
+        if (ops == NULL && strcmp(ctx->cfg.transport, "auto") != 0) {
             status = KVS_ERR_UNSUPPORTED;
             if (errbuf != NULL && errlen > 0)
                 snprintf(errbuf, errlen, "KVSHARE_TRANSPORT=%s: not built into this libkvshare",
@@ -65,7 +70,7 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
             goto err_arena_lock;
         }
     }
-    if (ctx->tl_ops == NULL && (ctx->cfg.listen[0] != '\0' || ctx->cfg.pool[0] != '\0')) {
+    if (ops == NULL && (ctx->cfg.listen[0] != '\0' || ctx->cfg.pool[0] != '\0')) {
         status = KVS_ERR_UNSUPPORTED;
         if (errbuf != NULL && errlen > 0)
             snprintf(errbuf, errlen,
@@ -75,8 +80,8 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
                      ctx->cfg.transport);
         goto err_arena_lock;
     }
-    if (ctx->tl_ops != NULL) {
-        status = ctx->tl_ops->init(ctx, &ctx->cfg, &ctx->tl, errbuf, errlen);
+    if (ops != NULL) {
+        status = kvs__peer_create(ctx, &ctx->cfg, ops, &ctx->peer, errbuf, errlen);
         if (status != KVS_OK)
             goto err_arena_lock;
     }
@@ -97,8 +102,7 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
     return KVS_OK;
 
 err_tl:
-    if (ctx->tl_ops != NULL)
-        ctx->tl_ops->fini(ctx->tl);
+    kvs__peer_destroy(ctx->peer);
 err_arena_lock:
     pthread_mutex_destroy(&ctx->pool_lock);
     kvs__free(ctx->pool_nodes);
@@ -132,15 +136,12 @@ void kvs_ctx_destroy(kvs_ctx_h ctx)
                   r->length);
         kvs_mem_deregister(r);
     }
-    if (ctx->tl_ops != NULL) {
-        /* Peers' leases go first (fini releases them), then our memory. */
-        void *tl = ctx->tl;
-        if (ctx->arena_memh != NULL)
-            ctx->tl_ops->mem_dereg(tl, ctx->arena_memh);
-        if (ctx->arena_gen_memh != NULL)
-            ctx->tl_ops->mem_dereg(tl, ctx->arena_gen_memh);
-        ctx->tl_ops->fini(tl);
-        ctx->tl = NULL;
+    if (ctx->peer != NULL) {
+        /* Peers' leases go first (destroy releases them), then our memory. */
+        kvs__peer_mem_dereg(ctx->peer, ctx->arena_memh);
+        kvs__peer_mem_dereg(ctx->peer, ctx->arena_gen_memh);
+        kvs__peer_destroy(ctx->peer);
+        ctx->peer = NULL;
         /* Registrations died with the transport's context. */
         ctx->arena_memh = ctx->arena_gen_memh = NULL;
     }
@@ -156,9 +157,9 @@ kvs_status_t kvs_ctx_listen_addr(kvs_ctx_h ctx, char *buf, size_t len)
 {
     if (ctx == NULL || buf == NULL || len == 0)
         return KVS_ERR_INVALID_PARAM;
-    if (ctx->tl_ops == NULL || ctx->cfg.listen[0] == '\0')
+    if (ctx->peer == NULL || ctx->cfg.listen[0] == '\0')
         return KVS_ERR_NOT_FOUND;
-    return ctx->tl_ops->listen_addr(ctx->tl, buf, len);
+    return kvs__peer_listen_addr(ctx->peer, buf, len);
 }
 
 const kvs__logger_t *kvs__ctx_log(struct kvs_ctx *ctx)
@@ -187,9 +188,9 @@ int kvs_progress(kvs_ctx_h ctx)
 {
     if (ctx == NULL)
         return KVS_ERR_INVALID_PARAM;
-    if (ctx->tl_ops == NULL)
+    if (ctx->peer == NULL)
         return 0;
-    return ctx->tl_ops->progress(ctx->tl);
+    return kvs__peer_progress(ctx->peer);
 }
 
 kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
@@ -205,7 +206,7 @@ kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
     st->leased_blocks = atomic_load_explicit(&s->leased_blocks, memory_order_relaxed);
     st->fetched_bytes = atomic_load_explicit(&ctx->fetched_bytes, memory_order_relaxed);
     if (st->field_mask & KVS_STATS_FIELD_PEERS)
-        st->peers = ctx->tl_ops != NULL ? ctx->tl_ops->npeers(ctx->tl) : 0;
+        st->peers = ctx->peer != NULL ? kvs__peer_count(ctx->peer) : 0;
     pthread_rwlock_rdlock(&s->lock);
     st->blocks = s->count;
     st->zero_copy_blocks = s->zero_copy_count;

@@ -4,7 +4,7 @@
 #define KVS_CTX_INT_H
 
 #include "store_int.h"
-#include "transport_int.h"
+#include "peer_int.h"
 
 struct kvs_region {
     struct kvs_ctx *ctx;
@@ -26,8 +26,7 @@ struct kvs_ctx {
     struct kvs_region *regions;
     size_t nregions;
     _Atomic size_t npools;
-    const kvs__transport_ops_t *tl_ops; /* NULL: local only */
-    void *tl;
+    kvs__peer_t *peer; /* NULL: local only */
     _Atomic uint64_t fetched_bytes;
     /* KVSHARE_POOL resolved into nodes ("host:port"), refreshed from DNS */
     pthread_mutex_t pool_lock;

@@ -50,7 +50,7 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         return KVS_ERR_INVALID_PARAM;
     /* A peer named explicitly must be asked; answering from the local store
      * alone would hide that it never was. */
-    if ((sources & KVS_SOURCE_PEER || sources == KVS_SOURCE_POOL) && ctx->tl_ops == NULL) {
+    if ((sources & KVS_SOURCE_PEER || sources == KVS_SOURCE_POOL) && ctx->peer == NULL) {
         kvs__error(&ctx->log, "kvs_lookup: remote sources asked for, but this build has no "
                               "transport");
         return KVS_ERR_UNSUPPORTED;
@@ -89,14 +89,14 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         char node[300];
         const char *where = params != NULL ? params->peer : NULL;
         if (src == KVS_SOURCE_POOL) {
-            if (ctx->tl_ops == NULL ||
+            if (ctx->peer == NULL ||
                 kvs__pool_node_for(ctx, &keys[0], node, sizeof(node)) != KVS_OK)
                 continue; /* no pool reachable: a miss, not an error */
             where = node;
         }
         void *rl = NULL;
         size_t rhits = 0;
-        kvs_status_t st = ctx->tl_ops->lookup(ctx->tl, where, layout_id, keys, nkeys, lease_ms,
+        kvs_status_t st = kvs__peer_lookup(ctx->peer, where, layout_id, keys, nkeys, lease_ms,
                                               timeout_ms, &rl, &rhits);
         if (st != KVS_OK) {
             if (src == KVS_SOURCE_POOL) {
@@ -110,14 +110,14 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         }
         if (rhits > lease->hits) {
             if (lease->remote != NULL)
-                ctx->tl_ops->release(ctx->tl, lease->remote);
+                kvs__peer_release(ctx->peer, lease->remote);
             else if (lease->hits > 0)
                 kvs__store_release(&ctx->store, lease->refs, lease->hits);
             lease->hits = rhits;
             lease->source = src;
             lease->remote = rl;
         } else {
-            ctx->tl_ops->release(ctx->tl, rl);
+            kvs__peer_release(ctx->peer, rl);
         }
     }
     *lease_p = lease;
@@ -193,7 +193,7 @@ void kvs_lease_release(kvs_lease_h lease)
     if (lease == NULL)
         return;
     if (lease->remote != NULL)
-        lease->ctx->tl_ops->release(lease->ctx->tl, lease->remote);
+        kvs__peer_release(lease->ctx->peer, lease->remote);
     else if (lease->holds && lease->hits > 0)
         kvs__store_release(&lease->ctx->store, lease->refs, lease->hits);
     kvs__free(lease->refs);
@@ -279,7 +279,7 @@ kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_bl
         kvs_request_h rreq = kvs__calloc(1, sizeof(*rreq));
         if (rreq == NULL)
             return KVS_ERR_NO_MEMORY;
-        kvs_status_t st = ctx->tl_ops->fetch(ctx->tl, lease->remote, dst, dst_block_ids, count,
+        kvs_status_t st = kvs__peer_fetch(ctx->peer, lease->remote, dst, dst_block_ids, count,
                                              first, timeout_ms, &rreq->treq);
         if (st != KVS_OK) {
             kvs__free(rreq);
@@ -331,7 +331,7 @@ kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *blo
     for (size_t i = 0; i < count; i++)
         if (block_ids[i] >= pool->num_blocks)
             return KVS_ERR_INVALID_PARAM;
-    if (ctx->tl_ops == NULL || ctx->cfg.pool[0] == '\0') {
+    if (ctx->peer == NULL || ctx->cfg.pool[0] == '\0') {
         kvs__error(&ctx->log, "kvs_put: no cache pool: set KVSHARE_POOL (and build with UCX)");
         return KVS_ERR_UNSUPPORTED;
     }
@@ -346,7 +346,7 @@ kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *blo
     kvs_request_h req = kvs__calloc(1, sizeof(*req));
     if (req == NULL)
         return KVS_ERR_NO_MEMORY;
-    st = ctx->tl_ops->put(ctx->tl, node, pool, keys, block_ids, count, ctx->cfg.fetch_timeout_ms,
+    st = kvs__peer_put(ctx->peer, node, pool, keys, block_ids, count, ctx->cfg.fetch_timeout_ms,
                           &req->treq);
     if (st != KVS_OK) {
         kvs__free(req);
@@ -363,7 +363,7 @@ kvs_status_t kvs_request_test(kvs_request_h req)
     if (req == NULL)
         return KVS_ERR_INVALID_PARAM;
     if (req->treq != NULL && req->status == KVS_INPROGRESS)
-        req->status = req->ctx->tl_ops->req_test(req->ctx->tl, req->treq);
+        req->status = kvs__peer_req_test(req->ctx->peer, req->treq);
     return req->status;
 }
 
@@ -372,7 +372,7 @@ kvs_status_t kvs_request_wait(kvs_request_h req, int timeout_ms)
     if (req == NULL)
         return KVS_ERR_INVALID_PARAM;
     if (req->treq != NULL && req->status == KVS_INPROGRESS)
-        req->status = req->ctx->tl_ops->req_wait(req->ctx->tl, req->treq, timeout_ms);
+        req->status = kvs__peer_req_wait(req->ctx->peer, req->treq, timeout_ms);
     return req->status; /* local requests are complete when returned */
 }
 
@@ -381,6 +381,6 @@ void kvs_request_free(kvs_request_h req)
     if (req == NULL)
         return;
     if (req->treq != NULL)
-        req->ctx->tl_ops->req_free(req->ctx->tl, req->treq);
+        kvs__peer_req_free(req->ctx->peer, req->treq);
     kvs__free(req);
 }

@@ -68,7 +68,7 @@ kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs
     pool->host_only = host_only;
     /* Register each segment's span and the generations once, so peers can
      * read blocks without any registration on the data path. */
-    if (ctx->tl_ops != NULL) {
+    if (ctx->peer != NULL) {
         pool->seg_memh = kvs__calloc(pool->nsegs, sizeof(*pool->seg_memh));
         if (pool->seg_memh == NULL) {
             kvs__free(pool->name);
@@ -78,12 +78,12 @@ kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs
             const kvs_segment_t *sg = &pool->segs[i];
             size_t span = (size_t)(pool->num_blocks - 1) * sg->block_stride + sg->block_bytes;
             status =
-                ctx->tl_ops->mem_reg(ctx->tl, sg->base, span, sg->mem_type, &pool->seg_memh[i]);
+                kvs__peer_mem_reg(ctx->peer, sg->base, span, sg->mem_type, &pool->seg_memh[i]);
             if (status != KVS_OK)
                 goto err_dereg;
         }
         status =
-            ctx->tl_ops->mem_reg(ctx->tl, (void *)pool->gen, pool->num_blocks * sizeof(*pool->gen),
+            kvs__peer_mem_reg(ctx->peer, (void *)pool->gen, pool->num_blocks * sizeof(*pool->gen),
                                  KVS_MEM_HOST, &pool->gen_memh);
         if (status != KVS_OK)
             goto err_dereg;
@@ -102,7 +102,7 @@ kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs
 err_dereg:
     for (size_t i = 0; i < pool->nsegs; i++)
         if (pool->seg_memh[i] != NULL)
-            ctx->tl_ops->mem_dereg(ctx->tl, pool->seg_memh[i]);
+            kvs__peer_mem_dereg(ctx->peer, pool->seg_memh[i]);
     kvs__free(pool->seg_memh);
     kvs__free(pool->name);
     kvs__free(pool->entry_of_block);
@@ -180,12 +180,12 @@ void kvs_pool_destroy(kvs_pool_h pool)
         }
     }
     pthread_mutex_unlock(&ctx->regions_lock);
-    if (ctx->tl_ops != NULL) {
+    if (ctx->peer != NULL) {
         for (size_t i = 0; pool->seg_memh != NULL && i < pool->nsegs; i++)
             if (pool->seg_memh[i] != NULL)
-                ctx->tl_ops->mem_dereg(ctx->tl, pool->seg_memh[i]);
+                kvs__peer_mem_dereg(ctx->peer, pool->seg_memh[i]);
         if (pool->gen_memh != NULL)
-            ctx->tl_ops->mem_dereg(ctx->tl, pool->gen_memh);
+            kvs__peer_mem_dereg(ctx->peer, pool->gen_memh);
     }
     kvs__free(pool->seg_memh);
     atomic_fetch_sub(&ctx->npools, 1);
@@ -218,19 +218,19 @@ kvs_status_t kvs__ctx_arena_ensure(struct kvs_ctx *ctx, size_t slot_bytes)
     pthread_rwlock_wrlock(&s->lock);
     status = kvs__store_arena_init(s, slot_bytes);
     pthread_rwlock_unlock(&s->lock);
-    if (status != KVS_OK || ctx->tl_ops == NULL)
+    if (status != KVS_OK || ctx->peer == NULL)
         goto out;
     status =
-        ctx->tl_ops->mem_reg(ctx->tl, s->arena, s->arena_bytes, KVS_MEM_HOST, &ctx->arena_memh);
+        kvs__peer_mem_reg(ctx->peer, s->arena, s->arena_bytes, KVS_MEM_HOST, &ctx->arena_memh);
     if (status == KVS_OK)
-        status = ctx->tl_ops->mem_reg(ctx->tl, (void *)s->arena_gen,
+        status = kvs__peer_mem_reg(ctx->peer, (void *)s->arena_gen,
                                       (size_t)s->arena_slots * sizeof(*s->arena_gen), KVS_MEM_HOST,
                                       &ctx->arena_gen_memh);
     if (status != KVS_OK) {
         kvs__error(&ctx->log, "registering the %zu-byte arena: %s", s->arena_bytes,
                    kvs_status_string(status));
         if (ctx->arena_memh != NULL)
-            ctx->tl_ops->mem_dereg(ctx->tl, ctx->arena_memh);
+            kvs__peer_mem_dereg(ctx->peer, ctx->arena_memh);
         ctx->arena_memh = NULL;
         pthread_rwlock_wrlock(&s->lock);
         kvs__store_arena_fini(s);

@@ -95,33 +95,67 @@ static kvs_status_t decode_regions(rd_t *r, kvs__msg_t *m, char *why, size_t wl)
     return KVS_OK;
 }
 
-kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char *why, size_t wl)
+/* Chunk sizes of pushed blocks: each at least KVS_PROTO_MIN_CHUNK, and a
+ * bounded number of pieces in all, so one message cannot make its receiver
+ * post millions of sends. */
+static kvs_status_t check_chunks(const uint8_t *chunks, uint16_t n, uint32_t blocks, char *why,
+                                 size_t wl)
+{
+    uint64_t total = 0;
+    for (uint16_t k = 0; k < n; k++) {
+        uint32_t c = (uint32_t)le(chunks + 4 * (size_t)k, 4);
+        if (c < KVS_PROTO_MIN_CHUNK)
+            return bad(why, wl, "chunk %u of %u bytes (at least %u)", k, c, KVS_PROTO_MIN_CHUNK);
+        total += c;
+    }
+    if (total > UINT32_MAX)
+        return bad(why, wl, "blocks of %llu bytes", (unsigned long long)total);
+    if ((uint64_t)blocks * n > KVS_PROTO_MAX_FETCH_PIECES)
+        return bad(why, wl, "%u blocks of %u pieces (at most %u pieces)", blocks, n,
+                   KVS_PROTO_MAX_FETCH_PIECES);
+    return KVS_OK;
+}
+
+kvs_status_t kvs__proto_decode_hdr(const void *buf, size_t len, uint32_t max_body, kvs__hdr_t *h,
+                                   char *why, size_t wl)
 {
     rd_t r = {.p = buf, .left = len};
-    memset(m, 0, sizeof(*m));
+    memset(h, 0, sizeof(*h));
     if (buf == NULL || len < KVS_PROTO_HDR_LEN)
         return bad(why, wl, "message of %zu bytes is shorter than the %u-byte header", len,
                    KVS_PROTO_HDR_LEN);
     uint32_t magic = rd_u32(&r);
     uint16_t version = rd_u16(&r);
-    m->hdr.type = rd_u16(&r);
-    m->hdr.flags = rd_u32(&r);
-    m->hdr.body_len = rd_u32(&r);
-    m->hdr.req_id = rd_u64(&r);
-    m->hdr.session = rd_u64(&r);
+    h->type = rd_u16(&r);
+    h->flags = rd_u32(&r);
+    h->body_len = rd_u32(&r);
+    h->req_id = rd_u64(&r);
+    memcpy(h->session, take(&r, KVS_PROTO_SESSION_LEN), KVS_PROTO_SESSION_LEN);
     if (magic != KVS_PROTO_MAGIC)
         return bad(why, wl, "bad magic 0x%08x", magic);
     if (version != KVS_PROTO_VERSION)
         return bad(why, wl, "protocol version %u, expected %u", version, KVS_PROTO_VERSION);
-    if (m->hdr.type == 0 || m->hdr.type > KVS_MSG_TYPE_MAX)
-        return bad(why, wl, "unknown message type %u", m->hdr.type);
-    if (m->hdr.flags & ~KVS_PROTO_FLAG_REGIONS)
+    if (h->type == 0 || h->type > KVS_MSG_TYPE_MAX)
+        return bad(why, wl, "unknown message type %u", h->type);
+    if (h->flags & ~KVS_PROTO_FLAGS_KNOWN)
         return bad(why, wl, "reserved header bits set");
-    if (m->hdr.body_len > KVS_PROTO_MAX_BODY || m->hdr.body_len != len - KVS_PROTO_HDR_LEN)
+    if (h->body_len > max_body || h->body_len > KVS_PROTO_MAX_BODY)
+        return bad(why, wl, "body of %u bytes exceeds the %u allowed here", h->body_len,
+                   max_body < KVS_PROTO_MAX_BODY ? max_body : KVS_PROTO_MAX_BODY);
+    return KVS_OK;
+}
+
+kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char *why, size_t wl)
+{
+    memset(m, 0, sizeof(*m));
+    kvs_status_t st = kvs__proto_decode_hdr(buf, len, KVS_PROTO_MAX_BODY, &m->hdr, why, wl);
+    if (st != KVS_OK)
+        return st;
+    if (m->hdr.body_len != len - KVS_PROTO_HDR_LEN)
         return bad(why, wl, "body length %u does not match the %zu bytes received", m->hdr.body_len,
                    len - KVS_PROTO_HDR_LEN);
+    rd_t r = {.p = (const uint8_t *)buf + KVS_PROTO_HDR_LEN, .left = len - KVS_PROTO_HDR_LEN};
     bool has_regions = (m->hdr.flags & KVS_PROTO_FLAG_REGIONS) != 0;
-    kvs_status_t st;
 
     switch ((kvs__msg_type_t)m->hdr.type) {
     case KVS_MSG_HELLO:
@@ -141,6 +175,10 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         break;
     case KVS_MSG_AUTH:
         m->u.auth.mac = take(&r, KVS_PROTO_MAC_LEN);
+        m->u.auth.addr_len = rd_u32(&r);
+        if (m->u.auth.addr_len > KVS_PROTO_MAX_ADDR)
+            return bad(why, wl, "AUTH address of %u bytes", m->u.auth.addr_len);
+        m->u.auth.addr = take(&r, m->u.auth.addr_len);
         break;
     case KVS_MSG_HELLO_ACK:
         m->u.hello_ack.addr_len = rd_u32(&r);
@@ -198,6 +236,9 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         if (!r.bad && (m->u.fetch.nchunks == 0 || m->u.fetch.nchunks > KVS_PROTO_MAX_PIECES))
             return bad(why, wl, "FETCH with %u chunks per block", m->u.fetch.nchunks);
         m->u.fetch.chunks = take(&r, (size_t)m->u.fetch.nchunks * 4);
+        if (!r.bad && (st = check_chunks(m->u.fetch.chunks, m->u.fetch.nchunks, m->u.fetch.count,
+                                         why, wl)) != KVS_OK)
+            return st;
         break;
     case KVS_MSG_DATA:
         m->u.data.block = rd_u32(&r);
@@ -219,6 +260,9 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         if (!r.bad && (m->u.put.nchunks == 0 || m->u.put.nchunks > KVS_PROTO_MAX_PIECES))
             return bad(why, wl, "PUT with %u chunks per block", m->u.put.nchunks);
         m->u.put.chunks = take(&r, (size_t)m->u.put.nchunks * 4);
+        if (!r.bad && (st = check_chunks(m->u.put.chunks, m->u.put.nchunks, m->u.put.nkeys, why,
+                                         wl)) != KVS_OK)
+            return st;
         m->u.put.keys = take(&r, (size_t)m->u.put.nkeys * KVS_KEY_BYTES);
         break;
     case KVS_MSG_PUT_ACK:
@@ -239,6 +283,8 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         return bad(why, wl, "message type %u truncated", m->hdr.type);
     if (r.left != 0)
         return bad(why, wl, "message type %u has %zu trailing bytes", m->hdr.type, r.left);
+    if (m->hdr.type == KVS_MSG_DATA && len != KVS_PROTO_DATA_LEN)
+        return bad(why, wl, "DATA header of %zu bytes", len);
     if (has_regions && m->hdr.type != KVS_MSG_HELLO_ACK && m->hdr.type != KVS_MSG_LOOKUP_REPLY)
         return bad(why, wl, "region flag on message type %u", m->hdr.type);
     return KVS_OK;
@@ -354,7 +400,7 @@ void kvs__buf_patch_u32(kvs__buf_t *b, size_t off, uint32_t v)
 }
 
 void kvs__proto_begin(kvs__buf_t *b, kvs__msg_type_t type, uint32_t flags, uint64_t req_id,
-                      uint64_t session)
+                      const uint8_t *session)
 {
     b->len = 0;
     kvs__buf_u32(b, KVS_PROTO_MAGIC);
@@ -363,7 +409,8 @@ void kvs__proto_begin(kvs__buf_t *b, kvs__msg_type_t type, uint32_t flags, uint6
     kvs__buf_u32(b, flags);
     kvs__buf_u32(b, 0);
     kvs__buf_u64(b, req_id);
-    kvs__buf_u64(b, session);
+    static const uint8_t none[KVS_PROTO_SESSION_LEN];
+    kvs__buf_put(b, session != NULL ? session : none, KVS_PROTO_SESSION_LEN);
 }
 
 kvs_status_t kvs__proto_finish(kvs__buf_t *b)
@@ -396,4 +443,145 @@ void kvs__proto_put_block(kvs__buf_t *b, const kvs__block_desc_t *d, const kvs__
         kvs__buf_u32(b, pieces[i].len);
         kvs__buf_u64(b, pieces[i].addr);
     }
+}
+
+/* --- one encoder per message ------------------------------------------- */
+kvs_status_t kvs__enc_hello(kvs__buf_t *b, uint64_t req_id, uint64_t layout_id,
+                            const uint8_t *nonce, const char *name)
+{
+    size_t nl = strlen(name);
+    if (nl > KVS_PROTO_MAX_NAME)
+        nl = KVS_PROTO_MAX_NAME;
+    kvs__proto_begin(b, KVS_MSG_HELLO, 0, req_id, NULL);
+    kvs__buf_u64(b, layout_id);
+    kvs__buf_put(b, nonce, KVS_PROTO_NONCE_LEN);
+    kvs__buf_u16(b, (uint16_t)nl);
+    kvs__buf_put(b, name, nl);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_challenge(kvs__buf_t *b, uint64_t req_id, const uint8_t *nonce,
+                                const uint8_t *mac, bool auth_required)
+{
+    kvs__proto_begin(b, KVS_MSG_CHALLENGE, KVS_PROTO_FLAG_FROM_SERVER, req_id, NULL);
+    kvs__buf_put(b, nonce, KVS_PROTO_NONCE_LEN);
+    kvs__buf_put(b, mac, KVS_PROTO_MAC_LEN);
+    kvs__buf_u8(b, auth_required ? 1 : 0);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_auth(kvs__buf_t *b, uint64_t req_id, const uint8_t *mac, const void *addr,
+                           size_t addr_len)
+{
+    if (addr_len > KVS_PROTO_MAX_ADDR)
+        return KVS_ERR_INVALID_PARAM;
+    kvs__proto_begin(b, KVS_MSG_AUTH, 0, req_id, NULL);
+    kvs__buf_put(b, mac, KVS_PROTO_MAC_LEN);
+    kvs__buf_u32(b, (uint32_t)addr_len);
+    kvs__buf_put(b, addr, addr_len);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_error(kvs__buf_t *b, uint64_t req_id, uint32_t flags, const uint8_t *session,
+                            kvs_status_t status, const char *text)
+{
+    size_t n = strlen(text);
+    if (n > KVS_PROTO_MAX_TEXT)
+        n = KVS_PROTO_MAX_TEXT;
+    kvs__proto_begin(b, KVS_MSG_ERROR, flags, req_id, session);
+    kvs__buf_u32(b, (uint32_t)status);
+    kvs__buf_u16(b, (uint16_t)n);
+    kvs__buf_put(b, text, n);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_lookup(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                             uint64_t layout_id, uint32_t lease_ms, const kvs_key_t *keys,
+                             size_t n)
+{
+    if (n > KVS_PROTO_MAX_KEYS)
+        return KVS_ERR_INVALID_PARAM;
+    kvs__proto_begin(b, KVS_MSG_LOOKUP, 0, req_id, session);
+    kvs__buf_u64(b, layout_id);
+    kvs__buf_u32(b, lease_ms);
+    kvs__buf_u32(b, (uint32_t)n);
+    kvs__buf_put(b, keys, n * KVS_KEY_BYTES);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_release(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                              uint64_t lease_id)
+{
+    kvs__proto_begin(b, KVS_MSG_RELEASE, 0, req_id, session);
+    kvs__buf_u64(b, lease_id);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_fetch(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                            uint64_t lease_id, uint32_t first, uint32_t count,
+                            const uint32_t *chunks, uint16_t nchunks)
+{
+    kvs__proto_begin(b, KVS_MSG_FETCH, 0, req_id, session);
+    kvs__buf_u64(b, lease_id);
+    kvs__buf_u32(b, first);
+    kvs__buf_u32(b, count);
+    kvs__buf_u16(b, nchunks);
+    for (uint16_t k = 0; k < nchunks; k++)
+        kvs__buf_u32(b, chunks[k]);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_fetch_done(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                                 kvs_status_t status, const uint64_t *gens, uint32_t count)
+{
+    kvs__proto_begin(b, KVS_MSG_FETCH_DONE, KVS_PROTO_FLAG_FROM_SERVER, req_id, session);
+    kvs__buf_u32(b, (uint32_t)status);
+    kvs__buf_u32(b, count);
+    for (uint32_t i = 0; i < count; i++)
+        kvs__buf_u64(b, gens != NULL ? gens[i] : 0);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_put(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                          uint64_t layout_id, const uint32_t *chunks, uint16_t nchunks,
+                          const kvs_key_t *keys, uint32_t n)
+{
+    kvs__proto_begin(b, KVS_MSG_PUT, 0, req_id, session);
+    kvs__buf_u64(b, layout_id);
+    kvs__buf_u32(b, n);
+    kvs__buf_u16(b, nchunks);
+    for (uint16_t k = 0; k < nchunks; k++)
+        kvs__buf_u32(b, chunks[k]);
+    kvs__buf_put(b, keys, (size_t)n * KVS_KEY_BYTES);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_put_ack(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                              const uint32_t *idx, uint32_t n)
+{
+    kvs__proto_begin(b, KVS_MSG_PUT_ACK, KVS_PROTO_FLAG_FROM_SERVER, req_id, session);
+    kvs__buf_u32(b, (uint32_t)KVS_OK);
+    kvs__buf_u32(b, n);
+    for (uint32_t i = 0; i < n; i++)
+        kvs__buf_u32(b, idx[i]);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_put_done(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                               kvs_status_t status, uint32_t stored)
+{
+    kvs__proto_begin(b, KVS_MSG_PUT_DONE, KVS_PROTO_FLAG_FROM_SERVER, req_id, session);
+    kvs__buf_u32(b, (uint32_t)status);
+    kvs__buf_u32(b, stored);
+    return kvs__proto_finish(b);
+}
+
+void kvs__enc_data(uint8_t *out, uint64_t req_id, uint32_t flags, const uint8_t *session,
+                   uint32_t block, uint32_t offset)
+{
+    kvs__buf_t b = {.data = out, .cap = KVS_PROTO_DATA_LEN};
+    kvs__proto_begin(&b, KVS_MSG_DATA, flags, req_id, session);
+    kvs__buf_u32(&b, block);
+    kvs__buf_u32(&b, offset);
+    kvs__proto_finish(&b);
 }

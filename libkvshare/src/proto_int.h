@@ -1,24 +1,25 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* proto_int.h - the peer wire protocol: message layout, encoder and a strict parser.
  *
- * Every message is a 32-byte little-endian header followed by its body:
+ * Every message is a 40-byte little-endian header followed by its body:
  *   magic u32 "KVSH" | version u16 | type u16 | flags u32 | body_len u32 |
- *   req_id u64 | session u64
- * `session` is 0 until the handshake completes; afterwards the server's
- * HELLO_ACK names it, and messages on a second (worker-address) endpoint
- * carry it to say which authenticated connection they belong to. See
- * docs/transport.md for why a second endpoint is needed with UCX 1.13.
+ *   req_id u64 | session 16 bytes
+ * The handshake (HELLO, CHALLENGE, AUTH, HELLO_ACK) runs over kvshare's own
+ * TCP bootstrap socket with session all zeros; HELLO_ACK's header names the
+ * session: 128 random bits that every later message (over the transport)
+ * carries, and that is the only way a message reaches a connection.
  * Every count and length is checked against the bytes received before use;
- * the parser is fuzzed (tests/fuzz/fuzz_proto.c). Decoded messages point
- * into the caller's buffer and copy nothing. */
+ * the parser is fuzzed (tests/fuzz/fuzz_proto.c, fuzz_boot.c). Decoded
+ * messages point into the caller's buffer and copy nothing. */
 #ifndef KVS_PROTO_INT_H
 #define KVS_PROTO_INT_H
 
 #include "kvs_int.h"
 
 #define KVS_PROTO_MAGIC       0x4853564Bu /* "KVSH" little-endian */
-#define KVS_PROTO_VERSION     1u
-#define KVS_PROTO_HDR_LEN     32u
+#define KVS_PROTO_VERSION     2u
+#define KVS_PROTO_HDR_LEN     40u
+#define KVS_PROTO_SESSION_LEN 16u
 #define KVS_PROTO_NONCE_LEN   32u
 #define KVS_PROTO_MAC_LEN     32u
 #define KVS_PROTO_MAX_BODY    (64u << 20)
@@ -29,12 +30,19 @@
 #define KVS_PROTO_MAX_NAME    256u
 #define KVS_PROTO_MAX_TEXT    1024u
 #define KVS_PROTO_MAX_ADDR    65536u
+/* Pushed pieces are at least this big: a FETCH cannot ask for millions of
+ * empty sends. */
+#define KVS_PROTO_MIN_CHUNK 64u
+/* Pieces one FETCH or PUT may move (blocks x chunks per block). */
+#define KVS_PROTO_MAX_FETCH_PIECES (1u << 20)
+/* Bootstrap: the most a peer may send before it has proved the secret. */
+#define KVS_PROTO_MAX_PREAUTH 8192u
 
 typedef enum kvs__msg_type {
-    KVS_MSG_HELLO = 1,        /* c->s: layout id, client nonce, name */
-    KVS_MSG_CHALLENGE = 2,    /* s->c: server nonce and server proof */
-    KVS_MSG_AUTH = 3,         /* c->s: client proof */
-    KVS_MSG_HELLO_ACK = 4,    /* s->c: session, worker address, exposed regions */
+    KVS_MSG_HELLO = 1,        /* c->s (bootstrap): layout id, client nonce, name */
+    KVS_MSG_CHALLENGE = 2,    /* s->c (bootstrap): server nonce and server proof */
+    KVS_MSG_AUTH = 3,         /* c->s (bootstrap): client proof, client address */
+    KVS_MSG_HELLO_ACK = 4,    /* s->c (bootstrap): session, address, regions */
     KVS_MSG_LOOKUP = 5,       /* c->s: key chain */
     KVS_MSG_LOOKUP_REPLY = 6, /* s->c: hits, lease, block descriptors */
     KVS_MSG_RELEASE = 7,      /* c->s: end a lease */
@@ -51,13 +59,17 @@ typedef enum kvs__msg_type {
 
 /* Header flag: the LOOKUP_REPLY / HELLO_ACK carries a region table. */
 #define KVS_PROTO_FLAG_REGIONS 1u
+/* Header flag: sent by the serving side of a connection (a process may be
+ * both ends of one session when it connects to itself). */
+#define KVS_PROTO_FLAG_FROM_SERVER 2u
+#define KVS_PROTO_FLAGS_KNOWN      3u
 
 typedef struct kvs__hdr {
     uint16_t type;
     uint32_t flags;
     uint32_t body_len;
     uint64_t req_id;
-    uint64_t session;
+    uint8_t session[KVS_PROTO_SESSION_LEN];
 } kvs__hdr_t;
 
 /* A memory region a peer exposes, with its packed remote key. */
@@ -102,9 +114,11 @@ typedef struct kvs__msg {
         } challenge;
         struct {
             const uint8_t *mac;
+            uint32_t addr_len; /* the client's transport address */
+            const uint8_t *addr;
         } auth;
         struct {
-            uint32_t addr_len; /* the server's UCP worker address (may be 0) */
+            uint32_t addr_len; /* the server's transport address */
             const uint8_t *addr;
         } hello_ack;
         struct {
@@ -170,6 +184,12 @@ typedef struct kvs__msg {
  * KVS_ERR_PROTOCOL and writes a reason into @why (if non-NULL). */
 kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *msg, char *why,
                                size_t why_len);
+/* Validates just the first KVS_PROTO_HDR_LEN bytes of @buf (magic, version,
+ * type, flags, body_len <= @max_body): for stream readers, which must know
+ * the length before reading the body, and for receive handlers, which must
+ * know the session before they allocate anything. */
+kvs_status_t kvs__proto_decode_hdr(const void *buf, size_t len, uint32_t max_body, kvs__hdr_t *hdr,
+                                   char *why, size_t why_len);
 
 /* Iterators over validated arrays inside a decoded message. */
 void kvs__proto_region(const uint8_t **cursor, kvs__region_desc_t *out);
@@ -193,12 +213,45 @@ void kvs__buf_u16(kvs__buf_t *b, uint16_t v);
 void kvs__buf_u32(kvs__buf_t *b, uint32_t v);
 void kvs__buf_u64(kvs__buf_t *b, uint64_t v);
 /* Starts a message (writes a header with body_len 0); finish fills it in. */
+/* @session: KVS_PROTO_SESSION_LEN bytes, or NULL for none (bootstrap). */
 void kvs__proto_begin(kvs__buf_t *b, kvs__msg_type_t type, uint32_t flags, uint64_t req_id,
-                      uint64_t session);
+                      const uint8_t *session);
 kvs_status_t kvs__proto_finish(kvs__buf_t *b);
 void kvs__proto_put_region(kvs__buf_t *b, const kvs__region_desc_t *r);
 void kvs__proto_put_block(kvs__buf_t *b, const kvs__block_desc_t *d, const kvs__piece_t *pieces);
 /* Patches the u32 at byte @off (e.g. a count written before it was known). */
 void kvs__buf_patch_u32(kvs__buf_t *b, size_t off, uint32_t v);
+
+/* --- one encoder per message: each begins and finishes @b ------------- */
+kvs_status_t kvs__enc_hello(kvs__buf_t *b, uint64_t req_id, uint64_t layout_id,
+                            const uint8_t *nonce, const char *name);
+kvs_status_t kvs__enc_challenge(kvs__buf_t *b, uint64_t req_id, const uint8_t *nonce,
+                                const uint8_t *mac, bool auth_required);
+kvs_status_t kvs__enc_auth(kvs__buf_t *b, uint64_t req_id, const uint8_t *mac, const void *addr,
+                           size_t addr_len);
+kvs_status_t kvs__enc_error(kvs__buf_t *b, uint64_t req_id, uint32_t flags, const uint8_t *session,
+                            kvs_status_t status, const char *text);
+kvs_status_t kvs__enc_lookup(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                             uint64_t layout_id, uint32_t lease_ms, const kvs_key_t *keys,
+                             size_t n);
+kvs_status_t kvs__enc_release(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                              uint64_t lease_id);
+kvs_status_t kvs__enc_fetch(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                            uint64_t lease_id, uint32_t first, uint32_t count,
+                            const uint32_t *chunks, uint16_t nchunks);
+kvs_status_t kvs__enc_fetch_done(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                                 kvs_status_t status, const uint64_t *gens, uint32_t count);
+kvs_status_t kvs__enc_put(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                          uint64_t layout_id, const uint32_t *chunks, uint16_t nchunks,
+                          const kvs_key_t *keys, uint32_t n);
+kvs_status_t kvs__enc_put_ack(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                              const uint32_t *idx, uint32_t n);
+kvs_status_t kvs__enc_put_done(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                               kvs_status_t status, uint32_t stored);
+/* DATA is a header only (the payload travels beside it): into @out, which
+ * holds KVS_PROTO_HDR_LEN + 8 bytes. */
+void kvs__enc_data(uint8_t *out, uint64_t req_id, uint32_t flags, const uint8_t *session,
+                   uint32_t block, uint32_t offset);
+#define KVS_PROTO_DATA_LEN (KVS_PROTO_HDR_LEN + 8u)
 
 #endif

@@ -28,11 +28,11 @@ kvs_status_t kvs_mem_register(kvs_ctx_h ctx, void *base, size_t length, kvs_mem_
             goto err_unlock;
         }
     }
-    if (ctx->tl_ops != NULL) {
-        status = ctx->tl_ops->mem_reg(ctx->tl, base, length, mem_type, &r->tl_memh);
+    if (ctx->peer != NULL) {
+        status = kvs__peer_mem_reg(ctx->peer, base, length, mem_type, &r->tl_memh);
         if (status != KVS_OK) {
             kvs__error(&ctx->log, "kvs_mem_register(%p, %zu): transport %s: %s", base, length,
-                       ctx->tl_ops->name, kvs_status_string(status));
+                       kvs__peer_transport_name(ctx->peer), kvs_status_string(status));
             goto err_unlock;
         }
     }
@@ -65,8 +65,8 @@ void kvs_mem_deregister(kvs_region_h region)
         }
     }
     pthread_mutex_unlock(&ctx->regions_lock);
-    if (ctx->tl_ops != NULL && region->tl_memh != NULL)
-        ctx->tl_ops->mem_dereg(ctx->tl, region->tl_memh);
+    if (ctx->peer != NULL && region->tl_memh != NULL)
+        kvs__peer_mem_dereg(ctx->peer, region->tl_memh);
     kvs__free(region);
 }
 

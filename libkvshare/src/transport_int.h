@@ -8,42 +8,63 @@
 
 #include "config_int.h"
 
-#define KVS_TRANSPORT_OPS_VERSION 1
+#define KVS_TRANSPORT_OPS_VERSION 2
 
-struct kvs_ctx;
-struct kvs_pool;
+/* Completion of an operation a transport started: @length is the bytes
+ * moved (a GET or receive: the whole requested length on success). */
+typedef void (*kvs__tl_cb_t)(void *arg, kvs_status_t status, size_t length);
 
-/* A transport moves protocol messages and block data between contexts in
- * different processes. The core calls it for registration, remote lookups
- * and fetches; the transport calls back into the core (kvs__serve_*) to
- * answer peers. Its calls may take the transport's own lock and then the
- * store lock, never the other way round: the core never calls a transport
- * with the store lock held. */
+/* What a transport reports to the peer plane. Both are called only from
+ * inside the transport's progress(), with the peer plane's lock held. */
+typedef struct kvs__tl_events {
+    void *arg;
+    /* An active message: @hdr (KVS_PROTO_HDR_LEN bytes or more) and a
+     * payload of @len bytes. When @rndv, the payload is not here yet: call
+     * am_recv(@data, ...) during this callback to land it, or ignore it and
+     * it is dropped. Otherwise @data is valid only during the callback. */
+    void (*on_am)(void *arg, const void *hdr, size_t hlen, void *data, size_t len, bool rndv);
+    /* An endpoint failed (peer gone): @ep_user is what connect() was given. */
+    void (*on_ep_error)(void *arg, void *ep_user, kvs_status_t status);
+} kvs__tl_events_t;
+
+/* A transport moves bytes and nothing else: it never parses our messages,
+ * holds no protocol state, and learns peers only from addresses the peer
+ * plane gives it after the bootstrap handshake has authenticated them.
+ * Operations that return KVS_INPROGRESS call their callback later, from
+ * progress(); KVS_OK means done already (no callback); an error means
+ * nothing was started (no callback). The peer plane serialises every call
+ * under its own lock. */
 typedef struct kvs__transport_ops {
     uint32_t version; /* KVS_TRANSPORT_OPS_VERSION */
     const char *name;
-    kvs_status_t (*init)(struct kvs_ctx *ctx, const kvs__config_t *cfg, void **tl_p, char *err,
-                         size_t err_len);
+    kvs_status_t (*init)(const kvs__config_t *cfg, const kvs__logger_t *log,
+                         const kvs__tl_events_t *ev, void **tl_p, char *err, size_t err_len);
     void (*fini)(void *tl);
+    /* This process's address, to hand to authenticated peers. */
+    kvs_status_t (*address)(void *tl, const void **addr_p, size_t *len_p);
+    /* Endpoints to a peer's address. *rma_p: GET is native (not emulated). */
+    kvs_status_t (*connect)(void *tl, const void *addr, size_t len, void *ep_user, void **ep_p,
+                            bool *rma_p);
+    /* Force-closes: what is outstanding completes with an error. */
+    void (*disconnect)(void *tl, void *ep);
+    kvs_status_t (*am_send)(void *tl, void *ep, const void *hdr, size_t hlen, const void *data,
+                            size_t len, kvs__tl_cb_t cb, void *arg);
+    kvs_status_t (*am_recv)(void *tl, void *data, void *dst, size_t len, kvs__tl_cb_t cb,
+                            void *arg);
+    kvs_status_t (*get)(void *tl, void *ep, void *local, size_t len, uint64_t raddr, void *rkey,
+                        kvs__tl_cb_t cb, void *arg);
+    kvs_status_t (*flush)(void *tl, void *ep, kvs__tl_cb_t cb, void *arg);
+    /* Registers memory; the packed remote key stays valid until dereg. */
     kvs_status_t (*mem_reg)(void *tl, void *base, size_t length, kvs_mem_type_t type,
-                            void **memh_p);
+                            void **memh_p, const void **rkey_p, size_t *rkey_len_p);
     void (*mem_dereg)(void *tl, void *memh);
+    kvs_status_t (*rkey_unpack)(void *tl, void *ep, const void *buf, size_t len, void **rkey_p);
+    void (*rkey_destroy)(void *tl, void *rkey);
     int (*progress)(void *tl);
-    kvs_status_t (*listen_addr)(void *tl, char *buf, size_t len);
-    /* client side: a remote lease is the transport's own object */
-    kvs_status_t (*lookup)(void *tl, const char *peer, uint64_t layout_id, const kvs_key_t *keys,
-                           size_t n, uint32_t lease_ms, uint32_t timeout_ms, void **rlease_p,
-                           size_t *hits_p);
-    void (*release)(void *tl, void *rlease);
-    kvs_status_t (*fetch)(void *tl, void *rlease, struct kvs_pool *dst, const uint32_t *ids,
-                          size_t count, size_t first, uint32_t timeout_ms, void **treq_p);
-    kvs_status_t (*req_test)(void *tl, void *treq);
-    kvs_status_t (*req_wait)(void *tl, void *treq, int timeout_ms);
-    void (*req_free)(void *tl, void *treq);
-    /* offload blocks of @src to the pool node @node (it keeps what it lacks) */
-    kvs_status_t (*put)(void *tl, const char *node, struct kvs_pool *src, const kvs_key_t *keys,
-                        const uint32_t *ids, size_t n, uint32_t timeout_ms, void **treq_p);
-    size_t (*npeers)(void *tl);
+    /* A descriptor that becomes readable when progress has work, or -1. */
+    int (*event_fd)(void *tl);
+    /* true: armed, safe to sleep on event_fd; false: progress again first. */
+    bool (*arm)(void *tl);
 } kvs__transport_ops_t;
 
 #define KVS_INDEX_OPS_VERSION 1

@@ -27,7 +27,7 @@
 #include <string.h>
 #include <time.h>
 #include <arpa/inet.h>
-#include <ucp/api/ucp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 typedef struct opts {
@@ -377,19 +377,10 @@ static int soak(const opts_t *o)
     return rc;
 }
 
-/* Raw UCX: sends each message as kvshare's active message 0x4b, as a
- * hostile or broken peer would, on its own connection each time. */
+/* Raw TCP to the bootstrap port, as a hostile or broken peer would: each
+ * malformed message on its own connection. */
 static int garbage(const opts_t *o)
 {
-    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_AM};
-    ucp_context_h uc;
-    ucp_worker_h w;
-    if (ucp_init(&up, NULL, &uc) != UCS_OK)
-        return 1;
-    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-                              .thread_mode = UCS_THREAD_MODE_SINGLE};
-    if (ucp_worker_create(uc, &wp, &w) != UCS_OK)
-        return 1;
     char host[256];
     const char *colon = strrchr(o->peer, ':');
     snprintf(host, sizeof(host), "%.*s", (int)(colon - o->peer), o->peer);
@@ -397,15 +388,16 @@ static int garbage(const opts_t *o)
     inet_pton(AF_INET, host, &sa.sin_addr);
     /* 1: too short; 2: bad magic; 3: a header whose length lies; 4: a HELLO
      * with an oversized name count; 5: a LOOKUP before any handshake;
-     * 6: random bytes; 7: a LOOKUP claiming 4 G keys. */
-    uint8_t msgs[7][96];
-    size_t lens[7] = {3, 32, 40, 74, 48, 64, 48};
+     * 6: random bytes; 7: a body far over the pre-auth bound. */
+    enum { H = 40 };
+    uint8_t msgs[7][128];
+    size_t lens[7] = {3, H, H + 8, H + 42, H + 16, 64, H};
     memset(msgs, 0, sizeof(msgs));
     uint64_t r = 12345;
     for (int i = 0; i < 7; i++) {
         uint8_t *m = msgs[i];
-        uint32_t magic = 0x4853564Bu, blen = (uint32_t)lens[i] - 32;
-        uint16_t ver = 1, type = i == 4 ? 5 : (i == 6 ? 5 : 1);
+        uint32_t magic = 0x4853564Bu, blen = (uint32_t)lens[i] - H;
+        uint16_t ver = 2, type = i == 4 ? 5 : 1;
         memcpy(m, &magic, 4);
         memcpy(m + 4, &ver, 2);
         memcpy(m + 6, &type, 2);
@@ -414,43 +406,28 @@ static int garbage(const opts_t *o)
     msgs[1][0] = 'X';
     uint32_t lie = 9999;
     memcpy(msgs[2] + 12, &lie, 4);
-    msgs[3][72] = 0xff; /* name length 0xffff */
-    msgs[3][73] = 0xff;
+    msgs[3][H + 40] = 0xff; /* name length 0xffff */
+    msgs[3][H + 41] = 0xff;
     for (int j = 0; j < 64; j++) {
         r = mix(r);
         msgs[5][j] = (uint8_t)r;
     }
-    uint32_t huge = 0xffffffffu;
-    memcpy(msgs[6] + 32 + 12, &huge, 4);
+    uint32_t huge = 64u << 20;
+    memcpy(msgs[6] + 12, &huge, 4);
     for (int i = 0; i < 7; i++) {
-        ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_FLAGS |
-                                            UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                                            UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE,
-                              .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
-                              .sockaddr = {.addr = (struct sockaddr *)&sa, .addrlen = sizeof(sa)},
-                              .err_mode = UCP_ERR_HANDLING_MODE_PEER};
-        ucp_ep_h e;
-        if (ucp_ep_create(w, &ep, &e) != UCS_OK)
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
             return 1;
-        ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                 .flags = UCP_AM_SEND_FLAG_REPLY};
-        ucs_status_ptr_t s = ucp_am_send_nbx(e, 0x4b, NULL, 0, msgs[i], lens[i], &p);
-        for (int k = 0;
-             k < 200000 && UCS_PTR_IS_PTR(s) && ucp_request_check_status(s) == UCS_INPROGRESS; k++)
-            ucp_worker_progress(w);
-        if (UCS_PTR_IS_PTR(s))
-            ucp_request_free(s);
-        ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                  .flags = UCP_EP_CLOSE_FLAG_FORCE};
-        ucs_status_ptr_t c = ucp_ep_close_nbx(e, &cp);
-        for (int k = 0;
-             k < 200000 && UCS_PTR_IS_PTR(c) && ucp_request_check_status(c) == UCS_INPROGRESS; k++)
-            ucp_worker_progress(w);
-        if (UCS_PTR_IS_PTR(c))
-            ucp_request_free(c);
+        ssize_t n = send(fd, msgs[i], lens[i], MSG_NOSIGNAL);
+        (void)n;
+        /* Wait until the node hangs up (or gives up on us at its deadline). */
+        char buf[256];
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        while (recv(fd, buf, sizeof(buf), 0) > 0) {
+        }
+        close(fd);
     }
-    ucp_worker_destroy(w);
-    ucp_cleanup(uc);
     printf("sent 7 malformed messages\n");
     return 0;
 }

@@ -54,7 +54,7 @@ Test(config, every_bad_env_value_names_variable_and_accepted_values)
     expect_env_error("KVSHARE_LISTEN", "localhost", "HOST:PORT");
     expect_env_error("KVSHARE_LISTEN", "host:99999", "HOST:PORT");
     expect_env_error("KVSHARE_LISTEN", ":80", "HOST:PORT");
-    expect_env_error("KVSHARE_TRANSPORT", "rdma", "auto, ucx or none");
+    expect_env_error("KVSHARE_TRANSPORT", "rdma", "auto, ucx, none, loop or loop-am");
 }
 
 Test(config, watermarks_must_be_ordered)

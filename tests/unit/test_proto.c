@@ -37,9 +37,12 @@ static void every_truncation_fails(void)
     }
 }
 
+static const uint8_t sess[KVS_PROTO_SESSION_LEN] = {0xab, 0xc, 3, 4, 5, 6, 7, 8,
+                                                    9, 10, 11, 12, 13, 14, 15, 16};
+
 static void lookup_msg(uint32_t nkeys)
 {
-    kvs__proto_begin(&b, KVS_MSG_LOOKUP, 0, 77, 0xabc);
+    kvs__proto_begin(&b, KVS_MSG_LOOKUP, 0, 77, sess);
     kvs__buf_u64(&b, 0x1122334455667788ull);
     kvs__buf_u32(&b, 1500);
     kvs__buf_u32(&b, nkeys);
@@ -58,7 +61,7 @@ Test(proto, lookup_round_trip_and_truncations)
     decode_ok(&m);
     cr_assert_eq(m.hdr.type, KVS_MSG_LOOKUP);
     cr_assert_eq(m.hdr.req_id, 77);
-    cr_assert_eq(m.hdr.session, 0xabc);
+    cr_assert_eq(memcmp(m.hdr.session, sess, sizeof(sess)), 0);
     cr_assert_eq(m.u.lookup.layout_id, 0x1122334455667788ull);
     cr_assert_eq(m.u.lookup.lease_ms, 1500);
     cr_assert_eq(m.u.lookup.nkeys, 3);
@@ -73,7 +76,7 @@ Test(proto, reply_with_regions_and_blocks_round_trips)
     kvs__piece_t pieces[2] = {{.region = 9, .len = 64, .addr = 0x7000},
                               {.region = 9, .len = 32, .addr = 0x7100}};
     kvs__block_desc_t d = {.gen_region = 9, .gen_addr = 0x7f00, .gen = 42, .npieces = 2};
-    kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY, KVS_PROTO_FLAG_REGIONS, 5, 0);
+    kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY, KVS_PROTO_FLAG_REGIONS, 5, NULL);
     kvs__buf_u32(&b, (uint32_t)KVS_OK);
     kvs__buf_u64(&b, 1234);
     kvs__buf_u32(&b, 2);
@@ -114,7 +117,7 @@ Test(proto, small_messages_round_trip)
 {
     kvs__msg_t m;
     uint8_t nonce[32] = {7}, mac[32] = {9};
-    kvs__proto_begin(&b, KVS_MSG_HELLO, 0, 1, 0);
+    kvs__proto_begin(&b, KVS_MSG_HELLO, 0, 1, NULL);
     kvs__buf_u64(&b, 5);
     kvs__buf_put(&b, nonce, 32);
     kvs__buf_u16(&b, 4);
@@ -125,7 +128,7 @@ Test(proto, small_messages_round_trip)
     cr_assert_eq(memcmp(m.u.hello.name, "node", 4), 0);
     every_truncation_fails();
 
-    kvs__proto_begin(&b, KVS_MSG_CHALLENGE, 0, 1, 0);
+    kvs__proto_begin(&b, KVS_MSG_CHALLENGE, 0, 1, NULL);
     kvs__buf_put(&b, nonce, 32);
     kvs__buf_put(&b, mac, 32);
     kvs__buf_u8(&b, 1);
@@ -134,7 +137,7 @@ Test(proto, small_messages_round_trip)
     cr_assert_eq(m.u.challenge.auth_required, 1);
     cr_assert_eq(m.u.challenge.mac[0], 9);
 
-    kvs__proto_begin(&b, KVS_MSG_ERROR, 0, 3, 0);
+    kvs__proto_begin(&b, KVS_MSG_ERROR, 0, 3, NULL);
     kvs__buf_u32(&b, (uint32_t)KVS_ERR_LAYOUT_MISMATCH);
     kvs__buf_u16(&b, 3);
     kvs__buf_put(&b, "bad", 3);
@@ -143,22 +146,22 @@ Test(proto, small_messages_round_trip)
     cr_assert_eq(m.u.error.status, KVS_ERR_LAYOUT_MISMATCH);
     every_truncation_fails();
 
-    kvs__proto_begin(&b, KVS_MSG_PUT, 0, 4, 0);
+    kvs__proto_begin(&b, KVS_MSG_PUT, 0, 4, NULL);
     kvs__buf_u64(&b, 9);
     kvs__buf_u32(&b, 2);
     kvs__buf_u16(&b, 2);
     kvs__buf_u32(&b, 64);
-    kvs__buf_u32(&b, 32);
+    kvs__buf_u32(&b, 96);
     for (int i = 0; i < 64; i++)
         kvs__buf_u8(&b, (uint8_t)i);
     kvs__proto_finish(&b);
     decode_ok(&m);
     cr_assert_eq(m.u.put.nkeys, 2);
-    cr_assert_eq(kvs__proto_u32_at(m.u.put.chunks, 1), 32);
+    cr_assert_eq(kvs__proto_u32_at(m.u.put.chunks, 1), 96);
     cr_assert_eq(m.u.put.keys[33], 33);
     every_truncation_fails();
 
-    kvs__proto_begin(&b, KVS_MSG_PUT_ACK, 0, 4, 0);
+    kvs__proto_begin(&b, KVS_MSG_PUT_ACK, 0, 4, NULL);
     kvs__buf_u32(&b, 0);
     kvs__buf_u32(&b, 1);
     kvs__buf_u32(&b, 7);
@@ -167,7 +170,7 @@ Test(proto, small_messages_round_trip)
     cr_assert_eq(kvs__proto_u32_at(m.u.put_ack.idx, 0), 7);
     every_truncation_fails();
 
-    kvs__proto_begin(&b, KVS_MSG_FETCH_DONE, 0, 3, 0);
+    kvs__proto_begin(&b, KVS_MSG_FETCH_DONE, 0, 3, NULL);
     kvs__buf_u32(&b, 0);
     kvs__buf_u32(&b, 2);
     kvs__buf_u64(&b, 10);
@@ -218,10 +221,10 @@ Test(proto, bad_fields_are_refused_with_a_reason)
     kvs__buf_patch_u32(&b, 8, KVS_PROTO_FLAG_REGIONS);
     expect_refused("region flag");
 
-    kvs__proto_begin(&b, KVS_MSG_EVENT, 0, 1, 0);
+    kvs__proto_begin(&b, KVS_MSG_EVENT, 0, 1, NULL);
     kvs__proto_finish(&b);
     expect_refused("not served");
-    kvs__proto_begin(&b, KVS_MSG_PUT, 0, 1, 0);
+    kvs__proto_begin(&b, KVS_MSG_PUT, 0, 1, NULL);
     kvs__buf_u64(&b, 1);
     kvs__buf_u32(&b, 1);
     kvs__buf_u16(&b, 0);
@@ -229,7 +232,7 @@ Test(proto, bad_fields_are_refused_with_a_reason)
     expect_refused("PUT with 0 chunks");
 
     /* A reply whose block claims zero pieces. */
-    kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY, 0, 1, 0);
+    kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY, 0, 1, NULL);
     kvs__buf_u32(&b, 0);
     kvs__buf_u64(&b, 1);
     kvs__buf_u32(&b, 1);
@@ -237,4 +240,102 @@ Test(proto, bad_fields_are_refused_with_a_reason)
     kvs__proto_put_block(&b, &d, NULL);
     kvs__proto_finish(&b);
     expect_refused("0 pieces");
+}
+
+/* Every encoder's output decodes back to what it was given. */
+Test(proto, encoders_round_trip)
+{
+    kvs__msg_t m;
+    uint8_t nonce[32] = {1}, mac[32] = {2}, addr[5] = {9, 8, 7, 6, 5};
+    cr_assert_eq(kvs__enc_auth(&b, 2, mac, addr, sizeof(addr)), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.auth.addr_len, 5);
+    cr_assert_eq(m.u.auth.addr[4], 5);
+    cr_assert_eq(m.u.auth.mac[0], 2);
+    every_truncation_fails();
+    cr_assert_eq(kvs__enc_hello(&b, 1, 77, nonce, "host:1"), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.hello.layout_id, 77);
+    kvs_key_t keys[2];
+    memset(keys, 0x5a, sizeof(keys));
+    cr_assert_eq(kvs__enc_lookup(&b, 9, sess, 5, 100, keys, 2), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.lookup.nkeys, 2);
+    cr_assert_eq(memcmp(m.hdr.session, sess, sizeof(sess)), 0);
+    uint32_t chunks[2] = {4096, 64};
+    cr_assert_eq(kvs__enc_fetch(&b, 3, sess, 11, 2, 5, chunks, 2), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.fetch.first, 2);
+    cr_assert_eq(m.u.fetch.count, 5);
+    cr_assert_eq(kvs__proto_u32_at(m.u.fetch.chunks, 0), 4096);
+    every_truncation_fails();
+    uint64_t gens[3] = {1, 2, 3};
+    cr_assert_eq(kvs__enc_fetch_done(&b, 3, sess, KVS_OK, gens, 3), KVS_OK);
+    decode_ok(&m);
+    cr_assert(m.hdr.flags & KVS_PROTO_FLAG_FROM_SERVER);
+    cr_assert_eq(kvs__proto_u64_at(m.u.fetch_done.gens, 2), 3);
+    cr_assert_eq(kvs__enc_put(&b, 4, sess, 7, chunks, 2, keys, 2), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.put.nkeys, 2);
+    uint32_t idx[2] = {1, 0};
+    cr_assert_eq(kvs__enc_put_ack(&b, 4, sess, idx, 2), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(kvs__proto_u32_at(m.u.put_ack.idx, 0), 1);
+    cr_assert_eq(kvs__enc_put_done(&b, 4, sess, KVS_OK, 2), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.put_done.stored, 2);
+    cr_assert_eq(kvs__enc_release(&b, 5, sess, 99), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.release.lease_id, 99);
+    cr_assert_eq(kvs__enc_error(&b, 6, 0, sess, KVS_ERR_AUTH, "nope"), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.error.status, KVS_ERR_AUTH);
+    uint8_t data[KVS_PROTO_DATA_LEN];
+    kvs__enc_data(data, 8, KVS_PROTO_FLAG_FROM_SERVER, sess, 3, 128);
+    cr_assert_eq(kvs__proto_decode(data, sizeof(data), &m, NULL, 0), KVS_OK);
+    cr_assert_eq(m.u.data.block, 3);
+    cr_assert_eq(m.u.data.offset, 128);
+}
+
+/* A FETCH or PUT cannot make its receiver post millions of tiny sends. */
+Test(proto, fetch_amplification_is_refused)
+{
+    uint32_t tiny[2] = {4096, 0};
+    cr_assert_eq(kvs__enc_fetch(&b, 3, sess, 11, 0, 5, tiny, 2), KVS_OK);
+    expect_refused("chunk 1 of 0 bytes");
+    uint32_t many[1024];
+    for (int i = 0; i < 1024; i++)
+        many[i] = KVS_PROTO_MIN_CHUNK;
+    cr_assert_eq(kvs__enc_fetch(&b, 3, sess, 11, 0, 65536, many, 1024), KVS_OK);
+    expect_refused("at most");
+    cr_assert_eq(kvs__enc_fetch(&b, 3, sess, 11, 0, 1024, many, 1024), KVS_OK);
+    kvs__msg_t m;
+    decode_ok(&m);
+    kvs_key_t key;
+    memset(&key, 1, sizeof(key));
+    cr_assert_eq(kvs__enc_put(&b, 4, sess, 7, tiny, 2, &key, 1), KVS_OK);
+    expect_refused("chunk 1 of 0 bytes");
+}
+
+/* The header alone is enough to bound a stream read or a receive. */
+Test(proto, header_decoder_bounds_the_body)
+{
+    uint8_t nonce[32] = {0};
+    cr_assert_eq(kvs__enc_hello(&b, 1, 5, nonce, "n"), KVS_OK);
+    kvs__hdr_t h;
+    char why[128] = "";
+    cr_assert_eq(kvs__proto_decode_hdr(b.data, KVS_PROTO_HDR_LEN, 1024, &h, why, sizeof(why)),
+                 KVS_OK, "%s", why);
+    cr_assert_eq(h.type, KVS_MSG_HELLO);
+    cr_assert_eq(h.body_len, b.len - KVS_PROTO_HDR_LEN);
+    cr_assert_eq(kvs__proto_decode_hdr(b.data, KVS_PROTO_HDR_LEN, 8, &h, why, sizeof(why)),
+                 KVS_ERR_PROTOCOL);
+    cr_assert(strstr(why, "exceeds") != NULL, "%s", why);
+    cr_assert_eq(kvs__proto_decode_hdr(b.data, KVS_PROTO_HDR_LEN - 1, 1024, &h, why, sizeof(why)),
+                 KVS_ERR_PROTOCOL);
+    /* A DATA header with a body is not a DATA header. */
+    uint8_t data[KVS_PROTO_DATA_LEN + 4] = {0};
+    kvs__enc_data(data, 8, 0, sess, 3, 128);
+    kvs__msg_t m;
+    cr_assert_eq(kvs__proto_decode(data, sizeof(data), &m, NULL, 0), KVS_ERR_PROTOCOL);
 }

@@ -29,11 +29,11 @@ ok "auth: refused without or with a wrong secret, served with the right one"
 start_server mal --listen 127.0.0.1:0 $G; m=$ADDR
 "$PEER" garbage --peer "$m" >/dev/null 2>&1 || fail "garbage sender failed"
 deadline=$((SECONDS + 10))
-until grep -q 'malformed message' "$WORK/mal.err"; do
+until grep -q 'handshake refused' "$WORK/mal.err"; do
   ((SECONDS < deadline)) || fail "no malformed-message log line"; sleep 0.05
 done
 out=$("$PEER" fetch --peer "$m" $G) || fail "after garbage: $out"
-ok "malformed messages rejected and logged ($(grep -c 'malformed message' "$WORK/mal.err") lines); still serving: $out"
+ok "malformed messages rejected and logged ($(grep -c 'handshake refused' "$WORK/mal.err") lines); still serving: $out"
 
 # --- a stopped peer: the request ends at its deadline, never hangs
 start_server stop --listen 127.0.0.1:0 $G; st=$ADDR

@@ -1,0 +1,238 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* boot.c - TCP sockets for the bootstrap handshake, every wait bounded by a deadline. */
+#include "boot_int.h"
+#include "proto_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+kvs_status_t kvs__resolve(const char *peer, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *colon = strrchr(peer, ':');
+    if (colon == NULL || colon == peer || colon[1] == '\0' ||
+        (size_t)(colon - peer) >= sizeof(host))
+        return KVS_ERR_INVALID_PARAM;
+    size_t hl = (size_t)(colon - peer);
+    memcpy(host, peer, hl);
+    host[hl] = '\0';
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || ai == NULL)
+        return KVS_ERR_NOT_FOUND;
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *len = ai->ai_addrlen;
+    freeaddrinfo(ai);
+    return KVS_OK;
+}
+
+static void name_addr(const struct sockaddr *sa, char *out, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
+        port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+        snprintf(out, len, "%s:%d", host, port);
+    } else if (sa->sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
+        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+        snprintf(out, len, "[%s]:%d", host, port);
+    } else {
+        snprintf(out, len, "?");
+    }
+}
+
+int kvs__boot_listen(const char *addr, char *bound, size_t bound_len, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (kvs__resolve(addr, &ss, &sl) != KVS_OK) {
+        snprintf(err, errlen, "KVSHARE_LISTEN='%s': expected HOST:PORT with a resolvable host",
+                 addr);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "KVSHARE_LISTEN='%s': socket: %s", addr, strerror(errno));
+        return -1;
+    }
+    /* A restarted node gets its port back at once, not after TIME_WAIT. */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "KVSHARE_LISTEN='%s': %s", addr, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof(got);
+    if (getsockname(fd, (struct sockaddr *)&got, &gl) == 0)
+        name_addr((const struct sockaddr *)&got, bound, bound_len);
+    else
+        snprintf(bound, bound_len, "%s", addr);
+    return fd;
+}
+
+int kvs__boot_accept(int lfd, char *peer, size_t peer_len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    name_addr((const struct sockaddr *)&ss, peer, peer_len);
+    return fd;
+}
+
+static int ms_left(uint64_t deadline_ns)
+{
+    uint64_t t = kvs__now_ns();
+    if (t >= deadline_ns)
+        return 0;
+    uint64_t ms = (deadline_ns - t + 999999u) / 1000000u;
+    return ms > 60000 ? 60000 : (int)ms;
+}
+
+int kvs__boot_connect(const char *peer, uint64_t deadline_ns, kvs_status_t *st)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    kvs_status_t s = kvs__resolve(peer, &ss, &sl);
+    if (s != KVS_OK) {
+        *st = s;
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *st = KVS_ERR_IO;
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (const struct sockaddr *)&ss, sl) != 0) {
+        if (errno != EINPROGRESS) {
+            close(fd);
+            *st = KVS_ERR_PEER_FAILED;
+            return -1;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int n;
+        do {
+            n = poll(&p, 1, ms_left(deadline_ns));
+        } while (n < 0 && errno == EINTR);
+        int soerr = 0;
+        socklen_t el = sizeof(soerr);
+        if (n <= 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &el) != 0 || soerr != 0) {
+            close(fd);
+            *st = n == 0 ? KVS_ERR_TIMED_OUT : KVS_ERR_PEER_FAILED;
+            return -1;
+        }
+    }
+    *st = KVS_OK;
+    return fd;
+}
+
+kvs_status_t kvs__boot_send(int fd, const void *buf, size_t len, uint64_t deadline_ns)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pf = {.fd = fd, .events = POLLOUT};
+            int left = ms_left(deadline_ns);
+            if (left == 0 || poll(&pf, 1, left) == 0)
+                return KVS_ERR_TIMED_OUT;
+            continue;
+        }
+        return KVS_ERR_PEER_FAILED;
+    }
+    return KVS_OK;
+}
+
+static kvs_status_t recv_exact(int fd, uint8_t *p, size_t len, uint64_t deadline_ns)
+{
+    while (len > 0) {
+        ssize_t n = recv(fd, p, len, MSG_DONTWAIT);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n == 0)
+            return KVS_ERR_PEER_FAILED;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return KVS_ERR_PEER_FAILED;
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        int left = ms_left(deadline_ns);
+        if (left == 0 || poll(&pf, 1, left) == 0)
+            return KVS_ERR_TIMED_OUT;
+    }
+    return KVS_OK;
+}
+
+kvs_status_t kvs__boot_recv(int fd, uint32_t max_body, uint64_t deadline_ns, uint8_t **buf_p,
+                            size_t *len_p, char *why, size_t wl)
+{
+    uint8_t hdr[KVS_PROTO_HDR_LEN];
+    kvs_status_t st = recv_exact(fd, hdr, sizeof(hdr), deadline_ns);
+    if (st != KVS_OK) {
+        snprintf(why, wl, "%s", st == KVS_ERR_TIMED_OUT ? "no reply before the deadline"
+                                                        : "connection closed by the peer");
+        return st;
+    }
+    kvs__hdr_t h;
+    st = kvs__proto_decode_hdr(hdr, sizeof(hdr), max_body, &h, why, wl);
+    if (st != KVS_OK)
+        return st;
+    uint8_t *buf = kvs__malloc(KVS_PROTO_HDR_LEN + (size_t)h.body_len);
+    if (buf == NULL)
+        return KVS_ERR_NO_MEMORY;
+    memcpy(buf, hdr, sizeof(hdr));
+    st = recv_exact(fd, buf + KVS_PROTO_HDR_LEN, h.body_len, deadline_ns);
+    if (st != KVS_OK) {
+        kvs__free(buf);
+        snprintf(why, wl, "%s", st == KVS_ERR_TIMED_OUT ? "message body not received in time"
+                                                        : "connection closed mid-message");
+        return st;
+    }
+    *buf_p = buf;
+    *len_p = KVS_PROTO_HDR_LEN + (size_t)h.body_len;
+    return KVS_OK;
+}
+
+unsigned long kvs__raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 0;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl.rlim_cur = rl.rlim_max;
+    }
+    return (unsigned long)rl.rlim_cur;
+}

@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* boot_int.h - kvshare's own TCP bootstrap sockets: listen, accept, connect, framed reads.
+ *
+ * The bootstrap handshake runs over these sockets, parsed by our code with
+ * small bounds and deadlines, before any transport endpoint exists. */
+#ifndef KVS_BOOT_INT_H
+#define KVS_BOOT_INT_H
+
+#include "kvs_int.h"
+
+#include <sys/socket.h>
+
+/* "host:port" or "[v6]:port" into an address. KVS_ERR_INVALID_PARAM: no
+ * port; KVS_ERR_NOT_FOUND: the host does not resolve. */
+kvs_status_t kvs__resolve(const char *hostport, struct sockaddr_storage *ss, socklen_t *len);
+/* Listens on @hostport (port 0: any); writes the bound "host:port" to
+ * @bound. Returns a non-blocking fd, or -1 with a reason in @err. */
+int kvs__boot_listen(const char *hostport, char *bound, size_t bound_len, char *err,
+                     size_t err_len);
+/* Accepts one connection (non-blocking, close-on-exec) and names its peer;
+ * -1 when none is waiting or on error (errno says which). */
+int kvs__boot_accept(int lfd, char *peer, size_t peer_len);
+/* Connects before @deadline_ns; returns a blocking fd or -1 with *st set. */
+int kvs__boot_connect(const char *hostport, uint64_t deadline_ns, kvs_status_t *st);
+/* Writes all of @buf before @deadline_ns (works on non-blocking fds). */
+kvs_status_t kvs__boot_send(int fd, const void *buf, size_t len, uint64_t deadline_ns);
+/* Reads one whole message whose body is at most @max_body bytes, before
+ * @deadline_ns. *buf_p is the caller's to kvs__free. */
+kvs_status_t kvs__boot_recv(int fd, uint32_t max_body, uint64_t deadline_ns, uint8_t **buf_p,
+                            size_t *len_p, char *why, size_t why_len);
+/* Raises RLIMIT_NOFILE's soft limit to its hard limit: a node holds a
+ * socket per peer. Returns the new soft limit. */
+unsigned long kvs__raise_nofile(void);
+
+#endif

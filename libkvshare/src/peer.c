@@ -1,0 +1,2773 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* peer.c - the peer plane: bootstrap handshake, sessions, server handlers, fetches and puts.
+ *
+ * Trust: a connection starts on kvshare's own TCP socket (boot.c). Until
+ * the peer has proved the shared secret (HMAC over both nonces) it may send
+ * at most KVS_PROTO_MAX_PREAUTH bytes, must finish within
+ * KVS_PEER_BOOT_TIMEOUT_MS, and reaches no transport: endpoints are made
+ * from transport addresses only after the proof. Every later message
+ * carries the 128-bit session the server chose, and the session (with the
+ * direction flag) is the only way a message reaches a connection; request
+ * ids are matched within that connection. Data pieces are matched to the
+ * exact piece they must be, once.
+ *
+ * Threading: one (recursive) lock serialises the peer plane and every call
+ * into the transport. Transport callbacks run inside its progress(), under
+ * the lock; they only record, and messages are handled after progress()
+ * returns. In thread mode a progress thread polls the transport's event fd,
+ * a wake eventfd and the bootstrap sockets; callers waiting for their own
+ * replies drive progress themselves while there is work. */
+#include "peer_int.h"
+
+#include "auth_int.h"
+#include "boot_int.h"
+#include "pool_int.h"
+#include "proto_int.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define IDLE_WAKE_MS 20
+/* Coalesced GETs stop growing here: past it UCX's CMA path slows down
+ * (measured: 16 MiB GETs ran at a tenth of 256 KiB ones). */
+#define MAX_RUN    (1u << 20)
+#define GEN_WINDOW (64u << 10)
+#define MAX_PIECES KVS_PROTO_MAX_PIECES
+/* A peer that has proved the secret may send a larger HELLO_ACK (regions). */
+#define MAX_ACK_BODY (16u << 20)
+
+typedef struct conn conn_t;
+
+/* Memory we expose to peers. */
+typedef struct region {
+    uint32_t id;
+    uint8_t *base;
+    size_t len;
+    void *memh;
+    const void *rkey;
+    size_t rkey_len;
+    struct region *next;
+} region_t;
+
+/* A peer's region as we know it: unpacked on first use, then cached. */
+typedef struct rregion {
+    uint32_t id;
+    uint64_t base, len;
+    uint8_t *rkey_buf;
+    uint32_t rkey_len;
+    void *rkey;
+} rregion_t;
+
+typedef struct srv_lease {
+    uint64_t id;
+    kvs_lease_h lease;
+    uint64_t deadline_ns;
+    int pushes; /* pushes still reading it */
+    struct srv_lease *next;
+} srv_lease_t;
+
+typedef enum conn_state {
+    S_WAIT_HELLO, /* server, pre-auth */
+    S_WAIT_AUTH,  /* server, pre-auth */
+    S_READY,
+    S_FAILED,
+} conn_state_t;
+
+struct conn {
+    kvs__peer_t *pp;
+    bool server;
+    conn_state_t state;
+    kvs_status_t fail_status;
+    char peer[256];
+    char why[256];
+    uint64_t layout_id;
+    uint8_t session[KVS_PROTO_SESSION_LEN];
+    int fd; /* bootstrap socket: the handshake, then liveness */
+    uint8_t *rx; /* server, pre-auth: the message being read */
+    size_t rx_len;
+    uint64_t boot_deadline_ns;
+    uint64_t accepted_seq;
+    uint8_t nonce_c[KVS_PROTO_NONCE_LEN], nonce_s[KVS_PROTO_NONCE_LEN];
+    void *ep;
+    bool rma;
+    /* Set inside transport callbacks, where endpoints must not be closed;
+     * progress_locked() fails the connection right after. */
+    kvs_status_t doom_status;
+    char doom_why[160];
+    rregion_t *rr;
+    size_t nrr, caprr;
+    srv_lease_t *leases;
+    uint32_t nleases;
+    uint32_t npushes, nputs, ninbox;
+    uint64_t staging_bytes;
+    uint64_t regions_sent;
+    uint64_t next_req_id;
+    int refs; /* +1 while listed; client leases and requests hold more */
+    conn_t *next;
+};
+
+typedef struct waiter {
+    uint64_t req_id;
+    conn_t *conn;
+    bool done;
+    uint8_t *msg;
+    size_t len;
+    struct waiter *next;
+} waiter_t;
+
+typedef struct rlease {
+    conn_t *conn;
+    uint64_t lease_id;
+    uint32_t hits;
+    uint8_t *blocks;
+    size_t blocks_len;
+    const uint8_t **block_at;
+} rlease_t;
+
+/* A fetch or put in flight (client). */
+typedef struct preq {
+    kvs__peer_t *pp;
+    conn_t *conn;
+    rlease_t *rl;
+    struct kvs_pool *dst;
+    uint32_t *dst_ids;
+    size_t first, count;
+    uint64_t req_id;
+    uint64_t deadline_ns;
+    kvs_status_t status;
+    int stage;       /* GET: 1 data, 2 generations */
+    int outstanding; /* transport operations whose callbacks are pending */
+    bool push;       /* AM path: pieces arrive as DATA */
+    bool done_msg;   /* FETCH_DONE received */
+    bool is_put;
+    uint64_t *gens_now;
+    uint8_t *genwin;
+    uint64_t genwin_base;
+    size_t bytes_expected, bytes_got;
+    /* AM path: one bit per (block, segment) piece, set when it is claimed */
+    uint8_t *seen;
+    size_t pieces, landed;
+    struct preq *next;
+} preq_t;
+
+/* Blocks a peer is putting into this pool node (server). */
+typedef struct sput {
+    conn_t *conn;
+    uint64_t req_id;
+    uint64_t layout_id;
+    uint32_t n;
+    kvs_key_t *keys;
+    uint32_t nchunks;
+    uint32_t *chunk_off; /* nchunks + 1 offsets within a block */
+    size_t block_bytes;
+    uint8_t *staging;
+    uint8_t *seen; /* one bit per piece: claimed */
+    size_t pieces, landed;
+    int outstanding;
+    bool dead;
+    uint64_t deadline_ns;
+    struct sput *next;
+} sput_t;
+
+/* A push in flight (server): posted a window at a time. */
+typedef struct push {
+    conn_t *conn;
+    srv_lease_t *sl;
+    uint64_t req_id;
+    uint32_t first, count;
+    uint32_t *chunks;
+    uint16_t nchunks;
+    uint32_t next_block; /* cursor */
+    int outstanding;
+    kvs_status_t status;
+    struct push *next;
+} push_t;
+
+typedef struct inmsg {
+    conn_t *conn;
+    uint8_t *buf;
+    size_t len;
+    bool ready;
+    struct inmsg *next;
+} inmsg_t;
+
+struct kvs__peer {
+    struct kvs_ctx *ctx;
+    const kvs__logger_t *log;
+    const kvs__transport_ops_t *ops;
+    void *tl;
+    kvs__tl_events_t ev;
+    const uint8_t *addr;
+    size_t addr_len;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool thread_mode;
+    pthread_t thread;
+    bool thread_started, stopping;
+    int wakefd;
+    int lfd;
+    char listen_addr[300];
+    uint8_t secret[4096];
+    size_t secret_len;
+    bool open; /* KVSHARE_AUTH=none */
+    region_t *regions;
+    uint32_t next_region_id;
+    uint64_t regions_version;
+    conn_t *conns;
+    uint32_t npreauth, nready;
+    uint64_t accept_seq;
+    waiter_t *waiters;
+    preq_t *reqs;
+    preq_t *zombies;
+    push_t *pushes;
+    sput_t *sputs;
+    inmsg_t *inbox, **inbox_tail;
+    uint64_t next_lease_id;
+    uint64_t last_boot_poll_ns;
+    uint64_t dropped;       /* messages that matched no session */
+    uint64_t preauth_fails; /* connections dropped before authenticating */
+    struct pollfd *poll_fds;
+    conn_t **poll_who;
+    size_t poll_cap;
+    kvs__piece_loc_t *scratch_locs;
+    kvs__piece_t *scratch_pieces;
+};
+
+static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...) KVS_PRINTF(3, 4);
+
+static uint64_t now_ns(void)
+{
+    return kvs__now_ns();
+}
+
+static void lock(kvs__peer_t *pp)
+{
+    pthread_mutex_lock(&pp->lock);
+}
+
+static void unlock(kvs__peer_t *pp)
+{
+    pthread_mutex_unlock(&pp->lock);
+}
+
+static void kick(kvs__peer_t *pp)
+{
+    if (pp->wakefd >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(pp->wakefd, &one, sizeof(one));
+        (void)n; /* a full counter already means "wake up" */
+    }
+}
+
+static bool bit_claim(uint8_t *bits, size_t i)
+{
+    uint8_t m = (uint8_t)(1u << (i & 7));
+    if (bits[i >> 3] & m)
+        return false;
+    bits[i >> 3] |= m;
+    return true;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Sending over the transport                                               */
+/* ---------------------------------------------------------------------- */
+static void msg_sent(void *arg, kvs_status_t st, size_t len)
+{
+    (void)st;
+    (void)len;
+    kvs__free(arg);
+}
+
+/* Sends a finished message: its header as the AM header, the body as the
+ * payload. Takes the buffer. */
+static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b)
+{
+    kvs__peer_t *pp = c->pp;
+    if (b->failed || b->len < KVS_PROTO_HDR_LEN) {
+        kvs__buf_free(b);
+        return KVS_ERR_NO_MEMORY;
+    }
+    uint8_t *data = b->data;
+    size_t len = b->len;
+    kvs__buf_init(b);
+    if (c->ep == NULL || c->state != S_READY) {
+        kvs__free(data);
+        return KVS_ERR_PEER_FAILED;
+    }
+    kvs_status_t st = pp->ops->am_send(pp->tl, c->ep, data, KVS_PROTO_HDR_LEN,
+                                       data + KVS_PROTO_HDR_LEN, len - KVS_PROTO_HDR_LEN,
+                                       msg_sent, data);
+    kick(pp);
+    if (st != KVS_INPROGRESS)
+        kvs__free(data);
+    return st == KVS_INPROGRESS ? KVS_OK : st;
+}
+
+static uint32_t dir_flag(const conn_t *c)
+{
+    return c->server ? KVS_PROTO_FLAG_FROM_SERVER : 0;
+}
+
+static void send_error(conn_t *c, uint64_t req_id, kvs_status_t status, const char *text)
+{
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    kvs__enc_error(&b, req_id, dir_flag(c), c->session, status, text);
+    send_buf(c, &b);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Connections                                                              */
+/* ---------------------------------------------------------------------- */
+static void release_server_leases(conn_t *c)
+{
+    while (c->leases != NULL) {
+        srv_lease_t *l = c->leases;
+        c->leases = l->next;
+        kvs_lease_release(l->lease);
+        kvs__free(l);
+    }
+    c->nleases = 0;
+}
+
+static void conn_close_io(conn_t *c)
+{
+    kvs__peer_t *pp = c->pp;
+    if (c->ep != NULL) {
+        void *ep = c->ep;
+        c->ep = NULL;
+        pp->ops->disconnect(pp->tl, ep);
+    }
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+}
+
+static void conn_free(conn_t *c)
+{
+    kvs__peer_t *pp = c->pp;
+    for (size_t i = 0; i < c->nrr; i++) {
+        if (c->rr[i].rkey != NULL)
+            pp->ops->rkey_destroy(pp->tl, c->rr[i].rkey);
+        kvs__free(c->rr[i].rkey_buf);
+    }
+    kvs__free(c->rr);
+    release_server_leases(c);
+    conn_close_io(c);
+    kvs__free(c->rx);
+    kvs__free(c);
+}
+
+static void conn_unlink(conn_t *c)
+{
+    kvs__peer_t *pp = c->pp;
+    for (conn_t **cp = &pp->conns; *cp != NULL; cp = &(*cp)->next) {
+        if (*cp == c) {
+            *cp = c->next;
+            c->refs--;
+            return;
+        }
+    }
+}
+
+static void conn_unref(conn_t *c)
+{
+    if (--c->refs == 0)
+        conn_free(c);
+}
+
+/* Fails a connection: every waiter and request on it completes with @st,
+ * its endpoints close (which stops anything that could still land), its
+ * leases end, and it leaves the table so the next use reconnects. */
+static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...)
+{
+    kvs__peer_t *pp = c->pp;
+    if (c->state == S_FAILED)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->why, sizeof(c->why), fmt, ap);
+    va_end(ap);
+    if (c->state != S_READY && c->server) {
+        /* Hostile input must not flood the log: the first few, then one in
+         * a thousand. */
+        if (pp->preauth_fails++ < 10 || pp->preauth_fails % 1000 == 0)
+            kvs__warn(pp->log, "peer %s: handshake refused: %s (%llu so far)", c->peer, c->why,
+                      (unsigned long long)pp->preauth_fails);
+    } else if (c->server && st == KVS_ERR_PEER_FAILED) {
+        kvs__info(pp->log, "peer %s: disconnected (%s)", c->peer, c->why);
+    } else {
+        kvs__warn(pp->log, "peer %s: %s", c->peer, c->why);
+    }
+    if (c->state == S_READY)
+        pp->nready--;
+    else if (c->server)
+        pp->npreauth--;
+    c->state = S_FAILED;
+    c->fail_status = st;
+    release_server_leases(c);
+    for (waiter_t *w = pp->waiters; w != NULL; w = w->next)
+        if (w->conn == c)
+            w->done = true;
+    for (preq_t *r = pp->reqs; r != NULL; r = r->next)
+        if (r->conn == c && r->status == KVS_INPROGRESS)
+            r->status = st;
+    for (push_t *p = pp->pushes; p != NULL; p = p->next) {
+        if (p->conn == c) {
+            p->status = st;
+            p->conn = NULL;
+            p->sl = NULL; /* its lease went with the connection */
+        }
+    }
+    for (sput_t *p = pp->sputs; p != NULL; p = p->next) {
+        if (p->conn == c) {
+            p->dead = true;
+            p->conn = NULL;
+        }
+    }
+    conn_close_io(c);
+    conn_unlink(c);
+    if (c->refs == 0)
+        conn_free(c);
+    pthread_cond_broadcast(&pp->cond);
+}
+
+static conn_t *conn_new(kvs__peer_t *pp, bool server)
+{
+    conn_t *c = kvs__calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->pp = pp;
+    c->server = server;
+    c->fd = -1;
+    c->refs = 1; /* the list's */
+    c->next = pp->conns;
+    pp->conns = c;
+    return c;
+}
+
+/* The connection a message belongs to: by session and direction only. */
+static conn_t *conn_by_session(kvs__peer_t *pp, const uint8_t *session, bool to_server)
+{
+    for (conn_t *c = pp->conns; c != NULL; c = c->next)
+        if (c->state == S_READY && c->server == to_server &&
+            CRYPTO_memcmp(c->session, session, KVS_PROTO_SESSION_LEN) == 0)
+            return c;
+    return NULL;
+}
+
+static void conn_doom(conn_t *c, kvs_status_t st, const char *fmt, ...) KVS_PRINTF(3, 4);
+
+static void conn_doom(conn_t *c, kvs_status_t st, const char *fmt, ...)
+{
+    if (c->doom_status != KVS_OK)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->doom_why, sizeof(c->doom_why), fmt, ap);
+    va_end(ap);
+    c->doom_status = st;
+}
+
+static void on_ep_error(void *arg, void *ep_user, kvs_status_t st)
+{
+    (void)arg;
+    conn_doom(ep_user, KVS_ERR_PEER_FAILED, "transport endpoint failed: %s",
+              kvs_status_string(st));
+}
+
+/* ---------------------------------------------------------------------- */
+/* Authentication                                                           */
+/* ---------------------------------------------------------------------- */
+static void proof(const kvs__peer_t *pp, const char *role, const uint8_t *nc, const uint8_t *ns,
+                  uint8_t *out)
+{
+    uint8_t msg[16 + 2 * KVS_PROTO_NONCE_LEN];
+    size_t rl = strlen(role);
+    memcpy(msg, role, rl);
+    memcpy(msg + rl, nc, KVS_PROTO_NONCE_LEN);
+    memcpy(msg + rl + KVS_PROTO_NONCE_LEN, ns, KVS_PROTO_NONCE_LEN);
+    unsigned int n = 0;
+    memset(out, 0, KVS_PROTO_MAC_LEN);
+    if (!pp->open)
+        HMAC(EVP_sha256(), pp->secret, (int)pp->secret_len, msg, rl + 2 * KVS_PROTO_NONCE_LEN,
+             out, &n);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Regions                                                                  */
+/* ---------------------------------------------------------------------- */
+static const region_t *region_of(const kvs__peer_t *pp, const void *addr, size_t len)
+{
+    const uint8_t *a = addr;
+    for (const region_t *r = pp->regions; r != NULL; r = r->next)
+        if (a >= r->base && len <= r->len && (size_t)(a - r->base) <= r->len - len)
+            return r;
+    return NULL;
+}
+
+static void put_regions(kvs__peer_t *pp, conn_t *c, kvs__buf_t *b)
+{
+    uint32_t n = 0;
+    size_t count_at = b->len;
+    kvs__buf_u32(b, 0);
+    for (const region_t *r = pp->regions; r != NULL && n < KVS_PROTO_MAX_REGIONS; r = r->next) {
+        kvs__region_desc_t d = {.id = r->id,
+                                .base = (uint64_t)(uintptr_t)r->base,
+                                .length = r->len,
+                                .rkey_len = (uint32_t)r->rkey_len,
+                                .rkey = r->rkey};
+        kvs__proto_put_region(b, &d);
+        n++;
+    }
+    kvs__buf_patch_u32(b, count_at, n);
+    c->regions_sent = pp->regions_version;
+}
+
+static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
+{
+    const uint8_t *cur = m->regions;
+    for (uint32_t i = 0; i < m->nregions; i++) {
+        kvs__region_desc_t d;
+        kvs__proto_region(&cur, &d);
+        bool known = false;
+        for (size_t k = 0; k < c->nrr && !known; k++)
+            known = c->rr[k].id == d.id;
+        if (known)
+            continue; /* unpacked once, cached for the connection's life */
+        if (c->nrr == c->caprr) {
+            size_t cap = c->caprr ? c->caprr * 2 : 8;
+            rregion_t *nr = kvs__realloc(c->rr, cap * sizeof(*nr));
+            if (nr == NULL)
+                return KVS_ERR_NO_MEMORY;
+            c->rr = nr;
+            c->caprr = cap;
+        }
+        rregion_t *rr = &c->rr[c->nrr];
+        memset(rr, 0, sizeof(*rr));
+        rr->rkey_buf = kvs__malloc(d.rkey_len);
+        if (rr->rkey_buf == NULL)
+            return KVS_ERR_NO_MEMORY;
+        memcpy(rr->rkey_buf, d.rkey, d.rkey_len);
+        rr->id = d.id;
+        rr->base = d.base;
+        rr->len = d.length;
+        rr->rkey_len = d.rkey_len;
+        c->nrr++;
+    }
+    return KVS_OK;
+}
+
+static rregion_t *rregion(conn_t *c, uint32_t id, uint64_t addr, uint64_t len)
+{
+    kvs__peer_t *pp = c->pp;
+    for (size_t k = 0; k < c->nrr; k++) {
+        rregion_t *r = &c->rr[k];
+        if (r->id != id)
+            continue;
+        if (addr < r->base || len > r->len || addr - r->base > r->len - len)
+            return NULL; /* a descriptor outside its region: refuse it */
+        if (r->rkey == NULL &&
+            pp->ops->rkey_unpack(pp->tl, c->ep, r->rkey_buf, r->rkey_len, &r->rkey) != KVS_OK) {
+            r->rkey = NULL;
+            return NULL;
+        }
+        return r;
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Receiving (inside the transport's progress)                              */
+/* ---------------------------------------------------------------------- */
+static void dropped(kvs__peer_t *pp, const char *what)
+{
+    /* Garbage from the network must not flood the log either. */
+    if (pp->dropped++ % 1000 == 0)
+        kvs__warn(pp->log, "dropped a message: %s (%llu so far)", what,
+                  (unsigned long long)pp->dropped);
+}
+
+static preq_t *req_on(conn_t *c, uint64_t id)
+{
+    for (preq_t *r = c->pp->reqs; r != NULL; r = r->next)
+        if (r->conn == c && r->req_id == id)
+            return r;
+    return NULL;
+}
+
+static void piece_landed(void *arg, kvs_status_t st, size_t len)
+{
+    preq_t *r = arg;
+    r->outstanding--;
+    if (st == KVS_OK) {
+        r->landed++;
+        r->bytes_got += len;
+    } else if (r->status == KVS_INPROGRESS) {
+        r->status = KVS_ERR_PEER_FAILED;
+    }
+}
+
+/* A pushed piece for a fetch: it must be exactly one piece of one block of
+ * this request, not seen before, and it lands straight in the destination. */
+static void data_to_client(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void *data,
+                           size_t len, bool rndv)
+{
+    preq_t *r = req_on(c, m->hdr.req_id);
+    if (r == NULL || !r->push || r->is_put || r->status != KVS_INPROGRESS) {
+        dropped(pp, "DATA for no fetch in flight");
+        return;
+    }
+    uint32_t blk = m->u.data.block, off = m->u.data.offset;
+    struct kvs_pool *dst = r->dst;
+    size_t base = 0, seg = dst->nsegs;
+    for (size_t s = 0; s < dst->nsegs; s++) {
+        if (off == base) {
+            seg = s;
+            break;
+        }
+        base += dst->segs[s].block_bytes;
+    }
+    if (blk >= r->count || seg == dst->nsegs || len != dst->segs[seg].block_bytes ||
+        !bit_claim(r->seen, (size_t)blk * dst->nsegs + seg)) {
+        r->status = KVS_ERR_PROTOCOL;
+        conn_doom(c, KVS_ERR_PROTOCOL, "DATA piece (block %u, offset %u, %zu bytes) is not one "
+                  "this fetch expects, or came twice", blk, off, len);
+        return;
+    }
+    const kvs_segment_t *sg = &dst->segs[seg];
+    uint8_t *to = (uint8_t *)sg->base + (size_t)r->dst_ids[blk] * sg->block_stride;
+    if (!rndv) {
+        memcpy(to, data, len);
+        r->landed++;
+        r->bytes_got += len;
+        return;
+    }
+    kvs_status_t st = pp->ops->am_recv(pp->tl, data, to, len, piece_landed, r);
+    if (st == KVS_INPROGRESS) {
+        r->outstanding++;
+    } else if (st == KVS_OK) {
+        r->landed++;
+        r->bytes_got += len;
+    } else {
+        r->status = KVS_ERR_TRANSPORT;
+    }
+}
+
+static void sput_landed(void *arg, kvs_status_t st, size_t len)
+{
+    sput_t *p = arg;
+    (void)len;
+    p->outstanding--;
+    if (st == KVS_OK)
+        p->landed++;
+    else
+        p->dead = true;
+}
+
+/* A piece of a block being put into this node: it lands in staging we
+ * chose, exactly where its (block, offset) says, at most once. */
+static void data_to_server(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void *data,
+                           size_t len, bool rndv)
+{
+    sput_t *p = pp->sputs;
+    while (p != NULL && !(p->conn == c && p->req_id == m->hdr.req_id))
+        p = p->next;
+    if (p == NULL || p->dead) {
+        dropped(pp, "DATA for no put in flight");
+        return;
+    }
+    uint32_t blk = m->u.data.block, off = m->u.data.offset;
+    uint32_t k = 0;
+    while (k < p->nchunks && p->chunk_off[k] != off)
+        k++;
+    if (blk >= p->n || k == p->nchunks || len != p->chunk_off[k + 1] - p->chunk_off[k] ||
+        !bit_claim(p->seen, (size_t)blk * p->nchunks + k)) {
+        p->dead = true;
+        kvs__warn(pp->log,
+                  "peer %s: PUT piece (block %u, offset %u, %zu bytes) is not one the put "
+                  "expects, or came twice: dropping the put",
+                  c->peer, blk, off, len);
+        return;
+    }
+    uint8_t *to = p->staging + (size_t)blk * p->block_bytes + off;
+    if (!rndv) {
+        memcpy(to, data, len);
+        p->landed++;
+        return;
+    }
+    kvs_status_t st = pp->ops->am_recv(pp->tl, data, to, len, sput_landed, p);
+    if (st == KVS_INPROGRESS)
+        p->outstanding++;
+    else if (st == KVS_OK)
+        p->landed++;
+    else
+        p->dead = true;
+}
+
+static void msg_landed(void *arg, kvs_status_t st, size_t len)
+{
+    inmsg_t *m = arg;
+    (void)len;
+    m->ready = true;
+    if (st != KVS_OK) {
+        kvs__free(m->buf);
+        m->buf = NULL;
+    }
+}
+
+static void on_am(void *arg, const void *hdr, size_t hlen, void *data, size_t len, bool rndv)
+{
+    kvs__peer_t *pp = arg;
+    kvs__hdr_t h;
+    if (kvs__proto_decode_hdr(hdr, hlen, KVS_PROTO_MAX_BODY, &h, NULL, 0) != KVS_OK) {
+        dropped(pp, "malformed header");
+        return;
+    }
+    bool to_server = (h.flags & KVS_PROTO_FLAG_FROM_SERVER) == 0;
+    conn_t *c = conn_by_session(pp, h.session, to_server);
+    if (c == NULL) {
+        dropped(pp, "no such session");
+        return; /* nothing allocated, nothing received */
+    }
+    if (h.type == KVS_MSG_DATA) {
+        kvs__msg_t m;
+        char why[128];
+        if (kvs__proto_decode(hdr, hlen, &m, why, sizeof(why)) != KVS_OK) {
+            conn_doom(c, KVS_ERR_PROTOCOL, "malformed DATA: %s", why);
+            return;
+        }
+        if (c->server)
+            data_to_server(pp, c, &m, data, len, rndv);
+        else
+            data_to_client(pp, c, &m, data, len, rndv);
+        return;
+    }
+    if (hlen != KVS_PROTO_HDR_LEN || len != h.body_len) {
+        conn_doom(c, KVS_ERR_PROTOCOL, "message body of %zu bytes, header says %u", len,
+                  h.body_len);
+        return;
+    }
+    if (c->ninbox >= KVS_PEER_MAX_INBOX) {
+        conn_doom(c, KVS_ERR_PROTOCOL, "more than %u messages queued", KVS_PEER_MAX_INBOX);
+        return;
+    }
+    inmsg_t *m = kvs__calloc(1, sizeof(*m));
+    uint8_t *buf = kvs__malloc(KVS_PROTO_HDR_LEN + len);
+    if (m == NULL || buf == NULL) {
+        kvs__free(m);
+        kvs__free(buf);
+        conn_doom(c, KVS_ERR_NO_MEMORY, "out of memory receiving a message");
+        return;
+    }
+    memcpy(buf, hdr, KVS_PROTO_HDR_LEN);
+    m->conn = c;
+    c->refs++;
+    c->ninbox++;
+    m->buf = buf;
+    m->len = KVS_PROTO_HDR_LEN + len;
+    if (rndv) {
+        kvs_status_t st =
+            pp->ops->am_recv(pp->tl, data, buf + KVS_PROTO_HDR_LEN, len, msg_landed, m);
+        if (st == KVS_OK)
+            m->ready = true;
+        else if (st != KVS_INPROGRESS)
+            msg_landed(m, st, 0);
+    } else {
+        memcpy(buf + KVS_PROTO_HDR_LEN, data, len);
+        m->ready = true;
+    }
+    m->next = NULL;
+    *pp->inbox_tail = m;
+    pp->inbox_tail = &m->next;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Server side                                                              */
+/* ---------------------------------------------------------------------- */
+static void srv_lookup(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+{
+    uint64_t rid = m->hdr.req_id;
+    if (m->u.lookup.layout_id != c->layout_id) {
+        send_error(c, rid, KVS_ERR_LAYOUT_MISMATCH, "lookup under another layout");
+        return;
+    }
+    if (c->nleases >= KVS_PEER_MAX_LEASES) {
+        send_error(c, rid, KVS_ERR_BUSY, "too many leases held by this peer");
+        return;
+    }
+    kvs_lease_h lease = NULL;
+    kvs_key_t *keys = NULL;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    kvs_status_t st = KVS_ERR_NO_MEMORY;
+    uint32_t n = m->u.lookup.nkeys;
+    keys = kvs__malloc((n ? n : 1) * sizeof(*keys)); /* the message's alignment is arbitrary */
+    if (keys == NULL)
+        goto fail;
+    memcpy(keys, m->u.lookup.keys, (size_t)n * KVS_KEY_BYTES);
+    uint32_t cap = pp->ctx->cfg.lease_timeout_ms;
+    uint32_t lease_ms = m->u.lookup.lease_ms ? m->u.lookup.lease_ms : cap;
+    if (lease_ms > cap)
+        lease_ms = cap; /* the holder decides the ceiling */
+    st = kvs__serve_lookup(pp->ctx, c->layout_id, keys, n, lease_ms, &lease);
+    if (st != KVS_OK)
+        goto fail;
+    size_t hits = kvs_lease_hits(lease);
+    uint64_t lease_id = ++pp->next_lease_id;
+    bool with_regions = c->regions_sent != pp->regions_version;
+    kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY,
+                     KVS_PROTO_FLAG_FROM_SERVER | (with_regions ? KVS_PROTO_FLAG_REGIONS : 0), rid,
+                     c->session);
+    kvs__buf_u32(&b, (uint32_t)KVS_OK);
+    kvs__buf_u64(&b, lease_id);
+    size_t hits_at = b.len;
+    kvs__buf_u32(&b, 0);
+    if (with_regions)
+        put_regions(pp, c, &b);
+    kvs__piece_loc_t *locs = pp->scratch_locs;
+    kvs__piece_t *pieces = pp->scratch_pieces;
+    size_t described = 0;
+    for (size_t i = 0; i < hits; i++) {
+        kvs__block_loc_t loc = {.npieces = MAX_PIECES, .pieces = locs};
+        if (kvs__lease_locate(lease, i, &loc) != KVS_OK)
+            break; /* the prefix ends where a block cannot be described */
+        const region_t *gr = region_of(pp, loc.gen_addr, 8);
+        bool ok = gr != NULL;
+        for (size_t k = 0; ok && k < loc.npieces; k++) {
+            const region_t *pr = region_of(pp, locs[k].addr, locs[k].len);
+            ok = pr != NULL && locs[k].len <= UINT32_MAX;
+            if (ok) {
+                pieces[k].region = pr->id;
+                pieces[k].len = (uint32_t)locs[k].len;
+                pieces[k].addr = (uint64_t)(uintptr_t)locs[k].addr;
+            }
+        }
+        if (!ok) {
+            kvs__warn(pp->log, "peer %s: hit %zu (%p+%zu) lies outside registered memory",
+                      c->peer, i, locs[0].addr, locs[0].len);
+            break;
+        }
+        kvs__block_desc_t d = {.gen_region = gr->id,
+                               .gen_addr = (uint64_t)(uintptr_t)loc.gen_addr,
+                               .gen = loc.gen,
+                               .npieces = (uint16_t)loc.npieces};
+        kvs__proto_put_block(&b, &d, pieces);
+        described++;
+    }
+    kvs__buf_patch_u32(&b, hits_at, (uint32_t)described);
+    if (kvs__proto_finish(&b) != KVS_OK)
+        goto fail;
+    if (described > 0) {
+        srv_lease_t *sl = kvs__calloc(1, sizeof(*sl));
+        if (sl == NULL)
+            goto fail;
+        sl->id = lease_id;
+        sl->lease = lease;
+        sl->deadline_ns = now_ns() + (uint64_t)lease_ms * 1000000u;
+        sl->next = c->leases;
+        c->leases = sl;
+        c->nleases++;
+        lease = NULL; /* held until RELEASE, its deadline, or the peer's end */
+    }
+    kvs_lease_release(lease);
+    kvs__free(keys);
+    send_buf(c, &b);
+    return;
+fail:
+    kvs_lease_release(lease);
+    kvs__free(keys);
+    kvs__buf_free(&b);
+    send_error(c, rid, st == KVS_OK ? KVS_ERR_NO_MEMORY : st, kvs_status_string(st));
+}
+
+static void sput_free(kvs__peer_t *pp, sput_t *p)
+{
+    for (sput_t **pq = &pp->sputs; *pq != NULL; pq = &(*pq)->next) {
+        if (*pq == p) {
+            *pq = p->next;
+            break;
+        }
+    }
+    if (p->conn != NULL) {
+        p->conn->nputs--;
+        p->conn->staging_bytes -= (uint64_t)p->n * p->block_bytes;
+    }
+    kvs__free(p->staging);
+    kvs__free(p->seen);
+    kvs__free(p->keys);
+    kvs__free(p->chunk_off);
+    kvs__free(p);
+}
+
+static void srv_put(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+{
+    uint64_t rid = m->hdr.req_id;
+    if (!pp->ctx->cfg.pool_node) {
+        send_error(c, rid, KVS_ERR_UNSUPPORTED,
+                   "this node is not a pool node (kvshare serve) and takes no PUT");
+        return;
+    }
+    if (c->nputs >= KVS_PEER_MAX_PUTS) {
+        send_error(c, rid, KVS_ERR_BUSY, "too many puts in flight from this peer");
+        return;
+    }
+    uint32_t nk = m->u.put.nkeys;
+    uint16_t nch = m->u.put.nchunks;
+    sput_t *p = kvs__calloc(1, sizeof(*p));
+    uint32_t *idx = kvs__malloc((nk ? nk : 1) * sizeof(*idx));
+    kvs_key_t *keys = kvs__malloc((nk ? nk : 1) * sizeof(*keys));
+    uint32_t *offs = kvs__malloc(((size_t)nch + 1) * sizeof(*offs));
+    if (p == NULL || idx == NULL || keys == NULL || offs == NULL)
+        goto nomem;
+    size_t block_bytes = 0;
+    for (uint16_t k = 0; k < nch; k++) {
+        offs[k] = (uint32_t)block_bytes;
+        block_bytes += kvs__proto_u32_at(m->u.put.chunks, k);
+    }
+    offs[nch] = (uint32_t)block_bytes; /* the decoder bounds the sum below 4 GiB */
+    /* Take only what we lack, within this peer's staging allowance. */
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < nk; i++) {
+        kvs_key_t k;
+        memcpy(&k, m->u.put.keys + (size_t)i * KVS_KEY_BYTES, sizeof(k));
+        if (c->staging_bytes + (uint64_t)(n + 1) * block_bytes > KVS_PEER_MAX_STAGING)
+            break;
+        if (kvs__ctx_has_key(pp->ctx, m->u.put.layout_id, &k))
+            continue;
+        keys[n] = k;
+        idx[n++] = i;
+    }
+    p->pieces = (size_t)n * nch;
+    p->staging = kvs__malloc(n ? (size_t)n * block_bytes : 1);
+    p->seen = kvs__calloc(p->pieces / 8 + 1, 1);
+    if (p->staging == NULL || p->seen == NULL)
+        goto nomem;
+    p->conn = c;
+    p->req_id = rid;
+    p->layout_id = m->u.put.layout_id;
+    p->n = n;
+    p->keys = keys;
+    p->nchunks = nch;
+    p->chunk_off = offs;
+    p->block_bytes = block_bytes;
+    p->deadline_ns = now_ns() + (uint64_t)pp->ctx->cfg.fetch_timeout_ms * 1000000u * 4;
+    p->next = pp->sputs;
+    pp->sputs = p;
+    c->nputs++;
+    c->staging_bytes += (uint64_t)n * block_bytes;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    kvs__enc_put_ack(&b, rid, c->session, idx, n);
+    kvs__free(idx);
+    send_buf(c, &b);
+    return;
+nomem:
+    if (p != NULL) {
+        kvs__free(p->staging);
+        kvs__free(p->seen);
+    }
+    kvs__free(p);
+    kvs__free(idx);
+    kvs__free(keys);
+    kvs__free(offs);
+    send_error(c, rid, KVS_ERR_NO_MEMORY, "out of memory staging a PUT");
+}
+
+/* Stores puts whose every piece has landed exactly once; drops failed or
+ * expired ones. Staging is published only when complete, so no byte of it
+ * is ever exposed unwritten. */
+static int finish_puts(kvs__peer_t *pp)
+{
+    int n = 0;
+    uint64_t t = now_ns();
+    for (sput_t *p = pp->sputs, *next; p != NULL; p = next) {
+        next = p->next;
+        if (p->outstanding > 0)
+            continue;
+        bool complete = !p->dead && p->landed == p->pieces;
+        if (!complete && !p->dead && t <= p->deadline_ns)
+            continue;
+        if (complete && p->conn != NULL) {
+            size_t stored = 0;
+            kvs_status_t st = kvs__publish_staged(pp->ctx, p->layout_id, p->keys, p->n, p->staging,
+                                                  p->block_bytes, &stored);
+            kvs__buf_t b;
+            kvs__buf_init(&b);
+            kvs__enc_put_done(&b, p->req_id, p->conn->session, st, (uint32_t)stored);
+            send_buf(p->conn, &b);
+            kvs__debug(pp->log, "peer %s: stored %zu of %u put blocks", p->conn->peer, stored,
+                       p->n);
+        } else if (p->conn != NULL) {
+            kvs__warn(pp->log, "peer %s: put of %u blocks %s with %zu of %zu pieces",
+                      p->conn->peer, p->n, p->dead ? "failed" : "expired", p->landed, p->pieces);
+            send_error(p->conn, p->req_id, p->dead ? KVS_ERR_PROTOCOL : KVS_ERR_TIMED_OUT,
+                       p->dead ? "put refused: a piece was malformed, duplicated or lost"
+                               : "put expired before every piece arrived");
+        }
+        sput_free(pp, p);
+        n++;
+    }
+    return n;
+}
+
+static srv_lease_t **find_lease(conn_t *c, uint64_t id)
+{
+    for (srv_lease_t **lp = &c->leases; *lp != NULL; lp = &(*lp)->next)
+        if ((*lp)->id == id)
+            return lp;
+    return NULL;
+}
+
+static void lease_drop(conn_t *c, srv_lease_t **lp)
+{
+    srv_lease_t *l = *lp;
+    *lp = l->next;
+    c->nleases--;
+    kvs_lease_release(l->lease);
+    kvs__free(l);
+}
+
+static void srv_release(conn_t *c, const kvs__msg_t *m)
+{
+    srv_lease_t **lp = find_lease(c, m->u.release.lease_id);
+    if (lp == NULL)
+        return; /* already released, expired, or never ours */
+    if ((*lp)->pushes > 0) {
+        (*lp)->deadline_ns = 0; /* ends when its last push does */
+        return;
+    }
+    lease_drop(c, lp);
+}
+
+/* Leases end at their deadline, not only at RELEASE or disconnect. */
+static int sweep_leases(kvs__peer_t *pp)
+{
+    int n = 0;
+    uint64_t t = now_ns();
+    for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+        for (srv_lease_t **lp = &c->leases; *lp != NULL;) {
+            if ((*lp)->pushes == 0 && (*lp)->deadline_ns < t) {
+                kvs__debug(pp->log, "peer %s: lease %llu expired", c->peer,
+                           (unsigned long long)(*lp)->id);
+                lease_drop(c, lp);
+                n++;
+            } else {
+                lp = &(*lp)->next;
+            }
+        }
+    }
+    return n;
+}
+
+static void push_sent(void *arg, kvs_status_t st, size_t len)
+{
+    push_t *p = arg;
+    (void)len;
+    p->outstanding--;
+    if (st != KVS_OK && p->status == KVS_OK)
+        p->status = KVS_ERR_PEER_FAILED;
+}
+
+/* Posts the next blocks of a push while its window has room. Returns the
+ * number of sends posted. */
+static int push_pump(kvs__peer_t *pp, push_t *p)
+{
+    int posted = 0;
+    conn_t *c = p->conn;
+    kvs__piece_loc_t *locs = pp->scratch_locs;
+    while (p->status == KVS_OK && c != NULL && p->next_block < p->count &&
+           p->outstanding < (int)KVS_PEER_PUSH_WINDOW) {
+        uint32_t i = p->next_block++;
+        kvs__block_loc_t loc = {.npieces = MAX_PIECES, .pieces = locs};
+        if (kvs__lease_locate(p->sl->lease, p->first + i, &loc) != KVS_OK) {
+            p->status = KVS_ERR_STALE;
+            break;
+        }
+        /* Cut the block into the requester's segment sizes; each chunk must
+         * lie within one of our pieces (same geometry on both sides). */
+        uint32_t off = 0;
+        for (uint16_t k = 0; k < p->nchunks && p->status == KVS_OK; k++) {
+            uint32_t len = p->chunks[k];
+            size_t pbase = 0;
+            const uint8_t *src = NULL;
+            for (size_t q = 0; q < loc.npieces; q++) {
+                if (off >= pbase && (size_t)off + len <= pbase + locs[q].len) {
+                    src = (const uint8_t *)locs[q].addr + (off - pbase);
+                    break;
+                }
+                pbase += locs[q].len;
+            }
+            if (src == NULL) {
+                p->status = KVS_ERR_LAYOUT_MISMATCH;
+                break;
+            }
+            uint8_t hdr[KVS_PROTO_DATA_LEN];
+            kvs__enc_data(hdr, p->req_id, KVS_PROTO_FLAG_FROM_SERVER, c->session, i, off);
+            kvs_status_t st =
+                pp->ops->am_send(pp->tl, c->ep, hdr, sizeof(hdr), src, len, push_sent, p);
+            if (st == KVS_INPROGRESS)
+                p->outstanding++;
+            else if (st != KVS_OK)
+                p->status = KVS_ERR_PEER_FAILED;
+            off += len;
+            posted++;
+        }
+    }
+    return posted;
+}
+
+static void push_free(kvs__peer_t *pp, push_t *p)
+{
+    for (push_t **q = &pp->pushes; *q != NULL; q = &(*q)->next) {
+        if (*q == p) {
+            *q = p->next;
+            break;
+        }
+    }
+    kvs__free(p->chunks);
+    kvs__free(p);
+}
+
+/* Finishes pushes whose sends all completed: FETCH_DONE carries the
+ * generations read after the last byte left, so a block that changed
+ * meanwhile shows a different number and the requester discards it. */
+static int advance_pushes(kvs__peer_t *pp)
+{
+    int n = 0;
+    for (push_t *p = pp->pushes, *next; p != NULL; p = next) {
+        next = p->next;
+        if (p->conn != NULL && p->status == KVS_OK && p->next_block < p->count) {
+            n += push_pump(pp, p) > 0;
+            kick(pp);
+        }
+        if (p->outstanding > 0 || (p->status == KVS_OK && p->next_block < p->count))
+            continue;
+        conn_t *c = p->conn;
+        if (c != NULL && c->state == S_READY) {
+            uint64_t *gens = kvs__malloc((p->count ? p->count : 1) * sizeof(*gens));
+            kvs__buf_t b;
+            kvs__buf_init(&b);
+            kvs_status_t st = gens == NULL ? KVS_ERR_NO_MEMORY : p->status;
+            for (uint32_t i = 0; gens != NULL && i < p->count; i++)
+                gens[i] = st == KVS_OK ? kvs__lease_gen_now(p->sl->lease, p->first + i) : 0;
+            kvs__enc_fetch_done(&b, p->req_id, c->session, st, gens,
+                                gens != NULL ? p->count : 0);
+            kvs__free(gens);
+            send_buf(c, &b);
+            c->npushes--;
+            if (p->sl != NULL)
+                p->sl->pushes--;
+        }
+        push_free(pp, p);
+        n++;
+    }
+    return n;
+}
+
+static void srv_fetch(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+{
+    srv_lease_t **lp = find_lease(c, m->u.fetch.lease_id);
+    uint64_t rid = m->hdr.req_id;
+    if (lp == NULL) {
+        send_error(c, rid, KVS_ERR_NOT_FOUND, "no such lease (released or expired)");
+        return;
+    }
+    if ((size_t)m->u.fetch.first + m->u.fetch.count > kvs_lease_hits((*lp)->lease)) {
+        send_error(c, rid, KVS_ERR_INVALID_PARAM, "fetch beyond the lease");
+        return;
+    }
+    if (c->npushes >= KVS_PEER_MAX_PUSHES) {
+        send_error(c, rid, KVS_ERR_BUSY, "too many fetches in flight from this peer");
+        return;
+    }
+    push_t *p = kvs__calloc(1, sizeof(*p));
+    uint32_t *chunks = kvs__malloc((size_t)m->u.fetch.nchunks * sizeof(*chunks));
+    if (p == NULL || chunks == NULL) {
+        kvs__free(p);
+        kvs__free(chunks);
+        send_error(c, rid, KVS_ERR_NO_MEMORY, "out of memory");
+        return;
+    }
+    for (uint16_t k = 0; k < m->u.fetch.nchunks; k++)
+        chunks[k] = kvs__proto_u32_at(m->u.fetch.chunks, k);
+    p->conn = c;
+    p->sl = *lp;
+    p->sl->pushes++;
+    p->req_id = rid;
+    p->first = m->u.fetch.first;
+    p->count = m->u.fetch.count;
+    p->chunks = chunks;
+    p->nchunks = m->u.fetch.nchunks;
+    p->status = KVS_OK;
+    p->next = pp->pushes;
+    pp->pushes = p;
+    c->npushes++;
+    push_pump(pp, p);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Message dispatch (outside transport callbacks, lock held)                */
+/* ---------------------------------------------------------------------- */
+static void deliver_reply(kvs__peer_t *pp, conn_t *c, inmsg_t *in, const kvs__msg_t *m)
+{
+    for (waiter_t *w = pp->waiters; w != NULL; w = w->next) {
+        if (w->conn == c && w->req_id == m->hdr.req_id && !w->done) {
+            w->msg = in->buf;
+            w->len = in->len;
+            in->buf = NULL;
+            w->done = true;
+            pthread_cond_broadcast(&pp->cond);
+            return;
+        }
+    }
+    dropped(pp, "a reply nobody waits for");
+}
+
+static void client_fetch_done(conn_t *c, const kvs__msg_t *m)
+{
+    preq_t *r = req_on(c, m->hdr.req_id);
+    if (r == NULL || r->is_put || !r->push || r->status != KVS_INPROGRESS)
+        return;
+    if (m->u.fetch_done.status != KVS_OK) {
+        r->status = (kvs_status_t)m->u.fetch_done.status;
+        return;
+    }
+    if (m->u.fetch_done.count != r->count) {
+        r->status = KVS_ERR_PROTOCOL;
+        return;
+    }
+    for (uint32_t i = 0; i < r->count; i++)
+        r->gens_now[i] = kvs__proto_u64_at(m->u.fetch_done.gens, i);
+    r->done_msg = true;
+}
+
+static void handle(kvs__peer_t *pp, inmsg_t *in)
+{
+    conn_t *c = in->conn;
+    if (c->state != S_READY || in->buf == NULL)
+        return; /* from a connection already gone, or a receive that failed */
+    kvs__msg_t m;
+    char why[256];
+    if (kvs__proto_decode(in->buf, in->len, &m, why, sizeof(why)) != KVS_OK) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "malformed message (%s)", why);
+        return;
+    }
+    if (c->server) {
+        switch ((kvs__msg_type_t)m.hdr.type) {
+        case KVS_MSG_LOOKUP:
+            srv_lookup(pp, c, &m);
+            return;
+        case KVS_MSG_RELEASE:
+            srv_release(c, &m);
+            return;
+        case KVS_MSG_FETCH:
+            srv_fetch(pp, c, &m);
+            return;
+        case KVS_MSG_PUT:
+            srv_put(pp, c, &m);
+            return;
+        default:
+            conn_fail(c, KVS_ERR_PROTOCOL, "message type %u is not a request", m.hdr.type);
+            return;
+        }
+    }
+    switch ((kvs__msg_type_t)m.hdr.type) {
+    case KVS_MSG_LOOKUP_REPLY:
+    case KVS_MSG_PUT_ACK:
+        deliver_reply(pp, c, in, &m);
+        return;
+    case KVS_MSG_ERROR: {
+        preq_t *r = req_on(c, m.hdr.req_id);
+        if (r != NULL && r->status == KVS_INPROGRESS) {
+            kvs__warn(pp->log, "peer %s: %.*s", c->peer, (int)m.u.error.text_len, m.u.error.text);
+            r->status = m.u.error.status < 0 ? (kvs_status_t)m.u.error.status : KVS_ERR_PROTOCOL;
+            return;
+        }
+        deliver_reply(pp, c, in, &m);
+        return;
+    }
+    case KVS_MSG_PUT_DONE: {
+        preq_t *r = req_on(c, m.hdr.req_id);
+        if (r != NULL && r->is_put && r->status == KVS_INPROGRESS)
+            r->status = (kvs_status_t)m.u.put_done.status;
+        return;
+    }
+    case KVS_MSG_FETCH_DONE:
+        client_fetch_done(c, &m);
+        return;
+    default:
+        conn_fail(c, KVS_ERR_PROTOCOL, "message type %u is not a reply", m.hdr.type);
+        return;
+    }
+}
+
+/* Handles ready messages in arrival order per connection; a message still
+ * landing holds back only its own connection's later messages. */
+static int drain_inbox(kvs__peer_t *pp)
+{
+    int n = 0;
+    inmsg_t **mp = &pp->inbox;
+    inmsg_t *last = NULL;
+    while (*mp != NULL) {
+        inmsg_t *m = *mp;
+        bool blocked = false;
+        for (inmsg_t *e = pp->inbox; e != m && !blocked; e = e->next)
+            blocked = e->conn == m->conn && !e->ready;
+        if (!m->ready || blocked) {
+            last = m;
+            mp = &m->next;
+            continue;
+        }
+        *mp = m->next;
+        conn_t *c = m->conn;
+        c->ninbox--;
+        handle(pp, m);
+        kvs__free(m->buf);
+        kvs__free(m);
+        conn_unref(c);
+        n++;
+    }
+    pp->inbox_tail = last != NULL ? &last->next : &pp->inbox;
+    return n;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Bootstrap, server side                                                   */
+/* ---------------------------------------------------------------------- */
+static kvs_status_t boot_reply(conn_t *c, kvs__buf_t *b)
+{
+    kvs_status_t st = b->failed ? KVS_ERR_NO_MEMORY
+                                : kvs__boot_send(c->fd, b->data, b->len,
+                                                 now_ns() + KVS_PEER_BOOT_TIMEOUT_MS * 1000000ull);
+    kvs__buf_free(b);
+    return st;
+}
+
+static void boot_refuse(conn_t *c, kvs_status_t st, const char *text)
+{
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    kvs__enc_error(&b, 0, KVS_PROTO_FLAG_FROM_SERVER, NULL, st, text);
+    boot_reply(c, &b);
+    conn_fail(c, st, "%s", text);
+}
+
+static void boot_hello(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+{
+    char served[512];
+    c->layout_id = m->u.hello.layout_id;
+    if (!kvs__ctx_serves_layout(pp->ctx, c->layout_id, served, sizeof(served))) {
+        char text[700];
+        snprintf(text, sizeof(text), "layout mismatch: peer has %016llx, this node serves %s",
+                 (unsigned long long)c->layout_id, served[0] ? served : "no pools");
+        kvs__warn(pp->log, "peer %s: %s", c->peer, text);
+        boot_refuse(c, KVS_ERR_LAYOUT_MISMATCH, text);
+        return;
+    }
+    memcpy(c->nonce_c, m->u.hello.nonce, KVS_PROTO_NONCE_LEN);
+    if (RAND_bytes(c->nonce_s, sizeof(c->nonce_s)) != 1) {
+        conn_fail(c, KVS_ERR_IO, "RAND_bytes failed");
+        return;
+    }
+    uint8_t mac[KVS_PROTO_MAC_LEN];
+    proof(pp, "kvshare-server", c->nonce_c, c->nonce_s, mac);
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    kvs__enc_challenge(&b, m->hdr.req_id, c->nonce_s, mac, !pp->open);
+    if (boot_reply(c, &b) != KVS_OK) {
+        conn_fail(c, KVS_ERR_PEER_FAILED, "bootstrap: sending CHALLENGE failed");
+        return;
+    }
+    c->state = S_WAIT_AUTH;
+}
+
+static void boot_auth(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+{
+    if (!pp->open) {
+        uint8_t want[KVS_PROTO_MAC_LEN];
+        proof(pp, "kvshare-client", c->nonce_c, c->nonce_s, want);
+        if (CRYPTO_memcmp(want, m->u.auth.mac, sizeof(want)) != 0) {
+            kvs__warn(pp->log, "peer %s: refused: bad or missing auth proof", c->peer);
+            boot_refuse(c, KVS_ERR_AUTH,
+                        "authentication failed: the peer does not hold this node's "
+                        "KVSHARE_AUTH_TOKEN_FILE secret");
+            return;
+        }
+    }
+    if (pp->nready >= KVS_PEER_MAX_CONNS) {
+        boot_refuse(c, KVS_ERR_BUSY, "this node has too many connections");
+        return;
+    }
+    if (m->u.auth.addr_len == 0) {
+        boot_refuse(c, KVS_ERR_PROTOCOL, "AUTH carries no transport address");
+        return;
+    }
+    if (RAND_bytes(c->session, sizeof(c->session)) != 1) {
+        conn_fail(c, KVS_ERR_IO, "RAND_bytes failed");
+        return;
+    }
+    bool rma = false;
+    kvs_status_t st =
+        pp->ops->connect(pp->tl, m->u.auth.addr, m->u.auth.addr_len, c, &c->ep, &rma);
+    if (st != KVS_OK) {
+        c->ep = NULL;
+        boot_refuse(c, KVS_ERR_TRANSPORT, "cannot reach the peer's transport address");
+        return;
+    }
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    kvs__proto_begin(&b, KVS_MSG_HELLO_ACK, KVS_PROTO_FLAG_FROM_SERVER | KVS_PROTO_FLAG_REGIONS,
+                     m->hdr.req_id, c->session);
+    kvs__buf_u32(&b, (uint32_t)pp->addr_len);
+    kvs__buf_put(&b, pp->addr, pp->addr_len);
+    put_regions(pp, c, &b);
+    if (kvs__proto_finish(&b) != KVS_OK || boot_reply(c, &b) != KVS_OK) {
+        kvs__buf_free(&b);
+        conn_fail(c, KVS_ERR_PEER_FAILED, "bootstrap: sending HELLO_ACK failed");
+        return;
+    }
+    pp->npreauth--;
+    pp->nready++;
+    c->state = S_READY;
+    kvs__free(c->rx);
+    c->rx = NULL;
+    kvs__info(pp->log, "peer %s: ready (layout %016llx)", c->peer,
+              (unsigned long long)c->layout_id);
+}
+
+/* Reads what a pre-auth peer sent; handles a whole message when there is
+ * one. Never more than KVS_PROTO_MAX_PREAUTH bytes per message. */
+static void boot_readable(kvs__peer_t *pp, conn_t *c)
+{
+    if (c->state == S_READY) {
+        /* After the handshake the socket only says the peer is alive. */
+        uint8_t b[64];
+        ssize_t n = recv(c->fd, b, sizeof(b), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            conn_fail(c, KVS_ERR_PEER_FAILED, "bootstrap connection closed");
+        else if (n > 0)
+            conn_fail(c, KVS_ERR_PROTOCOL, "unexpected bytes on the bootstrap connection");
+        return;
+    }
+    size_t cap = KVS_PROTO_HDR_LEN + KVS_PROTO_MAX_PREAUTH;
+    size_t want = KVS_PROTO_HDR_LEN;
+    char why[160];
+    if (c->rx_len >= KVS_PROTO_HDR_LEN) {
+        kvs__hdr_t h;
+        if (kvs__proto_decode_hdr(c->rx, c->rx_len, KVS_PROTO_MAX_PREAUTH, &h, why,
+                                  sizeof(why)) != KVS_OK) {
+            conn_fail(c, KVS_ERR_PROTOCOL, "bootstrap: %s", why);
+            return;
+        }
+        want = KVS_PROTO_HDR_LEN + h.body_len;
+    }
+    ssize_t n = recv(c->fd, c->rx + c->rx_len, want - c->rx_len, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        conn_fail(c, KVS_ERR_PEER_FAILED, "closed during the handshake");
+        return;
+    }
+    if (n < 0)
+        return;
+    c->rx_len += (size_t)n;
+    if (c->rx_len == KVS_PROTO_HDR_LEN && want == KVS_PROTO_HDR_LEN) {
+        kvs__hdr_t h;
+        if (kvs__proto_decode_hdr(c->rx, c->rx_len, KVS_PROTO_MAX_PREAUTH, &h, why,
+                                  sizeof(why)) != KVS_OK) {
+            conn_fail(c, KVS_ERR_PROTOCOL, "bootstrap: %s", why);
+            return;
+        }
+        want += h.body_len;
+    }
+    if (c->rx_len < want || want > cap)
+        return;
+    kvs__msg_t m;
+    if (kvs__proto_decode(c->rx, c->rx_len, &m, why, sizeof(why)) != KVS_OK) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "bootstrap: %s", why);
+        return;
+    }
+    c->rx_len = 0;
+    if (m.hdr.type == KVS_MSG_HELLO && c->state == S_WAIT_HELLO)
+        boot_hello(pp, c, &m);
+    else if (m.hdr.type == KVS_MSG_AUTH && c->state == S_WAIT_AUTH)
+        boot_auth(pp, c, &m);
+    else
+        conn_fail(c, KVS_ERR_PROTOCOL, "bootstrap: unexpected message type %u", m.hdr.type);
+}
+
+/* Accepts what is waiting. When the pre-auth table is full the oldest
+ * unauthenticated connection goes: silent connections cannot lock out a
+ * peer that completes its handshake. */
+static int boot_accept(kvs__peer_t *pp)
+{
+    int n = 0;
+    for (;;) {
+        char name[256];
+        int fd = kvs__boot_accept(pp->lfd, name, sizeof(name));
+        if (fd < 0)
+            break;
+        n++;
+        if (pp->npreauth >= KVS_PEER_MAX_PREAUTH) {
+            conn_t *oldest = NULL;
+            for (conn_t *c = pp->conns; c != NULL; c = c->next)
+                if (c->server && c->state != S_READY && c->state != S_FAILED &&
+                    (oldest == NULL || c->accepted_seq < oldest->accepted_seq))
+                    oldest = c;
+            if (oldest != NULL)
+                conn_fail(oldest, KVS_ERR_BUSY, "pre-auth table full: dropped the oldest");
+        }
+        conn_t *c = conn_new(pp, true);
+        uint8_t *rx = kvs__malloc(KVS_PROTO_HDR_LEN + KVS_PROTO_MAX_PREAUTH);
+        if (c == NULL || rx == NULL) {
+            kvs__free(rx);
+            close(fd);
+            if (c != NULL) {
+                conn_unlink(c);
+                kvs__free(c);
+            }
+            continue;
+        }
+        c->fd = fd;
+        c->rx = rx;
+        c->state = S_WAIT_HELLO;
+        c->accepted_seq = ++pp->accept_seq;
+        c->boot_deadline_ns = now_ns() + KVS_PEER_BOOT_TIMEOUT_MS * 1000000ull;
+        snprintf(c->peer, sizeof(c->peer), "%s", name);
+        pp->npreauth++;
+    }
+    return n;
+}
+
+static void boot_deadlines(kvs__peer_t *pp)
+{
+    uint64_t t = now_ns();
+    for (conn_t *c = pp->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->server && (c->state == S_WAIT_HELLO || c->state == S_WAIT_AUTH) &&
+            t > c->boot_deadline_ns)
+            conn_fail(c, KVS_ERR_TIMED_OUT, "handshake not completed in %u ms",
+                      KVS_PEER_BOOT_TIMEOUT_MS);
+    }
+}
+
+/* Polls the bootstrap sockets (listener and every connection's) for at
+ * most @timeout_ms, with the lock released while waiting, and handles what
+ * is ready. The transport's event fd and the wake fd are polled too. */
+static int boot_poll(kvs__peer_t *pp, int timeout_ms)
+{
+    /* The arrays persist and grow only with the number of connections: no
+     * allocation per round in the progress thread. */
+    size_t cap = 3;
+    for (conn_t *c = pp->conns; c != NULL; c = c->next)
+        cap++;
+    if (cap > pp->poll_cap) {
+        size_t want = cap * 2;
+        struct pollfd *f = kvs__realloc(pp->poll_fds, want * sizeof(*f));
+        if (f != NULL)
+            pp->poll_fds = f;
+        conn_t **w = kvs__realloc(pp->poll_who, want * sizeof(*w));
+        if (w != NULL)
+            pp->poll_who = w;
+        if (f == NULL || w == NULL) {
+            kvs__warn(pp->log, "out of memory polling %zu bootstrap sockets", cap);
+            return 0;
+        }
+        pp->poll_cap = want;
+    }
+    struct pollfd *fds = pp->poll_fds;
+    conn_t **who = pp->poll_who;
+    size_t n = 0;
+    int tfd = pp->ops->event_fd(pp->tl);
+    if (timeout_ms > 0 && tfd >= 0) {
+        fds[n] = (struct pollfd){.fd = tfd, .events = POLLIN};
+        who[n++] = NULL;
+    }
+    if (timeout_ms > 0 && pp->wakefd >= 0) {
+        fds[n] = (struct pollfd){.fd = pp->wakefd, .events = POLLIN};
+        who[n++] = NULL;
+    }
+    if (pp->lfd >= 0) {
+        fds[n] = (struct pollfd){.fd = pp->lfd, .events = POLLIN};
+        who[n++] = NULL;
+    }
+    for (conn_t *c = pp->conns; c != NULL && n < cap; c = c->next) {
+        if (c->fd >= 0) {
+            fds[n] = (struct pollfd){.fd = c->fd, .events = POLLIN};
+            who[n++] = c;
+            c->refs++; /* it may fail while we wait unlocked */
+        }
+    }
+    if (timeout_ms > 0)
+        unlock(pp);
+    int r = poll(fds, (nfds_t)n, timeout_ms);
+    if (timeout_ms > 0)
+        lock(pp);
+    int done = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r > 0 && fds[i].revents != 0) {
+            if (who[i] != NULL) {
+                if (who[i]->state != S_FAILED && who[i]->fd == fds[i].fd)
+                    boot_readable(pp, who[i]);
+                done++;
+            } else if (fds[i].fd == pp->lfd) {
+                done += boot_accept(pp);
+            } else if (fds[i].fd == pp->wakefd) {
+                uint64_t v;
+                ssize_t k = read(pp->wakefd, &v, sizeof(v));
+                (void)k;
+            }
+        }
+        if (who[i] != NULL)
+            conn_unref(who[i]);
+    }
+    boot_deadlines(pp);
+    return done;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Progress                                                                 */
+/* ---------------------------------------------------------------------- */
+static int advance_requests(kvs__peer_t *pp);
+
+static void check_deadlines(kvs__peer_t *pp)
+{
+    uint64_t t = now_ns();
+    for (preq_t *r = pp->reqs; r != NULL; r = r->next) {
+        if (r->status == KVS_INPROGRESS && t > r->deadline_ns && r->conn->state != S_FAILED) {
+            /* Closing the connection cancels what is in flight, so nothing
+             * lands in the destination after we report the timeout. */
+            conn_fail(r->conn, KVS_ERR_TIMED_OUT, "request timed out");
+            r->status = KVS_ERR_TIMED_OUT;
+        }
+    }
+}
+
+/* Drives the transport and everything queued behind it. Lock held. */
+static int progress_locked(kvs__peer_t *pp)
+{
+    int n = 0;
+    while (pp->ops->progress(pp->tl) != 0)
+        n++;
+    for (conn_t *c = pp->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->doom_status != KVS_OK && c->state != S_FAILED) {
+            char why[sizeof(c->doom_why)];
+            memcpy(why, c->doom_why, sizeof(why));
+            conn_fail(c, c->doom_status, "%s", why);
+            n++;
+        }
+    }
+    n += drain_inbox(pp);
+    n += advance_pushes(pp);
+    n += finish_puts(pp);
+    n += advance_requests(pp);
+    /* Housekeeping at most once a millisecond, so busy waiters do not pay
+     * a syscall and a lease walk per round. Without a thread, the bootstrap
+     * sockets are polled from here. */
+    uint64_t t = now_ns();
+    if (t - pp->last_boot_poll_ns > 1000000u) {
+        pp->last_boot_poll_ns = t;
+        if (!pp->thread_mode)
+            n += boot_poll(pp, 0);
+        n += sweep_leases(pp);
+        check_deadlines(pp);
+    }
+    if (n > 0)
+        pthread_cond_broadcast(&pp->cond);
+    return n;
+}
+
+static void *progress_thread(void *arg)
+{
+    kvs__peer_t *pp = arg;
+    unsigned busy = 0;
+    lock(pp);
+    while (!pp->stopping) {
+        progress_locked(pp);
+        if (!pp->ops->arm(pp->tl)) {
+            /* Events pending: progress again, but let callers take the lock
+             * in between, and stop spinning if it never settles (a dead
+             * peer's transport can keep the worker busy). */
+            unlock(pp);
+            if (++busy > 64) {
+                struct timespec ts = {0, 200000};
+                nanosleep(&ts, NULL);
+            } else {
+                sched_yield();
+            }
+            lock(pp);
+            boot_poll(pp, 0);
+            continue;
+        }
+        busy = 0;
+        boot_poll(pp, IDLE_WAKE_MS);
+    }
+    unlock(pp);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Waiting                                                                  */
+/* ---------------------------------------------------------------------- */
+static void cond_sleep(kvs__peer_t *pp, uint64_t until_ns)
+{
+    uint64_t t = now_ns();
+    if (until_ns <= t)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t rel = until_ns - t;
+    ts.tv_sec += (time_t)(rel / 1000000000u);
+    ts.tv_nsec += (long)(rel % 1000000000u);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&pp->cond, &pp->lock, &ts);
+}
+
+/* Waits (lock held) until *flag or the deadline. The waiter drives
+ * progress itself while there is work; it sleeps only when nothing moves. */
+static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
+{
+    while (!*flag) {
+        uint64_t t = now_ns();
+        if (t >= deadline_ns)
+            return false;
+        if (progress_locked(pp) > 0 || *flag)
+            continue;
+        if (pp->thread_mode)
+            cond_sleep(pp, deadline_ns - t > 1000000u ? t + 1000000u : deadline_ns);
+        else
+            boot_poll(pp, 0);
+    }
+    return true;
+}
+
+static waiter_t *waiter_add(kvs__peer_t *pp, conn_t *c, uint64_t req_id)
+{
+    waiter_t *w = kvs__calloc(1, sizeof(*w));
+    if (w == NULL)
+        return NULL;
+    w->conn = c;
+    w->req_id = req_id;
+    w->next = pp->waiters;
+    pp->waiters = w;
+    return w;
+}
+
+static void waiter_del(kvs__peer_t *pp, waiter_t *w)
+{
+    if (w == NULL)
+        return;
+    for (waiter_t **wp = &pp->waiters; *wp != NULL; wp = &(*wp)->next) {
+        if (*wp == w) {
+            *wp = w->next;
+            break;
+        }
+    }
+    kvs__free(w->msg);
+    kvs__free(w);
+}
+
+/* Sends @b and waits for the reply with the same request id. On KVS_OK the
+ * decoded reply is in *m and its buffer in *w_p (free with waiter_del). */
+static kvs_status_t request(kvs__peer_t *pp, conn_t *c, kvs__buf_t *b, uint64_t req_id,
+                            uint64_t deadline_ns, waiter_t **w_p, kvs__msg_t *m)
+{
+    waiter_t *w = waiter_add(pp, c, req_id);
+    if (w == NULL) {
+        kvs__buf_free(b);
+        return KVS_ERR_NO_MEMORY;
+    }
+    kvs_status_t st = send_buf(c, b);
+    if (st != KVS_OK) {
+        waiter_del(pp, w);
+        conn_fail(c, st, "send failed");
+        return st;
+    }
+    if (!wait_until(pp, &w->done, deadline_ns)) {
+        waiter_del(pp, w);
+        conn_fail(c, KVS_ERR_TIMED_OUT, "no reply before the deadline");
+        return KVS_ERR_TIMED_OUT;
+    }
+    if (w->msg == NULL) { /* woken by a failure */
+        waiter_del(pp, w);
+        return c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
+    }
+    char why[256];
+    st = kvs__proto_decode(w->msg, w->len, m, why, sizeof(why));
+    if (st != KVS_OK) {
+        waiter_del(pp, w);
+        conn_fail(c, KVS_ERR_PROTOCOL, "malformed reply: %s", why);
+        return KVS_ERR_PROTOCOL;
+    }
+    if (m->hdr.type == KVS_MSG_ERROR) {
+        kvs__error(pp->log, "peer %s: %.*s", c->peer, (int)m->u.error.text_len, m->u.error.text);
+        st = (kvs_status_t)m->u.error.status;
+        waiter_del(pp, w);
+        return st < 0 ? st : KVS_ERR_PROTOCOL;
+    }
+    *w_p = w;
+    return KVS_OK;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Bootstrap, client side                                                   */
+/* ---------------------------------------------------------------------- */
+static kvs_status_t boot_error(kvs__peer_t *pp, const char *peer, const kvs__msg_t *m)
+{
+    kvs__error(pp->log, "peer %s: %.*s", peer, (int)m->u.error.text_len, m->u.error.text);
+    return m->u.error.status < 0 ? (kvs_status_t)m->u.error.status : KVS_ERR_PROTOCOL;
+}
+
+/* The client's half of the handshake, over a blocking socket with no lock
+ * held. On KVS_OK *ack_p holds the server's HELLO_ACK (kvs__free it). */
+static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint64_t layout_id,
+                                uint64_t deadline, uint8_t *nonce_c, uint8_t **ack_p,
+                                size_t *ack_len_p)
+{
+    kvs__buf_t b;
+    kvs__msg_t m;
+    uint8_t *in = NULL;
+    size_t in_len = 0;
+    char why[200];
+    char host[64], name[96];
+    if (RAND_bytes(nonce_c, KVS_PROTO_NONCE_LEN) != 1)
+        return KVS_ERR_IO;
+    if (gethostname(host, sizeof(host)) != 0)
+        strcpy(host, "?");
+    host[sizeof(host) - 1] = '\0';
+    snprintf(name, sizeof(name), "%s:%d", host, (int)getpid());
+    kvs__buf_init(&b);
+    kvs_status_t st = kvs__enc_hello(&b, 1, layout_id, nonce_c, name);
+    if (st == KVS_OK)
+        st = kvs__boot_send(fd, b.data, b.len, deadline);
+    kvs__buf_free(&b);
+    if (st == KVS_OK)
+        st = kvs__boot_recv(fd, KVS_PROTO_MAX_PREAUTH, deadline, &in, &in_len, why, sizeof(why));
+    if (st == KVS_OK)
+        st = kvs__proto_decode(in, in_len, &m, why, sizeof(why));
+    if (st != KVS_OK) {
+        kvs__error(pp->log, "peer %s: handshake: %s", peer, why);
+        kvs__free(in);
+        return st;
+    }
+    if (m.hdr.type == KVS_MSG_ERROR) {
+        st = boot_error(pp, peer, &m);
+        kvs__free(in);
+        return st;
+    }
+    if (m.hdr.type != KVS_MSG_CHALLENGE) {
+        kvs__error(pp->log, "peer %s: handshake: expected CHALLENGE, got type %u", peer,
+                   m.hdr.type);
+        kvs__free(in);
+        return KVS_ERR_PROTOCOL;
+    }
+    uint8_t nonce_s[KVS_PROTO_NONCE_LEN];
+    memcpy(nonce_s, m.u.challenge.nonce, sizeof(nonce_s));
+    bool required = m.u.challenge.auth_required;
+    uint8_t want[KVS_PROTO_MAC_LEN];
+    proof(pp, "kvshare-server", nonce_c, nonce_s, want);
+    bool server_proved = !pp->open && required &&
+                         CRYPTO_memcmp(want, m.u.challenge.mac, sizeof(want)) == 0;
+    kvs__free(in);
+    in = NULL;
+    if (required && pp->open) {
+        kvs__error(pp->log, "peer %s: requires authentication: set KVSHARE_AUTH_TOKEN_FILE to "
+                   "the shared secret", peer);
+        return KVS_ERR_AUTH;
+    }
+    if (!pp->open && !server_proved) {
+        kvs__error(pp->log, "peer %s: did not prove the shared secret; refusing it", peer);
+        return KVS_ERR_AUTH;
+    }
+    uint8_t mac[KVS_PROTO_MAC_LEN];
+    proof(pp, "kvshare-client", nonce_c, nonce_s, mac);
+    kvs__buf_init(&b);
+    st = kvs__enc_auth(&b, 2, mac, pp->addr, pp->addr_len);
+    if (st == KVS_OK)
+        st = kvs__boot_send(fd, b.data, b.len, deadline);
+    kvs__buf_free(&b);
+    if (st == KVS_OK)
+        st = kvs__boot_recv(fd, MAX_ACK_BODY, deadline, &in, &in_len, why, sizeof(why));
+    if (st == KVS_OK)
+        st = kvs__proto_decode(in, in_len, &m, why, sizeof(why));
+    if (st != KVS_OK) {
+        kvs__error(pp->log, "peer %s: handshake: %s", peer, why);
+        kvs__free(in);
+        return st;
+    }
+    if (m.hdr.type == KVS_MSG_ERROR) {
+        st = boot_error(pp, peer, &m);
+        kvs__free(in);
+        return st;
+    }
+    if (m.hdr.type != KVS_MSG_HELLO_ACK || m.u.hello_ack.addr_len == 0) {
+        kvs__error(pp->log, "peer %s: handshake: expected HELLO_ACK, got type %u", peer,
+                   m.hdr.type);
+        kvs__free(in);
+        return KVS_ERR_PROTOCOL;
+    }
+    *ack_p = in;
+    *ack_len_p = in_len;
+    return KVS_OK;
+}
+
+/* Finds or makes a ready connection to @peer for @layout_id. Called with
+ * the lock held; releases it around the blocking handshake. On KVS_OK the
+ * caller holds a reference. */
+static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                             uint64_t deadline, conn_t **c_p)
+{
+    for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+        if (!c->server && c->layout_id == layout_id && strcmp(c->peer, peer) == 0 &&
+            c->state == S_READY) {
+            c->refs++;
+            *c_p = c;
+            return KVS_OK;
+        }
+    }
+    if (strlen(peer) >= sizeof(((conn_t *)0)->peer))
+        return KVS_ERR_INVALID_PARAM;
+    uint64_t boot_deadline = now_ns() + KVS_PEER_BOOT_TIMEOUT_MS * 1000000ull;
+    if (boot_deadline > deadline)
+        boot_deadline = deadline;
+    uint8_t nonce_c[KVS_PROTO_NONCE_LEN];
+    uint8_t *ack = NULL;
+    size_t ack_len = 0;
+    kvs_status_t st;
+    unlock(pp);
+    int fd = kvs__boot_connect(peer, boot_deadline, &st);
+    if (fd >= 0) {
+        st = boot_client(pp, fd, peer, layout_id, boot_deadline, nonce_c, &ack, &ack_len);
+        if (st != KVS_OK) {
+            close(fd);
+            fd = -1;
+        }
+    } else if (st == KVS_ERR_INVALID_PARAM || st == KVS_ERR_NOT_FOUND) {
+        kvs__error(pp->log, "peer '%s': cannot resolve (expected HOST:PORT)", peer);
+        st = st == KVS_ERR_NOT_FOUND ? KVS_ERR_PEER_FAILED : st;
+    } else {
+        kvs__warn(pp->log, "peer %s: cannot connect: %s", peer, kvs_status_string(st));
+    }
+    lock(pp);
+    if (st != KVS_OK)
+        return st;
+    kvs__msg_t m;
+    kvs__proto_decode(ack, ack_len, &m, NULL, 0); /* validated in boot_client */
+    conn_t *c = conn_new(pp, false);
+    if (c == NULL) {
+        close(fd);
+        kvs__free(ack);
+        return KVS_ERR_NO_MEMORY;
+    }
+    strcpy(c->peer, peer);
+    c->layout_id = layout_id;
+    c->fd = fd;
+    c->state = S_READY;
+    pp->nready++;
+    c->refs++; /* the caller's */
+    memcpy(c->session, m.hdr.session, sizeof(c->session));
+    st = take_regions(c, &m);
+    bool rma = false;
+    if (st == KVS_OK)
+        st = pp->ops->connect(pp->tl, m.u.hello_ack.addr, m.u.hello_ack.addr_len, c, &c->ep,
+                              &rma);
+    kvs__free(ack);
+    if (st != KVS_OK) {
+        c->ep = NULL;
+        conn_fail(c, st, "connecting the transport: %s", kvs_status_string(st));
+        conn_unref(c);
+        return st;
+    }
+    c->rma = rma;
+    kvs__info(pp->log, "peer %s: ready, data path %s", c->peer,
+              c->rma ? "GET" : "active-message push");
+    *c_p = c;
+    return KVS_OK;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Client side: lookup, release, fetch, put                                 */
+/* ---------------------------------------------------------------------- */
+static void rlease_free(rlease_t *rl)
+{
+    if (rl == NULL)
+        return;
+    kvs__free(rl->blocks);
+    kvs__free(rl->block_at);
+    kvs__free(rl);
+}
+
+kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                              const kvs_key_t *keys, size_t n, uint32_t lease_ms,
+                              uint32_t timeout_ms, void **rlease_p, size_t *hits_p)
+{
+    conn_t *c = NULL;
+    waiter_t *w = NULL;
+    kvs__msg_t m;
+    rlease_t *rl = NULL;
+    kvs_status_t st;
+    if (n > KVS_PROTO_MAX_KEYS)
+        n = KVS_PROTO_MAX_KEYS; /* a longer chain is asked for in part */
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+    lock(pp);
+    st = get_conn(pp, peer, layout_id, deadline, &c);
+    if (st != KVS_OK)
+        goto out;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    uint64_t rid = ++c->next_req_id;
+    kvs__enc_lookup(&b, rid, c->session, layout_id, lease_ms, keys, n);
+    st = request(pp, c, &b, rid, deadline, &w, &m);
+    if (st != KVS_OK)
+        goto out;
+    if (m.hdr.type != KVS_MSG_LOOKUP_REPLY || m.u.lookup_reply.hits > n) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "bad LOOKUP_REPLY");
+        st = KVS_ERR_PROTOCOL;
+        goto out;
+    }
+    if ((st = take_regions(c, &m)) != KVS_OK)
+        goto out;
+    rl = kvs__calloc(1, sizeof(*rl));
+    if (rl == NULL) {
+        st = KVS_ERR_NO_MEMORY;
+        goto out;
+    }
+    rl->hits = m.u.lookup_reply.hits;
+    rl->lease_id = m.u.lookup_reply.lease_id;
+    rl->blocks_len = m.u.lookup_reply.blocks_len;
+    rl->blocks = kvs__malloc(rl->blocks_len ? rl->blocks_len : 1);
+    rl->block_at = kvs__calloc(rl->hits ? rl->hits : 1, sizeof(*rl->block_at));
+    if (rl->blocks == NULL || rl->block_at == NULL) {
+        st = KVS_ERR_NO_MEMORY;
+        goto out;
+    }
+    memcpy(rl->blocks, m.u.lookup_reply.blocks, rl->blocks_len);
+    const uint8_t *cur = rl->blocks;
+    for (uint32_t i = 0; i < rl->hits; i++) {
+        rl->block_at[i] = cur;
+        kvs__block_desc_t d;
+        kvs__proto_block(&cur, &d);
+    }
+    rl->conn = c;
+    c = NULL; /* the lease keeps the reference */
+    *rlease_p = rl;
+    *hits_p = rl->hits;
+    rl = NULL;
+out:
+    waiter_del(pp, w);
+    if (c != NULL)
+        conn_unref(c);
+    rlease_free(rl);
+    unlock(pp);
+    return st;
+}
+
+void kvs__peer_release(kvs__peer_t *pp, void *rlease)
+{
+    rlease_t *rl = rlease;
+    if (rl == NULL)
+        return;
+    lock(pp);
+    conn_t *c = rl->conn;
+    if (c->state == S_READY && rl->hits > 0) {
+        kvs__buf_t b;
+        kvs__buf_init(&b);
+        kvs__enc_release(&b, ++c->next_req_id, c->session, rl->lease_id);
+        send_buf(c, &b); /* fire and forget: the lease deadline backs it up */
+    }
+    conn_unref(c);
+    unlock(pp);
+    rlease_free(rl);
+}
+
+static void op_done(void *arg, kvs_status_t st, size_t len)
+{
+    preq_t *r = arg;
+    r->outstanding--;
+    if (st == KVS_OK)
+        r->bytes_got += len;
+    else if (r->status == KVS_INPROGRESS)
+        r->status = KVS_ERR_PEER_FAILED;
+}
+
+static void track(preq_t *r, kvs_status_t st, size_t len)
+{
+    if (st == KVS_INPROGRESS)
+        r->outstanding++;
+    else if (st == KVS_OK)
+        r->bytes_got += len;
+    else if (r->status == KVS_INPROGRESS)
+        r->status = KVS_ERR_PEER_FAILED;
+}
+
+static void post_get(preq_t *r, void *local, size_t len, uint64_t raddr, void *rkey)
+{
+    kvs__peer_t *pp = r->pp;
+    track(r, pp->ops->get(pp->tl, r->conn->ep, local, len, raddr, rkey, op_done, r), len);
+}
+
+static void post_flush(preq_t *r)
+{
+    kvs__peer_t *pp = r->pp;
+    track(r, pp->ops->flush(pp->tl, r->conn->ep, op_done, r), 0);
+}
+
+/* Posts the GETs of every block, coalescing runs adjacent on both sides,
+ * then one flush. */
+static kvs_status_t post_data_gets(preq_t *r)
+{
+    conn_t *c = r->conn;
+    uint8_t *run_local = NULL;
+    uint64_t run_remote = 0;
+    size_t run_len = 0;
+    void *run_rkey = NULL;
+    for (size_t i = 0; i < r->count; i++) {
+        kvs__block_desc_t d;
+        const uint8_t *cur = r->rl->block_at[r->first + i];
+        kvs__proto_block(&cur, &d);
+        size_t off = 0;
+        for (size_t s = 0; s < r->dst->nsegs; s++) {
+            const kvs_segment_t *sg = &r->dst->segs[s];
+            uint8_t *local = (uint8_t *)sg->base + (size_t)r->dst_ids[i] * sg->block_stride;
+            size_t len = sg->block_bytes;
+            size_t pbase = 0;
+            kvs__piece_t pc = {0};
+            bool found = false;
+            for (uint16_t k = 0; k < d.npieces && !found; k++) {
+                kvs__proto_piece(d.pieces, k, &pc);
+                if (off >= pbase && off + len <= pbase + pc.len)
+                    found = true;
+                else
+                    pbase += pc.len;
+            }
+            if (!found)
+                return KVS_ERR_LAYOUT_MISMATCH;
+            uint64_t raddr = pc.addr + (off - pbase);
+            rregion_t *rr = rregion(c, pc.region, raddr, len);
+            if (rr == NULL)
+                return KVS_ERR_PROTOCOL;
+            if (run_len > 0 && run_rkey == rr->rkey && run_local + run_len == local &&
+                run_remote + run_len == raddr && run_len + len <= MAX_RUN) {
+                run_len += len;
+            } else {
+                if (run_len > 0)
+                    post_get(r, run_local, run_len, run_remote, run_rkey);
+                run_local = local;
+                run_remote = raddr;
+                run_len = len;
+                run_rkey = rr->rkey;
+            }
+            off += len;
+            r->bytes_expected += len;
+        }
+    }
+    if (run_len > 0)
+        post_get(r, run_local, run_len, run_remote, run_rkey);
+    post_flush(r);
+    return KVS_OK;
+}
+
+/* After the data: read each block's generation (stage 2). */
+static kvs_status_t post_gen_gets(preq_t *r)
+{
+    conn_t *c = r->conn;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    uint32_t region = 0;
+    bool one_region = true;
+    for (size_t i = 0; i < r->count; i++) {
+        kvs__block_desc_t d;
+        const uint8_t *cur = r->rl->block_at[r->first + i];
+        kvs__proto_block(&cur, &d);
+        if (i == 0)
+            region = d.gen_region;
+        one_region = one_region && d.gen_region == region;
+        lo = d.gen_addr < lo ? d.gen_addr : lo;
+        hi = d.gen_addr + 8 > hi ? d.gen_addr + 8 : hi;
+    }
+    r->bytes_expected = r->bytes_got = 0;
+    if (r->count > 1 && one_region && hi - lo <= GEN_WINDOW) {
+        rregion_t *rr = rregion(c, region, lo, hi - lo);
+        if (rr == NULL)
+            return KVS_ERR_PROTOCOL;
+        r->genwin = kvs__malloc((size_t)(hi - lo));
+        if (r->genwin == NULL)
+            return KVS_ERR_NO_MEMORY;
+        r->genwin_base = lo;
+        r->bytes_expected = (size_t)(hi - lo);
+        post_get(r, r->genwin, (size_t)(hi - lo), lo, rr->rkey);
+    } else {
+        for (size_t i = 0; i < r->count; i++) {
+            kvs__block_desc_t d;
+            const uint8_t *cur = r->rl->block_at[r->first + i];
+            kvs__proto_block(&cur, &d);
+            rregion_t *rr = rregion(c, d.gen_region, d.gen_addr, 8);
+            if (rr == NULL)
+                return KVS_ERR_PROTOCOL;
+            r->bytes_expected += 8;
+            post_get(r, &r->gens_now[i], 8, d.gen_addr, rr->rkey);
+        }
+    }
+    post_flush(r);
+    return KVS_OK;
+}
+
+static uint64_t le64(const uint8_t *b)
+{
+    uint64_t g = 0;
+    for (int k = 7; k >= 0; k--)
+        g = (g << 8) | b[k];
+    return g;
+}
+
+static void check_gens(preq_t *r)
+{
+    for (size_t i = 0; i < r->count; i++) {
+        kvs__block_desc_t d;
+        const uint8_t *cur = r->rl->block_at[r->first + i];
+        kvs__proto_block(&cur, &d);
+        /* GETs bring the holder's little-endian u64s; pushes decoded them. */
+        uint64_t g = r->gens_now[i];
+        if (r->genwin != NULL)
+            g = le64(r->genwin + (d.gen_addr - r->genwin_base));
+        else if (!r->push)
+            g = le64((const uint8_t *)&r->gens_now[i]);
+        if (g != d.gen) {
+            r->status = KVS_ERR_STALE;
+            return;
+        }
+    }
+    r->status = KVS_OK;
+}
+
+/* Moves requests through their stages as their operations complete. A
+ * stage is done only when every byte it asked for has arrived. */
+static int advance_requests(kvs__peer_t *pp)
+{
+    int moved = 0;
+    for (preq_t *r = pp->reqs; r != NULL; r = r->next) {
+        if (r->status != KVS_INPROGRESS || r->outstanding > 0 || r->is_put)
+            continue;
+        if (!r->push) {
+            if (r->bytes_got != r->bytes_expected) {
+                r->status = KVS_ERR_PROTOCOL;
+            } else if (r->stage == 1) {
+                r->stage = 2;
+                kvs_status_t st = post_gen_gets(r);
+                if (st != KVS_OK)
+                    r->status = st;
+            } else {
+                check_gens(r);
+            }
+            moved++;
+        } else if (r->done_msg && r->landed == r->pieces) {
+            /* FETCH_DONE may overtake data still landing: complete only
+             * when every piece is in, each exactly once. */
+            if (r->bytes_got != r->bytes_expected)
+                r->status = KVS_ERR_PROTOCOL;
+            else
+                check_gens(r);
+            moved++;
+        }
+        if (r->status != KVS_INPROGRESS)
+            pthread_cond_broadcast(&pp->cond);
+    }
+    return moved;
+}
+
+static void preq_free(preq_t *r)
+{
+    kvs__free(r->dst_ids);
+    kvs__free(r->gens_now);
+    kvs__free(r->genwin);
+    kvs__free(r->seen);
+    kvs__free(r);
+}
+
+kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst,
+                             const uint32_t *ids, size_t count, size_t first, uint32_t timeout_ms,
+                             void **preq_p)
+{
+    rlease_t *rl = rlease;
+    if (!dst->host_only)
+        return KVS_ERR_UNSUPPORTED; /* CUDA destinations need a CUDA-enabled UCX */
+    if (dst->nsegs > KVS_PROTO_MAX_PIECES ||
+        (uint64_t)count * dst->nsegs > KVS_PROTO_MAX_FETCH_PIECES)
+        return KVS_ERR_INVALID_PARAM;
+    preq_t *r = kvs__calloc(1, sizeof(*r));
+    if (r == NULL)
+        return KVS_ERR_NO_MEMORY;
+    r->dst_ids = kvs__malloc((count ? count : 1) * sizeof(*r->dst_ids));
+    r->gens_now = kvs__calloc(count ? count : 1, sizeof(*r->gens_now));
+    r->pieces = count * dst->nsegs;
+    r->seen = kvs__calloc(r->pieces / 8 + 1, 1);
+    if (r->dst_ids == NULL || r->gens_now == NULL || r->seen == NULL) {
+        preq_free(r);
+        return KVS_ERR_NO_MEMORY;
+    }
+    memcpy(r->dst_ids, ids, count * sizeof(*ids));
+    r->pp = pp;
+    r->rl = rl;
+    r->dst = dst;
+    r->first = first;
+    r->count = count;
+    r->status = KVS_INPROGRESS;
+    r->stage = 1;
+    r->deadline_ns = now_ns() + (uint64_t)timeout_ms * 1000000u;
+    lock(pp);
+    conn_t *c = rl->conn;
+    r->conn = c;
+    c->refs++;
+    r->req_id = ++c->next_req_id;
+    r->push = !c->rma;
+    r->next = pp->reqs;
+    pp->reqs = r;
+    if (c->state != S_READY) {
+        r->status = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
+    } else if (count == 0) {
+        r->status = KVS_OK;
+    } else if (!r->push) {
+        kvs_status_t st = post_data_gets(r);
+        if (st != KVS_OK)
+            r->status = st;
+    } else {
+        /* No native RMA (TCP): the holder pushes, cut into our segments. */
+        uint32_t chunks[KVS_PROTO_MAX_PIECES];
+        for (size_t s = 0; s < dst->nsegs; s++) {
+            chunks[s] = (uint32_t)dst->segs[s].block_bytes;
+            r->bytes_expected += dst->segs[s].block_bytes * count;
+        }
+        kvs__buf_t b;
+        kvs__buf_init(&b);
+        kvs__enc_fetch(&b, r->req_id, c->session, rl->lease_id, (uint32_t)first,
+                       (uint32_t)count, chunks, (uint16_t)dst->nsegs);
+        kvs_status_t st = send_buf(c, &b);
+        if (st != KVS_OK)
+            r->status = st;
+    }
+    kick(pp);
+    unlock(pp);
+    *preq_p = r;
+    return KVS_OK;
+}
+
+kvs_status_t kvs__peer_req_test(kvs__peer_t *pp, void *preq)
+{
+    preq_t *r = preq;
+    lock(pp);
+    if (!pp->thread_mode)
+        progress_locked(pp);
+    kvs_status_t st =
+        r->outstanding > 0 && r->status != KVS_INPROGRESS ? KVS_INPROGRESS : r->status;
+    unlock(pp);
+    return st;
+}
+
+/* Finished with nothing of the transport's left to call back, or failed on
+ * a connection whose endpoints are closed (so nothing can land any more). */
+static bool req_settled(const preq_t *r)
+{
+    return r->status != KVS_INPROGRESS && (r->outstanding == 0 || r->conn->state == S_FAILED);
+}
+
+kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
+{
+    preq_t *r = preq;
+    uint64_t deadline =
+        timeout_ms < 0 ? r->deadline_ns + 1000000000u : now_ns() + (uint64_t)timeout_ms * 1000000u;
+    lock(pp);
+    while (!req_settled(r)) {
+        uint64_t t = now_ns();
+        if (t >= deadline)
+            break;
+        if (progress_locked(pp) > 0 || req_settled(r))
+            continue;
+        if (pp->thread_mode)
+            cond_sleep(pp, deadline - t > 1000000u ? t + 1000000u : deadline);
+    }
+    kvs_status_t st = req_settled(r) ? r->status : KVS_INPROGRESS;
+    unlock(pp);
+    return st;
+}
+
+void kvs__peer_req_free(kvs__peer_t *pp, void *preq)
+{
+    preq_t *r = preq;
+    lock(pp);
+    if (r->status == KVS_INPROGRESS) {
+        /* Cancel: closing the connection stops every operation that could
+         * still write into the destination. */
+        r->status = KVS_ERR_CANCELED;
+        conn_fail(r->conn, KVS_ERR_CANCELED, "request cancelled");
+    }
+    uint64_t deadline = now_ns() + 1000000000u;
+    while (r->outstanding > 0 && now_ns() < deadline)
+        progress_locked(pp);
+    for (preq_t **rp = &pp->reqs; *rp != NULL; rp = &(*rp)->next) {
+        if (*rp == r) {
+            *rp = r->next;
+            break;
+        }
+    }
+    conn_unref(r->conn);
+    r->conn = NULL;
+    if (r->outstanding > 0) {
+        /* The transport still owes callbacks on a closed endpoint: keep the
+         * request (its callbacks touch it) until the transport is gone. */
+        r->next = pp->zombies;
+        pp->zombies = r;
+        unlock(pp);
+        return;
+    }
+    unlock(pp);
+    preq_free(r);
+}
+
+static void put_sent(void *arg, kvs_status_t st, size_t len)
+{
+    preq_t *r = arg;
+    (void)len;
+    r->outstanding--;
+    if (st != KVS_OK && r->status == KVS_INPROGRESS)
+        r->status = KVS_ERR_PEER_FAILED;
+}
+
+kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *src,
+                           const kvs_key_t *keys, const uint32_t *ids, size_t n,
+                           uint32_t timeout_ms, void **preq_p)
+{
+    conn_t *c = NULL;
+    waiter_t *w = NULL;
+    kvs__msg_t m;
+    preq_t *r = NULL;
+    if (n > KVS_PROTO_MAX_KEYS || src->nsegs > KVS_PROTO_MAX_PIECES ||
+        (uint64_t)n * src->nsegs > KVS_PROTO_MAX_FETCH_PIECES)
+        return KVS_ERR_INVALID_PARAM;
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+    lock(pp);
+    kvs_status_t st = get_conn(pp, node, src->layout_id, deadline, &c);
+    if (st != KVS_OK)
+        goto out;
+    uint32_t chunks[KVS_PROTO_MAX_PIECES];
+    for (size_t s = 0; s < src->nsegs; s++)
+        chunks[s] = (uint32_t)src->segs[s].block_bytes;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    uint64_t rid = ++c->next_req_id;
+    kvs__enc_put(&b, rid, c->session, src->layout_id, chunks, (uint16_t)src->nsegs, keys,
+                 (uint32_t)n);
+    st = request(pp, c, &b, rid, deadline, &w, &m);
+    if (st != KVS_OK)
+        goto out;
+    if (m.hdr.type != KVS_MSG_PUT_ACK || m.u.put_ack.count > n) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "bad PUT_ACK");
+        st = KVS_ERR_PROTOCOL;
+        goto out;
+    }
+    r = kvs__calloc(1, sizeof(*r));
+    if (r == NULL) {
+        st = KVS_ERR_NO_MEMORY;
+        goto out;
+    }
+    r->pp = pp;
+    r->conn = c;
+    c->refs++;
+    r->req_id = rid;
+    r->is_put = true;
+    r->status = m.u.put_ack.count == 0 ? KVS_OK : KVS_INPROGRESS;
+    r->deadline_ns = deadline + (uint64_t)timeout_ms * 1000000u;
+    r->next = pp->reqs;
+    pp->reqs = r;
+    /* Push the wanted blocks; the node lands them where it chooses. */
+    for (uint32_t k = 0; k < m.u.put_ack.count && r->status == KVS_INPROGRESS; k++) {
+        uint32_t i = kvs__proto_u32_at(m.u.put_ack.idx, k);
+        if (i >= n || ids[i] >= src->num_blocks) {
+            r->status = KVS_ERR_PROTOCOL;
+            break;
+        }
+        uint32_t off = 0;
+        for (size_t s = 0; s < src->nsegs; s++) {
+            const kvs_segment_t *sg = &src->segs[s];
+            uint8_t hdr[KVS_PROTO_DATA_LEN];
+            kvs__enc_data(hdr, rid, 0, c->session, k, off);
+            kvs_status_t ps = pp->ops->am_send(
+                pp->tl, c->ep, hdr, sizeof(hdr),
+                (const uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride, sg->block_bytes,
+                put_sent, r);
+            if (ps == KVS_INPROGRESS)
+                r->outstanding++;
+            else if (ps != KVS_OK)
+                r->status = KVS_ERR_PEER_FAILED;
+            off += (uint32_t)sg->block_bytes;
+        }
+    }
+    kick(pp);
+    *preq_p = r;
+out:
+    waiter_del(pp, w);
+    if (c != NULL)
+        conn_unref(c);
+    unlock(pp);
+    return st;
+}
+
+size_t kvs__peer_count(kvs__peer_t *pp)
+{
+    lock(pp);
+    size_t n = pp->nready;
+    unlock(pp);
+    return n;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Memory                                                                   */
+/* ---------------------------------------------------------------------- */
+kvs_status_t kvs__peer_mem_reg(kvs__peer_t *pp, void *base, size_t length, kvs_mem_type_t type,
+                               void **memh_p)
+{
+    region_t *r = kvs__calloc(1, sizeof(*r));
+    if (r == NULL)
+        return KVS_ERR_NO_MEMORY;
+    lock(pp);
+    kvs_status_t st =
+        pp->ops->mem_reg(pp->tl, base, length, type, &r->memh, &r->rkey, &r->rkey_len);
+    if (st != KVS_OK) {
+        unlock(pp);
+        kvs__free(r);
+        return st;
+    }
+    r->id = ++pp->next_region_id;
+    r->base = base;
+    r->len = length;
+    r->next = pp->regions;
+    pp->regions = r;
+    pp->regions_version++;
+    unlock(pp);
+    *memh_p = r;
+    return KVS_OK;
+}
+
+void kvs__peer_mem_dereg(kvs__peer_t *pp, void *memh)
+{
+    region_t *r = memh;
+    if (r == NULL)
+        return;
+    lock(pp);
+    for (region_t **rp = &pp->regions; *rp != NULL; rp = &(*rp)->next) {
+        if (*rp == r) {
+            *rp = r->next;
+            break;
+        }
+    }
+    pp->regions_version++;
+    pp->ops->mem_dereg(pp->tl, r->memh);
+    unlock(pp);
+    kvs__free(r);
+}
+
+int kvs__peer_progress(kvs__peer_t *pp)
+{
+    lock(pp);
+    int n = progress_locked(pp);
+    unlock(pp);
+    return n;
+}
+
+kvs_status_t kvs__peer_listen_addr(kvs__peer_t *pp, char *buf, size_t len)
+{
+    if (pp->lfd < 0)
+        return KVS_ERR_NOT_FOUND;
+    if (strlen(pp->listen_addr) >= len)
+        return KVS_ERR_INVALID_PARAM;
+    strcpy(buf, pp->listen_addr);
+    return KVS_OK;
+}
+
+const char *kvs__peer_transport_name(const kvs__peer_t *pp)
+{
+    return pp->ops->name;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Life cycle                                                               */
+/* ---------------------------------------------------------------------- */
+static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char *err,
+                                size_t errlen)
+{
+    kvs__secret_t s;
+    kvs_status_t st = kvs__auth_load(cfg, pp->log, &s, err, errlen);
+    if (st != KVS_OK)
+        return st;
+    pp->open = s.open;
+    memcpy(pp->secret, s.bytes, s.len);
+    pp->secret_len = s.len;
+    kvs__secret_clear(&s);
+    return KVS_OK;
+}
+
+kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
+                              const kvs__transport_ops_t *ops, kvs__peer_t **pp_p, char *err,
+                              size_t errlen)
+{
+    char dummy[2];
+    if (err == NULL || errlen == 0) {
+        err = dummy;
+        errlen = sizeof(dummy);
+    }
+    if (ops->version != KVS_TRANSPORT_OPS_VERSION) {
+        snprintf(err, errlen, "transport '%s' has vtable version %u, this library needs %u",
+                 ops->name, ops->version, KVS_TRANSPORT_OPS_VERSION);
+        return KVS_ERR_UNSUPPORTED;
+    }
+    kvs__peer_t *pp = kvs__calloc(1, sizeof(*pp));
+    if (pp == NULL)
+        return KVS_ERR_NO_MEMORY;
+    pp->ctx = ctx;
+    pp->log = kvs__ctx_log(ctx);
+    pp->ops = ops;
+    pp->wakefd = pp->lfd = -1;
+    pp->inbox_tail = &pp->inbox;
+    pp->thread_mode = cfg->progress == KVS_PROGRESS_THREAD;
+    pp->ev = (kvs__tl_events_t){.arg = pp, .on_am = on_am, .on_ep_error = on_ep_error};
+    /* Recursive: serving a PUT may create the arena, whose registration
+     * comes back into the peer plane (kvs__peer_mem_reg) on this thread. */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&pp->lock, &ma);
+    pthread_mutexattr_destroy(&ma);
+    pthread_cond_init(&pp->cond, NULL);
+    kvs_status_t st = KVS_ERR_NO_MEMORY;
+    pp->scratch_locs = kvs__malloc(MAX_PIECES * sizeof(*pp->scratch_locs));
+    pp->scratch_pieces = kvs__malloc(MAX_PIECES * sizeof(*pp->scratch_pieces));
+    pp->poll_cap = 64;
+    pp->poll_fds = kvs__malloc(pp->poll_cap * sizeof(*pp->poll_fds));
+    pp->poll_who = kvs__malloc(pp->poll_cap * sizeof(*pp->poll_who));
+    if (pp->scratch_locs == NULL || pp->scratch_pieces == NULL || pp->poll_fds == NULL ||
+        pp->poll_who == NULL)
+        goto fail;
+    if ((st = load_secret(pp, cfg, err, errlen)) != KVS_OK)
+        goto fail;
+    if ((st = ops->init(cfg, pp->log, &pp->ev, &pp->tl, err, errlen)) != KVS_OK) {
+        pp->tl = NULL;
+        goto fail;
+    }
+    if ((st = ops->address(pp->tl, (const void **)&pp->addr, &pp->addr_len)) != KVS_OK) {
+        snprintf(err, errlen, "transport '%s' has no address", ops->name);
+        goto fail;
+    }
+    if (cfg->listen[0] != '\0') {
+        unsigned long nofile = kvs__raise_nofile();
+        kvs__debug(pp->log, "RLIMIT_NOFILE %lu", nofile);
+        pp->lfd = kvs__boot_listen(cfg->listen, pp->listen_addr, sizeof(pp->listen_addr), err,
+                                   errlen);
+        if (pp->lfd < 0) {
+            st = KVS_ERR_IO;
+            goto fail;
+        }
+        kvs__info(pp->log, "listening on %s (transport %s, auth %s)", pp->listen_addr, ops->name,
+                  pp->open ? "OFF" : "on");
+    }
+    if (pp->thread_mode) {
+        st = KVS_ERR_IO;
+        pp->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (pp->wakefd < 0) {
+            snprintf(err, errlen, "eventfd: %s", strerror(errno));
+            goto fail;
+        }
+        if (pthread_create(&pp->thread, NULL, progress_thread, pp) != 0) {
+            snprintf(err, errlen, "pthread_create: %s", strerror(errno));
+            goto fail;
+        }
+        pp->thread_started = true;
+    }
+    *pp_p = pp;
+    return KVS_OK;
+fail:
+    kvs__peer_destroy(pp);
+    return st;
+}
+
+void kvs__peer_destroy(kvs__peer_t *pp)
+{
+    if (pp == NULL)
+        return;
+    if (pp->thread_started) {
+        lock(pp);
+        pp->stopping = true;
+        unlock(pp);
+        kick(pp);
+        pthread_join(pp->thread, NULL);
+    }
+    lock(pp);
+    while (pp->conns != NULL) {
+        conn_t *c = pp->conns;
+        if (c->state == S_FAILED) /* listed only while failing: never */
+            conn_unlink(c);
+        else
+            conn_fail(c, KVS_ERR_CANCELED, "context shutting down");
+    }
+    if (pp->tl != NULL) {
+        /* Let cancelled operations call back before the transport goes. */
+        for (int i = 0; i < 1000; i++)
+            if (pp->ops->progress(pp->tl) == 0)
+                break;
+    }
+    /* Queued messages hold connections, whose rkeys go back to the
+     * transport: free them while it is still there. */
+    while (pp->inbox != NULL) {
+        inmsg_t *m = pp->inbox;
+        pp->inbox = m->next;
+        kvs__free(m->buf);
+        conn_unref(m->conn);
+        kvs__free(m);
+    }
+    pp->inbox_tail = &pp->inbox;
+    while (pp->regions != NULL) {
+        region_t *r = pp->regions;
+        pp->regions = r->next;
+        pp->ops->mem_dereg(pp->tl, r->memh);
+        kvs__free(r);
+    }
+    if (pp->tl != NULL)
+        pp->ops->fini(pp->tl);
+    while (pp->pushes != NULL)
+        push_free(pp, pp->pushes);
+    while (pp->sputs != NULL) {
+        pp->sputs->conn = NULL;
+        sput_free(pp, pp->sputs);
+    }
+    while (pp->zombies != NULL) {
+        preq_t *r = pp->zombies;
+        pp->zombies = r->next;
+        preq_free(r);
+    }
+    unlock(pp);
+    if (pp->lfd >= 0)
+        close(pp->lfd);
+    if (pp->wakefd >= 0)
+        close(pp->wakefd);
+    OPENSSL_cleanse(pp->secret, sizeof(pp->secret));
+    kvs__free(pp->scratch_locs);
+    kvs__free(pp->scratch_pieces);
+    kvs__free(pp->poll_fds);
+    kvs__free(pp->poll_who);
+    pthread_cond_destroy(&pp->cond);
+    pthread_mutex_destroy(&pp->lock);
+    kvs__free(pp);
+}
