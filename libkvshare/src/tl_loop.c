@@ -331,7 +331,10 @@ static int l_progress(void *arg)
         else if (it->kind == IT_EP_ERROR && it->ep_user != NULL)
             w->ev.on_ep_error(w->ev.arg, it->ep_user, KVS_ERR_PEER_FAILED);
         else if (it->kind == IT_MSG)
-            w->ev.on_am(w->ev.arg, it->hdr, it->hlen, it, it->len, it->len >= RNDV_MIN);
+            /* Large payloads are "rendezvous": the core gets a descriptor
+             * to am_recv(), as UCX gives it; small ones, the bytes. */
+            w->ev.on_am(w->ev.arg, it->hdr, it->hlen, it->len >= RNDV_MIN ? (void *)it : it->data,
+                        it->len, it->len >= RNDV_MIN);
         item_free(it);
     }
     return n;

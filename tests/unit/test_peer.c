@@ -1,0 +1,311 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_peer.c - the peer protocol between two contexts of one process, over the loopback transport.
+ *
+ * The bootstrap handshake runs over real TCP on 127.0.0.1; data moves over
+ * the in-process loopback transport ("loop": GET; "loop-am": the holder
+ * pushes). No UCX involved: this is the protocol's own unit test. */
+#include "boot_int.h"
+#include "kvs_test.h"
+#include "proto_int.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char tok_a[64], tok_b[64];
+
+static void write_token(char *path, const char *secret)
+{
+    snprintf(path, 64, "/tmp/kvs-peer-tok-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, secret, strlen(secret)), (ssize_t)strlen(secret));
+    fchmod(fd, 0600);
+    close(fd);
+}
+
+static void setup(void)
+{
+    write_token(tok_a, "the-shared-secret\n");
+    write_token(tok_b, "another-secret");
+}
+
+static void teardown(void)
+{
+    unlink(tok_a);
+    unlink(tok_b);
+}
+
+TestSuite(peer, .init = setup, .fini = teardown, .timeout = 60);
+
+static kvs_ctx_h make_ctx(const char *transport, bool listen, const char *token, int pool_node,
+                          uint32_t lease_ms)
+{
+    static char err[512];
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_TRANSPORT |
+                                        KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_ERRBUF |
+                                        KVS_CTX_FIELD_POOL_NODE | KVS_CTX_FIELD_FETCH_TIMEOUT,
+                          .transport = transport,
+                          .capacity_bytes = 64u << 20,
+                          .errbuf = err,
+                          .errbuf_len = sizeof(err),
+                          .pool_node = pool_node,
+                          .fetch_timeout_ms = 5000};
+    if (getenv("TEST_PEER_DEBUG") != NULL) {
+        p.field_mask |= KVS_CTX_FIELD_LOG_LEVEL;
+        p.log_level = KVS_LOG_DEBUG;
+    }
+    if (listen) {
+        p.field_mask |= KVS_CTX_FIELD_LISTEN;
+        p.listen = "127.0.0.1:0";
+    }
+    if (token != NULL) {
+        p.field_mask |= KVS_CTX_FIELD_AUTH_TOKEN_FILE;
+        p.auth_token_file = token;
+    }
+    if (lease_ms > 0) {
+        p.field_mask |= KVS_CTX_FIELD_LEASE_TIMEOUT;
+        p.lease_timeout_ms = lease_ms;
+    }
+    kvs_ctx_h ctx = NULL;
+    cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK, "kvs_ctx_create: %s", err);
+    return ctx;
+}
+
+typedef struct pair {
+    kvs_ctx_h a, b;
+    test_pool_t pa, pb;
+    char addr[300];
+    kvs_key_t keys[64];
+    uint32_t ids[64];
+} pair_t;
+
+/* A holder (a) with @n published blocks and a requester (b). */
+static void pair_init(pair_t *pr, const char *transport, const char *token_b, uint32_t n,
+                      uint32_t lease_ms)
+{
+    memset(pr, 0, sizeof(*pr));
+    pr->a = make_ctx(transport, true, tok_a, 0, lease_ms);
+    pr->b = make_ctx(transport, false, token_b, 0, 0);
+    cr_assert_eq(kvs_ctx_listen_addr(pr->a, pr->addr, sizeof(pr->addr)), KVS_OK);
+    test_pool_init(&pr->pa, pr->a, "m", 64, 3, 1024);
+    test_pool_init(&pr->pb, pr->b, "m", 64, 3, 1024);
+    for (uint32_t i = 0; i < n; i++) {
+        pr->keys[i] = test_key(1000 + i);
+        pr->ids[i] = (i * 7) % 64; /* scattered on the holder */
+        test_fill_block(&pr->pa, pr->ids[i], 500 + i);
+    }
+    size_t pub = 0;
+    cr_assert_eq(kvs_publish(pr->pa.pool, pr->keys, pr->ids, n, 0, &pub), KVS_OK);
+    cr_assert_eq(pub, n);
+}
+
+static void pair_fini(pair_t *pr)
+{
+    test_pool_free(&pr->pa);
+    test_pool_free(&pr->pb);
+    kvs_ctx_destroy(pr->b);
+    kvs_ctx_destroy(pr->a);
+}
+
+static kvs_status_t peer_lookup(pair_t *pr, uint32_t n, uint32_t lease_ms, kvs_lease_h *l)
+{
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER |
+                                            KVS_LOOKUP_FIELD_LEASE_MS,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = pr->addr,
+                              .lease_ms = lease_ms};
+    return kvs_lookup(pr->b, kvs_pool_layout_id(pr->pb.pool), pr->keys, n, &lp, l);
+}
+
+static void fetch_all_and_check(pair_t *pr, uint32_t n)
+{
+    kvs_lease_h l = NULL;
+    kvs_status_t s = peer_lookup(pr, n, 0, &l);
+    cr_assert_eq(s, KVS_OK, "lookup: %s", kvs_status_string(s));
+    cr_assert_eq(kvs_lease_hits(l), n);
+    uint32_t dst[64];
+    for (uint32_t i = 0; i < n; i++)
+        dst[i] = 63 - i;
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_fetch(l, pr->pb.pool, dst, n, NULL, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert(test_block_is(&pr->pb, dst[i], 500 + i), "block %u differs", i);
+    kvs_lease_release(l);
+}
+
+Test(peer, get_path_moves_every_byte)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 40, 0);
+    fetch_all_and_check(&pr, 40);
+    kvs_stats_t st = {.field_mask = KVS_STATS_FIELD_PEERS};
+    cr_assert_eq(kvs_stats_query(pr.b, &st), KVS_OK);
+    cr_assert_eq(st.peers, 1);
+    pair_fini(&pr);
+}
+
+Test(peer, push_path_moves_every_byte)
+{
+    pair_t pr;
+    pair_init(&pr, "loop-am", tok_a, 40, 0);
+    fetch_all_and_check(&pr, 40);
+    fetch_all_and_check(&pr, 40); /* again, on the same session */
+    pair_fini(&pr);
+}
+
+Test(peer, wrong_or_missing_secret_is_refused)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_b, 4, 0);
+    kvs_lease_h l = NULL;
+    cr_assert_eq(peer_lookup(&pr, 4, 0, &l), KVS_ERR_AUTH);
+    kvs_stats_t st = {.field_mask = KVS_STATS_FIELD_PEERS};
+    cr_assert_eq(kvs_stats_query(pr.a, &st), KVS_OK);
+    cr_assert_eq(st.peers, 0, "the holder kept an unauthenticated peer");
+    pair_fini(&pr);
+}
+
+Test(peer, other_layout_is_refused_by_name)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 4, 0);
+    test_pool_t other;
+    test_pool_init(&other, pr.b, "another-model", 8, 1, 1024);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = pr.addr};
+    kvs_lease_h l = NULL;
+    kvs_status_t s = kvs_lookup(pr.b, kvs_pool_layout_id(other.pool), pr.keys, 4, &lp, &l);
+    cr_assert(s == KVS_ERR_LAYOUT_MISMATCH || (s == KVS_OK && kvs_lease_hits(l) == 0),
+              "got %s", kvs_status_string(s));
+    kvs_lease_release(l);
+    test_pool_free(&other);
+    pair_fini(&pr);
+}
+
+/* A lease the requester never releases ends at its deadline on the holder. */
+Test(peer, server_leases_expire_at_their_deadline)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 8, 300);
+    kvs_lease_h l = NULL;
+    cr_assert_eq(peer_lookup(&pr, 8, 300, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 8);
+    kvs_stats_t st = {0};
+    cr_assert_eq(kvs_stats_query(pr.a, &st), KVS_OK);
+    cr_assert_eq(st.leased_blocks, 8);
+    uint64_t deadline = kvs__now_ms() + 5000;
+    do {
+        usleep(20000);
+        cr_assert_eq(kvs_stats_query(pr.a, &st), KVS_OK);
+    } while (st.leased_blocks != 0 && kvs__now_ms() < deadline);
+    cr_assert_eq(st.leased_blocks, 0, "lease still held after its deadline");
+    kvs_lease_release(l); /* RELEASE of an expired lease is harmless */
+    pair_fini(&pr);
+}
+
+/* Garbage on the bootstrap port, silent connections and a half-sent
+ * handshake: the holder keeps serving. */
+Test(peer, bootstrap_garbage_and_silence_do_not_stop_serving)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 8, 0);
+    int silent[200];
+    for (int i = 0; i < 200; i++) {
+        kvs_status_t st;
+        silent[i] = kvs__boot_connect(pr.addr, kvs__now_ns() + 2000000000ull, &st);
+        cr_assert(silent[i] >= 0);
+    }
+    for (int i = 0; i < 20; i++) {
+        kvs_status_t st;
+        int fd = kvs__boot_connect(pr.addr, kvs__now_ns() + 2000000000ull, &st);
+        cr_assert(fd >= 0);
+        uint8_t junk[300];
+        for (size_t k = 0; k < sizeof(junk); k++)
+            junk[k] = (uint8_t)(k * 31 + (size_t)i);
+        if (i % 2 == 0)
+            memcpy(junk, "KVSH", 4); /* right magic, garbage after it */
+        kvs__boot_send(fd, junk, sizeof(junk), kvs__now_ns() + 1000000000ull);
+        close(fd);
+    }
+    fetch_all_and_check(&pr, 8);
+    for (int i = 0; i < 200; i++)
+        close(silent[i]);
+    pair_fini(&pr);
+}
+
+/* Offload into a pool node: blocks land only when every piece arrived. */
+Test(peer, put_into_a_pool_node)
+{
+    kvs_ctx_h node = make_ctx("loop", true, tok_a, 1, 0);
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(node, addr, sizeof(addr)), KVS_OK);
+    static char err[256];
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_TRANSPORT |
+                                        KVS_CTX_FIELD_POOL | KVS_CTX_FIELD_AUTH_TOKEN_FILE |
+                                        KVS_CTX_FIELD_ERRBUF,
+                          .transport = "loop",
+                          .pool = addr,
+                          .auth_token_file = tok_a,
+                          .errbuf = err,
+                          .errbuf_len = sizeof(err)};
+    kvs_ctx_h cl = NULL;
+    cr_assert_eq(kvs_ctx_create(&p, &cl), KVS_OK, "%s", err);
+    test_pool_t src, dst;
+    test_pool_init(&src, cl, "m", 16, 2, 4096);
+    test_pool_init(&dst, cl, "m", 16, 2, 4096);
+    kvs_key_t keys[8];
+    uint32_t ids[8];
+    for (uint32_t i = 0; i < 8; i++) {
+        keys[i] = test_key(77 + i);
+        ids[i] = 15 - i;
+        test_fill_block(&src, ids[i], 900 + i);
+    }
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_put(src.pool, keys, ids, 8, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    kvs_stats_t st = {0};
+    cr_assert_eq(kvs_stats_query(node, &st), KVS_OK);
+    cr_assert_eq(st.blocks, 8);
+    /* And back from the pool. */
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES,
+                              .sources = KVS_SOURCE_POOL};
+    kvs_lease_h l = NULL;
+    cr_assert_eq(kvs_lookup(cl, kvs_pool_layout_id(dst.pool), keys, 8, &lp, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 8);
+    uint32_t d[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    cr_assert_eq(kvs_fetch(l, dst.pool, d, 8, NULL, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    kvs_lease_release(l);
+    for (uint32_t i = 0; i < 8; i++)
+        cr_assert(test_block_is(&dst, i, 900 + i));
+    test_pool_free(&src);
+    test_pool_free(&dst);
+    kvs_ctx_destroy(cl);
+    kvs_ctx_destroy(node);
+}
+
+/* A holder that goes away fails the requester's next use cleanly. */
+Test(peer, holder_gone_fails_cleanly)
+{
+    pair_t pr;
+    pair_init(&pr, "loop-am", tok_a, 8, 0);
+    fetch_all_and_check(&pr, 8);
+    test_pool_free(&pr.pa);
+    kvs_ctx_destroy(pr.a);
+    pr.a = NULL;
+    kvs_lease_h l = NULL;
+    kvs_status_t s = peer_lookup(&pr, 8, 0, &l);
+    cr_assert(s == KVS_ERR_PEER_FAILED || s == KVS_ERR_TIMED_OUT, "got %s",
+              kvs_status_string(s));
+    test_pool_free(&pr.pb);
+    kvs_ctx_destroy(pr.b);
+}
