@@ -264,6 +264,7 @@ enum kvs_ctx_field {
     KVS_CTX_FIELD_NO_ENV = 1u << 14, /* ignore KVSHARE_* env vars */
     KVS_CTX_FIELD_TRANSPORT = 1u << 15,
     KVS_CTX_FIELD_POOL_NODE = 1u << 16,
+    KVS_CTX_FIELD_AUTH = 1u << 17,
 };
 
 /**
@@ -287,7 +288,7 @@ typedef struct kvs_ctx_params {
     kvs_progress_mode_t progress; /* KVSHARE_PROGRESS; default thread */
     uint32_t fetch_timeout_ms;    /* KVSHARE_FETCH_TIMEOUT_MS; default 5000 */
     uint32_t lease_timeout_ms;    /* KVSHARE_LEASE_TIMEOUT_MS; default 30000 */
-    const char *auth_token_file;  /* KVSHARE_AUTH_TOKEN_FILE; default none */
+    const char *auth_token_file;  /* KVSHARE_AUTH_TOKEN_FILE; required unless auth is none */
     const char *pool;             /* KVSHARE_POOL: DNS name or host:port list */
     /* When set, a failing kvs_ctx_create() writes one line naming the cause
      * here (e.g. the bad variable and its accepted values). */
@@ -299,6 +300,11 @@ typedef struct kvs_ctx_params {
     /* Non-zero: this context is a cache-pool node (`kvshare serve`): it
      * serves blocks of any layout and stores blocks that peers kvs_put(). */
     int pool_node;
+    /* KVSHARE_AUTH: "token" (default: peers prove the secret in
+     * auth_token_file / KVSHARE_AUTH_TOKEN_FILE, which must then be set) or
+     * "none" (explicitly open: anyone who reaches the port may read and
+     * write blocks). Copied. */
+    const char *auth;
 } kvs_ctx_params_t;
 
 /**
