@@ -280,7 +280,7 @@ typedef struct kvs_ctx_params {
     kvs_log_level_t log_level;    /* KVSHARE_LOG; default off */
     const char *config_file;      /* KVSHARE_CONFIG; default none */
     uint64_t capacity_bytes;      /* KVSHARE_CAPACITY; default 1 GiB */
-    uint64_t slot_bytes;          /* KVSHARE_SLOT_BYTES; default: the first pool's block */
+    uint64_t slot_bytes;          /* KVSHARE_SLOT_BYTES: round slot sizes up to it; default 0 */
     kvs_strategy_t strategy;      /* KVSHARE_STRATEGY; default lru */
     double high_watermark;        /* KVSHARE_HIGH_WATERMARK; default 0.9 */
     double low_watermark;         /* KVSHARE_LOW_WATERMARK; default 0.8 */

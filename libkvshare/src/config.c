@@ -232,8 +232,8 @@ static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 static const setting_t settings[] = {
     {"log", "KVSHARE_LOG", "off, error, warn, info, debug or trace", p_log},
     {"capacity", "KVSHARE_CAPACITY", "a size > 0 such as 1073741824, 512MiB or 4GiB", p_capacity},
-    {"slot_bytes", "KVSHARE_SLOT_BYTES", "a size such as 65536 or 256KiB (0: first pool's block)",
-     p_slot},
+    {"slot_bytes", "KVSHARE_SLOT_BYTES",
+     "a size such as 65536 or 256KiB (0: one slot class per block size)", p_slot},
     {"strategy", "KVSHARE_STRATEGY", "lru or lfu", p_strategy},
     {"high_watermark", "KVSHARE_HIGH_WATERMARK", "a fraction in (0, 1], e.g. 0.9", p_high},
     {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low},

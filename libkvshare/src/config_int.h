@@ -15,7 +15,7 @@ typedef enum kvs__auth_mode {
 typedef struct kvs__config {
     kvs_log_level_t log_level;
     uint64_t capacity_bytes;
-    uint64_t slot_bytes; /* 0: taken from the first pool */
+    uint64_t slot_bytes; /* slot classes round block sizes up to this; 0: exact */
     kvs_strategy_t strategy;
     double high_watermark;
     double low_watermark;

@@ -135,14 +135,16 @@ void kvs_ctx_destroy(kvs_ctx_h ctx)
     if (ctx->tl_ops != NULL) {
         /* Peers' leases go first (fini releases them), then our memory. */
         void *tl = ctx->tl;
-        if (ctx->arena_memh != NULL)
-            ctx->tl_ops->mem_dereg(tl, ctx->arena_memh);
-        if (ctx->arena_gen_memh != NULL)
-            ctx->tl_ops->mem_dereg(tl, ctx->arena_gen_memh);
+        for (uint32_t c = 0; c < ctx->store.narenas; c++) {
+            if (ctx->arena_memh[c] != NULL)
+                ctx->tl_ops->mem_dereg(tl, ctx->arena_memh[c]);
+            if (ctx->arena_gen_memh[c] != NULL)
+                ctx->tl_ops->mem_dereg(tl, ctx->arena_gen_memh[c]);
+            /* Registrations die with the transport's context. */
+            ctx->arena_memh[c] = ctx->arena_gen_memh[c] = NULL;
+        }
         ctx->tl_ops->fini(tl);
         ctx->tl = NULL;
-        /* Registrations died with the transport's context. */
-        ctx->arena_memh = ctx->arena_gen_memh = NULL;
     }
     pthread_mutex_destroy(&ctx->arena_lock);
     pthread_mutex_destroy(&ctx->regions_lock);
@@ -209,7 +211,7 @@ kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
     pthread_rwlock_rdlock(&s->lock);
     st->blocks = s->count;
     st->zero_copy_blocks = s->zero_copy_count;
-    st->bytes = (uint64_t)s->arena_used * s->slot_bytes;
+    st->bytes = s->arena_used_bytes;
     pthread_rwlock_unlock(&s->lock);
     st->capacity_bytes = ctx->cfg.capacity_bytes;
     return KVS_OK;
