@@ -141,6 +141,10 @@ int kvs_cli_bench_pool(int argc, char **argv)
                 "kvshare bench pool: --block-bytes must be a multiple of 8, --nodes <= 16\n");
         return 2;
     }
+    /* Local nodes and this client share one token (auth is on by default);
+     * with --pool the user's KVSHARE_AUTH_TOKEN_FILE must match theirs. */
+    if (!kvs_cli_run_token("bench pool"))
+        return 1;
     uint64_t per_prompt = o.prefix_blocks + o.suffix_blocks;
     uint64_t unique = o.prefixes * o.prefix_blocks + o.prompts * o.suffix_blocks;
     double unique_bytes = (double)unique * (double)o.block_bytes;

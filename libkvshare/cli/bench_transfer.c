@@ -289,6 +289,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     bool has_tcp = strstr(o.tls, "tcp") != NULL || strcmp(o.tls, "all") == 0;
     snprintf(ours, sizeof(ours), "%s%s", o.tls, has_tcp ? "" : ",tcp");
     setenv("UCX_TLS", ours, 1);
+    /* The --serve child inherits the parent's token; alone it needs one too. */
+    if (!kvs_cli_run_token("bench transfer"))
+        return 1;
     if (o.serve)
         return serve(&o);
 

@@ -20,6 +20,14 @@ int kvs_cli_serve(int argc, char **argv);
 int kvs_cli_bench_pool(int argc, char **argv);
 /* Starts argv[0] with its stdin and stdout on pipes; returns its pid or -1. */
 pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child);
+/* Auth is on by default, so a command that runs its own nodes and clients
+ * (bench transfer, bench pool, demo) gives them all one token: unless
+ * KVSHARE_AUTH_TOKEN_FILE is already set (the user's token, kept) or
+ * KVSHARE_AUTH=none, it writes 32 random bytes, base64, to a new 0600 file
+ * in $TMPDIR (else /tmp) and exports KVSHARE_AUTH_TOKEN_FILE, which every
+ * child inherits. The file is removed when this process exits. Returns false
+ * with a message on stderr when no token could be made. */
+bool kvs_cli_run_token(const char *who);
 /* splitmix64: distinct, well-spread test data and keys from an index. */
 uint64_t kvs_cli_mix(uint64_t x);
 

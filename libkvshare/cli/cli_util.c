@@ -1,9 +1,70 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* cli_util.c - helpers shared by subcommands that run other processes. */
+/* cli_util.c - helpers shared by subcommands that run other processes: spawning, a run's token. */
 #include "cli.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+static char run_token_path[4096];
+static pid_t run_token_owner;
+
+static void run_token_remove(void)
+{
+    /* Only the process that made it: a forked child exiting must not. */
+    if (run_token_path[0] != '\0' && getpid() == run_token_owner)
+        unlink(run_token_path);
+}
+
+bool kvs_cli_run_token(const char *who)
+{
+    const char *mode = getenv("KVSHARE_AUTH");
+    const char *file = getenv("KVSHARE_AUTH_TOKEN_FILE");
+    if ((mode != NULL && strcmp(mode, "none") == 0) || (file != NULL && file[0] != '\0'))
+        return true;
+    const char *dir = getenv("TMPDIR");
+    if (dir == NULL || dir[0] == '\0')
+        dir = "/tmp";
+    char path[sizeof(run_token_path)];
+    int n = snprintf(path, sizeof(path), "%s/kvshare-token-XXXXXX", dir);
+    if (n < 0 || (size_t)n >= sizeof(path)) {
+        fprintf(stderr, "kvshare %s: TMPDIR='%s' is too long for a token file\n", who, dir);
+        return false;
+    }
+    unsigned char raw[32], text[64]; /* base64 of 32 bytes: 44 chars + NUL */
+    if (RAND_bytes(raw, (int)sizeof(raw)) != 1) {
+        fprintf(stderr, "kvshare %s: RAND_bytes failed: no random token for this run\n", who);
+        return false;
+    }
+    int tl = EVP_EncodeBlock(text, raw, (int)sizeof(raw));
+    OPENSSL_cleanse(raw, sizeof(raw));
+    text[tl++] = '\n';
+    int fd = mkstemp(path); /* 0600, O_EXCL */
+    if (fd < 0) {
+        fprintf(stderr, "kvshare %s: mkstemp(%s): %s\n", who, path, strerror(errno));
+        OPENSSL_cleanse(text, sizeof(text));
+        return false;
+    }
+    ssize_t w = write(fd, text, (size_t)tl);
+    OPENSSL_cleanse(text, sizeof(text));
+    if (w != tl || fchmod(fd, 0600) != 0 || close(fd) != 0) {
+        fprintf(stderr, "kvshare %s: writing the run's token to %s: %s\n", who, path,
+                strerror(errno));
+        unlink(path);
+        return false;
+    }
+    memcpy(run_token_path, path, sizeof(path));
+    run_token_owner = getpid();
+    atexit(run_token_remove);
+    setenv("KVSHARE_AUTH_TOKEN_FILE", run_token_path, 1);
+    return true;
+}
 
 pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child)
 {

@@ -747,6 +747,9 @@ int kvs_cli_demo(int argc, char **argv)
     d.self[sl] = '\0';
     if (!find_engine(&d))
         return 1;
+    /* Auth is on by default: the pool node and the engines share one token. */
+    if (!kvs_cli_run_token("demo"))
+        return 1;
     /* Prefill grows with the square of the prompt (attention): 120 s per step
      * at 4096 tokens on a small machine, never under 60 s. */
     double scale = (double)d.tokens / 4096.0;

@@ -264,6 +264,7 @@ enum kvs_ctx_field {
     KVS_CTX_FIELD_NO_ENV = 1u << 14, /* ignore KVSHARE_* env vars */
     KVS_CTX_FIELD_TRANSPORT = 1u << 15,
     KVS_CTX_FIELD_POOL_NODE = 1u << 16,
+    KVS_CTX_FIELD_AUTH = 1u << 17,
 };
 
 /**
@@ -279,7 +280,7 @@ typedef struct kvs_ctx_params {
     kvs_log_level_t log_level;    /* KVSHARE_LOG; default off */
     const char *config_file;      /* KVSHARE_CONFIG; default none */
     uint64_t capacity_bytes;      /* KVSHARE_CAPACITY; default 1 GiB */
-    uint64_t slot_bytes;          /* KVSHARE_SLOT_BYTES; default: the first pool's block */
+    uint64_t slot_bytes;          /* KVSHARE_SLOT_BYTES: round slot sizes up to it; default 0 */
     kvs_strategy_t strategy;      /* KVSHARE_STRATEGY; default lru */
     double high_watermark;        /* KVSHARE_HIGH_WATERMARK; default 0.9 */
     double low_watermark;         /* KVSHARE_LOW_WATERMARK; default 0.8 */
@@ -287,7 +288,7 @@ typedef struct kvs_ctx_params {
     kvs_progress_mode_t progress; /* KVSHARE_PROGRESS; default thread */
     uint32_t fetch_timeout_ms;    /* KVSHARE_FETCH_TIMEOUT_MS; default 5000 */
     uint32_t lease_timeout_ms;    /* KVSHARE_LEASE_TIMEOUT_MS; default 30000 */
-    const char *auth_token_file;  /* KVSHARE_AUTH_TOKEN_FILE; default none */
+    const char *auth_token_file;  /* KVSHARE_AUTH_TOKEN_FILE; required unless auth is none */
     const char *pool;             /* KVSHARE_POOL: DNS name or host:port list */
     /* When set, a failing kvs_ctx_create() writes one line naming the cause
      * here (e.g. the bad variable and its accepted values). */
@@ -299,6 +300,11 @@ typedef struct kvs_ctx_params {
     /* Non-zero: this context is a cache-pool node (`kvshare serve`): it
      * serves blocks of any layout and stores blocks that peers kvs_put(). */
     int pool_node;
+    /* KVSHARE_AUTH: "token" (default: peers prove the secret in
+     * auth_token_file / KVSHARE_AUTH_TOKEN_FILE, which must then be set) or
+     * "none" (explicitly open: anyone who reaches the port may read and
+     * write blocks). Copied. */
+    const char *auth;
 } kvs_ctx_params_t;
 
 /**

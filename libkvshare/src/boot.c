@@ -12,7 +12,6 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 kvs_status_t kvs__resolve(const char *peer, struct sockaddr_storage *ss, socklen_t *len)
@@ -222,17 +221,4 @@ kvs_status_t kvs__boot_recv(int fd, uint32_t max_body, uint64_t deadline_ns, uin
     *buf_p = buf;
     *len_p = KVS_PROTO_HDR_LEN + (size_t)h.body_len;
     return KVS_OK;
-}
-
-unsigned long kvs__raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return 0;
-    if (rl.rlim_cur < rl.rlim_max) {
-        struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
-        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
-            rl.rlim_cur = rl.rlim_max;
-    }
-    return (unsigned long)rl.rlim_cur;
 }

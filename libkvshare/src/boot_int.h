@@ -28,8 +28,5 @@ kvs_status_t kvs__boot_send(int fd, const void *buf, size_t len, uint64_t deadli
  * @deadline_ns. *buf_p is the caller's to kvs__free. */
 kvs_status_t kvs__boot_recv(int fd, uint32_t max_body, uint64_t deadline_ns, uint8_t **buf_p,
                             size_t *len_p, char *why, size_t why_len);
-/* Raises RLIMIT_NOFILE's soft limit to its hard limit: a node holds a
- * socket per peer. Returns the new soft limit. */
-unsigned long kvs__raise_nofile(void);
 
 #endif

@@ -203,6 +203,17 @@ static kvs_status_t p_listen(const char *s, kvs__config_t *c)
 
 static kvs_status_t p_auth(const char *s, kvs__config_t *c)
 {
+    if (strcmp(s, "token") == 0)
+        c->auth = KVS__AUTH_TOKEN;
+    else if (strcmp(s, "none") == 0)
+        c->auth = KVS__AUTH_NONE;
+    else
+        return KVS_ERR_CONFIG;
+    return KVS_OK;
+}
+
+static kvs_status_t p_auth_token_file(const char *s, kvs__config_t *c)
+{
     return set_string(s, c->auth_token_file, sizeof(c->auth_token_file));
 }
 
@@ -222,8 +233,8 @@ static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 static const setting_t settings[] = {
     {"log", "KVSHARE_LOG", "off, error, warn, info, debug or trace", p_log},
     {"capacity", "KVSHARE_CAPACITY", "a size > 0 such as 1073741824, 512MiB or 4GiB", p_capacity},
-    {"slot_bytes", "KVSHARE_SLOT_BYTES", "a size such as 65536 or 256KiB (0: first pool's block)",
-     p_slot},
+    {"slot_bytes", "KVSHARE_SLOT_BYTES",
+     "a size such as 65536 or 256KiB (0: one slot class per block size)", p_slot},
     {"strategy", "KVSHARE_STRATEGY", "lru or lfu", p_strategy},
     {"high_watermark", "KVSHARE_HIGH_WATERMARK", "a fraction in (0, 1], e.g. 0.9", p_high},
     {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low},
@@ -232,7 +243,9 @@ static const setting_t settings[] = {
     {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout},
     {"listen", "KVSHARE_LISTEN", "HOST:PORT with a port 0-65535 (0: any free port), or empty",
      p_listen},
-    {"auth_token_file", "KVSHARE_AUTH_TOKEN_FILE", "a path shorter than 4096 bytes", p_auth},
+    {"auth", "KVSHARE_AUTH", "token (peers prove KVSHARE_AUTH_TOKEN_FILE) or none", p_auth},
+    {"auth_token_file", "KVSHARE_AUTH_TOKEN_FILE", "a path shorter than 4096 bytes",
+     p_auth_token_file},
     {"pool", "KVSHARE_POOL", "a DNS name or a comma list of HOST:PORT (< 1024 bytes)", p_pool},
     {"transport", "KVSHARE_TRANSPORT", "auto, ucx, none, loop or loop-am", p_transport},
 };
@@ -331,12 +344,14 @@ static kvs_status_t apply_json(const char *path, kvs__config_t *cfg, char *errbu
             if (strcmp(it->string, settings[i].key) == 0)
                 st = &settings[i];
         if (st == NULL) {
+            char known[512];
+            size_t off = 0;
+            for (size_t i = 0; i < KVS_ARRAY_SIZE(settings) && off < sizeof(known); i++)
+                off += (size_t)snprintf(known + off, sizeof(known) - off, "%s%s", i ? ", " : "",
+                                        settings[i].key);
             status = fail(errbuf, len, KVS_ERR_CONFIG,
-                          "KVSHARE_CONFIG='%s': unknown key \"%s\"; known keys: log, capacity, "
-                          "slot_bytes, strategy, high_watermark, low_watermark, progress, "
-                          "fetch_timeout_ms, lease_timeout_ms, listen, auth_token_file, pool, "
-                          "transport",
-                          path, it->string);
+                          "KVSHARE_CONFIG='%s': unknown key \"%s\"; known keys: %s", path,
+                          it->string, known);
             goto out;
         }
         char num[64];
@@ -442,11 +457,14 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     if ((m & KVS_CTX_FIELD_LISTEN) && p->listen != NULL) {
         if (p_listen(p->listen, cfg) != KVS_OK)
             return fail(errbuf, len, KVS_ERR_CONFIG, "params.listen='%s': accepted: %s", p->listen,
-                        settings[9].accepts);
+                        "HOST:PORT with a port 0-65535 (0: any free port), or empty");
     }
     if ((m & KVS_CTX_FIELD_AUTH_TOKEN_FILE) && p->auth_token_file != NULL &&
-        p_auth(p->auth_token_file, cfg) != KVS_OK)
+        p_auth_token_file(p->auth_token_file, cfg) != KVS_OK)
         return fail(errbuf, len, KVS_ERR_CONFIG, "params.auth_token_file: too long");
+    if ((m & KVS_CTX_FIELD_AUTH) && p->auth != NULL && p_auth(p->auth, cfg) != KVS_OK)
+        return fail(errbuf, len, KVS_ERR_CONFIG, "params.auth='%s': accepted: token or none",
+                    p->auth);
     if ((m & KVS_CTX_FIELD_TRANSPORT) && p->transport != NULL &&
         p_transport(p->transport, cfg) != KVS_OK)
         return fail(errbuf, len, KVS_ERR_CONFIG, "params.transport='%s': accepted: %s",

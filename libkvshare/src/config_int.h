@@ -5,10 +5,17 @@
 
 #include "kvs_int.h"
 
+/* KVSHARE_AUTH: peers prove a shared token (the default), or nobody proves
+ * anything (an explicit opt-out). */
+typedef enum kvs__auth_mode {
+    KVS__AUTH_TOKEN = 0,
+    KVS__AUTH_NONE,
+} kvs__auth_mode_t;
+
 typedef struct kvs__config {
     kvs_log_level_t log_level;
     uint64_t capacity_bytes;
-    uint64_t slot_bytes; /* 0: taken from the first pool */
+    uint64_t slot_bytes; /* slot classes round block sizes up to this; 0: exact */
     kvs_strategy_t strategy;
     double high_watermark;
     double low_watermark;
@@ -16,7 +23,8 @@ typedef struct kvs__config {
     uint32_t fetch_timeout_ms;
     uint32_t lease_timeout_ms;
     char listen[256];           /* "" = no listener */
-    char auth_token_file[4096]; /* "" = no auth */
+    kvs__auth_mode_t auth;      /* default token: KVSHARE_AUTH_TOKEN_FILE required */
+    char auth_token_file[4096]; /* "" = none given (an error unless auth is none) */
     char pool[1024];            /* "" = no pool */
     char transport[16];         /* auto, ucx or none */
     bool pool_node;             /* serve any layout, accept PUTs */

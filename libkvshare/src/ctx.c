@@ -137,13 +137,17 @@ void kvs_ctx_destroy(kvs_ctx_h ctx)
         kvs_mem_deregister(r);
     }
     if (ctx->peer != NULL) {
-        /* Peers' leases go first (destroy releases them), then our memory. */
-        kvs__peer_mem_dereg(ctx->peer, ctx->arena_memh);
-        kvs__peer_mem_dereg(ctx->peer, ctx->arena_gen_memh);
+        /* Peers' leases go first (fini releases them), then our memory. */
+        for (uint32_t c = 0; c < ctx->store.narenas; c++) {
+            if (ctx->arena_memh[c] != NULL)
+                kvs__peer_mem_dereg(ctx->peer, ctx->arena_memh[c]);
+            if (ctx->arena_gen_memh[c] != NULL)
+                kvs__peer_mem_dereg(ctx->peer, ctx->arena_gen_memh[c]);
+            /* Registrations die with the transport's context. */
+            ctx->arena_memh[c] = ctx->arena_gen_memh[c] = NULL;
+        }
         kvs__peer_destroy(ctx->peer);
         ctx->peer = NULL;
-        /* Registrations died with the transport's context. */
-        ctx->arena_memh = ctx->arena_gen_memh = NULL;
     }
     pthread_mutex_destroy(&ctx->arena_lock);
     pthread_mutex_destroy(&ctx->regions_lock);
@@ -210,7 +214,7 @@ kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
     pthread_rwlock_rdlock(&s->lock);
     st->blocks = s->count;
     st->zero_copy_blocks = s->zero_copy_count;
-    st->bytes = (uint64_t)s->arena_used * s->slot_bytes;
+    st->bytes = s->arena_used_bytes;
     pthread_rwlock_unlock(&s->lock);
     st->capacity_bytes = ctx->cfg.capacity_bytes;
     return KVS_OK;

@@ -17,8 +17,8 @@ struct kvs_region {
 
 struct kvs_ctx {
     kvs__config_t cfg;
-    pthread_mutex_t arena_lock; /* creating + registering the arena, once */
-    void *arena_memh, *arena_gen_memh;
+    pthread_mutex_t arena_lock; /* creating + registering slot classes */
+    void *arena_memh[KVS_SLOT_CLASSES_MAX], *arena_gen_memh[KVS_SLOT_CLASSES_MAX];
     struct kvs_pool *pools; /* under regions_lock */
     kvs__logger_t log;
     kvs__store_t store;

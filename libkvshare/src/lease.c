@@ -145,9 +145,9 @@ kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *lo
         status = KVS_ERR_STALE;
     } else if (e->pool == NULL) {
         loc->npieces = 1;
-        loc->pieces[0].addr = kvs__arena_slot(s, e->block);
+        loc->pieces[0].addr = kvs__arena_slot(s, e);
         loc->pieces[0].len = e->nbytes;
-        loc->gen_addr = (void *)&s->arena_gen[e->block];
+        loc->gen_addr = (void *)kvs__arena_gen(s, e);
     } else if (e->pool->nsegs > loc->npieces) {
         status = KVS_ERR_UNSUPPORTED;
     } else {
@@ -173,7 +173,7 @@ uint64_t kvs__lease_gen_now(kvs_lease_h lease, size_t i)
     const kvs__entry_t *e = &s->entries[lease->refs[i].idx];
     if (e->serial == lease->refs[i].serial)
         gen = e->pool != NULL ? atomic_load_explicit(&e->pool->gen[e->block], memory_order_acquire)
-                              : atomic_load_explicit(&s->arena_gen[e->block], memory_order_acquire);
+                              : atomic_load_explicit(kvs__arena_gen(s, e), memory_order_acquire);
     pthread_rwlock_unlock(&s->lock);
     return gen;
 }
@@ -209,7 +209,7 @@ static kvs_status_t copy_block(kvs__store_t *s, const kvs__ref_t *ref, kvs_pool_
     if (e->serial != ref->serial)
         return KVS_ERR_STALE; /* evicted after its lease expired */
     const kvs_pool_h src = e->pool;
-    const uint8_t *arena_src = src == NULL ? kvs__arena_slot(s, e->block) : NULL;
+    const uint8_t *arena_src = src == NULL ? kvs__arena_slot(s, e) : NULL;
     for (size_t i = 0; i < dst->nsegs; i++) {
         const kvs_segment_t *ds = &dst->segs[i];
         uint8_t *d = (uint8_t *)ds->base + (size_t)db * ds->block_stride;
@@ -227,7 +227,7 @@ static kvs_status_t copy_block(kvs__store_t *s, const kvs__ref_t *ref, kvs_pool_
      * we copied, the copy is discarded as stale. */
     uint64_t gen = src != NULL
                        ? atomic_load_explicit(&src->gen[e->block], memory_order_acquire)
-                       : atomic_load_explicit(&s->arena_gen[e->block], memory_order_acquire);
+                       : atomic_load_explicit(kvs__arena_gen(s, e), memory_order_acquire);
     return gen == e->gen ? KVS_OK : KVS_ERR_STALE;
 }
 
@@ -242,7 +242,7 @@ static bool same_geometry(const kvs__store_t *s, const kvs__entry_t *e, kvs_pool
                 return false;
         return true;
     }
-    return dst->block_bytes <= s->slot_bytes;
+    return dst->block_bytes <= kvs__arena_slot_bytes(s, e);
 }
 
 kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_block_ids,

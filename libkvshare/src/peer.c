@@ -221,7 +221,8 @@ struct kvs__peer {
     char listen_addr[300];
     uint8_t secret[4096];
     size_t secret_len;
-    bool open; /* KVSHARE_AUTH=none */
+    bool open;      /* KVSHARE_AUTH=none */
+    bool no_secret; /* auth on, but no token: may not talk to peers */
     region_t *regions;
     uint32_t next_region_id;
     uint64_t regions_version;
@@ -1943,6 +1944,13 @@ static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_
     }
     if (strlen(peer) >= sizeof(((conn_t *)0)->peer))
         return KVS_ERR_INVALID_PARAM;
+    if (pp->no_secret) {
+        kvs__error(pp->log,
+                   "peer %s: authentication is on by default and KVSHARE_AUTH_TOKEN_FILE is not "
+                   "set: point it at the shared token, or set KVSHARE_AUTH=none to run open",
+                   peer);
+        return KVS_ERR_AUTH;
+    }
     uint64_t boot_deadline = now_ns() + KVS_PEER_BOOT_TIMEOUT_MS * 1000000ull;
     if (boot_deadline > deadline)
         boot_deadline = deadline;
@@ -2609,6 +2617,15 @@ const char *kvs__peer_transport_name(const kvs__peer_t *pp)
 static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char *err,
                                 size_t errlen)
 {
+    /* A context that neither listens nor uses a pool may never talk to a
+     * peer: it starts without a token, and asking a peer is then refused
+     * (get_conn) with the same explanation. Listeners and pool clients
+     * need the token (or KVSHARE_AUTH=none) to start at all. */
+    if (cfg->auth == KVS__AUTH_TOKEN && cfg->auth_token_file[0] == '\0' &&
+        cfg->listen[0] == '\0' && cfg->pool[0] == '\0') {
+        pp->no_secret = true;
+        return KVS_OK;
+    }
     kvs__secret_t s;
     kvs_status_t st = kvs__auth_load(cfg, pp->log, &s, err, errlen);
     if (st != KVS_OK)
@@ -2672,8 +2689,7 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
         goto fail;
     }
     if (cfg->listen[0] != '\0') {
-        unsigned long nofile = kvs__raise_nofile();
-        kvs__debug(pp->log, "RLIMIT_NOFILE %lu", nofile);
+        kvs__raise_nofile(pp->log); /* a node holds a socket per peer */
         pp->lfd = kvs__boot_listen(cfg->listen, pp->listen_addr, sizeof(pp->listen_addr), err,
                                    errlen);
         if (pp->lfd < 0) {

@@ -206,39 +206,65 @@ size_t kvs_pool_block_bytes(kvs_pool_h pool)
     return pool->block_bytes;
 }
 
-kvs_status_t kvs__ctx_arena_ensure(struct kvs_ctx *ctx, size_t slot_bytes)
+/* The class of exactly @slot_bytes, created and registered on first use.
+ * A class appears to publishers only once it is registered: its number is
+ * handed out after this returns, and only then do blocks go into it. */
+static kvs_status_t arena_class(struct kvs_ctx *ctx, size_t slot_bytes, uint32_t *cls_p)
 {
     kvs__store_t *s = &ctx->store;
     kvs_status_t status = KVS_OK;
+    uint32_t cls;
     pthread_mutex_lock(&ctx->arena_lock);
-    if (s->arena != NULL)
-        goto out;
-    /* The arena appears to lookups only once it is registered: blocks are
-     * published into it after this returns. */
+    /* Classes are only added or dropped under arena_lock, so this scan
+     * needs no store lock. */
+    for (cls = 0; cls < s->narenas; cls++)
+        if (s->arenas[cls].slot_bytes == slot_bytes)
+            goto found;
     pthread_rwlock_wrlock(&s->lock);
-    status = kvs__store_arena_init(s, slot_bytes);
+    status = kvs__store_class_add(s, slot_bytes, &cls);
     pthread_rwlock_unlock(&s->lock);
-    if (status != KVS_OK || ctx->peer == NULL)
+    if (status != KVS_OK)
         goto out;
-    status =
-        kvs__peer_mem_reg(ctx->peer, s->arena, s->arena_bytes, KVS_MEM_HOST, &ctx->arena_memh);
+    if (ctx->peer == NULL)
+        goto found;
+    const kvs__arena_t *a = &s->arenas[cls];
+    status = kvs__peer_mem_reg(ctx->peer, a->base, a->bytes, KVS_MEM_HOST, &ctx->arena_memh[cls]);
     if (status == KVS_OK)
-        status = kvs__peer_mem_reg(ctx->peer, (void *)s->arena_gen,
-                                      (size_t)s->arena_slots * sizeof(*s->arena_gen), KVS_MEM_HOST,
-                                      &ctx->arena_gen_memh);
+        status = kvs__peer_mem_reg(ctx->peer, (void *)a->gen, (size_t)a->nslots * sizeof(*a->gen),
+                                      KVS_MEM_HOST, &ctx->arena_gen_memh[cls]);
     if (status != KVS_OK) {
-        kvs__error(&ctx->log, "registering the %zu-byte arena: %s", s->arena_bytes,
-                   kvs_status_string(status));
-        if (ctx->arena_memh != NULL)
-            kvs__peer_mem_dereg(ctx->peer, ctx->arena_memh);
-        ctx->arena_memh = NULL;
+        kvs__error(&ctx->log, "registering the %zu-byte arena of %zu-byte slots: %s", a->bytes,
+                   slot_bytes, kvs_status_string(status));
+        if (ctx->arena_memh[cls] != NULL)
+            kvs__peer_mem_dereg(ctx->peer, ctx->arena_memh[cls]);
+        ctx->arena_memh[cls] = NULL;
         pthread_rwlock_wrlock(&s->lock);
-        kvs__store_arena_fini(s);
+        kvs__store_class_drop(s, cls);
         pthread_rwlock_unlock(&s->lock);
+        goto out;
     }
+found:
+    *cls_p = cls;
 out:
     pthread_mutex_unlock(&ctx->arena_lock);
     return status;
+}
+
+kvs_status_t kvs__ctx_arena_ensure(struct kvs_ctx *ctx, size_t slot_bytes)
+{
+    uint32_t cls;
+    return arena_class(ctx, slot_bytes, &cls);
+}
+
+kvs_status_t kvs__ctx_arena_for(struct kvs_ctx *ctx, size_t block_bytes, uint32_t *cls_p)
+{
+    size_t slot = block_bytes;
+    uint64_t g = ctx->cfg.slot_bytes;
+    /* KVSHARE_SLOT_BYTES: blocks up to it share its class, larger ones go
+     * to classes of its next multiple, so sizes fold into fewer classes. */
+    if (g > 0 && g <= SIZE_MAX - block_bytes)
+        slot = (block_bytes + (size_t)g - 1) / (size_t)g * (size_t)g;
+    return arena_class(ctx, slot, cls_p);
 }
 
 static void copy_to_arena(kvs_pool_h pool, uint32_t block, uint8_t *dst)
@@ -275,23 +301,13 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
         return KVS_ERR_UNSUPPORTED;
     }
 
+    uint32_t cls = 0;
     if (!zcopy) {
-        status = kvs__ctx_arena_ensure(ctx, ctx->cfg.slot_bytes ? ctx->cfg.slot_bytes
-                                                                : pool->block_bytes);
+        status = kvs__ctx_arena_for(ctx, pool->block_bytes, &cls);
         if (status != KVS_OK)
             return status;
     }
     pthread_rwlock_wrlock(&s->lock);
-    if (!zcopy) {
-        if (pool->block_bytes > s->slot_bytes) {
-            kvs__error(&ctx->log,
-                       "kvs_publish: blocks of %zu bytes do not fit arena slots of %zu "
-                       "bytes (set KVSHARE_SLOT_BYTES)",
-                       pool->block_bytes, s->slot_bytes);
-            status = KVS_ERR_INVALID_PARAM;
-            goto out;
-        }
-    }
     for (size_t i = 0; i < count; i++) {
         uint32_t b = block_ids[i];
         if (kvs__store_get(s, pool->layout_id, &keys[i]) != NULL)
@@ -316,16 +332,17 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
             pool->entry_of_block[b] = (uint32_t)(e - s->entries) + 1;
             e->nbytes = (uint32_t)pool->block_bytes;
         } else {
-            status = kvs__store_insert(s, pool->layout_id, &keys[i], NULL, 0, 0, &e);
+            status = kvs__store_insert(s, pool->layout_id, &keys[i], NULL, cls, 0, &e);
             if (status != KVS_OK) {
                 if (status == KVS_ERR_NO_SPACE)
                     kvs__warn(&ctx->log,
-                              "kvs_publish: store full (%u slots, all leased); "
-                              "published %zu of %zu",
-                              s->arena_slots, published, count);
+                              "kvs_publish: store full (%llu of %llu bytes held, the rest "
+                              "leased); published %zu of %zu",
+                              (unsigned long long)s->arena_used_bytes,
+                              (unsigned long long)s->capacity_bytes, published, count);
                 goto out;
             }
-            copy_to_arena(pool, b, kvs__arena_slot(s, e->block));
+            copy_to_arena(pool, b, kvs__arena_slot(s, e));
             e->nbytes = (uint32_t)pool->block_bytes;
         }
         published++;
@@ -383,27 +400,27 @@ kvs_status_t kvs__publish_staged(struct kvs_ctx *ctx, uint64_t layout_id, const 
                                  size_t *stored_p)
 {
     kvs__store_t *s = &ctx->store;
-    kvs_status_t status =
-        kvs__ctx_arena_ensure(ctx, ctx->cfg.slot_bytes ? ctx->cfg.slot_bytes : block_bytes);
     size_t stored = 0;
+    uint32_t cls;
+    if (block_bytes == 0 || block_bytes > UINT32_MAX) {
+        kvs__error(&ctx->log, "pool node: refusing blocks of %zu bytes (1 byte to 4 GiB)",
+                   block_bytes);
+        return KVS_ERR_INVALID_PARAM;
+    }
+    /* Each block size gets its own slot class: a node keeps blocks of every
+     * model and layout it is sent, side by side. */
+    kvs_status_t status = kvs__ctx_arena_for(ctx, block_bytes, &cls);
     if (status != KVS_OK)
         return status;
-    if (block_bytes > s->slot_bytes || block_bytes > UINT32_MAX) {
-        kvs__error(&ctx->log,
-                   "pool node: blocks of %zu bytes do not fit its %zu-byte slots "
-                   "(start it with a larger --slot-bytes)",
-                   block_bytes, s->slot_bytes);
-        return KVS_ERR_LAYOUT_MISMATCH;
-    }
     pthread_rwlock_wrlock(&s->lock);
     for (size_t i = 0; i < n; i++) {
         if (kvs__store_get(s, layout_id, &keys[i]) != NULL)
             continue; /* stored meanwhile by another client: same key, same KV */
         kvs__entry_t *e;
-        status = kvs__store_insert(s, layout_id, &keys[i], NULL, 0, 0, &e);
+        status = kvs__store_insert(s, layout_id, &keys[i], NULL, cls, 0, &e);
         if (status != KVS_OK)
             break;
-        memcpy(kvs__arena_slot(s, e->block), data + i * block_bytes, block_bytes);
+        memcpy(kvs__arena_slot(s, e), data + i * block_bytes, block_bytes);
         e->nbytes = (uint32_t)block_bytes;
         stored++;
     }

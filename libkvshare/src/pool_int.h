@@ -21,8 +21,14 @@ struct kvs_pool {
     struct kvs_pool *next; /* ctx->pools, under ctx->regions_lock */
 };
 
-/* Creates and registers the ctx's arena once, with no store lock held. */
+/* Creates and registers the arena of @slot_bytes slots once (no store lock
+ * held): KVSHARE_SLOT_BYTES's class is made at start this way. */
 kvs_status_t kvs__ctx_arena_ensure(struct kvs_ctx *ctx, size_t slot_bytes);
+/* The slot class for blocks of @block_bytes (their size, rounded up to a
+ * multiple of KVSHARE_SLOT_BYTES when set), created and registered on first
+ * use. No store lock held. Errors: NO_SPACE (capacity below one slot, or
+ * KVS_SLOT_CLASSES_MAX sizes already), NO_MEMORY, the transport's. */
+kvs_status_t kvs__ctx_arena_for(struct kvs_ctx *ctx, size_t block_bytes, uint32_t *cls_p);
 
 /* Called by the store (exclusive lock) when a zero-copy entry goes away. */
 void kvs__pool_forget_block(struct kvs_pool *pool, uint32_t block);

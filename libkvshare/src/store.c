@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* store.c - store entries, the host arena, leases and watermark eviction. */
+/* store.c - store entries, the host arenas (one per slot size), leases and watermark eviction. */
 #include "catalog_int.h"
 #include "pool_int.h"
 
@@ -51,19 +51,24 @@ err:
     return status;
 }
 
+static void arena_free(kvs__arena_t *a)
+{
+    if (a->base != NULL)
+        munmap(a->base, a->bytes);
+    kvs__free(a->free);
+    kvs__free((void *)a->gen);
+    memset(a, 0, sizeof(*a));
+}
+
 void kvs__store_arena_fini(kvs__store_t *s)
 {
-    if (s->arena != NULL)
-        munmap(s->arena, s->arena_bytes);
-    kvs__free(s->arena_free);
-    kvs__free((void *)s->arena_gen);
+    for (uint32_t c = 0; c < s->narenas; c++)
+        arena_free(&s->arenas[c]);
     kvs__free(s->cands);
-    s->arena = NULL;
-    s->arena_free = NULL;
-    s->arena_gen = NULL;
     s->cands = NULL;
-    s->arena_slots = s->arena_nfree = s->arena_used = 0;
-    s->slot_bytes = 0;
+    s->cands_cap = 0;
+    s->narenas = 0;
+    s->arena_used_bytes = 0;
 }
 
 void kvs__store_fini(kvs__store_t *s)
@@ -74,12 +79,23 @@ void kvs__store_fini(kvs__store_t *s)
     pthread_rwlock_destroy(&s->lock);
 }
 
-kvs_status_t kvs__store_arena_init(kvs__store_t *s, size_t slot_bytes)
+kvs_status_t kvs__store_class_add(kvs__store_t *s, size_t slot_bytes, uint32_t *cls_p)
 {
-    if (s->arena != NULL)
-        return KVS_OK;
     if (slot_bytes == 0)
         return KVS_ERR_INVALID_PARAM;
+    for (uint32_t c = 0; c < s->narenas; c++) {
+        if (s->arenas[c].slot_bytes == slot_bytes) {
+            *cls_p = c;
+            return KVS_OK;
+        }
+    }
+    if (s->narenas == KVS_SLOT_CLASSES_MAX) {
+        kvs__error(s->log,
+                   "blocks of %zu bytes need a slot class of their own, and %d sizes are "
+                   "stored already; set KVSHARE_SLOT_BYTES to round sizes up to its multiples",
+                   slot_bytes, KVS_SLOT_CLASSES_MAX);
+        return KVS_ERR_NO_SPACE;
+    }
     uint64_t nslots = s->capacity_bytes / slot_bytes;
     if (nslots == 0) {
         kvs__error(s->log, "capacity %llu bytes is smaller than one %zu-byte block",
@@ -89,30 +105,38 @@ kvs_status_t kvs__store_arena_init(kvs__store_t *s, size_t slot_bytes)
     if (nslots > UINT32_MAX - 1)
         nslots = UINT32_MAX - 1;
     size_t bytes = (size_t)nslots * slot_bytes;
+    /* Eviction may pick among every arena entry of every class at once. */
+    size_t ncands = s->cands_cap + (size_t)nslots;
     uint32_t *fr = kvs__malloc((size_t)nslots * sizeof(*fr));
     _Atomic uint64_t *gen = kvs__calloc((size_t)nslots, sizeof(*gen));
-    kvs__evict_cand_t *cands = kvs__malloc((size_t)nslots * sizeof(*cands));
+    kvs__evict_cand_t *cands = kvs__malloc(ncands * sizeof(*cands));
     if (fr == NULL || gen == NULL || cands == NULL)
         goto err_nomem;
     /* Anonymous mapping: pages are committed on first copy, so a large
-     * default capacity costs nothing until used. */
-    void *arena = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (arena == MAP_FAILED) {
-        kvs__error(s->log, "mmap(%zu) for the block arena: %s", bytes, strerror(errno));
+     * capacity costs nothing until used, and each class may grow to all of
+     * it while the watermarks bound what the classes hold together. */
+    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        kvs__error(s->log, "mmap(%zu) for a block arena: %s", bytes, strerror(errno));
         goto err_nomem;
     }
     /* Hand out low slot numbers first. */
     for (uint64_t i = 0; i < nslots; i++)
         fr[i] = (uint32_t)(nslots - 1 - i);
-    s->arena = arena;
-    s->arena_bytes = bytes;
-    s->slot_bytes = slot_bytes;
-    s->arena_slots = (uint32_t)nslots;
-    s->arena_free = fr;
-    s->arena_nfree = (uint32_t)nslots;
-    s->arena_gen = gen;
+    kvs__free(s->cands);
     s->cands = cands;
-    kvs__info(s->log, "arena: %u slots of %zu bytes (%zu bytes)", s->arena_slots, slot_bytes,
+    s->cands_cap = ncands;
+    kvs__arena_t *a = &s->arenas[s->narenas];
+    a->base = base;
+    a->bytes = bytes;
+    a->slot_bytes = slot_bytes;
+    a->nslots = (uint32_t)nslots;
+    a->used = 0;
+    a->free = fr;
+    a->nfree = (uint32_t)nslots;
+    a->gen = gen;
+    *cls_p = s->narenas++;
+    kvs__info(s->log, "arena %u: %u slots of %zu bytes (%zu bytes)", *cls_p, a->nslots, slot_bytes,
               bytes);
     return KVS_OK;
 
@@ -121,6 +145,22 @@ err_nomem:
     kvs__free((void *)gen);
     kvs__free(cands);
     return KVS_ERR_NO_MEMORY;
+}
+
+void kvs__store_class_drop(kvs__store_t *s, uint32_t cls)
+{
+    /* Only the newest class, before it held a block: nothing refers to it.
+     * The candidate array keeps its size; it is only ever too big. */
+    if (cls + 1 != s->narenas || s->arenas[cls].used != 0)
+        return;
+    arena_free(&s->arenas[cls]);
+    s->narenas--;
+}
+
+kvs_status_t kvs__store_arena_init(kvs__store_t *s, size_t slot_bytes)
+{
+    uint32_t cls;
+    return kvs__store_class_add(s, slot_bytes, &cls);
 }
 
 bool kvs__entry_leased(const kvs__entry_t *e, uint64_t now_ms)
@@ -250,15 +290,16 @@ static uint64_t evict_score(const kvs__store_t *s, const kvs__entry_t *e)
     return (f << 40) | (atime & ((1ull << 40) - 1));
 }
 
-/* Evicts unleased arena entries in strategy order until at most @target
- * slots are used. Returns how many were evicted. Exclusive lock held. */
-static uint32_t evict_to(kvs__store_t *s, uint32_t target)
+/* Evicts unleased arena entries of every class in strategy order until the
+ * arenas hold at most @target bytes. Returns how many were evicted.
+ * Exclusive lock held. */
+static uint32_t evict_to(kvs__store_t *s, uint64_t target)
 {
-    if (s->arena_used <= target)
+    if (s->arena_used_bytes <= target)
         return 0;
     uint64_t now_ms = kvs__now_ms();
     size_t nc = 0;
-    for (uint32_t i = 0; i < s->entries_cap; i++) {
+    for (uint32_t i = 0; i < s->entries_cap && nc < s->cands_cap; i++) {
         kvs__entry_t *e = &s->entries[i];
         if (e->serial == 0 || e->pool != NULL || kvs__entry_leased(e, now_ms))
             continue;
@@ -267,18 +308,17 @@ static uint32_t evict_to(kvs__store_t *s, uint32_t target)
         s->cands[nc].pad = 0;
         nc++;
     }
-    size_t want = s->arena_used - target;
-    if (want > nc)
-        want = nc;
     /* One sort per eviction batch, amortised over the batch (high - low). */
     qsort(s->cands, nc, sizeof(*s->cands), cand_cmp);
-    for (size_t i = 0; i < want; i++)
-        kvs__store_remove(s, &s->entries[s->cands[i].idx]);
-    atomic_fetch_add_explicit(&s->evictions, want, memory_order_relaxed);
-    if (want > 0)
-        kvs__debug(s->log, "evicted %zu blocks (%zu candidates), %u of %u slots in use", want, nc,
-                   s->arena_used, s->arena_slots);
-    return (uint32_t)want;
+    size_t evicted = 0;
+    for (; evicted < nc && s->arena_used_bytes > target; evicted++)
+        kvs__store_remove(s, &s->entries[s->cands[evicted].idx]);
+    atomic_fetch_add_explicit(&s->evictions, evicted, memory_order_relaxed);
+    if (evicted > 0)
+        kvs__debug(s->log, "evicted %zu blocks (%zu candidates), %llu of %llu bytes in use",
+                   evicted, nc, (unsigned long long)s->arena_used_bytes,
+                   (unsigned long long)s->capacity_bytes);
+    return (uint32_t)evicted;
 }
 
 static kvs_status_t grow_entries(kvs__store_t *s)
@@ -305,17 +345,23 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
     kvs_status_t status;
     uint32_t slot = 0;
 
+    kvs__arena_t *a = NULL;
+
     if (pool == NULL) {
-        if (s->arena == NULL)
+        if (block >= s->narenas)
             return KVS_ERR_INVALID_PARAM;
-        uint32_t high = (uint32_t)(s->high_wm * s->arena_slots);
-        if (high == 0)
-            high = 1;
-        if (s->arena_used + 1 > high) {
-            uint32_t low = (uint32_t)(s->low_wm * s->arena_slots);
-            evict_to(s, low < high ? low : high - 1);
+        a = &s->arenas[block];
+        /* Watermarks are fractions of the capacity in bytes, shared by all
+         * classes: a new block of any size may push out older ones of
+         * another size. */
+        uint64_t high = (uint64_t)(s->high_wm * (double)s->capacity_bytes);
+        if (high < a->slot_bytes)
+            high = a->slot_bytes;
+        if (s->arena_used_bytes + a->slot_bytes > high) {
+            uint64_t low = (uint64_t)(s->low_wm * (double)s->capacity_bytes);
+            evict_to(s, low < high - a->slot_bytes ? low : high - a->slot_bytes);
         }
-        if (s->arena_nfree == 0)
+        if (a->nfree == 0 || s->arena_used_bytes + a->slot_bytes > s->capacity_bytes)
             return KVS_ERR_NO_SPACE;
     }
     if (s->free_head == KVS_NO_ENTRY) {
@@ -329,12 +375,15 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
         return status;
     kvs__entry_t *e = &s->entries[idx];
     s->free_head = e->next_free;
-    if (pool == NULL) {
-        slot = s->arena_free[--s->arena_nfree];
-        s->arena_used++;
+    if (a != NULL) {
+        e->cls = block;
+        slot = a->free[--a->nfree];
+        a->used++;
+        s->arena_used_bytes += a->slot_bytes;
         block = slot;
-        gen = atomic_load_explicit(&s->arena_gen[slot], memory_order_relaxed);
+        gen = atomic_load_explicit(&a->gen[slot], memory_order_relaxed);
     } else {
+        e->cls = 0;
         s->zero_copy_count++;
     }
     e->key = *key;
@@ -363,9 +412,11 @@ void kvs__store_remove(kvs__store_t *s, kvs__entry_t *e)
     if (e->pool == NULL) {
         /* The slot's generation moves on, so a late reader of the old
          * contents is told, never handed the next block's data. */
-        atomic_fetch_add_explicit(&s->arena_gen[e->block], 1, memory_order_release);
-        s->arena_free[s->arena_nfree++] = e->block;
-        s->arena_used--;
+        kvs__arena_t *a = &s->arenas[e->cls];
+        atomic_fetch_add_explicit(&a->gen[e->block], 1, memory_order_release);
+        a->free[a->nfree++] = e->block;
+        a->used--;
+        s->arena_used_bytes -= a->slot_bytes;
     } else {
         kvs__pool_forget_block(e->pool, e->block);
         s->zero_copy_count--;

@@ -1,10 +1,16 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* store_int.h - the local block store: catalog, host arena, leases, eviction.
+/* store_int.h - the local block store: catalog, host arenas, leases, eviction.
  *
  * Concurrency: one pthread rwlock. Lookups hold it shared and touch entries
  * only through atomics (lease counts, access clock, frequency), so any
  * number of threads may look up while one thread publishes or evicts under
- * the exclusive lock. */
+ * the exclusive lock.
+ *
+ * Slot classes: copied blocks live in arenas of equal slots, one arena per
+ * slot size, created on the first block that needs it. Each arena spans the
+ * whole capacity (anonymous memory, committed on first touch), so any one
+ * size may fill the store; what all arenas hold together is kept between the
+ * watermarks of the capacity, evicting in strategy order across classes. */
 #ifndef KVS_STORE_INT_H
 #define KVS_STORE_INT_H
 
@@ -23,6 +29,7 @@ typedef struct kvs__entry {
     uint32_t block;        /* pool block id, or arena slot */
     uint32_t next_free;
     uint32_t nbytes; /* the block's length (the publishing pool's block) */
+    uint32_t cls;    /* arena entries: the slot class (index into arenas[]) */
     uint64_t gen;    /* the slot's generation when published */
     _Atomic uint32_t leases;
     _Atomic uint32_t freq;
@@ -50,6 +57,22 @@ typedef struct kvs__evict_cand {
     uint32_t pad;
 } kvs__evict_cand_t;
 
+/* At most this many distinct slot sizes per store (KVSHARE_SLOT_BYTES rounds
+ * block sizes up to its multiples, to fold more sizes into fewer classes). */
+#define KVS_SLOT_CLASSES_MAX 16
+
+/* One slot class: an arena of fixed-size slots for copied blocks. */
+typedef struct kvs__arena {
+    uint8_t *base;
+    size_t bytes;
+    size_t slot_bytes;
+    uint32_t nslots;
+    uint32_t used;
+    uint32_t *free; /* stack of free slot numbers */
+    uint32_t nfree;
+    _Atomic uint64_t *gen; /* per slot */
+} kvs__arena_t;
+
 typedef struct kvs__store {
     pthread_rwlock_t lock;
     const kvs__logger_t *log;
@@ -62,16 +85,13 @@ typedef struct kvs__store {
     uint32_t count;
     uint32_t zero_copy_count;
     uint64_t next_serial;
-    /* arena of fixed-size slots for copied blocks */
-    uint8_t *arena;
-    size_t arena_bytes;
-    size_t slot_bytes;
-    uint32_t arena_slots;
-    uint32_t arena_used;
-    uint32_t *arena_free; /* stack of free slot numbers */
-    uint32_t arena_nfree;
-    _Atomic uint64_t *arena_gen;
-    kvs__evict_cand_t *cands; /* preallocated: eviction never allocates */
+    /* slot classes for copied blocks; entries [0, narenas) are live and
+     * never move (a class is only dropped, last, before it holds a block) */
+    kvs__arena_t arenas[KVS_SLOT_CLASSES_MAX];
+    uint32_t narenas;
+    uint64_t arena_used_bytes; /* sum of used * slot_bytes over classes */
+    kvs__evict_cand_t *cands;  /* one per slot of every class: eviction never allocates */
+    size_t cands_cap;
     /* policy */
     kvs_strategy_t strategy;
     uint64_t capacity_bytes;
@@ -86,9 +106,16 @@ typedef struct kvs__store {
 kvs_status_t kvs__store_init(kvs__store_t *s, const kvs__config_t *cfg, const kvs__logger_t *log);
 void kvs__store_fini(kvs__store_t *s);
 
-/* Frees the arena (only while it holds no entries). */
+/* Frees every arena (only while they hold no entries). */
 void kvs__store_arena_fini(kvs__store_t *s);
-/* Creates the arena (once) with slots of @slot_bytes. */
+/* The class of exactly @slot_bytes: found, or created (exclusive lock or no
+ * other thread). KVS_ERR_NO_SPACE when the capacity is below one slot or
+ * KVS_SLOT_CLASSES_MAX classes exist; NO_MEMORY. */
+kvs_status_t kvs__store_class_add(kvs__store_t *s, size_t slot_bytes, uint32_t *cls_p);
+/* Undoes the kvs__store_class_add() that created @cls, the last class,
+ * before any block went into it. */
+void kvs__store_class_drop(kvs__store_t *s, uint32_t cls);
+/* kvs__store_class_add() for callers that need no class number. */
 kvs_status_t kvs__store_arena_init(kvs__store_t *s, size_t slot_bytes);
 
 /* Longest present prefix of @keys under @layout_id. With @refs, leases each
@@ -99,16 +126,27 @@ void kvs__store_release(kvs__store_t *s, const kvs__ref_t *refs, size_t n);
 
 /* Caller holds the lock exclusively for the following. */
 kvs__entry_t *kvs__store_get(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key);
-/* Inserts an entry; *entry_p receives it. KVS_ERR_NO_SPACE when an arena
- * slot is needed (pool == NULL) and none can be freed. */
+/* Inserts an entry; *entry_p receives it. With @pool, @block is the pool's
+ * block id; without (a copy into an arena), @block is the slot class and
+ * the entry gets a free slot of it, evicting first when the store is above
+ * its high watermark. KVS_ERR_NO_SPACE when no slot can be freed. */
 kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key,
                                struct kvs_pool *pool, uint32_t block, uint64_t gen,
                                kvs__entry_t **entry_p);
 void kvs__store_remove(kvs__store_t *s, kvs__entry_t *e);
 bool kvs__entry_leased(const kvs__entry_t *e, uint64_t now_ms);
-static inline uint8_t *kvs__arena_slot(kvs__store_t *s, uint32_t slot)
+/* Where an arena entry's bytes, generation and slot size are. */
+static inline uint8_t *kvs__arena_slot(kvs__store_t *s, const kvs__entry_t *e)
 {
-    return s->arena + (size_t)slot * s->slot_bytes;
+    return s->arenas[e->cls].base + (size_t)e->block * s->arenas[e->cls].slot_bytes;
+}
+static inline _Atomic uint64_t *kvs__arena_gen(kvs__store_t *s, const kvs__entry_t *e)
+{
+    return &s->arenas[e->cls].gen[e->block];
+}
+static inline size_t kvs__arena_slot_bytes(const kvs__store_t *s, const kvs__entry_t *e)
+{
+    return s->arenas[e->cls].slot_bytes;
 }
 
 #endif

@@ -29,12 +29,13 @@ static kvs_status_t scenario(void)
 {
     kvs_status_t status = KVS_OK;
     kvs_ctx_h ctx = NULL;
-    kvs_pool_h src = NULL, dst = NULL;
+    kvs_pool_h src = NULL, dst = NULL, big = NULL;
     kvs_hasher_h h = NULL;
     kvs_lease_h lease = NULL;
     kvs_request_h req = NULL;
     kvs_region_h region = NULL;
     static uint8_t mem[2][64 * 64];
+    static uint8_t bigmem[8 * 128];
     kvs_key_t keys[64];
     uint32_t ids[64];
 
@@ -86,9 +87,16 @@ static kvs_status_t scenario(void)
     CHECK(kvs_lookup(ctx, kvs_pool_layout_id(src), keys + 60, 4, NULL, &lease));
     CHECK(kvs_fetch(lease, dst, ids, kvs_lease_hits(lease), NULL, &req));
     CHECK(kvs_request_test(req));
+    /* Blocks of a second size: a second slot class, evicting the first's. */
+    kvs_layout_t lb = test_layout("oom-big");
+    kvs_segment_t sb = {.base = bigmem, .block_stride = 128, .block_bytes = 128};
+    kvs_pool_params_t pb = {.layout = &lb, .segments = &sb, .num_segments = 1, .num_blocks = 8};
+    CHECK(kvs_pool_create(ctx, &pb, &big));
+    CHECK(kvs_publish(big, many + 1100, ids, 8, 0, NULL));
 out:
     kvs_request_free(req);
     kvs_lease_release(lease);
+    kvs_pool_destroy(big);
     kvs_pool_destroy(dst);
     kvs_pool_destroy(src);
     kvs_mem_deregister(region);

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test_store.c - the local store through the public API: publish, lookup, lease, fetch, evict. */
+#include "ctx_int.h"
 #include "kvs_test.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -490,4 +492,303 @@ Test(store, concurrent_lookups_with_one_publisher_never_see_wrong_data, .timeout
     cr_assert_eq(st.leased_blocks, 0);
     test_pool_free(&src);
     kvs_ctx_destroy(c.ctx);
+}
+
+/* --- slot classes: blocks of several sizes in one store --------------- */
+
+#define BIG_SEG 128
+#define BIG     (BIG_SEG * NSEG) /* 4 * BLK */
+
+static kvs_ctx_h classes_ctx(uint64_t capacity, uint64_t slot_bytes, double high, double low)
+{
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_CAPACITY |
+                                        KVS_CTX_FIELD_WATERMARKS | KVS_CTX_FIELD_TRANSPORT |
+                                        (slot_bytes ? KVS_CTX_FIELD_SLOT_BYTES : 0),
+                          .transport = "none",
+                          .capacity_bytes = capacity,
+                          .slot_bytes = slot_bytes,
+                          .high_watermark = high,
+                          .low_watermark = low};
+    kvs_ctx_h ctx = NULL;
+    cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK);
+    return ctx;
+}
+
+/* Looks up key @keyno in @src's layout, fetches it into block 0 of @dst and
+ * checks its bytes. */
+static bool fetch_is(kvs_ctx_h ctx, const test_pool_t *src, test_pool_t *dst, uint64_t keyno)
+{
+    kvs_key_t k = test_key(keyno);
+    kvs_lease_h l;
+    cr_assert_eq(kvs_lookup(ctx, kvs_pool_layout_id(src->pool), &k, 1, NULL, &l), KVS_OK);
+    bool ok = false;
+    if (kvs_lease_hits(l) == 1) {
+        memset(dst->mem, 0, dst->nsegs * dst->nblocks * dst->seg_bytes);
+        uint32_t d = 0;
+        kvs_request_h r;
+        cr_assert_eq(kvs_fetch(l, dst->pool, &d, 1, NULL, &r), KVS_OK);
+        ok = kvs_request_wait(r, -1) == KVS_OK && test_block_is(dst, 0, keyno);
+        kvs_request_free(r);
+    }
+    kvs_lease_release(l);
+    return ok;
+}
+
+Test(store, small_then_big_then_small_blocks_all_stay_retrievable)
+{
+    kvs_ctx_h ctx = test_ctx(1 << 20, KVS_STRATEGY_LRU, 0.9, 0.8);
+    test_pool_t small, big, dsmall, dbig;
+    test_pool_init(&small, ctx, "small-model", 16, NSEG, SEG);
+    test_pool_init(&big, ctx, "big-model", 16, NSEG, BIG_SEG);
+    test_pool_init(&dsmall, ctx, "small-model", 1, NSEG, SEG);
+    test_pool_init(&dbig, ctx, "big-model", 1, NSEG, BIG_SEG);
+    for (uint32_t i = 0; i < 4; i++)
+        publish_one(&small, 100 + i, i, 0);
+    for (uint32_t i = 0; i < 4; i++)
+        publish_one(&big, 200 + i, i, 0);
+    for (uint32_t i = 0; i < 4; i++)
+        publish_one(&small, 300 + i, 4 + i, 0);
+    /* The engines reuse their blocks at once (copy mode). */
+    memset(small.mem, 0xee, NSEG * 16 * SEG);
+    memset(big.mem, 0xee, NSEG * 16 * BIG_SEG);
+    for (uint64_t i = 0; i < 4; i++) {
+        cr_assert(fetch_is(ctx, &small, &dsmall, 100 + i), "first small block %llu",
+                  (unsigned long long)i);
+        cr_assert(fetch_is(ctx, &big, &dbig, 200 + i), "big block %llu", (unsigned long long)i);
+        cr_assert(fetch_is(ctx, &small, &dsmall, 300 + i), "later small block %llu",
+                  (unsigned long long)i);
+    }
+    kvs_stats_t st;
+    cr_assert_eq(kvs_stats_query(ctx, &st), KVS_OK);
+    cr_assert_eq(st.blocks, 12);
+    cr_assert_eq(st.bytes, 8 * BLK + 4 * BIG, "each block takes a slot of its own size");
+    cr_assert_eq(st.evictions, 0);
+    test_pool_free(&dsmall);
+    test_pool_free(&dbig);
+    test_pool_free(&small);
+    test_pool_free(&big);
+    kvs_ctx_destroy(ctx);
+}
+
+Test(store, pool_node_stores_puts_of_every_size_one_after_another)
+{
+    /* The reported bug: `kvshare serve` fixed its slot size at the first PUT
+     * and refused every bigger block after it ("layout mismatch"). */
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_TRANSPORT |
+                                        KVS_CTX_FIELD_POOL_NODE | KVS_CTX_FIELD_CAPACITY,
+                          .transport = "none",
+                          .pool_node = 1,
+                          .capacity_bytes = 1 << 20};
+    kvs_ctx_h ctx;
+    cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK);
+    static const size_t sizes[] = {64, 4096, 64, 1000, 4096, 7};
+    static uint8_t data[4 * 4096];
+    for (size_t r = 0; r < KVS_ARRAY_SIZE(sizes); r++) {
+        kvs_key_t keys[4];
+        for (size_t i = 0; i < 4; i++) {
+            keys[i] = test_key(1000 * r + i);
+            for (size_t b = 0; b < sizes[r]; b++)
+                data[i * sizes[r] + b] = (uint8_t)(r * 31 + i * 7 + b);
+        }
+        size_t stored = 0;
+        kvs_status_t got = kvs__publish_staged(ctx, 0x1234 + r, keys, 4, data, sizes[r], &stored);
+        cr_assert_eq(got, KVS_OK, "round %zu: %zu-byte blocks: %s", r, sizes[r],
+                     kvs_status_string(got));
+        cr_assert_eq(stored, 4);
+    }
+    /* Every block of every round is there, with its own length and bytes. */
+    for (size_t r = 0; r < KVS_ARRAY_SIZE(sizes); r++) {
+        kvs_key_t keys[4];
+        for (size_t i = 0; i < 4; i++)
+            keys[i] = test_key(1000 * r + i);
+        kvs_lease_h l;
+        cr_assert_eq(kvs__serve_lookup(ctx, 0x1234 + r, keys, 4, 1000, &l), KVS_OK);
+        cr_assert_eq(kvs_lease_hits(l), 4, "round %zu", r);
+        for (size_t i = 0; i < 4; i++) {
+            kvs__piece_loc_t piece;
+            kvs__block_loc_t loc = {.npieces = 1, .pieces = &piece};
+            cr_assert_eq(kvs__lease_locate(l, i, &loc), KVS_OK);
+            cr_assert_eq(piece.len, sizes[r]);
+            const uint8_t *got = piece.addr;
+            for (size_t b = 0; b < sizes[r]; b++)
+                cr_assert_eq(got[b], (uint8_t)(r * 31 + i * 7 + b), "round %zu block %zu byte %zu",
+                             r, i, b);
+        }
+        kvs_lease_release(l);
+    }
+    kvs_ctx_destroy(ctx);
+}
+
+Test(store, eviction_between_watermarks_spans_every_class)
+{
+    /* 640 bytes; high 0.9 = 576, low 0.5 = 320. */
+    kvs_ctx_h ctx = test_ctx(10 * BLK, KVS_STRATEGY_LRU, 0.9, 0.5);
+    test_pool_t small, big;
+    test_pool_init(&small, ctx, "small-model", 16, NSEG, SEG);
+    test_pool_init(&big, ctx, "big-model", 16, NSEG, BIG_SEG);
+    for (uint32_t i = 0; i < 8; i++)
+        publish_one(&small, i, i, 0); /* 512 bytes: below high */
+    kvs_stats_t st;
+    kvs_stats_query(ctx, &st);
+    cr_assert_eq(st.evictions, 0);
+    /* A big block crosses high: the oldest blocks of the other class go
+     * until 320 bytes are held, then it goes in. */
+    publish_one(&big, 100, 0, 0);
+    kvs_stats_query(ctx, &st);
+    cr_assert_eq(st.evictions, 3, "512 - 3 * 64 = 320");
+    cr_assert_eq(st.bytes, 320 + BIG);
+    for (uint64_t i = 0; i < 3; i++)
+        cr_assert_not(present(ctx, kvs_pool_layout_id(small.pool), i), "oldest %llu evicted",
+                      (unsigned long long)i);
+    for (uint64_t i = 3; i < 8; i++)
+        cr_assert(present(ctx, kvs_pool_layout_id(small.pool), i), "newer %llu kept",
+                  (unsigned long long)i);
+    cr_assert(present(ctx, kvs_pool_layout_id(big.pool), 100));
+    /* Many more big blocks: the store never holds more than its capacity
+     * and keeps the newest. */
+    for (uint32_t i = 1; i < 12; i++) {
+        publish_one(&big, 100 + i, i, 0);
+        kvs_stats_query(ctx, &st);
+        cr_assert_leq(st.bytes, (uint64_t)(0.9 * 10 * BLK), "after big block %u", i);
+    }
+    cr_assert(present(ctx, kvs_pool_layout_id(big.pool), 111));
+    cr_assert_not(present(ctx, kvs_pool_layout_id(big.pool), 100));
+    /* And small blocks come back into the space the big ones left. */
+    for (uint32_t i = 0; i < 6; i++) {
+        publish_one(&small, 50 + i, i, 0);
+        kvs_stats_query(ctx, &st);
+        cr_assert_leq(st.bytes, (uint64_t)(0.9 * 10 * BLK), "after small block %u", i);
+    }
+    cr_assert(present(ctx, kvs_pool_layout_id(small.pool), 55));
+    test_pool_free(&small);
+    test_pool_free(&big);
+    kvs_ctx_destroy(ctx);
+}
+
+Test(store, a_lease_in_one_class_survives_pressure_from_another)
+{
+    kvs_ctx_h ctx = test_ctx(10 * BLK, KVS_STRATEGY_LRU, 0.9, 0.5);
+    test_pool_t small, big, dbig, dsmall;
+    test_pool_init(&small, ctx, "small-model", 32, NSEG, SEG);
+    test_pool_init(&big, ctx, "big-model", 4, NSEG, BIG_SEG);
+    test_pool_init(&dbig, ctx, "big-model", 1, NSEG, BIG_SEG);
+    test_pool_init(&dsmall, ctx, "small-model", 1, NSEG, SEG);
+    publish_one(&big, 7, 0, 0);
+    kvs_key_t k = test_key(7);
+    kvs_lease_h l;
+    cr_assert_eq(kvs_lookup(ctx, kvs_pool_layout_id(big.pool), &k, 1, NULL, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 1);
+    memset(big.mem, 0xee, NSEG * 4 * BIG_SEG);
+    /* A flood of small blocks evicts among themselves, never the leased one. */
+    for (uint64_t i = 0; i < 100; i++) {
+        kvs_key_t sk = test_key(1000 + i);
+        uint32_t b = (uint32_t)(i % 32);
+        test_fill_block(&small, b, 1000 + i);
+        cr_assert_eq(kvs_publish(small.pool, &sk, &b, 1, 0, NULL), KVS_OK, "small block %llu",
+                     (unsigned long long)i);
+    }
+    kvs_stats_t st;
+    kvs_stats_query(ctx, &st);
+    cr_assert_gt(st.evictions, 0);
+    uint32_t d = 0;
+    kvs_request_h r;
+    cr_assert_eq(kvs_fetch(l, dbig.pool, &d, 1, NULL, &r), KVS_OK);
+    cr_assert_eq(kvs_request_wait(r, -1), KVS_OK, "the leased block was disturbed");
+    kvs_request_free(r);
+    cr_assert(test_block_is(&dbig, 0, 7));
+    kvs_lease_release(l);
+    test_pool_free(&big);
+    test_pool_free(&dbig);
+
+    /* The other way: leased small blocks hold the space a big block needs,
+     * so it is refused until they are released. */
+    kvs_ctx_destroy(ctx);
+    ctx = test_ctx(10 * BLK, KVS_STRATEGY_LRU, 0.9, 0.5);
+    test_pool_free(&small);
+    test_pool_free(&dsmall);
+    test_pool_init(&small, ctx, "small-model", 32, NSEG, SEG);
+    test_pool_init(&big, ctx, "big-model", 4, NSEG, BIG_SEG);
+    kvs_key_t keys[8];
+    for (uint32_t i = 0; i < 8; i++) {
+        publish_one(&small, i, i, 0);
+        keys[i] = test_key(i);
+    }
+    cr_assert_eq(kvs_lookup(ctx, kvs_pool_layout_id(small.pool), keys, 8, NULL, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 8);
+    kvs_key_t bk = test_key(500);
+    uint32_t bb = 0;
+    test_fill_block(&big, 0, 500);
+    size_t n = 99;
+    cr_assert_eq(kvs_publish(big.pool, &bk, &bb, 1, 0, &n), KVS_ERR_NO_SPACE,
+                 "512 leased + 256 > 640");
+    cr_assert_eq(n, 0);
+    for (uint64_t i = 0; i < 8; i++)
+        cr_assert(present(ctx, kvs_pool_layout_id(small.pool), i), "leased %llu kept",
+                  (unsigned long long)i);
+    kvs_lease_release(l);
+    cr_assert_eq(kvs_publish(big.pool, &bk, &bb, 1, 0, &n), KVS_OK);
+    cr_assert_eq(n, 1);
+    kvs_stats_query(ctx, &st);
+    cr_assert_leq(st.bytes, 10 * BLK);
+    test_pool_free(&small);
+    test_pool_free(&big);
+    kvs_ctx_destroy(ctx);
+}
+
+Test(store, slot_bytes_rounds_sizes_into_fewer_classes)
+{
+    /* KVSHARE_SLOT_BYTES=128: 64-byte blocks take 128-byte slots, 192-byte
+     * ones 256, 512-byte ones 512. */
+    kvs_ctx_h ctx = classes_ctx(1 << 20, 128, 0.9, 0.8);
+    test_pool_t a, b, c, da, db, dc;
+    test_pool_init(&a, ctx, "a", 4, NSEG, SEG); /* 64 */
+    test_pool_init(&b, ctx, "b", 4, 3, 64);     /* 192 */
+    test_pool_init(&c, ctx, "c", 4, NSEG, 256); /* 512 */
+    test_pool_init(&da, ctx, "a", 1, NSEG, SEG);
+    test_pool_init(&db, ctx, "b", 1, 3, 64);
+    test_pool_init(&dc, ctx, "c", 1, NSEG, 256);
+    publish_one(&a, 1, 0, 0);
+    publish_one(&b, 2, 0, 0);
+    publish_one(&c, 3, 0, 0);
+    publish_one(&a, 4, 1, 0);
+    kvs_stats_t st;
+    kvs_stats_query(ctx, &st);
+    cr_assert_eq(st.bytes, 128 + 256 + 512 + 128);
+    cr_assert(fetch_is(ctx, &a, &da, 1));
+    cr_assert(fetch_is(ctx, &b, &db, 2));
+    cr_assert(fetch_is(ctx, &c, &dc, 3));
+    cr_assert(fetch_is(ctx, &a, &da, 4));
+    test_pool_free(&a);
+    test_pool_free(&b);
+    test_pool_free(&c);
+    test_pool_free(&da);
+    test_pool_free(&db);
+    test_pool_free(&dc);
+    kvs_ctx_destroy(ctx);
+}
+
+Test(store, too_many_block_sizes_are_refused_clearly)
+{
+    kvs_ctx_h ctx = test_ctx(1 << 20, KVS_STRATEGY_LRU, 0.9, 0.8);
+    test_pool_t p[KVS_SLOT_CLASSES_MAX + 1];
+    char model[32];
+    for (size_t i = 0; i <= KVS_SLOT_CLASSES_MAX; i++) {
+        snprintf(model, sizeof(model), "m%zu", i);
+        test_pool_init(&p[i], ctx, model, 2, 1, 8 * (i + 1));
+        kvs_key_t k = test_key(i);
+        uint32_t b = 0;
+        kvs_status_t want = i < KVS_SLOT_CLASSES_MAX ? KVS_OK : KVS_ERR_NO_SPACE;
+        kvs_status_t got = kvs_publish(p[i].pool, &k, &b, 1, 0, NULL);
+        cr_assert_eq(got, want, "size %zu: %s", 8 * (i + 1), kvs_status_string(got));
+    }
+    /* Zero-copy needs no class; sizes already known still work. */
+    kvs_key_t k = test_key(999);
+    uint32_t b = 1;
+    cr_assert_eq(kvs_publish(p[KVS_SLOT_CLASSES_MAX].pool, &k, &b, 1, KVS_PUBLISH_ZERO_COPY, NULL),
+                 KVS_OK);
+    k = test_key(998);
+    cr_assert_eq(kvs_publish(p[0].pool, &k, &b, 1, 0, NULL), KVS_OK);
+    for (size_t i = 0; i <= KVS_SLOT_CLASSES_MAX; i++)
+        test_pool_free(&p[i]);
+    kvs_ctx_destroy(ctx);
 }

@@ -14,15 +14,19 @@ out=$("$PEER" fetch --peer "$a" $G --model model-a) || fail "same layout after a
 ok "layout mismatch refused with both ids named; the server keeps serving"
 
 # --- auth: a node that requires it refuses peers without the secret
+# (lib.sh gives every process the run's token; these override it.)
 printf 'sesame\n' >"$WORK/token"
 printf 'not-sesame\n' >"$WORK/wrong"
+chmod 600 "$WORK/token" "$WORK/wrong"
 KVSHARE_AUTH_TOKEN_FILE="$WORK/token" start_server auth --listen 127.0.0.1:0 $G; s=$ADDR
-out=$("$PEER" fetch --peer "$s" $G --expect AUTH 2>"$WORK/auth1.err") || fail "no secret: $out"
+out=$(KVSHARE_AUTH=none KVSHARE_AUTH_TOKEN_FILE= "$PEER" fetch --peer "$s" $G --expect AUTH 2>"$WORK/auth1.err") || fail "no secret: $out"
 grep -q 'requires authentication' "$WORK/auth1.err" || fail "no secret: $(cat "$WORK/auth1.err")"
 out=$(KVSHARE_AUTH_TOKEN_FILE="$WORK/wrong" "$PEER" fetch --peer "$s" $G --expect AUTH 2>"$WORK/auth2.err") || fail "wrong secret: $out"
 out=$(KVSHARE_AUTH_TOKEN_FILE="$WORK/token" "$PEER" fetch --peer "$s" $G) || fail "right secret: $out"
-# A client holding a secret will not give its trust to a node that proves none.
-out=$(KVSHARE_AUTH_TOKEN_FILE="$WORK/token" "$PEER" fetch --peer "$a" $G --model model-a --expect AUTH 2>/dev/null) || fail "unauthenticated server: $out"
+# A client holding a secret will not give its trust to a node that proves
+# none: the one place a node runs open on purpose.
+KVSHARE_AUTH=none KVSHARE_AUTH_TOKEN_FILE= start_server open --listen 127.0.0.1:0 $G --model model-a; o=$ADDR
+out=$(KVSHARE_AUTH_TOKEN_FILE="$WORK/token" "$PEER" fetch --peer "$o" $G --model model-a --expect AUTH 2>/dev/null) || fail "unauthenticated server: $out"
 ok "auth: refused without or with a wrong secret, served with the right one"
 
 # --- malformed messages: logged, the connection dropped, the process serves on

@@ -5,6 +5,13 @@ PEER=$1
 PEER_PREFIX=()   # e.g. (ip netns exec NS) to start servers inside a namespace
 WORK=$(mktemp -d)
 PIDS=()
+# Auth is on by default: every process of a run (servers, clients, pool
+# nodes) shares one random token. A test that checks the open mode says so
+# with KVSHARE_AUTH=none and an empty KVSHARE_AUTH_TOKEN_FILE.
+(umask 077; head -c 32 /dev/urandom | base64 >"$WORK/run.token") || { echo "FAIL: no token"; exit 1; }
+chmod 600 "$WORK/run.token"
+export KVSHARE_AUTH_TOKEN_FILE="$WORK/run.token"
+unset KVSHARE_AUTH
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null

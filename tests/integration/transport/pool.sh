@@ -36,6 +36,22 @@ out=$(KVSHARE_POOL=$one "$PEER" put --blocks 50 $G --seed 5 2>/dev/null) || fail
 out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 50 $G --seed 5 --batch 50 2>/dev/null) || fail "fetch after eviction: $out"
 ok "beyond capacity the node evicted the oldest chain (a clean miss) and keeps storing and serving: $out"
 
+# --- one node, several block sizes: small blocks, then big, then small again all
+# stay retrievable (the node once fixed its slot size at the first put)
+serve mix --listen 127.0.0.1:0 --capacity 64MiB; mix=$ADDR
+for spec in "4096 21 small" "131072 22 big" "4096 23 small" "20000 24 odd"; do
+  read -r bb seed model <<<"$spec"
+  out=$(KVSHARE_POOL=$mix "$PEER" put --blocks 40 --segments 2 --block-bytes "$bb" --seed "$seed" --model "$model" 2>"$WORK/mix$seed.err") \
+    || fail "put of $bb-byte blocks after others: $out"
+done
+for spec in "4096 21 small" "131072 22 big" "4096 23 small" "20000 24 odd"; do
+  read -r bb seed model <<<"$spec"
+  out=$(KVSHARE_POOL=$mix "$PEER" fetch --from-pool --blocks 40 --segments 2 --block-bytes "$bb" --seed "$seed" --model "$model" --batch 40 2>/dev/null) \
+    || fail "fetch of $bb-byte blocks: $out"
+  [ "$out" = "ok hits=40 bytes=$((40 * bb)) status=OK" ] || fail "$bb-byte blocks, seed $seed: $out"
+done
+ok "one node stores and serves blocks of 4096, 131072 and 20000 bytes side by side, put in turns"
+
 # --- three nodes: each chain lives on one node; all chains come back.
 # Chain s has 30+s blocks, so each node's log ("stored N of N") says which
 # chains it holds.
