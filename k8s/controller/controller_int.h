@@ -279,6 +279,7 @@ typedef struct kvsc_kube_cfg {
     const char *api;        /* "https://host:port", no trailing slash needed */
     const char *ca_file;    /* PEM bundle to verify the API server; NULL: system CAs */
     const char *token_file; /* bearer token, re-read when it changes; NULL: none */
+    int allow_http;         /* let curl speak plain http (--insecure-kube-api); else https only */
     int verbose;
 } kvsc_kube_cfg_t;
 

@@ -63,6 +63,9 @@ static void usage(FILE *f)
             "KUBERNETES_SERVICE_HOST/PORT and "
             "/var/run/secrets/kubernetes.io/serviceaccount):\n"
             "  --kube-api URL         API server base URL, e.g. https://127.0.0.1:6443\n"
+            "  --insecure-kube-api    allow an http:// --kube-api (the bearer token then travels\n"
+            "                         in cleartext; for tests only, logs a warning). Without\n"
+            "                         it an http:// URL is refused with exit status 2.\n"
             "  --kube-ca FILE         PEM CA bundle that signed the API server's certificate\n"
             "  --kube-token-file FILE bearer token, re-read on every request (rotation)\n"
             "  --namespace NS         watch pools in NS only (default: all namespaces)\n"
@@ -122,6 +125,7 @@ int main(int argc, char **argv)
         OPT_RELOAD,
         OPT_VERBOSE,
         OPT_KUBE_API,
+        OPT_INSECURE_KUBE_API,
         OPT_KUBE_CA,
         OPT_KUBE_TOKEN,
         OPT_NAMESPACE,
@@ -142,6 +146,7 @@ int main(int argc, char **argv)
         {"no-reconcile", no_argument, NULL, OPT_NORECONCILE},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
         {"kube-api", required_argument, NULL, OPT_KUBE_API},
+        {"insecure-kube-api", no_argument, NULL, OPT_INSECURE_KUBE_API},
         {"kube-ca", required_argument, NULL, OPT_KUBE_CA},
         {"kube-token-file", required_argument, NULL, OPT_KUBE_TOKEN},
         {"namespace", required_argument, NULL, OPT_NAMESPACE},
@@ -160,7 +165,7 @@ int main(int argc, char **argv)
     };
     unsigned reload_s = 1, backoff_max_s = 30, resync_s = 600, watch_timeout_s = 300;
     const char *kube_api = NULL, *kube_ca = NULL, *kube_token = NULL, *namespace_ = NULL;
-    int no_reconcile = 0, c;
+    int no_reconcile = 0, insecure_kube_api = 0, c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case OPT_LISTEN:
@@ -202,11 +207,16 @@ int main(int argc, char **argv)
             break;
         case OPT_KUBE_API:
             if (strncmp(optarg, "https://", 8) != 0 && strncmp(optarg, "http://", 7) != 0) {
-                fprintf(stderr, "kvshare-controller: --kube-api %s: want an https:// URL\n",
+                fprintf(stderr,
+                        "kvshare-controller: --kube-api %s: want an https:// URL (http:// "
+                        "only with --insecure-kube-api)\n",
                         optarg);
                 return 2;
             }
             kube_api = optarg;
+            break;
+        case OPT_INSECURE_KUBE_API:
+            insecure_kube_api = 1;
             break;
         case OPT_KUBE_CA:
             kube_ca = optarg;
@@ -259,7 +269,24 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvshare-controller: --tls-cert and --tls-key are required (see --help)\n");
         return 2;
     }
-    kvsc_kube_cfg_t kcfg = {.api = kube_api, .verbose = cfg.verbose};
+    /* Every request carries the ServiceAccount's bearer token: over http anyone on the path
+     * reads it and can act as the controller (patch Deployments in every namespace). */
+    if (!no_reconcile && kube_api != NULL && strncmp(kube_api, "http://", 7) == 0) {
+        if (!insecure_kube_api) {
+            fprintf(stderr,
+                    "kvshare-controller: --kube-api %s: refusing a plain http:// API server, "
+                    "which would send the bearer token in cleartext; use https://, or pass "
+                    "--insecure-kube-api (tests only)\n",
+                    kube_api);
+            return 2;
+        }
+        fprintf(stderr,
+                "kvshare-controller: warning: --insecure-kube-api: talking to %s over plain "
+                "http; the bearer token is sent in cleartext\n",
+                kube_api);
+    }
+    kvsc_kube_cfg_t kcfg = {
+        .api = kube_api, .allow_http = insecure_kube_api, .verbose = cfg.verbose};
     char incluster_api[300];
     if (!no_reconcile && kube_api == NULL &&
         kvsc_kube_incluster_cfg(&kcfg, incluster_api, sizeof(incluster_api)) != KVSC_OK) {
