@@ -316,6 +316,7 @@ int main(int argc, char **argv)
     kvsc_server_t *server = NULL;
     kvsc_kube_t *kube = NULL;
     kvsc_reconciler_t *rec = NULL;
+    kvsc_pool_auth_cache_t *pool_auth = NULL;
     int rc = 1;
     /* Before any thread: curl_global_init is not thread-safe on every build. */
     if (!no_reconcile && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -327,12 +328,20 @@ int main(int argc, char **argv)
         goto out_curl;
     }
     if (!no_reconcile) {
+        /* The webhook learns each pool's authSecretRef from the reconciler's reads. */
+        if (kvsc_pool_auth_cache_create(&pool_auth) != KVSC_OK) {
+            fprintf(stderr, "kvshare-controller: out of memory\n");
+            goto out_metrics;
+        }
+        cfg.inject.pool_auth = kvsc_pool_auth_cache_lookup;
+        cfg.inject.pool_auth_ud = pool_auth;
         kvsc_reconciler_cfg_t rcfg = {
             .build = {.image = cfg.inject.image, .listen_port = cfg.inject.listen_port},
             .namespace_ = namespace_,
             .backoff_max_ms = backoff_max_s * 1000u,
             .resync_s = resync_s,
             .watch_timeout_s = watch_timeout_s,
+            .pool_auth = pool_auth,
             .verbose = cfg.verbose,
         };
         if (kvsc_kube_create(&kcfg, &kube) != KVSC_OK) {
@@ -373,6 +382,7 @@ out_rec:
 out_kube:
     kvsc_kube_destroy(kube);
 out_metrics:
+    kvsc_pool_auth_cache_destroy(pool_auth);
     kvsc_metrics_destroy(metrics);
 out_curl:
     if (!no_reconcile) {
