@@ -10,6 +10,10 @@
 
 /* The API server refuses objects larger than this, so no honest review is bigger. */
 #define KVSC_MAX_BODY ((size_t)3 * 1024 * 1024)
+/* Default of --max-body-memory: 32 MiB, ten full-size reviews in flight. It fits the 128 MiB
+ * limit of k8s/deploy/deployment.yaml with what a review costs besides its body (the parsed
+ * tree and the patch; docs/controller.md has the arithmetic). */
+#define KVSC_DEFAULT_BODY_BUDGET ((size_t)32 * 1024 * 1024)
 
 #define KVSC_LABEL_INJECT        "kvshare.io/inject"
 #define KVSC_LABEL_ROLE          "kvshare.io/role"
@@ -86,6 +90,7 @@ typedef enum {
     KVSC_RESULT_BAD_METHOD,  /* 405 */
     KVSC_RESULT_NOT_FOUND,   /* 404 */
     KVSC_RESULT_ERROR,       /* 500: out of memory */
+    KVSC_RESULT_BUSY,        /* 429: the request-body memory budget is spent; retry later */
     KVSC_RESULT_COUNT
 } kvsc_result_t;
 
@@ -160,6 +165,9 @@ typedef struct kvsc_server_cfg {
     const char *cert_file; /* PEM certificate (chain), reloaded when it changes */
     const char *key_file;  /* PEM private key, reloaded with the certificate */
     unsigned threads;      /* worker threads; 0 means one per CPU */
+    /* Bytes that request bodies may hold at once, across every connection; a request that
+     * would go past it gets 429 with Retry-After. 0: KVSC_DEFAULT_BODY_BUDGET. */
+    size_t body_budget;
     int verbose;
     kvsc_inject_cfg_t inject;
 } kvsc_server_cfg_t;

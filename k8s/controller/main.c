@@ -57,6 +57,9 @@ static void usage(FILE *f)
             "  --listen-port PORT     kvshare data port put in KVSHARE_LISTEN, and the port cache\n"
             "                         nodes listen on (default %u)\n"
             "  --threads N            server threads (default: one per CPU)\n"
+            "  --max-body-memory MIB  request bodies held at once, over all connections, in\n"
+            "                         MiB (default %zu, sized to the 128 MiB memory limit in\n"
+            "                         k8s/deploy). A review past it gets 429 with Retry-After.\n"
             "  --no-reconcile         run the webhook alone, with no API server connection.\n"
             "\n"
             "Reconciler options (API access defaults to the in-cluster ServiceAccount:\n"
@@ -79,7 +82,7 @@ static void usage(FILE *f)
             "SIGTERM or SIGINT: stop accepting, finish, exit 0. Exit 1: runtime failure\n"
             "(bind, certificate, unreadable API CA or token file). Exit 2: bad usage, or no\n"
             "API server to reconcile against (not in a cluster and no --kube-api).\n",
-            KVSC_DEFAULT_LISTEN_PORT);
+            KVSC_DEFAULT_LISTEN_PORT, KVSC_DEFAULT_BODY_BUDGET / (1024 * 1024));
 }
 
 static int parse_uint(const char *flag, const char *s, unsigned long min, unsigned long max,
@@ -121,6 +124,7 @@ int main(int argc, char **argv)
         OPT_IMAGE,
         OPT_LPORT,
         OPT_THREADS,
+        OPT_MAX_BODY_MEMORY,
         OPT_NORECONCILE,
         OPT_RELOAD,
         OPT_VERBOSE,
@@ -142,6 +146,7 @@ int main(int argc, char **argv)
         {"image", required_argument, NULL, OPT_IMAGE},
         {"listen-port", required_argument, NULL, OPT_LPORT},
         {"threads", required_argument, NULL, OPT_THREADS},
+        {"max-body-memory", required_argument, NULL, OPT_MAX_BODY_MEMORY},
         {"reload-interval", required_argument, NULL, OPT_RELOAD},
         {"no-reconcile", no_argument, NULL, OPT_NORECONCILE},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
@@ -194,6 +199,14 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case OPT_MAX_BODY_MEMORY: {
+            unsigned mib;
+            if (parse_uint("--max-body-memory", optarg, 1, 65536, &mib) != 0) {
+                return 2;
+            }
+            cfg.body_budget = (size_t)mib * 1024 * 1024;
+            break;
+        }
         case OPT_RELOAD:
             if (parse_uint("--reload-interval", optarg, 1, 3600, &reload_s) != 0) {
                 return 2;
