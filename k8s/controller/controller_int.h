@@ -10,12 +10,19 @@
 
 /* The API server refuses objects larger than this, so no honest review is bigger. */
 #define KVSC_MAX_BODY ((size_t)3 * 1024 * 1024)
+/* Default of --max-body-memory: 32 MiB, ten full-size reviews in flight. It fits the 128 MiB
+ * limit of k8s/deploy/deployment.yaml with what a review costs besides its body (the parsed
+ * tree and the patch; docs/controller.md has the arithmetic). */
+#define KVSC_DEFAULT_BODY_BUDGET ((size_t)32 * 1024 * 1024)
 
 #define KVSC_LABEL_INJECT        "kvshare.io/inject"
 #define KVSC_LABEL_ROLE          "kvshare.io/role"
 #define KVSC_ANNOT_POOL          "kvshare.io/pool"
 #define KVSC_ANNOT_AUTH_SECRET   "kvshare.io/auth-secret"
 #define KVSC_ANNOT_INJECTED      "kvshare.io/injected"
+/* Set by the webhook: where the pod's kvshare token comes from ("secret:<name>/<key>"),
+ * "none" (the pool is open), or "missing" (kvshare in the pod will refuse to start). */
+#define KVSC_ANNOT_INJECTED_AUTH "kvshare.io/injected-auth"
 #define KVSC_INIT_NAME           "kvshare-init"
 #define KVSC_VOLUME_LIB          "kvshare-lib"
 #define KVSC_VOLUME_AUTH         "kvshare-auth"
@@ -35,12 +42,42 @@ typedef enum {
 
 const char *kvsc_status_string(kvsc_status_t status);
 
+/* How a pod's KVCachePool authenticates, as far as the controller knows. */
+typedef enum {
+    KVSC_POOL_AUTH_UNKNOWN = 0, /* no such pool seen (not created yet, or no reconciler) */
+    KVSC_POOL_AUTH_SECRET,      /* spec.authSecretRef: secret and key filled */
+    KVSC_POOL_AUTH_OPEN,        /* no authSecretRef: the pool runs with KVSHARE_AUTH=none */
+} kvsc_pool_auth_t;
+
+/* Look up pool ns/name; fills secret and key (NUL-terminated) for KVSC_POOL_AUTH_SECRET.
+ * Must be thread-safe. */
+typedef kvsc_pool_auth_t (*kvsc_pool_auth_fn)(void *ud, const char *ns, const char *name,
+                                              char *secret, size_t secret_len, char *key,
+                                              size_t key_len);
+
 /* What the injector needs to know; all strings are borrowed for the call. */
 typedef struct kvsc_inject_cfg {
     const char *image;    /* image of the init container that carries the shim */
     const char *version;  /* value of the kvshare.io/injected annotation */
     unsigned listen_port; /* port in KVSHARE_LISTEN */
+    kvsc_pool_auth_fn pool_auth; /* NULL: every pool is KVSC_POOL_AUTH_UNKNOWN */
+    void *pool_auth_ud;
 } kvsc_inject_cfg_t;
+
+/* The reconciler's record of every pool's authSecretRef (kvsc_pool_auth_cache_lookup is a
+ * kvsc_pool_auth_fn over it). Thread-safe. */
+typedef struct kvsc_pool_auth_cache kvsc_pool_auth_cache_t;
+kvsc_status_t kvsc_pool_auth_cache_create(kvsc_pool_auth_cache_t **cache_p);
+void kvsc_pool_auth_cache_destroy(kvsc_pool_auth_cache_t *cache); /* accepts NULL */
+/* Record pool ns/name: secret NULL when it is open (skey NULL: "token"). Returns 1 when
+ * this changed what was recorded (a new pool, or another Secret, key or mode), 0 when not,
+ * -1 on no memory (the old record stays). */
+int kvsc_pool_auth_cache_set(kvsc_pool_auth_cache_t *cache, const char *ns, const char *name,
+                             const char *secret, const char *skey);
+void kvsc_pool_auth_cache_remove(kvsc_pool_auth_cache_t *cache, const char *ns, const char *name);
+kvsc_pool_auth_t kvsc_pool_auth_cache_lookup(void *cache, const char *ns, const char *name,
+                                             char *secret, size_t secret_len, char *key,
+                                             size_t key_len);
 
 /* How one review ended; the labels of kvshare_webhook_requests_total. Append-only. */
 typedef enum {
@@ -53,6 +90,7 @@ typedef enum {
     KVSC_RESULT_BAD_METHOD,  /* 405 */
     KVSC_RESULT_NOT_FOUND,   /* 404 */
     KVSC_RESULT_ERROR,       /* 500: out of memory */
+    KVSC_RESULT_BUSY,        /* 429: the request-body memory budget is spent; retry later */
     KVSC_RESULT_COUNT
 } kvsc_result_t;
 
@@ -127,6 +165,9 @@ typedef struct kvsc_server_cfg {
     const char *cert_file; /* PEM certificate (chain), reloaded when it changes */
     const char *key_file;  /* PEM private key, reloaded with the certificate */
     unsigned threads;      /* worker threads; 0 means one per CPU */
+    /* Bytes that request bodies may hold at once, across every connection; a request that
+     * would go past it gets 429 with Retry-After. 0: KVSC_DEFAULT_BODY_BUDGET. */
+    size_t body_budget;
     int verbose;
     kvsc_inject_cfg_t inject;
 } kvsc_server_cfg_t;
@@ -178,7 +219,23 @@ typedef struct kvsc_pool {
     long long total_memory_gb;
     long long replicas;
     const char *strategy;
+    /* spec.authSecretRef: the Secret (same namespace) and key holding the token the nodes
+     * and their clients prove; auth_secret NULL: no authSecretRef, the pool runs open. */
+    const char *auth_secret;
+    const char *auth_key; /* default KVSC_AUTH_TOKEN_KEY */
 } kvsc_pool_t;
+
+/* Where a cache node or an injected pod finds the pool's token: the Secret is mounted
+ * read-only (mode 0440) at KVSC_MOUNT_AUTH and KVSHARE_AUTH_TOKEN_FILE is
+ * KVSC_MOUNT_AUTH "/" <key>. */
+#define KVSC_ENV_AUTH_TOKEN_FILE "KVSHARE_AUTH_TOKEN_FILE"
+#define KVSC_ENV_AUTH            "KVSHARE_AUTH"
+#define KVSC_AUTH_MODE           0440
+
+/* Secret names are DNS-1123 subdomains; keys are [-._a-zA-Z0-9]+, not "." or "..", at most
+ * 253 characters. 1 when valid. */
+int kvsc_valid_secret_name(const char *s);
+int kvsc_valid_secret_key(const char *s);
 
 /**
  * Read and validate a KVCachePool object. Defaults: replicas 1, strategy "lru".
@@ -221,11 +278,16 @@ typedef struct kvsc_ready {
     const char *reason; /* CamelCase */
     const char *message;
     long long ready_replicas;
+    /* The Authenticated condition: 0 leaves it out (the spec could not be read); else
+     * True with auth_secret/auth_key, or False (the pool is open) when auth_secret is NULL. */
+    int auth_known;
+    const char *auth_secret;
+    const char *auth_key;
 } kvsc_ready_t;
 
 /**
- * Build the pool's desired .status: readyReplicas, observedGeneration and the Ready
- * condition. lastTransitionTime is kept from current_status while the condition's status
+ * Build the pool's desired .status: readyReplicas, observedGeneration, the Ready condition
+ * and, when ready->auth_known, the Authenticated condition. lastTransitionTime is kept from current_status while the condition's status
  * does not change, so an unchanged pool gives an identical status and no write.
  * @param current_status the pool's .status, or NULL (borrowed).
  * @param now_rfc3339    the time to stamp on a transition.
@@ -279,6 +341,7 @@ typedef struct kvsc_kube_cfg {
     const char *api;        /* "https://host:port", no trailing slash needed */
     const char *ca_file;    /* PEM bundle to verify the API server; NULL: system CAs */
     const char *token_file; /* bearer token, re-read when it changes; NULL: none */
+    int allow_http;         /* let curl speak plain http (--insecure-kube-api); else https only */
     int verbose;
 } kvsc_kube_cfg_t;
 
@@ -332,6 +395,7 @@ typedef struct kvsc_reconciler_cfg {
     unsigned backoff_max_ms;  /* cap of every retry delay */
     unsigned resync_s;        /* relist pools this often */
     unsigned watch_timeout_s; /* longest single watch request */
+    kvsc_pool_auth_cache_t *pool_auth; /* filled from every pool read; may be NULL */
     int verbose;
 } kvsc_reconciler_cfg_t;
 

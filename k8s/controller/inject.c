@@ -15,6 +15,7 @@
 static const char *const kvsc_env_names[] = {
     "KVSHARE_POD_IP", "KVSHARE_POD_NAME", "KVSHARE_ROLE",
     "KVSHARE_POOL",   "KVSHARE_LISTEN",   "KVSHARE_AUTH_TOKEN_FILE",
+    "KVSHARE_AUTH",
 };
 
 static cJSON *obj_get(const cJSON *obj, const char *key)
@@ -133,25 +134,6 @@ static int is_dns_label(const char *s, size_t max)
         }
     }
     return 1;
-}
-
-/* DNS-1123 subdomain (Secret names): labels joined by '.', at most 253 characters. */
-static int is_dns_subdomain(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.') {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.')) {
-            return 0;
-        }
-        if (c == '.' && (s[i + 1] == '.' || s[i + 1] == '-' || s[i - 1] == '-')) {
-            return 0;
-        }
-    }
-    return s[0] != '-' && s[n - 1] != '-';
 }
 
 /* Append {"op":op,"path":path,"value":value} to patch; takes value (NULL: its builder failed). */
@@ -371,6 +353,8 @@ typedef struct {
     const char *role;
     const char *pool_dns; /* NULL when the pod names no pool */
     const char *auth_secret;
+    const char *auth_key; /* the Secret key the token is in */
+    int auth_none;        /* the pool is open: KVSHARE_AUTH=none */
     const char *listen;
 } kvsc_env_plan_t;
 
@@ -478,11 +462,18 @@ static kvsc_status_t patch_container(cJSON *patch, cJSON *warnings, const cJSON 
             e = env_value(name, plan->pool_dns);
         } else if (k == 4) {
             e = env_value(name, plan->listen);
-        } else {
+        } else if (k == 5) {
             if (plan->auth_secret == NULL) {
                 continue;
             }
-            e = env_value(name, KVSC_MOUNT_AUTH "/" KVSC_AUTH_TOKEN_KEY);
+            char *file = fmt_alloc("%s/%s", KVSC_MOUNT_AUTH, plan->auth_key);
+            e = file != NULL ? env_value(name, file) : NULL;
+            cJSON_free(file);
+        } else {
+            if (!plan->auth_none) {
+                continue;
+            }
+            e = env_value(name, "none");
         }
         status = add_opf(patch, "add", e, "%s/env/-", base);
         if (status != KVSC_OK) {
@@ -523,6 +514,8 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
     kvsc_status_t status = KVSC_OK;
     cJSON *patch = NULL;
     char *pool_dns = NULL, *listen = NULL, *annot_key = NULL, *annot_path = NULL;
+    char *auth_key = NULL, *auth_path = NULL, *auth_mode = NULL;
+    char pool_secret[256], pool_skey[256];
 
     const cJSON *meta = obj_get(pod, "metadata");
     const cJSON *labels = obj_get(meta, "labels");
@@ -567,12 +560,56 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
         goto out_no_patch;
     }
     const char *secret = str_get(annotations, KVSC_ANNOT_AUTH_SECRET);
-    if (secret != NULL && !is_dns_subdomain(secret)) {
+    if (secret != NULL && !kvsc_valid_secret_name(secret)) {
         status = warn(warnings,
                       "kvshare: invalid kvshare.io/auth-secret \"%s\" (want a Secret name); pod "
                       "not injected",
                       secret);
         goto out_no_patch;
+    }
+    /* Where the token comes from. The annotation names the Secret outright (key "token");
+     * otherwise the pool's spec.authSecretRef, as the reconciler last read it. A pool the
+     * controller does not know gets no token and no KVSHARE_AUTH=none: kvshare in the pod
+     * refuses to start (auth is on by default), the annotation kvshare.io/injected-auth says
+     * "missing", and the review warns. It never joins a pool unauthenticated unnoticed. */
+    const char *skey = KVSC_AUTH_TOKEN_KEY;
+    int auth_none = 0;
+    kvsc_pool_auth_t pa = KVSC_POOL_AUTH_UNKNOWN;
+    if (pool != NULL && cfg->pool_auth != NULL) {
+        const char *ns = namespace_ != NULL && namespace_[0] != '\0' ? namespace_
+                                                                      : str_get(meta, "namespace");
+        pa = cfg->pool_auth(cfg->pool_auth_ud, ns != NULL && ns[0] != '\0' ? ns : "default", pool,
+                            pool_secret, sizeof(pool_secret), pool_skey, sizeof(pool_skey));
+    }
+    if (secret != NULL) {
+        if (pa == KVSC_POOL_AUTH_OPEN ||
+            (pa == KVSC_POOL_AUTH_SECRET && (strcmp(pool_secret, secret) != 0 ||
+                                             strcmp(pool_skey, KVSC_AUTH_TOKEN_KEY) != 0))) {
+            status = warn(warnings,
+                          "kvshare: kvshare.io/auth-secret differs from KVCachePool %s's "
+                          "spec.authSecretRef; the annotation wins, and the pool's nodes may "
+                          "refuse this pod",
+                          pool);
+        }
+    } else if (pool != NULL && pa == KVSC_POOL_AUTH_SECRET) {
+        secret = pool_secret;
+        skey = pool_skey;
+    } else if (pool != NULL && pa == KVSC_POOL_AUTH_OPEN) {
+        auth_none = 1;
+        status = warn(warnings,
+                      "kvshare: KVCachePool %s has no spec.authSecretRef: the pod joins it with "
+                      "KVSHARE_AUTH=none, unauthenticated",
+                      pool);
+    } else if (pool != NULL) {
+        status = warn(warnings,
+                      "kvshare: KVCachePool %s is not known to the controller (not created yet, "
+                      "invalid, or --no-reconcile): no auth token wired, so kvshare in this pod "
+                      "will refuse to start; recreate the pod once the pool exists, or set "
+                      "kvshare.io/auth-secret",
+                      pool);
+    }
+    if (status != KVSC_OK) {
+        goto out_free;
     }
     const cJSON *volumes = obj_get(spec, "volumes");
     if (array_has_name(volumes, KVSC_VOLUME_LIB) || array_has_name(volumes, KVSC_VOLUME_AUTH) ||
@@ -597,9 +634,13 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
     listen = fmt_alloc("$(KVSHARE_POD_IP):%u", cfg->listen_port);
     annot_key = kvsc_json_pointer_escape(KVSC_ANNOT_INJECTED);
     annot_path = annot_key != NULL ? fmt_alloc("/metadata/annotations/%s", annot_key) : NULL;
+    auth_key = kvsc_json_pointer_escape(KVSC_ANNOT_INJECTED_AUTH);
+    auth_path = auth_key != NULL ? fmt_alloc("/metadata/annotations/%s", auth_key) : NULL;
+    auth_mode = secret != NULL ? fmt_alloc("secret:%s/%s", secret, skey)
+                               : fmt_alloc("%s", auth_none ? "none" : "missing");
     patch = cJSON_CreateArray();
     if ((pool != NULL && pool_dns == NULL) || listen == NULL || annot_path == NULL ||
-        patch == NULL) {
+        auth_path == NULL || auth_mode == NULL || patch == NULL) {
         status = KVSC_ERR_NO_MEMORY;
         goto out_free;
     }
@@ -626,8 +667,12 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
     if (status == KVSC_OK) {
         status = add_op(patch, "add", "/spec/initContainers/-", init_container(cfg));
     }
-    kvsc_env_plan_t plan = {
-        .role = role, .pool_dns = pool_dns, .auth_secret = secret, .listen = listen};
+    kvsc_env_plan_t plan = {.role = role,
+                            .pool_dns = pool_dns,
+                            .auth_secret = secret,
+                            .auth_key = skey,
+                            .auth_none = auth_none,
+                            .listen = listen};
     int idx = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, containers)
@@ -636,6 +681,9 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
             break;
         }
         status = patch_container(patch, warnings, c, idx++, &plan);
+    }
+    if (status == KVSC_OK) {
+        status = add_op(patch, "add", auth_path, cJSON_CreateString(auth_mode));
     }
     if (status == KVSC_OK) {
         /* Last, so a pod is only marked once everything else is in the same patch. */
@@ -656,6 +704,9 @@ out_free:
     cJSON_Delete(patch);
     cJSON_free(annot_path);
     cJSON_free(annot_key);
+    cJSON_free(auth_mode);
+    cJSON_free(auth_path);
+    cJSON_free(auth_key);
     cJSON_free(listen);
     cJSON_free(pool_dns);
     return status;

@@ -19,6 +19,7 @@
 
 struct kvsc_kube {
     char *api, *ca_file, *token_file;
+    int allow_http;
     int verbose;
     atomic_int cancelled;
 };
@@ -106,6 +107,7 @@ kvsc_status_t kvsc_kube_create(const kvsc_kube_cfg_t *cfg, kvsc_kube_t **kube_p)
     ok = k->api != NULL;
     k->ca_file = dup_or_null(cfg->ca_file, &ok);
     k->token_file = dup_or_null(cfg->token_file, &ok);
+    k->allow_http = cfg->allow_http;
     k->verbose = cfg->verbose;
     atomic_init(&k->cancelled, 0);
     if (!ok) {
@@ -273,7 +275,9 @@ static kvsc_status_t setup(kvsc_kube_conn_t *c, const char *method, const char *
     curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, xferinfo);
     curl_easy_setopt(e, CURLOPT_XFERINFODATA, k);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http");
+    /* https only, so neither a URL nor anything else can send the token in cleartext;
+     * http needs --insecure-kube-api. */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, k->allow_http ? "https,http" : "https");
     if (k->ca_file != NULL) {
         curl_easy_setopt(e, CURLOPT_CAINFO, k->ca_file);
     }

@@ -57,12 +57,18 @@ static void usage(FILE *f)
             "  --listen-port PORT     kvshare data port put in KVSHARE_LISTEN, and the port cache\n"
             "                         nodes listen on (default %u)\n"
             "  --threads N            server threads (default: one per CPU)\n"
+            "  --max-body-memory MIB  request bodies held at once, over all connections, in\n"
+            "                         MiB (default %zu, sized to the 128 MiB memory limit in\n"
+            "                         k8s/deploy). A review past it gets 429 with Retry-After.\n"
             "  --no-reconcile         run the webhook alone, with no API server connection.\n"
             "\n"
             "Reconciler options (API access defaults to the in-cluster ServiceAccount:\n"
             "KUBERNETES_SERVICE_HOST/PORT and "
             "/var/run/secrets/kubernetes.io/serviceaccount):\n"
             "  --kube-api URL         API server base URL, e.g. https://127.0.0.1:6443\n"
+            "  --insecure-kube-api    allow an http:// --kube-api (the bearer token then travels\n"
+            "                         in cleartext; for tests only, logs a warning). Without\n"
+            "                         it an http:// URL is refused with exit status 2.\n"
             "  --kube-ca FILE         PEM CA bundle that signed the API server's certificate\n"
             "  --kube-token-file FILE bearer token, re-read on every request (rotation)\n"
             "  --namespace NS         watch pools in NS only (default: all namespaces)\n"
@@ -76,7 +82,7 @@ static void usage(FILE *f)
             "SIGTERM or SIGINT: stop accepting, finish, exit 0. Exit 1: runtime failure\n"
             "(bind, certificate, unreadable API CA or token file). Exit 2: bad usage, or no\n"
             "API server to reconcile against (not in a cluster and no --kube-api).\n",
-            KVSC_DEFAULT_LISTEN_PORT);
+            KVSC_DEFAULT_LISTEN_PORT, KVSC_DEFAULT_BODY_BUDGET / (1024 * 1024));
 }
 
 static int parse_uint(const char *flag, const char *s, unsigned long min, unsigned long max,
@@ -118,10 +124,12 @@ int main(int argc, char **argv)
         OPT_IMAGE,
         OPT_LPORT,
         OPT_THREADS,
+        OPT_MAX_BODY_MEMORY,
         OPT_NORECONCILE,
         OPT_RELOAD,
         OPT_VERBOSE,
         OPT_KUBE_API,
+        OPT_INSECURE_KUBE_API,
         OPT_KUBE_CA,
         OPT_KUBE_TOKEN,
         OPT_NAMESPACE,
@@ -138,10 +146,12 @@ int main(int argc, char **argv)
         {"image", required_argument, NULL, OPT_IMAGE},
         {"listen-port", required_argument, NULL, OPT_LPORT},
         {"threads", required_argument, NULL, OPT_THREADS},
+        {"max-body-memory", required_argument, NULL, OPT_MAX_BODY_MEMORY},
         {"reload-interval", required_argument, NULL, OPT_RELOAD},
         {"no-reconcile", no_argument, NULL, OPT_NORECONCILE},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
         {"kube-api", required_argument, NULL, OPT_KUBE_API},
+        {"insecure-kube-api", no_argument, NULL, OPT_INSECURE_KUBE_API},
         {"kube-ca", required_argument, NULL, OPT_KUBE_CA},
         {"kube-token-file", required_argument, NULL, OPT_KUBE_TOKEN},
         {"namespace", required_argument, NULL, OPT_NAMESPACE},
@@ -160,7 +170,7 @@ int main(int argc, char **argv)
     };
     unsigned reload_s = 1, backoff_max_s = 30, resync_s = 600, watch_timeout_s = 300;
     const char *kube_api = NULL, *kube_ca = NULL, *kube_token = NULL, *namespace_ = NULL;
-    int no_reconcile = 0, c;
+    int no_reconcile = 0, insecure_kube_api = 0, c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case OPT_LISTEN:
@@ -189,6 +199,14 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case OPT_MAX_BODY_MEMORY: {
+            unsigned mib;
+            if (parse_uint("--max-body-memory", optarg, 1, 65536, &mib) != 0) {
+                return 2;
+            }
+            cfg.body_budget = (size_t)mib * 1024 * 1024;
+            break;
+        }
         case OPT_RELOAD:
             if (parse_uint("--reload-interval", optarg, 1, 3600, &reload_s) != 0) {
                 return 2;
@@ -202,11 +220,16 @@ int main(int argc, char **argv)
             break;
         case OPT_KUBE_API:
             if (strncmp(optarg, "https://", 8) != 0 && strncmp(optarg, "http://", 7) != 0) {
-                fprintf(stderr, "kvshare-controller: --kube-api %s: want an https:// URL\n",
+                fprintf(stderr,
+                        "kvshare-controller: --kube-api %s: want an https:// URL (http:// "
+                        "only with --insecure-kube-api)\n",
                         optarg);
                 return 2;
             }
             kube_api = optarg;
+            break;
+        case OPT_INSECURE_KUBE_API:
+            insecure_kube_api = 1;
             break;
         case OPT_KUBE_CA:
             kube_ca = optarg;
@@ -259,7 +282,24 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvshare-controller: --tls-cert and --tls-key are required (see --help)\n");
         return 2;
     }
-    kvsc_kube_cfg_t kcfg = {.api = kube_api, .verbose = cfg.verbose};
+    /* Every request carries the ServiceAccount's bearer token: over http anyone on the path
+     * reads it and can act as the controller (patch Deployments in every namespace). */
+    if (!no_reconcile && kube_api != NULL && strncmp(kube_api, "http://", 7) == 0) {
+        if (!insecure_kube_api) {
+            fprintf(stderr,
+                    "kvshare-controller: --kube-api %s: refusing a plain http:// API server, "
+                    "which would send the bearer token in cleartext; use https://, or pass "
+                    "--insecure-kube-api (tests only)\n",
+                    kube_api);
+            return 2;
+        }
+        fprintf(stderr,
+                "kvshare-controller: warning: --insecure-kube-api: talking to %s over plain "
+                "http; the bearer token is sent in cleartext\n",
+                kube_api);
+    }
+    kvsc_kube_cfg_t kcfg = {
+        .api = kube_api, .allow_http = insecure_kube_api, .verbose = cfg.verbose};
     char incluster_api[300];
     if (!no_reconcile && kube_api == NULL &&
         kvsc_kube_incluster_cfg(&kcfg, incluster_api, sizeof(incluster_api)) != KVSC_OK) {
@@ -289,6 +329,7 @@ int main(int argc, char **argv)
     kvsc_server_t *server = NULL;
     kvsc_kube_t *kube = NULL;
     kvsc_reconciler_t *rec = NULL;
+    kvsc_pool_auth_cache_t *pool_auth = NULL;
     int rc = 1;
     /* Before any thread: curl_global_init is not thread-safe on every build. */
     if (!no_reconcile && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -300,12 +341,20 @@ int main(int argc, char **argv)
         goto out_curl;
     }
     if (!no_reconcile) {
+        /* The webhook learns each pool's authSecretRef from the reconciler's reads. */
+        if (kvsc_pool_auth_cache_create(&pool_auth) != KVSC_OK) {
+            fprintf(stderr, "kvshare-controller: out of memory\n");
+            goto out_metrics;
+        }
+        cfg.inject.pool_auth = kvsc_pool_auth_cache_lookup;
+        cfg.inject.pool_auth_ud = pool_auth;
         kvsc_reconciler_cfg_t rcfg = {
             .build = {.image = cfg.inject.image, .listen_port = cfg.inject.listen_port},
             .namespace_ = namespace_,
             .backoff_max_ms = backoff_max_s * 1000u,
             .resync_s = resync_s,
             .watch_timeout_s = watch_timeout_s,
+            .pool_auth = pool_auth,
             .verbose = cfg.verbose,
         };
         if (kvsc_kube_create(&kcfg, &kube) != KVSC_OK) {
@@ -346,6 +395,7 @@ out_rec:
 out_kube:
     kvsc_kube_destroy(kube);
 out_metrics:
+    kvsc_pool_auth_cache_destroy(pool_auth);
     kvsc_metrics_destroy(metrics);
 out_curl:
     if (!no_reconcile) {

@@ -537,6 +537,46 @@ static cJSON *get_owned(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, int kind
     return NULL;
 }
 
+/* The namespace of a queue key "ns/name", NUL-terminated in a thread-local buffer; *slash_p
+ * points at the '/' (the key always has one: reconcile checked). */
+static const char *pool_ns_name(const char *key, const char **slash_p)
+{
+    static _Thread_local char ns[256];
+    const char *slash = strchr(key, '/');
+    size_t n = (size_t)(slash - key);
+    if (n >= sizeof(ns)) {
+        n = sizeof(ns) - 1;
+    }
+    memcpy(ns, key, n);
+    ns[n] = '\0';
+    *slash_p = slash;
+    return ns;
+}
+
+/* Record the pool's auth for the webhook, and say it once (per process and per change) when
+ * a pool runs open: its nodes serve KV blocks, users' prompts, to anyone who connects. */
+static void note_auth(kvsc_reconciler_t *rec, const char *key, const kvsc_pool_t *pool)
+{
+    int changed = 1;
+    if (rec->cfg.pool_auth != NULL) {
+        changed = kvsc_pool_auth_cache_set(rec->cfg.pool_auth, pool->namespace_, pool->name,
+                                           pool->auth_secret, pool->auth_key);
+    }
+    if (changed == 0) {
+        return;
+    }
+    if (pool->auth_secret == NULL) {
+        fprintf(stderr,
+                "kvshare-controller: warning: KVCachePool %s has no spec.authSecretRef: its "
+                "cache nodes run with KVSHARE_AUTH=none and accept any peer (condition "
+                "Authenticated=False)\n",
+                key);
+    } else if (rec->cfg.verbose) {
+        fprintf(stderr, "kvshare-controller: KVCachePool %s: token from Secret %s key %s\n", key,
+                pool->auth_secret, pool->auth_key);
+    }
+}
+
 static kvsc_rr_t reconcile(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, const char *key)
 {
     kvsc_rr_t res = RR_ERROR;
@@ -557,6 +597,9 @@ static kvsc_rr_t reconcile(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, const
     }
     if (r.code == 404) {
         /* Deleted: the garbage collector removes what it owned (ownerReferences). */
+        if (rec->cfg.pool_auth != NULL) {
+            kvsc_pool_auth_cache_remove(rec->cfg.pool_auth, pool_ns_name(key, &slash), slash + 1);
+        }
         res = RR_OK;
         goto out;
     }
@@ -568,6 +611,10 @@ static kvsc_rr_t reconcile(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, const
     if (kvsc_pool_parse(r.doc, &pool, &reason, msg, sizeof(msg)) != KVSC_OK) {
         /* Report it on the pool and leave its objects alone; a fixed spec is a new event. */
         fprintf(stderr, "kvshare-controller: KVCachePool %s: %s: %s\n", key, reason, msg);
+        if (rec->cfg.pool_auth != NULL) {
+            /* The webhook treats it as unknown: its pods get no token and say so. */
+            kvsc_pool_auth_cache_remove(rec->cfg.pool_auth, pool_ns_name(key, &slash), slash + 1);
+        }
         if (pool.namespace_ == NULL || pool.name == NULL) {
             res = RR_INVALID;
             goto out;
@@ -580,6 +627,7 @@ static kvsc_rr_t reconcile(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, const
         res = write_status(rec, conn, r.doc, &pool, &ready) == 0 ? RR_INVALID : RR_ERROR;
         goto out;
     }
+    note_auth(rec, key, &pool);
     if (kvsc_desired_deployment(&rec->cfg.build, &pool, &want_d) != KVSC_OK ||
         kvsc_desired_service(&rec->cfg.build, &pool, &want_s) != KVSC_OK) {
         goto out;
@@ -602,7 +650,10 @@ static kvsc_rr_t reconcile(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, const
             (kvsc_ready_t){.ready = 0,
                            .reason = ed == ENS_NOT_OWNED ? "DeploymentNotOwned" : "ServiceNotOwned",
                            .message = msg,
-                           .ready_replicas = n};
+                           .ready_replicas = n,
+                           .auth_known = 1,
+                           .auth_secret = pool.auth_secret,
+                           .auth_key = pool.auth_key};
         fprintf(stderr, "kvshare-controller: KVCachePool %s: %s\n", key, msg);
         res = write_status(rec, conn, r.doc, &pool, &ready) == 0 ? RR_NOT_OWNED : RR_ERROR;
         goto out;
@@ -611,7 +662,10 @@ static kvsc_rr_t reconcile(kvsc_reconciler_t *rec, kvsc_kube_conn_t *conn, const
     ready = (kvsc_ready_t){.ready = n >= pool.replicas,
                            .reason = n >= pool.replicas ? "NodesReady" : "NodesNotReady",
                            .message = msg,
-                           .ready_replicas = n};
+                           .ready_replicas = n,
+                           .auth_known = 1,
+                           .auth_secret = pool.auth_secret,
+                           .auth_key = pool.auth_key};
     res = write_status(rec, conn, r.doc, &pool, &ready) == 0 ? RR_OK : RR_ERROR;
 out:
     cJSON_Delete(r.doc);

@@ -97,6 +97,31 @@ kvsc_status_t kvsc_pool_parse(const cJSON *obj, kvsc_pool_t *pool, const char **
         }
         p.strategy = v->valuestring;
     }
+    v = cJSON_GetObjectItemCaseSensitive(spec, "authSecretRef");
+    if (v != NULL && !cJSON_IsNull(v)) {
+        const cJSON *key = cJSON_GetObjectItemCaseSensitive(v, "key");
+        p.auth_secret = cJSON_IsObject(v) ? str_at(v, "name") : NULL;
+        p.auth_key = KVSC_AUTH_TOKEN_KEY;
+        if (p.auth_secret == NULL || !kvsc_valid_secret_name(p.auth_secret)) {
+            p.auth_secret = NULL;
+            *reason_p = "InvalidAuthSecretRef";
+            snprintf(msg, msg_len,
+                     "spec.authSecretRef.name: required, the name of a Secret in the pool's "
+                     "namespace (a DNS-1123 subdomain)");
+            return KVSC_ERR_INVALID;
+        }
+        if (key != NULL && !cJSON_IsNull(key)) {
+            if (!cJSON_IsString(key) || !kvsc_valid_secret_key(key->valuestring)) {
+                p.auth_secret = NULL;
+                *reason_p = "InvalidAuthSecretRef";
+                snprintf(msg, msg_len,
+                         "spec.authSecretRef.key: a Secret key ([-._a-zA-Z0-9]+, at most 253 "
+                         "characters; default \"" KVSC_AUTH_TOKEN_KEY "\")");
+                return KVSC_ERR_INVALID;
+            }
+            p.auth_key = key->valuestring;
+        }
+    }
     *pool = p;
     return KVSC_OK;
 }
@@ -269,6 +294,24 @@ kvsc_status_t kvsc_desired_deployment(const kvsc_rec_cfg_t *cfg, const kvsc_pool
     b_env(&b, env, "KVSHARE_STRATEGY", pool->strategy);
     snprintf(num, sizeof(num), "%lld", pool->replicas);
     b_env(&b, env, "KVSHARE_REPLICAS", num);
+    if (pool->auth_secret != NULL) {
+        char path[sizeof(KVSC_MOUNT_AUTH) + 256];
+        snprintf(path, sizeof(path), KVSC_MOUNT_AUTH "/%s", pool->auth_key);
+        b_env(&b, env, KVSC_ENV_AUTH_TOKEN_FILE, path);
+        cJSON *m = b_obj(&b, b_arr(&b, c, "volumeMounts"), NULL);
+        b_str(&b, m, "name", KVSC_VOLUME_AUTH);
+        b_str(&b, m, "mountPath", KVSC_MOUNT_AUTH);
+        b_bool(&b, m, "readOnly", 1);
+        cJSON *vol = b_obj(&b, b_arr(&b, pspec, "volumes"), NULL);
+        b_str(&b, vol, "name", KVSC_VOLUME_AUTH);
+        cJSON *sec = b_obj(&b, vol, "secret");
+        b_str(&b, sec, "secretName", pool->auth_secret);
+        b_num(&b, sec, "defaultMode", KVSC_AUTH_MODE);
+    } else {
+        /* kvshare refuses to start without a token unless told to run open; a pool without
+         * authSecretRef says so here, and in its Authenticated condition. */
+        b_env(&b, env, KVSC_ENV_AUTH, "none");
+    }
     cJSON *ports = b_arr(&b, c, "ports");
     b_port(&b, ports, "kvshare", cfg->listen_port, 0);
     b_port(&b, ports, "metrics", KVSC_CACHE_METRICS_PORT, 0);
@@ -440,6 +483,36 @@ cJSON *kvsc_desired_status(const cJSON *current, long long generation, const kvs
     b_str(&b, cond, "lastTransitionTime", since);
     b_str(&b, cond, "reason", ready->reason);
     b_str(&b, cond, "message", ready->message);
+    if (ready->auth_known) {
+        const char *astatus = ready->auth_secret != NULL ? "True" : "False";
+        const char *asince = now_rfc3339;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(current, "conditions"))
+        {
+            const char *type = str_at(c, "type"), *st = str_at(c, "status");
+            const char *t = str_at(c, "lastTransitionTime");
+            if (type != NULL && strcmp(type, "Authenticated") == 0 && st != NULL &&
+                strcmp(st, astatus) == 0 && t != NULL) {
+                asince = t;
+            }
+        }
+        char amsg[600];
+        if (ready->auth_secret != NULL) {
+            snprintf(amsg, sizeof(amsg),
+                     "cache nodes and their clients prove the token in Secret %s, key %s",
+                     ready->auth_secret, ready->auth_key);
+        } else {
+            snprintf(amsg, sizeof(amsg),
+                     "spec.authSecretRef is not set: cache nodes run with KVSHARE_AUTH=none and "
+                     "serve KV blocks to any peer that can reach them");
+        }
+        cJSON *acond = b_obj(&b, conds, NULL);
+        b_str(&b, acond, "type", "Authenticated");
+        b_str(&b, acond, "status", astatus);
+        b_num(&b, acond, "observedGeneration", (double)generation);
+        b_str(&b, acond, "lastTransitionTime", asince);
+        b_str(&b, acond, "reason", ready->auth_secret != NULL ? "SecretRef" : "AuthDisabled");
+        b_str(&b, acond, "message", amsg);
+    }
     if (!b.ok) {
         cJSON_Delete(status);
         return NULL;

@@ -39,6 +39,8 @@ struct kvsc_server {
     kvsc_stamp_t stamp;       /* files as they were when that pair was read */
     kvsc_stamp_t bad_stamp;   /* last pair we refused, so we log it once */
     atomic_int ready;
+    size_t body_budget;    /* bytes all request bodies may hold at once */
+    atomic_size_t body_used; /* bytes they hold now (reserved before each allocation) */
 };
 
 enum { ROUTE_MUTATE, ROUTE_HEALTHZ, ROUTE_READYZ, ROUTE_METRICS };
@@ -53,6 +55,8 @@ typedef struct {
     const char *defer_message;
     const char *defer_allow;
     int too_large;
+    int busy;        /* the body budget was spent while reading a chunked body */
+    size_t reserved; /* bytes of the server's body budget this request holds */
     char *buf;
     size_t len, cap;
     uint64_t t0_ns;
@@ -203,6 +207,59 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned code, con
     return ret;
 }
 
+/* Take n more bytes of the body budget for r; 0 when that would pass the budget. */
+static int budget_take(kvsc_server_t *s, kvsc_req_t *r, size_t n)
+{
+    size_t used = atomic_load(&s->body_used);
+    do {
+        if (n > s->body_budget || used > s->body_budget - n) {
+            return 0;
+        }
+    } while (!atomic_compare_exchange_weak(&s->body_used, &used, used + n));
+    r->reserved += n;
+    return 1;
+}
+
+static void budget_release(kvsc_server_t *s, kvsc_req_t *r)
+{
+    if (r->reserved > 0) {
+        atomic_fetch_sub(&s->body_used, r->reserved);
+        r->reserved = 0;
+    }
+}
+
+#define KVSC_BUSY_MESSAGE                                                                          \
+    "server busy: request bodies in flight hold the whole --max-body-memory budget; retry after "  \
+    "1 s"
+
+/* 429 with Retry-After: the budget for request bodies is spent. The API server retries the
+ * call or applies the webhook's failurePolicy; the server keeps serving. */
+static enum MHD_Result send_busy(kvsc_server_t *s, struct MHD_Connection *conn, kvsc_req_t *r)
+{
+    char *body;
+    size_t len;
+    r->responded = 1;
+    kvsc_metrics_observe(s->metrics, KVSC_RESULT_BUSY, now_ns() - r->t0_ns, 0);
+    if (s->cfg->verbose) {
+        fprintf(stderr, "kvshare-controller: /mutate 429 busy (%zu of %zu body bytes held)\n",
+                atomic_load(&s->body_used), s->body_budget);
+    }
+    if (kvsc_error_body(MHD_HTTP_TOO_MANY_REQUESTS, KVSC_BUSY_MESSAGE, &body, &len) != KVSC_OK) {
+        return MHD_NO;
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer_with_free_callback(len, body, free_body);
+    if (resp == NULL) {
+        cJSON_free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_TOO_MANY_REQUESTS, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 /* Reply with {"error":message,"code":code} and count it. */
 static enum MHD_Result send_error(kvsc_server_t *s, struct MHD_Connection *conn, kvsc_req_t *r,
                                   unsigned code, kvsc_result_t result, const char *message,
@@ -312,6 +369,10 @@ static enum MHD_Result begin(kvsc_server_t *s, struct MHD_Connection *conn, kvsc
             return send_error(s, conn, r, MHD_HTTP_CONTENT_TOO_LARGE, KVSC_RESULT_TOO_LARGE,
                               "body too large: an AdmissionReview is at most 3 MiB", NULL);
         }
+        /* The whole body is reserved up front, so a refusal comes before it is sent. */
+        if (!budget_take(s, r, (size_t)n + 1)) {
+            return send_busy(s, conn, r);
+        }
         r->cap = (size_t)n + 1;
         r->buf = cJSON_malloc(r->cap);
         if (r->buf == NULL) {
@@ -321,23 +382,34 @@ static enum MHD_Result begin(kvsc_server_t *s, struct MHD_Connection *conn, kvsc
     return MHD_YES;
 }
 
-static enum MHD_Result append(kvsc_req_t *r, const char *data, size_t n)
+/* Drop the body read so far and what still comes: the answer (413 or 429) goes at the end. */
+static enum MHD_Result drop_body(kvsc_server_t *s, kvsc_req_t *r, int *flag)
 {
-    if (r->too_large) {
+    *flag = 1;
+    cJSON_free(r->buf);
+    r->buf = NULL;
+    r->len = r->cap = 0;
+    budget_release(s, r);
+    return MHD_YES;
+}
+
+static enum MHD_Result append(kvsc_server_t *s, kvsc_req_t *r, const char *data, size_t n)
+{
+    if (r->too_large || r->busy) {
         return MHD_YES;
     }
     if (r->len + n > KVSC_MAX_BODY) {
         /* Keep reading and dropping, so the client gets a 413 rather than a reset. */
-        r->too_large = 1;
-        cJSON_free(r->buf);
-        r->buf = NULL;
-        r->len = r->cap = 0;
-        return MHD_YES;
+        return drop_body(s, r, &r->too_large);
     }
     if (r->len + n + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 16384;
         while (cap < r->len + n + 1) {
             cap *= 2;
+        }
+        /* A body sent without Content-Length (chunked) is reserved as it grows. */
+        if (cap > r->reserved && !budget_take(s, r, cap - r->reserved)) {
+            return drop_body(s, r, &r->busy);
         }
         char *b = cJSON_malloc(cap);
         if (b == NULL) {
@@ -360,6 +432,9 @@ static enum MHD_Result finish_review(kvsc_server_t *s, struct MHD_Connection *co
     if (r->too_large) {
         return send_error(s, conn, r, MHD_HTTP_CONTENT_TOO_LARGE, KVSC_RESULT_TOO_LARGE,
                           "body too large: an AdmissionReview is at most 3 MiB", NULL);
+    }
+    if (r->busy) {
+        return send_busy(s, conn, r);
     }
     kvsc_review_out_t out;
     kvsc_status_t status = kvsc_review(&s->cfg->inject, r->buf, r->len, &out);
@@ -399,7 +474,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        return r->defer_code != 0 || r->route != ROUTE_MUTATE ? MHD_YES : append(r, upload_data, n);
+        return r->defer_code != 0 || r->route != ROUTE_MUTATE ? MHD_YES
+                                                              : append(s, r, upload_data, n);
     }
     if (r->defer_code != 0) {
         return send_error(s, conn, r, r->defer_code, r->defer_result, r->defer_message,
@@ -414,11 +490,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
+    kvsc_server_t *s = cls;
     (void)conn;
     (void)toe;
     kvsc_req_t *r = *req_cls;
     if (r != NULL) {
+        budget_release(s, r);
         cJSON_free(r->buf);
         free(r);
         *req_cls = NULL;
@@ -459,7 +536,7 @@ static struct MHD_Daemon *start_daemon(kvsc_server_t *s, const char *cert, const
         MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_HTTPS_PRIORITIES,
         "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1", MHD_OPTION_THREAD_POOL_SIZE, threads,
         MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, 4096u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, NULL, MHD_OPTION_END);
 }
 
@@ -532,6 +609,8 @@ kvsc_status_t kvsc_server_start(const kvsc_server_cfg_t *cfg, kvsc_metrics_t *me
     s->metrics = metrics;
     s->listen_fd = -1;
     atomic_init(&s->ready, 0);
+    s->body_budget = cfg->body_budget != 0 ? cfg->body_budget : KVSC_DEFAULT_BODY_BUDGET;
+    atomic_init(&s->body_used, 0);
     if (!stat_pair(cfg, &s->stamp)) {
         log_err("stat %s / %s: %s", cfg->cert_file, cfg->key_file, strerror(errno));
         status = KVSC_ERR_IO;

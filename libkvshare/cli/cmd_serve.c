@@ -13,6 +13,8 @@
 
 #ifdef KVS_HAVE_MHD
 #include <microhttpd.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #endif
 
 static void usage(FILE *f)
@@ -32,7 +34,10 @@ static void usage(FILE *f)
                "  --slot-bytes  round block sizes up to multiples of SIZE, so that fewer\n"
                "              arenas hold them (default 0: an arena per exact block size,\n"
                "              at most 16 sizes)\n"
-               "  --metrics   serve Prometheus text on http://HOST:PORT/metrics\n"
+               "  --metrics   serve Prometheus text on http://HOST:PORT/metrics, bound to HOST\n"
+               "              only: an IPv4 or IPv6 literal ([::1]:9090) or a name that\n"
+               "              resolves (its first address); 0.0.0.0 or [::] for every\n"
+               "              interface; port 0 picks one (printed in the listening line)\n"
                "Authentication (on by default): every client and node of the pool must share\n"
                "one token. KVSHARE_AUTH_TOKEN_FILE=PATH names a file holding it (1 to 4096\n"
                "bytes; make one with `head -c 32 /dev/urandom | base64 > token; chmod 600\n"
@@ -124,6 +129,89 @@ static bool capacity_from_env(uint64_t *bytes, char *why, size_t wl)
     return true;
 }
 
+#ifdef KVS_HAVE_MHD
+/* Bind and listen on --metrics HOST:PORT. HOST is an IPv4 literal, a bracketed IPv6 literal
+ * or a name (its first address); the socket is bound to exactly that address. Writes the
+ * bound "host:port" to bound. Returns the socket, or -1 with why filled (bad value: *usage
+ * set to 1; a bind error: 0). */
+static int metrics_listen(const char *spec, char *bound, size_t bound_len, char *why, size_t wl,
+                          int *usage)
+{
+    char host[256];
+    const char *colon = strrchr(spec, ':'), *h = spec, *he = colon;
+    *usage = 1;
+    if (colon == NULL || colon == spec) {
+        snprintf(why, wl, "expected HOST:PORT (e.g. 127.0.0.1:9090 or [::1]:9090)");
+        return -1;
+    }
+    if (spec[0] == '[') {
+        if (he[-1] != ']' || he - spec < 3) {
+            snprintf(why, wl, "an IPv6 address goes in brackets: [ADDR]:PORT");
+            return -1;
+        }
+        h++;
+        he--;
+    } else if (memchr(spec, ':', (size_t)(colon - spec)) != NULL) {
+        snprintf(why, wl, "an IPv6 address goes in brackets: [ADDR]:PORT");
+        return -1;
+    }
+    if ((size_t)(he - h) >= sizeof(host)) {
+        snprintf(why, wl, "host name too long");
+        return -1;
+    }
+    memcpy(host, h, (size_t)(he - h));
+    host[he - h] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || errno != 0 || port > 65535) {
+        snprintf(why, wl, "port '%s': expected an integer from 0 to 65535", colon + 1);
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = spec[0] == '[' ? AF_INET6 : AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG};
+    struct addrinfo *ai = NULL;
+    int rc = getaddrinfo(host, colon + 1, &hints, &ai);
+    if (rc != 0 && rc != EAI_SYSTEM) {
+        /* AI_ADDRCONFIG hides ::1 on hosts without a global IPv6 address; retry without. */
+        hints.ai_flags = AI_NUMERICSERV;
+        rc = getaddrinfo(host, colon + 1, &hints, &ai);
+    }
+    if (rc != 0) {
+        snprintf(why, wl, "cannot resolve host '%s': %s", host,
+                 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+        return -1;
+    }
+    *usage = 0;
+    char nhost[NI_MAXHOST] = "?", nport[NI_MAXSERV] = "?";
+    getnameinfo(ai->ai_addr, ai->ai_addrlen, nhost, sizeof(nhost), nport, sizeof(nport),
+                NI_NUMERICHOST | NI_NUMERICSERV);
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        (ai->ai_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+        snprintf(why, wl, "cannot listen on %s%s%s:%s: %s", ai->ai_family == AF_INET6 ? "[" : "",
+                 nhost, ai->ai_family == AF_INET6 ? "]" : "", nport, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(ai);
+        return -1;
+    }
+    int family = ai->ai_family;
+    freeaddrinfo(ai);
+    struct sockaddr_storage sa;
+    socklen_t salen = sizeof(sa);
+    if (getsockname(fd, (struct sockaddr *)&sa, &salen) == 0)
+        getnameinfo((struct sockaddr *)&sa, salen, nhost, sizeof(nhost), nport, sizeof(nport),
+                    NI_NUMERICHOST | NI_NUMERICSERV);
+    snprintf(bound, bound_len, family == AF_INET6 ? "[%s]:%s" : "%s:%s", nhost, nport);
+    return fd;
+}
+#endif
+
 int kvs_cli_serve(int argc, char **argv)
 {
     const char *listen = "0.0.0.0:18515", *strategy = NULL, *metrics_addr = NULL;
@@ -155,6 +243,27 @@ int kvs_cli_serve(int argc, char **argv)
         }
         i++;
     }
+#ifdef KVS_HAVE_MHD
+    /* Bound before the node starts, so a bad value fails fast and names itself. */
+    int metrics_fd = -1;
+    char metrics_bound[300] = "";
+    if (metrics_addr != NULL) {
+        char mwhy[384];
+        int bad_usage;
+        metrics_fd = metrics_listen(metrics_addr, metrics_bound, sizeof(metrics_bound), mwhy,
+                                    sizeof(mwhy), &bad_usage);
+        if (metrics_fd < 0) {
+            fprintf(stderr, "kvshare serve: --metrics '%s': %s\n", metrics_addr, mwhy);
+            return bad_usage ? 2 : 1;
+        }
+        metrics_addr = metrics_bound;
+    }
+#else
+    if (metrics_addr != NULL) {
+        fprintf(stderr, "kvshare serve: --metrics: built without libmicrohttpd\n");
+        return 2;
+    }
+#endif
     /* Flags become the library's own settings, so one parser checks them. */
     char why[256] = "";
     uint64_t env_cap = 0;
@@ -163,6 +272,10 @@ int kvs_cli_serve(int argc, char **argv)
     else if (capacity_from_env(&env_cap, why, sizeof(why))) {
         if (env_cap == 0) {
             fprintf(stderr, "kvshare serve: %s\n", why);
+#ifdef KVS_HAVE_MHD
+            if (metrics_fd >= 0)
+                close(metrics_fd);
+#endif
             return 2;
         }
         char b[32];
@@ -190,33 +303,30 @@ int kvs_cli_serve(int argc, char **argv)
     kvs_status_t st = kvs_ctx_create(&cp, &ctx);
     if (st != KVS_OK) {
         fprintf(stderr, "kvshare serve: %s\n", err[0] ? err : kvs_status_string(st));
+#ifdef KVS_HAVE_MHD
+        if (metrics_fd >= 0)
+            close(metrics_fd);
+#endif
         return 1;
     }
 #ifdef KVS_HAVE_MHD
     struct MHD_Daemon *mhd = NULL;
 #endif
-    if (metrics_addr != NULL) {
 #ifdef KVS_HAVE_MHD
-        const char *colon = strrchr(metrics_addr, ':');
-        unsigned long port = colon ? strtoul(colon + 1, NULL, 10) : 0;
-        if (colon == NULL || port == 0 || port > 65535) {
-            fprintf(stderr, "kvshare serve: --metrics '%s': expected HOST:PORT\n", metrics_addr);
-            kvs_ctx_destroy(ctx);
-            return 2;
-        }
-        mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port,
-                               NULL, NULL, metrics, ctx, MHD_OPTION_END);
+    if (metrics_fd >= 0) {
+        /* MHD takes the socket we bound (and closes it when stopped). */
+        mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+                               metrics, ctx, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)metrics_fd,
+                               MHD_OPTION_END);
         if (mhd == NULL) {
-            fprintf(stderr, "kvshare serve: --metrics '%s': cannot listen\n", metrics_addr);
+            fprintf(stderr, "kvshare serve: --metrics '%s': cannot start the HTTP server\n",
+                    metrics_addr);
+            close(metrics_fd);
             kvs_ctx_destroy(ctx);
             return 1;
         }
-#else
-        fprintf(stderr, "kvshare serve: --metrics: built without libmicrohttpd\n");
-        kvs_ctx_destroy(ctx);
-        return 2;
-#endif
     }
+#endif
     char addr[300];
     kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
     kvs_stats_t s0 = {0};

@@ -27,4 +27,50 @@ expect 2 "usage: kvshare bench lookup" -- bench lookup --frob
 expect 0 "^0 0-1 [0-9]+ [0-9a-f]{64}$" -- keys --block-tokens 2 7 8 9
 expect 0 "partial block" -- keys --block-tokens 2 7 8 9
 expect 0 "kvshare [0-9]+\.[0-9]+\.[0-9]+" -- version
+# serve --metrics HOST:PORT: bad values are refused before the node starts.
+expect 2 "--metrics 'nocolon': expected HOST:PORT" -- serve --metrics nocolon
+expect 2 "port '99999': expected an integer from 0 to 65535" -- serve --metrics 127.0.0.1:99999
+expect 2 "port 'x': expected an integer" -- serve --metrics 127.0.0.1:x
+expect 2 "IPv6 address goes in brackets" -- serve --metrics ::1:9090
+expect 2 "IPv6 address goes in brackets" -- serve --metrics '[::1:9090'
+expect 2 "cannot resolve host 'no-such-host.invalid'" -- serve --metrics no-such-host.invalid:9090
+
+# serve --metrics 127.0.0.1:0 listens on 127.0.0.1 only, not on every interface: the kernel's
+# socket table shows the loopback address, and another local address (127.0.0.2, which any
+# wildcard socket would answer) refuses the connection.
+metrics_bind() {
+  local tmp pid port hex line ok=1
+  tmp=$(mktemp -d)
+  mkfifo "$tmp/in" "$tmp/err"
+  KVSHARE_AUTH=none KVSHARE_AUTH_TOKEN_FILE= "$k" serve --listen 127.0.0.1:0 --capacity 16MiB --metrics 127.0.0.1:0 \
+    <"$tmp/in" >/dev/null 2>"$tmp/err" &
+  pid=$!
+  exec 9>"$tmp/in" 8<"$tmp/err" # holding stdin open keeps it serving; closing it stops it
+  while IFS= read -r -t 20 line <&8; do # wait for the listening line, 20 s deadline
+    port=$(sed -n 's/.*metrics on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' <<<"$line")
+    [ -n "$port" ] && break
+  done
+  if [ -z "${port:-}" ]; then
+    echo "FAIL: serve --metrics 127.0.0.1:0 printed no 'metrics on 127.0.0.1:PORT' line"; ok=0
+  else
+    hex=$(printf '%04X' "$port")
+    if ! awk -v p=":$hex" '$2 == "0100007F" p && $4 == "0A" {f=1} END {exit !f}' /proc/net/tcp; then
+      echo "FAIL: no LISTEN socket on 127.0.0.1:$port in /proc/net/tcp"; ok=0
+    fi
+    if awk -v p=":$hex" '$2 == "00000000" p {f=1} END {exit !f}' /proc/net/tcp; then
+      echo "FAIL: metrics port $port is bound to 0.0.0.0"; ok=0
+    fi
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "FAIL: metrics not reachable on 127.0.0.1:$port"; ok=0
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.2/$port") 2>/dev/null; then
+      echo "FAIL: metrics reachable on 127.0.0.2:$port (bound to every interface?)"; ok=0
+    fi
+  fi
+  exec 9>&- 8<&-
+  wait "$pid"
+  rm -rf "$tmp"
+  if [ "$ok" = 1 ]; then echo "ok: serve --metrics 127.0.0.1:0 binds 127.0.0.1 only"; else fail=1; fi
+}
+metrics_bind
 exit $fail

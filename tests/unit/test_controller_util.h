@@ -39,10 +39,37 @@ static inline cJSON *kvsc_t_load(const char *name)
     return j;
 }
 
+/* A fake of the reconciler's pool record: in namespace "default" (and "ml"), pool "llama"
+ * takes its token from Secret "llama-token" key "token", pool "keyed" from "keyed-auth" key
+ * "kv.token", pool "open" has no authSecretRef; every other pool is unknown. */
+static inline kvsc_pool_auth_t kvsc_t_pool_auth(void *ud, const char *ns, const char *name,
+                                                char *secret, size_t secret_len, char *key,
+                                                size_t key_len)
+{
+    (void)ud;
+    if (strcmp(ns, "default") != 0 && strcmp(ns, "ml") != 0) {
+        return KVSC_POOL_AUTH_UNKNOWN;
+    }
+    if (strcmp(name, "open") == 0) {
+        return KVSC_POOL_AUTH_OPEN;
+    }
+    const char *s = strcmp(name, "llama") == 0 ? "llama-token"
+                    : strcmp(name, "keyed") == 0 ? "keyed-auth"
+                                                 : NULL;
+    if (s == NULL) {
+        return KVSC_POOL_AUTH_UNKNOWN;
+    }
+    snprintf(secret, secret_len, "%s", s);
+    snprintf(key, key_len, "%s", strcmp(name, "keyed") == 0 ? "kv.token" : "token");
+    return KVSC_POOL_AUTH_SECRET;
+}
+
 static inline const kvsc_inject_cfg_t *kvsc_t_cfg(void)
 {
-    static const kvsc_inject_cfg_t cfg = {
-        .image = "registry.example/kvshare:test", .version = "9.8.7", .listen_port = 18515};
+    static const kvsc_inject_cfg_t cfg = {.image = "registry.example/kvshare:test",
+                                          .version = "9.8.7",
+                                          .listen_port = 18515,
+                                          .pool_auth = kvsc_t_pool_auth};
     return &cfg;
 }
 

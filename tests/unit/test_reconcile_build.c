@@ -330,7 +330,13 @@ static int build_all(const kvsc_pool_t *p)
     cJSON *d = NULL, *s = NULL, *patch = NULL, *st = NULL;
     int ok = kvsc_desired_deployment(&cfg, p, &d) == KVSC_OK &&
              kvsc_desired_service(&cfg, p, &s) == KVSC_OK && (patch = kvsc_update_patch(d)) != NULL;
-    kvsc_ready_t r = {.ready = 1, .reason = "NodesReady", .message = "m", .ready_replicas = 1};
+    kvsc_ready_t r = {.ready = 1,
+                      .reason = "NodesReady",
+                      .message = "m",
+                      .ready_replicas = 1,
+                      .auth_known = 1,
+                      .auth_secret = p->auth_secret,
+                      .auth_key = p->auth_key};
     ok = ok && (st = kvsc_desired_status(NULL, 1, &r, "t")) != NULL;
     cJSON_Delete(d);
     cJSON_Delete(s);
@@ -339,9 +345,9 @@ static int build_all(const kvsc_pool_t *p)
     return ok;
 }
 
-Test(oom, every_allocation_in_the_builders)
+static void oom_walk(const char *spec)
 {
-    cJSON *j = pool_json("{\"totalMemoryGB\":64,\"replicas\":2}");
+    cJSON *j = pool_json(spec);
     kvsc_pool_t p;
     const char *reason;
     char msg[256];
@@ -360,4 +366,193 @@ Test(oom, every_allocation_in_the_builders)
     cJSON_InitHooks(NULL);
     cr_assert_gt(sites, 50, "walked %ld allocation sites", sites);
     cJSON_Delete(j);
+}
+
+Test(oom, every_allocation_in_the_builders)
+{
+    oom_walk("{\"totalMemoryGB\":64,\"replicas\":2}");
+}
+
+Test(oom, every_allocation_in_the_builders_with_an_auth_secret)
+{
+    oom_walk("{\"totalMemoryGB\":64,\"replicas\":2,"
+             "\"authSecretRef\":{\"name\":\"s\",\"key\":\"k\"}}");
+}
+
+/* ---- spec.authSecretRef ---------------------------------------------------------------- */
+
+static const cJSON *find_named(const cJSON *arr, const char *name)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, arr)
+    {
+        if (strcmp(str(e, "name"), name) == 0) {
+            return e;
+        }
+    }
+    return NULL;
+}
+
+Test(pool_parse, auth_secret_ref)
+{
+    cJSON *j = pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"llama-auth\"}}");
+    kvsc_pool_t p;
+    const char *reason;
+    char msg[256];
+    cr_assert_eq(kvsc_pool_parse(j, &p, &reason, msg, sizeof(msg)), KVSC_OK);
+    cr_assert_str_eq(p.auth_secret, "llama-auth");
+    cr_assert_str_eq(p.auth_key, "token", "key defaults to token");
+    cJSON_Delete(j);
+    j = pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"a.b\",\"key\":\"KV_tok.1\"}}");
+    cr_assert_eq(kvsc_pool_parse(j, &p, &reason, msg, sizeof(msg)), KVSC_OK);
+    cr_assert_str_eq(p.auth_secret, "a.b");
+    cr_assert_str_eq(p.auth_key, "KV_tok.1");
+    cJSON_Delete(j);
+    j = pool_json("{\"totalMemoryGB\":8}");
+    cr_assert_eq(kvsc_pool_parse(j, &p, &reason, msg, sizeof(msg)), KVSC_OK);
+    cr_assert_null(p.auth_secret, "no authSecretRef: open");
+    cJSON_Delete(j);
+}
+
+Test(pool_parse, bad_auth_secret_ref_names_the_field)
+{
+    static const char *const bad[][2] = {
+        {"\"authSecretRef\":\"llama-auth\"", "spec.authSecretRef.name"},
+        {"\"authSecretRef\":{}", "spec.authSecretRef.name"},
+        {"\"authSecretRef\":{\"name\":\"Bad_Name\"}", "spec.authSecretRef.name"},
+        {"\"authSecretRef\":{\"name\":\"\"}", "spec.authSecretRef.name"},
+        {"\"authSecretRef\":{\"name\":7}", "spec.authSecretRef.name"},
+        {"\"authSecretRef\":{\"name\":\"ok\",\"key\":\"a/b\"}", "spec.authSecretRef.key"},
+        {"\"authSecretRef\":{\"name\":\"ok\",\"key\":\"..\"}", "spec.authSecretRef.key"},
+        {"\"authSecretRef\":{\"name\":\"ok\",\"key\":\"\"}", "spec.authSecretRef.key"},
+        {"\"authSecretRef\":{\"name\":\"ok\",\"key\":3}", "spec.authSecretRef.key"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char spec[256];
+        snprintf(spec, sizeof(spec), "{\"totalMemoryGB\":8,%s}", bad[i][0]);
+        kvsc_pool_t p;
+        const char *reason = NULL;
+        char msg[256] = "";
+        cr_assert_eq(parse(spec, &p, &reason, msg), KVSC_ERR_INVALID, "%s", spec);
+        cr_assert_str_eq(reason, "InvalidAuthSecretRef", "%s", spec);
+        cr_assert_not_null(strstr(msg, bad[i][1]), "%s: %s", spec, msg);
+    }
+}
+
+Test(desired, deployment_mounts_the_auth_secret)
+{
+    cJSON *j = pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"s1\",\"key\":\"tk\"}}");
+    kvsc_pool_t p;
+    const char *reason;
+    char msg[256];
+    cr_assert_eq(kvsc_pool_parse(j, &p, &reason, msg, sizeof(msg)), KVSC_OK);
+    cJSON *d = NULL;
+    cr_assert_eq(kvsc_desired_deployment(&cfg, &p, &d), KVSC_OK);
+    cr_assert_str_eq(env(d, "KVSHARE_AUTH_TOKEN_FILE"), KVSC_MOUNT_AUTH "/tk");
+    cr_assert_null(env(d, "KVSHARE_AUTH"), "never open with a token");
+    const cJSON *vol = find_named(at(d, "spec.template.spec.volumes"), KVSC_VOLUME_AUTH);
+    cr_assert_not_null(vol);
+    cr_assert_str_eq(str(vol, "secret.secretName"), "s1");
+    cr_assert_eq(at(vol, "secret.defaultMode")->valueint, 0440);
+    const cJSON *m =
+        find_named(at(d, "spec.template.spec.containers.0.volumeMounts"), KVSC_VOLUME_AUTH);
+    cr_assert_not_null(m);
+    cr_assert_str_eq(str(m, "mountPath"), KVSC_MOUNT_AUTH);
+    cr_assert(cJSON_IsTrue(at(m, "readOnly")));
+    /* Another key or Secret is drift: the Deployment gets reapplied. */
+    cJSON *patch = kvsc_update_patch(d);
+    cJSON *j2 = pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"s2\",\"key\":\"tk\"}}");
+    kvsc_pool_t p2;
+    cr_assert_eq(kvsc_pool_parse(j2, &p2, &reason, msg, sizeof(msg)), KVSC_OK);
+    cJSON *d2 = NULL;
+    cr_assert_eq(kvsc_desired_deployment(&cfg, &p2, &d2), KVSC_OK);
+    cr_assert(kvsc_json_subset(patch, d));
+    cr_assert_not(kvsc_json_subset(patch, d2), "a new Secret name is drift");
+    cJSON_Delete(patch);
+    cJSON_Delete(d2);
+    cJSON_Delete(j2);
+    cJSON_Delete(d);
+    cJSON_Delete(j);
+}
+
+Test(desired, open_pool_runs_with_auth_none)
+{
+    cJSON *j = pool_json("{\"totalMemoryGB\":8}");
+    kvsc_pool_t p;
+    const char *reason;
+    char msg[256];
+    cr_assert_eq(kvsc_pool_parse(j, &p, &reason, msg, sizeof(msg)), KVSC_OK);
+    cJSON *d = NULL;
+    cr_assert_eq(kvsc_desired_deployment(&cfg, &p, &d), KVSC_OK);
+    cr_assert_str_eq(env(d, "KVSHARE_AUTH"), "none");
+    cr_assert_null(env(d, "KVSHARE_AUTH_TOKEN_FILE"));
+    cr_assert_null(at(d, "spec.template.spec.volumes"));
+    cJSON_Delete(d);
+    cJSON_Delete(j);
+}
+
+Test(status, authenticated_condition)
+{
+    kvsc_ready_t open = {.ready = 1,
+                         .reason = "NodesReady",
+                         .message = "1 of 1",
+                         .ready_replicas = 1,
+                         .auth_known = 1};
+    cJSON *s1 = kvsc_desired_status(NULL, 2, &open, "2024-01-01T00:00:00Z");
+    cr_assert_str_eq(str(s1, "conditions.1.type"), "Authenticated");
+    cr_assert_str_eq(str(s1, "conditions.1.status"), "False");
+    cr_assert_str_eq(str(s1, "conditions.1.reason"), "AuthDisabled");
+    cr_assert_not_null(strstr(str(s1, "conditions.1.message"), "KVSHARE_AUTH=none"));
+    /* Unchanged: the same document. */
+    cJSON *s2 = kvsc_desired_status(s1, 2, &open, "2024-01-02T00:00:00Z");
+    cr_assert(kvsc_json_subset(s2, s1) && kvsc_json_subset(s1, s2));
+    /* authSecretRef added: True, stamped now; Ready keeps its time. */
+    kvsc_ready_t sec = open;
+    sec.auth_secret = "s";
+    sec.auth_key = "token";
+    cJSON *s3 = kvsc_desired_status(s1, 3, &sec, "2024-01-03T00:00:00Z");
+    cr_assert_str_eq(str(s3, "conditions.1.status"), "True");
+    cr_assert_str_eq(str(s3, "conditions.1.reason"), "SecretRef");
+    cr_assert_not_null(strstr(str(s3, "conditions.1.message"), "Secret s, key token"));
+    cr_assert_str_eq(str(s3, "conditions.1.lastTransitionTime"), "2024-01-03T00:00:00Z");
+    cr_assert_str_eq(str(s3, "conditions.0.lastTransitionTime"), "2024-01-01T00:00:00Z");
+    /* An invalid spec: no Authenticated condition at all. */
+    kvsc_ready_t inv = {.ready = 0, .reason = "InvalidSpec", .message = "m"};
+    cJSON *s4 = kvsc_desired_status(NULL, 1, &inv, "t");
+    cr_assert_eq(cJSON_GetArraySize(at(s4, "conditions")), 1);
+    cJSON_Delete(s1);
+    cJSON_Delete(s2);
+    cJSON_Delete(s3);
+    cJSON_Delete(s4);
+}
+
+Test(pool_auth_cache, set_lookup_remove)
+{
+    kvsc_pool_auth_cache_t *c = NULL;
+    char sec[64], key[64];
+    cr_assert_eq(kvsc_pool_auth_cache_create(&c), KVSC_OK);
+    cr_assert_eq(kvsc_pool_auth_cache_lookup(c, "ml", "a", sec, sizeof(sec), key, sizeof(key)),
+                 KVSC_POOL_AUTH_UNKNOWN);
+    cr_assert_eq(kvsc_pool_auth_cache_set(c, "ml", "a", NULL, NULL), 1, "new: changed");
+    cr_assert_eq(kvsc_pool_auth_cache_set(c, "ml", "a", NULL, NULL), 0, "same: unchanged");
+    cr_assert_eq(kvsc_pool_auth_cache_lookup(c, "ml", "a", sec, sizeof(sec), key, sizeof(key)),
+                 KVSC_POOL_AUTH_OPEN);
+    cr_assert_eq(kvsc_pool_auth_cache_lookup(c, "other", "a", sec, sizeof(sec), key, sizeof(key)),
+                 KVSC_POOL_AUTH_UNKNOWN, "pools are per namespace");
+    cr_assert_eq(kvsc_pool_auth_cache_set(c, "ml", "a", "s", NULL), 1, "open to secret");
+    cr_assert_eq(kvsc_pool_auth_cache_lookup(c, "ml", "a", sec, sizeof(sec), key, sizeof(key)),
+                 KVSC_POOL_AUTH_SECRET);
+    cr_assert_str_eq(sec, "s");
+    cr_assert_str_eq(key, "token");
+    cr_assert_eq(kvsc_pool_auth_cache_set(c, "ml", "a", "s", "k2"), 1, "another key");
+    cr_assert_eq(kvsc_pool_auth_cache_set(c, "ml", "b", "t", "k"), 1);
+    cr_assert_eq(kvsc_pool_auth_cache_lookup(c, "ml", "a", sec, 1, key, sizeof(key)),
+                 KVSC_POOL_AUTH_UNKNOWN, "a buffer too small is not a match");
+    kvsc_pool_auth_cache_remove(c, "ml", "a");
+    cr_assert_eq(kvsc_pool_auth_cache_lookup(c, "ml", "a", sec, sizeof(sec), key, sizeof(key)),
+                 KVSC_POOL_AUTH_UNKNOWN);
+    cr_assert_eq(kvsc_pool_auth_cache_lookup(c, "ml", "b", sec, sizeof(sec), key, sizeof(key)),
+                 KVSC_POOL_AUTH_SECRET);
+    kvsc_pool_auth_cache_destroy(c);
+    kvsc_pool_auth_cache_destroy(NULL);
 }

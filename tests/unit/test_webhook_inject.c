@@ -126,7 +126,11 @@ Test(inject, full_patch_for_the_captured_pod)
                      "metadata.name");
     /* $(VAR) only expands variables defined earlier in the list. */
     cr_assert_lt(index_of(env0, "KVSHARE_POD_IP"), index_of(env0, "KVSHARE_LISTEN"));
-    cr_assert_null(env_named(env0, "KVSHARE_AUTH_TOKEN_FILE"));
+    /* The fixture names pool "llama", whose authSecretRef (in the fake record) is
+     * llama-token/token. */
+    cr_assert_str_eq(get(env_named(env0, "KVSHARE_AUTH_TOKEN_FILE"), "value")->valuestring,
+                     KVSC_MOUNT_AUTH "/token");
+    cr_assert_null(env_named(env0, "KVSHARE_AUTH"));
 
     /* nginx already had LD_PRELOAD: appended to with ':', guarded by a test op. */
     cJSON *env1 = appended_env(patch, 1);
@@ -374,4 +378,150 @@ Test(inject, malformed_specs_are_left_alone)
     cJSON_DeleteItemFromObjectCaseSensitive(spec, "volumes");
     cr_assert_null(inject(kvsc_t_pod(review), "default", NULL));
     cJSON_Delete(review);
+}
+
+/* The secret volume the patch adds, or NULL. */
+static const cJSON *secret_volume(const cJSON *patch)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, patch)
+    {
+        const cJSON *v = get(it, "value");
+        if (strcmp(get(it, "path")->valuestring, "/spec/volumes/-") == 0 &&
+            get(v, "secret") != NULL) {
+            return v;
+        }
+    }
+    return NULL;
+}
+
+/* Inject the captured pod with its kvshare.io/pool set to pool (and optionally an
+ * kvshare.io/auth-secret) in namespace ns, with cfg. */
+static cJSON *inject_pool(const kvsc_inject_cfg_t *cfg, const char *pool, const char *secret,
+                          const char *ns, cJSON **warnings_p)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *annots = get(get(kvsc_t_pod(review), "metadata"), "annotations");
+    cJSON_ReplaceItemInObjectCaseSensitive(annots, "kvshare.io/pool", cJSON_CreateString(pool));
+    if (secret != NULL) {
+        cJSON_AddStringToObject(annots, "kvshare.io/auth-secret", secret);
+    }
+    cJSON *warnings = cJSON_CreateArray();
+    cJSON *patch = NULL;
+    cr_assert_eq(kvsc_inject_patch(cfg, kvsc_t_pod(review), ns, &patch, warnings), KVSC_OK);
+    cr_assert_not_null(patch, "pool %s: injected", pool);
+    *warnings_p = warnings;
+    cJSON_Delete(review);
+    return patch;
+}
+
+static const char *auth_annotation(const cJSON *patch)
+{
+    return value_of(patch, "add", "/metadata/annotations/kvshare.io~1injected-auth")->valuestring;
+}
+
+Test(inject, pool_secret_ref_is_mounted_with_its_key)
+{
+    cJSON *warnings;
+    cJSON *patch = inject_pool(kvsc_t_cfg(), "keyed", NULL, "ml", &warnings);
+    const cJSON *vol = secret_volume(patch);
+    cr_assert_not_null(vol, "the pool's Secret is mounted");
+    cr_assert_str_eq(get(vol, "name")->valuestring, KVSC_VOLUME_AUTH);
+    cr_assert_str_eq(get(get(vol, "secret"), "secretName")->valuestring, "keyed-auth");
+    cr_assert_eq(get(get(vol, "secret"), "defaultMode")->valueint, 0440);
+    for (int c = 0; c < 2; c++) {
+        cJSON *env = appended_env(patch, c);
+        cr_assert_str_eq(get(env_named(env, "KVSHARE_AUTH_TOKEN_FILE"), "value")->valuestring,
+                         KVSC_MOUNT_AUTH "/kv.token");
+        cr_assert_null(env_named(env, "KVSHARE_AUTH"), "never open with a token");
+        cJSON_Delete(env);
+        char path[64];
+        snprintf(path, sizeof(path), "/spec/containers/%d/volumeMounts/-", c);
+        int mounted = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, patch)
+        {
+            const cJSON *v = get(it, "value");
+            if (strcmp(get(it, "path")->valuestring, path) == 0 &&
+                strcmp(get(v, "name")->valuestring, KVSC_VOLUME_AUTH) == 0) {
+                cr_assert_str_eq(get(v, "mountPath")->valuestring, KVSC_MOUNT_AUTH);
+                cr_assert(cJSON_IsTrue(get(v, "readOnly")));
+                mounted = 1;
+            }
+        }
+        cr_assert(mounted, "container %d mounts the Secret", c);
+    }
+    cr_assert_str_eq(auth_annotation(patch), "secret:keyed-auth/kv.token");
+    cr_assert_eq(cJSON_GetArraySize(warnings), 0);
+    cJSON_Delete(warnings);
+    cJSON_Delete(patch);
+}
+
+Test(inject, open_pool_gets_auth_none_and_a_warning)
+{
+    cJSON *warnings;
+    cJSON *patch = inject_pool(kvsc_t_cfg(), "open", NULL, "default", &warnings);
+    cr_assert_null(secret_volume(patch));
+    for (int c = 0; c < 2; c++) {
+        cJSON *env = appended_env(patch, c);
+        cr_assert_str_eq(get(env_named(env, "KVSHARE_AUTH"), "value")->valuestring, "none");
+        cr_assert_null(env_named(env, "KVSHARE_AUTH_TOKEN_FILE"));
+        cJSON_Delete(env);
+    }
+    cr_assert_str_eq(auth_annotation(patch), "none");
+    cr_assert_eq(cJSON_GetArraySize(warnings), 1);
+    const char *w = cJSON_GetArrayItem(warnings, 0)->valuestring;
+    cr_assert(strstr(w, "open") != NULL && strstr(w, "KVSHARE_AUTH=none") != NULL, "%s", w);
+    cJSON_Delete(warnings);
+    cJSON_Delete(patch);
+}
+
+Test(inject, unknown_pool_gets_no_token_a_missing_mark_and_a_warning)
+{
+    /* "llama" is known in "default" only: in "team-b" it is another pool. And a webhook
+     * with no reconciler (no lookup) knows no pool at all. */
+    const kvsc_inject_cfg_t bare = {.image = "i", .version = "v", .listen_port = 1};
+    const struct {
+        const kvsc_inject_cfg_t *cfg;
+        const char *pool, *ns;
+    } cases[] = {{kvsc_t_cfg(), "nosuch", "default"},
+                 {kvsc_t_cfg(), "llama", "team-b"},
+                 {&bare, "llama", "default"}};
+    for (size_t i = 0; i < 3; i++) {
+        cJSON *warnings;
+        cJSON *patch = inject_pool(cases[i].cfg, cases[i].pool, NULL, cases[i].ns, &warnings);
+        cr_assert_null(secret_volume(patch), "case %zu: no Secret", i);
+        for (int c = 0; c < 2; c++) {
+            cJSON *env = appended_env(patch, c);
+            cr_assert_null(env_named(env, "KVSHARE_AUTH_TOKEN_FILE"), "case %zu", i);
+            cr_assert_null(env_named(env, "KVSHARE_AUTH"), "case %zu: never silently open", i);
+            cJSON_Delete(env);
+        }
+        cr_assert_str_eq(auth_annotation(patch), "missing");
+        cr_assert_eq(cJSON_GetArraySize(warnings), 1, "case %zu", i);
+        const char *w = cJSON_GetArrayItem(warnings, 0)->valuestring;
+        cr_assert(strstr(w, cases[i].pool) != NULL && strstr(w, "not known") != NULL &&
+                      strstr(w, "refuse to start") != NULL,
+                  "%s", w);
+        cJSON_Delete(warnings);
+        cJSON_Delete(patch);
+    }
+}
+
+Test(inject, auth_secret_annotation_wins_over_the_pool_and_warns_when_they_differ)
+{
+    cJSON *warnings;
+    cJSON *patch = inject_pool(kvsc_t_cfg(), "llama", "other-token", "default", &warnings);
+    cr_assert_str_eq(get(get(secret_volume(patch), "secret"), "secretName")->valuestring,
+                     "other-token");
+    cr_assert_str_eq(auth_annotation(patch), "secret:other-token/token");
+    cr_assert_eq(cJSON_GetArraySize(warnings), 1);
+    cr_assert_not_null(strstr(cJSON_GetArrayItem(warnings, 0)->valuestring, "differs"));
+    cJSON_Delete(warnings);
+    cJSON_Delete(patch);
+    /* The same Secret as the pool's: no warning. */
+    patch = inject_pool(kvsc_t_cfg(), "llama", "llama-token", "default", &warnings);
+    cr_assert_eq(cJSON_GetArraySize(warnings), 0);
+    cJSON_Delete(warnings);
+    cJSON_Delete(patch);
 }

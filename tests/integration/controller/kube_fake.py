@@ -177,7 +177,8 @@ def matches(obj, selector):
 
 
 class FakeKube:
-    def __init__(self, cert, key, token):
+    def __init__(self, cert, key, token, tls=True):
+        """tls=False serves plain http, for the controller's --insecure-kube-api test."""
         self.token = token
         self.cond = threading.Condition()
         self.rv = 1000
@@ -218,10 +219,12 @@ class FakeKube:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.url = "https://127.0.0.1:%d" % self.httpd.server_address[1]
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http",
+                                          self.httpd.server_address[1])
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

@@ -114,14 +114,26 @@ def main():
     check(spec["properties"]["strategy"]["enum"] == ["lru", "lfu"], "strategy enum lru|lfu")
     check("totalMemoryGB" in spec["properties"] and "replicas" in spec["properties"], "spec fields")
     check({"readyReplicas", "conditions"} <= set(schema["status"]["properties"]), "status fields")
+    ref = spec["properties"].get("authSecretRef", {})
+    check(ref.get("required") == ["name"] and
+          ref.get("properties", {}).get("key", {}).get("default") == "token",
+          "spec.authSecretRef: name required, key defaults to token")
+    check(any("Authenticated" in c["jsonPath"] for c in ver["additionalPrinterColumns"]),
+          "a printer column shows whether the pool is authenticated")
 
     samples = os.path.join(args.root, "k8s/samples")
     seen = set()
+    secrets = {}  # name -> keys, of the Secrets in the samples
+    pools = []
     for name in sorted(os.listdir(samples)):
         with open(os.path.join(samples, name)) as f:
             for d in yaml.safe_load_all(f):
                 seen.add(d["kind"])
+                if d["kind"] == "Secret":
+                    secrets[d["metadata"]["name"]] = set(d.get("stringData", {})) | set(
+                        d.get("data", {}))
                 if d["kind"] == "KVCachePool":
+                    pools.append((name, d))
                     check(d["apiVersion"] == "kvshare.io/v1alpha1", name + ": apiVersion")
                     for field in spec["required"]:
                         check(field in d["spec"], "%s: has %s" % (name, field))
@@ -130,7 +142,7 @@ def main():
                         check(sch is not None, "%s: unknown field %s" % (name, k))
                         if "enum" in sch:
                             check(v in sch["enum"], "%s: %s in enum" % (name, k))
-                        if sch["type"] == "integer":
+                        if sch.get("type") == "integer":
                             check(isinstance(v, int) and v >= sch.get("minimum", v),
                                   "%s: %s integer in range" % (name, k))
                 elif d["kind"] == "Deployment":
@@ -140,6 +152,12 @@ def main():
                           name + ": valid role")
                     check("kvshare.io/pool" in meta.get("annotations", {}), name + ": names a pool")
     check({"KVCachePool", "Deployment"} <= seen, "samples have a pool and vLLM Deployments")
+    # Auth is on by default: the sample pool names a Secret of the samples, and its key.
+    for name, d in pools:
+        ref = d["spec"].get("authSecretRef")
+        check(ref is not None, "%s: the sample pool sets spec.authSecretRef" % name)
+        check(ref["name"] in secrets and ref.get("key", "token") in secrets[ref["name"]],
+              "%s: authSecretRef names a sample Secret and one of its keys" % name)
     print("ok: manifests")
 
 

@@ -48,6 +48,7 @@ def main():
         ctl = Controller(args.controller, hook_crt, hook_key, fake, pki.ca_crt, token_file,
                          "--backoff-max", "1")
         run(fake, ctl)
+        auth(fake, ctl)
         rc = ctl.stop()
         check(rc == 0, "SIGTERM: exit 0, got %r" % rc)
         err = ctl.stderr()
@@ -59,6 +60,103 @@ def main():
             ctl.cleanup()
         fake.stop()
     print("ok: reconcile")
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures",
+                        "admission")
+
+
+def review(ctl, pool, ns=NS):
+    """POST the captured opt-in pod, annotated kvshare.io/pool=pool in ns, to /mutate; returns
+    (pod after the patch, warnings)."""
+    import base64
+    import json
+    import ssl
+    import urllib.request
+    import jsonpatch
+    with open(os.path.join(FIXTURES, "pod-optin.json")) as f:
+        doc = json.load(f)
+    doc["request"]["namespace"] = ns
+    pod = doc["request"]["object"]
+    pod["metadata"]["namespace"] = ns
+    pod["metadata"]["annotations"]["kvshare.io/pool"] = pool
+    req = urllib.request.Request(ctl.base + "/mutate", data=json.dumps(doc).encode(),
+                                 headers={"Content-Type": "application/json"})
+    ctx = ssl.create_default_context(cafile=ctl.ca)
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        resp = json.loads(r.read())["response"]
+    patch = json.loads(base64.b64decode(resp["patch"]))
+    return jsonpatch.apply_patch(pod, patch), resp.get("warnings", [])
+
+
+def auth(fake, ctl):
+    """spec.authSecretRef: the cache nodes mount the Secret, the webhook wires the same Secret
+    into the pool's pods; a pool without it runs open, says so, and so do its pods."""
+    get = fake.get
+    fake.create("kvcachepools", NS, {"metadata": {"name": "secure"}, "spec": {
+        "totalMemoryGB": 8, "authSecretRef": {"name": "secure-auth", "key": "tok"}}})
+    dep = wait_for("Deployment secure-cache", lambda: get("deployments", NS, "secure-cache"))
+    pspec = dep["spec"]["template"]["spec"]
+    vols = [v for v in pspec.get("volumes", []) if "secret" in v]
+    check(len(vols) == 1 and vols[0]["secret"] == {"secretName": "secure-auth",
+                                                   "defaultMode": 0o440},
+          "the node mounts the Secret with mode 0440: %r" % vols)
+    mounts = [m for m in pspec["containers"][0]["volumeMounts"] if m["name"] == vols[0]["name"]]
+    check(mounts and mounts[0]["readOnly"] is True, "mounted read-only: %r" % mounts)
+    env = env_of(dep)
+    check(env.get("KVSHARE_AUTH_TOKEN_FILE") == mounts[0]["mountPath"] + "/tok" and
+          "KVSHARE_AUTH" not in env, "token file is the key's path, never open: %r" % env)
+    wait_for("Authenticated=True", lambda: [c for c in get("kvcachepools", NS, "secure").get(
+        "status", {}).get("conditions", []) if c["type"] == "Authenticated" and
+        c["status"] == "True" and c["reason"] == "SecretRef"])
+
+    # A pool without authSecretRef: open nodes, a False condition, a warning.
+    fake.create("kvcachepools", NS, {"metadata": {"name": "plain"}, "spec": {"totalMemoryGB": 8}})
+    dep = wait_for("Deployment plain-cache", lambda: get("deployments", NS, "plain-cache"))
+    check(env_of(dep).get("KVSHARE_AUTH") == "none" and "volumes" not in dep["spec"]["template"][
+        "spec"], "an open pool's nodes get KVSHARE_AUTH=none and no Secret")
+    wait_for("Authenticated=False", lambda: [c for c in get("kvcachepools", NS, "plain").get(
+        "status", {}).get("conditions", []) if c["type"] == "Authenticated" and
+        c["status"] == "False" and c["reason"] == "AuthDisabled"])
+    check("warning: KVCachePool ml/plain has no spec.authSecretRef" in ctl.stderr(),
+          "the open pool is logged as a warning")
+
+    # The webhook wires the same Secret into the pool's pods.
+    pod, warnings = review(ctl, "secure")
+    vols = [v for v in pod["spec"]["volumes"] if v["name"] == "kvshare-auth"]
+    check([v["secret"] for v in vols] == [{"secretName": "secure-auth", "defaultMode": 0o440}],
+          "pod mounts the pool's Secret: %r" % vols)
+    for c in pod["spec"]["containers"]:
+        e = {x["name"]: x.get("value") for x in c["env"]}
+        check(e.get("KVSHARE_AUTH_TOKEN_FILE") == env["KVSHARE_AUTH_TOKEN_FILE"] and
+              "KVSHARE_AUTH" not in e, "the pod reads the token where the nodes do: %r" % e)
+    check(pod["metadata"]["annotations"]["kvshare.io/injected-auth"] == "secret:secure-auth/tok",
+          "marked with where the token comes from")
+    check(warnings == [], "no warning: %r" % warnings)
+    # An open pool: KVSHARE_AUTH=none, marked and warned. An unknown pool: no token, marked
+    # missing and warned (kvshare in the pod refuses to start), never silently open.
+    pod, warnings = review(ctl, "plain")
+    check(all({x["name"]: x.get("value") for x in c["env"]}.get("KVSHARE_AUTH") == "none"
+              for c in pod["spec"]["containers"]), "open pool: KVSHARE_AUTH=none")
+    check(pod["metadata"]["annotations"]["kvshare.io/injected-auth"] == "none" and
+          any("KVSHARE_AUTH=none" in w for w in warnings), "open pool: marked and warned")
+    for pool, ns in (("nosuch", NS), ("secure", "elsewhere")):
+        pod, warnings = review(ctl, pool, ns)
+        check(not [v for v in pod["spec"]["volumes"] if v["name"] == "kvshare-auth"],
+              "%s/%s: no Secret" % (ns, pool))
+        for c in pod["spec"]["containers"]:
+            e = {x["name"] for x in c["env"]}
+            check(not e & {"KVSHARE_AUTH", "KVSHARE_AUTH_TOKEN_FILE"}, "%s/%s: no auth env: %r"
+                  % (ns, pool, e))
+        check(pod["metadata"]["annotations"]["kvshare.io/injected-auth"] == "missing" and
+              any("not known" in w for w in warnings), "%s/%s: marked missing, warned: %r"
+              % (ns, pool, warnings))
+    # The pool drops its authSecretRef: the nodes and the webhook follow.
+    fake.update("kvcachepools", NS, "secure", lambda o: o["spec"].pop("authSecretRef"))
+    wait_for("secure-cache open", lambda: env_of(get("deployments", NS, "secure-cache")).get(
+        "KVSHARE_AUTH") == "none")
+    wait_for("webhook follows", lambda: review(ctl, "secure")[0]["metadata"]["annotations"][
+        "kvshare.io/injected-auth"] == "none")
 
 
 def run(fake, ctl):

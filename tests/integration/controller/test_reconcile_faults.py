@@ -153,6 +153,10 @@ def cli(binary, pki, work, crt, key):
         r = run(*argv)
         check(r.returncode == 2 and needle in r.stderr, "%s: exit 2 naming %s: %r" %
               (argv, needle, r))
+    # http:// would send the bearer token in cleartext: refused unless --insecure-kube-api.
+    r = run("--kube-api", "http://127.0.0.1:1")
+    check(r.returncode == 2 and "--insecure-kube-api" in r.stderr and "cleartext" in r.stderr,
+          "http:// API server: exit 2 naming --insecure-kube-api: %r" % (r,))
     missing = os.path.join(work, "nope")
     for argv, needle in ((["--kube-api", "https://127.0.0.1:1", "--kube-ca", missing],
                           "nope"),
@@ -163,9 +167,31 @@ def cli(binary, pki, work, crt, key):
               (argv, r))
         check("Sanitizer" not in r.stderr, "no sanitizer report: " + r.stderr)
     r = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
-    for word in ("--kube-api", "--kube-ca", "--kube-token-file", "--namespace", "--backoff-max",
+    for word in ("--kube-api", "--insecure-kube-api", "--kube-ca", "--kube-token-file", "--namespace", "--backoff-max",
                  "--resync", "--no-reconcile", "KUBERNETES_SERVICE_HOST"):
         check(word in r.stdout, "--help documents " + word)
+
+
+def insecure(binary, pki, api_crt, api_key, hook_crt, hook_key, token_file):
+    """--insecure-kube-api lets a plain http API server through, with a warning line."""
+    fake = FakeKube(api_crt, api_key, "tok", tls=False)
+    ctl = None
+    try:
+        check(fake.url.startswith("http://"), "fake serves http: " + fake.url)
+        ctl = Controller(binary, hook_crt, hook_key, fake, pki.ca_crt, token_file,
+                         "--insecure-kube-api", "--namespace", NS)
+        fake.create("kvcachepools", NS, {"metadata": {"name": "h"}, "spec": {"totalMemoryGB": 1}})
+        wait_for("Deployment over http", lambda: replicas(fake, NS, "h") == 1)
+        err = ctl.stderr()
+        check("warning: --insecure-kube-api" in err and "cleartext" in err,
+              "warns that the token goes in cleartext: " + err)
+        check(ctl.stop() == 0, "SIGTERM: exit 0")
+    except AssertionError as e:
+        fail("%s\ncontroller stderr:\n%s" % (e, ctl.stderr() if ctl else ""))
+    finally:
+        if ctl:
+            ctl.cleanup()
+        fake.stop()
 
 
 def main():
@@ -181,6 +207,7 @@ def main():
     with open(token_file, "w") as f:
         f.write("tok\n")
     cli(args.controller, pki, work, hook_crt, hook_key)
+    insecure(args.controller, pki, api_crt, api_key, hook_crt, hook_key, token_file)
     fake = FakeKube(api_crt, api_key, "tok")
     ctl = None
     try:

@@ -103,7 +103,12 @@ def assert_injected(before_review, pod, version):
             check(tok.startswith(mounts[sv[0]["name"]]["mountPath"] + "/"),
                   "token file under the secret mount")
         else:
+            # --no-reconcile knows no pool: no token and never KVSHARE_AUTH=none; the pod is
+            # marked "missing" (kvshare in it refuses to start) and the review warns.
             check("KVSHARE_AUTH_TOKEN_FILE" not in env, "no token without auth-secret")
+            check("KVSHARE_AUTH" not in env, "never silently open")
+            check(pod["metadata"]["annotations"]["kvshare.io/injected-auth"] == "missing",
+                  "marked kvshare.io/injected-auth: missing")
 
 
 def patch_and_check(curl, base, doc, version, tag):

@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Kubernetes name grammars shared by the webhook and the reconciler: Secret names and keys. */
+#include "controller_int.h"
+
+#include <string.h>
+
+int kvsc_valid_secret_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.' || s[0] == '-' || s[n - 1] == '-') {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.')) {
+            return 0;
+        }
+        if (c == '.' && (s[i + 1] == '.' || s[i + 1] == '-' || s[i - 1] == '-')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int kvsc_valid_secret_key(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 253 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_')) {
+            return 0;
+        }
+    }
+    return 1;
+}
