@@ -11,10 +11,12 @@
  *                                              stdin and fetch from --peer once more
  *   kvs_peer put                               offload every block to KVSHARE_POOL
  *   kvs_peer fetch --from-pool                 fetch from the pool instead of a peer
- *   kvs_peer garbage --peer H:P                connect with raw UCX and send malformed
+ *   kvs_peer garbage --peer H:P                connect to the bootstrap port and send malformed
  *                                              messages (the server must stay up)
  * common: --blocks N --block-bytes B --segments S --seed X --model M --zero-copy
  *         --batch K --expect STATUS --timeout-ms T
+ * fetch:  --repeat R (passes), --inflight K (K fetches of --batch blocks in flight at
+ *         once under one lease), --touch H:P (connect to a second peer first)
  * Block i's bytes and key derive from (seed, i), so a wrong block is caught. */
 #include "kvshare.h"
 
@@ -31,9 +33,9 @@
 #include <unistd.h>
 
 typedef struct opts {
-    const char *mode, *listen, *peer, *peer2, *model, *expect;
+    const char *mode, *listen, *peer, *peer2, *model, *expect, *touch;
     bool from_pool;
-    uint32_t blocks, segments, batch, timeout_ms;
+    uint32_t blocks, segments, batch, timeout_ms, inflight, repeat;
     size_t block_bytes;
     uint64_t seed;
     bool zero_copy;
@@ -315,6 +317,74 @@ static int put_mode(const opts_t *o)
     return st == KVS_OK ? 0 : 1;
 }
 
+/* Every block under one lease, then fetches of --batch blocks, --inflight
+ * of them in flight at once, every byte checked: many requests on one
+ * connection at the same time, as an engine's layers would be. */
+static kvs_status_t fetch_burst(kvs_ctx_h ctx, const opts_t *o, pool_t *p, size_t *hits_p,
+                                size_t *bytes_p)
+{
+    uint32_t *dst = malloc(o->blocks * sizeof(*dst));
+    kvs_key_t *keys = malloc(o->blocks * sizeof(*keys));
+    kvs_request_h *reqs = calloc(o->inflight, sizeof(*reqs));
+    for (uint32_t i = 0; i < o->blocks; i++) {
+        keys[i] = key_of(o, i);
+        dst[i] = o->blocks - 1 - i;
+    }
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER |
+                                            KVS_LOOKUP_FIELD_TIMEOUT_MS,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = o->peer,
+                              .timeout_ms = o->timeout_ms};
+    kvs_lease_h lease = NULL;
+    kvs_status_t st = kvs_lookup(ctx, kvs_pool_layout_id(p->h), keys, o->blocks, &lp, &lease);
+    size_t hits = st == KVS_OK ? kvs_lease_hits(lease) : 0;
+    for (uint32_t first = 0; st == KVS_OK && first < hits;) {
+        uint32_t k = 0;
+        for (; k < o->inflight && first < hits; k++) {
+            uint32_t n = (uint32_t)(hits - first < o->batch ? hits - first : o->batch);
+            kvs_fetch_params_t fp = {.field_mask = KVS_FETCH_FIELD_TIMEOUT_MS |
+                                                   KVS_FETCH_FIELD_FIRST,
+                                     .timeout_ms = o->timeout_ms,
+                                     .first = first};
+            kvs_status_t s = kvs_fetch(lease, p->h, dst + first, n, &fp, &reqs[k]);
+            if (s != KVS_OK && st == KVS_OK)
+                st = s;
+            first += n;
+        }
+        for (uint32_t j = 0; j < k; j++) {
+            if (reqs[j] == NULL)
+                continue;
+            kvs_status_t s = kvs_request_wait(reqs[j], -1);
+            if (s != KVS_OK && st == KVS_OK)
+                st = s;
+            kvs_request_free(reqs[j]);
+            reqs[j] = NULL;
+        }
+    }
+    kvs_lease_release(lease);
+    size_t bytes = 0, sb = o->block_bytes / o->segments;
+    uint8_t *want = malloc(sb);
+    for (uint32_t i = 0; st == KVS_OK && i < hits; i++) {
+        for (uint32_t s = 0; s < o->segments; s++) {
+            fill(o, want, i, s, sb);
+            if (memcmp(want, seg_block(o, p, s, dst[i]), sb) != 0) {
+                fprintf(stderr, "kvs_peer: block %u segment %u: wrong bytes\n", i, s);
+                st = KVS_ERR_PROTOCOL;
+                break;
+            }
+            memset(seg_block(o, p, s, dst[i]), 0, sb);
+        }
+        bytes += o->block_bytes;
+    }
+    free(want);
+    free(dst);
+    free(keys);
+    free(reqs);
+    *hits_p = hits;
+    *bytes_p = bytes;
+    return st;
+}
+
 static int fetch_mode(const opts_t *o)
 {
     kvs_ctx_h ctx = make_ctx(NULL);
@@ -323,9 +393,30 @@ static int fetch_mode(const opts_t *o)
     pool_t p;
     if (make_pool(ctx, o, &p) != KVS_OK)
         return 1;
-    size_t hits, bytes;
+    size_t hits = 0, bytes = 0;
     double fail_ms = 0;
-    kvs_status_t st = fetch_all(ctx, o, &p, o->peer, &hits, &bytes, &fail_ms);
+    kvs_status_t st = KVS_OK;
+    if (o->touch != NULL) {
+        /* Open a connection to a second peer first (a hostile one, in the
+         * adversary tests) and keep it while the real fetches run. */
+        kvs_key_t k = key_of(o, 0);
+        kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                                  .sources = KVS_SOURCE_PEER,
+                                  .peer = o->touch};
+        kvs_lease_h l = NULL;
+        kvs_status_t ts = kvs_lookup(ctx, kvs_pool_layout_id(p.h), &k, 1, &lp, &l);
+        fprintf(stderr, "kvs_peer: touched %s: %s\n", o->touch, status_name(ts));
+        kvs_lease_release(l);
+    }
+    uint32_t repeat = o->repeat ? o->repeat : 1;
+    for (uint32_t r = 0; r < repeat && st == KVS_OK; r++) {
+        if (o->inflight > 0)
+            st = fetch_burst(ctx, o, &p, &hits, &bytes);
+        else
+            st = fetch_all(ctx, o, &p, o->peer, &hits, &bytes, &fail_ms);
+        if (st == KVS_OK && hits != o->blocks)
+            break;
+    }
     printf("%s hits=%zu bytes=%zu status=%s\n", st == KVS_OK && hits == o->blocks ? "ok" : "done",
            hits, bytes, status_name(st));
     kvs_pool_destroy(p.h);
@@ -461,6 +552,12 @@ int main(int argc, char **argv)
             o.listen = v;
         else if (strcmp(a, "--peer") == 0)
             o.peer = v;
+        else if (strcmp(a, "--touch") == 0)
+            o.touch = v;
+        else if (strcmp(a, "--inflight") == 0)
+            o.inflight = (uint32_t)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--repeat") == 0)
+            o.repeat = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--peer2") == 0)
             o.peer2 = v;
         else if (strcmp(a, "--model") == 0)
