@@ -781,6 +781,8 @@ static void on_am(void *arg, const void *hdr, size_t hlen, void *data, size_t le
     m->buf = buf;
     m->len = KVS_PROTO_HDR_LEN + len;
     if (rndv) {
+        kvs__debug(pp->log, "peer %s: receiving a %zu-byte message (type %u) by rendezvous",
+                   c->peer, len, h.type);
         kvs_status_t st =
             pp->ops->am_recv(pp->tl, data, buf + KVS_PROTO_HDR_LEN, len, msg_landed, m);
         if (st == KVS_OK)

@@ -532,16 +532,21 @@ static int client(const char *addr, const char *attack, const char *model, uint3
     } else if (strcmp(attack, "stall") == 0) {
         /* A 2 MiB LOOKUP goes by rendezvous; we never progress again, so the
          * node's receive of it can never complete. */
+        /* First finish wiring the endpoint up (a harmless RELEASE), so the
+         * next send goes out at once. */
+        kvs__enc_release(&b, 8, s.id, 12345);
+        ux_send_msg(&u, ep, &b);
         size_t n = 65536;
         kvs_key_t *keys = malloc(n * sizeof(*keys));
         random_keys(keys, n);
         kvs__enc_lookup(&b, 9, s.id, layout, 1000, keys, n);
-        ucp_request_param_t p = {.op_attr_mask = 0};
+        ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                 .flags = UCP_AM_SEND_FLAG_RNDV};
         ucs_status_ptr_t r = ucp_am_send_nbx(ep, AM_ID, b.data, KVS_PROTO_HDR_LEN,
                                              b.data + KVS_PROTO_HDR_LEN,
                                              b.len - KVS_PROTO_HDR_LEN, &p);
-        for (int i = 0; i < 50; i++)
-            ucp_worker_progress(u.w); /* enough to send the RTS */
+        /* The call itself sends the rendezvous request; the data would only
+         * move when we progress, which we never do again. */
         printf("stalling\n");
         fflush(stdout);
         char c;
