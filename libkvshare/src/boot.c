@@ -4,6 +4,9 @@
 #include "proto_int.h"
 
 #include <arpa/inet.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -221,4 +224,74 @@ kvs_status_t kvs__boot_recv(int fd, uint32_t max_body, uint64_t deadline_ns, uin
     *buf_p = buf;
     *len_p = KVS_PROTO_HDR_LEN + (size_t)h.body_len;
     return KVS_OK;
+}
+
+/* --- the server's half of the handshake ----------------------------------- */
+_Static_assert(sizeof(((kvs__boot_srv_t *)0)->rx) == KVS_PROTO_HDR_LEN + KVS_PROTO_MAX_PREAUTH,
+               "rx holds one pre-auth message");
+
+void kvs__boot_proof(const uint8_t *secret, size_t secret_len, bool open, const char *role,
+                     const uint8_t *nc, const uint8_t *ns, uint8_t *out)
+{
+    uint8_t msg[16 + 2 * KVS_PROTO_NONCE_LEN];
+    size_t rl = strlen(role);
+    memcpy(msg, role, rl);
+    memcpy(msg + rl, nc, KVS_PROTO_NONCE_LEN);
+    memcpy(msg + rl + KVS_PROTO_NONCE_LEN, ns, KVS_PROTO_NONCE_LEN);
+    unsigned int n = 0;
+    memset(out, 0, KVS_PROTO_MAC_LEN);
+    if (!open)
+        HMAC(EVP_sha256(), secret, (int)secret_len, msg, rl + 2 * KVS_PROTO_NONCE_LEN, out, &n);
+}
+
+long kvs__boot_srv_want(const kvs__boot_srv_t *s, char *why, size_t wl)
+{
+    if (s->rx_len < KVS_PROTO_HDR_LEN)
+        return (long)(KVS_PROTO_HDR_LEN - s->rx_len);
+    kvs__hdr_t h;
+    if (kvs__proto_decode_hdr(s->rx, s->rx_len, KVS_PROTO_MAX_PREAUTH, &h, why, wl) != KVS_OK)
+        return -1;
+    return (long)(KVS_PROTO_HDR_LEN + h.body_len - s->rx_len);
+}
+
+kvs_status_t kvs__boot_srv_take(kvs__boot_srv_t *s, const uint8_t *secret, size_t secret_len,
+                                bool open, char *why, size_t wl)
+{
+    kvs__msg_t m;
+    kvs_status_t st = kvs__proto_decode(s->rx, s->rx_len, &m, why, wl);
+    if (st != KVS_OK)
+        return st;
+    if (m.hdr.type == KVS_MSG_HELLO && s->state == KVS_BOOT_WAIT_HELLO) {
+        s->layout_id = m.u.hello.layout_id;
+        s->req_id = m.hdr.req_id;
+        memcpy(s->nonce_c, m.u.hello.nonce, KVS_PROTO_NONCE_LEN);
+        s->state = KVS_BOOT_WAIT_AUTH;
+        s->rx_len = 0;
+        return KVS_INPROGRESS;
+    }
+    if (m.hdr.type == KVS_MSG_AUTH && s->state == KVS_BOOT_WAIT_AUTH) {
+        if (!open) {
+            uint8_t want[KVS_PROTO_MAC_LEN];
+            kvs__boot_proof(secret, secret_len, false, "kvshare-client", s->nonce_c, s->nonce_s,
+                            want);
+            bool ok = CRYPTO_memcmp(want, m.u.auth.mac, sizeof(want)) == 0;
+            OPENSSL_cleanse(want, sizeof(want));
+            if (!ok) {
+                snprintf(why, wl, "authentication failed: the peer does not hold this node's "
+                                  "KVSHARE_AUTH_TOKEN_FILE secret");
+                return KVS_ERR_AUTH;
+            }
+        }
+        if (m.u.auth.addr_len == 0) {
+            snprintf(why, wl, "AUTH carries no transport address");
+            return KVS_ERR_PROTOCOL;
+        }
+        s->req_id = m.hdr.req_id;
+        s->addr = m.u.auth.addr;
+        s->addr_len = m.u.auth.addr_len;
+        s->state = KVS_BOOT_DONE;
+        return KVS_OK;
+    }
+    snprintf(why, wl, "unexpected message type %u during the handshake", m.hdr.type);
+    return KVS_ERR_PROTOCOL;
 }

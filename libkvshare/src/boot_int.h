@@ -29,4 +29,37 @@ kvs_status_t kvs__boot_send(int fd, const void *buf, size_t len, uint64_t deadli
 kvs_status_t kvs__boot_recv(int fd, uint32_t max_body, uint64_t deadline_ns, uint8_t **buf_p,
                             size_t *len_p, char *why, size_t why_len);
 
+/* --- the server's half of the handshake, free of I/O ------------------- */
+typedef enum kvs__boot_state {
+    KVS_BOOT_WAIT_HELLO,
+    KVS_BOOT_WAIT_AUTH,
+    KVS_BOOT_DONE,
+} kvs__boot_state_t;
+
+typedef struct kvs__boot_srv {
+    kvs__boot_state_t state;
+    size_t rx_len;
+    uint64_t layout_id;
+    uint64_t req_id;
+    uint8_t nonce_c[32], nonce_s[32]; /* nonce_s: the caller's, before the CHALLENGE */
+    const uint8_t *addr;              /* into rx, after an accepted AUTH */
+    uint32_t addr_len;
+    uint8_t rx[40 + 8192]; /* KVS_PROTO_HDR_LEN + KVS_PROTO_MAX_PREAUTH */
+} kvs__boot_srv_t;
+
+/* Bytes still to read for the message in rx (> 0), 0 when it is whole, or
+ * -1 (with @why) when its header is refused: never more than the pre-auth
+ * bound, whatever the peer claims. */
+long kvs__boot_srv_want(const kvs__boot_srv_t *s, char *why, size_t why_len);
+/* Takes the whole message in rx:
+ *  - KVS_INPROGRESS: a HELLO (layout_id, nonce_c, req_id set): the caller
+ *    checks the layout, sets nonce_s and sends the CHALLENGE;
+ *  - KVS_OK: an AUTH whose proof holds (or @open): addr set;
+ *  - an error, with @why: refuse the peer. */
+kvs_status_t kvs__boot_srv_take(kvs__boot_srv_t *s, const uint8_t *secret, size_t secret_len,
+                                bool open, char *why, size_t why_len);
+/* HMAC-SHA256(secret, role | nonce_c | nonce_s); zeros when @open. */
+void kvs__boot_proof(const uint8_t *secret, size_t secret_len, bool open, const char *role,
+                     const uint8_t *nonce_c, const uint8_t *nonce_s, uint8_t *out);
+
 #endif

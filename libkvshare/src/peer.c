@@ -95,11 +95,9 @@ struct conn {
     uint64_t layout_id;
     uint8_t session[KVS_PROTO_SESSION_LEN];
     int fd; /* bootstrap socket: the handshake, then liveness */
-    uint8_t *rx; /* server, pre-auth: the message being read */
-    size_t rx_len;
+    kvs__boot_srv_t *boot; /* server, pre-auth: the handshake (boot.c) */
     uint64_t boot_deadline_ns;
     uint64_t accepted_seq;
-    uint8_t nonce_c[KVS_PROTO_NONCE_LEN], nonce_s[KVS_PROTO_NONCE_LEN];
     void *ep;
     bool rma;
     /* Set inside transport callbacks, where endpoints must not be closed;
@@ -368,7 +366,7 @@ static void conn_free(conn_t *c)
     kvs__free(c->rr);
     release_server_leases(c);
     conn_close_io(c);
-    kvs__free(c->rx);
+    kvs__free(c->boot);
     kvs__free(c);
 }
 
@@ -496,16 +494,7 @@ static void on_ep_error(void *arg, void *ep_user, kvs_status_t st)
 static void proof(const kvs__peer_t *pp, const char *role, const uint8_t *nc, const uint8_t *ns,
                   uint8_t *out)
 {
-    uint8_t msg[16 + 2 * KVS_PROTO_NONCE_LEN];
-    size_t rl = strlen(role);
-    memcpy(msg, role, rl);
-    memcpy(msg + rl, nc, KVS_PROTO_NONCE_LEN);
-    memcpy(msg + rl + KVS_PROTO_NONCE_LEN, ns, KVS_PROTO_NONCE_LEN);
-    unsigned int n = 0;
-    memset(out, 0, KVS_PROTO_MAC_LEN);
-    if (!pp->open)
-        HMAC(EVP_sha256(), pp->secret, (int)pp->secret_len, msg, rl + 2 * KVS_PROTO_NONCE_LEN,
-             out, &n);
+    kvs__boot_proof(pp->secret, pp->secret_len, pp->open, role, nc, ns, out);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1369,54 +1358,38 @@ static void boot_refuse(conn_t *c, kvs_status_t st, const char *text)
     conn_fail(c, st, "%s", text);
 }
 
-static void boot_hello(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+/* A valid HELLO: check the layout, then challenge the peer. */
+static void boot_hello(kvs__peer_t *pp, conn_t *c)
 {
+    kvs__boot_srv_t *bs = c->boot;
     char served[512];
-    c->layout_id = m->u.hello.layout_id;
+    c->layout_id = bs->layout_id;
     if (!kvs__ctx_serves_layout(pp->ctx, c->layout_id, served, sizeof(served))) {
         char text[700];
         snprintf(text, sizeof(text), "layout mismatch: peer has %016llx, this node serves %s",
                  (unsigned long long)c->layout_id, served[0] ? served : "no pools");
-        kvs__warn(pp->log, "peer %s: %s", c->peer, text);
         boot_refuse(c, KVS_ERR_LAYOUT_MISMATCH, text);
         return;
     }
-    memcpy(c->nonce_c, m->u.hello.nonce, KVS_PROTO_NONCE_LEN);
-    if (RAND_bytes(c->nonce_s, sizeof(c->nonce_s)) != 1) {
+    if (RAND_bytes(bs->nonce_s, sizeof(bs->nonce_s)) != 1) {
         conn_fail(c, KVS_ERR_IO, "RAND_bytes failed");
         return;
     }
     uint8_t mac[KVS_PROTO_MAC_LEN];
-    proof(pp, "kvshare-server", c->nonce_c, c->nonce_s, mac);
+    proof(pp, "kvshare-server", bs->nonce_c, bs->nonce_s, mac);
     kvs__buf_t b;
     kvs__buf_init(&b);
-    kvs__enc_challenge(&b, m->hdr.req_id, c->nonce_s, mac, !pp->open);
-    if (boot_reply(c, &b) != KVS_OK) {
+    kvs__enc_challenge(&b, bs->req_id, bs->nonce_s, mac, !pp->open);
+    if (boot_reply(c, &b) != KVS_OK)
         conn_fail(c, KVS_ERR_PEER_FAILED, "bootstrap: sending CHALLENGE failed");
-        return;
-    }
-    c->state = S_WAIT_AUTH;
 }
 
-static void boot_auth(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+/* A proved AUTH: make the transport endpoint, name the session, answer. */
+static void boot_auth(kvs__peer_t *pp, conn_t *c)
 {
-    if (!pp->open) {
-        uint8_t want[KVS_PROTO_MAC_LEN];
-        proof(pp, "kvshare-client", c->nonce_c, c->nonce_s, want);
-        if (CRYPTO_memcmp(want, m->u.auth.mac, sizeof(want)) != 0) {
-            kvs__warn(pp->log, "peer %s: refused: bad or missing auth proof", c->peer);
-            boot_refuse(c, KVS_ERR_AUTH,
-                        "authentication failed: the peer does not hold this node's "
-                        "KVSHARE_AUTH_TOKEN_FILE secret");
-            return;
-        }
-    }
+    kvs__boot_srv_t *bs = c->boot;
     if (pp->nready >= KVS_PEER_MAX_CONNS) {
         boot_refuse(c, KVS_ERR_BUSY, "this node has too many connections");
-        return;
-    }
-    if (m->u.auth.addr_len == 0) {
-        boot_refuse(c, KVS_ERR_PROTOCOL, "AUTH carries no transport address");
         return;
     }
     if (RAND_bytes(c->session, sizeof(c->session)) != 1) {
@@ -1424,8 +1397,7 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
         return;
     }
     bool rma = false;
-    kvs_status_t st =
-        pp->ops->connect(pp->tl, m->u.auth.addr, m->u.auth.addr_len, c, &c->ep, &rma);
+    kvs_status_t st = pp->ops->connect(pp->tl, bs->addr, bs->addr_len, c, &c->ep, &rma);
     if (st != KVS_OK) {
         c->ep = NULL;
         boot_refuse(c, KVS_ERR_TRANSPORT, "cannot reach the peer's transport address");
@@ -1434,7 +1406,7 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     kvs__buf_t b;
     kvs__buf_init(&b);
     kvs__proto_begin(&b, KVS_MSG_HELLO_ACK, KVS_PROTO_FLAG_FROM_SERVER | KVS_PROTO_FLAG_REGIONS,
-                     m->hdr.req_id, c->session);
+                     bs->req_id, c->session);
     kvs__buf_u32(&b, (uint32_t)pp->addr_len);
     kvs__buf_put(&b, pp->addr, pp->addr_len);
     put_regions(pp, c, &b);
@@ -1446,14 +1418,14 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     pp->npreauth--;
     pp->nready++;
     c->state = S_READY;
-    kvs__free(c->rx);
-    c->rx = NULL;
+    kvs__free(c->boot);
+    c->boot = NULL;
     kvs__info(pp->log, "peer %s: ready (layout %016llx)", c->peer,
               (unsigned long long)c->layout_id);
 }
 
 /* Reads what a pre-auth peer sent; handles a whole message when there is
- * one. Never more than KVS_PROTO_MAX_PREAUTH bytes per message. */
+ * one (boot.c decides, pure). Never more than KVS_PROTO_MAX_PREAUTH bytes. */
 static void boot_readable(kvs__peer_t *pp, conn_t *c)
 {
     if (c->state == S_READY) {
@@ -1466,49 +1438,36 @@ static void boot_readable(kvs__peer_t *pp, conn_t *c)
             conn_fail(c, KVS_ERR_PROTOCOL, "unexpected bytes on the bootstrap connection");
         return;
     }
-    size_t cap = KVS_PROTO_HDR_LEN + KVS_PROTO_MAX_PREAUTH;
-    size_t want = KVS_PROTO_HDR_LEN;
-    char why[160];
-    if (c->rx_len >= KVS_PROTO_HDR_LEN) {
-        kvs__hdr_t h;
-        if (kvs__proto_decode_hdr(c->rx, c->rx_len, KVS_PROTO_MAX_PREAUTH, &h, why,
-                                  sizeof(why)) != KVS_OK) {
-            conn_fail(c, KVS_ERR_PROTOCOL, "bootstrap: %s", why);
+    kvs__boot_srv_t *bs = c->boot;
+    char why[200];
+    long want = kvs__boot_srv_want(bs, why, sizeof(why));
+    if (want > 0) {
+        ssize_t n = recv(c->fd, bs->rx + bs->rx_len, (size_t)want, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            conn_fail(c, KVS_ERR_PEER_FAILED, "closed during the handshake");
             return;
         }
-        want = KVS_PROTO_HDR_LEN + h.body_len;
-    }
-    ssize_t n = recv(c->fd, c->rx + c->rx_len, want - c->rx_len, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-        conn_fail(c, KVS_ERR_PEER_FAILED, "closed during the handshake");
-        return;
-    }
-    if (n < 0)
-        return;
-    c->rx_len += (size_t)n;
-    if (c->rx_len == KVS_PROTO_HDR_LEN && want == KVS_PROTO_HDR_LEN) {
-        kvs__hdr_t h;
-        if (kvs__proto_decode_hdr(c->rx, c->rx_len, KVS_PROTO_MAX_PREAUTH, &h, why,
-                                  sizeof(why)) != KVS_OK) {
-            conn_fail(c, KVS_ERR_PROTOCOL, "bootstrap: %s", why);
+        if (n < 0)
             return;
-        }
-        want += h.body_len;
+        bs->rx_len += (size_t)n;
+        want = kvs__boot_srv_want(bs, why, sizeof(why));
     }
-    if (c->rx_len < want || want > cap)
-        return;
-    kvs__msg_t m;
-    if (kvs__proto_decode(c->rx, c->rx_len, &m, why, sizeof(why)) != KVS_OK) {
+    if (want < 0) {
         conn_fail(c, KVS_ERR_PROTOCOL, "bootstrap: %s", why);
         return;
     }
-    c->rx_len = 0;
-    if (m.hdr.type == KVS_MSG_HELLO && c->state == S_WAIT_HELLO)
-        boot_hello(pp, c, &m);
-    else if (m.hdr.type == KVS_MSG_AUTH && c->state == S_WAIT_AUTH)
-        boot_auth(pp, c, &m);
+    if (want > 0)
+        return;
+    kvs_status_t st = kvs__boot_srv_take(bs, pp->secret, pp->secret_len, pp->open, why,
+                                         sizeof(why));
+    if (st == KVS_INPROGRESS)
+        boot_hello(pp, c);
+    else if (st == KVS_OK)
+        boot_auth(pp, c);
+    else if (st == KVS_ERR_AUTH)
+        boot_refuse(c, st, why);
     else
-        conn_fail(c, KVS_ERR_PROTOCOL, "bootstrap: unexpected message type %u", m.hdr.type);
+        conn_fail(c, st, "bootstrap: %s", why);
 }
 
 /* Accepts what is waiting. When the pre-auth table is full the oldest
@@ -1533,9 +1492,9 @@ static int boot_accept(kvs__peer_t *pp)
                 conn_fail(oldest, KVS_ERR_BUSY, "pre-auth table full: dropped the oldest");
         }
         conn_t *c = conn_new(pp, true);
-        uint8_t *rx = kvs__malloc(KVS_PROTO_HDR_LEN + KVS_PROTO_MAX_PREAUTH);
-        if (c == NULL || rx == NULL) {
-            kvs__free(rx);
+        kvs__boot_srv_t *bs = kvs__calloc(1, sizeof(*bs));
+        if (c == NULL || bs == NULL) {
+            kvs__free(bs);
             close(fd);
             if (c != NULL) {
                 conn_unlink(c);
@@ -1544,7 +1503,7 @@ static int boot_accept(kvs__peer_t *pp)
             continue;
         }
         c->fd = fd;
-        c->rx = rx;
+        c->boot = bs;
         c->state = S_WAIT_HELLO;
         c->accepted_seq = ++pp->accept_seq;
         c->boot_deadline_ns = now_ns() + KVS_PEER_BOOT_TIMEOUT_MS * 1000000ull;
