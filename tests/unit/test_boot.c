@@ -25,6 +25,13 @@ static void fini(void)
 
 TestSuite(boot, .init = init, .fini = fini);
 
+/* A fresh handshake within a test. */
+static void reset(void)
+{
+    fini();
+    reset();
+}
+
 /* Feeds @b into the handshake @step bytes at a time, as reads would. */
 static kvs_status_t feed(size_t step, bool open)
 {
@@ -107,12 +114,12 @@ Test(boot, messages_out_of_order_are_refused)
     cr_assert_eq(kvs__enc_auth(&b, 5, mac, "x", 1), KVS_OK);
     cr_assert_eq(feed(64, true), KVS_ERR_PROTOCOL);
     cr_assert(strstr(why, "unexpected message type 3") != NULL, "%s", why);
-    init();
+    reset();
     kvs_key_t k = {{0}};
     uint8_t sess[16] = {0};
     cr_assert_eq(kvs__enc_lookup(&b, 1, sess, 1, 1, &k, 1), KVS_OK);
     cr_assert_eq(feed(64, true), KVS_ERR_PROTOCOL);
-    init();
+    reset();
     hello();
     uint8_t nc[32] = {0};
     cr_assert_eq(kvs__enc_hello(&b, 4, 77, nc, "again"), KVS_OK);
@@ -132,7 +139,7 @@ Test(boot, oversized_claims_are_refused_from_the_header)
     cr_assert_eq(kvs__boot_srv_want(&s, why, sizeof(why)), -1);
     cr_assert(strstr(why, "exceeds") != NULL, "%s", why);
     /* A body that does not parse as what its header says is refused too. */
-    init();
+    reset();
     memset(s.rx, 0xff, 16);
     s.rx_len = 16;
     cr_assert_eq(kvs__boot_srv_want(&s, why, sizeof(why)), KVS_PROTO_HDR_LEN - 16);

@@ -701,11 +701,11 @@ Test(store, a_lease_in_one_class_survives_pressure_from_another)
     test_pool_free(&dbig);
 
     /* The other way: leased small blocks hold the space a big block needs,
-     * so it is refused until they are released. */
-    kvs_ctx_destroy(ctx);
-    ctx = test_ctx(10 * BLK, KVS_STRATEGY_LRU, 0.9, 0.5);
+     * so it is refused until they are released. Pools go before their context. */
     test_pool_free(&small);
     test_pool_free(&dsmall);
+    kvs_ctx_destroy(ctx);
+    ctx = test_ctx(10 * BLK, KVS_STRATEGY_LRU, 0.9, 0.5);
     test_pool_init(&small, ctx, "small-model", 32, NSEG, SEG);
     test_pool_init(&big, ctx, "big-model", 4, NSEG, BIG_SEG);
     kvs_key_t keys[8];
