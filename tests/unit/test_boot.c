@@ -29,7 +29,7 @@ TestSuite(boot, .init = init, .fini = fini);
 static void reset(void)
 {
     fini();
-    reset();
+    init();
 }
 
 /* Feeds @b into the handshake @step bytes at a time, as reads would. */
