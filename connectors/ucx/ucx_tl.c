@@ -97,6 +97,16 @@ static uop_t *op_new(kvs__tl_cb_t cb, void *arg, size_t len, size_t hlen)
     return op;
 }
 
+/* Completion by op_send_done for sends, GETs and flushes. */
+static ucp_request_param_t send_param(uop_t *op)
+{
+    ucp_request_param_t p = {.op_attr_mask =
+                                 UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+                             .cb.send = op_send_done,
+                             .user_data = op};
+    return p;
+}
+
 static ucs_status_t am_cb(void *arg, const void *header, size_t header_length, void *data,
                           size_t length, const ucp_am_recv_param_t *param)
 {
@@ -217,10 +227,7 @@ static kvs_status_t u_am_send(void *arg, void *ep, const void *hdr, size_t hlen,
     if (op == NULL)
         return KVS_ERR_NO_MEMORY;
     memcpy(op->hdr, hdr, hlen);
-    ucp_request_param_t p = {.op_attr_mask =
-                                 UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-                             .cb.send = op_send_done,
-                             .user_data = op};
+    ucp_request_param_t p = send_param(op);
     return op_result(ucp_am_send_nbx(e->ctl, AM_ID, op->hdr, hlen, data, len, &p), op);
 }
 
@@ -248,10 +255,7 @@ static kvs_status_t u_get(void *arg, void *ep, void *local, size_t len, uint64_t
     uop_t *op = op_new(cb, cb_arg, len, 0);
     if (op == NULL)
         return KVS_ERR_NO_MEMORY;
-    ucp_request_param_t p = {.op_attr_mask =
-                                 UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-                             .cb.send = op_send_done,
-                             .user_data = op};
+    ucp_request_param_t p = send_param(op);
     return op_result(ucp_get_nbx(e->data, local, len, raddr, rkey, &p), op);
 }
 
@@ -262,10 +266,7 @@ static kvs_status_t u_flush(void *arg, void *ep, kvs__tl_cb_t cb, void *cb_arg)
     uop_t *op = op_new(cb, cb_arg, 0, 0);
     if (op == NULL)
         return KVS_ERR_NO_MEMORY;
-    ucp_request_param_t p = {.op_attr_mask =
-                                 UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-                             .cb.send = op_send_done,
-                             .user_data = op};
+    ucp_request_param_t p = send_param(op);
     return op_result(ucp_ep_flush_nbx(e->data != NULL ? e->data : e->ctl, &p), op);
 }
 

@@ -1796,6 +1796,41 @@ static kvs_status_t boot_error(kvs__peer_t *pp, const char *peer, const kvs__msg
     return m->u.error.status < 0 ? (kvs_status_t)m->u.error.status : KVS_ERR_PROTOCOL;
 }
 
+/* One client step of the handshake: sends @out (a finished message), reads
+ * the reply (body at most @max_body) and expects @type. On KVS_OK *in_p is
+ * the reply's buffer (kvs__free it) and *m decodes it. */
+static kvs_status_t boot_step(kvs__peer_t *pp, int fd, const char *peer, kvs__buf_t *out,
+                              uint32_t max_body, uint16_t type, uint64_t deadline, uint8_t **in_p,
+                              size_t *in_len_p, kvs__msg_t *m)
+{
+    char why[200] = "out of memory";
+    uint8_t *in = NULL;
+    kvs_status_t st = out->failed ? KVS_ERR_NO_MEMORY : KVS_OK;
+    if (st == KVS_OK)
+        st = kvs__boot_send(fd, out->data, out->len, deadline);
+    kvs__buf_free(out);
+    if (st == KVS_OK)
+        st = kvs__boot_recv(fd, max_body, deadline, &in, in_len_p, why, sizeof(why));
+    if (st == KVS_OK)
+        st = kvs__proto_decode(in, *in_len_p, m, why, sizeof(why));
+    bool peer_said = false; /* boot_error logged the peer's own reason */
+    if (st == KVS_OK && m->hdr.type == KVS_MSG_ERROR) {
+        st = boot_error(pp, peer, m);
+        peer_said = true;
+    } else if (st == KVS_OK && m->hdr.type != type) {
+        snprintf(why, sizeof(why), "expected message type %u, got %u", type, m->hdr.type);
+        st = KVS_ERR_PROTOCOL;
+    }
+    if (st != KVS_OK) {
+        if (!peer_said)
+            kvs__error(pp->log, "peer %s: handshake: %s", peer, why);
+        kvs__free(in);
+        return st;
+    }
+    *in_p = in;
+    return KVS_OK;
+}
+
 /* The client's half of the handshake, over a blocking socket with no lock
  * held. On KVS_OK *ack_p holds the server's HELLO_ACK (kvs__free it). */
 static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint64_t layout_id,
@@ -1806,7 +1841,6 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     kvs__msg_t m;
     uint8_t *in = NULL;
     size_t in_len = 0;
-    char why[200];
     char host[64], name[96];
     if (RAND_bytes(nonce_c, KVS_PROTO_NONCE_LEN) != 1)
         return KVS_ERR_IO;
@@ -1815,30 +1849,11 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     host[sizeof(host) - 1] = '\0';
     snprintf(name, sizeof(name), "%s:%d", host, (int)getpid());
     kvs__buf_init(&b);
-    kvs_status_t st = kvs__enc_hello(&b, 1, layout_id, nonce_c, name);
-    if (st == KVS_OK)
-        st = kvs__boot_send(fd, b.data, b.len, deadline);
-    kvs__buf_free(&b);
-    if (st == KVS_OK)
-        st = kvs__boot_recv(fd, KVS_PROTO_MAX_PREAUTH, deadline, &in, &in_len, why, sizeof(why));
-    if (st == KVS_OK)
-        st = kvs__proto_decode(in, in_len, &m, why, sizeof(why));
-    if (st != KVS_OK) {
-        kvs__error(pp->log, "peer %s: handshake: %s", peer, why);
-        kvs__free(in);
+    kvs__enc_hello(&b, 1, layout_id, nonce_c, name);
+    kvs_status_t st = boot_step(pp, fd, peer, &b, KVS_PROTO_MAX_PREAUTH, KVS_MSG_CHALLENGE,
+                                deadline, &in, &in_len, &m);
+    if (st != KVS_OK)
         return st;
-    }
-    if (m.hdr.type == KVS_MSG_ERROR) {
-        st = boot_error(pp, peer, &m);
-        kvs__free(in);
-        return st;
-    }
-    if (m.hdr.type != KVS_MSG_CHALLENGE) {
-        kvs__error(pp->log, "peer %s: handshake: expected CHALLENGE, got type %u", peer,
-                   m.hdr.type);
-        kvs__free(in);
-        return KVS_ERR_PROTOCOL;
-    }
     uint8_t nonce_s[KVS_PROTO_NONCE_LEN];
     memcpy(nonce_s, m.u.challenge.nonce, sizeof(nonce_s));
     bool required = m.u.challenge.auth_required;
@@ -1847,7 +1862,6 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     bool server_proved = !pp->open && required &&
                          CRYPTO_memcmp(want, m.u.challenge.mac, sizeof(want)) == 0;
     kvs__free(in);
-    in = NULL;
     if (required && pp->open) {
         kvs__error(pp->log, "peer %s: requires authentication: set KVSHARE_AUTH_TOKEN_FILE to "
                    "the shared secret", peer);
@@ -1860,27 +1874,12 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     uint8_t mac[KVS_PROTO_MAC_LEN];
     proof(pp, "kvshare-client", nonce_c, nonce_s, mac);
     kvs__buf_init(&b);
-    st = kvs__enc_auth(&b, 2, mac, pp->addr, pp->addr_len);
-    if (st == KVS_OK)
-        st = kvs__boot_send(fd, b.data, b.len, deadline);
-    kvs__buf_free(&b);
-    if (st == KVS_OK)
-        st = kvs__boot_recv(fd, MAX_ACK_BODY, deadline, &in, &in_len, why, sizeof(why));
-    if (st == KVS_OK)
-        st = kvs__proto_decode(in, in_len, &m, why, sizeof(why));
-    if (st != KVS_OK) {
-        kvs__error(pp->log, "peer %s: handshake: %s", peer, why);
-        kvs__free(in);
+    kvs__enc_auth(&b, 2, mac, pp->addr, pp->addr_len);
+    st = boot_step(pp, fd, peer, &b, MAX_ACK_BODY, KVS_MSG_HELLO_ACK, deadline, &in, &in_len, &m);
+    if (st != KVS_OK)
         return st;
-    }
-    if (m.hdr.type == KVS_MSG_ERROR) {
-        st = boot_error(pp, peer, &m);
-        kvs__free(in);
-        return st;
-    }
-    if (m.hdr.type != KVS_MSG_HELLO_ACK || m.u.hello_ack.addr_len == 0) {
-        kvs__error(pp->log, "peer %s: handshake: expected HELLO_ACK, got type %u", peer,
-                   m.hdr.type);
+    if (m.u.hello_ack.addr_len == 0) {
+        kvs__error(pp->log, "peer %s: handshake: HELLO_ACK carries no transport address", peer);
         kvs__free(in);
         return KVS_ERR_PROTOCOL;
     }
