@@ -216,7 +216,8 @@ int kvs_cli_serve(int argc, char **argv)
 {
     const char *listen = "0.0.0.0:18515", *strategy = NULL, *metrics_addr = NULL;
     const char *capacity = NULL, *slot = NULL;
-    for (int i = 1; i < argc; i++) {
+    /* Options come in pairs: i steps over the flag and its value. */
+    for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
@@ -241,7 +242,6 @@ int kvs_cli_serve(int argc, char **argv)
             usage(stderr);
             return 2;
         }
-        i++;
     }
 #ifdef KVS_HAVE_MHD
     /* Bound before the node starts, so a bad value fails fast and names itself. */

@@ -61,8 +61,9 @@ kvs_status_t kvs__parse_size(const char *s, uint64_t *bytes_p)
     size_t n = strlen(end);
     if (n >= sizeof(suf))
         return KVS_ERR_CONFIG;
-    for (size_t i = 0; i <= n; i++)
+    for (size_t i = 0; i < n && i < sizeof(suf) - 1; i++)
         suf[i] = (char)toupper((unsigned char)end[i]);
+    suf[n < sizeof(suf) ? n : sizeof(suf) - 1] = '\0';
     for (size_t i = 0; i < KVS_ARRAY_SIZE(units); i++) {
         if (strcmp(suf, units[i].suffix) == 0) {
             double b = v * units[i].mult;

@@ -140,7 +140,7 @@ static void probe_load(void)
         KVS_CUDA_ALL_FUNCS(PROBE_LINK)
 #undef PROBE_LINK
 #else
-        CHECK(!"this probe is not linked to libcuda");
+        CHECK(0 && "this probe is not linked to libcuda");
 #endif
     } else if (strcmp(g_how, "dlsym") == 0) {
         for (size_t i = 0; i < nfn; i++) {
@@ -182,7 +182,7 @@ static void probe_load(void)
         CHECK(gpa("cuNoSuchThing", &p, 12080, 0, &st) == CUDA_ERROR_NOT_FOUND);
         CHECK(p == NULL && st == CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
     } else {
-        CHECK(!"unknown way to reach the driver");
+        CHECK(0 && "unknown way to reach the driver");
     }
 }
 
