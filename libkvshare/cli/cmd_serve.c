@@ -85,11 +85,13 @@ static enum MHD_Result metrics(void *cls, struct MHD_Connection *conn, const cha
                  "# HELP kvshare_pool_evictions_total Blocks evicted.\n"
                  "# TYPE kvshare_pool_evictions_total counter\nkvshare_pool_evictions_total %llu\n"
                  "# HELP kvshare_pool_peers Peers connected now.\n"
-                 "# TYPE kvshare_pool_peers gauge\nkvshare_pool_peers %llu\n",
+                 "# TYPE kvshare_pool_peers gauge\nkvshare_pool_peers %llu\n"
+                 "# HELP kvshare_pool_leased_blocks Blocks pinned by peers' leases now.\n"
+                 "# TYPE kvshare_pool_leased_blocks gauge\nkvshare_pool_leased_blocks %llu\n",
                  (unsigned long long)st.blocks, (unsigned long long)st.bytes,
                  (unsigned long long)st.capacity_bytes, (unsigned long long)st.hits,
                  (unsigned long long)st.misses, (unsigned long long)st.evictions,
-                 (unsigned long long)st.peers);
+                 (unsigned long long)st.peers, (unsigned long long)st.leased_blocks);
     } else if (strcmp(url, "/healthz") == 0) {
         snprintf(body, sizeof(body), "ok\n");
     } else {

@@ -27,7 +27,7 @@ legit() { # legit ADDR [extra kvs_peer fetch args]: a legitimate client, every b
 
 start_server holder --listen 127.0.0.1:0 $G; H=$ADDR; HPID=$SERVER_PID_holder
 mkfifo "$WORK/node.in"
-KVSHARE_FETCH_TIMEOUT_MS=800 "$KVSHARE" serve --listen 127.0.0.1:0 --capacity 64MiB --metrics 127.0.0.1:0 \
+KVSHARE_FETCH_TIMEOUT_MS=800 KVSHARE_LEASE_TIMEOUT_MS=1500 "$KVSHARE" serve --listen 127.0.0.1:0 --capacity 64MiB --metrics 127.0.0.1:0 \
   <"$WORK/node.in" >"$WORK/node.out" 2>"$WORK/node.err" &
 NPID=$!; PIDS+=($NPID)
 exec {nfd}>"$WORK/node.in"
@@ -139,13 +139,37 @@ out3=$(KVSHARE_POOL=$N "$PEER" put $G --seed 11 2>"$WORK/put.err") || fail "legi
 out3=$(KVSHARE_POOL=$N "$PEER" fetch --from-pool $G --seed 11 --batch 256 2>"$WORK/pf.err") || fail "fetch from the pool: $out3"
 ok "PUT with a duplicated piece ($out) and a missing one ($out2): refused, nothing published; the node stores and serves: $out3"
 
-# --- 7. FETCH amplification
+# --- 7. a lease never released ends at its deadline, while its peer stays connected
+M=$(sed -n 's/.*metrics on \([0-9.]*:[0-9]*\).*/\1/p' "$WORK/node.err")
+[ -n "$M" ] || fail "the node printed no metrics address"
+leased() { curl -fsS "http://$M/metrics" | awk '/^kvshare_pool_leased_blocks /{print $2}'; }
+mkfifo "$WORK/hold.in"
+ATTACK_MODEL=any ATTACK client "$N" hold <"$WORK/hold.in" >"$WORK/hold.out" 2>"$WORK/hold.err" &
+HOLD=$!; PIDS+=($HOLD)
+exec {hfd}>"$WORK/hold.in"
+deadline=$((SECONDS + 20))
+until grep -q '^holding' "$WORK/hold.out"; do
+  kill -0 $HOLD 2>/dev/null || fail "hold attacker: $(cat "$WORK/hold.out" "$WORK/hold.err")"
+  ((SECONDS < deadline)) || fail "hold attacker never leased"; sleep 0.05
+done
+grep -q 'holding leases=4' "$WORK/hold.out" || fail "hold: $(cat "$WORK/hold.out")"
+t0=$SECONDS
+while [ "$(leased)" != 0 ]; do
+  ((SECONDS - t0 < 10)) || fail "leases still held $((SECONDS - t0)) s after a 1.5 s lease timeout: $(leased)"
+  sleep 0.1
+done
+kill -0 $HOLD 2>/dev/null || fail "the holder of the lease should still be connected"
+exec {hfd}>&-
+wait $HOLD
+ok "a lease never released ended within $((SECONDS - t0 + 1)) s (lease timeout 1.5 s) with its peer still connected"
+
+# --- 8. FETCH amplification
 out=$(ATTACK client "$H" amplify 2>"$WORK/amp.err") || fail "amplify: $out $(cat "$WORK/amp.err")"
 alive $HPID holder
 legit "$H"
 ok "FETCH of 65535 x 1024 empty chunks: connection dropped ($out); the holder serves on"
 
-# --- 8. many batches in flight at once, over TCP and shared memory, repeated
+# --- 9. many batches in flight at once, over TCP and shared memory, repeated
 for tls in tcp default; do
   for i in $(seq 1 10); do
     if [ $tls = tcp ]; then

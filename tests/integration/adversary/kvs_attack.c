@@ -9,6 +9,7 @@
  *                random and stolen sessions) and DATA with made-up request ids
  *       dup      a PUT with one piece sent twice: refused, nothing published
  *       missing  a PUT with one piece never sent: expires, nothing published
+ *       hold     an honest PUT, then a lease on it never released (until stdin closes)
  *       amplify  FETCHes asking for empty or millions of pieces
  *       stall    a 2 MiB LOOKUP whose rendezvous this process never completes
  *       badsession  requests carrying another (random) session on our endpoint
@@ -405,7 +406,9 @@ static void random_keys(kvs_key_t *k, size_t n)
 }
 
 /* A PUT of 4 blocks of 2 x 4096 bytes; @mode 0: one piece twice; 1: one
- * piece never. Then a LOOKUP of the same keys must find nothing. */
+ * piece never. Then a LOOKUP of the same keys must find nothing. @mode 2:
+ * an honest put, then a LOOKUP that leases the blocks for as long as the
+ * node allows, never released: the connection stays until stdin closes. */
 static int put_attack(ux_t *u, ucp_ep_h ep, session_t *s, uint64_t layout, int mode)
 {
     kvs_key_t keys[4];
@@ -440,6 +443,18 @@ static int put_attack(ux_t *u, ucp_ep_h ep, session_t *s, uint64_t layout, int m
                           : m.hdr.type == KVS_MSG_PUT_DONE    ? "stored"
                           : m.hdr.type == KVS_MSG_ERROR       ? "refused"
                                                               : "other";
+    if (mode == 2) {
+        kvs__enc_lookup(&b, 11, s->id, layout, 600000, keys, 4);
+        ux_send_msg(u, ep, &b);
+        kvs__buf_free(&b);
+        inmsg_t *lr = ux_reply(u, 11, 3000, &m);
+        int hits = lr != NULL && m.hdr.type == KVS_MSG_LOOKUP_REPLY ? (int)m.u.lookup_reply.hits : -1;
+        printf("holding leases=%d outcome=%s\n", hits, outcome);
+        char c;
+        while (read(0, &c, 1) > 0) {
+        }
+        return hits == 4 ? 0 : 1;
+    }
     /* Whatever it said, the keys must not be there. */
     kvs__enc_lookup(&b, 11, s->id, layout, 1000, keys, 4);
     ux_send_msg(u, ep, &b);
@@ -512,6 +527,8 @@ static int client(const char *addr, const char *attack, const char *model, uint3
         rc = put_attack(&u, ep, &s, layout, 0);
     } else if (strcmp(attack, "missing") == 0) {
         rc = put_attack(&u, ep, &s, layout, 1);
+    } else if (strcmp(attack, "hold") == 0) {
+        rc = put_attack(&u, ep, &s, layout, 2);
     } else if (strcmp(attack, "amplify") == 0) {
         uint32_t zero[1024] = {0};
         kvs__enc_fetch(&b, 7, s.id, 1, 0, 65535, zero, 1024);
@@ -699,7 +716,7 @@ int main(int argc, char **argv)
     if (argc >= 4 && strcmp(argv[1], "server") == 0 && strcmp(argv[2], "--listen") == 0)
         return server(argv[3]);
     fprintf(stderr, "usage: kvs_attack ports PID | garbage H:P | flood H:P N | "
-                    "client H:P inject|dup|missing|amplify|stall|badsession | "
+                    "client H:P inject|dup|missing|hold|amplify|stall|badsession | "
                     "server --listen H:P\n");
     return 2;
 }
