@@ -80,8 +80,7 @@ static void op_send_done(void *request, ucs_status_t status, void *user_data)
 static void op_recv_done(void *request, ucs_status_t status, size_t length, void *user_data)
 {
     uop_t *op = user_data;
-    op->cb(op->arg, status == UCS_OK ? KVS_OK : KVS_ERR_PEER_FAILED,
-           status == UCS_OK ? length : 0);
+    op->cb(op->arg, status == UCS_OK ? KVS_OK : KVS_ERR_PEER_FAILED, status == UCS_OK ? length : 0);
     kvs__free(op);
     ucp_request_free(request);
 }
@@ -372,8 +371,8 @@ static kvs_status_t u_init(const kvs__config_t *cfg, const kvs__logger_t *log,
     tl->efd = -1;
     tl->wakeup = cfg->progress == KVS_PROGRESS_THREAD;
     ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED,
-                       .features = UCP_FEATURE_AM | UCP_FEATURE_RMA |
-                                   (tl->wakeup ? UCP_FEATURE_WAKEUP : 0),
+                       .features =
+                           UCP_FEATURE_AM | UCP_FEATURE_RMA | (tl->wakeup ? UCP_FEATURE_WAKEUP : 0),
                        .mt_workers_shared = 0};
     ucs_status_t s = ucp_init(&up, NULL, &tl->ucp);
     if (s != UCS_OK) {

@@ -202,8 +202,9 @@ kvs_status_t kvs__boot_recv(int fd, uint32_t max_body, uint64_t deadline_ns, uin
     uint8_t hdr[KVS_PROTO_HDR_LEN];
     kvs_status_t st = recv_exact(fd, hdr, sizeof(hdr), deadline_ns);
     if (st != KVS_OK) {
-        snprintf(why, wl, "%s", st == KVS_ERR_TIMED_OUT ? "no reply before the deadline"
-                                                        : "connection closed by the peer");
+        snprintf(why, wl, "%s",
+                 st == KVS_ERR_TIMED_OUT ? "no reply before the deadline"
+                                         : "connection closed by the peer");
         return st;
     }
     kvs__hdr_t h;
@@ -217,8 +218,9 @@ kvs_status_t kvs__boot_recv(int fd, uint32_t max_body, uint64_t deadline_ns, uin
     st = recv_exact(fd, buf + KVS_PROTO_HDR_LEN, h.body_len, deadline_ns);
     if (st != KVS_OK) {
         kvs__free(buf);
-        snprintf(why, wl, "%s", st == KVS_ERR_TIMED_OUT ? "message body not received in time"
-                                                        : "connection closed mid-message");
+        snprintf(why, wl, "%s",
+                 st == KVS_ERR_TIMED_OUT ? "message body not received in time"
+                                         : "connection closed mid-message");
         return st;
     }
     *buf_p = buf;
@@ -277,8 +279,9 @@ kvs_status_t kvs__boot_srv_take(kvs__boot_srv_t *s, const uint8_t *secret, size_
             bool ok = CRYPTO_memcmp(want, m.u.auth.mac, sizeof(want)) == 0;
             OPENSSL_cleanse(want, sizeof(want));
             if (!ok) {
-                snprintf(why, wl, "authentication failed: the peer does not hold this node's "
-                                  "KVSHARE_AUTH_TOKEN_FILE secret");
+                snprintf(why, wl,
+                         "authentication failed: the peer does not hold this node's "
+                         "KVSHARE_AUTH_TOKEN_FILE secret");
                 return KVS_ERR_AUTH;
             }
         }

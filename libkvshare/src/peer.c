@@ -94,7 +94,7 @@ struct conn {
     char why[256];
     uint64_t layout_id;
     uint8_t session[KVS_PROTO_SESSION_LEN];
-    int fd; /* bootstrap socket: the handshake, then liveness */
+    int fd;                /* bootstrap socket: the handshake, then liveness */
     kvs__boot_srv_t *boot; /* server, pre-auth: the handshake (boot.c) */
     uint64_t boot_deadline_ns;
     uint64_t accepted_seq;
@@ -305,9 +305,9 @@ static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b)
         kvs__free(data);
         return KVS_ERR_PEER_FAILED;
     }
-    kvs_status_t st = pp->ops->am_send(pp->tl, c->ep, data, KVS_PROTO_HDR_LEN,
-                                       data + KVS_PROTO_HDR_LEN, len - KVS_PROTO_HDR_LEN,
-                                       msg_sent, data);
+    kvs_status_t st =
+        pp->ops->am_send(pp->tl, c->ep, data, KVS_PROTO_HDR_LEN, data + KVS_PROTO_HDR_LEN,
+                         len - KVS_PROTO_HDR_LEN, msg_sent, data);
     kick(pp);
     if (st != KVS_INPROGRESS)
         kvs__free(data);
@@ -484,8 +484,7 @@ static void conn_doom(conn_t *c, kvs_status_t st, const char *fmt, ...)
 static void on_ep_error(void *arg, void *ep_user, kvs_status_t st)
 {
     (void)arg;
-    conn_doom(ep_user, KVS_ERR_PEER_FAILED, "transport endpoint failed: %s",
-              kvs_status_string(st));
+    conn_doom(ep_user, KVS_ERR_PEER_FAILED, "transport endpoint failed: %s", kvs_status_string(st));
 }
 
 /* ---------------------------------------------------------------------- */
@@ -613,8 +612,8 @@ static void piece_landed(void *arg, kvs_status_t st, size_t len)
 
 /* A pushed piece for a fetch: it must be exactly one piece of one block of
  * this request, not seen before, and it lands straight in the destination. */
-static void data_to_client(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void *data,
-                           size_t len, bool rndv)
+static void data_to_client(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void *data, size_t len,
+                           bool rndv)
 {
     preq_t *r = req_on(c, m->hdr.req_id);
     if (r == NULL || !r->push || r->is_put || r->status != KVS_INPROGRESS) {
@@ -634,8 +633,10 @@ static void data_to_client(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void
     if (blk >= r->count || seg == dst->nsegs || len != dst->segs[seg].block_bytes ||
         !bit_claim(r->seen, (size_t)blk * dst->nsegs + seg)) {
         r->status = KVS_ERR_PROTOCOL;
-        conn_doom(c, KVS_ERR_PROTOCOL, "DATA piece (block %u, offset %u, %zu bytes) is not one "
-                  "this fetch expects, or came twice", blk, off, len);
+        conn_doom(c, KVS_ERR_PROTOCOL,
+                  "DATA piece (block %u, offset %u, %zu bytes) is not one "
+                  "this fetch expects, or came twice",
+                  blk, off, len);
         return;
     }
     const kvs_segment_t *sg = &dst->segs[seg];
@@ -670,8 +671,8 @@ static void sput_landed(void *arg, kvs_status_t st, size_t len)
 
 /* A piece of a block being put into this node: it lands in staging we
  * chose, exactly where its (block, offset) says, at most once. */
-static void data_to_server(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void *data,
-                           size_t len, bool rndv)
+static void data_to_server(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void *data, size_t len,
+                           bool rndv)
 {
     sput_t *p = pp->sputs;
     while (p != NULL && !(p->conn == c && p->req_id == m->hdr.req_id))
@@ -849,8 +850,8 @@ static void srv_lookup(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
             }
         }
         if (!ok) {
-            kvs__warn(pp->log, "peer %s: hit %zu (%p+%zu) lies outside registered memory",
-                      c->peer, i, locs[0].addr, locs[0].len);
+            kvs__warn(pp->log, "peer %s: hit %zu (%p+%zu) lies outside registered memory", c->peer,
+                      i, locs[0].addr, locs[0].len);
             break;
         }
         kvs__block_desc_t d = {.gen_region = gr->id,
@@ -1004,8 +1005,8 @@ static int finish_puts(kvs__peer_t *pp)
             kvs__debug(pp->log, "peer %s: stored %zu of %u put blocks", p->conn->peer, stored,
                        p->n);
         } else if (p->conn != NULL) {
-            kvs__warn(pp->log, "peer %s: put of %u blocks %s with %zu of %zu pieces",
-                      p->conn->peer, p->n, p->dead ? "failed" : "expired", p->landed, p->pieces);
+            kvs__warn(pp->log, "peer %s: put of %u blocks %s with %zu of %zu pieces", p->conn->peer,
+                      p->n, p->dead ? "failed" : "expired", p->landed, p->pieces);
             send_error(p->conn, p->req_id, p->dead ? KVS_ERR_PROTOCOL : KVS_ERR_TIMED_OUT,
                        p->dead ? "put refused: a piece was malformed, duplicated or lost"
                                : "put expired before every piece arrived");
@@ -1156,8 +1157,7 @@ static int advance_pushes(kvs__peer_t *pp)
             kvs_status_t st = gens == NULL ? KVS_ERR_NO_MEMORY : p->status;
             for (uint32_t i = 0; gens != NULL && i < p->count; i++)
                 gens[i] = st == KVS_OK ? kvs__lease_gen_now(p->sl->lease, p->first + i) : 0;
-            kvs__enc_fetch_done(&b, p->req_id, c->session, st, gens,
-                                gens != NULL ? p->count : 0);
+            kvs__enc_fetch_done(&b, p->req_id, c->session, st, gens, gens != NULL ? p->count : 0);
             kvs__free(gens);
             send_buf(c, &b);
             c->npushes--;
@@ -1458,8 +1458,8 @@ static void boot_readable(kvs__peer_t *pp, conn_t *c)
     }
     if (want > 0)
         return;
-    kvs_status_t st = kvs__boot_srv_take(bs, pp->secret, pp->secret_len, pp->open, why,
-                                         sizeof(why));
+    kvs_status_t st =
+        kvs__boot_srv_take(bs, pp->secret, pp->secret_len, pp->open, why, sizeof(why));
     if (st == KVS_INPROGRESS)
         boot_hello(pp, c);
     else if (st == KVS_OK)
@@ -1859,12 +1859,14 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     bool required = m.u.challenge.auth_required;
     uint8_t want[KVS_PROTO_MAC_LEN];
     proof(pp, "kvshare-server", nonce_c, nonce_s, want);
-    bool server_proved = !pp->open && required &&
-                         CRYPTO_memcmp(want, m.u.challenge.mac, sizeof(want)) == 0;
+    bool server_proved =
+        !pp->open && required && CRYPTO_memcmp(want, m.u.challenge.mac, sizeof(want)) == 0;
     kvs__free(in);
     if (required && pp->open) {
-        kvs__error(pp->log, "peer %s: requires authentication: set KVSHARE_AUTH_TOKEN_FILE to "
-                   "the shared secret", peer);
+        kvs__error(pp->log,
+                   "peer %s: requires authentication: set KVSHARE_AUTH_TOKEN_FILE to "
+                   "the shared secret",
+                   peer);
         return KVS_ERR_AUTH;
     }
     if (!pp->open && !server_proved) {
@@ -1953,8 +1955,7 @@ static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_
     st = take_regions(c, &m);
     bool rma = false;
     if (st == KVS_OK)
-        st = pp->ops->connect(pp->tl, m.u.hello_ack.addr, m.u.hello_ack.addr_len, c, &c->ep,
-                              &rma);
+        st = pp->ops->connect(pp->tl, m.u.hello_ack.addr, m.u.hello_ack.addr_len, c, &c->ep, &rma);
     kvs__free(ack);
     if (st != KVS_OK) {
         c->ep = NULL;
@@ -2322,8 +2323,8 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         }
         kvs__buf_t b;
         kvs__buf_init(&b);
-        kvs__enc_fetch(&b, r->req_id, c->session, rl->lease_id, (uint32_t)first,
-                       (uint32_t)count, chunks, (uint16_t)dst->nsegs);
+        kvs__enc_fetch(&b, r->req_id, c->session, rl->lease_id, (uint32_t)first, (uint32_t)count,
+                       chunks, (uint16_t)dst->nsegs);
         kvs_status_t st = send_buf(c, &b);
         if (st != KVS_OK)
             r->status = st;
@@ -2473,10 +2474,10 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
             const kvs_segment_t *sg = &src->segs[s];
             uint8_t hdr[KVS_PROTO_DATA_LEN];
             kvs__enc_data(hdr, rid, 0, c->session, k, off);
-            kvs_status_t ps = pp->ops->am_send(
-                pp->tl, c->ep, hdr, sizeof(hdr),
-                (const uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride, sg->block_bytes,
-                put_sent, r);
+            kvs_status_t ps =
+                pp->ops->am_send(pp->tl, c->ep, hdr, sizeof(hdr),
+                                 (const uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride,
+                                 sg->block_bytes, put_sent, r);
             if (ps == KVS_INPROGRESS)
                 r->outstanding++;
             else if (ps != KVS_OK)
@@ -2574,15 +2575,14 @@ const char *kvs__peer_transport_name(const kvs__peer_t *pp)
 /* ---------------------------------------------------------------------- */
 /* Life cycle                                                               */
 /* ---------------------------------------------------------------------- */
-static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char *err,
-                                size_t errlen)
+static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char *err, size_t errlen)
 {
     /* A context that neither listens nor uses a pool may never talk to a
      * peer: it starts without a token, and asking a peer is then refused
      * (get_conn) with the same explanation. Listeners and pool clients
      * need the token (or KVSHARE_AUTH=none) to start at all. */
-    if (cfg->auth == KVS__AUTH_TOKEN && cfg->auth_token_file[0] == '\0' &&
-        cfg->listen[0] == '\0' && cfg->pool[0] == '\0') {
+    if (cfg->auth == KVS__AUTH_TOKEN && cfg->auth_token_file[0] == '\0' && cfg->listen[0] == '\0' &&
+        cfg->pool[0] == '\0') {
         pp->no_secret = true;
         return KVS_OK;
     }
@@ -2650,8 +2650,8 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     }
     if (cfg->listen[0] != '\0') {
         kvs__raise_nofile(pp->log); /* a node holds a socket per peer */
-        pp->lfd = kvs__boot_listen(cfg->listen, pp->listen_addr, sizeof(pp->listen_addr), err,
-                                   errlen);
+        pp->lfd =
+            kvs__boot_listen(cfg->listen, pp->listen_addr, sizeof(pp->listen_addr), err, errlen);
         if (pp->lfd < 0) {
             st = KVS_ERR_IO;
             goto fail;

@@ -50,14 +50,14 @@ kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms);
 void kvs__peer_req_free(kvs__peer_t *pp, void *preq);
 
 /* Per-connection bounds (docs/security.md lists them). */
-#define KVS_PEER_MAX_PREAUTH      128u   /* connections still in the handshake */
-#define KVS_PEER_MAX_CONNS        4096u  /* authenticated connections */
-#define KVS_PEER_BOOT_TIMEOUT_MS  2000u  /* to complete the handshake */
-#define KVS_PEER_MAX_LEASES       16384u /* server leases one peer may hold */
-#define KVS_PEER_MAX_PUSHES       32u    /* FETCH pushes one peer may have running */
-#define KVS_PEER_MAX_PUTS         16u    /* PUTs one peer may have landing */
-#define KVS_PEER_MAX_STAGING      (1ull << 30) /* staging bytes one peer may hold */
-#define KVS_PEER_MAX_INBOX        256u   /* queued messages per connection */
-#define KVS_PEER_PUSH_WINDOW      128u   /* sends one push keeps in flight */
+#define KVS_PEER_MAX_PREAUTH     128u         /* connections still in the handshake */
+#define KVS_PEER_MAX_CONNS       4096u        /* authenticated connections */
+#define KVS_PEER_BOOT_TIMEOUT_MS 2000u        /* to complete the handshake */
+#define KVS_PEER_MAX_LEASES      16384u       /* server leases one peer may hold */
+#define KVS_PEER_MAX_PUSHES      32u          /* FETCH pushes one peer may have running */
+#define KVS_PEER_MAX_PUTS        16u          /* PUTs one peer may have landing */
+#define KVS_PEER_MAX_STAGING     (1ull << 30) /* staging bytes one peer may hold */
+#define KVS_PEER_MAX_INBOX       256u         /* queued messages per connection */
+#define KVS_PEER_PUSH_WINDOW     128u         /* sends one push keeps in flight */
 
 #endif

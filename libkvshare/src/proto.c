@@ -496,8 +496,7 @@ kvs_status_t kvs__enc_error(kvs__buf_t *b, uint64_t req_id, uint32_t flags, cons
 }
 
 kvs_status_t kvs__enc_lookup(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
-                             uint64_t layout_id, uint32_t lease_ms, const kvs_key_t *keys,
-                             size_t n)
+                             uint64_t layout_id, uint32_t lease_ms, const kvs_key_t *keys, size_t n)
 {
     if (n > KVS_PROTO_MAX_KEYS)
         return KVS_ERR_INVALID_PARAM;

@@ -90,8 +90,7 @@ static void push_locked(lw_t *w, litem_t *it)
     (void)n;
 }
 
-static kvs_status_t complete_later(lw_t *w, kvs__tl_cb_t cb, void *arg, kvs_status_t st,
-                                   size_t len)
+static kvs_status_t complete_later(lw_t *w, kvs__tl_cb_t cb, void *arg, kvs_status_t st, size_t len)
 {
     litem_t *it = kvs__calloc(1, sizeof(*it));
     if (it == NULL)
@@ -222,7 +221,8 @@ static kvs_status_t l_get(void *arg, void *ep, void *local, size_t len, uint64_t
     lrkey_t *rk = rkey;
     if (!w->rma)
         return KVS_ERR_UNSUPPORTED;
-    if (rk->target != e->target || raddr < rk->base || len > rk->len || raddr - rk->base > rk->len - len)
+    if (rk->target != e->target || raddr < rk->base || len > rk->len ||
+        raddr - rk->base > rk->len - len)
         return KVS_ERR_PROTOCOL;
     pthread_mutex_lock(&g_lock);
     lw_t *t = find_locked(e->target);
@@ -447,7 +447,7 @@ static void l_fini(void *arg)
     kvs__free(w);
 }
 
-#define LOOP_OPS(var, nm, initfn)                                                                 \
+#define LOOP_OPS(var, nm, initfn)                                                                  \
     const kvs__transport_ops_t var = {                                                             \
         .version = KVS_TRANSPORT_OPS_VERSION,                                                      \
         .name = nm,                                                                                \

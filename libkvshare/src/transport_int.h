@@ -55,8 +55,8 @@ typedef struct kvs__transport_ops {
                         kvs__tl_cb_t cb, void *arg);
     kvs_status_t (*flush)(void *tl, void *ep, kvs__tl_cb_t cb, void *arg);
     /* Registers memory; the packed remote key stays valid until dereg. */
-    kvs_status_t (*mem_reg)(void *tl, void *base, size_t length, kvs_mem_type_t type,
-                            void **memh_p, const void **rkey_p, size_t *rkey_len_p);
+    kvs_status_t (*mem_reg)(void *tl, void *base, size_t length, kvs_mem_type_t type, void **memh_p,
+                            const void **rkey_p, size_t *rkey_len_p);
     void (*mem_dereg)(void *tl, void *memh);
     kvs_status_t (*rkey_unpack)(void *tl, void *ep, const void *buf, size_t len, void **rkey_p);
     void (*rkey_destroy)(void *tl, void *rkey);

@@ -342,8 +342,8 @@ static kvs_status_t fetch_burst(kvs_ctx_h ctx, const opts_t *o, pool_t *p, size_
         uint32_t k = 0;
         for (; k < o->inflight && first < hits; k++) {
             uint32_t n = (uint32_t)(hits - first < o->batch ? hits - first : o->batch);
-            kvs_fetch_params_t fp = {.field_mask = KVS_FETCH_FIELD_TIMEOUT_MS |
-                                                   KVS_FETCH_FIELD_FIRST,
+            kvs_fetch_params_t fp = {.field_mask =
+                                         KVS_FETCH_FIELD_TIMEOUT_MS | KVS_FETCH_FIELD_FIRST,
                                      .timeout_ms = o->timeout_ms,
                                      .first = first};
             kvs_status_t s = kvs_fetch(lease, p->h, dst + first, n, &fp, &reqs[k]);

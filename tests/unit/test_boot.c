@@ -68,8 +68,7 @@ Test(boot, a_proved_auth_is_accepted_with_its_address)
 {
     hello();
     uint8_t mac[32];
-    kvs__boot_proof(secret, sizeof(secret) - 1, false, "kvshare-client", s.nonce_c, s.nonce_s,
-                    mac);
+    kvs__boot_proof(secret, sizeof(secret) - 1, false, "kvshare-client", s.nonce_c, s.nonce_s, mac);
     cr_assert_eq(kvs__enc_auth(&b, 5, mac, "worker-address", 14), KVS_OK);
     cr_assert_eq(feed(1000, false), KVS_OK, "%s", why);
     cr_assert_eq(s.addr_len, 14);

@@ -182,8 +182,8 @@ Test(peer, other_layout_is_refused_by_name)
                               .peer = pr.addr};
     kvs_lease_h l = NULL;
     kvs_status_t s = kvs_lookup(pr.b, kvs_pool_layout_id(other.pool), pr.keys, 4, &lp, &l);
-    cr_assert(s == KVS_ERR_LAYOUT_MISMATCH || (s == KVS_OK && kvs_lease_hits(l) == 0),
-              "got %s", kvs_status_string(s));
+    cr_assert(s == KVS_ERR_LAYOUT_MISMATCH || (s == KVS_OK && kvs_lease_hits(l) == 0), "got %s",
+              kvs_status_string(s));
     kvs_lease_release(l);
     test_pool_free(&other);
     pair_fini(&pr);
@@ -275,8 +275,7 @@ Test(peer, put_into_a_pool_node)
     cr_assert_eq(kvs_stats_query(node, &st), KVS_OK);
     cr_assert_eq(st.blocks, 8);
     /* And back from the pool. */
-    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES,
-                              .sources = KVS_SOURCE_POOL};
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES, .sources = KVS_SOURCE_POOL};
     kvs_lease_h l = NULL;
     cr_assert_eq(kvs_lookup(cl, kvs_pool_layout_id(dst.pool), keys, 8, &lp, &l), KVS_OK);
     cr_assert_eq(kvs_lease_hits(l), 8);
@@ -304,8 +303,7 @@ Test(peer, holder_gone_fails_cleanly)
     pr.a = NULL;
     kvs_lease_h l = NULL;
     kvs_status_t s = peer_lookup(&pr, 8, 0, &l);
-    cr_assert(s == KVS_ERR_PEER_FAILED || s == KVS_ERR_TIMED_OUT, "got %s",
-              kvs_status_string(s));
+    cr_assert(s == KVS_ERR_PEER_FAILED || s == KVS_ERR_TIMED_OUT, "got %s", kvs_status_string(s));
     test_pool_free(&pr.pb);
     kvs_ctx_destroy(pr.b);
 }

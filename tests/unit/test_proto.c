@@ -39,8 +39,8 @@ static void every_truncation_fails(void)
     }
 }
 
-static const uint8_t sess[KVS_PROTO_SESSION_LEN] = {0xab, 0xc, 3, 4, 5, 6, 7, 8,
-                                                    9, 10, 11, 12, 13, 14, 15, 16};
+static const uint8_t sess[KVS_PROTO_SESSION_LEN] = {0xab, 0xc, 3,  4,  5,  6,  7,  8,
+                                                    9,    10,  11, 12, 13, 14, 15, 16};
 
 static void lookup_msg(uint32_t nkeys)
 {
@@ -362,8 +362,8 @@ Test(proto, fuzz_seeds_are_valid_messages)
         fclose(f);
         kvs__msg_t m;
         char why[256] = "";
-        cr_assert_eq(kvs__proto_decode(buf, len, &m, why, sizeof(why)), KVS_OK, "%s: %s",
-                     e->d_name, why);
+        cr_assert_eq(kvs__proto_decode(buf, len, &m, why, sizeof(why)), KVS_OK, "%s: %s", e->d_name,
+                     why);
         n++;
     }
     closedir(d);

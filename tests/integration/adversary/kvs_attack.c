@@ -257,8 +257,7 @@ static ucp_ep_h ux_connect(ux_t *u, const void *addr)
 static void ux_wait(ux_t *u, ucs_status_ptr_t r, unsigned ms)
 {
     uint64_t dl = deadline_in(ms);
-    while (UCS_PTR_IS_PTR(r) && ucp_request_check_status(r) == UCS_INPROGRESS &&
-           kvs__now_ns() < dl)
+    while (UCS_PTR_IS_PTR(r) && ucp_request_check_status(r) == UCS_INPROGRESS && kvs__now_ns() < dl)
         ucp_worker_progress(u->w);
     if (UCS_PTR_IS_PTR(r))
         ucp_request_free(r);
@@ -439,16 +438,17 @@ static int put_attack(ux_t *u, ucp_ep_h ep, session_t *s, uint64_t layout, int m
         }
     }
     inmsg_t *done = ux_reply(u, 10, 15000, &m);
-    const char *outcome = done == NULL                        ? "no-answer"
-                          : m.hdr.type == KVS_MSG_PUT_DONE    ? "stored"
-                          : m.hdr.type == KVS_MSG_ERROR       ? "refused"
-                                                              : "other";
+    const char *outcome = done == NULL                     ? "no-answer"
+                          : m.hdr.type == KVS_MSG_PUT_DONE ? "stored"
+                          : m.hdr.type == KVS_MSG_ERROR    ? "refused"
+                                                           : "other";
     if (mode == 2) {
         kvs__enc_lookup(&b, 11, s->id, layout, 600000, keys, 4);
         ux_send_msg(u, ep, &b);
         kvs__buf_free(&b);
         inmsg_t *lr = ux_reply(u, 11, 3000, &m);
-        int hits = lr != NULL && m.hdr.type == KVS_MSG_LOOKUP_REPLY ? (int)m.u.lookup_reply.hits : -1;
+        int hits =
+            lr != NULL && m.hdr.type == KVS_MSG_LOOKUP_REPLY ? (int)m.u.lookup_reply.hits : -1;
         printf("holding leases=%d outcome=%s\n", hits, outcome);
         char c;
         while (read(0, &c, 1) > 0) {
@@ -559,9 +559,9 @@ static int client(const char *addr, const char *attack, const char *model, uint3
         kvs__enc_lookup(&b, 9, s.id, layout, 1000, keys, n);
         ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
                                  .flags = UCP_AM_SEND_FLAG_RNDV};
-        ucs_status_ptr_t r = ucp_am_send_nbx(ep, AM_ID, b.data, KVS_PROTO_HDR_LEN,
-                                             b.data + KVS_PROTO_HDR_LEN,
-                                             b.len - KVS_PROTO_HDR_LEN, &p);
+        ucs_status_ptr_t r =
+            ucp_am_send_nbx(ep, AM_ID, b.data, KVS_PROTO_HDR_LEN, b.data + KVS_PROTO_HDR_LEN,
+                            b.len - KVS_PROTO_HDR_LEN, &p);
         /* The call itself sends the rendezvous request; the data would only
          * move when we progress, which we never do again. */
         printf("stalling\n");
