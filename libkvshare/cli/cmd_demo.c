@@ -53,8 +53,9 @@ static void usage(FILE *f)
                "  --kv-heads N --head-dim N --ffn N --vocab N --threads N --weight-seed S\n"
                "  --prompt-seed S --zero-copy\n"
                "\n"
-               "The engine is build/examples/kvshare-engine, found next to this binary;\n"
-               "set KVSHARE_ENGINE_BIN=PATH to use another. Progress goes to stderr.\n");
+               "The engine is kvshare-engine beside this binary (an install), else\n"
+               "build/examples/kvshare-engine (a build tree); set KVSHARE_ENGINE_BIN=PATH to\n"
+               "use another. Progress goes to stderr.\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -466,9 +467,10 @@ typedef struct demo {
     double step_timeout; /* seconds */
 } demo_t;
 
-/* Locates kvshare-engine: $KVSHARE_ENGINE_BIN, else where the build puts it
- * relative to this binary (build/libkvshare/cli/kvshare ->
- * build/examples/kvshare-engine), else beside it (an install). */
+/* Locates kvshare-engine: $KVSHARE_ENGINE_BIN, else beside this binary (an
+ * install: PREFIX/bin/kvshare -> PREFIX/bin/kvshare-engine), else where the
+ * build puts it (build/libkvshare/cli/kvshare -> build/examples/kvshare-engine).
+ * The install comes first: from PREFIX/bin, ../../examples is outside PREFIX. */
 static bool find_engine(demo_t *d)
 {
     const char *env = getenv("KVSHARE_ENGINE_BIN");
@@ -488,8 +490,8 @@ static bool find_engine(demo_t *d)
     if (slash != NULL)
         *slash = '\0';
     char cand[2][PATH_MAX + 64];
-    snprintf(cand[0], sizeof(cand[0]), "%s/../../examples/kvshare-engine", dir);
-    snprintf(cand[1], sizeof(cand[1]), "%s/kvshare-engine", dir);
+    snprintf(cand[0], sizeof(cand[0]), "%s/kvshare-engine", dir);
+    snprintf(cand[1], sizeof(cand[1]), "%s/../../examples/kvshare-engine", dir);
     for (int i = 0; i < 2; i++) {
         char real[PATH_MAX];
         if (access(cand[i], X_OK) == 0 && realpath(cand[i], real) != NULL) {
