@@ -73,4 +73,23 @@ metrics_bind() {
   if [ "$ok" = 1 ]; then echo "ok: serve --metrics 127.0.0.1:0 binds 127.0.0.1 only"; else fail=1; fi
 }
 metrics_bind
+
+# bench transfer --help states the --inflight default; a tiny run without --inflight reports
+# the one it used. Skipped where the transfer cannot run (no UCX transport).
+inflight_default() {
+  local said used
+  said=$("$k" bench transfer --help | sed -n 's/.*--inflight batches moving at once (default \([0-9]*\).*/\1/p')
+  used=$("$k" bench transfer --blocks 4 --batch 2 --repeats 1 --block-bytes 4096 --no-perftest --json \
+    2>/dev/null | sed -n 's/.*"inflight":\([0-9]*\).*/\1/p')
+  if [ -z "$said" ]; then
+    echo "FAIL: bench transfer --help states no --inflight default"; fail=1
+  elif [ -z "$used" ]; then
+    echo "skip: bench transfer did not run here; --help says --inflight default $said"
+  elif [ "$said" != "$used" ]; then
+    echo "FAIL: bench transfer --help says --inflight default $said, a run uses $used"; fail=1
+  else
+    echo "ok: bench transfer --inflight default $said, as --help says"
+  fi
+}
+inflight_default
 exit $fail
