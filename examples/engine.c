@@ -916,8 +916,9 @@ kvs_status_t engine_fetch(engine_seq_h s, kvs_lease_h lease, size_t *hit_tokens_
     if (status == KVS_OK && hits > 0)
         status = e->kvs->fetch(lease, e->pool, s->blocks, hits, NULL, &req);
     if (req != NULL) {
-        /* The fetch is asynchronous (a remote GET, later); -1 waits until the
-         * request's own deadline, which always exists. A changed block fails
+        /* The fetch is asynchronous (from a peer or pool node, a GET or push
+         * over the transport); -1 waits until the request's own deadline,
+         * which always exists. A changed block fails
          * the whole request with KVS_ERR_STALE: never wrong KV. */
         status = e->kvs->request_wait(req, -1);
         e->kvs->request_free(req);

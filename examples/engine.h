@@ -188,9 +188,10 @@ enum engine_publish_flags {
 
 /**
  * Publishes the sequence's full blocks of computed KV under their block keys
- * so that other engines (in this process now; over the transport later) can
- * fetch them. *published_p (may be NULL) gets the number of blocks newly
- * published; keys already present are not counted.
+ * so that other engines (in this process, or in another one through this
+ * process's KVSHARE_LISTEN port) can fetch them. *published_p (may be NULL)
+ * gets the number of blocks newly published; keys already present are not
+ * counted.
  * Errors: KVS_ERR_UNSUPPORTED (no kvshare), or kvs_publish()'s.
  */
 kvs_status_t engine_publish(engine_seq_h seq, unsigned flags, size_t *published_p);

@@ -181,6 +181,7 @@ int kvs_cli_bench_shim(int argc, char **argv)
             bs_usage(stdout);
             return 0;
         } else {
+            fprintf(stderr, "kvshare bench shim: unknown option '%s'\n", argv[i]);
             bs_usage(stderr);
             return 2;
         }

@@ -29,13 +29,13 @@ static void usage(FILE *f)
         "\n"
         "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
         "this process looks them up and fetches them all in batches of K, R times, into\n"
-        "shuffled ids of its own, with --inflight batches moving at once (default 2: the next\n"
-        "batch is looked up while the last one lands). Printed beside it, from the same run:\n"
-        "one core's memcpy\n"
-        "of the same blocks (the limit of a shared-memory path), and ucx_perftest at the\n"
-        "same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw on tcp).\n"
+        "shuffled ids of its own, with --inflight batches moving at once (default 1; with 2\n"
+        "the next batch is looked up while the last one lands). Printed beside it, from the\n"
+        "same run: one core's memcpy of the same blocks (the limit of a shared-memory path),\n"
+        "and ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw\n"
+        "on tcp).\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
-        "          --repeats 5\n");
+        "          --repeats 5 --inflight 1\n");
 }
 
 static kvs_key_t key_of(uint64_t seed, uint64_t i)

@@ -46,15 +46,17 @@ static void usage(FILE *f)
                "  --decode N      tokens to generate (default 32)\n"
                "  --shared PCT    prefix shared by the second replica's prompt (default 75)\n"
                "  --no-reuse      skip the cache-pool steps\n"
-               "  --timeout SEC   deadline of each step (default grows with --tokens: 120 s at\n"
-               "                  4096, 480 s at 8192, ...)\n"
+               "  --timeout SEC   deadline of each step (default grows with --tokens N:\n"
+               "                  60 + 60 * max(1, (N/4096)^2) s: 120 s up to 4096, 300 s at\n"
+               "                  8192)\n"
                "  --json          print one JSON object with every figure instead of the table\n"
                "engine options, passed to every engine: --layers N --d-model N --heads N\n"
                "  --kv-heads N --head-dim N --ffn N --vocab N --threads N --weight-seed S\n"
                "  --prompt-seed S --zero-copy\n"
                "\n"
-               "The engine is build/examples/kvshare-engine, found next to this binary;\n"
-               "set KVSHARE_ENGINE_BIN=PATH to use another. Progress goes to stderr.\n");
+               "The engine is kvshare-engine beside this binary (an install), else\n"
+               "build/examples/kvshare-engine (a build tree); set KVSHARE_ENGINE_BIN=PATH to\n"
+               "use another. Progress goes to stderr.\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -466,9 +468,10 @@ typedef struct demo {
     double step_timeout; /* seconds */
 } demo_t;
 
-/* Locates kvshare-engine: $KVSHARE_ENGINE_BIN, else where the build puts it
- * relative to this binary (build/libkvshare/cli/kvshare ->
- * build/examples/kvshare-engine), else beside it (an install). */
+/* Locates kvshare-engine: $KVSHARE_ENGINE_BIN, else beside this binary (an
+ * install: PREFIX/bin/kvshare -> PREFIX/bin/kvshare-engine), else where the
+ * build puts it (build/libkvshare/cli/kvshare -> build/examples/kvshare-engine).
+ * The install comes first: from PREFIX/bin, ../../examples is outside PREFIX. */
 static bool find_engine(demo_t *d)
 {
     const char *env = getenv("KVSHARE_ENGINE_BIN");
@@ -488,8 +491,8 @@ static bool find_engine(demo_t *d)
     if (slash != NULL)
         *slash = '\0';
     char cand[2][PATH_MAX + 64];
-    snprintf(cand[0], sizeof(cand[0]), "%s/../../examples/kvshare-engine", dir);
-    snprintf(cand[1], sizeof(cand[1]), "%s/kvshare-engine", dir);
+    snprintf(cand[0], sizeof(cand[0]), "%s/kvshare-engine", dir);
+    snprintf(cand[1], sizeof(cand[1]), "%s/../../examples/kvshare-engine", dir);
     for (int i = 0; i < 2; i++) {
         char real[PATH_MAX];
         if (access(cand[i], X_OK) == 0 && realpath(cand[i], real) != NULL) {

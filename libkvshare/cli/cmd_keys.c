@@ -16,7 +16,9 @@ static void usage(FILE *f)
             "  <block> <first token>-<last token> <int64 as in KV events> <hex key>\n"
             "--seed is vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED, else 0).\n"
             "A partial last block is not hashed (vLLM hashes full blocks only).\n"
-            "Tokens may also be read from stdin, whitespace-separated, with '-'.\n");
+            "Tokens may also be read from stdin, whitespace-separated, with '-'.\n"
+            "Exit status: 0 done, 1 a failure while hashing, 2 a usage error (a bad option or\n"
+            "token, or neither TOKEN nor '-').\n");
 }
 
 typedef struct token_list {
@@ -24,18 +26,19 @@ typedef struct token_list {
     size_t n, cap;
 } token_list_t;
 
-/* Parses one token and appends it; -1 on a bad token (reported) or OOM. */
+/* Parses one token and appends it; returns 0, or the exit code: 2 for a bad
+ * token, 1 when out of memory (both reported). */
 static int push_token(token_list_t *t, const char *s)
 {
     uint64_t v;
     if (!kvs_cli_parse_u64("TOKEN", s, 0, UINT32_MAX, &v))
-        return -1;
+        return 2;
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 256;
         uint32_t *nv = realloc(t->v, cap * sizeof(*nv));
         if (nv == NULL) {
             fprintf(stderr, "kvshare keys: out of memory\n");
-            return -1;
+            return 1;
         }
         t->v = nv;
         t->cap = cap;
@@ -51,7 +54,8 @@ int kvs_cli_keys(int argc, char **argv)
     uint64_t block_tokens = 16;
     token_list_t tl = {0};
     bool from_stdin = false, opts_done = false;
-    int rc = 1;
+    int rc = 2; /* until the options and tokens are read: a usage error */
+    int pushed;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -106,16 +110,29 @@ int kvs_cli_keys(int argc, char **argv)
             goto out;
         } else {
         token:
-            if (push_token(&tl, a) != 0)
+            pushed = push_token(&tl, a);
+            if (pushed != 0) {
+                rc = pushed;
                 goto out;
+            }
         }
     }
     if (from_stdin) {
         char word[32];
-        while (scanf("%31s", word) == 1)
-            if (push_token(&tl, word) != 0)
+        while (scanf("%31s", word) == 1) {
+            pushed = push_token(&tl, word);
+            if (pushed != 0) {
+                rc = pushed;
                 goto out;
+            }
+        }
     }
+    if (tl.n == 0 && !from_stdin) { /* an empty stdin ('-') is zero tokens, no error */
+        fprintf(stderr, "kvshare keys: no tokens (give TOKEN... or '-' to read stdin)\n");
+        usage(stderr);
+        goto out;
+    }
+    rc = 1; /* from here on, a failure is a runtime one */
     const uint32_t *tokens = tl.v;
     size_t ntok = tl.n;
 

@@ -43,7 +43,9 @@ static void usage(FILE *f)
                "bytes; make one with `head -c 32 /dev/urandom | base64 > token; chmod 600\n"
                "token`); without it the node refuses to start. KVSHARE_AUTH=none runs open:\n"
                "any process that reaches the port can read and write the cached KV (prompts).\n"
-               "Stops cleanly on SIGTERM or SIGINT (and when stdin is a pipe that closes).\n");
+               "Stops cleanly on SIGTERM or SIGINT (and when stdin is a pipe that closes).\n"
+               "Exit status: 0 stopped cleanly, 1 a failure at run time (such as a port in\n"
+               "use), 2 a usage or configuration error (an option, KVSHARE_* or token file).\n");
 }
 
 static volatile sig_atomic_t stop_signal;
@@ -225,25 +227,22 @@ int kvs_cli_serve(int argc, char **argv)
             usage(stdout);
             return 0;
         }
-        if (v == NULL) {
-            fprintf(stderr, "kvshare serve: %s needs a value\n", a);
-            return 2;
-        }
-        if (strcmp(a, "--listen") == 0)
-            listen = v;
-        else if (strcmp(a, "--capacity") == 0)
-            capacity = v;
-        else if (strcmp(a, "--strategy") == 0)
-            strategy = v;
-        else if (strcmp(a, "--slot-bytes") == 0)
-            slot = v;
-        else if (strcmp(a, "--metrics") == 0)
-            metrics_addr = v;
-        else {
+        const char **dst = strcmp(a, "--listen") == 0       ? &listen
+                           : strcmp(a, "--capacity") == 0   ? &capacity
+                           : strcmp(a, "--strategy") == 0   ? &strategy
+                           : strcmp(a, "--slot-bytes") == 0 ? &slot
+                           : strcmp(a, "--metrics") == 0    ? &metrics_addr
+                                                            : NULL;
+        if (dst == NULL) {
             fprintf(stderr, "kvshare serve: unknown option '%s'\n", a);
             usage(stderr);
             return 2;
         }
+        if (v == NULL) {
+            fprintf(stderr, "kvshare serve: %s needs a value\n", a);
+            return 2;
+        }
+        *dst = v;
     }
 #ifdef KVS_HAVE_MHD
     /* Bound before the node starts, so a bad value fails fast and names itself. */
@@ -309,7 +308,9 @@ int kvs_cli_serve(int argc, char **argv)
         if (metrics_fd >= 0)
             close(metrics_fd);
 #endif
-        return 1;
+        /* A bad setting (flag, KVSHARE_* or token file) is the caller's to
+         * fix: a usage error. Anything else failed at run time. */
+        return st == KVS_ERR_CONFIG ? 2 : 1;
     }
 #ifdef KVS_HAVE_MHD
     struct MHD_Daemon *mhd = NULL;

@@ -21,7 +21,9 @@ static void usage(FILE *f)
                "  help     this text\n"
                "\n"
 
-               "Run 'kvshare <command> --help' for a command's options.\n");
+               "Run 'kvshare <command> --help' for a command's options.\n"
+               "Exit status of every command: 0 success, 1 a failure at run time, 2 a usage\n"
+               "error (a bad option or value); --help prints to stdout and exits 0.\n");
 }
 
 double kvs_cli_now(void)
@@ -81,6 +83,15 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "demo") == 0)
         return kvs_cli_demo(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        if (argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+            printf("usage: kvshare version\n\nPrints the version of libkvshare in use.\n");
+            return 0;
+        }
+        if (argc > 2) {
+            fprintf(stderr, "kvshare version: unexpected argument '%s'\nusage: kvshare version\n",
+                    argv[2]);
+            return 2;
+        }
         printf("kvshare %s\n", kvs_version());
         return 0;
     }

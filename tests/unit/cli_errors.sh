@@ -14,12 +14,19 @@ expect() { # expect EXIT_CODE PATTERN -- args...
     echo "ok: kvshare $*"
   fi
 }
-expect 1 "--algo 'md5'" -- keys --algo md5 1 2
-expect 1 "--block-tokens '0'" -- keys --block-tokens 0 1 2
-expect 1 "TOKEN '4294967296'" -- keys 4294967296
-expect 1 "TOKEN '-1'" -- keys -- -1
-expect 1 "TOKEN 'abc'" -- keys abc
-expect 1 "unknown option '--bogus'" -- keys --bogus
+# Exit status, every command: 0 success, 1 a failure at run time, 2 a usage error.
+expect 2 "--algo 'md5'" -- keys --algo md5 1 2
+expect 2 "--block-tokens '0'" -- keys --block-tokens 0 1 2
+expect 2 "TOKEN '4294967296'" -- keys 4294967296
+expect 2 "TOKEN '-1'" -- keys -- -1
+expect 2 "TOKEN 'abc'" -- keys abc
+expect 2 "unknown option '--bogus'" -- keys --bogus
+expect 2 "no tokens" -- keys
+expect 2 "no tokens" -- keys --block-tokens 2
+expect 2 "unexpected argument 'x'" -- version x
+expect 2 "unknown option 'garbage'" -- serve garbage
+expect 2 "--listen needs a value" -- serve --listen
+expect 2 "KVSHARE_CAPACITY='abc'" -- serve --listen 127.0.0.1:0 --capacity abc
 expect 2 "unknown command 'frobnicate'" -- frobnicate
 expect 2 "unknown benchmark 'nope'" -- bench nope
 expect 2 "--chain 'x': expected an integer" -- bench lookup --chain x
@@ -38,6 +45,39 @@ expect 2 "cannot resolve host 'no-such-host.invalid'" -- serve --metrics no-such
 # serve --metrics 127.0.0.1:0 listens on 127.0.0.1 only, not on every interface: the kernel's
 # socket table shows the loopback address, and another local address (127.0.0.2, which any
 # wildcard socket would answer) refuses the connection.
+# Every command and benchmark, as `kvshare --help` and `kvshare bench --help` list them:
+# --help prints its usage to stdout, nothing to stderr, and exits 0; an unknown option is a
+# usage error: exit 2, nothing on stdout, a message naming the option on stderr.
+listed() { sed -n 's/^  \([a-z][a-z]*\) .*/\1/p'; } # "  name  what it does" lines
+commands=$("$k" --help | listed)
+benches=$("$k" bench --help | listed)
+[ -n "$commands" ] && [ -n "$benches" ] || { echo "FAIL: no commands listed by --help"; fail=1; }
+help_and_usage() { # help_and_usage WORDS...: the command `kvshare WORDS...`
+  local out err rc
+  out=$("$k" "$@" --help 2>"$tmpd/err"); rc=$?; err=$(cat "$tmpd/err")
+  if [ "$rc" -ne 0 ] || [ -n "$err" ] || ! grep -q "^usage: kvshare" <<<"$out"; then
+    echo "FAIL: kvshare $* --help -> exit $rc, stdout '$(head -n 1 <<<"$out")', stderr '$err'"; fail=1
+  else
+    echo "ok: kvshare $* --help: usage on stdout, exit 0"
+  fi
+  [ "$1" = help ] && return # `kvshare help` takes no options and ignores them
+  out=$("$k" "$@" --no-such-option 2>"$tmpd/err" </dev/null); rc=$?; err=$(cat "$tmpd/err")
+  if [ "$rc" -ne 2 ] || [ -n "$out" ] || ! grep -q -- "--no-such-option" <<<"$err"; then
+    echo "FAIL: kvshare $* --no-such-option -> exit $rc, stdout '$out', stderr '$err'"; fail=1
+  else
+    echo "ok: kvshare $* --no-such-option: exit 2, named on stderr"
+  fi
+}
+tmpd=$(mktemp -d)
+for c in $commands; do help_and_usage "$c"; done
+for b in $benches; do help_and_usage bench "$b"; done
+rm -rf "$tmpd"
+# Failures at run time exit 1: the demo without its engine, bench shim without its helper.
+KVSHARE_ENGINE_BIN=/nonexistent/kvshare-engine expect 1 "/nonexistent/kvshare-engine" -- demo
+if grep -qx shim <<<"$benches"; then
+  KVSHARE_BENCH_SHIM_HELPER=/nonexistent/helper expect 1 "/nonexistent/helper" -- bench shim
+fi
+
 metrics_bind() {
   local tmp pid port hex line ok=1
   tmp=$(mktemp -d)
@@ -66,6 +106,8 @@ metrics_bind() {
     if (exec 3<>"/dev/tcp/127.0.0.2/$port") 2>/dev/null; then
       echo "FAIL: metrics reachable on 127.0.0.2:$port (bound to every interface?)"; ok=0
     fi
+    # A second node on the same metrics port: a failure at run time, exit 1.
+    expect 1 "--metrics '127.0.0.1:$port'" -- serve --listen 127.0.0.1:0 --metrics "127.0.0.1:$port"
   fi
   exec 9>&- 8<&-
   wait "$pid"
@@ -73,4 +115,23 @@ metrics_bind() {
   if [ "$ok" = 1 ]; then echo "ok: serve --metrics 127.0.0.1:0 binds 127.0.0.1 only"; else fail=1; fi
 }
 metrics_bind
+
+# bench transfer --help states the --inflight default; a tiny run without --inflight reports
+# the one it used. Skipped where the transfer cannot run (no UCX transport).
+inflight_default() {
+  local said used
+  said=$("$k" bench transfer --help | sed -n 's/.*--inflight batches moving at once (default \([0-9]*\).*/\1/p')
+  used=$("$k" bench transfer --blocks 4 --batch 2 --repeats 1 --block-bytes 4096 --no-perftest --json \
+    2>/dev/null | sed -n 's/.*"inflight":\([0-9]*\).*/\1/p')
+  if [ -z "$said" ]; then
+    echo "FAIL: bench transfer --help states no --inflight default"; fail=1
+  elif [ -z "$used" ]; then
+    echo "skip: bench transfer did not run here; --help says --inflight default $said"
+  elif [ "$said" != "$used" ]; then
+    echo "FAIL: bench transfer --help says --inflight default $said, a run uses $used"; fail=1
+  else
+    echo "ok: bench transfer --inflight default $said, as --help says"
+  fi
+}
+inflight_default
 exit $fail

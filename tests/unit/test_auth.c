@@ -3,6 +3,7 @@
 #include "auth_int.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,23 @@ static void make_dir(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/kvs-auth-XXXXXX");
     cr_assert_not_null(mkdtemp(tmpdir));
+}
+
+/* .fini of every test that calls make_dir: removes the directory and the
+ * token files in it, whether the test passed or failed. */
+static void remove_dir(void)
+{
+    if (tmpdir[0] == '\0')
+        return;
+    DIR *d = opendir(tmpdir);
+    if (d != NULL) {
+        for (struct dirent *e; (e = readdir(d)) != NULL;)
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+    }
+    rmdir(tmpdir);
+    tmpdir[0] = '\0';
 }
 
 /* Writes @len bytes of @data to a new file in tmpdir with @mode; returns its path. */
@@ -123,7 +141,7 @@ Test(auth, none_is_open_with_a_warning)
                        "no warning; got %d lines", nlines);
 }
 
-Test(auth, none_with_a_token_file_is_a_contradiction)
+Test(auth, none_with_a_token_file_is_a_contradiction, .fini = remove_dir)
 {
     make_dir();
     const char *path = token_file("tok", "secret\n", 7, 0600);
@@ -150,7 +168,7 @@ Test(auth, bad_mode_values_name_the_variable_and_accepted_values)
     cr_assert(strstr(err, "params.auth='disabled'") != NULL, "%s", err);
 }
 
-Test(auth, params_and_json_set_the_mode_with_params_first)
+Test(auth, params_and_json_set_the_mode_with_params_first, .fini = remove_dir)
 {
     make_dir();
     const char *json = token_file("cfg.json", "{\"auth\": \"none\"}", 16, 0600);
@@ -173,7 +191,7 @@ Test(auth, params_and_json_set_the_mode_with_params_first)
     cr_assert_eq(cfg.auth, KVS__AUTH_TOKEN);
 }
 
-Test(auth, token_file_is_read_with_one_trailing_newline_stripped)
+Test(auth, token_file_is_read_with_one_trailing_newline_stripped, .fini = remove_dir)
 {
     make_dir();
     kvs__secret_t s;
@@ -213,7 +231,7 @@ Test(auth, token_file_is_read_with_one_trailing_newline_stripped)
     kvs__secret_clear(NULL);
 }
 
-Test(auth, unusable_token_files_name_the_path_and_the_cause)
+Test(auth, unusable_token_files_name_the_path_and_the_cause, .fini = remove_dir)
 {
     make_dir();
     char path[160];
@@ -248,7 +266,7 @@ Test(auth, unusable_token_files_name_the_path_and_the_cause)
     }
 }
 
-Test(auth, the_limit_is_4096_token_bytes)
+Test(auth, the_limit_is_4096_token_bytes, .fini = remove_dir)
 {
     make_dir();
     static uint8_t big[KVS_SECRET_MAX + 3];
@@ -287,7 +305,7 @@ Test(auth, the_limit_is_4096_token_bytes)
     expect_fail(&cfg, path, "longer than 4096 bytes");
 }
 
-Test(auth, group_or_world_readable_files_are_a_warning_not_an_error)
+Test(auth, group_or_world_readable_files_are_a_warning_not_an_error, .fini = remove_dir)
 {
     make_dir();
     static const struct {

@@ -699,9 +699,9 @@ class Controller:
     def __init__(self, binary, cert, key, fake, ca, token_file, *extra, deadline_s=30):
         import select
         import subprocess
-        import tempfile
-        self.stderr_path = tempfile.mktemp(prefix="kvsc-rec-stderr-")
-        self.stderr_f = open(self.stderr_path, "w")
+        from kvsc_harness import stderr_sink
+        self.stderr_f = stderr_sink()
+        self.stderr_text = ""
         env = dict(os.environ)
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.proc = subprocess.Popen(
@@ -726,10 +726,10 @@ class Controller:
         self.ca = ca
 
     def stderr(self):
+        from kvsc_harness import read_sink
         if not self.stderr_f.closed:
-            self.stderr_f.flush()
-        with open(self.stderr_path) as f:
-            return f.read()
+            self.stderr_text = read_sink(self.stderr_f)
+        return self.stderr_text
 
     def metrics(self):
         import urllib.request
@@ -753,6 +753,7 @@ class Controller:
             self.proc.kill()
             self.proc.wait()
             rc = None
+        self.stderr()
         self.stderr_f.close()
         return rc
 
@@ -760,8 +761,7 @@ class Controller:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if os.path.exists(self.stderr_path):
-            os.unlink(self.stderr_path)
+        self.stderr_f.close()
 
 
 def wait_for(what, fn, deadline_s=15, on_fail=None):

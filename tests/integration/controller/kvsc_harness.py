@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Shared helpers for the controller integration tests: PKI, server process, curl."""
 import argparse
+import atexit
 import base64
 import json
 import os
@@ -21,6 +22,31 @@ def parse_args():
     p.add_argument("--openssl", required=True)
     p.add_argument("--fixtures", required=True)
     return p.parse_args()
+
+
+def workdir(prefix):
+    """A new private directory (0700, under $TMPDIR) for one test's files, CA and TLS keys
+    included. It is removed when the test exits: normally, through fail() or another
+    exception, or on SIGTERM/SIGINT (turned into an exit here). Only SIGKILL leaves it."""
+    d = tempfile.TemporaryDirectory(prefix=prefix)
+    atexit.register(d.cleanup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
+    return d.name
+
+
+def stderr_sink():
+    """An unnamed file for a child's stderr (O_TMPFILE: nothing to remove, even after
+    SIGKILL). read_sink() reads it through /proc, at its own offset."""
+    return tempfile.TemporaryFile(mode="w+")
+
+
+def read_sink(f):
+    if not f.closed:
+        f.flush()
+        with open("/proc/self/fd/%d" % f.fileno()) as r:
+            return r.read()
+    return ""
 
 
 def fail(msg):
@@ -74,8 +100,8 @@ class Server:
     """kvshare-controller on 127.0.0.1:0; reads the bound port from its stdout."""
 
     def __init__(self, binary, cert, key, *extra, deadline_s=20):
-        self.stderr_path = tempfile.mktemp(prefix="kvsc-stderr-")
-        self.stderr_f = open(self.stderr_path, "w")
+        self.stderr_f = stderr_sink()
+        self.stderr_text = ""
         self.proc = subprocess.Popen(
             [binary, "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key,
              "--no-reconcile", *extra],
@@ -98,9 +124,8 @@ class Server:
 
     def stderr(self):
         if not self.stderr_f.closed:
-            self.stderr_f.flush()
-        with open(self.stderr_path) as f:
-            return f.read()
+            self.stderr_text = read_sink(self.stderr_f)
+        return self.stderr_text
 
     def stop(self, deadline_s=20):
         """SIGTERM; returns the exit status (the process must go within the deadline)."""
@@ -112,6 +137,7 @@ class Server:
             self.proc.kill()
             self.proc.wait()
             fail("server ignored SIGTERM for %d s" % deadline_s)
+        self.stderr()
         self.stderr_f.close()
         return rc
 
@@ -119,8 +145,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if os.path.exists(self.stderr_path):
-            os.unlink(self.stderr_path)
+        self.stderr_f.close()
 
 
 class Curl:

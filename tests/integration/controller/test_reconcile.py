@@ -6,11 +6,11 @@ no writes on a no-op, ownership respected, metrics."""
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvsc_harness import Pki, check, fail  # noqa: E402
+from kvsc_harness import workdir  # noqa: E402
 from kube_fake import Controller, FakeKube, wait_for  # noqa: E402
 
 NS = "ml"
@@ -35,7 +35,7 @@ def main():
     p.add_argument("--controller", required=True)
     p.add_argument("--openssl", required=True)
     args = p.parse_args()
-    work = tempfile.mkdtemp(prefix="kvsc-rec-")
+    work = workdir("kvsc-rec-")
     pki = Pki(args.openssl, work)
     api_crt, api_key = pki.leaf("apiserver")
     hook_crt, hook_key = pki.leaf("webhook")

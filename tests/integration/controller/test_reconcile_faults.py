@@ -7,11 +7,11 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvsc_harness import Pki, check, fail  # noqa: E402
+from kvsc_harness import workdir  # noqa: E402
 from kube_fake import Controller, FakeKube, wait_for  # noqa: E402
 
 NS = "ml"
@@ -199,7 +199,7 @@ def main():
     p.add_argument("--controller", required=True)
     p.add_argument("--openssl", required=True)
     args = p.parse_args()
-    work = tempfile.mkdtemp(prefix="kvsc-recf-")
+    work = workdir("kvsc-recf-")
     pki = Pki(args.openssl, work)
     api_crt, api_key = pki.leaf("apiserver")
     hook_crt, hook_key = pki.leaf("webhook")

@@ -12,12 +12,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvsc_harness import (Curl, Pki, Server, check, load, metric, parse_args,  # noqa: E402
                           wait_ready)
+from kvsc_harness import workdir  # noqa: E402
 
 MIB = 1024 * 1024
 CONCURRENT = 60
@@ -86,7 +86,7 @@ def check_busy(code, head, body):
 def main():
     args = parse_args()
     root = os.path.abspath(os.path.join(args.fixtures, "..", "..", ".."))
-    work = tempfile.mkdtemp(prefix="kvsc-budget-")
+    work = workdir("kvsc-budget-")
     pki = Pki(args.openssl, work)
     crt, key = pki.leaf("webhook")
     curl = Curl(args.curl, pki.ca_crt)

@@ -9,11 +9,11 @@ import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvsc_harness import Curl, Pki, Server, check, fail, load, metric, parse_args  # noqa: E402
+from kvsc_harness import workdir  # noqa: E402
 from kvsc_harness import wait_ready  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def wait_for(what, fn, deadline_s=20):
 
 def main():
     args = parse_args()
-    work = tempfile.mkdtemp(prefix="kvsc-reload-")
+    work = workdir("kvsc-reload-")
     pki = Pki(args.openssl, work)
     a_crt, a_key = pki.leaf("cert-a")
     b_crt, b_key = pki.leaf("cert-b")

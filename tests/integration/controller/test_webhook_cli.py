@@ -5,10 +5,10 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvsc_harness import Pki, check, parse_args  # noqa: E402
+from kvsc_harness import workdir  # noqa: E402
 
 
 def run(binary, *argv):
@@ -17,7 +17,7 @@ def run(binary, *argv):
 
 def main():
     args = parse_args()
-    work = tempfile.mkdtemp(prefix="kvsc-cli-")
+    work = workdir("kvsc-cli-")
     pki = Pki(args.openssl, work)
     crt, key = pki.leaf("cli")
     other_crt, _ = pki.leaf("other")

@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvsc_harness import (SKIP, Curl, Pki, Server, check, decode_patch, fail, load, metric,  # noqa: E402
                           parse_args, wait_ready)
+from kvsc_harness import workdir  # noqa: E402
 
 try:
     import jsonpatch
@@ -156,7 +156,7 @@ def variants(optin):
 
 def main():
     args = parse_args()
-    work = tempfile.mkdtemp(prefix="kvsc-https-")
+    work = workdir("kvsc-https-")
     pki = Pki(args.openssl, work)
     crt, key = pki.leaf("webhook")
     curl = Curl(args.curl, pki.ca_crt)

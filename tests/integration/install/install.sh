@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# install.sh - `cmake --install` to two prefixes works as a packager and a user need: each
+# prefix's kvshare.pc points into that prefix and a program built with pkg-config runs against
+# that prefix's library; the installed programs find libkvshare.so.0 through RUNPATH
+# $ORIGIN/../lib; the installed `kvshare demo` finds the installed kvshare-engine and its
+# tokens come out identical.
+# Usage: install.sh BUILD_DIR CC "CFLAGS" PROGRAM...   (PROGRAM: what must be in PREFIX/bin)
+set -u
+build=$1 cc=$2 cflags=$3
+shift 3
+programs=("$@")
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvs-install.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+WORK=$(realpath "$WORK")
+fail() { echo "FAIL: $*"; exit 1; }
+ok() { echo "ok: $*"; }
+# Nothing from the caller's environment may point at the build tree or a token.
+unset LD_LIBRARY_PATH PKG_CONFIG_PATH KVSHARE_ENGINE_BIN KVSHARE_AUTH KVSHARE_AUTH_TOKEN_FILE
+
+cat >"$WORK/prog.c" <<'PROG'
+/* Built with `pkg-config --cflags --libs kvshare`: prints the library's version, a status
+ * string and the file the library was loaded from. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <kvshare.h>
+#include <stdio.h>
+
+int main(void)
+{
+    Dl_info info;
+    void *fn = dlsym(RTLD_DEFAULT, "kvs_version");
+    if (fn == NULL || dladdr(fn, &info) == 0 || info.dli_fname == NULL)
+        return 1;
+    printf("%s\n%s\n%s\n", kvs_version(), kvs_status_string(KVS_OK), info.dli_fname);
+    return 0;
+}
+PROG
+
+# check_prefix P: install to P, then check the .pc, a program built against it, and RUNPATH.
+check_prefix() {
+  local p=$1 pc pcdir flags libdir out prog want rp
+  cmake --install "$build" --prefix "$p" >"$WORK/install.log" 2>&1 ||
+    fail "cmake --install --prefix $p: $(tail -n 20 "$WORK/install.log")"
+  pc=$(find "$p" -name kvshare.pc -path '*/pkgconfig/*')
+  [ -n "$pc" ] || fail "$p: no pkgconfig/kvshare.pc installed"
+  pcdir=$(dirname "$pc")
+  flags=$(PKG_CONFIG_PATH=$pcdir pkg-config --cflags --libs kvshare) || fail "$p: pkg-config failed"
+  libdir=$(PKG_CONFIG_PATH=$pcdir pkg-config --variable=libdir kvshare)
+  grep -qF -- "-I$p/include" <<<"$flags" || fail "$p: cflags lack -I$p/include: $flags"
+  grep -qF -- "-L$libdir" <<<"$flags" || fail "$p: libs lack -L$libdir: $flags"
+  [ "${libdir#"$p"/}" != "$libdir" ] || fail "$p: libdir $libdir is outside the prefix"
+  [ -e "$libdir/libkvshare.so.0" ] || fail "$p: $libdir/libkvshare.so.0 not installed"
+  # shellcheck disable=SC2086 # flags are words
+  $cc -std=c11 -Wall -Wextra -Werror $cflags "$WORK/prog.c" -o "$WORK/prog" $flags -ldl \
+    >"$WORK/cc.log" 2>&1 || fail "$p: compiling with '$flags': $(cat "$WORK/cc.log")"
+  out=$(LD_LIBRARY_PATH=$libdir "$WORK/prog") || fail "$p: the program built against it failed"
+  want=$(PKG_CONFIG_PATH=$pcdir pkg-config --modversion kvshare)
+  [ "$(sed -n 1p <<<"$out")" = "$want" ] || fail "$p: kvs_version() '$(sed -n 1p <<<"$out")' != .pc Version '$want'"
+  [ -n "$(sed -n 2p <<<"$out")" ] || fail "$p: empty kvs_status_string(KVS_OK)"
+  [ "$(realpath "$(sed -n 3p <<<"$out")")" = "$(realpath "$libdir/libkvshare.so.0")" ] ||
+    fail "$p: the program loaded $(sed -n 3p <<<"$out"), not $libdir/libkvshare.so.0"
+  ok "$p: pkg-config gives '$flags'; a program built with it runs against $(sed -n 3p <<<"$out")"
+
+  want="\$ORIGIN/$(realpath --relative-to="$p/bin" "$libdir")"
+  for prog in "${programs[@]}"; do
+    [ -x "$p/bin/$prog" ] || fail "$p: bin/$prog not installed"
+    rp=$(readelf -d "$p/bin/$prog" | sed -n 's/.*(RUNPATH).*\[\(.*\)\]$/\1/p')
+    [ "$rp" = "$want" ] || fail "$p: bin/$prog RUNPATH is '$rp', want '$want'"
+    ! readelf -d "$p/bin/$prog" | grep -q '(RPATH)' || fail "$p: bin/$prog has an old-style RPATH"
+    if readelf -d "$p/bin/$prog" | grep -q 'NEEDED.*\[libkvshare\.so\.0\]'; then
+      ldd "$p/bin/$prog" | grep -q "libkvshare\.so\.0 => $p/bin/\.\./" ||
+        fail "$p: bin/$prog does not resolve libkvshare.so.0 in the prefix: $(ldd "$p/bin/$prog" | grep kvshare)"
+    fi
+  done
+  ok "$p: ${programs[*]} have RUNPATH $want"
+}
+
+p1=$WORK/one
+p2=$WORK/two/levels/deeper
+check_prefix "$p1"
+check_prefix "$p2"
+[ "$(readlink -f "$p1/bin/kvshare")" != "$(readlink -f "$p2/bin/kvshare")" ] || fail "one install"
+
+# The installed demo, with no token, engine or library path from the environment: it makes
+# its own token (in TMPDIR, removed at exit), finds the kvshare-engine installed beside it
+# (from PREFIX/bin there is no build tree at ../../examples) and the tokens must be identical.
+mkdir "$WORK/tmp"
+TMPDIR=$WORK/tmp "$p2/bin/kvshare" demo --tokens 512 --decode 8 --json \
+  >"$WORK/demo.out" 2>"$WORK/demo.err" || fail "installed kvshare demo exited $?: $(tail -n 20 "$WORK/demo.err")"
+/usr/bin/python3 - "$WORK/demo.out" <<'PY' || fail "installed demo: $(cat "$WORK/demo.out")"
+import json, sys
+r = json.loads(open(sys.argv[1]).read())
+sys.exit(0 if r.get("identical") is True and r.get("reuse_identical") is True else 1)
+PY
+[ -z "$(ls -A "$WORK/tmp")" ] || fail "installed demo left in TMPDIR: $(ls -A "$WORK/tmp")"
+ok "installed kvshare demo --tokens 512 --decode 8 --json: identical tokens (fetched and reused)"
+
+# The control: without the installed engine the same demo fails, naming where it looked.
+rm "$p2/bin/kvshare-engine"
+TMPDIR=$WORK/tmp "$p2/bin/kvshare" demo --tokens 512 --decode 8 --json >/dev/null 2>"$WORK/noeng.err" &&
+  fail "installed demo ran without an installed kvshare-engine"
+grep -qF "$p2/bin/kvshare-engine" "$WORK/noeng.err" ||
+  fail "without the engine: message does not name $p2/bin/kvshare-engine: $(cat "$WORK/noeng.err")"
+ok "without bin/kvshare-engine the installed demo fails naming $p2/bin/kvshare-engine"
