@@ -21,8 +21,14 @@
 
 #define AM_ID 0x4bu
 
+typedef struct uop uop_t;
+
 typedef struct utl {
     const kvs__logger_t *log;
+    /* Operations UCX still owes a callback. On an endpoint force-closed
+     * after its peer died (error mode NONE), UCX may never call back: what
+     * is left here at fini is freed without calling into the core. */
+    uop_t *live;
     kvs__tl_events_t ev;
     ucp_context_h ucp;
     ucp_worker_h worker;
@@ -46,25 +52,42 @@ typedef struct umem {
 } umem_t;
 
 /* One operation's completion: what the core asked to be called back. */
-typedef struct uop {
-    kvs__tl_cb_t cb;
+struct uop {
+    utl_t *tl;
+    kvs__tl_cb_t cb; /* NULL once the transport is going away */
     void *arg;
     size_t len;
+    uop_t *prev, *next;
     /* UCX 1.13 has no UCP_AM_SEND_FLAG_COPY_HEADER: a send that goes
      * pending (or rendezvous) packs the header later, so it must live
      * until completion. Callers' headers are often on their stack. */
     uint8_t hdr[];
-} uop_t;
+};
+
+static void op_unlink(uop_t *op)
+{
+    if (op->prev != NULL)
+        op->prev->next = op->next;
+    else
+        op->tl->live = op->next;
+    if (op->next != NULL)
+        op->next->prev = op->prev;
+}
+
+static void op_finish(uop_t *op, kvs_status_t st, size_t len)
+{
+    op_unlink(op);
+    if (op->cb != NULL)
+        op->cb(op->arg, st, len);
+    kvs__free(op);
+}
 
 static kvs_status_t op_result(ucs_status_ptr_t r, uop_t *op)
 {
-    if (r == NULL) {
+    if (r == NULL || UCS_PTR_IS_ERR(r)) {
+        op_unlink(op);
         kvs__free(op);
-        return KVS_OK;
-    }
-    if (UCS_PTR_IS_ERR(r)) {
-        kvs__free(op);
-        return KVS_ERR_PEER_FAILED;
+        return r == NULL ? KVS_OK : KVS_ERR_PEER_FAILED;
     }
     return KVS_INPROGRESS;
 }
@@ -72,26 +95,30 @@ static kvs_status_t op_result(ucs_status_ptr_t r, uop_t *op)
 static void op_send_done(void *request, ucs_status_t status, void *user_data)
 {
     uop_t *op = user_data;
-    op->cb(op->arg, status == UCS_OK ? KVS_OK : KVS_ERR_PEER_FAILED, op->len);
-    kvs__free(op);
+    op_finish(op, status == UCS_OK ? KVS_OK : KVS_ERR_PEER_FAILED, op->len);
     ucp_request_free(request);
 }
 
 static void op_recv_done(void *request, ucs_status_t status, size_t length, void *user_data)
 {
-    uop_t *op = user_data;
-    op->cb(op->arg, status == UCS_OK ? KVS_OK : KVS_ERR_PEER_FAILED, status == UCS_OK ? length : 0);
-    kvs__free(op);
+    op_finish(user_data, status == UCS_OK ? KVS_OK : KVS_ERR_PEER_FAILED,
+              status == UCS_OK ? length : 0);
     ucp_request_free(request);
 }
 
-static uop_t *op_new(kvs__tl_cb_t cb, void *arg, size_t len, size_t hlen)
+static uop_t *op_new(utl_t *tl, kvs__tl_cb_t cb, void *arg, size_t len, size_t hlen)
 {
     uop_t *op = kvs__malloc(sizeof(*op) + hlen);
     if (op != NULL) {
+        op->tl = tl;
         op->cb = cb;
         op->arg = arg;
         op->len = len;
+        op->prev = NULL;
+        op->next = tl->live;
+        if (tl->live != NULL)
+            tl->live->prev = op;
+        tl->live = op;
     }
     return op;
 }
@@ -222,7 +249,7 @@ static kvs_status_t u_am_send(void *arg, void *ep, const void *hdr, size_t hlen,
 {
     uep_t *e = ep;
     (void)arg;
-    uop_t *op = op_new(cb, cb_arg, len, hlen);
+    uop_t *op = op_new(arg, cb, cb_arg, len, hlen);
     if (op == NULL)
         return KVS_ERR_NO_MEMORY;
     memcpy(op->hdr, hdr, hlen);
@@ -234,7 +261,7 @@ static kvs_status_t u_am_recv(void *arg, void *data, void *dst, size_t len, kvs_
                               void *cb_arg)
 {
     utl_t *tl = arg;
-    uop_t *op = op_new(cb, cb_arg, len, 0);
+    uop_t *op = op_new(arg, cb, cb_arg, len, 0);
     if (op == NULL)
         return KVS_ERR_NO_MEMORY;
     ucp_request_param_t p = {.op_attr_mask =
@@ -251,7 +278,7 @@ static kvs_status_t u_get(void *arg, void *ep, void *local, size_t len, uint64_t
     (void)arg;
     if (e->data == NULL)
         return KVS_ERR_UNSUPPORTED;
-    uop_t *op = op_new(cb, cb_arg, len, 0);
+    uop_t *op = op_new(arg, cb, cb_arg, len, 0);
     if (op == NULL)
         return KVS_ERR_NO_MEMORY;
     ucp_request_param_t p = send_param(op);
@@ -262,7 +289,7 @@ static kvs_status_t u_flush(void *arg, void *ep, kvs__tl_cb_t cb, void *cb_arg)
 {
     uep_t *e = ep;
     (void)arg;
-    uop_t *op = op_new(cb, cb_arg, 0, 0);
+    uop_t *op = op_new(arg, cb, cb_arg, 0, 0);
     if (op == NULL)
         return KVS_ERR_NO_MEMORY;
     ucp_request_param_t p = send_param(op);
@@ -421,6 +448,10 @@ static void u_fini(void *arg)
     utl_t *tl = arg;
     if (tl == NULL)
         return;
+    /* What UCX still owes must not reach the core, which is going away
+     * (and has freed what those callbacks would touch). */
+    for (uop_t *op = tl->live; op != NULL; op = op->next)
+        op->cb = NULL;
     if (tl->worker != NULL) {
         for (int i = 0; i < 1000; i++)
             if (ucp_worker_progress(tl->worker) == 0)
@@ -432,6 +463,11 @@ static void u_fini(void *arg)
         ucp_worker_destroy(tl->worker);
     if (tl->ucp != NULL)
         ucp_cleanup(tl->ucp);
+    while (tl->live != NULL) {
+        uop_t *op = tl->live;
+        op_unlink(op);
+        kvs__free(op);
+    }
     kvs__free(tl);
 }
 
