@@ -1,0 +1,654 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kvindex.c - the exact-prefix index: a block table with per-block holders and per-pod lists. */
+#include "kvindex_int.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define NO_BLOCK UINT32_MAX
+
+/* One (pod, medium) copy of a block. pos: where the block sits in the pod's list, so that
+ * removing the copy is O(1) in the pod list and a pod's clear touches only its blocks. */
+typedef struct holder {
+    uint32_t pod_med; /* pod << 8 | medium id */
+    uint32_t pos;
+} holder_t;
+
+typedef struct block {
+    uint64_t hash;
+    uint32_t model; /* NO_BLOCK: free; h.one.pos then links the free list */
+    uint16_t n, cap; /* cap 0: the one holder is inline */
+    union {
+        holder_t one;
+        holder_t *many;
+    } h;
+} block_t;
+
+typedef struct pod {
+    char *name;
+    uint32_t model;
+    bool degraded;
+    uint64_t last_ms;
+    uint32_t *blocks; /* block index per copy held (a block twice when on two media) */
+    size_t n, cap;
+    size_t evict_at;
+} pod_t;
+
+struct kvs__idx {
+    pthread_rwlock_t lock;
+    uint64_t max_pairs, pairs, nblocks, evicted, holder_bytes;
+    block_t *blocks;
+    uint32_t blocks_len, blocks_cap, free_head;
+    uint32_t *slots; /* block index + 1; 0 = empty; linear probing */
+    uint32_t mask;
+    pod_t *pods;
+    uint32_t npods, pods_cap;
+    char **models;
+    uint32_t nmodels, models_cap;
+    char *media[KVS__IDX_MAX_MEDIA];
+    uint32_t nmedia;
+};
+
+static inline uint32_t pm_pod(uint32_t pm)
+{
+    return pm >> 8;
+}
+
+static inline uint8_t pm_med(uint32_t pm)
+{
+    return (uint8_t)(pm & 0xffu);
+}
+
+static inline holder_t *holders(block_t *b)
+{
+    return b->cap == 0 ? &b->h.one : b->h.many;
+}
+
+static inline uint32_t slot_of(uint64_t hash, uint32_t model, uint32_t mask)
+{
+    uint64_t x = hash ^ ((uint64_t)model * 0x9e3779b97f4a7c15ull);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (uint32_t)x & mask;
+}
+
+kvs__idx_t *kvs__idx_create(uint64_t max_pairs)
+{
+    kvs__idx_t *idx = calloc(1, sizeof(*idx));
+    if (idx == NULL)
+        return NULL;
+    idx->max_pairs = max_pairs;
+    idx->free_head = NO_BLOCK;
+    idx->mask = 1023;
+    idx->slots = calloc((size_t)idx->mask + 1, sizeof(uint32_t));
+    /* Tier ranks: the first interned are the fastest. */
+    static const char *const tiers[] = {"GPU", "CPU", "DISK"};
+    bool ok = idx->slots != NULL;
+    for (size_t i = 0; ok && i < sizeof(tiers) / sizeof(tiers[0]); i++)
+        ok = (idx->media[idx->nmedia++] = strdup(tiers[i])) != NULL;
+    if (!ok || pthread_rwlock_init(&idx->lock, NULL) != 0) {
+        for (uint32_t i = 0; i < idx->nmedia; i++)
+            free(idx->media[i]);
+        free(idx->slots);
+        free(idx);
+        return NULL;
+    }
+    return idx;
+}
+
+void kvs__idx_destroy(kvs__idx_t *idx)
+{
+    if (idx == NULL)
+        return;
+    for (uint32_t i = 0; i < idx->blocks_len; i++)
+        if (idx->blocks[i].model != NO_BLOCK && idx->blocks[i].cap > 0)
+            free(idx->blocks[i].h.many);
+    free(idx->blocks);
+    free(idx->slots);
+    for (uint32_t i = 0; i < idx->npods; i++) {
+        free(idx->pods[i].name);
+        free(idx->pods[i].blocks);
+    }
+    free(idx->pods);
+    for (uint32_t i = 0; i < idx->nmodels; i++)
+        free(idx->models[i]);
+    free(idx->models);
+    for (uint32_t i = 0; i < idx->nmedia; i++)
+        free(idx->media[i]);
+    pthread_rwlock_destroy(&idx->lock);
+    free(idx);
+}
+
+static char *dup_n(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+static bool name_is(const char *name, const char *s, size_t n)
+{
+    return strncmp(name, s, n) == 0 && name[n] == '\0';
+}
+
+int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool create)
+{
+    int64_t id = -1;
+    pthread_rwlock_wrlock(&idx->lock);
+    for (uint32_t i = 0; i < idx->nmodels; i++)
+        if (name_is(idx->models[i], name, len)) {
+            id = i;
+            goto out;
+        }
+    if (!create || memchr(name, '\0', len) != NULL)
+        goto out;
+    if (idx->nmodels == idx->models_cap) {
+        uint32_t nc = idx->models_cap ? 2 * idx->models_cap : 8;
+        char **nm = realloc(idx->models, nc * sizeof(*nm));
+        if (nm == NULL)
+            goto out;
+        idx->models = nm;
+        idx->models_cap = nc;
+    }
+    if ((idx->models[idx->nmodels] = dup_n(name, len)) == NULL)
+        goto out;
+    id = idx->nmodels++;
+out:
+    pthread_rwlock_unlock(&idx->lock);
+    return id;
+}
+
+int64_t kvs__idx_pod(kvs__idx_t *idx, const char *name, size_t len, uint32_t model, bool create)
+{
+    int64_t id = -1;
+    pthread_rwlock_wrlock(&idx->lock);
+    for (uint32_t i = 0; i < idx->npods; i++)
+        if (idx->pods[i].model == model && name_is(idx->pods[i].name, name, len)) {
+            id = i;
+            goto out;
+        }
+    if (!create || model >= idx->nmodels || idx->npods >= KVS__IDX_MAX_PODS ||
+        memchr(name, '\0', len) != NULL)
+        goto out;
+    if (idx->npods == idx->pods_cap) {
+        uint32_t nc = idx->pods_cap ? 2 * idx->pods_cap : 16;
+        pod_t *np = realloc(idx->pods, nc * sizeof(*np));
+        if (np == NULL)
+            goto out;
+        idx->pods = np;
+        idx->pods_cap = nc;
+    }
+    pod_t *p = &idx->pods[idx->npods];
+    memset(p, 0, sizeof(*p));
+    if ((p->name = dup_n(name, len)) == NULL)
+        goto out;
+    p->model = model;
+    id = idx->npods++;
+out:
+    pthread_rwlock_unlock(&idx->lock);
+    return id;
+}
+
+const char *kvs__idx_pod_name(kvs__idx_t *idx, uint32_t pod)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    const char *n = pod < idx->npods ? idx->pods[pod].name : NULL;
+    pthread_rwlock_unlock(&idx->lock);
+    return n;
+}
+
+/* Medium id; -1 when the table is full or out of memory. Called with the write lock. */
+static int medium_id(kvs__idx_t *idx, const char *m, size_t len)
+{
+    if (m == NULL)
+        return 0;
+    for (uint32_t i = 0; i < idx->nmedia; i++)
+        if (strlen(idx->media[i]) == len && strncasecmp(idx->media[i], m, len) == 0)
+            return (int)i;
+    if (idx->nmedia >= KVS__IDX_MAX_MEDIA || memchr(m, '\0', len) != NULL)
+        return -1;
+    if ((idx->media[idx->nmedia] = dup_n(m, len)) == NULL)
+        return -1;
+    return (int)idx->nmedia++;
+}
+
+static uint32_t find_block(const kvs__idx_t *idx, uint32_t model, uint64_t hash)
+{
+    for (uint32_t s = slot_of(hash, model, idx->mask);; s = (s + 1) & idx->mask) {
+        uint32_t v = idx->slots[s];
+        if (v == 0)
+            return NO_BLOCK;
+        const block_t *b = &idx->blocks[v - 1];
+        if (b->hash == hash && b->model == model)
+            return v - 1;
+    }
+}
+
+static bool table_grow(kvs__idx_t *idx)
+{
+    uint32_t nmask = 2 * idx->mask + 1;
+    uint32_t *ns = calloc((size_t)nmask + 1, sizeof(uint32_t));
+    if (ns == NULL)
+        return false;
+    for (uint32_t s = 0; s <= idx->mask; s++) {
+        uint32_t v = idx->slots[s];
+        if (v == 0)
+            continue;
+        const block_t *b = &idx->blocks[v - 1];
+        uint32_t t = slot_of(b->hash, b->model, nmask);
+        while (ns[t] != 0)
+            t = (t + 1) & nmask;
+        ns[t] = v;
+    }
+    free(idx->slots);
+    idx->slots = ns;
+    idx->mask = nmask;
+    return true;
+}
+
+static uint32_t add_block(kvs__idx_t *idx, uint32_t model, uint64_t hash)
+{
+    if ((idx->nblocks + 1) * 2 > (uint64_t)idx->mask + 1 && !table_grow(idx))
+        return NO_BLOCK;
+    uint32_t bi;
+    if (idx->free_head != NO_BLOCK) {
+        bi = idx->free_head;
+        idx->free_head = idx->blocks[bi].h.one.pos;
+    } else {
+        if (idx->blocks_len == idx->blocks_cap) {
+            if (idx->blocks_cap >= NO_BLOCK / 2)
+                return NO_BLOCK;
+            uint32_t nc = idx->blocks_cap ? 2 * idx->blocks_cap : 1024;
+            block_t *nb = realloc(idx->blocks, (size_t)nc * sizeof(*nb));
+            if (nb == NULL)
+                return NO_BLOCK;
+            idx->blocks = nb;
+            idx->blocks_cap = nc;
+        }
+        bi = idx->blocks_len++;
+    }
+    block_t *b = &idx->blocks[bi];
+    memset(b, 0, sizeof(*b));
+    b->hash = hash;
+    b->model = model;
+    uint32_t s = slot_of(hash, model, idx->mask);
+    while (idx->slots[s] != 0)
+        s = (s + 1) & idx->mask;
+    idx->slots[s] = bi + 1;
+    idx->nblocks++;
+    return bi;
+}
+
+/* Frees an empty block: backward-shift deletion keeps every probe chain unbroken. */
+static void free_block(kvs__idx_t *idx, uint32_t bi)
+{
+    block_t *b = &idx->blocks[bi];
+    uint32_t s = slot_of(b->hash, b->model, idx->mask);
+    while (idx->slots[s] != bi + 1)
+        s = (s + 1) & idx->mask;
+    uint32_t hole = s;
+    for (uint32_t j = (hole + 1) & idx->mask; idx->slots[j] != 0; j = (j + 1) & idx->mask) {
+        const block_t *o = &idx->blocks[idx->slots[j] - 1];
+        uint32_t home = slot_of(o->hash, o->model, idx->mask);
+        /* Move j into the hole unless its home lies cyclically in (hole, j]. */
+        bool stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            idx->slots[hole] = idx->slots[j];
+            hole = j;
+        }
+    }
+    idx->slots[hole] = 0;
+    if (b->cap > 0) {
+        free(b->h.many);
+        idx->holder_bytes -= (uint64_t)b->cap * sizeof(holder_t);
+    }
+    b->model = NO_BLOCK;
+    b->n = b->cap = 0;
+    b->h.one.pos = idx->free_head;
+    idx->free_head = bi;
+    idx->nblocks--;
+}
+
+/* Removes holder hi of block bi (a copy held by pod). */
+static void remove_holder(kvs__idx_t *idx, uint32_t bi, uint16_t hi)
+{
+    block_t *b = &idx->blocks[bi];
+    holder_t *h = holders(b);
+    uint32_t pod = pm_pod(h[hi].pod_med), pos = h[hi].pos;
+    h[hi] = h[b->n - 1];
+    b->n--;
+    if (b->cap > 0 && b->n <= 1) { /* back to inline */
+        holder_t keep = h[0];
+        free(b->h.many);
+        idx->holder_bytes -= (uint64_t)b->cap * sizeof(holder_t);
+        b->cap = 0;
+        b->h.one = keep;
+    }
+    pod_t *p = &idx->pods[pod];
+    size_t last = p->n - 1;
+    if (pos != last) {
+        uint32_t moved = p->blocks[last];
+        p->blocks[pos] = moved;
+        block_t *mb = &idx->blocks[moved];
+        holder_t *mh = holders(mb);
+        for (uint16_t i = 0; i < mb->n; i++)
+            if (pm_pod(mh[i].pod_med) == pod && mh[i].pos == last) {
+                mh[i].pos = pos;
+                break;
+            }
+    }
+    p->n--;
+    if (p->evict_at > p->n)
+        p->evict_at = 0;
+    idx->pairs--;
+    if (b->n == 0)
+        free_block(idx, bi);
+}
+
+static int find_holder(block_t *b, uint32_t pod_med)
+{
+    holder_t *h = holders(b);
+    for (uint16_t i = 0; i < b->n; i++)
+        if (h[i].pod_med == pod_med)
+            return i;
+    return -1;
+}
+
+/* Drops the pair at pod p's list position pos. */
+static void drop_pair(kvs__idx_t *idx, uint32_t pod, size_t pos)
+{
+    uint32_t bi = idx->pods[pod].blocks[pos];
+    block_t *b = &idx->blocks[bi];
+    holder_t *h = holders(b);
+    for (uint16_t i = 0; i < b->n; i++)
+        if (pm_pod(h[i].pod_med) == pod && h[i].pos == pos) {
+            remove_holder(idx, bi, i);
+            return;
+        }
+}
+
+static void evict_one(kvs__idx_t *idx)
+{
+    uint32_t big = 0;
+    for (uint32_t i = 1; i < idx->npods; i++)
+        if (idx->pods[i].n > idx->pods[big].n)
+            big = i;
+    pod_t *p = &idx->pods[big];
+    if (p->n == 0)
+        return;
+    if (p->evict_at >= p->n)
+        p->evict_at = 0;
+    drop_pair(idx, big, p->evict_at++);
+    idx->evicted++;
+}
+
+static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
+{
+    pod_t *p = &idx->pods[pod];
+    uint32_t pm = pod << 8 | med;
+    uint32_t bi = find_block(idx, p->model, hash);
+    if (bi != NO_BLOCK && find_holder(&idx->blocks[bi], pm) >= 0)
+        return 0;
+    if (idx->max_pairs > 0 && idx->pairs >= idx->max_pairs) {
+        evict_one(idx);
+        bi = find_block(idx, p->model, hash); /* the eviction may have freed it */
+    }
+    if (p->n == p->cap) {
+        size_t nc = p->cap ? 2 * p->cap : 64;
+        uint32_t *nb = realloc(p->blocks, nc * sizeof(*nb));
+        if (nb == NULL)
+            return -1;
+        p->blocks = nb;
+        p->cap = nc;
+    }
+    bool fresh = bi == NO_BLOCK;
+    if (fresh && (bi = add_block(idx, p->model, hash)) == NO_BLOCK)
+        return -1;
+    block_t *b = &idx->blocks[bi];
+    if (b->n == KVS__IDX_MAX_HOLDERS)
+        return 0;
+    if (b->n >= 1 && b->n >= b->cap) {
+        uint16_t nc = b->cap ? (uint16_t)(b->cap >= 32768 ? 65535 : 2 * b->cap) : 4;
+        holder_t *nh = b->cap ? realloc(b->h.many, nc * sizeof(*nh)) : malloc(nc * sizeof(*nh));
+        if (nh == NULL) {
+            if (fresh)
+                free_block(idx, bi);
+            return -1;
+        }
+        if (b->cap == 0)
+            nh[0] = b->h.one;
+        idx->holder_bytes += (uint64_t)(nc - b->cap) * sizeof(holder_t);
+        b->h.many = nh;
+        b->cap = nc;
+    }
+    holders(b)[b->n++] = (holder_t){.pod_med = pm, .pos = (uint32_t)p->n};
+    p->blocks[p->n++] = bi;
+    idx->pairs++;
+    return 0;
+}
+
+int kvs__idx_store(kvs__idx_t *idx, uint32_t pod, const uint64_t *hashes, size_t n,
+                   const char *medium, size_t medium_len, uint64_t now_ms)
+{
+    int rc = 0;
+    pthread_rwlock_wrlock(&idx->lock);
+    int med = pod < idx->npods ? medium_id(idx, medium, medium_len) : -1;
+    if (med < 0) {
+        rc = -1;
+        goto out;
+    }
+    idx->pods[pod].last_ms = now_ms;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = store_one(idx, pod, (uint8_t)med, hashes[i]);
+out:
+    pthread_rwlock_unlock(&idx->lock);
+    return rc;
+}
+
+void kvs__idx_remove(kvs__idx_t *idx, uint32_t pod, const uint64_t *hashes, size_t n,
+                     const char *medium, size_t medium_len, uint64_t now_ms)
+{
+    pthread_rwlock_wrlock(&idx->lock);
+    if (pod >= idx->npods)
+        goto out;
+    idx->pods[pod].last_ms = now_ms;
+    int med = medium_id(idx, medium, medium_len);
+    if (med < 0)
+        goto out;
+    uint32_t pm = pod << 8 | (uint32_t)med;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bi = find_block(idx, idx->pods[pod].model, hashes[i]);
+        if (bi == NO_BLOCK)
+            continue;
+        int hi = find_holder(&idx->blocks[bi], pm);
+        if (hi >= 0)
+            remove_holder(idx, bi, (uint16_t)hi);
+    }
+out:
+    pthread_rwlock_unlock(&idx->lock);
+}
+
+void kvs__idx_clear_pod(kvs__idx_t *idx, uint32_t pod)
+{
+    pthread_rwlock_wrlock(&idx->lock);
+    if (pod < idx->npods) {
+        pod_t *p = &idx->pods[pod];
+        while (p->n > 0)
+            drop_pair(idx, pod, p->n - 1); /* the last: nothing moves */
+        p->evict_at = 0;
+    }
+    pthread_rwlock_unlock(&idx->lock);
+}
+
+void kvs__idx_set_degraded(kvs__idx_t *idx, uint32_t pod, bool degraded)
+{
+    pthread_rwlock_wrlock(&idx->lock);
+    if (pod < idx->npods)
+        idx->pods[pod].degraded = degraded;
+    pthread_rwlock_unlock(&idx->lock);
+}
+
+bool kvs__idx_degraded(kvs__idx_t *idx, uint32_t pod)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    bool d = pod < idx->npods && idx->pods[pod].degraded;
+    pthread_rwlock_unlock(&idx->lock);
+    return d;
+}
+
+void kvs__idx_touch(kvs__idx_t *idx, uint32_t pod, uint64_t now_ms)
+{
+    pthread_rwlock_wrlock(&idx->lock);
+    if (pod < idx->npods)
+        idx->pods[pod].last_ms = now_ms;
+    pthread_rwlock_unlock(&idx->lock);
+}
+
+size_t kvs__idx_age(kvs__idx_t *idx, uint64_t now_ms, uint64_t max_idle_ms)
+{
+    size_t cleared = 0;
+    pthread_rwlock_wrlock(&idx->lock);
+    for (uint32_t i = 0; i < idx->npods; i++) {
+        pod_t *p = &idx->pods[i];
+        if (p->n > 0 && p->last_ms + max_idle_ms < now_ms) {
+            while (p->n > 0)
+                drop_pair(idx, i, p->n - 1);
+            cleared++;
+        }
+    }
+    pthread_rwlock_unlock(&idx->lock);
+    return cleared;
+}
+
+static int cmp_score(const void *a, const void *b)
+{
+    const kvs__idx_score_t *x = a, *y = b;
+    if (x->blocks != y->blocks)
+        return x->blocks > y->blocks ? -1 : 1;
+    return strcmp(x->pod_name, y->pod_name);
+}
+
+long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_t n,
+                    const uint32_t *only, size_t nonly, kvs__idx_score_t *out, size_t max_out)
+{
+    long matched = 0;
+    pthread_rwlock_rdlock(&idx->lock);
+    uint32_t np = idx->npods;
+    uint32_t b0 = n > 0 && model < idx->nmodels ? find_block(idx, model, keys[0]) : NO_BLOCK;
+    if (b0 == NO_BLOCK || np == 0)
+        goto out;
+    /* Per pod: depth (blocks matched so far; 0 = not a candidate), the best tier of its
+     * copies in the current block, the slowest tier along the prefix; ~0u marks a pod
+     * excluded by `only`. */
+    uint32_t *depth = calloc(np, sizeof(uint32_t));
+    uint8_t *cur = malloc(np), *worst = malloc(np);
+    uint32_t *cand = malloc(np * sizeof(uint32_t)), *live = malloc(np * sizeof(uint32_t));
+    if (depth == NULL || cur == NULL || worst == NULL || cand == NULL || live == NULL) {
+        matched = -1;
+        goto done;
+    }
+    if (only != NULL) {
+        for (uint32_t i = 0; i < np; i++)
+            depth[i] = UINT32_MAX;
+        for (size_t i = 0; i < nonly; i++)
+            if (only[i] < np)
+                depth[only[i]] = 0;
+    }
+    size_t ncand = 0, nlive;
+    block_t *b = &idx->blocks[b0];
+    holder_t *h = holders(b);
+    for (uint16_t i = 0; i < b->n; i++) {
+        uint32_t p = pm_pod(h[i].pod_med);
+        uint8_t m = pm_med(h[i].pod_med);
+        if (idx->pods[p].degraded || depth[p] == UINT32_MAX)
+            continue;
+        if (depth[p] == 0) {
+            depth[p] = 1;
+            cur[p] = m;
+            cand[ncand++] = p;
+        } else if (m < cur[p]) {
+            cur[p] = m;
+        }
+    }
+    for (size_t i = 0; i < ncand; i++) {
+        worst[cand[i]] = cur[cand[i]];
+        live[i] = cand[i];
+    }
+    nlive = ncand;
+    for (size_t k = 1; k < n && nlive > 0; k++) {
+        uint32_t bi = find_block(idx, model, keys[k]);
+        if (bi == NO_BLOCK)
+            break;
+        b = &idx->blocks[bi];
+        h = holders(b);
+        uint32_t want = (uint32_t)k;
+        for (uint16_t i = 0; i < b->n; i++) {
+            uint32_t p = pm_pod(h[i].pod_med);
+            uint8_t m = pm_med(h[i].pod_med);
+            if (depth[p] == want) {
+                depth[p] = want + 1;
+                cur[p] = m;
+            } else if (depth[p] == want + 1 && m < cur[p]) {
+                cur[p] = m;
+            }
+        }
+        size_t j = 0;
+        for (size_t i = 0; i < nlive; i++) {
+            uint32_t p = live[i];
+            if (depth[p] == want + 1) {
+                if (cur[p] > worst[p])
+                    worst[p] = cur[p];
+                live[j++] = p;
+            }
+        }
+        nlive = j;
+    }
+    matched = (long)ncand;
+    kvs__idx_score_t *all = malloc((ncand ? ncand : 1) * sizeof(*all));
+    if (all == NULL) {
+        matched = -1;
+        goto done;
+    }
+    for (size_t i = 0; i < ncand; i++) {
+        uint32_t p = cand[i];
+        all[i] = (kvs__idx_score_t){.pod = p, .pod_name = idx->pods[p].name, .blocks = depth[p],
+                                    .medium = idx->media[worst[p]]};
+    }
+    qsort(all, ncand, sizeof(*all), cmp_score);
+    memcpy(out, all, (ncand < max_out ? ncand : max_out) * sizeof(*all));
+    free(all);
+done:
+    free(depth);
+    free(cur);
+    free(worst);
+    free(cand);
+    free(live);
+out:
+    pthread_rwlock_unlock(&idx->lock);
+    return matched;
+}
+
+void kvs__idx_get_stats(kvs__idx_t *idx, kvs__idx_stats_t *s)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    memset(s, 0, sizeof(*s));
+    s->pairs = idx->pairs;
+    s->blocks = idx->nblocks;
+    s->pods = idx->npods;
+    s->models = idx->nmodels;
+    s->evicted = idx->evicted;
+    uint64_t bytes = (uint64_t)idx->blocks_cap * sizeof(block_t) +
+                     ((uint64_t)idx->mask + 1) * sizeof(uint32_t) + idx->holder_bytes;
+    for (uint32_t i = 0; i < idx->npods; i++) {
+        bytes += idx->pods[i].cap * sizeof(uint32_t);
+        s->degraded_pods += idx->pods[i].degraded;
+    }
+    s->bytes = bytes;
+    pthread_rwlock_unlock(&idx->lock);
+}
