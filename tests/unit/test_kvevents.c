@@ -3,7 +3,9 @@
 #include "kvevents_int.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <msgpack.h>
+#include <stdio.h>
 #include <string.h>
 
 static msgpack_sbuffer sb;
@@ -232,4 +234,32 @@ Test(kvevents, hash_from_bytes)
 {
     const uint8_t b[] = {1, 2, 3};
     cr_assert_eq(kvs__ev_hash_from_bytes(b, 3), 0x010203);
+}
+
+/* The fuzz seeds (tests/fuzz/make_corpus_kvevents.py) are valid batches that decode. */
+Test(kvevents, fuzz_seeds_decode)
+{
+    DIR *dir = opendir(KVS_CORPUS_DIR);
+    cr_assert_not_null(dir, "%s", KVS_CORPUS_DIR);
+    struct dirent *de;
+    int seen = 0;
+    while ((de = readdir(dir)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%s", KVS_CORPUS_DIR, de->d_name);
+        FILE *f = fopen(path, "rb");
+        cr_assert_not_null(f);
+        static char buf[65536];
+        size_t n = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        kvs__ev_batch_t b;
+        char why[128] = "";
+        cr_assert_eq(kvs__ev_decode(dec, buf, n, &b, NULL, why, sizeof(why)), 0, "%s: %s",
+                     de->d_name, why);
+        cr_assert_gt(b.nevents, 0, "%s", de->d_name);
+        seen++;
+    }
+    closedir(dir);
+    cr_assert_geq(seen, 5);
 }
