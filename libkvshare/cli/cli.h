@@ -18,6 +18,8 @@ int kvs_cli_bench_lookup(int argc, char **argv);
 int kvs_cli_bench_transfer(int argc, char **argv);
 int kvs_cli_serve(int argc, char **argv);
 int kvs_cli_bench_pool(int argc, char **argv);
+int kvs_cli_index(int argc, char **argv);
+int kvs_cli_bench_index(int argc, char **argv);
 /* Starts argv[0] with its stdin and stdout on pipes; returns its pid or -1. */
 pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child);
 /* Auth is on by default, so a command that runs its own nodes and clients
