@@ -582,6 +582,20 @@ long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_
     }
     nlive = ncand;
     for (size_t k = 1; k < n && nlive > 0; k++) {
+        /* A long prompt is a chain of cache misses (slot, block, holders): start the loads
+         * for the keys ahead, one level deeper as each key comes closer. */
+        if (k + 8 < n)
+            __builtin_prefetch(&idx->slots[slot_of(keys[k + 8], model, idx->mask)]);
+        if (k + 4 < n) {
+            uint32_t v = idx->slots[slot_of(keys[k + 4], model, idx->mask)];
+            if (v != 0)
+                __builtin_prefetch(&idx->blocks[v - 1]);
+        }
+        if (k + 2 < n) {
+            uint32_t ahead = find_block(idx, model, keys[k + 2]);
+            if (ahead != NO_BLOCK && idx->blocks[ahead].cap > 0)
+                __builtin_prefetch(idx->blocks[ahead].h.many);
+        }
         uint32_t bi = find_block(idx, model, keys[k]);
         if (bi == NO_BLOCK)
             break;
