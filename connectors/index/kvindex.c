@@ -16,8 +16,15 @@ typedef struct holder {
     uint32_t pos;
 } holder_t;
 
+/* Pods of a model are numbered by slot in the order first seen. While a model has at most
+ * 64 pods, every block keeps a bitmap of the slots holding it, so a score is a run of
+ * ANDs instead of a walk over every holder. */
+#define MASK_SLOTS 64u
+
 typedef struct block {
     uint64_t hash;
+    uint64_t mask; /* slots (< 64) with a copy of this block */
+    uint64_t slow; /* slots whose best copy is not on the fastest tier (GPU) */
     uint32_t model; /* NO_BLOCK: free; h.one.pos then links the free list */
     uint16_t n, cap; /* cap 0: the one holder is inline */
     union {
@@ -29,6 +36,7 @@ typedef struct block {
 typedef struct pod {
     char *name;
     uint32_t model;
+    uint32_t slot; /* order among its model's pods */
     bool degraded;
     uint64_t last_ms;
     uint32_t *blocks; /* block index per copy held (a block twice when on two media) */
@@ -45,7 +53,11 @@ struct kvs__idx {
     uint32_t mask;
     pod_t *pods;
     uint32_t npods, pods_cap;
-    char **models;
+    struct model {
+        char *name;
+        uint32_t npods;
+        uint32_t slot_pod[MASK_SLOTS];
+    } *models;
     uint32_t nmodels, models_cap;
     char *media[KVS__IDX_MAX_MEDIA];
     uint32_t nmedia;
@@ -114,7 +126,7 @@ void kvs__idx_destroy(kvs__idx_t *idx)
     }
     free(idx->pods);
     for (uint32_t i = 0; i < idx->nmodels; i++)
-        free(idx->models[i]);
+        free(idx->models[i].name);
     free(idx->models);
     for (uint32_t i = 0; i < idx->nmedia; i++)
         free(idx->media[i]);
@@ -142,7 +154,7 @@ int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool creat
     int64_t id = -1;
     pthread_rwlock_wrlock(&idx->lock);
     for (uint32_t i = 0; i < idx->nmodels; i++)
-        if (name_is(idx->models[i], name, len)) {
+        if (name_is(idx->models[i].name, name, len)) {
             id = i;
             goto out;
         }
@@ -150,13 +162,14 @@ int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool creat
         goto out;
     if (idx->nmodels == idx->models_cap) {
         uint32_t nc = idx->models_cap ? 2 * idx->models_cap : 8;
-        char **nm = realloc(idx->models, nc * sizeof(*nm));
+        struct model *nm = realloc(idx->models, nc * sizeof(*nm));
         if (nm == NULL)
             goto out;
         idx->models = nm;
         idx->models_cap = nc;
     }
-    if ((idx->models[idx->nmodels] = dup_n(name, len)) == NULL)
+    memset(&idx->models[idx->nmodels], 0, sizeof(idx->models[0]));
+    if ((idx->models[idx->nmodels].name = dup_n(name, len)) == NULL)
         goto out;
     id = idx->nmodels++;
 out:
@@ -189,6 +202,9 @@ int64_t kvs__idx_pod(kvs__idx_t *idx, const char *name, size_t len, uint32_t mod
     if ((p->name = dup_n(name, len)) == NULL)
         goto out;
     p->model = model;
+    p->slot = idx->models[model].npods++;
+    if (p->slot < MASK_SLOTS)
+        idx->models[model].slot_pod[p->slot] = idx->npods;
     id = idx->npods++;
 out:
     pthread_rwlock_unlock(&idx->lock);
@@ -315,6 +331,22 @@ static void free_block(kvs__idx_t *idx, uint32_t bi)
     idx->nblocks--;
 }
 
+/* Recomputes pod's bits in block b's masks from its copies there. */
+static void pod_bits(const kvs__idx_t *idx, block_t *b, uint32_t pod)
+{
+    uint32_t slot = idx->pods[pod].slot;
+    if (slot >= MASK_SLOTS)
+        return;
+    unsigned best = 256;
+    const holder_t *h = holders(b);
+    for (uint16_t i = 0; i < b->n; i++)
+        if (pm_pod(h[i].pod_med) == pod && pm_med(h[i].pod_med) < best)
+            best = pm_med(h[i].pod_med);
+    uint64_t bit = 1ull << slot;
+    b->mask = best < 256 ? b->mask | bit : b->mask & ~bit;
+    b->slow = best < 256 && best > 0 ? b->slow | bit : b->slow & ~bit;
+}
+
 /* Removes holder hi of block bi (a copy held by pod). */
 static void remove_holder(kvs__idx_t *idx, uint32_t bi, uint16_t hi)
 {
@@ -349,6 +381,8 @@ static void remove_holder(kvs__idx_t *idx, uint32_t bi, uint16_t hi)
     idx->pairs--;
     if (b->n == 0)
         free_block(idx, bi);
+    else
+        pod_bits(idx, b, pod);
 }
 
 static int find_holder(block_t *b, uint32_t pod_med)
@@ -428,6 +462,7 @@ static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
         b->cap = nc;
     }
     holders(b)[b->n++] = (holder_t){.pod_med = pm, .pos = (uint32_t)p->n};
+    pod_bits(idx, b, pod);
     p->blocks[p->n++] = bi;
     idx->pairs++;
     return 0;
@@ -534,6 +569,94 @@ static int cmp_score(const void *a, const void *b)
     return strcmp(x->pod_name, y->pod_name);
 }
 
+/* Starts the loads of the keys ahead of k (slot, then block, then holders as each comes
+ * closer): a long prompt is otherwise a chain of cache misses. */
+static inline void prefetch_ahead(const kvs__idx_t *idx, uint32_t model, const uint64_t *keys,
+                                  size_t n, size_t k, bool want_holders)
+{
+    if (k + 8 < n)
+        __builtin_prefetch(&idx->slots[slot_of(keys[k + 8], model, idx->mask)]);
+    if (k + 4 < n) {
+        uint32_t v = idx->slots[slot_of(keys[k + 4], model, idx->mask)];
+        if (v != 0)
+            __builtin_prefetch(&idx->blocks[v - 1]);
+    }
+    if (want_holders && k + 2 < n) {
+        uint32_t ahead = find_block(idx, model, keys[k + 2]);
+        if (ahead != NO_BLOCK && idx->blocks[ahead].cap > 0)
+            __builtin_prefetch(idx->blocks[ahead].h.many);
+    }
+}
+
+/* The slowest tier along pod's first `depth` blocks of keys (the rare path: only for pods
+ * with some copy off the fastest tier). */
+static uint8_t worst_tier(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, uint32_t depth,
+                          uint32_t pod)
+{
+    uint8_t worst = 0;
+    for (uint32_t k = 0; k < depth; k++) {
+        block_t *b = &idx->blocks[find_block(idx, model, keys[k])];
+        const holder_t *h = holders(b);
+        uint8_t best = 255;
+        for (uint16_t i = 0; i < b->n; i++)
+            if (pm_pod(h[i].pod_med) == pod && pm_med(h[i].pod_med) < best)
+                best = pm_med(h[i].pod_med);
+        if (best > worst)
+            worst = best;
+    }
+    return worst;
+}
+
+static int cmp_score(const void *a, const void *b);
+
+/* Scoring for a model of at most 64 pods: ANDs of the blocks' slot masks. Called with the
+ * read lock; b0 is keys[0]'s block. */
+static long score_masked(kvs__idx_t *idx, uint32_t model, uint32_t b0, const uint64_t *keys,
+                         size_t n, const uint32_t *only, size_t nonly, kvs__idx_score_t *out,
+                         size_t max_out)
+{
+    const struct model *md = &idx->models[model];
+    uint64_t elig = 0;
+    for (uint32_t s = 0; s < md->npods; s++)
+        if (!idx->pods[md->slot_pod[s]].degraded)
+            elig |= 1ull << s;
+    if (only != NULL) {
+        uint64_t want = 0;
+        for (size_t i = 0; i < nonly; i++)
+            if (only[i] < idx->npods && idx->pods[only[i]].model == model)
+                want |= 1ull << idx->pods[only[i]].slot;
+        elig &= want;
+    }
+    uint32_t depth[MASK_SLOTS];
+    uint64_t live = idx->blocks[b0].mask & elig, entered = live;
+    uint64_t slow = live & idx->blocks[b0].slow;
+    size_t k = 1;
+    for (; k < n && live != 0; k++) {
+        prefetch_ahead(idx, model, keys, n, k, false);
+        uint32_t bi = find_block(idx, model, keys[k]);
+        uint64_t next = bi == NO_BLOCK ? 0 : live & idx->blocks[bi].mask;
+        for (uint64_t dropped = live & ~next; dropped != 0; dropped &= dropped - 1)
+            depth[__builtin_ctzll(dropped)] = (uint32_t)k;
+        if (bi != NO_BLOCK)
+            slow |= next & idx->blocks[bi].slow;
+        live = next;
+    }
+    for (; live != 0; live &= live - 1)
+        depth[__builtin_ctzll(live)] = (uint32_t)k;
+    kvs__idx_score_t all[MASK_SLOTS];
+    size_t m = 0;
+    for (uint64_t e = entered; e != 0; e &= e - 1) {
+        uint32_t s = (uint32_t)__builtin_ctzll(e);
+        uint32_t pod = md->slot_pod[s];
+        uint8_t tier = (slow >> s) & 1u ? worst_tier(idx, model, keys, depth[s], pod) : 0;
+        all[m++] = (kvs__idx_score_t){.pod = pod, .pod_name = idx->pods[pod].name,
+                                      .blocks = depth[s], .medium = idx->media[tier]};
+    }
+    qsort(all, m, sizeof(*all), cmp_score);
+    memcpy(out, all, (m < max_out ? m : max_out) * sizeof(*all));
+    return (long)m;
+}
+
 long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_t n,
                     const uint32_t *only, size_t nonly, kvs__idx_score_t *out, size_t max_out)
 {
@@ -543,6 +666,10 @@ long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_
     uint32_t b0 = n > 0 && model < idx->nmodels ? find_block(idx, model, keys[0]) : NO_BLOCK;
     if (b0 == NO_BLOCK || np == 0)
         goto out;
+    if (idx->models[model].npods <= MASK_SLOTS) {
+        matched = score_masked(idx, model, b0, keys, n, only, nonly, out, max_out);
+        goto out;
+    }
     /* Per pod: depth (blocks matched so far; 0 = not a candidate), the best tier of its
      * copies in the current block, the slowest tier along the prefix; ~0u marks a pod
      * excluded by `only`. */
@@ -582,20 +709,7 @@ long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_
     }
     nlive = ncand;
     for (size_t k = 1; k < n && nlive > 0; k++) {
-        /* A long prompt is a chain of cache misses (slot, block, holders): start the loads
-         * for the keys ahead, one level deeper as each key comes closer. */
-        if (k + 8 < n)
-            __builtin_prefetch(&idx->slots[slot_of(keys[k + 8], model, idx->mask)]);
-        if (k + 4 < n) {
-            uint32_t v = idx->slots[slot_of(keys[k + 4], model, idx->mask)];
-            if (v != 0)
-                __builtin_prefetch(&idx->blocks[v - 1]);
-        }
-        if (k + 2 < n) {
-            uint32_t ahead = find_block(idx, model, keys[k + 2]);
-            if (ahead != NO_BLOCK && idx->blocks[ahead].cap > 0)
-                __builtin_prefetch(idx->blocks[ahead].h.many);
-        }
+        prefetch_ahead(idx, model, keys, n, k, true);
         uint32_t bi = find_block(idx, model, keys[k]);
         if (bi == NO_BLOCK)
             break;

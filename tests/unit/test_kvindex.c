@@ -273,3 +273,66 @@ Test(kvindex, many_blocks_and_removals_keep_lookups_right)
         cr_assert_eq(kvs__idx_score(idx, model_a, &k[i], 1, &p1, 1, s, 2), 1, "block %zu", i);
     free(k);
 }
+
+/* Up to 64 pods a model scores with slot bitmaps, beyond with a walk over holders: both
+ * must give every pod its prefix and its slowest tier. */
+static void many_pods(uint32_t npods)
+{
+    kvs__idx_t *x = kvs__idx_create(0);
+    cr_assert_not_null(x);
+    uint32_t m = (uint32_t)kvs__idx_model(x, "A", 1, true);
+    uint64_t k[12];
+    chain(k, 12, 10);
+    for (uint32_t i = 0; i < npods; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "p%03u", i);
+        uint32_t p = (uint32_t)kvs__idx_pod(x, name, strlen(name), m, true);
+        size_t len = i % 13;
+        cr_assert_eq(kvs__idx_store(x, p, k, len, i % 7 == 3 ? "CPU" : NULL, 3, 1), 0);
+        if (i % 4 == 1)
+            kvs__idx_remove(x, p, &k[2], 1, i % 7 == 3 ? "CPU" : NULL, 3, 1);
+        if (i % 9 == 2)
+            kvs__idx_set_degraded(x, p, true);
+    }
+    kvs__idx_score_t *s = calloc(npods, sizeof(*s));
+    cr_assert_not_null(s);
+    long n = kvs__idx_score(x, m, k, 12, NULL, 0, s, npods);
+    long want_n = 0;
+    for (uint32_t i = 0; i < npods; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "p%03u", i);
+        long want = (long)(i % 13);
+        if (i % 4 == 1 && want > 2)
+            want = 2;
+        if (want == 0 || i % 9 == 2) {
+            cr_assert_eq(blocks_of(s, n, name), -1, "%s listed", name);
+            continue;
+        }
+        want_n++;
+        cr_assert_eq(blocks_of(s, n, name), want, "%s (%u pods)", name, npods);
+        for (long j = 0; j < n; j++)
+            if (strcmp(s[j].pod_name, name) == 0)
+                cr_assert_str_eq(s[j].medium, i % 7 == 3 ? "CPU" : "GPU", "%s", name);
+    }
+    cr_assert_eq(n, want_n);
+    for (long j = 1; j < n; j++)
+        cr_assert_geq(s[j - 1].blocks, s[j].blocks, "sorted");
+    /* A short out[] gets the best pods. */
+    kvs__idx_score_t top[3];
+    cr_assert_eq(kvs__idx_score(x, m, k, 12, NULL, 0, top, 3), want_n);
+    cr_assert_eq(top[0].blocks, s[0].blocks);
+    cr_assert_str_eq(top[2].pod_name, s[2].pod_name);
+    free(s);
+    kvs__idx_destroy(x);
+}
+
+Test(kvindex, sixty_four_pods_score_by_bitmap)
+{
+    many_pods(64);
+}
+
+Test(kvindex, more_than_sixty_four_pods_score_by_walk)
+{
+    many_pods(70);
+    many_pods(200);
+}
