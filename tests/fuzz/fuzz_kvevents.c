@@ -4,7 +4,7 @@
  * Input: one msgpack payload, as a ZMQ frame would carry it. The decoder must never read
  * outside it or crash, must give a reason for every refusal, and every batch it accepts
  * is applied to a small index (bounded, so eviction runs too) and scored, as the daemon
- * would. */
+ * would: over 2 pods (the bitmap scorer) or, for odd-sized inputs, 66 (the holder walk). */
 #include "kvevents_int.h"
 #include "kvindex_int.h"
 
@@ -29,12 +29,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (idx == NULL)
         return 0;
     uint32_t m = (uint32_t)kvs__idx_model(idx, "m", 1, true);
-    int64_t pods[2] = {kvs__idx_pod(idx, "p0", 2, m, true), kvs__idx_pod(idx, "p1", 2, m, true)};
-    if (pods[0] < 0 || pods[1] < 0)
-        goto out;
+    enum { MAX_PODS = 66 };
+    size_t npods = (size & 1) ? MAX_PODS : 2;
+    uint32_t pods[MAX_PODS];
+    for (size_t i = 0; i < npods; i++) {
+        char name[8];
+        name[0] = 'p';
+        name[1] = (char)('0' + i / 10);
+        name[2] = (char)('0' + i % 10);
+        int64_t p = kvs__idx_pod(idx, name, 3, m, true);
+        if (p < 0)
+            goto out;
+        pods[i] = (uint32_t)p;
+    }
     for (size_t i = 0; i < b.nevents; i++) {
         const kvs__ev_t *e = &b.events[i];
-        uint32_t p = (uint32_t)pods[i & 1];
+        uint32_t p = pods[i % 2]; /* two pods hold blocks; the others only count */
         if (e->type == KVS__EV_STORED)
             kvs__idx_store(idx, p, e->hashes, e->nhashes, e->medium.ptr, e->medium.len, i);
         else if (e->type == KVS__EV_REMOVED)
@@ -45,6 +55,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < b.nevents; i++) {
         kvs__idx_score_t s[2];
         long n = kvs__idx_score(idx, m, b.events[i].hashes, b.events[i].nhashes, NULL, 0, s, 2);
+        if (n == 2 && s[0].blocks < s[1].blocks)
+            abort(); /* sorted */
         if (n > 2 || (n > 0 && s[0].blocks > b.events[i].nhashes))
             abort(); /* two pods; a prefix no longer than the prompt */
     }
