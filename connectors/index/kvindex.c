@@ -149,16 +149,33 @@ static bool name_is(const char *name, const char *s, size_t n)
     return strncmp(name, s, n) == 0 && name[n] == '\0';
 }
 
+static int64_t find_model(const kvs__idx_t *idx, const char *name, size_t len)
+{
+    for (uint32_t i = 0; i < idx->nmodels; i++)
+        if (name_is(idx->models[i].name, name, len))
+            return i;
+    return -1;
+}
+
+static int64_t find_pod(const kvs__idx_t *idx, const char *name, size_t len, uint32_t model)
+{
+    for (uint32_t i = 0; i < idx->npods; i++)
+        if (idx->pods[i].model == model && name_is(idx->pods[i].name, name, len))
+            return i;
+    return -1;
+}
+
+/* Lookups take the read lock, so HTTP readers resolving names do not wait on each other;
+ * only a creation takes the write lock (and looks again under it). */
 int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool create)
 {
-    int64_t id = -1;
+    pthread_rwlock_rdlock(&idx->lock);
+    int64_t id = find_model(idx, name, len);
+    pthread_rwlock_unlock(&idx->lock);
+    if (id >= 0 || !create)
+        return id;
     pthread_rwlock_wrlock(&idx->lock);
-    for (uint32_t i = 0; i < idx->nmodels; i++)
-        if (name_is(idx->models[i].name, name, len)) {
-            id = i;
-            goto out;
-        }
-    if (!create || memchr(name, '\0', len) != NULL)
+    if ((id = find_model(idx, name, len)) >= 0 || memchr(name, '\0', len) != NULL)
         goto out;
     if (idx->nmodels == idx->models_cap) {
         uint32_t nc = idx->models_cap ? 2 * idx->models_cap : 8;
@@ -179,15 +196,14 @@ out:
 
 int64_t kvs__idx_pod(kvs__idx_t *idx, const char *name, size_t len, uint32_t model, bool create)
 {
-    int64_t id = -1;
+    pthread_rwlock_rdlock(&idx->lock);
+    int64_t id = find_pod(idx, name, len, model);
+    pthread_rwlock_unlock(&idx->lock);
+    if (id >= 0 || !create)
+        return id;
     pthread_rwlock_wrlock(&idx->lock);
-    for (uint32_t i = 0; i < idx->npods; i++)
-        if (idx->pods[i].model == model && name_is(idx->pods[i].name, name, len)) {
-            id = i;
-            goto out;
-        }
-    if (!create || model >= idx->nmodels || idx->npods >= KVS__IDX_MAX_PODS ||
-        memchr(name, '\0', len) != NULL)
+    if ((id = find_pod(idx, name, len, model)) >= 0 || model >= idx->nmodels ||
+        idx->npods >= KVS__IDX_MAX_PODS || memchr(name, '\0', len) != NULL)
         goto out;
     if (idx->npods == idx->pods_cap) {
         uint32_t nc = idx->pods_cap ? 2 * idx->pods_cap : 16;
