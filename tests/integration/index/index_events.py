@@ -10,8 +10,9 @@ come from vLLM's algorithm re-stated in tests/unit/keys_vs_vllm.py, not from kvs
 
 Checks: longest prefix per pod, sorted; a removed middle block; LoRA and cache salt; two
 models; a gap filled by replay; an unreplayable gap (degraded, scores zero, fresh after a
-restart); a restart (sequence backwards: cleared); malformed frames counted while the
-index keeps serving; HTTP errors; SIGTERM.
+restart); a restart (sequence backwards: cleared); a restart whose first batch was lost
+(replayed from 0); a degraded pod fresh again after AllBlocksCleared; malformed frames
+counted while the index keeps serving; HTTP errors; SIGTERM.
 
 Usage: index_events.py PATH_TO_KVSHARE   (KVS_TEST_SEED=n replays a run)
 """
@@ -277,6 +278,27 @@ def main():
     check(pods_of(idx.score("m1", q)) == {}, "A's blocks from before its restart are gone")
     check((idx.metric("kvshare_index_restarts_total") or 0) >= 2, "two restarts counted")
     check(idx.metric("kvshare_index_degraded_pods") == 0, "no degraded pod after B's restart")
+
+    # A restart whose first batch was lost live: A has reached seq 3, the new process's
+    # seq 0 is lost, its seq 1 arrives: backwards, so a restart, and [0, 1) is replayed
+    # from the new process's buffer.
+    for _ in range(3):
+        pub(a, TA, [["BlockRemoved", [12345], "GPU"]])
+    a.restart()
+    seq[TA] = 0
+    pub(a, TA, [stored_positional(k[:5])], live=False)
+    pub(a, TA, [stored_positional(kq[:1])])
+    wait_for("restart with a lost first batch: replayed", lambda: (pods_of(idx.score("m1", prompt)),
+                                                                   pods_of(idx.score("m1", q))),
+             lambda r: r == ({"pod-b": 3, "pod-a": 5}, {"pod-a": 1}))
+
+    # A degraded pod is fresh again after AllBlocksCleared.
+    pub(bc, TC, [stored_map(k[:1])], live=False, buffered=False)
+    pub(bc, TC, [stored_map(k)])
+    wait_for("degraded C scores zero", lambda: pods_of(idx.score("m2", prompt)), lambda p: p == {})
+    pub(bc, TC, [{"type": "AllBlocksCleared"}, stored_map(k[:7])])
+    wait_for("C fresh after AllBlocksCleared", lambda: pods_of(idx.score("m2", prompt)),
+             lambda p: p == {"pod-c": 7})
 
     # HTTP errors: a 4xx with a reason, never a crash.
     for body, code, frag in ((b"{not json", 400, "JSON"),
