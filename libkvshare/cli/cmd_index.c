@@ -57,6 +57,11 @@ typedef struct source {
     const char *spec; /* argv: ENDPOINT[@replay=ENDPOINT] */
     char endpoint[512], replay[512];
     void *sub, *dealer;
+    /* The last topic seen and its pod: a source is mostly one pod, and pods are never
+     * deleted, so most frames skip the name lookups. */
+    char last_topic[256];
+    size_t last_topic_len;
+    uint32_t last_pod;
 } source_t;
 
 typedef struct pod_seq {
@@ -309,14 +314,25 @@ static void on_frames(index_daemon_t *d, source_t *s, zmq_msg_t *parts, int n)
         return;
     }
     uint64_t seq = be64(zmq_msg_data(&parts[1]));
+    int64_t pod;
+    if (s->last_topic_len == tlen && memcmp(s->last_topic, topic, tlen) == 0) {
+        pod = s->last_pod;
+        goto known;
+    }
     int64_t model = kvs__idx_model(d->idx, a2 + 1, tlen - (size_t)(a2 + 1 - topic), true);
-    int64_t pod = model < 0 ? -1
+    pod = model < 0 ? -1
                             : kvs__idx_pod(d->idx, a1 + 1, (size_t)(a2 - a1 - 1),
                                            (uint32_t)model, true);
     if (pod < 0 || !seq_slot(d, (uint32_t)pod)) {
         malformed(d, s->endpoint, "cannot track this pod (out of memory or too many pods)");
         return;
     }
+    if (tlen < sizeof(s->last_topic)) {
+        memcpy(s->last_topic, topic, tlen);
+        s->last_topic_len = tlen;
+        s->last_pod = (uint32_t)pod;
+    }
+known:;
     uint32_t p = (uint32_t)pod;
     pod_seq_t *ps = &d->seq[p];
     const char *pname = kvs__idx_pod_name(d->idx, p);
