@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* kvevents.c - decodes vLLM KV event batches, positional and map encodings, over msgpack-c. */
 #include "kvevents_int.h"
+#include "ixalloc_int.h"
 
 #include <msgpack.h>
 #include <stdarg.h>
@@ -49,7 +50,7 @@ struct kvs__ev_decoder {
 
 kvs__ev_decoder_t *kvs__ev_decoder_create(void)
 {
-    kvs__ev_decoder_t *d = calloc(1, sizeof(*d));
+    kvs__ev_decoder_t *d = kvs__ix_calloc(1, sizeof(*d));
     if (d != NULL)
         msgpack_unpacked_init(&d->up);
     return d;
@@ -224,7 +225,7 @@ static bool grow(void *pp, size_t *cap, size_t need, size_t elem)
         nc *= 2;
     void *v;
     memcpy(&v, pp, sizeof(v));
-    void *nv = realloc(v, nc * elem);
+    void *nv = kvs__ix_realloc(v, nc * elem);
     if (nv == NULL)
         return false;
     memcpy(pp, &nv, sizeof(nv));

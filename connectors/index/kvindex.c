@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* kvindex.c - the exact-prefix index: a block table with per-block holders and per-pod lists. */
 #include "kvindex_int.h"
+#include "ixalloc_int.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -87,20 +88,30 @@ static inline uint32_t slot_of(uint64_t hash, uint32_t model, uint32_t mask)
     return (uint32_t)x & mask;
 }
 
+static char *dup_n(const char *s, size_t n)
+{
+    char *d = kvs__ix_malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
 kvs__idx_t *kvs__idx_create(uint64_t max_pairs)
 {
-    kvs__idx_t *idx = calloc(1, sizeof(*idx));
+    kvs__idx_t *idx = kvs__ix_calloc(1, sizeof(*idx));
     if (idx == NULL)
         return NULL;
     idx->max_pairs = max_pairs;
     idx->free_head = NO_BLOCK;
     idx->mask = 1023;
-    idx->slots = calloc((size_t)idx->mask + 1, sizeof(uint32_t));
+    idx->slots = kvs__ix_calloc((size_t)idx->mask + 1, sizeof(uint32_t));
     /* Tier ranks: the first interned are the fastest. */
     static const char *const tiers[] = {"GPU", "CPU", "DISK"};
     bool ok = idx->slots != NULL;
     for (size_t i = 0; ok && i < sizeof(tiers) / sizeof(tiers[0]); i++)
-        ok = (idx->media[idx->nmedia++] = strdup(tiers[i])) != NULL;
+        ok = (idx->media[idx->nmedia++] = dup_n(tiers[i], strlen(tiers[i]))) != NULL;
     if (!ok || pthread_rwlock_init(&idx->lock, NULL) != 0) {
         for (uint32_t i = 0; i < idx->nmedia; i++)
             free(idx->media[i]);
@@ -132,16 +143,6 @@ void kvs__idx_destroy(kvs__idx_t *idx)
         free(idx->media[i]);
     pthread_rwlock_destroy(&idx->lock);
     free(idx);
-}
-
-static char *dup_n(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d != NULL) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
 }
 
 static bool name_is(const char *name, const char *s, size_t n)
@@ -179,7 +180,7 @@ int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool creat
         goto out;
     if (idx->nmodels == idx->models_cap) {
         uint32_t nc = idx->models_cap ? 2 * idx->models_cap : 8;
-        struct model *nm = realloc(idx->models, nc * sizeof(*nm));
+        struct model *nm = kvs__ix_realloc(idx->models, nc * sizeof(*nm));
         if (nm == NULL)
             goto out;
         idx->models = nm;
@@ -207,7 +208,7 @@ int64_t kvs__idx_pod(kvs__idx_t *idx, const char *name, size_t len, uint32_t mod
         goto out;
     if (idx->npods == idx->pods_cap) {
         uint32_t nc = idx->pods_cap ? 2 * idx->pods_cap : 16;
-        pod_t *np = realloc(idx->pods, nc * sizeof(*np));
+        pod_t *np = kvs__ix_realloc(idx->pods, nc * sizeof(*np));
         if (np == NULL)
             goto out;
         idx->pods = np;
@@ -265,7 +266,7 @@ static uint32_t find_block(const kvs__idx_t *idx, uint32_t model, uint64_t hash)
 static bool table_grow(kvs__idx_t *idx)
 {
     uint32_t nmask = 2 * idx->mask + 1;
-    uint32_t *ns = calloc((size_t)nmask + 1, sizeof(uint32_t));
+    uint32_t *ns = kvs__ix_calloc((size_t)nmask + 1, sizeof(uint32_t));
     if (ns == NULL)
         return false;
     for (uint32_t s = 0; s <= idx->mask; s++) {
@@ -297,7 +298,7 @@ static uint32_t add_block(kvs__idx_t *idx, uint32_t model, uint64_t hash)
             if (idx->blocks_cap >= NO_BLOCK / 2)
                 return NO_BLOCK;
             uint32_t nc = idx->blocks_cap ? 2 * idx->blocks_cap : 1024;
-            block_t *nb = realloc(idx->blocks, (size_t)nc * sizeof(*nb));
+            block_t *nb = kvs__ix_realloc(idx->blocks, (size_t)nc * sizeof(*nb));
             if (nb == NULL)
                 return NO_BLOCK;
             idx->blocks = nb;
@@ -451,7 +452,7 @@ static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
     }
     if (p->n == p->cap) {
         size_t nc = p->cap ? 2 * p->cap : 64;
-        uint32_t *nb = realloc(p->blocks, nc * sizeof(*nb));
+        uint32_t *nb = kvs__ix_realloc(p->blocks, nc * sizeof(*nb));
         if (nb == NULL)
             return -1;
         p->blocks = nb;
@@ -465,7 +466,8 @@ static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
         return 0;
     if (b->n >= 1 && b->n >= b->cap) {
         uint16_t nc = b->cap ? (uint16_t)(b->cap >= 32768 ? 65535 : 2 * b->cap) : 4;
-        holder_t *nh = b->cap ? realloc(b->h.many, nc * sizeof(*nh)) : malloc(nc * sizeof(*nh));
+        holder_t *nh = b->cap ? kvs__ix_realloc(b->h.many, nc * sizeof(*nh))
+                              : kvs__ix_malloc(nc * sizeof(*nh));
         if (nh == NULL) {
             if (fresh)
                 free_block(idx, bi);
@@ -689,9 +691,10 @@ long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_
     /* Per pod: depth (blocks matched so far; 0 = not a candidate), the best tier of its
      * copies in the current block, the slowest tier along the prefix; ~0u marks a pod
      * excluded by `only`. */
-    uint32_t *depth = calloc(np, sizeof(uint32_t));
-    uint8_t *cur = malloc(np), *worst = malloc(np);
-    uint32_t *cand = malloc(np * sizeof(uint32_t)), *live = malloc(np * sizeof(uint32_t));
+    uint32_t *depth = kvs__ix_calloc(np, sizeof(uint32_t));
+    uint8_t *cur = kvs__ix_malloc(np), *worst = kvs__ix_malloc(np);
+    uint32_t *cand = kvs__ix_malloc(np * sizeof(uint32_t));
+    uint32_t *live = kvs__ix_malloc(np * sizeof(uint32_t));
     if (depth == NULL || cur == NULL || worst == NULL || cand == NULL || live == NULL) {
         matched = -1;
         goto done;
@@ -754,7 +757,7 @@ long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_
         nlive = j;
     }
     matched = (long)ncand;
-    kvs__idx_score_t *all = malloc((ncand ? ncand : 1) * sizeof(*all));
+    kvs__idx_score_t *all = kvs__ix_malloc((ncand ? ncand : 1) * sizeof(*all));
     if (all == NULL) {
         matched = -1;
         goto done;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test_kvevents.c - the vLLM KV event decoder: both encodings, old and new fields, bad input. */
+#include "ixalloc_int.h"
 #include "kvevents_int.h"
 
 #include <criterion/criterion.h>
@@ -262,4 +263,42 @@ Test(kvevents, fuzz_seeds_decode)
     }
     closedir(dir);
     cr_assert_geq(seen, 5);
+}
+
+/* Every allocation of the decoder fails in turn: a refusal with a reason, never a crash. */
+Test(kvevents, every_allocation_failure_is_survived)
+{
+    batch_head(2);
+    msgpack_pack_array(&pk, 4);
+    str("BlockStored");
+    msgpack_pack_array(&pk, 100);
+    for (int i = 0; i < 100; i++)
+        msgpack_pack_uint64(&pk, (uint64_t)i);
+    msgpack_pack_nil(&pk);
+    msgpack_pack_array(&pk, 200);
+    for (int i = 0; i < 200; i++)
+        msgpack_pack_uint32(&pk, (uint32_t)i);
+    msgpack_pack_map(&pk, 1);
+    str("type");
+    str("AllBlocksCleared");
+    msgpack_pack_nil(&pk);
+    for (long n = 0;; n++) {
+        kvs__ix_alloc_fail_after(n, true);
+        kvs__ev_decoder_t *d = kvs__ev_decoder_create();
+        kvs__ev_batch_t b;
+        char why[128] = "";
+        int rc = d ? kvs__ev_decode(d, sb.data, sb.size, &b, NULL, why, sizeof(why)) : -1;
+        unsigned long hit = kvs__ix_alloc_failures();
+        kvs__ix_alloc_fail_after(-1, false);
+        if (d != NULL && rc != 0)
+            cr_assert(strstr(why, "out of memory") != NULL, "%s", why);
+        if (rc == 0) {
+            cr_assert_eq(b.nevents, 2);
+            cr_assert_eq(b.events[0].hashes[99], 99);
+        }
+        kvs__ev_decoder_destroy(d);
+        if (hit == 0)
+            break;
+        cr_assert_lt(n, 1000);
+    }
 }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test_kvindex.c - the prefix index: longest consecutive prefix per pod, removals, models,
  * LoRA keys, per-pod clear, degraded pods, ageing and the memory bound. */
+#include "ixalloc_int.h"
 #include "kvindex_int.h"
 #include "kvshare.h"
 
@@ -230,7 +231,7 @@ Test(kvindex, the_pair_bound_holds_and_the_index_stays_consistent)
     uint32_t m = (uint32_t)kvs__idx_model(small, "A", 1, true);
     uint32_t pods[4];
     for (uint32_t i = 0; i < 4; i++) {
-        char name[8];
+        char name[16];
         snprintf(name, sizeof(name), "p%u", i);
         pods[i] = (uint32_t)kvs__idx_pod(small, name, strlen(name), m, true);
     }
@@ -335,4 +336,70 @@ Test(kvindex, more_than_sixty_four_pods_score_by_walk)
 {
     many_pods(70);
     many_pods(200);
+}
+
+/* Every allocation of the index fails in turn (and every one after it): each call reports
+ * it or copes, nothing crashes or leaks, and what was stored stays consistent. */
+static void oom_scenario(uint32_t npods)
+{
+    kvs__idx_t *x = kvs__idx_create(5000);
+    if (x == NULL)
+        return;
+    int64_t m = kvs__idx_model(x, "A", 1, true);
+    uint64_t k[3000];
+    chain(k, 3000, 11);
+    uint32_t pods[70];
+    uint32_t made = 0;
+    for (uint32_t i = 0; m >= 0 && i < npods; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "p%u", i);
+        int64_t p = kvs__idx_pod(x, name, strlen(name), (uint32_t)m, true);
+        if (p < 0)
+            break;
+        pods[made++] = (uint32_t)p;
+    }
+    bool all_stored = made == npods;
+    for (uint32_t i = 0; i < made; i++) {
+        size_t len = i < 2 ? 3000 : 40;
+        if (kvs__idx_store(x, pods[i], k, len, i == 1 ? "CPU" : NULL, 3, 1) != 0)
+            all_stored = false;
+    }
+    kvs__idx_score_t s[70];
+    long n = made ? kvs__idx_score(x, (uint32_t)m, k, 3000, NULL, 0, s, 70) : 0;
+    if (all_stored && n >= 0) {
+        /* 5000 pairs at most: eviction takes from the biggest pods (p0, p1), so the small
+         * ones keep their 40 blocks. */
+        cr_assert_geq(n, (long)npods - 2);
+        for (uint32_t i = 2; i < npods; i++) {
+            char name[16];
+            snprintf(name, sizeof(name), "p%u", i);
+            cr_assert_eq(blocks_of(s, n < 70 ? n : 70, name), 40, "%s", name);
+        }
+        kvs__idx_stats_t st;
+        kvs__idx_get_stats(x, &st);
+        cr_assert_leq(st.pairs, 5000);
+    }
+    kvs__idx_remove(x, made ? pods[0] : 0, k, 100, NULL, 0, 2);
+    for (uint32_t i = 0; i < made; i++)
+        kvs__idx_clear_pod(x, pods[i]);
+    kvs__idx_stats_t st;
+    kvs__idx_get_stats(x, &st);
+    cr_assert_eq(st.pairs, 0);
+    cr_assert_eq(st.blocks, 0);
+    kvs__idx_destroy(x);
+}
+
+Test(kvindex, every_allocation_failure_is_survived)
+{
+    for (uint32_t npods = 3; npods <= 70; npods += 67) { /* bitmap and walk scorers */
+        for (long n = 0;; n++) {
+            kvs__ix_alloc_fail_after(n, true);
+            oom_scenario(npods);
+            unsigned long hit = kvs__ix_alloc_failures();
+            kvs__ix_alloc_fail_after(-1, false);
+            if (hit == 0)
+                break; /* the whole scenario ran without reaching allocation n */
+            cr_assert_lt(n, 100000, "no end to the allocations");
+        }
+    }
 }
