@@ -4,8 +4,8 @@
  * Threads: the main thread is the index's only writer. It drains every SUB socket with
  * non-blocking receives (ZMQ queues on our side; a PUB never waits for us), tracks each
  * pod's sequence numbers, asks the pod's replay ROUTER for missed batches, and applies
- * the events. libmicrohttpd's thread answers HTTP; it only reads the index (under the
- * index's read lock) and the counters (atomics). */
+ * the events. libmicrohttpd's threads (a pool of 4) answer HTTP; they only read the index
+ * (under the index's read lock) and the counters (atomics). */
 #include "cli.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
@@ -825,7 +825,9 @@ int kvs_cli_index(int argc, char **argv)
     mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
                            on_http, &d, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
                            MHD_OPTION_NOTIFY_COMPLETED, on_http_done, NULL,
-                           MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+                           MHD_OPTION_CONNECTION_TIMEOUT, 30u,
+                           /* scores run in parallel: they only take the read lock */
+                           MHD_OPTION_THREAD_POOL_SIZE, 4u, MHD_OPTION_END);
     if (mhd == NULL) {
         fprintf(stderr, "kvshare index: --http '%s': cannot start the HTTP server\n", http);
         close(fd);

@@ -300,6 +300,24 @@ def main():
     wait_for("C fresh after AllBlocksCleared", lambda: pods_of(idx.score("m2", prompt)),
              lambda p: p == {"pod-c": 7})
 
+    # Readers in parallel with the writer: every answer is a well-formed 200.
+    bad = []
+
+    def reader():
+        for _ in range(30):
+            r = idx.score("m1", prompt)
+            if "pods" not in r:
+                bad.append(r)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for i in range(40):
+        pub(bc, TC, [stored_map(kq[:1 + i % 6]), {"type": "BlockRemoved", "block_hashes": [kq[5]]}])
+    for t in threads:
+        t.join()
+    check(not bad, f"240 scores alongside 40 batches all answered ({bad[:2]})")
+
     # HTTP errors: a 4xx with a reason, never a crash.
     for body, code, frag in ((b"{not json", 400, "JSON"),
                              ({"model": "nope", "token_ids": [1]}, 404, "unknown model"),
