@@ -571,7 +571,7 @@ out:
 
 static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
 {
-    size_t cap = 8192, len = 0;
+    size_t cap = 16384, len = 0; /* about 4 KiB used: room for more metrics */
     char *b = malloc(cap);
     if (b == NULL)
         return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain", "out of memory\n", false);
@@ -580,7 +580,9 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
                             "# HELP kvshare_index_" #name "_total " help "\n"                      \
                             "# TYPE kvshare_index_" #name "_total counter\n"                       \
                             "kvshare_index_" #name "_total %llu\n",                                \
-                            (unsigned long long)atomic_load(&d->c.name));
+                            (unsigned long long)atomic_load(&d->c.name));                          \
+    if (len >= cap)                                                                                \
+        len = cap - 1;
     KVS_INDEX_COUNTERS(KVS_COUNTER_TEXT)
 #undef KVS_COUNTER_TEXT
     kvs__idx_stats_t s;
@@ -602,7 +604,6 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
         (unsigned long long)s.pairs, (unsigned long long)s.blocks, (unsigned long long)s.pods,
         (unsigned long long)s.degraded_pods, (unsigned long long)s.bytes,
         (unsigned long long)s.evicted);
-    (void)len;
     return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", b, true);
 }
 
@@ -612,8 +613,7 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const cha
 {
     (void)version;
     index_daemon_t *d = cls;
-    bool post = strcmp(method, "POST") == 0;
-    if (post && strcmp(url, "/v1/score") == 0) {
+    if (strcmp(method, "POST") == 0 && strcmp(url, "/v1/score") == 0) {
         req_body_t *rb = *state;
         if (rb == NULL) { /* headers only: allocate the body on the first call */
             if ((rb = calloc(1, sizeof(*rb))) == NULL)
@@ -638,16 +638,17 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const cha
         }
         return score(d, conn, rb);
     }
-    if (strcmp(method, "GET") != 0 && !post)
-        return reply_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method %s not allowed", method);
+    if (strcmp(url, "/v1/score") == 0)
+        return reply_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /v1/score");
+    if (strcmp(method, "GET") != 0)
+        return reply_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "%.16s %.200s: only GET", method,
+                           url);
     if (strcmp(url, "/healthz") == 0)
         return reply(conn, MHD_HTTP_OK, "text/plain", "ok\n", false);
     if (strcmp(url, "/readyz") == 0)
         return reply(conn, MHD_HTTP_OK, "text/plain", "ready\n", false);
     if (strcmp(url, "/metrics") == 0)
         return metrics(d, conn);
-    if (strcmp(url, "/v1/score") == 0)
-        return reply_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /v1/score");
     return reply_error(conn, MHD_HTTP_NOT_FOUND, "no such path '%.200s'", url);
 }
 

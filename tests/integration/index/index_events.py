@@ -327,6 +327,11 @@ def main():
         c, text = idx.request("/v1/score", body)
         check(c == code and frag in text, f"{body!r} -> {c} {text}")
     check(idx.request("/nowhere")[0] == 404, "unknown path 404")
+    check(idx.request("/v1/score")[0] == 405, "GET /v1/score 405")
+    check(idx.request("/healthz", b"x")[0] == 405, "POST /healthz 405")
+    _, text = idx.request("/metrics")
+    check("kvshare_index_scores_total" in text and "kvshare_index_bytes" in text,
+          "metrics list scores and bytes")
 
     idx.proc.send_signal(signal.SIGTERM)
     try:
