@@ -103,26 +103,74 @@ static bool mp_bounded(const uint8_t *p, size_t len)
             skip = c & 0x1fu;
         } else {
             switch (c) {
-            case 0xc4: case 0xd9: hdr = 1; break;             /* bin8, str8 */
-            case 0xc5: case 0xda: hdr = 2; break;             /* bin16, str16 */
-            case 0xc6: case 0xdb: hdr = 4; break;             /* bin32, str32 */
-            case 0xc7: hdr = 1, skip = 1; break;              /* ext8 (+type) */
-            case 0xc8: hdr = 2, skip = 1; break;
-            case 0xc9: hdr = 4, skip = 1; break;
-            case 0xca: case 0xce: case 0xd2: skip = 4; break; /* float32, u32, i32 */
-            case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
-            case 0xcc: case 0xd0: skip = 1; break;
-            case 0xcd: case 0xd1: skip = 2; break;
-            case 0xd4: skip = 2; break;                       /* fixext1 (+type) */
-            case 0xd5: skip = 3; break;
-            case 0xd6: skip = 5; break;
-            case 0xd7: skip = 9; break;
-            case 0xd8: skip = 17; break;
-            case 0xdc: hdr = 2, container = true; break;      /* array16 */
-            case 0xdd: hdr = 4, container = true; break;
-            case 0xde: hdr = 2, container = true, map = true; break;
-            case 0xdf: hdr = 4, container = true, map = true; break;
-            default: return false;                            /* 0xc1: never used */
+            case 0xc4:
+            case 0xd9:
+                hdr = 1;
+                break; /* bin8, str8 */
+            case 0xc5:
+            case 0xda:
+                hdr = 2;
+                break; /* bin16, str16 */
+            case 0xc6:
+            case 0xdb:
+                hdr = 4;
+                break; /* bin32, str32 */
+            case 0xc7:
+                hdr = 1, skip = 1;
+                break; /* ext8 (+type) */
+            case 0xc8:
+                hdr = 2, skip = 1;
+                break;
+            case 0xc9:
+                hdr = 4, skip = 1;
+                break;
+            case 0xca:
+            case 0xce:
+            case 0xd2:
+                skip = 4;
+                break; /* float32, u32, i32 */
+            case 0xcb:
+            case 0xcf:
+            case 0xd3:
+                skip = 8;
+                break;
+            case 0xcc:
+            case 0xd0:
+                skip = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                skip = 2;
+                break;
+            case 0xd4:
+                skip = 2;
+                break; /* fixext1 (+type) */
+            case 0xd5:
+                skip = 3;
+                break;
+            case 0xd6:
+                skip = 5;
+                break;
+            case 0xd7:
+                skip = 9;
+                break;
+            case 0xd8:
+                skip = 17;
+                break;
+            case 0xdc:
+                hdr = 2, container = true;
+                break; /* array16 */
+            case 0xdd:
+                hdr = 4, container = true;
+                break;
+            case 0xde:
+                hdr = 2, container = true, map = true;
+                break;
+            case 0xdf:
+                hdr = 4, container = true, map = true;
+                break;
+            default:
+                return false; /* 0xc1: never used */
             }
             if (hdr > 0) {
                 if (len - off < hdr)
@@ -148,7 +196,8 @@ static bool mp_bounded(const uint8_t *p, size_t len)
     return true;
 }
 
-static int fail(char *why, size_t why_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *why, size_t why_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail(char *why, size_t why_len, const char *fmt, ...)
 {
     if (why != NULL && why_len > 0) {
@@ -163,7 +212,8 @@ static int fail(char *why, size_t why_len, const char *fmt, ...)
 static bool str_is(const msgpack_object *o, const char *s)
 {
     size_t n = strlen(s);
-    return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && memcmp(o->via.str.ptr, s, n) == 0;
+    return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+           memcmp(o->via.str.ptr, s, n) == 0;
 }
 
 static bool is_nil(const msgpack_object *o)
@@ -190,14 +240,19 @@ static bool get_int(const msgpack_object *o, int64_t min, int64_t max, int64_t *
 static bool get_hash(const msgpack_object *o, uint64_t *out)
 {
     switch (o->type) {
-    case MSGPACK_OBJECT_POSITIVE_INTEGER: *out = o->via.u64; return true;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER: *out = (uint64_t)o->via.i64; return true;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        *out = o->via.u64;
+        return true;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        *out = (uint64_t)o->via.i64;
+        return true;
     case MSGPACK_OBJECT_BIN:
         if (o->via.bin.size == 0)
             return false;
         *out = kvs__ev_hash_from_bytes((const uint8_t *)o->via.bin.ptr, o->via.bin.size);
         return true;
-    default: return false;
+    default:
+        return false;
     }
 }
 
@@ -263,8 +318,8 @@ static int decode_hashes(kvs__ev_decoder_t *d, const msgpack_object *o, const ch
     return 0;
 }
 
-static int decode_stored(kvs__ev_decoder_t *d, const msgpack_object *ev, kvs__ev_t *e,
-                         char *why, size_t wl)
+static int decode_stored(kvs__ev_decoder_t *d, const msgpack_object *ev, kvs__ev_t *e, char *why,
+                         size_t wl)
 {
     const char *const *nm = stored_names;
     if (decode_hashes(d, field(ev, nm, ST_block_hashes), "BlockStored", &e->nhashes, why, wl))
@@ -330,8 +385,8 @@ static int decode_stored(kvs__ev_decoder_t *d, const msgpack_object *ev, kvs__ev
     return 0;
 }
 
-static int decode_removed(kvs__ev_decoder_t *d, const msgpack_object *ev, kvs__ev_t *e,
-                          char *why, size_t wl)
+static int decode_removed(kvs__ev_decoder_t *d, const msgpack_object *ev, kvs__ev_t *e, char *why,
+                          size_t wl)
 {
     const char *const *nm = removed_names;
     if (decode_hashes(d, field(ev, nm, RM_block_hashes), "BlockRemoved", &e->nhashes, why, wl))

@@ -43,10 +43,10 @@ typedef struct kvs__ev {
     uint64_t parent;
     const uint32_t *tokens; /* token_ids (BlockStored) */
     size_t ntokens;
-    uint32_t block_size;   /* 0 when absent */
-    kvs__ev_str_t medium;  /* None/absent: GPU (vLLM's MEDIUM_GPU) */
+    uint32_t block_size;  /* 0 when absent */
+    kvs__ev_str_t medium; /* None/absent: GPU (vLLM's MEDIUM_GPU) */
     kvs__ev_str_t lora_name;
-    size_t nextra_keys;    /* entries of extra_keys (0 when absent/None) */
+    size_t nextra_keys; /* entries of extra_keys (0 when absent/None) */
     bool has_group;
     int64_t group_idx;
     kvs__ev_str_t spec_kind; /* kv_cache_spec_kind */

@@ -24,9 +24,9 @@ typedef struct holder {
 
 typedef struct block {
     uint64_t hash;
-    uint64_t mask; /* slots (< 64) with a copy of this block */
-    uint64_t slow; /* slots whose best copy is not on the fastest tier (GPU) */
-    uint32_t model; /* NO_BLOCK: free; h.one.pos then links the free list */
+    uint64_t mask;   /* slots (< 64) with a copy of this block */
+    uint64_t slow;   /* slots whose best copy is not on the fastest tier (GPU) */
+    uint32_t model;  /* NO_BLOCK: free; h.one.pos then links the free list */
     uint16_t n, cap; /* cap 0: the one holder is inline */
     union {
         holder_t one;
@@ -58,7 +58,7 @@ struct kvs__idx {
         char *name;
         uint32_t npods;
         uint32_t slot_pod[MASK_SLOTS];
-    } *models;
+    } * models;
     uint32_t nmodels, models_cap;
     char *media[KVS__IDX_MAX_MEDIA];
     uint32_t nmedia;
@@ -667,8 +667,10 @@ static long score_masked(kvs__idx_t *idx, uint32_t model, uint32_t b0, const uin
         uint32_t s = (uint32_t)__builtin_ctzll(e);
         uint32_t pod = md->slot_pod[s];
         uint8_t tier = (slow >> s) & 1u ? worst_tier(idx, model, keys, depth[s], pod) : 0;
-        all[m++] = (kvs__idx_score_t){.pod = pod, .pod_name = idx->pods[pod].name,
-                                      .blocks = depth[s], .medium = idx->media[tier]};
+        all[m++] = (kvs__idx_score_t){.pod = pod,
+                                      .pod_name = idx->pods[pod].name,
+                                      .blocks = depth[s],
+                                      .medium = idx->media[tier]};
     }
     qsort(all, m, sizeof(*all), cmp_score);
     memcpy(out, all, (m < max_out ? m : max_out) * sizeof(*all));
@@ -764,7 +766,9 @@ long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_
     }
     for (size_t i = 0; i < ncand; i++) {
         uint32_t p = cand[i];
-        all[i] = (kvs__idx_score_t){.pod = p, .pod_name = idx->pods[p].name, .blocks = depth[p],
+        all[i] = (kvs__idx_score_t){.pod = p,
+                                    .pod_name = idx->pods[p].name,
+                                    .blocks = depth[p],
                                     .medium = idx->media[worst[p]]};
     }
     qsort(all, ncand, sizeof(*all), cmp_score);

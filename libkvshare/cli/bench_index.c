@@ -44,7 +44,8 @@ static bool doc_keys(kvs_hasher_h h, uint64_t d, uint32_t *tok, kvs_key_t *keys,
 {
     doc_tokens(d, tok);
     size_t nk = 0;
-    if (kvs_hasher_chain(h, NULL, tok, PROMPT_BLKS * BLOCK_TOKENS, keys, PROMPT_BLKS, &nk) != KVS_OK ||
+    if (kvs_hasher_chain(h, NULL, tok, PROMPT_BLKS * BLOCK_TOKENS, keys, PROMPT_BLKS, &nk) !=
+            KVS_OK ||
         nk != PROMPT_BLKS)
         return false;
     for (size_t i = 0; i < nk; i++)

@@ -109,12 +109,12 @@ uint64_t kvs_cli_mix(uint64_t x)
     return x ^ (x >> 31);
 }
 
-/* Binds and listens on HOST:PORT (serve --metrics, index --http). HOST is an IPv4 literal, a bracketed IPv6 literal
- * or a name (its first address); the socket is bound to exactly that address. Writes the
- * bound "host:port" to bound. Returns the socket, or -1 with why filled (bad value: *usage
- * set to 1; a bind error: 0). */
+/* Binds and listens on HOST:PORT (serve --metrics, index --http). HOST is an IPv4 literal, a
+ * bracketed IPv6 literal or a name (its first address); the socket is bound to exactly that
+ * address. Writes the bound "host:port" to bound. Returns the socket, or -1 with why filled (bad
+ * value: *usage set to 1; a bind error: 0). */
 int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, size_t wl,
-                          int *usage)
+                   int *usage)
 {
     char host[256];
     const char *colon = strrchr(spec, ':'), *h = spec, *he = colon;

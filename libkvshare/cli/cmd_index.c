@@ -99,22 +99,23 @@ static uint64_t now_ms(void)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: kvshare index --source ENDPOINT[@replay=ENDPOINT]... --http HOST:PORT\n"
-            "                     [--block-size N] [--hash-algo sha256_cbor|xxhash_cbor]\n"
-            "                     [--hash-seed S] [--max-pairs N] [--max-idle-s S]\n"
-            "\n"
-            "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
-            "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
-            "with each pod's longest cached prefix; GET /healthz, /readyz, /metrics.\n"
-            "  --source      a vLLM publisher to connect to (repeatable); @replay= names its\n"
-            "                replay ROUTER, asked for missed batches on a sequence gap\n"
-            "  --http        where to serve; prints 'ready http://HOST:PORT' once listening\n"
-            "  --block-size  vLLM's block size in tokens (default 16)\n"
-            "  --hash-algo   vLLM's prefix_caching_hash_algo (default sha256_cbor)\n"
-            "  --hash-seed   vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED, else 0)\n"
-            "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
-            "  --max-idle-s  clear pods silent this long (default 0: never)\n");
+    fprintf(
+        f,
+        "usage: kvshare index --source ENDPOINT[@replay=ENDPOINT]... --http HOST:PORT\n"
+        "                     [--block-size N] [--hash-algo sha256_cbor|xxhash_cbor]\n"
+        "                     [--hash-seed S] [--max-pairs N] [--max-idle-s S]\n"
+        "\n"
+        "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
+        "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
+        "with each pod's longest cached prefix; GET /healthz, /readyz, /metrics.\n"
+        "  --source      a vLLM publisher to connect to (repeatable); @replay= names its\n"
+        "                replay ROUTER, asked for missed batches on a sequence gap\n"
+        "  --http        where to serve; prints 'ready http://HOST:PORT' once listening\n"
+        "  --block-size  vLLM's block size in tokens (default 16)\n"
+        "  --hash-algo   vLLM's prefix_caching_hash_algo (default sha256_cbor)\n"
+        "  --hash-seed   vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED, else 0)\n"
+        "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
+        "  --max-idle-s  clear pods silent this long (default 0: never)\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -142,8 +143,7 @@ static bool prefix_group(const kvs__ev_str_t *kind)
 }
 
 /* Decodes one batch and applies it to pod. */
-static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *payload,
-                  size_t len)
+static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *payload, size_t len)
 {
     kvs__ev_batch_t b;
     size_t skipped = 0;
@@ -320,9 +320,8 @@ static void on_frames(index_daemon_t *d, source_t *s, zmq_msg_t *parts, int n)
         goto known;
     }
     int64_t model = kvs__idx_model(d->idx, a2 + 1, tlen - (size_t)(a2 + 1 - topic), true);
-    pod = model < 0 ? -1
-                            : kvs__idx_pod(d->idx, a1 + 1, (size_t)(a2 - a1 - 1),
-                                           (uint32_t)model, true);
+    pod =
+        model < 0 ? -1 : kvs__idx_pod(d->idx, a1 + 1, (size_t)(a2 - a1 - 1), (uint32_t)model, true);
     if (pod < 0 || !seq_slot(d, (uint32_t)pod)) {
         malformed(d, s->endpoint, "cannot track this pod (out of memory or too many pods)");
         return;
@@ -395,10 +394,9 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned code, const c
     return ret;
 }
 
-static enum MHD_Result reply_error(struct MHD_Connection *conn, unsigned code, const char *fmt,
-                                   ...) __attribute__((format(printf, 3, 4)));
-static enum MHD_Result reply_error(struct MHD_Connection *conn, unsigned code, const char *fmt,
-                                   ...)
+static enum MHD_Result reply_error(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum MHD_Result reply_error(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -456,8 +454,8 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
     }
     int64_t mid = kvs__idx_model(d->idx, model->valuestring, strlen(model->valuestring), false);
     if (mid < 0) {
-        ret = reply_error(conn, MHD_HTTP_NOT_FOUND, "unknown model '%.200s' (no events seen for it)",
-                          model->valuestring);
+        ret = reply_error(conn, MHD_HTTP_NOT_FOUND,
+                          "unknown model '%.200s' (no events seen for it)", model->valuestring);
         goto out;
     }
     int ntok_i = cJSON_GetArraySize(toks);
@@ -497,7 +495,8 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
         cJSON_ArrayForEach(pn, pods)
         {
             if (!cJSON_IsString(pn)) {
-                ret = reply_error(conn, MHD_HTTP_BAD_REQUEST, "\"pods\" must be a list of pod names");
+                ret =
+                    reply_error(conn, MHD_HTTP_BAD_REQUEST, "\"pods\" must be a list of pod names");
                 goto out;
             }
             int64_t pid = kvs__idx_pod(d->idx, pn->valuestring, strlen(pn->valuestring),
@@ -518,8 +517,8 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
     size_t nkeys = 0;
     kvs_status_t st = kvs_hasher_chain(d->hasher, &cp, tokens, ntok, keys, nblocks, &nkeys);
     if (st != KVS_OK) {
-        ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "hashing: %s",
-                          kvs_status_string(st));
+        ret =
+            reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "hashing: %s", kvs_status_string(st));
         goto out;
     }
     for (size_t b = 0; b < nkeys; b++)
@@ -528,8 +527,8 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
     kvs__idx_get_stats(d->idx, &stats);
     size_t max_out = stats.pods ? (size_t)stats.pods : 1;
     out = malloc(max_out * sizeof(*out));
-    long n = out ? kvs__idx_score(d->idx, (uint32_t)mid, k64, nkeys, only ? only : NULL, nonly,
-                                  out, max_out)
+    long n = out ? kvs__idx_score(d->idx, (uint32_t)mid, k64, nkeys, only ? only : NULL, nonly, out,
+                                  max_out)
                  : -1;
     if (n < 0) {
         ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
@@ -676,8 +675,8 @@ static bool parse_source(source_t *s, const char *spec)
     const char *at = strstr(spec, "@replay=");
     size_t elen = at ? (size_t)(at - spec) : strlen(spec);
     const char *rep = at ? at + strlen("@replay=") : NULL;
-    if (elen == 0 || elen >= sizeof(s->endpoint) || (rep && (rep[0] == '\0' ||
-                                                             strlen(rep) >= sizeof(s->replay)))) {
+    if (elen == 0 || elen >= sizeof(s->endpoint) ||
+        (rep && (rep[0] == '\0' || strlen(rep) >= sizeof(s->replay)))) {
         fprintf(stderr, "kvshare index: --source '%s': expected ENDPOINT[@replay=ENDPOINT]\n",
                 spec);
         return false;
@@ -869,7 +868,8 @@ int kvs_cli_index(int argc, char **argv)
             next_age = now_ms() + 1000;
         }
     }
-    fprintf(stderr, "kvshare index: stopping (%s)\n", stop_signal == SIGTERM ? "SIGTERM" : "SIGINT");
+    fprintf(stderr, "kvshare index: stopping (%s)\n",
+            stop_signal == SIGTERM ? "SIGTERM" : "SIGINT");
     rc = 0;
 out:
     if (mhd != NULL)

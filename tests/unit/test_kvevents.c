@@ -59,7 +59,7 @@ Test(kvevents, positional_block_stored_all_fields)
     for (int i = 0; i < 4; i++)
         msgpack_pack_uint32(&pk, (uint32_t)(100 + i));
     msgpack_pack_uint32(&pk, 2); /* block_size */
-    msgpack_pack_nil(&pk);      /* lora_id */
+    msgpack_pack_nil(&pk);       /* lora_id */
     str("CPU");
     str("adapter-a");
     msgpack_pack_array(&pk, 2); /* extra_keys: one per block */
@@ -193,14 +193,19 @@ Test(kvevents, malformed_input_gives_a_reason)
 #define C(s, r) {s, sizeof(s) - 1, r}
         C("", "empty"),
         C("\xc1", "not msgpack"),
-        C("\x92\xcb", "not msgpack"),                 /* truncated float */
-        C("\xdd\xff\xff\xff\xff", "not msgpack"),     /* claims 4G elements */
-        C("\x91\x01", "batch is not"),                /* one element */
-        C("\x92\xa1x\x90", "ts is not"),              /* ts a string */
+        C("\x92\xcb", "not msgpack"),             /* truncated float */
+        C("\xdd\xff\xff\xff\xff", "not msgpack"), /* claims 4G elements */
+        C("\x91\x01", "batch is not"),            /* one element */
+        C("\x92\xa1x\x90", "ts is not"),          /* ts a string */
         C("\x92\x01\x01", "events is not"),
-        C("\x92\x01\x91\x05", "event 0"),             /* event is an int */
-        C("\x92\x01\x91\x91\xab" "BlockStored", "block_hashes missing"),
-        C("\x92\x01\x91\x92\xab" "BlockStored" "\x91\xa1x", "block_hashes[0]"),
+        C("\x92\x01\x91\x05", "event 0"), /* event is an int */
+        C("\x92\x01\x91\x91\xab"
+          "BlockStored",
+          "block_hashes missing"),
+        C("\x92\x01\x91\x92\xab"
+          "BlockStored"
+          "\x91\xa1x",
+          "block_hashes[0]"),
         C("\x92\x01\x90\x00", "trailing"),
 #undef C
     };
