@@ -56,6 +56,7 @@ typedef struct counters {
 typedef struct source {
     const char *spec; /* argv: ENDPOINT[@replay=ENDPOINT] */
     char endpoint[512], replay[512];
+    bool bind; /* bind:ENDPOINT: many pods connect their PUB to us */
     void *sub, *dealer;
     /* The last topic seen and its pod: a source is mostly one pod, and pods are never
      * deleted, so most frames skip the name lookups. */
@@ -101,7 +102,7 @@ static void usage(FILE *f)
 {
     fprintf(
         f,
-        "usage: kvshare index --source ENDPOINT[@replay=ENDPOINT]... --http HOST:PORT\n"
+        "usage: kvshare index --source [bind:]ENDPOINT[@replay=ENDPOINT]... --http HOST:PORT\n"
         "                     [--block-size N] [--hash-algo sha256_cbor|xxhash_cbor]\n"
         "                     [--hash-seed S] [--max-pairs N] [--max-idle-s S]\n"
         "\n"
@@ -109,7 +110,8 @@ static void usage(FILE *f)
         "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
         "with each pod's longest cached prefix; GET /healthz, /readyz, /metrics.\n"
         "  --source      a vLLM publisher to connect to (repeatable); @replay= names its\n"
-        "                replay ROUTER, asked for missed batches on a sequence gap\n"
+        "                replay ROUTER, asked for missed batches on a sequence gap;\n"
+        "                bind:ENDPOINT binds one endpoint that many pods connect to\n"
         "  --http        where to serve; prints 'ready http://HOST:PORT' once listening\n"
         "  --block-size  vLLM's block size in tokens (default 16)\n"
         "  --hash-algo   vLLM's prefix_caching_hash_algo (default sha256_cbor)\n"
@@ -669,19 +671,31 @@ static void on_http_done(void *cls, struct MHD_Connection *conn, void **state,
 /* The command                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* ENDPOINT[@replay=ENDPOINT]; false with a message naming --source when malformed. */
+/* [bind:]ENDPOINT[@replay=ENDPOINT]; false with a message naming --source when malformed. */
 static bool parse_source(source_t *s, const char *spec)
 {
+    s->spec = spec;
+    if (strncmp(spec, "bind:", 5) == 0) {
+        s->bind = true;
+        spec += 5;
+        if (strstr(spec, "@replay=") != NULL) {
+            fprintf(stderr,
+                    "kvshare index: --source '%s': a bound endpoint serves many pods; "
+                    "replay endpoints belong to --source ENDPOINT@replay=... of one pod\n",
+                    s->spec);
+            return false;
+        }
+    }
     const char *at = strstr(spec, "@replay=");
     size_t elen = at ? (size_t)(at - spec) : strlen(spec);
     const char *rep = at ? at + strlen("@replay=") : NULL;
     if (elen == 0 || elen >= sizeof(s->endpoint) ||
         (rep && (rep[0] == '\0' || strlen(rep) >= sizeof(s->replay)))) {
-        fprintf(stderr, "kvshare index: --source '%s': expected ENDPOINT[@replay=ENDPOINT]\n",
-                spec);
+        fprintf(stderr,
+                "kvshare index: --source '%s': expected [bind:]ENDPOINT[@replay=ENDPOINT]\n",
+                s->spec);
         return false;
     }
-    s->spec = spec;
     memcpy(s->endpoint, spec, elen);
     s->endpoint[elen] = '\0';
     if (rep)
@@ -794,7 +808,7 @@ int kvs_cli_index(int argc, char **argv)
         s->sub = zmq_socket(d.zctx, ZMQ_SUB);
         if (s->sub == NULL || zmq_setsockopt(s->sub, ZMQ_RCVHWM, &hwm, sizeof(hwm)) != 0 ||
             zmq_setsockopt(s->sub, ZMQ_SUBSCRIBE, "", 0) != 0 ||
-            zmq_connect(s->sub, s->endpoint) != 0) {
+            (s->bind ? zmq_bind(s->sub, s->endpoint) : zmq_connect(s->sub, s->endpoint)) != 0) {
             fprintf(stderr, "kvshare index: --source '%s': %s\n", s->spec, zmq_strerror(errno));
             rc = 2;
             goto out;

@@ -81,6 +81,7 @@ if "$k" index --help >/dev/null 2>&1; then
   expect 2 "--source 'nope://x'" -- index --source nope://x --http 127.0.0.1:0
   expect 2 "--source '@replay=tcp://h:1'" -- index --source @replay=tcp://h:1 --http 127.0.0.1:0
   expect 2 "--http 'nocolon'" -- index --source tcp://127.0.0.1:1 --http nocolon
+  expect 2 "a bound endpoint serves many pods" -- index --source bind:tcp://127.0.0.1:1@replay=tcp://127.0.0.1:2 --http 127.0.0.1:0
   expect 2 "unknown option '--frob'" -- index --frob
   expect 2 "--max-pairs needs a value" -- index --max-pairs
 fi

@@ -9,7 +9,7 @@ ROUTER); pods B (model m1) and C (model m2) speak the map encoding (no replay). 
 come from vLLM's algorithm re-stated in tests/unit/keys_vs_vllm.py, not from kvshare.
 
 Checks: longest prefix per pod, sorted; a removed middle block; LoRA and cache salt; two
-models; a gap filled by replay; an unreplayable gap (degraded, scores zero, fresh after a
+models; a pod publishing to a bound endpoint; a gap filled by replay; an unreplayable gap (degraded, scores zero, fresh after a
 restart); a restart (sequence backwards: cleared); a restart whose first batch was lost
 (replayed from 0); a degraded pod fresh again after AllBlocksCleared; malformed frames
 counted while the index keeps serving; HTTP errors; SIGTERM.
@@ -21,6 +21,7 @@ import os
 import random
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -184,10 +185,16 @@ def main():
     ctx = zmq.Context()
     a = FakePod(ctx, replay=True)   # pod-a, model m1, positional
     bc = FakePod(ctx, replay=False)  # pod-b (m1) and pod-c (m2), map
+    # A bound endpoint: pod D connects its PUB to the index (a free port, found by the OS).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        bound_port = probe.getsockname()[1]
     idx = Index(kvshare, [f"tcp://127.0.0.1:{a.port}@replay=tcp://127.0.0.1:{a.replay_port}",
-                          f"tcp://127.0.0.1:{bc.port}"])
-    TA, TB, TC = "kv@pod-a@m1", "kv@pod-b@m1", "kv@pod-c@m2"
-    seq = {TA: 0, TB: 0, TC: 0}
+                          f"tcp://127.0.0.1:{bc.port}", f"bind:tcp://127.0.0.1:{bound_port}"])
+    d = ctx.socket(zmq.PUB)
+    d.connect(f"tcp://127.0.0.1:{bound_port}")
+    TA, TB, TC, TD = "kv@pod-a@m1", "kv@pod-b@m1", "kv@pod-c@m2", "kv@pod-d@m2"
+    seq = {TA: 0, TB: 0, TC: 0, TD: 0}
 
     def pub(pod, topic, events, **kw):
         pod.publish(topic, seq[topic], events, **kw)
@@ -237,6 +244,19 @@ def main():
     pub(bc, TC, [stored_map(k)])
     wait_for("m2 sees C", lambda: pods_of(idx.score("m2", prompt)), lambda p: p == {"pod-c": 10})
     check("pod-c" not in pods_of(idx.score("m1", prompt)), "m1 does not see C")
+
+    # Pod D publishes through the index's bound endpoint.
+    def pub_d(events):
+        d.send_multipart([TD.encode(), seq[TD].to_bytes(8, "big"),
+                          msgpack.packb([time.time(), events], use_bin_type=True)])
+        seq[TD] += 1
+    end = time.time() + DEADLINE_S
+    while (idx.metric("kvshare_index_pods") or 0) < 4 and time.time() < end:
+        pub_d([{"type": "AllBlocksCleared"}])
+        time.sleep(0.05)
+    pub_d([stored_map(k[:8])])
+    wait_for("m2 sees D through the bound endpoint", lambda: pods_of(idx.score("m2", prompt)),
+             lambda p: p == {"pod-c": 10, "pod-d": 8})
 
     # A gap on A: batch n is lost live but kept in A's replay buffer.
     q = [rng.randint(0, 150000) for _ in range(6 * BLOCK)]
@@ -295,10 +315,11 @@ def main():
     # A degraded pod is fresh again after AllBlocksCleared.
     pub(bc, TC, [stored_map(k[:1])], live=False, buffered=False)
     pub(bc, TC, [stored_map(k)])
-    wait_for("degraded C scores zero", lambda: pods_of(idx.score("m2", prompt)), lambda p: p == {})
+    wait_for("degraded C scores zero", lambda: pods_of(idx.score("m2", prompt)),
+             lambda p: p == {"pod-d": 8})
     pub(bc, TC, [{"type": "AllBlocksCleared"}, stored_map(k[:7])])
     wait_for("C fresh after AllBlocksCleared", lambda: pods_of(idx.score("m2", prompt)),
-             lambda p: p == {"pod-c": 7})
+             lambda p: p == {"pod-c": 7, "pod-d": 8})
 
     # Readers in parallel with the writer: every answer is a well-formed 200.
     bad = []
