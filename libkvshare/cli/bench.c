@@ -17,6 +17,9 @@ static void usage(FILE *f)
                "  lookup   longest-prefix lookups: keys/s over 4096-block chains, 1M-block store\n"
                "  transfer fetch GB/s between two processes, beside memcpy and ucx_perftest\n"
                "  pool     put/fetch GB/s through pool nodes, hit rate of a shared-prefix load\n"
+#ifdef KVS_HAVE_INDEX
+               "  index    KV event ingest rate, prefix score p99 over 64 pods, bytes per pair\n"
+#endif
 #ifdef KVS_HAVE_BENCH_SHIM
                "  shim     ns per CUDA driver call with and without the LD_PRELOAD shim\n"
 #endif
@@ -42,6 +45,10 @@ int kvs_cli_bench(int argc, char **argv)
         return kvs_cli_bench_transfer(argc - 1, argv + 1);
     if (strcmp(argv[1], "pool") == 0)
         return kvs_cli_bench_pool(argc - 1, argv + 1);
+#ifdef KVS_HAVE_INDEX
+    if (strcmp(argv[1], "index") == 0)
+        return kvs_cli_bench_index(argc - 1, argv + 1);
+#endif
     fprintf(stderr, "kvshare bench: unknown benchmark '%s'\n", argv[1]);
     usage(stderr);
     return 2;

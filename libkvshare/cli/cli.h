@@ -18,6 +18,8 @@ int kvs_cli_bench_lookup(int argc, char **argv);
 int kvs_cli_bench_transfer(int argc, char **argv);
 int kvs_cli_serve(int argc, char **argv);
 int kvs_cli_bench_pool(int argc, char **argv);
+int kvs_cli_index(int argc, char **argv);
+int kvs_cli_bench_index(int argc, char **argv);
 /* Starts argv[0] with its stdin and stdout on pipes; returns its pid or -1. */
 pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child);
 /* Auth is on by default, so a command that runs its own nodes and clients
@@ -28,6 +30,11 @@ pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child);
  * child inherits. The file is removed when this process exits. Returns false
  * with a message on stderr when no token could be made. */
 bool kvs_cli_run_token(const char *who);
+/* Binds and listens on HOST:PORT (IPv4 literal, [IPv6] literal or a name's first address).
+ * Writes the bound "host:port" to bound; returns the socket, or -1 with why filled
+ * (*usage 1: a bad value; 0: a bind/listen error). */
+int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, size_t wl,
+                   int *usage);
 /* splitmix64: distinct, well-spread test data and keys from an index. */
 uint64_t kvs_cli_mix(uint64_t x);
 

@@ -13,8 +13,6 @@
 
 #ifdef KVS_HAVE_MHD
 #include <microhttpd.h>
-#include <netdb.h>
-#include <sys/socket.h>
 #endif
 
 static void usage(FILE *f)
@@ -133,88 +131,6 @@ static bool capacity_from_env(uint64_t *bytes, char *why, size_t wl)
     return true;
 }
 
-#ifdef KVS_HAVE_MHD
-/* Bind and listen on --metrics HOST:PORT. HOST is an IPv4 literal, a bracketed IPv6 literal
- * or a name (its first address); the socket is bound to exactly that address. Writes the
- * bound "host:port" to bound. Returns the socket, or -1 with why filled (bad value: *usage
- * set to 1; a bind error: 0). */
-static int metrics_listen(const char *spec, char *bound, size_t bound_len, char *why, size_t wl,
-                          int *usage)
-{
-    char host[256];
-    const char *colon = strrchr(spec, ':'), *h = spec, *he = colon;
-    *usage = 1;
-    if (colon == NULL || colon == spec) {
-        snprintf(why, wl, "expected HOST:PORT (e.g. 127.0.0.1:9090 or [::1]:9090)");
-        return -1;
-    }
-    if (spec[0] == '[') {
-        if (he[-1] != ']' || he - spec < 3) {
-            snprintf(why, wl, "an IPv6 address goes in brackets: [ADDR]:PORT");
-            return -1;
-        }
-        h++;
-        he--;
-    } else if (memchr(spec, ':', (size_t)(colon - spec)) != NULL) {
-        snprintf(why, wl, "an IPv6 address goes in brackets: [ADDR]:PORT");
-        return -1;
-    }
-    if ((size_t)(he - h) >= sizeof(host)) {
-        snprintf(why, wl, "host name too long");
-        return -1;
-    }
-    memcpy(host, h, (size_t)(he - h));
-    host[he - h] = '\0';
-    char *end;
-    errno = 0;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || errno != 0 || port > 65535) {
-        snprintf(why, wl, "port '%s': expected an integer from 0 to 65535", colon + 1);
-        return -1;
-    }
-    struct addrinfo hints = {.ai_family = spec[0] == '[' ? AF_INET6 : AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG};
-    struct addrinfo *ai = NULL;
-    int rc = getaddrinfo(host, colon + 1, &hints, &ai);
-    if (rc != 0 && rc != EAI_SYSTEM) {
-        /* AI_ADDRCONFIG hides ::1 on hosts without a global IPv6 address; retry without. */
-        hints.ai_flags = AI_NUMERICSERV;
-        rc = getaddrinfo(host, colon + 1, &hints, &ai);
-    }
-    if (rc != 0) {
-        snprintf(why, wl, "cannot resolve host '%s': %s", host,
-                 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-        return -1;
-    }
-    *usage = 0;
-    char nhost[NI_MAXHOST] = "?", nport[NI_MAXSERV] = "?";
-    getnameinfo(ai->ai_addr, ai->ai_addrlen, nhost, sizeof(nhost), nport, sizeof(nport),
-                NI_NUMERICHOST | NI_NUMERICSERV);
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        (ai->ai_family == AF_INET6 &&
-         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 64) != 0) {
-        snprintf(why, wl, "cannot listen on %s%s%s:%s: %s", ai->ai_family == AF_INET6 ? "[" : "",
-                 nhost, ai->ai_family == AF_INET6 ? "]" : "", nport, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(ai);
-        return -1;
-    }
-    int family = ai->ai_family;
-    freeaddrinfo(ai);
-    struct sockaddr_storage sa;
-    socklen_t salen = sizeof(sa);
-    if (getsockname(fd, (struct sockaddr *)&sa, &salen) == 0)
-        getnameinfo((struct sockaddr *)&sa, salen, nhost, sizeof(nhost), nport, sizeof(nport),
-                    NI_NUMERICHOST | NI_NUMERICSERV);
-    snprintf(bound, bound_len, family == AF_INET6 ? "[%s]:%s" : "%s:%s", nhost, nport);
-    return fd;
-}
-#endif
 
 int kvs_cli_serve(int argc, char **argv)
 {
@@ -251,7 +167,7 @@ int kvs_cli_serve(int argc, char **argv)
     if (metrics_addr != NULL) {
         char mwhy[384];
         int bad_usage;
-        metrics_fd = metrics_listen(metrics_addr, metrics_bound, sizeof(metrics_bound), mwhy,
+        metrics_fd = kvs_cli_listen(metrics_addr, metrics_bound, sizeof(metrics_bound), mwhy,
                                     sizeof(mwhy), &bad_usage);
         if (metrics_fd < 0) {
             fprintf(stderr, "kvshare serve: --metrics '%s': %s\n", metrics_addr, mwhy);

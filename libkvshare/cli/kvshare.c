@@ -15,6 +15,9 @@ static void usage(FILE *f)
                "commands:\n"
                "  keys     print vLLM-identical block keys for a token sequence\n"
                "  serve    run a cache-pool node (KVCachePool)\n"
+#ifdef KVS_HAVE_INDEX
+               "  index    vLLM KV events in, longest-prefix scores per pod out (HTTP)\n"
+#endif
                "  demo     prefill -> decode end to end over kvshare, checked against recompute\n"
                "  bench    measure: keys, lookup, transfer, pool, shim (kvshare bench --help)\n"
                "  version  print the library version\n"
@@ -101,6 +104,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "serve") == 0)
         return kvs_cli_serve(argc - 1, argv + 1);
+#ifdef KVS_HAVE_INDEX
+    if (strcmp(cmd, "index") == 0)
+        return kvs_cli_index(argc - 1, argv + 1);
+#endif
     fprintf(stderr, "kvshare: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

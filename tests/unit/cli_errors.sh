@@ -114,6 +114,19 @@ metrics_bind() {
   rm -rf "$tmp"
   if [ "$ok" = 1 ]; then echo "ok: serve --metrics 127.0.0.1:0 binds 127.0.0.1 only"; else fail=1; fi
 }
+# index: bad flags exit 2 with a message naming the flag (only where it is built in).
+if "$k" index --help >/dev/null 2>&1; then
+  expect 2 "--source is required" -- index --http 127.0.0.1:0
+  expect 2 "--http is required" -- index --source tcp://127.0.0.1:1
+  expect 2 "--block-size 'x': expected an integer" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --block-size x
+  expect 2 "--hash-algo 'sha256': accepted" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --hash-algo sha256
+  expect 2 "--source 'nope://x'" -- index --source nope://x --http 127.0.0.1:0
+  expect 2 "--source '@replay=tcp://h:1'" -- index --source @replay=tcp://h:1 --http 127.0.0.1:0
+  expect 2 "--http 'nocolon'" -- index --source tcp://127.0.0.1:1 --http nocolon
+  expect 2 "a bound endpoint serves many pods" -- index --source bind:tcp://127.0.0.1:1@replay=tcp://127.0.0.1:2 --http 127.0.0.1:0
+  expect 2 "unknown option '--frob'" -- index --frob
+  expect 2 "--max-pairs needs a value" -- index --max-pairs
+fi
 metrics_bind
 
 # bench transfer --help states the --inflight default; a tiny run without --inflight reports

@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* bench_index.c - `kvshare bench index`: event ingest rate, score latency and bytes per pair.
+ *
+ * One thread, one run:
+ *  - ingest_block_events_per_s: msgpack BlockStored batches (positional, 16 hashes per
+ *    event, 8 events per batch, 64 pods) decoded and applied to an empty index.
+ *  - score_p99_us: 8k-token prompts (512 blocks of 16) scored over 64 pods, keys given,
+ *    against an index filled with up to --pairs (pod, block) pairs or what ~--setup-s
+ *    seconds of setup reach: each pod holds a random-length prefix of each document.
+ *  - score_with_hashing_p99_us: the same with the prompt's keys hashed first (xxhash_cbor).
+ *  - bytes_per_holder_block: the index's table memory over its pairs. */
+#include "cli.h"
+#include "kvevents_int.h"
+#include "kvindex_int.h"
+
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PODS         64
+#define PROMPT_BLKS  512
+#define BLOCK_TOKENS 16
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static uint64_t now_ns(void)
+{
+    return (uint64_t)(kvs_cli_now() * 1e9);
+}
+
+/* Document d's tokens: deterministic from d. */
+static void doc_tokens(uint64_t d, uint32_t *tok)
+{
+    for (uint32_t i = 0; i < PROMPT_BLKS * BLOCK_TOKENS; i++)
+        tok[i] = (uint32_t)(kvs_cli_mix(d * 1000003u + i) % 150000u);
+}
+
+static bool doc_keys(kvs_hasher_h h, uint64_t d, uint32_t *tok, kvs_key_t *keys, uint64_t *k64)
+{
+    doc_tokens(d, tok);
+    size_t nk = 0;
+    if (kvs_hasher_chain(h, NULL, tok, PROMPT_BLKS * BLOCK_TOKENS, keys, PROMPT_BLKS, &nk) !=
+            KVS_OK ||
+        nk != PROMPT_BLKS)
+        return false;
+    for (size_t i = 0; i < nk; i++)
+        k64[i] = kvs_key_to_u64(&keys[i], kvs_hasher_digest_len(h));
+    return true;
+}
+
+static double ingest_rate(void)
+{
+    enum { BATCHES = 4096, EVENTS = 8, HASHES = 16 };
+    msgpack_sbuffer *bufs = calloc(BATCHES, sizeof(*bufs));
+    kvs__idx_t *idx = kvs__idx_create(0);
+    kvs__ev_decoder_t *dec = kvs__ev_decoder_create();
+    double rate = -1;
+    if (bufs == NULL || idx == NULL || dec == NULL)
+        goto out;
+    uint32_t m = (uint32_t)kvs__idx_model(idx, "bench", 5, true);
+    uint32_t pods[PODS];
+    for (uint32_t p = 0; p < PODS; p++) {
+        char name[16];
+        snprintf(name, sizeof(name), "pod-%u", p);
+        pods[p] = (uint32_t)kvs__idx_pod(idx, name, strlen(name), m, true);
+    }
+    for (uint32_t b = 0; b < BATCHES; b++) {
+        msgpack_sbuffer_init(&bufs[b]);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &bufs[b], msgpack_sbuffer_write);
+        msgpack_pack_array(&pk, 3);
+        msgpack_pack_double(&pk, 1.0);
+        msgpack_pack_array(&pk, EVENTS);
+        for (uint32_t e = 0; e < EVENTS; e++) {
+            msgpack_pack_array(&pk, 8);
+            msgpack_pack_str_with_body(&pk, "BlockStored", 11);
+            msgpack_pack_array(&pk, HASHES);
+            for (uint32_t h = 0; h < HASHES; h++)
+                msgpack_pack_uint64(&pk, kvs_cli_mix(((uint64_t)b * EVENTS + e) * HASHES + h));
+            msgpack_pack_nil(&pk);
+            msgpack_pack_array(&pk, 0); /* vLLM sends the tokens; the hash mode ignores them */
+            msgpack_pack_uint32(&pk, BLOCK_TOKENS);
+            msgpack_pack_nil(&pk);
+            msgpack_pack_str_with_body(&pk, "GPU", 3);
+            msgpack_pack_nil(&pk);
+        }
+        msgpack_pack_nil(&pk);
+    }
+    uint64_t t0 = now_ns(), events = 0;
+    for (uint32_t b = 0; b < BATCHES; b++) {
+        kvs__ev_batch_t batch;
+        char why[128];
+        if (kvs__ev_decode(dec, bufs[b].data, bufs[b].size, &batch, NULL, why, sizeof(why)) != 0)
+            goto out;
+        for (size_t e = 0; e < batch.nevents; e++) {
+            const kvs__ev_t *ev = &batch.events[e];
+            if (kvs__idx_store(idx, pods[b % PODS], ev->hashes, ev->nhashes, ev->medium.ptr,
+                               ev->medium.len, b) != 0)
+                goto out;
+            events += ev->nhashes;
+        }
+    }
+    rate = (double)events / ((double)(now_ns() - t0) * 1e-9);
+out:
+    for (uint32_t b = 0; bufs != NULL && b < BATCHES; b++)
+        msgpack_sbuffer_destroy(&bufs[b]);
+    free(bufs);
+    kvs__idx_destroy(idx);
+    kvs__ev_decoder_destroy(dec);
+    return rate;
+}
+
+int kvs_cli_bench_index(int argc, char **argv)
+{
+    bool json = false;
+    uint64_t target = 10000000, setup_s = 10, samples = 10000;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--json") == 0) {
+            json = true;
+        } else if (strcmp(a, "--pairs") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 1, 1ull << 34, &target))
+                return 2;
+            i++;
+        } else if (strcmp(a, "--setup-s") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 1, 3600, &setup_s))
+                return 2;
+            i++;
+        } else if (strcmp(a, "--samples") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 100, 10000000, &samples))
+                return 2;
+            i++;
+        } else {
+            fprintf(stderr, "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] "
+                            "[--json]\n");
+            return strcmp(a, "--help") == 0 ? 0 : 2;
+        }
+    }
+    int rc = 1;
+    double ingest = ingest_rate();
+    kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_SEED |
+                                            KVS_HASHER_FIELD_BLOCK_TOKENS,
+                              .algo = KVS_HASH_XXHASH_CBOR,
+                              .seed = "0",
+                              .block_tokens = BLOCK_TOKENS};
+    kvs_hasher_h h = NULL;
+    kvs__idx_t *idx = kvs__idx_create(0);
+    uint32_t *tok = malloc(PROMPT_BLKS * BLOCK_TOKENS * sizeof(*tok));
+    kvs_key_t *keys = malloc(PROMPT_BLKS * sizeof(*keys));
+    uint64_t *k64 = malloc(PROMPT_BLKS * sizeof(*k64));
+    uint64_t *lat = malloc(samples * sizeof(*lat)), *lat_h = malloc(samples * sizeof(*lat_h));
+    kvs__idx_score_t out[PODS];
+    if (ingest < 0 || kvs_hasher_create(&hp, &h) != KVS_OK || idx == NULL || tok == NULL ||
+        keys == NULL || k64 == NULL || lat == NULL || lat_h == NULL) {
+        fprintf(stderr, "kvshare bench index: setup failed (out of memory?)\n");
+        goto out;
+    }
+    uint32_t m = (uint32_t)kvs__idx_model(idx, "bench", 5, true);
+    uint32_t pods[PODS];
+    for (uint32_t p = 0; p < PODS; p++) {
+        char name[16];
+        snprintf(name, sizeof(name), "pod-%u", p);
+        pods[p] = (uint32_t)kvs__idx_pod(idx, name, strlen(name), m, true);
+    }
+    kvs__idx_stats_t st = {0};
+    uint64_t docs = 0, t_end = now_ns() + setup_s * 1000000000ull;
+    while (st.pairs < target && now_ns() < t_end) {
+        if (!doc_keys(h, docs, tok, keys, k64))
+            goto out;
+        for (uint32_t p = 0; p < PODS; p++) {
+            size_t len = (size_t)(kvs_cli_mix(docs * PODS + p) % (PROMPT_BLKS + 1));
+            if (kvs__idx_store(idx, pods[p], k64, len, NULL, 0, 1) != 0)
+                goto out;
+        }
+        docs++;
+        kvs__idx_get_stats(idx, &st);
+    }
+    for (uint64_t s = 0; s < samples; s++) {
+        uint64_t d = kvs_cli_mix(s) % docs;
+        if (!doc_keys(h, d, tok, keys, k64))
+            goto out;
+        uint64_t t0 = now_ns();
+        long n = kvs__idx_score(idx, m, k64, PROMPT_BLKS, NULL, 0, out, PODS);
+        lat[s] = now_ns() - t0;
+        /* With hashing: the tokens in hand, keys computed on the request path. */
+        t0 = now_ns();
+        size_t nk = 0;
+        kvs_hasher_chain(h, NULL, tok, PROMPT_BLKS * BLOCK_TOKENS, keys, PROMPT_BLKS, &nk);
+        for (size_t i = 0; i < nk; i++)
+            k64[i] = kvs_key_to_u64(&keys[i], kvs_hasher_digest_len(h));
+        long n2 = kvs__idx_score(idx, m, k64, nk, NULL, 0, out, PODS);
+        lat_h[s] = now_ns() - t0;
+        if (n < 0 || n != n2) {
+            fprintf(stderr, "kvshare bench index: scores disagree (%ld, %ld)\n", n, n2);
+            goto out;
+        }
+    }
+    qsort(lat, samples, sizeof(*lat), cmp_u64);
+    qsort(lat_h, samples, sizeof(*lat_h), cmp_u64);
+    size_t p99 = (size_t)((double)samples * 0.99);
+    double bph = st.pairs ? (double)st.bytes / (double)st.pairs : 0;
+    if (json)
+        printf("{\"bench\":\"index\",\"ingest_block_events_per_s\":%.0f,\"score_p50_us\":%.2f,"
+               "\"score_p99_us\":%.2f,\"score_with_hashing_p99_us\":%.2f,"
+               "\"bytes_per_holder_block\":%.1f,\"pairs\":%llu,\"blocks\":%llu,\"pods\":%d,"
+               "\"prompt_blocks\":%d,\"samples\":%llu}\n",
+               ingest, (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3,
+               (double)lat_h[p99] / 1e3, bph, (unsigned long long)st.pairs,
+               (unsigned long long)st.blocks, PODS, PROMPT_BLKS, (unsigned long long)samples);
+    else
+        printf("bench index: 1 thread, %d pods, %llu pairs over %llu blocks\n"
+               "  ingest                %.2f M block events/s\n"
+               "  score (keys given)    p50 %.2f us, p99 %.2f us (%d-block prompts)\n"
+               "  score with hashing    p99 %.2f us (xxhash_cbor)\n"
+               "  memory                %.1f bytes per (pod, block) pair\n",
+               PODS, (unsigned long long)st.pairs, (unsigned long long)st.blocks, ingest / 1e6,
+               (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3, PROMPT_BLKS,
+               (double)lat_h[p99] / 1e3, bph);
+    rc = 0;
+out:
+    kvs_hasher_destroy(h);
+    kvs__idx_destroy(idx);
+    free(tok);
+    free(keys);
+    free(k64);
+    free(lat);
+    free(lat_h);
+    return rc;
+}

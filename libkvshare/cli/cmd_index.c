@@ -1,0 +1,893 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* cmd_index.c - `kvshare index`: vLLM KV events over ZMQ in, longest-prefix scores over HTTP out.
+ *
+ * Threads: the main thread is the index's only writer. It drains every SUB socket with
+ * non-blocking receives (ZMQ queues on our side; a PUB never waits for us), tracks each
+ * pod's sequence numbers, asks the pod's replay ROUTER for missed batches, and applies
+ * the events. libmicrohttpd's threads (a pool of 4) answer HTTP; they only read the index
+ * (under the index's read lock) and the counters (atomics). */
+#include "cli.h"
+#include "kvevents_int.h"
+#include "kvindex_int.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define MAX_SOURCES      256
+#define MAX_BODY         (8u << 20)
+#define MAX_PROMPT_TOKS  (1u << 22)
+#define REPLAY_IDLE_MS   1000
+#define REPLAY_TOTAL_MS  5000
+#define DRAIN_PER_SOCKET 4096
+
+/* Counters, one table: the metric names and the fields cannot disagree. */
+#define KVS_INDEX_COUNTERS(X)                                                                      \
+    X(batches, "Event batches received (live and replayed).")                                      \
+    X(events_stored, "BlockStored events applied.")                                                \
+    X(events_removed, "BlockRemoved events applied.")                                              \
+    X(events_cleared, "AllBlocksCleared events applied.")                                          \
+    X(events_unknown, "Events of a type this version does not know (skipped).")                    \
+    X(events_skipped_group, "BlockStored events of a non-prefix cache group (skipped).")           \
+    X(malformed, "Frames refused: wrong frame count, topic, sequence or payload.")                 \
+    X(gaps, "Sequence gaps seen.")                                                                 \
+    X(replays_ok, "Gaps filled by a replay.")                                                      \
+    X(replays_failed, "Gaps a replay could not fill (the pod is then degraded).")                  \
+    X(replayed_batches, "Batches applied from replays.")                                           \
+    X(restarts, "Pods whose sequence went backwards (restarted; cleared).")                        \
+    X(store_failures, "Stores refused for lack of memory.")                                        \
+    X(scores, "Score requests answered.")
+
+typedef struct counters {
+#define KVS_COUNTER_FIELD(name, help) atomic_ullong name;
+    KVS_INDEX_COUNTERS(KVS_COUNTER_FIELD)
+#undef KVS_COUNTER_FIELD
+} counters_t;
+
+typedef struct source {
+    const char *spec; /* argv: ENDPOINT[@replay=ENDPOINT] */
+    char endpoint[512], replay[512];
+    bool bind; /* bind:ENDPOINT: many pods connect their PUB to us */
+    void *sub, *dealer;
+    /* The last topic seen and its pod: a source is mostly one pod, and pods are never
+     * deleted, so most frames skip the name lookups. */
+    char last_topic[256];
+    size_t last_topic_len;
+    uint32_t last_pod;
+} source_t;
+
+typedef struct pod_seq {
+    bool have;
+    uint64_t last;
+} pod_seq_t;
+
+typedef struct index_daemon {
+    kvs__idx_t *idx;
+    kvs__ev_decoder_t *dec;
+    kvs_hasher_h hasher;
+    size_t digest_len;
+    uint32_t block_size;
+    source_t src[MAX_SOURCES];
+    size_t nsrc;
+    pod_seq_t *seq; /* by index pod id; the event thread only */
+    size_t nseq;
+    void *zctx;
+    counters_t c;
+} index_daemon_t;
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(
+        f,
+        "usage: kvshare index --source [bind:]ENDPOINT[@replay=ENDPOINT]... --http HOST:PORT\n"
+        "                     [--block-size N] [--hash-algo sha256_cbor|xxhash_cbor]\n"
+        "                     [--hash-seed S] [--max-pairs N] [--max-idle-s S]\n"
+        "\n"
+        "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
+        "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
+        "with each pod's longest cached prefix; GET /healthz, /readyz, /metrics.\n"
+        "  --source      a vLLM publisher to connect to (repeatable); @replay= names its\n"
+        "                replay ROUTER, asked for missed batches on a sequence gap;\n"
+        "                bind:ENDPOINT binds one endpoint that many pods connect to\n"
+        "  --http        where to serve; prints 'ready http://HOST:PORT' once listening\n"
+        "  --block-size  vLLM's block size in tokens (default 16)\n"
+        "  --hash-algo   vLLM's prefix_caching_hash_algo (default sha256_cbor)\n"
+        "  --hash-seed   vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED, else 0)\n"
+        "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
+        "  --max-idle-s  clear pods silent this long (default 0: never)\n");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Events                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static void malformed(index_daemon_t *d, const char *src, const char *why)
+{
+    unsigned long long n = atomic_fetch_add(&d->c.malformed, 1) + 1;
+    /* The first few, then one in a thousand: a hostile stream cannot flood the log. */
+    if (n <= 10 || n % 1000 == 0)
+        fprintf(stderr, "kvshare index: %s: frame refused (%llu so far): %s\n", src, n, why);
+}
+
+/* Only these cache groups have a prefix to index (as llm-d's isPrefixIndexableSpecKind). */
+static bool prefix_group(const kvs__ev_str_t *kind)
+{
+    static const char *const ok[] = {"full_attention", "mla_attention", "sink_full_attention"};
+    if (kind->ptr == NULL)
+        return true;
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        if (strlen(ok[i]) == kind->len && memcmp(ok[i], kind->ptr, kind->len) == 0)
+            return true;
+    return false;
+}
+
+/* Decodes one batch and applies it to pod. */
+static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *payload, size_t len)
+{
+    kvs__ev_batch_t b;
+    size_t skipped = 0;
+    char why[200];
+    atomic_fetch_add(&d->c.batches, 1);
+    if (kvs__ev_decode(d->dec, payload, len, &b, &skipped, why, sizeof(why)) != 0) {
+        malformed(d, src, why);
+        return;
+    }
+    atomic_fetch_add(&d->c.events_unknown, skipped);
+    uint64_t t = now_ms();
+    kvs__idx_touch(d->idx, pod, t);
+    for (size_t i = 0; i < b.nevents; i++) {
+        const kvs__ev_t *e = &b.events[i];
+        switch (e->type) {
+        case KVS__EV_STORED:
+            if (!prefix_group(&e->spec_kind)) {
+                atomic_fetch_add(&d->c.events_skipped_group, 1);
+                break;
+            }
+            if (kvs__idx_store(d->idx, pod, e->hashes, e->nhashes, e->medium.ptr, e->medium.len,
+                               t) != 0)
+                atomic_fetch_add(&d->c.store_failures, 1);
+            atomic_fetch_add(&d->c.events_stored, 1);
+            break;
+        case KVS__EV_REMOVED:
+            kvs__idx_remove(d->idx, pod, e->hashes, e->nhashes, e->medium.ptr, e->medium.len, t);
+            atomic_fetch_add(&d->c.events_removed, 1);
+            break;
+        case KVS__EV_CLEARED:
+            /* The pod's state is known again from here on: it is fresh. */
+            kvs__idx_clear_pod(d->idx, pod);
+            kvs__idx_set_degraded(d->idx, pod, false);
+            atomic_fetch_add(&d->c.events_cleared, 1);
+            break;
+        }
+    }
+}
+
+static uint64_t be64(const void *p)
+{
+    const uint8_t *b = p;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | b[i];
+    return v;
+}
+
+/* Receives one multipart message (up to 3 frames kept, the rest counted). Returns the
+ * number of frames, 0 when nothing is waiting, -1 on error. */
+static int recv_multi(void *sock, zmq_msg_t *parts, int flags)
+{
+    int n = 0;
+    for (;;) {
+        zmq_msg_t tmp;
+        zmq_msg_t *m = n < 3 ? &parts[n] : &tmp;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, n == 0 ? flags : 0) < 0) {
+            zmq_msg_close(m);
+            for (int i = 0; i < n && i < 3; i++)
+                zmq_msg_close(&parts[i]);
+            return (n == 0 && errno == EAGAIN) ? 0 : -1;
+        }
+        int more = zmq_msg_more(m);
+        if (m == &tmp)
+            zmq_msg_close(&tmp);
+        n++;
+        if (!more)
+            return n;
+    }
+}
+
+static void close_parts(zmq_msg_t *parts, int n)
+{
+    for (int i = 0; i < n && i < 3; i++)
+        zmq_msg_close(&parts[i]);
+}
+
+/* Asks source s's replay ROUTER for batches [from, to) and applies them in order.
+ * vLLM's ROUTER answers (seq, payload) for each buffered batch with seq >= from, then
+ * seq = -1. True when every batch of the range arrived. */
+static bool replay(index_daemon_t *d, source_t *s, uint32_t pod, uint64_t from, uint64_t to)
+{
+    if (s->dealer == NULL)
+        return false;
+    zmq_msg_t parts[3];
+    int n;
+    while ((n = recv_multi(s->dealer, parts, ZMQ_DONTWAIT)) > 0) /* a late answer */
+        close_parts(parts, n);
+    uint8_t req[8];
+    for (int i = 0; i < 8; i++)
+        req[i] = (uint8_t)(from >> (56 - 8 * i));
+    if (zmq_send(s->dealer, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(s->dealer, req, 8, ZMQ_DONTWAIT) < 0)
+        return false;
+    uint64_t next = from, deadline = now_ms() + REPLAY_TOTAL_MS;
+    while (!stop_signal) {
+        uint64_t t = now_ms();
+        if (t >= deadline)
+            break;
+        zmq_pollitem_t it = {.socket = s->dealer, .events = ZMQ_POLLIN};
+        long wait = (long)(deadline - t) < REPLAY_IDLE_MS ? (long)(deadline - t) : REPLAY_IDLE_MS;
+        int rc = zmq_poll(&it, 1, wait);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc <= 0)
+            break; /* the ROUTER went quiet */
+        n = recv_multi(s->dealer, parts, ZMQ_DONTWAIT);
+        if (n <= 0)
+            continue;
+        /* DEALER side of vLLM's (identity, "", seq, payload): ("", seq, payload). */
+        if (n != 3 || zmq_msg_size(&parts[0]) != 0 || zmq_msg_size(&parts[1]) != 8) {
+            malformed(d, s->replay, "replay answer is not (\"\", seq, payload)");
+            close_parts(parts, n);
+            continue;
+        }
+        uint64_t seq = be64(zmq_msg_data(&parts[1]));
+        if (seq == UINT64_MAX) { /* END_SEQ = -1 */
+            close_parts(parts, n);
+            break;
+        }
+        if (seq == next && seq < to) {
+            apply(d, s->replay, pod, zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
+            atomic_fetch_add(&d->c.replayed_batches, 1);
+            next++;
+        }
+        close_parts(parts, n);
+    }
+    return next >= to;
+}
+
+static bool seq_slot(index_daemon_t *d, uint32_t pod)
+{
+    if (pod < d->nseq)
+        return true;
+    size_t nn = d->nseq ? d->nseq : 16;
+    while (nn <= pod)
+        nn *= 2;
+    pod_seq_t *ns = realloc(d->seq, nn * sizeof(*ns));
+    if (ns == NULL)
+        return false;
+    memset(ns + d->nseq, 0, (nn - d->nseq) * sizeof(*ns));
+    d->seq = ns;
+    d->nseq = nn;
+    return true;
+}
+
+/* One live frame set (topic, seq, payload) from source s. */
+static void on_frames(index_daemon_t *d, source_t *s, zmq_msg_t *parts, int n)
+{
+    if (n != 3) {
+        char why[64];
+        snprintf(why, sizeof(why), "%d frames, expected 3 (topic, seq, payload)", n);
+        malformed(d, s->endpoint, why);
+        return;
+    }
+    const char *topic = zmq_msg_data(&parts[0]);
+    size_t tlen = zmq_msg_size(&parts[0]);
+    const char *a1 = memchr(topic, '@', tlen);
+    const char *a2 = a1 ? memchr(a1 + 1, '@', tlen - (size_t)(a1 + 1 - topic)) : NULL;
+    if (a1 == NULL || a2 == NULL || a2 == a1 + 1 || a2 + 1 == topic + tlen ||
+        memchr(a2 + 1, '@', tlen - (size_t)(a2 + 1 - topic)) != NULL) {
+        malformed(d, s->endpoint, "topic is not kv@<pod>@<model>");
+        return;
+    }
+    if (zmq_msg_size(&parts[1]) != 8) {
+        malformed(d, s->endpoint, "sequence frame is not 8 bytes");
+        return;
+    }
+    uint64_t seq = be64(zmq_msg_data(&parts[1]));
+    int64_t pod;
+    if (s->last_topic_len == tlen && memcmp(s->last_topic, topic, tlen) == 0) {
+        pod = s->last_pod;
+        goto known;
+    }
+    int64_t model = kvs__idx_model(d->idx, a2 + 1, tlen - (size_t)(a2 + 1 - topic), true);
+    pod =
+        model < 0 ? -1 : kvs__idx_pod(d->idx, a1 + 1, (size_t)(a2 - a1 - 1), (uint32_t)model, true);
+    if (pod < 0 || !seq_slot(d, (uint32_t)pod)) {
+        malformed(d, s->endpoint, "cannot track this pod (out of memory or too many pods)");
+        return;
+    }
+    if (tlen < sizeof(s->last_topic)) {
+        memcpy(s->last_topic, topic, tlen);
+        s->last_topic_len = tlen;
+        s->last_pod = (uint32_t)pod;
+    }
+known:;
+    uint32_t p = (uint32_t)pod;
+    pod_seq_t *ps = &d->seq[p];
+    const char *pname = kvs__idx_pod_name(d->idx, p);
+    if (!ps->have) {
+        /* Joining mid-stream: what the replay buffer still holds warms the index. What it
+         * no longer holds we never saw stored, so missing it cannot make a pod look
+         * better than it is: no degradation. */
+        if (seq > 0 && s->dealer != NULL)
+            replay(d, s, p, 0, seq);
+    } else if (seq <= ps->last) {
+        fprintf(stderr, "kvshare index: pod %s: sequence %llu after %llu: restarted, cleared\n",
+                pname, (unsigned long long)seq, (unsigned long long)ps->last);
+        atomic_fetch_add(&d->c.restarts, 1);
+        kvs__idx_clear_pod(d->idx, p);
+        kvs__idx_set_degraded(d->idx, p, false);
+        if (seq > 0 && s->dealer != NULL)
+            replay(d, s, p, 0, seq);
+    } else if (seq > ps->last + 1) {
+        atomic_fetch_add(&d->c.gaps, 1);
+        if (replay(d, s, p, ps->last + 1, seq)) {
+            atomic_fetch_add(&d->c.replays_ok, 1);
+        } else {
+            atomic_fetch_add(&d->c.replays_failed, 1);
+            if (!kvs__idx_degraded(d->idx, p))
+                fprintf(stderr,
+                        "kvshare index: pod %s: batches %llu..%llu lost and not replayable: "
+                        "degraded until it clears or restarts\n",
+                        pname, (unsigned long long)ps->last + 1, (unsigned long long)seq - 1);
+            kvs__idx_set_degraded(d->idx, p, true);
+        }
+    }
+    ps->have = true;
+    ps->last = seq;
+    apply(d, s->endpoint, p, zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
+}
+
+/* ------------------------------------------------------------------------ */
+/* HTTP                                                                       */
+/* ------------------------------------------------------------------------ */
+
+typedef struct req_body {
+    char *data;
+    size_t len;
+    bool too_big;
+} req_body_t;
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned code, const char *type,
+                             char *body, bool owned)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        strlen(body), body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_MUST_COPY);
+    if (r == NULL) {
+        if (owned)
+            free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", type);
+    enum MHD_Result ret = MHD_queue_response(conn, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result reply_error(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum MHD_Result reply_error(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    cJSON *o = cJSON_CreateObject();
+    char *body = NULL;
+    if (o != NULL && cJSON_AddStringToObject(o, "error", msg) != NULL)
+        body = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (body == NULL)
+        return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain", "out of memory\n", false);
+    return reply(conn, code, "application/json", body, true);
+}
+
+static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, const req_body_t *rb)
+{
+    if (rb->too_big)
+        return reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body over %u bytes", MAX_BODY);
+    cJSON *req = cJSON_ParseWithLength(rb->data ? rb->data : "", rb->len);
+    if (req == NULL || !cJSON_IsObject(req)) {
+        cJSON_Delete(req);
+        return reply_error(conn, MHD_HTTP_BAD_REQUEST, "body is not a JSON object");
+    }
+    enum MHD_Result ret;
+    uint32_t *tokens = NULL, *only = NULL;
+    kvs_key_t *keys = NULL;
+    uint64_t *k64 = NULL;
+    kvs__idx_score_t *out = NULL;
+    char *body = NULL;
+    cJSON *resp = NULL;
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(req, "model");
+    const cJSON *toks = cJSON_GetObjectItemCaseSensitive(req, "token_ids");
+    const cJSON *lora = cJSON_GetObjectItemCaseSensitive(req, "lora_name");
+    const cJSON *salt = cJSON_GetObjectItemCaseSensitive(req, "cache_salt");
+    const cJSON *pods = cJSON_GetObjectItemCaseSensitive(req, "pods");
+    if (!cJSON_IsString(model)) {
+        ret = reply_error(conn, MHD_HTTP_BAD_REQUEST, "\"model\" must be a string");
+        goto out;
+    }
+    if (!cJSON_IsArray(toks)) {
+        ret = reply_error(conn, MHD_HTTP_BAD_REQUEST, "\"token_ids\" must be a list of token ids");
+        goto out;
+    }
+    if ((lora != NULL && !cJSON_IsNull(lora) && !cJSON_IsString(lora)) ||
+        (salt != NULL && !cJSON_IsNull(salt) && !cJSON_IsString(salt))) {
+        ret = reply_error(conn, MHD_HTTP_BAD_REQUEST,
+                          "\"lora_name\" and \"cache_salt\" must be strings or null");
+        goto out;
+    }
+    if (pods != NULL && !cJSON_IsNull(pods) && !cJSON_IsArray(pods)) {
+        ret = reply_error(conn, MHD_HTTP_BAD_REQUEST, "\"pods\" must be a list of pod names");
+        goto out;
+    }
+    int64_t mid = kvs__idx_model(d->idx, model->valuestring, strlen(model->valuestring), false);
+    if (mid < 0) {
+        ret = reply_error(conn, MHD_HTTP_NOT_FOUND,
+                          "unknown model '%.200s' (no events seen for it)", model->valuestring);
+        goto out;
+    }
+    int ntok_i = cJSON_GetArraySize(toks);
+    size_t ntok = ntok_i > 0 ? (size_t)ntok_i : 0;
+    if (ntok > MAX_PROMPT_TOKS) {
+        ret = reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "more than %u tokens", MAX_PROMPT_TOKS);
+        goto out;
+    }
+    size_t nblocks = ntok / d->block_size;
+    tokens = malloc((ntok ? ntok : 1) * sizeof(*tokens));
+    keys = malloc((nblocks ? nblocks : 1) * sizeof(*keys));
+    k64 = malloc((nblocks ? nblocks : 1) * sizeof(*k64));
+    if (tokens == NULL || keys == NULL || k64 == NULL) {
+        ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        goto out;
+    }
+    size_t i = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, toks)
+    {
+        double v = cJSON_IsNumber(t) ? t->valuedouble : -1;
+        if (v < 0 || v > 4294967295.0 || v != (double)(uint32_t)v) {
+            ret = reply_error(conn, MHD_HTTP_BAD_REQUEST, "token_ids[%zu] is not a token id", i);
+            goto out;
+        }
+        tokens[i++] = (uint32_t)v;
+    }
+    size_t nonly = 0;
+    if (cJSON_IsArray(pods)) {
+        int np = cJSON_GetArraySize(pods);
+        only = malloc((np > 0 ? (size_t)np : 1) * sizeof(*only));
+        if (only == NULL) {
+            ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+            goto out;
+        }
+        const cJSON *pn;
+        cJSON_ArrayForEach(pn, pods)
+        {
+            if (!cJSON_IsString(pn)) {
+                ret =
+                    reply_error(conn, MHD_HTTP_BAD_REQUEST, "\"pods\" must be a list of pod names");
+                goto out;
+            }
+            int64_t pid = kvs__idx_pod(d->idx, pn->valuestring, strlen(pn->valuestring),
+                                       (uint32_t)mid, false);
+            if (pid >= 0)
+                only[nonly++] = (uint32_t)pid;
+        }
+    }
+    kvs_chain_params_t cp = {.field_mask = 0};
+    if (cJSON_IsString(lora)) {
+        cp.field_mask |= KVS_CHAIN_FIELD_LORA_NAME;
+        cp.lora_name = lora->valuestring;
+    }
+    if (cJSON_IsString(salt)) {
+        cp.field_mask |= KVS_CHAIN_FIELD_CACHE_SALT;
+        cp.cache_salt = salt->valuestring;
+    }
+    size_t nkeys = 0;
+    kvs_status_t st = kvs_hasher_chain(d->hasher, &cp, tokens, ntok, keys, nblocks, &nkeys);
+    if (st != KVS_OK) {
+        ret =
+            reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "hashing: %s", kvs_status_string(st));
+        goto out;
+    }
+    for (size_t b = 0; b < nkeys; b++)
+        k64[b] = kvs_key_to_u64(&keys[b], d->digest_len);
+    kvs__idx_stats_t stats;
+    kvs__idx_get_stats(d->idx, &stats);
+    size_t max_out = stats.pods ? (size_t)stats.pods : 1;
+    out = malloc(max_out * sizeof(*out));
+    long n = out ? kvs__idx_score(d->idx, (uint32_t)mid, k64, nkeys, only ? only : NULL, nonly, out,
+                                  max_out)
+                 : -1;
+    if (n < 0) {
+        ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        goto out;
+    }
+    if ((size_t)n > max_out)
+        n = (long)max_out; /* pods added since the stats: the next request sees them */
+    resp = cJSON_CreateObject();
+    cJSON *arr = resp ? cJSON_AddArrayToObject(resp, "pods") : NULL;
+    bool ok = arr != NULL && cJSON_AddStringToObject(resp, "model", model->valuestring) &&
+              cJSON_AddNumberToObject(resp, "blocks", (double)nkeys) &&
+              cJSON_AddNumberToObject(resp, "block_size", d->block_size);
+    for (long j = 0; ok && j < n; j++) {
+        cJSON *o = cJSON_CreateObject();
+        ok = o != NULL && cJSON_AddItemToArray(arr, o) &&
+             cJSON_AddStringToObject(o, "pod", out[j].pod_name) &&
+             cJSON_AddNumberToObject(o, "blocks", out[j].blocks) &&
+             cJSON_AddNumberToObject(o, "tokens", (double)out[j].blocks * d->block_size) &&
+             cJSON_AddStringToObject(o, "medium", out[j].medium);
+    }
+    if (ok)
+        body = cJSON_PrintUnformatted(resp);
+    if (body == NULL) {
+        ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        goto out;
+    }
+    atomic_fetch_add(&d->c.scores, 1);
+    ret = reply(conn, MHD_HTTP_OK, "application/json", body, true);
+out:
+    cJSON_Delete(resp);
+    cJSON_Delete(req);
+    free(tokens);
+    free(keys);
+    free(k64);
+    free(only);
+    free(out);
+    return ret;
+}
+
+static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
+{
+    size_t cap = 16384, len = 0; /* about 4 KiB used: room for more metrics */
+    char *b = malloc(cap);
+    if (b == NULL)
+        return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain", "out of memory\n", false);
+#define KVS_COUNTER_TEXT(name, help)                                                               \
+    len += (size_t)snprintf(b + len, cap - len,                                                    \
+                            "# HELP kvshare_index_" #name "_total " help "\n"                      \
+                            "# TYPE kvshare_index_" #name "_total counter\n"                       \
+                            "kvshare_index_" #name "_total %llu\n",                                \
+                            (unsigned long long)atomic_load(&d->c.name));                          \
+    if (len >= cap)                                                                                \
+        len = cap - 1;
+    KVS_INDEX_COUNTERS(KVS_COUNTER_TEXT)
+#undef KVS_COUNTER_TEXT
+    kvs__idx_stats_t s;
+    kvs__idx_get_stats(d->idx, &s);
+    len += (size_t)snprintf(
+        b + len, cap - len,
+        "# HELP kvshare_index_pairs (pod, block) pairs held.\n# TYPE kvshare_index_pairs gauge\n"
+        "kvshare_index_pairs %llu\n"
+        "# HELP kvshare_index_blocks Distinct blocks held.\n# TYPE kvshare_index_blocks gauge\n"
+        "kvshare_index_blocks %llu\n"
+        "# HELP kvshare_index_pods Pods seen.\n# TYPE kvshare_index_pods gauge\n"
+        "kvshare_index_pods %llu\n"
+        "# HELP kvshare_index_degraded_pods Pods scoring zero after an unreplayable gap.\n"
+        "# TYPE kvshare_index_degraded_pods gauge\nkvshare_index_degraded_pods %llu\n"
+        "# HELP kvshare_index_bytes Memory held by the index's tables.\n"
+        "# TYPE kvshare_index_bytes gauge\nkvshare_index_bytes %llu\n"
+        "# HELP kvshare_index_evicted_total Pairs dropped at --max-pairs.\n"
+        "# TYPE kvshare_index_evicted_total counter\nkvshare_index_evicted_total %llu\n",
+        (unsigned long long)s.pairs, (unsigned long long)s.blocks, (unsigned long long)s.pods,
+        (unsigned long long)s.degraded_pods, (unsigned long long)s.bytes,
+        (unsigned long long)s.evicted);
+    return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", b, true);
+}
+
+static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const char *url,
+                               const char *method, const char *version, const char *data,
+                               size_t *size, void **state)
+{
+    (void)version;
+    index_daemon_t *d = cls;
+    if (strcmp(method, "POST") == 0 && strcmp(url, "/v1/score") == 0) {
+        req_body_t *rb = *state;
+        if (rb == NULL) { /* headers only: allocate the body on the first call */
+            if ((rb = calloc(1, sizeof(*rb))) == NULL)
+                return MHD_NO;
+            *state = rb;
+            return MHD_YES;
+        }
+        if (*size > 0) {
+            if (!rb->too_big && rb->len + *size <= MAX_BODY) {
+                char *nd = realloc(rb->data, rb->len + *size + 1);
+                if (nd == NULL)
+                    return MHD_NO;
+                memcpy(nd + rb->len, data, *size);
+                rb->data = nd;
+                rb->len += *size;
+                nd[rb->len] = '\0';
+            } else {
+                rb->too_big = true;
+            }
+            *size = 0;
+            return MHD_YES;
+        }
+        return score(d, conn, rb);
+    }
+    if (strcmp(url, "/v1/score") == 0)
+        return reply_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /v1/score");
+    if (strcmp(method, "GET") != 0)
+        return reply_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "%.16s %.200s: only GET", method,
+                           url);
+    if (strcmp(url, "/healthz") == 0)
+        return reply(conn, MHD_HTTP_OK, "text/plain", "ok\n", false);
+    if (strcmp(url, "/readyz") == 0)
+        return reply(conn, MHD_HTTP_OK, "text/plain", "ready\n", false);
+    if (strcmp(url, "/metrics") == 0)
+        return metrics(d, conn);
+    return reply_error(conn, MHD_HTTP_NOT_FOUND, "no such path '%.200s'", url);
+}
+
+static void on_http_done(void *cls, struct MHD_Connection *conn, void **state,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    req_body_t *rb = *state;
+    if (rb != NULL) {
+        free(rb->data);
+        free(rb);
+        *state = NULL;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The command                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* [bind:]ENDPOINT[@replay=ENDPOINT]; false with a message naming --source when malformed. */
+static bool parse_source(source_t *s, const char *spec)
+{
+    s->spec = spec;
+    if (strncmp(spec, "bind:", 5) == 0) {
+        s->bind = true;
+        spec += 5;
+        if (strstr(spec, "@replay=") != NULL) {
+            fprintf(stderr,
+                    "kvshare index: --source '%s': a bound endpoint serves many pods; "
+                    "replay endpoints belong to --source ENDPOINT@replay=... of one pod\n",
+                    s->spec);
+            return false;
+        }
+    }
+    const char *at = strstr(spec, "@replay=");
+    size_t elen = at ? (size_t)(at - spec) : strlen(spec);
+    const char *rep = at ? at + strlen("@replay=") : NULL;
+    if (elen == 0 || elen >= sizeof(s->endpoint) ||
+        (rep && (rep[0] == '\0' || strlen(rep) >= sizeof(s->replay)))) {
+        fprintf(stderr,
+                "kvshare index: --source '%s': expected [bind:]ENDPOINT[@replay=ENDPOINT]\n",
+                s->spec);
+        return false;
+    }
+    memcpy(s->endpoint, spec, elen);
+    s->endpoint[elen] = '\0';
+    if (rep)
+        snprintf(s->replay, sizeof(s->replay), "%s", rep);
+    return true;
+}
+
+static void daemon_close(index_daemon_t *d)
+{
+    for (size_t i = 0; i < d->nsrc; i++) {
+        if (d->src[i].sub)
+            zmq_close(d->src[i].sub);
+        if (d->src[i].dealer)
+            zmq_close(d->src[i].dealer);
+    }
+    if (d->zctx)
+        zmq_ctx_term(d->zctx);
+    kvs__ev_decoder_destroy(d->dec);
+    kvs__idx_destroy(d->idx);
+    kvs_hasher_destroy(d->hasher);
+    free(d->seq);
+}
+
+int kvs_cli_index(int argc, char **argv)
+{
+    static index_daemon_t d; /* large (sources); one per process */
+    const char *http = NULL, *algo = "sha256_cbor", *seed = NULL;
+    uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        bool takes = strcmp(a, "--source") == 0 || strcmp(a, "--http") == 0 ||
+                     strcmp(a, "--block-size") == 0 || strcmp(a, "--hash-algo") == 0 ||
+                     strcmp(a, "--hash-seed") == 0 || strcmp(a, "--max-pairs") == 0 ||
+                     strcmp(a, "--max-idle-s") == 0;
+        if (!takes) {
+            fprintf(stderr, "kvshare index: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (v == NULL) {
+            fprintf(stderr, "kvshare index: %s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        if (strcmp(a, "--source") == 0) {
+            if (d.nsrc == MAX_SOURCES) {
+                fprintf(stderr, "kvshare index: --source: at most %d\n", MAX_SOURCES);
+                return 2;
+            }
+            if (!parse_source(&d.src[d.nsrc], v))
+                return 2;
+            d.nsrc++;
+        } else if (strcmp(a, "--http") == 0) {
+            http = v;
+        } else if (strcmp(a, "--block-size") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 1, 1u << 20, &block_size))
+                return 2;
+        } else if (strcmp(a, "--hash-algo") == 0) {
+            if (strcmp(v, "sha256_cbor") != 0 && strcmp(v, "xxhash_cbor") != 0) {
+                fprintf(stderr,
+                        "kvshare index: --hash-algo '%s': accepted: sha256_cbor, xxhash_cbor "
+                        "(vLLM's default 'sha256' pickles and cannot be reproduced)\n",
+                        v);
+                return 2;
+            }
+            algo = v;
+        } else if (strcmp(a, "--hash-seed") == 0) {
+            seed = v;
+        } else if (strcmp(a, "--max-pairs") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 1, UINT64_MAX, &max_pairs))
+                return 2;
+        } else if (!kvs_cli_parse_u64(a, v, 0, UINT32_MAX, &max_idle_s)) {
+            return 2;
+        }
+    }
+    if (d.nsrc == 0 || http == NULL) {
+        fprintf(stderr, "kvshare index: %s is required\n", d.nsrc == 0 ? "--source" : "--http");
+        usage(stderr);
+        return 2;
+    }
+    int rc = 1;
+    struct MHD_Daemon *mhd = NULL;
+    kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_BLOCK_TOKENS,
+                              .algo = strcmp(algo, "sha256_cbor") == 0 ? KVS_HASH_SHA256_CBOR
+                                                                       : KVS_HASH_XXHASH_CBOR,
+                              .block_tokens = (uint32_t)block_size};
+    if (seed != NULL) {
+        hp.field_mask |= KVS_HASHER_FIELD_SEED;
+        hp.seed = seed;
+    }
+    kvs_status_t st = kvs_hasher_create(&hp, &d.hasher);
+    if (st != KVS_OK)
+        return kvs_cli_fail("index: hasher", st);
+    d.digest_len = kvs_hasher_digest_len(d.hasher);
+    d.block_size = (uint32_t)block_size;
+    d.idx = kvs__idx_create(max_pairs);
+    d.dec = kvs__ev_decoder_create();
+    d.zctx = zmq_ctx_new();
+    if (d.idx == NULL || d.dec == NULL || d.zctx == NULL) {
+        fprintf(stderr, "kvshare index: out of memory\n");
+        goto out;
+    }
+    for (size_t i = 0; i < d.nsrc; i++) {
+        source_t *s = &d.src[i];
+        int hwm = 1000000; /* batches queued on our side before ZMQ drops (never blocks) */
+        s->sub = zmq_socket(d.zctx, ZMQ_SUB);
+        if (s->sub == NULL || zmq_setsockopt(s->sub, ZMQ_RCVHWM, &hwm, sizeof(hwm)) != 0 ||
+            zmq_setsockopt(s->sub, ZMQ_SUBSCRIBE, "", 0) != 0 ||
+            (s->bind ? zmq_bind(s->sub, s->endpoint) : zmq_connect(s->sub, s->endpoint)) != 0) {
+            fprintf(stderr, "kvshare index: --source '%s': %s\n", s->spec, zmq_strerror(errno));
+            rc = 2;
+            goto out;
+        }
+        if (s->replay[0] != '\0') {
+            int linger = 0;
+            s->dealer = zmq_socket(d.zctx, ZMQ_DEALER);
+            if (s->dealer == NULL ||
+                zmq_setsockopt(s->dealer, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
+                zmq_connect(s->dealer, s->replay) != 0) {
+                fprintf(stderr, "kvshare index: --source '%s': replay: %s\n", s->spec,
+                        zmq_strerror(errno));
+                rc = 2;
+                goto out;
+            }
+        }
+        int linger = 0;
+        zmq_setsockopt(s->sub, ZMQ_LINGER, &linger, sizeof(linger));
+    }
+    char bound[300], why[256];
+    int usage_err = 0;
+    int fd = kvs_cli_listen(http, bound, sizeof(bound), why, sizeof(why), &usage_err);
+    if (fd < 0) {
+        fprintf(stderr, "kvshare index: --http '%s': %s\n", http, why);
+        rc = usage_err ? 2 : 1;
+        goto out;
+    }
+    mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+                           on_http, &d, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+                           MHD_OPTION_NOTIFY_COMPLETED, on_http_done, NULL,
+                           MHD_OPTION_CONNECTION_TIMEOUT, 30u,
+                           /* scores run in parallel: they only take the read lock */
+                           MHD_OPTION_THREAD_POOL_SIZE, 4u, MHD_OPTION_END);
+    if (mhd == NULL) {
+        fprintf(stderr, "kvshare index: --http '%s': cannot start the HTTP server\n", http);
+        close(fd);
+        goto out;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    printf("ready http://%s\n", bound);
+    fflush(stdout);
+    fprintf(stderr, "kvshare index: %zu source(s), block size %u, %s, serving on %s\n", d.nsrc,
+            d.block_size, algo, bound);
+
+    zmq_pollitem_t items[MAX_SOURCES];
+    for (size_t i = 0; i < d.nsrc; i++)
+        items[i] = (zmq_pollitem_t){.socket = d.src[i].sub, .events = ZMQ_POLLIN};
+    uint64_t next_age = now_ms() + 1000;
+    while (!stop_signal) {
+        int n = zmq_poll(items, (int)d.nsrc, 200);
+        if (n < 0 && errno != EINTR) {
+            fprintf(stderr, "kvshare index: zmq_poll: %s\n", zmq_strerror(errno));
+            goto out;
+        }
+        for (size_t i = 0; n > 0 && i < d.nsrc && !stop_signal; i++) {
+            if (!(items[i].revents & ZMQ_POLLIN))
+                continue;
+            for (int k = 0; k < DRAIN_PER_SOCKET; k++) {
+                zmq_msg_t parts[3];
+                int np = recv_multi(d.src[i].sub, parts, ZMQ_DONTWAIT);
+                if (np <= 0)
+                    break;
+                on_frames(&d, &d.src[i], parts, np);
+                close_parts(parts, np);
+            }
+        }
+        if (max_idle_s > 0 && now_ms() >= next_age) {
+            kvs__idx_age(d.idx, now_ms(), max_idle_s * 1000u);
+            next_age = now_ms() + 1000;
+        }
+    }
+    fprintf(stderr, "kvshare index: stopping (%s)\n",
+            stop_signal == SIGTERM ? "SIGTERM" : "SIGINT");
+    rc = 0;
+out:
+    if (mhd != NULL)
+        MHD_stop_daemon(mhd);
+    daemon_close(&d);
+    return rc;
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
+"""make_corpus_kvevents.py - writes the seed corpus of fuzz_kvevents: vLLM KV event batches.
+
+Run from the repository root with Debian's python3 (python3-msgpack):
+    /usr/bin/python3 tests/fuzz/make_corpus_kvevents.py
+Layouts follow vllm/distributed/kv_events.py (see connectors/index/kvevents_int.h)."""
+import os
+
+import msgpack
+
+OUT = "tests/fuzz/corpus-fuzz_kvevents"
+H = [0x1111111111111111, 0xfedcba9876543210, 3]
+stored_pos = ["BlockStored", H, None, list(range(48)), 16, None, "GPU", None, [None] * 3,
+              0, "full_attention", None]
+stored_old = ["BlockStored", H, None, list(range(48)), 16, None, "CPU"]
+removed_pos = ["BlockRemoved", H[1:], "GPU", 0]
+stored_map = {"type": "BlockStored", "block_hashes": H, "parent_block_hash": None,
+              "token_ids": list(range(48)), "block_size": 16, "lora_id": None, "medium": "GPU",
+              "lora_name": "lora-a", "extra_keys": [["lora-a"]] * 3, "group_idx": 0,
+              "kv_cache_spec_kind": "full_attention"}
+removed_map = {"type": "BlockRemoved", "block_hashes": [H[2]], "medium": None}
+bytes_hashes = {"type": "BlockStored", "block_hashes": [bytes(range(32)), b"\x01" * 16],
+                "parent_block_hash": bytes(32), "token_ids": [], "block_size": 16}
+seeds = {
+    "positional": [1.0, [stored_pos, removed_pos], 0],
+    "positional_old": [1.0, [stored_old, ["AllBlocksCleared"]]],
+    "map": [2.0, [stored_map, removed_map, {"type": "AllBlocksCleared"}], 0],
+    "bytes_hashes": [3.0, [bytes_hashes], None],
+    "unknown_type": [4.0, [{"type": "BlockPromoted", "x": 1}, stored_map]],
+}
+os.makedirs(OUT, exist_ok=True)
+for name, batch in seeds.items():
+    with open(os.path.join(OUT, name), "wb") as f:
+        f.write(msgpack.packb(batch, use_bin_type=True))

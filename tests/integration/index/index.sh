@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# index.sh - `kvshare index` against fake vLLM pods over real ZMQ (index_events.py does the
+# work). Skips (77) where Debian's python3-zmq / python3-msgpack / python3-cbor2 are missing.
+set -u
+k=$1
+py=/usr/bin/python3
+if ! "$py" -c 'import zmq, msgpack, cbor2, xxhash' 2>/dev/null; then
+  echo "SKIP: $py lacks zmq, msgpack, cbor2 or xxhash (scripts/packages.d/index.txt, core.txt)"
+  exit 77
+fi
+exec timeout 240 "$py" "$(dirname "$0")/index_events.py" "$k"

@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_kvindex.c - the prefix index: longest consecutive prefix per pod, removals, models,
+ * LoRA keys, per-pod clear, degraded pods, ageing and the memory bound. */
+#include "ixalloc_int.h"
+#include "kvindex_int.h"
+#include "kvshare.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static kvs__idx_t *idx;
+static uint32_t model_a, model_b;
+
+static void setup(void)
+{
+    idx = kvs__idx_create(0);
+    cr_assert_not_null(idx);
+    model_a = (uint32_t)kvs__idx_model(idx, "A", 1, true);
+    model_b = (uint32_t)kvs__idx_model(idx, "B", 1, true);
+    cr_assert_neq(model_a, model_b);
+}
+
+static void teardown(void)
+{
+    kvs__idx_destroy(idx);
+}
+
+TestSuite(kvindex, .init = setup, .fini = teardown);
+
+static uint32_t pod(const char *name, uint32_t model)
+{
+    int64_t p = kvs__idx_pod(idx, name, strlen(name), model, true);
+    cr_assert_geq(p, 0);
+    return (uint32_t)p;
+}
+
+static void chain(uint64_t *keys, size_t n, uint64_t base)
+{
+    for (size_t i = 0; i < n; i++)
+        keys[i] = base * 1000003u + i * 7919u + 1;
+}
+
+/* Blocks of pod `name` in a score, or -1 when it is not listed. */
+static long blocks_of(const kvs__idx_score_t *s, long n, const char *name)
+{
+    for (long i = 0; i < n; i++)
+        if (strcmp(s[i].pod_name, name) == 0)
+            return s[i].blocks;
+    return -1;
+}
+
+Test(kvindex, each_pod_gets_its_longest_consecutive_prefix)
+{
+    uint64_t k[8];
+    chain(k, 8, 1);
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a), p3 = pod("p3", model_a);
+    cr_assert_eq(kvs__idx_store(idx, p1, k, 8, NULL, 0, 1), 0);
+    cr_assert_eq(kvs__idx_store(idx, p2, k, 3, NULL, 0, 1), 0);
+    /* p3 holds blocks 1..7 but not block 0: no prefix at all. */
+    cr_assert_eq(kvs__idx_store(idx, p3, k + 1, 7, NULL, 0, 1), 0);
+    kvs__idx_score_t s[8];
+    long n = kvs__idx_score(idx, model_a, k, 8, NULL, 0, s, 8);
+    cr_assert_eq(n, 2);
+    cr_assert_str_eq(s[0].pod_name, "p1");
+    cr_assert_eq(s[0].blocks, 8);
+    cr_assert_str_eq(s[1].pod_name, "p2");
+    cr_assert_eq(s[1].blocks, 3);
+    cr_assert_str_eq(s[0].medium, "GPU");
+    /* A shorter prompt caps the score; a filter keeps only the pods asked for. */
+    cr_assert_eq(kvs__idx_score(idx, model_a, k, 2, NULL, 0, s, 8), 2);
+    cr_assert_eq(s[0].blocks, 2);
+    cr_assert_eq(kvs__idx_score(idx, model_a, k, 8, &p2, 1, s, 8), 1);
+    cr_assert_str_eq(s[0].pod_name, "p2");
+    kvs__idx_stats_t st;
+    kvs__idx_get_stats(idx, &st);
+    cr_assert_eq(st.pairs, 18);
+    cr_assert_eq(st.blocks, 8);
+}
+
+Test(kvindex, removing_a_middle_block_stops_the_prefix_there)
+{
+    uint64_t k[10];
+    chain(k, 10, 2);
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a);
+    kvs__idx_store(idx, p1, k, 10, NULL, 0, 1);
+    kvs__idx_store(idx, p2, k, 10, NULL, 0, 1);
+    kvs__idx_remove(idx, p1, &k[4], 1, "GPU", 3, 2);
+    kvs__idx_score_t s[4];
+    long n = kvs__idx_score(idx, model_a, k, 10, NULL, 0, s, 4);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(blocks_of(s, n, "p1"), 4);
+    cr_assert_eq(blocks_of(s, n, "p2"), 10);
+    /* Removing on another medium removes nothing. */
+    kvs__idx_remove(idx, p2, &k[2], 1, "CPU", 3, 2);
+    n = kvs__idx_score(idx, model_a, k, 10, NULL, 0, s, 4);
+    cr_assert_eq(blocks_of(s, n, "p2"), 10);
+}
+
+Test(kvindex, two_models_are_isolated)
+{
+    uint64_t k[4];
+    chain(k, 4, 3);
+    uint32_t pa = pod("same-pod", model_a), pb = pod("same-pod", model_b);
+    cr_assert_neq(pa, pb);
+    kvs__idx_store(idx, pa, k, 4, NULL, 0, 1);
+    kvs__idx_score_t s[4];
+    cr_assert_eq(kvs__idx_score(idx, model_b, k, 4, NULL, 0, s, 4), 0);
+    kvs__idx_store(idx, pb, k, 2, NULL, 0, 1);
+    cr_assert_eq(kvs__idx_score(idx, model_b, k, 4, NULL, 0, s, 4), 1);
+    cr_assert_eq(s[0].blocks, 2);
+    cr_assert_eq(kvs__idx_score(idx, model_a, k, 4, NULL, 0, s, 4), 1);
+    cr_assert_eq(s[0].blocks, 4);
+    cr_assert_eq(kvs__idx_model(idx, "C", 1, false), -1);
+}
+
+/* Keys as the daemon computes them: vLLM's own, through libkvshare's hasher. */
+static void prompt_keys(const char *lora, uint64_t *out, size_t n)
+{
+    kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_SEED |
+                                            KVS_HASHER_FIELD_BLOCK_TOKENS,
+                              .algo = KVS_HASH_XXHASH_CBOR,
+                              .seed = "0",
+                              .block_tokens = 4};
+    kvs_hasher_h h;
+    cr_assert_eq(kvs_hasher_create(&hp, &h), KVS_OK);
+    uint32_t tokens[64];
+    for (uint32_t i = 0; i < 64; i++)
+        tokens[i] = 1000 + i;
+    kvs_chain_params_t cp = {.field_mask = lora ? KVS_CHAIN_FIELD_LORA_NAME : 0, .lora_name = lora};
+    kvs_key_t keys[16];
+    size_t nk = 0;
+    cr_assert_eq(kvs_hasher_chain(h, &cp, tokens, n * 4, keys, 16, &nk), KVS_OK);
+    cr_assert_eq(nk, n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = kvs_key_to_u64(&keys[i], kvs_hasher_digest_len(h));
+    kvs_hasher_destroy(h);
+}
+
+Test(kvindex, lora_prompts_match_only_the_same_lora)
+{
+    uint64_t base[6], lora_x[6], lora_y[6];
+    prompt_keys(NULL, base, 6);
+    prompt_keys("x", lora_x, 6);
+    prompt_keys("y", lora_y, 6);
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a);
+    kvs__idx_store(idx, p1, lora_x, 6, NULL, 0, 1); /* p1 ran the prompt under LoRA x */
+    kvs__idx_store(idx, p2, base, 6, NULL, 0, 1);   /* p2 ran it on the base model */
+    kvs__idx_score_t s[4];
+    long n = kvs__idx_score(idx, model_a, lora_x, 6, NULL, 0, s, 4);
+    cr_assert_eq(n, 1);
+    cr_assert_str_eq(s[0].pod_name, "p1");
+    cr_assert_eq(s[0].blocks, 6);
+    n = kvs__idx_score(idx, model_a, base, 6, NULL, 0, s, 4);
+    cr_assert_eq(n, 1);
+    cr_assert_str_eq(s[0].pod_name, "p2");
+    cr_assert_eq(kvs__idx_score(idx, model_a, lora_y, 6, NULL, 0, s, 4), 0);
+}
+
+Test(kvindex, clearing_one_pod_leaves_the_others)
+{
+    uint64_t k[50];
+    chain(k, 50, 4);
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a);
+    kvs__idx_store(idx, p1, k, 50, NULL, 0, 1);
+    kvs__idx_store(idx, p1, k, 10, "CPU", 3, 1);
+    kvs__idx_store(idx, p2, k, 20, NULL, 0, 1);
+    kvs__idx_clear_pod(idx, p1);
+    kvs__idx_score_t s[4];
+    long n = kvs__idx_score(idx, model_a, k, 50, NULL, 0, s, 4);
+    cr_assert_eq(n, 1);
+    cr_assert_str_eq(s[0].pod_name, "p2");
+    cr_assert_eq(s[0].blocks, 20);
+    kvs__idx_stats_t st;
+    kvs__idx_get_stats(idx, &st);
+    cr_assert_eq(st.pairs, 20);
+    cr_assert_eq(st.blocks, 20, "blocks only p1 held are freed");
+    /* The pod is usable again after its clear. */
+    kvs__idx_store(idx, p1, k, 5, NULL, 0, 2);
+    n = kvs__idx_score(idx, model_a, k, 50, NULL, 0, s, 4);
+    cr_assert_eq(blocks_of(s, n, "p1"), 5);
+}
+
+Test(kvindex, medium_is_the_slowest_tier_along_the_prefix)
+{
+    uint64_t k[4];
+    chain(k, 4, 5);
+    uint32_t p1 = pod("p1", model_a);
+    kvs__idx_store(idx, p1, k, 2, "GPU", 3, 1);
+    kvs__idx_store(idx, p1, k + 2, 2, "cpu", 3, 1);
+    kvs__idx_store(idx, p1, k, 1, "CPU", 3, 1); /* block 0 on both: GPU wins */
+    kvs__idx_score_t s[2];
+    cr_assert_eq(kvs__idx_score(idx, model_a, k, 2, NULL, 0, s, 2), 1);
+    cr_assert_str_eq(s[0].medium, "GPU");
+    cr_assert_eq(kvs__idx_score(idx, model_a, k, 4, NULL, 0, s, 2), 1);
+    cr_assert_eq(s[0].blocks, 4);
+    cr_assert_str_eq(s[0].medium, "CPU");
+}
+
+Test(kvindex, degraded_pods_score_zero_until_fresh)
+{
+    uint64_t k[3];
+    chain(k, 3, 6);
+    uint32_t p1 = pod("p1", model_a);
+    kvs__idx_store(idx, p1, k, 3, NULL, 0, 1);
+    kvs__idx_set_degraded(idx, p1, true);
+    kvs__idx_score_t s[2];
+    cr_assert_eq(kvs__idx_score(idx, model_a, k, 3, NULL, 0, s, 2), 0);
+    kvs__idx_set_degraded(idx, p1, false);
+    cr_assert_eq(kvs__idx_score(idx, model_a, k, 3, NULL, 0, s, 2), 1);
+}
+
+Test(kvindex, idle_pods_age_out)
+{
+    uint64_t k[3];
+    chain(k, 3, 7);
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a);
+    kvs__idx_store(idx, p1, k, 3, NULL, 0, 1000);
+    kvs__idx_store(idx, p2, k, 3, NULL, 0, 5000);
+    cr_assert_eq(kvs__idx_age(idx, 6000, 2000), 1);
+    kvs__idx_score_t s[2];
+    cr_assert_eq(kvs__idx_score(idx, model_a, k, 3, NULL, 0, s, 2), 1);
+    cr_assert_str_eq(s[0].pod_name, "p2");
+}
+
+Test(kvindex, the_pair_bound_holds_and_the_index_stays_consistent)
+{
+    kvs__idx_t *small = kvs__idx_create(100);
+    cr_assert_not_null(small);
+    uint32_t m = (uint32_t)kvs__idx_model(small, "A", 1, true);
+    uint32_t pods[4];
+    for (uint32_t i = 0; i < 4; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "p%u", i);
+        pods[i] = (uint32_t)kvs__idx_pod(small, name, strlen(name), m, true);
+    }
+    uint64_t k[300];
+    chain(k, 300, 8);
+    for (int round = 0; round < 3; round++)
+        for (uint32_t i = 0; i < 4; i++)
+            cr_assert_eq(kvs__idx_store(small, pods[i], k, 300, NULL, 0, 1), 0);
+    kvs__idx_stats_t st;
+    kvs__idx_get_stats(small, &st);
+    cr_assert_leq(st.pairs, 100);
+    cr_assert_gt(st.evicted, 0);
+    /* Every remaining pair can be cleared pod by pod down to an empty index. */
+    for (uint32_t i = 0; i < 4; i++)
+        kvs__idx_clear_pod(small, pods[i]);
+    kvs__idx_get_stats(small, &st);
+    cr_assert_eq(st.pairs, 0);
+    cr_assert_eq(st.blocks, 0);
+    kvs__idx_destroy(small);
+}
+
+Test(kvindex, many_blocks_and_removals_keep_lookups_right)
+{
+    /* Grows the table several times and deletes with backward shifts: every surviving
+     * block must still be found. */
+    enum { N = 20000 };
+    uint64_t *k = malloc(N * sizeof(*k));
+    cr_assert_not_null(k);
+    chain(k, N, 9);
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a);
+    kvs__idx_store(idx, p1, k, N, NULL, 0, 1);
+    kvs__idx_store(idx, p2, k, N / 2, NULL, 0, 1);
+    for (size_t i = 1; i < N; i += 3)
+        kvs__idx_remove(idx, p1, &k[i], 1, NULL, 0, 1);
+    kvs__idx_score_t s[2];
+    long n = kvs__idx_score(idx, model_a, k, N, NULL, 0, s, 2);
+    cr_assert_eq(blocks_of(s, n, "p1"), 1);
+    cr_assert_eq(blocks_of(s, n, "p2"), N / 2);
+    for (size_t i = 0; i < N; i += 3) /* each kept block still found, one at a time */
+        cr_assert_eq(kvs__idx_score(idx, model_a, &k[i], 1, &p1, 1, s, 2), 1, "block %zu", i);
+    free(k);
+}
+
+/* Up to 64 pods a model scores with slot bitmaps, beyond with a walk over holders: both
+ * must give every pod its prefix and its slowest tier. */
+static void many_pods(uint32_t npods)
+{
+    kvs__idx_t *x = kvs__idx_create(0);
+    cr_assert_not_null(x);
+    uint32_t m = (uint32_t)kvs__idx_model(x, "A", 1, true);
+    uint64_t k[12];
+    chain(k, 12, 10);
+    for (uint32_t i = 0; i < npods; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "p%03u", i);
+        uint32_t p = (uint32_t)kvs__idx_pod(x, name, strlen(name), m, true);
+        size_t len = i % 13;
+        cr_assert_eq(kvs__idx_store(x, p, k, len, i % 7 == 3 ? "CPU" : NULL, 3, 1), 0);
+        if (i % 4 == 1)
+            kvs__idx_remove(x, p, &k[2], 1, i % 7 == 3 ? "CPU" : NULL, 3, 1);
+        if (i % 9 == 2)
+            kvs__idx_set_degraded(x, p, true);
+    }
+    kvs__idx_score_t *s = calloc(npods, sizeof(*s));
+    cr_assert_not_null(s);
+    long n = kvs__idx_score(x, m, k, 12, NULL, 0, s, npods);
+    long want_n = 0;
+    for (uint32_t i = 0; i < npods; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "p%03u", i);
+        long want = (long)(i % 13);
+        if (i % 4 == 1 && want > 2)
+            want = 2;
+        if (want == 0 || i % 9 == 2) {
+            cr_assert_eq(blocks_of(s, n, name), -1, "%s listed", name);
+            continue;
+        }
+        want_n++;
+        cr_assert_eq(blocks_of(s, n, name), want, "%s (%u pods)", name, npods);
+        for (long j = 0; j < n; j++)
+            if (strcmp(s[j].pod_name, name) == 0)
+                cr_assert_str_eq(s[j].medium, i % 7 == 3 ? "CPU" : "GPU", "%s", name);
+    }
+    cr_assert_eq(n, want_n);
+    for (long j = 1; j < n; j++)
+        cr_assert_geq(s[j - 1].blocks, s[j].blocks, "sorted");
+    /* A short out[] gets the best pods. */
+    kvs__idx_score_t top[3];
+    cr_assert_eq(kvs__idx_score(x, m, k, 12, NULL, 0, top, 3), want_n);
+    cr_assert_eq(top[0].blocks, s[0].blocks);
+    cr_assert_str_eq(top[2].pod_name, s[2].pod_name);
+    free(s);
+    kvs__idx_destroy(x);
+}
+
+Test(kvindex, sixty_four_pods_score_by_bitmap)
+{
+    many_pods(64);
+}
+
+Test(kvindex, more_than_sixty_four_pods_score_by_walk)
+{
+    many_pods(70);
+    many_pods(200);
+}
+
+/* Every allocation of the index fails in turn (and every one after it): each call reports
+ * it or copes, nothing crashes or leaks, and what was stored stays consistent. */
+static void oom_scenario(uint32_t npods)
+{
+    kvs__idx_t *x = kvs__idx_create(5000);
+    if (x == NULL)
+        return;
+    int64_t m = kvs__idx_model(x, "A", 1, true);
+    uint64_t k[3000];
+    chain(k, 3000, 11);
+    uint32_t pods[70];
+    uint32_t made = 0;
+    for (uint32_t i = 0; m >= 0 && i < npods; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "p%u", i);
+        int64_t p = kvs__idx_pod(x, name, strlen(name), (uint32_t)m, true);
+        if (p < 0)
+            break;
+        pods[made++] = (uint32_t)p;
+    }
+    bool all_stored = made == npods;
+    for (uint32_t i = 0; i < made; i++) {
+        size_t len = i < 2 ? 3000 : 40;
+        if (kvs__idx_store(x, pods[i], k, len, i == 1 ? "CPU" : NULL, 3, 1) != 0)
+            all_stored = false;
+    }
+    kvs__idx_score_t s[70];
+    long n = made ? kvs__idx_score(x, (uint32_t)m, k, 3000, NULL, 0, s, 70) : 0;
+    if (all_stored && n >= 0) {
+        /* 5000 pairs at most: eviction takes from the biggest pods (p0, p1), so the small
+         * ones keep their 40 blocks. */
+        cr_assert_geq(n, (long)npods - 2);
+        for (uint32_t i = 2; i < npods; i++) {
+            char name[16];
+            snprintf(name, sizeof(name), "p%u", i);
+            cr_assert_eq(blocks_of(s, n < 70 ? n : 70, name), 40, "%s", name);
+        }
+        kvs__idx_stats_t st;
+        kvs__idx_get_stats(x, &st);
+        cr_assert_leq(st.pairs, 5000);
+    }
+    kvs__idx_remove(x, made ? pods[0] : 0, k, 100, NULL, 0, 2);
+    for (uint32_t i = 0; i < made; i++)
+        kvs__idx_clear_pod(x, pods[i]);
+    kvs__idx_stats_t st;
+    kvs__idx_get_stats(x, &st);
+    cr_assert_eq(st.pairs, 0);
+    cr_assert_eq(st.blocks, 0);
+    kvs__idx_destroy(x);
+}
+
+Test(kvindex, every_allocation_failure_is_survived)
+{
+    for (uint32_t npods = 3; npods <= 70; npods += 67) { /* bitmap and walk scorers */
+        for (long n = 0;; n++) {
+            kvs__ix_alloc_fail_after(n, true);
+            oom_scenario(npods);
+            unsigned long hit = kvs__ix_alloc_failures();
+            kvs__ix_alloc_fail_after(-1, false);
+            if (hit == 0)
+                break; /* the whole scenario ran without reaching allocation n */
+            cr_assert_lt(n, 100000, "no end to the allocations");
+        }
+    }
+}
