@@ -136,9 +136,13 @@ int kvs_cli_bench_index(int argc, char **argv)
                 return 2;
             i++;
         } else {
-            fprintf(stderr, "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] "
-                            "[--json]\n");
-            return strcmp(a, "--help") == 0 ? 0 : 2;
+            bool help = strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
+            if (!help)
+                fprintf(stderr, "kvshare bench index: unknown option '%s'\n", a);
+            fprintf(help ? stdout : stderr,
+                    "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] "
+                    "[--json]\n");
+            return help ? 0 : 2;
         }
     }
     int rc = 1;
