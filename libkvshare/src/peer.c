@@ -213,7 +213,7 @@ struct kvs__peer {
     pthread_cond_t cond;
     bool thread_mode;
     pthread_t thread;
-    bool thread_started, stopping;
+    bool thread_started, thread_running, stopping;
     int wakefd;
     int lfd;
     char listen_addr[300];
@@ -1657,6 +1657,8 @@ static void *progress_thread(void *arg)
     kvs__peer_t *pp = arg;
     unsigned busy = 0;
     lock(pp);
+    pp->thread_running = true; /* kvs__peer_create waits for this */
+    pthread_cond_broadcast(&pp->cond);
     while (!pp->stopping) {
         progress_locked(pp);
         if (!pp->ops->arm(pp->tl)) {
@@ -2671,6 +2673,15 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
             goto fail;
         }
         pp->thread_started = true;
+        /* Return only once the thread runs: its start-up (the C library's
+         * and a sanitizer's allocations) is over before the caller can
+         * fork. A fork in the middle of it leaves the child holding locks
+         * nobody will release (seen with GCC 12's ASan, which does not lock
+         * its allocator around fork). */
+        lock(pp);
+        while (!pp->thread_running)
+            pthread_cond_wait(&pp->cond, &pp->lock);
+        unlock(pp);
     }
     *pp_p = pp;
     return KVS_OK;
