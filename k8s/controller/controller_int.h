@@ -15,11 +15,11 @@
  * tree and the patch; docs/controller.md has the arithmetic). */
 #define KVSC_DEFAULT_BODY_BUDGET ((size_t)32 * 1024 * 1024)
 
-#define KVSC_LABEL_INJECT        "kvshare.io/inject"
-#define KVSC_LABEL_ROLE          "kvshare.io/role"
-#define KVSC_ANNOT_POOL          "kvshare.io/pool"
-#define KVSC_ANNOT_AUTH_SECRET   "kvshare.io/auth-secret"
-#define KVSC_ANNOT_INJECTED      "kvshare.io/injected"
+#define KVSC_LABEL_INJECT      "kvshare.io/inject"
+#define KVSC_LABEL_ROLE        "kvshare.io/role"
+#define KVSC_ANNOT_POOL        "kvshare.io/pool"
+#define KVSC_ANNOT_AUTH_SECRET "kvshare.io/auth-secret"
+#define KVSC_ANNOT_INJECTED    "kvshare.io/injected"
 /* Set by the webhook: where the pod's kvshare token comes from ("secret:<name>/<key>"),
  * "none" (the pool is open), or "missing" (kvshare in the pod will refuse to start). */
 #define KVSC_ANNOT_INJECTED_AUTH "kvshare.io/injected-auth"
@@ -57,9 +57,9 @@ typedef kvsc_pool_auth_t (*kvsc_pool_auth_fn)(void *ud, const char *ns, const ch
 
 /* What the injector needs to know; all strings are borrowed for the call. */
 typedef struct kvsc_inject_cfg {
-    const char *image;    /* image of the init container that carries the shim */
-    const char *version;  /* value of the kvshare.io/injected annotation */
-    unsigned listen_port; /* port in KVSHARE_LISTEN */
+    const char *image;           /* image of the init container that carries the shim */
+    const char *version;         /* value of the kvshare.io/injected annotation */
+    unsigned listen_port;        /* port in KVSHARE_LISTEN */
     kvsc_pool_auth_fn pool_auth; /* NULL: every pool is KVSC_POOL_AUTH_UNKNOWN */
     void *pool_auth_ud;
 } kvsc_inject_cfg_t;
@@ -287,8 +287,9 @@ typedef struct kvsc_ready {
 
 /**
  * Build the pool's desired .status: readyReplicas, observedGeneration, the Ready condition
- * and, when ready->auth_known, the Authenticated condition. lastTransitionTime is kept from current_status while the condition's status
- * does not change, so an unchanged pool gives an identical status and no write.
+ * and, when ready->auth_known, the Authenticated condition. lastTransitionTime is kept from
+ * current_status while the condition's status does not change, so an unchanged pool gives an
+ * identical status and no write.
  * @param current_status the pool's .status, or NULL (borrowed).
  * @param now_rfc3339    the time to stamp on a transition.
  * @return a new object (caller deletes), NULL on no memory.
@@ -391,10 +392,10 @@ kvsc_status_t kvsc_kube_watch(kvsc_kube_conn_t *conn, const char *path, long tim
 /* The reconciler: watches, work queue and reconcile loop, in threads of its own. */
 typedef struct kvsc_reconciler_cfg {
     kvsc_rec_cfg_t build;
-    const char *namespace_;   /* NULL: every namespace */
-    unsigned backoff_max_ms;  /* cap of every retry delay */
-    unsigned resync_s;        /* relist pools this often */
-    unsigned watch_timeout_s; /* longest single watch request */
+    const char *namespace_;            /* NULL: every namespace */
+    unsigned backoff_max_ms;           /* cap of every retry delay */
+    unsigned resync_s;                 /* relist pools this often */
+    unsigned watch_timeout_s;          /* longest single watch request */
     kvsc_pool_auth_cache_t *pool_auth; /* filled from every pool read; may be NULL */
     int verbose;
 } kvsc_reconciler_cfg_t;

@@ -13,9 +13,8 @@
 #define KVSC_WARN_VALUE_MAX 63
 
 static const char *const kvsc_env_names[] = {
-    "KVSHARE_POD_IP", "KVSHARE_POD_NAME", "KVSHARE_ROLE",
-    "KVSHARE_POOL",   "KVSHARE_LISTEN",   "KVSHARE_AUTH_TOKEN_FILE",
-    "KVSHARE_AUTH",
+    "KVSHARE_POD_IP", "KVSHARE_POD_NAME",        "KVSHARE_ROLE", "KVSHARE_POOL",
+    "KVSHARE_LISTEN", "KVSHARE_AUTH_TOKEN_FILE", "KVSHARE_AUTH",
 };
 
 static cJSON *obj_get(const cJSON *obj, const char *key)
@@ -576,15 +575,15 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
     int auth_none = 0;
     kvsc_pool_auth_t pa = KVSC_POOL_AUTH_UNKNOWN;
     if (pool != NULL && cfg->pool_auth != NULL) {
-        const char *ns = namespace_ != NULL && namespace_[0] != '\0' ? namespace_
-                                                                      : str_get(meta, "namespace");
+        const char *ns =
+            namespace_ != NULL && namespace_[0] != '\0' ? namespace_ : str_get(meta, "namespace");
         pa = cfg->pool_auth(cfg->pool_auth_ud, ns != NULL && ns[0] != '\0' ? ns : "default", pool,
                             pool_secret, sizeof(pool_secret), pool_skey, sizeof(pool_skey));
     }
     if (secret != NULL) {
         if (pa == KVSC_POOL_AUTH_OPEN ||
-            (pa == KVSC_POOL_AUTH_SECRET && (strcmp(pool_secret, secret) != 0 ||
-                                             strcmp(pool_skey, KVSC_AUTH_TOKEN_KEY) != 0))) {
+            (pa == KVSC_POOL_AUTH_SECRET &&
+             (strcmp(pool_secret, secret) != 0 || strcmp(pool_skey, KVSC_AUTH_TOKEN_KEY) != 0))) {
             status = warn(warnings,
                           "kvshare: kvshare.io/auth-secret differs from KVCachePool %s's "
                           "spec.authSecretRef; the annotation wins, and the pool's nodes may "

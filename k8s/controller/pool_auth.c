@@ -98,9 +98,9 @@ int kvsc_pool_auth_cache_set(kvsc_pool_auth_cache_t *cache, const char *ns, cons
 {
     kvsc_pa_entry_t *e = calloc(1, sizeof(*e));
     if (e == NULL || (e->key = pool_key(ns, name)) == NULL ||
-        (secret != NULL && ((e->secret = dup_str(secret)) == NULL ||
-                            (e->skey = dup_str(skey != NULL ? skey : KVSC_AUTH_TOKEN_KEY)) ==
-                                NULL))) {
+        (secret != NULL &&
+         ((e->secret = dup_str(secret)) == NULL ||
+          (e->skey = dup_str(skey != NULL ? skey : KVSC_AUTH_TOKEN_KEY)) == NULL))) {
         entry_free(e);
         return -1;
     }

@@ -23,7 +23,7 @@ const char *kvsc_result_name(kvsc_result_t result)
 {
     static const char *const names[KVSC_RESULT_COUNT] = {
         "patched",   "no_patch",           "dry_run",   "bad_request", "too_large",
-        "bad_media", "method_not_allowed", "not_found", "error",     "busy",
+        "bad_media", "method_not_allowed", "not_found", "error",       "busy",
     };
     return (unsigned)result < KVSC_RESULT_COUNT ? names[result] : "unknown";
 }

@@ -39,7 +39,7 @@ struct kvsc_server {
     kvsc_stamp_t stamp;       /* files as they were when that pair was read */
     kvsc_stamp_t bad_stamp;   /* last pair we refused, so we log it once */
     atomic_int ready;
-    size_t body_budget;    /* bytes all request bodies may hold at once */
+    size_t body_budget;      /* bytes all request bodies may hold at once */
     atomic_size_t body_used; /* bytes they hold now (reserved before each allocation) */
 };
 
@@ -536,8 +536,8 @@ static struct MHD_Daemon *start_daemon(kvsc_server_t *s, const char *cert, const
         MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_HTTPS_PRIORITIES,
         "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1", MHD_OPTION_THREAD_POOL_SIZE, threads,
         MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, 4096u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
-        on_connection, NULL, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        NULL, MHD_OPTION_END);
 }
 
 /* ---- listening socket ---- */

@@ -131,7 +131,6 @@ static bool capacity_from_env(uint64_t *bytes, char *why, size_t wl)
     return true;
 }
 
-
 int kvs_cli_serve(int argc, char **argv)
 {
     const char *listen = "0.0.0.0:18515", *strategy = NULL, *metrics_addr = NULL;

@@ -97,7 +97,7 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         void *rl = NULL;
         size_t rhits = 0;
         kvs_status_t st = kvs__peer_lookup(ctx->peer, where, layout_id, keys, nkeys, lease_ms,
-                                              timeout_ms, &rl, &rhits);
+                                           timeout_ms, &rl, &rhits);
         if (st != KVS_OK) {
             if (src == KVS_SOURCE_POOL) {
                 /* A node that is down or restarting costs a miss only. */
@@ -225,9 +225,8 @@ static kvs_status_t copy_block(kvs__store_t *s, const kvs__ref_t *ref, kvs_pool_
     }
     /* The generation is read after the data: if the slot was reused while
      * we copied, the copy is discarded as stale. */
-    uint64_t gen = src != NULL
-                       ? atomic_load_explicit(&src->gen[e->block], memory_order_acquire)
-                       : atomic_load_explicit(kvs__arena_gen(s, e), memory_order_acquire);
+    uint64_t gen = src != NULL ? atomic_load_explicit(&src->gen[e->block], memory_order_acquire)
+                               : atomic_load_explicit(kvs__arena_gen(s, e), memory_order_acquire);
     return gen == e->gen ? KVS_OK : KVS_ERR_STALE;
 }
 
@@ -280,7 +279,7 @@ kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_bl
         if (rreq == NULL)
             return KVS_ERR_NO_MEMORY;
         kvs_status_t st = kvs__peer_fetch(ctx->peer, lease->remote, dst, dst_block_ids, count,
-                                             first, timeout_ms, &rreq->treq);
+                                          first, timeout_ms, &rreq->treq);
         if (st != KVS_OK) {
             kvs__free(rreq);
             return st;
@@ -347,7 +346,7 @@ kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *blo
     if (req == NULL)
         return KVS_ERR_NO_MEMORY;
     st = kvs__peer_put(ctx->peer, node, pool, keys, block_ids, count, ctx->cfg.fetch_timeout_ms,
-                          &req->treq);
+                       &req->treq);
     if (st != KVS_OK) {
         kvs__free(req);
         return st;

@@ -77,14 +77,13 @@ kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs
         for (size_t i = 0; i < pool->nsegs; i++) {
             const kvs_segment_t *sg = &pool->segs[i];
             size_t span = (size_t)(pool->num_blocks - 1) * sg->block_stride + sg->block_bytes;
-            status =
-                kvs__peer_mem_reg(ctx->peer, sg->base, span, sg->mem_type, &pool->seg_memh[i]);
+            status = kvs__peer_mem_reg(ctx->peer, sg->base, span, sg->mem_type, &pool->seg_memh[i]);
             if (status != KVS_OK)
                 goto err_dereg;
         }
         status =
             kvs__peer_mem_reg(ctx->peer, (void *)pool->gen, pool->num_blocks * sizeof(*pool->gen),
-                                 KVS_MEM_HOST, &pool->gen_memh);
+                              KVS_MEM_HOST, &pool->gen_memh);
         if (status != KVS_OK)
             goto err_dereg;
     }
@@ -231,7 +230,7 @@ static kvs_status_t arena_class(struct kvs_ctx *ctx, size_t slot_bytes, uint32_t
     status = kvs__peer_mem_reg(ctx->peer, a->base, a->bytes, KVS_MEM_HOST, &ctx->arena_memh[cls]);
     if (status == KVS_OK)
         status = kvs__peer_mem_reg(ctx->peer, (void *)a->gen, (size_t)a->nslots * sizeof(*a->gen),
-                                      KVS_MEM_HOST, &ctx->arena_gen_memh[cls]);
+                                   KVS_MEM_HOST, &ctx->arena_gen_memh[cls]);
     if (status != KVS_OK) {
         kvs__error(&ctx->log, "registering the %zu-byte arena of %zu-byte slots: %s", a->bytes,
                    slot_bytes, kvs_status_string(status));

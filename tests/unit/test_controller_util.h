@@ -53,7 +53,7 @@ static inline kvsc_pool_auth_t kvsc_t_pool_auth(void *ud, const char *ns, const 
     if (strcmp(name, "open") == 0) {
         return KVSC_POOL_AUTH_OPEN;
     }
-    const char *s = strcmp(name, "llama") == 0 ? "llama-token"
+    const char *s = strcmp(name, "llama") == 0   ? "llama-token"
                     : strcmp(name, "keyed") == 0 ? "keyed-auth"
                                                  : NULL;
     if (s == NULL) {

@@ -403,7 +403,8 @@ Test(pool_parse, auth_secret_ref)
     cr_assert_str_eq(p.auth_secret, "llama-auth");
     cr_assert_str_eq(p.auth_key, "token", "key defaults to token");
     cJSON_Delete(j);
-    j = pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"a.b\",\"key\":\"KV_tok.1\"}}");
+    j = pool_json(
+        "{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"a.b\",\"key\":\"KV_tok.1\"}}");
     cr_assert_eq(kvsc_pool_parse(j, &p, &reason, msg, sizeof(msg)), KVSC_OK);
     cr_assert_str_eq(p.auth_secret, "a.b");
     cr_assert_str_eq(p.auth_key, "KV_tok.1");
@@ -441,7 +442,8 @@ Test(pool_parse, bad_auth_secret_ref_names_the_field)
 
 Test(desired, deployment_mounts_the_auth_secret)
 {
-    cJSON *j = pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"s1\",\"key\":\"tk\"}}");
+    cJSON *j =
+        pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"s1\",\"key\":\"tk\"}}");
     kvsc_pool_t p;
     const char *reason;
     char msg[256];
@@ -461,7 +463,8 @@ Test(desired, deployment_mounts_the_auth_secret)
     cr_assert(cJSON_IsTrue(at(m, "readOnly")));
     /* Another key or Secret is drift: the Deployment gets reapplied. */
     cJSON *patch = kvsc_update_patch(d);
-    cJSON *j2 = pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"s2\",\"key\":\"tk\"}}");
+    cJSON *j2 =
+        pool_json("{\"totalMemoryGB\":8,\"authSecretRef\":{\"name\":\"s2\",\"key\":\"tk\"}}");
     kvsc_pool_t p2;
     cr_assert_eq(kvsc_pool_parse(j2, &p2, &reason, msg, sizeof(msg)), KVSC_OK);
     cJSON *d2 = NULL;
