@@ -11,18 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static kvs_status_t fail(char *err, size_t errlen, const char *fmt, ...) KVS_PRINTF(3, 4);
-
-static kvs_status_t fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return KVS_ERR_CONFIG;
-}
+/* Every refusal of a token setting: KVS_ERR_CONFIG with a reason. */
+#define fail(err, errlen, ...) kvs__failf(err, errlen, KVS_ERR_CONFIG, __VA_ARGS__)
 
 /* Reads all of @fd into @buf (capacity @cap); *n_p receives the count.
  * A file that fills @buf is "too long" to the caller. */

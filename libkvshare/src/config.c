@@ -251,19 +251,7 @@ static const setting_t settings[] = {
     {"transport", "KVSHARE_TRANSPORT", "auto, ucx, none, loop or loop-am", p_transport},
 };
 
-static kvs_status_t fail(char *errbuf, size_t len, kvs_status_t status, const char *fmt, ...)
-    KVS_PRINTF(4, 5);
-
-static kvs_status_t fail(char *errbuf, size_t len, kvs_status_t status, const char *fmt, ...)
-{
-    if (errbuf != NULL && len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, len, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
+#define fail kvs__failf
 
 static kvs_status_t apply(const setting_t *st, const char *value, const char *source,
                           kvs__config_t *cfg, char *errbuf, size_t len)

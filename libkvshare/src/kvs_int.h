@@ -36,6 +36,10 @@ typedef struct kvs__logger {
 } kvs__logger_t;
 
 void kvs__log_default_sink(void *arg, kvs_log_level_t level, const char *msg);
+/* Writes a reason into the caller's buffer (if any) and returns @status:
+ * the one way the core reports "what was wrong" next to a status code. */
+kvs_status_t kvs__failf(char *buf, size_t len, kvs_status_t status, const char *fmt, ...)
+    KVS_PRINTF(4, 5);
 void kvs__logf(const kvs__logger_t *lg, kvs_log_level_t level, const char *fmt, ...)
     KVS_PRINTF(3, 4);
 

@@ -35,3 +35,14 @@ uint64_t kvs__now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+
+kvs_status_t kvs__failf(char *buf, size_t len, kvs_status_t status, const char *fmt, ...)
+{
+    if (buf != NULL && len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, len, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}

@@ -60,18 +60,8 @@ static uint64_t rd_u64(rd_t *r)
 #define PIECE_LEN    16
 #define BLOCK_FIXED  (4 + 8 + 8 + 2)
 
-static kvs_status_t bad(char *why, size_t why_len, const char *fmt, ...) KVS_PRINTF(3, 4);
-
-static kvs_status_t bad(char *why, size_t why_len, const char *fmt, ...)
-{
-    if (why != NULL && why_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return KVS_ERR_PROTOCOL;
-}
+/* Every refusal of the parser: KVS_ERR_PROTOCOL with a reason. */
+#define bad(why, why_len, ...) kvs__failf(why, why_len, KVS_ERR_PROTOCOL, __VA_ARGS__)
 
 static kvs_status_t decode_regions(rd_t *r, kvs__msg_t *m, char *why, size_t wl)
 {
