@@ -18,6 +18,14 @@ G="--blocks 256 --segments 2 --block-bytes 16384"
 alive() { # alive PID NAME
   kill -0 "$1" 2>/dev/null || fail "$2 died"
 }
+await() { # await NAME PID PATTERN SECS: $WORK/NAME.out shows PATTERN while PID lives
+  local name=$1 pid=$2 pat=$3 deadline=$((SECONDS + $4))
+  until grep -q "$pat" "$WORK/$name.out" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || fail "$name exited: $(cat "$WORK/$name.out" "$WORK/$name.err")"
+    ((SECONDS < deadline)) || fail "$name: no '$pat' within $4 s: $(cat "$WORK/$name.err")"
+    sleep 0.05
+  done
+}
 legit() { # legit ADDR [extra kvs_peer fetch args]: a legitimate client, every byte checked
   local addr=$1; shift
   local out
@@ -31,11 +39,7 @@ KVSHARE_FETCH_TIMEOUT_MS=800 KVSHARE_LEASE_TIMEOUT_MS=1500 "$KVSHARE" serve --li
   <"$WORK/node.in" >"$WORK/node.out" 2>"$WORK/node.err" &
 NPID=$!; PIDS+=($NPID)
 exec {nfd}>"$WORK/node.in"
-deadline=$((SECONDS + 30))
-until grep -q '^ready ' "$WORK/node.out" 2>/dev/null; do
-  kill -0 $NPID 2>/dev/null || fail "node exited: $(cat "$WORK/node.err")"
-  ((SECONDS < deadline)) || fail "node not ready"; sleep 0.05
-done
+await node $NPID '^ready ' 30
 N=$(awk '/^ready /{print $2}' "$WORK/node.out")
 legit "$H"
 
@@ -58,11 +62,7 @@ mkfifo "$WORK/flood.in"
 ATTACK flood "$H" 1500 <"$WORK/flood.in" >"$WORK/flood.out" 2>"$WORK/flood.err" &
 FPID=$!; PIDS+=($FPID)
 exec {ffd}>"$WORK/flood.in"
-deadline=$((SECONDS + 60))
-until grep -q '^holding' "$WORK/flood.out"; do
-  kill -0 $FPID 2>/dev/null || fail "flood: $(cat "$WORK/flood.err")"
-  ((SECONDS < deadline)) || fail "flood never connected"; sleep 0.05
-done
+await flood $FPID '^holding' 60
 legit "$H"
 legit "$H"
 exec {ffd}>&-
@@ -95,10 +95,7 @@ mkfifo "$WORK/evil.in"
 ATTACK server --listen 127.0.0.1:0 <"$WORK/evil.in" >"$WORK/evil.out" 2>"$WORK/evil.err" &
 EPID=$!; PIDS+=($EPID)
 exec {efd}>"$WORK/evil.in"
-deadline=$((SECONDS + 30))
-until grep -q '^ready ' "$WORK/evil.out"; do
-  ((SECONDS < deadline)) || fail "evil server not ready: $(cat "$WORK/evil.err")"; sleep 0.05
-done
+await evil $EPID '^ready ' 30
 E=$(awk '/^ready /{print $2}' "$WORK/evil.out")
 legit "$H" --touch "$E" --repeat 5
 legit "$H" --touch "$E" --inflight 4 --repeat 5
@@ -115,11 +112,7 @@ mkfifo "$WORK/stall.in"
 UCX_TLS=tcp ATTACK client "$H" stall <"$WORK/stall.in" >"$WORK/stall.out" 2>"$WORK/stall.err" &
 SPID=$!; PIDS+=($SPID)
 exec {sfd}>"$WORK/stall.in"
-deadline=$((SECONDS + 30))
-until grep -q '^stalling' "$WORK/stall.out"; do
-  kill -0 $SPID 2>/dev/null || fail "stall attacker: $(cat "$WORK/stall.err")"
-  ((SECONDS < deadline)) || fail "stall attacker never stalled"; sleep 0.05
-done
+await stall $SPID '^stalling' 30
 legit "$H"
 UCX_TLS=tcp legit "$H"
 exec {sfd}>&-
@@ -147,11 +140,7 @@ mkfifo "$WORK/hold.in"
 ATTACK_MODEL=any ATTACK client "$N" hold <"$WORK/hold.in" >"$WORK/hold.out" 2>"$WORK/hold.err" &
 HOLD=$!; PIDS+=($HOLD)
 exec {hfd}>"$WORK/hold.in"
-deadline=$((SECONDS + 20))
-until grep -q '^holding' "$WORK/hold.out"; do
-  kill -0 $HOLD 2>/dev/null || fail "hold attacker: $(cat "$WORK/hold.out" "$WORK/hold.err")"
-  ((SECONDS < deadline)) || fail "hold attacker never leased"; sleep 0.05
-done
+await hold $HOLD '^holding' 20
 grep -q 'holding leases=4' "$WORK/hold.out" || fail "hold: $(cat "$WORK/hold.out")"
 t0=$SECONDS
 while [ "$(leased)" != 0 ]; do
