@@ -53,6 +53,18 @@ static bool doc_keys(kvs_hasher_h h, uint64_t d, uint32_t *tok, kvs_key_t *keys,
     return true;
 }
 
+/* The bench model and its PODS pods, "pod-0".., in @idx; returns the model. */
+static uint32_t bench_pods(kvs__idx_t *idx, uint32_t *pods)
+{
+    uint32_t m = (uint32_t)kvs__idx_model(idx, "bench", 5, true);
+    for (uint32_t p = 0; p < PODS; p++) {
+        char name[16];
+        snprintf(name, sizeof(name), "pod-%u", p);
+        pods[p] = (uint32_t)kvs__idx_pod(idx, name, strlen(name), m, true);
+    }
+    return m;
+}
+
 static double ingest_rate(void)
 {
     enum { BATCHES = 4096, EVENTS = 8, HASHES = 16 };
@@ -62,13 +74,8 @@ static double ingest_rate(void)
     double rate = -1;
     if (bufs == NULL || idx == NULL || dec == NULL)
         goto out;
-    uint32_t m = (uint32_t)kvs__idx_model(idx, "bench", 5, true);
     uint32_t pods[PODS];
-    for (uint32_t p = 0; p < PODS; p++) {
-        char name[16];
-        snprintf(name, sizeof(name), "pod-%u", p);
-        pods[p] = (uint32_t)kvs__idx_pod(idx, name, strlen(name), m, true);
-    }
+    bench_pods(idx, pods); /* stores go by pod, and a pod belongs to the model */
     for (uint32_t b = 0; b < BATCHES; b++) {
         msgpack_sbuffer_init(&bufs[b]);
         msgpack_packer pk;
@@ -164,13 +171,8 @@ int kvs_cli_bench_index(int argc, char **argv)
         fprintf(stderr, "kvshare bench index: setup failed (out of memory?)\n");
         goto out;
     }
-    uint32_t m = (uint32_t)kvs__idx_model(idx, "bench", 5, true);
     uint32_t pods[PODS];
-    for (uint32_t p = 0; p < PODS; p++) {
-        char name[16];
-        snprintf(name, sizeof(name), "pod-%u", p);
-        pods[p] = (uint32_t)kvs__idx_pod(idx, name, strlen(name), m, true);
-    }
+    uint32_t m = bench_pods(idx, pods);
     kvs__idx_stats_t st = {0};
     uint64_t docs = 0, t_end = now_ns() + setup_s * 1000000000ull;
     while (st.pairs < target && now_ns() < t_end) {
