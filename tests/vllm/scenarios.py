@@ -1,0 +1,576 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
+"""scenarios.py - a KV connector driven by the mini vLLM engine, checked on results.
+
+Why: a connector is correct when vLLM, calling it as vLLM does, generates the
+tokens a local recompute generates, with the KV it moved bit-for-bit equal to
+the KV its producer computed. Every scenario checks exactly that (and frees,
+statuses and deadlines), never just "no crash".
+
+  selftest   the harness alone (no kvshare): every KV layout, TP 1 and 2, MLA,
+             chunked prefill, local prefix hits, vLLM's call order; a toy async
+             connector's good load, its failed load under both
+             kv_load_failure_policy values, and a lying connector whose wrong
+             KV must be caught (the check can fail).
+  pd         P/D over two processes, proxy as vLLM's toy proxy
+  tp2        the same with two TP ranks on each side
+  partial    D already holds the prompt's head: only the tail is fetched
+  pool       prefix reuse across two replicas through a `kvshare serve` pool
+  killed     P killed before D fetches: D fails or recomputes per policy, no hang
+  abort      the request never reaches D: P frees its blocks at lease expiry
+
+Usage: scenarios.py NAME [--build DIR]   (KVSHARE_* tunables are set here)
+Exit 0 pass, 1 fail, 77 skip (no torch, or no connector on this branch).
+"""
+import argparse
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SERVER = HERE / "engine_server.py"
+KVSHARE_CONNECTOR = {"kv_connector": "KVShareConnector",
+                     "kv_connector_module_path": "kvshare_vllm.connector"}
+NULL_CONNECTOR = {"kv_connector": "NullConnector", "kv_connector_module_path": "null_connector",
+                  "kv_role": "kv_both"}
+SKIP = 77
+T_REQ = 60        # seconds a request may take before we call it a hang
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Fail(what)
+    print(f"ok: {what}", flush=True)
+
+
+def prompt_of(rng, n):
+    return [rng.randrange(1, 32000) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------- engine processes
+
+class EngineProc:
+    """One engine_server.py process (its own session: kill() takes its workers too)."""
+
+    def __init__(self, name, args, env, work):
+        self.name = name
+        self.args = args
+        self.errpath = Path(work) / f"{name}.err"
+        self.p = subprocess.Popen([sys.executable, str(SERVER), json.dumps(args)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=open(self.errpath, "w"), env=env,
+                                  start_new_session=True)
+        self.buf = b""
+        self.events = []
+        self.ready = None
+
+    def wait_ready(self, timeout=90):
+        ev = self._wait(lambda e: e["event"] in ("ready", "init_failed"), timeout)
+        if ev["event"] != "ready":
+            raise Fail(f"{self.name}: engine init failed:\n{ev.get('error')}")
+        self.ready = ev
+        return self
+
+    def _read(self, deadline):
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([self.p.stdout], [], [], left)
+            if r:
+                chunk = os.read(self.p.stdout.fileno(), 65536)
+                if not chunk:
+                    raise Fail(f"{self.name}: engine exited (rc {self.p.wait()}); "
+                               f"stderr tail:\n{self.tail()}")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def _wait(self, pred, timeout):
+        for i, e in enumerate(self.events):
+            if pred(e):
+                return self.events.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            e = self._read(deadline)
+            if e is None:
+                raise Fail(f"{self.name}: no answer in {timeout} s (a hang); stderr tail:\n"
+                           f"{self.tail()}")
+            if e["event"] in ("engine_dead", "error"):
+                raise Fail(f"{self.name}: {e['event']}:\n{e.get('error')}")
+            if pred(e):
+                return e
+            self.events.append(e)
+
+    def send(self, obj):
+        self.p.stdin.write((json.dumps(obj) + "\n").encode())
+        self.p.stdin.flush()
+
+    def submit(self, rid, prompt, max_tokens, kv_transfer_params=None):
+        self.send({"op": "submit", "id": rid, "prompt": prompt, "max_tokens": max_tokens,
+                   "kv_transfer_params": kv_transfer_params})
+
+    def result(self, rid, timeout=T_REQ):
+        return self._wait(lambda e: e["event"] == "finished" and e["id"] == rid, timeout)
+
+    def generate(self, rid, prompt, max_tokens, kv_transfer_params=None, timeout=T_REQ):
+        self.submit(rid, prompt, max_tokens, kv_transfer_params)
+        return self.result(rid, timeout)
+
+    def abort(self, rid):
+        self.send({"op": "abort", "id": rid})
+
+    def dump(self, prompt):
+        self.send({"op": "dump", "prompt": prompt})
+        return self._wait(lambda e: e["event"] == "dump", 30)
+
+    def stats(self):
+        self.send({"op": "stats"})
+        return self._wait(lambda e: e["event"] == "stats", 30)
+
+    def tail(self, n=30):
+        try:
+            return "".join(self.errpath.read_text().splitlines(True)[-n:])
+        except OSError:
+            return ""
+
+    def kill(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.p.wait()
+
+    def close(self):
+        if self.p.poll() is None:
+            try:
+                self.send({"op": "quit"})
+                self.p.wait(timeout=15)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+
+class Env:
+    """A scratch dir (TMPDIR for every child too), the processes, and their cleanup."""
+
+    def __init__(self, build):
+        self.build = Path(build) if build else None
+        self.work = tempfile.mkdtemp(prefix="kvs-vllm-")
+        self.procs = []
+        self.token = Path(self.work) / "run.token"
+        self.token.write_bytes(os.urandom(24).hex().encode())
+        self.token.chmod(0o600)
+
+    def env(self, **kv):
+        e = dict(os.environ)
+        for k in [k for k in e if k.startswith("KVSHARE_")]:
+            del e[k]
+        e.update({
+            "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO / "connectors" / "vllm")]),
+            "PYTHONHASHSEED": "0", "TMPDIR": self.work, "PYTHONDONTWRITEBYTECODE": "1",
+            "KVSHARE_AUTH_TOKEN_FILE": str(self.token),
+        })
+        if self.build is not None:
+            e["KVSHARE_LIBRARY"] = str(self.build / "libkvshare" / "libkvshare.so.0")
+        e.update({k: str(v) for k, v in kv.items() if v is not None})
+        return e
+
+    def engine(self, name, args, **envkv):
+        p = EngineProc(name, args, self.env(**envkv), self.work)
+        self.procs.append(p)
+        return p
+
+    def pool_node(self):
+        kvshare = self.build / "libkvshare" / "cli" / "kvshare"
+        err = open(Path(self.work) / "pool.err", "w")
+        p = subprocess.Popen([str(kvshare), "serve", "--listen", "127.0.0.1:0",
+                              "--capacity", "64MiB"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=err, env=self.env(),
+                             start_new_session=True)
+        self.procs.append(p)
+        deadline = time.monotonic() + 30
+        line = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([p.stdout], [], [], 1)
+            if r:
+                line = p.stdout.readline()
+                if line.startswith(b"ready "):
+                    return line.split()[1].decode()
+                if not line:
+                    break
+        raise Fail(f"kvshare serve not ready: {(Path(self.work) / 'pool.err').read_text()}")
+
+    def close(self, failed=False):
+        for p in self.procs:
+            if failed and isinstance(p, EngineProc):
+                print(f"--- {p.name} stderr tail\n{p.tail(40)}")
+            try:
+                p.close() if isinstance(p, EngineProc) else (os.killpg(p.pid, signal.SIGKILL),
+                                                             p.wait())
+            except Exception:
+                pass
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- shared checks
+
+MODEL = dict(num_layers=4, num_kv_heads=4, head_size=16, dtype="float16", block_size=16,
+             num_blocks=128)
+
+
+def reference(prompt, max_tokens, args):
+    import torch
+    import toymodel
+    return toymodel.reference_generate(prompt, max_tokens, args["num_layers"],
+                                       args["num_kv_heads"], args["head_size"],
+                                       getattr(torch, args["dtype"]), args.get("use_mla", False))
+
+
+def same_blocks(a, b, prompt, what):
+    """The prompt's full blocks hold bit-identical KV on both engines, on every rank."""
+    da, db = a.dump(prompt), b.dump(prompt)
+    n = len(prompt) // MODEL["block_size"]
+    check(len(da["hashes"]) == n and da["hashes"] == db["hashes"],
+          f"{what}: both engines hash the prompt's {n} full blocks alike")
+    check(all(x is not None for x in da["block_ids"]) and all(x is not None for x in db["block_ids"]),
+          f"{what}: both engines hold all {n} full prompt blocks in their prefix cache")
+    for rank, (ra, rb) in enumerate(zip(da["digests"], db["digests"])):
+        bad = [i for i, (x, y) in enumerate(zip(ra, rb)) if x != y]
+        check(not bad, f"{what}: rank {rank}: KV of blocks {bad or 'all'} bit-for-bit equal"
+              if not bad else f"{what}: rank {rank}: KV differs in blocks {bad}")
+
+
+def proxy_prefill_params():
+    """What vLLM's toy proxy sends P (tests/v1/kv_connector/nixl_integration/toy_proxy_server.py)."""
+    return {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
+            "remote_block_ids": None, "remote_host": None, "remote_port": None}
+
+
+def need_connector():
+    if not (REPO / "connectors" / "vllm" / "kvshare_vllm" / "connector.py").exists():
+        print("SKIP: connectors/vllm/kvshare_vllm/connector.py is not on this branch")
+        sys.exit(SKIP)
+
+
+def eng_args(role, tp=1, policy="fail", layout="NHD", **extra):
+    kt = dict(KVSHARE_CONNECTOR, kv_role=role, kv_load_failure_policy=policy)
+    return dict(MODEL, tp=tp, layout=layout, kv_transfer_config=kt, **extra)
+
+
+def all_free(e, what, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        s = e.stats()
+        if s["free_blocks"] == s["usable_blocks"] and not s["held"]:
+            check(not s["errors"], f"{what}: no engine invariant broken {s['errors']}")
+            return s
+        if time.monotonic() > deadline:
+            raise Fail(f"{what}: blocks still held after {timeout} s: {s}")
+        time.sleep(0.05)
+
+
+def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6):
+    args_p, args_d = eng_args("kv_producer", tp), eng_args("kv_consumer", tp)
+    p = env.engine("prefill", args_p, KVSHARE_LISTEN="127.0.0.1:0")
+    d = env.engine("decode", args_d)
+    p.wait_ready(), d.wait_ready()
+    prompt = prompt_of(rng, plen)
+    ref = reference(prompt, max_tokens, args_d)
+    bs = MODEL["block_size"]
+    local = 0
+    if partial:
+        # D computes the first two blocks itself, for another request.
+        head = prompt[:2 * bs] + prompt_of(rng, 5)
+        r = d.generate("d-head", head, 2)
+        check(r["token_ids"] == reference(head, 2, args_d), "partial: D's local head request")
+        local = 2 * bs
+    rp = p.generate("req-1", prompt, 1, proxy_prefill_params())
+    check(rp["status"] == "FINISHED_LENGTH_CAPPED", f"P finished the prefill ({rp['status']})")
+    check(rp["token_ids"] == ref[:1], "P's one token equals a local recompute")
+    params = rp["kv_transfer_params"]
+    check(isinstance(params, dict) and params, f"P returned kv_transfer_params {params}")
+    rd = d.generate("req-1", prompt, max_tokens, params)
+    check(rd["status"] == "FINISHED_LENGTH_CAPPED", f"D finished ({rd['status']})")
+    check(rd["num_cached_tokens"] == local, f"D's local prefix hit is {local} tokens "
+          f"({rd['num_cached_tokens']})")
+    ext = rd["num_external_computed_tokens"]
+    full = len(prompt) // bs * bs
+    check(ext > 0, f"D loaded {ext} tokens through the connector")
+    check(local + ext <= len(prompt), "D loaded no more than the prompt")
+    if partial:
+        check(local + ext in (full, len(prompt), len(prompt) - 1),
+              f"D fetched only the tail: {ext} tokens after its {local} local ones")
+    check(rd["token_ids"] == ref, f"D's {max_tokens} tokens equal a local recompute")
+    same_blocks(p, d, prompt, "P vs D")
+    all_free(d, "D")
+    return p, d, prompt
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+def sc_pd(env, rng):
+    need_connector()
+    p, _, _ = run_pd(env, rng)
+    all_free(p, "P frees its blocks once D has them")
+
+
+def sc_tp2(env, rng):
+    need_connector()
+    p, _, _ = run_pd(env, rng, tp=2, plen=70)
+    all_free(p, "P (TP=2) frees its blocks once D has them")
+
+
+def sc_partial(env, rng):
+    need_connector()
+    p, _, _ = run_pd(env, rng, partial=True, plen=90)
+    all_free(p, "P frees its blocks")
+
+
+def sc_pool(env, rng):
+    need_connector()
+    addr = env.pool_node()
+    args = eng_args("kv_both")
+    a = env.engine("replica-a", args, KVSHARE_POOL=addr, KVSHARE_LISTEN="127.0.0.1:0")
+    b = env.engine("replica-b", args, KVSHARE_POOL=addr, KVSHARE_LISTEN="127.0.0.1:0")
+    a.wait_ready(), b.wait_ready()
+    prompt = prompt_of(rng, 83)
+    ref = reference(prompt, 4, args)
+    ra = a.generate("a-1", prompt, 4)
+    check(ra["token_ids"] == ref, "replica A computes the prompt (tokens = local recompute)")
+    all_free(a, "A has finished saving")
+    rb = b.generate("b-1", prompt, 4)
+    check(rb["num_external_computed_tokens"] > 0,
+          f"replica B loaded {rb['num_external_computed_tokens']} tokens from the pool")
+    check(rb["token_ids"] == ref, "replica B's tokens equal a local recompute")
+    same_blocks(a, b, prompt, "A vs B")
+    all_free(b, "B")
+
+
+def sc_killed(env, rng):
+    need_connector()
+    plen = 77
+    for policy in ("fail", "recompute"):
+        args_p, args_d = eng_args("kv_producer"), eng_args("kv_consumer", policy=policy)
+        p = env.engine(f"prefill-{policy}", args_p, KVSHARE_LISTEN="127.0.0.1:0")
+        d = env.engine(f"decode-{policy}", args_d)
+        p.wait_ready(), d.wait_ready()
+        prompt = prompt_of(rng, plen)
+        ref = reference(prompt, 4, args_d)
+        rp = p.generate("req-k", prompt, 1, proxy_prefill_params())
+        params = rp["kv_transfer_params"]
+        check(bool(params), f"[{policy}] P returned kv_transfer_params")
+        p.kill()   # the prefill pod dies before D fetches
+        t0 = time.monotonic()
+        rd = d.generate("req-k", prompt, 4, params, timeout=T_REQ)
+        took = time.monotonic() - t0
+        check(took < T_REQ, f"[{policy}] D answered in {took:.1f} s (no hang)")
+        if rd["status"] == "FINISHED_ERROR":
+            check(policy == "fail", f"[{policy}] D failed the request (FINISHED_ERROR)")
+        else:
+            check(rd["status"] == "FINISHED_LENGTH_CAPPED", f"[{policy}] D status {rd['status']}")
+            check(rd["token_ids"] == ref,
+                  f"[{policy}] D recomputed: tokens equal a local recompute "
+                  f"(external {rd['num_external_computed_tokens']})")
+        if policy == "recompute":
+            check(rd["status"] != "FINISHED_ERROR", "[recompute] D did not fail the request")
+        all_free(d, f"[{policy}] D freed every block")
+        # D still serves a fresh request afterwards.
+        q = prompt_of(rng, 40)
+        r2 = d.generate("after", q, 2)
+        check(r2["token_ids"] == reference(q, 2, args_d), f"[{policy}] D still serves")
+
+
+def sc_abort(env, rng):
+    need_connector()
+    lease_ms = 1500
+    args_p = eng_args("kv_producer")
+    p = env.engine("prefill", args_p, KVSHARE_LISTEN="127.0.0.1:0",
+                   KVSHARE_LEASE_TIMEOUT_MS=lease_ms)
+    d = env.engine("decode", eng_args("kv_consumer"))
+    p.wait_ready(), d.wait_ready()
+    # 1. The client goes away after the prefill: D never hears of the request.
+    prompt = prompt_of(rng, 64)
+    t0 = time.monotonic()
+    rp = p.generate("gone", prompt, 1, proxy_prefill_params())
+    check(bool(rp["kv_transfer_params"]), "P returned kv_transfer_params")
+    s = p.stats()
+    held = "gone" in s["held"]
+    print(f"info: right after the prefill P holds the request's blocks: {held} "
+          f"({s['usable_blocks'] - s['free_blocks']} blocks in use)")
+    s = all_free(p, "P frees the unclaimed blocks at lease expiry", timeout=lease_ms / 1000 + 20)
+    took = time.monotonic() - t0
+    check(not held or took >= lease_ms / 1000 * 0.9,
+          f"P kept them until the lease ran out ({took:.1f} s >= {lease_ms / 1000} s)")
+    # 2. D gets the request and it is aborted before its transfer ran.
+    prompt2 = prompt_of(rng, 64)
+    rp = p.generate("abort-d", prompt2, 1, proxy_prefill_params())
+    d.submit("abort-d", prompt2, 4, rp["kv_transfer_params"])
+    d.abort("abort-d")
+    rd = d.result("abort-d")
+    check(rd["status"] in ("FINISHED_ABORTED", "FINISHED_LENGTH_CAPPED"),
+          f"D's aborted request finished ({rd['status']})")
+    all_free(d, "D frees the aborted request's blocks", timeout=lease_ms / 1000 + 20)
+    all_free(p, "P frees after D's abort (notice or lease)", timeout=lease_ms / 1000 + 20)
+    # 3. P still serves P/D afterwards.
+    prompt3 = prompt_of(rng, 50)
+    rp = p.generate("after", prompt3, 1, proxy_prefill_params())
+    rd = d.generate("after", prompt3, 3, rp["kv_transfer_params"])
+    check(rd["token_ids"] == reference(prompt3, 3, args_p), "P/D works after the aborts")
+
+
+def _inproc(args):
+    import engine
+    return engine.Engine(engine.EngineArgs(**args))
+
+
+def _run_all(e, limit=2000):
+    outs = []
+    for _ in range(limit):
+        if not e.has_work():
+            return outs
+        outs += e.step()
+    raise Fail("engine did not finish in 2000 steps")
+
+
+def sc_selftest(env, rng):
+    """The harness checked with no kvshare at all (in-process engines)."""
+    os.environ["PYTHONHASHSEED"] = "0"
+    trace = Path(env.work) / "trace.jsonl"
+    os.environ["KVS_NULL_TRACE"] = str(trace)
+    cases = [dict(layout="NHD", tp=1), dict(layout="HND", tp=2),
+             dict(layout="kv_first", tp=2, dtype="bfloat16"),
+             dict(layout="NHD", tp=2, use_mla=True, dtype="float32")]
+    for c in cases:
+        args = dict(MODEL, **{k: v for k, v in c.items()})
+        args.update(kv_transfer_config=NULL_CONNECTOR, max_num_batched_tokens=40)
+        trace.write_text("")
+        e = _inproc(args)
+        try:
+            pa = prompt_of(rng, 70)
+            pb = pa[:48] + prompt_of(rng, 9)
+            e.add_request("a", pa, 4)
+            e.add_request("b", pb, 3)      # same first 3 blocks; scheduled together, no hit yet
+            outs = {o.request_id: o for o in _run_all(e)}
+            check(outs["a"].new_token_ids == reference(pa, 4, args)
+                  and outs["b"].new_token_ids == reference(pb, 3, args),
+                  f"{c}: tokens equal the unpaged reference (chunked prefill, budget 40)")
+            e.add_request("c", pb, 3)
+            o = _run_all(e)[0]
+            check(o.num_cached_tokens == 48 and o.new_token_ids == reference(pb, 3, args),
+                  f"{c}: a later request hits 48 cached tokens and still generates right")
+            st = e.stats()
+            check(st["free_blocks"] == st["usable_blocks"] and not st["errors"],
+                  f"{c}: every block is free again")
+        finally:
+            e.shutdown()
+        _check_call_order(trace, args["num_layers"], c["tp"])
+    os.environ.pop("KVS_NULL_TRACE")
+
+    # The async paths, with a connector that computes the "loaded" KV itself.
+    toy = {"kv_connector": "ToyAsyncConnector", "kv_connector_module_path": "null_connector",
+           "kv_role": "kv_consumer"}
+    for mode, policy in (("good", "fail"), ("bad", "fail"), ("bad", "recompute"),
+                         ("lie", "fail")):
+        args = dict(MODEL, tp=2, layout="NHD",
+                    kv_transfer_config=dict(toy, kv_load_failure_policy=policy,
+                                            kv_connector_extra_config={"mode": mode}))
+        e = _inproc(args)
+        try:
+            pa = prompt_of(rng, 64)                       # a full-block prompt: full hit
+            e.add_request("x", pa, 3, {"remote": True})
+            o = _run_all(e)[0]
+            ref = reference(pa, 3, args)
+            tag = f"toy {mode}/{policy}"
+            if mode == "good":
+                check(o.num_external_computed_tokens == 64 and o.new_token_ids == ref,
+                      f"{tag}: async full hit (num_tokens-1 rule), tokens right")
+            elif mode == "bad" and policy == "fail":
+                check(o.status == "FINISHED_ERROR", f"{tag}: failed load -> FINISHED_ERROR")
+            elif mode == "bad":
+                check(o.status == "FINISHED_LENGTH_CAPPED" and o.new_token_ids == ref,
+                      f"{tag}: failed load -> recomputed, tokens right")
+            else:
+                check(o.new_token_ids != ref,
+                      f"{tag}: KV claimed but never loaded -> tokens differ (caught)")
+            st = e.stats()
+            check(st["free_blocks"] == st["usable_blocks"] and not st["errors"],
+                  f"{tag}: every block is free again")
+        finally:
+            e.shutdown()
+
+
+def _check_call_order(trace, num_layers, tp):
+    """Each worker step: start_load_kv, (wait_for_layer_load, save_kv_layer) per layer,
+    wait_for_save, get_finished -- or start_load_kv, get_finished with no forward."""
+    rows = [json.loads(line) for line in trace.read_text().splitlines()]
+    workers = {}
+    for role, pid, call, *_ in rows:
+        if role == "WORKER":
+            workers.setdefault(pid, []).append(call)
+    check(len(workers) == tp, f"{tp} worker connectors made calls")
+    layer = ["wait_for_layer_load", "save_kv_layer"] * num_layers
+    for pid, calls in workers.items():
+        assert calls[0] == "register_kv_caches"
+        i, steps = 1, 0
+        while i < len(calls):
+            if calls[i:i + 2] == ["start_load_kv", "get_finished"]:
+                i += 2
+            else:
+                want = ["start_load_kv"] + layer + ["wait_for_save", "get_finished"]
+                got = calls[i:i + len(want)]
+                if got != want:
+                    raise Fail(f"worker {pid} step {steps}: calls {got}, vLLM makes {want}")
+                i += len(want)
+            steps += 1
+    sched = [r[2] for r in rows if r[0] == "SCHEDULER"]
+    check(sched.count("request_finished") == 3,
+          f"call order: {steps} steps per worker as vLLM's; request_finished once per request")
+
+
+SCENARIOS = {"selftest": sc_selftest, "pd": sc_pd, "tp2": sc_tp2, "partial": sc_partial,
+             "pool": sc_pool, "killed": sc_killed, "abort": sc_abort}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("name", choices=sorted(SCENARIOS))
+    ap.add_argument("--build", default=os.environ.get("KVS_BUILD_DIR"))
+    a = ap.parse_args()
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("SKIP: torch is not importable by this python (apt-get install python3-torch)")
+        return SKIP
+    sys.path.insert(0, str(HERE))
+    seed = int(os.environ.get("KVS_TEST_SEED", random.SystemRandom().randint(0, 2**31)))
+    print(f"scenario {a.name}, KVS_TEST_SEED={seed}", flush=True)
+    env = Env(a.build)
+    failed = True
+    try:
+        SCENARIOS[a.name](env, random.Random(seed))
+        failed = False
+    except Fail as f:
+        print(f"FAIL: {f} (KVS_TEST_SEED={seed})")
+    finally:
+        env.close(failed)
+    if not failed:
+        print(f"PASS: {a.name}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
