@@ -19,7 +19,11 @@ statuses and deadlines), never just "no crash".
   killed     P killed before D fetches: D fails or recomputes per policy, no hang
   abort      the request never reaches D: P frees its blocks at lease expiry
 
-Usage: scenarios.py NAME [--build DIR]   (KVSHARE_* tunables are set here)
+Usage: scenarios.py NAME [--build DIR | --library SO --kvshare BIN] [--asan-preload SO]
+  --build DIR: a build tree (DIR/libkvshare/libkvshare.so.0, DIR/libkvshare/cli/kvshare).
+  --asan-preload SO: the library is ASan-built; engines (python) get LD_PRELOAD=SO and
+  ASAN_OPTIONS=detect_leaks=0 (python's own allocations are not ours to leak-check).
+  KVSHARE_* tunables are set here per scenario.
 Exit 0 pass, 1 fail, 77 skip (no torch, or no connector on this branch).
 """
 import argparse
@@ -167,8 +171,8 @@ class EngineProc:
 class Env:
     """A scratch dir (TMPDIR for every child too), the processes, and their cleanup."""
 
-    def __init__(self, build):
-        self.build = Path(build) if build else None
+    def __init__(self, library, kvshare, asan_preload=None):
+        self.library, self.kvshare, self.asan_preload = library, kvshare, asan_preload
         self.work = tempfile.mkdtemp(prefix="kvs-vllm-")
         self.procs = []
         self.token = Path(self.work) / "run.token"
@@ -184,18 +188,22 @@ class Env:
             "PYTHONHASHSEED": "0", "TMPDIR": self.work, "PYTHONDONTWRITEBYTECODE": "1",
             "KVSHARE_AUTH_TOKEN_FILE": str(self.token),
         })
-        if self.build is not None:
-            e["KVSHARE_LIBRARY"] = str(self.build / "libkvshare" / "libkvshare.so.0")
+        if self.library:
+            e["KVSHARE_LIBRARY"] = str(self.library)
         e.update({k: str(v) for k, v in kv.items() if v is not None})
         return e
 
     def engine(self, name, args, **envkv):
-        p = EngineProc(name, args, self.env(**envkv), self.work)
+        env = self.env(**envkv)
+        if self.asan_preload:
+            env["LD_PRELOAD"] = self.asan_preload
+            env["ASAN_OPTIONS"] = "detect_leaks=0:" + env.get("ASAN_OPTIONS", "")
+        p = EngineProc(name, args, env, self.work)
         self.procs.append(p)
         return p
 
     def pool_node(self):
-        kvshare = self.build / "libkvshare" / "cli" / "kvshare"
+        kvshare = self.kvshare
         err = open(Path(self.work) / "pool.err", "w")
         p = subprocess.Popen([str(kvshare), "serve", "--listen", "127.0.0.1:0",
                               "--capacity", "64MiB"], stdin=subprocess.PIPE,
@@ -549,7 +557,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("name", choices=sorted(SCENARIOS))
     ap.add_argument("--build", default=os.environ.get("KVS_BUILD_DIR"))
+    ap.add_argument("--library")
+    ap.add_argument("--kvshare")
+    ap.add_argument("--asan-preload")
     a = ap.parse_args()
+    if a.build:
+        a.library = a.library or str(Path(a.build) / "libkvshare" / "libkvshare.so.0")
+        a.kvshare = a.kvshare or str(Path(a.build) / "libkvshare" / "cli" / "kvshare")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -558,7 +572,10 @@ def main():
     sys.path.insert(0, str(HERE))
     seed = int(os.environ.get("KVS_TEST_SEED", random.SystemRandom().randint(0, 2**31)))
     print(f"scenario {a.name}, KVS_TEST_SEED={seed}", flush=True)
-    env = Env(a.build)
+    if a.name != "selftest" and not (a.library and a.kvshare):
+        print("FAIL: give --build DIR or --library and --kvshare")
+        return 1
+    env = Env(a.library, a.kvshare, a.asan_preload)
     failed = True
     try:
         SCENARIOS[a.name](env, random.Random(seed))
