@@ -130,7 +130,11 @@ def lib():
         else:
             raise OSError("kvshare_vllm: cannot load libkvshare.so.0; set KVSHARE_LIBRARY to its "
                           "path. Tried: " + "; ".join(tried))
-        _declare(handle)
+        try:
+            _declare(handle)
+        except AttributeError as e:
+            raise OSError(f"kvshare_vllm: {path} is not the libkvshare this package needs "
+                          f"({e}); install matching versions") from None
         _lib = handle
         return _lib
 
