@@ -185,13 +185,17 @@ def version():
 
 
 def keys_buffer(hashes):
-    """Packs block hashes (bytes of 32 or 16) into an array of kvs_key_t."""
-    buf = (Key * len(hashes))()
-    for i, h in enumerate(hashes):
-        if len(h) > KEY_BYTES:
-            raise ValueError(f"block hash of {len(h)} bytes; kvshare keys hold at most 32")
-        ctypes.memmove(byref(buf, i * KEY_BYTES), h, len(h))
-    return buf
+    """Packs block hashes (bytes of 32, or 16 for xxhash_cbor) into an array of
+    kvs_key_t: one join and one copy, not a call per key (512 keys: ~10 us)."""
+    n = len(hashes)
+    if n and all(len(h) == KEY_BYTES for h in hashes):
+        raw = b"".join(hashes)
+    else:
+        for h in hashes:
+            if len(h) > KEY_BYTES:
+                raise ValueError(f"block hash of {len(h)} bytes; kvshare keys hold at most 32")
+        raw = b"".join(h.ljust(KEY_BYTES, b"\0") for h in hashes)
+    return (Key * n).from_buffer_copy(raw) if n else (Key * 0)()
 
 
 def u32_array(values):

@@ -146,6 +146,14 @@ class Library(unittest.TestCase):
         import kvshare_vllm
         self.assertEqual(_lib.version(), kvshare_vllm.__version__)
 
+    def test_keys_pack_whole_and_zero_padded(self):
+        k32, k16 = bytes(range(32)), bytes(range(100, 116))
+        buf = _lib.keys_buffer([k32, k16, k32])
+        self.assertEqual(bytes(buf), k32 + k16 + b"\0" * 16 + k32)
+        self.assertEqual(bytes(_lib.keys_buffer([k32, k32])), k32 * 2)
+        with self.assertRaisesRegex(ValueError, "33 bytes"):
+            _lib.keys_buffer([bytes(33)])
+
     def test_a_missing_library_is_named(self):
         code = ("import os; os.environ['KVSHARE_LIBRARY']='/nonexistent/libkvshare.so.0'\n"
                 "from kvshare_vllm import _lib\n"
