@@ -448,6 +448,17 @@ enum kvs_unpublish_flags {
 KVS_API kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
                                    unsigned flags);
 
+/**
+ * For each of @count blocks of @pool, writes to reads[i] how many remote
+ * readers have released a lease on the block (RELEASE after their fetch,
+ * not expiry or disconnect) since it was last published; 0 for blocks not
+ * published. A producer handing KV to a known number of consumers (P/D)
+ * frees its blocks once each has read, instead of waiting out the lease.
+ * Errors: KVS_ERR_INVALID_PARAM (NULL arrays, block id out of range).
+ */
+KVS_API kvs_status_t kvs_pool_reads(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
+                                    uint32_t *reads);
+
 /* ------------------------------------------------------------------------ */
 /* Lookup, fetch and release.                                               */
 /* ------------------------------------------------------------------------ */

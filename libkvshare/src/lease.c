@@ -133,6 +133,20 @@ kvs_status_t kvs__serve_lookup(struct kvs_ctx *ctx, uint64_t layout_id, const kv
     return kvs_lookup(ctx, layout_id, keys, n, &lp, lease_p);
 }
 
+void kvs__lease_mark_read(kvs_lease_h lease)
+{
+    if (lease == NULL || lease->source != KVS_SOURCE_LOCAL || !lease->holds)
+        return;
+    kvs__store_t *s = &lease->ctx->store;
+    pthread_rwlock_rdlock(&s->lock);
+    for (size_t i = 0; i < lease->hits; i++) {
+        kvs__entry_t *e = &s->entries[lease->refs[i].idx];
+        if (e->serial == lease->refs[i].serial)
+            atomic_fetch_add_explicit(&e->reads, 1, memory_order_relaxed);
+    }
+    pthread_rwlock_unlock(&s->lock);
+}
+
 kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc)
 {
     kvs__store_t *s = &lease->ctx->store;

@@ -1039,6 +1039,9 @@ static void srv_release(conn_t *c, const kvs__msg_t *m)
     srv_lease_t **lp = find_lease(c, m->u.release.lease_id);
     if (lp == NULL)
         return; /* already released, expired, or never ours */
+    /* The reader is done with these blocks (fetched or gave up): count it
+     * before they may go, so a producer waiting on kvs_pool_reads() sees it. */
+    kvs__lease_mark_read((*lp)->lease);
     if ((*lp)->pushes > 0) {
         (*lp)->deadline_ns = 0; /* ends when its last push does */
         return;

@@ -385,6 +385,25 @@ kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t co
     return KVS_OK;
 }
 
+kvs_status_t kvs_pool_reads(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
+                            uint32_t *reads)
+{
+    if (pool == NULL || (count > 0 && (block_ids == NULL || reads == NULL)))
+        return KVS_ERR_INVALID_PARAM;
+    for (size_t i = 0; i < count; i++)
+        if (block_ids[i] >= pool->num_blocks)
+            return KVS_ERR_INVALID_PARAM;
+    kvs__store_t *s = &pool->ctx->store;
+    pthread_rwlock_rdlock(&s->lock);
+    for (size_t i = 0; i < count; i++) {
+        uint32_t e1 = pool->entry_of_block[block_ids[i]];
+        reads[i] =
+            e1 == 0 ? 0 : atomic_load_explicit(&s->entries[e1 - 1].reads, memory_order_relaxed);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return KVS_OK;
+}
+
 bool kvs__ctx_has_key(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *key)
 {
     kvs__store_t *s = &ctx->store;

@@ -394,6 +394,7 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
     e->next_free = KVS_NO_ENTRY;
     e->gen = gen;
     atomic_store_explicit(&e->leases, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->reads, 0, memory_order_relaxed);
     atomic_store_explicit(&e->freq, 0, memory_order_relaxed);
     /* Insertion counts as an access, so LRU order among never-read blocks is
      * their insertion order. */

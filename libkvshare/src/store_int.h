@@ -32,6 +32,9 @@ typedef struct kvs__entry {
     uint32_t cls;    /* arena entries: the slot class (index into arenas[]) */
     uint64_t gen;    /* the slot's generation when published */
     _Atomic uint32_t leases;
+    /* Leases a remote reader ended with RELEASE (not by expiry or a drop):
+     * how a producer learns its consumers have read (kvs_pool_reads()). */
+    _Atomic uint32_t reads;
     _Atomic uint32_t freq;
     _Atomic uint64_t atime;
     _Atomic uint64_t lease_deadline_ms;

@@ -210,6 +210,67 @@ Test(peer, server_leases_expire_at_their_deadline)
     pair_fini(&pr);
 }
 
+/* kvs_pool_reads: a reader's RELEASE counts on the holder's zero-copy
+ * blocks; a lease left to expire does not, and republishing starts over. */
+Test(peer, reads_count_released_leases_only)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 0, 300);
+    uint32_t zc[4] = {40, 41, 42, 43};
+    for (uint32_t i = 0; i < 4; i++) {
+        pr.keys[i] = test_key(7000 + i);
+        test_fill_block(&pr.pa, zc[i], 900 + i);
+    }
+    cr_assert_eq(kvs_publish(pr.pa.pool, pr.keys, zc, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    uint32_t reads[4];
+    cr_assert_eq(kvs_pool_reads(pr.pa.pool, zc, 4, reads), KVS_OK);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(reads[i], 0);
+
+    /* Two keys leased and left to expire: no read. */
+    kvs_lease_h l = NULL;
+    cr_assert_eq(peer_lookup(&pr, 2, 300, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 2);
+    kvs_stats_t st = {0};
+    uint64_t deadline = kvs__now_ms() + 5000;
+    do {
+        usleep(20000);
+        cr_assert_eq(kvs_stats_query(pr.a, &st), KVS_OK);
+    } while (st.leased_blocks != 0 && kvs__now_ms() < deadline);
+    cr_assert_eq(st.leased_blocks, 0);
+    cr_assert_eq(kvs_pool_reads(pr.pa.pool, zc, 4, reads), KVS_OK);
+    cr_assert_eq(reads[0] + reads[1], 0, "an expired lease counted as a read");
+    kvs_lease_release(l);
+
+    /* All four fetched and released: one read each (the RELEASE is async,
+     * so poll for it). */
+    l = NULL;
+    cr_assert_eq(peer_lookup(&pr, 4, 0, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 4);
+    uint32_t dst[4] = {0, 1, 2, 3};
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_fetch(l, pr.pb.pool, dst, 4, NULL, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    kvs_lease_release(l);
+    deadline = kvs__now_ms() + 5000;
+    do {
+        usleep(10000);
+        cr_assert_eq(kvs_pool_reads(pr.pa.pool, zc, 4, reads), KVS_OK);
+    } while (reads[3] == 0 && kvs__now_ms() < deadline);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(reads[i], 1, "block %d: %u reads", i, reads[i]);
+
+    /* Republished blocks start from zero; bad ids are refused. */
+    cr_assert_eq(kvs_unpublish(pr.pa.pool, zc, 4, 0), KVS_OK);
+    cr_assert_eq(kvs_publish(pr.pa.pool, pr.keys, zc, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    cr_assert_eq(kvs_pool_reads(pr.pa.pool, zc, 4, reads), KVS_OK);
+    cr_assert_eq(reads[0], 0);
+    uint32_t bad = 64;
+    cr_assert_eq(kvs_pool_reads(pr.pa.pool, &bad, 1, reads), KVS_ERR_INVALID_PARAM);
+    pair_fini(&pr);
+}
+
 /* Garbage on the bootstrap port, silent connections and a half-sent
  * handshake: the holder keeps serving. */
 Test(peer, bootstrap_garbage_and_silence_do_not_stop_serving)

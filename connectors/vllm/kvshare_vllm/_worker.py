@@ -1,0 +1,326 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The worker half of the connector (one per TP rank, beside the model).
+
+Loads and saves run on background threads: ctypes releases the GIL inside
+libkvshare, so a lookup waiting on the network or a put streaming to the
+pool never stalls the forward pass. What must happen before the forward pass
+(withdrawing blocks vLLM is about to reuse) happens synchronously in
+start_load_kv()."""
+
+import collections
+import logging
+import queue
+import threading
+import time
+
+from . import _config, _layout, _lib
+from ._meta import KVShareHandshake
+
+log = logging.getLogger("kvshare_vllm")
+
+
+class _Send:
+    """What a finished request still waits for before vLLM may free it."""
+    __slots__ = ("handoff", "last", "baseline", "puts", "finished")
+
+    def __init__(self):
+        self.handoff = None
+        self.last = None
+        self.baseline = 0
+        self.puts = []
+        self.finished = False
+
+
+class WorkerSide:
+    def __init__(self, vllm_config, kv_cache_config, settings, tp_rank, tp_size, ctx_registry):
+        self.s = settings
+        self.cfg = vllm_config
+        self.kv_cache_config = kv_cache_config
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        self._registry = ctx_registry
+        self.ctx = None
+        self.pool = None
+        self.addr = None
+        self._refs = collections.Counter()  # block id -> requests holding it published
+        self._published = {}  # req_id -> block ids this rank published
+        self._sends = {}  # req_id -> _Send
+        self._done_recv = queue.Queue()
+        self._invalid = set()
+        self._saves = queue.Queue()
+        self._save_idle = threading.Event()
+        self._save_idle.set()
+        self._pending_saves = 0
+        self._lock = threading.Lock()
+        self._loaders = None
+        self._is_cuda = False
+        self._threads = []
+
+    # -- registration -------------------------------------------------------
+    def register(self, kv_caches):
+        num_blocks = int(self.kv_cache_config.num_blocks)
+        segments, info = _layout.describe(kv_caches, num_blocks)
+        model = self.cfg.model_config.model
+        args = _layout.layout_args(model, info, self.s.block_size, self.tp_rank, self.tp_size)
+        self.ctx = self._registry.worker_context(self.s, self.tp_rank)
+        self.pool = _lib.Pool(self.ctx, args, segments, num_blocks,
+                              f"vllm-tp{self.tp_rank}")
+        self._is_cuda = any(sg[3] == _lib.MEM_CUDA for sg in segments)
+        self.addr = None
+        if self.s.producer:
+            adv = _config.advertised(self.ctx.listen_addr())
+            if adv:
+                host, port = adv
+                self.addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            elif self.s.listen:
+                log.warning("kvshare_vllm: rank %d: KVSHARE_LISTEN is set but this context "
+                            "has no listener; no P/D handoff from this rank", self.tp_rank)
+        self._threads = [threading.Thread(target=self._save_loop, name="kvshare-save",
+                                          daemon=True)]
+        for i in range(2):  # two lookups in flight: one slow peer does not block all
+            self._threads.append(threading.Thread(target=self._load_loop, name=f"kvshare-load{i}",
+                                                  daemon=True))
+        self._loaders = queue.Queue()
+        for t in self._threads:
+            t.start()
+        log.info("kvshare_vllm: rank %d/%d: %d KV segments of %d blocks (%d B per block, "
+                 "layout %016x)%s", self.tp_rank, self.tp_size, len(segments), num_blocks,
+                 self.pool.block_bytes, self.pool.layout_id,
+                 f", serving at {self.addr}" if self.addr else "")
+
+    def handshake(self):
+        if self.pool is None:
+            return None
+        return KVShareHandshake(self.tp_rank, self.addr or "", self.pool.layout_id)
+
+    # -- before the forward pass -------------------------------------------
+    def preemptions(self, meta):
+        for req_id in getattr(meta, "preempted", ()) or ():
+            # vLLM frees a preempted request's blocks without request_finished:
+            # stop reading them into the pool and withdraw them first.
+            self._drain_saves()
+            snd = self._sends.pop(req_id, None)
+            for r in (snd.puts if snd else ()):
+                r.free()
+            self._release(req_id)
+
+    def start_load(self, meta):
+        if self.pool is None:
+            return
+        if meta.released or meta.handoffs or meta.delayed:
+            self._drain_saves()
+        for req_id in meta.released:
+            self._release(req_id, meta.released[req_id])
+        for req_id, h in meta.handoffs.items():
+            snd = self._sends.setdefault(req_id, _Send())
+            snd.handoff = h
+            mine = self._published.get(req_id) or []
+            if mine:
+                snd.last = mine[-1]
+                # reads already on the last block belong to earlier readers
+                snd.baseline = self.pool.reads([snd.last])[0]
+        for req_id in meta.delayed:
+            self._sends.setdefault(req_id, _Send())
+        for spec in meta.loads:
+            self._loaders.put(spec)
+
+    def _release(self, req_id, block_ids=None):
+        """Withdraws what @req_id published (blocks other live requests still
+        hold published stay). Callers drain pending saves first."""
+        with self._lock:
+            mine = self._published.pop(req_id, None)
+            drop = []
+            for b in mine or ():
+                self._refs[b] -= 1
+                if self._refs[b] <= 0:
+                    del self._refs[b]
+                    drop.append(b)
+        if drop:
+            st = self.pool.unpublish(drop)
+            if st == _lib.ERR_BUSY:
+                # A reader still holds a lease; vLLM reuses these blocks next, so
+                # bump their generation: the reader gets STALE, never wrong KV.
+                st = self.pool.unpublish(drop, force=True)
+            if st != _lib.KVS_OK:
+                log.error("kvshare_vllm: unpublish of %d blocks: %s", len(drop),
+                          _lib.status_string(st))
+
+    # -- after the forward pass ---------------------------------------------
+    def save(self, meta):
+        if self.pool is None or not meta.saves:
+            return
+        event = None
+        if self._is_cuda:
+            import torch
+            # Kernels run ahead of the CPU: publish only once they wrote the blocks.
+            event = torch.cuda.Event()
+            event.record()
+        with self._lock:
+            self._pending_saves += 1
+            self._save_idle.clear()
+        self._saves.put((meta.saves, event))
+
+    def _drain_saves(self):
+        self._save_idle.wait()
+
+    def _save_loop(self):
+        while True:
+            item = self._saves.get()
+            if item is None:
+                return
+            specs, event = item
+            try:
+                if event is not None:
+                    event.synchronize()  # the kernels that wrote these blocks are done
+                for sp in specs:
+                    self._save_one(sp)
+            except Exception as e:  # a save is best effort: never take the engine down
+                log.error("kvshare_vllm: save failed: %s", e)
+            finally:
+                with self._lock:
+                    self._pending_saves -= 1
+                    if self._pending_saves == 0:
+                        self._save_idle.set()
+
+    def _save_one(self, sp):
+        if sp.publish:
+            with self._lock:
+                mine = self._published.setdefault(sp.req_id, [])
+                done = len(mine)
+            new = list(sp.block_ids[done:])
+            if new:
+                self.pool.publish(sp.hashes[done:done + len(new)], new, zero_copy=True)
+                with self._lock:
+                    for b in new:
+                        self._refs[b] += 1
+                    mine.extend(new)
+        if sp.put:
+            try:
+                req = self.pool.put(sp.hashes, sp.block_ids)
+            except _lib.KvsError as e:
+                log.warning("kvshare_vllm: offload of %s to the pool: %s", sp.req_id, e)
+                return
+            with self._lock:
+                self._sends.setdefault(sp.req_id, _Send()).puts.append(req)
+
+    # -- loads ---------------------------------------------------------------
+    def _load_loop(self):
+        while True:
+            spec = self._loaders.get()
+            if spec is None:
+                return
+            bad = []
+            try:
+                bad = self._load_one(spec)
+            except Exception as e:  # report, never raise into vLLM's thread
+                log.error("kvshare_vllm: load of %s failed: %s", spec.req_id, e)
+                bad = list(spec.block_ids)
+            if not spec.notify_only:
+                self._done_recv.put((spec.req_id, bad))
+
+    def _peer_for_rank(self, spec):
+        if not spec.peers:
+            return None
+        if len(spec.peers) == self.tp_size:
+            return spec.peers[self.tp_rank]
+        return spec.peers[self.tp_rank % len(spec.peers)]
+
+    def _load_one(self, spec):
+        """Returns the destination block ids that did not load."""
+        peer = self._peer_for_rank(spec)
+        t0 = time.monotonic()
+        lease = _lib.lookup(self.ctx, self.pool.layout_id, spec.hashes, spec.sources, peer=peer,
+                            timeout_ms=self.s.fetch_timeout_ms)
+        try:
+            if spec.notify_only:
+                return []
+            have = max(0, min(lease.hits - spec.first, len(spec.block_ids)))
+            bad = list(spec.block_ids[have:])
+            if have:
+                req = lease.fetch(self.pool, spec.block_ids[:have], spec.first,
+                                  timeout_ms=self.s.fetch_timeout_ms)
+                st = req.wait(-1)
+                req.free()
+                if st != _lib.KVS_OK:
+                    log.warning("kvshare_vllm: fetch of %s (%d blocks from %s): %s",
+                                spec.req_id, have, peer or "pool/local", _lib.status_string(st))
+                    return list(spec.block_ids)
+            if bad:
+                log.warning("kvshare_vllm: %s: %d of %d blocks not found (%s)", spec.req_id,
+                            len(bad), len(spec.block_ids), peer or "pool/local")
+            log.debug("kvshare_vllm: %s: %d blocks in %.1f ms", spec.req_id, have,
+                      (time.monotonic() - t0) * 1e3)
+            return bad
+        finally:
+            source = lease.source
+            lease.release()
+            if peer and source != _lib.SOURCE_PEER:
+                # Loaded from elsewhere (or nothing to load): still tell the
+                # producer we are done, so it frees now rather than at expiry.
+                try:
+                    _lib.lookup(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
+                                peer=peer, timeout_ms=self.s.fetch_timeout_ms).release()
+                except _lib.KvsError as e:
+                    log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
+
+    # -- reporting -----------------------------------------------------------
+    def finished(self, finished_req_ids):
+        recving = set()
+        while True:
+            try:
+                req_id, bad = self._done_recv.get_nowait()
+            except queue.Empty:
+                break
+            recving.add(req_id)
+            self._invalid.update(bad)
+        for req_id in finished_req_ids or ():
+            snd = self._sends.get(req_id)
+            if snd is not None:
+                snd.finished = True
+        sending = set()
+        now = time.time()
+        with self._lock:
+            items = list(self._sends.items())
+        for req_id, snd in items:
+            if not snd.finished:
+                continue
+            if any(r.test() == _lib.KVS_INPROGRESS for r in snd.puts):
+                continue
+            if snd.handoff is not None and now < snd.handoff.deadline:
+                if snd.last is None or self.pool.reads([snd.last])[0] <= snd.baseline:
+                    continue
+            elif snd.handoff is not None:
+                log.warning("kvshare_vllm: %s: no consumer read its KV before the lease "
+                            "ended; freeing it", req_id)
+            self._drain_saves()
+            for r in snd.puts:
+                st = r.test()
+                if st != _lib.KVS_OK:
+                    log.warning("kvshare_vllm: offload of %s: %s", req_id, _lib.status_string(st))
+                r.free()
+            with self._lock:
+                del self._sends[req_id]
+            self._release(req_id)
+            sending.add(req_id)
+        return sending or None, recving or None
+
+    def load_errors(self):
+        bad, self._invalid = self._invalid, set()
+        return bad
+
+    def shutdown(self):
+        if self._loaders is not None:
+            self._saves.put(None)
+            for _ in range(len(self._threads) - 1):
+                self._loaders.put(None)
+            for t in self._threads:
+                t.join(timeout=5)
+        for snd in self._sends.values():
+            for r in snd.puts:
+                r.free()
+        self._sends.clear()
+        if self.pool is not None:
+            # withdraw everything first: pool_destroy waits for leases to end
+            for b in list(self._refs):
+                self.pool.unpublish([b], force=True)
+            self.pool.close()
+            self.pool = None

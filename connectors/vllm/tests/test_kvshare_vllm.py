@@ -1,0 +1,177 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Unit tests of kvshare_vllm's pieces that need no vLLM: how KV tensors in
+vLLM's shapes become kvs segments, and the start-up checks.
+
+Run: /usr/bin/python3 -m unittest connectors/vllm/tests/test_kvshare_vllm.py
+(PYTHONPATH=connectors/vllm; KVSHARE_LIBRARY=<build>/libkvshare/libkvshare.so.0)."""
+
+import ctypes
+import os
+import subprocess
+import sys
+import unittest
+from types import SimpleNamespace as NS
+
+try:
+    import torch
+except ImportError:  # Debian's python3-torch; the suite installs it
+    print("SKIP: torch is not importable by", sys.executable)
+    sys.exit(77)
+
+from kvshare_vllm import _config, _layout, _lib
+
+NB, BS, H, D = 6, 4, 2, 8
+
+
+def segment_bytes(seg, block):
+    base, stride, nbytes, _ = seg
+    return ctypes.string_at(base + block * stride, nbytes)
+
+
+def tbytes(t):
+    return t.contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else \
+        t.contiguous().view(torch.int16).numpy().tobytes()
+
+
+class Layout(unittest.TestCase):
+    def check_blocks(self, segments, expect):
+        """expect(layer, block) -> the bytes each of that layer's segments holds."""
+        per_layer = len(segments) // 2
+        for layer in range(2):
+            for b in range(NB):
+                got = b"".join(segment_bytes(s, b)
+                               for s in segments[layer * per_layer:(layer + 1) * per_layer])
+                self.assertEqual(got, expect(layer, b), f"layer {layer} block {b}")
+
+    def test_blocks_first_nhd_is_one_segment_per_layer(self):
+        caches = {f"l{i}": torch.randn(NB, 2, BS, H, D).half() for i in range(2)}
+        segs, info = _layout.describe(caches, NB)
+        self.assertEqual(len(segs), 2)
+        self.assertEqual(segs[0][2], 2 * BS * H * D * 2)
+        self.assertEqual(info["kv_layout"], _lib.KV_NHD)
+        self.assertEqual(info["kv_order"], _lib.ORDER_BLOCK_OUTER)
+        self.assertEqual((info["heads"], info["head_dim"], info["num_layers"]), (H, D, 2))
+        self.check_blocks(segs, lambda l, b: tbytes(caches[f"l{l}"][b]))
+
+    def test_blocks_first_hnd_from_the_stride_order(self):
+        # vLLM allocates (num_blocks, 2, heads, block_size, head) and permutes
+        # it to the logical (num_blocks, 2, block_size, heads, head).
+        phys = [torch.randn(NB, 2, H, BS, D) for _ in range(2)]
+        caches = {f"l{i}": p.permute(0, 1, 3, 2, 4) for i, p in enumerate(phys)}
+        segs, info = _layout.describe(caches, NB)
+        self.assertEqual(len(segs), 2)
+        self.assertEqual(info["kv_layout"], _lib.KV_HND)
+        self.assertEqual(info["dtype"], "float32")
+        self.check_blocks(segs, lambda l, b: tbytes(phys[l][b]))
+
+    def test_kv_outer_gives_k_and_v_segments(self):
+        caches = {f"l{i}": torch.randn(2, NB, BS, H, D).bfloat16() for i in range(2)}
+        segs, info = _layout.describe(caches, NB)
+        self.assertEqual(len(segs), 4)
+        self.assertEqual(info["kv_order"], _lib.ORDER_KV_OUTER)
+        self.check_blocks(segs, lambda l, b: tbytes(caches[f"l{l}"][0, b]) +
+                          tbytes(caches[f"l{l}"][1, b]))
+
+    def test_mla_and_aliased_layers(self):
+        t = torch.randn(NB, BS, 576).half()
+        other = torch.randn(NB, BS, 576).half()
+        segs, info = _layout.describe({"a": t, "b": t, "c": other}, NB)
+        self.assertEqual(info["num_layers"], 2)  # "b" aliases "a": counted once
+        self.check_blocks(segs, lambda l, b: tbytes((t, other)[l][b]))
+
+    def test_refusals_name_the_problem(self):
+        with self.assertRaisesRegex(ValueError, "num_blocks=7"):
+            _layout.describe({"a": torch.zeros(NB, 2, BS, H, D)}, 7)
+        big = torch.zeros(NB, 2, BS, H, 2 * D)
+        with self.assertRaisesRegex(ValueError, "not dense"):
+            _layout.describe({"a": big[..., :D]}, NB)
+        with self.assertRaisesRegex(ValueError, "differs from the first layer"):
+            _layout.describe({"a": torch.zeros(NB, 2, BS, H, D),
+                              "b": torch.zeros(NB, 2, BS, H, D).half()}, NB)
+
+
+def vconf(algo="sha256_cbor", role="kv_both", extra=None):
+    return NS(kv_transfer_config=NS(kv_role=role, kv_connector_extra_config=extra or {},
+                                    engine_id="e", kv_load_failure_policy="fail"),
+              cache_config=NS(block_size=16, prefix_caching_hash_algo=algo))
+
+
+class Settings(unittest.TestCase):
+    def setUp(self):
+        self.env = dict(os.environ)
+        os.environ["PYTHONHASHSEED"] = "0"
+        for k in ("KVSHARE_LISTEN", "KVSHARE_POOL", "KVSHARE_LEASE_TIMEOUT_MS"):
+            os.environ.pop(k, None)
+
+    def tearDown(self):
+        os.environ.clear()
+        os.environ.update(self.env)
+
+    def test_pickle_hash_is_refused_naming_the_flag(self):
+        with self.assertRaisesRegex(ValueError, "--prefix-caching-hash-algo sha256_cbor"):
+            _config.Settings(vconf("sha256"))
+
+    def test_missing_hash_seed_is_refused_naming_the_variable(self):
+        del os.environ["PYTHONHASHSEED"]
+        with self.assertRaisesRegex(ValueError, "PYTHONHASHSEED"):
+            _config.Settings(vconf())
+
+    def test_bad_role_and_bad_lease(self):
+        with self.assertRaisesRegex(ValueError, "kv_role 'kv_other'"):
+            _config.Settings(vconf(role="kv_other"))
+        os.environ["KVSHARE_LEASE_TIMEOUT_MS"] = "soon"
+        with self.assertRaisesRegex(ValueError, "KVSHARE_LEASE_TIMEOUT_MS='soon'"):
+            _config.Settings(vconf())
+
+    def test_listen_port_per_rank_and_lease_sources(self):
+        os.environ["KVSHARE_LISTEN"] = "0.0.0.0:7000"
+        s = _config.Settings(vconf(extra={"kv_lease_duration": 2.5}))
+        self.assertEqual(s.listen_for_rank(3), "0.0.0.0:7003")
+        self.assertEqual(s.lease_ms, 2500)
+        os.environ["KVSHARE_LISTEN"] = "[::]:0"
+        self.assertEqual(_config.Settings(vconf()).listen_for_rank(2), "[::]:0")
+        os.environ["KVSHARE_POD_IP"] = "10.1.2.3"
+        self.assertEqual(_config.advertised("0.0.0.0:7001"), ("10.1.2.3", 7001))
+        self.assertEqual(_config.advertised("192.168.0.5:7001"), ("192.168.0.5", 7001))
+
+    def test_offload_only_for_producers_with_a_pool(self):
+        os.environ["KVSHARE_POOL"] = "pool:18515"
+        self.assertTrue(_config.Settings(vconf(role="kv_both")).offload)
+        self.assertFalse(_config.Settings(vconf(role="kv_consumer")).offload)
+        self.assertFalse(_config.Settings(vconf(extra={"offload": False})).offload)
+
+
+class Library(unittest.TestCase):
+    def test_loads_and_matches_the_package_version(self):
+        import kvshare_vllm
+        self.assertEqual(_lib.version(), kvshare_vllm.__version__)
+
+    def test_keys_pack_whole_and_zero_padded(self):
+        k32, k16 = bytes(range(32)), bytes(range(100, 116))
+        buf = _lib.keys_buffer([k32, k16, k32])
+        self.assertEqual(bytes(buf), k32 + k16 + b"\0" * 16 + k32)
+        self.assertEqual(bytes(_lib.keys_buffer([k32, k32])), k32 * 2)
+        with self.assertRaisesRegex(ValueError, "33 bytes"):
+            _lib.keys_buffer([bytes(33)])
+
+    def test_a_missing_library_is_named(self):
+        code = ("import os; os.environ['KVSHARE_LIBRARY']='/nonexistent/libkvshare.so.0'\n"
+                "from kvshare_vllm import _lib\n"
+                "try:\n    _lib.lib()\nexcept OSError as e:\n    print(e)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=os.environ, check=True).stdout
+        self.assertIn("set KVSHARE_LIBRARY", out)
+        self.assertIn("/nonexistent/libkvshare.so.0", out)
+
+    def test_import_loads_nothing(self):
+        # vLLM's API server imports the connector module: no libkvshare, no CUDA.
+        code = ("import sys, kvshare_vllm, kvshare_vllm._config, kvshare_vllm._layout\n"
+                "maps = open('/proc/self/maps').read()\n"
+                "print('libkvshare' in maps, 'torch' in sys.modules)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=os.environ, check=True).stdout.split()
+        self.assertEqual(out, ["False", "False"])
+
+
+if __name__ == "__main__":
+    unittest.main()
