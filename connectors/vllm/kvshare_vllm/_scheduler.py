@@ -85,6 +85,9 @@ class SchedulerSide:
             # P/D: the producer said how many blocks it holds; trust it, as
             # NIXL does, and let the worker's fetch report what was not there.
             hits = min(len(hashes), int(params.get("remote_num_blocks", len(hashes))))
+            # update_state_after_alloc needs the local hit: vLLM sets
+            # request.num_computed_tokens only after that call.
+            self._probe[request.request_id] = (time.monotonic(), num_computed_tokens, hits)
         else:
             hits = self._probe_hits(request.request_id, hashes, num_computed_tokens)
         tokens = hits * self.bs
