@@ -799,6 +799,12 @@ class Engine:
     def step(self) -> list[EngineCoreOutput]:
         so = self.scheduler.schedule()
         outs = self.executor.collective_rpc("execute_model", so)
+        for rank, o in enumerate(outs):   # per-rank reports, for diagnosing a connector
+            k = o.kv_connector_output
+            if k is not None and (k.finished_sending or k.finished_recving or k.invalid_block_ids):
+                logger.info("engine: rank %d: finished_sending=%s finished_recving=%s "
+                            "invalid_block_ids=%s", rank, sorted(k.finished_sending or ()),
+                            sorted(k.finished_recving or ()), sorted(k.invalid_block_ids))
         mro = self.aggregator.aggregate(outs)
         return self.scheduler.update_from_output(so, mro)
 
