@@ -781,9 +781,9 @@ class Engine:
         self.aggregator = KVOutputAggregator(
             (conn.get_finished_count() if conn is not None else None) or world)
         if conn is not None:
+            # EngineCore: merge the workers' non-None metadata, then hand it over.
             hs = {r: m for r, m in self.executor.handshakes.items() if m is not None}
-            if hs:
-                conn.set_xfer_handshake_metadata(hs)
+            conn.set_xfer_handshake_metadata(hs)
         self._ids = itertools.count()
 
     def add_request(self, request_id: str, prompt: list[int], max_tokens: int,
@@ -837,7 +837,9 @@ class Engine:
         return {"free_blocks": kvm.get_num_free_blocks(),
                 "usable_blocks": self.kv_cache_config.num_blocks - 1,
                 "held": s.held_requests(), "running": len(s.running), "waiting": len(s.waiting),
-                "errors": list(s.errors), "events": len(s.events)}
+                "errors": list(s.errors), "events": len(s.events),
+                "event_kinds": sorted({f"{type(ev).__name__}:{getattr(ev, 'medium', None)}"
+                                       for ev in s.events})}
 
     def shutdown(self):
         if self.scheduler.connector is not None:

@@ -13,11 +13,13 @@ statuses and deadlines), never just "no crash".
              kv_load_failure_policy values, and a lying connector whose wrong
              KV must be caught (the check can fail).
   pd         P/D over two processes, proxy as vLLM's toy proxy
-  tp2        the same with two TP ranks on each side
-  partial    D already holds the prompt's head: only the tail is fetched
+  tp2        the same with two TP ranks on each side, P prefilling in chunks
+  partial    D already holds the prompt's head: only the tail is fetched (HND)
   pool       prefix reuse across two replicas through a `kvshare serve` pool
+             (the older (2, num_blocks, ...) KV shape, bf16)
   killed     P killed before D fetches: D fails or recomputes per policy, no hang
-  abort      the request never reaches D: P frees its blocks at lease expiry
+  abort      the request never reaches D: P frees its blocks at lease expiry;
+             D aborts before its transfer (MLA, fp32)
 
 Usage: scenarios.py NAME [--build DIR | --library SO --kvshare BIN] [--asan-preload SO]
   --build DIR: a build tree (DIR/libkvshare/libkvshare.so.0, DIR/libkvshare/cli/kvshare).
@@ -291,8 +293,10 @@ def all_free(e, what, timeout=20):
         time.sleep(0.05)
 
 
-def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6):
-    args_p, args_d = eng_args("kv_producer", tp), eng_args("kv_consumer", tp)
+def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6, p_budget=256, **model):
+    args_p = eng_args("kv_producer", tp, max_num_batched_tokens=p_budget, **model)
+    args_d = eng_args("kv_consumer", tp, **model)
+    print(f"info: P/D with tp={tp} {model or ''}", flush=True)
     p = env.engine("prefill", args_p, KVSHARE_LISTEN="127.0.0.1:0")
     d = env.engine("decode", args_d)
     p.wait_ready(), d.wait_ready()
@@ -338,20 +342,21 @@ def sc_pd(env, rng):
 
 def sc_tp2(env, rng):
     need_connector()
-    p, _, _ = run_pd(env, rng, tp=2, plen=70)
+    # P prefills in chunks of 32 tokens: its blocks are saved over three steps.
+    p, _, _ = run_pd(env, rng, tp=2, plen=70, p_budget=32)
     all_free(p, "P (TP=2) frees its blocks once D has them")
 
 
 def sc_partial(env, rng):
     need_connector()
-    p, _, _ = run_pd(env, rng, partial=True, plen=90)
+    p, _, _ = run_pd(env, rng, partial=True, plen=90, layout="HND")
     all_free(p, "P frees its blocks")
 
 
 def sc_pool(env, rng):
     need_connector()
     addr = env.pool_node()
-    args = eng_args("kv_both")
+    args = eng_args("kv_both", layout="kv_first", dtype="bfloat16")
     a = env.engine("replica-a", args, KVSHARE_POOL=addr, KVSHARE_LISTEN="127.0.0.1:0")
     b = env.engine("replica-b", args, KVSHARE_POOL=addr, KVSHARE_LISTEN="127.0.0.1:0")
     a.wait_ready(), b.wait_ready()
@@ -366,6 +371,9 @@ def sc_pool(env, rng):
     check(rb["token_ids"] == ref, "replica B's tokens equal a local recompute")
     same_blocks(a, b, prompt, "A vs B")
     all_free(b, "B")
+    kinds = a.stats()["event_kinds"]
+    check("BlockStored:KVSHARE_POOL" in kinds,
+          f"A's take_events reported the pool copy (BlockStored, medium KVSHARE_POOL): {kinds}")
 
 
 def sc_killed(env, rng):
@@ -405,10 +413,11 @@ def sc_killed(env, rng):
 def sc_abort(env, rng):
     need_connector()
     lease_ms = 1500
-    args_p = eng_args("kv_producer")
+    mla = dict(use_mla=True, dtype="float32")
+    args_p = eng_args("kv_producer", **mla)
     p = env.engine("prefill", args_p, KVSHARE_LISTEN="127.0.0.1:0",
                    KVSHARE_LEASE_TIMEOUT_MS=lease_ms)
-    d = env.engine("decode", eng_args("kv_consumer"))
+    d = env.engine("decode", eng_args("kv_consumer", **mla))
     p.wait_ready(), d.wait_ready()
     # 1. The client goes away after the prefill: D never hears of the request.
     prompt = prompt_of(rng, 64)
@@ -437,6 +446,7 @@ def sc_abort(env, rng):
     prompt3 = prompt_of(rng, 50)
     rp = p.generate("after", prompt3, 1, proxy_prefill_params())
     rd = d.generate("after", prompt3, 3, rp["kv_transfer_params"])
+    same_blocks(p, d, prompt3, "P vs D after the aborts (MLA)")
     check(rd["token_ids"] == reference(prompt3, 3, args_p), "P/D works after the aborts")
 
 
@@ -457,10 +467,11 @@ def _run_all(e, limit=2000):
 def sc_selftest(env, rng):
     """The harness checked with no kvshare at all (in-process engines)."""
     os.environ["PYTHONHASHSEED"] = "0"
+    os.environ["TMPDIR"] = tempfile.tempdir = env.work   # the spawned workers' scratch too
     trace = Path(env.work) / "trace.jsonl"
     os.environ["KVS_NULL_TRACE"] = str(trace)
     cases = [dict(layout="NHD", tp=1), dict(layout="HND", tp=2),
-             dict(layout="kv_first", tp=2, dtype="bfloat16"),
+             dict(layout="kv_first", tp=1, dtype="bfloat16"),
              dict(layout="NHD", tp=2, use_mla=True, dtype="float32")]
     for c in cases:
         args = dict(MODEL, **{k: v for k, v in c.items()})
@@ -493,7 +504,7 @@ def sc_selftest(env, rng):
            "kv_role": "kv_consumer"}
     for mode, policy in (("good", "fail"), ("bad", "fail"), ("bad", "recompute"),
                          ("lie", "fail")):
-        args = dict(MODEL, tp=2, layout="NHD",
+        args = dict(MODEL, tp=2 if mode == "good" else 1, layout="NHD",
                     kv_transfer_config=dict(toy, kv_load_failure_policy=policy,
                                             kv_connector_extra_config={"mode": mode}))
         e = _inproc(args)
