@@ -45,6 +45,7 @@ import torch
 import toymodel
 from vllm.config import CacheConfig, KVTransferConfig, ModelConfig, ParallelConfig, VllmConfig
 from vllm.distributed import parallel_state
+from vllm.distributed.kv_transfer import kv_transfer_state
 from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 from vllm.forward_context import ForwardContext, get_forward_context, set_forward_context
@@ -194,11 +195,9 @@ class Worker:
         # MLA's latent is replicated on every rank: only rank 0 adds it to the logits.
         self.counts = not self.use_mla or rank == 0
         # ensure_kv_transfer_initialized: the worker connector exists before the KV caches.
-        ktc = vllm_config.kv_transfer_config
-        self.connector = None
-        if ktc is not None and ktc.is_kv_transfer_instance:
-            self.connector = KVConnectorFactory.create_connector(
-                vllm_config, KVConnectorRole.WORKER, kv_cache_config)
+        kv_transfer_state.ensure_kv_transfer_initialized(vllm_config, kv_cache_config)
+        self.connector = kv_transfer_state.get_kv_transfer_group() \
+            if kv_transfer_state.has_kv_transfer_group() else None
         spec = kv_cache_config.kv_cache_groups[0].kv_cache_spec
         self.names = kv_cache_config.kv_cache_groups[0].layer_names
         self.kv_caches = {n: allocate_kv_cache(spec, kv_cache_config.num_blocks, args.layout,
@@ -329,8 +328,7 @@ class Worker:
         return out
 
     def shutdown(self):
-        if self.connector is not None:
-            self.connector.shutdown()
+        kv_transfer_state.ensure_kv_transfer_shutdown()
 
 
 def _worker_main(conn, rank, args, vllm_config, kv_cache_config):
