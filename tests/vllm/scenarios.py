@@ -468,6 +468,21 @@ def sc_selftest(env, rng):
     """The harness checked with no kvshare at all (in-process engines)."""
     os.environ["PYTHONHASHSEED"] = "0"
     os.environ["TMPDIR"] = tempfile.tempdir = env.work   # the spawned workers' scratch too
+    # Request.block_hashes are vLLM's: the same as tests/unit/keys_vs_vllm.py's restatement.
+    sys.path.insert(0, str(HERE.parent / "unit"))
+    from keys_vs_vllm import vllm_keys
+    from vllm.sampling_params import SamplingParams
+    from vllm.utils.hashing import sha256_cbor
+    from vllm.v1.core import kv_cache_utils
+    from vllm.v1.request import Request
+    kv_cache_utils.init_none_hash(sha256_cbor)
+    toks = prompt_of(rng, 70)
+    req = Request("h", toks, SamplingParams(max_tokens=1), cache_salt="salt",
+                  block_hasher=kv_cache_utils.get_request_block_hasher(16, sha256_cbor))
+    req.append_output_token_ids(prompt_of(rng, 10))    # decode tokens complete block 4
+    check(req.block_hashes == vllm_keys("sha256_cbor", "0", 16, req.all_token_ids, "salt", None)
+          and len(req.block_hashes) == 5,
+          "Request.block_hashes (prompt + decode tokens, cache_salt) equal keys_vs_vllm's")
     trace = Path(env.work) / "trace.jsonl"
     os.environ["KVS_NULL_TRACE"] = str(trace)
     cases = [dict(layout="NHD", tp=1), dict(layout="HND", tp=2),
