@@ -183,6 +183,26 @@ class Plugin(unittest.TestCase):
         self.assertEqual(p.stderr.count("kvshare: plugin not applied"), 1, p.stderr)
 
 
+    def test_plugins_loaded_before_arg_utils(self):
+        # A process that loads the plugins first: EngineArgs is wrapped when it is imported.
+        code = (
+            "import sys\n"
+            "import vllm.plugins\n"
+            "vllm.plugins.load_general_plugins()\n"
+            "assert 'vllm.engine.arg_utils' not in sys.modules\n"
+            "from vllm.engine.arg_utils import EngineArgs\n"
+            "kv = EngineArgs().create_engine_config().kv_transfer_config\n"
+            "print(kv.kv_connector, kv.kv_role)\n"
+            "from kvshare_vllm.plugin import _ArgUtilsHook\n"
+            "print(sum(isinstance(f, _ArgUtilsHook) for f in sys.meta_path))\n")
+        e = dict(os.environ, PYTHONPATH=PKG_DIR + os.pathsep + STANDIN,
+                 PYTHONDONTWRITEBYTECODE="1", **INJECTED)
+        p = subprocess.run(["/usr/bin/python3", "-c", code], env=e, capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.split("\n")[:2], ["KVShareConnector kv_consumer", "0"])
+
+
 class Version(unittest.TestCase):
     def test_dist_info_matches_the_c_library(self):
         h = read(ROOT, "libkvshare", "include", "kvshare.h")

@@ -3,8 +3,8 @@
 without a command-line change.
 
 vLLM calls register() through the `vllm.general_plugins` entry point in every process, maybe
-more than once. Where the API server builds its config (vllm.engine.arg_utils is loaded),
-register() wraps EngineArgs.create_engine_config once; the wrapper fills kv_transfer_config
+more than once. register() wraps EngineArgs.create_engine_config once, in a process that has
+vllm.engine.arg_utils loaded (or, through a one-shot import hook, when it loads it); the wrapper fills kv_transfer_config
 from KVSHARE_VLLM_ROLE when the user gave none, and picks the sha256_cbor block hash when
 the user chose no algorithm. vLLM hands the finished config to the engine-core and worker
 processes, so they need nothing. Imports nothing heavy (no torch, CUDA or libkvshare) and
@@ -109,6 +109,46 @@ def _wrap(create_engine_config):
     return wrapper
 
 
+def _install(arg_utils):
+    """Wrap arg_utils.EngineArgs.create_engine_config, once."""
+    engine_args = arg_utils.EngineArgs
+    current = engine_args.create_engine_config
+    if not getattr(current, _MARK, False):
+        engine_args.create_engine_config = _wrap(current)
+
+
+class _ArgUtilsHook:
+    """A one-shot import hook: wraps EngineArgs as soon as vllm.engine.arg_utils is imported,
+    for a process that loads plugins before it (vLLM's own call sites are in that module, so
+    this is a safeguard, not the usual path). It only ever looks at that one name."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != _ARG_UTILS:
+            return None
+        import importlib.util
+
+        _remove_hook()
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_and_wrap(module):
+            exec_module(module)
+            try:
+                _install(module)
+            except Exception as e:  # never into vLLM
+                logger.warning("kvshare: plugin not applied: %s: %s", type(e).__name__, e)
+
+        loader.exec_module = exec_and_wrap
+        return spec
+
+
+def _remove_hook():
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ArgUtilsHook)]
+
+
 def register():
     """The `vllm.general_plugins` entry point. Acts only where the webhook set
     KVSHARE_VLLM_ROLE; idempotent."""
@@ -116,13 +156,11 @@ def register():
         if ENV_ROLE not in os.environ:
             return  # not an injected pod: do nothing, say nothing
         arg_utils = sys.modules.get(_ARG_UTILS)
-        if arg_utils is None:
-            # Engine-core and worker processes get the finished config; nothing to do.
-            return
-        engine_args = arg_utils.EngineArgs
-        current = engine_args.create_engine_config
-        if getattr(current, _MARK, False):
-            return
-        engine_args.create_engine_config = _wrap(current)
+        if arg_utils is not None:
+            _install(arg_utils)
+        elif not any(isinstance(f, _ArgUtilsHook) for f in sys.meta_path):
+            # Engine-core and worker processes get the finished config and never import it;
+            # a process that builds the config will, and gets wrapped then.
+            sys.meta_path.insert(0, _ArgUtilsHook())
     except Exception as e:  # never into vLLM
         logger.warning("kvshare: plugin not applied: %s: %s", type(e).__name__, e)
