@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import unittest
 
 ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", ".."))
