@@ -4,9 +4,9 @@ without a command-line change.
 
 vLLM calls register() through the `vllm.general_plugins` entry point in every process, maybe
 more than once. register() wraps EngineArgs.create_engine_config once, in a process that has
-vllm.engine.arg_utils loaded (or, through a one-shot import hook, when it loads it); the wrapper fills kv_transfer_config
-from KVSHARE_VLLM_ROLE when the user gave none, and picks the sha256_cbor block hash when
-the user chose no algorithm. vLLM hands the finished config to the engine-core and worker
+vllm.engine.arg_utils loaded (or, through a one-shot import hook, when it loads it). The
+wrapper fills kv_transfer_config from KVSHARE_VLLM_ROLE when the user gave none, and picks
+the sha256_cbor block hash when the user chose no algorithm. vLLM hands the finished config to the engine-core and worker
 processes, so they need nothing. Imports nothing heavy (no torch, CUDA or libkvshare) and
 never raises into vLLM: any error is one log line, and vLLM runs as if the plugin were absent.
 """
