@@ -193,7 +193,7 @@ class SchedulerSide:
         put = self.s.offload and whole
         hashes = list(req.block_hashes[:nfull])
         meta.saves.append(SaveSpec(req.request_id, hashes, st.block_ids[:nfull],
-                                   publish=bool(self.s.listen), put=put))
+                                   publish=bool(self.s.listen), put=put, final=whole))
         st.saved = nfull
         st.published = st.published or bool(self.s.listen)
         if put:
