@@ -20,6 +20,10 @@
 #define KVSC_ANNOT_POOL        "kvshare.io/pool"
 #define KVSC_ANNOT_AUTH_SECRET "kvshare.io/auth-secret"
 #define KVSC_ANNOT_INJECTED    "kvshare.io/injected"
+/* The pod's PYTHONHASHSEED (vLLM's NONE_HASH is the hash of this string, so every pod of a
+ * pool must share it); absent: KVSC_DEFAULT_HASH_SEED. */
+#define KVSC_ANNOT_HASH_SEED   "kvshare.io/python-hash-seed"
+#define KVSC_DEFAULT_HASH_SEED "0"
 /* Set by the webhook: where the pod's kvshare token comes from ("secret:<name>/<key>"),
  * "none" (the pool is open), or "missing" (kvshare in the pod will refuse to start). */
 #define KVSC_ANNOT_INJECTED_AUTH "kvshare.io/injected-auth"
@@ -29,6 +33,8 @@
 #define KVSC_MOUNT_LIB           "/opt/kvshare"
 #define KVSC_MOUNT_AUTH          "/var/run/secrets/kvshare"
 #define KVSC_SHIM_PATH           KVSC_MOUNT_LIB "/lib/libkvshare_preload.so"
+/* The vLLM plugin package and its dist-info (copied from the image's dist/python). */
+#define KVSC_PYTHON_PATH         KVSC_MOUNT_LIB "/python"
 #define KVSC_AUTH_TOKEN_KEY      "token"
 #define KVSC_DEFAULT_LISTEN_PORT 18515u
 

@@ -12,9 +12,48 @@
 #define KVSC_POOL_NAME_MAX  57
 #define KVSC_WARN_VALUE_MAX 63
 
-static const char *const kvsc_env_names[] = {
-    "KVSHARE_POD_IP", "KVSHARE_POD_NAME",        "KVSHARE_ROLE", "KVSHARE_POOL",
-    "KVSHARE_LISTEN", "KVSHARE_AUTH_TOKEN_FILE", "KVSHARE_AUTH",
+/* The variables added when the container lacks them, in this order ($(VAR) expands only
+ * variables defined earlier). None starts with VLLM_: vLLM rejects unknown VLLM_* names
+ * under --fail-on-environ-validation. */
+#define KVSC_ENV_VARS(X)                                                                           \
+    X(POD_IP, "KVSHARE_POD_IP")                                                                    \
+    X(POD_NAME, "KVSHARE_POD_NAME")                                                                \
+    X(ROLE, "KVSHARE_ROLE")                                                                        \
+    X(POOL, "KVSHARE_POOL")                                                                        \
+    X(LISTEN, "KVSHARE_LISTEN")                                                                    \
+    X(AUTH_TOKEN_FILE, KVSC_ENV_AUTH_TOKEN_FILE)                                                   \
+    X(AUTH, KVSC_ENV_AUTH)                                                                         \
+    X(VLLM_ROLE, "KVSHARE_VLLM_ROLE")                                                              \
+    X(HASH_SEED, "PYTHONHASHSEED")
+
+enum {
+#define KVSC_ENV_ENUM(id, name) KVSC_EV_##id,
+    KVSC_ENV_VARS(KVSC_ENV_ENUM)
+#undef KVSC_ENV_ENUM
+        KVSC_EV_COUNT
+};
+
+static const char *const kvsc_env_names[KVSC_EV_COUNT] = {
+#define KVSC_ENV_NAME(id, name) name,
+    KVSC_ENV_VARS(KVSC_ENV_NAME)
+#undef KVSC_ENV_NAME
+};
+
+/* Path lists the webhook adds one entry to, keeping what the container already has. */
+typedef struct {
+    const char *name;  /* the variable */
+    const char *entry; /* what is added */
+    const char *what;  /* for warnings */
+    const char *seps;  /* what separates entries in an existing value */
+    int prepend;       /* 1: the entry goes first, 0: last */
+} kvsc_list_var_t;
+
+static const kvsc_list_var_t kvsc_list_vars[] = {
+    /* ld.so splits LD_PRELOAD on ':' and ' '. */
+    {"LD_PRELOAD", KVSC_SHIM_PATH, "the shim", ": ", 0},
+    /* First, as Datadog's injector does, so the plugin's dist-info is found whatever the
+     * image also ships. */
+    {"PYTHONPATH", KVSC_PYTHON_PATH, "the kvshare vLLM plugin", ":", 1},
 };
 
 static cJSON *obj_get(const cJSON *obj, const char *key)
@@ -133,6 +172,24 @@ static int is_dns_label(const char *s, size_t max)
         }
     }
     return 1;
+}
+
+/* What Python accepts in PYTHONHASHSEED, less "random" (which gives each process its own
+ * vLLM NONE_HASH, so no two pods would share a block key): a decimal 0..4294967295. */
+static int is_hash_seed(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 10) {
+        return 0;
+    }
+    unsigned long long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return 0;
+        }
+        v = v * 10 + (unsigned long long)(s[i] - '0');
+    }
+    return v <= 4294967295ull;
 }
 
 /* Append {"op":op,"path":path,"value":value} to patch; takes value (NULL: its builder failed). */
@@ -300,12 +357,12 @@ static int has_mount_at(const cJSON *containers, const char *path)
     return 0;
 }
 
-/* Is path already one of the entries of a ':' or ' ' separated LD_PRELOAD list? */
-static int preload_has(const char *list, const char *path)
+/* Is path already one of the entries of a list separated by any of seps? */
+static int list_has(const char *list, const char *path, const char *seps)
 {
     size_t plen = strlen(path);
     for (const char *p = list; *p != '\0';) {
-        size_t n = strcspn(p, ": ");
+        size_t n = strcspn(p, seps);
         if (n == plen && strncmp(p, path, plen) == 0) {
             return 1;
         }
@@ -350,12 +407,75 @@ static int spec_is_sane(const cJSON *pod)
 
 typedef struct {
     const char *role;
-    const char *pool_dns; /* NULL when the pod names no pool */
+    const char *vllm_role; /* KVSHARE_VLLM_ROLE: vLLM's kv_role for this role */
+    const char *hash_seed; /* PYTHONHASHSEED */
+    const char *pool_dns;  /* NULL when the pod names no pool */
     const char *auth_secret;
     const char *auth_key; /* the Secret key the token is in */
     int auth_none;        /* the pool is open: KVSHARE_AUTH=none */
     const char *listen;
 } kvsc_env_plan_t;
+
+/* Add var->entry to the container's var (created when absent). The last entry of a name
+ * is the one the kubelet uses. */
+static kvsc_status_t patch_list_var(cJSON *patch, cJSON *warnings, const cJSON *c, const char *base,
+                                    const kvsc_list_var_t *var)
+{
+    kvsc_status_t status = KVSC_OK;
+    const char *cname = str_get(c, "name");
+    int found_idx = -1, i = 0;
+    const cJSON *it, *found = NULL;
+    cJSON_ArrayForEach(it, obj_get(c, "env"))
+    {
+        const char *n = str_get(it, "name");
+        if (n != NULL && strcmp(n, var->name) == 0) {
+            found_idx = i;
+            found = it;
+        }
+        i++;
+    }
+    char fmt[160];
+    if (obj_get(c, "envFrom") != NULL && found == NULL) {
+        snprintf(fmt, sizeof(fmt),
+                 "kvshare: container %%s uses envFrom; a %s from there is overridden by "
+                 "kvshare's",
+                 var->name);
+        status = warn(warnings, fmt, cname);
+        if (status != KVSC_OK) {
+            return status;
+        }
+    }
+    if (found != NULL && obj_get(found, "valueFrom") != NULL) {
+        snprintf(fmt, sizeof(fmt),
+                 "kvshare: container %%s sets %s via valueFrom; %s was not added to it", var->name,
+                 var->what);
+        return warn(warnings, fmt, cname);
+    }
+    if (found == NULL) {
+        return add_opf(patch, "add", env_value(var->name, var->entry), "%s/env/-", base);
+    }
+    const char *old = str_get(found, "value");
+    if (old != NULL && list_has(old, var->entry, var->seps)) {
+        return KVSC_OK;
+    }
+    char *joined = (old == NULL || old[0] == '\0') ? fmt_alloc("%s", var->entry)
+                   : var->prepend                  ? fmt_alloc("%s:%s", var->entry, old)
+                                                   : fmt_alloc("%s:%s", old, var->entry);
+    cJSON *v = joined != NULL ? cJSON_CreateString(joined) : NULL;
+    cJSON_free(joined);
+    if (v == NULL) {
+        return KVSC_ERR_NO_MEMORY;
+    }
+    /* test pins the index we read, so a concurrent reorder fails loudly. */
+    status =
+        add_opf(patch, "test", cJSON_CreateString(var->name), "%s/env/%d/name", base, found_idx);
+    if (status != KVSC_OK) {
+        cJSON_Delete(v);
+        return status;
+    }
+    /* "add" on an object member replaces it, and works when value was omitted. */
+    return add_opf(patch, "add", v, "%s/env/%d/value", base, found_idx);
+}
 
 static kvsc_status_t patch_container(cJSON *patch, cJSON *warnings, const cJSON *c, int idx,
                                      const kvsc_env_plan_t *plan)
@@ -363,7 +483,6 @@ static kvsc_status_t patch_container(cJSON *patch, cJSON *warnings, const cJSON 
     kvsc_status_t status;
     char base[48];
     snprintf(base, sizeof(base), "/spec/containers/%d", idx);
-    const char *cname = str_get(c, "name");
 
     char path[64];
     snprintf(path, sizeof(path), "%s/volumeMounts", base);
@@ -388,91 +507,59 @@ static kvsc_status_t patch_container(cJSON *patch, cJSON *warnings, const cJSON 
         return status;
     }
 
-    /* The last LD_PRELOAD entry is the one the kubelet uses. */
-    int preload_idx = -1, i = 0;
-    const cJSON *it, *preload = NULL;
-    cJSON_ArrayForEach(it, env)
-    {
-        const char *n = str_get(it, "name");
-        if (n != NULL && strcmp(n, "LD_PRELOAD") == 0) {
-            preload_idx = i;
-            preload = it;
-        }
-        i++;
-    }
-    if (obj_get(c, "envFrom") != NULL && preload == NULL) {
-        status = warn(warnings,
-                      "kvshare: container %s uses envFrom; an LD_PRELOAD from there is "
-                      "overridden by the shim's",
-                      cname);
+    for (size_t k = 0; k < sizeof(kvsc_list_vars) / sizeof(kvsc_list_vars[0]); k++) {
+        status = patch_list_var(patch, warnings, c, base, &kvsc_list_vars[k]);
         if (status != KVSC_OK) {
             return status;
         }
     }
-    if (preload != NULL && obj_get(preload, "valueFrom") != NULL) {
-        status = warn(warnings,
-                      "kvshare: container %s sets LD_PRELOAD via valueFrom; the shim was not "
-                      "added to it",
-                      cname);
-    } else if (preload != NULL) {
-        const char *old = str_get(preload, "value");
-        if (old == NULL || !preload_has(old, KVSC_SHIM_PATH)) {
-            char *joined = (old == NULL || old[0] == '\0')
-                               ? fmt_alloc("%s", KVSC_SHIM_PATH)
-                               : fmt_alloc("%s:%s", old, KVSC_SHIM_PATH);
-            cJSON *v = joined != NULL ? cJSON_CreateString(joined) : NULL;
-            cJSON_free(joined);
-            if (v == NULL) {
-                return KVSC_ERR_NO_MEMORY;
-            }
-            /* test pins the index we read, so a concurrent reorder fails loudly. */
-            cJSON *name = cJSON_CreateString("LD_PRELOAD");
-            status = add_opf(patch, "test", name, "%s/env/%d/name", base, preload_idx);
-            if (status != KVSC_OK) {
-                cJSON_Delete(v);
-                return status;
-            }
-            /* "add" on an object member replaces it, and works when value was omitted. */
-            status = add_opf(patch, "add", v, "%s/env/%d/value", base, preload_idx);
-        }
-    } else {
-        status = add_opf(patch, "add", env_value("LD_PRELOAD", KVSC_SHIM_PATH), "%s/env/-", base);
-    }
-    if (status != KVSC_OK) {
-        return status;
-    }
 
-    for (size_t k = 0; k < sizeof(kvsc_env_names) / sizeof(kvsc_env_names[0]); k++) {
+    for (int k = 0; k < KVSC_EV_COUNT; k++) {
         const char *name = kvsc_env_names[k];
         if (array_has_name(env, name)) {
             continue; /* the user's value wins */
         }
         cJSON *e = NULL;
-        if (k == 0) {
+        switch (k) {
+        case KVSC_EV_POD_IP:
             e = env_field_ref(name, "status.podIP");
-        } else if (k == 1) {
+            break;
+        case KVSC_EV_POD_NAME:
             e = env_field_ref(name, "metadata.name");
-        } else if (k == 2) {
+            break;
+        case KVSC_EV_ROLE:
             e = env_value(name, plan->role);
-        } else if (k == 3) {
+            break;
+        case KVSC_EV_POOL:
             if (plan->pool_dns == NULL) {
                 continue;
             }
             e = env_value(name, plan->pool_dns);
-        } else if (k == 4) {
+            break;
+        case KVSC_EV_LISTEN:
             e = env_value(name, plan->listen);
-        } else if (k == 5) {
+            break;
+        case KVSC_EV_AUTH_TOKEN_FILE: {
             if (plan->auth_secret == NULL) {
                 continue;
             }
             char *file = fmt_alloc("%s/%s", KVSC_MOUNT_AUTH, plan->auth_key);
             e = file != NULL ? env_value(name, file) : NULL;
             cJSON_free(file);
-        } else {
+            break;
+        }
+        case KVSC_EV_AUTH:
             if (!plan->auth_none) {
                 continue;
             }
             e = env_value(name, "none");
+            break;
+        case KVSC_EV_VLLM_ROLE:
+            e = env_value(name, plan->vllm_role);
+            break;
+        default: /* KVSC_EV_HASH_SEED */
+            e = env_value(name, plan->hash_seed);
+            break;
         }
         status = add_opf(patch, "add", e, "%s/env/-", base);
         if (status != KVSC_OK) {
@@ -548,6 +635,24 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
                       "kvshare: invalid kvshare.io/role \"%s\" (want prefill, decode or both); "
                       "pod not injected",
                       role);
+        goto out_no_patch;
+    }
+    /* vLLM's kv_role for the plugin: prefill produces, decode consumes. */
+    const char *vllm_role = strcmp(role, "prefill") == 0  ? "kv_producer"
+                            : strcmp(role, "decode") == 0 ? "kv_consumer"
+                                                          : "kv_both";
+    const char *hash_seed = str_get(annotations, KVSC_ANNOT_HASH_SEED);
+    if (obj_get(annotations, KVSC_ANNOT_HASH_SEED) != NULL && hash_seed == NULL) {
+        hash_seed = "";
+    }
+    if (hash_seed == NULL) {
+        hash_seed = KVSC_DEFAULT_HASH_SEED;
+    } else if (!is_hash_seed(hash_seed)) {
+        status = warn(warnings,
+                      "kvshare: invalid kvshare.io/python-hash-seed \"%s\" (want a decimal "
+                      "integer 0..4294967295, the same in every pod of the pool); pod not "
+                      "injected",
+                      hash_seed);
         goto out_no_patch;
     }
     const char *pool = str_get(annotations, KVSC_ANNOT_POOL);
@@ -667,6 +772,8 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
         status = add_op(patch, "add", "/spec/initContainers/-", init_container(cfg));
     }
     kvsc_env_plan_t plan = {.role = role,
+                            .vllm_role = vllm_role,
+                            .hash_seed = hash_seed,
                             .pool_dns = pool_dns,
                             .auth_secret = secret,
                             .auth_key = skey,

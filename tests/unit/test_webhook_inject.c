@@ -525,3 +525,311 @@ Test(inject, auth_secret_annotation_wins_over_the_pool_and_warns_when_they_diffe
     cJSON_Delete(warnings);
     cJSON_Delete(patch);
 }
+
+/* ---- the vLLM plugin's env: PYTHONPATH, PYTHONHASHSEED, KVSHARE_VLLM_ROLE ---------------- */
+
+/* The captured pod's container idx env, with entry {name: value} put first (created). */
+static void put_env(cJSON *review, int idx, const char *name, const char *value)
+{
+    cJSON *c = cJSON_GetArrayItem(get(get(kvsc_t_pod(review), "spec"), "containers"), idx);
+    cJSON *env = get(c, "env");
+    if (env == NULL) {
+        env = cJSON_AddArrayToObject(c, "env");
+    }
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "name", name);
+    if (value != NULL) {
+        cJSON_AddStringToObject(e, "value", value);
+    }
+    cJSON_InsertItemInArray(env, 0, e);
+}
+
+static const char *appended_value(const cJSON *patch, int idx, const char *name)
+{
+    cJSON *env = appended_env(patch, idx);
+    const cJSON *e = env_named(env, name);
+    static char buf[256];
+    if (e == NULL) {
+        cJSON_Delete(env);
+        return NULL;
+    }
+    snprintf(buf, sizeof(buf), "%s", get(e, "value")->valuestring);
+    cJSON_Delete(env);
+    return buf;
+}
+
+Test(inject, vllm_plugin_env_for_the_captured_pod)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    for (int c = 0; c < 2; c++) {
+        cr_assert_str_eq(appended_value(patch, c, "PYTHONPATH"), KVSC_PYTHON_PATH);
+        /* The fixture's role is decode. */
+        cr_assert_str_eq(appended_value(patch, c, "KVSHARE_VLLM_ROLE"), "kv_consumer");
+        cr_assert_str_eq(appended_value(patch, c, "PYTHONHASHSEED"), KVSC_DEFAULT_HASH_SEED);
+    }
+    /* The init container copies the image's whole dist (lib/ and python/) into the volume. */
+    const cJSON *init = value_of(patch, "add", "/spec/initContainers/-");
+    const cJSON *cmd = get(init, "command");
+    cr_assert_str_eq(cJSON_GetArrayItem(cmd, 2)->valuestring, "/usr/lib/kvshare/dist/.");
+    cr_assert_str_eq(cJSON_GetArrayItem(cmd, 3)->valuestring, KVSC_MOUNT_LIB "/");
+    cr_assert_str_eq(KVSC_PYTHON_PATH, "/opt/kvshare/python");
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, vllm_role_follows_kvshare_role)
+{
+    const char *roles[][2] = {{"prefill", "kv_producer"},
+                              {"decode", "kv_consumer"},
+                              {"both", "kv_both"},
+                              {NULL, "kv_both"}};
+    for (size_t i = 0; i < 4; i++) {
+        cJSON *review = kvsc_t_load("pod-optin.json");
+        cJSON *labels = get(get(kvsc_t_pod(review), "metadata"), "labels");
+        cJSON_DeleteItemFromObjectCaseSensitive(labels, "kvshare.io/role");
+        if (roles[i][0] != NULL) {
+            cJSON_AddStringToObject(labels, "kvshare.io/role", roles[i][0]);
+        }
+        cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+        cr_assert_str_eq(appended_value(patch, 0, "KVSHARE_VLLM_ROLE"), roles[i][1], "role %s",
+                         roles[i][0] != NULL ? roles[i][0] : "(none)");
+        cJSON_Delete(patch);
+        cJSON_Delete(review);
+    }
+}
+
+Test(inject, pythonpath_is_prepended_and_kept)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    put_env(review, 0, "PYTHONPATH", "/app:/lib/py");
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    cr_assert_null(appended_value(patch, 0, "PYTHONPATH"), "no second PYTHONPATH");
+    cr_assert_str_eq(value_of(patch, "test", "/spec/containers/0/env/0/name")->valuestring,
+                     "PYTHONPATH");
+    cr_assert_str_eq(value_of(patch, "add", "/spec/containers/0/env/0/value")->valuestring,
+                     KVSC_PYTHON_PATH ":/app:/lib/py");
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+
+    /* Empty, or already holding our entry. */
+    review = kvsc_t_load("pod-optin.json");
+    put_env(review, 0, "PYTHONPATH", "");
+    put_env(review, 1, "PYTHONPATH", "/x:" KVSC_PYTHON_PATH);
+    patch = inject(kvsc_t_pod(review), "default", NULL);
+    cr_assert_str_eq(value_of(patch, "add", "/spec/containers/0/env/0/value")->valuestring,
+                     KVSC_PYTHON_PATH);
+    cr_assert_null(kvsc_t_find(patch, "add", "/spec/containers/1/env/0/value"));
+    cr_assert_null(appended_value(patch, 1, "PYTHONPATH"));
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, pythonpath_from_valuefrom_is_left_alone_with_a_warning)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    put_env(review, 0, "PYTHONPATH", NULL);
+    cJSON *pre = cJSON_GetArrayItem(
+        get(cJSON_GetArrayItem(get(get(kvsc_t_pod(review), "spec"), "containers"), 0), "env"), 0);
+    cJSON *ref =
+        cJSON_AddObjectToObject(cJSON_AddObjectToObject(pre, "valueFrom"), "configMapKeyRef");
+    cJSON_AddStringToObject(ref, "name", "py");
+    cJSON_AddStringToObject(ref, "key", "path");
+    cJSON *warnings;
+    cJSON *patch = inject(kvsc_t_pod(review), "default", &warnings);
+    cr_assert_not_null(patch);
+    cr_assert_null(kvsc_t_find(patch, "add", "/spec/containers/0/env/0/value"));
+    cr_assert_null(appended_value(patch, 0, "PYTHONPATH"));
+    cr_assert_eq(cJSON_GetArraySize(warnings), 1);
+    const char *w = cJSON_GetArrayItem(warnings, 0)->valuestring;
+    cr_assert(strstr(w, "PYTHONPATH") != NULL && strstr(w, "valueFrom") != NULL &&
+                  strstr(w, "vLLM plugin") != NULL,
+              "%s", w);
+    cJSON_Delete(warnings);
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, envfrom_warns_for_each_list_it_may_set)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *c0 = cJSON_GetArrayItem(get(get(kvsc_t_pod(review), "spec"), "containers"), 0);
+    cJSON *from = cJSON_AddArrayToObject(c0, "envFrom");
+    cJSON *cm = cJSON_CreateObject();
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(cm, "configMapRef"), "name", "env");
+    cJSON_AddItemToArray(from, cm);
+    cJSON *warnings;
+    cJSON *patch = inject(kvsc_t_pod(review), "default", &warnings);
+    cr_assert_eq(cJSON_GetArraySize(warnings), 2);
+    cr_assert_not_null(strstr(cJSON_GetArrayItem(warnings, 0)->valuestring, "LD_PRELOAD"));
+    cr_assert_not_null(strstr(cJSON_GetArrayItem(warnings, 1)->valuestring, "PYTHONPATH"));
+    cJSON_Delete(warnings);
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+Test(inject, python_hash_seed_from_annotation_or_left_to_the_user)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON_AddStringToObject(get(get(kvsc_t_pod(review), "metadata"), "annotations"),
+                            KVSC_ANNOT_HASH_SEED, "4294967295");
+    put_env(review, 1, "PYTHONHASHSEED", "7");
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    cr_assert_str_eq(appended_value(patch, 0, "PYTHONHASHSEED"), "4294967295");
+    cr_assert_null(appended_value(patch, 1, "PYTHONHASHSEED"), "the user's value wins");
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+
+    const char *bad[] = {"random", "", "-1", "4294967296", "12345678901", "0x10", " 1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        review = kvsc_t_load("pod-optin.json");
+        cJSON_AddStringToObject(get(get(kvsc_t_pod(review), "metadata"), "annotations"),
+                                KVSC_ANNOT_HASH_SEED, bad[i]);
+        cJSON *warnings;
+        cr_assert_null(inject(kvsc_t_pod(review), "default", &warnings), "seed \"%s\"", bad[i]);
+        cr_assert_eq(cJSON_GetArraySize(warnings), 1);
+        cr_assert_not_null(
+            strstr(cJSON_GetArrayItem(warnings, 0)->valuestring, "python-hash-seed"));
+        cJSON_Delete(warnings);
+        cJSON_Delete(review);
+    }
+}
+
+/* Every env name the patch gives a container, whether appended, in a created array, or
+ * rewritten in place. */
+static void check_no_vllm_names(const cJSON *patch)
+{
+    const cJSON *op;
+    cJSON_ArrayForEach(op, patch)
+    {
+        const char *path = get(op, "path")->valuestring;
+        const cJSON *v = get(op, "value");
+        if (strstr(path, "/env") == NULL) {
+            continue;
+        }
+        const cJSON *e;
+        if (cJSON_IsArray(v)) {
+            cJSON_ArrayForEach(e, v)
+            {
+                cr_assert_neq(strncmp(get(e, "name")->valuestring, "VLLM_", 5), 0);
+            }
+        } else if (cJSON_IsObject(v)) {
+            cr_assert_neq(strncmp(get(v, "name")->valuestring, "VLLM_", 5), 0, "%s",
+                          get(v, "name")->valuestring);
+        } else if (strcmp(get(op, "op")->valuestring, "test") == 0) {
+            cr_assert_neq(strncmp(v->valuestring, "VLLM_", 5), 0);
+        }
+    }
+}
+
+Test(inject, no_injected_env_name_starts_with_vllm)
+{
+    const char *pools[] = {"llama", "open", "nosuch"};
+    for (size_t i = 0; i < 3; i++) {
+        cJSON *warnings;
+        cJSON *patch = inject_pool(kvsc_t_cfg(), pools[i], NULL, "default", &warnings);
+        check_no_vllm_names(patch);
+        cJSON_Delete(warnings);
+        cJSON_Delete(patch);
+    }
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    put_env(review, 0, "PYTHONPATH", "/a");
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    check_no_vllm_names(patch);
+    cJSON_Delete(patch);
+    cJSON_Delete(review);
+}
+
+/* A small RFC 6902 applier for the ops the injector emits: "add" (object member, or "-" to
+ * append) and "test" on a string. Returns 0 on success. */
+static int apply_op(cJSON *doc, const cJSON *op)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s", get(op, "path")->valuestring);
+    cJSON *node = doc;
+    char *save = NULL;
+    char *tok = strtok_r(path + 1, "/", &save);
+    while (tok != NULL) {
+        char key[128];
+        size_t k = 0;
+        for (const char *p = tok; *p != '\0' && k + 1 < sizeof(key); p++) {
+            if (p[0] == '~' && p[1] == '1') {
+                key[k++] = '/';
+                p++;
+            } else if (p[0] == '~' && p[1] == '0') {
+                key[k++] = '~';
+                p++;
+            } else {
+                key[k++] = *p;
+            }
+        }
+        key[k] = '\0';
+        char *next = strtok_r(NULL, "/", &save);
+        const cJSON *v = get(op, "value");
+        if (next == NULL) {
+            if (strcmp(get(op, "op")->valuestring, "test") == 0) {
+                const cJSON *cur =
+                    cJSON_IsArray(node) ? cJSON_GetArrayItem(node, atoi(key)) : get(node, key);
+                return cur != NULL && cJSON_Compare(cur, v, 1) ? 0 : -1;
+            }
+            cJSON *copy = cJSON_Duplicate(v, 1);
+            if (cJSON_IsArray(node) && strcmp(key, "-") == 0) {
+                cJSON_AddItemToArray(node, copy);
+            } else if (cJSON_IsObject(node)) {
+                cJSON_DeleteItemFromObjectCaseSensitive(node, key);
+                cJSON_AddItemToObject(node, key, copy);
+            } else {
+                cJSON_Delete(copy);
+                return -1;
+            }
+            return 0;
+        }
+        node = cJSON_IsArray(node) ? cJSON_GetArrayItem(node, atoi(key)) : get(node, key);
+        if (node == NULL) {
+            return -1;
+        }
+        tok = next;
+    }
+    return -1;
+}
+
+static void apply_patch(cJSON *pod, const cJSON *patch)
+{
+    const cJSON *op;
+    cJSON_ArrayForEach(op, patch)
+    {
+        cr_assert_eq(apply_op(pod, op), 0, "op %s %s applies", get(op, "op")->valuestring,
+                     get(op, "path")->valuestring);
+    }
+}
+
+Test(inject, reinvocation_on_the_patched_pod_is_an_empty_patch)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    put_env(review, 0, "PYTHONPATH", "/app");
+    cJSON *pod = kvsc_t_pod(review);
+    cJSON *patch = inject(pod, "default", NULL);
+    apply_patch(pod, patch);
+    cJSON_Delete(patch);
+    /* What the pod now holds. */
+    cJSON *env0 = get(cJSON_GetArrayItem(get(get(pod, "spec"), "containers"), 0), "env");
+    cr_assert_str_eq(get(env_named(env0, "PYTHONPATH"), "value")->valuestring,
+                     KVSC_PYTHON_PATH ":/app");
+    cr_assert_str_eq(get(env_named(env0, "KVSHARE_VLLM_ROLE"), "value")->valuestring,
+                     "kv_consumer");
+    cr_assert_not_null(env_named(env0, "PYTHONHASHSEED"));
+    /* Reinvoked (reinvocationPolicy: IfNeeded): nothing more. */
+    cr_assert_null(inject(pod, "default", NULL));
+    /* Even without the mark, the init container keeps it untouched. */
+    cJSON_DeleteItemFromObjectCaseSensitive(get(get(pod, "metadata"), "annotations"),
+                                            KVSC_ANNOT_INJECTED);
+    cr_assert_null(inject(pod, "default", NULL));
+    /* Through kvsc_review: allowed, no patch. */
+    kvsc_review_out_t out;
+    cJSON *resp = kvsc_t_review(review, &out);
+    cr_assert_eq(out.result, KVSC_RESULT_NO_PATCH);
+    cr_assert_null(kvsc_t_patch(resp));
+    cJSON_Delete(resp);
+    kvsc_review_out_free(&out);
+    cJSON_Delete(review);
+}

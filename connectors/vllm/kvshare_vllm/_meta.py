@@ -34,6 +34,7 @@ class SaveSpec:
     block_ids: list
     publish: bool
     put: bool
+    final: bool = False  # the prompt's last full block is in this save
 
 
 @dataclass

@@ -7,6 +7,7 @@ and whether a finished request's blocks must outlive it (request_finished).
 It never moves KV itself."""
 
 import logging
+import os
 import time
 
 from . import _lib
@@ -17,6 +18,9 @@ log = logging.getLogger("kvshare_vllm")
 # A probe answer is reused this long: vLLM asks again every step while a
 # request waits for blocks, and each pool probe is a round trip.
 PROBE_TTL_S = 1.0
+# The tier in BlockStored events for blocks in the cache pool (vLLM's own are "GPU",
+# its offloading connectors' "CPU").
+MEDIUM_POOL = "KVSHARE_POOL"
 
 
 class _Req:
@@ -192,7 +196,7 @@ class SchedulerSide:
         put = self.s.offload and whole
         hashes = list(req.block_hashes[:nfull])
         meta.saves.append(SaveSpec(req.request_id, hashes, st.block_ids[:nfull],
-                                   publish=bool(self.s.listen), put=put))
+                                   publish=bool(self.s.listen), put=put, final=whole))
         st.saved = nfull
         st.published = st.published or bool(self.s.listen)
         if put:
@@ -242,16 +246,40 @@ class SchedulerSide:
                 self._events.append(hashes)
 
     def take_events(self):
+        """BlockStored events for chains the workers put to the pool. Each
+        chain is first looked up on its pool node: the event names only the
+        blocks the node holds now (a put that failed, or a node that evicted
+        under pressure, reports fewer, so a router is never told a lie)."""
         if not self._events:
             return ()
+        chains, self._events = self._events, []
+        ctx = self._context()
+        if ctx is None or self._layout is None:
+            return ()
         from vllm.distributed.kv_events import BlockStored  # only when there is one to send
-        import os
         as_int = os.environ.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1") != "0"
-        conv = (lambda h: int.from_bytes(h, "big") & ((1 << 64) - 1)) if as_int else bytes
         out = []
-        for hashes in self._events:
-            out.append(BlockStored(block_hashes=[conv(h) for h in hashes], parent_block_hash=None,
-                                   token_ids=[], block_size=0, lora_id=None,
-                                   medium="KVSHARE_POOL", lora_name=None))
-        self._events = []
+        for hashes in chains:
+            try:
+                lease = _lib.lookup(ctx, self._layout, hashes, _lib.SOURCE_POOL, lease_ms=1000,
+                                    timeout_ms=min(self.s.fetch_timeout_ms, 1000))
+                held = lease.hits
+                lease.release()
+            except _lib.KvsError as e:
+                log.warning("kvshare_vllm: checking an offload on the pool: %s", e)
+                continue
+            if held < len(hashes):
+                log.warning("kvshare_vllm: the pool holds %d of %d offloaded blocks", held,
+                            len(hashes))
+            if held:
+                ids = [_event_hash(h, as_int) for h in hashes[:held]]
+                out.append(BlockStored(block_hashes=ids, parent_block_hash=None, token_ids=[],
+                                       block_size=0, lora_id=None, medium=MEDIUM_POOL,
+                                       lora_name=None))
         return out
+
+
+def _event_hash(h, as_int):
+    """vLLM's form in KV events: the digest's last 8 bytes as a big-endian int
+    (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1, its default), else the bytes."""
+    return int.from_bytes(h[-8:], "big") if as_int else bytes(h)

@@ -53,6 +53,8 @@ class WorkerSide:
         self._lock = threading.Lock()
         self._loaders = None
         self._is_cuda = False
+        self._must_drain = False
+        self._last = {}  # req_id -> (last published block, its reads right after publishing)
         self._threads = []
 
     # -- registration -------------------------------------------------------
@@ -113,11 +115,9 @@ class WorkerSide:
         for req_id, h in meta.handoffs.items():
             snd = self._sends.setdefault(req_id, _Send())
             snd.handoff = h
-            mine = self._published.get(req_id) or []
-            if mine:
-                snd.last = mine[-1]
-                # reads already on the last block belong to earlier readers
-                snd.baseline = self.pool.reads([snd.last])[0]
+            last = self._last.get(req_id)
+            if last is not None:
+                snd.last, snd.baseline = last
         for req_id in meta.delayed:
             self._sends.setdefault(req_id, _Send())
         for spec in meta.loads:
@@ -127,6 +127,7 @@ class WorkerSide:
         """Withdraws what @req_id published (blocks other live requests still
         hold published stay). Callers drain pending saves first."""
         with self._lock:
+            self._last.pop(req_id, None)
             mine = self._published.pop(req_id, None)
             drop = []
             for b in mine or ():
@@ -158,6 +159,10 @@ class WorkerSide:
             self._pending_saves += 1
             self._save_idle.clear()
         self._saves.put((meta.saves, event))
+        # A prompt finished here may be handed off as soon as this step's output
+        # reaches the scheduler: its blocks must be published before that
+        # (finished() waits, at the end of the step).
+        self._must_drain = self._must_drain or any(sp.final and sp.publish for sp in meta.saves)
 
     def _drain_saves(self):
         self._save_idle.wait()
@@ -189,10 +194,14 @@ class WorkerSide:
             new = list(sp.block_ids[done:])
             if new:
                 self.pool.publish(sp.hashes[done:done + len(new)], new, zero_copy=True)
+                # Reads already on the block belong to other requests sharing it;
+                # no consumer of this one can have read it before now.
+                base = self.pool.reads([new[-1]])[0]
                 with self._lock:
                     for b in new:
                         self._refs[b] += 1
                     mine.extend(new)
+                    self._last[sp.req_id] = (new[-1], base)
         if sp.put:
             try:
                 req = self.pool.put(sp.hashes, sp.block_ids)
@@ -264,6 +273,9 @@ class WorkerSide:
 
     # -- reporting -----------------------------------------------------------
     def finished(self, finished_req_ids):
+        if self._must_drain:
+            self._must_drain = False
+            self._drain_saves()
         recving = set()
         while True:
             try:

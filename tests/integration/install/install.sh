@@ -4,7 +4,7 @@
 # prefix's kvshare.pc points into that prefix and a program built with pkg-config runs against
 # that prefix's library; the installed programs find libkvshare.so.0 through RUNPATH
 # $ORIGIN/../lib; the installed `kvshare demo` finds the installed kvshare-engine and its
-# tokens come out identical.
+# tokens come out identical; the vLLM plugin package is installed and importable.
 # Usage: install.sh BUILD_DIR CC "CFLAGS" PROGRAM...   (PROGRAM: what must be in PREFIX/bin)
 set -u
 build=$1 cc=$2 cflags=$3
@@ -76,10 +76,34 @@ check_prefix() {
   ok "$p: ${programs[*]} have RUNPATH $want"
 }
 
+# check_python P: the vLLM package and its dist-info are in P/share/kvshare/python, with no
+# __pycache__, and /usr/bin/python3 imports the plugin and finds its entry point with only
+# PYTHONPATH set to that folder (as the webhook does in a pod): no pip.
+check_python() {
+  local p=$1 dir=$1/share/kvshare/python want out
+  want=$(PKG_CONFIG_PATH=$(dirname "$(find "$p" -name kvshare.pc -path '*/pkgconfig/*')") \
+    pkg-config --modversion kvshare)
+  [ -f "$dir/kvshare_vllm/plugin.py" ] || fail "$p: share/kvshare/python/kvshare_vllm/plugin.py not installed"
+  [ -f "$dir/kvshare_vllm-$want.dist-info/entry_points.txt" ] ||
+    fail "$p: share/kvshare/python/kvshare_vllm-$want.dist-info/entry_points.txt not installed"
+  [ -z "$(find "$dir" \( -name __pycache__ -o -name '*.pyc' \))" ] ||
+    fail "$p: __pycache__ installed: $(find "$dir" -name __pycache__)"
+  out=$(cd / && env -u VLLM_PLUGINS PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$dir" /usr/bin/python3 -c '
+import importlib.metadata as m, kvshare_vllm.plugin as p
+eps = [e for e in m.entry_points(group="vllm.general_plugins") if e.name == "kvshare"]
+assert len(eps) == 1 and eps[0].load() is p.register, eps
+print(m.version("kvshare_vllm"), p.__file__)' 2>&1) || fail "$p: python3 with PYTHONPATH=$dir: $out"
+  [ "$out" = "$want $dir/kvshare_vllm/plugin.py" ] ||
+    fail "$p: want kvshare_vllm $want from $dir, got: $out"
+  ok "$p: PYTHONPATH=$dir imports kvshare_vllm.plugin; entry point vllm.general_plugins:kvshare, version $want"
+}
+
 p1=$WORK/one
 p2=$WORK/two/levels/deeper
 check_prefix "$p1"
 check_prefix "$p2"
+check_python "$p1"
+check_python "$p2"
 [ "$(readlink -f "$p1/bin/kvshare")" != "$(readlink -f "$p2/bin/kvshare")" ] || fail "one install"
 
 # The installed demo, with no token, engine or library path from the environment: it makes
