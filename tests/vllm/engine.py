@@ -88,7 +88,7 @@ class EngineArgs:
         if self.kv_transfer_config is not None:
             ktc = KVTransferConfig(**self.kv_transfer_config)
         return VllmConfig(
-            model_config=ModelConfig(dtype=self.dtype, use_mla=self.use_mla,
+            model_config=ModelConfig(dtype=getattr(torch, self.dtype), use_mla=self.use_mla,
                                      num_hidden_layers=self.num_layers,
                                      total_num_kv_heads=self.num_kv_heads,
                                      head_size=self.head_size),

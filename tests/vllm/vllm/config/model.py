@@ -12,20 +12,14 @@ from typing import Any
 @dataclass
 class ModelConfig:
     model: str = "kvshare-toy"
-    dtype: Any = None              # a torch dtype; None -> torch.float16
+    # A torch dtype, as upstream. Creating a config imports no torch (the plugin's tests
+    # check that), so whoever builds an engine passes one (engine.EngineArgs does).
+    dtype: Any = None
     use_mla: bool = False
     num_hidden_layers: int = 4
     total_num_kv_heads: int = 4
     head_size: int = 16
     max_model_len: int = 4096
-
-    def __post_init__(self) -> None:
-        if self.dtype is None or isinstance(self.dtype, str):
-            try:   # torch is optional for config-only users (the plugin's tests)
-                import torch
-            except ImportError:
-                return
-            self.dtype = getattr(torch, self.dtype or "float16")
 
     def get_num_layers(self, parallel_config) -> int:
         assert self.num_hidden_layers % parallel_config.pipeline_parallel_size == 0
