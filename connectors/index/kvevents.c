@@ -366,9 +366,26 @@ static int decode_stored(kvs__ev_decoder_t *d, const msgpack_object *ev, kvs__ev
          * hashed (LoRA name, cache salt, multimodal hashes); our keys recompute them. */
         if (o->type != MSGPACK_OBJECT_ARRAY)
             return fail(why, wl, "BlockStored: extra_keys is not a list");
-        for (uint32_t i = 0; i < o->via.array.size; i++)
-            if (!is_nil(&o->via.array.ptr[i]) && o->via.array.ptr[i].type != MSGPACK_OBJECT_ARRAY)
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            const msgpack_object *x = &o->via.array.ptr[i];
+            if (is_nil(x))
+                continue;
+            if (x->type != MSGPACK_OBJECT_ARRAY)
                 return fail(why, wl, "BlockStored: extra_keys[%u] is neither a tuple nor None", i);
+            for (uint32_t k = 0; k < x->via.array.size; k++) {
+                const msgpack_object *y = &x->via.array.ptr[k];
+                bool is_str = y->type == MSGPACK_OBJECT_STR;
+                if (is_str && e->lora_name.ptr != NULL && y->via.str.size == e->lora_name.len &&
+                    memcmp(y->via.str.ptr, e->lora_name.ptr, e->lora_name.len) == 0)
+                    continue;
+                if (is_str && i == 0 && e->salt.ptr == NULL) {
+                    e->salt.ptr = y->via.str.ptr;
+                    e->salt.len = y->via.str.size;
+                    continue;
+                }
+                e->extra_other = true;
+            }
+        }
         e->nextra_keys = o->via.array.size;
     }
     o = field(ev, nm, ST_group_idx);

@@ -47,6 +47,13 @@ typedef struct kvs__ev {
     kvs__ev_str_t medium; /* None/absent: GPU (vLLM's MEDIUM_GPU) */
     kvs__ev_str_t lora_name;
     size_t nextra_keys; /* entries of extra_keys (0 when absent/None) */
+    /* What token mode needs of extra_keys (one tuple per block; vLLM puts the LoRA name in
+     * every block's, then multimodal hashes, then the cache salt in the prompt's first
+     * block only): salt is a string of extra_keys[0] other than lora_name; extra_other
+     * says some block carries anything else (multimodal hashes, prompt embeds, a second
+     * string), which token mode cannot recompute from a prompt. */
+    kvs__ev_str_t salt;
+    bool extra_other;
     bool has_group;
     int64_t group_idx;
     kvs__ev_str_t spec_kind; /* kv_cache_spec_kind */

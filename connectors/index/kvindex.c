@@ -555,6 +555,14 @@ bool kvs__idx_degraded(kvs__idx_t *idx, uint32_t pod)
     return d;
 }
 
+uint64_t kvs__idx_pod_pairs(kvs__idx_t *idx, uint32_t pod)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    uint64_t n = pod < idx->npods ? idx->pods[pod].n : 0;
+    pthread_rwlock_unlock(&idx->lock);
+    return n;
+}
+
 void kvs__idx_touch(kvs__idx_t *idx, uint32_t pod, uint64_t now_ms)
 {
     pthread_rwlock_wrlock(&idx->lock);

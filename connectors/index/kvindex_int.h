@@ -73,6 +73,8 @@ void kvs__idx_clear_pod(kvs__idx_t *idx, uint32_t pod);
 /* A degraded pod (its stream lost events it could not replay) scores zero. */
 void kvs__idx_set_degraded(kvs__idx_t *idx, uint32_t pod, bool degraded);
 bool kvs__idx_degraded(kvs__idx_t *idx, uint32_t pod);
+/* Copies (pod, block, medium) pod holds; 0 for an unknown pod. */
+uint64_t kvs__idx_pod_pairs(kvs__idx_t *idx, uint32_t pod);
 /* Stamps pod as heard from at now_ms. */
 void kvs__idx_touch(kvs__idx_t *idx, uint32_t pod, uint64_t now_ms);
 /* Clears the pods not heard from since now_ms - max_idle_ms; returns how many. */

@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
+#include "tokkeys_int.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -45,6 +46,10 @@
     X(replayed_batches, "Batches applied from replays.")                                           \
     X(restarts, "Pods whose sequence went backwards (restarted; cleared).")                        \
     X(store_failures, "Stores refused for lack of memory.")                                        \
+    X(token_orphans, "Token mode: BlockStored whose parent was never keyed (skipped).")            \
+    X(token_unkeyable, "Token mode: BlockStored of another block size, or with extra keys "        \
+                       "a prompt cannot carry (skipped).")                                         \
+    X(token_full, "Token mode: blocks not keyed because the key maps are at --max-pairs.")         \
     X(scores, "Score requests answered.")
 
 typedef struct counters {
@@ -73,6 +78,10 @@ typedef struct pod_seq {
 typedef struct index_daemon {
     kvs__idx_t *idx;
     kvs__ev_decoder_t *dec;
+    kvs__tk_t *tk;   /* token mode (--keys tokens): the index's own keys; NULL: the engine's */
+    uint64_t *tkeys; /* the event thread's scratch for derived keys */
+    size_t tkeys_cap;
+    atomic_ullong tk_entries, tk_bytes; /* the maps' gauges, for HTTP threads */
     kvs_hasher_h hasher;
     size_t digest_len;
     uint32_t block_size;
@@ -104,7 +113,8 @@ static void usage(FILE *f)
         f,
         "usage: kvshare index --source [bind:]ENDPOINT[@replay=ENDPOINT]... --http HOST:PORT\n"
         "                     [--block-size N] [--hash-algo sha256_cbor|xxhash_cbor]\n"
-        "                     [--hash-seed S] [--max-pairs N] [--max-idle-s S]\n"
+        "                     [--hash-seed S] [--keys hashes|tokens] [--max-pairs N]\n"
+        "                     [--max-idle-s S]\n"
         "\n"
         "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
         "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
@@ -116,6 +126,10 @@ static void usage(FILE *f)
         "  --block-size  vLLM's block size in tokens (default 16)\n"
         "  --hash-algo   vLLM's prefix_caching_hash_algo (default sha256_cbor)\n"
         "  --hash-seed   vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED, else 0)\n"
+        "  --keys        hashes: match the events' block hashes (the engine must hash\n"
+        "                reproducibly: sha256_cbor/xxhash_cbor and a fixed seed; default);\n"
+        "                tokens: key blocks from the events' token_ids with our own chain\n"
+        "                (--hash-algo/--hash-seed then need not match the engine's)\n"
         "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
         "  --max-idle-s  clear pods silent this long (default 0: never)\n");
 }
@@ -144,6 +158,64 @@ static bool prefix_group(const kvs__ev_str_t *kind)
     return false;
 }
 
+static void clear_pod(index_daemon_t *d, uint32_t pod)
+{
+    kvs__idx_clear_pod(d->idx, pod);
+    if (d->tk != NULL)
+        kvs__tk_clear_pod(d->tk, pod);
+}
+
+static bool tkeys_room(index_daemon_t *d, size_t n)
+{
+    if (n <= d->tkeys_cap)
+        return true;
+    uint64_t *nk = realloc(d->tkeys, n * sizeof(*nk));
+    if (nk == NULL)
+        return false;
+    d->tkeys = nk;
+    d->tkeys_cap = n;
+    return true;
+}
+
+/* Token mode: derives BlockStored e's keys into d->tkeys (*n of them). False when out of
+ * memory; an event that cannot be keyed is counted and logged (first few) and gives 0. */
+static bool token_keys(index_daemon_t *d, const char *src, uint32_t pod, const kvs__ev_t *e,
+                       size_t *n)
+{
+    *n = 0;
+    if (!tkeys_room(d, e->nhashes))
+        return false;
+    kvs__tk_result_t r = kvs__tk_stored(d->tk, pod, e, d->tkeys, n);
+    const char *why = NULL;
+    unsigned long long k = 0;
+    switch (r) {
+    case KVS__TK_OK:
+        return true;
+    case KVS__TK_NO_MEMORY:
+        return false;
+    case KVS__TK_ORPHAN:
+        k = atomic_fetch_add(&d->c.token_orphans, 1) + 1;
+        why = "its parent block was never keyed (lost, or stored before we joined)";
+        break;
+    case KVS__TK_SHAPE:
+        k = atomic_fetch_add(&d->c.token_unkeyable, 1) + 1;
+        why = "token_ids are not --block-size tokens per block hash";
+        break;
+    case KVS__TK_EXTRA:
+        k = atomic_fetch_add(&d->c.token_unkeyable, 1) + 1;
+        why = "extra keys beyond LoRA name and cache salt (multimodal?)";
+        break;
+    case KVS__TK_FULL:
+        k = atomic_fetch_add(&d->c.token_full, 1) + 1;
+        why = "the key maps are full (--max-pairs)";
+        break;
+    }
+    if (k <= 10 || k % 1000 == 0)
+        fprintf(stderr, "kvshare index: %s: pod %s: BlockStored not keyed (%llu so far): %s\n", src,
+                kvs__idx_pod_name(d->idx, pod), k, why);
+    return true;
+}
+
 /* Decodes one batch and applies it to pod. */
 static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *payload, size_t len)
 {
@@ -161,27 +233,47 @@ static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *
     for (size_t i = 0; i < b.nevents; i++) {
         const kvs__ev_t *e = &b.events[i];
         switch (e->type) {
-        case KVS__EV_STORED:
+        case KVS__EV_STORED: {
             if (!prefix_group(&e->spec_kind)) {
                 atomic_fetch_add(&d->c.events_skipped_group, 1);
                 break;
             }
-            if (kvs__idx_store(d->idx, pod, e->hashes, e->nhashes, e->medium.ptr, e->medium.len,
-                               t) != 0)
+            const uint64_t *keys = e->hashes;
+            size_t nkeys = e->nhashes;
+            if (d->tk != NULL) {
+                if (!token_keys(d, src, pod, e, &nkeys)) /* may move d->tkeys */
+                    atomic_fetch_add(&d->c.store_failures, 1);
+                keys = d->tkeys;
+            }
+            if (kvs__idx_store(d->idx, pod, keys, nkeys, e->medium.ptr, e->medium.len, t) != 0)
                 atomic_fetch_add(&d->c.store_failures, 1);
             atomic_fetch_add(&d->c.events_stored, 1);
             break;
-        case KVS__EV_REMOVED:
-            kvs__idx_remove(d->idx, pod, e->hashes, e->nhashes, e->medium.ptr, e->medium.len, t);
+        }
+        case KVS__EV_REMOVED: {
+            const uint64_t *keys = e->hashes;
+            size_t nkeys = e->nhashes;
+            if (d->tk != NULL) {
+                nkeys = tkeys_room(d, e->nhashes)
+                            ? kvs__tk_removed(d->tk, pod, e->hashes, e->nhashes, d->tkeys)
+                            : 0;
+                keys = d->tkeys;
+            }
+            kvs__idx_remove(d->idx, pod, keys, nkeys, e->medium.ptr, e->medium.len, t);
             atomic_fetch_add(&d->c.events_removed, 1);
             break;
+        }
         case KVS__EV_CLEARED:
             /* The pod's state is known again from here on: it is fresh. */
-            kvs__idx_clear_pod(d->idx, pod);
+            clear_pod(d, pod);
             kvs__idx_set_degraded(d->idx, pod, false);
             atomic_fetch_add(&d->c.events_cleared, 1);
             break;
         }
+    }
+    if (d->tk != NULL) {
+        atomic_store(&d->tk_entries, kvs__tk_entries(d->tk));
+        atomic_store(&d->tk_bytes, kvs__tk_bytes(d->tk));
     }
 }
 
@@ -347,7 +439,7 @@ known:;
         fprintf(stderr, "kvshare index: pod %s: sequence %llu after %llu: restarted, cleared\n",
                 pname, (unsigned long long)seq, (unsigned long long)ps->last);
         atomic_fetch_add(&d->c.restarts, 1);
-        kvs__idx_clear_pod(d->idx, p);
+        clear_pod(d, p);
         kvs__idx_set_degraded(d->idx, p, false);
         if (seq > 0 && s->dealer != NULL)
             replay(d, s, p, 0, seq);
@@ -605,6 +697,18 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
         (unsigned long long)s.pairs, (unsigned long long)s.blocks, (unsigned long long)s.pods,
         (unsigned long long)s.degraded_pods, (unsigned long long)s.bytes,
         (unsigned long long)s.evicted);
+    if (len >= cap)
+        len = cap - 1;
+    if (d->tk != NULL)
+        len += (size_t)snprintf(
+            b + len, cap - len,
+            "# HELP kvshare_index_token_map_entries Token mode: engine hash -> key entries.\n"
+            "# TYPE kvshare_index_token_map_entries gauge\n"
+            "kvshare_index_token_map_entries %llu\n"
+            "# HELP kvshare_index_token_map_bytes Token mode: memory of the key maps.\n"
+            "# TYPE kvshare_index_token_map_bytes gauge\nkvshare_index_token_map_bytes %llu\n",
+            (unsigned long long)atomic_load(&d->tk_entries),
+            (unsigned long long)atomic_load(&d->tk_bytes));
     return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", b, true);
 }
 
@@ -715,6 +819,8 @@ static void daemon_close(index_daemon_t *d)
         zmq_ctx_term(d->zctx);
     kvs__ev_decoder_destroy(d->dec);
     kvs__idx_destroy(d->idx);
+    kvs__tk_destroy(d->tk); /* before the hasher it borrows */
+    free(d->tkeys);
     kvs_hasher_destroy(d->hasher);
     free(d->seq);
 }
@@ -723,6 +829,7 @@ int kvs_cli_index(int argc, char **argv)
 {
     static index_daemon_t d; /* large (sources); one per process */
     const char *http = NULL, *algo = "sha256_cbor", *seed = NULL;
+    bool token_mode = false;
     uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -733,7 +840,7 @@ int kvs_cli_index(int argc, char **argv)
         bool takes = strcmp(a, "--source") == 0 || strcmp(a, "--http") == 0 ||
                      strcmp(a, "--block-size") == 0 || strcmp(a, "--hash-algo") == 0 ||
                      strcmp(a, "--hash-seed") == 0 || strcmp(a, "--max-pairs") == 0 ||
-                     strcmp(a, "--max-idle-s") == 0;
+                     strcmp(a, "--max-idle-s") == 0 || strcmp(a, "--keys") == 0;
         if (!takes) {
             fprintf(stderr, "kvshare index: unknown option '%s'\n", a);
             usage(stderr);
@@ -768,6 +875,12 @@ int kvs_cli_index(int argc, char **argv)
             algo = v;
         } else if (strcmp(a, "--hash-seed") == 0) {
             seed = v;
+        } else if (strcmp(a, "--keys") == 0) {
+            if (strcmp(v, "hashes") != 0 && strcmp(v, "tokens") != 0) {
+                fprintf(stderr, "kvshare index: --keys '%s': accepted: hashes, tokens\n", v);
+                return 2;
+            }
+            token_mode = strcmp(v, "tokens") == 0;
         } else if (strcmp(a, "--max-pairs") == 0) {
             if (!kvs_cli_parse_u64(a, v, 1, UINT64_MAX, &max_pairs))
                 return 2;
@@ -798,6 +911,11 @@ int kvs_cli_index(int argc, char **argv)
     d.idx = kvs__idx_create(max_pairs);
     d.dec = kvs__ev_decoder_create();
     d.zctx = zmq_ctx_new();
+    /* The maps hold one entry per (pod, block) as the index does: the same bound. */
+    if (token_mode && (d.tk = kvs__tk_create(d.hasher, d.block_size, max_pairs)) == NULL) {
+        fprintf(stderr, "kvshare index: out of memory\n");
+        goto out;
+    }
     if (d.idx == NULL || d.dec == NULL || d.zctx == NULL) {
         fprintf(stderr, "kvshare index: out of memory\n");
         goto out;
@@ -852,8 +970,9 @@ int kvs_cli_index(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     printf("ready http://%s\n", bound);
     fflush(stdout);
-    fprintf(stderr, "kvshare index: %zu source(s), block size %u, %s, serving on %s\n", d.nsrc,
-            d.block_size, algo, bound);
+    fprintf(stderr,
+            "kvshare index: %zu source(s), block size %u, %s, keys from %s, serving on %s\n",
+            d.nsrc, d.block_size, algo, token_mode ? "token_ids" : "block hashes", bound);
 
     zmq_pollitem_t items[MAX_SOURCES];
     for (size_t i = 0; i < d.nsrc; i++)
@@ -878,7 +997,10 @@ int kvs_cli_index(int argc, char **argv)
             }
         }
         if (max_idle_s > 0 && now_ms() >= next_age) {
-            kvs__idx_age(d.idx, now_ms(), max_idle_s * 1000u);
+            if (kvs__idx_age(d.idx, now_ms(), max_idle_s * 1000u) > 0 && d.tk != NULL)
+                for (uint32_t p = 0; p < d.nseq; p++) /* aged pods lose their key maps too */
+                    if (kvs__idx_pod_pairs(d.idx, p) == 0)
+                        kvs__tk_clear_pod(d.tk, p);
             next_age = now_ms() + 1000;
         }
     }

@@ -307,3 +307,64 @@ Test(kvevents, every_allocation_failure_is_survived)
         cr_assert_lt(n, 1000);
     }
 }
+
+/* What token mode reads of extra_keys: the LoRA name is skipped, a string of the first
+ * block's tuple is the salt, anything else is flagged. */
+static void stored_with_extra(const char *lora, int nblocks, const char *first, const char *later,
+                              bool int_item)
+{
+    batch_head(1);
+    msgpack_pack_map(&pk, 4);
+    str("type");
+    str("BlockStored");
+    str("block_hashes");
+    msgpack_pack_array(&pk, 0);
+    str("lora_name");
+    if (lora)
+        str(lora);
+    else
+        msgpack_pack_nil(&pk);
+    str("extra_keys");
+    msgpack_pack_array(&pk, (uint32_t)nblocks);
+    for (int i = 0; i < nblocks; i++) {
+        const char *s = i == 0 ? first : later;
+        uint32_t n = (lora ? 1u : 0u) + (s ? 1u : 0u) + (int_item && i == 0 ? 1u : 0u);
+        if (n == 0) {
+            msgpack_pack_nil(&pk);
+            continue;
+        }
+        msgpack_pack_array(&pk, n);
+        if (lora)
+            str(lora);
+        if (int_item && i == 0)
+            msgpack_pack_int(&pk, 5);
+        if (s)
+            str(s);
+    }
+    msgpack_pack_nil(&pk); /* dp_rank */
+}
+
+Test(kvevents, extra_keys_salt_and_others)
+{
+    kvs__ev_batch_t b;
+    char why[128];
+    stored_with_extra("ad1", 3, "salt1", NULL, false);
+    cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
+    cr_assert_eq(b.events[0].nextra_keys, 3);
+    cr_assert_eq(b.events[0].salt.len, 5);
+    cr_assert(memcmp(b.events[0].salt.ptr, "salt1", 5) == 0);
+    cr_assert(!b.events[0].extra_other);
+    sb.size = 0;
+    stored_with_extra(NULL, 2, NULL, NULL, false);
+    cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
+    cr_assert_null(b.events[0].salt.ptr);
+    cr_assert(!b.events[0].extra_other);
+    sb.size = 0;
+    stored_with_extra("ad1", 2, NULL, "mm-hash", false); /* a string in a later block */
+    cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
+    cr_assert(b.events[0].extra_other);
+    sb.size = 0;
+    stored_with_extra(NULL, 1, "s", NULL, true); /* a non-string item */
+    cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
+    cr_assert(b.events[0].extra_other);
+}
