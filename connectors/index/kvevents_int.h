@@ -80,6 +80,20 @@ void kvs__ev_decoder_destroy(kvs__ev_decoder_t *d);
 int kvs__ev_decode(kvs__ev_decoder_t *d, const void *buf, size_t len, kvs__ev_batch_t *batch,
                    size_t *skipped, char *why, size_t why_len);
 
+/* One event to encode (kvshare's own publishers: `kvshare serve --events`). */
+typedef struct kvs__ev_out {
+    kvs__ev_type_t type;
+    const uint64_t *hashes; /* STORED / REMOVED */
+    size_t nhashes;
+    const char *medium; /* NULL: none (vLLM reads it as GPU) */
+} kvs__ev_out_t;
+
+/* Encodes the batch [ts, [events...], None] as vLLM does since its PR #42892 (each event a
+ * map with its class name under "type"; BlockStored without tokens: a pool node does not
+ * know them, block_size 0). On success (0) *buf (free() it) holds *len bytes; -1 when out
+ * of memory. */
+int kvs__ev_encode(const kvs__ev_out_t *evs, size_t n, double ts, char **buf, size_t *len);
+
 /* The key an int or bytes hash stands for (bytes: the last 8, big-endian; fewer than 8
  * bytes are read as a big-endian number). Exposed for the tests. */
 uint64_t kvs__ev_hash_from_bytes(const uint8_t *b, size_t n);

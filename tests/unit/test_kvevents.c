@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <msgpack.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static msgpack_sbuffer sb;
@@ -367,4 +368,34 @@ Test(kvevents, extra_keys_salt_and_others)
     stored_with_extra(NULL, 1, "s", NULL, true); /* a non-string item */
     cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
     cr_assert(b.events[0].extra_other);
+}
+
+/* kvshare's own events (serve --events) decode as vLLM's map encoding does. */
+Test(kvevents, encoded_batches_decode_back)
+{
+    uint64_t stored[3] = {1, 0xffffffffffffffffull, 0x8000000000000000ull}, removed[1] = {7};
+    kvs__ev_out_t evs[3] = {
+        {.type = KVS__EV_STORED, .hashes = stored, .nhashes = 3, .medium = "KVSHARE_POOL"},
+        {.type = KVS__EV_REMOVED, .hashes = removed, .nhashes = 1, .medium = "KVSHARE_POOL"},
+        {.type = KVS__EV_CLEARED},
+    };
+    char *buf = NULL;
+    size_t len = 0;
+    cr_assert_eq(kvs__ev_encode(evs, 3, 12.5, &buf, &len), 0);
+    kvs__ev_batch_t b;
+    char why[128];
+    cr_assert_eq(kvs__ev_decode(dec, buf, len, &b, NULL, why, sizeof(why)), 0, "%s", why);
+    free(buf);
+    cr_assert_eq(b.ts, 12.5);
+    cr_assert_eq(b.nevents, 3);
+    cr_assert_eq(b.events[0].type, KVS__EV_STORED);
+    cr_assert_eq(b.events[0].nhashes, 3);
+    cr_assert_arr_eq(b.events[0].hashes, stored, sizeof(stored));
+    cr_assert_eq(b.events[0].medium.len, strlen("KVSHARE_POOL"));
+    cr_assert(!b.events[0].has_parent);
+    cr_assert_eq(b.events[0].ntokens, 0);
+    cr_assert_eq(b.events[1].type, KVS__EV_REMOVED);
+    cr_assert_eq(b.events[1].hashes[0], 7);
+    cr_assert_eq(b.events[2].type, KVS__EV_CLEARED);
+    cr_assert(!b.has_dp_rank);
 }

@@ -1,0 +1,141 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
+"""serve_events.py - `kvshare serve --events` seen by `kvshare index` as a tier.
+
+A pool node publishes its stores and evictions as vLLM KV events; an index subscribed to it
+(and to a fake vLLM pod holding part of the same prompt) scores the pool pod with medium
+KVSHARE_POOL; blocks put with kvs_peer (keys = vLLM sha256_cbor over known tokens) score in
+full; eviction (capacity exceeded) produces BlockRemoved and the evicted prefix stops
+scoring; SIGTERM on the node publishes AllBlocksCleared.
+
+Usage: serve_events.py PATH_TO_KVSHARE PATH_TO_KVS_PEER
+"""
+import os
+import re
+import select
+import subprocess
+import sys
+import tempfile
+import time
+
+import zmq
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import index_events as ie  # noqa: E402
+from index_events import FakePod, check, pods_of, wait_for  # noqa: E402
+from keys_vs_vllm import vllm_keys  # noqa: E402
+
+BS, BLOCK_BYTES = 16, 32768
+
+
+def prompt(seed, nblocks):
+    """The tokens kvs_peer --token-keys hashes for --seed seed."""
+    return [(seed * 1000003 + j) % 100000 for j in range(nblocks * BS)]
+
+
+def main():
+    kvshare, peer = sys.argv[1], sys.argv[2]
+    tmp = tempfile.mkdtemp(prefix="kvs-serve-events-")
+    env = dict(os.environ, KVSHARE_AUTH="none", KVSHARE_AUTH_TOKEN_FILE="", KVSHARE_LOG="warn")
+    procs = []
+    try:
+        ctx = zmq.Context()
+        # 4 MiB of 32 KiB blocks: 128 slots, evicting from 90 % down to 80 %.
+        node = subprocess.Popen([kvshare, "serve", "--listen", "127.0.0.1:0", "--capacity", "4MiB",
+                                 "--events", "tcp://127.0.0.1:*", "--events-pod", "pool-0",
+                                 "--events-model", "m1"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=open(os.path.join(tmp, "node.err"), "w"), env=env)
+        procs.append(node)
+        line, end = b"", time.time() + ie.DEADLINE_S
+        while not line.endswith(b"\n") and time.time() < end:
+            if select.select([node.stdout], [], [], 0.2)[0]:
+                c = os.read(node.stdout.fileno(), 1)
+                if not c:
+                    break
+                line += c
+        if not line.startswith(b"ready "):
+            raise SystemExit(f"FAIL: kvshare serve not ready: {line!r} "
+                             f"{open(os.path.join(tmp, 'node.err')).read()}")
+        addr = line.split()[1].decode()
+        ep = None
+        while ep is None and time.time() < end:
+            m = re.search(r"publishing block events on (\S+)", open(os.path.join(tmp, "node.err")).read())
+            ep = m.group(1) if m else time.sleep(0.05)
+        check(ep is not None, f"the node says where it publishes ({ep})")
+
+        gpu = FakePod(ctx, replay=False)
+        idx = ie.Index(kvshare, [ep, f"tcp://127.0.0.1:{gpu.port}"],
+                       extra=["--block-size", str(BS), "--hash-algo", "sha256_cbor", "--hash-seed", "0"])
+        procs.append(idx.proc)
+
+        def put(seed, nblocks):
+            r = subprocess.run([peer, "put", "--token-keys", "--blocks", str(nblocks), "--segments", "2",
+                                "--block-bytes", str(BLOCK_BYTES), "--seed", str(seed)],
+                               env=dict(env, KVSHARE_POOL=addr), capture_output=True, text=True,
+                               timeout=60)
+            check(r.returncode == 0, f"kvs_peer put seed {seed}: {r.stdout.strip()}"
+                  + ("" if r.returncode == 0 else f" {r.stderr[-500:]}"))
+
+        # The SUB connects asynchronously: small puts until the index has heard of the node.
+        seed = 1000
+        while (idx.metric("kvshare_index_pods") or 0) < 1 and time.time() < end:
+            put(seed, 1)
+            seed += 1
+        check((idx.metric("kvshare_index_pods") or 0) >= 1, "the index sees the pool node")
+
+        p1 = prompt(1, 40)
+        put(1, 40)
+        r = wait_for("the pool pod holds all 40 blocks of prompt 1", lambda: idx.score("m1", p1),
+                     lambda r: pods_of(r) == {"pool-0": 40})
+        check([p["medium"] for p in r.get("pods", [])] == ["KVSHARE_POOL"], f"medium KVSHARE_POOL ({r})")
+        # A vLLM pod holding 10 blocks of the same prompt: both tiers in one score.
+        ks = vllm_keys("sha256_cbor", "0", BS, p1, None, None)
+        end = time.time() + ie.DEADLINE_S
+        while (idx.metric("kvshare_index_pods") or 0) < 2 and time.time() < end:
+            gpu.publish("kv@pod-g@m1", 0, [{"type": "AllBlocksCleared"}])
+            time.sleep(0.05)
+        gpu.publish("kv@pod-g@m1", 1, [{"type": "BlockStored",
+                                        "block_hashes": [int.from_bytes(k[-8:], "big") for k in ks[:10]],
+                                        "parent_block_hash": None, "token_ids": [], "block_size": BS,
+                                        "lora_id": None, "medium": "GPU"}])
+        r = wait_for("GPU pod and pool node side by side", lambda: idx.score("m1", p1),
+                     lambda r: pods_of(r) == {"pool-0": 40, "pod-g": 10})
+        check([(p["pod"], p["medium"]) for p in r["pods"]] == [("pool-0", "KVSHARE_POOL"), ("pod-g", "GPU")],
+              "sorted by blocks, each with its tier")
+
+        # Beyond capacity: the node evicts prompt 1's (oldest) blocks and says so.
+        p2 = prompt(2, 90)
+        put(2, 90)
+        wait_for("BlockRemoved events applied", lambda: idx.metric("kvshare_index_events_removed_total"),
+                 lambda n: (n or 0) >= 1)
+        wait_for("the evicted prefix of prompt 1 no longer scores on the pool",
+                 lambda: pods_of(idx.score("m1", p1)).get("pool-0", 0), lambda n: n < 40)
+        wait_for("prompt 2 scores in full", lambda: pods_of(idx.score("m1", p2)),
+                 lambda p: p == {"pool-0": 90})
+        check(idx.metric("kvshare_index_degraded_pods") == 0, "no gap: the node dropped nothing")
+
+        # The node stops: AllBlocksCleared empties its part of the index.
+        node.stdin.close()
+        rc = node.wait(timeout=ie.DEADLINE_S)
+        check(rc == 0, f"the node stops cleanly (exit {rc})")
+        wait_for("the stopped node's blocks are cleared", lambda: pods_of(idx.score("m1", p2)),
+                 lambda p: p == {})
+        check(pods_of(idx.score("m1", p1)) == {"pod-g": 10}, "the GPU pod keeps its blocks")
+        check(idx.stop() == 0, "the index stops cleanly")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, f))
+        os.rmdir(tmp)
+    if ie.FAILS:
+        print(f"serve_events: {len(ie.FAILS)} failure(s)")
+        sys.exit(1)
+    print("serve_events: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
