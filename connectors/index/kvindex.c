@@ -555,6 +555,23 @@ bool kvs__idx_degraded(kvs__idx_t *idx, uint32_t pod)
     return d;
 }
 
+size_t kvs__idx_pod_copies(kvs__idx_t *idx, uint32_t pod, uint64_t *hashes, const char **media,
+                           size_t max)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    size_t n = pod < idx->npods ? idx->pods[pod].n : 0;
+    for (size_t i = 0; i < n && i < max; i++) {
+        block_t *b = &idx->blocks[idx->pods[pod].blocks[i]];
+        const holder_t *h = holders(b);
+        hashes[i] = b->hash;
+        for (uint16_t k = 0; k < b->n; k++)
+            if (pm_pod(h[k].pod_med) == pod && h[k].pos == i)
+                media[i] = idx->media[pm_med(h[k].pod_med)];
+    }
+    pthread_rwlock_unlock(&idx->lock);
+    return n;
+}
+
 uint64_t kvs__idx_pod_pairs(kvs__idx_t *idx, uint32_t pod)
 {
     pthread_rwlock_rdlock(&idx->lock);

@@ -73,6 +73,10 @@ void kvs__idx_clear_pod(kvs__idx_t *idx, uint32_t pod);
 /* A degraded pod (its stream lost events it could not replay) scores zero. */
 void kvs__idx_set_degraded(kvs__idx_t *idx, uint32_t pod, bool degraded);
 bool kvs__idx_degraded(kvs__idx_t *idx, uint32_t pod);
+/* Writes up to max of pod's copies (the block's hash, its medium's name, valid while the index
+ * lives) and returns how many it holds (a sharing replica's resync: Redis). */
+size_t kvs__idx_pod_copies(kvs__idx_t *idx, uint32_t pod, uint64_t *hashes, const char **media,
+                           size_t max);
 /* Copies (pod, block, medium) pod holds; 0 for an unknown pod. */
 uint64_t kvs__idx_pod_pairs(kvs__idx_t *idx, uint32_t pod);
 /* Stamps pod as heard from at now_ms. */

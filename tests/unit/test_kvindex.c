@@ -403,3 +403,33 @@ Test(kvindex, every_allocation_failure_is_survived)
         }
     }
 }
+
+/* A sharing replica's resync reads back every copy of a pod, with its medium. */
+Test(kvindex, pod_copies_lists_every_copy_with_its_medium)
+{
+    uint64_t k[30];
+    chain(k, 30, 9);
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a);
+    kvs__idx_store(idx, p1, k, 20, NULL, 0, 1);
+    kvs__idx_store(idx, p1, k, 5, "CPU", 3, 1);
+    kvs__idx_store(idx, p2, k, 30, NULL, 0, 1);
+    kvs__idx_remove(idx, p1, &k[3], 1, NULL, 0, 1);
+    uint64_t h[64];
+    const char *m[64];
+    cr_assert_eq(kvs__idx_pod_copies(idx, p1, h, m, 2), 24, "the count, whatever max is");
+    cr_assert_eq(kvs__idx_pod_copies(idx, p1, h, m, 64), 24);
+    int gpu = 0, cpu = 0;
+    for (int i = 0; i < 24; i++) {
+        bool found = false;
+        for (int j = 0; j < 20; j++)
+            found |= h[i] == k[j];
+        cr_assert(found);
+        if (h[i] == k[3])
+            cr_assert_str_eq(m[i], "CPU", "only block 3's GPU copy was removed");
+        gpu += strcmp(m[i], "GPU") == 0;
+        cpu += strcmp(m[i], "CPU") == 0;
+    }
+    cr_assert_eq(gpu, 19);
+    cr_assert_eq(cpu, 5);
+    cr_assert_eq(kvs__idx_pod_copies(idx, 999, h, m, 64), 0);
+}
