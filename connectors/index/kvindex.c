@@ -228,6 +228,14 @@ out:
     return id;
 }
 
+const char *kvs__idx_pod_model_name(kvs__idx_t *idx, uint32_t pod)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    const char *n = pod < idx->npods ? idx->models[idx->pods[pod].model].name : NULL;
+    pthread_rwlock_unlock(&idx->lock);
+    return n;
+}
+
 const char *kvs__idx_pod_name(kvs__idx_t *idx, uint32_t pod)
 {
     pthread_rwlock_rdlock(&idx->lock);

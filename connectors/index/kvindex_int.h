@@ -58,6 +58,8 @@ int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool creat
 /* The id of pod `name` serving `model`, created when create is true (a pod publishing two
  * models is two pods here). -1: unknown / out of memory / too many pods. */
 int64_t kvs__idx_pod(kvs__idx_t *idx, const char *name, size_t len, uint32_t model, bool create);
+/* Name of the model of a pod id (valid while the index lives); NULL for an unknown id. */
+const char *kvs__idx_pod_model_name(kvs__idx_t *idx, uint32_t pod);
 /* Name of a pod id (valid while the index lives); NULL for an unknown id. */
 const char *kvs__idx_pod_name(kvs__idx_t *idx, uint32_t pod);
 
