@@ -26,11 +26,11 @@ static void token_mode(const kvs__ev_batch_t *b)
                                                 KVS_HASHER_FIELD_SEED,
                                   .algo = KVS_HASH_XXHASH_CBOR,
                                   .seed = "0",
-                                  .block_tokens = 4};
+                                  .block_tokens = 16}; /* the seeds' */
         if (kvs_hasher_create(&hp, &h) != KVS_OK)
             return;
     }
-    kvs__tk_t *tk = kvs__tk_create(h, 4, 64);
+    kvs__tk_t *tk = kvs__tk_create(h, 16, 64);
     if (tk == NULL)
         return;
     for (size_t i = 0; i < b->nevents; i++) {
