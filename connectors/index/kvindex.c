@@ -28,6 +28,10 @@ typedef struct block {
     uint64_t slow;   /* slots whose best copy is not on the fastest tier (GPU) */
     uint32_t model;  /* NO_BLOCK: free; h.one.pos then links the free list */
     uint16_t n, cap; /* cap 0: the one holder is inline */
+    /* The block stored right after this one in the last store that had both (a prompt's
+     * next block, usually): a score tries it before the table. Only a hint: checked
+     * against the key, stale after a free. */
+    uint32_t next;
     union {
         holder_t one;
         holder_t *many;
@@ -318,6 +322,7 @@ static uint32_t add_block(kvs__idx_t *idx, uint32_t model, uint64_t hash)
     memset(b, 0, sizeof(*b));
     b->hash = hash;
     b->model = model;
+    b->next = NO_BLOCK;
     uint32_t s = slot_of(hash, model, idx->mask);
     while (idx->slots[s] != 0)
         s = (s + 1) & idx->mask;
@@ -447,13 +452,17 @@ static void evict_one(kvs__idx_t *idx)
     idx->evicted++;
 }
 
-static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
+/* Stores one copy; *bi_p gets its block (NO_BLOCK when none was stored). */
+static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash, uint32_t *bi_p)
 {
     pod_t *p = &idx->pods[pod];
     uint32_t pm = pod << 8 | med;
     uint32_t bi = find_block(idx, p->model, hash);
-    if (bi != NO_BLOCK && find_holder(&idx->blocks[bi], pm) >= 0)
+    *bi_p = NO_BLOCK;
+    if (bi != NO_BLOCK && find_holder(&idx->blocks[bi], pm) >= 0) {
+        *bi_p = bi;
         return 0;
+    }
     if (idx->max_pairs > 0 && idx->pairs >= idx->max_pairs) {
         evict_one(idx);
         bi = find_block(idx, p->model, hash); /* the eviction may have freed it */
@@ -470,6 +479,7 @@ static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
     if (fresh && (bi = add_block(idx, p->model, hash)) == NO_BLOCK)
         return -1;
     block_t *b = &idx->blocks[bi];
+    *bi_p = bi;
     if (b->n == KVS__IDX_MAX_HOLDERS)
         return 0;
     if (b->n >= 1 && b->n >= b->cap) {
@@ -479,6 +489,7 @@ static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
         if (nh == NULL) {
             if (fresh)
                 free_block(idx, bi);
+            *bi_p = NO_BLOCK;
             return -1;
         }
         if (b->cap == 0)
@@ -505,8 +516,15 @@ int kvs__idx_store(kvs__idx_t *idx, uint32_t pod, const uint64_t *hashes, size_t
         goto out;
     }
     idx->pods[pod].last_ms = now_ms;
-    for (size_t i = 0; i < n && rc == 0; i++)
-        rc = store_one(idx, pod, (uint8_t)med, hashes[i]);
+    uint32_t prev = NO_BLOCK;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        uint32_t bi;
+        rc = store_one(idx, pod, (uint8_t)med, hashes[i], &bi);
+        /* An eviction inside store_one may have freed prev: it is only a hint's source. */
+        if (prev != NO_BLOCK && bi != NO_BLOCK && idx->blocks[prev].model != NO_BLOCK)
+            idx->blocks[prev].next = bi;
+        prev = bi;
+    }
 out:
     pthread_rwlock_unlock(&idx->lock);
     return rc;
@@ -660,6 +678,24 @@ static uint8_t worst_tier(kvs__idx_t *idx, uint32_t model, const uint64_t *keys,
 
 static int cmp_score(const void *a, const void *b);
 
+/* keys[k]'s block, given keys[k-1]'s (prev): the hint first, then the table. */
+static inline uint32_t next_block(const kvs__idx_t *idx, uint32_t model, uint32_t prev,
+                                  const uint64_t *keys, size_t n, size_t k, bool want_holders)
+{
+    if (prev != NO_BLOCK) {
+        uint32_t h = idx->blocks[prev].next;
+        if (h < idx->blocks_len && idx->blocks[h].hash == keys[k] &&
+            idx->blocks[h].model == model) {
+            uint32_t hh = idx->blocks[h].next;
+            if (hh < idx->blocks_len)
+                __builtin_prefetch(&idx->blocks[hh]); /* the step after */
+            return h;
+        }
+    }
+    prefetch_ahead(idx, model, keys, n, k, want_holders);
+    return find_block(idx, model, keys[k]);
+}
+
 /* Scoring for a model of at most 64 pods: ANDs of the blocks' slot masks. Called with the
  * read lock; b0 is keys[0]'s block. */
 static long score_masked(kvs__idx_t *idx, uint32_t model, uint32_t b0, const uint64_t *keys,
@@ -682,9 +718,10 @@ static long score_masked(kvs__idx_t *idx, uint32_t model, uint32_t b0, const uin
     uint64_t live = idx->blocks[b0].mask & elig, entered = live;
     uint64_t slow = live & idx->blocks[b0].slow;
     size_t k = 1;
+    uint32_t prev = b0;
     for (; k < n && live != 0; k++) {
-        prefetch_ahead(idx, model, keys, n, k, false);
-        uint32_t bi = find_block(idx, model, keys[k]);
+        uint32_t bi = next_block(idx, model, prev, keys, n, k, false);
+        prev = bi;
         uint64_t next = bi == NO_BLOCK ? 0 : live & idx->blocks[bi].mask;
         for (uint64_t dropped = live & ~next; dropped != 0; dropped &= dropped - 1)
             depth[__builtin_ctzll(dropped)] = (uint32_t)k;
@@ -762,11 +799,12 @@ long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_
         live[i] = cand[i];
     }
     nlive = ncand;
+    uint32_t prev = b0;
     for (size_t k = 1; k < n && nlive > 0; k++) {
-        prefetch_ahead(idx, model, keys, n, k, true);
-        uint32_t bi = find_block(idx, model, keys[k]);
+        uint32_t bi = next_block(idx, model, prev, keys, n, k, true);
         if (bi == NO_BLOCK)
             break;
+        prev = bi;
         b = &idx->blocks[bi];
         h = holders(b);
         uint32_t want = (uint32_t)k;

@@ -13,7 +13,8 @@
  * call. Readers never block each other; the lock-free readers the issue asks for are a
  * later step (the layout keeps all reads to one block table and per-block holder arrays).
  *
- * Memory: about 24 B per block + 4 B per table slot (load <= 1/2) + 8 B per holder beyond
+ * Memory: about 32 B per block (with the next-block hint a score tries before the table)
+ * + 4 B per table slot (load <= 1/2) + 8 B per holder beyond
  * the first + 4 B per (pod, block) in the pod's list; bounded by max_pairs. At the bound, a
  * store first evicts one pair from the pod that holds the most (its blocks in turn from a
  * rotating cursor, roughly oldest first); kvs__idx_age() clears pods idle for too long. */
