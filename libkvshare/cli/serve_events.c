@@ -68,7 +68,7 @@ kvs_cli_events_t *kvs_cli_events_open(const char *spec, uint64_t queue, char *wh
         snprintf(why, wl, "out of memory");
         return NULL;
     }
-    size_t cap = 1024;
+    size_t cap = 1;
     while (cap < queue)
         cap *= 2;
     ev->cap = cap;
@@ -181,11 +181,6 @@ static void drain(kvs_cli_events_t *ev)
         size_t t = atomic_load_explicit(&ev->tail, memory_order_relaxed);
         size_t h = atomic_load_explicit(&ev->head, memory_order_acquire);
         size_t n = h - t < CHUNK ? h - t : CHUNK;
-        if (n == 0)
-            return;
-        for (size_t i = 0; i < n; i++)
-            ev->chunk[i] = ev->ring[(t + i) & (ev->cap - 1)];
-        atomic_store_explicit(&ev->tail, t + n, memory_order_release);
         unsigned long long dropped = atomic_load_explicit(&ev->dropped, memory_order_relaxed);
         bool gap = dropped != ev->dropped_seen;
         if (gap) {
@@ -194,9 +189,19 @@ static void drain(kvs_cli_events_t *ev)
                     "a sequence gap\n",
                     dropped - ev->dropped_seen);
             ev->dropped_seen = dropped;
-            for (size_t i = 0; i < ev->ntopics; i++)
+            for (size_t i = 0; i < ev->ntopics; i++) {
                 ev->topics[i].seq++;
+                /* Nothing else to send: an empty batch shows the gap now, not at the next
+                 * store, which may never come. */
+                if (n == 0)
+                    send_batch(ev, &ev->topics[i], NULL, 0);
+            }
         }
+        if (n == 0)
+            return;
+        for (size_t i = 0; i < n; i++)
+            ev->chunk[i] = ev->ring[(t + i) & (ev->cap - 1)];
+        atomic_store_explicit(&ev->tail, t + n, memory_order_release);
         uint8_t done[CHUNK] = {0};
         for (size_t first = 0; first < n; first++) {
             if (done[first])

@@ -115,6 +115,65 @@ def main():
                  lambda p: p == {"pool-0": 90})
         check(idx.metric("kvshare_index_degraded_pods") == 0, "no gap: the node dropped nothing")
 
+        # A queue of one event: a put of many blocks overflows it while the publisher sleeps
+        # between drains. Whatever was dropped, the index must not trust the node: dropped
+        # events show as a gap (degraded, zero); none dropped, every block scores.
+        node2 = subprocess.Popen([kvshare, "serve", "--listen", "127.0.0.1:0", "--capacity", "64MiB",
+                                  "--events", "tcp://127.0.0.1:*", "--events-pod", "pool-1",
+                                  "--events-model", "m2", "--events-queue", "1",
+                                  "--metrics", "127.0.0.1:0"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=open(os.path.join(tmp, "node2.err"), "w"), env=env)
+        procs.append(node2)
+        line2 = node2.stdout.readline().decode()
+        addr2 = line2.split()[1] if line2.startswith("ready ") else None
+        end = time.time() + ie.DEADLINE_S
+        while True:  # the node logs both lines just after 'ready'
+            err2 = open(os.path.join(tmp, "node2.err")).read()
+            m_ep = re.search(r"publishing block events on (\S+)", err2)
+            m_met = re.search(r"metrics on (\S+)", err2)
+            if (m_ep and m_met) or time.time() > end:
+                break
+            time.sleep(0.05)
+        check(addr2 and m_ep and m_met, f"node 2 ready ({line2!r} {err2[-300:]})")
+        idx2 = ie.Index(kvshare, [m_ep.group(1)],
+                        extra=["--block-size", str(BS), "--hash-algo", "sha256_cbor", "--hash-seed", "0"])
+        procs.append(idx2.proc)
+        seed, end = 2000, time.time() + ie.DEADLINE_S
+        while (idx2.metric("kvshare_index_pods") or 0) < 1 and time.time() < end:
+            subprocess.run([peer, "put", "--token-keys", "--blocks", "1", "--segments", "2",
+                            "--block-bytes", str(BLOCK_BYTES), "--seed", str(seed)],
+                           env=dict(env, KVSHARE_POOL=addr2), capture_output=True, timeout=60)
+            seed += 1
+        r = subprocess.run([peer, "put", "--token-keys", "--blocks", "400", "--segments", "2",
+                            "--block-bytes", str(BLOCK_BYTES), "--seed", "3"],
+                           env=dict(env, KVSHARE_POOL=addr2), capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0, f"put 400 blocks into node 2: {r.stdout.strip()}")
+
+        def node2_metric(name):
+            import urllib.request
+            with urllib.request.urlopen(f"http://{m_met.group(1)}/metrics", timeout=5) as f:
+                for ln in f.read().decode().splitlines():
+                    if ln.startswith(name + " "):
+                        return int(ln.split()[1])
+        p3 = prompt(3, 400)
+        warm = seed - 2000  # one block each
+        wait_for("node 2 published or dropped every event",
+                 lambda: (node2_metric("kvshare_pool_events_published_total") or 0)
+                 + (node2_metric("kvshare_pool_events_dropped_total") or 0),
+                 lambda n: n >= 400 + warm)
+        dropped = node2_metric("kvshare_pool_events_dropped_total")
+        if dropped:
+            wait_for(f"{dropped} dropped events: the index degrades node 2 (scores zero)",
+                     lambda: (idx2.metric("kvshare_index_degraded_pods"), pods_of(idx2.score("m2", p3))),
+                     lambda v: v == (1, {}))
+        else:
+            wait_for("nothing dropped: node 2 scores all 400 blocks", lambda: pods_of(idx2.score("m2", p3)),
+                     lambda p: p == {"pool-1": 400})
+        node2.stdin.close()
+        check(node2.wait(timeout=ie.DEADLINE_S) == 0, "node 2 stops cleanly")
+        check(idx2.stop() == 0, "index 2 stops cleanly")
+
         # The node stops: AllBlocksCleared empties its part of the index.
         node.stdin.close()
         rc = node.wait(timeout=ie.DEADLINE_S)
