@@ -62,6 +62,9 @@ struct kvs__idx {
         char *name;
         uint32_t npods;
         uint32_t slot_pod[MASK_SLOTS];
+        /* Each slot's place among the model's first 64 pods in name order: a score sorts
+         * its results by blocks, then name, with integer compares only. */
+        uint8_t name_rank[MASK_SLOTS];
     } * models;
     uint32_t nmodels, models_cap;
     char *media[KVS__IDX_MAX_MEDIA];
@@ -224,9 +227,19 @@ int64_t kvs__idx_pod(kvs__idx_t *idx, const char *name, size_t len, uint32_t mod
         goto out;
     p->model = model;
     p->slot = idx->models[model].npods++;
-    if (p->slot < MASK_SLOTS)
-        idx->models[model].slot_pod[p->slot] = idx->npods;
     id = idx->npods++;
+    if (p->slot < MASK_SLOTS) {
+        struct model *md = &idx->models[model];
+        md->slot_pod[p->slot] = (uint32_t)id;
+        /* Re-rank by name (a new pod is rare; at most 64 of them). */
+        uint32_t ns = p->slot + 1;
+        for (uint32_t a = 0; a < ns; a++) {
+            uint32_t r = 0;
+            for (uint32_t b = 0; b < ns; b++)
+                r += strcmp(idx->pods[md->slot_pod[b]].name, idx->pods[md->slot_pod[a]].name) < 0;
+            md->name_rank[a] = (uint8_t)r;
+        }
+    }
 out:
     pthread_rwlock_unlock(&idx->lock);
     return id;
@@ -683,6 +696,12 @@ static inline uint32_t next_block(const kvs__idx_t *idx, uint32_t model, uint32_
                                   const uint64_t *keys, size_t n, size_t k, bool want_holders)
 {
     if (prev != NO_BLOCK) {
+        /* The entry after prev first: a prompt's blocks stored fresh by one store sit side
+         * by side, and this address needs no load, so the CPU runs ahead of the walk
+         * instead of chasing hints one load at a time. */
+        uint32_t c = prev + 1;
+        if (c < idx->blocks_len && idx->blocks[c].hash == keys[k] && idx->blocks[c].model == model)
+            return c;
         uint32_t h = idx->blocks[prev].next;
         if (h < idx->blocks_len && idx->blocks[h].hash == keys[k] &&
             idx->blocks[h].model == model) {
@@ -731,19 +750,28 @@ static long score_masked(kvs__idx_t *idx, uint32_t model, uint32_t b0, const uin
     }
     for (; live != 0; live &= live - 1)
         depth[__builtin_ctzll(live)] = (uint32_t)k;
-    kvs__idx_score_t all[MASK_SLOTS];
+    /* Sort keys: most blocks first, then name order (name_rank), the slot in the low bits;
+     * an insertion sort of at most 64 integers (qsort with strcmp cost as much as the walk). */
+    uint64_t order[MASK_SLOTS];
     size_t m = 0;
     for (uint64_t e = entered; e != 0; e &= e - 1) {
         uint32_t s = (uint32_t)__builtin_ctzll(e);
+        uint64_t key =
+            (uint64_t)(UINT32_MAX - depth[s]) << 32 | (uint64_t)md->name_rank[s] << 8 | s;
+        size_t j = m++;
+        for (; j > 0 && order[j - 1] > key; j--)
+            order[j] = order[j - 1];
+        order[j] = key;
+    }
+    for (size_t i = 0; i < m && i < max_out; i++) {
+        uint32_t s = (uint32_t)(order[i] & 0xffu);
         uint32_t pod = md->slot_pod[s];
         uint8_t tier = (slow >> s) & 1u ? worst_tier(idx, model, keys, depth[s], pod) : 0;
-        all[m++] = (kvs__idx_score_t){.pod = pod,
-                                      .pod_name = idx->pods[pod].name,
-                                      .blocks = depth[s],
-                                      .medium = idx->media[tier]};
+        out[i] = (kvs__idx_score_t){.pod = pod,
+                                    .pod_name = idx->pods[pod].name,
+                                    .blocks = depth[s],
+                                    .medium = idx->media[tier]};
     }
-    qsort(all, m, sizeof(*all), cmp_score);
-    memcpy(out, all, (m < max_out ? m : max_out) * sizeof(*all));
     return (long)m;
 }
 
