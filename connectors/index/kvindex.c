@@ -733,44 +733,55 @@ static long score_masked(kvs__idx_t *idx, uint32_t model, uint32_t b0, const uin
                 want |= 1ull << idx->pods[only[i]].slot;
         elig &= want;
     }
+    /* Pods leave the walk in order of depth: appending each step's leavers (ordered by name
+     * among themselves) builds the answer's order as a by-product, read back from the end. */
     uint32_t depth[MASK_SLOTS];
-    uint64_t live = idx->blocks[b0].mask & elig, entered = live;
+    uint8_t order[MASK_SLOTS];
+    size_t m = 0;
+    uint64_t live = idx->blocks[b0].mask & elig;
     uint64_t slow = live & idx->blocks[b0].slow;
     size_t k = 1;
     uint32_t prev = b0;
-    for (; k < n && live != 0; k++) {
-        uint32_t bi = next_block(idx, model, prev, keys, n, k, false);
-        prev = bi;
-        uint64_t next = bi == NO_BLOCK ? 0 : live & idx->blocks[bi].mask;
-        for (uint64_t dropped = live & ~next; dropped != 0; dropped &= dropped - 1)
-            depth[__builtin_ctzll(dropped)] = (uint32_t)k;
+    for (;; k++) {
+        uint64_t next = 0;
+        uint32_t bi = NO_BLOCK;
+        if (k < n && live != 0) {
+            bi = next_block(idx, model, prev, keys, n, k, false);
+            prev = bi;
+            next = bi == NO_BLOCK ? 0 : live & idx->blocks[bi].mask;
+        }
+        for (uint64_t dropped = live & ~next; dropped != 0; dropped &= dropped - 1) {
+            uint32_t s = (uint32_t)__builtin_ctzll(dropped);
+            depth[s] = (uint32_t)k;
+            size_t j = m++; /* among this step's leavers, by name */
+            for (; j > 0 && depth[order[j - 1]] == k &&
+                   md->name_rank[order[j - 1]] > md->name_rank[s];
+                 j--)
+                order[j] = order[j - 1];
+            order[j] = (uint8_t)s;
+        }
         if (bi != NO_BLOCK)
             slow |= next & idx->blocks[bi].slow;
         live = next;
+        if (live == 0)
+            break;
     }
-    for (; live != 0; live &= live - 1)
-        depth[__builtin_ctzll(live)] = (uint32_t)k;
-    /* Sort keys: most blocks first, then name order (name_rank), the slot in the low bits;
-     * an insertion sort of at most 64 integers (qsort with strcmp cost as much as the walk). */
-    uint64_t order[MASK_SLOTS];
-    size_t m = 0;
-    for (uint64_t e = entered; e != 0; e &= e - 1) {
-        uint32_t s = (uint32_t)__builtin_ctzll(e);
-        uint64_t key =
-            (uint64_t)(UINT32_MAX - depth[s]) << 32 | (uint64_t)md->name_rank[s] << 8 | s;
-        size_t j = m++;
-        for (; j > 0 && order[j - 1] > key; j--)
-            order[j] = order[j - 1];
-        order[j] = key;
-    }
-    for (size_t i = 0; i < m && i < max_out; i++) {
-        uint32_t s = (uint32_t)(order[i] & 0xffu);
-        uint32_t pod = md->slot_pod[s];
-        uint8_t tier = (slow >> s) & 1u ? worst_tier(idx, model, keys, depth[s], pod) : 0;
-        out[i] = (kvs__idx_score_t){.pod = pod,
-                                    .pod_name = idx->pods[pod].name,
-                                    .blocks = depth[s],
-                                    .medium = idx->media[tier]};
+    /* Deepest group first; within a group, name order. */
+    size_t o = 0;
+    for (size_t end = m; end > 0 && o < max_out;) {
+        size_t start = end - 1;
+        while (start > 0 && depth[order[start - 1]] == depth[order[end - 1]])
+            start--;
+        for (size_t i = start; i < end && o < max_out; i++) {
+            uint32_t s = order[i];
+            uint32_t pod = md->slot_pod[s];
+            uint8_t tier = (slow >> s) & 1u ? worst_tier(idx, model, keys, depth[s], pod) : 0;
+            out[o++] = (kvs__idx_score_t){.pod = pod,
+                                          .pod_name = idx->pods[pod].name,
+                                          .blocks = depth[s],
+                                          .medium = idx->media[tier]};
+        }
+        end = start;
     }
     return (long)m;
 }
