@@ -44,6 +44,10 @@ int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, s
 typedef struct kvs_cli_events kvs_cli_events_t;
 kvs_cli_events_t *kvs_cli_events_open(const char *spec, uint64_t queue, char *why, size_t wl);
 const char *kvs_cli_events_endpoint(const kvs_cli_events_t *ev);
+/* Binds a replay ROUTER (vLLM's protocol) keeping the last `batches` batches; before run. */
+int kvs_cli_events_replay(kvs_cli_events_t *ev, const char *endpoint, uint64_t batches, char *why,
+                          size_t wl);
+const char *kvs_cli_events_replay_endpoint(const kvs_cli_events_t *ev, char *buf, size_t len);
 void kvs_cli_events_on_block(void *arg, const kvs_block_event_t *e);
 int kvs_cli_events_run(kvs_cli_events_t *ev, const char *pod, const char *model, char *why,
                        size_t wl);

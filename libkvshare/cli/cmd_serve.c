@@ -20,7 +20,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: kvshare serve [--listen HOST:PORT] [--capacity SIZE] [--strategy lru|lfu]\n"
                "                     [--slot-bytes SIZE] [--metrics HOST:PORT]\n"
                "                     [--events [connect:]ENDPOINT [--events-pod NAME]\n"
-               "                      [--events-model NAME] [--events-queue N]]\n"
+               "                      [--events-model NAME] [--events-queue N]\n"
+               "                      [--events-replay ENDPOINT [--events-replay-batches N]]]\n"
                "\n"
                "A cache-pool node: holds KV blocks that clients offload (kvs_put) in host\n"
                "arenas (one per block size), and serves lookups and fetches of them to any\n"
@@ -48,6 +49,9 @@ static void usage(FILE *f)
                "              per layout); name the vLLM model to score the pool beside pods\n"
                "  --events-queue  events queued for the publisher before they are dropped\n"
                "              and counted (default 65536; a drop shows indexes a gap)\n"
+               "  --events-replay  bind a replay ROUTER (vLLM's protocol: an index fills its\n"
+               "              gaps and warms up from it); needs --events-model (one topic)\n"
+               "  --events-replay-batches  batches kept for replays (default 10000)\n"
                "Authentication (on by default): every client and node of the pool must share\n"
                "one token. KVSHARE_AUTH_TOKEN_FILE=PATH names a file holding it (1 to 4096\n"
                "bytes; make one with `head -c 32 /dev/urandom | base64 > token; chmod 600\n"
@@ -177,6 +181,7 @@ int kvs_cli_serve(int argc, char **argv)
     const char *listen = "0.0.0.0:18515", *strategy = NULL, *metrics_addr = NULL;
     const char *capacity = NULL, *slot = NULL;
     const char *events_ep = NULL, *events_pod = NULL, *events_model = NULL, *events_queue = NULL;
+    const char *events_replay = NULL, *events_keep = NULL;
     /* Options come in pairs: i steps over the flag and its value. */
     for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -184,16 +189,18 @@ int kvs_cli_serve(int argc, char **argv)
             usage(stdout);
             return 0;
         }
-        const char **dst = strcmp(a, "--listen") == 0         ? &listen
-                           : strcmp(a, "--capacity") == 0     ? &capacity
-                           : strcmp(a, "--strategy") == 0     ? &strategy
-                           : strcmp(a, "--slot-bytes") == 0   ? &slot
-                           : strcmp(a, "--metrics") == 0      ? &metrics_addr
-                           : strcmp(a, "--events") == 0       ? &events_ep
-                           : strcmp(a, "--events-pod") == 0   ? &events_pod
-                           : strcmp(a, "--events-model") == 0 ? &events_model
-                           : strcmp(a, "--events-queue") == 0 ? &events_queue
-                                                              : NULL;
+        const char **dst = strcmp(a, "--listen") == 0                  ? &listen
+                           : strcmp(a, "--capacity") == 0              ? &capacity
+                           : strcmp(a, "--strategy") == 0              ? &strategy
+                           : strcmp(a, "--slot-bytes") == 0            ? &slot
+                           : strcmp(a, "--metrics") == 0               ? &metrics_addr
+                           : strcmp(a, "--events") == 0                ? &events_ep
+                           : strcmp(a, "--events-pod") == 0            ? &events_pod
+                           : strcmp(a, "--events-model") == 0          ? &events_model
+                           : strcmp(a, "--events-queue") == 0          ? &events_queue
+                           : strcmp(a, "--events-replay") == 0         ? &events_replay
+                           : strcmp(a, "--events-replay-batches") == 0 ? &events_keep
+                                                                       : NULL;
         if (dst == NULL) {
             fprintf(stderr, "kvshare serve: unknown option '%s'\n", a);
             usage(stderr);
@@ -205,11 +212,20 @@ int kvs_cli_serve(int argc, char **argv)
         }
         *dst = v;
     }
-    uint64_t queue = 65536;
-    if ((events_pod || events_model || events_queue) && events_ep == NULL) {
-        fprintf(stderr, "kvshare serve: --events-pod/-model/-queue need --events\n");
+    uint64_t queue = 65536, keep = 10000;
+    if ((events_pod || events_model || events_queue || events_replay || events_keep) &&
+        events_ep == NULL) {
+        fprintf(stderr, "kvshare serve: --events-pod/-model/-queue/-replay need --events\n");
         return 2;
     }
+    if ((events_replay || events_keep) && (events_model == NULL || events_replay == NULL)) {
+        fprintf(stderr, "kvshare serve: --events-replay needs --events-model (one topic, one "
+                        "sequence), and --events-replay-batches needs --events-replay\n");
+        return 2;
+    }
+    if (events_keep &&
+        !kvs_cli_parse_u64("--events-replay-batches", events_keep, 1, 1u << 24, &keep))
+        return 2;
     if ((events_pod && (strchr(events_pod, '@') || !events_pod[0])) ||
         (events_model && (strchr(events_model, '@') || !events_model[0]))) {
         fprintf(stderr, "kvshare serve: --events-pod/--events-model: a non-empty name "
@@ -224,6 +240,12 @@ int kvs_cli_serve(int argc, char **argv)
         /* Bound before the node starts: the store reports to it from its first block. */
         if ((events = kvs_cli_events_open(events_ep, queue, ewhy, sizeof(ewhy))) == NULL) {
             fprintf(stderr, "kvshare serve: --events '%s': %s\n", events_ep, ewhy);
+            return 2;
+        }
+        if (events_replay != NULL &&
+            kvs_cli_events_replay(events, events_replay, keep, ewhy, sizeof(ewhy)) != 0) {
+            fprintf(stderr, "kvshare serve: --events-replay '%s': %s\n", events_replay, ewhy);
+            events_close();
             return 2;
         }
     }
@@ -346,8 +368,10 @@ int kvs_cli_serve(int argc, char **argv)
             events_close();
             return 1;
         }
-        fprintf(stderr, "kvshare serve: publishing block events on %s\n",
-                kvs_cli_events_endpoint(events));
+        char rep_ep[300];
+        const char *rep = kvs_cli_events_replay_endpoint(events, rep_ep, sizeof(rep_ep));
+        fprintf(stderr, "kvshare serve: publishing block events on %s%s%s\n",
+                kvs_cli_events_endpoint(events), rep ? ", replay on " : "", rep ? rep : "");
     }
 #endif
     kvs_stats_t s0 = {0};

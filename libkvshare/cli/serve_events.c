@@ -11,7 +11,13 @@
  *
  * A full ring drops the event and counts it; the next batch then skips a sequence number,
  * so an index sees the gap and stops trusting this pod (degraded) instead of keeping a
- * block that is gone. A clean stop publishes AllBlocksCleared. */
+ * block that is gone. A clean stop publishes AllBlocksCleared.
+ *
+ * With one topic (--events-model), a replay ROUTER (--events-replay) answers as vLLM's:
+ * [id, "", start seq] -> [id, "", seq, payload] for each kept batch from start, then
+ * [id, "", -1, ""]; the last --events-replay-batches batches are kept. An index joining
+ * late replays from 0 and is warm; a gap made by a drop stays a gap (never sent, never
+ * kept). The same thread serves it between drains. */
 #include "cli.h"
 #include "kvevents_int.h"
 
@@ -54,6 +60,14 @@ struct kvs_cli_events {
     size_t ntopics;
     pthread_t thread;
     bool running;
+    /* replay: a ring of the last nkeep batches (payload copies) of the one topic */
+    void *router;
+    struct kept {
+        uint64_t seq;
+        char *buf;
+        size_t len;
+    } * keep;
+    size_t nkeep, keep_head, keep_n;
     atomic_bool stop;
     /* the consumer's scratch */
     qev_t chunk[CHUNK];
@@ -100,6 +114,107 @@ fail:
     free(ev->ring);
     free(ev);
     return NULL;
+}
+
+int kvs_cli_events_replay(kvs_cli_events_t *ev, const char *endpoint, uint64_t batches, char *why,
+                          size_t wl)
+{
+    int linger = 0;
+    ev->keep = calloc(batches, sizeof(*ev->keep));
+    ev->router = ev->keep ? zmq_socket(ev->zctx, ZMQ_ROUTER) : NULL;
+    if (ev->router == NULL || zmq_setsockopt(ev->router, ZMQ_LINGER, &linger, sizeof(linger)) ||
+        zmq_bind(ev->router, endpoint) != 0) {
+        snprintf(why, wl, "%s", ev->keep ? zmq_strerror(errno) : "out of memory");
+        return -1;
+    }
+    ev->nkeep = batches;
+    return 0;
+}
+
+const char *kvs_cli_events_replay_endpoint(const kvs_cli_events_t *ev, char *buf, size_t len)
+{
+    if (ev->router == NULL || zmq_getsockopt(ev->router, ZMQ_LAST_ENDPOINT, buf, &len) != 0)
+        return NULL;
+    return buf;
+}
+
+/* Keeps a copy of a sent batch for replays (the oldest goes when the ring is full). */
+static void keep_batch(kvs_cli_events_t *ev, uint64_t seq, const char *buf, size_t len)
+{
+    if (ev->nkeep == 0)
+        return;
+    char *copy = malloc(len ? len : 1);
+    if (copy == NULL)
+        return; /* a hole a replay reports as such */
+    memcpy(copy, buf, len);
+    struct kept *k = &ev->keep[(ev->keep_head + ev->keep_n) % ev->nkeep];
+    if (ev->keep_n == ev->nkeep) {
+        k = &ev->keep[ev->keep_head];
+        free(k->buf);
+        ev->keep_head = (ev->keep_head + 1) % ev->nkeep;
+    } else {
+        ev->keep_n++;
+    }
+    *k = (struct kept){.seq = seq, .buf = copy, .len = len};
+}
+
+static void be64_put(uint8_t *b, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+/* Answers the replay requests waiting on the ROUTER (never blocks: a peer too slow to take
+ * its answer gets a truncated one, which it reads as a gap). */
+static void serve_replays(kvs_cli_events_t *ev)
+{
+    for (int req = 0; req < 16; req++) {
+        zmq_msg_t parts[3];
+        int n = 0, more = 1;
+        while (more) {
+            zmq_msg_t tmp, *m = n < 3 ? &parts[n] : &tmp;
+            zmq_msg_init(m);
+            if (zmq_msg_recv(m, ev->router, n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+                zmq_msg_close(m);
+                for (int i = 0; i < n && i < 3; i++)
+                    zmq_msg_close(&parts[i]);
+                return;
+            }
+            more = zmq_msg_more(m);
+            if (m == &tmp)
+                zmq_msg_close(&tmp);
+            n++;
+        }
+        /* [id, "", start(8)], as vLLM's ROUTER expects; anything else is ignored. */
+        if (n == 3 && zmq_msg_size(&parts[1]) == 0 && zmq_msg_size(&parts[2]) == 8) {
+            const uint8_t *b = zmq_msg_data(&parts[2]);
+            uint64_t start = 0;
+            for (int i = 0; i < 8; i++)
+                start = (start << 8) | b[i];
+            const void *id = zmq_msg_data(&parts[0]);
+            size_t idlen = zmq_msg_size(&parts[0]);
+            bool ok = true;
+            for (size_t i = 0; ok && i < ev->keep_n; i++) {
+                const struct kept *k = &ev->keep[(ev->keep_head + i) % ev->nkeep];
+                if (k->seq < start)
+                    continue;
+                uint8_t seq[8];
+                be64_put(seq, k->seq);
+                ok = zmq_send(ev->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+                     zmq_send(ev->router, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+                     zmq_send(ev->router, seq, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+                     zmq_send(ev->router, k->buf, k->len, ZMQ_DONTWAIT) >= 0;
+            }
+            uint8_t end[8];
+            be64_put(end, UINT64_MAX); /* -1: the end */
+            if (ok && zmq_send(ev->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+                zmq_send(ev->router, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+                zmq_send(ev->router, end, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
+                zmq_send(ev->router, "", 0, ZMQ_DONTWAIT);
+        }
+        for (int i = 0; i < n && i < 3; i++)
+            zmq_msg_close(&parts[i]);
+    }
 }
 
 const char *kvs_cli_events_endpoint(const kvs_cli_events_t *ev)
@@ -163,8 +278,8 @@ static void send_batch(kvs_cli_events_t *ev, topic_t *t, const kvs__ev_out_t *ou
         return;
     }
     uint8_t seq[8];
-    for (int i = 0; i < 8; i++)
-        seq[i] = (uint8_t)(t->seq >> (56 - 8 * i));
+    be64_put(seq, t->seq);
+    keep_batch(ev, t->seq, buf, len);
     t->seq++;
     /* A PUB socket never blocks: past its high-water mark it drops, as vLLM's does. */
     if (zmq_send(ev->pub, t->name, strlen(t->name), ZMQ_SNDMORE) >= 0 &&
@@ -238,6 +353,12 @@ static void *events_main(void *arg)
     kvs_cli_events_t *ev = arg;
     while (!atomic_load(&ev->stop)) {
         drain(ev);
+        if (ev->router != NULL) { /* wait for a replay request, or the next drain */
+            zmq_pollitem_t it = {.socket = ev->router, .events = ZMQ_POLLIN};
+            if (zmq_poll(&it, 1, DRAIN_MS) > 0)
+                serve_replays(ev);
+            continue;
+        }
         struct timespec ts = {.tv_sec = 0, .tv_nsec = DRAIN_MS * 1000000L};
         nanosleep(&ts, NULL);
     }
@@ -280,7 +401,12 @@ void kvs_cli_events_close(kvs_cli_events_t *ev)
             send_batch(ev, &ev->topics[i], &clr, 1);
     }
     zmq_close(ev->pub);
+    if (ev->router != NULL)
+        zmq_close(ev->router);
     zmq_ctx_term(ev->zctx);
+    for (size_t i = 0; i < ev->keep_n; i++)
+        free(ev->keep[(ev->keep_head + i) % ev->nkeep].buf);
+    free(ev->keep);
     free(ev->ring);
     free(ev);
 }

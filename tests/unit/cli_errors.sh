@@ -133,7 +133,8 @@ if "$k" index --help >/dev/null 2>&1; then
     expect 2 "--redis 'http://h': expected redis://HOST" -- index --http 127.0.0.1:0 --redis http://h
   fi
   # serve --events (built with the index): bad values refused before the node starts.
-  expect 2 "--events-pod/-model/-queue need --events" -- serve --events-pod p
+  expect 2 "--events-pod/-model/-queue/-replay need --events" -- serve --events-pod p
+  expect 2 "--events-replay needs --events-model" -- serve --events tcp://127.0.0.1:1 --events-replay tcp://127.0.0.1:2
   expect 2 "without '@'" -- serve --events tcp://127.0.0.1:1 --events-model a@b
   expect 2 "--events-queue 'x': expected an integer" -- serve --events tcp://127.0.0.1:1 --events-queue x
   expect 2 "--events 'nope://x'" -- serve --events nope://x

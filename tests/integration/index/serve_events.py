@@ -60,7 +60,7 @@ def main():
         addr = line.split()[1].decode()
         ep = None
         while ep is None and time.time() < end:
-            m = re.search(r"publishing block events on (\S+)", open(os.path.join(tmp, "node.err")).read())
+            m = re.search(r"publishing block events on ([^\s,]+)", open(os.path.join(tmp, "node.err")).read())
             ep = m.group(1) if m else time.sleep(0.05)
         check(ep is not None, f"the node says where it publishes ({ep})")
 
@@ -130,7 +130,7 @@ def main():
         end = time.time() + ie.DEADLINE_S
         while True:  # the node logs both lines just after 'ready'
             err2 = open(os.path.join(tmp, "node2.err")).read()
-            m_ep = re.search(r"publishing block events on (\S+)", err2)
+            m_ep = re.search(r"publishing block events on ([^\s,]+)", err2)
             m_met = re.search(r"metrics on (\S+)", err2)
             if (m_ep and m_met) or time.time() > end:
                 break
@@ -173,6 +173,44 @@ def main():
         node2.stdin.close()
         check(node2.wait(timeout=ie.DEADLINE_S) == 0, "node 2 stops cleanly")
         check(idx2.stop() == 0, "index 2 stops cleanly")
+
+        # Replay: node 3 keeps its batches; an index that starts after the blocks were put
+        # replays them from 0 when it first hears the node, and is warm.
+        node3 = subprocess.Popen([kvshare, "serve", "--listen", "127.0.0.1:0", "--capacity", "64MiB",
+                                  "--events", "tcp://127.0.0.1:*", "--events-pod", "pool-2",
+                                  "--events-model", "m3", "--events-replay", "tcp://127.0.0.1:*"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=open(os.path.join(tmp, "node3.err"), "w"), env=env)
+        procs.append(node3)
+        line3 = node3.stdout.readline().decode()
+        addr3 = line3.split()[1] if line3.startswith("ready ") else None
+        end = time.time() + ie.DEADLINE_S
+        while True:
+            m3 = re.search(r"publishing block events on ([^\s,]+), replay on (\S+)",
+                           open(os.path.join(tmp, "node3.err")).read())
+            if m3 or time.time() > end:
+                break
+            time.sleep(0.05)
+        check(addr3 and m3, "node 3 publishes with a replay endpoint")
+        r = subprocess.run([peer, "put", "--token-keys", "--blocks", "30", "--segments", "2",
+                            "--block-bytes", str(BLOCK_BYTES), "--seed", "4"],
+                           env=dict(env, KVSHARE_POOL=addr3), capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0, f"put 30 blocks into node 3 before any index: {r.stdout.strip()}")
+        idx3 = ie.Index(kvshare, [f"{m3.group(1)}@replay={m3.group(2)}"],
+                        extra=["--block-size", str(BS), "--hash-algo", "sha256_cbor", "--hash-seed", "0"])
+        procs.append(idx3.proc)
+        seed, p4 = 3000, prompt(4, 30)
+        end = time.time() + ie.DEADLINE_S
+        while pods_of(idx3.score("m3", p4)) != {"pool-2": 30} and time.time() < end:
+            subprocess.run([peer, "put", "--token-keys", "--blocks", "1", "--segments", "2",
+                            "--block-bytes", str(BLOCK_BYTES), "--seed", str(seed)],
+                           env=dict(env, KVSHARE_POOL=addr3), capture_output=True, timeout=60)
+            seed += 1
+        check(pods_of(idx3.score("m3", p4)) == {"pool-2": 30}, "a late index is warm from the replay")
+        check((idx3.metric("kvshare_index_replayed_batches_total") or 0) >= 1, "batches replayed")
+        node3.stdin.close()
+        check(node3.wait(timeout=ie.DEADLINE_S) == 0, "node 3 stops cleanly")
+        check(idx3.stop() == 0, "index 3 stops cleanly")
 
         # The node stops: AllBlocksCleared empties its part of the index.
         node.stdin.close()
