@@ -7,8 +7,9 @@ Checks: two replicas subscribed to one fake pod both score from Redis; exactly o
 pod's writer lease; a third replica with no source loads the snapshot at start and scores;
 the writer killed, the other takes the lease and resyncs (a removal made meanwhile shows);
 a degraded pod scores zero through Redis and is fresh after AllBlocksCleared; Redis
-stopped: scores fall back to the local index, errors are counted, nothing hangs, SIGTERM
-stops every replica cleanly. Skips (77) without redis-server.
+stopped: scores fall back to the local index, errors are counted, nothing hangs, a replica
+started then starts cold, SIGTERM stops every replica cleanly. Skips (77) without
+redis-server.
 
 Usage: index_redis.py PATH_TO_KVSHARE
 """
@@ -157,7 +158,13 @@ def main():
         # C has no source: its own index is the snapshot it loaded at start (documented).
         check(pods_of(c.score("m1", prompt)) == {"pod-x": 10}, "C falls back to its start snapshot")
         check(other.request("/healthz")[0] == 200, "healthz still 200")
-        for name, r in ((oname, other), ("C", c)):
+        # A replica started while Redis is away: starts cold, serves, never hangs.
+        d = ie.Index(kvshare, [], extra=["--redis", url, "--redis-id", "D"] + lease)
+        procs.append(d.proc)
+        code, text = d.request("/v1/score", {"model": "m1", "token_ids": prompt})
+        check(code == 404 and "unknown model" in text, f"D: no snapshot, no Redis: 404 ({code} {text})")
+        check((d.metric("kvshare_index_redis_errors_total") or 0) >= 1, "D counted the failures")
+        for name, r in ((oname, other), ("C", c), ("D", d)):
             rc = r.stop()
             check(rc == 0, f"replica {name} stops cleanly on SIGTERM (exit {rc})")
     finally:
