@@ -366,9 +366,26 @@ static int decode_stored(kvs__ev_decoder_t *d, const msgpack_object *ev, kvs__ev
          * hashed (LoRA name, cache salt, multimodal hashes); our keys recompute them. */
         if (o->type != MSGPACK_OBJECT_ARRAY)
             return fail(why, wl, "BlockStored: extra_keys is not a list");
-        for (uint32_t i = 0; i < o->via.array.size; i++)
-            if (!is_nil(&o->via.array.ptr[i]) && o->via.array.ptr[i].type != MSGPACK_OBJECT_ARRAY)
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            const msgpack_object *x = &o->via.array.ptr[i];
+            if (is_nil(x))
+                continue;
+            if (x->type != MSGPACK_OBJECT_ARRAY)
                 return fail(why, wl, "BlockStored: extra_keys[%u] is neither a tuple nor None", i);
+            for (uint32_t k = 0; k < x->via.array.size; k++) {
+                const msgpack_object *y = &x->via.array.ptr[k];
+                bool is_str = y->type == MSGPACK_OBJECT_STR;
+                if (is_str && e->lora_name.ptr != NULL && y->via.str.size == e->lora_name.len &&
+                    memcmp(y->via.str.ptr, e->lora_name.ptr, e->lora_name.len) == 0)
+                    continue;
+                if (is_str && i == 0 && e->salt.ptr == NULL) {
+                    e->salt.ptr = y->via.str.ptr;
+                    e->salt.len = y->via.str.size;
+                    continue;
+                }
+                e->extra_other = true;
+            }
+        }
         e->nextra_keys = o->via.array.size;
     }
     o = field(ev, nm, ST_group_idx);
@@ -489,5 +506,69 @@ int kvs__ev_decode(kvs__ev_decoder_t *d, const void *buf, size_t len, kvs__ev_ba
     batch->nevents = ne;
     if (skipped_p != NULL)
         *skipped_p = skipped;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Encoding                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static int pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    return msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, s, n);
+}
+
+static int pack_hashes(msgpack_packer *pk, const kvs__ev_out_t *e)
+{
+    int rc = pack_str(pk, "block_hashes") || msgpack_pack_array(pk, e->nhashes);
+    for (size_t i = 0; rc == 0 && i < e->nhashes; i++)
+        rc = msgpack_pack_uint64(pk, e->hashes[i]);
+    return rc;
+}
+
+static int pack_medium(msgpack_packer *pk, const kvs__ev_out_t *e)
+{
+    return pack_str(pk, "medium") || (e->medium ? pack_str(pk, e->medium) : msgpack_pack_nil(pk));
+}
+
+int kvs__ev_encode(const kvs__ev_out_t *evs, size_t n, double ts, char **buf, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    /* Each pack returns non-zero only when the buffer could not grow. */
+    int rc =
+        msgpack_pack_array(&pk, 3) || msgpack_pack_double(&pk, ts) || msgpack_pack_array(&pk, n);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const kvs__ev_out_t *e = &evs[i];
+        switch (e->type) {
+        case KVS__EV_STORED:
+            rc = msgpack_pack_map(&pk, 8) || pack_str(&pk, "type") ||
+                 pack_str(&pk, "BlockStored") || pack_hashes(&pk, e) ||
+                 pack_str(&pk, "parent_block_hash") || msgpack_pack_nil(&pk) ||
+                 pack_str(&pk, "token_ids") || msgpack_pack_array(&pk, 0) ||
+                 pack_str(&pk, "block_size") || msgpack_pack_uint32(&pk, 0) ||
+                 pack_str(&pk, "lora_id") || msgpack_pack_nil(&pk) || pack_medium(&pk, e) ||
+                 pack_str(&pk, "lora_name") || msgpack_pack_nil(&pk);
+            break;
+        case KVS__EV_REMOVED:
+            rc = msgpack_pack_map(&pk, 3) || pack_str(&pk, "type") ||
+                 pack_str(&pk, "BlockRemoved") || pack_hashes(&pk, e) || pack_medium(&pk, e);
+            break;
+        case KVS__EV_CLEARED:
+            rc = msgpack_pack_map(&pk, 1) || pack_str(&pk, "type") ||
+                 pack_str(&pk, "AllBlocksCleared");
+            break;
+        }
+    }
+    rc = rc || msgpack_pack_nil(&pk);
+    if (rc != 0) {
+        msgpack_sbuffer_destroy(&sb);
+        return -1;
+    }
+    *len = sb.size;
+    *buf = msgpack_sbuffer_release(&sb);
     return 0;
 }

@@ -47,6 +47,13 @@ typedef struct kvs__ev {
     kvs__ev_str_t medium; /* None/absent: GPU (vLLM's MEDIUM_GPU) */
     kvs__ev_str_t lora_name;
     size_t nextra_keys; /* entries of extra_keys (0 when absent/None) */
+    /* What token mode needs of extra_keys (one tuple per block; vLLM puts the LoRA name in
+     * every block's, then multimodal hashes, then the cache salt in the prompt's first
+     * block only): salt is a string of extra_keys[0] other than lora_name; extra_other
+     * says some block carries anything else (multimodal hashes, prompt embeds, a second
+     * string), which token mode cannot recompute from a prompt. */
+    kvs__ev_str_t salt;
+    bool extra_other;
     bool has_group;
     int64_t group_idx;
     kvs__ev_str_t spec_kind; /* kv_cache_spec_kind */
@@ -72,6 +79,20 @@ void kvs__ev_decoder_destroy(kvs__ev_decoder_t *d);
  * skipped and counted in *skipped (may be NULL). */
 int kvs__ev_decode(kvs__ev_decoder_t *d, const void *buf, size_t len, kvs__ev_batch_t *batch,
                    size_t *skipped, char *why, size_t why_len);
+
+/* One event to encode (kvshare's own publishers: `kvshare serve --events`). */
+typedef struct kvs__ev_out {
+    kvs__ev_type_t type;
+    const uint64_t *hashes; /* STORED / REMOVED */
+    size_t nhashes;
+    const char *medium; /* NULL: none (vLLM reads it as GPU) */
+} kvs__ev_out_t;
+
+/* Encodes the batch [ts, [events...], None] as vLLM does since its PR #42892 (each event a
+ * map with its class name under "type"; BlockStored without tokens: a pool node does not
+ * know them, block_size 0). On success (0) *buf (free() it) holds *len bytes; -1 when out
+ * of memory. */
+int kvs__ev_encode(const kvs__ev_out_t *evs, size_t n, double ts, char **buf, size_t *len);
 
 /* The key an int or bytes hash stands for (bytes: the last 8, big-endian; fewer than 8
  * bytes are read as a big-endian number). Exposed for the tests. */

@@ -28,6 +28,10 @@ typedef struct block {
     uint64_t slow;   /* slots whose best copy is not on the fastest tier (GPU) */
     uint32_t model;  /* NO_BLOCK: free; h.one.pos then links the free list */
     uint16_t n, cap; /* cap 0: the one holder is inline */
+    /* The block stored right after this one in the last store that had both (a prompt's
+     * next block, usually): a score tries it before the table. Only a hint: checked
+     * against the key, stale after a free. */
+    uint32_t next;
     union {
         holder_t one;
         holder_t *many;
@@ -58,6 +62,9 @@ struct kvs__idx {
         char *name;
         uint32_t npods;
         uint32_t slot_pod[MASK_SLOTS];
+        /* Each slot's place among the model's first 64 pods in name order: a score sorts
+         * its results by blocks, then name, with integer compares only. */
+        uint8_t name_rank[MASK_SLOTS];
     } * models;
     uint32_t nmodels, models_cap;
     char *media[KVS__IDX_MAX_MEDIA];
@@ -220,12 +227,30 @@ int64_t kvs__idx_pod(kvs__idx_t *idx, const char *name, size_t len, uint32_t mod
         goto out;
     p->model = model;
     p->slot = idx->models[model].npods++;
-    if (p->slot < MASK_SLOTS)
-        idx->models[model].slot_pod[p->slot] = idx->npods;
     id = idx->npods++;
+    if (p->slot < MASK_SLOTS) {
+        struct model *md = &idx->models[model];
+        md->slot_pod[p->slot] = (uint32_t)id;
+        /* Re-rank by name (a new pod is rare; at most 64 of them). */
+        uint32_t ns = p->slot + 1;
+        for (uint32_t a = 0; a < ns; a++) {
+            uint32_t r = 0;
+            for (uint32_t b = 0; b < ns; b++)
+                r += strcmp(idx->pods[md->slot_pod[b]].name, idx->pods[md->slot_pod[a]].name) < 0;
+            md->name_rank[a] = (uint8_t)r;
+        }
+    }
 out:
     pthread_rwlock_unlock(&idx->lock);
     return id;
+}
+
+const char *kvs__idx_pod_model_name(kvs__idx_t *idx, uint32_t pod)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    const char *n = pod < idx->npods ? idx->models[idx->pods[pod].model].name : NULL;
+    pthread_rwlock_unlock(&idx->lock);
+    return n;
 }
 
 const char *kvs__idx_pod_name(kvs__idx_t *idx, uint32_t pod)
@@ -310,6 +335,7 @@ static uint32_t add_block(kvs__idx_t *idx, uint32_t model, uint64_t hash)
     memset(b, 0, sizeof(*b));
     b->hash = hash;
     b->model = model;
+    b->next = NO_BLOCK;
     uint32_t s = slot_of(hash, model, idx->mask);
     while (idx->slots[s] != 0)
         s = (s + 1) & idx->mask;
@@ -439,13 +465,17 @@ static void evict_one(kvs__idx_t *idx)
     idx->evicted++;
 }
 
-static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
+/* Stores one copy; *bi_p gets its block (NO_BLOCK when none was stored). */
+static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash, uint32_t *bi_p)
 {
     pod_t *p = &idx->pods[pod];
     uint32_t pm = pod << 8 | med;
     uint32_t bi = find_block(idx, p->model, hash);
-    if (bi != NO_BLOCK && find_holder(&idx->blocks[bi], pm) >= 0)
+    *bi_p = NO_BLOCK;
+    if (bi != NO_BLOCK && find_holder(&idx->blocks[bi], pm) >= 0) {
+        *bi_p = bi;
         return 0;
+    }
     if (idx->max_pairs > 0 && idx->pairs >= idx->max_pairs) {
         evict_one(idx);
         bi = find_block(idx, p->model, hash); /* the eviction may have freed it */
@@ -462,6 +492,7 @@ static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
     if (fresh && (bi = add_block(idx, p->model, hash)) == NO_BLOCK)
         return -1;
     block_t *b = &idx->blocks[bi];
+    *bi_p = bi;
     if (b->n == KVS__IDX_MAX_HOLDERS)
         return 0;
     if (b->n >= 1 && b->n >= b->cap) {
@@ -471,6 +502,7 @@ static int store_one(kvs__idx_t *idx, uint32_t pod, uint8_t med, uint64_t hash)
         if (nh == NULL) {
             if (fresh)
                 free_block(idx, bi);
+            *bi_p = NO_BLOCK;
             return -1;
         }
         if (b->cap == 0)
@@ -497,8 +529,15 @@ int kvs__idx_store(kvs__idx_t *idx, uint32_t pod, const uint64_t *hashes, size_t
         goto out;
     }
     idx->pods[pod].last_ms = now_ms;
-    for (size_t i = 0; i < n && rc == 0; i++)
-        rc = store_one(idx, pod, (uint8_t)med, hashes[i]);
+    uint32_t prev = NO_BLOCK;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        uint32_t bi;
+        rc = store_one(idx, pod, (uint8_t)med, hashes[i], &bi);
+        /* An eviction inside store_one may have freed prev: it is only a hint's source. */
+        if (prev != NO_BLOCK && bi != NO_BLOCK && idx->blocks[prev].model != NO_BLOCK)
+            idx->blocks[prev].next = bi;
+        prev = bi;
+    }
 out:
     pthread_rwlock_unlock(&idx->lock);
     return rc;
@@ -553,6 +592,31 @@ bool kvs__idx_degraded(kvs__idx_t *idx, uint32_t pod)
     bool d = pod < idx->npods && idx->pods[pod].degraded;
     pthread_rwlock_unlock(&idx->lock);
     return d;
+}
+
+size_t kvs__idx_pod_copies(kvs__idx_t *idx, uint32_t pod, uint64_t *hashes, const char **media,
+                           size_t max)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    size_t n = pod < idx->npods ? idx->pods[pod].n : 0;
+    for (size_t i = 0; i < n && i < max; i++) {
+        block_t *b = &idx->blocks[idx->pods[pod].blocks[i]];
+        const holder_t *h = holders(b);
+        hashes[i] = b->hash;
+        for (uint16_t k = 0; k < b->n; k++)
+            if (pm_pod(h[k].pod_med) == pod && h[k].pos == i)
+                media[i] = idx->media[pm_med(h[k].pod_med)];
+    }
+    pthread_rwlock_unlock(&idx->lock);
+    return n;
+}
+
+uint64_t kvs__idx_pod_pairs(kvs__idx_t *idx, uint32_t pod)
+{
+    pthread_rwlock_rdlock(&idx->lock);
+    uint64_t n = pod < idx->npods ? idx->pods[pod].n : 0;
+    pthread_rwlock_unlock(&idx->lock);
+    return n;
 }
 
 void kvs__idx_touch(kvs__idx_t *idx, uint32_t pod, uint64_t now_ms)
@@ -627,6 +691,30 @@ static uint8_t worst_tier(kvs__idx_t *idx, uint32_t model, const uint64_t *keys,
 
 static int cmp_score(const void *a, const void *b);
 
+/* keys[k]'s block, given keys[k-1]'s (prev): the hint first, then the table. */
+static inline uint32_t next_block(const kvs__idx_t *idx, uint32_t model, uint32_t prev,
+                                  const uint64_t *keys, size_t n, size_t k, bool want_holders)
+{
+    if (prev != NO_BLOCK) {
+        /* The entry after prev first: a prompt's blocks stored fresh by one store sit side
+         * by side, and this address needs no load, so the CPU runs ahead of the walk
+         * instead of chasing hints one load at a time. */
+        uint32_t c = prev + 1;
+        if (c < idx->blocks_len && idx->blocks[c].hash == keys[k] && idx->blocks[c].model == model)
+            return c;
+        uint32_t h = idx->blocks[prev].next;
+        if (h < idx->blocks_len && idx->blocks[h].hash == keys[k] &&
+            idx->blocks[h].model == model) {
+            uint32_t hh = idx->blocks[h].next;
+            if (hh < idx->blocks_len)
+                __builtin_prefetch(&idx->blocks[hh]); /* the step after */
+            return h;
+        }
+    }
+    prefetch_ahead(idx, model, keys, n, k, want_holders);
+    return find_block(idx, model, keys[k]);
+}
+
 /* Scoring for a model of at most 64 pods: ANDs of the blocks' slot masks. Called with the
  * read lock; b0 is keys[0]'s block. */
 static long score_masked(kvs__idx_t *idx, uint32_t model, uint32_t b0, const uint64_t *keys,
@@ -645,35 +733,56 @@ static long score_masked(kvs__idx_t *idx, uint32_t model, uint32_t b0, const uin
                 want |= 1ull << idx->pods[only[i]].slot;
         elig &= want;
     }
+    /* Pods leave the walk in order of depth: appending each step's leavers (ordered by name
+     * among themselves) builds the answer's order as a by-product, read back from the end. */
     uint32_t depth[MASK_SLOTS];
-    uint64_t live = idx->blocks[b0].mask & elig, entered = live;
+    uint8_t order[MASK_SLOTS];
+    size_t m = 0;
+    uint64_t live = idx->blocks[b0].mask & elig;
     uint64_t slow = live & idx->blocks[b0].slow;
     size_t k = 1;
-    for (; k < n && live != 0; k++) {
-        prefetch_ahead(idx, model, keys, n, k, false);
-        uint32_t bi = find_block(idx, model, keys[k]);
-        uint64_t next = bi == NO_BLOCK ? 0 : live & idx->blocks[bi].mask;
-        for (uint64_t dropped = live & ~next; dropped != 0; dropped &= dropped - 1)
-            depth[__builtin_ctzll(dropped)] = (uint32_t)k;
+    uint32_t prev = b0;
+    for (;; k++) {
+        uint64_t next = 0;
+        uint32_t bi = NO_BLOCK;
+        if (k < n && live != 0) {
+            bi = next_block(idx, model, prev, keys, n, k, false);
+            prev = bi;
+            next = bi == NO_BLOCK ? 0 : live & idx->blocks[bi].mask;
+        }
+        for (uint64_t dropped = live & ~next; dropped != 0; dropped &= dropped - 1) {
+            uint32_t s = (uint32_t)__builtin_ctzll(dropped);
+            depth[s] = (uint32_t)k;
+            size_t j = m++; /* among this step's leavers, by name */
+            for (; j > 0 && depth[order[j - 1]] == k &&
+                   md->name_rank[order[j - 1]] > md->name_rank[s];
+                 j--)
+                order[j] = order[j - 1];
+            order[j] = (uint8_t)s;
+        }
         if (bi != NO_BLOCK)
             slow |= next & idx->blocks[bi].slow;
         live = next;
+        if (live == 0)
+            break;
     }
-    for (; live != 0; live &= live - 1)
-        depth[__builtin_ctzll(live)] = (uint32_t)k;
-    kvs__idx_score_t all[MASK_SLOTS];
-    size_t m = 0;
-    for (uint64_t e = entered; e != 0; e &= e - 1) {
-        uint32_t s = (uint32_t)__builtin_ctzll(e);
-        uint32_t pod = md->slot_pod[s];
-        uint8_t tier = (slow >> s) & 1u ? worst_tier(idx, model, keys, depth[s], pod) : 0;
-        all[m++] = (kvs__idx_score_t){.pod = pod,
-                                      .pod_name = idx->pods[pod].name,
-                                      .blocks = depth[s],
-                                      .medium = idx->media[tier]};
+    /* Deepest group first; within a group, name order. */
+    size_t o = 0;
+    for (size_t end = m; end > 0 && o < max_out;) {
+        size_t start = end - 1;
+        while (start > 0 && depth[order[start - 1]] == depth[order[end - 1]])
+            start--;
+        for (size_t i = start; i < end && o < max_out; i++) {
+            uint32_t s = order[i];
+            uint32_t pod = md->slot_pod[s];
+            uint8_t tier = (slow >> s) & 1u ? worst_tier(idx, model, keys, depth[s], pod) : 0;
+            out[o++] = (kvs__idx_score_t){.pod = pod,
+                                          .pod_name = idx->pods[pod].name,
+                                          .blocks = depth[s],
+                                          .medium = idx->media[tier]};
+        }
+        end = start;
     }
-    qsort(all, m, sizeof(*all), cmp_score);
-    memcpy(out, all, (m < max_out ? m : max_out) * sizeof(*all));
     return (long)m;
 }
 
@@ -729,11 +838,12 @@ long kvs__idx_score(kvs__idx_t *idx, uint32_t model, const uint64_t *keys, size_
         live[i] = cand[i];
     }
     nlive = ncand;
+    uint32_t prev = b0;
     for (size_t k = 1; k < n && nlive > 0; k++) {
-        prefetch_ahead(idx, model, keys, n, k, true);
-        uint32_t bi = find_block(idx, model, keys[k]);
+        uint32_t bi = next_block(idx, model, prev, keys, n, k, true);
         if (bi == NO_BLOCK)
             break;
+        prev = bi;
         b = &idx->blocks[bi];
         h = holders(b);
         uint32_t want = (uint32_t)k;

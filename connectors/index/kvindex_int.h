@@ -13,7 +13,8 @@
  * call. Readers never block each other; the lock-free readers the issue asks for are a
  * later step (the layout keeps all reads to one block table and per-block holder arrays).
  *
- * Memory: about 24 B per block + 4 B per table slot (load <= 1/2) + 8 B per holder beyond
+ * Memory: about 32 B per block (with the next-block hint a score tries before the table)
+ * + 4 B per table slot (load <= 1/2) + 8 B per holder beyond
  * the first + 4 B per (pod, block) in the pod's list; bounded by max_pairs. At the bound, a
  * store first evicts one pair from the pod that holds the most (its blocks in turn from a
  * rotating cursor, roughly oldest first); kvs__idx_age() clears pods idle for too long. */
@@ -58,6 +59,8 @@ int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool creat
 /* The id of pod `name` serving `model`, created when create is true (a pod publishing two
  * models is two pods here). -1: unknown / out of memory / too many pods. */
 int64_t kvs__idx_pod(kvs__idx_t *idx, const char *name, size_t len, uint32_t model, bool create);
+/* Name of the model of a pod id (valid while the index lives); NULL for an unknown id. */
+const char *kvs__idx_pod_model_name(kvs__idx_t *idx, uint32_t pod);
 /* Name of a pod id (valid while the index lives); NULL for an unknown id. */
 const char *kvs__idx_pod_name(kvs__idx_t *idx, uint32_t pod);
 
@@ -73,6 +76,12 @@ void kvs__idx_clear_pod(kvs__idx_t *idx, uint32_t pod);
 /* A degraded pod (its stream lost events it could not replay) scores zero. */
 void kvs__idx_set_degraded(kvs__idx_t *idx, uint32_t pod, bool degraded);
 bool kvs__idx_degraded(kvs__idx_t *idx, uint32_t pod);
+/* Writes up to max of pod's copies (the block's hash, its medium's name, valid while the index
+ * lives) and returns how many it holds (a sharing replica's resync: Redis). */
+size_t kvs__idx_pod_copies(kvs__idx_t *idx, uint32_t pod, uint64_t *hashes, const char **media,
+                           size_t max);
+/* Copies (pod, block, medium) pod holds; 0 for an unknown pod. */
+uint64_t kvs__idx_pod_pairs(kvs__idx_t *idx, uint32_t pod);
 /* Stamps pod as heard from at now_ms. */
 void kvs__idx_touch(kvs__idx_t *idx, uint32_t pod, uint64_t now_ms);
 /* Clears the pods not heard from since now_ms - max_idle_ms; returns how many. */

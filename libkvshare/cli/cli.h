@@ -35,6 +35,25 @@ bool kvs_cli_run_token(const char *who);
  * (*usage 1: a bad value; 0: a bind/listen error). */
 int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, size_t wl,
                    int *usage);
+/* `kvshare serve --events` (serve_events.c; built with libzmq and msgpack-c).
+ * open: binds ENDPOINT (connect:ENDPOINT connects) a ZMQ PUB and makes a queue of at least
+ * `queue` events; NULL with why filled. kvs_cli_events_on_block is the store observer to
+ * give kvs_ctx_create (arg: the handle); it only queues. run: starts the publisher, topics
+ * kv@<pod>@<model> (model NULL: the layout id in hex). close: publishes the rest and
+ * AllBlocksCleared, stops, frees; after the context is destroyed. */
+typedef struct kvs_cli_events kvs_cli_events_t;
+kvs_cli_events_t *kvs_cli_events_open(const char *spec, uint64_t queue, char *why, size_t wl);
+const char *kvs_cli_events_endpoint(const kvs_cli_events_t *ev);
+/* Binds a replay ROUTER (vLLM's protocol) keeping the last `batches` batches; before run. */
+int kvs_cli_events_replay(kvs_cli_events_t *ev, const char *endpoint, uint64_t batches, char *why,
+                          size_t wl);
+const char *kvs_cli_events_replay_endpoint(const kvs_cli_events_t *ev, char *buf, size_t len);
+void kvs_cli_events_on_block(void *arg, const kvs_block_event_t *e);
+int kvs_cli_events_run(kvs_cli_events_t *ev, const char *pod, const char *model, char *why,
+                       size_t wl);
+void kvs_cli_events_stats(const kvs_cli_events_t *ev, unsigned long long *published,
+                          unsigned long long *dropped, unsigned long long *batches);
+void kvs_cli_events_close(kvs_cli_events_t *ev);
 /* splitmix64: distinct, well-spread test data and keys from an index. */
 uint64_t kvs_cli_mix(uint64_t x);
 

@@ -9,6 +9,10 @@
 #include "cli.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
+#include "tokkeys_int.h"
+#ifdef KVS_HAVE_REDIS
+#include "ixredis_int.h"
+#endif
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -45,7 +49,15 @@
     X(replayed_batches, "Batches applied from replays.")                                           \
     X(restarts, "Pods whose sequence went backwards (restarted; cleared).")                        \
     X(store_failures, "Stores refused for lack of memory.")                                        \
-    X(scores, "Score requests answered.")
+    X(token_orphans, "Token mode: BlockStored whose parent was never keyed (skipped).")            \
+    X(token_unkeyable, "Token mode: BlockStored of another block size, or with extra keys "        \
+                       "a prompt cannot carry (skipped).")                                         \
+    X(token_full, "Token mode: blocks not keyed because the key maps are at --max-pairs.")         \
+    X(scores, "Score requests answered.")                                                          \
+    X(redis_scores, "Scores answered from Redis (--redis).")                                       \
+    X(redis_fallbacks, "Scores answered locally because Redis was unreachable.")                   \
+    X(redis_leases_taken, "Pod writer leases this replica took (each followed by a resync).")      \
+    X(redis_snapshot_copies, "Copies loaded from the Redis snapshot at start.")
 
 typedef struct counters {
 #define KVS_COUNTER_FIELD(name, help) atomic_ullong name;
@@ -68,11 +80,19 @@ typedef struct source {
 typedef struct pod_seq {
     bool have;
     uint64_t last;
+    /* --redis: whether this replica writes the pod (holds its lease), when to renew, and
+     * the connection epoch the lease was checked on */
+    bool writer;
+    uint64_t renew_at, epoch;
 } pod_seq_t;
 
 typedef struct index_daemon {
     kvs__idx_t *idx;
     kvs__ev_decoder_t *dec;
+    kvs__tk_t *tk;   /* token mode (--keys tokens): the index's own keys; NULL: the engine's */
+    uint64_t *tkeys; /* the event thread's scratch for derived keys */
+    size_t tkeys_cap;
+    atomic_ullong tk_entries, tk_bytes; /* the maps' gauges, for HTTP threads */
     kvs_hasher_h hasher;
     size_t digest_len;
     uint32_t block_size;
@@ -82,6 +102,10 @@ typedef struct index_daemon {
     size_t nseq;
     void *zctx;
     counters_t c;
+#ifdef KVS_HAVE_REDIS
+    kvs__ixr_t *redis;
+    uint32_t lease_ms;
+#endif
 } index_daemon_t;
 
 static volatile sig_atomic_t stop_signal;
@@ -104,7 +128,9 @@ static void usage(FILE *f)
         f,
         "usage: kvshare index --source [bind:]ENDPOINT[@replay=ENDPOINT]... --http HOST:PORT\n"
         "                     [--block-size N] [--hash-algo sha256_cbor|xxhash_cbor]\n"
-        "                     [--hash-seed S] [--max-pairs N] [--max-idle-s S]\n"
+        "                     [--hash-seed S] [--keys hashes|tokens] [--max-pairs N]\n"
+        "                     [--max-idle-s S] [--redis URL [--redis-id ID]\n"
+        "                     [--redis-lease-ms MS]]\n"
         "\n"
         "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
         "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
@@ -116,8 +142,18 @@ static void usage(FILE *f)
         "  --block-size  vLLM's block size in tokens (default 16)\n"
         "  --hash-algo   vLLM's prefix_caching_hash_algo (default sha256_cbor)\n"
         "  --hash-seed   vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED, else 0)\n"
+        "  --keys        hashes: match the events' block hashes (the engine must hash\n"
+        "                reproducibly: sha256_cbor/xxhash_cbor and a fixed seed; default);\n"
+        "                tokens: key blocks from the events' token_ids with our own chain\n"
+        "                (--hash-algo/--hash-seed then need not match the engine's)\n"
         "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
-        "  --max-idle-s  clear pods silent this long (default 0: never)\n");
+        "  --max-idle-s  clear pods silent this long (default 0: never)\n"
+        "  --redis       share the index through Redis (redis://HOST[:PORT][/DB] or\n"
+        "                unix:/PATH): each pod is written by one replica (a lease), scores\n"
+        "                are one server-side walk, a new replica loads the snapshot; with\n"
+        "                --redis, --source is optional (a replica that only scores)\n"
+        "  --redis-id    this replica's lease holder name (default HOSTNAME:PID)\n"
+        "  --redis-lease-ms  writer lease length (default 5000; renewed every third)\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -144,6 +180,147 @@ static bool prefix_group(const kvs__ev_str_t *kind)
     return false;
 }
 
+#ifdef KVS_HAVE_REDIS
+static bool redis_writer(index_daemon_t *d, uint32_t pod);
+#endif
+
+static void clear_pod(index_daemon_t *d, uint32_t pod)
+{
+    kvs__idx_clear_pod(d->idx, pod);
+    if (d->tk != NULL)
+        kvs__tk_clear_pod(d->tk, pod);
+#ifdef KVS_HAVE_REDIS
+    if (redis_writer(d, pod))
+        kvs__ixr_clear(d->redis, kvs__idx_pod_model_name(d->idx, pod),
+                       kvs__idx_pod_name(d->idx, pod));
+#endif
+}
+
+static void set_degraded(index_daemon_t *d, uint32_t pod, bool degraded)
+{
+    kvs__idx_set_degraded(d->idx, pod, degraded);
+#ifdef KVS_HAVE_REDIS
+    if (redis_writer(d, pod))
+        kvs__ixr_set_degraded(d->redis, kvs__idx_pod_model_name(d->idx, pod),
+                              kvs__idx_pod_name(d->idx, pod), degraded);
+#endif
+}
+
+static bool tkeys_room(index_daemon_t *d, size_t n)
+{
+    if (n <= d->tkeys_cap)
+        return true;
+    uint64_t *nk = realloc(d->tkeys, n * sizeof(*nk));
+    if (nk == NULL)
+        return false;
+    d->tkeys = nk;
+    d->tkeys_cap = n;
+    return true;
+}
+
+/* Token mode: derives BlockStored e's keys into d->tkeys (*n of them). False when out of
+ * memory; an event that cannot be keyed is counted and logged (first few) and gives 0. */
+static bool token_keys(index_daemon_t *d, const char *src, uint32_t pod, const kvs__ev_t *e,
+                       size_t *n)
+{
+    *n = 0;
+    if (!tkeys_room(d, e->nhashes))
+        return false;
+    kvs__tk_result_t r = kvs__tk_stored(d->tk, pod, e, d->tkeys, n);
+    const char *why = NULL;
+    unsigned long long k = 0;
+    switch (r) {
+    case KVS__TK_OK:
+        return true;
+    case KVS__TK_NO_MEMORY:
+        return false;
+    case KVS__TK_ORPHAN:
+        k = atomic_fetch_add(&d->c.token_orphans, 1) + 1;
+        why = "its parent block was never keyed (lost, or stored before we joined)";
+        break;
+    case KVS__TK_SHAPE:
+        k = atomic_fetch_add(&d->c.token_unkeyable, 1) + 1;
+        why = "token_ids are not --block-size tokens per block hash";
+        break;
+    case KVS__TK_EXTRA:
+        k = atomic_fetch_add(&d->c.token_unkeyable, 1) + 1;
+        why = "extra keys beyond LoRA name and cache salt (multimodal?)";
+        break;
+    case KVS__TK_FULL:
+        k = atomic_fetch_add(&d->c.token_full, 1) + 1;
+        why = "the key maps are full (--max-pairs)";
+        break;
+    }
+    if (k <= 10 || k % 1000 == 0)
+        fprintf(stderr, "kvshare index: %s: pod %s: BlockStored not keyed (%llu so far): %s\n", src,
+                kvs__idx_pod_name(d->idx, pod), k, why);
+    return true;
+}
+
+#ifdef KVS_HAVE_REDIS
+/* A medium as a C string (names longer than the buffer are no tier Redis knows anyway). */
+static const char *medium_cstr(const kvs__ev_str_t *m, char *buf, size_t cap)
+{
+    if (m->ptr == NULL)
+        return NULL;
+    size_t n = m->len < cap - 1 ? m->len : cap - 1;
+    memcpy(buf, m->ptr, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Replaces pod's state in Redis with ours: after taking its lease, whatever the last
+ * writer (or a lost connection) left there is not to be trusted. */
+static void redis_resync(index_daemon_t *d, uint32_t pod, const char *model, const char *pname)
+{
+    kvs__ixr_clear(d->redis, model, pname);
+    kvs__ixr_set_degraded(d->redis, model, pname, kvs__idx_degraded(d->idx, pod));
+    size_t n = kvs__idx_pod_copies(d->idx, pod, NULL, NULL, 0);
+    uint64_t *h = malloc((n ? n : 1) * sizeof(*h));
+    const char **m = malloc((n ? n : 1) * sizeof(*m));
+    if (h != NULL && m != NULL) {
+        n = kvs__idx_pod_copies(d->idx, pod, h, m, n);
+        /* One write per run of one medium (a pod's copies are mostly one tier). */
+        for (size_t i = 0, j; i < n; i = j) {
+            for (j = i + 1; j < n && m[j] == m[i]; j++)
+                ;
+            kvs__ixr_store(d->redis, model, pname, h + i, j - i, m[i]);
+        }
+    }
+    free(h);
+    free(m);
+}
+
+/* Whether this replica writes pod to Redis now: takes or renews its lease when due. */
+static bool redis_writer(index_daemon_t *d, uint32_t pod)
+{
+    if (d->redis == NULL || pod >= d->nseq)
+        return false;
+    pod_seq_t *ps = &d->seq[pod];
+    uint64_t t = now_ms();
+    if (t < ps->renew_at)
+        return ps->writer;
+    const char *model = kvs__idx_pod_model_name(d->idx, pod),
+               *pname = kvs__idx_pod_name(d->idx, pod);
+    uint64_t epoch = 0;
+    int rc = kvs__ixr_lease(d->redis, model, pname, &epoch);
+    /* Renew well before the lease ends; a replica that cannot reach Redis stops writing
+     * (its lease lapses and another takes the pod). */
+    ps->renew_at = t + d->lease_ms / 3;
+    if (rc <= 0) {
+        ps->writer = false;
+        return false;
+    }
+    if (rc == 2 || !ps->writer || epoch != ps->epoch) {
+        atomic_fetch_add(&d->c.redis_leases_taken, 1);
+        redis_resync(d, pod, model, pname);
+    }
+    ps->writer = true;
+    ps->epoch = epoch;
+    return true;
+}
+#endif
+
 /* Decodes one batch and applies it to pod. */
 static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *payload, size_t len)
 {
@@ -161,28 +338,68 @@ static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *
     for (size_t i = 0; i < b.nevents; i++) {
         const kvs__ev_t *e = &b.events[i];
         switch (e->type) {
-        case KVS__EV_STORED:
+        case KVS__EV_STORED: {
             if (!prefix_group(&e->spec_kind)) {
                 atomic_fetch_add(&d->c.events_skipped_group, 1);
                 break;
             }
-            if (kvs__idx_store(d->idx, pod, e->hashes, e->nhashes, e->medium.ptr, e->medium.len,
-                               t) != 0)
+            const uint64_t *keys = e->hashes;
+            size_t nkeys = e->nhashes;
+            if (d->tk != NULL) {
+                if (!token_keys(d, src, pod, e, &nkeys)) /* may move d->tkeys */
+                    atomic_fetch_add(&d->c.store_failures, 1);
+                keys = d->tkeys;
+            }
+            if (kvs__idx_store(d->idx, pod, keys, nkeys, e->medium.ptr, e->medium.len, t) != 0)
                 atomic_fetch_add(&d->c.store_failures, 1);
+#ifdef KVS_HAVE_REDIS
+            if (redis_writer(d, pod)) {
+                char mb[64];
+                kvs__ixr_store(d->redis, kvs__idx_pod_model_name(d->idx, pod),
+                               kvs__idx_pod_name(d->idx, pod), keys, nkeys,
+                               medium_cstr(&e->medium, mb, sizeof(mb)));
+            }
+#endif
             atomic_fetch_add(&d->c.events_stored, 1);
             break;
-        case KVS__EV_REMOVED:
-            kvs__idx_remove(d->idx, pod, e->hashes, e->nhashes, e->medium.ptr, e->medium.len, t);
+        }
+        case KVS__EV_REMOVED: {
+            const uint64_t *keys = e->hashes;
+            size_t nkeys = e->nhashes;
+            if (d->tk != NULL) {
+                nkeys = tkeys_room(d, e->nhashes)
+                            ? kvs__tk_removed(d->tk, pod, e->hashes, e->nhashes, d->tkeys)
+                            : 0;
+                keys = d->tkeys;
+            }
+            kvs__idx_remove(d->idx, pod, keys, nkeys, e->medium.ptr, e->medium.len, t);
+#ifdef KVS_HAVE_REDIS
+            if (redis_writer(d, pod)) {
+                char mb[64];
+                kvs__ixr_remove(d->redis, kvs__idx_pod_model_name(d->idx, pod),
+                                kvs__idx_pod_name(d->idx, pod), keys, nkeys,
+                                medium_cstr(&e->medium, mb, sizeof(mb)));
+            }
+#endif
             atomic_fetch_add(&d->c.events_removed, 1);
             break;
+        }
         case KVS__EV_CLEARED:
             /* The pod's state is known again from here on: it is fresh. */
-            kvs__idx_clear_pod(d->idx, pod);
-            kvs__idx_set_degraded(d->idx, pod, false);
+            clear_pod(d, pod);
+            set_degraded(d, pod, false);
             atomic_fetch_add(&d->c.events_cleared, 1);
             break;
         }
     }
+    if (d->tk != NULL) {
+        atomic_store(&d->tk_entries, kvs__tk_entries(d->tk));
+        atomic_store(&d->tk_bytes, kvs__tk_bytes(d->tk));
+    }
+#ifdef KVS_HAVE_REDIS
+    if (d->redis != NULL)
+        kvs__ixr_flush(d->redis); /* the batch's writes: one round trip */
+#endif
 }
 
 static uint64_t be64(const void *p)
@@ -347,8 +564,8 @@ known:;
         fprintf(stderr, "kvshare index: pod %s: sequence %llu after %llu: restarted, cleared\n",
                 pname, (unsigned long long)seq, (unsigned long long)ps->last);
         atomic_fetch_add(&d->c.restarts, 1);
-        kvs__idx_clear_pod(d->idx, p);
-        kvs__idx_set_degraded(d->idx, p, false);
+        clear_pod(d, p);
+        set_degraded(d, p, false);
         if (seq > 0 && s->dealer != NULL)
             replay(d, s, p, 0, seq);
     } else if (seq > ps->last + 1) {
@@ -362,7 +579,7 @@ known:;
                         "kvshare index: pod %s: batches %llu..%llu lost and not replayable: "
                         "degraded until it clears or restarts\n",
                         pname, (unsigned long long)ps->last + 1, (unsigned long long)seq - 1);
-            kvs__idx_set_degraded(d->idx, p, true);
+            set_degraded(d, p, true);
         }
     }
     ps->have = true;
@@ -426,6 +643,10 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
     }
     enum MHD_Result ret;
     uint32_t *tokens = NULL, *only = NULL;
+#ifdef KVS_HAVE_REDIS
+    const char **only_names = NULL;
+    kvs__ixr_score_t *rout = NULL;
+#endif
     kvs_key_t *keys = NULL;
     uint64_t *k64 = NULL;
     kvs__idx_score_t *out = NULL;
@@ -455,7 +676,12 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
         goto out;
     }
     int64_t mid = kvs__idx_model(d->idx, model->valuestring, strlen(model->valuestring), false);
-    if (mid < 0) {
+    bool shared = false; /* scores come from Redis */
+#ifdef KVS_HAVE_REDIS
+    /* Another replica may have seen a model this one has not. */
+    shared = d->redis != NULL && strchr(model->valuestring, '@') == NULL;
+#endif
+    if (mid < 0 && !shared) {
         ret = reply_error(conn, MHD_HTTP_NOT_FOUND,
                           "unknown model '%.200s' (no events seen for it)", model->valuestring);
         goto out;
@@ -485,10 +711,17 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
         }
         tokens[i++] = (uint32_t)v;
     }
-    size_t nonly = 0;
+    size_t nonly = 0, nonly_names = 0;
     if (cJSON_IsArray(pods)) {
         int np = cJSON_GetArraySize(pods);
         only = malloc((np > 0 ? (size_t)np : 1) * sizeof(*only));
+#ifdef KVS_HAVE_REDIS
+        only_names = malloc((np > 0 ? (size_t)np : 1) * sizeof(*only_names));
+        if (only_names == NULL) {
+            ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+            goto out;
+        }
+#endif
         if (only == NULL) {
             ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
             goto out;
@@ -501,12 +734,17 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
                     reply_error(conn, MHD_HTTP_BAD_REQUEST, "\"pods\" must be a list of pod names");
                 goto out;
             }
-            int64_t pid = kvs__idx_pod(d->idx, pn->valuestring, strlen(pn->valuestring),
-                                       (uint32_t)mid, false);
+#ifdef KVS_HAVE_REDIS
+            only_names[nonly_names++] = pn->valuestring;
+#endif
+            int64_t pid = mid < 0 ? -1
+                                  : kvs__idx_pod(d->idx, pn->valuestring, strlen(pn->valuestring),
+                                                 (uint32_t)mid, false);
             if (pid >= 0)
                 only[nonly++] = (uint32_t)pid;
         }
     }
+    (void)nonly_names; /* only read with --redis */
     kvs_chain_params_t cp = {.field_mask = 0};
     if (cJSON_IsString(lora)) {
         cp.field_mask |= KVS_CHAIN_FIELD_LORA_NAME;
@@ -528,10 +766,41 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
     kvs__idx_stats_t stats;
     kvs__idx_get_stats(d->idx, &stats);
     size_t max_out = stats.pods ? (size_t)stats.pods : 1;
-    out = malloc(max_out * sizeof(*out));
-    long n = out ? kvs__idx_score(d->idx, (uint32_t)mid, k64, nkeys, only ? only : NULL, nonly, out,
-                                  max_out)
-                 : -1;
+    long n = -2; /* not scored yet */
+#ifdef KVS_HAVE_REDIS
+    if (shared) {
+        /* Redis knows every replica's pods: room for as many as could answer. */
+        size_t rmax = max_out < 4096 ? 4096 : max_out;
+        max_out = rmax;
+        rout = malloc(rmax * sizeof(*rout));
+        out = malloc(rmax * sizeof(*out));
+        long rn = rout && out ? kvs__ixr_score(d->redis, model->valuestring, k64, nkeys, only_names,
+                                               only_names ? nonly_names : 0, rout, rmax)
+                              : -1;
+        if (rn >= 0) {
+            n = rn < (long)rmax ? rn : (long)rmax;
+            for (long j = 0; j < n; j++)
+                out[j] = (kvs__idx_score_t){
+                    .pod_name = rout[j].pod, .blocks = rout[j].blocks, .medium = rout[j].medium};
+            atomic_fetch_add(&d->c.redis_scores, 1);
+        } else {
+            atomic_fetch_add(&d->c.redis_fallbacks, 1);
+            free(out);
+            out = NULL;
+        }
+    }
+#endif
+    if (n == -2 && mid < 0) {
+        ret = reply_error(conn, MHD_HTTP_NOT_FOUND,
+                          "unknown model '%.200s' (no events seen for it)", model->valuestring);
+        goto out;
+    }
+    if (n == -2) {
+        out = malloc(max_out * sizeof(*out));
+        n = out ? kvs__idx_score(d->idx, (uint32_t)mid, k64, nkeys, only ? only : NULL, nonly, out,
+                                 max_out)
+                : -1;
+    }
     if (n < 0) {
         ret = reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
         goto out;
@@ -567,6 +836,10 @@ out:
     free(k64);
     free(only);
     free(out);
+#ifdef KVS_HAVE_REDIS
+    free(only_names);
+    free(rout);
+#endif
     return ret;
 }
 
@@ -605,6 +878,31 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
         (unsigned long long)s.pairs, (unsigned long long)s.blocks, (unsigned long long)s.pods,
         (unsigned long long)s.degraded_pods, (unsigned long long)s.bytes,
         (unsigned long long)s.evicted);
+    if (len >= cap)
+        len = cap - 1;
+#ifdef KVS_HAVE_REDIS
+    if (len >= cap)
+        len = cap - 1;
+    if (d->redis != NULL)
+        len += (size_t)snprintf(b + len, cap - len,
+                                "# HELP kvshare_index_redis_errors_total Redis round trips that "
+                                "failed (unreachable, timed out, refused).\n"
+                                "# TYPE kvshare_index_redis_errors_total counter\n"
+                                "kvshare_index_redis_errors_total %llu\n",
+                                kvs__ixr_errors(d->redis));
+    if (len >= cap)
+        len = cap - 1;
+#endif
+    if (d->tk != NULL)
+        len += (size_t)snprintf(
+            b + len, cap - len,
+            "# HELP kvshare_index_token_map_entries Token mode: engine hash -> key entries.\n"
+            "# TYPE kvshare_index_token_map_entries gauge\n"
+            "kvshare_index_token_map_entries %llu\n"
+            "# HELP kvshare_index_token_map_bytes Token mode: memory of the key maps.\n"
+            "# TYPE kvshare_index_token_map_bytes gauge\nkvshare_index_token_map_bytes %llu\n",
+            (unsigned long long)atomic_load(&d->tk_entries),
+            (unsigned long long)atomic_load(&d->tk_bytes));
     return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", b, true);
 }
 
@@ -703,6 +1001,37 @@ static bool parse_source(source_t *s, const char *spec)
     return true;
 }
 
+#ifdef KVS_HAVE_REDIS
+typedef struct snap_ctx {
+    index_daemon_t *d;
+    int64_t pod; /* the pod whose copies come next; -1: none (refused) */
+} snap_ctx_t;
+
+static void snap_pod(void *arg, const char *model, const char *pod, bool degraded)
+{
+    snap_ctx_t *sc = arg;
+    int64_t m = kvs__idx_model(sc->d->idx, model, strlen(model), true);
+    sc->pod = m < 0 ? -1 : kvs__idx_pod(sc->d->idx, pod, strlen(pod), (uint32_t)m, true);
+    if (sc->pod >= 0 && !seq_slot(sc->d, (uint32_t)sc->pod))
+        sc->pod = -1;
+    if (sc->pod >= 0)
+        kvs__idx_set_degraded(sc->d->idx, (uint32_t)sc->pod, degraded);
+}
+
+static void snap_copy(void *arg, const char *model, const char *pod, uint64_t hash,
+                      const char *medium)
+{
+    (void)model;
+    (void)pod;
+    snap_ctx_t *sc = arg;
+    if (sc->pod < 0)
+        return;
+    if (kvs__idx_store(sc->d->idx, (uint32_t)sc->pod, &hash, 1, medium, strlen(medium), now_ms()) ==
+        0)
+        atomic_fetch_add(&sc->d->c.redis_snapshot_copies, 1);
+}
+#endif
+
 static void daemon_close(index_daemon_t *d)
 {
     for (size_t i = 0; i < d->nsrc; i++) {
@@ -715,6 +1044,11 @@ static void daemon_close(index_daemon_t *d)
         zmq_ctx_term(d->zctx);
     kvs__ev_decoder_destroy(d->dec);
     kvs__idx_destroy(d->idx);
+    kvs__tk_destroy(d->tk); /* before the hasher it borrows */
+#ifdef KVS_HAVE_REDIS
+    kvs__ixr_destroy(d->redis);
+#endif
+    free(d->tkeys);
     kvs_hasher_destroy(d->hasher);
     free(d->seq);
 }
@@ -723,6 +1057,9 @@ int kvs_cli_index(int argc, char **argv)
 {
     static index_daemon_t d; /* large (sources); one per process */
     const char *http = NULL, *algo = "sha256_cbor", *seed = NULL;
+    bool token_mode = false;
+    const char *redis_url = NULL, *redis_id = NULL;
+    uint64_t lease_ms = 5000;
     uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -733,7 +1070,9 @@ int kvs_cli_index(int argc, char **argv)
         bool takes = strcmp(a, "--source") == 0 || strcmp(a, "--http") == 0 ||
                      strcmp(a, "--block-size") == 0 || strcmp(a, "--hash-algo") == 0 ||
                      strcmp(a, "--hash-seed") == 0 || strcmp(a, "--max-pairs") == 0 ||
-                     strcmp(a, "--max-idle-s") == 0;
+                     strcmp(a, "--max-idle-s") == 0 || strcmp(a, "--keys") == 0 ||
+                     strcmp(a, "--redis") == 0 || strcmp(a, "--redis-id") == 0 ||
+                     strcmp(a, "--redis-lease-ms") == 0;
         if (!takes) {
             fprintf(stderr, "kvshare index: unknown option '%s'\n", a);
             usage(stderr);
@@ -768,6 +1107,19 @@ int kvs_cli_index(int argc, char **argv)
             algo = v;
         } else if (strcmp(a, "--hash-seed") == 0) {
             seed = v;
+        } else if (strcmp(a, "--redis") == 0) {
+            redis_url = v;
+        } else if (strcmp(a, "--redis-id") == 0) {
+            redis_id = v;
+        } else if (strcmp(a, "--redis-lease-ms") == 0) {
+            if (!kvs_cli_parse_u64(a, v, 300, 600000, &lease_ms))
+                return 2;
+        } else if (strcmp(a, "--keys") == 0) {
+            if (strcmp(v, "hashes") != 0 && strcmp(v, "tokens") != 0) {
+                fprintf(stderr, "kvshare index: --keys '%s': accepted: hashes, tokens\n", v);
+                return 2;
+            }
+            token_mode = strcmp(v, "tokens") == 0;
         } else if (strcmp(a, "--max-pairs") == 0) {
             if (!kvs_cli_parse_u64(a, v, 1, UINT64_MAX, &max_pairs))
                 return 2;
@@ -775,7 +1127,18 @@ int kvs_cli_index(int argc, char **argv)
             return 2;
         }
     }
-    if (d.nsrc == 0 || http == NULL) {
+#ifndef KVS_HAVE_REDIS
+    if (redis_url != NULL) {
+        fprintf(stderr, "kvshare index: --redis: built without libhiredis-dev\n");
+        return 2;
+    }
+#endif
+    if ((redis_id != NULL) && redis_url == NULL) {
+        fprintf(stderr, "kvshare index: --redis-id needs --redis\n");
+        return 2;
+    }
+    /* With --redis a replica may only score (what the others write). */
+    if ((d.nsrc == 0 && redis_url == NULL) || http == NULL) {
         fprintf(stderr, "kvshare index: %s is required\n", d.nsrc == 0 ? "--source" : "--http");
         usage(stderr);
         return 2;
@@ -798,10 +1161,42 @@ int kvs_cli_index(int argc, char **argv)
     d.idx = kvs__idx_create(max_pairs);
     d.dec = kvs__ev_decoder_create();
     d.zctx = zmq_ctx_new();
+    /* The maps hold one entry per (pod, block) as the index does: the same bound. */
+    if (token_mode && (d.tk = kvs__tk_create(d.hasher, d.block_size, max_pairs)) == NULL) {
+        fprintf(stderr, "kvshare index: out of memory\n");
+        goto out;
+    }
     if (d.idx == NULL || d.dec == NULL || d.zctx == NULL) {
         fprintf(stderr, "kvshare index: out of memory\n");
         goto out;
     }
+#ifdef KVS_HAVE_REDIS
+    if (redis_url != NULL) {
+        char rid[160], rwhy[300];
+        if (redis_id == NULL) {
+            char host[64] = "replica";
+            gethostname(host, sizeof(host) - 1);
+            snprintf(rid, sizeof(rid), "%s:%ld", host, (long)getpid());
+            redis_id = rid;
+        }
+        d.lease_ms = (uint32_t)lease_ms;
+        d.redis = kvs__ixr_create(redis_url, redis_id, d.lease_ms, rwhy, sizeof(rwhy));
+        if (d.redis == NULL) {
+            fprintf(stderr, "kvshare index: --redis %s\n", rwhy);
+            rc = 2;
+            goto out;
+        }
+        /* Warm from what the replicas wrote; without Redis this replica starts cold (and
+         * says so) rather than not at all. */
+        snap_ctx_t sc = {.d = &d, .pod = -1};
+        if (kvs__ixr_snapshot(d.redis, snap_pod, snap_copy, &sc) != 0)
+            fprintf(stderr, "kvshare index: --redis: no snapshot loaded (Redis unreachable?); "
+                            "starting cold\n");
+        else
+            fprintf(stderr, "kvshare index: --redis: snapshot of %llu copies loaded\n",
+                    (unsigned long long)atomic_load(&d.c.redis_snapshot_copies));
+    }
+#endif
     for (size_t i = 0; i < d.nsrc; i++) {
         source_t *s = &d.src[i];
         int hwm = 1000000; /* batches queued on our side before ZMQ drops (never blocks) */
@@ -852,14 +1247,20 @@ int kvs_cli_index(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     printf("ready http://%s\n", bound);
     fflush(stdout);
-    fprintf(stderr, "kvshare index: %zu source(s), block size %u, %s, serving on %s\n", d.nsrc,
-            d.block_size, algo, bound);
+    fprintf(stderr,
+            "kvshare index: %zu source(s), block size %u, %s, keys from %s, serving on %s\n",
+            d.nsrc, d.block_size, algo, token_mode ? "token_ids" : "block hashes", bound);
 
     zmq_pollitem_t items[MAX_SOURCES];
     for (size_t i = 0; i < d.nsrc; i++)
         items[i] = (zmq_pollitem_t){.socket = d.src[i].sub, .events = ZMQ_POLLIN};
     uint64_t next_age = now_ms() + 1000;
     while (!stop_signal) {
+        if (d.nsrc == 0) { /* a scoring-only replica (--redis): HTTP threads do the work */
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = 200000000L};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         int n = zmq_poll(items, (int)d.nsrc, 200);
         if (n < 0 && errno != EINTR) {
             fprintf(stderr, "kvshare index: zmq_poll: %s\n", zmq_strerror(errno));
@@ -878,7 +1279,10 @@ int kvs_cli_index(int argc, char **argv)
             }
         }
         if (max_idle_s > 0 && now_ms() >= next_age) {
-            kvs__idx_age(d.idx, now_ms(), max_idle_s * 1000u);
+            if (kvs__idx_age(d.idx, now_ms(), max_idle_s * 1000u) > 0 && d.tk != NULL)
+                for (uint32_t p = 0; p < d.nseq; p++) /* aged pods lose their key maps too */
+                    if (kvs__idx_pod_pairs(d.idx, p) == 0)
+                        kvs__tk_clear_pod(d.tk, p);
             next_age = now_ms() + 1000;
         }
     }

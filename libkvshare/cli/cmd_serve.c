@@ -19,6 +19,9 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: kvshare serve [--listen HOST:PORT] [--capacity SIZE] [--strategy lru|lfu]\n"
                "                     [--slot-bytes SIZE] [--metrics HOST:PORT]\n"
+               "                     [--events [connect:]ENDPOINT [--events-pod NAME]\n"
+               "                      [--events-model NAME] [--events-queue N]\n"
+               "                      [--events-replay ENDPOINT [--events-replay-batches N]]]\n"
                "\n"
                "A cache-pool node: holds KV blocks that clients offload (kvs_put) in host\n"
                "arenas (one per block size), and serves lookups and fetches of them to any\n"
@@ -36,6 +39,19 @@ static void usage(FILE *f)
                "              only: an IPv4 or IPv6 literal ([::1]:9090) or a name that\n"
                "              resolves (its first address); 0.0.0.0 or [::] for every\n"
                "              interface; port 0 picks one (printed in the listening line)\n"
+               "  --events    publish the node's stores and evictions as vLLM KV events\n"
+               "              (ZMQ PUB bound to ENDPOINT, e.g. tcp://*:5557; connect:ENDPOINT\n"
+               "              connects to an index's bind: source) with medium KVSHARE_POOL,\n"
+               "              so `kvshare index --source` sees the pool as a tier\n"
+               "  --events-pod    the pod part of the topic kv@<pod>@<model> (default: the\n"
+               "              listen address)\n"
+               "  --events-model  the model part (default: each layout id in hex, a topic\n"
+               "              per layout); name the vLLM model to score the pool beside pods\n"
+               "  --events-queue  events queued for the publisher before they are dropped\n"
+               "              and counted (default 65536; a drop shows indexes a gap)\n"
+               "  --events-replay  bind a replay ROUTER (vLLM's protocol: an index fills its\n"
+               "              gaps and warms up from it); needs --events-model (one topic)\n"
+               "  --events-replay-batches  batches kept for replays (default 10000)\n"
                "Authentication (on by default): every client and node of the pool must share\n"
                "one token. KVSHARE_AUTH_TOKEN_FILE=PATH names a file holding it (1 to 4096\n"
                "bytes; make one with `head -c 32 /dev/urandom | base64 > token; chmod 600\n"
@@ -47,6 +63,9 @@ static void usage(FILE *f)
 }
 
 static volatile sig_atomic_t stop_signal;
+#ifdef KVS_HAVE_INDEX
+static kvs_cli_events_t *events; /* --events; read by the metrics thread */
+#endif
 
 static void on_signal(int sig)
 {
@@ -63,7 +82,7 @@ static enum MHD_Result metrics(void *cls, struct MHD_Connection *conn, const cha
     (void)size;
     (void)state;
     kvs_ctx_h ctx = cls;
-    char body[2048];
+    char body[4096];
     unsigned code = MHD_HTTP_OK;
     if (strcmp(method, "GET") != 0) {
         snprintf(body, sizeof(body), "method not allowed\n");
@@ -92,6 +111,24 @@ static enum MHD_Result metrics(void *cls, struct MHD_Connection *conn, const cha
                  (unsigned long long)st.capacity_bytes, (unsigned long long)st.hits,
                  (unsigned long long)st.misses, (unsigned long long)st.evictions,
                  (unsigned long long)st.peers, (unsigned long long)st.leased_blocks);
+#ifdef KVS_HAVE_INDEX
+        if (events != NULL) {
+            unsigned long long pub, drop, bat;
+            kvs_cli_events_stats(events, &pub, &drop, &bat);
+            size_t len = strlen(body);
+            snprintf(body + len, sizeof(body) - len,
+                     "# HELP kvshare_pool_events_published_total Block events published.\n"
+                     "# TYPE kvshare_pool_events_published_total counter\n"
+                     "kvshare_pool_events_published_total %llu\n"
+                     "# HELP kvshare_pool_events_dropped_total Block events dropped (queue "
+                     "full).\n# TYPE kvshare_pool_events_dropped_total counter\n"
+                     "kvshare_pool_events_dropped_total %llu\n"
+                     "# HELP kvshare_pool_events_batches_total Event batches sent.\n"
+                     "# TYPE kvshare_pool_events_batches_total counter\n"
+                     "kvshare_pool_events_batches_total %llu\n",
+                     pub, drop, bat);
+        }
+#endif
     } else if (strcmp(url, "/healthz") == 0) {
         snprintf(body, sizeof(body), "ok\n");
     } else {
@@ -108,6 +145,14 @@ static enum MHD_Result metrics(void *cls, struct MHD_Connection *conn, const cha
     return ret;
 }
 #endif
+
+static void events_close(void)
+{
+#ifdef KVS_HAVE_INDEX
+    kvs_cli_events_close(events);
+    events = NULL;
+#endif
+}
 
 /* Capacity from the controller's env: total pool memory split over replicas. */
 static bool capacity_from_env(uint64_t *bytes, char *why, size_t wl)
@@ -135,6 +180,8 @@ int kvs_cli_serve(int argc, char **argv)
 {
     const char *listen = "0.0.0.0:18515", *strategy = NULL, *metrics_addr = NULL;
     const char *capacity = NULL, *slot = NULL;
+    const char *events_ep = NULL, *events_pod = NULL, *events_model = NULL, *events_queue = NULL;
+    const char *events_replay = NULL, *events_keep = NULL;
     /* Options come in pairs: i steps over the flag and its value. */
     for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -142,12 +189,18 @@ int kvs_cli_serve(int argc, char **argv)
             usage(stdout);
             return 0;
         }
-        const char **dst = strcmp(a, "--listen") == 0       ? &listen
-                           : strcmp(a, "--capacity") == 0   ? &capacity
-                           : strcmp(a, "--strategy") == 0   ? &strategy
-                           : strcmp(a, "--slot-bytes") == 0 ? &slot
-                           : strcmp(a, "--metrics") == 0    ? &metrics_addr
-                                                            : NULL;
+        const char **dst = strcmp(a, "--listen") == 0                  ? &listen
+                           : strcmp(a, "--capacity") == 0              ? &capacity
+                           : strcmp(a, "--strategy") == 0              ? &strategy
+                           : strcmp(a, "--slot-bytes") == 0            ? &slot
+                           : strcmp(a, "--metrics") == 0               ? &metrics_addr
+                           : strcmp(a, "--events") == 0                ? &events_ep
+                           : strcmp(a, "--events-pod") == 0            ? &events_pod
+                           : strcmp(a, "--events-model") == 0          ? &events_model
+                           : strcmp(a, "--events-queue") == 0          ? &events_queue
+                           : strcmp(a, "--events-replay") == 0         ? &events_replay
+                           : strcmp(a, "--events-replay-batches") == 0 ? &events_keep
+                                                                       : NULL;
         if (dst == NULL) {
             fprintf(stderr, "kvshare serve: unknown option '%s'\n", a);
             usage(stderr);
@@ -159,6 +212,49 @@ int kvs_cli_serve(int argc, char **argv)
         }
         *dst = v;
     }
+    uint64_t queue = 65536, keep = 10000;
+    if ((events_pod || events_model || events_queue || events_replay || events_keep) &&
+        events_ep == NULL) {
+        fprintf(stderr, "kvshare serve: --events-pod/-model/-queue/-replay need --events\n");
+        return 2;
+    }
+    if ((events_replay || events_keep) && (events_model == NULL || events_replay == NULL)) {
+        fprintf(stderr, "kvshare serve: --events-replay needs --events-model (one topic, one "
+                        "sequence), and --events-replay-batches needs --events-replay\n");
+        return 2;
+    }
+    if (events_keep &&
+        !kvs_cli_parse_u64("--events-replay-batches", events_keep, 1, 1u << 24, &keep))
+        return 2;
+    if ((events_pod && (strchr(events_pod, '@') || !events_pod[0])) ||
+        (events_model && (strchr(events_model, '@') || !events_model[0]))) {
+        fprintf(stderr, "kvshare serve: --events-pod/--events-model: a non-empty name "
+                        "without '@' (topics are kv@<pod>@<model>)\n");
+        return 2;
+    }
+    if (events_queue && !kvs_cli_parse_u64("--events-queue", events_queue, 1, 1u << 26, &queue))
+        return 2;
+#ifdef KVS_HAVE_INDEX
+    if (events_ep != NULL) {
+        char ewhy[256];
+        /* Bound before the node starts: the store reports to it from its first block. */
+        if ((events = kvs_cli_events_open(events_ep, queue, ewhy, sizeof(ewhy))) == NULL) {
+            fprintf(stderr, "kvshare serve: --events '%s': %s\n", events_ep, ewhy);
+            return 2;
+        }
+        if (events_replay != NULL &&
+            kvs_cli_events_replay(events, events_replay, keep, ewhy, sizeof(ewhy)) != 0) {
+            fprintf(stderr, "kvshare serve: --events-replay '%s': %s\n", events_replay, ewhy);
+            events_close();
+            return 2;
+        }
+    }
+#else
+    if (events_ep != NULL) {
+        fprintf(stderr, "kvshare serve: --events: built without libzmq / msgpack-c\n");
+        return 2;
+    }
+#endif
 #ifdef KVS_HAVE_MHD
     /* Bound before the node starts, so a bad value fails fast and names itself. */
     int metrics_fd = -1;
@@ -170,6 +266,7 @@ int kvs_cli_serve(int argc, char **argv)
                                     sizeof(mwhy), &bad_usage);
         if (metrics_fd < 0) {
             fprintf(stderr, "kvshare serve: --metrics '%s': %s\n", metrics_addr, mwhy);
+            events_close();
             return bad_usage ? 2 : 1;
         }
         metrics_addr = metrics_bound;
@@ -192,6 +289,7 @@ int kvs_cli_serve(int argc, char **argv)
             if (metrics_fd >= 0)
                 close(metrics_fd);
 #endif
+            events_close();
             return 2;
         }
         char b[32];
@@ -215,6 +313,13 @@ int kvs_cli_serve(int argc, char **argv)
                            .progress = KVS_PROGRESS_THREAD,
                            .errbuf = err,
                            .errbuf_len = sizeof(err)};
+#ifdef KVS_HAVE_INDEX
+    if (events != NULL) {
+        cp.field_mask |= KVS_CTX_FIELD_BLOCK_EVENTS;
+        cp.block_event_fn = kvs_cli_events_on_block;
+        cp.block_event_arg = events;
+    }
+#endif
     kvs_ctx_h ctx = NULL;
     kvs_status_t st = kvs_ctx_create(&cp, &ctx);
     if (st != KVS_OK) {
@@ -223,6 +328,7 @@ int kvs_cli_serve(int argc, char **argv)
         if (metrics_fd >= 0)
             close(metrics_fd);
 #endif
+        events_close();
         /* A bad setting (flag, KVSHARE_* or token file) is the caller's to
          * fix: a usage error. Anything else failed at run time. */
         return st == KVS_ERR_CONFIG ? 2 : 1;
@@ -241,12 +347,33 @@ int kvs_cli_serve(int argc, char **argv)
                     metrics_addr);
             close(metrics_fd);
             kvs_ctx_destroy(ctx);
+            events_close();
             return 1;
         }
     }
 #endif
     char addr[300];
     kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
+#ifdef KVS_HAVE_INDEX
+    if (events != NULL) {
+        char ewhy[256];
+        if (kvs_cli_events_run(events, events_pod ? events_pod : addr, events_model, ewhy,
+                               sizeof(ewhy)) != 0) {
+            fprintf(stderr, "kvshare serve: --events: %s\n", ewhy);
+#ifdef KVS_HAVE_MHD
+            if (mhd != NULL)
+                MHD_stop_daemon(mhd);
+#endif
+            kvs_ctx_destroy(ctx);
+            events_close();
+            return 1;
+        }
+        char rep_ep[300];
+        const char *rep = kvs_cli_events_replay_endpoint(events, rep_ep, sizeof(rep_ep));
+        fprintf(stderr, "kvshare serve: publishing block events on %s%s%s\n",
+                kvs_cli_events_endpoint(events), rep ? ", replay on " : "", rep ? rep : "");
+    }
+#endif
     kvs_stats_t s0 = {0};
     kvs_stats_query(ctx, &s0);
     printf("ready %s\n", addr);
@@ -280,5 +407,6 @@ int kvs_cli_serve(int argc, char **argv)
 #endif
     /* Peers mid-fetch see their connection end and fail with a clear status. */
     kvs_ctx_destroy(ctx);
+    events_close(); /* after the store's last event */
     return 0;
 }

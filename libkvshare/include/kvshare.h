@@ -265,7 +265,28 @@ enum kvs_ctx_field {
     KVS_CTX_FIELD_TRANSPORT = 1u << 15,
     KVS_CTX_FIELD_POOL_NODE = 1u << 16,
     KVS_CTX_FIELD_AUTH = 1u << 17,
+    KVS_CTX_FIELD_BLOCK_EVENTS = 1u << 18, /* block_event_fn + block_event_arg */
 };
+
+typedef enum kvs_block_event_type {
+    KVS_BLOCK_EVENT_STORED = 1,  /* a block became readable from this context's store */
+    KVS_BLOCK_EVENT_REMOVED = 2, /* it left the store (evicted, unpublished, replaced) */
+} kvs_block_event_type_t;
+
+/** One change of a context's store: what an index needs to see this store as a tier. */
+typedef struct kvs_block_event {
+    kvs_block_event_type_t type;
+    uint64_t layout_id;
+    kvs_key_t key;
+} kvs_block_event_t;
+
+/**
+ * Observer of a context's store. It is called with the store's lock held, by whichever
+ * thread stored or removed the block (a peer's PUT, an eviction, kvs_publish), so it must
+ * return at once: copy the event (the pointer is valid for the call only), never block,
+ * never call back into kvshare. A queue that drops when full is the intended use.
+ */
+typedef void (*kvs_block_event_fn)(void *arg, const kvs_block_event_t *event);
 
 /**
  * Context parameters. Each setting is taken, in order of precedence, from
@@ -305,6 +326,11 @@ typedef struct kvs_ctx_params {
      * "none" (explicitly open: anyone who reaches the port may read and
      * write blocks). Copied. */
     const char *auth;
+    /* Observer of every block stored in or removed from this context's store (see
+     * kvs_block_event_fn); none by default. `kvshare serve --events` publishes them as
+     * vLLM KV events. */
+    kvs_block_event_fn block_event_fn;
+    void *block_event_arg;
 } kvs_ctx_params_t;
 
 /**

@@ -49,6 +49,10 @@ kvs_status_t kvs_ctx_create(const kvs_ctx_params_t *params, kvs_ctx_h *ctx_p)
     status = kvs__store_init(&ctx->store, &ctx->cfg, &ctx->log);
     if (status != KVS_OK)
         goto err_free;
+    if (params != NULL && (params->field_mask & KVS_CTX_FIELD_BLOCK_EVENTS)) {
+        ctx->store.event_fn = params->block_event_fn;
+        ctx->store.event_arg = params->block_event_arg;
+    }
     if (pthread_mutex_init(&ctx->regions_lock, NULL) != 0) {
         status = KVS_ERR_NO_MEMORY;
         goto err_store;

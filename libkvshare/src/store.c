@@ -338,6 +338,17 @@ static kvs_status_t grow_entries(kvs__store_t *s)
     return KVS_OK;
 }
 
+/* Tells the observer, if any (exclusive lock held: the observer only queues). Every store
+ * and removal passes through insert and remove, so the observer sees them all, whichever
+ * path (publish, a peer's PUT, eviction) made them. */
+static void emit(kvs__store_t *s, kvs_block_event_type_t type, const kvs__entry_t *e)
+{
+    if (s->event_fn == NULL)
+        return;
+    kvs_block_event_t ev = {.type = type, .layout_id = e->layout_id, .key = e->key};
+    s->event_fn(s->event_arg, &ev);
+}
+
 kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key,
                                struct kvs_pool *pool, uint32_t block, uint64_t gen,
                                kvs__entry_t **entry_p)
@@ -402,6 +413,7 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
     atomic_store_explicit(&e->lease_deadline_ms, 0, memory_order_relaxed);
     s->count++;
     atomic_fetch_add_explicit(&s->published, 1, memory_order_relaxed);
+    emit(s, KVS_BLOCK_EVENT_STORED, e);
     *entry_p = e;
     return KVS_OK;
 }
@@ -409,6 +421,7 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
 void kvs__store_remove(kvs__store_t *s, kvs__entry_t *e)
 {
     uint32_t idx = (uint32_t)(e - s->entries);
+    emit(s, KVS_BLOCK_EVENT_REMOVED, e);
     kvs__catalog_del(s, kvs__catalog_hash(e->layout_id, &e->key), idx);
     if (e->pool == NULL) {
         /* The slot's generation moves on, so a late reader of the old

@@ -100,6 +100,9 @@ typedef struct kvs__store {
     uint64_t capacity_bytes;
     double high_wm, low_wm;
     uint32_t lease_timeout_ms;
+    /* the observer of stores and removals (kvs_ctx_params_t.block_event_fn); NULL: none */
+    kvs_block_event_fn event_fn;
+    void *event_arg;
     /* stats */
     _Atomic uint64_t clock;
     _Atomic uint64_t hits, misses, evictions, published;

@@ -4,14 +4,57 @@
  * Input: one msgpack payload, as a ZMQ frame would carry it. The decoder must never read
  * outside it or crash, must give a reason for every refusal, and every batch it accepts
  * is applied to a small index (bounded, so eviction runs too) and scored, as the daemon
- * would: over 2 pods (the bitmap scorer) or, for odd-sized inputs, 66 (the holder walk). */
+ * would: over 2 pods (the bitmap scorer) or, for odd-sized inputs, 66 (the holder walk).
+ * Token mode (--keys tokens) derives its keys from the same events, parents through its
+ * bounded maps. */
 #include "kvevents_int.h"
 #include "kvindex_int.h"
+#include "tokkeys_int.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Token mode over the batch: keys never exceed the event's blocks, the bound holds. */
+static void token_mode(const kvs__ev_batch_t *b)
+{
+    static kvs_hasher_h h;
+    if (h == NULL) {
+        kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO |
+                                                KVS_HASHER_FIELD_BLOCK_TOKENS |
+                                                KVS_HASHER_FIELD_SEED,
+                                  .algo = KVS_HASH_XXHASH_CBOR,
+                                  .seed = "0",
+                                  .block_tokens = 16}; /* the seeds' */
+        if (kvs_hasher_create(&hp, &h) != KVS_OK)
+            return;
+    }
+    kvs__tk_t *tk = kvs__tk_create(h, 16, 64);
+    if (tk == NULL)
+        return;
+    for (size_t i = 0; i < b->nevents; i++) {
+        const kvs__ev_t *e = &b->events[i];
+        uint64_t *out = malloc((e->nhashes ? e->nhashes : 1) * sizeof(*out));
+        if (out == NULL)
+            break;
+        size_t n = 0;
+        if (e->type == KVS__EV_STORED) {
+            kvs__tk_result_t r = kvs__tk_stored(tk, (uint32_t)(i % 3), e, out, &n);
+            if (n > e->nhashes || (r != KVS__TK_OK && r != KVS__TK_FULL && n != 0))
+                abort();
+        } else if (e->type == KVS__EV_REMOVED) {
+            if (kvs__tk_removed(tk, (uint32_t)(i % 3), e->hashes, e->nhashes, out) > e->nhashes)
+                abort();
+        } else {
+            kvs__tk_clear_pod(tk, (uint32_t)(i % 3));
+        }
+        free(out);
+        if (kvs__tk_entries(tk) > 64)
+            abort();
+    }
+    kvs__tk_destroy(tk);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -25,6 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort(); /* a refusal always says why */
         return 0;
     }
+    token_mode(&b);
     kvs__idx_t *idx = kvs__idx_create(64);
     if (idx == NULL)
         return 0;

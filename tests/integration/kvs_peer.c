@@ -17,6 +17,9 @@
  *         --batch K --expect STATUS --timeout-ms T
  * fetch:  --repeat R (passes), --inflight K (K fetches of --batch blocks in flight at
  *         once under one lease), --touch H:P (connect to a second peer first)
+ *         --token-keys: block keys are vLLM's (sha256_cbor, PYTHONHASHSEED "0", 16 tokens
+ *         a block) over the prompt token j = (seed * 1000003 + j) % 100000, so an index
+ *         can score them from the tokens
  * Block i's bytes and key derive from (seed, i), so a wrong block is caught. */
 #include "kvshare.h"
 
@@ -39,6 +42,7 @@ typedef struct opts {
     size_t block_bytes;
     uint64_t seed;
     bool zero_copy;
+    bool token_keys;
 } opts_t;
 
 static uint64_t mix(uint64_t x)
@@ -49,8 +53,40 @@ static uint64_t mix(uint64_t x)
     return x ^ (x >> 31);
 }
 
+/* --token-keys: the chain over the whole prompt, made once. */
+static kvs_key_t token_key(const opts_t *o, uint32_t i)
+{
+    static kvs_key_t *chain;
+    if (chain == NULL) {
+        size_t ntok = (size_t)o->blocks * 16, n = 0;
+        uint32_t *tok = malloc(ntok * sizeof(*tok));
+        chain = malloc((size_t)o->blocks * sizeof(*chain));
+        kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_SEED |
+                                                KVS_HASHER_FIELD_BLOCK_TOKENS,
+                                  .algo = KVS_HASH_SHA256_CBOR,
+                                  .seed = "0",
+                                  .block_tokens = 16};
+        kvs_hasher_h h = NULL;
+        if (tok == NULL || chain == NULL || kvs_hasher_create(&hp, &h) != KVS_OK) {
+            fprintf(stderr, "kvs_peer: --token-keys: out of memory\n");
+            exit(1);
+        }
+        for (size_t j = 0; j < ntok; j++)
+            tok[j] = (uint32_t)((o->seed * 1000003u + j) % 100000u);
+        if (kvs_hasher_chain(h, NULL, tok, ntok, chain, o->blocks, &n) != KVS_OK) {
+            fprintf(stderr, "kvs_peer: --token-keys: hashing failed\n");
+            exit(1);
+        }
+        kvs_hasher_destroy(h);
+        free(tok);
+    }
+    return chain[i];
+}
+
 static kvs_key_t key_of(const opts_t *o, uint32_t i)
 {
+    if (o->token_keys)
+        return token_key(o, i);
     kvs_key_t k;
     for (int w = 0; w < 4; w++) {
         uint64_t v = mix(o->seed * 1000003u + i * 4u + (uint64_t)w);
@@ -541,6 +577,10 @@ int main(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         if (strcmp(a, "--zero-copy") == 0) {
             o.zero_copy = true;
+            continue;
+        }
+        if (strcmp(a, "--token-keys") == 0) {
+            o.token_keys = true;
             continue;
         }
         if (strcmp(a, "--from-pool") == 0) {

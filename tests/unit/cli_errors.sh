@@ -126,6 +126,18 @@ if "$k" index --help >/dev/null 2>&1; then
   expect 2 "a bound endpoint serves many pods" -- index --source bind:tcp://127.0.0.1:1@replay=tcp://127.0.0.1:2 --http 127.0.0.1:0
   expect 2 "unknown option '--frob'" -- index --frob
   expect 2 "--max-pairs needs a value" -- index --max-pairs
+  expect 2 "--keys 'engine': accepted: hashes, tokens" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --keys engine
+  expect 2 "--redis-id needs --redis" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --redis-id a
+  expect 2 "--redis-lease-ms '5': expected an integer" -- index --http 127.0.0.1:0 --redis redis://h --redis-lease-ms 5
+  if "$k" index --help | grep -q -- --redis; then
+    expect 2 "--redis 'http://h': expected redis://HOST" -- index --http 127.0.0.1:0 --redis http://h
+  fi
+  # serve --events (built with the index): bad values refused before the node starts.
+  expect 2 "--events-pod/-model/-queue/-replay need --events" -- serve --events-pod p
+  expect 2 "--events-replay needs --events-model" -- serve --events tcp://127.0.0.1:1 --events-replay tcp://127.0.0.1:2
+  expect 2 "without '@'" -- serve --events tcp://127.0.0.1:1 --events-model a@b
+  expect 2 "--events-queue 'x': expected an integer" -- serve --events tcp://127.0.0.1:1 --events-queue x
+  expect 2 "--events 'nope://x'" -- serve --events nope://x
 fi
 metrics_bind
 

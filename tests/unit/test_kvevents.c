@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <msgpack.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static msgpack_sbuffer sb;
@@ -267,7 +268,7 @@ Test(kvevents, fuzz_seeds_decode)
         seen++;
     }
     closedir(dir);
-    cr_assert_geq(seen, 5);
+    cr_assert_geq(seen, 7);
 }
 
 /* Every allocation of the decoder fails in turn: a refusal with a reason, never a crash. */
@@ -306,4 +307,95 @@ Test(kvevents, every_allocation_failure_is_survived)
             break;
         cr_assert_lt(n, 1000);
     }
+}
+
+/* What token mode reads of extra_keys: the LoRA name is skipped, a string of the first
+ * block's tuple is the salt, anything else is flagged. */
+static void stored_with_extra(const char *lora, int nblocks, const char *first, const char *later,
+                              bool int_item)
+{
+    batch_head(1);
+    msgpack_pack_map(&pk, 4);
+    str("type");
+    str("BlockStored");
+    str("block_hashes");
+    msgpack_pack_array(&pk, 0);
+    str("lora_name");
+    if (lora)
+        str(lora);
+    else
+        msgpack_pack_nil(&pk);
+    str("extra_keys");
+    msgpack_pack_array(&pk, (uint32_t)nblocks);
+    for (int i = 0; i < nblocks; i++) {
+        const char *s = i == 0 ? first : later;
+        uint32_t n = (lora ? 1u : 0u) + (s ? 1u : 0u) + (int_item && i == 0 ? 1u : 0u);
+        if (n == 0) {
+            msgpack_pack_nil(&pk);
+            continue;
+        }
+        msgpack_pack_array(&pk, n);
+        if (lora)
+            str(lora);
+        if (int_item && i == 0)
+            msgpack_pack_int(&pk, 5);
+        if (s)
+            str(s);
+    }
+    msgpack_pack_nil(&pk); /* dp_rank */
+}
+
+Test(kvevents, extra_keys_salt_and_others)
+{
+    kvs__ev_batch_t b;
+    char why[128];
+    stored_with_extra("ad1", 3, "salt1", NULL, false);
+    cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
+    cr_assert_eq(b.events[0].nextra_keys, 3);
+    cr_assert_eq(b.events[0].salt.len, 5);
+    cr_assert(memcmp(b.events[0].salt.ptr, "salt1", 5) == 0);
+    cr_assert(!b.events[0].extra_other);
+    sb.size = 0;
+    stored_with_extra(NULL, 2, NULL, NULL, false);
+    cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
+    cr_assert_null(b.events[0].salt.ptr);
+    cr_assert(!b.events[0].extra_other);
+    sb.size = 0;
+    stored_with_extra("ad1", 2, NULL, "mm-hash", false); /* a string in a later block */
+    cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
+    cr_assert(b.events[0].extra_other);
+    sb.size = 0;
+    stored_with_extra(NULL, 1, "s", NULL, true); /* a non-string item */
+    cr_assert_eq(decode(&b, NULL, why), 0, "%s", why);
+    cr_assert(b.events[0].extra_other);
+}
+
+/* kvshare's own events (serve --events) decode as vLLM's map encoding does. */
+Test(kvevents, encoded_batches_decode_back)
+{
+    uint64_t stored[3] = {1, 0xffffffffffffffffull, 0x8000000000000000ull}, removed[1] = {7};
+    kvs__ev_out_t evs[3] = {
+        {.type = KVS__EV_STORED, .hashes = stored, .nhashes = 3, .medium = "KVSHARE_POOL"},
+        {.type = KVS__EV_REMOVED, .hashes = removed, .nhashes = 1, .medium = "KVSHARE_POOL"},
+        {.type = KVS__EV_CLEARED},
+    };
+    char *buf = NULL;
+    size_t len = 0;
+    cr_assert_eq(kvs__ev_encode(evs, 3, 12.5, &buf, &len), 0);
+    kvs__ev_batch_t b;
+    char why[128];
+    cr_assert_eq(kvs__ev_decode(dec, buf, len, &b, NULL, why, sizeof(why)), 0, "%s", why);
+    free(buf);
+    cr_assert_eq(b.ts, 12.5);
+    cr_assert_eq(b.nevents, 3);
+    cr_assert_eq(b.events[0].type, KVS__EV_STORED);
+    cr_assert_eq(b.events[0].nhashes, 3);
+    cr_assert_arr_eq(b.events[0].hashes, stored, sizeof(stored));
+    cr_assert_eq(b.events[0].medium.len, strlen("KVSHARE_POOL"));
+    cr_assert(!b.events[0].has_parent);
+    cr_assert_eq(b.events[0].ntokens, 0);
+    cr_assert_eq(b.events[1].type, KVS__EV_REMOVED);
+    cr_assert_eq(b.events[1].hashes[0], 7);
+    cr_assert_eq(b.events[2].type, KVS__EV_CLEARED);
+    cr_assert(!b.has_dp_rank);
 }

@@ -403,3 +403,67 @@ Test(kvindex, every_allocation_failure_is_survived)
         }
     }
 }
+
+/* A sharing replica's resync reads back every copy of a pod, with its medium. */
+Test(kvindex, pod_copies_lists_every_copy_with_its_medium)
+{
+    uint64_t k[30];
+    chain(k, 30, 9);
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a);
+    kvs__idx_store(idx, p1, k, 20, NULL, 0, 1);
+    kvs__idx_store(idx, p1, k, 5, "CPU", 3, 1);
+    kvs__idx_store(idx, p2, k, 30, NULL, 0, 1);
+    kvs__idx_remove(idx, p1, &k[3], 1, NULL, 0, 1);
+    uint64_t h[64];
+    const char *m[64];
+    cr_assert_eq(kvs__idx_pod_copies(idx, p1, h, m, 2), 24, "the count, whatever max is");
+    cr_assert_eq(kvs__idx_pod_copies(idx, p1, h, m, 64), 24);
+    int gpu = 0, cpu = 0;
+    for (int i = 0; i < 24; i++) {
+        bool found = false;
+        for (int j = 0; j < 20; j++)
+            found |= h[i] == k[j];
+        cr_assert(found);
+        if (h[i] == k[3])
+            cr_assert_str_eq(m[i], "CPU", "only block 3's GPU copy was removed");
+        gpu += strcmp(m[i], "GPU") == 0;
+        cpu += strcmp(m[i], "CPU") == 0;
+    }
+    cr_assert_eq(gpu, 19);
+    cr_assert_eq(cpu, 5);
+    cr_assert_eq(kvs__idx_pod_copies(idx, 999, h, m, 64), 0);
+}
+
+/* Equal prefixes are listed by pod name, whatever order the pods were first seen in, in
+ * both scorers (bitmap up to 64 pods, the holder walk beyond); max_out keeps the first. */
+Test(kvindex, ties_sort_by_name_in_both_scorers)
+{
+    for (uint32_t npods = 5; npods <= 70; npods += 65) {
+        kvs__idx_t *x = kvs__idx_create(0);
+        cr_assert_not_null(x);
+        uint32_t mdl = (uint32_t)kvs__idx_model(x, "m", 1, true);
+        uint64_t k[8];
+        chain(k, 8, 77);
+        for (uint32_t i = 0; i < npods; i++) {
+            char name[16];
+            snprintf(name, sizeof(name), "p%03u", (i * 37u) % 101u); /* not in name order */
+            uint32_t p = (uint32_t)kvs__idx_pod(x, name, strlen(name), mdl, true);
+            kvs__idx_store(x, p, k, i % 2 ? 8 : 4, NULL, 0, 1);
+        }
+        kvs__idx_score_t s[80];
+        long n = kvs__idx_score(x, mdl, k, 8, NULL, 0, s, 80);
+        cr_assert_eq(n, npods);
+        for (long j = 1; j < n; j++) {
+            cr_assert(s[j - 1].blocks > s[j].blocks ||
+                          (s[j - 1].blocks == s[j].blocks &&
+                           strcmp(s[j - 1].pod_name, s[j].pod_name) < 0),
+                      "%u pods: %s (%u) before %s (%u)", npods, s[j - 1].pod_name,
+                      s[j - 1].blocks, s[j].pod_name, s[j].blocks);
+        }
+        kvs__idx_score_t top[2];
+        cr_assert_eq(kvs__idx_score(x, mdl, k, 8, NULL, 0, top, 2), n);
+        cr_assert_str_eq(top[0].pod_name, s[0].pod_name);
+        cr_assert_str_eq(top[1].pod_name, s[1].pod_name);
+        kvs__idx_destroy(x);
+    }
+}

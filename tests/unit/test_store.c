@@ -792,3 +792,63 @@ Test(store, too_many_block_sizes_are_refused_clearly)
         test_pool_free(&p[i]);
     kvs_ctx_destroy(ctx);
 }
+
+typedef struct seen_events {
+    kvs_block_event_t ev[64];
+    size_t n;
+} seen_events_t;
+
+static void on_block_event(void *arg, const kvs_block_event_t *ev)
+{
+    seen_events_t *s = arg;
+    if (s->n < 64)
+        s->ev[s->n++] = *ev;
+}
+
+/* The observer sees every store and every removal, whatever made it: publish, eviction,
+ * unpublish (what `kvshare serve --events` publishes). */
+Test(store, block_events_report_stores_evictions_and_unpublishes)
+{
+    static seen_events_t seen;
+    seen.n = 0;
+    kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_CAPACITY |
+                                         KVS_CTX_FIELD_WATERMARKS | KVS_CTX_FIELD_TRANSPORT |
+                                         KVS_CTX_FIELD_BLOCK_EVENTS,
+                           .transport = "none",
+                           .capacity_bytes = 10 * BLK,
+                           .high_watermark = 0.9,
+                           .low_watermark = 0.5,
+                           .block_event_fn = on_block_event,
+                           .block_event_arg = &seen};
+    kvs_ctx_h ctx;
+    cr_assert_eq(kvs_ctx_create(&cp, &ctx), KVS_OK);
+    test_pool_t p;
+    test_pool_init(&p, ctx, "m", 32, NSEG, SEG);
+    uint64_t lay = kvs_pool_layout_id(p.pool);
+    for (uint32_t i = 0; i < 9; i++)
+        publish_one(&p, i, i, 0);
+    cr_assert_eq(seen.n, 9);
+    for (size_t i = 0; i < 9; i++) {
+        kvs_key_t k = test_key(i);
+        cr_assert_eq(seen.ev[i].type, KVS_BLOCK_EVENT_STORED);
+        cr_assert_eq(seen.ev[i].layout_id, lay);
+        cr_assert_arr_eq(seen.ev[i].key.bytes, k.bytes, KVS_KEY_BYTES);
+    }
+    publish_one(&p, 9, 9, 0); /* evicts 0..3 (LRU: the oldest), then stores 9 */
+    cr_assert_eq(seen.n, 9 + 4 + 1);
+    for (size_t i = 9; i < 13; i++) {
+        kvs_key_t k = test_key(i - 9);
+        cr_assert_eq(seen.ev[i].type, KVS_BLOCK_EVENT_REMOVED);
+        cr_assert_arr_eq(seen.ev[i].key.bytes, k.bytes, KVS_KEY_BYTES);
+    }
+    cr_assert_eq(seen.ev[13].type, KVS_BLOCK_EVENT_STORED);
+    /* Zero-copy: published, then unpublished. */
+    publish_one(&p, 20, 20, KVS_PUBLISH_ZERO_COPY);
+    uint32_t b = 20;
+    cr_assert_eq(kvs_unpublish(p.pool, &b, 1, 0), KVS_OK);
+    cr_assert_eq(seen.n, 16);
+    cr_assert_eq(seen.ev[14].type, KVS_BLOCK_EVENT_STORED);
+    cr_assert_eq(seen.ev[15].type, KVS_BLOCK_EVENT_REMOVED);
+    test_pool_free(&p);
+    kvs_ctx_destroy(ctx);
+}

@@ -118,9 +118,9 @@ def stored_map(digests, lora=None, salt=None, as_bytes=True):
 
 
 class Index:
-    def __init__(self, kvshare, sources):
+    def __init__(self, kvshare, sources, extra=()):
         args = [kvshare, "index", "--http", "127.0.0.1:0", "--block-size", str(BLOCK),
-                "--hash-algo", ALGO, "--hash-seed", SEED]
+                "--hash-algo", ALGO, "--hash-seed", SEED] + list(extra)
         for s in sources:
             args += ["--source", s]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=sys.stderr)
@@ -138,6 +138,16 @@ class Index:
             self.proc.kill()
             raise SystemExit(f"FAIL: kvshare index did not print 'ready http://...': {line!r}")
         self.url = line.split(" ", 1)[1]
+
+    def stop(self):
+        """SIGTERM; the exit status, or "timeout"."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return "timeout"
 
     def request(self, path, body=None):
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())

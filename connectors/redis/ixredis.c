@@ -1,0 +1,552 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* ixredis.c - the index shared through Redis (hiredis): leases, pipelined writes, snapshot,
+ * and scores walked server-side by one Lua script. */
+#include "ixredis_int.h"
+
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+
+#define CONNECT_MS 500
+#define REPLY_MS   1000
+#define RETRY_MS   1000
+
+/* Tiers as bits, fastest first; a block's best copy is its lowest bit. */
+static const char *const tier_names[8] = {"GPU",   "CPU",   "DISK",  "KVSHARE_POOL",
+                                          "OTHER", "OTHER", "OTHER", "OTHER"};
+
+/* Scripts. Keys are built inside them from the model and pod (standalone Redis allows it;
+ * a cluster would need every key under one {hash tag}). */
+static const char store_lua[] = "local m, pod, b = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
+                                "local ps = 'kvs:p:' .. m .. '@' .. pod\n"
+                                "for i = 4, #ARGV do\n"
+                                "  local k = 'kvs:b:' .. m .. '@' .. ARGV[i]\n"
+                                "  local v = tonumber(redis.call('HGET', k, pod) or '0')\n"
+                                "  redis.call('HSET', k, pod, bit.bor(v, b))\n"
+                                "  redis.call('SADD', ps, ARGV[i])\n"
+                                "end\n"
+                                "redis.call('SADD', 'kvs:P:' .. m, pod)\n"
+                                "redis.call('SADD', 'kvs:m', m)\n"
+                                "return 0\n";
+
+static const char remove_lua[] =
+    "local m, pod, b = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
+    "local ps = 'kvs:p:' .. m .. '@' .. pod\n"
+    "for i = 4, #ARGV do\n"
+    "  local k = 'kvs:b:' .. m .. '@' .. ARGV[i]\n"
+    "  local v = bit.band(tonumber(redis.call('HGET', k, pod) or '0'), bit.bnot(b))\n"
+    "  if v == 0 then\n"
+    "    redis.call('HDEL', k, pod)\n"
+    "    redis.call('SREM', ps, ARGV[i])\n"
+    "  else\n"
+    "    redis.call('HSET', k, pod, v)\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
+
+static const char clear_lua[] = "local m, pod = ARGV[1], ARGV[2]\n"
+                                "local ps = 'kvs:p:' .. m .. '@' .. pod\n"
+                                "for _, h in ipairs(redis.call('SMEMBERS', ps)) do\n"
+                                "  redis.call('HDEL', 'kvs:b:' .. m .. '@' .. h, pod)\n"
+                                "end\n"
+                                "redis.call('DEL', ps)\n"
+                                "return 0\n";
+
+/* 2: taken, 1: renewed, 0: held by another replica. */
+static const char lease_lua[] = "local cur = redis.call('GET', KEYS[1])\n"
+                                "if cur == ARGV[1] then\n"
+                                "  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+                                "  return 1\n"
+                                "elseif not cur then\n"
+                                "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+                                "  return 2\n"
+                                "end\n"
+                                "return 0\n";
+
+/* [hash, bits, hash, bits, ...] of one pod. */
+static const char snap_lua[] = "local m, pod = ARGV[1], ARGV[2]\n"
+                               "local out = {}\n"
+                               "for _, h in ipairs(redis.call('SMEMBERS', 'kvs:p:' .. m .. '@' .. "
+                               "pod)) do\n"
+                               "  local v = redis.call('HGET', 'kvs:b:' .. m .. '@' .. h, pod)\n"
+                               "  if v then out[#out + 1] = h; out[#out + 1] = v end\n"
+                               "end\n"
+                               "return out\n";
+
+/* KEYS: the prompt's block keys in order; ARGV[1]: the degraded set; ARGV[2..]: only these
+ * pods. The candidates are key 0's holders; each next key keeps those holding it (one
+ * HMGET), so the walk stops as soon as no pod is left. Returns [pod, depth, worst tier
+ * rank, ...]. */
+static const char score_lua[] =
+    "local first = redis.call('HGETALL', KEYS[1])\n"
+    "local only = nil\n"
+    "if #ARGV > 1 then\n"
+    "  only = {}\n"
+    "  for i = 2, #ARGV do only[ARGV[i]] = true end\n"
+    "end\n"
+    "local function rank(v)\n"
+    "  v = tonumber(v)\n"
+    "  for r = 0, 7 do if bit.band(v, bit.lshift(1, r)) ~= 0 then return r end end\n"
+    "  return 7\n"
+    "end\n"
+    "local live, depth, worst = {}, {}, {}\n"
+    "for i = 1, #first, 2 do\n"
+    "  local p = first[i]\n"
+    "  if (only == nil or only[p]) and redis.call('SISMEMBER', ARGV[1], p) == 0 then\n"
+    "    live[#live + 1] = p\n"
+    "    depth[p] = 1\n"
+    "    worst[p] = rank(first[i + 1])\n"
+    "  end\n"
+    "end\n"
+    "local k = 2\n"
+    "while k <= #KEYS and #live > 0 do\n"
+    "  local vals = redis.call('HMGET', KEYS[k], unpack(live))\n"
+    "  local nl = {}\n"
+    "  for i = 1, #live do\n"
+    "    if vals[i] then\n"
+    "      local p = live[i]\n"
+    "      depth[p] = k\n"
+    "      local r = rank(vals[i])\n"
+    "      if r > worst[p] then worst[p] = r end\n"
+    "      nl[#nl + 1] = p\n"
+    "    end\n"
+    "  end\n"
+    "  live = nl\n"
+    "  k = k + 1\n"
+    "end\n"
+    "local out = {}\n"
+    "for p, d in pairs(depth) do\n"
+    "  out[#out + 1] = p\n"
+    "  out[#out + 1] = d\n"
+    "  out[#out + 1] = worst[p]\n"
+    "end\n"
+    "return out\n";
+
+typedef struct conn {
+    redisContext *c;
+    uint64_t next_try_ms;
+    uint64_t epoch;
+} conn_t;
+
+struct kvs__ixr {
+    char host[256];
+    char path[256]; /* unix socket; host unused */
+    int port, db;
+    char id[128];
+    char lease_ms[16];
+    conn_t w;       /* the writer (event thread) */
+    size_t pending; /* writes queued on w */
+    conn_t rd;      /* the readers (HTTP threads), under lock */
+    pthread_mutex_t lock;
+    atomic_ullong errors;
+};
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t lease_ms, char *why,
+                            size_t wl)
+{
+    kvs__ixr_t *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        snprintf(why, wl, "out of memory");
+        return NULL;
+    }
+    r->port = 6379;
+    if (strncmp(url, "unix:", 5) == 0) {
+        const char *p = url + 5;
+        if (strncmp(p, "//", 2) == 0)
+            p += 2;
+        if (p[0] != '/' || strlen(p) >= sizeof(r->path))
+            goto bad;
+        snprintf(r->path, sizeof(r->path), "%s", p);
+    } else if (strncmp(url, "redis://", 8) == 0) {
+        const char *h = url + 8, *end = h + strcspn(h, "/");
+        const char *colon = NULL;
+        if (*h == '[') { /* [IPv6]:port */
+            const char *rb = memchr(h, ']', (size_t)(end - h));
+            if (rb == NULL)
+                goto bad;
+            colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
+            if ((size_t)(rb - h - 1) >= sizeof(r->host) || rb == h + 1)
+                goto bad;
+            memcpy(r->host, h + 1, (size_t)(rb - h - 1));
+        } else {
+            colon = memchr(h, ':', (size_t)(end - h));
+            size_t hl = (size_t)((colon ? colon : end) - h);
+            if (hl == 0 || hl >= sizeof(r->host) || memchr(h, '@', (size_t)(end - h)))
+                goto bad; /* user:password@ is not supported */
+            memcpy(r->host, h, hl);
+        }
+        if (colon != NULL) {
+            char *e;
+            long port = strtol(colon + 1, &e, 10);
+            if (e != end || port <= 0 || port > 65535)
+                goto bad;
+            r->port = (int)port;
+        }
+        if (*end == '/' && end[1] != '\0') {
+            char *e;
+            long db = strtol(end + 1, &e, 10);
+            if (*e != '\0' || db < 0 || db > 1000000)
+                goto bad;
+            r->db = (int)db;
+        }
+    } else {
+        goto bad;
+    }
+    snprintf(r->id, sizeof(r->id), "%s", replica_id);
+    snprintf(r->lease_ms, sizeof(r->lease_ms), "%u", lease_ms);
+    pthread_mutex_init(&r->lock, NULL);
+    return r;
+bad:
+    snprintf(why, wl, "'%s': expected redis://HOST[:PORT][/DB] or unix:/PATH", url);
+    free(r);
+    return NULL;
+}
+
+static void conn_drop(conn_t *c)
+{
+    if (c->c != NULL)
+        redisFree(c->c);
+    c->c = NULL;
+}
+
+void kvs__ixr_destroy(kvs__ixr_t *r)
+{
+    if (r == NULL)
+        return;
+    conn_drop(&r->w);
+    conn_drop(&r->rd);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
+
+unsigned long long kvs__ixr_errors(const kvs__ixr_t *r)
+{
+    return atomic_load(&((kvs__ixr_t *)r)->errors);
+}
+
+static void failed(kvs__ixr_t *r, conn_t *c, const char *what)
+{
+    unsigned long long n = atomic_fetch_add(&r->errors, 1) + 1;
+    if (n <= 10 || n % 1000 == 0)
+        fprintf(stderr, "kvshare index: redis %s:%d%s: %s failed (%llu so far): %s\n",
+                r->path[0] ? r->path : r->host, r->path[0] ? 0 : r->port, "", what, n,
+                c->c && c->c->err ? c->c->errstr : "unreachable or a bad reply");
+    conn_drop(c);
+    c->next_try_ms = mono_ms() + RETRY_MS;
+}
+
+/* A usable connection, (re)connecting at most once per RETRY_MS. */
+static redisContext *conn_get(kvs__ixr_t *r, conn_t *c)
+{
+    if (c->c != NULL)
+        return c->c;
+    if (mono_ms() < c->next_try_ms)
+        return NULL;
+    struct timeval ct = {.tv_sec = 0, .tv_usec = CONNECT_MS * 1000};
+    struct timeval rt = {.tv_sec = REPLY_MS / 1000, .tv_usec = (REPLY_MS % 1000) * 1000};
+    c->c = r->path[0] ? redisConnectUnixWithTimeout(r->path, ct)
+                      : redisConnectWithTimeout(r->host, r->port, ct);
+    if (c->c == NULL || c->c->err || redisSetTimeout(c->c, rt) != REDIS_OK) {
+        failed(r, c, "connect");
+        return NULL;
+    }
+    if (r->db != 0) {
+        redisReply *rep = redisCommand(c->c, "SELECT %d", r->db);
+        bool ok = rep != NULL && rep->type == REDIS_REPLY_STATUS;
+        if (rep)
+            freeReplyObject(rep);
+        if (!ok) {
+            failed(r, c, "SELECT");
+            return NULL;
+        }
+    }
+    c->epoch++;
+    return c->c;
+}
+
+/* Runs one command; NULL (counted, connection dropped) on failure or an error reply. */
+static redisReply *run(kvs__ixr_t *r, conn_t *c, int argc, const char **argv, const size_t *lens,
+                       const char *what)
+{
+    redisContext *ctx = conn_get(r, c);
+    if (ctx == NULL)
+        return NULL;
+    redisReply *rep = redisCommandArgv(ctx, argc, argv, lens);
+    if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+        if (rep != NULL) {
+            fprintf(stderr, "kvshare index: redis: %s: %.*s\n", what, (int)rep->len, rep->str);
+            freeReplyObject(rep);
+        }
+        failed(r, c, what);
+        return NULL;
+    }
+    return rep;
+}
+
+int kvs__ixr_lease(kvs__ixr_t *r, const char *model, const char *pod, uint64_t *epoch_p)
+{
+    char key[600];
+    snprintf(key, sizeof(key), "kvs:l:%s@%s", model, pod);
+    const char *argv[] = {"EVAL", lease_lua, "1", key, r->id, r->lease_ms};
+    redisReply *rep = run(r, &r->w, 6, argv, NULL, "lease");
+    if (rep == NULL)
+        return -1;
+    int rc = rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer : -1;
+    freeReplyObject(rep);
+    *epoch_p = r->w.epoch;
+    return rc;
+}
+
+static uint8_t tier_bit(const char *medium)
+{
+    if (medium == NULL)
+        return 1;
+    for (int i = 0; i < 4; i++)
+        if (strcasecmp(medium, tier_names[i]) == 0)
+            return (uint8_t)(1u << i);
+    return 128;
+}
+
+/* Queues EVAL script model pod bits hash... on the writer. */
+static void queue_blocks(kvs__ixr_t *r, const char *script, const char *model, const char *pod,
+                         const uint64_t *hashes, size_t n, const char *medium)
+{
+    redisContext *ctx = conn_get(r, &r->w);
+    if (ctx == NULL || n == 0)
+        return;
+    size_t argc = 6 + n;
+    const char **argv = malloc(argc * sizeof(*argv));
+    size_t *lens = malloc(argc * sizeof(*lens));
+    char *hex = malloc(n * 17);
+    if (argv == NULL || lens == NULL || hex == NULL) {
+        free(argv);
+        free(lens);
+        free(hex);
+        atomic_fetch_add(&r->errors, 1);
+        return;
+    }
+    char bits[4];
+    snprintf(bits, sizeof(bits), "%u", tier_bit(medium));
+    argv[0] = "EVAL", argv[1] = script, argv[2] = "0", argv[3] = model, argv[4] = pod;
+    argv[5] = bits;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(hex + 17 * i, 17, "%016llx", (unsigned long long)hashes[i]);
+        argv[6 + i] = hex + 17 * i;
+    }
+    for (size_t i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    if (redisAppendCommandArgv(ctx, (int)argc, argv, lens) == REDIS_OK)
+        r->pending++;
+    else
+        failed(r, &r->w, "queue");
+    free(argv);
+    free(lens);
+    free(hex);
+}
+
+void kvs__ixr_store(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
+                    size_t n, const char *medium)
+{
+    queue_blocks(r, store_lua, model, pod, hashes, n, medium);
+}
+
+void kvs__ixr_remove(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
+                     size_t n, const char *medium)
+{
+    queue_blocks(r, remove_lua, model, pod, hashes, n, medium);
+}
+
+void kvs__ixr_clear(kvs__ixr_t *r, const char *model, const char *pod)
+{
+    redisContext *ctx = conn_get(r, &r->w);
+    if (ctx == NULL)
+        return;
+    const char *argv[] = {"EVAL", clear_lua, "0", model, pod};
+    if (redisAppendCommandArgv(ctx, 5, argv, NULL) == REDIS_OK)
+        r->pending++;
+    else
+        failed(r, &r->w, "queue");
+}
+
+void kvs__ixr_set_degraded(kvs__ixr_t *r, const char *model, const char *pod, bool degraded)
+{
+    redisContext *ctx = conn_get(r, &r->w);
+    if (ctx == NULL)
+        return;
+    char key[300];
+    snprintf(key, sizeof(key), "kvs:d:%s", model);
+    const char *argv[] = {degraded ? "SADD" : "SREM", key, pod};
+    if (redisAppendCommandArgv(ctx, 3, argv, NULL) == REDIS_OK)
+        r->pending++;
+    else
+        failed(r, &r->w, "queue");
+}
+
+int kvs__ixr_flush(kvs__ixr_t *r)
+{
+    int rc = 0;
+    while (r->pending > 0 && r->w.c != NULL) {
+        void *rep = NULL;
+        if (redisGetReply(r->w.c, &rep) != REDIS_OK) {
+            failed(r, &r->w, "write");
+            rc = -1;
+            break;
+        }
+        r->pending--;
+        redisReply *x = rep;
+        if (x->type == REDIS_REPLY_ERROR) {
+            unsigned long long n = atomic_fetch_add(&r->errors, 1) + 1;
+            if (n <= 10)
+                fprintf(stderr, "kvshare index: redis: write refused: %.*s\n", (int)x->len, x->str);
+            rc = -1;
+        }
+        freeReplyObject(rep);
+    }
+    r->pending = 0;
+    return rc;
+}
+
+int kvs__ixr_snapshot(kvs__ixr_t *r,
+                      void (*pod_cb)(void *arg, const char *model, const char *pod, bool degraded),
+                      void (*copy_cb)(void *arg, const char *model, const char *pod, uint64_t hash,
+                                      const char *medium),
+                      void *arg)
+{
+    const char *am[] = {"SMEMBERS", "kvs:m"};
+    redisReply *models = run(r, &r->w, 2, am, NULL, "snapshot");
+    if (models == NULL)
+        return -1;
+    int rc = models->type == REDIS_REPLY_ARRAY ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < models->elements; i++) {
+        const char *m = models->element[i]->str;
+        if (models->element[i]->type != REDIS_REPLY_STRING || strchr(m, '@'))
+            continue;
+        char pk[300], dk[300];
+        snprintf(pk, sizeof(pk), "kvs:P:%s", m);
+        snprintf(dk, sizeof(dk), "kvs:d:%s", m);
+        const char *ap[] = {"SMEMBERS", pk}, *ad[] = {"SMEMBERS", dk};
+        redisReply *pods = run(r, &r->w, 2, ap, NULL, "snapshot");
+        redisReply *deg = pods ? run(r, &r->w, 2, ad, NULL, "snapshot") : NULL;
+        if (pods == NULL || deg == NULL || pods->type != REDIS_REPLY_ARRAY ||
+            deg->type != REDIS_REPLY_ARRAY) {
+            rc = -1;
+        }
+        for (size_t j = 0; rc == 0 && j < pods->elements; j++) {
+            const char *p = pods->element[j]->str;
+            if (pods->element[j]->type != REDIS_REPLY_STRING || strchr(p, '@'))
+                continue;
+            bool d = false;
+            for (size_t k = 0; k < deg->elements; k++)
+                d |= deg->element[k]->type == REDIS_REPLY_STRING &&
+                     strcmp(deg->element[k]->str, p) == 0;
+            pod_cb(arg, m, p, d);
+            const char *as[] = {"EVAL", snap_lua, "0", m, p};
+            redisReply *cp = run(r, &r->w, 5, as, NULL, "snapshot");
+            if (cp == NULL || cp->type != REDIS_REPLY_ARRAY) {
+                rc = -1;
+            } else {
+                for (size_t k = 0; k + 1 < cp->elements; k += 2) {
+                    const redisReply *h = cp->element[k], *v = cp->element[k + 1];
+                    if (h->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+                        continue;
+                    uint64_t hash = strtoull(h->str, NULL, 16);
+                    unsigned bits = (unsigned)strtoul(v->str, NULL, 10);
+                    for (int t = 0; t < 8; t++) /* one copy per tier held */
+                        if (bits & (1u << t) && (t < 4 || t == 7))
+                            copy_cb(arg, m, p, hash, tier_names[t]);
+                }
+            }
+            if (cp)
+                freeReplyObject(cp);
+        }
+        if (pods)
+            freeReplyObject(pods);
+        if (deg)
+            freeReplyObject(deg);
+    }
+    freeReplyObject(models);
+    return rc;
+}
+
+static int cmp_score(const void *a, const void *b)
+{
+    const kvs__ixr_score_t *x = a, *y = b;
+    if (x->blocks != y->blocks)
+        return x->blocks > y->blocks ? -1 : 1;
+    return strcmp(x->pod, y->pod);
+}
+
+long kvs__ixr_score(kvs__ixr_t *r, const char *model, const uint64_t *keys, size_t n,
+                    const char *const *only, size_t nonly, kvs__ixr_score_t *out, size_t max_out)
+{
+    if (n == 0)
+        return 0;
+    size_t klen = strlen("kvs:b:") + strlen(model) + 1 + 16 + 1;
+    size_t argc = 3 + n + 1 + nonly;
+    const char **argv = malloc(argc * sizeof(*argv));
+    char *kb = malloc(n * klen);
+    kvs__ixr_score_t *all = NULL;
+    long matched = -1;
+    char nk[24], dk[300];
+    if (argv == NULL || kb == NULL)
+        goto out;
+    snprintf(nk, sizeof(nk), "%zu", n);
+    snprintf(dk, sizeof(dk), "kvs:d:%s", model);
+    argv[0] = "EVAL", argv[1] = score_lua, argv[2] = nk;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(kb + i * klen, klen, "kvs:b:%s@%016llx", model, (unsigned long long)keys[i]);
+        argv[3 + i] = kb + i * klen;
+    }
+    argv[3 + n] = dk;
+    for (size_t i = 0; i < nonly; i++)
+        argv[4 + n + i] = only[i];
+    pthread_mutex_lock(&r->lock);
+    redisReply *rep = run(r, &r->rd, (int)argc, argv, NULL, "score");
+    pthread_mutex_unlock(&r->lock);
+    if (rep == NULL)
+        goto out;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 3 != 0) {
+        atomic_fetch_add(&r->errors, 1);
+        freeReplyObject(rep);
+        goto out;
+    }
+    size_t m = rep->elements / 3;
+    all = calloc(m ? m : 1, sizeof(*all));
+    if (all == NULL) {
+        freeReplyObject(rep);
+        goto out;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < m; i++) {
+        const redisReply *p = rep->element[3 * i], *d = rep->element[3 * i + 1],
+                         *t = rep->element[3 * i + 2];
+        if (p->type != REDIS_REPLY_STRING || d->type != REDIS_REPLY_INTEGER ||
+            t->type != REDIS_REPLY_INTEGER || d->integer < 1 || t->integer < 0 || t->integer > 7)
+            continue;
+        snprintf(all[k].pod, sizeof(all[k].pod), "%s", p->str);
+        all[k].blocks = (uint32_t)d->integer;
+        all[k].medium = tier_names[t->integer];
+        k++;
+    }
+    freeReplyObject(rep);
+    qsort(all, k, sizeof(*all), cmp_score);
+    memcpy(out, all, (k < max_out ? k : max_out) * sizeof(*all));
+    matched = (long)k;
+out:
+    free(all);
+    free(argv);
+    free(kb);
+    return matched;
+}

@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* ixredis_int.h - `kvshare index --redis`: the index shared between replicas through Redis.
+ *
+ * Every replica subscribes to every pod and keeps its own in-memory index (the fast path,
+ * and the fallback when Redis is away). Redis holds the shared view:
+ *   kvs:b:<model>@<hash hex>   HASH pod -> tier bits of its copies (GPU 1, CPU 2, DISK 4,
+ *                              KVSHARE_POOL 8, any other medium 128)
+ *   kvs:p:<model>@<pod>        SET of the pod's block hashes (clear and snapshot in O(pod))
+ *   kvs:P:<model>, kvs:m       SETs of pods per model, of models (the snapshot's roots)
+ *   kvs:d:<model>              SET of degraded pods (they score zero)
+ *   kvs:l:<model>@<pod>        the pod's writer lease: a replica id, PX lease_ms
+ * Exactly one replica writes each pod: the holder of its lease, renewed every lease_ms/3;
+ * on taking a lease (first, after another replica died, or after a reconnect) the writer
+ * replaces the pod's Redis state with its own (clear, then every copy). Writes are Lua
+ * scripts, pipelined: one round trip per event batch. A score is one EVAL whose script
+ * walks the prefix server-side (llm-d's Redis backend sends one HKEYS per block).
+ * A new replica loads the snapshot (every model, pod and copy) into its index at start.
+ *
+ * Redis unreachable: calls fail fast (connect 500 ms, replies 1 s), are counted, and the
+ * connection is retried at most once a second; nothing blocks longer. Model and pod names
+ * never hold '@' (topics are kv@<pod>@<model>). Not thread-safe, except kvs__ixr_score. */
+#ifndef KVS_IXREDIS_INT_H
+#define KVS_IXREDIS_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kvs__ixr kvs__ixr_t;
+
+/* url: redis://HOST[:PORT][/DB] or unix:PATH. Does not connect yet. NULL with why filled on
+ * a bad URL or out of memory. */
+kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t lease_ms, char *why,
+                            size_t wl);
+void kvs__ixr_destroy(kvs__ixr_t *r);
+
+/* Takes or renews pod's lease: 2 taken now, 1 renewed, 0 another replica holds it, -1 Redis
+ * unreachable. *epoch_p gets the writer connection's number (it changes on a reconnect,
+ * after which writes may have been lost: resync). */
+int kvs__ixr_lease(kvs__ixr_t *r, const char *model, const char *pod, uint64_t *epoch_p);
+/* Queued writes of one pod (sent by kvs__ixr_flush). */
+void kvs__ixr_store(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
+                    size_t n, const char *medium);
+void kvs__ixr_remove(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
+                     size_t n, const char *medium);
+void kvs__ixr_clear(kvs__ixr_t *r, const char *model, const char *pod);
+void kvs__ixr_set_degraded(kvs__ixr_t *r, const char *model, const char *pod, bool degraded);
+/* Sends the queued writes, reads their replies. 0, or -1 (counted; lost writes). */
+int kvs__ixr_flush(kvs__ixr_t *r);
+
+/* Loads the snapshot: pod_cb once per pod (before its copies), copy_cb per copy. 0, or -1
+ * when Redis is unreachable or answers nonsense. */
+int kvs__ixr_snapshot(kvs__ixr_t *r,
+                      void (*pod_cb)(void *arg, const char *model, const char *pod, bool degraded),
+                      void (*copy_cb)(void *arg, const char *model, const char *pod, uint64_t hash,
+                                      const char *medium),
+                      void *arg);
+
+typedef struct kvs__ixr_score {
+    char pod[256];
+    uint32_t blocks;
+    const char *medium; /* the slowest tier along the prefix (a static name) */
+} kvs__ixr_score_t;
+
+/* Scores keys (a prompt's blocks in order) from Redis in one round trip: each pod's longest
+ * prefix, degraded pods excluded, only those in only[] when nonly > 0. Writes up to max_out,
+ * sorted by blocks then name; returns how many pods matched, or -1 (Redis unreachable or a
+ * bad answer; counted). Thread-safe (one reader connection under a mutex). */
+long kvs__ixr_score(kvs__ixr_t *r, const char *model, const uint64_t *keys, size_t n,
+                    const char *const *only, size_t nonly, kvs__ixr_score_t *out, size_t max_out);
+
+/* Failed round trips so far (any thread). */
+unsigned long long kvs__ixr_errors(const kvs__ixr_t *r);
+
+#endif

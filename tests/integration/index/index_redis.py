@@ -1,0 +1,183 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
+"""index_redis.py - `kvshare index --redis`: replicas sharing one index through a real
+redis-server (started here on a free port in a temp dir, stopped at the end).
+
+Checks: two replicas subscribed to one fake pod both score from Redis; exactly one holds the
+pod's writer lease; a third replica with no source loads the snapshot at start and scores;
+the writer killed, the other takes the lease and resyncs (a removal made meanwhile shows);
+a degraded pod scores zero through Redis and is fresh after AllBlocksCleared; Redis
+stopped: scores fall back to the local index, errors are counted, nothing hangs, a replica
+started then starts cold, SIGTERM stops every replica cleanly. Skips (77) without
+redis-server.
+
+Usage: index_redis.py PATH_TO_KVSHARE
+"""
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import zmq
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import index_events as ie  # noqa: E402
+from index_events import FakePod, check, keys, as_int, pods_of, wait_for, BLOCK  # noqa: E402
+
+
+def resp(port, *args):
+    """One Redis command over RESP; the decoded reply (None when unreachable)."""
+    def read(f):
+        line = f.readline()
+        if not line:
+            raise ConnectionError
+        t, rest = line[:1], line[1:-2].decode()
+        if t == b"+":
+            return rest
+        if t == b"-":
+            return RuntimeError(rest)
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            return None if n < 0 else f.read(n + 2)[:-2].decode()
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [read(f) for _ in range(n)]
+        raise ValueError(line)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"*%d\r\n" % len(args) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in map(str, args)))
+            return read(s.makefile("rb"))
+    except (OSError, ConnectionError):
+        return None
+
+
+def main():
+    kvshare = sys.argv[1]
+    server = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+    if server is None:
+        print("SKIP: redis-server not installed (apt-get install redis-server; scripts/packages.d/index.txt)")
+        sys.exit(77)
+    seed = int(os.environ.get("KVS_TEST_SEED", random.SystemRandom().randint(0, 2**31)))
+    rng = random.Random(seed)
+    print(f"index_redis: KVS_TEST_SEED={seed}", flush=True)
+    tmp = tempfile.mkdtemp(prefix="kvs-index-redis-")
+    procs = []
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        rs = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
+                               "--save", "", "--appendonly", "no", "--daemonize", "no"],
+                              stdout=open(os.path.join(tmp, "redis.log"), "w"), stderr=subprocess.STDOUT)
+        procs.append(rs)
+        wait_for("redis-server answers PING", lambda: resp(port, "PING"), lambda r: r == "PONG")
+        url = f"redis://127.0.0.1:{port}"
+
+        ctx = zmq.Context()
+        x = FakePod(ctx, replay=False)
+        T = "kv@pod-x@m1"
+        seq = [0]
+
+        def pub(events, live=True):
+            x.publish(T, seq[0], events, live=live, buffered=False)
+            seq[0] += 1
+
+        lease = ["--redis-lease-ms", "600"]
+        a = ie.Index(kvshare, [f"tcp://127.0.0.1:{x.port}"], extra=["--redis", url, "--redis-id", "A"] + lease)
+        b = ie.Index(kvshare, [f"tcp://127.0.0.1:{x.port}"], extra=["--redis", url, "--redis-id", "B"] + lease)
+        procs += [a.proc, b.proc]
+        end = time.time() + ie.DEADLINE_S
+        while min(a.metric("kvshare_index_pods") or 0, b.metric("kvshare_index_pods") or 0) < 1 \
+                and time.time() < end:
+            pub([{"type": "AllBlocksCleared"}])
+            time.sleep(0.05)
+        check(min(a.metric("kvshare_index_pods") or 0, b.metric("kvshare_index_pods") or 0) >= 1,
+              "both replicas see the pod")
+
+        prompt = [rng.randint(0, 150000) for _ in range(10 * BLOCK)]
+        k = [as_int(d) for d in keys(prompt)]
+        pub([{"type": "BlockStored", "block_hashes": k, "parent_block_hash": None, "token_ids": [],
+              "block_size": BLOCK, "medium": "GPU"}])
+        for name, r in (("A", a), ("B", b)):
+            wait_for(f"replica {name} scores 10 blocks", lambda: pods_of(r.score("m1", prompt)),
+                     lambda p: p == {"pod-x": 10})
+            check((r.metric("kvshare_index_redis_scores_total") or 0) >= 1, f"replica {name} scored from Redis")
+        holder = resp(port, "GET", "kvs:l:m1@pod-x")
+        check(holder in ("A", "B"), f"one replica holds the pod's lease ({holder})")
+        check(resp(port, "SCARD", "kvs:p:m1@pod-x") == 10, "Redis holds the pod's 10 blocks")
+
+        # A replica with no source: the snapshot warms it; it scores from Redis.
+        c = ie.Index(kvshare, [], extra=["--redis", url, "--redis-id", "C"] + lease)
+        procs.append(c.proc)
+        check(c.metric("kvshare_index_redis_snapshot_copies_total") == 10, "C loaded the 10 copies")
+        check(c.metric("kvshare_index_pairs") == 10, "C's own index is warm")
+        check(pods_of(c.score("m1", prompt)) == {"pod-x": 10}, "C scores 10 blocks")
+        check(pods_of(c.score("m1", prompt, pods=["pod-y"])) == {}, "the pods filter applies in Redis")
+
+        # The writer dies; the other replica takes the lease and resyncs.
+        dead, other, oname = (a, b, "B") if holder == "A" else (b, a, "A")
+        dead.proc.send_signal(signal.SIGKILL)
+        dead.proc.wait()
+        pub([{"type": "BlockRemoved", "block_hashes": [k[4]], "medium": "GPU"}])
+
+        def nudge():
+            pub([{"type": "BlockRemoved", "block_hashes": [12345], "medium": "GPU"}])
+            return pods_of(c.score("m1", prompt))
+        wait_for("after failover C sees the removal (prefix 4)", nudge, lambda p: p == {"pod-x": 4})
+        check(resp(port, "GET", "kvs:l:m1@pod-x") == oname, f"{oname} holds the lease now")
+        check((other.metric("kvshare_index_redis_leases_taken_total") or 0) >= 1, f"{oname} took a lease")
+
+        # Degraded through Redis: an unreplayable gap; fresh after AllBlocksCleared.
+        pub([{"type": "BlockStored", "block_hashes": k[:2], "block_size": BLOCK}], live=False)
+        pub([{"type": "BlockRemoved", "block_hashes": [12345]}])
+        wait_for("a degraded pod scores zero on C", lambda: pods_of(c.score("m1", prompt)), lambda p: p == {})
+        check(resp(port, "SISMEMBER", "kvs:d:m1", "pod-x") == 1, "Redis marks it degraded")
+        pub([{"type": "AllBlocksCleared"},
+             {"type": "BlockStored", "block_hashes": k[:3], "block_size": BLOCK, "medium": "CPU"}])
+        r = wait_for("fresh again: 3 blocks on CPU", lambda: c.score("m1", prompt),
+                     lambda r: pods_of(r) == {"pod-x": 3})
+        check([p["medium"] for p in r.get("pods", [])] == ["CPU"], f"the tier comes through Redis ({r})")
+
+        # Redis goes away: scores fall back to the local index; errors counted; no hang.
+        rs.send_signal(signal.SIGTERM)
+        rs.wait(timeout=ie.DEADLINE_S)
+        pub([{"type": "BlockStored", "block_hashes": k[3:5], "parent_block_hash": k[2],
+              "block_size": BLOCK, "medium": "CPU"}])
+        wait_for(f"without Redis {oname} scores locally", lambda: pods_of(other.score("m1", prompt)),
+                 lambda p: p == {"pod-x": 5})
+        check((other.metric("kvshare_index_redis_fallbacks_total") or 0) >= 1, "fallbacks counted")
+        check((other.metric("kvshare_index_redis_errors_total") or 0) >= 1, "Redis errors counted")
+        # C has no source: its own index is the snapshot it loaded at start (documented).
+        check(pods_of(c.score("m1", prompt)) == {"pod-x": 10}, "C falls back to its start snapshot")
+        check(other.request("/healthz")[0] == 200, "healthz still 200")
+        # A replica started while Redis is away: starts cold, serves, never hangs.
+        d = ie.Index(kvshare, [], extra=["--redis", url, "--redis-id", "D"] + lease)
+        procs.append(d.proc)
+        code, text = d.request("/v1/score", {"model": "m1", "token_ids": prompt})
+        check(code == 404 and "unknown model" in text, f"D: no snapshot, no Redis: 404 ({code} {text})")
+        check((d.metric("kvshare_index_redis_errors_total") or 0) >= 1, "D counted the failures")
+        for name, r in ((oname, other), ("C", c), ("D", d)):
+            rc = r.stop()
+            check(rc == 0, f"replica {name} stops cleanly on SIGTERM (exit {rc})")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if ie.FAILS:
+        print(f"index_redis: {len(ie.FAILS)} failure(s); KVS_TEST_SEED={seed}")
+        sys.exit(1)
+    print("index_redis: all checks passed")
+
+
+if __name__ == "__main__":
+    main()

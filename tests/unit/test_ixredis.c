@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_ixredis.c - `kvshare index --redis` without a server: URLs, and an unreachable Redis
+ * fails fast, is counted and never blocks (the real server: integration/index/index_redis). */
+#include "ixredis_int.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+Test(ixredis, urls)
+{
+    static const char *const good[] = {"redis://127.0.0.1",    "redis://localhost:6380",
+                                       "redis://[::1]:6379/2", "redis://host:1/0",
+                                       "unix:/run/redis.sock", "unix:///run/redis.sock"};
+    static const char *const bad[] = {"",
+                                      "http://x",
+                                      "redis://",
+                                      "redis://:6379",
+                                      "redis://h:0",
+                                      "redis://h:65536",
+                                      "redis://h:12x",
+                                      "redis://user:pw@h:1",
+                                      "redis://h/db",
+                                      "redis://[::1",
+                                      "unix:relative"};
+    char why[256];
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        kvs__ixr_t *r = kvs__ixr_create(good[i], "me", 5000, why, sizeof(why));
+        cr_assert_not_null(r, "%s: %s", good[i], why);
+        kvs__ixr_destroy(r);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        why[0] = '\0';
+        cr_assert_null(kvs__ixr_create(bad[i], "me", 5000, why, sizeof(why)), "%s", bad[i]);
+        cr_assert(why[0] != '\0');
+    }
+    kvs__ixr_destroy(NULL);
+}
+
+/* A port nobody listens on (bound, then closed). */
+static int dead_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    cr_assert(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+    cr_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+Test(ixredis, unreachable_fails_fast_and_is_counted)
+{
+    char url[64], why[128];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", dead_port());
+    kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, why, sizeof(why));
+    cr_assert_not_null(r);
+    uint64_t epoch = 0, h[2] = {1, 2};
+    cr_assert_eq(kvs__ixr_lease(r, "m", "p", &epoch), -1);
+    kvs__ixr_store(r, "m", "p", h, 2, "GPU");
+    kvs__ixr_clear(r, "m", "p");
+    kvs__ixr_set_degraded(r, "m", "p", true);
+    cr_assert_eq(kvs__ixr_flush(r), 0, "nothing was queued");
+    kvs__ixr_score_t out[4];
+    const char *only[] = {"p"};
+    cr_assert_eq(kvs__ixr_score(r, "m", h, 2, only, 1, out, 4), -1);
+    cr_assert_eq(kvs__ixr_score(r, "m", h, 0, NULL, 0, out, 4), 0, "no blocks: no round trip");
+    cr_assert_eq(kvs__ixr_snapshot(r, NULL, NULL, NULL), -1);
+    cr_assert_geq(kvs__ixr_errors(r), 2);
+    kvs__ixr_destroy(r);
+}
