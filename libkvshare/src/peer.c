@@ -193,6 +193,18 @@ typedef struct push {
     struct push *next;
 } push_t;
 
+/* A connection being made in the background (kvs_peer_connect). */
+typedef struct dialer {
+    kvs__peer_t *pp;
+    char peer[256];
+    uint64_t layout_id;
+    uint32_t timeout_ms;
+    bool done;
+    kvs_status_t status;
+    pthread_t thread;
+    struct dialer *next;
+} dialer_t;
+
 typedef struct inmsg {
     conn_t *conn;
     uint8_t *buf;
@@ -232,6 +244,8 @@ struct kvs__peer {
     preq_t *zombies;
     push_t *pushes;
     sput_t *sputs;
+    dialer_t *dialers;
+    uint32_t ndialers;
     inmsg_t *inbox, **inbox_tail;
     uint64_t next_lease_id;
     uint64_t last_boot_poll_ns;
@@ -558,6 +572,20 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
         c->nrr++;
     }
     return KVS_OK;
+}
+
+/* Unpacks every region's rkey not unpacked yet, so the first fetch does not
+ * pay for it (UCX: "rkey unpack is not intended for data path"). A region
+ * that fails here is retried, and refused, at first use. */
+static void unpack_rkeys(conn_t *c)
+{
+    kvs__peer_t *pp = c->pp;
+    for (size_t k = 0; k < c->nrr && c->ep != NULL; k++) {
+        rregion_t *r = &c->rr[k];
+        if (r->rkey == NULL &&
+            pp->ops->rkey_unpack(pp->tl, c->ep, r->rkey_buf, r->rkey_len, &r->rkey) != KVS_OK)
+            r->rkey = NULL;
+    }
 }
 
 static rregion_t *rregion(conn_t *c, uint32_t id, uint64_t addr, uint64_t len)
@@ -1898,16 +1926,29 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
 /* Finds or makes a ready connection to @peer for @layout_id. Called with
  * the lock held; releases it around the blocking handshake. On KVS_OK the
  * caller holds a reference. */
-static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
-                             uint64_t deadline, conn_t **c_p)
+static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                                uint64_t deadline, const dialer_t *self, conn_t **c_p)
 {
-    for (conn_t *c = pp->conns; c != NULL; c = c->next) {
-        if (!c->server && c->layout_id == layout_id && strcmp(c->peer, peer) == 0 &&
-            c->state == S_READY) {
-            c->refs++;
-            *c_p = c;
-            return KVS_OK;
+    for (;;) {
+        for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+            if (!c->server && c->layout_id == layout_id && strcmp(c->peer, peer) == 0 &&
+                c->state == S_READY) {
+                c->refs++;
+                *c_p = c;
+                return KVS_OK;
+            }
         }
+        /* A background connect to the same peer is under way: wait for it
+         * rather than make a second connection beside it. */
+        const dialer_t *d = pp->dialers;
+        while (d != NULL &&
+               (d == self || d->done || d->layout_id != layout_id || strcmp(d->peer, peer) != 0))
+            d = d->next;
+        if (d == NULL)
+            break;
+        if (now_ns() >= deadline)
+            return KVS_ERR_TIMED_OUT;
+        cond_sleep(pp, deadline);
     }
     if (strlen(peer) >= sizeof(((conn_t *)0)->peer))
         return KVS_ERR_INVALID_PARAM;
@@ -1969,10 +2010,194 @@ static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_
         return st;
     }
     c->rma = rma;
+    if (rma)
+        unpack_rkeys(c);
     kvs__info(pp->log, "peer %s: ready, data path %s", c->peer,
               c->rma ? "GET" : "active-message push");
     *c_p = c;
     return KVS_OK;
+}
+
+static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                             uint64_t deadline, conn_t **c_p)
+{
+    return get_conn_as(pp, peer, layout_id, deadline, NULL, c_p);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Connecting ahead of the first request                                    */
+/* ---------------------------------------------------------------------- */
+/* One round trip over the transport (a LOOKUP of no keys: no lease, and
+ * the node's newest regions come with the reply), so that UCX has wired up
+ * both directions of the endpoint before the first real request. Without
+ * it the first lookup paid 10-20 ms of UCX wire-up here. Lock held. */
+static kvs_status_t warm_conn(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
+{
+    waiter_t *w = NULL;
+    kvs__msg_t m;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    uint64_t rid = ++c->next_req_id;
+    kvs__enc_lookup(&b, rid, c->session, c->layout_id, 0, NULL, 0);
+    kvs_status_t st = request(pp, c, &b, rid, deadline, &w, &m);
+    if (st == KVS_OK && (m.hdr.type != KVS_MSG_LOOKUP_REPLY || m.u.lookup_reply.hits != 0)) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "bad LOOKUP_REPLY");
+        st = KVS_ERR_PROTOCOL;
+    }
+    if (st == KVS_OK)
+        st = take_regions(c, &m);
+    if (st == KVS_OK && c->rma)
+        unpack_rkeys(c);
+    waiter_del(pp, w);
+    return st;
+}
+
+typedef struct warm_get {
+    int left;
+    bool done;
+    kvs_status_t status;
+    uint8_t buf[8];
+} warm_get_t;
+
+static void warm_get_done(void *arg, kvs_status_t st, size_t len)
+{
+    warm_get_t *w = arg;
+    (void)len;
+    if (st != KVS_OK)
+        w->status = st;
+    if (--w->left == 0)
+        w->done = true;
+}
+
+/* One 8-byte GET from a region the peer advertised, and a flush: UCX sets
+ * up the GET endpoint's lanes on first use, and that first use should not
+ * be a request's. Lock held. */
+static kvs_status_t warm_get(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
+{
+    if (!c->rma || c->nrr == 0)
+        return KVS_OK;
+    rregion_t *rr = rregion(c, c->rr[0].id, c->rr[0].base, 8);
+    if (rr == NULL)
+        return KVS_OK; /* nothing 8 bytes long to read: skip the warm-up */
+    warm_get_t *w = kvs__calloc(1, sizeof(*w));
+    if (w == NULL)
+        return KVS_ERR_NO_MEMORY;
+    w->left = 1; /* ours, dropped below once both are posted */
+    kvs_status_t st =
+        pp->ops->get(pp->tl, c->ep, w->buf, sizeof(w->buf), rr->base, rr->rkey, warm_get_done, w);
+    if (st == KVS_INPROGRESS)
+        w->left++;
+    else if (st != KVS_OK)
+        w->status = st;
+    st = pp->ops->flush(pp->tl, c->ep, warm_get_done, w);
+    if (st == KVS_INPROGRESS)
+        w->left++;
+    else if (st != KVS_OK)
+        w->status = st;
+    warm_get_done(w, KVS_OK, 0);
+    kick(pp);
+    if (!wait_until(pp, &w->done, deadline)) {
+        /* The transport may still call back into @w: it stays allocated. */
+        conn_fail(c, KVS_ERR_TIMED_OUT, "warm-up GET timed out");
+        return KVS_ERR_TIMED_OUT;
+    }
+    st = w->status;
+    kvs__free(w);
+    return st;
+}
+
+static kvs_status_t connect_warm(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                                 uint64_t deadline, const dialer_t *self)
+{
+    conn_t *c = NULL;
+    kvs_status_t st = get_conn_as(pp, peer, layout_id, deadline, self, &c);
+    if (st == KVS_OK) {
+        st = warm_conn(pp, c, deadline);
+        if (st == KVS_OK)
+            st = warm_get(pp, c, deadline);
+        conn_unref(c); /* the table keeps it */
+    }
+    return st;
+}
+
+static void *dial_thread(void *arg)
+{
+    dialer_t *d = arg;
+    kvs__peer_t *pp = d->pp;
+    lock(pp);
+    d->status =
+        connect_warm(pp, d->peer, d->layout_id, now_ns() + (uint64_t)d->timeout_ms * 1000000u, d);
+    d->done = true;
+    pthread_cond_broadcast(&pp->cond);
+    unlock(pp);
+    return NULL;
+}
+
+/* Joins background connects that have finished. Lock held. */
+static void reap_dialers(kvs__peer_t *pp)
+{
+    for (dialer_t **dp = &pp->dialers; *dp != NULL;) {
+        dialer_t *d = *dp;
+        if (!d->done) {
+            dp = &d->next;
+            continue;
+        }
+        *dp = d->next;
+        pp->ndialers--;
+        pthread_join(d->thread, NULL); /* it has returned or is returning */
+        kvs__free(d);
+    }
+}
+
+kvs_status_t kvs__peer_connect(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                               uint32_t timeout_ms, bool background)
+{
+    if (strlen(peer) >= sizeof(((dialer_t *)0)->peer))
+        return KVS_ERR_INVALID_PARAM;
+    kvs_status_t st;
+    lock(pp);
+    reap_dialers(pp);
+    if (!background) {
+        st = connect_warm(pp, peer, layout_id, now_ns() + (uint64_t)timeout_ms * 1000000u, NULL);
+        unlock(pp);
+        return st;
+    }
+    for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+        if (!c->server && c->layout_id == layout_id && strcmp(c->peer, peer) == 0 &&
+            c->state == S_READY) {
+            unlock(pp);
+            return KVS_OK;
+        }
+    }
+    for (dialer_t *d = pp->dialers; d != NULL; d = d->next) {
+        if (d->layout_id == layout_id && strcmp(d->peer, peer) == 0) {
+            unlock(pp);
+            return KVS_INPROGRESS;
+        }
+    }
+    st = KVS_ERR_BUSY;
+    if (pp->ndialers >= KVS_PEER_MAX_DIALERS || pp->stopping)
+        goto out;
+    st = KVS_ERR_NO_MEMORY;
+    dialer_t *d = kvs__calloc(1, sizeof(*d));
+    if (d == NULL)
+        goto out;
+    d->pp = pp;
+    strcpy(d->peer, peer);
+    d->layout_id = layout_id;
+    d->timeout_ms = timeout_ms;
+    if (pthread_create(&d->thread, NULL, dial_thread, d) != 0) {
+        kvs__free(d);
+        st = KVS_ERR_IO;
+        goto out;
+    }
+    d->next = pp->dialers;
+    pp->dialers = d;
+    pp->ndialers++;
+    st = KVS_INPROGRESS;
+out:
+    unlock(pp);
+    return st;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -2017,6 +2242,8 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
     }
     if ((st = take_regions(c, &m)) != KVS_OK)
         goto out;
+    if (c->rma)
+        unpack_rkeys(c);
     rl = kvs__calloc(1, sizeof(*rl));
     if (rl == NULL) {
         st = KVS_ERR_NO_MEMORY;
@@ -2705,6 +2932,14 @@ void kvs__peer_destroy(kvs__peer_t *pp)
         pthread_join(pp->thread, NULL);
     }
     lock(pp);
+    pp->stopping = true;
+    /* Background connects end within their handshake deadline. */
+    while (pp->dialers != NULL) {
+        dialer_t *d = pp->dialers;
+        while (!d->done)
+            pthread_cond_wait(&pp->cond, &pp->lock);
+        reap_dialers(pp);
+    }
     while (pp->conns != NULL) {
         conn_t *c = pp->conns;
         if (c->state == S_FAILED) /* listed only while failing: never */
