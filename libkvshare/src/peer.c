@@ -23,6 +23,7 @@
 #include "boot_int.h"
 #include "pool_int.h"
 #include "proto_int.h"
+#include "pull_int.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -150,6 +151,11 @@ typedef struct preq {
     bool push;       /* AM path: pieces arrive as DATA */
     bool done_msg;   /* FETCH_DONE received */
     bool is_put;
+    /* Pull put: PUT messages req_id .. req_id + nreq - 1 (one per batch),
+     * each answered by one PUT_DONE; a bit per batch once answered. */
+    bool pull;
+    uint32_t nreq;
+    uint32_t batches_done;
     uint64_t *gens_now;
     uint8_t *genwin;
     uint64_t genwin_base;
@@ -176,6 +182,11 @@ typedef struct sput {
     int outstanding;
     bool dead;
     uint64_t deadline_ns;
+    /* Pull (the node GETs into arena slots it reserved): no staging */
+    bool pull;
+    uint32_t cls;
+    uint32_t *slots; /* reserved until published or given back */
+    size_t bytes_expected, bytes_got;
     struct sput *next;
 } sput_t;
 
@@ -551,6 +562,8 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
             known = c->rr[k].id == d.id;
         if (known)
             continue; /* unpacked once, cached for the connection's life */
+        if (c->nrr >= KVS_PROTO_MAX_REGIONS)
+            return KVS_ERR_BUSY; /* a peer cannot grow this table without end */
         if (c->nrr == c->caprr) {
             size_t cap = c->caprr ? c->caprr * 2 : 8;
             rregion_t *nr = kvs__realloc(c->rr, cap * sizeof(*nr));
@@ -621,7 +634,7 @@ static void dropped(kvs__peer_t *pp, const char *what)
 static preq_t *req_on(conn_t *c, uint64_t id)
 {
     for (preq_t *r = c->pp->reqs; r != NULL; r = r->next)
-        if (r->conn == c && r->req_id == id)
+        if (r->conn == c && id - r->req_id < (r->nreq > 0 ? r->nreq : 1))
             return r;
     return NULL;
 }
@@ -927,11 +940,180 @@ static void sput_free(kvs__peer_t *pp, sput_t *p)
         p->conn->nputs--;
         p->conn->staging_bytes -= (uint64_t)p->n * p->block_bytes;
     }
+    if (p->slots != NULL)
+        kvs__unreserve_slots(pp->ctx, p->cls, p->slots, p->n);
+    kvs__free(p->slots);
     kvs__free(p->staging);
     kvs__free(p->seen);
     kvs__free(p->keys);
     kvs__free(p->chunk_off);
     kvs__free(p);
+}
+
+static void sput_got(void *arg, kvs_status_t st, size_t len)
+{
+    sput_t *p = arg;
+    p->outstanding--;
+    if (st == KVS_OK)
+        p->bytes_got += len;
+    else
+        p->dead = true;
+}
+
+static void sput_track(sput_t *p, kvs_status_t st, size_t len)
+{
+    if (st == KVS_INPROGRESS)
+        p->outstanding++;
+    else if (st == KVS_OK)
+        p->bytes_got += len;
+    else
+        p->dead = true;
+}
+
+/* The keys of @m this node lacks, as indices, within @c's staging
+ * allowance of @block_bytes each. */
+static uint32_t put_wanted(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, size_t block_bytes,
+                           uint32_t *idx, kvs_key_t *keys)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < m->u.put.nkeys; i++) {
+        kvs_key_t k;
+        memcpy(&k, m->u.put.keys + (size_t)i * KVS_KEY_BYTES, sizeof(k));
+        if (c->staging_bytes + (uint64_t)(n + 1) * block_bytes > KVS_PEER_MAX_STAGING)
+            break;
+        if (kvs__ctx_has_key(pp->ctx, m->u.put.layout_id, &k))
+            continue;
+        keys[n] = k;
+        idx[n++] = i;
+    }
+    return n;
+}
+
+/* A pull PUT: check every read against the regions the client advertised,
+ * reserve arena slots, GET each block straight into its slot (runs adjacent
+ * on both sides coalesced), one flush. finish_puts publishes the slots when
+ * every byte has landed, or gives them back; no reader can see a slot
+ * before. */
+static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+{
+    uint64_t rid = m->hdr.req_id;
+    char why[256];
+    if (!c->rma) {
+        send_error(c, rid, KVS_ERR_UNSUPPORTED,
+                   "this node has no native RMA to this client: put with active messages");
+        return;
+    }
+    kvs_status_t st = take_regions(c, m);
+    if (st != KVS_OK) {
+        send_error(c, rid, st, "cannot take the put's regions");
+        return;
+    }
+    unpack_rkeys(c);
+    uint32_t nk = m->u.put.nkeys;
+    uint16_t nch = m->u.put.nchunks;
+    size_t block_bytes = 0;
+    for (uint16_t k = 0; k < nch; k++)
+        block_bytes += kvs__proto_u32_at(m->u.put.chunks, k);
+    sput_t *p = kvs__calloc(1, sizeof(*p));
+    uint32_t *idx = kvs__malloc((nk ? nk : 1) * sizeof(*idx));
+    kvs_key_t *keys = kvs__malloc((nk ? nk : 1) * sizeof(*keys));
+    kvs__pull_region_t *regs = kvs__malloc((c->nrr ? c->nrr : 1) * sizeof(*regs));
+    kvs__pull_read_t *reads = NULL;
+    uint8_t **addrs = NULL;
+    st = KVS_ERR_NO_MEMORY;
+    if (p == NULL || idx == NULL || keys == NULL || regs == NULL)
+        goto fail;
+    uint32_t n = put_wanted(pp, c, m, block_bytes, idx, keys);
+    size_t nreads = (size_t)n * nch;
+    reads = kvs__malloc((nreads > 0 ? nreads : 1) * sizeof(*reads));
+    addrs = kvs__malloc((n ? n : 1) * sizeof(*addrs));
+    p->slots = kvs__malloc((n ? n : 1) * sizeof(*p->slots));
+    if (reads == NULL || addrs == NULL || p->slots == NULL)
+        goto fail;
+    for (size_t k = 0; k < c->nrr; k++)
+        regs[k] =
+            (kvs__pull_region_t){.id = c->rr[k].id, .base = c->rr[k].base, .len = c->rr[k].len};
+    /* Every address is checked before anything is reserved or read. */
+    st = kvs__pull_plan(m, idx, n, regs, c->nrr, reads, why, sizeof(why));
+    if (st != KVS_OK) {
+        kvs__warn(pp->log, "peer %s: pull PUT refused: %s", c->peer, why);
+        goto fail;
+    }
+    uint32_t got = 0;
+    if (n > 0 && (st = kvs__reserve_slots(pp->ctx, block_bytes, n, &p->cls, p->slots, addrs,
+                                          &got)) != KVS_OK)
+        goto fail;
+    if (got == 0 && n > 0) {
+        st = KVS_ERR_NO_SPACE;
+        goto fail;
+    }
+    n = got; /* what does not fit is not stored; PUT_DONE says how many were */
+    p->conn = c;
+    p->req_id = rid;
+    p->layout_id = m->u.put.layout_id;
+    p->n = n;
+    p->keys = keys;
+    p->nchunks = nch;
+    p->block_bytes = block_bytes;
+    p->pull = true;
+    p->deadline_ns = now_ns() + (uint64_t)pp->ctx->cfg.fetch_timeout_ms * 1000000u;
+    p->next = pp->sputs;
+    pp->sputs = p;
+    c->nputs++;
+    c->staging_bytes += (uint64_t)n * block_bytes;
+    keys = NULL;
+    uint8_t *run_local = NULL;
+    uint64_t run_remote = 0;
+    size_t run_len = 0;
+    void *run_rkey = NULL;
+    for (uint32_t i = 0; i < n && !p->dead; i++) {
+        for (uint16_t k = 0; k < nch && !p->dead; k++) {
+            const kvs__pull_read_t *rd = &reads[(size_t)i * nch + k];
+            rregion_t *rr = rregion(c, c->rr[rd->region].id, rd->raddr, rd->len);
+            if (rr == NULL) { /* its rkey would not unpack */
+                p->dead = true;
+                break;
+            }
+            uint8_t *local = addrs[i] + rd->off;
+            p->bytes_expected += rd->len;
+            if (run_len > 0 && run_rkey == rr->rkey && run_local + run_len == local &&
+                run_remote + run_len == rd->raddr && run_len + rd->len <= MAX_RUN) {
+                run_len += rd->len;
+                continue;
+            }
+            if (run_len > 0)
+                sput_track(p,
+                           pp->ops->get(pp->tl, c->ep, run_local, run_len, run_remote, run_rkey,
+                                        sput_got, p),
+                           run_len);
+            run_local = local;
+            run_remote = rd->raddr;
+            run_len = rd->len;
+            run_rkey = rr->rkey;
+        }
+    }
+    if (run_len > 0 && !p->dead)
+        sput_track(
+            p, pp->ops->get(pp->tl, c->ep, run_local, run_len, run_remote, run_rkey, sput_got, p),
+            run_len);
+    if (!p->dead)
+        sput_track(p, pp->ops->flush(pp->tl, c->ep, sput_got, p), 0);
+    kick(pp);
+    kvs__free(idx);
+    kvs__free(regs);
+    kvs__free(reads);
+    kvs__free(addrs);
+    return;
+fail:
+    if (p != NULL)
+        kvs__free(p->slots);
+    kvs__free(p);
+    kvs__free(idx);
+    kvs__free(keys);
+    kvs__free(regs);
+    kvs__free(reads);
+    kvs__free(addrs);
+    send_error(c, rid, st, st == KVS_ERR_PROTOCOL ? why : kvs_status_string(st));
 }
 
 static void srv_put(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
@@ -944,6 +1126,10 @@ static void srv_put(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     }
     if (c->nputs >= KVS_PEER_MAX_PUTS) {
         send_error(c, rid, KVS_ERR_BUSY, "too many puts in flight from this peer");
+        return;
+    }
+    if (m->hdr.flags & KVS_PROTO_FLAG_PULL) {
+        srv_put_pull(pp, c, m);
         return;
     }
     uint32_t nk = m->u.put.nkeys;
@@ -1017,15 +1203,30 @@ static int finish_puts(kvs__peer_t *pp)
     uint64_t t = now_ns();
     for (sput_t *p = pp->sputs, *next; p != NULL; p = next) {
         next = p->next;
-        if (p->outstanding > 0)
+        if (p->outstanding > 0) {
+            /* Reads that never end: closing the connection cancels them. */
+            if (p->pull && p->conn != NULL && t > p->deadline_ns)
+                conn_fail(p->conn, KVS_ERR_TIMED_OUT, "pull PUT timed out");
             continue;
-        bool complete = !p->dead && p->landed == p->pieces;
+        }
+        bool complete =
+            !p->dead && (p->pull ? p->bytes_got == p->bytes_expected : p->landed == p->pieces);
         if (!complete && !p->dead && t <= p->deadline_ns)
             continue;
         if (complete && p->conn != NULL) {
             size_t stored = 0;
-            kvs_status_t st = kvs__publish_staged(pp->ctx, p->layout_id, p->keys, p->n, p->staging,
-                                                  p->block_bytes, &stored);
+            kvs_status_t st;
+            if (p->pull) {
+                /* All or nothing: every slot was read in full, so each one
+                 * published holds exactly the client's block. */
+                st = kvs__publish_slots(pp->ctx, p->layout_id, p->keys, p->cls, p->slots, p->n,
+                                        p->block_bytes, &stored);
+                kvs__free(p->slots);
+                p->slots = NULL; /* catalogued, or given back by publish */
+            } else {
+                st = kvs__publish_staged(pp->ctx, p->layout_id, p->keys, p->n, p->staging,
+                                         p->block_bytes, &stored);
+            }
             kvs__buf_t b;
             kvs__buf_init(&b);
             kvs__enc_put_done(&b, p->req_id, p->conn->session, st, (uint32_t)stored);
@@ -1033,8 +1234,9 @@ static int finish_puts(kvs__peer_t *pp)
             kvs__debug(pp->log, "peer %s: stored %zu of %u put blocks", p->conn->peer, stored,
                        p->n);
         } else if (p->conn != NULL) {
-            kvs__warn(pp->log, "peer %s: put of %u blocks %s with %zu of %zu pieces", p->conn->peer,
-                      p->n, p->dead ? "failed" : "expired", p->landed, p->pieces);
+            kvs__warn(pp->log, "peer %s: put of %u blocks %s with %zu of %zu %s", p->conn->peer,
+                      p->n, p->dead ? "failed" : "expired", p->pull ? p->bytes_got : p->landed,
+                      p->pull ? p->bytes_expected : p->pieces, p->pull ? "bytes" : "pieces");
             send_error(p->conn, p->req_id, p->dead ? KVS_ERR_PROTOCOL : KVS_ERR_TIMED_OUT,
                        p->dead ? "put refused: a piece was malformed, duplicated or lost"
                                : "put expired before every piece arrived");
@@ -1325,8 +1527,23 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
     }
     case KVS_MSG_PUT_DONE: {
         preq_t *r = req_on(c, m.hdr.req_id);
-        if (r != NULL && r->is_put && r->status == KVS_INPROGRESS)
-            r->status = (kvs_status_t)m.u.put_done.status;
+        if (r == NULL || !r->is_put || r->status != KVS_INPROGRESS)
+            return;
+        kvs_status_t st = (kvs_status_t)m.u.put_done.status;
+        if (!r->pull) {
+            r->status = st;
+            return;
+        }
+        uint32_t bit = 1u << (m.hdr.req_id - r->req_id);
+        if (r->batches_done & bit) {
+            conn_fail(c, KVS_ERR_PROTOCOL, "PUT_DONE twice for one batch");
+            return;
+        }
+        r->batches_done |= bit;
+        if (st != KVS_OK)
+            r->status = st;
+        else if (r->batches_done == (1u << r->nreq) - 1)
+            r->status = KVS_OK;
         return;
     }
     case KVS_MSG_FETCH_DONE:
@@ -1434,6 +1651,7 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c)
         boot_refuse(c, KVS_ERR_TRANSPORT, "cannot reach the peer's transport address");
         return;
     }
+    c->rma = rma; /* a pool node pulls puts with GET when true */
     kvs__buf_t b;
     kvs__buf_init(&b);
     kvs__proto_begin(&b, KVS_MSG_HELLO_ACK, KVS_PROTO_FLAG_FROM_SERVER | KVS_PROTO_FLAG_REGIONS,
@@ -2610,6 +2828,14 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq)
 {
     preq_t *r = preq;
     lock(pp);
+    /* The node of a pull put may still be reading our blocks, and closing
+     * the connection cannot stop its reads (CMA needs no key): wait for its
+     * answer, up to the request's deadline, before the caller may reuse
+     * them. */
+    while (r->pull && r->status == KVS_INPROGRESS && now_ns() < r->deadline_ns) {
+        if (progress_locked(pp) == 0 && pp->thread_mode)
+            cond_sleep(pp, now_ns() + 1000000u);
+    }
     if (r->status == KVS_INPROGRESS) {
         /* Cancel: closing the connection stops every operation that could
          * still write into the destination. */
@@ -2648,6 +2874,88 @@ static void put_sent(void *arg, kvs_status_t st, size_t len)
         r->status = KVS_ERR_PEER_FAILED;
 }
 
+/* The node can read @src itself: native RMA to it, and every segment of
+ * @src registered (host memory, at kvs_pool_create). */
+static bool can_pull(const conn_t *c, const struct kvs_pool *src)
+{
+    if (!c->rma || !src->host_only || src->seg_memh == NULL)
+        return false;
+    for (size_t s = 0; s < src->nsegs; s++)
+        if (src->seg_memh[s] == NULL)
+            return false;
+    return true;
+}
+
+/* Offloads by pull: each batch is one PUT carrying our regions (what the
+ * node may read), the segments' layout and the block ids; the node GETs the
+ * blocks it lacks straight into its arena and answers PUT_DONE. All batches
+ * go out at once, so the node reads the next while the last is stored. The
+ * blocks must stay put until the request completes. Lock held. */
+static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
+                             const kvs_key_t *keys, const uint32_t *ids, size_t n,
+                             uint64_t deadline, void **preq_p)
+{
+    uint32_t chunks[KVS_PROTO_MAX_PIECES];
+    kvs__put_seg_t segs[KVS_PROTO_MAX_PIECES];
+    kvs__region_desc_t regs[KVS_PROTO_MAX_PIECES];
+    uint32_t nregs = 0;
+    for (size_t s = 0; s < src->nsegs; s++) {
+        const region_t *rg = src->seg_memh[s];
+        const kvs_segment_t *sg = &src->segs[s];
+        chunks[s] = (uint32_t)sg->block_bytes;
+        segs[s] = (kvs__put_seg_t){
+            .region = rg->id, .base = (uint64_t)(uintptr_t)sg->base, .stride = sg->block_stride};
+        uint32_t k = 0;
+        while (k < nregs && regs[k].id != rg->id)
+            k++;
+        if (k == nregs)
+            regs[nregs++] = (kvs__region_desc_t){.id = rg->id,
+                                                 .base = (uint64_t)(uintptr_t)rg->base,
+                                                 .length = rg->len,
+                                                 .rkey_len = (uint32_t)rg->rkey_len,
+                                                 .rkey = rg->rkey};
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= src->num_blocks)
+            return KVS_ERR_INVALID_PARAM;
+    size_t nb = (n + KVS_PEER_PUT_BATCH_MIN - 1) / KVS_PEER_PUT_BATCH_MIN;
+    if (nb > KVS_PEER_PUT_BATCHES)
+        nb = KVS_PEER_PUT_BATCHES;
+    if (nb == 0)
+        nb = 1;
+    preq_t *r = kvs__calloc(1, sizeof(*r));
+    if (r == NULL)
+        return KVS_ERR_NO_MEMORY;
+    r->pp = pp;
+    r->conn = c;
+    c->refs++;
+    r->req_id = c->next_req_id + 1;
+    c->next_req_id += nb;
+    r->nreq = (uint32_t)nb;
+    r->is_put = true;
+    r->pull = true;
+    r->status = KVS_INPROGRESS;
+    r->deadline_ns = deadline;
+    r->next = pp->reqs;
+    pp->reqs = r;
+    size_t per = (n + nb - 1) / nb, off = 0;
+    for (size_t b = 0; b < nb && r->status == KVS_INPROGRESS; b++) {
+        size_t cnt = off < n ? (n - off < per ? n - off : per) : 0;
+        kvs__buf_t buf;
+        kvs__buf_init(&buf);
+        kvs__enc_put_pull(&buf, r->req_id + b, c->session, src->layout_id, chunks,
+                          (uint16_t)src->nsegs, keys + off, (uint32_t)cnt, regs, nregs, segs,
+                          ids + off);
+        kvs_status_t st = send_buf(c, &buf);
+        if (st != KVS_OK)
+            r->status = st;
+        off += cnt;
+    }
+    kick(pp);
+    *preq_p = r;
+    return KVS_OK;
+}
+
 kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *src,
                            const kvs_key_t *keys, const uint32_t *ids, size_t n,
                            uint32_t timeout_ms, void **preq_p)
@@ -2664,6 +2972,10 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     kvs_status_t st = get_conn(pp, node, src->layout_id, deadline, &c);
     if (st != KVS_OK)
         goto out;
+    if (can_pull(c, src)) {
+        st = put_pull(pp, c, src, keys, ids, n, deadline, preq_p);
+        goto out;
+    }
     uint32_t chunks[KVS_PROTO_MAX_PIECES];
     for (size_t s = 0; s < src->nsegs; s++)
         chunks[s] = (uint32_t)src->segs[s].block_bytes;
