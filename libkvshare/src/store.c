@@ -120,6 +120,14 @@ kvs_status_t kvs__store_class_add(kvs__store_t *s, size_t slot_bytes, uint32_t *
         kvs__error(s->log, "mmap(%zu) for a block arena: %s", bytes, strerror(errno));
         goto err_nomem;
     }
+    /* Huge pages where the kernel allows them (THP "madvise" mode is the
+     * common default): every 4 KiB page is otherwise faulted in by the
+     * first block written there, inside the transport (10-15 us a page
+     * measured on this VM, which held a pull put to a tenth of a fetch). A
+     * hint only: failure changes nothing. */
+#ifdef MADV_HUGEPAGE
+    (void)madvise(base, bytes, MADV_HUGEPAGE);
+#endif
     /* Hand out low slot numbers first. */
     for (uint64_t i = 0; i < nslots; i++)
         fr[i] = (uint32_t)(nslots - 1 - i);
