@@ -152,10 +152,14 @@ typedef struct preq {
     bool done_msg;   /* FETCH_DONE received */
     bool is_put;
     /* Pull put: PUT messages req_id .. req_id + nreq - 1 (one per batch),
-     * each answered by one PUT_DONE; a bit per batch once answered. */
+     * each answered by one PUT_DONE (a bit per batch once answered); at
+     * most KVS_PEER_PUT_WINDOW batches are out at once, the next goes out
+     * as one is answered. Keys and ids are copied: the caller's arrays need
+     * not outlive kvs_put(). */
     bool pull;
-    uint32_t nreq;
-    uint32_t batches_done;
+    uint32_t nreq, sent, answered, per_batch;
+    uint8_t *batch_done;
+    struct pull_src *src;
     uint64_t *gens_now;
     uint8_t *genwin;
     uint64_t genwin_base;
@@ -629,6 +633,47 @@ static void dropped(kvs__peer_t *pp, const char *what)
     if (pp->dropped++ % 1000 == 0)
         kvs__warn(pp->log, "dropped a message: %s (%llu so far)", what,
                   (unsigned long long)pp->dropped);
+}
+
+/* What a pull put sends in every batch. */
+typedef struct pull_src {
+    uint64_t layout_id;
+    uint16_t nsegs;
+    uint32_t nregs;
+    uint32_t chunks[KVS_PROTO_MAX_PIECES];
+    kvs__put_seg_t segs[KVS_PROTO_MAX_PIECES];
+    kvs__region_desc_t regs[KVS_PROTO_MAX_PIECES];
+    uint8_t *rkeys; /* the regions' packed keys, copied */
+    size_t n;
+    kvs_key_t *keys;
+    uint32_t *ids;
+} pull_src_t;
+
+static void pull_src_free(pull_src_t *ps)
+{
+    if (ps == NULL)
+        return;
+    kvs__free(ps->rkeys);
+    kvs__free(ps->keys);
+    kvs__free(ps->ids);
+    kvs__free(ps);
+}
+
+static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b);
+
+/* Sends the next batch of a pull put. */
+static kvs_status_t pull_send_next(preq_t *r)
+{
+    pull_src_t *ps = r->src;
+    conn_t *c = r->conn;
+    size_t off = (size_t)r->sent * r->per_batch;
+    size_t cnt = ps->n - off < r->per_batch ? ps->n - off : r->per_batch;
+    kvs__buf_t buf;
+    kvs__buf_init(&buf);
+    kvs__enc_put_pull(&buf, r->req_id + r->sent, c->session, ps->layout_id, ps->chunks, ps->nsegs,
+                      ps->keys + off, (uint32_t)cnt, ps->regs, ps->nregs, ps->segs, ps->ids + off);
+    r->sent++;
+    return send_buf(c, &buf);
 }
 
 static preq_t *req_on(conn_t *c, uint64_t id)
@@ -1534,16 +1579,18 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
             r->status = st;
             return;
         }
-        uint32_t bit = 1u << (m.hdr.req_id - r->req_id);
-        if (r->batches_done & bit) {
-            conn_fail(c, KVS_ERR_PROTOCOL, "PUT_DONE twice for one batch");
+        uint64_t k = m.hdr.req_id - r->req_id;
+        if (k >= r->sent || !bit_claim(r->batch_done, k)) {
+            conn_fail(c, KVS_ERR_PROTOCOL, "PUT_DONE for a batch not sent, or twice");
             return;
         }
-        r->batches_done |= bit;
+        r->answered++;
         if (st != KVS_OK)
             r->status = st;
-        else if (r->batches_done == (1u << r->nreq) - 1)
+        else if (r->answered == r->nreq)
             r->status = KVS_OK;
+        else if (r->sent < r->nreq && (st = pull_send_next(r)) != KVS_OK)
+            r->status = st;
         return;
     }
     case KVS_MSG_FETCH_DONE:
@@ -2711,6 +2758,8 @@ static int advance_requests(kvs__peer_t *pp)
 
 static void preq_free(preq_t *r)
 {
+    pull_src_free(r->src);
+    kvs__free(r->batch_done);
     kvs__free(r->dst_ids);
     kvs__free(r->gens_now);
     kvs__free(r->genwin);
@@ -2888,72 +2937,87 @@ static bool can_pull(const conn_t *c, const struct kvs_pool *src)
 
 /* Offloads by pull: each batch is one PUT carrying our regions (what the
  * node may read), the segments' layout and the block ids; the node GETs the
- * blocks it lacks straight into its arena and answers PUT_DONE. All batches
- * go out at once, so the node reads the next while the last is stored. The
- * blocks must stay put until the request completes. Lock held. */
+ * blocks it lacks straight into arena slots and answers PUT_DONE. A few
+ * batches are out at once, so the node reads the next while the last is
+ * stored, and each is small enough that its slots can be had by evicting
+ * older blocks. The blocks must stay put until the request completes. Lock
+ * held. */
 static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
                              const kvs_key_t *keys, const uint32_t *ids, size_t n,
                              uint64_t deadline, void **preq_p)
 {
-    uint32_t chunks[KVS_PROTO_MAX_PIECES];
-    kvs__put_seg_t segs[KVS_PROTO_MAX_PIECES];
-    kvs__region_desc_t regs[KVS_PROTO_MAX_PIECES];
-    uint32_t nregs = 0;
-    for (size_t s = 0; s < src->nsegs; s++) {
-        const region_t *rg = src->seg_memh[s];
-        const kvs_segment_t *sg = &src->segs[s];
-        chunks[s] = (uint32_t)sg->block_bytes;
-        segs[s] = (kvs__put_seg_t){
-            .region = rg->id, .base = (uint64_t)(uintptr_t)sg->base, .stride = sg->block_stride};
-        uint32_t k = 0;
-        while (k < nregs && regs[k].id != rg->id)
-            k++;
-        if (k == nregs)
-            regs[nregs++] = (kvs__region_desc_t){.id = rg->id,
-                                                 .base = (uint64_t)(uintptr_t)rg->base,
-                                                 .length = rg->len,
-                                                 .rkey_len = (uint32_t)rg->rkey_len,
-                                                 .rkey = rg->rkey};
-    }
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= src->num_blocks)
             return KVS_ERR_INVALID_PARAM;
-    size_t nb = (n + KVS_PEER_PUT_BATCH_MIN - 1) / KVS_PEER_PUT_BATCH_MIN;
-    if (nb > KVS_PEER_PUT_BATCHES)
-        nb = KVS_PEER_PUT_BATCHES;
-    if (nb == 0)
-        nb = 1;
+    pull_src_t *ps = kvs__calloc(1, sizeof(*ps));
     preq_t *r = kvs__calloc(1, sizeof(*r));
-    if (r == NULL)
-        return KVS_ERR_NO_MEMORY;
+    if (ps == NULL || r == NULL)
+        goto nomem;
+    size_t rkey_bytes = 0;
+    for (size_t s = 0; s < src->nsegs; s++)
+        rkey_bytes += ((const region_t *)src->seg_memh[s])->rkey_len;
+    ps->rkeys = kvs__malloc(rkey_bytes ? rkey_bytes : 1);
+    ps->keys = kvs__malloc((n ? n : 1) * sizeof(*keys));
+    ps->ids = kvs__malloc((n ? n : 1) * sizeof(*ids));
+    if (ps->rkeys == NULL || ps->keys == NULL || ps->ids == NULL)
+        goto nomem;
+    memcpy(ps->keys, keys, n * sizeof(*keys));
+    memcpy(ps->ids, ids, n * sizeof(*ids));
+    ps->n = n;
+    ps->layout_id = src->layout_id;
+    ps->nsegs = (uint16_t)src->nsegs;
+    size_t rk_off = 0;
+    for (size_t s = 0; s < src->nsegs; s++) {
+        const region_t *rg = src->seg_memh[s];
+        const kvs_segment_t *sg = &src->segs[s];
+        ps->chunks[s] = (uint32_t)sg->block_bytes;
+        ps->segs[s] = (kvs__put_seg_t){
+            .region = rg->id, .base = (uint64_t)(uintptr_t)sg->base, .stride = sg->block_stride};
+        uint32_t k = 0;
+        while (k < ps->nregs && ps->regs[k].id != rg->id)
+            k++;
+        if (k < ps->nregs)
+            continue;
+        memcpy(ps->rkeys + rk_off, rg->rkey, rg->rkey_len);
+        ps->regs[ps->nregs++] = (kvs__region_desc_t){.id = rg->id,
+                                                     .base = (uint64_t)(uintptr_t)rg->base,
+                                                     .length = rg->len,
+                                                     .rkey_len = (uint32_t)rg->rkey_len,
+                                                     .rkey = ps->rkeys + rk_off};
+        rk_off += rg->rkey_len;
+    }
+    size_t per = KVS_PEER_PUT_BATCH_BYTES / (src->block_bytes ? src->block_bytes : 1);
+    per = per < 1 ? 1 : per > KVS_PEER_PUT_BATCH_MAX ? KVS_PEER_PUT_BATCH_MAX : per;
+    size_t nb = n == 0 ? 1 : (n + per - 1) / per;
+    r->batch_done = kvs__calloc(nb / 8 + 1, 1);
+    if (r->batch_done == NULL)
+        goto nomem;
     r->pp = pp;
     r->conn = c;
     c->refs++;
     r->req_id = c->next_req_id + 1;
     c->next_req_id += nb;
     r->nreq = (uint32_t)nb;
+    r->per_batch = (uint32_t)per;
+    r->src = ps;
     r->is_put = true;
     r->pull = true;
     r->status = KVS_INPROGRESS;
     r->deadline_ns = deadline;
     r->next = pp->reqs;
     pp->reqs = r;
-    size_t per = (n + nb - 1) / nb, off = 0;
-    for (size_t b = 0; b < nb && r->status == KVS_INPROGRESS; b++) {
-        size_t cnt = off < n ? (n - off < per ? n - off : per) : 0;
-        kvs__buf_t buf;
-        kvs__buf_init(&buf);
-        kvs__enc_put_pull(&buf, r->req_id + b, c->session, src->layout_id, chunks,
-                          (uint16_t)src->nsegs, keys + off, (uint32_t)cnt, regs, nregs, segs,
-                          ids + off);
-        kvs_status_t st = send_buf(c, &buf);
+    while (r->sent < r->nreq && r->sent < KVS_PEER_PUT_WINDOW && r->status == KVS_INPROGRESS) {
+        kvs_status_t st = pull_send_next(r);
         if (st != KVS_OK)
             r->status = st;
-        off += cnt;
     }
     kick(pp);
     *preq_p = r;
     return KVS_OK;
+nomem:
+    pull_src_free(ps);
+    kvs__free(r);
+    return KVS_ERR_NO_MEMORY;
 }
 
 kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *src,

@@ -67,7 +67,8 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq);
 #define KVS_PEER_MAX_INBOX       256u         /* queued messages per connection */
 #define KVS_PEER_PUSH_WINDOW     128u         /* sends one push keeps in flight */
 #define KVS_PEER_MAX_DIALERS     64u          /* background connects at once */
-#define KVS_PEER_PUT_BATCHES     4u           /* PUTs one pull put sends at once */
-#define KVS_PEER_PUT_BATCH_MIN   32u          /* blocks per batch before splitting */
+#define KVS_PEER_PUT_WINDOW      4u           /* batches one pull put has out at once */
+#define KVS_PEER_PUT_BATCH_MAX   128u         /* blocks per pull PUT batch */
+#define KVS_PEER_PUT_BATCH_BYTES (8u << 20)   /* bytes per pull PUT batch, at most */
 
 #endif
