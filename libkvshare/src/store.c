@@ -20,6 +20,7 @@ kvs_status_t kvs__store_init(kvs__store_t *s, const kvs__config_t *cfg, const kv
     s->high_wm = cfg->high_watermark;
     s->low_wm = cfg->low_watermark;
     s->lease_timeout_ms = cfg->lease_timeout_ms;
+    s->prefault = cfg->prefault;
     s->free_head = KVS_NO_ENTRY;
     s->next_serial = 1;
 
@@ -128,6 +129,18 @@ kvs_status_t kvs__store_class_add(kvs__store_t *s, size_t slot_bytes, uint32_t *
 #ifdef MADV_HUGEPAGE
     (void)madvise(base, bytes, MADV_HUGEPAGE);
 #endif
+    /* KVSHARE_PREFAULT=1 (a pool node started with KVSHARE_SLOT_BYTES makes
+     * its arena at start): commit the memory now, so that no block ever
+     * lands in a page not yet there. The arena is empty and unpublished:
+     * touching it changes nothing a reader could see. */
+    if (s->prefault) {
+        bool done = false;
+#ifdef MADV_POPULATE_WRITE
+        done = madvise(base, bytes, MADV_POPULATE_WRITE) == 0;
+#endif
+        for (size_t off = 0; !done && off < bytes; off += 4096)
+            ((volatile uint8_t *)base)[off] = 0;
+    }
     /* Hand out low slot numbers first. */
     for (uint64_t i = 0; i < nslots; i++)
         fr[i] = (uint32_t)(nslots - 1 - i);

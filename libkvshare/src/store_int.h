@@ -95,6 +95,7 @@ typedef struct kvs__store {
     uint64_t arena_used_bytes; /* sum of used * slot_bytes over classes */
     kvs__evict_cand_t *cands;  /* one per slot of every class: eviction never allocates */
     size_t cands_cap;
+    bool prefault; /* KVSHARE_PREFAULT: arenas' pages faulted in when made */
     /* policy */
     kvs_strategy_t strategy;
     uint64_t capacity_bytes;
