@@ -1191,18 +1191,7 @@ static void srv_put(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
         block_bytes += kvs__proto_u32_at(m->u.put.chunks, k);
     }
     offs[nch] = (uint32_t)block_bytes; /* the decoder bounds the sum below 4 GiB */
-    /* Take only what we lack, within this peer's staging allowance. */
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < nk; i++) {
-        kvs_key_t k;
-        memcpy(&k, m->u.put.keys + (size_t)i * KVS_KEY_BYTES, sizeof(k));
-        if (c->staging_bytes + (uint64_t)(n + 1) * block_bytes > KVS_PEER_MAX_STAGING)
-            break;
-        if (kvs__ctx_has_key(pp->ctx, m->u.put.layout_id, &k))
-            continue;
-        keys[n] = k;
-        idx[n++] = i;
-    }
+    uint32_t n = put_wanted(pp, c, m, block_bytes, idx, keys);
     p->pieces = (size_t)n * nch;
     p->staging = kvs__malloc(n ? (size_t)n * block_bytes : 1);
     p->seen = kvs__calloc(p->pieces / 8 + 1, 1);
