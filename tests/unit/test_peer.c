@@ -162,6 +162,73 @@ Test(peer, push_path_moves_every_byte)
     pair_fini(&pr);
 }
 
+/* Connecting ahead of the first request: the lookups after it reuse that
+ * one connection; a background connect and a lookup racing it make one. */
+Test(peer, connect_ahead_makes_the_one_connection_requests_use)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 8, 0);
+    uint64_t layout = kvs_pool_layout_id(pr.pb.pool);
+    const kvs_connect_params_t bg = {.field_mask = KVS_CONNECT_FIELD_FLAGS,
+                                     .flags = KVS_CONNECT_BACKGROUND};
+    kvs_status_t st = kvs_peer_connect(pr.b, layout, pr.addr, &bg);
+    cr_assert(st == KVS_INPROGRESS || st == KVS_OK, "%s", kvs_status_string(st));
+    fetch_all_and_check(&pr, 8); /* waits for that connect, makes no other */
+    kvs_stats_t ps = {.field_mask = KVS_STATS_FIELD_PEERS};
+    cr_assert_eq(kvs_stats_query(pr.b, &ps), KVS_OK);
+    cr_assert_eq(ps.peers, 1);
+    /* Connected already: both forms answer at once. */
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, pr.addr, &bg), KVS_OK);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, pr.addr, NULL), KVS_OK);
+    cr_assert_eq(kvs_stats_query(pr.b, &ps), KVS_OK);
+    cr_assert_eq(ps.peers, 1);
+    ps.field_mask = KVS_STATS_FIELD_PEERS;
+    cr_assert_eq(kvs_stats_query(pr.a, &ps), KVS_OK);
+    cr_assert_eq(ps.peers, 1, "the holder saw more than one connection");
+    fetch_all_and_check(&pr, 8);
+    pair_fini(&pr);
+}
+
+Test(peer, connect_refuses_bad_input_and_reports_failures)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 1, 0);
+    uint64_t layout = kvs_pool_layout_id(pr.pb.pool);
+    const kvs_connect_params_t odd = {.field_mask = KVS_CONNECT_FIELD_FLAGS, .flags = 1u << 7};
+    cr_assert_eq(kvs_peer_connect(NULL, layout, pr.addr, NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, NULL, NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, "", NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, pr.addr, &odd), KVS_ERR_INVALID_PARAM);
+    char longname[400];
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, longname, NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, "not-an-address", NULL), KVS_ERR_INVALID_PARAM);
+    /* Nobody listens there (the port of a socket we close at once). */
+    char dead[64];
+    {
+        kvs_ctx_h tmp = make_ctx("loop", true, tok_a, 0, 0);
+        cr_assert_eq(kvs_ctx_listen_addr(tmp, dead, sizeof(dead)), KVS_OK);
+        kvs_ctx_destroy(tmp);
+    }
+    kvs_status_t st = kvs_peer_connect(pr.b, layout, dead, NULL);
+    cr_assert(st == KVS_ERR_PEER_FAILED || st == KVS_ERR_TIMED_OUT, "%s", kvs_status_string(st));
+    /* In the background the failure shows at the next request, and the
+     * context still ends cleanly with it behind. */
+    const kvs_connect_params_t bg = {.field_mask =
+                                         KVS_CONNECT_FIELD_FLAGS | KVS_CONNECT_FIELD_TIMEOUT_MS,
+                                     .timeout_ms = 500,
+                                     .flags = KVS_CONNECT_BACKGROUND};
+    st = kvs_peer_connect(pr.b, layout, dead, &bg);
+    cr_assert(st == KVS_INPROGRESS || st == KVS_OK, "%s", kvs_status_string(st));
+    /* A wrong secret is refused in the background too, and leaves nothing. */
+    kvs_ctx_h other = make_ctx("loop", false, tok_b, 0, 0);
+    st = kvs_peer_connect(other, layout, pr.addr, NULL);
+    cr_assert_eq(st, KVS_ERR_AUTH, "%s", kvs_status_string(st));
+    kvs_ctx_destroy(other);
+    pair_fini(&pr);
+}
+
 Test(peer, wrong_or_missing_secret_is_refused)
 {
     pair_t pr;
