@@ -522,7 +522,9 @@ typedef struct kvs_connect_params {
  * open and are reused by every later request; this call is never needed
  * for correctness. @params may be NULL. @peer is copied.
  * Returns KVS_OK once connected (or already connected), KVS_INPROGRESS with
- * KVS_CONNECT_BACKGROUND (the outcome shows at the next request).
+ * KVS_CONNECT_BACKGROUND (the outcome shows at the next request). A
+ * background connect still running when the context is destroyed is waited
+ * for, at most its timeout.
  * Errors: KVS_ERR_INVALID_PARAM, UNSUPPORTED (no transport), AUTH,
  * PEER_FAILED, TIMED_OUT, BUSY (too many background connects), NO_MEMORY.
  */
