@@ -55,7 +55,8 @@
     X(fetch)                                                                                       \
     X(request_wait)                                                                                \
     X(request_free)                                                                                \
-    X(put)
+    X(put)                                                                                         \
+    X(peer_connect)
 
 typedef struct engine_kvs {
 #define ENGINE_KVS_MEMBER(name) __typeof__(kvs_##name) *name;
@@ -143,6 +144,14 @@ kvs_status_t engine_seq_create(engine_h eng, const uint32_t *prompt, size_t n, e
  * and the sequence; accepts NULL.
  */
 void engine_seq_destroy(engine_seq_h seq);
+
+/**
+ * Starts connecting to @peer ("host:port") in the background, so that the
+ * first lookup there finds the connection made (or being made). Returns
+ * KVS_OK when connected or connecting; KVS_ERR_UNSUPPORTED without kvshare,
+ * or kvs_peer_connect()'s error.
+ */
+kvs_status_t engine_connect(engine_h eng, const char *peer);
 
 /**
  * Looks up the longest cached prefix of the prompt's full blocks (never the

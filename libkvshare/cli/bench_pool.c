@@ -13,14 +13,14 @@
 typedef struct popts {
     const char *pool;
     uint64_t nodes, prefixes, prefix_blocks, prompts, suffix_blocks, block_bytes;
-    bool json;
+    bool json, prefault;
 } popts_t;
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kvshare bench pool [--pool HOST:PORT,...] [--nodes N] [--prefixes S]\n"
                "                          [--prefix-blocks B] [--prompts P] [--suffix-blocks K]\n"
-               "                          [--block-bytes BYTES] [--json]\n"
+               "                          [--block-bytes BYTES] [--prefault] [--json]\n"
                "\n"
                "A shared-prefix workload, like llm-d's: P prompts, each one of S long system\n"
                "prefixes followed by its own suffix. Client A offloads every prompt's chain with\n"
@@ -28,7 +28,10 @@ static void usage(FILE *f)
                "with no local copy, then serves the same prompts in another order, fetching the\n"
                "longest cached prefix of each from the pool (fetch_gbps, and hit_rate = blocks\n"
                "fetched / blocks asked for). Without --pool, N (default 3) local `kvshare serve`\n"
-               "nodes are started, sized so the whole workload fits.\n"
+               "nodes are started, sized so the whole workload fits; with --prefault each makes\n"
+               "its arena and faults its pages in at start (KVSHARE_SLOT_BYTES=BYTES,\n"
+               "KVSHARE_PREFAULT=1), as a node that has run for a while has them: without it,\n"
+               "every block a put stores lands in a page never touched before.\n"
                "Defaults: --prefixes 8 --prefix-blocks 128 --prompts 64 --suffix-blocks 32\n"
                "          --block-bytes 65536\n");
 }
@@ -108,6 +111,9 @@ int kvs_cli_bench_pool(int argc, char **argv)
         if (strcmp(a, "--json") == 0) {
             o.json = true;
             continue;
+        } else if (strcmp(a, "--prefault") == 0) {
+            o.prefault = true;
+            continue;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
@@ -135,6 +141,10 @@ int kvs_cli_bench_pool(int argc, char **argv)
         if (!kvs_cli_parse_u64(a, v, 1, 1u << 30, dst))
             return 2;
         i++;
+    }
+    if (o.prefault && o.pool != NULL) {
+        fprintf(stderr, "kvshare bench pool: --prefault starts its own nodes; not with --pool\n");
+        return 2;
     }
     if (o.block_bytes % 8 != 0 || o.nodes > 16) {
         fprintf(stderr,
@@ -164,8 +174,22 @@ int kvs_cli_bench_pool(int argc, char **argv)
             return 1;
         self[sl] = '\0';
         snprintf(cap, sizeof(cap), "%llu", (unsigned long long)(unique_bytes * 1.5) + (64u << 20));
+        /* --prefault: nodes as a long-running one is, its arena made and its
+         * pages in at start (KVSHARE_SLOT_BYTES, KVSHARE_PREFAULT). */
+        char slot[32];
+        snprintf(slot, sizeof(slot), "%llu", (unsigned long long)o.block_bytes);
+        if (o.prefault)
+            setenv("KVSHARE_PREFAULT", "1", 1);
         for (uint64_t n = 0; n < o.nodes; n++) {
-            char *sargv[] = {self, "serve", "--listen", "127.0.0.1:0", "--capacity", cap, NULL};
+            char *sargv[] = {self,
+                             "serve",
+                             "--listen",
+                             "127.0.0.1:0",
+                             "--capacity",
+                             cap,
+                             o.prefault ? "--slot-bytes" : NULL,
+                             slot,
+                             NULL};
             pids[started] = kvs_cli_spawn(sargv, &tos[started], &froms[started]);
             char line[512] = "", addr[300] = "";
             if (pids[started] < 0 || fgets(line, sizeof(line), froms[started]) == NULL ||
@@ -176,6 +200,8 @@ int kvs_cli_bench_pool(int argc, char **argv)
             }
             started++;
             size_t l = strlen(list);
+            if (n + 1 == o.nodes && o.prefault)
+                unsetenv("KVSHARE_PREFAULT");
             snprintf(list + l, sizeof(list) - l, "%s%s", l ? "," : "", addr);
         }
         o.pool = list;
@@ -200,6 +226,24 @@ int kvs_cli_bench_pool(int argc, char **argv)
     }
     for (uint64_t i = 0; i < per_prompt; i++)
         ids[i] = (uint32_t)(per_prompt - 1 - i);
+
+    /* Both clients connect to every node first: the figures are of puts
+     * and fetches, not of first contact (kvs_peer_connect; docs/transport.md). */
+    char *nodes = strdup(o.pool);
+    if (nodes == NULL)
+        goto out;
+    for (char *save = NULL, *n = strtok_r(nodes, ",", &save); n != NULL;
+         n = strtok_r(NULL, ",", &save)) {
+        kvs_status_t cs = kvs_peer_connect(a, kvs_pool_layout_id(pa), n, NULL);
+        if (cs == KVS_OK)
+            cs = kvs_peer_connect(b, kvs_pool_layout_id(pb), n, NULL);
+        if (cs != KVS_OK) {
+            fprintf(stderr, "kvshare bench pool: connecting to %s: %s\n", n, kvs_status_string(cs));
+            free(nodes);
+            goto out;
+        }
+    }
+    free(nodes);
 
     /* 1. Client A offloads every prompt. */
     double t0 = kvs_cli_now();
@@ -253,11 +297,13 @@ int kvs_cli_bench_pool(int argc, char **argv)
     if (o.json)
         printf("{\"bench\":\"pool\",\"nodes\":%zu,\"prompts\":%llu,\"prefixes\":%llu,"
                "\"prefix_blocks\":%llu,\"suffix_blocks\":%llu,\"block_bytes\":%llu,"
-               "\"put_gbps\":%.3f,\"fetch_gbps\":%.3f,\"hit_rate\":%.3f}\n",
+               "\"prefault\":%s,\"put_gbps\":%.3f,\"fetch_gbps\":%.3f,"
+               "\"ratio_put_fetch\":%.3f,\"hit_rate\":%.3f}\n",
                started ? started : (size_t)0, (unsigned long long)o.prompts,
                (unsigned long long)o.prefixes, (unsigned long long)o.prefix_blocks,
-               (unsigned long long)o.suffix_blocks, (unsigned long long)o.block_bytes, put_gbps,
-               fetch_gbps, hit_rate);
+               (unsigned long long)o.suffix_blocks, (unsigned long long)o.block_bytes,
+               o.prefault ? "true" : "false", put_gbps, fetch_gbps,
+               fetch_gbps > 0 ? put_gbps / fetch_gbps : 0.0, hit_rate);
     else
         printf("  put    %8.2f GB/s  (%.0f MiB stored, prefixes once)\n"
                "  fetch  %8.2f GB/s  (%llu blocks)\n"

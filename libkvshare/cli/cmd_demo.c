@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEMO_STEPS        6
+#define DEMO_STEPS        7
 #define DEMO_BLOCK_TOKENS 16 /* the example engine's block size (vLLM's) */
 #define DEMO_MAX_ARGS     64
 
@@ -403,6 +403,8 @@ static void child_free(child_t *c)
 /* ------------------------------------------------------------------------ */
 typedef struct engine_run {
     double prefill_ms, ttft_ms, lookup_ms, fetch_ms, fetch_gbps, decode_ms_per_token;
+    /* --fetch-again: the same prefix fetched a second time by the same engine */
+    double warm_lookup_ms, warm_fetch_ms, warm_fetch_gbps;
     uint64_t hit_tokens, computed_tokens, fetch_bytes;
     char offload[160]; /* "" when not asked for, else "ok" or the error */
     uint64_t offload_blocks;
@@ -436,6 +438,9 @@ static bool parse_run(const char *line, engine_run_t *r)
     r->hit_tokens = (uint64_t)json_num(o, "hit_tokens");
     r->computed_tokens = (uint64_t)json_num(o, "computed_tokens");
     r->fetch_bytes = (uint64_t)json_num(o, "fetch_bytes");
+    r->warm_lookup_ms = json_num(o, "warm_lookup_ms");
+    r->warm_fetch_ms = json_num(o, "warm_fetch_ms");
+    r->warm_fetch_gbps = json_num(o, "warm_fetch_gbps");
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(o, "offload");
     if (cJSON_IsString(off))
         snprintf(r->offload, sizeof(r->offload), "%s", off->valuestring);
@@ -559,6 +564,41 @@ static bool run_engine(const demo_t *d, child_t *c, const char *role, const char
     return true;
 }
 
+/*
+ * Runs `kvshare bench transfer` with the decode fetch's shape: pieces of one
+ * layer's block (@piece bytes), as many per batch as the fetch moved
+ * (@pieces), scattered ids on both sides. Its figure is the anchor the warm
+ * fetch is compared with. False when it did not run or printed nothing.
+ */
+static bool run_anchor(const demo_t *d, uint64_t piece, uint64_t pieces, double *gbps_p)
+{
+    char bb[24], batch[24];
+    snprintf(bb, sizeof(bb), "%llu", (unsigned long long)piece);
+    snprintf(batch, sizeof(batch), "%llu",
+             (unsigned long long)(pieces == 0     ? 64
+                                  : pieces > 4096 ? 4096
+                                                  : pieces));
+    char *argv[] = {(char *)d->self, "bench",   "transfer", "--block-bytes", bb,  "--blocks",
+                    "4096",          "--batch", batch,      "--repeats",     "3", "--no-perftest",
+                    "--json",        NULL};
+    const char *env[] = {"KVSHARE_LISTEN", "KVSHARE_POOL", NULL};
+    child_t c;
+    child_init(&c, "kvshare bench transfer");
+    bool ok = child_spawn(&c, argv, env);
+    char *line = NULL;
+    if (ok) {
+        ok = child_read_line(&c, kvs_cli_now() + d->step_timeout, &line) == LINE_OK;
+        child_stop(&c, 10.0);
+    }
+    cJSON *o = ok ? cJSON_Parse(line) : NULL;
+    double g = o != NULL ? json_num(o, "gbps") : 0.0;
+    cJSON_Delete(o);
+    free(line);
+    child_free(&c);
+    *gbps_p = g;
+    return g > 0;
+}
+
 /* Index of the first differing token, or -1 when identical. */
 static long first_diff(const engine_run_t *a, const engine_run_t *b)
 {
@@ -647,6 +687,9 @@ typedef struct results {
     char reuse_skip[1024]; /* why the pool steps were skipped; "" if they ran */
     char pool_addr[128], prefill_addr[128];
     uint64_t diverge_at;
+    /* The anchor: `kvshare bench transfer` at the fetch's piece size, this run */
+    double bench_gbps;
+    uint64_t bench_block_bytes;
 } results_t;
 
 static void print_json(const demo_t *d, const results_t *r)
@@ -666,6 +709,17 @@ static void print_json(const demo_t *d, const results_t *r)
     cJSON_AddNumberToObject(o, "ratio", ratio);
     cJSON_AddNumberToObject(o, "bytes", (double)r->decode.fetch_bytes);
     cJSON_AddNumberToObject(o, "gbps", r->decode.fetch_gbps);
+    cJSON_AddNumberToObject(o, "fetch_gbps_cold", r->decode.fetch_gbps);
+    cJSON_AddNumberToObject(o, "fetch_gbps_warm", r->decode.warm_fetch_gbps);
+    cJSON_AddNumberToObject(o, "lookup_ms_warm", r->decode.warm_lookup_ms);
+    cJSON_AddNumberToObject(o, "fetch_ms_warm", r->decode.warm_fetch_ms);
+    if (r->bench_gbps > 0) {
+        cJSON_AddNumberToObject(o, "bench_transfer_block_bytes", (double)r->bench_block_bytes);
+        cJSON_AddNumberToObject(o, "bench_transfer_gbps", r->bench_gbps);
+        cJSON_AddNumberToObject(o, "ratio_warm_bench", r->decode.warm_fetch_gbps / r->bench_gbps);
+    } else {
+        cJSON_AddNullToObject(o, "bench_transfer_gbps");
+    }
     cJSON_AddBoolToObject(o, "identical", r->identical);
     cJSON_AddStringToObject(o, "reuse", r->reuse_ran ? "ran" : "skipped");
     if (r->reuse_ran) {
@@ -702,6 +756,15 @@ static void print_table(const demo_t *d, const results_t *r)
     printf("  moved          %10.1f MiB (%llu bytes: KV of %llu tokens) at %.2f GB/s\n",
            (double)r->decode.fetch_bytes / 1048576.0, (unsigned long long)r->decode.fetch_bytes,
            (unsigned long long)r->decode.hit_tokens, r->decode.fetch_gbps);
+    printf("  fetch warm     %10.1f ms  (the same prefix again, same engine: lookup %.1f ms, "
+           "%.2f GB/s; cold %.2f GB/s)\n",
+           r->decode.warm_fetch_ms, r->decode.warm_lookup_ms, r->decode.warm_fetch_gbps,
+           r->decode.fetch_gbps);
+    if (r->bench_gbps > 0)
+        printf("  anchor         %10.2f GB/s (kvshare bench transfer, %llu-byte pieces, this run; "
+               "warm / anchor %.2f)\n",
+               r->bench_gbps, (unsigned long long)r->bench_block_bytes,
+               r->decode.warm_fetch_gbps / r->bench_gbps);
     if (r->identical)
         printf("  tokens         identical  (%zu of %zu, fetched vs recompute)\n",
                r->decode.ntokens, r->recompute.ntokens);
@@ -889,7 +952,7 @@ int kvs_cli_demo(int argc, char **argv)
     step_begin(3, "decode engine: fetch from %s over UCX, decode %llu tokens", res.prefill_addr,
                (unsigned long long)d.decode);
     {
-        const char *extra[] = {"--peer", res.prefill_addr, NULL};
+        const char *extra[] = {"--peer", res.prefill_addr, "--fetch-again", NULL};
         const char *env[] = {"KVSHARE_LISTEN", "KVSHARE_POOL", NULL};
         if (!run_engine(&d, &decode, "decode", extra, env, &res.decode))
             goto out;
@@ -903,9 +966,10 @@ int kvs_cli_demo(int argc, char **argv)
                  (unsigned long long)want_hits, why[0] ? ": " : "", why);
         goto out;
     }
-    step_end("TTFT %.1f ms (%llu tokens fetched, %.1f MiB at %.2f GB/s)", res.decode.ttft_ms,
-             (unsigned long long)res.decode.hit_tokens, (double)res.decode.fetch_bytes / 1048576.0,
-             res.decode.fetch_gbps);
+    step_end("TTFT %.1f ms (%llu tokens fetched, %.1f MiB at %.2f GB/s; again: %.2f GB/s)",
+             res.decode.ttft_ms, (unsigned long long)res.decode.hit_tokens,
+             (double)res.decode.fetch_bytes / 1048576.0, res.decode.fetch_gbps,
+             res.decode.warm_fetch_gbps);
 
     /* The prefill engine's job is done. Stopping it now proves the replica
      * below reads the pool, and keeps it off the CPU for the baseline. */
@@ -976,6 +1040,17 @@ int kvs_cli_demo(int argc, char **argv)
         step_end("TTFT %.1f ms; tokens %s", res.reuse_check.ttft_ms,
                  res.reuse_identical ? "identical" : "DIFFER");
     }
+
+    /* 7. The anchor for the fetch rate, measured now on the same machine. */
+    res.bench_block_bytes = DEMO_BLOCK_TOKENS * d.kv_heads * d.head_dim * 2 * 4;
+    step_begin(7, "anchor: kvshare bench transfer at %llu-byte pieces",
+               (unsigned long long)res.bench_block_bytes);
+    if (!run_anchor(&d, res.bench_block_bytes, res.decode.hit_tokens / DEMO_BLOCK_TOKENS * d.layers,
+                    &res.bench_gbps))
+        step_end("failed; the warm fetch has no anchor in this run");
+    else
+        step_end("%.2f GB/s (warm fetch / anchor %.2f)", res.bench_gbps,
+                 res.decode.warm_fetch_gbps / res.bench_gbps);
 
     if (d.json)
         print_json(&d, &res);

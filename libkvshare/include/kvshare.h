@@ -521,6 +521,42 @@ KVS_API kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key
                                 size_t nkeys, const kvs_lookup_params_t *params,
                                 kvs_lease_h *lease_p);
 
+enum kvs_connect_field {
+    KVS_CONNECT_FIELD_TIMEOUT_MS = 1u << 0,
+    KVS_CONNECT_FIELD_FLAGS = 1u << 1,
+};
+
+enum kvs_connect_flags {
+    /* Return at once; a library thread connects. A lookup, fetch or put to
+     * the same peer meanwhile waits for that connection instead of making
+     * a second one. */
+    KVS_CONNECT_BACKGROUND = 1u << 0,
+};
+
+typedef struct kvs_connect_params {
+    uint64_t field_mask;
+    uint32_t timeout_ms; /* default: the context's fetch timeout */
+    unsigned flags;      /* kvs_connect_flags */
+} kvs_connect_params_t;
+
+/**
+ * Connects to the peer or pool node @peer ("host:port") for blocks of
+ * @layout_id before the first lookup needs it: the bootstrap handshake,
+ * transport endpoints and the peer's memory keys. Call it as soon as a peer
+ * is named (for P/D, when the request's transfer parameters arrive), so
+ * that first contact is off the request's critical path. Connections stay
+ * open and are reused by every later request; this call is never needed
+ * for correctness. @params may be NULL. @peer is copied.
+ * Returns KVS_OK once connected (or already connected), KVS_INPROGRESS with
+ * KVS_CONNECT_BACKGROUND (the outcome shows at the next request). A
+ * background connect still running when the context is destroyed is waited
+ * for, at most its timeout.
+ * Errors: KVS_ERR_INVALID_PARAM, UNSUPPORTED (no transport), AUTH,
+ * PEER_FAILED, TIMED_OUT, BUSY (too many background connects), NO_MEMORY.
+ */
+KVS_API kvs_status_t kvs_peer_connect(kvs_ctx_h ctx, uint64_t layout_id, const char *peer,
+                                      const kvs_connect_params_t *params);
+
 /** Number of leading keys the lease covers (the hit length in blocks). */
 KVS_API size_t kvs_lease_hits(kvs_lease_h lease);
 

@@ -223,6 +223,14 @@ static kvs_status_t p_pool(const char *s, kvs__config_t *c)
     return set_string(s, c->pool, sizeof(c->pool));
 }
 
+static kvs_status_t p_prefault(const char *s, kvs__config_t *c)
+{
+    if (strcmp(s, "0") != 0 && strcmp(s, "1") != 0)
+        return KVS_ERR_CONFIG;
+    c->prefault = s[0] == '1';
+    return KVS_OK;
+}
+
 static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 {
     if (strcmp(s, "auto") != 0 && strcmp(s, "ucx") != 0 && strcmp(s, "none") != 0 &&
@@ -249,6 +257,7 @@ static const setting_t settings[] = {
      p_auth_token_file},
     {"pool", "KVSHARE_POOL", "a DNS name or a comma list of HOST:PORT (< 1024 bytes)", p_pool},
     {"transport", "KVSHARE_TRANSPORT", "auto, ucx, none, loop or loop-am", p_transport},
+    {"prefault", "KVSHARE_PREFAULT", "0 or 1", p_prefault},
 };
 
 #define fail kvs__failf

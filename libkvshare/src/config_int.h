@@ -28,6 +28,7 @@ typedef struct kvs__config {
     char pool[1024];            /* "" = no pool */
     char transport[16];         /* auto, ucx or none */
     bool pool_node;             /* serve any layout, accept PUTs */
+    bool prefault;              /* fault each arena's pages in when it is made */
 } kvs__config_t;
 
 /* Fills *cfg. On failure writes one line naming the setting, its source and

@@ -61,6 +61,17 @@ uint64_t kvs__lease_gen_now(kvs_lease_h lease, size_t i);
 /* True when a pool of @layout_id exists; else writes the ids served to @list. */
 bool kvs__ctx_serves_layout(struct kvs_ctx *ctx, uint64_t layout_id, char *list, size_t len);
 const kvs__logger_t *kvs__ctx_log(struct kvs_ctx *ctx);
+/* Pool node, pull PUT: reserves up to @n arena slots for blocks of
+ * @block_bytes (*got_p of them, with their addresses in @addrs), which the
+ * node then fills with GET. Each is published with kvs__publish_slots
+ * (all at once, when every byte has landed) or given back with
+ * kvs__unreserve_slots; until then no reader can find them. */
+kvs_status_t kvs__reserve_slots(struct kvs_ctx *ctx, size_t block_bytes, uint32_t n,
+                                uint32_t *cls_p, uint32_t *slots, uint8_t **addrs, uint32_t *got_p);
+void kvs__unreserve_slots(struct kvs_ctx *ctx, uint32_t cls, const uint32_t *slots, uint32_t n);
+kvs_status_t kvs__publish_slots(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,
+                                uint32_t cls, const uint32_t *slots, uint32_t n, size_t block_bytes,
+                                size_t *stored_p);
 /* Stores @n blocks that arrived from a peer (pool nodes): block i is
  * data + i * block_bytes, keyed keys[i]. Returns how many were stored. */
 kvs_status_t kvs__publish_staged(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,

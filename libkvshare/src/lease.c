@@ -335,6 +335,29 @@ kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_bl
     return KVS_OK;
 }
 
+kvs_status_t kvs_peer_connect(kvs_ctx_h ctx, uint64_t layout_id, const char *peer,
+                              const kvs_connect_params_t *params)
+{
+    if (ctx == NULL || peer == NULL || peer[0] == '\0')
+        return KVS_ERR_INVALID_PARAM;
+    uint32_t timeout_ms = ctx->cfg.fetch_timeout_ms;
+    unsigned flags = 0;
+    if (params != NULL) {
+        if ((params->field_mask & KVS_CONNECT_FIELD_TIMEOUT_MS) && params->timeout_ms > 0)
+            timeout_ms = params->timeout_ms;
+        if (params->field_mask & KVS_CONNECT_FIELD_FLAGS)
+            flags = params->flags;
+    }
+    if (flags & ~(unsigned)KVS_CONNECT_BACKGROUND)
+        return KVS_ERR_INVALID_PARAM;
+    if (ctx->peer == NULL) {
+        kvs__error(&ctx->log, "kvs_peer_connect: this build has no transport");
+        return KVS_ERR_UNSUPPORTED;
+    }
+    return kvs__peer_connect(ctx->peer, peer, layout_id, timeout_ms,
+                             (flags & KVS_CONNECT_BACKGROUND) != 0);
+}
+
 kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
                      size_t count, kvs_request_h *req_p)
 {

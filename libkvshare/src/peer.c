@@ -23,6 +23,7 @@
 #include "boot_int.h"
 #include "pool_int.h"
 #include "proto_int.h"
+#include "pull_int.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -150,6 +151,15 @@ typedef struct preq {
     bool push;       /* AM path: pieces arrive as DATA */
     bool done_msg;   /* FETCH_DONE received */
     bool is_put;
+    /* Pull put: PUT messages req_id .. req_id + nreq - 1 (one per batch),
+     * each answered by one PUT_DONE (a bit per batch once answered); at
+     * most KVS_PEER_PUT_WINDOW batches are out at once, the next goes out
+     * as one is answered. Keys and ids are copied: the caller's arrays need
+     * not outlive kvs_put(). */
+    bool pull;
+    uint32_t nreq, sent, answered, per_batch;
+    uint8_t *batch_done;
+    struct pull_src *src;
     uint64_t *gens_now;
     uint8_t *genwin;
     uint64_t genwin_base;
@@ -176,6 +186,11 @@ typedef struct sput {
     int outstanding;
     bool dead;
     uint64_t deadline_ns;
+    /* Pull (the node GETs into arena slots it reserved): no staging */
+    bool pull;
+    uint32_t cls;
+    uint32_t *slots; /* reserved until published or given back */
+    size_t bytes_expected, bytes_got;
     struct sput *next;
 } sput_t;
 
@@ -192,6 +207,18 @@ typedef struct push {
     kvs_status_t status;
     struct push *next;
 } push_t;
+
+/* A connection being made in the background (kvs_peer_connect). */
+typedef struct dialer {
+    kvs__peer_t *pp;
+    char peer[256];
+    uint64_t layout_id;
+    uint32_t timeout_ms;
+    bool done;
+    kvs_status_t status;
+    pthread_t thread;
+    struct dialer *next;
+} dialer_t;
 
 typedef struct inmsg {
     conn_t *conn;
@@ -232,6 +259,8 @@ struct kvs__peer {
     preq_t *zombies;
     push_t *pushes;
     sput_t *sputs;
+    dialer_t *dialers;
+    uint32_t ndialers;
     inmsg_t *inbox, **inbox_tail;
     uint64_t next_lease_id;
     uint64_t last_boot_poll_ns;
@@ -537,6 +566,8 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
             known = c->rr[k].id == d.id;
         if (known)
             continue; /* unpacked once, cached for the connection's life */
+        if (c->nrr >= KVS_PROTO_MAX_REGIONS)
+            return KVS_ERR_BUSY; /* a peer cannot grow this table without end */
         if (c->nrr == c->caprr) {
             size_t cap = c->caprr ? c->caprr * 2 : 8;
             rregion_t *nr = kvs__realloc(c->rr, cap * sizeof(*nr));
@@ -558,6 +589,20 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
         c->nrr++;
     }
     return KVS_OK;
+}
+
+/* Unpacks every region's rkey not unpacked yet, so the first fetch does not
+ * pay for it (UCX: "rkey unpack is not intended for data path"). A region
+ * that fails here is retried, and refused, at first use. */
+static void unpack_rkeys(conn_t *c)
+{
+    kvs__peer_t *pp = c->pp;
+    for (size_t k = 0; k < c->nrr && c->ep != NULL; k++) {
+        rregion_t *r = &c->rr[k];
+        if (r->rkey == NULL &&
+            pp->ops->rkey_unpack(pp->tl, c->ep, r->rkey_buf, r->rkey_len, &r->rkey) != KVS_OK)
+            r->rkey = NULL;
+    }
 }
 
 static rregion_t *rregion(conn_t *c, uint32_t id, uint64_t addr, uint64_t len)
@@ -590,10 +635,51 @@ static void dropped(kvs__peer_t *pp, const char *what)
                   (unsigned long long)pp->dropped);
 }
 
+/* What a pull put sends in every batch. */
+typedef struct pull_src {
+    uint64_t layout_id;
+    uint16_t nsegs;
+    uint32_t nregs;
+    uint32_t chunks[KVS_PROTO_MAX_PIECES];
+    kvs__put_seg_t segs[KVS_PROTO_MAX_PIECES];
+    kvs__region_desc_t regs[KVS_PROTO_MAX_PIECES];
+    uint8_t *rkeys; /* the regions' packed keys, copied */
+    size_t n;
+    kvs_key_t *keys;
+    uint32_t *ids;
+} pull_src_t;
+
+static void pull_src_free(pull_src_t *ps)
+{
+    if (ps == NULL)
+        return;
+    kvs__free(ps->rkeys);
+    kvs__free(ps->keys);
+    kvs__free(ps->ids);
+    kvs__free(ps);
+}
+
+static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b);
+
+/* Sends the next batch of a pull put. */
+static kvs_status_t pull_send_next(preq_t *r)
+{
+    pull_src_t *ps = r->src;
+    conn_t *c = r->conn;
+    size_t off = (size_t)r->sent * r->per_batch;
+    size_t cnt = ps->n - off < r->per_batch ? ps->n - off : r->per_batch;
+    kvs__buf_t buf;
+    kvs__buf_init(&buf);
+    kvs__enc_put_pull(&buf, r->req_id + r->sent, c->session, ps->layout_id, ps->chunks, ps->nsegs,
+                      ps->keys + off, (uint32_t)cnt, ps->regs, ps->nregs, ps->segs, ps->ids + off);
+    r->sent++;
+    return send_buf(c, &buf);
+}
+
 static preq_t *req_on(conn_t *c, uint64_t id)
 {
     for (preq_t *r = c->pp->reqs; r != NULL; r = r->next)
-        if (r->conn == c && r->req_id == id)
+        if (r->conn == c && id - r->req_id < (r->nreq > 0 ? r->nreq : 1))
             return r;
     return NULL;
 }
@@ -899,11 +985,180 @@ static void sput_free(kvs__peer_t *pp, sput_t *p)
         p->conn->nputs--;
         p->conn->staging_bytes -= (uint64_t)p->n * p->block_bytes;
     }
+    if (p->slots != NULL)
+        kvs__unreserve_slots(pp->ctx, p->cls, p->slots, p->n);
+    kvs__free(p->slots);
     kvs__free(p->staging);
     kvs__free(p->seen);
     kvs__free(p->keys);
     kvs__free(p->chunk_off);
     kvs__free(p);
+}
+
+static void sput_got(void *arg, kvs_status_t st, size_t len)
+{
+    sput_t *p = arg;
+    p->outstanding--;
+    if (st == KVS_OK)
+        p->bytes_got += len;
+    else
+        p->dead = true;
+}
+
+static void sput_track(sput_t *p, kvs_status_t st, size_t len)
+{
+    if (st == KVS_INPROGRESS)
+        p->outstanding++;
+    else if (st == KVS_OK)
+        p->bytes_got += len;
+    else
+        p->dead = true;
+}
+
+/* The keys of @m this node lacks, as indices, within @c's staging
+ * allowance of @block_bytes each. */
+static uint32_t put_wanted(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, size_t block_bytes,
+                           uint32_t *idx, kvs_key_t *keys)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < m->u.put.nkeys; i++) {
+        kvs_key_t k;
+        memcpy(&k, m->u.put.keys + (size_t)i * KVS_KEY_BYTES, sizeof(k));
+        if (c->staging_bytes + (uint64_t)(n + 1) * block_bytes > KVS_PEER_MAX_STAGING)
+            break;
+        if (kvs__ctx_has_key(pp->ctx, m->u.put.layout_id, &k))
+            continue;
+        keys[n] = k;
+        idx[n++] = i;
+    }
+    return n;
+}
+
+/* A pull PUT: check every read against the regions the client advertised,
+ * reserve arena slots, GET each block straight into its slot (runs adjacent
+ * on both sides coalesced), one flush. finish_puts publishes the slots when
+ * every byte has landed, or gives them back; no reader can see a slot
+ * before. */
+static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+{
+    uint64_t rid = m->hdr.req_id;
+    char why[256];
+    if (!c->rma) {
+        send_error(c, rid, KVS_ERR_UNSUPPORTED,
+                   "this node has no native RMA to this client: put with active messages");
+        return;
+    }
+    kvs_status_t st = take_regions(c, m);
+    if (st != KVS_OK) {
+        send_error(c, rid, st, "cannot take the put's regions");
+        return;
+    }
+    unpack_rkeys(c);
+    uint32_t nk = m->u.put.nkeys;
+    uint16_t nch = m->u.put.nchunks;
+    size_t block_bytes = 0;
+    for (uint16_t k = 0; k < nch; k++)
+        block_bytes += kvs__proto_u32_at(m->u.put.chunks, k);
+    sput_t *p = kvs__calloc(1, sizeof(*p));
+    uint32_t *idx = kvs__malloc((nk ? nk : 1) * sizeof(*idx));
+    kvs_key_t *keys = kvs__malloc((nk ? nk : 1) * sizeof(*keys));
+    kvs__pull_region_t *regs = kvs__malloc((c->nrr ? c->nrr : 1) * sizeof(*regs));
+    kvs__pull_read_t *reads = NULL;
+    uint8_t **addrs = NULL;
+    st = KVS_ERR_NO_MEMORY;
+    if (p == NULL || idx == NULL || keys == NULL || regs == NULL)
+        goto fail;
+    uint32_t n = put_wanted(pp, c, m, block_bytes, idx, keys);
+    size_t nreads = (size_t)n * nch;
+    reads = kvs__malloc((nreads > 0 ? nreads : 1) * sizeof(*reads));
+    addrs = kvs__malloc((n ? n : 1) * sizeof(*addrs));
+    p->slots = kvs__malloc((n ? n : 1) * sizeof(*p->slots));
+    if (reads == NULL || addrs == NULL || p->slots == NULL)
+        goto fail;
+    for (size_t k = 0; k < c->nrr; k++)
+        regs[k] =
+            (kvs__pull_region_t){.id = c->rr[k].id, .base = c->rr[k].base, .len = c->rr[k].len};
+    /* Every address is checked before anything is reserved or read. */
+    st = kvs__pull_plan(m, idx, n, regs, c->nrr, reads, why, sizeof(why));
+    if (st != KVS_OK) {
+        kvs__warn(pp->log, "peer %s: pull PUT refused: %s", c->peer, why);
+        goto fail;
+    }
+    uint32_t got = 0;
+    if (n > 0 && (st = kvs__reserve_slots(pp->ctx, block_bytes, n, &p->cls, p->slots, addrs,
+                                          &got)) != KVS_OK)
+        goto fail;
+    if (got == 0 && n > 0) {
+        st = KVS_ERR_NO_SPACE;
+        goto fail;
+    }
+    n = got; /* what does not fit is not stored; PUT_DONE says how many were */
+    p->conn = c;
+    p->req_id = rid;
+    p->layout_id = m->u.put.layout_id;
+    p->n = n;
+    p->keys = keys;
+    p->nchunks = nch;
+    p->block_bytes = block_bytes;
+    p->pull = true;
+    p->deadline_ns = now_ns() + (uint64_t)pp->ctx->cfg.fetch_timeout_ms * 1000000u;
+    p->next = pp->sputs;
+    pp->sputs = p;
+    c->nputs++;
+    c->staging_bytes += (uint64_t)n * block_bytes;
+    keys = NULL;
+    uint8_t *run_local = NULL;
+    uint64_t run_remote = 0;
+    size_t run_len = 0;
+    void *run_rkey = NULL;
+    for (uint32_t i = 0; i < n && !p->dead; i++) {
+        for (uint16_t k = 0; k < nch && !p->dead; k++) {
+            const kvs__pull_read_t *rd = &reads[(size_t)i * nch + k];
+            rregion_t *rr = rregion(c, c->rr[rd->region].id, rd->raddr, rd->len);
+            if (rr == NULL) { /* its rkey would not unpack */
+                p->dead = true;
+                break;
+            }
+            uint8_t *local = addrs[i] + rd->off;
+            p->bytes_expected += rd->len;
+            if (run_len > 0 && run_rkey == rr->rkey && run_local + run_len == local &&
+                run_remote + run_len == rd->raddr && run_len + rd->len <= MAX_RUN) {
+                run_len += rd->len;
+                continue;
+            }
+            if (run_len > 0)
+                sput_track(p,
+                           pp->ops->get(pp->tl, c->ep, run_local, run_len, run_remote, run_rkey,
+                                        sput_got, p),
+                           run_len);
+            run_local = local;
+            run_remote = rd->raddr;
+            run_len = rd->len;
+            run_rkey = rr->rkey;
+        }
+    }
+    if (run_len > 0 && !p->dead)
+        sput_track(
+            p, pp->ops->get(pp->tl, c->ep, run_local, run_len, run_remote, run_rkey, sput_got, p),
+            run_len);
+    if (!p->dead)
+        sput_track(p, pp->ops->flush(pp->tl, c->ep, sput_got, p), 0);
+    kick(pp);
+    kvs__free(idx);
+    kvs__free(regs);
+    kvs__free(reads);
+    kvs__free(addrs);
+    return;
+fail:
+    if (p != NULL)
+        kvs__free(p->slots);
+    kvs__free(p);
+    kvs__free(idx);
+    kvs__free(keys);
+    kvs__free(regs);
+    kvs__free(reads);
+    kvs__free(addrs);
+    send_error(c, rid, st, st == KVS_ERR_PROTOCOL ? why : kvs_status_string(st));
 }
 
 static void srv_put(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
@@ -916,6 +1171,10 @@ static void srv_put(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     }
     if (c->nputs >= KVS_PEER_MAX_PUTS) {
         send_error(c, rid, KVS_ERR_BUSY, "too many puts in flight from this peer");
+        return;
+    }
+    if (m->hdr.flags & KVS_PROTO_FLAG_PULL) {
+        srv_put_pull(pp, c, m);
         return;
     }
     uint32_t nk = m->u.put.nkeys;
@@ -932,18 +1191,7 @@ static void srv_put(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
         block_bytes += kvs__proto_u32_at(m->u.put.chunks, k);
     }
     offs[nch] = (uint32_t)block_bytes; /* the decoder bounds the sum below 4 GiB */
-    /* Take only what we lack, within this peer's staging allowance. */
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < nk; i++) {
-        kvs_key_t k;
-        memcpy(&k, m->u.put.keys + (size_t)i * KVS_KEY_BYTES, sizeof(k));
-        if (c->staging_bytes + (uint64_t)(n + 1) * block_bytes > KVS_PEER_MAX_STAGING)
-            break;
-        if (kvs__ctx_has_key(pp->ctx, m->u.put.layout_id, &k))
-            continue;
-        keys[n] = k;
-        idx[n++] = i;
-    }
+    uint32_t n = put_wanted(pp, c, m, block_bytes, idx, keys);
     p->pieces = (size_t)n * nch;
     p->staging = kvs__malloc(n ? (size_t)n * block_bytes : 1);
     p->seen = kvs__calloc(p->pieces / 8 + 1, 1);
@@ -989,15 +1237,30 @@ static int finish_puts(kvs__peer_t *pp)
     uint64_t t = now_ns();
     for (sput_t *p = pp->sputs, *next; p != NULL; p = next) {
         next = p->next;
-        if (p->outstanding > 0)
+        if (p->outstanding > 0) {
+            /* Reads that never end: closing the connection cancels them. */
+            if (p->pull && p->conn != NULL && t > p->deadline_ns)
+                conn_fail(p->conn, KVS_ERR_TIMED_OUT, "pull PUT timed out");
             continue;
-        bool complete = !p->dead && p->landed == p->pieces;
+        }
+        bool complete =
+            !p->dead && (p->pull ? p->bytes_got == p->bytes_expected : p->landed == p->pieces);
         if (!complete && !p->dead && t <= p->deadline_ns)
             continue;
         if (complete && p->conn != NULL) {
             size_t stored = 0;
-            kvs_status_t st = kvs__publish_staged(pp->ctx, p->layout_id, p->keys, p->n, p->staging,
-                                                  p->block_bytes, &stored);
+            kvs_status_t st;
+            if (p->pull) {
+                /* All or nothing: every slot was read in full, so each one
+                 * published holds exactly the client's block. */
+                st = kvs__publish_slots(pp->ctx, p->layout_id, p->keys, p->cls, p->slots, p->n,
+                                        p->block_bytes, &stored);
+                kvs__free(p->slots);
+                p->slots = NULL; /* catalogued, or given back by publish */
+            } else {
+                st = kvs__publish_staged(pp->ctx, p->layout_id, p->keys, p->n, p->staging,
+                                         p->block_bytes, &stored);
+            }
             kvs__buf_t b;
             kvs__buf_init(&b);
             kvs__enc_put_done(&b, p->req_id, p->conn->session, st, (uint32_t)stored);
@@ -1005,8 +1268,9 @@ static int finish_puts(kvs__peer_t *pp)
             kvs__debug(pp->log, "peer %s: stored %zu of %u put blocks", p->conn->peer, stored,
                        p->n);
         } else if (p->conn != NULL) {
-            kvs__warn(pp->log, "peer %s: put of %u blocks %s with %zu of %zu pieces", p->conn->peer,
-                      p->n, p->dead ? "failed" : "expired", p->landed, p->pieces);
+            kvs__warn(pp->log, "peer %s: put of %u blocks %s with %zu of %zu %s", p->conn->peer,
+                      p->n, p->dead ? "failed" : "expired", p->pull ? p->bytes_got : p->landed,
+                      p->pull ? p->bytes_expected : p->pieces, p->pull ? "bytes" : "pieces");
             send_error(p->conn, p->req_id, p->dead ? KVS_ERR_PROTOCOL : KVS_ERR_TIMED_OUT,
                        p->dead ? "put refused: a piece was malformed, duplicated or lost"
                                : "put expired before every piece arrived");
@@ -1297,8 +1561,25 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
     }
     case KVS_MSG_PUT_DONE: {
         preq_t *r = req_on(c, m.hdr.req_id);
-        if (r != NULL && r->is_put && r->status == KVS_INPROGRESS)
-            r->status = (kvs_status_t)m.u.put_done.status;
+        if (r == NULL || !r->is_put || r->status != KVS_INPROGRESS)
+            return;
+        kvs_status_t st = (kvs_status_t)m.u.put_done.status;
+        if (!r->pull) {
+            r->status = st;
+            return;
+        }
+        uint64_t k = m.hdr.req_id - r->req_id;
+        if (k >= r->sent || !bit_claim(r->batch_done, k)) {
+            conn_fail(c, KVS_ERR_PROTOCOL, "PUT_DONE for a batch not sent, or twice");
+            return;
+        }
+        r->answered++;
+        if (st != KVS_OK)
+            r->status = st;
+        else if (r->answered == r->nreq)
+            r->status = KVS_OK;
+        else if (r->sent < r->nreq && (st = pull_send_next(r)) != KVS_OK)
+            r->status = st;
         return;
     }
     case KVS_MSG_FETCH_DONE:
@@ -1406,6 +1687,7 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c)
         boot_refuse(c, KVS_ERR_TRANSPORT, "cannot reach the peer's transport address");
         return;
     }
+    c->rma = rma; /* a pool node pulls puts with GET when true */
     kvs__buf_t b;
     kvs__buf_init(&b);
     kvs__proto_begin(&b, KVS_MSG_HELLO_ACK, KVS_PROTO_FLAG_FROM_SERVER | KVS_PROTO_FLAG_REGIONS,
@@ -1898,16 +2180,29 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
 /* Finds or makes a ready connection to @peer for @layout_id. Called with
  * the lock held; releases it around the blocking handshake. On KVS_OK the
  * caller holds a reference. */
-static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
-                             uint64_t deadline, conn_t **c_p)
+static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                                uint64_t deadline, const dialer_t *self, conn_t **c_p)
 {
-    for (conn_t *c = pp->conns; c != NULL; c = c->next) {
-        if (!c->server && c->layout_id == layout_id && strcmp(c->peer, peer) == 0 &&
-            c->state == S_READY) {
-            c->refs++;
-            *c_p = c;
-            return KVS_OK;
+    for (;;) {
+        for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+            if (!c->server && c->layout_id == layout_id && strcmp(c->peer, peer) == 0 &&
+                c->state == S_READY) {
+                c->refs++;
+                *c_p = c;
+                return KVS_OK;
+            }
         }
+        /* A background connect to the same peer is under way: wait for it
+         * rather than make a second connection beside it. */
+        const dialer_t *d = pp->dialers;
+        while (d != NULL &&
+               (d == self || d->done || d->layout_id != layout_id || strcmp(d->peer, peer) != 0))
+            d = d->next;
+        if (d == NULL)
+            break;
+        if (now_ns() >= deadline)
+            return KVS_ERR_TIMED_OUT;
+        cond_sleep(pp, deadline);
     }
     if (strlen(peer) >= sizeof(((conn_t *)0)->peer))
         return KVS_ERR_INVALID_PARAM;
@@ -1969,10 +2264,197 @@ static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_
         return st;
     }
     c->rma = rma;
+    if (rma)
+        unpack_rkeys(c);
     kvs__info(pp->log, "peer %s: ready, data path %s", c->peer,
               c->rma ? "GET" : "active-message push");
     *c_p = c;
     return KVS_OK;
+}
+
+static kvs_status_t get_conn(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                             uint64_t deadline, conn_t **c_p)
+{
+    return get_conn_as(pp, peer, layout_id, deadline, NULL, c_p);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Connecting ahead of the first request                                    */
+/* ---------------------------------------------------------------------- */
+/* One round trip over the transport (a LOOKUP of no keys: no lease, and
+ * the node's newest regions come with the reply), so that UCX has wired up
+ * both directions of the endpoint before the first real request. Without
+ * it the first lookup paid 10-20 ms of UCX wire-up here. Lock held. */
+static kvs_status_t warm_conn(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
+{
+    waiter_t *w = NULL;
+    kvs__msg_t m;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    uint64_t rid = ++c->next_req_id;
+    kvs__enc_lookup(&b, rid, c->session, c->layout_id, 0, NULL, 0);
+    kvs_status_t st = request(pp, c, &b, rid, deadline, &w, &m);
+    if (st == KVS_OK && (m.hdr.type != KVS_MSG_LOOKUP_REPLY || m.u.lookup_reply.hits != 0)) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "bad LOOKUP_REPLY");
+        st = KVS_ERR_PROTOCOL;
+    }
+    if (st == KVS_OK)
+        st = take_regions(c, &m);
+    if (st == KVS_OK && c->rma)
+        unpack_rkeys(c);
+    waiter_del(pp, w);
+    return st;
+}
+
+typedef struct warm_get {
+    int left;
+    bool done;
+    kvs_status_t status;
+    uint8_t buf[8];
+} warm_get_t;
+
+static void warm_get_done(void *arg, kvs_status_t st, size_t len)
+{
+    warm_get_t *w = arg;
+    (void)len;
+    if (st != KVS_OK)
+        w->status = st;
+    if (--w->left == 0)
+        w->done = true;
+}
+
+/* One 8-byte GET from a region the peer advertised, and a flush: UCX sets
+ * up the GET endpoint's lanes on first use, and that first use should not
+ * be a request's. Lock held. */
+static kvs_status_t warm_get(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
+{
+    if (!c->rma || c->nrr == 0)
+        return KVS_OK;
+    rregion_t *rr = rregion(c, c->rr[0].id, c->rr[0].base, 8);
+    if (rr == NULL)
+        return KVS_OK; /* nothing 8 bytes long to read: skip the warm-up */
+    warm_get_t *w = kvs__calloc(1, sizeof(*w));
+    if (w == NULL)
+        return KVS_ERR_NO_MEMORY;
+    w->left = 1; /* ours, dropped below once both are posted */
+    kvs_status_t st =
+        pp->ops->get(pp->tl, c->ep, w->buf, sizeof(w->buf), rr->base, rr->rkey, warm_get_done, w);
+    if (st == KVS_INPROGRESS)
+        w->left++;
+    else if (st != KVS_OK)
+        w->status = st;
+    st = pp->ops->flush(pp->tl, c->ep, warm_get_done, w);
+    if (st == KVS_INPROGRESS)
+        w->left++;
+    else if (st != KVS_OK)
+        w->status = st;
+    warm_get_done(w, KVS_OK, 0);
+    kick(pp);
+    if (!wait_until(pp, &w->done, deadline)) {
+        /* The transport may still call back into @w: it stays allocated. */
+        conn_fail(c, KVS_ERR_TIMED_OUT, "warm-up GET timed out");
+        return KVS_ERR_TIMED_OUT;
+    }
+    st = w->status;
+    kvs__free(w);
+    return st;
+}
+
+static kvs_status_t connect_warm(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                                 uint64_t deadline, const dialer_t *self)
+{
+    conn_t *c = NULL;
+    kvs_status_t st = get_conn_as(pp, peer, layout_id, deadline, self, &c);
+    if (st == KVS_OK) {
+        st = warm_conn(pp, c, deadline);
+        /* The warm-up GET only saves the first fetch some time: a region
+         * gone meanwhile is no reason to fail the connect. */
+        if (st == KVS_OK && warm_get(pp, c, deadline) != KVS_OK)
+            kvs__debug(pp->log, "peer %s: warm-up GET failed; the first fetch sets up the lanes",
+                       c->peer);
+        conn_unref(c); /* the table keeps it */
+    }
+    return st;
+}
+
+static void *dial_thread(void *arg)
+{
+    dialer_t *d = arg;
+    kvs__peer_t *pp = d->pp;
+    lock(pp);
+    d->status =
+        connect_warm(pp, d->peer, d->layout_id, now_ns() + (uint64_t)d->timeout_ms * 1000000u, d);
+    d->done = true;
+    pthread_cond_broadcast(&pp->cond);
+    unlock(pp);
+    return NULL;
+}
+
+/* Joins background connects that have finished. Lock held. */
+static void reap_dialers(kvs__peer_t *pp)
+{
+    for (dialer_t **dp = &pp->dialers; *dp != NULL;) {
+        dialer_t *d = *dp;
+        if (!d->done) {
+            dp = &d->next;
+            continue;
+        }
+        *dp = d->next;
+        pp->ndialers--;
+        pthread_join(d->thread, NULL); /* it has returned or is returning */
+        kvs__free(d);
+    }
+}
+
+kvs_status_t kvs__peer_connect(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                               uint32_t timeout_ms, bool background)
+{
+    if (strlen(peer) >= sizeof(((dialer_t *)0)->peer))
+        return KVS_ERR_INVALID_PARAM;
+    kvs_status_t st;
+    lock(pp);
+    reap_dialers(pp);
+    if (!background) {
+        st = connect_warm(pp, peer, layout_id, now_ns() + (uint64_t)timeout_ms * 1000000u, NULL);
+        unlock(pp);
+        return st;
+    }
+    for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+        if (!c->server && c->layout_id == layout_id && strcmp(c->peer, peer) == 0 &&
+            c->state == S_READY) {
+            unlock(pp);
+            return KVS_OK;
+        }
+    }
+    for (dialer_t *d = pp->dialers; d != NULL; d = d->next) {
+        if (d->layout_id == layout_id && strcmp(d->peer, peer) == 0) {
+            unlock(pp);
+            return KVS_INPROGRESS;
+        }
+    }
+    st = KVS_ERR_BUSY;
+    if (pp->ndialers >= KVS_PEER_MAX_DIALERS || pp->stopping)
+        goto out;
+    st = KVS_ERR_NO_MEMORY;
+    dialer_t *d = kvs__calloc(1, sizeof(*d));
+    if (d == NULL)
+        goto out;
+    d->pp = pp;
+    strcpy(d->peer, peer);
+    d->layout_id = layout_id;
+    d->timeout_ms = timeout_ms;
+    if (pthread_create(&d->thread, NULL, dial_thread, d) != 0) {
+        kvs__free(d);
+        st = KVS_ERR_IO;
+        goto out;
+    }
+    d->next = pp->dialers;
+    pp->dialers = d;
+    pp->ndialers++;
+    st = KVS_INPROGRESS;
+out:
+    unlock(pp);
+    return st;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -2017,6 +2499,8 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
     }
     if ((st = take_regions(c, &m)) != KVS_OK)
         goto out;
+    if (c->rma)
+        unpack_rkeys(c);
     rl = kvs__calloc(1, sizeof(*rl));
     if (rl == NULL) {
         st = KVS_ERR_NO_MEMORY;
@@ -2266,6 +2750,8 @@ static int advance_requests(kvs__peer_t *pp)
 
 static void preq_free(preq_t *r)
 {
+    pull_src_free(r->src);
+    kvs__free(r->batch_done);
     kvs__free(r->dst_ids);
     kvs__free(r->gens_now);
     kvs__free(r->genwin);
@@ -2383,6 +2869,14 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq)
 {
     preq_t *r = preq;
     lock(pp);
+    /* The node of a pull put may still be reading our blocks, and closing
+     * the connection cannot stop its reads (CMA needs no key): wait for its
+     * answer, up to the request's deadline, before the caller may reuse
+     * them. */
+    while (r->pull && r->status == KVS_INPROGRESS && now_ns() < r->deadline_ns) {
+        if (progress_locked(pp) == 0 && pp->thread_mode)
+            cond_sleep(pp, now_ns() + 1000000u);
+    }
     if (r->status == KVS_INPROGRESS) {
         /* Cancel: closing the connection stops every operation that could
          * still write into the destination. */
@@ -2421,6 +2915,103 @@ static void put_sent(void *arg, kvs_status_t st, size_t len)
         r->status = KVS_ERR_PEER_FAILED;
 }
 
+/* The node can read @src itself: native RMA to it, and every segment of
+ * @src registered (host memory, at kvs_pool_create). */
+static bool can_pull(const conn_t *c, const struct kvs_pool *src)
+{
+    if (!c->rma || !src->host_only || src->seg_memh == NULL)
+        return false;
+    for (size_t s = 0; s < src->nsegs; s++)
+        if (src->seg_memh[s] == NULL)
+            return false;
+    return true;
+}
+
+/* Offloads by pull: each batch is one PUT carrying our regions (what the
+ * node may read), the segments' layout and the block ids; the node GETs the
+ * blocks it lacks straight into arena slots and answers PUT_DONE. A few
+ * batches are out at once, so the node reads the next while the last is
+ * stored, and each is small enough that its slots can be had by evicting
+ * older blocks. The blocks must stay put until the request completes. Lock
+ * held. */
+static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
+                             const kvs_key_t *keys, const uint32_t *ids, size_t n,
+                             uint64_t deadline, void **preq_p)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= src->num_blocks)
+            return KVS_ERR_INVALID_PARAM;
+    pull_src_t *ps = kvs__calloc(1, sizeof(*ps));
+    preq_t *r = kvs__calloc(1, sizeof(*r));
+    if (ps == NULL || r == NULL)
+        goto nomem;
+    size_t rkey_bytes = 0;
+    for (size_t s = 0; s < src->nsegs; s++)
+        rkey_bytes += ((const region_t *)src->seg_memh[s])->rkey_len;
+    ps->rkeys = kvs__malloc(rkey_bytes ? rkey_bytes : 1);
+    ps->keys = kvs__malloc((n ? n : 1) * sizeof(*keys));
+    ps->ids = kvs__malloc((n ? n : 1) * sizeof(*ids));
+    if (ps->rkeys == NULL || ps->keys == NULL || ps->ids == NULL)
+        goto nomem;
+    memcpy(ps->keys, keys, n * sizeof(*keys));
+    memcpy(ps->ids, ids, n * sizeof(*ids));
+    ps->n = n;
+    ps->layout_id = src->layout_id;
+    ps->nsegs = (uint16_t)src->nsegs;
+    size_t rk_off = 0;
+    for (size_t s = 0; s < src->nsegs; s++) {
+        const region_t *rg = src->seg_memh[s];
+        const kvs_segment_t *sg = &src->segs[s];
+        ps->chunks[s] = (uint32_t)sg->block_bytes;
+        ps->segs[s] = (kvs__put_seg_t){
+            .region = rg->id, .base = (uint64_t)(uintptr_t)sg->base, .stride = sg->block_stride};
+        uint32_t k = 0;
+        while (k < ps->nregs && ps->regs[k].id != rg->id)
+            k++;
+        if (k < ps->nregs)
+            continue;
+        memcpy(ps->rkeys + rk_off, rg->rkey, rg->rkey_len);
+        ps->regs[ps->nregs++] = (kvs__region_desc_t){.id = rg->id,
+                                                     .base = (uint64_t)(uintptr_t)rg->base,
+                                                     .length = rg->len,
+                                                     .rkey_len = (uint32_t)rg->rkey_len,
+                                                     .rkey = ps->rkeys + rk_off};
+        rk_off += rg->rkey_len;
+    }
+    size_t per = KVS_PEER_PUT_BATCH_BYTES / (src->block_bytes ? src->block_bytes : 1);
+    per = per < 1 ? 1 : per > KVS_PEER_PUT_BATCH_MAX ? KVS_PEER_PUT_BATCH_MAX : per;
+    size_t nb = n == 0 ? 1 : (n + per - 1) / per;
+    r->batch_done = kvs__calloc(nb / 8 + 1, 1);
+    if (r->batch_done == NULL)
+        goto nomem;
+    r->pp = pp;
+    r->conn = c;
+    c->refs++;
+    r->req_id = c->next_req_id + 1;
+    c->next_req_id += nb;
+    r->nreq = (uint32_t)nb;
+    r->per_batch = (uint32_t)per;
+    r->src = ps;
+    r->is_put = true;
+    r->pull = true;
+    r->status = KVS_INPROGRESS;
+    r->deadline_ns = deadline;
+    r->next = pp->reqs;
+    pp->reqs = r;
+    while (r->sent < r->nreq && r->sent < KVS_PEER_PUT_WINDOW && r->status == KVS_INPROGRESS) {
+        kvs_status_t st = pull_send_next(r);
+        if (st != KVS_OK)
+            r->status = st;
+    }
+    kick(pp);
+    *preq_p = r;
+    return KVS_OK;
+nomem:
+    pull_src_free(ps);
+    kvs__free(r);
+    return KVS_ERR_NO_MEMORY;
+}
+
 kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *src,
                            const kvs_key_t *keys, const uint32_t *ids, size_t n,
                            uint32_t timeout_ms, void **preq_p)
@@ -2437,6 +3028,10 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     kvs_status_t st = get_conn(pp, node, src->layout_id, deadline, &c);
     if (st != KVS_OK)
         goto out;
+    if (can_pull(c, src)) {
+        st = put_pull(pp, c, src, keys, ids, n, deadline, preq_p);
+        goto out;
+    }
     uint32_t chunks[KVS_PROTO_MAX_PIECES];
     for (size_t s = 0; s < src->nsegs; s++)
         chunks[s] = (uint32_t)src->segs[s].block_bytes;
@@ -2705,6 +3300,14 @@ void kvs__peer_destroy(kvs__peer_t *pp)
         pthread_join(pp->thread, NULL);
     }
     lock(pp);
+    pp->stopping = true;
+    /* Background connects end within their handshake deadline. */
+    while (pp->dialers != NULL) {
+        dialer_t *d = pp->dialers;
+        while (!d->done)
+            pthread_cond_wait(&pp->cond, &pp->lock);
+        reap_dialers(pp);
+    }
     while (pp->conns != NULL) {
         conn_t *c = pp->conns;
         if (c->state == S_FAILED) /* listed only while failing: never */

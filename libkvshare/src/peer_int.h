@@ -33,6 +33,13 @@ int kvs__peer_progress(kvs__peer_t *pp);
 kvs_status_t kvs__peer_listen_addr(kvs__peer_t *pp, char *buf, size_t len);
 size_t kvs__peer_count(kvs__peer_t *pp);
 
+/* Makes (or finds) a ready connection to @peer for @layout_id. With
+ * @background, a thread does the handshake and KVS_INPROGRESS is returned
+ * at once; a lookup or put to that peer meanwhile waits for it instead of
+ * connecting a second time. */
+kvs_status_t kvs__peer_connect(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
+                               uint32_t timeout_ms, bool background);
+
 /* Client side: a remote lease is the peer plane's own object. */
 kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
                               const kvs_key_t *keys, size_t n, uint32_t lease_ms,
@@ -59,5 +66,9 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq);
 #define KVS_PEER_MAX_STAGING     (1ull << 30) /* staging bytes one peer may hold */
 #define KVS_PEER_MAX_INBOX       256u         /* queued messages per connection */
 #define KVS_PEER_PUSH_WINDOW     128u         /* sends one push keeps in flight */
+#define KVS_PEER_MAX_DIALERS     64u          /* background connects at once */
+#define KVS_PEER_PUT_WINDOW      4u           /* batches one pull put has out at once */
+#define KVS_PEER_PUT_BATCH_MAX   128u         /* blocks per pull PUT batch */
+#define KVS_PEER_PUT_BATCH_BYTES (8u << 20)   /* bytes per pull PUT batch, at most */
 
 #endif

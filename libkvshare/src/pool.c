@@ -446,3 +446,59 @@ kvs_status_t kvs__publish_staged(struct kvs_ctx *ctx, uint64_t layout_id, const 
     *stored_p = stored;
     return status;
 }
+
+kvs_status_t kvs__reserve_slots(struct kvs_ctx *ctx, size_t block_bytes, uint32_t n,
+                                uint32_t *cls_p, uint32_t *slots, uint8_t **addrs, uint32_t *got_p)
+{
+    kvs__store_t *s = &ctx->store;
+    uint32_t cls;
+    if (block_bytes == 0 || block_bytes > UINT32_MAX)
+        return KVS_ERR_INVALID_PARAM;
+    kvs_status_t status = kvs__ctx_arena_for(ctx, block_bytes, &cls);
+    if (status != KVS_OK)
+        return status;
+    pthread_rwlock_wrlock(&s->lock);
+    uint32_t got = kvs__store_reserve(s, cls, n, slots);
+    const kvs__arena_t *a = &s->arenas[cls];
+    for (uint32_t i = 0; i < got; i++)
+        addrs[i] = a->base + (size_t)slots[i] * a->slot_bytes;
+    pthread_rwlock_unlock(&s->lock);
+    *cls_p = cls;
+    *got_p = got;
+    return KVS_OK;
+}
+
+void kvs__unreserve_slots(struct kvs_ctx *ctx, uint32_t cls, const uint32_t *slots, uint32_t n)
+{
+    kvs__store_t *s = &ctx->store;
+    pthread_rwlock_wrlock(&s->lock);
+    kvs__store_unreserve(s, cls, slots, n);
+    pthread_rwlock_unlock(&s->lock);
+}
+
+kvs_status_t kvs__publish_slots(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,
+                                uint32_t cls, const uint32_t *slots, uint32_t n, size_t block_bytes,
+                                size_t *stored_p)
+{
+    kvs__store_t *s = &ctx->store;
+    kvs_status_t status = KVS_OK;
+    size_t stored = 0;
+    pthread_rwlock_wrlock(&s->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        kvs__entry_t *e = NULL;
+        /* A key stored meanwhile by another client keeps its copy (same key,
+         * same KV); a catalog that cannot grow stores fewer. Either way the
+         * slot goes back. */
+        if (status == KVS_OK && kvs__store_get(s, layout_id, &keys[i]) == NULL)
+            status = kvs__store_insert_slot(s, layout_id, &keys[i], cls, slots[i], &e);
+        if (e == NULL) {
+            kvs__store_unreserve(s, cls, &slots[i], 1);
+            continue;
+        }
+        e->nbytes = (uint32_t)block_bytes;
+        stored++;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    *stored_p = stored;
+    return status;
+}

@@ -254,6 +254,12 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
                                          wl)) != KVS_OK)
             return st;
         m->u.put.keys = take(&r, (size_t)m->u.put.nkeys * KVS_KEY_BYTES);
+        if (m->hdr.flags & KVS_PROTO_FLAG_PULL) {
+            if (!r.bad && (st = decode_regions(&r, m, why, wl)) != KVS_OK)
+                return st;
+            m->u.put.segs = take(&r, (size_t)m->u.put.nchunks * KVS_PROTO_PUT_SEG_LEN);
+            m->u.put.ids = take(&r, (size_t)m->u.put.nkeys * 4);
+        }
         break;
     case KVS_MSG_PUT_ACK:
         m->u.put_ack.status = (int32_t)rd_u32(&r);
@@ -277,6 +283,8 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         return bad(why, wl, "DATA header of %zu bytes", len);
     if (has_regions && m->hdr.type != KVS_MSG_HELLO_ACK && m->hdr.type != KVS_MSG_LOOKUP_REPLY)
         return bad(why, wl, "region flag on message type %u", m->hdr.type);
+    if ((m->hdr.flags & KVS_PROTO_FLAG_PULL) && m->hdr.type != KVS_MSG_PUT)
+        return bad(why, wl, "pull flag on message type %u", m->hdr.type);
     return KVS_OK;
 }
 
@@ -543,6 +551,39 @@ kvs_status_t kvs__enc_put(kvs__buf_t *b, uint64_t req_id, const uint8_t *session
         kvs__buf_u32(b, chunks[k]);
     kvs__buf_put(b, keys, (size_t)n * KVS_KEY_BYTES);
     return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_put_pull(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                               uint64_t layout_id, const uint32_t *chunks, uint16_t nchunks,
+                               const kvs_key_t *keys, uint32_t n, const kvs__region_desc_t *regions,
+                               uint32_t nregions, const kvs__put_seg_t *segs, const uint32_t *ids)
+{
+    kvs__proto_begin(b, KVS_MSG_PUT, KVS_PROTO_FLAG_PULL, req_id, session);
+    kvs__buf_u64(b, layout_id);
+    kvs__buf_u32(b, n);
+    kvs__buf_u16(b, nchunks);
+    for (uint16_t k = 0; k < nchunks; k++)
+        kvs__buf_u32(b, chunks[k]);
+    kvs__buf_put(b, keys, (size_t)n * KVS_KEY_BYTES);
+    kvs__buf_u32(b, nregions);
+    for (uint32_t i = 0; i < nregions; i++)
+        kvs__proto_put_region(b, &regions[i]);
+    for (uint16_t k = 0; k < nchunks; k++) {
+        kvs__buf_u32(b, segs[k].region);
+        kvs__buf_u64(b, segs[k].base);
+        kvs__buf_u64(b, segs[k].stride);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        kvs__buf_u32(b, ids[i]);
+    return kvs__proto_finish(b);
+}
+
+void kvs__proto_put_seg(const uint8_t *segs, uint16_t k, kvs__put_seg_t *out)
+{
+    const uint8_t *p = segs + (size_t)k * KVS_PROTO_PUT_SEG_LEN;
+    out->region = (uint32_t)le(p, 4);
+    out->base = le(p + 4, 8);
+    out->stride = le(p + 12, 8);
 }
 
 kvs_status_t kvs__enc_put_ack(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,

@@ -62,7 +62,12 @@ typedef enum kvs__msg_type {
 /* Header flag: sent by the serving side of a connection (a process may be
  * both ends of one session when it connects to itself). */
 #define KVS_PROTO_FLAG_FROM_SERVER 2u
-#define KVS_PROTO_FLAGS_KNOWN      3u
+/* Header flag on PUT: the node pulls the blocks with GET (native RMA). The
+ * body then also carries the client's region table, one source descriptor
+ * per segment and one block id per key; the node answers with PUT_DONE
+ * (never PUT_ACK) once it has read and stored them. */
+#define KVS_PROTO_FLAG_PULL   4u
+#define KVS_PROTO_FLAGS_KNOWN 7u
 
 typedef struct kvs__hdr {
     uint16_t type;
@@ -164,6 +169,11 @@ typedef struct kvs__msg {
             uint16_t nchunks;      /* the sender's segment sizes: a block is */
             const uint8_t *chunks; /* pushed as these pieces, in order */
             const uint8_t *keys;   /* nkeys * 32 bytes */
+            /* KVS_PROTO_FLAG_PULL only: where segment k of block id b is in
+             * the sender's memory: region, base + b * stride, chunks[k]
+             * bytes (unchecked against the regions: the node does that). */
+            const uint8_t *segs; /* nchunks * (u32 region, u64 base, u64 stride) */
+            const uint8_t *ids;  /* nkeys u32 block ids */
         } put;
         struct {
             int32_t status;
@@ -244,6 +254,18 @@ kvs_status_t kvs__enc_fetch_done(kvs__buf_t *b, uint64_t req_id, const uint8_t *
 kvs_status_t kvs__enc_put(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
                           uint64_t layout_id, const uint32_t *chunks, uint16_t nchunks,
                           const kvs_key_t *keys, uint32_t n);
+/* A pull PUT (KVS_PROTO_FLAG_PULL): @regions (what the node may read, with
+ * packed rkeys), then per chunk its source segment, then the block ids. */
+typedef struct kvs__put_seg {
+    uint32_t region;
+    uint64_t base, stride;
+} kvs__put_seg_t;
+kvs_status_t kvs__enc_put_pull(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                               uint64_t layout_id, const uint32_t *chunks, uint16_t nchunks,
+                               const kvs_key_t *keys, uint32_t n, const kvs__region_desc_t *regions,
+                               uint32_t nregions, const kvs__put_seg_t *segs, const uint32_t *ids);
+#define KVS_PROTO_PUT_SEG_LEN 20u
+void kvs__proto_put_seg(const uint8_t *segs, uint16_t k, kvs__put_seg_t *out);
 kvs_status_t kvs__enc_put_ack(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
                               const uint32_t *idx, uint32_t n);
 kvs_status_t kvs__enc_put_done(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,

@@ -20,6 +20,7 @@ kvs_status_t kvs__store_init(kvs__store_t *s, const kvs__config_t *cfg, const kv
     s->high_wm = cfg->high_watermark;
     s->low_wm = cfg->low_watermark;
     s->lease_timeout_ms = cfg->lease_timeout_ms;
+    s->prefault = cfg->prefault;
     s->free_head = KVS_NO_ENTRY;
     s->next_serial = 1;
 
@@ -119,6 +120,26 @@ kvs_status_t kvs__store_class_add(kvs__store_t *s, size_t slot_bytes, uint32_t *
     if (base == MAP_FAILED) {
         kvs__error(s->log, "mmap(%zu) for a block arena: %s", bytes, strerror(errno));
         goto err_nomem;
+    }
+    /* Huge pages where the kernel allows them (THP "madvise" mode is the
+     * common default): every 4 KiB page is otherwise faulted in by the
+     * first block written there, inside the transport (10-15 us a page
+     * measured on this VM, which held a pull put to a tenth of a fetch). A
+     * hint only: failure changes nothing. */
+#ifdef MADV_HUGEPAGE
+    (void)madvise(base, bytes, MADV_HUGEPAGE);
+#endif
+    /* KVSHARE_PREFAULT=1 (a pool node started with KVSHARE_SLOT_BYTES makes
+     * its arena at start): commit the memory now, so that no block ever
+     * lands in a page not yet there. The arena is empty and unpublished:
+     * touching it changes nothing a reader could see. */
+    if (s->prefault) {
+        bool done = false;
+#ifdef MADV_POPULATE_WRITE
+        done = madvise(base, bytes, MADV_POPULATE_WRITE) == 0;
+#endif
+        for (size_t off = 0; !done && off < bytes; off += 4096)
+            ((volatile uint8_t *)base)[off] = 0;
     }
     /* Hand out low slot numbers first. */
     for (uint64_t i = 0; i < nslots; i++)
@@ -349,32 +370,86 @@ static void emit(kvs__store_t *s, kvs_block_event_type_t type, const kvs__entry_
     s->event_fn(s->event_arg, &ev);
 }
 
+/* Makes room for one more slot of @a, evicting down to the low watermark
+ * when the high one would be passed. false: no slot can be had. */
+static bool make_room(kvs__store_t *s, kvs__arena_t *a)
+{
+    /* Watermarks are fractions of the capacity in bytes, shared by all
+     * classes: a new block of any size may push out older ones of another
+     * size. */
+    uint64_t high = (uint64_t)(s->high_wm * (double)s->capacity_bytes);
+    if (high < a->slot_bytes)
+        high = a->slot_bytes;
+    if (s->arena_used_bytes + a->slot_bytes > high) {
+        uint64_t low = (uint64_t)(s->low_wm * (double)s->capacity_bytes);
+        evict_to(s, low < high - a->slot_bytes ? low : high - a->slot_bytes);
+    }
+    return a->nfree > 0 && s->arena_used_bytes + a->slot_bytes <= s->capacity_bytes;
+}
+
+uint32_t kvs__store_reserve(kvs__store_t *s, uint32_t cls, uint32_t n, uint32_t *slots)
+{
+    if (cls >= s->narenas)
+        return 0;
+    kvs__arena_t *a = &s->arenas[cls];
+    uint32_t got = 0;
+    while (got < n && make_room(s, a)) {
+        slots[got++] = a->free[--a->nfree];
+        a->used++;
+        s->arena_used_bytes += a->slot_bytes;
+    }
+    return got;
+}
+
+void kvs__store_unreserve(kvs__store_t *s, uint32_t cls, const uint32_t *slots, uint32_t n)
+{
+    kvs__arena_t *a = &s->arenas[cls];
+    for (uint32_t i = 0; i < n; i++) {
+        /* Whatever landed there is never read: the generation moves on all
+         * the same, as for any slot that is given back. */
+        atomic_fetch_add_explicit(&a->gen[slots[i]], 1, memory_order_release);
+        a->free[a->nfree++] = slots[i];
+        a->used--;
+        s->arena_used_bytes -= a->slot_bytes;
+    }
+}
+
+/* Catalogs @key in the reserved @slot of class @cls (counted already). */
+static kvs_status_t insert_entry(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key,
+                                 struct kvs_pool *pool, uint32_t block, uint64_t gen,
+                                 kvs__arena_t *a, uint32_t cls, kvs__entry_t **entry_p);
+
+kvs_status_t kvs__store_insert_slot(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key,
+                                    uint32_t cls, uint32_t slot, kvs__entry_t **entry_p)
+{
+    if (cls >= s->narenas || slot >= s->arenas[cls].nslots)
+        return KVS_ERR_INVALID_PARAM;
+    return insert_entry(s, layout_id, key, NULL, slot, 0, &s->arenas[cls], cls, entry_p);
+}
+
 kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key,
                                struct kvs_pool *pool, uint32_t block, uint64_t gen,
                                kvs__entry_t **entry_p)
 {
+    if (pool != NULL)
+        return insert_entry(s, layout_id, key, pool, block, gen, NULL, 0, entry_p);
+    if (block >= s->narenas)
+        return KVS_ERR_INVALID_PARAM;
+    uint32_t slot;
+    if (kvs__store_reserve(s, block, 1, &slot) != 1)
+        return KVS_ERR_NO_SPACE;
+    kvs_status_t status =
+        insert_entry(s, layout_id, key, NULL, slot, 0, &s->arenas[block], block, entry_p);
+    if (status != KVS_OK)
+        kvs__store_unreserve(s, block, &slot, 1);
+    return status;
+}
+
+static kvs_status_t insert_entry(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key,
+                                 struct kvs_pool *pool, uint32_t block, uint64_t gen,
+                                 kvs__arena_t *a, uint32_t cls, kvs__entry_t **entry_p)
+{
     kvs_status_t status;
-    uint32_t slot = 0;
-
-    kvs__arena_t *a = NULL;
-
-    if (pool == NULL) {
-        if (block >= s->narenas)
-            return KVS_ERR_INVALID_PARAM;
-        a = &s->arenas[block];
-        /* Watermarks are fractions of the capacity in bytes, shared by all
-         * classes: a new block of any size may push out older ones of
-         * another size. */
-        uint64_t high = (uint64_t)(s->high_wm * (double)s->capacity_bytes);
-        if (high < a->slot_bytes)
-            high = a->slot_bytes;
-        if (s->arena_used_bytes + a->slot_bytes > high) {
-            uint64_t low = (uint64_t)(s->low_wm * (double)s->capacity_bytes);
-            evict_to(s, low < high - a->slot_bytes ? low : high - a->slot_bytes);
-        }
-        if (a->nfree == 0 || s->arena_used_bytes + a->slot_bytes > s->capacity_bytes)
-            return KVS_ERR_NO_SPACE;
-    }
     if (s->free_head == KVS_NO_ENTRY) {
         status = grow_entries(s);
         if (status != KVS_OK)
@@ -387,12 +462,8 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
     kvs__entry_t *e = &s->entries[idx];
     s->free_head = e->next_free;
     if (a != NULL) {
-        e->cls = block;
-        slot = a->free[--a->nfree];
-        a->used++;
-        s->arena_used_bytes += a->slot_bytes;
-        block = slot;
-        gen = atomic_load_explicit(&a->gen[slot], memory_order_relaxed);
+        e->cls = cls;
+        gen = atomic_load_explicit(&a->gen[block], memory_order_relaxed);
     } else {
         e->cls = 0;
         s->zero_copy_count++;

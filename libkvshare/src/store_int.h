@@ -95,6 +95,7 @@ typedef struct kvs__store {
     uint64_t arena_used_bytes; /* sum of used * slot_bytes over classes */
     kvs__evict_cand_t *cands;  /* one per slot of every class: eviction never allocates */
     size_t cands_cap;
+    bool prefault; /* KVSHARE_PREFAULT: arenas' pages faulted in when made */
     /* policy */
     kvs_strategy_t strategy;
     uint64_t capacity_bytes;
@@ -141,6 +142,17 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
                                kvs__entry_t **entry_p);
 void kvs__store_remove(kvs__store_t *s, kvs__entry_t *e);
 bool kvs__entry_leased(const kvs__entry_t *e, uint64_t now_ms);
+/* Slots for blocks still landing (a pull PUT writes into them first):
+ * kvs__store_reserve takes up to @n free slots of class @cls, evicting as
+ * an insert does, and returns how many it got. Reserved slots count as used
+ * but are in no catalog, so no reader can find them; each is then either
+ * catalogued (kvs__store_insert_slot) or given back (kvs__store_unreserve,
+ * which moves its generation on). Exclusive lock held for all three. */
+uint32_t kvs__store_reserve(kvs__store_t *s, uint32_t cls, uint32_t n, uint32_t *slots);
+kvs_status_t kvs__store_insert_slot(kvs__store_t *s, uint64_t layout_id, const kvs_key_t *key,
+                                    uint32_t cls, uint32_t slot, kvs__entry_t **entry_p);
+void kvs__store_unreserve(kvs__store_t *s, uint32_t cls, const uint32_t *slots, uint32_t n);
+
 /* Where an arena entry's bytes, generation and slot size are. */
 static inline uint8_t *kvs__arena_slot(kvs__store_t *s, const kvs__entry_t *e)
 {

@@ -9,7 +9,7 @@ import os
 import struct
 
 MAGIC, VERSION = 0x4853564B, 2
-FROM_SERVER, REGIONS = 2, 1
+FROM_SERVER, REGIONS, PULL = 2, 1, 4
 SESSION = bytes(range(1, 17))
 
 
@@ -46,6 +46,11 @@ seeds = {
     "fetch_done": msg(11, struct.pack("<iI", 0, 2) + struct.pack("<QQ", 3, 4), FROM_SERVER,
                       session=SESSION),
     "put": msg(12, struct.pack("<QIH", 7, 1, 2) + struct.pack("<II", 4096, 64) + key, session=SESSION),
+    # A pull PUT: after the keys, the client's regions, (region, base, stride) per segment, ids.
+    "put_pull": msg(12, struct.pack("<QIH", 7, 1, 2) + struct.pack("<II", 4096, 64) + key
+                    + struct.pack("<I", 1) + region(3, 0x10000, 1 << 20, b"rk")
+                    + struct.pack("<IQQ", 3, 0x10000, 4096) + struct.pack("<IQQ", 3, 0x90000, 64)
+                    + struct.pack("<I", 5), PULL, session=SESSION),
     "put_ack": msg(14, struct.pack("<iII", 0, 1, 0), FROM_SERVER, session=SESSION),
     "put_done": msg(15, struct.pack("<iI", 0, 1), FROM_SERVER, session=SESSION),
 }

@@ -43,6 +43,7 @@ Test(config, every_bad_env_value_names_variable_and_accepted_values)
     expect_env_error("KVSHARE_CAPACITY", "-5GiB", "a size > 0");
     expect_env_error("KVSHARE_CAPACITY", "5 parsecs", "a size > 0");
     expect_env_error("KVSHARE_SLOT_BYTES", "x", "a size such as");
+    expect_env_error("KVSHARE_PREFAULT", "yes", "0 or 1");
     expect_env_error("KVSHARE_STRATEGY", "fifo", "lru or lfu");
     expect_env_error("KVSHARE_HIGH_WATERMARK", "1.5", "a fraction in (0, 1]");
     expect_env_error("KVSHARE_HIGH_WATERMARK", "abc", "a fraction in (0, 1]");

@@ -9,6 +9,9 @@
 #include "proto_int.h"
 
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +162,73 @@ Test(peer, push_path_moves_every_byte)
     pair_fini(&pr);
 }
 
+/* Connecting ahead of the first request: the lookups after it reuse that
+ * one connection; a background connect and a lookup racing it make one. */
+Test(peer, connect_ahead_makes_the_one_connection_requests_use)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 8, 0);
+    uint64_t layout = kvs_pool_layout_id(pr.pb.pool);
+    const kvs_connect_params_t bg = {.field_mask = KVS_CONNECT_FIELD_FLAGS,
+                                     .flags = KVS_CONNECT_BACKGROUND};
+    kvs_status_t st = kvs_peer_connect(pr.b, layout, pr.addr, &bg);
+    cr_assert(st == KVS_INPROGRESS || st == KVS_OK, "%s", kvs_status_string(st));
+    fetch_all_and_check(&pr, 8); /* waits for that connect, makes no other */
+    kvs_stats_t ps = {.field_mask = KVS_STATS_FIELD_PEERS};
+    cr_assert_eq(kvs_stats_query(pr.b, &ps), KVS_OK);
+    cr_assert_eq(ps.peers, 1);
+    /* Connected already: both forms answer at once. */
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, pr.addr, &bg), KVS_OK);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, pr.addr, NULL), KVS_OK);
+    cr_assert_eq(kvs_stats_query(pr.b, &ps), KVS_OK);
+    cr_assert_eq(ps.peers, 1);
+    ps.field_mask = KVS_STATS_FIELD_PEERS;
+    cr_assert_eq(kvs_stats_query(pr.a, &ps), KVS_OK);
+    cr_assert_eq(ps.peers, 1, "the holder saw more than one connection");
+    fetch_all_and_check(&pr, 8);
+    pair_fini(&pr);
+}
+
+Test(peer, connect_refuses_bad_input_and_reports_failures)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 1, 0);
+    uint64_t layout = kvs_pool_layout_id(pr.pb.pool);
+    const kvs_connect_params_t odd = {.field_mask = KVS_CONNECT_FIELD_FLAGS, .flags = 1u << 7};
+    cr_assert_eq(kvs_peer_connect(NULL, layout, pr.addr, NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, NULL, NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, "", NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, pr.addr, &odd), KVS_ERR_INVALID_PARAM);
+    char longname[400];
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, longname, NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_peer_connect(pr.b, layout, "not-an-address", NULL), KVS_ERR_INVALID_PARAM);
+    /* Nobody listens there (the port of a socket we close at once). */
+    char dead[64];
+    {
+        kvs_ctx_h tmp = make_ctx("loop", true, tok_a, 0, 0);
+        cr_assert_eq(kvs_ctx_listen_addr(tmp, dead, sizeof(dead)), KVS_OK);
+        kvs_ctx_destroy(tmp);
+    }
+    kvs_status_t st = kvs_peer_connect(pr.b, layout, dead, NULL);
+    cr_assert(st == KVS_ERR_PEER_FAILED || st == KVS_ERR_TIMED_OUT, "%s", kvs_status_string(st));
+    /* In the background the failure shows at the next request, and the
+     * context still ends cleanly with it behind. */
+    const kvs_connect_params_t bg = {.field_mask =
+                                         KVS_CONNECT_FIELD_FLAGS | KVS_CONNECT_FIELD_TIMEOUT_MS,
+                                     .timeout_ms = 500,
+                                     .flags = KVS_CONNECT_BACKGROUND};
+    st = kvs_peer_connect(pr.b, layout, dead, &bg);
+    cr_assert(st == KVS_INPROGRESS || st == KVS_OK, "%s", kvs_status_string(st));
+    /* A wrong secret is refused in the background too, and leaves nothing. */
+    kvs_ctx_h other = make_ctx("loop", false, tok_b, 0, 0);
+    st = kvs_peer_connect(other, layout, pr.addr, NULL);
+    cr_assert_eq(st, KVS_ERR_AUTH, "%s", kvs_status_string(st));
+    kvs_ctx_destroy(other);
+    pair_fini(&pr);
+}
+
 Test(peer, wrong_or_missing_secret_is_refused)
 {
     pair_t pr;
@@ -301,23 +371,37 @@ Test(peer, bootstrap_garbage_and_silence_do_not_stop_serving)
     pair_fini(&pr);
 }
 
-/* Offload into a pool node: blocks land only when every piece arrived. */
-Test(peer, put_into_a_pool_node)
+/* A client of the pool node at @addr, with puts and fetches timing out
+ * after @timeout_ms (0: the default). */
+static kvs_ctx_h make_client(const char *transport, const char *addr, uint32_t timeout_ms)
 {
-    kvs_ctx_h node = make_ctx("loop", true, tok_a, 1, 0);
-    char addr[300];
-    cr_assert_eq(kvs_ctx_listen_addr(node, addr, sizeof(addr)), KVS_OK);
     static char err[256];
     kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_TRANSPORT |
                                         KVS_CTX_FIELD_POOL | KVS_CTX_FIELD_AUTH_TOKEN_FILE |
                                         KVS_CTX_FIELD_ERRBUF,
-                          .transport = "loop",
+                          .transport = transport,
                           .pool = addr,
                           .auth_token_file = tok_a,
                           .errbuf = err,
                           .errbuf_len = sizeof(err)};
+    if (timeout_ms > 0) {
+        p.field_mask |= KVS_CTX_FIELD_FETCH_TIMEOUT;
+        p.fetch_timeout_ms = timeout_ms;
+    }
     kvs_ctx_h cl = NULL;
     cr_assert_eq(kvs_ctx_create(&p, &cl), KVS_OK, "%s", err);
+    return cl;
+}
+
+/* Offload into a pool node: blocks land only when every piece arrived.
+ * "loop" has RMA: the node pulls (GET into arena slots); "loop-am" does
+ * not: the client pushes. */
+static void put_round_trip(const char *transport)
+{
+    kvs_ctx_h node = make_ctx(transport, true, tok_a, 1, 0);
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(node, addr, sizeof(addr)), KVS_OK);
+    kvs_ctx_h cl = make_client(transport, addr, 0);
     test_pool_t src, dst;
     test_pool_init(&src, cl, "m", 16, 2, 4096);
     test_pool_init(&dst, cl, "m", 16, 2, 4096);
@@ -350,6 +434,259 @@ Test(peer, put_into_a_pool_node)
     test_pool_free(&src);
     test_pool_free(&dst);
     kvs_ctx_destroy(cl);
+    kvs_ctx_destroy(node);
+}
+
+Test(peer, put_into_a_pool_node_by_pull)
+{
+    put_round_trip("loop");
+}
+
+Test(peer, put_into_a_pool_node_by_push)
+{
+    put_round_trip("loop-am");
+}
+
+/* A pull put large enough for several batches, each its own PUT. */
+Test(peer, pull_put_in_batches_stores_every_block)
+{
+    kvs_ctx_h node = make_ctx("loop", true, tok_a, 1, 0);
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(node, addr, sizeof(addr)), KVS_OK);
+    kvs_ctx_h cl = make_client("loop", addr, 0);
+    test_pool_t src, dst;
+    test_pool_init(&src, cl, "m", 256, 3, 512);
+    test_pool_init(&dst, cl, "m", 256, 3, 512);
+    kvs_key_t keys[200];
+    uint32_t ids[200];
+    for (uint32_t i = 0; i < 200; i++) {
+        keys[i] = test_key(5000 + i);
+        ids[i] = (i * 37) % 256; /* scattered */
+        test_fill_block(&src, ids[i], 70000 + i);
+    }
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_put(src.pool, keys, ids, 200, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    kvs_stats_t st = {0};
+    cr_assert_eq(kvs_stats_query(node, &st), KVS_OK);
+    cr_assert_eq(st.blocks, 200);
+    /* Offered again: the node keeps what it has, reads nothing. */
+    cr_assert_eq(kvs_put(src.pool, keys, ids, 200, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    cr_assert_eq(kvs_stats_query(node, &st), KVS_OK);
+    cr_assert_eq(st.blocks, 200);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES, .sources = KVS_SOURCE_POOL};
+    kvs_lease_h l = NULL;
+    cr_assert_eq(kvs_lookup(cl, kvs_pool_layout_id(dst.pool), keys, 200, &lp, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 200);
+    uint32_t d[200];
+    for (uint32_t i = 0; i < 200; i++)
+        d[i] = 255 - i;
+    cr_assert_eq(kvs_fetch(l, dst.pool, d, 200, NULL, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    kvs_lease_release(l);
+    for (uint32_t i = 0; i < 200; i++)
+        cr_assert(test_block_is(&dst, d[i], 70000 + i), "block %u differs", i);
+    test_pool_free(&src);
+    test_pool_free(&dst);
+    kvs_ctx_destroy(cl);
+    kvs_ctx_destroy(node);
+}
+
+/* The node in poll mode: it moves only when the test drives it. */
+static kvs_ctx_h make_poll_node(void)
+{
+    static char err[512];
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_TRANSPORT |
+                                        KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_ERRBUF |
+                                        KVS_CTX_FIELD_POOL_NODE | KVS_CTX_FIELD_LISTEN |
+                                        KVS_CTX_FIELD_AUTH_TOKEN_FILE | KVS_CTX_FIELD_PROGRESS,
+                          .transport = "loop",
+                          .capacity_bytes = 64u << 20,
+                          .errbuf = err,
+                          .errbuf_len = sizeof(err),
+                          .pool_node = 1,
+                          .listen = "127.0.0.1:0",
+                          .auth_token_file = tok_a,
+                          .progress = KVS_PROGRESS_POLL};
+    kvs_ctx_h ctx = NULL;
+    cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK, "kvs_ctx_create: %s", err);
+    return ctx;
+}
+
+/* Connects @cl to the poll-mode @node, driving the node meanwhile. */
+static void connect_driving(kvs_ctx_h cl, kvs_ctx_h node, const char *addr, uint64_t layout)
+{
+    const kvs_connect_params_t cp = {.field_mask = KVS_CONNECT_FIELD_FLAGS,
+                                     .flags = KVS_CONNECT_BACKGROUND};
+    kvs_status_t st = kvs_peer_connect(cl, layout, addr, &cp);
+    cr_assert(st == KVS_INPROGRESS || st == KVS_OK, "%s", kvs_status_string(st));
+    uint64_t end = kvs__now_ns() + 5000000000ull;
+    /* A second background call answers KVS_OK once the connection is made. */
+    while ((st = kvs_peer_connect(cl, layout, addr, &cp)) == KVS_INPROGRESS && kvs__now_ns() < end)
+        kvs_progress(node);
+    cr_assert_eq(st, KVS_OK, "%s", kvs_status_string(st));
+    /* Let its warm-up round trip finish too. */
+    for (uint64_t t = kvs__now_ns() + 50000000ull; kvs__now_ns() < t;)
+        kvs_progress(node);
+}
+
+/* Drives a poll-mode context from a thread while the test thread waits in
+ * calls that need it to answer. */
+typedef struct driver {
+    kvs_ctx_h ctx;
+    _Atomic bool stop;
+    pthread_t th;
+} driver_t;
+
+static void *drive(void *arg)
+{
+    driver_t *d = arg;
+    while (!atomic_load(&d->stop))
+        if (kvs_progress(d->ctx) == 0)
+            sched_yield();
+    return NULL;
+}
+
+static void driver_start(driver_t *d, kvs_ctx_h ctx)
+{
+    d->ctx = ctx;
+    atomic_store(&d->stop, false);
+    cr_assert_eq(pthread_create(&d->th, NULL, drive, d), 0);
+}
+
+static void driver_stop(driver_t *d)
+{
+    atomic_store(&d->stop, true);
+    pthread_join(d->th, NULL);
+}
+
+/* Every block the node holds is whole and right, and no arena slot is
+ * left reserved by a put that did not finish. */
+static void node_holds_only_whole_blocks(kvs_ctx_h node, const kvs_key_t *keys, size_t n,
+                                         uint64_t tag0, size_t block_bytes)
+{
+    kvs_stats_t st = {0};
+    cr_assert_eq(kvs_stats_query(node, &st), KVS_OK);
+    cr_assert_eq(st.bytes, st.blocks * block_bytes, "%llu bytes in use for %llu blocks",
+                 (unsigned long long)st.bytes, (unsigned long long)st.blocks);
+    if (st.blocks == 0)
+        return;
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(node, addr, sizeof(addr)), KVS_OK);
+    driver_t drv;
+    driver_start(&drv, node);
+    kvs_ctx_h rd = make_client("loop", addr, 0);
+    test_pool_t dst;
+    test_pool_init(&dst, rd, "m", 64, 2, 4096);
+    /* Each key alone: what the node holds must be exactly its block. */
+    for (size_t i = 0; i < n; i++) {
+        kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES,
+                                  .sources = KVS_SOURCE_POOL};
+        kvs_lease_h l = NULL;
+        cr_assert_eq(kvs_lookup(rd, kvs_pool_layout_id(dst.pool), &keys[i], 1, &lp, &l), KVS_OK);
+        if (kvs_lease_hits(l) == 1) {
+            uint32_t d = 0;
+            kvs_request_h rq = NULL;
+            cr_assert_eq(kvs_fetch(l, dst.pool, &d, 1, NULL, &rq), KVS_OK);
+            cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+            kvs_request_free(rq);
+            cr_assert(test_block_is(&dst, 0, tag0 + i), "key %zu: half-put block published", i);
+        }
+        kvs_lease_release(l);
+    }
+    test_pool_free(&dst);
+    kvs_ctx_destroy(rd);
+    driver_stop(&drv);
+}
+
+/* A client that goes away in the middle of a pull put: its memory is gone
+ * before the node reads it. The node refuses the put, publishes nothing,
+ * gives every reserved slot back, and keeps serving. */
+Test(peer, client_gone_mid_pull_put_publishes_nothing)
+{
+    kvs_ctx_h node = make_poll_node();
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(node, addr, sizeof(addr)), KVS_OK);
+    kvs_ctx_h cl = make_client("loop", addr, 0);
+    test_pool_t src;
+    test_pool_init(&src, cl, "m", 64, 2, 4096);
+    connect_driving(cl, node, addr, kvs_pool_layout_id(src.pool));
+    kvs_key_t keys[48];
+    uint32_t ids[48];
+    for (uint32_t i = 0; i < 48; i++) {
+        keys[i] = test_key(300 + i);
+        ids[i] = 63 - i;
+        test_fill_block(&src, ids[i], 3000 + i);
+    }
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_put(src.pool, keys, ids, 48, &rq), KVS_OK);
+    /* The client's memory goes before the node has read a byte of it. */
+    test_pool_free(&src);
+    kvs_status_t st;
+    uint64_t end = kvs__now_ns() + 5000000000ull;
+    while ((st = kvs_request_test(rq)) == KVS_INPROGRESS && kvs__now_ns() < end)
+        kvs_progress(node);
+    cr_assert(st != KVS_OK && st != KVS_INPROGRESS, "put of vanished blocks: %s",
+              kvs_status_string(st));
+    kvs_request_free(rq);
+    node_holds_only_whole_blocks(node, keys, 48, 3000, 8192);
+    kvs_stats_t ns = {0};
+    cr_assert_eq(kvs_stats_query(node, &ns), KVS_OK);
+    cr_assert_eq(ns.blocks, 0);
+    /* The node still takes an honest put. */
+    test_pool_init(&src, cl, "m", 64, 2, 4096);
+    for (uint32_t i = 0; i < 48; i++)
+        test_fill_block(&src, ids[i], 3000 + i);
+    cr_assert_eq(kvs_put(src.pool, keys, ids, 48, &rq), KVS_OK);
+    while ((st = kvs_request_test(rq)) == KVS_INPROGRESS)
+        kvs_progress(node);
+    cr_assert_eq(st, KVS_OK, "%s", kvs_status_string(st));
+    kvs_request_free(rq);
+    cr_assert_eq(kvs_stats_query(node, &ns), KVS_OK);
+    cr_assert_eq(ns.blocks, 48);
+    node_holds_only_whole_blocks(node, keys, 48, 3000, 8192);
+    test_pool_free(&src);
+    kvs_ctx_destroy(cl);
+    kvs_ctx_destroy(node);
+}
+
+/* A client whose connection closes with its pull put in flight: whatever
+ * the order the node sees things in, it publishes whole blocks or none, and
+ * leaves no slot reserved. */
+Test(peer, client_closing_mid_pull_put_leaves_no_half_blocks)
+{
+    kvs_ctx_h node = make_poll_node();
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(node, addr, sizeof(addr)), KVS_OK);
+    for (int round = 0; round < 3; round++) {
+        /* A short deadline: freeing the put waits for the node's answer
+         * only that long, then closes the connection. */
+        kvs_ctx_h cl = make_client("loop", addr, 100);
+        test_pool_t src;
+        test_pool_init(&src, cl, "m", 64, 2, 4096);
+        connect_driving(cl, node, addr, kvs_pool_layout_id(src.pool));
+        kvs_key_t keys[40];
+        uint32_t ids[40];
+        for (uint32_t i = 0; i < 40; i++) {
+            keys[i] = test_key(100000u * (uint32_t)(round + 1) + i);
+            ids[i] = i;
+            test_fill_block(&src, ids[i], 8000 + i);
+        }
+        kvs_request_h rq = NULL;
+        cr_assert_eq(kvs_put(src.pool, keys, ids, 40, &rq), KVS_OK);
+        for (int k = 0; k < round; k++)
+            kvs_progress(node); /* round 0: the node has not even seen the PUT */
+        kvs_request_free(rq);
+        test_pool_free(&src);
+        kvs_ctx_destroy(cl);
+        for (uint64_t t = kvs__now_ns() + 100000000ull; kvs__now_ns() < t;)
+            kvs_progress(node);
+        node_holds_only_whole_blocks(node, keys, 40, 8000, 8192);
+    }
     kvs_ctx_destroy(node);
 }
 

@@ -36,8 +36,10 @@ grep -qE '^  TTFT fetched +[0-9.]+ ms' "$WORK/small.out" || fail "no 'TTFT fetch
 grep -qE '^  TTFT recompute +[0-9.]+ ms' "$WORK/small.out" || fail "no 'TTFT recompute' line"
 grep -qE '^  ratio +[0-9.]+' "$WORK/small.out" || fail "no ratio line"
 grep -qE '^  moved .* [0-9.]+ GB/s' "$WORK/small.out" || fail "no bytes/GB/s line"
+grep -qE '^  fetch warm +[0-9.]+ ms' "$WORK/small.out" || fail "no 'fetch warm' line"
+grep -qE '^  anchor +[0-9.]+ GB/s' "$WORK/small.out" || fail "no anchor line (bench transfer)"
 grep -qE '^prefix reuse' "$WORK/small.out" || fail "no prefix-reuse line (ran or skipped: reason)"
-grep -q '^\[6/6\]' "$WORK/small.err" || fail "no progress lines on stderr"
+grep -q '^\[7/7\]' "$WORK/small.err" || fail "no progress lines on stderr"
 no_orphans "after the demo"
 ok "kvshare demo --tokens 512 --decode 8: identical, exit 0 ($(grep -E '^  ratio' "$WORK/small.out" | tr -s ' '))"
 
@@ -47,7 +49,8 @@ kdemo --tokens 256 --decode 4 --no-reuse --json >"$WORK/json.out" 2>"$WORK/json.
 [ "$(wc -l <"$WORK/json.out")" -eq 1 ] || fail "--json printed more than one line"
 for f in '"ttft_fetched_ms":[0-9.]' '"ttft_recompute_ms":[0-9.]' '"ratio":[0-9.]' '"bytes":[1-9]' \
   '"gbps":[0-9.]' '"identical":true' '"reuse_hit_tokens":null' '"reuse_ttft_ms":null' \
-  '"reuse_skip_reason":"--no-reuse"'; do
+  '"reuse_skip_reason":"--no-reuse"' '"fetch_gbps_cold":[0-9.]' '"fetch_gbps_warm":[0-9.]' \
+  '"bench_transfer_gbps":[0-9.]' '"ratio_warm_bench":[0-9.]'; do
   grep -qE "$f" "$WORK/json.out" || fail "--json: no $f in $(cat "$WORK/json.out")"
 done
 no_orphans "after --json"
@@ -75,7 +78,7 @@ ok "bad options refused, --help"
 KVSHARE_DEMO_TEST_TAG=$TAG "$K" demo --tokens 4096 --decode 8 >"$WORK/term.out" 2>"$WORK/term.err" &
 demo=$!
 deadline=$((SECONDS + 60))
-until grep -q '^\[2/6\]' "$WORK/term.err" 2>/dev/null; do
+until grep -q '^\[2/7\]' "$WORK/term.err" 2>/dev/null; do
   kill -0 "$demo" 2>/dev/null || fail "the demo ended before step 2"
   ((SECONDS < deadline)) || { kill -9 "$demo"; fail "step 2 not reached in 60 s"; }
   sleep 0.05
