@@ -539,17 +539,25 @@ kvs_status_t kvs__enc_fetch_done(kvs__buf_t *b, uint64_t req_id, const uint8_t *
     return kvs__proto_finish(b);
 }
 
-kvs_status_t kvs__enc_put(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
-                          uint64_t layout_id, const uint32_t *chunks, uint16_t nchunks,
-                          const kvs_key_t *keys, uint32_t n)
+/* The part of a PUT both paths share: layout, block count, chunk sizes, keys. */
+static void put_head(kvs__buf_t *b, uint32_t flags, uint64_t req_id, const uint8_t *session,
+                     uint64_t layout_id, const uint32_t *chunks, uint16_t nchunks,
+                     const kvs_key_t *keys, uint32_t n)
 {
-    kvs__proto_begin(b, KVS_MSG_PUT, 0, req_id, session);
+    kvs__proto_begin(b, KVS_MSG_PUT, flags, req_id, session);
     kvs__buf_u64(b, layout_id);
     kvs__buf_u32(b, n);
     kvs__buf_u16(b, nchunks);
     for (uint16_t k = 0; k < nchunks; k++)
         kvs__buf_u32(b, chunks[k]);
     kvs__buf_put(b, keys, (size_t)n * KVS_KEY_BYTES);
+}
+
+kvs_status_t kvs__enc_put(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                          uint64_t layout_id, const uint32_t *chunks, uint16_t nchunks,
+                          const kvs_key_t *keys, uint32_t n)
+{
+    put_head(b, 0, req_id, session, layout_id, chunks, nchunks, keys, n);
     return kvs__proto_finish(b);
 }
 
@@ -558,13 +566,7 @@ kvs_status_t kvs__enc_put_pull(kvs__buf_t *b, uint64_t req_id, const uint8_t *se
                                const kvs_key_t *keys, uint32_t n, const kvs__region_desc_t *regions,
                                uint32_t nregions, const kvs__put_seg_t *segs, const uint32_t *ids)
 {
-    kvs__proto_begin(b, KVS_MSG_PUT, KVS_PROTO_FLAG_PULL, req_id, session);
-    kvs__buf_u64(b, layout_id);
-    kvs__buf_u32(b, n);
-    kvs__buf_u16(b, nchunks);
-    for (uint16_t k = 0; k < nchunks; k++)
-        kvs__buf_u32(b, chunks[k]);
-    kvs__buf_put(b, keys, (size_t)n * KVS_KEY_BYTES);
+    put_head(b, KVS_PROTO_FLAG_PULL, req_id, session, layout_id, chunks, nchunks, keys, n);
     kvs__buf_u32(b, nregions);
     for (uint32_t i = 0; i < nregions; i++)
         kvs__proto_put_region(b, &regions[i]);
