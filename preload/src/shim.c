@@ -35,6 +35,7 @@
 #include "kvs_cuda.h"
 #include "kvs_preload.h"
 #include "kvshare.h"
+#include "kvshare_dl.h"
 #include "preload_int.h"
 
 #define KVS_EXPORT       __attribute__((visibility("default")))
@@ -156,6 +157,11 @@ static _Atomic uint32_t g_named_n;
 static pthread_mutex_t g_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(kvs_ctx_h) g_ctx;
 static int g_ctx_dead;
+/* libkvshare, dlopen'd at the first KV region (or kvs_preload_get_ctx), so a
+ * process that never allocates KV memory never maps it, UCX or OpenSSL.
+ * Written once under g_ctx_lock before g_ctx is published; every call
+ * through it is made with a context in hand, so it is loaded by then. */
+static kvs_dl_t g_kvs;
 /* Contexts inherited by forked children: unusable there, but kept
  * reachable so leak checkers do not count them. */
 static kvs_ctx_h g_stale_ctx[8];
@@ -522,7 +528,7 @@ static void kvs__deregister(kvs_region_h region)
     }
     pthread_mutex_lock(&g_ctx_lock);
     if (!g_ctx_dead) {
-        kvs_mem_deregister(region); /* after exit's teardown the context freed it */
+        g_kvs.mem_deregister(region); /* after exit's teardown the context freed it */
     }
     pthread_mutex_unlock(&g_ctx_lock);
 }
@@ -561,6 +567,42 @@ __attribute__((format(printf, 1, 2))) static void kvs__fail(const char *fmt, ...
 /* ------------------------------------------------------------------------ */
 /* libkvshare registration                                                  */
 /* ------------------------------------------------------------------------ */
+/* Loads libkvshare into g_kvs, most explicit place first: KVSHARE_LIBRARY
+ * (alone: an explicit choice is never second-guessed), then the shim's own
+ * folder (the webhook copies both files there, and a packager installs them
+ * side by side), then the soname, which dlopen looks up through the shim's
+ * RUNPATH and the usual search. Called under g_ctx_lock. */
+static kvs_status_t kvs__load_kvshare(char *why, size_t len)
+{
+    static const char soname[] = "/" KVS_DL_SONAME;
+    const char *env = getenv("KVSHARE_LIBRARY");
+    char path[PATH_MAX], first[256] = "";
+    Dl_info info;
+    const char *slash;
+
+    if (env != NULL && env[0] != '\0') {
+        return kvs_dl_open(&g_kvs, env, why, len);
+    }
+    if (dladdr((void *)(uintptr_t)kvs__load_kvshare, &info) != 0 && info.dli_fname != NULL &&
+        (slash = strrchr(info.dli_fname, '/')) != NULL &&
+        (size_t)(slash - info.dli_fname) + sizeof(soname) <= sizeof(path)) {
+        memcpy(path, info.dli_fname, (size_t)(slash - info.dli_fname));
+        memcpy(path + (slash - info.dli_fname), soname, sizeof(soname));
+        if (access(path, F_OK) == 0 && kvs_dl_open(&g_kvs, path, first, sizeof(first)) == KVS_OK) {
+            return KVS_OK;
+        }
+    }
+    if (kvs_dl_open(&g_kvs, NULL, why, len) == KVS_OK) {
+        return KVS_OK;
+    }
+    if (first[0] != '\0') {
+        /* Both failed: say why for both. */
+        size_t n = strlen(why);
+        snprintf(why + n, len - n, "; %s", first);
+    }
+    return KVS_ERR_NOT_FOUND;
+}
+
 static kvs_ctx_h kvs__ctx(void)
 {
     kvs_ctx_h ctx = atomic_load_explicit(&g_ctx, memory_order_acquire);
@@ -577,15 +619,21 @@ static kvs_ctx_h kvs__ctx(void)
         pthread_mutex_unlock(&g_ctx_lock);
         return NULL; /* exiting: torn down for good */
     }
+    if (ctx == NULL && g_kvs.handle == NULL &&
+        kvs__load_kvshare(errbuf, sizeof(errbuf)) != KVS_OK) {
+        pthread_mutex_unlock(&g_ctx_lock);
+        kvs__fail("loading libkvshare: %s", errbuf);
+        return NULL;
+    }
     if (ctx == NULL) {
         memset(&params, 0, sizeof(params));
         params.field_mask = KVS_CTX_FIELD_ERRBUF;
         params.errbuf = errbuf;
         params.errbuf_len = sizeof(errbuf);
-        status = kvs_ctx_create(&params, &ctx);
+        status = g_kvs.ctx_create(&params, &ctx);
         if (status != KVS_OK) {
             pthread_mutex_unlock(&g_ctx_lock);
-            kvs__fail("kvs_ctx_create: %s%s%s", kvs_status_string(status), errbuf[0] ? ": " : "",
+            kvs__fail("kvs_ctx_create: %s%s%s", g_kvs.status_string(status), errbuf[0] ? ": " : "",
                       errbuf);
             return NULL;
         }
@@ -608,15 +656,15 @@ static void kvs__register_entry(const kvs_track_entry_t *e)
         return;
     }
     pthread_mutex_lock(&g_ctx_lock);
-    status =
-        g_ctx_dead ? KVS_OK : kvs_mem_register(ctx, (void *)e->base, e->len, KVS_MEM_CUDA, &region);
+    status = g_ctx_dead ? KVS_OK
+                        : g_kvs.mem_register(ctx, (void *)e->base, e->len, KVS_MEM_CUDA, &region);
     pthread_mutex_unlock(&g_ctx_lock);
     if (status == KVS_OK && region == NULL) {
         return; /* exiting */
     }
     if (status != KVS_OK) {
         kvs__fail("kvs_mem_register(%p, %zu): %s", (void *)e->base, e->len,
-                  kvs_status_string(status));
+                  g_kvs.status_string(status));
         return;
     }
     KVS_COUNT(kv_registered, 1);
@@ -1347,7 +1395,7 @@ KVS_EXPORT kvs_status_t kvs_preload_register_region(void *ptr, size_t len)
             if (!covered) {
                 pthread_mutex_lock(&g_ctx_lock);
                 status = g_ctx_dead ? KVS_ERR_UNSUPPORTED
-                                    : kvs_mem_register(ctx, ptr, len, type, &region);
+                                    : g_kvs.mem_register(ctx, ptr, len, type, &region);
                 pthread_mutex_unlock(&g_ctx_lock);
                 if (status != KVS_OK) {
                     break;
@@ -1413,7 +1461,7 @@ static int kvs__counter_value(const char *name, uint64_t *value_p)
         kvs_ctx_h ctx;
         pthread_mutex_lock(&g_ctx_lock);
         ctx = atomic_load_explicit(&g_ctx, memory_order_acquire);
-        *value_p = ctx != NULL && !g_ctx_dead ? (uint64_t)kvs_mem_region_count(ctx) : 0;
+        *value_p = ctx != NULL && !g_ctx_dead ? (uint64_t)g_kvs.mem_region_count(ctx) : 0;
         pthread_mutex_unlock(&g_ctx_lock);
         return 1;
     }
@@ -1554,15 +1602,15 @@ static void kvs__teardown(void)
     ctx = atomic_load_explicit(&g_ctx, memory_order_acquire);
     if (ctx != NULL) {
         while (g_track_ready && kvs__track_take_region(&g_track, &region) == KVS_OK) {
-            kvs_mem_deregister(region);
+            g_kvs.mem_deregister(region);
         }
         for (uint32_t i = 0; i < KVS_NAMED_CAP; i++) {
             if (g_named[i].used && g_named[i].region != NULL) {
-                kvs_mem_deregister(g_named[i].region);
+                g_kvs.mem_deregister(g_named[i].region);
                 g_named[i].region = NULL;
             }
         }
-        kvs_ctx_destroy(ctx);
+        g_kvs.ctx_destroy(ctx);
         atomic_store_explicit(&g_ctx, NULL, memory_order_release);
     }
     g_ctx_dead = 1;

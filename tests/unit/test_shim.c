@@ -457,6 +457,59 @@ Test(shim, libkvshare_failure_passes_through)
     cJSON_Delete(s);
 }
 
+/* ---- libkvshare is loaded only when needed -------------------------------- */
+/* A process that inherits LD_PRELOAD and allocates no KV memory (a shell,
+ * pip, nvidia-smi) never maps libkvshare or what it pulls in (UCX, OpenSSL,
+ * cJSON, xxhash); one that does loads it then, and registers as before. */
+Test(shim, libkvshare_is_loaded_at_the_first_kv_region)
+{
+    const char *env[] = {"KVSHARE_KV_MIN_BYTES=1MiB", NULL};
+    const char *hows[] = {"linked", "dlsym", "procaddr"};
+    probe_run_t r;
+
+    for (size_t i = 0; i < 3; i++) {
+        const char *exe = i == 0 ? KVS_TEST_PROBE_DIRECT : KVS_TEST_PROBE_DL;
+        run_probe(&r, exe, hows[i], "lazy", "on", env);
+        expect_ok(&r, "no KV region");
+        run_probe(&r, exe, hows[i], "lazy_kv", "on", env);
+        expect_ok(&r, "a KV region");
+    }
+}
+
+Test(shim, get_ctx_loads_libkvshare_before_any_kv_region)
+{
+    const char *env[] = {"KVSHARE_KV_MIN_BYTES=1MiB", NULL};
+    probe_run_t r;
+
+    run_probe(&r, KVS_TEST_PROBE_DIRECT, "linked", "getctx", "on", env);
+    expect_ok(&r, "get_ctx first");
+}
+
+/* KVSHARE_LIBRARY names the library; when it cannot be loaded the shim logs
+ * one line naming it and passes through, and the engine keeps running. */
+Test(shim, missing_libkvshare_passes_through)
+{
+    char stats[128], path[128];
+    const char *env[] = {stats, "KVSHARE_KV_MIN_BYTES=1MiB", "KVSHARE_LOG=error",
+                         "KVSHARE_LIBRARY=/nonexistent/libkvshare.so.0", NULL};
+    probe_run_t r;
+    cJSON *s;
+
+    snprintf(stats, sizeof(stats), "KVSHARE_STATS_FILE=%s/stats.json", g_dir);
+    run_probe(&r, KVS_TEST_PROBE_DIRECT, "linked", "aside", "off", env);
+    expect_ok(&r, "no libkvshare");
+    cr_expect_eq(count_substr(r.err, "kvshare-preload"), 1, "stderr: %s", r.err);
+    cr_expect_eq(count_substr(r.err, "loading libkvshare: dlopen(/nonexistent/libkvshare.so.0)"), 1,
+                 "stderr: %s", r.err);
+    snprintf(path, sizeof(path), "%s/stats.json", g_dir);
+    s = read_stats(path);
+    cr_expect_str_eq(str(s, "mode"), "passthrough");
+    cr_expect_eq(num(s, "allocations"), 1);
+    cr_expect_eq(num(s, "errors"), 1);
+    cr_expect_eq(num(s, "kv_registered"), 0);
+    cJSON_Delete(s);
+}
+
 /* ---- dlsym stays correct for everyone else ------------------------------- */
 Test(shim, rtld_next_resolves_from_the_caller)
 {
