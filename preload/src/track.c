@@ -47,6 +47,7 @@ static struct {
      * OpenSSL. Written once under ctx_lock before ctx is published; every
      * call through it is made with a context in hand, so it is loaded then. */
     kvs_dl_t kvs;
+    int load_failed;
     /* Contexts inherited by forked children: unusable there, but kept
      * reachable so leak checkers do not count them. */
     kvs_ctx_h stale_ctx[8];
@@ -129,11 +130,18 @@ kvs_ctx_h kvs__ctx(void)
         pthread_mutex_unlock(&g_reg.ctx_lock);
         return NULL; /* exiting: torn down for good */
     }
-    if (ctx == NULL && g_reg.kvs.handle == NULL &&
-        kvs__load_kvshare(errbuf, sizeof(errbuf)) != KVS_OK) {
-        pthread_mutex_unlock(&g_reg.ctx_lock);
-        kvs__fail("loading libkvshare: %s", errbuf);
-        return NULL;
+    if (ctx == NULL && g_reg.kvs.handle == NULL) {
+        /* Tried once per process: a thread still in a hook when another
+         * failed must not dlopen again (nor log again). */
+        if (g_reg.load_failed || kvs__load_kvshare(errbuf, sizeof(errbuf)) != KVS_OK) {
+            int first = !g_reg.load_failed;
+            g_reg.load_failed = 1;
+            pthread_mutex_unlock(&g_reg.ctx_lock);
+            if (first) {
+                kvs__fail("loading libkvshare: %s", errbuf);
+            }
+            return NULL;
+        }
     }
     if (ctx == NULL) {
         memset(&params, 0, sizeof(params));
@@ -558,6 +566,7 @@ void kvs__reg_atfork_child(void)
     }
     atomic_store_explicit(&g_reg.ctx, NULL, RLX);
     g_reg.ctx_dead = 0;
+    g_reg.load_failed = 0; /* the child runs init again, and reports for itself */
     for (uint32_t i = 0; i < KVS_NAMED_CAP; i++) {
         g_reg.named[i].used = 0;
     }
