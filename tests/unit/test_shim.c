@@ -31,6 +31,8 @@ typedef struct probe_run {
 } probe_run_t;
 
 static char g_dir[64];
+/* The shim the probes preload; one test swaps in a copy. */
+static const char *g_shim = KVS_TEST_SHIM;
 
 static void make_dir(void)
 {
@@ -81,10 +83,9 @@ static void run_probe(probe_run_t *r, const char *exe, const char *how, const ch
     memset(r, 0, sizeof(*r));
     if (KVS_TEST_ASAN_RUNTIME[0] != '\0') {
         /* ASan's runtime must be the first object loaded. */
-        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s:%s", KVS_TEST_ASAN_RUNTIME,
-                 KVS_TEST_SHIM);
+        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s:%s", KVS_TEST_ASAN_RUNTIME, g_shim);
     } else {
-        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", KVS_TEST_SHIM);
+        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", g_shim);
     }
     snprintf(libpath, sizeof(libpath), "LD_LIBRARY_PATH=%s", KVS_TEST_FAKECUDA_DIR);
     for (char **e = environ; *e != NULL && n < 200; e++) {
@@ -483,6 +484,36 @@ Test(shim, get_ctx_loads_libkvshare_before_any_kv_region)
 
     run_probe(&r, KVS_TEST_PROBE_DIRECT, "linked", "getctx", "on", env);
     expect_ok(&r, "get_ctx first");
+}
+
+/* With no libkvshare.so.0 beside it, the shim finds the soname through its
+ * RUNPATH (the build folder's libkvshare here, $ORIGIN once installed). */
+Test(shim, libkvshare_found_through_runpath)
+{
+    const char *env[] = {"KVSHARE_KV_MIN_BYTES=1MiB", NULL};
+    char copy[128], buf[65536];
+    probe_run_t r;
+    ssize_t n;
+    int in, out;
+
+    if (KVS_TEST_ASAN_RUNTIME[0] != '\0') {
+        /* ASan intercepts dlopen, so glibc sees libasan as the caller and
+         * searches its RUNPATH, not the shim's. */
+        cr_skip_test("RUNPATH lookup from a dlopen interceptor's frame");
+    }
+    snprintf(copy, sizeof(copy), "%s/libkvshare_preload.so", g_dir);
+    in = open(KVS_TEST_SHIM, O_RDONLY | O_CLOEXEC);
+    out = open(copy, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+    cr_assert(in >= 0 && out >= 0);
+    while ((n = read(in, buf, sizeof(buf))) > 0) {
+        cr_assert_eq(write(out, buf, (size_t)n), n);
+    }
+    close(in);
+    cr_assert_eq(close(out), 0);
+    g_shim = copy;
+    run_probe(&r, KVS_TEST_PROBE_DIRECT, "linked", "lazy_kv", "on", env);
+    g_shim = KVS_TEST_SHIM;
+    expect_ok(&r, "through RUNPATH");
 }
 
 /* KVSHARE_LIBRARY names the library; when it cannot be loaded the shim logs
