@@ -23,6 +23,7 @@
  */
 
 #include <kvshare.h>
+#include <kvshare_dl.h>
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,38 +33,10 @@
 /* The kvshare functions the engine calls, as a table.                      */
 /* ------------------------------------------------------------------------ */
 
-/* One X(name) per kvs_<name> function the engine uses. Members are typed
- * from the public prototypes, so a signature change in kvshare.h breaks the
- * build instead of the dlopen'd call. */
-#define ENGINE_KVS_FUNCS(X)                                                                        \
-    X(status_string)                                                                               \
-    X(version)                                                                                     \
-    X(ctx_create)                                                                                  \
-    X(ctx_destroy)                                                                                 \
-    X(ctx_listen_addr)                                                                             \
-    X(pool_create)                                                                                 \
-    X(pool_destroy)                                                                                \
-    X(pool_layout_id)                                                                              \
-    X(hasher_create)                                                                               \
-    X(hasher_destroy)                                                                              \
-    X(hasher_chain)                                                                                \
-    X(publish)                                                                                     \
-    X(unpublish)                                                                                   \
-    X(lookup)                                                                                      \
-    X(lease_hits)                                                                                  \
-    X(lease_release)                                                                               \
-    X(fetch)                                                                                       \
-    X(request_wait)                                                                                \
-    X(request_free)                                                                                \
-    X(put)                                                                                         \
-    X(peer_connect)
-
-typedef struct engine_kvs {
-#define ENGINE_KVS_MEMBER(name) __typeof__(kvs_##name) *name;
-    ENGINE_KVS_FUNCS(ENGINE_KVS_MEMBER)
-#undef ENGINE_KVS_MEMBER
-    void *dl; /* dlopen handle, or NULL when linked */
-} engine_kvs_t;
+/* The engine's table is the public one from kvshare_dl.h: every exported
+ * kvs_<name> as member `name`, typed from kvshare.h's prototypes, so a
+ * signature change breaks the build instead of the dlopen'd call. */
+typedef kvs_dl_t engine_kvs_t;
 
 /**
  * Fills @api with the functions of the libkvshare this program is linked
@@ -73,8 +46,9 @@ typedef struct engine_kvs {
 void engine_kvs_linked(engine_kvs_t *api);
 
 /**
- * Fills @api by dlopen(@path) + dlsym of every function. @path NULL means
- * $KVSHARE_ENGINE_LIB, else "libkvshare.so.0" (found the usual ld.so way).
+ * Fills @api with kvs_dl_open() (dlopen(@path) + dlsym of every function).
+ * @path NULL means $KVSHARE_ENGINE_LIB, else "libkvshare.so.0" (found the
+ * usual ld.so way).
  * On failure writes one line to @errbuf (the library's dlerror(), or the
  * missing symbol), leaves nothing open and returns KVS_ERR_NOT_FOUND.
  * On success the caller ends it with engine_kvs_close().

@@ -8,7 +8,7 @@
 void engine_kvs_linked(engine_kvs_t *api)
 {
 #define ENGINE_KVS_LINK(name) api->name = kvs_##name;
-    ENGINE_KVS_FUNCS(ENGINE_KVS_LINK)
+    KVS_DL_FUNCS(ENGINE_KVS_LINK)
 #undef ENGINE_KVS_LINK
-    api->dl = NULL;
+    api->handle = NULL;
 }

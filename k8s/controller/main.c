@@ -100,6 +100,29 @@ static int parse_uint(const char *flag, const char *s, unsigned long min, unsign
     return 0;
 }
 
+/* --listen ADDR:PORT (IPv6 in brackets). Only the port is checked here: a
+ * port past 65535 would otherwise reach getaddrinfo, which takes it modulo
+ * 65536 (99999 became 34463). The address is resolved when binding. */
+static int check_listen(const char *spec)
+{
+    const char *colon = strrchr(spec, ':');
+    const char *port = colon != NULL ? colon + 1 : "";
+    unsigned long v = 0;
+    size_t i;
+
+    for (i = 0; port[i] >= '0' && port[i] <= '9' && v <= 65535; i++) {
+        v = v * 10 + (unsigned long)(port[i] - '0');
+    }
+    if (colon == NULL || i == 0 || port[i] != '\0' || v > 65535) {
+        fprintf(stderr,
+                "kvshare-controller: --listen %s: want ADDR:PORT with a port from 0 to 65535 "
+                "([::]:PORT for IPv6)\n",
+                spec);
+        return -1;
+    }
+    return 0;
+}
+
 /* DNS-1123 label, what a namespace name is; it goes into URL paths unescaped. */
 static int valid_namespace(const char *s)
 {
@@ -174,6 +197,9 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case OPT_LISTEN:
+            if (check_listen(optarg) != 0) {
+                return 2;
+            }
             cfg.listen = optarg;
             break;
         case OPT_CERT:

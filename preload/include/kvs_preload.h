@@ -106,7 +106,10 @@ typedef kvs_status_t (*kvs_preload_region_query_fn)(const void *ptr, const char 
 /**
  * The shim's libkvshare context, created on first use; the shim owns it, so
  * the caller must not destroy it. Lets a connector share the registrations.
- * Errors: UNSUPPORTED (shim disabled), or kvs_ctx_create()'s error.
+ * Called before any KV allocation, it loads libkvshare (the shim loads it
+ * only when needed); a later dlopen of "libkvshare.so.0" returns that copy.
+ * Errors: UNSUPPORTED (shim disabled, or libkvshare could not be loaded or
+ * its context created: the shim then passes through), INVALID_PARAM.
  */
 kvs_status_t kvs_preload_get_ctx(kvs_ctx_h *ctx_p);
 typedef kvs_status_t (*kvs_preload_get_ctx_fn)(kvs_ctx_h *ctx_p);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The exported dlsym: a trampoline that asks kvs__dlsym_route() (shim.c)
+ * The exported dlsym: a trampoline that asks kvs__dlsym_route() (resolve.c)
  * what to do and then either returns its answer or TAIL-JUMPS into the real
  * dlsym. The tail jump is the point: glibc resolves RTLD_NEXT (and the
  * namespace of RTLD_DEFAULT) from dlsym's return address, so every lookup

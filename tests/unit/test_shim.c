@@ -31,6 +31,8 @@ typedef struct probe_run {
 } probe_run_t;
 
 static char g_dir[64];
+/* The shim the probes preload; one test swaps in a copy. */
+static const char *g_shim = KVS_TEST_SHIM;
 
 static void make_dir(void)
 {
@@ -81,10 +83,9 @@ static void run_probe(probe_run_t *r, const char *exe, const char *how, const ch
     memset(r, 0, sizeof(*r));
     if (KVS_TEST_ASAN_RUNTIME[0] != '\0') {
         /* ASan's runtime must be the first object loaded. */
-        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s:%s", KVS_TEST_ASAN_RUNTIME,
-                 KVS_TEST_SHIM);
+        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s:%s", KVS_TEST_ASAN_RUNTIME, g_shim);
     } else {
-        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", KVS_TEST_SHIM);
+        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", g_shim);
     }
     snprintf(libpath, sizeof(libpath), "LD_LIBRARY_PATH=%s", KVS_TEST_FAKECUDA_DIR);
     for (char **e = environ; *e != NULL && n < 200; e++) {
@@ -448,6 +449,91 @@ Test(shim, libkvshare_failure_passes_through)
     expect_ok(&r, "ctx failure");
     cr_expect_eq(count_substr(r.err, "kvshare-preload"), 1, "stderr: %s", r.err);
     cr_expect_eq(count_substr(r.err, "kvs_ctx_create"), 1, "stderr: %s", r.err);
+    snprintf(path, sizeof(path), "%s/stats.json", g_dir);
+    s = read_stats(path);
+    cr_expect_str_eq(str(s, "mode"), "passthrough");
+    cr_expect_eq(num(s, "allocations"), 1);
+    cr_expect_eq(num(s, "errors"), 1);
+    cr_expect_eq(num(s, "kv_registered"), 0);
+    cJSON_Delete(s);
+}
+
+/* ---- libkvshare is loaded only when needed -------------------------------- */
+/* A process that inherits LD_PRELOAD and allocates no KV memory (a shell,
+ * pip, nvidia-smi) never maps libkvshare or what it pulls in (UCX, OpenSSL,
+ * cJSON, xxhash); one that does loads it then, and registers as before. */
+Test(shim, libkvshare_is_loaded_at_the_first_kv_region)
+{
+    const char *env[] = {"KVSHARE_KV_MIN_BYTES=1MiB", NULL};
+    const char *hows[] = {"linked", "dlsym", "procaddr"};
+    probe_run_t r;
+
+    for (size_t i = 0; i < 3; i++) {
+        const char *exe = i == 0 ? KVS_TEST_PROBE_DIRECT : KVS_TEST_PROBE_DL;
+        run_probe(&r, exe, hows[i], "lazy", "on", env);
+        expect_ok(&r, "no KV region");
+        run_probe(&r, exe, hows[i], "lazy_kv", "on", env);
+        expect_ok(&r, "a KV region");
+    }
+}
+
+Test(shim, get_ctx_loads_libkvshare_before_any_kv_region)
+{
+    const char *env[] = {"KVSHARE_KV_MIN_BYTES=1MiB", NULL};
+    probe_run_t r;
+
+    run_probe(&r, KVS_TEST_PROBE_DIRECT, "linked", "getctx", "on", env);
+    expect_ok(&r, "get_ctx first");
+}
+
+/* With no libkvshare.so.0 beside it, the shim finds the soname through its
+ * RUNPATH (the build folder's libkvshare here, $ORIGIN once installed). */
+Test(shim, libkvshare_found_through_runpath)
+{
+    const char *env[] = {"KVSHARE_KV_MIN_BYTES=1MiB", NULL};
+    char copy[128], buf[65536];
+    probe_run_t r;
+    ssize_t n;
+    int in, out;
+
+    if (KVS_TEST_ASAN_RUNTIME[0] != '\0') {
+        /* ASan intercepts dlopen, so glibc sees libasan as the caller and
+         * searches its RUNPATH, not the shim's. A skipped test gets no
+         * .fini, so the suite's folder goes now. */
+        remove_dir();
+        cr_skip_test("RUNPATH lookup from a dlopen interceptor's frame");
+    }
+    snprintf(copy, sizeof(copy), "%s/libkvshare_preload.so", g_dir);
+    in = open(KVS_TEST_SHIM, O_RDONLY | O_CLOEXEC);
+    out = open(copy, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+    cr_assert(in >= 0 && out >= 0);
+    while ((n = read(in, buf, sizeof(buf))) > 0) {
+        cr_assert_eq(write(out, buf, (size_t)n), n);
+    }
+    close(in);
+    cr_assert_eq(close(out), 0);
+    g_shim = copy;
+    run_probe(&r, KVS_TEST_PROBE_DIRECT, "linked", "lazy_kv", "on", env);
+    g_shim = KVS_TEST_SHIM;
+    expect_ok(&r, "through RUNPATH");
+}
+
+/* KVSHARE_LIBRARY names the library; when it cannot be loaded the shim logs
+ * one line naming it and passes through, and the engine keeps running. */
+Test(shim, missing_libkvshare_passes_through)
+{
+    char stats[128], path[128];
+    const char *env[] = {stats, "KVSHARE_KV_MIN_BYTES=1MiB", "KVSHARE_LOG=error",
+                         "KVSHARE_LIBRARY=/nonexistent/libkvshare.so.0", NULL};
+    probe_run_t r;
+    cJSON *s;
+
+    snprintf(stats, sizeof(stats), "KVSHARE_STATS_FILE=%s/stats.json", g_dir);
+    run_probe(&r, KVS_TEST_PROBE_DIRECT, "linked", "aside", "off", env);
+    expect_ok(&r, "no libkvshare");
+    cr_expect_eq(count_substr(r.err, "kvshare-preload"), 1, "stderr: %s", r.err);
+    cr_expect_eq(count_substr(r.err, "loading libkvshare: dlopen(/nonexistent/libkvshare.so.0)"), 1,
+                 "stderr: %s", r.err);
     snprintf(path, sizeof(path), "%s/stats.json", g_dir);
     s = read_stats(path);
     cr_expect_str_eq(str(s, "mode"), "passthrough");

@@ -102,8 +102,9 @@ def _candidates():
     if env:
         yield env
         return
-    # The injected shim NEEDs libkvshare, so in an injected pod the soname is
-    # already loaded and dlopen returns that very copy.
+    # In an injected pod the shim has loaded libkvshare from /opt/kvshare/lib by the time
+    # preload_ctx() returns (kvs_preload_get_ctx loads it), so dlopen of the soname returns
+    # that very copy; before that, the fallbacks below find the same file beside the package.
     yield "libkvshare.so.0"
     here = os.path.dirname(os.path.abspath(__file__))
     # <prefix>/lib/kvshare/python/kvshare_vllm (cmake --install) and

@@ -47,6 +47,14 @@ def main():
         (["--no-reconcile", *tls, "--image", ""], "--image"),
         (["--no-reconcile", *tls, "--bogus"], "bogus"),
         (["--no-reconcile", *tls, "stray"], "stray"),
+        # The port is range-checked, not taken modulo 65536 (99999 once bound 34463).
+        (["--no-reconcile", *tls, "--listen", "127.0.0.1:99999"], "--listen"),
+        (["--no-reconcile", *tls, "--listen", "127.0.0.1:65536"], "--listen"),
+        (["--no-reconcile", *tls, "--listen", "[::1]:99999"], "--listen"),
+        (["--no-reconcile", *tls, "--listen", "127.0.0.1:-1"], "--listen"),
+        (["--no-reconcile", *tls, "--listen", "127.0.0.1:"], "--listen"),
+        (["--no-reconcile", *tls, "--listen", "127.0.0.1:notaport"], "--listen"),
+        (["--no-reconcile", *tls, "--listen", "nonsense"], "ADDR:PORT"),
     ]
     for argv, needle in usage:
         r = run(b, *argv)
@@ -58,8 +66,6 @@ def main():
         (["--tls-cert", missing, "--tls-key", key], "missing.crt"),
         (["--tls-cert", other_crt, "--tls-key", key], "not a matching"),
         (["--tls-cert", key, "--tls-key", key], "not a matching"),
-        (["--listen", "nonsense", *tls], "ADDR:PORT"),
-        (["--listen", "127.0.0.1:notaport", *tls], "--listen"),
     ]
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

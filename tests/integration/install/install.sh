@@ -37,6 +37,25 @@ int main(void)
 }
 PROG
 
+cat >"$WORK/prog_dl.c" <<'PROG'
+/* Built with `pkg-config --cflags kvshare` only (no -lkvshare): loads the library named in
+ * argv[1] through the installed kvshare_dl.h and prints its version. */
+#include <kvshare_dl.h>
+
+int main(int argc, char **argv)
+{
+    kvs_dl_t kvs;
+    char err[256];
+    if (argc != 2 || kvs_dl_open(&kvs, argv[1], err, sizeof(err)) != KVS_OK) {
+        fprintf(stderr, "%s\n", argc == 2 ? err : "usage: prog_dl LIB");
+        return 1;
+    }
+    printf("%s\n", kvs.version());
+    kvs_dl_close(&kvs);
+    return 0;
+}
+PROG
+
 # check_prefix P: install to P, then check the .pc, a program built against it, and RUNPATH.
 check_prefix() {
   local p=$1 pc pcdir flags libdir out prog want rp
@@ -61,6 +80,26 @@ check_prefix() {
   [ "$(realpath "$(sed -n 3p <<<"$out")")" = "$(realpath "$libdir/libkvshare.so.0")" ] ||
     fail "$p: the program loaded $(sed -n 3p <<<"$out"), not $libdir/libkvshare.so.0"
   ok "$p: pkg-config gives '$flags'; a program built with it runs against $(sed -n 3p <<<"$out")"
+
+  # kvshare_dl.h is installed and works from the prefix: a program that never links
+  # libkvshare loads it through the table.
+  [ -e "$p/include/kvshare_dl.h" ] || fail "$p: include/kvshare_dl.h not installed"
+  # shellcheck disable=SC2086 # flags are words
+  $cc -std=c11 -Wall -Wextra -Werror -Wpedantic $cflags "$WORK/prog_dl.c" -o "$WORK/prog_dl" \
+    $(PKG_CONFIG_PATH=$pcdir pkg-config --cflags kvshare) -ldl >"$WORK/cc.log" 2>&1 ||
+    fail "$p: compiling with kvshare_dl.h: $(cat "$WORK/cc.log")"
+  ! readelf -d "$WORK/prog_dl" | grep -q 'NEEDED.*libkvshare' || fail "$p: prog_dl links libkvshare"
+  out=$("$WORK/prog_dl" "$libdir/libkvshare.so.0") || fail "$p: kvs_dl_open of the installed library"
+  [ "$out" = "$(PKG_CONFIG_PATH=$pcdir pkg-config --modversion kvshare)" ] ||
+    fail "$p: version through kvshare_dl.h is '$out'"
+  ok "$p: a program built with kvshare_dl.h loads $libdir/libkvshare.so.0 (version $out)"
+  # The shim loads libkvshare itself, at its first KV region: no NEEDED entry, and RUNPATH
+  # $ORIGIN (it looks beside itself first anyway).
+  if [ -e "$libdir/libkvshare_preload.so" ]; then
+    ! readelf -d "$libdir/libkvshare_preload.so" | grep -q 'NEEDED.*libkvshare\.so' ||
+      fail "$p: libkvshare_preload.so has libkvshare.so.0 as NEEDED"
+    ok "$p: libkvshare_preload.so does not NEED libkvshare.so.0"
+  fi
 
   want="\$ORIGIN/$(realpath --relative-to="$p/bin" "$libdir")"
   for prog in "${programs[@]}"; do

@@ -626,6 +626,79 @@ static void scenario_threshold(void)
     CU(A.cuMemFree_v2(at));
 }
 
+/* 1 when a mapped file's path contains @needle (/proc/self/maps). */
+static int mapped(const char *needle)
+{
+    char line[4096];
+    int found = 0;
+    FILE *f = fopen("/proc/self/maps", "r");
+
+    CHECK(f != NULL);
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        found = strstr(line, needle) != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
+/* What libkvshare pulls in; none of it may be mapped before it is needed. */
+static int kvshare_mapped(void)
+{
+    static const char *const libs[] = {"libkvshare.so", "libucp.so",    "libucs.so", "libuct.so",
+                                       "libcjson.so",   "libxxhash.so", "libssl.so"};
+    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++) {
+        if (mapped(libs[i])) {
+            fprintf(stderr, "shim_probe: %s is mapped\n", libs[i]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The shim loads libkvshare at the first KV region and not before: small
+ * allocations, copies and API calls leave it unmapped. With @kv_too it then
+ * allocates KV memory, which loads it and registers the region. */
+static void scenario_lazy(int kv_too)
+{
+    CUdeviceptr small = 0, kv = 0;
+    unsigned char buf[256] = {0};
+
+    CHECK(!kvshare_mapped());
+    CU(A.cuInit(0));
+    CU(A.cuMemAlloc_v2(&small, 4096));
+    CU(A.cuMemcpyHtoD_v2(small, buf, sizeof(buf)));
+    CHECK(P_enabled() == 1);
+    CHECK(counter("allocations") == 1);
+    CHECK(!kvshare_mapped());
+    if (kv_too) {
+        CU(A.cuMemAlloc_v2(&kv, KV_BYTES));
+        CHECK(mapped("libkvshare.so"));
+        CHECK(counter("kv_registered") == 1 && counter("kvs_regions") == 1);
+        CU(A.cuMemFree_v2(kv));
+        CHECK(counter("kvs_regions") == 0);
+    }
+    CU(A.cuMemFree_v2(small));
+}
+
+/* A connector asks for the context before any KV allocation: the shim
+ * loads libkvshare then, and the KV region that follows shares it. */
+static void scenario_getctx(void)
+{
+    kvs_preload_get_ctx_fn get = (kvs_preload_get_ctx_fn)dlsym(RTLD_DEFAULT, "kvs_preload_get_ctx");
+    kvs_ctx_h ctx = NULL, again = NULL;
+    CUdeviceptr kv = 0;
+
+    CHECK(get != NULL);
+    CHECK(!kvshare_mapped());
+    CHECK(get(&ctx) == KVS_OK && ctx != NULL);
+    CHECK(mapped("libkvshare.so"));
+    CU(A.cuInit(0));
+    CU(A.cuMemAlloc_v2(&kv, KV_BYTES));
+    CHECK(get(&again) == KVS_OK && again == ctx);
+    CHECK(counter("kv_registered") == 1 && counter("kvs_regions") == 1);
+    CU(A.cuMemFree_v2(kv));
+}
+
 #ifdef KVS_PROBE_LINKED
 int kvs_probe_fn(void);
 int kvs_probe_next_value(void);
@@ -673,6 +746,12 @@ int main(int argc, char **argv)
         scenario_aside();
     } else if (strcmp(what, "threshold") == 0) {
         scenario_threshold();
+    } else if (strcmp(what, "lazy") == 0) {
+        scenario_lazy(0);
+    } else if (strcmp(what, "lazy_kv") == 0) {
+        scenario_lazy(1);
+    } else if (strcmp(what, "getctx") == 0) {
+        scenario_getctx();
     } else if (strcmp(what, "rtld_next") == 0) {
         scenario_rtld_next();
     } else {
