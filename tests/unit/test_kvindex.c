@@ -457,8 +457,8 @@ Test(kvindex, ties_sort_by_name_in_both_scorers)
             cr_assert(s[j - 1].blocks > s[j].blocks ||
                           (s[j - 1].blocks == s[j].blocks &&
                            strcmp(s[j - 1].pod_name, s[j].pod_name) < 0),
-                      "%u pods: %s (%u) before %s (%u)", npods, s[j - 1].pod_name,
-                      s[j - 1].blocks, s[j].pod_name, s[j].blocks);
+                      "%u pods: %s (%u) before %s (%u)", npods, s[j - 1].pod_name, s[j - 1].blocks,
+                      s[j].pod_name, s[j].blocks);
         }
         kvs__idx_score_t top[2];
         cr_assert_eq(kvs__idx_score(x, mdl, k, 8, NULL, 0, top, 2), n);
