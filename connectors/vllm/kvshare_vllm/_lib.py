@@ -16,7 +16,6 @@ from ctypes import (POINTER, Structure, byref, c_char, c_char_p, c_double, c_int
 KVS_OK = 0
 KVS_INPROGRESS = 1
 ERR_BUSY = -5
-ERR_NOT_FOUND = -3
 
 SOURCE_LOCAL, SOURCE_PEER, SOURCE_POOL = 1, 2, 4
 MEM_HOST, MEM_CUDA = 0, 1

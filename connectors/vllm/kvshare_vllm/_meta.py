@@ -50,7 +50,7 @@ class KVShareMetadata(_base.KVConnectorMetadata):
     loads: list = field(default_factory=list)
     saves: list = field(default_factory=list)
     handoffs: dict = field(default_factory=dict)  # req_id -> Handoff
-    released: dict = field(default_factory=dict)  # req_id -> block ids to unpublish now
+    released: set = field(default_factory=set)  # finished ids whose blocks are withdrawn now
     delayed: set = field(default_factory=set)  # finished ids whose free waits on puts
     preempted: set = field(default_factory=set)
 

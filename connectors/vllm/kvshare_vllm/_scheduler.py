@@ -24,7 +24,7 @@ MEDIUM_POOL = "KVSHARE_POOL"
 
 
 class _Req:
-    __slots__ = ("request", "block_ids", "saved", "published", "put", "local_tokens")
+    __slots__ = ("request", "block_ids", "saved", "published", "put")
 
     def __init__(self, request):
         self.request = request
@@ -32,7 +32,6 @@ class _Req:
         self.saved = 0  # leading prompt blocks handed to the workers to save
         self.published = False
         self.put = False
-        self.local_tokens = 0
 
 
 class SchedulerSide:
@@ -49,7 +48,7 @@ class SchedulerSide:
         self._probe = {}  # req_id -> (time, num_computed, hits)
         self._loads = []
         self._handoffs = {}
-        self._released = {}
+        self._released = set()
         self._delayed = set()
         self._put_reqs = {}  # req_id -> chain hashes of blocks put, for events
         self._events = []
@@ -129,7 +128,6 @@ class SchedulerSide:
         params = request.kv_transfer_params or {}
         probe = self._probe.pop(request.request_id, None)
         local = probe[1] if probe else request.num_computed_tokens
-        st.local_tokens = local
         remote = bool(params.get("do_remote_prefill") and params.get("remote_host"))
         if num_external_tokens <= 0 and not remote:
             return
@@ -156,7 +154,7 @@ class SchedulerSide:
     def build_connector_meta(self, so):
         meta = KVShareMetadata(loads=self._loads, handoffs=self._handoffs,
                                released=self._released, delayed=self._delayed)
-        self._loads, self._handoffs, self._released, self._delayed = [], {}, {}, set()
+        self._loads, self._handoffs, self._released, self._delayed = [], {}, set(), set()
         nsched = so.num_scheduled_tokens
         for new in so.scheduled_new_reqs:
             st = self._reqs.get(new.req_id)
@@ -222,7 +220,7 @@ class SchedulerSide:
                 log.warning("kvshare_vllm: %s: no listen address to hand KV off from "
                             "(set KVSHARE_LISTEN); the decoder will recompute",
                             request.request_id)
-                self._released[request.request_id] = mine
+                self._released.add(request.request_id)
                 return False, None
             host, _, port = peers[0].rpartition(":")
             return True, dict(
@@ -236,7 +234,7 @@ class SchedulerSide:
             return True, None
         self._put_reqs.pop(request.request_id, None)
         if st.published and mine:
-            self._released[request.request_id] = mine
+            self._released.add(request.request_id)
         return False, None
 
     def update_connector_output(self, output):

@@ -111,7 +111,7 @@ class WorkerSide:
         if meta.released or meta.handoffs or meta.delayed:
             self._drain_saves()
         for req_id in meta.released:
-            self._release(req_id, meta.released[req_id])
+            self._release(req_id)
         for req_id, h in meta.handoffs.items():
             snd = self._sends.setdefault(req_id, _Send())
             snd.handoff = h
@@ -123,7 +123,7 @@ class WorkerSide:
         for spec in meta.loads:
             self._loaders.put(spec)
 
-    def _release(self, req_id, block_ids=None):
+    def _release(self, req_id):
         """Withdraws what @req_id published (blocks other live requests still
         hold published stay). Callers drain pending saves first."""
         with self._lock:
