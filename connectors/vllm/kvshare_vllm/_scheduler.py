@@ -164,6 +164,10 @@ class SchedulerSide:
             self._plan_save(meta, st, new.num_computed_tokens + nsched.get(new.req_id, 0))
         cached = so.scheduled_cached_reqs
         resumed = set(getattr(cached, "resumed_req_ids", ()) or ())
+        # vLLM before resumed_req_ids flagged resumptions per index instead
+        for rid, flag in zip(cached.req_ids, getattr(cached, "resumed_from_preemption", ()) or ()):
+            if flag:
+                resumed.add(rid)
         for i, req_id in enumerate(cached.req_ids):
             st = self._reqs.get(req_id)
             if st is None:
