@@ -21,6 +21,16 @@ PROBE_TTL_S = 1.0
 # The tier in BlockStored events for blocks in the cache pool (vLLM's own are "GPU",
 # its offloading connectors' "CPU").
 MEDIUM_POOL = "KVSHARE_POOL"
+# kv_transfer_params come from the HTTP client: bound what we accept.
+MAX_PEERS = 64
+
+
+def _check_hostport(addr, field):
+    if not isinstance(addr, str) or len(addr) > 300:
+        raise ValueError(f"{field}: want 'host:port' strings")
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{field}: '{addr[:64]}' is not host:port with a port 1-65535")
 
 
 class _Req:
@@ -73,6 +83,45 @@ class SchedulerSide:
         return self._ctx
 
     # -- admission ---------------------------------------------------------
+    def _remote(self, request):
+        """The producer's ranks ("host:port" per rank) and block count from a
+        P/D request's kv_transfer_params, or None. The params come from the
+        HTTP client: anything malformed is logged and the request is computed
+        here, never an exception inside vLLM's scheduler."""
+        params = request.kv_transfer_params
+        if not self.s.consumer or not isinstance(params, dict) or \
+                not params.get("do_remote_prefill"):
+            return None
+        try:
+            peers = params.get("kvshare_peers")
+            if peers:
+                if not isinstance(peers, list) or len(peers) > MAX_PEERS:
+                    raise ValueError("kvshare_peers: want a list of at most "
+                                     f"{MAX_PEERS} 'host:port'")
+                for p in peers:
+                    _check_hostport(p, "kvshare_peers")
+                peers = list(peers)
+            else:
+                host, port = params.get("remote_host"), params.get("remote_port")
+                if not host:
+                    return None
+                if not isinstance(host, str):
+                    raise ValueError("remote_host: want a string")
+                if isinstance(port, bool) or not isinstance(port, int):
+                    port = int(str(port), 10)
+                peers = [f"{host}:{port + r}" for r in range(self.tp_size)]
+                for p in peers:
+                    _check_hostport(p, "remote_host/remote_port")
+            nblocks = params.get("remote_num_blocks")
+            if nblocks is not None and (isinstance(nblocks, bool) or not isinstance(nblocks, int)
+                                        or nblocks < 0):
+                raise ValueError(f"remote_num_blocks={nblocks!r}: want a count of blocks")
+        except (TypeError, ValueError) as e:
+            log.warning("kvshare_vllm: %s: kv_transfer_params ignored (%s); computing the "
+                        "prompt here", request.request_id, e)
+            return None
+        return peers, nblocks
+
     def _prompt_hashes(self, request):
         n = request.num_prompt_tokens // self.bs
         return list(request.block_hashes[:n])
@@ -80,14 +129,15 @@ class SchedulerSide:
     def get_num_new_matched_tokens(self, request, num_computed_tokens):
         if not self.s.consumer:
             return 0, False
-        params = request.kv_transfer_params or {}
         hashes = self._prompt_hashes(request)
         if len(hashes) * self.bs <= num_computed_tokens:
             return 0, False
-        if params.get("do_remote_prefill") and params.get("remote_host"):
+        remote = self._remote(request)
+        if remote is not None:
             # P/D: the producer said how many blocks it holds; trust it, as
             # NIXL does, and let the worker's fetch report what was not there.
-            hits = min(len(hashes), int(params.get("remote_num_blocks", len(hashes))))
+            nblocks = remote[1]
+            hits = len(hashes) if nblocks is None else min(len(hashes), nblocks)
             # update_state_after_alloc needs the local hit: vLLM sets
             # request.num_computed_tokens only after that call.
             self._probe[request.request_id] = (time.monotonic(), num_computed_tokens, hits)
@@ -128,19 +178,16 @@ class SchedulerSide:
         params = request.kv_transfer_params or {}
         probe = self._probe.pop(request.request_id, None)
         local = probe[1] if probe else request.num_computed_tokens
-        remote = bool(params.get("do_remote_prefill") and params.get("remote_host"))
-        if num_external_tokens <= 0 and not remote:
+        remote = self._remote(request)
+        if num_external_tokens <= 0 and remote is None:
             return
         hashes = self._prompt_hashes(request)
         first = local // self.bs
         count = -(-num_external_tokens // self.bs) if num_external_tokens > 0 else 0
         count = min(count, len(hashes) - first, len(st.block_ids) - first)
         peers = []
-        if remote:
-            peers = list(params.get("kvshare_peers") or [])
-            if not peers:
-                host, port = params["remote_host"], int(params["remote_port"])
-                peers = [f"{host}:{port + r}" for r in range(self.tp_size)]
+        if remote is not None:
+            peers = remote[0]
             # One transfer per request: a second allocation must not load again.
             params["do_remote_prefill"] = False
         sources = _lib.SOURCE_LOCAL | (_lib.SOURCE_POOL if self.s.pool else 0)

@@ -141,6 +141,49 @@ class Settings(unittest.TestCase):
         self.assertFalse(_config.Settings(vconf(extra={"offload": False})).offload)
 
 
+class HostileParams(unittest.TestCase):
+    """kv_transfer_params arrive from the HTTP client: nothing in them may
+    raise inside vLLM's scheduler or send a load to a malformed address."""
+
+    def setUp(self):
+        os.environ["PYTHONHASHSEED"] = "0"
+        from kvshare_vllm import _scheduler
+        s = _config.Settings(vconf(role="kv_consumer"))
+        cfg = NS(parallel_config=NS(tensor_parallel_size=2))
+        self.sched = _scheduler.SchedulerSide(cfg, s, lambda: None)
+
+    def req(self, params, blocks=4):
+        return NS(request_id="r", num_prompt_tokens=blocks * 16 + 3,
+                  block_hashes=[bytes([i]) * 32 for i in range(blocks)],
+                  kv_transfer_params=params, num_computed_tokens=0)
+
+    def test_good_params_give_both_ranks(self):
+        r = self.req({"do_remote_prefill": True, "remote_host": "10.0.0.5", "remote_port": 7000,
+                      "remote_num_blocks": 3})
+        self.assertEqual(self.sched._remote(r), (["10.0.0.5:7000", "10.0.0.5:7001"], 3))
+        self.assertEqual(self.sched.get_num_new_matched_tokens(r, 0), (48, True))
+
+    def test_malformed_params_are_a_local_prefill(self):
+        bad = [
+            {"remote_host": "h", "remote_port": "seven"},
+            {"remote_host": "h", "remote_port": 70000},
+            {"remote_host": "h", "remote_port": None},
+            {"remote_host": ["h"], "remote_port": 1},
+            {"kvshare_peers": "h:1"},
+            {"kvshare_peers": ["h:1"] * 65},
+            {"kvshare_peers": ["h"]},
+            {"kvshare_peers": [7]},
+            {"remote_host": "h", "remote_port": 1, "remote_num_blocks": -1},
+            {"remote_host": "h", "remote_port": 1, "remote_num_blocks": "all"},
+        ]
+        for extra in bad:
+            r = self.req(dict(extra, do_remote_prefill=True))
+            with self.assertLogs("kvshare_vllm", "WARNING"):
+                self.assertEqual(self.sched.get_num_new_matched_tokens(r, 0), (0, False), extra)
+        self.assertIsNone(self.sched._remote(self.req("not a dict")))
+        self.assertIsNone(self.sched._remote(self.req({"do_remote_prefill": False})))
+
+
 class Library(unittest.TestCase):
     def test_loads_and_matches_the_package_version(self):
         import kvshare_vllm
