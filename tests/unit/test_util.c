@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kvs_util (util/): the endpoint, byte-size and log-level parsers, success and refusal. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "util_int.h"
+
+Test(util_endpoint, accepts_names_v4_and_bracketed_v6)
+{
+    kvs__endpoint_t ep;
+    char why[128];
+    cr_assert_eq(kvs__endpoint_parse("127.0.0.1:9090", 0, &ep, why, sizeof(why)), 0, "%s", why);
+    cr_expect_str_eq(ep.host, "127.0.0.1");
+    cr_expect_str_eq(ep.port, "9090");
+    cr_expect_eq(ep.port_num, 9090);
+    cr_expect(ep.has_port && !ep.bracketed);
+    cr_assert_eq(kvs__endpoint_parse("[::1]:0", 0, &ep, why, sizeof(why)), 0, "%s", why);
+    cr_expect_str_eq(ep.host, "::1");
+    cr_expect_eq(ep.port_num, 0);
+    cr_expect(ep.bracketed);
+    cr_assert_eq(kvs__endpoint_parse("pool.ns.svc:65535", 0, &ep, NULL, 0), 0);
+    cr_expect_str_eq(ep.host, "pool.ns.svc");
+    cr_expect_eq(ep.port_num, 65535);
+    /* Leading zeros are digits too; the port is stored canonically. */
+    cr_assert_eq(kvs__endpoint_parse("h:080", 0, &ep, NULL, 0), 0);
+    cr_expect_str_eq(ep.port, "80");
+}
+
+Test(util_endpoint, optional_parts)
+{
+    kvs__endpoint_t ep;
+    cr_assert_eq(kvs__endpoint_parse("pool", KVS__EP_PORT_OPTIONAL, &ep, NULL, 0), 0);
+    cr_expect_str_eq(ep.host, "pool");
+    cr_expect(!ep.has_port);
+    cr_expect_str_eq(ep.port, "");
+    cr_assert_eq(kvs__endpoint_parse("[fe80::1]", KVS__EP_PORT_OPTIONAL, &ep, NULL, 0), 0);
+    cr_expect_str_eq(ep.host, "fe80::1");
+    cr_assert_eq(kvs__endpoint_parse(":8443", KVS__EP_HOST_OPTIONAL, &ep, NULL, 0), 0);
+    cr_expect_str_eq(ep.host, "");
+    cr_expect_eq(ep.port_num, 8443);
+    cr_expect_eq(kvs__endpoint_parse(":8443", 0, &ep, NULL, 0), -1);
+    cr_expect_eq(kvs__endpoint_parse("pool", 0, &ep, NULL, 0), -1);
+    cr_expect_eq(kvs__endpoint_parse("h:0", KVS__EP_PORT_NONZERO, &ep, NULL, 0), -1);
+}
+
+Test(util_endpoint, refuses_and_writes_nothing)
+{
+    static const char *const bad[] = {
+        "",
+        "host",
+        ":80",
+        "h:",
+        "h:-1",
+        "h:+1",
+        "h:65536",
+        "h:99999",
+        "h:1x",
+        "h: 1",
+        "h:0x10",
+        "::1:80",
+        "::1",
+        "[::1",
+        "[]:80",
+        "[::1]80",
+        "[::1]:",
+        "[::1]:http",
+        "h:http",
+        "a]:80",
+        "[[::1]]:80",
+        "h:1:2",
+        "h:99999999999999999999",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        kvs__endpoint_t ep;
+        memset(&ep, 0x5a, sizeof(ep));
+        char why[128] = "";
+        cr_expect_eq(kvs__endpoint_parse(bad[i], 0, &ep, why, sizeof(why)), -1, "'%s'", bad[i]);
+        cr_expect_neq(why[0], '\0', "'%s' gave no reason", bad[i]);
+        cr_expect_eq(ep.host[0], 0x5a, "'%s' wrote the output", bad[i]);
+    }
+    kvs__endpoint_t ep;
+    char why[128];
+    kvs__endpoint_parse("h:99999", 0, &ep, why, sizeof(why));
+    cr_expect(strstr(why, "0 to 65535") != NULL, "%s", why);
+    kvs__endpoint_parse("::1:80", 0, &ep, why, sizeof(why));
+    cr_expect(strstr(why, "brackets") != NULL, "%s", why);
+    char host[300];
+    memset(host, 'a', sizeof(host));
+    host[299] = '\0';
+    host[290] = ':';
+    cr_expect_eq(kvs__endpoint_parse(host, 0, &ep, why, sizeof(why)), -1);
+    cr_expect_eq(kvs__endpoint_parse(NULL, 0, &ep, NULL, 0), -1);
+}
+
+Test(util_endpoint, format_brackets_v6)
+{
+    char out[64];
+    kvs__endpoint_format(out, sizeof(out), "10.0.0.1", "80");
+    cr_expect_str_eq(out, "10.0.0.1:80");
+    kvs__endpoint_format(out, sizeof(out), "::1", "80");
+    cr_expect_str_eq(out, "[::1]:80");
+}
+
+Test(util_size, one_grammar_powers_of_1024)
+{
+    static const struct {
+        const char *in;
+        uint64_t out;
+    } ok[] = {
+        {"0", 0},
+        {"12345", 12345},
+        {"12345B", 12345},
+        {"1K", 1024},
+        {"1k", 1024},
+        {"1KB", 1024},
+        {"2kb", 2048},
+        {"1KiB", 1024},
+        {"64M", 64ull << 20},
+        {"64MB", 64ull << 20},
+        {"64mib", 64ull << 20},
+        {"1GB", 1ull << 30},
+        {"4GiB", 4ull << 30},
+        {"1.5G", 3ull << 29},
+        {"0.5KiB", 512},
+        {"1.0009765625K", 1025},
+        {"1T", 1ull << 40},
+        {"16777215TiB", 16777215ull << 40},
+        {"18446744073709551615", UINT64_MAX},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        uint64_t v = 7;
+        char why[128];
+        cr_expect_eq(kvs__size_parse(ok[i].in, &v, why, sizeof(why)), 0, "%s: %s", ok[i].in, why);
+        cr_expect_eq(v, ok[i].out, "%s -> %llu", ok[i].in, (unsigned long long)v);
+    }
+}
+
+Test(util_size, refuses_and_writes_nothing)
+{
+    static const char *const bad[] = {
+        "",
+        " 1",
+        "1 ",
+        "-1",
+        "+1",
+        "0x10",
+        "1.5",
+        "1.5B",
+        "1.G",
+        ".5G",
+        "1Ki",
+        "1E",
+        "M",
+        "64X",
+        "1e6",
+        "1 GB",
+        "1GiBs",
+        "18446744073709551616",
+        "16777216TiB",
+        "99999999999999999999",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t v = 7;
+        char why[128] = "";
+        cr_expect_eq(kvs__size_parse(bad[i], &v, why, sizeof(why)), -1, "'%s'", bad[i]);
+        cr_expect_eq(v, 7, "'%s' wrote the output", bad[i]);
+        cr_expect(strstr(why, "powers of 1024") != NULL, "'%s': %s", bad[i], why);
+    }
+    cr_expect_eq(kvs__size_parse(NULL, NULL, NULL, 0), -1);
+}
+
+Test(util_loglevel, one_table)
+{
+    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
+    for (int i = 0; i < 6; i++) {
+        int l = -1;
+        cr_expect_str_eq(kvs__log_level_name(i), names[i]);
+        cr_expect_eq(kvs__log_level_parse(names[i], &l), 0);
+        cr_expect_eq(l, i);
+    }
+    int l = 42;
+    cr_expect_eq(kvs__log_level_parse("INFO", &l), -1);
+    cr_expect_eq(kvs__log_level_parse("warning", &l), -1);
+    cr_expect_eq(kvs__log_level_parse("", &l), -1);
+    cr_expect_eq(kvs__log_level_parse(NULL, &l), -1);
+    cr_expect_eq(l, 42);
+    cr_expect_str_eq(kvs__log_level_name(6), "?");
+    cr_expect_str_eq(kvs__log_level_name(-1), "?");
+}

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* util_int.h - kvs_util: one parser for each small primitive (endpoints, byte sizes, log-level
+ * names), shared by the core, the shim, the CLI and the controller. Internal; never installed.
+ *
+ * Every parser here is strict and side-effect free: it returns 0 and fills its outputs, or
+ * returns -1, writes none of its outputs and puts a short reason (without the value's name,
+ * which only the caller knows) in why when why is not NULL. */
+#ifndef KVS_UTIL_INT_H
+#define KVS_UTIL_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- endpoints: HOST:PORT ---- */
+
+/* The port may be left out ("host", "[::1]"); ep->has_port says whether it was given. */
+#define KVS__EP_PORT_OPTIONAL (1u << 0)
+/* The host may be empty (":8443", all addresses). */
+#define KVS__EP_HOST_OPTIONAL (1u << 1)
+/* Port 0 ("pick one") is refused: the endpoint is for connecting, not listening. */
+#define KVS__EP_PORT_NONZERO (1u << 2)
+
+typedef struct kvs__endpoint {
+    char host[256]; /* without the brackets of an IPv6 literal; may be "" with HOST_OPTIONAL */
+    char port[8];   /* decimal, as given ("" when left out) */
+    uint16_t port_num;
+    bool has_port;
+    bool bracketed; /* the host was written [ADDR] */
+} kvs__endpoint_t;
+
+/* Parses HOST:PORT. HOST is a name, an IPv4 literal or an IPv6 literal in brackets ([::1]:80);
+ * an IPv6 address without brackets is refused, as it cannot be told from its port. PORT is
+ * decimal digits only, 0..65535. flags: KVS__EP_*. */
+int kvs__endpoint_parse(const char *s, unsigned flags, kvs__endpoint_t *ep, char *why,
+                        size_t why_len);
+
+/* Writes HOST:PORT, bracketing a host that contains ':'. Returns snprintf's result. */
+int kvs__endpoint_format(char *out, size_t out_len, const char *host, const char *port);
+
+/* ---- byte sizes ---- */
+
+/* Parses a byte size: decimal digits, an optional fraction only with a unit ("1.5G"), and an
+ * optional unit, case-insensitive: B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB. Every unit is a
+ * power of 1024 however it is written ("1GB" = "1G" = "1GiB" = 1073741824); a fraction of a
+ * byte is dropped. No signs, spaces, exponents or hex; a value past UINT64_MAX is refused. */
+int kvs__size_parse(const char *s, uint64_t *bytes_p, char *why, size_t why_len);
+
+/* What kvs__size_parse accepts, for error messages and --help. */
+#define KVS__SIZE_GRAMMAR "bytes, or a number with K, M, G or T (also KiB/KB, ...: powers of 1024)"
+
+/* ---- log levels ---- */
+
+/* The one list of log-level names, lowest first; its index is the level (kvs_log_level_t). */
+#define KVS__LOG_LEVELS(X) X(off) X(error) X(warn) X(info) X(debug) X(trace)
+
+/* What kvs__log_level_parse accepts, for error messages. */
+#define KVS__LOG_LEVEL_NAMES "off, error, warn, info, debug or trace"
+
+/* The name of level, or "?" when out of range. */
+const char *kvs__log_level_name(int level);
+
+/* Parses a log-level name (exact, lower case) into its index. */
+int kvs__log_level_parse(const char *s, int *level_p);
+
+#endif
