@@ -57,10 +57,12 @@ int kvs__endpoint_parse(const char *s, unsigned flags, kvs__endpoint_t *ep, char
         for (i = 0; port[i] >= '0' && port[i] <= '9' && v <= 65535; i++)
             v = v * 10 + (unsigned long)(port[i] - '0');
         bool nonzero = (flags & KVS__EP_PORT_NONZERO) != 0;
-        if (i == 0 || port[i] != '\0' || v > 65535 || (nonzero && v == 0))
-            return fail(why, why_len,
-                        nonzero ? "the port must be an integer from 1 to 65535"
-                                : "the port must be an integer from 0 to 65535");
+        if (i == 0 || port[i] != '\0' || v > 65535 || (nonzero && v == 0)) {
+            if (why != NULL && why_len > 0)
+                snprintf(why, why_len, "port '%.16s%s': expected an integer from %d to 65535", port,
+                         strlen(port) > 16 ? "..." : "", nonzero ? 1 : 0);
+            return -1;
+        }
         e.port_num = (uint16_t)v;
         snprintf(e.port, sizeof(e.port), "%lu", v);
         e.has_port = true;

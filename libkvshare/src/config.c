@@ -5,6 +5,7 @@
  * one error message: the variable (or JSON key), the bad value, and what
  * would have been accepted. */
 #include "config_int.h"
+#include "util_int.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -111,18 +112,6 @@ static kvs_status_t set_string(const char *s, char *dst, size_t cap)
     return KVS_OK;
 }
 
-/* host:port or [v6]:port with a port in 1..65535; "" turns the listener off. */
-static bool valid_hostport(const char *s)
-{
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL || colon == s)
-        return false;
-    if (s[0] == '[' && colon[-1] != ']')
-        return false;
-    uint32_t port;
-    return parse_u32(colon + 1, 0, 65535, &port) == KVS_OK;
-}
-
 static kvs_status_t p_log(const char *s, kvs__config_t *c)
 {
     static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
@@ -197,7 +186,9 @@ static kvs_status_t p_lease_timeout(const char *s, kvs__config_t *c)
 
 static kvs_status_t p_listen(const char *s, kvs__config_t *c)
 {
-    if (s[0] != '\0' && !valid_hostport(s))
+    /* HOST:PORT (util/endpoint.c; port 0 picks one); "" turns the listener off. */
+    kvs__endpoint_t ep;
+    if (s[0] != '\0' && kvs__endpoint_parse(s, 0, &ep, NULL, 0) != 0)
         return KVS_ERR_CONFIG;
     return set_string(s, c->listen, sizeof(c->listen));
 }

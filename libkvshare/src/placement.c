@@ -10,6 +10,7 @@
  * when one first block (a popular system prompt) dominates; DESIGN.md notes
  * it. */
 #include "ctx_int.h"
+#include "util_int.h"
 
 #include <netdb.h>
 #include <arpa/inet.h>
@@ -69,23 +70,14 @@ static kvs_status_t add_node(kvs_ctx_h ctx, char (**nodes)[300], size_t *n, cons
  * Service does. */
 static kvs_status_t resolve_entry(kvs_ctx_h ctx, const char *entry, char (**nodes)[300], size_t *n)
 {
-    char host[256], port[16];
-    const char *colon = strrchr(entry, ':');
-    bool v6 = entry[0] == '[';
-    if (colon != NULL && (!v6 || colon[-1] == ']')) {
-        snprintf(host, sizeof(host), "%.*s", (int)(colon - entry), entry);
-        snprintf(port, sizeof(port), "%s", colon + 1);
-    } else {
-        snprintf(host, sizeof(host), "%s", entry);
-        snprintf(port, sizeof(port), "%s", DEFAULT_PORT);
+    kvs__endpoint_t ep;
+    char why[128];
+    if (kvs__endpoint_parse(entry, KVS__EP_PORT_OPTIONAL, &ep, why, sizeof(why)) != 0) {
+        kvs__warn(&ctx->log, "KVSHARE_POOL entry '%s': %s", entry, why);
+        return KVS_ERR_CONFIG;
     }
-    if (host[0] == '[') {
-        size_t hl = strlen(host);
-        memmove(host, host + 1, hl);
-        if (hl >= 2)
-            host[hl - 2] = '\0';
-    }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    const char *host = ep.host, *port = ep.has_port ? ep.port : DEFAULT_PORT;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai = NULL;
     int rc = getaddrinfo(host, port, &hints, &ai);
     if (rc != 0) {
         kvs__warn(&ctx->log, "KVSHARE_POOL entry '%s': %s", entry, gai_strerror(rc));

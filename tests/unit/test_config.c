@@ -55,6 +55,9 @@ Test(config, every_bad_env_value_names_variable_and_accepted_values)
     expect_env_error("KVSHARE_LISTEN", "localhost", "HOST:PORT");
     expect_env_error("KVSHARE_LISTEN", "host:99999", "HOST:PORT");
     expect_env_error("KVSHARE_LISTEN", ":80", "HOST:PORT");
+    /* An IPv6 address needs brackets (it once passed as host "::1", port 80). */
+    expect_env_error("KVSHARE_LISTEN", "::1:80", "HOST:PORT");
+    expect_env_error("KVSHARE_LISTEN", "host:http", "HOST:PORT");
     expect_env_error("KVSHARE_TRANSPORT", "rdma", "auto, ucx, none, loop or loop-am");
 }
 
