@@ -24,59 +24,6 @@ typedef struct setting {
     setting_parse_fn parse;
 } setting_t;
 
-kvs_status_t kvs__parse_size(const char *s, uint64_t *bytes_p)
-{
-    static const struct {
-        const char *suffix;
-        double mult;
-    } units[] = {
-        {"", 1},
-        {"B", 1},
-        {"K", 1024.0},
-        {"KI", 1024.0},
-        {"KIB", 1024.0},
-        {"KB", 1e3},
-        {"M", 1048576.0},
-        {"MI", 1048576.0},
-        {"MIB", 1048576.0},
-        {"MB", 1e6},
-        {"G", 1073741824.0},
-        {"GI", 1073741824.0},
-        {"GIB", 1073741824.0},
-        {"GB", 1e9},
-        {"T", 1099511627776.0},
-        {"TI", 1099511627776.0},
-        {"TIB", 1099511627776.0},
-        {"TB", 1e12},
-    };
-    char *end = NULL;
-    if (s == NULL || !isdigit((unsigned char)s[0]))
-        return KVS_ERR_CONFIG;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || end == s || !isfinite(v) || v < 0)
-        return KVS_ERR_CONFIG;
-    while (*end == ' ')
-        end++;
-    char suf[8];
-    size_t n = strlen(end);
-    if (n >= sizeof(suf))
-        return KVS_ERR_CONFIG;
-    for (size_t i = 0; i < n && i < sizeof(suf) - 1; i++)
-        suf[i] = (char)toupper((unsigned char)end[i]);
-    suf[n < sizeof(suf) ? n : sizeof(suf) - 1] = '\0';
-    for (size_t i = 0; i < KVS_ARRAY_SIZE(units); i++) {
-        if (strcmp(suf, units[i].suffix) == 0) {
-            double b = v * units[i].mult;
-            if (b >= 18446744073709551615.0)
-                return KVS_ERR_CONFIG;
-            *bytes_p = (uint64_t)b;
-            return KVS_OK;
-        }
-    }
-    return KVS_ERR_CONFIG;
-}
-
 static kvs_status_t parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out)
 {
     char *end = NULL;
@@ -127,7 +74,7 @@ static kvs_status_t p_log(const char *s, kvs__config_t *c)
 static kvs_status_t p_capacity(const char *s, kvs__config_t *c)
 {
     uint64_t v;
-    if (kvs__parse_size(s, &v) != KVS_OK || v == 0)
+    if (kvs__size_parse(s, &v, NULL, 0) != 0 || v == 0)
         return KVS_ERR_CONFIG;
     c->capacity_bytes = v;
     return KVS_OK;
@@ -136,7 +83,7 @@ static kvs_status_t p_capacity(const char *s, kvs__config_t *c)
 static kvs_status_t p_slot(const char *s, kvs__config_t *c)
 {
     uint64_t v;
-    if (kvs__parse_size(s, &v) != KVS_OK)
+    if (kvs__size_parse(s, &v, NULL, 0) != 0)
         return KVS_ERR_CONFIG;
     c->slot_bytes = v;
     return KVS_OK;
@@ -232,9 +179,12 @@ static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 
 static const setting_t settings[] = {
     {"log", "KVSHARE_LOG", "off, error, warn, info, debug or trace", p_log},
-    {"capacity", "KVSHARE_CAPACITY", "a size > 0 such as 1073741824, 512MiB or 4GiB", p_capacity},
+    {"capacity", "KVSHARE_CAPACITY",
+     "a size > 0 such as 1073741824, 512MiB or 4GiB (K, M, G, T: powers of 1024)", p_capacity},
     {"slot_bytes", "KVSHARE_SLOT_BYTES",
-     "a size such as 65536 or 256KiB (0: one slot class per block size)", p_slot},
+     "a size such as 65536 or 256KiB (K, M, G, T: powers of 1024; 0: one slot class per block "
+     "size)",
+     p_slot},
     {"strategy", "KVSHARE_STRATEGY", "lru or lfu", p_strategy},
     {"high_watermark", "KVSHARE_HIGH_WATERMARK", "a fraction in (0, 1], e.g. 0.9", p_high},
     {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low},

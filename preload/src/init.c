@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "shim_int.h"
+#include "util_int.h"
 
 kvs_shim_t kvs__shim = {
     .kv_min = KVS_PRELOAD_KV_MIN_DEFAULT,
@@ -126,11 +127,11 @@ static void kvs__init(void)
 
     kvs__shim.kv_min = KVS_PRELOAD_KV_MIN_DEFAULT;
     v = getenv("KVSHARE_KV_MIN_BYTES");
-    if (v != NULL && kvs__preload_parse_bytes(v, &kvs__shim.kv_min) != KVS_OK) {
+    if (v != NULL && kvs__size_parse(v, &kvs__shim.kv_min, NULL, 0) != 0) {
         kvs__log(KVS_PL_ERROR,
-                 "KVSHARE_KV_MIN_BYTES=%s: expected a byte count such as 67108864, 64M or "
-                 "64MiB; kvshare steps aside (pass-through)",
-                 v);
+                 "KVSHARE_KV_MIN_BYTES=%s: expected %s, such as 67108864 or 64MiB; kvshare steps "
+                 "aside (pass-through)",
+                 v, KVS__SIZE_GRAMMAR);
         kvs__shim.kv_min = KVS_PRELOAD_KV_MIN_DEFAULT;
         KVS_COUNT(errors, 1);
         mode = KVS_MODE_ASIDE;

@@ -23,11 +23,6 @@ enum {
     KVS_PL_TRACE,
 };
 
-/* A byte count: decimal digits with an optional K/M/G/T, KiB/MiB/GiB/TiB
- * suffix (powers of 1024). Nothing else: no sign, spaces, hex or overflow.
- * Errors: KVS_ERR_CONFIG. */
-kvs_status_t kvs__preload_parse_bytes(const char *s, uint64_t *value_p);
-
 /* 1/true/yes/on -> 1; 0/false/no/off/"" -> 0 (any case). Errors: CONFIG. */
 kvs_status_t kvs__preload_parse_bool(const char *s, int *value_p);
 
