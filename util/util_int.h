@@ -54,6 +54,11 @@ int kvs__size_parse(const char *s, uint64_t *bytes_p, char *why, size_t why_len)
 /* The one list of log-level names, lowest first; its index is the level (kvs_log_level_t). */
 #define KVS__LOG_LEVELS(X) X(off) X(error) X(warn) X(info) X(debug) X(trace)
 
+#define KVS__LOG_LEVEL_ENUM(name) KVS__LOG_LEVEL_##name,
+/* KVS__LOG_LEVEL_COUNT: users with their own enum (kvs_log_level_t, the shim's) check it
+ * against this with _Static_assert, so the lists cannot drift apart. */
+enum { KVS__LOG_LEVELS(KVS__LOG_LEVEL_ENUM) KVS__LOG_LEVEL_COUNT };
+
 /* What kvs__log_level_parse accepts, for error messages. */
 #define KVS__LOG_LEVEL_NAMES "off, error, warn, info, debug or trace"
 

@@ -61,14 +61,11 @@ static kvs_status_t set_string(const char *s, char *dst, size_t cap)
 
 static kvs_status_t p_log(const char *s, kvs__config_t *c)
 {
-    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-    for (size_t i = 0; i < KVS_ARRAY_SIZE(names); i++) {
-        if (strcmp(s, names[i]) == 0) {
-            c->log_level = (kvs_log_level_t)i;
-            return KVS_OK;
-        }
-    }
-    return KVS_ERR_CONFIG;
+    int level;
+    if (kvs__log_level_parse(s, &level) != 0)
+        return KVS_ERR_CONFIG;
+    c->log_level = (kvs_log_level_t)level;
+    return KVS_OK;
 }
 
 static kvs_status_t p_capacity(const char *s, kvs__config_t *c)
@@ -178,7 +175,7 @@ static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 }
 
 static const setting_t settings[] = {
-    {"log", "KVSHARE_LOG", "off, error, warn, info, debug or trace", p_log},
+    {"log", "KVSHARE_LOG", KVS__LOG_LEVEL_NAMES, p_log},
     {"capacity", "KVSHARE_CAPACITY",
      "a size > 0 such as 1073741824, 512MiB or 4GiB (K, M, G, T: powers of 1024)", p_capacity},
     {"slot_bytes", "KVSHARE_SLOT_BYTES",

@@ -30,24 +30,6 @@ kvs_status_t kvs__preload_parse_bool(const char *s, int *value_p)
     return KVS_ERR_CONFIG;
 }
 
-kvs_status_t kvs__preload_parse_log_level(const char *s, int *level_p)
-{
-    /* Exactly libkvshare's accepted values, so the shim and the library
-     * never disagree about one variable. */
-    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-
-    if (s == NULL) {
-        return KVS_ERR_CONFIG;
-    }
-    for (int i = 0; i <= KVS_PL_TRACE; i++) {
-        if (strcmp(s, names[i]) == 0) {
-            *level_p = i;
-            return KVS_OK;
-        }
-    }
-    return KVS_ERR_CONFIG;
-}
-
 kvs_status_t kvs__preload_expand_path(const char *tmpl, long pid, char *out, size_t out_len)
 {
     size_t n = 0;

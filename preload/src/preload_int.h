@@ -26,9 +26,6 @@ enum {
 /* 1/true/yes/on -> 1; 0/false/no/off/"" -> 0 (any case). Errors: CONFIG. */
 kvs_status_t kvs__preload_parse_bool(const char *s, int *value_p);
 
-/* off/error/warn/info/debug/trace, as libkvshare accepts. Errors: CONFIG. */
-kvs_status_t kvs__preload_parse_log_level(const char *s, int *level_p);
-
 /* Copies @tmpl to @out, replacing "%p" with @pid and "%%" with "%".
  * Errors: KVS_ERR_NO_SPACE (does not fit), KVS_ERR_CONFIG (another %x). */
 kvs_status_t kvs__preload_expand_path(const char *tmpl, long pid, char *out, size_t out_len);

@@ -27,20 +27,7 @@ Test(shim_env, bool_values)
     }
 }
 
-Test(shim_env, log_levels_match_libkvshare)
-{
-    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-    int v;
-
-    for (int i = 0; i < 6; i++) {
-        v = -1;
-        cr_expect_eq(kvs__preload_parse_log_level(names[i], &v), KVS_OK);
-        cr_expect_eq(v, i);
-    }
-    cr_expect_eq(kvs__preload_parse_log_level("WARN", &v), KVS_ERR_CONFIG);
-    cr_expect_eq(kvs__preload_parse_log_level("3", &v), KVS_ERR_CONFIG);
-    cr_expect_eq(kvs__preload_parse_log_level("", &v), KVS_ERR_CONFIG);
-}
+/* KVSHARE_LOG is read with kvs__log_level_parse (util/loglevel.c), the library's own list. */
 
 Test(shim_env, stats_path_expands_pid)
 {
