@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* util_int.h - kvs_util: one parser for each small primitive (endpoints, byte sizes, log-level
- * names), shared by the core, the shim, the CLI and the controller. Internal; never installed.
+ * names, DNS names), shared by the core, the shim, the CLI and the controller. Internal; never
+ * installed.
  *
  * Every parser here is strict and side-effect free: it returns 0 and fills its outputs, or
  * returns -1, writes none of its outputs and puts a short reason (without the value's name,
@@ -48,6 +49,19 @@ int kvs__size_parse(const char *s, uint64_t *bytes_p, char *why, size_t why_len)
 
 /* What kvs__size_parse accepts, for error messages and --help. */
 #define KVS__SIZE_GRAMMAR "bytes, or a number with K, M, G or T (also KiB/KB, ...: powers of 1024)"
+
+/* ---- DNS names (Kubernetes object names) ---- */
+
+/* The label must start with a letter (RFC 1035: what a Service name must be). */
+#define KVS__DNS_1035 (1u << 0)
+
+/* A DNS-1123 label: 1 to max (at most 63) of a-z, 0-9 and '-', starting and ending with a
+ * letter or digit (with KVS__DNS_1035, starting with a letter): a namespace, a pool. */
+bool kvs__dns_label(const char *s, size_t max, unsigned flags);
+
+/* A DNS-1123 subdomain: at most 253 characters of '.'-separated labels as above (each of any
+ * length): a Secret's name. */
+bool kvs__dns_subdomain(const char *s);
 
 /* ---- log levels ---- */
 

@@ -118,21 +118,6 @@ static int check_listen(const char *spec)
     return 0;
 }
 
-/* DNS-1123 label, what a namespace name is; it goes into URL paths unescaped. */
-static int valid_namespace(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-') {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-')) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 int main(int argc, char **argv)
 {
     enum {
@@ -259,7 +244,7 @@ int main(int argc, char **argv)
             kube_token = optarg;
             break;
         case OPT_NAMESPACE:
-            if (!valid_namespace(optarg)) {
+            if (!kvs__dns_label(optarg, 63, 0)) {
                 fprintf(stderr,
                         "kvshare-controller: --namespace %s: want a DNS-1123 label "
                         "(lower-case letters, digits and '-', at most 63)\n",

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* kvs_util (util/): the endpoint, byte-size and log-level parsers, success and refusal. */
+/* kvs_util (util/): the endpoint, byte-size, DNS-name and log-level parsers, success and
+ * refusal. */
 #include <criterion/criterion.h>
 #include <string.h>
 
@@ -186,4 +187,42 @@ Test(util_loglevel, one_table)
     cr_expect_eq(l, 42);
     cr_expect_str_eq(kvs__log_level_name(6), "?");
     cr_expect_str_eq(kvs__log_level_name(-1), "?");
+}
+
+Test(util_dns, labels_and_subdomains)
+{
+    static const char *const labels[] = {"a", "pool-1", "0abc", "a-b-c"};
+    static const char *const bad_labels[] = {"", "-a", "a-", "A", "a_b", "a.b", "a b"};
+    for (size_t i = 0; i < sizeof(labels) / sizeof(labels[0]); i++)
+        cr_expect(kvs__dns_label(labels[i], 63, 0), "%s", labels[i]);
+    for (size_t i = 0; i < sizeof(bad_labels) / sizeof(bad_labels[0]); i++) {
+        cr_expect(!kvs__dns_label(bad_labels[i], 63, 0), "%s", bad_labels[i]);
+        cr_expect(!kvs__dns_subdomain(bad_labels[i]) || strchr(bad_labels[i], '.') != NULL, "%s",
+                  bad_labels[i]);
+    }
+    cr_expect(!kvs__dns_label("0abc", 63, KVS__DNS_1035));
+    cr_expect(kvs__dns_label("abc0", 63, KVS__DNS_1035));
+    cr_expect(kvs__dns_label("abcd", 4, 0));
+    cr_expect(!kvs__dns_label("abcde", 4, 0));
+    char long_label[70];
+    memset(long_label, 'a', sizeof(long_label));
+    long_label[64] = '\0';
+    cr_expect(!kvs__dns_label(long_label, 100, 0), "63 at most whatever max says");
+    long_label[63] = '\0';
+    cr_expect(kvs__dns_label(long_label, 100, 0));
+    cr_expect(!kvs__dns_label(NULL, 63, 0));
+
+    cr_expect(kvs__dns_subdomain("llama-token"));
+    cr_expect(kvs__dns_subdomain("a.b-c.d0"));
+    static const char *const bad_sub[] = {"", ".a", "a.", "a..b", "a.-b", "a-.b", "A.b", "a/b"};
+    for (size_t i = 0; i < sizeof(bad_sub) / sizeof(bad_sub[0]); i++)
+        cr_expect(!kvs__dns_subdomain(bad_sub[i]), "%s", bad_sub[i]);
+    char big[300];
+    memset(big, 'a', sizeof(big));
+    big[253] = '\0';
+    cr_expect(kvs__dns_subdomain(big), "one 253-character label");
+    big[254 - 1] = 'a';
+    big[254] = '\0';
+    cr_expect(!kvs__dns_subdomain(big));
+    cr_expect(!kvs__dns_subdomain(NULL));
 }
