@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* util_int.h - kvs_util: one parser for each small primitive (endpoints, byte sizes, log-level
- * names, DNS names), shared by the core, the shim, the CLI and the controller. Internal; never
- * installed.
+ * names, DNS names, process spawning), shared by the core, the shim, the CLI and the controller.
+ * Internal; never installed.
  *
  * Every parser here is strict and side-effect free: it returns 0 and fills its outputs, or
  * returns -1, writes none of its outputs and puts a short reason (without the value's name,
@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* ---- endpoints: HOST:PORT ---- */
 
@@ -62,6 +63,25 @@ bool kvs__dns_label(const char *s, size_t max, unsigned flags);
 /* A DNS-1123 subdomain: at most 253 characters of '.'-separated labels as above (each of any
  * length): a Secret's name. */
 bool kvs__dns_subdomain(const char *s);
+
+/* ---- processes ---- */
+
+typedef struct kvs__spawn {
+    char *const *argv; /* argv[0] is the program's path (no PATH search) */
+    /* The child's whole environment; NULL: this process's, changed by env_edits. */
+    char *const *envp;
+    /* With envp NULL: "NAME=VALUE" sets, "NAME" unsets, in the child only. The child calls
+     * setenv after fork, so only a parent without other threads may use this. */
+    const char *const *env_edits;
+    int stdin_fd, stdout_fd, stderr_fd; /* become the child's 0, 1, 2; -1: inherited */
+    bool die_with_parent;               /* SIGKILL when this process dies (PR_SET_PDEATHSIG) */
+} kvs__spawn_t;
+
+/* Starts sp->argv[0]: fork, then in the child the fds, the environment and exec. SIGPIPE is
+ * reset to its default. Pass the other ends of pipes close-on-exec: only the three wired fds
+ * survive the exec. Returns the child's pid, or -1 (errno from fork). An exec that fails
+ * prints "exec PATH: why" on the child's stderr and exits 127. */
+pid_t kvs__spawn(const kvs__spawn_t *sp);
 
 /* ---- log levels ---- */
 

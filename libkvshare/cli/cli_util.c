@@ -81,15 +81,8 @@ pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child)
         close(in[1]);
         return -1;
     }
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[1]);
-        close(out[0]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
+    kvs__spawn_t sp = {.argv = argv, .stdin_fd = in[0], .stdout_fd = out[1], .stderr_fd = -1};
+    pid_t pid = kvs__spawn(&sp);
     close(in[0]);
     close(out[1]);
     if (pid < 0) {

@@ -2,7 +2,10 @@
 /* kvs_util (util/): the endpoint, byte-size, DNS-name and log-level parsers, success and
  * refusal. */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "util_int.h"
 
@@ -225,4 +228,48 @@ Test(util_dns, labels_and_subdomains)
     big[254] = '\0';
     cr_expect(!kvs__dns_subdomain(big));
     cr_expect(!kvs__dns_subdomain(NULL));
+}
+
+/* Runs sp with its stdout on a pipe; returns the exit status, the output in out. */
+static int run(kvs__spawn_t *sp, char *out, size_t len)
+{
+    int fds[2];
+    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
+    sp->stdout_fd = fds[1];
+    pid_t pid = kvs__spawn(sp);
+    cr_assert_gt(pid, 0);
+    close(fds[1]);
+    size_t used = 0;
+    ssize_t got;
+    while (used + 1 < len && (got = read(fds[0], out + used, len - 1 - used)) > 0)
+        used += (size_t)got;
+    out[used] = '\0';
+    close(fds[0]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+Test(util_spawn, env_edits_envp_and_exec_failure)
+{
+    char out[256];
+    setenv("KVS_UTIL_GONE", "still here", 1);
+    char *argv[] = {"/bin/sh", "-c", "echo \"$KVS_UTIL_SET|$KVS_UTIL_GONE\"", NULL};
+    const char *edits[] = {"KVS_UTIL_SET=a=b", "KVS_UTIL_GONE", NULL};
+    kvs__spawn_t sp = {.argv = argv, .env_edits = edits, .stdin_fd = -1, .stderr_fd = -1};
+    cr_expect_eq(run(&sp, out, sizeof(out)), 0);
+    cr_expect_str_eq(out, "a=b|\n");
+    cr_expect_str_eq(getenv("KVS_UTIL_GONE"), "still here", "the parent's env is untouched");
+
+    char *envp[] = {"KVS_UTIL_SET=only", NULL};
+    kvs__spawn_t sp2 = {.argv = argv, .envp = envp, .stdin_fd = -1, .stderr_fd = -1};
+    cr_expect_eq(run(&sp2, out, sizeof(out)), 0);
+    cr_expect_str_eq(out, "only|\n");
+
+    char *missing[] = {"/nonexistent/kvs-util-test", NULL};
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    kvs__spawn_t sp3 = {.argv = missing, .stdin_fd = -1, .stderr_fd = devnull};
+    cr_expect_eq(run(&sp3, out, sizeof(out)), 127);
+    close(devnull);
+    unsetenv("KVS_UTIL_GONE");
 }
