@@ -584,8 +584,7 @@ static kvsc_status_t open_listener(kvsc_server_t *s, const char *spec)
         close(fd);
         return KVSC_ERR_IO;
     }
-    snprintf(s->address, sizeof(s->address), sa.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", nhost,
-             nport);
+    kvs__endpoint_format(s->address, sizeof(s->address), nhost, nport);
     s->listen_fd = fd;
     return KVSC_OK;
 }

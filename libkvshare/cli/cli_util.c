@@ -147,13 +147,12 @@ int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, s
         freeaddrinfo(ai);
         return -1;
     }
-    int family = ai->ai_family;
     freeaddrinfo(ai);
     struct sockaddr_storage sa;
     socklen_t salen = sizeof(sa);
     if (getsockname(fd, (struct sockaddr *)&sa, &salen) == 0)
         getnameinfo((struct sockaddr *)&sa, salen, nhost, sizeof(nhost), nport, sizeof(nport),
                     NI_NUMERICHOST | NI_NUMERICSERV);
-    snprintf(bound, bound_len, family == AF_INET6 ? "[%s]:%s" : "%s:%s", nhost, nport);
+    kvs__endpoint_format(bound, bound_len, nhost, nport);
     return fd;
 }

@@ -34,19 +34,18 @@ kvs_status_t kvs__resolve(const char *peer, struct sockaddr_storage *ss, socklen
 
 static void name_addr(const struct sockaddr *sa, char *out, size_t len)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
+    char host[INET6_ADDRSTRLEN] = "?", port[8];
     if (sa->sa_family == AF_INET) {
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
-        port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
-        snprintf(out, len, "%s:%d", host, port);
+        snprintf(port, sizeof(port), "%u", ntohs(((const struct sockaddr_in *)sa)->sin_port));
     } else if (sa->sa_family == AF_INET6) {
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
-        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-        snprintf(out, len, "[%s]:%d", host, port);
+        snprintf(port, sizeof(port), "%u", ntohs(((const struct sockaddr_in6 *)sa)->sin6_port));
     } else {
         snprintf(out, len, "?");
+        return;
     }
+    kvs__endpoint_format(out, len, host, port);
 }
 
 int kvs__boot_listen(const char *addr, char *bound, size_t bound_len, char *err, size_t errlen)

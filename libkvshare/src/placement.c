@@ -86,15 +86,13 @@ static kvs_status_t resolve_entry(kvs_ctx_h ctx, const char *entry, char (**node
     kvs_status_t st = KVS_OK;
     for (struct addrinfo *a = ai; a != NULL && st == KVS_OK; a = a->ai_next) {
         char ip[INET6_ADDRSTRLEN], node[300];
-        if (a->ai_family == AF_INET) {
+        if (a->ai_family == AF_INET)
             inet_ntop(AF_INET, &((struct sockaddr_in *)a->ai_addr)->sin_addr, ip, sizeof(ip));
-            snprintf(node, sizeof(node), "%s:%s", ip, port);
-        } else if (a->ai_family == AF_INET6) {
+        else if (a->ai_family == AF_INET6)
             inet_ntop(AF_INET6, &((struct sockaddr_in6 *)a->ai_addr)->sin6_addr, ip, sizeof(ip));
-            snprintf(node, sizeof(node), "[%s]:%s", ip, port);
-        } else {
+        else
             continue;
-        }
+        kvs__endpoint_format(node, sizeof(node), ip, port);
         st = add_node(ctx, nodes, n, node);
     }
     freeaddrinfo(ai);
