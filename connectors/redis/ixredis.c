@@ -2,6 +2,7 @@
 /* ixredis.c - the index shared through Redis (hiredis): leases, pipelined writes, snapshot,
  * and scores walked server-side by one Lua script. */
 #include "ixredis_int.h"
+#include "util_int.h"
 
 #include <hiredis/hiredis.h>
 #include <pthread.h>
@@ -171,29 +172,20 @@ kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t le
         snprintf(r->path, sizeof(r->path), "%s", p);
     } else if (strncmp(url, "redis://", 8) == 0) {
         const char *h = url + 8, *end = h + strcspn(h, "/");
-        const char *colon = NULL;
-        if (*h == '[') { /* [IPv6]:port */
-            const char *rb = memchr(h, ']', (size_t)(end - h));
-            if (rb == NULL)
-                goto bad;
-            colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
-            if ((size_t)(rb - h - 1) >= sizeof(r->host) || rb == h + 1)
-                goto bad;
-            memcpy(r->host, h + 1, (size_t)(rb - h - 1));
-        } else {
-            colon = memchr(h, ':', (size_t)(end - h));
-            size_t hl = (size_t)((colon ? colon : end) - h);
-            if (hl == 0 || hl >= sizeof(r->host) || memchr(h, '@', (size_t)(end - h)))
-                goto bad; /* user:password@ is not supported */
-            memcpy(r->host, h, hl);
-        }
-        if (colon != NULL) {
-            char *e;
-            long port = strtol(colon + 1, &e, 10);
-            if (e != end || port <= 0 || port > 65535)
-                goto bad;
-            r->port = (int)port;
-        }
+        char auth[300];
+        kvs__endpoint_t ep;
+        /* user:password@ is not supported */
+        if ((size_t)(end - h) >= sizeof(auth) || memchr(h, '@', (size_t)(end - h)) != NULL)
+            goto bad;
+        memcpy(auth, h, (size_t)(end - h));
+        auth[end - h] = '\0';
+        if (kvs__endpoint_parse(auth, KVS__EP_PORT_OPTIONAL | KVS__EP_PORT_NONZERO, &ep, NULL, 0) !=
+                0 ||
+            strlen(ep.host) >= sizeof(r->host))
+            goto bad;
+        snprintf(r->host, sizeof(r->host), "%s", ep.host);
+        if (ep.has_port)
+            r->port = ep.port_num;
         if (*end == '/' && end[1] != '\0') {
             char *e;
             long db = strtol(end + 1, &e, 10);

@@ -240,7 +240,6 @@ typedef struct kvsc_pool {
 
 /* Secret names are DNS-1123 subdomains; keys are [-._a-zA-Z0-9]+, not "." or "..", at most
  * 253 characters. 1 when valid. */
-int kvsc_valid_secret_name(const char *s);
 int kvsc_valid_secret_key(const char *s);
 
 /**

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Builds the JSON Patch that wires the kvshare shim into an opted-in pod. */
 #include "controller_int.h"
+#include "util_int.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -156,22 +157,6 @@ static kvsc_status_t warn(cJSON *warnings, const char *fmt, const char *value)
         return KVSC_ERR_NO_MEMORY;
     }
     return KVSC_OK;
-}
-
-/* DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric. */
-static int is_dns_label(const char *s, size_t max)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > max || s[0] == '-' || s[n - 1] == '-') {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) {
-            return 0;
-        }
-    }
-    return 1;
 }
 
 /* What Python accepts in PYTHONHASHSEED, less "random" (which gives each process its own
@@ -656,15 +641,16 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
         goto out_no_patch;
     }
     const char *pool = str_get(annotations, KVSC_ANNOT_POOL);
-    if (pool != NULL && !is_dns_label(pool, KVSC_POOL_NAME_MAX)) {
+    if (pool != NULL && !kvs__dns_label(pool, KVSC_POOL_NAME_MAX, KVS__DNS_1035)) {
         status = warn(warnings,
-                      "kvshare: invalid kvshare.io/pool \"%s\" (want a DNS-1123 label of at "
-                      "most 57 characters); pod not injected",
+                      "kvshare: invalid kvshare.io/pool \"%s\" (want a DNS-1035 label, starting "
+                      "with a letter, of at most 57 characters: a KVSharePool's name); pod not "
+                      "injected",
                       pool);
         goto out_no_patch;
     }
     const char *secret = str_get(annotations, KVSC_ANNOT_AUTH_SECRET);
-    if (secret != NULL && !kvsc_valid_secret_name(secret)) {
+    if (secret != NULL && !kvs__dns_subdomain(secret)) {
         status = warn(warnings,
                       "kvshare: invalid kvshare.io/auth-secret \"%s\" (want a Secret name); pod "
                       "not injected",

@@ -2,6 +2,7 @@
 /* kvshare-controller: command line, signals and the main loop around the webhook server and
  * the KVCachePool reconciler. */
 #include "controller_int.h"
+#include "util_int.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -100,42 +101,21 @@ static int parse_uint(const char *flag, const char *s, unsigned long min, unsign
     return 0;
 }
 
-/* --listen ADDR:PORT (IPv6 in brackets). Only the port is checked here: a
- * port past 65535 would otherwise reach getaddrinfo, which takes it modulo
- * 65536 (99999 became 34463). The address is resolved when binding. */
+/* --listen ADDR:PORT (IPv6 in brackets, ADDR empty or '*' for all), checked before anything
+ * starts: a port past 65535 would otherwise reach getaddrinfo, which takes it modulo 65536
+ * (99999 became 34463). The address is resolved when binding. */
 static int check_listen(const char *spec)
 {
-    const char *colon = strrchr(spec, ':');
-    const char *port = colon != NULL ? colon + 1 : "";
-    unsigned long v = 0;
-    size_t i;
+    kvs__endpoint_t ep;
+    char why[128];
 
-    for (i = 0; port[i] >= '0' && port[i] <= '9' && v <= 65535; i++) {
-        v = v * 10 + (unsigned long)(port[i] - '0');
-    }
-    if (colon == NULL || i == 0 || port[i] != '\0' || v > 65535) {
+    if (kvs__endpoint_parse(spec, KVS__EP_HOST_OPTIONAL, &ep, why, sizeof(why)) != 0) {
         fprintf(stderr,
-                "kvshare-controller: --listen %s: want ADDR:PORT with a port from 0 to 65535 "
-                "([::]:PORT for IPv6)\n",
-                spec);
+                "kvshare-controller: --listen %s: %s (want ADDR:PORT, [::]:PORT for IPv6)\n", spec,
+                why);
         return -1;
     }
     return 0;
-}
-
-/* DNS-1123 label, what a namespace name is; it goes into URL paths unescaped. */
-static int valid_namespace(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-') {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-')) {
-            return 0;
-        }
-    }
-    return 1;
 }
 
 int main(int argc, char **argv)
@@ -264,7 +244,7 @@ int main(int argc, char **argv)
             kube_token = optarg;
             break;
         case OPT_NAMESPACE:
-            if (!valid_namespace(optarg)) {
+            if (!kvs__dns_label(optarg, 63, 0)) {
                 fprintf(stderr,
                         "kvshare-controller: --namespace %s: want a DNS-1123 label "
                         "(lower-case letters, digits and '-', at most 63)\n",

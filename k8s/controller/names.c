@@ -1,26 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Kubernetes name grammars shared by the webhook and the reconciler: Secret names and keys. */
+/* Kubernetes name grammars shared by the webhook and the reconciler: Secret keys (Secret names
+ * are DNS-1123 subdomains: kvs__dns_subdomain, util/dnsname.c). */
 #include "controller_int.h"
 
 #include <string.h>
-
-int kvsc_valid_secret_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.' || s[0] == '-' || s[n - 1] == '-') {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.')) {
-            return 0;
-        }
-        if (c == '.' && (s[i + 1] == '.' || s[i + 1] == '-' || s[i - 1] == '-')) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 int kvsc_valid_secret_key(const char *s)
 {

@@ -2,6 +2,7 @@
 /* Pure part of the KVCachePool reconciler: validate a pool, build the objects it should own
  * and its status, and decide whether an existing object has drifted. */
 #include "controller_int.h"
+#include "util_int.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -24,22 +25,6 @@ static int int_at(const cJSON *v, long long *out)
     return 1;
 }
 
-/* DNS-1035 label: what a Service name must be. */
-static int dns1035(const char *s, size_t max)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > max || !(s[0] >= 'a' && s[0] <= 'z') || s[n - 1] == '-') {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 kvsc_status_t kvsc_pool_parse(const cJSON *obj, kvsc_pool_t *pool, const char **reason_p, char *msg,
                               size_t msg_len)
 {
@@ -59,7 +44,7 @@ kvsc_status_t kvsc_pool_parse(const cJSON *obj, kvsc_pool_t *pool, const char **
         snprintf(msg, msg_len, "metadata.namespace, metadata.name and metadata.uid are required");
         return KVSC_ERR_INVALID;
     }
-    if (!dns1035(p.name, KVSC_REC_POOL_NAME_MAX)) {
+    if (!kvs__dns_label(p.name, KVSC_REC_POOL_NAME_MAX, KVS__DNS_1035)) {
         *reason_p = "InvalidName";
         snprintf(msg, msg_len,
                  "metadata.name: must be a DNS-1035 label of at most %zu characters (lower-case "
@@ -102,7 +87,7 @@ kvsc_status_t kvsc_pool_parse(const cJSON *obj, kvsc_pool_t *pool, const char **
         const cJSON *key = cJSON_GetObjectItemCaseSensitive(v, "key");
         p.auth_secret = cJSON_IsObject(v) ? str_at(v, "name") : NULL;
         p.auth_key = KVSC_AUTH_TOKEN_KEY;
-        if (p.auth_secret == NULL || !kvsc_valid_secret_name(p.auth_secret)) {
+        if (p.auth_secret == NULL || !kvs__dns_subdomain(p.auth_secret)) {
             p.auth_secret = NULL;
             *reason_p = "InvalidAuthSecretRef";
             snprintf(msg, msg_len,

@@ -2,6 +2,7 @@
 /* HTTPS front end of the webhook: libmicrohttpd routing, body limits, and hot certificate reload.
  */
 #include "controller_int.h"
+#include "util_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -544,25 +545,19 @@ static struct MHD_Daemon *start_daemon(kvsc_server_t *s, const char *cert, const
 
 static kvsc_status_t open_listener(kvsc_server_t *s, const char *spec)
 {
-    char host[256];
-    const char *colon = strrchr(spec, ':');
-    if (colon == NULL || colon[1] == '\0' || (size_t)(colon - spec) >= sizeof(host)) {
-        log_err("--listen %s: want ADDR:PORT", spec);
+    kvs__endpoint_t ep;
+    char why[128];
+    if (kvs__endpoint_parse(spec, KVS__EP_HOST_OPTIONAL, &ep, why, sizeof(why)) != 0) {
+        log_err("--listen %s: %s", spec, why);
         return KVSC_ERR_INVALID;
     }
-    const char *h = spec, *he = colon;
-    if (*h == '[' && he > h && he[-1] == ']') {
-        h++;
-        he--;
-    }
-    memcpy(host, h, (size_t)(he - h));
-    host[he - h] = '\0';
+    const char *host = ep.host;
 
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
-    int rc = getaddrinfo(host[0] && strcmp(host, "*") ? host : NULL, colon + 1, &hints, &ai);
+    int rc = getaddrinfo(host[0] && strcmp(host, "*") ? host : NULL, ep.port, &hints, &ai);
     if (rc != 0) {
         log_err("--listen %s: %s", spec, gai_strerror(rc));
         return KVSC_ERR_INVALID;
@@ -589,8 +584,7 @@ static kvsc_status_t open_listener(kvsc_server_t *s, const char *spec)
         close(fd);
         return KVSC_ERR_IO;
     }
-    snprintf(s->address, sizeof(s->address), sa.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", nhost,
-             nport);
+    kvs__endpoint_format(s->address, sizeof(s->address), nhost, nport);
     s->listen_fd = fd;
     return KVSC_OK;
 }

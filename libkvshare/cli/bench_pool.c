@@ -138,7 +138,8 @@ int kvs_cli_bench_pool(int argc, char **argv)
             usage(stderr);
             return 2;
         }
-        if (!kvs_cli_parse_u64(a, v, 1, 1u << 30, dst))
+        if (dst == &o.block_bytes ? !kvs_cli_parse_size(a, v, 1, 1u << 30, dst)
+                                  : !kvs_cli_parse_u64(a, v, 1, 1u << 30, dst))
             return 2;
         i++;
     }

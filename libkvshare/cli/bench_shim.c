@@ -11,7 +11,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +18,7 @@
 #include <unistd.h>
 
 #include "bench_shim.h"
+#include "util_int.h"
 
 extern char **environ;
 
@@ -72,7 +72,6 @@ static int bs_run(const bs_paths_t *p, int with_shim, long calls, double ns[BS_O
     char *argv[] = {(char *)p->helper, ncalls, NULL};
     char *envp[512];
     size_t n = 0, used = 0;
-    posix_spawn_file_actions_t fa;
     int fds[2], status = 0, rc = -1;
     pid_t pid;
     ssize_t got;
@@ -97,21 +96,18 @@ static int bs_run(const bs_paths_t *p, int with_shim, long calls, double ns[BS_O
     }
     envp[n] = NULL;
 
-    if (pipe(fds) != 0) {
+    if (pipe2(fds, O_CLOEXEC) != 0) {
         fprintf(stderr, "kvshare bench shim: pipe: %s\n", strerror(errno));
         return -1;
     }
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&fa, fds[0]);
-    if (posix_spawn(&pid, p->helper, &fa, NULL, argv, envp) != 0) {
-        fprintf(stderr, "kvshare bench shim: cannot run %s\n", p->helper);
-        posix_spawn_file_actions_destroy(&fa);
+    kvs__spawn_t sp = {
+        .argv = argv, .envp = envp, .stdin_fd = -1, .stdout_fd = fds[1], .stderr_fd = -1};
+    if ((pid = kvs__spawn(&sp)) < 0) {
+        fprintf(stderr, "kvshare bench shim: cannot run %s: %s\n", p->helper, strerror(errno));
         close(fds[0]);
         close(fds[1]);
         return -1;
     }
-    posix_spawn_file_actions_destroy(&fa);
     close(fds[1]);
     while (used + 1 < sizeof(out) &&
            ((got = read(fds[0], out + used, sizeof(out) - 1 - used)) > 0 ||

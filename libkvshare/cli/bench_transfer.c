@@ -249,7 +249,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             o.tls = v;
             i++;
         } else if (strcmp(a, "--block-bytes") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 8, 1ull << 30, &o.block_bytes))
+            if (!kvs_cli_parse_size(a, v, 8, 1ull << 30, &o.block_bytes))
                 return 2;
             i++;
         } else if (strcmp(a, "--blocks") == 0) {

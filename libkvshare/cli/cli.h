@@ -64,6 +64,10 @@ double kvs_cli_median(double *v, int n);
 /* Parses a non-negative integer argument; prints "kvshare: OPT: ..." and
  * returns false on error. */
 bool kvs_cli_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out);
+/* Parses a byte-size argument in the one size grammar (util/size.c: 65536, 64K, 1.5GiB; every
+ * unit a power of 1024) within min..max; prints "kvshare: OPT '...': ..." and returns false on
+ * error. */
+bool kvs_cli_parse_size(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out);
 /* Prints "kvshare: what: status text" to stderr; returns 1 (exit code). */
 int kvs_cli_fail(const char *what, kvs_status_t status);
 

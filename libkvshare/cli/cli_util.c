@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* cli_util.c - helpers shared by subcommands: spawning, a run's token, listening on HOST:PORT. */
 #include "cli.h"
+#include "util_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -80,15 +81,8 @@ pid_t kvs_cli_spawn(char *const argv[], int *to_child, FILE **from_child)
         close(in[1]);
         return -1;
     }
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[1]);
-        close(out[0]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
+    kvs__spawn_t sp = {.argv = argv, .stdin_fd = in[0], .stdout_fd = out[1], .stderr_fd = -1};
+    pid_t pid = kvs__spawn(&sp);
     close(in[0]);
     close(out[1]);
     if (pid < 0) {
@@ -116,46 +110,20 @@ uint64_t kvs_cli_mix(uint64_t x)
 int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, size_t wl,
                    int *usage)
 {
-    char host[256];
-    const char *colon = strrchr(spec, ':'), *h = spec, *he = colon;
+    kvs__endpoint_t ep;
     *usage = 1;
-    if (colon == NULL || colon == spec) {
-        snprintf(why, wl, "expected HOST:PORT (e.g. 127.0.0.1:9090 or [::1]:9090)");
+    if (kvs__endpoint_parse(spec, 0, &ep, why, wl) != 0)
         return -1;
-    }
-    if (spec[0] == '[') {
-        if (he[-1] != ']' || he - spec < 3) {
-            snprintf(why, wl, "an IPv6 address goes in brackets: [ADDR]:PORT");
-            return -1;
-        }
-        h++;
-        he--;
-    } else if (memchr(spec, ':', (size_t)(colon - spec)) != NULL) {
-        snprintf(why, wl, "an IPv6 address goes in brackets: [ADDR]:PORT");
-        return -1;
-    }
-    if ((size_t)(he - h) >= sizeof(host)) {
-        snprintf(why, wl, "host name too long");
-        return -1;
-    }
-    memcpy(host, h, (size_t)(he - h));
-    host[he - h] = '\0';
-    char *end;
-    errno = 0;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || errno != 0 || port > 65535) {
-        snprintf(why, wl, "port '%s': expected an integer from 0 to 65535", colon + 1);
-        return -1;
-    }
-    struct addrinfo hints = {.ai_family = spec[0] == '[' ? AF_INET6 : AF_UNSPEC,
+    const char *host = ep.host;
+    struct addrinfo hints = {.ai_family = ep.bracketed ? AF_INET6 : AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG};
     struct addrinfo *ai = NULL;
-    int rc = getaddrinfo(host, colon + 1, &hints, &ai);
+    int rc = getaddrinfo(host, ep.port, &hints, &ai);
     if (rc != 0 && rc != EAI_SYSTEM) {
         /* AI_ADDRCONFIG hides ::1 on hosts without a global IPv6 address; retry without. */
         hints.ai_flags = AI_NUMERICSERV;
-        rc = getaddrinfo(host, colon + 1, &hints, &ai);
+        rc = getaddrinfo(host, ep.port, &hints, &ai);
     }
     if (rc != 0) {
         snprintf(why, wl, "cannot resolve host '%s': %s", host,
@@ -179,13 +147,12 @@ int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, s
         freeaddrinfo(ai);
         return -1;
     }
-    int family = ai->ai_family;
     freeaddrinfo(ai);
     struct sockaddr_storage sa;
     socklen_t salen = sizeof(sa);
     if (getsockname(fd, (struct sockaddr *)&sa, &salen) == 0)
         getnameinfo((struct sockaddr *)&sa, salen, nhost, sizeof(nhost), nport, sizeof(nport),
                     NI_NUMERICHOST | NI_NUMERICSERV);
-    snprintf(bound, bound_len, family == AF_INET6 ? "[%s]:%s" : "%s:%s", nhost, nport);
+    kvs__endpoint_format(bound, bound_len, nhost, nport);
     return fd;
 }

@@ -2,6 +2,7 @@
 /* cmd_demo.c - `kvshare demo`: prefill -> decode over UCX between real processes on loopback,
  * checked token for token against local prefill, then prefix reuse through a cache-pool node. */
 #include "cli.h"
+#include "util_int.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -173,38 +174,18 @@ static bool child_spawn(child_t *c, char *const argv[], const char *const env[])
         demo_err("%s: pipe/memfd: %s", c->name, strerror(errno));
         goto fail;
     }
-    const pid_t parent = getpid();
-    pid_t pid = fork();
+    /* The child gets SIGKILL if we die; env is applied in the child (the demo has no other
+     * threads). */
+    kvs__spawn_t sp = {.argv = argv,
+                       .env_edits = env,
+                       .stdin_fd = in[0],
+                       .stdout_fd = out[1],
+                       .stderr_fd = c->err_fd,
+                       .die_with_parent = true};
+    pid_t pid = kvs__spawn(&sp);
     if (pid < 0) {
         demo_err("%s: fork: %s", c->name, strerror(errno));
         goto fail;
-    }
-    if (pid == 0) {
-        /* Between fork and exec: only async-signal-safe calls, plus setenv
-         * (safe here: the demo has no other threads). */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) /* we died before prctl took effect */
-            _exit(127);
-        signal(SIGPIPE, SIG_DFL); /* ignored dispositions survive exec */
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        dup2(c->err_fd, 2);
-        for (size_t i = 0; env != NULL && env[i] != NULL; i++) {
-            const char *eq = strchr(env[i], '=');
-            if (eq == NULL) {
-                unsetenv(env[i]);
-            } else {
-                char name[64];
-                size_t n = (size_t)(eq - env[i]) < sizeof(name) - 1 ? (size_t)(eq - env[i])
-                                                                    : sizeof(name) - 1;
-                memcpy(name, env[i], n);
-                name[n] = '\0';
-                setenv(name, eq + 1, 1);
-            }
-        }
-        execv(argv[0], argv);
-        dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
     }
     close(in[0]);
     close(out[1]);

@@ -212,6 +212,11 @@ int kvs_cli_serve(int argc, char **argv)
         }
         *dst = v;
     }
+    /* Checked here too (the library parses the same grammar) so that the error names the flag. */
+    uint64_t size;
+    if ((capacity != NULL && !kvs_cli_parse_size("--capacity", capacity, 1, UINT64_MAX, &size)) ||
+        (slot != NULL && !kvs_cli_parse_size("--slot-bytes", slot, 0, UINT64_MAX, &size)))
+        return 2;
     uint64_t queue = 65536, keep = 10000;
     if ((events_pod || events_model || events_queue || events_replay || events_keep) &&
         events_ep == NULL) {

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* kvshare.c - entry point of the `kvshare` command: dispatches to subcommands. */
 #include "cli.h"
+#include "util_int.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -59,6 +60,27 @@ bool kvs_cli_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t ma
     unsigned long long v = strtoull(s, &end, 10);
     if (s[0] == '-' || end == s || *end != '\0' || errno != 0 || v < min || v > max) {
         fprintf(stderr, "kvshare: %s '%s': expected an integer in %llu..%llu\n", opt, s,
+                (unsigned long long)min, (unsigned long long)max);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool kvs_cli_parse_size(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char why[160];
+    uint64_t v;
+    if (s == NULL) {
+        fprintf(stderr, "kvshare: %s needs a value\n", opt);
+        return false;
+    }
+    if (kvs__size_parse(s, &v, why, sizeof(why)) != 0) {
+        fprintf(stderr, "kvshare: %s '%s': %s\n", opt, s, why);
+        return false;
+    }
+    if (v < min || v > max) {
+        fprintf(stderr, "kvshare: %s '%s': expected a size from %llu to %llu bytes\n", opt, s,
                 (unsigned long long)min, (unsigned long long)max);
         return false;
     }

@@ -2,6 +2,7 @@
 /* boot.c - TCP sockets for the bootstrap handshake, every wait bounded by a deadline. */
 #include "boot_int.h"
 #include "proto_int.h"
+#include "util_int.h"
 
 #include <arpa/inet.h>
 #include <openssl/crypto.h>
@@ -19,20 +20,11 @@
 
 kvs_status_t kvs__resolve(const char *peer, struct sockaddr_storage *ss, socklen_t *len)
 {
-    char host[256];
-    const char *colon = strrchr(peer, ':');
-    if (colon == NULL || colon == peer || colon[1] == '\0' ||
-        (size_t)(colon - peer) >= sizeof(host))
+    kvs__endpoint_t ep;
+    if (kvs__endpoint_parse(peer, 0, &ep, NULL, 0) != 0)
         return KVS_ERR_INVALID_PARAM;
-    size_t hl = (size_t)(colon - peer);
-    memcpy(host, peer, hl);
-    host[hl] = '\0';
-    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
-        memmove(host, host + 1, hl - 2);
-        host[hl - 2] = '\0';
-    }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || ai == NULL)
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai = NULL;
+    if (getaddrinfo(ep.host, ep.port, &hints, &ai) != 0 || ai == NULL)
         return KVS_ERR_NOT_FOUND;
     memcpy(ss, ai->ai_addr, ai->ai_addrlen);
     *len = ai->ai_addrlen;
@@ -42,19 +34,18 @@ kvs_status_t kvs__resolve(const char *peer, struct sockaddr_storage *ss, socklen
 
 static void name_addr(const struct sockaddr *sa, char *out, size_t len)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
+    char host[INET6_ADDRSTRLEN] = "?", port[8];
     if (sa->sa_family == AF_INET) {
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
-        port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
-        snprintf(out, len, "%s:%d", host, port);
+        snprintf(port, sizeof(port), "%u", ntohs(((const struct sockaddr_in *)sa)->sin_port));
     } else if (sa->sa_family == AF_INET6) {
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
-        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-        snprintf(out, len, "[%s]:%d", host, port);
+        snprintf(port, sizeof(port), "%u", ntohs(((const struct sockaddr_in6 *)sa)->sin6_port));
     } else {
         snprintf(out, len, "?");
+        return;
     }
+    kvs__endpoint_format(out, len, host, port);
 }
 
 int kvs__boot_listen(const char *addr, char *bound, size_t bound_len, char *err, size_t errlen)

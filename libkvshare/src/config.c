@@ -5,6 +5,7 @@
  * one error message: the variable (or JSON key), the bad value, and what
  * would have been accepted. */
 #include "config_int.h"
+#include "util_int.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -22,59 +23,6 @@ typedef struct setting {
     const char *accepts; /* for error messages */
     setting_parse_fn parse;
 } setting_t;
-
-kvs_status_t kvs__parse_size(const char *s, uint64_t *bytes_p)
-{
-    static const struct {
-        const char *suffix;
-        double mult;
-    } units[] = {
-        {"", 1},
-        {"B", 1},
-        {"K", 1024.0},
-        {"KI", 1024.0},
-        {"KIB", 1024.0},
-        {"KB", 1e3},
-        {"M", 1048576.0},
-        {"MI", 1048576.0},
-        {"MIB", 1048576.0},
-        {"MB", 1e6},
-        {"G", 1073741824.0},
-        {"GI", 1073741824.0},
-        {"GIB", 1073741824.0},
-        {"GB", 1e9},
-        {"T", 1099511627776.0},
-        {"TI", 1099511627776.0},
-        {"TIB", 1099511627776.0},
-        {"TB", 1e12},
-    };
-    char *end = NULL;
-    if (s == NULL || !isdigit((unsigned char)s[0]))
-        return KVS_ERR_CONFIG;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || end == s || !isfinite(v) || v < 0)
-        return KVS_ERR_CONFIG;
-    while (*end == ' ')
-        end++;
-    char suf[8];
-    size_t n = strlen(end);
-    if (n >= sizeof(suf))
-        return KVS_ERR_CONFIG;
-    for (size_t i = 0; i < n && i < sizeof(suf) - 1; i++)
-        suf[i] = (char)toupper((unsigned char)end[i]);
-    suf[n < sizeof(suf) ? n : sizeof(suf) - 1] = '\0';
-    for (size_t i = 0; i < KVS_ARRAY_SIZE(units); i++) {
-        if (strcmp(suf, units[i].suffix) == 0) {
-            double b = v * units[i].mult;
-            if (b >= 18446744073709551615.0)
-                return KVS_ERR_CONFIG;
-            *bytes_p = (uint64_t)b;
-            return KVS_OK;
-        }
-    }
-    return KVS_ERR_CONFIG;
-}
 
 static kvs_status_t parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out)
 {
@@ -111,34 +59,19 @@ static kvs_status_t set_string(const char *s, char *dst, size_t cap)
     return KVS_OK;
 }
 
-/* host:port or [v6]:port with a port in 1..65535; "" turns the listener off. */
-static bool valid_hostport(const char *s)
-{
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL || colon == s)
-        return false;
-    if (s[0] == '[' && colon[-1] != ']')
-        return false;
-    uint32_t port;
-    return parse_u32(colon + 1, 0, 65535, &port) == KVS_OK;
-}
-
 static kvs_status_t p_log(const char *s, kvs__config_t *c)
 {
-    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-    for (size_t i = 0; i < KVS_ARRAY_SIZE(names); i++) {
-        if (strcmp(s, names[i]) == 0) {
-            c->log_level = (kvs_log_level_t)i;
-            return KVS_OK;
-        }
-    }
-    return KVS_ERR_CONFIG;
+    int level;
+    if (kvs__log_level_parse(s, &level) != 0)
+        return KVS_ERR_CONFIG;
+    c->log_level = (kvs_log_level_t)level;
+    return KVS_OK;
 }
 
 static kvs_status_t p_capacity(const char *s, kvs__config_t *c)
 {
     uint64_t v;
-    if (kvs__parse_size(s, &v) != KVS_OK || v == 0)
+    if (kvs__size_parse(s, &v, NULL, 0) != 0 || v == 0)
         return KVS_ERR_CONFIG;
     c->capacity_bytes = v;
     return KVS_OK;
@@ -147,7 +80,7 @@ static kvs_status_t p_capacity(const char *s, kvs__config_t *c)
 static kvs_status_t p_slot(const char *s, kvs__config_t *c)
 {
     uint64_t v;
-    if (kvs__parse_size(s, &v) != KVS_OK)
+    if (kvs__size_parse(s, &v, NULL, 0) != 0)
         return KVS_ERR_CONFIG;
     c->slot_bytes = v;
     return KVS_OK;
@@ -197,7 +130,9 @@ static kvs_status_t p_lease_timeout(const char *s, kvs__config_t *c)
 
 static kvs_status_t p_listen(const char *s, kvs__config_t *c)
 {
-    if (s[0] != '\0' && !valid_hostport(s))
+    /* HOST:PORT (util/endpoint.c; port 0 picks one); "" turns the listener off. */
+    kvs__endpoint_t ep;
+    if (s[0] != '\0' && kvs__endpoint_parse(s, 0, &ep, NULL, 0) != 0)
         return KVS_ERR_CONFIG;
     return set_string(s, c->listen, sizeof(c->listen));
 }
@@ -240,10 +175,13 @@ static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 }
 
 static const setting_t settings[] = {
-    {"log", "KVSHARE_LOG", "off, error, warn, info, debug or trace", p_log},
-    {"capacity", "KVSHARE_CAPACITY", "a size > 0 such as 1073741824, 512MiB or 4GiB", p_capacity},
+    {"log", "KVSHARE_LOG", KVS__LOG_LEVEL_NAMES, p_log},
+    {"capacity", "KVSHARE_CAPACITY",
+     "a size > 0 such as 1073741824, 512MiB or 4GiB (K, M, G, T: powers of 1024)", p_capacity},
     {"slot_bytes", "KVSHARE_SLOT_BYTES",
-     "a size such as 65536 or 256KiB (0: one slot class per block size)", p_slot},
+     "a size such as 65536 or 256KiB (K, M, G, T: powers of 1024; 0: one slot class per block "
+     "size)",
+     p_slot},
     {"strategy", "KVSHARE_STRATEGY", "lru or lfu", p_strategy},
     {"high_watermark", "KVSHARE_HIGH_WATERMARK", "a fraction in (0, 1], e.g. 0.9", p_high},
     {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low},

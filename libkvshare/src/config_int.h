@@ -37,7 +37,4 @@ typedef struct kvs__config {
 kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *params, kvs__config_t *cfg, char *errbuf,
                                  size_t errbuf_len);
 
-/* Parses "1073741824", "512MiB", "4GiB", "1.5G"... into bytes. */
-kvs_status_t kvs__parse_size(const char *s, uint64_t *bytes_p);
-
 #endif

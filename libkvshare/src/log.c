@@ -1,22 +1,19 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* log.c - formatting log lines into a sink, and the default stderr sink. */
 #include "kvs_int.h"
+#include "util_int.h"
 
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
-static const char *level_name(kvs_log_level_t level)
-{
-    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-    return ((unsigned)level < KVS_ARRAY_SIZE(names)) ? names[level] : "?";
-}
+_Static_assert(KVS_LOG_TRACE + 1 == KVS__LOG_LEVEL_COUNT, "kvs_log_level_t is util's list");
 
 void kvs__log_default_sink(void *arg, kvs_log_level_t level, const char *msg)
 {
     (void)arg;
     /* One fprintf per line so lines from threads do not interleave. */
-    fprintf(stderr, "kvshare[%d] %s: %s\n", (int)getpid(), level_name(level), msg);
+    fprintf(stderr, "kvshare[%d] %s: %s\n", (int)getpid(), kvs__log_level_name((int)level), msg);
 }
 
 void kvs__logf(const kvs__logger_t *lg, kvs_log_level_t level, const char *fmt, ...)

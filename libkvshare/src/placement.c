@@ -10,6 +10,7 @@
  * when one first block (a popular system prompt) dominates; DESIGN.md notes
  * it. */
 #include "ctx_int.h"
+#include "util_int.h"
 
 #include <netdb.h>
 #include <arpa/inet.h>
@@ -69,23 +70,14 @@ static kvs_status_t add_node(kvs_ctx_h ctx, char (**nodes)[300], size_t *n, cons
  * Service does. */
 static kvs_status_t resolve_entry(kvs_ctx_h ctx, const char *entry, char (**nodes)[300], size_t *n)
 {
-    char host[256], port[16];
-    const char *colon = strrchr(entry, ':');
-    bool v6 = entry[0] == '[';
-    if (colon != NULL && (!v6 || colon[-1] == ']')) {
-        snprintf(host, sizeof(host), "%.*s", (int)(colon - entry), entry);
-        snprintf(port, sizeof(port), "%s", colon + 1);
-    } else {
-        snprintf(host, sizeof(host), "%s", entry);
-        snprintf(port, sizeof(port), "%s", DEFAULT_PORT);
+    kvs__endpoint_t ep;
+    char why[128];
+    if (kvs__endpoint_parse(entry, KVS__EP_PORT_OPTIONAL, &ep, why, sizeof(why)) != 0) {
+        kvs__warn(&ctx->log, "KVSHARE_POOL entry '%s': %s", entry, why);
+        return KVS_ERR_CONFIG;
     }
-    if (host[0] == '[') {
-        size_t hl = strlen(host);
-        memmove(host, host + 1, hl);
-        if (hl >= 2)
-            host[hl - 2] = '\0';
-    }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    const char *host = ep.host, *port = ep.has_port ? ep.port : DEFAULT_PORT;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai = NULL;
     int rc = getaddrinfo(host, port, &hints, &ai);
     if (rc != 0) {
         kvs__warn(&ctx->log, "KVSHARE_POOL entry '%s': %s", entry, gai_strerror(rc));
@@ -94,15 +86,13 @@ static kvs_status_t resolve_entry(kvs_ctx_h ctx, const char *entry, char (**node
     kvs_status_t st = KVS_OK;
     for (struct addrinfo *a = ai; a != NULL && st == KVS_OK; a = a->ai_next) {
         char ip[INET6_ADDRSTRLEN], node[300];
-        if (a->ai_family == AF_INET) {
+        if (a->ai_family == AF_INET)
             inet_ntop(AF_INET, &((struct sockaddr_in *)a->ai_addr)->sin_addr, ip, sizeof(ip));
-            snprintf(node, sizeof(node), "%s:%s", ip, port);
-        } else if (a->ai_family == AF_INET6) {
+        else if (a->ai_family == AF_INET6)
             inet_ntop(AF_INET6, &((struct sockaddr_in6 *)a->ai_addr)->sin6_addr, ip, sizeof(ip));
-            snprintf(node, sizeof(node), "[%s]:%s", ip, port);
-        } else {
+        else
             continue;
-        }
+        kvs__endpoint_format(node, sizeof(node), ip, port);
         st = add_node(ctx, nodes, n, node);
     }
     freeaddrinfo(ai);

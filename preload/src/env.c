@@ -7,40 +7,6 @@
 
 #include "preload_int.h"
 
-kvs_status_t kvs__preload_parse_bytes(const char *s, uint64_t *value_p)
-{
-    static const struct {
-        const char *suffix;
-        unsigned shift;
-    } suffixes[] = {
-        {"", 0},   {"K", 10},   {"KiB", 10}, {"M", 20},   {"MiB", 20},
-        {"G", 30}, {"GiB", 30}, {"T", 40},   {"TiB", 40},
-    };
-    uint64_t v = 0;
-    const char *p = s;
-
-    if (s == NULL || !isdigit((unsigned char)*p)) {
-        return KVS_ERR_CONFIG;
-    }
-    for (; isdigit((unsigned char)*p); p++) {
-        uint64_t d = (uint64_t)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10) {
-            return KVS_ERR_CONFIG;
-        }
-        v = v * 10 + d;
-    }
-    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
-        if (strcasecmp(p, suffixes[i].suffix) == 0) {
-            if (suffixes[i].shift != 0 && v > (UINT64_MAX >> suffixes[i].shift)) {
-                return KVS_ERR_CONFIG;
-            }
-            *value_p = v << suffixes[i].shift;
-            return KVS_OK;
-        }
-    }
-    return KVS_ERR_CONFIG;
-}
-
 kvs_status_t kvs__preload_parse_bool(const char *s, int *value_p)
 {
     static const char *const yes[] = {"1", "true", "yes", "on"};
@@ -58,24 +24,6 @@ kvs_status_t kvs__preload_parse_bool(const char *s, int *value_p)
     for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
         if (strcasecmp(s, no[i]) == 0) {
             *value_p = 0;
-            return KVS_OK;
-        }
-    }
-    return KVS_ERR_CONFIG;
-}
-
-kvs_status_t kvs__preload_parse_log_level(const char *s, int *level_p)
-{
-    /* Exactly libkvshare's accepted values, so the shim and the library
-     * never disagree about one variable. */
-    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-
-    if (s == NULL) {
-        return KVS_ERR_CONFIG;
-    }
-    for (int i = 0; i <= KVS_PL_TRACE; i++) {
-        if (strcmp(s, names[i]) == 0) {
-            *level_p = i;
             return KVS_OK;
         }
     }

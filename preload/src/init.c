@@ -9,18 +9,20 @@
 #include <unistd.h>
 
 #include "shim_int.h"
+#include "util_int.h"
 
 kvs_shim_t kvs__shim = {
     .kv_min = KVS_PRELOAD_KV_MIN_DEFAULT,
     .once = PTHREAD_ONCE_INIT,
 };
 
+_Static_assert(KVS_PL_TRACE + 1 == KVS__LOG_LEVEL_COUNT, "the shim's levels are util's list");
+
 __thread int kvs__t_guard __attribute__((tls_model("initial-exec")));
 __thread int kvs__t_in_observer __attribute__((tls_model("initial-exec")));
 
 __attribute__((format(printf, 2, 3))) void kvs__log(int level, const char *fmt, ...)
 {
-    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
     char buf[512];
     int err = errno;
     int n;
@@ -29,7 +31,8 @@ __attribute__((format(printf, 2, 3))) void kvs__log(int level, const char *fmt, 
     if (level > atomic_load_explicit(&kvs__shim.log_level, RLX)) {
         return;
     }
-    n = snprintf(buf, sizeof(buf), "kvshare-preload[%ld]: %s: ", (long)getpid(), names[level]);
+    n = snprintf(buf, sizeof(buf), "kvshare-preload[%ld]: %s: ", (long)getpid(),
+                 kvs__log_level_name(level));
     if (n < 0 || (size_t)n >= sizeof(buf)) {
         goto out;
     }
@@ -82,12 +85,11 @@ static void kvs__init(void)
     int mode = KVS_MODE_ACTIVE;
 
     v = getenv("KVSHARE_LOG");
-    if (v != NULL && kvs__preload_parse_log_level(v, &level) != KVS_OK) {
+    /* The library's own list (util/loglevel.c), so the two never disagree about one variable. */
+    if (v != NULL && kvs__log_level_parse(v, &level) != 0) {
         atomic_store_explicit(&kvs__shim.log_level, KVS_PL_ERROR, RLX);
-        kvs__log(KVS_PL_ERROR,
-                 "KVSHARE_LOG=%s: expected off|error|warn|info|debug|trace; "
-                 "kvshare steps aside (pass-through)",
-                 v);
+        kvs__log(KVS_PL_ERROR, "KVSHARE_LOG=%s: expected %s; kvshare steps aside (pass-through)", v,
+                 KVS__LOG_LEVEL_NAMES);
         mode = KVS_MODE_ASIDE;
         goto out;
     }
@@ -126,11 +128,11 @@ static void kvs__init(void)
 
     kvs__shim.kv_min = KVS_PRELOAD_KV_MIN_DEFAULT;
     v = getenv("KVSHARE_KV_MIN_BYTES");
-    if (v != NULL && kvs__preload_parse_bytes(v, &kvs__shim.kv_min) != KVS_OK) {
+    if (v != NULL && kvs__size_parse(v, &kvs__shim.kv_min, NULL, 0) != 0) {
         kvs__log(KVS_PL_ERROR,
-                 "KVSHARE_KV_MIN_BYTES=%s: expected a byte count such as 67108864, 64M or "
-                 "64MiB; kvshare steps aside (pass-through)",
-                 v);
+                 "KVSHARE_KV_MIN_BYTES=%s: expected %s, such as 67108864 or 64MiB; kvshare steps "
+                 "aside (pass-through)",
+                 v, KVS__SIZE_GRAMMAR);
         kvs__shim.kv_min = KVS_PRELOAD_KV_MIN_DEFAULT;
         KVS_COUNT(errors, 1);
         mode = KVS_MODE_ASIDE;

@@ -23,16 +23,8 @@ enum {
     KVS_PL_TRACE,
 };
 
-/* A byte count: decimal digits with an optional K/M/G/T, KiB/MiB/GiB/TiB
- * suffix (powers of 1024). Nothing else: no sign, spaces, hex or overflow.
- * Errors: KVS_ERR_CONFIG. */
-kvs_status_t kvs__preload_parse_bytes(const char *s, uint64_t *value_p);
-
 /* 1/true/yes/on -> 1; 0/false/no/off/"" -> 0 (any case). Errors: CONFIG. */
 kvs_status_t kvs__preload_parse_bool(const char *s, int *value_p);
-
-/* off/error/warn/info/debug/trace, as libkvshare accepts. Errors: CONFIG. */
-kvs_status_t kvs__preload_parse_log_level(const char *s, int *level_p);
 
 /* Copies @tmpl to @out, replacing "%p" with @pid and "%%" with "%".
  * Errors: KVS_ERR_NO_SPACE (does not fit), KVS_ERR_CONFIG (another %x). */

@@ -26,7 +26,9 @@ expect 2 "no tokens" -- keys --block-tokens 2
 expect 2 "unexpected argument 'x'" -- version x
 expect 2 "unknown option 'garbage'" -- serve garbage
 expect 2 "--listen needs a value" -- serve --listen
-expect 2 "KVSHARE_CAPACITY='abc'" -- serve --listen 127.0.0.1:0 --capacity abc
+expect 2 "--capacity 'abc': expected bytes" -- serve --listen 127.0.0.1:0 --capacity abc
+expect 2 "--slot-bytes '1x': expected bytes" -- serve --listen 127.0.0.1:0 --slot-bytes 1x
+expect 2 "--capacity '0': expected a size from 1" -- serve --listen 127.0.0.1:0 --capacity 0
 expect 2 "unknown command 'frobnicate'" -- frobnicate
 expect 2 "unknown benchmark 'nope'" -- bench nope
 expect 2 "--chain 'x': expected an integer" -- bench lookup --chain x

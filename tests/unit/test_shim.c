@@ -403,7 +403,7 @@ Test(shim, default_kv_threshold_is_64MiB)
 Test(shim, bad_kv_min_bytes_steps_aside)
 {
     static const char *const bad[] = {
-        "64X", "", "-1", "64 M", "0x40", "1.5G", "99999999999999999999", "18446744073709551615K"};
+        "64X", "", "-1", "64 M", "0x40", "1.5", "99999999999999999999", "18446744073709551615K"};
     char kv[96], stats[128], path[128];
     probe_run_t r;
 

@@ -5,56 +5,7 @@
 
 #include "preload_int.h"
 
-Test(shim_env, bytes_accepts_plain_and_binary_suffixes)
-{
-    static const struct {
-        const char *in;
-        uint64_t out;
-    } ok[] = {
-        {"0", 0},
-        {"1", 1},
-        {"67108864", 67108864ull},
-        {"64M", 64ull << 20},
-        {"64MiB", 64ull << 20},
-        {"64mib", 64ull << 20},
-        {"1K", 1024},
-        {"2GiB", 2ull << 30},
-        {"1T", 1ull << 40},
-        {"18446744073709551615", UINT64_MAX},
-        {"16777215TiB", 16777215ull << 40},
-    };
-    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-        uint64_t v = 12345;
-        cr_expect_eq(kvs__preload_parse_bytes(ok[i].in, &v), KVS_OK, "%s", ok[i].in);
-        cr_expect_eq(v, ok[i].out, "%s -> %llu", ok[i].in, (unsigned long long)v);
-    }
-}
-
-Test(shim_env, bytes_rejects_everything_else_and_writes_nothing)
-{
-    static const char *const bad[] = {"",
-                                      " 1",
-                                      "1 ",
-                                      "-1",
-                                      "+1",
-                                      "0x10",
-                                      "1.5",
-                                      "1KB",
-                                      "1Ki",
-                                      "1E",
-                                      "M",
-                                      "64X",
-                                      "1e6",
-                                      "18446744073709551616",
-                                      "16777216TiB",
-                                      "99999999999999999999"};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        uint64_t v = 12345;
-        cr_expect_eq(kvs__preload_parse_bytes(bad[i], &v), KVS_ERR_CONFIG, "'%s'", bad[i]);
-        cr_expect_eq(v, 12345, "'%s' wrote the output", bad[i]);
-    }
-    cr_expect_eq(kvs__preload_parse_bytes(NULL, NULL), KVS_ERR_CONFIG);
-}
+/* KVSHARE_KV_MIN_BYTES is read with kvs__size_parse (util/size.c), tested in test_util.c. */
 
 Test(shim_env, bool_values)
 {
@@ -76,20 +27,7 @@ Test(shim_env, bool_values)
     }
 }
 
-Test(shim_env, log_levels_match_libkvshare)
-{
-    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-    int v;
-
-    for (int i = 0; i < 6; i++) {
-        v = -1;
-        cr_expect_eq(kvs__preload_parse_log_level(names[i], &v), KVS_OK);
-        cr_expect_eq(v, i);
-    }
-    cr_expect_eq(kvs__preload_parse_log_level("WARN", &v), KVS_ERR_CONFIG);
-    cr_expect_eq(kvs__preload_parse_log_level("3", &v), KVS_ERR_CONFIG);
-    cr_expect_eq(kvs__preload_parse_log_level("", &v), KVS_ERR_CONFIG);
-}
+/* KVSHARE_LOG is read with kvs__log_level_parse (util/loglevel.c), the library's own list. */
 
 Test(shim_env, stats_path_expands_pid)
 {

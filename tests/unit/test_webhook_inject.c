@@ -283,8 +283,12 @@ Test(inject, bad_pool_or_secret_names_are_warnings)
     const char *cases[][2] = {
         {"kvshare.io/pool", "Bad_Pool"},
         {"kvshare.io/pool", "pool-name-of-fifty-eight-characters-is-one-too-many-for-it"},
-        {"kvshare.io/auth-secret", "no/slash"}};
-    for (size_t i = 0; i < 3; i++) {
+        /* A pool's name is a Service's prefix: the reconciler refuses one starting with a
+         * digit, so the webhook does too (it once took it, naming a pool that cannot exist). */
+        {"kvshare.io/pool", "1pool"},
+        {"kvshare.io/auth-secret", "no/slash"},
+        {"kvshare.io/auth-secret", "a..b"}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         cJSON *review = kvsc_t_load("pod-optin.json");
         cJSON *annots = get(get(kvsc_t_pod(review), "metadata"), "annotations");
         cJSON_DeleteItemFromObjectCaseSensitive(annots, cases[i][0]);
