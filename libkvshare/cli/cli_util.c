@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,6 +24,28 @@ static void run_token_remove(void)
     /* Only the process that made it: a forked child exiting must not. */
     if (run_token_path[0] != '\0' && getpid() == run_token_owner)
         unlink(run_token_path);
+}
+
+/* A run stopped by a signal (Ctrl-C, a timeout's SIGTERM) would skip atexit
+ * and leave the secret in TMPDIR: remove it, then die of the signal as
+ * before. unlink() and raise() are async-signal-safe. */
+static void run_token_signal(int sig)
+{
+    if (run_token_path[0] != '\0' && getpid() == run_token_owner)
+        unlink(run_token_path);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void run_token_on_signals(void)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        struct sigaction old;
+        /* Only where nobody handles the signal already (the command may). */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+            signal(sigs[i], run_token_signal);
+    }
 }
 
 bool kvs_cli_run_token(const char *who)
@@ -65,6 +88,7 @@ bool kvs_cli_run_token(const char *who)
     memcpy(run_token_path, path, sizeof(path));
     run_token_owner = getpid();
     atexit(run_token_remove);
+    run_token_on_signals();
     setenv("KVSHARE_AUTH_TOKEN_FILE", run_token_path, 1);
     return true;
 }

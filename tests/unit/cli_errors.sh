@@ -161,4 +161,27 @@ inflight_default() {
   fi
 }
 inflight_default
+# A run's own token (demo, bench: no KVSHARE_AUTH_TOKEN_FILE given) is a secret in TMPDIR: a run
+# stopped by SIGTERM removes it too, not only one that exits.
+token_on_signal() {
+  local d pid i
+  d=$(mktemp -d)
+  env -u KVSHARE_AUTH -u KVSHARE_AUTH_TOKEN_FILE TMPDIR="$d" "$k" bench transfer --no-perftest --repeats 1000 \
+    >/dev/null 2>&1 &
+  pid=$!
+  for i in $(seq 200); do compgen -G "$d/kvshare-token-*" >/dev/null && break; sleep 0.05; done
+  if ! compgen -G "$d/kvshare-token-*" >/dev/null; then
+    echo "skip: bench transfer made no token file here (exited: $(kill -0 $pid 2>/dev/null && echo no || echo yes))"
+  else
+    kill -TERM $pid; wait $pid 2>/dev/null
+    if compgen -G "$d/kvshare-token-*" >/dev/null; then
+      echo "FAIL: bench transfer stopped by SIGTERM left its token file in TMPDIR"; fail=1
+    else
+      echo "ok: bench transfer stopped by SIGTERM removed its token file"
+    fi
+  fi
+  kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
+  rm -rf "$d"
+}
+token_on_signal
 exit $fail
