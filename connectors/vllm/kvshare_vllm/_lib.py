@@ -368,6 +368,17 @@ def lookup(ctx, layout, hashes, sources, peer=None, lease_ms=0, timeout_ms=0):
     return Lease(out.value)
 
 
+def held(ctx, layout, hashes, sources, peer=None, lease_ms=0, timeout_ms=0):
+    """How many leading blocks of @hashes @sources hold now: a lookup whose
+    lease is released at once (to a producer, that release is the consumer's
+    "done")."""
+    lease = lookup(ctx, layout, hashes, sources, peer=peer, lease_ms=lease_ms,
+                   timeout_ms=timeout_ms)
+    hits = lease.hits
+    lease.release()
+    return hits
+
+
 class Request:
     def __init__(self, h):
         self.h = h

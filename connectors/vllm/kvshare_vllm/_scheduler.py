@@ -62,6 +62,8 @@ class SchedulerSide:
         self._delayed = set()
         self._put_reqs = {}  # req_id -> chain hashes of blocks put, for events
         self._events = []
+        # The sources cheaper than a named peer, asked first.
+        self._near = _lib.SOURCE_LOCAL | (_lib.SOURCE_POOL if settings.pool else 0)
 
     # -- setup -------------------------------------------------------------
     def set_handshake(self, metadata):
@@ -71,6 +73,12 @@ class SchedulerSide:
                 self._peers[int(rank)] = addr
             if int(rank) == 0:
                 self._layout = getattr(m, "layout_id", None)
+
+    def _held(self, ctx, hashes, sources):
+        """A scheduler-side probe: short lease, at most a second's wait (it
+        runs on vLLM's scheduling thread)."""
+        return _lib.held(ctx, self._layout, hashes, sources, lease_ms=1000,
+                         timeout_ms=min(self.s.fetch_timeout_ms, 1000))
 
     def _context(self):
         if self._ctx is None and not self._ctx_failed:
@@ -159,12 +167,8 @@ class SchedulerSide:
         hits = 0
         ctx = self._context()
         if ctx is not None and self._layout is not None:
-            sources = _lib.SOURCE_LOCAL | (_lib.SOURCE_POOL if self.s.pool else 0)
             try:
-                lease = _lib.lookup(ctx, self._layout, hashes, sources, lease_ms=1000,
-                                    timeout_ms=min(self.s.fetch_timeout_ms, 1000))
-                hits = lease.hits
-                lease.release()
+                hits = self._held(ctx, hashes, self._near)
             except _lib.KvsError as e:
                 log.warning("kvshare_vllm: lookup for %s: %s; counting a miss", req_id, e)
         self._probe[req_id] = (now, num_computed, hits)
@@ -190,7 +194,7 @@ class SchedulerSide:
             peers = remote[0]
             # One transfer per request: a second allocation must not load again.
             params["do_remote_prefill"] = False
-        sources = _lib.SOURCE_LOCAL | (_lib.SOURCE_POOL if self.s.pool else 0)
+        sources = self._near
         if peers:
             sources |= _lib.SOURCE_PEER
         self._loads.append(LoadSpec(request.request_id, hashes[:first + max(count, 0)], first,
@@ -310,10 +314,7 @@ class SchedulerSide:
         out = []
         for hashes in chains:
             try:
-                lease = _lib.lookup(ctx, self._layout, hashes, _lib.SOURCE_POOL, lease_ms=1000,
-                                    timeout_ms=min(self.s.fetch_timeout_ms, 1000))
-                held = lease.hits
-                lease.release()
+                held = self._held(ctx, hashes, _lib.SOURCE_POOL)
             except _lib.KvsError as e:
                 log.warning("kvshare_vllm: checking an offload on the pool: %s", e)
                 continue

@@ -266,8 +266,8 @@ class WorkerSide:
                 # Loaded from elsewhere (or nothing to load): still tell the
                 # producer we are done, so it frees now rather than at expiry.
                 try:
-                    _lib.lookup(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
-                                peer=peer, timeout_ms=self.s.fetch_timeout_ms).release()
+                    _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
+                              peer=peer, timeout_ms=self.s.fetch_timeout_ms)
                 except _lib.KvsError as e:
                     log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
 
