@@ -30,6 +30,24 @@ static void usage(FILE *f)
                "error (a bad option or value); --help prints to stdout and exits 0.\n");
 }
 
+static void version_usage(FILE *f)
+{
+    fprintf(f, "usage: kvshare version\n\nPrints the version of libkvshare in use.\n");
+}
+
+static int version(int argc, char **argv)
+{
+    static const struct option opts[] = {KVS_CLI_OPT_HELP_ENTRY, KVS_CLI_OPT_END};
+    const kvs_cli_cmd_t cmd = {"version", version_usage, opts};
+    int c = kvs_cli_getopt(&cmd, argc, argv);
+    if (c != -1)
+        return c == KVS_CLI_OPT_HELP ? 0 : 2;
+    if (kvs_cli_no_operands(&cmd, argc, argv) != 0)
+        return 2;
+    printf("kvshare %s\n", kvs_version());
+    return 0;
+}
+
 double kvs_cli_now(void)
 {
     struct timespec ts;
@@ -107,19 +125,8 @@ int main(int argc, char **argv)
         return kvs_cli_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "demo") == 0)
         return kvs_cli_demo(argc - 1, argv + 1);
-    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        if (argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
-            printf("usage: kvshare version\n\nPrints the version of libkvshare in use.\n");
-            return 0;
-        }
-        if (argc > 2) {
-            fprintf(stderr, "kvshare version: unexpected argument '%s'\nusage: kvshare version\n",
-                    argv[2]);
-            return 2;
-        }
-        printf("kvshare %s\n", kvs_version());
-        return 0;
-    }
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
+        return version(argc - 1, argv + 1);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
         return 0;
