@@ -24,7 +24,7 @@ expect 2 "unknown option '--bogus'" -- keys --bogus
 expect 2 "no tokens" -- keys
 expect 2 "no tokens" -- keys --block-tokens 2
 expect 2 "unexpected argument 'x'" -- version x
-expect 2 "unknown option 'garbage'" -- serve garbage
+expect 2 "unexpected argument 'garbage'" -- serve garbage
 expect 2 "--listen needs a value" -- serve --listen
 expect 2 "--capacity 'abc': expected bytes" -- serve --listen 127.0.0.1:0 --capacity abc
 expect 2 "--slot-bytes '1x': expected bytes" -- serve --listen 127.0.0.1:0 --slot-bytes 1x
