@@ -25,7 +25,8 @@ static void usage(FILE *f)
         f,
         "usage: kvshare bench transfer [--tls posix,cma,self|tcp] [--block-bytes B]\n"
         "                              [--blocks N] [--batch K] [--repeats R]\n"
-        "                              [--inflight 1|2] [--contiguous] [--no-perftest] [--json]\n"
+        "                              [--inflight 1|2] [--contiguous] [--no-perftest] [--seed S]\n"
+        "                              [--json]\n"
         "\n"
         "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
         "this process looks them up and fetches them all in batches of K, R times, into\n"
@@ -35,7 +36,7 @@ static void usage(FILE *f)
         "and ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw\n"
         "on tcp).\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
-        "          --repeats 5 --inflight 1\n");
+        "          --repeats 5 --inflight 1 --seed 42 (the keys and the shuffle)\n");
 }
 
 static kvs_key_t key_of(uint64_t seed, uint64_t i)
@@ -169,12 +170,6 @@ static int serve(const xopts_t *o)
     return 0;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* ucx_perftest at the same size and transports, server and client on loopback.
  * Returns GB/s (1e9 bytes), or a negative number when it could not run. */
 static double perftest(const char *tls, const char *test, uint64_t size, char *note, size_t nlen)
@@ -223,6 +218,93 @@ static double perftest(const char *tls, const char *test, uint64_t size, char *n
     return gbps;
 }
 
+enum {
+    O_JSON = 256,
+    O_CONTIGUOUS,
+    O_SERVE,
+    O_NO_PERFTEST,
+    O_TLS,
+    O_BLOCK_BYTES,
+    O_BLOCKS,
+    O_BATCH,
+    O_REPEATS,
+    O_INFLIGHT,
+    O_SEED
+};
+
+static const struct option xfer_options[] = {
+    {"json", no_argument, NULL, O_JSON},
+    {"contiguous", no_argument, NULL, O_CONTIGUOUS},
+    {"serve", no_argument, NULL, O_SERVE}, /* internal: the server half */
+    {"no-perftest", no_argument, NULL, O_NO_PERFTEST},
+    {"tls", required_argument, NULL, O_TLS},
+    {"block-bytes", required_argument, NULL, O_BLOCK_BYTES},
+    {"blocks", required_argument, NULL, O_BLOCKS},
+    {"batch", required_argument, NULL, O_BATCH},
+    {"repeats", required_argument, NULL, O_REPEATS},
+    {"inflight", required_argument, NULL, O_INFLIGHT},
+    {"seed", required_argument, NULL, O_SEED},
+    KVS_CLI_OPT_HELP_ENTRY,
+    KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t xfer_cmd = {"bench transfer", usage, xfer_options};
+
+/* Returns -1 to go on, else the exit code: 0 after --help, 2 for a usage error. */
+static int parse_opts(int argc, char **argv, xopts_t *o)
+{
+    int c;
+    while ((c = kvs_cli_getopt(&xfer_cmd, argc, argv)) != -1) {
+        switch (c) {
+        case O_JSON:
+            o->json = true;
+            break;
+        case O_CONTIGUOUS:
+            o->contiguous = true;
+            break;
+        case O_SERVE:
+            o->serve = true;
+            break;
+        case O_NO_PERFTEST:
+            o->no_perftest = true;
+            break;
+        case O_TLS:
+            if (optarg[0] == '\0')
+                return kvs_cli_usage_error(&xfer_cmd, "--tls '': name UCX transports");
+            o->tls = optarg;
+            break;
+        case O_BLOCK_BYTES:
+            if (!kvs_cli_parse_size("--block-bytes", optarg, 8, 1ull << 30, &o->block_bytes))
+                return 2;
+            if (o->block_bytes % 8 != 0)
+                return kvs_cli_usage_error(&xfer_cmd, "--block-bytes '%s': not a multiple of 8",
+                                           optarg);
+            break;
+        case O_BLOCKS:
+            if (!kvs_cli_parse_u64("--blocks", optarg, 1, 1u << 24, &o->blocks))
+                return 2;
+            break;
+        case O_BATCH:
+            if (!kvs_cli_parse_u64("--batch", optarg, 1, 65536, &o->batch))
+                return 2;
+            break;
+        case O_REPEATS:
+            if (!kvs_cli_parse_u64("--repeats", optarg, 1, 1000, &o->repeats))
+                return 2;
+            break;
+        case O_INFLIGHT:
+            if (!kvs_cli_parse_u64("--inflight", optarg, 1, 2, &o->inflight))
+                return 2;
+            break;
+        case O_SEED:
+            if (!kvs_cli_parse_u64("--seed", optarg, 0, UINT64_MAX, &o->seed))
+                return 2;
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
+        }
+    }
+    return kvs_cli_no_operands(&xfer_cmd, argc, argv) != 0 ? 2 : -1;
+}
+
 int kvs_cli_bench_transfer(int argc, char **argv)
 {
     xopts_t o = {.tls = "posix,cma,self",
@@ -232,56 +314,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                  .repeats = 5,
                  .seed = 42,
                  .inflight = 1};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--json") == 0) {
-            o.json = true;
-        } else if (strcmp(a, "--contiguous") == 0) {
-            o.contiguous = true;
-        } else if (strcmp(a, "--serve") == 0) {
-            o.serve = true;
-        } else if (strcmp(a, "--no-perftest") == 0) {
-            o.no_perftest = true;
-        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--tls") == 0 && v != NULL) {
-            o.tls = v;
-            i++;
-        } else if (strcmp(a, "--block-bytes") == 0) {
-            if (!kvs_cli_parse_size(a, v, 8, 1ull << 30, &o.block_bytes))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--blocks") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1u << 24, &o.blocks))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--batch") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 65536, &o.batch))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--repeats") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1000, &o.repeats))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--inflight") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 2, &o.inflight))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--seed") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 0, UINT64_MAX, &o.seed))
-                return 2;
-            i++;
-        } else {
-            fprintf(stderr, "kvshare bench transfer: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (o.block_bytes % 8 != 0) {
-        fprintf(stderr, "kvshare bench transfer: --block-bytes must be a multiple of 8\n");
-        return 2;
-    }
+    int prc = parse_opts(argc, argv, &o);
+    if (prc >= 0)
+        return prc;
     /* Connection setup goes through UCX's TCP connection manager, so our
      * processes need tcp listed; the data path still takes the fastest
      * transport UCX finds in the list (see docs/transport.md). */
@@ -435,8 +470,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         }
     }
     double gbps = bytes_total / kvs_cli_median(rep, (int)o.repeats) / 1e9;
-    qsort(lat, nlat, sizeof(double), cmp_d);
-    double p50 = lat[nlat / 2], p99 = lat[(size_t)((double)(nlat - 1) * 0.99)];
+    kvs_cli_sort(lat, nlat);
+    double p50 = lat[(size_t)((double)(nlat - 1) * 0.5)],
+           p99 = lat[(size_t)((double)(nlat - 1) * 0.99)]; /* the same rank rule: p50 <= p99 */
 
     /* 3. One core copying the same blocks, same shuffled ids both sides. */
     uint8_t *src = aligned_alloc(4096, (size_t)bytes_total);
@@ -492,16 +528,27 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         snprintf(note, sizeof(note), "skipped (--no-perftest)");
 
     if (o.json) {
-        printf("{\"bench\":\"transfer\",\"tls\":\"%s\",\"block_bytes\":%llu,\"blocks\":%llu,"
-               "\"batch\":%llu,\"inflight\":%llu,\"repeats\":%llu,\"ids\":\"%s\",\"gbps\":%.3f,"
-               "\"memcpy_gbps\":%.3f,\"ratio_memcpy\":%.3f,\"perftest_test\":\"%s\","
-               "\"perftest_gbps\":%.3f,\"ratio_perftest\":%.3f,\"cma_gbps\":%.3f,"
-               "\"ratio_cma\":%.3f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
-               o.tls, (unsigned long long)o.block_bytes, (unsigned long long)o.blocks,
-               (unsigned long long)o.batch, (unsigned long long)o.inflight,
-               (unsigned long long)o.repeats, o.contiguous ? "contiguous" : "shuffled", gbps, mc,
-               mc > 0 ? gbps / mc : 0, pt_test, pt > 0 ? pt : 0, pt > 0 ? gbps / pt : 0, cma,
-               cma > 0 ? gbps / cma : 0, p50, p99);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "transfer");
+        cJSON_AddStringToObject(j, "tls", o.tls);
+        cJSON_AddNumberToObject(j, "block_bytes", (double)o.block_bytes);
+        cJSON_AddNumberToObject(j, "blocks", (double)o.blocks);
+        cJSON_AddNumberToObject(j, "batch", (double)o.batch);
+        cJSON_AddNumberToObject(j, "inflight", (double)o.inflight);
+        cJSON_AddNumberToObject(j, "repeats", (double)o.repeats);
+        cJSON_AddStringToObject(j, "ids", o.contiguous ? "contiguous" : "shuffled");
+        kvs_cli_json_num(j, "gbps", gbps, 3);
+        kvs_cli_json_num(j, "memcpy_gbps", mc, 3);
+        kvs_cli_json_num(j, "ratio_memcpy", mc > 0 ? gbps / mc : 0, 3);
+        cJSON_AddStringToObject(j, "perftest_test", pt_test);
+        kvs_cli_json_num(j, "perftest_gbps", pt > 0 ? pt : 0, 3);
+        kvs_cli_json_num(j, "ratio_perftest", pt > 0 ? gbps / pt : 0, 3);
+        kvs_cli_json_num(j, "cma_gbps", cma, 3);
+        kvs_cli_json_num(j, "ratio_cma", cma > 0 ? gbps / cma : 0, 3);
+        kvs_cli_json_num(j, "p50_us", p50, 1);
+        kvs_cli_json_num(j, "p99_us", p99, 1);
+        if (kvs_cli_print_json("bench transfer", j) != 0)
+            goto out;
     } else {
         printf("  kvshare fetch        %8.2f GB/s   batch latency p50 %.0f us, p99 %.0f us\n"
                "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",

@@ -61,6 +61,8 @@ uint64_t kvs_cli_mix(uint64_t x);
 
 /* Monotonic time in seconds. */
 double kvs_cli_now(void);
+/* Sorts n doubles, smallest first. */
+void kvs_cli_sort(double *v, size_t n);
 /* Median of n doubles (sorts them). */
 double kvs_cli_median(double *v, int n);
 /* Parses a non-negative integer argument; prints "kvshare: OPT: ..." and
