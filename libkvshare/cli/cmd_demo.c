@@ -590,72 +590,115 @@ static long first_diff(const engine_run_t *a, const engine_run_t *b)
     return a->ntokens == b->ntokens ? -1 : (long)n;
 }
 
-static bool parse_args(int argc, char **argv, demo_t *d, int *rc)
+enum {
+    O_JSON = 256,
+    O_NO_REUSE,
+    O_ZERO_COPY,
+    O_TOKENS,
+    O_DECODE,
+    O_SHARED,
+    O_TIMEOUT,
+    O_LAYERS, /* from here on: engine options with a value, passed through */
+    O_KV_HEADS,
+    O_HEAD_DIM,
+    O_D_MODEL,
+    O_HEADS,
+    O_FFN,
+    O_VOCAB,
+    O_THREADS,
+    O_WEIGHT_SEED,
+    O_PROMPT_SEED,
+    O_ENGINE_END
+};
+
+static const struct option demo_options[] = {
+    {"json", no_argument, NULL, O_JSON},
+    {"no-reuse", no_argument, NULL, O_NO_REUSE},
+    {"zero-copy", no_argument, NULL, O_ZERO_COPY},
+    {"tokens", required_argument, NULL, O_TOKENS},
+    {"decode", required_argument, NULL, O_DECODE},
+    {"shared", required_argument, NULL, O_SHARED},
+    {"timeout", required_argument, NULL, O_TIMEOUT},
+    {"layers", required_argument, NULL, O_LAYERS},
+    {"kv-heads", required_argument, NULL, O_KV_HEADS},
+    {"head-dim", required_argument, NULL, O_HEAD_DIM},
+    {"d-model", required_argument, NULL, O_D_MODEL},
+    {"heads", required_argument, NULL, O_HEADS},
+    {"ffn", required_argument, NULL, O_FFN},
+    {"vocab", required_argument, NULL, O_VOCAB},
+    {"threads", required_argument, NULL, O_THREADS},
+    {"weight-seed", required_argument, NULL, O_WEIGHT_SEED},
+    {"prompt-seed", required_argument, NULL, O_PROMPT_SEED},
+    KVS_CLI_OPT_HELP_ENTRY,
+    KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t demo_cmd = {"demo", usage, demo_options};
+
+/* Returns -1 to run, else the exit code: 0 after --help, 2 for a usage error. */
+static int parse_args(int argc, char **argv, demo_t *d)
 {
-    static const char *const passthrough[] = {
-        "--layers", "--d-model", "--heads",       "--kv-heads",    "--head-dim", "--ffn",
-        "--vocab",  "--threads", "--weight-seed", "--prompt-seed", NULL};
-    *rc = 2;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            *rc = 0;
-            return false;
-        } else if (strcmp(a, "--json") == 0) {
+    /* The engine's option names, as the engine spells them ("--lay" is "--layers" here). */
+    static char names[O_ENGINE_END - O_LAYERS][32];
+    int c;
+    while ((c = kvs_cli_getopt(&demo_cmd, argc, argv)) != -1) {
+        uint64_t x, *dst = &x;
+        switch (c) {
+        case O_JSON:
             d->json = true;
-        } else if (strcmp(a, "--no-reuse") == 0) {
+            continue;
+        case O_NO_REUSE:
             d->no_reuse = true;
-        } else if (strcmp(a, "--zero-copy") == 0) {
-            d->pass[d->npass++] = a;
-        } else if (strcmp(a, "--tokens") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 2 * DEMO_BLOCK_TOKENS, 1u << 20, &d->tokens))
-                return false;
-            i++;
-        } else if (strcmp(a, "--decode") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1u << 16, &d->decode))
-                return false;
-            i++;
-        } else if (strcmp(a, "--shared") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 99, &d->shared_pct))
-                return false;
-            i++;
-        } else if (strcmp(a, "--timeout") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 86400, &d->timeout_s))
-                return false;
-            i++;
-        } else {
-            bool known = false;
-            for (const char *const *p = passthrough; *p != NULL; p++)
-                known = known || strcmp(a, *p) == 0;
-            if (!known) {
-                fprintf(stderr, "kvshare demo: unknown option '%s'\n", a);
-                usage(stderr);
-                return false;
-            }
-            /* Checked here so a typo fails before any process starts; the
-             * engine applies its own limits too. */
-            uint64_t x;
-            if (!kvs_cli_parse_u64(a, v, strstr(a, "seed") ? 0 : 1,
-                                   strstr(a, "seed") ? UINT64_MAX : (1u << 20), &x))
-                return false;
-            if (strcmp(a, "--layers") == 0)
-                d->layers = x;
-            else if (strcmp(a, "--kv-heads") == 0)
-                d->kv_heads = x;
-            else if (strcmp(a, "--head-dim") == 0)
-                d->head_dim = x;
-            if (d->npass + 2 > (int)(sizeof(d->pass) / sizeof(d->pass[0]))) {
-                fprintf(stderr, "kvshare demo: too many engine options\n");
-                return false;
-            }
-            d->pass[d->npass++] = a;
-            d->pass[d->npass++] = v;
-            i++;
+            continue;
+        case O_ZERO_COPY:
+            d->pass[d->npass++] = "--zero-copy";
+            continue;
+        case O_TOKENS:
+            if (!kvs_cli_parse_u64("--tokens", optarg, 2 * DEMO_BLOCK_TOKENS, 1u << 20, &d->tokens))
+                return 2;
+            continue;
+        case O_DECODE:
+            if (!kvs_cli_parse_u64("--decode", optarg, 1, 1u << 16, &d->decode))
+                return 2;
+            continue;
+        case O_SHARED:
+            if (!kvs_cli_parse_u64("--shared", optarg, 1, 99, &d->shared_pct))
+                return 2;
+            continue;
+        case O_TIMEOUT:
+            if (!kvs_cli_parse_u64("--timeout", optarg, 1, 86400, &d->timeout_s))
+                return 2;
+            continue;
+        case O_LAYERS:
+            dst = &d->layers;
+            break;
+        case O_KV_HEADS:
+            dst = &d->kv_heads;
+            break;
+        case O_HEAD_DIM:
+            dst = &d->head_dim;
+            break;
+        case O_D_MODEL:
+        case O_HEADS:
+        case O_FFN:
+        case O_VOCAB:
+        case O_THREADS:
+        case O_WEIGHT_SEED:
+        case O_PROMPT_SEED:
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
+        /* An engine option: checked here so a typo fails before any process starts; the
+         * engine applies its own limits too. */
+        const char *name = kvs_cli_opt_name(&demo_cmd, c, names[c - O_LAYERS], sizeof(names[0]));
+        bool seed = c == O_WEIGHT_SEED || c == O_PROMPT_SEED;
+        if (!kvs_cli_parse_u64(name, optarg, seed ? 0 : 1, seed ? UINT64_MAX : (1u << 20), dst))
+            return 2;
+        if (d->npass + 2 > (int)(sizeof(d->pass) / sizeof(d->pass[0])))
+            return kvs_cli_usage_error(&demo_cmd, "too many engine options");
+        d->pass[d->npass++] = name;
+        d->pass[d->npass++] = optarg;
     }
-    *rc = 0;
-    return true;
+    return kvs_cli_no_operands(&demo_cmd, argc, argv) != 0 ? 2 : -1;
 }
 
 /* Figures of the whole run, printed as a table or one JSON object. */
@@ -673,11 +716,11 @@ typedef struct results {
     uint64_t bench_block_bytes;
 } results_t;
 
-static void print_json(const demo_t *d, const results_t *r)
+static int print_json(const demo_t *d, const results_t *r)
 {
     cJSON *o = cJSON_CreateObject();
     if (o == NULL)
-        return;
+        return kvs_cli_print_json("demo", NULL);
     const double ratio = r->recompute.ttft_ms > 0 ? r->decode.ttft_ms / r->recompute.ttft_ms : 0.0;
     cJSON_AddNumberToObject(o, "tokens", (double)d->tokens);
     cJSON_AddNumberToObject(o, "decode", (double)d->decode);
@@ -714,11 +757,7 @@ static void print_json(const demo_t *d, const results_t *r)
         cJSON_AddNullToObject(o, "reuse_ttft_ms");
         cJSON_AddStringToObject(o, "reuse_skip_reason", r->reuse_skip);
     }
-    char *s = cJSON_PrintUnformatted(o);
-    if (s != NULL)
-        printf("%s\n", s);
-    free(s);
-    cJSON_Delete(o);
+    return kvs_cli_print_json("demo", o);
 }
 
 static void print_table(const demo_t *d, const results_t *r)
@@ -783,8 +822,8 @@ int kvs_cli_demo(int argc, char **argv)
 {
     demo_t d = {
         .tokens = 4096, .decode = 32, .shared_pct = 75, .layers = 4, .kv_heads = 2, .head_dim = 64};
-    int rc;
-    if (!parse_args(argc, argv, &d, &rc))
+    int rc = parse_args(argc, argv, &d);
+    if (rc >= 0)
         return rc;
     ssize_t sl = readlink("/proc/self/exe", d.self, sizeof(d.self) - 1);
     if (sl <= 0) {
@@ -1033,11 +1072,11 @@ int kvs_cli_demo(int argc, char **argv)
         step_end("%.2f GB/s (warm fetch / anchor %.2f)", res.bench_gbps,
                  res.decode.warm_fetch_gbps / res.bench_gbps);
 
+    rc = 0;
     if (d.json)
-        print_json(&d, &res);
+        rc = print_json(&d, &res);
     else
         print_table(&d, &res);
-    rc = 0;
     if (!res.identical) {
         demo_err("fetched and recomputed tokens differ at position %ld", res.diff_at);
         rc = 1;
