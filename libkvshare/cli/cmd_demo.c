@@ -722,6 +722,7 @@ static int print_json(const demo_t *d, const results_t *r)
     if (o == NULL)
         return kvs_cli_print_json("demo", NULL);
     const double ratio = r->recompute.ttft_ms > 0 ? r->decode.ttft_ms / r->recompute.ttft_ms : 0.0;
+    cJSON_AddStringToObject(o, "engine", d->engine); /* a path: any bytes but NUL */
     cJSON_AddNumberToObject(o, "tokens", (double)d->tokens);
     cJSON_AddNumberToObject(o, "decode", (double)d->decode);
     cJSON_AddNumberToObject(o, "prefill_ms", r->prefill.prefill_ms);
