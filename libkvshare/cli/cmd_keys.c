@@ -14,6 +14,8 @@ static void usage(FILE *f)
             "\n"
             "Prints one line per full block, as vLLM's prefix cache hashes it:\n"
             "  <block> <first token>-<last token> <int64 as in KV events> <hex key>\n"
+            "--algo is vLLM's prefix_caching_hash_algo (default sha256_cbor); --block-tokens\n"
+            "its block size (default 16).\n"
             "--seed is vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED, else 0).\n"
             "A partial last block is not hashed (vLLM hashes full blocks only).\n"
             "Tokens may also be read from stdin, whitespace-separated, with '-'.\n"
