@@ -187,6 +187,7 @@ int kvs_cli_bench_keys(int argc, char **argv)
         cJSON_AddStringToObject(j, "algo", algo);
         cJSON_AddNumberToObject(j, "block_tokens", (double)o.block_tokens);
         cJSON_AddNumberToObject(j, "blocks", (double)o.blocks);
+        cJSON_AddNumberToObject(j, "chain", (double)o.chain);
         cJSON_AddNumberToObject(j, "repeats", (double)o.repeats);
         cJSON_AddNumberToObject(j, "threads", 1);
         kvs_cli_json_num(j, "blocks_per_s", bps, 0);
