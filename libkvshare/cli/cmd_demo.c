@@ -649,6 +649,8 @@ static int parse_args(int argc, char **argv, demo_t *d)
             d->no_reuse = true;
             continue;
         case O_ZERO_COPY:
+            if (d->npass + 1 > (int)(sizeof(d->pass) / sizeof(d->pass[0])))
+                return kvs_cli_usage_error(&demo_cmd, "too many engine options");
             d->pass[d->npass++] = "--zero-copy";
             continue;
         case O_TOKENS:
