@@ -65,11 +65,11 @@ double kvs_cli_now(void);
 void kvs_cli_sort(double *v, size_t n);
 /* Median of n doubles (sorts them). */
 double kvs_cli_median(double *v, int n);
-/* Parses a non-negative integer argument; prints "kvshare: OPT: ..." and
+/* Parses a non-negative integer argument; prints "kvshare NAME: OPT '...': ..." and
  * returns false on error. */
 bool kvs_cli_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out);
 /* Parses a byte-size argument in the one size grammar (util/size.c: 65536, 64K, 1.5GiB; every
- * unit a power of 1024) within min..max; prints "kvshare: OPT '...': ..." and returns false on
+ * unit a power of 1024) within min..max; prints "kvshare NAME: OPT '...': ..." and returns false on
  * error. */
 bool kvs_cli_parse_size(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out);
 /* Prints "kvshare: what: status text" to stderr; returns 1 (exit code). */
@@ -105,6 +105,9 @@ typedef struct kvs_cli_cmd {
  * wrote ("kvshare serve: unknown option '--bogus'", "--listen needs a value") with the usage on
  * stderr. After -1, argv[optind..argc-1] are the operands. */
 int kvs_cli_getopt(const kvs_cli_cmd_t *cmd, int argc, char **argv);
+/* Prints "kvshare NAME: message" to stderr, NAME the command kvs_cli_getopt parses (the shared
+ * value parsers above report through it). */
+void kvs_cli_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints "kvshare NAME: message" to stderr; returns 2, the exit code of a usage error. */
 int kvs_cli_usage_error(const kvs_cli_cmd_t *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

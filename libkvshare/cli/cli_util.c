@@ -184,14 +184,33 @@ int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, s
     return fd;
 }
 
-int kvs_cli_usage_error(const kvs_cli_cmd_t *cmd, const char *fmt, ...)
+/* "kvshare NAME" of the command being parsed, for messages of the shared value parsers. */
+static char cli_who[64] = "kvshare";
+
+__attribute__((format(printf, 2, 0))) static void verrorf(const char *who, const char *fmt,
+                                                          va_list ap)
+{
+    fprintf(stderr, "%s: ", who);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void kvs_cli_errorf(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "kvshare %s: ", cmd->name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    verrorf(cli_who, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+}
+
+int kvs_cli_usage_error(const kvs_cli_cmd_t *cmd, const char *fmt, ...)
+{
+    char who[64];
+    va_list ap;
+    snprintf(who, sizeof(who), "kvshare %s", cmd->name);
+    va_start(ap, fmt);
+    verrorf(who, fmt, ap);
+    va_end(ap);
     return 2;
 }
 
@@ -251,6 +270,7 @@ int kvs_cli_getopt(const kvs_cli_cmd_t *cmd, int argc, char **argv)
     if (parsing != argv) {
         parsing = argv;
         optind = 0;
+        snprintf(cli_who, sizeof(cli_who), "kvshare %s", cmd->name);
     }
     opterr = 0;
     /* ':' first: a missing value returns ':' (not '?'), told apart from an unknown option. */

@@ -76,14 +76,14 @@ bool kvs_cli_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t ma
 {
     char *end = NULL;
     if (s == NULL) {
-        fprintf(stderr, "kvshare: %s needs a value\n", opt);
+        kvs_cli_errorf("%s needs a value", opt);
         return false;
     }
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (s[0] == '-' || end == s || *end != '\0' || errno != 0 || v < min || v > max) {
-        fprintf(stderr, "kvshare: %s '%s': expected an integer in %llu..%llu\n", opt, s,
-                (unsigned long long)min, (unsigned long long)max);
+        kvs_cli_errorf("%s '%s': expected an integer in %llu..%llu", opt, s,
+                       (unsigned long long)min, (unsigned long long)max);
         return false;
     }
     *out = v;
@@ -95,16 +95,16 @@ bool kvs_cli_parse_size(const char *opt, const char *s, uint64_t min, uint64_t m
     char why[160];
     uint64_t v;
     if (s == NULL) {
-        fprintf(stderr, "kvshare: %s needs a value\n", opt);
+        kvs_cli_errorf("%s needs a value", opt);
         return false;
     }
     if (kvs__size_parse(s, &v, why, sizeof(why)) != 0) {
-        fprintf(stderr, "kvshare: %s '%s': %s\n", opt, s, why);
+        kvs_cli_errorf("%s '%s': %s", opt, s, why);
         return false;
     }
     if (v < min || v > max) {
-        fprintf(stderr, "kvshare: %s '%s': expected a size from %llu to %llu bytes\n", opt, s,
-                (unsigned long long)min, (unsigned long long)max);
+        kvs_cli_errorf("%s '%s': expected a size from %llu to %llu bytes", opt, s,
+                       (unsigned long long)min, (unsigned long long)max);
         return false;
     }
     *out = v;
