@@ -13,6 +13,11 @@
  * and the weights are random from a fixed seed, so two engines built from the
  * same config compute bit-identical KV and logits.
  *
+ * With cfg.tp_size > 1 or cfg.kv_layout HND, what kvshare sees is not that
+ * cache but one TP rank's share of it, in a buffer laid out as that rank's
+ * memory would hold it (see engine_config_t.tp_rank); the engine still
+ * computes the whole model.
+ *
  * Every kvshare call lives in engine.c's "kvshare" section and goes through
  * an engine_kvs_t table, which is filled either from the linked library
  * (engine_kvs_linked()) or by dlopen (engine_kvs_dlopen()).
