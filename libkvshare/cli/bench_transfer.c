@@ -17,6 +17,10 @@ typedef struct xopts {
     const char *tls;
     uint64_t block_bytes, blocks, batch, repeats, seed, inflight;
     bool json, contiguous, serve, no_perftest;
+    /* --prefill-tp P --decode-tp D: the server publishes TP rank 0 of P's
+     * share of the 8 KV heads, we fetch rank 0 of D's; block_bytes is a
+     * whole block (all heads), side_bytes this process's share of it. */
+    uint64_t prefill_tp, decode_tp, side_bytes;
 } xopts_t;
 
 static void usage(FILE *f)
@@ -36,7 +40,11 @@ static void usage(FILE *f)
         "and ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw\n"
         "on tcp).\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
-        "          --repeats 5 --inflight 1 --seed 42 (the keys and the shuffle)\n");
+        "          --repeats 5 --inflight 1 --seed 42 (the keys and the shuffle)\n"
+        "--prefill-tp P --decode-tp D: the server holds TP rank 0 of P's share of the 8 KV\n"
+        "heads of each block (NHD), this process rank 0 of D's; the figures count the heads\n"
+        "both hold (--block-bytes is a whole block, a multiple of 2048). Sizes or shares\n"
+        "that differ need the library to fetch head slices between layouts.\n");
 }
 
 static kvs_key_t key_of(uint64_t seed, uint64_t i)
@@ -70,29 +78,37 @@ static uint32_t *block_ids(uint64_t n, uint64_t seed, bool contiguous)
     return ids;
 }
 
-static kvs_layout_t bench_layout(void)
+/* KV heads TP rank 0 of @tp holds of the bench's 8 (vLLM's rule). */
+static uint64_t tp_share(uint64_t tp)
 {
+    return tp <= 8 ? 8 / tp : 1;
+}
+
+static kvs_layout_t bench_layout(const xopts_t *o)
+{
+    const bool tp = o->prefill_tp > 1 || o->decode_tp > 1;
     kvs_layout_t l = {.model_id = "kvshare-bench",
                       .dtype = KVS_DTYPE_BF16,
                       .block_tokens = 16,
                       .num_layers = 1,
-                      .num_kv_heads = 8,
-                      .head_dim = 128,
-                      .tp_size = 1};
+                      .num_kv_heads = 8, /* the model's total */
+                      /* with TP, the geometry that makes block_bytes */
+                      .head_dim = tp ? (uint32_t)(o->block_bytes / (2 * 16 * 8 * 2)) : 128,
+                      .tp_size = (uint32_t)(o->serve ? o->prefill_tp : o->decode_tp)};
     return l;
 }
 
 static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, uint8_t **mem_p, kvs_pool_h *p)
 {
-    size_t bytes = (size_t)(o->blocks * o->block_bytes);
+    size_t bytes = (size_t)(o->blocks * o->side_bytes);
     uint8_t *mem = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
     if (mem == NULL)
         return KVS_ERR_NO_MEMORY;
     memset(mem, 0, bytes); /* touch every page before timing */
-    kvs_layout_t l = bench_layout();
+    kvs_layout_t l = bench_layout(o);
     kvs_segment_t seg = {.base = mem,
-                         .block_stride = o->block_bytes,
-                         .block_bytes = o->block_bytes,
+                         .block_stride = o->side_bytes,
+                         .block_bytes = o->side_bytes,
                          .mem_type = KVS_MEM_HOST};
     kvs_pool_params_t pp = {
         .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)o->blocks};
@@ -145,8 +161,8 @@ static int serve(const xopts_t *o)
     for (uint64_t i = 0; i < o->blocks; i++) {
         keys[i] = key_of(o->seed, i);
         uint64_t x = kvs_cli_mix(i);
-        uint8_t *b = mem + (size_t)ids[i] * o->block_bytes;
-        for (size_t j = 0; j + 8 <= o->block_bytes; j += 8, x = kvs_cli_mix(x))
+        uint8_t *b = mem + (size_t)ids[i] * o->side_bytes;
+        for (size_t j = 0; j + 8 <= o->side_bytes; j += 8, x = kvs_cli_mix(x))
             memcpy(b + j, &x, 8);
     }
     st = kvs_publish(pool, keys, ids, o->blocks, KVS_PUBLISH_ZERO_COPY, NULL);
@@ -229,7 +245,9 @@ enum {
     O_BATCH,
     O_REPEATS,
     O_INFLIGHT,
-    O_SEED
+    O_SEED,
+    O_PREFILL_TP,
+    O_DECODE_TP
 };
 
 static const struct option xfer_options[] = {
@@ -244,6 +262,8 @@ static const struct option xfer_options[] = {
     {"repeats", required_argument, NULL, O_REPEATS},
     {"inflight", required_argument, NULL, O_INFLIGHT},
     {"seed", required_argument, NULL, O_SEED},
+    {"prefill-tp", required_argument, NULL, O_PREFILL_TP},
+    {"decode-tp", required_argument, NULL, O_DECODE_TP},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t xfer_cmd = {"bench transfer", usage, xfer_options};
@@ -298,6 +318,19 @@ static int parse_opts(int argc, char **argv, xopts_t *o)
             if (!kvs_cli_parse_u64("--seed", optarg, 0, UINT64_MAX, &o->seed))
                 return 2;
             break;
+        case O_PREFILL_TP:
+        case O_DECODE_TP: {
+            const char *name = c == O_PREFILL_TP ? "--prefill-tp" : "--decode-tp";
+            uint64_t *tp = c == O_PREFILL_TP ? &o->prefill_tp : &o->decode_tp;
+            if (!kvs_cli_parse_u64(name, optarg, 1, 64, tp))
+                return 2;
+            if (8 % *tp != 0 && *tp % 8 != 0)
+                return kvs_cli_usage_error(&xfer_cmd,
+                                           "%s %llu: the bench's 8 KV heads do not split over "
+                                           "%llu ranks",
+                                           name, (unsigned long long)*tp, (unsigned long long)*tp);
+            break;
+        }
         default:
             return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
@@ -313,10 +346,26 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                  .batch = 64,
                  .repeats = 5,
                  .seed = 42,
-                 .inflight = 1};
+                 .inflight = 1,
+                 .prefill_tp = 1,
+                 .decode_tp = 1};
     int prc = parse_opts(argc, argv, &o);
     if (prc >= 0)
         return prc;
+    const bool tp = o.prefill_tp > 1 || o.decode_tp > 1;
+    if (tp && o.block_bytes % 2048 != 0) {
+        fprintf(stderr,
+                "kvshare bench transfer: --block-bytes %llu: with --prefill-tp/--decode-tp "
+                "a multiple of 2048 (16 tokens x 8 heads x K/V x bf16, head_dim >= 4)\n",
+                (unsigned long long)o.block_bytes);
+        return 2;
+    }
+    /* This side's share of a block, and what a fetch moves: the heads both
+     * rank 0s hold (each starts at head 0). All of it without TP. */
+    const uint64_t sp = tp_share(o.prefill_tp), sd = tp_share(o.decode_tp);
+    o.side_bytes = o.block_bytes * (o.serve ? sp : sd) / 8;
+    const uint64_t moved = o.block_bytes * (sp < sd ? sp : sd) / 8,
+                   srv_bytes = o.block_bytes * sp / 8;
     /* Connection setup goes through UCX's TCP connection manager, so our
      * processes need tcp listed; the data path still takes the fastest
      * transport UCX finds in the list (see docs/transport.md). */
@@ -332,17 +381,25 @@ int kvs_cli_bench_transfer(int argc, char **argv)
 
     bool shm = strcmp(o.tls, "tcp") != 0;
     const char *pt_test = shm ? "ucp_get" : "ucp_am_bw";
-    double bytes_total = (double)o.blocks * (double)o.block_bytes;
+    double bytes_total = (double)o.blocks * (double)moved;
     if (!o.json)
         fprintf(stderr,
                 "bench transfer: %llu blocks x %llu bytes (%.0f MiB), batches of %llu, "
                 "UCX_TLS=%s, %s ids\n",
-                (unsigned long long)o.blocks, (unsigned long long)o.block_bytes,
-                bytes_total / 1048576.0, (unsigned long long)o.batch, ours,
-                o.contiguous ? "contiguous" : "shuffled");
+                (unsigned long long)o.blocks, (unsigned long long)moved, bytes_total / 1048576.0,
+                (unsigned long long)o.batch, ours, o.contiguous ? "contiguous" : "shuffled");
+    if (!o.json && tp)
+        fprintf(stderr,
+                "bench transfer: prefill TP %llu -> decode TP %llu: rank 0s' shares of %llu-byte "
+                "blocks, %llu and %llu bytes, %llu in common\n",
+                (unsigned long long)o.prefill_tp, (unsigned long long)o.decode_tp,
+                (unsigned long long)o.block_bytes, (unsigned long long)srv_bytes,
+                (unsigned long long)(o.block_bytes * sd / 8), (unsigned long long)moved);
 
     /* 1. The server process. */
-    char bb[32], nb[32], sb[32];
+    char bb[32], nb[32], sb[32], pb[32], db[32];
+    snprintf(pb, sizeof(pb), "%llu", (unsigned long long)o.prefill_tp);
+    snprintf(db, sizeof(db), "%llu", (unsigned long long)o.decode_tp);
     snprintf(bb, sizeof(bb), "%llu", (unsigned long long)o.block_bytes);
     snprintf(nb, sizeof(nb), "%llu", (unsigned long long)o.blocks);
     snprintf(sb, sizeof(sb), "%llu", (unsigned long long)o.seed);
@@ -364,6 +421,10 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                      "--seed",
                      sb,
                      o.contiguous ? "--contiguous" : "--json",
+                     "--prefill-tp",
+                     pb,
+                     "--decode-tp",
+                     db,
                      NULL};
     int to;
     FILE *from;
@@ -462,7 +523,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     /* Spot-check the content against what the server wrote. */
     for (uint64_t i = 0; i < o.blocks; i += 97) {
         uint64_t x = kvs_cli_mix(i), got;
-        memcpy(&got, mem + (size_t)dst[i] * o.block_bytes, 8);
+        memcpy(&got, mem + (size_t)dst[i] * o.side_bytes, 8);
         if (got != x) {
             fprintf(stderr, "kvshare bench transfer: block %llu has wrong content\n",
                     (unsigned long long)i);
@@ -484,8 +545,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         for (uint64_t r = 0; r <= o.repeats && mt != NULL; r++) {
             double t0 = kvs_cli_now();
             for (uint64_t i = 0; i < o.blocks; i++)
-                memcpy(mem + (size_t)dst[i] * o.block_bytes, src + (size_t)sids[i] * o.block_bytes,
-                       o.block_bytes);
+                memcpy(mem + (size_t)dst[i] * o.side_bytes, src + (size_t)sids[i] * moved, moved);
             if (r > 0)
                 mt[r - 1] = kvs_cli_now() - t0;
         }
@@ -507,10 +567,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         for (uint64_t r = 0; ok && r <= o.repeats; r++) {
             double t0 = kvs_cli_now();
             for (uint64_t i = 0; ok && i < o.blocks; i++) {
-                struct iovec l = {mem + (size_t)dst[i] * o.block_bytes, o.block_bytes};
-                struct iovec rm = {(uint8_t *)srv_base + (size_t)sids2[i] * o.block_bytes,
-                                   o.block_bytes};
-                ok = process_vm_readv(srv, &l, 1, &rm, 1, 0) == (ssize_t)o.block_bytes;
+                struct iovec l = {mem + (size_t)dst[i] * o.side_bytes, moved};
+                struct iovec rm = {(uint8_t *)srv_base + (size_t)sids2[i] * srv_bytes, moved};
+                ok = process_vm_readv(srv, &l, 1, &rm, 1, 0) == (ssize_t)moved;
             }
             if (r > 0)
                 ct[r - 1] = kvs_cli_now() - t0;
@@ -523,7 +582,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
 
     /* 4. ucx_perftest at the same size and transports. */
     char note[128] = "";
-    double pt = o.no_perftest ? -1 : perftest(o.tls, pt_test, o.block_bytes, note, sizeof(note));
+    double pt = o.no_perftest ? -1 : perftest(o.tls, pt_test, moved, note, sizeof(note));
     if (o.no_perftest)
         snprintf(note, sizeof(note), "skipped (--no-perftest)");
 
@@ -531,7 +590,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "bench", "transfer");
         cJSON_AddStringToObject(j, "tls", o.tls);
-        cJSON_AddNumberToObject(j, "block_bytes", (double)o.block_bytes);
+        cJSON_AddNumberToObject(j, "block_bytes", (double)moved);
         cJSON_AddNumberToObject(j, "blocks", (double)o.blocks);
         cJSON_AddNumberToObject(j, "batch", (double)o.batch);
         cJSON_AddNumberToObject(j, "inflight", (double)o.inflight);
@@ -547,6 +606,11 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         kvs_cli_json_num(j, "ratio_cma", cma > 0 ? gbps / cma : 0, 3);
         kvs_cli_json_num(j, "p50_us", p50, 1);
         kvs_cli_json_num(j, "p99_us", p99, 1);
+        if (tp) { /* block_bytes above is what each fetch moved */
+            cJSON_AddNumberToObject(j, "prefill_tp", (double)o.prefill_tp);
+            cJSON_AddNumberToObject(j, "decode_tp", (double)o.decode_tp);
+            cJSON_AddNumberToObject(j, "whole_block_bytes", (double)o.block_bytes);
+        }
         if (kvs_cli_print_json("bench transfer", j) != 0)
             goto out;
     } else {
