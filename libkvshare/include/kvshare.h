@@ -680,8 +680,7 @@ typedef struct kvs_put_params {
  * LAYOUT_MISMATCH, NO_MEMORY; *req_p is then not written.
  */
 KVS_API kvs_status_t kvs_put_ex(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
-                                size_t count, const kvs_put_params_t *params,
-                                kvs_request_h *req_p);
+                                size_t count, const kvs_put_params_t *params, kvs_request_h *req_p);
 
 /** KVS_INPROGRESS while running, else the request's final status. */
 KVS_API kvs_status_t kvs_request_test(kvs_request_h req);

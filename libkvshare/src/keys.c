@@ -256,8 +256,7 @@ uint64_t kvs_key_to_u64(const kvs_key_t *key, size_t digest_len)
     return v;
 }
 
-kvs_status_t kvs_key_format_hex(const kvs_key_t *key, size_t digest_len, char *out,
-                                size_t out_len)
+kvs_status_t kvs_key_format_hex(const kvs_key_t *key, size_t digest_len, char *out, size_t out_len)
 {
     if (key == NULL || out == NULL || digest_len == 0 || digest_len > KVS_KEY_BYTES ||
         out_len < 2 * digest_len + 1)

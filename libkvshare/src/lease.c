@@ -371,8 +371,7 @@ kvs_status_t kvs_put_ex(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *
         return KVS_ERR_INVALID_PARAM;
     kvs_ctx_h ctx = pool->ctx;
     uint32_t timeout_ms = ctx->cfg.fetch_timeout_ms;
-    if (params != NULL && (params->field_mask & KVS_PUT_FIELD_TIMEOUT_MS) &&
-        params->timeout_ms > 0)
+    if (params != NULL && (params->field_mask & KVS_PUT_FIELD_TIMEOUT_MS) && params->timeout_ms > 0)
         timeout_ms = params->timeout_ms;
     for (size_t i = 0; i < count; i++)
         if (block_ids[i] >= pool->num_blocks)

@@ -37,7 +37,7 @@ static struct {
     _Atomic uint32_t named_n;
 
     /* Guards the context's whole life: loading libkvshare, creating the
-     * context, every kvs_mem_register and kvs_mem_deregister, and the
+     * context, every kvs_mem_register_ex and kvs_mem_deregister, and the
      * teardown at exit (after which ctx_dead turns those into no-ops). */
     pthread_mutex_t ctx_lock;
     _Atomic(kvs_ctx_h) ctx;
@@ -186,7 +186,7 @@ static void kvs__register_entry(const kvs_track_entry_t *e)
         return; /* exiting */
     }
     if (status != KVS_OK) {
-        kvs__fail("kvs_mem_register(%p, %zu): %s", (void *)e->base, e->len,
+        kvs__fail("kvs_mem_register_ex(%p, %zu): %s", (void *)e->base, e->len,
                   g_reg.kvs.status_string(status));
         return;
     }

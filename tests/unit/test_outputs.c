@@ -83,8 +83,8 @@ Test(outputs, ctx_create_and_listen_addr)
 {
     kvs_ctx_h ctx = POISON;
     char err[256] = "";
-    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_TRANSPORT |
-                                        KVS_CTX_FIELD_ERRBUF,
+    kvs_ctx_params_t p = {.field_mask =
+                              KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_TRANSPORT | KVS_CTX_FIELD_ERRBUF,
                           .transport = "carrier-pigeon",
                           .errbuf = err,
                           .errbuf_len = sizeof(err)};
