@@ -988,7 +988,7 @@ kvs_status_t engine_offload(engine_seq_h s, size_t *blocks_p)
      * must not change until the request completes: wait for it here rather
      * than let the engine reuse them under the node's reads. */
     kvs_request_h req = NULL;
-    status = nfull > 0 ? e->kvs->put(e->pool, keys, s->blocks, nfull, &req) : KVS_OK;
+    status = nfull > 0 ? e->kvs->put_ex(e->pool, keys, s->blocks, nfull, NULL, &req) : KVS_OK;
     if (req != NULL) {
         status = e->kvs->request_wait(req, -1);
         e->kvs->request_free(req);

@@ -239,11 +239,11 @@ kvs_status_t engine_publish(engine_seq_h seq, unsigned flags, size_t *published_
 
 /**
  * Offloads the sequence's full blocks of computed KV to the cache pool
- * (KVSHARE_POOL) with kvs_put() and waits for the pool node to pull them
+ * (KVSHARE_POOL) with kvs_put_ex() and waits for the pool node to pull them
  * (until the request's own deadline), so that other replicas can later fetch
  * the prefix from the pool. *blocks_p (may be NULL) gets the number of blocks
  * offered. Errors: KVS_ERR_UNSUPPORTED (no kvshare, no pool configured or no
- * transport), or kvs_put()'s / the request's.
+ * transport), or kvs_put_ex()'s / the request's.
  */
 kvs_status_t engine_offload(engine_seq_h seq, size_t *blocks_p);
 

@@ -28,7 +28,7 @@ static const char usage[] =
     "                      that holds part of it (the shortest fetch counts)\n"
     "  --zero-copy         publish from the KV cache itself instead of copying\n"
     "  --offload           prefill/both: also offload the full blocks to the cache pool\n"
-    "                      (KVSHARE_POOL) with kvs_put; a failure is reported in the JSON\n"
+    "                      (KVSHARE_POOL) with kvs_put_ex; a failure is reported in the JSON\n"
     "                      (\"offload\") and is not fatal\n"
     "  --check             both: also recompute locally and require identical tokens\n"
     "  --fetch-again       decode: after decoding, free the sequence and fetch the same\n"

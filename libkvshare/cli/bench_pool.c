@@ -288,7 +288,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
     for (uint64_t p = 0; p < o.prompts && st == KVS_OK; p++) {
         chain(&o, p, keys);
         kvs_request_h req;
-        st = kvs_put(pa, keys, ids, per_prompt, &req);
+        st = kvs_put_ex(pa, keys, ids, per_prompt, NULL, &req);
         if (st == KVS_OK) {
             st = kvs_request_wait(req, -1);
             kvs_request_free(req);

@@ -150,7 +150,7 @@ int kvs_cli_keys(int argc, char **argv)
         size_t dl = kvs_hasher_digest_len(h);
         char hex[2 * KVS_KEY_BYTES + 1];
         for (size_t b = 0; b < nkeys; b++) {
-            kvs_key_to_hex(&keys[b], dl, hex);
+            kvs_key_format_hex(&keys[b], dl, hex, sizeof(hex));
             printf("%zu %zu-%zu %llu %s\n", b, b * block_tokens, (b + 1) * block_tokens - 1,
                    (unsigned long long)kvs_key_to_u64(&keys[b], dl), hex);
         }
