@@ -73,7 +73,10 @@ extern "C" {
     X(request_wait)                                                                                \
     X(request_free)                                                                                \
     X(stats_query)                                                                                 \
-    X(peer_connect)
+    X(peer_connect)                                                                                \
+    X(model_id)                                                                                    \
+    X(layout_source_ranks)                                                                         \
+    X(lease_heads)
 
 /** The functions of one loaded libkvshare: member `name` is kvs_<name>. */
 typedef struct kvs_dl {
