@@ -1702,11 +1702,11 @@ static void boot_hello(kvs__peer_t *pp, conn_t *c)
         /* Another view of the same model would have been served through a
          * plan (the reader plans): so this is another model. */
         char text[700];
-        snprintf(text, sizeof(text),
-                 "layout mismatch: peer has %016llx (model %016llx), this node serves %s, of "
-                 "another model or a layout it cannot plan across",
-                 (unsigned long long)c->layout_id, (unsigned long long)bs->model,
-                 served[0] ? served : "no pools");
+        snprintf(text, sizeof(text), "layout mismatch: peer has %016llx, this node serves %s%s",
+                 (unsigned long long)c->layout_id, served[0] ? served : "no pools",
+                 bs->has_model ? " (the peer's is another model, or a layout that cannot be "
+                                 "planned across)"
+                               : "");
         kvs__warn(pp->log, "peer %s: %s", c->peer, text);
         boot_refuse(c, KVS_ERR_LAYOUT_MISMATCH, text);
         return;
