@@ -339,3 +339,26 @@ Test(plan, source_ranks_bad_input)
     cr_assert_eq(kvs_layout_source_ranks(&r, 4, ranks, 4, &n), KVS_OK);
     cr_assert(n == 4 && ranks[0] == 0 && ranks[3] == 3);
 }
+
+Test(plan, every_allocation_failure_is_clean)
+{
+    kvs_layout_t h = lay(4, 1, 0, KVS_KV_NHD, KVS_KV_ORDER_KV_OUTER, 32);
+    kvs_layout_t r = lay(4, 2, 1, KVS_KV_HND, KVS_KV_ORDER_BLOCK_OUTER, 16);
+    kvs__view_t hv = view(&h), rv = view(&r);
+    kvs_status_t st = KVS_ERR_NO_MEMORY;
+    long n = 0;
+    for (; st != KVS_OK; n++) {
+        kvs__xfer_t *x = NULL;
+        kvs__alloc_fail_after(n, false);
+        st = kvs__xfer_build(&hv, &rv, 1, 5, &x);
+        kvs__alloc_fail_after(-1, false);
+        if (st == KVS_OK) {
+            cr_assert_not_null(x);
+            kvs__xfer_free(x);
+        } else {
+            cr_assert_eq(st, KVS_ERR_NO_MEMORY, "site %ld: %s", n, kvs_status_string(st));
+            cr_assert_null(x, "a failing build wrote its output");
+        }
+    }
+    cr_assert_gt(n, 3, "the walk reached only %ld sites", n);
+}
