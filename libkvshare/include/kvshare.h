@@ -244,7 +244,14 @@ enum kvs_layout_field {
  * key_tokens (KVS_LAYOUT_FIELD_KEY_TOKENS): tokens per block key, vLLM's
  * hash block size; default block_tokens. It must divide block_tokens. Two
  * views with different block_tokens exchange KV only when they share
- * key_tokens (e.g. both hash 16-token blocks, one engine stores 32).
+ * key_tokens (e.g. both hash 16-token blocks, one engine stores 32). A
+ * holder whose blocks hold several keys publishes each key with its block
+ * id in copy mode: zero-copy keeps one key per block id.
+ *
+ * A holder process serves readers of another view of its model from the
+ * first pool of that model it has (one pool per TP rank is the intended
+ * shape). Views cross only between host pools: fetches into CUDA memory
+ * need the exact layout id (and a CUDA-enabled transport).
  *
  * ABI: fields are appended at the end only, each behind a field_mask bit.
  */
