@@ -2741,6 +2741,13 @@ static kvs_status_t post_data_gets(preq_t *r)
             uint8_t *to = r->xbuf + r->x->stage_at[i];
             for (size_t k = 0; k < xs->nranges && st == KVS_OK; k++)
                 st = add_get(r, &run, &d, xs->ranges[k].off, xs->ranges[k].len, to + xs->at[k]);
+            for (size_t k = 0; k < xs->ndirect && st == KVS_OK; k++) {
+                const kvs__copy_t *cp = &xs->direct[k];
+                uint8_t *at =
+                    kvs__xfer_dst_at(r->dst->segs, r->dst->nsegs, r->dst_ids[i], cp->dst, cp->len);
+                st = at == NULL ? KVS_ERR_LAYOUT_MISMATCH
+                                : add_get(r, &run, &d, cp->src, cp->len, at);
+            }
         } else {
             size_t off = 0;
             for (size_t s = 0; s < r->dst->nsegs && st == KVS_OK; s++) {
@@ -2891,14 +2898,16 @@ static kvs_status_t xfetch_start(preq_t *r)
     conn_t *c = r->conn;
     if (!r->dst->planable || !kvs__view_same(&r->dst->view, &c->lview))
         return KVS_ERR_LAYOUT_MISMATCH;
-    kvs_status_t st = kvs__xfer_build(&c->rview, &c->lview, r->first, r->count, &r->x);
+    /* GET: long runs land in place; AM: everything lands in staging. */
+    kvs_status_t st = kvs__xfer_build(&c->rview, &c->lview, r->first, r->count,
+                                      r->push ? UINT64_MAX : KVS_PLAN_DIRECT_MIN, &r->x);
     if (st != KVS_OK)
         return st;
-    if (r->x->stage_bytes == 0) {
+    if (r->x->stage_bytes + r->x->direct_bytes == 0) {
         r->status = KVS_OK; /* the holder has none of our heads (kvs_lease_heads) */
         return KVS_OK;
     }
-    r->xbuf = kvs__malloc(r->x->stage_bytes);
+    r->xbuf = kvs__malloc(r->x->stage_bytes ? r->x->stage_bytes : 1);
     if (r->xbuf == NULL)
         return KVS_ERR_NO_MEMORY;
     if (!r->push)

@@ -244,6 +244,7 @@ static int by_src(const void *a, const void *b)
 
 static void xset_free(kvs__xset_t *s)
 {
+    kvs__free(s->direct);
     kvs__free(s->ranges);
     kvs__free(s->at);
     kvs__free(s->copies);
@@ -279,7 +280,7 @@ static size_t range_of(const kvs__xset_t *s, uint64_t off)
  * read (sorted by offset, merged within a plane) and the copies rebased
  * onto staging. */
 static kvs_status_t xset_build(const kvs__view_t *src, const kvs__view_t *dst, uint64_t key_index,
-                               kvs__xset_t *s)
+                               uint64_t direct_min, kvs__xset_t *s)
 {
     kvs__plan_t p;
     kvs__plan_init(&p);
@@ -288,7 +289,19 @@ static kvs_status_t xset_build(const kvs__view_t *src, const kvs__view_t *dst, u
     if (st != KVS_OK)
         goto out;
     st = KVS_ERR_NO_MEMORY;
-    size_t n = p.n;
+    /* The long runs land in place; the rest (kept in order) go through staging. */
+    s->direct = kvs__malloc((p.n ? p.n : 1) * sizeof(*s->direct));
+    if (s->direct == NULL)
+        goto out;
+    size_t n = 0;
+    for (size_t i = 0; i < p.n; i++) {
+        if (p.copies[i].len >= direct_min) {
+            s->direct[s->ndirect++] = p.copies[i];
+            s->direct_bytes += p.copies[i].len;
+        } else {
+            p.copies[n++] = p.copies[i];
+        }
+    }
     sorted = kvs__malloc((n ? n : 1) * sizeof(*sorted));
     s->ranges = kvs__malloc((n ? n : 1) * sizeof(*s->ranges));
     s->at = kvs__malloc((n ? n : 1) * sizeof(*s->at));
@@ -337,7 +350,7 @@ static uint64_t gcd64(uint64_t a, uint64_t b)
 }
 
 kvs_status_t kvs__xfer_build(const kvs__view_t *src, const kvs__view_t *dst, size_t first,
-                             size_t count, kvs__xfer_t **x_p)
+                             size_t count, uint64_t direct_min, kvs__xfer_t **x_p)
 {
     if (!kvs__view_compatible(src, dst, NULL, 0))
         return KVS_ERR_INVALID_PARAM;
@@ -357,7 +370,7 @@ kvs_status_t kvs__xfer_build(const kvs__view_t *src, const kvs__view_t *dst, siz
         goto fail;
     x->nsets = (size_t)classes;
     for (size_t c = 0; c < classes; c++) {
-        st = xset_build(src, dst, c, &x->sets[c]);
+        st = xset_build(src, dst, c, direct_min, &x->sets[c]);
         if (st != KVS_OK)
             goto fail;
     }
@@ -365,6 +378,7 @@ kvs_status_t kvs__xfer_build(const kvs__view_t *src, const kvs__view_t *dst, siz
         x->set_of[i] = (uint16_t)((first + i) % classes);
         x->stage_at[i] = x->stage_bytes;
         x->stage_bytes += x->sets[x->set_of[i]].bytes;
+        x->direct_bytes += x->sets[x->set_of[i]].direct_bytes;
     }
     *x_p = x;
     return KVS_OK;
@@ -385,6 +399,21 @@ uint64_t kvs__xfer_stage_of(const kvs__xfer_t *x, size_t i, uint64_t off, uint64
     if (range_p != NULL)
         *range_p = r;
     return x->stage_at[i] + s->at[r];
+}
+
+uint8_t *kvs__xfer_dst_at(const kvs_segment_t *segs, size_t nsegs, uint32_t block_id, uint64_t off,
+                          uint64_t len)
+{
+    uint64_t base = 0;
+    for (size_t k = 0; k < nsegs; k++) {
+        if (off < base + segs[k].block_bytes)
+            return off + len <= base + segs[k].block_bytes
+                       ? (uint8_t *)segs[k].base + (size_t)block_id * segs[k].block_stride +
+                             (off - base)
+                       : NULL;
+        base += segs[k].block_bytes;
+    }
+    return NULL;
 }
 
 kvs_status_t kvs__xfer_apply(const kvs__xfer_t *x, size_t i, const uint8_t *staging,

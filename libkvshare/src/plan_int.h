@@ -91,7 +91,16 @@ typedef struct kvs__xset {
     kvs__copy_t *copies; /* src: offset in this set's staging */
     size_t ncopies;
     uint64_t bytes; /* staging bytes per block = sum of range lengths */
+    /* Runs long enough to land in place (GET path): src is the holder's
+     * offset, dst the reader's; they bypass staging. */
+    kvs__copy_t *direct;
+    size_t ndirect;
+    uint64_t direct_bytes;
 } kvs__xset_t;
+
+/* Copies at least this long are read straight into the reader's block on
+ * the GET path (a staged copy costs a memcpy; a short direct one a GET). */
+#define KVS_PLAN_DIRECT_MIN 4096u
 
 #define KVS_PLAN_MAX_SETS 64u
 
@@ -101,13 +110,17 @@ typedef struct kvs__xfer {
     uint16_t *set_of;   /* per block of the fetch */
     uint64_t *stage_at; /* per block: its staging offset */
     uint64_t stage_bytes;
+    uint64_t direct_bytes; /* over all blocks */
     size_t count;
 } kvs__xfer_t;
 
-/* Plans a fetch of hits first .. first+count-1. NO_MEMORY, INVALID_PARAM
- * (incompatible views), UNSUPPORTED (more than KVS_PLAN_MAX_SETS classes). */
+/* Plans a fetch of hits first .. first+count-1. Copies of @direct_min
+ * bytes or more go to each set's direct list (UINT64_MAX: none, as the AM
+ * path needs: everything it receives lands in staging). NO_MEMORY,
+ * INVALID_PARAM (incompatible views), UNSUPPORTED (more than
+ * KVS_PLAN_MAX_SETS classes). */
 kvs_status_t kvs__xfer_build(const kvs__view_t *src, const kvs__view_t *dst, size_t first,
-                             size_t count, kvs__xfer_t **x_p);
+                             size_t count, uint64_t direct_min, kvs__xfer_t **x_p);
 void kvs__xfer_free(kvs__xfer_t *x);
 /* Where holder byte @off of block @i lands in staging; UINT64_MAX unless
  * [off, off+len) is exactly one of the block's ranges (its index to *range_p). */
@@ -116,6 +129,11 @@ uint64_t kvs__xfer_stage_of(const kvs__xfer_t *x, size_t i, uint64_t off, uint64
 /* Permutes block @i's staging (the fetch's staging at @staging) into
  * @block_id of the reader's segments. LAYOUT_MISMATCH if a copy would
  * cross a segment (the pool's segments do not cut whole planes). */
+/* Where bytes [off, off+len) of block @block_id of the reader's blocks are
+ * (@segs: the pool's segments, whose concatenation is a block); NULL when
+ * they cross a segment or run past the block. */
+uint8_t *kvs__xfer_dst_at(const kvs_segment_t *segs, size_t nsegs, uint32_t block_id, uint64_t off,
+                          uint64_t len);
 kvs_status_t kvs__xfer_apply(const kvs__xfer_t *x, size_t i, const uint8_t *staging,
                              const kvs_segment_t *segs, size_t nsegs, uint32_t block_id);
 

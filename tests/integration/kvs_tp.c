@@ -10,7 +10,7 @@
  *                                      heads; print "ok hits=N heads=F+C,... missing=M"
  * view: --tp T --rank R --layout nhd|hnd --order kv|block --block-tokens B
  *       [--model M] [--zero-copy] [--keys K] [--expect STATUS]
- * The model: 2 layers, 4 KV heads (--heads), head dim 8, fp32; keys cover 16 tokens.
+ * The model: 2 layers, 4 KV heads (--heads), head dim 32, fp32; keys cover 16 tokens.
  * Element (layer, K/V, token, head, dim) holds a value that encodes all five, so a byte
  * from the wrong head, token, layer or plane is caught, as is one never written. */
 #include "kvshare.h"
@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #define LAYERS   2u
-#define HEAD_DIM 8u
+#define HEAD_DIM 32u
 #define KT       16u
 #define UNSET    0xDEADBEEFu
 

@@ -74,14 +74,18 @@ static uint32_t *holder_mem(const kvs__view_t *v, size_t *nblocks_p)
     return m;
 }
 
+/* Copies this long or longer land in place (as on the GET path); the rest
+ * through staging. UINT64_MAX: all through staging (the AM path). */
+static uint64_t direct_min = UINT64_MAX;
+
 /* What a fetch does, without a transport: the holder ranges of each key's
  * block go into staging, then the copies permute staging into the reader's
- * block. Returns the bytes brought over. */
+ * block; the direct runs go straight across. Returns the bytes brought over. */
 static uint64_t fetch(const kvs__view_t *src, const uint32_t *hmem, const kvs__view_t *dst,
                       uint32_t *rmem)
 {
     kvs__xfer_t *x = NULL;
-    cr_assert_eq(kvs__xfer_build(src, dst, 0, NKEYS, &x), KVS_OK);
+    cr_assert_eq(kvs__xfer_build(src, dst, 0, NKEYS, direct_min, &x), KVS_OK);
     uint8_t *staging = malloc(x->stage_bytes ? x->stage_bytes : 1);
     cr_assert_not_null(staging);
     uint64_t sblock = kvs__view_block_bytes(src), dblock = kvs__view_block_bytes(dst);
@@ -105,6 +109,15 @@ static uint64_t fetch(const kvs__view_t *src, const uint32_t *hmem, const kvs__v
                    (const uint8_t *)hmem + hb * sblock + rg->off, rg->len);
         }
         size_t rb = i * KT / dst->block_tokens;
+        for (size_t k = 0; k < s->ndirect; k++) {
+            const kvs__copy_t *c = &s->direct[k];
+            cr_assert_geq(c->len, direct_min);
+            cr_assert_leq(c->src + c->len, sblock);
+            cr_assert_leq(c->dst + c->len, dblock);
+            cr_assert_eq(c->src / sp, (c->src + c->len - 1) / sp, "a direct run crosses planes");
+            memcpy((uint8_t *)rmem + rb * dblock + c->dst,
+                   (const uint8_t *)hmem + hb * sblock + c->src, c->len);
+        }
         for (size_t k = 0; k < s->ncopies; k++) {
             const kvs__copy_t *c = &s->copies[k];
             cr_assert_leq(c->src + c->len, s->bytes);
@@ -113,7 +126,7 @@ static uint64_t fetch(const kvs__view_t *src, const uint32_t *hmem, const kvs__v
                    c->len);
         }
     }
-    uint64_t moved = x->stage_bytes;
+    uint64_t moved = x->stage_bytes + x->direct_bytes;
     free(staging);
     kvs__xfer_free(x);
     return moved;
@@ -175,7 +188,7 @@ static uint64_t decode_rank(uint32_t total, uint32_t ptp, kvs_kv_layout_t pl, kv
 
 static const uint64_t PROMPT_KV = (uint64_t)NKEYS * KT * 4 * HEAD_DIM * 4 * 2 * LAYERS;
 
-Test(plan, every_tp_pair_both_layouts_and_block_sizes)
+static void every_tp_pair(void)
 {
     static const uint32_t tps[] = {1, 2, 4};
     static const uint32_t bts[] = {16, 32};
@@ -192,6 +205,16 @@ Test(plan, every_tp_pair_both_layouts_and_block_sizes)
                     cr_assert_eq(total, PROMPT_KV,
                                  "the decode ranks together read the prompt once");
                 }
+}
+
+Test(plan, every_tp_pair_both_layouts_and_block_sizes)
+{
+    every_tp_pair(); /* all through staging (AM path) */
+    direct_min = 64; /* runs of 4 rows or more in place (GET path, scaled down) */
+    every_tp_pair();
+    direct_min = 1; /* everything in place */
+    every_tp_pair();
+    direct_min = UINT64_MAX;
 }
 
 Test(plan, gqa_replicated_heads)
@@ -269,7 +292,7 @@ Test(plan, another_model_is_refused)
     cr_assert(!kvs__view_compatible(&av, &bv, why, sizeof(why)));
     cr_assert(strstr(why, "model") != NULL);
     kvs__xfer_t *x = NULL;
-    cr_assert_eq(kvs__xfer_build(&av, &bv, 0, 1, &x), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs__xfer_build(&av, &bv, 0, 1, UINT64_MAX, &x), KVS_ERR_INVALID_PARAM);
     cr_assert_null(x);
     /* Another key size is another chain of keys: refused too. */
     b = a;
@@ -350,7 +373,7 @@ Test(plan, every_allocation_failure_is_clean)
     for (; st != KVS_OK; n++) {
         kvs__xfer_t *x = NULL;
         kvs__alloc_fail_after(n, false);
-        st = kvs__xfer_build(&hv, &rv, 1, 5, &x);
+        st = kvs__xfer_build(&hv, &rv, 1, 5, 64, &x);
         kvs__alloc_fail_after(-1, false);
         if (st == KVS_OK) {
             cr_assert_not_null(x);

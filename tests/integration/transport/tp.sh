@@ -44,6 +44,15 @@ for r in 0 1; do
 done
 ok "TP=1 HND 32-token holder -> TP=2 NHD 16-token readers: each rank its own heads"
 
+# Both HND, TP=1 -> TP=2: each reader's heads are one 4 KiB run per K/V plane, read in
+# place (no staging) on the GET path; K/V order differs.
+start_server h --listen 127.0.0.1:0 --tp 1 --rank 0 --layout hnd --order block --zero-copy; H=$ADDR
+for r in 0 1; do
+  fetch hnd_r$r "ok hits=8 heads=0+2 missing=0 status=success" \
+    --peer "$H" --tp 2 --rank $r --layout hnd --order kv
+done
+ok "TP=1 HND holder -> TP=2 HND readers: head slices read in place"
+
 # GQA: 2 KV heads. Holders at TP=1; readers at TP=4 hold one head each (replicated).
 start_server g --listen 127.0.0.1:0 --heads 2 --tp 1 --rank 0 --layout nhd --order block; G=$ADDR
 for r in 0 3; do
