@@ -679,8 +679,11 @@ typedef struct kvs_fetch_params {
  * Across views (a remote holder of the same model with another TP split,
  * NHD/HND, K/V order or block size; see kvs_layout_t) the library plans the
  * copies: only the heads both hold move (kvs_lease_heads()), each byte
- * once, through a staging buffer that is permuted into @dst only after the
- * generations checked out. Hit j then covers tokens [j*key_tokens,
+ * once. Short runs go through a staging buffer that is permuted into @dst
+ * only after the generations checked out; runs of 4 KiB or more are read in
+ * place over native RMA, as same-layout fetches are (a changed block then
+ * fails the request with KVS_ERR_STALE: its bytes in @dst are not KV). A
+ * lease whose holder has none of the reader's heads fetches nothing. Hit j then covers tokens [j*key_tokens,
  * (j+1)*key_tokens) of the chain, within dst block dst_block_ids[j] at
  * token (j*key_tokens) % block_tokens: so the lookup's first key must start
  * a block in both views (a prompt's first key does), and with blocks larger
