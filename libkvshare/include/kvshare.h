@@ -683,17 +683,15 @@ typedef struct kvs_fetch_params {
  * only after the generations checked out; runs of 4 KiB or more are read in
  * place over native RMA, as same-layout fetches are (a changed block then
  * fails the request with KVS_ERR_STALE: its bytes in @dst are not KV). A
- * lease whose holder has none of the reader's heads fetches nothing. Hit j then covers tokens [j*key_tokens,
- * (j+1)*key_tokens) of the chain, within dst block dst_block_ids[j] at
- * token (j*key_tokens) % block_tokens: so the lookup's first key must start
- * a block in both views (a prompt's first key does), and with blocks larger
- * than keys several hits name the same destination block.
- * On KVS_OK the caller owns *req_p: poll it with kvs_request_test() or
- * kvs_request_wait(), then kvs_request_free(). Each block's generation is
- * checked after its data lands; a changed block fails the request with
- * KVS_ERR_STALE rather than deliver wrong KV.
- * Errors at start: INVALID_PARAM (count beyond the hits, bad block id),
- * LAYOUT_MISMATCH, NO_MEMORY, UNSUPPORTED (no transport to a remote source).
+ * lease whose holder has none of the reader's heads fetches nothing. Hit j then covers tokens
+ * [j*key_tokens, (j+1)*key_tokens) of the chain, within dst block dst_block_ids[j] at token
+ * (j*key_tokens) % block_tokens: so the lookup's first key must start a block in both views (a
+ * prompt's first key does), and with blocks larger than keys several hits name the same destination
+ * block. On KVS_OK the caller owns *req_p: poll it with kvs_request_test() or kvs_request_wait(),
+ * then kvs_request_free(). Each block's generation is checked after its data lands; a changed block
+ * fails the request with KVS_ERR_STALE rather than deliver wrong KV. Errors at start: INVALID_PARAM
+ * (count beyond the hits, bad block id), LAYOUT_MISMATCH, NO_MEMORY, UNSUPPORTED (no transport to a
+ * remote source).
  */
 KVS_API kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_block_ids,
                                size_t count, const kvs_fetch_params_t *params,
@@ -745,8 +743,9 @@ typedef struct kvs_stats {
     uint64_t zero_copy_blocks;
     uint64_t leased_blocks;
     uint64_t published;
-    uint64_t fetched_bytes;
-    uint64_t peers; /* connections open now (KVS_STATS_FIELD_PEERS) */
+    uint64_t
+        fetched_bytes; /* copied into pools by kvs_fetch: locally, or from peers over the wire */
+    uint64_t peers;    /* connections open now (KVS_STATS_FIELD_PEERS) */
 } kvs_stats_t;
 
 /** Fills *stats (a consistent-enough snapshot; counters are relaxed). */

@@ -168,6 +168,7 @@ typedef struct preq {
     uint8_t *genwin;
     uint64_t genwin_base;
     size_t bytes_expected, bytes_got;
+    size_t data_bytes; /* GET: the data stage's bytes (the generations' stage reuses the above) */
     /* AM path: one bit per (block, segment) piece, set when it is claimed */
     uint8_t *seen;
     size_t pieces, landed;
@@ -2839,6 +2840,9 @@ static void check_gens(preq_t *r)
     kvs_status_t st = KVS_OK;
     for (size_t i = 0; r->x != NULL && i < r->count && st == KVS_OK; i++)
         st = kvs__xfer_apply(r->x, i, r->xbuf, r->dst->segs, r->dst->nsegs, r->dst_ids[i]);
+    if (st == KVS_OK) /* what crossed the wire, for kvs_stats_t.fetched_bytes */
+        atomic_fetch_add_explicit(&r->pp->ctx->fetched_bytes,
+                                  r->push ? r->bytes_got : r->data_bytes, memory_order_relaxed);
     r->status = st;
 }
 
@@ -2855,6 +2859,7 @@ static int advance_requests(kvs__peer_t *pp)
                 r->status = KVS_ERR_PROTOCOL;
             } else if (r->stage == 1) {
                 r->stage = 2;
+                r->data_bytes = r->bytes_got;
                 kvs_status_t st = post_gen_gets(r);
                 if (st != KVS_OK)
                     r->status = st;

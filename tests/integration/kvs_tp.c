@@ -8,6 +8,7 @@
  *                                      look the prompt up at each peer in turn and fetch
  *                                      into one pool; check every byte of this rank's
  *                                      heads; print "ok hits=N heads=F+C,... missing=M"
+ *                                      (and "kvs_tp: fetched_bytes=B" on stderr)
  * view: --tp T --rank R --layout nhd|hnd --order kv|block --block-tokens B
  *       [--model M] [--zero-copy] [--keys K] [--expect STATUS]
  * The model: 2 layers, 4 KV heads (--heads), head dim 32, fp32; keys cover 16 tokens.
@@ -257,11 +258,14 @@ static int fetch(const opts_t *o)
                                         "%08x, want %08x\n",
                                         b, layer, kv ? 'V' : 'K', t, h, d, got, want);
                         }
+    kvs_stats_t stats = {0};
+    kvs_stats_query(ctx, &stats);
     const char *status = kvs_status_string(st);
     if (st == KVS_OK && bad > 0)
         status = "WRONG BYTES";
     printf("%s hits=%zu heads=%s missing=%u status=%s\n", st == KVS_OK && bad == 0 ? "ok" : "done",
            hits, heads, missing, status);
+    fprintf(stderr, "kvs_tp: fetched_bytes=%llu\n", (unsigned long long)stats.fetched_bytes);
     kvs_pool_destroy(p.h);
     kvs_ctx_destroy(ctx);
     free(keys);
