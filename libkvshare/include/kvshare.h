@@ -683,7 +683,9 @@ typedef struct kvs_fetch_params {
  * only after the generations checked out; runs of 4 KiB or more are read in
  * place over native RMA, as same-layout fetches are (a changed block then
  * fails the request with KVS_ERR_STALE: its bytes in @dst are not KV). A
- * lease whose holder has none of the reader's heads fetches nothing. Hit j then covers tokens
+ * lease whose holder has none of the reader's heads fetches nothing. The
+ * staging buffer is allocated per request (up to the bytes it moves):
+ * fetch long prompts across views in batches of blocks. Hit j then covers tokens
  * [j*key_tokens, (j+1)*key_tokens) of the chain, within dst block dst_block_ids[j] at token
  * (j*key_tokens) % block_tokens: so the lookup's first key must start a block in both views (a
  * prompt's first key does), and with blocks larger than keys several hits name the same destination
