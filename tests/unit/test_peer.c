@@ -823,6 +823,53 @@ static void across_views(const char *transport)
     free(h.mem);
 }
 
+/* A block that changes between lookup and fetch fails the request, and
+ * what was staged never reaches the reader's pool. */
+static void across_views_stale(const char *transport)
+{
+    kvs_ctx_h a = make_ctx(transport, true, tok_a, 0, 0),
+              b = make_ctx(transport, false, tok_a, 0, 0);
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(a, addr, sizeof(addr)), KVS_OK);
+    xpool_t h, r;
+    xpool_init(&h, a, 2, 0, KVS_KV_NHD, 16);
+    xpool_init(&r, b, 1, 0, KVS_KV_HND, 16);
+    kvs_key_t keys[3];
+    uint32_t ids[3] = {1, 2, 3};
+    for (uint32_t j = 0; j < 3; j++)
+        keys[j] = test_key(8000 + j);
+    memset(h.mem, 0x5a, 2 * XLAYERS * XBLOCKS * (size_t)16 * h.heads * XDIM * 4);
+    cr_assert_eq(kvs_publish(h.pool, keys, ids, 3, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = addr};
+    kvs_lease_h l = NULL;
+    cr_assert_eq(kvs_lookup(b, kvs_pool_layout_id(r.pool), keys, 3, &lp, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 3);
+    uint32_t gone = 2;
+    cr_assert_eq(kvs_unpublish(h.pool, &gone, 1, KVS_UNPUBLISH_FORCE), KVS_OK);
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_fetch(l, r.pool, ids, 3, NULL, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_ERR_STALE, "%s", transport);
+    kvs_request_free(rq);
+    kvs_lease_release(l);
+    size_t n = 2 * XLAYERS * XBLOCKS * (size_t)16 * r.heads * XDIM;
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(r.mem[i], 0, "%s: element %zu reached the pool", transport, i);
+    kvs_pool_destroy(r.pool);
+    kvs_pool_destroy(h.pool);
+    kvs_ctx_destroy(b);
+    kvs_ctx_destroy(a);
+    free(r.mem);
+    free(h.mem);
+}
+
+Test(peer, across_views_stale_block_never_reaches_the_pool)
+{
+    across_views_stale("loop");
+    across_views_stale("loop-am");
+}
+
 Test(peer, across_views_get_path)
 {
     across_views("loop");
