@@ -426,12 +426,10 @@ kvs_status_t kvs_lease_heads(kvs_lease_h lease, uint32_t *first_p, uint32_t *cou
     if (lease == NULL || first_p == NULL || count_p == NULL)
         return KVS_ERR_INVALID_PARAM;
     uint32_t first = 0, count = 0;
-    if (lease->hits > 0) {
-        if (lease->remote != NULL)
-            kvs__peer_lease_heads(lease->ctx->peer, lease->remote, &first, &count);
-        else
-            count = kvs__ctx_layout_heads(lease->ctx, lease->layout_id);
-    }
+    if (lease->hits > 0 &&
+        (lease->remote == NULL ||
+         !kvs__peer_lease_heads(lease->ctx->peer, lease->remote, &first, &count)))
+        count = kvs__ctx_layout_heads(lease->ctx, lease->layout_id);
     *first_p = first;
     *count_p = count;
     return KVS_OK;

@@ -2188,7 +2188,7 @@ static kvs_status_t boot_step(kvs__peer_t *pp, int fd, const char *peer, kvs__bu
  * held. On KVS_OK *ack_p holds the server's HELLO_ACK (kvs__free it). */
 static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint64_t layout_id,
                                 uint64_t deadline, uint8_t *nonce_c, uint8_t **ack_p,
-                                size_t *ack_len_p)
+                                size_t *ack_len_p, kvs__view_t *view, bool *has_view)
 {
     kvs__buf_t b;
     kvs__msg_t m;
@@ -2202,9 +2202,11 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     host[sizeof(host) - 1] = '\0';
     snprintf(name, sizeof(name), "%s:%d", host, (int)getpid());
     kvs__buf_init(&b);
-    kvs__view_t view; /* our model, so a holder of another view of it may serve us */
-    if (kvs__ctx_view_of(pp->ctx, layout_id, &view))
-        kvs__enc_hello_model(&b, 1, layout_id, nonce_c, name, view.model);
+    /* Our model, so a holder of another view of it may serve us. Asked
+     * here, with no lock of ours held (the pools' lock is taken inside). */
+    *has_view = kvs__ctx_view_of(pp->ctx, layout_id, view);
+    if (*has_view)
+        kvs__enc_hello_model(&b, 1, layout_id, nonce_c, name, view->model);
     else
         kvs__enc_hello(&b, 1, layout_id, nonce_c, name);
     kvs_status_t st = boot_step(pp, fd, peer, &b, KVS_PROTO_MAX_PREAUTH, KVS_MSG_CHALLENGE,
@@ -2252,11 +2254,12 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
  * caller holds a reference. */
 /* The holder's view from its HELLO_ACK: when it differs from ours, fetches
  * go through a plan (xfetch_start). */
-static kvs_status_t take_view(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+static kvs_status_t take_view(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m,
+                              const kvs__view_t *ours)
 {
-    if (!(m->hdr.flags & KVS_PROTO_FLAG_VIEW) ||
-        !kvs__ctx_view_of(pp->ctx, c->layout_id, &c->lview))
-        return KVS_OK; /* a pool node, or a layout we do not plan: bytes as they are */
+    if (!(m->hdr.flags & KVS_PROTO_FLAG_VIEW))
+        return KVS_OK; /* a pool node: bytes as they are */
+    c->lview = *ours;
     kvs__view_decode(m->u.hello_ack.view, &c->rview);
     const kvs__view_t *l = &c->lview, *h = &c->rview;
     if (kvs__view_same(l, h) && l->key_tokens == l->block_tokens)
@@ -2318,10 +2321,13 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
     uint8_t *ack = NULL;
     size_t ack_len = 0;
     kvs_status_t st;
+    kvs__view_t lview;
+    bool has_lview = false;
     unlock(pp);
     int fd = kvs__boot_connect(peer, boot_deadline, &st);
     if (fd >= 0) {
-        st = boot_client(pp, fd, peer, layout_id, boot_deadline, nonce_c, &ack, &ack_len);
+        st = boot_client(pp, fd, peer, layout_id, boot_deadline, nonce_c, &ack, &ack_len, &lview,
+                         &has_lview);
         if (st != KVS_OK) {
             close(fd);
             fd = -1;
@@ -2351,8 +2357,8 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
     c->refs++; /* the caller's */
     memcpy(c->session, m.hdr.session, sizeof(c->session));
     st = take_regions(c, &m);
-    if (st == KVS_OK)
-        st = take_view(pp, c, &m);
+    if (st == KVS_OK && has_lview)
+        st = take_view(pp, c, &m, &lview);
     bool rma = false;
     if (st == KVS_OK)
         st = pp->ops->connect(pp->tl, m.u.hello_ack.addr, m.u.hello_ack.addr_len, c, &c->ep, &rma);
@@ -2936,18 +2942,16 @@ static kvs_status_t xfetch_start(preq_t *r)
     return send_buf(c, &b);
 }
 
-void kvs__peer_lease_heads(kvs__peer_t *pp, void *rlease, uint32_t *first_p, uint32_t *count_p)
+bool kvs__peer_lease_heads(kvs__peer_t *pp, void *rlease, uint32_t *first_p, uint32_t *count_p)
 {
     rlease_t *rl = rlease;
     lock(pp);
     conn_t *c = rl->conn;
-    if (c->xview) {
+    bool x = c->xview;
+    if (x)
         kvs__view_overlap(&c->rview, &c->lview, first_p, count_p);
-    } else {
-        *first_p = 0;
-        *count_p = kvs__ctx_layout_heads(pp->ctx, c->layout_id);
-    }
     unlock(pp);
+    return x;
 }
 
 kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst,
