@@ -216,6 +216,7 @@ typedef struct push {
     uint32_t *set_at;
     uint16_t *set_of;
     uint32_t next_block; /* cursor */
+    uint32_t next_piece; /* within next_block: a block of many ranges spans windows */
     int outstanding;
     kvs_status_t status;
     struct push *next;
@@ -1385,7 +1386,7 @@ static int push_pump(kvs__peer_t *pp, push_t *p)
     kvs__piece_loc_t *locs = pp->scratch_locs;
     while (p->status == KVS_OK && c != NULL && p->next_block < p->count &&
            p->outstanding < (int)KVS_PEER_PUSH_WINDOW) {
-        uint32_t i = p->next_block++;
+        uint32_t i = p->next_block;
         kvs__block_loc_t loc = {.npieces = MAX_PIECES, .pieces = locs};
         if (kvs__lease_locate(p->sl->lease, p->first + i, &loc) != KVS_OK) {
             p->status = KVS_ERR_STALE;
@@ -1393,12 +1394,14 @@ static int push_pump(kvs__peer_t *pp, push_t *p)
         }
         /* Cut the block into the requester's segment sizes, or the ranges
          * it asked for; each must lie within one of our pieces. */
-        uint32_t off = 0, nk = p->nchunks, r0 = 0;
+        uint32_t off = 0, nk = p->nchunks, r0 = 0, k = p->next_piece;
         if (p->ranges != NULL) {
             r0 = p->set_at[p->set_of[i]];
             nk = p->set_at[p->set_of[i] + 1] - r0;
         }
-        for (uint32_t k = 0; k < nk && p->status == KVS_OK; k++) {
+        for (uint32_t j = 0; p->ranges == NULL && j < k; j++)
+            off += p->chunks[j]; /* resuming a block part-way */
+        for (; k < nk && p->status == KVS_OK && p->outstanding < (int)KVS_PEER_PUSH_WINDOW; k++) {
             uint32_t len = p->ranges != NULL ? p->ranges[r0 + k].len : p->chunks[k];
             if (p->ranges != NULL)
                 off = p->ranges[r0 + k].off;
@@ -1425,6 +1428,12 @@ static int push_pump(kvs__peer_t *pp, push_t *p)
                 p->status = KVS_ERR_PEER_FAILED;
             off += len;
             posted++;
+        }
+        if (k < nk) {
+            p->next_piece = k; /* the window is full: go on from here */
+        } else {
+            p->next_block++;
+            p->next_piece = 0;
         }
     }
     return posted;
