@@ -77,7 +77,10 @@ extern "C" {
     X(key_format_hex)                                                                              \
     X(progress_ex)                                                                                 \
     X(mem_register_ex)                                                                             \
-    X(put_ex)
+    X(put_ex)                                                                                      \
+    X(model_id)                                                                                    \
+    X(layout_source_ranks)                                                                         \
+    X(lease_heads)
 
 /** The functions of one loaded libkvshare: member `name` is kvs_<name>. */
 typedef struct kvs_dl {

@@ -40,6 +40,8 @@ typedef struct kvs__boot_srv {
     kvs__boot_state_t state;
     size_t rx_len;
     uint64_t layout_id;
+    uint64_t model; /* the HELLO's model fingerprint, when has_model */
+    bool has_model;
     uint64_t req_id;
     uint8_t nonce_c[32], nonce_s[32]; /* nonce_s: the caller's, before the CHALLENGE */
     const uint8_t *addr;              /* into rx, after an accepted AUTH */
