@@ -81,10 +81,15 @@ typedef struct block {
     hold_arr_t *many; /* the holders once there were two */
 } block_t;
 
+/* Blocks live in segments of SEG blocks that never move (growing copies no block and
+ * retires nothing but the directory of segments). */
+#define SEG_SHIFT 14u
+#define SEG       (1u << SEG_SHIFT)
+
 typedef struct bvec {
     retired_t r;
-    uint32_t cap, pad;
-    block_t b[];
+    uint32_t cap, nseg; /* directory slots, segments allocated */
+    block_t *seg[];
 } bvec_t;
 
 typedef struct table {
@@ -155,6 +160,8 @@ struct kvs__idx {
 
 /* ---- grace periods ---- */
 
+static inline block_t *blk(const kvs__idx_t *idx, uint32_t bi);
+
 static unsigned rd_next;
 static __thread unsigned rd_mine; /* slot + 1; 0: none yet */
 
@@ -216,7 +223,7 @@ static void reclaim(kvs__idx_t *idx)
             idx->waiting = NULL;
             while (idx->limbo_waiting != NO_BLOCK) { /* the entries may be reused now */
                 uint32_t bi = idx->limbo_waiting;
-                block_t *b = &idx->bv->b[bi];
+                block_t *b = blk(idx, bi);
                 idx->limbo_waiting = b->one.pos;
                 b->one.pos = idx->free_head;
                 idx->free_head = bi;
@@ -277,7 +284,7 @@ static char *dup_n(const char *s, size_t n)
 /* Writer-side accessors (the writer alone changes what they return). */
 static inline block_t *blk(const kvs__idx_t *idx, uint32_t bi)
 {
-    return &idx->bv->b[bi];
+    return &idx->bv->seg[bi >> SEG_SHIFT][bi & (SEG - 1)];
 }
 
 static inline pod_t *pod_w(const kvs__idx_t *idx, uint32_t pod)
@@ -355,7 +362,9 @@ void kvs__idx_destroy(kvs__idx_t *idx)
     if (idx == NULL)
         return;
     for (uint32_t i = 0; i < idx->blocks_len; i++)
-        free(idx->bv->b[i].many); /* NULL for free blocks and single holders */
+        free(blk(idx, i)->many); /* NULL for free blocks and single holders */
+    for (uint32_t i = 0; idx->bv != NULL && i < idx->bv->nseg; i++)
+        free(idx->bv->seg[i]);
     free(idx->bv);
     free(idx->tab);
     for (uint32_t i = 0; i < idx->npods; i++) {
@@ -605,20 +614,28 @@ static uint32_t add_block(kvs__idx_t *idx, uint32_t model, uint64_t hash)
         idx->free_head = blk(idx, bi)->one.pos;
     } else {
         bi = idx->blocks_len;
-        uint32_t cap = idx->bv != NULL ? idx->bv->cap : 0;
-        if (bi == cap) {
-            if (cap >= NO_BLOCK / 2)
+        uint32_t nseg = idx->bv != NULL ? idx->bv->nseg : 0;
+        if (bi == nseg * SEG) {
+            if (bi >= NO_BLOCK / 2)
                 return NO_BLOCK;
-            uint32_t nc = cap ? 2 * cap : 1024;
-            bvec_t *nb = kvs__ix_malloc(sizeof(*nb) + (size_t)nc * sizeof(block_t));
-            if (nb == NULL)
+            if (idx->bv == NULL || nseg == idx->bv->cap) {
+                uint32_t nc = nseg ? 2 * nseg : 8;
+                bvec_t *nb = kvs__ix_calloc(1, sizeof(*nb) + nc * sizeof(block_t *));
+                if (nb == NULL)
+                    return NO_BLOCK;
+                nb->cap = nc;
+                nb->nseg = nseg;
+                if (nseg > 0)
+                    memcpy(nb->seg, idx->bv->seg, nseg * sizeof(block_t *));
+                if (idx->bv != NULL)
+                    retire(idx, idx->bv);
+                STR(&idx->bv, nb);
+            }
+            block_t *sg = kvs__ix_malloc(SEG * sizeof(block_t));
+            if (sg == NULL)
                 return NO_BLOCK;
-            nb->cap = nc;
-            if (bi > 0)
-                memcpy(nb->b, idx->bv->b, (size_t)bi * sizeof(block_t));
-            if (idx->bv != NULL)
-                retire(idx, idx->bv);
-            STR(&idx->bv, nb);
+            idx->bv->seg[nseg] = sg; /* readers reach it only below blocks_len */
+            ST(&idx->bv->nseg, nseg + 1);
         }
     }
     block_t *b = blk(idx, bi);
@@ -968,7 +985,7 @@ size_t kvs__idx_age(kvs__idx_t *idx, uint64_t now_ms, uint64_t max_idle_ms)
  * initialised in the array loaded after it (a later array copies it). */
 typedef struct rview {
     kvs__idx_t *idx;
-    const block_t *b;
+    block_t *const *seg;
     uint32_t len;
     const table_t *t;
     const pvec_t *pv;
@@ -980,16 +997,21 @@ static void rview_load(kvs__idx_t *idx, rview_t *v)
     v->idx = idx;
     v->len = LDA(&idx->blocks_len);
     const bvec_t *bv = LDA(&idx->bv);
-    v->b = bv != NULL ? bv->b : NULL;
+    v->seg = bv != NULL ? bv->seg : NULL;
     v->t = LDA(&idx->tab);
     v->np = LDA(&idx->npods);
     v->pv = LDA(&idx->pv);
 }
 
+static inline const block_t *rb(const rview_t *v, uint32_t c)
+{
+    return &v->seg[c >> SEG_SHIFT][c & (SEG - 1)];
+}
+
 /* keys[k]'s block as entry c, if it is (checked against the key: a hint may be stale). */
 static inline bool is_block(const rview_t *v, uint32_t c, uint32_t model, uint64_t key)
 {
-    return c < v->len && LDA(&v->b[c].model) == model && LD(&v->b[c].hash) == key;
+    return c < v->len && LDA(&rb(v, c)->model) == model && LD(&rb(v, c)->hash) == key;
 }
 
 static uint32_t find_block_r(const rview_t *v, uint32_t model, uint64_t hash)
@@ -1029,12 +1051,12 @@ static inline void prefetch_ahead(const rview_t *v, uint32_t model, const uint64
     if (k + 4 < n) {
         uint32_t x = LD(&t->s[slot_of(keys[k + 4], model, t->mask)]);
         if (x != 0 && x != TOMB && x - 1 < v->len)
-            __builtin_prefetch(&v->b[x - 1]);
+            __builtin_prefetch(rb(v, x - 1));
     }
     if (want_holders && k + 2 < n) {
         uint32_t ahead = find_block_r(v, model, keys[k + 2]);
         if (ahead != NO_BLOCK) {
-            const hold_arr_t *a = LD(&v->b[ahead].many);
+            const hold_arr_t *a = LD(&rb(v, ahead)->many);
             if (a != NULL)
                 __builtin_prefetch(a);
         }
@@ -1052,7 +1074,7 @@ static uint8_t worst_tier(const rview_t *v, uint32_t model, const uint64_t *keys
         if (bi == NO_BLOCK)
             continue; /* removed since */
         uint32_t nh;
-        const holder_t *h = holders_r(&v->b[bi], &nh);
+        const holder_t *h = holders_r(rb(v, bi), &nh);
         uint8_t best = 255;
         for (uint32_t i = 0; i < nh; i++) {
             uint32_t pm = LD(&h[i].pod_med);
@@ -1075,11 +1097,11 @@ static inline uint32_t next_block(const rview_t *v, uint32_t model, uint32_t pre
          * instead of chasing hints one load at a time. */
         if (is_block(v, prev + 1, model, keys[k]))
             return prev + 1;
-        uint32_t h = LD(&v->b[prev].next);
+        uint32_t h = LD(&rb(v, prev)->next);
         if (is_block(v, h, model, keys[k])) {
-            uint32_t hh = LD(&v->b[h].next);
+            uint32_t hh = LD(&rb(v, h)->next);
             if (hh < v->len)
-                __builtin_prefetch(&v->b[hh]); /* the step after */
+                __builtin_prefetch(rb(v, hh)); /* the step after */
             return h;
         }
     }
@@ -1112,8 +1134,8 @@ static long score_masked(const rview_t *v, const mview_t *md, uint32_t model, ui
     uint32_t depth[MASK_SLOTS];
     uint8_t order[MASK_SLOTS];
     size_t m = 0;
-    uint64_t live = LD(&v->b[b0].mask) & elig;
-    uint64_t slow = live & LD(&v->b[b0].slow);
+    uint64_t live = LD(&rb(v, b0)->mask) & elig;
+    uint64_t slow = live & LD(&rb(v, b0)->slow);
     size_t k = 1;
     uint32_t prev = b0;
     for (;; k++) {
@@ -1122,7 +1144,7 @@ static long score_masked(const rview_t *v, const mview_t *md, uint32_t model, ui
         if (k < n && live != 0) {
             bi = next_block(v, model, prev, keys, n, k, false);
             prev = bi;
-            next = bi == NO_BLOCK ? 0 : live & LD(&v->b[bi].mask);
+            next = bi == NO_BLOCK ? 0 : live & LD(&rb(v, bi)->mask);
         }
         for (uint64_t dropped = live & ~next; dropped != 0; dropped &= dropped - 1) {
             uint32_t s = (uint32_t)__builtin_ctzll(dropped);
@@ -1135,7 +1157,7 @@ static long score_masked(const rview_t *v, const mview_t *md, uint32_t model, ui
             order[j] = (uint8_t)s;
         }
         if (bi != NO_BLOCK)
-            slow |= next & LD(&v->b[bi].slow);
+            slow |= next & LD(&rb(v, bi)->slow);
         live = next;
         if (live == 0)
             break;
@@ -1195,7 +1217,7 @@ static long score_walk(const rview_t *v, uint32_t model, uint32_t b0, const uint
     }
     size_t ncand = 0, nlive;
     uint32_t nh;
-    const holder_t *h = holders_r(&v->b[b0], &nh);
+    const holder_t *h = holders_r(rb(v, b0), &nh);
     for (uint32_t i = 0; i < nh; i++) {
         uint32_t pm = LD(&h[i].pod_med);
         uint32_t p = pm_pod(pm);
@@ -1222,7 +1244,7 @@ static long score_walk(const rview_t *v, uint32_t model, uint32_t b0, const uint
         if (bi == NO_BLOCK)
             break;
         prev = bi;
-        h = holders_r(&v->b[bi], &nh);
+        h = holders_r(rb(v, bi), &nh);
         uint32_t want = (uint32_t)k;
         for (uint32_t i = 0; i < nh; i++) {
             uint32_t pm = LD(&h[i].pod_med);
@@ -1306,7 +1328,9 @@ void kvs__idx_get_stats(kvs__idx_t *idx, kvs__idx_stats_t *s)
     s->evicted = LD(&idx->evicted);
     s->degraded_pods = LD(&idx->ndegraded);
     const bvec_t *bv = LDA(&idx->bv);
-    s->bytes = (bv != NULL ? sizeof(*bv) + (uint64_t)bv->cap * sizeof(block_t) : 0) +
+    s->bytes = (bv != NULL ? sizeof(*bv) + bv->cap * sizeof(block_t *) +
+                                 (uint64_t)LD(&bv->nseg) * SEG * sizeof(block_t)
+                           : 0) +
                table_bytes(LDA(&idx->tab)) + LD(&idx->holder_bytes) + LD(&idx->list_bytes);
     rd_exit(idx, tok);
 }
