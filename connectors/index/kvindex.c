@@ -35,6 +35,7 @@
 
 #define NO_BLOCK  UINT32_MAX
 #define NO_HOLDER UINT32_MAX /* an unused holder entry */
+#define NO_MODEL  UINT16_MAX /* a free block; models are numbered below it */
 #define TOMB      UINT32_MAX /* a deleted table slot */
 #define RD_SLOTS  16u
 
@@ -71,15 +72,16 @@ typedef struct block {
     uint64_t hash;
     uint64_t mask;  /* slots (< 64) with a copy of this block */
     uint64_t slow;  /* slots whose best copy is not on the fastest tier (GPU) */
-    uint32_t model; /* NO_BLOCK: free (one.pos then links the free list or the limbo) */
+    uint16_t model; /* NO_MODEL: free (one.pos then links the free list or the limbo) */
+    uint16_t n;     /* holders */
     /* The block stored right after this one in the last store that had both (a prompt's
      * next block, usually): a score tries it before the table. Only a hint: checked
      * against the key. */
     uint32_t next;
-    uint16_t n;       /* holders */
     holder_t one;     /* the holder while there is one (many == NULL) */
     hold_arr_t *many; /* the holders once there were two */
 } block_t;
+_Static_assert(sizeof(block_t) == 48, "a block entry stays 48 bytes (memory per pair)");
 
 /* Blocks live in segments of SEG blocks that never move (growing copies no block and
  * retires nothing but the directory of segments). */
@@ -423,7 +425,8 @@ int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool creat
         return id;
     wr_lock(idx);
     model_t *md = NULL;
-    if ((id = find_model(idx, name, len)) >= 0 || memchr(name, '\0', len) != NULL)
+    if ((id = find_model(idx, name, len)) >= 0 || memchr(name, '\0', len) != NULL ||
+        idx->nmodels >= KVS__IDX_MAX_MODELS)
         goto out;
     uint32_t n = idx->nmodels;
     if (idx->mv == NULL || n == idx->mv->cap) {
@@ -649,7 +652,7 @@ static uint32_t add_block(kvs__idx_t *idx, uint32_t model, uint64_t hash)
     ST(&b->next, NO_BLOCK);
     ST(&b->n, 0);
     ST(&b->one.pod_med, NO_HOLDER);
-    STR(&b->model, model);
+    STR(&b->model, (uint16_t)model);
     if (fresh)
         STR(&idx->blocks_len, bi + 1);
     table_t *t = idx->tab;
@@ -679,7 +682,7 @@ static void free_block(kvs__idx_t *idx, uint32_t bi)
         retire(idx, b->many);
         STR(&b->many, NULL);
     }
-    ST(&b->model, NO_BLOCK);
+    ST(&b->model, NO_MODEL);
     ST(&b->mask, 0);
     ST(&b->slow, 0);
     ST(&b->n, 0);
@@ -864,7 +867,7 @@ int kvs__idx_store(kvs__idx_t *idx, uint32_t pod, const uint64_t *hashes, size_t
         uint32_t bi;
         rc = store_one(idx, pod, (uint8_t)med, hashes[i], &bi);
         /* An eviction inside store_one may have freed prev: it is only a hint's source. */
-        if (prev != NO_BLOCK && bi != NO_BLOCK && blk(idx, prev)->model != NO_BLOCK)
+        if (prev != NO_BLOCK && bi != NO_BLOCK && blk(idx, prev)->model != NO_MODEL)
             ST(&blk(idx, prev)->next, bi);
         prev = bi;
     }

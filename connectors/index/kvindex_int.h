@@ -15,7 +15,7 @@
  * A score may see a store or removal half applied (slightly stale), never freed memory
  * or a block a pod never held. kvs__idx_pod_copies serialises with the writer.
  *
- * Memory: a 56 B block entry (first holder inline, the next-block hint) + 4 B per table
+ * Memory: a 48 B block entry (first holder inline, the next-block hint) + 4 B per table
  * slot (live load 3/16..1/2) + 8 B per holder beyond the first (+ a 16 B array header) +
  * 4 B per (pod, block) in the pod's list; bounded by max_pairs. At the bound, a store
  * first evicts one pair from the pod that holds the most (its blocks in turn from a
@@ -30,6 +30,7 @@
 typedef struct kvs__idx kvs__idx_t;
 
 #define KVS__IDX_MAX_PODS    (1u << 24)
+#define KVS__IDX_MAX_MODELS  65535u
 #define KVS__IDX_MAX_MEDIA   255u
 #define KVS__IDX_MAX_HOLDERS 65535u /* pods holding one block: more are not recorded */
 
@@ -56,7 +57,7 @@ kvs__idx_t *kvs__idx_create(uint64_t max_pairs);
 void kvs__idx_destroy(kvs__idx_t *idx);
 
 /* The id of model `name` (len bytes), created when create is true. -1: unknown, or out of
- * memory while creating. */
+ * memory or KVS__IDX_MAX_MODELS reached while creating. */
 int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool create);
 /* The id of pod `name` serving `model`, created when create is true (a pod publishing two
  * models is two pods here). -1: unknown / out of memory / too many pods. */
