@@ -1090,26 +1090,43 @@ static uint8_t worst_tier(const rview_t *v, uint32_t model, const uint64_t *keys
     return worst;
 }
 
-/* keys[k]'s block, given keys[k-1]'s (prev): the hint first, then the table. */
-static inline uint32_t next_block(const rview_t *v, uint32_t model, uint32_t prev,
-                                  const uint64_t *keys, size_t n, size_t k, bool want_holders)
+/* keys[k]'s block, given keys[k-1]'s (prev, at *pp): the entry after prev first, then the
+ * hint, then the table. *pp gets the block found (unchanged when none). Inlined: it is the
+ * loop body of every score. */
+static inline __attribute__((always_inline)) uint32_t next_block(const rview_t *v, uint32_t model,
+                                                                 uint32_t prev, const block_t **pp,
+                                                                 const uint64_t *keys, size_t n,
+                                                                 size_t k, bool want_holders)
 {
     if (prev != NO_BLOCK) {
         /* The entry after prev first: a prompt's blocks stored fresh by one store sit side
-         * by side, and this address needs no load, so the CPU runs ahead of the walk
-         * instead of chasing hints one load at a time. */
-        if (is_block(v, prev + 1, model, keys[k]))
-            return prev + 1;
-        uint32_t h = LD(&rb(v, prev)->next);
-        if (is_block(v, h, model, keys[k])) {
-            uint32_t hh = LD(&rb(v, h)->next);
-            if (hh < v->len)
-                __builtin_prefetch(rb(v, hh)); /* the step after */
-            return h;
+         * by side, and this address needs no load (within a segment), so the CPU runs
+         * ahead of the walk instead of chasing hints one load at a time. */
+        uint32_t c = prev + 1;
+        if (c < v->len) {
+            const block_t *cb = (c & (SEG - 1)) != 0 ? *pp + 1 : rb(v, c);
+            if (LDA(&cb->model) == model && LD(&cb->hash) == keys[k]) {
+                *pp = cb;
+                return c;
+            }
+        }
+        uint32_t h = LD(&(*pp)->next);
+        if (h < v->len) {
+            const block_t *hb = rb(v, h);
+            if (LDA(&hb->model) == model && LD(&hb->hash) == keys[k]) {
+                uint32_t hh = LD(&hb->next);
+                if (hh < v->len)
+                    __builtin_prefetch(rb(v, hh)); /* the step after */
+                *pp = hb;
+                return h;
+            }
         }
     }
     prefetch_ahead(v, model, keys, n, k, want_holders);
-    return find_block_r(v, model, keys[k]);
+    uint32_t bi = find_block_r(v, model, keys[k]);
+    if (bi != NO_BLOCK)
+        *pp = rb(v, bi);
+    return bi;
 }
 
 /* Scoring for a model of at most 64 pods: ANDs of the blocks' slot masks. b0 is keys[0]'s
@@ -1137,17 +1154,18 @@ static long score_masked(const rview_t *v, const mview_t *md, uint32_t model, ui
     uint32_t depth[MASK_SLOTS];
     uint8_t order[MASK_SLOTS];
     size_t m = 0;
-    uint64_t live = LD(&rb(v, b0)->mask) & elig;
-    uint64_t slow = live & LD(&rb(v, b0)->slow);
+    const block_t *pb = rb(v, b0);
+    uint64_t live = LD(&pb->mask) & elig;
+    uint64_t slow = live & LD(&pb->slow);
     size_t k = 1;
     uint32_t prev = b0;
     for (;; k++) {
         uint64_t next = 0;
         uint32_t bi = NO_BLOCK;
         if (k < n && live != 0) {
-            bi = next_block(v, model, prev, keys, n, k, false);
+            bi = next_block(v, model, prev, &pb, keys, n, k, false);
             prev = bi;
-            next = bi == NO_BLOCK ? 0 : live & LD(&rb(v, bi)->mask);
+            next = bi == NO_BLOCK ? 0 : live & LD(&pb->mask);
         }
         for (uint64_t dropped = live & ~next; dropped != 0; dropped &= dropped - 1) {
             uint32_t s = (uint32_t)__builtin_ctzll(dropped);
@@ -1160,7 +1178,7 @@ static long score_masked(const rview_t *v, const mview_t *md, uint32_t model, ui
             order[j] = (uint8_t)s;
         }
         if (bi != NO_BLOCK)
-            slow |= next & LD(&rb(v, bi)->slow);
+            slow |= next & LD(&pb->slow);
         live = next;
         if (live == 0)
             break;
@@ -1242,12 +1260,13 @@ static long score_walk(const rview_t *v, uint32_t model, uint32_t b0, const uint
     }
     nlive = ncand;
     uint32_t prev = b0;
+    const block_t *pb = rb(v, b0);
     for (size_t k = 1; k < n && nlive > 0; k++) {
-        uint32_t bi = next_block(v, model, prev, keys, n, k, true);
+        uint32_t bi = next_block(v, model, prev, &pb, keys, n, k, true);
         if (bi == NO_BLOCK)
             break;
         prev = bi;
-        h = holders_r(rb(v, bi), &nh);
+        h = holders_r(pb, &nh);
         uint32_t want = (uint32_t)k;
         for (uint32_t i = 0; i < nh; i++) {
             uint32_t pm = LD(&h[i].pod_med);
