@@ -73,7 +73,11 @@ extern "C" {
     X(request_wait)                                                                                \
     X(request_free)                                                                                \
     X(stats_query)                                                                                 \
-    X(peer_connect)
+    X(peer_connect)                                                                                \
+    X(key_format_hex)                                                                              \
+    X(progress_ex)                                                                                 \
+    X(mem_register_ex)                                                                             \
+    X(put_ex)
 
 /** The functions of one loaded libkvshare: member `name` is kvs_<name>. */
 typedef struct kvs_dl {
