@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 typedef struct xopts {
-    const char *tls;
+    const char *tls, *path;
     uint64_t block_bytes, blocks, batch, repeats, seed, inflight;
     bool json, contiguous, serve, no_perftest;
 } xopts_t;
@@ -26,6 +26,7 @@ static void usage(FILE *f)
         "usage: kvshare bench transfer [--tls posix,cma,self|tcp] [--block-bytes B]\n"
         "                              [--blocks N] [--batch K] [--repeats R]\n"
         "                              [--inflight 1|2] [--contiguous] [--no-perftest] [--json]\n"
+        "                              [--path auto|memfd|ucx]\n"
         "\n"
         "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
         "this process looks them up and fetches them all in batches of K, R times, into\n"
@@ -34,6 +35,8 @@ static void usage(FILE *f)
         "same run: one core's memcpy of the same blocks (the limit of a shared-memory path),\n"
         "and ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw\n"
         "on tcp).\n"
+        "--path memfd needs the same-host path (this process maps the server's memfds and\n"
+        "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
         "          --repeats 5 --inflight 1\n");
 }
@@ -84,9 +87,10 @@ static kvs_layout_t bench_layout(void)
 static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, uint8_t **mem_p, kvs_pool_h *p)
 {
     size_t bytes = (size_t)(o->blocks * o->block_bytes);
-    uint8_t *mem = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
-    if (mem == NULL)
-        return KVS_ERR_NO_MEMORY;
+    uint8_t *mem = NULL; /* kvshare's memory: a same-host reader may map it */
+    kvs_status_t st = kvs_mem_alloc(ctx, bytes, KVS_MEM_HOST, (void **)&mem);
+    if (st != KVS_OK)
+        return st;
     memset(mem, 0, bytes); /* touch every page before timing */
     kvs_layout_t l = bench_layout();
     kvs_segment_t seg = {.base = mem,
@@ -95,9 +99,9 @@ static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, uint8_t **mem_p, 
                          .mem_type = KVS_MEM_HOST};
     kvs_pool_params_t pp = {
         .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)o->blocks};
-    kvs_status_t st = kvs_pool_create(ctx, &pp, p);
+    st = kvs_pool_create(ctx, &pp, p);
     if (st != KVS_OK) {
-        free(mem);
+        kvs_mem_free(ctx, mem);
         return st;
     }
     *mem_p = mem;
@@ -162,8 +166,8 @@ static int serve(const xopts_t *o)
     while (read(0, buf, sizeof(buf)) > 0)
         ;
     kvs_pool_destroy(pool);
+    kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
-    free(mem);
     free(ids);
     free(keys);
     return 0;
@@ -226,6 +230,7 @@ static double perftest(const char *tls, const char *test, uint64_t size, char *n
 int kvs_cli_bench_transfer(int argc, char **argv)
 {
     xopts_t o = {.tls = "posix,cma,self",
+                 .path = "auto",
                  .block_bytes = 262144,
                  .blocks = 4096,
                  .batch = 64,
@@ -245,6 +250,13 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
+        } else if (strcmp(a, "--path") == 0 && v != NULL) {
+            if (strcmp(v, "auto") != 0 && strcmp(v, "memfd") != 0 && strcmp(v, "ucx") != 0) {
+                fprintf(stderr, "kvshare bench transfer: --path '%s': auto, memfd or ucx\n", v);
+                return 2;
+            }
+            o.path = v;
+            i++;
         } else if (strcmp(a, "--tls") == 0 && v != NULL) {
             o.tls = v;
             i++;
@@ -289,6 +301,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     bool has_tcp = strstr(o.tls, "tcp") != NULL || strcmp(o.tls, "all") == 0;
     snprintf(ours, sizeof(ours), "%s%s", o.tls, has_tcp ? "" : ",tcp");
     setenv("UCX_TLS", ours, 1);
+    if (strcmp(o.path, "ucx") == 0)
+        setenv("KVSHARE_SHM", "off", 1); /* both processes: no offer, no mapping */
     /* The --serve child inherits the parent's token; alone it needs one too. */
     if (!kvs_cli_run_token("bench transfer"))
         return 1;
@@ -424,6 +438,18 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         fprintf(stderr, "kvshare bench transfer: %s\n", kvs_status_string(st));
         goto out;
     }
+    /* Which path moved the bytes: all through mapped memory, or none. */
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_SHM};
+    kvs_stats_query(ctx, &ks);
+    const char *ran = ks.shm_fetched_bytes == 0 ? "ucx"
+                      : ks.shm_fetched_bytes == o.blocks * o.block_bytes * (o.repeats + 1)
+                          ? "memfd"
+                          : "mixed";
+    if (strcmp(o.path, "auto") != 0 && strcmp(o.path, ran) != 0) {
+        fprintf(stderr, "kvshare bench transfer: --path %s asked, but the %s path ran\n", o.path,
+                ran);
+        goto out;
+    }
     /* Spot-check the content against what the server wrote. */
     for (uint64_t i = 0; i < o.blocks; i += 97) {
         uint64_t x = kvs_cli_mix(i), got;
@@ -492,20 +518,22 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         snprintf(note, sizeof(note), "skipped (--no-perftest)");
 
     if (o.json) {
-        printf("{\"bench\":\"transfer\",\"tls\":\"%s\",\"block_bytes\":%llu,\"blocks\":%llu,"
+        printf("{\"bench\":\"transfer\",\"path\":\"%s\",\"tls\":\"%s\",\"block_bytes\":%llu,"
+               "\"blocks\":%llu,"
                "\"batch\":%llu,\"inflight\":%llu,\"repeats\":%llu,\"ids\":\"%s\",\"gbps\":%.3f,"
                "\"memcpy_gbps\":%.3f,\"ratio_memcpy\":%.3f,\"perftest_test\":\"%s\","
                "\"perftest_gbps\":%.3f,\"ratio_perftest\":%.3f,\"cma_gbps\":%.3f,"
                "\"ratio_cma\":%.3f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
-               o.tls, (unsigned long long)o.block_bytes, (unsigned long long)o.blocks,
+               ran, o.tls, (unsigned long long)o.block_bytes, (unsigned long long)o.blocks,
                (unsigned long long)o.batch, (unsigned long long)o.inflight,
                (unsigned long long)o.repeats, o.contiguous ? "contiguous" : "shuffled", gbps, mc,
                mc > 0 ? gbps / mc : 0, pt_test, pt > 0 ? pt : 0, pt > 0 ? gbps / pt : 0, cma,
                cma > 0 ? gbps / cma : 0, p50, p99);
     } else {
-        printf("  kvshare fetch        %8.2f GB/s   batch latency p50 %.0f us, p99 %.0f us\n"
-               "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
-               gbps, p50, p99, mc, mc > 0 ? gbps / mc : 0);
+        printf(
+            "  kvshare fetch        %8.2f GB/s   path %s, batch latency p50 %.0f us, p99 %.0f us\n"
+            "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
+            gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0);
         if (cma > 0)
             printf("  raw CMA, one core    %8.2f GB/s   ratio_cma      %.2f\n", cma, gbps / cma);
         if (pt > 0)
@@ -520,8 +548,8 @@ out:
     waitpid(srv, NULL, 0);
     fclose(from);
     kvs_pool_destroy(pool);
+    kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
-    free(mem);
     free(keys);
     free(dst);
     free(lat);

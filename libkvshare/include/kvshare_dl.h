@@ -73,7 +73,9 @@ extern "C" {
     X(request_wait)                                                                                \
     X(request_free)                                                                                \
     X(stats_query)                                                                                 \
-    X(peer_connect)
+    X(peer_connect)                                                                                \
+    X(mem_alloc)                                                                                   \
+    X(mem_free)
 
 /** The functions of one loaded libkvshare: member `name` is kvs_<name>. */
 typedef struct kvs_dl {

@@ -66,8 +66,15 @@ typedef enum kvs__msg_type {
  * body then also carries the client's region table, one source descriptor
  * per segment and one block id per key; the node answers with PUT_DONE
  * (never PUT_ACK) once it has read and stored them. */
-#define KVS_PROTO_FLAG_PULL   4u
-#define KVS_PROTO_FLAGS_KNOWN 7u
+#define KVS_PROTO_FLAG_PULL 4u
+/* Header flag on HELLO_ACK: after the regions, the holder's same-host
+ * offer: its boot id (16 bytes) and the path of its host-local Unix socket
+ * (u16 length, 1..107 bytes), where a reader on the same boot id is handed
+ * the holder's memfds (shm_int.h). */
+#define KVS_PROTO_FLAG_SHM     8u
+#define KVS_PROTO_FLAGS_KNOWN  15u
+#define KVS_PROTO_BOOT_ID_LEN  16u
+#define KVS_PROTO_MAX_SHM_PATH 107u
 
 typedef struct kvs__hdr {
     uint16_t type;
@@ -125,6 +132,10 @@ typedef struct kvs__msg {
         struct {
             uint32_t addr_len; /* the server's transport address */
             const uint8_t *addr;
+            /* KVS_PROTO_FLAG_SHM only */
+            const uint8_t *boot_id; /* KVS_PROTO_BOOT_ID_LEN bytes */
+            uint16_t shm_path_len;
+            const char *shm_path; /* not NUL-terminated */
         } hello_ack;
         struct {
             uint64_t layout_id;
