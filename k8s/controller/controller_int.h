@@ -22,7 +22,12 @@
 #define KVSC_ANNOT_INJECTED    "kvshare.io/injected"
 /* The pod's PYTHONHASHSEED (vLLM's NONE_HASH is the hash of this string, so every pod of a
  * pool must share it); absent: KVSC_DEFAULT_HASH_SEED. */
-#define KVSC_ANNOT_HASH_SEED   "kvshare.io/python-hash-seed"
+#define KVSC_ANNOT_HASH_SEED "kvshare.io/python-hash-seed"
+/* Opt-in: a node directory (absolute path) shared by the node's kvshare processes as a
+ * hostPath volume, where holders put the Unix sockets that hand same-host readers their
+ * memfds (KVSHARE_HOST_SOCKET_DIR). Opt-in because Pod Security "baseline" refuses
+ * hostPath volumes. */
+#define KVSC_ANNOT_HOST_SOCKET "kvshare.io/host-socket-dir"
 #define KVSC_DEFAULT_HASH_SEED "0"
 /* Set by the webhook: where the pod's kvshare token comes from ("secret:<name>/<key>"),
  * "none" (the pool is open), or "missing" (kvshare in the pod will refuse to start). */
@@ -32,6 +37,8 @@
 #define KVSC_VOLUME_AUTH         "kvshare-auth"
 #define KVSC_MOUNT_LIB           "/opt/kvshare"
 #define KVSC_MOUNT_AUTH          "/var/run/secrets/kvshare"
+#define KVSC_VOLUME_HOST         "kvshare-host"
+#define KVSC_MOUNT_HOST          "/var/run/kvshare-host"
 #define KVSC_SHIM_PATH           KVSC_MOUNT_LIB "/lib/libkvshare_preload.so"
 /* The vLLM plugin package and its dist-info (copied from the image's dist/python). */
 #define KVSC_PYTHON_PATH         KVSC_MOUNT_LIB "/python"
