@@ -220,6 +220,10 @@ static void stop_holder(child_t *c)
     waitpid(c->pid, &status, 0);
     fclose(c->from);
     c->pid = 0;
+    /* A clean exit: nothing leaked or crashed in the holder (sanitizers say so with the
+     * exit code; the log is in WORK/holder.log). */
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        FAIL("the holder ended with status 0x%x; see %s/holder.log", status, work);
 }
 
 /* --- the reader ---------------------------------------------------------- */
