@@ -1698,12 +1698,12 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c)
     kvs__buf_init(&b);
     kvs__proto_begin(&b, KVS_MSG_HELLO_ACK,
                      KVS_PROTO_FLAG_FROM_SERVER | KVS_PROTO_FLAG_REGIONS |
-                         (pp->shm_srv != NULL ? KVS_PROTO_FLAG_SHM : 0),
+                         (pp->shm_srv != NULL && bs->shm ? KVS_PROTO_FLAG_SHM : 0),
                      bs->req_id, c->session);
     kvs__buf_u32(&b, (uint32_t)pp->addr_len);
     kvs__buf_put(&b, pp->addr, pp->addr_len);
     put_regions(pp, c, &b);
-    if (pp->shm_srv != NULL)
+    if (pp->shm_srv != NULL && bs->shm)
         kvs__shm_srv_put_offer(pp->shm_srv, &b);
     if (kvs__proto_finish(&b) != KVS_OK || boot_reply(c, &b) != KVS_OK) {
         kvs__buf_free(&b);
@@ -2138,13 +2138,14 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     kvs__msg_t m;
     uint8_t *in = NULL;
     size_t in_len = 0;
-    char host[64], name[96];
+    char host[64], name[112];
     if (RAND_bytes(nonce_c, KVS_PROTO_NONCE_LEN) != 1)
         return KVS_ERR_IO;
     if (gethostname(host, sizeof(host)) != 0)
         strcpy(host, "?");
     host[sizeof(host) - 1] = '\0';
-    snprintf(name, sizeof(name), "%s:%d", host, (int)getpid());
+    snprintf(name, sizeof(name), "%s:%d%s", host, (int)getpid(),
+             pp->shm_on ? KVS_BOOT_SHM_MARK : "");
     kvs__buf_init(&b);
     kvs__enc_hello(&b, 1, layout_id, nonce_c, name);
     kvs_status_t st = boot_step(pp, fd, peer, &b, KVS_PROTO_MAX_PREAUTH, KVS_MSG_CHALLENGE,
@@ -2800,11 +2801,14 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
     /* Same host: copy from the holder's mapped memory, outside the lock. */
     size_t shm_bytes = 0;
     kvs_status_t shm_st = KVS_ERR_UNSUPPORTED;
-    lock(pp);
-    bool live = rl->conn->state == S_READY;
-    unlock(pp);
-    if (live && count > 0)
-        shm_st = kvs__shm_fetch(rl->conn->shm, rl->block_at + first, dst, ids, count, &shm_bytes);
+    if (rl->conn->shm != NULL && count > 0) { /* set once, before the lease existed */
+        lock(pp);
+        bool live = rl->conn->state == S_READY;
+        unlock(pp);
+        if (live)
+            shm_st =
+                kvs__shm_fetch(rl->conn->shm, rl->block_at + first, dst, ids, count, &shm_bytes);
+    }
     r->pp = pp;
     r->rl = rl;
     r->dst = dst;

@@ -70,7 +70,8 @@ typedef enum kvs__msg_type {
 /* Header flag on HELLO_ACK: after the regions, the holder's same-host
  * offer: its boot id (16 bytes) and the path of its host-local Unix socket
  * (u16 length, 1..107 bytes), where a reader on the same boot id is handed
- * the holder's memfds (shm_int.h). */
+ * the holder's memfds (shm_int.h). Sent only to a client whose HELLO name
+ * ends with KVS_BOOT_SHM_MARK (boot_int.h), so older clients never see it. */
 #define KVS_PROTO_FLAG_SHM     8u
 #define KVS_PROTO_FLAGS_KNOWN  15u
 #define KVS_PROTO_BOOT_ID_LEN  16u
