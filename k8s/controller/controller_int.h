@@ -236,6 +236,9 @@ typedef struct kvsc_pool {
      * and their clients prove; auth_secret NULL: no authSecretRef, the pool runs open. */
     const char *auth_secret;
     const char *auth_key; /* default KVSC_AUTH_TOKEN_KEY */
+    /* spec.hostSocketDir: the node directory (hostPath) where same-host memfd sockets live,
+     * mounted at KVSC_MOUNT_HOST with KVSHARE_HOST_SOCKET_DIR; NULL: none. */
+    const char *host_socket_dir;
 } kvsc_pool_t;
 
 /* Where a cache node or an injected pod finds the pool's token: the Secret is mounted
@@ -248,6 +251,10 @@ typedef struct kvsc_pool {
 /* Secret names are DNS-1123 subdomains; keys are [-._a-zA-Z0-9]+, not "." or "..", at most
  * 253 characters. 1 when valid. */
 int kvsc_valid_secret_key(const char *s);
+
+/* A node directory for a hostPath volume: absolute, of [A-Za-z0-9._/-], no "..", 2 to 200
+ * characters. 1 when valid. */
+int kvsc_valid_host_dir(const char *d);
 
 /**
  * Read and validate a KVCachePool object. Defaults: replicas 1, strategy "lru".

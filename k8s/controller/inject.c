@@ -591,23 +591,6 @@ static cJSON *host_volume(const char *dir)
     return v;
 }
 
-/* An absolute node path of [A-Za-z0-9._/-], no "..", short enough. */
-static int valid_host_dir(const char *d)
-{
-    size_t n = strlen(d);
-    if (n < 2 || n > 200 || d[0] != '/' || strstr(d, "..") != NULL) {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char ch = d[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '/' || ch == '.' || ch == '_' || ch == '-')) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 static cJSON *auth_volume(const char *secret)
 {
     cJSON *v = cJSON_CreateObject();
@@ -694,7 +677,7 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
     }
     const char *host_dir = str_get(annotations, KVSC_ANNOT_HOST_SOCKET);
     if (obj_get(annotations, KVSC_ANNOT_HOST_SOCKET) != NULL &&
-        (host_dir == NULL || !valid_host_dir(host_dir))) {
+        (host_dir == NULL || !kvsc_valid_host_dir(host_dir))) {
         status = warn(warnings,
                       "kvshare: invalid kvshare.io/host-socket-dir \"%s\" (want an absolute node "
                       "path of letters, digits, '.', '_', '-' and '/', without '..'); pod not "
