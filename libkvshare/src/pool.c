@@ -383,6 +383,10 @@ kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t co
             atomic_fetch_add_explicit(&pool->gen[b], 1, memory_order_release);
     }
     pthread_rwlock_unlock(&s->lock);
+    /* The caller overwrites the blocks next, and same-host readers read them without a
+     * lock (a seqlock): the new generations must be visible before any of those stores,
+     * which the release above does not order on weakly ordered CPUs. */
+    atomic_thread_fence(memory_order_seq_cst);
     return KVS_OK;
 }
 
