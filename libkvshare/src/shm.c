@@ -5,6 +5,7 @@
 #include "pool_int.h"
 #include "proto_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
@@ -342,6 +343,37 @@ static void *srv_thread(void *arg)
     return NULL;
 }
 
+/* Sockets of holders that died without unlinking theirs (killed, OOM): nobody accepts on
+ * them any more (connect says ECONNREFUSED), so they go; a hostPath directory would
+ * otherwise collect one per crash. */
+static void sweep_dead(const char *dir, const kvs__logger_t *log)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    unsigned swept = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "kvshare-", 8) != 0 || n < 13 ||
+            strcmp(e->d_name + n - 5, ".sock") != 0)
+            continue;
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%s", dir, e->d_name) >=
+            sizeof(sa.sun_path))
+            continue;
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+            break;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 && errno == ECONNREFUSED &&
+            unlink(sa.sun_path) == 0)
+            swept++;
+        close(fd);
+    }
+    closedir(d);
+    if (swept > 0)
+        kvs__info(log, "shm: removed %u sockets of holders that are gone from %s", swept, dir);
+}
+
 kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t secret_len,
                                 bool open, kvs__shm_region_fn fn, void *arg,
                                 const kvs__logger_t *log, kvs__shm_srv_t **srv_p, char *err,
@@ -368,6 +400,7 @@ kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t s
         return KVS_ERR_CONFIG;
     }
     memcpy(sa.sun_path, s->path, (size_t)n + 1);
+    sweep_dead(dir, log);
     s->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     mode_t old = umask(077); /* the socket file: this user only */
     int rc = s->lfd < 0 ? -1 : bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa));
@@ -428,7 +461,8 @@ void kvs__shm_srv_put_offer(const kvs__shm_srv_t *s, kvs__buf_t *b)
 /* ---------------------------------------------------------------------- */
 typedef struct map {
     uint32_t id;
-    bool ok; /* false: the holder cannot share it (the transport reads it) */
+    bool ok;   /* false: the holder cannot share it (the transport reads it) */
+    bool said; /* that it is not shared was logged */
     uint64_t base, len;
     const uint8_t *at; /* where base is mapped */
     void *map;
@@ -603,6 +637,13 @@ out:
 static const uint8_t *xlate(kvs__shm_peer_t *sp, uint32_t id, uint64_t addr, uint64_t len)
 {
     map_t *m = map_find(sp, id);
+    if (m != NULL && !m->ok && !m->said) {
+        m->said = true;
+        kvs__info(sp->log,
+                  "peer %s: region %u is not in shared memory (not from kvs_mem_alloc or an "
+                  "arena): its blocks move over the transport",
+                  sp->peer, id);
+    }
     if (m == NULL || !m->ok || addr < m->base || len > m->len || addr - m->base > m->len - len)
         return NULL;
     return m->at + (addr - m->base);

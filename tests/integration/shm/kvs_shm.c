@@ -504,6 +504,18 @@ static void s_unauth(void)
     stop_holder(&h);
 }
 
+/* Sockets in WORK. */
+static int sockets(void)
+{
+    int n = 0;
+    DIR *d = opendir(work);
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        n += strstr(e->d_name, ".sock") != NULL;
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
 static void s_exit(void)
 {
     child_t h = start_holder();
@@ -550,6 +562,16 @@ static void s_exit(void)
     reader_free(&r);
     close(h.to);
     fclose(h.from);
+    /* The killed holder's socket is left behind; the next holder sweeps it. */
+    if (sockets() != 1)
+        FAIL("exit: %d sockets after the holder was killed, expected its 1", sockets());
+    child_t h2 = start_holder();
+    if (sockets() != 1)
+        FAIL("exit: %d sockets with a new holder: the dead one was not swept", sockets());
+    stop_holder(&h2);
+    if (sockets() != 0)
+        FAIL("exit: a holder that stopped left its socket");
+    printf("ok: exit: the dead holder's socket is swept by the next; a clean stop leaves none\n");
 }
 
 static pid_t parent;
