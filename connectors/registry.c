@@ -24,4 +24,3 @@ const kvs__transport_ops_t *const kvs__transports[] = {
     &kvs__loop_am_transport,
     NULL,
 };
-const kvs__index_ops_t *const kvs__indexes[] = {NULL};

@@ -2,6 +2,7 @@
 /* engine.c - the example engine: transformer math over a paged KV cache, and its kvshare calls. */
 #include "engine.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -35,6 +36,15 @@ struct engine {
     layer_weights_t *layers;
     float *inv_freq; /* RoPE frequencies, head_dim / 2 */
     float **kv;      /* per layer: (num_blocks, 2, block_tokens, kv_heads, head_dim) */
+    /* The TP rank's view of the cache: what kvshare sees. It is e->kv itself
+     * when the rank holds every head in NHD (tp_size 1, the default); else
+     * per layer (num_blocks, 2, block_tokens, view_heads, head_dim) (NHD) or
+     * (num_blocks, 2, view_heads, block_tokens, head_dim) (HND), kept in
+     * step with e->kv by view_pack() / view_unpack(). */
+    float **view;
+    bool own_view; /* e->view is its own memory, not e->kv */
+    uint32_t head0, view_heads;
+    size_t view_block_floats;
     uint32_t *free_ids;
     uint32_t nfree;
 
@@ -55,6 +65,13 @@ struct engine_seq {
     uint32_t *blocks;  /* block table: logical block i -> block id */
     size_t nblocks, cap_blocks;
     size_t zc_published; /* leading blocks published zero-copy */
+    size_t packed;       /* leading blocks copied into the TP view */
+    /* Fetching and gathering, before the first forward pass: the blocks of
+     * the rank's own share engine_fetch() brought in (the shortest fetch),
+     * and per KV head the leading blocks present in the cache. */
+    bool forwarded, fetched;
+    size_t view_hits;
+    size_t *head_hits;
     float *logits;
     uint32_t next; /* chosen, not yet returned by engine_decode() */
     bool prefilled;
@@ -377,6 +394,7 @@ static kvs_status_t seq_forward(engine_seq_h s)
     kvs_status_t status = seq_reserve(s, end);
     if (status != KVS_OK)
         return status;
+    s->forwarded = true; /* no more fetches or shares: they would overwrite this KV */
     const size_t rows = end - start < CHUNK ? end - start : CHUNK;
     unsigned nt = e->threads;
     if (nt > (rows + ROW_TILE - 1) / ROW_TILE)
@@ -462,15 +480,101 @@ void engine_config_default(engine_config_t *cfg)
                              .alloc_seed = 1,
                              .threads = 0,
                              .model_id = "kvshare-example-tiny",
-                             .hash_seed = "0"};
+                             .hash_seed = "0",
+                             .tp_rank = 0,
+                             .tp_size = 1,
+                             .kv_layout = KVS_KV_NHD};
+}
+
+bool engine_tp_heads(uint32_t n_kv_heads, uint32_t tp_rank, uint32_t tp_size, uint32_t *first_p,
+                     uint32_t *count_p)
+{
+    if (n_kv_heads == 0 || tp_size == 0 || tp_rank >= tp_size)
+        return false;
+    if (tp_size <= n_kv_heads) {
+        if (n_kv_heads % tp_size != 0)
+            return false;
+        *count_p = n_kv_heads / tp_size;
+        *first_p = tp_rank * *count_p;
+    } else {
+        /* More ranks than heads: each head on tp_size / n_kv_heads ranks. */
+        if (tp_size % n_kv_heads != 0)
+            return false;
+        *count_p = 1;
+        *first_p = (uint32_t)((uint64_t)tp_rank * n_kv_heads / tp_size);
+    }
+    return true;
 }
 
 static bool config_ok(const engine_config_t *c)
 {
+    uint32_t h0, nh;
     return c->n_layers > 0 && c->n_layers <= MAX_SEGS && c->d_model > 0 && c->n_heads > 0 &&
            c->n_kv_heads > 0 && c->n_heads % c->n_kv_heads == 0 && c->head_dim > 0 &&
            c->head_dim % 2 == 0 && c->ffn_dim > 0 && c->vocab > 0 && c->block_tokens > 0 &&
-           c->num_blocks > 0 && c->model_id != NULL && c->hash_seed != NULL;
+           c->num_blocks > 0 && c->model_id != NULL && c->hash_seed != NULL &&
+           engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &h0, &nh) &&
+           (c->kv_layout == KVS_KV_NHD || c->kv_layout == KVS_KV_HND);
+}
+
+/* Copies heads [head0, head0 + nheads) of one block of one layer between the
+ * engine's cache (@cache: 2, block_tokens, n_kv_heads, head_dim) and a TP
+ * rank's share of it (@slice, in @layout), in the direction @to_slice says. */
+static void slice_copy(const engine_config_t *c, float *cache, float *slice, uint32_t head0,
+                       uint32_t nheads, kvs_kv_layout_t layout, bool to_slice)
+{
+    const size_t bt = c->block_tokens, hd = c->head_dim, kvdim = (size_t)c->n_kv_heads * hd;
+    for (size_t p = 0; p < 2; p++)
+        for (size_t t = 0; t < bt; t++)
+            for (size_t j = 0; j < nheads; j++) {
+                float *a = cache + (p * bt + t) * kvdim + (head0 + j) * hd;
+                float *b = slice + (layout == KVS_KV_NHD ? (p * bt + t) * nheads * hd + j * hd
+                                                         : (p * nheads + j) * bt * hd + t * hd);
+                if (to_slice)
+                    memcpy(b, a, hd * sizeof(float));
+                else
+                    memcpy(a, b, hd * sizeof(float));
+            }
+}
+
+/* Copies the sequence's leading @nblocks blocks from the cache into the TP
+ * view (blocks already copied are skipped: a full block's KV never changes). */
+static void view_pack(engine_seq_h s, size_t nblocks)
+{
+    engine_h e = s->eng;
+    if (!e->own_view)
+        return;
+    for (size_t i = s->packed; i < nblocks; i++)
+        for (uint32_t l = 0; l < e->cfg.n_layers; l++)
+            slice_copy(&e->cfg, e->kv[l] + (size_t)s->blocks[i] * e->block_floats,
+                       e->view[l] + (size_t)s->blocks[i] * e->view_block_floats, e->head0,
+                       e->view_heads, e->cfg.kv_layout, true);
+    if (nblocks > s->packed)
+        s->packed = nblocks;
+}
+
+/* Copies the sequence's leading @nblocks blocks from the TP view (where
+ * fetches land) into the cache, for the heads the view holds. */
+static void view_unpack(engine_seq_h s, size_t nblocks)
+{
+    engine_h e = s->eng;
+    if (!e->own_view)
+        return;
+    for (size_t i = 0; i < nblocks; i++)
+        for (uint32_t l = 0; l < e->cfg.n_layers; l++)
+            slice_copy(&e->cfg, e->kv[l] + (size_t)s->blocks[i] * e->block_floats,
+                       e->view[l] + (size_t)s->blocks[i] * e->view_block_floats, e->head0,
+                       e->view_heads, e->cfg.kv_layout, false);
+}
+
+/* The prompt's KV is in the cache for the blocks every head is present in. */
+static void seq_update_computed(engine_seq_h s)
+{
+    engine_h e = s->eng;
+    size_t n = SIZE_MAX;
+    for (uint32_t g = 0; g < e->cfg.n_kv_heads; g++)
+        n = s->head_hits[g] < n ? s->head_hits[g] : n;
+    s->n_computed = n * e->cfg.block_tokens;
 }
 
 /* Describes the KV cache to kvshare. */
@@ -478,28 +582,29 @@ static kvs_status_t engine_kvs_attach(engine_h e)
 {
     const engine_config_t *c = &e->cfg;
     /* The layout id is what keeps peers from exchanging KV that does not fit.
-     * It covers geometry and dtype; the model id must name everything else
-     * that changes the KV values, which here includes the random weights. */
-    snprintf(e->model_id, sizeof(e->model_id), "%s/d%u-h%u-ffn%u-v%u-%s-rope%g-seed%llu",
-             c->model_id, c->d_model, c->n_heads, c->ffn_dim, c->vocab,
-             c->tied_embeddings ? "tied" : "untied", (double)c->rope_theta,
-             (unsigned long long)c->weight_seed);
+     * It covers geometry and dtype; the model id (engine_create()) must name
+     * everything else that changes the KV values, such as the weights. */
     const kvs_layout_t layout = {.model_id = e->model_id,
                                  .dtype = KVS_DTYPE_FP32,
                                  .block_tokens = c->block_tokens,
                                  .num_layers = c->n_layers,
+                                 /* The model's total, not the rank's share:
+                                  * kvshare.h does not say which it means, and
+                                  * with tp_rank/tp_size the total is the one
+                                  * that fixes every rank's heads. */
                                  .num_kv_heads = c->n_kv_heads,
                                  .head_dim = c->head_dim,
-                                 .tp_rank = 0,
-                                 .tp_size = 1,
-                                 .kv_layout = KVS_KV_NHD,
+                                 .tp_rank = c->tp_rank,
+                                 .tp_size = c->tp_size,
+                                 .kv_layout = c->kv_layout,
                                  .kv_order = KVS_KV_ORDER_BLOCK_OUTER};
     /* One segment per layer, exactly as vLLM allocates them: block id b is
-     * the same slot in every layer, so a block moves as n_layers pieces. */
+     * the same slot in every layer, so a block moves as n_layers pieces.
+     * kvshare sees the TP rank's view: its heads, in its layout. */
     kvs_segment_t segs[MAX_SEGS];
-    const size_t block_bytes = e->block_floats * sizeof(float);
+    const size_t block_bytes = e->view_block_floats * sizeof(float);
     for (uint32_t l = 0; l < c->n_layers; l++)
-        segs[l] = (kvs_segment_t){.base = e->kv[l],
+        segs[l] = (kvs_segment_t){.base = e->view[l],
                                   .block_stride = block_bytes,
                                   .block_bytes = block_bytes,
                                   .mem_type = KVS_MEM_HOST};
@@ -543,6 +648,14 @@ kvs_status_t engine_create(const engine_config_t *cfg, const engine_kvs_t *api, 
     e->qdim = (size_t)c->n_heads * c->head_dim;
     e->kvdim = (size_t)c->n_kv_heads * c->head_dim;
     e->block_floats = 2 * (size_t)c->block_tokens * e->kvdim;
+    engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &e->head0, &e->view_heads);
+    e->view_block_floats = 2 * (size_t)c->block_tokens * e->view_heads * c->head_dim;
+    snprintf(e->model_id, sizeof(e->model_id), "%s/d%u-h%u-ffn%u-v%u-%s-rope%g-seed%llu",
+             c->model_id, c->d_model, c->n_heads, c->ffn_dim, c->vocab,
+             c->tied_embeddings ? "tied" : "untied", (double)c->rope_theta,
+             (unsigned long long)c->weight_seed);
+    /* The cache itself is the rank's view when it holds every head in NHD. */
+    e->own_view = e->view_heads != c->n_kv_heads || c->kv_layout != KVS_KV_NHD;
     if (c->threads > 0)
         e->threads = c->threads;
     else {
@@ -558,9 +671,10 @@ kvs_status_t engine_create(const engine_config_t *cfg, const engine_kvs_t *api, 
     e->layers = calloc(L, sizeof(*e->layers));
     e->inv_freq = malloc(c->head_dim / 2 * sizeof(float));
     e->kv = calloc(L, sizeof(*e->kv));
+    e->view = e->own_view ? calloc(L, sizeof(*e->view)) : e->kv;
     e->free_ids = malloc((size_t)c->num_blocks * sizeof(*e->free_ids));
     if (e->weights == NULL || e->layers == NULL || e->inv_freq == NULL || e->kv == NULL ||
-        e->free_ids == NULL)
+        e->view == NULL || e->free_ids == NULL)
         goto err_free;
     for (size_t l = 0; l < L; l++) {
         /* calloc: a fresh cache reads as zeros, never as garbage. */
@@ -574,6 +688,14 @@ kvs_status_t engine_create(const engine_config_t *cfg, const engine_kvs_t *api, 
          * 16 MiB here), which belongs to start-up, not to a request. */
         for (size_t off = 0; off < kv_bytes; off += 4096)
             ((volatile uint8_t *)e->kv[l])[off] = 0;
+        if (e->own_view && api != NULL && ctx != NULL) {
+            const size_t view_bytes = (size_t)c->num_blocks * e->view_block_floats * sizeof(float);
+            e->view[l] = calloc(1, view_bytes);
+            if (e->view[l] == NULL)
+                goto err_free;
+            for (size_t off = 0; off < view_bytes; off += 4096)
+                ((volatile uint8_t *)e->view[l])[off] = 0;
+        }
     }
 
     /* Weights in one fixed order from one stream: same seed, same model. */
@@ -656,6 +778,11 @@ void engine_destroy(engine_h e)
         e->kvs->pool_destroy(e->pool);
         e->kvs->hasher_destroy(e->hasher);
     }
+    if (e->own_view && e->view != NULL) {
+        for (size_t l = 0; l < e->cfg.n_layers; l++)
+            free(e->view[l]);
+        free(e->view);
+    }
     if (e->kv != NULL)
         for (size_t l = 0; l < e->cfg.n_layers; l++)
             free(e->kv[l]);
@@ -689,7 +816,8 @@ kvs_status_t engine_seq_create(engine_h eng, const uint32_t *prompt, size_t n, e
     s->cap_tok = n + 64;
     s->tokens = malloc(s->cap_tok * sizeof(*s->tokens));
     s->logits = calloc(eng->cfg.vocab, sizeof(*s->logits));
-    if (s->tokens == NULL || s->logits == NULL) {
+    s->head_hits = calloc(eng->cfg.n_kv_heads, sizeof(*s->head_hits));
+    if (s->tokens == NULL || s->logits == NULL || s->head_hits == NULL) {
         engine_seq_destroy(s);
         return KVS_ERR_NO_MEMORY;
     }
@@ -711,6 +839,7 @@ static void seq_free_blocks(engine_seq_h s)
         e->free_ids[e->nfree++] = s->blocks[i];
     s->nblocks = 0;
     s->n_computed = 0;
+    s->packed = 0;
 }
 
 void engine_seq_destroy(engine_seq_h s)
@@ -721,6 +850,7 @@ void engine_seq_destroy(engine_seq_h s)
     free(s->blocks);
     free(s->tokens);
     free(s->logits);
+    free(s->head_hits);
     free(s);
 }
 
@@ -738,7 +868,8 @@ size_t engine_seq_blocks(engine_seq_h seq, const uint32_t **ids_p)
 void engine_seq_stats(engine_seq_h seq, engine_stats_t *stats)
 {
     *stats = seq->stats;
-    stats->ttft_s = seq->stats.lookup_s + seq->stats.fetch_s + seq->stats.prefill_s;
+    stats->ttft_s =
+        seq->stats.lookup_s + seq->stats.fetch_s + seq->stats.gather_s + seq->stats.prefill_s;
 }
 
 kvs_status_t engine_prefill(engine_seq_h s)
@@ -819,6 +950,7 @@ kvs_status_t engine_publish(engine_seq_h s, unsigned flags, size_t *published_p)
      * key would name tokens that are not in it yet. */
     const size_t nfull = s->n_computed / e->cfg.block_tokens;
     const bool zcopy = (flags & ENGINE_PUBLISH_ZERO_COPY) != 0;
+    view_pack(s, nfull);
     kvs_key_t *keys;
     kvs_status_t status = seq_keys(s, nfull, &keys);
     if (status != KVS_OK)
@@ -847,6 +979,7 @@ kvs_status_t engine_offload(engine_seq_h s, size_t *blocks_p)
     if (e->kvs == NULL)
         return KVS_ERR_UNSUPPORTED;
     const size_t nfull = s->n_computed / e->cfg.block_tokens;
+    view_pack(s, nfull);
     kvs_key_t *keys;
     kvs_status_t status = seq_keys(s, nfull, &keys);
     if (status != KVS_OK)
@@ -855,7 +988,7 @@ kvs_status_t engine_offload(engine_seq_h s, size_t *blocks_p)
      * must not change until the request completes: wait for it here rather
      * than let the engine reuse them under the node's reads. */
     kvs_request_h req = NULL;
-    status = nfull > 0 ? e->kvs->put(e->pool, keys, s->blocks, nfull, &req) : KVS_OK;
+    status = nfull > 0 ? e->kvs->put_ex(e->pool, keys, s->blocks, nfull, NULL, &req) : KVS_OK;
     if (req != NULL) {
         status = e->kvs->request_wait(req, -1);
         e->kvs->request_free(req);
@@ -896,7 +1029,7 @@ kvs_status_t engine_connect(engine_h e, const char *peer)
 
 kvs_status_t engine_lookup(engine_seq_h s, const kvs_lookup_params_t *params, kvs_lease_h *lease_p)
 {
-    if (s == NULL || lease_p == NULL || s->n_computed != 0 || s->prefilled)
+    if (s == NULL || lease_p == NULL || s->forwarded || s->prefilled)
         return KVS_ERR_INVALID_PARAM;
     engine_h e = s->eng;
     if (e->kvs == NULL)
@@ -915,13 +1048,13 @@ kvs_status_t engine_lookup(engine_seq_h s, const kvs_lookup_params_t *params, kv
      * read KV that changed under it. */
     status = e->kvs->lookup(e->ctx, e->layout_id, keys, nkeys, params, lease_p);
     free(keys);
-    s->stats.lookup_s = now_s() - t0;
+    s->stats.lookup_s += now_s() - t0;
     return status;
 }
 
 kvs_status_t engine_fetch(engine_seq_h s, kvs_lease_h lease, size_t *hit_tokens_p)
 {
-    if (s == NULL || lease == NULL || hit_tokens_p == NULL || s->n_computed != 0 || s->prefilled)
+    if (s == NULL || lease == NULL || hit_tokens_p == NULL || s->forwarded || s->prefilled)
         return KVS_ERR_INVALID_PARAM;
     engine_h e = s->eng;
     if (e->kvs == NULL)
@@ -944,14 +1077,31 @@ kvs_status_t engine_fetch(engine_seq_h s, kvs_lease_h lease, size_t *hit_tokens_
     }
     /* Released only now: the holder may reuse the blocks once we have them. */
     e->kvs->lease_release(lease);
-    s->stats.fetch_s = now_s() - t0;
-    if (status != KVS_OK)
-        return status; /* n_computed stays 0: engine_prefill() recomputes all */
-    s->n_computed = hits * e->cfg.block_tokens;
-    s->stats.hit_tokens = s->n_computed;
+    s->stats.fetch_s += now_s() - t0;
+    if (status != KVS_OK) {
+        /* Nothing counts as fetched, from this source or any before it:
+         * engine_prefill() recomputes all. */
+        s->fetched = false;
+        s->view_hits = 0;
+        memset(s->head_hits, 0, e->cfg.n_kv_heads * sizeof(*s->head_hits));
+        s->n_computed = 0;
+        s->stats.hit_tokens = 0;
+        s->stats.fetched_bytes = 0;
+        return status;
+    }
+    /* Another source of the same share (e.g. the next prefill rank whose
+     * heads overlap ours) counts only for the blocks both brought. */
+    s->view_hits = s->fetched && s->view_hits < hits ? s->view_hits : hits;
+    s->fetched = true;
+    /* The share lands in the rank's view; the math reads the cache. */
+    view_unpack(s, s->view_hits);
+    for (uint32_t j = 0; j < e->view_heads; j++)
+        s->head_hits[e->head0 + j] = s->view_hits;
+    seq_update_computed(s);
+    s->stats.hit_tokens = s->view_hits * e->cfg.block_tokens;
     s->stats.fetched_bytes =
-        (uint64_t)hits * e->cfg.n_layers * (uint64_t)(e->block_floats * sizeof(float));
-    *hit_tokens_p = s->n_computed;
+        (uint64_t)s->view_hits * e->cfg.n_layers * (uint64_t)(e->view_block_floats * sizeof(float));
+    *hit_tokens_p = s->stats.hit_tokens;
     return KVS_OK;
 }
 
@@ -963,4 +1113,131 @@ kvs_status_t engine_load_prefix(engine_seq_h s, const kvs_lookup_params_t *param
     if (status != KVS_OK)
         return status;
     return engine_fetch(s, lease, hit_tokens_p);
+}
+
+/* ------------------------------------------------------------------------ */
+/* TP shares in files: how decode ranks hand their fetched KV to the one    */
+/* that decodes. Not kvshare: the demo's stand-in for an all-gather.        */
+/* ------------------------------------------------------------------------ */
+#define SLICE_MAGIC   "KVSSLICE"
+#define SLICE_VERSION 1u
+
+typedef struct slice_hdr {
+    char magic[8];
+    uint32_t version, tp_rank, tp_size, kv_layout;
+    uint32_t n_layers, block_tokens, n_kv_heads, head_dim;
+    uint64_t nblocks;
+    uint64_t tokens_hash; /* FNV-1a of the nblocks * block_tokens tokens */
+    char model_id[192];
+} slice_hdr_t;
+
+static uint64_t tokens_hash(const uint32_t *t, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        for (unsigned b = 0; b < 4; b++) {
+            h ^= (t[i] >> (8 * b)) & 0xffu;
+            h *= 0x100000001b3ull;
+        }
+    return h;
+}
+
+kvs_status_t engine_slice_save(engine_seq_h s, const char *path)
+{
+    if (s == NULL || path == NULL || !s->fetched || s->view_hits == 0)
+        return KVS_ERR_INVALID_PARAM;
+    engine_h e = s->eng;
+    const engine_config_t *c = &e->cfg;
+    slice_hdr_t h = {.version = SLICE_VERSION,
+                     .tp_rank = c->tp_rank,
+                     .tp_size = c->tp_size,
+                     .kv_layout = (uint32_t)c->kv_layout,
+                     .n_layers = c->n_layers,
+                     .block_tokens = c->block_tokens,
+                     .n_kv_heads = c->n_kv_heads,
+                     .head_dim = c->head_dim,
+                     .nblocks = s->view_hits,
+                     .tokens_hash = tokens_hash(s->tokens, s->view_hits * c->block_tokens)};
+    memcpy(h.magic, SLICE_MAGIC, sizeof(h.magic));
+    snprintf(h.model_id, sizeof(h.model_id), "%s", e->model_id);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return KVS_ERR_IO;
+    FILE *f = fdopen(fd, "wb");
+    if (f == NULL) {
+        close(fd);
+        return KVS_ERR_IO;
+    }
+    /* Exactly the bytes the fetch put in the rank's view, block by block. */
+    bool ok = fwrite(&h, sizeof(h), 1, f) == 1;
+    for (size_t i = 0; ok && i < s->view_hits; i++)
+        for (uint32_t l = 0; ok && l < c->n_layers; l++)
+            ok = fwrite(e->view[l] + (size_t)s->blocks[i] * e->view_block_floats, sizeof(float),
+                        e->view_block_floats, f) == e->view_block_floats;
+    if (fclose(f) != 0)
+        ok = false;
+    return ok ? KVS_OK : KVS_ERR_IO;
+}
+
+kvs_status_t engine_slice_load(engine_seq_h s, const char *path, size_t *blocks_p)
+{
+    if (s == NULL || path == NULL || s->forwarded || s->prefilled)
+        return KVS_ERR_INVALID_PARAM;
+    engine_h e = s->eng;
+    const engine_config_t *c = &e->cfg;
+    const double t0 = now_s();
+    FILE *f = fopen(path, "rbe");
+    if (f == NULL)
+        return KVS_ERR_IO;
+    slice_hdr_t h;
+    kvs_status_t status = KVS_OK;
+    uint32_t head0 = 0, nheads = 0;
+    size_t floats = 0;
+    float *buf = NULL;
+    if (fread(&h, sizeof(h), 1, f) != 1) {
+        status = KVS_ERR_IO;
+        goto out;
+    }
+    h.model_id[sizeof(h.model_id) - 1] = '\0';
+    /* Only a share of this model's KV, of this prompt, in a layout we know. */
+    if (memcmp(h.magic, SLICE_MAGIC, sizeof(h.magic)) != 0 || h.version != SLICE_VERSION ||
+        strcmp(h.model_id, e->model_id) != 0 || h.n_layers != c->n_layers ||
+        h.block_tokens != c->block_tokens || h.n_kv_heads != c->n_kv_heads ||
+        h.head_dim != c->head_dim || (h.kv_layout != KVS_KV_NHD && h.kv_layout != KVS_KV_HND) ||
+        !engine_tp_heads(h.n_kv_heads, h.tp_rank, h.tp_size, &head0, &nheads) || h.nblocks == 0 ||
+        h.nblocks > (s->prompt_len - 1) / c->block_tokens ||
+        h.tokens_hash != tokens_hash(s->tokens, h.nblocks * c->block_tokens)) {
+        status = KVS_ERR_INVALID_PARAM;
+        goto out;
+    }
+    status = seq_reserve(s, h.nblocks * c->block_tokens);
+    if (status != KVS_OK)
+        goto out;
+    floats = 2 * (size_t)c->block_tokens * nheads * c->head_dim;
+    buf = malloc(floats * sizeof(float));
+    if (buf == NULL) {
+        status = KVS_ERR_NO_MEMORY;
+        goto out;
+    }
+    for (size_t i = 0; i < h.nblocks; i++)
+        for (uint32_t l = 0; l < c->n_layers; l++) {
+            if (fread(buf, sizeof(float), floats, f) != floats) {
+                status = KVS_ERR_IO;
+                goto out;
+            }
+            slice_copy(c, e->kv[l] + (size_t)s->blocks[i] * e->block_floats, buf, head0, nheads,
+                       (kvs_kv_layout_t)h.kv_layout, false);
+        }
+    for (uint32_t j = 0; j < nheads; j++)
+        if (s->head_hits[head0 + j] < h.nblocks)
+            s->head_hits[head0 + j] = h.nblocks;
+    seq_update_computed(s);
+    s->stats.gathered_tokens = s->n_computed;
+    if (blocks_p != NULL)
+        *blocks_p = h.nblocks;
+out:
+    free(buf);
+    fclose(f);
+    s->stats.gather_s += now_s() - t0;
+    return status;
 }

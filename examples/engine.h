@@ -13,6 +13,11 @@
  * and the weights are random from a fixed seed, so two engines built from the
  * same config compute bit-identical KV and logits.
  *
+ * With cfg.tp_size > 1 or cfg.kv_layout HND, what kvshare sees is not that
+ * cache but one TP rank's share of it, in a buffer laid out as that rank's
+ * memory would hold it (see engine_config_t.tp_rank); the engine still
+ * computes the whole model.
+ *
  * Every kvshare call lives in engine.c's "kvshare" section and goes through
  * an engine_kvs_t table, which is filled either from the linked library
  * (engine_kvs_linked()) or by dlopen (engine_kvs_dlopen()).
@@ -80,6 +85,19 @@ typedef struct engine_config {
     unsigned threads;      /* prefill workers; 0 = online CPUs (default) */
     const char *model_id;  /* kvshare model id prefix; default "kvshare-example-tiny" */
     const char *hash_seed; /* PYTHONHASHSEED of the block keys; default "0" */
+    /* Tensor parallelism. The engine always computes the whole model, but
+     * what it publishes and fetches is one TP rank's share of the KV heads,
+     * laid out as that rank's KV memory holds it: heads [r*H/N, (r+1)*H/N)
+     * of the H = n_kv_heads for rank r of N; when N > H, heads are
+     * replicated (vLLM's rule) and rank r holds head r*H/N alone. H % N == 0
+     * (or N % H == 0 when N > H). Defaults: rank 0 of 1, all heads. */
+    uint32_t tp_rank;
+    uint32_t tp_size;
+    /* The memory layout of the rank's share, as kvs_layout_t.kv_layout:
+     * KVS_KV_NHD (block, K/V, token, head, dim; the default, which is also
+     * how the engine's own cache is laid out) or KVS_KV_HND (block, K/V,
+     * head, token, dim). */
+    kvs_kv_layout_t kv_layout;
 } engine_config_t;
 
 typedef struct engine *engine_h;
@@ -87,6 +105,16 @@ typedef struct engine_seq *engine_seq_h;
 
 /** Fills @cfg with the defaults above. */
 void engine_config_default(engine_config_t *cfg);
+
+/**
+ * The KV heads TP rank @tp_rank of @tp_size holds of @n_kv_heads: the first
+ * in *first_p, how many in *count_p. False (nothing written) when the heads
+ * do not split over the ranks: n_kv_heads % tp_size != 0 (tp_size <=
+ * n_kv_heads) or tp_size % n_kv_heads != 0 (tp_size > n_kv_heads), or
+ * tp_rank >= tp_size.
+ */
+bool engine_tp_heads(uint32_t n_kv_heads, uint32_t tp_rank, uint32_t tp_size, uint32_t *first_p,
+                     uint32_t *count_p);
 
 /**
  * Creates an engine: random weights from cfg->weight_seed and a KV cache of
@@ -141,17 +169,47 @@ kvs_status_t engine_lookup(engine_seq_h seq, const kvs_lookup_params_t *params,
 /**
  * Fetches the lease's hits into freshly allocated blocks of the sequence and
  * releases the lease (always: the call owns @lease from here). On KVS_OK,
- * *hit_tokens_p is the number of prompt tokens whose KV is now in the cache
- * (a multiple of block_tokens). On error the sequence holds no KV, so
- * engine_prefill() recomputes the whole prompt: a failed fetch costs time,
- * never correctness. Errors: KVS_ERR_NO_SPACE (out of blocks), or the
- * fetch's (KVS_ERR_STALE when the holder withdrew a block mid-read).
+ * *hit_tokens_p is the number of prompt tokens whose KV (this TP rank's
+ * share of it) was fetched, a multiple of block_tokens; with tp_size 1 that
+ * is the KV now in the cache. Until engine_prefill() it may be called again
+ * with a lease from another source (e.g. each prefill TP rank whose heads
+ * overlap ours): the rank's share then counts as fetched for the shortest
+ * of the fetches. A rank with tp_size > 1 holds only some heads: its KV is
+ * complete only once the other ranks' shares are added (engine_slice_load());
+ * until then engine_prefill() recomputes the whole prompt. On error the
+ * sequence holds no KV, so engine_prefill() recomputes the whole prompt: a
+ * failed fetch costs time, never correctness. Errors: KVS_ERR_NO_SPACE (out
+ * of blocks), or the fetch's (KVS_ERR_STALE when the holder withdrew a block
+ * mid-read).
  */
 kvs_status_t engine_fetch(engine_seq_h seq, kvs_lease_h lease, size_t *hit_tokens_p);
 
 /** engine_lookup() then engine_fetch(); the same fallback on error. */
 kvs_status_t engine_load_prefix(engine_seq_h seq, const kvs_lookup_params_t *params,
                                 size_t *hit_tokens_p);
+
+/**
+ * Writes to @path (created 0600, replaced if present) this rank's share of
+ * the KV engine_fetch() brought in, exactly as the rank's memory holds it
+ * (its TP rank and size, heads and kv_layout), with a header naming the
+ * model, the geometry and the prompt's tokens. This is how the decode TP
+ * ranks of the demo hand their shares to the rank that decodes.
+ * Errors: KVS_ERR_INVALID_PARAM (nothing fetched), KVS_ERR_IO.
+ */
+kvs_status_t engine_slice_save(engine_seq_h seq, const char *path);
+
+/**
+ * Adds the share of the KV another TP rank saved with engine_slice_save() to
+ * the sequence's cache (before engine_prefill()): the heads it holds count
+ * as present for the blocks it holds. The prompt's KV is complete, and
+ * engine_prefill() starts after it, for the blocks every head is present in.
+ * *blocks_p (may be NULL) gets the number of blocks in the file.
+ * Errors: KVS_ERR_IO (unreadable, short), KVS_ERR_INVALID_PARAM (not a slice
+ * file, another model, geometry or prompt, or already prefilled),
+ * KVS_ERR_NO_SPACE, NO_MEMORY. On error the cache may hold part of the file,
+ * but no head counts as present from it.
+ */
+kvs_status_t engine_slice_load(engine_seq_h seq, const char *path, size_t *blocks_p);
 
 /**
  * Computes the KV of every prompt token not yet in the cache, then the
@@ -181,11 +239,11 @@ kvs_status_t engine_publish(engine_seq_h seq, unsigned flags, size_t *published_
 
 /**
  * Offloads the sequence's full blocks of computed KV to the cache pool
- * (KVSHARE_POOL) with kvs_put() and waits for the pool node to pull them
+ * (KVSHARE_POOL) with kvs_put_ex() and waits for the pool node to pull them
  * (until the request's own deadline), so that other replicas can later fetch
  * the prefix from the pool. *blocks_p (may be NULL) gets the number of blocks
  * offered. Errors: KVS_ERR_UNSUPPORTED (no kvshare, no pool configured or no
- * transport), or kvs_put()'s / the request's.
+ * transport), or kvs_put_ex()'s / the request's.
  */
 kvs_status_t engine_offload(engine_seq_h seq, size_t *blocks_p);
 
@@ -215,12 +273,17 @@ typedef struct engine_stats {
     size_t computed_tokens; /* prompt tokens prefilled here */
     size_t decoded_tokens;
     double lookup_s, fetch_s, prefill_s, decode_s;
-    /* Time to first token: lookup + fetch + prefill, i.e. all the work
+    /* Time to first token: lookup + fetch + gather + prefill, i.e. all the work
      * between the prompt arriving and the first generated token. */
     double ttft_s;
-    /* KV bytes engine_fetch() brought in (hit blocks x layers x block
-     * bytes), so fetched_bytes / fetch_s is the transfer rate users see. */
+    /* KV bytes engine_fetch() brought in (hit blocks x layers x the bytes
+     * of this TP rank's share of a block), so fetched_bytes / fetch_s is the
+     * transfer rate users see. */
     uint64_t fetched_bytes;
+    /* engine_slice_load(): time spent adding other TP ranks' shares (part
+     * of ttft_s) and the prompt tokens whose KV the shares completed. */
+    double gather_s;
+    size_t gathered_tokens;
 } engine_stats_t;
 
 void engine_seq_stats(engine_seq_h seq, engine_stats_t *stats);

@@ -23,10 +23,12 @@ static const char usage[] =
     "  --diverge-at P      tokens from position P on come from another seed: a prompt\n"
     "                      sharing its first P tokens with the --prompt-seed one\n"
     "  --decode N          tokens to generate (default 16)\n"
-    "  --peer HOST:PORT    decode: the prefill engine to fetch from (needs the transport)\n"
+    "  --peer HOST:PORT    decode: the prefill engine to fetch from (needs the transport);\n"
+    "                      repeat it to fetch the rank's share from each prefill TP rank\n"
+    "                      that holds part of it (the shortest fetch counts)\n"
     "  --zero-copy         publish from the KV cache itself instead of copying\n"
     "  --offload           prefill/both: also offload the full blocks to the cache pool\n"
-    "                      (KVSHARE_POOL) with kvs_put; a failure is reported in the JSON\n"
+    "                      (KVSHARE_POOL) with kvs_put_ex; a failure is reported in the JSON\n"
     "                      (\"offload\") and is not fatal\n"
     "  --check             both: also recompute locally and require identical tokens\n"
     "  --fetch-again       decode: after decoding, free the sequence and fetch the same\n"
@@ -34,16 +36,27 @@ static const char usage[] =
     "                      the JSON line adds warm_lookup_ms, warm_fetch_ms, warm_fetch_gbps\n"
     "  --dlopen[=PATH]     reach libkvshare by dlopen (default libkvshare.so.0;\n"
     "                      also KVSHARE_ENGINE_DLOPEN=1 and KVSHARE_ENGINE_LIB=PATH)\n"
+    "  --tp-rank R --tp-size N  publish/fetch only TP rank R's share of the KV heads (the\n"
+    "                      engine still computes the whole model); default 0 of 1\n"
+    "  --kv-layout L       memory layout of that share: nhd (default) or hnd\n"
+    "  --dump-slice PATH   decode, tp-size > 1: write the fetched share to PATH and stop\n"
+    "                      (no prefill, no decode: the JSON line has no tokens)\n"
+    "  --gather PATH       decode: add another rank's share written by --dump-slice\n"
+    "                      (repeatable) before prefill; fails unless the file fits\n"
     "  --layers N --d-model N --heads N --kv-heads N --head-dim N --ffn N --vocab N\n"
     "  --threads N         prefill threads (default: online CPUs)\n"
     "  --weight-seed S     (default 42)\n"
     "Prints one JSON object per engine run on stdout.\n";
 
+#define MAX_PEERS 16
+
 typedef struct opts {
     const char *role;
+    const char *peers[MAX_PEERS], *gather[MAX_PEERS];
+    size_t npeers, ngather;
+    const char *dump_slice;
     size_t prompt_tokens, decode, diverge_at;
     uint64_t prompt_seed;
-    const char *peer;
     bool zero_copy, check, use_dlopen, offload, fetch_again;
     const char *dl_path;
     engine_config_t cfg;
@@ -61,6 +74,46 @@ static bool parse_u64(const char *name, const char *s, uint64_t max, uint64_t *o
     }
     *out = v;
     return true;
+}
+
+/* The TP options against each other and the model; 0 or 2 with a message. */
+static int check_tp(const opts_t *o)
+{
+    const engine_config_t *c = &o->cfg;
+    uint32_t h0, nh;
+    if (c->tp_rank >= c->tp_size) {
+        fprintf(stderr, "kvshare-engine: --tp-rank %u: must be below --tp-size %u\n", c->tp_rank,
+                c->tp_size);
+        return 2;
+    }
+    if (!engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &h0, &nh)) {
+        fprintf(stderr,
+                "kvshare-engine: --tp-size %u: the %u KV heads (--kv-heads) do not split over %u "
+                "ranks (need kv-heads %% tp-size == 0, or tp-size %% kv-heads == 0 when tp-size "
+                "> kv-heads)\n",
+                c->tp_size, c->n_kv_heads, c->tp_size);
+        return 2;
+    }
+    const bool decode = strcmp(o->role, "decode") == 0;
+    if (c->tp_size > 1 && strcmp(o->role, "both") == 0) {
+        fprintf(stderr,
+                "kvshare-engine: --tp-size %u: --role both runs one engine of each "
+                "kind; run TP ranks as --role prefill / --role decode (kvshare demo "
+                "--prefill-tp N --decode-tp M does)\n",
+                c->tp_size);
+        return 2;
+    }
+    if ((o->dump_slice != NULL || o->ngather > 0) && !decode) {
+        fprintf(stderr, "kvshare-engine: --%s: only with --role decode\n",
+                o->dump_slice != NULL ? "dump-slice" : "gather");
+        return 2;
+    }
+    if (o->dump_slice != NULL && o->ngather > 0) {
+        fprintf(stderr, "kvshare-engine: --dump-slice and --gather: a rank either hands its "
+                        "share on or gathers the others'\n");
+        return 2;
+    }
+    return 0;
 }
 
 static int parse_args(int argc, char **argv, opts_t *o)
@@ -85,6 +138,11 @@ static int parse_args(int argc, char **argv, opts_t *o)
                                              {"vocab", required_argument, NULL, 'V'},
                                              {"threads", required_argument, NULL, 't'},
                                              {"weight-seed", required_argument, NULL, 'W'},
+                                             {"tp-rank", required_argument, NULL, 'R'},
+                                             {"tp-size", required_argument, NULL, 'T'},
+                                             {"kv-layout", required_argument, NULL, 'Y'},
+                                             {"dump-slice", required_argument, NULL, 'X'},
+                                             {"gather", required_argument, NULL, 'G'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     const char *env = getenv("KVSHARE_ENGINE_DLOPEN");
@@ -117,7 +175,38 @@ static int parse_args(int argc, char **argv, opts_t *o)
             o->dl_path = optarg;
             break;
         case 'P':
-            o->peer = optarg;
+        case 'G':
+            if ((ch == 'P' ? o->npeers : o->ngather) == MAX_PEERS) {
+                fprintf(stderr, "kvshare-engine: --%s: at most %d\n", name, MAX_PEERS);
+                return 2;
+            }
+            if (ch == 'P')
+                o->peers[o->npeers++] = optarg;
+            else
+                o->gather[o->ngather++] = optarg;
+            break;
+        case 'X':
+            o->dump_slice = optarg;
+            break;
+        case 'Y':
+            if (strcmp(optarg, "nhd") == 0 || strcmp(optarg, "NHD") == 0) {
+                o->cfg.kv_layout = KVS_KV_NHD;
+            } else if (strcmp(optarg, "hnd") == 0 || strcmp(optarg, "HND") == 0) {
+                o->cfg.kv_layout = KVS_KV_HND;
+            } else {
+                fprintf(stderr, "kvshare-engine: --kv-layout '%s': accepted: nhd, hnd\n", optarg);
+                return 2;
+            }
+            break;
+        case 'R':
+        case 'T':
+            if (!parse_u64(name, optarg, 1u << 16, &v))
+                return 2;
+            if (ch == 'T' && v == 0) {
+                fprintf(stderr, "kvshare-engine: --tp-size '0': expected 1 or more\n");
+                return 2;
+            }
+            *(ch == 'R' ? &o->cfg.tp_rank : &o->cfg.tp_size) = (uint32_t)v;
             break;
         case 'h':
             fputs(usage, stdout);
@@ -170,12 +259,15 @@ static int parse_args(int argc, char **argv, opts_t *o)
         return 2;
     }
     const char *roles[] = {"both", "prefill", "decode", "recompute"};
+    bool known = false;
     for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
-        if (strcmp(o->role, roles[i]) == 0)
-            return 0;
-    fprintf(stderr, "kvshare-engine: --role '%s': accepted: both, prefill, decode, recompute\n",
-            o->role);
-    return 2;
+        known = known || strcmp(o->role, roles[i]) == 0;
+    if (!known) {
+        fprintf(stderr, "kvshare-engine: --role '%s': accepted: both, prefill, decode, recompute\n",
+                o->role);
+        return 2;
+    }
+    return check_tp(o);
 }
 
 /* What --offload did, for the JSON line (NULL status: not asked for). */
@@ -192,10 +284,12 @@ typedef struct warm_result {
     size_t hit_tokens;
 } warm_result_t;
 
-static void print_run(const char *role, const engine_stats_t *stp, const uint32_t *out, size_t n,
-                      const offload_result_t *off, const warm_result_t *warm)
+static void print_run(const opts_t *o, const char *role, const engine_stats_t *stp,
+                      const uint32_t *out, size_t n, const offload_result_t *off,
+                      const warm_result_t *warm)
 {
     engine_stats_t st = *stp;
+    const engine_config_t *c = &o->cfg;
     printf("{\"role\":\"%s\",\"prompt_tokens\":%zu,\"hit_tokens\":%zu,\"computed_tokens\":%zu,"
            "\"lookup_ms\":%.3f,\"fetch_ms\":%.3f,\"prefill_ms\":%.3f,\"ttft_ms\":%.3f,"
            "\"fetch_bytes\":%llu,\"fetch_gbps\":%.3f,"
@@ -209,6 +303,13 @@ static void print_run(const char *role, const engine_stats_t *stp, const uint32_
     if (off != NULL && off->status != NULL)
         printf("\"offload\":\"%s\",\"offload_blocks\":%zu,\"offload_ms\":%.3f,", off->status,
                off->blocks, off->ms);
+    /* Only off the defaults (TP 1, NHD), so the usual line stays as it was. */
+    if (c->tp_size > 1 || c->kv_layout != KVS_KV_NHD)
+        printf("\"tp_rank\":%u,\"tp_size\":%u,\"kv_layout\":\"%s\",", c->tp_rank, c->tp_size,
+               c->kv_layout == KVS_KV_HND ? "hnd" : "nhd");
+    if (o->ngather > 0)
+        printf("\"gather_ms\":%.3f,\"gathered_tokens\":%zu,", st.gather_s * 1e3,
+               st.gathered_tokens);
     if (warm != NULL && warm->ran)
         printf("\"warm_hit_tokens\":%zu,\"warm_lookup_ms\":%.3f,\"warm_fetch_ms\":%.3f,"
                "\"warm_fetch_gbps\":%.3f,",
@@ -235,18 +336,36 @@ typedef struct run {
     const kvs_lookup_params_t *lookup;
 } run_t;
 
+/* Loads the prompt's prefix: one lookup and fetch per --peer (each prefill
+ * TP rank holding part of this rank's share), or one with @lookup as given.
+ * Stops at the first failure (the engine then holds no fetched KV). */
+static kvs_status_t load_prefix(const opts_t *o, engine_seq_h seq,
+                                const kvs_lookup_params_t *lookup, size_t *hit_p)
+{
+    if (o->npeers == 0 || lookup == NULL)
+        return engine_load_prefix(seq, lookup, hit_p);
+    kvs_status_t st = KVS_OK;
+    for (size_t i = 0; i < o->npeers && st == KVS_OK; i++) {
+        kvs_lookup_params_t lp = *lookup;
+        lp.peer = o->peers[i];
+        st = engine_load_prefix(seq, &lp, hit_p);
+    }
+    return st;
+}
+
 /* Frees @seq (its blocks go back to the engine, pages already touched) and
  * fetches the same prompt's prefix again into a new sequence: what a warm
  * fetch costs once the peer is known. */
-static kvs_status_t fetch_again(engine_h eng, engine_seq_h *seq, const uint32_t *prompt, size_t n,
-                                const kvs_lookup_params_t *lookup, warm_result_t *w)
+static kvs_status_t fetch_again(const opts_t *o, engine_h eng, engine_seq_h *seq,
+                                const uint32_t *prompt, size_t n, const kvs_lookup_params_t *lookup,
+                                warm_result_t *w)
 {
     engine_seq_destroy(*seq);
     *seq = NULL;
     kvs_status_t st = engine_seq_create(eng, prompt, n, seq);
     size_t hit = 0;
     if (st == KVS_OK)
-        st = engine_load_prefix(*seq, lookup, &hit);
+        st = load_prefix(o, *seq, lookup, &hit);
     if (st != KVS_OK)
         return st;
     engine_stats_t s;
@@ -273,9 +392,9 @@ static int run_engine(const opts_t *o, const run_t *r, const engine_kvs_t *api, 
     /* Connect to the named peer now, in the background: the handshake
      * overlaps building the sequence and hashing its keys, and is off the
      * fetch's critical path. A failure shows at the lookup. */
-    if (r->fetch && r->lookup != NULL && (r->lookup->field_mask & KVS_LOOKUP_FIELD_PEER) &&
-        r->lookup->peer != NULL)
-        (void)engine_connect(eng, r->lookup->peer);
+    if (r->fetch && r->lookup != NULL && (r->lookup->field_mask & KVS_LOOKUP_FIELD_PEER))
+        for (size_t i = 0; i < o->npeers; i++)
+            (void)engine_connect(eng, o->peers[i]);
     st = engine_seq_create(eng, prompt, o->prompt_tokens, &seq);
     if (st != KVS_OK) {
         engine_destroy(eng);
@@ -284,10 +403,42 @@ static int run_engine(const opts_t *o, const run_t *r, const engine_kvs_t *api, 
     }
     size_t hit = 0;
     if (r->fetch) {
-        st = engine_load_prefix(seq, r->lookup, &hit);
+        st = load_prefix(o, seq, r->lookup, &hit);
         if (st != KVS_OK) /* not fatal: the prefill below computes everything */
             fprintf(stderr, "kvshare-engine: %s: prefix fetch: %s; recomputing\n", r->role,
                     api->status_string(st));
+    }
+    if (r->fetch && o->dump_slice != NULL) {
+        /* A decode TP rank that hands its share to the rank that decodes:
+         * no prefill, no tokens. A rank that fetched nothing says so. */
+        st = hit > 0 ? engine_slice_save(seq, o->dump_slice) : KVS_ERR_NOT_FOUND;
+        if (st != KVS_OK) {
+            fprintf(stderr, "kvshare-engine: %s: --dump-slice %s: %s\n", r->role, o->dump_slice,
+                    hit > 0 ? api->status_string(st) : "nothing was fetched");
+            engine_seq_destroy(seq);
+            engine_destroy(eng);
+            return 1;
+        }
+        engine_stats_t stats;
+        engine_seq_stats(seq, &stats);
+        print_run(o, r->role, &stats, out, 0, NULL, NULL);
+        *eng_p = eng;
+        *seq_p = seq;
+        return 0;
+    }
+    for (size_t i = 0; r->fetch && i < o->ngather; i++) {
+        /* The other ranks' shares: a file that does not fit is an error,
+         * never a silent recompute (the demo checks what was gathered). */
+        size_t blocks = 0;
+        st = engine_slice_load(seq, o->gather[i], &blocks);
+        if (st != KVS_OK) {
+            fprintf(stderr, "kvshare-engine: %s: --gather %s: %s\n", r->role, o->gather[i],
+                    st == KVS_ERR_INVALID_PARAM ? "not a share of this model's KV for this prompt"
+                                                : api->status_string(st));
+            engine_seq_destroy(seq);
+            engine_destroy(eng);
+            return 1;
+        }
     }
     st = engine_prefill(seq);
     if (st == KVS_OK && r->publish)
@@ -317,7 +468,7 @@ static int run_engine(const opts_t *o, const run_t *r, const engine_kvs_t *api, 
     engine_seq_stats(seq, &stats);
     warm_result_t warm = {0};
     if (r->fetch_again) {
-        st = fetch_again(eng, &seq, prompt, o->prompt_tokens, r->lookup, &warm);
+        st = fetch_again(o, eng, &seq, prompt, o->prompt_tokens, r->lookup, &warm);
         if (st != KVS_OK) {
             fprintf(stderr, "kvshare-engine: %s: second fetch: %s\n", r->role,
                     api->status_string(st));
@@ -326,7 +477,7 @@ static int run_engine(const opts_t *o, const run_t *r, const engine_kvs_t *api, 
             return 1;
         }
     }
-    print_run(r->role, &stats, out, o->decode, &off, &warm);
+    print_run(o, r->role, &stats, out, o->decode, &off, &warm);
     *eng_p = eng;
     *seq_p = seq;
     return 0;
@@ -388,10 +539,10 @@ int main(int argc, char **argv)
     engine_h eng[3] = {NULL, NULL, NULL};
     engine_seq_h seq[3] = {NULL, NULL, NULL};
     kvs_lookup_params_t lp = {0};
-    if (o.peer != NULL) {
+    if (o.npeers > 0) {
         lp.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER;
         lp.sources = KVS_SOURCE_PEER;
-        lp.peer = o.peer;
+        lp.peer = o.peers[0];
     }
     rc = 0;
     if (strcmp(o.role, "recompute") == 0) {

@@ -49,7 +49,12 @@ int kvs_cli_bench(int argc, char **argv)
     if (strcmp(argv[1], "index") == 0)
         return kvs_cli_bench_index(argc - 1, argv + 1);
 #endif
-    fprintf(stderr, "kvshare bench: unknown benchmark '%s'\n", argv[1]);
+    /* Options belong to a benchmark: `kvshare bench transfer --json`. */
+    if (argv[1][0] == '-')
+        fprintf(stderr, "kvshare bench: unknown option '%s' (options follow the benchmark)\n",
+                argv[1]);
+    else
+        fprintf(stderr, "kvshare bench: unknown benchmark '%s'\n", argv[1]);
     usage(stderr);
     return 2;
 }

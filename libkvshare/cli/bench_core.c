@@ -31,43 +31,68 @@ static void usage(FILE *f, const char *name)
                    "Defaults: --blocks 1048576 --chain 4096 --repeats 5\n");
 }
 
-/* Returns -1 to go on, else the exit code: 0 after --help, 2 for a usage error. */
-static int parse_opts(int argc, char **argv, bench_opts_t *o, const char *name)
+static void usage_keys(FILE *f)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = (i + 1 < argc) ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout, name);
-            return 0;
-        } else if (strcmp(a, "--json") == 0) {
+    usage(f, "keys");
+}
+
+static void usage_lookup(FILE *f)
+{
+    usage(f, "lookup");
+}
+
+enum { O_JSON = 256, O_REPEATS, O_BLOCKS, O_CHAIN, O_BLOCK_TOKENS, O_ALGO };
+
+#define COMMON_OPTIONS                                                                             \
+    {"json", no_argument, NULL, O_JSON}, {"repeats", required_argument, NULL, O_REPEATS},          \
+        {"blocks", required_argument, NULL, O_BLOCKS},                                             \
+        {"chain", required_argument, NULL, O_CHAIN}, KVS_CLI_OPT_HELP_ENTRY
+
+static const struct option keys_options[] = {
+    COMMON_OPTIONS,
+    {"block-tokens", required_argument, NULL, O_BLOCK_TOKENS},
+    {"algo", required_argument, NULL, O_ALGO},
+    KVS_CLI_OPT_END};
+static const struct option lookup_options[] = {COMMON_OPTIONS, KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t keys_cmd = {"bench keys", usage_keys, keys_options};
+static const kvs_cli_cmd_t lookup_cmd = {"bench lookup", usage_lookup, lookup_options};
+
+/* Returns -1 to go on, else the exit code: 0 after --help, 2 for a usage error. */
+static int parse_opts(int argc, char **argv, bench_opts_t *o, const kvs_cli_cmd_t *cmd)
+{
+    int c;
+    while ((c = kvs_cli_getopt(cmd, argc, argv)) != -1) {
+        switch (c) {
+        case O_JSON:
             o->json = true;
-        } else if (strcmp(a, "--repeats") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1000, &o->repeats))
+            break;
+        case O_REPEATS:
+            if (!kvs_cli_parse_u64("--repeats", optarg, 1, 1000, &o->repeats))
                 return 2;
-            i++;
-        } else if (strcmp(a, "--blocks") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1u << 26, &o->blocks))
+            break;
+        case O_BLOCKS:
+            if (!kvs_cli_parse_u64("--blocks", optarg, 1, 1u << 26, &o->blocks))
                 return 2;
-            i++;
-        } else if (strcmp(a, "--chain") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1u << 20, &o->chain))
+            break;
+        case O_CHAIN:
+            if (!kvs_cli_parse_u64("--chain", optarg, 1, 1u << 20, &o->chain))
                 return 2;
-            i++;
-        } else if (strcmp(a, "--block-tokens") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 4096, &o->block_tokens))
+            break;
+        case O_BLOCK_TOKENS:
+            if (!kvs_cli_parse_u64("--block-tokens", optarg, 1, 4096, &o->block_tokens))
                 return 2;
-            i++;
-        } else if (strcmp(a, "--algo") == 0 && v != NULL &&
-                   (strcmp(v, "sha256_cbor") == 0 || strcmp(v, "xxhash_cbor") == 0)) {
-            o->algo = v[0] == 's' ? KVS_HASH_SHA256_CBOR : KVS_HASH_XXHASH_CBOR;
-            i++;
-        } else {
-            fprintf(stderr, "kvshare bench %s: unknown option or bad value '%s'\n", name, a);
-            usage(stderr, name);
-            return 2;
+            break;
+        case O_ALGO:
+            if (strcmp(optarg, "sha256_cbor") != 0 && strcmp(optarg, "xxhash_cbor") != 0)
+                return kvs_cli_usage_error(cmd, "--algo '%s': accepted: sha256_cbor, xxhash_cbor",
+                                           optarg);
+            o->algo = optarg[0] == 's' ? KVS_HASH_SHA256_CBOR : KVS_HASH_XXHASH_CBOR;
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
     }
-    return -1;
+    return kvs_cli_no_operands(cmd, argc, argv) != 0 ? 2 : -1;
 }
 
 /* xorshift: reproducible distinct inputs without libc rand's lock. */
@@ -83,7 +108,7 @@ static uint64_t rng_next(uint64_t *s)
 int kvs_cli_bench_keys(int argc, char **argv)
 {
     bench_opts_t o = {.repeats = 5, .blocks = 1u << 16, .chain = 4096, .block_tokens = 16};
-    int prc = parse_opts(argc, argv, &o, "keys");
+    int prc = parse_opts(argc, argv, &o, &keys_cmd);
     if (prc >= 0)
         return prc;
     size_t ntok = (size_t)(o.blocks * o.block_tokens);
@@ -156,19 +181,27 @@ int kvs_cli_bench_keys(int argc, char **argv)
     double med = kvs_cli_median(t, (int)o.repeats), medref = kvs_cli_median(tref, (int)o.repeats);
     double bps = (double)o.blocks / med, refbps = (double)o.blocks / medref;
     const char *algo = o.algo == KVS_HASH_SHA256_CBOR ? "sha256_cbor" : "xxhash_cbor";
-    if (o.json)
-        printf("{\"bench\":\"keys\",\"algo\":\"%s\",\"block_tokens\":%llu,\"blocks\":%llu,"
-               "\"repeats\":%llu,\"threads\":1,\"blocks_per_s\":%.0f,"
-               "\"sha256_only_blocks_per_s\":%.0f,\"ratio_sha256_only\":%.3f}\n",
-               algo, (unsigned long long)o.block_tokens, (unsigned long long)o.blocks,
-               (unsigned long long)o.repeats, bps, refbps, bps / refbps);
-    else
-        printf("bench keys: algo %s, %llu-token blocks, %llu blocks, 1 thread, median of %llu\n"
-               "  kvshare keys        %12.0f blocks/s\n"
-               "  OpenSSL SHA-256 only %11.0f blocks/s (same input size, no CBOR, no chaining)\n"
-               "  ratio               %12.3f\n",
-               algo, (unsigned long long)o.block_tokens, (unsigned long long)o.blocks,
-               (unsigned long long)o.repeats, bps, refbps, bps / refbps);
+    if (o.json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "keys");
+        cJSON_AddStringToObject(j, "algo", algo);
+        cJSON_AddNumberToObject(j, "block_tokens", (double)o.block_tokens);
+        cJSON_AddNumberToObject(j, "blocks", (double)o.blocks);
+        cJSON_AddNumberToObject(j, "chain", (double)o.chain);
+        cJSON_AddNumberToObject(j, "repeats", (double)o.repeats);
+        cJSON_AddNumberToObject(j, "threads", 1);
+        kvs_cli_json_num(j, "blocks_per_s", bps, 0);
+        kvs_cli_json_num(j, "sha256_only_blocks_per_s", refbps, 0);
+        kvs_cli_json_num(j, "ratio_sha256_only", bps / refbps, 3);
+        rc = kvs_cli_print_json("bench keys", j);
+        goto out;
+    }
+    printf("bench keys: algo %s, %llu-token blocks, %llu blocks, 1 thread, median of %llu\n"
+           "  kvshare keys        %12.0f blocks/s\n"
+           "  OpenSSL SHA-256 only %11.0f blocks/s (same input size, no CBOR, no chaining)\n"
+           "  ratio               %12.3f\n",
+           algo, (unsigned long long)o.block_tokens, (unsigned long long)o.blocks,
+           (unsigned long long)o.repeats, bps, refbps, bps / refbps);
     rc = 0;
 out:
     kvs_hasher_destroy(h);
@@ -182,7 +215,7 @@ out:
 int kvs_cli_bench_lookup(int argc, char **argv)
 {
     bench_opts_t o = {.repeats = 5, .blocks = 1u << 20, .chain = 4096};
-    int prc = parse_opts(argc, argv, &o, "lookup");
+    int prc = parse_opts(argc, argv, &o, &lookup_cmd);
     if (prc >= 0)
         return prc;
     if (o.chain > o.blocks)
@@ -285,19 +318,25 @@ int kvs_cli_bench_lookup(int argc, char **argv)
     double kps = (double)looked / kvs_cli_median(t, (int)o.repeats);
     double pkps = (double)looked / kvs_cli_median(tp, (int)o.repeats);
     double pub = (double)o.blocks / publish_s;
-    if (o.json)
-        printf("{\"bench\":\"lookup\",\"store_blocks\":%llu,\"chain\":%llu,\"repeats\":%llu,"
-               "\"threads\":1,\"keys_per_s\":%.0f,\"probe_keys_per_s\":%.0f,"
-               "\"publish_keys_per_s\":%.0f}\n",
-               (unsigned long long)o.blocks, (unsigned long long)o.chain,
-               (unsigned long long)o.repeats, kps, pkps, pub);
-    else
-        printf("bench lookup: store of %llu blocks, %llu-block chains, 1 thread, median of %llu\n"
-               "  lookup + lease + release %12.0f keys/s\n"
-               "  lookup, probe only       %12.0f keys/s\n"
-               "  publish (zero-copy)      %12.0f keys/s\n",
-               (unsigned long long)o.blocks, (unsigned long long)o.chain,
-               (unsigned long long)o.repeats, kps, pkps, pub);
+    if (o.json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "lookup");
+        cJSON_AddNumberToObject(j, "store_blocks", (double)o.blocks);
+        cJSON_AddNumberToObject(j, "chain", (double)o.chain);
+        cJSON_AddNumberToObject(j, "repeats", (double)o.repeats);
+        cJSON_AddNumberToObject(j, "threads", 1);
+        kvs_cli_json_num(j, "keys_per_s", kps, 0);
+        kvs_cli_json_num(j, "probe_keys_per_s", pkps, 0);
+        kvs_cli_json_num(j, "publish_keys_per_s", pub, 0);
+        rc = kvs_cli_print_json("bench lookup", j);
+        goto out;
+    }
+    printf("bench lookup: store of %llu blocks, %llu-block chains, 1 thread, median of %llu\n"
+           "  lookup + lease + release %12.0f keys/s\n"
+           "  lookup, probe only       %12.0f keys/s\n"
+           "  publish (zero-copy)      %12.0f keys/s\n",
+           (unsigned long long)o.blocks, (unsigned long long)o.chain, (unsigned long long)o.repeats,
+           kps, pkps, pub);
     rc = 0;
 out:
     kvs_pool_destroy(pool);

@@ -122,36 +122,54 @@ out:
     return rate;
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] [--json]\n"
+               "\n"
+               "KV event ingest rate, then prefix scores over 64 pods: an index filled with up\n"
+               "to --pairs (pod, block) pairs, for at most --setup-s seconds, is scored\n"
+               "--samples times, with the keys given and with the tokens hashed first.\n"
+               "Defaults: --pairs 10000000 --setup-s 10 --samples 10000\n");
+}
+
+enum { O_JSON = 256, O_PAIRS, O_SETUP_S, O_SAMPLES };
+
+static const struct option index_options[] = {{"json", no_argument, NULL, O_JSON},
+                                              {"pairs", required_argument, NULL, O_PAIRS},
+                                              {"setup-s", required_argument, NULL, O_SETUP_S},
+                                              {"samples", required_argument, NULL, O_SAMPLES},
+                                              KVS_CLI_OPT_HELP_ENTRY,
+                                              KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t index_cmd = {"bench index", usage, index_options};
+
 int kvs_cli_bench_index(int argc, char **argv)
 {
     bool json = false;
     uint64_t target = 10000000, setup_s = 10, samples = 10000;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--json") == 0) {
+    int c;
+    while ((c = kvs_cli_getopt(&index_cmd, argc, argv)) != -1) {
+        switch (c) {
+        case O_JSON:
             json = true;
-        } else if (strcmp(a, "--pairs") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1ull << 34, &target))
+            break;
+        case O_PAIRS:
+            if (!kvs_cli_parse_u64("--pairs", optarg, 1, 1ull << 34, &target))
                 return 2;
-            i++;
-        } else if (strcmp(a, "--setup-s") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 3600, &setup_s))
+            break;
+        case O_SETUP_S:
+            if (!kvs_cli_parse_u64("--setup-s", optarg, 1, 3600, &setup_s))
                 return 2;
-            i++;
-        } else if (strcmp(a, "--samples") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 100, 10000000, &samples))
+            break;
+        case O_SAMPLES:
+            if (!kvs_cli_parse_u64("--samples", optarg, 100, 10000000, &samples))
                 return 2;
-            i++;
-        } else {
-            bool help = strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
-            if (!help)
-                fprintf(stderr, "kvshare bench index: unknown option '%s'\n", a);
-            fprintf(help ? stdout : stderr,
-                    "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] "
-                    "[--json]\n");
-            return help ? 0 : 2;
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
     }
+    if (kvs_cli_no_operands(&index_cmd, argc, argv) != 0)
+        return 2;
     int rc = 1;
     double ingest = ingest_rate();
     kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_SEED |
@@ -210,23 +228,30 @@ int kvs_cli_bench_index(int argc, char **argv)
     qsort(lat_h, samples, sizeof(*lat_h), cmp_u64);
     size_t p99 = (size_t)((double)samples * 0.99);
     double bph = st.pairs ? (double)st.bytes / (double)st.pairs : 0;
-    if (json)
-        printf("{\"bench\":\"index\",\"ingest_block_events_per_s\":%.0f,\"score_p50_us\":%.2f,"
-               "\"score_p99_us\":%.2f,\"score_with_hashing_p99_us\":%.2f,"
-               "\"bytes_per_holder_block\":%.1f,\"pairs\":%llu,\"blocks\":%llu,\"pods\":%d,"
-               "\"prompt_blocks\":%d,\"samples\":%llu}\n",
-               ingest, (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3,
-               (double)lat_h[p99] / 1e3, bph, (unsigned long long)st.pairs,
-               (unsigned long long)st.blocks, PODS, PROMPT_BLKS, (unsigned long long)samples);
-    else
-        printf("bench index: 1 thread, %d pods, %llu pairs over %llu blocks\n"
-               "  ingest                %.2f M block events/s\n"
-               "  score (keys given)    p50 %.2f us, p99 %.2f us (%d-block prompts)\n"
-               "  score with hashing    p99 %.2f us (xxhash_cbor)\n"
-               "  memory                %.1f bytes per (pod, block) pair\n",
-               PODS, (unsigned long long)st.pairs, (unsigned long long)st.blocks, ingest / 1e6,
-               (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3, PROMPT_BLKS,
-               (double)lat_h[p99] / 1e3, bph);
+    if (json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "index");
+        kvs_cli_json_num(j, "ingest_block_events_per_s", ingest, 0);
+        kvs_cli_json_num(j, "score_p50_us", (double)lat[samples / 2] / 1e3, 2);
+        kvs_cli_json_num(j, "score_p99_us", (double)lat[p99] / 1e3, 2);
+        kvs_cli_json_num(j, "score_with_hashing_p99_us", (double)lat_h[p99] / 1e3, 2);
+        kvs_cli_json_num(j, "bytes_per_holder_block", bph, 1);
+        cJSON_AddNumberToObject(j, "pairs", (double)st.pairs);
+        cJSON_AddNumberToObject(j, "blocks", (double)st.blocks);
+        cJSON_AddNumberToObject(j, "pods", PODS);
+        cJSON_AddNumberToObject(j, "prompt_blocks", PROMPT_BLKS);
+        cJSON_AddNumberToObject(j, "samples", (double)samples);
+        rc = kvs_cli_print_json("bench index", j);
+        goto out;
+    }
+    printf("bench index: 1 thread, %d pods, %llu pairs over %llu blocks\n"
+           "  ingest                %.2f M block events/s\n"
+           "  score (keys given)    p50 %.2f us, p99 %.2f us (%d-block prompts)\n"
+           "  score with hashing    p99 %.2f us (xxhash_cbor)\n"
+           "  memory                %.1f bytes per (pod, block) pair\n",
+           PODS, (unsigned long long)st.pairs, (unsigned long long)st.blocks, ingest / 1e6,
+           (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3, PROMPT_BLKS,
+           (double)lat_h[p99] / 1e3, bph);
     rc = 0;
 out:
     kvs_hasher_destroy(h);

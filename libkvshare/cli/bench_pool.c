@@ -97,6 +97,86 @@ static kvs_pool_h make_pool(kvs_ctx_h ctx, const popts_t *o, uint8_t **mem_p)
     return pool;
 }
 
+enum {
+    O_JSON = 256,
+    O_PREFAULT,
+    O_POOL,
+    O_NODES,
+    O_PREFIXES,
+    O_PREFIX_BLOCKS,
+    O_PROMPTS,
+    O_SUFFIX_BLOCKS,
+    O_BLOCK_BYTES
+};
+
+static const struct option pool_options[] = {
+    {"json", no_argument, NULL, O_JSON},
+    {"prefault", no_argument, NULL, O_PREFAULT},
+    {"pool", required_argument, NULL, O_POOL},
+    {"nodes", required_argument, NULL, O_NODES},
+    {"prefixes", required_argument, NULL, O_PREFIXES},
+    {"prefix-blocks", required_argument, NULL, O_PREFIX_BLOCKS},
+    {"prompts", required_argument, NULL, O_PROMPTS},
+    {"suffix-blocks", required_argument, NULL, O_SUFFIX_BLOCKS},
+    {"block-bytes", required_argument, NULL, O_BLOCK_BYTES},
+    KVS_CLI_OPT_HELP_ENTRY,
+    KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t pool_cmd = {"bench pool", usage, pool_options};
+
+/* Returns -1 to go on, else the exit code: 0 after --help, 2 for a usage error. */
+static int parse_opts(int argc, char **argv, popts_t *o)
+{
+    char name[32];
+    int c;
+    while ((c = kvs_cli_getopt(&pool_cmd, argc, argv)) != -1) {
+        uint64_t *dst = NULL, max = 1u << 30;
+        switch (c) {
+        case O_JSON:
+            o->json = true;
+            continue;
+        case O_PREFAULT:
+            o->prefault = true;
+            continue;
+        case O_POOL:
+            o->pool = optarg;
+            continue;
+        case O_BLOCK_BYTES:
+            if (!kvs_cli_parse_size("--block-bytes", optarg, 8, 1u << 30, &o->block_bytes))
+                return 2;
+            if (o->block_bytes % 8 != 0)
+                return kvs_cli_usage_error(&pool_cmd, "--block-bytes '%s': not a multiple of 8",
+                                           optarg);
+            continue;
+        case O_NODES:
+            dst = &o->nodes;
+            max = 16;
+            break;
+        case O_PREFIXES:
+            dst = &o->prefixes;
+            break;
+        case O_PREFIX_BLOCKS:
+            dst = &o->prefix_blocks;
+            break;
+        case O_PROMPTS:
+            dst = &o->prompts;
+            break;
+        case O_SUFFIX_BLOCKS:
+            dst = &o->suffix_blocks;
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
+        }
+        if (!kvs_cli_parse_u64(kvs_cli_opt_name(&pool_cmd, c, name, sizeof(name)), optarg, 1, max,
+                               dst))
+            return 2;
+    }
+    if (kvs_cli_no_operands(&pool_cmd, argc, argv) != 0)
+        return 2;
+    if (o->prefault && o->pool != NULL)
+        return kvs_cli_usage_error(&pool_cmd, "--prefault starts its own nodes; not with --pool");
+    return -1;
+}
+
 int kvs_cli_bench_pool(int argc, char **argv)
 {
     popts_t o = {.nodes = 3,
@@ -105,53 +185,9 @@ int kvs_cli_bench_pool(int argc, char **argv)
                  .prompts = 64,
                  .suffix_blocks = 32,
                  .block_bytes = 65536};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        uint64_t *dst = NULL;
-        if (strcmp(a, "--json") == 0) {
-            o.json = true;
-            continue;
-        } else if (strcmp(a, "--prefault") == 0) {
-            o.prefault = true;
-            continue;
-        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--pool") == 0 && v != NULL) {
-            o.pool = v;
-            i++;
-            continue;
-        } else if (strcmp(a, "--nodes") == 0) {
-            dst = &o.nodes;
-        } else if (strcmp(a, "--prefixes") == 0) {
-            dst = &o.prefixes;
-        } else if (strcmp(a, "--prefix-blocks") == 0) {
-            dst = &o.prefix_blocks;
-        } else if (strcmp(a, "--prompts") == 0) {
-            dst = &o.prompts;
-        } else if (strcmp(a, "--suffix-blocks") == 0) {
-            dst = &o.suffix_blocks;
-        } else if (strcmp(a, "--block-bytes") == 0) {
-            dst = &o.block_bytes;
-        } else {
-            fprintf(stderr, "kvshare bench pool: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-        if (dst == &o.block_bytes ? !kvs_cli_parse_size(a, v, 1, 1u << 30, dst)
-                                  : !kvs_cli_parse_u64(a, v, 1, 1u << 30, dst))
-            return 2;
-        i++;
-    }
-    if (o.prefault && o.pool != NULL) {
-        fprintf(stderr, "kvshare bench pool: --prefault starts its own nodes; not with --pool\n");
-        return 2;
-    }
-    if (o.block_bytes % 8 != 0 || o.nodes > 16) {
-        fprintf(stderr,
-                "kvshare bench pool: --block-bytes must be a multiple of 8, --nodes <= 16\n");
-        return 2;
-    }
+    int prc = parse_opts(argc, argv, &o);
+    if (prc >= 0)
+        return prc;
     /* Local nodes and this client share one token (auth is on by default);
      * with --pool the user's KVSHARE_AUTH_TOKEN_FILE must match theirs. */
     if (!kvs_cli_run_token("bench pool"))
@@ -252,7 +288,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
     for (uint64_t p = 0; p < o.prompts && st == KVS_OK; p++) {
         chain(&o, p, keys);
         kvs_request_h req;
-        st = kvs_put(pa, keys, ids, per_prompt, &req);
+        st = kvs_put_ex(pa, keys, ids, per_prompt, NULL, &req);
         if (st == KVS_OK) {
             st = kvs_request_wait(req, -1);
             kvs_request_free(req);
@@ -295,21 +331,27 @@ int kvs_cli_bench_pool(int argc, char **argv)
     double put_gbps = unique_bytes / put_s / 1e9;
     double fetch_gbps = (double)hit * (double)o.block_bytes / fetch_s / 1e9;
     double hit_rate = asked ? (double)hit / (double)asked : 0;
-    if (o.json)
-        printf("{\"bench\":\"pool\",\"nodes\":%zu,\"prompts\":%llu,\"prefixes\":%llu,"
-               "\"prefix_blocks\":%llu,\"suffix_blocks\":%llu,\"block_bytes\":%llu,"
-               "\"prefault\":%s,\"put_gbps\":%.3f,\"fetch_gbps\":%.3f,"
-               "\"ratio_put_fetch\":%.3f,\"hit_rate\":%.3f}\n",
-               started ? started : (size_t)0, (unsigned long long)o.prompts,
-               (unsigned long long)o.prefixes, (unsigned long long)o.prefix_blocks,
-               (unsigned long long)o.suffix_blocks, (unsigned long long)o.block_bytes,
-               o.prefault ? "true" : "false", put_gbps, fetch_gbps,
-               fetch_gbps > 0 ? put_gbps / fetch_gbps : 0.0, hit_rate);
-    else
-        printf("  put    %8.2f GB/s  (%.0f MiB stored, prefixes once)\n"
-               "  fetch  %8.2f GB/s  (%llu blocks)\n"
-               "  hit rate %6.3f     (blocks fetched / blocks asked for)\n",
-               put_gbps, unique_bytes / 1048576.0, fetch_gbps, (unsigned long long)hit, hit_rate);
+    if (o.json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "pool");
+        cJSON_AddNumberToObject(j, "nodes", (double)started);
+        cJSON_AddNumberToObject(j, "prompts", (double)o.prompts);
+        cJSON_AddNumberToObject(j, "prefixes", (double)o.prefixes);
+        cJSON_AddNumberToObject(j, "prefix_blocks", (double)o.prefix_blocks);
+        cJSON_AddNumberToObject(j, "suffix_blocks", (double)o.suffix_blocks);
+        cJSON_AddNumberToObject(j, "block_bytes", (double)o.block_bytes);
+        cJSON_AddBoolToObject(j, "prefault", o.prefault);
+        kvs_cli_json_num(j, "put_gbps", put_gbps, 3);
+        kvs_cli_json_num(j, "fetch_gbps", fetch_gbps, 3);
+        kvs_cli_json_num(j, "ratio_put_fetch", fetch_gbps > 0 ? put_gbps / fetch_gbps : 0.0, 3);
+        kvs_cli_json_num(j, "hit_rate", hit_rate, 3);
+        rc = kvs_cli_print_json("bench pool", j);
+        goto out;
+    }
+    printf("  put    %8.2f GB/s  (%.0f MiB stored, prefixes once)\n"
+           "  fetch  %8.2f GB/s  (%llu blocks)\n"
+           "  hit rate %6.3f     (blocks fetched / blocks asked for)\n",
+           put_gbps, unique_bytes / 1048576.0, fetch_gbps, (unsigned long long)hit, hit_rate);
     rc = 0;
 out:
     kvs_pool_destroy(pa);

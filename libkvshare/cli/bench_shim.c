@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "bench_shim.h"
+#include "cli.h"
 #include "util_int.h"
 
 extern char **environ;
@@ -51,18 +52,6 @@ static const char *bs_path(const char *env, const char *built)
 {
     const char *v = getenv(env);
     return v != NULL && v[0] != '\0' ? v : built;
-}
-
-static int bs_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double bs_median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(*v), bs_cmp);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
 }
 
 /* Runs the helper once; fills ns[BS_OPS]. Returns 0 or -1 (message printed). */
@@ -138,20 +127,14 @@ static void bs_usage(FILE *f)
                "  (default 100000) each.\n");
 }
 
-static int bs_parse_long(const char *opt, const char *s, long min, long max, long *out)
-{
-    char *end = NULL;
-    long v;
+enum { O_JSON = 256, O_REPEATS, O_CALLS };
 
-    errno = 0;
-    v = s != NULL ? strtol(s, &end, 10) : 0;
-    if (s == NULL || *s == '\0' || *end != '\0' || errno != 0 || v < min || v > max) {
-        fprintf(stderr, "kvshare bench shim: %s: expected an integer in %ld..%ld\n", opt, min, max);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
+static const struct option bs_options[] = {{"json", no_argument, NULL, O_JSON},
+                                           {"repeats", required_argument, NULL, O_REPEATS},
+                                           {"calls", required_argument, NULL, O_CALLS},
+                                           KVS_CLI_OPT_HELP_ENTRY,
+                                           KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t bs_cmd = {"bench shim", bs_usage, bs_options};
 
 int kvs_cli_bench_shim(int argc, char **argv)
 {
@@ -160,28 +143,29 @@ int kvs_cli_bench_shim(int argc, char **argv)
     int json = 0;
     double with[BS_OPS][BS_MAX_REPEATS], without[BS_OPS][BS_MAX_REPEATS];
 
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
+    uint64_t v;
+    int c;
+    while ((c = kvs_cli_getopt(&bs_cmd, argc, argv)) != -1) {
+        switch (c) {
+        case O_JSON:
             json = 1;
-        } else if (strcmp(argv[i], "--repeats") == 0) {
-            if (bs_parse_long("--repeats", i + 1 < argc ? argv[++i] : NULL, 1, BS_MAX_REPEATS,
-                              &repeats) != 0) {
+            break;
+        case O_REPEATS:
+            if (!kvs_cli_parse_u64("--repeats", optarg, 1, BS_MAX_REPEATS, &v))
                 return 2;
-            }
-        } else if (strcmp(argv[i], "--calls") == 0) {
-            if (bs_parse_long("--calls", i + 1 < argc ? argv[++i] : NULL, 1000, 100000000,
-                              &calls) != 0) {
+            repeats = (long)v;
+            break;
+        case O_CALLS:
+            if (!kvs_cli_parse_u64("--calls", optarg, 1000, 100000000, &v))
                 return 2;
-            }
-        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            bs_usage(stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "kvshare bench shim: unknown option '%s'\n", argv[i]);
-            bs_usage(stderr);
-            return 2;
+            calls = (long)v;
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
     }
+    if (kvs_cli_no_operands(&bs_cmd, argc, argv) != 0)
+        return 2;
     p.helper = bs_path("KVSHARE_BENCH_SHIM_HELPER", KVS_BENCH_SHIM_HELPER);
     p.shim = bs_path("KVSHARE_BENCH_SHIM_PRELOAD", KVS_BENCH_SHIM_PRELOAD);
     p.fakedir = bs_path("KVSHARE_BENCH_FAKECUDA_DIR", KVS_BENCH_FAKECUDA_DIR);
@@ -216,14 +200,22 @@ int kvs_cli_bench_shim(int argc, char **argv)
                "ratio");
     }
     for (int k = 0; k < BS_OPS; k++) {
-        double m0 = bs_median(without[k], (int)repeats);
-        double m1 = bs_median(with[k], (int)repeats);
+        double m0 = kvs_cli_median(without[k], (int)repeats);
+        double m1 = kvs_cli_median(with[k], (int)repeats);
         double ratio = m0 > 0 ? m1 / m0 : 0;
         if (json) {
-            printf("{\"bench\":\"shim\",\"call\":\"%s\",\"driver\":\"fake\",\"calls\":%ld,"
-                   "\"repeats\":%ld,\"ns_no_shim\":%.1f,\"ns_shim\":%.1f,\"overhead_ns\":%.1f,"
-                   "\"ratio\":%.3f}\n",
-                   bs_ops[k], calls, repeats, m0, m1, m1 - m0, ratio);
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "bench", "shim");
+            cJSON_AddStringToObject(j, "call", bs_ops[k]);
+            cJSON_AddStringToObject(j, "driver", "fake");
+            cJSON_AddNumberToObject(j, "calls", (double)calls);
+            cJSON_AddNumberToObject(j, "repeats", (double)repeats);
+            kvs_cli_json_num(j, "ns_no_shim", m0, 1);
+            kvs_cli_json_num(j, "ns_shim", m1, 1);
+            kvs_cli_json_num(j, "overhead_ns", m1 - m0, 1);
+            kvs_cli_json_num(j, "ratio", ratio, 3);
+            if (kvs_cli_print_json("bench shim", j) != 0)
+                return 1;
         } else {
             printf("%-14s %12.1f %12.1f %12.1f %8.2f\n", bs_ops[k], m0, m1, m1 - m0, ratio);
         }

@@ -17,6 +17,10 @@ typedef struct xopts {
     const char *tls, *path;
     uint64_t block_bytes, blocks, batch, repeats, seed, inflight;
     bool json, contiguous, serve, no_perftest;
+    /* --prefill-tp P --decode-tp D: the server publishes TP rank 0 of P's
+     * share of the 8 KV heads, we fetch rank 0 of D's; block_bytes is a
+     * whole block (all heads), side_bytes this process's share of it. */
+    uint64_t prefill_tp, decode_tp, side_bytes;
 } xopts_t;
 
 static void usage(FILE *f)
@@ -25,8 +29,8 @@ static void usage(FILE *f)
         f,
         "usage: kvshare bench transfer [--tls posix,cma,self|tcp] [--block-bytes B]\n"
         "                              [--blocks N] [--batch K] [--repeats R]\n"
-        "                              [--inflight 1|2] [--contiguous] [--no-perftest] [--json]\n"
-        "                              [--path auto|memfd|ucx]\n"
+        "                              [--inflight 1|2] [--contiguous] [--no-perftest] [--seed S]\n"
+        "                              [--path auto|memfd|ucx] [--json]\n"
         "\n"
         "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
         "this process looks them up and fetches them all in batches of K, R times, into\n"
@@ -38,7 +42,11 @@ static void usage(FILE *f)
         "--path memfd needs the same-host path (this process maps the server's memfds and\n"
         "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
-        "          --repeats 5 --inflight 1\n");
+        "          --repeats 5 --inflight 1 --seed 42 (the keys and the shuffle)\n"
+        "--prefill-tp P --decode-tp D: the server holds TP rank 0 of P's share of the 8 KV\n"
+        "heads of each block (NHD), this process rank 0 of D's; the figures count the heads\n"
+        "both hold (--block-bytes is a whole block, a multiple of 2048). Sizes or shares\n"
+        "that differ need the library to fetch head slices between layouts.\n");
 }
 
 static kvs_key_t key_of(uint64_t seed, uint64_t i)
@@ -72,30 +80,38 @@ static uint32_t *block_ids(uint64_t n, uint64_t seed, bool contiguous)
     return ids;
 }
 
-static kvs_layout_t bench_layout(void)
+/* KV heads TP rank 0 of @tp holds of the bench's 8 (vLLM's rule). */
+static uint64_t tp_share(uint64_t tp)
 {
+    return tp <= 8 ? 8 / tp : 1;
+}
+
+static kvs_layout_t bench_layout(const xopts_t *o)
+{
+    const bool tp = o->prefill_tp > 1 || o->decode_tp > 1;
     kvs_layout_t l = {.model_id = "kvshare-bench",
                       .dtype = KVS_DTYPE_BF16,
                       .block_tokens = 16,
                       .num_layers = 1,
-                      .num_kv_heads = 8,
-                      .head_dim = 128,
-                      .tp_size = 1};
+                      .num_kv_heads = 8, /* the model's total */
+                      /* with TP, the geometry that makes block_bytes */
+                      .head_dim = tp ? (uint32_t)(o->block_bytes / (2 * 16 * 8 * 2)) : 128,
+                      .tp_size = (uint32_t)(o->serve ? o->prefill_tp : o->decode_tp)};
     return l;
 }
 
 static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, uint8_t **mem_p, kvs_pool_h *p)
 {
-    size_t bytes = (size_t)(o->blocks * o->block_bytes);
+    size_t bytes = (size_t)(o->blocks * o->side_bytes);
     uint8_t *mem = NULL; /* kvshare's memory: a same-host reader may map it */
     kvs_status_t st = kvs_mem_alloc(ctx, bytes, KVS_MEM_HOST, (void **)&mem);
     if (st != KVS_OK)
         return st;
     memset(mem, 0, bytes); /* touch every page before timing */
-    kvs_layout_t l = bench_layout();
+    kvs_layout_t l = bench_layout(o);
     kvs_segment_t seg = {.base = mem,
-                         .block_stride = o->block_bytes,
-                         .block_bytes = o->block_bytes,
+                         .block_stride = o->side_bytes,
+                         .block_bytes = o->side_bytes,
                          .mem_type = KVS_MEM_HOST};
     kvs_pool_params_t pp = {
         .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)o->blocks};
@@ -148,8 +164,8 @@ static int serve(const xopts_t *o)
     for (uint64_t i = 0; i < o->blocks; i++) {
         keys[i] = key_of(o->seed, i);
         uint64_t x = kvs_cli_mix(i);
-        uint8_t *b = mem + (size_t)ids[i] * o->block_bytes;
-        for (size_t j = 0; j + 8 <= o->block_bytes; j += 8, x = kvs_cli_mix(x))
+        uint8_t *b = mem + (size_t)ids[i] * o->side_bytes;
+        for (size_t j = 0; j + 8 <= o->side_bytes; j += 8, x = kvs_cli_mix(x))
             memcpy(b + j, &x, 8);
     }
     st = kvs_publish(pool, keys, ids, o->blocks, KVS_PUBLISH_ZERO_COPY, NULL);
@@ -171,12 +187,6 @@ static int serve(const xopts_t *o)
     free(ids);
     free(keys);
     return 0;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* ucx_perftest at the same size and transports, server and client on loopback.
@@ -227,6 +237,118 @@ static double perftest(const char *tls, const char *test, uint64_t size, char *n
     return gbps;
 }
 
+enum {
+    O_JSON = 256,
+    O_CONTIGUOUS,
+    O_SERVE,
+    O_NO_PERFTEST,
+    O_TLS,
+    O_BLOCK_BYTES,
+    O_BLOCKS,
+    O_BATCH,
+    O_REPEATS,
+    O_INFLIGHT,
+    O_SEED,
+    O_PREFILL_TP,
+    O_DECODE_TP,
+    O_PATH
+};
+
+static const struct option xfer_options[] = {
+    {"json", no_argument, NULL, O_JSON},
+    {"contiguous", no_argument, NULL, O_CONTIGUOUS},
+    {"serve", no_argument, NULL, O_SERVE}, /* internal: the server half */
+    {"no-perftest", no_argument, NULL, O_NO_PERFTEST},
+    {"tls", required_argument, NULL, O_TLS},
+    {"block-bytes", required_argument, NULL, O_BLOCK_BYTES},
+    {"blocks", required_argument, NULL, O_BLOCKS},
+    {"batch", required_argument, NULL, O_BATCH},
+    {"repeats", required_argument, NULL, O_REPEATS},
+    {"inflight", required_argument, NULL, O_INFLIGHT},
+    {"seed", required_argument, NULL, O_SEED},
+    {"prefill-tp", required_argument, NULL, O_PREFILL_TP},
+    {"decode-tp", required_argument, NULL, O_DECODE_TP},
+    {"path", required_argument, NULL, O_PATH},
+    KVS_CLI_OPT_HELP_ENTRY,
+    KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t xfer_cmd = {"bench transfer", usage, xfer_options};
+
+/* Returns -1 to go on, else the exit code: 0 after --help, 2 for a usage error. */
+static int parse_opts(int argc, char **argv, xopts_t *o)
+{
+    int c;
+    while ((c = kvs_cli_getopt(&xfer_cmd, argc, argv)) != -1) {
+        switch (c) {
+        case O_JSON:
+            o->json = true;
+            break;
+        case O_CONTIGUOUS:
+            o->contiguous = true;
+            break;
+        case O_SERVE:
+            o->serve = true;
+            break;
+        case O_NO_PERFTEST:
+            o->no_perftest = true;
+            break;
+        case O_TLS:
+            if (optarg[0] == '\0')
+                return kvs_cli_usage_error(&xfer_cmd, "--tls '': name UCX transports");
+            o->tls = optarg;
+            break;
+        case O_BLOCK_BYTES:
+            if (!kvs_cli_parse_size("--block-bytes", optarg, 8, 1ull << 30, &o->block_bytes))
+                return 2;
+            if (o->block_bytes % 8 != 0)
+                return kvs_cli_usage_error(&xfer_cmd, "--block-bytes '%s': not a multiple of 8",
+                                           optarg);
+            break;
+        case O_BLOCKS:
+            if (!kvs_cli_parse_u64("--blocks", optarg, 1, 1u << 24, &o->blocks))
+                return 2;
+            break;
+        case O_BATCH:
+            if (!kvs_cli_parse_u64("--batch", optarg, 1, 65536, &o->batch))
+                return 2;
+            break;
+        case O_REPEATS:
+            if (!kvs_cli_parse_u64("--repeats", optarg, 1, 1000, &o->repeats))
+                return 2;
+            break;
+        case O_INFLIGHT:
+            if (!kvs_cli_parse_u64("--inflight", optarg, 1, 2, &o->inflight))
+                return 2;
+            break;
+        case O_SEED:
+            if (!kvs_cli_parse_u64("--seed", optarg, 0, UINT64_MAX, &o->seed))
+                return 2;
+            break;
+        case O_PREFILL_TP:
+        case O_DECODE_TP: {
+            const char *name = c == O_PREFILL_TP ? "--prefill-tp" : "--decode-tp";
+            uint64_t *tp = c == O_PREFILL_TP ? &o->prefill_tp : &o->decode_tp;
+            if (!kvs_cli_parse_u64(name, optarg, 1, 64, tp))
+                return 2;
+            if (8 % *tp != 0 && *tp % 8 != 0)
+                return kvs_cli_usage_error(&xfer_cmd,
+                                           "%s %llu: the bench's 8 KV heads do not split over "
+                                           "%llu ranks",
+                                           name, (unsigned long long)*tp, (unsigned long long)*tp);
+            break;
+        }
+        case O_PATH:
+            if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "memfd") != 0 &&
+                strcmp(optarg, "ucx") != 0)
+                return kvs_cli_usage_error(&xfer_cmd, "--path '%s': auto, memfd or ucx", optarg);
+            o->path = optarg;
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
+        }
+    }
+    return kvs_cli_no_operands(&xfer_cmd, argc, argv) != 0 ? 2 : -1;
+}
+
 int kvs_cli_bench_transfer(int argc, char **argv)
 {
     xopts_t o = {.tls = "posix,cma,self",
@@ -236,64 +358,26 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                  .batch = 64,
                  .repeats = 5,
                  .seed = 42,
-                 .inflight = 1};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--json") == 0) {
-            o.json = true;
-        } else if (strcmp(a, "--contiguous") == 0) {
-            o.contiguous = true;
-        } else if (strcmp(a, "--serve") == 0) {
-            o.serve = true;
-        } else if (strcmp(a, "--no-perftest") == 0) {
-            o.no_perftest = true;
-        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--path") == 0 && v != NULL) {
-            if (strcmp(v, "auto") != 0 && strcmp(v, "memfd") != 0 && strcmp(v, "ucx") != 0) {
-                fprintf(stderr, "kvshare bench transfer: --path '%s': auto, memfd or ucx\n", v);
-                return 2;
-            }
-            o.path = v;
-            i++;
-        } else if (strcmp(a, "--tls") == 0 && v != NULL) {
-            o.tls = v;
-            i++;
-        } else if (strcmp(a, "--block-bytes") == 0) {
-            if (!kvs_cli_parse_size(a, v, 8, 1ull << 30, &o.block_bytes))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--blocks") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1u << 24, &o.blocks))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--batch") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 65536, &o.batch))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--repeats") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1000, &o.repeats))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--inflight") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 2, &o.inflight))
-                return 2;
-            i++;
-        } else if (strcmp(a, "--seed") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 0, UINT64_MAX, &o.seed))
-                return 2;
-            i++;
-        } else {
-            fprintf(stderr, "kvshare bench transfer: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (o.block_bytes % 8 != 0) {
-        fprintf(stderr, "kvshare bench transfer: --block-bytes must be a multiple of 8\n");
+                 .inflight = 1,
+                 .prefill_tp = 1,
+                 .decode_tp = 1};
+    int prc = parse_opts(argc, argv, &o);
+    if (prc >= 0)
+        return prc;
+    const bool tp = o.prefill_tp > 1 || o.decode_tp > 1;
+    if (tp && o.block_bytes % 2048 != 0) {
+        fprintf(stderr,
+                "kvshare bench transfer: --block-bytes %llu: with --prefill-tp/--decode-tp "
+                "a multiple of 2048 (16 tokens x 8 heads x K/V x bf16, head_dim >= 4)\n",
+                (unsigned long long)o.block_bytes);
         return 2;
     }
+    /* This side's share of a block, and what a fetch moves: the heads both
+     * rank 0s hold (each starts at head 0). All of it without TP. */
+    const uint64_t sp = tp_share(o.prefill_tp), sd = tp_share(o.decode_tp);
+    o.side_bytes = o.block_bytes * (o.serve ? sp : sd) / 8;
+    const uint64_t moved = o.block_bytes * (sp < sd ? sp : sd) / 8,
+                   srv_bytes = o.block_bytes * sp / 8;
     /* Connection setup goes through UCX's TCP connection manager, so our
      * processes need tcp listed; the data path still takes the fastest
      * transport UCX finds in the list (see docs/transport.md). */
@@ -311,17 +395,25 @@ int kvs_cli_bench_transfer(int argc, char **argv)
 
     bool shm = strcmp(o.tls, "tcp") != 0;
     const char *pt_test = shm ? "ucp_get" : "ucp_am_bw";
-    double bytes_total = (double)o.blocks * (double)o.block_bytes;
+    double bytes_total = (double)o.blocks * (double)moved;
     if (!o.json)
         fprintf(stderr,
                 "bench transfer: %llu blocks x %llu bytes (%.0f MiB), batches of %llu, "
                 "UCX_TLS=%s, %s ids\n",
-                (unsigned long long)o.blocks, (unsigned long long)o.block_bytes,
-                bytes_total / 1048576.0, (unsigned long long)o.batch, ours,
-                o.contiguous ? "contiguous" : "shuffled");
+                (unsigned long long)o.blocks, (unsigned long long)moved, bytes_total / 1048576.0,
+                (unsigned long long)o.batch, ours, o.contiguous ? "contiguous" : "shuffled");
+    if (!o.json && tp)
+        fprintf(stderr,
+                "bench transfer: prefill TP %llu -> decode TP %llu: rank 0s' shares of %llu-byte "
+                "blocks, %llu and %llu bytes, %llu in common\n",
+                (unsigned long long)o.prefill_tp, (unsigned long long)o.decode_tp,
+                (unsigned long long)o.block_bytes, (unsigned long long)srv_bytes,
+                (unsigned long long)(o.block_bytes * sd / 8), (unsigned long long)moved);
 
     /* 1. The server process. */
-    char bb[32], nb[32], sb[32];
+    char bb[32], nb[32], sb[32], pb[32], db[32];
+    snprintf(pb, sizeof(pb), "%llu", (unsigned long long)o.prefill_tp);
+    snprintf(db, sizeof(db), "%llu", (unsigned long long)o.decode_tp);
     snprintf(bb, sizeof(bb), "%llu", (unsigned long long)o.block_bytes);
     snprintf(nb, sizeof(nb), "%llu", (unsigned long long)o.blocks);
     snprintf(sb, sizeof(sb), "%llu", (unsigned long long)o.seed);
@@ -343,6 +435,10 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                      "--seed",
                      sb,
                      o.contiguous ? "--contiguous" : "--json",
+                     "--prefill-tp",
+                     pb,
+                     "--decode-tp",
+                     db,
                      NULL};
     int to;
     FILE *from;
@@ -441,10 +537,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     /* Which path moved the bytes: all through mapped memory, or none. */
     kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_SHM};
     kvs_stats_query(ctx, &ks);
-    const char *ran = ks.shm_fetched_bytes == 0 ? "ucx"
-                      : ks.shm_fetched_bytes == o.blocks * o.block_bytes * (o.repeats + 1)
-                          ? "memfd"
-                          : "mixed";
+    const char *ran = ks.shm_fetched_bytes == 0                                    ? "ucx"
+                      : ks.shm_fetched_bytes == o.blocks * moved * (o.repeats + 1) ? "memfd"
+                                                                                   : "mixed";
     if (strcmp(o.path, "auto") != 0 && strcmp(o.path, ran) != 0) {
         fprintf(stderr, "kvshare bench transfer: --path %s asked, but the %s path ran\n", o.path,
                 ran);
@@ -453,7 +548,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     /* Spot-check the content against what the server wrote. */
     for (uint64_t i = 0; i < o.blocks; i += 97) {
         uint64_t x = kvs_cli_mix(i), got;
-        memcpy(&got, mem + (size_t)dst[i] * o.block_bytes, 8);
+        memcpy(&got, mem + (size_t)dst[i] * o.side_bytes, 8);
         if (got != x) {
             fprintf(stderr, "kvshare bench transfer: block %llu has wrong content\n",
                     (unsigned long long)i);
@@ -461,8 +556,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         }
     }
     double gbps = bytes_total / kvs_cli_median(rep, (int)o.repeats) / 1e9;
-    qsort(lat, nlat, sizeof(double), cmp_d);
-    double p50 = lat[nlat / 2], p99 = lat[(size_t)((double)(nlat - 1) * 0.99)];
+    kvs_cli_sort(lat, nlat);
+    double p50 = lat[(size_t)((double)(nlat - 1) * 0.5)],
+           p99 = lat[(size_t)((double)(nlat - 1) * 0.99)]; /* the same rank rule: p50 <= p99 */
 
     /* 3. One core copying the same blocks, same shuffled ids both sides. */
     uint8_t *src = aligned_alloc(4096, (size_t)bytes_total);
@@ -474,8 +570,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         for (uint64_t r = 0; r <= o.repeats && mt != NULL; r++) {
             double t0 = kvs_cli_now();
             for (uint64_t i = 0; i < o.blocks; i++)
-                memcpy(mem + (size_t)dst[i] * o.block_bytes, src + (size_t)sids[i] * o.block_bytes,
-                       o.block_bytes);
+                memcpy(mem + (size_t)dst[i] * o.side_bytes, src + (size_t)sids[i] * moved, moved);
             if (r > 0)
                 mt[r - 1] = kvs_cli_now() - t0;
         }
@@ -497,10 +592,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         for (uint64_t r = 0; ok && r <= o.repeats; r++) {
             double t0 = kvs_cli_now();
             for (uint64_t i = 0; ok && i < o.blocks; i++) {
-                struct iovec l = {mem + (size_t)dst[i] * o.block_bytes, o.block_bytes};
-                struct iovec rm = {(uint8_t *)srv_base + (size_t)sids2[i] * o.block_bytes,
-                                   o.block_bytes};
-                ok = process_vm_readv(srv, &l, 1, &rm, 1, 0) == (ssize_t)o.block_bytes;
+                struct iovec l = {mem + (size_t)dst[i] * o.side_bytes, moved};
+                struct iovec rm = {(uint8_t *)srv_base + (size_t)sids2[i] * srv_bytes, moved};
+                ok = process_vm_readv(srv, &l, 1, &rm, 1, 0) == (ssize_t)moved;
             }
             if (r > 0)
                 ct[r - 1] = kvs_cli_now() - t0;
@@ -513,22 +607,38 @@ int kvs_cli_bench_transfer(int argc, char **argv)
 
     /* 4. ucx_perftest at the same size and transports. */
     char note[128] = "";
-    double pt = o.no_perftest ? -1 : perftest(o.tls, pt_test, o.block_bytes, note, sizeof(note));
+    double pt = o.no_perftest ? -1 : perftest(o.tls, pt_test, moved, note, sizeof(note));
     if (o.no_perftest)
         snprintf(note, sizeof(note), "skipped (--no-perftest)");
 
     if (o.json) {
-        printf("{\"bench\":\"transfer\",\"path\":\"%s\",\"tls\":\"%s\",\"block_bytes\":%llu,"
-               "\"blocks\":%llu,"
-               "\"batch\":%llu,\"inflight\":%llu,\"repeats\":%llu,\"ids\":\"%s\",\"gbps\":%.3f,"
-               "\"memcpy_gbps\":%.3f,\"ratio_memcpy\":%.3f,\"perftest_test\":\"%s\","
-               "\"perftest_gbps\":%.3f,\"ratio_perftest\":%.3f,\"cma_gbps\":%.3f,"
-               "\"ratio_cma\":%.3f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
-               ran, o.tls, (unsigned long long)o.block_bytes, (unsigned long long)o.blocks,
-               (unsigned long long)o.batch, (unsigned long long)o.inflight,
-               (unsigned long long)o.repeats, o.contiguous ? "contiguous" : "shuffled", gbps, mc,
-               mc > 0 ? gbps / mc : 0, pt_test, pt > 0 ? pt : 0, pt > 0 ? gbps / pt : 0, cma,
-               cma > 0 ? gbps / cma : 0, p50, p99);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "transfer");
+        cJSON_AddStringToObject(j, "path", ran);
+        cJSON_AddStringToObject(j, "tls", o.tls);
+        cJSON_AddNumberToObject(j, "block_bytes", (double)moved);
+        cJSON_AddNumberToObject(j, "blocks", (double)o.blocks);
+        cJSON_AddNumberToObject(j, "batch", (double)o.batch);
+        cJSON_AddNumberToObject(j, "inflight", (double)o.inflight);
+        cJSON_AddNumberToObject(j, "repeats", (double)o.repeats);
+        cJSON_AddStringToObject(j, "ids", o.contiguous ? "contiguous" : "shuffled");
+        kvs_cli_json_num(j, "gbps", gbps, 3);
+        kvs_cli_json_num(j, "memcpy_gbps", mc, 3);
+        kvs_cli_json_num(j, "ratio_memcpy", mc > 0 ? gbps / mc : 0, 3);
+        cJSON_AddStringToObject(j, "perftest_test", pt_test);
+        kvs_cli_json_num(j, "perftest_gbps", pt > 0 ? pt : 0, 3);
+        kvs_cli_json_num(j, "ratio_perftest", pt > 0 ? gbps / pt : 0, 3);
+        kvs_cli_json_num(j, "cma_gbps", cma, 3);
+        kvs_cli_json_num(j, "ratio_cma", cma > 0 ? gbps / cma : 0, 3);
+        kvs_cli_json_num(j, "p50_us", p50, 1);
+        kvs_cli_json_num(j, "p99_us", p99, 1);
+        if (tp) { /* block_bytes above is what each fetch moved */
+            cJSON_AddNumberToObject(j, "prefill_tp", (double)o.prefill_tp);
+            cJSON_AddNumberToObject(j, "decode_tp", (double)o.decode_tp);
+            cJSON_AddNumberToObject(j, "whole_block_bytes", (double)o.block_bytes);
+        }
+        if (kvs_cli_print_json("bench transfer", j) != 0)
+            goto out;
     } else {
         printf(
             "  kvshare fetch        %8.2f GB/s   path %s, batch latency p50 %.0f us, p99 %.0f us\n"

@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* cli_util.c - helpers shared by subcommands: spawning, a run's token, listening on HOST:PORT. */
+/* cli_util.c - helpers shared by subcommands: option parsing and usage errors, JSON output,
+ * spawning, a run's token, listening on HOST:PORT. */
 #include "cli.h"
 #include "util_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -179,4 +182,144 @@ int kvs_cli_listen(const char *spec, char *bound, size_t bound_len, char *why, s
                     NI_NUMERICHOST | NI_NUMERICSERV);
     kvs__endpoint_format(bound, bound_len, nhost, nport);
     return fd;
+}
+
+/* "kvshare NAME" of the command being parsed, for messages of the shared value parsers. */
+static char cli_who[64] = "kvshare";
+
+__attribute__((format(printf, 2, 0))) static void verrorf(const char *who, const char *fmt,
+                                                          va_list ap)
+{
+    fprintf(stderr, "%s: ", who);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void kvs_cli_errorf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verrorf(cli_who, fmt, ap);
+    va_end(ap);
+}
+
+int kvs_cli_usage_error(const kvs_cli_cmd_t *cmd, const char *fmt, ...)
+{
+    char who[64];
+    va_list ap;
+    snprintf(who, sizeof(who), "kvshare %s", cmd->name);
+    va_start(ap, fmt);
+    verrorf(who, fmt, ap);
+    va_end(ap);
+    return 2;
+}
+
+const char *kvs_cli_opt_name(const kvs_cli_cmd_t *cmd, int val, char *buf, size_t len)
+{
+    for (const struct option *o = cmd->opts; o->name != NULL; o++)
+        if (o->flag == NULL && o->val == val) {
+            snprintf(buf, len, "--%s", o->name);
+            return buf;
+        }
+    snprintf(buf, len, "-%c", val > 32 && val < 127 ? val : '?');
+    return buf;
+}
+
+/* An option the user wrote (argv element arg) that getopt_long refused: say why by its name. */
+static void opt_refused(const kvs_cli_cmd_t *cmd, const char *arg, int c)
+{
+    if (arg == NULL || strncmp(arg, "--", 2) != 0) { /* a short option: "-x" */
+        char s[3] = {'-', (char)(optopt > 32 && optopt < 127 ? optopt : '?'), '\0'};
+        if (c == ':')
+            kvs_cli_usage_error(cmd, "%s needs a value", s);
+        else
+            kvs_cli_usage_error(cmd, "unknown option '%s'", s);
+        return;
+    }
+    size_t n = strcspn(arg + 2, "=");
+    if (c == ':') {
+        kvs_cli_usage_error(cmd, "%.*s needs a value", (int)n + 2, arg);
+        return;
+    }
+    /* An exact name, or a prefix of several ("--events-r"), or of none. */
+    const struct option *exact = NULL;
+    int prefixed = 0;
+    for (const struct option *o = cmd->opts; o->name != NULL; o++) {
+        if (strncmp(o->name, arg + 2, n) != 0)
+            continue;
+        prefixed++;
+        if (o->name[n] == '\0')
+            exact = o;
+    }
+    if (exact == NULL && prefixed == 1)
+        for (const struct option *o = cmd->opts; o->name != NULL; o++)
+            if (strncmp(o->name, arg + 2, n) == 0)
+                exact = o;
+    if (exact != NULL && arg[2 + n] == '=' && exact->has_arg == no_argument)
+        kvs_cli_usage_error(cmd, "option '--%s' takes no value", exact->name);
+    else if (prefixed > 1)
+        kvs_cli_usage_error(cmd, "ambiguous option '%.*s'", (int)n + 2, arg);
+    else
+        kvs_cli_usage_error(cmd, "unknown option '%.*s'", (int)n + 2, arg);
+}
+
+int kvs_cli_getopt(const kvs_cli_cmd_t *cmd, int argc, char **argv)
+{
+    /* One parse per argv: a new argv (the first call) restarts getopt. */
+    static char **parsing;
+    if (parsing != argv) {
+        parsing = argv;
+        optind = 0;
+        snprintf(cli_who, sizeof(cli_who), "kvshare %s", cmd->name);
+    }
+    opterr = 0;
+    /* ':' first: a missing value returns ':' (not '?'), told apart from an unknown option. */
+    int c = getopt_long(argc, argv, ":h", cmd->opts, NULL);
+    if (c == 'h') {
+        cmd->usage(stdout);
+        return KVS_CLI_OPT_HELP;
+    }
+    if (c == '?' || c == ':') {
+        /* getopt_long has stepped past the element it refused, unless inside "-xy". */
+        const char *arg = optind > 0 && optind <= argc ? argv[optind - 1] : NULL;
+        if (arg != NULL && arg[0] == '-' && arg[1] != '-' && optopt != 0)
+            arg = NULL;
+        opt_refused(cmd, arg, c);
+        cmd->usage(stderr);
+        return KVS_CLI_OPT_BAD;
+    }
+    return c;
+}
+
+int kvs_cli_no_operands(const kvs_cli_cmd_t *cmd, int argc, char **argv)
+{
+    if (optind >= argc)
+        return 0;
+    kvs_cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    cmd->usage(stderr);
+    return 2;
+}
+
+cJSON *kvs_cli_json_num(cJSON *o, const char *key, double v, int decimals)
+{
+    /* cJSON prints the shortest text that reads back the same double: rounded here, a GB/s
+     * figure prints as 12.345, not 12.345678901234567. */
+    double scale = pow(10.0, decimals);
+    if (isfinite(v) && fabs(v) < 1e15)
+        v = round(v * scale) / scale;
+    return cJSON_AddNumberToObject(o, key, v);
+}
+
+int kvs_cli_print_json(const char *who, cJSON *o)
+{
+    char *text = o != NULL ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (text == NULL) {
+        fprintf(stderr, "kvshare %s: out of memory printing JSON\n", who);
+        return 1;
+    }
+    printf("%s\n", text);
+    cJSON_free(text);
+    fflush(stdout);
+    return 0;
 }

@@ -23,12 +23,15 @@
 
 #define DEMO_STEPS        7
 #define DEMO_BLOCK_TOKENS 16 /* the example engine's block size (vLLM's) */
-#define DEMO_MAX_ARGS     64
+#define DEMO_MAX_ARGS     128
+#define DEMO_MAX_TP       8 /* ranks per side (--prefill-tp, --decode-tp) */
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kvshare demo [--tokens N] [--decode N] [--shared PCT] [--no-reuse]\n"
-               "                    [--timeout SEC] [--json] [engine options]\n"
+               "                    [--timeout SEC] [--json] [--prefill-tp N] [--decode-tp M]\n"
+               "                    [--prefill-kv-layout nhd|hnd] [--decode-kv-layout nhd|hnd]\n"
+               "                    [engine options]\n"
                "\n"
                "Runs prefill->decode disaggregation end to end with real processes on loopback:\n"
                "  1. a cache-pool node (kvshare serve --listen 127.0.0.1:0);\n"
@@ -51,6 +54,16 @@ static void usage(FILE *f)
                "                  60 + 60 * max(1, (N/4096)^2) s: 120 s up to 4096, 300 s at\n"
                "                  8192)\n"
                "  --json          print one JSON object with every figure instead of the table\n"
+               "  --prefill-tp N  N prefill TP ranks (default 1, at most 8); each computes\n"
+               "                  the whole model and publishes its share of the KV heads\n"
+               "  --decode-tp M   M decode TP ranks (default 1, at most 8); each fetches its\n"
+               "                  share from the prefill ranks holding it; ranks 1..M-1 hand\n"
+               "                  theirs to rank 0 in files, which then prefills the rest and\n"
+               "                  decodes. The ranks' bytes must add up to the prompt's KV\n"
+               "                  once (times M / kv-heads when M > kv-heads)\n"
+               "  --prefill-kv-layout L, --decode-kv-layout L\n"
+               "                  layout of each side's share: nhd (default) or hnd; prefix\n"
+               "                  reuse (steps 1, 4, 6) runs only at TP 1 with one layout\n"
                "engine options, passed to every engine: --layers N --d-model N --heads N\n"
                "  --kv-heads N --head-dim N --ffn N --vocab N --threads N --weight-seed S\n"
                "  --prompt-seed S --zero-copy\n"
@@ -387,6 +400,7 @@ typedef struct engine_run {
     /* --fetch-again: the same prefix fetched a second time by the same engine */
     double warm_lookup_ms, warm_fetch_ms, warm_fetch_gbps;
     uint64_t hit_tokens, computed_tokens, fetch_bytes;
+    double gather_ms;  /* decode rank 0: adding the other ranks' shares */
     char offload[160]; /* "" when not asked for, else "ok" or the error */
     uint64_t offload_blocks;
     double offload_ms;
@@ -422,6 +436,7 @@ static bool parse_run(const char *line, engine_run_t *r)
     r->warm_lookup_ms = json_num(o, "warm_lookup_ms");
     r->warm_fetch_ms = json_num(o, "warm_fetch_ms");
     r->warm_fetch_gbps = json_num(o, "warm_fetch_gbps");
+    r->gather_ms = json_num(o, "gather_ms");
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(o, "offload");
     if (cJSON_IsString(off))
         snprintf(r->offload, sizeof(r->offload), "%s", off->valuestring);
@@ -445,6 +460,8 @@ static bool parse_run(const char *line, engine_run_t *r)
 /* ------------------------------------------------------------------------ */
 typedef struct demo {
     uint64_t tokens, decode, shared_pct, timeout_s;
+    uint64_t prefill_tp, decode_tp;
+    const char *prefill_layout, *decode_layout; /* "nhd" or "hnd" */
     bool json, no_reuse;
     /* Engine options passed through verbatim (validated here). */
     const char *pass[2 * 16];
@@ -590,72 +607,164 @@ static long first_diff(const engine_run_t *a, const engine_run_t *b)
     return a->ntokens == b->ntokens ? -1 : (long)n;
 }
 
-static bool parse_args(int argc, char **argv, demo_t *d, int *rc)
+/* The KV heads TP rank @r of @n holds of @h, by the example engine's rule
+ * (vLLM's): h / n each, or one head replicated on n / h ranks when n > h. */
+static bool tp_heads(uint64_t h, uint64_t r, uint64_t n, uint64_t *first_p, uint64_t *count_p)
 {
-    static const char *const passthrough[] = {
-        "--layers", "--d-model", "--heads",       "--kv-heads",    "--head-dim", "--ffn",
-        "--vocab",  "--threads", "--weight-seed", "--prompt-seed", NULL};
-    *rc = 2;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            *rc = 0;
-            return false;
-        } else if (strcmp(a, "--json") == 0) {
-            d->json = true;
-        } else if (strcmp(a, "--no-reuse") == 0) {
-            d->no_reuse = true;
-        } else if (strcmp(a, "--zero-copy") == 0) {
-            d->pass[d->npass++] = a;
-        } else if (strcmp(a, "--tokens") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 2 * DEMO_BLOCK_TOKENS, 1u << 20, &d->tokens))
-                return false;
-            i++;
-        } else if (strcmp(a, "--decode") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1u << 16, &d->decode))
-                return false;
-            i++;
-        } else if (strcmp(a, "--shared") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 99, &d->shared_pct))
-                return false;
-            i++;
-        } else if (strcmp(a, "--timeout") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 86400, &d->timeout_s))
-                return false;
-            i++;
-        } else {
-            bool known = false;
-            for (const char *const *p = passthrough; *p != NULL; p++)
-                known = known || strcmp(a, *p) == 0;
-            if (!known) {
-                fprintf(stderr, "kvshare demo: unknown option '%s'\n", a);
-                usage(stderr);
-                return false;
-            }
-            /* Checked here so a typo fails before any process starts; the
-             * engine applies its own limits too. */
-            uint64_t x;
-            if (!kvs_cli_parse_u64(a, v, strstr(a, "seed") ? 0 : 1,
-                                   strstr(a, "seed") ? UINT64_MAX : (1u << 20), &x))
-                return false;
-            if (strcmp(a, "--layers") == 0)
-                d->layers = x;
-            else if (strcmp(a, "--kv-heads") == 0)
-                d->kv_heads = x;
-            else if (strcmp(a, "--head-dim") == 0)
-                d->head_dim = x;
-            if (d->npass + 2 > (int)(sizeof(d->pass) / sizeof(d->pass[0]))) {
-                fprintf(stderr, "kvshare demo: too many engine options\n");
-                return false;
-            }
-            d->pass[d->npass++] = a;
-            d->pass[d->npass++] = v;
-            i++;
-        }
-    }
-    *rc = 0;
+    if (h == 0 || n == 0 || r >= n || (n <= h ? h % n : n % h) != 0)
+        return false;
+    *count_p = n <= h ? h / n : 1;
+    *first_p = n <= h ? r * (h / n) : r * h / n;
     return true;
+}
+
+enum {
+    O_JSON = 256,
+    O_NO_REUSE,
+    O_ZERO_COPY,
+    O_TOKENS,
+    O_DECODE,
+    O_SHARED,
+    O_TIMEOUT,
+    O_PREFILL_TP,
+    O_DECODE_TP,
+    O_PREFILL_LAYOUT,
+    O_DECODE_LAYOUT,
+    O_LAYERS, /* from here on: engine options with a value, passed through */
+    O_KV_HEADS,
+    O_HEAD_DIM,
+    O_D_MODEL,
+    O_HEADS,
+    O_FFN,
+    O_VOCAB,
+    O_THREADS,
+    O_WEIGHT_SEED,
+    O_PROMPT_SEED,
+    O_ENGINE_END
+};
+
+static const struct option demo_options[] = {
+    {"json", no_argument, NULL, O_JSON},
+    {"no-reuse", no_argument, NULL, O_NO_REUSE},
+    {"zero-copy", no_argument, NULL, O_ZERO_COPY},
+    {"tokens", required_argument, NULL, O_TOKENS},
+    {"decode", required_argument, NULL, O_DECODE},
+    {"shared", required_argument, NULL, O_SHARED},
+    {"timeout", required_argument, NULL, O_TIMEOUT},
+    {"prefill-tp", required_argument, NULL, O_PREFILL_TP},
+    {"decode-tp", required_argument, NULL, O_DECODE_TP},
+    {"prefill-kv-layout", required_argument, NULL, O_PREFILL_LAYOUT},
+    {"decode-kv-layout", required_argument, NULL, O_DECODE_LAYOUT},
+    {"layers", required_argument, NULL, O_LAYERS},
+    {"kv-heads", required_argument, NULL, O_KV_HEADS},
+    {"head-dim", required_argument, NULL, O_HEAD_DIM},
+    {"d-model", required_argument, NULL, O_D_MODEL},
+    {"heads", required_argument, NULL, O_HEADS},
+    {"ffn", required_argument, NULL, O_FFN},
+    {"vocab", required_argument, NULL, O_VOCAB},
+    {"threads", required_argument, NULL, O_THREADS},
+    {"weight-seed", required_argument, NULL, O_WEIGHT_SEED},
+    {"prompt-seed", required_argument, NULL, O_PROMPT_SEED},
+    KVS_CLI_OPT_HELP_ENTRY,
+    KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t demo_cmd = {"demo", usage, demo_options};
+
+/* Returns -1 to run, else the exit code: 0 after --help, 2 for a usage error. */
+static int parse_args(int argc, char **argv, demo_t *d)
+{
+    /* The engine's option names, as the engine spells them ("--lay" is "--layers" here). */
+    static char names[O_ENGINE_END - O_LAYERS][32];
+    int c;
+    while ((c = kvs_cli_getopt(&demo_cmd, argc, argv)) != -1) {
+        uint64_t x, *dst = &x;
+        switch (c) {
+        case O_JSON:
+            d->json = true;
+            continue;
+        case O_NO_REUSE:
+            d->no_reuse = true;
+            continue;
+        case O_ZERO_COPY:
+            if (d->npass + 1 > (int)(sizeof(d->pass) / sizeof(d->pass[0])))
+                return kvs_cli_usage_error(&demo_cmd, "too many engine options");
+            d->pass[d->npass++] = "--zero-copy";
+            continue;
+        case O_TOKENS:
+            if (!kvs_cli_parse_u64("--tokens", optarg, 2 * DEMO_BLOCK_TOKENS, 1u << 20, &d->tokens))
+                return 2;
+            continue;
+        case O_DECODE:
+            if (!kvs_cli_parse_u64("--decode", optarg, 1, 1u << 16, &d->decode))
+                return 2;
+            continue;
+        case O_SHARED:
+            if (!kvs_cli_parse_u64("--shared", optarg, 1, 99, &d->shared_pct))
+                return 2;
+            continue;
+        case O_TIMEOUT:
+            if (!kvs_cli_parse_u64("--timeout", optarg, 1, 86400, &d->timeout_s))
+                return 2;
+            continue;
+        case O_PREFILL_TP:
+        case O_DECODE_TP:
+            if (!kvs_cli_parse_u64(c == O_PREFILL_TP ? "--prefill-tp" : "--decode-tp", optarg, 1,
+                                   DEMO_MAX_TP, c == O_PREFILL_TP ? &d->prefill_tp : &d->decode_tp))
+                return 2;
+            continue;
+        case O_PREFILL_LAYOUT:
+        case O_DECODE_LAYOUT:
+            if (strcmp(optarg, "nhd") != 0 && strcmp(optarg, "hnd") != 0)
+                return kvs_cli_usage_error(
+                    &demo_cmd, "%s '%s': accepted: nhd, hnd",
+                    c == O_PREFILL_LAYOUT ? "--prefill-kv-layout" : "--decode-kv-layout", optarg);
+            *(c == O_PREFILL_LAYOUT ? &d->prefill_layout : &d->decode_layout) = optarg;
+            continue;
+        case O_LAYERS:
+            dst = &d->layers;
+            break;
+        case O_KV_HEADS:
+            dst = &d->kv_heads;
+            break;
+        case O_HEAD_DIM:
+            dst = &d->head_dim;
+            break;
+        case O_D_MODEL:
+        case O_HEADS:
+        case O_FFN:
+        case O_VOCAB:
+        case O_THREADS:
+        case O_WEIGHT_SEED:
+        case O_PROMPT_SEED:
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
+        }
+        /* An engine option: checked here so a typo fails before any process starts; the
+         * engine applies its own limits too. */
+        const char *name = kvs_cli_opt_name(&demo_cmd, c, names[c - O_LAYERS], sizeof(names[0]));
+        bool seed = c == O_WEIGHT_SEED || c == O_PROMPT_SEED;
+        if (!kvs_cli_parse_u64(name, optarg, seed ? 0 : 1, seed ? UINT64_MAX : (1u << 20), dst))
+            return 2;
+        if (d->npass + 2 > (int)(sizeof(d->pass) / sizeof(d->pass[0])))
+            return kvs_cli_usage_error(&demo_cmd, "too many engine options");
+        d->pass[d->npass++] = name;
+        d->pass[d->npass++] = optarg;
+    }
+    if (kvs_cli_no_operands(&demo_cmd, argc, argv) != 0)
+        return 2;
+    /* Every rank's heads must be a whole share, as in vLLM. */
+    uint64_t h0, nh;
+    for (int side = 0; side < 2; side++) {
+        const uint64_t n = side == 0 ? d->prefill_tp : d->decode_tp;
+        if (!tp_heads(d->kv_heads, 0, n, &h0, &nh))
+            return kvs_cli_usage_error(
+                &demo_cmd,
+                "%s %llu: the %llu KV heads (--kv-heads) do not split over "
+                "%llu ranks (need kv-heads %% tp == 0, or tp %% kv-heads == 0)",
+                side == 0 ? "--prefill-tp" : "--decode-tp", (unsigned long long)n,
+                (unsigned long long)d->kv_heads, (unsigned long long)n);
+    }
+    return -1;
 }
 
 /* Figures of the whole run, printed as a table or one JSON object. */
@@ -668,17 +777,26 @@ typedef struct results {
     char reuse_skip[1024]; /* why the pool steps were skipped; "" if they ran */
     char pool_addr[128], prefill_addr[128];
     uint64_t diverge_at;
+    /* TP: prefill rank p listens at prefill_addrs[p] (prefill_addr is rank
+     * 0's); decode rank 0 is `decode`, ranks 1.. are dec_rank[1..]. */
+    char prefill_addrs[DEMO_MAX_TP][128];
+    engine_run_t dec_rank[DEMO_MAX_TP];
+    /* The prompt's fetched KV once (kv_bytes), how many decode ranks hold
+     * each head (replication), and what the decode ranks fetched in all. */
+    uint64_t kv_bytes, replication, total_bytes;
+    char slice_dir[PATH_MAX]; /* where decode ranks 1.. leave their shares */
     /* The anchor: `kvshare bench transfer` at the fetch's piece size, this run */
     double bench_gbps;
     uint64_t bench_block_bytes;
 } results_t;
 
-static void print_json(const demo_t *d, const results_t *r)
+static int print_json(const demo_t *d, const results_t *r)
 {
     cJSON *o = cJSON_CreateObject();
     if (o == NULL)
-        return;
+        return kvs_cli_print_json("demo", NULL);
     const double ratio = r->recompute.ttft_ms > 0 ? r->decode.ttft_ms / r->recompute.ttft_ms : 0.0;
+    cJSON_AddStringToObject(o, "engine", d->engine); /* a path: any bytes but NUL */
     cJSON_AddNumberToObject(o, "tokens", (double)d->tokens);
     cJSON_AddNumberToObject(o, "decode", (double)d->decode);
     cJSON_AddNumberToObject(o, "prefill_ms", r->prefill.prefill_ms);
@@ -688,7 +806,7 @@ static void print_json(const demo_t *d, const results_t *r)
     cJSON_AddNumberToObject(o, "ttft_fetched_ms", r->decode.ttft_ms);
     cJSON_AddNumberToObject(o, "ttft_recompute_ms", r->recompute.ttft_ms);
     cJSON_AddNumberToObject(o, "ratio", ratio);
-    cJSON_AddNumberToObject(o, "bytes", (double)r->decode.fetch_bytes);
+    cJSON_AddNumberToObject(o, "bytes", (double)r->total_bytes);
     cJSON_AddNumberToObject(o, "gbps", r->decode.fetch_gbps);
     cJSON_AddNumberToObject(o, "fetch_gbps_cold", r->decode.fetch_gbps);
     cJSON_AddNumberToObject(o, "fetch_gbps_warm", r->decode.warm_fetch_gbps);
@@ -702,6 +820,19 @@ static void print_json(const demo_t *d, const results_t *r)
         cJSON_AddNullToObject(o, "bench_transfer_gbps");
     }
     cJSON_AddBoolToObject(o, "identical", r->identical);
+    cJSON_AddNumberToObject(o, "prefill_tp", (double)d->prefill_tp);
+    cJSON_AddNumberToObject(o, "decode_tp", (double)d->decode_tp);
+    cJSON_AddStringToObject(o, "prefill_kv_layout", d->prefill_layout);
+    cJSON_AddStringToObject(o, "decode_kv_layout", d->decode_layout);
+    cJSON *per_rank = cJSON_AddArrayToObject(o, "decode_fetch_bytes");
+    for (uint64_t k = 0; per_rank != NULL && k < d->decode_tp; k++)
+        cJSON_AddItemToArray(
+            per_rank,
+            cJSON_CreateNumber((double)(k == 0 ? r->decode : r->dec_rank[k]).fetch_bytes));
+    cJSON_AddNumberToObject(o, "kv_bytes", (double)r->kv_bytes);
+    cJSON_AddNumberToObject(o, "kv_replication", (double)r->replication);
+    if (d->decode_tp > 1)
+        cJSON_AddNumberToObject(o, "gather_ms", r->decode.gather_ms);
     cJSON_AddStringToObject(o, "reuse", r->reuse_ran ? "ran" : "skipped");
     if (r->reuse_ran) {
         cJSON_AddNumberToObject(o, "reuse_shared_tokens", (double)r->diverge_at);
@@ -714,11 +845,7 @@ static void print_json(const demo_t *d, const results_t *r)
         cJSON_AddNullToObject(o, "reuse_ttft_ms");
         cJSON_AddStringToObject(o, "reuse_skip_reason", r->reuse_skip);
     }
-    char *s = cJSON_PrintUnformatted(o);
-    if (s != NULL)
-        printf("%s\n", s);
-    free(s);
-    cJSON_Delete(o);
+    return kvs_cli_print_json("demo", o);
 }
 
 static void print_table(const demo_t *d, const results_t *r)
@@ -734,13 +861,28 @@ static void print_table(const demo_t *d, const results_t *r)
            (unsigned long long)d->tokens);
     printf("  ratio          %10.3f     (fetched / recompute; %.1fx faster)\n", ratio,
            ratio > 0 ? 1.0 / ratio : 0.0);
-    printf("  moved          %10.1f MiB (%llu bytes: KV of %llu tokens) at %.2f GB/s\n",
+    printf("  moved          %10.1f MiB (%llu bytes: KV of %llu tokens%s) at %.2f GB/s\n",
            (double)r->decode.fetch_bytes / 1048576.0, (unsigned long long)r->decode.fetch_bytes,
-           (unsigned long long)r->decode.hit_tokens, r->decode.fetch_gbps);
+           (unsigned long long)r->decode.hit_tokens,
+           d->decode_tp > 1 ? ", decode rank 0's share" : "", r->decode.fetch_gbps);
     printf("  fetch warm     %10.1f ms  (the same prefix again, same engine: lookup %.1f ms, "
            "%.2f GB/s; cold %.2f GB/s)\n",
            r->decode.warm_fetch_ms, r->decode.warm_lookup_ms, r->decode.warm_fetch_gbps,
            r->decode.fetch_gbps);
+    if (d->prefill_tp > 1 || d->decode_tp > 1 || strcmp(d->prefill_layout, "nhd") != 0 ||
+        strcmp(d->decode_layout, "nhd") != 0) {
+        printf("  TP             prefill %llu rank%s (%s) -> decode %llu rank%s (%s); fetched",
+               (unsigned long long)d->prefill_tp, d->prefill_tp > 1 ? "s" : "", d->prefill_layout,
+               (unsigned long long)d->decode_tp, d->decode_tp > 1 ? "s" : "", d->decode_layout);
+        for (uint64_t k = 0; k < d->decode_tp; k++)
+            printf("%s%llu", k ? " + " : " ",
+                   (unsigned long long)(k == 0 ? r->decode : r->dec_rank[k]).fetch_bytes);
+        printf(" = %llu bytes (the prompt's KV%s)", (unsigned long long)r->total_bytes,
+               r->replication > 1 ? " times the head replication" : " once");
+        if (d->decode_tp > 1)
+            printf("; rank 0 gathered the others' shares in %.1f ms", r->decode.gather_ms);
+        printf("\n");
+    }
     if (r->bench_gbps > 0)
         printf("  anchor         %10.2f GB/s (kvshare bench transfer, %llu-byte pieces, this run; "
                "warm / anchor %.2f)\n",
@@ -781,10 +923,18 @@ static void free_run(engine_run_t *r)
 
 int kvs_cli_demo(int argc, char **argv)
 {
-    demo_t d = {
-        .tokens = 4096, .decode = 32, .shared_pct = 75, .layers = 4, .kv_heads = 2, .head_dim = 64};
-    int rc;
-    if (!parse_args(argc, argv, &d, &rc))
+    demo_t d = {.tokens = 4096,
+                .decode = 32,
+                .shared_pct = 75,
+                .layers = 4,
+                .kv_heads = 2,
+                .head_dim = 64,
+                .prefill_tp = 1,
+                .decode_tp = 1,
+                .prefill_layout = "nhd",
+                .decode_layout = "nhd"};
+    int rc = parse_args(argc, argv, &d);
+    if (rc >= 0)
         return rc;
     ssize_t sl = readlink("/proc/self/exe", d.self, sizeof(d.self) - 1);
     if (sl <= 0) {
@@ -816,10 +966,21 @@ int kvs_cli_demo(int argc, char **argv)
     sigaction(SIGPIPE, &ign, &old_pipe);
 
     const double t_start = kvs_cli_now();
-    child_t pool, prefill, decode, reuse, recompute;
+    child_t pool, prefill[DEMO_MAX_TP], decode[DEMO_MAX_TP], reuse, recompute;
+    char names[2][DEMO_MAX_TP][32];
+    const bool tp = d.prefill_tp > 1 || d.decode_tp > 1;
+    for (int k = 0; k < DEMO_MAX_TP; k++) {
+        if (tp) {
+            snprintf(names[0][k], sizeof(names[0][k]), "prefill rank %d", k);
+            snprintf(names[1][k], sizeof(names[1][k]), "decode rank %d", k);
+        } else { /* the names the demo always had */
+            snprintf(names[0][k], sizeof(names[0][k]), "prefill engine");
+            snprintf(names[1][k], sizeof(names[1][k]), "decode engine");
+        }
+        child_init(&prefill[k], names[0][k]);
+        child_init(&decode[k], names[1][k]);
+    }
     child_init(&pool, "cache-pool node (kvshare serve)");
-    child_init(&prefill, "prefill engine");
-    child_init(&decode, "decode engine");
     child_init(&reuse, "decode replica 2");
     child_init(&recompute, "recompute engine");
     results_t res = {.identical = false};
@@ -829,6 +990,32 @@ int kvs_cli_demo(int argc, char **argv)
     snprintf(ntok, sizeof(ntok), "%llu", (unsigned long long)d.tokens);
     res.diverge_at = d.tokens * d.shared_pct / 100;
     snprintf(div, sizeof(div), "%llu", (unsigned long long)res.diverge_at);
+    /* The prompt's KV as fetched (its full blocks but the last token's), and
+     * how many decode ranks hold each head: what the ranks' bytes must add
+     * up to. */
+    const uint64_t want_hits = (d.tokens - 1) / DEMO_BLOCK_TOKENS * DEMO_BLOCK_TOKENS;
+    res.kv_bytes = want_hits * d.layers * 2 * d.kv_heads * d.head_dim * 4;
+    res.replication = d.decode_tp > d.kv_heads ? d.decode_tp / d.kv_heads : 1;
+    /* Prefix reuse runs between engines of one layout at TP 1: the pool
+     * steps are about replicas, not about heterogeneous ranks. */
+    const bool hetero = tp || strcmp(d.prefill_layout, d.decode_layout) != 0;
+    if (hetero && !d.no_reuse)
+        snprintf(res.reuse_skip, sizeof(res.reuse_skip),
+                 "prefill TP %llu (%s) -> decode TP %llu (%s): prefix reuse runs at TP 1 with one "
+                 "KV layout",
+                 (unsigned long long)d.prefill_tp, d.prefill_layout,
+                 (unsigned long long)d.decode_tp, d.decode_layout);
+    /* Decode ranks 1.. hand their shares to rank 0 through files here. */
+    if (d.decode_tp > 1) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(res.slice_dir, sizeof(res.slice_dir), "%s/kvshare-demo-XXXXXX",
+                 tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
+        if (mkdtemp(res.slice_dir) == NULL) {
+            demo_err("mkdtemp %s: %s", res.slice_dir, strerror(errno));
+            res.slice_dir[0] = '\0';
+            goto out;
+        }
+    }
 
     if (!d.json)
         fprintf(stderr, "kvshare demo: %llu-token prompt, %llu generated tokens; engine %s\n",
@@ -840,6 +1027,8 @@ int kvs_cli_demo(int argc, char **argv)
     if (d.no_reuse) {
         snprintf(res.reuse_skip, sizeof(res.reuse_skip), "--no-reuse");
         step_end("skipped (--no-reuse)");
+    } else if (res.reuse_skip[0]) {
+        step_end("skipped: %s", res.reuse_skip);
     } else {
         /* Room for the prompt's KV twice over: eviction must not be what the
          * demo shows. */
@@ -870,51 +1059,77 @@ int kvs_cli_demo(int argc, char **argv)
         line = NULL;
     }
 
-    /* 2. The prefill engine: listens on a free loopback port, prefills,
-     * publishes, offloads to the pool, then says "ready ADDR". */
-    step_begin(2, "prefill engine: prefill of %llu tokens, publish%s", (unsigned long long)d.tokens,
-               res.pool_addr[0] ? ", offload to the pool" : "");
-    {
-        char b0[24], b1[24], b2[24], b3[24];
+    /* 2. The prefill engine(s): each listens on a free loopback port,
+     * prefills, publishes its TP rank's share (all of the KV at TP 1),
+     * offloads to the pool, then says "ready ADDR". The ranks run at once. */
+    step_begin(2, "%s: prefill of %llu tokens, publish%s", tp ? "prefill ranks" : "prefill engine",
+               (unsigned long long)d.tokens, res.pool_addr[0] ? ", offload to the pool" : "");
+    for (uint64_t k = 0; k < d.prefill_tp; k++) {
+        char b0[24], b1[24], b2[24], b3[24], rank[24], size[24];
         char *bufs[4] = {b0, b1, b2, b3}, *av[DEMO_MAX_ARGS];
-        const char *extra[] = {res.pool_addr[0] ? "--offload" : NULL, NULL};
+        snprintf(rank, sizeof(rank), "%llu", (unsigned long long)k);
+        snprintf(size, sizeof(size), "%llu", (unsigned long long)d.prefill_tp);
+        const char *extra[8];
+        size_t n = 0;
+        if (res.pool_addr[0])
+            extra[n++] = "--offload";
+        /* At TP 1 in NHD the engine's argv is the one it always was. */
+        if (d.prefill_tp > 1 || strcmp(d.prefill_layout, "nhd") != 0) {
+            extra[n++] = "--tp-rank";
+            extra[n++] = rank;
+            extra[n++] = "--tp-size";
+            extra[n++] = size;
+            extra[n++] = "--kv-layout";
+            extra[n++] = d.prefill_layout;
+        }
+        extra[n] = NULL;
         const char *env[] = {listen_env, pool_env, NULL};
         engine_argv(&d, "prefill", extra, bufs, av);
-        if (!child_spawn(&prefill, av, env))
+        if (!child_spawn(&prefill[k], av, env))
             goto out;
-        const double deadline = kvs_cli_now() + d.step_timeout;
-        line_status_t ls = child_read_line(&prefill, deadline, &line);
-        bool ok = ls == LINE_OK && parse_run(line, &res.prefill);
-        free(line);
-        line = NULL;
-        if (ok) {
-            ls = child_read_line(&prefill, deadline, &line);
-            ok = ls == LINE_OK && sscanf(line, "ready %127s", res.prefill_addr) == 1 &&
-                 strchr(res.prefill_addr, ':') != NULL;
-            if (ls == LINE_OK && !ok) {
-                demo_err("the prefill engine is not listening (it said '%s')", line);
-                goto out;
-            }
+    }
+    {
+        /* The ranks share the CPUs: each gets the step's time. */
+        const double deadline = kvs_cli_now() + d.step_timeout * (double)d.prefill_tp;
+        for (uint64_t k = 0; k < d.prefill_tp; k++) {
+            child_t *c = &prefill[k];
+            engine_run_t run = {0}, *rp = k == 0 ? &res.prefill : &run;
+            line_status_t ls = child_read_line(c, deadline, &line);
+            bool ok = ls == LINE_OK && parse_run(line, rp);
             free(line);
             line = NULL;
+            if (ok) {
+                ls = child_read_line(c, deadline, &line);
+                ok = ls == LINE_OK && sscanf(line, "ready %127s", res.prefill_addrs[k]) == 1 &&
+                     strchr(res.prefill_addrs[k], ':') != NULL;
+                if (ls == LINE_OK && !ok) {
+                    demo_err("the %s is not listening (it said '%s')", c->name, line);
+                    free_run(&run);
+                    goto out;
+                }
+                free(line);
+                line = NULL;
+            }
+            free_run(&run);
+            if (ls == LINE_SIGNAL)
+                goto out;
+            if (ls == LINE_TIMEOUT) {
+                demo_err("the %s did not finish within %.0f s (raise --timeout, or "
+                         "lower --tokens)",
+                         c->name, d.step_timeout * (double)d.prefill_tp);
+                goto out;
+            }
+            if (!ok) {
+                child_stop(c, 2.0);
+                child_report_failure(c, "exited before it was ready");
+                goto out;
+            }
         }
-        if (ls == LINE_SIGNAL)
-            goto out;
-        if (ls == LINE_TIMEOUT) {
-            demo_err("the prefill engine did not finish within %.0f s (raise --timeout, or "
-                     "lower --tokens)",
-                     d.step_timeout);
-            goto out;
-        }
-        if (!ok) {
-            child_stop(&prefill, 2.0);
-            child_report_failure(&prefill, "exited before it was ready");
-            goto out;
-        }
+        snprintf(res.prefill_addr, sizeof(res.prefill_addr), "%s", res.prefill_addrs[0]);
     }
     if (res.pool_addr[0] && strcmp(res.prefill.offload, "ok") != 0) {
         char why[256];
-        child_last_error(&prefill, why, sizeof(why));
+        child_last_error(&prefill[0], why, sizeof(why));
         /* The node's own last word usually says why it refused or failed. */
         char node[200];
         child_last_error(&pool, node, sizeof(node));
@@ -923,41 +1138,107 @@ int kvs_cli_demo(int argc, char **argv)
                  res.prefill.offload[0] ? res.prefill.offload : why,
                  node[0] ? " (kvshare serve's stderr: " : "", node, node[0] ? ")" : "");
     }
-    step_end("%.2f s; listening on %s%s", res.prefill.prefill_ms / 1e3, res.prefill_addr,
+    step_end("%.2f s; listening on %s%s%s", res.prefill.prefill_ms / 1e3, res.prefill_addr,
+             d.prefill_tp > 1 ? " (rank 0) and more" : "",
              !res.pool_addr[0]                        ? ""
              : strcmp(res.prefill.offload, "ok") == 0 ? "; offloaded to the pool"
                                                       : "; offload to the pool failed");
 
-    /* 3. The decode engine fetches the prompt's KV from the prefill engine
-     * over UCX and generates. */
-    step_begin(3, "decode engine: fetch from %s over UCX, decode %llu tokens", res.prefill_addr,
+    /* 3. The decode engine(s) fetch the prompt's KV from the prefill
+     * engine(s) over UCX. With TP, rank k fetches its share from each
+     * prefill rank holding part of it; ranks 1.. write their shares to
+     * files, which rank 0 gathers before it prefills the rest and decodes. */
+    step_begin(3, "%s: fetch from %s%s over UCX, decode %llu tokens",
+               d.decode_tp > 1 ? "decode ranks" : "decode engine", res.prefill_addr,
+               d.prefill_tp > 1 ? " and the other prefill ranks" : "",
                (unsigned long long)d.decode);
-    {
-        const char *extra[] = {"--peer", res.prefill_addr, "--fetch-again", NULL};
+    for (uint64_t k = d.decode_tp; k-- > 0;) {
+        char rank[24], size[24], dump[PATH_MAX + 32], gathers[DEMO_MAX_TP][PATH_MAX + 32];
+        const char *extra[2 * DEMO_MAX_TP + 2 * DEMO_MAX_TP + 16];
+        size_t n = 0;
+        snprintf(rank, sizeof(rank), "%llu", (unsigned long long)k);
+        snprintf(size, sizeof(size), "%llu", (unsigned long long)d.decode_tp);
+        /* The prefill ranks whose heads overlap this rank's, one per share
+         * (prefill ranks that replicate a head are asked once). With as many
+         * ranks on both sides, rank k's heads are prefill rank k's. */
+        uint64_t dh0 = 0, dnh = 0, last = UINT64_MAX;
+        tp_heads(d.kv_heads, k, d.decode_tp, &dh0, &dnh);
+        if (d.prefill_tp == d.decode_tp) {
+            extra[n++] = "--peer";
+            extra[n++] = res.prefill_addrs[k];
+        }
+        for (uint64_t p = 0; p < d.prefill_tp && d.prefill_tp != d.decode_tp; p++) {
+            uint64_t ph0 = 0, pnh = 0;
+            tp_heads(d.kv_heads, p, d.prefill_tp, &ph0, &pnh);
+            if (ph0 < dh0 + dnh && dh0 < ph0 + pnh && ph0 != last) {
+                extra[n++] = "--peer";
+                extra[n++] = res.prefill_addrs[p];
+                last = ph0;
+            }
+        }
+        if (d.decode_tp > 1 || strcmp(d.decode_layout, "nhd") != 0) {
+            extra[n++] = "--tp-rank";
+            extra[n++] = rank;
+            extra[n++] = "--tp-size";
+            extra[n++] = size;
+            extra[n++] = "--kv-layout";
+            extra[n++] = d.decode_layout;
+        }
+        if (k > 0) {
+            snprintf(dump, sizeof(dump), "%s/rank%llu.kv", res.slice_dir, (unsigned long long)k);
+            extra[n++] = "--dump-slice";
+            extra[n++] = dump;
+        } else {
+            extra[n++] = "--fetch-again";
+            for (uint64_t j = 1; j < d.decode_tp; j++) {
+                snprintf(gathers[j], sizeof(gathers[j]), "%s/rank%llu.kv", res.slice_dir,
+                         (unsigned long long)j);
+                extra[n++] = "--gather";
+                extra[n++] = gathers[j];
+            }
+        }
+        extra[n] = NULL;
         const char *env[] = {"KVSHARE_LISTEN", "KVSHARE_POOL", NULL};
-        if (!run_engine(&d, &decode, "decode", extra, env, &res.decode))
+        if (!run_engine(&d, &decode[k], "decode", extra, env,
+                        k == 0 ? &res.decode : &res.dec_rank[k]))
             goto out;
     }
-    const uint64_t want_hits = (d.tokens - 1) / DEMO_BLOCK_TOKENS * DEMO_BLOCK_TOKENS;
     if (res.decode.hit_tokens == 0) {
         char why[256];
-        child_last_error(&decode, why, sizeof(why));
-        demo_err("the decode engine fetched nothing from the prefill engine (expected %llu "
+        child_last_error(&decode[0], why, sizeof(why));
+        demo_err("the %s fetched nothing from the prefill engine (expected %llu "
                  "tokens)%s%s",
-                 (unsigned long long)want_hits, why[0] ? ": " : "", why);
+                 decode[0].name, (unsigned long long)want_hits, why[0] ? ": " : "", why);
         goto out;
     }
-    step_end("TTFT %.1f ms (%llu tokens fetched, %.1f MiB at %.2f GB/s; again: %.2f GB/s)",
+    /* Every rank fetched its share of the whole prompt, and rank 0 had all of
+     * it before it prefilled: the shares add up to the prompt's KV once (per
+     * replica of a head), neither more (overlap) nor less (a gap). */
+    for (uint64_t k = 0; k < d.decode_tp; k++)
+        res.total_bytes += (k == 0 ? res.decode : res.dec_rank[k]).fetch_bytes;
+    if (res.total_bytes != res.kv_bytes * res.replication ||
+        res.decode.computed_tokens != d.tokens - want_hits) {
+        demo_err("the decode rank%s fetched %llu bytes in all (expected the prompt's KV, %llu "
+                 "bytes%s) and rank 0 computed %llu of %llu prompt tokens itself (expected %llu)",
+                 d.decode_tp > 1 ? "s" : "", (unsigned long long)res.total_bytes,
+                 (unsigned long long)(res.kv_bytes * res.replication),
+                 res.replication > 1 ? ", times the head replication" : "",
+                 (unsigned long long)res.decode.computed_tokens, (unsigned long long)d.tokens,
+                 (unsigned long long)(d.tokens - want_hits));
+        goto out;
+    }
+    step_end("TTFT %.1f ms (%llu tokens fetched, %.1f MiB at %.2f GB/s; again: %.2f GB/s)%s",
              res.decode.ttft_ms, (unsigned long long)res.decode.hit_tokens,
-             (double)res.decode.fetch_bytes / 1048576.0, res.decode.fetch_gbps,
-             res.decode.warm_fetch_gbps);
+             (double)res.total_bytes / 1048576.0, res.decode.fetch_gbps, res.decode.warm_fetch_gbps,
+             d.decode_tp > 1 ? "; rank 0's share, rank 0's rate" : "");
 
-    /* The prefill engine's job is done. Stopping it now proves the replica
-     * below reads the pool, and keeps it off the CPU for the baseline. */
-    if (child_stop(&prefill, 15.0) != 0) {
-        child_report_failure(&prefill, "did not exit cleanly");
-        goto out;
-    }
+    /* The prefill engines' job is done. Stopping them now proves the replica
+     * below reads the pool, and keeps them off the CPU for the baseline. */
+    for (uint64_t k = 0; k < d.prefill_tp; k++)
+        if (child_stop(&prefill[k], 15.0) != 0) {
+            child_report_failure(&prefill[k], "did not exit cleanly");
+            goto out;
+        }
 
     /* 4. A second decode replica, no peer: its prompt shares a prefix with
      * the first, which it finds in the pool. */
@@ -966,7 +1247,9 @@ int kvs_cli_demo(int argc, char **argv)
     if (res.reuse_skip[0]) {
         step_end("skipped: %s", res.reuse_skip);
     } else {
-        const char *extra[] = {"--diverge-at", div, NULL};
+        /* The replica's layout is the decode side's (the same as the prefill
+         * side's, or the pool steps are skipped). */
+        const char *extra[] = {"--diverge-at", div, "--kv-layout", d.decode_layout, NULL};
         const char *env[] = {"KVSHARE_LISTEN", pool_env, NULL};
         if (!run_engine(&d, &reuse, "decode", extra, env, &res.reuse))
             goto out;
@@ -1023,7 +1306,12 @@ int kvs_cli_demo(int argc, char **argv)
     }
 
     /* 7. The anchor for the fetch rate, measured now on the same machine. */
-    res.bench_block_bytes = DEMO_BLOCK_TOKENS * d.kv_heads * d.head_dim * 2 * 4;
+    {
+        /* Pieces of decode rank 0's share of a block: what its fetch moved. */
+        uint64_t h0 = 0, nh = d.kv_heads;
+        tp_heads(d.kv_heads, 0, d.decode_tp, &h0, &nh);
+        res.bench_block_bytes = DEMO_BLOCK_TOKENS * nh * d.head_dim * 2 * 4;
+    }
     step_begin(7, "anchor: kvshare bench transfer at %llu-byte pieces",
                (unsigned long long)res.bench_block_bytes);
     if (!run_anchor(&d, res.bench_block_bytes, res.decode.hit_tokens / DEMO_BLOCK_TOKENS * d.layers,
@@ -1033,11 +1321,11 @@ int kvs_cli_demo(int argc, char **argv)
         step_end("%.2f GB/s (warm fetch / anchor %.2f)", res.bench_gbps,
                  res.decode.warm_fetch_gbps / res.bench_gbps);
 
+    rc = 0;
     if (d.json)
-        print_json(&d, &res);
+        rc = print_json(&d, &res);
     else
         print_table(&d, &res);
-    rc = 0;
     if (!res.identical) {
         demo_err("fetched and recomputed tokens differ at position %ld", res.diff_at);
         rc = 1;
@@ -1064,9 +1352,23 @@ out:
         rc = 128 + g_signal;
     }
     /* Every exit path ends here: no process outlives the demo. */
-    child_t *all[] = {&recompute, &reuse, &decode, &prefill, &pool};
+    child_t *all[] = {&recompute, &reuse, &pool};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         child_free(all[i]);
+    for (int k = DEMO_MAX_TP; k-- > 0;) {
+        child_free(&decode[k]);
+        child_free(&prefill[k]);
+        free_run(&res.dec_rank[k]);
+    }
+    if (res.slice_dir[0]) {
+        /* The shares hold the prompt's KV: nothing of it stays behind. */
+        for (uint64_t k = 1; k < d.decode_tp; k++) {
+            char f[PATH_MAX + 32];
+            snprintf(f, sizeof(f), "%s/rank%llu.kv", res.slice_dir, (unsigned long long)k);
+            unlink(f);
+        }
+        rmdir(res.slice_dir);
+    }
     free_run(&res.prefill);
     free_run(&res.decode);
     free_run(&res.recompute);

@@ -1053,6 +1053,36 @@ static void daemon_close(index_daemon_t *d)
     free(d->seq);
 }
 
+enum {
+    O_SOURCE = 256,
+    O_HTTP,
+    O_BLOCK_SIZE,
+    O_HASH_ALGO,
+    O_HASH_SEED,
+    O_MAX_PAIRS,
+    O_MAX_IDLE_S,
+    O_KEYS,
+    O_REDIS,
+    O_REDIS_ID,
+    O_REDIS_LEASE_MS
+};
+
+static const struct option index_options[] = {
+    {"source", required_argument, NULL, O_SOURCE},
+    {"http", required_argument, NULL, O_HTTP},
+    {"block-size", required_argument, NULL, O_BLOCK_SIZE},
+    {"hash-algo", required_argument, NULL, O_HASH_ALGO},
+    {"hash-seed", required_argument, NULL, O_HASH_SEED},
+    {"max-pairs", required_argument, NULL, O_MAX_PAIRS},
+    {"max-idle-s", required_argument, NULL, O_MAX_IDLE_S},
+    {"keys", required_argument, NULL, O_KEYS},
+    {"redis", required_argument, NULL, O_REDIS},
+    {"redis-id", required_argument, NULL, O_REDIS_ID},
+    {"redis-lease-ms", required_argument, NULL, O_REDIS_LEASE_MS},
+    KVS_CLI_OPT_HELP_ENTRY,
+    KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t index_cmd = {"index", usage, index_options};
+
 int kvs_cli_index(int argc, char **argv)
 {
     static index_daemon_t d; /* large (sources); one per process */
@@ -1061,85 +1091,75 @@ int kvs_cli_index(int argc, char **argv)
     const char *redis_url = NULL, *redis_id = NULL;
     uint64_t lease_ms = 5000;
     uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-        bool takes = strcmp(a, "--source") == 0 || strcmp(a, "--http") == 0 ||
-                     strcmp(a, "--block-size") == 0 || strcmp(a, "--hash-algo") == 0 ||
-                     strcmp(a, "--hash-seed") == 0 || strcmp(a, "--max-pairs") == 0 ||
-                     strcmp(a, "--max-idle-s") == 0 || strcmp(a, "--keys") == 0 ||
-                     strcmp(a, "--redis") == 0 || strcmp(a, "--redis-id") == 0 ||
-                     strcmp(a, "--redis-lease-ms") == 0;
-        if (!takes) {
-            fprintf(stderr, "kvshare index: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-        if (v == NULL) {
-            fprintf(stderr, "kvshare index: %s needs a value\n", a);
-            return 2;
-        }
-        i++;
-        if (strcmp(a, "--source") == 0) {
-            if (d.nsrc == MAX_SOURCES) {
-                fprintf(stderr, "kvshare index: --source: at most %d\n", MAX_SOURCES);
-                return 2;
-            }
+    int c;
+    while ((c = kvs_cli_getopt(&index_cmd, argc, argv)) != -1) {
+        const char *v = optarg;
+        switch (c) {
+        case O_SOURCE:
+            if (d.nsrc == MAX_SOURCES)
+                return kvs_cli_usage_error(&index_cmd, "--source: at most %d", MAX_SOURCES);
             if (!parse_source(&d.src[d.nsrc], v))
                 return 2;
             d.nsrc++;
-        } else if (strcmp(a, "--http") == 0) {
+            break;
+        case O_HTTP:
             http = v;
-        } else if (strcmp(a, "--block-size") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, 1u << 20, &block_size))
+            break;
+        case O_BLOCK_SIZE:
+            if (!kvs_cli_parse_u64("--block-size", v, 1, 1u << 20, &block_size))
                 return 2;
-        } else if (strcmp(a, "--hash-algo") == 0) {
-            if (strcmp(v, "sha256_cbor") != 0 && strcmp(v, "xxhash_cbor") != 0) {
-                fprintf(stderr,
-                        "kvshare index: --hash-algo '%s': accepted: sha256_cbor, xxhash_cbor "
-                        "(vLLM's default 'sha256' pickles and cannot be reproduced)\n",
-                        v);
-                return 2;
-            }
+            break;
+        case O_HASH_ALGO:
+            if (strcmp(v, "sha256_cbor") != 0 && strcmp(v, "xxhash_cbor") != 0)
+                return kvs_cli_usage_error(&index_cmd,
+                                           "--hash-algo '%s': accepted: sha256_cbor, xxhash_cbor "
+                                           "(vLLM's default 'sha256' pickles and cannot be "
+                                           "reproduced)",
+                                           v);
             algo = v;
-        } else if (strcmp(a, "--hash-seed") == 0) {
+            break;
+        case O_HASH_SEED:
             seed = v;
-        } else if (strcmp(a, "--redis") == 0) {
+            break;
+        case O_REDIS:
             redis_url = v;
-        } else if (strcmp(a, "--redis-id") == 0) {
+            break;
+        case O_REDIS_ID:
             redis_id = v;
-        } else if (strcmp(a, "--redis-lease-ms") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 300, 600000, &lease_ms))
+            break;
+        case O_REDIS_LEASE_MS:
+            if (!kvs_cli_parse_u64("--redis-lease-ms", v, 300, 600000, &lease_ms))
                 return 2;
-        } else if (strcmp(a, "--keys") == 0) {
-            if (strcmp(v, "hashes") != 0 && strcmp(v, "tokens") != 0) {
-                fprintf(stderr, "kvshare index: --keys '%s': accepted: hashes, tokens\n", v);
-                return 2;
-            }
+            break;
+        case O_KEYS:
+            if (strcmp(v, "hashes") != 0 && strcmp(v, "tokens") != 0)
+                return kvs_cli_usage_error(&index_cmd, "--keys '%s': accepted: hashes, tokens", v);
             token_mode = strcmp(v, "tokens") == 0;
-        } else if (strcmp(a, "--max-pairs") == 0) {
-            if (!kvs_cli_parse_u64(a, v, 1, UINT64_MAX, &max_pairs))
+            break;
+        case O_MAX_PAIRS:
+            if (!kvs_cli_parse_u64("--max-pairs", v, 1, UINT64_MAX, &max_pairs))
                 return 2;
-        } else if (!kvs_cli_parse_u64(a, v, 0, UINT32_MAX, &max_idle_s)) {
-            return 2;
+            break;
+        case O_MAX_IDLE_S:
+            if (!kvs_cli_parse_u64("--max-idle-s", v, 0, UINT32_MAX, &max_idle_s))
+                return 2;
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
     }
+    if (kvs_cli_no_operands(&index_cmd, argc, argv) != 0)
+        return 2;
 #ifndef KVS_HAVE_REDIS
-    if (redis_url != NULL) {
-        fprintf(stderr, "kvshare index: --redis: built without libhiredis-dev\n");
-        return 2;
-    }
+    if (redis_url != NULL)
+        return kvs_cli_usage_error(&index_cmd, "--redis: built without libhiredis-dev");
 #endif
-    if ((redis_id != NULL) && redis_url == NULL) {
-        fprintf(stderr, "kvshare index: --redis-id needs --redis\n");
-        return 2;
-    }
+    if ((redis_id != NULL) && redis_url == NULL)
+        return kvs_cli_usage_error(&index_cmd, "--redis-id needs --redis");
     /* With --redis a replica may only score (what the others write). */
     if ((d.nsrc == 0 && redis_url == NULL) || http == NULL) {
-        fprintf(stderr, "kvshare index: %s is required\n", d.nsrc == 0 ? "--source" : "--http");
+        kvs_cli_usage_error(&index_cmd, "%s is required",
+                            d.nsrc == 0 && redis_url == NULL ? "--source" : "--http");
         usage(stderr);
         return 2;
     }

@@ -14,6 +14,8 @@ static void usage(FILE *f)
             "\n"
             "Prints one line per full block, as vLLM's prefix cache hashes it:\n"
             "  <block> <first token>-<last token> <int64 as in KV events> <hex key>\n"
+            "--algo is vLLM's prefix_caching_hash_algo (default sha256_cbor); --block-tokens\n"
+            "its block size (default 16).\n"
             "--seed is vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED, else 0).\n"
             "A partial last block is not hashed (vLLM hashes full blocks only).\n"
             "Tokens may also be read from stdin, whitespace-separated, with '-'.\n"
@@ -47,74 +49,66 @@ static int push_token(token_list_t *t, const char *s)
     return 0;
 }
 
+enum { O_ALGO = 256, O_SEED, O_BLOCK_TOKENS, O_CACHE_SALT, O_LORA_NAME };
+
 int kvs_cli_keys(int argc, char **argv)
 {
+    static const struct option opts[] = {{"algo", required_argument, NULL, O_ALGO},
+                                         {"seed", required_argument, NULL, O_SEED},
+                                         {"block-tokens", required_argument, NULL, O_BLOCK_TOKENS},
+                                         {"cache-salt", required_argument, NULL, O_CACHE_SALT},
+                                         {"lora-name", required_argument, NULL, O_LORA_NAME},
+                                         KVS_CLI_OPT_HELP_ENTRY,
+                                         KVS_CLI_OPT_END};
+    const kvs_cli_cmd_t cmd = {"keys", usage, opts};
     kvs_hasher_params_t hp = {.field_mask = 0};
     kvs_chain_params_t cp = {.field_mask = 0};
     uint64_t block_tokens = 16;
     token_list_t tl = {0};
-    bool from_stdin = false, opts_done = false;
+    bool from_stdin = false;
     int rc = 2; /* until the options and tokens are read: a usage error */
-    int pushed;
+    int pushed, c;
 
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = (i + 1 < argc) ? argv[i + 1] : NULL;
-        if (!opts_done && strcmp(a, "--") == 0) {
-            opts_done = true;
-        } else if (opts_done) {
-            goto token;
-        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            free(tl.v);
-            return 0;
-        } else if (strcmp(a, "--algo") == 0) {
-            if (v == NULL || (strcmp(v, "sha256_cbor") != 0 && strcmp(v, "xxhash_cbor") != 0)) {
-                fprintf(stderr, "kvshare keys: --algo '%s': accepted: sha256_cbor, xxhash_cbor\n",
-                        v ? v : "");
-                goto out;
-            }
+    /* 1. Parse: options, then the operands (TOKEN... and '-'). */
+    while ((c = kvs_cli_getopt(&cmd, argc, argv)) != -1) {
+        switch (c) {
+        case O_ALGO:
+            if (strcmp(optarg, "sha256_cbor") != 0 && strcmp(optarg, "xxhash_cbor") != 0)
+                return kvs_cli_usage_error(&cmd, "--algo '%s': accepted: sha256_cbor, xxhash_cbor",
+                                           optarg);
             hp.field_mask |= KVS_HASHER_FIELD_ALGO;
-            hp.algo = strcmp(v, "sha256_cbor") == 0 ? KVS_HASH_SHA256_CBOR : KVS_HASH_XXHASH_CBOR;
-            i++;
-        } else if (strcmp(a, "--seed") == 0) {
-            if (v == NULL) {
-                fprintf(stderr, "kvshare keys: --seed needs a value\n");
-                goto out;
-            }
+            hp.algo =
+                strcmp(optarg, "sha256_cbor") == 0 ? KVS_HASH_SHA256_CBOR : KVS_HASH_XXHASH_CBOR;
+            break;
+        case O_SEED:
             hp.field_mask |= KVS_HASHER_FIELD_SEED;
-            hp.seed = v;
-            i++;
-        } else if (strcmp(a, "--block-tokens") == 0) {
-            if (!kvs_cli_parse_u64("--block-tokens", v, 1, 1u << 20, &block_tokens))
-                goto out;
-            i++;
-        } else if (strcmp(a, "--cache-salt") == 0 || strcmp(a, "--lora-name") == 0) {
-            if (v == NULL) {
-                fprintf(stderr, "kvshare keys: %s needs a value\n", a);
-                goto out;
-            }
-            if (a[2] == 'c') {
-                cp.field_mask |= KVS_CHAIN_FIELD_CACHE_SALT;
-                cp.cache_salt = v;
-            } else {
-                cp.field_mask |= KVS_CHAIN_FIELD_LORA_NAME;
-                cp.lora_name = v;
-            }
-            i++;
-        } else if (strcmp(a, "-") == 0) {
+            hp.seed = optarg;
+            break;
+        case O_BLOCK_TOKENS:
+            if (!kvs_cli_parse_u64("--block-tokens", optarg, 1, 1u << 20, &block_tokens))
+                return 2;
+            break;
+        case O_CACHE_SALT:
+            cp.field_mask |= KVS_CHAIN_FIELD_CACHE_SALT;
+            cp.cache_salt = optarg;
+            break;
+        case O_LORA_NAME:
+            cp.field_mask |= KVS_CHAIN_FIELD_LORA_NAME;
+            cp.lora_name = optarg;
+            break;
+        default: /* KVS_CLI_OPT_HELP, KVS_CLI_OPT_BAD */
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
+        }
+    }
+    for (int i = optind; i < argc; i++) {
+        if (strcmp(argv[i], "-") == 0) {
             from_stdin = true;
-        } else if (a[0] == '-' && a[1] == '-') {
-            fprintf(stderr, "kvshare keys: unknown option '%s'\n", a);
-            usage(stderr);
+            continue;
+        }
+        pushed = push_token(&tl, argv[i]);
+        if (pushed != 0) {
+            rc = pushed;
             goto out;
-        } else {
-        token:
-            pushed = push_token(&tl, a);
-            if (pushed != 0) {
-                rc = pushed;
-                goto out;
-            }
         }
     }
     if (from_stdin) {
@@ -128,10 +122,12 @@ int kvs_cli_keys(int argc, char **argv)
         }
     }
     if (tl.n == 0 && !from_stdin) { /* an empty stdin ('-') is zero tokens, no error */
-        fprintf(stderr, "kvshare keys: no tokens (give TOKEN... or '-' to read stdin)\n");
+        kvs_cli_usage_error(&cmd, "no tokens (give TOKEN... or '-' to read stdin)");
         usage(stderr);
         goto out;
     }
+
+    /* 2. Run and print. */
     rc = 1; /* from here on, a failure is a runtime one */
     const uint32_t *tokens = tl.v;
     size_t ntok = tl.n;
@@ -154,7 +150,7 @@ int kvs_cli_keys(int argc, char **argv)
         size_t dl = kvs_hasher_digest_len(h);
         char hex[2 * KVS_KEY_BYTES + 1];
         for (size_t b = 0; b < nkeys; b++) {
-            kvs_key_to_hex(&keys[b], dl, hex);
+            kvs_key_format_hex(&keys[b], dl, hex, sizeof(hex));
             printf("%zu %zu-%zu %llu %s\n", b, b * block_tokens, (b + 1) * block_tokens - 1,
                    (unsigned long long)kvs_key_to_u64(&keys[b], dl), hex);
         }

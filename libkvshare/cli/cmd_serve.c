@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* cmd_serve.c - `kvshare serve`: a KVCachePool cache node with Prometheus metrics. */
 #include "cli.h"
+#include "util_int.h"
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,15 +28,16 @@ static void usage(FILE *f)
                "A cache-pool node: holds KV blocks that clients offload (kvs_put) in host\n"
                "arenas (one per block size), and serves lookups and fetches of them to any\n"
                "client, for any model and block size at once.\n"
-               "  --listen    where peers connect (default 0.0.0.0:18515; port 0 picks one);\n"
+               "  --listen    where peers connect (default KVSHARE_LISTEN, else 0.0.0.0:18515;\n"
+               "              port 0 picks one);\n"
                "              prints 'ready HOST:PORT' on stdout once listening\n"
                "  --capacity  arena size, e.g. 512MiB or 8GiB. Default: KVSHARE_TOTAL_MEMORY_GB\n"
                "              divided by KVSHARE_REPLICAS (set by the KVCachePool controller),\n"
                "              else KVSHARE_CAPACITY, else 1GiB\n"
                "  --strategy  eviction order (default KVSHARE_STRATEGY, else lru)\n"
                "  --slot-bytes  round block sizes up to multiples of SIZE, so that fewer\n"
-               "              arenas hold them (default 0: an arena per exact block size,\n"
-               "              at most 16 sizes)\n"
+               "              arenas hold them (default KVSHARE_SLOT_BYTES, else 0: an arena\n"
+               "              per exact block size, at most 16 sizes)\n"
                "  --metrics   serve Prometheus text on http://HOST:PORT/metrics, bound to HOST\n"
                "              only: an IPv4 or IPv6 literal ([::1]:9090) or a name that\n"
                "              resolves (its first address); 0.0.0.0 or [::] for every\n"
@@ -57,6 +60,8 @@ static void usage(FILE *f)
                "bytes; make one with `head -c 32 /dev/urandom | base64 > token; chmod 600\n"
                "token`); without it the node refuses to start. KVSHARE_AUTH=none runs open:\n"
                "any process that reaches the port can read and write the cached KV (prompts).\n"
+               "Settings apply in the order flag > KVSHARE_* > KVSHARE_CONFIG file > default;\n"
+               "a value that a flag replaces is not read.\n"
                "Stops cleanly on SIGTERM or SIGINT (and when stdin is a pipe that closes).\n"
                "Exit status: 0 stopped cleanly, 1 a failure at run time (such as a port in\n"
                "use), 2 a usage or configuration error (an option, KVSHARE_* or token file).\n");
@@ -154,91 +159,192 @@ static void events_close(void)
 #endif
 }
 
-/* Capacity from the controller's env: total pool memory split over replicas. */
-static bool capacity_from_env(uint64_t *bytes, char *why, size_t wl)
+/* Settings as the user gave them; each value is checked by the flag's own name. */
+typedef struct serve_opts {
+    const char *listen, *metrics;
+    const char *events_ep, *events_pod, *events_model, *events_replay;
+    uint64_t queue, keep;
+    bool has_capacity, has_slot, has_strategy;
+    uint64_t capacity, slot;
+    kvs_strategy_t strategy;
+} serve_opts_t;
+
+enum {
+    O_LISTEN = 256,
+    O_CAPACITY,
+    O_STRATEGY,
+    O_SLOT_BYTES,
+    O_METRICS,
+    O_EVENTS,
+    O_EVENTS_POD,
+    O_EVENTS_MODEL,
+    O_EVENTS_QUEUE,
+    O_EVENTS_REPLAY,
+    O_EVENTS_REPLAY_BATCHES,
+};
+
+static const struct option serve_options[] = {
+    {"listen", required_argument, NULL, O_LISTEN},
+    {"capacity", required_argument, NULL, O_CAPACITY},
+    {"strategy", required_argument, NULL, O_STRATEGY},
+    {"slot-bytes", required_argument, NULL, O_SLOT_BYTES},
+    {"metrics", required_argument, NULL, O_METRICS},
+    {"events", required_argument, NULL, O_EVENTS},
+    {"events-pod", required_argument, NULL, O_EVENTS_POD},
+    {"events-model", required_argument, NULL, O_EVENTS_MODEL},
+    {"events-queue", required_argument, NULL, O_EVENTS_QUEUE},
+    {"events-replay", required_argument, NULL, O_EVENTS_REPLAY},
+    {"events-replay-batches", required_argument, NULL, O_EVENTS_REPLAY_BATCHES},
+    KVS_CLI_OPT_HELP_ENTRY,
+    KVS_CLI_OPT_END};
+static const kvs_cli_cmd_t serve_cmd = {"serve", usage, serve_options};
+
+/* --capacity's default from the controller's env: KVSHARE_TOTAL_MEMORY_GB split over
+ * KVSHARE_REPLICAS. Returns -1 when KVSHARE_TOTAL_MEMORY_GB is unset (the library's own
+ * KVSHARE_CAPACITY, file or default then applies), 0 with *bytes set, or 2 after naming the
+ * variable that is wrong. */
+static int capacity_from_env(uint64_t *bytes)
 {
     const char *total = getenv("KVSHARE_TOTAL_MEMORY_GB");
     if (total == NULL || total[0] == '\0')
-        return false;
+        return -1;
     char *end;
+    errno = 0;
     double gb = strtod(total, &end);
+    if (end == total || *end != '\0' || errno != 0 || !isfinite(gb) || !(gb > 0) ||
+        gb > 16.0 * 1024 * 1024 * 1024)
+        return kvs_cli_usage_error(&serve_cmd,
+                                   "KVSHARE_TOTAL_MEMORY_GB='%s': expected a number of GiB > 0, "
+                                   "such as 64 or 0.5",
+                                   total);
+    uint64_t replicas = 1;
     const char *rep = getenv("KVSHARE_REPLICAS");
-    unsigned long replicas = rep != NULL && rep[0] != '\0' ? strtoul(rep, NULL, 10) : 1;
-    if (*end != '\0' || !(gb > 0) || replicas == 0) {
-        snprintf(why, wl,
-                 "KVSHARE_TOTAL_MEMORY_GB='%s' / KVSHARE_REPLICAS='%s': expected a number > 0 "
-                 "and a count >= 1",
-                 total, rep ? rep : "");
-        *bytes = 0;
-        return true;
-    }
+    if (rep != NULL && rep[0] != '\0' &&
+        !kvs_cli_parse_u64("KVSHARE_REPLICAS", rep, 1, 1u << 20, &replicas))
+        return 2;
     *bytes = (uint64_t)(gb * 1073741824.0 / (double)replicas);
-    return true;
+    if (*bytes == 0)
+        return kvs_cli_usage_error(&serve_cmd,
+                                   "KVSHARE_TOTAL_MEMORY_GB='%s' / KVSHARE_REPLICAS='%s': less "
+                                   "than a byte per replica",
+                                   total, rep);
+    return 0;
+}
+
+/* Reads the options; returns -1 to run, else the exit code (0 after --help, 2). The order is
+ * flag > KVSHARE_* > KVSHARE_CONFIG file > default, and a value a flag replaces is not read. */
+static int serve_parse(int argc, char **argv, serve_opts_t *o)
+{
+    const char *queue = NULL, *keep = NULL;
+    char why[256];
+    int c;
+    while ((c = kvs_cli_getopt(&serve_cmd, argc, argv)) != -1) {
+        switch (c) {
+        case O_LISTEN: {
+            kvs__endpoint_t ep;
+            if (kvs__endpoint_parse(optarg, 0, &ep, why, sizeof(why)) != 0)
+                return kvs_cli_usage_error(&serve_cmd, "--listen '%s': %s", optarg, why);
+            o->listen = optarg;
+            break;
+        }
+        case O_CAPACITY:
+            /* Checked here (the library parses the same grammar) so that the error names
+             * the flag. */
+            if (!kvs_cli_parse_size("--capacity", optarg, 1, UINT64_MAX, &o->capacity))
+                return 2;
+            o->has_capacity = true;
+            break;
+        case O_SLOT_BYTES:
+            if (!kvs_cli_parse_size("--slot-bytes", optarg, 0, UINT64_MAX, &o->slot))
+                return 2;
+            o->has_slot = true;
+            break;
+        case O_STRATEGY:
+            if (strcmp(optarg, "lru") != 0 && strcmp(optarg, "lfu") != 0)
+                return kvs_cli_usage_error(&serve_cmd, "--strategy '%s': accepted: lru, lfu",
+                                           optarg);
+            o->strategy = optarg[1] == 'r' ? KVS_STRATEGY_LRU : KVS_STRATEGY_LFU;
+            o->has_strategy = true;
+            break;
+        case O_METRICS:
+            o->metrics = optarg;
+            break;
+        case O_EVENTS:
+            o->events_ep = optarg;
+            break;
+        case O_EVENTS_POD:
+            o->events_pod = optarg;
+            break;
+        case O_EVENTS_MODEL:
+            o->events_model = optarg;
+            break;
+        case O_EVENTS_QUEUE:
+            queue = optarg;
+            break;
+        case O_EVENTS_REPLAY:
+            o->events_replay = optarg;
+            break;
+        case O_EVENTS_REPLAY_BATCHES:
+            keep = optarg;
+            break;
+        default:
+            return c == KVS_CLI_OPT_HELP ? 0 : 2;
+        }
+    }
+    if (kvs_cli_no_operands(&serve_cmd, argc, argv) != 0)
+        return 2;
+    if ((o->events_pod || o->events_model || queue || o->events_replay || keep) &&
+        o->events_ep == NULL)
+        return kvs_cli_usage_error(&serve_cmd, "--events-pod/-model/-queue/-replay need --events");
+    if ((o->events_replay || keep) && (o->events_model == NULL || o->events_replay == NULL))
+        return kvs_cli_usage_error(&serve_cmd,
+                                   "--events-replay needs --events-model (one topic, one "
+                                   "sequence), and --events-replay-batches needs --events-replay");
+    if (keep && !kvs_cli_parse_u64("--events-replay-batches", keep, 1, 1u << 24, &o->keep))
+        return 2;
+    if (o->events_pod && (strchr(o->events_pod, '@') || !o->events_pod[0]))
+        return kvs_cli_usage_error(&serve_cmd,
+                                   "--events-pod '%s': a non-empty name without '@' (topics are "
+                                   "kv@<pod>@<model>)",
+                                   o->events_pod);
+    if (o->events_model && (strchr(o->events_model, '@') || !o->events_model[0]))
+        return kvs_cli_usage_error(&serve_cmd,
+                                   "--events-model '%s': a non-empty name without '@' (topics "
+                                   "are kv@<pod>@<model>)",
+                                   o->events_model);
+    if (queue && !kvs_cli_parse_u64("--events-queue", queue, 1, 1u << 26, &o->queue))
+        return 2;
+#ifndef KVS_HAVE_INDEX
+    if (o->events_ep != NULL)
+        return kvs_cli_usage_error(&serve_cmd, "--events: built without libzmq / msgpack-c");
+#endif
+#ifndef KVS_HAVE_MHD
+    if (o->metrics != NULL)
+        return kvs_cli_usage_error(&serve_cmd, "--metrics: built without libmicrohttpd");
+#endif
+    if (!o->has_capacity) {
+        int rc = capacity_from_env(&o->capacity);
+        if (rc > 0)
+            return rc;
+        o->has_capacity = rc == 0;
+    }
+    /* --listen's default: KVSHARE_LISTEN (checked by the library, by that name), else ours. */
+    const char *env_listen = getenv("KVSHARE_LISTEN");
+    if (o->listen == NULL && (env_listen == NULL || env_listen[0] == '\0'))
+        o->listen = "0.0.0.0:18515";
+    return -1;
 }
 
 int kvs_cli_serve(int argc, char **argv)
 {
-    const char *listen = "0.0.0.0:18515", *strategy = NULL, *metrics_addr = NULL;
-    const char *capacity = NULL, *slot = NULL;
-    const char *events_ep = NULL, *events_pod = NULL, *events_model = NULL, *events_queue = NULL;
-    const char *events_replay = NULL, *events_keep = NULL;
-    /* Options come in pairs: i steps over the flag and its value. */
-    for (int i = 1; i < argc; i += 2) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-        const char **dst = strcmp(a, "--listen") == 0                  ? &listen
-                           : strcmp(a, "--capacity") == 0              ? &capacity
-                           : strcmp(a, "--strategy") == 0              ? &strategy
-                           : strcmp(a, "--slot-bytes") == 0            ? &slot
-                           : strcmp(a, "--metrics") == 0               ? &metrics_addr
-                           : strcmp(a, "--events") == 0                ? &events_ep
-                           : strcmp(a, "--events-pod") == 0            ? &events_pod
-                           : strcmp(a, "--events-model") == 0          ? &events_model
-                           : strcmp(a, "--events-queue") == 0          ? &events_queue
-                           : strcmp(a, "--events-replay") == 0         ? &events_replay
-                           : strcmp(a, "--events-replay-batches") == 0 ? &events_keep
-                                                                       : NULL;
-        if (dst == NULL) {
-            fprintf(stderr, "kvshare serve: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-        if (v == NULL) {
-            fprintf(stderr, "kvshare serve: %s needs a value\n", a);
-            return 2;
-        }
-        *dst = v;
-    }
-    /* Checked here too (the library parses the same grammar) so that the error names the flag. */
-    uint64_t size;
-    if ((capacity != NULL && !kvs_cli_parse_size("--capacity", capacity, 1, UINT64_MAX, &size)) ||
-        (slot != NULL && !kvs_cli_parse_size("--slot-bytes", slot, 0, UINT64_MAX, &size)))
-        return 2;
-    uint64_t queue = 65536, keep = 10000;
-    if ((events_pod || events_model || events_queue || events_replay || events_keep) &&
-        events_ep == NULL) {
-        fprintf(stderr, "kvshare serve: --events-pod/-model/-queue/-replay need --events\n");
-        return 2;
-    }
-    if ((events_replay || events_keep) && (events_model == NULL || events_replay == NULL)) {
-        fprintf(stderr, "kvshare serve: --events-replay needs --events-model (one topic, one "
-                        "sequence), and --events-replay-batches needs --events-replay\n");
-        return 2;
-    }
-    if (events_keep &&
-        !kvs_cli_parse_u64("--events-replay-batches", events_keep, 1, 1u << 24, &keep))
-        return 2;
-    if ((events_pod && (strchr(events_pod, '@') || !events_pod[0])) ||
-        (events_model && (strchr(events_model, '@') || !events_model[0]))) {
-        fprintf(stderr, "kvshare serve: --events-pod/--events-model: a non-empty name "
-                        "without '@' (topics are kv@<pod>@<model>)\n");
-        return 2;
-    }
-    if (events_queue && !kvs_cli_parse_u64("--events-queue", events_queue, 1, 1u << 26, &queue))
-        return 2;
+    serve_opts_t o = {.queue = 65536, .keep = 10000};
+    int prc = serve_parse(argc, argv, &o);
+    if (prc >= 0)
+        return prc;
+    const char *metrics_addr = o.metrics;
+    const char *events_ep = o.events_ep, *events_pod = o.events_pod, *events_model = o.events_model;
+    const char *events_replay = o.events_replay;
+    uint64_t queue = o.queue, keep = o.keep;
 #ifdef KVS_HAVE_INDEX
     if (events_ep != NULL) {
         char ewhy[256];
@@ -255,10 +361,12 @@ int kvs_cli_serve(int argc, char **argv)
         }
     }
 #else
-    if (events_ep != NULL) {
-        fprintf(stderr, "kvshare serve: --events: built without libzmq / msgpack-c\n");
-        return 2;
-    }
+    (void)events_ep;
+    (void)events_pod;
+    (void)events_model;
+    (void)events_replay;
+    (void)queue;
+    (void)keep;
 #endif
 #ifdef KVS_HAVE_MHD
     /* Bound before the node starts, so a bad value fails fast and names itself. */
@@ -276,48 +384,27 @@ int kvs_cli_serve(int argc, char **argv)
         }
         metrics_addr = metrics_bound;
     }
-#else
-    if (metrics_addr != NULL) {
-        fprintf(stderr, "kvshare serve: --metrics: built without libmicrohttpd\n");
-        return 2;
-    }
 #endif
-    /* Flags become the library's own settings, so one parser checks them. */
-    char why[256] = "";
-    uint64_t env_cap = 0;
-    if (capacity != NULL)
-        setenv("KVSHARE_CAPACITY", capacity, 1);
-    else if (capacity_from_env(&env_cap, why, sizeof(why))) {
-        if (env_cap == 0) {
-            fprintf(stderr, "kvshare serve: %s\n", why);
-#ifdef KVS_HAVE_MHD
-            if (metrics_fd >= 0)
-                close(metrics_fd);
-#endif
-            events_close();
-            return 2;
-        }
-        char b[32];
-        snprintf(b, sizeof(b), "%llu", (unsigned long long)env_cap);
-        setenv("KVSHARE_CAPACITY", b, 1);
-    }
-    if (strategy != NULL)
-        setenv("KVSHARE_STRATEGY", strategy, 1);
-    if (slot != NULL)
-        setenv("KVSHARE_SLOT_BYTES", slot, 1);
     if (getenv("KVSHARE_LOG") == NULL)
         setenv("KVSHARE_LOG", "warn", 1);
 
     char err[512];
-    kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_LISTEN | KVS_CTX_FIELD_POOL_NODE |
-                                         KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT |
-                                         KVS_CTX_FIELD_PROGRESS,
-                           .listen = listen,
+    /* Flags become params, which the library ranks above KVSHARE_* and the file. */
+    kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_POOL_NODE | KVS_CTX_FIELD_ERRBUF |
+                                         KVS_CTX_FIELD_TRANSPORT | KVS_CTX_FIELD_PROGRESS,
+                           .listen = o.listen,
+                           .capacity_bytes = o.capacity,
+                           .slot_bytes = o.slot,
+                           .strategy = o.strategy,
                            .pool_node = 1,
                            .transport = "ucx",
                            .progress = KVS_PROGRESS_THREAD,
                            .errbuf = err,
                            .errbuf_len = sizeof(err)};
+    cp.field_mask |= (o.listen != NULL ? KVS_CTX_FIELD_LISTEN : 0) |
+                     (o.has_capacity ? KVS_CTX_FIELD_CAPACITY : 0) |
+                     (o.has_slot ? KVS_CTX_FIELD_SLOT_BYTES : 0) |
+                     (o.has_strategy ? KVS_CTX_FIELD_STRATEGY : 0);
 #ifdef KVS_HAVE_INDEX
     if (events != NULL) {
         cp.field_mask |= KVS_CTX_FIELD_BLOCK_EVENTS;

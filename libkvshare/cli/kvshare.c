@@ -30,6 +30,24 @@ static void usage(FILE *f)
                "error (a bad option or value); --help prints to stdout and exits 0.\n");
 }
 
+static void version_usage(FILE *f)
+{
+    fprintf(f, "usage: kvshare version\n\nPrints the version of libkvshare in use.\n");
+}
+
+static int version(int argc, char **argv)
+{
+    static const struct option opts[] = {KVS_CLI_OPT_HELP_ENTRY, KVS_CLI_OPT_END};
+    const kvs_cli_cmd_t cmd = {"version", version_usage, opts};
+    int c = kvs_cli_getopt(&cmd, argc, argv);
+    if (c != -1)
+        return c == KVS_CLI_OPT_HELP ? 0 : 2;
+    if (kvs_cli_no_operands(&cmd, argc, argv) != 0)
+        return 2;
+    printf("kvshare %s\n", kvs_version());
+    return 0;
+}
+
 double kvs_cli_now(void)
 {
     struct timespec ts;
@@ -43,9 +61,14 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+void kvs_cli_sort(double *v, size_t n)
+{
+    qsort(v, n, sizeof(*v), cmp_double);
+}
+
 double kvs_cli_median(double *v, int n)
 {
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    kvs_cli_sort(v, (size_t)n);
     return (n % 2) ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
@@ -53,14 +76,14 @@ bool kvs_cli_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t ma
 {
     char *end = NULL;
     if (s == NULL) {
-        fprintf(stderr, "kvshare: %s needs a value\n", opt);
+        kvs_cli_errorf("%s needs a value", opt);
         return false;
     }
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (s[0] == '-' || end == s || *end != '\0' || errno != 0 || v < min || v > max) {
-        fprintf(stderr, "kvshare: %s '%s': expected an integer in %llu..%llu\n", opt, s,
-                (unsigned long long)min, (unsigned long long)max);
+        kvs_cli_errorf("%s '%s': expected an integer in %llu..%llu", opt, s,
+                       (unsigned long long)min, (unsigned long long)max);
         return false;
     }
     *out = v;
@@ -72,16 +95,16 @@ bool kvs_cli_parse_size(const char *opt, const char *s, uint64_t min, uint64_t m
     char why[160];
     uint64_t v;
     if (s == NULL) {
-        fprintf(stderr, "kvshare: %s needs a value\n", opt);
+        kvs_cli_errorf("%s needs a value", opt);
         return false;
     }
     if (kvs__size_parse(s, &v, why, sizeof(why)) != 0) {
-        fprintf(stderr, "kvshare: %s '%s': %s\n", opt, s, why);
+        kvs_cli_errorf("%s '%s': %s", opt, s, why);
         return false;
     }
     if (v < min || v > max) {
-        fprintf(stderr, "kvshare: %s '%s': expected a size from %llu to %llu bytes\n", opt, s,
-                (unsigned long long)min, (unsigned long long)max);
+        kvs_cli_errorf("%s '%s': expected a size from %llu to %llu bytes", opt, s,
+                       (unsigned long long)min, (unsigned long long)max);
         return false;
     }
     *out = v;
@@ -107,19 +130,8 @@ int main(int argc, char **argv)
         return kvs_cli_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "demo") == 0)
         return kvs_cli_demo(argc - 1, argv + 1);
-    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        if (argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
-            printf("usage: kvshare version\n\nPrints the version of libkvshare in use.\n");
-            return 0;
-        }
-        if (argc > 2) {
-            fprintf(stderr, "kvshare version: unexpected argument '%s'\nusage: kvshare version\n",
-                    argv[2]);
-            return 2;
-        }
-        printf("kvshare %s\n", kvs_version());
-        return 0;
-    }
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
+        return version(argc - 1, argv + 1);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
         return 0;

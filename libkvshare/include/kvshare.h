@@ -29,7 +29,12 @@
  *    the lease's deadline, whichever comes first.
  *  - Remote transfers progress either on a library-owned progress thread
  *    (KVSHARE_PROGRESS=thread, the default) or when the caller calls
- *    kvs_progress()/kvs_request_wait() (KVSHARE_PROGRESS=poll).
+ *    kvs_progress_ex()/kvs_request_wait() (KVSHARE_PROGRESS=poll).
+ *
+ * ABI: what has shipped is append-only. A function superseded by one with a
+ * better contract (a kvs_status_t return, a params struct, an output length)
+ * stays exported and working, marked "Deprecated" here; new code calls the
+ * replacement (the *_ex or kvs_key_format_hex functions).
  */
 #ifndef KVSHARE_H
 #define KVSHARE_H
@@ -182,8 +187,22 @@ KVS_API kvs_status_t kvs_hasher_chain(kvs_hasher_h hasher, const kvs_chain_param
  */
 KVS_API uint64_t kvs_key_to_u64(const kvs_key_t *key, size_t digest_len);
 
-/** Writes 2*digest_len hex digits and a NUL to @out (size >= 2*len+1). */
+/**
+ * Deprecated: use kvs_key_format_hex(), which is told @out's size. Writes
+ * 2*digest_len hex digits and a NUL to @out (size >= 2*len+1); a
+ * @digest_len over KVS_KEY_BYTES is taken as KVS_KEY_BYTES. Kept for the ABI.
+ */
 KVS_API void kvs_key_to_hex(const kvs_key_t *key, size_t digest_len, char *out);
+
+/**
+ * Writes the first @digest_len bytes of @key as 2*digest_len lowercase hex
+ * digits and a NUL to @out, which holds @out_len bytes. @digest_len is
+ * kvs_hasher_digest_len() (1..KVS_KEY_BYTES).
+ * Errors: KVS_ERR_INVALID_PARAM (NULL, @digest_len 0 or over KVS_KEY_BYTES,
+ * @out_len < 2*digest_len+1); @out is then not written.
+ */
+KVS_API kvs_status_t kvs_key_format_hex(const kvs_key_t *key, size_t digest_len, char *out,
+                                        size_t out_len);
 
 /* ------------------------------------------------------------------------ */
 /* Layouts: the model's KV geometry, fingerprinted into a 64-bit layout id.  */
@@ -243,7 +262,7 @@ typedef enum kvs_strategy {
 
 typedef enum kvs_progress_mode {
     KVS_PROGRESS_THREAD = 0, /* a library thread drives transfers */
-    KVS_PROGRESS_POLL,       /* the caller drives them: kvs_progress() */
+    KVS_PROGRESS_POLL,       /* the caller drives them: kvs_progress_ex() */
 } kvs_progress_mode_t;
 
 enum kvs_ctx_field {
@@ -353,10 +372,20 @@ KVS_API kvs_status_t kvs_ctx_listen_addr(kvs_ctx_h ctx, char *buf, size_t len);
 KVS_API void kvs_ctx_destroy(kvs_ctx_h ctx);
 
 /**
- * Drives outstanding transfers once without blocking (poll mode). Returns
- * the number of events handled, or a negative status. Harmless in thread mode.
+ * Deprecated: use kvs_progress_ex(), which returns a kvs_status_t. Drives
+ * outstanding transfers once without blocking (poll mode). Returns the
+ * number of events handled, or a negative status. Kept for the ABI.
  */
 KVS_API int kvs_progress(kvs_ctx_h ctx);
+
+/**
+ * Drives outstanding transfers once without blocking (poll mode); harmless
+ * in thread mode. On KVS_OK, *events_p (may be NULL) receives the number of
+ * events handled (0: nothing was pending).
+ * Errors: KVS_ERR_INVALID_PARAM (NULL @ctx), the transport's error; *events_p
+ * is then not written.
+ */
+KVS_API kvs_status_t kvs_progress_ex(kvs_ctx_h ctx, unsigned *events_p);
 
 /* ------------------------------------------------------------------------ */
 /* Pools: the engine's KV memory, described once.                            */
@@ -381,6 +410,7 @@ typedef struct kvs_segment {
 typedef struct kvs_region *kvs_region_h;
 
 /**
+ * Deprecated: use kvs_mem_register_ex(). Kept for the ABI.
  * Registers a memory range with the context (and its transport, once), ahead
  * of or apart from any pool: the LD_PRELOAD shim registers the engine's KV
  * allocations as it sees them. Pools whose segments fall inside a registered
@@ -392,6 +422,28 @@ typedef struct kvs_region *kvs_region_h;
  */
 KVS_API kvs_status_t kvs_mem_register(kvs_ctx_h ctx, void *base, size_t length,
                                       kvs_mem_type_t mem_type, kvs_region_h *region_p);
+
+enum kvs_mem_register_field {
+    KVS_MEM_REGISTER_FIELD_MEM_TYPE = 1u << 0,
+};
+
+typedef struct kvs_mem_register_params {
+    uint64_t field_mask;
+    kvs_mem_type_t mem_type; /* default KVS_MEM_HOST */
+} kvs_mem_register_params_t;
+
+/**
+ * kvs_mem_register() with a params struct (@params may be NULL: host
+ * memory); kvs_mem_register() is deprecated in its favour and kept for the
+ * ABI. Same ownership: on success the caller owns *region_p and ends it with
+ * kvs_mem_deregister() before freeing the memory.
+ * Errors: KVS_ERR_INVALID_PARAM (NULL/empty, an unknown mem_type, overlaps a
+ * registered region), NO_MEMORY, KVS_ERR_TRANSPORT; *region_p is then not
+ * written.
+ */
+KVS_API kvs_status_t kvs_mem_register_ex(kvs_ctx_h ctx, void *base, size_t length,
+                                         const kvs_mem_register_params_t *params,
+                                         kvs_region_h *region_p);
 
 /** Ends a registration; accepts NULL. */
 KVS_API void kvs_mem_deregister(kvs_region_h region);
@@ -470,9 +522,10 @@ enum kvs_publish_flags {
  * already present under the pool's layout are skipped (content-addressed),
  * counted in *published_p as not published. Copy mode may evict unleased
  * blocks (by strategy, from the high to the low watermark).
- * @published_p may be NULL. Errors: KVS_ERR_INVALID_PARAM (block id out of
- * range), KVS_ERR_NO_SPACE (the store is full of leased blocks; the blocks
- * before the first that did not fit were published), NO_MEMORY.
+ * @published_p may be NULL; it is written only on KVS_OK.
+ * Errors: KVS_ERR_INVALID_PARAM (block id out of range), KVS_ERR_NO_SPACE
+ * (the store is full of leased blocks; the blocks before the first that did
+ * not fit were published, and a lookup finds them), NO_MEMORY.
  */
 KVS_API kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
                                  size_t count, unsigned flags, size_t *published_p);
@@ -613,6 +666,7 @@ KVS_API kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t
                                kvs_request_h *req_p);
 
 /**
+ * Deprecated: use kvs_put_ex(). Kept for the ABI.
  * Offloads blocks of @pool to the cache pool (KVSHARE_POOL). keys must be a
  * chain from the prompt's first block (keys[0] places the chain: a prompt
  * and every prompt sharing its first block live on one node, chosen by
@@ -624,6 +678,26 @@ KVS_API kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t
  */
 KVS_API kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
                              size_t count, kvs_request_h *req_p);
+
+enum kvs_put_field {
+    KVS_PUT_FIELD_TIMEOUT_MS = 1u << 0,
+};
+
+typedef struct kvs_put_params {
+    uint64_t field_mask;
+    uint32_t timeout_ms; /* the request's deadline; default: the context's fetch timeout */
+} kvs_put_params_t;
+
+/**
+ * kvs_put() with a params struct (@params may be NULL: all defaults);
+ * kvs_put() is deprecated in its favour and kept for the ABI. Same contract:
+ * on KVS_OK the caller owns *req_p and must keep the blocks unchanged until
+ * the request completes.
+ * Errors: KVS_ERR_INVALID_PARAM, UNSUPPORTED, PEER_FAILED, TIMED_OUT,
+ * LAYOUT_MISMATCH, NO_MEMORY; *req_p is then not written.
+ */
+KVS_API kvs_status_t kvs_put_ex(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
+                                size_t count, const kvs_put_params_t *params, kvs_request_h *req_p);
 
 /** KVS_INPROGRESS while running, else the request's final status. */
 KVS_API kvs_status_t kvs_request_test(kvs_request_h req);

@@ -74,6 +74,10 @@ extern "C" {
     X(request_free)                                                                                \
     X(stats_query)                                                                                 \
     X(peer_connect)                                                                                \
+    X(key_format_hex)                                                                              \
+    X(progress_ex)                                                                                 \
+    X(mem_register_ex)                                                                             \
+    X(put_ex)                                                                                      \
     X(mem_alloc)                                                                                   \
     X(mem_free)
 

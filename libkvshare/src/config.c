@@ -3,7 +3,8 @@
  *
  * One table drives all three sources, so every setting has one parser and
  * one error message: the variable (or JSON key), the bad value, and what
- * would have been accepted. */
+ * would have been accepted. Only the value that wins is parsed: a bad
+ * KVSHARE_LISTEN is no error when params.listen (`--listen`) replaces it. */
 #include "config_int.h"
 #include "util_int.h"
 
@@ -22,6 +23,7 @@ typedef struct setting {
     const char *env;
     const char *accepts; /* for error messages */
     setting_parse_fn parse;
+    uint64_t field; /* the KVS_CTX_FIELD_* that sets it in params, 0: none */
 } setting_t;
 
 static kvs_status_t parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out)
@@ -190,31 +192,39 @@ static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 }
 
 static const setting_t settings[] = {
-    {"log", "KVSHARE_LOG", KVS__LOG_LEVEL_NAMES, p_log},
+    {"log", "KVSHARE_LOG", KVS__LOG_LEVEL_NAMES, p_log, KVS_CTX_FIELD_LOG_LEVEL},
     {"capacity", "KVSHARE_CAPACITY",
-     "a size > 0 such as 1073741824, 512MiB or 4GiB (K, M, G, T: powers of 1024)", p_capacity},
+     "a size > 0 such as 1073741824, 512MiB or 4GiB (K, M, G, T: powers of 1024)", p_capacity,
+     KVS_CTX_FIELD_CAPACITY},
     {"slot_bytes", "KVSHARE_SLOT_BYTES",
      "a size such as 65536 or 256KiB (K, M, G, T: powers of 1024; 0: one slot class per block "
      "size)",
-     p_slot},
-    {"strategy", "KVSHARE_STRATEGY", "lru or lfu", p_strategy},
-    {"high_watermark", "KVSHARE_HIGH_WATERMARK", "a fraction in (0, 1], e.g. 0.9", p_high},
-    {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low},
-    {"progress", "KVSHARE_PROGRESS", "thread or poll", p_progress},
-    {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_fetch_timeout},
-    {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout},
+     p_slot, KVS_CTX_FIELD_SLOT_BYTES},
+    {"strategy", "KVSHARE_STRATEGY", "lru or lfu", p_strategy, KVS_CTX_FIELD_STRATEGY},
+    {"high_watermark", "KVSHARE_HIGH_WATERMARK", "a fraction in (0, 1], e.g. 0.9", p_high,
+     KVS_CTX_FIELD_WATERMARKS},
+    {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low,
+     KVS_CTX_FIELD_WATERMARKS},
+    {"progress", "KVSHARE_PROGRESS", "thread or poll", p_progress, KVS_CTX_FIELD_PROGRESS},
+    {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_fetch_timeout,
+     KVS_CTX_FIELD_FETCH_TIMEOUT},
+    {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout,
+     KVS_CTX_FIELD_LEASE_TIMEOUT},
     {"listen", "KVSHARE_LISTEN", "HOST:PORT with a port 0-65535 (0: any free port), or empty",
-     p_listen},
-    {"auth", "KVSHARE_AUTH", "token (peers prove KVSHARE_AUTH_TOKEN_FILE) or none", p_auth},
+     p_listen, KVS_CTX_FIELD_LISTEN},
+    {"auth", "KVSHARE_AUTH", "token (peers prove KVSHARE_AUTH_TOKEN_FILE) or none", p_auth,
+     KVS_CTX_FIELD_AUTH},
     {"auth_token_file", "KVSHARE_AUTH_TOKEN_FILE", "a path shorter than 4096 bytes",
-     p_auth_token_file},
-    {"pool", "KVSHARE_POOL", "a DNS name or a comma list of HOST:PORT (< 1024 bytes)", p_pool},
-    {"transport", "KVSHARE_TRANSPORT", "auto, ucx, none, loop or loop-am", p_transport},
-    {"prefault", "KVSHARE_PREFAULT", "0 or 1", p_prefault},
-    {"shm", "KVSHARE_SHM", "auto (same-host peers map each other's memory) or off", p_shm},
+     p_auth_token_file, KVS_CTX_FIELD_AUTH_TOKEN_FILE},
+    {"pool", "KVSHARE_POOL", "a DNS name or a comma list of HOST:PORT (< 1024 bytes)", p_pool,
+     KVS_CTX_FIELD_POOL},
+    {"transport", "KVSHARE_TRANSPORT", "auto, ucx, none, loop or loop-am", p_transport,
+     KVS_CTX_FIELD_TRANSPORT},
+    {"prefault", "KVSHARE_PREFAULT", "0 or 1", p_prefault, 0},
+    {"shm", "KVSHARE_SHM", "auto (same-host peers map each other's memory) or off", p_shm, 0},
     {"host_socket_dir", "KVSHARE_HOST_SOCKET_DIR",
      "an absolute directory path shorter than 64 bytes, shared by the host's kvshare processes",
-     p_host_socket_dir},
+     p_host_socket_dir, 0},
 };
 
 #define fail kvs__failf
@@ -226,6 +236,33 @@ static kvs_status_t apply(const setting_t *st, const char *value, const char *so
         return KVS_OK;
     return fail(errbuf, len, KVS_ERR_CONFIG, "%s='%s'%s: invalid value; accepted: %s", st->env,
                 value, source, st->accepts);
+}
+
+/* Whether params set st, so that its env and file values are never used (nor checked). The
+ * rules mirror kvs__config_resolve's own: a NULL string or a zero timeout leaves it unset. */
+static bool set_by_params(const setting_t *st, const kvs_ctx_params_t *p)
+{
+    uint64_t m = p != NULL ? p->field_mask : 0;
+    if (st->field == 0 || !(m & st->field))
+        return false;
+    switch (st->field) {
+    case KVS_CTX_FIELD_LISTEN:
+        return p->listen != NULL;
+    case KVS_CTX_FIELD_AUTH_TOKEN_FILE:
+        return p->auth_token_file != NULL;
+    case KVS_CTX_FIELD_AUTH:
+        return p->auth != NULL;
+    case KVS_CTX_FIELD_TRANSPORT:
+        return p->transport != NULL;
+    case KVS_CTX_FIELD_POOL:
+        return p->pool != NULL;
+    case KVS_CTX_FIELD_FETCH_TIMEOUT:
+        return p->fetch_timeout_ms > 0;
+    case KVS_CTX_FIELD_LEASE_TIMEOUT:
+        return p->lease_timeout_ms > 0;
+    default:
+        return true;
+    }
 }
 
 static kvs_status_t read_file(const char *path, char **text_p, char *errbuf, size_t len)
@@ -270,7 +307,8 @@ static kvs_status_t read_file(const char *path, char **text_p, char *errbuf, siz
     return KVS_OK;
 }
 
-static kvs_status_t apply_json(const char *path, kvs__config_t *cfg, char *errbuf, size_t len)
+static kvs_status_t apply_json(const char *path, const kvs_ctx_params_t *p, bool use_env,
+                               kvs__config_t *cfg, char *errbuf, size_t len)
 {
     char *text = NULL;
     kvs_status_t status = read_file(path, &text, errbuf, len);
@@ -322,6 +360,9 @@ static kvs_status_t apply_json(const char *path, kvs__config_t *cfg, char *errbu
                           path, it->string, st->accepts);
             goto out;
         }
+        /* A key that env or params replace is known and typed, but not parsed. */
+        if (set_by_params(st, p) || (use_env && getenv(st->env) != NULL))
+            continue;
         char source[4096 + 128];
         snprintf(source, sizeof(source), " (key \"%s\" in KVSHARE_CONFIG='%s')", st->key, path);
         status = apply(st, value, source, cfg, errbuf, len);
@@ -359,7 +400,7 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     else if (use_env)
         file = getenv("KVSHARE_CONFIG");
     if (file != NULL && file[0] != '\0') {
-        status = apply_json(file, cfg, errbuf, len);
+        status = apply_json(file, p, use_env, cfg, errbuf, len);
         if (status != KVS_OK)
             return status;
     }
@@ -367,7 +408,7 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     if (use_env) {
         for (size_t i = 0; i < KVS_ARRAY_SIZE(settings); i++) {
             const char *v = getenv(settings[i].env);
-            if (v == NULL)
+            if (v == NULL || set_by_params(&settings[i], p))
                 continue;
             status = apply(&settings[i], v, "", cfg, errbuf, len);
             if (status != KVS_OK)

@@ -201,6 +201,16 @@ int kvs_progress(kvs_ctx_h ctx)
     return kvs__peer_progress(ctx->peer);
 }
 
+kvs_status_t kvs_progress_ex(kvs_ctx_h ctx, unsigned *events_p)
+{
+    int n = kvs_progress(ctx);
+    if (n < 0)
+        return (kvs_status_t)n;
+    if (events_p != NULL)
+        *events_p = (unsigned)n;
+    return KVS_OK;
+}
+
 kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
 {
     if (ctx == NULL || st == NULL)

@@ -256,6 +256,15 @@ uint64_t kvs_key_to_u64(const kvs_key_t *key, size_t digest_len)
     return v;
 }
 
+kvs_status_t kvs_key_format_hex(const kvs_key_t *key, size_t digest_len, char *out, size_t out_len)
+{
+    if (key == NULL || out == NULL || digest_len == 0 || digest_len > KVS_KEY_BYTES ||
+        out_len < 2 * digest_len + 1)
+        return KVS_ERR_INVALID_PARAM;
+    kvs_key_to_hex(key, digest_len, out);
+    return KVS_OK;
+}
+
 void kvs_key_to_hex(const kvs_key_t *key, size_t digest_len, char *out)
 {
     static const char hex[] = "0123456789abcdef";

@@ -361,9 +361,18 @@ kvs_status_t kvs_peer_connect(kvs_ctx_h ctx, uint64_t layout_id, const char *pee
 kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
                      size_t count, kvs_request_h *req_p)
 {
+    return kvs_put_ex(pool, keys, block_ids, count, NULL, req_p);
+}
+
+kvs_status_t kvs_put_ex(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *block_ids,
+                        size_t count, const kvs_put_params_t *params, kvs_request_h *req_p)
+{
     if (pool == NULL || req_p == NULL || count == 0 || keys == NULL || block_ids == NULL)
         return KVS_ERR_INVALID_PARAM;
     kvs_ctx_h ctx = pool->ctx;
+    uint32_t timeout_ms = ctx->cfg.fetch_timeout_ms;
+    if (params != NULL && (params->field_mask & KVS_PUT_FIELD_TIMEOUT_MS) && params->timeout_ms > 0)
+        timeout_ms = params->timeout_ms;
     for (size_t i = 0; i < count; i++)
         if (block_ids[i] >= pool->num_blocks)
             return KVS_ERR_INVALID_PARAM;
@@ -382,8 +391,7 @@ kvs_status_t kvs_put(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *blo
     kvs_request_h req = kvs__calloc(1, sizeof(*req));
     if (req == NULL)
         return KVS_ERR_NO_MEMORY;
-    st = kvs__peer_put(ctx->peer, node, pool, keys, block_ids, count, ctx->cfg.fetch_timeout_ms,
-                       &req->treq);
+    st = kvs__peer_put(ctx->peer, node, pool, keys, block_ids, count, timeout_ms, &req->treq);
     if (st != KVS_OK) {
         kvs__free(req);
         return st;

@@ -349,7 +349,8 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
     }
 out:
     pthread_rwlock_unlock(&s->lock);
-    if (published_p != NULL && (status == KVS_OK || status == KVS_ERR_NO_SPACE))
+    /* A failing call writes no output, even NO_SPACE after a partial batch. */
+    if (published_p != NULL && status == KVS_OK)
         *published_p = published;
     return status;
 }

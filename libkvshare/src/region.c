@@ -3,6 +3,15 @@
 #include "ctx_int.h"
 #include "shm_int.h"
 
+kvs_status_t kvs_mem_register_ex(kvs_ctx_h ctx, void *base, size_t length,
+                                 const kvs_mem_register_params_t *params, kvs_region_h *region_p)
+{
+    kvs_mem_type_t mem_type = KVS_MEM_HOST;
+    if (params != NULL && (params->field_mask & KVS_MEM_REGISTER_FIELD_MEM_TYPE))
+        mem_type = params->mem_type;
+    return kvs_mem_register(ctx, base, length, mem_type, region_p);
+}
+
 kvs_status_t kvs_mem_register(kvs_ctx_h ctx, void *base, size_t length, kvs_mem_type_t mem_type,
                               kvs_region_h *region_p)
 {

@@ -67,22 +67,7 @@ typedef struct kvs__transport_ops {
     bool (*arm)(void *tl);
 } kvs__transport_ops_t;
 
-#define KVS_INDEX_OPS_VERSION 1
-
-/* A cluster index (who holds which key), e.g. Redis. */
-typedef struct kvs__index_ops {
-    uint32_t version; /* KVS_INDEX_OPS_VERSION */
-    const char *name;
-    kvs_status_t (*open)(const char *uri, void **idx_p);
-    void (*close)(void *idx);
-    kvs_status_t (*add)(void *idx, uint64_t layout_id, const kvs_key_t *keys, size_t n,
-                        const char *holder);
-    kvs_status_t (*remove)(void *idx, uint64_t layout_id, const kvs_key_t *keys, size_t n,
-                           const char *holder);
-} kvs__index_ops_t;
-
-/* NULL-terminated lists of built-in connectors (connectors/registry.c). */
+/* NULL-terminated list of built-in transports (connectors/registry.c). */
 extern const kvs__transport_ops_t *const kvs__transports[];
-extern const kvs__index_ops_t *const kvs__indexes[];
 
 #endif

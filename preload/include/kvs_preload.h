@@ -71,11 +71,11 @@ typedef kvs_status_t (*kvs_preload_set_copy_observer_fn)(kvs_preload_copy_observ
 
 /**
  * Names [ptr, ptr+len) as KV memory: the shim registers it with its
- * libkvshare context (kvs_mem_register) unless it already lies inside a
+ * libkvshare context (kvs_mem_register_ex) unless it already lies inside a
  * registered KV allocation, and deregisters it when the allocation holding
  * it is freed or at kvs_preload_deregister_region().
  * Errors: INVALID_PARAM, UNSUPPORTED (shim disabled), NO_SPACE (the table
- * of named regions is full), or kvs_mem_register()'s error.
+ * of named regions is full), or kvs_mem_register_ex()'s error.
  */
 kvs_status_t kvs_preload_register_region(void *ptr, size_t len);
 typedef kvs_status_t (*kvs_preload_register_region_fn)(void *ptr, size_t len);

@@ -37,7 +37,7 @@ static struct {
     _Atomic uint32_t named_n;
 
     /* Guards the context's whole life: loading libkvshare, creating the
-     * context, every kvs_mem_register and kvs_mem_deregister, and the
+     * context, every kvs_mem_register_ex and kvs_mem_deregister, and the
      * teardown at exit (after which ctx_dead turns those into no-ops). */
     pthread_mutex_t ctx_lock;
     _Atomic(kvs_ctx_h) ctx;
@@ -169,6 +169,10 @@ static void kvs__register_entry(const kvs_track_entry_t *e)
     kvs_ctx_h ctx = kvs__ctx();
     kvs_region_h region = NULL;
     kvs_status_t status;
+    const kvs_mem_register_params_t cuda_mem = {
+        .field_mask = KVS_MEM_REGISTER_FIELD_MEM_TYPE,
+        .mem_type = KVS_MEM_CUDA,
+    };
 
     if (ctx == NULL) {
         return;
@@ -176,13 +180,13 @@ static void kvs__register_entry(const kvs_track_entry_t *e)
     pthread_mutex_lock(&g_reg.ctx_lock);
     status = g_reg.ctx_dead
                  ? KVS_OK
-                 : g_reg.kvs.mem_register(ctx, (void *)e->base, e->len, KVS_MEM_CUDA, &region);
+                 : g_reg.kvs.mem_register_ex(ctx, (void *)e->base, e->len, &cuda_mem, &region);
     pthread_mutex_unlock(&g_reg.ctx_lock);
     if (status == KVS_OK && region == NULL) {
         return; /* exiting */
     }
     if (status != KVS_OK) {
-        kvs__fail("kvs_mem_register(%p, %zu): %s", (void *)e->base, e->len,
+        kvs__fail("kvs_mem_register_ex(%p, %zu): %s", (void *)e->base, e->len,
                   g_reg.kvs.status_string(status));
         return;
     }
@@ -382,13 +386,17 @@ kvs_status_t kvs__named_register(void *ptr, size_t len)
     if (!covered && ctx == NULL) {
         return KVS_ERR_UNSUPPORTED;
     }
+    const kvs_mem_register_params_t mp = {
+        .field_mask = KVS_MEM_REGISTER_FIELD_MEM_TYPE,
+        .mem_type = type,
+    };
     pthread_mutex_lock(&g_reg.named_lock);
     for (uint32_t i = 0; i < KVS_NAMED_CAP; i++) {
         if (!g_reg.named[i].used) {
             if (!covered) {
                 pthread_mutex_lock(&g_reg.ctx_lock);
                 status = g_reg.ctx_dead ? KVS_ERR_UNSUPPORTED
-                                        : g_reg.kvs.mem_register(ctx, ptr, len, type, &region);
+                                        : g_reg.kvs.mem_register_ex(ctx, ptr, len, &mp, &region);
                 pthread_mutex_unlock(&g_reg.ctx_lock);
                 if (status != KVS_OK) {
                     break;

@@ -321,7 +321,7 @@ static const char *status_name(kvs_status_t st)
     return st == KVS_INPROGRESS ? "INPROGRESS" : "?";
 }
 
-/* Offload every block to the pool (KVSHARE_POOL) with kvs_put. */
+/* Offload every block to the pool (KVSHARE_POOL) with kvs_put_ex. */
 static int put_mode(const opts_t *o)
 {
     kvs_ctx_h ctx = make_ctx(NULL);
@@ -339,7 +339,7 @@ static int put_mode(const opts_t *o)
             fill(o, seg_block(o, &p, s, ids[i]), i, s, o->block_bytes / o->segments);
     }
     kvs_request_h req = NULL;
-    kvs_status_t st = kvs_put(p.h, keys, ids, o->blocks, &req);
+    kvs_status_t st = kvs_put_ex(p.h, keys, ids, o->blocks, NULL, &req);
     if (st == KVS_OK) {
         st = kvs_request_wait(req, -1);
         kvs_request_free(req);

@@ -24,7 +24,7 @@ expect 2 "unknown option '--bogus'" -- keys --bogus
 expect 2 "no tokens" -- keys
 expect 2 "no tokens" -- keys --block-tokens 2
 expect 2 "unexpected argument 'x'" -- version x
-expect 2 "unknown option 'garbage'" -- serve garbage
+expect 2 "unexpected argument 'garbage'" -- serve garbage
 expect 2 "--listen needs a value" -- serve --listen
 expect 2 "--capacity 'abc': expected bytes" -- serve --listen 127.0.0.1:0 --capacity abc
 expect 2 "--slot-bytes '1x': expected bytes" -- serve --listen 127.0.0.1:0 --slot-bytes 1x
@@ -43,6 +43,110 @@ expect 2 "port 'x': expected an integer" -- serve --metrics 127.0.0.1:x
 expect 2 "IPv6 address goes in brackets" -- serve --metrics ::1:9090
 expect 2 "IPv6 address goes in brackets" -- serve --metrics '[::1:9090'
 expect 2 "cannot resolve host 'no-such-host.invalid'" -- serve --metrics no-such-host.invalid:9090
+
+# Every option parser is getopt_long's: a flag given a value it takes none of, an ambiguous
+# abbreviation, an operand where none belongs, each by name; exit 2.
+expect 2 "option '--json' takes no value" -- bench keys --json=1
+expect 2 "ambiguous option '--events-r'" -- serve --events-r x
+expect 2 "unexpected argument 'x'" -- bench keys x
+expect 2 "unexpected argument 'foo'" -- demo foo
+expect 2 "unknown option '--bogus'" -- bench --bogus
+# A bad value names the flag the user set, in every command and benchmark.
+expect 2 "--strategy 'fifo': accepted: lru, lfu" -- serve --strategy fifo
+expect 2 "--listen 'nocolon': expected HOST:PORT" -- serve --listen nocolon
+expect 2 "--events-model 'a@b'" -- serve --events tcp://127.0.0.1:1 --events-model a@b
+expect 2 "--tokens 'x': expected an integer" -- demo --tokens x
+expect 2 "--layers '0': expected an integer" -- demo --layers 0
+expect 2 "--weight-seed needs a value" -- demo --weight-seed
+expect 2 "--algo 'md5': accepted" -- bench keys --algo md5
+expect 2 "unknown option '--algo'" -- bench lookup --algo sha256_cbor
+expect 2 "--inflight '3': expected an integer in 1..2" -- bench transfer --inflight 3
+expect 2 "--block-bytes '12': not a multiple of 8" -- bench transfer --block-bytes 12
+expect 2 "--tls needs a value" -- bench transfer --tls
+expect 2 "--nodes '17': expected an integer in 1..16" -- bench pool --nodes 17
+expect 2 "--block-bytes '12': not a multiple of 8" -- bench pool --block-bytes 12
+expect 2 "--pool needs a value" -- bench pool --pool
+if "$k" bench --help | grep -q '^  index '; then
+  expect 2 "--samples '1': expected an integer" -- bench index --samples 1
+fi
+if "$k" bench --help | grep -q '^  shim '; then
+  expect 2 "--calls 'x': expected an integer" -- bench shim --calls x
+fi
+# serve's settings: flag > KVSHARE_* > file > default, and a value a flag replaces is never
+# read, so never an error. A bad one that is used is named by its variable.
+KVSHARE_TOTAL_MEMORY_GB=8 KVSHARE_REPLICAS=2x expect 2 "KVSHARE_REPLICAS '2x'" -- serve --listen 127.0.0.1:0
+KVSHARE_TOTAL_MEMORY_GB=abc expect 2 "KVSHARE_TOTAL_MEMORY_GB='abc'" -- serve --listen 127.0.0.1:0
+KVSHARE_TOTAL_MEMORY_GB=0 expect 2 "KVSHARE_TOTAL_MEMORY_GB='0'" -- serve --listen 127.0.0.1:0
+KVSHARE_LISTEN=garbage expect 2 "KVSHARE_LISTEN='garbage'" -- serve --capacity 16MiB
+KVSHARE_AUTH=none KVSHARE_STRATEGY=fifo expect 2 "KVSHARE_STRATEGY='fifo'" -- serve --listen 127.0.0.1:0 --capacity 16MiB
+serve_ok() { # serve_ok WHAT ENV... -- ARGS...: starts (ready, capacity as said), stops on stdin EOF
+  local what=$1 want=$2 out rc envs=(); shift 2
+  while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
+  out=$(: | env KVSHARE_AUTH=none "${envs[@]}" timeout 60 "$k" serve "$@" 2>&1); rc=$?
+  if [ "$rc" -ne 0 ] || ! grep -q "^ready " <<<"$out" || ! grep -q "capacity $want bytes" <<<"$out"; then
+    echo "FAIL: $what: exit $rc, output: $out (wanted ready, capacity $want)"; fail=1
+  else
+    echo "ok: $what"
+  fi
+}
+serve_ok "--listen replaces a bad KVSHARE_LISTEN" 16777216 KVSHARE_LISTEN=garbage -- --listen 127.0.0.1:0 --capacity 16MiB
+serve_ok "--strategy replaces a bad KVSHARE_STRATEGY" 16777216 KVSHARE_STRATEGY=fifo -- --listen 127.0.0.1:0 --capacity 16MiB --strategy lru
+serve_ok "--capacity replaces bad KVSHARE_CAPACITY and KVSHARE_TOTAL_MEMORY_GB" 16777216 KVSHARE_CAPACITY=lots \
+  KVSHARE_TOTAL_MEMORY_GB=abc KVSHARE_REPLICAS=2x -- --listen 127.0.0.1:0 --capacity 16MiB
+serve_ok "KVSHARE_TOTAL_MEMORY_GB/KVSHARE_REPLICAS replace KVSHARE_CAPACITY" 268435456 KVSHARE_TOTAL_MEMORY_GB=1 \
+  KVSHARE_REPLICAS=4 KVSHARE_CAPACITY=lots -- --listen 127.0.0.1:0
+serve_ok "KVSHARE_LISTEN when no --listen" 16777216 KVSHARE_LISTEN=127.0.0.1:0 -- --capacity 16MiB
+
+# --json is one object per line that Python's json reads, numbers as numbers and the
+# figures --help states as defaults as the run used them.
+json_check() { # json_check WHAT PYTHON-EXPR -- ARGS...: run, parse every line, assert EXPR on d
+  local what=$1 expr=$2 out rc; shift 3
+  out=$("$k" "$@" 2>/dev/null); rc=$?
+  if [ "$rc" -ne 0 ]; then echo "FAIL: $what: kvshare $* exited $rc"; fail=1; return; fi
+  if ! /usr/bin/python3 -c '
+import json, sys
+lines = [l for l in sys.stdin.read().splitlines() if l.strip()]
+assert lines, "no output"
+for l in lines:
+    d = json.loads(l)
+    assert isinstance(d, dict), l
+    assert '"$expr"', l
+' <<<"$out"; then
+    echo "FAIL: $what: output: $out"; fail=1
+  else
+    echo "ok: $what"
+  fi
+}
+defaults_of() { # the "--flag value" pairs of a --help's Defaults lines, as JSON keys
+  sed -n '/^Defaults:/,/^[^ ]/p' | grep -oE -- '--[a-z-]+ [^ ]+' | sed 's/^--//; s/-/_/g'
+}
+num='all(isinstance(v, (int, float)) for k, v in d.items() if k not in ("bench", "algo", "call", "driver", "tls", "ids", "perftest_test"))'
+json_check "bench keys --json" "d['bench'] == 'keys' and $num" -- bench keys --blocks 256 --repeats 1 --json
+json_check "bench lookup --json" "d['bench'] == 'lookup' and $num" -- bench lookup --blocks 4096 --chain 64 --repeats 1 --json
+# bench keys at its defaults: each default --help states is what the run reports.
+kd=$("$k" bench keys --help | defaults_of | awk '{printf "d.get(\"%s\") in (%s, \"%s\") and ", $1, ($2 ~ /^[0-9]+$/ ? $2 : "None"), $2}')
+[ -n "$kd" ] || { echo "FAIL: bench keys --help states no defaults"; fail=1; }
+json_check "bench keys: the defaults --help states are the ones used" "${kd}True" -- bench keys --json
+if "$k" bench --help | grep -q '^  index '; then
+  json_check "bench index --json" "d['bench'] == 'index' and $num" -- bench index --pairs 2000 --setup-s 1 --samples 100 --json
+fi
+if "$k" bench --help | grep -q '^  shim '; then
+  json_check "bench shim --json" "d['bench'] == 'shim' and $num" -- bench shim --repeats 1 --calls 1000 --json
+fi
+# A value that needs escaping: the demo's "engine" is a path, here with a quote and a
+# backslash in its name (a printf-built object would not parse).
+engine=$(dirname "$k")/../../examples/kvshare-engine
+if [ -x "$engine" ]; then
+  jd=$(mktemp -d)
+  ln -s "$(cd "$(dirname "$engine")" && pwd)/kvshare-engine" "$jd/eng\"ine\\x"
+  KVSHARE_AUTH=none KVSHARE_ENGINE_BIN="$jd/eng\"ine\\x" json_check "demo --json escapes the engine path" \
+    "d['engine'].endswith('eng\"ine\\\\x') and d['tokens'] == 32 and isinstance(d['ttft_fetched_ms'], (int, float))" \
+    -- demo --tokens 32 --decode 1 --no-reuse --json --layers 1 --d-model 32 --heads 2 --kv-heads 1 \
+    --head-dim 16 --ffn 32 --vocab 64 --threads 1
+  rm -rf "$jd"
+else
+  echo "skip: no kvshare-engine beside this build: demo --json escaping not checked"
+fi
 
 # serve --metrics 127.0.0.1:0 listens on 127.0.0.1 only, not on every interface: the kernel's
 # socket table shows the loopback address, and another local address (127.0.0.2, which any

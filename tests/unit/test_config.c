@@ -131,6 +131,36 @@ Test(config, precedence_params_over_env_over_file)
     unlink(path);
 }
 
+/* Only the winning value is parsed: a bad value that a higher source replaces is no error
+ * (`kvshare serve --listen` over a stale KVSHARE_LISTEN), while the same value alone is. */
+Test(config, overridden_values_are_not_checked)
+{
+    char *path = write_tmp("{\"strategy\": \"fifo\", \"capacity\": \"64MiB\"}");
+    setenv("KVSHARE_CONFIG", path, 1);
+    setenv("KVSHARE_STRATEGY", "lfu", 1);
+    setenv("KVSHARE_LISTEN", "not-an-endpoint", 1);
+    setenv("KVSHARE_CAPACITY", "lots", 1);
+    kvs__config_t c;
+    char err[512] = "";
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_LISTEN | KVS_CTX_FIELD_CAPACITY,
+                          .listen = "127.0.0.1:0",
+                          .capacity_bytes = 32ull << 20};
+    cr_assert_eq(kvs__config_resolve(&p, &c, err, sizeof(err)), KVS_OK, "%s", err);
+    cr_assert_str_eq(c.listen, "127.0.0.1:0", "params beat a bad env value");
+    cr_assert_eq(c.capacity_bytes, 32ull << 20);
+    cr_assert_eq(c.strategy, KVS_STRATEGY_LFU, "env beats a bad file value");
+    /* Without the params, the bad env value is the error, named. */
+    p.field_mask = KVS_CTX_FIELD_CAPACITY;
+    cr_assert_eq(kvs__config_resolve(&p, &c, err, sizeof(err)), KVS_ERR_CONFIG);
+    cr_assert(strstr(err, "KVSHARE_LISTEN='not-an-endpoint'") != NULL, "%s", err);
+    /* Without the env value, the bad file value is. */
+    unsetenv("KVSHARE_STRATEGY");
+    p.field_mask = KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_LISTEN;
+    cr_assert_eq(kvs__config_resolve(&p, &c, err, sizeof(err)), KVS_ERR_CONFIG);
+    cr_assert(strstr(err, "'fifo'") != NULL && strstr(err, "\"strategy\"") != NULL, "%s", err);
+    unlink(path);
+}
+
 static void expect_file_error(const char *text, const char *fragment)
 {
     char err[512];

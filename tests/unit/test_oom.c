@@ -55,7 +55,7 @@ static kvs_status_t scenario(void)
     kvs_chain_params_t chp = {.field_mask = KVS_CHAIN_FIELD_LORA_NAME, .lora_name = "lora"};
     size_t nk;
     CHECK(kvs_hasher_chain(h, &chp, tokens, 800, keys, 4, &nk));
-    CHECK(kvs_mem_register(ctx, mem, sizeof(mem), KVS_MEM_HOST, &region));
+    CHECK(kvs_mem_register_ex(ctx, mem, sizeof(mem), NULL, &region));
 
     kvs_layout_t l = test_layout("oom");
     kvs_segment_t s1 = {.base = mem[0], .block_stride = 64, .block_bytes = 64};

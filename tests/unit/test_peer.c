@@ -413,7 +413,8 @@ static void put_round_trip(const char *transport)
         test_fill_block(&src, ids[i], 900 + i);
     }
     kvs_request_h rq = NULL;
-    cr_assert_eq(kvs_put(src.pool, keys, ids, 8, &rq), KVS_OK);
+    kvs_put_params_t pp = {.field_mask = KVS_PUT_FIELD_TIMEOUT_MS, .timeout_ms = 10000};
+    cr_assert_eq(kvs_put_ex(src.pool, keys, ids, 8, &pp, &rq), KVS_OK);
     cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
     kvs_request_free(rq);
     kvs_stats_t st = {0};
@@ -465,14 +466,14 @@ Test(peer, pull_put_in_batches_stores_every_block)
         test_fill_block(&src, ids[i], 70000 + i);
     }
     kvs_request_h rq = NULL;
-    cr_assert_eq(kvs_put(src.pool, keys, ids, 200, &rq), KVS_OK);
+    cr_assert_eq(kvs_put_ex(src.pool, keys, ids, 200, NULL, &rq), KVS_OK);
     cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
     kvs_request_free(rq);
     kvs_stats_t st = {0};
     cr_assert_eq(kvs_stats_query(node, &st), KVS_OK);
     cr_assert_eq(st.blocks, 200);
     /* Offered again: the node keeps what it has, reads nothing. */
-    cr_assert_eq(kvs_put(src.pool, keys, ids, 200, &rq), KVS_OK);
+    cr_assert_eq(kvs_put_ex(src.pool, keys, ids, 200, NULL, &rq), KVS_OK);
     cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
     kvs_request_free(rq);
     cr_assert_eq(kvs_stats_query(node, &st), KVS_OK);
@@ -527,11 +528,11 @@ static void connect_driving(kvs_ctx_h cl, kvs_ctx_h node, const char *addr, uint
     uint64_t end = kvs__now_ns() + 5000000000ull;
     /* A second background call answers KVS_OK once the connection is made. */
     while ((st = kvs_peer_connect(cl, layout, addr, &cp)) == KVS_INPROGRESS && kvs__now_ns() < end)
-        kvs_progress(node);
+        kvs_progress_ex(node, NULL);
     cr_assert_eq(st, KVS_OK, "%s", kvs_status_string(st));
     /* Let its warm-up round trip finish too. */
     for (uint64_t t = kvs__now_ns() + 50000000ull; kvs__now_ns() < t;)
-        kvs_progress(node);
+        kvs_progress_ex(node, NULL);
 }
 
 /* Drives a poll-mode context from a thread while the test thread waits in
@@ -545,9 +546,12 @@ typedef struct driver {
 static void *drive(void *arg)
 {
     driver_t *d = arg;
-    while (!atomic_load(&d->stop))
-        if (kvs_progress(d->ctx) == 0)
+    while (!atomic_load(&d->stop)) {
+        unsigned events = 1;
+        (void)kvs_progress_ex(d->ctx, &events);
+        if (events == 0)
             sched_yield();
+    }
     return NULL;
 }
 
@@ -623,13 +627,13 @@ Test(peer, client_gone_mid_pull_put_publishes_nothing)
         test_fill_block(&src, ids[i], 3000 + i);
     }
     kvs_request_h rq = NULL;
-    cr_assert_eq(kvs_put(src.pool, keys, ids, 48, &rq), KVS_OK);
+    cr_assert_eq(kvs_put_ex(src.pool, keys, ids, 48, NULL, &rq), KVS_OK);
     /* The client's memory goes before the node has read a byte of it. */
     test_pool_free(&src);
     kvs_status_t st;
     uint64_t end = kvs__now_ns() + 5000000000ull;
     while ((st = kvs_request_test(rq)) == KVS_INPROGRESS && kvs__now_ns() < end)
-        kvs_progress(node);
+        kvs_progress_ex(node, NULL);
     cr_assert(st != KVS_OK && st != KVS_INPROGRESS, "put of vanished blocks: %s",
               kvs_status_string(st));
     kvs_request_free(rq);
@@ -641,9 +645,9 @@ Test(peer, client_gone_mid_pull_put_publishes_nothing)
     test_pool_init(&src, cl, "m", 64, 2, 4096);
     for (uint32_t i = 0; i < 48; i++)
         test_fill_block(&src, ids[i], 3000 + i);
-    cr_assert_eq(kvs_put(src.pool, keys, ids, 48, &rq), KVS_OK);
+    cr_assert_eq(kvs_put_ex(src.pool, keys, ids, 48, NULL, &rq), KVS_OK);
     while ((st = kvs_request_test(rq)) == KVS_INPROGRESS)
-        kvs_progress(node);
+        kvs_progress_ex(node, NULL);
     cr_assert_eq(st, KVS_OK, "%s", kvs_status_string(st));
     kvs_request_free(rq);
     cr_assert_eq(kvs_stats_query(node, &ns), KVS_OK);
@@ -677,14 +681,14 @@ Test(peer, client_closing_mid_pull_put_leaves_no_half_blocks)
             test_fill_block(&src, ids[i], 8000 + i);
         }
         kvs_request_h rq = NULL;
-        cr_assert_eq(kvs_put(src.pool, keys, ids, 40, &rq), KVS_OK);
+        cr_assert_eq(kvs_put_ex(src.pool, keys, ids, 40, NULL, &rq), KVS_OK);
         for (int k = 0; k < round; k++)
-            kvs_progress(node); /* round 0: the node has not even seen the PUT */
+            kvs_progress_ex(node, NULL); /* round 0: the node has not even seen the PUT */
         kvs_request_free(rq);
         test_pool_free(&src);
         kvs_ctx_destroy(cl);
         for (uint64_t t = kvs__now_ns() + 100000000ull; kvs__now_ns() < t;)
-            kvs_progress(node);
+            kvs_progress_ex(node, NULL);
         node_holds_only_whole_blocks(node, keys, 40, 8000, 8192);
     }
     kvs_ctx_destroy(node);

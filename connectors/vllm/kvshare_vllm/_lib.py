@@ -162,7 +162,9 @@ def _declare(h):
         "kvs_lease_release": (None, [c_void_p]),
         "kvs_fetch": (c_int, [c_void_p, c_void_p, POINTER(c_uint32), c_size_t,
                               POINTER(FetchParams), POINTER(c_void_p)]),
-        "kvs_put": (c_int, [c_void_p, c_void_p, POINTER(c_uint32), c_size_t, POINTER(c_void_p)]),
+        # kvs_put_ex's params (kvs_put_params_t) are left NULL: all defaults.
+        "kvs_put_ex": (c_int, [c_void_p, c_void_p, POINTER(c_uint32), c_size_t, c_void_p,
+                               POINTER(c_void_p)]),
         "kvs_request_test": (c_int, [c_void_p]),
         "kvs_request_wait": (c_int, [c_void_p, c_int]),
         "kvs_request_free": (None, [c_void_p]),
@@ -313,10 +315,10 @@ class Pool:
 
     def put(self, hashes, block_ids):
         req = c_void_p()
-        st = lib().kvs_put(self.h, keys_buffer(hashes), u32_array(block_ids), len(block_ids),
-                           byref(req))
+        st = lib().kvs_put_ex(self.h, keys_buffer(hashes), u32_array(block_ids), len(block_ids),
+                              None, byref(req))
         if st != KVS_OK:
-            raise KvsError("kvs_put", st)
+            raise KvsError("kvs_put_ex", st)
         return Request(req.value)
 
     def close(self):
