@@ -584,19 +584,23 @@ static kvs_status_t engine_kvs_attach(engine_h e)
     /* The layout id is what keeps peers from exchanging KV that does not fit.
      * It covers geometry and dtype; the model id (engine_create()) must name
      * everything else that changes the KV values, such as the weights. */
-    const kvs_layout_t layout = {.model_id = e->model_id,
+    /* num_kv_heads is the rank's share (as vLLM's tensor holds it) and
+     * total_kv_heads the model's: together with tp_rank/tp_size they say
+     * which heads this rank holds, so a reader at another TP size can plan
+     * its slices (issue 13). */
+    uint32_t h0 = 0, nh = c->n_kv_heads;
+    (void)engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &h0, &nh);
+    const kvs_layout_t layout = {.field_mask = KVS_LAYOUT_FIELD_TOTAL_KV_HEADS,
+                                 .model_id = e->model_id,
                                  .dtype = KVS_DTYPE_FP32,
                                  .block_tokens = c->block_tokens,
                                  .num_layers = c->n_layers,
-                                 /* The model's total, not the rank's share:
-                                  * kvshare.h does not say which it means, and
-                                  * with tp_rank/tp_size the total is the one
-                                  * that fixes every rank's heads. */
-                                 .num_kv_heads = c->n_kv_heads,
+                                 .num_kv_heads = nh,
                                  .head_dim = c->head_dim,
                                  .tp_rank = c->tp_rank,
                                  .tp_size = c->tp_size,
                                  .kv_layout = c->kv_layout,
+                                 .total_kv_heads = c->n_kv_heads,
                                  .kv_order = KVS_KV_ORDER_BLOCK_OUTER};
     /* One segment per layer, exactly as vLLM allocates them: block id b is
      * the same slot in every layer, so a block moves as n_layers pieces.

@@ -66,9 +66,6 @@ if(TARGET kvshare_cli AND TARGET PkgConfig::UCX)
              COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/demo/demo_tp.sh
                      $<TARGET_FILE:kvshare_cli> ${parts})
     set_tests_properties(demo_${name} PROPERTIES TIMEOUT 300 LABELS integration)
-    if(name MATCHES "^mixed_" AND NOT KVS_HETERO_TP_TESTS)
-      set_tests_properties(demo_${name} PROPERTIES DISABLED TRUE)
-    endif()
   endforeach()
   # Bad TP options are refused with the flag's name, before anything starts.
   add_test(NAME demo_tp_errors

@@ -5,7 +5,7 @@
  * non-blocking receives (ZMQ queues on our side; a PUB never waits for us), tracks each
  * pod's sequence numbers, asks the pod's replay ROUTER for missed batches, and applies
  * the events. libmicrohttpd's threads (a pool of 4) answer HTTP; they only read the index
- * (under the index's read lock) and the counters (atomics). */
+ * (lock-free: kvindex.c) and the counters (atomics). */
 #include "cli.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
@@ -148,8 +148,9 @@ static void usage(FILE *f)
         "                (--hash-algo/--hash-seed then need not match the engine's)\n"
         "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
         "  --max-idle-s  clear pods silent this long (default 0: never)\n"
-        "  --redis       share the index through Redis (redis://HOST[:PORT][/DB] or\n"
-        "                unix:/PATH): each pod is written by one replica (a lease), scores\n"
+        "  --redis       share the index through Redis (redis://[[USER]:PASS@]HOST[:PORT]\n"
+        "                [/DB] or unix:/PATH; or the password in KVSHARE_REDIS_PASSWORD):\n"
+        "                each pod is written by one replica (a lease), scores\n"
         "                are one server-side walk, a new replica loads the snapshot; with\n"
         "                --redis, --source is optional (a replica that only scores)\n"
         "  --redis-id    this replica's lease holder name (default HOSTNAME:PID)\n"
@@ -1255,7 +1256,7 @@ int kvs_cli_index(int argc, char **argv)
                            on_http, &d, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
                            MHD_OPTION_NOTIFY_COMPLETED, on_http_done, NULL,
                            MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-                           /* scores run in parallel: they only take the read lock */
+                           /* scores run in parallel: the index's readers take no lock */
                            MHD_OPTION_THREAD_POOL_SIZE, 4u, MHD_OPTION_END);
     if (mhd == NULL) {
         fprintf(stderr, "kvshare index: --http '%s': cannot start the HTTP server\n", http);

@@ -226,26 +226,104 @@ typedef enum kvs_kv_order {
     KVS_KV_ORDER_BLOCK_OUTER,  /* (num_blocks, 2, ...): K then V per block */
 } kvs_kv_order_t;
 
+enum kvs_layout_field {
+    KVS_LAYOUT_FIELD_TOTAL_KV_HEADS = 1u << 0, /* total_kv_heads */
+    KVS_LAYOUT_FIELD_KEY_TOKENS = 1u << 1,     /* key_tokens */
+};
+
+/**
+ * A model's KV geometry as one TP rank holds it.
+ *
+ * What must match between two peers, and what may differ (issue 13):
+ *  - The model: model_id, dtype, num_layers, the TOTAL number of KV heads
+ *    and head_dim (kvs_model_id()). Peers of different models never
+ *    exchange a block: the lookup is a miss and the reason is logged.
+ *  - Each peer's view, which may differ: tp_rank/tp_size (which KV heads it
+ *    holds), kv_layout (NHD/HND), kv_order and block_tokens. The reader of
+ *    a remote lease plans the copies from the holder's view to its own
+ *    (kvs_lease_heads(), kvs_fetch()), so the caller never slices.
+ *
+ * num_kv_heads is the number of KV heads in THIS rank's tensors (per rank:
+ * what vLLM's per-layer KV tensor has in its head dimension), as it always
+ * was. The heads of rank r are, with H the total and T = tp_size:
+ *  - T <= H: heads [r*H/T, (r+1)*H/T) (H must be a multiple of T);
+ *  - T > H (GQA with more ranks than KV heads; vLLM replicates): head
+ *    r / (T/H) only, and num_kv_heads is 1 (T must be a multiple of H).
+ * total_kv_heads (KVS_LAYOUT_FIELD_TOTAL_KV_HEADS) gives H; without it H is
+ * num_kv_heads * tp_size, which is right unless heads are replicated.
+ *
+ * Memory: block b of layer l is, in the order of the pool's segments, K
+ * then V of layer 0, then of layer 1, ...; each of K and V is block_tokens
+ * x num_kv_heads x head_dim elements in kv_layout order. kv_order says how
+ * the engine's tensor interleaves them (one segment per layer holding K
+ * then V, or a K and a V segment per layer); either way the concatenation
+ * of a block's segments is the same bytes. A pool whose segments are cut
+ * otherwise still exchanges blocks with peers of its exact layout id.
+ *
+ * key_tokens (KVS_LAYOUT_FIELD_KEY_TOKENS): tokens per block key, vLLM's
+ * hash block size; default block_tokens. It must divide block_tokens. Two
+ * views with different block_tokens exchange KV only when they share
+ * key_tokens (e.g. both hash 16-token blocks, one engine stores 32). A
+ * holder whose blocks hold several keys publishes each key with its block
+ * id in copy mode: zero-copy keeps one key per block id.
+ *
+ * A holder process serves readers of another view of its model from the
+ * first pool of that model it has (one pool per TP rank is the intended
+ * shape). Views cross only between host pools: fetches into CUDA memory
+ * need the exact layout id (and a CUDA-enabled transport).
+ *
+ * ABI: fields are appended at the end only, each behind a field_mask bit.
+ */
 typedef struct kvs_layout {
-    uint64_t field_mask;  /* reserved; set to 0 */
+    uint64_t field_mask;  /* KVS_LAYOUT_FIELD_* bits of the fields after kv_order */
     const char *model_id; /* e.g. "meta-llama/Llama-3.1-8B-Instruct" */
     kvs_dtype_t dtype;
     uint32_t block_tokens;
     uint32_t num_layers;
-    uint32_t num_kv_heads;
+    uint32_t num_kv_heads; /* in this rank's tensors (see above) */
     uint32_t head_dim;
     uint32_t tp_rank;
     uint32_t tp_size;
     kvs_kv_layout_t kv_layout;
     kvs_kv_order_t kv_order;
+    uint32_t total_kv_heads; /* KVS_LAYOUT_FIELD_TOTAL_KV_HEADS: the model's KV heads */
+    uint32_t key_tokens;     /* KVS_LAYOUT_FIELD_KEY_TOKENS: tokens per block key */
 } kvs_layout_t;
 
 /**
- * Fingerprints @layout into *layout_id_p: peers with different ids never
- * exchange blocks. Every field takes part, the model id by its bytes.
- * Errors: KVS_ERR_INVALID_PARAM (NULL model id, zero geometry, rank >= size).
+ * Fingerprints @layout into *layout_id_p. Every field takes part, the model
+ * id by its bytes; total_kv_heads and key_tokens only when set to other
+ * than their defaults, so the ids of layouts from before they existed do
+ * not change. Peers of one layout id exchange blocks byte for byte; peers
+ * of different ids but one kvs_model_id() exchange them through a plan
+ * (see kvs_layout_t).
+ * Errors: KVS_ERR_INVALID_PARAM (NULL model id, zero geometry, rank >= size,
+ * an unknown field_mask bit, total_kv_heads that do not split over tp_size
+ * as described above, key_tokens that do not divide block_tokens).
  */
 KVS_API kvs_status_t kvs_layout_id(const kvs_layout_t *layout, uint64_t *layout_id_p);
+
+/**
+ * Fingerprints the part of @layout that must match for two peers to
+ * exchange KV: model id, dtype, num_layers, total KV heads and head_dim
+ * (not the TP rank/size, NHD/HND, K/V order or block size).
+ * Errors: as kvs_layout_id().
+ */
+KVS_API kvs_status_t kvs_model_id(const kvs_layout_t *layout, uint64_t *model_id_p);
+
+/**
+ * The holder ranks a reader of @reader's view must fetch from when the
+ * holders run at tensor-parallel size @holder_tp_size (same model): the
+ * fewest ranks whose heads cover the reader's heads, each head read once
+ * (of replicated holders, the lowest rank that has it). Written to
+ * @ranks in ascending order (capacity @max_ranks); *nranks_p gets the
+ * count. A reader fetches each of its blocks from every listed rank's
+ * lease (kvs_lease_heads() says which heads each one fills).
+ * Errors: KVS_ERR_INVALID_PARAM (an invalid layout, holder_tp_size 0 or not
+ * splitting the heads, @max_ranks too small).
+ */
+KVS_API kvs_status_t kvs_layout_source_ranks(const kvs_layout_t *reader, uint32_t holder_tp_size,
+                                             uint32_t *ranks, size_t max_ranks, size_t *nranks_p);
 
 /* ------------------------------------------------------------------------ */
 /* Context                                                                  */
@@ -634,6 +712,19 @@ KVS_API size_t kvs_lease_hits(kvs_lease_h lease);
 KVS_API kvs_source_t kvs_lease_source(kvs_lease_h lease);
 
 /**
+ * Which of the reader's own KV heads (indices 0 .. num_kv_heads-1 of the
+ * layout the lookup was made under) a kvs_fetch() from @lease fills:
+ * *first_p .. *first_p + *count_p - 1. All of them for a local lease or a
+ * holder of the same TP split; fewer when the holder ran at a smaller TP
+ * rank span (e.g. a TP=1 reader and one of two TP=2 holders: half). The
+ * rest of each block is left as it was: fetch it from the other holders
+ * (kvs_layout_source_ranks()), each lease into the same destination block
+ * ids; the fetches write disjoint bytes. *count_p is 0 for no hits.
+ * Errors: KVS_ERR_INVALID_PARAM (NULL).
+ */
+KVS_API kvs_status_t kvs_lease_heads(kvs_lease_h lease, uint32_t *first_p, uint32_t *count_p);
+
+/**
  * Ends the lease (the holder may evict or reuse the blocks again) and frees
  * the handle; accepts NULL. A request fetching from the lease must be
  * complete or freed first.
@@ -653,13 +744,26 @@ typedef struct kvs_fetch_params {
 
 /**
  * Starts copying @count leased blocks (hits first .. first+count-1) into
- * @dst_block_ids of @dst (same layout). Adjacent block ids are coalesced.
- * On KVS_OK the caller owns *req_p: poll it with kvs_request_test() or
- * kvs_request_wait(), then kvs_request_free(). Each block's generation is
- * checked after its data lands; a changed block fails the request with
- * KVS_ERR_STALE rather than deliver wrong KV.
- * Errors at start: INVALID_PARAM (count beyond the hits, bad block id),
- * LAYOUT_MISMATCH, NO_MEMORY, UNSUPPORTED (no transport to a remote source).
+ * @dst_block_ids of @dst (the layout the lookup was made under). Adjacent
+ * block ids are coalesced.
+ * Across views (a remote holder of the same model with another TP split,
+ * NHD/HND, K/V order or block size; see kvs_layout_t) the library plans the
+ * copies: only the heads both hold move (kvs_lease_heads()), each byte
+ * once. Short runs go through a staging buffer that is permuted into @dst
+ * only after the generations checked out; runs of 4 KiB or more are read in
+ * place over native RMA, as same-layout fetches are (a changed block then
+ * fails the request with KVS_ERR_STALE: its bytes in @dst are not KV). A
+ * lease whose holder has none of the reader's heads fetches nothing. The
+ * staging buffer is allocated per request (up to the bytes it moves):
+ * fetch long prompts across views in batches of blocks. Hit j then covers tokens
+ * [j*key_tokens, (j+1)*key_tokens) of the chain, within dst block dst_block_ids[j] at token
+ * (j*key_tokens) % block_tokens: so the lookup's first key must start a block in both views (a
+ * prompt's first key does), and with blocks larger than keys several hits name the same destination
+ * block. On KVS_OK the caller owns *req_p: poll it with kvs_request_test() or kvs_request_wait(),
+ * then kvs_request_free(). Each block's generation is checked after its data lands; a changed block
+ * fails the request with KVS_ERR_STALE rather than deliver wrong KV. Errors at start: INVALID_PARAM
+ * (count beyond the hits, bad block id), LAYOUT_MISMATCH, NO_MEMORY, UNSUPPORTED (no transport to a
+ * remote source).
  */
 KVS_API kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_block_ids,
                                size_t count, const kvs_fetch_params_t *params,
@@ -733,8 +837,9 @@ typedef struct kvs_stats {
     uint64_t zero_copy_blocks;
     uint64_t leased_blocks;
     uint64_t published;
-    uint64_t fetched_bytes;
-    uint64_t peers; /* connections open now (KVS_STATS_FIELD_PEERS) */
+    uint64_t
+        fetched_bytes; /* copied into pools by kvs_fetch: locally, or from peers over the wire */
+    uint64_t peers;    /* connections open now (KVS_STATS_FIELD_PEERS) */
     /* Bytes fetched by mapping a same-host holder's memory and copying it
      * (KVS_STATS_FIELD_SHM); the rest moved over the transport. */
     uint64_t shm_fetched_bytes;

@@ -78,6 +78,9 @@ extern "C" {
     X(progress_ex)                                                                                 \
     X(mem_register_ex)                                                                             \
     X(put_ex)                                                                                      \
+    X(model_id)                                                                                    \
+    X(layout_source_ranks)                                                                         \
+    X(lease_heads)                                                                                 \
     X(mem_alloc)                                                                                   \
     X(mem_free)
 

@@ -256,6 +256,8 @@ kvs_status_t kvs__boot_srv_take(kvs__boot_srv_t *s, const uint8_t *secret, size_
         return st;
     if (m.hdr.type == KVS_MSG_HELLO && s->state == KVS_BOOT_WAIT_HELLO) {
         s->layout_id = m.u.hello.layout_id;
+        s->has_model = (m.hdr.flags & KVS_PROTO_FLAG_VIEW) != 0;
+        s->model = m.u.hello.model;
         s->req_id = m.hdr.req_id;
         memcpy(s->nonce_c, m.u.hello.nonce, KVS_PROTO_NONCE_LEN);
         size_t ml = sizeof(KVS_BOOT_SHM_MARK) - 1;

@@ -45,6 +45,8 @@ typedef struct kvs__boot_srv {
     kvs__boot_state_t state;
     size_t rx_len;
     uint64_t layout_id;
+    uint64_t model; /* the HELLO's model fingerprint, when has_model */
+    bool has_model;
     uint64_t req_id;
     bool shm; /* the HELLO's name ends with KVS_BOOT_SHM_MARK: the client can map memfds */
     uint8_t nonce_c[32], nonce_s[32]; /* nonce_s: the caller's, before the CHALLENGE */

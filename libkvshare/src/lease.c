@@ -428,3 +428,17 @@ void kvs_request_free(kvs_request_h req)
         kvs__peer_req_free(req->ctx->peer, req->treq);
     kvs__free(req);
 }
+
+kvs_status_t kvs_lease_heads(kvs_lease_h lease, uint32_t *first_p, uint32_t *count_p)
+{
+    if (lease == NULL || first_p == NULL || count_p == NULL)
+        return KVS_ERR_INVALID_PARAM;
+    uint32_t first = 0, count = 0;
+    if (lease->hits > 0 &&
+        (lease->remote == NULL ||
+         !kvs__peer_lease_heads(lease->ctx->peer, lease->remote, &first, &count)))
+        count = kvs__ctx_layout_heads(lease->ctx, lease->layout_id);
+    *first_p = first;
+    *count_p = count;
+    return KVS_OK;
+}

@@ -25,6 +25,7 @@
 #include "proto_int.h"
 #include "pull_int.h"
 #include "shm_int.h"
+#include "xfer_int.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -94,7 +95,10 @@ struct conn {
     kvs_status_t fail_status;
     char peer[256];
     char why[256];
-    uint64_t layout_id;
+    uint64_t layout_id;       /* server: of the pool it serves; client: ours */
+    uint64_t asked_layout_id; /* server: the one the client named (LOOKUP carries it) */
+    bool xview;               /* client: the holder's view differs; fetches plan (xfer.c) */
+    kvs__view_t lview, rview;
     uint8_t session[KVS_PROTO_SESSION_LEN];
     int fd;                /* bootstrap socket: the handshake, then liveness */
     kvs__boot_srv_t *boot; /* server, pre-auth: the handshake (boot.c) */
@@ -166,9 +170,14 @@ typedef struct preq {
     uint8_t *genwin;
     uint64_t genwin_base;
     size_t bytes_expected, bytes_got;
+    size_t data_bytes; /* GET: the data stage's bytes (the generations' stage reuses the above) */
     /* AM path: one bit per (block, segment) piece, set when it is claimed */
     uint8_t *seen;
     size_t pieces, landed;
+    /* Across views: the plan, its staging, each block's first range index */
+    kvs__xfer_t *x;
+    uint8_t *xbuf;
+    size_t *range_at;
     struct preq *next;
 } preq_t;
 
@@ -204,7 +213,12 @@ typedef struct push {
     uint32_t first, count;
     uint32_t *chunks;
     uint16_t nchunks;
+    /* Ranged FETCH: set k is ranges[set_at[k] .. set_at[k+1]) */
+    kvs__range_t *ranges;
+    uint32_t *set_at;
+    uint16_t *set_of;
     uint32_t next_block; /* cursor */
+    uint32_t next_piece; /* within next_block: a block of many ranges spans windows */
     int outstanding;
     kvs_status_t status;
     struct push *next;
@@ -702,6 +716,8 @@ static void piece_landed(void *arg, kvs_status_t st, size_t len)
     }
 }
 
+static void land(kvs__peer_t *pp, preq_t *r, uint8_t *to, void *data, size_t len, bool rndv);
+
 /* A pushed piece for a fetch: it must be exactly one piece of one block of
  * this request, not seen before, and it lands straight in the destination. */
 static void data_to_client(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void *data, size_t len,
@@ -713,6 +729,20 @@ static void data_to_client(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void
         return;
     }
     uint32_t blk = m->u.data.block, off = m->u.data.offset;
+    if (r->x != NULL) { /* across views: a range we asked for, into staging */
+        size_t range = 0;
+        uint64_t at = kvs__xfer_stage_of(r->x, blk, off, len, &range);
+        if (at == UINT64_MAX || !bit_claim(r->seen, r->range_at[blk] + range)) {
+            r->status = KVS_ERR_PROTOCOL;
+            conn_doom(c, KVS_ERR_PROTOCOL,
+                      "DATA range (block %u, offset %u, %zu bytes) is not one this fetch asked "
+                      "for, or came twice",
+                      blk, off, len);
+            return;
+        }
+        land(pp, r, r->xbuf + at, data, len, rndv);
+        return;
+    }
     struct kvs_pool *dst = r->dst;
     size_t base = 0, seg = dst->nsegs;
     for (size_t s = 0; s < dst->nsegs; s++) {
@@ -732,7 +762,12 @@ static void data_to_client(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, void
         return;
     }
     const kvs_segment_t *sg = &dst->segs[seg];
-    uint8_t *to = (uint8_t *)sg->base + (size_t)r->dst_ids[blk] * sg->block_stride;
+    land(pp, r, (uint8_t *)sg->base + (size_t)r->dst_ids[blk] * sg->block_stride, data, len, rndv);
+}
+
+/* A piece claimed once lands at @to: copied now, or received (rendezvous). */
+static void land(kvs__peer_t *pp, preq_t *r, uint8_t *to, void *data, size_t len, bool rndv)
+{
     if (!rndv) {
         memcpy(to, data, len);
         r->landed++;
@@ -886,7 +921,7 @@ static void on_am(void *arg, const void *hdr, size_t hlen, void *data, size_t le
 static void srv_lookup(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
 {
     uint64_t rid = m->hdr.req_id;
-    if (m->u.lookup.layout_id != c->layout_id) {
+    if (m->u.lookup.layout_id != c->asked_layout_id) {
         send_error(c, rid, KVS_ERR_LAYOUT_MISMATCH, "lookup under another layout");
         return;
     }
@@ -1357,17 +1392,25 @@ static int push_pump(kvs__peer_t *pp, push_t *p)
     kvs__piece_loc_t *locs = pp->scratch_locs;
     while (p->status == KVS_OK && c != NULL && p->next_block < p->count &&
            p->outstanding < (int)KVS_PEER_PUSH_WINDOW) {
-        uint32_t i = p->next_block++;
+        uint32_t i = p->next_block;
         kvs__block_loc_t loc = {.npieces = MAX_PIECES, .pieces = locs};
         if (kvs__lease_locate(p->sl->lease, p->first + i, &loc) != KVS_OK) {
             p->status = KVS_ERR_STALE;
             break;
         }
-        /* Cut the block into the requester's segment sizes; each chunk must
-         * lie within one of our pieces (same geometry on both sides). */
-        uint32_t off = 0;
-        for (uint16_t k = 0; k < p->nchunks && p->status == KVS_OK; k++) {
-            uint32_t len = p->chunks[k];
+        /* Cut the block into the requester's segment sizes, or the ranges
+         * it asked for; each must lie within one of our pieces. */
+        uint32_t off = 0, nk = p->nchunks, r0 = 0, k = p->next_piece;
+        if (p->ranges != NULL) {
+            r0 = p->set_at[p->set_of[i]];
+            nk = p->set_at[p->set_of[i] + 1] - r0;
+        }
+        for (uint32_t j = 0; p->ranges == NULL && j < k; j++)
+            off += p->chunks[j]; /* resuming a block part-way */
+        for (; k < nk && p->status == KVS_OK && p->outstanding < (int)KVS_PEER_PUSH_WINDOW; k++) {
+            uint32_t len = p->ranges != NULL ? p->ranges[r0 + k].len : p->chunks[k];
+            if (p->ranges != NULL)
+                off = p->ranges[r0 + k].off;
             size_t pbase = 0;
             const uint8_t *src = NULL;
             for (size_t q = 0; q < loc.npieces; q++) {
@@ -1392,6 +1435,12 @@ static int push_pump(kvs__peer_t *pp, push_t *p)
             off += len;
             posted++;
         }
+        if (k < nk) {
+            p->next_piece = k; /* the window is full: go on from here */
+        } else {
+            p->next_block++;
+            p->next_piece = 0;
+        }
     }
     return posted;
 }
@@ -1405,6 +1454,9 @@ static void push_free(kvs__peer_t *pp, push_t *p)
         }
     }
     kvs__free(p->chunks);
+    kvs__free(p->ranges);
+    kvs__free(p->set_at);
+    kvs__free(p->set_of);
     kvs__free(p);
 }
 
@@ -1460,8 +1512,15 @@ static void srv_fetch(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
         return;
     }
     push_t *p = kvs__calloc(1, sizeof(*p));
-    uint32_t *chunks = kvs__malloc((size_t)m->u.fetch.nchunks * sizeof(*chunks));
-    if (p == NULL || chunks == NULL) {
+    uint32_t *chunks = kvs__malloc(((size_t)m->u.fetch.nchunks + 1) * sizeof(*chunks));
+    if (p == NULL || chunks == NULL ||
+        ((m->hdr.flags & KVS_PROTO_FLAG_RANGES) &&
+         kvs__xfer_take_ranges(m, &p->ranges, &p->set_at, &p->set_of) != KVS_OK)) {
+        if (p != NULL) {
+            kvs__free(p->ranges);
+            kvs__free(p->set_at);
+            kvs__free(p->set_of);
+        }
         kvs__free(p);
         kvs__free(chunks);
         send_error(c, rid, KVS_ERR_NO_MEMORY, "out of memory");
@@ -1653,11 +1712,18 @@ static void boot_hello(kvs__peer_t *pp, conn_t *c)
 {
     kvs__boot_srv_t *bs = c->boot;
     char served[512];
-    c->layout_id = bs->layout_id;
-    if (!kvs__ctx_serves_layout(pp->ctx, c->layout_id, served, sizeof(served))) {
+    c->layout_id = c->asked_layout_id = bs->layout_id;
+    if (!kvs__ctx_serves_layout(pp->ctx, c->layout_id, served, sizeof(served)) &&
+        !(bs->has_model && kvs__ctx_find_model(pp->ctx, bs->model, &c->layout_id))) {
+        /* Another view of the same model would have been served through a
+         * plan (the reader plans): so this is another model. */
         char text[700];
-        snprintf(text, sizeof(text), "layout mismatch: peer has %016llx, this node serves %s",
-                 (unsigned long long)c->layout_id, served[0] ? served : "no pools");
+        snprintf(text, sizeof(text), "layout mismatch: peer has %016llx, this node serves %s%s",
+                 (unsigned long long)c->layout_id, served[0] ? served : "no pools",
+                 bs->has_model ? " (the peer's is another model, or a layout that cannot be "
+                                 "planned across)"
+                               : "");
+        kvs__warn(pp->log, "peer %s: %s", c->peer, text);
         boot_refuse(c, KVS_ERR_LAYOUT_MISMATCH, text);
         return;
     }
@@ -1696,12 +1762,20 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c)
     c->rma = rma; /* a pool node pulls puts with GET when true */
     kvs__buf_t b;
     kvs__buf_init(&b);
+    kvs__view_t view; /* ours, so that a reader of another view can plan */
+    bool with_view = kvs__ctx_view_of(pp->ctx, c->layout_id, &view);
     kvs__proto_begin(&b, KVS_MSG_HELLO_ACK,
                      KVS_PROTO_FLAG_FROM_SERVER | KVS_PROTO_FLAG_REGIONS |
+                         (with_view ? KVS_PROTO_FLAG_VIEW : 0) |
                          (pp->shm_srv != NULL && bs->shm ? KVS_PROTO_FLAG_SHM : 0),
                      bs->req_id, c->session);
     kvs__buf_u32(&b, (uint32_t)pp->addr_len);
     kvs__buf_put(&b, pp->addr, pp->addr_len);
+    if (with_view) {
+        uint8_t wire[KVS_VIEW_WIRE_LEN];
+        kvs__view_encode(&view, wire);
+        kvs__buf_put(&b, wire, sizeof(wire));
+    }
     put_regions(pp, c, &b);
     if (pp->shm_srv != NULL && bs->shm)
         kvs__shm_srv_put_offer(pp->shm_srv, &b);
@@ -2132,7 +2206,7 @@ static kvs_status_t boot_step(kvs__peer_t *pp, int fd, const char *peer, kvs__bu
  * held. On KVS_OK *ack_p holds the server's HELLO_ACK (kvs__free it). */
 static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint64_t layout_id,
                                 uint64_t deadline, uint8_t *nonce_c, uint8_t **ack_p,
-                                size_t *ack_len_p)
+                                size_t *ack_len_p, kvs__view_t *view, bool *has_view)
 {
     kvs__buf_t b;
     kvs__msg_t m;
@@ -2147,7 +2221,13 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     snprintf(name, sizeof(name), "%s:%d%s", host, (int)getpid(),
              pp->shm_on ? KVS_BOOT_SHM_MARK : "");
     kvs__buf_init(&b);
-    kvs__enc_hello(&b, 1, layout_id, nonce_c, name);
+    /* Our model, so a holder of another view of it may serve us. Asked
+     * here, with no lock of ours held (the pools' lock is taken inside). */
+    *has_view = kvs__ctx_view_of(pp->ctx, layout_id, view);
+    if (*has_view)
+        kvs__enc_hello_model(&b, 1, layout_id, nonce_c, name, view->model);
+    else
+        kvs__enc_hello(&b, 1, layout_id, nonce_c, name);
     kvs_status_t st = boot_step(pp, fd, peer, &b, KVS_PROTO_MAX_PREAUTH, KVS_MSG_CHALLENGE,
                                 deadline, &in, &in_len, &m);
     if (st != KVS_OK)
@@ -2191,6 +2271,35 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
 /* Finds or makes a ready connection to @peer for @layout_id. Called with
  * the lock held; releases it around the blocking handshake. On KVS_OK the
  * caller holds a reference. */
+/* The holder's view from its HELLO_ACK: when it differs from ours, fetches
+ * go through a plan (xfetch_start). */
+static kvs_status_t take_view(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m,
+                              const kvs__view_t *ours)
+{
+    if (!(m->hdr.flags & KVS_PROTO_FLAG_VIEW))
+        return KVS_OK; /* a pool node: bytes as they are */
+    c->lview = *ours;
+    kvs__view_decode(m->u.hello_ack.view, &c->rview);
+    const kvs__view_t *l = &c->lview, *h = &c->rview;
+    if (kvs__view_same(l, h) && l->key_tokens == l->block_tokens)
+        return KVS_OK;
+    char why[128];
+    if (!kvs__view_compatible(h, l, why, sizeof(why))) {
+        kvs__warn(pp->log, "peer %s: holds %s; its blocks are a miss", c->peer, why);
+        return KVS_ERR_LAYOUT_MISMATCH;
+    }
+    c->xview = true;
+    uint32_t first, count;
+    kvs__view_overlap(h, l, &first, &count);
+    kvs__info(pp->log,
+              "peer %s: holds TP rank %u/%u %s %u-token blocks, we TP rank %u/%u %s %u-token: "
+              "fetches are planned (it has %u of our %u KV heads)",
+              c->peer, h->tp_rank, h->tp_size, h->kv_layout == KVS_KV_HND ? "HND" : "NHD",
+              h->block_tokens, l->tp_rank, l->tp_size, l->kv_layout == KVS_KV_HND ? "HND" : "NHD",
+              l->block_tokens, count, l->heads);
+    return KVS_OK;
+}
+
 static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
                                 uint64_t deadline, const dialer_t *self, conn_t **c_p)
 {
@@ -2231,10 +2340,13 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
     uint8_t *ack = NULL;
     size_t ack_len = 0;
     kvs_status_t st;
+    kvs__view_t lview;
+    bool has_lview = false;
     unlock(pp);
     int fd = kvs__boot_connect(peer, boot_deadline, &st);
     if (fd >= 0) {
-        st = boot_client(pp, fd, peer, layout_id, boot_deadline, nonce_c, &ack, &ack_len);
+        st = boot_client(pp, fd, peer, layout_id, boot_deadline, nonce_c, &ack, &ack_len, &lview,
+                         &has_lview);
         if (st != KVS_OK) {
             close(fd);
             fd = -1;
@@ -2264,7 +2376,11 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
     c->refs++; /* the caller's */
     memcpy(c->session, m.hdr.session, sizeof(c->session));
     st = take_regions(c, &m);
-    if (st == KVS_OK && pp->shm_on && (m.hdr.flags & KVS_PROTO_FLAG_SHM))
+    if (st == KVS_OK && has_lview)
+        st = take_view(pp, c, &m, &lview);
+    /* Same host, same view: the holder's memory mapped (a planned fetch
+     * slices blocks: the transport does that). */
+    if (st == KVS_OK && pp->shm_on && !c->xview && (m.hdr.flags & KVS_PROTO_FLAG_SHM))
         c->shm = kvs__shm_peer_new(m.u.hello_ack.boot_id, m.u.hello_ack.shm_path,
                                    m.u.hello_ack.shm_path_len, c->session, pp->secret,
                                    pp->secret_len, pp->open, c->peer, pp->log);
@@ -2603,57 +2719,83 @@ static void post_flush(preq_t *r)
     track(r, pp->ops->flush(pp->tl, r->conn->ep, op_done, r), 0);
 }
 
+/* A run of GETs adjacent on both sides, posted as one. */
+typedef struct get_run {
+    uint8_t *local;
+    uint64_t remote;
+    size_t len;
+    void *rkey;
+} get_run_t;
+
+/* Adds bytes [off, off+len) of the holder's block @d, bound for @local, to
+ * the run (posting it first when they do not continue it). */
+static kvs_status_t add_get(preq_t *r, get_run_t *run, const kvs__block_desc_t *d, size_t off,
+                            size_t len, uint8_t *local)
+{
+    size_t pbase = 0;
+    kvs__piece_t pc = {0};
+    bool found = false;
+    for (uint16_t k = 0; k < d->npieces && !found; k++) {
+        kvs__proto_piece(d->pieces, k, &pc);
+        if (off >= pbase && off + len <= pbase + pc.len)
+            found = true;
+        else
+            pbase += pc.len;
+    }
+    if (!found)
+        return KVS_ERR_LAYOUT_MISMATCH;
+    uint64_t raddr = pc.addr + (off - pbase);
+    rregion_t *rr = rregion(r->conn, pc.region, raddr, len);
+    if (rr == NULL)
+        return KVS_ERR_PROTOCOL;
+    if (run->len > 0 && run->rkey == rr->rkey && run->local + run->len == local &&
+        run->remote + run->len == raddr && run->len + len <= MAX_RUN) {
+        run->len += len;
+    } else {
+        if (run->len > 0)
+            post_get(r, run->local, run->len, run->remote, run->rkey);
+        *run = (get_run_t){.local = local, .remote = raddr, .len = len, .rkey = rr->rkey};
+    }
+    r->bytes_expected += len;
+    return KVS_OK;
+}
+
 /* Posts the GETs of every block, coalescing runs adjacent on both sides,
- * then one flush. */
+ * then one flush. Across views: the planned ranges, into staging. */
 static kvs_status_t post_data_gets(preq_t *r)
 {
-    conn_t *c = r->conn;
-    uint8_t *run_local = NULL;
-    uint64_t run_remote = 0;
-    size_t run_len = 0;
-    void *run_rkey = NULL;
+    get_run_t run = {0};
     for (size_t i = 0; i < r->count; i++) {
         kvs__block_desc_t d;
         const uint8_t *cur = r->rl->block_at[r->first + i];
         kvs__proto_block(&cur, &d);
-        size_t off = 0;
-        for (size_t s = 0; s < r->dst->nsegs; s++) {
-            const kvs_segment_t *sg = &r->dst->segs[s];
-            uint8_t *local = (uint8_t *)sg->base + (size_t)r->dst_ids[i] * sg->block_stride;
-            size_t len = sg->block_bytes;
-            size_t pbase = 0;
-            kvs__piece_t pc = {0};
-            bool found = false;
-            for (uint16_t k = 0; k < d.npieces && !found; k++) {
-                kvs__proto_piece(d.pieces, k, &pc);
-                if (off >= pbase && off + len <= pbase + pc.len)
-                    found = true;
-                else
-                    pbase += pc.len;
+        kvs_status_t st = KVS_OK;
+        if (r->x != NULL) {
+            const kvs__xset_t *xs = &r->x->sets[r->x->set_of[i]];
+            uint8_t *to = r->xbuf + r->x->stage_at[i];
+            for (size_t k = 0; k < xs->nranges && st == KVS_OK; k++)
+                st = add_get(r, &run, &d, xs->ranges[k].off, xs->ranges[k].len, to + xs->at[k]);
+            for (size_t k = 0; k < xs->ndirect && st == KVS_OK; k++) {
+                const kvs__copy_t *cp = &xs->direct[k];
+                uint8_t *at =
+                    kvs__xfer_dst_at(r->dst->segs, r->dst->nsegs, r->dst_ids[i], cp->dst, cp->len);
+                st = at == NULL ? KVS_ERR_LAYOUT_MISMATCH
+                                : add_get(r, &run, &d, cp->src, cp->len, at);
             }
-            if (!found)
-                return KVS_ERR_LAYOUT_MISMATCH;
-            uint64_t raddr = pc.addr + (off - pbase);
-            rregion_t *rr = rregion(c, pc.region, raddr, len);
-            if (rr == NULL)
-                return KVS_ERR_PROTOCOL;
-            if (run_len > 0 && run_rkey == rr->rkey && run_local + run_len == local &&
-                run_remote + run_len == raddr && run_len + len <= MAX_RUN) {
-                run_len += len;
-            } else {
-                if (run_len > 0)
-                    post_get(r, run_local, run_len, run_remote, run_rkey);
-                run_local = local;
-                run_remote = raddr;
-                run_len = len;
-                run_rkey = rr->rkey;
+        } else {
+            size_t off = 0;
+            for (size_t s = 0; s < r->dst->nsegs && st == KVS_OK; s++) {
+                const kvs_segment_t *sg = &r->dst->segs[s];
+                st = add_get(r, &run, &d, off, sg->block_bytes,
+                             (uint8_t *)sg->base + (size_t)r->dst_ids[i] * sg->block_stride);
+                off += sg->block_bytes;
             }
-            off += len;
-            r->bytes_expected += len;
         }
+        if (st != KVS_OK)
+            return st;
     }
-    if (run_len > 0)
-        post_get(r, run_local, run_len, run_remote, run_rkey);
+    if (run.len > 0)
+        post_get(r, run.local, run.len, run.remote, run.rkey);
     post_flush(r);
     return KVS_OK;
 }
@@ -2727,7 +2869,14 @@ static void check_gens(preq_t *r)
             return;
         }
     }
-    r->status = KVS_OK;
+    /* Across views the data waited in staging until now: permute it in. */
+    kvs_status_t st = KVS_OK;
+    for (size_t i = 0; r->x != NULL && i < r->count && st == KVS_OK; i++)
+        st = kvs__xfer_apply(r->x, i, r->xbuf, r->dst->segs, r->dst->nsegs, r->dst_ids[i]);
+    if (st == KVS_OK) /* what crossed the wire, for kvs_stats_t.fetched_bytes */
+        atomic_fetch_add_explicit(&r->pp->ctx->fetched_bytes,
+                                  r->push ? r->bytes_got : r->data_bytes, memory_order_relaxed);
+    r->status = st;
 }
 
 /* Moves requests through their stages as their operations complete. A
@@ -2743,6 +2892,7 @@ static int advance_requests(kvs__peer_t *pp)
                 r->status = KVS_ERR_PROTOCOL;
             } else if (r->stage == 1) {
                 r->stage = 2;
+                r->data_bytes = r->bytes_got;
                 kvs_status_t st = post_gen_gets(r);
                 if (st != KVS_OK)
                     r->status = st;
@@ -2767,6 +2917,9 @@ static int advance_requests(kvs__peer_t *pp)
 
 static void preq_free(preq_t *r)
 {
+    kvs__xfer_free(r->x);
+    kvs__free(r->xbuf);
+    kvs__free(r->range_at);
     pull_src_free(r->src);
     kvs__free(r->batch_done);
     kvs__free(r->dst_ids);
@@ -2774,6 +2927,58 @@ static void preq_free(preq_t *r)
     kvs__free(r->genwin);
     kvs__free(r->seen);
     kvs__free(r);
+}
+
+/* A fetch across views (lock held): plan it, then GET the planned ranges
+ * into staging, or ask the holder to push them (a ranged FETCH). */
+static kvs_status_t xfetch_start(preq_t *r)
+{
+    conn_t *c = r->conn;
+    if (!r->dst->planable || !kvs__view_same(&r->dst->view, &c->lview))
+        return KVS_ERR_LAYOUT_MISMATCH;
+    /* GET: long runs land in place; AM: everything lands in staging. */
+    kvs_status_t st = kvs__xfer_build(&c->rview, &c->lview, r->first, r->count,
+                                      r->push ? UINT64_MAX : KVS_PLAN_DIRECT_MIN, &r->x);
+    if (st != KVS_OK)
+        return st;
+    if (r->x->stage_bytes + r->x->direct_bytes == 0) {
+        r->status = KVS_OK; /* the holder has none of our heads (kvs_lease_heads) */
+        return KVS_OK;
+    }
+    r->xbuf = kvs__malloc(r->x->stage_bytes ? r->x->stage_bytes : 1);
+    if (r->xbuf == NULL)
+        return KVS_ERR_NO_MEMORY;
+    if (!r->push)
+        return post_data_gets(r);
+    kvs__free(r->seen);
+    r->seen = NULL;
+    if ((st = kvs__xfer_range_index(r->x, &r->range_at)) != KVS_OK)
+        return st;
+    r->pieces = r->range_at[r->count];
+    r->seen = kvs__calloc(r->pieces / 8 + 1, 1);
+    if (r->seen == NULL)
+        return KVS_ERR_NO_MEMORY;
+    r->bytes_expected = r->x->stage_bytes;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    st = kvs__xfer_enc_fetch(&b, r->req_id, c->session, r->rl->lease_id, (uint32_t)r->first, r->x);
+    if (st != KVS_OK) {
+        kvs__buf_free(&b);
+        return st;
+    }
+    return send_buf(c, &b);
+}
+
+bool kvs__peer_lease_heads(kvs__peer_t *pp, void *rlease, uint32_t *first_p, uint32_t *count_p)
+{
+    rlease_t *rl = rlease;
+    lock(pp);
+    conn_t *c = rl->conn;
+    bool x = c->xview;
+    if (x)
+        kvs__view_overlap(&c->rview, &c->lview, first_p, count_p);
+    unlock(pp);
+    return x;
 }
 
 kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst,
@@ -2829,6 +3034,10 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         r->status = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
     } else if (count == 0) {
         r->status = KVS_OK;
+    } else if (c->xview) {
+        kvs_status_t st = xfetch_start(r);
+        if (st != KVS_OK)
+            r->status = st;
     } else if (shm_st != KVS_ERR_UNSUPPORTED) {
         r->status = shm_st;
         __atomic_fetch_add(&pp->shm_bytes, shm_bytes, __ATOMIC_RELAXED);

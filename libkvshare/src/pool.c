@@ -67,6 +67,15 @@ kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs
     pool->num_blocks = params->num_blocks;
     pool->block_bytes = block_bytes;
     pool->host_only = host_only;
+    if (kvs__view_from_layout(params->layout, &pool->view) == KVS_OK &&
+        block_bytes == kvs__view_block_bytes(&pool->view)) {
+        uint64_t plane = kvs__view_plane_bytes(&pool->view), off = 0;
+        pool->planable = true;
+        for (size_t i = 0; i < pool->nsegs; i++) {
+            off += pool->segs[i].block_bytes;
+            pool->planable = pool->planable && off % plane == 0;
+        }
+    }
     /* Register each segment's span and the generations once, so peers can
      * read blocks without any registration on the data path. */
     if (ctx->peer != NULL) {
@@ -507,4 +516,44 @@ kvs_status_t kvs__publish_slots(struct kvs_ctx *ctx, uint64_t layout_id, const k
     pthread_rwlock_unlock(&s->lock);
     *stored_p = stored;
     return status;
+}
+
+static struct kvs_pool *pool_of(struct kvs_ctx *ctx, uint64_t layout_id)
+{
+    struct kvs_pool *p = ctx->pools;
+    while (p != NULL && p->layout_id != layout_id)
+        p = p->next;
+    return p;
+}
+
+bool kvs__ctx_view_of(struct kvs_ctx *ctx, uint64_t layout_id, kvs__view_t *v)
+{
+    pthread_mutex_lock(&ctx->regions_lock);
+    struct kvs_pool *p = pool_of(ctx, layout_id);
+    bool ok = p != NULL && p->planable;
+    if (ok)
+        *v = p->view;
+    pthread_mutex_unlock(&ctx->regions_lock);
+    return ok;
+}
+
+bool kvs__ctx_find_model(struct kvs_ctx *ctx, uint64_t model, uint64_t *layout_id_p)
+{
+    pthread_mutex_lock(&ctx->regions_lock);
+    struct kvs_pool *p = ctx->pools;
+    while (p != NULL && !(p->planable && p->view.model == model))
+        p = p->next;
+    if (p != NULL)
+        *layout_id_p = p->layout_id;
+    pthread_mutex_unlock(&ctx->regions_lock);
+    return p != NULL;
+}
+
+uint32_t kvs__ctx_layout_heads(struct kvs_ctx *ctx, uint64_t layout_id)
+{
+    pthread_mutex_lock(&ctx->regions_lock);
+    struct kvs_pool *p = pool_of(ctx, layout_id);
+    uint32_t heads = p != NULL ? p->view.heads : 0;
+    pthread_mutex_unlock(&ctx->regions_lock);
+    return heads;
 }

@@ -106,6 +106,48 @@ static kvs_status_t check_chunks(const uint8_t *chunks, uint16_t n, uint32_t blo
     return KVS_OK;
 }
 
+/* A ranged FETCH's sets and per-block set indices: every count bounded,
+ * ranges non-empty, ascending and disjoint within 32 bits, every index
+ * naming a set, and pieces in all (blocks x their set's ranges) bounded. */
+static kvs_status_t decode_fetch_ranges(rd_t *r, kvs__msg_t *m, char *why, size_t wl)
+{
+    uint32_t count = m->u.fetch.count;
+    m->u.fetch.nsets = rd_u16(r);
+    if (!r->bad && (m->u.fetch.nsets == 0 || m->u.fetch.nsets > KVS_PROTO_MAX_SETS))
+        return bad(why, wl, "FETCH with %u range sets", m->u.fetch.nsets);
+    m->u.fetch.sets = r->p;
+    uint16_t nr[KVS_PROTO_MAX_SETS];
+    for (uint16_t k = 0; k < m->u.fetch.nsets && !r->bad; k++) {
+        nr[k] = rd_u16(r);
+        if (!r->bad && nr[k] == 0)
+            return bad(why, wl, "FETCH range set %u of %u ranges", k, nr[k]);
+        uint64_t end = 0;
+        for (uint16_t i = 0; i < nr[k] && !r->bad; i++) {
+            uint64_t off = rd_u32(r), len = rd_u32(r);
+            if (!r->bad && (len == 0 || off < end || off + len > UINT32_MAX))
+                return bad(why, wl,
+                           "FETCH range set %u: range %u (%llu+%llu) empty, overlapping "
+                           "or out of order",
+                           k, i, (unsigned long long)off, (unsigned long long)len);
+            end = off + len;
+        }
+    }
+    m->u.fetch.set_of = take(r, (size_t)count * 2);
+    if (r->bad)
+        return KVS_OK; /* reported as truncated by the caller */
+    uint64_t pieces = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint16_t k = (uint16_t)le(m->u.fetch.set_of + 2 * (size_t)i, 2);
+        if (k >= m->u.fetch.nsets)
+            return bad(why, wl, "FETCH block %u names range set %u of %u", i, k, m->u.fetch.nsets);
+        pieces += nr[k];
+    }
+    if (pieces > KVS_PROTO_MAX_FETCH_PIECES)
+        return bad(why, wl, "FETCH of %llu ranges (at most %u)", (unsigned long long)pieces,
+                   KVS_PROTO_MAX_FETCH_PIECES);
+    return KVS_OK;
+}
+
 kvs_status_t kvs__proto_decode_hdr(const void *buf, size_t len, uint32_t max_body, kvs__hdr_t *h,
                                    char *why, size_t wl)
 {
@@ -155,6 +197,8 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         if (m->u.hello.name_len > KVS_PROTO_MAX_NAME)
             return bad(why, wl, "HELLO name of %u bytes", m->u.hello.name_len);
         m->u.hello.name = (const char *)take(&r, m->u.hello.name_len);
+        if (m->hdr.flags & KVS_PROTO_FLAG_VIEW)
+            m->u.hello.model = rd_u64(&r);
         break;
     case KVS_MSG_CHALLENGE:
         m->u.challenge.nonce = take(&r, KVS_PROTO_NONCE_LEN);
@@ -175,6 +219,15 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         if (m->u.hello_ack.addr_len > KVS_PROTO_MAX_ADDR)
             return bad(why, wl, "HELLO_ACK worker address of %u bytes", m->u.hello_ack.addr_len);
         m->u.hello_ack.addr = take(&r, m->u.hello_ack.addr_len);
+        if (m->hdr.flags & KVS_PROTO_FLAG_VIEW) {
+            m->u.hello_ack.view = take(&r, KVS_VIEW_WIRE_LEN);
+            kvs__view_t v;
+            if (m->u.hello_ack.view != NULL) {
+                kvs__view_decode(m->u.hello_ack.view, &v);
+                if (!kvs__view_valid(&v))
+                    return bad(why, wl, "HELLO_ACK with an inconsistent view");
+            }
+        }
         if (has_regions && (st = decode_regions(&r, m, why, wl)) != KVS_OK)
             return st;
         if (m->hdr.flags & KVS_PROTO_FLAG_SHM) {
@@ -231,6 +284,11 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         if (m->u.fetch.count > KVS_PROTO_MAX_KEYS ||
             m->u.fetch.first > KVS_PROTO_MAX_KEYS - m->u.fetch.count)
             return bad(why, wl, "FETCH of blocks %u+%u", m->u.fetch.first, m->u.fetch.count);
+        if (m->hdr.flags & KVS_PROTO_FLAG_RANGES) {
+            if (!r.bad && (st = decode_fetch_ranges(&r, m, why, wl)) != KVS_OK)
+                return st;
+            break;
+        }
         m->u.fetch.nchunks = rd_u16(&r);
         if (!r.bad && (m->u.fetch.nchunks == 0 || m->u.fetch.nchunks > KVS_PROTO_MAX_PIECES))
             return bad(why, wl, "FETCH with %u chunks per block", m->u.fetch.nchunks);
@@ -294,6 +352,11 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         return bad(why, wl, "region flag on message type %u", m->hdr.type);
     if ((m->hdr.flags & KVS_PROTO_FLAG_PULL) && m->hdr.type != KVS_MSG_PUT)
         return bad(why, wl, "pull flag on message type %u", m->hdr.type);
+    if ((m->hdr.flags & KVS_PROTO_FLAG_VIEW) && m->hdr.type != KVS_MSG_HELLO &&
+        m->hdr.type != KVS_MSG_HELLO_ACK)
+        return bad(why, wl, "view flag on message type %u", m->hdr.type);
+    if ((m->hdr.flags & KVS_PROTO_FLAG_RANGES) && m->hdr.type != KVS_MSG_FETCH)
+        return bad(why, wl, "ranges flag on message type %u", m->hdr.type);
     if ((m->hdr.flags & KVS_PROTO_FLAG_SHM) && m->hdr.type != KVS_MSG_HELLO_ACK)
         return bad(why, wl, "shm flag on message type %u", m->hdr.type);
     return KVS_OK;
@@ -337,6 +400,21 @@ uint64_t kvs__proto_u64_at(const uint8_t *p, size_t i)
 uint32_t kvs__proto_u32_at(const uint8_t *p, size_t i)
 {
     return (uint32_t)le(p + 4 * i, 4);
+}
+
+uint16_t kvs__proto_u16_at(const uint8_t *p, size_t i)
+{
+    return (uint16_t)le(p + 2 * i, 2);
+}
+
+void kvs__proto_fetch_set(const uint8_t *sets, uint16_t k, uint16_t *nranges_p,
+                          const uint8_t **ranges_p)
+{
+    const uint8_t *p = sets;
+    for (uint16_t j = 0; j < k; j++)
+        p += 2 + 8 * (size_t)le(p, 2);
+    *nranges_p = (uint16_t)le(p, 2);
+    *ranges_p = p + 2;
 }
 
 /* --- encoder ------------------------------------------------------------- */
@@ -455,17 +533,31 @@ void kvs__proto_put_block(kvs__buf_t *b, const kvs__block_desc_t *d, const kvs__
 }
 
 /* --- one encoder per message ------------------------------------------- */
-kvs_status_t kvs__enc_hello(kvs__buf_t *b, uint64_t req_id, uint64_t layout_id,
-                            const uint8_t *nonce, const char *name)
+static void hello_head(kvs__buf_t *b, uint32_t flags, uint64_t req_id, uint64_t layout_id,
+                       const uint8_t *nonce, const char *name)
 {
     size_t nl = strlen(name);
     if (nl > KVS_PROTO_MAX_NAME)
         nl = KVS_PROTO_MAX_NAME;
-    kvs__proto_begin(b, KVS_MSG_HELLO, 0, req_id, NULL);
+    kvs__proto_begin(b, KVS_MSG_HELLO, flags, req_id, NULL);
     kvs__buf_u64(b, layout_id);
     kvs__buf_put(b, nonce, KVS_PROTO_NONCE_LEN);
     kvs__buf_u16(b, (uint16_t)nl);
     kvs__buf_put(b, name, nl);
+}
+
+kvs_status_t kvs__enc_hello(kvs__buf_t *b, uint64_t req_id, uint64_t layout_id,
+                            const uint8_t *nonce, const char *name)
+{
+    hello_head(b, 0, req_id, layout_id, nonce, name);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_hello_model(kvs__buf_t *b, uint64_t req_id, uint64_t layout_id,
+                                  const uint8_t *nonce, const char *name, uint64_t model)
+{
+    hello_head(b, KVS_PROTO_FLAG_VIEW, req_id, layout_id, nonce, name);
+    kvs__buf_u64(b, model);
     return kvs__proto_finish(b);
 }
 
@@ -536,6 +628,28 @@ kvs_status_t kvs__enc_fetch(kvs__buf_t *b, uint64_t req_id, const uint8_t *sessi
     kvs__buf_u16(b, nchunks);
     for (uint16_t k = 0; k < nchunks; k++)
         kvs__buf_u32(b, chunks[k]);
+    return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_fetch_ranges(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                                   uint64_t lease_id, uint32_t first, uint32_t count,
+                                   uint16_t nsets, const uint16_t *nranges,
+                                   const kvs__range_t *const *ranges, const uint16_t *set_of)
+{
+    kvs__proto_begin(b, KVS_MSG_FETCH, KVS_PROTO_FLAG_RANGES, req_id, session);
+    kvs__buf_u64(b, lease_id);
+    kvs__buf_u32(b, first);
+    kvs__buf_u32(b, count);
+    kvs__buf_u16(b, nsets);
+    for (uint16_t k = 0; k < nsets; k++) {
+        kvs__buf_u16(b, nranges[k]);
+        for (size_t i = 0; i < nranges[k]; i++) {
+            kvs__buf_u32(b, ranges[k][i].off);
+            kvs__buf_u32(b, ranges[k][i].len);
+        }
+    }
+    for (uint32_t i = 0; i < count; i++)
+        kvs__buf_u16(b, set_of[i]);
     return kvs__proto_finish(b);
 }
 

@@ -15,9 +15,10 @@
 #define KVS_PROTO_INT_H
 
 #include "kvs_int.h"
+#include "plan_int.h"
 
 #define KVS_PROTO_MAGIC       0x4853564Bu /* "KVSH" little-endian */
-#define KVS_PROTO_VERSION     2u
+#define KVS_PROTO_VERSION     3u          /* 3: views (HELLO/HELLO_ACK), ranged FETCH */
 #define KVS_PROTO_HDR_LEN     40u
 #define KVS_PROTO_SESSION_LEN 16u
 #define KVS_PROTO_NONCE_LEN   32u
@@ -67,13 +68,26 @@ typedef enum kvs__msg_type {
  * per segment and one block id per key; the node answers with PUT_DONE
  * (never PUT_ACK) once it has read and stored them. */
 #define KVS_PROTO_FLAG_PULL 4u
+/* Header flag on HELLO: a u64 model fingerprint (kvs_model_id) follows the
+ * name; the server may then accept the connection for a pool of the same
+ * model in another view. On HELLO_ACK: the server's view of the pool the
+ * session serves (KVS_VIEW_WIRE_LEN bytes, validated) follows the address. */
+#define KVS_PROTO_FLAG_VIEW 8u
+/* Header flag on FETCH: the requester asks for byte ranges of each block
+ * (a plan across views) instead of whole blocks cut into its chunk sizes:
+ * u16 nsets, per set u16 nranges and nranges x (u32 off, u32 len), strictly
+ * ascending and disjoint, then one u16 set index per block. Each range is
+ * pushed as one DATA whose offset is the range's. Ranges in all (blocks x
+ * their set's) are at most KVS_PROTO_MAX_FETCH_PIECES. */
+#define KVS_PROTO_FLAG_RANGES 16u
+#define KVS_PROTO_MAX_SETS    64u
 /* Header flag on HELLO_ACK: after the regions, the holder's same-host
  * offer: its boot id (16 bytes) and the path of its host-local Unix socket
  * (u16 length, 1..107 bytes), where a reader on the same boot id is handed
  * the holder's memfds (shm_int.h). Sent only to a client whose HELLO name
  * ends with KVS_BOOT_SHM_MARK (boot_int.h), so older clients never see it. */
-#define KVS_PROTO_FLAG_SHM     8u
-#define KVS_PROTO_FLAGS_KNOWN  15u
+#define KVS_PROTO_FLAG_SHM     32u
+#define KVS_PROTO_FLAGS_KNOWN  63u
 #define KVS_PROTO_BOOT_ID_LEN  16u
 #define KVS_PROTO_MAX_SHM_PATH 107u
 
@@ -119,6 +133,7 @@ typedef struct kvs__msg {
             const uint8_t *nonce;
             uint16_t name_len;
             const char *name;
+            uint64_t model; /* KVS_PROTO_FLAG_VIEW only */
         } hello;
         struct {
             const uint8_t *nonce;
@@ -133,6 +148,7 @@ typedef struct kvs__msg {
         struct {
             uint32_t addr_len; /* the server's transport address */
             const uint8_t *addr;
+            const uint8_t *view; /* KVS_PROTO_FLAG_VIEW: KVS_VIEW_WIRE_LEN bytes, valid */
             /* KVS_PROTO_FLAG_SHM only */
             const uint8_t *boot_id; /* KVS_PROTO_BOOT_ID_LEN bytes */
             uint16_t shm_path_len;
@@ -165,6 +181,10 @@ typedef struct kvs__msg {
             uint32_t count;
             uint16_t nchunks;      /* the requester's segment sizes: */
             const uint8_t *chunks; /* each block is pushed as these pieces */
+            /* KVS_PROTO_FLAG_RANGES (then nchunks is 0): */
+            uint16_t nsets;
+            const uint8_t *sets;   /* read with kvs__proto_fetch_set */
+            const uint8_t *set_of; /* count u16 */
         } fetch;
         struct {
             uint32_t block;  /* index within the fetch */
@@ -220,6 +240,11 @@ void kvs__proto_piece(const uint8_t *pieces, uint16_t i, kvs__piece_t *out);
 uint64_t kvs__proto_u64_at(const uint8_t *p, size_t i);
 uint32_t kvs__proto_u32_at(const uint8_t *p, size_t i);
 
+/* Set @k of a validated ranged FETCH: its ranges (nranges x (u32 off, u32 len)). */
+void kvs__proto_fetch_set(const uint8_t *sets, uint16_t k, uint16_t *nranges_p,
+                          const uint8_t **ranges_p);
+uint16_t kvs__proto_u16_at(const uint8_t *p, size_t i);
+
 /* --- encoding into a growable buffer ---------------------------------- */
 typedef struct kvs__buf {
     uint8_t *data;
@@ -247,6 +272,9 @@ void kvs__buf_patch_u32(kvs__buf_t *b, size_t off, uint32_t v);
 /* --- one encoder per message: each begins and finishes @b ------------- */
 kvs_status_t kvs__enc_hello(kvs__buf_t *b, uint64_t req_id, uint64_t layout_id,
                             const uint8_t *nonce, const char *name);
+/* HELLO with KVS_PROTO_FLAG_VIEW: the client's model fingerprint too. */
+kvs_status_t kvs__enc_hello_model(kvs__buf_t *b, uint64_t req_id, uint64_t layout_id,
+                                  const uint8_t *nonce, const char *name, uint64_t model);
 kvs_status_t kvs__enc_challenge(kvs__buf_t *b, uint64_t req_id, const uint8_t *nonce,
                                 const uint8_t *mac, bool auth_required);
 kvs_status_t kvs__enc_auth(kvs__buf_t *b, uint64_t req_id, const uint8_t *mac, const void *addr,
@@ -261,6 +289,12 @@ kvs_status_t kvs__enc_release(kvs__buf_t *b, uint64_t req_id, const uint8_t *ses
 kvs_status_t kvs__enc_fetch(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
                             uint64_t lease_id, uint32_t first, uint32_t count,
                             const uint32_t *chunks, uint16_t nchunks);
+/* A ranged FETCH (KVS_PROTO_FLAG_RANGES): @nsets sets of ranges
+ * (set k: nranges[k] ranges at ranges[k]), then set_of[count]. */
+kvs_status_t kvs__enc_fetch_ranges(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
+                                   uint64_t lease_id, uint32_t first, uint32_t count,
+                                   uint16_t nsets, const uint16_t *nranges,
+                                   const kvs__range_t *const *ranges, const uint16_t *set_of);
 kvs_status_t kvs__enc_fetch_done(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
                                  kvs_status_t status, const uint64_t *gens, uint32_t count);
 kvs_status_t kvs__enc_put(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,

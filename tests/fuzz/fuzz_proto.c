@@ -42,6 +42,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (cur != m.u.lookup_reply.blocks + m.u.lookup_reply.blocks_len)
                 abort(); /* the walk must end where validation ended */
         }
+        if (m.hdr.type == KVS_MSG_FETCH && (m.hdr.flags & KVS_PROTO_FLAG_RANGES)) {
+            for (uint16_t k = 0; k < m.u.fetch.nsets; k++) {
+                uint16_t n;
+                const uint8_t *r;
+                kvs__proto_fetch_set(m.u.fetch.sets, k, &n, &r);
+                why[3] = (char)kvs__proto_u32_at(r, 2 * (size_t)n - 1); /* the last length */
+            }
+            if (m.u.fetch.count > 0)
+                why[4] = (char)kvs__proto_u16_at(m.u.fetch.set_of, m.u.fetch.count - 1);
+        }
+        if (m.hdr.type == KVS_MSG_HELLO_ACK && m.u.hello_ack.view != NULL) {
+            kvs__view_t v;
+            kvs__view_decode(m.u.hello_ack.view, &v);
+            why[5] = (char)v.kv_order;
+        }
         if (m.hdr.type == KVS_MSG_FETCH_DONE && m.u.fetch_done.count > 0)
             why[2] = (char)kvs__proto_u64_at(m.u.fetch_done.gens, m.u.fetch_done.count - 1);
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""make_corpus.py - writes the fuzz seed corpora: one valid message per type (protocol v2).
+"""make_corpus.py - writes the fuzz seed corpora: one valid message per type (protocol v3).
 
 Run from the repository root: python3 tests/fuzz/make_corpus.py
 The layout follows libkvshare/src/proto_int.h; test_proto.c checks the
@@ -8,8 +8,8 @@ encoders against the decoder, so these seeds stay honest."""
 import os
 import struct
 
-MAGIC, VERSION = 0x4853564B, 2
-FROM_SERVER, REGIONS, PULL, SHM = 2, 1, 4, 8
+MAGIC, VERSION = 0x4853564B, 3
+FROM_SERVER, REGIONS, PULL, VIEW, RANGES, SHM = 2, 1, 4, 8, 16, 32
 SESSION = bytes(range(1, 17))
 
 
@@ -56,6 +56,20 @@ seeds = {
                     + struct.pack("<I", 1) + region(3, 0x10000, 1 << 20, b"rk")
                     + struct.pack("<IQQ", 3, 0x10000, 4096) + struct.pack("<IQQ", 3, 0x90000, 64)
                     + struct.pack("<I", 5), PULL, session=SESSION),
+    # v3: a HELLO naming its model, a HELLO_ACK with the server's view
+    # (model u64, then dtype, elem, layers, total heads, heads, head dim, TP rank,
+    # TP size, block tokens, key tokens, kv layout, kv order as u32), a ranged FETCH
+    # (sets of (off, len) ranges, then a set index per block).
+    "hello_view": msg(1, struct.pack("<Q", 7) + nonce + struct.pack("<H", 4) + b"node"
+                      + struct.pack("<Q", 0x1234), VIEW),
+    "hello_ack_view": msg(4, struct.pack("<I", 4) + b"addr"
+                          + struct.pack("<Q12I", 0x1234, 0, 2, 2, 4, 2, 64, 1, 2, 32, 16, 1, 0)
+                          + struct.pack("<I", 1) + region(1, 0x1000, 4096, b"rkey"),
+                          FROM_SERVER | REGIONS | VIEW, session=SESSION),
+    "fetch_ranges": msg(9, struct.pack("<QIIH", 9, 0, 3, 2)
+                        + struct.pack("<H", 2) + struct.pack("<IIII", 0, 128, 256, 128)
+                        + struct.pack("<H", 1) + struct.pack("<II", 512, 64)
+                        + struct.pack("<HHH", 0, 1, 0), RANGES, session=SESSION),
     "put_ack": msg(14, struct.pack("<iII", 0, 1, 0), FROM_SERVER, session=SESSION),
     "put_done": msg(15, struct.pack("<iI", 0, 1), FROM_SERVER, session=SESSION),
 }

@@ -709,3 +709,177 @@ Test(peer, holder_gone_fails_cleanly)
     test_pool_free(&pr.pb);
     kvs_ctx_destroy(pr.b);
 }
+
+/* --- across views (issue 13) ------------------------------------------------ */
+/* fp32 elements that encode (plane, token, global head, dim); 0 = never written. */
+static uint32_t xval(uint32_t plane, uint32_t tok, uint32_t head, uint32_t d)
+{
+    return (((plane * 1024 + tok) * 64 + head) * 64 + d) + 1;
+}
+
+typedef struct xpool {
+    kvs_layout_t l;
+    uint32_t *mem;
+    kvs_pool_h pool;
+    uint32_t heads, first;
+} xpool_t;
+
+#define XLAYERS 2u
+#define XDIM    4u
+#define XBLOCKS 8u
+
+/* One segment per plane (K and V of each layer apart), 8 blocks. */
+static void xpool_init(xpool_t *x, kvs_ctx_h ctx, uint32_t tp, uint32_t rank, kvs_kv_layout_t kl,
+                       uint32_t bt)
+{
+    x->l = (kvs_layout_t){.field_mask = KVS_LAYOUT_FIELD_KEY_TOKENS,
+                          .model_id = "x",
+                          .dtype = KVS_DTYPE_FP32,
+                          .block_tokens = bt,
+                          .num_layers = XLAYERS,
+                          .num_kv_heads = 4 / tp,
+                          .head_dim = XDIM,
+                          .tp_rank = rank,
+                          .tp_size = tp,
+                          .kv_layout = kl,
+                          .kv_order = KVS_KV_ORDER_KV_OUTER,
+                          .key_tokens = 16};
+    x->heads = 4 / tp;
+    x->first = rank * x->heads;
+    size_t plane = (size_t)bt * x->heads * XDIM;
+    x->mem = calloc(2 * XLAYERS * XBLOCKS * plane, 4);
+    kvs_segment_t segs[2 * XLAYERS];
+    for (uint32_t p = 0; p < 2 * XLAYERS; p++)
+        segs[p] = (kvs_segment_t){.base = x->mem + p * XBLOCKS * plane,
+                                  .block_stride = plane * 4,
+                                  .block_bytes = plane * 4};
+    kvs_pool_params_t pp = {
+        .layout = &x->l, .segments = segs, .num_segments = 2 * XLAYERS, .num_blocks = XBLOCKS};
+    cr_assert_eq(kvs_pool_create(ctx, &pp, &x->pool), KVS_OK);
+}
+
+static uint32_t *xelem(xpool_t *x, uint32_t b, uint32_t p, uint32_t t, uint32_t h, uint32_t d)
+{
+    uint32_t bt = x->l.block_tokens;
+    size_t plane = (size_t)bt * x->heads * XDIM;
+    size_t in = x->l.kv_layout == KVS_KV_NHD ? ((size_t)t * x->heads + h) * XDIM + d
+                                             : ((size_t)h * bt + t) * XDIM + d;
+    return x->mem + ((size_t)p * XBLOCKS + b) * plane + in;
+}
+
+static void across_views(const char *transport)
+{
+    kvs_ctx_h a = make_ctx(transport, true, tok_a, 0, 0),
+              b = make_ctx(transport, false, tok_a, 0, 0);
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(a, addr, sizeof(addr)), KVS_OK);
+    /* Holder: TP rank 1 of 2 (heads 2, 3), NHD, 32-token blocks; 4 keys in blocks 5, 6. */
+    xpool_t h, r;
+    xpool_init(&h, a, 2, 1, KVS_KV_NHD, 32);
+    kvs_key_t keys[4];
+    uint32_t hids[4], rids[4];
+    for (uint32_t j = 0; j < 4; j++) {
+        keys[j] = test_key(7000 + j);
+        hids[j] = 5 + j / 2;
+        rids[j] = 7 - j; /* reader: 16-token blocks, scattered */
+    }
+    for (uint32_t blk = 0; blk < 2; blk++)
+        for (uint32_t p = 0; p < 2 * XLAYERS; p++)
+            for (uint32_t t = 0; t < 32; t++)
+                for (uint32_t hd = 0; hd < 2; hd++)
+                    for (uint32_t d = 0; d < XDIM; d++)
+                        *xelem(&h, 5 + blk, p, t, hd, d) = xval(p, blk * 32 + t, 2 + hd, d);
+    cr_assert_eq(kvs_publish(h.pool, keys, hids, 4, 0, NULL), KVS_OK);
+    /* Reader: TP 1 (all 4 heads), HND, 16-token blocks. */
+    xpool_init(&r, b, 1, 0, KVS_KV_HND, 16);
+    uint64_t lid = kvs_pool_layout_id(r.pool);
+    cr_assert_neq(lid, kvs_pool_layout_id(h.pool));
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = addr};
+    kvs_lease_h l = NULL;
+    cr_assert_eq(kvs_lookup(b, lid, keys, 4, &lp, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 4);
+    uint32_t first = 9, count = 9;
+    cr_assert_eq(kvs_lease_heads(l, &first, &count), KVS_OK);
+    cr_assert(first == 2 && count == 2, "heads %u+%u", first, count);
+    kvs_fetch_params_t fp = {.field_mask = KVS_FETCH_FIELD_FIRST, .first = 1};
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_fetch(l, r.pool, rids + 1, 3, &fp, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    kvs_lease_release(l);
+    for (uint32_t j = 0; j < 4; j++)
+        for (uint32_t p = 0; p < 2 * XLAYERS; p++)
+            for (uint32_t t = 0; t < 16; t++)
+                for (uint32_t hd = 0; hd < 4; hd++)
+                    for (uint32_t d = 0; d < XDIM; d++) {
+                        uint32_t want = j >= 1 && hd >= 2 ? xval(p, j * 16 + t, hd, d) : 0;
+                        uint32_t got = *xelem(&r, rids[j], p, t, hd, d);
+                        cr_assert_eq(got, want, "%s: key %u plane %u token %u head %u dim %u",
+                                     transport, j, p, t, hd, d);
+                    }
+    kvs_pool_destroy(r.pool);
+    kvs_pool_destroy(h.pool);
+    kvs_ctx_destroy(b);
+    kvs_ctx_destroy(a);
+    free(r.mem);
+    free(h.mem);
+}
+
+/* A block that changes between lookup and fetch fails the request, and
+ * what was staged never reaches the reader's pool. */
+static void across_views_stale(const char *transport)
+{
+    kvs_ctx_h a = make_ctx(transport, true, tok_a, 0, 0),
+              b = make_ctx(transport, false, tok_a, 0, 0);
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(a, addr, sizeof(addr)), KVS_OK);
+    xpool_t h, r;
+    xpool_init(&h, a, 2, 0, KVS_KV_NHD, 16);
+    xpool_init(&r, b, 1, 0, KVS_KV_HND, 16);
+    kvs_key_t keys[3];
+    uint32_t ids[3] = {1, 2, 3};
+    for (uint32_t j = 0; j < 3; j++)
+        keys[j] = test_key(8000 + j);
+    memset(h.mem, 0x5a, 2 * XLAYERS * XBLOCKS * (size_t)16 * h.heads * XDIM * 4);
+    cr_assert_eq(kvs_publish(h.pool, keys, ids, 3, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = addr};
+    kvs_lease_h l = NULL;
+    cr_assert_eq(kvs_lookup(b, kvs_pool_layout_id(r.pool), keys, 3, &lp, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), 3);
+    uint32_t gone = 2;
+    cr_assert_eq(kvs_unpublish(h.pool, &gone, 1, KVS_UNPUBLISH_FORCE), KVS_OK);
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_fetch(l, r.pool, ids, 3, NULL, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_ERR_STALE, "%s", transport);
+    kvs_request_free(rq);
+    kvs_lease_release(l);
+    size_t n = 2 * XLAYERS * XBLOCKS * (size_t)16 * r.heads * XDIM;
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(r.mem[i], 0, "%s: element %zu reached the pool", transport, i);
+    kvs_pool_destroy(r.pool);
+    kvs_pool_destroy(h.pool);
+    kvs_ctx_destroy(b);
+    kvs_ctx_destroy(a);
+    free(r.mem);
+    free(h.mem);
+}
+
+Test(peer, across_views_stale_block_never_reaches_the_pool)
+{
+    across_views_stale("loop");
+    across_views_stale("loop-am");
+}
+
+Test(peer, across_views_get_path)
+{
+    across_views("loop");
+}
+
+Test(peer, across_views_push_path)
+{
+    across_views("loop-am");
+}

@@ -414,3 +414,140 @@ Test(proto, fuzz_seeds_are_valid_messages)
     closedir(d);
     cr_assert_geq(n, 14);
 }
+
+/* --- v3: views and ranged FETCH (issue 13) ------------------------------ */
+static const kvs__range_t set0[] = {{0, 128}, {256, 64}, {1024, 4096}};
+static const kvs__range_t set1[] = {{64, 64}};
+
+static void ranged_fetch(uint32_t count, const uint16_t *set_of)
+{
+    const kvs__range_t *sets[2] = {set0, set1};
+    uint16_t nr[2] = {3, 1};
+    b.len = 0;
+    cr_assert_eq(kvs__enc_fetch_ranges(&b, 8, sess, 99, 4, count, 2, nr, sets, set_of), KVS_OK);
+}
+
+Test(proto, ranged_fetch_round_trips_and_truncations)
+{
+    uint16_t set_of[3] = {0, 1, 0};
+    ranged_fetch(3, set_of);
+    kvs__msg_t m;
+    decode_ok(&m);
+    cr_assert_eq(m.hdr.flags, KVS_PROTO_FLAG_RANGES);
+    cr_assert_eq(m.u.fetch.lease_id, 99);
+    cr_assert(m.u.fetch.first == 4 && m.u.fetch.count == 3 && m.u.fetch.nsets == 2);
+    uint16_t n;
+    const uint8_t *r;
+    kvs__proto_fetch_set(m.u.fetch.sets, 1, &n, &r);
+    cr_assert(n == 1 && kvs__proto_u32_at(r, 0) == 64 && kvs__proto_u32_at(r, 1) == 64);
+    kvs__proto_fetch_set(m.u.fetch.sets, 0, &n, &r);
+    cr_assert(n == 3 && kvs__proto_u32_at(r, 4) == 1024 && kvs__proto_u32_at(r, 5) == 4096);
+    cr_assert_eq(kvs__proto_u16_at(m.u.fetch.set_of, 1), 1);
+    every_truncation_fails();
+}
+
+/* Patches the byte at body offset @off of the message in b and expects a refusal. */
+static void refused_with(size_t off, uint8_t v, const char *fragment)
+{
+    uint8_t old = b.data[KVS_PROTO_HDR_LEN + off];
+    b.data[KVS_PROTO_HDR_LEN + off] = v;
+    kvs__msg_t m;
+    char why[256] = "";
+    cr_assert_eq(kvs__proto_decode(b.data, b.len, &m, why, sizeof(why)), KVS_ERR_PROTOCOL,
+                 "byte %zu = %u accepted", off, v);
+    cr_assert(strstr(why, fragment) != NULL, "reason '%s' lacks '%s'", why, fragment);
+    b.data[KVS_PROTO_HDR_LEN + off] = old;
+}
+
+Test(proto, hostile_ranged_fetches_are_refused)
+{
+    uint16_t set_of[3] = {0, 1, 0};
+    ranged_fetch(3, set_of);
+    /* body: lease u64, first u32, count u32 | nsets u16 @16 | set 0: n u16 @18, ranges @20
+     * (off,len) x3 | set 1: n @44, range @46 | set_of @54 */
+    refused_with(16, 0, "range sets");         /* no sets */
+    refused_with(16, 65, "range sets");        /* more than KVS_PROTO_MAX_SETS */
+    refused_with(18, 0, "of 0 ranges");        /* an empty set */
+    refused_with(24, 0, "empty, overlapping"); /* range 0 of length 0 */
+    refused_with(29, 0, "empty, overlapping"); /* range 1 at 0: inside range 0 */
+    refused_with(37, 0, "empty, overlapping"); /* range 2 at 0: before range 1 */
+    for (unsigned k = 0; k < 4; k++)           /* range 2 runs past 4 GiB */
+        b.data[KVS_PROTO_HDR_LEN + 40 + k] = 0xff;
+    expect_refused("empty, overlapping");
+    ranged_fetch(3, set_of);
+    refused_with(56, 2, "names range set"); /* block 1 names set 2 of 2 */
+    /* A count that runs past the bytes, and the flags on other messages. */
+    b.data[KVS_PROTO_HDR_LEN + 18] = 4; /* set 0 claims a 4th range: bytes run out */
+    kvs__msg_t m;
+    cr_assert_eq(kvs__proto_decode(b.data, b.len, &m, NULL, 0), KVS_ERR_PROTOCOL);
+    lookup_msg(1);
+    b.data[8] |= KVS_PROTO_FLAG_RANGES; /* flags, byte 0 */
+    expect_refused("ranges flag");
+    lookup_msg(1);
+    b.data[8] |= KVS_PROTO_FLAG_VIEW;
+    expect_refused("view flag");
+}
+
+Test(proto, ranged_fetch_amplification_is_refused)
+{
+    /* 65536 blocks x 3 ranges is over KVS_PROTO_MAX_FETCH_PIECES. */
+    uint32_t count = KVS_PROTO_MAX_KEYS;
+    uint16_t *set_of = calloc(count, sizeof(*set_of));
+    const kvs__range_t many[20] = {{0, 1},  {2, 1},  {4, 1},  {6, 1},  {8, 1},  {10, 1}, {12, 1},
+                                   {14, 1}, {16, 1}, {18, 1}, {20, 1}, {22, 1}, {24, 1}, {26, 1},
+                                   {28, 1}, {30, 1}, {32, 1}, {34, 1}, {36, 1}, {38, 1}};
+    const kvs__range_t *sets[1] = {many};
+    uint16_t nr[1] = {20};
+    b.len = 0;
+    cr_assert_eq(kvs__enc_fetch_ranges(&b, 8, sess, 99, 0, count, 1, nr, sets, set_of), KVS_OK);
+    free(set_of);
+    expect_refused("ranges (at most");
+}
+
+Test(proto, hello_model_and_ack_view)
+{
+    uint8_t nonce[KVS_PROTO_NONCE_LEN] = {1};
+    b.len = 0;
+    cr_assert_eq(kvs__enc_hello_model(&b, 1, 0x77, nonce, "me", 0xfeedface12345678ull), KVS_OK);
+    kvs__msg_t m;
+    decode_ok(&m);
+    cr_assert_eq(m.hdr.flags, KVS_PROTO_FLAG_VIEW);
+    cr_assert_eq(m.u.hello.model, 0xfeedface12345678ull);
+    every_truncation_fails();
+    /* A HELLO_ACK with a view: a valid one is taken, an inconsistent one refused. */
+    kvs__view_t v = {.model = 5,
+                     .dtype = KVS_DTYPE_BF16,
+                     .elem = 2,
+                     .num_layers = 3,
+                     .total_heads = 8,
+                     .heads = 2,
+                     .head_dim = 64,
+                     .tp_rank = 3,
+                     .tp_size = 4,
+                     .block_tokens = 32,
+                     .key_tokens = 16,
+                     .kv_layout = KVS_KV_HND};
+    cr_assert(kvs__view_valid(&v));
+    for (int bad = 0; bad < 2; bad++) {
+        uint8_t wire[KVS_VIEW_WIRE_LEN];
+        kvs__view_encode(&v, wire);
+        if (bad)
+            wire[8 + 4 * 4] = 3; /* heads 3 of 8 over TP 4 */
+        b.len = 0;
+        kvs__proto_begin(&b, KVS_MSG_HELLO_ACK, KVS_PROTO_FLAG_FROM_SERVER | KVS_PROTO_FLAG_VIEW, 2,
+                         sess);
+        kvs__buf_u32(&b, 4);
+        kvs__buf_put(&b, "addr", 4);
+        kvs__buf_put(&b, wire, sizeof(wire));
+        cr_assert_eq(kvs__proto_finish(&b), KVS_OK);
+        if (bad) {
+            expect_refused("inconsistent view");
+        } else {
+            decode_ok(&m);
+            kvs__view_t w;
+            kvs__view_decode(m.u.hello_ack.view, &w);
+            cr_assert(kvs__view_same(&v, &w));
+            every_truncation_fails();
+        }
+    }
+}
