@@ -182,8 +182,13 @@ kvs_status_t kvs_hasher_chain(kvs_hasher_h h, const kvs_chain_params_t *params,
 
     size_t extra_max = 2 * KVS_CBOR_HEAD_MAX + 1 + (lora ? strlen(lora) + KVS_CBOR_HEAD_MAX : 0) +
                        (salt ? strlen(salt) + KVS_CBOR_HEAD_MAX : 0);
-    size_t need = 1 + KVS_CBOR_HEAD_MAX + KVS_KEY_BYTES + KVS_CBOR_HEAD_MAX +
-                  (size_t)h->block_tokens * 5 + extra_max;
+    /* One block's input, [parent, [tokens...], extra]: the array head and the
+     * parent's head are the same for every block, so they are written once,
+     * and each block's digest is written in place as the next one's parent.
+     * Only the tokens and the extra keys are encoded per block. */
+    const size_t dlen = h->digest_len;
+    size_t need = 1 + KVS_CBOR_HEAD_MAX + dlen + KVS_CBOR_HEAD_MAX + (size_t)h->block_tokens * 5 +
+                  KVS_CBOR_UINT32_SLACK + extra_max;
     uint8_t small[2048];
     uint8_t *buf = small;
     EVP_MD_CTX *mdctx = NULL;
@@ -214,26 +219,42 @@ kvs_status_t kvs_hasher_chain(kvs_hasher_h h, const kvs_chain_params_t *params,
     }
     extra_rest_len = encode_extra(extra_rest_buf, lora, NULL);
 
-    kvs_key_t prev = *parent;
+    buf[0] = 0x83; /* array of 3 */
+    const size_t off_parent = 1 + kvs__cbor_head(buf + 1, KVS_CBOR_BYTES, dlen);
+    memcpy(buf + off_parent, parent->bytes, dlen);
+    uint8_t *const tok0 = buf + off_parent + dlen;
+    uint8_t *const tok_start = tok0 + kvs__cbor_head(tok0, KVS_CBOR_ARRAY, h->block_tokens);
+    const uint32_t bt = h->block_tokens;
     const uint32_t *tok = tokens;
-    for (size_t b = 0; b < nblocks; b++) {
-        uint8_t *p = buf;
-        *p++ = 0x83; /* array of 3 */
-        p += kvs__cbor_string(p, KVS_CBOR_BYTES, prev.bytes, h->digest_len);
-        p += kvs__cbor_head(p, KVS_CBOR_ARRAY, h->block_tokens);
-        for (uint32_t t = 0; t < h->block_tokens; t++)
-            p += kvs__cbor_head(p, KVS_CBOR_UINT, tok[t]);
+    for (size_t b = 0; b < nblocks; b++, tok += bt) {
+        uint8_t *p = tok_start;
+        for (uint32_t t = 0; t < bt; t++)
+            p += kvs__cbor_uint32(p, tok[t]);
         if (b == 0 && salt != NULL) {
             p += encode_extra(p, lora, salt);
+        } else if (extra_rest_len == 1) {
+            *p++ = extra_rest_buf[0];
         } else {
             memcpy(p, extra_rest_buf, extra_rest_len);
             p += extra_rest_len;
         }
-        status = digest(h, mdctx, buf, (size_t)(p - buf), &keys[b]);
-        if (status != KVS_OK)
-            goto out;
-        prev = keys[b];
-        tok += h->block_tokens;
+        const size_t len = (size_t)(p - buf);
+        kvs_key_t *k = &keys[b];
+        if (mdctx == NULL) {
+            XXH128_canonical_t c;
+            XXH128_canonicalFromHash(&c, XXH3_128bits(buf, len));
+            memcpy(k->bytes, c.digest, 16);
+            memset(k->bytes + 16, 0, KVS_KEY_BYTES - 16);
+            memcpy(buf + off_parent, c.digest, 16);
+        } else {
+            unsigned int n = 0;
+            if (!EVP_DigestInit_ex2(mdctx, h->md, NULL) || !EVP_DigestUpdate(mdctx, buf, len) ||
+                !EVP_DigestFinal_ex(mdctx, k->bytes, &n) || n != 32) {
+                status = KVS_ERR_NO_MEMORY; /* OpenSSL fails here only on allocation */
+                goto out;
+            }
+            memcpy(buf + off_parent, k->bytes, 32);
+        }
     }
     *nkeys_p = nblocks;
 
