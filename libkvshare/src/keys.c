@@ -15,13 +15,111 @@
 #include <string.h>
 #include <xxhash.h>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <tmmintrin.h>
+#define KVS_KEYS_SSSE3 1
+#endif
+
+/* The encoder's stores reach this far past the last byte it encodes. */
+#define KVS_TOKENS_SLACK 16u
+
 struct kvs_hasher {
     kvs_hash_algo_t algo;
     uint32_t block_tokens;
     size_t digest_len;
     EVP_MD *md; /* fetched once: implicit fetches per digest are slow in OpenSSL 3 */
     kvs_key_t none_hash;
+    bool ssse3; /* encode tokens four at a time (x86-64 with SSSE3) */
+    /* For a pair of tokens of CBOR classes (ca, cb) (0..3: 1, 2, 3 or 5 bytes),
+     * at [ca | cb << 2]: the shuffle from the pair's [BE a, BE b, hdr a,
+     * hdr b] to its encoding, and that encoding's length. */
+    uint8_t pair_mask[16][16];
+    uint8_t pair_len[16];
 };
+
+static void build_pair_tables(kvs_hasher_h h)
+{
+    for (unsigned idx = 0; idx < 16; idx++) {
+        unsigned ka = (1u << (idx & 3)) >> 1, kb = (1u << (idx >> 2)) >> 1;
+        uint8_t *m = h->pair_mask[idx];
+        unsigned n = 0;
+        memset(m, 0x80, 16); /* 0x80: a zero byte */
+        m[n++] = 8;
+        for (unsigned j = 4 - ka; j < 4; j++)
+            m[n++] = (uint8_t)j;
+        m[n++] = 9;
+        for (unsigned j = 8 - kb; j < 8; j++)
+            m[n++] = (uint8_t)j;
+        h->pair_len[idx] = (uint8_t)n;
+    }
+}
+
+#ifdef KVS_KEYS_SSSE3
+/* Canonical CBOR uint heads of tok[0..n), n a multiple of 4, at p; returns the
+ * end. Four tokens at a time: their classes by compares, their headers by
+ * select, then one shuffle per pair from [BE a, BE b, hdr a, hdr b] to the
+ * pair's bytes. Stores 16 bytes per pair (KVS_TOKENS_SLACK). */
+__attribute__((target("ssse3"))) static uint8_t *
+encode_tokens_ssse3(const struct kvs_hasher *h, uint8_t *p, const uint32_t *tok, size_t n)
+{
+    const __m128i sign = _mm_set1_epi32(INT32_MIN);
+    const __m128i c23 = _mm_set1_epi32(23);
+    const __m128i gt23 = _mm_set1_epi32((int32_t)(23u ^ 0x80000000u));
+    const __m128i gt255 = _mm_set1_epi32((int32_t)(255u ^ 0x80000000u));
+    const __m128i gt65535 = _mm_set1_epi32((int32_t)(65535u ^ 0x80000000u));
+    const __m128i bswap = _mm_setr_epi8(3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12);
+    const __m128i hpack =
+        _mm_setr_epi8(0, 4, -1, -1, -1, -1, -1, -1, 8, 12, -1, -1, -1, -1, -1, -1);
+    const __m128i cpack =
+        _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (size_t t = 0; t < n; t += 4) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(tok + t));
+        __m128i xs = _mm_xor_si128(x, sign); /* unsigned order as signed */
+        __m128i g1 = _mm_cmpgt_epi32(xs, gt23);
+        __m128i g2 = _mm_cmpgt_epi32(xs, gt255);
+        __m128i g3 = _mm_cmpgt_epi32(xs, gt65535);
+        __m128i cls = _mm_sub_epi32(_mm_sub_epi32(_mm_sub_epi32(_mm_setzero_si128(), g1), g2), g3);
+        /* Header: the value itself below 24, else 24 + class - 1. */
+        __m128i hdr =
+            _mm_or_si128(_mm_and_si128(g1, _mm_add_epi32(cls, c23)), _mm_andnot_si128(g1, x));
+        __m128i xb = _mm_shuffle_epi8(x, bswap);
+        __m128i hp = _mm_shuffle_epi8(hdr, hpack);
+        __m128i r01 = _mm_unpacklo_epi64(xb, hp), r23 = _mm_unpackhi_epi64(xb, hp);
+        uint32_t c = (uint32_t)_mm_cvtsi128_si32(_mm_shuffle_epi8(cls, cpack));
+        unsigned i01 = (c & 3u) | ((c >> 6) & 0xcu);
+        unsigned i23 = ((c >> 16) & 3u) | ((c >> 22) & 0xcu);
+        _mm_storeu_si128(
+            (__m128i *)(void *)p,
+            _mm_shuffle_epi8(r01,
+                             _mm_loadu_si128((const __m128i *)(const void *)h->pair_mask[i01])));
+        p += h->pair_len[i01];
+        _mm_storeu_si128(
+            (__m128i *)(void *)p,
+            _mm_shuffle_epi8(r23,
+                             _mm_loadu_si128((const __m128i *)(const void *)h->pair_mask[i23])));
+        p += h->pair_len[i23];
+    }
+    return p;
+}
+#endif
+
+/* Canonical CBOR uint heads of tok[0..n) at p; returns the end. */
+static inline uint8_t *encode_tokens(const struct kvs_hasher *h, uint8_t *p, const uint32_t *tok,
+                                     size_t n)
+{
+    size_t t = 0;
+#ifdef KVS_KEYS_SSSE3
+    if (h->ssse3 && n >= 4) {
+        t = n & ~(size_t)3;
+        p = encode_tokens_ssse3(h, p, tok, t);
+    }
+#else
+    (void)h;
+#endif
+    for (; t < n; t++)
+        p += kvs__cbor_uint32(p, tok[t]);
+    return p;
+}
 
 /* Digest of @len bytes into @out (zero-padded to 32). @mdctx is NULL for xxh3. */
 static kvs_status_t digest(const kvs_hasher_h h, EVP_MD_CTX *mdctx, const uint8_t *data, size_t len,
@@ -69,6 +167,10 @@ kvs_status_t kvs_hasher_create(const kvs_hasher_params_t *params, kvs_hasher_h *
     h->algo = algo;
     h->block_tokens = block_tokens;
     h->digest_len = (algo == KVS_HASH_SHA256_CBOR) ? 32 : 16;
+    build_pair_tables(h);
+#ifdef KVS_KEYS_SSSE3
+    h->ssse3 = __builtin_cpu_supports("ssse3");
+#endif
 
     EVP_MD_CTX *mdctx = NULL;
     if (algo == KVS_HASH_SHA256_CBOR) {
@@ -114,6 +216,16 @@ void kvs_hasher_destroy(kvs_hasher_h hasher)
         return;
     EVP_MD_free(hasher->md);
     kvs__free(hasher);
+}
+
+bool kvs__hasher_set_simd(kvs_hasher_h h, bool on)
+{
+#ifdef KVS_KEYS_SSSE3
+    h->ssse3 = on && __builtin_cpu_supports("ssse3");
+#else
+    (void)on;
+#endif
+    return h->ssse3;
 }
 
 size_t kvs_hasher_digest_len(kvs_hasher_h hasher)
@@ -188,7 +300,7 @@ kvs_status_t kvs_hasher_chain(kvs_hasher_h h, const kvs_chain_params_t *params,
      * Only the tokens and the extra keys are encoded per block. */
     const size_t dlen = h->digest_len;
     size_t need = 1 + KVS_CBOR_HEAD_MAX + dlen + KVS_CBOR_HEAD_MAX + (size_t)h->block_tokens * 5 +
-                  KVS_CBOR_UINT32_SLACK + extra_max;
+                  KVS_TOKENS_SLACK + extra_max;
     uint8_t small[2048];
     uint8_t *buf = small;
     EVP_MD_CTX *mdctx = NULL;
@@ -228,8 +340,7 @@ kvs_status_t kvs_hasher_chain(kvs_hasher_h h, const kvs_chain_params_t *params,
     const uint32_t *tok = tokens;
     for (size_t b = 0; b < nblocks; b++, tok += bt) {
         uint8_t *p = tok_start;
-        for (uint32_t t = 0; t < bt; t++)
-            p += kvs__cbor_uint32(p, tok[t]);
+        p = encode_tokens(h, p, tok, bt);
         if (b == 0 && salt != NULL) {
             p += encode_extra(p, lora, salt);
         } else if (extra_rest_len == 1) {

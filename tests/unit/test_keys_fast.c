@@ -6,7 +6,8 @@
  * written in place. The reference here rebuilds every block's CBOR from
  * scratch with the generic encoder (kvs__cbor_head / kvs__cbor_string, the
  * encoder test_keys and keys_vs_vllm check against cbor2) and hashes it with
- * one-shot XXH3-128 / SHA-256. Random blocks of many sizes, tokens of every
+ * one-shot XXH3-128 / SHA-256, with the SIMD token encoder (where the CPU has
+ * one) and with the scalar one. Random blocks of many sizes, tokens of every
  * CBOR width, LoRA names, salts and continued chains: any divergence fails. */
 #include "cbor_int.h"
 #include "kvs_int.h"
@@ -117,7 +118,7 @@ Test(keys_fast, uint32_head_matches_generic_head)
     }
 }
 
-static void check_algo(kvs_hash_algo_t algo, uint64_t seed)
+static void check_algo(kvs_hash_algo_t algo, uint64_t seed, bool simd)
 {
     static const uint32_t sizes[] = {1,  2,  3,  4,  5,  7,   8,   15,  16,  17, 23,
                                      24, 31, 32, 33, 64, 100, 255, 256, 257, 600};
@@ -135,6 +136,8 @@ static void check_algo(kvs_hash_algo_t algo, uint64_t seed)
                                       .block_tokens = bt};
             kvs_hasher_h h = NULL;
             cr_assert_eq(kvs_hasher_create(&hp, &h), KVS_OK);
+            if (!simd)
+                kvs__hasher_set_simd(h, false);
 
             size_t nblocks = 1 + rng(&s) % MAX_BLOCKS;
             size_t ntok = nblocks * bt + rng(&s) % bt; /* maybe a partial tail */
@@ -174,11 +177,12 @@ static void check_algo(kvs_hash_algo_t algo, uint64_t seed)
             for (size_t b = 0; b < nblocks; b++) {
                 const char *sl = (b == 0 && !use_parent && salt[0]) ? salt : NULL;
                 ref_block(algo, &parent, tok + b * bt, bt, l, sl, &want);
-                cr_assert_eq(memcmp(&got[b], &want, sizeof(want)), 0,
-                             "algo %d, %u-token blocks, block %zu of %zu, lora %zu B, salt %zu "
-                             "B, parent given %d: fast path differs from the generic encoder",
-                             (int)algo, bt, b, nblocks, strlen(lora), strlen(salt),
-                             (int)use_parent);
+                cr_assert_eq(
+                    memcmp(&got[b], &want, sizeof(want)), 0,
+                    "algo %d, %u-token blocks, block %zu of %zu, lora %zu B, salt %zu "
+                    "B, parent given %d, simd %d: fast path differs from the generic encoder",
+                    (int)algo, bt, b, nblocks, strlen(lora), strlen(salt), (int)use_parent,
+                    (int)simd);
                 parent = want;
             }
             free(tok);
@@ -189,10 +193,36 @@ static void check_algo(kvs_hash_algo_t algo, uint64_t seed)
 
 Test(keys_fast, xxhash_chain_matches_generic_encoder)
 {
-    check_algo(KVS_HASH_XXHASH_CBOR, 0x9e3779b97f4a7c15ull);
+    check_algo(KVS_HASH_XXHASH_CBOR, 0x9e3779b97f4a7c15ull, true);
+    check_algo(KVS_HASH_XXHASH_CBOR, 0x9e3779b97f4a7c15ull, false);
 }
 
 Test(keys_fast, sha256_chain_matches_generic_encoder)
 {
-    check_algo(KVS_HASH_SHA256_CBOR, 0xc2b2ae3d27d4eb4full);
+    check_algo(KVS_HASH_SHA256_CBOR, 0xc2b2ae3d27d4eb4full, true);
+    check_algo(KVS_HASH_SHA256_CBOR, 0xc2b2ae3d27d4eb4full, false);
+}
+
+Test(keys_fast, simd_and_scalar_agree_on_long_chains)
+{
+    /* 8k tokens of a real vocabulary, as `kvshare bench index` hashes. */
+    kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_BLOCK_TOKENS,
+                              .algo = KVS_HASH_XXHASH_CBOR,
+                              .block_tokens = 16};
+    kvs_hasher_h h = NULL;
+    cr_assert_eq(kvs_hasher_create(&hp, &h), KVS_OK);
+    static uint32_t tok[8192];
+    static kvs_key_t a[512], b[512];
+    uint64_t s = 42;
+    for (size_t i = 0; i < 8192; i++)
+        tok[i] = (uint32_t)(rng(&s) % 152064);
+    size_t na = 0, nb = 0;
+    bool simd = kvs__hasher_set_simd(h, true);
+    cr_assert_eq(kvs_hasher_chain(h, NULL, tok, 8192, a, 512, &na), KVS_OK);
+    cr_assert_not(kvs__hasher_set_simd(h, false));
+    cr_assert_eq(kvs_hasher_chain(h, NULL, tok, 8192, b, 512, &nb), KVS_OK);
+    cr_assert_eq(na, 512);
+    cr_assert_eq(nb, 512);
+    cr_assert_eq(memcmp(a, b, sizeof(a)), 0, "simd %d", (int)simd);
+    kvs_hasher_destroy(h);
 }
