@@ -384,9 +384,11 @@ uint64_t kvs_key_to_u64(const kvs_key_t *key, size_t digest_len)
 {
     if (digest_len < 8 || digest_len > KVS_KEY_BYTES)
         digest_len = KVS_KEY_BYTES;
-    uint64_t v = 0;
-    for (size_t i = digest_len - 8; i < digest_len; i++)
-        v = (v << 8) | key->bytes[i];
+    uint64_t v;
+    memcpy(&v, key->bytes + digest_len - 8, sizeof(v));
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
