@@ -171,6 +171,7 @@ kvs_status_t kvs_hasher_create(const kvs_hasher_params_t *params, kvs_hasher_h *
     h->digest_len = (algo == KVS_HASH_SHA256_CBOR) ? 32 : 16;
     build_pair_tables(h);
 #ifdef KVS_KEYS_SSSE3
+    __builtin_cpu_init(); /* cheap, and needed before constructors have run */
     h->ssse3 = __builtin_cpu_supports("ssse3");
 #endif
 
