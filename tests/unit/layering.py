@@ -39,7 +39,6 @@ ALLOWED = {
     "connectors": BELOW_ALL + [CORE_PRIVATE],  # registry.c: the vtables it lists
     "connectors/ucx": BELOW_ALL + [CORE_PRIVATE, "cuda/include"],
     "connectors/index": BELOW_ALL,
-    "connectors/redis": BELOW_ALL,
     "preload": BELOW_ALL + ["preload/include", "preload/src", "cuda/include"],
     "k8s": BELOW_ALL,
     "examples": BELOW_ALL,
@@ -47,12 +46,7 @@ ALLOWED = {
 
 # Edges that still run sideways, each with its reason. Remove an entry when it is fixed;
 # never add one for new code.
-KNOWN = {
-    # `kvshare index` (cmd_index.c, bench_index.c, serve_events.c) uses the index's pure
-    # core and Redis client from connectors/ (issue 14: to move below the CLI or beside it).
-    ("libkvshare/cli", "connectors/index"),
-    ("libkvshare/cli", "connectors/redis"),
-}
+KNOWN = set()
 
 errors = []
 
