@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* bench_index.c - `kvshare bench index` (kvshare-index bench): event ingest rate, score latency and bytes per pair.
+/* bench_index.c - `kvshare bench index` (kvshare-index bench): event ingest rate, score latency and
+ * bytes per pair.
  *
  * One thread, one run:
  *  - ingest_block_events_per_s: msgpack BlockStored batches (positional, 16 hashes per

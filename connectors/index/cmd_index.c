@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* cmd_index.c - `kvshare index` (kvshare-index): vLLM KV events over ZMQ in, longest-prefix scores over HTTP out.
+/* cmd_index.c - `kvshare index` (kvshare-index): vLLM KV events over ZMQ in, longest-prefix scores
+ * over HTTP out.
  *
  * Threads: the main thread is the index's only writer. It drains every SUB socket with
  * non-blocking receives (ZMQ queues on our side; a PUB never waits for us), tracks each

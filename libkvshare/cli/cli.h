@@ -64,5 +64,4 @@ void kvs_cli_events_close(kvs_cli_events_t *ev);
 /* Prints "kvshare: what: status text" to stderr; returns 1 (exit code). */
 int kvs_cli_fail(const char *what, kvs_status_t status);
 
-
 #endif
