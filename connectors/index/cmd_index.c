@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* cmd_index.c - `kvshare index`: vLLM KV events over ZMQ in, longest-prefix scores over HTTP out.
+/* cmd_index.c - `kvshare index` (kvshare-index): vLLM KV events over ZMQ in, longest-prefix scores
+ * over HTTP out.
  *
  * Threads: the main thread is the index's only writer. It drains every SUB socket with
  * non-blocking receives (ZMQ queues on our side; a PUB never waits for us), tracks each
  * pod's sequence numbers, asks the pod's replay ROUTER for missed batches, and applies
  * the events. libmicrohttpd's threads (a pool of 4) answer HTTP; they only read the index
  * (lock-free: kvindex.c) and the counters (atomics). */
-#include "cli.h"
+#include "cmdline_int.h"
+#include "index.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
 #include "tokkeys_int.h"
@@ -1175,8 +1177,10 @@ int kvs_cli_index(int argc, char **argv)
         hp.seed = seed;
     }
     kvs_status_t st = kvs_hasher_create(&hp, &d.hasher);
-    if (st != KVS_OK)
-        return kvs_cli_fail("index: hasher", st);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare: index: hasher: %s\n", kvs_status_string(st));
+        return 1;
+    }
     d.digest_len = kvs_hasher_digest_len(d.hasher);
     d.block_size = (uint32_t)block_size;
     d.idx = kvs__idx_create(max_pairs);

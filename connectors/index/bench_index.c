@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* bench_index.c - `kvshare bench index`: event ingest rate, score latency and bytes per pair.
+/* bench_index.c - `kvshare bench index` (kvshare-index bench): event ingest rate, score latency and
+ * bytes per pair.
  *
  * One thread, one run:
  *  - ingest_block_events_per_s: msgpack BlockStored batches (positional, 16 hashes per
@@ -14,7 +15,8 @@
  *    writer's rate, ingest_during_scores_per_s: scoring takes no lock, so a writer never
  *    holds a score up (with a reader-writer lock, a score waited for the store in
  *    progress). */
-#include "cli.h"
+#include "cmdline_int.h"
+#include "index.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
 
