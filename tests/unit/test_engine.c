@@ -579,23 +579,23 @@ static kvs_ctx_h new_loop_ctx(const char *token, bool listen)
     return ctx;
 }
 
-/* The view decode rank @k of @nd describes to kvshare (as engine.c does):
+/* The view an engine of config @c describes to kvshare (as engine.c does):
  * what kvs_layout_source_ranks() needs to name the holders to ask. */
-static kvs_layout_t tp_view(uint32_t k, uint32_t nd, kvs_kv_layout_t l)
+static kvs_layout_t tp_view(const engine_config_t *c)
 {
     uint32_t h0 = 0, nh = 0;
-    cr_assert(engine_tp_heads(2, k, nd, &h0, &nh));
+    cr_assert(engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &h0, &nh));
     return (kvs_layout_t){.field_mask = KVS_LAYOUT_FIELD_TOTAL_KV_HEADS,
                           .model_id = "kvshare-example-tiny",
                           .dtype = KVS_DTYPE_FP32,
-                          .block_tokens = 16,
-                          .num_layers = 2,
+                          .block_tokens = c->block_tokens,
+                          .num_layers = c->n_layers,
                           .num_kv_heads = nh,
-                          .head_dim = 16,
-                          .tp_rank = k,
-                          .tp_size = nd,
-                          .kv_layout = l,
-                          .total_kv_heads = 2,
+                          .head_dim = c->head_dim,
+                          .tp_rank = c->tp_rank,
+                          .tp_size = c->tp_size,
+                          .kv_layout = c->kv_layout,
+                          .total_kv_heads = c->n_kv_heads,
                           .kv_order = KVS_KV_ORDER_BLOCK_OUTER};
 }
 
@@ -651,7 +651,7 @@ static void tp_case(uint32_t np, kvs_kv_layout_t lp, uint32_t nd, kvs_kv_layout_
         if (over_peers) {
             /* One lookup and fetch per holder the library names; between
              * them their leases fill each of our heads exactly once. */
-            const kvs_layout_t view = tp_view(k, nd, ld);
+            const kvs_layout_t view = tp_view(&c);
             uint32_t ranks[TP_MAX];
             size_t nr = 0;
             cr_assert_eq(api.layout_source_ranks(&view, np, ranks, TP_MAX, &nr), KVS_OK);
