@@ -7,16 +7,18 @@
  * under the same LoRA or salt: vLLM folds both into every block's hash. Models are
  * separate key spaces.
  *
- * Concurrency: one writer (the event thread) and any number of readers (HTTP threads).
- * Every call takes the index's rwlock (write for changes, read for score and stats), so
- * a score sees a batch's events either all applied or none of those applied by the same
- * call. Readers never block each other; the lock-free readers the issue asks for are a
- * later step (the layout keeps all reads to one block table and per-block holder arrays).
+ * Concurrency: one writer at a time (changes take the index's writer mutex; the daemon's
+ * event thread is the only one) and any number of readers that take no lock and never
+ * wait: scores, lookups without create, names, the degraded check, pair counts and stats.
+ * Published data is read with acquire loads, words changed in place with atomic loads,
+ * and nothing a reader may hold is freed or reused before a grace period (kvindex.c).
+ * A score may see a store or removal half applied (slightly stale), never freed memory
+ * or a block a pod never held. kvs__idx_pod_copies serialises with the writer.
  *
- * Memory: about 32 B per block (with the next-block hint a score tries before the table)
- * + 4 B per table slot (load <= 1/2) + 8 B per holder beyond
- * the first + 4 B per (pod, block) in the pod's list; bounded by max_pairs. At the bound, a
- * store first evicts one pair from the pod that holds the most (its blocks in turn from a
+ * Memory: a 48 B block entry (first holder inline, the next-block hint) + 4 B per table
+ * slot (live load 3/16..1/2) + 8 B per holder beyond the first (+ a 16 B array header) +
+ * 4 B per (pod, block) in the pod's list; bounded by max_pairs. At the bound, a store
+ * first evicts one pair from the pod that holds the most (its blocks in turn from a
  * rotating cursor, roughly oldest first); kvs__idx_age() clears pods idle for too long. */
 #ifndef KVS_KVINDEX_INT_H
 #define KVS_KVINDEX_INT_H
@@ -28,6 +30,7 @@
 typedef struct kvs__idx kvs__idx_t;
 
 #define KVS__IDX_MAX_PODS    (1u << 24)
+#define KVS__IDX_MAX_MODELS  65535u
 #define KVS__IDX_MAX_MEDIA   255u
 #define KVS__IDX_MAX_HOLDERS 65535u /* pods holding one block: more are not recorded */
 
@@ -54,7 +57,7 @@ kvs__idx_t *kvs__idx_create(uint64_t max_pairs);
 void kvs__idx_destroy(kvs__idx_t *idx);
 
 /* The id of model `name` (len bytes), created when create is true. -1: unknown, or out of
- * memory while creating. */
+ * memory or KVS__IDX_MAX_MODELS reached while creating. */
 int64_t kvs__idx_model(kvs__idx_t *idx, const char *name, size_t len, bool create);
 /* The id of pod `name` serving `model`, created when create is true (a pod publishing two
  * models is two pods here). -1: unknown / out of memory / too many pods. */

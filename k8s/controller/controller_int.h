@@ -22,7 +22,12 @@
 #define KVSC_ANNOT_INJECTED    "kvshare.io/injected"
 /* The pod's PYTHONHASHSEED (vLLM's NONE_HASH is the hash of this string, so every pod of a
  * pool must share it); absent: KVSC_DEFAULT_HASH_SEED. */
-#define KVSC_ANNOT_HASH_SEED   "kvshare.io/python-hash-seed"
+#define KVSC_ANNOT_HASH_SEED "kvshare.io/python-hash-seed"
+/* Opt-in: a node directory (absolute path) shared by the node's kvshare processes as a
+ * hostPath volume, where holders put the Unix sockets that hand same-host readers their
+ * memfds (KVSHARE_HOST_SOCKET_DIR). Opt-in because Pod Security "baseline" refuses
+ * hostPath volumes. */
+#define KVSC_ANNOT_HOST_SOCKET "kvshare.io/host-socket-dir"
 #define KVSC_DEFAULT_HASH_SEED "0"
 /* Set by the webhook: where the pod's kvshare token comes from ("secret:<name>/<key>"),
  * "none" (the pool is open), or "missing" (kvshare in the pod will refuse to start). */
@@ -32,6 +37,8 @@
 #define KVSC_VOLUME_AUTH         "kvshare-auth"
 #define KVSC_MOUNT_LIB           "/opt/kvshare"
 #define KVSC_MOUNT_AUTH          "/var/run/secrets/kvshare"
+#define KVSC_VOLUME_HOST         "kvshare-host"
+#define KVSC_MOUNT_HOST          "/var/run/kvshare-host"
 #define KVSC_SHIM_PATH           KVSC_MOUNT_LIB "/lib/libkvshare_preload.so"
 /* The vLLM plugin package and its dist-info (copied from the image's dist/python). */
 #define KVSC_PYTHON_PATH         KVSC_MOUNT_LIB "/python"
@@ -229,6 +236,9 @@ typedef struct kvsc_pool {
      * and their clients prove; auth_secret NULL: no authSecretRef, the pool runs open. */
     const char *auth_secret;
     const char *auth_key; /* default KVSC_AUTH_TOKEN_KEY */
+    /* spec.hostSocketDir: the node directory (hostPath) where same-host memfd sockets live,
+     * mounted at KVSC_MOUNT_HOST with KVSHARE_HOST_SOCKET_DIR; NULL: none. */
+    const char *host_socket_dir;
 } kvsc_pool_t;
 
 /* Where a cache node or an injected pod finds the pool's token: the Secret is mounted
@@ -241,6 +251,10 @@ typedef struct kvsc_pool {
 /* Secret names are DNS-1123 subdomains; keys are [-._a-zA-Z0-9]+, not "." or "..", at most
  * 253 characters. 1 when valid. */
 int kvsc_valid_secret_key(const char *s);
+
+/* A node directory for a hostPath volume: absolute, of [A-Za-z0-9._/-], no "..", 2 to 200
+ * characters. 1 when valid. */
+int kvsc_valid_host_dir(const char *d);
 
 /**
  * Read and validate a KVCachePool object. Defaults: replicas 1, strategy "lru".

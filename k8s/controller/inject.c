@@ -25,6 +25,7 @@
     X(AUTH_TOKEN_FILE, KVSC_ENV_AUTH_TOKEN_FILE)                                                   \
     X(AUTH, KVSC_ENV_AUTH)                                                                         \
     X(VLLM_ROLE, "KVSHARE_VLLM_ROLE")                                                              \
+    X(HOST_SOCKET_DIR, "KVSHARE_HOST_SOCKET_DIR")                                                  \
     X(HASH_SEED, "PYTHONHASHSEED")
 
 enum {
@@ -399,6 +400,7 @@ typedef struct {
     const char *auth_key; /* the Secret key the token is in */
     int auth_none;        /* the pool is open: KVSHARE_AUTH=none */
     const char *listen;
+    const char *host_dir; /* kvshare.io/host-socket-dir, or NULL */
 } kvsc_env_plan_t;
 
 /* Add var->entry to the container's var (created when absent). The last entry of a name
@@ -481,6 +483,10 @@ static kvsc_status_t patch_container(cJSON *patch, cJSON *warnings, const cJSON 
         status = add_opf(patch, "add", mount(KVSC_VOLUME_AUTH, KVSC_MOUNT_AUTH, 1),
                          "%s/volumeMounts/-", base);
     }
+    if (status == KVSC_OK && plan->host_dir != NULL) {
+        status = add_opf(patch, "add", mount(KVSC_VOLUME_HOST, KVSC_MOUNT_HOST, 0),
+                         "%s/volumeMounts/-", base);
+    }
     if (status != KVSC_OK) {
         return status;
     }
@@ -542,6 +548,12 @@ static kvsc_status_t patch_container(cJSON *patch, cJSON *warnings, const cJSON 
         case KVSC_EV_VLLM_ROLE:
             e = env_value(name, plan->vllm_role);
             break;
+        case KVSC_EV_HOST_SOCKET_DIR:
+            if (plan->host_dir == NULL) {
+                continue;
+            }
+            e = env_value(name, KVSC_MOUNT_HOST);
+            break;
         default: /* KVSC_EV_HASH_SEED */
             e = env_value(name, plan->hash_seed);
             break;
@@ -559,6 +571,20 @@ static cJSON *lib_volume(void)
     cJSON *v = cJSON_CreateObject();
     if (v == NULL || cJSON_AddStringToObject(v, "name", KVSC_VOLUME_LIB) == NULL ||
         cJSON_AddObjectToObject(v, "emptyDir") == NULL) {
+        cJSON_Delete(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* The node directory where same-host holders put their memfd sockets. */
+static cJSON *host_volume(const char *dir)
+{
+    cJSON *v = cJSON_CreateObject();
+    cJSON *h = cJSON_AddObjectToObject(v, "hostPath");
+    if (v == NULL || cJSON_AddStringToObject(v, "name", KVSC_VOLUME_HOST) == NULL || h == NULL ||
+        cJSON_AddStringToObject(h, "path", dir) == NULL ||
+        cJSON_AddStringToObject(h, "type", "DirectoryOrCreate") == NULL) {
         cJSON_Delete(v);
         return NULL;
     }
@@ -649,6 +675,16 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
                       pool);
         goto out_no_patch;
     }
+    const char *host_dir = str_get(annotations, KVSC_ANNOT_HOST_SOCKET);
+    if (obj_get(annotations, KVSC_ANNOT_HOST_SOCKET) != NULL &&
+        (host_dir == NULL || !kvsc_valid_host_dir(host_dir))) {
+        status = warn(warnings,
+                      "kvshare: invalid kvshare.io/host-socket-dir \"%s\" (want an absolute node "
+                      "path of letters, digits, '.', '_', '-' and '/', without '..'); pod not "
+                      "injected",
+                      host_dir != NULL ? host_dir : "");
+        goto out_no_patch;
+    }
     const char *secret = str_get(annotations, KVSC_ANNOT_AUTH_SECRET);
     if (secret != NULL && !kvs__dns_subdomain(secret)) {
         status = warn(warnings,
@@ -704,6 +740,8 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
     const cJSON *volumes = obj_get(spec, "volumes");
     if (array_has_name(volumes, KVSC_VOLUME_LIB) || array_has_name(volumes, KVSC_VOLUME_AUTH) ||
         has_mount_at(containers, KVSC_MOUNT_LIB) ||
+        (host_dir != NULL && (array_has_name(volumes, KVSC_VOLUME_HOST) ||
+                              has_mount_at(containers, KVSC_MOUNT_HOST))) ||
         (secret != NULL && has_mount_at(containers, KVSC_MOUNT_AUTH))) {
         /* The API server would reject the pod for a duplicate; leaving it alone is safer. */
         status =
@@ -751,6 +789,9 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
     if (status == KVSC_OK && secret != NULL) {
         status = add_op(patch, "add", "/spec/volumes/-", auth_volume(secret));
     }
+    if (status == KVSC_OK && host_dir != NULL) {
+        status = add_op(patch, "add", "/spec/volumes/-", host_volume(host_dir));
+    }
     if (status == KVSC_OK) {
         status = ensure_container(patch, spec, "initContainers", "/spec/initContainers", 1);
     }
@@ -764,7 +805,8 @@ kvsc_status_t kvsc_inject_patch(const kvsc_inject_cfg_t *cfg, const cJSON *pod,
                             .auth_secret = secret,
                             .auth_key = skey,
                             .auth_none = auth_none,
-                            .listen = listen};
+                            .listen = listen,
+                            .host_dir = host_dir};
     int idx = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, containers)

@@ -20,3 +20,19 @@ int kvsc_valid_secret_key(const char *s)
     }
     return 1;
 }
+
+int kvsc_valid_host_dir(const char *d)
+{
+    size_t n = strlen(d);
+    if (n < 2 || n > 200 || d[0] != '/' || strstr(d, "..") != NULL) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = d[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '/' || c == '.' || c == '_' || c == '-')) {
+            return 0;
+        }
+    }
+    return 1;
+}

@@ -107,6 +107,17 @@ kvsc_status_t kvsc_pool_parse(const cJSON *obj, kvsc_pool_t *pool, const char **
             p.auth_key = key->valuestring;
         }
     }
+    v = cJSON_GetObjectItemCaseSensitive(spec, "hostSocketDir");
+    if (v != NULL && !cJSON_IsNull(v)) {
+        if (!cJSON_IsString(v) || !kvsc_valid_host_dir(v->valuestring)) {
+            *reason_p = "InvalidHostSocketDir";
+            snprintf(msg, msg_len,
+                     "spec.hostSocketDir: an absolute node path of letters, digits, '.', '_', "
+                     "'-' and '/', without '..'");
+            return KVSC_ERR_INVALID;
+        }
+        p.host_socket_dir = v->valuestring;
+    }
     *pool = p;
     return KVSC_OK;
 }
@@ -158,6 +169,13 @@ static cJSON *b_arr(kvsc_b_t *b, cJSON *parent, const char *key)
         b->ok = 0;
     }
     return a;
+}
+
+/* The array @key of @parent, made when it is not there yet. */
+static cJSON *b_arr_once(kvsc_b_t *b, cJSON *parent, const char *key)
+{
+    cJSON *a = parent != NULL ? cJSON_GetObjectItemCaseSensitive(parent, key) : NULL;
+    return a != NULL ? a : b_arr(b, parent, key);
 }
 
 static void b_str(kvsc_b_t *b, cJSON *o, const char *key, const char *val)
@@ -296,6 +314,18 @@ kvsc_status_t kvsc_desired_deployment(const kvsc_rec_cfg_t *cfg, const kvsc_pool
         /* kvshare refuses to start without a token unless told to run open; a pool without
          * authSecretRef says so here, and in its Authenticated condition. */
         b_env(&b, env, KVSC_ENV_AUTH, "none");
+    }
+    if (pool->host_socket_dir != NULL) {
+        /* Same-host clients map this node's arena through a socket in the shared dir. */
+        b_env(&b, env, "KVSHARE_HOST_SOCKET_DIR", KVSC_MOUNT_HOST);
+        cJSON *m = b_obj(&b, b_arr_once(&b, c, "volumeMounts"), NULL);
+        b_str(&b, m, "name", KVSC_VOLUME_HOST);
+        b_str(&b, m, "mountPath", KVSC_MOUNT_HOST);
+        cJSON *vol = b_obj(&b, b_arr_once(&b, pspec, "volumes"), NULL);
+        b_str(&b, vol, "name", KVSC_VOLUME_HOST);
+        cJSON *hp = b_obj(&b, vol, "hostPath");
+        b_str(&b, hp, "path", pool->host_socket_dir);
+        b_str(&b, hp, "type", "DirectoryOrCreate");
     }
     cJSON *ports = b_arr(&b, c, "ports");
     b_port(&b, ports, "kvshare", cfg->listen_port, 0);

@@ -372,7 +372,17 @@ static enum MHD_Result begin(kvsc_server_t *s, struct MHD_Connection *conn, kvsc
         }
         /* The whole body is reserved up front, so a refusal comes before it is sent. */
         if (!budget_take(s, r, (size_t)n + 1)) {
-            return send_busy(s, conn, r);
+            /* Answer now only to a client that waits for "100 Continue"
+             * before sending. Any other client is already sending: answering
+             * and closing with its body unread makes the kernel reset the
+             * connection, and the client sees a send failure instead of the
+             * 429. Its body is read and dropped, and the 429 goes at the end. */
+            const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
+            if (expect != NULL && strcasecmp(expect, "100-continue") == 0) {
+                return send_busy(s, conn, r);
+            }
+            r->busy = 1;
+            return MHD_YES;
         }
         r->cap = (size_t)n + 1;
         r->buf = cJSON_malloc(r->cap);

@@ -47,7 +47,7 @@ int kvs_cli_bench(int argc, char **argv)
         return kvs_cli_bench_pool(argc - 1, argv + 1);
 #ifdef KVS_HAVE_INDEX
     if (strcmp(argv[1], "index") == 0)
-        return kvs_cli_bench_index(argc - 1, argv + 1);
+        return kvs_cli_exec_index(true, argc - 1, argv + 1);
 #endif
     /* Options belong to a benchmark: `kvshare bench transfer --json`. */
     if (argv[1][0] == '-')

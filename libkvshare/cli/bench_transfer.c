@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 typedef struct xopts {
-    const char *tls;
+    const char *tls, *path;
     uint64_t block_bytes, blocks, batch, repeats, seed, inflight;
     bool json, contiguous, serve, no_perftest;
     /* --prefill-tp P --decode-tp D: the server publishes TP rank 0 of P's
@@ -36,7 +36,7 @@ static void usage(FILE *f)
         "                              [--blocks N] [--batch K] [--repeats R]\n"
         "                              [--inflight 1|2] [--contiguous] [--no-perftest] [--seed S]\n"
         "                              [--prefill-tp P --decode-tp D [--kv-layout nhd|hnd]]\n"
-        "                              [--json]\n"
+        "                              [--path auto|memfd|ucx] [--json]\n"
         "\n"
         "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
         "this process looks them up and fetches them all in batches of K, R times, into\n"
@@ -45,6 +45,8 @@ static void usage(FILE *f)
         "same run: one core's memcpy of the same blocks (the limit of a shared-memory path),\n"
         "and ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw\n"
         "on tcp).\n"
+        "--path memfd needs the same-host path (this process maps the server's memfds and\n"
+        "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
         "          --repeats 5 --inflight 1 --seed 42 (the keys and the shuffle)\n"
         "--prefill-tp P --decode-tp D: the server holds TP rank 0 of P's share of the 8 KV\n"
@@ -116,9 +118,10 @@ static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, const kvs_layout_
                               uint64_t block_bytes, uint8_t **mem_p, kvs_pool_h *p)
 {
     size_t bytes = (size_t)(o->blocks * block_bytes);
-    uint8_t *mem = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
-    if (mem == NULL)
-        return KVS_ERR_NO_MEMORY;
+    uint8_t *mem = NULL; /* kvshare's memory: a same-host reader may map it */
+    kvs_status_t st = kvs_mem_alloc(ctx, bytes, KVS_MEM_HOST, (void **)&mem);
+    if (st != KVS_OK)
+        return st;
     memset(mem, 0, bytes); /* touch every page before timing */
     kvs_segment_t seg = {.base = mem,
                          .block_stride = block_bytes,
@@ -126,9 +129,9 @@ static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, const kvs_layout_
                          .mem_type = KVS_MEM_HOST};
     kvs_pool_params_t pp = {
         .layout = l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)o->blocks};
-    kvs_status_t st = kvs_pool_create(ctx, &pp, p);
+    st = kvs_pool_create(ctx, &pp, p);
     if (st != KVS_OK) {
-        free(mem);
+        kvs_mem_free(ctx, mem);
         return st;
     }
     *mem_p = mem;
@@ -226,9 +229,9 @@ static int serve(const xopts_t *o)
         ;
     kvs_pool_destroy(wpool);
     kvs_pool_destroy(pool);
+    kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
-    free(wmem);
-    free(mem);
+    kvs_mem_free(ctx, wmem);
     return 0;
 }
 
@@ -378,7 +381,8 @@ enum {
     O_SEED,
     O_PREFILL_TP,
     O_DECODE_TP,
-    O_KV_LAYOUT
+    O_KV_LAYOUT,
+    O_PATH
 };
 
 static const struct option xfer_options[] = {
@@ -396,6 +400,7 @@ static const struct option xfer_options[] = {
     {"prefill-tp", required_argument, NULL, O_PREFILL_TP},
     {"decode-tp", required_argument, NULL, O_DECODE_TP},
     {"kv-layout", required_argument, NULL, O_KV_LAYOUT},
+    {"path", required_argument, NULL, O_PATH},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t xfer_cmd = {"bench transfer", usage, xfer_options};
@@ -469,6 +474,12 @@ static int parse_opts(int argc, char **argv, xopts_t *o)
                                            optarg);
             o->kv_layout = strcmp(optarg, "hnd") == 0 ? KVS_KV_HND : KVS_KV_NHD;
             break;
+        case O_PATH:
+            if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "memfd") != 0 &&
+                strcmp(optarg, "ucx") != 0)
+                return kvs_cli_usage_error(&xfer_cmd, "--path '%s': auto, memfd or ucx", optarg);
+            o->path = optarg;
+            break;
         default:
             return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
@@ -479,6 +490,7 @@ static int parse_opts(int argc, char **argv, xopts_t *o)
 int kvs_cli_bench_transfer(int argc, char **argv)
 {
     xopts_t o = {.tls = "posix,cma,self",
+                 .path = "auto",
                  .block_bytes = 262144,
                  .blocks = 4096,
                  .batch = 64,
@@ -511,6 +523,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     bool has_tcp = strstr(o.tls, "tcp") != NULL || strcmp(o.tls, "all") == 0;
     snprintf(ours, sizeof(ours), "%s%s", o.tls, has_tcp ? "" : ",tcp");
     setenv("UCX_TLS", ours, 1);
+    if (strcmp(o.path, "ucx") == 0)
+        setenv("KVSHARE_SHM", "off", 1); /* both processes: no offer, no mapping */
     /* The --serve child inherits the parent's token; alone it needs one too. */
     if (!kvs_cli_run_token("bench transfer"))
         return 1;
@@ -620,6 +634,19 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         fprintf(stderr, "kvshare bench transfer: %s\n", kvs_status_string(st));
         goto out;
     }
+    /* Which path moved the bytes: all through mapped memory, or none (with
+     * TP the whole-block passes moved as many bytes again). */
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_SHM};
+    kvs_stats_query(ctx, &ks);
+    const uint64_t all = o.blocks * moved * (o.repeats + 1) * (tp ? 2 : 1);
+    const char *ran = ks.shm_fetched_bytes == 0     ? "ucx"
+                      : ks.shm_fetched_bytes == all ? "memfd"
+                                                    : "mixed";
+    if (strcmp(o.path, "auto") != 0 && strcmp(o.path, ran) != 0) {
+        fprintf(stderr, "kvshare bench transfer: --path %s asked, but the %s path ran\n", o.path,
+                ran);
+        goto out;
+    }
     if (!content_ok(&o, mem, o.side_bytes, dst, "fetched") ||
         (tp && !content_ok(&o, wmem, moved, dst, "whole")))
         goto out;
@@ -683,6 +710,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     if (o.json) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "bench", "transfer");
+        cJSON_AddStringToObject(j, "path", ran);
         cJSON_AddStringToObject(j, "tls", o.tls);
         cJSON_AddNumberToObject(j, "block_bytes", (double)moved);
         cJSON_AddNumberToObject(j, "blocks", (double)o.blocks);
@@ -714,9 +742,10 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         if (kvs_cli_print_json("bench transfer", j) != 0)
             goto out;
     } else {
-        printf("  kvshare fetch        %8.2f GB/s   batch latency p50 %.0f us, p99 %.0f us\n"
-               "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
-               gbps, p50, p99, mc, mc > 0 ? gbps / mc : 0);
+        printf(
+            "  kvshare fetch        %8.2f GB/s   path %s, batch latency p50 %.0f us, p99 %.0f us\n"
+            "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
+            gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0);
         if (tp)
             printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s)\n", wgbps,
                    wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd");
@@ -735,9 +764,9 @@ out:
     fclose(from);
     kvs_pool_destroy(wpool);
     kvs_pool_destroy(pool);
+    kvs_mem_free(ctx, wmem);
+    kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
-    free(wmem);
-    free(mem);
     free(keys);
     free(wkeys);
     free(dst);

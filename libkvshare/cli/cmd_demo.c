@@ -471,42 +471,15 @@ typedef struct demo {
     double step_timeout; /* seconds */
 } demo_t;
 
-/* Locates kvshare-engine: $KVSHARE_ENGINE_BIN, else beside this binary (an
- * install: PREFIX/bin/kvshare -> PREFIX/bin/kvshare-engine), else where the
- * build puts it (build/libkvshare/cli/kvshare -> build/examples/kvshare-engine).
- * The install comes first: from PREFIX/bin, ../../examples is outside PREFIX. */
+/* Locates kvshare-engine: $KVSHARE_ENGINE_BIN, else beside this binary (an install), else
+ * build/examples/kvshare-engine (a build tree). */
 static bool find_engine(demo_t *d)
 {
-    const char *env = getenv("KVSHARE_ENGINE_BIN");
-    if (env != NULL && env[0] != '\0') {
-        if (access(env, X_OK) != 0) {
-            demo_err("KVSHARE_ENGINE_BIN=%s: not an executable file (%s); point it at a built "
-                     "kvshare-engine, or unset it to use the one built beside kvshare",
-                     env, strerror(errno));
-            return false;
-        }
-        snprintf(d->engine, sizeof(d->engine), "%s", env);
+    char why[3 * PATH_MAX];
+    if (kvs_cli_find_program(d->self, "kvshare-engine", "examples", "KVSHARE_ENGINE_BIN", d->engine,
+                             sizeof(d->engine), why, sizeof(why)))
         return true;
-    }
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof(dir), "%s", d->self);
-    char *slash = strrchr(dir, '/');
-    if (slash != NULL)
-        *slash = '\0';
-    char cand[2][PATH_MAX + 64];
-    snprintf(cand[0], sizeof(cand[0]), "%s/kvshare-engine", dir);
-    snprintf(cand[1], sizeof(cand[1]), "%s/../../examples/kvshare-engine", dir);
-    for (int i = 0; i < 2; i++) {
-        char real[PATH_MAX];
-        if (access(cand[i], X_OK) == 0 && realpath(cand[i], real) != NULL) {
-            snprintf(d->engine, sizeof(d->engine), "%s", real);
-            return true;
-        }
-    }
-    demo_err("kvshare-engine not found; looked at:\n  %s\n  %s\n"
-             "Build it (cmake --build build --target kvshare-engine) or set "
-             "KVSHARE_ENGINE_BIN=/path/to/kvshare-engine",
-             cand[0], cand[1]);
+    demo_err("%s", why);
     return false;
 }
 

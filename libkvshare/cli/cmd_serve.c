@@ -68,7 +68,7 @@ static void usage(FILE *f)
 }
 
 static volatile sig_atomic_t stop_signal;
-#ifdef KVS_HAVE_INDEX
+#ifdef KVS_HAVE_EVENTS
 static kvs_cli_events_t *events; /* --events; read by the metrics thread */
 #endif
 
@@ -116,7 +116,7 @@ static enum MHD_Result metrics(void *cls, struct MHD_Connection *conn, const cha
                  (unsigned long long)st.capacity_bytes, (unsigned long long)st.hits,
                  (unsigned long long)st.misses, (unsigned long long)st.evictions,
                  (unsigned long long)st.peers, (unsigned long long)st.leased_blocks);
-#ifdef KVS_HAVE_INDEX
+#ifdef KVS_HAVE_EVENTS
         if (events != NULL) {
             unsigned long long pub, drop, bat;
             kvs_cli_events_stats(events, &pub, &drop, &bat);
@@ -153,7 +153,7 @@ static enum MHD_Result metrics(void *cls, struct MHD_Connection *conn, const cha
 
 static void events_close(void)
 {
-#ifdef KVS_HAVE_INDEX
+#ifdef KVS_HAVE_EVENTS
     kvs_cli_events_close(events);
     events = NULL;
 #endif
@@ -314,7 +314,7 @@ static int serve_parse(int argc, char **argv, serve_opts_t *o)
                                    o->events_model);
     if (queue && !kvs_cli_parse_u64("--events-queue", queue, 1, 1u << 26, &o->queue))
         return 2;
-#ifndef KVS_HAVE_INDEX
+#ifndef KVS_HAVE_EVENTS
     if (o->events_ep != NULL)
         return kvs_cli_usage_error(&serve_cmd, "--events: built without libzmq / msgpack-c");
 #endif
@@ -345,7 +345,7 @@ int kvs_cli_serve(int argc, char **argv)
     const char *events_ep = o.events_ep, *events_pod = o.events_pod, *events_model = o.events_model;
     const char *events_replay = o.events_replay;
     uint64_t queue = o.queue, keep = o.keep;
-#ifdef KVS_HAVE_INDEX
+#ifdef KVS_HAVE_EVENTS
     if (events_ep != NULL) {
         char ewhy[256];
         /* Bound before the node starts: the store reports to it from its first block. */
@@ -405,7 +405,7 @@ int kvs_cli_serve(int argc, char **argv)
                      (o.has_capacity ? KVS_CTX_FIELD_CAPACITY : 0) |
                      (o.has_slot ? KVS_CTX_FIELD_SLOT_BYTES : 0) |
                      (o.has_strategy ? KVS_CTX_FIELD_STRATEGY : 0);
-#ifdef KVS_HAVE_INDEX
+#ifdef KVS_HAVE_EVENTS
     if (events != NULL) {
         cp.field_mask |= KVS_CTX_FIELD_BLOCK_EVENTS;
         cp.block_event_fn = kvs_cli_events_on_block;
@@ -446,7 +446,7 @@ int kvs_cli_serve(int argc, char **argv)
 #endif
     char addr[300];
     kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
-#ifdef KVS_HAVE_INDEX
+#ifdef KVS_HAVE_EVENTS
     if (events != NULL) {
         char ewhy[256];
         if (kvs_cli_events_run(events, events_pod ? events_pod : addr, events_model, ewhy,

@@ -48,69 +48,6 @@ static int version(int argc, char **argv)
     return 0;
 }
 
-double kvs_cli_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-void kvs_cli_sort(double *v, size_t n)
-{
-    qsort(v, n, sizeof(*v), cmp_double);
-}
-
-double kvs_cli_median(double *v, int n)
-{
-    kvs_cli_sort(v, (size_t)n);
-    return (n % 2) ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-bool kvs_cli_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-    char *end = NULL;
-    if (s == NULL) {
-        kvs_cli_errorf("%s needs a value", opt);
-        return false;
-    }
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (s[0] == '-' || end == s || *end != '\0' || errno != 0 || v < min || v > max) {
-        kvs_cli_errorf("%s '%s': expected an integer in %llu..%llu", opt, s,
-                       (unsigned long long)min, (unsigned long long)max);
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
-bool kvs_cli_parse_size(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-    char why[160];
-    uint64_t v;
-    if (s == NULL) {
-        kvs_cli_errorf("%s needs a value", opt);
-        return false;
-    }
-    if (kvs__size_parse(s, &v, why, sizeof(why)) != 0) {
-        kvs_cli_errorf("%s '%s': %s", opt, s, why);
-        return false;
-    }
-    if (v < min || v > max) {
-        kvs_cli_errorf("%s '%s': expected a size from %llu to %llu bytes", opt, s,
-                       (unsigned long long)min, (unsigned long long)max);
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
 int kvs_cli_fail(const char *what, kvs_status_t status)
 {
     fprintf(stderr, "kvshare: %s: %s\n", what, kvs_status_string(status));
@@ -140,7 +77,7 @@ int main(int argc, char **argv)
         return kvs_cli_serve(argc - 1, argv + 1);
 #ifdef KVS_HAVE_INDEX
     if (strcmp(cmd, "index") == 0)
-        return kvs_cli_index(argc - 1, argv + 1);
+        return kvs_cli_exec_index(false, argc - 1, argv + 1);
 #endif
     fprintf(stderr, "kvshare: unknown command '%s'\n", cmd);
     usage(stderr);

@@ -529,6 +529,23 @@ KVS_API void kvs_mem_deregister(kvs_region_h region);
 /** Number of regions registered now (for stats and tests). */
 KVS_API size_t kvs_mem_region_count(kvs_ctx_h ctx);
 
+/**
+ * Allocates @length bytes of host memory for the engine's KV cache, zeroed
+ * and page-aligned, in a sealed memfd: pools whose segments lie in it are
+ * readable by same-host peers through shared memory (they map it read-only
+ * and copy it themselves, instead of the transport's cross-process copy).
+ * Where memfds are unavailable it is ordinary anonymous memory. On success
+ * the caller owns *ptr_p and frees it with kvs_mem_free() after destroying
+ * every pool and region in it. Only KVS_MEM_HOST is supported.
+ * Errors: KVS_ERR_INVALID_PARAM (NULL ctx/ptr_p, zero length),
+ * KVS_ERR_UNSUPPORTED (KVS_MEM_CUDA), KVS_ERR_NO_MEMORY.
+ */
+KVS_API kvs_status_t kvs_mem_alloc(kvs_ctx_h ctx, size_t length, kvs_mem_type_t mem_type,
+                                   void **ptr_p);
+
+/** Frees memory from kvs_mem_alloc(); accepts NULL. @ctx may be NULL. */
+KVS_API void kvs_mem_free(kvs_ctx_h ctx, void *ptr);
+
 enum kvs_pool_field {
     KVS_POOL_FIELD_NAME = 1u << 0,
 };
@@ -803,6 +820,7 @@ KVS_API void kvs_request_free(kvs_request_h req);
 /* ------------------------------------------------------------------------ */
 enum kvs_stats_field {
     KVS_STATS_FIELD_PEERS = 1u << 0, /* fill `peers` (a later field) */
+    KVS_STATS_FIELD_SHM = 1u << 1,   /* fill `shm_fetched_bytes` */
 };
 
 /* The fields before `peers` are always filled; later ones only when their
@@ -822,6 +840,9 @@ typedef struct kvs_stats {
     uint64_t
         fetched_bytes; /* copied into pools by kvs_fetch: locally, or from peers over the wire */
     uint64_t peers;    /* connections open now (KVS_STATS_FIELD_PEERS) */
+    /* Bytes fetched by mapping a same-host holder's memory and copying it
+     * (KVS_STATS_FIELD_SHM); the rest moved over the transport. */
+    uint64_t shm_fetched_bytes;
 } kvs_stats_t;
 
 /** Fills *stats (a consistent-enough snapshot; counters are relaxed). */

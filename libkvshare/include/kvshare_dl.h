@@ -80,7 +80,9 @@ extern "C" {
     X(put_ex)                                                                                      \
     X(model_id)                                                                                    \
     X(layout_source_ranks)                                                                         \
-    X(lease_heads)
+    X(lease_heads)                                                                                 \
+    X(mem_alloc)                                                                                   \
+    X(mem_free)
 
 /** The functions of one loaded libkvshare: member `name` is kvs_<name>. */
 typedef struct kvs_dl {

@@ -260,6 +260,9 @@ kvs_status_t kvs__boot_srv_take(kvs__boot_srv_t *s, const uint8_t *secret, size_
         s->model = m.u.hello.model;
         s->req_id = m.hdr.req_id;
         memcpy(s->nonce_c, m.u.hello.nonce, KVS_PROTO_NONCE_LEN);
+        size_t ml = sizeof(KVS_BOOT_SHM_MARK) - 1;
+        s->shm = m.u.hello.name_len >= ml &&
+                 memcmp(m.u.hello.name + m.u.hello.name_len - ml, KVS_BOOT_SHM_MARK, ml) == 0;
         s->state = KVS_BOOT_WAIT_AUTH;
         s->rx_len = 0;
         return KVS_INPROGRESS;

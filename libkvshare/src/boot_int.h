@@ -36,6 +36,11 @@ typedef enum kvs__boot_state {
     KVS_BOOT_DONE,
 } kvs__boot_state_t;
 
+/* A client that can take the same-host memfd path ends its HELLO name with this; only
+ * then does the HELLO_ACK carry KVS_PROTO_FLAG_SHM, so older clients never see the flag,
+ * and older servers take the marker as part of a name. */
+#define KVS_BOOT_SHM_MARK " +shm"
+
 typedef struct kvs__boot_srv {
     kvs__boot_state_t state;
     size_t rx_len;
@@ -43,6 +48,7 @@ typedef struct kvs__boot_srv {
     uint64_t model; /* the HELLO's model fingerprint, when has_model */
     bool has_model;
     uint64_t req_id;
+    bool shm; /* the HELLO's name ends with KVS_BOOT_SHM_MARK: the client can map memfds */
     uint8_t nonce_c[32], nonce_s[32]; /* nonce_s: the caller's, before the CHALLENGE */
     const uint8_t *addr;              /* into rx, after an accepted AUTH */
     uint32_t addr_len;

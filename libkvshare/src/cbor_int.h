@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum {
     KVS_CBOR_UINT = 0,
@@ -49,6 +50,28 @@ static inline size_t kvs__cbor_head(uint8_t *p, unsigned major, uint64_t v)
     for (int i = 0; i < 8; i++)
         p[1 + i] = (uint8_t)(v >> (56 - 8 * i));
     return 9;
+}
+
+/* The head of an unsigned int below 2^32, without branches: the width
+ * (1, 2, 3 or 5 bytes) of random token ids is unpredictable, and a
+ * mispredicted compare chain per token cost more than hashing the block.
+ * Always stores 8 bytes at p (the caller leaves KVS_CBOR_UINT32_SLACK bytes
+ * after the last head); returns the encoded length, the same bytes as
+ * kvs__cbor_head(p, KVS_CBOR_UINT, v). */
+#define KVS_CBOR_UINT32_SLACK 3u
+static inline size_t kvs__cbor_uint32(uint8_t *p, uint32_t v)
+{
+    unsigned cls = (unsigned)(v >= 24) + (unsigned)(v >= 256) + (unsigned)(v >= 65536);
+    unsigned k = (1u << cls) >> 1; /* argument bytes: 0, 1, 2, 4 */
+    uint64_t hdr = cls ? 23u + cls : v;
+    /* The low k bytes of v, big-endian, in the first k bytes of arg in memory order. */
+    uint32_t arg = __builtin_bswap32((uint32_t)((uint64_t)v << (32 - 8 * k)));
+    uint64_t w = hdr | ((uint64_t)arg << 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    memcpy(p, &w, sizeof(w));
+    return 1 + k;
 }
 
 /* Head + payload of a byte or text string; returns bytes written. */

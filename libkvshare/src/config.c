@@ -168,6 +168,21 @@ static kvs_status_t p_prefault(const char *s, kvs__config_t *c)
     return KVS_OK;
 }
 
+static kvs_status_t p_shm(const char *s, kvs__config_t *c)
+{
+    if (strcmp(s, "auto") != 0 && strcmp(s, "off") != 0)
+        return KVS_ERR_CONFIG;
+    c->shm = s[0] == 'a';
+    return KVS_OK;
+}
+
+static kvs_status_t p_host_socket_dir(const char *s, kvs__config_t *c)
+{
+    if (s[0] != '/')
+        return KVS_ERR_CONFIG;
+    return set_string(s, c->host_socket_dir, sizeof(c->host_socket_dir));
+}
+
 static kvs_status_t p_transport(const char *s, kvs__config_t *c)
 {
     if (strcmp(s, "auto") != 0 && strcmp(s, "ucx") != 0 && strcmp(s, "none") != 0 &&
@@ -206,6 +221,10 @@ static const setting_t settings[] = {
     {"transport", "KVSHARE_TRANSPORT", "auto, ucx, none, loop or loop-am", p_transport,
      KVS_CTX_FIELD_TRANSPORT},
     {"prefault", "KVSHARE_PREFAULT", "0 or 1", p_prefault, 0},
+    {"shm", "KVSHARE_SHM", "auto (same-host peers map each other's memory) or off", p_shm, 0},
+    {"host_socket_dir", "KVSHARE_HOST_SOCKET_DIR",
+     "an absolute directory path shorter than 64 bytes, shared by the host's kvshare processes",
+     p_host_socket_dir, 0},
 };
 
 #define fail kvs__failf
@@ -373,6 +392,7 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     cfg->fetch_timeout_ms = 5000;
     cfg->lease_timeout_ms = 30000;
     strcpy(cfg->transport, "auto");
+    cfg->shm = true;
 
     const char *file = NULL;
     if (m & KVS_CTX_FIELD_CONFIG_FILE)

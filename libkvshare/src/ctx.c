@@ -225,6 +225,8 @@ kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
     st->fetched_bytes = atomic_load_explicit(&ctx->fetched_bytes, memory_order_relaxed);
     if (st->field_mask & KVS_STATS_FIELD_PEERS)
         st->peers = ctx->peer != NULL ? kvs__peer_count(ctx->peer) : 0;
+    if (st->field_mask & KVS_STATS_FIELD_SHM)
+        st->shm_fetched_bytes = ctx->peer != NULL ? kvs__peer_shm_bytes(ctx->peer) : 0;
     pthread_rwlock_rdlock(&s->lock);
     st->blocks = s->count;
     st->zero_copy_blocks = s->zero_copy_count;

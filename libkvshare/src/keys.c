@@ -13,7 +13,17 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+/* Inlined: one short input per block, where the calls are a visible share. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <tmmintrin.h>
+#define KVS_KEYS_SSSE3 1
+#endif
+
+/* The encoder's stores reach this far past the last byte it encodes. */
+#define KVS_TOKENS_SLACK 16u
 
 struct kvs_hasher {
     kvs_hash_algo_t algo;
@@ -21,7 +31,97 @@ struct kvs_hasher {
     size_t digest_len;
     EVP_MD *md; /* fetched once: implicit fetches per digest are slow in OpenSSL 3 */
     kvs_key_t none_hash;
+    bool ssse3; /* encode tokens four at a time (x86-64 with SSSE3) */
+    /* For a pair of tokens of CBOR classes (ca, cb) (0..3: 1, 2, 3 or 5 bytes),
+     * at [ca | cb << 2]: the shuffle from the pair's [BE a, BE b, hdr a,
+     * hdr b] to its encoding, and that encoding's length. */
+    uint8_t pair_mask[16][16];
+    uint8_t pair_len[16];
 };
+
+static void build_pair_tables(kvs_hasher_h h)
+{
+    for (unsigned idx = 0; idx < 16; idx++) {
+        unsigned ka = (1u << (idx & 3)) >> 1, kb = (1u << (idx >> 2)) >> 1;
+        uint8_t *m = h->pair_mask[idx];
+        unsigned n = 0;
+        memset(m, 0x80, 16); /* 0x80: a zero byte */
+        m[n++] = 8;
+        for (unsigned j = 4 - ka; j < 4; j++)
+            m[n++] = (uint8_t)j;
+        m[n++] = 9;
+        for (unsigned j = 8 - kb; j < 8; j++)
+            m[n++] = (uint8_t)j;
+        h->pair_len[idx] = (uint8_t)n;
+    }
+}
+
+#ifdef KVS_KEYS_SSSE3
+/* Canonical CBOR uint heads of tok[0..n), n a multiple of 4, at p; returns the
+ * end. Four tokens at a time: their classes by compares, their headers by
+ * select, then one shuffle per pair from [BE a, BE b, hdr a, hdr b] to the
+ * pair's bytes. Stores 16 bytes per pair (KVS_TOKENS_SLACK). */
+__attribute__((target("ssse3"))) static uint8_t *
+encode_tokens_ssse3(const struct kvs_hasher *h, uint8_t *p, const uint32_t *tok, size_t n)
+{
+    const __m128i sign = _mm_set1_epi32(INT32_MIN);
+    const __m128i c23 = _mm_set1_epi32(23);
+    const __m128i gt23 = _mm_set1_epi32((int32_t)(23u ^ 0x80000000u));
+    const __m128i gt255 = _mm_set1_epi32((int32_t)(255u ^ 0x80000000u));
+    const __m128i gt65535 = _mm_set1_epi32((int32_t)(65535u ^ 0x80000000u));
+    const __m128i bswap = _mm_setr_epi8(3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12);
+    const __m128i hpack =
+        _mm_setr_epi8(0, 4, -1, -1, -1, -1, -1, -1, 8, 12, -1, -1, -1, -1, -1, -1);
+    const __m128i cpack =
+        _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (size_t t = 0; t < n; t += 4) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(tok + t));
+        __m128i xs = _mm_xor_si128(x, sign); /* unsigned order as signed */
+        __m128i g1 = _mm_cmpgt_epi32(xs, gt23);
+        __m128i g2 = _mm_cmpgt_epi32(xs, gt255);
+        __m128i g3 = _mm_cmpgt_epi32(xs, gt65535);
+        __m128i cls = _mm_sub_epi32(_mm_sub_epi32(_mm_sub_epi32(_mm_setzero_si128(), g1), g2), g3);
+        /* Header: the value itself below 24, else 24 + class - 1. */
+        __m128i hdr =
+            _mm_or_si128(_mm_and_si128(g1, _mm_add_epi32(cls, c23)), _mm_andnot_si128(g1, x));
+        __m128i xb = _mm_shuffle_epi8(x, bswap);
+        __m128i hp = _mm_shuffle_epi8(hdr, hpack);
+        __m128i r01 = _mm_unpacklo_epi64(xb, hp), r23 = _mm_unpackhi_epi64(xb, hp);
+        uint32_t c = (uint32_t)_mm_cvtsi128_si32(_mm_shuffle_epi8(cls, cpack));
+        unsigned i01 = (c & 3u) | ((c >> 6) & 0xcu);
+        unsigned i23 = ((c >> 16) & 3u) | ((c >> 22) & 0xcu);
+        _mm_storeu_si128(
+            (__m128i *)(void *)p,
+            _mm_shuffle_epi8(r01,
+                             _mm_loadu_si128((const __m128i *)(const void *)h->pair_mask[i01])));
+        p += h->pair_len[i01];
+        _mm_storeu_si128(
+            (__m128i *)(void *)p,
+            _mm_shuffle_epi8(r23,
+                             _mm_loadu_si128((const __m128i *)(const void *)h->pair_mask[i23])));
+        p += h->pair_len[i23];
+    }
+    return p;
+}
+#endif
+
+/* Canonical CBOR uint heads of tok[0..n) at p; returns the end. */
+static inline uint8_t *encode_tokens(const struct kvs_hasher *h, uint8_t *p, const uint32_t *tok,
+                                     size_t n)
+{
+    size_t t = 0;
+#ifdef KVS_KEYS_SSSE3
+    if (h->ssse3 && n >= 4) {
+        t = n & ~(size_t)3;
+        p = encode_tokens_ssse3(h, p, tok, t);
+    }
+#else
+    (void)h;
+#endif
+    for (; t < n; t++)
+        p += kvs__cbor_uint32(p, tok[t]);
+    return p;
+}
 
 /* Digest of @len bytes into @out (zero-padded to 32). @mdctx is NULL for xxh3. */
 static kvs_status_t digest(const kvs_hasher_h h, EVP_MD_CTX *mdctx, const uint8_t *data, size_t len,
@@ -69,6 +169,11 @@ kvs_status_t kvs_hasher_create(const kvs_hasher_params_t *params, kvs_hasher_h *
     h->algo = algo;
     h->block_tokens = block_tokens;
     h->digest_len = (algo == KVS_HASH_SHA256_CBOR) ? 32 : 16;
+    build_pair_tables(h);
+#ifdef KVS_KEYS_SSSE3
+    __builtin_cpu_init(); /* cheap, and needed before constructors have run */
+    h->ssse3 = __builtin_cpu_supports("ssse3");
+#endif
 
     EVP_MD_CTX *mdctx = NULL;
     if (algo == KVS_HASH_SHA256_CBOR) {
@@ -114,6 +219,16 @@ void kvs_hasher_destroy(kvs_hasher_h hasher)
         return;
     EVP_MD_free(hasher->md);
     kvs__free(hasher);
+}
+
+bool kvs__hasher_set_simd(kvs_hasher_h h, bool on)
+{
+#ifdef KVS_KEYS_SSSE3
+    h->ssse3 = on && __builtin_cpu_supports("ssse3");
+#else
+    (void)on;
+#endif
+    return h->ssse3;
 }
 
 size_t kvs_hasher_digest_len(kvs_hasher_h hasher)
@@ -182,8 +297,13 @@ kvs_status_t kvs_hasher_chain(kvs_hasher_h h, const kvs_chain_params_t *params,
 
     size_t extra_max = 2 * KVS_CBOR_HEAD_MAX + 1 + (lora ? strlen(lora) + KVS_CBOR_HEAD_MAX : 0) +
                        (salt ? strlen(salt) + KVS_CBOR_HEAD_MAX : 0);
-    size_t need = 1 + KVS_CBOR_HEAD_MAX + KVS_KEY_BYTES + KVS_CBOR_HEAD_MAX +
-                  (size_t)h->block_tokens * 5 + extra_max;
+    /* One block's input, [parent, [tokens...], extra]: the array head and the
+     * parent's head are the same for every block, so they are written once,
+     * and each block's digest is written in place as the next one's parent.
+     * Only the tokens and the extra keys are encoded per block. */
+    const size_t dlen = h->digest_len;
+    size_t need = 1 + KVS_CBOR_HEAD_MAX + dlen + KVS_CBOR_HEAD_MAX + (size_t)h->block_tokens * 5 +
+                  KVS_TOKENS_SLACK + extra_max;
     uint8_t small[2048];
     uint8_t *buf = small;
     EVP_MD_CTX *mdctx = NULL;
@@ -214,26 +334,41 @@ kvs_status_t kvs_hasher_chain(kvs_hasher_h h, const kvs_chain_params_t *params,
     }
     extra_rest_len = encode_extra(extra_rest_buf, lora, NULL);
 
-    kvs_key_t prev = *parent;
+    buf[0] = 0x83; /* array of 3 */
+    const size_t off_parent = 1 + kvs__cbor_head(buf + 1, KVS_CBOR_BYTES, dlen);
+    memcpy(buf + off_parent, parent->bytes, dlen);
+    uint8_t *const tok0 = buf + off_parent + dlen;
+    uint8_t *const tok_start = tok0 + kvs__cbor_head(tok0, KVS_CBOR_ARRAY, h->block_tokens);
+    const uint32_t bt = h->block_tokens;
     const uint32_t *tok = tokens;
-    for (size_t b = 0; b < nblocks; b++) {
-        uint8_t *p = buf;
-        *p++ = 0x83; /* array of 3 */
-        p += kvs__cbor_string(p, KVS_CBOR_BYTES, prev.bytes, h->digest_len);
-        p += kvs__cbor_head(p, KVS_CBOR_ARRAY, h->block_tokens);
-        for (uint32_t t = 0; t < h->block_tokens; t++)
-            p += kvs__cbor_head(p, KVS_CBOR_UINT, tok[t]);
+    for (size_t b = 0; b < nblocks; b++, tok += bt) {
+        uint8_t *p = tok_start;
+        p = encode_tokens(h, p, tok, bt);
         if (b == 0 && salt != NULL) {
             p += encode_extra(p, lora, salt);
+        } else if (extra_rest_len == 1) {
+            *p++ = extra_rest_buf[0];
         } else {
             memcpy(p, extra_rest_buf, extra_rest_len);
             p += extra_rest_len;
         }
-        status = digest(h, mdctx, buf, (size_t)(p - buf), &keys[b]);
-        if (status != KVS_OK)
-            goto out;
-        prev = keys[b];
-        tok += h->block_tokens;
+        const size_t len = (size_t)(p - buf);
+        kvs_key_t *k = &keys[b];
+        if (mdctx == NULL) {
+            XXH128_canonical_t c;
+            XXH128_canonicalFromHash(&c, XXH3_128bits(buf, len));
+            memcpy(k->bytes, c.digest, 16);
+            memset(k->bytes + 16, 0, KVS_KEY_BYTES - 16);
+            memcpy(buf + off_parent, c.digest, 16);
+        } else {
+            unsigned int n = 0;
+            if (!EVP_DigestInit_ex2(mdctx, h->md, NULL) || !EVP_DigestUpdate(mdctx, buf, len) ||
+                !EVP_DigestFinal_ex(mdctx, k->bytes, &n) || n != 32) {
+                status = KVS_ERR_NO_MEMORY; /* OpenSSL fails here only on allocation */
+                goto out;
+            }
+            memcpy(buf + off_parent, k->bytes, 32);
+        }
     }
     *nkeys_p = nblocks;
 
@@ -250,9 +385,11 @@ uint64_t kvs_key_to_u64(const kvs_key_t *key, size_t digest_len)
 {
     if (digest_len < 8 || digest_len > KVS_KEY_BYTES)
         digest_len = KVS_KEY_BYTES;
-    uint64_t v = 0;
-    for (size_t i = digest_len - 8; i < digest_len; i++)
-        v = (v << 8) | key->bytes[i];
+    uint64_t v;
+    memcpy(&v, key->bytes + digest_len - 8, sizeof(v));
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 

@@ -28,6 +28,11 @@ void kvs__alloc_fail_after(long n, bool sticky);
 /* Number of allocations attempted since the counter was last reset. */
 unsigned long kvs__alloc_count(bool reset);
 
+/* --- block keys: test-only switch between the chain's SIMD token encoder
+ * and the scalar one; returns whether the SIMD one is now in use (false where
+ * the CPU or build has none). Not thread-safe with chains on @h. */
+bool kvs__hasher_set_simd(kvs_hasher_h h, bool on);
+
 /* --- logging: a sink per context; the level is checked before formatting. */
 typedef struct kvs__logger {
     kvs_log_fn fn;

@@ -24,6 +24,7 @@
 #include "pool_int.h"
 #include "proto_int.h"
 #include "pull_int.h"
+#include "shm_int.h"
 #include "xfer_int.h"
 
 #include <errno.h>
@@ -111,6 +112,7 @@ struct conn {
     char doom_why[160];
     rregion_t *rr;
     size_t nrr, caprr;
+    kvs__shm_peer_t *shm; /* client, same host: the holder's memory mapped (shm.c) */
     srv_lease_t *leases;
     uint32_t nleases;
     uint32_t npushes, nputs, ninbox;
@@ -285,6 +287,9 @@ struct kvs__peer {
     size_t poll_cap;
     kvs__piece_loc_t *scratch_locs;
     kvs__piece_t *scratch_pieces;
+    bool shm_on;             /* KVSHARE_SHM=auto */
+    kvs__shm_srv_t *shm_srv; /* hands our memfds to same-host readers */
+    uint64_t shm_bytes;      /* fetched through mapped memory (atomic builtins) */
 };
 
 static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...) KVS_PRINTF(3, 4);
@@ -407,6 +412,7 @@ static void conn_free(conn_t *c)
         kvs__free(c->rr[i].rkey_buf);
     }
     kvs__free(c->rr);
+    kvs__shm_peer_free(c->shm);
     release_server_leases(c);
     conn_close_io(c);
     kvs__free(c->boot);
@@ -1760,7 +1766,8 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c)
     bool with_view = kvs__ctx_view_of(pp->ctx, c->layout_id, &view);
     kvs__proto_begin(&b, KVS_MSG_HELLO_ACK,
                      KVS_PROTO_FLAG_FROM_SERVER | KVS_PROTO_FLAG_REGIONS |
-                         (with_view ? KVS_PROTO_FLAG_VIEW : 0),
+                         (with_view ? KVS_PROTO_FLAG_VIEW : 0) |
+                         (pp->shm_srv != NULL && bs->shm ? KVS_PROTO_FLAG_SHM : 0),
                      bs->req_id, c->session);
     kvs__buf_u32(&b, (uint32_t)pp->addr_len);
     kvs__buf_put(&b, pp->addr, pp->addr_len);
@@ -1770,6 +1777,8 @@ static void boot_auth(kvs__peer_t *pp, conn_t *c)
         kvs__buf_put(&b, wire, sizeof(wire));
     }
     put_regions(pp, c, &b);
+    if (pp->shm_srv != NULL && bs->shm)
+        kvs__shm_srv_put_offer(pp->shm_srv, &b);
     if (kvs__proto_finish(&b) != KVS_OK || boot_reply(c, &b) != KVS_OK) {
         kvs__buf_free(&b);
         conn_fail(c, KVS_ERR_PEER_FAILED, "bootstrap: sending HELLO_ACK failed");
@@ -2203,13 +2212,14 @@ static kvs_status_t boot_client(kvs__peer_t *pp, int fd, const char *peer, uint6
     kvs__msg_t m;
     uint8_t *in = NULL;
     size_t in_len = 0;
-    char host[64], name[96];
+    char host[64], name[112];
     if (RAND_bytes(nonce_c, KVS_PROTO_NONCE_LEN) != 1)
         return KVS_ERR_IO;
     if (gethostname(host, sizeof(host)) != 0)
         strcpy(host, "?");
     host[sizeof(host) - 1] = '\0';
-    snprintf(name, sizeof(name), "%s:%d", host, (int)getpid());
+    snprintf(name, sizeof(name), "%s:%d%s", host, (int)getpid(),
+             pp->shm_on ? KVS_BOOT_SHM_MARK : "");
     kvs__buf_init(&b);
     /* Our model, so a holder of another view of it may serve us. Asked
      * here, with no lock of ours held (the pools' lock is taken inside). */
@@ -2368,6 +2378,12 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
     st = take_regions(c, &m);
     if (st == KVS_OK && has_lview)
         st = take_view(pp, c, &m, &lview);
+    /* Same host, same view: the holder's memory mapped (a planned fetch
+     * slices blocks: the transport does that). */
+    if (st == KVS_OK && pp->shm_on && !c->xview && (m.hdr.flags & KVS_PROTO_FLAG_SHM))
+        c->shm = kvs__shm_peer_new(m.u.hello_ack.boot_id, m.u.hello_ack.shm_path,
+                                   m.u.hello_ack.shm_path_len, c->session, pp->secret,
+                                   pp->secret_len, pp->open, c->peer, pp->log);
     bool rma = false;
     if (st == KVS_OK)
         st = pp->ops->connect(pp->tl, m.u.hello_ack.addr, m.u.hello_ack.addr_len, c, &c->ep, &rma);
@@ -2382,7 +2398,9 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
     if (rma)
         unpack_rkeys(c);
     kvs__info(pp->log, "peer %s: ready, data path %s", c->peer,
-              c->rma ? "GET" : "active-message push");
+              c->shm != NULL ? "mapped memory (same host)"
+              : c->rma       ? "GET"
+                             : "active-message push");
     *c_p = c;
     return KVS_OK;
 }
@@ -2985,6 +3003,17 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         return KVS_ERR_NO_MEMORY;
     }
     memcpy(r->dst_ids, ids, count * sizeof(*ids));
+    /* Same host: copy from the holder's mapped memory, outside the lock. */
+    size_t shm_bytes = 0;
+    kvs_status_t shm_st = KVS_ERR_UNSUPPORTED;
+    if (rl->conn->shm != NULL && count > 0) { /* set once, before the lease existed */
+        lock(pp);
+        bool live = rl->conn->state == S_READY;
+        unlock(pp);
+        if (live)
+            shm_st =
+                kvs__shm_fetch(rl->conn->shm, rl->block_at + first, dst, ids, count, &shm_bytes);
+    }
     r->pp = pp;
     r->rl = rl;
     r->dst = dst;
@@ -3009,6 +3038,9 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         kvs_status_t st = xfetch_start(r);
         if (st != KVS_OK)
             r->status = st;
+    } else if (shm_st != KVS_ERR_UNSUPPORTED) {
+        r->status = shm_st;
+        __atomic_fetch_add(&pp->shm_bytes, shm_bytes, __ATOMIC_RELAXED);
     } else if (!r->push) {
         kvs_status_t st = post_data_gets(r);
         if (st != KVS_OK)
@@ -3405,6 +3437,51 @@ static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char 
     return KVS_OK;
 }
 
+/* The shm server's question (its own thread): is @session a peer we serve,
+ * and @id a region we expose to it? */
+static int shm_region(void *arg, const uint8_t *session, uint32_t id, uint64_t *base_p,
+                      uint64_t *len_p)
+{
+    kvs__peer_t *pp = arg;
+    int found = -1;
+    lock(pp);
+    if (conn_by_session(pp, session, true) != NULL) {
+        found = 0;
+        for (const region_t *g = pp->regions; g != NULL && found == 0; g = g->next) {
+            if (g->id == id) {
+                *base_p = (uint64_t)(uintptr_t)g->base;
+                *len_p = g->len;
+                found = 1;
+            }
+        }
+    }
+    unlock(pp);
+    return found;
+}
+
+/* Offers our memfds to same-host readers; without it they use the transport. */
+static void shm_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
+{
+    const char *dir = cfg->host_socket_dir;
+    if (dir[0] == '\0')
+        dir = getenv("XDG_RUNTIME_DIR");
+    if (dir == NULL || dir[0] == '\0' || strlen(dir) >= sizeof(cfg->host_socket_dir))
+        dir = getenv("TMPDIR");
+    if (dir == NULL || dir[0] == '\0' || strlen(dir) >= sizeof(cfg->host_socket_dir))
+        dir = "/tmp";
+    char err[256] = "";
+    if (kvs__shm_srv_start(dir, pp->secret, pp->secret_len, pp->open, shm_region, pp, pp->log,
+                           &pp->shm_srv, err, sizeof(err)) != KVS_OK) {
+        pp->shm_srv = NULL;
+        kvs__warn(pp->log, "shm: same-host peers will use the transport: %s", err);
+    }
+}
+
+uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp)
+{
+    return __atomic_load_n(&pp->shm_bytes, __ATOMIC_RELAXED);
+}
+
 kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
                               const kvs__transport_ops_t *ops, kvs__peer_t **pp_p, char *err,
                               size_t errlen)
@@ -3467,6 +3544,9 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
         kvs__info(pp->log, "listening on %s (transport %s, auth %s)", pp->listen_addr, ops->name,
                   pp->open ? "OFF" : "on");
     }
+    pp->shm_on = cfg->shm;
+    if (pp->lfd >= 0 && cfg->shm && !pp->no_secret)
+        shm_serve(pp, cfg);
     if (pp->thread_mode) {
         st = KVS_ERR_IO;
         pp->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -3500,6 +3580,8 @@ void kvs__peer_destroy(kvs__peer_t *pp)
 {
     if (pp == NULL)
         return;
+    kvs__shm_srv_stop(pp->shm_srv); /* its thread takes the lock: first */
+    pp->shm_srv = NULL;
     if (pp->thread_started) {
         lock(pp);
         pp->stopping = true;

@@ -32,6 +32,8 @@ int kvs__peer_progress(kvs__peer_t *pp);
 /* The bootstrap listener's "host:port" (KVS_ERR_NOT_FOUND: not listening). */
 kvs_status_t kvs__peer_listen_addr(kvs__peer_t *pp, char *buf, size_t len);
 size_t kvs__peer_count(kvs__peer_t *pp);
+/* Bytes fetched by copying from a same-host holder's mapped memory. */
+uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp);
 
 /* Makes (or finds) a ready connection to @peer for @layout_id. With
  * @background, a thread does the handshake and KVS_INPROGRESS is returned

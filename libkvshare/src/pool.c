@@ -2,6 +2,7 @@
 /* pool.c - pools of engine KV blocks, and publishing them into the store. */
 #include "catalog_int.h"
 #include "pool_int.h"
+#include "shm_int.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -43,7 +44,7 @@ kvs_status_t kvs_pool_create(kvs_ctx_h ctx, const kvs_pool_params_t *params, kvs
     if (pool->segs == NULL)
         goto err_nomem;
     memcpy(pool->segs, params->segments, params->num_segments * sizeof(*pool->segs));
-    pool->gen = kvs__calloc(params->num_blocks, sizeof(*pool->gen));
+    pool->gen = kvs__shm_alloc(params->num_blocks * sizeof(*pool->gen), "pool-gen");
     if (pool->gen == NULL)
         goto err_nomem;
     pool->entry_of_block = kvs__calloc(params->num_blocks, sizeof(*pool->entry_of_block));
@@ -114,20 +115,20 @@ err_dereg:
     kvs__free(pool->seg_memh);
     kvs__free(pool->name);
     kvs__free(pool->entry_of_block);
-    kvs__free((void *)pool->gen);
+    kvs__shm_free((void *)pool->gen);
     kvs__free(pool->segs);
     kvs__free(pool);
     return status;
 err_inval:
     status = KVS_ERR_INVALID_PARAM;
     kvs__free(pool->entry_of_block);
-    kvs__free((void *)pool->gen);
+    kvs__shm_free((void *)pool->gen);
     kvs__free(pool->segs);
     kvs__free(pool);
     return status;
 err_nomem:
     kvs__free(pool->entry_of_block);
-    kvs__free((void *)pool->gen);
+    kvs__shm_free((void *)pool->gen);
     kvs__free(pool->segs);
     kvs__free(pool);
     return KVS_ERR_NO_MEMORY;
@@ -199,7 +200,7 @@ void kvs_pool_destroy(kvs_pool_h pool)
     atomic_fetch_sub(&ctx->npools, 1);
     kvs__free(pool->name);
     kvs__free(pool->entry_of_block);
-    kvs__free((void *)pool->gen);
+    kvs__shm_free((void *)pool->gen);
     kvs__free(pool->segs);
     kvs__free(pool);
 }
@@ -392,6 +393,10 @@ kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t co
             atomic_fetch_add_explicit(&pool->gen[b], 1, memory_order_release);
     }
     pthread_rwlock_unlock(&s->lock);
+    /* The caller overwrites the blocks next, and same-host readers read them without a
+     * lock (a seqlock): the new generations must be visible before any of those stores,
+     * which the release above does not order on weakly ordered CPUs. */
+    atomic_thread_fence(memory_order_seq_cst);
     return KVS_OK;
 }
 

@@ -230,6 +230,15 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         }
         if (has_regions && (st = decode_regions(&r, m, why, wl)) != KVS_OK)
             return st;
+        if (m->hdr.flags & KVS_PROTO_FLAG_SHM) {
+            m->u.hello_ack.boot_id = take(&r, KVS_PROTO_BOOT_ID_LEN);
+            m->u.hello_ack.shm_path_len = rd_u16(&r);
+            if (!r.bad && (m->u.hello_ack.shm_path_len == 0 ||
+                           m->u.hello_ack.shm_path_len > KVS_PROTO_MAX_SHM_PATH))
+                return bad(why, wl, "HELLO_ACK socket path of %u bytes",
+                           m->u.hello_ack.shm_path_len);
+            m->u.hello_ack.shm_path = (const char *)take(&r, m->u.hello_ack.shm_path_len);
+        }
         break;
     case KVS_MSG_LOOKUP:
         m->u.lookup.layout_id = rd_u64(&r);
@@ -348,6 +357,8 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         return bad(why, wl, "view flag on message type %u", m->hdr.type);
     if ((m->hdr.flags & KVS_PROTO_FLAG_RANGES) && m->hdr.type != KVS_MSG_FETCH)
         return bad(why, wl, "ranges flag on message type %u", m->hdr.type);
+    if ((m->hdr.flags & KVS_PROTO_FLAG_SHM) && m->hdr.type != KVS_MSG_HELLO_ACK)
+        return bad(why, wl, "shm flag on message type %u", m->hdr.type);
     return KVS_OK;
 }
 

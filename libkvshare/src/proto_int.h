@@ -81,7 +81,15 @@ typedef enum kvs__msg_type {
  * their set's) are at most KVS_PROTO_MAX_FETCH_PIECES. */
 #define KVS_PROTO_FLAG_RANGES 16u
 #define KVS_PROTO_MAX_SETS    64u
-#define KVS_PROTO_FLAGS_KNOWN 31u
+/* Header flag on HELLO_ACK: after the regions, the holder's same-host
+ * offer: its boot id (16 bytes) and the path of its host-local Unix socket
+ * (u16 length, 1..107 bytes), where a reader on the same boot id is handed
+ * the holder's memfds (shm_int.h). Sent only to a client whose HELLO name
+ * ends with KVS_BOOT_SHM_MARK (boot_int.h), so older clients never see it. */
+#define KVS_PROTO_FLAG_SHM     32u
+#define KVS_PROTO_FLAGS_KNOWN  63u
+#define KVS_PROTO_BOOT_ID_LEN  16u
+#define KVS_PROTO_MAX_SHM_PATH 107u
 
 typedef struct kvs__hdr {
     uint16_t type;
@@ -141,6 +149,10 @@ typedef struct kvs__msg {
             uint32_t addr_len; /* the server's transport address */
             const uint8_t *addr;
             const uint8_t *view; /* KVS_PROTO_FLAG_VIEW: KVS_VIEW_WIRE_LEN bytes, valid */
+            /* KVS_PROTO_FLAG_SHM only */
+            const uint8_t *boot_id; /* KVS_PROTO_BOOT_ID_LEN bytes */
+            uint16_t shm_path_len;
+            const char *shm_path; /* not NUL-terminated */
         } hello_ack;
         struct {
             uint64_t layout_id;

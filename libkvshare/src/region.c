@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* region.c - memory ranges registered once with the context and its transport. */
 #include "ctx_int.h"
+#include "shm_int.h"
 
 /* Takes @r off the context's list (and out of the count when @counted). */
 static void region_unlink(kvs_ctx_h ctx, struct kvs_region *r, bool counted)
@@ -99,4 +100,28 @@ size_t kvs_mem_region_count(kvs_ctx_h ctx)
     size_t n = ctx->nregions;
     pthread_mutex_unlock(&ctx->regions_lock);
     return n;
+}
+
+kvs_status_t kvs_mem_alloc(kvs_ctx_h ctx, size_t length, kvs_mem_type_t mem_type, void **ptr_p)
+{
+    if (ctx == NULL || length == 0 || ptr_p == NULL ||
+        (mem_type != KVS_MEM_HOST && mem_type != KVS_MEM_CUDA))
+        return KVS_ERR_INVALID_PARAM;
+    if (mem_type == KVS_MEM_CUDA) {
+        kvs__error(&ctx->log, "kvs_mem_alloc(%zu): CUDA memory is not supported yet", length);
+        return KVS_ERR_UNSUPPORTED;
+    }
+    void *p = kvs__shm_alloc(length, "mem");
+    if (p == NULL) {
+        kvs__error(&ctx->log, "kvs_mem_alloc(%zu): out of memory", length);
+        return KVS_ERR_NO_MEMORY;
+    }
+    *ptr_p = p;
+    return KVS_OK;
+}
+
+void kvs_mem_free(kvs_ctx_h ctx, void *ptr)
+{
+    (void)ctx;
+    kvs__shm_free(ptr);
 }

@@ -2,6 +2,7 @@
 /* store.c - store entries, the host arenas (one per slot size), leases and watermark eviction. */
 #include "catalog_int.h"
 #include "pool_int.h"
+#include "shm_int.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -54,10 +55,9 @@ err:
 
 static void arena_free(kvs__arena_t *a)
 {
-    if (a->base != NULL)
-        munmap(a->base, a->bytes);
+    kvs__shm_free(a->base);
     kvs__free(a->free);
-    kvs__free((void *)a->gen);
+    kvs__shm_free((void *)a->gen);
     memset(a, 0, sizeof(*a));
 }
 
@@ -109,16 +109,18 @@ kvs_status_t kvs__store_class_add(kvs__store_t *s, size_t slot_bytes, uint32_t *
     /* Eviction may pick among every arena entry of every class at once. */
     size_t ncands = s->cands_cap + (size_t)nslots;
     uint32_t *fr = kvs__malloc((size_t)nslots * sizeof(*fr));
-    _Atomic uint64_t *gen = kvs__calloc((size_t)nslots, sizeof(*gen));
+    /* Arena and generations in memfds: same-host readers map them (shm.c). */
+    _Atomic uint64_t *gen = kvs__shm_alloc((size_t)nslots * sizeof(*gen), "arena-gen");
     kvs__evict_cand_t *cands = kvs__malloc(ncands * sizeof(*cands));
     if (fr == NULL || gen == NULL || cands == NULL)
         goto err_nomem;
-    /* Anonymous mapping: pages are committed on first copy, so a large
-     * capacity costs nothing until used, and each class may grow to all of
-     * it while the watermarks bound what the classes hold together. */
-    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) {
-        kvs__error(s->log, "mmap(%zu) for a block arena: %s", bytes, strerror(errno));
+    /* A memfd mapping (anonymous where memfds are refused): pages are
+     * committed on first copy, so a large capacity costs nothing until used,
+     * and each class may grow to all of it while the watermarks bound what
+     * the classes hold together. */
+    void *base = kvs__shm_alloc(bytes, "arena");
+    if (base == NULL) {
+        kvs__error(s->log, "mapping %zu bytes for a block arena failed", bytes);
         goto err_nomem;
     }
     /* Huge pages where the kernel allows them (THP "madvise" mode is the
@@ -163,7 +165,7 @@ kvs_status_t kvs__store_class_add(kvs__store_t *s, size_t slot_bytes, uint32_t *
 
 err_nomem:
     kvs__free(fr);
-    kvs__free((void *)gen);
+    kvs__shm_free((void *)gen);
     kvs__free(cands);
     return KVS_ERR_NO_MEMORY;
 }

@@ -9,7 +9,7 @@ import os
 import struct
 
 MAGIC, VERSION = 0x4853564B, 3
-FROM_SERVER, REGIONS, PULL, VIEW, RANGES = 2, 1, 4, 8, 16
+FROM_SERVER, REGIONS, PULL, VIEW, RANGES, SHM = 2, 1, 4, 8, 16, 32
 SESSION = bytes(range(1, 17))
 
 
@@ -35,6 +35,11 @@ seeds = {
     "auth": msg(3, mac + struct.pack("<I", 6) + b"addr!!"),
     "hello_ack": msg(4, struct.pack("<I", 4) + b"addr" + struct.pack("<I", 1)
                      + region(1, 0x1000, 4096, b"rkey"), FROM_SERVER | REGIONS, session=SESSION),
+    # A same-host offer after the regions: boot id, socket path (KVS_PROTO_FLAG_SHM).
+    "hello_ack_shm": msg(4, struct.pack("<I", 4) + b"addr" + struct.pack("<I", 1)
+                         + region(1, 0x1000, 4096, b"rkey") + b"\x42" * 16
+                         + struct.pack("<H", 22) + b"/tmp/kvshare-1-ab.sock",
+                         FROM_SERVER | REGIONS | SHM, session=SESSION),
     "lookup": msg(5, struct.pack("<QII", 7, 100, 2) + key + key, session=SESSION),
     "lookup_reply": msg(6, struct.pack("<iQI", 0, 9, 1) + struct.pack("<I", 1)
                         + region(1, 0x1000, 4096, b"rk") + block(1, 0x1f00, 3, [(1, 128, 0x1000)]),

@@ -4,7 +4,7 @@
 
 Run from the repository root with Debian's python3 (python3-msgpack):
     /usr/bin/python3 tests/fuzz/make_corpus_kvevents.py
-Layouts follow vllm/distributed/kv_events.py (see connectors/index/kvevents_int.h)."""
+Layouts follow vllm/distributed/kv_events.py (see util/kvevents_int.h)."""
 import os
 
 import msgpack

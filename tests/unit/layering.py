@@ -13,7 +13,10 @@ cuda/; never back up or sideways. Checked on the sources, not a build:
   4. no private source folder (a `src` folder, or one holding *_int.h) is a
      PUBLIC or INTERFACE include directory, except kvs_util (util_int.h is
      what util/ offers everyone) and kvshare_int: the core's
-     private headers offered, by name, to connectors and tests.
+     private headers offered, by name, to connectors and tests;
+  5. no component links a library a connector defines (add_library under connectors/)
+     unless it is that connector (or connectors/ itself, which hands the built-in
+     transports to the core): a connector's program is its own (kvshare-index).
 
 usage: layering.py SOURCE_DIR
 """
@@ -39,7 +42,6 @@ ALLOWED = {
     "connectors": BELOW_ALL + [CORE_PRIVATE],  # registry.c: the vtables it lists
     "connectors/ucx": BELOW_ALL + [CORE_PRIVATE, "cuda/include"],
     "connectors/index": BELOW_ALL,
-    "connectors/redis": BELOW_ALL,
     "preload": BELOW_ALL + ["preload/include", "preload/src", "cuda/include"],
     "k8s": BELOW_ALL,
     "examples": BELOW_ALL,
@@ -47,12 +49,7 @@ ALLOWED = {
 
 # Edges that still run sideways, each with its reason. Remove an entry when it is fixed;
 # never add one for new code.
-KNOWN = {
-    # `kvshare index` (cmd_index.c, bench_index.c, serve_events.c) uses the index's pure
-    # core and Redis client from connectors/ (issue 14: to move below the CLI or beside it).
-    ("libkvshare/cli", "connectors/index"),
-    ("libkvshare/cli", "connectors/redis"),
-}
+KNOWN = set()
 
 errors = []
 
@@ -163,6 +160,28 @@ for p in sorted(set(cmake_files)):
             if private and ("libkvshare/cli", component(d)) not in KNOWN:
                 errors.append("%s: %s %s: a private header folder exported %s"
                               % (rel(p), args[0], a, scope or "PUBLIC"))
+
+# 5. Link edges: the libraries each connector defines, and who links them.
+conn_libs = {}
+for p in sorted(set(cmake_files)):
+    r = rel(p)
+    if not r.startswith("connectors/"):
+        continue
+    for m in re.finditer(r"add_library\s*\(\s*([A-Za-z0-9_.+-]+)", "".join(cmake_code(p))):
+        conn_libs[m.group(1)] = component(os.path.dirname(r))
+for p in sorted(set(cmake_files)):
+    r = rel(p)
+    if r.startswith("tests/") or r == "CMakeLists.txt":
+        continue
+    comp = component(os.path.dirname(r))
+    for m in re.finditer(r"target_link_libraries\s*\(([^)]*)\)", "".join(cmake_code(p))):
+        for a in m.group(1).split()[1:]:
+            owner = conn_libs.get(a)
+            if owner is None or comp == "connectors" or comp == owner or (
+                    comp is not None and comp.startswith(owner + "/")):
+                continue
+            if (comp, owner) not in KNOWN:
+                errors.append("%s: %s links %s from %s: not below it" % (r, comp, a, owner))
 
 for e in errors:
     print("layering: " + e)

@@ -76,6 +76,24 @@ Test(boot, a_proved_auth_is_accepted_with_its_address)
     cr_assert_eq(s.state, KVS_BOOT_DONE);
 }
 
+/* Only a HELLO whose name ends with the marker is offered the same-host path. */
+Test(boot, the_shm_marker_ends_the_name)
+{
+    static const struct {
+        const char *name;
+        bool shm;
+    } cases[] = {{"node:12" KVS_BOOT_SHM_MARK, true}, {KVS_BOOT_SHM_MARK, true}, {"node:12", false},
+                 {"node:12 +shm more", false},        {"+shm", false},           {"", false}};
+    uint8_t nc[32];
+    memset(nc, 0xc1, sizeof(nc));
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        reset();
+        cr_assert_eq(kvs__enc_hello(&b, 4, 77, nc, cases[i].name), KVS_OK);
+        cr_assert_eq(feed(7, false), KVS_INPROGRESS, "%s", why);
+        cr_assert_eq(s.shm, cases[i].shm, "name '%s'", cases[i].name);
+    }
+}
+
 Test(boot, a_wrong_proof_is_refused)
 {
     hello();

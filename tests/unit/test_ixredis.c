@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -14,7 +15,9 @@ Test(ixredis, urls)
 {
     static const char *const good[] = {"redis://127.0.0.1",    "redis://localhost:6380",
                                        "redis://[::1]:6379/2", "redis://host:1/0",
-                                       "unix:/run/redis.sock", "unix:///run/redis.sock"};
+                                       "unix:/run/redis.sock", "unix:///run/redis.sock",
+                                       "redis://user:pw@h:1",  "redis://:pw@h:1/3",
+                                       "redis://u:p%40ss@h",   "redis://:p@ss@h"};
     static const char *const bad[] = {"",
                                       "http://x",
                                       "redis://",
@@ -22,7 +25,12 @@ Test(ixredis, urls)
                                       "redis://h:0",
                                       "redis://h:65536",
                                       "redis://h:12x",
-                                      "redis://user:pw@h:1",
+                                      "redis://user@h",
+                                      "redis://:@h",
+                                      "redis://:%zz@h",
+                                      "redis://:%00@h",
+                                      "redis://:pw@",
+                                      "rediss://h:6380",
                                       "redis://h/db",
                                       "redis://[::1",
                                       "unix:relative"};
@@ -37,6 +45,9 @@ Test(ixredis, urls)
         cr_assert_null(kvs__ixr_create(bad[i], "me", 5000, why, sizeof(why)), "%s", bad[i]);
         cr_assert(why[0] != '\0');
     }
+    /* TLS: the cause is named (Debian 12's hiredis 0.14 has no hiredis_ssl). */
+    cr_assert_null(kvs__ixr_create("rediss://h", "me", 5000, why, sizeof(why)));
+    cr_assert(strstr(why, "TLS") != NULL && strstr(why, "hiredis") != NULL, "%s", why);
     kvs__ixr_destroy(NULL);
 }
 

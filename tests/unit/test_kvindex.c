@@ -467,3 +467,194 @@ Test(kvindex, ties_sort_by_name_in_both_scorers)
         kvs__idx_destroy(x);
     }
 }
+
+/* ---- one writer and lock-free readers at once ---- */
+
+#include <pthread.h>
+
+#define ST_DOCS 12
+#define ST_KEYS 48
+#define ST_PODS 80 /* model 1: the holder walk (> 64 pods); model 0: 8 pods, the bitmaps */
+
+typedef struct stress {
+    kvs__idx_t *x;
+    uint32_t model[2], npods[2];
+    uint32_t pod[2][ST_PODS];
+    uint64_t keys[ST_DOCS][ST_KEYS];
+    uint8_t cap[2][ST_PODS][ST_DOCS];  /* the longest prefix ever stored */
+    uint8_t held[2][ST_PODS][ST_DOCS]; /* what the writer holds now (the shadow) */
+    bool degraded[2][ST_PODS];
+    bool exact;
+    int done;
+    unsigned long scores, errors;
+} stress_t;
+
+static uint64_t st_rand(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void *stress_writer(void *arg)
+{
+    stress_t *t = arg;
+    uint64_t rng = 42, junk[64];
+    for (int op = 0; op < 6000; op++) {
+        int mi = (int)(st_rand(&rng) % 2);
+        uint32_t pi = (uint32_t)(st_rand(&rng) % t->npods[mi]),
+                 d = (uint32_t)(st_rand(&rng) % ST_DOCS);
+        uint32_t p = t->pod[mi][pi];
+        unsigned r = (unsigned)(st_rand(&rng) % 100);
+        if (r < 55) { /* a prefix, never beyond the pod's cap for that document */
+            size_t len = t->cap[mi][pi][d] ? st_rand(&rng) % (t->cap[mi][pi][d] + 1u) : 0;
+            cr_assert_eq(kvs__idx_store(t->x, p, t->keys[d], len, NULL, 0, 1), 0);
+            if (len > t->held[mi][pi][d])
+                t->held[mi][pi][d] = (uint8_t)len;
+        } else if (r < 80) { /* a suffix goes */
+            size_t k = st_rand(&rng) % ST_KEYS;
+            kvs__idx_remove(t->x, p, t->keys[d] + k, ST_KEYS - k, NULL, 0, 1);
+            if (t->held[mi][pi][d] > k)
+                t->held[mi][pi][d] = (uint8_t)k;
+        } else if (r < 83) {
+            kvs__idx_clear_pod(t->x, p);
+            memset(t->held[mi][pi], 0, sizeof(t->held[mi][pi]));
+        } else if (r < 85) {
+            t->degraded[mi][pi] = !t->degraded[mi][pi];
+            kvs__idx_set_degraded(t->x, p, t->degraded[mi][pi]);
+        } else { /* unrelated blocks, on another tier: table growth, tombstones, reuse */
+            for (int i = 0; i < 64; i++)
+                junk[i] = st_rand(&rng);
+            cr_assert_eq(kvs__idx_store(t->x, p, junk, 64, "CPU", 3, 1), 0);
+            kvs__idx_remove(t->x, p, junk, (size_t)(st_rand(&rng) % 65), "CPU", 3, 1);
+        }
+    }
+    __atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void *stress_reader(void *arg)
+{
+    stress_t *t = arg;
+    uint64_t rng = (uint64_t)(uintptr_t)&rng;
+    kvs__idx_score_t s[ST_PODS];
+    unsigned long n_scores = 0, errors = 0;
+    while (!__atomic_load_n(&t->done, __ATOMIC_ACQUIRE)) {
+        int mi = (int)(st_rand(&rng) % 2);
+        uint32_t d = (uint32_t)(st_rand(&rng) % ST_DOCS);
+        long n = kvs__idx_score(t->x, t->model[mi], t->keys[d], ST_KEYS, NULL, 0, s, ST_PODS);
+        n_scores++;
+        if (n < 0 || n > (long)t->npods[mi]) {
+            errors++;
+            continue;
+        }
+        for (long i = 0; i < n; i++) {
+            uint32_t pi = 0;
+            while (pi < t->npods[mi] && t->pod[mi][pi] != s[i].pod)
+                pi++;
+            /* a pod of this model, never more blocks than it was ever given, sorted */
+            if (pi == t->npods[mi] || s[i].blocks < 1 || s[i].blocks > t->cap[mi][pi][d] ||
+                strcmp(s[i].pod_name, kvs__idx_pod_name(t->x, s[i].pod)) != 0 ||
+                (i > 0 && s[i - 1].blocks < s[i].blocks))
+                errors++;
+        }
+        kvs__idx_stats_t st;
+        kvs__idx_get_stats(t->x, &st);
+        if (t->exact ? false : st.pairs > 3000)
+            errors++;
+    }
+    __atomic_fetch_add(&t->scores, n_scores, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&t->errors, errors, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void stress_run(uint64_t max_pairs)
+{
+    stress_t *t = calloc(1, sizeof(*t));
+    cr_assert_not_null(t);
+    t->x = kvs__idx_create(max_pairs);
+    t->exact = max_pairs == 0;
+    cr_assert_not_null(t->x);
+    uint64_t rng = 7;
+    t->npods[0] = 8;
+    t->npods[1] = ST_PODS;
+    for (int mi = 0; mi < 2; mi++) {
+        char name[16];
+        snprintf(name, sizeof(name), "m%d", mi);
+        t->model[mi] = (uint32_t)kvs__idx_model(t->x, name, strlen(name), true);
+        for (uint32_t i = 0; i < t->npods[mi]; i++) {
+            snprintf(name, sizeof(name), "pod-%02u", (i * 37u) % 101u);
+            t->pod[mi][i] = (uint32_t)kvs__idx_pod(t->x, name, strlen(name), t->model[mi], true);
+            for (int d = 0; d < ST_DOCS; d++)
+                t->cap[mi][i][d] = (uint8_t)(st_rand(&rng) % (ST_KEYS + 1));
+        }
+    }
+    for (int d = 0; d < ST_DOCS; d++)
+        chain(t->keys[d], ST_KEYS, 500 + (uint64_t)d); /* the same keys in both models */
+    pthread_t w, r[3];
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(pthread_create(&r[i], NULL, stress_reader, t), 0);
+    cr_assert_eq(pthread_create(&w, NULL, stress_writer, t), 0);
+    pthread_join(w, NULL);
+    for (int i = 0; i < 3; i++)
+        pthread_join(r[i], NULL);
+    cr_assert_eq(t->errors, 0, "%lu of %lu scores broke an invariant", t->errors, t->scores);
+    cr_assert_gt(t->scores, 0);
+    cr_log_info("%lu scores during the writes", t->scores);
+    if (t->exact) { /* quiesced: every score is exactly the shadow's */
+        kvs__idx_score_t s[ST_PODS];
+        for (int mi = 0; mi < 2; mi++)
+            for (uint32_t d = 0; d < ST_DOCS; d++) {
+                long n =
+                    kvs__idx_score(t->x, t->model[mi], t->keys[d], ST_KEYS, NULL, 0, s, ST_PODS);
+                long want = 0;
+                for (uint32_t pi = 0; pi < t->npods[mi]; pi++) {
+                    long b = -1;
+                    for (long i = 0; i < n; i++)
+                        if (s[i].pod == t->pod[mi][pi])
+                            b = s[i].blocks;
+                    long h = t->degraded[mi][pi] || t->held[mi][pi][d] == 0
+                                 ? -1
+                                 : (long)t->held[mi][pi][d];
+                    want += h > 0;
+                    cr_assert_eq(b, h, "model %d doc %u pod %u", mi, d, pi);
+                }
+                cr_assert_eq(n, want);
+            }
+    }
+    kvs__idx_destroy(t->x);
+    free(t);
+}
+
+Test(kvindex, readers_never_see_more_than_was_stored_while_one_writer_runs)
+{
+    stress_run(0);
+}
+
+Test(kvindex, readers_survive_eviction_at_the_bound_while_one_writer_runs)
+{
+    stress_run(3000);
+}
+
+/* Freed entries, tables and holder arrays come back after their grace period: churn with
+ * no reader in flight keeps the index's memory flat. */
+Test(kvindex, churn_reuses_freed_memory)
+{
+    uint32_t p1 = pod("p1", model_a), p2 = pod("p2", model_a);
+    uint64_t k[64];
+    kvs__idx_stats_t st;
+    for (uint64_t round = 0; round < 4000; round++) {
+        chain(k, 64, 1000 + round);
+        cr_assert_eq(kvs__idx_store(idx, p1, k, 64, NULL, 0, 1), 0);
+        cr_assert_eq(kvs__idx_store(idx, p2, k, 32, NULL, 0, 1), 0); /* holder arrays */
+        kvs__idx_remove(idx, p1, k, 64, NULL, 0, 1);
+        kvs__idx_clear_pod(idx, p2);
+    }
+    kvs__idx_get_stats(idx, &st);
+    cr_assert_eq(st.pairs, 0);
+    cr_assert_eq(st.blocks, 0);
+    /* 256 000 blocks came and went: one 16384-entry segment (768 KiB) and a small table
+     * hold them all when entries are reused. */
+    cr_assert_lt(st.bytes, 1u << 20, "%llu bytes", (unsigned long long)st.bytes);
+}

@@ -244,6 +244,51 @@ Test(proto, bad_fields_are_refused_with_a_reason)
     expect_refused("0 pieces");
 }
 
+/* HELLO_ACK with a same-host offer (boot id + socket path), after its regions. */
+static void hello_ack_shm(uint16_t path_len, bool regions)
+{
+    kvs__proto_begin(&b, KVS_MSG_HELLO_ACK,
+                     KVS_PROTO_FLAG_SHM | (regions ? KVS_PROTO_FLAG_REGIONS : 0), 9, sess);
+    kvs__buf_u32(&b, 3);
+    kvs__buf_put(&b, "abc", 3);
+    if (regions) {
+        kvs__buf_u32(&b, 1);
+        kvs__region_desc_t r = {
+            .id = 5, .base = 4096, .length = 8192, .rkey_len = 2, .rkey = (const uint8_t *)"rk"};
+        kvs__proto_put_region(&b, &r);
+    }
+    uint8_t bid[KVS_PROTO_BOOT_ID_LEN];
+    memset(bid, 0x42, sizeof(bid));
+    kvs__buf_put(&b, bid, sizeof(bid));
+    kvs__buf_u16(&b, path_len);
+    for (uint16_t i = 0; i < path_len; i++)
+        kvs__buf_u8(&b, 'p');
+    cr_assert_eq(kvs__proto_finish(&b), KVS_OK);
+}
+
+Test(proto, hello_ack_shm_offer_round_trips_and_is_bounded)
+{
+    kvs__msg_t m;
+    hello_ack_shm(30, true);
+    decode_ok(&m);
+    cr_assert_eq(m.nregions, 1);
+    cr_assert_eq(m.u.hello_ack.boot_id[0], 0x42);
+    cr_assert_eq(m.u.hello_ack.shm_path_len, 30);
+    cr_assert_eq(memcmp(m.u.hello_ack.shm_path, "pppp", 4), 0);
+    every_truncation_fails();
+    hello_ack_shm(KVS_PROTO_MAX_SHM_PATH, false);
+    decode_ok(&m);
+    cr_assert_null(m.regions);
+    hello_ack_shm(0, false);
+    expect_refused("socket path of 0 bytes");
+    hello_ack_shm(KVS_PROTO_MAX_SHM_PATH + 1, false);
+    expect_refused("socket path of 108 bytes");
+    /* The flag belongs to HELLO_ACK only. */
+    lookup_msg(0);
+    kvs__buf_patch_u32(&b, 8, KVS_PROTO_FLAG_SHM);
+    expect_refused("shm flag");
+}
+
 /* Every encoder's output decodes back to what it was given. */
 Test(proto, encoders_round_trip)
 {

@@ -559,3 +559,54 @@ Test(pool_auth_cache, set_lookup_remove)
     kvsc_pool_auth_cache_destroy(c);
     kvsc_pool_auth_cache_destroy(NULL);
 }
+
+/* ---- spec.hostSocketDir ------------------------------------------------------------------ */
+
+Test(desired, deployment_mounts_the_host_socket_dir)
+{
+    cJSON *j = pool_json("{\"totalMemoryGB\":8,\"hostSocketDir\":\"/var/run/kvshare\","
+                         "\"authSecretRef\":{\"name\":\"s1\"}}");
+    kvsc_pool_t p;
+    const char *reason;
+    char msg[256];
+    cr_assert_eq(kvsc_pool_parse(j, &p, &reason, msg, sizeof(msg)), KVSC_OK);
+    cr_assert_str_eq(p.host_socket_dir, "/var/run/kvshare");
+    cJSON *d = NULL;
+    cr_assert_eq(kvsc_desired_deployment(&cfg, &p, &d), KVSC_OK);
+    cr_assert_str_eq(env(d, "KVSHARE_HOST_SOCKET_DIR"), KVSC_MOUNT_HOST);
+    const cJSON *vols = at(d, "spec.template.spec.volumes");
+    cr_assert_eq(cJSON_GetArraySize(vols), 2, "one volumes array: the Secret and the host dir");
+    const cJSON *vol = find_named(vols, KVSC_VOLUME_HOST);
+    cr_assert_not_null(vol);
+    cr_assert_str_eq(str(vol, "hostPath.path"), "/var/run/kvshare");
+    cr_assert_str_eq(str(vol, "hostPath.type"), "DirectoryOrCreate");
+    const cJSON *mounts = at(d, "spec.template.spec.containers.0.volumeMounts");
+    cr_assert_eq(cJSON_GetArraySize(mounts), 2);
+    cr_assert_str_eq(str(find_named(mounts, KVSC_VOLUME_HOST), "mountPath"), KVSC_MOUNT_HOST);
+    cJSON_Delete(d);
+    cJSON_Delete(j);
+
+    j = pool_json("{\"totalMemoryGB\":8}");
+    cr_assert_eq(kvsc_pool_parse(j, &p, &reason, msg, sizeof(msg)), KVSC_OK);
+    cr_assert_null(p.host_socket_dir);
+    cr_assert_eq(kvsc_desired_deployment(&cfg, &p, &d), KVSC_OK);
+    cr_assert_null(env(d, "KVSHARE_HOST_SOCKET_DIR"));
+    cJSON_Delete(d);
+    cJSON_Delete(j);
+
+    static const char *const bad[] = {"\"relative\"", "\"/a/../b\"", "\"/a b\"", "7"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char spec[256];
+        snprintf(spec, sizeof(spec), "{\"totalMemoryGB\":8,\"hostSocketDir\":%s}", bad[i]);
+        reason = NULL;
+        cr_assert_eq(parse(spec, &p, &reason, msg), KVSC_ERR_INVALID, "%s", spec);
+        cr_assert_str_eq(reason, "InvalidHostSocketDir", "%s", spec);
+        cr_assert_not_null(strstr(msg, "spec.hostSocketDir"), "%s", msg);
+    }
+}
+
+Test(oom, every_allocation_in_the_builders_with_a_host_socket_dir)
+{
+    oom_walk("{\"totalMemoryGB\":64,\"replicas\":2,\"hostSocketDir\":\"/var/run/kvshare\","
+             "\"authSecretRef\":{\"name\":\"s\",\"key\":\"k\"}}");
+}

@@ -837,3 +837,66 @@ Test(inject, reinvocation_on_the_patched_pod_is_an_empty_patch)
     kvsc_review_out_free(&out);
     cJSON_Delete(review);
 }
+
+/* kvshare.io/host-socket-dir: the node directory as a hostPath volume, mounted in every
+ * container, and KVSHARE_HOST_SOCKET_DIR pointing at the mount; without it, none of that. */
+Test(inject, host_socket_dir_is_opt_in_and_mounted)
+{
+    cJSON *review = kvsc_t_load("pod-optin.json");
+    cJSON *patch = inject(kvsc_t_pod(review), "default", NULL);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, patch)
+    {
+        const cJSON *v = get(it, "value");
+        cr_assert(v == NULL || !cJSON_IsObject(v) || get(v, "hostPath") == NULL,
+                  "no hostPath unless asked");
+    }
+    cJSON *env = appended_env(patch, 0);
+    cr_assert_null(env_named(env, "KVSHARE_HOST_SOCKET_DIR"));
+    cJSON_Delete(env);
+    cJSON_Delete(patch);
+
+    cJSON_AddStringToObject(get(get(kvsc_t_pod(review), "metadata"), "annotations"),
+                            KVSC_ANNOT_HOST_SOCKET, "/var/run/kvshare");
+    patch = inject(kvsc_t_pod(review), "default", NULL);
+    int volumes = 0, mounts = 0;
+    cJSON_ArrayForEach(it, patch)
+    {
+        const cJSON *v = get(it, "value");
+        const char *path = get(it, "path")->valuestring;
+        if (strcmp(path, "/spec/volumes/-") == 0 && get(v, "hostPath") != NULL) {
+            cr_assert_str_eq(get(v, "name")->valuestring, KVSC_VOLUME_HOST);
+            cr_assert_str_eq(get(get(v, "hostPath"), "path")->valuestring, "/var/run/kvshare");
+            cr_assert_str_eq(get(get(v, "hostPath"), "type")->valuestring, "DirectoryOrCreate");
+            volumes++;
+        }
+        if (strstr(path, "/volumeMounts/-") != NULL && cJSON_IsObject(v) &&
+            strcmp(get(v, "name")->valuestring, KVSC_VOLUME_HOST) == 0) {
+            cr_assert_str_eq(get(v, "mountPath")->valuestring, KVSC_MOUNT_HOST);
+            cr_assert_null(get(v, "readOnly"), "holders create their sockets there");
+            mounts++;
+        }
+    }
+    cr_assert_eq(volumes, 1);
+    cr_assert_eq(mounts, 2, "both containers mount it");
+    for (int c = 0; c < 2; c++) {
+        env = appended_env(patch, c);
+        cr_assert_str_eq(get(env_named(env, "KVSHARE_HOST_SOCKET_DIR"), "value")->valuestring,
+                         KVSC_MOUNT_HOST);
+        cJSON_Delete(env);
+    }
+    cJSON_Delete(patch);
+
+    static const char *const bad[] = {"relative/dir", "/var/../etc", "/var/run/a b", "/"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cJSON_ReplaceItemInObjectCaseSensitive(
+            get(get(kvsc_t_pod(review), "metadata"), "annotations"), KVSC_ANNOT_HOST_SOCKET,
+            cJSON_CreateString(bad[i]));
+        cJSON *warnings;
+        patch = inject(kvsc_t_pod(review), "default", &warnings);
+        cr_assert_null(patch, "'%s' refused", bad[i]);
+        cr_assert_not_null(strstr(cJSON_GetArrayItem(warnings, 0)->valuestring, "host-socket-dir"));
+        cJSON_Delete(warnings);
+    }
+    cJSON_Delete(review);
+}

@@ -118,12 +118,13 @@ def stored_map(digests, lora=None, salt=None, as_bytes=True):
 
 
 class Index:
-    def __init__(self, kvshare, sources, extra=()):
+    def __init__(self, kvshare, sources, extra=(), stderr=None):
         args = [kvshare, "index", "--http", "127.0.0.1:0", "--block-size", str(BLOCK),
                 "--hash-algo", ALGO, "--hash-seed", SEED] + list(extra)
         for s in sources:
             args += ["--source", s]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=sys.stderr)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,
+                                     stderr=sys.stderr if stderr is None else stderr)
         line = b""
         end = time.time() + DEADLINE_S
         while not line.endswith(b"\n") and time.time() < end:

@@ -8,8 +8,12 @@ pod's writer lease; a third replica with no source loads the snapshot at start a
 the writer killed, the other takes the lease and resyncs (a removal made meanwhile shows);
 a degraded pod scores zero through Redis and is fresh after AllBlocksCleared; Redis
 stopped: scores fall back to the local index, errors are counted, nothing hangs, a replica
-started then starts cold, SIGTERM stops every replica cleanly. Skips (77) without
-redis-server.
+started then starts cold, SIGTERM stops every replica cleanly. Then, against a second
+redis-server with requirepass and an ACL user: redis://:PASSWORD@ and redis://USER:PASSWORD@
+score from Redis, the password can come from KVSHARE_REDIS_PASSWORD, a wrong or missing
+password is logged with its cause (WRONGPASS / NOAUTH) and scores fall back to the local
+index; scripts go by EVALSHA, and after SCRIPT FLUSH scores still come from Redis (EVAL
+fallback, reload) and the writer resyncs what it lost. Skips (77) without redis-server.
 
 Usage: index_redis.py PATH_TO_KVSHARE
 """
@@ -30,8 +34,9 @@ import index_events as ie  # noqa: E402
 from index_events import FakePod, check, keys, as_int, pods_of, wait_for, BLOCK  # noqa: E402
 
 
-def resp(port, *args):
-    """One Redis command over RESP; the decoded reply (None when unreachable)."""
+def resp(port, *args, auth=None):
+    """One Redis command over RESP; the decoded reply (None when unreachable). auth: the
+    AUTH arguments sent first on the same connection."""
     def read(f):
         line = f.readline()
         if not line:
@@ -52,9 +57,12 @@ def resp(port, *args):
         raise ValueError(line)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.sendall(b"*%d\r\n" % len(args) + b"".join(
-                b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in map(str, args)))
-            return read(s.makefile("rb"))
+            f = s.makefile("rb")
+            for cmd in ([["AUTH"] + list(auth)] if auth else []) + [list(args)]:
+                s.sendall(b"*%d\r\n" % len(cmd) + b"".join(
+                    b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in map(str, cmd)))
+                rep = read(f)
+            return rep
     except (OSError, ConnectionError):
         return None
 
@@ -167,6 +175,7 @@ def main():
         for name, r in ((oname, other), ("C", c), ("D", d)):
             rc = r.stop()
             check(rc == 0, f"replica {name} stops cleanly on SIGTERM (exit {rc})")
+        auth_and_scripts(kvshare, server, tmp, rng, procs)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -177,6 +186,99 @@ def main():
         print(f"index_redis: {len(ie.FAILS)} failure(s); KVS_TEST_SEED={seed}")
         sys.exit(1)
     print("index_redis: all checks passed")
+
+
+def auth_and_scripts(kvshare, server, tmp, rng, procs):
+    """requirepass and an ACL user; EVALSHA and SCRIPT FLUSH."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pw, auth = "s3cr:t@x", ("s3cr:t@x",)
+    rs = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
+                           "--save", "", "--appendonly", "no", "--daemonize", "no",
+                           "--requirepass", pw, "--user", "alice", "on", ">pw2", "~*", "&*", "+@all"],
+                          stdout=open(os.path.join(tmp, "redis-auth.log"), "w"), stderr=subprocess.STDOUT)
+    procs.append(rs)
+    wait_for("redis-server (requirepass) answers PING", lambda: resp(port, "PING", auth=auth),
+             lambda r: r == "PONG")
+    check(isinstance(resp(port, "PING"), RuntimeError), "this Redis refuses commands without AUTH")
+    ctx = zmq.Context()
+    x = FakePod(ctx, replay=False)
+    T = "kv@pod-z@m2"
+    seq = [0]
+
+    def pub(events, live=True):
+        x.publish(T, seq[0], events, live=live, buffered=False)
+        seq[0] += 1
+
+    src = [f"tcp://127.0.0.1:{x.port}"]
+    # The password %-encoded in the URL (':' and '@' are in it).
+    enc = pw.replace("%", "%25").replace(":", "%3A").replace("@", "%40")
+    e = ie.Index(kvshare, src, extra=["--redis", f"redis://:{enc}@127.0.0.1:{port}/0", "--redis-id", "E"])
+    procs.append(e.proc)
+    logs = {}
+    for name, url in (("wrong", f"redis://:nope@127.0.0.1:{port}"), ("none", f"redis://127.0.0.1:{port}")):
+        logs[name] = os.path.join(tmp, f"index-{name}.log")
+        r = ie.Index(kvshare, src, extra=["--redis", url, "--redis-id", name],
+                     stderr=open(logs[name], "w"))
+        procs.append(r.proc)
+        logs[name] = (logs[name], r)
+    end = time.time() + ie.DEADLINE_S
+    while (e.metric("kvshare_index_pods") or 0) < 1 and time.time() < end:
+        pub([{"type": "AllBlocksCleared"}])
+        time.sleep(0.05)
+    prompt = [rng.randint(0, 150000) for _ in range(8 * BLOCK)]
+    k = [as_int(d) for d in keys(prompt)]
+    pub([{"type": "BlockStored", "block_hashes": k[:6], "parent_block_hash": None, "token_ids": [],
+          "block_size": BLOCK, "medium": "GPU"}])
+    wait_for("E (password in the URL) scores 6 blocks", lambda: pods_of(e.score("m2", prompt)),
+             lambda p: p == {"pod-z": 6})
+    check((e.metric("kvshare_index_redis_scores_total") or 0) >= 1, "E scored from Redis")
+    check(resp(port, "SCARD", "kvs:p:m2@pod-z", auth=auth) == 6, "E wrote the pod's 6 blocks")
+    # The ACL user, its password from the environment (kept out of the process list).
+    env = dict(os.environ, KVSHARE_REDIS_USER="alice", KVSHARE_REDIS_PASSWORD="pw2")
+    old = os.environ.copy()
+    os.environ.update(env)
+    try:
+        f = ie.Index(kvshare, [], extra=["--redis", f"redis://127.0.0.1:{port}", "--redis-id", "F"])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    procs.append(f.proc)
+    check(f.metric("kvshare_index_redis_snapshot_copies_total") == 6, "F loaded the snapshot")
+    wait_for("F (ACL user, password from the environment) scores 6 blocks from Redis",
+             lambda: pods_of(f.score("m2", prompt)), lambda p: p == {"pod-z": 6})
+    check((f.metric("kvshare_index_redis_scores_total") or 0) >= 1
+          and (f.metric("kvshare_index_redis_fallbacks_total") or 0) == 0, "F scored from Redis")
+    check(resp(port, "GET", "kvs:l:m2@pod-z", auth=auth) == "E", "E holds the lease (the others cannot log in)")
+    for name, want in (("wrong", "WRONGPASS"), ("none", "NOAUTH")):
+        path, r = logs[name]
+        check(pods_of(r.score("m2", prompt)) == {"pod-z": 6}, f"bad credentials ({name}): scores fall back locally")
+        check((r.metric("kvshare_index_redis_fallbacks_total") or 0) >= 1, f"{name}: fallbacks counted")
+        text = open(path).read()
+        check(want in text and ("AUTH" in text or "password" in text),
+              f"{name}: the log names the cause ({want}): {text.strip().splitlines()[:2]}")
+    # Scores by EVALSHA: the script cache holds the score script.
+    cmdstats = resp(port, "INFO", "commandstats", auth=auth) or ""
+    check("cmdstat_evalsha:" in cmdstats, "the index sends EVALSHA")
+    # SCRIPT FLUSH: scores still come from Redis; the writer's lost writes are resynced.
+    check(resp(port, "SCRIPT", "FLUSH", auth=auth) == "OK", "SCRIPT FLUSH")
+    before = e.metric("kvshare_index_redis_fallbacks_total") or 0
+    check(pods_of(e.score("m2", prompt)) == {"pod-z": 6}, "after SCRIPT FLUSH E still scores")
+    check((e.metric("kvshare_index_redis_fallbacks_total") or 0) == before, "... from Redis (EVAL, then reloaded)")
+    pub([{"type": "BlockStored", "block_hashes": k[6:8], "parent_block_hash": k[5], "token_ids": [],
+          "block_size": BLOCK, "medium": "GPU"}])
+
+    def nudge():
+        pub([{"type": "BlockRemoved", "block_hashes": [12345], "medium": "GPU"}])
+        return resp(port, "SCARD", "kvs:p:m2@pod-z", auth=auth)
+    wait_for("the write lost to NOSCRIPT is resynced (8 blocks in Redis)", nudge, lambda n: n == 8)
+    wait_for("F scores 8 blocks from Redis", lambda: pods_of(f.score("m2", prompt)),
+             lambda p: p == {"pod-z": 8})
+    for r in (e, f, logs["wrong"][1], logs["none"][1]):
+        check(r.stop() == 0, "a replica stops cleanly on SIGTERM")
+    rs.send_signal(signal.SIGTERM)
+    rs.wait(timeout=ie.DEADLINE_S)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ WORK=$(realpath "$WORK")
 fail() { echo "FAIL: $*"; exit 1; }
 ok() { echo "ok: $*"; }
 # Nothing from the caller's environment may point at the build tree or a token.
-unset LD_LIBRARY_PATH PKG_CONFIG_PATH KVSHARE_ENGINE_BIN KVSHARE_AUTH KVSHARE_AUTH_TOKEN_FILE
+unset LD_LIBRARY_PATH PKG_CONFIG_PATH KVSHARE_ENGINE_BIN KVSHARE_INDEX_BIN KVSHARE_AUTH KVSHARE_AUTH_TOKEN_FILE
 
 cat >"$WORK/prog.c" <<'PROG'
 /* Built with `pkg-config --cflags --libs kvshare`: prints the library's version, a status
@@ -144,6 +144,24 @@ check_prefix "$p2"
 check_python "$p1"
 check_python "$p2"
 [ "$(readlink -f "$p1/bin/kvshare")" != "$(readlink -f "$p2/bin/kvshare")" ] || fail "one install"
+
+# `kvshare index` and `kvshare bench index` run the kvshare-index installed beside kvshare.
+if [[ " ${programs[*]} " == *" kvshare-index "* ]]; then
+  for sub in "index" "bench index"; do
+    # shellcheck disable=SC2086 # $sub is two words for bench
+    "$p2/bin/kvshare" $sub --help >"$WORK/ix.out" 2>"$WORK/ix.err" ||
+      fail "installed kvshare $sub --help exited $?: $(cat "$WORK/ix.err")"
+    grep -q "^usage: kvshare $sub" "$WORK/ix.out" ||
+      fail "installed kvshare $sub --help: $(head -n 3 "$WORK/ix.out")"
+  done
+  ok "installed kvshare index --help and kvshare bench index --help run bin/kvshare-index"
+  rm "$p1/bin/kvshare-index"
+  "$p1/bin/kvshare" index --help >/dev/null 2>"$WORK/noix.err" &&
+    fail "installed kvshare index ran without an installed kvshare-index"
+  grep -qF "$p1/bin/kvshare-index" "$WORK/noix.err" ||
+    fail "without kvshare-index: message does not name $p1/bin/kvshare-index: $(cat "$WORK/noix.err")"
+  ok "without bin/kvshare-index the installed kvshare index fails naming $p1/bin/kvshare-index"
+fi
 
 # The installed demo, with no token, engine or library path from the environment: it makes
 # its own token (in TMPDIR, removed at exit), finds the kvshare-engine installed beside it

@@ -12,6 +12,10 @@ PIDS=()
 chmod 600 "$WORK/run.token"
 export KVSHARE_AUTH_TOKEN_FILE="$WORK/run.token"
 unset KVSHARE_AUTH
+# These tests are about the UCX data paths: the same-host memfd path (which
+# every process here would take) is off unless a test turns it on with
+# KVSHARE_SHM=auto (transport_shm covers it).
+export KVSHARE_SHM=off
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null

@@ -18,6 +18,13 @@ grep -q 'data path active-message push' "$WORK/c2.err" || fail "expected the AM 
 [ "$out" = "ok hits=200 bytes=13107200 status=OK" ] || fail "AM fetch: $out"
 ok "AM-push path over TCP: 200 blocks, every byte checked"
 
+# Same host with KVSHARE_SHM=auto on both sides: the client maps the server's arena (memfd).
+KVSHARE_SHM=auto start_server m --listen 127.0.0.1:0 --blocks 200 --segments 4 --block-bytes 65536 --seed 7; addrm=$ADDR
+out=$(KVSHARE_SHM=auto "$PEER" fetch --peer "$addrm" --blocks 200 --segments 4 --block-bytes 65536 --seed 7 --batch 64 2>"$WORK/cm.err") || fail "mapped fetch: $out"
+grep -q 'data path mapped memory' "$WORK/cm.err" || fail "expected the mapped-memory path: $(cat "$WORK/cm.err")"
+[ "$out" = "ok hits=200 bytes=13107200 status=OK" ] || fail "mapped fetch: $out"
+ok "mapped-memory path (memfd): 200 blocks x 64 KiB, every byte checked"
+
 # Poll mode: no progress thread on the client.
 out=$(KVSHARE_PROGRESS=poll "$PEER" fetch --peer "$addr" --blocks 200 --segments 4 --block-bytes 65536 --seed 7 2>"$WORK/c3.err") || fail "poll mode: $out"
 ok "poll progress mode: $out"

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* ixalloc.c - allocation wrappers of connectors/index, with test-only failure injection. */
+/* ixalloc.c - allocation wrappers of the KV event codec (util/kvevents.c) and the index
+ * (connectors/index), with test-only failure injection. */
 #include "ixalloc_int.h"
 
 #include <stdlib.h>

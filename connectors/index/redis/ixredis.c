@@ -128,16 +128,25 @@ static const char score_lua[] =
     "end\n"
     "return out\n";
 
+enum { S_STORE, S_REMOVE, S_CLEAR, S_LEASE, S_SNAP, S_SCORE, NSCRIPTS };
+
+static const char *const scripts[NSCRIPTS] = {store_lua, remove_lua, clear_lua,
+                                              lease_lua, snap_lua,   score_lua};
+
 typedef struct conn {
     redisContext *c;
     uint64_t next_try_ms;
     uint64_t epoch;
+    /* SHA1 of each script as SCRIPT LOAD answered on this connection (EVALSHA); empty: send
+     * the body (EVAL). */
+    char sha[NSCRIPTS][41];
 } conn_t;
 
 struct kvs__ixr {
     char host[256];
     char path[256]; /* unix socket; host unused */
     int port, db;
+    char user[128], pass[256]; /* AUTH [user] pass on connect, when pass[0] */
     char id[128];
     char lease_ms[16];
     conn_t w;       /* the writer (event thread) */
@@ -152,6 +161,36 @@ static uint64_t mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* URL userinfo: %XX decoded into out (NUL-terminated); false when malformed or too long. */
+static bool pct_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            int hi = i + 2 < n ? hexval(s[i + 1]) : -1;
+            int lo = hi >= 0 ? hexval(s[i + 2]) : -1;
+            if (lo < 0 || (hi == 0 && lo == 0))
+                return false;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (o + 1 >= cap)
+            return false;
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    return true;
 }
 
 kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t lease_ms, char *why,
@@ -170,12 +209,31 @@ kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t le
         if (p[0] != '/' || strlen(p) >= sizeof(r->path))
             goto bad;
         snprintf(r->path, sizeof(r->path), "%s", p);
+    } else if (strncmp(url, "rediss://", 9) == 0) {
+        snprintf(why, wl,
+                 "'%s': TLS (rediss://) needs hiredis >= 1.0 with hiredis_ssl, and this build "
+                 "links hiredis %d.%d without it: reach Redis through a TLS tunnel (stunnel, a "
+                 "sidecar) as redis://, or over unix:/PATH",
+                 url, HIREDIS_MAJOR, HIREDIS_MINOR);
+        free(r);
+        return NULL;
     } else if (strncmp(url, "redis://", 8) == 0) {
         const char *h = url + 8, *end = h + strcspn(h, "/");
+        const char *at = NULL;
+        for (const char *q = h; q < end; q++)
+            if (*q == '@')
+                at = q; /* the last one: a password may hold '@' only %-encoded, but be kind */
         char auth[300];
         kvs__endpoint_t ep;
-        /* user:password@ is not supported */
-        if ((size_t)(end - h) >= sizeof(auth) || memchr(h, '@', (size_t)(end - h)) != NULL)
+        if (at != NULL) { /* [user]:password@ */
+            const char *colon = memchr(h, ':', (size_t)(at - h));
+            if (colon == NULL || !pct_decode(h, (size_t)(colon - h), r->user, sizeof(r->user)) ||
+                !pct_decode(colon + 1, (size_t)(at - colon - 1), r->pass, sizeof(r->pass)) ||
+                r->pass[0] == '\0')
+                goto bad;
+            h = at + 1;
+        }
+        if ((size_t)(end - h) >= sizeof(auth))
             goto bad;
         memcpy(auth, h, (size_t)(end - h));
         auth[end - h] = '\0';
@@ -196,12 +254,22 @@ kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t le
     } else {
         goto bad;
     }
+    /* Not in the URL (which a process list shows): from the environment. */
+    const char *ep_pass = getenv("KVSHARE_REDIS_PASSWORD"), *ep_user = getenv("KVSHARE_REDIS_USER");
+    if (r->pass[0] == '\0' && ep_pass != NULL && ep_pass[0] != '\0') {
+        if (strlen(ep_pass) >= sizeof(r->pass) ||
+            (ep_user != NULL && strlen(ep_user) >= sizeof(r->user)))
+            goto bad;
+        snprintf(r->pass, sizeof(r->pass), "%s", ep_pass);
+        snprintf(r->user, sizeof(r->user), "%s", ep_user != NULL ? ep_user : "");
+    }
     snprintf(r->id, sizeof(r->id), "%s", replica_id);
     snprintf(r->lease_ms, sizeof(r->lease_ms), "%u", lease_ms);
     pthread_mutex_init(&r->lock, NULL);
     return r;
 bad:
-    snprintf(why, wl, "'%s': expected redis://HOST[:PORT][/DB] or unix:/PATH", url);
+    snprintf(why, wl, "'%s': expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or unix:/PATH",
+             url);
     free(r);
     return NULL;
 }
@@ -220,6 +288,7 @@ void kvs__ixr_destroy(kvs__ixr_t *r)
     conn_drop(&r->w);
     conn_drop(&r->rd);
     pthread_mutex_destroy(&r->lock);
+    explicit_bzero(r->pass, sizeof(r->pass));
     free(r);
 }
 
@@ -228,18 +297,84 @@ unsigned long long kvs__ixr_errors(const kvs__ixr_t *r)
     return atomic_load(&((kvs__ixr_t *)r)->errors);
 }
 
-static void failed(kvs__ixr_t *r, conn_t *c, const char *what)
+/* Counts a failure, logs it (the first 10, then one in 1000) with its cause, drops the
+ * connection. detail: the cause (a server's error reply), or NULL for the connection's. */
+static void failed_why(kvs__ixr_t *r, conn_t *c, const char *what, const char *detail)
 {
     unsigned long long n = atomic_fetch_add(&r->errors, 1) + 1;
+    if (detail == NULL)
+        detail = c->c && c->c->err ? c->c->errstr : "no reply (unreachable?)";
+    const char *hint = "";
+    if (strncmp(detail, "NOAUTH", 6) == 0)
+        hint = " (this Redis wants a password: redis://:PASSWORD@HOST or KVSHARE_REDIS_PASSWORD)";
+    else if (strncmp(detail, "WRONGPASS", 9) == 0 || strstr(detail, "invalid password") != NULL)
+        hint = " (check the password or user in --redis / KVSHARE_REDIS_PASSWORD)";
     if (n <= 10 || n % 1000 == 0)
-        fprintf(stderr, "kvshare index: redis %s:%d%s: %s failed (%llu so far): %s\n",
-                r->path[0] ? r->path : r->host, r->path[0] ? 0 : r->port, "", what, n,
-                c->c && c->c->err ? c->c->errstr : "unreachable or a bad reply");
+        fprintf(stderr, "kvshare index: redis %s%s%.0d: %s failed (%llu so far): %s%s\n",
+                r->path[0] ? r->path : r->host, r->path[0] ? "" : ":", r->path[0] ? 0 : r->port,
+                what, n, detail, hint);
     conn_drop(c);
     c->next_try_ms = mono_ms() + RETRY_MS;
 }
 
-/* A usable connection, (re)connecting at most once per RETRY_MS. */
+static void failed(kvs__ixr_t *r, conn_t *c, const char *what)
+{
+    failed_why(r, c, what, NULL);
+}
+
+/* One command at connect time; false (counted, logged, dropped) unless the reply has type
+ * want. */
+static bool setup_cmd(kvs__ixr_t *r, conn_t *c, int argc, const char **argv, int want,
+                      const char *what)
+{
+    redisReply *rep = redisCommandArgv(c->c, argc, argv, NULL);
+    bool ok = rep != NULL && rep->type == want;
+    if (!ok) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "%s", rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+        failed_why(r, c, what, msg[0] ? msg : NULL);
+    }
+    if (rep != NULL)
+        freeReplyObject(rep);
+    return ok;
+}
+
+/* Loads the scripts (one pipelined round trip): EVALSHA from now on. A script the server
+ * refuses to load (an ACL without scripting...) stays EVAL, which then fails visibly. */
+static bool load_scripts(kvs__ixr_t *r, conn_t *c)
+{
+    char *fatal = NULL;
+    for (int i = 0; i < NSCRIPTS; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", scripts[i]};
+        c->sha[i][0] = '\0';
+        if (redisAppendCommandArgv(c->c, 3, argv, NULL) != REDIS_OK) {
+            failed(r, c, "SCRIPT LOAD");
+            return false;
+        }
+    }
+    for (int i = 0; i < NSCRIPTS; i++) {
+        void *v = NULL;
+        if (redisGetReply(c->c, &v) != REDIS_OK) {
+            free(fatal);
+            failed(r, c, "SCRIPT LOAD");
+            return false;
+        }
+        redisReply *rep = v;
+        if (rep->type == REDIS_REPLY_STRING && rep->len == 40)
+            memcpy(c->sha[i], rep->str, 41);
+        else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOAUTH", 6) == 0)
+            fatal = fatal ? fatal : strdup(rep->str);
+        freeReplyObject(rep);
+    }
+    if (fatal != NULL) { /* no password given, and this Redis wants one */
+        failed_why(r, c, "SCRIPT LOAD", fatal);
+        free(fatal);
+        return false;
+    }
+    return true;
+}
+
+/* A usable connection, (re)connecting at most once per RETRY_MS: AUTH, SELECT, scripts. */
 static redisContext *conn_get(kvs__ixr_t *r, conn_t *c)
 {
     if (c->c != NULL)
@@ -254,45 +389,92 @@ static redisContext *conn_get(kvs__ixr_t *r, conn_t *c)
         failed(r, c, "connect");
         return NULL;
     }
-    if (r->db != 0) {
-        redisReply *rep = redisCommand(c->c, "SELECT %d", r->db);
-        bool ok = rep != NULL && rep->type == REDIS_REPLY_STATUS;
-        if (rep)
-            freeReplyObject(rep);
-        if (!ok) {
-            failed(r, c, "SELECT");
+    if (r->pass[0] != '\0') {
+        const char *argv[] = {"AUTH", r->user, r->pass};
+        bool ok = r->user[0] ? setup_cmd(r, c, 3, argv, REDIS_REPLY_STATUS, "AUTH")
+                             : setup_cmd(r, c, 2, (const char *[]){"AUTH", r->pass},
+                                         REDIS_REPLY_STATUS, "AUTH");
+        if (!ok)
             return NULL;
-        }
     }
+    if (r->db != 0) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", r->db);
+        const char *argv[] = {"SELECT", db};
+        if (!setup_cmd(r, c, 2, argv, REDIS_REPLY_STATUS, "SELECT"))
+            return NULL;
+    }
+    if (!load_scripts(r, c))
+        return NULL;
     c->epoch++;
     return c->c;
 }
 
-/* Runs one command; NULL (counted, connection dropped) on failure or an error reply. */
-static redisReply *run(kvs__ixr_t *r, conn_t *c, int argc, const char **argv, const size_t *lens,
-                       const char *what)
+/* argv[0..1] for script id on c: EVALSHA sha, or EVAL body. */
+static void script_head(const conn_t *c, int id, const char **argv)
+{
+    if (c->sha[id][0] != '\0') {
+        argv[0] = "EVALSHA";
+        argv[1] = c->sha[id];
+    } else {
+        argv[0] = "EVAL";
+        argv[1] = scripts[id];
+    }
+}
+
+static bool is_noscript(const redisReply *rep)
+{
+    return rep != NULL && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0;
+}
+
+/* Runs one command; NULL (counted, connection dropped) on failure or an error reply. For a
+ * script (script >= 0; argv[0..1] are filled here), EVALSHA first, and on NOSCRIPT (the
+ * server's script cache was flushed) EVAL with the body, reloading it for the next call. */
+static redisReply *run_s(kvs__ixr_t *r, conn_t *c, int script, int argc, const char **argv,
+                         const size_t *lens, const char *what)
 {
     redisContext *ctx = conn_get(r, c);
     if (ctx == NULL)
         return NULL;
+    if (script >= 0)
+        script_head(c, script, argv);
     redisReply *rep = redisCommandArgv(ctx, argc, argv, lens);
+    if (script >= 0 && is_noscript(rep)) {
+        freeReplyObject(rep);
+        c->sha[script][0] = '\0';
+        script_head(c, script, argv);
+        rep = redisCommandArgv(ctx, argc, argv, lens);
+        const char *la[] = {"SCRIPT", "LOAD", scripts[script]};
+        redisReply *l = rep != NULL ? redisCommandArgv(ctx, 3, la, NULL) : NULL;
+        if (l != NULL && l->type == REDIS_REPLY_STRING && l->len == 40)
+            memcpy(c->sha[script], l->str, 41);
+        if (l != NULL)
+            freeReplyObject(l);
+    }
     if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+        char msg[300] = "";
         if (rep != NULL) {
-            fprintf(stderr, "kvshare index: redis: %s: %.*s\n", what, (int)rep->len, rep->str);
+            snprintf(msg, sizeof(msg), "%.*s", (int)rep->len, rep->str);
             freeReplyObject(rep);
         }
-        failed(r, c, what);
+        failed_why(r, c, what, msg[0] ? msg : NULL);
         return NULL;
     }
     return rep;
+}
+
+static redisReply *run(kvs__ixr_t *r, conn_t *c, int argc, const char **argv, const size_t *lens,
+                       const char *what)
+{
+    return run_s(r, c, -1, argc, argv, lens, what);
 }
 
 int kvs__ixr_lease(kvs__ixr_t *r, const char *model, const char *pod, uint64_t *epoch_p)
 {
     char key[600];
     snprintf(key, sizeof(key), "kvs:l:%s@%s", model, pod);
-    const char *argv[] = {"EVAL", lease_lua, "1", key, r->id, r->lease_ms};
-    redisReply *rep = run(r, &r->w, 6, argv, NULL, "lease");
+    const char *argv[] = {NULL, NULL, "1", key, r->id, r->lease_ms};
+    redisReply *rep = run_s(r, &r->w, S_LEASE, 6, argv, NULL, "lease");
     if (rep == NULL)
         return -1;
     int rc = rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer : -1;
@@ -312,7 +494,7 @@ static uint8_t tier_bit(const char *medium)
 }
 
 /* Queues EVAL script model pod bits hash... on the writer. */
-static void queue_blocks(kvs__ixr_t *r, const char *script, const char *model, const char *pod,
+static void queue_blocks(kvs__ixr_t *r, int script, const char *model, const char *pod,
                          const uint64_t *hashes, size_t n, const char *medium)
 {
     redisContext *ctx = conn_get(r, &r->w);
@@ -331,7 +513,8 @@ static void queue_blocks(kvs__ixr_t *r, const char *script, const char *model, c
     }
     char bits[4];
     snprintf(bits, sizeof(bits), "%u", tier_bit(medium));
-    argv[0] = "EVAL", argv[1] = script, argv[2] = "0", argv[3] = model, argv[4] = pod;
+    script_head(&r->w, script, argv);
+    argv[2] = "0", argv[3] = model, argv[4] = pod;
     argv[5] = bits;
     for (size_t i = 0; i < n; i++) {
         snprintf(hex + 17 * i, 17, "%016llx", (unsigned long long)hashes[i]);
@@ -351,13 +534,13 @@ static void queue_blocks(kvs__ixr_t *r, const char *script, const char *model, c
 void kvs__ixr_store(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
                     size_t n, const char *medium)
 {
-    queue_blocks(r, store_lua, model, pod, hashes, n, medium);
+    queue_blocks(r, S_STORE, model, pod, hashes, n, medium);
 }
 
 void kvs__ixr_remove(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
                      size_t n, const char *medium)
 {
-    queue_blocks(r, remove_lua, model, pod, hashes, n, medium);
+    queue_blocks(r, S_REMOVE, model, pod, hashes, n, medium);
 }
 
 void kvs__ixr_clear(kvs__ixr_t *r, const char *model, const char *pod)
@@ -365,7 +548,8 @@ void kvs__ixr_clear(kvs__ixr_t *r, const char *model, const char *pod)
     redisContext *ctx = conn_get(r, &r->w);
     if (ctx == NULL)
         return;
-    const char *argv[] = {"EVAL", clear_lua, "0", model, pod};
+    const char *argv[] = {NULL, NULL, "0", model, pod};
+    script_head(&r->w, S_CLEAR, argv);
     if (redisAppendCommandArgv(ctx, 5, argv, NULL) == REDIS_OK)
         r->pending++;
     else
@@ -389,6 +573,7 @@ void kvs__ixr_set_degraded(kvs__ixr_t *r, const char *model, const char *pod, bo
 int kvs__ixr_flush(kvs__ixr_t *r)
 {
     int rc = 0;
+    bool noscript = false;
     while (r->pending > 0 && r->w.c != NULL) {
         void *rep = NULL;
         if (redisGetReply(r->w.c, &rep) != REDIS_OK) {
@@ -398,7 +583,10 @@ int kvs__ixr_flush(kvs__ixr_t *r)
         }
         r->pending--;
         redisReply *x = rep;
-        if (x->type == REDIS_REPLY_ERROR) {
+        if (is_noscript(x)) {
+            noscript = true;
+            rc = -1;
+        } else if (x->type == REDIS_REPLY_ERROR) {
             unsigned long long n = atomic_fetch_add(&r->errors, 1) + 1;
             if (n <= 10)
                 fprintf(stderr, "kvshare index: redis: write refused: %.*s\n", (int)x->len, x->str);
@@ -407,6 +595,13 @@ int kvs__ixr_flush(kvs__ixr_t *r)
         freeReplyObject(rep);
     }
     r->pending = 0;
+    /* The server lost its scripts (SCRIPT FLUSH, a failover to a replica that never loaded
+     * them): those writes are gone. Reconnecting reloads the scripts, and the new connection
+     * number makes the lease holder resync each pod it writes. */
+    if (noscript && r->w.c != NULL)
+        failed_why(r, &r->w, "write",
+                   "NOSCRIPT: the server's script cache was flushed; "
+                   "reconnecting, then resyncing the pods written here");
     return rc;
 }
 
@@ -444,8 +639,8 @@ int kvs__ixr_snapshot(kvs__ixr_t *r,
                 d |= deg->element[k]->type == REDIS_REPLY_STRING &&
                      strcmp(deg->element[k]->str, p) == 0;
             pod_cb(arg, m, p, d);
-            const char *as[] = {"EVAL", snap_lua, "0", m, p};
-            redisReply *cp = run(r, &r->w, 5, as, NULL, "snapshot");
+            const char *as[] = {NULL, NULL, "0", m, p};
+            redisReply *cp = run_s(r, &r->w, S_SNAP, 5, as, NULL, "snapshot");
             if (cp == NULL || cp->type != REDIS_REPLY_ARRAY) {
                 rc = -1;
             } else {
@@ -496,7 +691,7 @@ long kvs__ixr_score(kvs__ixr_t *r, const char *model, const uint64_t *keys, size
         goto out;
     snprintf(nk, sizeof(nk), "%zu", n);
     snprintf(dk, sizeof(dk), "kvs:d:%s", model);
-    argv[0] = "EVAL", argv[1] = score_lua, argv[2] = nk;
+    argv[2] = nk;
     for (size_t i = 0; i < n; i++) {
         snprintf(kb + i * klen, klen, "kvs:b:%s@%016llx", model, (unsigned long long)keys[i]);
         argv[3 + i] = kb + i * klen;
@@ -505,7 +700,7 @@ long kvs__ixr_score(kvs__ixr_t *r, const char *model, const uint64_t *keys, size
     for (size_t i = 0; i < nonly; i++)
         argv[4 + n + i] = only[i];
     pthread_mutex_lock(&r->lock);
-    redisReply *rep = run(r, &r->rd, (int)argc, argv, NULL, "score");
+    redisReply *rep = run_s(r, &r->rd, S_SCORE, (int)argc, argv, NULL, "score");
     pthread_mutex_unlock(&r->lock);
     if (rep == NULL)
         goto out;

@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* cmd_index.c - `kvshare index`: vLLM KV events over ZMQ in, longest-prefix scores over HTTP out.
+/* cmd_index.c - `kvshare index` (kvshare-index): vLLM KV events over ZMQ in, longest-prefix scores
+ * over HTTP out.
  *
  * Threads: the main thread is the index's only writer. It drains every SUB socket with
  * non-blocking receives (ZMQ queues on our side; a PUB never waits for us), tracks each
  * pod's sequence numbers, asks the pod's replay ROUTER for missed batches, and applies
  * the events. libmicrohttpd's threads (a pool of 4) answer HTTP; they only read the index
- * (under the index's read lock) and the counters (atomics). */
-#include "cli.h"
+ * (lock-free: kvindex.c) and the counters (atomics). */
+#include "cmdline_int.h"
+#include "index.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
 #include "tokkeys_int.h"
@@ -148,8 +150,9 @@ static void usage(FILE *f)
         "                (--hash-algo/--hash-seed then need not match the engine's)\n"
         "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
         "  --max-idle-s  clear pods silent this long (default 0: never)\n"
-        "  --redis       share the index through Redis (redis://HOST[:PORT][/DB] or\n"
-        "                unix:/PATH): each pod is written by one replica (a lease), scores\n"
+        "  --redis       share the index through Redis (redis://[[USER]:PASS@]HOST[:PORT]\n"
+        "                [/DB] or unix:/PATH; or the password in KVSHARE_REDIS_PASSWORD):\n"
+        "                each pod is written by one replica (a lease), scores\n"
         "                are one server-side walk, a new replica loads the snapshot; with\n"
         "                --redis, --source is optional (a replica that only scores)\n"
         "  --redis-id    this replica's lease holder name (default HOSTNAME:PID)\n"
@@ -1174,8 +1177,10 @@ int kvs_cli_index(int argc, char **argv)
         hp.seed = seed;
     }
     kvs_status_t st = kvs_hasher_create(&hp, &d.hasher);
-    if (st != KVS_OK)
-        return kvs_cli_fail("index: hasher", st);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvshare: index: hasher: %s\n", kvs_status_string(st));
+        return 1;
+    }
     d.digest_len = kvs_hasher_digest_len(d.hasher);
     d.block_size = (uint32_t)block_size;
     d.idx = kvs__idx_create(max_pairs);
@@ -1255,7 +1260,7 @@ int kvs_cli_index(int argc, char **argv)
                            on_http, &d, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
                            MHD_OPTION_NOTIFY_COMPLETED, on_http_done, NULL,
                            MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-                           /* scores run in parallel: they only take the read lock */
+                           /* scores run in parallel: the index's readers take no lock */
                            MHD_OPTION_THREAD_POOL_SIZE, 4u, MHD_OPTION_END);
     if (mhd == NULL) {
         fprintf(stderr, "kvshare index: --http '%s': cannot start the HTTP server\n", http);

@@ -29,8 +29,11 @@
 
 typedef struct kvs__ixr kvs__ixr_t;
 
-/* url: redis://HOST[:PORT][/DB] or unix:PATH. Does not connect yet. NULL with why filled on
- * a bad URL or out of memory. */
+/* url: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (userinfo %-encoded) or unix:PATH; without
+ * a password in the URL, KVSHARE_REDIS_PASSWORD (and KVSHARE_REDIS_USER) apply. Each connect
+ * sends AUTH, SELECT and SCRIPT LOAD (scripts then go by EVALSHA, falling back to EVAL on
+ * NOSCRIPT). rediss:// (TLS) is refused: hiredis 0.14 (Debian 12) has no hiredis_ssl. Does
+ * not connect yet. NULL with why filled on a bad URL or out of memory. */
 kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t lease_ms, char *why,
                             size_t wl);
 void kvs__ixr_destroy(kvs__ixr_t *r);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* bench_index.c - `kvshare bench index`: event ingest rate, score latency and bytes per pair.
+/* bench_index.c - `kvshare bench index` (kvshare-index bench): event ingest rate, score latency and
+ * bytes per pair.
  *
  * One thread, one run:
  *  - ingest_block_events_per_s: msgpack BlockStored batches (positional, 16 hashes per
@@ -8,12 +9,19 @@
  *    against an index filled with up to --pairs (pod, block) pairs or what ~--setup-s
  *    seconds of setup reach: each pod holds a random-length prefix of each document.
  *  - score_with_hashing_p99_us: the same with the prompt's keys hashed first (xxhash_cbor).
- *  - bytes_per_holder_block: the index's table memory over its pairs. */
-#include "cli.h"
+ *  - bytes_per_holder_block: the index's table memory over its pairs.
+ *  - score_during_ingest_p50_us / _p99_us: the same scores while a second thread writes
+ *    (stores 16-block events for random pods and removes them 64 events later), and that
+ *    writer's rate, ingest_during_scores_per_s: scoring takes no lock, so a writer never
+ *    holds a score up (with a reader-writer lock, a score waited for the store in
+ *    progress). */
+#include "cmdline_int.h"
+#include "index.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
 
 #include <msgpack.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,6 +130,39 @@ out:
     return rate;
 }
 
+typedef struct churn {
+    kvs__idx_t *idx;
+    const uint32_t *pods;
+    int stop;
+    uint64_t events;
+} churn_t;
+
+/* The writer beside the scores: 16-block stores for random pods, each removed again 64
+ * stores later, so the index keeps its size while blocks come and go. */
+static void *churn_writer(void *arg)
+{
+    churn_t *c = arg;
+    enum { HASHES = 16, RING = 64 };
+    static uint64_t ring[RING][HASHES];
+    uint32_t ring_pod[RING] = {0};
+    uint64_t i = 0;
+    while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
+        uint32_t r = (uint32_t)(i % RING);
+        if (i >= RING)
+            kvs__idx_remove(c->idx, ring_pod[r], ring[r], HASHES, NULL, 0, 2);
+        for (uint32_t h = 0; h < HASHES; h++)
+            ring[r][h] = kvs_cli_mix((1ull << 62) + i * HASHES + h);
+        ring_pod[r] = c->pods[kvs_cli_mix(i) % PODS];
+        if (kvs__idx_store(c->idx, ring_pod[r], ring[r], HASHES, NULL, 0, 2) != 0)
+            break;
+        i++;
+    }
+    for (uint64_t j = i > RING ? i - RING : 0; j < i; j++)
+        kvs__idx_remove(c->idx, ring_pod[j % RING], ring[j % RING], HASHES, NULL, 0, 2);
+    __atomic_store_n(&c->events, i * HASHES, __ATOMIC_RELEASE);
+    return NULL;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] [--json]\n"
@@ -183,9 +224,10 @@ int kvs_cli_bench_index(int argc, char **argv)
     kvs_key_t *keys = malloc(PROMPT_BLKS * sizeof(*keys));
     uint64_t *k64 = malloc(PROMPT_BLKS * sizeof(*k64));
     uint64_t *lat = malloc(samples * sizeof(*lat)), *lat_h = malloc(samples * sizeof(*lat_h));
+    uint64_t *lat_c = malloc(samples * sizeof(*lat_c));
     kvs__idx_score_t out[PODS];
     if (ingest < 0 || kvs_hasher_create(&hp, &h) != KVS_OK || idx == NULL || tok == NULL ||
-        keys == NULL || k64 == NULL || lat == NULL || lat_h == NULL) {
+        keys == NULL || k64 == NULL || lat == NULL || lat_h == NULL || lat_c == NULL) {
         fprintf(stderr, "kvshare bench index: setup failed (out of memory?)\n");
         goto out;
     }
@@ -224,8 +266,30 @@ int kvs_cli_bench_index(int argc, char **argv)
             goto out;
         }
     }
+    /* The same scores with a writer running beside them. */
+    churn_t ch = {.idx = idx, .pods = pods};
+    pthread_t wt;
+    if (pthread_create(&wt, NULL, churn_writer, &ch) != 0) {
+        fprintf(stderr, "kvshare bench index: cannot start the writer thread\n");
+        goto out;
+    }
+    uint64_t tc0 = now_ns();
+    for (uint64_t s = 0; s < samples; s++) {
+        uint64_t d = kvs_cli_mix(s + samples) % docs;
+        if (!doc_keys(h, d, tok, keys, k64))
+            break;
+        uint64_t t0 = now_ns();
+        long n = kvs__idx_score(idx, m, k64, PROMPT_BLKS, NULL, 0, out, PODS);
+        lat_c[s] = now_ns() - t0;
+        (void)n;
+    }
+    __atomic_store_n(&ch.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(wt, NULL);
+    double churn_rate =
+        (double)__atomic_load_n(&ch.events, __ATOMIC_ACQUIRE) / ((double)(now_ns() - tc0) * 1e-9);
     qsort(lat, samples, sizeof(*lat), cmp_u64);
     qsort(lat_h, samples, sizeof(*lat_h), cmp_u64);
+    qsort(lat_c, samples, sizeof(*lat_c), cmp_u64);
     size_t p99 = (size_t)((double)samples * 0.99);
     double bph = st.pairs ? (double)st.bytes / (double)st.pairs : 0;
     if (json) {
@@ -241,6 +305,10 @@ int kvs_cli_bench_index(int argc, char **argv)
         cJSON_AddNumberToObject(j, "pods", PODS);
         cJSON_AddNumberToObject(j, "prompt_blocks", PROMPT_BLKS);
         cJSON_AddNumberToObject(j, "samples", (double)samples);
+        kvs_cli_json_num(j, "score_with_hashing_p50_us", (double)lat_h[samples / 2] / 1e3, 2);
+        kvs_cli_json_num(j, "score_during_ingest_p50_us", (double)lat_c[samples / 2] / 1e3, 2);
+        kvs_cli_json_num(j, "score_during_ingest_p99_us", (double)lat_c[p99] / 1e3, 2);
+        kvs_cli_json_num(j, "ingest_during_scores_per_s", churn_rate, 0);
         rc = kvs_cli_print_json("bench index", j);
         goto out;
     }
@@ -248,10 +316,13 @@ int kvs_cli_bench_index(int argc, char **argv)
            "  ingest                %.2f M block events/s\n"
            "  score (keys given)    p50 %.2f us, p99 %.2f us (%d-block prompts)\n"
            "  score with hashing    p99 %.2f us (xxhash_cbor)\n"
-           "  memory                %.1f bytes per (pod, block) pair\n",
+           "  memory                %.1f bytes per (pod, block) pair\n"
+           "  score beside a writer p50 %.2f us, p99 %.2f us (writer: %.2f M block "
+           "events/s)\n",
            PODS, (unsigned long long)st.pairs, (unsigned long long)st.blocks, ingest / 1e6,
            (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3, PROMPT_BLKS,
-           (double)lat_h[p99] / 1e3, bph);
+           (double)lat_h[p99] / 1e3, bph, (double)lat_c[samples / 2] / 1e3,
+           (double)lat_c[p99] / 1e3, churn_rate / 1e6);
     rc = 0;
 out:
     kvs_hasher_destroy(h);
@@ -261,5 +332,6 @@ out:
     free(k64);
     free(lat);
     free(lat_h);
+    free(lat_c);
     return rc;
 }

@@ -6,9 +6,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Every allocation of connectors/index goes through these, so the tests can make each one
- * fail in turn (libuv's loop_init_oom, our core's kvs__alloc_fail_after). Release with
- * free(). (msgpack-c's own allocations are not covered.) */
+/* Every allocation of the event codec and of connectors/index goes through these, so the tests can
+ * make each one fail in turn (libuv's loop_init_oom, our core's kvs__alloc_fail_after). Release
+ * with free(). (msgpack-c's own allocations are not covered.) */
 void *kvs__ix_malloc(size_t size);
 void *kvs__ix_calloc(size_t n, size_t size);
 void *kvs__ix_realloc(void *ptr, size_t size);

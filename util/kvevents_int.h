@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* kvevents_int.h - decoder of vLLM KV event batches (msgpack), pure: no I/O, no ZMQ.
+/* kvevents_int.h - the vLLM KV event codec (msgpack), pure: no I/O, no ZMQ.
+ * Target kvs_kvevents (links msgpack-c): the index (connectors/index) decodes with it, the
+ * pool node's publisher (`kvshare serve --events`) and the index bench encode with it.
  *
  * The wire format, as checked against vllm-project/vllm vllm/distributed/kv_events.py
  * (commit 0181ea3, read 2026-12-01):

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* kvevents.c - decodes vLLM KV event batches, positional and map encodings, over msgpack-c. */
+/* kvevents.c - decodes vLLM KV event batches, positional and map encodings, and
+ * encodes them, over msgpack-c. */
 #include "kvevents_int.h"
 #include "ixalloc_int.h"
 

@@ -1,0 +1,790 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* shm.c - memfd-backed memory, the holder's Unix-socket handover and the reader's mapped copy. */
+#include "shm_int.h"
+
+#include "pool_int.h"
+#include "proto_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define SHM_MAGIC     0x4D53564Bu /* "KVSM" */
+#define SHM_VERSION   1u
+#define SHM_MAX_IDS   64u
+#define SHM_ENTRY_LEN 32u
+#define SHM_IO_MS     1000
+#define SHM_MAX_MAPS  256u
+/* Runs of adjacent blocks are copied as one memcpy up to this size. */
+#define SHM_MAX_RUN (4u << 20)
+
+void (*kvs__shm_test_mid_copy)(void);
+
+/* ---------------------------------------------------------------------- */
+/* Memory                                                                   */
+/* ---------------------------------------------------------------------- */
+typedef struct seg {
+    uint8_t *base;
+    size_t len;
+    int fd; /* -1: anonymous (memfd_create refused) */
+    struct seg *next;
+} seg_t;
+
+static pthread_mutex_t segs_lock = PTHREAD_MUTEX_INITIALIZER;
+static seg_t *segs;
+
+static size_t page_round(size_t len)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    return (len + pg - 1) / pg * pg;
+}
+
+void *kvs__shm_alloc(size_t len, const char *what)
+{
+    if (len == 0 || len > SIZE_MAX / 2)
+        return NULL;
+    seg_t *s = kvs__malloc(sizeof(*s)); /* also where tests inject failure */
+    if (s == NULL)
+        return NULL;
+    size_t bytes = page_round(len);
+    char name[64];
+    snprintf(name, sizeof(name), "kvshare:%d:%s", (int)getpid(), what);
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    void *p = MAP_FAILED;
+    if (fd >= 0 && ftruncate(fd, (off_t)bytes) == 0 &&
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            kvs__free(s);
+            return NULL;
+        }
+    }
+    s->base = p;
+    s->len = bytes;
+    s->fd = fd;
+    pthread_mutex_lock(&segs_lock);
+    s->next = segs;
+    segs = s;
+    pthread_mutex_unlock(&segs_lock);
+    return p;
+}
+
+void kvs__shm_free(void *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&segs_lock);
+    seg_t *s = NULL;
+    for (seg_t **sp = &segs; *sp != NULL; sp = &(*sp)->next) {
+        if ((*sp)->base == p) {
+            s = *sp;
+            *sp = s->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&segs_lock);
+    if (s == NULL)
+        return;
+    munmap(s->base, s->len);
+    if (s->fd >= 0)
+        close(s->fd);
+    kvs__free(s);
+}
+
+int kvs__shm_fd_of(const void *addr, size_t len, uint64_t *off_p)
+{
+    const uint8_t *a = addr;
+    int fd = -1;
+    pthread_mutex_lock(&segs_lock);
+    for (seg_t *s = segs; s != NULL; s = s->next) {
+        if (s->fd >= 0 && a >= s->base && len <= s->len && (size_t)(a - s->base) <= s->len - len) {
+            fd = s->fd;
+            *off_p = (uint64_t)(a - s->base);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&segs_lock);
+    return fd;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+void kvs__shm_boot_id(uint8_t out[KVS_SHM_BOOT_ID_LEN])
+{
+    memset(out, 0, KVS_SHM_BOOT_ID_LEN);
+    const char *t = getenv("KVSHARE_TEST_BOOT_ID");
+    if (t != NULL && t[0] != '\0') {
+        size_t n = strlen(t);
+        memcpy(out, t, n < KVS_SHM_BOOT_ID_LEN ? n : KVS_SHM_BOOT_ID_LEN);
+        return;
+    }
+    char buf[64] = "";
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    size_t k = 0;
+    for (ssize_t i = 0; i + 1 < n && k < 2 * KVS_SHM_BOOT_ID_LEN; i++) {
+        int hi = hexval(buf[i]);
+        if (hi < 0)
+            continue;
+        int lo = hexval(buf[i + 1]);
+        if (lo < 0)
+            continue;
+        out[k / 2] = (uint8_t)(hi << 4 | lo);
+        k += 2;
+        i++;
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Wire helpers                                                             */
+/* ---------------------------------------------------------------------- */
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+static void shm_mac(const uint8_t *secret, size_t secret_len, bool open, const uint8_t *session,
+                    const uint8_t *nonce, uint8_t *out)
+{
+    static const char role[] = "kvshare-shm";
+    uint8_t msg[sizeof(role) - 1 + KVS_PROTO_SESSION_LEN + KVS_PROTO_NONCE_LEN];
+    memcpy(msg, role, sizeof(role) - 1);
+    memcpy(msg + sizeof(role) - 1, session, KVS_PROTO_SESSION_LEN);
+    memcpy(msg + sizeof(role) - 1 + KVS_PROTO_SESSION_LEN, nonce, KVS_PROTO_NONCE_LEN);
+    unsigned int n = 0;
+    memset(out, 0, KVS_PROTO_MAC_LEN);
+    if (!open)
+        HMAC(EVP_sha256(), secret, (int)secret_len, msg, sizeof(msg), out, &n);
+}
+
+static void io_timeouts(int fd)
+{
+    struct timeval tv = {.tv_sec = SHM_IO_MS / 1000, .tv_usec = (SHM_IO_MS % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+/* ---------------------------------------------------------------------- */
+/* Holder                                                                   */
+/* ---------------------------------------------------------------------- */
+_Static_assert(KVS_SHM_BOOT_ID_LEN == KVS_PROTO_BOOT_ID_LEN, "one boot id length");
+_Static_assert(KVS_SHM_MAX_PATH == KVS_PROTO_MAX_SHM_PATH, "one socket path bound");
+
+struct kvs__shm_srv {
+    int lfd, stopfd;
+    pthread_t thread;
+    char path[KVS_SHM_MAX_PATH + 1];
+    const uint8_t *secret;
+    size_t secret_len;
+    bool open;
+    kvs__shm_region_fn fn;
+    void *arg;
+    const kvs__logger_t *log;
+    uint64_t refused;
+};
+
+static void srv_refuse(kvs__shm_srv_t *s, const char *why)
+{
+    if (s->refused++ < 10 || s->refused % 1000 == 0)
+        kvs__warn(s->log, "shm: refused a mapping request on %s: %s (%llu so far)", s->path, why,
+                  (unsigned long long)s->refused);
+}
+
+/* One reader, start to end, within SHM_IO_MS per step. */
+static void srv_serve(kvs__shm_srv_t *s, int fd)
+{
+    struct ucred cr;
+    socklen_t cl = sizeof(cr);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
+        (cr.uid != geteuid() && cr.uid != 0)) {
+        srv_refuse(s, "peer runs as another user");
+        return;
+    }
+    io_timeouts(fd);
+    uint8_t hello[8 + KVS_PROTO_NONCE_LEN];
+    put32(hello, SHM_MAGIC);
+    put32(hello + 4, SHM_VERSION);
+    if (RAND_bytes(hello + 8, KVS_PROTO_NONCE_LEN) != 1 ||
+        send(fd, hello, sizeof(hello), MSG_NOSIGNAL) != (ssize_t)sizeof(hello))
+        return;
+    uint8_t req[4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4 + 4 * SHM_MAX_IDS + 1];
+    ssize_t n = recv(fd, req, sizeof(req), 0);
+    const size_t fixed = 4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4;
+    if (n < (ssize_t)fixed || get32(req) != SHM_MAGIC) {
+        srv_refuse(s, "malformed request");
+        return;
+    }
+    const uint8_t *session = req + 4, *mac = req + 4 + KVS_PROTO_SESSION_LEN;
+    uint32_t nids = get32(req + fixed - 4);
+    if (nids == 0 || nids > SHM_MAX_IDS || (size_t)n != fixed + 4 * (size_t)nids) {
+        srv_refuse(s, "malformed request");
+        return;
+    }
+    uint8_t want[KVS_PROTO_MAC_LEN];
+    shm_mac(s->secret, s->secret_len, s->open, session, hello + 8, want);
+    bool ok = CRYPTO_memcmp(want, mac, sizeof(want)) == 0;
+    OPENSSL_cleanse(want, sizeof(want));
+    if (!ok) {
+        srv_refuse(s, "the session proof does not hold");
+        return;
+    }
+    uint8_t rep[8 + SHM_ENTRY_LEN * SHM_MAX_IDS];
+    int fds[SHM_MAX_IDS];
+    uint32_t nfds = 0;
+    put32(rep, SHM_MAGIC);
+    put32(rep + 4, nids);
+    for (uint32_t i = 0; i < nids; i++) {
+        uint8_t *e = rep + 8 + SHM_ENTRY_LEN * i;
+        uint64_t base = 0, len = 0, off = 0;
+        int r = s->fn(s->arg, session, get32(req + fixed + 4 * i), &base, &len);
+        if (r < 0) {
+            srv_refuse(s, "no such session");
+            return;
+        }
+        int mfd = r > 0 ? kvs__shm_fd_of((const void *)(uintptr_t)base, (size_t)len, &off) : -1;
+        memset(e, 0, SHM_ENTRY_LEN);
+        put32(e, mfd >= 0 ? 0u : (uint32_t)KVS_ERR_NOT_FOUND);
+        put64(e + 8, base);
+        put64(e + 16, len);
+        put64(e + 24, off);
+        if (mfd >= 0)
+            fds[nfds++] = mfd;
+    }
+    struct iovec iov = {.iov_base = rep, .iov_len = 8 + SHM_ENTRY_LEN * (size_t)nids};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        memset(&u, 0, sizeof(u));
+        mh.msg_control = u.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+    }
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL) < 0)
+        kvs__debug(s->log, "shm: sendmsg: %s", strerror(errno));
+}
+
+static void *srv_thread(void *arg)
+{
+    kvs__shm_srv_t *s = arg;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = s->lfd, .events = POLLIN},
+                              {.fd = s->stopfd, .events = POLLIN}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (p[1].revents)
+            break;
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        srv_serve(s, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+/* Sockets of holders that died without unlinking theirs (killed, OOM): nobody accepts on
+ * them any more (connect says ECONNREFUSED), so they go; a hostPath directory would
+ * otherwise collect one per crash. */
+static void sweep_dead(const char *dir, const kvs__logger_t *log)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    unsigned swept = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "kvshare-", 8) != 0 || n < 13 ||
+            strcmp(e->d_name + n - 5, ".sock") != 0)
+            continue;
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%s", dir, e->d_name) >=
+            sizeof(sa.sun_path))
+            continue;
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+            break;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 && errno == ECONNREFUSED &&
+            unlink(sa.sun_path) == 0)
+            swept++;
+        close(fd);
+    }
+    closedir(d);
+    if (swept > 0)
+        kvs__info(log, "shm: removed %u sockets of holders that are gone from %s", swept, dir);
+}
+
+kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t secret_len,
+                                bool open, kvs__shm_region_fn fn, void *arg,
+                                const kvs__logger_t *log, kvs__shm_srv_t **srv_p, char *err,
+                                size_t errlen)
+{
+    kvs__shm_srv_t *s = kvs__calloc(1, sizeof(*s));
+    if (s == NULL)
+        return KVS_ERR_NO_MEMORY;
+    s->lfd = s->stopfd = -1;
+    s->secret = secret;
+    s->secret_len = secret_len;
+    s->open = open;
+    s->fn = fn;
+    s->arg = arg;
+    s->log = log;
+    uint8_t rnd[4] = {0};
+    (void)RAND_bytes(rnd, sizeof(rnd));
+    int n = snprintf(s->path, sizeof(s->path), "%s/kvshare-%d-%02x%02x%02x%02x.sock", dir,
+                     (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (n < 0 || (size_t)n >= sizeof(s->path) || (size_t)n >= sizeof(sa.sun_path)) {
+        snprintf(err, errlen, "KVSHARE_HOST_SOCKET_DIR='%s': too long for a Unix socket path", dir);
+        kvs__free(s);
+        return KVS_ERR_CONFIG;
+    }
+    memcpy(sa.sun_path, s->path, (size_t)n + 1);
+    sweep_dead(dir, log);
+    s->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    mode_t old = umask(077); /* the socket file: this user only */
+    int rc = s->lfd < 0 ? -1 : bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa));
+    umask(old);
+    if (rc != 0 || listen(s->lfd, 64) != 0) {
+        snprintf(err, errlen, "KVSHARE_HOST_SOCKET_DIR: %s: %s", s->path, strerror(errno));
+        goto fail;
+    }
+    s->stopfd = eventfd(0, EFD_CLOEXEC);
+    if (s->stopfd < 0 || pthread_create(&s->thread, NULL, srv_thread, s) != 0) {
+        snprintf(err, errlen, "shm server: %s", strerror(errno));
+        unlink(s->path);
+        goto fail;
+    }
+    kvs__info(log, "shm: same-host peers map memory through %s", s->path);
+    *srv_p = s;
+    return KVS_OK;
+fail:
+    if (s->lfd >= 0)
+        close(s->lfd);
+    if (s->stopfd >= 0)
+        close(s->stopfd);
+    kvs__free(s);
+    return KVS_ERR_IO;
+}
+
+void kvs__shm_srv_stop(kvs__shm_srv_t *s)
+{
+    if (s == NULL)
+        return;
+    uint64_t one = 1;
+    if (write(s->stopfd, &one, sizeof(one)) != sizeof(one))
+        kvs__warn(s->log, "shm: cannot stop the server thread: %s", strerror(errno));
+    pthread_join(s->thread, NULL);
+    close(s->lfd);
+    close(s->stopfd);
+    unlink(s->path);
+    kvs__free(s);
+}
+
+const char *kvs__shm_srv_path(const kvs__shm_srv_t *s)
+{
+    return s->path;
+}
+
+void kvs__shm_srv_put_offer(const kvs__shm_srv_t *s, kvs__buf_t *b)
+{
+    uint8_t bid[KVS_SHM_BOOT_ID_LEN];
+    kvs__shm_boot_id(bid);
+    size_t n = strlen(s->path);
+    kvs__buf_put(b, bid, sizeof(bid));
+    kvs__buf_u16(b, (uint16_t)n);
+    kvs__buf_put(b, s->path, n);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Reader                                                                   */
+/* ---------------------------------------------------------------------- */
+typedef struct map {
+    uint32_t id;
+    bool ok;   /* false: the holder cannot share it (the transport reads it) */
+    bool said; /* that it is not shared was logged */
+    uint64_t base, len;
+    const uint8_t *at; /* where base is mapped */
+    void *map;
+    size_t map_len;
+} map_t;
+
+struct kvs__shm_peer {
+    pthread_mutex_t lock;
+    char path[KVS_SHM_MAX_PATH + 1];
+    char peer[128];
+    uint8_t session[KVS_PROTO_SESSION_LEN];
+    const uint8_t *secret;
+    size_t secret_len;
+    bool open;
+    bool broken; /* the handover failed: the transport for good */
+    const kvs__logger_t *log;
+    map_t maps[SHM_MAX_MAPS];
+    uint32_t nmaps;
+};
+
+kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, size_t path_len,
+                                   const uint8_t *session, const uint8_t *secret, size_t secret_len,
+                                   bool open, const char *peer, const kvs__logger_t *log)
+{
+    uint8_t ours[KVS_SHM_BOOT_ID_LEN];
+    kvs__shm_boot_id(ours);
+    if (memcmp(ours, boot_id, sizeof(ours)) != 0) {
+        kvs__debug(log, "peer %s: on another host (boot id differs): transport only", peer);
+        return NULL;
+    }
+    if (path_len == 0 || path_len > KVS_SHM_MAX_PATH || memchr(path, '\0', path_len) != NULL)
+        return NULL;
+    kvs__shm_peer_t *sp = kvs__calloc(1, sizeof(*sp));
+    if (sp == NULL)
+        return NULL;
+    pthread_mutex_init(&sp->lock, NULL);
+    memcpy(sp->path, path, path_len);
+    snprintf(sp->peer, sizeof(sp->peer), "%s", peer);
+    memcpy(sp->session, session, sizeof(sp->session));
+    sp->secret = secret;
+    sp->secret_len = secret_len;
+    sp->open = open;
+    sp->log = log;
+    kvs__debug(log, "peer %s: same host; memory through %s", peer, sp->path);
+    return sp;
+}
+
+void kvs__shm_peer_free(kvs__shm_peer_t *sp)
+{
+    if (sp == NULL)
+        return;
+    for (uint32_t i = 0; i < sp->nmaps; i++)
+        if (sp->maps[i].map != NULL)
+            munmap(sp->maps[i].map, sp->maps[i].map_len);
+    pthread_mutex_destroy(&sp->lock);
+    kvs__free(sp);
+}
+
+static map_t *map_find(kvs__shm_peer_t *sp, uint32_t id)
+{
+    for (uint32_t i = 0; i < sp->nmaps; i++)
+        if (sp->maps[i].id == id)
+            return &sp->maps[i];
+    return NULL;
+}
+
+/* Maps one received fd for entry @e; false leaves nothing mapped. */
+static bool map_fd(map_t *m, int fd, uint64_t off)
+{
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    /* Sealed against shrinking, and big enough: no access can fault. */
+    if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) != 0 || m->len == 0 ||
+        off > (uint64_t)st.st_size || m->len > (uint64_t)st.st_size - off ||
+        m->base + m->len < m->base)
+        return false;
+    uint64_t aoff = off / pg * pg;
+    size_t maplen = (size_t)(off - aoff + m->len);
+    void *p = mmap(NULL, maplen, PROT_READ, MAP_SHARED, fd, (off_t)aoff);
+    if (p == MAP_FAILED)
+        return false;
+    m->map = p;
+    m->map_len = maplen;
+    m->at = (const uint8_t *)p + (off - aoff);
+    m->ok = true;
+    return true;
+}
+
+/* Asks the holder for @n regions (lock held). False: the exchange itself
+ * failed, and the connection keeps to the transport. */
+static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path, sp->path, strlen(sp->path) + 1);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    const char *why = "socket";
+    bool ok = false;
+    int fds[SHM_MAX_IDS];
+    uint32_t nfds = 0;
+    if (fd < 0)
+        goto out;
+    io_timeouts(fd);
+    why = "connect";
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+        goto out;
+    uint8_t hello[8 + KVS_PROTO_NONCE_LEN + 1];
+    why = "no greeting";
+    if (recv(fd, hello, sizeof(hello), 0) != 8 + KVS_PROTO_NONCE_LEN || get32(hello) != SHM_MAGIC ||
+        get32(hello + 4) != SHM_VERSION)
+        goto out;
+    uint8_t req[4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4 + 4 * SHM_MAX_IDS];
+    put32(req, SHM_MAGIC);
+    memcpy(req + 4, sp->session, KVS_PROTO_SESSION_LEN);
+    shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, hello + 8,
+            req + 4 + KVS_PROTO_SESSION_LEN);
+    size_t fixed = 4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4;
+    put32(req + fixed - 4, n);
+    for (uint32_t i = 0; i < n; i++)
+        put32(req + fixed + 4 * i, ids[i]);
+    why = "send";
+    if (send(fd, req, fixed + 4 * (size_t)n, MSG_NOSIGNAL) != (ssize_t)(fixed + 4 * (size_t)n))
+        goto out;
+    uint8_t rep[8 + SHM_ENTRY_LEN * SHM_MAX_IDS];
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {.iov_base = rep, .iov_len = sizeof(rep)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t got = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    for (struct cmsghdr *cm = got > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
+         cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t j = 0; j < k && nfds < SHM_MAX_IDS; j++)
+            memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
+    }
+    why = "refused (see the holder's log)";
+    if (got != (ssize_t)(8 + SHM_ENTRY_LEN * (size_t)n) || (mh.msg_flags & MSG_CTRUNC) ||
+        get32(rep) != SHM_MAGIC || get32(rep + 4) != n)
+        goto out;
+    uint32_t used = 0;
+    for (uint32_t i = 0; i < n && sp->nmaps < SHM_MAX_MAPS; i++) {
+        const uint8_t *e = rep + 8 + SHM_ENTRY_LEN * i;
+        map_t *m = &sp->maps[sp->nmaps++];
+        memset(m, 0, sizeof(*m));
+        m->id = ids[i];
+        m->base = get64(e + 8);
+        m->len = get64(e + 16);
+        if (get32(e) == 0 && used < nfds && !map_fd(m, fds[used++], get64(e + 24)))
+            kvs__warn(sp->log, "peer %s: region %u: the holder's memfd cannot be mapped", sp->peer,
+                      ids[i]);
+    }
+    ok = true;
+out:
+    if (!ok)
+        kvs__warn(sp->log,
+                  "peer %s: shared-memory handover through %s failed (%s: %s); using the "
+                  "transport",
+                  sp->peer, sp->path, why, strerror(errno));
+    for (uint32_t i = 0; i < nfds; i++)
+        close(fds[i]);
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* The local address of remote [addr, addr + len) in region @id, or NULL. */
+static const uint8_t *xlate(kvs__shm_peer_t *sp, uint32_t id, uint64_t addr, uint64_t len)
+{
+    map_t *m = map_find(sp, id);
+    if (m != NULL && !m->ok && !m->said) {
+        m->said = true;
+        kvs__info(sp->log,
+                  "peer %s: region %u is not in shared memory (not from kvs_mem_alloc or an "
+                  "arena): its blocks move over the transport",
+                  sp->peer, id);
+    }
+    if (m == NULL || !m->ok || addr < m->base || len > m->len || addr - m->base > m->len - len)
+        return NULL;
+    return m->at + (addr - m->base);
+}
+
+typedef struct run {
+    const uint8_t *src;
+    uint8_t *dst;
+    size_t len;
+} run_t;
+
+/* Region ids the blocks need that are not known yet (at most SHM_MAX_IDS). */
+static uint32_t missing(kvs__shm_peer_t *sp, const uint8_t *const *block_at, size_t count,
+                        uint32_t *ids)
+{
+    uint32_t n = 0;
+    for (size_t i = 0; i < count && n < SHM_MAX_IDS; i++) {
+        kvs__block_desc_t d;
+        const uint8_t *cur = block_at[i];
+        kvs__proto_block(&cur, &d);
+        for (int k = -1; k < (int)d.npieces && n < SHM_MAX_IDS; k++) {
+            uint32_t id = d.gen_region;
+            if (k >= 0) {
+                kvs__piece_t pc;
+                kvs__proto_piece(d.pieces, (uint16_t)k, &pc);
+                id = pc.region;
+            }
+            bool seen = map_find(sp, id) != NULL;
+            for (uint32_t j = 0; j < n && !seen; j++)
+                seen = ids[j] == id;
+            if (!seen)
+                ids[n++] = id;
+        }
+    }
+    return n;
+}
+
+/* The copies of one fetch, coalesced, and the generations to check. */
+static kvs_status_t plan(kvs__shm_peer_t *sp, const uint8_t *const *block_at, struct kvs_pool *dst,
+                         const uint32_t *ids, size_t count, run_t *runs, size_t *nruns_p,
+                         const _Atomic uint64_t **gens)
+{
+    size_t nruns = 0;
+    for (size_t i = 0; i < count; i++) {
+        kvs__block_desc_t d;
+        const uint8_t *cur = block_at[i];
+        kvs__proto_block(&cur, &d);
+        const uint8_t *g = xlate(sp, d.gen_region, d.gen_addr, 8);
+        if (g == NULL || ((uintptr_t)g & 7u) != 0)
+            return KVS_ERR_UNSUPPORTED;
+        gens[i] = (const _Atomic uint64_t *)(const void *)g;
+        size_t off = 0;
+        for (size_t s = 0; s < dst->nsegs; s++) {
+            const kvs_segment_t *sg = &dst->segs[s];
+            uint8_t *local = (uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride;
+            size_t len = sg->block_bytes, pbase = 0;
+            kvs__piece_t pc = {0};
+            bool found = false;
+            for (uint16_t k = 0; k < d.npieces && !found; k++) {
+                kvs__proto_piece(d.pieces, k, &pc);
+                if (off >= pbase && off + len <= pbase + pc.len)
+                    found = true;
+                else
+                    pbase += pc.len;
+            }
+            if (!found)
+                return KVS_ERR_UNSUPPORTED; /* the transport path reports the mismatch */
+            const uint8_t *src = xlate(sp, pc.region, pc.addr + (off - pbase), len);
+            if (src == NULL)
+                return KVS_ERR_UNSUPPORTED;
+            run_t *last = nruns > 0 ? &runs[nruns - 1] : NULL;
+            if (last != NULL && last->src + last->len == src && last->dst + last->len == local &&
+                last->len + len <= SHM_MAX_RUN) {
+                last->len += len;
+            } else {
+                runs[nruns++] = (run_t){.src = src, .dst = local, .len = len};
+            }
+            off += len;
+        }
+    }
+    *nruns_p = nruns;
+    return KVS_OK;
+}
+
+static bool gens_hold(const uint8_t *const *block_at, const _Atomic uint64_t *const *gens,
+                      size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        kvs__block_desc_t d;
+        const uint8_t *cur = block_at[i];
+        kvs__proto_block(&cur, &d);
+        if (atomic_load_explicit(gens[i], memory_order_acquire) != d.gen)
+            return false;
+    }
+    return true;
+}
+
+kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
+                            struct kvs_pool *dst, const uint32_t *ids, size_t count,
+                            size_t *bytes_p)
+{
+    if (sp == NULL || count == 0 || !dst->host_only)
+        return KVS_ERR_UNSUPPORTED;
+    run_t *runs = kvs__malloc(count * dst->nsegs * sizeof(*runs));
+    const _Atomic uint64_t **gens = kvs__malloc(count * sizeof(*gens));
+    kvs_status_t st = KVS_ERR_UNSUPPORTED;
+    size_t nruns = 0;
+    if (runs == NULL || gens == NULL)
+        goto out;
+    pthread_mutex_lock(&sp->lock);
+    uint32_t want[SHM_MAX_IDS];
+    uint32_t n = sp->broken ? 0 : missing(sp, block_at, count, want);
+    if (n > 0 && sp->nmaps + n <= SHM_MAX_MAPS && !attach(sp, want, n))
+        sp->broken = true;
+    if (!sp->broken)
+        st = plan(sp, block_at, dst, ids, count, runs, &nruns, gens);
+    pthread_mutex_unlock(&sp->lock);
+    if (st != KVS_OK)
+        goto out;
+    /* A seqlock read: generations before, the copy, generations after. The
+     * holder moves a block's generation before it reuses the memory, so a
+     * block whose generation held on both sides was not written between. */
+    if (!gens_hold(block_at, gens, count)) {
+        st = KVS_ERR_STALE;
+        goto out;
+    }
+    size_t bytes = 0;
+    for (size_t i = 0; i < nruns; i++) {
+        memcpy(runs[i].dst, runs[i].src, runs[i].len);
+        bytes += runs[i].len;
+    }
+    if (kvs__shm_test_mid_copy != NULL)
+        kvs__shm_test_mid_copy();
+    atomic_thread_fence(memory_order_acquire);
+    if (!gens_hold(block_at, gens, count)) {
+        st = KVS_ERR_STALE;
+        goto out;
+    }
+    *bytes_p = bytes;
+out:
+    kvs__free(runs);
+    kvs__free(gens);
+    return st;
+}

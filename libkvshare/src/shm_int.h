@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* shm_int.h - the same-host path: kvshare-owned memory in memfds that same-host peers map.
+ *
+ * Memory: kvs__shm_alloc() hands out zeroed, page-aligned memory backed by a
+ * sealed memfd (size fixed: F_SEAL_SHRINK|F_SEAL_GROW), or anonymous memory
+ * when memfd_create is refused. A process-wide registry maps an address back
+ * to its memfd. The serve/copy arenas, every generation array and
+ * kvs_mem_alloc() memory come from here.
+ *
+ * Holder: after the TCP handshake, HELLO_ACK names this host's boot id and a
+ * host-local Unix socket (KVSHARE_HOST_SOCKET_DIR). A reader on the same
+ * boot id connects there (SOCK_SEQPACKET) and proves the session:
+ *   holder -> reader  "KVSM" u32 version 1 | nonce[32]
+ *   reader -> holder  "KVSM" | session[16] | mac[32] | n u32 (<= 64) | n region ids u32
+ *   holder -> reader  "KVSM" | n u32 | n x {status i32, pad u32, base u64, len u64, off u64}
+ *                     with one SCM_RIGHTS fd per entry of status 0, in order
+ * mac = HMAC-SHA256(secret, "kvshare-shm" | session | nonce) (zeros with
+ * KVSHARE_AUTH=none, where the session alone binds it). The holder checks the
+ * peer's uid (SO_PEERCRED: ours or root), the MAC, that the session is a
+ * ready connection it serves and that each id is a region it exposes; any
+ * failure closes the socket having sent no fd.
+ *
+ * Reader: maps the fds PROT_READ (checking the seals and the size first, so a
+ * holder cannot SIGBUS it), copies with memcpy, and checks each block's
+ * generation before and after the copy (a seqlock read). Mappings live as
+ * long as the connection. */
+#ifndef KVS_SHM_INT_H
+#define KVS_SHM_INT_H
+
+#include "kvs_int.h"
+
+struct kvs_pool;
+
+#define KVS_SHM_BOOT_ID_LEN 16u
+#define KVS_SHM_MAX_PATH    107u /* sun_path less its NUL */
+
+/* --- memory (process-wide) ------------------------------------------------ */
+/* Zeroed, page-aligned memory of @len bytes; @what names the memfd
+ * ("kvshare:<pid>:<what>" in /proc/PID/maps). NULL when out of memory. */
+void *kvs__shm_alloc(size_t len, const char *what);
+/* Frees what kvs__shm_alloc() returned; accepts NULL. */
+void kvs__shm_free(void *p);
+/* The memfd that holds [addr, addr + len): its descriptor (the registry's:
+ * do not close it) and addr's offset in it; -1 when none does. */
+int kvs__shm_fd_of(const void *addr, size_t len, uint64_t *off_p);
+/* This host's boot id (/proc/sys/kernel/random/boot_id; tests may pose as
+ * another host with KVSHARE_TEST_BOOT_ID). */
+void kvs__shm_boot_id(uint8_t out[KVS_SHM_BOOT_ID_LEN]);
+
+/* --- holder --------------------------------------------------------------- */
+typedef struct kvs__shm_srv kvs__shm_srv_t;
+/* Called on the server's thread: -1 when @session is not a ready
+ * connection this process serves, 0 when @region is not one it exposes,
+ * 1 with its range written. */
+typedef int (*kvs__shm_region_fn)(void *arg, const uint8_t *session, uint32_t region,
+                                  uint64_t *base_p, uint64_t *len_p);
+/* Listens on a new socket in @dir and serves it on a thread of its own.
+ * @secret is borrowed and must outlive the server. */
+kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t secret_len,
+                                bool open, kvs__shm_region_fn fn, void *arg,
+                                const kvs__logger_t *log, kvs__shm_srv_t **srv_p, char *err,
+                                size_t errlen);
+/* Stops the thread, unlinks the socket, frees; accepts NULL. */
+void kvs__shm_srv_stop(kvs__shm_srv_t *srv);
+const char *kvs__shm_srv_path(const kvs__shm_srv_t *srv);
+struct kvs__buf;
+/* Appends the HELLO_ACK's same-host section (KVS_PROTO_FLAG_SHM). */
+void kvs__shm_srv_put_offer(const kvs__shm_srv_t *srv, struct kvs__buf *b);
+
+/* --- reader --------------------------------------------------------------- */
+typedef struct kvs__shm_peer kvs__shm_peer_t;
+/* The same-host state of one connection, or NULL when the holder is on
+ * another host (boot ids differ) or the path is unusable. @secret and @log
+ * are borrowed. */
+kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, size_t path_len,
+                                   const uint8_t *session, const uint8_t *secret, size_t secret_len,
+                                   bool open, const char *peer, const kvs__logger_t *log);
+/* Unmaps everything; accepts NULL. */
+void kvs__shm_peer_free(kvs__shm_peer_t *sp);
+/* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
+ * @ids of @dst. KVS_OK (bytes in *bytes_p), KVS_ERR_STALE (a generation
+ * moved: nothing to trust in @dst), or KVS_ERR_UNSUPPORTED: this fetch must
+ * take the transport (nothing was written). Thread-safe. */
+kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
+                            struct kvs_pool *dst, const uint32_t *ids, size_t count,
+                            size_t *bytes_p);
+/* Test hook: called between the copy and the generation check after it. */
+extern void (*kvs__shm_test_mid_copy)(void);
+
+#endif

@@ -1,0 +1,633 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kvs_shm.c - the same-host memfd path between real processes: each scenario forks a holder.
+ *
+ *   kvs_shm [SCENARIO...]   (default: all) prints "ok: ..." per check, exits 1 on the first
+ *                           failure
+ * Scenarios:
+ *   mapped     a reader maps the holder's memfds (zero-copy pool in kvs_mem_alloc memory,
+ *              and copy-mode blocks in the arena) and gets every byte right
+ *   midread    the holder rewrites a block between the reader's copy and its generation
+ *              check: the fetch fails KVS_ERR_STALE; a fresh fetch gets the new bytes
+ *   otherhost  a reader posing as another host (KVSHARE_TEST_BOOT_ID), and one with
+ *              KVSHARE_SHM=off, fetch over UCX and still get every byte right
+ *   unauth     connections to the holder's Unix socket that prove nothing (garbage, a wrong
+ *              MAC, a right MAC over an unknown session) get no descriptor, and the holder
+ *              keeps serving mapped fetches
+ *   exit       the holder is killed while the reader holds a lease: the reader's fetch does
+ *              not crash, and its mappings of the holder go once the connection is gone
+ * Uses the internal test hook kvs__shm_test_mid_copy (linked against kvshare_static). */
+#include "kvshare.h"
+#include "proto_int.h"
+#include "shm_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NBLOCKS 64u
+#define BB      (64u << 10)
+
+static char work[256];
+static const char token[] = "kvs-shm-test-token-0123456789abcdef";
+
+#define FAIL(...)                                                                                  \
+    do {                                                                                           \
+        fprintf(stderr, "FAIL: " __VA_ARGS__);                                                     \
+        fprintf(stderr, "\n");                                                                     \
+        exit(1);                                                                                   \
+    } while (0)
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static kvs_key_t key_of(uint32_t i)
+{
+    kvs_key_t k;
+    for (int w = 0; w < 4; w++) {
+        uint64_t v = mix(0x5151u + i * 4u + (uint64_t)w);
+        memcpy(&k.bytes[8 * w], &v, 8);
+    }
+    return k;
+}
+
+static void fill(uint8_t *b, uint32_t i, uint64_t version)
+{
+    uint64_t x = mix(i * 7919u + version);
+    for (size_t j = 0; j < BB; j += 8, x = mix(x))
+        memcpy(b + j, &x, 8);
+}
+
+static bool same(const uint8_t *b, uint32_t i, uint64_t version)
+{
+    uint64_t x = mix(i * 7919u + version);
+    for (size_t j = 0; j < BB; j += 8, x = mix(x))
+        if (memcmp(b + j, &x, 8) != 0)
+            return false;
+    return true;
+}
+
+static kvs_layout_t layout(void)
+{
+    kvs_layout_t l = {.model_id = "kvs-shm-test",
+                      .dtype = KVS_DTYPE_BF16,
+                      .block_tokens = 16,
+                      .num_layers = 1,
+                      .num_kv_heads = 8,
+                      .head_dim = 128,
+                      .tp_size = 1};
+    return l;
+}
+
+static kvs_ctx_h make_ctx(const char *listen)
+{
+    char err[512] = "";
+    kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT |
+                                         KVS_CTX_FIELD_CAPACITY,
+                           .errbuf = err,
+                           .errbuf_len = sizeof(err),
+                           .transport = "ucx",
+                           .capacity_bytes = 64u << 20};
+    if (listen != NULL) {
+        cp.field_mask |= KVS_CTX_FIELD_LISTEN;
+        cp.listen = listen;
+    }
+    kvs_ctx_h ctx = NULL;
+    if (kvs_ctx_create(&cp, &ctx) != KVS_OK)
+        FAIL("kvs_ctx_create: %s", err);
+    return ctx;
+}
+
+static kvs_pool_h make_pool(kvs_ctx_h ctx, uint8_t **mem_p)
+{
+    if (kvs_mem_alloc(ctx, (size_t)NBLOCKS * BB, KVS_MEM_HOST, (void **)mem_p) != KVS_OK)
+        FAIL("kvs_mem_alloc");
+    kvs_layout_t l = layout();
+    kvs_segment_t seg = {
+        .base = *mem_p, .block_stride = BB, .block_bytes = BB, .mem_type = KVS_MEM_HOST};
+    kvs_pool_params_t pp = {
+        .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = NBLOCKS};
+    kvs_pool_h pool = NULL;
+    if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK)
+        FAIL("kvs_pool_create");
+    return pool;
+}
+
+/* --- the holder (a child process) ------------------------------------- */
+/* Keys 0..N-1 zero-copy from its pool (block i = key i), keys N..2N-1
+ * copied into its arena. Commands on @in: "rewrite I" (force-unpublish
+ * key I, write version 2, publish it again; answers "done"). */
+static void holder(int in, int out)
+{
+    /* Its warnings (refused mapping requests) go to WORK/holder.log. */
+    char log[300];
+    snprintf(log, sizeof(log), "%s/holder.log", work);
+    FILE *lf = fopen(log, "w");
+    if (lf == NULL || dup2(fileno(lf), 2) < 0)
+        FAIL("holder: %s", log);
+    setenv("KVSHARE_LOG", "warn", 1);
+    kvs_ctx_h ctx = make_ctx("127.0.0.1:0");
+    uint8_t *mem = NULL;
+    kvs_pool_h pool = make_pool(ctx, &mem);
+    kvs_key_t keys[2 * NBLOCKS];
+    uint32_t ids[NBLOCKS];
+    for (uint32_t i = 0; i < NBLOCKS; i++) {
+        ids[i] = i;
+        keys[i] = key_of(i);
+        keys[NBLOCKS + i] = key_of(NBLOCKS + i);
+        fill(mem + (size_t)i * BB, NBLOCKS + i, 1);
+    }
+    if (kvs_publish(pool, keys + NBLOCKS, ids, NBLOCKS, 0, NULL) != KVS_OK)
+        FAIL("holder: copy-mode publish");
+    for (uint32_t i = 0; i < NBLOCKS; i++)
+        fill(mem + (size_t)i * BB, i, 1);
+    if (kvs_publish(pool, keys, ids, NBLOCKS, KVS_PUBLISH_ZERO_COPY, NULL) != KVS_OK)
+        FAIL("holder: zero-copy publish");
+    char addr[300], line[128];
+    kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
+    dprintf(out, "ready %s\n", addr);
+    FILE *f = fdopen(in, "r");
+    while (fgets(line, sizeof(line), f) != NULL) {
+        uint32_t i;
+        if (sscanf(line, "rewrite %u", &i) == 1 && i < NBLOCKS) {
+            if (kvs_unpublish(pool, &i, 1, KVS_UNPUBLISH_FORCE) != KVS_OK)
+                FAIL("holder: unpublish");
+            fill(mem + (size_t)i * BB, i, 2);
+            if (kvs_publish(pool, &keys[i], &i, 1, KVS_PUBLISH_ZERO_COPY, NULL) != KVS_OK)
+                FAIL("holder: republish");
+            dprintf(out, "done\n");
+        }
+    }
+    kvs_pool_destroy(pool);
+    kvs_mem_free(ctx, mem);
+    kvs_ctx_destroy(ctx);
+    exit(0);
+}
+
+typedef struct child {
+    pid_t pid;
+    int to;
+    FILE *from;
+    char addr[300];
+} child_t;
+
+static child_t start_holder(void)
+{
+    int a[2], b[2];
+    if (pipe(a) != 0 || pipe(b) != 0)
+        FAIL("pipe");
+    fflush(stdout);
+    fflush(stderr);
+    child_t c = {.pid = fork()};
+    if (c.pid < 0)
+        FAIL("fork");
+    if (c.pid == 0) {
+        close(a[1]);
+        close(b[0]);
+        holder(a[0], b[1]);
+    }
+    close(a[0]);
+    close(b[1]);
+    c.to = a[1];
+    c.from = fdopen(b[0], "r");
+    char line[400];
+    if (fgets(line, sizeof(line), c.from) == NULL || sscanf(line, "ready %299s", c.addr) != 1)
+        FAIL("the holder did not start");
+    return c;
+}
+
+static void stop_holder(child_t *c)
+{
+    if (c->pid <= 0)
+        return;
+    close(c->to);
+    int status = 0;
+    waitpid(c->pid, &status, 0);
+    fclose(c->from);
+    c->pid = 0;
+    /* A clean exit: nothing leaked or crashed in the holder (sanitizers say so with the
+     * exit code; the log is in WORK/holder.log). */
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        FAIL("the holder ended with status 0x%x; see %s/holder.log", status, work);
+}
+
+/* --- the reader ---------------------------------------------------------- */
+typedef struct reader {
+    kvs_ctx_h ctx;
+    uint8_t *mem;
+    kvs_pool_h pool;
+} reader_t;
+
+static reader_t reader_new(void)
+{
+    reader_t r = {.ctx = make_ctx(NULL)};
+    r.pool = make_pool(r.ctx, &r.mem);
+    return r;
+}
+
+static void reader_free(reader_t *r)
+{
+    kvs_pool_destroy(r->pool);
+    kvs_mem_free(r->ctx, r->mem);
+    kvs_ctx_destroy(r->ctx);
+}
+
+static uint64_t shm_bytes(const reader_t *r)
+{
+    kvs_stats_t st = {.field_mask = KVS_STATS_FIELD_SHM};
+    kvs_stats_query(r->ctx, &st);
+    return st.shm_fetched_bytes;
+}
+
+/* Looks up keys first..first+n-1 at @addr and fetches them into blocks
+ * 0..n-1; returns the fetch's status (the lookup must hit every key). */
+static kvs_status_t fetch(reader_t *r, const char *addr, uint32_t first, uint32_t n)
+{
+    kvs_key_t keys[2 * NBLOCKS];
+    uint32_t ids[NBLOCKS];
+    for (uint32_t i = 0; i < n; i++) {
+        keys[i] = key_of(first + i);
+        ids[i] = i;
+    }
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = addr};
+    kvs_lease_h lease = NULL;
+    kvs_status_t st = kvs_lookup(r->ctx, kvs_pool_layout_id(r->pool), keys, n, &lp, &lease);
+    if (st != KVS_OK)
+        return st;
+    if (kvs_lease_hits(lease) != n)
+        FAIL("lookup: %zu of %u hits", kvs_lease_hits(lease), n);
+    kvs_request_h req = NULL;
+    memset(r->mem, 0, (size_t)n * BB);
+    st = kvs_fetch(lease, r->pool, ids, n, NULL, &req);
+    if (st == KVS_OK) {
+        st = kvs_request_wait(req, -1);
+        kvs_request_free(req);
+    }
+    kvs_lease_release(lease);
+    return st;
+}
+
+static void check(const reader_t *r, uint32_t first, uint32_t n, uint64_t version)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (!same(r->mem + (size_t)i * BB, first + i, version))
+            FAIL("block of key %u has wrong bytes", first + i);
+}
+
+/* Mappings in this process of memfds that process @pid made. */
+static int maps_of(pid_t pid)
+{
+    char want[64], line[512];
+    snprintf(want, sizeof(want), "memfd:kvshare:%d:", (int)pid);
+    FILE *f = fopen("/proc/self/maps", "r");
+    int n = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, want) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* --- scenarios ------------------------------------------------------------ */
+static void s_mapped(void)
+{
+    child_t h = start_holder();
+    reader_t r = reader_new();
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("mapped: zero-copy fetch: %s", kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    if (shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
+        FAIL("mapped: %llu bytes through mapped memory, expected %u",
+             (unsigned long long)shm_bytes(&r), NBLOCKS * BB);
+    st = fetch(&r, h.addr, NBLOCKS, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("mapped: arena fetch: %s", kvs_status_string(st));
+    check(&r, NBLOCKS, NBLOCKS, 1);
+    if (shm_bytes(&r) != 2ull * NBLOCKS * BB)
+        FAIL("mapped: arena blocks did not come through mapped memory");
+    if (maps_of(h.pid) < 3)
+        FAIL("mapped: %d mappings of the holder's memfds (expected pool, arena, generations)",
+             maps_of(h.pid));
+    printf("ok: mapped: %u zero-copy + %u arena blocks of %u bytes through %d mapped memfds\n",
+           NBLOCKS, NBLOCKS, BB, maps_of(h.pid));
+    reader_free(&r);
+    stop_holder(&h);
+}
+
+static child_t *mid_holder;
+static int mid_calls;
+
+static void mid_copy(void)
+{
+    if (mid_calls++ > 0)
+        return;
+    char line[64];
+    dprintf(mid_holder->to, "rewrite 0\n");
+    if (fgets(line, sizeof(line), mid_holder->from) == NULL || strcmp(line, "done\n") != 0)
+        FAIL("midread: the holder did not rewrite");
+}
+
+static void s_midread(void)
+{
+    child_t h = start_holder();
+    reader_t r = reader_new();
+    mid_holder = &h;
+    mid_calls = 0;
+    kvs__shm_test_mid_copy = mid_copy;
+    kvs_status_t st = fetch(&r, h.addr, 0, 4);
+    kvs__shm_test_mid_copy = NULL;
+    if (mid_calls != 1)
+        FAIL("midread: the fetch did not take the mapped path");
+    if (st != KVS_ERR_STALE)
+        FAIL("midread: a block rewritten mid-read gave %s, expected KVS_ERR_STALE",
+             kvs_status_string(st));
+    st = fetch(&r, h.addr, 0, 4);
+    if (st != KVS_OK)
+        FAIL("midread: fetch after the rewrite: %s", kvs_status_string(st));
+    check(&r, 0, 1, 2);
+    for (uint32_t i = 1; i < 4; i++)
+        if (!same(r.mem + (size_t)i * BB, i, 1))
+            FAIL("midread: block %u has wrong bytes", i);
+    printf("ok: midread: a rewrite between copy and check is KVS_ERR_STALE; then new bytes\n");
+    reader_free(&r);
+    stop_holder(&h);
+}
+
+static void s_otherhost(void)
+{
+    child_t h = start_holder();
+    const char *env[][2] = {{"KVSHARE_TEST_BOOT_ID", "another-host"}, {"KVSHARE_SHM", "off"}};
+    for (size_t k = 0; k < 2; k++) {
+        setenv(env[k][0], env[k][1], 1);
+        reader_t r = reader_new();
+        kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+        if (st != KVS_OK)
+            FAIL("otherhost: %s=%s: %s", env[k][0], env[k][1], kvs_status_string(st));
+        check(&r, 0, NBLOCKS, 1);
+        st = fetch(&r, h.addr, NBLOCKS, NBLOCKS);
+        if (st != KVS_OK)
+            FAIL("otherhost: arena blocks: %s", kvs_status_string(st));
+        check(&r, NBLOCKS, NBLOCKS, 1);
+        if (shm_bytes(&r) != 0 || maps_of(h.pid) != 0)
+            FAIL("otherhost: %s=%s still mapped the holder's memory", env[k][0], env[k][1]);
+        printf("ok: otherhost: %s=%s: every byte right over UCX, nothing mapped\n", env[k][0],
+               env[k][1]);
+        reader_free(&r);
+        unsetenv(env[k][0]);
+    }
+    stop_holder(&h);
+}
+
+/* One raw exchange on the holder's socket. @mode: 0 garbage, 1 a wrong MAC,
+ * 2 a right MAC over a session the holder never made. Returns the number of
+ * descriptors received (the holder must send none) and whether it answered. */
+static int raw_try(const char *path, int mode, bool *answered)
+{
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+        FAIL("unauth: connect %s: %s", path, strerror(errno));
+    uint8_t hello[8 + KVS_PROTO_NONCE_LEN];
+    if (recv(fd, hello, sizeof(hello), 0) != (ssize_t)sizeof(hello))
+        FAIL("unauth: no greeting");
+    uint8_t req[4 + 16 + 32 + 4 + 4 * 4] = {'K', 'V', 'S', 'M'};
+    size_t len = sizeof(req);
+    for (size_t i = 4; i < 20; i++)
+        req[i] = (uint8_t)(0xA0 + i); /* a session nobody has */
+    if (mode == 0) {
+        memset(req, 0x41, sizeof(req));
+    } else if (mode == 2) {
+        uint8_t msg[11 + 16 + 32];
+        memcpy(msg, "kvshare-shm", 11);
+        memcpy(msg + 11, req + 4, 16);
+        memcpy(msg + 27, hello + 8, 32);
+        unsigned int ml = 0;
+        HMAC(EVP_sha256(), token, (int)strlen(token), msg, sizeof(msg), req + 20, &ml);
+    } else {
+        memset(req + 20, 0x55, 32);
+    }
+    req[52] = 4; /* four region ids: 0..3 */
+    for (uint8_t i = 0; i < 4; i++)
+        req[56 + 4 * i] = i;
+    send(fd, req, len, MSG_NOSIGNAL);
+    uint8_t buf[512];
+    union {
+        char b[CMSG_SPACE(sizeof(int) * 64)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof(u.b)};
+    ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    int nfds = 0;
+    for (struct cmsghdr *cm = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
+         cm = CMSG_NXTHDR(&mh, cm))
+        if (cm->cmsg_type == SCM_RIGHTS)
+            nfds += (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    *answered = n > 0;
+    close(fd);
+    return nfds;
+}
+
+/* Whether the holder's log says @what. */
+static bool logged(const char *what)
+{
+    char path[300], line[1024];
+    snprintf(path, sizeof(path), "%s/holder.log", work);
+    FILE *f = fopen(path, "r");
+    bool found = false;
+    while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL)
+        found = strstr(line, what) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return found;
+}
+
+static void s_unauth(void)
+{
+    child_t h = start_holder();
+    char path[600] = "";
+    DIR *d = opendir(work);
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        if (strstr(e->d_name, ".sock") != NULL)
+            snprintf(path, sizeof(path), "%s/%s", work, e->d_name);
+    if (d != NULL)
+        closedir(d);
+    if (path[0] == '\0')
+        FAIL("unauth: the holder made no socket in %s", work);
+    static const char *what[] = {"garbage", "a wrong MAC", "a right MAC, unknown session"};
+    static const char *why[] = {"malformed request", "the session proof does not hold",
+                                "no such session"};
+    for (int mode = 0; mode < 3; mode++) {
+        bool answered = false;
+        int nfds = raw_try(path, mode, &answered);
+        if (nfds != 0 || answered)
+            FAIL("unauth: %s got %d descriptors (answered: %d)", what[mode], nfds, answered);
+        for (int i = 0; i < 100 && !logged(why[mode]); i++)
+            sleep_ms(10);
+        if (!logged(why[mode]))
+            FAIL("unauth: %s was not refused for '%s'", what[mode], why[mode]);
+        printf("ok: unauth: %s: no answer, no descriptor\n", what[mode]);
+    }
+    reader_t r = reader_new();
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK || shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
+        FAIL("unauth: the holder stopped serving mapped fetches (%s)", kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    printf("ok: unauth: the holder still serves mapped fetches\n");
+    reader_free(&r);
+    stop_holder(&h);
+}
+
+/* Sockets in WORK. */
+static int sockets(void)
+{
+    int n = 0;
+    DIR *d = opendir(work);
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        n += strstr(e->d_name, ".sock") != NULL;
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+static void s_exit(void)
+{
+    child_t h = start_holder();
+    reader_t r = reader_new();
+    if (fetch(&r, h.addr, 0, 8) != KVS_OK || shm_bytes(&r) == 0 || maps_of(h.pid) == 0)
+        FAIL("exit: the first fetch did not map the holder's memory");
+    kvs_key_t keys[8];
+    uint32_t ids[8];
+    for (uint32_t i = 0; i < 8; i++) {
+        keys[i] = key_of(i);
+        ids[i] = i;
+    }
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = h.addr};
+    kvs_lease_h lease = NULL;
+    if (kvs_lookup(r.ctx, kvs_pool_layout_id(r.pool), keys, 8, &lp, &lease) != KVS_OK ||
+        kvs_lease_hits(lease) != 8)
+        FAIL("exit: lookup");
+    pid_t pid = h.pid;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    h.pid = 0;
+    /* The lease still holds the connection: a fetch now either reads the
+     * mapping (still valid memory) or fails; it must not crash. */
+    kvs_request_h req = NULL;
+    kvs_status_t st = kvs_fetch(lease, r.pool, ids, 8, NULL, &req);
+    if (st == KVS_OK) {
+        st = kvs_request_wait(req, -1);
+        kvs_request_free(req);
+        if (st == KVS_OK)
+            check(&r, 0, 8, 1);
+    }
+    kvs_lease_release(lease);
+    int left = -1;
+    for (int i = 0; i < 1000 && (left = maps_of(pid)) != 0; i++)
+        sleep_ms(10);
+    if (left != 0)
+        FAIL("exit: %d mappings of the dead holder remain after 10 s", left);
+    printf("ok: exit: the fetch after the holder died gave %s; its mappings are gone\n",
+           kvs_status_string(st));
+    if (fetch(&r, h.addr, 0, 1) == KVS_OK)
+        FAIL("exit: a fetch from the dead holder succeeded");
+    reader_free(&r);
+    close(h.to);
+    fclose(h.from);
+    /* The killed holder's socket is left behind; the next holder sweeps it. */
+    if (sockets() != 1)
+        FAIL("exit: %d sockets after the holder was killed, expected its 1", sockets());
+    child_t h2 = start_holder();
+    if (sockets() != 1)
+        FAIL("exit: %d sockets with a new holder: the dead one was not swept", sockets());
+    stop_holder(&h2);
+    if (sockets() != 0)
+        FAIL("exit: a holder that stopped left its socket");
+    printf("ok: exit: the dead holder's socket is swept by the next; a clean stop leaves none\n");
+}
+
+static pid_t parent;
+
+/* The parent's work folder goes at exit, whatever is left in it (a killed
+ * holder's socket). */
+static void cleanup(void)
+{
+    if (getpid() != parent)
+        return;
+    DIR *d = opendir(work);
+    char path[600];
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", work, e->d_name);
+        unlink(path);
+    }
+    if (d != NULL)
+        closedir(d);
+    rmdir(work);
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const char *tmp = getenv("TMPDIR");
+    snprintf(work, sizeof(work), "%s/kvs-shm-XXXXXX", tmp != NULL && tmp[0] ? tmp : "/tmp");
+    if (mkdtemp(work) == NULL)
+        FAIL("mkdtemp: %s", strerror(errno));
+    parent = getpid();
+    atexit(cleanup);
+    char tok[300];
+    snprintf(tok, sizeof(tok), "%s/token", work);
+    FILE *f = fopen(tok, "w");
+    if (f == NULL || fputs(token, f) < 0 || fclose(f) != 0)
+        FAIL("token file");
+    setenv("KVSHARE_AUTH_TOKEN_FILE", tok, 1);
+    setenv("KVSHARE_HOST_SOCKET_DIR", work, 1);
+    unsetenv("KVSHARE_AUTH");
+    unsetenv("KVSHARE_SHM");
+    unsetenv("KVSHARE_TEST_BOOT_ID");
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } all[] = {{"mapped", s_mapped},
+               {"midread", s_midread},
+               {"otherhost", s_otherhost},
+               {"unauth", s_unauth},
+               {"exit", s_exit}};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        bool run = argc < 2;
+        for (int a = 1; a < argc; a++)
+            run = run || strcmp(argv[a], all[i].name) == 0;
+        if (run)
+            all[i].fn();
+    }
+    return 0;
+}

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_shm.c - memfd-backed memory (shm.c): zeroed, sealed, found again by address; kvs_mem_alloc.
+ */
+#include "kvs_int.h"
+#include "shm_int.h"
+
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+TestSuite(shm);
+
+Test(shm, memory_is_zeroed_sealed_and_found_by_address)
+{
+    size_t len = 3 * 4096 + 100;
+    uint8_t *p = kvs__shm_alloc(len, "test");
+    cr_assert_not_null(p);
+    cr_assert_eq((uintptr_t)p % 4096, 0, "page-aligned");
+    for (size_t i = 0; i < len; i++)
+        cr_assert_eq(p[i], 0);
+    memset(p, 0x5a, len);
+    uint64_t off = 99;
+    int fd = kvs__shm_fd_of(p + 4096, 100, &off);
+    cr_assert_geq(fd, 0, "a memfd holds it");
+    cr_assert_eq(off, 4096);
+    int seals = fcntl(fd, F_GET_SEALS);
+    cr_assert(seals & F_SEAL_SHRINK, "sealed against shrinking: a reader cannot fault");
+    cr_assert(seals & F_SEAL_GROW);
+    struct stat st;
+    cr_assert_eq(fstat(fd, &st), 0);
+    cr_assert_geq((size_t)st.st_size, len);
+    /* Past the end, or an address of no allocation: none. */
+    cr_assert_lt(kvs__shm_fd_of(p + 4 * 4096, 1, &off), 0);
+    int local = 0;
+    cr_assert_lt(kvs__shm_fd_of(&local, sizeof(local), &off), 0);
+    kvs__shm_free(p);
+    cr_assert_lt(kvs__shm_fd_of(p, 1, &off), 0, "gone from the registry");
+    kvs__shm_free(NULL);
+}
+
+Test(shm, allocation_failure_is_null)
+{
+    kvs__alloc_fail_after(0, false);
+    cr_assert_null(kvs__shm_alloc(4096, "oom"));
+    kvs__alloc_fail_after(-1, false);
+    cr_assert_null(kvs__shm_alloc(0, "empty"));
+}
+
+Test(shm, boot_id_is_this_hosts_unless_a_test_poses)
+{
+    uint8_t a[KVS_SHM_BOOT_ID_LEN], b[KVS_SHM_BOOT_ID_LEN], zero[KVS_SHM_BOOT_ID_LEN] = {0};
+    unsetenv("KVSHARE_TEST_BOOT_ID");
+    kvs__shm_boot_id(a);
+    kvs__shm_boot_id(b);
+    cr_assert_eq(memcmp(a, b, sizeof(a)), 0);
+    cr_assert_neq(memcmp(a, zero, sizeof(a)), 0, "read from /proc");
+    setenv("KVSHARE_TEST_BOOT_ID", "elsewhere", 1);
+    kvs__shm_boot_id(b);
+    unsetenv("KVSHARE_TEST_BOOT_ID");
+    cr_assert_neq(memcmp(a, b, sizeof(a)), 0);
+}
+
+Test(shm, kvs_mem_alloc_checks_its_arguments)
+{
+    char err[256];
+    kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_TRANSPORT | KVS_CTX_FIELD_ERRBUF |
+                                         KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_AUTH,
+                           .transport = "none",
+                           .auth = "none",
+                           .errbuf = err,
+                           .errbuf_len = sizeof(err)};
+    kvs_ctx_h ctx = NULL;
+    cr_assert_eq(kvs_ctx_create(&cp, &ctx), KVS_OK, "%s", err);
+    void *p = (void *)1;
+    cr_assert_eq(kvs_mem_alloc(NULL, 4096, KVS_MEM_HOST, &p), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_mem_alloc(ctx, 0, KVS_MEM_HOST, &p), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_mem_alloc(ctx, 4096, KVS_MEM_HOST, NULL), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_mem_alloc(ctx, 4096, (kvs_mem_type_t)7, &p), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_mem_alloc(ctx, 4096, KVS_MEM_CUDA, &p), KVS_ERR_UNSUPPORTED);
+    cr_assert_eq(p, (void *)1, "a failing call writes no output");
+    kvs__alloc_fail_after(0, false);
+    cr_assert_eq(kvs_mem_alloc(ctx, 4096, KVS_MEM_HOST, &p), KVS_ERR_NO_MEMORY);
+    kvs__alloc_fail_after(-1, false);
+    cr_assert_eq(kvs_mem_alloc(ctx, 1 << 20, KVS_MEM_HOST, &p), KVS_OK);
+    uint64_t off;
+    cr_assert_geq(kvs__shm_fd_of(p, 1 << 20, &off), 0);
+    kvs_mem_free(ctx, p);
+    kvs_mem_free(ctx, NULL);
+    kvs_ctx_destroy(ctx);
+}
