@@ -5,15 +5,8 @@ if(NOT TARGET kvs_engine)
   return()
 endif()
 
-# Issue 13: prefill and decode with different TP sizes or KV layouts need the
-# library to plan head slices between layouts; these tests run them.
-option(KVS_HETERO_TP_TESTS "Run the mixed prefill/decode TP size and KV layout tests" OFF)
-
 add_executable(test_engine unit/test_engine.c)
 target_link_libraries(test_engine PRIVATE kvs_engine_linked PkgConfig::CRITERION)
-if(KVS_HETERO_TP_TESTS)
-  target_compile_definitions(test_engine PRIVATE KVSE_HETERO_TP=1)
-endif()
 add_test(NAME test_engine COMMAND test_engine --jobs=1)
 set_tests_properties(test_engine PROPERTIES TIMEOUT 300 LABELS "unit;engine")
 
@@ -24,9 +17,6 @@ add_executable(test_engine_dlopen unit/test_engine.c)
 target_link_libraries(test_engine_dlopen PRIVATE kvs_engine PkgConfig::CRITERION)
 target_compile_definitions(test_engine_dlopen PRIVATE KVSE_DLOPEN
                            KVSE_LIBKVSHARE_PATH="$<TARGET_FILE:kvshare>")
-if(KVS_HETERO_TP_TESTS)
-  target_compile_definitions(test_engine_dlopen PRIVATE KVSE_HETERO_TP=1)
-endif()
 add_dependencies(test_engine_dlopen kvshare)
 add_test(NAME test_engine_dlopen COMMAND test_engine_dlopen --jobs=1)
 set_tests_properties(test_engine_dlopen PROPERTIES TIMEOUT 300 LABELS "unit;engine")

@@ -21,6 +21,11 @@ typedef struct xopts {
      * share of the 8 KV heads, we fetch rank 0 of D's; block_bytes is a
      * whole block (all heads), side_bytes this process's share of it. */
     uint64_t prefill_tp, decode_tp, side_bytes;
+    /* --kv-layout: both sides' NHD/HND (with TP). With TP the server also
+     * publishes the same blocks again whole, as blocks of exactly the bytes
+     * a sliced fetch moves (another model, the layout both sides share), so
+     * one run times sliced and whole fetches of the same bytes. */
+    kvs_kv_layout_t kv_layout;
 } xopts_t;
 
 static void usage(FILE *f)
@@ -30,6 +35,7 @@ static void usage(FILE *f)
         "usage: kvshare bench transfer [--tls posix,cma,self|tcp] [--block-bytes B]\n"
         "                              [--blocks N] [--batch K] [--repeats R]\n"
         "                              [--inflight 1|2] [--contiguous] [--no-perftest] [--seed S]\n"
+        "                              [--prefill-tp P --decode-tp D [--kv-layout nhd|hnd]]\n"
         "                              [--path auto|memfd|ucx] [--json]\n"
         "\n"
         "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
@@ -44,9 +50,12 @@ static void usage(FILE *f)
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
         "          --repeats 5 --inflight 1 --seed 42 (the keys and the shuffle)\n"
         "--prefill-tp P --decode-tp D: the server holds TP rank 0 of P's share of the 8 KV\n"
-        "heads of each block (NHD), this process rank 0 of D's; the figures count the heads\n"
-        "both hold (--block-bytes is a whole block, a multiple of 2048). Sizes or shares\n"
-        "that differ need the library to fetch head slices between layouts.\n");
+        "heads of each block (--kv-layout, default nhd, on both sides), this process rank 0\n"
+        "of D's; the figures count the heads both hold (--block-bytes is a whole block, a\n"
+        "multiple of 2048). Where the shares differ the library fetches head slices. The\n"
+        "same run also fetches the same bytes as whole blocks (a pool whose blocks are\n"
+        "exactly the heads both hold), interleaved pass by pass: whole_gbps and\n"
+        "ratio_sliced_whole (sliced / whole).\n");
 }
 
 static kvs_key_t key_of(uint64_t seed, uint64_t i)
@@ -86,35 +95,40 @@ static uint64_t tp_share(uint64_t tp)
     return tp <= 8 ? 8 / tp : 1;
 }
 
-static kvs_layout_t bench_layout(const xopts_t *o)
+/* The view of TP rank 0 of @tp (with TP: tp_share(tp) of the 8 heads, in
+ * --kv-layout) under @model. */
+static kvs_layout_t bench_layout(const xopts_t *o, const char *model, uint64_t tp)
 {
-    const bool tp = o->prefill_tp > 1 || o->decode_tp > 1;
-    kvs_layout_t l = {.model_id = "kvshare-bench",
+    const bool tp_on = o->prefill_tp > 1 || o->decode_tp > 1;
+    kvs_layout_t l = {.field_mask = KVS_LAYOUT_FIELD_TOTAL_KV_HEADS,
+                      .model_id = model,
                       .dtype = KVS_DTYPE_BF16,
                       .block_tokens = 16,
                       .num_layers = 1,
-                      .num_kv_heads = 8, /* the model's total */
+                      .num_kv_heads = (uint32_t)tp_share(tp), /* this rank's */
+                      .total_kv_heads = 8,
                       /* with TP, the geometry that makes block_bytes */
-                      .head_dim = tp ? (uint32_t)(o->block_bytes / (2 * 16 * 8 * 2)) : 128,
-                      .tp_size = (uint32_t)(o->serve ? o->prefill_tp : o->decode_tp)};
+                      .head_dim = tp_on ? (uint32_t)(o->block_bytes / (2 * 16 * 8 * 2)) : 128,
+                      .tp_size = (uint32_t)tp,
+                      .kv_layout = o->kv_layout};
     return l;
 }
 
-static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, uint8_t **mem_p, kvs_pool_h *p)
+static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, const kvs_layout_t *l,
+                              uint64_t block_bytes, uint8_t **mem_p, kvs_pool_h *p)
 {
-    size_t bytes = (size_t)(o->blocks * o->side_bytes);
+    size_t bytes = (size_t)(o->blocks * block_bytes);
     uint8_t *mem = NULL; /* kvshare's memory: a same-host reader may map it */
     kvs_status_t st = kvs_mem_alloc(ctx, bytes, KVS_MEM_HOST, (void **)&mem);
     if (st != KVS_OK)
         return st;
     memset(mem, 0, bytes); /* touch every page before timing */
-    kvs_layout_t l = bench_layout(o);
     kvs_segment_t seg = {.base = mem,
-                         .block_stride = o->side_bytes,
-                         .block_bytes = o->side_bytes,
+                         .block_stride = block_bytes,
+                         .block_bytes = block_bytes,
                          .mem_type = KVS_MEM_HOST};
     kvs_pool_params_t pp = {
-        .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)o->blocks};
+        .layout = l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)o->blocks};
     st = kvs_pool_create(ctx, &pp, p);
     if (st != KVS_OK) {
         kvs_mem_free(ctx, mem);
@@ -122,6 +136,41 @@ static kvs_status_t make_pool(kvs_ctx_h ctx, const xopts_t *o, uint8_t **mem_p, 
     }
     *mem_p = mem;
     return KVS_OK;
+}
+
+/* The whole-block twin (with TP): the heads both rank 0s hold, as the view
+ * of the larger TP size, under another model id, its keys another seed's. */
+#define WHOLE_MODEL "kvshare-bench-whole"
+static uint64_t whole_tp(const xopts_t *o)
+{
+    return o->prefill_tp > o->decode_tp ? o->prefill_tp : o->decode_tp;
+}
+
+static uint64_t whole_seed(const xopts_t *o)
+{
+    return o->seed ^ 0x5a5a5a5a5a5a5a5aull;
+}
+
+/* Publishes @o->blocks keys of @seed at shuffled ids of @pool (@block_bytes
+ * each, at @mem), each block's bytes derived from its index. */
+static kvs_status_t publish_all(const xopts_t *o, kvs_pool_h pool, uint8_t *mem,
+                                uint64_t block_bytes, uint64_t seed)
+{
+    uint32_t *ids = block_ids(o->blocks, o->seed + 1, o->contiguous);
+    kvs_key_t *keys = malloc(o->blocks * sizeof(*keys));
+    kvs_status_t st = ids != NULL && keys != NULL ? KVS_OK : KVS_ERR_NO_MEMORY;
+    for (uint64_t i = 0; st == KVS_OK && i < o->blocks; i++) {
+        keys[i] = key_of(seed, i);
+        uint64_t x = kvs_cli_mix(i);
+        uint8_t *b = mem + (size_t)ids[i] * block_bytes;
+        for (size_t j = 0; j + 8 <= block_bytes; j += 8, x = kvs_cli_mix(x))
+            memcpy(b + j, &x, 8);
+    }
+    if (st == KVS_OK)
+        st = kvs_publish(pool, keys, ids, o->blocks, KVS_PUBLISH_ZERO_COPY, NULL);
+    free(ids);
+    free(keys);
+    return st;
 }
 
 static kvs_ctx_h make_ctx(const char *listen)
@@ -152,25 +201,22 @@ static int serve(const xopts_t *o)
     kvs_ctx_h ctx = make_ctx("127.0.0.1:0");
     if (ctx == NULL)
         return 1;
-    uint8_t *mem = NULL;
-    kvs_pool_h pool = NULL;
-    kvs_status_t st = make_pool(ctx, o, &mem, &pool);
-    uint32_t *ids = block_ids(o->blocks, o->seed + 1, o->contiguous);
-    kvs_key_t *keys = malloc(o->blocks * sizeof(*keys));
-    if (st != KVS_OK || ids == NULL || keys == NULL) {
-        fprintf(stderr, "kvshare bench transfer: server setup: %s\n", kvs_status_string(st));
-        return 1;
+    const bool tp = o->prefill_tp > 1 || o->decode_tp > 1;
+    uint8_t *mem = NULL, *wmem = NULL;
+    kvs_pool_h pool = NULL, wpool = NULL;
+    const kvs_layout_t l = bench_layout(o, "kvshare-bench", o->prefill_tp);
+    kvs_status_t st = make_pool(ctx, o, &l, o->side_bytes, &mem, &pool);
+    if (st == KVS_OK)
+        st = publish_all(o, pool, mem, o->side_bytes, o->seed);
+    if (st == KVS_OK && tp) {
+        const kvs_layout_t wl = bench_layout(o, WHOLE_MODEL, whole_tp(o));
+        const uint64_t wbytes = o->block_bytes * tp_share(whole_tp(o)) / 8;
+        st = make_pool(ctx, o, &wl, wbytes, &wmem, &wpool);
+        if (st == KVS_OK)
+            st = publish_all(o, wpool, wmem, wbytes, whole_seed(o));
     }
-    for (uint64_t i = 0; i < o->blocks; i++) {
-        keys[i] = key_of(o->seed, i);
-        uint64_t x = kvs_cli_mix(i);
-        uint8_t *b = mem + (size_t)ids[i] * o->side_bytes;
-        for (size_t j = 0; j + 8 <= o->side_bytes; j += 8, x = kvs_cli_mix(x))
-            memcpy(b + j, &x, 8);
-    }
-    st = kvs_publish(pool, keys, ids, o->blocks, KVS_PUBLISH_ZERO_COPY, NULL);
     if (st != KVS_OK) {
-        fprintf(stderr, "kvshare bench transfer: publish: %s\n", kvs_status_string(st));
+        fprintf(stderr, "kvshare bench transfer: server setup: %s\n", kvs_status_string(st));
         return 1;
     }
     char addr[300];
@@ -181,12 +227,96 @@ static int serve(const xopts_t *o)
     char buf[16];
     while (read(0, buf, sizeof(buf)) > 0)
         ;
+    kvs_pool_destroy(wpool);
     kvs_pool_destroy(pool);
     kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
-    free(ids);
-    free(keys);
+    kvs_mem_free(ctx, wmem);
     return 0;
+}
+
+/* One pass over all the blocks: looked up at @addr and fetched into @dst of
+ * @pool in batches, o->inflight at once. A batch's latency (from its lookup
+ * to its end) is appended to @lat when not NULL; *secs_p gets the pass's
+ * time. */
+static kvs_status_t fetch_pass(kvs_ctx_h ctx, const xopts_t *o, const char *addr, kvs_pool_h pool,
+                               const kvs_key_t *keys, const uint32_t *dst, double *lat,
+                               size_t *nlat, double *secs_p)
+{
+    const uint64_t nbatches = (o->blocks + o->batch - 1) / o->batch;
+    kvs_status_t st = KVS_OK;
+    double t0 = kvs_cli_now();
+    kvs_lease_h prev_lease = NULL;
+    kvs_request_h prev_req = NULL;
+    double prev_b0 = 0;
+    for (uint64_t b = 0; b <= nbatches && st == KVS_OK; b++) {
+        kvs_lease_h lease = NULL;
+        kvs_request_h req = NULL;
+        double b0 = kvs_cli_now();
+        if (b < nbatches) {
+            uint64_t first = b * o->batch;
+            size_t n = (size_t)(o->blocks - first < o->batch ? o->blocks - first : o->batch);
+            kvs_lookup_params_t lp = {.field_mask =
+                                          KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                                      .sources = KVS_SOURCE_PEER,
+                                      .peer = addr};
+            st = kvs_lookup(ctx, kvs_pool_layout_id(pool), keys + first, n, &lp, &lease);
+            if (st == KVS_OK && kvs_lease_hits(lease) != n) {
+                fprintf(stderr, "kvshare bench transfer: %zu of %zu hits\n", kvs_lease_hits(lease),
+                        n);
+                st = KVS_ERR_NOT_FOUND;
+            }
+            if (st == KVS_OK)
+                st = kvs_fetch(lease, pool, dst + first, n, NULL, &req);
+        }
+        if (prev_req != NULL) {
+            kvs_status_t pst = kvs_request_wait(prev_req, -1);
+            if (st == KVS_OK)
+                st = pst;
+            kvs_request_free(prev_req);
+            kvs_lease_release(prev_lease);
+            if (lat != NULL)
+                lat[(*nlat)++] = (kvs_cli_now() - prev_b0) * 1e6;
+        }
+        prev_req = req;
+        prev_lease = lease;
+        prev_b0 = b0;
+        if (o->inflight == 1 && prev_req != NULL) { /* no overlap: finish it now */
+            kvs_status_t pst = kvs_request_wait(prev_req, -1);
+            if (st == KVS_OK)
+                st = pst;
+            kvs_request_free(prev_req);
+            kvs_lease_release(prev_lease);
+            if (lat != NULL)
+                lat[(*nlat)++] = (kvs_cli_now() - prev_b0) * 1e6;
+            prev_req = NULL;
+            prev_lease = NULL;
+        }
+        if (st != KVS_OK) {
+            kvs_request_free(prev_req);
+            kvs_lease_release(prev_lease);
+            prev_req = NULL;
+            prev_lease = NULL;
+        }
+    }
+    *secs_p = kvs_cli_now() - t0;
+    return st;
+}
+
+/* Spot-checks @mem's blocks at @dst against what the server wrote. */
+static bool content_ok(const xopts_t *o, const uint8_t *mem, uint64_t block_bytes,
+                       const uint32_t *dst, const char *what)
+{
+    for (uint64_t i = 0; i < o->blocks; i += 97) {
+        uint64_t x = kvs_cli_mix(i), got;
+        memcpy(&got, mem + (size_t)dst[i] * block_bytes, 8);
+        if (got != x) {
+            fprintf(stderr, "kvshare bench transfer: %s block %llu has wrong content\n", what,
+                    (unsigned long long)i);
+            return false;
+        }
+    }
+    return true;
 }
 
 /* ucx_perftest at the same size and transports, server and client on loopback.
@@ -251,6 +381,7 @@ enum {
     O_SEED,
     O_PREFILL_TP,
     O_DECODE_TP,
+    O_KV_LAYOUT,
     O_PATH
 };
 
@@ -268,6 +399,7 @@ static const struct option xfer_options[] = {
     {"seed", required_argument, NULL, O_SEED},
     {"prefill-tp", required_argument, NULL, O_PREFILL_TP},
     {"decode-tp", required_argument, NULL, O_DECODE_TP},
+    {"kv-layout", required_argument, NULL, O_KV_LAYOUT},
     {"path", required_argument, NULL, O_PATH},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
@@ -336,6 +468,12 @@ static int parse_opts(int argc, char **argv, xopts_t *o)
                                            name, (unsigned long long)*tp, (unsigned long long)*tp);
             break;
         }
+        case O_KV_LAYOUT:
+            if (strcmp(optarg, "nhd") != 0 && strcmp(optarg, "hnd") != 0)
+                return kvs_cli_usage_error(&xfer_cmd, "--kv-layout '%s': expected nhd or hnd",
+                                           optarg);
+            o->kv_layout = strcmp(optarg, "hnd") == 0 ? KVS_KV_HND : KVS_KV_NHD;
+            break;
         case O_PATH:
             if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "memfd") != 0 &&
                 strcmp(optarg, "ucx") != 0)
@@ -439,6 +577,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                      pb,
                      "--decode-tp",
                      db,
+                     "--kv-layout",
+                     o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",
                      NULL};
     int to;
     FILE *from;
@@ -451,111 +591,67 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         return 1;
     }
 
-    /* 2. Our side: fetch everything, R times after a warm-up pass. */
+    /* 2. Our side: fetch everything, R times after a warm-up pass; with TP
+     * each pass is followed by one over the whole-block twin (the same
+     * bytes), so both see the same machine. */
     int rc = 1;
     kvs_ctx_h ctx = make_ctx(NULL);
-    uint8_t *mem = NULL;
-    kvs_pool_h pool = NULL;
+    uint8_t *mem = NULL, *wmem = NULL;
+    kvs_pool_h pool = NULL, wpool = NULL;
     kvs_key_t *keys = malloc(o.blocks * sizeof(*keys));
+    kvs_key_t *wkeys = tp ? malloc(o.blocks * sizeof(*wkeys)) : NULL;
     uint32_t *dst = block_ids(o.blocks, o.seed + 2, o.contiguous);
     uint64_t nbatches = (o.blocks + o.batch - 1) / o.batch;
     double *lat = calloc(nbatches * o.repeats, sizeof(double));
     double *rep = calloc(o.repeats, sizeof(double));
-    if (ctx == NULL || keys == NULL || dst == NULL || lat == NULL || rep == NULL ||
-        make_pool(ctx, &o, &mem, &pool) != KVS_OK)
+    double *wrep = calloc(o.repeats, sizeof(double));
+    const kvs_layout_t lay = bench_layout(&o, "kvshare-bench", o.decode_tp),
+                       wlay = bench_layout(&o, WHOLE_MODEL, whole_tp(&o));
+    if (ctx == NULL || keys == NULL || (tp && wkeys == NULL) || dst == NULL || lat == NULL ||
+        rep == NULL || wrep == NULL ||
+        make_pool(ctx, &o, &lay, o.side_bytes, &mem, &pool) != KVS_OK ||
+        (tp && make_pool(ctx, &o, &wlay, moved, &wmem, &wpool) != KVS_OK))
         goto out;
-    for (uint64_t i = 0; i < o.blocks; i++)
+    for (uint64_t i = 0; i < o.blocks; i++) {
         keys[i] = key_of(o.seed, i);
+        if (tp)
+            wkeys[i] = key_of(whole_seed(&o), i);
+    }
     size_t nlat = 0;
     kvs_status_t st = KVS_OK;
-    /* One batch at a time, or (--inflight 2) two, as an engine overlapping
-     * them would: batch b+1 is looked up while batch b's data is still
-     * moving, then b is waited for and its lease released. A batch's latency
-     * runs from its lookup to its end. */
     for (uint64_t r = 0; r <= o.repeats && st == KVS_OK; r++) {
-        double t0 = kvs_cli_now();
-        kvs_lease_h prev_lease = NULL;
-        kvs_request_h prev_req = NULL;
-        double prev_b0 = 0;
-        for (uint64_t b = 0; b <= nbatches && st == KVS_OK; b++) {
-            kvs_lease_h lease = NULL;
-            kvs_request_h req = NULL;
-            double b0 = kvs_cli_now();
-            if (b < nbatches) {
-                uint64_t first = b * o.batch;
-                size_t n = (size_t)(o.blocks - first < o.batch ? o.blocks - first : o.batch);
-                kvs_lookup_params_t lp = {.field_mask =
-                                              KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
-                                          .sources = KVS_SOURCE_PEER,
-                                          .peer = addr};
-                st = kvs_lookup(ctx, kvs_pool_layout_id(pool), keys + first, n, &lp, &lease);
-                if (st == KVS_OK && kvs_lease_hits(lease) != n) {
-                    fprintf(stderr, "kvshare bench transfer: %zu of %zu hits\n",
-                            kvs_lease_hits(lease), n);
-                    st = KVS_ERR_NOT_FOUND;
-                }
-                if (st == KVS_OK)
-                    st = kvs_fetch(lease, pool, dst + first, n, NULL, &req);
-            }
-            if (prev_req != NULL) {
-                kvs_status_t pst = kvs_request_wait(prev_req, -1);
-                if (st == KVS_OK)
-                    st = pst;
-                kvs_request_free(prev_req);
-                kvs_lease_release(prev_lease);
-                if (r > 0)
-                    lat[nlat++] = (kvs_cli_now() - prev_b0) * 1e6;
-            }
-            prev_req = req;
-            prev_lease = lease;
-            prev_b0 = b0;
-            if (o.inflight == 1 && prev_req != NULL) { /* no overlap: finish it now */
-                kvs_status_t pst = kvs_request_wait(prev_req, -1);
-                if (st == KVS_OK)
-                    st = pst;
-                kvs_request_free(prev_req);
-                kvs_lease_release(prev_lease);
-                if (r > 0)
-                    lat[nlat++] = (kvs_cli_now() - prev_b0) * 1e6;
-                prev_req = NULL;
-                prev_lease = NULL;
-            }
-            if (st != KVS_OK) {
-                kvs_request_free(prev_req);
-                kvs_lease_release(prev_lease);
-                prev_req = NULL;
-                prev_lease = NULL;
-            }
-        }
+        double secs = 0;
+        st = fetch_pass(ctx, &o, addr, pool, keys, dst, r > 0 ? lat : NULL, &nlat, &secs);
         if (r > 0)
-            rep[r - 1] = kvs_cli_now() - t0;
+            rep[r - 1] = secs;
+        if (st == KVS_OK && tp) {
+            st = fetch_pass(ctx, &o, addr, wpool, wkeys, dst, NULL, NULL, &secs);
+            if (r > 0)
+                wrep[r - 1] = secs;
+        }
     }
     if (st != KVS_OK) {
         fprintf(stderr, "kvshare bench transfer: %s\n", kvs_status_string(st));
         goto out;
     }
-    /* Which path moved the bytes: all through mapped memory, or none. */
+    /* Which path moved the bytes: all through mapped memory, or none (with
+     * TP the whole-block passes moved as many bytes again). */
     kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_SHM};
     kvs_stats_query(ctx, &ks);
-    const char *ran = ks.shm_fetched_bytes == 0                                    ? "ucx"
-                      : ks.shm_fetched_bytes == o.blocks * moved * (o.repeats + 1) ? "memfd"
-                                                                                   : "mixed";
+    const uint64_t all = o.blocks * moved * (o.repeats + 1) * (tp ? 2 : 1);
+    const char *ran = ks.shm_fetched_bytes == 0     ? "ucx"
+                      : ks.shm_fetched_bytes == all ? "memfd"
+                                                    : "mixed";
     if (strcmp(o.path, "auto") != 0 && strcmp(o.path, ran) != 0) {
         fprintf(stderr, "kvshare bench transfer: --path %s asked, but the %s path ran\n", o.path,
                 ran);
         goto out;
     }
-    /* Spot-check the content against what the server wrote. */
-    for (uint64_t i = 0; i < o.blocks; i += 97) {
-        uint64_t x = kvs_cli_mix(i), got;
-        memcpy(&got, mem + (size_t)dst[i] * o.side_bytes, 8);
-        if (got != x) {
-            fprintf(stderr, "kvshare bench transfer: block %llu has wrong content\n",
-                    (unsigned long long)i);
-            goto out;
-        }
-    }
+    if (!content_ok(&o, mem, o.side_bytes, dst, "fetched") ||
+        (tp && !content_ok(&o, wmem, moved, dst, "whole")))
+        goto out;
     double gbps = bytes_total / kvs_cli_median(rep, (int)o.repeats) / 1e9;
+    double wgbps = tp ? bytes_total / kvs_cli_median(wrep, (int)o.repeats) / 1e9 : 0;
     kvs_cli_sort(lat, nlat);
     double p50 = lat[(size_t)((double)(nlat - 1) * 0.5)],
            p99 = lat[(size_t)((double)(nlat - 1) * 0.99)]; /* the same rank rule: p50 <= p99 */
@@ -636,6 +732,12 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             cJSON_AddNumberToObject(j, "prefill_tp", (double)o.prefill_tp);
             cJSON_AddNumberToObject(j, "decode_tp", (double)o.decode_tp);
             cJSON_AddNumberToObject(j, "whole_block_bytes", (double)o.block_bytes);
+            cJSON_AddStringToObject(j, "kv_layout", o.kv_layout == KVS_KV_HND ? "hnd" : "nhd");
+            /* gbps is the sliced fetch (the reader's view of the holder's
+             * blocks); whole_gbps the same bytes as whole blocks. */
+            kvs_cli_json_num(j, "sliced_gbps", gbps, 3);
+            kvs_cli_json_num(j, "whole_gbps", wgbps, 3);
+            kvs_cli_json_num(j, "ratio_sliced_whole", wgbps > 0 ? gbps / wgbps : 0, 3);
         }
         if (kvs_cli_print_json("bench transfer", j) != 0)
             goto out;
@@ -644,6 +746,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             "  kvshare fetch        %8.2f GB/s   path %s, batch latency p50 %.0f us, p99 %.0f us\n"
             "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
             gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0);
+        if (tp)
+            printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s)\n", wgbps,
+                   wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd");
         if (cma > 0)
             printf("  raw CMA, one core    %8.2f GB/s   ratio_cma      %.2f\n", cma, gbps / cma);
         if (pt > 0)
@@ -657,12 +762,16 @@ out:
     close(to);
     waitpid(srv, NULL, 0);
     fclose(from);
+    kvs_pool_destroy(wpool);
     kvs_pool_destroy(pool);
+    kvs_mem_free(ctx, wmem);
     kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
     free(keys);
+    free(wkeys);
     free(dst);
     free(lat);
     free(rep);
+    free(wrep);
     return rc;
 }

@@ -22,6 +22,10 @@ struct kvs_ctx {
     struct kvs_pool *pools; /* under regions_lock */
     kvs__logger_t log;
     kvs__store_t store;
+    /* Lock order: the peer lock (peer.c) before regions_lock. The listener
+     * asks which pools it serves (kvs__ctx_serves_layout() and friends)
+     * holding the peer lock, so nothing calls into peer code, which takes
+     * the peer lock, while holding regions_lock. */
     pthread_mutex_t regions_lock;
     struct kvs_region *regions;
     size_t nregions;

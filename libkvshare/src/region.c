@@ -3,6 +3,21 @@
 #include "ctx_int.h"
 #include "shm_int.h"
 
+/* Takes @r off the context's list (and out of the count when @counted). */
+static void region_unlink(kvs_ctx_h ctx, struct kvs_region *r, bool counted)
+{
+    pthread_mutex_lock(&ctx->regions_lock);
+    for (struct kvs_region **pp = &ctx->regions; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            if (counted)
+                ctx->nregions--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ctx->regions_lock);
+}
+
 kvs_status_t kvs_mem_register_ex(kvs_ctx_h ctx, void *base, size_t length,
                                  const kvs_mem_register_params_t *params, kvs_region_h *region_p)
 {
@@ -29,36 +44,41 @@ kvs_status_t kvs_mem_register(kvs_ctx_h ctx, void *base, size_t length, kvs_mem_
     r->length = length;
     r->mem_type = mem_type;
 
+    /* Lock order: the peer lock before regions_lock (the listener asks the
+     * pools which layouts it serves while holding the peer lock), so the
+     * transport registration runs with regions_lock released. The range is
+     * claimed first, so a concurrent overlapping registration still fails;
+     * it counts (kvs_mem_region_count()) once registered. */
     pthread_mutex_lock(&ctx->regions_lock);
     for (struct kvs_region *o = ctx->regions; o != NULL; o = o->next) {
         if (r->base < o->base + o->length && o->base < r->base + length) {
             kvs__error(&ctx->log, "kvs_mem_register(%p, %zu): overlaps region %p+%zu", base, length,
                        (void *)o->base, o->length);
-            status = KVS_ERR_INVALID_PARAM;
-            goto err_unlock;
+            pthread_mutex_unlock(&ctx->regions_lock);
+            kvs__free(r);
+            return KVS_ERR_INVALID_PARAM;
         }
     }
+    r->next = ctx->regions;
+    ctx->regions = r;
+    pthread_mutex_unlock(&ctx->regions_lock);
     if (ctx->peer != NULL) {
         status = kvs__peer_mem_reg(ctx->peer, base, length, mem_type, &r->tl_memh);
         if (status != KVS_OK) {
             kvs__error(&ctx->log, "kvs_mem_register(%p, %zu): transport %s: %s", base, length,
                        kvs__peer_transport_name(ctx->peer), kvs_status_string(status));
-            goto err_unlock;
+            region_unlink(ctx, r, false);
+            kvs__free(r);
+            return status;
         }
     }
-    r->next = ctx->regions;
-    ctx->regions = r;
+    pthread_mutex_lock(&ctx->regions_lock);
     ctx->nregions++;
     pthread_mutex_unlock(&ctx->regions_lock);
     kvs__debug(&ctx->log, "registered %s region %p+%zu", mem_type == KVS_MEM_CUDA ? "cuda" : "host",
                base, length);
     *region_p = r;
     return KVS_OK;
-
-err_unlock:
-    pthread_mutex_unlock(&ctx->regions_lock);
-    kvs__free(r);
-    return status;
 }
 
 void kvs_mem_deregister(kvs_region_h region)
@@ -66,15 +86,7 @@ void kvs_mem_deregister(kvs_region_h region)
     if (region == NULL)
         return;
     kvs_ctx_h ctx = region->ctx;
-    pthread_mutex_lock(&ctx->regions_lock);
-    for (struct kvs_region **pp = &ctx->regions; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == region) {
-            *pp = region->next;
-            ctx->nregions--;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&ctx->regions_lock);
+    region_unlink(ctx, region, true);
     if (ctx->peer != NULL && region->tl_memh != NULL)
         kvs__peer_mem_dereg(ctx->peer, region->tl_memh);
     kvs__free(region);

@@ -63,6 +63,7 @@ expect 2 "unknown option '--algo'" -- bench lookup --algo sha256_cbor
 expect 2 "--inflight '3': expected an integer in 1..2" -- bench transfer --inflight 3
 expect 2 "--block-bytes '12': not a multiple of 8" -- bench transfer --block-bytes 12
 expect 2 "--tls needs a value" -- bench transfer --tls
+expect 2 "--kv-layout 'x': expected nhd or hnd" -- bench transfer --kv-layout x
 expect 2 "--nodes '17': expected an integer in 1..16" -- bench pool --nodes 17
 expect 2 "--block-bytes '12': not a multiple of 8" -- bench pool --block-bytes 12
 expect 2 "--pool needs a value" -- bench pool --pool
@@ -265,6 +266,31 @@ inflight_default() {
   fi
 }
 inflight_default
+# bench transfer across TP sizes: sliced fetches (prefill TP 2 -> decode TP 4, HND) timed next
+# to whole-block fetches of the same bytes, in one run. Required wherever the plain run works.
+tp_sliced_whole() {
+  local out f
+  out=$("$k" bench transfer --prefill-tp 2 --decode-tp 4 --kv-layout hnd --blocks 8 --batch 4 \
+    --repeats 1 --block-bytes 4096 --no-perftest --json 2>&1)
+  if [ -z "$("$k" bench transfer --blocks 4 --batch 2 --repeats 1 --block-bytes 4096 \
+    --no-perftest --json 2>/dev/null)" ]; then
+    echo "skip: bench transfer did not run here"
+    return
+  fi
+  for f in sliced_gbps whole_gbps ratio_sliced_whole; do
+    if ! grep -qE "\"$f\":[0-9.]*[1-9]" <<<"$out"; then
+      echo "FAIL: bench transfer --prefill-tp 2 --decode-tp 4: no positive $f in: $out"; fail=1
+      return
+    fi
+  done
+  # decode rank 0 of 4 holds 2 of the 8 heads, all of which prefill rank 0 of 2 holds too
+  if ! grep -q '"block_bytes":1024,' <<<"$out"; then
+    echo "FAIL: bench transfer TP 2 -> 4 should move 1024 of 4096 bytes a block: $out"; fail=1
+    return
+  fi
+  echo "ok: bench transfer TP 2 -> 4 reports sliced and whole fetches"
+}
+tp_sliced_whole
 # A run's own token (demo, bench: no KVSHARE_AUTH_TOKEN_FILE given) is a secret in TMPDIR: a run
 # stopped by SIGTERM removes it too, not only one that exits.
 token_on_signal() {

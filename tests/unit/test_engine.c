@@ -542,14 +542,6 @@ Test(share, default_config_short_prompt)
 /* ------------------------------------------------------------------------ */
 TestSuite(tp, .init = api_setup, .fini = api_teardown);
 
-/* Mixed TP sizes or layouts between prefill and decode need the library to
- * plan head slices across layouts (issue 13, library half). Until it does,
- * those cases are built but disabled: configure with -DKVS_HETERO_TP_TESTS=ON
- * to run them. */
-#ifndef KVSE_HETERO_TP
-#define KVSE_HETERO_TP 0
-#endif
-
 static engine_config_t tp_cfg(uint64_t alloc_seed, uint32_t rank, uint32_t size,
                               kvs_kv_layout_t layout)
 {
@@ -562,36 +554,131 @@ static engine_config_t tp_cfg(uint64_t alloc_seed, uint32_t rank, uint32_t size,
 
 #define TP_MAX 4
 
-static void tp_case(uint32_t np, kvs_kv_layout_t lp, uint32_t nd, kvs_kv_layout_t ld)
+/* A context on the in-process "loop" transport (the handshake over TCP on
+ * 127.0.0.1, data copied in process), listening when @listen, with the
+ * shared token in @token. This is how ranks in different processes talk,
+ * without UCX. */
+static kvs_ctx_h new_loop_ctx(const char *token, bool listen)
+{
+    char err[256] = "";
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_CAPACITY |
+                                        KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT |
+                                        KVS_CTX_FIELD_AUTH_TOKEN_FILE | KVS_CTX_FIELD_FETCH_TIMEOUT,
+                          .transport = "loop",
+                          .capacity_bytes = 16u << 20,
+                          .auth_token_file = token,
+                          .fetch_timeout_ms = 10000,
+                          .errbuf = err,
+                          .errbuf_len = sizeof(err)};
+    if (listen) {
+        p.field_mask |= KVS_CTX_FIELD_LISTEN;
+        p.listen = "127.0.0.1:0";
+    }
+    kvs_ctx_h ctx = NULL;
+    cr_assert_eq(api.ctx_create(&p, &ctx), KVS_OK, "kvs_ctx_create: %s", err);
+    return ctx;
+}
+
+/* The view an engine of config @c describes to kvshare (as engine.c does):
+ * what kvs_layout_source_ranks() needs to name the holders to ask. */
+static kvs_layout_t tp_view(const engine_config_t *c)
+{
+    uint32_t h0 = 0, nh = 0;
+    cr_assert(engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &h0, &nh));
+    return (kvs_layout_t){.field_mask = KVS_LAYOUT_FIELD_TOTAL_KV_HEADS,
+                          .model_id = "kvshare-example-tiny",
+                          .dtype = KVS_DTYPE_FP32,
+                          .block_tokens = c->block_tokens,
+                          .num_layers = c->n_layers,
+                          .num_kv_heads = nh,
+                          .head_dim = c->head_dim,
+                          .tp_rank = c->tp_rank,
+                          .tp_size = c->tp_size,
+                          .kv_layout = c->kv_layout,
+                          .total_kv_heads = c->n_kv_heads,
+                          .kv_order = KVS_KV_ORDER_BLOCK_OUTER};
+}
+
+/* @np prefill ranks in layout @lp publish their shares; @nd decode ranks in
+ * layout @ld fetch theirs. With @over_peers (needed when the views differ:
+ * plans across views are made between peers) every prefill rank has its own
+ * listening context, every decode rank its own, and each decode rank fetches
+ * from the holders kvs_layout_source_ranks() names, over the loop
+ * transport; otherwise all share one context's local store. */
+static void tp_case(uint32_t np, kvs_kv_layout_t lp, uint32_t nd, kvs_kv_layout_t ld,
+                    bool over_peers)
 {
     const size_t n = 200, hits = 192; /* 12 full blocks fetched, 8 tokens computed */
     uint32_t prompt[200];
     make_prompt(prompt, n, 7, 512);
-    kvs_ctx_h ctx = new_ctx();
+    kvs_ctx_h pctx[TP_MAX] = {NULL}, dctx[TP_MAX] = {NULL}, shared = NULL;
+    char addr[TP_MAX][300];
+    if (over_peers) {
+        /* The token is read when a context is created: removed at once, so
+         * no test outcome leaves it behind. */
+        char token[] = "/tmp/kvse-tok-XXXXXX";
+        const int fd = mkstemp(token);
+        cr_assert(fd >= 0);
+        cr_assert_eq(write(fd, "tp-secret", 9), 9);
+        close(fd);
+        for (uint32_t p = 0; p < np; p++) {
+            pctx[p] = new_loop_ctx(token, true);
+            cr_assert_eq(api.ctx_listen_addr(pctx[p], addr[p], sizeof(addr[p])), KVS_OK);
+        }
+        for (uint32_t k = 0; k < nd; k++)
+            dctx[k] = new_loop_ctx(token, false);
+        unlink(token);
+    } else {
+        shared = new_ctx();
+        for (uint32_t i = 0; i < TP_MAX; i++)
+            pctx[i] = dctx[i] = shared;
+    }
     engine_h pe[TP_MAX], de[TP_MAX];
     engine_seq_h ps[TP_MAX], ds[TP_MAX];
     char paths[TP_MAX][64];
     for (uint32_t p = 0; p < np; p++) {
         const engine_config_t c = tp_cfg(11 + p, p, np, lp);
-        cr_assert_eq(engine_create(&c, &api, ctx, &pe[p]), KVS_OK);
+        cr_assert_eq(engine_create(&c, &api, pctx[p], &pe[p]), KVS_OK);
         prefill_publish(pe[p], prompt, n, 0, &ps[p]);
     }
     uint64_t total = 0;
     for (uint32_t k = nd; k-- > 0;) {
         const engine_config_t c = tp_cfg(40 + k, k, nd, ld);
-        cr_assert_eq(engine_create(&c, &api, ctx, &de[k]), KVS_OK);
+        cr_assert_eq(engine_create(&c, &api, dctx[k], &de[k]), KVS_OK);
         cr_assert_eq(engine_seq_create(de[k], prompt, n, &ds[k]), KVS_OK);
-        /* One fetch per prefill share overlapping ours, as the demo does
-         * with one --peer each (here every share is in the local store). */
-        uint32_t h0, nh, sources = 0;
+        uint32_t h0, nh;
         cr_assert(engine_tp_heads(2, k, nd, &h0, &nh));
-        for (uint32_t p = 0, last = UINT32_MAX; p < np; p++) {
-            uint32_t q0, qn;
-            cr_assert(engine_tp_heads(2, p, np, &q0, &qn));
-            if (q0 < h0 + nh && h0 < q0 + qn && q0 != last)
-                sources++, last = q0;
-        }
-        for (uint32_t i = 0; i < (np == nd ? 1 : sources); i++) {
+        if (over_peers) {
+            /* One lookup and fetch per holder the library names; between
+             * them their leases fill each of our heads exactly once. */
+            const kvs_layout_t view = tp_view(&c);
+            uint32_t ranks[TP_MAX];
+            size_t nr = 0;
+            cr_assert_eq(api.layout_source_ranks(&view, np, ranks, TP_MAX, &nr), KVS_OK);
+            cr_assert(nr >= 1 && nr <= np, "%zu holders", nr);
+            uint32_t filled = 0;
+            for (size_t i = 0; i < nr; i++) {
+                kvs_lookup_params_t lkp = {.field_mask =
+                                               KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                                           .sources = KVS_SOURCE_PEER,
+                                           .peer = addr[ranks[i]]};
+                kvs_lease_h lease = NULL;
+                cr_assert_eq(engine_lookup(ds[k], &lkp, &lease), KVS_OK, "rank %u from %u", k,
+                             ranks[i]);
+                cr_assert_eq(api.lease_source(lease), KVS_SOURCE_PEER);
+                uint32_t f0 = 99, fn = 99;
+                cr_assert_eq(api.lease_heads(lease, &f0, &fn), KVS_OK);
+                cr_assert(fn > 0 && f0 == filled && f0 + fn <= nh,
+                          "rank %u: holder %u fills heads %u+%u after %u of %u", k, ranks[i], f0,
+                          fn, filled, nh);
+                filled += fn;
+                size_t hit = 0;
+                cr_assert_eq(engine_fetch(ds[k], lease, &hit), KVS_OK);
+                cr_assert_eq(hit, hits, "rank %u fetched %zu tokens' share from %u, want %zu", k,
+                             hit, ranks[i], hits);
+            }
+            cr_assert_eq(filled, nh, "rank %u: the holders filled %u of %u heads", k, filled, nh);
+        } else {
             size_t hit = 0;
             cr_assert_eq(engine_load_prefix(ds[k], NULL, &hit), KVS_OK);
             cr_assert_eq(hit, hits, "rank %u fetched %zu tokens' share, want %zu", k, hit, hits);
@@ -632,7 +719,14 @@ static void tp_case(uint32_t np, kvs_kv_layout_t lp, uint32_t nd, kvs_kv_layout_
         engine_seq_destroy(ps[p]);
         engine_destroy(pe[p]);
     }
-    api.ctx_destroy(ctx);
+    if (over_peers) {
+        for (uint32_t k = 0; k < nd; k++)
+            api.ctx_destroy(dctx[k]);
+        for (uint32_t p = 0; p < np; p++)
+            api.ctx_destroy(pctx[p]);
+    } else {
+        api.ctx_destroy(shared);
+    }
 }
 
 Test(tp, heads_per_rank)
@@ -654,43 +748,51 @@ Test(tp, heads_per_rank)
 
 Test(tp, same_tp_2_nhd)
 {
-    tp_case(2, KVS_KV_NHD, 2, KVS_KV_NHD);
+    tp_case(2, KVS_KV_NHD, 2, KVS_KV_NHD, false);
 }
 
 Test(tp, same_tp_1_hnd)
 {
-    tp_case(1, KVS_KV_HND, 1, KVS_KV_HND);
+    tp_case(1, KVS_KV_HND, 1, KVS_KV_HND, false);
 }
 
 Test(tp, same_tp_2_hnd)
 {
-    tp_case(2, KVS_KV_HND, 2, KVS_KV_HND);
+    tp_case(2, KVS_KV_HND, 2, KVS_KV_HND, false);
 }
 
 /* 4 ranks over 2 KV heads: each head on two ranks (vLLM's replication). */
 Test(tp, same_tp_4_replicated_heads)
 {
-    tp_case(4, KVS_KV_NHD, 4, KVS_KV_NHD);
+    tp_case(4, KVS_KV_NHD, 4, KVS_KV_NHD, false);
 }
 
-Test(tp, mixed_2_to_1, .disabled = !KVSE_HETERO_TP)
+/* The same split over the loop transport: one context per rank. */
+Test(tp, same_tp_2_hnd_over_peers)
 {
-    tp_case(2, KVS_KV_NHD, 1, KVS_KV_NHD);
+    tp_case(2, KVS_KV_HND, 2, KVS_KV_HND, true);
 }
 
-Test(tp, mixed_1_to_2_hnd, .disabled = !KVSE_HETERO_TP)
+/* Mixed TP sizes or layouts: the reader plans head slices from each holder's
+ * view to its own, which the library does between peers (issue 13). */
+Test(tp, mixed_2_to_1)
 {
-    tp_case(1, KVS_KV_NHD, 2, KVS_KV_HND);
+    tp_case(2, KVS_KV_NHD, 1, KVS_KV_NHD, true);
 }
 
-Test(tp, mixed_layout_nhd_to_hnd, .disabled = !KVSE_HETERO_TP)
+Test(tp, mixed_1_to_2_hnd)
 {
-    tp_case(1, KVS_KV_NHD, 1, KVS_KV_HND);
+    tp_case(1, KVS_KV_NHD, 2, KVS_KV_HND, true);
 }
 
-Test(tp, mixed_2_hnd_to_4_nhd, .disabled = !KVSE_HETERO_TP)
+Test(tp, mixed_layout_nhd_to_hnd)
 {
-    tp_case(2, KVS_KV_HND, 4, KVS_KV_NHD);
+    tp_case(1, KVS_KV_NHD, 1, KVS_KV_HND, true);
+}
+
+Test(tp, mixed_2_hnd_to_4_nhd)
+{
+    tp_case(2, KVS_KV_HND, 4, KVS_KV_NHD, true);
 }
 
 /* A share is only taken for its own model and prompt, before prefill. */

@@ -9,9 +9,13 @@ permuted view of the physical buffer:
 A kvs segment is memory where block b lives at base + b * stride, densely.
 So each layer gives one segment when K and V of a block sit together, or two
 (K and V) when they do not. The token/head order within a block (NHD vs HND)
-is read from the strides; it is part of the layout id, so peers with a
-different physical order never exchange blocks (issue 13 is about relaxing
-that)."""
+is read from the strides. It is part of the layout id, but not of the model
+id: peers of one model whose views differ (NHD vs HND, TP split, block size)
+still exchange KV, the reader planning the copies (kvs_layout_t in
+kvshare.h). So the view is described in full: num_kv_heads is this rank's
+(the tensor's head dimension), total_kv_heads the model's
+(ModelConfig.get_total_num_kv_heads(); 1 for MLA, whose latent every rank
+holds whole), tp_rank/tp_size the split."""
 
 from . import _lib
 
@@ -79,7 +83,7 @@ def describe(kv_caches, num_blocks):
             layer = [[layer[0][0], layer[0][1], layer[0][2] * 2, mem]]
         segments.extend(tuple(s) for s in layer)
         this = dict(heads=int(heads), head_dim=int(hsz), kv_layout=kv_layout, kv_order=order,
-                    dtype=str(t.dtype).replace("torch.", ""))
+                    dtype=str(t.dtype).replace("torch.", ""), mla=t.dim() == 3)
         if info is None:
             info = this
         elif info != this:
@@ -91,11 +95,36 @@ def describe(kv_caches, num_blocks):
     return segments, info
 
 
-def layout_args(model_id, info, block_size, tp_rank, tp_size):
+def layout_args(model_id, info, block_size, tp_rank, tp_size, total_kv_heads=None,
+                key_tokens=None):
+    """The kvs_layout_t fields of this rank's view (_lib.make_layout()).
+    @total_kv_heads: the model's KV heads (None: the library's default,
+    num_kv_heads * tp_size, wrong only when heads are replicated over more
+    ranks than there are heads). @key_tokens: tokens per block key, vLLM's
+    hash block size (None: block_size; the connector keys one hash per KV
+    block, so that is what it passes)."""
     dtype = _lib.DTYPE.get(info["dtype"])
     if dtype is None:
         raise ValueError(f"kvshare_vllm: KV dtype {info['dtype']} has no kvs_dtype_t")
+    heads = info["heads"]
+    if info.get("mla"):
+        total_kv_heads = 1  # one latent "head", replicated on every rank
+    if total_kv_heads is not None:
+        total_kv_heads = int(total_kv_heads)
+        if total_kv_heads > 0 and tp_size <= total_kv_heads:
+            ok, want = total_kv_heads % tp_size == 0, total_kv_heads // tp_size
+        else:  # more ranks than heads: vLLM replicates, one head per rank
+            ok, want = total_kv_heads > 0 and tp_size % total_kv_heads == 0, 1
+        if not ok or heads != want:
+            raise ValueError(f"kvshare_vllm: the model has {total_kv_heads} KV heads over "
+                             f"TP size {tp_size}, but rank {tp_rank}'s KV tensors hold {heads} "
+                             f"(expected {want if ok else 'a split that divides evenly'})")
+    if key_tokens is not None and (key_tokens <= 0 or block_size % key_tokens != 0):
+        raise ValueError(f"kvshare_vllm: hash block size {key_tokens} does not divide the KV "
+                         f"block size {block_size}")
     return dict(model_id=model_id, dtype=dtype, block_tokens=block_size,
-                num_layers=info["num_layers"], num_kv_heads=info["heads"],
+                num_layers=info["num_layers"], num_kv_heads=heads,
                 head_dim=info["head_dim"], tp_rank=tp_rank, tp_size=tp_size,
-                kv_layout=info["kv_layout"], kv_order=info["kv_order"])
+                kv_layout=info["kv_layout"], kv_order=info["kv_order"],
+                total_kv_heads=total_kv_heads,
+                key_tokens=None if key_tokens == block_size else key_tokens)

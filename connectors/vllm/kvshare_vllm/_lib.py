@@ -15,6 +15,7 @@ from ctypes import (POINTER, Structure, byref, c_char, c_char_p, c_double, c_int
 
 KVS_OK = 0
 KVS_INPROGRESS = 1
+ERR_INVALID_PARAM = -1
 ERR_BUSY = -5
 
 SOURCE_LOCAL, SOURCE_PEER, SOURCE_POOL = 1, 2, 4
@@ -48,11 +49,37 @@ class KvsError(RuntimeError):
         super().__init__(f"{call}: {text}" + (f": {detail}" if detail else ""))
 
 
+# kvs_layout_t, field for field (kvshare.h; fields after kv_order are read only
+# when their KVS_LAYOUT_FIELD_* bit is set in field_mask).
+LAYOUT_FIELD_TOTAL_KV_HEADS = 1 << 0
+LAYOUT_FIELD_KEY_TOKENS = 1 << 1
+
+
 class Layout(Structure):
     _fields_ = [("field_mask", c_uint64), ("model_id", c_char_p), ("dtype", c_int),
                 ("block_tokens", c_uint32), ("num_layers", c_uint32), ("num_kv_heads", c_uint32),
                 ("head_dim", c_uint32), ("tp_rank", c_uint32), ("tp_size", c_uint32),
-                ("kv_layout", c_int), ("kv_order", c_int)]
+                ("kv_layout", c_int), ("kv_order", c_int),
+                ("total_kv_heads", c_uint32), ("key_tokens", c_uint32)]
+
+
+def make_layout(args):
+    """A Layout from layout_args() (_layout.py): the rank's view, with
+    total_kv_heads and key_tokens behind their field_mask bits when given
+    (None: the library's defaults, num_kv_heads * tp_size and
+    block_tokens)."""
+    mask = 0
+    total = args.get("total_kv_heads")
+    key = args.get("key_tokens")
+    if total is not None:
+        mask |= LAYOUT_FIELD_TOTAL_KV_HEADS
+    if key is not None:
+        mask |= LAYOUT_FIELD_KEY_TOKENS
+    return Layout(field_mask=mask, model_id=args["model_id"].encode(), dtype=args["dtype"],
+                  block_tokens=args["block_tokens"], num_layers=args["num_layers"],
+                  num_kv_heads=args["num_kv_heads"], head_dim=args["head_dim"],
+                  tp_rank=args["tp_rank"], tp_size=args["tp_size"], kv_layout=args["kv_layout"],
+                  kv_order=args["kv_order"], total_kv_heads=total or 0, key_tokens=key or 0)
 
 
 LOG_FN = ctypes.CFUNCTYPE(None, c_void_p, c_int, c_char_p)
@@ -147,6 +174,9 @@ def _declare(h):
         "kvs_ctx_destroy": (None, [c_void_p]),
         "kvs_ctx_listen_addr": (c_int, [c_void_p, c_char_p, c_size_t]),
         "kvs_layout_id": (c_int, [POINTER(Layout), POINTER(c_uint64)]),
+        "kvs_model_id": (c_int, [POINTER(Layout), POINTER(c_uint64)]),
+        "kvs_layout_source_ranks": (c_int, [POINTER(Layout), c_uint32, POINTER(c_uint32), c_size_t,
+                                            POINTER(c_size_t)]),
         "kvs_pool_create": (c_int, [c_void_p, POINTER(PoolParams), POINTER(c_void_p)]),
         "kvs_pool_destroy": (None, [c_void_p]),
         "kvs_pool_layout_id": (c_uint64, [c_void_p]),
@@ -159,6 +189,7 @@ def _declare(h):
                                POINTER(c_void_p)]),
         "kvs_lease_hits": (c_size_t, [c_void_p]),
         "kvs_lease_source": (c_int, [c_void_p]),
+        "kvs_lease_heads": (c_int, [c_void_p, POINTER(c_uint32), POINTER(c_uint32)]),
         "kvs_lease_release": (None, [c_void_p]),
         "kvs_fetch": (c_int, [c_void_p, c_void_p, POINTER(c_uint32), c_size_t,
                               POINTER(FetchParams), POINTER(c_void_p)]),
@@ -264,9 +295,12 @@ class Context:
 
 
 def layout_id(model_id, dtype, block_tokens, num_layers, num_kv_heads, head_dim, tp_rank, tp_size,
-              kv_layout, kv_order):
-    lay = Layout(0, model_id.encode(), dtype, block_tokens, num_layers, num_kv_heads, head_dim,
-                 tp_rank, tp_size, kv_layout, kv_order)
+              kv_layout, kv_order, total_kv_heads=None, key_tokens=None):
+    lay = make_layout(dict(model_id=model_id, dtype=dtype, block_tokens=block_tokens,
+                           num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                           tp_rank=tp_rank, tp_size=tp_size, kv_layout=kv_layout,
+                           kv_order=kv_order, total_kv_heads=total_kv_heads,
+                           key_tokens=key_tokens))
     out = c_uint64()
     st = lib().kvs_layout_id(byref(lay), byref(out))
     if st != KVS_OK:
@@ -274,15 +308,33 @@ def layout_id(model_id, dtype, block_tokens, num_layers, num_kv_heads, head_dim,
     return out.value
 
 
+def model_id(args):
+    """kvs_model_id() of layout_args(): equal for every view of one model
+    (any TP split, NHD/HND, block size), so peers of one model exchange KV."""
+    out = c_uint64()
+    st = lib().kvs_model_id(byref(make_layout(args)), byref(out))
+    if st != KVS_OK:
+        raise KvsError("kvs_model_id", st)
+    return out.value
+
+
+def layout_source_ranks(args, holder_tp_size):
+    """The holder TP ranks a reader of layout_args() fetches from when the
+    holders run at TP size @holder_tp_size (kvs_layout_source_ranks())."""
+    ranks = (c_uint32 * max(1, holder_tp_size))()
+    n = c_size_t()
+    st = lib().kvs_layout_source_ranks(byref(make_layout(args)), holder_tp_size, ranks,
+                                       len(ranks), byref(n))
+    if st != KVS_OK:
+        raise KvsError("kvs_layout_source_ranks", st)
+    return list(ranks[:n.value])
+
+
 class Pool:
     """A kvs_pool_h over the engine's KV tensors (the memory stays theirs)."""
 
     def __init__(self, ctx, layout_args, segments, num_blocks, name):
-        lay = Layout(0, layout_args["model_id"].encode(), layout_args["dtype"],
-                     layout_args["block_tokens"], layout_args["num_layers"],
-                     layout_args["num_kv_heads"], layout_args["head_dim"],
-                     layout_args["tp_rank"], layout_args["tp_size"], layout_args["kv_layout"],
-                     layout_args["kv_order"])
+        lay = make_layout(layout_args)
         segs = (Segment * len(segments))(*[Segment(*s) for s in segments])
         pp = PoolParams(1, ctypes.pointer(lay), segs, len(segments), num_blocks, name.encode())
         h = c_void_p()

@@ -62,7 +62,11 @@ class WorkerSide:
         num_blocks = int(self.kv_cache_config.num_blocks)
         segments, info = _layout.describe(kv_caches, num_blocks)
         model = self.cfg.model_config.model
-        args = _layout.layout_args(model, info, self.s.block_size, self.tp_rank, self.tp_size)
+        # The model's KV heads, so peers at another TP size can plan slices
+        # (vLLM's ModelConfig; absent from a bare config: the default).
+        total = getattr(self.cfg.model_config, "get_total_num_kv_heads", None)
+        args = _layout.layout_args(model, info, self.s.block_size, self.tp_rank, self.tp_size,
+                                   total_kv_heads=total() if callable(total) else None)
         self.ctx = self._registry.worker_context(self.s, self.tp_rank)
         self.pool = _lib.Pool(self.ctx, args, segments, num_blocks,
                               f"vllm-tp{self.tp_rank}")

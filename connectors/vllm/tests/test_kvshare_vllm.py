@@ -90,6 +90,52 @@ class Layout(unittest.TestCase):
                               "b": torch.zeros(NB, 2, BS, H, D).half()}, NB)
 
 
+class View(unittest.TestCase):
+    """The rank's view as kvs_layout_t sees it: the ctypes struct must put
+    total_kv_heads and key_tokens where the C struct has them, behind their
+    field_mask bits, or the library reads something else."""
+
+    INFO = dict(heads=1, head_dim=D, kv_layout=_lib.KV_HND, kv_order=_lib.ORDER_BLOCK_OUTER,
+                dtype="float16", num_layers=2)
+
+    def args(self, heads, rank, size, total=None, block=16, key=None, kv_layout=_lib.KV_HND):
+        info = dict(self.INFO, heads=heads, kv_layout=kv_layout)
+        return _layout.layout_args("m", info, block, rank, size, total_kv_heads=total,
+                                   key_tokens=key)
+
+    def test_total_kv_heads_reaches_the_library(self):
+        # 4 ranks over 2 heads (replicated): the model is the one TP 1 with
+        # 2 heads describes, not the 4-head model the default would make it.
+        rep = self.args(1, 3, 4, total=2)
+        self.assertEqual(_lib.make_layout(rep).field_mask, _lib.LAYOUT_FIELD_TOTAL_KV_HEADS)
+        self.assertEqual(_lib.model_id(rep), _lib.model_id(self.args(2, 0, 1, kv_layout=0)))
+        self.assertNotEqual(_lib.model_id(rep), _lib.model_id(self.args(1, 3, 4)))
+        self.assertEqual(_lib.layout_source_ranks(self.args(2, 0, 1), 2), [0, 1])
+        self.assertEqual(_lib.layout_source_ranks(self.args(1, 1, 2, total=2), 4), [2])
+        self.assertEqual(_lib.layout_source_ranks(rep, 1), [0])
+
+    def test_key_tokens_reaches_the_library(self):
+        whole, halves = self.args(2, 0, 1, block=32), self.args(2, 0, 1, block=32, key=16)
+        self.assertIsNone(whole["key_tokens"])
+        self.assertEqual(_lib.make_layout(halves).field_mask, _lib.LAYOUT_FIELD_KEY_TOKENS)
+        self.assertNotEqual(_lib.layout_id(**whole), _lib.layout_id(**halves))
+        self.assertIsNone(self.args(2, 0, 1, block=32, key=32)["key_tokens"], "the default")
+        bad = dict(halves, key_tokens=12)  # past layout_args' check: the library refuses it
+        with self.assertRaises(_lib.KvsError) as e:
+            _lib.layout_id(**bad)
+        self.assertEqual(e.exception.status, _lib.ERR_INVALID_PARAM)
+        with self.assertRaisesRegex(ValueError, "hash block size 12"):
+            self.args(2, 0, 1, block=32, key=12)
+
+    def test_heads_must_match_the_model(self):
+        with self.assertRaisesRegex(ValueError, "4 KV heads over TP size 2.*hold 1"):
+            self.args(1, 0, 2, total=4)
+        with self.assertRaisesRegex(ValueError, "3 KV heads over TP size 2"):
+            self.args(1, 0, 2, total=3)
+        mla = _layout.layout_args("m", dict(self.INFO, mla=True), 16, 1, 4, total_kv_heads=128)
+        self.assertEqual(mla["total_kv_heads"], 1, "MLA: one latent on every rank")
+
+
 def vconf(algo="sha256_cbor", role="kv_both", extra=None):
     return NS(kv_transfer_config=NS(kv_role=role, kv_connector_extra_config=extra or {},
                                     engine_id="e", kv_load_failure_policy="fail"),
