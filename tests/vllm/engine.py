@@ -327,6 +327,22 @@ class Worker:
             out.append(h.hexdigest())
         return out
 
+    def dump_head_blocks(self, block_ids: list[int]) -> list[dict]:
+        """Per block, {global KV head: sha256 over every layer's K and V of that
+        head}: comparable across engines at different TP sizes."""
+        out = []
+        for b in block_ids:
+            per = {}
+            for j, g in enumerate(self.heads.tolist()):
+                h = hashlib.sha256()
+                for n in self.names:
+                    v = block_view(self.kv_caches[n], self.args.layout, self.use_mla, b)
+                    v = v if self.use_mla else v[:, :, j]
+                    h.update(toymodel.bits(v).to(torch.int32).numpy().tobytes())
+                per[str(g)] = h.hexdigest()
+            out.append(per)
+        return out
+
     def shutdown(self):
         kv_transfer_state.ensure_kv_transfer_shutdown()
 
@@ -826,8 +842,15 @@ class Engine:
         for rank_d in per_rank:
             it = iter(rank_d)
             digests.append([None if b is None else next(it) for b in ids])
+        # The same per global KV head, merged over the ranks (TP-independent).
+        heads = [{} for _ in ids]
+        for rank_d in self.executor.collective_rpc("dump_head_blocks", present):
+            it = iter(rank_d)
+            for i, b in enumerate(ids):
+                if b is not None:
+                    heads[i].update(next(it))
         return {"hashes": [h.hex() for h in probe.block_hashes], "block_ids": ids,
-                "digests": digests}
+                "digests": digests, "head_digests": heads}
 
     def stats(self) -> dict:
         s = self.scheduler

@@ -14,6 +14,8 @@ statuses and deadlines), never just "no crash".
              KV must be caught (the check can fail).
   pd         P/D over two processes, proxy as vLLM's toy proxy
   tp2        the same with two TP ranks on each side, P prefilling in chunks
+  tp2to1     P at TP 2, D at TP 1: each D block is fetched from both P ranks
+             (half the KV heads each), checked per KV head
   partial    D already holds the prompt's head: only the tail is fetched (HND)
   pool       prefix reuse across two replicas through a `kvshare serve` pool
              (the older (2, num_blocks, ...) KV shape, bf16)
@@ -250,14 +252,23 @@ def reference(prompt, max_tokens, args):
                                        getattr(torch, args["dtype"]), args.get("use_mla", False))
 
 
-def same_blocks(a, b, prompt, what):
-    """The prompt's full blocks hold bit-identical KV on both engines, on every rank."""
+def same_blocks(a, b, prompt, what, per_head=False):
+    """The prompt's full blocks hold bit-identical KV on both engines, on every rank
+    (@per_head: per global KV head, for engines at different TP sizes)."""
     da, db = a.dump(prompt), b.dump(prompt)
     n = len(prompt) // MODEL["block_size"]
     check(len(da["hashes"]) == n and da["hashes"] == db["hashes"],
           f"{what}: both engines hash the prompt's {n} full blocks alike")
     check(all(x is not None for x in da["block_ids"]) and all(x is not None for x in db["block_ids"]),
           f"{what}: both engines hold all {n} full prompt blocks in their prefix cache")
+    if per_head:
+        for i, (ha, hb) in enumerate(zip(da["head_digests"], db["head_digests"])):
+            check(sorted(ha) == sorted(hb) and len(ha) > 0,
+                  f"{what}: block {i}: both engines hold KV heads {sorted(ha)}")
+            bad = [h for h in sorted(ha) if ha[h] != hb[h]]
+            check(not bad, f"{what}: block {i}: every KV head bit-for-bit equal"
+                  if not bad else f"{what}: block {i}: KV heads {bad} differ")
+        return
     for rank, (ra, rb) in enumerate(zip(da["digests"], db["digests"])):
         bad = [i for i, (x, y) in enumerate(zip(ra, rb)) if x != y]
         check(not bad, f"{what}: rank {rank}: KV of blocks {bad or 'all'} bit-for-bit equal"
@@ -293,10 +304,13 @@ def all_free(e, what, timeout=20):
         time.sleep(0.05)
 
 
-def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6, p_budget=256, **model):
+def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6, p_budget=256, d_tp=None,
+           **model):
+    d_tp = tp if d_tp is None else d_tp
     args_p = eng_args("kv_producer", tp, max_num_batched_tokens=p_budget, **model)
-    args_d = eng_args("kv_consumer", tp, **model)
-    print(f"info: P/D with tp={tp} {model or ''}", flush=True)
+    args_d = eng_args("kv_consumer", d_tp, **model)
+    print(f"info: P/D with tp={tp}" + (f", D tp={d_tp}" if d_tp != tp else "") +
+          f" {model or ''}", flush=True)
     p = env.engine("prefill", args_p, KVSHARE_LISTEN="127.0.0.1:0")
     d = env.engine("decode", args_d)
     p.wait_ready(), d.wait_ready()
@@ -326,7 +340,10 @@ def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6, p_budget=256, *
     if partial:
         check(local + ext in (full, len(prompt), len(prompt) - 1),
               f"D fetched only the tail: {ext} tokens after its {local} local ones")
-    same_blocks(p, d, prompt, "P vs D")
+    if d_tp != tp:
+        check(params.get("tp_size") == tp and len(params.get("kvshare_peers") or ()) == tp,
+              f"P's kv_transfer_params name its TP size {tp} and one address per rank")
+    same_blocks(p, d, prompt, "P vs D", per_head=d_tp != tp)
     check(rd["token_ids"] == ref, f"D's {max_tokens} tokens equal a local recompute")
     all_free(d, "D")
     return p, d, prompt
@@ -345,6 +362,14 @@ def sc_tp2(env, rng):
     # P prefills in chunks of 32 tokens: its blocks are saved over three steps.
     p, _, _ = run_pd(env, rng, tp=2, plen=70, p_budget=32)
     all_free(p, "P (TP=2) frees its blocks once D has them")
+
+
+def sc_tp2to1(env, rng):
+    need_connector()
+    # Heterogeneous TP: D's one rank holds all 4 KV heads, P's two ranks 2 each;
+    # D fetches every block from both P ranks (half the heads from each).
+    p, _, _ = run_pd(env, rng, tp=2, d_tp=1, plen=70, p_budget=32)
+    all_free(p, "P (TP=2) frees its blocks once D (TP=1) has them from both ranks")
 
 
 def sc_partial(env, rng):
@@ -580,7 +605,8 @@ def _check_call_order(trace, num_layers, tp):
           f"call order: {steps} steps per worker as vLLM's; request_finished once per request")
 
 
-SCENARIOS = {"selftest": sc_selftest, "pd": sc_pd, "tp2": sc_tp2, "partial": sc_partial,
+SCENARIOS = {"selftest": sc_selftest, "pd": sc_pd, "tp2": sc_tp2, "tp2to1": sc_tp2to1,
+             "partial": sc_partial,
              "pool": sc_pool, "killed": sc_killed, "abort": sc_abort}
 
 

@@ -397,6 +397,15 @@ class Lease:
             raise KvsError("kvs_fetch", st)
         return Request(req.value)
 
+    def heads(self):
+        """(first, count): the reader's own KV heads a fetch from this lease
+        fills (kvs_lease_heads()); count 0 for no hits."""
+        first, count = c_uint32(), c_uint32()
+        st = lib().kvs_lease_heads(self.h, byref(first), byref(count))
+        if st != KVS_OK:
+            raise KvsError("kvs_lease_heads", st)
+        return first.value, count.value
+
     def release(self):
         if self.h:
             lib().kvs_lease_release(self.h)

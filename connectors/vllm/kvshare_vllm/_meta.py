@@ -14,7 +14,9 @@ _HandshakeBase = getattr(_base, "KVConnectorHandshakeMetadata", object)
 class LoadSpec:
     """Fetch blocks [first, first + len(block_ids)) of the chain @hashes into
     @block_ids. @peer is the producer ("host:port" list per TP rank) for P/D;
-    @notify_only: nothing to fetch, only tell the producer we are done."""
+    @peer_tp: the producer's TP size (kv_transfer_params' tp_size; 0: unknown,
+    taken as len(peers)); @notify_only: nothing to fetch, only tell the
+    producer we are done."""
     req_id: str
     hashes: list
     first: int
@@ -22,6 +24,7 @@ class LoadSpec:
     sources: int
     peers: list = field(default_factory=list)
     notify_only: bool = False
+    peer_tp: int = 0
 
 
 @dataclass

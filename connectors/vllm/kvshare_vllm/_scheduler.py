@@ -101,6 +101,13 @@ class SchedulerSide:
                 not params.get("do_remote_prefill"):
             return None
         try:
+            # The producer's TP size: its ranks may split the KV heads
+            # otherwise than ours (each of our ranks then reads from several).
+            ptp = params.get("tp_size")
+            if ptp is not None:
+                if isinstance(ptp, bool) or not isinstance(ptp, int) or \
+                        not 1 <= ptp <= MAX_PEERS:
+                    raise ValueError(f"tp_size={ptp!r}: want 1 .. {MAX_PEERS}")
             peers = params.get("kvshare_peers")
             if peers:
                 if not isinstance(peers, list) or len(peers) > MAX_PEERS:
@@ -117,18 +124,25 @@ class SchedulerSide:
                     raise ValueError("remote_host: want a string")
                 if isinstance(port, bool) or not isinstance(port, int):
                     port = int(str(port), 10)
-                peers = [f"{host}:{port + r}" for r in range(self.tp_size)]
+                peers = [f"{host}:{port + r}" for r in range(ptp or self.tp_size)]
                 for p in peers:
                     _check_hostport(p, "remote_host/remote_port")
             nblocks = params.get("remote_num_blocks")
             if nblocks is not None and (isinstance(nblocks, bool) or not isinstance(nblocks, int)
                                         or nblocks < 0):
                 raise ValueError(f"remote_num_blocks={nblocks!r}: want a count of blocks")
+            if ptp is not None and len(peers) != ptp:
+                # Each producer rank names its own address; fewer (one
+                # listener) serve only consumers of the same split.
+                if ptp != self.tp_size:
+                    raise ValueError(f"tp_size={ptp} but {len(peers)} kvshare_peers: "
+                                     "a consumer at another TP size needs every rank's")
+                ptp = None
         except (TypeError, ValueError) as e:
             log.warning("kvshare_vllm: %s: kv_transfer_params ignored (%s); computing the "
                         "prompt here", request.request_id, e)
             return None
-        return peers, nblocks
+        return peers, nblocks, ptp or 0
 
     def _prompt_hashes(self, request):
         n = request.num_prompt_tokens // self.bs
@@ -189,9 +203,9 @@ class SchedulerSide:
         first = local // self.bs
         count = -(-num_external_tokens // self.bs) if num_external_tokens > 0 else 0
         count = min(count, len(hashes) - first, len(st.block_ids) - first)
-        peers = []
+        peers, peer_tp = [], 0
         if remote is not None:
-            peers = remote[0]
+            peers, peer_tp = remote[0], remote[2]
             # One transfer per request: a second allocation must not load again.
             params["do_remote_prefill"] = False
         sources = self._near
@@ -199,7 +213,7 @@ class SchedulerSide:
             sources |= _lib.SOURCE_PEER
         self._loads.append(LoadSpec(request.request_id, hashes[:first + max(count, 0)], first,
                                     st.block_ids[first:first + max(count, 0)], sources, peers,
-                                    notify_only=count <= 0))
+                                    notify_only=count <= 0, peer_tp=peer_tp))
 
     # -- per step ----------------------------------------------------------
     def build_connector_meta(self, so):

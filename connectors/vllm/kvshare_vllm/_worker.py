@@ -67,6 +67,8 @@ class WorkerSide:
         total = getattr(self.cfg.model_config, "get_total_num_kv_heads", None)
         args = _layout.layout_args(model, info, self.s.block_size, self.tp_rank, self.tp_size,
                                    total_kv_heads=total() if callable(total) else None)
+        self._layout_args = args
+        self._sources = {}  # producer TP size -> its ranks holding our heads
         self.ctx = self._registry.worker_context(self.s, self.tp_rank)
         self.pool = _lib.Pool(self.ctx, args, segments, num_blocks,
                               f"vllm-tp{self.tp_rank}")
@@ -237,8 +239,24 @@ class WorkerSide:
             return spec.peers[self.tp_rank]
         return spec.peers[self.tp_rank % len(spec.peers)]
 
+    def _producer_tp(self, spec):
+        return spec.peer_tp or len(spec.peers)
+
+    def _source_peers(self, spec):
+        """The producer ranks' addresses holding this rank's heads, when the
+        producer runs at another TP size (kvs_layout_source_ranks())."""
+        ptp = self._producer_tp(spec)
+        ranks = self._sources.get(ptp)
+        if ranks is None:
+            ranks = self._sources[ptp] = _lib.layout_source_ranks(self._layout_args, ptp)
+        if any(r >= len(spec.peers) for r in ranks):
+            raise _lib.KvsError("kvshare_peers", _lib.ERR_INVALID_PARAM)
+        return [spec.peers[r] for r in ranks]
+
     def _load_one(self, spec):
         """Returns the destination block ids that did not load."""
+        if spec.peers and self._producer_tp(spec) != self.tp_size:
+            return self._load_split(spec)
         peer = self._peer_for_rank(spec)
         t0 = time.monotonic()
         lease = _lib.lookup(self.ctx, self.pool.layout_id, spec.hashes, spec.sources, peer=peer,
@@ -274,6 +292,74 @@ class WorkerSide:
                               peer=peer, timeout_ms=self.s.fetch_timeout_ms)
                 except _lib.KvsError as e:
                     log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
+
+    def _load_split(self, spec):
+        """_load_one from a producer at another TP size: one lease per producer
+        rank holding some of this rank's heads, all fetched into the same
+        blocks (disjoint bytes). Blocks not covered in every head are failed
+        (vLLM recomputes or fails them per kv_load_failure_policy)."""
+        peers = self._source_peers(spec)
+        t0 = time.monotonic()
+        leases = []  # (peer, lease)
+        try:
+            for peer in peers:
+                leases.append((peer, _lib.lookup(self.ctx, self.pool.layout_id, spec.hashes,
+                                                 spec.sources, peer=peer,
+                                                 timeout_ms=self.s.fetch_timeout_ms)))
+            if spec.notify_only:
+                return []
+            # Which leases to fetch from: each must add heads not yet covered
+            # (a local or pool lease already holds them all).
+            heads = self._layout_args["num_kv_heads"]
+            covered, use = set(), []
+            for peer, lease in leases:
+                first, count = lease.heads() if lease.hits > spec.first else (0, 0)
+                new = set(range(first, first + count)) - covered
+                if new:
+                    covered |= new
+                    use.append((peer, lease))
+            n = len(spec.block_ids)
+            if covered != set(range(heads)):
+                log.warning("kvshare_vllm: %s: producer ranks %s (TP %d) cover %d of this "
+                            "rank's %d KV heads; recomputing", spec.req_id, peers,
+                            self._producer_tp(spec), len(covered), heads)
+                return list(spec.block_ids)
+            have = max(0, min(min(l.hits for _, l in use) - spec.first, n))
+            bad = list(spec.block_ids[have:])
+            if have:
+                reqs = []
+                st = _lib.KVS_OK
+                try:
+                    for peer, lease in use:
+                        reqs.append((peer, lease.fetch(self.pool, spec.block_ids[:have],
+                                                       spec.first,
+                                                       timeout_ms=self.s.fetch_timeout_ms)))
+                finally:
+                    for peer, req in reqs:
+                        rst = req.wait(-1)
+                        req.free()
+                        if rst != _lib.KVS_OK:
+                            log.warning("kvshare_vllm: fetch of %s (%d blocks from %s): %s",
+                                        spec.req_id, have, peer, _lib.status_string(rst))
+                            st = rst
+                if st != _lib.KVS_OK:
+                    return list(spec.block_ids)
+            if bad:
+                log.warning("kvshare_vllm: %s: %d of %d blocks not found (%s)", spec.req_id,
+                            len(bad), n, ",".join(peers))
+            log.debug("kvshare_vllm: %s: %d blocks from %d producer ranks in %.1f ms",
+                      spec.req_id, have, len(use), (time.monotonic() - t0) * 1e3)
+            return bad
+        finally:
+            for peer, lease in leases:
+                source = lease.source
+                lease.release()
+                if source != _lib.SOURCE_PEER:
+                    try:
+                        _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
+                                  peer=peer, timeout_ms=self.s.fetch_timeout_ms)
+                    except _lib.KvsError as e:
+                        log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
 
     # -- reporting -----------------------------------------------------------
     def finished(self, finished_req_ids):

@@ -206,8 +206,20 @@ class HostileParams(unittest.TestCase):
     def test_good_params_give_both_ranks(self):
         r = self.req({"do_remote_prefill": True, "remote_host": "10.0.0.5", "remote_port": 7000,
                       "remote_num_blocks": 3})
-        self.assertEqual(self.sched._remote(r), (["10.0.0.5:7000", "10.0.0.5:7001"], 3))
+        self.assertEqual(self.sched._remote(r), (["10.0.0.5:7000", "10.0.0.5:7001"], 3, 0))
         self.assertEqual(self.sched.get_num_new_matched_tokens(r, 0), (48, True))
+
+    def test_producer_tp_size(self):
+        # Another TP size: kept (the workers fetch from several ranks), one peer per rank.
+        r = self.req({"do_remote_prefill": True, "tp_size": 4,
+                      "kvshare_peers": [f"h:{7000 + i}" for i in range(4)]})
+        self.assertEqual(self.sched._remote(r), ([f"h:{7000 + i}" for i in range(4)], None, 4))
+        r = self.req({"do_remote_prefill": True, "tp_size": 1, "remote_host": "h",
+                      "remote_port": 7000})
+        self.assertEqual(self.sched._remote(r), (["h:7000"], None, 1))
+        # Our own TP size with one listener: the same-split path, as before.
+        r = self.req({"do_remote_prefill": True, "tp_size": 2, "kvshare_peers": ["h:7000"]})
+        self.assertEqual(self.sched._remote(r), (["h:7000"], None, 0))
 
     def test_malformed_params_are_a_local_prefill(self):
         bad = [
@@ -221,6 +233,9 @@ class HostileParams(unittest.TestCase):
             {"kvshare_peers": [7]},
             {"remote_host": "h", "remote_port": 1, "remote_num_blocks": -1},
             {"remote_host": "h", "remote_port": 1, "remote_num_blocks": "all"},
+            {"remote_host": "h", "remote_port": 1, "tp_size": 0},
+            {"remote_host": "h", "remote_port": 1, "tp_size": "2"},
+            {"kvshare_peers": ["h:1"], "tp_size": 4},   # another split needs every rank
         ]
         for extra in bad:
             r = self.req(dict(extra, do_remote_prefill=True))
