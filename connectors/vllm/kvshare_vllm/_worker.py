@@ -321,7 +321,7 @@ class WorkerSide:
             n = len(spec.block_ids)
             if covered != set(range(heads)):
                 log.warning("kvshare_vllm: %s: producer ranks %s (TP %d) cover %d of this "
-                            "rank's %d KV heads; recomputing", spec.req_id, peers,
+                            "rank's %d KV heads: a failed load", spec.req_id, peers,
                             self._producer_tp(spec), len(covered), heads)
                 return list(spec.block_ids)
             have = max(0, min(min(l.hits for _, l in use) - spec.first, n))
