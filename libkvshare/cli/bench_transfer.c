@@ -230,9 +230,23 @@ static int serve(const xopts_t *o)
     kvs_pool_destroy(wpool);
     kvs_pool_destroy(pool);
     kvs_mem_free(ctx, mem);
-    kvs_ctx_destroy(ctx);
     kvs_mem_free(ctx, wmem);
+    kvs_ctx_destroy(ctx);
     return 0;
+}
+
+/* Waits for a batch's fetch, frees it and its lease, and appends its latency
+ * (from @b0) to @lat when not NULL. Returns @st, or the fetch's error if @st
+ * was KVS_OK. */
+static kvs_status_t finish_batch(kvs_status_t st, kvs_request_h req, kvs_lease_h lease, double b0,
+                                 double *lat, size_t *nlat)
+{
+    kvs_status_t wst = kvs_request_wait(req, -1);
+    kvs_request_free(req);
+    kvs_lease_release(lease);
+    if (lat != NULL)
+        lat[(*nlat)++] = (kvs_cli_now() - b0) * 1e6;
+    return st == KVS_OK ? wst : st;
 }
 
 /* One pass over all the blocks: looked up at @addr and fetched into @dst of
@@ -269,26 +283,13 @@ static kvs_status_t fetch_pass(kvs_ctx_h ctx, const xopts_t *o, const char *addr
             if (st == KVS_OK)
                 st = kvs_fetch(lease, pool, dst + first, n, NULL, &req);
         }
-        if (prev_req != NULL) {
-            kvs_status_t pst = kvs_request_wait(prev_req, -1);
-            if (st == KVS_OK)
-                st = pst;
-            kvs_request_free(prev_req);
-            kvs_lease_release(prev_lease);
-            if (lat != NULL)
-                lat[(*nlat)++] = (kvs_cli_now() - prev_b0) * 1e6;
-        }
+        if (prev_req != NULL)
+            st = finish_batch(st, prev_req, prev_lease, prev_b0, lat, nlat);
         prev_req = req;
         prev_lease = lease;
         prev_b0 = b0;
         if (o->inflight == 1 && prev_req != NULL) { /* no overlap: finish it now */
-            kvs_status_t pst = kvs_request_wait(prev_req, -1);
-            if (st == KVS_OK)
-                st = pst;
-            kvs_request_free(prev_req);
-            kvs_lease_release(prev_lease);
-            if (lat != NULL)
-                lat[(*nlat)++] = (kvs_cli_now() - prev_b0) * 1e6;
+            st = finish_batch(st, prev_req, prev_lease, prev_b0, lat, nlat);
             prev_req = NULL;
             prev_lease = NULL;
         }
