@@ -30,7 +30,7 @@ typedef struct kvs__config {
     bool pool_node;             /* serve any layout, accept PUTs */
     bool prefault;              /* fault each arena's pages in when it is made */
     bool shm;                   /* KVSHARE_SHM: same-host peers map memory (auto) or not (off) */
-    char host_socket_dir[64];   /* KVSHARE_HOST_SOCKET_DIR; "" = $XDG_RUNTIME_DIR, $TMPDIR, /tmp */
+    char host_socket_dir[64];   /* KVSHARE_HOST_SOCKET_DIR; "" = an abstract socket */
 } kvs__config_t;
 
 /* Fills *cfg. On failure writes one line naming the setting, its source and

@@ -3462,16 +3462,10 @@ static int shm_region(void *arg, const uint8_t *session, uint32_t id, uint64_t *
 /* Offers our memfds to same-host readers; without it they use the transport. */
 static void shm_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
 {
-    const char *dir = cfg->host_socket_dir;
-    if (dir[0] == '\0')
-        dir = getenv("XDG_RUNTIME_DIR");
-    if (dir == NULL || dir[0] == '\0' || strlen(dir) >= sizeof(cfg->host_socket_dir))
-        dir = getenv("TMPDIR");
-    if (dir == NULL || dir[0] == '\0' || strlen(dir) >= sizeof(cfg->host_socket_dir))
-        dir = "/tmp";
     char err[256] = "";
-    if (kvs__shm_srv_start(dir, pp->secret, pp->secret_len, pp->open, shm_region, pp, pp->log,
-                           &pp->shm_srv, err, sizeof(err)) != KVS_OK) {
+    /* No directory configured: an abstract socket (see kvs__shm_srv_start). */
+    if (kvs__shm_srv_start(cfg->host_socket_dir, pp->secret, pp->secret_len, pp->open, shm_region,
+                           pp, pp->log, &pp->shm_srv, err, sizeof(err)) != KVS_OK) {
         pp->shm_srv = NULL;
         kvs__warn(pp->log, "shm: same-host peers will use the transport: %s", err);
     }

@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -343,6 +344,24 @@ static void *srv_thread(void *arg)
     return NULL;
 }
 
+/* @path as a socket address: "@name" is a Linux abstract socket (no file, gone
+ * with its last descriptor), anything else a file. Returns the address length,
+ * or 0 when @path does not fit. */
+static socklen_t sock_addr(const char *path, struct sockaddr_un *sa)
+{
+    size_t n = strlen(path);
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    if (n == 0 || n >= sizeof(sa->sun_path))
+        return 0;
+    memcpy(sa->sun_path, path, n);
+    if (path[0] == '@') {
+        sa->sun_path[0] = '\0';
+        return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    }
+    return (socklen_t)sizeof(*sa);
+}
+
 /* Sockets of holders that died without unlinking theirs (killed, OOM): nobody accepts on
  * them any more (connect says ECONNREFUSED), so they go; a hostPath directory would
  * otherwise collect one per crash. */
@@ -391,19 +410,27 @@ kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t s
     s->log = log;
     uint8_t rnd[4] = {0};
     (void)RAND_bytes(rnd, sizeof(rnd));
-    int n = snprintf(s->path, sizeof(s->path), "%s/kvshare-%d-%02x%02x%02x%02x.sock", dir,
-                     (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (n < 0 || (size_t)n >= sizeof(s->path) || (size_t)n >= sizeof(sa.sun_path)) {
+    /* Without a directory the socket is abstract: nothing on disk to leave
+     * behind when a holder is killed, reachable by every process in this
+     * network namespace (a host, or one pod). Pods with their own namespaces
+     * share a hostPath directory instead (KVSHARE_HOST_SOCKET_DIR). */
+    const bool abstract = dir == NULL || dir[0] == '\0';
+    int n = abstract ? snprintf(s->path, sizeof(s->path), "@kvshare-%d-%02x%02x%02x%02x",
+                                (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3])
+                     : snprintf(s->path, sizeof(s->path), "%s/kvshare-%d-%02x%02x%02x%02x.sock",
+                                dir, (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]);
+    struct sockaddr_un sa;
+    socklen_t salen = n < 0 || (size_t)n >= sizeof(s->path) ? 0 : sock_addr(s->path, &sa);
+    if (salen == 0) {
         snprintf(err, errlen, "KVSHARE_HOST_SOCKET_DIR='%s': too long for a Unix socket path", dir);
         kvs__free(s);
         return KVS_ERR_CONFIG;
     }
-    memcpy(sa.sun_path, s->path, (size_t)n + 1);
-    sweep_dead(dir, log);
+    if (!abstract)
+        sweep_dead(dir, log);
     s->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     mode_t old = umask(077); /* the socket file: this user only */
-    int rc = s->lfd < 0 ? -1 : bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa));
+    int rc = s->lfd < 0 ? -1 : bind(s->lfd, (struct sockaddr *)&sa, salen);
     umask(old);
     if (rc != 0 || listen(s->lfd, 64) != 0) {
         snprintf(err, errlen, "KVSHARE_HOST_SOCKET_DIR: %s: %s", s->path, strerror(errno));
@@ -412,7 +439,8 @@ kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t s
     s->stopfd = eventfd(0, EFD_CLOEXEC);
     if (s->stopfd < 0 || pthread_create(&s->thread, NULL, srv_thread, s) != 0) {
         snprintf(err, errlen, "shm server: %s", strerror(errno));
-        unlink(s->path);
+        if (s->path[0] != '@')
+            unlink(s->path);
         goto fail;
     }
     kvs__info(log, "shm: same-host peers map memory through %s", s->path);
@@ -437,7 +465,8 @@ void kvs__shm_srv_stop(kvs__shm_srv_t *s)
     pthread_join(s->thread, NULL);
     close(s->lfd);
     close(s->stopfd);
-    unlink(s->path);
+    if (s->path[0] != '@')
+        unlink(s->path);
     kvs__free(s);
 }
 
@@ -556,9 +585,9 @@ static bool map_fd(map_t *m, int fd, uint64_t off)
  * failed, and the connection keeps to the transport. */
 static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    memcpy(sa.sun_path, sp->path, strlen(sp->path) + 1);
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa;
+    const socklen_t salen = sock_addr(sp->path, &sa);
+    int fd = salen == 0 ? -1 : socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     const char *why = "socket";
     bool ok = false;
     int fds[SHM_MAX_IDS];
@@ -567,7 +596,7 @@ static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
         goto out;
     io_timeouts(fd);
     why = "connect";
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+    if (connect(fd, (struct sockaddr *)&sa, salen) != 0)
         goto out;
     uint8_t hello[8 + KVS_PROTO_NONCE_LEN + 1];
     why = "no greeting";
