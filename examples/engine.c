@@ -577,6 +577,26 @@ static void seq_update_computed(engine_seq_h s)
     s->n_computed = n * e->cfg.block_tokens;
 }
 
+bool engine_kvs_layout(const engine_config_t *c, const char *model_id, kvs_layout_t *layout_p)
+{
+    uint32_t h0, nh;
+    if (!engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &h0, &nh))
+        return false;
+    *layout_p = (kvs_layout_t){.field_mask = KVS_LAYOUT_FIELD_TOTAL_KV_HEADS,
+                               .model_id = model_id,
+                               .dtype = KVS_DTYPE_FP32,
+                               .block_tokens = c->block_tokens,
+                               .num_layers = c->n_layers,
+                               .num_kv_heads = nh,
+                               .head_dim = c->head_dim,
+                               .tp_rank = c->tp_rank,
+                               .tp_size = c->tp_size,
+                               .kv_layout = c->kv_layout,
+                               .total_kv_heads = c->n_kv_heads,
+                               .kv_order = KVS_KV_ORDER_BLOCK_OUTER};
+    return true;
+}
+
 /* Describes the KV cache to kvshare. */
 static kvs_status_t engine_kvs_attach(engine_h e)
 {
@@ -588,20 +608,9 @@ static kvs_status_t engine_kvs_attach(engine_h e)
      * total_kv_heads the model's: together with tp_rank/tp_size they say
      * which heads this rank holds, so a reader at another TP size can plan
      * its slices (issue 13). */
-    uint32_t h0 = 0, nh = c->n_kv_heads;
-    (void)engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &h0, &nh);
-    const kvs_layout_t layout = {.field_mask = KVS_LAYOUT_FIELD_TOTAL_KV_HEADS,
-                                 .model_id = e->model_id,
-                                 .dtype = KVS_DTYPE_FP32,
-                                 .block_tokens = c->block_tokens,
-                                 .num_layers = c->n_layers,
-                                 .num_kv_heads = nh,
-                                 .head_dim = c->head_dim,
-                                 .tp_rank = c->tp_rank,
-                                 .tp_size = c->tp_size,
-                                 .kv_layout = c->kv_layout,
-                                 .total_kv_heads = c->n_kv_heads,
-                                 .kv_order = KVS_KV_ORDER_BLOCK_OUTER};
+    kvs_layout_t layout;
+    if (!engine_kvs_layout(c, e->model_id, &layout))
+        return KVS_ERR_INVALID_PARAM; /* engine_create() checked the split */
     /* One segment per layer, exactly as vLLM allocates them: block id b is
      * the same slot in every layer, so a block moves as n_layers pieces.
      * kvshare sees the TP rank's view: its heads, in its layout. */

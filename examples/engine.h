@@ -117,6 +117,14 @@ bool engine_tp_heads(uint32_t n_kv_heads, uint32_t tp_rank, uint32_t tp_size, ui
                      uint32_t *count_p);
 
 /**
+ * The view of the KV cache that config @c's rank gives kvshare: @model_id,
+ * the rank's share of the heads (num_kv_heads) and the model's total, TP rank
+ * and size, layout. What an engine registers and what a reader plans against.
+ * False (nothing written) when the heads do not split (engine_tp_heads()).
+ */
+bool engine_kvs_layout(const engine_config_t *c, const char *model_id, kvs_layout_t *layout_p);
+
+/**
  * Creates an engine: random weights from cfg->weight_seed and a KV cache of
  * cfg->num_blocks blocks per layer. With @api and @ctx (both borrowed; they
  * must outlive the engine) the KV cache is described to kvshare as a pool

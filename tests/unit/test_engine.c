@@ -583,20 +583,9 @@ static kvs_ctx_h new_loop_ctx(const char *token, bool listen)
  * what kvs_layout_source_ranks() needs to name the holders to ask. */
 static kvs_layout_t tp_view(const engine_config_t *c)
 {
-    uint32_t h0 = 0, nh = 0;
-    cr_assert(engine_tp_heads(c->n_kv_heads, c->tp_rank, c->tp_size, &h0, &nh));
-    return (kvs_layout_t){.field_mask = KVS_LAYOUT_FIELD_TOTAL_KV_HEADS,
-                          .model_id = "kvshare-example-tiny",
-                          .dtype = KVS_DTYPE_FP32,
-                          .block_tokens = c->block_tokens,
-                          .num_layers = c->n_layers,
-                          .num_kv_heads = nh,
-                          .head_dim = c->head_dim,
-                          .tp_rank = c->tp_rank,
-                          .tp_size = c->tp_size,
-                          .kv_layout = c->kv_layout,
-                          .total_kv_heads = c->n_kv_heads,
-                          .kv_order = KVS_KV_ORDER_BLOCK_OUTER};
+    kvs_layout_t l;
+    cr_assert(engine_kvs_layout(c, "kvshare-example-tiny", &l));
+    return l;
 }
 
 /* @np prefill ranks in layout @lp publish their shares; @nd decode ranks in
