@@ -2401,6 +2401,9 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
               c->shm != NULL ? "mapped memory (same host)"
               : c->rma       ? "GET"
                              : "active-message push");
+    /* A request waiting on a background connect to this peer may use the
+     * connection now, not only once the connect's warm-up is over. */
+    pthread_cond_broadcast(&pp->cond);
     *c_p = c;
     return KVS_OK;
 }

@@ -191,6 +191,9 @@ class Env:
             "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO / "connectors" / "vllm")]),
             "PYTHONHASHSEED": "0", "TMPDIR": self.work, "PYTHONDONTWRITEBYTECODE": "1",
             "KVSHARE_AUTH_TOKEN_FILE": str(self.token),
+            # The library logs nothing by default; a failed run's stderr tail
+            # should say which connection or request went wrong.
+            "KVSHARE_LOG": "info",
         })
         if self.library:
             e["KVSHARE_LIBRARY"] = str(self.library)
