@@ -101,10 +101,25 @@ Test(config, defaults_and_sizes)
     unsetenv("KVSHARE_CAPACITY");
 }
 
+/* The newest file write_tmp() made: removed at exit too, so a test that
+ * fails between write_tmp() and its unlink() leaves nothing in /tmp (a
+ * failed assertion ends the test's process before the unlink). */
+static char tmp_path[64];
+
+static void remove_tmp(void)
+{
+    if (tmp_path[0] != '\0')
+        unlink(tmp_path);
+}
+
 static char *write_tmp(const char *text)
 {
-    static char path[64];
-    snprintf(path, sizeof(path), "/tmp/kvs-config-XXXXXX");
+    static bool registered;
+    char *path = tmp_path;
+    if (!registered)
+        registered = atexit(remove_tmp) == 0;
+    remove_tmp(); /* an earlier test's file, if its unlink was skipped */
+    snprintf(path, sizeof(tmp_path), "/tmp/kvs-config-XXXXXX");
     int fd = mkstemp(path);
     cr_assert(fd >= 0);
     cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
