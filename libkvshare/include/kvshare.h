@@ -176,6 +176,8 @@ typedef struct kvs_chain_params {
  * Only full blocks are hashed; a partial tail is ignored. *nkeys_p receives
  * the number of keys written = min(ntokens / block_tokens, max_keys).
  * @params may be NULL. Errors: KVS_ERR_INVALID_PARAM, KVS_ERR_NO_MEMORY.
+ * On an error *nkeys_p is untouched and @keys may hold some keys already
+ * written: treat its contents as undefined.
  */
 KVS_API kvs_status_t kvs_hasher_chain(kvs_hasher_h hasher, const kvs_chain_params_t *params,
                                       const uint32_t *tokens, size_t ntokens, kvs_key_t *keys,
