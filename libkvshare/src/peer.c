@@ -2984,8 +2984,8 @@ bool kvs__peer_lease_heads(kvs__peer_t *pp, void *rlease, uint32_t *first_p, uin
 /* A fetch across views from the holder's mapped memory, outside the lock:
  * the same plan as xfetch_start's GET path, copied with memcpy.
  * KVS_ERR_UNSUPPORTED: take the transport (which reports what is wrong). */
-static kvs_status_t shm_xfetch(conn_t *c, rlease_t *rl, struct kvs_pool *dst,
-                               const uint32_t *ids, size_t count, size_t first, size_t *bytes_p)
+static kvs_status_t shm_xfetch(conn_t *c, rlease_t *rl, struct kvs_pool *dst, const uint32_t *ids,
+                               size_t count, size_t first, size_t *bytes_p)
 {
     /* The views were set with c->shm, before the lease existed. */
     if (!dst->planable || !kvs__view_same(&dst->view, &c->lview))

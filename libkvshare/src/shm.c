@@ -791,8 +791,9 @@ static bool gens_hold(const uint8_t *const *block_at, const _Atomic uint64_t *co
  * holder moves a block's generation before it reuses the memory, so a block
  * whose generation held on both sides was not written between. KVS_OK
  * (bytes copied in *bytes_p) or KVS_ERR_STALE. */
-static kvs_status_t copy_checked(const uint8_t *const *block_at, const _Atomic uint64_t *const *gens,
-                                 size_t count, const run_t *runs, size_t nruns, size_t *bytes_p)
+static kvs_status_t copy_checked(const uint8_t *const *block_at,
+                                 const _Atomic uint64_t *const *gens, size_t count,
+                                 const run_t *runs, size_t nruns, size_t *bytes_p)
 {
     if (!gens_hold(block_at, gens, count))
         return KVS_ERR_STALE;

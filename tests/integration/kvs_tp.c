@@ -13,7 +13,7 @@
  * view: --tp T --rank R --layout nhd|hnd --order kv|block --block-tokens B
  *       [--model M] [--zero-copy] [--mem-alloc] [--keys K] [--expect STATUS]
  * --mem-alloc: the pool's memory from kvs_mem_alloc (a memfd same-host readers map; with
- * --zero-copy its blocks are read there, without it the arena's are). 
+ * --zero-copy its blocks are read there, without it the arena's are).
  * The model: 2 layers, 4 KV heads (--heads), head dim 32, fp32; keys cover 16 tokens.
  * Element (layer, K/V, token, head, dim) holds a value that encodes all five, so a byte
  * from the wrong head, token, layer or plane is caught, as is one never written. */

@@ -242,8 +242,8 @@ typedef struct reader {
     kvs_ctx_h ctx;
     uint8_t *mem;
     kvs_pool_h pool;
-    size_t bb;    /* its block bytes */
-    int unset;    /* what fetch() writes into its blocks first */
+    size_t bb; /* its block bytes */
+    int unset; /* what fetch() writes into its blocks first */
 } reader_t;
 
 static reader_t reader_new(void)
@@ -724,12 +724,8 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         void (*fn)(void);
-    } all[] = {{"mapped", s_mapped},
-               {"midread", s_midread},
-               {"xview", s_xview},
-               {"otherhost", s_otherhost},
-               {"unauth", s_unauth},
-               {"exit", s_exit}};
+    } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
+               {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"exit", s_exit}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
