@@ -28,6 +28,19 @@ typedef struct xopts {
     kvs_kv_layout_t kv_layout;
 } xopts_t;
 
+static uint64_t shm_fetched(kvs_ctx_h ctx)
+{
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_SHM};
+    kvs_stats_query(ctx, &ks);
+    return ks.shm_fetched_bytes;
+}
+
+/* The path that moved @all bytes, @shm of them from mapped memory. */
+static const char *path_of(uint64_t shm, uint64_t all)
+{
+    return shm == 0 ? "ucx" : shm == all ? "memfd" : "mixed";
+}
+
 static void usage(FILE *f)
 {
     fprintf(
@@ -55,7 +68,8 @@ static void usage(FILE *f)
         "multiple of 2048). Where the shares differ the library fetches head slices. The\n"
         "same run also fetches the same bytes as whole blocks (a pool whose blocks are\n"
         "exactly the heads both hold), interleaved pass by pass: whole_gbps and\n"
-        "ratio_sliced_whole (sliced / whole).\n");
+        "ratio_sliced_whole (sliced / whole); path and sliced_path name the path the sliced\n"
+        "passes took, whole_path the whole passes'.\n");
 }
 
 static kvs_key_t key_of(uint64_t seed, uint64_t i)
@@ -620,13 +634,20 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     }
     size_t nlat = 0;
     kvs_status_t st = KVS_OK;
+    /* Bytes each kind of pass read from mapped memory (with TP the sliced
+     * and the whole passes can take different paths). */
+    uint64_t shm_sliced = 0, shm_whole = 0;
     for (uint64_t r = 0; r <= o.repeats && st == KVS_OK; r++) {
         double secs = 0;
+        uint64_t s0 = shm_fetched(ctx);
         st = fetch_pass(ctx, &o, addr, pool, keys, dst, r > 0 ? lat : NULL, &nlat, &secs);
+        uint64_t s1 = shm_fetched(ctx);
+        shm_sliced += s1 - s0;
         if (r > 0)
             rep[r - 1] = secs;
         if (st == KVS_OK && tp) {
             st = fetch_pass(ctx, &o, addr, wpool, wkeys, dst, NULL, NULL, &secs);
+            shm_whole += shm_fetched(ctx) - s1;
             if (r > 0)
                 wrep[r - 1] = secs;
         }
@@ -635,17 +656,14 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         fprintf(stderr, "kvshare bench transfer: %s\n", kvs_status_string(st));
         goto out;
     }
-    /* Which path moved the bytes: all through mapped memory, or none (with
-     * TP the whole-block passes moved as many bytes again). */
-    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_SHM};
-    kvs_stats_query(ctx, &ks);
-    const uint64_t all = o.blocks * moved * (o.repeats + 1) * (tp ? 2 : 1);
-    const char *ran = ks.shm_fetched_bytes == 0     ? "ucx"
-                      : ks.shm_fetched_bytes == all ? "memfd"
-                                                    : "mixed";
-    if (strcmp(o.path, "auto") != 0 && strcmp(o.path, ran) != 0) {
-        fprintf(stderr, "kvshare bench transfer: --path %s asked, but the %s path ran\n", o.path,
-                ran);
+    /* Which path moved each kind of pass's bytes: all through mapped
+     * memory, or none. `ran` is the measured fetch's (with TP the sliced one). */
+    const uint64_t all = o.blocks * moved * (o.repeats + 1);
+    const char *ran = path_of(shm_sliced, all), *wran = tp ? path_of(shm_whole, all) : ran;
+    if (strcmp(o.path, "auto") != 0 && (strcmp(o.path, ran) != 0 || strcmp(o.path, wran) != 0)) {
+        fprintf(stderr,
+                "kvshare bench transfer: --path %s asked, but the %s path ran (whole blocks: %s)\n",
+                o.path, ran, wran);
         goto out;
     }
     if (!content_ok(&o, mem, o.side_bytes, dst, "fetched") ||
@@ -737,7 +755,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             /* gbps is the sliced fetch (the reader's view of the holder's
              * blocks); whole_gbps the same bytes as whole blocks. */
             kvs_cli_json_num(j, "sliced_gbps", gbps, 3);
+            cJSON_AddStringToObject(j, "sliced_path", ran);
             kvs_cli_json_num(j, "whole_gbps", wgbps, 3);
+            cJSON_AddStringToObject(j, "whole_path", wran);
             kvs_cli_json_num(j, "ratio_sliced_whole", wgbps > 0 ? gbps / wgbps : 0, 3);
         }
         if (kvs_cli_print_json("bench transfer", j) != 0)
@@ -748,8 +768,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
             gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0);
         if (tp)
-            printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s)\n", wgbps,
-                   wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd");
+            printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s, path %s)\n",
+                   wgbps, wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",
+                   wran);
         if (cma > 0)
             printf("  raw CMA, one core    %8.2f GB/s   ratio_cma      %.2f\n", cma, gbps / cma);
         if (pt > 0)

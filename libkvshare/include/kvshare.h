@@ -753,7 +753,8 @@ typedef struct kvs_fetch_params {
  * copies: only the heads both hold move (kvs_lease_heads()), each byte
  * once. Short runs go through a staging buffer that is permuted into @dst
  * only after the generations checked out; runs of 4 KiB or more are read in
- * place over native RMA, as same-layout fetches are (a changed block then
+ * place over native RMA or, from a same-host holder, copied from its mapped
+ * memory, as same-layout fetches are (a changed block then
  * fails the request with KVS_ERR_STALE: its bytes in @dst are not KV). A
  * lease whose holder has none of the reader's heads fetches nothing. The
  * staging buffer is allocated per request (up to the bytes it moves):

@@ -2378,9 +2378,9 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
     st = take_regions(c, &m);
     if (st == KVS_OK && has_lview)
         st = take_view(pp, c, &m, &lview);
-    /* Same host, same view: the holder's memory mapped (a planned fetch
-     * slices blocks: the transport does that). */
-    if (st == KVS_OK && pp->shm_on && !c->xview && (m.hdr.flags & KVS_PROTO_FLAG_SHM))
+    /* Same host: the holder's memory mapped (whole blocks, or a plan's
+     * copies across views). */
+    if (st == KVS_OK && pp->shm_on && (m.hdr.flags & KVS_PROTO_FLAG_SHM))
         c->shm = kvs__shm_peer_new(m.u.hello_ack.boot_id, m.u.hello_ack.shm_path,
                                    m.u.hello_ack.shm_path_len, c->session, pp->secret,
                                    pp->secret_len, pp->open, c->peer, pp->log);
@@ -2984,6 +2984,28 @@ bool kvs__peer_lease_heads(kvs__peer_t *pp, void *rlease, uint32_t *first_p, uin
     return x;
 }
 
+/* A fetch across views from the holder's mapped memory, outside the lock:
+ * the same plan as xfetch_start's GET path, copied with memcpy.
+ * KVS_ERR_UNSUPPORTED: take the transport (which reports what is wrong). */
+static kvs_status_t shm_xfetch(conn_t *c, rlease_t *rl, struct kvs_pool *dst, const uint32_t *ids,
+                               size_t count, size_t first, size_t *bytes_p)
+{
+    /* The views were set with c->shm, before the lease existed. */
+    if (!dst->planable || !kvs__view_same(&dst->view, &c->lview))
+        return KVS_ERR_UNSUPPORTED;
+    kvs__xfer_t *x = NULL;
+    if (kvs__xfer_build(&c->rview, &c->lview, first, count, KVS_PLAN_DIRECT_MIN, &x) != KVS_OK)
+        return KVS_ERR_UNSUPPORTED;
+    kvs_status_t st = KVS_ERR_UNSUPPORTED;
+    uint8_t *staging = NULL;
+    if (x->stage_bytes + x->direct_bytes > 0 &&
+        (staging = kvs__malloc(x->stage_bytes ? x->stage_bytes : 1)) != NULL)
+        st = kvs__shm_fetch_planned(c->shm, rl->block_at + first, x, staging, dst, ids, bytes_p);
+    kvs__free(staging);
+    kvs__xfer_free(x);
+    return st;
+}
+
 kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst,
                              const uint32_t *ids, size_t count, size_t first, uint32_t timeout_ms,
                              void **preq_p)
@@ -3013,7 +3035,9 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         lock(pp);
         bool live = rl->conn->state == S_READY;
         unlock(pp);
-        if (live)
+        if (live && rl->conn->xview)
+            shm_st = shm_xfetch(rl->conn, rl, dst, ids, count, first, &shm_bytes);
+        else if (live)
             shm_st =
                 kvs__shm_fetch(rl->conn->shm, rl->block_at + first, dst, ids, count, &shm_bytes);
     }
@@ -3037,13 +3061,14 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         r->status = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
     } else if (count == 0) {
         r->status = KVS_OK;
+    } else if (shm_st != KVS_ERR_UNSUPPORTED) {
+        r->status = shm_st;
+        if (shm_st == KVS_OK)
+            __atomic_fetch_add(&pp->shm_bytes, shm_bytes, __ATOMIC_RELAXED);
     } else if (c->xview) {
         kvs_status_t st = xfetch_start(r);
         if (st != KVS_OK)
             r->status = st;
-    } else if (shm_st != KVS_ERR_UNSUPPORTED) {
-        r->status = shm_st;
-        __atomic_fetch_add(&pp->shm_bytes, shm_bytes, __ATOMIC_RELAXED);
     } else if (!r->push) {
         kvs_status_t st = post_data_gets(r);
         if (st != KVS_OK)

@@ -2,6 +2,7 @@
 /* shm.c - memfd-backed memory, the holder's Unix-socket handover and the reader's mapped copy. */
 #include "shm_int.h"
 
+#include "plan_int.h"
 #include "pool_int.h"
 #include "proto_int.h"
 
@@ -710,6 +711,42 @@ static uint32_t missing(kvs__shm_peer_t *sp, const uint8_t *const *block_at, siz
     return n;
 }
 
+/* Where bytes [off, off+len) of the holder's block @d are mapped: within
+ * one of its pieces, in a region we map; NULL otherwise. */
+static const uint8_t *block_src(kvs__shm_peer_t *sp, const kvs__block_desc_t *d, uint64_t off,
+                                uint64_t len)
+{
+    uint64_t pbase = 0;
+    for (uint16_t k = 0; k < d->npieces; k++) {
+        kvs__piece_t pc;
+        kvs__proto_piece(d->pieces, k, &pc);
+        if (off >= pbase && off + len <= pbase + pc.len)
+            return xlate(sp, pc.region, pc.addr + (off - pbase), len);
+        pbase += pc.len;
+    }
+    return NULL; /* the transport path reports the mismatch */
+}
+
+/* Adds a copy to @runs, continuing the last run where both sides do. */
+static void add_run(run_t *runs, size_t *nruns_p, const uint8_t *src, uint8_t *dst, size_t len)
+{
+    run_t *last = *nruns_p > 0 ? &runs[*nruns_p - 1] : NULL;
+    if (last != NULL && last->src + last->len == src && last->dst + last->len == dst &&
+        last->len + len <= SHM_MAX_RUN)
+        last->len += len;
+    else
+        runs[(*nruns_p)++] = (run_t){.src = src, .dst = dst, .len = len};
+}
+
+/* The generation word of block @d, mapped and aligned, or NULL. */
+static const _Atomic uint64_t *gen_of(kvs__shm_peer_t *sp, const kvs__block_desc_t *d)
+{
+    const uint8_t *g = xlate(sp, d->gen_region, d->gen_addr, 8);
+    if (g == NULL || ((uintptr_t)g & 7u) != 0)
+        return NULL;
+    return (const _Atomic uint64_t *)(const void *)g;
+}
+
 /* The copies of one fetch, coalesced, and the generations to check. */
 static kvs_status_t plan(kvs__shm_peer_t *sp, const uint8_t *const *block_at, struct kvs_pool *dst,
                          const uint32_t *ids, size_t count, run_t *runs, size_t *nruns_p,
@@ -720,37 +757,17 @@ static kvs_status_t plan(kvs__shm_peer_t *sp, const uint8_t *const *block_at, st
         kvs__block_desc_t d;
         const uint8_t *cur = block_at[i];
         kvs__proto_block(&cur, &d);
-        const uint8_t *g = xlate(sp, d.gen_region, d.gen_addr, 8);
-        if (g == NULL || ((uintptr_t)g & 7u) != 0)
+        if ((gens[i] = gen_of(sp, &d)) == NULL)
             return KVS_ERR_UNSUPPORTED;
-        gens[i] = (const _Atomic uint64_t *)(const void *)g;
         size_t off = 0;
         for (size_t s = 0; s < dst->nsegs; s++) {
             const kvs_segment_t *sg = &dst->segs[s];
             uint8_t *local = (uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride;
-            size_t len = sg->block_bytes, pbase = 0;
-            kvs__piece_t pc = {0};
-            bool found = false;
-            for (uint16_t k = 0; k < d.npieces && !found; k++) {
-                kvs__proto_piece(d.pieces, k, &pc);
-                if (off >= pbase && off + len <= pbase + pc.len)
-                    found = true;
-                else
-                    pbase += pc.len;
-            }
-            if (!found)
-                return KVS_ERR_UNSUPPORTED; /* the transport path reports the mismatch */
-            const uint8_t *src = xlate(sp, pc.region, pc.addr + (off - pbase), len);
+            const uint8_t *src = block_src(sp, &d, off, sg->block_bytes);
             if (src == NULL)
                 return KVS_ERR_UNSUPPORTED;
-            run_t *last = nruns > 0 ? &runs[nruns - 1] : NULL;
-            if (last != NULL && last->src + last->len == src && last->dst + last->len == local &&
-                last->len + len <= SHM_MAX_RUN) {
-                last->len += len;
-            } else {
-                runs[nruns++] = (run_t){.src = src, .dst = local, .len = len};
-            }
-            off += len;
+            add_run(runs, &nruns, src, local, sg->block_bytes);
+            off += sg->block_bytes;
         }
     }
     *nruns_p = nruns;
@@ -770,6 +787,41 @@ static bool gens_hold(const uint8_t *const *block_at, const _Atomic uint64_t *co
     return true;
 }
 
+/* A seqlock read: generations before, the copies, generations after. The
+ * holder moves a block's generation before it reuses the memory, so a block
+ * whose generation held on both sides was not written between. KVS_OK
+ * (bytes copied in *bytes_p) or KVS_ERR_STALE. */
+static kvs_status_t copy_checked(const uint8_t *const *block_at,
+                                 const _Atomic uint64_t *const *gens, size_t count,
+                                 const run_t *runs, size_t nruns, size_t *bytes_p)
+{
+    if (!gens_hold(block_at, gens, count))
+        return KVS_ERR_STALE;
+    size_t bytes = 0;
+    for (size_t i = 0; i < nruns; i++) {
+        memcpy(runs[i].dst, runs[i].src, runs[i].len);
+        bytes += runs[i].len;
+    }
+    if (kvs__shm_test_mid_copy != NULL)
+        kvs__shm_test_mid_copy();
+    atomic_thread_fence(memory_order_acquire);
+    if (!gens_hold(block_at, gens, count))
+        return KVS_ERR_STALE;
+    *bytes_p = bytes;
+    return KVS_OK;
+}
+
+/* Maps what the blocks need that is not mapped yet (lock held); false when
+ * the connection keeps to the transport. */
+static bool attach_for(kvs__shm_peer_t *sp, const uint8_t *const *block_at, size_t count)
+{
+    uint32_t want[SHM_MAX_IDS];
+    uint32_t n = sp->broken ? 0 : missing(sp, block_at, count, want);
+    if (n > 0 && sp->nmaps + n <= SHM_MAX_MAPS && !attach(sp, want, n))
+        sp->broken = true;
+    return !sp->broken;
+}
+
 kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                             struct kvs_pool *dst, const uint32_t *ids, size_t count,
                             size_t *bytes_p)
@@ -783,35 +835,78 @@ kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
     if (runs == NULL || gens == NULL)
         goto out;
     pthread_mutex_lock(&sp->lock);
-    uint32_t want[SHM_MAX_IDS];
-    uint32_t n = sp->broken ? 0 : missing(sp, block_at, count, want);
-    if (n > 0 && sp->nmaps + n <= SHM_MAX_MAPS && !attach(sp, want, n))
-        sp->broken = true;
-    if (!sp->broken)
+    if (attach_for(sp, block_at, count))
         st = plan(sp, block_at, dst, ids, count, runs, &nruns, gens);
     pthread_mutex_unlock(&sp->lock);
-    if (st != KVS_OK)
-        goto out;
-    /* A seqlock read: generations before, the copy, generations after. The
-     * holder moves a block's generation before it reuses the memory, so a
-     * block whose generation held on both sides was not written between. */
-    if (!gens_hold(block_at, gens, count)) {
-        st = KVS_ERR_STALE;
-        goto out;
+    if (st == KVS_OK)
+        st = copy_checked(block_at, gens, count, runs, nruns, bytes_p);
+out:
+    kvs__free(runs);
+    kvs__free(gens);
+    return st;
+}
+
+/* The copies of a planned fetch (lock held): per block its ranges into
+ * staging and its long runs straight into @dst, both from the mapping. */
+static kvs_status_t plan_x(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
+                           const kvs__xfer_t *x, uint8_t *staging, struct kvs_pool *dst,
+                           const uint32_t *ids, run_t *runs, size_t *nruns_p,
+                           const _Atomic uint64_t **gens)
+{
+    size_t nruns = 0;
+    for (size_t i = 0; i < x->count; i++) {
+        kvs__block_desc_t d;
+        const uint8_t *cur = block_at[i];
+        kvs__proto_block(&cur, &d);
+        if ((gens[i] = gen_of(sp, &d)) == NULL)
+            return KVS_ERR_UNSUPPORTED;
+        const kvs__xset_t *xs = &x->sets[x->set_of[i]];
+        uint8_t *to = staging + x->stage_at[i];
+        for (size_t k = 0; k < xs->nranges; k++) {
+            const uint8_t *src = block_src(sp, &d, xs->ranges[k].off, xs->ranges[k].len);
+            if (src == NULL)
+                return KVS_ERR_UNSUPPORTED;
+            add_run(runs, &nruns, src, to + xs->at[k], xs->ranges[k].len);
+        }
+        for (size_t k = 0; k < xs->ndirect; k++) {
+            const kvs__copy_t *cp = &xs->direct[k];
+            const uint8_t *src = block_src(sp, &d, cp->src, cp->len);
+            uint8_t *at = kvs__xfer_dst_at(dst->segs, dst->nsegs, ids[i], cp->dst, cp->len);
+            if (src == NULL || at == NULL)
+                return KVS_ERR_UNSUPPORTED; /* the transport path reports the mismatch */
+            add_run(runs, &nruns, src, at, (size_t)cp->len);
+        }
     }
-    size_t bytes = 0;
-    for (size_t i = 0; i < nruns; i++) {
-        memcpy(runs[i].dst, runs[i].src, runs[i].len);
-        bytes += runs[i].len;
-    }
-    if (kvs__shm_test_mid_copy != NULL)
-        kvs__shm_test_mid_copy();
-    atomic_thread_fence(memory_order_acquire);
-    if (!gens_hold(block_at, gens, count)) {
-        st = KVS_ERR_STALE;
+    *nruns_p = nruns;
+    return KVS_OK;
+}
+
+kvs_status_t kvs__shm_fetch_planned(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
+                                    const kvs__xfer_t *x, uint8_t *staging, struct kvs_pool *dst,
+                                    const uint32_t *ids, size_t *bytes_p)
+{
+    if (sp == NULL || x->count == 0 || !dst->host_only)
+        return KVS_ERR_UNSUPPORTED;
+    size_t total = 0;
+    for (size_t i = 0; i < x->count; i++)
+        total += x->sets[x->set_of[i]].nranges + x->sets[x->set_of[i]].ndirect;
+    run_t *runs = kvs__malloc((total ? total : 1) * sizeof(*runs));
+    const _Atomic uint64_t **gens = kvs__malloc(x->count * sizeof(*gens));
+    kvs_status_t st = KVS_ERR_UNSUPPORTED;
+    size_t nruns = 0, bytes = 0;
+    if (runs == NULL || gens == NULL)
         goto out;
-    }
-    *bytes_p = bytes;
+    pthread_mutex_lock(&sp->lock);
+    if (attach_for(sp, block_at, x->count))
+        st = plan_x(sp, block_at, x, staging, dst, ids, runs, &nruns, gens);
+    pthread_mutex_unlock(&sp->lock);
+    if (st == KVS_OK)
+        st = copy_checked(block_at, gens, x->count, runs, nruns, &bytes);
+    /* Staging lands only once every generation held (as on the transport). */
+    for (size_t i = 0; st == KVS_OK && i < x->count; i++)
+        st = kvs__xfer_apply(x, i, staging, dst->segs, dst->nsegs, ids[i]);
+    if (st == KVS_OK)
+        *bytes_p = bytes;
 out:
     kvs__free(runs);
     kvs__free(gens);

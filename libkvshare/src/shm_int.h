@@ -22,8 +22,10 @@
  *
  * Reader: maps the fds PROT_READ (checking the seals and the size first, so a
  * holder cannot SIGBUS it), copies with memcpy, and checks each block's
- * generation before and after the copy (a seqlock read). Mappings live as
- * long as the connection. */
+ * generation before and after the copy (a seqlock read). Whole blocks when
+ * both views are the same; across views the planner's copies (plan_int.h),
+ * short runs through staging as on the transport. Mappings live as long as
+ * the connection. */
 #ifndef KVS_SHM_INT_H
 #define KVS_SHM_INT_H
 
@@ -84,6 +86,19 @@ void kvs__shm_peer_free(kvs__shm_peer_t *sp);
 kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                             struct kvs_pool *dst, const uint32_t *ids, size_t count,
                             size_t *bytes_p);
+struct kvs__xfer;
+/* A fetch across views (plan_int.h) from the mapping: each block's planned
+ * ranges into @staging (x->stage_bytes) and its long runs straight into
+ * @ids of @dst, generations checked before and after, then staging
+ * permuted in with kvs__xfer_apply(). KVS_OK (bytes read from the mapping
+ * in *bytes_p), KVS_ERR_STALE (a generation moved: nothing from staging
+ * landed, the long runs' bytes in @dst are not to be trusted), an error of
+ * kvs__xfer_apply(), or KVS_ERR_UNSUPPORTED: a region of the plan is not
+ * mapped and the fetch must take the transport (nothing was written).
+ * Thread-safe. */
+kvs_status_t kvs__shm_fetch_planned(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
+                                    const struct kvs__xfer *x, uint8_t *staging,
+                                    struct kvs_pool *dst, const uint32_t *ids, size_t *bytes_p);
 /* Test hook: called between the copy and the generation check after it. */
 extern void (*kvs__shm_test_mid_copy)(void);
 

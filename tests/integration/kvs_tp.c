@@ -8,9 +8,12 @@
  *                                      look the prompt up at each peer in turn and fetch
  *                                      into one pool; check every byte of this rank's
  *                                      heads; print "ok hits=N heads=F+C,... missing=M"
- *                                      (and "kvs_tp: fetched_bytes=B" on stderr)
+ *                                      (and "kvs_tp: fetched_bytes=B shm_fetched_bytes=S"
+ *                                      on stderr: over the transport, from mapped memory)
  * view: --tp T --rank R --layout nhd|hnd --order kv|block --block-tokens B
- *       [--model M] [--zero-copy] [--keys K] [--expect STATUS]
+ *       [--model M] [--zero-copy] [--mem-alloc] [--keys K] [--expect STATUS]
+ * --mem-alloc: the pool's memory from kvs_mem_alloc (a memfd same-host readers map; with
+ * --zero-copy its blocks are read there, without it the arena's are).
  * The model: 2 layers, 4 KV heads (--heads), head dim 32, fp32; keys cover 16 tokens.
  * Element (layer, K/V, token, head, dim) holds a value that encodes all five, so a byte
  * from the wrong head, token, layer or plane is caught, as is one never written. */
@@ -34,7 +37,7 @@ typedef struct opts {
     uint32_t tp, rank, bt, keys, heads;
     kvs_kv_layout_t kv_layout;
     kvs_kv_order_t kv_order;
-    bool zero_copy;
+    bool zero_copy, mem_alloc;
 } opts_t;
 
 static uint32_t val(uint32_t layer, uint32_t kv, uint32_t tok, uint32_t head, uint32_t dim)
@@ -79,7 +82,7 @@ static size_t elem_at(const opts_t *o, const pool_t *p, uint32_t block, uint32_t
     return (((size_t)layer * 2 + kv) * p->nblocks + block) * p->plane + in;
 }
 
-static kvs_status_t make_pool(kvs_ctx_h ctx, const opts_t *o, pool_t *p)
+static kvs_status_t make_pool(kvs_ctx_h ctx, const opts_t *o, pool_t *p, bool mem_alloc)
 {
     kvs_layout_t l = layout_of(o);
     p->heads = l.num_kv_heads;
@@ -87,7 +90,11 @@ static kvs_status_t make_pool(kvs_ctx_h ctx, const opts_t *o, pool_t *p)
     p->nblocks = (o->keys * KT + o->bt - 1) / o->bt + 3; /* a few spare: ids are offset */
     p->plane = (size_t)o->bt * p->heads * HEAD_DIM;
     size_t total = (size_t)LAYERS * 2 * p->nblocks * p->plane;
-    p->mem = malloc(total * 4);
+    p->mem = NULL;
+    if (mem_alloc)
+        kvs_mem_alloc(ctx, total * 4, KVS_MEM_HOST, (void **)&p->mem);
+    else
+        p->mem = malloc(total * 4);
     if (p->mem == NULL)
         return KVS_ERR_NO_MEMORY;
     for (size_t i = 0; i < total; i++)
@@ -153,7 +160,7 @@ static int serve(const opts_t *o)
 {
     kvs_ctx_h ctx = make_ctx(o->listen);
     pool_t p;
-    if (ctx == NULL || make_pool(ctx, o, &p) != KVS_OK) {
+    if (ctx == NULL || make_pool(ctx, o, &p, o->mem_alloc) != KVS_OK) {
         fprintf(stderr, "kvs_tp: serve: no context or pool\n");
         return 1;
     }
@@ -186,10 +193,13 @@ static int serve(const opts_t *o)
     while (read(0, buf, sizeof(buf)) > 0)
         ;
     kvs_pool_destroy(p.h);
+    if (o->mem_alloc)
+        kvs_mem_free(ctx, p.mem);
+    else
+        free(p.mem);
     kvs_ctx_destroy(ctx);
     free(keys);
     free(ids);
-    free(p.mem);
     return 0;
 }
 
@@ -197,7 +207,7 @@ static int fetch(const opts_t *o)
 {
     kvs_ctx_h ctx = make_ctx(NULL);
     pool_t p;
-    if (ctx == NULL || make_pool(ctx, o, &p) != KVS_OK) {
+    if (ctx == NULL || make_pool(ctx, o, &p, false) != KVS_OK) {
         fprintf(stderr, "kvs_tp: fetch: no context or pool\n");
         return 1;
     }
@@ -258,14 +268,15 @@ static int fetch(const opts_t *o)
                                         "%08x, want %08x\n",
                                         b, layer, kv ? 'V' : 'K', t, h, d, got, want);
                         }
-    kvs_stats_t stats = {0};
+    kvs_stats_t stats = {.field_mask = KVS_STATS_FIELD_SHM};
     kvs_stats_query(ctx, &stats);
     const char *status = kvs_status_string(st);
     if (st == KVS_OK && bad > 0)
         status = "WRONG BYTES";
     printf("%s hits=%zu heads=%s missing=%u status=%s\n", st == KVS_OK && bad == 0 ? "ok" : "done",
            hits, heads, missing, status);
-    fprintf(stderr, "kvs_tp: fetched_bytes=%llu\n", (unsigned long long)stats.fetched_bytes);
+    fprintf(stderr, "kvs_tp: fetched_bytes=%llu shm_fetched_bytes=%llu\n",
+            (unsigned long long)stats.fetched_bytes, (unsigned long long)stats.shm_fetched_bytes);
     kvs_pool_destroy(p.h);
     kvs_ctx_destroy(ctx);
     free(keys);
@@ -289,8 +300,8 @@ int main(int argc, char **argv)
     o.mode = argv[1];
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--zero-copy") == 0) {
-            o.zero_copy = true;
+        if (strcmp(a, "--zero-copy") == 0 || strcmp(a, "--mem-alloc") == 0) {
+            *(a[2] == 'z' ? &o.zero_copy : &o.mem_alloc) = true;
             continue;
         }
         if (v == NULL) {

@@ -8,6 +8,10 @@
  *              and copy-mode blocks in the arena) and gets every byte right
  *   midread    the holder rewrites a block between the reader's copy and its generation
  *              check: the fetch fails KVS_ERR_STALE; a fresh fetch gets the new bytes
+ *   xview      a reader of another view (TP 2 rank 1 of the holder's TP 1) fetches head
+ *              slices from the mapping (the planner's copies through staging); a rewrite
+ *              between copy and check is KVS_ERR_STALE with nothing landed; then every
+ *              byte of its heads right, nothing over UCX
  *   otherhost  a reader posing as another host (KVSHARE_TEST_BOOT_ID), and one with
  *              KVSHARE_SHM=off, fetch over UCX and still get every byte right
  *   unauth     connections to the holder's Unix socket that prove nothing (garbage, a wrong
@@ -113,19 +117,26 @@ static kvs_ctx_h make_ctx(const char *listen)
     return ctx;
 }
 
-static kvs_pool_h make_pool(kvs_ctx_h ctx, uint8_t **mem_p)
+/* A pool of NBLOCKS blocks of @bb bytes (one segment) in kvs_mem_alloc memory. */
+static kvs_pool_h make_pool_as(kvs_ctx_h ctx, const kvs_layout_t *lp, size_t bb, uint8_t **mem_p)
 {
-    if (kvs_mem_alloc(ctx, (size_t)NBLOCKS * BB, KVS_MEM_HOST, (void **)mem_p) != KVS_OK)
+    if (kvs_mem_alloc(ctx, (size_t)NBLOCKS * bb, KVS_MEM_HOST, (void **)mem_p) != KVS_OK)
         FAIL("kvs_mem_alloc");
-    kvs_layout_t l = layout();
+    kvs_layout_t l = *lp;
     kvs_segment_t seg = {
-        .base = *mem_p, .block_stride = BB, .block_bytes = BB, .mem_type = KVS_MEM_HOST};
+        .base = *mem_p, .block_stride = bb, .block_bytes = bb, .mem_type = KVS_MEM_HOST};
     kvs_pool_params_t pp = {
         .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = NBLOCKS};
     kvs_pool_h pool = NULL;
     if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK)
         FAIL("kvs_pool_create");
     return pool;
+}
+
+static kvs_pool_h make_pool(kvs_ctx_h ctx, uint8_t **mem_p)
+{
+    kvs_layout_t l = layout();
+    return make_pool_as(ctx, &l, BB, mem_p);
 }
 
 /* --- the holder (a child process) ------------------------------------- */
@@ -231,13 +242,37 @@ typedef struct reader {
     kvs_ctx_h ctx;
     uint8_t *mem;
     kvs_pool_h pool;
+    size_t bb; /* its block bytes */
+    int unset; /* what fetch() writes into its blocks first */
 } reader_t;
 
 static reader_t reader_new(void)
 {
-    reader_t r = {.ctx = make_ctx(NULL)};
+    reader_t r = {.ctx = make_ctx(NULL), .bb = BB};
     r.pool = make_pool(r.ctx, &r.mem);
     return r;
+}
+
+/* The holder's view of TP 2 rank 1 (heads 4..7, blocks of half the bytes). */
+#define XRANK 1u
+#define XBB   (BB / 2)
+static reader_t reader_tp2(void)
+{
+    kvs_layout_t l = layout();
+    l.tp_size = 2;
+    l.tp_rank = XRANK;
+    l.num_kv_heads = 4;
+    reader_t r = {.ctx = make_ctx(NULL), .bb = XBB, .unset = 0xA5};
+    r.pool = make_pool_as(r.ctx, &l, XBB, &r.mem);
+    return r;
+}
+
+/* Byte @o of the TP 2 rank XRANK view of key @i's block (fill(@i, @version) holds the
+ * whole block: planes K then V of 16 tokens x 8 heads x 128 bf16, NHD). */
+static uint8_t x_byte(const uint8_t *whole, size_t o)
+{
+    size_t kv = o / (XBB / 2), t = o % (XBB / 2) / 1024, h = o % 1024 / 256, b = o % 256;
+    return whole[kv * (BB / 2) + t * 2048 + (XRANK * 4 + h) * 256 + b];
 }
 
 static void reader_free(reader_t *r)
@@ -274,7 +309,7 @@ static kvs_status_t fetch(reader_t *r, const char *addr, uint32_t first, uint32_
     if (kvs_lease_hits(lease) != n)
         FAIL("lookup: %zu of %u hits", kvs_lease_hits(lease), n);
     kvs_request_h req = NULL;
-    memset(r->mem, 0, (size_t)n * BB);
+    memset(r->mem, r->unset, (size_t)NBLOCKS * r->bb);
     st = kvs_fetch(lease, r->pool, ids, n, NULL, &req);
     if (st == KVS_OK) {
         st = kvs_request_wait(req, -1);
@@ -373,6 +408,78 @@ static void s_midread(void)
         if (!same(r.mem + (size_t)i * BB, i, 1))
             FAIL("midread: block %u has wrong bytes", i);
     printf("ok: midread: a rewrite between copy and check is KVS_ERR_STALE; then new bytes\n");
+    reader_free(&r);
+    stop_holder(&h);
+}
+
+static uint64_t ucx_bytes(const reader_t *r)
+{
+    kvs_stats_t st = {0};
+    kvs_stats_query(r->ctx, &st);
+    return st.fetched_bytes;
+}
+
+/* Reader blocks 0..n-1 hold the TP 2 view of keys first.. at @version (key 0 at
+ * @v0), the rest is untouched. */
+static void x_check(const reader_t *r, uint32_t first, uint32_t n, uint64_t v0, uint64_t version,
+                    const char *what)
+{
+    uint8_t *whole = malloc(BB);
+    for (uint32_t i = 0; i < NBLOCKS; i++) {
+        if (i < n)
+            fill(whole, first + i, first + i == 0 ? v0 : version);
+        for (size_t o = 0; o < XBB; o++) {
+            uint8_t want = i < n ? x_byte(whole, o) : (uint8_t)r->unset;
+            if (r->mem[(size_t)i * XBB + o] != want)
+                FAIL("xview: %s: block %u byte %zu is %02x, want %02x", what, i, o,
+                     r->mem[(size_t)i * XBB + o], want);
+        }
+    }
+    free(whole);
+}
+
+static void s_xview(void)
+{
+    child_t h = start_holder();
+    reader_t r = reader_tp2();
+    /* Zero-copy blocks (the holder's kvs_mem_alloc pool), then the arena's. */
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("xview: zero-copy fetch: %s", kvs_status_string(st));
+    x_check(&r, 0, NBLOCKS, 1, 1, "zero-copy");
+    st = fetch(&r, h.addr, NBLOCKS, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("xview: arena fetch: %s", kvs_status_string(st));
+    x_check(&r, NBLOCKS, NBLOCKS, 1, 1, "arena");
+    if (shm_bytes(&r) != 2ull * NBLOCKS * XBB || ucx_bytes(&r) != 0)
+        FAIL("xview: %llu bytes from mapped memory and %llu over UCX, want %u and 0",
+             (unsigned long long)shm_bytes(&r), (unsigned long long)ucx_bytes(&r),
+             2 * NBLOCKS * XBB);
+    printf("ok: xview: TP 1 -> TP 2 head slices of %u zero-copy + %u arena blocks from mapped "
+           "memory, every byte\n",
+           NBLOCKS, NBLOCKS);
+    /* A rewrite between the copy and the check: STALE, and nothing from staging lands
+     * (every copy of this plan is short, so all of it goes through staging). */
+    mid_holder = &h;
+    mid_calls = 0;
+    kvs__shm_test_mid_copy = mid_copy;
+    st = fetch(&r, h.addr, 0, 4);
+    kvs__shm_test_mid_copy = NULL;
+    if (mid_calls != 1)
+        FAIL("xview: the fetch did not take the mapped path");
+    if (st != KVS_ERR_STALE)
+        FAIL("xview: a block rewritten mid-read gave %s, expected KVS_ERR_STALE",
+             kvs_status_string(st));
+    x_check(&r, 0, 0, 1, 1, "after KVS_ERR_STALE");
+    uint64_t before = shm_bytes(&r);
+    st = fetch(&r, h.addr, 0, 4);
+    if (st != KVS_OK)
+        FAIL("xview: fetch after the rewrite: %s", kvs_status_string(st));
+    x_check(&r, 0, 4, 2, 1, "after the rewrite");
+    if (shm_bytes(&r) != before + 4u * XBB || ucx_bytes(&r) != 0)
+        FAIL("xview: the fetch after the rewrite did not come from mapped memory");
+    printf("ok: xview: a rewrite between copy and check is KVS_ERR_STALE with nothing landed; "
+           "then the new bytes\n");
     reader_free(&r);
     stop_holder(&h);
 }
@@ -617,11 +724,8 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         void (*fn)(void);
-    } all[] = {{"mapped", s_mapped},
-               {"midread", s_midread},
-               {"otherhost", s_otherhost},
-               {"unauth", s_unauth},
-               {"exit", s_exit}};
+    } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
+               {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"exit", s_exit}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
