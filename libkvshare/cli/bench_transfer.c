@@ -4,6 +4,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +17,7 @@
 typedef struct xopts {
     const char *tls, *path;
     uint64_t block_bytes, blocks, batch, repeats, seed, inflight;
-    bool json, contiguous, serve, no_perftest;
+    bool json, contiguous, serve, no_perftest, lookup_thread;
     /* --prefill-tp P --decode-tp D: the server publishes TP rank 0 of P's
      * share of the 8 KV heads, we fetch rank 0 of D's; block_bytes is a
      * whole block (all heads), side_bytes this process's share of it. */
@@ -49,12 +50,15 @@ static void usage(FILE *f)
         "                              [--blocks N] [--batch K] [--repeats R]\n"
         "                              [--inflight 1|2] [--contiguous] [--no-perftest] [--seed S]\n"
         "                              [--prefill-tp P --decode-tp D [--kv-layout nhd|hnd]]\n"
-        "                              [--path auto|memfd|ucx] [--json]\n"
+        "                              [--path auto|memfd|ucx] [--lookup-thread] [--json]\n"
         "\n"
         "A server process publishes N distinct blocks (zero-copy, at shuffled block ids);\n"
         "this process looks them up and fetches them all in batches of K, R times, into\n"
         "shuffled ids of its own, with --inflight batches moving at once (default 1; with 2\n"
-        "the next batch is looked up while the last one lands). Printed beside it, from the\n"
+        "the next batch is looked up while the last one lands; on the mapped path the copy\n"
+        "runs inside kvs_fetch, so nothing overlaps: --lookup-thread looks each next batch\n"
+        "up on a second thread while this one fetches, two leases at most). Where a batch's\n"
+        "time went (lookup, kvs_fetch, wait, release) is printed too. Printed beside it, from the\n"
         "same run: one core's memcpy of the same blocks (the limit of a shared-memory path),\n"
         "and ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw\n"
         "on tcp).\n"
@@ -249,71 +253,217 @@ static int serve(const xopts_t *o)
     return 0;
 }
 
+/* Where a pass's time went, summed over its batches (microseconds): the
+ * lookup (a round trip to the holder), kvs_fetch() (on the mapped path the
+ * copy itself), the wait for its end and the release. */
+typedef struct phases {
+    double lookup, fetch, wait, release;
+    uint64_t batches;
+} phases_t;
+
+/* Batch @b's lookup (keys b * batch ...); *n_p gets its key count. */
+static kvs_status_t lookup_batch(kvs_ctx_h ctx, const xopts_t *o, const char *addr, kvs_pool_h pool,
+                                 const kvs_key_t *keys, uint64_t b, kvs_lease_h *lease_p)
+{
+    uint64_t first = b * o->batch;
+    size_t n = (size_t)(o->blocks - first < o->batch ? o->blocks - first : o->batch);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = addr};
+    kvs_lease_h lease = NULL;
+    kvs_status_t st = kvs_lookup(ctx, kvs_pool_layout_id(pool), keys + first, n, &lp, &lease);
+    if (st == KVS_OK && kvs_lease_hits(lease) != n) {
+        fprintf(stderr, "kvshare bench transfer: %zu of %zu hits\n", kvs_lease_hits(lease), n);
+        kvs_lease_release(lease);
+        return KVS_ERR_NOT_FOUND;
+    }
+    if (st == KVS_OK)
+        *lease_p = lease;
+    return st;
+}
+
 /* Waits for a batch's fetch, frees it and its lease, and appends its latency
  * (from @b0) to @lat when not NULL. Returns @st, or the fetch's error if @st
  * was KVS_OK. */
 static kvs_status_t finish_batch(kvs_status_t st, kvs_request_h req, kvs_lease_h lease, double b0,
-                                 double *lat, size_t *nlat)
+                                 double *lat, size_t *nlat, phases_t *ph)
 {
+    double t0 = kvs_cli_now();
     kvs_status_t wst = kvs_request_wait(req, -1);
     kvs_request_free(req);
+    double t1 = kvs_cli_now();
     kvs_lease_release(lease);
+    double t2 = kvs_cli_now();
+    ph->wait += (t1 - t0) * 1e6;
+    ph->release += (t2 - t1) * 1e6;
+    ph->batches++;
     if (lat != NULL)
-        lat[(*nlat)++] = (kvs_cli_now() - b0) * 1e6;
+        lat[(*nlat)++] = (t2 - b0) * 1e6;
     return st == KVS_OK ? wst : st;
+}
+
+/* Fetches batch @b from @lease into @dst, waits, releases the lease. */
+static kvs_status_t fetch_batch(const xopts_t *o, kvs_pool_h pool, const uint32_t *dst, uint64_t b,
+                                kvs_lease_h lease, phases_t *ph)
+{
+    uint64_t first = b * o->batch;
+    size_t n = kvs_lease_hits(lease);
+    kvs_request_h req = NULL;
+    double t0 = kvs_cli_now();
+    kvs_status_t st = kvs_fetch(lease, pool, dst + first, n, NULL, &req);
+    double t1 = kvs_cli_now();
+    if (st == KVS_OK) {
+        st = kvs_request_wait(req, -1);
+        kvs_request_free(req);
+    }
+    double t2 = kvs_cli_now();
+    kvs_lease_release(lease);
+    double t3 = kvs_cli_now();
+    ph->fetch += (t1 - t0) * 1e6;
+    ph->wait += (t2 - t1) * 1e6;
+    ph->release += (t3 - t2) * 1e6;
+    return st;
+}
+
+/* --lookup-thread: a thread looks up batch b + 1 while this one fetches batch
+ * b (kvs_lookup() may run on any thread; a lease passes between threads
+ * under this lock). At most two leases are held at once. */
+typedef struct ahead {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    kvs_ctx_h ctx;
+    const xopts_t *o;
+    const char *addr;
+    kvs_pool_h pool;
+    const kvs_key_t *keys;
+    uint64_t nbatches;
+    uint64_t done;  /* batches looked up */
+    uint64_t taken; /* batches the fetcher took */
+    bool stop;
+    kvs_lease_h lease[2];
+    kvs_status_t st[2];
+    double b0[2], secs[2];
+} ahead_t;
+
+static void *ahead_thread(void *arg)
+{
+    ahead_t *a = arg;
+    for (uint64_t b = 0; b < a->nbatches; b++) {
+        pthread_mutex_lock(&a->mu);
+        while (!a->stop && b > a->taken) /* its slot's last batch not taken yet */
+            pthread_cond_wait(&a->cv, &a->mu);
+        bool stop = a->stop;
+        pthread_mutex_unlock(&a->mu);
+        if (stop)
+            break;
+        kvs_lease_h lease = NULL;
+        double t0 = kvs_cli_now();
+        kvs_status_t st = lookup_batch(a->ctx, a->o, a->addr, a->pool, a->keys, b, &lease);
+        double t1 = kvs_cli_now();
+        pthread_mutex_lock(&a->mu);
+        a->lease[b % 2] = lease;
+        a->st[b % 2] = st;
+        a->b0[b % 2] = t0;
+        a->secs[b % 2] = t1 - t0;
+        a->done = b + 1;
+        pthread_cond_broadcast(&a->cv);
+        pthread_mutex_unlock(&a->mu);
+        if (st != KVS_OK)
+            break;
+    }
+    return NULL;
 }
 
 /* One pass over all the blocks: looked up at @addr and fetched into @dst of
  * @pool in batches, o->inflight at once. A batch's latency (from its lookup
- * to its end) is appended to @lat when not NULL; *secs_p gets the pass's
- * time. */
+ * to its end) is appended to @lat and where its time went added to @ph when
+ * @lat is not NULL; *secs_p gets the pass's time. */
 static kvs_status_t fetch_pass(kvs_ctx_h ctx, const xopts_t *o, const char *addr, kvs_pool_h pool,
                                const kvs_key_t *keys, const uint32_t *dst, double *lat,
-                               size_t *nlat, double *secs_p)
+                               size_t *nlat, phases_t *ph, double *secs_p)
 {
     const uint64_t nbatches = (o->blocks + o->batch - 1) / o->batch;
     kvs_status_t st = KVS_OK;
+    phases_t scratch = {0};
+    if (lat == NULL)
+        ph = &scratch;
     double t0 = kvs_cli_now();
-    kvs_lease_h prev_lease = NULL;
-    kvs_request_h prev_req = NULL;
-    double prev_b0 = 0;
-    for (uint64_t b = 0; b <= nbatches && st == KVS_OK; b++) {
-        kvs_lease_h lease = NULL;
-        kvs_request_h req = NULL;
-        double b0 = kvs_cli_now();
-        if (b < nbatches) {
-            uint64_t first = b * o->batch;
-            size_t n = (size_t)(o->blocks - first < o->batch ? o->blocks - first : o->batch);
-            kvs_lookup_params_t lp = {.field_mask =
-                                          KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
-                                      .sources = KVS_SOURCE_PEER,
-                                      .peer = addr};
-            st = kvs_lookup(ctx, kvs_pool_layout_id(pool), keys + first, n, &lp, &lease);
-            if (st == KVS_OK && kvs_lease_hits(lease) != n) {
-                fprintf(stderr, "kvshare bench transfer: %zu of %zu hits\n", kvs_lease_hits(lease),
-                        n);
-                st = KVS_ERR_NOT_FOUND;
+    if (!o->lookup_thread) {
+        /* One thread: with --inflight 2 batch b + 1 is looked up before
+         * batch b is waited for. */
+        kvs_lease_h prev_lease = NULL;
+        kvs_request_h prev_req = NULL;
+        double prev_b0 = 0;
+        for (uint64_t b = 0; b <= nbatches && st == KVS_OK; b++) {
+            kvs_lease_h lease = NULL;
+            kvs_request_h req = NULL;
+            double b0 = kvs_cli_now();
+            if (b < nbatches) {
+                st = lookup_batch(ctx, o, addr, pool, keys, b, &lease);
+                double t1 = kvs_cli_now();
+                ph->lookup += (t1 - b0) * 1e6;
+                if (st == KVS_OK)
+                    st = kvs_fetch(lease, pool, dst + b * o->batch, kvs_lease_hits(lease), NULL,
+                                   &req);
+                ph->fetch += (kvs_cli_now() - t1) * 1e6;
             }
-            if (st == KVS_OK)
-                st = kvs_fetch(lease, pool, dst + first, n, NULL, &req);
+            if (prev_req != NULL)
+                st = finish_batch(st, prev_req, prev_lease, prev_b0, lat, nlat, ph);
+            prev_req = req;
+            prev_lease = lease;
+            prev_b0 = b0;
+            if (o->inflight == 1 && prev_req != NULL) { /* no overlap: finish it now */
+                st = finish_batch(st, prev_req, prev_lease, prev_b0, lat, nlat, ph);
+                prev_req = NULL;
+                prev_lease = NULL;
+            }
+            if (st != KVS_OK) {
+                kvs_request_free(prev_req);
+                kvs_lease_release(prev_lease);
+                prev_req = NULL;
+                prev_lease = NULL;
+            }
         }
-        if (prev_req != NULL)
-            st = finish_batch(st, prev_req, prev_lease, prev_b0, lat, nlat);
-        prev_req = req;
-        prev_lease = lease;
-        prev_b0 = b0;
-        if (o->inflight == 1 && prev_req != NULL) { /* no overlap: finish it now */
-            st = finish_batch(st, prev_req, prev_lease, prev_b0, lat, nlat);
-            prev_req = NULL;
-            prev_lease = NULL;
-        }
-        if (st != KVS_OK) {
-            kvs_request_free(prev_req);
-            kvs_lease_release(prev_lease);
-            prev_req = NULL;
-            prev_lease = NULL;
-        }
+        *secs_p = kvs_cli_now() - t0;
+        return st;
     }
+    ahead_t a = {.ctx = ctx, .o = o, .addr = addr, .pool = pool, .keys = keys,
+                 .nbatches = nbatches};
+    pthread_mutex_init(&a.mu, NULL);
+    pthread_cond_init(&a.cv, NULL);
+    pthread_t th;
+    if (pthread_create(&th, NULL, ahead_thread, &a) != 0) {
+        st = KVS_ERR_NO_MEMORY;
+        goto out;
+    }
+    for (uint64_t b = 0; b < nbatches && st == KVS_OK; b++) {
+        pthread_mutex_lock(&a.mu);
+        while (a.done <= b)
+            pthread_cond_wait(&a.cv, &a.mu);
+        kvs_lease_h lease = a.lease[b % 2];
+        a.lease[b % 2] = NULL;
+        st = a.st[b % 2];
+        double b0 = a.b0[b % 2];
+        ph->lookup += a.secs[b % 2] * 1e6;
+        a.taken = b + 1;
+        pthread_cond_broadcast(&a.cv);
+        pthread_mutex_unlock(&a.mu);
+        if (st == KVS_OK)
+            st = fetch_batch(o, pool, dst, b, lease, ph);
+        ph->batches++;
+        if (lat != NULL)
+            lat[(*nlat)++] = (kvs_cli_now() - b0) * 1e6;
+    }
+    pthread_mutex_lock(&a.mu);
+    a.stop = true;
+    pthread_cond_broadcast(&a.cv);
+    pthread_mutex_unlock(&a.mu);
+    pthread_join(th, NULL);
+    for (int i = 0; i < 2; i++) /* looked up ahead of a failed batch */
+        kvs_lease_release(a.lease[i]);
+out:
+    pthread_cond_destroy(&a.cv);
+    pthread_mutex_destroy(&a.mu);
     *secs_p = kvs_cli_now() - t0;
     return st;
 }
@@ -397,7 +547,8 @@ enum {
     O_PREFILL_TP,
     O_DECODE_TP,
     O_KV_LAYOUT,
-    O_PATH
+    O_PATH,
+    O_LOOKUP_THREAD
 };
 
 static const struct option xfer_options[] = {
@@ -416,6 +567,7 @@ static const struct option xfer_options[] = {
     {"decode-tp", required_argument, NULL, O_DECODE_TP},
     {"kv-layout", required_argument, NULL, O_KV_LAYOUT},
     {"path", required_argument, NULL, O_PATH},
+    {"lookup-thread", no_argument, NULL, O_LOOKUP_THREAD},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t xfer_cmd = {"bench transfer", usage, xfer_options};
@@ -437,6 +589,9 @@ static int parse_opts(int argc, char **argv, xopts_t *o)
             break;
         case O_NO_PERFTEST:
             o->no_perftest = true;
+            break;
+        case O_LOOKUP_THREAD:
+            o->lookup_thread = true;
             break;
         case O_TLS:
             if (optarg[0] == '\0')
@@ -633,6 +788,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             wkeys[i] = key_of(whole_seed(&o), i);
     }
     size_t nlat = 0;
+    phases_t ph = {0};
     kvs_status_t st = KVS_OK;
     /* Bytes each kind of pass read from mapped memory (with TP the sliced
      * and the whole passes can take different paths). */
@@ -640,13 +796,13 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     for (uint64_t r = 0; r <= o.repeats && st == KVS_OK; r++) {
         double secs = 0;
         uint64_t s0 = shm_fetched(ctx);
-        st = fetch_pass(ctx, &o, addr, pool, keys, dst, r > 0 ? lat : NULL, &nlat, &secs);
+        st = fetch_pass(ctx, &o, addr, pool, keys, dst, r > 0 ? lat : NULL, &nlat, &ph, &secs);
         uint64_t s1 = shm_fetched(ctx);
         shm_sliced += s1 - s0;
         if (r > 0)
             rep[r - 1] = secs;
         if (st == KVS_OK && tp) {
-            st = fetch_pass(ctx, &o, addr, wpool, wkeys, dst, NULL, NULL, &secs);
+            st = fetch_pass(ctx, &o, addr, wpool, wkeys, dst, NULL, NULL, NULL, &secs);
             shm_whole += shm_fetched(ctx) - s1;
             if (r > 0)
                 wrep[r - 1] = secs;
@@ -735,6 +891,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         cJSON_AddNumberToObject(j, "blocks", (double)o.blocks);
         cJSON_AddNumberToObject(j, "batch", (double)o.batch);
         cJSON_AddNumberToObject(j, "inflight", (double)o.inflight);
+        cJSON_AddBoolToObject(j, "lookup_thread", o.lookup_thread);
         cJSON_AddNumberToObject(j, "repeats", (double)o.repeats);
         cJSON_AddStringToObject(j, "ids", o.contiguous ? "contiguous" : "shuffled");
         kvs_cli_json_num(j, "gbps", gbps, 3);
@@ -747,6 +904,13 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         kvs_cli_json_num(j, "ratio_cma", cma > 0 ? gbps / cma : 0, 3);
         kvs_cli_json_num(j, "p50_us", p50, 1);
         kvs_cli_json_num(j, "p99_us", p99, 1);
+        /* Where a batch's time went, the mean over the timed passes: with
+         * --inflight 2 or --lookup-thread lookup_us overlaps the others. */
+        double per_b = ph.batches > 0 ? (double)ph.batches : 1;
+        kvs_cli_json_num(j, "lookup_us", ph.lookup / per_b, 1);
+        kvs_cli_json_num(j, "fetch_us", ph.fetch / per_b, 1);
+        kvs_cli_json_num(j, "wait_us", ph.wait / per_b, 1);
+        kvs_cli_json_num(j, "release_us", ph.release / per_b, 1);
         if (tp) { /* block_bytes above is what each fetch moved */
             cJSON_AddNumberToObject(j, "prefill_tp", (double)o.prefill_tp);
             cJSON_AddNumberToObject(j, "decode_tp", (double)o.decode_tp);
@@ -767,6 +931,10 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             "  kvshare fetch        %8.2f GB/s   path %s, batch latency p50 %.0f us, p99 %.0f us\n"
             "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
             gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0);
+        double per_b = ph.batches > 0 ? (double)ph.batches : 1;
+        printf("  per batch            lookup %.0f us, kvs_fetch %.0f us, wait %.0f us, release "
+               "%.0f us\n",
+               ph.lookup / per_b, ph.fetch / per_b, ph.wait / per_b, ph.release / per_b);
         if (tp)
             printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s, path %s)\n",
                    wgbps, wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",

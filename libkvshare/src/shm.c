@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SHM_MAGIC     0x4D53564Bu /* "KVSM" */
@@ -34,6 +35,7 @@
 #define SHM_ENTRY_LEN 32u
 #define SHM_IO_MS     1000
 #define SHM_MAX_MAPS  256u
+#define SHM_MAX_CONNS 64u /* callers between greeting and request, at once */
 /* Runs of adjacent blocks are copied as one memcpy up to this size. */
 #define SHM_MAX_RUN (4u << 20)
 
@@ -223,6 +225,13 @@ static void io_timeouts(int fd)
 _Static_assert(KVS_SHM_BOOT_ID_LEN == KVS_PROTO_BOOT_ID_LEN, "one boot id length");
 _Static_assert(KVS_SHM_MAX_PATH == KVS_PROTO_MAX_SHM_PATH, "one socket path bound");
 
+/* A caller between its greeting and its request. */
+typedef struct sconn {
+    int fd;
+    uint64_t deadline_ns; /* SHM_IO_MS after it was accepted */
+    uint8_t nonce[KVS_PROTO_NONCE_LEN];
+} sconn_t;
+
 struct kvs__shm_srv {
     int lfd, stopfd;
     pthread_t thread;
@@ -234,6 +243,10 @@ struct kvs__shm_srv {
     void *arg;
     const kvs__logger_t *log;
     uint64_t refused;
+    /* Callers served at once, oldest first: one that stays silent holds
+     * its slot until its deadline, never the thread. */
+    sconn_t conns[SHM_MAX_CONNS];
+    uint32_t nconns;
 };
 
 static void srv_refuse(kvs__shm_srv_t *s, const char *why)
@@ -243,25 +256,59 @@ static void srv_refuse(kvs__shm_srv_t *s, const char *why)
                   (unsigned long long)s->refused);
 }
 
-/* One reader, start to end, within SHM_IO_MS per step. */
-static void srv_serve(kvs__shm_srv_t *s, int fd)
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void srv_drop(kvs__shm_srv_t *s, uint32_t i)
+{
+    close(s->conns[i].fd);
+    memmove(&s->conns[i], &s->conns[i + 1], (s->nconns - i - 1) * sizeof(s->conns[0]));
+    s->nconns--;
+}
+
+/* A new caller (non-blocking): its uid, then the greeting with a fresh
+ * nonce. A full table pushes out the oldest caller, so silent connections
+ * cannot lock out one that completes its exchange. */
+static void srv_greet(kvs__shm_srv_t *s, int fd)
 {
     struct ucred cr;
     socklen_t cl = sizeof(cr);
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
         (cr.uid != geteuid() && cr.uid != 0)) {
         srv_refuse(s, "peer runs as another user");
+        close(fd);
         return;
     }
-    io_timeouts(fd);
     uint8_t hello[8 + KVS_PROTO_NONCE_LEN];
     put32(hello, SHM_MAGIC);
     put32(hello + 4, SHM_VERSION);
+    /* A fresh socket's buffer takes one small datagram: MSG_DONTWAIT never waits here. */
     if (RAND_bytes(hello + 8, KVS_PROTO_NONCE_LEN) != 1 ||
-        send(fd, hello, sizeof(hello), MSG_NOSIGNAL) != (ssize_t)sizeof(hello))
+        send(fd, hello, sizeof(hello), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(hello)) {
+        close(fd);
         return;
+    }
+    if (s->nconns == SHM_MAX_CONNS) {
+        srv_refuse(s, "too many callers at once (the oldest dropped)");
+        srv_drop(s, 0);
+    }
+    sconn_t *c = &s->conns[s->nconns++];
+    c->fd = fd;
+    c->deadline_ns = mono_ns() + (uint64_t)SHM_IO_MS * 1000000u;
+    memcpy(c->nonce, hello + 8, sizeof(c->nonce));
+}
+
+/* The request of caller @c, which has one to read (or hung up), and the
+ * answer: one memfd per region, or nothing. */
+static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
+{
+    int fd = c->fd;
     uint8_t req[4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4 + 4 * SHM_MAX_IDS + 1];
-    ssize_t n = recv(fd, req, sizeof(req), 0);
+    ssize_t n = recv(fd, req, sizeof(req), MSG_DONTWAIT);
     const size_t fixed = 4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4;
     if (n < (ssize_t)fixed || get32(req) != SHM_MAGIC) {
         srv_refuse(s, "malformed request");
@@ -274,7 +321,7 @@ static void srv_serve(kvs__shm_srv_t *s, int fd)
         return;
     }
     uint8_t want[KVS_PROTO_MAC_LEN];
-    shm_mac(s->secret, s->secret_len, s->open, session, hello + 8, want);
+    shm_mac(s->secret, s->secret_len, s->open, session, c->nonce, want);
     bool ok = CRYPTO_memcmp(want, mac, sizeof(want)) == 0;
     OPENSSL_cleanse(want, sizeof(want));
     if (!ok) {
@@ -319,29 +366,57 @@ static void srv_serve(kvs__shm_srv_t *s, int fd)
         cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
         memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
     }
-    if (sendmsg(fd, &mh, MSG_NOSIGNAL) < 0)
+    /* The caller sent one datagram and reads one: its buffer is empty, the
+     * answer (2 KiB at most) fits; a caller that cannot take it loses it. */
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         kvs__debug(s->log, "shm: sendmsg: %s", strerror(errno));
 }
 
+/* One thread polls the listener and every caller between greeting and
+ * request; each caller has SHM_IO_MS from its accept to send its request. */
 static void *srv_thread(void *arg)
 {
     kvs__shm_srv_t *s = arg;
+    struct pollfd p[2 + SHM_MAX_CONNS];
     for (;;) {
-        struct pollfd p[2] = {{.fd = s->lfd, .events = POLLIN},
-                              {.fd = s->stopfd, .events = POLLIN}};
-        if (poll(p, 2, -1) < 0) {
+        p[0] = (struct pollfd){.fd = s->lfd, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = s->stopfd, .events = POLLIN};
+        const uint32_t polled = s->nconns;
+        int timeout = -1;
+        const uint64_t now = mono_ns();
+        for (uint32_t i = 0; i < polled; i++) {
+            p[2 + i] = (struct pollfd){.fd = s->conns[i].fd, .events = POLLIN};
+            uint64_t left = s->conns[i].deadline_ns > now ? s->conns[i].deadline_ns - now : 0;
+            int ms = (int)((left + 999999u) / 1000000u);
+            if (timeout < 0 || ms < timeout)
+                timeout = ms;
+        }
+        if (poll(p, 2 + polled, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             break;
         }
         if (p[1].revents)
             break;
-        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            continue;
-        srv_serve(s, fd);
-        close(fd);
+        /* Callers first (their slots move as others go), newest to oldest. */
+        const uint64_t t = mono_ns();
+        for (uint32_t i = polled; i-- > 0;) {
+            if (p[2 + i].revents != 0) {
+                srv_answer(s, &s->conns[i]);
+                srv_drop(s, i);
+            } else if (s->conns[i].deadline_ns <= t) {
+                srv_refuse(s, "no request within the deadline");
+                srv_drop(s, i);
+            }
+        }
+        if (p[0].revents & POLLIN) {
+            int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (fd >= 0)
+                srv_greet(s, fd);
+        }
     }
+    while (s->nconns > 0)
+        srv_drop(s, s->nconns - 1);
     return NULL;
 }
 

@@ -291,6 +291,30 @@ tp_sliced_whole() {
   echo "ok: bench transfer TP 2 -> 4 reports sliced and whole fetches"
 }
 tp_sliced_whole
+# bench transfer --lookup-thread: lookups on a second thread, leases handed over; the run checks
+# the fetched bytes itself (a wrong block fails it) and reports where a batch's time went.
+lookup_thread() {
+  local out f
+  if [ -z "$("$k" bench transfer --blocks 4 --batch 2 --repeats 1 --block-bytes 4096 \
+    --no-perftest --json 2>/dev/null)" ]; then
+    echo "skip: bench transfer did not run here"
+    return
+  fi
+  out=$("$k" bench transfer --lookup-thread --blocks 37 --batch 4 --repeats 2 \
+    --block-bytes 4096 --no-perftest --json 2>&1)
+  if ! grep -q '"lookup_thread":true' <<<"$out"; then
+    echo "FAIL: bench transfer --lookup-thread did not run: $out"; fail=1
+    return
+  fi
+  for f in lookup_us fetch_us; do
+    if ! grep -qE "\"$f\":[0-9.]*[1-9]" <<<"$out"; then
+      echo "FAIL: bench transfer --lookup-thread: no positive $f in: $out"; fail=1
+      return
+    fi
+  done
+  echo "ok: bench transfer --lookup-thread fetches every block right and says where time went"
+}
+lookup_thread
 # A run's own token (demo, bench: no KVSHARE_AUTH_TOKEN_FILE given) is a secret in TMPDIR: a run
 # stopped by SIGTERM removes it too, not only one that exits.
 token_on_signal() {

@@ -17,6 +17,9 @@
  *   unauth     connections to the holder's Unix socket that prove nothing (garbage, a wrong
  *              MAC, a right MAC over an unknown session) get no descriptor, and the holder
  *              keeps serving mapped fetches
+ *   silent     callers that connect and stop (silent, after the greeting, a request cut
+ *              short), and a flood of more than the holder keeps at once, held open while
+ *              a reader's handover still gets the mapped path
  *   exit       the holder is killed while the reader holds a lease: the reader's fetch does
  *              not crash, and its mappings of the holder go once the connection is gone
  * Uses the internal test hook kvs__shm_test_mid_copy (linked against kvshare_static). */
@@ -611,6 +614,90 @@ static void s_unauth(void)
     stop_holder(&h);
 }
 
+/* The holder's socket in WORK. */
+static void holder_socket(char *path, size_t len)
+{
+    path[0] = '\0';
+    DIR *d = opendir(work);
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        if (strstr(e->d_name, ".sock") != NULL)
+            snprintf(path, len, "%s/%s", work, e->d_name);
+    if (d != NULL)
+        closedir(d);
+    if (path[0] == '\0')
+        FAIL("the holder made no socket in %s", work);
+}
+
+/* A caller that connects and then stops: @what 0 says nothing, 1 reads the
+ * greeting and says nothing, 2 reads it and sends a request cut short. */
+static int stalled_caller(const char *path, int what)
+{
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+        FAIL("silent: connect %s: %s", path, strerror(errno));
+    if (what >= 1) {
+        uint8_t hello[8 + KVS_PROTO_NONCE_LEN];
+        if (recv(fd, hello, sizeof(hello), 0) != (ssize_t)sizeof(hello))
+            FAIL("silent: no greeting for a stalled caller");
+    }
+    if (what == 2) {
+        uint8_t req[20] = {'K', 'V', 'S', 'M'};
+        send(fd, req, sizeof(req), MSG_NOSIGNAL);
+    }
+    return fd;
+}
+
+/* Callers that stop mid-exchange, held open, must not delay another's
+ * handover: a reader started while they hang still gets the mapped path
+ * (the reader waits 1 s for its greeting; a holder serving one caller at a
+ * time would still be waiting out the silent ones). Then a flood of more
+ * silent callers than the holder keeps at once: the oldest are pushed out,
+ * and a reader still gets the mapped path. */
+static void s_silent(void)
+{
+    child_t h = start_holder();
+    char path[600];
+    holder_socket(path, sizeof(path));
+    int held[100];
+    int nheld = 0;
+    /* A request cut short, one silent after its greeting, then silent ones
+     * (those last queue up before the reader on a one-at-a-time holder). */
+    held[nheld++] = stalled_caller(path, 2);
+    held[nheld++] = stalled_caller(path, 1);
+    for (int i = 0; i < 8; i++)
+        held[nheld++] = stalled_caller(path, 0);
+    reader_t r = reader_new();
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("silent: fetch beside silent callers: %s", kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    if (shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
+        FAIL("silent: with %d stalled callers held open the reader got %llu bytes through "
+             "mapped memory, expected %u (its handover was delayed: it fell back to UCX)",
+             nheld, (unsigned long long)shm_bytes(&r), NBLOCKS * BB);
+    printf("ok: silent: %d stalled callers held open; a reader's handover still mapped\n", nheld);
+    reader_free(&r);
+    while (nheld < 100)
+        held[nheld++] = stalled_caller(path, 0);
+    reader_t r2 = reader_new();
+    st = fetch(&r2, h.addr, NBLOCKS, NBLOCKS);
+    if (st != KVS_OK || shm_bytes(&r2) != (uint64_t)NBLOCKS * BB)
+        FAIL("silent: with %d silent callers the reader got %llu mapped bytes (%s)", nheld,
+             (unsigned long long)shm_bytes(&r2), kvs_status_string(st));
+    check(&r2, NBLOCKS, NBLOCKS, 1);
+    for (int i = 0; i < 100 && !logged("too many callers at once"); i++)
+        sleep_ms(10);
+    if (!logged("too many callers at once"))
+        FAIL("silent: a flood of %d callers pushed none out", nheld);
+    printf("ok: silent: %d silent callers: the oldest pushed out, a reader still mapped\n", nheld);
+    reader_free(&r2);
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    stop_holder(&h);
+}
+
 /* Sockets in WORK. */
 static int sockets(void)
 {
@@ -725,7 +812,8 @@ int main(int argc, char **argv)
         const char *name;
         void (*fn)(void);
     } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
-               {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"exit", s_exit}};
+               {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
+               {"exit", s_exit}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
