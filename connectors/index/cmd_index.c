@@ -132,7 +132,8 @@ static void usage(FILE *f)
         "                     [--block-size N] [--hash-algo sha256_cbor|xxhash_cbor]\n"
         "                     [--hash-seed S] [--keys hashes|tokens] [--max-pairs N]\n"
         "                     [--max-idle-s S] [--redis URL [--redis-id ID]\n"
-        "                     [--redis-lease-ms MS]]\n"
+        "                     [--redis-lease-ms MS] [--redis-ca FILE]\n"
+        "                     [--redis-cert FILE --redis-key FILE]]\n"
         "\n"
         "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
         "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
@@ -150,13 +151,19 @@ static void usage(FILE *f)
         "                (--hash-algo/--hash-seed then need not match the engine's)\n"
         "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
         "  --max-idle-s  clear pods silent this long (default 0: never)\n"
-        "  --redis       share the index through Redis (redis://[[USER]:PASS@]HOST[:PORT]\n"
-        "                [/DB] or unix:/PATH; or the password in KVSHARE_REDIS_PASSWORD):\n"
+        "  --redis       share the index through Redis (redis[s]://[[USER]:PASS@]HOST\n"
+        "                [:PORT][/DB] or unix:/PATH; or the password in KVSHARE_REDIS_PASSWORD;\n"
+        "                rediss:// is TLS, the server's certificate and name verified):\n"
         "                each pod is written by one replica (a lease), scores\n"
         "                are one server-side walk, a new replica loads the snapshot; with\n"
         "                --redis, --source is optional (a replica that only scores)\n"
         "  --redis-id    this replica's lease holder name (default HOSTNAME:PID)\n"
-        "  --redis-lease-ms  writer lease length (default 5000; renewed every third)\n");
+        "  --redis-lease-ms  writer lease length (default 5000; renewed every third)\n"
+        "  --redis-ca    rediss://: the CA file (PEM) the server's certificate must chain to\n"
+        "                (default KVSHARE_REDIS_CA_FILE, else the system store)\n"
+        "  --redis-cert, --redis-key  rediss://: a client certificate and its key, for a\n"
+        "                Redis with tls-auth-clients (default KVSHARE_REDIS_CERT_FILE and\n"
+        "                KVSHARE_REDIS_KEY_FILE)\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1067,7 +1074,10 @@ enum {
     O_KEYS,
     O_REDIS,
     O_REDIS_ID,
-    O_REDIS_LEASE_MS
+    O_REDIS_LEASE_MS,
+    O_REDIS_CA,
+    O_REDIS_CERT,
+    O_REDIS_KEY
 };
 
 static const struct option index_options[] = {
@@ -1082,6 +1092,9 @@ static const struct option index_options[] = {
     {"redis", required_argument, NULL, O_REDIS},
     {"redis-id", required_argument, NULL, O_REDIS_ID},
     {"redis-lease-ms", required_argument, NULL, O_REDIS_LEASE_MS},
+    {"redis-ca", required_argument, NULL, O_REDIS_CA},
+    {"redis-cert", required_argument, NULL, O_REDIS_CERT},
+    {"redis-key", required_argument, NULL, O_REDIS_KEY},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t index_cmd = {"index", usage, index_options};
@@ -1092,6 +1105,7 @@ int kvs_cli_index(int argc, char **argv)
     const char *http = NULL, *algo = "sha256_cbor", *seed = NULL;
     bool token_mode = false;
     const char *redis_url = NULL, *redis_id = NULL;
+    const char *redis_ca = NULL, *redis_cert = NULL, *redis_key = NULL;
     uint64_t lease_ms = 5000;
     uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0;
     int c;
@@ -1130,6 +1144,15 @@ int kvs_cli_index(int argc, char **argv)
         case O_REDIS_ID:
             redis_id = v;
             break;
+        case O_REDIS_CA:
+            redis_ca = v;
+            break;
+        case O_REDIS_CERT:
+            redis_cert = v;
+            break;
+        case O_REDIS_KEY:
+            redis_key = v;
+            break;
         case O_REDIS_LEASE_MS:
             if (!kvs_cli_parse_u64("--redis-lease-ms", v, 300, 600000, &lease_ms))
                 return 2;
@@ -1159,6 +1182,10 @@ int kvs_cli_index(int argc, char **argv)
 #endif
     if ((redis_id != NULL) && redis_url == NULL)
         return kvs_cli_usage_error(&index_cmd, "--redis-id needs --redis");
+    if ((redis_ca != NULL || redis_cert != NULL || redis_key != NULL) &&
+        (redis_url == NULL || strncmp(redis_url, "rediss://", 9) != 0))
+        return kvs_cli_usage_error(
+            &index_cmd, "--redis-ca, --redis-cert and --redis-key need --redis rediss://");
     /* With --redis a replica may only score (what the others write). */
     if ((d.nsrc == 0 && redis_url == NULL) || http == NULL) {
         kvs_cli_usage_error(&index_cmd, "%s is required",
@@ -1197,7 +1224,7 @@ int kvs_cli_index(int argc, char **argv)
     }
 #ifdef KVS_HAVE_REDIS
     if (redis_url != NULL) {
-        char rid[160], rwhy[300];
+        char rid[160], rwhy[600];
         if (redis_id == NULL) {
             char host[64] = "replica";
             gethostname(host, sizeof(host) - 1);
@@ -1205,7 +1232,8 @@ int kvs_cli_index(int argc, char **argv)
             redis_id = rid;
         }
         d.lease_ms = (uint32_t)lease_ms;
-        d.redis = kvs__ixr_create(redis_url, redis_id, d.lease_ms, rwhy, sizeof(rwhy));
+        kvs__ixr_tls_t tls = {.ca_file = redis_ca, .cert_file = redis_cert, .key_file = redis_key};
+        d.redis = kvs__ixr_create(redis_url, redis_id, d.lease_ms, &tls, rwhy, sizeof(rwhy));
         if (d.redis == NULL) {
             fprintf(stderr, "kvshare index: --redis %s\n", rwhy);
             rc = 2;

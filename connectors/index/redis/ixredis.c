@@ -2,6 +2,7 @@
 /* ixredis.c - the index shared through Redis (hiredis): leases, pipelined writes, snapshot,
  * and scores walked server-side by one Lua script. */
 #include "ixredis_int.h"
+#include "ixtls_int.h"
 #include "util_int.h"
 
 #include <hiredis/hiredis.h>
@@ -12,6 +13,7 @@
 #include <strings.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #define CONNECT_MS 500
 #define REPLY_MS   1000
@@ -135,6 +137,7 @@ static const char *const scripts[NSCRIPTS] = {store_lua, remove_lua, clear_lua,
 
 typedef struct conn {
     redisContext *c;
+    kvs__ixtls_conn_t *tls; /* rediss://: the relay under c */
     uint64_t next_try_ms;
     uint64_t epoch;
     /* SHA1 of each script as SCRIPT LOAD answered on this connection (EVALSHA); empty: send
@@ -147,6 +150,7 @@ struct kvs__ixr {
     char path[256]; /* unix socket; host unused */
     int port, db;
     char user[128], pass[256]; /* AUTH [user] pass on connect, when pass[0] */
+    kvs__ixtls_ctx_t *tls;     /* rediss:// */
     char id[128];
     char lease_ms[16];
     conn_t w;       /* the writer (event thread) */
@@ -193,8 +197,15 @@ static bool pct_decode(const char *s, size_t n, char *out, size_t cap)
     return true;
 }
 
-kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t lease_ms, char *why,
-                            size_t wl)
+/* An environment variable naming a file; NULL when unset or empty. */
+static const char *env_file(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t lease_ms,
+                            const kvs__ixr_tls_t *tls, char *why, size_t wl)
 {
     kvs__ixr_t *r = calloc(1, sizeof(*r));
     if (r == NULL) {
@@ -202,6 +213,7 @@ kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t le
         return NULL;
     }
     r->port = 6379;
+    bool use_tls = false;
     if (strncmp(url, "unix:", 5) == 0) {
         const char *p = url + 5;
         if (strncmp(p, "//", 2) == 0)
@@ -209,16 +221,9 @@ kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t le
         if (p[0] != '/' || strlen(p) >= sizeof(r->path))
             goto bad;
         snprintf(r->path, sizeof(r->path), "%s", p);
-    } else if (strncmp(url, "rediss://", 9) == 0) {
-        snprintf(why, wl,
-                 "'%s': TLS (rediss://) needs hiredis >= 1.0 with hiredis_ssl, and this build "
-                 "links hiredis %d.%d without it: reach Redis through a TLS tunnel (stunnel, a "
-                 "sidecar) as redis://, or over unix:/PATH",
-                 url, HIREDIS_MAJOR, HIREDIS_MINOR);
-        free(r);
-        return NULL;
-    } else if (strncmp(url, "redis://", 8) == 0) {
-        const char *h = url + 8, *end = h + strcspn(h, "/");
+    } else if (strncmp(url, "redis://", 8) == 0 || strncmp(url, "rediss://", 9) == 0) {
+        use_tls = url[6] == 's';
+        const char *h = url + (use_tls ? 9 : 8), *end = h + strcspn(h, "/");
         const char *at = NULL;
         for (const char *q = h; q < end; q++)
             if (*q == '@')
@@ -263,13 +268,28 @@ kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t le
         snprintf(r->pass, sizeof(r->pass), "%s", ep_pass);
         snprintf(r->user, sizeof(r->user), "%s", ep_user != NULL ? ep_user : "");
     }
+    if (use_tls) { /* the files now, so that a wrong path fails at start */
+        const char *ca = tls && tls->ca_file ? tls->ca_file : env_file("KVSHARE_REDIS_CA_FILE");
+        const char *cert =
+            tls && tls->cert_file ? tls->cert_file : env_file("KVSHARE_REDIS_CERT_FILE");
+        const char *key = tls && tls->key_file ? tls->key_file : env_file("KVSHARE_REDIS_KEY_FILE");
+        char e[400];
+        r->tls = kvs__ixtls_ctx_create(ca, cert, key, e, sizeof(e));
+        if (r->tls == NULL) {
+            snprintf(why, wl, "'%s': %s", url, e);
+            explicit_bzero(r->pass, sizeof(r->pass));
+            free(r);
+            return NULL;
+        }
+    }
     snprintf(r->id, sizeof(r->id), "%s", replica_id);
     snprintf(r->lease_ms, sizeof(r->lease_ms), "%u", lease_ms);
     pthread_mutex_init(&r->lock, NULL);
     return r;
 bad:
-    snprintf(why, wl, "'%s': expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or unix:/PATH",
+    snprintf(why, wl, "'%s': expected redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB] or unix:/PATH",
              url);
+    explicit_bzero(r->pass, sizeof(r->pass));
     free(r);
     return NULL;
 }
@@ -277,8 +297,10 @@ bad:
 static void conn_drop(conn_t *c)
 {
     if (c->c != NULL)
-        redisFree(c->c);
+        redisFree(c->c); /* closes hiredis's end: the relay, if any, stops */
     c->c = NULL;
+    kvs__ixtls_close(c->tls);
+    c->tls = NULL;
 }
 
 void kvs__ixr_destroy(kvs__ixr_t *r)
@@ -287,6 +309,7 @@ void kvs__ixr_destroy(kvs__ixr_t *r)
         return;
     conn_drop(&r->w);
     conn_drop(&r->rd);
+    kvs__ixtls_ctx_free(r->tls);
     pthread_mutex_destroy(&r->lock);
     explicit_bzero(r->pass, sizeof(r->pass));
     free(r);
@@ -302,9 +325,15 @@ unsigned long long kvs__ixr_errors(const kvs__ixr_t *r)
 static void failed_why(kvs__ixr_t *r, conn_t *c, const char *what, const char *detail)
 {
     unsigned long long n = atomic_fetch_add(&r->errors, 1) + 1;
+    /* Over TLS, hiredis only sees the relay's end close: the relay knows why. */
+    if (detail == NULL)
+        detail = kvs__ixtls_error(c->tls);
     if (detail == NULL)
         detail = c->c && c->c->err ? c->c->errstr : "no reply (unreachable?)";
     const char *hint = "";
+    if (strstr(detail, "certificate required") != NULL)
+        hint = " (this Redis has tls-auth-clients: KVSHARE_REDIS_CERT_FILE and "
+               "KVSHARE_REDIS_KEY_FILE, or --redis-cert and --redis-key)";
     if (strncmp(detail, "NOAUTH", 6) == 0)
         hint = " (this Redis wants a password: redis://:PASSWORD@HOST or KVSHARE_REDIS_PASSWORD)";
     else if (strncmp(detail, "WRONGPASS", 9) == 0 || strstr(detail, "invalid password") != NULL)
@@ -383,8 +412,22 @@ static redisContext *conn_get(kvs__ixr_t *r, conn_t *c)
         return NULL;
     struct timeval ct = {.tv_sec = 0, .tv_usec = CONNECT_MS * 1000};
     struct timeval rt = {.tv_sec = REPLY_MS / 1000, .tv_usec = (REPLY_MS % 1000) * 1000};
-    c->c = r->path[0] ? redisConnectUnixWithTimeout(r->path, ct)
-                      : redisConnectWithTimeout(r->host, r->port, ct);
+    if (r->tls != NULL) {
+        char why[400];
+        int fd = -1;
+        c->tls = kvs__ixtls_connect(r->tls, r->host, r->port, CONNECT_MS, REPLY_MS, &fd, why,
+                                    sizeof(why));
+        if (c->tls == NULL) {
+            failed_why(r, c, "connect", why);
+            return NULL;
+        }
+        c->c = redisConnectFd(fd);
+        if (c->c == NULL) /* out of memory: the fd stays ours */
+            close(fd);
+    } else {
+        c->c = r->path[0] ? redisConnectUnixWithTimeout(r->path, ct)
+                          : redisConnectWithTimeout(r->host, r->port, ct);
+    }
     if (c->c == NULL || c->c->err || redisSetTimeout(c->c, rt) != REDIS_OK) {
         failed(r, c, "connect");
         return NULL;

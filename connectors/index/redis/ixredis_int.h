@@ -17,7 +17,8 @@
  * A new replica loads the snapshot (every model, pod and copy) into its index at start.
  *
  * Redis unreachable: calls fail fast (connect 500 ms, replies 1 s), are counted, and the
- * connection is retried at most once a second; nothing blocks longer. Model and pod names
+ * connection is retried at most once a second; nothing blocks longer (over TLS: connect
+ * 500 ms, then the handshake 1 s). Model and pod names
  * never hold '@' (topics are kv@<pod>@<model>). Not thread-safe, except kvs__ixr_score. */
 #ifndef KVS_IXREDIS_INT_H
 #define KVS_IXREDIS_INT_H
@@ -29,13 +30,20 @@
 
 typedef struct kvs__ixr kvs__ixr_t;
 
-/* url: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (userinfo %-encoded) or unix:PATH; without
- * a password in the URL, KVSHARE_REDIS_PASSWORD (and KVSHARE_REDIS_USER) apply. Each connect
- * sends AUTH, SELECT and SCRIPT LOAD (scripts then go by EVALSHA, falling back to EVAL on
- * NOSCRIPT). rediss:// (TLS) is refused: hiredis 0.14 (Debian 12) has no hiredis_ssl. Does
- * not connect yet. NULL with why filled on a bad URL or out of memory. */
-kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t lease_ms, char *why,
-                            size_t wl);
+/* rediss://'s files (PEM), each NULL: from the environment (KVSHARE_REDIS_CA_FILE,
+ * KVSHARE_REDIS_CERT_FILE, KVSHARE_REDIS_KEY_FILE); no CA file: the system store. */
+typedef struct kvs__ixr_tls {
+    const char *ca_file, *cert_file, *key_file;
+} kvs__ixr_tls_t;
+
+/* url: redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB] (userinfo %-encoded) or unix:PATH;
+ * without a password in the URL, KVSHARE_REDIS_PASSWORD (and KVSHARE_REDIS_USER) apply. Each
+ * connect sends AUTH, SELECT and SCRIPT LOAD (scripts then go by EVALSHA, falling back to EVAL
+ * on NOSCRIPT). rediss:// is TLS >= 1.2 with the server's certificate and name verified
+ * (ixtls_int.h; tls may be NULL, it is read only for rediss://). Does not connect yet. NULL
+ * with why filled on a bad URL, an unreadable CA/certificate/key, or out of memory. */
+kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t lease_ms,
+                            const kvs__ixr_tls_t *tls, char *why, size_t wl);
 void kvs__ixr_destroy(kvs__ixr_t *r);
 
 /* Takes or renews pod's lease: 2 taken now, 1 renewed, 0 another replica holds it, -1 Redis
