@@ -222,7 +222,7 @@ kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t le
             goto bad;
         snprintf(r->path, sizeof(r->path), "%s", p);
     } else if (strncmp(url, "redis://", 8) == 0 || strncmp(url, "rediss://", 9) == 0) {
-        use_tls = url[6] == 's';
+        use_tls = strncmp(url, "rediss://", 9) == 0;
         const char *h = url + (use_tls ? 9 : 8), *end = h + strcspn(h, "/");
         const char *at = NULL;
         for (const char *q = h; q < end; q++)

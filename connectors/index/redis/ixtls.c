@@ -234,7 +234,8 @@ static void sigpipe_restore(sigpipe_guard_t *g)
     pthread_sigmask(SIG_SETMASK, &g->old, NULL);
 }
 
-static void relay_fail(kvs__ixtls_conn_t *c, const char *what, int ret, int se)
+/* The cause of a failed SSL_read/SSL_write into c->err (the failed flag not yet set). */
+static void relay_why(kvs__ixtls_conn_t *c, const char *what, int ret, int se)
 {
     char e[200];
     if (se == SSL_ERROR_ZERO_RETURN)
@@ -245,6 +246,24 @@ static void relay_fail(kvs__ixtls_conn_t *c, const char *what, int ret, int se)
     else
         ssl_errstr(e, sizeof(e), "failed");
     snprintf(c->err, sizeof(c->err), "TLS %s: %s", what, e);
+}
+
+static void relay_fail(kvs__ixtls_conn_t *c, const char *what, int ret, int se)
+{
+    relay_why(c, what, ret, se);
+    atomic_store_explicit(&c->failed, true, memory_order_release);
+}
+
+/* A write failed (often "connection reset"): the server may have said why before it closed
+ * (TLS 1.3's "certificate required" comes after the handshake, as an alert): read it. */
+static void relay_write_failed(kvs__ixtls_conn_t *c, int ret, int se)
+{
+    relay_why(c, "write", ret, se);
+    ERR_clear_error();
+    char scratch[512];
+    int n = SSL_read(c->ssl, scratch, sizeof(scratch));
+    if (n <= 0 && SSL_get_error(c->ssl, n) == SSL_ERROR_SSL)
+        relay_why(c, "session", n, SSL_ERROR_SSL);
     atomic_store_explicit(&c->failed, true, memory_order_release);
 }
 
@@ -282,7 +301,7 @@ static void *relay(void *arg)
                 else if (se == SSL_ERROR_WANT_WRITE)
                     tcp_ev |= POLLOUT;
                 else {
-                    relay_fail(c, "write", n, se);
+                    relay_write_failed(c, n, se);
                     break;
                 }
             }
