@@ -17,7 +17,8 @@ Test(ixredis, urls)
                                        "redis://[::1]:6379/2", "redis://host:1/0",
                                        "unix:/run/redis.sock", "unix:///run/redis.sock",
                                        "redis://user:pw@h:1",  "redis://:pw@h:1/3",
-                                       "redis://u:p%40ss@h",   "redis://:p@ss@h"};
+                                       "redis://u:p%40ss@h",   "redis://:p@ss@h",
+                                       "rediss://h",           "rediss://u:p@[::1]:6380/1"};
     static const char *const bad[] = {"",
                                       "http://x",
                                       "redis://",
@@ -31,6 +32,9 @@ Test(ixredis, urls)
                                       "redis://:%00@h",
                                       "redis://:pw@",
                                       "redis://h/db",
+                                      "rediss://",
+                                      "rediss://:6380",
+                                      "redis:s://h",
                                       "redis://[::1",
                                       "unix:relative"};
     char why[256];
