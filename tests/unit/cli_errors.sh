@@ -237,7 +237,11 @@ if "$k" index --help >/dev/null 2>&1; then
   expect 2 "--redis-id needs --redis" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --redis-id a
   expect 2 "--redis-lease-ms '5': expected an integer" -- index --http 127.0.0.1:0 --redis redis://h --redis-lease-ms 5
   if "$k" index --help | grep -q -- --redis; then
-    expect 2 "--redis 'http://h': expected redis://" -- index --http 127.0.0.1:0 --redis http://h
+    expect 2 "--redis 'http://h': expected redis\\[s\\]://" -- index --http 127.0.0.1:0 --redis http://h
+    expect 2 "--redis-ca, --redis-cert and --redis-key need --redis rediss://" -- index --http 127.0.0.1:0 --redis redis://h --redis-ca /x
+    expect 2 "CA file '/nonexistent/ca.pem'" -- index --http 127.0.0.1:0 --redis rediss://h --redis-ca /nonexistent/ca.pem
+    expect 2 "client key '/nonexistent/k.pem'" -- index --http 127.0.0.1:0 --redis rediss://h --redis-cert /etc/ssl/certs/ca-certificates.crt --redis-key /nonexistent/k.pem
+    expect 2 "needs both a certificate and its key" -- index --http 127.0.0.1:0 --redis rediss://h --redis-cert /x
   fi
   # serve --events (built with the index): bad values refused before the node starts.
   expect 2 "--events-pod/-model/-queue/-replay need --events" -- serve --events-pod p
