@@ -13,7 +13,11 @@ redis-server with requirepass and an ACL user: redis://:PASSWORD@ and redis://US
 score from Redis, the password can come from KVSHARE_REDIS_PASSWORD, a wrong or missing
 password is logged with its cause (WRONGPASS / NOAUTH) and scores fall back to the local
 index; scripts go by EVALSHA, and after SCRIPT FLUSH scores still come from Redis (EVAL
-fallback, reload) and the writer resyncs what it lost. Skips (77) without redis-server.
+fallback, reload) and the writer resyncs what it lost. Then over TLS (rediss://, certificates
+made with the openssl CLI; a Redis with tls-auth-clients): a writer with --redis-ca and a client
+certificate, a scoring-only replica with the same from KVSHARE_REDIS_* score from Redis; a
+replica given the wrong CA falls back locally and logs "certificate verify failed". Skips (77)
+without redis-server.
 
 Usage: index_redis.py PATH_TO_KVSHARE
 """
@@ -176,6 +180,7 @@ def main():
             rc = r.stop()
             check(rc == 0, f"replica {name} stops cleanly on SIGTERM (exit {rc})")
         auth_and_scripts(kvshare, server, tmp, rng, procs)
+        tls(kvshare, server, tmp, rng, procs)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -276,6 +281,97 @@ def auth_and_scripts(kvshare, server, tmp, rng, procs):
     wait_for("F scores 8 blocks from Redis", lambda: pods_of(f.score("m2", prompt)),
              lambda p: p == {"pod-z": 8})
     for r in (e, f, logs["wrong"][1], logs["none"][1]):
+        check(r.stop() == 0, "a replica stops cleanly on SIGTERM")
+    rs.send_signal(signal.SIGTERM)
+    rs.wait(timeout=ie.DEADLINE_S)
+
+
+CERTS_SH = r'''set -e; cd "$1"
+k() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key 2>/dev/null; }
+ca() { k $1; openssl req -x509 -new -key $1.key -out $1.crt -days 2 -subj /CN=$1; }
+leaf() { k $1; openssl req -new -key $1.key -out $1.csr -subj /CN=$1
+  printf '%s\n' "$3" > $1.ext
+  openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -days 2 \
+    -extfile $1.ext -out $1.crt 2>/dev/null; }
+ca ca; ca other
+leaf server ca 'subjectAltName=IP:127.0.0.1,DNS:localhost'
+leaf client ca 'extendedKeyUsage=clientAuth'
+'''
+
+
+def tls(kvshare, server, tmp, rng, procs):
+    """rediss:// end to end, with a client certificate (tls-auth-clients yes)."""
+    if shutil.which("openssl") is None:
+        print("index_redis: no openssl CLI, TLS part skipped")
+        return
+    d = os.path.join(tmp, "tls")
+    os.mkdir(d)
+    subprocess.run(["sh", "-c", CERTS_SH, "certs", d], check=True)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    port, tport = ports
+    rs = subprocess.Popen([server, "--port", str(port), "--tls-port", str(tport), "--bind", "127.0.0.1",
+                           "--tls-cert-file", f"{d}/server.crt", "--tls-key-file", f"{d}/server.key",
+                           "--tls-ca-cert-file", f"{d}/ca.crt", "--tls-auth-clients", "yes",
+                           "--dir", tmp, "--save", "", "--appendonly", "no", "--daemonize", "no"],
+                          stdout=open(os.path.join(tmp, "redis-tls.log"), "w"), stderr=subprocess.STDOUT)
+    procs.append(rs)
+    wait_for("redis-server (TLS) answers PING on its plain port", lambda: resp(port, "PING"),
+             lambda r: r == "PONG")
+    ctx = zmq.Context()
+    x = FakePod(ctx, replay=False)
+    T = "kv@pod-t@m3"
+    seq = [0]
+
+    def pub(events, live=True):
+        x.publish(T, seq[0], events, live=live, buffered=False)
+        seq[0] += 1
+
+    url = f"rediss://localhost:{tport}"
+    g = ie.Index(kvshare, [f"tcp://127.0.0.1:{x.port}"],
+                 extra=["--redis", url, "--redis-id", "G", "--redis-ca", f"{d}/ca.crt",
+                        "--redis-cert", f"{d}/client.crt", "--redis-key", f"{d}/client.key"])
+    procs.append(g.proc)
+    end = time.time() + ie.DEADLINE_S
+    while (g.metric("kvshare_index_pods") or 0) < 1 and time.time() < end:
+        pub([{"type": "AllBlocksCleared"}])
+        time.sleep(0.05)
+    prompt = [rng.randint(0, 150000) for _ in range(5 * BLOCK)]
+    k = [as_int(h) for h in keys(prompt)]
+    pub([{"type": "BlockStored", "block_hashes": k, "parent_block_hash": None, "token_ids": [],
+          "block_size": BLOCK, "medium": "GPU"}])
+    wait_for("G (rediss://) scores 5 blocks", lambda: pods_of(g.score("m3", prompt)),
+             lambda p: p == {"pod-t": 5})
+    check((g.metric("kvshare_index_redis_scores_total") or 0) >= 1
+          and (g.metric("kvshare_index_redis_errors_total") or 0) == 0, "G scored from Redis over TLS")
+    check(resp(port, "SCARD", "kvs:p:m3@pod-t") == 5, "G wrote the pod's 5 blocks over TLS")
+    old = os.environ.copy()
+    os.environ.update(KVSHARE_REDIS_CA_FILE=f"{d}/ca.crt", KVSHARE_REDIS_CERT_FILE=f"{d}/client.crt",
+                      KVSHARE_REDIS_KEY_FILE=f"{d}/client.key")
+    try:
+        h = ie.Index(kvshare, [], extra=["--redis", f"rediss://127.0.0.1:{tport}", "--redis-id", "H"])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    procs.append(h.proc)
+    check(h.metric("kvshare_index_redis_snapshot_copies_total") == 5, "H loaded the snapshot over TLS")
+    check(pods_of(h.score("m3", prompt)) == {"pod-t": 5}
+          and (h.metric("kvshare_index_redis_scores_total") or 0) >= 1, "H scores from Redis over TLS")
+    log = os.path.join(tmp, "index-wrongca.log")
+    w = ie.Index(kvshare, [f"tcp://127.0.0.1:{x.port}"],
+                 extra=["--redis", url, "--redis-id", "W", "--redis-ca", f"{d}/other.crt",
+                        "--redis-cert", f"{d}/client.crt", "--redis-key", f"{d}/client.key"],
+                 stderr=open(log, "w"))
+    procs.append(w.proc)
+    pub([{"type": "BlockRemoved", "block_hashes": [12345], "medium": "GPU"}])
+    wait_for("W (wrong CA) counts Redis errors", lambda: w.metric("kvshare_index_redis_errors_total") or 0,
+             lambda n: n >= 1)
+    text = open(log).read()
+    check("certificate verify failed" in text, f"W: the log names the cause: {text.strip().splitlines()[:1]}")
+    for r in (g, h, w):
         check(r.stop() == 0, "a replica stops cleanly on SIGTERM")
     rs.send_signal(signal.SIGTERM)
     rs.wait(timeout=ie.DEADLINE_S)
