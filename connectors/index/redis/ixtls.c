@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -176,6 +178,12 @@ static int tcp_connect(const char *host, int port, int connect_ms, char *why, si
         fd = -1;
     }
     freeaddrinfo(ai);
+    /* As hiredis does for its own TCP connections: a request larger than one TLS record
+     * goes as two writes, and Nagle would hold the second for the server's delayed ACK
+     * (40 ms a score of 512 blocks). */
+    int one = 1;
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (fd < 0)
         snprintf(why, wl, "connect %s:%d: %s", host, port,
                  err == ETIMEDOUT ? "timed out" : strerror(err));
