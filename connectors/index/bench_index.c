@@ -14,13 +14,21 @@
  *    (stores 16-block events for random pods and removes them 64 events later), and that
  *    writer's rate, ingest_during_scores_per_s: scoring takes no lock, so a writer never
  *    holds a score up (with a reader-writer lock, a score waited for the store in
- *    progress). */
+ *    progress).
+ * With --redis URL instead: the one-round-trip Redis score (kvs__ixr_score) of a 512-block
+ * prompt against one pod holding it, and with --redis-anchor URL (the same server another
+ * way, e.g. redis:// beside rediss://) the same scores there and their ratio. */
 #include "cmdline_int.h"
 #include "index.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
 
+#ifdef KVS_HAVE_REDIS
+#include "ixredis_int.h"
+#endif
+
 #include <msgpack.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,27 +173,118 @@ static void *churn_writer(void *arg)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] [--json]\n"
-               "\n"
-               "KV event ingest rate, then prefix scores over 64 pods: an index filled with up\n"
-               "to --pairs (pod, block) pairs, for at most --setup-s seconds, is scored\n"
-               "--samples times, with the keys given and with the tokens hashed first.\n"
-               "Defaults: --pairs 10000000 --setup-s 10 --samples 10000\n");
+    fprintf(f,
+            "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] [--json]\n"
+            "       kvshare bench index --redis URL [--redis-anchor URL] [--redis-ca FILE]\n"
+            "                           [--samples N] [--json]\n"
+            "\n"
+            "KV event ingest rate, then prefix scores over 64 pods: an index filled with up\n"
+            "to --pairs (pod, block) pairs, for at most --setup-s seconds, is scored\n"
+            "--samples times, with the keys given and with the tokens hashed first.\n"
+            "Defaults: --pairs 10000000 --setup-s 10 --samples 10000\n"
+            "--redis: scores of a %d-block prompt by one round trip to Redis (a pod\n"
+            "written under the model kvs-bench, cleared at the end); --redis-anchor: the\n"
+            "same against another URL (the same server over plain TCP) and the ratio.\n",
+            PROMPT_BLKS);
 }
 
-enum { O_JSON = 256, O_PAIRS, O_SETUP_S, O_SAMPLES };
+enum { O_JSON = 256, O_PAIRS, O_SETUP_S, O_SAMPLES, O_REDIS, O_REDIS_ANCHOR, O_REDIS_CA };
 
-static const struct option index_options[] = {{"json", no_argument, NULL, O_JSON},
-                                              {"pairs", required_argument, NULL, O_PAIRS},
-                                              {"setup-s", required_argument, NULL, O_SETUP_S},
-                                              {"samples", required_argument, NULL, O_SAMPLES},
-                                              KVS_CLI_OPT_HELP_ENTRY,
-                                              KVS_CLI_OPT_END};
+static const struct option index_options[] = {
+    {"json", no_argument, NULL, O_JSON},
+    {"pairs", required_argument, NULL, O_PAIRS},
+    {"setup-s", required_argument, NULL, O_SETUP_S},
+    {"samples", required_argument, NULL, O_SAMPLES},
+    {"redis", required_argument, NULL, O_REDIS},
+    {"redis-anchor", required_argument, NULL, O_REDIS_ANCHOR},
+    {"redis-ca", required_argument, NULL, O_REDIS_CA},
+    KVS_CLI_OPT_HELP_ENTRY,
+    KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t index_cmd = {"bench index", usage, index_options};
+
+#ifdef KVS_HAVE_REDIS
+/* p50/p99 (us) of samples scores of one PROMPT_BLKS-block prompt through url; false with a
+ * message when Redis cannot be used. */
+static bool redis_scores(const char *url, const char *ca, uint64_t samples, uint64_t *lat,
+                         double *p50, double *p99)
+{
+    char why[600], pod[64];
+    snprintf(pod, sizeof(pod), "bench-%ld", (long)getpid());
+    kvs__ixr_tls_t tls = {.ca_file = ca};
+    kvs__ixr_t *r = kvs__ixr_create(url, pod, 60000, &tls, why, sizeof(why));
+    if (r == NULL) {
+        fprintf(stderr, "kvshare bench index: --redis %s\n", why);
+        return false;
+    }
+    uint64_t k[PROMPT_BLKS], epoch;
+    for (size_t i = 0; i < PROMPT_BLKS; i++)
+        k[i] = kvs_cli_mix(i + 1);
+    kvs__ixr_score_t out[4];
+    bool ok = kvs__ixr_lease(r, "kvs-bench", pod, &epoch) >= 1;
+    if (ok) {
+        kvs__ixr_store(r, "kvs-bench", pod, k, PROMPT_BLKS, "GPU");
+        ok = kvs__ixr_flush(r) == 0;
+    }
+    for (uint64_t s = 0; ok && s < samples; s++) {
+        uint64_t t0 = now_ns();
+        long n = kvs__ixr_score(r, "kvs-bench", k, PROMPT_BLKS, NULL, 0, out, 4);
+        lat[s] = now_ns() - t0;
+        ok = n >= 1 && out[0].blocks == PROMPT_BLKS;
+    }
+    kvs__ixr_clear(r, "kvs-bench", pod);
+    kvs__ixr_flush(r);
+    if (!ok)
+        fprintf(stderr, "kvshare bench index: %s: Redis did not answer as expected\n", url);
+    kvs__ixr_destroy(r);
+    if (ok) {
+        qsort(lat, samples, sizeof(*lat), cmp_u64);
+        *p50 = (double)lat[samples / 2] / 1e3;
+        *p99 = (double)lat[(size_t)((double)samples * 0.99)] / 1e3;
+    }
+    return ok;
+}
+
+static int bench_redis(const char *url, const char *anchor, const char *ca, uint64_t samples,
+                       bool json)
+{
+    uint64_t *lat = malloc(samples * sizeof(*lat));
+    double p50 = 0, p99 = 0, a50 = 0, a99 = 0;
+    int rc = 1;
+    if (lat == NULL || !redis_scores(url, ca, samples, lat, &p50, &p99) ||
+        (anchor != NULL && !redis_scores(anchor, ca, samples, lat, &a50, &a99)))
+        goto out;
+    if (json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "index_redis");
+        cJSON_AddNumberToObject(j, "prompt_blocks", PROMPT_BLKS);
+        cJSON_AddNumberToObject(j, "samples", (double)samples);
+        kvs_cli_json_num(j, "score_p50_us", p50, 1);
+        kvs_cli_json_num(j, "score_p99_us", p99, 1);
+        if (anchor != NULL) {
+            kvs_cli_json_num(j, "anchor_p50_us", a50, 1);
+            kvs_cli_json_num(j, "anchor_p99_us", a99, 1);
+            kvs_cli_json_num(j, "ratio_p50", a50 > 0 ? p50 / a50 : 0, 3);
+        }
+        rc = kvs_cli_print_json("bench index", j);
+        goto out;
+    }
+    printf(
+        "bench index --redis: %d-block prompt, %llu scores\n  score   p50 %.1f us, p99 %.1f us\n",
+        PROMPT_BLKS, (unsigned long long)samples, p50, p99);
+    if (anchor != NULL)
+        printf("  anchor  p50 %.1f us, p99 %.1f us (ratio p50 %.3f)\n", a50, a99,
+               a50 > 0 ? p50 / a50 : 0);
+    rc = 0;
+out:
+    free(lat);
+    return rc;
+}
+#endif
 
 int kvs_cli_bench_index(int argc, char **argv)
 {
     bool json = false;
+    const char *redis = NULL, *redis_anchor = NULL, *redis_ca = NULL;
     uint64_t target = 10000000, setup_s = 10, samples = 10000;
     int c;
     while ((c = kvs_cli_getopt(&index_cmd, argc, argv)) != -1) {
@@ -205,12 +304,30 @@ int kvs_cli_bench_index(int argc, char **argv)
             if (!kvs_cli_parse_u64("--samples", optarg, 100, 10000000, &samples))
                 return 2;
             break;
+        case O_REDIS:
+            redis = optarg;
+            break;
+        case O_REDIS_ANCHOR:
+            redis_anchor = optarg;
+            break;
+        case O_REDIS_CA:
+            redis_ca = optarg;
+            break;
         default:
             return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
     }
     if (kvs_cli_no_operands(&index_cmd, argc, argv) != 0)
         return 2;
+    if ((redis_anchor != NULL || redis_ca != NULL) && redis == NULL)
+        return kvs_cli_usage_error(&index_cmd, "--redis-anchor and --redis-ca need --redis");
+    if (redis != NULL) {
+#ifdef KVS_HAVE_REDIS
+        return bench_redis(redis, redis_anchor, redis_ca, samples, json);
+#else
+        return kvs_cli_usage_error(&index_cmd, "--redis: built without libhiredis-dev");
+#endif
+    }
     int rc = 1;
     double ingest = ingest_rate();
     kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_SEED |

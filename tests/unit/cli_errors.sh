@@ -242,6 +242,7 @@ if "$k" index --help >/dev/null 2>&1; then
     expect 2 "CA file '/nonexistent/ca.pem'" -- index --http 127.0.0.1:0 --redis rediss://h --redis-ca /nonexistent/ca.pem
     expect 2 "client key '/nonexistent/k.pem'" -- index --http 127.0.0.1:0 --redis rediss://h --redis-cert /etc/ssl/certs/ca-certificates.crt --redis-key /nonexistent/k.pem
     expect 2 "needs both a certificate and its key" -- index --http 127.0.0.1:0 --redis rediss://h --redis-cert /x
+    expect 2 "--redis-anchor and --redis-ca need --redis" -- bench index --redis-anchor redis://h
   fi
   # serve --events (built with the index): bad values refused before the node starts.
   expect 2 "--events-pod/-model/-queue/-replay need --events" -- serve --events-pod p
