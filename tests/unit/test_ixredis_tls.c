@@ -11,6 +11,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -467,5 +468,39 @@ Test(ixredis_tls, stall_and_reconnect)
     cr_assert_null(kvs__ixtls_connect(ca, "127.0.0.1", free_port(), 500, 300, &fd, why, 600));
     cr_assert(strstr(why, "refused") != NULL, "%s", why);
     kvs__ixtls_ctx_free(ca);
+    kvs__ixr_destroy(r);
+}
+
+/* The server drops every client (CLIENT KILL, as on a restart or its idle timeout): the
+ * next call over TLS fails naming the closed session, and the connection is remade (a new
+ * writer epoch, after which the lease holder resyncs). */
+Test(ixredis_tls, server_closes_then_reconnect)
+{
+    start_server(NULL);
+    kvs__ixr_tls_t tls = {.ca_file = path("ca.crt")};
+    kvs__ixr_t *r = open_url("rediss", "", "127.0.0.1", tls_port, &tls, "k");
+    uint64_t epoch = 0, e1, h = 9;
+    cr_assert_eq(kvs__ixr_lease(r, "m", "a", &epoch), 2);
+    e1 = epoch;
+    redisContext *admin = redisConnect("127.0.0.1", plain_port);
+    cr_assert(admin != NULL && admin->err == 0);
+    redisReply *rep = redisCommand(admin, "CLIENT KILL TYPE normal SKIPME yes");
+    cr_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer >= 1);
+    freeReplyObject(rep);
+    redisFree(admin);
+    capture_begin();
+    int rc = kvs__ixr_lease(r, "m", "a", &epoch);
+    const char *log = capture_end();
+    cr_assert_eq(rc, -1);
+    cr_assert(strstr(log, "TLS") != NULL && strstr(log, "closed") != NULL, "%s", log);
+    int64_t deadline = now_ms() + 10000;
+    capture_begin();
+    while ((rc = kvs__ixr_lease(r, "m", "a", &epoch)) < 0 && now_ms() < deadline)
+        nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+    capture_end();
+    cr_assert_eq(rc, 1, "the lease renewed over a new connection");
+    cr_assert_neq(epoch, e1, "a new writer connection: the holder resyncs");
+    kvs__ixr_score_t s[1];
+    cr_assert_eq(kvs__ixr_score(r, "m", &h, 1, NULL, 0, s, 1), 0);
     kvs__ixr_destroy(r);
 }
