@@ -328,10 +328,10 @@ kvs_status_t kvs_cuda_vmm_export(const kvs_cuda_driver_t *drv, const void *ptr, 
 
 /** An imported allocation mapped read-only into this process. */
 typedef struct kvs_cuda_vmm_map {
-    CUdeviceptr va;  /* where the allocation starts here; 0 when nothing is mapped */
-    size_t size;     /* the reserved and mapped length */
-    int device;      /* the device that holds the memory (this process's ordinal) */
-    CUcontext ctx;   /* that device's primary context, retained for the copies */
+    CUdeviceptr va; /* where the allocation starts here; 0 when nothing is mapped */
+    size_t size;    /* the reserved and mapped length */
+    int device;     /* the device that holds the memory (this process's ordinal) */
+    CUcontext ctx;  /* that device's primary context, retained for the copies */
 } kvs_cuda_vmm_map_t;
 
 /**

@@ -24,8 +24,7 @@ kvs_status_t kvs_cuda_vmm_export(const kvs_cuda_driver_t *drv, const void *ptr, 
     int fd = -1;
     CUresult res;
 
-    if (drv == NULL || ptr == NULL || len == 0 || fd_p == NULL || off_p == NULL ||
-        size_p == NULL) {
+    if (drv == NULL || ptr == NULL || len == 0 || fd_p == NULL || off_p == NULL || size_p == NULL) {
         return KVS_ERR_INVALID_PARAM;
     }
     if (drv->cuMemRetainAllocationHandle == NULL || drv->cuMemExportToShareableHandle == NULL ||
@@ -48,8 +47,8 @@ kvs_status_t kvs_cuda_vmm_export(const kvs_cuda_driver_t *drv, const void *ptr, 
     CUdevice dev = 0;
     int ordinal = 0;
     bool borrowed = false;
-    if (drv->cuCtxGetCurrent != NULL && drv->cuCtxGetCurrent(&cur) == CUDA_SUCCESS &&
-        cur == NULL && drv->cuPointerGetAttribute != NULL && drv->cuDeviceGet != NULL &&
+    if (drv->cuCtxGetCurrent != NULL && drv->cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur == NULL &&
+        drv->cuPointerGetAttribute != NULL && drv->cuDeviceGet != NULL &&
         drv->cuDevicePrimaryCtxRetain != NULL && drv->cuCtxSetCurrent != NULL &&
         drv->cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
                                    (CUdeviceptr)(uintptr_t)ptr) == CUDA_SUCCESS &&
@@ -62,8 +61,8 @@ kvs_status_t kvs_cuda_vmm_export(const kvs_cuda_driver_t *drv, const void *ptr, 
     }
     res = drv->cuMemRetainAllocationHandle(&h, (void *)(uintptr_t)ptr);
     if (res == CUDA_SUCCESS) {
-        res = drv->cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-                                                0);
+        res =
+            drv->cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
         (void)drv->cuMemRelease(h);
     } /* else: not VMM memory (cuMemAlloc, a memory pool) */
     if (borrowed) {

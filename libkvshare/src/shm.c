@@ -273,10 +273,9 @@ static int srv_export(kvs__shm_srv_t *s, uint32_t id, uint64_t base, uint64_t le
     const kvs_cuda_driver_t *drv = cu(&why);
     int fd = -1;
     CUresult res = CUDA_SUCCESS;
-    kvs_status_t st =
-        drv == NULL ? KVS_ERR_UNSUPPORTED
-                    : kvs_cuda_vmm_export(drv, (const void *)(uintptr_t)base, (size_t)len, &fd,
-                                          &e->off, &e->size, &res);
+    kvs_status_t st = drv == NULL ? KVS_ERR_UNSUPPORTED
+                                  : kvs_cuda_vmm_export(drv, (const void *)(uintptr_t)base,
+                                                        (size_t)len, &fd, &e->off, &e->size, &res);
     if (st == KVS_OK)
         return fd;
     if (drv != NULL)

@@ -699,8 +699,8 @@ static void s_cuda(void)
              fakecuda_calls("cuMemcpyDtoH_v2") - dtoh);
     int writable = 0, n = cuda_maps(&writable);
     if (n != 1 || writable != 0)
-        FAIL("cuda: %d mappings of the holder's allocation (%d writable), expected 1 read-only",
-             n, writable);
+        FAIL("cuda: %d mappings of the holder's allocation (%d writable), expected 1 read-only", n,
+             writable);
     /* A second fetch reuses the mapping. */
     if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK ||
         fakecuda_calls("cuMemImportFromShareableHandle") != imports + 1)
@@ -824,14 +824,9 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         void (*fn)(void);
-    } all[] = {{"mapped", s_mapped},
-               {"midread", s_midread},
-               {"otherhost", s_otherhost},
-               {"unauth", s_unauth},
-               {"exit", s_exit},
-               {"cuda", s_cuda},
-               {"cudamid", s_cudamid},
-               {"cudanofd", s_cudanofd}};
+    } all[] = {{"mapped", s_mapped},   {"midread", s_midread},  {"otherhost", s_otherhost},
+               {"unauth", s_unauth},   {"exit", s_exit},        {"cuda", s_cuda},
+               {"cudamid", s_cudamid}, {"cudanofd", s_cudanofd}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
