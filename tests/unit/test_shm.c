@@ -6,6 +6,8 @@
 #include "shm_int.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,4 +190,31 @@ Test(shm, handover_answer_is_parsed_strictly)
                      "case %zu", i);
         cr_expect(why != NULL && strcmp(why, bad[i].why) == 0, "case %zu: %s", i, why);
     }
+}
+
+/* The fuzzer's seeds (tests/fuzz/make_corpus.py) are answers a reader accepts. */
+Test(shm, fuzz_seeds_are_valid_answers)
+{
+    DIR *dir = opendir(KVS_CORPUS_DIR);
+    cr_assert_not_null(dir, "%s", KVS_CORPUS_DIR);
+    int seen = 0;
+    for (struct dirent *de; (de = readdir(dir)) != NULL;) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", KVS_CORPUS_DIR, de->d_name);
+        uint8_t buf[8 + KVS_SHM_ENTRY_LEN * KVS_SHM_MAX_IDS + 2];
+        FILE *f = fopen(path, "rb");
+        cr_assert_not_null(f, "%s", path);
+        size_t len = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        cr_assert_geq(len, 2, "%s", path);
+        kvs__shm_entry_t out[KVS_SHM_MAX_IDS];
+        const char *why = NULL;
+        cr_expect_eq(kvs__shm_parse_reply(buf + 2, len - 2, buf[1], buf[0], out, &why), KVS_OK,
+                     "%s: %s", de->d_name, why);
+        seen++;
+    }
+    closedir(dir);
+    cr_expect_geq(seen, 3);
 }
