@@ -266,10 +266,11 @@ typedef struct kvs_cuda_driver {
  * Opens the CUDA driver: dlopen("libcuda.so.1") or the file named by
  * $KVSHARE_LIBCUDA, then resolves every function above with @resolve
  * (when NULL: glibc's own dlsym, found with dlvsym, so that the driver's
- * functions and not kvshare's shim hooks are found even under LD_PRELOAD). Does no CUDA call (not
- * even cuInit), so it is safe to call from inside driver hooks. @drv is the caller's; on failure it
- * is left zeroed. Errors: KVS_ERR_NOT_FOUND (no driver library; @errbuf, if given, gets dlerror()'s
- * text), KVS_ERR_INVALID_PARAM.
+ * functions and not kvshare's shim hooks are found even under LD_PRELOAD).
+ * Does no CUDA call (not even cuInit), so it is safe to call from inside
+ * driver hooks. @drv is the caller's; on failure it is left zeroed.
+ * Errors: KVS_ERR_NOT_FOUND (no driver library; @errbuf, if given, gets
+ * dlerror()'s text), KVS_ERR_INVALID_PARAM.
  */
 kvs_status_t kvs_cuda_driver_open(kvs_cuda_resolve_fn resolve, kvs_cuda_driver_t *drv, char *errbuf,
                                   size_t errbuf_len);
