@@ -82,3 +82,10 @@ target_compile_definitions(test_gpu_shim PRIVATE
 add_dependencies(test_gpu_shim kvshare_preload)
 add_test(NAME gpu_shim COMMAND test_gpu_shim)
 set_tests_properties(gpu_shim PROPERTIES SKIP_RETURN_CODE 77)
+
+# Real GPU: VMM export/import between two processes (the same-host CUDA path);
+# skipped (exit 77) where there is no real driver.
+add_executable(test_gpu_vmm gpu/test_gpu_vmm.c)
+target_link_libraries(test_gpu_vmm PRIVATE kvshare_cuda kvshare ${CMAKE_DL_LIBS})
+add_test(NAME gpu_vmm COMMAND test_gpu_vmm)
+set_tests_properties(gpu_vmm PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120)

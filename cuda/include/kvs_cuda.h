@@ -141,6 +141,7 @@ typedef enum CUmemRangeHandleType_enum {
     X(cuDevicePrimaryCtxRetain, (CUcontext * pctx, CUdevice dev), (pctx, dev))                     \
     X(cuDevicePrimaryCtxRelease_v2, (CUdevice dev), (dev))                                         \
     X(cuCtxSetCurrent, (CUcontext ctx), (ctx))                                                     \
+    X(cuCtxGetCurrent, (CUcontext * pctx), (pctx))                                                 \
     X(cuCtxSynchronize, (void), ())                                                                \
     X(cuStreamSynchronize, (CUstream stream), (stream))                                            \
     X(cuPointerGetAttribute, (void *data, CUpointer_attribute attr, CUdeviceptr ptr),              \
@@ -156,7 +157,19 @@ typedef enum CUmemRangeHandleType_enum {
     X(cuMemGetAllocationGranularity,                                                               \
       (size_t * granularity, const CUmemAllocationProp *prop,                                      \
        CUmemAllocationGranularity_flags option),                                                   \
-      (granularity, prop, option))
+      (granularity, prop, option))                                                                 \
+    X(cuMemRetainAllocationHandle, (CUmemGenericAllocationHandle * handle, void *addr),            \
+      (handle, addr))                                                                              \
+    X(cuMemGetAllocationPropertiesFromHandle,                                                      \
+      (CUmemAllocationProp * prop, CUmemGenericAllocationHandle handle), (prop, handle))           \
+    X(cuMemExportToShareableHandle,                                                                \
+      (void *shareableHandle, CUmemGenericAllocationHandle handle,                                 \
+       CUmemAllocationHandleType handleType, unsigned long long flags),                            \
+      (shareableHandle, handle, handleType, flags))                                                \
+    X(cuMemImportFromShareableHandle,                                                              \
+      (CUmemGenericAllocationHandle * handle, void *osHandle,                                      \
+       CUmemAllocationHandleType shHandleType),                                                    \
+      (handle, osHandle, shHandleType))
 
 /* The functions the LD_PRELOAD shim interposes. */
 #define KVS_CUDA_HOOKED_FUNCS(X)                                                                   \
@@ -252,9 +265,10 @@ typedef struct kvs_cuda_driver {
 /**
  * Opens the CUDA driver: dlopen("libcuda.so.1") or the file named by
  * $KVSHARE_LIBCUDA, then resolves every function above with @resolve
- * (dlsym when NULL). Does no CUDA call (not even cuInit), so it is safe to
- * call from inside driver hooks. @drv is the caller's; on failure it is left
- * zeroed.
+ * (when NULL: glibc's own dlsym, found with dlvsym, so that the driver's
+ * functions and not kvshare's shim hooks are found even under LD_PRELOAD).
+ * Does no CUDA call (not even cuInit), so it is safe to call from inside
+ * driver hooks. @drv is the caller's; on failure it is left zeroed.
  * Errors: KVS_ERR_NOT_FOUND (no driver library; @errbuf, if given, gets
  * dlerror()'s text), KVS_ERR_INVALID_PARAM.
  */
@@ -292,6 +306,49 @@ kvs_status_t kvs_cuda_mem_range(const kvs_cuda_driver_t *drv, const void *ptr, v
  */
 kvs_status_t kvs_cuda_dmabuf_fd(const kvs_cuda_driver_t *drv, const void *ptr, size_t len,
                                 int *fd_p);
+
+/* ------------------------------------------------------------------------ */
+/* VMM allocations shared between processes of one host (POSIX fds)          */
+/* ------------------------------------------------------------------------ */
+/**
+ * Exports the VMM allocation (cuMemCreate + cuMemMap) that holds all of
+ * [ptr, ptr+len) as a POSIX file descriptor: cuMemRetainAllocationHandle,
+ * cuMemExportToShareableHandle(CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+ * cuMemRelease. Only allocations created with POSIX_FILE_DESCRIPTOR in
+ * requestedHandleTypes export. On success the caller owns *fd_p; *off_p is
+ * ptr's offset in the allocation and *size_p the allocation's size (what the
+ * importer maps). Errors: KVS_ERR_UNSUPPORTED (the driver lacks the calls,
+ * the memory is not a VMM allocation, the range spans several, or the
+ * driver refuses the export: the CUresult goes to *cu_result_p if non-NULL),
+ * KVS_ERR_INVALID_PARAM. Needs the allocation's context current (or any
+ * context of the process: VMM handles are process-wide).
+ */
+kvs_status_t kvs_cuda_vmm_export(const kvs_cuda_driver_t *drv, const void *ptr, size_t len,
+                                 int *fd_p, uint64_t *off_p, uint64_t *size_p,
+                                 CUresult *cu_result_p);
+
+/** An imported allocation mapped read-only into this process. */
+typedef struct kvs_cuda_vmm_map {
+    CUdeviceptr va; /* where the allocation starts here; 0 when nothing is mapped */
+    size_t size;    /* the reserved and mapped length */
+    int device;     /* the device that holds the memory (this process's ordinal) */
+    CUcontext ctx;  /* that device's primary context, retained for the copies */
+} kvs_cuda_vmm_map_t;
+
+/**
+ * Imports @fd (cuMemImportFromShareableHandle; @fd stays the caller's),
+ * reserves @size bytes of address space, maps the allocation there, grants
+ * the device that holds it read access (never write) and releases the
+ * handle (the mapping keeps the memory). *m is the caller's. Errors:
+ * KVS_ERR_UNSUPPORTED (driver lacks the calls or refuses one: the CUresult
+ * goes to *cu_result_p), KVS_ERR_INVALID_PARAM. Nothing stays mapped or
+ * retained on failure.
+ */
+kvs_status_t kvs_cuda_vmm_import(const kvs_cuda_driver_t *drv, int fd, uint64_t size,
+                                 kvs_cuda_vmm_map_t *m, CUresult *cu_result_p);
+
+/** Unmaps what kvs_cuda_vmm_import() mapped; accepts an unmapped *m. */
+void kvs_cuda_vmm_unmap(const kvs_cuda_driver_t *drv, kvs_cuda_vmm_map_t *m);
 
 #ifdef __cplusplus
 }

@@ -9,6 +9,23 @@
 
 #define KVS_CUDA_DEFAULT_LIB "libcuda.so.1"
 
+/* glibc's own dlsym, found by version: under kvshare's LD_PRELOAD shim the
+ * unversioned name is the shim's, which answers cu* lookups with its hooks.
+ * libkvshare's own driver calls (the same-host VMM path) must reach the
+ * driver itself, not be tracked as the engine's. Plain dlsym when no
+ * versioned one is found (another libc). */
+static void *libc_dlsym(void *handle, const char *symbol)
+{
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17"};
+    for (size_t i = 0; i < sizeof(versions) / sizeof(versions[0]); i++) {
+        void *p = dlvsym(RTLD_DEFAULT, "dlsym", versions[i]);
+        if (p != NULL) {
+            return ((kvs_cuda_resolve_fn)(uintptr_t)p)(handle, symbol);
+        }
+    }
+    return dlsym(handle, symbol);
+}
+
 kvs_status_t kvs_cuda_driver_open(kvs_cuda_resolve_fn resolve, kvs_cuda_driver_t *drv, char *errbuf,
                                   size_t errbuf_len)
 {
@@ -20,7 +37,7 @@ kvs_status_t kvs_cuda_driver_open(kvs_cuda_resolve_fn resolve, kvs_cuda_driver_t
     }
     memset(drv, 0, sizeof(*drv));
     if (resolve == NULL) {
-        resolve = dlsym;
+        resolve = libc_dlsym;
     }
     path = getenv("KVSHARE_LIBCUDA");
     if (path == NULL || path[0] == '\0') {

@@ -58,6 +58,7 @@ typedef struct region {
     uint32_t id;
     uint8_t *base;
     size_t len;
+    kvs_mem_type_t type; /* KVS_MEM_CUDA: shm.c exports it as a VMM allocation */
     void *memh;
     const void *rkey;
     size_t rkey_len;
@@ -3391,6 +3392,7 @@ kvs_status_t kvs__peer_mem_reg(kvs__peer_t *pp, void *base, size_t length, kvs_m
     r->id = ++pp->next_region_id;
     r->base = base;
     r->len = length;
+    r->type = type;
     r->next = pp->regions;
     pp->regions = r;
     pp->regions_version++;
@@ -3468,7 +3470,7 @@ static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char 
 /* The shm server's question (its own thread): is @session a peer we serve,
  * and @id a region we expose to it? */
 static int shm_region(void *arg, const uint8_t *session, uint32_t id, uint64_t *base_p,
-                      uint64_t *len_p)
+                      uint64_t *len_p, kvs_mem_type_t *type_p)
 {
     kvs__peer_t *pp = arg;
     int found = -1;
@@ -3479,6 +3481,7 @@ static int shm_region(void *arg, const uint8_t *session, uint32_t id, uint64_t *
             if (g->id == id) {
                 *base_p = (uint64_t)(uintptr_t)g->base;
                 *len_p = g->len;
+                *type_p = g->type;
                 found = 1;
             }
         }

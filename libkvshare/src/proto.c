@@ -742,3 +742,66 @@ void kvs__enc_data(uint8_t *out, uint64_t req_id, uint32_t flags, const uint8_t 
     kvs__buf_u32(&b, offset);
     kvs__proto_finish(&b);
 }
+
+/* ---------------------------------------------------------------------- */
+/* The same-host handover's answer                                          */
+/* ---------------------------------------------------------------------- */
+void kvs__shm_put_entry(uint8_t *out, const kvs__shm_entry_t *e)
+{
+    kvs__buf_t b = {.data = out, .cap = KVS_SHM_ENTRY_LEN};
+    kvs__buf_u32(&b, (uint32_t)e->status);
+    kvs__buf_u32(&b, e->kind);
+    kvs__buf_u64(&b, e->base);
+    kvs__buf_u64(&b, e->len);
+    kvs__buf_u64(&b, e->off);
+    kvs__buf_u64(&b, e->size);
+}
+
+kvs_status_t kvs__shm_parse_reply(const uint8_t *rep, size_t len, uint32_t n, uint32_t nfds,
+                                  kvs__shm_entry_t *out, const char **why)
+{
+    const char *bad = NULL;
+    rd_t r = {.p = rep, .left = len};
+    uint32_t withfd = 0;
+    if (n == 0 || n > KVS_SHM_MAX_IDS || len != 8 + (size_t)KVS_SHM_ENTRY_LEN * n) {
+        bad = "wrong length";
+        goto out;
+    }
+    const uint32_t magic = rd_u32(&r), count = rd_u32(&r);
+    if (magic != KVS_SHM_MAGIC || count != n) {
+        bad = "wrong magic or count";
+        goto out;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        kvs__shm_entry_t *e = &out[i];
+        e->status = (int32_t)rd_u32(&r);
+        e->kind = rd_u32(&r);
+        e->base = rd_u64(&r);
+        e->len = rd_u64(&r);
+        e->off = rd_u64(&r);
+        e->size = rd_u64(&r);
+        if (e->status != 0) {
+            if (e->kind != 0) {
+                bad = "an entry without a descriptor names a kind";
+                goto out;
+            }
+            continue;
+        }
+        if (e->kind != KVS_SHM_KIND_MEMFD && e->kind != KVS_SHM_KIND_CUDA_VMM) {
+            bad = "unknown kind";
+            goto out;
+        }
+        if (e->len == 0 || e->base + e->len < e->base || e->off > e->size ||
+            e->len > e->size - e->off) {
+            bad = "a region outside its object";
+            goto out;
+        }
+        withfd++;
+    }
+    if (withfd != nfds)
+        bad = "descriptors do not match the entries";
+out:
+    if (why != NULL)
+        *why = bad;
+    return bad == NULL ? KVS_OK : KVS_ERR_PROTOCOL;
+}

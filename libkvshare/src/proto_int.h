@@ -322,4 +322,32 @@ void kvs__enc_data(uint8_t *out, uint64_t req_id, uint32_t flags, const uint8_t 
                    uint32_t block, uint32_t offset);
 #define KVS_PROTO_DATA_LEN (KVS_PROTO_HDR_LEN + 8u)
 
+/* --- the same-host handover's answer (shm.c; a Unix socket, not the transport) ---
+ *   "KVSM" u32 | n u32 | n x {status i32, kind u32, base u64, len u64, off u64, size u64}
+ * with one SCM_RIGHTS descriptor per entry of status 0, in order. kind says what
+ * the descriptor is: a sealed memfd, or a CUDA VMM allocation exported as a POSIX
+ * fd (cuMemExportToShareableHandle); the region [base, base+len) lies at
+ * offset off of that object, of size bytes. */
+#define KVS_SHM_MAGIC         0x4D53564Bu /* "KVSM" */
+#define KVS_SHM_VERSION       2u          /* 2: kind and size per entry (CUDA VMM) */
+#define KVS_SHM_MAX_IDS       64u
+#define KVS_SHM_ENTRY_LEN     40u
+#define KVS_SHM_KIND_MEMFD    1u
+#define KVS_SHM_KIND_CUDA_VMM 2u
+typedef struct kvs__shm_entry {
+    int32_t status; /* 0: a descriptor came for it; else why not (a kvs_status_t) */
+    uint32_t kind;  /* KVS_SHM_KIND_*; 0 when status != 0 */
+    uint64_t base, len, off, size;
+} kvs__shm_entry_t;
+/* Writes entry @e at @out (KVS_SHM_ENTRY_LEN bytes). */
+void kvs__shm_put_entry(uint8_t *out, const kvs__shm_entry_t *e);
+/* Parses an answer of @len bytes to a request for @n (1..KVS_SHM_MAX_IDS)
+ * regions that came with @nfds descriptors. KVS_OK with @n entries in @out;
+ * KVS_ERR_PROTOCOL (@why, if given, says what) for a wrong length, magic or
+ * count, an unknown kind, a descriptor entry with no bytes, outside its
+ * object or wrapping, an error entry with a kind, or descriptors that do not
+ * match the entries of status 0 one to one. Pure; fuzzed (fuzz_shm.c). */
+kvs_status_t kvs__shm_parse_reply(const uint8_t *rep, size_t len, uint32_t n, uint32_t nfds,
+                                  kvs__shm_entry_t *out, const char **why);
+
 #endif

@@ -2,6 +2,7 @@
 /* shm.c - memfd-backed memory, the holder's Unix-socket handover and the reader's mapped copy. */
 #include "shm_int.h"
 
+#include "kvs_cuda.h"
 #include "plan_int.h"
 #include "pool_int.h"
 #include "proto_int.h"
@@ -29,10 +30,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SHM_MAGIC     0x4D53564Bu /* "KVSM" */
-#define SHM_VERSION   1u
-#define SHM_MAX_IDS   64u
-#define SHM_ENTRY_LEN 32u
+#define SHM_MAGIC     KVS_SHM_MAGIC
+#define SHM_VERSION   KVS_SHM_VERSION
+#define SHM_MAX_IDS   KVS_SHM_MAX_IDS
+#define SHM_ENTRY_LEN KVS_SHM_ENTRY_LEN
 #define SHM_IO_MS     1000
 #define SHM_MAX_MAPS  256u
 #define SHM_MAX_CONNS 64u /* callers between greeting and request, at once */
@@ -40,6 +41,37 @@
 #define SHM_MAX_RUN (4u << 20)
 
 void (*kvs__shm_test_mid_copy)(void);
+
+/* ---------------------------------------------------------------------- */
+/* The CUDA driver, for VMM allocations (opened on first need)              */
+/* ---------------------------------------------------------------------- */
+static pthread_once_t cu_once = PTHREAD_ONCE_INIT;
+static kvs_cuda_driver_t cu_drv;
+static bool cu_ok;
+static char cu_err[256];
+
+static void cu_open(void)
+{
+    if (kvs_cuda_driver_open(NULL, &cu_drv, cu_err, sizeof(cu_err)) != KVS_OK)
+        return;
+    CUresult res = cu_drv.cuInit != NULL ? cu_drv.cuInit(0) : CUDA_ERROR_NOT_SUPPORTED;
+    if (res != CUDA_SUCCESS || cu_drv.cuMemcpyDtoH_v2 == NULL || cu_drv.cuCtxGetCurrent == NULL ||
+        cu_drv.cuCtxSetCurrent == NULL) {
+        snprintf(cu_err, sizeof(cu_err), "cuInit: %s", kvs_cuda_result_string(&cu_drv, res));
+        kvs_cuda_driver_close(&cu_drv);
+        return;
+    }
+    cu_ok = true;
+}
+
+/* The process's driver (it stays open: mappings may outlive any context),
+ * or NULL with *why_p saying why. */
+static const kvs_cuda_driver_t *cu(const char **why_p)
+{
+    pthread_once(&cu_once, cu_open);
+    *why_p = cu_err;
+    return cu_ok ? &cu_drv : NULL;
+}
 
 /* ---------------------------------------------------------------------- */
 /* Memory                                                                   */
@@ -182,20 +214,9 @@ static void put32(uint8_t *p, uint32_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static uint32_t get32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
 }
 
 static void shm_mac(const uint8_t *secret, size_t secret_len, bool open, const uint8_t *session,
@@ -247,6 +268,7 @@ struct kvs__shm_srv {
      * its slot until its deadline, never the thread. */
     sconn_t conns[SHM_MAX_CONNS];
     uint32_t nconns;
+    bool cuda_said; /* a CUDA region that cannot be exported was logged */
 };
 
 static void srv_refuse(kvs__shm_srv_t *s, const char *why)
@@ -268,6 +290,35 @@ static void srv_drop(kvs__shm_srv_t *s, uint32_t i)
     close(s->conns[i].fd);
     memmove(&s->conns[i], &s->conns[i + 1], (s->nconns - i - 1) * sizeof(s->conns[0]));
     s->nconns--;
+}
+
+/* A POSIX fd for the CUDA VMM allocation under region @id (the caller
+ * closes it), or -1: the region stays on the transport, logged once. */
+static int srv_export(kvs__shm_srv_t *s, uint32_t id, uint64_t base, uint64_t len,
+                      kvs__shm_entry_t *e)
+{
+    const char *why = NULL;
+    const kvs_cuda_driver_t *drv = cu(&why);
+    int fd = -1;
+    CUresult res = CUDA_SUCCESS;
+    kvs_status_t st = drv == NULL ? KVS_ERR_UNSUPPORTED
+                                  : kvs_cuda_vmm_export(drv, (const void *)(uintptr_t)base,
+                                                        (size_t)len, &fd, &e->off, &e->size, &res);
+    if (st == KVS_OK)
+        return fd;
+    if (drv != NULL)
+        why = kvs_cuda_result_string(drv, res);
+    if (!s->cuda_said) {
+        s->cuda_said = true;
+        kvs__warn(s->log,
+                  "shm: CUDA region %u (%#llx+%llu) cannot be exported to same-host readers "
+                  "(%s; only cuMemCreate allocations that request "
+                  "CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR can): it moves over the transport",
+                  id, (unsigned long long)base, (unsigned long long)len, why);
+    } else {
+        kvs__debug(s->log, "shm: CUDA region %u cannot be exported (%s)", id, why);
+    }
+    return -1;
 }
 
 /* A new caller (non-blocking): its uid, then the greeting with a fresh
@@ -330,25 +381,42 @@ static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
     }
     uint8_t rep[8 + SHM_ENTRY_LEN * SHM_MAX_IDS];
     int fds[SHM_MAX_IDS];
+    bool owned[SHM_MAX_IDS]; /* exported for this answer: closed after it */
     uint32_t nfds = 0;
     put32(rep, SHM_MAGIC);
     put32(rep + 4, nids);
     for (uint32_t i = 0; i < nids; i++) {
-        uint8_t *e = rep + 8 + SHM_ENTRY_LEN * i;
-        uint64_t base = 0, len = 0, off = 0;
-        int r = s->fn(s->arg, session, get32(req + fixed + 4 * i), &base, &len);
+        kvs__shm_entry_t e = {.status = KVS_ERR_NOT_FOUND};
+        kvs_mem_type_t type = KVS_MEM_HOST;
+        const uint32_t id = get32(req + fixed + 4 * i);
+        int r = s->fn(s->arg, session, id, &e.base, &e.len, &type);
         if (r < 0) {
             srv_refuse(s, "no such session");
-            return;
+            goto close_owned;
         }
-        int mfd = r > 0 ? kvs__shm_fd_of((const void *)(uintptr_t)base, (size_t)len, &off) : -1;
-        memset(e, 0, SHM_ENTRY_LEN);
-        put32(e, mfd >= 0 ? 0u : (uint32_t)KVS_ERR_NOT_FOUND);
-        put64(e + 8, base);
-        put64(e + 16, len);
-        put64(e + 24, off);
-        if (mfd >= 0)
+        int mfd = -1;
+        bool own = false;
+        if (r > 0 && type == KVS_MEM_CUDA) {
+            mfd = srv_export(s, id, e.base, e.len, &e);
+            own = mfd >= 0;
+            e.kind = KVS_SHM_KIND_CUDA_VMM;
+        } else if (r > 0) {
+            mfd = kvs__shm_fd_of((const void *)(uintptr_t)e.base, (size_t)e.len, &e.off);
+            if (mfd >= 0) {
+                struct stat st;
+                e.size = fstat(mfd, &st) == 0 ? (uint64_t)st.st_size : 0;
+            }
+            e.kind = KVS_SHM_KIND_MEMFD;
+        }
+        if (mfd >= 0) {
+            e.status = 0;
+            owned[nfds] = own;
             fds[nfds++] = mfd;
+        } else {
+            e.kind = 0;
+            e.off = e.size = 0;
+        }
+        kvs__shm_put_entry(rep + 8 + SHM_ENTRY_LEN * i, &e);
     }
     struct iovec iov = {.iov_base = rep, .iov_len = 8 + SHM_ENTRY_LEN * (size_t)nids};
     union {
@@ -367,9 +435,13 @@ static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
         memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
     }
     /* The caller sent one datagram and reads one: its buffer is empty, the
-     * answer (2 KiB at most) fits; a caller that cannot take it loses it. */
+     * answer (under 3 KiB) fits; a caller that cannot take it loses it. */
     if (sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         kvs__debug(s->log, "shm: sendmsg: %s", strerror(errno));
+close_owned:
+    for (uint32_t i = 0; i < nfds; i++)
+        if (owned[i])
+            close(fds[i]);
 }
 
 /* One thread polls the listener and every caller between greeting and
@@ -569,9 +641,10 @@ typedef struct map {
     bool ok;   /* false: the holder cannot share it (the transport reads it) */
     bool said; /* that it is not shared was logged */
     uint64_t base, len;
-    const uint8_t *at; /* where base is mapped */
-    void *map;
+    const uint8_t *at; /* where base is mapped (a device address for CUDA) */
+    void *map;         /* a memfd's mapping, or NULL */
     size_t map_len;
+    kvs_cuda_vmm_map_t vm; /* a CUDA VMM allocation's mapping (vm.va != 0) */
 } map_t;
 
 struct kvs__shm_peer {
@@ -582,7 +655,8 @@ struct kvs__shm_peer {
     const uint8_t *secret;
     size_t secret_len;
     bool open;
-    bool broken; /* the handover failed: the transport for good */
+    bool broken;    /* the handover failed: the transport for good */
+    bool cu_failed; /* a CUDA copy failed: the transport for good, logged */
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
@@ -619,9 +693,13 @@ void kvs__shm_peer_free(kvs__shm_peer_t *sp)
 {
     if (sp == NULL)
         return;
-    for (uint32_t i = 0; i < sp->nmaps; i++)
+    const char *why = NULL;
+    for (uint32_t i = 0; i < sp->nmaps; i++) {
         if (sp->maps[i].map != NULL)
             munmap(sp->maps[i].map, sp->maps[i].map_len);
+        if (sp->maps[i].vm.va != 0)
+            kvs_cuda_vmm_unmap(cu(&why), &sp->maps[i].vm);
+    }
     pthread_mutex_destroy(&sp->lock);
     kvs__free(sp);
 }
@@ -653,6 +731,23 @@ static bool map_fd(map_t *m, int fd, uint64_t off)
     m->map = p;
     m->map_len = maplen;
     m->at = (const uint8_t *)p + (off - aoff);
+    m->ok = true;
+    return true;
+}
+
+/* Imports the CUDA VMM allocation behind one received fd for entry @e and
+ * maps it read-only; false leaves nothing mapped (logged by the caller). */
+static bool map_cuda(map_t *m, int fd, const kvs__shm_entry_t *e, const char **why_p)
+{
+    const kvs_cuda_driver_t *drv = cu(why_p);
+    CUresult res = CUDA_SUCCESS;
+    if (drv == NULL)
+        return false;
+    if (kvs_cuda_vmm_import(drv, fd, e->size, &m->vm, &res) != KVS_OK) {
+        *why_p = kvs_cuda_result_string(drv, res);
+        return false;
+    }
+    m->at = (const uint8_t *)(uintptr_t)m->vm.va + e->off;
     m->ok = true;
     return true;
 }
@@ -709,20 +804,35 @@ static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
             memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
     }
     why = "refused (see the holder's log)";
-    if (got != (ssize_t)(8 + SHM_ENTRY_LEN * (size_t)n) || (mh.msg_flags & MSG_CTRUNC) ||
-        get32(rep) != SHM_MAGIC || get32(rep + 4) != n)
+    if (got <= 0 || (mh.msg_flags & MSG_CTRUNC))
         goto out;
+    kvs__shm_entry_t ents[SHM_MAX_IDS];
+    const char *bad = NULL;
+    if (kvs__shm_parse_reply(rep, (size_t)got, n, nfds, ents, &bad) != KVS_OK) {
+        why = bad;
+        errno = EPROTO;
+        goto out;
+    }
     uint32_t used = 0;
     for (uint32_t i = 0; i < n && sp->nmaps < SHM_MAX_MAPS; i++) {
-        const uint8_t *e = rep + 8 + SHM_ENTRY_LEN * i;
+        const kvs__shm_entry_t *e = &ents[i];
         map_t *m = &sp->maps[sp->nmaps++];
         memset(m, 0, sizeof(*m));
         m->id = ids[i];
-        m->base = get64(e + 8);
-        m->len = get64(e + 16);
-        if (get32(e) == 0 && used < nfds && !map_fd(m, fds[used++], get64(e + 24)))
+        m->base = e->base;
+        m->len = e->len;
+        if (e->status != 0)
+            continue;
+        const char *cwhy = NULL;
+        int efd = fds[used++];
+        if (e->kind == KVS_SHM_KIND_MEMFD && !map_fd(m, efd, e->off))
             kvs__warn(sp->log, "peer %s: region %u: the holder's memfd cannot be mapped", sp->peer,
                       ids[i]);
+        if (e->kind == KVS_SHM_KIND_CUDA_VMM && !map_cuda(m, efd, e, &cwhy))
+            kvs__warn(sp->log,
+                      "peer %s: region %u: the holder's CUDA allocation cannot be mapped (%s); "
+                      "its blocks move over the transport",
+                      sp->peer, ids[i], cwhy);
     }
     ok = true;
 out:
@@ -738,8 +848,10 @@ out:
     return ok;
 }
 
-/* The local address of remote [addr, addr + len) in region @id, or NULL. */
-static const uint8_t *xlate(kvs__shm_peer_t *sp, uint32_t id, uint64_t addr, uint64_t len)
+/* The local address of remote [addr, addr + len) in region @id, or NULL;
+ * *ctx_p: the context to copy it in (a CUDA mapping), or NULL (host memory). */
+static const uint8_t *xlate(kvs__shm_peer_t *sp, uint32_t id, uint64_t addr, uint64_t len,
+                            CUcontext *ctx_p)
 {
     map_t *m = map_find(sp, id);
     if (m != NULL && !m->ok && !m->said) {
@@ -751,6 +863,7 @@ static const uint8_t *xlate(kvs__shm_peer_t *sp, uint32_t id, uint64_t addr, uin
     }
     if (m == NULL || !m->ok || addr < m->base || len > m->len || addr - m->base > m->len - len)
         return NULL;
+    *ctx_p = m->vm.va != 0 ? m->vm.ctx : NULL;
     return m->at + (addr - m->base);
 }
 
@@ -758,6 +871,7 @@ typedef struct run {
     const uint8_t *src;
     uint8_t *dst;
     size_t len;
+    CUcontext ctx; /* src is CUDA memory copied in this context; NULL: host memory */
 } run_t;
 
 /* Region ids the blocks need that are not known yet (at most SHM_MAX_IDS). */
@@ -789,35 +903,39 @@ static uint32_t missing(kvs__shm_peer_t *sp, const uint8_t *const *block_at, siz
 /* Where bytes [off, off+len) of the holder's block @d are mapped: within
  * one of its pieces, in a region we map; NULL otherwise. */
 static const uint8_t *block_src(kvs__shm_peer_t *sp, const kvs__block_desc_t *d, uint64_t off,
-                                uint64_t len)
+                                uint64_t len, CUcontext *ctx_p)
 {
     uint64_t pbase = 0;
     for (uint16_t k = 0; k < d->npieces; k++) {
         kvs__piece_t pc;
         kvs__proto_piece(d->pieces, k, &pc);
         if (off >= pbase && off + len <= pbase + pc.len)
-            return xlate(sp, pc.region, pc.addr + (off - pbase), len);
+            return xlate(sp, pc.region, pc.addr + (off - pbase), len, ctx_p);
         pbase += pc.len;
     }
     return NULL; /* the transport path reports the mismatch */
 }
 
-/* Adds a copy to @runs, continuing the last run where both sides do. */
-static void add_run(run_t *runs, size_t *nruns_p, const uint8_t *src, uint8_t *dst, size_t len)
+/* Adds a copy to @runs, continuing the last run where both sides (and the
+ * context a CUDA source is copied in) do. */
+static void add_run(run_t *runs, size_t *nruns_p, const uint8_t *src, uint8_t *dst, size_t len,
+                    CUcontext ctx)
 {
     run_t *last = *nruns_p > 0 ? &runs[*nruns_p - 1] : NULL;
     if (last != NULL && last->src + last->len == src && last->dst + last->len == dst &&
-        last->len + len <= SHM_MAX_RUN)
+        last->ctx == ctx && last->len + len <= SHM_MAX_RUN)
         last->len += len;
     else
-        runs[(*nruns_p)++] = (run_t){.src = src, .dst = dst, .len = len};
+        runs[(*nruns_p)++] = (run_t){.src = src, .dst = dst, .len = len, .ctx = ctx};
 }
 
-/* The generation word of block @d, mapped and aligned, or NULL. */
+/* The generation word of block @d, mapped and aligned, or NULL
+ * (generations are read in place: host memory only). */
 static const _Atomic uint64_t *gen_of(kvs__shm_peer_t *sp, const kvs__block_desc_t *d)
 {
-    const uint8_t *g = xlate(sp, d->gen_region, d->gen_addr, 8);
-    if (g == NULL || ((uintptr_t)g & 7u) != 0)
+    CUcontext gctx = NULL;
+    const uint8_t *g = xlate(sp, d->gen_region, d->gen_addr, 8, &gctx);
+    if (g == NULL || gctx != NULL || ((uintptr_t)g & 7u) != 0)
         return NULL;
     return (const _Atomic uint64_t *)(const void *)g;
 }
@@ -838,10 +956,11 @@ static kvs_status_t plan(kvs__shm_peer_t *sp, const uint8_t *const *block_at, st
         for (size_t s = 0; s < dst->nsegs; s++) {
             const kvs_segment_t *sg = &dst->segs[s];
             uint8_t *local = (uint8_t *)sg->base + (size_t)ids[i] * sg->block_stride;
-            const uint8_t *src = block_src(sp, &d, off, sg->block_bytes);
+            CUcontext ctx = NULL;
+            const uint8_t *src = block_src(sp, &d, off, sg->block_bytes, &ctx);
             if (src == NULL)
                 return KVS_ERR_UNSUPPORTED;
-            add_run(runs, &nruns, src, local, sg->block_bytes);
+            add_run(runs, &nruns, src, local, sg->block_bytes, ctx);
             off += sg->block_bytes;
         }
     }
@@ -862,21 +981,69 @@ static bool gens_hold(const uint8_t *const *block_at, const _Atomic uint64_t *co
     return true;
 }
 
+/* The copies: memcpy from memfds; cuMemcpyDtoH from CUDA mappings, in the
+ * context of the device that holds them (the caller's is put back). False
+ * when the driver failed a copy: this connection takes the transport. */
+static bool copy_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns, size_t *bytes_p)
+{
+    const kvs_cuda_driver_t *drv = NULL;
+    const char *why = NULL;
+    CUcontext prev = NULL, cur = NULL;
+    CUresult res = CUDA_SUCCESS;
+    bool swapped = false;
+    size_t bytes = 0;
+    for (size_t i = 0; i < nruns && res == CUDA_SUCCESS; i++) {
+        const run_t *r = &runs[i];
+        if (r->ctx == NULL) {
+            memcpy(r->dst, r->src, r->len);
+            bytes += r->len;
+            continue;
+        }
+        if (drv == NULL) {
+            drv = cu(&why); /* non-NULL: a CUDA mapping exists */
+            res = drv->cuCtxGetCurrent(&prev);
+            cur = prev;
+        }
+        if (res == CUDA_SUCCESS && cur != r->ctx) {
+            res = drv->cuCtxSetCurrent(r->ctx);
+            cur = r->ctx;
+            swapped = true;
+        }
+        if (res == CUDA_SUCCESS)
+            res = drv->cuMemcpyDtoH_v2(r->dst, (CUdeviceptr)(uintptr_t)r->src, r->len);
+        bytes += r->len;
+    }
+    if (swapped)
+        (void)drv->cuCtxSetCurrent(prev);
+    if (res != CUDA_SUCCESS) {
+        pthread_mutex_lock(&sp->lock);
+        bool say = !sp->cu_failed;
+        sp->cu_failed = true;
+        pthread_mutex_unlock(&sp->lock);
+        if (say)
+            kvs__warn(sp->log,
+                      "peer %s: copying from the holder's mapped CUDA memory failed (%s); "
+                      "using the transport",
+                      sp->peer, kvs_cuda_result_string(drv, res));
+        return false;
+    }
+    *bytes_p = bytes;
+    return true;
+}
+
 /* A seqlock read: generations before, the copies, generations after. The
  * holder moves a block's generation before it reuses the memory, so a block
  * whose generation held on both sides was not written between. KVS_OK
  * (bytes copied in *bytes_p) or KVS_ERR_STALE. */
-static kvs_status_t copy_checked(const uint8_t *const *block_at,
+static kvs_status_t copy_checked(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                                  const _Atomic uint64_t *const *gens, size_t count,
                                  const run_t *runs, size_t nruns, size_t *bytes_p)
 {
     if (!gens_hold(block_at, gens, count))
         return KVS_ERR_STALE;
     size_t bytes = 0;
-    for (size_t i = 0; i < nruns; i++) {
-        memcpy(runs[i].dst, runs[i].src, runs[i].len);
-        bytes += runs[i].len;
-    }
+    if (!copy_runs(sp, runs, nruns, &bytes))
+        return KVS_ERR_UNSUPPORTED; /* the transport writes every byte again */
     if (kvs__shm_test_mid_copy != NULL)
         kvs__shm_test_mid_copy();
     atomic_thread_fence(memory_order_acquire);
@@ -891,10 +1058,10 @@ static kvs_status_t copy_checked(const uint8_t *const *block_at,
 static bool attach_for(kvs__shm_peer_t *sp, const uint8_t *const *block_at, size_t count)
 {
     uint32_t want[SHM_MAX_IDS];
-    uint32_t n = sp->broken ? 0 : missing(sp, block_at, count, want);
+    uint32_t n = sp->broken || sp->cu_failed ? 0 : missing(sp, block_at, count, want);
     if (n > 0 && sp->nmaps + n <= SHM_MAX_MAPS && !attach(sp, want, n))
         sp->broken = true;
-    return !sp->broken;
+    return !sp->broken && !sp->cu_failed;
 }
 
 kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
@@ -914,7 +1081,7 @@ kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
         st = plan(sp, block_at, dst, ids, count, runs, &nruns, gens);
     pthread_mutex_unlock(&sp->lock);
     if (st == KVS_OK)
-        st = copy_checked(block_at, gens, count, runs, nruns, bytes_p);
+        st = copy_checked(sp, block_at, gens, count, runs, nruns, bytes_p);
 out:
     kvs__free(runs);
     kvs__free(gens);
@@ -938,18 +1105,20 @@ static kvs_status_t plan_x(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
         const kvs__xset_t *xs = &x->sets[x->set_of[i]];
         uint8_t *to = staging + x->stage_at[i];
         for (size_t k = 0; k < xs->nranges; k++) {
-            const uint8_t *src = block_src(sp, &d, xs->ranges[k].off, xs->ranges[k].len);
+            CUcontext ctx = NULL;
+            const uint8_t *src = block_src(sp, &d, xs->ranges[k].off, xs->ranges[k].len, &ctx);
             if (src == NULL)
                 return KVS_ERR_UNSUPPORTED;
-            add_run(runs, &nruns, src, to + xs->at[k], xs->ranges[k].len);
+            add_run(runs, &nruns, src, to + xs->at[k], xs->ranges[k].len, ctx);
         }
         for (size_t k = 0; k < xs->ndirect; k++) {
             const kvs__copy_t *cp = &xs->direct[k];
-            const uint8_t *src = block_src(sp, &d, cp->src, cp->len);
+            CUcontext ctx = NULL;
+            const uint8_t *src = block_src(sp, &d, cp->src, cp->len, &ctx);
             uint8_t *at = kvs__xfer_dst_at(dst->segs, dst->nsegs, ids[i], cp->dst, cp->len);
             if (src == NULL || at == NULL)
                 return KVS_ERR_UNSUPPORTED; /* the transport path reports the mismatch */
-            add_run(runs, &nruns, src, at, (size_t)cp->len);
+            add_run(runs, &nruns, src, at, (size_t)cp->len, ctx);
         }
     }
     *nruns_p = nruns;
@@ -976,7 +1145,7 @@ kvs_status_t kvs__shm_fetch_planned(kvs__shm_peer_t *sp, const uint8_t *const *b
         st = plan_x(sp, block_at, x, staging, dst, ids, runs, &nruns, gens);
     pthread_mutex_unlock(&sp->lock);
     if (st == KVS_OK)
-        st = copy_checked(block_at, gens, x->count, runs, nruns, &bytes);
+        st = copy_checked(sp, block_at, gens, x->count, runs, nruns, &bytes);
     /* Staging lands only once every generation held (as on the transport). */
     for (size_t i = 0; st == KVS_OK && i < x->count; i++)
         st = kvs__xfer_apply(x, i, staging, dst->segs, dst->nsegs, ids[i]);

@@ -10,22 +10,32 @@
  * Holder: after the TCP handshake, HELLO_ACK names this host's boot id and a
  * host-local Unix socket (KVSHARE_HOST_SOCKET_DIR). A reader on the same
  * boot id connects there (SOCK_SEQPACKET) and proves the session:
- *   holder -> reader  "KVSM" u32 version 1 | nonce[32]
+ *   holder -> reader  "KVSM" u32 version 2 | nonce[32]
  *   reader -> holder  "KVSM" | session[16] | mac[32] | n u32 (<= 64) | n region ids u32
- *   holder -> reader  "KVSM" | n u32 | n x {status i32, pad u32, base u64, len u64, off u64}
- *                     with one SCM_RIGHTS fd per entry of status 0, in order
+ *   holder -> reader  "KVSM" | n u32 | n x {status i32, kind u32, base u64, len u64, off u64,
+ *                     size u64} with one SCM_RIGHTS fd per entry of status 0, in order
+ *                     (proto_int.h: kvs__shm_parse_reply, strict and fuzzed)
+ * kind 1: a sealed memfd (kvshare's memory). kind 2: a CUDA region whose memory
+ * is a VMM allocation (cuMemCreate + cuMemMap) made with
+ * CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR in requestedHandleTypes, exported by
+ * cuMemExportToShareableHandle; other CUDA memory (cuMemAlloc, pools, VMM without
+ * that bit) cannot be exported and stays on the transport (logged once).
  * mac = HMAC-SHA256(secret, "kvshare-shm" | session | nonce) (zeros with
  * KVSHARE_AUTH=none, where the session alone binds it). The holder checks the
  * peer's uid (SO_PEERCRED: ours or root), the MAC, that the session is a
  * ready connection it serves and that each id is a region it exposes; any
  * failure closes the socket having sent no fd.
  *
- * Reader: maps the fds PROT_READ (checking the seals and the size first, so a
- * holder cannot SIGBUS it), copies with memcpy, and checks each block's
- * generation before and after the copy (a seqlock read). Whole blocks when
- * both views are the same; across views the planner's copies (plan_int.h),
- * short runs through staging as on the transport. Mappings live as long as
- * the connection. */
+ * Reader: maps memfds PROT_READ (checking the seals and the size first, so a
+ * holder cannot SIGBUS it) and copies with memcpy; imports CUDA allocations
+ * (cuMemImportFromShareableHandle, cuMemAddressReserve, cuMemMap, cuMemSetAccess
+ * with read access only, for the device that holds them) and copies with
+ * cuMemcpyDtoH in that device's primary context. Either way it checks each
+ * block's generation (host memory) before and after the copy (a seqlock read).
+ * Whole blocks when both views are the same; across views the planner's
+ * copies (plan_int.h), short runs through staging as on the transport.
+ * Mappings live as long as the connection; a CUDA step that fails keeps the
+ * region, or after a failed copy the connection, on the transport (logged once). */
 #ifndef KVS_SHM_INT_H
 #define KVS_SHM_INT_H
 
@@ -53,9 +63,9 @@ void kvs__shm_boot_id(uint8_t out[KVS_SHM_BOOT_ID_LEN]);
 typedef struct kvs__shm_srv kvs__shm_srv_t;
 /* Called on the server's thread: -1 when @session is not a ready
  * connection this process serves, 0 when @region is not one it exposes,
- * 1 with its range written. */
+ * 1 with its range and memory type written. */
 typedef int (*kvs__shm_region_fn)(void *arg, const uint8_t *session, uint32_t region,
-                                  uint64_t *base_p, uint64_t *len_p);
+                                  uint64_t *base_p, uint64_t *len_p, kvs_mem_type_t *type_p);
 /* Listens on a new socket in @dir and serves it on a thread of its own.
  * @secret is borrowed and must outlive the server. */
 kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t secret_len,
@@ -82,7 +92,8 @@ void kvs__shm_peer_free(kvs__shm_peer_t *sp);
 /* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
  * @ids of @dst. KVS_OK (bytes in *bytes_p), KVS_ERR_STALE (a generation
  * moved: nothing to trust in @dst), or KVS_ERR_UNSUPPORTED: this fetch must
- * take the transport (nothing was written). Thread-safe. */
+ * take the transport (which writes every byte of it; a failed CUDA copy may
+ * have written some first). Thread-safe. */
 kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                             struct kvs_pool *dst, const uint32_t *ids, size_t count,
                             size_t *bytes_p);

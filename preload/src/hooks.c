@@ -161,7 +161,23 @@ static CUresult kvs_hook_cuMemCreate(CUmemGenericAllocationHandle *handle, size_
                                      const CUmemAllocationProp *prop, unsigned long long flags)
 {
     KVS_VMM_PRE(cuMemCreate, (handle, size, prop, flags));
-    res = real(handle, size, prop, flags);
+    /* Same-host readers can map a VMM allocation only if it was made
+     * exportable as a POSIX fd (libkvshare's shm.c): ask for that too. A
+     * driver that refuses the extra capability gets the engine's own call,
+     * unchanged, so the engine never sees a failure we caused. */
+    res = CUDA_ERROR_NOT_SUPPORTED;
+    if (prop != NULL && kvs__shim.vmm_export &&
+        !(prop->requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)) {
+        CUmemAllocationProp exportable = *prop;
+        exportable.requestedHandleTypes =
+            (CUmemAllocationHandleType)(exportable.requestedHandleTypes |
+                                        CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+        res = real(handle, size, &exportable, flags);
+    }
+    if (res != CUDA_SUCCESS) {
+        errno = err;
+        res = real(handle, size, prop, flags);
+    }
     err = errno;
     if (res == CUDA_SUCCESS) {
         KVS_COUNT(vmm_creates, 1);

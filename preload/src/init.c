@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "shim_int.h"
@@ -138,6 +139,11 @@ static void kvs__init(void)
         mode = KVS_MODE_ASIDE;
         goto out;
     }
+
+    /* Same-host readers map VMM memory only when it can be exported as a
+     * POSIX fd; KVSHARE_SHM itself is checked strictly by libkvshare. */
+    v = getenv("KVSHARE_SHM");
+    kvs__shim.vmm_export = v == NULL || strcasecmp(v, "off") != 0;
 
     kvs__reg_init();
     kvs__log(KVS_PL_INFO, "active: KV regions are allocations >= %llu bytes; stats file %s",

@@ -112,6 +112,7 @@ typedef struct kvs_shim {
     _Atomic int mode;
     _Atomic int log_level;
     uint64_t kv_min;           /* KVSHARE_KV_MIN_BYTES */
+    int vmm_export;            /* cuMemCreate asks for POSIX_FD export (KVSHARE_SHM != off) */
     char stats_tmpl[PATH_MAX]; /* KVSHARE_STATS_FILE, "" for none */
     kvs_shim_counters_t cnt;   /* process totals; a forked child starts at 0 */
     pthread_once_t once;

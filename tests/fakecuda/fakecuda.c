@@ -6,8 +6,11 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 #include "fakecuda.h"
 
@@ -183,10 +186,16 @@ unsigned long fakecuda_live_allocs(void)
 }
 
 /* ---- virtual memory management: memfd-backed handles -------------------- */
+/* An allocation lives while a handle to it (cuMemCreate, Retain, Import) or
+ * a mapping of it remains, as the driver documents; a handle is valid while
+ * refs > 0. POSIX_FD export works only for allocations that asked for it. */
 typedef struct fake_handle {
     int fd;
     size_t size;
-    int used;
+    int used;     /* the slot holds an allocation */
+    int refs;     /* handle references */
+    int maps;     /* cuMemMap mappings */
+    int posix_fd; /* requestedHandleTypes had CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR */
 } fake_handle_t;
 
 typedef struct fake_map {
@@ -197,6 +206,42 @@ typedef struct fake_map {
 
 static fake_handle_t fake_handles[FAKE_MAX_VMM];
 static fake_map_t fake_maps[FAKE_MAX_VMM];
+
+/* The live handle @h's slot, or NULL (fake_lock held). */
+static fake_handle_t *fake_handle(CUmemGenericAllocationHandle h)
+{
+    if (h == 0 || h > FAKE_MAX_VMM || !fake_handles[h - 1].used || fake_handles[h - 1].refs <= 0) {
+        return NULL;
+    }
+    return &fake_handles[h - 1];
+}
+
+/* A slot with no handle and no mapping left frees its memory (fake_lock
+ * held); returns the fd to close outside the lock, or -1. */
+static int fake_handle_drop(fake_handle_t *fh)
+{
+    if (fh->refs > 0 || fh->maps > 0) {
+        return -1;
+    }
+    fh->used = 0;
+    return fh->fd;
+}
+
+/* A new slot for @fd of @size bytes, one handle reference; 0 when full. */
+static CUmemGenericAllocationHandle fake_handle_new(int fd, size_t size, int posix_fd)
+{
+    CUmemGenericAllocationHandle h = 0;
+    pthread_mutex_lock(&fake_lock);
+    for (uint32_t i = 0; i < FAKE_MAX_VMM && h == 0; i++) {
+        if (!fake_handles[i].used) {
+            fake_handles[i] = (fake_handle_t){
+                .fd = fd, .size = size, .used = 1, .refs = 1, .maps = 0, .posix_fd = posix_fd};
+            h = i + 1;
+        }
+    }
+    pthread_mutex_unlock(&fake_lock);
+    return h;
+}
 
 /* Finds the allocation or mapping holding @p; fills base/size/handle. */
 static int fake_find(uintptr_t p, uintptr_t *base_p, size_t *size_p,
@@ -289,10 +334,22 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
     return dev == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
 }
 
+static _Thread_local CUcontext fake_current;
+
 CUresult cuCtxSetCurrent(CUcontext ctx)
 {
     FAKE_ENTER(cuCtxSetCurrent);
-    (void)ctx;
+    fake_current = ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxGetCurrent(CUcontext *pctx)
+{
+    FAKE_ENTER(cuCtxGetCurrent);
+    if (pctx == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *pctx = fake_current;
     return CUDA_SUCCESS;
 }
 
@@ -391,10 +448,29 @@ CUresult cuMemGetHandleForAddressRange(void *handle, CUdeviceptr dptr, size_t si
 
 CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count)
 {
+    int prot;
+
     FAKE_ENTER(cuMemSetAccess);
-    (void)ptr;
-    (void)size;
-    return desc != NULL && count > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    if (desc == NULL || count == 0 || ptr == 0 || size == 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    /* The host's page protection stands in for the device's access: a
+     * process granted PROT_READ faults on a write, as a kernel would. */
+    switch (desc[count - 1].flags) {
+    case CU_MEM_ACCESS_FLAGS_PROT_NONE:
+        prot = PROT_NONE;
+        break;
+    case CU_MEM_ACCESS_FLAGS_PROT_READ:
+        prot = PROT_READ;
+        break;
+    case CU_MEM_ACCESS_FLAGS_PROT_READWRITE:
+        prot = PROT_READ | PROT_WRITE;
+        break;
+    default:
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    return mprotect((void *)(uintptr_t)ptr, size, prot) == 0 ? CUDA_SUCCESS
+                                                             : CUDA_ERROR_INVALID_VALUE;
 }
 
 CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop,
@@ -426,6 +502,7 @@ static const fake_sym_t fake_syms[] = {
     {"cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRetain", 7000, 0},
     {"cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2", 11000, 0},
     {"cuCtxSetCurrent", "cuCtxSetCurrent", 4000, 0},
+    {"cuCtxGetCurrent", "cuCtxGetCurrent", 4000, 0},
     {"cuCtxSynchronize", "cuCtxSynchronize", 2000, 0},
     {"cuStreamSynchronize", "cuStreamSynchronize", 2000, 0},
     {"cuPointerGetAttribute", "cuPointerGetAttribute", 4000, 0},
@@ -433,6 +510,10 @@ static const fake_sym_t fake_syms[] = {
     {"cuMemGetHandleForAddressRange", "cuMemGetHandleForAddressRange", 11070, 0},
     {"cuMemSetAccess", "cuMemSetAccess", 10020, 0},
     {"cuMemGetAllocationGranularity", "cuMemGetAllocationGranularity", 10020, 0},
+    {"cuMemRetainAllocationHandle", "cuMemRetainAllocationHandle", 11000, 0},
+    {"cuMemGetAllocationPropertiesFromHandle", "cuMemGetAllocationPropertiesFromHandle", 10020, 0},
+    {"cuMemExportToShareableHandle", "cuMemExportToShareableHandle", 10020, 0},
+    {"cuMemImportFromShareableHandle", "cuMemImportFromShareableHandle", 10020, 0},
     {"cuGetProcAddress", "cuGetProcAddress", 11030, 0},
     {"cuGetProcAddress", "cuGetProcAddress_v2", 12000, 0},
     {"cuMemAlloc", "cuMemAlloc_v2", 3020, 0},
@@ -596,20 +677,13 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
         close(fd);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    pthread_mutex_lock(&fake_lock);
-    for (uint32_t i = 0; i < FAKE_MAX_VMM; i++) {
-        if (!fake_handles[i].used) {
-            fake_handles[i].used = 1;
-            fake_handles[i].fd = fd;
-            fake_handles[i].size = size;
-            pthread_mutex_unlock(&fake_lock);
-            *handle = i + 1;
-            return CUDA_SUCCESS;
-        }
+    *handle = fake_handle_new(
+        fd, size, (prop->requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) != 0);
+    if (*handle == 0) {
+        close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    pthread_mutex_unlock(&fake_lock);
-    close(fd);
-    return CUDA_ERROR_OUT_OF_MEMORY;
+    return CUDA_SUCCESS;
 }
 
 CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
@@ -621,15 +695,124 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
         return CUDA_ERROR_INVALID_VALUE;
     }
     pthread_mutex_lock(&fake_lock);
-    if (fake_handles[handle - 1].used) {
-        fd = fake_handles[handle - 1].fd;
-        fake_handles[handle - 1].used = 0;
-    }
-    pthread_mutex_unlock(&fake_lock);
-    if (fd < 0) {
+    fake_handle_t *fh = fake_handle(handle);
+    if (fh == NULL) {
+        pthread_mutex_unlock(&fake_lock);
         return CUDA_ERROR_INVALID_VALUE;
     }
-    close(fd); /* existing mappings keep the pages, as with the real driver */
+    fh->refs--;
+    fd = fake_handle_drop(fh); /* existing mappings keep it, as with the real driver */
+    pthread_mutex_unlock(&fake_lock);
+    if (fd >= 0) {
+        close(fd);
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr)
+{
+    CUresult res = CUDA_ERROR_INVALID_VALUE;
+
+    FAKE_ENTER(cuMemRetainAllocationHandle);
+    if (handle == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_lock(&fake_lock);
+    for (uint32_t i = 0; i < FAKE_MAX_VMM; i++) {
+        if (fake_maps[i].size != 0 && (uintptr_t)addr >= fake_maps[i].base &&
+            (uintptr_t)addr - fake_maps[i].base < fake_maps[i].size) {
+            fake_handles[fake_maps[i].handle - 1].refs++;
+            *handle = fake_maps[i].handle;
+            res = CUDA_SUCCESS;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&fake_lock);
+    return res; /* not mapped VMM memory (cuMemAlloc memory too) */
+}
+
+CUresult cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *prop,
+                                                CUmemGenericAllocationHandle handle)
+{
+    FAKE_ENTER(cuMemGetAllocationPropertiesFromHandle);
+    if (prop == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_lock(&fake_lock);
+    fake_handle_t *fh = fake_handle(handle);
+    int posix_fd = fh != NULL && fh->posix_fd;
+    pthread_mutex_unlock(&fake_lock);
+    if (fh == NULL) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    memset(prop, 0, sizeof(*prop));
+    prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop->location.id = 0;
+    prop->requestedHandleTypes =
+        posix_fd ? CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR : CU_MEM_HANDLE_TYPE_NONE;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle,
+                                      CUmemAllocationHandleType handleType,
+                                      unsigned long long flags)
+{
+    int fd = -1;
+    CUresult res = CUDA_SUCCESS;
+
+    FAKE_ENTER(cuMemExportToShareableHandle);
+    if (shareableHandle == NULL || flags != 0 ||
+        handleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) {
+        return CUDA_ERROR_INVALID_VALUE; /* the fake knows no other handle type */
+    }
+    pthread_mutex_lock(&fake_lock);
+    fake_handle_t *fh = fake_handle(handle);
+    if (fh == NULL) {
+        res = CUDA_ERROR_INVALID_VALUE;
+    } else if (!fh->posix_fd) {
+        res = CUDA_ERROR_NOT_SUPPORTED; /* not requested at cuMemCreate */
+    } else {
+        fd = fcntl(fh->fd, F_DUPFD_CLOEXEC, 0);
+        res = fd >= 0 ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_unlock(&fake_lock);
+    if (res == CUDA_SUCCESS) {
+        *(int *)shareableHandle = fd;
+    }
+    return res;
+}
+
+CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
+                                        CUmemAllocationHandleType shHandleType)
+{
+    char link[64], target[128];
+    struct stat st;
+    int fd = (int)(intptr_t)osHandle;
+
+    FAKE_ENTER(cuMemImportFromShareableHandle);
+    if (handle == NULL || shHandleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || fd < 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    /* Only what some fake driver exported: a "fakecuda" memfd. */
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    if (n < 0 || fstat(fd, &st) != 0 || st.st_size <= 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    target[n] = '\0';
+    if (strncmp(target, "/memfd:fakecuda ", 16) != 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 0); /* the caller keeps (and closes) osHandle */
+    if (own < 0) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *handle = fake_handle_new(own, (size_t)st.st_size, 1);
+    if (*handle == 0) {
+        close(own);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -672,7 +855,7 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
         return CUDA_ERROR_INVALID_VALUE;
     }
     pthread_mutex_lock(&fake_lock);
-    if (fake_handles[handle - 1].used && offset + size <= fake_handles[handle - 1].size) {
+    if (fake_handle(handle) != NULL && offset + size <= fake_handles[handle - 1].size) {
         fd = fake_handles[handle - 1].fd;
     }
     pthread_mutex_unlock(&fake_lock);
@@ -690,6 +873,7 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
             fake_maps[i].base = (uintptr_t)ptr;
             fake_maps[i].size = size;
             fake_maps[i].handle = handle;
+            fake_handles[handle - 1].maps++;
             break;
         }
     }
@@ -711,14 +895,25 @@ CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
     if (p == MAP_FAILED) {
         return CUDA_ERROR_INVALID_VALUE;
     }
+    int fds[FAKE_MAX_VMM];
+    uint32_t nfds = 0;
     pthread_mutex_lock(&fake_lock);
     for (uint32_t i = 0; i < FAKE_MAX_VMM; i++) {
         if (fake_maps[i].size != 0 && fake_maps[i].base >= (uintptr_t)ptr &&
             fake_maps[i].base < (uintptr_t)ptr + size) {
+            fake_handle_t *fh = &fake_handles[fake_maps[i].handle - 1];
             fake_maps[i].size = 0;
+            fh->maps--;
+            int fd = fake_handle_drop(fh);
+            if (fd >= 0) {
+                fds[nfds++] = fd;
+            }
         }
     }
     pthread_mutex_unlock(&fake_lock);
+    for (uint32_t i = 0; i < nfds; i++) {
+        close(fds[i]);
+    }
     return CUDA_SUCCESS;
 }
 

@@ -84,3 +84,27 @@ for mode in (0, 1, 0x40, 0xff):
         f.write(bytes([mode]) + seeds["hello"] + seeds["auth"])
 with open("tests/fuzz/corpus-fuzz_boot/auth-first", "wb") as f:
     f.write(b"\x01" + seeds["auth"])
+# The same-host handover's answer (fuzz_shm): descriptor count, regions asked for,
+# then "KVSM" | n | n x {status i32, kind u32, base, len, off, size u64}
+# (kind 1: a memfd, 2: a CUDA VMM allocation; an entry of status != 0 has kind 0).
+SHM_MAGIC, MEMFD, CUDA_VMM = 0x4D53564B, 1, 2
+
+
+def shm_reply(entries):
+    nfds = sum(1 for e in entries if e[0] == 0)
+    body = struct.pack("<II", SHM_MAGIC, len(entries))
+    for e in entries:
+        body += struct.pack("<iIQQQQ", *e)
+    return bytes([nfds, len(entries)]) + body
+
+
+os.makedirs("tests/fuzz/corpus-fuzz_shm", exist_ok=True)
+shm_seeds = {
+    "memfd": shm_reply([(0, MEMFD, 0x7f0000001000, 1 << 20, 4096, (1 << 20) + 4096)]),
+    "cuda_vmm": shm_reply([(0, CUDA_VMM, 0x7f8000000000, 1 << 21, 1 << 21, 1 << 22)]),
+    "mixed": shm_reply([(0, MEMFD, 0x1000, 4096, 0, 4096), (-3, 0, 0x9000, 64, 0, 0),
+                        (0, CUDA_VMM, 0x200000, 65536, 0, 65536)]),
+}
+for name, data in shm_seeds.items():
+    with open(f"tests/fuzz/corpus-fuzz_shm/{name}", "wb") as f:
+        f.write(data)

@@ -36,7 +36,7 @@ BELOW_ALL = [CORE_PUBLIC, "util"]
 ALLOWED = {
     "util": [],
     "libkvshare/include": [],
-    "libkvshare/src": BELOW_ALL,
+    "libkvshare/src": BELOW_ALL + ["cuda/include"],  # shm.c: VMM export/import
     "libkvshare/cli": BELOW_ALL,
     "cuda": BELOW_ALL + ["cuda/include"],
     "connectors": BELOW_ALL + [CORE_PRIVATE],  # registry.c: the vtables it lists

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fakecuda.h"
 #include "kvs_cuda.h"
 
 static kvs_cuda_driver_t drv;
@@ -136,4 +137,149 @@ Test(cuda, missing_entry_points_are_unsupported)
                      "CUDA_ERROR_OUT_OF_MEMORY");
     cr_expect_str_eq(kvs_cuda_result_string(&drv, CUDA_ERROR_OUT_OF_MEMORY), "fake driver error");
     kvs_cuda_driver_close(&old);
+}
+
+/* A VMM allocation of @size bytes mapped read-write at *va_p. */
+static CUmemGenericAllocationHandle vmm_alloc(size_t size, int handle_types, CUdeviceptr *va_p)
+{
+    CUmemAllocationProp prop;
+    CUmemGenericAllocationHandle h = 0;
+    memset(&prop, 0, sizeof(prop));
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.requestedHandleTypes = (CUmemAllocationHandleType)handle_types;
+    cr_assert_eq(drv.cuMemCreate(&h, size, &prop, 0), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuMemAddressReserve(va_p, size, 0, 0, 0), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuMemMap(*va_p, size, 0, h, 0), CUDA_SUCCESS);
+    CUmemAccessDesc rw = {.location = prop.location, .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    cr_assert_eq(drv.cuMemSetAccess(*va_p, size, &rw, 1), CUDA_SUCCESS);
+    return h;
+}
+
+static void vmm_free(CUmemGenericAllocationHandle h, CUdeviceptr va, size_t size)
+{
+    cr_expect_eq(drv.cuMemUnmap(va, size), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemAddressFree(va, size), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemRelease(h), CUDA_SUCCESS);
+}
+
+Test(cuda, vmm_export_import_maps_the_same_bytes_read_only)
+{
+    size_t gran = 0;
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED};
+    cr_assert_eq(drv.cuMemGetAllocationGranularity(&gran, &prop, 0), CUDA_SUCCESS);
+    const size_t size = 4 * gran;
+    CUdeviceptr va = 0;
+    CUmemGenericAllocationHandle h = vmm_alloc(size, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, &va);
+    uint8_t in[256], out[256];
+    for (size_t i = 0; i < sizeof(in); i++)
+        in[i] = (uint8_t)(i * 7 + 1);
+    cr_assert_eq(drv.cuMemcpyHtoD_v2(va + gran + 16, in, sizeof(in)), CUDA_SUCCESS);
+
+    int fd = -1;
+    uint64_t off = 0, asize = 0;
+    CUresult res = -1;
+    cr_assert_eq(
+        kvs_cuda_vmm_export(&drv, (void *)(uintptr_t)(va + gran), gran, &fd, &off, &asize, &res),
+        KVS_OK, "CUresult %d", res);
+    cr_expect_geq(fd, 0);
+    cr_expect_eq(off, gran);
+    cr_expect_eq(asize, size);
+    kvs_cuda_vmm_map_t m;
+    cr_assert_eq(kvs_cuda_vmm_import(&drv, fd, asize, &m, &res), KVS_OK, "CUresult %d", res);
+    close(fd); /* the mapping does not need it */
+    cr_expect_neq(m.va, va, "a new mapping of the same allocation");
+    cr_expect_eq(m.size, size);
+    cr_assert_eq(drv.cuMemcpyDtoH_v2(out, m.va + off + 16, sizeof(out)), CUDA_SUCCESS);
+    cr_expect_eq(memcmp(in, out, sizeof(in)), 0, "the same bytes");
+    /* Read access only: a copy into the imported mapping is refused (the
+     * fake's pages are read-only; a real GPU would fault). */
+    cr_expect_eq(drv.cuMemSetAccess(m.va, m.size,
+                                    &(CUmemAccessDesc){.location = {CU_MEM_LOCATION_TYPE_DEVICE, 0},
+                                                       .flags = CU_MEM_ACCESS_FLAGS_PROT_READ},
+                                    1),
+                 CUDA_SUCCESS);
+    /* The holder's release does not take the reader's pages. */
+    vmm_free(h, va, size);
+    memset(out, 0, sizeof(out));
+    cr_assert_eq(drv.cuMemcpyDtoH_v2(out, m.va + off + 16, sizeof(out)), CUDA_SUCCESS);
+    cr_expect_eq(memcmp(in, out, sizeof(in)), 0);
+    unsigned long unmaps = fakecuda_calls("cuMemUnmap");
+    kvs_cuda_vmm_unmap(&drv, &m);
+    cr_expect_eq(m.va, 0);
+    cr_expect_eq(fakecuda_calls("cuMemUnmap"), unmaps + 1);
+    kvs_cuda_vmm_unmap(&drv, &m); /* harmless twice */
+    cr_expect_eq(fakecuda_calls("cuMemUnmap"), unmaps + 1);
+}
+
+Test(cuda, vmm_export_refuses_what_the_driver_refuses)
+{
+    size_t gran = 0;
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED};
+    cr_assert_eq(drv.cuMemGetAllocationGranularity(&gran, &prop, 0), CUDA_SUCCESS);
+    CUdeviceptr va = 0, d = 0;
+    int fd = -7;
+    uint64_t off = 0, size = 0;
+    CUresult res = CUDA_SUCCESS;
+
+    /* Made without POSIX_FD in requestedHandleTypes: the driver's NOT_SUPPORTED. */
+    CUmemGenericAllocationHandle h = vmm_alloc(gran, CU_MEM_HANDLE_TYPE_NONE, &va);
+    cr_expect_eq(kvs_cuda_vmm_export(&drv, (void *)(uintptr_t)va, gran, &fd, &off, &size, &res),
+                 KVS_ERR_UNSUPPORTED);
+    cr_expect_eq(res, CUDA_ERROR_NOT_SUPPORTED);
+    cr_expect_eq(fd, -7, "a failing call writes no output");
+    int raw = -1;
+    cr_expect_eq(
+        drv.cuMemExportToShareableHandle(&raw, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+        CUDA_ERROR_NOT_SUPPORTED);
+    /* Bad handle types and flags, on either side. */
+    cr_expect_eq(drv.cuMemExportToShareableHandle(&raw, h, (CUmemAllocationHandleType)2, 0),
+                 CUDA_ERROR_INVALID_VALUE);
+    cr_expect_eq(drv.cuMemExportToShareableHandle(&raw, h, CU_MEM_HANDLE_TYPE_NONE, 0),
+                 CUDA_ERROR_INVALID_VALUE);
+    CUmemGenericAllocationHandle imp = 0;
+    cr_expect_eq(
+        drv.cuMemImportFromShareableHandle(&imp, (void *)(uintptr_t)0, CU_MEM_HANDLE_TYPE_NONE),
+        CUDA_ERROR_INVALID_VALUE);
+    /* An fd no driver exported (a plain file) is not an allocation. */
+    cr_expect_eq(drv.cuMemImportFromShareableHandle(&imp, (void *)(uintptr_t)0,
+                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+                 CUDA_ERROR_INVALID_VALUE);
+    /* The range past the allocation. */
+    cr_expect_eq(kvs_cuda_vmm_export(&drv, (void *)(uintptr_t)va, gran + 1, &fd, &off, &size, &res),
+                 KVS_ERR_UNSUPPORTED);
+    vmm_free(h, va, gran);
+    /* cuMemAlloc memory has no allocation handle. */
+    cr_assert_eq(drv.cuMemAlloc_v2(&d, 4096), CUDA_SUCCESS);
+    cr_expect_eq(kvs_cuda_vmm_export(&drv, (void *)(uintptr_t)d, 4096, &fd, &off, &size, &res),
+                 KVS_ERR_UNSUPPORTED);
+    cr_expect_eq(fd, -7);
+    cr_expect_eq(drv.cuMemFree_v2(d), CUDA_SUCCESS);
+    cr_expect_eq(kvs_cuda_vmm_export(&drv, NULL, 1, &fd, &off, &size, &res), KVS_ERR_INVALID_PARAM);
+    kvs_cuda_vmm_map_t m;
+    cr_expect_eq(kvs_cuda_vmm_import(&drv, -1, gran, &m, &res), KVS_ERR_INVALID_PARAM);
+}
+
+Test(cuda, vmm_handles_are_counted_like_the_drivers)
+{
+    size_t gran = 0;
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED};
+    cr_assert_eq(drv.cuMemGetAllocationGranularity(&gran, &prop, 0), CUDA_SUCCESS);
+    CUdeviceptr va = 0;
+    CUmemGenericAllocationHandle h = vmm_alloc(gran, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, &va);
+    CUmemGenericAllocationHandle r = 0;
+    cr_assert_eq(drv.cuMemRetainAllocationHandle(&r, (void *)(uintptr_t)(va + 100)), CUDA_SUCCESS);
+    cr_expect_eq(r, h, "the same handle, one more reference");
+    cr_expect_eq(drv.cuMemRelease(r), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemRelease(h), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemRelease(h), CUDA_ERROR_INVALID_VALUE, "no reference left");
+    /* The mapping keeps the memory: still readable and writable. */
+    uint8_t b = 9, c = 0;
+    cr_expect_eq(drv.cuMemcpyHtoD_v2(va, &b, 1), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemcpyDtoH_v2(&c, va, 1), CUDA_SUCCESS);
+    cr_expect_eq(c, 9);
+    cr_expect_eq(drv.cuMemUnmap(va, gran), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemRetainAllocationHandle(&r, (void *)(uintptr_t)va),
+                 CUDA_ERROR_INVALID_VALUE);
+    cr_expect_eq(drv.cuMemAddressFree(va, gran), CUDA_SUCCESS);
 }

@@ -2,9 +2,12 @@
 /* test_shm.c - memfd-backed memory (shm.c): zeroed, sealed, found again by address; kvs_mem_alloc.
  */
 #include "kvs_int.h"
+#include "proto_int.h"
 #include "shm_int.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,4 +93,128 @@ Test(shm, kvs_mem_alloc_checks_its_arguments)
     kvs_mem_free(ctx, p);
     kvs_mem_free(ctx, NULL);
     kvs_ctx_destroy(ctx);
+}
+
+/* The handover's answer (proto.c): what a reader accepts from the holder. */
+static size_t reply(uint8_t *out, uint32_t n, const kvs__shm_entry_t *e)
+{
+    const uint32_t hdr[2] = {KVS_SHM_MAGIC, n};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 4; i++)
+            out[4 * k + i] = (uint8_t)(hdr[k] >> (8 * i));
+    for (uint32_t i = 0; i < n; i++)
+        kvs__shm_put_entry(out + 8 + KVS_SHM_ENTRY_LEN * i, &e[i]);
+    return 8 + (size_t)KVS_SHM_ENTRY_LEN * n;
+}
+
+Test(shm, handover_answer_round_trips)
+{
+    kvs__shm_entry_t in[3] = {{.status = 0,
+                               .kind = KVS_SHM_KIND_MEMFD,
+                               .base = 0x1000,
+                               .len = 4096,
+                               .off = 0,
+                               .size = 8192},
+                              {.status = KVS_ERR_NOT_FOUND, .base = 0x9000, .len = 64},
+                              {.status = 0,
+                               .kind = KVS_SHM_KIND_CUDA_VMM,
+                               .base = 0x7f0000000000ull,
+                               .len = 1 << 20,
+                               .off = 1 << 20,
+                               .size = 2 << 20}};
+    uint8_t buf[8 + 3 * KVS_SHM_ENTRY_LEN];
+    kvs__shm_entry_t out[3];
+    const char *why = "x";
+    size_t len = reply(buf, 3, in);
+    cr_assert_eq(kvs__shm_parse_reply(buf, len, 3, 2, out, &why), KVS_OK, "%s", why);
+    cr_assert_null(why);
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(out[i].status, in[i].status);
+        cr_expect_eq(out[i].kind, in[i].kind);
+        cr_expect_eq(out[i].base, in[i].base);
+        cr_expect_eq(out[i].len, in[i].len);
+        cr_expect_eq(out[i].off, in[i].off);
+        cr_expect_eq(out[i].size, in[i].size);
+    }
+}
+
+Test(shm, handover_answer_is_parsed_strictly)
+{
+    const kvs__shm_entry_t good = {.status = 0,
+                                   .kind = KVS_SHM_KIND_CUDA_VMM,
+                                   .base = 0x10000,
+                                   .len = 4096,
+                                   .off = 4096,
+                                   .size = 8192};
+    uint8_t buf[8 + 2 * KVS_SHM_ENTRY_LEN];
+    kvs__shm_entry_t out[2];
+    const char *why = NULL;
+    size_t len = reply(buf, 1, &good);
+    cr_assert_eq(kvs__shm_parse_reply(buf, len, 1, 1, out, NULL), KVS_OK);
+    /* Length, count, magic, descriptors. */
+    cr_expect_eq(kvs__shm_parse_reply(buf, len - 1, 1, 1, out, &why), KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "wrong length");
+    cr_expect_eq(kvs__shm_parse_reply(buf, len, 2, 1, out, NULL), KVS_ERR_PROTOCOL);
+    cr_expect_eq(kvs__shm_parse_reply(buf, len, 0, 0, out, NULL), KVS_ERR_PROTOCOL);
+    cr_expect_eq(kvs__shm_parse_reply(buf, len, 1, 0, out, &why), KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "descriptors do not match the entries");
+    cr_expect_eq(kvs__shm_parse_reply(buf, len, 1, 2, out, NULL), KVS_ERR_PROTOCOL);
+    buf[0] ^= 1;
+    cr_expect_eq(kvs__shm_parse_reply(buf, len, 1, 1, out, NULL), KVS_ERR_PROTOCOL);
+    buf[0] ^= 1;
+    /* Each field of an entry. */
+    const struct {
+        kvs__shm_entry_t e;
+        const char *why;
+    } bad[] = {
+        {{.status = 0, .kind = 3, .len = 1, .size = 1}, "unknown kind"},
+        {{.status = 0, .kind = 0, .len = 1, .size = 1}, "unknown kind"},
+        {{.status = 0, .kind = KVS_SHM_KIND_MEMFD, .len = 0, .size = 1},
+         "a region outside its object"},
+        {{.status = 0, .kind = KVS_SHM_KIND_CUDA_VMM, .len = 4097, .off = 4096, .size = 8192},
+         "a region outside its object"},
+        {{.status = 0, .kind = KVS_SHM_KIND_CUDA_VMM, .len = 1, .off = 9000, .size = 8192},
+         "a region outside its object"},
+        {{.status = 0, .kind = KVS_SHM_KIND_MEMFD, .base = UINT64_MAX, .len = 2, .size = 8},
+         "a region outside its object"},
+        {{.status = 0, .kind = KVS_SHM_KIND_MEMFD, .len = 8, .off = UINT64_MAX, .size = 8},
+         "a region outside its object"},
+        {{.status = KVS_ERR_NOT_FOUND, .kind = KVS_SHM_KIND_MEMFD},
+         "an entry without a descriptor names a kind"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        len = reply(buf, 1, &bad[i].e);
+        uint32_t nfds = bad[i].e.status == 0 ? 1 : 0;
+        why = NULL;
+        cr_expect_eq(kvs__shm_parse_reply(buf, len, 1, nfds, out, &why), KVS_ERR_PROTOCOL,
+                     "case %zu", i);
+        cr_expect(why != NULL && strcmp(why, bad[i].why) == 0, "case %zu: %s", i, why);
+    }
+}
+
+/* The fuzzer's seeds (tests/fuzz/make_corpus.py) are answers a reader accepts. */
+Test(shm, fuzz_seeds_are_valid_answers)
+{
+    DIR *dir = opendir(KVS_CORPUS_DIR);
+    cr_assert_not_null(dir, "%s", KVS_CORPUS_DIR);
+    int seen = 0;
+    for (struct dirent *de; (de = readdir(dir)) != NULL;) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", KVS_CORPUS_DIR, de->d_name);
+        uint8_t buf[8 + KVS_SHM_ENTRY_LEN * KVS_SHM_MAX_IDS + 2];
+        FILE *f = fopen(path, "rb");
+        cr_assert_not_null(f, "%s", path);
+        size_t len = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        cr_assert_geq(len, 2, "%s", path);
+        kvs__shm_entry_t out[KVS_SHM_MAX_IDS];
+        const char *why = NULL;
+        cr_expect_eq(kvs__shm_parse_reply(buf + 2, len - 2, buf[1], buf[0], out, &why), KVS_OK,
+                     "%s: %s", de->d_name, why);
+        seen++;
+    }
+    closedir(dir);
+    cr_expect_geq(seen, 3);
 }

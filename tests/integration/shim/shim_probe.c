@@ -547,6 +547,15 @@ static void scenario_vmm(void)
     CU(A.cuMemGetAllocationGranularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
     CHECK(gran > 0 && size % gran == 0);
     CU(A.cuMemCreate(&h, size, &prop, 0));
+    /* The shim asks for POSIX_FD export (same-host readers map such memory);
+     * without it the engine's plain request is not exportable. */
+    int xfd = -1;
+    CUresult xr =
+        A.cuMemExportToShareableHandle(&xfd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+    CHECK(g_on ? xr == CUDA_SUCCESS && xfd >= 0 : xr == CUDA_ERROR_NOT_SUPPORTED);
+    if (xfd >= 0) {
+        close(xfd);
+    }
     CU(A.cuMemAddressReserve(&va, 2 * size, 0, 0, 0));
     CU(A.cuMemMap(va, size, 0, h, 0));
     access.location = prop.location;
@@ -571,6 +580,18 @@ static void scenario_vmm(void)
         CHECK(counter("vmm_creates") == 1 && counter("vmm_releases") == 1);
         CHECK(counter("vmm_reserves") == 1 && counter("vmm_address_frees") == 1);
         CHECK(counter("vmm_unmaps") == 1 && counter("allocations") == 1);
+    }
+    /* A driver that refuses the export capability: the shim forwards the
+     * engine's own request, which succeeds, not exportable. */
+    fake_fail_next("cuMemCreate", CUDA_ERROR_NOT_SUPPORTED);
+    xr = A.cuMemCreate(&h, size, &prop, 0);
+    if (g_on) {
+        CHECK(xr == CUDA_SUCCESS);
+        CHECK(A.cuMemExportToShareableHandle(&xfd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+                                             0) == CUDA_ERROR_NOT_SUPPORTED);
+        CU(A.cuMemRelease(h));
+    } else {
+        CHECK(xr == CUDA_ERROR_NOT_SUPPORTED);
     }
 }
 

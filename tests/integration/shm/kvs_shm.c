@@ -22,7 +22,16 @@
  *              a reader's handover still gets the mapped path
  *   exit       the holder is killed while the reader holds a lease: the reader's fetch does
  *              not crash, and its mappings of the holder go once the connection is gone
+ *   cuda       the holder's KV is a CUDA VMM allocation (the fake driver, tests/fakecuda)
+ *              made with POSIX_FD export: the reader imports it, maps it read-only and
+ *              copies every byte from it (cuMemcpyDtoH), and unmaps it with the connection
+ *   cudamid    the same holder rewrites a block between the copy and the check:
+ *              KVS_ERR_STALE, then the new bytes
+ *   cudanofd   a VMM allocation made without POSIX_FD cannot be exported: the holder logs
+ *              it, and the reader gets every byte over UCX; KVSHARE_SHM=off does the same
+ *              with the exportable one
  * Uses the internal test hook kvs__shm_test_mid_copy (linked against kvshare_static). */
+#include "fakecuda.h"
 #include "kvshare.h"
 #include "proto_int.h"
 #include "shm_int.h"
@@ -142,6 +151,73 @@ static kvs_pool_h make_pool(kvs_ctx_h ctx, uint8_t **mem_p)
     return make_pool_as(ctx, &l, BB, mem_p);
 }
 
+/* The holder's KV memory: kvs_mem_alloc (HOLD_HOST), or a fake-CUDA VMM
+ * allocation made with POSIX_FD export (HOLD_CUDA_FD) or without (HOLD_CUDA). */
+enum { HOLD_HOST, HOLD_CUDA_FD, HOLD_CUDA };
+static int hold_kind = HOLD_HOST;
+
+typedef struct vmm {
+    CUmemGenericAllocationHandle h;
+    CUdeviceptr va;
+    size_t size;
+} vmm_t;
+
+#define CU_OK(call)                                                                                \
+    do {                                                                                           \
+        CUresult r_ = (call);                                                                      \
+        if (r_ != CUDA_SUCCESS)                                                                    \
+            FAIL("%s = %d", #call, r_);                                                            \
+    } while (0)
+
+/* A CUDA pool of NBLOCKS blocks in one VMM allocation, as an engine makes it. */
+static kvs_pool_h make_cuda_pool(kvs_ctx_h ctx, vmm_t *v, bool posix_fd)
+{
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof(prop));
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.requestedHandleTypes =
+        posix_fd ? CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR : CU_MEM_HANDLE_TYPE_NONE;
+    v->size = (size_t)NBLOCKS * BB;
+    CU_OK(cuInit(0));
+    CU_OK(cuMemCreate(&v->h, v->size, &prop, 0));
+    CU_OK(cuMemAddressReserve(&v->va, v->size, 0, 0, 0));
+    CU_OK(cuMemMap(v->va, v->size, 0, v->h, 0));
+    CUmemAccessDesc access = {.location = prop.location,
+                              .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    CU_OK(cuMemSetAccess(v->va, v->size, &access, 1));
+    kvs_layout_t l = layout();
+    kvs_segment_t seg = {.base = (void *)(uintptr_t)v->va,
+                         .block_stride = BB,
+                         .block_bytes = BB,
+                         .mem_type = KVS_MEM_CUDA};
+    kvs_pool_params_t pp = {
+        .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = NBLOCKS};
+    kvs_pool_h pool = NULL;
+    if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK)
+        FAIL("kvs_pool_create (CUDA)");
+    return pool;
+}
+
+static void free_vmm(vmm_t *v)
+{
+    CU_OK(cuMemUnmap(v->va, v->size));
+    CU_OK(cuMemAddressFree(v->va, v->size));
+    CU_OK(cuMemRelease(v->h));
+}
+
+/* Block @i of the holder's memory gets version @version of key @key. */
+static void put_block(uint8_t *mem, const vmm_t *v, uint32_t i, uint32_t key, uint64_t version)
+{
+    if (v == NULL) {
+        fill(mem + (size_t)i * BB, key, version);
+        return;
+    }
+    static uint8_t buf[BB];
+    fill(buf, key, version);
+    CU_OK(cuMemcpyHtoD_v2(v->va + (CUdeviceptr)i * BB, buf, BB));
+}
+
 /* --- the holder (a child process) ------------------------------------- */
 /* Keys 0..N-1 zero-copy from its pool (block i = key i), keys N..2N-1
  * copied into its arena. Commands on @in: "rewrite I" (force-unpublish
@@ -157,19 +233,22 @@ static void holder(int in, int out)
     setenv("KVSHARE_LOG", "warn", 1);
     kvs_ctx_h ctx = make_ctx("127.0.0.1:0");
     uint8_t *mem = NULL;
-    kvs_pool_h pool = make_pool(ctx, &mem);
+    vmm_t vmm, *v = hold_kind == HOLD_HOST ? NULL : &vmm;
+    kvs_pool_h pool =
+        v == NULL ? make_pool(ctx, &mem) : make_cuda_pool(ctx, v, hold_kind == HOLD_CUDA_FD);
     kvs_key_t keys[2 * NBLOCKS];
     uint32_t ids[NBLOCKS];
     for (uint32_t i = 0; i < NBLOCKS; i++) {
         ids[i] = i;
         keys[i] = key_of(i);
         keys[NBLOCKS + i] = key_of(NBLOCKS + i);
-        fill(mem + (size_t)i * BB, NBLOCKS + i, 1);
+        put_block(mem, v, i, NBLOCKS + i, 1);
     }
-    if (kvs_publish(pool, keys + NBLOCKS, ids, NBLOCKS, 0, NULL) != KVS_OK)
+    /* Copy mode needs host memory: a CUDA holder serves its pool only. */
+    if (v == NULL && kvs_publish(pool, keys + NBLOCKS, ids, NBLOCKS, 0, NULL) != KVS_OK)
         FAIL("holder: copy-mode publish");
     for (uint32_t i = 0; i < NBLOCKS; i++)
-        fill(mem + (size_t)i * BB, i, 1);
+        put_block(mem, v, i, i, 1);
     if (kvs_publish(pool, keys, ids, NBLOCKS, KVS_PUBLISH_ZERO_COPY, NULL) != KVS_OK)
         FAIL("holder: zero-copy publish");
     char addr[300], line[128];
@@ -181,7 +260,7 @@ static void holder(int in, int out)
         if (sscanf(line, "rewrite %u", &i) == 1 && i < NBLOCKS) {
             if (kvs_unpublish(pool, &i, 1, KVS_UNPUBLISH_FORCE) != KVS_OK)
                 FAIL("holder: unpublish");
-            fill(mem + (size_t)i * BB, i, 2);
+            put_block(mem, v, i, i, 2);
             if (kvs_publish(pool, &keys[i], &i, 1, KVS_PUBLISH_ZERO_COPY, NULL) != KVS_OK)
                 FAIL("holder: republish");
             dprintf(out, "done\n");
@@ -190,6 +269,8 @@ static void holder(int in, int out)
     kvs_pool_destroy(pool);
     kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
+    if (v != NULL)
+        free_vmm(v);
     exit(0);
 }
 
@@ -768,6 +849,131 @@ static void s_exit(void)
     printf("ok: exit: the dead holder's socket is swept by the next; a clean stop leaves none\n");
 }
 
+/* Mappings in this process of a fake-CUDA allocation (memfd "fakecuda"), and
+ * how many of them can be written. */
+static int cuda_maps(int *writable)
+{
+    char line[512];
+    FILE *f = fopen("/proc/self/maps", "r");
+    int n = 0;
+    *writable = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, "/memfd:fakecuda") == NULL)
+            continue;
+        n++;
+        char perms[8] = "";
+        if (sscanf(line, "%*s %7s", perms) == 1 && perms[1] == 'w')
+            (*writable)++;
+    }
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+static void s_cuda(void)
+{
+    hold_kind = HOLD_CUDA_FD;
+    child_t h = start_holder();
+    hold_kind = HOLD_HOST;
+    reader_t r = reader_new();
+    unsigned long imports = fakecuda_calls("cuMemImportFromShareableHandle");
+    unsigned long dtoh = fakecuda_calls("cuMemcpyDtoH_v2");
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("cuda: fetch: %s", kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    if (shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
+        FAIL("cuda: %llu bytes through mapped memory, expected %u",
+             (unsigned long long)shm_bytes(&r), NBLOCKS * BB);
+    if (fakecuda_calls("cuMemImportFromShareableHandle") != imports + 1 ||
+        fakecuda_calls("cuMemcpyDtoH_v2") == dtoh)
+        FAIL("cuda: the bytes did not come from an imported VMM allocation (%lu imports, %lu "
+             "copies)",
+             fakecuda_calls("cuMemImportFromShareableHandle") - imports,
+             fakecuda_calls("cuMemcpyDtoH_v2") - dtoh);
+    int writable = 0, n = cuda_maps(&writable);
+    if (n != 1 || writable != 0)
+        FAIL("cuda: %d mappings of the holder's allocation (%d writable), expected 1 read-only", n,
+             writable);
+    /* A second fetch reuses the mapping. */
+    if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK ||
+        fakecuda_calls("cuMemImportFromShareableHandle") != imports + 1)
+        FAIL("cuda: a second fetch imported again");
+    check(&r, 0, NBLOCKS, 1);
+    printf("ok: cuda: %u blocks of %u bytes from the holder's VMM allocation, imported once and "
+           "mapped read-only\n",
+           NBLOCKS, BB);
+    unsigned long unmaps = fakecuda_calls("cuMemUnmap");
+    reader_free(&r);
+    if (cuda_maps(&writable) != 0 || fakecuda_calls("cuMemUnmap") != unmaps + 1)
+        FAIL("cuda: the reader's mapping outlived its connection");
+    printf("ok: cuda: the mapping went with the connection\n");
+    stop_holder(&h);
+}
+
+static void s_cudamid(void)
+{
+    hold_kind = HOLD_CUDA_FD;
+    child_t h = start_holder();
+    hold_kind = HOLD_HOST;
+    reader_t r = reader_new();
+    mid_holder = &h;
+    mid_calls = 0;
+    kvs__shm_test_mid_copy = mid_copy;
+    kvs_status_t st = fetch(&r, h.addr, 0, 4);
+    kvs__shm_test_mid_copy = NULL;
+    if (mid_calls != 1)
+        FAIL("cudamid: the fetch did not take the mapped path");
+    if (st != KVS_ERR_STALE)
+        FAIL("cudamid: a block rewritten mid-read gave %s, expected KVS_ERR_STALE",
+             kvs_status_string(st));
+    st = fetch(&r, h.addr, 0, 4);
+    if (st != KVS_OK)
+        FAIL("cudamid: fetch after the rewrite: %s", kvs_status_string(st));
+    check(&r, 0, 1, 2);
+    for (uint32_t i = 1; i < 4; i++)
+        if (!same(r.mem + (size_t)i * BB, i, 1))
+            FAIL("cudamid: block %u has wrong bytes", i);
+    if (shm_bytes(&r) != 4ull * BB) /* the stale fetch counts none */
+        FAIL("cudamid: the fetches did not come through the mapped allocation");
+    printf("ok: cudamid: a rewrite of CUDA memory between copy and check is KVS_ERR_STALE; then "
+           "new bytes\n");
+    reader_free(&r);
+    stop_holder(&h);
+}
+
+static void s_cudanofd(void)
+{
+    const struct {
+        int kind;
+        const char *shm;
+    } cases[] = {{HOLD_CUDA, NULL}, {HOLD_CUDA_FD, "off"}};
+    for (size_t k = 0; k < 2; k++) {
+        hold_kind = cases[k].kind;
+        child_t h = start_holder();
+        hold_kind = HOLD_HOST;
+        if (cases[k].shm != NULL)
+            setenv("KVSHARE_SHM", cases[k].shm, 1);
+        reader_t r = reader_new();
+        unsigned long imports = fakecuda_calls("cuMemImportFromShareableHandle");
+        kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+        if (st != KVS_OK)
+            FAIL("cudanofd: fetch: %s", kvs_status_string(st));
+        check(&r, 0, NBLOCKS, 1);
+        int writable = 0;
+        if (shm_bytes(&r) != 0 || cuda_maps(&writable) != 0 ||
+            fakecuda_calls("cuMemImportFromShareableHandle") != imports)
+            FAIL("cudanofd: case %zu: the reader mapped the holder's allocation", k);
+        if (cases[k].shm == NULL && !logged("cannot be exported"))
+            FAIL("cudanofd: the holder did not say why its CUDA region stays on UCX");
+        printf("ok: cudanofd: %s: every byte right over UCX, nothing mapped\n",
+               cases[k].shm == NULL ? "VMM allocation without POSIX_FD" : "KVSHARE_SHM=off");
+        reader_free(&r);
+        unsetenv("KVSHARE_SHM");
+        stop_holder(&h);
+    }
+}
+
 static pid_t parent;
 
 /* The parent's work folder goes at exit, whatever is left in it (a killed
@@ -805,15 +1011,17 @@ int main(int argc, char **argv)
         FAIL("token file");
     setenv("KVSHARE_AUTH_TOKEN_FILE", tok, 1);
     setenv("KVSHARE_HOST_SOCKET_DIR", work, 1);
+    setenv("KVSHARE_LIBCUDA", KVS_FAKECUDA_LIB, 1); /* what libkvshare dlopens: this fake */
     unsetenv("KVSHARE_AUTH");
     unsetenv("KVSHARE_SHM");
     unsetenv("KVSHARE_TEST_BOOT_ID");
     static const struct {
         const char *name;
         void (*fn)(void);
-    } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
-               {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
-               {"exit", s_exit}};
+    } all[] = {{"mapped", s_mapped},   {"midread", s_midread},   {"xview", s_xview},
+               {"otherhost", s_otherhost}, {"unauth", s_unauth}, {"silent", s_silent},
+               {"exit", s_exit},       {"cuda", s_cuda},         {"cudamid", s_cudamid},
+               {"cudanofd", s_cudanofd}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
