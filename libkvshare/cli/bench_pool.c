@@ -288,11 +288,14 @@ int kvs_cli_bench_pool(int argc, char **argv)
     for (uint64_t p = 0; p < o.prompts && st == KVS_OK; p++) {
         chain(&o, p, keys);
         kvs_request_h req;
+        double tt = kvs_cli_now();
         st = kvs_put_ex(pa, keys, ids, per_prompt, NULL, &req);
+        double tt1 = kvs_cli_now();
         if (st == KVS_OK) {
             st = kvs_request_wait(req, -1);
             kvs_request_free(req);
         }
+        if (getenv("PUTDBG")) fprintf(stderr, "put %llu: %.3f ms (issue %.3f)\n", (unsigned long long)p, (kvs_cli_now()-tt)*1e3, (tt1-tt)*1e3);
     }
     double put_s = kvs_cli_now() - t0;
     if (st != KVS_OK) {

@@ -39,6 +39,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -109,6 +111,13 @@ struct conn {
     /* Client: the node could not read a pull put of ours (its GET failed,
      * or it has no RMA to us): puts on this connection push their blocks. */
     bool push_puts;
+    bool identify_tried; /* client: told a same-host node our pid (shm.c) */
+    /* Server: the client on this host proved this session over the
+     * same-host socket (shm.c), which named its pid: its pull puts are read
+     * with process_vm_readv on a pidfd that says when the process is gone. */
+    bool put_direct;
+    pid_t put_pid;
+    int put_pidfd;
     /* Set inside transport callbacks, where endpoints must not be closed;
      * progress_locked() fails the connection right after. */
     kvs_status_t doom_status;
@@ -428,6 +437,8 @@ static void conn_free(conn_t *c)
     }
     kvs__free(c->rr);
     kvs__shm_peer_free(c->shm);
+    if (c->put_direct)
+        close(c->put_pidfd);
     release_server_leases(c);
     conn_close_io(c);
     kvs__free(c->boot);
@@ -1117,6 +1128,65 @@ static uint32_t put_wanted(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, size
     return n;
 }
 
+#define DIRECT_IOV 512 /* iovecs per process_vm_readv (IOV_MAX is 1024) */
+
+/* Same host, the client identified (c->put_direct): reads the planned
+ * blocks out of its process with process_vm_readv, one kernel copy straight
+ * into the slots, as UCX's CMA would. UCX 1.13 has no native GET here (its
+ * CMA lane is for bulk rendezvous only): ucp_get_nbx falls back to an
+ * emulation where the client's progress thread copies every fragment into
+ * an active message and ours copies it out, two copies and a round trip per
+ * fragment, both processes awake. Every address was checked by the plan
+ * against the regions the client advertised. false: nothing counted, the
+ * GETs go ahead instead (and this connection stops reading directly). */
+static bool direct_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
+                         uint8_t *const *addrs, uint32_t n, uint16_t nch)
+{
+    struct iovec lv[DIRECT_IOV], rv[DIRECT_IOV];
+    size_t k = 0, want = 0, total = 0;
+    ssize_t got = 0;
+    const char *why = NULL;
+    struct pollfd pf = {.fd = c->put_pidfd, .events = POLLIN};
+    if (poll(&pf, 1, 0) != 0) { /* readable: the process is gone; its pid may be reused */
+        why = "the client's process has exited";
+        goto fail;
+    }
+    for (size_t j = 0; j <= (size_t)n * nch; j++) {
+        const kvs__pull_read_t *rd = j < (size_t)n * nch ? &reads[j] : NULL;
+        uint8_t *local = rd != NULL ? addrs[j / nch] + rd->off : NULL;
+        if (rd != NULL && k > 0 && (uint8_t *)lv[k - 1].iov_base + lv[k - 1].iov_len == local &&
+            (uint64_t)(uintptr_t)rv[k - 1].iov_base + rv[k - 1].iov_len == rd->raddr) {
+            lv[k - 1].iov_len += rd->len;
+            rv[k - 1].iov_len += rd->len;
+            want += rd->len;
+            continue;
+        }
+        if (k > 0 && (rd == NULL || k == DIRECT_IOV)) {
+            got = process_vm_readv(c->put_pid, lv, (unsigned long)k, rv, (unsigned long)k, 0);
+            if (got != (ssize_t)want) {
+                why = got < 0 ? strerror(errno) : "a short read";
+                goto fail;
+            }
+            total += want;
+            k = want = 0;
+        }
+        if (rd == NULL)
+            break;
+        lv[k] = (struct iovec){.iov_base = local, .iov_len = rd->len};
+        rv[k] = (struct iovec){.iov_base = (void *)(uintptr_t)rd->raddr, .iov_len = rd->len};
+        want += rd->len;
+        k++;
+    }
+    p->bytes_expected = p->bytes_got = total;
+    return true;
+fail:
+    kvs__warn(pp->log, "peer %s: reading its put directly failed (%s); GET from now on", c->peer,
+              why);
+    close(c->put_pidfd);
+    c->put_direct = false;
+    return false;
+}
+
 /* A pull PUT: check every read against the regions the client advertised,
  * reserve arena slots, GET each block straight into its slot (runs adjacent
  * on both sides coalesced), one flush. finish_puts publishes the slots when
@@ -1191,6 +1261,8 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     c->nputs++;
     c->staging_bytes += (uint64_t)n * block_bytes;
     keys = NULL;
+    if (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch))
+        goto posted;
     uint8_t *run_local = NULL;
     uint64_t run_remote = 0;
     size_t run_len = 0;
@@ -1227,6 +1299,7 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
             run_len);
     if (!p->dead)
         sput_track(p, pp->ops->flush(pp->tl, c->ep, sput_got, p), 0);
+posted:
     kick(pp);
     kvs__free(idx);
     kvs__free(regs);
@@ -3444,6 +3517,19 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     kvs_status_t st = get_conn(pp, node, src->layout_id, deadline, &c);
     if (st != KVS_OK)
         goto out;
+    if (c->shm != NULL && !c->identify_tried && can_pull(c, src)) {
+        /* Same host: tell the node our pid once, so it reads our puts
+         * itself (direct_reads). The handover is socket I/O with the
+         * node's thread: not under our lock (we may be that node). */
+        c->identify_tried = true;
+        unlock(pp);
+        kvs__shm_peer_identify(c->shm);
+        lock(pp);
+        if (c->state != S_READY) {
+            st = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
+            goto out;
+        }
+    }
     if (can_pull(c, src)) {
         st = put_pull(pp, c, src, keys, ids, n, deadline, preq_p);
         goto out;
@@ -3615,14 +3701,30 @@ static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char 
 
 /* The shm server's question (its own thread): is @session a peer we serve,
  * and @id a region we expose to it? */
-static int shm_region(void *arg, const uint8_t *session, uint32_t id, uint64_t *base_p,
-                      uint64_t *len_p)
+static int shm_region(void *arg, const uint8_t *session, pid_t pid, uint32_t id,
+                      uint64_t *base_p, uint64_t *len_p)
 {
     kvs__peer_t *pp = arg;
     int found = -1;
     lock(pp);
-    if (conn_by_session(pp, session, true) != NULL) {
+    conn_t *c = conn_by_session(pp, session, true);
+    if (c != NULL) {
         found = 0;
+        /* A client in another process on this host: a pool node reads its
+         * pull puts itself (direct_reads). Our own process keeps the
+         * transport: its GET already checks what is still registered. */
+        if (pp->ctx->cfg.pool_node && !c->put_direct && pid > 0 && pid != getpid()) {
+#ifdef SYS_pidfd_open
+            int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+            if (pfd >= 0) {
+                c->put_direct = true;
+                c->put_pid = pid;
+                c->put_pidfd = pfd;
+                kvs__debug(pp->log, "peer %s: same host (pid %d): its puts are read directly",
+                           c->peer, (int)pid);
+            }
+#endif
+        }
         for (const region_t *g = pp->regions; g != NULL && found == 0; g = g->next) {
             if (g->id == id) {
                 *base_p = (uint64_t)(uintptr_t)g->base;

@@ -268,7 +268,7 @@ static void srv_serve(kvs__shm_srv_t *s, int fd)
     }
     const uint8_t *session = req + 4, *mac = req + 4 + KVS_PROTO_SESSION_LEN;
     uint32_t nids = get32(req + fixed - 4);
-    if (nids == 0 || nids > SHM_MAX_IDS || (size_t)n != fixed + 4 * (size_t)nids) {
+    if (nids > SHM_MAX_IDS || (size_t)n != fixed + 4 * (size_t)nids) {
         srv_refuse(s, "malformed request");
         return;
     }
@@ -285,10 +285,15 @@ static void srv_serve(kvs__shm_srv_t *s, int fd)
     uint32_t nfds = 0;
     put32(rep, SHM_MAGIC);
     put32(rep + 4, nids);
+    uint64_t ib, il;
+    if (nids == 0 && s->fn(s->arg, session, cr.pid, KVS_SHM_IDENTIFY, &ib, &il) < 0) {
+        srv_refuse(s, "no such session");
+        return;
+    }
     for (uint32_t i = 0; i < nids; i++) {
         uint8_t *e = rep + 8 + SHM_ENTRY_LEN * i;
         uint64_t base = 0, len = 0, off = 0;
-        int r = s->fn(s->arg, session, get32(req + fixed + 4 * i), &base, &len);
+        int r = s->fn(s->arg, session, cr.pid, get32(req + fixed + 4 * i), &base, &len);
         if (r < 0) {
             srv_refuse(s, "no such session");
             return;
@@ -507,6 +512,7 @@ struct kvs__shm_peer {
     size_t secret_len;
     bool open;
     bool broken; /* the handover failed: the transport for good */
+    bool identify_tried, identified; /* kvs__shm_peer_identify */
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
@@ -537,6 +543,20 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
     sp->log = log;
     kvs__debug(log, "peer %s: same host; memory through %s", peer, sp->path);
     return sp;
+}
+
+static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
+
+bool kvs__shm_peer_identify(kvs__shm_peer_t *sp)
+{
+    pthread_mutex_lock(&sp->lock);
+    if (!sp->identify_tried) {
+        sp->identify_tried = true;
+        sp->identified = attach(sp, NULL, 0);
+    }
+    bool ok = sp->identified;
+    pthread_mutex_unlock(&sp->lock);
+    return ok;
 }
 
 void kvs__shm_peer_free(kvs__shm_peer_t *sp)
