@@ -340,7 +340,7 @@ static void kick(kvs__peer_t *pp)
 
 static bool bit_test(const uint8_t *bits, size_t i)
 {
-    return (bits[i >> 3] >> (i & 7)) & 1u;
+    return ((unsigned)bits[i >> 3] >> (i & 7u)) & 1u;
 }
 
 static bool bit_claim(uint8_t *bits, size_t i)
