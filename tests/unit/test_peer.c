@@ -548,6 +548,9 @@ static void put_with_node_transport(const char *node_transport, kvs_stats_t *cs)
     kvs_stats_t ns = {0};
     cr_assert_eq(kvs_stats_query(node, &ns), KVS_OK);
     cr_assert_eq(ns.blocks, 640);
+    /* The failed reads' slots were given back: only stored blocks use the arena. */
+    cr_assert_eq(ns.bytes, ns.blocks * 1536, "%llu bytes in use for %llu blocks",
+                 (unsigned long long)ns.bytes, (unsigned long long)ns.blocks);
     cs->field_mask = KVS_STATS_FIELD_PUTS;
     cr_assert_eq(kvs_stats_query(cl, cs), KVS_OK);
     test_pool_free(&src);
