@@ -14,6 +14,8 @@ extern const kvs__transport_ops_t kvs__ucx_transport;
  * tests name it to run the protocol between contexts of one process. */
 extern const kvs__transport_ops_t kvs__loop_transport;
 extern const kvs__transport_ops_t kvs__loop_am_transport;
+/* Tests only: claims GET, and every GET fails (the pull put's fallback). */
+extern const kvs__transport_ops_t kvs__loop_noget_transport;
 
 /* "auto" takes the first entry. */
 const kvs__transport_ops_t *const kvs__transports[] = {
@@ -22,5 +24,6 @@ const kvs__transport_ops_t *const kvs__transports[] = {
 #endif
     &kvs__loop_transport,
     &kvs__loop_am_transport,
+    &kvs__loop_noget_transport,
     NULL,
 };

@@ -12,7 +12,7 @@
 
 typedef struct popts {
     const char *pool;
-    uint64_t nodes, prefixes, prefix_blocks, prompts, suffix_blocks, block_bytes;
+    uint64_t nodes, prefixes, prefix_blocks, prompts, suffix_blocks, block_bytes, depth;
     bool json, prefault;
 } popts_t;
 
@@ -20,7 +20,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: kvshare bench pool [--pool HOST:PORT,...] [--nodes N] [--prefixes S]\n"
                "                          [--prefix-blocks B] [--prompts P] [--suffix-blocks K]\n"
-               "                          [--block-bytes BYTES] [--prefault] [--json]\n"
+               "                          [--block-bytes BYTES] [--depth D] [--prefault] [--json]\n"
                "\n"
                "A shared-prefix workload, like llm-d's: P prompts, each one of S long system\n"
                "prefixes followed by its own suffix. Client A offloads every prompt's chain with\n"
@@ -32,8 +32,12 @@ static void usage(FILE *f)
                "its arena and faults its pages in at start (KVSHARE_SLOT_BYTES=BYTES,\n"
                "KVSHARE_PREFAULT=1), as a node that has run for a while has them: without it,\n"
                "every block a put stores lands in a page never touched before.\n"
+               "--depth D: each client keeps up to D prompts' requests in flight (puts: D\n"
+               "kvs_put requests, as an engine offloading in the background does; fetches: a\n"
+               "lookup, then a kvs_fetch waited for D prompts later, each into its own blocks).\n"
+               "--depth 1 waits for every request before the next.\n"
                "Defaults: --prefixes 8 --prefix-blocks 128 --prompts 64 --suffix-blocks 32\n"
-               "          --block-bytes 65536\n");
+               "          --block-bytes 65536 --depth 4\n");
 }
 
 /* Prompt p's chain: the keys of its system prefix, then its own suffix.
@@ -67,9 +71,10 @@ static kvs_ctx_h client(const char *pool)
     return ctx;
 }
 
-static kvs_pool_h make_pool(kvs_ctx_h ctx, const popts_t *o, uint8_t **mem_p)
+/* @copies prompts' worth of blocks: one set per request in flight. */
+static kvs_pool_h make_pool(kvs_ctx_h ctx, const popts_t *o, uint64_t copies, uint8_t **mem_p)
 {
-    uint64_t n = o->prefix_blocks + o->suffix_blocks;
+    uint64_t n = (o->prefix_blocks + o->suffix_blocks) * copies;
     uint8_t *mem = aligned_alloc(4096, (size_t)((n * o->block_bytes + 4095) / 4096 * 4096));
     if (mem == NULL)
         return NULL;
@@ -106,7 +111,8 @@ enum {
     O_PREFIX_BLOCKS,
     O_PROMPTS,
     O_SUFFIX_BLOCKS,
-    O_BLOCK_BYTES
+    O_BLOCK_BYTES,
+    O_DEPTH
 };
 
 static const struct option pool_options[] = {
@@ -119,6 +125,7 @@ static const struct option pool_options[] = {
     {"prompts", required_argument, NULL, O_PROMPTS},
     {"suffix-blocks", required_argument, NULL, O_SUFFIX_BLOCKS},
     {"block-bytes", required_argument, NULL, O_BLOCK_BYTES},
+    {"depth", required_argument, NULL, O_DEPTH},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t pool_cmd = {"bench pool", usage, pool_options};
@@ -163,6 +170,10 @@ static int parse_opts(int argc, char **argv, popts_t *o)
         case O_SUFFIX_BLOCKS:
             dst = &o->suffix_blocks;
             break;
+        case O_DEPTH:
+            dst = &o->depth;
+            max = 64;
+            break;
         default:
             return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
@@ -184,7 +195,8 @@ int kvs_cli_bench_pool(int argc, char **argv)
                  .prefix_blocks = 128,
                  .prompts = 64,
                  .suffix_blocks = 32,
-                 .block_bytes = 65536};
+                 .block_bytes = 65536,
+                 .depth = 4};
     int prc = parse_opts(argc, argv, &o);
     if (prc >= 0)
         return prc;
@@ -253,16 +265,22 @@ int kvs_cli_bench_pool(int argc, char **argv)
 
     kvs_ctx_h a = client(o.pool), b = client(o.pool);
     uint8_t *mema = NULL, *memb = NULL;
-    kvs_pool_h pa = a ? make_pool(a, &o, &mema) : NULL;
-    kvs_pool_h pb = b ? make_pool(b, &o, &memb) : NULL;
+    kvs_pool_h pa = a ? make_pool(a, &o, 1, &mema) : NULL;
+    kvs_pool_h pb = b ? make_pool(b, &o, o.depth, &memb) : NULL;
     kvs_key_t *keys = malloc(per_prompt * sizeof(*keys));
-    uint32_t *ids = malloc(per_prompt * sizeof(*ids));
-    if (pa == NULL || pb == NULL || keys == NULL || ids == NULL) {
+    uint32_t *ids = malloc(o.depth * per_prompt * sizeof(*ids));
+    /* Requests in flight, one slot per depth; fetches hold their lease. */
+    kvs_request_h *reqs = calloc(o.depth, sizeof(*reqs));
+    kvs_lease_h *leases = calloc(o.depth, sizeof(*leases));
+    if (pa == NULL || pb == NULL || keys == NULL || ids == NULL || reqs == NULL ||
+        leases == NULL) {
         fprintf(stderr, "kvshare bench pool: client setup failed\n");
         goto out;
     }
-    for (uint64_t i = 0; i < per_prompt; i++)
-        ids[i] = (uint32_t)(per_prompt - 1 - i);
+    /* Slot s's blocks: ids + s * per_prompt (in B; A puts from slot 0's). */
+    for (uint64_t s = 0; s < o.depth; s++)
+        for (uint64_t i = 0; i < per_prompt; i++)
+            ids[s * per_prompt + i] = (uint32_t)(s * per_prompt + per_prompt - 1 - i);
 
     /* Both clients connect to every node first: the figures are of puts
      * and fetches, not of first contact (kvs_peer_connect; docs/transport.md). */
@@ -282,17 +300,21 @@ int kvs_cli_bench_pool(int argc, char **argv)
     }
     free(nodes);
 
-    /* 1. Client A offloads every prompt. */
+    /* 1. Client A offloads every prompt, up to --depth puts in flight
+     * (kvs_put copies the keys and ids; the blocks stay put throughout). */
     double t0 = kvs_cli_now();
     kvs_status_t st = KVS_OK;
-    for (uint64_t p = 0; p < o.prompts && st == KVS_OK; p++) {
-        chain(&o, p, keys);
-        kvs_request_h req;
-        st = kvs_put_ex(pa, keys, ids, per_prompt, NULL, &req);
-        if (st == KVS_OK) {
-            st = kvs_request_wait(req, -1);
-            kvs_request_free(req);
+    for (uint64_t p = 0; p < o.prompts + o.depth && st == KVS_OK; p++) {
+        uint64_t s = p % o.depth;
+        if (reqs[s] != NULL) {
+            st = kvs_request_wait(reqs[s], -1);
+            kvs_request_free(reqs[s]);
+            reqs[s] = NULL;
         }
+        if (p >= o.prompts || st != KVS_OK)
+            continue;
+        chain(&o, p, keys);
+        st = kvs_put_ex(pa, keys, ids, per_prompt, NULL, &reqs[s]);
     }
     double put_s = kvs_cli_now() - t0;
     if (st != KVS_OK) {
@@ -300,28 +322,31 @@ int kvs_cli_bench_pool(int argc, char **argv)
         goto out;
     }
 
-    /* 2. Client B serves the same prompts, in another order. */
+    /* 2. Client B serves the same prompts, in another order: a lookup, then
+     * a fetch into slot s's blocks, waited for --depth prompts later. */
     uint64_t asked = 0, hit = 0;
     t0 = kvs_cli_now();
-    for (uint64_t q = 0; q < o.prompts && st == KVS_OK; q++) {
+    for (uint64_t q = 0; q < o.prompts + o.depth && st == KVS_OK; q++) {
+        uint64_t s = q % o.depth;
+        if (reqs[s] != NULL) {
+            st = kvs_request_wait(reqs[s], -1);
+            kvs_request_free(reqs[s]);
+            reqs[s] = NULL;
+        }
+        kvs_lease_release(leases[s]);
+        leases[s] = NULL;
+        if (q >= o.prompts || st != KVS_OK)
+            continue;
         uint64_t p = (q * 7919) % o.prompts;
         chain(&o, p, keys);
-        kvs_lease_h lease;
-        st = kvs_lookup(b, kvs_pool_layout_id(pb), keys, per_prompt, NULL, &lease);
+        st = kvs_lookup(b, kvs_pool_layout_id(pb), keys, per_prompt, NULL, &leases[s]);
         if (st != KVS_OK)
             break;
-        size_t h = kvs_lease_hits(lease);
+        size_t h = kvs_lease_hits(leases[s]);
         asked += per_prompt;
         hit += h;
-        if (h > 0) {
-            kvs_request_h req;
-            st = kvs_fetch(lease, pb, ids, h, NULL, &req);
-            if (st == KVS_OK) {
-                st = kvs_request_wait(req, -1);
-                kvs_request_free(req);
-            }
-        }
-        kvs_lease_release(lease);
+        if (h > 0)
+            st = kvs_fetch(leases[s], pb, ids + s * per_prompt, h, NULL, &reqs[s]);
     }
     double fetch_s = kvs_cli_now() - t0;
     if (st != KVS_OK) {
@@ -341,6 +366,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
         cJSON_AddNumberToObject(j, "suffix_blocks", (double)o.suffix_blocks);
         cJSON_AddNumberToObject(j, "block_bytes", (double)o.block_bytes);
         cJSON_AddBoolToObject(j, "prefault", o.prefault);
+        cJSON_AddNumberToObject(j, "depth", (double)o.depth);
         kvs_cli_json_num(j, "put_gbps", put_gbps, 3);
         kvs_cli_json_num(j, "fetch_gbps", fetch_gbps, 3);
         kvs_cli_json_num(j, "ratio_put_fetch", fetch_gbps > 0 ? put_gbps / fetch_gbps : 0.0, 3);
@@ -354,6 +380,12 @@ int kvs_cli_bench_pool(int argc, char **argv)
            put_gbps, unique_bytes / 1048576.0, fetch_gbps, (unsigned long long)hit, hit_rate);
     rc = 0;
 out:
+    for (uint64_t s = 0; reqs != NULL && s < o.depth; s++)
+        kvs_request_free(reqs[s]);
+    for (uint64_t s = 0; leases != NULL && s < o.depth; s++)
+        kvs_lease_release(leases[s]);
+    free(reqs);
+    free(leases);
     kvs_pool_destroy(pa);
     kvs_pool_destroy(pb);
     kvs_ctx_destroy(a);

@@ -824,6 +824,7 @@ KVS_API void kvs_request_free(kvs_request_h req);
 enum kvs_stats_field {
     KVS_STATS_FIELD_PEERS = 1u << 0, /* fill `peers` (a later field) */
     KVS_STATS_FIELD_SHM = 1u << 1,   /* fill `shm_fetched_bytes` */
+    KVS_STATS_FIELD_PUTS = 1u << 2,  /* fill `put_pulled_blocks` .. `put_fallbacks` */
 };
 
 /* The fields before `peers` are always filled; later ones only when their
@@ -846,6 +847,13 @@ typedef struct kvs_stats {
     /* Bytes fetched by mapping a same-host holder's memory and copying it
      * (KVS_STATS_FIELD_SHM); the rest moved over the transport. */
     uint64_t shm_fetched_bytes;
+    /* This context's kvs_put blocks that pool nodes stored (KVS_STATS_FIELD_PUTS):
+     * read by the node with native RMA (pull), or sent by us (push: no RMA,
+     * or the node's reads failed); and the connections whose puts fell back
+     * from pull to push because the node's reads failed (each logged once). */
+    uint64_t put_pulled_blocks;
+    uint64_t put_pushed_blocks;
+    uint64_t put_fallbacks;
 } kvs_stats_t;
 
 /** Fills *stats (a consistent-enough snapshot; counters are relaxed). */

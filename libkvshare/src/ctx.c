@@ -227,6 +227,12 @@ kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
         st->peers = ctx->peer != NULL ? kvs__peer_count(ctx->peer) : 0;
     if (st->field_mask & KVS_STATS_FIELD_SHM)
         st->shm_fetched_bytes = ctx->peer != NULL ? kvs__peer_shm_bytes(ctx->peer) : 0;
+    if (st->field_mask & KVS_STATS_FIELD_PUTS) {
+        st->put_pulled_blocks = st->put_pushed_blocks = st->put_fallbacks = 0;
+        if (ctx->peer != NULL)
+            kvs__peer_put_stats(ctx->peer, &st->put_pulled_blocks, &st->put_pushed_blocks,
+                                &st->put_fallbacks);
+    }
     pthread_rwlock_rdlock(&s->lock);
     st->blocks = s->count;
     st->zero_copy_blocks = s->zero_copy_count;

@@ -38,7 +38,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -107,6 +110,16 @@ struct conn {
     uint64_t accepted_seq;
     void *ep;
     bool rma;
+    /* Client: the node could not read a pull put of ours (its GET failed,
+     * or it has no RMA to us): puts on this connection push their blocks. */
+    bool push_puts;
+    bool identify_tried; /* client: told a same-host node our pid (shm.c) */
+    /* Server: the client on this host proved this session over the
+     * same-host socket (shm.c), which named its pid: its pull puts are read
+     * with process_vm_readv on a pidfd that says when the process is gone. */
+    bool put_direct;
+    pid_t put_pid;
+    int put_pidfd;
     /* Set inside transport callbacks, where endpoints must not be closed;
      * progress_locked() fails the connection right after. */
     kvs_status_t doom_status;
@@ -166,6 +179,7 @@ typedef struct preq {
     bool pull;
     uint32_t nreq, sent, answered, per_batch;
     uint8_t *batch_done;
+    uint8_t *batch_how; /* per batch: BATCH_PULL, BATCH_PUSH_ASKED or BATCH_PUSH_SENT */
     struct pull_src *src;
     uint64_t *gens_now;
     uint8_t *genwin;
@@ -203,6 +217,9 @@ typedef struct sput {
     uint32_t cls;
     uint32_t *slots; /* reserved until published or given back */
     size_t bytes_expected, bytes_got;
+    /* A read of ours failed (rkey unpack, GET, flush): the client may push
+     * the same batch instead (KVS_ERR_TRANSPORT tells it so). */
+    bool rma_failed;
     struct sput *next;
 } sput_t;
 
@@ -291,6 +308,9 @@ struct kvs__peer {
     bool shm_on;             /* KVSHARE_SHM=auto */
     kvs__shm_srv_t *shm_srv; /* hands our memfds to same-host readers */
     uint64_t shm_bytes;      /* fetched through mapped memory (atomic builtins) */
+    /* Our puts' blocks stored by the node's reads vs by our pushes, and
+     * connections that fell back from pull to push (lock held). */
+    uint64_t put_pulled_blocks, put_pushed_blocks, put_fallbacks;
 };
 
 static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...) KVS_PRINTF(3, 4);
@@ -317,6 +337,11 @@ static void kick(kvs__peer_t *pp)
         ssize_t n = write(pp->wakefd, &one, sizeof(one));
         (void)n; /* a full counter already means "wake up" */
     }
+}
+
+static bool bit_test(const uint8_t *bits, size_t i)
+{
+    return ((unsigned)bits[i >> 3] >> (i & 7u)) & 1u;
 }
 
 static bool bit_claim(uint8_t *bits, size_t i)
@@ -414,6 +439,8 @@ static void conn_free(conn_t *c)
     }
     kvs__free(c->rr);
     kvs__shm_peer_free(c->shm);
+    if (c->put_direct)
+        close(c->put_pidfd);
     release_server_leases(c);
     conn_close_io(c);
     kvs__free(c->boot);
@@ -682,19 +709,45 @@ static void pull_src_free(pull_src_t *ps)
 
 static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b);
 
-/* Sends the next batch of a pull put. */
-static kvs_status_t pull_send_next(preq_t *r)
+/* How each batch of a pull put travels: read by the node, or (after the
+ * node's reads failed) offered as a push PUT, then its DATA sent on the
+ * node's PUT_ACK. */
+enum { BATCH_PULL = 0, BATCH_PUSH_ASKED = 1, BATCH_PUSH_SENT = 2 };
+
+/* Batch @k of a pull put: its first key and its count. */
+static size_t batch_span(const preq_t *r, uint32_t k, size_t *cnt_p)
+{
+    size_t off = (size_t)k * r->per_batch;
+    *cnt_p = r->src->n - off < r->per_batch ? r->src->n - off : r->per_batch;
+    return off;
+}
+
+/* Sends batch @k of a pull put as PUT req_id + k: one the node reads, or,
+ * once this connection pushes, one it acknowledges for our DATA. */
+static kvs_status_t batch_send(preq_t *r, uint32_t k)
 {
     pull_src_t *ps = r->src;
     conn_t *c = r->conn;
-    size_t off = (size_t)r->sent * r->per_batch;
-    size_t cnt = ps->n - off < r->per_batch ? ps->n - off : r->per_batch;
+    size_t cnt, off = batch_span(r, k, &cnt);
     kvs__buf_t buf;
     kvs__buf_init(&buf);
-    kvs__enc_put_pull(&buf, r->req_id + r->sent, c->session, ps->layout_id, ps->chunks, ps->nsegs,
-                      ps->keys + off, (uint32_t)cnt, ps->regs, ps->nregs, ps->segs, ps->ids + off);
-    r->sent++;
+    if (c->push_puts) {
+        r->batch_how[k] = BATCH_PUSH_ASKED;
+        kvs__enc_put(&buf, r->req_id + k, c->session, ps->layout_id, ps->chunks, ps->nsegs,
+                     ps->keys + off, (uint32_t)cnt);
+    } else {
+        r->batch_how[k] = BATCH_PULL;
+        kvs__enc_put_pull(&buf, r->req_id + k, c->session, ps->layout_id, ps->chunks, ps->nsegs,
+                          ps->keys + off, (uint32_t)cnt, ps->regs, ps->nregs, ps->segs,
+                          ps->ids + off);
+    }
     return send_buf(c, &buf);
+}
+
+/* Sends the next batch of a pull put. */
+static kvs_status_t pull_send_next(preq_t *r)
+{
+    return batch_send(r, r->sent++);
 }
 
 static preq_t *req_on(conn_t *c, uint64_t id)
@@ -1037,6 +1090,7 @@ static void sput_free(kvs__peer_t *pp, sput_t *p)
     kvs__free(p);
 }
 
+/* Pull puts only: a read that fails is the transport's failure. */
 static void sput_got(void *arg, kvs_status_t st, size_t len)
 {
     sput_t *p = arg;
@@ -1044,7 +1098,7 @@ static void sput_got(void *arg, kvs_status_t st, size_t len)
     if (st == KVS_OK)
         p->bytes_got += len;
     else
-        p->dead = true;
+        p->dead = p->rma_failed = true;
 }
 
 static void sput_track(sput_t *p, kvs_status_t st, size_t len)
@@ -1054,7 +1108,7 @@ static void sput_track(sput_t *p, kvs_status_t st, size_t len)
     else if (st == KVS_OK)
         p->bytes_got += len;
     else
-        p->dead = true;
+        p->dead = p->rma_failed = true;
 }
 
 /* The keys of @m this node lacks, as indices, within @c's staging
@@ -1076,6 +1130,91 @@ static uint32_t put_wanted(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m, size
     return n;
 }
 
+/* Commits the reserved slots' pages before the reads land there, with one
+ * MADV_POPULATE_WRITE per run of adjacent slots: a slot never written is
+ * otherwise faulted in a 4 KiB page at a time inside the copy (an exception
+ * each, dear in a VM). Pages already there cost a page-table walk. A hint:
+ * an older kernel without it faults as before. */
+static void populate_slots(uint8_t *const *addrs, uint32_t n, size_t block_bytes)
+{
+#ifdef MADV_POPULATE_WRITE
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t mask = (uintptr_t)(pg > 0 ? pg : 4096) - 1;
+    for (uint32_t i = 0; i < n;) {
+        uint32_t j = i + 1;
+        while (j < n && addrs[j] == addrs[j - 1] + block_bytes)
+            j++;
+        uintptr_t a = (uintptr_t)addrs[i] & ~mask;
+        uintptr_t e = ((uintptr_t)addrs[j - 1] + block_bytes + mask) & ~mask;
+        (void)madvise((void *)a, e - a, MADV_POPULATE_WRITE);
+        i = j;
+    }
+#else
+    (void)addrs;
+    (void)n;
+    (void)block_bytes;
+#endif
+}
+
+#define DIRECT_IOV 512 /* iovecs per process_vm_readv (IOV_MAX is 1024) */
+
+/* Same host, the client identified (c->put_direct): reads the planned
+ * blocks out of its process with process_vm_readv, one kernel copy straight
+ * into the slots, as UCX's CMA would. UCX 1.13 has no native GET here (its
+ * CMA lane is for bulk rendezvous only): ucp_get_nbx falls back to an
+ * emulation where the client's progress thread copies every fragment into
+ * an active message and ours copies it out, two copies and a round trip per
+ * fragment, both processes awake. Every address was checked by the plan
+ * against the regions the client advertised. false: nothing counted, the
+ * GETs go ahead instead (and this connection stops reading directly). */
+static bool direct_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
+                         uint8_t *const *addrs, uint32_t n, uint16_t nch)
+{
+    struct iovec lv[DIRECT_IOV], rv[DIRECT_IOV];
+    size_t k = 0, want = 0, total = 0;
+    ssize_t got = 0;
+    const char *why = NULL;
+    struct pollfd pf = {.fd = c->put_pidfd, .events = POLLIN};
+    if (poll(&pf, 1, 0) != 0) { /* readable: the process is gone; its pid may be reused */
+        why = "the client's process has exited";
+        goto fail;
+    }
+    for (size_t j = 0; j <= (size_t)n * nch; j++) {
+        const kvs__pull_read_t *rd = j < (size_t)n * nch ? &reads[j] : NULL;
+        uint8_t *local = rd != NULL ? addrs[j / nch] + rd->off : NULL;
+        if (rd != NULL && k > 0 && (uint8_t *)lv[k - 1].iov_base + lv[k - 1].iov_len == local &&
+            (uint64_t)(uintptr_t)rv[k - 1].iov_base + rv[k - 1].iov_len == rd->raddr) {
+            lv[k - 1].iov_len += rd->len;
+            rv[k - 1].iov_len += rd->len;
+            want += rd->len;
+            continue;
+        }
+        if (k > 0 && (rd == NULL || k == DIRECT_IOV)) {
+            got = process_vm_readv(c->put_pid, lv, (unsigned long)k, rv, (unsigned long)k, 0);
+            if (got != (ssize_t)want) {
+                why = got < 0 ? strerror(errno) : "a short read";
+                goto fail;
+            }
+            total += want;
+            k = want = 0;
+        }
+        if (rd == NULL)
+            break;
+        lv[k] = (struct iovec){.iov_base = local, .iov_len = rd->len};
+        rv[k] = (struct iovec){.iov_base = (void *)(uintptr_t)rd->raddr, .iov_len = rd->len};
+        want += rd->len;
+        k++;
+    }
+    p->bytes_expected = p->bytes_got = total;
+    return true;
+fail:
+    kvs__warn(pp->log, "peer %s: reading its put directly failed (%s); GET from now on", c->peer,
+              why);
+    close(c->put_pidfd);
+    c->put_direct = false;
+    return false;
+}
+
 /* A pull PUT: check every read against the regions the client advertised,
  * reserve arena slots, GET each block straight into its slot (runs adjacent
  * on both sides coalesced), one flush. finish_puts publishes the slots when
@@ -1086,7 +1225,8 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     uint64_t rid = m->hdr.req_id;
     char why[256];
     if (!c->rma) {
-        send_error(c, rid, KVS_ERR_UNSUPPORTED,
+        /* KVS_ERR_TRANSPORT: the client pushes this batch instead. */
+        send_error(c, rid, KVS_ERR_TRANSPORT,
                    "this node has no native RMA to this client: put with active messages");
         return;
     }
@@ -1149,6 +1289,9 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     c->nputs++;
     c->staging_bytes += (uint64_t)n * block_bytes;
     keys = NULL;
+    populate_slots(addrs, n, block_bytes);
+    if (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch))
+        goto posted;
     uint8_t *run_local = NULL;
     uint64_t run_remote = 0;
     size_t run_len = 0;
@@ -1157,8 +1300,8 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
         for (uint16_t k = 0; k < nch && !p->dead; k++) {
             const kvs__pull_read_t *rd = &reads[(size_t)i * nch + k];
             rregion_t *rr = rregion(c, c->rr[rd->region].id, rd->raddr, rd->len);
-            if (rr == NULL) { /* its rkey would not unpack */
-                p->dead = true;
+            if (rr == NULL) { /* its rkey would not unpack (the plan checked bounds) */
+                p->dead = p->rma_failed = true;
                 break;
             }
             uint8_t *local = addrs[i] + rd->off;
@@ -1185,6 +1328,7 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
             run_len);
     if (!p->dead)
         sput_track(p, pp->ops->flush(pp->tl, c->ep, sput_got, p), 0);
+posted:
     kick(pp);
     kvs__free(idx);
     kvs__free(regs);
@@ -1313,9 +1457,13 @@ static int finish_puts(kvs__peer_t *pp)
             kvs__warn(pp->log, "peer %s: put of %u blocks %s with %zu of %zu %s", p->conn->peer,
                       p->n, p->dead ? "failed" : "expired", p->pull ? p->bytes_got : p->landed,
                       p->pull ? p->bytes_expected : p->pieces, p->pull ? "bytes" : "pieces");
-            send_error(p->conn, p->req_id, p->dead ? KVS_ERR_PROTOCOL : KVS_ERR_TIMED_OUT,
-                       p->dead ? "put refused: a piece was malformed, duplicated or lost"
-                               : "put expired before every piece arrived");
+            if (p->pull && p->rma_failed)
+                send_error(p->conn, p->req_id, KVS_ERR_TRANSPORT,
+                           "the node's reads of this put failed: push it instead");
+            else
+                send_error(p->conn, p->req_id, p->dead ? KVS_ERR_PROTOCOL : KVS_ERR_TIMED_OUT,
+                           p->dead ? "put refused: a piece was malformed, duplicated or lost"
+                                   : "put expired before every piece arrived");
         }
         sput_free(pp, p);
         n++;
@@ -1580,6 +1728,117 @@ static void client_fetch_done(conn_t *c, const kvs__msg_t *m)
     r->done_msg = true;
 }
 
+static void put_sent(void *arg, kvs_status_t st, size_t len);
+
+/* The memory a pull put reads is still registered here: the caller has not
+ * destroyed its pool (a push reads it ourselves, so it must still exist). */
+static bool pull_src_alive(const kvs__peer_t *pp, const pull_src_t *ps)
+{
+    for (uint32_t k = 0; k < ps->nregs; k++) {
+        const region_t *g = pp->regions;
+        while (g != NULL && g->id != ps->regs[k].id)
+            g = g->next;
+        if (g == NULL)
+            return false;
+    }
+    return true;
+}
+
+/* The node could not read batch @k of pull put @r (KVS_ERR_TRANSPORT):
+ * offer it again as a push PUT, and push every later put on this
+ * connection. Said once per connection. */
+static void pull_fall_back(preq_t *r, uint32_t k, const kvs__msg_t *m)
+{
+    conn_t *c = r->conn;
+    kvs__peer_t *pp = c->pp;
+    if (!pull_src_alive(pp, r->src)) {
+        /* Our blocks are gone (the pool was destroyed mid-put): that is why
+         * the reads failed, not the transport; nothing is left to push. */
+        r->status = KVS_ERR_PEER_FAILED;
+        return;
+    }
+    if (!c->push_puts) {
+        c->push_puts = true;
+        pp->put_fallbacks++;
+        kvs__warn(pp->log,
+                  "peer %s: the node could not read our blocks (%.*s); puts on this connection "
+                  "push them instead",
+                  c->peer, (int)m->u.error.text_len, m->u.error.text);
+    }
+    kvs_status_t st = batch_send(r, k);
+    if (st != KVS_OK)
+        r->status = st;
+}
+
+/* PUT_ACK for batch @k of a pull put that fell back to push: send the
+ * wanted blocks as DATA, as a push put does; PUT_DONE then answers the
+ * batch like a pulled one. */
+static void pull_batch_ack(preq_t *r, uint32_t k, const kvs__msg_t *m)
+{
+    conn_t *c = r->conn;
+    kvs__peer_t *pp = c->pp;
+    pull_src_t *ps = r->src;
+    size_t cnt, off = batch_span(r, k, &cnt);
+    if (r->batch_how[k] != BATCH_PUSH_ASKED || m->u.put_ack.count > cnt) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "PUT_ACK for a batch not offered for push, or too long");
+        return;
+    }
+    r->batch_how[k] = BATCH_PUSH_SENT;
+    if (r->status != KVS_INPROGRESS)
+        return;
+    if (!pull_src_alive(pp, ps)) {
+        r->status = KVS_ERR_PEER_FAILED;
+        return;
+    }
+    uint64_t rid = r->req_id + k;
+    for (uint32_t j = 0; j < m->u.put_ack.count && r->status == KVS_INPROGRESS; j++) {
+        uint32_t i = kvs__proto_u32_at(m->u.put_ack.idx, j);
+        if (i >= cnt) {
+            conn_fail(c, KVS_ERR_PROTOCOL, "PUT_ACK names a block the batch lacks");
+            return;
+        }
+        uint32_t id = ps->ids[off + i], boff = 0;
+        for (uint16_t s = 0; s < ps->nsegs; s++) {
+            uint8_t hdr[KVS_PROTO_DATA_LEN];
+            kvs__enc_data(hdr, rid, 0, c->session, j, boff);
+            const uint8_t *from = (const uint8_t *)(uintptr_t)ps->segs[s].base +
+                                  (size_t)id * ps->segs[s].stride;
+            kvs_status_t st =
+                pp->ops->am_send(pp->tl, c->ep, hdr, sizeof(hdr), from, ps->chunks[s], put_sent, r);
+            if (st == KVS_INPROGRESS)
+                r->outstanding++;
+            else if (st != KVS_OK)
+                r->status = KVS_ERR_PEER_FAILED;
+            boff += ps->chunks[s];
+        }
+    }
+    kick(pp);
+}
+
+/* Replies for a pull put's batches that are not its PUT_DONE: true when
+ * @m was one (and is handled). */
+static bool pull_batch_reply(conn_t *c, const kvs__msg_t *m)
+{
+    preq_t *r = req_on(c, m->hdr.req_id);
+    if (r == NULL || !r->is_put || !r->pull)
+        return false;
+    uint64_t k = m->hdr.req_id - r->req_id;
+    if (k >= r->sent) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "a reply for a put batch not sent");
+        return true;
+    }
+    if (m->hdr.type == KVS_MSG_PUT_ACK) {
+        pull_batch_ack(r, (uint32_t)k, m);
+        return true;
+    }
+    if (r->status == KVS_INPROGRESS && m->u.error.status == KVS_ERR_TRANSPORT &&
+        r->batch_how[k] == BATCH_PULL && !bit_test(r->batch_done, k)) {
+        pull_fall_back(r, (uint32_t)k, m);
+        return true;
+    }
+    return false; /* an error like any other: it fails the put */
+}
+
 static void handle(kvs__peer_t *pp, inmsg_t *in)
 {
     conn_t *c = in->conn;
@@ -1611,11 +1870,17 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
         }
     }
     switch ((kvs__msg_type_t)m.hdr.type) {
-    case KVS_MSG_LOOKUP_REPLY:
     case KVS_MSG_PUT_ACK:
+        if (pull_batch_reply(c, &m))
+            return;
+        deliver_reply(pp, c, in, &m);
+        return;
+    case KVS_MSG_LOOKUP_REPLY:
         deliver_reply(pp, c, in, &m);
         return;
     case KVS_MSG_ERROR: {
+        if (pull_batch_reply(c, &m))
+            return;
         preq_t *r = req_on(c, m.hdr.req_id);
         if (r != NULL && r->status == KVS_INPROGRESS) {
             kvs__warn(pp->log, "peer %s: %.*s", c->peer, (int)m.u.error.text_len, m.u.error.text);
@@ -1631,14 +1896,20 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
             return;
         kvs_status_t st = (kvs_status_t)m.u.put_done.status;
         if (!r->pull) {
+            if (st == KVS_OK)
+                pp->put_pushed_blocks += m.u.put_done.stored;
             r->status = st;
             return;
         }
         uint64_t k = m.hdr.req_id - r->req_id;
-        if (k >= r->sent || !bit_claim(r->batch_done, k)) {
+        if (k >= r->sent || r->batch_how[k] == BATCH_PUSH_ASKED || !bit_claim(r->batch_done, k)) {
             conn_fail(c, KVS_ERR_PROTOCOL, "PUT_DONE for a batch not sent, or twice");
             return;
         }
+        if (st == KVS_OK && r->batch_how[k] == BATCH_PULL)
+            pp->put_pulled_blocks += m.u.put_done.stored;
+        else if (st == KVS_OK)
+            pp->put_pushed_blocks += m.u.put_done.stored;
         r->answered++;
         if (st != KVS_OK)
             r->status = st;
@@ -2926,6 +3197,7 @@ static void preq_free(preq_t *r)
     kvs__free(r->range_at);
     pull_src_free(r->src);
     kvs__free(r->batch_done);
+    kvs__free(r->batch_how);
     kvs__free(r->dst_ids);
     kvs__free(r->gens_now);
     kvs__free(r->genwin);
@@ -3188,7 +3460,7 @@ static void put_sent(void *arg, kvs_status_t st, size_t len)
  * @src registered (host memory, at kvs_pool_create). */
 static bool can_pull(const conn_t *c, const struct kvs_pool *src)
 {
-    if (!c->rma || !src->host_only || src->seg_memh == NULL)
+    if (!c->rma || c->push_puts || !src->host_only || src->seg_memh == NULL)
         return false;
     for (size_t s = 0; s < src->nsegs; s++)
         if (src->seg_memh[s] == NULL)
@@ -3251,7 +3523,8 @@ static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
     per = per < 1 ? 1 : per > KVS_PEER_PUT_BATCH_MAX ? KVS_PEER_PUT_BATCH_MAX : per;
     size_t nb = n == 0 ? 1 : (n + per - 1) / per;
     r->batch_done = kvs__calloc(nb / 8 + 1, 1);
-    if (r->batch_done == NULL)
+    r->batch_how = kvs__calloc(nb, 1);
+    if (r->batch_done == NULL || r->batch_how == NULL)
         goto nomem;
     r->pp = pp;
     r->conn = c;
@@ -3277,6 +3550,10 @@ static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
     return KVS_OK;
 nomem:
     pull_src_free(ps);
+    if (r != NULL) {
+        kvs__free(r->batch_done);
+        kvs__free(r->batch_how);
+    }
     kvs__free(r);
     return KVS_ERR_NO_MEMORY;
 }
@@ -3297,6 +3574,19 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     kvs_status_t st = get_conn(pp, node, src->layout_id, deadline, &c);
     if (st != KVS_OK)
         goto out;
+    if (c->shm != NULL && !c->identify_tried && can_pull(c, src)) {
+        /* Same host: tell the node our pid once, so it reads our puts
+         * itself (direct_reads). The handover is socket I/O with the
+         * node's thread: not under our lock (we may be that node). */
+        c->identify_tried = true;
+        unlock(pp);
+        kvs__shm_peer_identify(c->shm);
+        lock(pp);
+        if (c->state != S_READY) {
+            st = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
+            goto out;
+        }
+    }
     if (can_pull(c, src)) {
         st = put_pull(pp, c, src, keys, ids, n, deadline, preq_p);
         goto out;
@@ -3469,19 +3759,36 @@ static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char 
 
 /* The shm server's question (its own thread): is @session a peer we serve,
  * and @id a region we expose to it? */
-static int shm_region(void *arg, const uint8_t *session, uint32_t id, uint64_t *base_p,
-                      uint64_t *len_p, kvs_mem_type_t *type_p)
+static int shm_region(void *arg, const uint8_t *session, pid_t pid, uint32_t id,
+                      uint64_t *base_p, uint64_t *len_p, kvs_mem_type_t *type_p)
 {
     kvs__peer_t *pp = arg;
     int found = -1;
     lock(pp);
-    if (conn_by_session(pp, session, true) != NULL) {
+    conn_t *c = conn_by_session(pp, session, true);
+    if (c != NULL) {
         found = 0;
+        /* A client in another process on this host: a pool node reads its
+         * pull puts itself (direct_reads). Our own process keeps the
+         * transport: its GET already checks what is still registered. */
+        if (pp->ctx->cfg.pool_node && !c->put_direct && pid > 0 && pid != getpid()) {
+#ifdef SYS_pidfd_open
+            int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+            if (pfd >= 0) {
+                c->put_direct = true;
+                c->put_pid = pid;
+                c->put_pidfd = pfd;
+                kvs__debug(pp->log, "peer %s: same host (pid %d): its puts are read directly",
+                           c->peer, (int)pid);
+            }
+#endif
+        }
         for (const region_t *g = pp->regions; g != NULL && found == 0; g = g->next) {
             if (g->id == id) {
                 *base_p = (uint64_t)(uintptr_t)g->base;
                 *len_p = g->len;
-                *type_p = g->type;
+                if (type_p != NULL) /* NULL for an identify request */
+                    *type_p = g->type;
                 found = 1;
             }
         }
@@ -3505,6 +3812,16 @@ static void shm_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
 uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp)
 {
     return __atomic_load_n(&pp->shm_bytes, __ATOMIC_RELAXED);
+}
+
+void kvs__peer_put_stats(kvs__peer_t *pp, uint64_t *pulled_p, uint64_t *pushed_p,
+                         uint64_t *fallbacks_p)
+{
+    lock(pp);
+    *pulled_p = pp->put_pulled_blocks;
+    *pushed_p = pp->put_pushed_blocks;
+    *fallbacks_p = pp->put_fallbacks;
+    unlock(pp);
 }
 
 kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,

@@ -763,7 +763,8 @@ kvs_status_t kvs__shm_parse_reply(const uint8_t *rep, size_t len, uint32_t n, ui
     const char *bad = NULL;
     rd_t r = {.p = rep, .left = len};
     uint32_t withfd = 0;
-    if (n == 0 || n > KVS_SHM_MAX_IDS || len != 8 + (size_t)KVS_SHM_ENTRY_LEN * n) {
+    /* n = 0: the answer to an identify request (no regions, no descriptor). */
+    if (n > KVS_SHM_MAX_IDS || len != 8 + (size_t)KVS_SHM_ENTRY_LEN * n) {
         bad = "wrong length";
         goto out;
     }

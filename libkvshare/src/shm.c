@@ -249,6 +249,7 @@ _Static_assert(KVS_SHM_MAX_PATH == KVS_PROTO_MAX_SHM_PATH, "one socket path boun
 /* A caller between its greeting and its request. */
 typedef struct sconn {
     int fd;
+    pid_t pid;            /* SO_PEERCRED at accept */
     uint64_t deadline_ns; /* SHM_IO_MS after it was accepted */
     uint8_t nonce[KVS_PROTO_NONCE_LEN];
 } sconn_t;
@@ -349,6 +350,7 @@ static void srv_greet(kvs__shm_srv_t *s, int fd)
     }
     sconn_t *c = &s->conns[s->nconns++];
     c->fd = fd;
+    c->pid = cr.pid;
     c->deadline_ns = mono_ns() + (uint64_t)SHM_IO_MS * 1000000u;
     memcpy(c->nonce, hello + 8, sizeof(c->nonce));
 }
@@ -367,7 +369,7 @@ static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
     }
     const uint8_t *session = req + 4, *mac = req + 4 + KVS_PROTO_SESSION_LEN;
     uint32_t nids = get32(req + fixed - 4);
-    if (nids == 0 || nids > SHM_MAX_IDS || (size_t)n != fixed + 4 * (size_t)nids) {
+    if (nids > SHM_MAX_IDS || (size_t)n != fixed + 4 * (size_t)nids) {
         srv_refuse(s, "malformed request");
         return;
     }
@@ -385,11 +387,16 @@ static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
     uint32_t nfds = 0;
     put32(rep, SHM_MAGIC);
     put32(rep + 4, nids);
+    uint64_t ib, il;
+    if (nids == 0 && s->fn(s->arg, session, c->pid, KVS_SHM_IDENTIFY, &ib, &il, NULL) < 0) {
+        srv_refuse(s, "no such session");
+        return;
+    }
     for (uint32_t i = 0; i < nids; i++) {
         kvs__shm_entry_t e = {.status = KVS_ERR_NOT_FOUND};
         kvs_mem_type_t type = KVS_MEM_HOST;
         const uint32_t id = get32(req + fixed + 4 * i);
-        int r = s->fn(s->arg, session, id, &e.base, &e.len, &type);
+        int r = s->fn(s->arg, session, c->pid, id, &e.base, &e.len, &type);
         if (r < 0) {
             srv_refuse(s, "no such session");
             goto close_owned;
@@ -657,6 +664,7 @@ struct kvs__shm_peer {
     bool open;
     bool broken;    /* the handover failed: the transport for good */
     bool cu_failed; /* a CUDA copy failed: the transport for good, logged */
+    bool identify_tried, identified; /* kvs__shm_peer_identify */
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
@@ -687,6 +695,20 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
     sp->log = log;
     kvs__debug(log, "peer %s: same host; memory through %s", peer, sp->path);
     return sp;
+}
+
+static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
+
+bool kvs__shm_peer_identify(kvs__shm_peer_t *sp)
+{
+    pthread_mutex_lock(&sp->lock);
+    if (!sp->identify_tried) {
+        sp->identify_tried = true;
+        sp->identified = attach(sp, NULL, 0);
+    }
+    bool ok = sp->identified;
+    pthread_mutex_unlock(&sp->lock);
+    return ok;
 }
 
 void kvs__shm_peer_free(kvs__shm_peer_t *sp)

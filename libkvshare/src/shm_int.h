@@ -12,6 +12,9 @@
  * boot id connects there (SOCK_SEQPACKET) and proves the session:
  *   holder -> reader  "KVSM" u32 version 2 | nonce[32]
  *   reader -> holder  "KVSM" | session[16] | mac[32] | n u32 (<= 64) | n region ids u32
+ *                     (n = 0: "identify": the reader maps nothing, it only tells the
+ *                     holder its pid, so that a pool node can read the reader's pull
+ *                     puts itself with process_vm_readv; see peer.c, direct reads)
  *   holder -> reader  "KVSM" | n u32 | n x {status i32, kind u32, base u64, len u64, off u64,
  *                     size u64} with one SCM_RIGHTS fd per entry of status 0, in order
  *                     (proto_int.h: kvs__shm_parse_reply, strict and fuzzed)
@@ -41,6 +44,8 @@
 
 #include "kvs_int.h"
 
+#include <sys/types.h>
+
 struct kvs_pool;
 
 #define KVS_SHM_BOOT_ID_LEN 16u
@@ -63,8 +68,12 @@ void kvs__shm_boot_id(uint8_t out[KVS_SHM_BOOT_ID_LEN]);
 typedef struct kvs__shm_srv kvs__shm_srv_t;
 /* Called on the server's thread: -1 when @session is not a ready
  * connection this process serves, 0 when @region is not one it exposes,
- * 1 with its range and memory type written. */
-typedef int (*kvs__shm_region_fn)(void *arg, const uint8_t *session, uint32_t region,
+ * 1 with its range and memory type written (@type_p is NULL for an identify
+ * request). @pid: the reader's (SO_PEERCRED at accept), after it proved the
+ * session. An identify request (no regions) calls it once with @region
+ * KVS_SHM_IDENTIFY. */
+#define KVS_SHM_IDENTIFY UINT32_MAX
+typedef int (*kvs__shm_region_fn)(void *arg, const uint8_t *session, pid_t pid, uint32_t region,
                                   uint64_t *base_p, uint64_t *len_p, kvs_mem_type_t *type_p);
 /* Listens on a new socket in @dir and serves it on a thread of its own.
  * @secret is borrowed and must outlive the server. */
@@ -89,6 +98,9 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
                                    bool open, const char *peer, const kvs__logger_t *log);
 /* Unmaps everything; accepts NULL. */
 void kvs__shm_peer_free(kvs__shm_peer_t *sp);
+/* Tells the holder our pid (an identify request), once per connection:
+ * true when it took it. Blocking socket I/O (bounded): no lock held. */
+bool kvs__shm_peer_identify(kvs__shm_peer_t *sp);
 /* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
  * @ids of @dst. KVS_OK (bytes in *bytes_p), KVS_ERR_STALE (a generation
  * moved: nothing to trust in @dst), or KVS_ERR_UNSUPPORTED: this fetch must

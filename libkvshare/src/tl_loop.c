@@ -6,7 +6,11 @@
  * progress(); GETs copy from the registered region the rkey names, after
  * checking the range. Completions are always deferred to the next
  * progress(), as a real transport's are. "loop" offers GET; "loop-am" does
- * not, so the core takes its active-message push path. */
+ * not, so the core takes its active-message push path. "loop-noget" (for
+ * tests only) says it offers GET, but every GET it posts completes with an
+ * error, as a native lane that turns out unusable would (CMA refused by
+ * ptrace rules, a bad rkey): the pull put's fallback to push is tested with
+ * it. */
 #include "transport_int.h"
 
 #include <errno.h>
@@ -59,6 +63,7 @@ typedef struct lrkey {
 struct lw {
     uint64_t id;
     bool rma;
+    bool get_fails; /* "loop-noget" */
     kvs__tl_events_t ev;
     int efd;
     litem_t *head, **tail;
@@ -221,6 +226,8 @@ static kvs_status_t l_get(void *arg, void *ep, void *local, size_t len, uint64_t
     lrkey_t *rk = rkey;
     if (!w->rma)
         return KVS_ERR_UNSUPPORTED;
+    if (w->get_fails)
+        return complete_later(w, cb, cb_arg, KVS_ERR_TRANSPORT, 0);
     if (rk->target != e->target || raddr < rk->base || len > rk->len ||
         raddr - rk->base > rk->len - len)
         return KVS_ERR_PROTOCOL;
@@ -365,8 +372,8 @@ static kvs_status_t l_address(void *arg, const void **addr_p, size_t *len_p)
     return KVS_OK;
 }
 
-static kvs_status_t l_init_common(const kvs__tl_events_t *ev, bool rma, void **tl_p, char *err,
-                                  size_t errlen)
+static kvs_status_t l_init_common(const kvs__tl_events_t *ev, bool rma, bool get_fails,
+                                  void **tl_p, char *err, size_t errlen)
 {
     lw_t *w = kvs__calloc(1, sizeof(*w));
     if (w == NULL)
@@ -379,6 +386,7 @@ static kvs_status_t l_init_common(const kvs__tl_events_t *ev, bool rma, void **t
     }
     w->ev = *ev;
     w->rma = rma;
+    w->get_fails = get_fails;
     w->tail = &w->head;
     pthread_mutex_lock(&g_lock);
     w->id = ++g_next_id;
@@ -397,7 +405,7 @@ static kvs_status_t l_init(const kvs__config_t *cfg, const kvs__logger_t *log,
 {
     (void)cfg;
     (void)log;
-    return l_init_common(ev, true, tl_p, err, errlen);
+    return l_init_common(ev, true, false, tl_p, err, errlen);
 }
 
 static kvs_status_t l_init_am(const kvs__config_t *cfg, const kvs__logger_t *log,
@@ -405,7 +413,16 @@ static kvs_status_t l_init_am(const kvs__config_t *cfg, const kvs__logger_t *log
 {
     (void)cfg;
     (void)log;
-    return l_init_common(ev, false, tl_p, err, errlen);
+    return l_init_common(ev, false, false, tl_p, err, errlen);
+}
+
+static kvs_status_t l_init_noget(const kvs__config_t *cfg, const kvs__logger_t *log,
+                                 const kvs__tl_events_t *ev, void **tl_p, char *err,
+                                 size_t errlen)
+{
+    (void)cfg;
+    (void)log;
+    return l_init_common(ev, true, true, tl_p, err, errlen);
 }
 
 static void l_fini(void *arg)
@@ -471,3 +488,4 @@ static void l_fini(void *arg)
 
 LOOP_OPS(kvs__loop_transport, "loop", l_init);
 LOOP_OPS(kvs__loop_am_transport, "loop-am", l_init_am);
+LOOP_OPS(kvs__loop_noget_transport, "loop-noget", l_init_noget);

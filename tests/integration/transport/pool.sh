@@ -28,6 +28,17 @@ out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 300 $G --seed 3 --bat
 out2=$(UCX_TLS=tcp KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 300 $G --seed 3 --batch 300 2>"$WORK/f2.err") || fail "fetch over tcp: $out2"
 ok "put 300 blocks, fetched them back from the pool (GET: $out; TCP: $out2)"
 
+# --- same host with KVSHARE_SHM=auto: the node reads each put straight out
+# of the client's memory (process_vm_readv after the same-host handover),
+# not through UCX's GET (an active-message emulation in UCX 1.13)
+KVSHARE_LOG=debug KVSHARE_SHM=auto serve near --listen 127.0.0.1:0 --capacity 64MiB; near=$ADDR
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" put --blocks 300 $G --seed 7 2>"$WORK/p3.err") || fail "put: $out"
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" fetch --from-pool --blocks 300 $G --seed 7 --batch 300 2>"$WORK/f3.err") || fail "fetch: $out"
+grep -q "its puts are read directly" "$WORK/near.err" \
+  || fail "the node did not read the same-host put directly: $(grep -i put "$WORK/near.err" | head -5)"
+! grep -q "directly failed" "$WORK/near.err" || fail "$(grep 'directly failed' "$WORK/near.err" | head -3)"
+ok "same host: the node read the put straight from the client's memory, fetched back whole ($out)"
+
 # --- capacity: 64 MiB holds 2048 blocks of 32 KiB; put 3000 -> the node evicts, keeps serving
 out=$(KVSHARE_POOL=$one "$PEER" put --blocks 3000 $G --seed 4 2>"$WORK/p2.err") || fail "put beyond capacity: $out"
 out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 100 $G --seed 4 --batch 100 --expect OK 2>/dev/null) || fail "$out"
