@@ -156,10 +156,11 @@ def main():
             # Every score of every model equals the reference once the index caught up.
             end = time.time() + DEADLINE_S
             while True:
-                bad = []
+                bad, listed = [], 0
                 for m in MODELS:
                     for d in range(DOCS):
                         want = expected(topics, m, [as_int(k) for k in doc_keys[d]])
+                        listed += len(want)
                         r = idx.score(m, docs[d])
                         got = [(p["pod"], p["blocks"]) for p in r.get("pods", [])] \
                             if "pods" in r else r
@@ -168,7 +169,8 @@ def main():
                 if not bad or time.time() > end:
                     break
                 time.sleep(0.05)
-            check(not bad, f"round {rnd}: {len(MODELS) * DOCS} scores equal the reference"
+            check(not bad, f"round {rnd}: {len(MODELS) * DOCS} scores ({listed} pods listed) equal "
+                  "the reference"
                   + (f" (first of {len(bad)}: {bad[0]})" if bad else ""))
         m = metrics(idx)
         per_shard = [m.get(f'kvshare_index_shard_models{{shard="{i}"}}', -1)
@@ -181,9 +183,10 @@ def main():
         depth = [m.get(f'kvshare_index_shard_queue_depth{{shard="{i}"}}', -1)
                  for i in range(nshards)]
         check(all(x == 0 for x in depth), f"every shard's queue drained ({depth})")
-        check(m.get("kvshare_index_gaps_total", 0) > 0 and m.get("kvshare_index_restarts_total", 0) > 0,
-              f"gaps ({m.get('kvshare_index_gaps_total')}) and restarts "
-              f"({m.get('kvshare_index_restarts_total')}) were exercised")
+        exercised = {k: m.get(f"kvshare_index_{k}_total", 0)
+                     for k in ("gaps", "replays_ok", "replays_failed", "restarts", "events_removed",
+                               "events_cleared")}
+        check(all(exercised.values()), f"every kind of change was exercised ({exercised})")
         check(idx.stop() == 0, "SIGTERM: clean exit")
     finally:
         if idx.proc.poll() is None:
