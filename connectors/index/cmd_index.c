@@ -143,7 +143,6 @@ typedef struct index_daemon {
     source_t src[MAX_SOURCES];
     size_t nsrc;
     void *zctx;
-    volatile int stopping; /* the writers' stop: set by the main thread */
     counters_t c;
 #ifdef KVS_HAVE_REDIS
     kvs__ixr_t *redis;
@@ -158,10 +157,14 @@ static shard_t *model_shard(index_daemon_t *d, const char *name, size_t len)
 }
 
 static volatile sig_atomic_t stop_signal;
+/* Set by a signal or when the daemon closes: stops the shard writers and a receive thread
+ * waiting for a full queue (read atomically). */
+static volatile int stopping;
 
 static void on_signal(int sig)
 {
     stop_signal = sig;
+    __atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
 }
 
 static uint64_t now_ms(void)
@@ -672,7 +675,7 @@ static void *shard_main(void *arg)
 {
     shard_t *sh = arg;
     index_daemon_t *d = sh->d;
-    while (!d->stopping && !stop_signal) {
+    while (!__atomic_load_n(&stopping, __ATOMIC_RELAXED)) {
         shard_item_t *it = kvs__ring_peek(sh->ring);
         if (it == NULL) {
             shard_age(sh, now_ms());
@@ -684,11 +687,7 @@ static void *shard_main(void *arg)
         kvs__ring_pop(sh->ring);
         shard_age(sh, now_ms());
     }
-    shard_item_t *it; /* what is left at shutdown is dropped */
-    while ((it = kvs__ring_peek(sh->ring)) != NULL) {
-        close_parts(it->parts, 3);
-        kvs__ring_pop(sh->ring);
-    }
+    /* what is left at shutdown is dropped (daemon_close closes it) */
     return NULL;
 }
 
@@ -719,7 +718,7 @@ static void route_frames(index_daemon_t *d, uint32_t si, zmq_msg_t *parts, int n
         return;
     }
     shard_t *sh = model_shard(d, a2 + 1, tlen - (size_t)(a2 + 1 - topic));
-    shard_item_t *it = kvs__ring_slot_wait(sh->ring, &d->stopping);
+    shard_item_t *it = kvs__ring_slot_wait(sh->ring, &stopping);
     if (it == NULL) {
         close_parts(parts, n);
         return;
@@ -1240,12 +1239,19 @@ static void snap_copy(void *arg, const char *model, const char *pod, uint64_t ha
 
 static void daemon_close(index_daemon_t *d)
 {
-    d->stopping = 1;
-    for (unsigned i = 0; d->sh != NULL && i < d->nsh; i++)
-        if (d->sh[i].started) {
-            kvs__ring_wake(d->sh[i].ring);
-            pthread_join(d->sh[i].thread, NULL);
+    __atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
+    for (unsigned i = 0; d->sh != NULL && i < d->nsh; i++) {
+        shard_t *sh = &d->sh[i];
+        if (sh->started) {
+            kvs__ring_wake(sh->ring);
+            pthread_join(sh->thread, NULL);
         }
+        shard_item_t *it; /* queued after the writer stopped */
+        while (sh->ring != NULL && (it = kvs__ring_peek(sh->ring)) != NULL) {
+            close_parts(it->parts, 3);
+            kvs__ring_pop(sh->ring);
+        }
+    }
     for (size_t i = 0; i < d->nsrc; i++)
         if (d->src[i].sub)
             zmq_close(d->src[i].sub);

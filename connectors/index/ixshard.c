@@ -13,7 +13,6 @@
  * push never goes unnoticed. */
 #include "ixshard_int.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,7 +100,7 @@ void *kvs__ring_slot_wait(kvs__ring_t *r, const volatile int *stop)
     void *s;
     bool counted = false;
     while ((s = kvs__ring_slot(r)) == NULL) {
-        if (*stop)
+        if (__atomic_load_n(stop, __ATOMIC_RELAXED))
             return NULL;
         if (!counted) {
             __atomic_fetch_add(&r->full_waits, 1, __ATOMIC_RELAXED);
