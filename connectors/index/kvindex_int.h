@@ -7,8 +7,8 @@
  * under the same LoRA or salt: vLLM folds both into every block's hash. Models are
  * separate key spaces.
  *
- * Concurrency: one writer at a time (changes take the index's writer mutex; the daemon's
- * event thread is the only one) and any number of readers that take no lock and never
+ * Concurrency: one writer at a time (changes take the index's writer mutex; in the daemon
+ * the event thread, or with --shards N each shard's index its own writer thread) and any number of readers that take no lock and never
  * wait: scores, lookups without create, names, the degraded check, pair counts and stats.
  * Published data is read with acquire loads, words changed in place with atomic loads,
  * and nothing a reader may hold is freed or reused before a grace period (kvindex.c).

@@ -747,9 +747,9 @@ static void *sh_feeder(void *arg)
                       .doc = (uint8_t)(st_rand(&rng) % ST_DOCS)};
         unsigned r = (unsigned)(st_rand(&rng) % 100);
         uint8_t cap = t->cap[op.model][op.pod][op.doc];
-        op.kind = r < 60 ? 0 : r < 90 ? 1 : r < 96 ? 2 : 3;
-        op.len = op.kind == 0 ? (uint8_t)(cap ? st_rand(&rng) % (cap + 1u) : 0)
-                              : (uint8_t)(st_rand(&rng) % ST_KEYS);
+        op.kind = (uint8_t)(r < 60 ? 0 : r < 90 ? 1 : r < 96 ? 2 : 3);
+        op.len = (uint8_t)(op.kind == 0 ? (cap ? st_rand(&rng) % (cap + 1u) : 0)
+                                        : st_rand(&rng) % ST_KEYS);
         unsigned s = kvs__shard_of((const char[]){'m', (char)('0' + op.model)}, 2, SH_N);
         sh_op_t *slot = kvs__ring_slot_wait(t->ring[s], &never);
         *slot = op;
