@@ -143,10 +143,13 @@ static double ingest_rate(unsigned shards, unsigned models)
     if (bufs == NULL || pods == NULL)
         goto out;
     for (unsigned s = 0; s < shards; s++) {
-        sh[s] = (ingest_shard_t){.idx = kvs__idx_create(0), .dec = kvs__ev_decoder_create(),
+        sh[s] = (ingest_shard_t){.idx = kvs__idx_create(0),
+                                 .dec = kvs__ev_decoder_create(),
                                  .ring = shards > 1 ? kvs__ring_create(4096, 2 * sizeof(uint32_t))
                                                     : NULL,
-                                 .bufs = bufs, .pods = pods, .fed = &fed};
+                                 .bufs = bufs,
+                                 .pods = pods,
+                                 .fed = &fed};
         if (sh[s].idx == NULL || sh[s].dec == NULL || (shards > 1 && sh[s].ring == NULL))
             goto out;
     }
@@ -438,10 +441,9 @@ int kvs_cli_bench_index(int argc, char **argv)
            "  score beside a writer p50 %.2f us, p99 %.2f us (writer: %.2f M block "
            "events/s)\n",
            PODS, (unsigned long long)st.pairs, (unsigned long long)st.blocks, ingest / 1e6,
-           (unsigned long long)shards, (unsigned long long)models,
-           (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3, PROMPT_BLKS,
-           (double)lat_h[p99] / 1e3, bph, (double)lat_c[samples / 2] / 1e3,
-           (double)lat_c[p99] / 1e3, churn_rate / 1e6);
+           (unsigned long long)shards, (unsigned long long)models, (double)lat[samples / 2] / 1e3,
+           (double)lat[p99] / 1e3, PROMPT_BLKS, (double)lat_h[p99] / 1e3, bph,
+           (double)lat_c[samples / 2] / 1e3, (double)lat_c[p99] / 1e3, churn_rate / 1e6);
     rc = 0;
 out:
     kvs_hasher_destroy(h);

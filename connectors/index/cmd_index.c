@@ -122,7 +122,7 @@ typedef struct shard {
     uint64_t *tkeys; /* the writer's scratch for derived keys */
     size_t tkeys_cap;
     atomic_ullong tk_entries, tk_bytes; /* the maps' gauges, for HTTP threads */
-    pod_seq_t *seq; /* by this shard's pod id; the writer only */
+    pod_seq_t *seq;                     /* by this shard's pod id; the writer only */
     size_t nseq;
     void **dealer;        /* per source with a replay endpoint: this shard's own DEALER */
     topic_cache_t *cache; /* per source */
@@ -277,8 +277,7 @@ static bool tkeys_room(shard_t *sh, size_t n)
 
 /* Token mode: derives BlockStored e's keys into sh->tkeys (*n of them). False when out of
  * memory; an event that cannot be keyed is counted and logged (first few) and gives 0. */
-static bool token_keys(shard_t *sh, const char *src, uint32_t pod, const kvs__ev_t *e,
-                       size_t *n)
+static bool token_keys(shard_t *sh, const char *src, uint32_t pod, const kvs__ev_t *e, size_t *n)
 {
     index_daemon_t *d = sh->d;
     *n = 0;
@@ -606,8 +605,8 @@ static void on_frames(shard_t *sh, source_t *s, zmq_msg_t *parts, int n)
         goto known;
     }
     int64_t model = kvs__idx_model(sh->idx, a2 + 1, tlen - (size_t)(a2 + 1 - topic), true);
-    pod =
-        model < 0 ? -1 : kvs__idx_pod(sh->idx, a1 + 1, (size_t)(a2 - a1 - 1), (uint32_t)model, true);
+    pod = model < 0 ? -1
+                    : kvs__idx_pod(sh->idx, a1 + 1, (size_t)(a2 - a1 - 1), (uint32_t)model, true);
     if (pod < 0 || !seq_slot(sh, (uint32_t)pod)) {
         malformed(d, s->endpoint, "cannot track this pod (out of memory or too many pods)");
         return;
@@ -653,7 +652,6 @@ known:;
     ps->last = seq;
     apply(sh, s->endpoint, p, zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
 }
-
 
 /* Clears the shard's pods silent for --max-idle-s (every second at most); aged pods lose
  * their key maps too. The shard's writer only. */
@@ -1081,9 +1079,9 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
         {"shard_pairs", "gauge", "(pod, block) pairs the shard holds."},
         {"shard_models", "gauge", "Models the shard holds."}};
     for (size_t m = 0; m < sizeof(shard_help) / sizeof(shard_help[0]); m++) {
-        len += (size_t)snprintf(b + len, cap - len, "# HELP kvshare_index_%s %s\n# TYPE kvshare_index_%s %s\n",
-                                shard_help[m][0], shard_help[m][2], shard_help[m][0],
-                                shard_help[m][1]);
+        len += (size_t)snprintf(
+            b + len, cap - len, "# HELP kvshare_index_%s %s\n# TYPE kvshare_index_%s %s\n",
+            shard_help[m][0], shard_help[m][2], shard_help[m][0], shard_help[m][1]);
         if (len >= cap)
             len = cap - 1;
         for (unsigned i = 0; i < d->nsh; i++) {
@@ -1092,13 +1090,27 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
             kvs__idx_get_stats(sh->idx, &t);
             unsigned long long v = 0;
             switch (m) {
-            case 0: v = atomic_load(&sh->batches); break;
-            case 1: v = atomic_load(&sh->events); break;
-            case 2: v = sh->ring ? kvs__ring_depth(sh->ring) : 0; break;
-            case 3: v = sh->ring ? kvs__ring_high_water(sh->ring) : 0; break;
-            case 4: v = sh->ring ? kvs__ring_full_waits(sh->ring) : 0; break;
-            case 5: v = t.pairs; break;
-            default: v = t.models; break;
+            case 0:
+                v = atomic_load(&sh->batches);
+                break;
+            case 1:
+                v = atomic_load(&sh->events);
+                break;
+            case 2:
+                v = sh->ring ? kvs__ring_depth(sh->ring) : 0;
+                break;
+            case 3:
+                v = sh->ring ? kvs__ring_high_water(sh->ring) : 0;
+                break;
+            case 4:
+                v = sh->ring ? kvs__ring_full_waits(sh->ring) : 0;
+                break;
+            case 5:
+                v = t.pairs;
+                break;
+            default:
+                v = t.models;
+                break;
             }
             len += (size_t)snprintf(b + len, cap - len, "kvshare_index_%s{shard=\"%u\"} %llu\n",
                                     shard_help[m][0], i, v);
@@ -1207,7 +1219,7 @@ static bool parse_source(source_t *s, const char *spec)
 #ifdef KVS_HAVE_REDIS
 typedef struct snap_ctx {
     index_daemon_t *d;
-    shard_t *sh;  /* the shard of the pod's model */
+    shard_t *sh; /* the shard of the pod's model */
     int64_t pod; /* the pod whose copies come next; -1: none (refused) */
 } snap_ctx_t;
 
@@ -1231,8 +1243,8 @@ static void snap_copy(void *arg, const char *model, const char *pod, uint64_t ha
     snap_ctx_t *sc = arg;
     if (sc->pod < 0)
         return;
-    if (kvs__idx_store(sc->sh->idx, (uint32_t)sc->pod, &hash, 1, medium, strlen(medium), now_ms()) ==
-        0)
+    if (kvs__idx_store(sc->sh->idx, (uint32_t)sc->pod, &hash, 1, medium, strlen(medium),
+                       now_ms()) == 0)
         atomic_fetch_add(&sc->d->c.redis_snapshot_copies, 1);
 }
 #endif

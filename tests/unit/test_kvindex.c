@@ -703,7 +703,8 @@ static void *sh_writer(void *arg)
     for (;;) {
         sh_op_t *op = kvs__ring_peek(t->ring[w->id]);
         if (op == NULL) {
-            if (__atomic_load_n(&t->fed, __ATOMIC_ACQUIRE) && kvs__ring_peek(t->ring[w->id]) == NULL)
+            if (__atomic_load_n(&t->fed, __ATOMIC_ACQUIRE) &&
+                kvs__ring_peek(t->ring[w->id]) == NULL)
                 break;
             kvs__ring_wait(t->ring[w->id], 5);
             continue;
@@ -850,8 +851,8 @@ Test(kvindex, shards_one_writer_per_shard_readers_read_the_models_shard)
             cr_assert_eq(kvs__idx_model(t->x[o], name, 2, false) >= 0, o == t->shard[m],
                          "model %s in shard %u", name, o);
         for (unsigned d = 0; d < ST_DOCS; d++) {
-            long n = kvs__idx_score(t->x[t->shard[m]], t->model[m], t->keys[d], ST_KEYS, NULL, 0,
-                                    s, SH_PODS);
+            long n = kvs__idx_score(t->x[t->shard[m]], t->model[m], t->keys[d], ST_KEYS, NULL, 0, s,
+                                    SH_PODS);
             long want = 0;
             for (unsigned p = 0; p < SH_PODS; p++) {
                 long b = -1;
