@@ -13,7 +13,8 @@
  * create, names, the degraded check, pair counts and stats. Published data is read with
  * acquire loads, words changed in place with atomic loads, and nothing a reader may hold is
  * freed or reused before a grace period (kvindex.c). A score may see a store or removal half
- * applied (slightly stale), never freed memory or a block a pod never held. kvs__idx_pod_copies serialises with the writer.
+ * applied (slightly stale), never freed memory or a block a pod never held.
+ * kvs__idx_pod_copies serialises with the writer.
  *
  * Memory: a 48 B block entry (first holder inline, the next-block hint) + 4 B per table
  * slot (live load 3/16..1/2) + 8 B per holder beyond the first (+ a 16 B array header) +
