@@ -478,9 +478,9 @@ int kvs_cli_bench_index(int argc, char **argv)
            "events/s)\n",
            PODS, (unsigned long long)st.pairs, (unsigned long long)st.blocks, ingest / 1e6,
            (unsigned long long)shards, (unsigned long long)models, ingest_1 / 1e6, ingest_ratio,
-           INGEST_RUNS, (double)lat[samples / 2] / 1e3,
-           (double)lat[p99] / 1e3, PROMPT_BLKS, (double)lat_h[p99] / 1e3, bph,
-           (double)lat_c[samples / 2] / 1e3, (double)lat_c[p99] / 1e3, churn_rate / 1e6);
+           INGEST_RUNS, (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3, PROMPT_BLKS,
+           (double)lat_h[p99] / 1e3, bph, (double)lat_c[samples / 2] / 1e3,
+           (double)lat_c[p99] / 1e3, churn_rate / 1e6);
     rc = 0;
 out:
     kvs_hasher_destroy(h);
