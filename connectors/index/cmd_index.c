@@ -43,7 +43,6 @@
 #define REPLAY_TOTAL_MS  5000
 #define DRAIN_PER_SOCKET 4096
 #define SHARDS_DEFAULT   1    /* --shards: see README.md, "Shards" */
-#define SHARD_QUEUE      4096 /* batches queued per shard (--shards > 1) */
 
 /* Counters, one table: the metric names and the fields cannot disagree. */
 #define KVS_INDEX_COUNTERS(X)                                                                      \
@@ -139,6 +138,7 @@ typedef struct index_daemon {
     kvs_hasher_h hasher;
     size_t digest_len;
     uint32_t block_size;
+    uint32_t shard_queue; /* --shard-queue: batches queued per shard (--shards > 1) */
     uint64_t max_idle_ms;
     source_t src[MAX_SOURCES];
     size_t nsrc;
@@ -182,7 +182,7 @@ static void usage(FILE *f)
         "                     [--block-size N] [--hash-algo sha256_cbor|xxhash_cbor]\n"
         "                     [--hash-seed S] [--keys hashes|tokens] [--max-pairs N]\n"
         "                     [--max-idle-s S] [--redis URL [--redis-id ID]\n"
-        "                     [--redis-lease-ms MS]] [--shards N]\n"
+        "                     [--redis-lease-ms MS]] [--shards N [--shard-queue N]]\n"
         "\n"
         "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
         "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
@@ -210,7 +210,9 @@ static void usage(FILE *f)
         "  --redis-lease-ms  writer lease length (default 5000; renewed every third)\n"
         "  --shards      N writer threads, each with its own index of the models that hash\n"
         "                to it (a score reads one model's shard); 1-64, default 1 (the\n"
-        "                receive thread writes); --redis needs 1\n");
+        "                receive thread writes); --redis needs 1\n"
+        "  --shard-queue batches queued per shard before the receive thread waits for it\n"
+        "                (a power of two, 2-1048576; default 4096)\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1304,7 +1306,7 @@ static int shard_init(index_daemon_t *d, unsigned i, uint64_t max_pairs, bool to
     sh->dealer = calloc(d->nsrc ? d->nsrc : 1, sizeof(*sh->dealer));
     sh->cache = calloc(d->nsrc ? d->nsrc : 1, sizeof(*sh->cache));
     if (d->nsh > 1)
-        sh->ring = kvs__ring_create(SHARD_QUEUE, sizeof(shard_item_t));
+        sh->ring = kvs__ring_create(d->shard_queue, sizeof(shard_item_t));
     /* The maps hold one entry per (pod, block) as the index does: the same bound. */
     if (token_mode)
         sh->tk = kvs__tk_create(d->hasher, d->block_size, max_pairs);
@@ -1342,7 +1344,8 @@ enum {
     O_REDIS,
     O_REDIS_ID,
     O_REDIS_LEASE_MS,
-    O_SHARDS
+    O_SHARDS,
+    O_SHARD_QUEUE
 };
 
 static const struct option index_options[] = {
@@ -1358,6 +1361,7 @@ static const struct option index_options[] = {
     {"redis-id", required_argument, NULL, O_REDIS_ID},
     {"redis-lease-ms", required_argument, NULL, O_REDIS_LEASE_MS},
     {"shards", required_argument, NULL, O_SHARDS},
+    {"shard-queue", required_argument, NULL, O_SHARD_QUEUE},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t index_cmd = {"index", usage, index_options};
@@ -1369,7 +1373,8 @@ int kvs_cli_index(int argc, char **argv)
     bool token_mode = false;
     const char *redis_url = NULL, *redis_id = NULL;
     uint64_t lease_ms = 5000;
-    uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0, nshards = 0;
+    uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0, nshards = 0,
+             shard_queue = 4096;
     int c;
     while ((c = kvs_cli_getopt(&index_cmd, argc, argv)) != -1) {
         const char *v = optarg;
@@ -1423,6 +1428,13 @@ int kvs_cli_index(int argc, char **argv)
             if (!kvs_cli_parse_u64("--shards", v, 1, KVS__SHARDS_MAX, &nshards))
                 return 2;
             break;
+        case O_SHARD_QUEUE:
+            if (!kvs_cli_parse_u64("--shard-queue", v, 2, 1u << 20, &shard_queue))
+                return 2;
+            if ((shard_queue & (shard_queue - 1)) != 0)
+                return kvs_cli_usage_error(&index_cmd, "--shard-queue %llu: a power of two",
+                                           (unsigned long long)shard_queue);
+            break;
         case O_MAX_IDLE_S:
             if (!kvs_cli_parse_u64("--max-idle-s", v, 0, UINT32_MAX, &max_idle_s))
                 return 2;
@@ -1470,6 +1482,7 @@ int kvs_cli_index(int argc, char **argv)
     d.digest_len = kvs_hasher_digest_len(d.hasher);
     d.block_size = (uint32_t)block_size;
     d.max_idle_ms = max_idle_s * 1000u;
+    d.shard_queue = (uint32_t)shard_queue;
     d.zctx = zmq_ctx_new();
     d.nsh = (unsigned)nshards;
     d.sh = calloc(d.nsh, sizeof(*d.sh));

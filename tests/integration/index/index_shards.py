@@ -16,7 +16,10 @@ first block, their longest prefix, sorted by blocks then name; degraded pods abs
 deadline fails the check. /metrics must show the models spread over several shards (when
 N > 1) and every shard's queue empty at the end.
 
-Usage: index_shards.py PATH_TO_KVSHARE [--shards N]   (KVS_TEST_SEED=n replays a run)
+ctest runs it with --shards 1, and with --shards 4 --shard-queue 2 so that the receive thread
+also waits for full queues.
+
+Usage: index_shards.py PATH_TO_KVSHARE [--shards N [--shard-queue N]]   (KVS_TEST_SEED=n)
 """
 import os
 import random
@@ -183,6 +186,11 @@ def main():
         depth = [m.get(f'kvshare_index_shard_queue_depth{{shard="{i}"}}', -1)
                  for i in range(nshards)]
         check(all(x == 0 for x in depth), f"every shard's queue drained ({depth})")
+        hw = [m.get(f'kvshare_index_shard_queue_high_water{{shard="{i}"}}', -1) for i in range(nshards)]
+        waits = [m.get(f'kvshare_index_shard_queue_full_waits_total{{shard="{i}"}}', -1)
+                 for i in range(nshards)]
+        print(f"queues: high water {hw}, full waits {waits} (a small --shard-queue makes the "
+              "receive thread wait; the scores above held anyway)", flush=True)
         exercised = {k: m.get(f"kvshare_index_{k}_total", 0)
                      for k in ("gaps", "replays_ok", "replays_failed", "restarts", "events_removed",
                                "events_cleared")}
