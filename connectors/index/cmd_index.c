@@ -704,7 +704,7 @@ static void route_frames(index_daemon_t *d, uint32_t si, zmq_msg_t *parts, int n
     if (d->nsh == 1 || n != 3) {
         on_frames(&d->sh[0], s, parts, n); /* refuses n != 3 */
         close_parts(parts, n);
-        if (d->nsh == 1)
+        if (d->nsh == 1 && n == 3)
             atomic_fetch_add(&d->sh[0].batches, 1);
         return;
     }
