@@ -42,7 +42,7 @@
 #define REPLAY_IDLE_MS   1000
 #define REPLAY_TOTAL_MS  5000
 #define DRAIN_PER_SOCKET 4096
-#define SHARDS_DEFAULT   1    /* --shards: see README.md, "Shards" */
+#define SHARDS_DEFAULT   1 /* --shards: see README.md, "Shards" */
 
 /* Counters, one table: the metric names and the fields cannot disagree. */
 #define KVS_INDEX_COUNTERS(X)                                                                      \
