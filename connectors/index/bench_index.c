@@ -2,9 +2,14 @@
 /* bench_index.c - `kvshare bench index` (kvshare-index bench): event ingest rate, score latency and
  * bytes per pair.
  *
- * One thread, one run:
+ * One run:
  *  - ingest_block_events_per_s: msgpack BlockStored batches (positional, 16 hashes per
- *    event, 8 events per batch, 64 pods) decoded and applied to an empty index.
+ *    event, 8 events per batch, 64 pods per model, --models models in turn) decoded and
+ *    applied to empty indexes: by the calling thread with --shards 1, else queued for each
+ *    model's shard and applied by that shard's writer thread (the daemon's --shards N).
+ *    The median of INGEST_RUNS runs; with --shards N > 1 each alternates with a 1-shard
+ *    run of the same models (ingest_1_shard_per_s), and ingest_ratio_vs_1_shard is the
+ *    median of the run-by-run ratios.
  *  - score_p99_us: 8k-token prompts (512 blocks of 16) scored over 64 pods, keys given,
  *    against an index filled with up to --pairs (pod, block) pairs or what ~--setup-s
  *    seconds of setup reach: each pod holds a random-length prefix of each document.
@@ -21,6 +26,7 @@
 #include "cmdline_int.h"
 #include "index.h"
 #include "kvevents_int.h"
+#include "ixshard_int.h"
 #include "kvindex_int.h"
 
 #ifdef KVS_HAVE_REDIS
@@ -37,6 +43,23 @@
 #define PODS         64
 #define PROMPT_BLKS  512
 #define BLOCK_TOKENS 16
+
+#define INGEST_RUNS 5
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of n values (sorts a copy). */
+static double median(const double *v, int n)
+{
+    double c[INGEST_RUNS];
+    memcpy(c, v, (size_t)n * sizeof(*c));
+    qsort(c, (size_t)n, sizeof(*c), cmp_dbl);
+    return c[n / 2];
+}
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -81,17 +104,94 @@ static uint32_t bench_pods(kvs__idx_t *idx, uint32_t *pods)
     return m;
 }
 
-static double ingest_rate(void)
+#define MAX_MODELS 64
+
+/* One shard of the ingest run: its index, decoder, queue and the pods of its models. */
+typedef struct ingest_shard {
+    kvs__idx_t *idx;
+    kvs__ev_decoder_t *dec;
+    kvs__ring_t *ring;
+    const msgpack_sbuffer *bufs;
+    uint32_t (*pods)[PODS]; /* by model; only this shard's models are filled in */
+    const int *fed;
+    uint64_t events;
+    bool failed;
+} ingest_shard_t;
+
+/* Decodes batch b (of model m) and applies it to the shard. */
+static bool ingest_batch(ingest_shard_t *sh, uint32_t b, uint32_t m)
+{
+    kvs__ev_batch_t batch;
+    char why[128];
+    if (kvs__ev_decode(sh->dec, sh->bufs[b].data, sh->bufs[b].size, &batch, NULL, why,
+                       sizeof(why)) != 0)
+        return false;
+    for (size_t e = 0; e < batch.nevents; e++) {
+        const kvs__ev_t *ev = &batch.events[e];
+        if (kvs__idx_store(sh->idx, sh->pods[m][b % PODS], ev->hashes, ev->nhashes, ev->medium.ptr,
+                           ev->medium.len, b) != 0)
+            return false;
+        sh->events += ev->nhashes;
+    }
+    return true;
+}
+
+/* A shard's writer: what the daemon's does with --shards > 1 (queue in, decode, apply). */
+static void *ingest_writer(void *arg)
+{
+    ingest_shard_t *sh = arg;
+    for (;;) {
+        uint32_t *it = kvs__ring_peek(sh->ring);
+        if (it == NULL) {
+            if (__atomic_load_n(sh->fed, __ATOMIC_ACQUIRE) && kvs__ring_peek(sh->ring) == NULL)
+                break;
+            kvs__ring_wait(sh->ring, 5);
+            continue;
+        }
+        if (!sh->failed && !ingest_batch(sh, it[0], it[1]))
+            sh->failed = true;
+        kvs__ring_pop(sh->ring);
+    }
+    return NULL;
+}
+
+/* Block events per second decoded and applied: batches spread round-robin over `models`
+ * models; with one shard the calling thread applies them (the daemon's --shards 1), else it
+ * queues each for its model's shard, whose writer thread applies it. -1 on failure. */
+static double ingest_rate(unsigned shards, unsigned models)
 {
     enum { BATCHES = 4096, EVENTS = 8, HASHES = 16 };
     msgpack_sbuffer *bufs = calloc(BATCHES, sizeof(*bufs));
-    kvs__idx_t *idx = kvs__idx_create(0);
-    kvs__ev_decoder_t *dec = kvs__ev_decoder_create();
+    uint32_t(*pods)[PODS] = calloc(models, sizeof(*pods));
+    ingest_shard_t sh[KVS__SHARDS_MAX] = {{0}};
+    pthread_t th[KVS__SHARDS_MAX];
+    unsigned started = 0, shard_of[MAX_MODELS];
+    int fed = 0;
     double rate = -1;
-    if (bufs == NULL || idx == NULL || dec == NULL)
+    if (bufs == NULL || pods == NULL)
         goto out;
-    uint32_t pods[PODS];
-    bench_pods(idx, pods); /* stores go by pod, and a pod belongs to the model */
+    for (unsigned s = 0; s < shards; s++) {
+        sh[s] = (ingest_shard_t){.idx = kvs__idx_create(0),
+                                 .dec = kvs__ev_decoder_create(),
+                                 .ring = shards > 1 ? kvs__ring_create(4096, 2 * sizeof(uint32_t))
+                                                    : NULL,
+                                 .bufs = bufs,
+                                 .pods = pods,
+                                 .fed = &fed};
+        if (sh[s].idx == NULL || sh[s].dec == NULL || (shards > 1 && sh[s].ring == NULL))
+            goto out;
+    }
+    for (unsigned m = 0; m < models; m++) {
+        char name[16];
+        int n = snprintf(name, sizeof(name), "bench-%u", m);
+        shard_of[m] = kvs__shard_of(name, (size_t)n, shards);
+        kvs__idx_t *idx = sh[shard_of[m]].idx;
+        uint32_t mid = (uint32_t)kvs__idx_model(idx, name, (size_t)n, true);
+        for (uint32_t p = 0; p < PODS; p++) { /* stores go by pod, a pod belongs to a model */
+            snprintf(name, sizeof(name), "pod-%u", p);
+            pods[m][p] = (uint32_t)kvs__idx_pod(idx, name, strlen(name), mid, true);
+        }
+    }
     for (uint32_t b = 0; b < BATCHES; b++) {
         msgpack_sbuffer_init(&bufs[b]);
         msgpack_packer pk;
@@ -114,27 +214,52 @@ static double ingest_rate(void)
         }
         msgpack_pack_nil(&pk);
     }
+    for (; shards > 1 && started < shards; started++)
+        if (pthread_create(&th[started], NULL, ingest_writer, &sh[started]) != 0)
+            goto out;
     uint64_t t0 = now_ns(), events = 0;
     for (uint32_t b = 0; b < BATCHES; b++) {
-        kvs__ev_batch_t batch;
-        char why[128];
-        if (kvs__ev_decode(dec, bufs[b].data, bufs[b].size, &batch, NULL, why, sizeof(why)) != 0)
-            goto out;
-        for (size_t e = 0; e < batch.nevents; e++) {
-            const kvs__ev_t *ev = &batch.events[e];
-            if (kvs__idx_store(idx, pods[b % PODS], ev->hashes, ev->nhashes, ev->medium.ptr,
-                               ev->medium.len, b) != 0)
+        uint32_t m = b % models;
+        if (shards == 1) {
+            if (!ingest_batch(&sh[0], b, m))
                 goto out;
-            events += ev->nhashes;
+            continue;
         }
+        static const volatile int never;
+        uint32_t *it = kvs__ring_slot_wait(sh[shard_of[m]].ring, &never);
+        it[0] = b;
+        it[1] = m;
+        kvs__ring_push(sh[shard_of[m]].ring);
     }
-    rate = (double)events / ((double)(now_ns() - t0) * 1e-9);
+    __atomic_store_n(&fed, 1, __ATOMIC_RELEASE);
+    for (unsigned s = 0; s < started; s++) {
+        kvs__ring_wake(sh[s].ring);
+        pthread_join(th[s], NULL);
+    }
+    uint64_t t1 = now_ns();
+    bool failed = false;
+    for (unsigned s = 0; s < shards; s++) {
+        events += sh[s].events;
+        failed |= sh[s].failed;
+    }
+    started = 0;
+    if (!failed)
+        rate = (double)events / ((double)(t1 - t0) * 1e-9);
 out:
+    __atomic_store_n(&fed, 1, __ATOMIC_RELEASE);
+    for (unsigned s = 0; s < started; s++) {
+        kvs__ring_wake(sh[s].ring);
+        pthread_join(th[s], NULL);
+    }
     for (uint32_t b = 0; bufs != NULL && b < BATCHES; b++)
         msgpack_sbuffer_destroy(&bufs[b]);
     free(bufs);
-    kvs__idx_destroy(idx);
-    kvs__ev_decoder_destroy(dec);
+    free(pods);
+    for (unsigned s = 0; s < shards; s++) {
+        kvs__idx_destroy(sh[s].idx);
+        kvs__ev_decoder_destroy(sh[s].dec);
+        kvs__ring_destroy(sh[s].ring);
+    }
     return rate;
 }
 
@@ -174,21 +299,35 @@ static void *churn_writer(void *arg)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] [--json]\n"
+            "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] [--shards N]\n"
+            "                          [--models M] [--json]\n"
             "       kvshare bench index --redis URL [--redis-anchor URL] [--redis-ca FILE]\n"
             "                           [--samples N] [--json]\n"
             "\n"
             "KV event ingest rate, then prefix scores over 64 pods: an index filled with up\n"
             "to --pairs (pod, block) pairs, for at most --setup-s seconds, is scored\n"
             "--samples times, with the keys given and with the tokens hashed first.\n"
-            "Defaults: --pairs 10000000 --setup-s 10 --samples 10000\n"
+            "Ingest spreads its batches over --models models, applied as the daemon's\n"
+            "--shards does: with 1 the receiving thread applies them, with N > 1 each\n"
+            "model's shard has its own writer thread behind a queue.\n"
+            "Defaults: --pairs 10000000 --setup-s 10 --samples 10000 --shards 1 --models 1\n"
             "--redis: scores of a %d-block prompt by one round trip to Redis (a pod\n"
             "written under the model kvs-bench, cleared at the end); --redis-anchor: the\n"
             "same against another URL (the same server over plain TCP) and the ratio.\n",
             PROMPT_BLKS);
 }
 
-enum { O_JSON = 256, O_PAIRS, O_SETUP_S, O_SAMPLES, O_REDIS, O_REDIS_ANCHOR, O_REDIS_CA };
+enum {
+    O_JSON = 256,
+    O_PAIRS,
+    O_SETUP_S,
+    O_SAMPLES,
+    O_REDIS,
+    O_REDIS_ANCHOR,
+    O_REDIS_CA,
+    O_SHARDS,
+    O_MODELS
+};
 
 static const struct option index_options[] = {
     {"json", no_argument, NULL, O_JSON},
@@ -198,6 +337,8 @@ static const struct option index_options[] = {
     {"redis", required_argument, NULL, O_REDIS},
     {"redis-anchor", required_argument, NULL, O_REDIS_ANCHOR},
     {"redis-ca", required_argument, NULL, O_REDIS_CA},
+    {"shards", required_argument, NULL, O_SHARDS},
+    {"models", required_argument, NULL, O_MODELS},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t index_cmd = {"bench index", usage, index_options};
@@ -285,7 +426,7 @@ int kvs_cli_bench_index(int argc, char **argv)
 {
     bool json = false;
     const char *redis = NULL, *redis_anchor = NULL, *redis_ca = NULL;
-    uint64_t target = 10000000, setup_s = 10, samples = 10000;
+    uint64_t target = 10000000, setup_s = 10, samples = 10000, shards = 1, models = 1;
     int c;
     while ((c = kvs_cli_getopt(&index_cmd, argc, argv)) != -1) {
         switch (c) {
@@ -313,6 +454,14 @@ int kvs_cli_bench_index(int argc, char **argv)
         case O_REDIS_CA:
             redis_ca = optarg;
             break;
+        case O_SHARDS:
+            if (!kvs_cli_parse_u64("--shards", optarg, 1, KVS__SHARDS_MAX, &shards))
+                return 2;
+            break;
+        case O_MODELS:
+            if (!kvs_cli_parse_u64("--models", optarg, 1, MAX_MODELS, &models))
+                return 2;
+            break;
         default:
             return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
@@ -329,7 +478,19 @@ int kvs_cli_bench_index(int argc, char **argv)
 #endif
     }
     int rc = 1;
-    double ingest = ingest_rate();
+    /* Ingest is short and the machine may be shared: INGEST_RUNS runs, medians; with
+     * --shards N > 1, each run alternates with one of the 1-shard anchor (the same models),
+     * and the ratio is taken run by run. */
+    double r_n[INGEST_RUNS], r_1[INGEST_RUNS], ratio[INGEST_RUNS];
+    bool ingest_ok = true;
+    for (int i = 0; i < INGEST_RUNS; i++) {
+        r_n[i] = ingest_rate((unsigned)shards, (unsigned)models);
+        r_1[i] = shards > 1 ? ingest_rate(1, (unsigned)models) : r_n[i];
+        ingest_ok &= r_n[i] > 0 && r_1[i] > 0;
+        ratio[i] = r_1[i] > 0 ? r_n[i] / r_1[i] : 0;
+    }
+    double ingest = median(r_n, INGEST_RUNS), ingest_1 = median(r_1, INGEST_RUNS),
+           ingest_ratio = median(ratio, INGEST_RUNS);
     kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_SEED |
                                             KVS_HASHER_FIELD_BLOCK_TOKENS,
                               .algo = KVS_HASH_XXHASH_CBOR,
@@ -343,7 +504,7 @@ int kvs_cli_bench_index(int argc, char **argv)
     uint64_t *lat = malloc(samples * sizeof(*lat)), *lat_h = malloc(samples * sizeof(*lat_h));
     uint64_t *lat_c = malloc(samples * sizeof(*lat_c));
     kvs__idx_score_t out[PODS];
-    if (ingest < 0 || kvs_hasher_create(&hp, &h) != KVS_OK || idx == NULL || tok == NULL ||
+    if (!ingest_ok || kvs_hasher_create(&hp, &h) != KVS_OK || idx == NULL || tok == NULL ||
         keys == NULL || k64 == NULL || lat == NULL || lat_h == NULL || lat_c == NULL) {
         fprintf(stderr, "kvshare bench index: setup failed (out of memory?)\n");
         goto out;
@@ -413,6 +574,11 @@ int kvs_cli_bench_index(int argc, char **argv)
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "bench", "index");
         kvs_cli_json_num(j, "ingest_block_events_per_s", ingest, 0);
+        cJSON_AddNumberToObject(j, "shards", (double)shards);
+        cJSON_AddNumberToObject(j, "models", (double)models);
+        cJSON_AddNumberToObject(j, "ingest_runs", INGEST_RUNS);
+        kvs_cli_json_num(j, "ingest_1_shard_per_s", ingest_1, 0);
+        kvs_cli_json_num(j, "ingest_ratio_vs_1_shard", ingest_ratio, 2);
         kvs_cli_json_num(j, "score_p50_us", (double)lat[samples / 2] / 1e3, 2);
         kvs_cli_json_num(j, "score_p99_us", (double)lat[p99] / 1e3, 2);
         kvs_cli_json_num(j, "score_with_hashing_p99_us", (double)lat_h[p99] / 1e3, 2);
@@ -429,15 +595,17 @@ int kvs_cli_bench_index(int argc, char **argv)
         rc = kvs_cli_print_json("bench index", j);
         goto out;
     }
-    printf("bench index: 1 thread, %d pods, %llu pairs over %llu blocks\n"
-           "  ingest                %.2f M block events/s\n"
+    printf("bench index: %d pods, %llu pairs over %llu blocks\n"
+           "  ingest                %.2f M block events/s (%llu shard(s), %llu model(s); "
+           "1 shard: %.2f M, ratio %.2f; medians of %d)\n"
            "  score (keys given)    p50 %.2f us, p99 %.2f us (%d-block prompts)\n"
            "  score with hashing    p99 %.2f us (xxhash_cbor)\n"
            "  memory                %.1f bytes per (pod, block) pair\n"
            "  score beside a writer p50 %.2f us, p99 %.2f us (writer: %.2f M block "
            "events/s)\n",
            PODS, (unsigned long long)st.pairs, (unsigned long long)st.blocks, ingest / 1e6,
-           (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3, PROMPT_BLKS,
+           (unsigned long long)shards, (unsigned long long)models, ingest_1 / 1e6, ingest_ratio,
+           INGEST_RUNS, (double)lat[samples / 2] / 1e3, (double)lat[p99] / 1e3, PROMPT_BLKS,
            (double)lat_h[p99] / 1e3, bph, (double)lat_c[samples / 2] / 1e3,
            (double)lat_c[p99] / 1e3, churn_rate / 1e6);
     rc = 0;

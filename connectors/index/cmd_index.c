@@ -2,15 +2,21 @@
 /* cmd_index.c - `kvshare index` (kvshare-index): vLLM KV events over ZMQ in, longest-prefix scores
  * over HTTP out.
  *
- * Threads: the main thread is the index's only writer. It drains every SUB socket with
- * non-blocking receives (ZMQ queues on our side; a PUB never waits for us), tracks each
- * pod's sequence numbers, asks the pod's replay ROUTER for missed batches, and applies
- * the events. libmicrohttpd's threads (a pool of 4) answer HTTP; they only read the index
- * (lock-free: kvindex.c) and the counters (atomics). */
+ * Threads: the main thread drains every SUB socket with non-blocking receives (ZMQ queues on
+ * our side; a PUB never waits for us). With --shards 1 it is the index's only writer: it
+ * tracks each pod's sequence numbers, asks the pod's replay ROUTER for missed batches, and
+ * applies the events. With --shards N > 1 it only reads each frame set's topic and queues it
+ * (a bounded single-producer/single-consumer ring, ixshard.c) for the shard of its model,
+ * whose own writer thread does the rest on the shard's own index: a pod (a topic: name and
+ * model) lives in exactly one shard, so its sequence, replay (the shard's own DEALER),
+ * restart, clear, degraded flag and token map never involve another shard.
+ * libmicrohttpd's threads (a pool of 4) answer HTTP; they only read the index (lock-free:
+ * kvindex.c; a score reads its model's shard) and the counters (atomics). */
 #include "cmdline_int.h"
 #include "index.h"
 #include "kvevents_int.h"
 #include "kvindex_int.h"
+#include "ixshard_int.h"
 #include "tokkeys_int.h"
 #ifdef KVS_HAVE_REDIS
 #include "ixredis_int.h"
@@ -19,6 +25,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -35,6 +42,7 @@
 #define REPLAY_IDLE_MS   1000
 #define REPLAY_TOTAL_MS  5000
 #define DRAIN_PER_SOCKET 4096
+#define SHARDS_DEFAULT   1 /* --shards: see README.md, "Shards" */
 
 /* Counters, one table: the metric names and the fields cannot disagree. */
 #define KVS_INDEX_COUNTERS(X)                                                                      \
@@ -71,12 +79,7 @@ typedef struct source {
     const char *spec; /* argv: ENDPOINT[@replay=ENDPOINT] */
     char endpoint[512], replay[512];
     bool bind; /* bind:ENDPOINT: many pods connect their PUB to us */
-    void *sub, *dealer;
-    /* The last topic seen and its pod: a source is mostly one pod, and pods are never
-     * deleted, so most frames skip the name lookups. */
-    char last_topic[256];
-    size_t last_topic_len;
-    uint32_t last_pod;
+    void *sub;
 } source_t;
 
 typedef struct pod_seq {
@@ -88,20 +91,57 @@ typedef struct pod_seq {
     uint64_t renew_at, epoch;
 } pod_seq_t;
 
-typedef struct index_daemon {
+/* The last topic a source delivered to a shard, and its pod: a source is mostly one pod,
+ * and pods are never deleted, so most frames skip the name lookups. */
+typedef struct topic_cache {
+    char topic[256];
+    size_t len;
+    uint32_t pod;
+} topic_cache_t;
+
+/* A live frame set queued for a shard's writer (--shards > 1): the receive thread moves the
+ * three ZMQ messages in (no copy) and the writer closes them. */
+typedef struct shard_item {
+    zmq_msg_t parts[3];
+    uint32_t src;
+} shard_item_t;
+
+struct index_daemon;
+
+/* One shard: the index of the models that hash to it (kvs__shard_of), and everything its
+ * writer alone touches. Pods are (name, model) pairs, so a pod's sequence, replay, restart,
+ * degraded flag and token map all live in its model's shard. With --shards 1 the main thread
+ * is the writer (no ring, no thread: the behaviour before sharding). */
+typedef struct shard {
+    struct index_daemon *d;
+    unsigned id;
     kvs__idx_t *idx;
     kvs__ev_decoder_t *dec;
     kvs__tk_t *tk;   /* token mode (--keys tokens): the index's own keys; NULL: the engine's */
-    uint64_t *tkeys; /* the event thread's scratch for derived keys */
+    uint64_t *tkeys; /* the writer's scratch for derived keys */
     size_t tkeys_cap;
     atomic_ullong tk_entries, tk_bytes; /* the maps' gauges, for HTTP threads */
+    pod_seq_t *seq;                     /* by this shard's pod id; the writer only */
+    size_t nseq;
+    void **dealer;        /* per source with a replay endpoint: this shard's own DEALER */
+    topic_cache_t *cache; /* per source */
+    kvs__ring_t *ring;    /* --shards > 1: frames from the receive thread */
+    pthread_t thread;
+    bool started;
+    uint64_t next_age;
+    atomic_ullong batches, events; /* live batches routed here; events applied */
+} shard_t;
+
+typedef struct index_daemon {
+    shard_t *sh;
+    unsigned nsh;
     kvs_hasher_h hasher;
     size_t digest_len;
     uint32_t block_size;
+    uint32_t shard_queue; /* --shard-queue: batches queued per shard (--shards > 1) */
+    uint64_t max_idle_ms;
     source_t src[MAX_SOURCES];
     size_t nsrc;
-    pod_seq_t *seq; /* by index pod id; the event thread only */
-    size_t nseq;
     void *zctx;
     counters_t c;
 #ifdef KVS_HAVE_REDIS
@@ -110,11 +150,21 @@ typedef struct index_daemon {
 #endif
 } index_daemon_t;
 
+/* The shard holding model `name`. */
+static shard_t *model_shard(index_daemon_t *d, const char *name, size_t len)
+{
+    return &d->sh[kvs__shard_of(name, len, d->nsh)];
+}
+
 static volatile sig_atomic_t stop_signal;
+/* Set by a signal or when the daemon closes: stops the shard writers and a receive thread
+ * waiting for a full queue (read atomically). */
+static volatile int stopping;
 
 static void on_signal(int sig)
 {
     stop_signal = sig;
+    __atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
 }
 
 static uint64_t now_ms(void)
@@ -134,6 +184,7 @@ static void usage(FILE *f)
         "                     [--max-idle-s S] [--redis URL [--redis-id ID]\n"
         "                     [--redis-lease-ms MS] [--redis-ca FILE]\n"
         "                     [--redis-cert FILE --redis-key FILE]]\n"
+        "                     [--shards N [--shard-queue N]]\n"
         "\n"
         "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
         "  POST /v1/score {\"model\", \"token_ids\", \"lora_name\"?, \"cache_salt\"?, \"pods\"?}\n"
@@ -149,7 +200,8 @@ static void usage(FILE *f)
         "                reproducibly: sha256_cbor/xxhash_cbor and a fixed seed; default);\n"
         "                tokens: key blocks from the events' token_ids with our own chain\n"
         "                (--hash-algo/--hash-seed then need not match the engine's)\n"
-        "  --max-pairs   bound on (pod, block) pairs held (default 100000000)\n"
+        "  --max-pairs   bound on (pod, block) pairs held (default 100000000; with\n"
+        "                --shards N, each shard holds at most a 1/N share)\n"
         "  --max-idle-s  clear pods silent this long (default 0: never)\n"
         "  --redis       share the index through Redis (redis[s]://[[USER]:PASS@]HOST\n"
         "                [:PORT][/DB] or unix:/PATH; or the password in KVSHARE_REDIS_PASSWORD;\n"
@@ -163,7 +215,12 @@ static void usage(FILE *f)
         "                (default KVSHARE_REDIS_CA_FILE, else the system store)\n"
         "  --redis-cert, --redis-key  rediss://: a client certificate and its key, for a\n"
         "                Redis with tls-auth-clients (default KVSHARE_REDIS_CERT_FILE and\n"
-        "                KVSHARE_REDIS_KEY_FILE)\n");
+        "                KVSHARE_REDIS_KEY_FILE)\n"
+        "  --shards      N writer threads, each with its own index of the models that hash\n"
+        "                to it (a score reads one model's shard); 1-64, default 1 (the\n"
+        "                receive thread writes); --redis needs 1\n"
+        "  --shard-queue batches queued per shard before the receive thread waits for it\n"
+        "                (a power of two, 2-1048576; default 4096)\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -191,52 +248,52 @@ static bool prefix_group(const kvs__ev_str_t *kind)
 }
 
 #ifdef KVS_HAVE_REDIS
-static bool redis_writer(index_daemon_t *d, uint32_t pod);
+static bool redis_writer(shard_t *sh, uint32_t pod);
 #endif
 
-static void clear_pod(index_daemon_t *d, uint32_t pod)
+static void clear_pod(shard_t *sh, uint32_t pod)
 {
-    kvs__idx_clear_pod(d->idx, pod);
-    if (d->tk != NULL)
-        kvs__tk_clear_pod(d->tk, pod);
+    kvs__idx_clear_pod(sh->idx, pod);
+    if (sh->tk != NULL)
+        kvs__tk_clear_pod(sh->tk, pod);
 #ifdef KVS_HAVE_REDIS
-    if (redis_writer(d, pod))
-        kvs__ixr_clear(d->redis, kvs__idx_pod_model_name(d->idx, pod),
-                       kvs__idx_pod_name(d->idx, pod));
+    if (redis_writer(sh, pod))
+        kvs__ixr_clear(sh->d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+                       kvs__idx_pod_name(sh->idx, pod));
 #endif
 }
 
-static void set_degraded(index_daemon_t *d, uint32_t pod, bool degraded)
+static void set_degraded(shard_t *sh, uint32_t pod, bool degraded)
 {
-    kvs__idx_set_degraded(d->idx, pod, degraded);
+    kvs__idx_set_degraded(sh->idx, pod, degraded);
 #ifdef KVS_HAVE_REDIS
-    if (redis_writer(d, pod))
-        kvs__ixr_set_degraded(d->redis, kvs__idx_pod_model_name(d->idx, pod),
-                              kvs__idx_pod_name(d->idx, pod), degraded);
+    if (redis_writer(sh, pod))
+        kvs__ixr_set_degraded(sh->d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+                              kvs__idx_pod_name(sh->idx, pod), degraded);
 #endif
 }
 
-static bool tkeys_room(index_daemon_t *d, size_t n)
+static bool tkeys_room(shard_t *sh, size_t n)
 {
-    if (n <= d->tkeys_cap)
+    if (n <= sh->tkeys_cap)
         return true;
-    uint64_t *nk = realloc(d->tkeys, n * sizeof(*nk));
+    uint64_t *nk = realloc(sh->tkeys, n * sizeof(*nk));
     if (nk == NULL)
         return false;
-    d->tkeys = nk;
-    d->tkeys_cap = n;
+    sh->tkeys = nk;
+    sh->tkeys_cap = n;
     return true;
 }
 
-/* Token mode: derives BlockStored e's keys into d->tkeys (*n of them). False when out of
+/* Token mode: derives BlockStored e's keys into sh->tkeys (*n of them). False when out of
  * memory; an event that cannot be keyed is counted and logged (first few) and gives 0. */
-static bool token_keys(index_daemon_t *d, const char *src, uint32_t pod, const kvs__ev_t *e,
-                       size_t *n)
+static bool token_keys(shard_t *sh, const char *src, uint32_t pod, const kvs__ev_t *e, size_t *n)
 {
+    index_daemon_t *d = sh->d;
     *n = 0;
-    if (!tkeys_room(d, e->nhashes))
+    if (!tkeys_room(sh, e->nhashes))
         return false;
-    kvs__tk_result_t r = kvs__tk_stored(d->tk, pod, e, d->tkeys, n);
+    kvs__tk_result_t r = kvs__tk_stored(sh->tk, pod, e, sh->tkeys, n);
     const char *why = NULL;
     unsigned long long k = 0;
     switch (r) {
@@ -263,7 +320,7 @@ static bool token_keys(index_daemon_t *d, const char *src, uint32_t pod, const k
     }
     if (k <= 10 || k % 1000 == 0)
         fprintf(stderr, "kvshare index: %s: pod %s: BlockStored not keyed (%llu so far): %s\n", src,
-                kvs__idx_pod_name(d->idx, pod), k, why);
+                kvs__idx_pod_name(sh->idx, pod), k, why);
     return true;
 }
 
@@ -281,15 +338,16 @@ static const char *medium_cstr(const kvs__ev_str_t *m, char *buf, size_t cap)
 
 /* Replaces pod's state in Redis with ours: after taking its lease, whatever the last
  * writer (or a lost connection) left there is not to be trusted. */
-static void redis_resync(index_daemon_t *d, uint32_t pod, const char *model, const char *pname)
+static void redis_resync(shard_t *sh, uint32_t pod, const char *model, const char *pname)
 {
+    index_daemon_t *d = sh->d;
     kvs__ixr_clear(d->redis, model, pname);
-    kvs__ixr_set_degraded(d->redis, model, pname, kvs__idx_degraded(d->idx, pod));
-    size_t n = kvs__idx_pod_copies(d->idx, pod, NULL, NULL, 0);
+    kvs__ixr_set_degraded(d->redis, model, pname, kvs__idx_degraded(sh->idx, pod));
+    size_t n = kvs__idx_pod_copies(sh->idx, pod, NULL, NULL, 0);
     uint64_t *h = malloc((n ? n : 1) * sizeof(*h));
     const char **m = malloc((n ? n : 1) * sizeof(*m));
     if (h != NULL && m != NULL) {
-        n = kvs__idx_pod_copies(d->idx, pod, h, m, n);
+        n = kvs__idx_pod_copies(sh->idx, pod, h, m, n);
         /* One write per run of one medium (a pod's copies are mostly one tier). */
         for (size_t i = 0, j; i < n; i = j) {
             for (j = i + 1; j < n && m[j] == m[i]; j++)
@@ -302,16 +360,17 @@ static void redis_resync(index_daemon_t *d, uint32_t pod, const char *model, con
 }
 
 /* Whether this replica writes pod to Redis now: takes or renews its lease when due. */
-static bool redis_writer(index_daemon_t *d, uint32_t pod)
+static bool redis_writer(shard_t *sh, uint32_t pod)
 {
-    if (d->redis == NULL || pod >= d->nseq)
+    index_daemon_t *d = sh->d;
+    if (d->redis == NULL || pod >= sh->nseq)
         return false;
-    pod_seq_t *ps = &d->seq[pod];
+    pod_seq_t *ps = &sh->seq[pod];
     uint64_t t = now_ms();
     if (t < ps->renew_at)
         return ps->writer;
-    const char *model = kvs__idx_pod_model_name(d->idx, pod),
-               *pname = kvs__idx_pod_name(d->idx, pod);
+    const char *model = kvs__idx_pod_model_name(sh->idx, pod),
+               *pname = kvs__idx_pod_name(sh->idx, pod);
     uint64_t epoch = 0;
     int rc = kvs__ixr_lease(d->redis, model, pname, &epoch);
     /* Renew well before the lease ends; a replica that cannot reach Redis stops writing
@@ -323,7 +382,7 @@ static bool redis_writer(index_daemon_t *d, uint32_t pod)
     }
     if (rc == 2 || !ps->writer || epoch != ps->epoch) {
         atomic_fetch_add(&d->c.redis_leases_taken, 1);
-        redis_resync(d, pod, model, pname);
+        redis_resync(sh, pod, model, pname);
     }
     ps->writer = true;
     ps->epoch = epoch;
@@ -332,19 +391,21 @@ static bool redis_writer(index_daemon_t *d, uint32_t pod)
 #endif
 
 /* Decodes one batch and applies it to pod. */
-static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *payload, size_t len)
+static void apply(shard_t *sh, const char *src, uint32_t pod, const void *payload, size_t len)
 {
+    index_daemon_t *d = sh->d;
     kvs__ev_batch_t b;
     size_t skipped = 0;
     char why[200];
     atomic_fetch_add(&d->c.batches, 1);
-    if (kvs__ev_decode(d->dec, payload, len, &b, &skipped, why, sizeof(why)) != 0) {
+    if (kvs__ev_decode(sh->dec, payload, len, &b, &skipped, why, sizeof(why)) != 0) {
         malformed(d, src, why);
         return;
     }
     atomic_fetch_add(&d->c.events_unknown, skipped);
+    atomic_fetch_add(&sh->events, b.nevents);
     uint64_t t = now_ms();
-    kvs__idx_touch(d->idx, pod, t);
+    kvs__idx_touch(sh->idx, pod, t);
     for (size_t i = 0; i < b.nevents; i++) {
         const kvs__ev_t *e = &b.events[i];
         switch (e->type) {
@@ -355,18 +416,18 @@ static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *
             }
             const uint64_t *keys = e->hashes;
             size_t nkeys = e->nhashes;
-            if (d->tk != NULL) {
-                if (!token_keys(d, src, pod, e, &nkeys)) /* may move d->tkeys */
+            if (sh->tk != NULL) {
+                if (!token_keys(sh, src, pod, e, &nkeys)) /* may move sh->tkeys */
                     atomic_fetch_add(&d->c.store_failures, 1);
-                keys = d->tkeys;
+                keys = sh->tkeys;
             }
-            if (kvs__idx_store(d->idx, pod, keys, nkeys, e->medium.ptr, e->medium.len, t) != 0)
+            if (kvs__idx_store(sh->idx, pod, keys, nkeys, e->medium.ptr, e->medium.len, t) != 0)
                 atomic_fetch_add(&d->c.store_failures, 1);
 #ifdef KVS_HAVE_REDIS
-            if (redis_writer(d, pod)) {
+            if (redis_writer(sh, pod)) {
                 char mb[64];
-                kvs__ixr_store(d->redis, kvs__idx_pod_model_name(d->idx, pod),
-                               kvs__idx_pod_name(d->idx, pod), keys, nkeys,
+                kvs__ixr_store(d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+                               kvs__idx_pod_name(sh->idx, pod), keys, nkeys,
                                medium_cstr(&e->medium, mb, sizeof(mb)));
             }
 #endif
@@ -376,18 +437,18 @@ static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *
         case KVS__EV_REMOVED: {
             const uint64_t *keys = e->hashes;
             size_t nkeys = e->nhashes;
-            if (d->tk != NULL) {
-                nkeys = tkeys_room(d, e->nhashes)
-                            ? kvs__tk_removed(d->tk, pod, e->hashes, e->nhashes, d->tkeys)
+            if (sh->tk != NULL) {
+                nkeys = tkeys_room(sh, e->nhashes)
+                            ? kvs__tk_removed(sh->tk, pod, e->hashes, e->nhashes, sh->tkeys)
                             : 0;
-                keys = d->tkeys;
+                keys = sh->tkeys;
             }
-            kvs__idx_remove(d->idx, pod, keys, nkeys, e->medium.ptr, e->medium.len, t);
+            kvs__idx_remove(sh->idx, pod, keys, nkeys, e->medium.ptr, e->medium.len, t);
 #ifdef KVS_HAVE_REDIS
-            if (redis_writer(d, pod)) {
+            if (redis_writer(sh, pod)) {
                 char mb[64];
-                kvs__ixr_remove(d->redis, kvs__idx_pod_model_name(d->idx, pod),
-                                kvs__idx_pod_name(d->idx, pod), keys, nkeys,
+                kvs__ixr_remove(d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+                                kvs__idx_pod_name(sh->idx, pod), keys, nkeys,
                                 medium_cstr(&e->medium, mb, sizeof(mb)));
             }
 #endif
@@ -396,15 +457,15 @@ static void apply(index_daemon_t *d, const char *src, uint32_t pod, const void *
         }
         case KVS__EV_CLEARED:
             /* The pod's state is known again from here on: it is fresh. */
-            clear_pod(d, pod);
-            set_degraded(d, pod, false);
+            clear_pod(sh, pod);
+            set_degraded(sh, pod, false);
             atomic_fetch_add(&d->c.events_cleared, 1);
             break;
         }
     }
-    if (d->tk != NULL) {
-        atomic_store(&d->tk_entries, kvs__tk_entries(d->tk));
-        atomic_store(&d->tk_bytes, kvs__tk_bytes(d->tk));
+    if (sh->tk != NULL) {
+        atomic_store(&sh->tk_entries, kvs__tk_entries(sh->tk));
+        atomic_store(&sh->tk_bytes, kvs__tk_bytes(sh->tk));
     }
 #ifdef KVS_HAVE_REDIS
     if (d->redis != NULL)
@@ -454,33 +515,35 @@ static void close_parts(zmq_msg_t *parts, int n)
 /* Asks source s's replay ROUTER for batches [from, to) and applies them in order.
  * vLLM's ROUTER answers (seq, payload) for each buffered batch with seq >= from, then
  * seq = -1. True when every batch of the range arrived. */
-static bool replay(index_daemon_t *d, source_t *s, uint32_t pod, uint64_t from, uint64_t to)
+static bool replay(shard_t *sh, source_t *s, uint32_t pod, uint64_t from, uint64_t to)
 {
-    if (s->dealer == NULL)
+    index_daemon_t *d = sh->d;
+    void *dealer = sh->dealer[s - d->src];
+    if (dealer == NULL)
         return false;
     zmq_msg_t parts[3];
     int n;
-    while ((n = recv_multi(s->dealer, parts, ZMQ_DONTWAIT)) > 0) /* a late answer */
+    while ((n = recv_multi(dealer, parts, ZMQ_DONTWAIT)) > 0) /* a late answer */
         close_parts(parts, n);
     uint8_t req[8];
     for (int i = 0; i < 8; i++)
         req[i] = (uint8_t)(from >> (56 - 8 * i));
-    if (zmq_send(s->dealer, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(s->dealer, req, 8, ZMQ_DONTWAIT) < 0)
+    if (zmq_send(dealer, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(dealer, req, 8, ZMQ_DONTWAIT) < 0)
         return false;
     uint64_t next = from, deadline = now_ms() + REPLAY_TOTAL_MS;
     while (!stop_signal) {
         uint64_t t = now_ms();
         if (t >= deadline)
             break;
-        zmq_pollitem_t it = {.socket = s->dealer, .events = ZMQ_POLLIN};
+        zmq_pollitem_t it = {.socket = dealer, .events = ZMQ_POLLIN};
         long wait = (long)(deadline - t) < REPLAY_IDLE_MS ? (long)(deadline - t) : REPLAY_IDLE_MS;
         int rc = zmq_poll(&it, 1, wait);
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc <= 0)
             break; /* the ROUTER went quiet */
-        n = recv_multi(s->dealer, parts, ZMQ_DONTWAIT);
+        n = recv_multi(dealer, parts, ZMQ_DONTWAIT);
         if (n <= 0)
             continue;
         /* DEALER side of vLLM's (identity, "", seq, payload): ("", seq, payload). */
@@ -495,7 +558,7 @@ static bool replay(index_daemon_t *d, source_t *s, uint32_t pod, uint64_t from, 
             break;
         }
         if (seq == next && seq < to) {
-            apply(d, s->replay, pod, zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
+            apply(sh, s->replay, pod, zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
             atomic_fetch_add(&d->c.replayed_batches, 1);
             next++;
         }
@@ -504,25 +567,28 @@ static bool replay(index_daemon_t *d, source_t *s, uint32_t pod, uint64_t from, 
     return next >= to;
 }
 
-static bool seq_slot(index_daemon_t *d, uint32_t pod)
+static bool seq_slot(shard_t *sh, uint32_t pod)
 {
-    if (pod < d->nseq)
+    if (pod < sh->nseq)
         return true;
-    size_t nn = d->nseq ? d->nseq : 16;
+    size_t nn = sh->nseq ? sh->nseq : 16;
     while (nn <= pod)
         nn *= 2;
-    pod_seq_t *ns = realloc(d->seq, nn * sizeof(*ns));
+    pod_seq_t *ns = realloc(sh->seq, nn * sizeof(*ns));
     if (ns == NULL)
         return false;
-    memset(ns + d->nseq, 0, (nn - d->nseq) * sizeof(*ns));
-    d->seq = ns;
-    d->nseq = nn;
+    memset(ns + sh->nseq, 0, (nn - sh->nseq) * sizeof(*ns));
+    sh->seq = ns;
+    sh->nseq = nn;
     return true;
 }
 
 /* One live frame set (topic, seq, payload) from source s. */
-static void on_frames(index_daemon_t *d, source_t *s, zmq_msg_t *parts, int n)
+static void on_frames(shard_t *sh, source_t *s, zmq_msg_t *parts, int n)
 {
+    index_daemon_t *d = sh->d;
+    topic_cache_t *tc = &sh->cache[s - d->src];
+    bool can_replay = sh->dealer[s - d->src] != NULL;
     if (n != 3) {
         char why[64];
         snprintf(why, sizeof(why), "%d frames, expected 3 (topic, seq, payload)", n);
@@ -544,57 +610,135 @@ static void on_frames(index_daemon_t *d, source_t *s, zmq_msg_t *parts, int n)
     }
     uint64_t seq = be64(zmq_msg_data(&parts[1]));
     int64_t pod;
-    if (s->last_topic_len == tlen && memcmp(s->last_topic, topic, tlen) == 0) {
-        pod = s->last_pod;
+    if (tc->len == tlen && memcmp(tc->topic, topic, tlen) == 0) {
+        pod = tc->pod;
         goto known;
     }
-    int64_t model = kvs__idx_model(d->idx, a2 + 1, tlen - (size_t)(a2 + 1 - topic), true);
-    pod =
-        model < 0 ? -1 : kvs__idx_pod(d->idx, a1 + 1, (size_t)(a2 - a1 - 1), (uint32_t)model, true);
-    if (pod < 0 || !seq_slot(d, (uint32_t)pod)) {
+    int64_t model = kvs__idx_model(sh->idx, a2 + 1, tlen - (size_t)(a2 + 1 - topic), true);
+    pod = model < 0 ? -1
+                    : kvs__idx_pod(sh->idx, a1 + 1, (size_t)(a2 - a1 - 1), (uint32_t)model, true);
+    if (pod < 0 || !seq_slot(sh, (uint32_t)pod)) {
         malformed(d, s->endpoint, "cannot track this pod (out of memory or too many pods)");
         return;
     }
-    if (tlen < sizeof(s->last_topic)) {
-        memcpy(s->last_topic, topic, tlen);
-        s->last_topic_len = tlen;
-        s->last_pod = (uint32_t)pod;
+    if (tlen < sizeof(tc->topic)) {
+        memcpy(tc->topic, topic, tlen);
+        tc->len = tlen;
+        tc->pod = (uint32_t)pod;
     }
 known:;
     uint32_t p = (uint32_t)pod;
-    pod_seq_t *ps = &d->seq[p];
-    const char *pname = kvs__idx_pod_name(d->idx, p);
+    pod_seq_t *ps = &sh->seq[p];
+    const char *pname = kvs__idx_pod_name(sh->idx, p);
     if (!ps->have) {
         /* Joining mid-stream: what the replay buffer still holds warms the index. What it
          * no longer holds we never saw stored, so missing it cannot make a pod look
          * better than it is: no degradation. */
-        if (seq > 0 && s->dealer != NULL)
-            replay(d, s, p, 0, seq);
+        if (seq > 0 && can_replay)
+            replay(sh, s, p, 0, seq);
     } else if (seq <= ps->last) {
         fprintf(stderr, "kvshare index: pod %s: sequence %llu after %llu: restarted, cleared\n",
                 pname, (unsigned long long)seq, (unsigned long long)ps->last);
         atomic_fetch_add(&d->c.restarts, 1);
-        clear_pod(d, p);
-        set_degraded(d, p, false);
-        if (seq > 0 && s->dealer != NULL)
-            replay(d, s, p, 0, seq);
+        clear_pod(sh, p);
+        set_degraded(sh, p, false);
+        if (seq > 0 && can_replay)
+            replay(sh, s, p, 0, seq);
     } else if (seq > ps->last + 1) {
         atomic_fetch_add(&d->c.gaps, 1);
-        if (replay(d, s, p, ps->last + 1, seq)) {
+        if (replay(sh, s, p, ps->last + 1, seq)) {
             atomic_fetch_add(&d->c.replays_ok, 1);
         } else {
             atomic_fetch_add(&d->c.replays_failed, 1);
-            if (!kvs__idx_degraded(d->idx, p))
+            if (!kvs__idx_degraded(sh->idx, p))
                 fprintf(stderr,
                         "kvshare index: pod %s: batches %llu..%llu lost and not replayable: "
                         "degraded until it clears or restarts\n",
                         pname, (unsigned long long)ps->last + 1, (unsigned long long)seq - 1);
-            set_degraded(d, p, true);
+            set_degraded(sh, p, true);
         }
     }
     ps->have = true;
     ps->last = seq;
-    apply(d, s->endpoint, p, zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
+    apply(sh, s->endpoint, p, zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
+}
+
+/* Clears the shard's pods silent for --max-idle-s (every second at most); aged pods lose
+ * their key maps too. The shard's writer only. */
+static void shard_age(shard_t *sh, uint64_t t)
+{
+    index_daemon_t *d = sh->d;
+    if (d->max_idle_ms == 0 || t < sh->next_age)
+        return;
+    if (kvs__idx_age(sh->idx, t, d->max_idle_ms) > 0 && sh->tk != NULL)
+        for (uint32_t p = 0; p < sh->nseq; p++)
+            if (kvs__idx_pod_pairs(sh->idx, p) == 0)
+                kvs__tk_clear_pod(sh->tk, p);
+    sh->next_age = t + 1000;
+}
+
+/* A shard's writer (--shards > 1): applies the frame sets the receive thread queued, in the
+ * order they came, then closes them. */
+static void *shard_main(void *arg)
+{
+    shard_t *sh = arg;
+    index_daemon_t *d = sh->d;
+    while (!__atomic_load_n(&stopping, __ATOMIC_RELAXED)) {
+        shard_item_t *it = kvs__ring_peek(sh->ring);
+        if (it == NULL) {
+            shard_age(sh, now_ms());
+            kvs__ring_wait(sh->ring, 200);
+            continue;
+        }
+        on_frames(sh, &d->src[it->src], it->parts, 3);
+        close_parts(it->parts, 3);
+        kvs__ring_pop(sh->ring);
+        shard_age(sh, now_ms());
+    }
+    /* what is left at shutdown is dropped (daemon_close closes it) */
+    return NULL;
+}
+
+/* The receive thread's part of one frame set from source si: with one shard, apply it here;
+ * otherwise find the topic's model, and queue the frames (moved, not copied) for that
+ * model's shard. A full queue makes the receive thread wait for that shard (counted): the
+ * frames behind it wait in ZMQ's receive queues, and a publisher never waits (ZMQ PUB drops
+ * past its high-water mark, which the pod's next sequence number shows as a gap, replayed
+ * or degraded). Dropping here instead would lose removals silently until the pod's next
+ * batch: scores could list blocks a pod no longer holds. */
+static void route_frames(index_daemon_t *d, uint32_t si, zmq_msg_t *parts, int n)
+{
+    source_t *s = &d->src[si];
+    if (d->nsh == 1 || n != 3) {
+        on_frames(&d->sh[0], s, parts, n); /* refuses n != 3 */
+        close_parts(parts, n);
+        if (d->nsh == 1 && n == 3)
+            atomic_fetch_add(&d->sh[0].batches, 1);
+        return;
+    }
+    const char *topic = zmq_msg_data(&parts[0]);
+    size_t tlen = zmq_msg_size(&parts[0]);
+    const char *a1 = memchr(topic, '@', tlen);
+    const char *a2 = a1 ? memchr(a1 + 1, '@', tlen - (size_t)(a1 + 1 - topic)) : NULL;
+    if (a2 == NULL) {
+        on_frames(&d->sh[0], s, parts, n); /* refuses the topic, with the reason */
+        close_parts(parts, n);
+        return;
+    }
+    shard_t *sh = model_shard(d, a2 + 1, tlen - (size_t)(a2 + 1 - topic));
+    shard_item_t *it = kvs__ring_slot_wait(sh->ring, &stopping);
+    if (it == NULL) {
+        close_parts(parts, n);
+        return;
+    }
+    for (int i = 0; i < 3; i++) {
+        zmq_msg_init(&it->parts[i]);
+        zmq_msg_move(&it->parts[i], &parts[i]);
+        zmq_msg_close(&parts[i]);
+    }
+    it->src = si;
+    kvs__ring_push(sh->ring);
+    atomic_fetch_add(&sh->batches, 1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -685,7 +829,9 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
         ret = reply_error(conn, MHD_HTTP_BAD_REQUEST, "\"pods\" must be a list of pod names");
         goto out;
     }
-    int64_t mid = kvs__idx_model(d->idx, model->valuestring, strlen(model->valuestring), false);
+    /* A score reads the one shard its model lives in (lock-free, as with one shard). */
+    kvs__idx_t *idx = model_shard(d, model->valuestring, strlen(model->valuestring))->idx;
+    int64_t mid = kvs__idx_model(idx, model->valuestring, strlen(model->valuestring), false);
     bool shared = false; /* scores come from Redis */
 #ifdef KVS_HAVE_REDIS
     /* Another replica may have seen a model this one has not. */
@@ -748,7 +894,7 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
             only_names[nonly_names++] = pn->valuestring;
 #endif
             int64_t pid = mid < 0 ? -1
-                                  : kvs__idx_pod(d->idx, pn->valuestring, strlen(pn->valuestring),
+                                  : kvs__idx_pod(idx, pn->valuestring, strlen(pn->valuestring),
                                                  (uint32_t)mid, false);
             if (pid >= 0)
                 only[nonly++] = (uint32_t)pid;
@@ -774,7 +920,7 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
     for (size_t b = 0; b < nkeys; b++)
         k64[b] = kvs_key_to_u64(&keys[b], d->digest_len);
     kvs__idx_stats_t stats;
-    kvs__idx_get_stats(d->idx, &stats);
+    kvs__idx_get_stats(idx, &stats);
     size_t max_out = stats.pods ? (size_t)stats.pods : 1;
     long n = -2; /* not scored yet */
 #ifdef KVS_HAVE_REDIS
@@ -807,7 +953,7 @@ static enum MHD_Result score(index_daemon_t *d, struct MHD_Connection *conn, con
     }
     if (n == -2) {
         out = malloc(max_out * sizeof(*out));
-        n = out ? kvs__idx_score(d->idx, (uint32_t)mid, k64, nkeys, only ? only : NULL, nonly, out,
+        n = out ? kvs__idx_score(idx, (uint32_t)mid, k64, nkeys, only ? only : NULL, nonly, out,
                                  max_out)
                 : -1;
     }
@@ -855,7 +1001,8 @@ out:
 
 static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
 {
-    size_t cap = 16384, len = 0; /* about 4 KiB used: room for more metrics */
+    /* about 4 KiB used, and about 1 KiB per shard: room for more metrics */
+    size_t cap = 16384 + 2048 * (size_t)d->nsh, len = 0;
     char *b = malloc(cap);
     if (b == NULL)
         return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain", "out of memory\n", false);
@@ -869,8 +1016,17 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
         len = cap - 1;
     KVS_INDEX_COUNTERS(KVS_COUNTER_TEXT)
 #undef KVS_COUNTER_TEXT
-    kvs__idx_stats_t s;
-    kvs__idx_get_stats(d->idx, &s);
+    kvs__idx_stats_t s = {0};
+    for (unsigned i = 0; i < d->nsh; i++) { /* the index's gauges: the sum over the shards */
+        kvs__idx_stats_t t;
+        kvs__idx_get_stats(d->sh[i].idx, &t);
+        s.pairs += t.pairs;
+        s.blocks += t.blocks;
+        s.pods += t.pods;
+        s.degraded_pods += t.degraded_pods;
+        s.bytes += t.bytes;
+        s.evicted += t.evicted;
+    }
     len += (size_t)snprintf(
         b + len, cap - len,
         "# HELP kvshare_index_pairs (pod, block) pairs held.\n# TYPE kvshare_index_pairs gauge\n"
@@ -903,7 +1059,12 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
     if (len >= cap)
         len = cap - 1;
 #endif
-    if (d->tk != NULL)
+    if (d->sh[0].tk != NULL) {
+        unsigned long long te = 0, tb = 0;
+        for (unsigned i = 0; i < d->nsh; i++) {
+            te += atomic_load(&d->sh[i].tk_entries);
+            tb += atomic_load(&d->sh[i].tk_bytes);
+        }
         len += (size_t)snprintf(
             b + len, cap - len,
             "# HELP kvshare_index_token_map_entries Token mode: engine hash -> key entries.\n"
@@ -911,8 +1072,62 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
             "kvshare_index_token_map_entries %llu\n"
             "# HELP kvshare_index_token_map_bytes Token mode: memory of the key maps.\n"
             "# TYPE kvshare_index_token_map_bytes gauge\nkvshare_index_token_map_bytes %llu\n",
-            (unsigned long long)atomic_load(&d->tk_entries),
-            (unsigned long long)atomic_load(&d->tk_bytes));
+            te, tb);
+        if (len >= cap)
+            len = cap - 1;
+    }
+    /* Per shard (--shards): live batches routed to it, events its writer applied, its
+     * queue now and at most (0 with one shard: no queue), the times the receive thread found
+     * the queue full and waited, and its pairs and models. */
+    static const char *const shard_help[][3] = {
+        {"shard_batches_total", "counter", "Live event batches routed to the shard."},
+        {"shard_events_total", "counter", "Events the shard's writer applied."},
+        {"shard_queue_depth", "gauge", "Batches queued for the shard's writer."},
+        {"shard_queue_high_water", "gauge", "Most batches ever queued for the shard."},
+        {"shard_queue_full_waits_total", "counter",
+         "Times the receive thread found the shard's queue full and waited for it."},
+        {"shard_pairs", "gauge", "(pod, block) pairs the shard holds."},
+        {"shard_models", "gauge", "Models the shard holds."}};
+    for (size_t m = 0; m < sizeof(shard_help) / sizeof(shard_help[0]); m++) {
+        len += (size_t)snprintf(
+            b + len, cap - len, "# HELP kvshare_index_%s %s\n# TYPE kvshare_index_%s %s\n",
+            shard_help[m][0], shard_help[m][2], shard_help[m][0], shard_help[m][1]);
+        if (len >= cap)
+            len = cap - 1;
+        for (unsigned i = 0; i < d->nsh; i++) {
+            shard_t *sh = &d->sh[i];
+            kvs__idx_stats_t t;
+            kvs__idx_get_stats(sh->idx, &t);
+            unsigned long long v = 0;
+            switch (m) {
+            case 0:
+                v = atomic_load(&sh->batches);
+                break;
+            case 1:
+                v = atomic_load(&sh->events);
+                break;
+            case 2:
+                v = sh->ring ? kvs__ring_depth(sh->ring) : 0;
+                break;
+            case 3:
+                v = sh->ring ? kvs__ring_high_water(sh->ring) : 0;
+                break;
+            case 4:
+                v = sh->ring ? kvs__ring_full_waits(sh->ring) : 0;
+                break;
+            case 5:
+                v = t.pairs;
+                break;
+            default:
+                v = t.models;
+                break;
+            }
+            len += (size_t)snprintf(b + len, cap - len, "kvshare_index_%s{shard=\"%u\"} %llu\n",
+                                    shard_help[m][0], i, v);
+            if (len >= cap)
+                len = cap - 1;
+        }
+    }
     return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", b, true);
 }
 
@@ -1014,18 +1229,20 @@ static bool parse_source(source_t *s, const char *spec)
 #ifdef KVS_HAVE_REDIS
 typedef struct snap_ctx {
     index_daemon_t *d;
+    shard_t *sh; /* the shard of the pod's model */
     int64_t pod; /* the pod whose copies come next; -1: none (refused) */
 } snap_ctx_t;
 
 static void snap_pod(void *arg, const char *model, const char *pod, bool degraded)
 {
     snap_ctx_t *sc = arg;
-    int64_t m = kvs__idx_model(sc->d->idx, model, strlen(model), true);
-    sc->pod = m < 0 ? -1 : kvs__idx_pod(sc->d->idx, pod, strlen(pod), (uint32_t)m, true);
-    if (sc->pod >= 0 && !seq_slot(sc->d, (uint32_t)sc->pod))
+    sc->sh = model_shard(sc->d, model, strlen(model));
+    int64_t m = kvs__idx_model(sc->sh->idx, model, strlen(model), true);
+    sc->pod = m < 0 ? -1 : kvs__idx_pod(sc->sh->idx, pod, strlen(pod), (uint32_t)m, true);
+    if (sc->pod >= 0 && !seq_slot(sc->sh, (uint32_t)sc->pod))
         sc->pod = -1;
     if (sc->pod >= 0)
-        kvs__idx_set_degraded(sc->d->idx, (uint32_t)sc->pod, degraded);
+        kvs__idx_set_degraded(sc->sh->idx, (uint32_t)sc->pod, degraded);
 }
 
 static void snap_copy(void *arg, const char *model, const char *pod, uint64_t hash,
@@ -1036,31 +1253,91 @@ static void snap_copy(void *arg, const char *model, const char *pod, uint64_t ha
     snap_ctx_t *sc = arg;
     if (sc->pod < 0)
         return;
-    if (kvs__idx_store(sc->d->idx, (uint32_t)sc->pod, &hash, 1, medium, strlen(medium), now_ms()) ==
-        0)
+    if (kvs__idx_store(sc->sh->idx, (uint32_t)sc->pod, &hash, 1, medium, strlen(medium),
+                       now_ms()) == 0)
         atomic_fetch_add(&sc->d->c.redis_snapshot_copies, 1);
 }
 #endif
 
 static void daemon_close(index_daemon_t *d)
 {
-    for (size_t i = 0; i < d->nsrc; i++) {
+    __atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
+    for (unsigned i = 0; d->sh != NULL && i < d->nsh; i++) {
+        shard_t *sh = &d->sh[i];
+        if (sh->started) {
+            kvs__ring_wake(sh->ring);
+            pthread_join(sh->thread, NULL);
+        }
+        shard_item_t *it; /* queued after the writer stopped */
+        while (sh->ring != NULL && (it = kvs__ring_peek(sh->ring)) != NULL) {
+            close_parts(it->parts, 3);
+            kvs__ring_pop(sh->ring);
+        }
+    }
+    for (size_t i = 0; i < d->nsrc; i++)
         if (d->src[i].sub)
             zmq_close(d->src[i].sub);
-        if (d->src[i].dealer)
-            zmq_close(d->src[i].dealer);
+    for (unsigned i = 0; d->sh != NULL && i < d->nsh; i++) {
+        shard_t *sh = &d->sh[i];
+        for (size_t k = 0; sh->dealer != NULL && k < d->nsrc; k++)
+            if (sh->dealer[k])
+                zmq_close(sh->dealer[k]);
+        free(sh->dealer);
+        free(sh->cache);
+        kvs__ring_destroy(sh->ring);
+        kvs__ev_decoder_destroy(sh->dec);
+        kvs__idx_destroy(sh->idx);
+        kvs__tk_destroy(sh->tk); /* before the hasher it borrows */
+        free(sh->tkeys);
+        free(sh->seq);
     }
+    free(d->sh);
     if (d->zctx)
         zmq_ctx_term(d->zctx);
-    kvs__ev_decoder_destroy(d->dec);
-    kvs__idx_destroy(d->idx);
-    kvs__tk_destroy(d->tk); /* before the hasher it borrows */
 #ifdef KVS_HAVE_REDIS
     kvs__ixr_destroy(d->redis);
 #endif
-    free(d->tkeys);
     kvs_hasher_destroy(d->hasher);
-    free(d->seq);
+}
+
+/* Sets up shard i: its index (max_pairs of the global bound), decoder, token map, replay
+ * DEALERs (one per source with a replay endpoint: ZMQ sockets are one thread's) and, with
+ * more than one shard, its queue. 0, or the exit status with a message: 1 out of memory, 2 a
+ * replay endpoint ZMQ refuses. */
+static int shard_init(index_daemon_t *d, unsigned i, uint64_t max_pairs, bool token_mode)
+{
+    shard_t *sh = &d->sh[i];
+    sh->d = d;
+    sh->id = i;
+    sh->idx = kvs__idx_create(max_pairs);
+    sh->dec = kvs__ev_decoder_create();
+    sh->dealer = calloc(d->nsrc ? d->nsrc : 1, sizeof(*sh->dealer));
+    sh->cache = calloc(d->nsrc ? d->nsrc : 1, sizeof(*sh->cache));
+    if (d->nsh > 1)
+        sh->ring = kvs__ring_create(d->shard_queue, sizeof(shard_item_t));
+    /* The maps hold one entry per (pod, block) as the index does: the same bound. */
+    if (token_mode)
+        sh->tk = kvs__tk_create(d->hasher, d->block_size, max_pairs);
+    if (sh->idx == NULL || sh->dec == NULL || sh->dealer == NULL || sh->cache == NULL ||
+        (d->nsh > 1 && sh->ring == NULL) || (token_mode && sh->tk == NULL)) {
+        fprintf(stderr, "kvshare index: out of memory\n");
+        return 1;
+    }
+    for (size_t k = 0; k < d->nsrc; k++) {
+        source_t *s = &d->src[k];
+        if (s->replay[0] == '\0')
+            continue;
+        int linger = 0;
+        sh->dealer[k] = zmq_socket(d->zctx, ZMQ_DEALER);
+        if (sh->dealer[k] == NULL ||
+            zmq_setsockopt(sh->dealer[k], ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
+            zmq_connect(sh->dealer[k], s->replay) != 0) {
+            fprintf(stderr, "kvshare index: --source '%s': replay: %s\n", s->spec,
+                    zmq_strerror(errno));
+            return 2;
+        }
+    }
+    return 0;
 }
 
 enum {
@@ -1077,7 +1354,9 @@ enum {
     O_REDIS_LEASE_MS,
     O_REDIS_CA,
     O_REDIS_CERT,
-    O_REDIS_KEY
+    O_REDIS_KEY,
+    O_SHARDS,
+    O_SHARD_QUEUE
 };
 
 static const struct option index_options[] = {
@@ -1095,6 +1374,8 @@ static const struct option index_options[] = {
     {"redis-ca", required_argument, NULL, O_REDIS_CA},
     {"redis-cert", required_argument, NULL, O_REDIS_CERT},
     {"redis-key", required_argument, NULL, O_REDIS_KEY},
+    {"shards", required_argument, NULL, O_SHARDS},
+    {"shard-queue", required_argument, NULL, O_SHARD_QUEUE},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t index_cmd = {"index", usage, index_options};
@@ -1107,7 +1388,8 @@ int kvs_cli_index(int argc, char **argv)
     const char *redis_url = NULL, *redis_id = NULL;
     const char *redis_ca = NULL, *redis_cert = NULL, *redis_key = NULL;
     uint64_t lease_ms = 5000;
-    uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0;
+    uint64_t block_size = 16, max_pairs = 100000000, max_idle_s = 0, nshards = 0,
+             shard_queue = 4096;
     int c;
     while ((c = kvs_cli_getopt(&index_cmd, argc, argv)) != -1) {
         const char *v = optarg;
@@ -1166,6 +1448,17 @@ int kvs_cli_index(int argc, char **argv)
             if (!kvs_cli_parse_u64("--max-pairs", v, 1, UINT64_MAX, &max_pairs))
                 return 2;
             break;
+        case O_SHARDS:
+            if (!kvs_cli_parse_u64("--shards", v, 1, KVS__SHARDS_MAX, &nshards))
+                return 2;
+            break;
+        case O_SHARD_QUEUE:
+            if (!kvs_cli_parse_u64("--shard-queue", v, 2, 1u << 20, &shard_queue))
+                return 2;
+            if ((shard_queue & (shard_queue - 1)) != 0)
+                return kvs_cli_usage_error(&index_cmd, "--shard-queue %llu: a power of two",
+                                           (unsigned long long)shard_queue);
+            break;
         case O_MAX_IDLE_S:
             if (!kvs_cli_parse_u64("--max-idle-s", v, 0, UINT32_MAX, &max_idle_s))
                 return 2;
@@ -1193,6 +1486,12 @@ int kvs_cli_index(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* --redis writes through one connection, which one writer thread owns. */
+    if (redis_url != NULL && nshards > 1)
+        return kvs_cli_usage_error(&index_cmd, "--shards %llu: --redis needs --shards 1",
+                                   (unsigned long long)nshards);
+    if (nshards == 0)
+        nshards = redis_url != NULL ? 1 : SHARDS_DEFAULT;
     int rc = 1;
     struct MHD_Daemon *mhd = NULL;
     kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_BLOCK_TOKENS,
@@ -1210,18 +1509,20 @@ int kvs_cli_index(int argc, char **argv)
     }
     d.digest_len = kvs_hasher_digest_len(d.hasher);
     d.block_size = (uint32_t)block_size;
-    d.idx = kvs__idx_create(max_pairs);
-    d.dec = kvs__ev_decoder_create();
+    d.max_idle_ms = max_idle_s * 1000u;
+    d.shard_queue = (uint32_t)shard_queue;
     d.zctx = zmq_ctx_new();
-    /* The maps hold one entry per (pod, block) as the index does: the same bound. */
-    if (token_mode && (d.tk = kvs__tk_create(d.hasher, d.block_size, max_pairs)) == NULL) {
+    d.nsh = (unsigned)nshards;
+    d.sh = calloc(d.nsh, sizeof(*d.sh));
+    if (d.zctx == NULL || d.sh == NULL) {
         fprintf(stderr, "kvshare index: out of memory\n");
         goto out;
     }
-    if (d.idx == NULL || d.dec == NULL || d.zctx == NULL) {
-        fprintf(stderr, "kvshare index: out of memory\n");
-        goto out;
-    }
+    /* --max-pairs is global: each shard holds at most its share. */
+    for (unsigned i = 0; i < d.nsh; i++)
+        if ((rc = shard_init(&d, i, (max_pairs + d.nsh - 1) / d.nsh, token_mode)) != 0)
+            goto out;
+    rc = 1;
 #ifdef KVS_HAVE_REDIS
     if (redis_url != NULL) {
         char rid[160], rwhy[600];
@@ -1261,18 +1562,6 @@ int kvs_cli_index(int argc, char **argv)
             rc = 2;
             goto out;
         }
-        if (s->replay[0] != '\0') {
-            int linger = 0;
-            s->dealer = zmq_socket(d.zctx, ZMQ_DEALER);
-            if (s->dealer == NULL ||
-                zmq_setsockopt(s->dealer, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
-                zmq_connect(s->dealer, s->replay) != 0) {
-                fprintf(stderr, "kvshare index: --source '%s': replay: %s\n", s->spec,
-                        zmq_strerror(errno));
-                rc = 2;
-                goto out;
-            }
-        }
         int linger = 0;
         zmq_setsockopt(s->sub, ZMQ_LINGER, &linger, sizeof(linger));
     }
@@ -1301,13 +1590,22 @@ int kvs_cli_index(int argc, char **argv)
     printf("ready http://%s\n", bound);
     fflush(stdout);
     fprintf(stderr,
-            "kvshare index: %zu source(s), block size %u, %s, keys from %s, serving on %s\n",
-            d.nsrc, d.block_size, algo, token_mode ? "token_ids" : "block hashes", bound);
+            "kvshare index: %zu source(s), block size %u, %s, keys from %s, %u shard(s), serving "
+            "on %s\n",
+            d.nsrc, d.block_size, algo, token_mode ? "token_ids" : "block hashes", d.nsh, bound);
 
+    /* With more than one shard, each shard's writer applies its models' batches; this thread
+     * only receives and routes them. */
+    for (unsigned i = 0; d.nsh > 1 && i < d.nsh; i++) {
+        if (pthread_create(&d.sh[i].thread, NULL, shard_main, &d.sh[i]) != 0) {
+            fprintf(stderr, "kvshare index: cannot start shard %u's writer\n", i);
+            goto out;
+        }
+        d.sh[i].started = true;
+    }
     zmq_pollitem_t items[MAX_SOURCES];
     for (size_t i = 0; i < d.nsrc; i++)
         items[i] = (zmq_pollitem_t){.socket = d.src[i].sub, .events = ZMQ_POLLIN};
-    uint64_t next_age = now_ms() + 1000;
     while (!stop_signal) {
         if (d.nsrc == 0) { /* a scoring-only replica (--redis): HTTP threads do the work */
             struct timespec ts = {.tv_sec = 0, .tv_nsec = 200000000L};
@@ -1327,17 +1625,11 @@ int kvs_cli_index(int argc, char **argv)
                 int np = recv_multi(d.src[i].sub, parts, ZMQ_DONTWAIT);
                 if (np <= 0)
                     break;
-                on_frames(&d, &d.src[i], parts, np);
-                close_parts(parts, np);
+                route_frames(&d, (uint32_t)i, parts, np);
             }
         }
-        if (max_idle_s > 0 && now_ms() >= next_age) {
-            if (kvs__idx_age(d.idx, now_ms(), max_idle_s * 1000u) > 0 && d.tk != NULL)
-                for (uint32_t p = 0; p < d.nseq; p++) /* aged pods lose their key maps too */
-                    if (kvs__idx_pod_pairs(d.idx, p) == 0)
-                        kvs__tk_clear_pod(d.tk, p);
-            next_age = now_ms() + 1000;
-        }
+        if (d.nsh == 1)
+            shard_age(&d.sh[0], now_ms());
     }
     fprintf(stderr, "kvshare index: stopping (%s)\n",
             stop_signal == SIGTERM ? "SIGTERM" : "SIGINT");

@@ -7,13 +7,14 @@
  * under the same LoRA or salt: vLLM folds both into every block's hash. Models are
  * separate key spaces.
  *
- * Concurrency: one writer at a time (changes take the index's writer mutex; the daemon's
- * event thread is the only one) and any number of readers that take no lock and never
- * wait: scores, lookups without create, names, the degraded check, pair counts and stats.
- * Published data is read with acquire loads, words changed in place with atomic loads,
- * and nothing a reader may hold is freed or reused before a grace period (kvindex.c).
- * A score may see a store or removal half applied (slightly stale), never freed memory
- * or a block a pod never held. kvs__idx_pod_copies serialises with the writer.
+ * Concurrency: one writer at a time (changes take the index's writer mutex; in the daemon
+ * the event thread, or with --shards N each shard's writer thread for that shard's index)
+ * and any number of readers that take no lock and never wait: scores, lookups without
+ * create, names, the degraded check, pair counts and stats. Published data is read with
+ * acquire loads, words changed in place with atomic loads, and nothing a reader may hold is
+ * freed or reused before a grace period (kvindex.c). A score may see a store or removal half
+ * applied (slightly stale), never freed memory or a block a pod never held.
+ * kvs__idx_pod_copies serialises with the writer.
  *
  * Memory: a 48 B block entry (first holder inline, the next-block hint) + 4 B per table
  * slot (live load 3/16..1/2) + 8 B per holder beyond the first (+ a 16 B array header) +

@@ -227,6 +227,10 @@ if "$k" index --help >/dev/null 2>&1; then
   expect 2 "--http is required" -- index --source tcp://127.0.0.1:1
   expect 2 "--block-size 'x': expected an integer" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --block-size x
   expect 2 "--hash-algo 'sha256': accepted" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --hash-algo sha256
+  expect 2 "--shards '0': expected an integer in 1..64" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --shards 0
+  expect 2 "--shard-queue 3: a power of two" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --shards 2 --shard-queue 3
+  expect 2 "--redis needs --shards 1|built without libhiredis" -- index --source tcp://127.0.0.1:1 --http 127.0.0.1:0 --shards 2 --redis redis://127.0.0.1:1
+  expect 2 "--shards '65': expected an integer in 1..64" -- bench index --shards 65
   expect 2 "--source 'nope://x'" -- index --source nope://x --http 127.0.0.1:0
   expect 2 "--source '@replay=tcp://h:1'" -- index --source @replay=tcp://h:1 --http 127.0.0.1:0
   expect 2 "--http 'nocolon'" -- index --source tcp://127.0.0.1:1 --http nocolon

@@ -658,3 +658,235 @@ Test(kvindex, churn_reuses_freed_memory)
      * hold them all when entries are reused. */
     cr_assert_lt(st.bytes, 1u << 20, "%llu bytes", (unsigned long long)st.bytes);
 }
+
+/* ---- shards: one writer per shard, lock-free readers (the daemon's --shards N) ---- */
+
+#include "ixshard_int.h"
+
+#define SH_N      4
+#define SH_MODELS 8
+#define SH_PODS   6
+#define SH_OPS    6000
+
+/* What the receive thread queues for a shard: one change to one (model, pod). */
+typedef struct sh_op {
+    uint8_t model, pod, doc, kind; /* kind: 0 store a prefix, 1 remove a suffix, 2 clear,
+                                      3 degraded flip */
+    uint8_t len;
+} sh_op_t;
+
+typedef struct sh_test {
+    kvs__idx_t *x[SH_N];
+    kvs__ring_t *ring[SH_N];
+    unsigned shard[SH_MODELS];
+    uint32_t model[SH_MODELS], pod[SH_MODELS][SH_PODS];
+    uint64_t keys[ST_DOCS][ST_KEYS];
+    uint8_t cap[SH_MODELS][SH_PODS][ST_DOCS];
+    /* the shadow: each (model, pod) is written by its shard's writer only */
+    uint8_t held[SH_MODELS][SH_PODS][ST_DOCS];
+    bool degraded[SH_MODELS][SH_PODS];
+    int fed, done;
+    unsigned long scores, errors, applied[SH_N];
+} sh_test_t;
+
+typedef struct sh_writer {
+    sh_test_t *t;
+    unsigned id;
+} sh_writer_t;
+
+/* A shard's writer: applies its queue to its own index, until the feed ends and the queue
+ * is empty. */
+static void *sh_writer(void *arg)
+{
+    sh_writer_t *w = arg;
+    sh_test_t *t = w->t;
+    for (;;) {
+        sh_op_t *op = kvs__ring_peek(t->ring[w->id]);
+        if (op == NULL) {
+            if (__atomic_load_n(&t->fed, __ATOMIC_ACQUIRE) &&
+                kvs__ring_peek(t->ring[w->id]) == NULL)
+                break;
+            kvs__ring_wait(t->ring[w->id], 5);
+            continue;
+        }
+        kvs__idx_t *x = t->x[w->id];
+        uint32_t p = t->pod[op->model][op->pod];
+        uint8_t *held = &t->held[op->model][op->pod][op->doc];
+        if (t->shard[op->model] != w->id) /* routed to the wrong shard */
+            __atomic_fetch_add(&t->errors, 1, __ATOMIC_RELAXED);
+        else if (op->kind == 0) {
+            if (kvs__idx_store(x, p, t->keys[op->doc], op->len, NULL, 0, 1) != 0)
+                __atomic_fetch_add(&t->errors, 1, __ATOMIC_RELAXED);
+            if (op->len > *held)
+                *held = op->len;
+        } else if (op->kind == 1) {
+            kvs__idx_remove(x, p, t->keys[op->doc] + op->len, ST_KEYS - op->len, NULL, 0, 1);
+            if (*held > op->len)
+                *held = op->len;
+        } else if (op->kind == 2) {
+            kvs__idx_clear_pod(x, p);
+            memset(t->held[op->model][op->pod], 0, sizeof(t->held[op->model][op->pod]));
+        } else {
+            t->degraded[op->model][op->pod] = !t->degraded[op->model][op->pod];
+            kvs__idx_set_degraded(x, p, t->degraded[op->model][op->pod]);
+        }
+        kvs__ring_pop(t->ring[w->id]);
+        t->applied[w->id]++;
+    }
+    return NULL;
+}
+
+/* The receive thread: random changes, each queued for its model's shard. */
+static void *sh_feeder(void *arg)
+{
+    sh_test_t *t = arg;
+    uint64_t rng = 99;
+    static const volatile int never;
+    for (int i = 0; i < SH_OPS; i++) {
+        sh_op_t op = {.model = (uint8_t)(st_rand(&rng) % SH_MODELS),
+                      .pod = (uint8_t)(st_rand(&rng) % SH_PODS),
+                      .doc = (uint8_t)(st_rand(&rng) % ST_DOCS)};
+        unsigned r = (unsigned)(st_rand(&rng) % 100);
+        uint8_t cap = t->cap[op.model][op.pod][op.doc];
+        op.kind = (uint8_t)(r < 60 ? 0 : r < 90 ? 1 : r < 96 ? 2 : 3);
+        op.len = (uint8_t)(op.kind == 0 ? (cap ? st_rand(&rng) % (cap + 1u) : 0)
+                                        : st_rand(&rng) % ST_KEYS);
+        unsigned s = kvs__shard_of((const char[]){'m', (char)('0' + op.model)}, 2, SH_N);
+        sh_op_t *slot = kvs__ring_slot_wait(t->ring[s], &never);
+        *slot = op;
+        kvs__ring_push(t->ring[s]);
+    }
+    __atomic_store_n(&t->fed, 1, __ATOMIC_RELEASE);
+    for (unsigned s = 0; s < SH_N; s++)
+        kvs__ring_wake(t->ring[s]);
+    return NULL;
+}
+
+/* A score: reads only its model's shard, lock-free. */
+static void *sh_reader(void *arg)
+{
+    sh_test_t *t = arg;
+    uint64_t rng = (uint64_t)(uintptr_t)&rng;
+    kvs__idx_score_t s[SH_PODS];
+    unsigned long n_scores = 0, errors = 0;
+    while (!__atomic_load_n(&t->done, __ATOMIC_ACQUIRE)) {
+        unsigned m = (unsigned)(st_rand(&rng) % SH_MODELS), d = (unsigned)(st_rand(&rng) % ST_DOCS);
+        kvs__idx_t *x = t->x[kvs__shard_of((const char[]){'m', (char)('0' + m)}, 2, SH_N)];
+        long n = kvs__idx_score(x, t->model[m], t->keys[d], ST_KEYS, NULL, 0, s, SH_PODS);
+        n_scores++;
+        if (n < 0 || n > SH_PODS) {
+            errors++;
+            continue;
+        }
+        for (long i = 0; i < n; i++) {
+            uint32_t pi = 0;
+            while (pi < SH_PODS && t->pod[m][pi] != s[i].pod)
+                pi++;
+            if (pi == SH_PODS || s[i].blocks < 1 || s[i].blocks > t->cap[m][pi][d] ||
+                (i > 0 && s[i - 1].blocks < s[i].blocks))
+                errors++;
+        }
+    }
+    __atomic_fetch_add(&t->scores, n_scores, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&t->errors, errors, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+Test(kvindex, shards_one_writer_per_shard_readers_read_the_models_shard)
+{
+    sh_test_t *t = calloc(1, sizeof(*t));
+    cr_assert_not_null(t);
+    uint64_t rng = 11;
+    for (unsigned s = 0; s < SH_N; s++) {
+        t->x[s] = kvs__idx_create(0);
+        t->ring[s] = kvs__ring_create(64, sizeof(sh_op_t)); /* small: the feeder waits too */
+        cr_assert(t->x[s] != NULL && t->ring[s] != NULL);
+    }
+    unsigned used = 0;
+    for (unsigned m = 0; m < SH_MODELS; m++) {
+        char name[8] = {'m', (char)('0' + m), 0};
+        t->shard[m] = kvs__shard_of(name, 2, SH_N);
+        used |= 1u << t->shard[m];
+        kvs__idx_t *x = t->x[t->shard[m]];
+        t->model[m] = (uint32_t)kvs__idx_model(x, name, 2, true);
+        for (unsigned p = 0; p < SH_PODS; p++) { /* the same pod names in every model */
+            snprintf(name, sizeof(name), "p%u", p);
+            t->pod[m][p] = (uint32_t)kvs__idx_pod(x, name, strlen(name), t->model[m], true);
+            for (int d = 0; d < ST_DOCS; d++)
+                t->cap[m][p][d] = (uint8_t)(st_rand(&rng) % (ST_KEYS + 1));
+        }
+    }
+    cr_assert_gt(__builtin_popcount(used), 1, "the models spread over several shards");
+    for (int d = 0; d < ST_DOCS; d++)
+        chain(t->keys[d], ST_KEYS, 900 + (uint64_t)d); /* the same keys in every model */
+    pthread_t f, w[SH_N], r[3];
+    sh_writer_t wa[SH_N];
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(pthread_create(&r[i], NULL, sh_reader, t), 0);
+    for (unsigned s = 0; s < SH_N; s++) {
+        wa[s] = (sh_writer_t){t, s};
+        cr_assert_eq(pthread_create(&w[s], NULL, sh_writer, &wa[s]), 0);
+    }
+    cr_assert_eq(pthread_create(&f, NULL, sh_feeder, t), 0);
+    pthread_join(f, NULL);
+    for (unsigned s = 0; s < SH_N; s++)
+        pthread_join(w[s], NULL);
+    __atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 3; i++)
+        pthread_join(r[i], NULL);
+    cr_assert_eq(t->errors, 0, "%lu of %lu scores broke an invariant", t->errors, t->scores);
+    unsigned long applied = 0;
+    for (unsigned s = 0; s < SH_N; s++) {
+        applied += t->applied[s];
+        cr_assert_eq(kvs__ring_depth(t->ring[s]), 0);
+        cr_assert_leq(kvs__ring_high_water(t->ring[s]), 64);
+    }
+    cr_assert_eq(applied, SH_OPS);
+    /* quiesced: every score, read from the model's shard, is exactly the shadow's; no other
+     * shard knows the model */
+    kvs__idx_score_t s[SH_PODS];
+    for (unsigned m = 0; m < SH_MODELS; m++) {
+        char name[3] = {'m', (char)('0' + m), 0};
+        for (unsigned o = 0; o < SH_N; o++)
+            cr_assert_eq(kvs__idx_model(t->x[o], name, 2, false) >= 0, o == t->shard[m],
+                         "model %s in shard %u", name, o);
+        for (unsigned d = 0; d < ST_DOCS; d++) {
+            long n = kvs__idx_score(t->x[t->shard[m]], t->model[m], t->keys[d], ST_KEYS, NULL, 0, s,
+                                    SH_PODS);
+            long want = 0;
+            for (unsigned p = 0; p < SH_PODS; p++) {
+                long b = -1;
+                for (long i = 0; i < n; i++)
+                    if (s[i].pod == t->pod[m][p])
+                        b = s[i].blocks;
+                long h = t->degraded[m][p] || t->held[m][p][d] == 0 ? -1 : (long)t->held[m][p][d];
+                want += h > 0;
+                cr_assert_eq(b, h, "model %u doc %u pod %u", m, d, p);
+            }
+            cr_assert_eq(n, want);
+        }
+    }
+    for (unsigned o = 0; o < SH_N; o++) {
+        kvs__ring_destroy(t->ring[o]);
+        kvs__idx_destroy(t->x[o]);
+    }
+    free(t);
+}
+
+/* The shard of a model is stable (FNV-1a of its name) and within range. */
+Test(kvindex, shard_of_a_model_is_stable_and_in_range)
+{
+    cr_assert_eq(kvs__shard_of("anything", 8, 1), 0);
+    unsigned seen = 0;
+    for (unsigned i = 0; i < 64; i++) {
+        char name[16];
+        int n = snprintf(name, sizeof(name), "model-%u", i);
+        unsigned s = kvs__shard_of(name, (size_t)n, 4);
+        cr_assert_lt(s, 4);
+        cr_assert_eq(s, kvs__shard_of(name, (size_t)n, 4));
+        seen |= 1u << s;
+    }
+    cr_assert_eq(seen, 0xfu, "64 models leave a shard empty");
+    /* FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c: shards stay where they were across versions */
+    cr_assert_eq(kvs__shard_of("a", 1, 1000), (unsigned)(0xaf63dc4c8601ec8cull % 1000));
+}

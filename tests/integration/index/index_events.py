@@ -121,6 +121,9 @@ class Index:
     def __init__(self, kvshare, sources, extra=(), stderr=None):
         args = [kvshare, "index", "--http", "127.0.0.1:0", "--block-size", str(BLOCK),
                 "--hash-algo", ALGO, "--hash-seed", SEED] + list(extra)
+        # The suite runs these tests with --shards 1 and 4 (ctest's *_shards4 entries).
+        if os.environ.get("KVS_TEST_INDEX_SHARDS") and "--redis" not in args:
+            args += ["--shards", os.environ["KVS_TEST_INDEX_SHARDS"]]
         for s in sources:
             args += ["--source", s]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,

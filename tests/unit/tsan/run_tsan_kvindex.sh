@@ -13,6 +13,6 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 ${CC:-gcc} -O1 -g -fsanitize=thread -std=gnu11 -D_GNU_SOURCE -I"$here" -I"$root/connectors/index" -I"$root/util" \
   -I"$root/libkvshare/include" -I"$root/tests/unit" "$here/driver.c" \
-  "$root/connectors/index/kvindex.c" "$root/util/ixalloc.c" -o "$out/t" \
+  "$root/connectors/index/kvindex.c" "$root/connectors/index/ixshard.c" "$root/util/ixalloc.c" -o "$out/t" \
   "$build/libkvshare/libkvshare_static.a" -lcrypto -lxxhash -lpthread -lm
 TSAN_OPTIONS=halt_on_error=1 "$out/t" "$filter"
