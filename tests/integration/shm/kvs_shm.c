@@ -470,9 +470,13 @@ static void mid_copy(void)
         FAIL("midread: the holder did not rewrite");
 }
 
-static void s_midread(void)
+/* A holder of @kind rewrites block 0 between the reader's copy and its
+ * check: KVS_ERR_STALE, then the new bytes, every byte over the mapping. */
+static void midread_case(const char *name, int kind, const char *what)
 {
+    hold_kind = kind;
     child_t h = start_holder();
+    hold_kind = HOLD_HOST;
     reader_t r = reader_new();
     mid_holder = &h;
     mid_calls = 0;
@@ -480,20 +484,28 @@ static void s_midread(void)
     kvs_status_t st = fetch(&r, h.addr, 0, 4);
     kvs__shm_test_mid_copy = NULL;
     if (mid_calls != 1)
-        FAIL("midread: the fetch did not take the mapped path");
+        FAIL("%s: the fetch did not take the mapped path", name);
     if (st != KVS_ERR_STALE)
-        FAIL("midread: a block rewritten mid-read gave %s, expected KVS_ERR_STALE",
+        FAIL("%s: a block rewritten mid-read gave %s, expected KVS_ERR_STALE", name,
              kvs_status_string(st));
     st = fetch(&r, h.addr, 0, 4);
     if (st != KVS_OK)
-        FAIL("midread: fetch after the rewrite: %s", kvs_status_string(st));
+        FAIL("%s: fetch after the rewrite: %s", name, kvs_status_string(st));
     check(&r, 0, 1, 2);
     for (uint32_t i = 1; i < 4; i++)
         if (!same(r.mem + (size_t)i * BB, i, 1))
-            FAIL("midread: block %u has wrong bytes", i);
-    printf("ok: midread: a rewrite between copy and check is KVS_ERR_STALE; then new bytes\n");
+            FAIL("%s: block %u has wrong bytes", name, i);
+    if (shm_bytes(&r) != 4ull * BB) /* the stale fetch counts none */
+        FAIL("%s: the fetches did not come through the mapping", name);
+    printf("ok: %s: a rewrite of %s between copy and check is KVS_ERR_STALE; then new bytes\n",
+           name, what);
     reader_free(&r);
     stop_holder(&h);
+}
+
+static void s_midread(void)
+{
+    midread_case("midread", HOLD_HOST, "host memory");
 }
 
 static uint64_t ucx_bytes(const reader_t *r)
@@ -913,33 +925,7 @@ static void s_cuda(void)
 
 static void s_cudamid(void)
 {
-    hold_kind = HOLD_CUDA_FD;
-    child_t h = start_holder();
-    hold_kind = HOLD_HOST;
-    reader_t r = reader_new();
-    mid_holder = &h;
-    mid_calls = 0;
-    kvs__shm_test_mid_copy = mid_copy;
-    kvs_status_t st = fetch(&r, h.addr, 0, 4);
-    kvs__shm_test_mid_copy = NULL;
-    if (mid_calls != 1)
-        FAIL("cudamid: the fetch did not take the mapped path");
-    if (st != KVS_ERR_STALE)
-        FAIL("cudamid: a block rewritten mid-read gave %s, expected KVS_ERR_STALE",
-             kvs_status_string(st));
-    st = fetch(&r, h.addr, 0, 4);
-    if (st != KVS_OK)
-        FAIL("cudamid: fetch after the rewrite: %s", kvs_status_string(st));
-    check(&r, 0, 1, 2);
-    for (uint32_t i = 1; i < 4; i++)
-        if (!same(r.mem + (size_t)i * BB, i, 1))
-            FAIL("cudamid: block %u has wrong bytes", i);
-    if (shm_bytes(&r) != 4ull * BB) /* the stale fetch counts none */
-        FAIL("cudamid: the fetches did not come through the mapped allocation");
-    printf("ok: cudamid: a rewrite of CUDA memory between copy and check is KVS_ERR_STALE; then "
-           "new bytes\n");
-    reader_free(&r);
-    stop_holder(&h);
+    midread_case("cudamid", HOLD_CUDA_FD, "CUDA memory");
 }
 
 static void s_cudanofd(void)
