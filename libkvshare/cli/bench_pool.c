@@ -47,10 +47,12 @@ static void usage(FILE *f)
 }
 
 /* Prompt p's chain: the keys of its system prefix, then its own suffix.
- * Real chains are hashes of their tokens; distinct tokens, distinct keys. */
-static void chain(const popts_t *o, uint64_t epoch, uint64_t p, kvs_key_t *keys)
+ * Real chains are hashes of their tokens; distinct tokens, distinct keys.
+ * Epoch 0 is the workload; others are the same shape under other keys, with
+ * --prefixes shared prefixes, or (@shared false) every prompt its own. */
+static void chain(const popts_t *o, uint64_t epoch, bool shared, uint64_t p, kvs_key_t *keys)
 {
-    uint64_t prefix = p % o->prefixes;
+    uint64_t prefix = shared ? p % o->prefixes : p;
     for (uint64_t i = 0; i < o->prefix_blocks + o->suffix_blocks; i++) {
         uint64_t id = i < o->prefix_blocks ? (prefix << 32) | i : (1ull << 63) | (p << 32) | i;
         for (int w = 0; w < 4; w++) {
@@ -210,7 +212,7 @@ static int parse_opts(int argc, char **argv, popts_t *o)
  * blocks, up to --depth requests in flight (kvs_put copies the keys and
  * ids; the blocks stay put throughout). */
 static kvs_status_t put_prompts(const popts_t *o, kvs_pool_h pool, uint64_t epoch,
-                                uint64_t prompts, const uint32_t *ids, kvs_key_t *keys,
+                                bool shared, uint64_t prompts, const uint32_t *ids, kvs_key_t *keys,
                                 kvs_request_h *reqs)
 {
     uint64_t per_prompt = o->prefix_blocks + o->suffix_blocks;
@@ -226,14 +228,14 @@ static kvs_status_t put_prompts(const popts_t *o, kvs_pool_h pool, uint64_t epoc
         }
         if (p >= prompts || st != KVS_OK)
             continue;
-        chain(o, epoch, p, keys);
+        chain(o, epoch, shared, p, keys);
         st = kvs_put_ex(pool, keys, ids, per_prompt, NULL, &reqs[s]);
     }
     return st;
 }
 
-/* --warm: every local node gets throw-away prompts (epochs 2.., all keys its
- * own) worth its whole capacity through a context that knows only that node,
+/* --warm: every local node gets throw-away prompts (epochs 2.., no shared
+ * prefixes: every block new) worth its whole capacity through a context that knows only that node,
  * so every slot eviction will hand out has been written once. */
 static kvs_status_t fill_nodes(const popts_t *o, const char *list, uint64_t cap,
                                const uint32_t *ids, kvs_key_t *keys, kvs_request_h *reqs,
@@ -255,7 +257,7 @@ static kvs_status_t fill_nodes(const popts_t *o, const char *list, uint64_t cap,
         if (pool == NULL)
             st = KVS_ERR_NO_MEMORY;
         else
-            st = put_prompts(o, pool, 2 + n, prompts, ids, keys, reqs);
+            st = put_prompts(o, pool, 2 + n, false, prompts, ids, keys, reqs);
         if (st == KVS_OK)
             *bytes_p += (double)(prompts * prompt_bytes);
         else
@@ -386,7 +388,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
     /* 1. Client A offloads every prompt, up to --depth puts in flight: into
      * arenas never written before (put_gbps_cold). */
     double t0 = kvs_cli_now();
-    kvs_status_t st = put_prompts(&o, pa, 0, o.prompts, ids, keys, reqs);
+    kvs_status_t st = put_prompts(&o, pa, 0, true, o.prompts, ids, keys, reqs);
     double put_s = kvs_cli_now() - t0, put_cold_s = put_s, fill_bytes = 0, fill_s = 0;
     if (st != KVS_OK) {
         fprintf(stderr, "kvshare bench pool: put: %s\n", kvs_status_string(st));
@@ -403,7 +405,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
             goto out;
         epoch = 1;
         t0 = kvs_cli_now();
-        st = put_prompts(&o, pa, epoch, o.prompts, ids, keys, reqs);
+        st = put_prompts(&o, pa, epoch, true, o.prompts, ids, keys, reqs);
         put_s = kvs_cli_now() - t0;
         if (st != KVS_OK) {
             fprintf(stderr, "kvshare bench pool: warm put: %s\n", kvs_status_string(st));
@@ -427,7 +429,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
         if (q >= o.prompts || st != KVS_OK)
             continue;
         uint64_t p = (q * 7919) % o.prompts;
-        chain(&o, epoch, p, keys);
+        chain(&o, epoch, true, p, keys);
         st = kvs_lookup(b, kvs_pool_layout_id(pb), keys, per_prompt, NULL, &leases[s]);
         if (st != KVS_OK)
             break;
