@@ -258,10 +258,23 @@ static kvs_status_t fill_nodes(const popts_t *o, const char *list, uint64_t cap,
             st = KVS_ERR_NO_MEMORY;
         else
             st = put_prompts(o, pool, 2 + n, false, prompts, ids, keys, reqs);
+        /* What the node stored, by its own answers: the fill counts only if
+         * it passed the node's capacity (every slot eviction hands out has
+         * then been written). */
+        kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_PUTS};
         if (st == KVS_OK)
-            *bytes_p += (double)(prompts * prompt_bytes);
-        else
+            st = kvs_stats_query(c, &ks);
+        uint64_t stored = (ks.put_pulled_blocks + ks.put_pushed_blocks) * o->block_bytes;
+        if (st == KVS_OK && stored < cap) {
+            fprintf(stderr,
+                    "kvshare bench pool: filling %s: it stored %llu bytes, below its capacity "
+                    "of %llu; its arena has not cycled\n",
+                    node, (unsigned long long)stored, (unsigned long long)cap);
+            st = KVS_ERR_NO_SPACE;
+        } else if (st != KVS_OK) {
             fprintf(stderr, "kvshare bench pool: filling %s: %s\n", node, kvs_status_string(st));
+        }
+        *bytes_p += (double)stored;
         kvs_pool_destroy(pool);
         kvs_ctx_destroy(c);
         free(mem);
@@ -469,6 +482,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
         kvs_cli_json_num(j, "ratio_put_fetch_cold",
                          fetch_gbps > 0 ? put_gbps_cold / fetch_gbps : 0.0, 3);
         if (o.warm) {
+            cJSON_AddNumberToObject(j, "node_capacity_bytes", (double)cap_bytes);
             cJSON_AddNumberToObject(j, "fill_bytes", fill_bytes);
             kvs_cli_json_num(j, "fill_s", fill_s, 3);
         }
