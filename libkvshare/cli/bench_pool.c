@@ -211,8 +211,8 @@ static int parse_opts(int argc, char **argv, popts_t *o)
 /* Puts @prompts prompts of @epoch from @pool's first prompt-sized set of
  * blocks, up to --depth requests in flight (kvs_put copies the keys and
  * ids; the blocks stay put throughout). */
-static kvs_status_t put_prompts(const popts_t *o, kvs_pool_h pool, uint64_t epoch,
-                                bool shared, uint64_t prompts, const uint32_t *ids, kvs_key_t *keys,
+static kvs_status_t put_prompts(const popts_t *o, kvs_pool_h pool, uint64_t epoch, bool shared,
+                                uint64_t prompts, const uint32_t *ids, kvs_key_t *keys,
                                 kvs_request_h *reqs)
 {
     uint64_t per_prompt = o->prefix_blocks + o->suffix_blocks;
@@ -370,8 +370,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
     /* Requests in flight, one slot per depth; fetches hold their lease. */
     kvs_request_h *reqs = calloc(o.depth, sizeof(*reqs));
     kvs_lease_h *leases = calloc(o.depth, sizeof(*leases));
-    if (pa == NULL || pb == NULL || keys == NULL || ids == NULL || reqs == NULL ||
-        leases == NULL) {
+    if (pa == NULL || pb == NULL || keys == NULL || ids == NULL || reqs == NULL || leases == NULL) {
         fprintf(stderr, "kvshare bench pool: client setup failed\n");
         goto out;
     }
