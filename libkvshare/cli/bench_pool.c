@@ -13,14 +13,15 @@
 typedef struct popts {
     const char *pool;
     uint64_t nodes, prefixes, prefix_blocks, prompts, suffix_blocks, block_bytes, depth;
-    bool json, prefault;
+    bool json, prefault, warm;
 } popts_t;
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kvshare bench pool [--pool HOST:PORT,...] [--nodes N] [--prefixes S]\n"
                "                          [--prefix-blocks B] [--prompts P] [--suffix-blocks K]\n"
-               "                          [--block-bytes BYTES] [--depth D] [--prefault] [--json]\n"
+               "                          [--block-bytes BYTES] [--depth D] [--prefault] [--warm]\n"
+               "                          [--json]\n"
                "\n"
                "A shared-prefix workload, like llm-d's: P prompts, each one of S long system\n"
                "prefixes followed by its own suffix. Client A offloads every prompt's chain with\n"
@@ -30,25 +31,36 @@ static void usage(FILE *f)
                "fetched / blocks asked for). Without --pool, N (default 3) local `kvshare serve`\n"
                "nodes are started, sized so the whole workload fits; with --prefault each makes\n"
                "its arena and faults its pages in at start (KVSHARE_SLOT_BYTES=BYTES,\n"
-               "KVSHARE_PREFAULT=1), as a node that has run for a while has them: without it,\n"
-               "every block a put stores lands in a page never touched before.\n"
+               "KVSHARE_PREFAULT=1: every page committed and written once), much as a node that\n"
+               "has run for a while has them: without it, every block a put stores lands in a\n"
+               "page never touched before.\n"
                "--depth D: each client keeps up to D prompts' requests in flight (puts: D\n"
                "kvs_put requests, as an engine offloading in the background does; fetches: a\n"
                "lookup, then a kvs_fetch waited for D prompts later, each into its own blocks).\n"
                "--depth 1 waits for every request before the next.\n"
+               "--warm: a node that has run for a while stores puts in arena slots written\n"
+               "before (eviction hands them back). After the timed puts above (put_gbps_cold),\n"
+               "each local node is sent throw-away prompts of its whole capacity (untimed), so\n"
+               "eviction has cycled its arena; A then puts the same prompts again under new keys\n"
+               "(the same bytes, landing in reused slots: put_gbps), and B fetches those.\n"
                "Defaults: --prefixes 8 --prefix-blocks 128 --prompts 64 --suffix-blocks 32\n"
                "          --block-bytes 65536 --depth 4\n");
 }
 
 /* Prompt p's chain: the keys of its system prefix, then its own suffix.
- * Real chains are hashes of their tokens; distinct tokens, distinct keys. */
-static void chain(const popts_t *o, uint64_t p, kvs_key_t *keys)
+ * Real chains are hashes of their tokens; distinct tokens, distinct keys.
+ * Epoch 0 is the workload; others are the same shape under other keys, with
+ * --prefixes shared prefixes, or (@shared false) every prompt its own. */
+static void chain(const popts_t *o, uint64_t epoch, bool shared, uint64_t p, kvs_key_t *keys)
 {
-    uint64_t prefix = p % o->prefixes;
+    uint64_t prefix = shared ? p % o->prefixes : p;
     for (uint64_t i = 0; i < o->prefix_blocks + o->suffix_blocks; i++) {
         uint64_t id = i < o->prefix_blocks ? (prefix << 32) | i : (1ull << 63) | (p << 32) | i;
         for (int w = 0; w < 4; w++) {
             uint64_t v = kvs_cli_mix(id * 4 + (uint64_t)w);
+            /* Another epoch, other keys (epoch 0: the keys of earlier versions). */
+            if (epoch != 0)
+                v ^= kvs_cli_mix(~(epoch * 4 + (uint64_t)w));
             memcpy(&keys[i].bytes[8 * w], &v, 8);
         }
     }
@@ -112,7 +124,8 @@ enum {
     O_PROMPTS,
     O_SUFFIX_BLOCKS,
     O_BLOCK_BYTES,
-    O_DEPTH
+    O_DEPTH,
+    O_WARM
 };
 
 static const struct option pool_options[] = {
@@ -126,6 +139,7 @@ static const struct option pool_options[] = {
     {"suffix-blocks", required_argument, NULL, O_SUFFIX_BLOCKS},
     {"block-bytes", required_argument, NULL, O_BLOCK_BYTES},
     {"depth", required_argument, NULL, O_DEPTH},
+    {"warm", no_argument, NULL, O_WARM},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t pool_cmd = {"bench pool", usage, pool_options};
@@ -143,6 +157,9 @@ static int parse_opts(int argc, char **argv, popts_t *o)
             continue;
         case O_PREFAULT:
             o->prefault = true;
+            continue;
+        case O_WARM:
+            o->warm = true;
             continue;
         case O_POOL:
             o->pool = optarg;
@@ -185,6 +202,86 @@ static int parse_opts(int argc, char **argv, popts_t *o)
         return 2;
     if (o->prefault && o->pool != NULL)
         return kvs_cli_usage_error(&pool_cmd, "--prefault starts its own nodes; not with --pool");
+    if (o->warm && o->pool != NULL)
+        return kvs_cli_usage_error(&pool_cmd,
+                                   "--warm fills the nodes it starts (it knows their capacity); "
+                                   "not with --pool");
+    return -1;
+}
+
+/* Puts @prompts prompts of @epoch from @pool's first prompt-sized set of
+ * blocks, up to --depth requests in flight (kvs_put copies the keys and
+ * ids; the blocks stay put throughout). */
+static kvs_status_t put_prompts(const popts_t *o, kvs_pool_h pool, uint64_t epoch, bool shared,
+                                uint64_t prompts, const uint32_t *ids, kvs_key_t *keys,
+                                kvs_request_h *reqs)
+{
+    uint64_t per_prompt = o->prefix_blocks + o->suffix_blocks;
+    kvs_status_t st = KVS_OK;
+    for (uint64_t p = 0; p < prompts + o->depth; p++) {
+        uint64_t s = p % o->depth;
+        if (reqs[s] != NULL) {
+            kvs_status_t w = kvs_request_wait(reqs[s], -1);
+            kvs_request_free(reqs[s]);
+            reqs[s] = NULL;
+            if (st == KVS_OK)
+                st = w;
+        }
+        if (p >= prompts || st != KVS_OK)
+            continue;
+        chain(o, epoch, shared, p, keys);
+        st = kvs_put_ex(pool, keys, ids, per_prompt, NULL, &reqs[s]);
+    }
+    return st;
+}
+
+/* --warm: every local node gets throw-away prompts (epochs 2.., no shared
+ * prefixes: every block new) worth its whole capacity through a context that knows only that node,
+ * so every slot eviction will hand out has been written once. */
+static kvs_status_t fill_nodes(const popts_t *o, const char *list, uint64_t cap,
+                               const uint32_t *ids, kvs_key_t *keys, kvs_request_h *reqs,
+                               double *bytes_p)
+{
+    uint64_t per_prompt = o->prefix_blocks + o->suffix_blocks;
+    uint64_t prompt_bytes = per_prompt * o->block_bytes;
+    uint64_t prompts = (cap + prompt_bytes - 1) / prompt_bytes + 1;
+    char *nodes = strdup(list);
+    if (nodes == NULL)
+        return KVS_ERR_NO_MEMORY;
+    kvs_status_t st = KVS_OK;
+    uint64_t n = 0;
+    for (char *save = NULL, *node = strtok_r(nodes, ",", &save); node != NULL && st == KVS_OK;
+         node = strtok_r(NULL, ",", &save), n++) {
+        kvs_ctx_h c = client(node);
+        uint8_t *mem = NULL;
+        kvs_pool_h pool = c ? make_pool(c, o, 1, &mem) : NULL;
+        if (pool == NULL)
+            st = KVS_ERR_NO_MEMORY;
+        else
+            st = put_prompts(o, pool, 2 + n, false, prompts, ids, keys, reqs);
+        /* What the node stored, by its own answers: the fill counts only if
+         * it passed the node's capacity (every slot eviction hands out has
+         * then been written). */
+        kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_PUTS};
+        if (st == KVS_OK)
+            st = kvs_stats_query(c, &ks);
+        uint64_t stored = (ks.put_pulled_blocks + ks.put_pushed_blocks) * o->block_bytes;
+        if (st == KVS_OK && stored < cap) {
+            fprintf(stderr,
+                    "kvshare bench pool: filling %s: it stored %llu bytes, below its capacity "
+                    "of %llu; its arena has not cycled\n",
+                    node, (unsigned long long)stored, (unsigned long long)cap);
+            st = KVS_ERR_NO_SPACE;
+        } else if (st != KVS_OK) {
+            fprintf(stderr, "kvshare bench pool: filling %s: %s\n", node, kvs_status_string(st));
+        }
+        *bytes_p += (double)stored;
+        kvs_pool_destroy(pool);
+        kvs_ctx_destroy(c);
+        free(mem);
+    }
+    free(nodes);
+    return st;
     return -1;
 }
 
@@ -216,13 +313,15 @@ int kvs_cli_bench_pool(int argc, char **argv)
     size_t started = 0;
     char list[16 * 64] = "";
     int rc = 1;
+    uint64_t cap_bytes = 0;
     if (o.pool == NULL) {
         char self[4096], cap[32];
         ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
         if (sl <= 0)
             return 1;
         self[sl] = '\0';
-        snprintf(cap, sizeof(cap), "%llu", (unsigned long long)(unique_bytes * 1.5) + (64u << 20));
+        cap_bytes = (uint64_t)(unique_bytes * 1.5) + (64u << 20);
+        snprintf(cap, sizeof(cap), "%llu", (unsigned long long)cap_bytes);
         /* --prefault: nodes as a long-running one is, its arena made and its
          * pages in at start (KVSHARE_SLOT_BYTES, KVSHARE_PREFAULT). */
         char slot[32];
@@ -272,8 +371,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
     /* Requests in flight, one slot per depth; fetches hold their lease. */
     kvs_request_h *reqs = calloc(o.depth, sizeof(*reqs));
     kvs_lease_h *leases = calloc(o.depth, sizeof(*leases));
-    if (pa == NULL || pb == NULL || keys == NULL || ids == NULL || reqs == NULL ||
-        leases == NULL) {
+    if (pa == NULL || pb == NULL || keys == NULL || ids == NULL || reqs == NULL || leases == NULL) {
         fprintf(stderr, "kvshare bench pool: client setup failed\n");
         goto out;
     }
@@ -300,26 +398,32 @@ int kvs_cli_bench_pool(int argc, char **argv)
     }
     free(nodes);
 
-    /* 1. Client A offloads every prompt, up to --depth puts in flight
-     * (kvs_put copies the keys and ids; the blocks stay put throughout). */
+    /* 1. Client A offloads every prompt, up to --depth puts in flight: into
+     * arenas never written before (put_gbps_cold). */
     double t0 = kvs_cli_now();
-    kvs_status_t st = KVS_OK;
-    for (uint64_t p = 0; p < o.prompts + o.depth && st == KVS_OK; p++) {
-        uint64_t s = p % o.depth;
-        if (reqs[s] != NULL) {
-            st = kvs_request_wait(reqs[s], -1);
-            kvs_request_free(reqs[s]);
-            reqs[s] = NULL;
-        }
-        if (p >= o.prompts || st != KVS_OK)
-            continue;
-        chain(&o, p, keys);
-        st = kvs_put_ex(pa, keys, ids, per_prompt, NULL, &reqs[s]);
-    }
-    double put_s = kvs_cli_now() - t0;
+    kvs_status_t st = put_prompts(&o, pa, 0, true, o.prompts, ids, keys, reqs);
+    double put_s = kvs_cli_now() - t0, put_cold_s = put_s, fill_bytes = 0, fill_s = 0;
     if (st != KVS_OK) {
         fprintf(stderr, "kvshare bench pool: put: %s\n", kvs_status_string(st));
         goto out;
+    }
+    /* --warm: fill every node (untimed), then the same prompts again under
+     * the keys of epoch 1, into slots eviction hands back (put_gbps). */
+    uint64_t epoch = 0;
+    if (o.warm) {
+        t0 = kvs_cli_now();
+        st = fill_nodes(&o, o.pool, cap_bytes, ids, keys, reqs, &fill_bytes);
+        fill_s = kvs_cli_now() - t0;
+        if (st != KVS_OK)
+            goto out;
+        epoch = 1;
+        t0 = kvs_cli_now();
+        st = put_prompts(&o, pa, epoch, true, o.prompts, ids, keys, reqs);
+        put_s = kvs_cli_now() - t0;
+        if (st != KVS_OK) {
+            fprintf(stderr, "kvshare bench pool: warm put: %s\n", kvs_status_string(st));
+            goto out;
+        }
     }
 
     /* 2. Client B serves the same prompts, in another order: a lookup, then
@@ -338,7 +442,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
         if (q >= o.prompts || st != KVS_OK)
             continue;
         uint64_t p = (q * 7919) % o.prompts;
-        chain(&o, p, keys);
+        chain(&o, epoch, true, p, keys);
         st = kvs_lookup(b, kvs_pool_layout_id(pb), keys, per_prompt, NULL, &leases[s]);
         if (st != KVS_OK)
             break;
@@ -353,7 +457,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
         fprintf(stderr, "kvshare bench pool: fetch: %s\n", kvs_status_string(st));
         goto out;
     }
-    double put_gbps = unique_bytes / put_s / 1e9;
+    double put_gbps = unique_bytes / put_s / 1e9, put_gbps_cold = unique_bytes / put_cold_s / 1e9;
     double fetch_gbps = (double)hit * (double)o.block_bytes / fetch_s / 1e9;
     double hit_rate = asked ? (double)hit / (double)asked : 0;
     if (o.json) {
@@ -366,14 +470,30 @@ int kvs_cli_bench_pool(int argc, char **argv)
         cJSON_AddNumberToObject(j, "suffix_blocks", (double)o.suffix_blocks);
         cJSON_AddNumberToObject(j, "block_bytes", (double)o.block_bytes);
         cJSON_AddBoolToObject(j, "prefault", o.prefault);
+        cJSON_AddBoolToObject(j, "warm", o.warm);
         cJSON_AddNumberToObject(j, "depth", (double)o.depth);
+        /* put_gbps and ratio_put_fetch: warm puts with --warm, else the cold
+         * ones (put_gbps_cold, always the first timed puts, into fresh pages). */
+        cJSON_AddStringToObject(j, "put", o.warm ? "warm" : "cold");
         kvs_cli_json_num(j, "put_gbps", put_gbps, 3);
+        kvs_cli_json_num(j, "put_gbps_cold", put_gbps_cold, 3);
         kvs_cli_json_num(j, "fetch_gbps", fetch_gbps, 3);
         kvs_cli_json_num(j, "ratio_put_fetch", fetch_gbps > 0 ? put_gbps / fetch_gbps : 0.0, 3);
+        kvs_cli_json_num(j, "ratio_put_fetch_cold",
+                         fetch_gbps > 0 ? put_gbps_cold / fetch_gbps : 0.0, 3);
+        if (o.warm) {
+            cJSON_AddNumberToObject(j, "node_capacity_bytes", (double)cap_bytes);
+            cJSON_AddNumberToObject(j, "fill_bytes", fill_bytes);
+            kvs_cli_json_num(j, "fill_s", fill_s, 3);
+        }
         kvs_cli_json_num(j, "hit_rate", hit_rate, 3);
         rc = kvs_cli_print_json("bench pool", j);
         goto out;
     }
+    if (o.warm)
+        printf("  put    %8.2f GB/s  cold (into arena pages never written before)\n"
+               "         after filling the nodes with %.0f MiB (%.1f s, untimed):\n",
+               put_gbps_cold, fill_bytes / 1048576.0, fill_s);
     printf("  put    %8.2f GB/s  (%.0f MiB stored, prefixes once)\n"
            "  fetch  %8.2f GB/s  (%llu blocks)\n"
            "  hit rate %6.3f     (blocks fetched / blocks asked for)\n",

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define SEG  32
@@ -852,5 +853,34 @@ Test(store, block_events_report_stores_evictions_and_unpublishes)
     cr_assert_eq(seen.ev[14].type, KVS_BLOCK_EVENT_STORED);
     cr_assert_eq(seen.ev[15].type, KVS_BLOCK_EVENT_REMOVED);
     test_pool_free(&p);
+    kvs_ctx_destroy(ctx);
+}
+
+/* KVSHARE_PREFAULT=1 with KVSHARE_SLOT_BYTES: the arena is made at start with every page in
+ * (committed and written once, by the kernel and from user space) and still all zeros. */
+Test(store, prefault_makes_every_arena_page_resident_and_zero)
+{
+    setenv("KVSHARE_PREFAULT", "1", 1);
+    setenv("KVSHARE_SLOT_BYTES", "4096", 1);
+    /* test_ctx ignores the environment; KVSHARE_PREFAULT is read only from it. */
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_TRANSPORT,
+                          .transport = "none",
+                          .capacity_bytes = 64 * 4096};
+    kvs_ctx_h ctx = NULL;
+    cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK);
+    unsetenv("KVSHARE_PREFAULT");
+    unsetenv("KVSHARE_SLOT_BYTES");
+    cr_assert_eq(ctx->store.narenas, 1u);
+    const kvs__arena_t *a = &ctx->store.arenas[0];
+    cr_assert_eq(a->bytes, (size_t)64 * 4096);
+    size_t pages = a->bytes / 4096;
+    unsigned char *vec = calloc(pages, 1);
+    cr_assert_not_null(vec);
+    cr_assert_eq(mincore(a->base, a->bytes, vec), 0);
+    for (size_t i = 0; i < pages; i++)
+        cr_assert(vec[i] & 1, "arena page %zu of %zu is not resident", i, pages);
+    free(vec);
+    for (size_t i = 0; i < a->bytes; i++)
+        cr_assert_eq(((const uint8_t *)a->base)[i], 0, "arena byte %zu", i);
     kvs_ctx_destroy(ctx);
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# bench_pool_warm.sh - `kvshare bench pool --warm` fills every node past its capacity before
+# the warm puts (else they would land in fresh pages, as the cold ones do), then fetches what
+# the warm puts stored. Figures are not judged here, only that the run is what it says.
+set -u
+k=$1
+py=/usr/bin/python3
+out=$("$k" bench pool --warm --json --nodes 2 --prompts 8 --prefixes 2 --prefix-blocks 8 \
+  --suffix-blocks 4 --block-bytes 65536 --depth 2 2>/tmp/bench_pool_warm.$$)
+rc=$?
+err=$(cat /tmp/bench_pool_warm.$$); rm -f /tmp/bench_pool_warm.$$
+if [ "$rc" -ne 0 ]; then
+  echo "FAIL: bench pool --warm exited $rc: $err"; exit 1
+fi
+"$py" - "$out" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+bad = []
+def want(cond, what):
+    if not cond:
+        bad.append(what)
+want(j.get("warm") is True and j.get("put") == "warm", "put/warm name the warm case")
+# Every node was sent, and stored, at least its capacity: its arena has cycled.
+want(j.get("fill_bytes", 0) >= j["nodes"] * j.get("node_capacity_bytes", 1 << 62),
+     "fill_bytes >= nodes * node_capacity_bytes")
+# The fetch reads what the warm puts stored (their keys, not the cold ones, now evicted).
+want(j.get("hit_rate") == 1, "hit_rate 1")
+for f in ("put_gbps", "put_gbps_cold", "fetch_gbps", "ratio_put_fetch", "ratio_put_fetch_cold"):
+    want(isinstance(j.get(f), (int, float)) and j[f] > 0, f + " > 0")
+if bad:
+    print("FAIL:", "; ".join(bad), "in", sys.argv[1])
+    sys.exit(1)
+print("ok:", sys.argv[1])
+PY
