@@ -50,7 +50,7 @@ def main():
         run(fake, ctl)
         auth(fake, ctl)
         rc = ctl.stop()
-        check(rc == 0, "SIGTERM: exit 0, got %r" % rc)
+        check(rc == 0, "SIGTERM: exit 0, got %r; controller stderr:\n%s" % (rc, ctl.stderr()))
         err = ctl.stderr()
         check("Sanitizer" not in err and "runtime error" not in err, "clean stderr: " + err)
     except AssertionError as e:

@@ -185,7 +185,8 @@ def insecure(binary, pki, api_crt, api_key, hook_crt, hook_key, token_file):
         err = ctl.stderr()
         check("warning: --insecure-kube-api" in err and "cleartext" in err,
               "warns that the token goes in cleartext: " + err)
-        check(ctl.stop() == 0, "SIGTERM: exit 0")
+        rc = ctl.stop()
+        check(rc == 0, "SIGTERM: exit 0, got %r; controller stderr:\n%s" % (rc, ctl.stderr()))
     except AssertionError as e:
         fail("%s\ncontroller stderr:\n%s" % (e, ctl.stderr() if ctl else ""))
     finally:
@@ -218,7 +219,7 @@ def main():
         t0 = time.monotonic()
         rc = ctl.stop()
         took = time.monotonic() - t0
-        check(rc == 0, "SIGTERM: exit 0, got %r" % rc)
+        check(rc == 0, "SIGTERM: exit 0, got %r; controller stderr:\n%s" % (rc, ctl.stderr()))
         check(took < 5, "SIGTERM took %.1f s" % took)
         err = ctl.stderr()
         check("Sanitizer" not in err and "runtime error" not in err, "clean stderr: " + err)
