@@ -59,7 +59,8 @@ endforeach()
 find_program(KVSC_CURL curl)
 find_program(KVSC_OPENSSL openssl)
 if(KVS_SYS_PYTHON AND KVSC_CURL AND KVSC_OPENSSL)
-  foreach(t webhook_https webhook_cert_reload webhook_cli webhook_body_budget)
+  foreach(t webhook_https webhook_cert_reload webhook_cli webhook_body_budget
+            webhook_sigterm_churn)
     add_test(NAME ${t}
              COMMAND ${KVS_SYS_PYTHON}
                      ${CMAKE_CURRENT_SOURCE_DIR}/integration/controller/test_${t}.py

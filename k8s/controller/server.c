@@ -539,8 +539,13 @@ static struct MHD_Daemon *start_daemon(kvsc_server_t *s, const char *cert, const
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (unsigned)n : 1;
     }
-    /* ITC is what lets MHD_quiesce_daemon hand the listening socket to the next daemon. */
-    unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+    /* ITC is what lets MHD_quiesce_daemon hand the listening socket to the next daemon.
+     * poll(), not epoll: with epoll and threads of its own, MHD_quiesce_daemon races the
+     * worker threads' own removal of the listening socket from their epoll sets, and the
+     * loser's epoll_ctl (ENOENT) is an MHD_PANIC ("Failed to remove listen FD from epoll
+     * set"): the controller aborted at SIGTERM once in the suite, and a certificate reload
+     * could do the same. On poll the quiesce only signals each worker through its ITC. */
+    unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
                      MHD_USE_ERROR_LOG;
     return MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->listen_fd,
