@@ -22,8 +22,5 @@ const kvs__transport_ops_t *const kvs__transports[] = {
 #ifdef KVS_HAVE_UCX
     &kvs__ucx_transport,
 #endif
-    &kvs__loop_transport,
-    &kvs__loop_am_transport,
-    &kvs__loop_noget_transport,
-    NULL,
+    &kvs__loop_transport, &kvs__loop_am_transport, &kvs__loop_noget_transport, NULL,
 };

@@ -427,8 +427,8 @@ static kvs_status_t fetch_pass(kvs_ctx_h ctx, const xopts_t *o, const char *addr
         *secs_p = kvs_cli_now() - t0;
         return st;
     }
-    ahead_t a = {.ctx = ctx, .o = o, .addr = addr, .pool = pool, .keys = keys,
-                 .nbatches = nbatches};
+    ahead_t a = {
+        .ctx = ctx, .o = o, .addr = addr, .pool = pool, .keys = keys, .nbatches = nbatches};
     pthread_mutex_init(&a.mu, NULL);
     pthread_cond_init(&a.cv, NULL);
     pthread_t th;

@@ -1801,8 +1801,8 @@ static void pull_batch_ack(preq_t *r, uint32_t k, const kvs__msg_t *m)
         for (uint16_t s = 0; s < ps->nsegs; s++) {
             uint8_t hdr[KVS_PROTO_DATA_LEN];
             kvs__enc_data(hdr, rid, 0, c->session, j, boff);
-            const uint8_t *from = (const uint8_t *)(uintptr_t)ps->segs[s].base +
-                                  (size_t)id * ps->segs[s].stride;
+            const uint8_t *from =
+                (const uint8_t *)(uintptr_t)ps->segs[s].base + (size_t)id * ps->segs[s].stride;
             kvs_status_t st =
                 pp->ops->am_send(pp->tl, c->ep, hdr, sizeof(hdr), from, ps->chunks[s], put_sent, r);
             if (st == KVS_INPROGRESS)
@@ -3759,8 +3759,8 @@ static kvs_status_t load_secret(kvs__peer_t *pp, const kvs__config_t *cfg, char 
 
 /* The shm server's question (its own thread): is @session a peer we serve,
  * and @id a region we expose to it? */
-static int shm_region(void *arg, const uint8_t *session, pid_t pid, uint32_t id,
-                      uint64_t *base_p, uint64_t *len_p, kvs_mem_type_t *type_p)
+static int shm_region(void *arg, const uint8_t *session, pid_t pid, uint32_t id, uint64_t *base_p,
+                      uint64_t *len_p, kvs_mem_type_t *type_p)
 {
     kvs__peer_t *pp = arg;
     int found = -1;

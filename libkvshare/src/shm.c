@@ -662,8 +662,8 @@ struct kvs__shm_peer {
     const uint8_t *secret;
     size_t secret_len;
     bool open;
-    bool broken;    /* the handover failed: the transport for good */
-    bool cu_failed; /* a CUDA copy failed: the transport for good, logged */
+    bool broken;                     /* the handover failed: the transport for good */
+    bool cu_failed;                  /* a CUDA copy failed: the transport for good, logged */
     bool identify_tried, identified; /* kvs__shm_peer_identify */
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];

@@ -372,8 +372,8 @@ static kvs_status_t l_address(void *arg, const void **addr_p, size_t *len_p)
     return KVS_OK;
 }
 
-static kvs_status_t l_init_common(const kvs__tl_events_t *ev, bool rma, bool get_fails,
-                                  void **tl_p, char *err, size_t errlen)
+static kvs_status_t l_init_common(const kvs__tl_events_t *ev, bool rma, bool get_fails, void **tl_p,
+                                  char *err, size_t errlen)
 {
     lw_t *w = kvs__calloc(1, sizeof(*w));
     if (w == NULL)
@@ -417,8 +417,7 @@ static kvs_status_t l_init_am(const kvs__config_t *cfg, const kvs__logger_t *log
 }
 
 static kvs_status_t l_init_noget(const kvs__config_t *cfg, const kvs__logger_t *log,
-                                 const kvs__tl_events_t *ev, void **tl_p, char *err,
-                                 size_t errlen)
+                                 const kvs__tl_events_t *ev, void **tl_p, char *err, size_t errlen)
 {
     (void)cfg;
     (void)log;

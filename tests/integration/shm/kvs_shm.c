@@ -1004,9 +1004,9 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         void (*fn)(void);
-    } all[] = {{"mapped", s_mapped},   {"midread", s_midread},   {"xview", s_xview},
-               {"otherhost", s_otherhost}, {"unauth", s_unauth}, {"silent", s_silent},
-               {"exit", s_exit},       {"cuda", s_cuda},         {"cudamid", s_cudamid},
+    } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
+               {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
+               {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
                {"cudanofd", s_cudanofd}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
