@@ -26,22 +26,8 @@
 
 extern char **environ;
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "test_gpu_shim: %s:%d: check failed: %s\n", __FILE__, __LINE__,        \
-                    #cond);                                                                        \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define CU(call)                                                                                   \
-    do {                                                                                           \
-        CUresult r_ = (call);                                                                      \
-        if (r_ != CUDA_SUCCESS) {                                                                  \
-            fprintf(stderr, "test_gpu_shim: %s:%d: %s = %d\n", __FILE__, __LINE__, #call, r_);     \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#define GPU_TEST_NAME "test_gpu_shim"
+#include "gpu_check.h"
 
 static void *g_cuda;
 

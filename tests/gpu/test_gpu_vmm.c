@@ -24,21 +24,8 @@
 #define SKIP 77
 #define N    (1u << 20)
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "test_gpu_vmm: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define CU(call)                                                                                   \
-    do {                                                                                           \
-        CUresult r_ = (call);                                                                      \
-        if (r_ != CUDA_SUCCESS) {                                                                  \
-            fprintf(stderr, "test_gpu_vmm: %s:%d: %s = %d\n", __FILE__, __LINE__, #call, r_);      \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#define GPU_TEST_NAME "test_gpu_vmm"
+#include "gpu_check.h"
 
 static kvs_cuda_driver_t drv;
 
