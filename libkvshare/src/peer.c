@@ -3284,8 +3284,10 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
                              void **preq_p)
 {
     rlease_t *rl = rlease;
-    if (!dst->host_only)
-        return KVS_ERR_UNSUPPORTED; /* CUDA destinations need a CUDA-enabled UCX */
+    /* CUDA destinations: the same-host mapped path only (the transport's
+     * GET would need a CUDA-enabled UCX). */
+    if (!dst->host_only && rl->conn->shm == NULL)
+        return KVS_ERR_UNSUPPORTED;
     if (dst->nsegs > KVS_PROTO_MAX_PIECES ||
         (uint64_t)count * dst->nsegs > KVS_PROTO_MAX_FETCH_PIECES)
         return KVS_ERR_INVALID_PARAM;
@@ -3304,15 +3306,20 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
     /* Same host: copy from the holder's mapped memory, outside the lock. */
     size_t shm_bytes = 0;
     kvs_status_t shm_st = KVS_ERR_UNSUPPORTED;
+    bool live = false;
     if (rl->conn->shm != NULL && count > 0) { /* set once, before the lease existed */
         lock(pp);
-        bool live = rl->conn->state == S_READY;
+        live = rl->conn->state == S_READY;
         unlock(pp);
         if (live && rl->conn->xview)
             shm_st = shm_xfetch(rl->conn, rl, dst, ids, count, first, &shm_bytes);
         else if (live)
             shm_st =
                 kvs__shm_fetch(rl->conn->shm, rl->block_at + first, dst, ids, count, &shm_bytes);
+    }
+    if (!dst->host_only && live && shm_st == KVS_ERR_UNSUPPORTED) {
+        preq_free(r); /* not mapped (or a CUDA copy failed): no transport to fall back on */
+        return KVS_ERR_UNSUPPORTED;
     }
     r->pp = pp;
     r->rl = rl;
