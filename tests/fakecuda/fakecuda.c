@@ -360,14 +360,23 @@ CUresult cuCtxSynchronize(void)
     return CUDA_SUCCESS;
 }
 
-/* Streams: a token that remembers the context current at cuStreamCreate.
- * Copies are synchronous in the fake, so synchronising only checks the
- * handle; an async copy on a stream must run with the stream's context
- * current, as the driver requires. */
+/* Streams: each remembers the context current at cuStreamCreate, and an
+ * async copy on it must run with that context current, as the driver
+ * requires. Its copies are queued and done only at cuStreamSynchronize (or
+ * cuStreamDestroy), so code that forgets to synchronise sees the bytes
+ * missing, as it could on a device. The NULL stream copies at once. */
 #define FAKE_STREAM_MAGIC 0x6b7673737472656dull
+typedef struct fake_op {
+    uintptr_t dst, src;
+    size_t n;
+    struct fake_op *next;
+} fake_op_t;
+
 typedef struct fake_stream {
     uint64_t magic;
     CUcontext ctx;
+    pthread_mutex_t lock;
+    fake_op_t *head, **tail;
 } fake_stream_t;
 
 static atomic_long fake_nstreams;
@@ -386,11 +395,48 @@ static CUresult fake_stream_check(CUstream s)
     return fs->ctx == fake_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
 
+/* Queues a checked copy on @fs; false when out of memory. */
+static int fake_stream_push(fake_stream_t *fs, uintptr_t dst, uintptr_t src, size_t n)
+{
+    fake_op_t *op = malloc(sizeof(*op));
+    if (op == NULL) {
+        return 0;
+    }
+    *op = (fake_op_t){.dst = dst, .src = src, .n = n, .next = NULL};
+    pthread_mutex_lock(&fs->lock);
+    *fs->tail = op;
+    fs->tail = &op->next;
+    pthread_mutex_unlock(&fs->lock);
+    return 1;
+}
+
+/* Does the copies queued on @fs, in order. */
+static void fake_stream_run(fake_stream_t *fs)
+{
+    pthread_mutex_lock(&fs->lock);
+    fake_op_t *op = fs->head;
+    fs->head = NULL;
+    fs->tail = &fs->head;
+    pthread_mutex_unlock(&fs->lock);
+    while (op != NULL) {
+        fake_op_t *next = op->next;
+        memmove((void *)op->dst, (const void *)op->src, op->n);
+        free(op);
+        op = next;
+    }
+}
+
 CUresult cuStreamSynchronize(CUstream stream)
 {
     FAKE_ENTER(cuStreamSynchronize);
-    const fake_stream_t *fs = (const fake_stream_t *)stream;
-    return fs == NULL || fs->magic == FAKE_STREAM_MAGIC ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    fake_stream_t *fs = (fake_stream_t *)stream;
+    if (fs != NULL && fs->magic != FAKE_STREAM_MAGIC) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    if (fs != NULL) {
+        fake_stream_run(fs);
+    }
+    return CUDA_SUCCESS;
 }
 
 CUresult cuStreamCreate(CUstream *pstream, unsigned int flags)
@@ -408,6 +454,9 @@ CUresult cuStreamCreate(CUstream *pstream, unsigned int flags)
     }
     fs->magic = FAKE_STREAM_MAGIC;
     fs->ctx = fake_current;
+    pthread_mutex_init(&fs->lock, NULL);
+    fs->head = NULL;
+    fs->tail = &fs->head;
     atomic_fetch_add(&fake_nstreams, 1);
     *pstream = (CUstream)fs;
     return CUDA_SUCCESS;
@@ -420,7 +469,9 @@ CUresult cuStreamDestroy_v2(CUstream stream)
     if (fs == NULL || fs->magic != FAKE_STREAM_MAGIC) {
         return CUDA_ERROR_INVALID_HANDLE;
     }
+    fake_stream_run(fs); /* the device finishes what was queued */
     fs->magic = 0;
+    pthread_mutex_destroy(&fs->lock);
     free(fs);
     atomic_fetch_sub(&fake_nstreams, 1);
     return CUDA_SUCCESS;
@@ -998,8 +1049,10 @@ static int fake_is_dev(uintptr_t p, size_t n)
 }
 
 /* A copy of @n bytes; @dst_dev/@src_dev: that side must be device memory
- * (cuMemcpy and cuMemcpyAsync, unified, take either). */
-static CUresult fake_copy(uintptr_t dst, uintptr_t src, size_t n, int dst_dev, int src_dev)
+ * (cuMemcpy and cuMemcpyAsync, unified, take either). On a stream of ours
+ * (@s non-NULL) it is queued until the stream is synchronised. */
+static CUresult fake_copy_on(uintptr_t dst, uintptr_t src, size_t n, int dst_dev, int src_dev,
+                             CUstream s)
 {
     if ((dst == 0 || src == 0) && n != 0) {
         return CUDA_ERROR_INVALID_VALUE;
@@ -1007,10 +1060,19 @@ static CUresult fake_copy(uintptr_t dst, uintptr_t src, size_t n, int dst_dev, i
     if (n != 0 && ((dst_dev && !fake_is_dev(dst, n)) || (src_dev && !fake_is_dev(src, n)))) {
         return CUDA_ERROR_INVALID_VALUE;
     }
+    if (n != 0 && s != NULL) {
+        return fake_stream_push((fake_stream_t *)s, dst, src, n) ? CUDA_SUCCESS
+                                                                 : CUDA_ERROR_OUT_OF_MEMORY;
+    }
     if (n != 0) {
         memmove((void *)dst, (const void *)src, n);
     }
     return CUDA_SUCCESS;
+}
+
+static CUresult fake_copy(uintptr_t dst, uintptr_t src, size_t n, int dst_dev, int src_dev)
+{
+    return fake_copy_on(dst, src, n, dst_dev, src_dev, NULL);
 }
 
 #define FAKE_COPY_D(name, dst, src, n, dd, sd)                                                     \
@@ -1027,7 +1089,7 @@ static CUresult fake_copy(uintptr_t dst, uintptr_t src, size_t n, int dst_dev, i
         if (fake_r_ != CUDA_SUCCESS) {                                                             \
             return fake_r_;                                                                        \
         }                                                                                          \
-        return fake_copy((uintptr_t)(dst), (uintptr_t)(src), (n), (dd), (sd));                     \
+        return fake_copy_on((uintptr_t)(dst), (uintptr_t)(src), (n), (dd), (sd), (s));             \
     } while (0)
 
 CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)
