@@ -1257,14 +1257,29 @@ out:
     return st;
 }
 
+/* The segment of @dst that holds bytes [off, off + len) of a block, or
+ * nsegs (as kvs__xfer_dst_at finds it). */
+static size_t seg_at(const struct kvs_pool *dst, uint64_t off, uint64_t len)
+{
+    uint64_t base = 0;
+    for (size_t k = 0; k < dst->nsegs; k++) {
+        if (off < base + dst->segs[k].block_bytes)
+            return off + len <= base + dst->segs[k].block_bytes ? k : dst->nsegs;
+        base += dst->segs[k].block_bytes;
+    }
+    return dst->nsegs;
+}
+
 /* The copies of a planned fetch (lock held): per block its ranges into
  * staging and its long runs straight into @dst, both from the mapping. */
 static kvs_status_t plan_x(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                            const kvs__xfer_t *x, uint8_t *staging, struct kvs_pool *dst,
                            const uint32_t *ids, run_t *runs, size_t *nruns_p,
-                           const _Atomic uint64_t **gens)
+                           const _Atomic uint64_t **gens, const dst_dev_t **dd)
 {
     size_t nruns = 0;
+    if (!dst->host_only && (sp->dst_failed || !dst_devs(sp, dst, dd)))
+        return KVS_ERR_UNSUPPORTED;
     for (size_t i = 0; i < x->count; i++) {
         kvs__block_desc_t d;
         const uint8_t *cur = block_at[i];
@@ -1287,41 +1302,82 @@ static kvs_status_t plan_x(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
             uint8_t *at = kvs__xfer_dst_at(dst->segs, dst->nsegs, ids[i], cp->dst, cp->len);
             if (src == NULL || at == NULL)
                 return KVS_ERR_UNSUPPORTED; /* the transport path reports the mismatch */
-            add_run(runs, &nruns, src, at, (size_t)cp->len, ctx, NULL);
+            add_run(runs, &nruns, src, at, (size_t)cp->len, ctx,
+                    dst->host_only ? NULL : dd[seg_at(dst, cp->dst, cp->len)]);
         }
     }
     *nruns_p = nruns;
     return KVS_OK;
 }
 
+/* Staging permuted into a CUDA @dst once every generation held: the
+ * planned copies as runs from host staging into the device (HtoD on our
+ * streams, synchronised). KVS_ERR_LAYOUT_MISMATCH as kvs__xfer_apply(), or
+ * KVS_ERR_UNSUPPORTED when the driver failed a copy. */
+static kvs_status_t apply_cuda(kvs__shm_peer_t *sp, const kvs__xfer_t *x, const uint8_t *staging,
+                               struct kvs_pool *dst, const uint32_t *ids, const dst_dev_t **dd)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < x->count; i++)
+        total += x->sets[x->set_of[i]].ncopies;
+    if (total == 0)
+        return KVS_OK;
+    run_t *runs = kvs__malloc(total * sizeof(*runs));
+    if (runs == NULL)
+        return KVS_ERR_UNSUPPORTED; /* the fetch fails; nothing was trusted */
+    size_t nruns = 0, ignored = 0;
+    kvs_status_t st = KVS_OK;
+    for (size_t i = 0; i < x->count && st == KVS_OK; i++) {
+        const kvs__xset_t *xs = &x->sets[x->set_of[i]];
+        const uint8_t *from = staging + x->stage_at[i];
+        for (size_t k = 0; k < xs->ncopies && st == KVS_OK; k++) {
+            const kvs__copy_t *c = &xs->copies[k];
+            uint8_t *at = kvs__xfer_dst_at(dst->segs, dst->nsegs, ids[i], c->dst, c->len);
+            if (at == NULL || c->src + c->len > xs->bytes)
+                st = KVS_ERR_LAYOUT_MISMATCH;
+            else
+                add_run(runs, &nruns, from + c->src, at, (size_t)c->len, NULL,
+                        dd[seg_at(dst, c->dst, c->len)]);
+        }
+    }
+    if (st == KVS_OK && !copy_runs(sp, runs, nruns, &ignored))
+        st = KVS_ERR_UNSUPPORTED;
+    kvs__free(runs);
+    return st;
+}
+
 kvs_status_t kvs__shm_fetch_planned(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                                     const kvs__xfer_t *x, uint8_t *staging, struct kvs_pool *dst,
                                     const uint32_t *ids, size_t *bytes_p)
 {
-    if (sp == NULL || x->count == 0 || !dst->host_only)
+    if (sp == NULL || x->count == 0)
         return KVS_ERR_UNSUPPORTED;
     size_t total = 0;
     for (size_t i = 0; i < x->count; i++)
         total += x->sets[x->set_of[i]].nranges + x->sets[x->set_of[i]].ndirect;
     run_t *runs = kvs__malloc((total ? total : 1) * sizeof(*runs));
     const _Atomic uint64_t **gens = kvs__malloc(x->count * sizeof(*gens));
+    const dst_dev_t **dd = kvs__malloc(dst->nsegs * sizeof(*dd));
     kvs_status_t st = KVS_ERR_UNSUPPORTED;
     size_t nruns = 0, bytes = 0;
-    if (runs == NULL || gens == NULL)
+    if (runs == NULL || gens == NULL || dd == NULL)
         goto out;
     pthread_mutex_lock(&sp->lock);
     if (attach_for(sp, block_at, x->count))
-        st = plan_x(sp, block_at, x, staging, dst, ids, runs, &nruns, gens);
+        st = plan_x(sp, block_at, x, staging, dst, ids, runs, &nruns, gens, dd);
     pthread_mutex_unlock(&sp->lock);
     if (st == KVS_OK)
         st = copy_checked(sp, block_at, gens, x->count, runs, nruns, &bytes);
     /* Staging lands only once every generation held (as on the transport). */
-    for (size_t i = 0; st == KVS_OK && i < x->count; i++)
+    if (st == KVS_OK && !dst->host_only)
+        st = apply_cuda(sp, x, staging, dst, ids, dd);
+    for (size_t i = 0; st == KVS_OK && dst->host_only && i < x->count; i++)
         st = kvs__xfer_apply(x, i, staging, dst->segs, dst->nsegs, ids[i]);
     if (st == KVS_OK)
         *bytes_p = bytes;
 out:
     kvs__free(runs);
     kvs__free(gens);
+    kvs__free(dd);
     return st;
 }

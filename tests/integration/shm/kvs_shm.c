@@ -34,6 +34,8 @@
  *              from the exportable VMM allocation (cuMemcpyDtoDAsync), every byte over the
  *              mapping, a rewrite between copy and check KVS_ERR_STALE then the new bytes;
  *              KVSHARE_SHM=off refuses the fetch (the transport takes no CUDA memory)
+ *   cudaxview  xview with the reader's pool in CUDA memory: staging goes into the device
+ *              (cuMemcpyHtoDAsync) only once the generations held
  * Uses the internal test hook kvs__shm_test_mid_copy (linked against kvshare_static). */
 #include "fakecuda.h"
 #include "kvshare.h"
@@ -345,12 +347,18 @@ static reader_t reader_new(void)
 /* The holder's view of TP 2 rank 1 (heads 4..7, blocks of half the bytes). */
 #define XRANK 1u
 #define XBB   (BB / 2)
-static reader_t reader_tp2(void)
+static kvs_layout_t layout_tp2(void)
 {
     kvs_layout_t l = layout();
     l.tp_size = 2;
     l.tp_rank = XRANK;
     l.num_kv_heads = 4;
+    return l;
+}
+
+static reader_t reader_tp2(void)
+{
+    kvs_layout_t l = layout_tp2();
     reader_t r = {.ctx = make_ctx(NULL), .bb = XBB, .unset = 0xA5};
     r.pool = make_pool_as(r.ctx, &l, XBB, &r.mem);
     return r;
@@ -364,24 +372,31 @@ static uint8_t x_byte(const uint8_t *whole, size_t o)
     return whole[kv * (BB / 2) + t * 2048 + (XRANK * 4 + h) * 256 + b];
 }
 
-/* A reader whose pool is CUDA memory (a decode engine's KV on the GPU). */
-static reader_t reader_cuda(void)
+/* A reader whose pool (layout @lp, blocks of @bb bytes) is CUDA memory: a
+ * decode engine's KV on the GPU. */
+static reader_t reader_cuda_as(const kvs_layout_t *lp, size_t bb)
 {
-    reader_t r = {.ctx = make_ctx(NULL), .bb = BB, .unset = 0x5A};
+    reader_t r = {.ctx = make_ctx(NULL), .bb = bb, .unset = 0x5A};
     CU_OK(cuInit(0));
-    CU_OK(cuMemAlloc_v2(&r.dev, (size_t)NBLOCKS * BB));
-    if ((r.mem = malloc((size_t)NBLOCKS * BB)) == NULL)
+    CU_OK(cuMemAlloc_v2(&r.dev, (size_t)NBLOCKS * bb));
+    if ((r.mem = malloc((size_t)NBLOCKS * bb)) == NULL)
         FAIL("malloc");
-    kvs_layout_t l = layout();
+    kvs_layout_t l = *lp;
     kvs_segment_t seg = {.base = (void *)(uintptr_t)r.dev,
-                         .block_stride = BB,
-                         .block_bytes = BB,
+                         .block_stride = bb,
+                         .block_bytes = bb,
                          .mem_type = KVS_MEM_CUDA};
     kvs_pool_params_t pp = {
         .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = NBLOCKS};
     if (kvs_pool_create(r.ctx, &pp, &r.pool) != KVS_OK)
         FAIL("kvs_pool_create (CUDA reader)");
     return r;
+}
+
+static reader_t reader_cuda(void)
+{
+    kvs_layout_t l = layout();
+    return reader_cuda_as(&l, BB);
 }
 
 static void reader_free(reader_t *r)
@@ -568,10 +583,15 @@ static void x_check(const reader_t *r, uint32_t first, uint32_t n, uint64_t v0, 
     free(whole);
 }
 
-static void s_xview(void)
+static reader_t reader_cuda_as(const kvs_layout_t *lp, size_t bb);
+
+/* TP 1 -> TP 2 from the mapping into a host pool, or (@cuda) a CUDA pool:
+ * there the staging is copied into the device only after the check. */
+static void xview_case(bool cuda)
 {
     child_t h = start_holder();
-    reader_t r = reader_tp2();
+    kvs_layout_t l = layout_tp2();
+    reader_t r = cuda ? reader_cuda_as(&l, XBB) : reader_tp2();
     /* Zero-copy blocks (the holder's kvs_mem_alloc pool), then the arena's. */
     kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
     if (st != KVS_OK)
@@ -586,8 +606,8 @@ static void s_xview(void)
              (unsigned long long)shm_bytes(&r), (unsigned long long)ucx_bytes(&r),
              2 * NBLOCKS * XBB);
     printf("ok: xview: TP 1 -> TP 2 head slices of %u zero-copy + %u arena blocks from mapped "
-           "memory, every byte\n",
-           NBLOCKS, NBLOCKS);
+           "memory into %s memory, every byte\n",
+           NBLOCKS, NBLOCKS, cuda ? "CUDA" : "host");
     /* A rewrite between the copy and the check: STALE, and nothing from staging lands
      * (every copy of this plan is short, so all of it goes through staging). */
     mid_holder = &h;
@@ -609,9 +629,20 @@ static void s_xview(void)
     if (shm_bytes(&r) != before + 4u * XBB || ucx_bytes(&r) != 0)
         FAIL("xview: the fetch after the rewrite did not come from mapped memory");
     printf("ok: xview: a rewrite between copy and check is KVS_ERR_STALE with nothing landed; "
-           "then the new bytes\n");
+           "then the new bytes (%s pool)\n",
+           cuda ? "CUDA" : "host");
     reader_free(&r);
     stop_holder(&h);
+}
+
+static void s_xview(void)
+{
+    xview_case(false);
+}
+
+static void s_cudaxview(void)
+{
+    xview_case(true);
 }
 
 static void s_otherhost(void)
@@ -1122,7 +1153,8 @@ int main(int argc, char **argv)
     } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
                {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
                {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
-               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}};
+               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst},
+               {"cudaxview", s_cudaxview}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
