@@ -675,10 +675,10 @@ struct kvs__shm_peer {
     const uint8_t *secret;
     size_t secret_len;
     bool open;
-    bool broken;                     /* the handover failed: the transport for good */
-    bool cu_failed;                  /* a CUDA copy failed: the transport for good, logged */
-    bool dst_failed;                 /* a CUDA destination cannot be set up: logged */
-    dst_dev_t devs[SHM_MAX_DEVS];    /* devices of CUDA destinations (lock held) */
+    bool broken;                  /* the handover failed: the transport for good */
+    bool cu_failed;               /* a CUDA copy failed: the transport for good, logged */
+    bool dst_failed;              /* a CUDA destination cannot be set up: logged */
+    dst_dev_t devs[SHM_MAX_DEVS]; /* devices of CUDA destinations (lock held) */
     uint32_t ndevs;
     bool identify_tried, identified; /* kvs__shm_peer_identify */
     const kvs__logger_t *log;
@@ -1093,8 +1093,7 @@ static kvs_status_t plan(kvs__shm_peer_t *sp, const uint8_t *const *block_at, st
             const uint8_t *src = block_src(sp, &d, off, sg->block_bytes, &ctx);
             if (src == NULL)
                 return KVS_ERR_UNSUPPORTED;
-            add_run(runs, &nruns, src, local, sg->block_bytes, ctx,
-                    dst->host_only ? NULL : dd[s]);
+            add_run(runs, &nruns, src, local, sg->block_bytes, ctx, dst->host_only ? NULL : dd[s]);
             off += sg->block_bytes;
         }
     }

@@ -330,8 +330,8 @@ static void stop_holder(child_t *c)
 /* --- the reader ---------------------------------------------------------- */
 typedef struct reader {
     kvs_ctx_h ctx;
-    uint8_t *mem;     /* its blocks (a CUDA reader: their host copy, after each fetch) */
-    CUdeviceptr dev;  /* a CUDA reader's blocks (fake cuMemAlloc memory), or 0 */
+    uint8_t *mem;    /* its blocks (a CUDA reader: their host copy, after each fetch) */
+    CUdeviceptr dev; /* a CUDA reader's blocks (fake cuMemAlloc memory), or 0 */
     kvs_pool_h pool;
     size_t bb; /* its block bytes */
     int unset; /* what fetch() writes into its blocks first */
@@ -1037,8 +1037,7 @@ static void s_cudadst(void)
         int kind;
         const char *what, *copy, *other;
     } cases[] = {{HOLD_HOST, "memfd source", "cuMemcpyHtoDAsync_v2", "cuMemcpyDtoDAsync_v2"},
-                 {HOLD_CUDA_FD, "CUDA VMM source", "cuMemcpyDtoDAsync_v2",
-                  "cuMemcpyHtoDAsync_v2"}};
+                 {HOLD_CUDA_FD, "CUDA VMM source", "cuMemcpyDtoDAsync_v2", "cuMemcpyHtoDAsync_v2"}};
     for (size_t k = 0; k < 2; k++) {
         const char *what = cases[k].what;
         hold_kind = cases[k].kind;
@@ -1153,8 +1152,7 @@ int main(int argc, char **argv)
     } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
                {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
                {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
-               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst},
-               {"cudaxview", s_cudaxview}};
+               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
