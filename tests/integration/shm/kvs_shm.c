@@ -35,7 +35,9 @@
  *              mapping, a rewrite between copy and check KVS_ERR_STALE then the new bytes;
  *              KVSHARE_SHM=off refuses the fetch (the transport takes no CUDA memory)
  *   cudaxview  xview with the reader's pool in CUDA memory: staging goes into the device
- *              (cuMemcpyHtoDAsync) only once the generations held
+ *              (cuMemcpyHtoDAsync) only once the generations held; and a reader of the
+ *              other K/V order from a CUDA VMM holder: whole planes go straight from the
+ *              mapping into the device (cuMemcpyDtoDAsync)
  * Uses the internal test hook kvs__shm_test_mid_copy (linked against kvshare_static). */
 #include "fakecuda.h"
 #include "kvshare.h"
@@ -640,9 +642,49 @@ static void s_xview(void)
     xview_case(false);
 }
 
+/* Across views into CUDA memory, then from a CUDA VMM holder into a CUDA
+ * reader of the other K/V order (one layer: the same bytes, but planned):
+ * whole planes are runs long enough to go straight from the mapping into
+ * the device (cuMemcpyDtoDAsync), no staging; every byte right, a rewrite
+ * between copy and check KVS_ERR_STALE then the new bytes. */
 static void s_cudaxview(void)
 {
     xview_case(true);
+    hold_kind = HOLD_CUDA_FD;
+    child_t h = start_holder();
+    hold_kind = HOLD_HOST;
+    kvs_layout_t l = layout();
+    l.kv_order = KVS_KV_ORDER_BLOCK_OUTER;
+    reader_t r = reader_cuda_as(&l, BB);
+    unsigned long dtod = fakecuda_calls("cuMemcpyDtoDAsync_v2");
+    unsigned long htod = fakecuda_calls("cuMemcpyHtoDAsync_v2");
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("cudaxview: direct runs: %s", kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    if (shm_bytes(&r) != (uint64_t)NBLOCKS * BB || ucx_bytes(&r) != 0 ||
+        fakecuda_calls("cuMemcpyDtoDAsync_v2") == dtod ||
+        fakecuda_calls("cuMemcpyHtoDAsync_v2") != htod)
+        FAIL("cudaxview: direct runs: %llu mapped bytes, %llu over UCX, %lu DtoD, %lu HtoD "
+             "(want every byte mapped, straight into the device)",
+             (unsigned long long)shm_bytes(&r), (unsigned long long)ucx_bytes(&r),
+             fakecuda_calls("cuMemcpyDtoDAsync_v2") - dtod,
+             fakecuda_calls("cuMemcpyHtoDAsync_v2") - htod);
+    mid_holder = &h;
+    mid_calls = 0;
+    kvs__shm_test_mid_copy = mid_copy;
+    st = fetch(&r, h.addr, 0, 4);
+    kvs__shm_test_mid_copy = NULL;
+    if (mid_calls != 1 || st != KVS_ERR_STALE)
+        FAIL("cudaxview: direct runs: a rewrite between copy and check gave %s",
+             kvs_status_string(st));
+    if ((st = fetch(&r, h.addr, 0, 4)) != KVS_OK)
+        FAIL("cudaxview: direct runs after the rewrite: %s", kvs_status_string(st));
+    check(&r, 0, 1, 2);
+    printf("ok: cudaxview: K/V order across views from CUDA VMM into CUDA memory: whole planes "
+           "straight into the device, every byte; KVS_ERR_STALE on a rewrite, then new bytes\n");
+    reader_free(&r);
+    stop_holder(&h);
 }
 
 static void s_otherhost(void)
