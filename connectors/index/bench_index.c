@@ -361,10 +361,11 @@ static bool redis_scores(const char *url, const char *ca, uint64_t samples, uint
     for (size_t i = 0; i < PROMPT_BLKS; i++)
         k[i] = kvs_cli_mix(i + 1);
     kvs__ixr_score_t out[4];
-    bool ok = kvs__ixr_lease(r, "kvs-bench", pod, &epoch) >= 1;
+    kvs__ixr_w_t *w = kvs__ixr_writer_create(r);
+    bool ok = w != NULL && kvs__ixr_lease(w, "kvs-bench", pod, &epoch) >= 1;
     if (ok) {
-        kvs__ixr_store(r, "kvs-bench", pod, k, PROMPT_BLKS, "GPU");
-        ok = kvs__ixr_flush(r) == 0;
+        kvs__ixr_store(w, "kvs-bench", pod, k, PROMPT_BLKS, "GPU");
+        ok = kvs__ixr_flush(w) == 0;
     }
     for (uint64_t s = 0; ok && s < samples; s++) {
         uint64_t t0 = now_ns();
@@ -372,10 +373,13 @@ static bool redis_scores(const char *url, const char *ca, uint64_t samples, uint
         lat[s] = now_ns() - t0;
         ok = n >= 1 && out[0].blocks == PROMPT_BLKS;
     }
-    kvs__ixr_clear(r, "kvs-bench", pod);
-    kvs__ixr_flush(r);
+    if (w != NULL) {
+        kvs__ixr_clear(w, "kvs-bench", pod);
+        kvs__ixr_flush(w);
+    }
     if (!ok)
         fprintf(stderr, "kvshare bench index: %s: Redis did not answer as expected\n", url);
+    kvs__ixr_writer_destroy(w);
     kvs__ixr_destroy(r);
     if (ok) {
         qsort(lat, samples, sizeof(*lat), cmp_u64);

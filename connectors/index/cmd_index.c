@@ -130,6 +130,9 @@ typedef struct shard {
     bool started;
     uint64_t next_age;
     atomic_ullong batches, events; /* live batches routed here; events applied */
+#ifdef KVS_HAVE_REDIS
+    kvs__ixr_w_t *rw; /* --redis: this writer's own connection */
+#endif
 } shard_t;
 
 typedef struct index_daemon {
@@ -218,7 +221,8 @@ static void usage(FILE *f)
         "                KVSHARE_REDIS_KEY_FILE)\n"
         "  --shards      N writer threads, each with its own index of the models that hash\n"
         "                to it (a score reads one model's shard); 1-64, default 1 (the\n"
-        "                receive thread writes); --redis needs 1\n"
+        "                receive thread writes); with --redis, each writer has its own\n"
+        "                Redis connection\n"
         "  --shard-queue batches queued per shard before the receive thread waits for it\n"
         "                (a power of two, 2-1048576; default 4096)\n");
 }
@@ -258,7 +262,7 @@ static void clear_pod(shard_t *sh, uint32_t pod)
         kvs__tk_clear_pod(sh->tk, pod);
 #ifdef KVS_HAVE_REDIS
     if (redis_writer(sh, pod))
-        kvs__ixr_clear(sh->d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+        kvs__ixr_clear(sh->rw, kvs__idx_pod_model_name(sh->idx, pod),
                        kvs__idx_pod_name(sh->idx, pod));
 #endif
 }
@@ -268,7 +272,7 @@ static void set_degraded(shard_t *sh, uint32_t pod, bool degraded)
     kvs__idx_set_degraded(sh->idx, pod, degraded);
 #ifdef KVS_HAVE_REDIS
     if (redis_writer(sh, pod))
-        kvs__ixr_set_degraded(sh->d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+        kvs__ixr_set_degraded(sh->rw, kvs__idx_pod_model_name(sh->idx, pod),
                               kvs__idx_pod_name(sh->idx, pod), degraded);
 #endif
 }
@@ -340,9 +344,8 @@ static const char *medium_cstr(const kvs__ev_str_t *m, char *buf, size_t cap)
  * writer (or a lost connection) left there is not to be trusted. */
 static void redis_resync(shard_t *sh, uint32_t pod, const char *model, const char *pname)
 {
-    index_daemon_t *d = sh->d;
-    kvs__ixr_clear(d->redis, model, pname);
-    kvs__ixr_set_degraded(d->redis, model, pname, kvs__idx_degraded(sh->idx, pod));
+    kvs__ixr_clear(sh->rw, model, pname);
+    kvs__ixr_set_degraded(sh->rw, model, pname, kvs__idx_degraded(sh->idx, pod));
     size_t n = kvs__idx_pod_copies(sh->idx, pod, NULL, NULL, 0);
     uint64_t *h = malloc((n ? n : 1) * sizeof(*h));
     const char **m = malloc((n ? n : 1) * sizeof(*m));
@@ -352,7 +355,7 @@ static void redis_resync(shard_t *sh, uint32_t pod, const char *model, const cha
         for (size_t i = 0, j; i < n; i = j) {
             for (j = i + 1; j < n && m[j] == m[i]; j++)
                 ;
-            kvs__ixr_store(d->redis, model, pname, h + i, j - i, m[i]);
+            kvs__ixr_store(sh->rw, model, pname, h + i, j - i, m[i]);
         }
     }
     free(h);
@@ -363,7 +366,7 @@ static void redis_resync(shard_t *sh, uint32_t pod, const char *model, const cha
 static bool redis_writer(shard_t *sh, uint32_t pod)
 {
     index_daemon_t *d = sh->d;
-    if (d->redis == NULL || pod >= sh->nseq)
+    if (sh->rw == NULL || pod >= sh->nseq)
         return false;
     pod_seq_t *ps = &sh->seq[pod];
     uint64_t t = now_ms();
@@ -372,7 +375,7 @@ static bool redis_writer(shard_t *sh, uint32_t pod)
     const char *model = kvs__idx_pod_model_name(sh->idx, pod),
                *pname = kvs__idx_pod_name(sh->idx, pod);
     uint64_t epoch = 0;
-    int rc = kvs__ixr_lease(d->redis, model, pname, &epoch);
+    int rc = kvs__ixr_lease(sh->rw, model, pname, &epoch);
     /* Renew well before the lease ends; a replica that cannot reach Redis stops writing
      * (its lease lapses and another takes the pod). */
     ps->renew_at = t + d->lease_ms / 3;
@@ -426,7 +429,7 @@ static void apply(shard_t *sh, const char *src, uint32_t pod, const void *payloa
 #ifdef KVS_HAVE_REDIS
             if (redis_writer(sh, pod)) {
                 char mb[64];
-                kvs__ixr_store(d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+                kvs__ixr_store(sh->rw, kvs__idx_pod_model_name(sh->idx, pod),
                                kvs__idx_pod_name(sh->idx, pod), keys, nkeys,
                                medium_cstr(&e->medium, mb, sizeof(mb)));
             }
@@ -447,7 +450,7 @@ static void apply(shard_t *sh, const char *src, uint32_t pod, const void *payloa
 #ifdef KVS_HAVE_REDIS
             if (redis_writer(sh, pod)) {
                 char mb[64];
-                kvs__ixr_remove(d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+                kvs__ixr_remove(sh->rw, kvs__idx_pod_model_name(sh->idx, pod),
                                 kvs__idx_pod_name(sh->idx, pod), keys, nkeys,
                                 medium_cstr(&e->medium, mb, sizeof(mb)));
             }
@@ -468,8 +471,8 @@ static void apply(shard_t *sh, const char *src, uint32_t pod, const void *payloa
         atomic_store(&sh->tk_bytes, kvs__tk_bytes(sh->tk));
     }
 #ifdef KVS_HAVE_REDIS
-    if (d->redis != NULL)
-        kvs__ixr_flush(d->redis); /* the batch's writes: one round trip */
+    if (sh->rw != NULL)
+        kvs__ixr_flush(sh->rw); /* the batch's writes: one round trip */
 #endif
 }
 
@@ -1288,6 +1291,9 @@ static void daemon_close(index_daemon_t *d)
         kvs__ev_decoder_destroy(sh->dec);
         kvs__idx_destroy(sh->idx);
         kvs__tk_destroy(sh->tk); /* before the hasher it borrows */
+#ifdef KVS_HAVE_REDIS
+        kvs__ixr_writer_destroy(sh->rw); /* before the kvs__ixr_t it borrows */
+#endif
         free(sh->tkeys);
         free(sh->seq);
     }
@@ -1486,12 +1492,8 @@ int kvs_cli_index(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    /* --redis writes through one connection, which one writer thread owns. */
-    if (redis_url != NULL && nshards > 1)
-        return kvs_cli_usage_error(&index_cmd, "--shards %llu: --redis needs --shards 1",
-                                   (unsigned long long)nshards);
     if (nshards == 0)
-        nshards = redis_url != NULL ? 1 : SHARDS_DEFAULT;
+        nshards = SHARDS_DEFAULT;
     int rc = 1;
     struct MHD_Daemon *mhd = NULL;
     kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_BLOCK_TOKENS,
@@ -1540,6 +1542,12 @@ int kvs_cli_index(int argc, char **argv)
             rc = 2;
             goto out;
         }
+        /* Each shard's writer thread writes through its own connection. */
+        for (unsigned i = 0; i < d.nsh; i++)
+            if ((d.sh[i].rw = kvs__ixr_writer_create(d.redis)) == NULL) {
+                fprintf(stderr, "kvshare index: out of memory\n");
+                goto out;
+            }
         /* Warm from what the replicas wrote; without Redis this replica starts cold (and
          * says so) rather than not at all. */
         snap_ctx_t sc = {.d = &d, .pod = -1};

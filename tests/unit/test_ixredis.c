@@ -69,17 +69,21 @@ Test(ixredis, unreachable_fails_fast_and_is_counted)
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", dead_port());
     kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, why, sizeof(why));
     cr_assert_not_null(r);
+    kvs__ixr_w_t *w = kvs__ixr_writer_create(r);
+    cr_assert_not_null(w);
     uint64_t epoch = 0, h[2] = {1, 2};
-    cr_assert_eq(kvs__ixr_lease(r, "m", "p", &epoch), -1);
-    kvs__ixr_store(r, "m", "p", h, 2, "GPU");
-    kvs__ixr_clear(r, "m", "p");
-    kvs__ixr_set_degraded(r, "m", "p", true);
-    cr_assert_eq(kvs__ixr_flush(r), 0, "nothing was queued");
+    cr_assert_eq(kvs__ixr_lease(w, "m", "p", &epoch), -1);
+    kvs__ixr_store(w, "m", "p", h, 2, "GPU");
+    kvs__ixr_clear(w, "m", "p");
+    kvs__ixr_set_degraded(w, "m", "p", true);
+    cr_assert_eq(kvs__ixr_flush(w), 0, "nothing was queued");
     kvs__ixr_score_t out[4];
     const char *only[] = {"p"};
     cr_assert_eq(kvs__ixr_score(r, "m", h, 2, only, 1, out, 4), -1);
     cr_assert_eq(kvs__ixr_score(r, "m", h, 0, NULL, 0, out, 4), 0, "no blocks: no round trip");
     cr_assert_eq(kvs__ixr_snapshot(r, NULL, NULL, NULL), -1);
     cr_assert_geq(kvs__ixr_errors(r), 2);
+    kvs__ixr_writer_destroy(w);
+    kvs__ixr_writer_destroy(NULL);
     kvs__ixr_destroy(r);
 }

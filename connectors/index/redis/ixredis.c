@@ -153,11 +153,16 @@ struct kvs__ixr {
     kvs__ixtls_ctx_t *tls;     /* rediss:// */
     char id[128];
     char lease_ms[16];
-    conn_t w;       /* the writer (event thread) */
-    size_t pending; /* writes queued on w */
-    conn_t rd;      /* the readers (HTTP threads), under lock */
+    conn_t rd; /* the readers (HTTP threads) and the snapshot, under lock */
     pthread_mutex_t lock;
     atomic_ullong errors;
+};
+
+/* One writer thread's connection (a shard's writer): hiredis contexts are not thread-safe. */
+struct kvs__ixr_w {
+    kvs__ixr_t *r;
+    conn_t c;
+    size_t pending; /* writes queued on c */
 };
 
 static uint64_t mono_ms(void)
@@ -307,7 +312,6 @@ void kvs__ixr_destroy(kvs__ixr_t *r)
 {
     if (r == NULL)
         return;
-    conn_drop(&r->w);
     conn_drop(&r->rd);
     kvs__ixtls_ctx_free(r->tls);
     pthread_mutex_destroy(&r->lock);
@@ -512,17 +516,34 @@ static redisReply *run(kvs__ixr_t *r, conn_t *c, int argc, const char **argv, co
     return run_s(r, c, -1, argc, argv, lens, what);
 }
 
-int kvs__ixr_lease(kvs__ixr_t *r, const char *model, const char *pod, uint64_t *epoch_p)
+kvs__ixr_w_t *kvs__ixr_writer_create(kvs__ixr_t *r)
 {
+    kvs__ixr_w_t *w = calloc(1, sizeof(*w));
+    if (w != NULL)
+        w->r = r;
+    return w;
+}
+
+void kvs__ixr_writer_destroy(kvs__ixr_w_t *w)
+{
+    if (w == NULL)
+        return;
+    conn_drop(&w->c);
+    free(w);
+}
+
+int kvs__ixr_lease(kvs__ixr_w_t *w, const char *model, const char *pod, uint64_t *epoch_p)
+{
+    kvs__ixr_t *r = w->r;
     char key[600];
     snprintf(key, sizeof(key), "kvs:l:%s@%s", model, pod);
     const char *argv[] = {NULL, NULL, "1", key, r->id, r->lease_ms};
-    redisReply *rep = run_s(r, &r->w, S_LEASE, 6, argv, NULL, "lease");
+    redisReply *rep = run_s(r, &w->c, S_LEASE, 6, argv, NULL, "lease");
     if (rep == NULL)
         return -1;
     int rc = rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer : -1;
     freeReplyObject(rep);
-    *epoch_p = r->w.epoch;
+    *epoch_p = w->c.epoch;
     return rc;
 }
 
@@ -537,10 +558,11 @@ static uint8_t tier_bit(const char *medium)
 }
 
 /* Queues EVAL script model pod bits hash... on the writer. */
-static void queue_blocks(kvs__ixr_t *r, int script, const char *model, const char *pod,
+static void queue_blocks(kvs__ixr_w_t *w, int script, const char *model, const char *pod,
                          const uint64_t *hashes, size_t n, const char *medium)
 {
-    redisContext *ctx = conn_get(r, &r->w);
+    kvs__ixr_t *r = w->r;
+    redisContext *ctx = conn_get(r, &w->c);
     if (ctx == NULL || n == 0)
         return;
     size_t argc = 6 + n;
@@ -556,7 +578,7 @@ static void queue_blocks(kvs__ixr_t *r, int script, const char *model, const cha
     }
     char bits[4];
     snprintf(bits, sizeof(bits), "%u", tier_bit(medium));
-    script_head(&r->w, script, argv);
+    script_head(&w->c, script, argv);
     argv[2] = "0", argv[3] = model, argv[4] = pod;
     argv[5] = bits;
     for (size_t i = 0; i < n; i++) {
@@ -566,65 +588,68 @@ static void queue_blocks(kvs__ixr_t *r, int script, const char *model, const cha
     for (size_t i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
     if (redisAppendCommandArgv(ctx, (int)argc, argv, lens) == REDIS_OK)
-        r->pending++;
+        w->pending++;
     else
-        failed(r, &r->w, "queue");
+        failed(r, &w->c, "queue");
     free(argv);
     free(lens);
     free(hex);
 }
 
-void kvs__ixr_store(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
+void kvs__ixr_store(kvs__ixr_w_t *w, const char *model, const char *pod, const uint64_t *hashes,
                     size_t n, const char *medium)
 {
-    queue_blocks(r, S_STORE, model, pod, hashes, n, medium);
+    queue_blocks(w, S_STORE, model, pod, hashes, n, medium);
 }
 
-void kvs__ixr_remove(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
+void kvs__ixr_remove(kvs__ixr_w_t *w, const char *model, const char *pod, const uint64_t *hashes,
                      size_t n, const char *medium)
 {
-    queue_blocks(r, S_REMOVE, model, pod, hashes, n, medium);
+    queue_blocks(w, S_REMOVE, model, pod, hashes, n, medium);
 }
 
-void kvs__ixr_clear(kvs__ixr_t *r, const char *model, const char *pod)
+void kvs__ixr_clear(kvs__ixr_w_t *w, const char *model, const char *pod)
 {
-    redisContext *ctx = conn_get(r, &r->w);
+    kvs__ixr_t *r = w->r;
+    redisContext *ctx = conn_get(r, &w->c);
     if (ctx == NULL)
         return;
     const char *argv[] = {NULL, NULL, "0", model, pod};
-    script_head(&r->w, S_CLEAR, argv);
+    script_head(&w->c, S_CLEAR, argv);
     if (redisAppendCommandArgv(ctx, 5, argv, NULL) == REDIS_OK)
-        r->pending++;
+        w->pending++;
     else
-        failed(r, &r->w, "queue");
+        failed(r, &w->c, "queue");
 }
 
-void kvs__ixr_set_degraded(kvs__ixr_t *r, const char *model, const char *pod, bool degraded)
+void kvs__ixr_set_degraded(kvs__ixr_w_t *w, const char *model, const char *pod, bool degraded)
 {
-    redisContext *ctx = conn_get(r, &r->w);
+    kvs__ixr_t *r = w->r;
+    redisContext *ctx = conn_get(r, &w->c);
     if (ctx == NULL)
         return;
     char key[300];
     snprintf(key, sizeof(key), "kvs:d:%s", model);
     const char *argv[] = {degraded ? "SADD" : "SREM", key, pod};
     if (redisAppendCommandArgv(ctx, 3, argv, NULL) == REDIS_OK)
-        r->pending++;
+        w->pending++;
     else
-        failed(r, &r->w, "queue");
+        failed(r, &w->c, "queue");
 }
 
-int kvs__ixr_flush(kvs__ixr_t *r)
+int kvs__ixr_flush(kvs__ixr_w_t *w)
 {
+    kvs__ixr_t *r = w->r;
     int rc = 0;
     bool noscript = false;
-    while (r->pending > 0 && r->w.c != NULL) {
+    while (w->pending > 0 && w->c.c != NULL) {
         void *rep = NULL;
-        if (redisGetReply(r->w.c, &rep) != REDIS_OK) {
-            failed(r, &r->w, "write");
+        if (redisGetReply(w->c.c, &rep) != REDIS_OK) {
+            failed(r, &w->c, "write");
             rc = -1;
             break;
         }
-        r->pending--;
+        w->pending--;
         redisReply *x = rep;
         if (is_noscript(x)) {
             noscript = true;
@@ -637,12 +662,12 @@ int kvs__ixr_flush(kvs__ixr_t *r)
         }
         freeReplyObject(rep);
     }
-    r->pending = 0;
+    w->pending = 0;
     /* The server lost its scripts (SCRIPT FLUSH, a failover to a replica that never loaded
      * them): those writes are gone. Reconnecting reloads the scripts, and the new connection
      * number makes the lease holder resync each pod it writes. */
-    if (noscript && r->w.c != NULL)
-        failed_why(r, &r->w, "write",
+    if (noscript && w->c.c != NULL)
+        failed_why(r, &w->c, "write",
                    "NOSCRIPT: the server's script cache was flushed; "
                    "reconnecting, then resyncing the pods written here");
     return rc;
@@ -654,10 +679,13 @@ int kvs__ixr_snapshot(kvs__ixr_t *r,
                                       const char *medium),
                       void *arg)
 {
+    pthread_mutex_lock(&r->lock); /* the readers' connection: no writer thread runs yet */
     const char *am[] = {"SMEMBERS", "kvs:m"};
-    redisReply *models = run(r, &r->w, 2, am, NULL, "snapshot");
-    if (models == NULL)
+    redisReply *models = run(r, &r->rd, 2, am, NULL, "snapshot");
+    if (models == NULL) {
+        pthread_mutex_unlock(&r->lock);
         return -1;
+    }
     int rc = models->type == REDIS_REPLY_ARRAY ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < models->elements; i++) {
         const char *m = models->element[i]->str;
@@ -667,8 +695,8 @@ int kvs__ixr_snapshot(kvs__ixr_t *r,
         snprintf(pk, sizeof(pk), "kvs:P:%s", m);
         snprintf(dk, sizeof(dk), "kvs:d:%s", m);
         const char *ap[] = {"SMEMBERS", pk}, *ad[] = {"SMEMBERS", dk};
-        redisReply *pods = run(r, &r->w, 2, ap, NULL, "snapshot");
-        redisReply *deg = pods ? run(r, &r->w, 2, ad, NULL, "snapshot") : NULL;
+        redisReply *pods = run(r, &r->rd, 2, ap, NULL, "snapshot");
+        redisReply *deg = pods ? run(r, &r->rd, 2, ad, NULL, "snapshot") : NULL;
         if (pods == NULL || deg == NULL || pods->type != REDIS_REPLY_ARRAY ||
             deg->type != REDIS_REPLY_ARRAY) {
             rc = -1;
@@ -683,7 +711,7 @@ int kvs__ixr_snapshot(kvs__ixr_t *r,
                      strcmp(deg->element[k]->str, p) == 0;
             pod_cb(arg, m, p, d);
             const char *as[] = {NULL, NULL, "0", m, p};
-            redisReply *cp = run_s(r, &r->w, S_SNAP, 5, as, NULL, "snapshot");
+            redisReply *cp = run_s(r, &r->rd, S_SNAP, 5, as, NULL, "snapshot");
             if (cp == NULL || cp->type != REDIS_REPLY_ARRAY) {
                 rc = -1;
             } else {
@@ -707,6 +735,7 @@ int kvs__ixr_snapshot(kvs__ixr_t *r,
             freeReplyObject(deg);
     }
     freeReplyObject(models);
+    pthread_mutex_unlock(&r->lock);
     return rc;
 }
 

@@ -19,7 +19,14 @@
  * Redis unreachable: calls fail fast (connect 500 ms, replies 1 s), are counted, and the
  * connection is retried at most once a second; nothing blocks longer (over TLS: connect
  * 500 ms, then the handshake 1 s). Model and pod names
- * never hold '@' (topics are kv@<pod>@<model>). Not thread-safe, except kvs__ixr_score. */
+ * never hold '@' (topics are kv@<pod>@<model>).
+ *
+ * Threads: kvs__ixr_score is thread-safe (one reader connection under a mutex). Writes go
+ * through a writer (kvs__ixr_writer_create), one per writer thread (a shard's writer with
+ * `--shards N`): each has its own connection, as a hiredis context is not thread-safe, and a
+ * writer is used by one thread at a time. A pod lives in one shard, so within a replica one
+ * writer handles it; across replicas its lease decides. kvs__ixr_snapshot runs before any
+ * writer thread does (it borrows the reader connection). */
 #ifndef KVS_IXREDIS_INT_H
 #define KVS_IXREDIS_INT_H
 
@@ -29,6 +36,7 @@
 #include <stdint.h>
 
 typedef struct kvs__ixr kvs__ixr_t;
+typedef struct kvs__ixr_w kvs__ixr_w_t;
 
 /* rediss://'s files (PEM), each NULL: from the environment (KVSHARE_REDIS_CA_FILE,
  * KVSHARE_REDIS_CERT_FILE, KVSHARE_REDIS_KEY_FILE); no CA file: the system store. */
@@ -46,19 +54,24 @@ kvs__ixr_t *kvs__ixr_create(const char *url, const char *replica_id, uint32_t le
                             const kvs__ixr_tls_t *tls, char *why, size_t wl);
 void kvs__ixr_destroy(kvs__ixr_t *r);
 
+/* A writer of r with its own connection (made on first use); r must outlive it. NULL: out
+ * of memory. The caller owns it; destroy accepts NULL. */
+kvs__ixr_w_t *kvs__ixr_writer_create(kvs__ixr_t *r);
+void kvs__ixr_writer_destroy(kvs__ixr_w_t *w);
+
 /* Takes or renews pod's lease: 2 taken now, 1 renewed, 0 another replica holds it, -1 Redis
  * unreachable. *epoch_p gets the writer connection's number (it changes on a reconnect,
  * after which writes may have been lost: resync). */
-int kvs__ixr_lease(kvs__ixr_t *r, const char *model, const char *pod, uint64_t *epoch_p);
+int kvs__ixr_lease(kvs__ixr_w_t *w, const char *model, const char *pod, uint64_t *epoch_p);
 /* Queued writes of one pod (sent by kvs__ixr_flush). */
-void kvs__ixr_store(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
+void kvs__ixr_store(kvs__ixr_w_t *w, const char *model, const char *pod, const uint64_t *hashes,
                     size_t n, const char *medium);
-void kvs__ixr_remove(kvs__ixr_t *r, const char *model, const char *pod, const uint64_t *hashes,
+void kvs__ixr_remove(kvs__ixr_w_t *w, const char *model, const char *pod, const uint64_t *hashes,
                      size_t n, const char *medium);
-void kvs__ixr_clear(kvs__ixr_t *r, const char *model, const char *pod);
-void kvs__ixr_set_degraded(kvs__ixr_t *r, const char *model, const char *pod, bool degraded);
+void kvs__ixr_clear(kvs__ixr_w_t *w, const char *model, const char *pod);
+void kvs__ixr_set_degraded(kvs__ixr_w_t *w, const char *model, const char *pod, bool degraded);
 /* Sends the queued writes, reads their replies. 0, or -1 (counted; lost writes). */
-int kvs__ixr_flush(kvs__ixr_t *r);
+int kvs__ixr_flush(kvs__ixr_w_t *w);
 
 /* Loads the snapshot: pod_cb once per pod (before its copies), copy_cb per copy. 0, or -1
  * when Redis is unreachable or answers nonsense. */
