@@ -352,7 +352,7 @@ static bool redis_scores(const char *url, const char *ca, uint64_t samples, uint
     char why[600], pod[64];
     snprintf(pod, sizeof(pod), "bench-%ld", (long)getpid());
     kvs__ixr_tls_t tls = {.ca_file = ca};
-    kvs__ixr_t *r = kvs__ixr_create(url, pod, 60000, &tls, why, sizeof(why));
+    kvs__ixr_t *r = kvs__ixr_create(url, pod, 60000, &tls, false, why, sizeof(why));
     if (r == NULL) {
         fprintf(stderr, "kvshare bench index: --redis %s\n", why);
         return false;

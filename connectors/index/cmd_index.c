@@ -186,7 +186,7 @@ static void usage(FILE *f)
         "                     [--hash-seed S] [--keys hashes|tokens] [--max-pairs N]\n"
         "                     [--max-idle-s S] [--redis URL [--redis-id ID]\n"
         "                     [--redis-lease-ms MS] [--redis-ca FILE]\n"
-        "                     [--redis-cert FILE --redis-key FILE]]\n"
+        "                     [--redis-cert FILE --redis-key FILE] [--redis-cluster]]\n"
         "                     [--shards N [--shard-queue N]]\n"
         "\n"
         "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
@@ -219,6 +219,9 @@ static void usage(FILE *f)
         "  --redis-cert, --redis-key  rediss://: a client certificate and its key, for a\n"
         "                Redis with tls-auth-clients (default KVSHARE_REDIS_CERT_FILE and\n"
         "                KVSHARE_REDIS_KEY_FILE)\n"
+        "  --redis-cluster  --redis names one node of a Redis Cluster: the others are\n"
+        "                learned (CLUSTER SLOTS), each model's keys live in one slot\n"
+        "                ({model} hash tag), MOVED and ASK are followed\n"
         "  --shards      N writer threads, each with its own index of the models that hash\n"
         "                to it (a score reads one model's shard); 1-64, default 1 (the\n"
         "                receive thread writes); with --redis, each writer has its own\n"
@@ -1057,8 +1060,13 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
                                 "# HELP kvshare_index_redis_errors_total Redis round trips that "
                                 "failed (unreachable, timed out, refused).\n"
                                 "# TYPE kvshare_index_redis_errors_total counter\n"
-                                "kvshare_index_redis_errors_total %llu\n",
-                                kvs__ixr_errors(d->redis));
+                                "kvshare_index_redis_errors_total %llu\n"
+                                "# HELP kvshare_index_redis_redirects_total Redis Cluster "
+                                "redirects (MOVED, ASK) followed, and pipelined writes lost to "
+                                "a moving slot.\n"
+                                "# TYPE kvshare_index_redis_redirects_total counter\n"
+                                "kvshare_index_redis_redirects_total %llu\n",
+                                kvs__ixr_errors(d->redis), kvs__ixr_redirects(d->redis));
     if (len >= cap)
         len = cap - 1;
 #endif
@@ -1362,7 +1370,8 @@ enum {
     O_REDIS_CERT,
     O_REDIS_KEY,
     O_SHARDS,
-    O_SHARD_QUEUE
+    O_SHARD_QUEUE,
+    O_REDIS_CLUSTER
 };
 
 static const struct option index_options[] = {
@@ -1380,6 +1389,7 @@ static const struct option index_options[] = {
     {"redis-ca", required_argument, NULL, O_REDIS_CA},
     {"redis-cert", required_argument, NULL, O_REDIS_CERT},
     {"redis-key", required_argument, NULL, O_REDIS_KEY},
+    {"redis-cluster", no_argument, NULL, O_REDIS_CLUSTER},
     {"shards", required_argument, NULL, O_SHARDS},
     {"shard-queue", required_argument, NULL, O_SHARD_QUEUE},
     KVS_CLI_OPT_HELP_ENTRY,
@@ -1390,7 +1400,7 @@ int kvs_cli_index(int argc, char **argv)
 {
     static index_daemon_t d; /* large (sources); one per process */
     const char *http = NULL, *algo = "sha256_cbor", *seed = NULL;
-    bool token_mode = false;
+    bool token_mode = false, redis_cluster = false;
     const char *redis_url = NULL, *redis_id = NULL;
     const char *redis_ca = NULL, *redis_cert = NULL, *redis_key = NULL;
     uint64_t lease_ms = 5000;
@@ -1441,6 +1451,9 @@ int kvs_cli_index(int argc, char **argv)
         case O_REDIS_KEY:
             redis_key = v;
             break;
+        case O_REDIS_CLUSTER:
+            redis_cluster = true;
+            break;
         case O_REDIS_LEASE_MS:
             if (!kvs_cli_parse_u64("--redis-lease-ms", v, 300, 600000, &lease_ms))
                 return 2;
@@ -1479,8 +1492,8 @@ int kvs_cli_index(int argc, char **argv)
     if (redis_url != NULL)
         return kvs_cli_usage_error(&index_cmd, "--redis: built without libhiredis-dev");
 #endif
-    if ((redis_id != NULL) && redis_url == NULL)
-        return kvs_cli_usage_error(&index_cmd, "--redis-id needs --redis");
+    if ((redis_id != NULL || redis_cluster) && redis_url == NULL)
+        return kvs_cli_usage_error(&index_cmd, "--redis-id and --redis-cluster need --redis");
     if ((redis_ca != NULL || redis_cert != NULL || redis_key != NULL) &&
         (redis_url == NULL || strncmp(redis_url, "rediss://", 9) != 0))
         return kvs_cli_usage_error(
@@ -1536,7 +1549,8 @@ int kvs_cli_index(int argc, char **argv)
         }
         d.lease_ms = (uint32_t)lease_ms;
         kvs__ixr_tls_t tls = {.ca_file = redis_ca, .cert_file = redis_cert, .key_file = redis_key};
-        d.redis = kvs__ixr_create(redis_url, redis_id, d.lease_ms, &tls, rwhy, sizeof(rwhy));
+        d.redis = kvs__ixr_create(redis_url, redis_id, d.lease_ms, &tls, redis_cluster, rwhy,
+                                  sizeof(rwhy));
         if (d.redis == NULL) {
             fprintf(stderr, "kvshare index: --redis %s\n", rwhy);
             rc = 2;

@@ -5,6 +5,7 @@
  * Skips without redis-server (built with TLS) or openssl. */
 #include "ixredis_int.h"
 #include "ixtls_int.h"
+#include "redis_test.h"
 #include "util_int.h"
 
 #include <arpa/inet.h>
@@ -62,24 +63,8 @@ static char *path(const char *name)
     return p;
 }
 
-/* A port nobody listens on now (bound, then closed). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    cr_assert(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
-    cr_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#define free_port redis_test_free_port
+#define now_ms    redis_test_now_ms
 
 /* Starts redis-server with TLS on tls_port (and plain TCP on plain_port), extra args
  * appended; waits for its "Ready to accept connections" (10 s deadline). */
@@ -115,35 +100,7 @@ static void start_server(const char *const *extra)
     for (size_t i = 0; extra != NULL && extra[i] != NULL; i++)
         argv[n++] = (char *)extra[i];
     argv[n] = NULL;
-    int pfd[2];
-    cr_assert(pipe2(pfd, O_CLOEXEC) == 0);
-    kvs__spawn_t sp = {.argv = argv,
-                       .stdin_fd = -1,
-                       .stdout_fd = pfd[1],
-                       .stderr_fd = pfd[1],
-                       .die_with_parent = true};
-    server = kvs__spawn(&sp);
-    close(pfd[1]);
-    cr_assert(server > 0);
-    char log[8192];
-    size_t len = 0;
-    int64_t deadline = now_ms() + 10000;
-    while (strstr(log, "Ready to accept connections") == NULL) {
-        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-        int64_t left = deadline - now_ms();
-        cr_assert(left > 0 && poll(&p, 1, (int)left) == 1, "redis-server not ready: %.*s", (int)len,
-                  log);
-        ssize_t r = read(pfd[0], log + len, sizeof(log) - 1 - len);
-        cr_assert(r > 0, "redis-server exited: %.*s", (int)len, log);
-        len += (size_t)r;
-        log[len] = '\0';
-        if (len > sizeof(log) / 2) { /* keep the tail */
-            memmove(log, log + len - 200, 200);
-            len = 200;
-            log[len] = '\0';
-        }
-    }
-    close(pfd[0]);
+    server = redis_test_start(argv);
 }
 
 static void setup(void)
@@ -216,7 +173,7 @@ static kvs__ixr_t *open_url(const char *scheme, const char *userinfo, const char
 {
     char url[256], why[600];
     snprintf(url, sizeof(url), "%s://%s%s:%d", scheme, userinfo, host, port);
-    kvs__ixr_t *r = kvs__ixr_create(url, id, 5000, tls, why, sizeof(why));
+    kvs__ixr_t *r = kvs__ixr_create(url, id, 5000, tls, false, why, sizeof(why));
     cr_assert_not_null(r, "%s: %s", url, why);
     return r;
 }
@@ -371,18 +328,18 @@ Test(ixredis_tls, bad_files)
 {
     char why[600];
     kvs__ixr_tls_t t1 = {.ca_file = path("nonexistent.crt")};
-    cr_assert_null(kvs__ixr_create("rediss://127.0.0.1", "me", 5000, &t1, why, sizeof(why)));
+    cr_assert_null(kvs__ixr_create("rediss://127.0.0.1", "me", 5000, &t1, false, why, sizeof(why)));
     cr_assert(strstr(why, "nonexistent.crt") != NULL, "%s", why);
     kvs__ixr_tls_t t2 = {.ca_file = path("ca.crt"), .cert_file = path("client.crt")};
-    cr_assert_null(kvs__ixr_create("rediss://127.0.0.1", "me", 5000, &t2, why, sizeof(why)));
+    cr_assert_null(kvs__ixr_create("rediss://127.0.0.1", "me", 5000, &t2, false, why, sizeof(why)));
     cr_assert(strstr(why, "both") != NULL, "%s", why);
     kvs__ixr_tls_t t3 = {.ca_file = path("ca.crt"),
                          .cert_file = path("client.crt"),
                          .key_file = path("stranger.key")};
-    cr_assert_null(kvs__ixr_create("rediss://127.0.0.1", "me", 5000, &t3, why, sizeof(why)));
+    cr_assert_null(kvs__ixr_create("rediss://127.0.0.1", "me", 5000, &t3, false, why, sizeof(why)));
     cr_assert(strstr(why, "stranger.key") != NULL, "%s", why);
     /* a redis:// URL never reads the TLS files */
-    kvs__ixr_t *r = kvs__ixr_create("redis://127.0.0.1", "me", 5000, &t1, why, sizeof(why));
+    kvs__ixr_t *r = kvs__ixr_create("redis://127.0.0.1", "me", 5000, &t1, false, why, sizeof(why));
     cr_assert_not_null(r, "%s", why);
     close_url(r);
 }

@@ -185,7 +185,7 @@ def redis_checks(kvshare, extra, port, url, idxs, topics, docs, doc_keys, others
 
 
 def lease_key(model, pod):
-    return f"kvs:l:{model}@{pod}"
+    return f"kvs:l:{{{model}}}@{pod}"
 
 
 def main():
