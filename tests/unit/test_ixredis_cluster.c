@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -429,4 +430,226 @@ Test(ixredis_cluster, ask_and_moved_are_followed)
     kvs__ixr_writer_destroy(ws);
     kvs__ixr_destroy(rc);
     kvs__ixr_destroy(rs);
+}
+
+/* ---- a fake node answering nonsense ---- */
+
+static int fake_ls = -1, fake_port;
+static pthread_t fake_thread;
+static pthread_mutex_t fake_mu = PTHREAD_MUTEX_INITIALIZER;
+static char fake_slots[1024], fake_eval[256]; /* the answers to CLUSTER ... and EVAL(SHA) */
+
+/* Reads one RESP command (an array of bulk strings) and answers it by its name: SCRIPT LOAD
+ * a SHA, CLUSTER fake_slots, EVAL/EVALSHA fake_eval, anything else +OK. false at EOF. */
+static bool fake_one(FILE *in, int fd)
+{
+    char line[64], name[16] = "";
+    if (fgets(line, sizeof(line), in) == NULL || line[0] != '*')
+        return false;
+    long n = strtol(line + 1, NULL, 10);
+    for (long i = 0; i < n; i++) {
+        if (fgets(line, sizeof(line), in) == NULL || line[0] != '$')
+            return false;
+        long len = strtol(line + 1, NULL, 10);
+        char *arg = malloc((size_t)len + 2);
+        if (arg == NULL || fread(arg, 1, (size_t)len + 2, in) != (size_t)len + 2) {
+            free(arg);
+            return false;
+        }
+        if (i == 0)
+            snprintf(name, sizeof(name), "%.*s", (int)(len < 15 ? len : 15), arg);
+        free(arg);
+    }
+    char out[1100];
+    pthread_mutex_lock(&fake_mu);
+    if (strcasecmp(name, "SCRIPT") == 0)
+        snprintf(out, sizeof(out), "$40\r\n%040d\r\n", 7);
+    else if (strcasecmp(name, "CLUSTER") == 0)
+        snprintf(out, sizeof(out), "%s", fake_slots);
+    else if (strncasecmp(name, "EVAL", 4) == 0)
+        snprintf(out, sizeof(out), "%s", fake_eval);
+    else
+        snprintf(out, sizeof(out), "+OK\r\n");
+    pthread_mutex_unlock(&fake_mu);
+    return write(fd, out, strlen(out)) == (ssize_t)strlen(out);
+}
+
+static void *fake_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int fd = accept(fake_ls, NULL, NULL);
+        if (fd < 0)
+            return NULL; /* the listener closed: the test is over */
+        FILE *in = fdopen(dup(fd), "r");
+        while (in != NULL && fake_one(in, fd))
+            ;
+        if (in != NULL)
+            fclose(in);
+        close(fd);
+    }
+}
+
+static void fake_setup(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    fake_ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    cr_assert(bind(fake_ls, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(fake_ls, 8) == 0);
+    cr_assert(getsockname(fake_ls, (struct sockaddr *)&a, &len) == 0);
+    fake_port = ntohs(a.sin_port);
+    cr_assert(pthread_create(&fake_thread, NULL, fake_main, NULL) == 0);
+}
+
+static void fake_teardown(void)
+{
+    shutdown(fake_ls, SHUT_RDWR);
+    close(fake_ls);
+    pthread_join(fake_thread, NULL);
+}
+
+static void fake_answers(const char *slots, const char *eval)
+{
+    size_t ls = strlen(slots), le = strlen(eval);
+    cr_assert(ls < sizeof(fake_slots) && le < sizeof(fake_eval));
+    pthread_mutex_lock(&fake_mu);
+    memcpy(fake_slots, slots, ls + 1);
+    memcpy(fake_eval, eval, le + 1);
+    pthread_mutex_unlock(&fake_mu);
+}
+
+/* stderr into a file while a call runs: what kvshare-index would log. */
+static const char *captured(kvs__ixr_t *r, long *rc)
+{
+    static char buf[4096];
+    char tmpl[] = "/tmp/kvs-ixcluster-log-XXXXXX";
+    int fd = mkstemp(tmpl);
+    cr_assert(fd >= 0);
+    unlink(tmpl);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    uint64_t h = 1;
+    kvs__ixr_score_t out[2];
+    *rc = kvs__ixr_score(r, "m", &h, 1, NULL, 0, out, 2);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    close(fd);
+    return buf;
+}
+
+TestSuite(ixredis_cluster_hostile, .init = fake_setup, .fini = fake_teardown);
+
+/* CLUSTER SLOTS answers that are not a slot map: each fails the call with an error naming
+ * the cause; nothing is routed, nothing crashes (ASan runs this too). */
+Test(ixredis_cluster_hostile, malformed_cluster_slots)
+{
+    char node[64], big[600];
+    snprintf(node, sizeof(node), "*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n", fake_port);
+    memset(big, 'h', 300);
+    big[300] = '\0';
+    struct {
+        char reply[1024];
+        const char *want;
+    } cases[16];
+    size_t n = 0;
+#define CASE(want_, ...)                                                                           \
+    do {                                                                                           \
+        snprintf(cases[n].reply, sizeof(cases[n].reply), __VA_ARGS__);                             \
+        cases[n++].want = want_;                                                                   \
+    } while (0)
+    CASE("not an array", "+OK\r\n");
+    CASE("not an array", ":42\r\n");
+    CASE("cluster support disabled", "-ERR This instance has cluster support disabled\r\n");
+    CASE("entry 0 is not", "*1\r\n:5\r\n");
+    CASE("entry 0 is not", "*1\r\n*2\r\n:0\r\n:1\r\n");
+    CASE("entry 0 is not", "*1\r\n*3\r\n$1\r\na\r\n:1\r\n%s", node);
+    CASE("slots 0-99999", "*1\r\n*3\r\n:0\r\n:99999\r\n%s", node);
+    CASE("slots -1-5", "*1\r\n*3\r\n:-1\r\n:5\r\n%s", node);
+    CASE("slots 10-5", "*1\r\n*3\r\n:10\r\n:5\r\n%s", node);
+    CASE("port 0", "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:0\r\n");
+    CASE("port 70000", "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:70000\r\n");
+    CASE("entry 0 is not", "*1\r\n*3\r\n:0\r\n:16383\r\n*1\r\n$9\r\n127.0.0.1\r\n");
+    CASE("host of 300 bytes", "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$300\r\n%s\r\n:1\r\n", big);
+    CASE("host 'a b'", "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$3\r\na b\r\n:1\r\n");
+    CASE("no slot served", "*0\r\n");
+    CASE("entry 1 is not", "*2\r\n*3\r\n:0\r\n:1\r\n%s*3\r\n:2\r\n:3\r\n*0\r\n", node);
+#undef CASE
+    for (size_t i = 0; i < n; i++) {
+        fake_answers(cases[i].reply, ":0\r\n");
+        char url[64], why[300];
+        snprintf(url, sizeof(url), "redis://127.0.0.1:%d", fake_port);
+        kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, true, why, sizeof(why));
+        cr_assert_not_null(r, "%s", why);
+        long rc;
+        const char *log = captured(r, &rc);
+        cr_assert_eq(rc, -1, "case %zu", i);
+        cr_assert(strstr(log, "CLUSTER SLOTS") != NULL && strstr(log, cases[i].want) != NULL,
+                  "case %zu: want '%s' in: %s", i, cases[i].want, log);
+        cr_assert_geq(kvs__ixr_errors(r), 1);
+        kvs__ixr_destroy(r);
+    }
+}
+
+/* Redirects that are garbage, about another slot, or endless: a clear error, bounded hops. */
+Test(ixredis_cluster_hostile, bad_redirects)
+{
+    char slots[128];
+    snprintf(slots, sizeof(slots), "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n",
+             fake_port);
+    char k[64];
+    int kl = snprintf(k, sizeof(k), "kvs:b:{m}@%016x", 1);
+    unsigned slot = kvs__ixr_key_slot(k, (size_t)kl);
+    struct {
+        char reply[256];
+        const char *want;
+    } cases[8];
+    size_t n = 0;
+    snprintf(cases[n].reply, 256, "-MOVED %u nohostport\r\n", slot);
+    cases[n++].want = "not HOST:PORT";
+    snprintf(cases[n].reply, 256, "-MOVED %u 127.0.0.1:0\r\n", slot);
+    cases[n++].want = "not HOST:PORT";
+    snprintf(cases[n].reply, 256, "-MOVED %u 127.0.0.1:99999999999999999999\r\n", slot);
+    cases[n++].want = "not HOST:PORT";
+    snprintf(cases[n].reply, 256, "-MOVED %u\r\n", slot);
+    cases[n++].want = "malformed redirect";
+    snprintf(cases[n].reply, 256, "-MOVED %u 127.0.0.1:%d\r\n", (slot + 1) % 16384, fake_port);
+    cases[n++].want = "malformed redirect for slot";
+    snprintf(cases[n].reply, 256, "-ASK x 127.0.0.1:%d\r\n", fake_port);
+    cases[n++].want = "malformed redirect for slot";
+    snprintf(cases[n].reply, 256, "-MOVED %u 127.0.0.1:%d\r\n", slot, fake_port);
+    cases[n++].want = "more than 5 redirects";
+    snprintf(cases[n].reply, 256, "-ASK %u :%d\r\n", slot, fake_port);
+    cases[n++].want = "more than 5 redirects";
+    for (size_t i = 0; i < n; i++) {
+        fake_answers(slots, cases[i].reply);
+        char url[64], why[300];
+        snprintf(url, sizeof(url), "redis://127.0.0.1:%d", fake_port);
+        kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, true, why, sizeof(why));
+        cr_assert_not_null(r, "%s", why);
+        long rc;
+        const char *log = captured(r, &rc);
+        cr_assert_eq(rc, -1, "case %zu", i);
+        cr_assert(strstr(log, cases[i].want) != NULL, "case %zu: want '%s' in: %s", i,
+                  cases[i].want, log);
+        kvs__ixr_destroy(r);
+    }
+    /* Without --redis-cluster, a MOVED names the likely cause. */
+    fake_answers(slots, cases[0].reply);
+    char url[64], why[300];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", fake_port);
+    kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, false, why, sizeof(why));
+    long rc;
+    const char *log = captured(r, &rc);
+    cr_assert_eq(rc, -1);
+    cr_assert(strstr(log, "--redis-cluster") != NULL, "%s", log);
+    kvs__ixr_destroy(r);
+    /* a cluster URL with a /DB or a unix socket is refused at create */
+    cr_assert_null(kvs__ixr_create("redis://h:1/2", "me", 5000, NULL, true, why, sizeof(why)));
+    cr_assert(strstr(why, "--redis-cluster") != NULL, "%s", why);
+    cr_assert_null(kvs__ixr_create("unix:/x.sock", "me", 5000, NULL, true, why, sizeof(why)));
 }

@@ -26,7 +26,11 @@ own Redis connection. Every score of both replicas must equal the reference and 
 Redis (no fallback, no Redis error); each topic's lease is held by A or B; and at the end a
 third replica C with no source loads the snapshot into its own shards and scores the same.
 
-Usage: index_shards.py PATH_TO_KVSHARE [--shards N [--shard-queue N]] [--redis]
+With --redis-cluster (ctest index_redis_cluster): the same against a Redis Cluster of three
+masters started here (--cluster-enabled, CLUSTER ADDSLOTSRANGE, CLUSTER MEET), the replicas
+given one node and --redis-cluster; the models' keys must spread over the three masters.
+
+Usage: index_shards.py PATH_TO_KVSHARE [--shards N [--shard-queue N]] [--redis|--redis-cluster]
        (KVS_TEST_SEED=n)
 """
 import os
@@ -132,6 +136,48 @@ def metrics(idx):
     return out
 
 
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_cluster(tmp):
+    """Three cluster-enabled redis-servers in tmp, every slot assigned, joined and agreed:
+    ([processes], [ports]); SKIP (77) without redis-server."""
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(server):
+        print("SKIP: redis-server not installed (scripts/packages.d/index.txt)")
+        sys.exit(77)
+    from index_redis import resp
+    procs, ports, buses = [], [], []
+    for i in range(3):
+        port, bus = free_port(), free_port()
+        procs.append(subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
+             "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-port", str(bus),
+             "--cluster-config-file", os.path.join(tmp, f"nodes-{i}.conf")],
+            stdout=open(os.path.join(tmp, f"redis-{i}.log"), "w"), stderr=subprocess.STDOUT))
+        ports.append(port)
+        buses.append(bus)
+    end = time.time() + DEADLINE_S
+    while any(resp(p, "PING") != "PONG" for p in ports) and time.time() < end:
+        time.sleep(0.02)
+    ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
+    for p, (lo, hi) in zip(ports, ranges):
+        check(resp(p, "CLUSTER", "ADDSLOTSRANGE", lo, hi) == "OK", f"node {p} takes {lo}-{hi}")
+    for p, b in zip(ports[1:], buses[1:]):
+        resp(ports[0], "CLUSTER", "MEET", "127.0.0.1", p, b)
+
+    def agreed():
+        return all("cluster_state:ok" in (resp(p, "CLUSTER", "INFO") or "") and
+                   len(resp(p, "CLUSTER", "SLOTS") or []) == 3 for p in ports)
+    while not agreed() and time.time() < end:
+        time.sleep(0.05)
+    check(agreed(), "the cluster formed")
+    return procs, ports
+
+
 def start_redis(tmp):
     """A redis-server on a free port in tmp: (process, port); SKIP (77) without one."""
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -152,7 +198,7 @@ def start_redis(tmp):
     return rs, port
 
 
-def redis_checks(kvshare, extra, port, url, idxs, topics, docs, doc_keys, others):
+def redis_checks(kvshare, extra, ports, url, idxs, topics, docs, doc_keys, others):
     """--redis: the scores above came from Redis; one lease per topic; a replica warmed from the
     snapshot scores the same."""
     from index_redis import resp
@@ -165,8 +211,17 @@ def redis_checks(kvshare, extra, port, url, idxs, topics, docs, doc_keys, others
               f"(scores {m.get('kvshare_index_redis_scores_total')}, fallbacks "
               f"{m.get('kvshare_index_redis_fallbacks_total')}, errors "
               f"{m.get('kvshare_index_redis_errors_total')})")
-    holders = {t.topic: resp(port, "GET", lease_key(t.model, t.pod)) for t in topics}
+    # On a cluster, each key lives on one master; the others answer MOVED (an error).
+    def get(key):
+        vals = [resp(p, "GET", key) for p in ports]
+        return next((v for v in vals if isinstance(v, str)), None)
+    holders = {t.topic: get(lease_key(t.model, t.pod)) for t in topics}
     check(all(h in ("A", "B") for h in holders.values()), f"each topic's lease is A's or B's ({holders})")
+    if len(ports) > 1:
+        sizes = [resp(p, "DBSIZE") for p in ports]
+        check(all(n > 0 for n in sizes), f"every master holds keys ({sizes})")
+        m = metrics(idxs[0])
+        check("kvshare_index_redis_redirects_total" in m, "the redirects counter is exported")
     c = Index(kvshare, [], extra + ["--redis", url, "--redis-id", "C"])
     others.append(c)
     bad = []
@@ -191,12 +246,14 @@ def lease_key(model, pod):
 def main():
     kvshare = sys.argv[1]
     extra = sys.argv[2:]
-    use_redis = "--redis" in extra
+    use_cluster = "--redis-cluster" in extra
+    use_redis = "--redis" in extra or use_cluster
     if use_redis:
-        extra.remove("--redis")
+        extra.remove("--redis-cluster" if use_cluster else "--redis")
     nshards = int(extra[extra.index("--shards") + 1]) if "--shards" in extra else 1
     seed = int(os.environ.get("KVS_TEST_SEED", random.SystemRandom().randint(0, 2**31)))
-    print(f"index_shards: KVS_TEST_SEED={seed} {' '.join(extra)}{' --redis' if use_redis else ''}",
+    print(f"index_shards: KVS_TEST_SEED={seed} {' '.join(extra)}"
+          f"{' --redis-cluster' if use_cluster else ' --redis' if use_redis else ''}",
           flush=True)
     ctx = zmq.Context()
     topics = [Topic(ctx, p, m) for p, m in TOPICS]
@@ -206,10 +263,15 @@ def main():
     srcs = [f"tcp://127.0.0.1:{t.fake.port}@replay=tcp://127.0.0.1:{t.fake.replay_port}"
             for t in topics]
     tmp = tempfile.mkdtemp(prefix="kvs-index-shards-") if use_redis else None
-    rs, port, idxs, others = None, None, [], []
+    rss, ports, idxs, others = [], [], [], []
     if use_redis:
-        rs, port = start_redis(tmp)
-        url = f"redis://127.0.0.1:{port}"
+        if use_cluster:
+            rss, ports = start_cluster(tmp)
+            extra = extra + ["--redis-cluster"]
+        else:
+            rs, port = start_redis(tmp)
+            rss, ports = [rs], [port]
+        url = f"redis://127.0.0.1:{ports[-1]}"
         extra_r = lambda rid: extra + ["--redis", url, "--redis-id", rid, "--redis-lease-ms", "3000"]
         idxs = [Index(kvshare, srcs, extra_r("A")), Index(kvshare, srcs, extra_r("B"))]
     else:
@@ -280,7 +342,7 @@ def main():
                                "events_cleared")}
         check(all(exercised.values()), f"every kind of change was exercised ({exercised})")
         if use_redis:
-            redis_checks(kvshare, extra, port, url, idxs, topics, docs, doc_keys, others)
+            redis_checks(kvshare, extra, ports, url, idxs, topics, docs, doc_keys, others)
         for name, ix in zip("ABC", idxs + others):
             check(ix.stop() == 0, f"replica {name}: SIGTERM: clean exit")
     finally:
@@ -290,7 +352,7 @@ def main():
                 ix.proc.wait()
         for t in topics:
             t.fake.stop = True
-        if rs is not None:
+        for rs in rss:
             rs.kill()
             rs.wait()
         if tmp is not None:
