@@ -229,7 +229,7 @@ Test(ixredis_cluster, key_slot_is_cluster_keyslot)
             len = (size_t)(rand_r(&seed) % 40);
             for (size_t j = 0; j < len; j++) {
                 int x = rand_r(&seed) % 10;
-                buf[j] = x == 0 ? '{' : x == 1 ? '}' : (char)(rand_r(&seed) % 256);
+                buf[j] = (char)(x == 0 ? '{' : x == 1 ? '}' : rand_r(&seed) % 256);
             }
         }
         const char *argv[] = {"CLUSTER", "KEYSLOT", k};

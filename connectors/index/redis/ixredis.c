@@ -192,13 +192,13 @@ struct kvs__ixr_w {
  * keyHashSlot. Keys here are short; a bitwise loop is enough. */
 static uint16_t crc16(const char *buf, size_t len)
 {
-    uint16_t crc = 0;
+    uint32_t crc = 0;
     for (size_t i = 0; i < len; i++) {
-        crc ^= (uint16_t)((unsigned char)buf[i] << 8);
+        crc ^= (uint32_t)(unsigned char)buf[i] << 8;
         for (int b = 0; b < 8; b++)
-            crc = (crc & 0x8000u) ? (uint16_t)((crc << 1) ^ 0x1021u) : (uint16_t)(crc << 1);
+            crc = (crc & 0x8000u) ? ((crc << 1) ^ 0x1021u) & 0xffffu : (crc << 1) & 0xffffu;
     }
-    return crc;
+    return (uint16_t)crc;
 }
 
 unsigned kvs__ixr_key_slot(const char *key, size_t len)
@@ -1064,6 +1064,10 @@ void kvs__ixr_clear(kvs__ixr_w_t *w, const char *model, const char *pod)
     snprintf(ps, sizeof(ps), "kvs:p:{%s}@%s", model, pod);
     const char *argv[] = {NULL, NULL, "1", ps, model, pod};
     queue_cmd(w, ps, S_CLEAR, 6, argv, NULL);
+    /* A resync starts with a clear: list the model again (the lease's SADD may have been
+     * lost with a connection). */
+    const char *am[] = {"SADD", "kvs:m", model};
+    queue_cmd(w, "kvs:m", -1, 3, am, NULL);
 }
 
 void kvs__ixr_set_degraded(kvs__ixr_w_t *w, const char *model, const char *pod, bool degraded)
