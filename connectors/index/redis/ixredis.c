@@ -871,10 +871,12 @@ static redisReply *run_s(kvs__ixr_t *r, client_t *cl, unsigned slot, int script,
             }
             freeReplyObject(rep);
             atomic_fetch_add(&r->redirects, 1);
-            if (moved) { /* the slot lives there now; the rest of the map may have moved too */
-                cl->slots[slot] = (int16_t)n;
-                cl->stale = true;
+            if (moved) {
+                /* The rest of the map may have moved too; but the redirect is the freshest
+                 * word on this slot (a node's CLUSTER SLOTS can lag behind). */
                 cl->next_map_ms = 0;
+                refresh_slots(r, cl);
+                cl->slots[slot] = (int16_t)n;
                 ask = -1;
             } else {
                 ask = n;
@@ -890,10 +892,6 @@ static redisReply *run_s(kvs__ixr_t *r, client_t *cl, unsigned slot, int script,
             failed_why(r, c, where, what, msg[0] ? msg : NULL);
             return NULL;
         }
-        /* A MOVED refreshes the whole map once the command is answered: other slots of the
-         * node that gave this one away may have moved too. */
-        if (cl->stale && r->cluster && cl->next_map_ms == 0)
-            refresh_slots(r, cl);
         return rep;
     }
 }
@@ -944,9 +942,20 @@ static bool model_ok(kvs__ixr_t *r, const char *model)
     return false;
 }
 
+static bool writes_pending(const client_t *cl)
+{
+    bool any = cl->one.pending > 0;
+    for (size_t i = 0; i < cl->nnodes; i++)
+        any |= cl->nodes[i]->cn.pending > 0;
+    return any;
+}
+
 int kvs__ixr_lease(kvs__ixr_w_t *w, const char *model, const char *pod, uint64_t *epoch_p)
 {
     kvs__ixr_t *r = w->r;
+    /* A command's reply is read right after it: writes still queued would answer first. */
+    if (writes_pending(&w->cl))
+        kvs__ixr_flush(w);
     char key[600];
     snprintf(key, sizeof(key), "kvs:l:{%s}@%s", model, pod);
     if (!model_ok(r, model))
@@ -987,8 +996,10 @@ static void queue_cmd(kvs__ixr_w_t *w, const char *key, int script, int argc, co
     kvs__ixr_t *r = w->r;
     const node_t *where;
     conn_t *c = route(r, &w->cl, slot_of(key), &where);
-    if (c == NULL)
+    if (c == NULL) { /* this write is lost: the lease holder resyncs */
+        w->cl.epoch++;
         return;
+    }
     if (script >= 0)
         script_head(c, script, argv);
     if (redisAppendCommandArgv(c->c, argc, argv, lens) == REDIS_OK)
@@ -1030,7 +1041,9 @@ static void queue_blocks(kvs__ixr_w_t *w, int script, const char *model, const c
         lens[i] = strlen(argv[i]);
     const node_t *where; /* the head (EVALSHA sha) depends on the connection */
     conn_t *c = route(r, &w->cl, slot_of(ps), &where);
-    if (c != NULL) {
+    if (c == NULL)
+        w->cl.epoch++; /* this write is lost: the lease holder resyncs */
+    else {
         script_head(c, script, argv);
         lens[0] = strlen(argv[0]);
         lens[1] = strlen(argv[1]);
