@@ -339,6 +339,17 @@ Test(ixredis_cluster, scores_match_one_redis)
     cr_assert(sc[0] == ss[0] && sc[1] == ss[1] && sc[2] == ss[2],
               "snapshot: %llu copies / %llu pods on the cluster, %llu / %llu on one Redis", sc[0],
               sc[2], ss[0], ss[2]);
+    /* A lease while writes are queued (a gap's degraded flag, then the next batch) reads
+     * its own reply, not the first queued write's. */
+    for (int k = 0; k < 2; k++) {
+        kvs__ixr_w_t *w = k ? ws : wc;
+        uint64_t e, x = 0x999;
+        kvs__ixr_store(w, models[0], "pod-0", &x, 1, "GPU");
+        kvs__ixr_set_degraded(w, models[0], "pod-0", false);
+        cr_assert_eq(kvs__ixr_lease(w, models[0], "pod-0", &e), 1, "%s: renewed",
+                     k ? "one Redis" : "cluster");
+        cr_assert_eq(kvs__ixr_flush(w), 0);
+    }
     cr_assert_eq(kvs__ixr_errors(rc), 0);
     cr_assert_eq(kvs__ixr_errors(rs), 0);
     kvs__ixr_writer_destroy(wc);
