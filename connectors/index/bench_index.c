@@ -306,8 +306,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: kvshare bench index [--pairs N] [--setup-s S] [--samples N] [--shards N]\n"
             "                          [--models M] [--json]\n"
-            "       kvshare bench index --redis URL [--redis-anchor URL] [--redis-ca FILE]\n"
-            "                           [--samples N] [--json]\n"
+            "       kvshare bench index --redis URL [--redis-cluster] [--redis-anchor URL]\n"
+            "                           [--redis-ca FILE] [--samples N] [--json]\n"
             "\n"
             "KV event ingest rate, then prefix scores over 64 pods: an index filled with up\n"
             "to --pairs (pod, block) pairs, for at most --setup-s seconds, is scored\n"
@@ -318,7 +318,8 @@ static void usage(FILE *f)
             "Defaults: --pairs 10000000 --setup-s 10 --samples 10000 --shards 1 --models 1\n"
             "--redis: scores of a %d-block prompt by one round trip to Redis (a pod\n"
             "written under the model kvs-bench, cleared at the end); --redis-anchor: the\n"
-            "same against another URL (the same server over plain TCP) and the ratio.\n",
+            "same against another URL (the same server over plain TCP, or one Redis beside\n"
+            "a cluster) and the ratio; --redis-cluster: --redis names a Redis Cluster node.\n",
             PROMPT_BLKS);
 }
 
@@ -331,7 +332,8 @@ enum {
     O_REDIS_ANCHOR,
     O_REDIS_CA,
     O_SHARDS,
-    O_MODELS
+    O_MODELS,
+    O_REDIS_CLUSTER
 };
 
 static const struct option index_options[] = {
@@ -342,6 +344,7 @@ static const struct option index_options[] = {
     {"redis", required_argument, NULL, O_REDIS},
     {"redis-anchor", required_argument, NULL, O_REDIS_ANCHOR},
     {"redis-ca", required_argument, NULL, O_REDIS_CA},
+    {"redis-cluster", no_argument, NULL, O_REDIS_CLUSTER},
     {"shards", required_argument, NULL, O_SHARDS},
     {"models", required_argument, NULL, O_MODELS},
     KVS_CLI_OPT_HELP_ENTRY,
@@ -351,13 +354,13 @@ static const kvs_cli_cmd_t index_cmd = {"bench index", usage, index_options};
 #ifdef KVS_HAVE_REDIS
 /* p50/p99 (us) of samples scores of one PROMPT_BLKS-block prompt through url; false with a
  * message when Redis cannot be used. */
-static bool redis_scores(const char *url, const char *ca, uint64_t samples, uint64_t *lat,
-                         double *p50, double *p99)
+static bool redis_scores(const char *url, const char *ca, bool cluster, uint64_t samples,
+                         uint64_t *lat, double *p50, double *p99)
 {
     char why[600], pod[64];
     snprintf(pod, sizeof(pod), "bench-%ld", (long)getpid());
     kvs__ixr_tls_t tls = {.ca_file = ca};
-    kvs__ixr_t *r = kvs__ixr_create(url, pod, 60000, &tls, why, sizeof(why));
+    kvs__ixr_t *r = kvs__ixr_create(url, pod, 60000, &tls, cluster, why, sizeof(why));
     if (r == NULL) {
         fprintf(stderr, "kvshare bench index: --redis %s\n", why);
         return false;
@@ -366,10 +369,11 @@ static bool redis_scores(const char *url, const char *ca, uint64_t samples, uint
     for (size_t i = 0; i < PROMPT_BLKS; i++)
         k[i] = kvs_cli_mix(i + 1);
     kvs__ixr_score_t out[4];
-    bool ok = kvs__ixr_lease(r, "kvs-bench", pod, &epoch) >= 1;
+    kvs__ixr_w_t *w = kvs__ixr_writer_create(r);
+    bool ok = w != NULL && kvs__ixr_lease(w, "kvs-bench", pod, &epoch) >= 1;
     if (ok) {
-        kvs__ixr_store(r, "kvs-bench", pod, k, PROMPT_BLKS, "GPU");
-        ok = kvs__ixr_flush(r) == 0;
+        kvs__ixr_store(w, "kvs-bench", pod, k, PROMPT_BLKS, "GPU");
+        ok = kvs__ixr_flush(w) == 0;
     }
     for (uint64_t s = 0; ok && s < samples; s++) {
         uint64_t t0 = now_ns();
@@ -377,10 +381,13 @@ static bool redis_scores(const char *url, const char *ca, uint64_t samples, uint
         lat[s] = now_ns() - t0;
         ok = n >= 1 && out[0].blocks == PROMPT_BLKS;
     }
-    kvs__ixr_clear(r, "kvs-bench", pod);
-    kvs__ixr_flush(r);
+    if (w != NULL) {
+        kvs__ixr_clear(w, "kvs-bench", pod);
+        kvs__ixr_flush(w);
+    }
     if (!ok)
         fprintf(stderr, "kvshare bench index: %s: Redis did not answer as expected\n", url);
+    kvs__ixr_writer_destroy(w);
     kvs__ixr_destroy(r);
     if (ok) {
         qsort(lat, samples, sizeof(*lat), cmp_u64);
@@ -390,20 +397,21 @@ static bool redis_scores(const char *url, const char *ca, uint64_t samples, uint
     return ok;
 }
 
-static int bench_redis(const char *url, const char *anchor, const char *ca, uint64_t samples,
-                       bool json)
+static int bench_redis(const char *url, const char *anchor, const char *ca, bool cluster,
+                       uint64_t samples, bool json)
 {
     uint64_t *lat = malloc(samples * sizeof(*lat));
     double p50 = 0, p99 = 0, a50 = 0, a99 = 0;
     int rc = 1;
-    if (lat == NULL || !redis_scores(url, ca, samples, lat, &p50, &p99) ||
-        (anchor != NULL && !redis_scores(anchor, ca, samples, lat, &a50, &a99)))
+    if (lat == NULL || !redis_scores(url, ca, cluster, samples, lat, &p50, &p99) ||
+        (anchor != NULL && !redis_scores(anchor, ca, false, samples, lat, &a50, &a99)))
         goto out;
     if (json) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "bench", "index_redis");
         cJSON_AddNumberToObject(j, "prompt_blocks", PROMPT_BLKS);
         cJSON_AddNumberToObject(j, "samples", (double)samples);
+        cJSON_AddBoolToObject(j, "cluster", cluster);
         kvs_cli_json_num(j, "score_p50_us", p50, 1);
         kvs_cli_json_num(j, "score_p99_us", p99, 1);
         if (anchor != NULL) {
@@ -429,7 +437,7 @@ out:
 
 int kvs_cli_bench_index(int argc, char **argv)
 {
-    bool json = false;
+    bool json = false, redis_cluster = false;
     const char *redis = NULL, *redis_anchor = NULL, *redis_ca = NULL;
     uint64_t target = 10000000, setup_s = 10, samples = 10000, shards = 1, models = 1;
     int c;
@@ -459,6 +467,9 @@ int kvs_cli_bench_index(int argc, char **argv)
         case O_REDIS_CA:
             redis_ca = optarg;
             break;
+        case O_REDIS_CLUSTER:
+            redis_cluster = true;
+            break;
         case O_SHARDS:
             if (!kvs_cli_parse_u64("--shards", optarg, 1, KVS__SHARDS_MAX, &shards))
                 return 2;
@@ -473,11 +484,12 @@ int kvs_cli_bench_index(int argc, char **argv)
     }
     if (kvs_cli_no_operands(&index_cmd, argc, argv) != 0)
         return 2;
-    if ((redis_anchor != NULL || redis_ca != NULL) && redis == NULL)
-        return kvs_cli_usage_error(&index_cmd, "--redis-anchor and --redis-ca need --redis");
+    if ((redis_anchor != NULL || redis_ca != NULL || redis_cluster) && redis == NULL)
+        return kvs_cli_usage_error(&index_cmd,
+                                   "--redis-anchor, --redis-ca and --redis-cluster need --redis");
     if (redis != NULL) {
 #ifdef KVS_HAVE_REDIS
-        return bench_redis(redis, redis_anchor, redis_ca, samples, json);
+        return bench_redis(redis, redis_anchor, redis_ca, redis_cluster, samples, json);
 #else
         return kvs_cli_usage_error(&index_cmd, "--redis: built without libhiredis-dev");
 #endif

@@ -130,6 +130,9 @@ typedef struct shard {
     bool started;
     uint64_t next_age;
     atomic_ullong batches, events; /* live batches routed here; events applied */
+#ifdef KVS_HAVE_REDIS
+    kvs__ixr_w_t *rw; /* --redis: this writer's own connection */
+#endif
 } shard_t;
 
 typedef struct index_daemon {
@@ -183,7 +186,7 @@ static void usage(FILE *f)
         "                     [--hash-seed S] [--keys hashes|tokens] [--max-pairs N]\n"
         "                     [--max-idle-s S] [--redis URL [--redis-id ID]\n"
         "                     [--redis-lease-ms MS] [--redis-ca FILE]\n"
-        "                     [--redis-cert FILE --redis-key FILE]]\n"
+        "                     [--redis-cert FILE --redis-key FILE] [--redis-cluster]]\n"
         "                     [--shards N [--shard-queue N]]\n"
         "\n"
         "Subscribes to vLLM KV events (ZMQ PUB, topic kv@<pod>@<model>) and answers\n"
@@ -216,9 +219,13 @@ static void usage(FILE *f)
         "  --redis-cert, --redis-key  rediss://: a client certificate and its key, for a\n"
         "                Redis with tls-auth-clients (default KVSHARE_REDIS_CERT_FILE and\n"
         "                KVSHARE_REDIS_KEY_FILE)\n"
+        "  --redis-cluster  --redis names one node of a Redis Cluster: the others are\n"
+        "                learned (CLUSTER SLOTS), each model's keys live in one slot\n"
+        "                ({model} hash tag), MOVED and ASK are followed\n"
         "  --shards      N writer threads, each with its own index of the models that hash\n"
         "                to it (a score reads one model's shard); 1-64, default 1 (the\n"
-        "                receive thread writes); --redis needs 1\n"
+        "                receive thread writes); with --redis, each writer has its own\n"
+        "                Redis connection\n"
         "  --shard-queue batches queued per shard before the receive thread waits for it\n"
         "                (a power of two, 2-1048576; default 4096)\n");
 }
@@ -258,7 +265,7 @@ static void clear_pod(shard_t *sh, uint32_t pod)
         kvs__tk_clear_pod(sh->tk, pod);
 #ifdef KVS_HAVE_REDIS
     if (redis_writer(sh, pod))
-        kvs__ixr_clear(sh->d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+        kvs__ixr_clear(sh->rw, kvs__idx_pod_model_name(sh->idx, pod),
                        kvs__idx_pod_name(sh->idx, pod));
 #endif
 }
@@ -268,7 +275,7 @@ static void set_degraded(shard_t *sh, uint32_t pod, bool degraded)
     kvs__idx_set_degraded(sh->idx, pod, degraded);
 #ifdef KVS_HAVE_REDIS
     if (redis_writer(sh, pod))
-        kvs__ixr_set_degraded(sh->d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+        kvs__ixr_set_degraded(sh->rw, kvs__idx_pod_model_name(sh->idx, pod),
                               kvs__idx_pod_name(sh->idx, pod), degraded);
 #endif
 }
@@ -340,9 +347,8 @@ static const char *medium_cstr(const kvs__ev_str_t *m, char *buf, size_t cap)
  * writer (or a lost connection) left there is not to be trusted. */
 static void redis_resync(shard_t *sh, uint32_t pod, const char *model, const char *pname)
 {
-    index_daemon_t *d = sh->d;
-    kvs__ixr_clear(d->redis, model, pname);
-    kvs__ixr_set_degraded(d->redis, model, pname, kvs__idx_degraded(sh->idx, pod));
+    kvs__ixr_clear(sh->rw, model, pname);
+    kvs__ixr_set_degraded(sh->rw, model, pname, kvs__idx_degraded(sh->idx, pod));
     size_t n = kvs__idx_pod_copies(sh->idx, pod, NULL, NULL, 0);
     uint64_t *h = malloc((n ? n : 1) * sizeof(*h));
     const char **m = malloc((n ? n : 1) * sizeof(*m));
@@ -352,7 +358,7 @@ static void redis_resync(shard_t *sh, uint32_t pod, const char *model, const cha
         for (size_t i = 0, j; i < n; i = j) {
             for (j = i + 1; j < n && m[j] == m[i]; j++)
                 ;
-            kvs__ixr_store(d->redis, model, pname, h + i, j - i, m[i]);
+            kvs__ixr_store(sh->rw, model, pname, h + i, j - i, m[i]);
         }
     }
     free(h);
@@ -363,7 +369,7 @@ static void redis_resync(shard_t *sh, uint32_t pod, const char *model, const cha
 static bool redis_writer(shard_t *sh, uint32_t pod)
 {
     index_daemon_t *d = sh->d;
-    if (d->redis == NULL || pod >= sh->nseq)
+    if (sh->rw == NULL || pod >= sh->nseq)
         return false;
     pod_seq_t *ps = &sh->seq[pod];
     uint64_t t = now_ms();
@@ -372,7 +378,7 @@ static bool redis_writer(shard_t *sh, uint32_t pod)
     const char *model = kvs__idx_pod_model_name(sh->idx, pod),
                *pname = kvs__idx_pod_name(sh->idx, pod);
     uint64_t epoch = 0;
-    int rc = kvs__ixr_lease(d->redis, model, pname, &epoch);
+    int rc = kvs__ixr_lease(sh->rw, model, pname, &epoch);
     /* Renew well before the lease ends; a replica that cannot reach Redis stops writing
      * (its lease lapses and another takes the pod). */
     ps->renew_at = t + d->lease_ms / 3;
@@ -426,7 +432,7 @@ static void apply(shard_t *sh, const char *src, uint32_t pod, const void *payloa
 #ifdef KVS_HAVE_REDIS
             if (redis_writer(sh, pod)) {
                 char mb[64];
-                kvs__ixr_store(d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+                kvs__ixr_store(sh->rw, kvs__idx_pod_model_name(sh->idx, pod),
                                kvs__idx_pod_name(sh->idx, pod), keys, nkeys,
                                medium_cstr(&e->medium, mb, sizeof(mb)));
             }
@@ -447,7 +453,7 @@ static void apply(shard_t *sh, const char *src, uint32_t pod, const void *payloa
 #ifdef KVS_HAVE_REDIS
             if (redis_writer(sh, pod)) {
                 char mb[64];
-                kvs__ixr_remove(d->redis, kvs__idx_pod_model_name(sh->idx, pod),
+                kvs__ixr_remove(sh->rw, kvs__idx_pod_model_name(sh->idx, pod),
                                 kvs__idx_pod_name(sh->idx, pod), keys, nkeys,
                                 medium_cstr(&e->medium, mb, sizeof(mb)));
             }
@@ -468,8 +474,8 @@ static void apply(shard_t *sh, const char *src, uint32_t pod, const void *payloa
         atomic_store(&sh->tk_bytes, kvs__tk_bytes(sh->tk));
     }
 #ifdef KVS_HAVE_REDIS
-    if (d->redis != NULL)
-        kvs__ixr_flush(d->redis); /* the batch's writes: one round trip */
+    if (sh->rw != NULL)
+        kvs__ixr_flush(sh->rw); /* the batch's writes: one round trip */
 #endif
 }
 
@@ -1054,8 +1060,13 @@ static enum MHD_Result metrics(index_daemon_t *d, struct MHD_Connection *conn)
                                 "# HELP kvshare_index_redis_errors_total Redis round trips that "
                                 "failed (unreachable, timed out, refused).\n"
                                 "# TYPE kvshare_index_redis_errors_total counter\n"
-                                "kvshare_index_redis_errors_total %llu\n",
-                                kvs__ixr_errors(d->redis));
+                                "kvshare_index_redis_errors_total %llu\n"
+                                "# HELP kvshare_index_redis_redirects_total Redis Cluster "
+                                "redirects (MOVED, ASK) followed, and pipelined writes lost to "
+                                "a moving slot.\n"
+                                "# TYPE kvshare_index_redis_redirects_total counter\n"
+                                "kvshare_index_redis_redirects_total %llu\n",
+                                kvs__ixr_errors(d->redis), kvs__ixr_redirects(d->redis));
     if (len >= cap)
         len = cap - 1;
 #endif
@@ -1288,6 +1299,9 @@ static void daemon_close(index_daemon_t *d)
         kvs__ev_decoder_destroy(sh->dec);
         kvs__idx_destroy(sh->idx);
         kvs__tk_destroy(sh->tk); /* before the hasher it borrows */
+#ifdef KVS_HAVE_REDIS
+        kvs__ixr_writer_destroy(sh->rw); /* before the kvs__ixr_t it borrows */
+#endif
         free(sh->tkeys);
         free(sh->seq);
     }
@@ -1356,7 +1370,8 @@ enum {
     O_REDIS_CERT,
     O_REDIS_KEY,
     O_SHARDS,
-    O_SHARD_QUEUE
+    O_SHARD_QUEUE,
+    O_REDIS_CLUSTER
 };
 
 static const struct option index_options[] = {
@@ -1374,6 +1389,7 @@ static const struct option index_options[] = {
     {"redis-ca", required_argument, NULL, O_REDIS_CA},
     {"redis-cert", required_argument, NULL, O_REDIS_CERT},
     {"redis-key", required_argument, NULL, O_REDIS_KEY},
+    {"redis-cluster", no_argument, NULL, O_REDIS_CLUSTER},
     {"shards", required_argument, NULL, O_SHARDS},
     {"shard-queue", required_argument, NULL, O_SHARD_QUEUE},
     KVS_CLI_OPT_HELP_ENTRY,
@@ -1384,7 +1400,7 @@ int kvs_cli_index(int argc, char **argv)
 {
     static index_daemon_t d; /* large (sources); one per process */
     const char *http = NULL, *algo = "sha256_cbor", *seed = NULL;
-    bool token_mode = false;
+    bool token_mode = false, redis_cluster = false;
     const char *redis_url = NULL, *redis_id = NULL;
     const char *redis_ca = NULL, *redis_cert = NULL, *redis_key = NULL;
     uint64_t lease_ms = 5000;
@@ -1435,6 +1451,9 @@ int kvs_cli_index(int argc, char **argv)
         case O_REDIS_KEY:
             redis_key = v;
             break;
+        case O_REDIS_CLUSTER:
+            redis_cluster = true;
+            break;
         case O_REDIS_LEASE_MS:
             if (!kvs_cli_parse_u64("--redis-lease-ms", v, 300, 600000, &lease_ms))
                 return 2;
@@ -1473,8 +1492,8 @@ int kvs_cli_index(int argc, char **argv)
     if (redis_url != NULL)
         return kvs_cli_usage_error(&index_cmd, "--redis: built without libhiredis-dev");
 #endif
-    if ((redis_id != NULL) && redis_url == NULL)
-        return kvs_cli_usage_error(&index_cmd, "--redis-id needs --redis");
+    if ((redis_id != NULL || redis_cluster) && redis_url == NULL)
+        return kvs_cli_usage_error(&index_cmd, "--redis-id and --redis-cluster need --redis");
     if ((redis_ca != NULL || redis_cert != NULL || redis_key != NULL) &&
         (redis_url == NULL || strncmp(redis_url, "rediss://", 9) != 0))
         return kvs_cli_usage_error(
@@ -1486,12 +1505,8 @@ int kvs_cli_index(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    /* --redis writes through one connection, which one writer thread owns. */
-    if (redis_url != NULL && nshards > 1)
-        return kvs_cli_usage_error(&index_cmd, "--shards %llu: --redis needs --shards 1",
-                                   (unsigned long long)nshards);
     if (nshards == 0)
-        nshards = redis_url != NULL ? 1 : SHARDS_DEFAULT;
+        nshards = SHARDS_DEFAULT;
     int rc = 1;
     struct MHD_Daemon *mhd = NULL;
     kvs_hasher_params_t hp = {.field_mask = KVS_HASHER_FIELD_ALGO | KVS_HASHER_FIELD_BLOCK_TOKENS,
@@ -1534,12 +1549,19 @@ int kvs_cli_index(int argc, char **argv)
         }
         d.lease_ms = (uint32_t)lease_ms;
         kvs__ixr_tls_t tls = {.ca_file = redis_ca, .cert_file = redis_cert, .key_file = redis_key};
-        d.redis = kvs__ixr_create(redis_url, redis_id, d.lease_ms, &tls, rwhy, sizeof(rwhy));
+        d.redis = kvs__ixr_create(redis_url, redis_id, d.lease_ms, &tls, redis_cluster, rwhy,
+                                  sizeof(rwhy));
         if (d.redis == NULL) {
             fprintf(stderr, "kvshare index: --redis %s\n", rwhy);
             rc = 2;
             goto out;
         }
+        /* Each shard's writer thread writes through its own connection. */
+        for (unsigned i = 0; i < d.nsh; i++)
+            if ((d.sh[i].rw = kvs__ixr_writer_create(d.redis)) == NULL) {
+                fprintf(stderr, "kvshare index: out of memory\n");
+                goto out;
+            }
         /* Warm from what the replicas wrote; without Redis this replica starts cold (and
          * says so) rather than not at all. */
         snap_ctx_t sc = {.d = &d, .pod = -1};

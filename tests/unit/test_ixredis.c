@@ -2,6 +2,7 @@
 /* test_ixredis.c - `kvshare index --redis` without a server: URLs, and an unreachable Redis
  * fails fast, is counted and never blocks (the real server: integration/index/index_redis). */
 #include "ixredis_int.h"
+#include "redis_test.h"
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -39,47 +40,40 @@ Test(ixredis, urls)
                                       "unix:relative"};
     char why[256];
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
-        kvs__ixr_t *r = kvs__ixr_create(good[i], "me", 5000, NULL, why, sizeof(why));
+        kvs__ixr_t *r = kvs__ixr_create(good[i], "me", 5000, NULL, false, why, sizeof(why));
         cr_assert_not_null(r, "%s: %s", good[i], why);
         kvs__ixr_destroy(r);
     }
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         why[0] = '\0';
-        cr_assert_null(kvs__ixr_create(bad[i], "me", 5000, NULL, why, sizeof(why)), "%s", bad[i]);
+        cr_assert_null(kvs__ixr_create(bad[i], "me", 5000, NULL, false, why, sizeof(why)), "%s",
+                       bad[i]);
         cr_assert(why[0] != '\0');
     }
     kvs__ixr_destroy(NULL);
 }
 
-/* A port nobody listens on (bound, then closed). */
-static int dead_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    cr_assert(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
-    cr_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 Test(ixredis, unreachable_fails_fast_and_is_counted)
 {
     char url[64], why[128];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", dead_port());
-    kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, why, sizeof(why));
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_test_free_port());
+    kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, false, why, sizeof(why));
     cr_assert_not_null(r);
+    kvs__ixr_w_t *w = kvs__ixr_writer_create(r);
+    cr_assert_not_null(w);
     uint64_t epoch = 0, h[2] = {1, 2};
-    cr_assert_eq(kvs__ixr_lease(r, "m", "p", &epoch), -1);
-    kvs__ixr_store(r, "m", "p", h, 2, "GPU");
-    kvs__ixr_clear(r, "m", "p");
-    kvs__ixr_set_degraded(r, "m", "p", true);
-    cr_assert_eq(kvs__ixr_flush(r), 0, "nothing was queued");
+    cr_assert_eq(kvs__ixr_lease(w, "m", "p", &epoch), -1);
+    kvs__ixr_store(w, "m", "p", h, 2, "GPU");
+    kvs__ixr_clear(w, "m", "p");
+    kvs__ixr_set_degraded(w, "m", "p", true);
+    cr_assert_eq(kvs__ixr_flush(w), 0, "nothing was queued");
     kvs__ixr_score_t out[4];
     const char *only[] = {"p"};
     cr_assert_eq(kvs__ixr_score(r, "m", h, 2, only, 1, out, 4), -1);
     cr_assert_eq(kvs__ixr_score(r, "m", h, 0, NULL, 0, out, 4), 0, "no blocks: no round trip");
     cr_assert_eq(kvs__ixr_snapshot(r, NULL, NULL, NULL), -1);
     cr_assert_geq(kvs__ixr_errors(r), 2);
+    kvs__ixr_writer_destroy(w);
+    kvs__ixr_writer_destroy(NULL);
     kvs__ixr_destroy(r);
 }

@@ -122,9 +122,9 @@ def main():
             wait_for(f"replica {name} scores 10 blocks", lambda: pods_of(r.score("m1", prompt)),
                      lambda p: p == {"pod-x": 10})
             check((r.metric("kvshare_index_redis_scores_total") or 0) >= 1, f"replica {name} scored from Redis")
-        holder = resp(port, "GET", "kvs:l:m1@pod-x")
+        holder = resp(port, "GET", "kvs:l:{m1}@pod-x")
         check(holder in ("A", "B"), f"one replica holds the pod's lease ({holder})")
-        check(resp(port, "SCARD", "kvs:p:m1@pod-x") == 10, "Redis holds the pod's 10 blocks")
+        check(resp(port, "SCARD", "kvs:p:{m1}@pod-x") == 10, "Redis holds the pod's 10 blocks")
 
         # A replica with no source: the snapshot warms it; it scores from Redis.
         c = ie.Index(kvshare, [], extra=["--redis", url, "--redis-id", "C"] + lease)
@@ -144,14 +144,14 @@ def main():
             pub([{"type": "BlockRemoved", "block_hashes": [12345], "medium": "GPU"}])
             return pods_of(c.score("m1", prompt))
         wait_for("after failover C sees the removal (prefix 4)", nudge, lambda p: p == {"pod-x": 4})
-        check(resp(port, "GET", "kvs:l:m1@pod-x") == oname, f"{oname} holds the lease now")
+        check(resp(port, "GET", "kvs:l:{m1}@pod-x") == oname, f"{oname} holds the lease now")
         check((other.metric("kvshare_index_redis_leases_taken_total") or 0) >= 1, f"{oname} took a lease")
 
         # Degraded through Redis: an unreplayable gap; fresh after AllBlocksCleared.
         pub([{"type": "BlockStored", "block_hashes": k[:2], "block_size": BLOCK}], live=False)
         pub([{"type": "BlockRemoved", "block_hashes": [12345]}])
         wait_for("a degraded pod scores zero on C", lambda: pods_of(c.score("m1", prompt)), lambda p: p == {})
-        check(resp(port, "SISMEMBER", "kvs:d:m1", "pod-x") == 1, "Redis marks it degraded")
+        check(resp(port, "SISMEMBER", "kvs:d:{m1}", "pod-x") == 1, "Redis marks it degraded")
         pub([{"type": "AllBlocksCleared"},
              {"type": "BlockStored", "block_hashes": k[:3], "block_size": BLOCK, "medium": "CPU"}])
         r = wait_for("fresh again: 3 blocks on CPU", lambda: c.score("m1", prompt),
@@ -239,7 +239,7 @@ def auth_and_scripts(kvshare, server, tmp, rng, procs):
     wait_for("E (password in the URL) scores 6 blocks", lambda: pods_of(e.score("m2", prompt)),
              lambda p: p == {"pod-z": 6})
     check((e.metric("kvshare_index_redis_scores_total") or 0) >= 1, "E scored from Redis")
-    check(resp(port, "SCARD", "kvs:p:m2@pod-z", auth=auth) == 6, "E wrote the pod's 6 blocks")
+    check(resp(port, "SCARD", "kvs:p:{m2}@pod-z", auth=auth) == 6, "E wrote the pod's 6 blocks")
     # The ACL user, its password from the environment (kept out of the process list).
     env = dict(os.environ, KVSHARE_REDIS_USER="alice", KVSHARE_REDIS_PASSWORD="pw2")
     old = os.environ.copy()
@@ -255,7 +255,7 @@ def auth_and_scripts(kvshare, server, tmp, rng, procs):
              lambda: pods_of(f.score("m2", prompt)), lambda p: p == {"pod-z": 6})
     check((f.metric("kvshare_index_redis_scores_total") or 0) >= 1
           and (f.metric("kvshare_index_redis_fallbacks_total") or 0) == 0, "F scored from Redis")
-    check(resp(port, "GET", "kvs:l:m2@pod-z", auth=auth) == "E", "E holds the lease (the others cannot log in)")
+    check(resp(port, "GET", "kvs:l:{m2}@pod-z", auth=auth) == "E", "E holds the lease (the others cannot log in)")
     for name, want in (("wrong", "WRONGPASS"), ("none", "NOAUTH")):
         path, r = logs[name]
         check(pods_of(r.score("m2", prompt)) == {"pod-z": 6}, f"bad credentials ({name}): scores fall back locally")
@@ -276,7 +276,7 @@ def auth_and_scripts(kvshare, server, tmp, rng, procs):
 
     def nudge():
         pub([{"type": "BlockRemoved", "block_hashes": [12345], "medium": "GPU"}])
-        return resp(port, "SCARD", "kvs:p:m2@pod-z", auth=auth)
+        return resp(port, "SCARD", "kvs:p:{m2}@pod-z", auth=auth)
     wait_for("the write lost to NOSCRIPT is resynced (8 blocks in Redis)", nudge, lambda n: n == 8)
     wait_for("F scores 8 blocks from Redis", lambda: pods_of(f.score("m2", prompt)),
              lambda p: p == {"pod-z": 8})
@@ -347,7 +347,7 @@ def tls(kvshare, server, tmp, rng, procs):
              lambda p: p == {"pod-t": 5})
     check((g.metric("kvshare_index_redis_scores_total") or 0) >= 1
           and (g.metric("kvshare_index_redis_errors_total") or 0) == 0, "G scored from Redis over TLS")
-    check(resp(port, "SCARD", "kvs:p:m3@pod-t") == 5, "G wrote the pod's 5 blocks over TLS")
+    check(resp(port, "SCARD", "kvs:p:{m3}@pod-t") == 5, "G wrote the pod's 5 blocks over TLS")
     old = os.environ.copy()
     os.environ.update(KVSHARE_REDIS_CA_FILE=f"{d}/ca.crt", KVSHARE_REDIS_CERT_FILE=f"{d}/client.crt",
                       KVSHARE_REDIS_KEY_FILE=f"{d}/client.key")
