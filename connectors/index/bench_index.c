@@ -485,8 +485,10 @@ int kvs_cli_bench_index(int argc, char **argv)
     if (kvs_cli_no_operands(&index_cmd, argc, argv) != 0)
         return 2;
     if ((redis_anchor != NULL || redis_ca != NULL || redis_cluster) && redis == NULL)
-        return kvs_cli_usage_error(&index_cmd,
-                                   "--redis-anchor, --redis-ca and --redis-cluster need --redis");
+        return kvs_cli_usage_error(&index_cmd, redis_anchor != NULL ? "--redis-anchor needs --redis"
+                                               : redis_ca != NULL
+                                                   ? "--redis-ca needs --redis"
+                                                   : "--redis-cluster needs --redis");
     if (redis != NULL) {
 #ifdef KVS_HAVE_REDIS
         return bench_redis(redis, redis_anchor, redis_ca, redis_cluster, samples, json);

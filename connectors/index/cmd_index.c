@@ -1493,7 +1493,8 @@ int kvs_cli_index(int argc, char **argv)
         return kvs_cli_usage_error(&index_cmd, "--redis: built without libhiredis-dev");
 #endif
     if ((redis_id != NULL || redis_cluster) && redis_url == NULL)
-        return kvs_cli_usage_error(&index_cmd, "--redis-id and --redis-cluster need --redis");
+        return kvs_cli_usage_error(&index_cmd, redis_id != NULL ? "--redis-id needs --redis"
+                                                                : "--redis-cluster needs --redis");
     if ((redis_ca != NULL || redis_cert != NULL || redis_key != NULL) &&
         (redis_url == NULL || strncmp(redis_url, "rediss://", 9) != 0))
         return kvs_cli_usage_error(
