@@ -434,7 +434,7 @@ class WorkerSide:
                 got = reads[0] - snd.baseline
                 log.warning("kvshare_vllm: %s: %s before the lease ended; freeing it", req_id,
                             "no consumer read its KV" if got <= 0 else
-                            f"{got} of {expected[0]} consumer ranks read its KV")
+                            f"{got} of {max(1, expected[0])} consumer ranks read its KV")
             self._drain_saves()
             for r in snd.puts:
                 st = r.test()
