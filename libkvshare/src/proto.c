@@ -271,8 +271,8 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         m->u.release.lease_id = rd_u64(&r);
         if (m->hdr.flags & KVS_PROTO_FLAG_READERS) {
             m->u.release.readers = rd_u32(&r);
-            if (!r.bad && (m->u.release.readers == 0 ||
-                           m->u.release.readers > KVS_PROTO_MAX_READERS))
+            if (!r.bad &&
+                (m->u.release.readers == 0 || m->u.release.readers > KVS_PROTO_MAX_READERS))
                 return bad(why, wl, "RELEASE for %u readers (1..%u)", m->u.release.readers,
                            KVS_PROTO_MAX_READERS);
         }
@@ -623,8 +623,7 @@ kvs_status_t kvs__enc_release(kvs__buf_t *b, uint64_t req_id, const uint8_t *ses
 {
     if (readers > KVS_PROTO_MAX_READERS)
         return KVS_ERR_INVALID_PARAM;
-    kvs__proto_begin(b, KVS_MSG_RELEASE, readers > 0 ? KVS_PROTO_FLAG_READERS : 0, req_id,
-                     session);
+    kvs__proto_begin(b, KVS_MSG_RELEASE, readers > 0 ? KVS_PROTO_FLAG_READERS : 0, req_id, session);
     kvs__buf_u64(b, lease_id);
     if (readers > 0)
         kvs__buf_u32(b, readers);
