@@ -57,6 +57,12 @@ typedef enum CUpointer_attribute_enum {
     CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
 } CUpointer_attribute;
 
+/* cuStreamCreate flags. */
+enum {
+    CU_STREAM_DEFAULT = 0,
+    CU_STREAM_NON_BLOCKING = 1, /* no implicit ordering with the legacy default stream */
+};
+
 /* CUmemorytype. */
 typedef enum CUmemorytype_enum {
     CU_MEMORYTYPE_HOST = 1,
@@ -144,6 +150,12 @@ typedef enum CUmemRangeHandleType_enum {
     X(cuCtxGetCurrent, (CUcontext * pctx), (pctx))                                                 \
     X(cuCtxSynchronize, (void), ())                                                                \
     X(cuStreamSynchronize, (CUstream stream), (stream))                                            \
+    X(cuStreamCreate, (CUstream * pstream, unsigned int flags), (pstream, flags))                  \
+    X(cuStreamDestroy_v2, (CUstream stream), (stream))                                             \
+    X(cuMemcpyPeerAsync,                                                                           \
+      (CUdeviceptr dst, CUcontext dst_ctx, CUdeviceptr src, CUcontext src_ctx, size_t n,           \
+       CUstream s),                                                                                \
+      (dst, dst_ctx, src, src_ctx, n, s))                                                          \
     X(cuPointerGetAttribute, (void *data, CUpointer_attribute attr, CUdeviceptr ptr),              \
       (data, attr, ptr))                                                                           \
     X(cuMemGetAddressRange_v2, (CUdeviceptr * pbase, size_t * psize, CUdeviceptr dptr),            \

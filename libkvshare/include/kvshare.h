@@ -271,8 +271,9 @@ enum kvs_layout_field {
  *
  * A holder process serves readers of another view of its model from the
  * first pool of that model it has (one pool per TP rank is the intended
- * shape). Views cross only between host pools: fetches into CUDA memory
- * need the exact layout id (and a CUDA-enabled transport).
+ * shape). Fetches into CUDA memory (a pool with a KVS_MEM_CUDA segment)
+ * work from a same-host holder only, over its mapped memory (views may
+ * cross there too); the transport takes no CUDA destinations.
  *
  * ABI: fields are appended at the end only, each behind a field_mask bit.
  */
@@ -792,9 +793,12 @@ typedef struct kvs_fetch_params {
  * prompt's first key does), and with blocks larger than keys several hits name the same destination
  * block. On KVS_OK the caller owns *req_p: poll it with kvs_request_test() or kvs_request_wait(),
  * then kvs_request_free(). Each block's generation is checked after its data lands; a changed block
- * fails the request with KVS_ERR_STALE rather than deliver wrong KV. Errors at start: INVALID_PARAM
- * (count beyond the hits, bad block id), LAYOUT_MISMATCH, NO_MEMORY, UNSUPPORTED (no transport to a
- * remote source).
+ * fails the request with KVS_ERR_STALE rather than deliver wrong KV. A @dst in CUDA memory is
+ * filled only from a same-host holder's mapped memory (docs/transport.md); when that path is off
+ * (KVSHARE_SHM=off), the holder is on another host or its memory cannot be mapped, the fetch
+ * fails UNSUPPORTED at start. Errors at start: INVALID_PARAM (count beyond the hits, bad block id),
+ * LAYOUT_MISMATCH, NO_MEMORY, UNSUPPORTED (no transport to a remote source, or a CUDA @dst the
+ * mapped path cannot fill).
  */
 KVS_API kvs_status_t kvs_fetch(kvs_lease_h lease, kvs_pool_h dst, const uint32_t *dst_block_ids,
                                size_t count, const kvs_fetch_params_t *params,

@@ -127,6 +127,7 @@ struct conn {
     rregion_t *rr;
     size_t nrr, caprr;
     kvs__shm_peer_t *shm; /* client, same host: the holder's memory mapped (shm.c) */
+    bool cuda_dst_said;   /* client: a fetch into CUDA memory it could not serve was logged */
     srv_lease_t *leases;
     uint32_t nleases;
     uint32_t npushes, nputs, ninbox;
@@ -3280,13 +3281,33 @@ static kvs_status_t shm_xfetch(conn_t *c, rlease_t *rl, struct kvs_pool *dst, co
     return st;
 }
 
+/* A fetch into CUDA memory that only the mapped path could serve: logged
+ * once per connection. */
+static kvs_status_t cuda_dst_refused(kvs__peer_t *pp, conn_t *c, const char *why)
+{
+    lock(pp);
+    bool say = !c->cuda_dst_said;
+    c->cuda_dst_said = true;
+    unlock(pp);
+    if (say)
+        kvs__warn(pp->log,
+                  "peer %s: fetches into CUDA memory are refused (KVS_ERR_UNSUPPORTED): %s; "
+                  "the transport takes no CUDA destinations",
+                  c->peer, why);
+    return KVS_ERR_UNSUPPORTED;
+}
+
 kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst,
                              const uint32_t *ids, size_t count, size_t first, uint32_t timeout_ms,
                              void **preq_p)
 {
     rlease_t *rl = rlease;
-    if (!dst->host_only)
-        return KVS_ERR_UNSUPPORTED; /* CUDA destinations need a CUDA-enabled UCX */
+    /* CUDA destinations: the same-host mapped path only (the transport's
+     * GET would need a CUDA-enabled UCX). */
+    if (!dst->host_only && rl->conn->shm == NULL)
+        return cuda_dst_refused(pp, rl->conn,
+                                "the holder's memory is not mapped here (another "
+                                "host, or KVSHARE_SHM=off)");
     if (dst->nsegs > KVS_PROTO_MAX_PIECES ||
         (uint64_t)count * dst->nsegs > KVS_PROTO_MAX_FETCH_PIECES)
         return KVS_ERR_INVALID_PARAM;
@@ -3305,15 +3326,21 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
     /* Same host: copy from the holder's mapped memory, outside the lock. */
     size_t shm_bytes = 0;
     kvs_status_t shm_st = KVS_ERR_UNSUPPORTED;
+    bool live = false;
     if (rl->conn->shm != NULL && count > 0) { /* set once, before the lease existed */
         lock(pp);
-        bool live = rl->conn->state == S_READY;
+        live = rl->conn->state == S_READY;
         unlock(pp);
         if (live && rl->conn->xview)
             shm_st = shm_xfetch(rl->conn, rl, dst, ids, count, first, &shm_bytes);
         else if (live)
             shm_st =
                 kvs__shm_fetch(rl->conn->shm, rl->block_at + first, dst, ids, count, &shm_bytes);
+    }
+    if (!dst->host_only && live && shm_st == KVS_ERR_UNSUPPORTED) {
+        preq_free(r); /* not mapped (or a CUDA copy failed): no transport to fall back on */
+        return cuda_dst_refused(pp, rl->conn,
+                                "the mapped path cannot serve it (see the warning before)");
     }
     r->pp = pp;
     r->rl = rl;

@@ -39,6 +39,8 @@
 #define SHM_MAX_CONNS 64u /* callers between greeting and request, at once */
 /* Runs of adjacent blocks are copied as one memcpy up to this size. */
 #define SHM_MAX_RUN (4u << 20)
+/* CUDA devices a reader's destinations may lie on, per connection. */
+#define SHM_MAX_DEVS 16u
 
 void (*kvs__shm_test_mid_copy)(void);
 
@@ -654,6 +656,17 @@ typedef struct map {
     kvs_cuda_vmm_map_t vm; /* a CUDA VMM allocation's mapping (vm.va != 0) */
 } map_t;
 
+/* A device that holds destination memory: its primary context (retained)
+ * and our own non-blocking stream in it, made on first need and kept for
+ * the connection. Copies into the device run on that stream, which is
+ * synchronised before the generations are checked again. */
+typedef struct dst_dev {
+    int ordinal;
+    CUdevice dev;
+    CUcontext ctx;
+    CUstream stream;
+} dst_dev_t;
+
 struct kvs__shm_peer {
     pthread_mutex_t lock;
     char path[KVS_SHM_MAX_PATH + 1];
@@ -662,8 +675,11 @@ struct kvs__shm_peer {
     const uint8_t *secret;
     size_t secret_len;
     bool open;
-    bool broken;                     /* the handover failed: the transport for good */
-    bool cu_failed;                  /* a CUDA copy failed: the transport for good, logged */
+    bool broken;                  /* the handover failed: the transport for good */
+    bool cu_failed;               /* a CUDA copy failed: the transport for good, logged */
+    bool dst_failed;              /* a CUDA destination cannot be set up: logged */
+    dst_dev_t devs[SHM_MAX_DEVS]; /* devices of CUDA destinations (lock held) */
+    uint32_t ndevs;
     bool identify_tried, identified; /* kvs__shm_peer_identify */
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
@@ -721,6 +737,11 @@ void kvs__shm_peer_free(kvs__shm_peer_t *sp)
             munmap(sp->maps[i].map, sp->maps[i].map_len);
         if (sp->maps[i].vm.va != 0)
             kvs_cuda_vmm_unmap(cu(&why), &sp->maps[i].vm);
+    }
+    for (uint32_t i = 0; i < sp->ndevs; i++) {
+        const kvs_cuda_driver_t *drv = cu(&why); /* non-NULL: it made the stream */
+        (void)drv->cuStreamDestroy_v2(sp->devs[i].stream);
+        (void)drv->cuDevicePrimaryCtxRelease_v2(sp->devs[i].dev);
     }
     pthread_mutex_destroy(&sp->lock);
     kvs__free(sp);
@@ -893,7 +914,9 @@ typedef struct run {
     const uint8_t *src;
     uint8_t *dst;
     size_t len;
-    CUcontext ctx; /* src is CUDA memory copied in this context; NULL: host memory */
+    CUcontext ctx;     /* src is CUDA memory copied in this context; NULL: host memory */
+    CUcontext dst_ctx; /* dst is CUDA memory of this (primary) context; NULL: host memory */
+    CUstream stream;   /* with dst_ctx: our stream in it */
 } run_t;
 
 /* Region ids the blocks need that are not known yet (at most SHM_MAX_IDS). */
@@ -939,16 +962,102 @@ static const uint8_t *block_src(kvs__shm_peer_t *sp, const kvs__block_desc_t *d,
 }
 
 /* Adds a copy to @runs, continuing the last run where both sides (and the
- * context a CUDA source is copied in) do. */
+ * contexts of CUDA memory on either side) do. @dd: the destination's
+ * device when it is CUDA memory, or NULL. */
 static void add_run(run_t *runs, size_t *nruns_p, const uint8_t *src, uint8_t *dst, size_t len,
-                    CUcontext ctx)
+                    CUcontext ctx, const dst_dev_t *dd)
 {
     run_t *last = *nruns_p > 0 ? &runs[*nruns_p - 1] : NULL;
+    CUcontext dctx = dd != NULL ? dd->ctx : NULL;
     if (last != NULL && last->src + last->len == src && last->dst + last->len == dst &&
-        last->ctx == ctx && last->len + len <= SHM_MAX_RUN)
+        last->ctx == ctx && last->dst_ctx == dctx && last->len + len <= SHM_MAX_RUN)
         last->len += len;
     else
-        runs[(*nruns_p)++] = (run_t){.src = src, .dst = dst, .len = len, .ctx = ctx};
+        runs[(*nruns_p)++] = (run_t){.src = src,
+                                     .dst = dst,
+                                     .len = len,
+                                     .ctx = ctx,
+                                     .dst_ctx = dctx,
+                                     .stream = dd != NULL ? dd->stream : NULL};
+}
+
+/* The device of CUDA destination memory @ptr, set up on first use (lock
+ * held): its primary context retained and a non-blocking stream made in
+ * it. NULL with *why_p saying why. */
+static const dst_dev_t *dst_dev_of(kvs__shm_peer_t *sp, const void *ptr, const char **why_p)
+{
+    const kvs_cuda_driver_t *drv = cu(why_p);
+    if (drv == NULL)
+        return NULL;
+    if (drv->cuPointerGetAttribute == NULL || drv->cuDeviceGet == NULL ||
+        drv->cuDevicePrimaryCtxRetain == NULL || drv->cuDevicePrimaryCtxRelease_v2 == NULL ||
+        drv->cuStreamCreate == NULL || drv->cuStreamDestroy_v2 == NULL ||
+        drv->cuStreamSynchronize == NULL || drv->cuMemcpyHtoDAsync_v2 == NULL ||
+        drv->cuMemcpyDtoDAsync_v2 == NULL || drv->cuMemcpyPeerAsync == NULL) {
+        *why_p = "the driver lacks an entry point for copies into the device";
+        return NULL;
+    }
+    int ordinal = -1;
+    CUresult res = drv->cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                              (CUdeviceptr)(uintptr_t)ptr);
+    if (res != CUDA_SUCCESS) {
+        *why_p = kvs_cuda_result_string(drv, res); /* not device memory */
+        return NULL;
+    }
+    for (uint32_t i = 0; i < sp->ndevs; i++)
+        if (sp->devs[i].ordinal == ordinal)
+            return &sp->devs[i];
+    if (sp->ndevs == SHM_MAX_DEVS) {
+        *why_p = "destinations on too many devices";
+        return NULL;
+    }
+    dst_dev_t *d = &sp->devs[sp->ndevs];
+    memset(d, 0, sizeof(*d));
+    d->ordinal = ordinal;
+    res = drv->cuDeviceGet(&d->dev, ordinal);
+    if (res == CUDA_SUCCESS)
+        res = drv->cuDevicePrimaryCtxRetain(&d->ctx, d->dev);
+    if (res != CUDA_SUCCESS) {
+        *why_p = kvs_cuda_result_string(drv, res);
+        return NULL;
+    }
+    /* The stream belongs to the context current when it is made. */
+    CUcontext prev = NULL;
+    res = drv->cuCtxGetCurrent(&prev);
+    if (res == CUDA_SUCCESS && (res = drv->cuCtxSetCurrent(d->ctx)) == CUDA_SUCCESS) {
+        res = drv->cuStreamCreate(&d->stream, CU_STREAM_NON_BLOCKING);
+        (void)drv->cuCtxSetCurrent(prev);
+    }
+    if (res != CUDA_SUCCESS) {
+        (void)drv->cuDevicePrimaryCtxRelease_v2(d->dev);
+        *why_p = kvs_cuda_result_string(drv, res);
+        return NULL;
+    }
+    sp->ndevs++;
+    return d;
+}
+
+/* The devices of @dst's segments (NULL for host ones) into @dd (lock
+ * held); false when a CUDA one cannot be set up (logged once per
+ * connection). */
+static bool dst_devs(kvs__shm_peer_t *sp, const struct kvs_pool *dst, const dst_dev_t **dd)
+{
+    for (size_t s = 0; s < dst->nsegs; s++) {
+        dd[s] = NULL;
+        if (dst->segs[s].mem_type != KVS_MEM_CUDA)
+            continue;
+        const char *why = NULL;
+        if ((dd[s] = dst_dev_of(sp, dst->segs[s].base, &why)) != NULL)
+            continue;
+        if (!sp->dst_failed)
+            kvs__warn(sp->log,
+                      "peer %s: cannot copy from mapped memory into CUDA destination %p (%s); "
+                      "fetches into CUDA memory from this peer take the transport",
+                      sp->peer, dst->segs[s].base, why);
+        sp->dst_failed = true;
+        return false;
+    }
+    return true;
 }
 
 /* The generation word of block @d, mapped and aligned, or NULL
@@ -965,9 +1074,11 @@ static const _Atomic uint64_t *gen_of(kvs__shm_peer_t *sp, const kvs__block_desc
 /* The copies of one fetch, coalesced, and the generations to check. */
 static kvs_status_t plan(kvs__shm_peer_t *sp, const uint8_t *const *block_at, struct kvs_pool *dst,
                          const uint32_t *ids, size_t count, run_t *runs, size_t *nruns_p,
-                         const _Atomic uint64_t **gens)
+                         const _Atomic uint64_t **gens, const dst_dev_t **dd)
 {
     size_t nruns = 0;
+    if (!dst->host_only && (sp->dst_failed || !dst_devs(sp, dst, dd)))
+        return KVS_ERR_UNSUPPORTED;
     for (size_t i = 0; i < count; i++) {
         kvs__block_desc_t d;
         const uint8_t *cur = block_at[i];
@@ -982,7 +1093,7 @@ static kvs_status_t plan(kvs__shm_peer_t *sp, const uint8_t *const *block_at, st
             const uint8_t *src = block_src(sp, &d, off, sg->block_bytes, &ctx);
             if (src == NULL)
                 return KVS_ERR_UNSUPPORTED;
-            add_run(runs, &nruns, src, local, sg->block_bytes, ctx);
+            add_run(runs, &nruns, src, local, sg->block_bytes, ctx, dst->host_only ? NULL : dd[s]);
             off += sg->block_bytes;
         }
     }
@@ -1003,37 +1114,70 @@ static bool gens_hold(const uint8_t *const *block_at, const _Atomic uint64_t *co
     return true;
 }
 
-/* The copies: memcpy from memfds; cuMemcpyDtoH from CUDA mappings, in the
- * context of the device that holds them (the caller's is put back). False
- * when the driver failed a copy: this connection takes the transport. */
+/* One copy with a CUDA side, in the context current for it: from a mapped
+ * CUDA source into host memory (synchronous), or into a CUDA destination
+ * on our stream in its context (host source, the same device, or another
+ * device's context through cuMemcpyPeerAsync). */
+static CUresult copy_cuda(const kvs_cuda_driver_t *drv, const run_t *r)
+{
+    CUdeviceptr d = (CUdeviceptr)(uintptr_t)r->dst, s = (CUdeviceptr)(uintptr_t)r->src;
+    if (r->dst_ctx == NULL)
+        return drv->cuMemcpyDtoH_v2(r->dst, s, r->len);
+    if (r->ctx == NULL)
+        return drv->cuMemcpyHtoDAsync_v2(d, r->src, r->len, r->stream);
+    if (r->ctx == r->dst_ctx)
+        return drv->cuMemcpyDtoDAsync_v2(d, s, r->len, r->stream);
+    return drv->cuMemcpyPeerAsync(d, r->dst_ctx, s, r->ctx, r->len, r->stream);
+}
+
+/* The copies: memcpy between host memory; the driver where either side is
+ * CUDA memory, in the context of the destination's device (a CUDA source
+ * into host memory: the source's), the caller's context put back. Copies
+ * into CUDA memory are asynchronous on our streams, each synchronised
+ * before this returns (even after a failure), so the generation check
+ * after it follows every read of the source. False when the driver failed
+ * a copy: this connection takes the transport. */
 static bool copy_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns, size_t *bytes_p)
 {
     const kvs_cuda_driver_t *drv = NULL;
     const char *why = NULL;
     CUcontext prev = NULL, cur = NULL;
     CUresult res = CUDA_SUCCESS;
+    CUstream streams[SHM_MAX_DEVS];
+    uint32_t nstreams = 0;
     bool swapped = false;
     size_t bytes = 0;
     for (size_t i = 0; i < nruns && res == CUDA_SUCCESS; i++) {
         const run_t *r = &runs[i];
-        if (r->ctx == NULL) {
+        if (r->ctx == NULL && r->dst_ctx == NULL) {
             memcpy(r->dst, r->src, r->len);
             bytes += r->len;
             continue;
         }
         if (drv == NULL) {
-            drv = cu(&why); /* non-NULL: a CUDA mapping exists */
+            drv = cu(&why); /* non-NULL: a CUDA mapping or destination exists */
             res = drv->cuCtxGetCurrent(&prev);
             cur = prev;
         }
-        if (res == CUDA_SUCCESS && cur != r->ctx) {
-            res = drv->cuCtxSetCurrent(r->ctx);
-            cur = r->ctx;
+        CUcontext want = r->dst_ctx != NULL ? r->dst_ctx : r->ctx;
+        if (res == CUDA_SUCCESS && cur != want) {
+            res = drv->cuCtxSetCurrent(want);
+            cur = want;
             swapped = true;
         }
+        bool seen = r->dst_ctx == NULL;
+        for (uint32_t k = 0; k < nstreams && !seen; k++)
+            seen = streams[k] == r->stream;
+        if (!seen)
+            streams[nstreams++] = r->stream; /* one per device: SHM_MAX_DEVS at most */
         if (res == CUDA_SUCCESS)
-            res = drv->cuMemcpyDtoH_v2(r->dst, (CUdeviceptr)(uintptr_t)r->src, r->len);
+            res = copy_cuda(drv, r);
         bytes += r->len;
+    }
+    for (uint32_t k = 0; k < nstreams; k++) {
+        CUresult sr = drv->cuStreamSynchronize(streams[k]);
+        if (res == CUDA_SUCCESS)
+            res = sr;
     }
     if (swapped)
         (void)drv->cuCtxSetCurrent(prev);
@@ -1044,8 +1188,8 @@ static bool copy_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns, size
         pthread_mutex_unlock(&sp->lock);
         if (say)
             kvs__warn(sp->log,
-                      "peer %s: copying from the holder's mapped CUDA memory failed (%s); "
-                      "using the transport",
+                      "peer %s: copying between the holder's mapped memory and CUDA memory "
+                      "failed (%s); using the transport",
                       sp->peer, kvs_cuda_result_string(drv, res));
         return false;
     }
@@ -1090,24 +1234,39 @@ kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                             struct kvs_pool *dst, const uint32_t *ids, size_t count,
                             size_t *bytes_p)
 {
-    if (sp == NULL || count == 0 || !dst->host_only)
+    if (sp == NULL || count == 0)
         return KVS_ERR_UNSUPPORTED;
     run_t *runs = kvs__malloc(count * dst->nsegs * sizeof(*runs));
     const _Atomic uint64_t **gens = kvs__malloc(count * sizeof(*gens));
+    const dst_dev_t **dd = kvs__malloc(dst->nsegs * sizeof(*dd));
     kvs_status_t st = KVS_ERR_UNSUPPORTED;
     size_t nruns = 0;
-    if (runs == NULL || gens == NULL)
+    if (runs == NULL || gens == NULL || dd == NULL)
         goto out;
     pthread_mutex_lock(&sp->lock);
     if (attach_for(sp, block_at, count))
-        st = plan(sp, block_at, dst, ids, count, runs, &nruns, gens);
+        st = plan(sp, block_at, dst, ids, count, runs, &nruns, gens, dd);
     pthread_mutex_unlock(&sp->lock);
     if (st == KVS_OK)
         st = copy_checked(sp, block_at, gens, count, runs, nruns, bytes_p);
 out:
     kvs__free(runs);
     kvs__free(gens);
+    kvs__free(dd);
     return st;
+}
+
+/* The segment of @dst that holds bytes [off, off + len) of a block, or
+ * nsegs (as kvs__xfer_dst_at finds it). */
+static size_t seg_at(const struct kvs_pool *dst, uint64_t off, uint64_t len)
+{
+    uint64_t base = 0;
+    for (size_t k = 0; k < dst->nsegs; k++) {
+        if (off < base + dst->segs[k].block_bytes)
+            return off + len <= base + dst->segs[k].block_bytes ? k : dst->nsegs;
+        base += dst->segs[k].block_bytes;
+    }
+    return dst->nsegs;
 }
 
 /* The copies of a planned fetch (lock held): per block its ranges into
@@ -1115,9 +1274,11 @@ out:
 static kvs_status_t plan_x(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                            const kvs__xfer_t *x, uint8_t *staging, struct kvs_pool *dst,
                            const uint32_t *ids, run_t *runs, size_t *nruns_p,
-                           const _Atomic uint64_t **gens)
+                           const _Atomic uint64_t **gens, const dst_dev_t **dd)
 {
     size_t nruns = 0;
+    if (!dst->host_only && (sp->dst_failed || !dst_devs(sp, dst, dd)))
+        return KVS_ERR_UNSUPPORTED;
     for (size_t i = 0; i < x->count; i++) {
         kvs__block_desc_t d;
         const uint8_t *cur = block_at[i];
@@ -1131,7 +1292,7 @@ static kvs_status_t plan_x(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
             const uint8_t *src = block_src(sp, &d, xs->ranges[k].off, xs->ranges[k].len, &ctx);
             if (src == NULL)
                 return KVS_ERR_UNSUPPORTED;
-            add_run(runs, &nruns, src, to + xs->at[k], xs->ranges[k].len, ctx);
+            add_run(runs, &nruns, src, to + xs->at[k], xs->ranges[k].len, ctx, NULL);
         }
         for (size_t k = 0; k < xs->ndirect; k++) {
             const kvs__copy_t *cp = &xs->direct[k];
@@ -1140,41 +1301,82 @@ static kvs_status_t plan_x(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
             uint8_t *at = kvs__xfer_dst_at(dst->segs, dst->nsegs, ids[i], cp->dst, cp->len);
             if (src == NULL || at == NULL)
                 return KVS_ERR_UNSUPPORTED; /* the transport path reports the mismatch */
-            add_run(runs, &nruns, src, at, (size_t)cp->len, ctx);
+            add_run(runs, &nruns, src, at, (size_t)cp->len, ctx,
+                    dst->host_only ? NULL : dd[seg_at(dst, cp->dst, cp->len)]);
         }
     }
     *nruns_p = nruns;
     return KVS_OK;
 }
 
+/* Staging permuted into a CUDA @dst once every generation held: the
+ * planned copies as runs from host staging into the device (HtoD on our
+ * streams, synchronised). KVS_ERR_LAYOUT_MISMATCH as kvs__xfer_apply(), or
+ * KVS_ERR_UNSUPPORTED when the driver failed a copy. */
+static kvs_status_t apply_cuda(kvs__shm_peer_t *sp, const kvs__xfer_t *x, const uint8_t *staging,
+                               struct kvs_pool *dst, const uint32_t *ids, const dst_dev_t **dd)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < x->count; i++)
+        total += x->sets[x->set_of[i]].ncopies;
+    if (total == 0)
+        return KVS_OK;
+    run_t *runs = kvs__malloc(total * sizeof(*runs));
+    if (runs == NULL)
+        return KVS_ERR_UNSUPPORTED; /* the fetch fails; nothing was trusted */
+    size_t nruns = 0, ignored = 0;
+    kvs_status_t st = KVS_OK;
+    for (size_t i = 0; i < x->count && st == KVS_OK; i++) {
+        const kvs__xset_t *xs = &x->sets[x->set_of[i]];
+        const uint8_t *from = staging + x->stage_at[i];
+        for (size_t k = 0; k < xs->ncopies && st == KVS_OK; k++) {
+            const kvs__copy_t *c = &xs->copies[k];
+            uint8_t *at = kvs__xfer_dst_at(dst->segs, dst->nsegs, ids[i], c->dst, c->len);
+            if (at == NULL || c->src + c->len > xs->bytes)
+                st = KVS_ERR_LAYOUT_MISMATCH;
+            else
+                add_run(runs, &nruns, from + c->src, at, (size_t)c->len, NULL,
+                        dd[seg_at(dst, c->dst, c->len)]);
+        }
+    }
+    if (st == KVS_OK && !copy_runs(sp, runs, nruns, &ignored))
+        st = KVS_ERR_UNSUPPORTED;
+    kvs__free(runs);
+    return st;
+}
+
 kvs_status_t kvs__shm_fetch_planned(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                                     const kvs__xfer_t *x, uint8_t *staging, struct kvs_pool *dst,
                                     const uint32_t *ids, size_t *bytes_p)
 {
-    if (sp == NULL || x->count == 0 || !dst->host_only)
+    if (sp == NULL || x->count == 0)
         return KVS_ERR_UNSUPPORTED;
     size_t total = 0;
     for (size_t i = 0; i < x->count; i++)
         total += x->sets[x->set_of[i]].nranges + x->sets[x->set_of[i]].ndirect;
     run_t *runs = kvs__malloc((total ? total : 1) * sizeof(*runs));
     const _Atomic uint64_t **gens = kvs__malloc(x->count * sizeof(*gens));
+    const dst_dev_t **dd = kvs__malloc(dst->nsegs * sizeof(*dd));
     kvs_status_t st = KVS_ERR_UNSUPPORTED;
     size_t nruns = 0, bytes = 0;
-    if (runs == NULL || gens == NULL)
+    if (runs == NULL || gens == NULL || dd == NULL)
         goto out;
     pthread_mutex_lock(&sp->lock);
     if (attach_for(sp, block_at, x->count))
-        st = plan_x(sp, block_at, x, staging, dst, ids, runs, &nruns, gens);
+        st = plan_x(sp, block_at, x, staging, dst, ids, runs, &nruns, gens, dd);
     pthread_mutex_unlock(&sp->lock);
     if (st == KVS_OK)
         st = copy_checked(sp, block_at, gens, x->count, runs, nruns, &bytes);
     /* Staging lands only once every generation held (as on the transport). */
-    for (size_t i = 0; st == KVS_OK && i < x->count; i++)
+    if (st == KVS_OK && !dst->host_only)
+        st = apply_cuda(sp, x, staging, dst, ids, dd);
+    for (size_t i = 0; st == KVS_OK && dst->host_only && i < x->count; i++)
         st = kvs__xfer_apply(x, i, staging, dst->segs, dst->nsegs, ids[i]);
     if (st == KVS_OK)
         *bytes_p = bytes;
 out:
     kvs__free(runs);
     kvs__free(gens);
+    kvs__free(dd);
     return st;
 }

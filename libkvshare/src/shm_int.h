@@ -102,10 +102,12 @@ void kvs__shm_peer_free(kvs__shm_peer_t *sp);
  * true when it took it. Blocking socket I/O (bounded): no lock held. */
 bool kvs__shm_peer_identify(kvs__shm_peer_t *sp);
 /* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
- * @ids of @dst. KVS_OK (bytes in *bytes_p), KVS_ERR_STALE (a generation
- * moved: nothing to trust in @dst), or KVS_ERR_UNSUPPORTED: this fetch must
- * take the transport (which writes every byte of it; a failed CUDA copy may
- * have written some first). Thread-safe. */
+ * @ids of @dst, host or CUDA memory (into CUDA memory on our own stream per
+ * device, synchronised before the check after the copies). KVS_OK (bytes in
+ * *bytes_p), KVS_ERR_STALE (a generation moved: nothing to trust in @dst),
+ * or KVS_ERR_UNSUPPORTED: this fetch must take the transport (which writes
+ * every byte of it; a failed CUDA copy may have written some first; a CUDA
+ * @dst has no transport to take). Thread-safe. */
 kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                             struct kvs_pool *dst, const uint32_t *ids, size_t count,
                             size_t *bytes_p);
@@ -113,12 +115,13 @@ struct kvs__xfer;
 /* A fetch across views (plan_int.h) from the mapping: each block's planned
  * ranges into @staging (x->stage_bytes) and its long runs straight into
  * @ids of @dst, generations checked before and after, then staging
- * permuted in with kvs__xfer_apply(). KVS_OK (bytes read from the mapping
+ * permuted in with kvs__xfer_apply() (a CUDA @dst: copied in with
+ * cuMemcpyHtoDAsync, synchronised). KVS_OK (bytes read from the mapping
  * in *bytes_p), KVS_ERR_STALE (a generation moved: nothing from staging
  * landed, the long runs' bytes in @dst are not to be trusted), an error of
  * kvs__xfer_apply(), or KVS_ERR_UNSUPPORTED: a region of the plan is not
- * mapped and the fetch must take the transport (nothing was written).
- * Thread-safe. */
+ * mapped and the fetch must take the transport (nothing was written), or
+ * a CUDA copy failed. Thread-safe. */
 kvs_status_t kvs__shm_fetch_planned(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                                     const struct kvs__xfer *x, uint8_t *staging,
                                     struct kvs_pool *dst, const uint32_t *ids, size_t *bytes_p);

@@ -23,6 +23,7 @@
 #define FAKE_MAX_VMM     1024u
 #define FAKE_GRANULARITY (64u * 1024u)
 #define FAKE_ALLOC_MAGIC 0x6b767366616b6563ull
+#define FAKE_PRIMARY_CTX ((CUcontext)(uintptr_t)0x1000) /* device 0's, the only one */
 
 /* ---- call counters, errno knob, fault injection ------------------------- */
 enum {
@@ -324,7 +325,7 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     if (pctx == NULL || dev != 0) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    *pctx = (CUcontext)(uintptr_t)0x1000;
+    *pctx = FAKE_PRIMARY_CTX;
     return CUDA_SUCCESS;
 }
 
@@ -359,11 +360,126 @@ CUresult cuCtxSynchronize(void)
     return CUDA_SUCCESS;
 }
 
+/* Streams: each remembers the context current at cuStreamCreate, and an
+ * async copy on it must run with that context current, as the driver
+ * requires. Its copies are queued and done only at cuStreamSynchronize (or
+ * cuStreamDestroy), so code that forgets to synchronise sees the bytes
+ * missing, as it could on a device. The NULL stream copies at once. */
+#define FAKE_STREAM_MAGIC 0x6b7673737472656dull
+typedef struct fake_op {
+    uintptr_t dst, src;
+    size_t n;
+    struct fake_op *next;
+} fake_op_t;
+
+typedef struct fake_stream {
+    uint64_t magic;
+    CUcontext ctx;
+    pthread_mutex_t lock;
+    fake_op_t *head, **tail;
+} fake_stream_t;
+
+static atomic_long fake_nstreams;
+
+/* CUDA_SUCCESS when @s is the NULL stream or a live stream of the current
+ * context. */
+static CUresult fake_stream_check(CUstream s)
+{
+    const fake_stream_t *fs = (const fake_stream_t *)s;
+    if (fs == NULL) {
+        return CUDA_SUCCESS;
+    }
+    if (fs->magic != FAKE_STREAM_MAGIC) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    return fs->ctx == fake_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+/* Queues a checked copy on @fs; false when out of memory. */
+static int fake_stream_push(fake_stream_t *fs, uintptr_t dst, uintptr_t src, size_t n)
+{
+    fake_op_t *op = malloc(sizeof(*op));
+    if (op == NULL) {
+        return 0;
+    }
+    *op = (fake_op_t){.dst = dst, .src = src, .n = n, .next = NULL};
+    pthread_mutex_lock(&fs->lock);
+    *fs->tail = op;
+    fs->tail = &op->next;
+    pthread_mutex_unlock(&fs->lock);
+    return 1;
+}
+
+/* Does the copies queued on @fs, in order. */
+static void fake_stream_run(fake_stream_t *fs)
+{
+    pthread_mutex_lock(&fs->lock);
+    fake_op_t *op = fs->head;
+    fs->head = NULL;
+    fs->tail = &fs->head;
+    pthread_mutex_unlock(&fs->lock);
+    while (op != NULL) {
+        fake_op_t *next = op->next;
+        memmove((void *)op->dst, (const void *)op->src, op->n);
+        free(op);
+        op = next;
+    }
+}
+
 CUresult cuStreamSynchronize(CUstream stream)
 {
     FAKE_ENTER(cuStreamSynchronize);
-    (void)stream;
+    fake_stream_t *fs = (fake_stream_t *)stream;
+    if (fs != NULL && fs->magic != FAKE_STREAM_MAGIC) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    if (fs != NULL) {
+        fake_stream_run(fs);
+    }
     return CUDA_SUCCESS;
+}
+
+CUresult cuStreamCreate(CUstream *pstream, unsigned int flags)
+{
+    FAKE_ENTER(cuStreamCreate);
+    if (pstream == NULL || (flags & ~(unsigned int)CU_STREAM_NON_BLOCKING) != 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (fake_current == NULL) {
+        return CUDA_ERROR_INVALID_CONTEXT; /* a stream belongs to the current context */
+    }
+    fake_stream_t *fs = malloc(sizeof(*fs));
+    if (fs == NULL) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    fs->magic = FAKE_STREAM_MAGIC;
+    fs->ctx = fake_current;
+    pthread_mutex_init(&fs->lock, NULL);
+    fs->head = NULL;
+    fs->tail = &fs->head;
+    atomic_fetch_add(&fake_nstreams, 1);
+    *pstream = (CUstream)fs;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamDestroy_v2(CUstream stream)
+{
+    FAKE_ENTER(cuStreamDestroy_v2);
+    fake_stream_t *fs = (fake_stream_t *)stream;
+    if (fs == NULL || fs->magic != FAKE_STREAM_MAGIC) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    fake_stream_run(fs); /* the device finishes what was queued */
+    fs->magic = 0;
+    pthread_mutex_destroy(&fs->lock);
+    free(fs);
+    atomic_fetch_sub(&fake_nstreams, 1);
+    return CUDA_SUCCESS;
+}
+
+long fakecuda_live_streams(void)
+{
+    return atomic_load(&fake_nstreams);
 }
 
 CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
@@ -505,6 +621,9 @@ static const fake_sym_t fake_syms[] = {
     {"cuCtxGetCurrent", "cuCtxGetCurrent", 4000, 0},
     {"cuCtxSynchronize", "cuCtxSynchronize", 2000, 0},
     {"cuStreamSynchronize", "cuStreamSynchronize", 2000, 0},
+    {"cuStreamCreate", "cuStreamCreate", 2000, 0},
+    {"cuStreamDestroy", "cuStreamDestroy_v2", 4000, 0},
+    {"cuMemcpyPeerAsync", "cuMemcpyPeerAsync", 4000, 0},
     {"cuPointerGetAttribute", "cuPointerGetAttribute", 4000, 0},
     {"cuMemGetAddressRange", "cuMemGetAddressRange_v2", 3020, 0},
     {"cuMemGetHandleForAddressRange", "cuMemGetHandleForAddressRange", 11070, 0},
@@ -918,10 +1037,32 @@ CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
 }
 
 /* ---- copies -------------------------------------------------------------- */
-static CUresult fake_copy(uintptr_t dst, uintptr_t src, size_t n)
+/* Whether [p, p + n) lies in one allocation or mapping of the fake: device
+ * memory. The driver refuses a typed copy whose device side is not (host
+ * memory passed as a device pointer): CUDA_ERROR_INVALID_VALUE. */
+static int fake_is_dev(uintptr_t p, size_t n)
+{
+    uintptr_t base = 0;
+    size_t size = 0;
+    CUmemGenericAllocationHandle h = 0;
+    return fake_find(p, &base, &size, &h) && n <= size - (p - base);
+}
+
+/* A copy of @n bytes; @dst_dev/@src_dev: that side must be device memory
+ * (cuMemcpy and cuMemcpyAsync, unified, take either). On a stream of ours
+ * (@s non-NULL) it is queued until the stream is synchronised. */
+static CUresult fake_copy_on(uintptr_t dst, uintptr_t src, size_t n, int dst_dev, int src_dev,
+                             CUstream s)
 {
     if ((dst == 0 || src == 0) && n != 0) {
         return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (n != 0 && ((dst_dev && !fake_is_dev(dst, n)) || (src_dev && !fake_is_dev(src, n)))) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (n != 0 && s != NULL) {
+        return fake_stream_push((fake_stream_t *)s, dst, src, n) ? CUDA_SUCCESS
+                                                                 : CUDA_ERROR_OUT_OF_MEMORY;
     }
     if (n != 0) {
         memmove((void *)dst, (const void *)src, n);
@@ -929,10 +1070,26 @@ static CUresult fake_copy(uintptr_t dst, uintptr_t src, size_t n)
     return CUDA_SUCCESS;
 }
 
-#define FAKE_COPY_D(name, dst, src, n)                                                             \
+static CUresult fake_copy(uintptr_t dst, uintptr_t src, size_t n, int dst_dev, int src_dev)
+{
+    return fake_copy_on(dst, src, n, dst_dev, src_dev, NULL);
+}
+
+#define FAKE_COPY_D(name, dst, src, n, dd, sd)                                                     \
     do {                                                                                           \
         FAKE_ENTER(name);                                                                          \
-        return fake_copy((uintptr_t)(dst), (uintptr_t)(src), (n));                                 \
+        return fake_copy((uintptr_t)(dst), (uintptr_t)(src), (n), (dd), (sd));                     \
+    } while (0)
+
+/* The same on stream @s, which must be NULL or a stream of the current context. */
+#define FAKE_COPY_S(name, dst, src, n, dd, sd, s)                                                  \
+    do {                                                                                           \
+        FAKE_ENTER(name);                                                                          \
+        CUresult fake_r_ = fake_stream_check(s);                                                   \
+        if (fake_r_ != CUDA_SUCCESS) {                                                             \
+            return fake_r_;                                                                        \
+        }                                                                                          \
+        return fake_copy_on((uintptr_t)(dst), (uintptr_t)(src), (n), (dd), (sd), (s));             \
     } while (0)
 
 CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)
@@ -944,75 +1101,78 @@ CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)
         return exported != NULL ? exported(dst, (const void *)(uintptr_t)src, n)
                                 : CUDA_ERROR_UNKNOWN;
     }
-    FAKE_COPY_D(cuMemcpy, dst, src, n);
+    FAKE_COPY_D(cuMemcpy, dst, src, n, 0, 0);
 }
 CUresult cuMemcpy_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n)
 {
-    FAKE_COPY_D(cuMemcpy_ptds, dst, src, n);
+    FAKE_COPY_D(cuMemcpy_ptds, dst, src, n, 0, 0);
 }
 CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
 {
-    (void)s;
-    FAKE_COPY_D(cuMemcpyAsync, dst, src, n);
+    FAKE_COPY_S(cuMemcpyAsync, dst, src, n, 0, 0, s);
 }
 CUresult cuMemcpyAsync_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
 {
-    (void)s;
-    FAKE_COPY_D(cuMemcpyAsync_ptsz, dst, src, n);
+    FAKE_COPY_S(cuMemcpyAsync_ptsz, dst, src, n, 0, 0, s);
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n)
 {
-    FAKE_COPY_D(cuMemcpyHtoD_v2, dst, src, n);
+    FAKE_COPY_D(cuMemcpyHtoD_v2, dst, src, n, 1, 0);
 }
 CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr dst, const void *src, size_t n)
 {
-    FAKE_COPY_D(cuMemcpyHtoD_v2_ptds, dst, src, n);
+    FAKE_COPY_D(cuMemcpyHtoD_v2_ptds, dst, src, n, 1, 0);
 }
 CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n)
 {
-    FAKE_COPY_D(cuMemcpyDtoH_v2, dst, src, n);
+    FAKE_COPY_D(cuMemcpyDtoH_v2, dst, src, n, 0, 1);
 }
 CUresult cuMemcpyDtoH_v2_ptds(void *dst, CUdeviceptr src, size_t n)
 {
-    FAKE_COPY_D(cuMemcpyDtoH_v2_ptds, dst, src, n);
+    FAKE_COPY_D(cuMemcpyDtoH_v2_ptds, dst, src, n, 0, 1);
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n)
 {
-    FAKE_COPY_D(cuMemcpyDtoD_v2, dst, src, n);
+    FAKE_COPY_D(cuMemcpyDtoD_v2, dst, src, n, 1, 1);
 }
 CUresult cuMemcpyDtoD_v2_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n)
 {
-    FAKE_COPY_D(cuMemcpyDtoD_v2_ptds, dst, src, n);
+    FAKE_COPY_D(cuMemcpyDtoD_v2_ptds, dst, src, n, 1, 1);
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s)
 {
-    (void)s;
-    FAKE_COPY_D(cuMemcpyHtoDAsync_v2, dst, src, n);
+    FAKE_COPY_S(cuMemcpyHtoDAsync_v2, dst, src, n, 1, 0, s);
 }
 CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dst, const void *src, size_t n, CUstream s)
 {
-    (void)s;
-    FAKE_COPY_D(cuMemcpyHtoDAsync_v2_ptsz, dst, src, n);
+    FAKE_COPY_S(cuMemcpyHtoDAsync_v2_ptsz, dst, src, n, 1, 0, s);
 }
 CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s)
 {
-    (void)s;
-    FAKE_COPY_D(cuMemcpyDtoHAsync_v2, dst, src, n);
+    FAKE_COPY_S(cuMemcpyDtoHAsync_v2, dst, src, n, 0, 1, s);
 }
 CUresult cuMemcpyDtoHAsync_v2_ptsz(void *dst, CUdeviceptr src, size_t n, CUstream s)
 {
-    (void)s;
-    FAKE_COPY_D(cuMemcpyDtoHAsync_v2_ptsz, dst, src, n);
+    FAKE_COPY_S(cuMemcpyDtoHAsync_v2_ptsz, dst, src, n, 0, 1, s);
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
 {
-    (void)s;
-    FAKE_COPY_D(cuMemcpyDtoDAsync_v2, dst, src, n);
+    FAKE_COPY_S(cuMemcpyDtoDAsync_v2, dst, src, n, 1, 1, s);
 }
 CUresult cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
 {
-    (void)s;
-    FAKE_COPY_D(cuMemcpyDtoDAsync_v2_ptsz, dst, src, n);
+    FAKE_COPY_S(cuMemcpyDtoDAsync_v2_ptsz, dst, src, n, 1, 1, s);
+}
+/* Between two contexts: both must be contexts the fake handed out (its one
+ * device's primary context) and both sides device memory. */
+CUresult cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext dst_ctx, CUdeviceptr src, CUcontext src_ctx,
+                           size_t n, CUstream s)
+{
+    if (dst_ctx != FAKE_PRIMARY_CTX || src_ctx != FAKE_PRIMARY_CTX) {
+        FAKE_ENTER(cuMemcpyPeerAsync);
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    FAKE_COPY_S(cuMemcpyPeerAsync, dst, src, n, 1, 1, s);
 }
 
 #pragma GCC visibility pop

@@ -29,4 +29,7 @@ void fakecuda_set_reenter(int on);
 /* Live allocations (cuMemAlloc family) in the fake. */
 unsigned long fakecuda_live_allocs(void);
 
+/* Live streams (cuStreamCreate not yet destroyed) in the fake. */
+long fakecuda_live_streams(void);
+
 #endif /* KVS_FAKECUDA_H */

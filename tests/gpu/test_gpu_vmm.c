@@ -4,7 +4,8 @@
  * allocation with POSIX_FD export (as an engine would), writes it, exports it
  * with kvs_cuda_vmm_export() and passes the fd over a Unix socket
  * (SCM_RIGHTS, as shm.c does); a reader process imports it with
- * kvs_cuda_vmm_import() (read access only) and copies it out byte-exact. An
+ * kvs_cuda_vmm_import() (read access only) and copies it out byte-exact, to
+ * host memory and (DtoD, beside an HtoD) into device memory. An
  * allocation made without POSIX_FD must refuse export cleanly.
  *
  * Exits 77 (CTest: skipped), saying why, when there is no real driver or GPU.
@@ -91,6 +92,28 @@ static int reader(int sock)
     CU(drv.cuMemcpyDtoH_v2(buf, m.va + hdr[0], N));
     for (size_t i = 0; i < N; i++)
         CHECK(buf[i] == pattern(i));
+    /* Into a CUDA destination, as shm.c copies into a reader's CUDA pool:
+     * DtoD from the read-only mapping and HtoD from pageable host memory
+     * (a memfd's part), on a non-blocking stream of the device's primary
+     * context, synchronised before the bytes are trusted. */
+    CUdeviceptr dst = 0;
+    CUstream s = NULL;
+    uint8_t *back = malloc(2 * (size_t)N);
+    CHECK(back != NULL);
+    CU(drv.cuMemAlloc_v2(&dst, 2 * (size_t)N));
+    CU(drv.cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CU(drv.cuMemcpyDtoDAsync_v2(dst, m.va + hdr[0], N, s));
+    CU(drv.cuMemcpyHtoDAsync_v2(dst + N, buf, N, s));
+    CU(drv.cuStreamSynchronize(s));
+    CU(drv.cuMemcpyDtoH_v2(back, dst, 2 * (size_t)N));
+    for (size_t i = 0; i < N; i++)
+        CHECK(back[i] == pattern(i) && back[N + i] == pattern(i));
+    CU(drv.cuStreamDestroy_v2(s));
+    CU(drv.cuMemFree_v2(dst));
+    free(back);
+    printf("ok: DtoD from the read-only mapping and HtoD from host memory into device memory, "
+           "on our stream, %u bytes each right\n",
+           N);
     CU(drv.cuCtxSetCurrent(NULL));
     kvs_cuda_vmm_unmap(&drv, &m);
     free(buf);

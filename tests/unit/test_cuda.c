@@ -283,3 +283,53 @@ Test(cuda, vmm_handles_are_counted_like_the_drivers)
                  CUDA_ERROR_INVALID_VALUE);
     cr_expect_eq(drv.cuMemAddressFree(va, gran), CUDA_SUCCESS);
 }
+
+/* The fake refuses what the driver refuses, so code under test that copies
+ * the wrong way, into host memory or on a stream of another context fails
+ * here as it would on a GPU; copies on a stream land only once it is
+ * synchronised. */
+Test(cuda, copies_check_direction_context_and_stream)
+{
+    CUdeviceptr d = 0, d2 = 0;
+    uint8_t host[64], back[64];
+    memset(host, 7, sizeof(host));
+    cr_assert_eq(drv.cuMemAlloc_v2(&d, sizeof(host)), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuMemAlloc_v2(&d2, sizeof(host)), CUDA_SUCCESS);
+    /* Host memory where device memory is due; a copy past the allocation. */
+    cr_expect_eq(drv.cuMemcpyHtoD_v2((CUdeviceptr)(uintptr_t)back, host, sizeof(host)),
+                 CUDA_ERROR_INVALID_VALUE);
+    cr_expect_eq(drv.cuMemcpyDtoH_v2(back, (CUdeviceptr)(uintptr_t)host, sizeof(host)),
+                 CUDA_ERROR_INVALID_VALUE);
+    cr_expect_eq(drv.cuMemcpyDtoD_v2(d, (CUdeviceptr)(uintptr_t)host, sizeof(host)),
+                 CUDA_ERROR_INVALID_VALUE);
+    cr_expect_eq(drv.cuMemcpyHtoD_v2(d + 1, host, sizeof(host)), CUDA_ERROR_INVALID_VALUE);
+    /* A stream needs a current context, and its copies that context. */
+    CUstream s = NULL;
+    CUcontext ctx = NULL;
+    CUdevice dev = 0;
+    cr_assert_eq(drv.cuCtxSetCurrent(NULL), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_ERROR_INVALID_CONTEXT);
+    cr_assert_eq(drv.cuDeviceGet(&dev, 0), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuDevicePrimaryCtxRetain(&ctx, dev), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuCtxSetCurrent(ctx), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuMemcpyHtoDAsync_v2(d, host, sizeof(host), s), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuMemcpyDtoDAsync_v2(d2, d, sizeof(host), s), CUDA_SUCCESS);
+    memset(back, 0, sizeof(back));
+    cr_assert_eq(drv.cuMemcpyDtoH_v2(back, d2, sizeof(back)), CUDA_SUCCESS);
+    cr_expect_neq(back[0], 7, "a copy on a stream landed before the stream was synchronised");
+    cr_assert_eq(drv.cuStreamSynchronize(s), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuMemcpyDtoH_v2(back, d2, sizeof(back)), CUDA_SUCCESS);
+    cr_expect_eq(memcmp(back, host, sizeof(host)), 0);
+    /* Peer copies name both contexts, which must be real ones. */
+    cr_expect_eq(drv.cuMemcpyPeerAsync(d2, ctx, d, NULL, sizeof(host), s),
+                 CUDA_ERROR_INVALID_CONTEXT);
+    cr_expect_eq(drv.cuMemcpyPeerAsync(d2, ctx, d, ctx, sizeof(host), s), CUDA_SUCCESS);
+    cr_assert_eq(drv.cuCtxSetCurrent(NULL), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemcpyHtoDAsync_v2(d, host, sizeof(host), s), CUDA_ERROR_INVALID_CONTEXT,
+                 "a stream used without its context current");
+    cr_expect_eq(drv.cuStreamDestroy_v2(s), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuDevicePrimaryCtxRelease_v2(dev), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemFree_v2(d), CUDA_SUCCESS);
+    cr_expect_eq(drv.cuMemFree_v2(d2), CUDA_SUCCESS);
+}

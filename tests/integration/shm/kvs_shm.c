@@ -30,6 +30,14 @@
  *   cudanofd   a VMM allocation made without POSIX_FD cannot be exported: the holder logs
  *              it, and the reader gets every byte over UCX; KVSHARE_SHM=off does the same
  *              with the exportable one
+ *   cudadst    the reader's pool is CUDA memory: from host memfds (cuMemcpyHtoDAsync) and
+ *              from the exportable VMM allocation (cuMemcpyDtoDAsync), every byte over the
+ *              mapping, a rewrite between copy and check KVS_ERR_STALE then the new bytes;
+ *              KVSHARE_SHM=off refuses the fetch (the transport takes no CUDA memory)
+ *   cudaxview  xview with the reader's pool in CUDA memory: staging goes into the device
+ *              (cuMemcpyHtoDAsync) only once the generations held; and a reader of the
+ *              other K/V order from a CUDA VMM holder: whole planes go straight from the
+ *              mapping into the device (cuMemcpyDtoDAsync)
  * Uses the internal test hook kvs__shm_test_mid_copy (linked against kvshare_static). */
 #include "fakecuda.h"
 #include "kvshare.h"
@@ -324,7 +332,8 @@ static void stop_holder(child_t *c)
 /* --- the reader ---------------------------------------------------------- */
 typedef struct reader {
     kvs_ctx_h ctx;
-    uint8_t *mem;
+    uint8_t *mem;    /* its blocks (a CUDA reader: their host copy, after each fetch) */
+    CUdeviceptr dev; /* a CUDA reader's blocks (fake cuMemAlloc memory), or 0 */
     kvs_pool_h pool;
     size_t bb; /* its block bytes */
     int unset; /* what fetch() writes into its blocks first */
@@ -340,12 +349,18 @@ static reader_t reader_new(void)
 /* The holder's view of TP 2 rank 1 (heads 4..7, blocks of half the bytes). */
 #define XRANK 1u
 #define XBB   (BB / 2)
-static reader_t reader_tp2(void)
+static kvs_layout_t layout_tp2(void)
 {
     kvs_layout_t l = layout();
     l.tp_size = 2;
     l.tp_rank = XRANK;
     l.num_kv_heads = 4;
+    return l;
+}
+
+static reader_t reader_tp2(void)
+{
+    kvs_layout_t l = layout_tp2();
     reader_t r = {.ctx = make_ctx(NULL), .bb = XBB, .unset = 0xA5};
     r.pool = make_pool_as(r.ctx, &l, XBB, &r.mem);
     return r;
@@ -359,10 +374,42 @@ static uint8_t x_byte(const uint8_t *whole, size_t o)
     return whole[kv * (BB / 2) + t * 2048 + (XRANK * 4 + h) * 256 + b];
 }
 
+/* A reader whose pool (layout @lp, blocks of @bb bytes) is CUDA memory: a
+ * decode engine's KV on the GPU. */
+static reader_t reader_cuda_as(const kvs_layout_t *lp, size_t bb)
+{
+    reader_t r = {.ctx = make_ctx(NULL), .bb = bb, .unset = 0x5A};
+    CU_OK(cuInit(0));
+    CU_OK(cuMemAlloc_v2(&r.dev, (size_t)NBLOCKS * bb));
+    if ((r.mem = malloc((size_t)NBLOCKS * bb)) == NULL)
+        FAIL("malloc");
+    kvs_layout_t l = *lp;
+    kvs_segment_t seg = {.base = (void *)(uintptr_t)r.dev,
+                         .block_stride = bb,
+                         .block_bytes = bb,
+                         .mem_type = KVS_MEM_CUDA};
+    kvs_pool_params_t pp = {
+        .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = NBLOCKS};
+    if (kvs_pool_create(r.ctx, &pp, &r.pool) != KVS_OK)
+        FAIL("kvs_pool_create (CUDA reader)");
+    return r;
+}
+
+static reader_t reader_cuda(void)
+{
+    kvs_layout_t l = layout();
+    return reader_cuda_as(&l, BB);
+}
+
 static void reader_free(reader_t *r)
 {
     kvs_pool_destroy(r->pool);
-    kvs_mem_free(r->ctx, r->mem);
+    if (r->dev != 0) {
+        CU_OK(cuMemFree_v2(r->dev));
+        free(r->mem);
+    } else {
+        kvs_mem_free(r->ctx, r->mem);
+    }
     kvs_ctx_destroy(r->ctx);
 }
 
@@ -394,12 +441,16 @@ static kvs_status_t fetch(reader_t *r, const char *addr, uint32_t first, uint32_
         FAIL("lookup: %zu of %u hits", kvs_lease_hits(lease), n);
     kvs_request_h req = NULL;
     memset(r->mem, r->unset, (size_t)NBLOCKS * r->bb);
+    if (r->dev != 0)
+        CU_OK(cuMemcpyHtoD_v2(r->dev, r->mem, (size_t)NBLOCKS * r->bb));
     st = kvs_fetch(lease, r->pool, ids, n, NULL, &req);
     if (st == KVS_OK) {
         st = kvs_request_wait(req, -1);
         kvs_request_free(req);
     }
     kvs_lease_release(lease);
+    if (r->dev != 0) /* what landed on the device, for check() */
+        CU_OK(cuMemcpyDtoH_v2(r->mem, r->dev, (size_t)NBLOCKS * r->bb));
     return st;
 }
 
@@ -534,10 +585,15 @@ static void x_check(const reader_t *r, uint32_t first, uint32_t n, uint64_t v0, 
     free(whole);
 }
 
-static void s_xview(void)
+static reader_t reader_cuda_as(const kvs_layout_t *lp, size_t bb);
+
+/* TP 1 -> TP 2 from the mapping into a host pool, or (@cuda) a CUDA pool:
+ * there the staging is copied into the device only after the check. */
+static void xview_case(bool cuda)
 {
     child_t h = start_holder();
-    reader_t r = reader_tp2();
+    kvs_layout_t l = layout_tp2();
+    reader_t r = cuda ? reader_cuda_as(&l, XBB) : reader_tp2();
     /* Zero-copy blocks (the holder's kvs_mem_alloc pool), then the arena's. */
     kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
     if (st != KVS_OK)
@@ -552,8 +608,8 @@ static void s_xview(void)
              (unsigned long long)shm_bytes(&r), (unsigned long long)ucx_bytes(&r),
              2 * NBLOCKS * XBB);
     printf("ok: xview: TP 1 -> TP 2 head slices of %u zero-copy + %u arena blocks from mapped "
-           "memory, every byte\n",
-           NBLOCKS, NBLOCKS);
+           "memory into %s memory, every byte\n",
+           NBLOCKS, NBLOCKS, cuda ? "CUDA" : "host");
     /* A rewrite between the copy and the check: STALE, and nothing from staging lands
      * (every copy of this plan is short, so all of it goes through staging). */
     mid_holder = &h;
@@ -575,7 +631,58 @@ static void s_xview(void)
     if (shm_bytes(&r) != before + 4u * XBB || ucx_bytes(&r) != 0)
         FAIL("xview: the fetch after the rewrite did not come from mapped memory");
     printf("ok: xview: a rewrite between copy and check is KVS_ERR_STALE with nothing landed; "
-           "then the new bytes\n");
+           "then the new bytes (%s pool)\n",
+           cuda ? "CUDA" : "host");
+    reader_free(&r);
+    stop_holder(&h);
+}
+
+static void s_xview(void)
+{
+    xview_case(false);
+}
+
+/* Across views into CUDA memory, then from a CUDA VMM holder into a CUDA
+ * reader of the other K/V order (one layer: the same bytes, but planned):
+ * whole planes are runs long enough to go straight from the mapping into
+ * the device (cuMemcpyDtoDAsync), no staging; every byte right, a rewrite
+ * between copy and check KVS_ERR_STALE then the new bytes. */
+static void s_cudaxview(void)
+{
+    xview_case(true);
+    hold_kind = HOLD_CUDA_FD;
+    child_t h = start_holder();
+    hold_kind = HOLD_HOST;
+    kvs_layout_t l = layout();
+    l.kv_order = KVS_KV_ORDER_BLOCK_OUTER;
+    reader_t r = reader_cuda_as(&l, BB);
+    unsigned long dtod = fakecuda_calls("cuMemcpyDtoDAsync_v2");
+    unsigned long htod = fakecuda_calls("cuMemcpyHtoDAsync_v2");
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("cudaxview: direct runs: %s", kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    if (shm_bytes(&r) != (uint64_t)NBLOCKS * BB || ucx_bytes(&r) != 0 ||
+        fakecuda_calls("cuMemcpyDtoDAsync_v2") == dtod ||
+        fakecuda_calls("cuMemcpyHtoDAsync_v2") != htod)
+        FAIL("cudaxview: direct runs: %llu mapped bytes, %llu over UCX, %lu DtoD, %lu HtoD "
+             "(want every byte mapped, straight into the device)",
+             (unsigned long long)shm_bytes(&r), (unsigned long long)ucx_bytes(&r),
+             fakecuda_calls("cuMemcpyDtoDAsync_v2") - dtod,
+             fakecuda_calls("cuMemcpyHtoDAsync_v2") - htod);
+    mid_holder = &h;
+    mid_calls = 0;
+    kvs__shm_test_mid_copy = mid_copy;
+    st = fetch(&r, h.addr, 0, 4);
+    kvs__shm_test_mid_copy = NULL;
+    if (mid_calls != 1 || st != KVS_ERR_STALE)
+        FAIL("cudaxview: direct runs: a rewrite between copy and check gave %s",
+             kvs_status_string(st));
+    if ((st = fetch(&r, h.addr, 0, 4)) != KVS_OK)
+        FAIL("cudaxview: direct runs after the rewrite: %s", kvs_status_string(st));
+    check(&r, 0, 1, 2);
+    printf("ok: cudaxview: K/V order across views from CUDA VMM into CUDA memory: whole planes "
+           "straight into the device, every byte; KVS_ERR_STALE on a rewrite, then new bytes\n");
     reader_free(&r);
     stop_holder(&h);
 }
@@ -960,6 +1067,86 @@ static void s_cudanofd(void)
     }
 }
 
+/* A reader whose pool is CUDA memory, from a holder of host memfds (copied
+ * with cuMemcpyHtoDAsync) and one of an exportable VMM allocation
+ * (cuMemcpyDtoDAsync): every byte over the mapping, a rewrite between copy
+ * and check KVS_ERR_STALE then the new bytes, our streams gone with the
+ * connection; with KVSHARE_SHM=off the fetch is refused (the transport
+ * takes no CUDA destinations) and nothing is mapped. */
+static void s_cudadst(void)
+{
+    static const struct {
+        int kind;
+        const char *what, *copy, *other;
+    } cases[] = {{HOLD_HOST, "memfd source", "cuMemcpyHtoDAsync_v2", "cuMemcpyDtoDAsync_v2"},
+                 {HOLD_CUDA_FD, "CUDA VMM source", "cuMemcpyDtoDAsync_v2", "cuMemcpyHtoDAsync_v2"}};
+    for (size_t k = 0; k < 2; k++) {
+        const char *what = cases[k].what;
+        hold_kind = cases[k].kind;
+        child_t h = start_holder();
+        hold_kind = HOLD_HOST;
+        long streams = fakecuda_live_streams();
+        reader_t r = reader_cuda();
+        unsigned long copies = fakecuda_calls(cases[k].copy);
+        unsigned long others = fakecuda_calls(cases[k].other);
+        unsigned long syncs = fakecuda_calls("cuStreamSynchronize");
+        kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+        if (st != KVS_OK)
+            FAIL("cudadst: %s: fetch into CUDA memory: %s", what, kvs_status_string(st));
+        check(&r, 0, NBLOCKS, 1);
+        if (shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
+            FAIL("cudadst: %s: %llu bytes through mapped memory, expected %u", what,
+                 (unsigned long long)shm_bytes(&r), NBLOCKS * BB);
+        if (fakecuda_calls(cases[k].copy) == copies || fakecuda_calls(cases[k].other) != others ||
+            fakecuda_calls("cuStreamSynchronize") == syncs)
+            FAIL("cudadst: %s: %lu %s, %lu %s, %lu stream syncs", what,
+                 fakecuda_calls(cases[k].copy) - copies, cases[k].copy,
+                 fakecuda_calls(cases[k].other) - others, cases[k].other,
+                 fakecuda_calls("cuStreamSynchronize") - syncs);
+        printf("ok: cudadst: %s: %u blocks into CUDA memory with %s, all through the mapping\n",
+               what, NBLOCKS, cases[k].copy);
+        mid_holder = &h;
+        mid_calls = 0;
+        kvs__shm_test_mid_copy = mid_copy;
+        st = fetch(&r, h.addr, 0, 4);
+        kvs__shm_test_mid_copy = NULL;
+        if (mid_calls != 1 || st != KVS_ERR_STALE)
+            FAIL("cudadst: %s: a rewrite between copy and check gave %s (%d mapped copies), "
+                 "expected KVS_ERR_STALE",
+                 what, kvs_status_string(st), mid_calls);
+        if ((st = fetch(&r, h.addr, 0, 4)) != KVS_OK)
+            FAIL("cudadst: %s: fetch after the rewrite: %s", what, kvs_status_string(st));
+        check(&r, 0, 1, 2);
+        for (uint32_t i = 1; i < 4; i++)
+            if (!same(r.mem + (size_t)i * BB, i, 1))
+                FAIL("cudadst: %s: block %u has wrong bytes", what, i);
+        if (shm_bytes(&r) != (uint64_t)(NBLOCKS + 4) * BB) /* the stale fetch counts none */
+            FAIL("cudadst: %s: the fetches after the rewrite did not come through the mapping",
+                 what);
+        printf("ok: cudadst: %s: a rewrite between copy and check is KVS_ERR_STALE; then the new "
+               "bytes\n",
+               what);
+        reader_free(&r);
+        if (fakecuda_live_streams() != streams)
+            FAIL("cudadst: %s: %ld streams outlived the connection", what,
+                 fakecuda_live_streams() - streams);
+        setenv("KVSHARE_SHM", "off", 1);
+        reader_t off = reader_cuda();
+        st = fetch(&off, h.addr, 0, NBLOCKS);
+        int writable = 0;
+        if (st != KVS_ERR_UNSUPPORTED || shm_bytes(&off) != 0 || cuda_maps(&writable) != 0)
+            FAIL("cudadst: %s: KVSHARE_SHM=off gave %s with %llu mapped bytes, expected "
+                 "KVS_ERR_UNSUPPORTED (the transport takes no CUDA destinations)",
+                 what, kvs_status_string(st), (unsigned long long)shm_bytes(&off));
+        printf("ok: cudadst: %s: KVSHARE_SHM=off: refused (no transport for CUDA memory), "
+               "nothing mapped\n",
+               what);
+        reader_free(&off);
+        unsetenv("KVSHARE_SHM");
+        stop_holder(&h);
+    }
+}
+
 static pid_t parent;
 
 /* The parent's work folder goes at exit, whatever is left in it (a killed
@@ -1007,7 +1194,7 @@ int main(int argc, char **argv)
     } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
                {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
                {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
-               {"cudanofd", s_cudanofd}};
+               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
