@@ -636,6 +636,22 @@ KVS_API kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, s
 KVS_API kvs_status_t kvs_pool_reads(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
                                     uint32_t *reads);
 
+/**
+ * kvs_pool_reads(), and for each block also expected[i]: the largest reader
+ * count those readers announced (kvs_lookup_params_t.readers) since the
+ * block was last published; 0 when none announced one (count that as 1).
+ * A producer whose block several consumers read (P/D with more decode TP
+ * ranks than prefill ranks) frees it once reads[i] reaches expected[i]:
+ * each reader says how many read, the first RELEASE already carries it.
+ * The count is a maximum, never lowered before the block is republished,
+ * so a mix of consumers that disagree only waits longer (until the lease
+ * ends), never frees early. @expected may be NULL (then this is
+ * kvs_pool_reads()); both arrays are written only on KVS_OK.
+ * Errors: KVS_ERR_INVALID_PARAM (NULL pool or arrays, id out of range).
+ */
+KVS_API kvs_status_t kvs_pool_readers(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
+                                      uint32_t *reads, uint32_t *expected);
+
 /* ------------------------------------------------------------------------ */
 /* Lookup, fetch and release.                                               */
 /* ------------------------------------------------------------------------ */
@@ -651,7 +667,11 @@ enum kvs_lookup_field {
     KVS_LOOKUP_FIELD_LEASE_MS = 1u << 2,
     KVS_LOOKUP_FIELD_TIMEOUT_MS = 1u << 3,
     KVS_LOOKUP_FIELD_NO_LEASE = 1u << 4, /* probe only: count hits, hold nothing */
+    KVS_LOOKUP_FIELD_READERS = 1u << 5,
 };
+
+/* The most readers a lookup may announce (kvs_lookup_params_t.readers). */
+#define KVS_LOOKUP_MAX_READERS 4096u
 
 typedef struct kvs_lookup_params {
     uint64_t field_mask;
@@ -659,6 +679,13 @@ typedef struct kvs_lookup_params {
     const char *peer;    /* "host:port" of the peer to ask */
     uint32_t lease_ms;   /* default: the context's lease timeout */
     uint32_t timeout_ms; /* remote round-trip deadline; default fetch timeout */
+    /* How many readers, this one included, will read these blocks from a
+     * remote holder before it may free them (1..KVS_LOOKUP_MAX_READERS; 0:
+     * not said). Sent with the lease's RELEASE; the holder's producer sees
+     * it in kvs_pool_readers(). P/D with decode TP > prefill TP: the
+     * decode ranks that read one prefill rank (the inverse of
+     * kvs_layout_source_ranks()) each announce their number. */
+    uint32_t readers;
 } kvs_lookup_params_t;
 
 /**
@@ -666,7 +693,8 @@ typedef struct kvs_lookup_params {
  * @layout_id, trying sources from cheapest to dearest, and leases it.
  * Always returns a lease handle on KVS_OK, even for 0 hits; the caller owns
  * it and ends it with kvs_lease_release(). A layout mismatch is a miss.
- * Errors: KVS_ERR_INVALID_PARAM, NO_MEMORY, TIMED_OUT, PEER_FAILED.
+ * Errors: KVS_ERR_INVALID_PARAM (also readers over KVS_LOOKUP_MAX_READERS),
+ * NO_MEMORY, TIMED_OUT, PEER_FAILED.
  */
 KVS_API kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys,
                                 size_t nkeys, const kvs_lookup_params_t *params,

@@ -82,7 +82,8 @@ extern "C" {
     X(layout_source_ranks)                                                                         \
     X(lease_heads)                                                                                 \
     X(mem_alloc)                                                                                   \
-    X(mem_free)
+    X(mem_free)                                                                                    \
+    X(pool_readers)
 
 /** The functions of one loaded libkvshare: member `name` is kvs_<name>. */
 typedef struct kvs_dl {

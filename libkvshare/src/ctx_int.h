@@ -57,8 +57,9 @@ kvs_status_t kvs__serve_lookup(struct kvs_ctx *ctx, uint64_t layout_id, const kv
                                size_t n, uint32_t lease_ms, kvs_lease_h *lease_p);
 /* Where hit @i of a local lease lives. KVS_ERR_STALE if it is gone. */
 /* Counts one read on each block @lease still holds: a remote reader ended
- * it with RELEASE after its fetch. */
-void kvs__lease_mark_read(kvs_lease_h lease);
+ * it with RELEASE after its fetch, saying @readers would read them in all
+ * (0: it did not say); each block keeps the largest such count. */
+void kvs__lease_mark_read(kvs_lease_h lease, uint32_t readers);
 kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc);
 /* The generation hit @i has now (for a pushed block's final check). */
 uint64_t kvs__lease_gen_now(kvs_lease_h lease, size_t i);

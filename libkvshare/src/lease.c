@@ -10,7 +10,8 @@ struct kvs_lease {
     uint64_t layout_id;
     size_t hits;
     kvs_source_t source;
-    bool holds; /* false for NO_LEASE probes: nothing to release */
+    bool holds;       /* false for NO_LEASE probes: nothing to release */
+    uint32_t readers; /* sent with a remote lease's RELEASE (0: not said) */
     kvs__ref_t *refs;
     void *remote; /* the transport's lease when source is PEER or POOL */
 };
@@ -27,6 +28,7 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
     unsigned sources = KVS_SOURCE_LOCAL;
     uint32_t lease_ms;
     bool no_lease = false;
+    uint32_t readers = 0;
 
     if (ctx == NULL || lease_p == NULL || (nkeys > 0 && keys == NULL))
         return KVS_ERR_INVALID_PARAM;
@@ -42,6 +44,11 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         if ((m & KVS_LOOKUP_FIELD_LEASE_MS) && params->lease_ms > 0)
             lease_ms = params->lease_ms;
         no_lease = (m & KVS_LOOKUP_FIELD_NO_LEASE) != 0;
+        if (m & KVS_LOOKUP_FIELD_READERS) {
+            if (params->readers > KVS_LOOKUP_MAX_READERS)
+                return KVS_ERR_INVALID_PARAM;
+            readers = params->readers;
+        }
         if ((sources & KVS_SOURCE_PEER) && (!(m & KVS_LOOKUP_FIELD_PEER) || params->peer == NULL))
             return KVS_ERR_INVALID_PARAM;
     }
@@ -69,6 +76,7 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
     lease->ctx = ctx;
     lease->layout_id = layout_id;
     lease->holds = !no_lease;
+    lease->readers = readers;
     if (sources & KVS_SOURCE_LOCAL) {
         lease->hits = kvs__store_find_prefix(&ctx->store, layout_id, keys, nkeys, lease->refs,
                                              kvs__now_ms() + lease_ms);
@@ -110,14 +118,14 @@ kvs_status_t kvs_lookup(kvs_ctx_h ctx, uint64_t layout_id, const kvs_key_t *keys
         }
         if (rhits > lease->hits) {
             if (lease->remote != NULL)
-                kvs__peer_release(ctx->peer, lease->remote);
+                kvs__peer_release(ctx->peer, lease->remote, lease->readers);
             else if (lease->hits > 0)
                 kvs__store_release(&ctx->store, lease->refs, lease->hits);
             lease->hits = rhits;
             lease->source = src;
             lease->remote = rl;
         } else {
-            kvs__peer_release(ctx->peer, rl);
+            kvs__peer_release(ctx->peer, rl, lease->readers);
         }
     }
     *lease_p = lease;
@@ -133,7 +141,7 @@ kvs_status_t kvs__serve_lookup(struct kvs_ctx *ctx, uint64_t layout_id, const kv
     return kvs_lookup(ctx, layout_id, keys, n, &lp, lease_p);
 }
 
-void kvs__lease_mark_read(kvs_lease_h lease)
+void kvs__lease_mark_read(kvs_lease_h lease, uint32_t readers)
 {
     if (lease == NULL || lease->source != KVS_SOURCE_LOCAL || !lease->holds)
         return;
@@ -141,8 +149,16 @@ void kvs__lease_mark_read(kvs_lease_h lease)
     pthread_rwlock_rdlock(&s->lock);
     for (size_t i = 0; i < lease->hits; i++) {
         kvs__entry_t *e = &s->entries[lease->refs[i].idx];
-        if (e->serial == lease->refs[i].serial)
-            atomic_fetch_add_explicit(&e->reads, 1, memory_order_relaxed);
+        if (e->serial != lease->refs[i].serial)
+            continue;
+        /* The count first: a producer that sees this read also sees how
+         * many to wait for (kvs_pool_readers() loads reads with acquire). */
+        uint32_t had = atomic_load_explicit(&e->readers, memory_order_relaxed);
+        while (had < readers &&
+               !atomic_compare_exchange_weak_explicit(&e->readers, &had, readers,
+                                                      memory_order_relaxed, memory_order_relaxed))
+            ;
+        atomic_fetch_add_explicit(&e->reads, 1, memory_order_release);
     }
     pthread_rwlock_unlock(&s->lock);
 }
@@ -207,7 +223,7 @@ void kvs_lease_release(kvs_lease_h lease)
     if (lease == NULL)
         return;
     if (lease->remote != NULL)
-        kvs__peer_release(lease->ctx->peer, lease->remote);
+        kvs__peer_release(lease->ctx->peer, lease->remote, lease->readers);
     else if (lease->holds && lease->hits > 0)
         kvs__store_release(&lease->ctx->store, lease->refs, lease->hits);
     kvs__free(lease->refs);

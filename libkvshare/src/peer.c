@@ -1495,8 +1495,9 @@ static void srv_release(conn_t *c, const kvs__msg_t *m)
     if (lp == NULL)
         return; /* already released, expired, or never ours */
     /* The reader is done with these blocks (fetched or gave up): count it
-     * before they may go, so a producer waiting on kvs_pool_reads() sees it. */
-    kvs__lease_mark_read((*lp)->lease);
+     * before they may go, so a producer waiting on kvs_pool_readers() sees it
+     * (with how many readers this one says to expect). */
+    kvs__lease_mark_read((*lp)->lease, m->u.release.readers);
     if ((*lp)->pushes > 0) {
         (*lp)->deadline_ns = 0; /* ends when its last push does */
         return;
@@ -2945,7 +2946,7 @@ out:
     return st;
 }
 
-void kvs__peer_release(kvs__peer_t *pp, void *rlease)
+void kvs__peer_release(kvs__peer_t *pp, void *rlease, uint32_t readers)
 {
     rlease_t *rl = rlease;
     if (rl == NULL)
@@ -2955,7 +2956,7 @@ void kvs__peer_release(kvs__peer_t *pp, void *rlease)
     if (c->state == S_READY && rl->hits > 0) {
         kvs__buf_t b;
         kvs__buf_init(&b);
-        kvs__enc_release(&b, ++c->next_req_id, c->session, rl->lease_id);
+        kvs__enc_release(&b, ++c->next_req_id, c->session, rl->lease_id, readers);
         send_buf(c, &b); /* fire and forget: the lease deadline backs it up */
     }
     conn_unref(c);

@@ -50,7 +50,9 @@ kvs_status_t kvs__peer_connect(kvs__peer_t *pp, const char *peer, uint64_t layou
 kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
                               const kvs_key_t *keys, size_t n, uint32_t lease_ms,
                               uint32_t timeout_ms, void **rlease_p, size_t *hits_p);
-void kvs__peer_release(kvs__peer_t *pp, void *rlease);
+/* Ends @rlease with a RELEASE; @readers > 0 tells the holder how many
+ * readers of these blocks to expect in all (kvs_lookup_params_t.readers). */
+void kvs__peer_release(kvs__peer_t *pp, void *rlease, uint32_t readers);
 /* When the holder of @rlease has another view: true, and the reader's own
  * heads a fetch from it fills (kvs_lease_heads); false: all of them. */
 bool kvs__peer_lease_heads(kvs__peer_t *pp, void *rlease, uint32_t *first_p, uint32_t *count_p);

@@ -403,6 +403,12 @@ kvs_status_t kvs_unpublish(kvs_pool_h pool, const uint32_t *block_ids, size_t co
 kvs_status_t kvs_pool_reads(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
                             uint32_t *reads)
 {
+    return kvs_pool_readers(pool, block_ids, count, reads, NULL);
+}
+
+kvs_status_t kvs_pool_readers(kvs_pool_h pool, const uint32_t *block_ids, size_t count,
+                              uint32_t *reads, uint32_t *expected)
+{
     if (pool == NULL || (count > 0 && (block_ids == NULL || reads == NULL)))
         return KVS_ERR_INVALID_PARAM;
     for (size_t i = 0; i < count; i++)
@@ -412,8 +418,12 @@ kvs_status_t kvs_pool_reads(kvs_pool_h pool, const uint32_t *block_ids, size_t c
     pthread_rwlock_rdlock(&s->lock);
     for (size_t i = 0; i < count; i++) {
         uint32_t e1 = pool->entry_of_block[block_ids[i]];
-        reads[i] =
-            e1 == 0 ? 0 : atomic_load_explicit(&s->entries[e1 - 1].reads, memory_order_relaxed);
+        kvs__entry_t *e = e1 == 0 ? NULL : &s->entries[e1 - 1];
+        /* reads with acquire: the count a reader announced is stored before
+         * its read is counted (kvs__lease_mark_read). */
+        reads[i] = e == NULL ? 0 : atomic_load_explicit(&e->reads, memory_order_acquire);
+        if (expected != NULL)
+            expected[i] = e == NULL ? 0 : atomic_load_explicit(&e->readers, memory_order_relaxed);
     }
     pthread_rwlock_unlock(&s->lock);
     return KVS_OK;

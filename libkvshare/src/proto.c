@@ -269,6 +269,13 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         break;
     case KVS_MSG_RELEASE:
         m->u.release.lease_id = rd_u64(&r);
+        if (m->hdr.flags & KVS_PROTO_FLAG_READERS) {
+            m->u.release.readers = rd_u32(&r);
+            if (!r.bad &&
+                (m->u.release.readers == 0 || m->u.release.readers > KVS_PROTO_MAX_READERS))
+                return bad(why, wl, "RELEASE for %u readers (1..%u)", m->u.release.readers,
+                           KVS_PROTO_MAX_READERS);
+        }
         break;
     case KVS_MSG_ERROR:
         m->u.error.status = (int32_t)rd_u32(&r);
@@ -359,6 +366,8 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
         return bad(why, wl, "ranges flag on message type %u", m->hdr.type);
     if ((m->hdr.flags & KVS_PROTO_FLAG_SHM) && m->hdr.type != KVS_MSG_HELLO_ACK)
         return bad(why, wl, "shm flag on message type %u", m->hdr.type);
+    if ((m->hdr.flags & KVS_PROTO_FLAG_READERS) && m->hdr.type != KVS_MSG_RELEASE)
+        return bad(why, wl, "readers flag on message type %u", m->hdr.type);
     return KVS_OK;
 }
 
@@ -610,10 +619,14 @@ kvs_status_t kvs__enc_lookup(kvs__buf_t *b, uint64_t req_id, const uint8_t *sess
 }
 
 kvs_status_t kvs__enc_release(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
-                              uint64_t lease_id)
+                              uint64_t lease_id, uint32_t readers)
 {
-    kvs__proto_begin(b, KVS_MSG_RELEASE, 0, req_id, session);
+    if (readers > KVS_PROTO_MAX_READERS)
+        return KVS_ERR_INVALID_PARAM;
+    kvs__proto_begin(b, KVS_MSG_RELEASE, readers > 0 ? KVS_PROTO_FLAG_READERS : 0, req_id, session);
     kvs__buf_u64(b, lease_id);
+    if (readers > 0)
+        kvs__buf_u32(b, readers);
     return kvs__proto_finish(b);
 }
 

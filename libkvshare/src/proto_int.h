@@ -17,8 +17,11 @@
 #include "kvs_int.h"
 #include "plan_int.h"
 
+/* KVS_PROTO_VERSION 3: views (HELLO/HELLO_ACK), ranged FETCH. 4: RELEASE may carry
+ * the number of readers the holder should expect (KVS_PROTO_FLAG_READERS); a v3 holder
+ * would fail the connection on that flag, so the version says it up front. */
 #define KVS_PROTO_MAGIC       0x4853564Bu /* "KVSH" little-endian */
-#define KVS_PROTO_VERSION     3u          /* 3: views (HELLO/HELLO_ACK), ranged FETCH */
+#define KVS_PROTO_VERSION     4u
 #define KVS_PROTO_HDR_LEN     40u
 #define KVS_PROTO_SESSION_LEN 16u
 #define KVS_PROTO_NONCE_LEN   32u
@@ -81,13 +84,19 @@ typedef enum kvs__msg_type {
  * their set's) are at most KVS_PROTO_MAX_FETCH_PIECES. */
 #define KVS_PROTO_FLAG_RANGES 16u
 #define KVS_PROTO_MAX_SETS    64u
+/* Header flag on RELEASE: a u32 follows the lease id, how many readers
+ * (this one included, 1..KVS_PROTO_MAX_READERS) read these blocks before
+ * their producer may free them: e.g. several consumer TP ranks reading one
+ * producer rank (kvs_lookup_params_t.readers, kvs_pool_readers()). */
+#define KVS_PROTO_FLAG_READERS 64u
+#define KVS_PROTO_MAX_READERS  4096u
 /* Header flag on HELLO_ACK: after the regions, the holder's same-host
  * offer: its boot id (16 bytes) and the path of its host-local Unix socket
  * (u16 length, 1..107 bytes), where a reader on the same boot id is handed
  * the holder's memfds (shm_int.h). Sent only to a client whose HELLO name
  * ends with KVS_BOOT_SHM_MARK (boot_int.h), so older clients never see it. */
 #define KVS_PROTO_FLAG_SHM     32u
-#define KVS_PROTO_FLAGS_KNOWN  63u
+#define KVS_PROTO_FLAGS_KNOWN  127u
 #define KVS_PROTO_BOOT_ID_LEN  16u
 #define KVS_PROTO_MAX_SHM_PATH 107u
 
@@ -169,6 +178,7 @@ typedef struct kvs__msg {
         } lookup_reply;
         struct {
             uint64_t lease_id;
+            uint32_t readers; /* 0: not said (KVS_PROTO_FLAG_READERS unset) */
         } release;
         struct {
             int32_t status;
@@ -284,8 +294,10 @@ kvs_status_t kvs__enc_error(kvs__buf_t *b, uint64_t req_id, uint32_t flags, cons
 kvs_status_t kvs__enc_lookup(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
                              uint64_t layout_id, uint32_t lease_ms, const kvs_key_t *keys,
                              size_t n);
+/* @readers > 0: KVS_PROTO_FLAG_READERS with that count (at most
+ * KVS_PROTO_MAX_READERS, else KVS_ERR_INVALID_PARAM); 0: a plain RELEASE. */
 kvs_status_t kvs__enc_release(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
-                              uint64_t lease_id);
+                              uint64_t lease_id, uint32_t readers);
 kvs_status_t kvs__enc_fetch(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
                             uint64_t lease_id, uint32_t first, uint32_t count,
                             const uint32_t *chunks, uint16_t nchunks);

@@ -504,6 +504,7 @@ static kvs_status_t insert_entry(kvs__store_t *s, uint64_t layout_id, const kvs_
     e->gen = gen;
     atomic_store_explicit(&e->leases, 0, memory_order_relaxed);
     atomic_store_explicit(&e->reads, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->readers, 0, memory_order_relaxed);
     atomic_store_explicit(&e->freq, 0, memory_order_relaxed);
     /* Insertion counts as an access, so LRU order among never-read blocks is
      * their insertion order. */

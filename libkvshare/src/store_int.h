@@ -35,6 +35,10 @@ typedef struct kvs__entry {
     /* Leases a remote reader ended with RELEASE (not by expiry or a drop):
      * how a producer learns its consumers have read (kvs_pool_reads()). */
     _Atomic uint32_t reads;
+    /* The most readers any of those RELEASEs said to expect (0: none said):
+     * with reads, when the last of several consumer ranks has read
+     * (kvs_pool_readers()). */
+    _Atomic uint32_t readers;
     _Atomic uint32_t freq;
     _Atomic uint64_t atime;
     _Atomic uint64_t lease_deadline_ms;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""make_corpus.py - writes the fuzz seed corpora: one valid message per type (protocol v3).
+"""make_corpus.py - writes the fuzz seed corpora: one valid message per type (protocol v4).
 
 Run from the repository root: python3 tests/fuzz/make_corpus.py
 The layout follows libkvshare/src/proto_int.h; test_proto.c checks the
@@ -8,8 +8,8 @@ encoders against the decoder, so these seeds stay honest."""
 import os
 import struct
 
-MAGIC, VERSION = 0x4853564B, 3
-FROM_SERVER, REGIONS, PULL, VIEW, RANGES, SHM = 2, 1, 4, 8, 16, 32
+MAGIC, VERSION = 0x4853564B, 4
+FROM_SERVER, REGIONS, PULL, VIEW, RANGES, SHM, READERS = 2, 1, 4, 8, 16, 32, 64
 SESSION = bytes(range(1, 17))
 
 
@@ -45,6 +45,8 @@ seeds = {
                         + region(1, 0x1000, 4096, b"rk") + block(1, 0x1f00, 3, [(1, 128, 0x1000)]),
                         FROM_SERVER | REGIONS, session=SESSION),
     "release": msg(7, struct.pack("<Q", 9), session=SESSION),
+    # v4: a RELEASE saying how many readers read these blocks in all.
+    "release_readers": msg(7, struct.pack("<QI", 9, 2), READERS, session=SESSION),
     "error": msg(8, struct.pack("<iH", -10, 3) + b"bad", FROM_SERVER, session=SESSION),
     "fetch": msg(9, struct.pack("<QIIH", 9, 0, 2, 2) + struct.pack("<II", 4096, 64), session=SESSION),
     "data": msg(10, struct.pack("<II", 1, 64), FROM_SERVER, session=SESSION),

@@ -166,6 +166,9 @@ Test(outputs, pool_create_and_reads)
     cr_assert_eq(kvs_pool_reads(p.pool, ids, 2, reads), KVS_ERR_INVALID_PARAM);
     cr_assert_eq(reads[0], 77);
     cr_assert_eq(reads[1], 77);
+    uint32_t expected[2] = {77, 77};
+    cr_assert_eq(kvs_pool_readers(p.pool, ids, 2, reads, expected), KVS_ERR_INVALID_PARAM);
+    cr_assert(reads[0] == 77 && reads[1] == 77 && expected[0] == 77 && expected[1] == 77);
     test_pool_free(&p);
     kvs_ctx_destroy(ctx);
 }

@@ -341,6 +341,90 @@ Test(peer, reads_count_released_leases_only)
     pair_fini(&pr);
 }
 
+/* A peer lookup of the first @n keys announcing @readers (0: not said),
+ * fetched whole and released; returns once the holder counted the read. */
+static void read_announcing(pair_t *pr, uint32_t n, uint32_t readers, const uint32_t *zc,
+                            uint32_t reads_before)
+{
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER |
+                                            KVS_LOOKUP_FIELD_READERS,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = pr->addr,
+                              .readers = readers};
+    kvs_lease_h l = NULL;
+    cr_assert_eq(kvs_lookup(pr->b, kvs_pool_layout_id(pr->pb.pool), pr->keys, n, &lp, &l), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(l), n);
+    uint32_t dst[4] = {0, 1, 2, 3};
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_fetch(l, pr->pb.pool, dst, n, NULL, &rq), KVS_OK);
+    cr_assert_eq(kvs_request_wait(rq, 10000), KVS_OK);
+    kvs_request_free(rq);
+    kvs_lease_release(l);
+    uint32_t reads = 0;
+    uint64_t deadline = kvs__now_ms() + 5000;
+    do {
+        usleep(5000);
+        cr_assert_eq(kvs_pool_readers(pr->pa.pool, &zc[n - 1], 1, &reads, NULL), KVS_OK);
+    } while (reads == reads_before && kvs__now_ms() < deadline);
+    cr_assert_eq(reads, reads_before + 1, "the RELEASE was not counted");
+}
+
+/* kvs_pool_readers: each RELEASE carries how many readers the reader says
+ * read these blocks (P/D, several decode ranks per prefill rank); the
+ * holder keeps the largest, so a producer frees after the last of them. */
+Test(peer, release_announces_the_readers_to_expect)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 0, 300);
+    uint32_t zc[4] = {40, 41, 42, 43};
+    for (uint32_t i = 0; i < 4; i++) {
+        pr.keys[i] = test_key(7100 + i);
+        test_fill_block(&pr.pa, zc[i], 700 + i);
+    }
+    cr_assert_eq(kvs_publish(pr.pa.pool, pr.keys, zc, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    uint32_t reads[4], expected[4];
+    cr_assert_eq(kvs_pool_readers(pr.pa.pool, zc, 4, reads, expected), KVS_OK);
+    for (int i = 0; i < 4; i++)
+        cr_assert(reads[i] == 0 && expected[i] == 0);
+
+    /* The first of three readers: one read, three expected, on every block
+     * it read (and only those). */
+    read_announcing(&pr, 3, 3, zc, 0);
+    cr_assert_eq(kvs_pool_readers(pr.pa.pool, zc, 4, reads, expected), KVS_OK);
+    for (int i = 0; i < 3; i++)
+        cr_assert(reads[i] == 1 && expected[i] == 3, "block %d: %u of %u", i, reads[i],
+                  expected[i]);
+    cr_assert(reads[3] == 0 && expected[3] == 0);
+    /* A reader saying fewer, and one saying nothing, never lower it. */
+    read_announcing(&pr, 3, 2, zc, 1);
+    read_announcing(&pr, 3, 0, zc, 2);
+    cr_assert_eq(kvs_pool_readers(pr.pa.pool, zc, 4, reads, expected), KVS_OK);
+    cr_assert(reads[2] == 3 && expected[2] == 3, "%u of %u", reads[2], expected[2]);
+    /* kvs_pool_reads() is the same count. */
+    cr_assert_eq(kvs_pool_reads(pr.pa.pool, zc, 4, reads), KVS_OK);
+    cr_assert_eq(reads[2], 3);
+
+    /* Republished blocks start over; bad arguments are refused. */
+    cr_assert_eq(kvs_unpublish(pr.pa.pool, zc, 4, 0), KVS_OK);
+    cr_assert_eq(kvs_publish(pr.pa.pool, pr.keys, zc, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    cr_assert_eq(kvs_pool_readers(pr.pa.pool, zc, 4, reads, expected), KVS_OK);
+    cr_assert(reads[0] == 0 && expected[0] == 0);
+    uint32_t bad = 64;
+    cr_assert_eq(kvs_pool_readers(pr.pa.pool, &bad, 1, reads, expected), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_pool_readers(NULL, zc, 1, reads, expected), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs_pool_readers(pr.pa.pool, zc, 1, NULL, expected), KVS_ERR_INVALID_PARAM);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER |
+                                            KVS_LOOKUP_FIELD_READERS,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = pr.addr,
+                              .readers = KVS_LOOKUP_MAX_READERS + 1};
+    kvs_lease_h l = (kvs_lease_h)&lp; /* must stay unwritten */
+    cr_assert_eq(kvs_lookup(pr.b, kvs_pool_layout_id(pr.pb.pool), pr.keys, 1, &lp, &l),
+                 KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(l, (kvs_lease_h)&lp);
+    pair_fini(&pr);
+}
+
 /* Garbage on the bootstrap port, silent connections and a half-sent
  * handshake: the holder keeps serving. */
 Test(peer, bootstrap_garbage_and_silence_do_not_stop_serving)

@@ -331,7 +331,7 @@ Test(proto, encoders_round_trip)
     cr_assert_eq(kvs__enc_put_done(&b, 4, sess, KVS_OK, 2), KVS_OK);
     decode_ok(&m);
     cr_assert_eq(m.u.put_done.stored, 2);
-    cr_assert_eq(kvs__enc_release(&b, 5, sess, 99), KVS_OK);
+    cr_assert_eq(kvs__enc_release(&b, 5, sess, 99, 0), KVS_OK);
     decode_ok(&m);
     cr_assert_eq(m.u.release.lease_id, 99);
     cr_assert_eq(kvs__enc_error(&b, 6, 0, sess, KVS_ERR_AUTH, "nope"), KVS_OK);
@@ -550,4 +550,45 @@ Test(proto, hello_model_and_ack_view)
             every_truncation_fails();
         }
     }
+}
+
+/* --- v4: RELEASE with the readers to expect ------------------------------ */
+
+Test(proto, release_with_readers_round_trips_and_is_bounded)
+{
+    kvs__msg_t m;
+    cr_assert_eq(kvs__enc_release(&b, 5, sess, 99, 3), KVS_OK);
+    decode_ok(&m);
+    cr_assert(m.hdr.flags & KVS_PROTO_FLAG_READERS);
+    cr_assert_eq(m.u.release.lease_id, 99);
+    cr_assert_eq(m.u.release.readers, 3);
+    every_truncation_fails();
+    cr_assert_eq(kvs__enc_release(&b, 5, sess, 99, KVS_PROTO_MAX_READERS), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.release.readers, KVS_PROTO_MAX_READERS);
+    cr_assert_eq(kvs__enc_release(&b, 5, sess, 99, KVS_PROTO_MAX_READERS + 1),
+                 KVS_ERR_INVALID_PARAM);
+    /* A plain RELEASE: no flag, no count. */
+    cr_assert_eq(kvs__enc_release(&b, 5, sess, 7, 0), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.hdr.flags & KVS_PROTO_FLAG_READERS, 0);
+    cr_assert_eq(m.u.release.readers, 0);
+
+    /* Hostile counts: zero, over the bound, a count without the flag, the
+     * flag without the count, the flag on another message. */
+    cr_assert_eq(kvs__enc_release(&b, 5, sess, 99, 3), KVS_OK);
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 8, 0);
+    expect_refused("RELEASE for 0 readers");
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 8, KVS_PROTO_MAX_READERS + 1);
+    expect_refused("RELEASE for 4097 readers");
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 8, 0xffffffffu);
+    expect_refused("RELEASE for 4294967295 readers");
+    kvs__buf_patch_u32(&b, 8, 0);
+    expect_refused("trailing bytes");
+    cr_assert_eq(kvs__enc_release(&b, 5, sess, 99, 0), KVS_OK);
+    kvs__buf_patch_u32(&b, 8, KVS_PROTO_FLAG_READERS);
+    expect_refused("truncated");
+    lookup_msg(0);
+    kvs__buf_patch_u32(&b, 8, KVS_PROTO_FLAG_READERS);
+    expect_refused("readers flag");
 }

@@ -35,6 +35,7 @@ import itertools
 import multiprocessing as mp
 import os
 import signal
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
@@ -188,12 +189,16 @@ class Worker:
         self.use_mla = mc.use_mla
         self.block_size = vllm_config.cache_config.block_size
         h = mc.get_num_kv_heads(pc)
-        assert self.use_mla or mc.get_total_num_kv_heads() % args.tp == 0, \
-            "the test model needs tp to divide the KV heads"
+        total = mc.get_total_num_kv_heads()
+        assert self.use_mla or total % args.tp == 0 or args.tp % total == 0, \
+            "the test model needs tp to divide the KV heads, or the KV heads to divide tp"
+        # More ranks than KV heads: vLLM replicates, each head on tp/total ranks.
+        rep = 1 if self.use_mla else max(1, args.tp // total)
         self.heads = torch.arange(0, 1, dtype=torch.int64) if self.use_mla else \
-            torch.arange(rank * h, (rank + 1) * h, dtype=torch.int64)
-        # MLA's latent is replicated on every rank: only rank 0 adds it to the logits.
-        self.counts = not self.use_mla or rank == 0
+            torch.arange(rank // rep * h, (rank // rep + 1) * h, dtype=torch.int64)
+        # MLA's latent is replicated on every rank: only rank 0 adds it to the logits;
+        # a replicated head, only its first rank.
+        self.counts = (not self.use_mla or rank == 0) and rank % rep == 0
         # ensure_kv_transfer_initialized: the worker connector exists before the KV caches.
         kv_transfer_state.ensure_kv_transfer_initialized(vllm_config, kv_cache_config)
         self.connector = kv_transfer_state.get_kv_transfer_group() \
@@ -207,6 +212,21 @@ class Worker:
         if self.connector is not None:
             self.connector.register_kv_caches(self.kv_caches)
         self.reqs: dict[str, dict] = {}
+        # Test hook (scenarios.py): this rank's first load waits for a file.
+        self._hold = os.environ.get("KVS_TEST_HOLD_FILE") \
+            if os.environ.get("KVS_TEST_HOLD_RANK") == str(rank) else None
+
+    def _hold_load(self, meta):
+        """Rank KVS_TEST_HOLD_RANK starts its first load (kvshare's metadata
+        .loads) only once KVS_TEST_HOLD_FILE exists (at most 60 s), while the
+        other ranks load: the test of a producer that must wait for every
+        consumer rank reading it, not just the first."""
+        if self._hold is None or not getattr(meta, "loads", None):
+            return
+        path, self._hold = self._hold, None
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def handshake(self):
         return None if self.connector is None else self.connector.get_handshake_metadata()
@@ -251,6 +271,7 @@ class Worker:
         if conn is not None:
             assert so.kv_connector_metadata is not None
             conn.handle_preemptions(so.kv_connector_metadata)
+            self._hold_load(so.kv_connector_metadata)
         if so.total_num_scheduled_tokens == 0:
             # kv_connector_no_forward: no forward pass, no wait_for_save.
             out = None
@@ -848,7 +869,9 @@ class Engine:
             it = iter(rank_d)
             for i, b in enumerate(ids):
                 if b is not None:
-                    heads[i].update(next(it))
+                    for g, dig in next(it).items():
+                        # A replicated head: every replica must hold the same KV.
+                        heads[i][g] = dig if heads[i].get(g, dig) == dig else "replicas differ"
         return {"hashes": [h.hex() for h in probe.block_hashes], "block_ids": ids,
                 "digests": digests, "head_digests": heads}
 

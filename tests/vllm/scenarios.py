@@ -16,6 +16,9 @@ statuses and deadlines), never just "no crash".
   tp2        the same with two TP ranks on each side, P prefilling in chunks
   tp2to1     P at TP 2, D at TP 1: each D block is fetched from both P ranks
              (half the KV heads each), checked per KV head
+  tp1to2     P at TP 1, D at TP 2: both D ranks read P's one rank, D's rank 1
+             only after P had its chance to free: P must wait for both
+  tp1to2rep  the same with one KV head, which both D ranks replicate
   partial    D already holds the prompt's head: only the tail is fetched (HND)
   pool       prefix reuse across two replicas through a `kvshare serve` pool
              (the older (2, num_blocks, ...) KV shape, bf16)
@@ -307,15 +310,24 @@ def all_free(e, what, timeout=20):
         time.sleep(0.05)
 
 
+def is_free(e):
+    s = e.stats()
+    return s["free_blocks"] == s["usable_blocks"] and not s["held"]
+
+
 def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6, p_budget=256, d_tp=None,
-           **model):
+           hold_rank=None, **model):
+    """@hold_rank: that D rank starts its load only once P has freed the
+    request's blocks or had 3 s to (engine.py's KVS_TEST_HOLD_*)."""
     d_tp = tp if d_tp is None else d_tp
     args_p = eng_args("kv_producer", tp, max_num_batched_tokens=p_budget, **model)
     args_d = eng_args("kv_consumer", d_tp, **model)
     print(f"info: P/D with tp={tp}" + (f", D tp={d_tp}" if d_tp != tp else "") +
           f" {model or ''}", flush=True)
     p = env.engine("prefill", args_p, KVSHARE_LISTEN="127.0.0.1:0")
-    d = env.engine("decode", args_d)
+    gate = Path(env.work) / "d-hold"
+    d = env.engine("decode", args_d, **(dict(KVS_TEST_HOLD_RANK=hold_rank, KVS_TEST_HOLD_FILE=gate)
+                                        if hold_rank is not None else {}))
     p.wait_ready(), d.wait_ready()
     prompt = prompt_of(rng, plen)
     ref = reference(prompt, max_tokens, args_d)
@@ -332,7 +344,21 @@ def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6, p_budget=256, d
     check(rp["token_ids"] == ref[:1], "P's one token equals a local recompute")
     params = rp["kv_transfer_params"]
     check(isinstance(params, dict) and params, f"P returned kv_transfer_params {params}")
-    rd = d.generate("req-1", prompt, max_tokens, params)
+    if hold_rank is None:
+        rd = d.generate("req-1", prompt, max_tokens, params)
+    else:
+        d.submit("req-1", prompt, max_tokens, params)
+        # D's other ranks read now, the held one waits. A producer that frees
+        # after its first reader frees within a step or two: give it 3 s (the
+        # lease is 30), then let the held rank read what P still holds.
+        deadline = time.monotonic() + 3
+        while not is_free(p) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        early = is_free(p)
+        gate.touch()
+        rd = d.result("req-1")
+        check(not early, f"P still holds the request's blocks while D rank {hold_rank} has not "
+              "read them")
     check(rd["status"] == "FINISHED_LENGTH_CAPPED", f"D finished ({rd['status']})")
     check(rd["num_cached_tokens"] == local, f"D's local prefix hit is {local} tokens "
           f"({rd['num_cached_tokens']})")
@@ -373,6 +399,23 @@ def sc_tp2to1(env, rng):
     # D fetches every block from both P ranks (half the heads from each).
     p, _, _ = run_pd(env, rng, tp=2, d_tp=1, plen=70, p_budget=32)
     all_free(p, "P (TP=2) frees its blocks once D (TP=1) has them from both ranks")
+
+
+def sc_tp1to2(env, rng):
+    need_connector()
+    # Decode TP > prefill TP: both D ranks (2 KV heads each) read P's one rank
+    # (4 heads). D rank 1 reads only after P had its chance to free: P must
+    # count both reads (each D rank announces 2 readers), then free.
+    p, _, _ = run_pd(env, rng, tp=1, d_tp=2, plen=70, hold_rank=1)
+    all_free(p, "P (TP=1) frees its blocks once both D ranks (TP=2) have read them")
+
+
+def sc_tp1to2rep(env, rng):
+    need_connector()
+    # One KV head over two D ranks: vLLM replicates it, so both D ranks read
+    # the same bytes of P's one rank (D TP > KV heads); each replica checked.
+    p, _, _ = run_pd(env, rng, tp=1, d_tp=2, plen=40, hold_rank=1, num_kv_heads=1)
+    all_free(p, "P frees its blocks once both D ranks (replicas) have read them")
 
 
 def sc_partial(env, rng):
@@ -609,6 +652,7 @@ def _check_call_order(trace, num_layers, tp):
 
 
 SCENARIOS = {"selftest": sc_selftest, "pd": sc_pd, "tp2": sc_tp2, "tp2to1": sc_tp2to1,
+             "tp1to2": sc_tp1to2, "tp1to2rep": sc_tp1to2rep,
              "partial": sc_partial,
              "pool": sc_pool, "killed": sc_killed, "abort": sc_abort}
 

@@ -33,6 +33,7 @@ LOOKUP_FIELD_SOURCES = 1 << 0
 LOOKUP_FIELD_PEER = 1 << 1
 LOOKUP_FIELD_LEASE_MS = 1 << 2
 LOOKUP_FIELD_TIMEOUT_MS = 1 << 3
+LOOKUP_FIELD_READERS = 1 << 5
 FETCH_FIELD_TIMEOUT_MS = 1 << 0
 FETCH_FIELD_FIRST = 1 << 1
 PUBLISH_ZERO_COPY = 1
@@ -109,7 +110,7 @@ class PoolParams(Structure):
 
 class LookupParams(Structure):
     _fields_ = [("field_mask", c_uint64), ("sources", c_uint), ("peer", c_char_p),
-                ("lease_ms", c_uint32), ("timeout_ms", c_uint32)]
+                ("lease_ms", c_uint32), ("timeout_ms", c_uint32), ("readers", c_uint32)]
 
 
 class FetchParams(Structure):
@@ -182,6 +183,8 @@ def _declare(h):
         "kvs_pool_layout_id": (c_uint64, [c_void_p]),
         "kvs_pool_block_bytes": (c_size_t, [c_void_p]),
         "kvs_pool_reads": (c_int, [c_void_p, POINTER(c_uint32), c_size_t, POINTER(c_uint32)]),
+        "kvs_pool_readers": (c_int, [c_void_p, POINTER(c_uint32), c_size_t, POINTER(c_uint32),
+                                     POINTER(c_uint32)]),
         "kvs_publish": (c_int, [c_void_p, c_void_p, POINTER(c_uint32), c_size_t, c_uint,
                                 POINTER(c_size_t)]),
         "kvs_unpublish": (c_int, [c_void_p, POINTER(c_uint32), c_size_t, c_uint]),
@@ -365,6 +368,16 @@ class Pool:
             raise KvsError("kvs_pool_reads", st)
         return list(out)
 
+    def readers(self, block_ids):
+        """(reads, expected) per block: the RELEASEs counted, and the most
+        readers any of them announced (0: none did) (kvs_pool_readers())."""
+        reads = (c_uint32 * len(block_ids))()
+        expected = (c_uint32 * len(block_ids))()
+        st = lib().kvs_pool_readers(self.h, u32_array(block_ids), len(block_ids), reads, expected)
+        if st != KVS_OK:
+            raise KvsError("kvs_pool_readers", st)
+        return list(reads), list(expected)
+
     def put(self, hashes, block_ids):
         req = c_void_p()
         st = lib().kvs_put_ex(self.h, keys_buffer(hashes), u32_array(block_ids), len(block_ids),
@@ -412,9 +425,11 @@ class Lease:
         self.h = None
 
 
-def lookup(ctx, layout, hashes, sources, peer=None, lease_ms=0, timeout_ms=0):
-    """Leases the longest cached prefix of @hashes; returns a Lease."""
-    lp = LookupParams(LOOKUP_FIELD_SOURCES, sources, None, 0, 0)
+def lookup(ctx, layout, hashes, sources, peer=None, lease_ms=0, timeout_ms=0, readers=0):
+    """Leases the longest cached prefix of @hashes; returns a Lease.
+    @readers: how many readers (this one included) read these blocks from
+    @peer before it may free them (sent with the RELEASE; 0: not said)."""
+    lp = LookupParams(LOOKUP_FIELD_SOURCES, sources, None, 0, 0, 0)
     if peer:
         lp.field_mask |= LOOKUP_FIELD_PEER
         lp.peer = peer.encode()
@@ -424,6 +439,9 @@ def lookup(ctx, layout, hashes, sources, peer=None, lease_ms=0, timeout_ms=0):
     if timeout_ms:
         lp.field_mask |= LOOKUP_FIELD_TIMEOUT_MS
         lp.timeout_ms = timeout_ms
+    if readers:
+        lp.field_mask |= LOOKUP_FIELD_READERS
+        lp.readers = readers
     out = c_void_p()
     st = lib().kvs_lookup(ctx.h, layout, keys_buffer(hashes), len(hashes), byref(lp), byref(out))
     if st != KVS_OK:
@@ -431,12 +449,12 @@ def lookup(ctx, layout, hashes, sources, peer=None, lease_ms=0, timeout_ms=0):
     return Lease(out.value)
 
 
-def held(ctx, layout, hashes, sources, peer=None, lease_ms=0, timeout_ms=0):
+def held(ctx, layout, hashes, sources, peer=None, lease_ms=0, timeout_ms=0, readers=0):
     """How many leading blocks of @hashes @sources hold now: a lookup whose
     lease is released at once (to a producer, that release is the consumer's
-    "done")."""
+    "done"; @readers as for lookup())."""
     lease = lookup(ctx, layout, hashes, sources, peer=peer, lease_ms=lease_ms,
-                   timeout_ms=timeout_ms)
+                   timeout_ms=timeout_ms, readers=readers)
     hits = lease.hits
     lease.release()
     return hits

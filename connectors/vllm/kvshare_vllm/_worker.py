@@ -69,6 +69,7 @@ class WorkerSide:
                                    total_kv_heads=total() if callable(total) else None)
         self._layout_args = args
         self._sources = {}  # producer TP size -> its ranks holding our heads
+        self._readers = {}  # producer TP size -> Counter: producer rank -> our ranks reading it
         self.ctx = self._registry.worker_context(self.s, self.tp_rank)
         self.pool = _lib.Pool(self.ctx, args, segments, num_blocks,
                               f"vllm-tp{self.tp_rank}")
@@ -243,24 +244,51 @@ class WorkerSide:
         return spec.peer_tp or len(spec.peers)
 
     def _source_peers(self, spec):
-        """The producer ranks' addresses holding this rank's heads, when the
-        producer runs at another TP size (kvs_layout_source_ranks())."""
+        """(address, readers) of the producer ranks holding this rank's heads,
+        when the producer runs at another TP size (kvs_layout_source_ranks()):
+        readers is how many of our ranks read that producer rank."""
         ptp = self._producer_tp(spec)
         ranks = self._sources.get(ptp)
         if ranks is None:
             ranks = self._sources[ptp] = _lib.layout_source_ranks(self._layout_args, ptp)
         if any(r >= len(spec.peers) for r in ranks):
             raise _lib.KvsError("kvshare_peers", _lib.ERR_INVALID_PARAM)
-        return [spec.peers[r] for r in ranks]
+        return [(spec.peers[r], self._readers_of(ptp, r)) for r in ranks]
+
+    def _readers_of(self, ptp, prank):
+        """How many of this engine's TP ranks read producer rank @prank of a
+        producer at TP size @ptp: the inverse of kvs_layout_source_ranks(),
+        the same on every rank (it depends only on the two TP sizes and the
+        heads). Each reader announces it with its RELEASE, so the producer
+        frees after the last of them (decode TP > prefill TP), as vLLM's
+        NIXL connector counts tp_ratio notifications."""
+        counts = self._readers.get(ptp)
+        if counts is None:
+            counts = collections.Counter()
+            for r in range(self.tp_size):
+                counts.update(_lib.layout_source_ranks(dict(self._layout_args, tp_rank=r), ptp))
+            self._readers[ptp] = counts
+        return counts[prank]
+
+    def _notify_needed(self, spec, lease):
+        """True when the lookup never asked the producer (cheaper sources held
+        the whole chain): tell it we are done. When it was asked, the library
+        already released its lease (a counted read): a second notification
+        would count this rank twice and free the blocks before another rank
+        read them."""
+        return lease.source != _lib.SOURCE_PEER and lease.hits >= len(spec.hashes)
 
     def _load_one(self, spec):
         """Returns the destination block ids that did not load."""
         if spec.peers and self._producer_tp(spec) != self.tp_size:
             return self._load_split(spec)
         peer = self._peer_for_rank(spec)
+        # Our ranks reading this producer rank: 1 at equal TP sizes.
+        n = len(spec.peers)
+        readers = sum(1 for r in range(self.tp_size) if r % n == self.tp_rank % n) if n else 0
         t0 = time.monotonic()
         lease = _lib.lookup(self.ctx, self.pool.layout_id, spec.hashes, spec.sources, peer=peer,
-                            timeout_ms=self.s.fetch_timeout_ms)
+                            timeout_ms=self.s.fetch_timeout_ms, readers=readers)
         try:
             if spec.notify_only:
                 return []
@@ -282,14 +310,14 @@ class WorkerSide:
                       (time.monotonic() - t0) * 1e3)
             return bad
         finally:
-            source = lease.source
+            notify = self._notify_needed(spec, lease)
             lease.release()
-            if peer and source != _lib.SOURCE_PEER:
-                # Loaded from elsewhere (or nothing to load): still tell the
-                # producer we are done, so it frees now rather than at expiry.
+            if peer and notify:
+                # Loaded from elsewhere: still tell the producer we are done,
+                # so it frees now rather than at expiry.
                 try:
                     _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
-                              peer=peer, timeout_ms=self.s.fetch_timeout_ms)
+                              peer=peer, timeout_ms=self.s.fetch_timeout_ms, readers=readers)
                 except _lib.KvsError as e:
                     log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
 
@@ -301,11 +329,14 @@ class WorkerSide:
         peers = self._source_peers(spec)
         t0 = time.monotonic()
         leases = []  # (peer, lease)
+        readers = dict(peers)
+        peers = [peer for peer, _ in peers]
         try:
             for peer in peers:
                 leases.append((peer, _lib.lookup(self.ctx, self.pool.layout_id, spec.hashes,
                                                  spec.sources, peer=peer,
-                                                 timeout_ms=self.s.fetch_timeout_ms)))
+                                                 timeout_ms=self.s.fetch_timeout_ms,
+                                                 readers=readers[peer])))
             if spec.notify_only:
                 return []
             # Which leases to fetch from: each must add heads not yet covered
@@ -352,12 +383,13 @@ class WorkerSide:
             return bad
         finally:
             for peer, lease in leases:
-                source = lease.source
+                notify = self._notify_needed(spec, lease)
                 lease.release()
-                if source != _lib.SOURCE_PEER:
+                if notify:
                     try:
                         _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
-                                  peer=peer, timeout_ms=self.s.fetch_timeout_ms)
+                                  peer=peer, timeout_ms=self.s.fetch_timeout_ms,
+                                  readers=readers[peer])
                     except _lib.KvsError as e:
                         log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
 
@@ -388,11 +420,21 @@ class WorkerSide:
             if any(r.test() == _lib.KVS_INPROGRESS for r in snd.puts):
                 continue
             if snd.handoff is not None and now < snd.handoff.deadline:
-                if snd.last is None or self.pool.reads([snd.last])[0] <= snd.baseline:
+                # Every consumer rank reading this rank must have read: each
+                # announces how many do (decode TP > prefill TP: several),
+                # an older consumer nothing (one).
+                if snd.last is None:
+                    continue
+                reads, expected = self.pool.readers([snd.last])
+                if reads[0] - snd.baseline < max(1, expected[0]):
                     continue
             elif snd.handoff is not None:
-                log.warning("kvshare_vllm: %s: no consumer read its KV before the lease "
-                            "ended; freeing it", req_id)
+                reads, expected = self.pool.readers([snd.last]) if snd.last is not None \
+                    else ([snd.baseline], [0])
+                got = reads[0] - snd.baseline
+                log.warning("kvshare_vllm: %s: %s before the lease ended; freeing it", req_id,
+                            "no consumer read its KV" if got <= 0 else
+                            f"{got} of {max(1, expected[0])} consumer ranks read its KV")
             self._drain_saves()
             for r in snd.puts:
                 st = r.test()

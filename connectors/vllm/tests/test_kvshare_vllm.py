@@ -18,7 +18,7 @@ except ImportError:  # Debian's python3-torch; the suite installs it
     print("SKIP: torch is not importable by", sys.executable)
     sys.exit(77)
 
-from kvshare_vllm import _config, _layout, _lib
+from kvshare_vllm import _config, _layout, _lib, _worker
 
 NB, BS, H, D = 6, 4, 2, 8
 
@@ -134,6 +134,36 @@ class View(unittest.TestCase):
             self.args(1, 0, 2, total=3)
         mla = _layout.layout_args("m", dict(self.INFO, mla=True), 16, 1, 4, total_kv_heads=128)
         self.assertEqual(mla["total_kv_heads"], 1, "MLA: one latent on every rank")
+
+
+class Readers(unittest.TestCase):
+    """How many consumer ranks read each producer rank (the count each of
+    them announces with its RELEASE, so the producer frees after the last):
+    the inverse of layout_source_ranks, with values worked out by hand."""
+
+    INFO, args = View.INFO, View.args
+
+    def counts(self, total, ptp, dtp):
+        w = object.__new__(_worker.WorkerSide)
+        w.tp_size, w._readers = dtp, {}
+        w._layout_args = self.args(max(1, total // dtp), 0, dtp, total=total)
+        return {r: w._readers_of(ptp, r) for r in range(ptp)}
+
+    def test_each_producer_rank_counts_its_readers(self):
+        cases = [  # (KV heads, prefill TP, decode TP) -> readers per prefill rank
+            ((4, 1, 2), {0: 2}),                     # both D ranks read P's one rank
+            ((4, 2, 4), {0: 2, 1: 2}),
+            ((4, 2, 1), {0: 1, 1: 1}),               # one D rank reads both
+            ((4, 4, 2), {0: 1, 1: 1, 2: 1, 3: 1}),
+            ((4, 2, 2), {0: 1, 1: 1}),
+            ((2, 1, 4), {0: 4}),                     # D replicates each head twice
+            ((2, 2, 4), {0: 2, 1: 2}),
+            ((1, 1, 2), {0: 2}),                     # vllm_tp1to2rep
+            ((2, 4, 1), {0: 1, 1: 0, 2: 1, 3: 0}),   # P replicates: one replica read
+        ]
+        for (total, ptp, dtp), want in cases:
+            with self.subTest(heads=total, prefill_tp=ptp, decode_tp=dtp):
+                self.assertEqual(self.counts(total, ptp, dtp), want)
 
 
 def vconf(algo="sha256_cbor", role="kv_both", extra=None):

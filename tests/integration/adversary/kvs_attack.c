@@ -551,7 +551,7 @@ static int client(const char *addr, const char *attack, const char *model, uint3
          * node's receive of it can never complete. */
         /* First finish wiring the endpoint up (a harmless RELEASE), so the
          * next send goes out at once. */
-        kvs__enc_release(&b, 8, s.id, 12345);
+        kvs__enc_release(&b, 8, s.id, 12345, 0);
         ux_send_msg(&u, ep, &b);
         size_t n = 65536;
         kvs_key_t *keys = malloc(n * sizeof(*keys));
