@@ -273,6 +273,9 @@ struct kvs__peer {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool thread_mode;
+    uint64_t poll_ns;      /* KVSHARE_POLL_US: the polling window (see poll_window) */
+    uint64_t last_work_ns; /* when the progress thread last found something to do */
+    unsigned pollers;      /* callers polling for a reply (wait_idle) */
     pthread_t thread;
     bool thread_started, thread_running, stopping;
     int wakefd;
@@ -2166,6 +2169,29 @@ static void boot_deadlines(kvs__peer_t *pp)
     }
 }
 
+/* Issue 15: on the same-host path a LOOKUP round trip is three hand-offs
+ * (the holder's progress thread, the reader's, the reader's app thread), and
+ * each sleeping thread's wake-up cost more than the holder's work (measured
+ * with per-hop timestamps: 10-15 us of work against 80-300 us of
+ * wake-ups on a loaded 2-core VM). So a thread that has just seen traffic,
+ * or waits for a reply it has just asked for, polls for KVSHARE_POLL_US
+ * (default 100 us, at most 1 ms, 0: off) before it sleeps. The window is
+ * counted from the last work, never renewed by polling itself, so an idle
+ * engine sleeps: each message costs at most one window of CPU. Returns when
+ * the window opened at @since_ns closes (0: closed already). */
+static uint64_t poll_window(const kvs__peer_t *pp, uint64_t since_ns)
+{
+    return pp->poll_ns > 0 && since_ns > 0 ? since_ns + pp->poll_ns : 0;
+}
+
+/* A round of a polling loop gives the core away: on an idle host
+ * sched_yield returns at once, on a busy one the thread we are waiting for
+ * (the holder, our progress thread) may be the one queued behind us. */
+static void cpu_relax(void)
+{
+    sched_yield();
+}
+
 /* Polls the bootstrap sockets (listener and every connection's) for at
  * most @timeout_ms, with the lock released while waiting, and handles what
  * is ready. The transport's event fd and the wake fd are polled too. */
@@ -2213,9 +2239,18 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
             c->refs++; /* it may fail while we wait unlocked */
         }
     }
+    /* The progress thread, a moment after it had work: poll without
+     * sleeping until the window since that work closes (see poll_window),
+     * unless a caller is polling the worker already. */
+    uint64_t until =
+        timeout_ms > 0 && pp->pollers == 0 ? poll_window(pp, pp->last_work_ns) : 0;
     if (timeout_ms > 0)
         unlock(pp);
-    int r = poll(fds, (nfds_t)n, timeout_ms);
+    int r = 0;
+    while (now_ns() < until && (r = poll(fds, (nfds_t)n, 0)) == 0)
+        cpu_relax();
+    if (r == 0)
+        r = poll(fds, (nfds_t)n, timeout_ms);
     if (timeout_ms > 0)
         lock(pp);
     int done = 0;
@@ -2293,6 +2328,8 @@ static int progress_locked(kvs__peer_t *pp)
     return n;
 }
 
+static void cond_sleep(kvs__peer_t *pp, uint64_t until_ns);
+
 static void *progress_thread(void *arg)
 {
     kvs__peer_t *pp = arg;
@@ -2301,7 +2338,15 @@ static void *progress_thread(void *arg)
     pp->thread_running = true; /* kvs__peer_create waits for this */
     pthread_cond_broadcast(&pp->cond);
     while (!pp->stopping) {
-        progress_locked(pp);
+        if (pp->pollers > 0) {
+            /* A caller is polling for its reply (wait_idle): let it take
+             * the reply itself rather than hand it over with a wake-up. We
+             * are woken by its progress, and sleep one window at most. */
+            cond_sleep(pp, now_ns() + pp->poll_ns);
+            continue;
+        }
+        if (progress_locked(pp) > 0)
+            pp->last_work_ns = now_ns(); /* opens the polling window */
         if (!pp->ops->arm(pp->tl)) {
             /* Events pending: progress again, but let callers take the lock
              * in between, and stop spinning if it never settles (a dead
@@ -2344,10 +2389,33 @@ static void cond_sleep(kvs__peer_t *pp, uint64_t until_ns)
     pthread_cond_timedwait(&pp->cond, &pp->lock, &ts);
 }
 
+/* One idle round of a caller waiting in thread mode (lock held): inside
+ * the polling window (poll_window) it lets go of the lock for a moment and
+ * comes back to drive progress itself, so a reply that arrives is taken by
+ * this thread with no wake-up; after the window it sleeps on the condition
+ * variable, woken by the progress thread. */
+static void wait_idle(kvs__peer_t *pp, uint64_t t, uint64_t poll_until, uint64_t deadline_ns)
+{
+    if (t < poll_until) {
+        /* While a caller polls, the progress thread does not: one thread
+         * spinning on a worker is enough, and on a small host two would
+         * take the cores from the peer we wait for. */
+        pp->pollers++;
+        unlock(pp);
+        cpu_relax();
+        lock(pp);
+        pp->pollers--;
+        return;
+    }
+    cond_sleep(pp, deadline_ns - t > 1000000u ? t + 1000000u : deadline_ns);
+}
+
 /* Waits (lock held) until *flag or the deadline. The waiter drives
- * progress itself while there is work; it sleeps only when nothing moves. */
+ * progress itself while there is work; it sleeps only when nothing moves
+ * for the polling window. */
 static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
 {
+    uint64_t poll_until = poll_window(pp, now_ns());
     while (!*flag) {
         uint64_t t = now_ns();
         if (t >= deadline_ns)
@@ -2355,7 +2423,7 @@ static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
         if (progress_locked(pp) > 0 || *flag)
             continue;
         if (pp->thread_mode)
-            cond_sleep(pp, deadline_ns - t > 1000000u ? t + 1000000u : deadline_ns);
+            wait_idle(pp, t, poll_until, deadline_ns);
         else
             boot_poll(pp, 0);
     }
@@ -3392,6 +3460,7 @@ kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
     uint64_t deadline =
         timeout_ms < 0 ? r->deadline_ns + 1000000000u : now_ns() + (uint64_t)timeout_ms * 1000000u;
     lock(pp);
+    uint64_t poll_until = poll_window(pp, now_ns());
     while (!req_settled(r)) {
         uint64_t t = now_ns();
         if (t >= deadline)
@@ -3399,7 +3468,7 @@ kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
         if (progress_locked(pp) > 0 || req_settled(r))
             continue;
         if (pp->thread_mode)
-            cond_sleep(pp, deadline - t > 1000000u ? t + 1000000u : deadline);
+            wait_idle(pp, t, poll_until, deadline);
     }
     kvs_status_t st = req_settled(r) ? r->status : KVS_INPROGRESS;
     unlock(pp);
@@ -3847,6 +3916,7 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     pp->wakefd = pp->lfd = -1;
     pp->inbox_tail = &pp->inbox;
     pp->thread_mode = cfg->progress == KVS_PROGRESS_THREAD;
+    pp->poll_ns = (uint64_t)cfg->poll_us * 1000u;
     pp->ev = (kvs__tl_events_t){.arg = pp, .on_am = on_am, .on_ep_error = on_ep_error};
     /* Recursive: serving a PUT may create the arena, whose registration
      * comes back into the peer plane (kvs__peer_mem_reg) on this thread. */
