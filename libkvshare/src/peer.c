@@ -323,33 +323,6 @@ static uint64_t now_ns(void)
     return kvs__now_ns();
 }
 
-/* TEMPORARY lookup trace (issue 15 measurement): KVS_LTRACE=path appends
- * "pid tid event rid ns" lines. */
-#include <sys/syscall.h>
-static FILE *ltrace_f;
-static pthread_once_t ltrace_once = PTHREAD_ONCE_INIT;
-static void ltrace_open(void)
-{
-    const char *p = getenv("KVS_LTRACE");
-    char path[512];
-    snprintf(path, sizeof(path), "%s.%d", p ? p : "", (int)getpid());
-    if (p != NULL)
-        ltrace_f = fopen(path, "w");
-}
-static void ltrace(const char *ev, uint64_t rid)
-{
-    pthread_once(&ltrace_once, ltrace_open);
-    if (ltrace_f == NULL)
-        return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    fprintf(ltrace_f, "%d %ld %s %llu %llu\n", (int)getpid(), (long)syscall(SYS_gettid), ev,
-            (unsigned long long)rid,
-            (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec);
-    if ((ev[0] == 'R' && ev[1] == '4') || (ev[0] == 'H' && ev[2] == 'b'))
-        fflush(ltrace_f);
-}
-
 static void lock(kvs__peer_t *pp)
 {
     pthread_mutex_lock(&pp->lock);
@@ -958,10 +931,6 @@ static void on_am(void *arg, const void *hdr, size_t hlen, void *data, size_t le
             data_to_client(pp, c, &m, data, len, rndv);
         return;
     }
-    if (h.type == KVS_MSG_LOOKUP)
-        ltrace("H1_am", h.req_id);
-    if (h.type == KVS_MSG_LOOKUP_REPLY)
-        ltrace("R3_am", h.req_id);
     if (hlen != KVS_PROTO_HDR_LEN || len != h.body_len) {
         conn_doom(c, KVS_ERR_PROTOCOL, "message body of %zu bytes, header says %u", len,
                   h.body_len);
@@ -1093,9 +1062,7 @@ static void srv_lookup(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     }
     kvs_lease_release(lease);
     kvs__free(keys);
-    ltrace("H2a_send", rid);
     send_buf(c, &b);
-    ltrace("H2b_sent", rid);
     return;
 fail:
     kvs_lease_release(lease);
@@ -1739,7 +1706,6 @@ static void deliver_reply(kvs__peer_t *pp, conn_t *c, inmsg_t *in, const kvs__ms
             w->len = in->len;
             in->buf = NULL;
             w->done = true;
-            ltrace("R3b_deliver", w->req_id);
             pthread_cond_broadcast(&pp->cond);
             return;
         }
@@ -1890,7 +1856,6 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
     if (c->server) {
         switch ((kvs__msg_type_t)m.hdr.type) {
         case KVS_MSG_LOOKUP:
-            ltrace("H1b_handle", m.hdr.req_id);
             srv_lookup(pp, c, &m);
             return;
         case KVS_MSG_RELEASE:
@@ -2286,8 +2251,6 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
         cpu_relax();
     if (r == 0)
         r = poll(fds, (nfds_t)n, timeout_ms);
-    if (timeout_ms > 0 && r > 0)
-        ltrace("P_pollret", 0);
     if (timeout_ms > 0)
         lock(pp);
     int done = 0;
@@ -3002,9 +2965,7 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
     kvs__buf_init(&b);
     uint64_t rid = ++c->next_req_id;
     kvs__enc_lookup(&b, rid, c->session, layout_id, lease_ms, keys, n);
-    ltrace("R0_send", rid);
     st = request(pp, c, &b, rid, deadline, &w, &m);
-    ltrace("R4_woke", rid);
     if (st != KVS_OK)
         goto out;
     if (m.hdr.type != KVS_MSG_LOOKUP_REPLY || m.u.lookup_reply.hits > n) {
