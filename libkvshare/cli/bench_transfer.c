@@ -259,6 +259,8 @@ static int serve(const xopts_t *o)
 typedef struct phases {
     double lookup, fetch, wait, release;
     uint64_t batches;
+    double *lookups; /* each measured lookup, for lookup_p50_us: a mean is its tail */
+    size_t nlookups;
 } phases_t;
 
 /* Batch @b's lookup (keys b * batch ...); *n_p gets its key count. */
@@ -402,6 +404,8 @@ static kvs_status_t fetch_pass(kvs_ctx_h ctx, const xopts_t *o, const char *addr
                 st = lookup_batch(ctx, o, addr, pool, keys, b, &lease);
                 double t1 = kvs_cli_now();
                 ph->lookup += (t1 - b0) * 1e6;
+                if (ph->lookups != NULL)
+                    ph->lookups[ph->nlookups++] = (t1 - b0) * 1e6;
                 if (st == KVS_OK)
                     st = kvs_fetch(lease, pool, dst + b * o->batch, kvs_lease_hits(lease), NULL,
                                    &req);
@@ -445,6 +449,8 @@ static kvs_status_t fetch_pass(kvs_ctx_h ctx, const xopts_t *o, const char *addr
         st = a.st[b % 2];
         double b0 = a.b0[b % 2];
         ph->lookup += a.secs[b % 2] * 1e6;
+        if (ph->lookups != NULL)
+            ph->lookups[ph->nlookups++] = a.secs[b % 2] * 1e6;
         a.taken = b + 1;
         pthread_cond_broadcast(&a.cv);
         pthread_mutex_unlock(&a.mu);
@@ -773,12 +779,13 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     uint32_t *dst = block_ids(o.blocks, o.seed + 2, o.contiguous);
     uint64_t nbatches = (o.blocks + o.batch - 1) / o.batch;
     double *lat = calloc(nbatches * o.repeats, sizeof(double));
+    double *lookups = calloc(nbatches * o.repeats, sizeof(double));
     double *rep = calloc(o.repeats, sizeof(double));
     double *wrep = calloc(o.repeats, sizeof(double));
     const kvs_layout_t lay = bench_layout(&o, "kvshare-bench", o.decode_tp),
                        wlay = bench_layout(&o, WHOLE_MODEL, whole_tp(&o));
     if (ctx == NULL || keys == NULL || (tp && wkeys == NULL) || dst == NULL || lat == NULL ||
-        rep == NULL || wrep == NULL ||
+        lookups == NULL || rep == NULL || wrep == NULL ||
         make_pool(ctx, &o, &lay, o.side_bytes, &mem, &pool) != KVS_OK ||
         (tp && make_pool(ctx, &o, &wlay, moved, &wmem, &wpool) != KVS_OK))
         goto out;
@@ -788,7 +795,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             wkeys[i] = key_of(whole_seed(&o), i);
     }
     size_t nlat = 0;
-    phases_t ph = {0};
+    phases_t ph = {.lookups = lookups};
     kvs_status_t st = KVS_OK;
     /* Bytes each kind of pass read from mapped memory (with TP the sliced
      * and the whole passes can take different paths). */
@@ -908,6 +915,10 @@ int kvs_cli_bench_transfer(int argc, char **argv)
          * --inflight 2 or --lookup-thread lookup_us overlaps the others. */
         double per_b = ph.batches > 0 ? (double)ph.batches : 1;
         kvs_cli_json_num(j, "lookup_us", ph.lookup / per_b, 1);
+        if (ph.nlookups > 0) {
+            kvs_cli_sort(ph.lookups, ph.nlookups);
+            kvs_cli_json_num(j, "lookup_p50_us", ph.lookups[ph.nlookups / 2], 1);
+        }
         kvs_cli_json_num(j, "fetch_us", ph.fetch / per_b, 1);
         kvs_cli_json_num(j, "wait_us", ph.wait / per_b, 1);
         kvs_cli_json_num(j, "release_us", ph.release / per_b, 1);
@@ -961,6 +972,7 @@ out:
     free(wkeys);
     free(dst);
     free(lat);
+    free(lookups);
     free(rep);
     free(wrep);
     return rc;
