@@ -58,10 +58,10 @@ static void usage(FILE *f)
         "the next batch is looked up while the last one lands; on the mapped path the copy\n"
         "runs inside kvs_fetch, so nothing overlaps: --lookup-thread looks each next batch\n"
         "up on a second thread while this one fetches, two leases at most). Where a batch's\n"
-        "time went (lookup, kvs_fetch, wait, release) is printed too. Printed beside it, from the\n"
-        "same run: one core's memcpy of the same blocks (the limit of a shared-memory path),\n"
-        "and ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw\n"
-        "on tcp).\n"
+        "time went (lookup, kvs_fetch, wait, release: means; and the median lookup) is printed\n"
+        "too. Printed beside it, from the same run: one core's memcpy of the same blocks\n"
+        "(the limit of a shared-memory path), and ucx_perftest at the same size and UCX_TLS\n"
+        "(ucp_get on shared memory, ucp_am_bw on tcp).\n"
         "--path memfd needs the same-host path (this process maps the server's memfds and\n"
         "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
@@ -835,6 +835,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     double gbps = bytes_total / kvs_cli_median(rep, (int)o.repeats) / 1e9;
     double wgbps = tp ? bytes_total / kvs_cli_median(wrep, (int)o.repeats) / 1e9 : 0;
     kvs_cli_sort(lat, nlat);
+    kvs_cli_sort(ph.lookups, ph.nlookups);
+    double lookup_p50 = ph.nlookups > 0 ? ph.lookups[ph.nlookups / 2] : 0;
     double p50 = lat[(size_t)((double)(nlat - 1) * 0.5)],
            p99 = lat[(size_t)((double)(nlat - 1) * 0.99)]; /* the same rank rule: p50 <= p99 */
 
@@ -915,10 +917,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
          * --inflight 2 or --lookup-thread lookup_us overlaps the others. */
         double per_b = ph.batches > 0 ? (double)ph.batches : 1;
         kvs_cli_json_num(j, "lookup_us", ph.lookup / per_b, 1);
-        if (ph.nlookups > 0) {
-            kvs_cli_sort(ph.lookups, ph.nlookups);
-            kvs_cli_json_num(j, "lookup_p50_us", ph.lookups[ph.nlookups / 2], 1);
-        }
+        kvs_cli_json_num(j, "lookup_p50_us", lookup_p50, 1);
         kvs_cli_json_num(j, "fetch_us", ph.fetch / per_b, 1);
         kvs_cli_json_num(j, "wait_us", ph.wait / per_b, 1);
         kvs_cli_json_num(j, "release_us", ph.release / per_b, 1);
@@ -943,9 +942,10 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
             gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0);
         double per_b = ph.batches > 0 ? (double)ph.batches : 1;
-        printf("  per batch            lookup %.0f us, kvs_fetch %.0f us, wait %.0f us, release "
-               "%.0f us\n",
-               ph.lookup / per_b, ph.fetch / per_b, ph.wait / per_b, ph.release / per_b);
+        printf("  per batch            lookup %.0f us (median %.0f), kvs_fetch %.0f us, wait %.0f "
+               "us, release %.0f us\n",
+               ph.lookup / per_b, lookup_p50, ph.fetch / per_b, ph.wait / per_b,
+               ph.release / per_b);
         if (tp)
             printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s, path %s)\n",
                    wgbps, wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",

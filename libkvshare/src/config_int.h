@@ -17,7 +17,7 @@ typedef enum kvs__auth_mode {
  * woken costs more than a same-host round trip, so a reply expected within
  * this window is polled for; the cap keeps an idle engine from spinning. */
 #define KVS__POLL_US_DEFAULT 100
-#define KVS__POLL_US_MAX 1000
+#define KVS__POLL_US_MAX     1000
 
 typedef struct kvs__config {
     kvs_log_level_t log_level;

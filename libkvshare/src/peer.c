@@ -2242,8 +2242,7 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
     /* The progress thread, a moment after it had work: poll without
      * sleeping until the window since that work closes (see poll_window),
      * unless a caller is polling the worker already. */
-    uint64_t until =
-        timeout_ms > 0 && pp->pollers == 0 ? poll_window(pp, pp->last_work_ns) : 0;
+    uint64_t until = timeout_ms > 0 && pp->pollers == 0 ? poll_window(pp, pp->last_work_ns) : 0;
     if (timeout_ms > 0)
         unlock(pp);
     int r = 0;
