@@ -2333,17 +2333,22 @@ static void *progress_thread(void *arg)
 {
     kvs__peer_t *pp = arg;
     unsigned busy = 0;
+    bool stood_aside = false;
     lock(pp);
     pp->thread_running = true; /* kvs__peer_create waits for this */
     pthread_cond_broadcast(&pp->cond);
     while (!pp->stopping) {
-        if (pp->pollers > 0) {
+        if (pp->pollers > 0 && !stood_aside) {
             /* A caller is polling for its reply (wait_idle): let it take
              * the reply itself rather than hand it over with a wake-up. We
-             * are woken by its progress, and sleep one window at most. */
+             * are woken by its progress, and sleep one window at most;
+             * then one full round, so callers that poll back to back do
+             * not starve the bootstrap sockets only this thread polls. */
+            stood_aside = true;
             cond_sleep(pp, now_ns() + pp->poll_ns);
             continue;
         }
+        stood_aside = false;
         if (progress_locked(pp) > 0)
             pp->last_work_ns = now_ns(); /* opens the polling window */
         if (!pp->ops->arm(pp->tl)) {
