@@ -262,6 +262,12 @@ typedef struct inmsg {
     struct inmsg *next;
 } inmsg_t;
 
+/* Whether polling has been paying off (poll_try / poll_learn). */
+typedef struct poll_odds {
+    unsigned score; /* moving average of hits, 0-256 */
+    unsigned skipped;
+} poll_odds_t;
+
 struct kvs__peer {
     struct kvs_ctx *ctx;
     const kvs__logger_t *log;
@@ -276,6 +282,8 @@ struct kvs__peer {
     uint64_t poll_ns;      /* KVSHARE_POLL_US: the polling window (see poll_window) */
     uint64_t last_work_ns; /* when the progress thread last found something to do */
     unsigned pollers;      /* callers polling for a reply (wait_idle) */
+    poll_odds_t wait_odds; /* did callers' windows catch their replies (lock held) */
+    poll_odds_t spin_odds; /* did the progress thread's windows catch work (its own) */
     pthread_t thread;
     bool thread_started, thread_running, stopping;
     int wakefd;
@@ -2184,6 +2192,24 @@ static uint64_t poll_window(const kvs__peer_t *pp, uint64_t since_ns)
     return pp->poll_ns > 0 && since_ns > 0 ? since_ns + pp->poll_ns : 0;
 }
 
+/* Polling pays only when what we wait for comes within the window. On an
+ * oversubscribed host it often does not (A/B on the 2-core VM at load 5-9:
+ * a thread that polls and is preempted waits behind the others for a whole
+ * slice, where a sleeper would be woken ahead of them, and the mean lookup
+ * got worse). So each kind of window keeps the odds that it caught its
+ * event (a moving average over about 8 windows) and is opened only while
+ * they are even or better, and on every 16th chance otherwise, to notice
+ * the host has become quiet. */
+static bool poll_try(poll_odds_t *o)
+{
+    return o->score >= 128 || ++o->skipped % 16 == 0;
+}
+
+static void poll_learn(poll_odds_t *o, bool hit)
+{
+    o->score = (o->score * 7 + (hit ? 256u : 0u)) / 8;
+}
+
 /* A round of a polling loop gives the core away: on an idle host
  * sched_yield returns at once, on a busy one the thread we are waiting for
  * (the holder, our progress thread) may be the one queued behind us. */
@@ -2243,11 +2269,14 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
      * sleeping until the window since that work closes (see poll_window),
      * unless a caller is polling the worker already. */
     uint64_t until = timeout_ms > 0 && pp->pollers == 0 ? poll_window(pp, pp->last_work_ns) : 0;
+    bool spin = until > now_ns() && poll_try(&pp->spin_odds);
     if (timeout_ms > 0)
         unlock(pp);
     int r = 0;
-    while (now_ns() < until && (r = poll(fds, (nfds_t)n, 0)) == 0)
+    while (spin && now_ns() < until && (r = poll(fds, (nfds_t)n, 0)) == 0)
         cpu_relax();
+    if (spin)
+        poll_learn(&pp->spin_odds, r > 0); /* only this thread: no lock needed */
     if (r == 0)
         r = poll(fds, (nfds_t)n, timeout_ms);
     if (timeout_ms > 0)
@@ -2419,11 +2448,12 @@ static void wait_idle(kvs__peer_t *pp, uint64_t t, uint64_t poll_until, uint64_t
  * for the polling window. */
 static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
 {
-    uint64_t poll_until = poll_window(pp, now_ns());
+    bool polls = pp->thread_mode && pp->poll_ns > 0 && poll_try(&pp->wait_odds);
+    uint64_t poll_until = polls ? poll_window(pp, now_ns()) : 0;
     while (!*flag) {
         uint64_t t = now_ns();
         if (t >= deadline_ns)
-            return false;
+            break;
         if (progress_locked(pp) > 0 || *flag)
             continue;
         if (pp->thread_mode)
@@ -2431,7 +2461,9 @@ static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
         else
             boot_poll(pp, 0);
     }
-    return true;
+    if (polls)
+        poll_learn(&pp->wait_odds, *flag && now_ns() <= poll_until);
+    return *flag;
 }
 
 static waiter_t *waiter_add(kvs__peer_t *pp, conn_t *c, uint64_t req_id)
@@ -3464,7 +3496,8 @@ kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
     uint64_t deadline =
         timeout_ms < 0 ? r->deadline_ns + 1000000000u : now_ns() + (uint64_t)timeout_ms * 1000000u;
     lock(pp);
-    uint64_t poll_until = poll_window(pp, now_ns());
+    bool polls = pp->thread_mode && pp->poll_ns > 0 && poll_try(&pp->wait_odds);
+    uint64_t poll_until = polls ? poll_window(pp, now_ns()) : 0;
     while (!req_settled(r)) {
         uint64_t t = now_ns();
         if (t >= deadline)
@@ -3474,6 +3507,8 @@ kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
         if (pp->thread_mode)
             wait_idle(pp, t, poll_until, deadline);
     }
+    if (polls)
+        poll_learn(&pp->wait_odds, req_settled(r) && now_ns() <= poll_until);
     kvs_status_t st = req_settled(r) ? r->status : KVS_INPROGRESS;
     unlock(pp);
     return st;
@@ -3921,6 +3956,7 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     pp->inbox_tail = &pp->inbox;
     pp->thread_mode = cfg->progress == KVS_PROGRESS_THREAD;
     pp->poll_ns = (uint64_t)cfg->poll_us * 1000u;
+    pp->wait_odds.score = pp->spin_odds.score = 256; /* poll until it proves useless */
     pp->ev = (kvs__tl_events_t){.arg = pp, .on_am = on_am, .on_ep_error = on_ep_error};
     /* Recursive: serving a PUT may create the arena, whose registration
      * comes back into the peer plane (kvs__peer_mem_reg) on this thread. */
