@@ -279,7 +279,8 @@ struct kvs__peer {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool thread_mode;
-    uint64_t poll_ns;      /* KVSHARE_POLL_US: the polling window (see poll_window) */
+    uint64_t poll_ns;      /* KVSHARE_POLL_US: callers' polling window (see poll_window) */
+    uint64_t tpoll_ns;     /* KVSHARE_THREAD_POLL_US: the progress thread's */
     uint64_t last_work_ns; /* when the progress thread last found something to do */
     unsigned pollers;      /* callers polling for a reply (wait_idle) */
     poll_odds_t wait_odds; /* did callers' windows catch their replies (lock held) */
@@ -2268,7 +2269,9 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
     /* The progress thread, a moment after it had work: poll without
      * sleeping until the window since that work closes (see poll_window),
      * unless a caller is polling the worker already. */
-    uint64_t until = timeout_ms > 0 && pp->pollers == 0 ? poll_window(pp, pp->last_work_ns) : 0;
+    uint64_t until = timeout_ms > 0 && pp->pollers == 0 && pp->tpoll_ns > 0 && pp->last_work_ns > 0
+                         ? pp->last_work_ns + pp->tpoll_ns
+                         : 0;
     bool spin = until > now_ns() && poll_try(&pp->spin_odds);
     if (timeout_ms > 0)
         unlock(pp);
@@ -3956,6 +3959,7 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     pp->inbox_tail = &pp->inbox;
     pp->thread_mode = cfg->progress == KVS_PROGRESS_THREAD;
     pp->poll_ns = (uint64_t)cfg->poll_us * 1000u;
+    pp->tpoll_ns = (uint64_t)cfg->thread_poll_us * 1000u;
     pp->wait_odds.score = pp->spin_odds.score = 256; /* poll until it proves useless */
     pp->ev = (kvs__tl_events_t){.arg = pp, .on_am = on_am, .on_ep_error = on_ep_error};
     /* Recursive: serving a PUT may create the arena, whose registration

@@ -804,7 +804,8 @@ static void poll_cfg_remove(void)
         unlink(poll_cfg);
 }
 
-/* Makes every context of this test poll for @us microseconds. */
+/* Makes every context of this test poll for @us microseconds (callers and
+ * progress threads). */
 static void set_poll_us(unsigned us)
 {
     poll_cfg_remove();
@@ -812,8 +813,8 @@ static void set_poll_us(unsigned us)
     int fd = mkstemp(poll_cfg);
     cr_assert(fd >= 0);
     atexit(poll_cfg_remove);
-    char text[64];
-    int len = snprintf(text, sizeof(text), "{\"poll_us\": %u}", us);
+    char text[96];
+    int len = snprintf(text, sizeof(text), "{\"poll_us\": %u, \"thread_poll_us\": %u}", us, us);
     cr_assert_eq(write(fd, text, (size_t)len), (ssize_t)len);
     close(fd);
     cfg_file = poll_cfg;
