@@ -2179,15 +2179,17 @@ static void boot_deadlines(kvs__peer_t *pp)
 }
 
 /* Issue 15: on the same-host path a LOOKUP round trip is three hand-offs
- * (the holder's progress thread, the reader's, the reader's app thread), and
- * each sleeping thread's wake-up cost more than the holder's work (measured
- * with per-hop timestamps: 10-15 us of work against 80-300 us of
- * wake-ups on a loaded 2-core VM). So a thread that has just seen traffic,
- * or waits for a reply it has just asked for, polls for KVSHARE_POLL_US
- * (default 100 us, at most 1 ms, 0: off) before it sleeps. The window is
- * counted from the last work, never renewed by polling itself, so an idle
- * engine sleeps: each message costs at most one window of CPU. Returns when
- * the window opened at @since_ns closes (0: closed already). */
+ * between sleeping threads (the holder's progress thread, the reader's, the
+ * reader's app thread). Per-hop timestamps on the 2-core VM showed the
+ * wake-ups, not the holder's work, as most of it; the last hop (the reader's
+ * progress thread has the reply, the app thread wakes for it) went from
+ * 15-85 us to about 3 us once the caller polled. So a caller waiting for a
+ * reply polls for KVSHARE_POLL_US (default 100 us, at most 1 ms, 0: off)
+ * before it sleeps, and a progress thread that has just had work for
+ * KVSHARE_THREAD_POLL_US (default off). A window is counted from the request
+ * or the last work, never renewed by polling itself, so an idle engine
+ * sleeps: each message costs at most one window of CPU. Returns when the
+ * window opened at @since_ns closes (0: closed already). */
 static uint64_t poll_window(const kvs__peer_t *pp, uint64_t since_ns)
 {
     return pp->poll_ns > 0 && since_ns > 0 ? since_ns + pp->poll_ns : 0;
@@ -2267,8 +2269,8 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
         }
     }
     /* The progress thread, a moment after it had work: poll without
-     * sleeping until the window since that work closes (see poll_window),
-     * unless a caller is polling the worker already. */
+     * sleeping until KVSHARE_THREAD_POLL_US since that work have passed
+     * (see poll_window), unless a caller is polling the worker already. */
     uint64_t until = timeout_ms > 0 && pp->pollers == 0 && pp->tpoll_ns > 0 && pp->last_work_ns > 0
                          ? pp->last_work_ns + pp->tpoll_ns
                          : 0;
