@@ -58,10 +58,10 @@ static void usage(FILE *f)
         "the next batch is looked up while the last one lands; on the mapped path the copy\n"
         "runs inside kvs_fetch, so nothing overlaps: --lookup-thread looks each next batch\n"
         "up on a second thread while this one fetches, two leases at most). Where a batch's\n"
-        "time went (lookup, kvs_fetch, wait, release) is printed too. Printed beside it, from the\n"
-        "same run: one core's memcpy of the same blocks (the limit of a shared-memory path),\n"
-        "and ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw\n"
-        "on tcp).\n"
+        "time went (lookup, kvs_fetch, wait, release: means; and the median lookup) is printed\n"
+        "too. Printed beside it, from the same run: one core's memcpy of the same blocks\n"
+        "(the limit of a shared-memory path), and ucx_perftest at the same size and UCX_TLS\n"
+        "(ucp_get on shared memory, ucp_am_bw on tcp).\n"
         "--path memfd needs the same-host path (this process maps the server's memfds and\n"
         "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
@@ -259,6 +259,8 @@ static int serve(const xopts_t *o)
 typedef struct phases {
     double lookup, fetch, wait, release;
     uint64_t batches;
+    double *lookups; /* each measured lookup, for lookup_p50_us: a mean is its tail */
+    size_t nlookups;
 } phases_t;
 
 /* Batch @b's lookup (keys b * batch ...); *n_p gets its key count. */
@@ -402,6 +404,8 @@ static kvs_status_t fetch_pass(kvs_ctx_h ctx, const xopts_t *o, const char *addr
                 st = lookup_batch(ctx, o, addr, pool, keys, b, &lease);
                 double t1 = kvs_cli_now();
                 ph->lookup += (t1 - b0) * 1e6;
+                if (ph->lookups != NULL)
+                    ph->lookups[ph->nlookups++] = (t1 - b0) * 1e6;
                 if (st == KVS_OK)
                     st = kvs_fetch(lease, pool, dst + b * o->batch, kvs_lease_hits(lease), NULL,
                                    &req);
@@ -445,6 +449,8 @@ static kvs_status_t fetch_pass(kvs_ctx_h ctx, const xopts_t *o, const char *addr
         st = a.st[b % 2];
         double b0 = a.b0[b % 2];
         ph->lookup += a.secs[b % 2] * 1e6;
+        if (ph->lookups != NULL)
+            ph->lookups[ph->nlookups++] = a.secs[b % 2] * 1e6;
         a.taken = b + 1;
         pthread_cond_broadcast(&a.cv);
         pthread_mutex_unlock(&a.mu);
@@ -773,12 +779,13 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     uint32_t *dst = block_ids(o.blocks, o.seed + 2, o.contiguous);
     uint64_t nbatches = (o.blocks + o.batch - 1) / o.batch;
     double *lat = calloc(nbatches * o.repeats, sizeof(double));
+    double *lookups = calloc(nbatches * o.repeats, sizeof(double));
     double *rep = calloc(o.repeats, sizeof(double));
     double *wrep = calloc(o.repeats, sizeof(double));
     const kvs_layout_t lay = bench_layout(&o, "kvshare-bench", o.decode_tp),
                        wlay = bench_layout(&o, WHOLE_MODEL, whole_tp(&o));
     if (ctx == NULL || keys == NULL || (tp && wkeys == NULL) || dst == NULL || lat == NULL ||
-        rep == NULL || wrep == NULL ||
+        lookups == NULL || rep == NULL || wrep == NULL ||
         make_pool(ctx, &o, &lay, o.side_bytes, &mem, &pool) != KVS_OK ||
         (tp && make_pool(ctx, &o, &wlay, moved, &wmem, &wpool) != KVS_OK))
         goto out;
@@ -788,7 +795,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             wkeys[i] = key_of(whole_seed(&o), i);
     }
     size_t nlat = 0;
-    phases_t ph = {0};
+    phases_t ph = {.lookups = lookups};
     kvs_status_t st = KVS_OK;
     /* Bytes each kind of pass read from mapped memory (with TP the sliced
      * and the whole passes can take different paths). */
@@ -828,6 +835,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     double gbps = bytes_total / kvs_cli_median(rep, (int)o.repeats) / 1e9;
     double wgbps = tp ? bytes_total / kvs_cli_median(wrep, (int)o.repeats) / 1e9 : 0;
     kvs_cli_sort(lat, nlat);
+    kvs_cli_sort(ph.lookups, ph.nlookups);
+    double lookup_p50 = ph.nlookups > 0 ? ph.lookups[ph.nlookups / 2] : 0;
     double p50 = lat[(size_t)((double)(nlat - 1) * 0.5)],
            p99 = lat[(size_t)((double)(nlat - 1) * 0.99)]; /* the same rank rule: p50 <= p99 */
 
@@ -908,6 +917,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
          * --inflight 2 or --lookup-thread lookup_us overlaps the others. */
         double per_b = ph.batches > 0 ? (double)ph.batches : 1;
         kvs_cli_json_num(j, "lookup_us", ph.lookup / per_b, 1);
+        kvs_cli_json_num(j, "lookup_p50_us", lookup_p50, 1);
         kvs_cli_json_num(j, "fetch_us", ph.fetch / per_b, 1);
         kvs_cli_json_num(j, "wait_us", ph.wait / per_b, 1);
         kvs_cli_json_num(j, "release_us", ph.release / per_b, 1);
@@ -932,9 +942,10 @@ int kvs_cli_bench_transfer(int argc, char **argv)
             "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
             gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0);
         double per_b = ph.batches > 0 ? (double)ph.batches : 1;
-        printf("  per batch            lookup %.0f us, kvs_fetch %.0f us, wait %.0f us, release "
-               "%.0f us\n",
-               ph.lookup / per_b, ph.fetch / per_b, ph.wait / per_b, ph.release / per_b);
+        printf("  per batch            lookup %.0f us (median %.0f), kvs_fetch %.0f us, wait %.0f "
+               "us, release %.0f us\n",
+               ph.lookup / per_b, lookup_p50, ph.fetch / per_b, ph.wait / per_b,
+               ph.release / per_b);
         if (tp)
             printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s, path %s)\n",
                    wgbps, wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",
@@ -961,6 +972,7 @@ out:
     free(wkeys);
     free(dst);
     free(lat);
+    free(lookups);
     free(rep);
     free(wrep);
     return rc;

@@ -29,7 +29,11 @@
  *    the lease's deadline, whichever comes first.
  *  - Remote transfers progress either on a library-owned progress thread
  *    (KVSHARE_PROGRESS=thread, the default) or when the caller calls
- *    kvs_progress_ex()/kvs_request_wait() (KVSHARE_PROGRESS=poll).
+ *    kvs_progress_ex()/kvs_request_wait() (KVSHARE_PROGRESS=poll). With a
+ *    progress thread, a call waiting for a peer's reply (kvs_lookup, a
+ *    kvs_request_wait) may poll for up to KVSHARE_POLL_US (default 100 us)
+ *    before it sleeps, using its CPU for that long (only while such polling
+ *    has been catching replies).
  *
  * ABI: what has shipped is append-only. A function superseded by one with a
  * better contract (a kvs_status_t return, a params struct, an output length)

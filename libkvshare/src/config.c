@@ -130,6 +130,16 @@ static kvs_status_t p_lease_timeout(const char *s, kvs__config_t *c)
     return parse_u32(s, 1, 3600000, &c->lease_timeout_ms);
 }
 
+static kvs_status_t p_poll_us(const char *s, kvs__config_t *c)
+{
+    return parse_u32(s, 0, KVS__POLL_US_MAX, &c->poll_us);
+}
+
+static kvs_status_t p_thread_poll_us(const char *s, kvs__config_t *c)
+{
+    return parse_u32(s, 0, KVS__POLL_US_MAX, &c->thread_poll_us);
+}
+
 static kvs_status_t p_listen(const char *s, kvs__config_t *c)
 {
     /* HOST:PORT (util/endpoint.c; port 0 picks one); "" turns the listener off. */
@@ -207,6 +217,10 @@ static const setting_t settings[] = {
     {"low_watermark", "KVSHARE_LOW_WATERMARK", "a fraction in (0, 1], e.g. 0.8", p_low,
      KVS_CTX_FIELD_WATERMARKS},
     {"progress", "KVSHARE_PROGRESS", "thread or poll", p_progress, KVS_CTX_FIELD_PROGRESS},
+    {"poll_us", "KVSHARE_POLL_US", "microseconds, 0 to 1000 (0: a waiting thread sleeps at once)",
+     p_poll_us, 0},
+    {"thread_poll_us", "KVSHARE_THREAD_POLL_US",
+     "microseconds, 0 to 1000 (0: the progress thread sleeps at once)", p_thread_poll_us, 0},
     {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_fetch_timeout,
      KVS_CTX_FIELD_FETCH_TIMEOUT},
     {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout,
@@ -390,6 +404,8 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     cfg->high_watermark = 0.9;
     cfg->low_watermark = 0.8;
     cfg->progress = KVS_PROGRESS_THREAD;
+    cfg->poll_us = KVS__POLL_US_DEFAULT;
+    cfg->thread_poll_us = KVS__THREAD_POLL_US_DEFAULT;
     cfg->fetch_timeout_ms = 5000;
     cfg->lease_timeout_ms = 30000;
     strcpy(cfg->transport, "auto");

@@ -263,6 +263,12 @@ typedef struct inmsg {
     struct inmsg *next;
 } inmsg_t;
 
+/* Whether polling has been paying off (poll_try / poll_learn). */
+typedef struct poll_odds {
+    unsigned score; /* moving average of hits, 0-256 */
+    unsigned skipped;
+} poll_odds_t;
+
 struct kvs__peer {
     struct kvs_ctx *ctx;
     const kvs__logger_t *log;
@@ -274,6 +280,12 @@ struct kvs__peer {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool thread_mode;
+    uint64_t poll_ns;      /* KVSHARE_POLL_US: callers' polling window (see poll_window) */
+    uint64_t tpoll_ns;     /* KVSHARE_THREAD_POLL_US: the progress thread's */
+    uint64_t last_work_ns; /* when the progress thread last found something to do */
+    unsigned pollers;      /* callers polling for a reply (wait_idle) */
+    poll_odds_t wait_odds; /* did callers' windows catch their replies (lock held) */
+    poll_odds_t spin_odds; /* did the progress thread's windows catch work (its own) */
     pthread_t thread;
     bool thread_started, thread_running, stopping;
     int wakefd;
@@ -2168,6 +2180,49 @@ static void boot_deadlines(kvs__peer_t *pp)
     }
 }
 
+/* Issue 15: on the same-host path a LOOKUP round trip is three hand-offs
+ * between sleeping threads (the holder's progress thread, the reader's, the
+ * reader's app thread). Per-hop timestamps on the 2-core VM showed the
+ * wake-ups, not the holder's work, as most of it; the last hop (the reader's
+ * progress thread has the reply, the app thread wakes for it) went from
+ * 15-85 us to about 3 us once the caller polled. So a caller waiting for a
+ * reply polls for KVSHARE_POLL_US (default 100 us, at most 1 ms, 0: off)
+ * before it sleeps, and a progress thread that has just had work for
+ * KVSHARE_THREAD_POLL_US (default off). A window is counted from the request
+ * or the last work, never renewed by polling itself, so an idle engine
+ * sleeps: each message costs at most one window of CPU. Returns when the
+ * window opened at @since_ns closes (0: closed already). */
+static uint64_t poll_window(const kvs__peer_t *pp, uint64_t since_ns)
+{
+    return pp->poll_ns > 0 && since_ns > 0 ? since_ns + pp->poll_ns : 0;
+}
+
+/* Polling pays only when what we wait for comes within the window. On an
+ * oversubscribed host it often does not (A/B on the 2-core VM at load 5-9:
+ * a thread that polls and is preempted waits behind the others for a whole
+ * slice, where a sleeper would be woken ahead of them, and the mean lookup
+ * got worse). So each kind of window keeps the odds that it caught its
+ * event (a moving average over about 8 windows) and is opened only while
+ * they are even or better, and on every 16th chance otherwise, to notice
+ * the host has become quiet. */
+static bool poll_try(poll_odds_t *o)
+{
+    return o->score >= 128 || ++o->skipped % 16 == 0;
+}
+
+static void poll_learn(poll_odds_t *o, bool hit)
+{
+    o->score = (o->score * 7 + (hit ? 256u : 0u)) / 8;
+}
+
+/* A round of a polling loop gives the core away: on an idle host
+ * sched_yield returns at once, on a busy one the thread we are waiting for
+ * (the holder, our progress thread) may be the one queued behind us. */
+static void cpu_relax(void)
+{
+    sched_yield();
+}
+
 /* Polls the bootstrap sockets (listener and every connection's) for at
  * most @timeout_ms, with the lock released while waiting, and handles what
  * is ready. The transport's event fd and the wake fd are polled too. */
@@ -2215,9 +2270,22 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
             c->refs++; /* it may fail while we wait unlocked */
         }
     }
+    /* The progress thread, a moment after it had work: poll without
+     * sleeping until KVSHARE_THREAD_POLL_US since that work have passed
+     * (see poll_window), unless a caller is polling the worker already. */
+    uint64_t until = timeout_ms > 0 && pp->pollers == 0 && pp->tpoll_ns > 0 && pp->last_work_ns > 0
+                         ? pp->last_work_ns + pp->tpoll_ns
+                         : 0;
+    bool spin = until > now_ns() && poll_try(&pp->spin_odds);
     if (timeout_ms > 0)
         unlock(pp);
-    int r = poll(fds, (nfds_t)n, timeout_ms);
+    int r = 0;
+    while (spin && now_ns() < until && (r = poll(fds, (nfds_t)n, 0)) == 0)
+        cpu_relax();
+    if (spin)
+        poll_learn(&pp->spin_odds, r > 0); /* only this thread: no lock needed */
+    if (r == 0)
+        r = poll(fds, (nfds_t)n, timeout_ms);
     if (timeout_ms > 0)
         lock(pp);
     int done = 0;
@@ -2295,15 +2363,30 @@ static int progress_locked(kvs__peer_t *pp)
     return n;
 }
 
+static void cond_sleep(kvs__peer_t *pp, uint64_t until_ns);
+
 static void *progress_thread(void *arg)
 {
     kvs__peer_t *pp = arg;
     unsigned busy = 0;
+    bool stood_aside = false;
     lock(pp);
     pp->thread_running = true; /* kvs__peer_create waits for this */
     pthread_cond_broadcast(&pp->cond);
     while (!pp->stopping) {
-        progress_locked(pp);
+        if (pp->pollers > 0 && !stood_aside) {
+            /* A caller is polling for its reply (wait_idle): let it take
+             * the reply itself rather than hand it over with a wake-up. We
+             * are woken by its progress, and sleep one window at most;
+             * then one full round, so callers that poll back to back do
+             * not starve the bootstrap sockets only this thread polls. */
+            stood_aside = true;
+            cond_sleep(pp, now_ns() + pp->poll_ns);
+            continue;
+        }
+        stood_aside = false;
+        if (progress_locked(pp) > 0)
+            pp->last_work_ns = now_ns(); /* opens the polling window */
         if (!pp->ops->arm(pp->tl)) {
             /* Events pending: progress again, but let callers take the lock
              * in between, and stop spinning if it never settles (a dead
@@ -2346,22 +2429,48 @@ static void cond_sleep(kvs__peer_t *pp, uint64_t until_ns)
     pthread_cond_timedwait(&pp->cond, &pp->lock, &ts);
 }
 
+/* One idle round of a caller waiting in thread mode (lock held): inside
+ * the polling window (poll_window) it lets go of the lock for a moment and
+ * comes back to drive progress itself, so a reply that arrives is taken by
+ * this thread with no wake-up; after the window it sleeps on the condition
+ * variable, woken by the progress thread. */
+static void wait_idle(kvs__peer_t *pp, uint64_t t, uint64_t poll_until, uint64_t deadline_ns)
+{
+    if (t < poll_until) {
+        /* While a caller polls, the progress thread does not: one thread
+         * spinning on a worker is enough, and on a small host two would
+         * take the cores from the peer we wait for. */
+        pp->pollers++;
+        unlock(pp);
+        cpu_relax();
+        lock(pp);
+        pp->pollers--;
+        return;
+    }
+    cond_sleep(pp, deadline_ns - t > 1000000u ? t + 1000000u : deadline_ns);
+}
+
 /* Waits (lock held) until *flag or the deadline. The waiter drives
- * progress itself while there is work; it sleeps only when nothing moves. */
+ * progress itself while there is work; it sleeps only when nothing moves
+ * for the polling window. */
 static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
 {
+    bool polls = pp->thread_mode && pp->poll_ns > 0 && poll_try(&pp->wait_odds);
+    uint64_t poll_until = polls ? poll_window(pp, now_ns()) : 0;
     while (!*flag) {
         uint64_t t = now_ns();
         if (t >= deadline_ns)
-            return false;
+            break;
         if (progress_locked(pp) > 0 || *flag)
             continue;
         if (pp->thread_mode)
-            cond_sleep(pp, deadline_ns - t > 1000000u ? t + 1000000u : deadline_ns);
+            wait_idle(pp, t, poll_until, deadline_ns);
         else
             boot_poll(pp, 0);
     }
-    return true;
+    if (polls)
+        poll_learn(&pp->wait_odds, *flag && now_ns() <= poll_until);
+    return *flag;
 }
 
 static waiter_t *waiter_add(kvs__peer_t *pp, conn_t *c, uint64_t req_id)
@@ -3420,6 +3529,8 @@ kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
     uint64_t deadline =
         timeout_ms < 0 ? r->deadline_ns + 1000000000u : now_ns() + (uint64_t)timeout_ms * 1000000u;
     lock(pp);
+    bool polls = pp->thread_mode && pp->poll_ns > 0 && poll_try(&pp->wait_odds);
+    uint64_t poll_until = polls ? poll_window(pp, now_ns()) : 0;
     while (!req_settled(r)) {
         uint64_t t = now_ns();
         if (t >= deadline)
@@ -3427,8 +3538,10 @@ kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
         if (progress_locked(pp) > 0 || req_settled(r))
             continue;
         if (pp->thread_mode)
-            cond_sleep(pp, deadline - t > 1000000u ? t + 1000000u : deadline);
+            wait_idle(pp, t, poll_until, deadline);
     }
+    if (polls)
+        poll_learn(&pp->wait_odds, req_settled(r) && now_ns() <= poll_until);
     kvs_status_t st = req_settled(r) ? r->status : KVS_INPROGRESS;
     unlock(pp);
     return st;
@@ -3875,6 +3988,9 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     pp->wakefd = pp->lfd = -1;
     pp->inbox_tail = &pp->inbox;
     pp->thread_mode = cfg->progress == KVS_PROGRESS_THREAD;
+    pp->poll_ns = (uint64_t)cfg->poll_us * 1000u;
+    pp->tpoll_ns = (uint64_t)cfg->thread_poll_us * 1000u;
+    pp->wait_odds.score = pp->spin_odds.score = 256; /* poll until it proves useless */
     pp->ev = (kvs__tl_events_t){.arg = pp, .on_am = on_am, .on_ep_error = on_ep_error};
     /* Recursive: serving a PUT may create the arena, whose registration
      * comes back into the peer plane (kvs__peer_mem_reg) on this thread. */

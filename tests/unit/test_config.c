@@ -49,6 +49,12 @@ Test(config, every_bad_env_value_names_variable_and_accepted_values)
     expect_env_error("KVSHARE_HIGH_WATERMARK", "abc", "a fraction in (0, 1]");
     expect_env_error("KVSHARE_LOW_WATERMARK", "0", "a fraction in (0, 1]");
     expect_env_error("KVSHARE_PROGRESS", "spin", "thread or poll");
+    expect_env_error("KVSHARE_POLL_US", "1001", "microseconds, 0 to 1000");
+    expect_env_error("KVSHARE_POLL_US", "-1", "microseconds, 0 to 1000");
+    expect_env_error("KVSHARE_POLL_US", "50us", "microseconds, 0 to 1000");
+    expect_env_error("KVSHARE_POLL_US", "", "microseconds, 0 to 1000");
+    expect_env_error("KVSHARE_THREAD_POLL_US", "2000", "microseconds, 0 to 1000");
+    expect_env_error("KVSHARE_THREAD_POLL_US", "x", "microseconds, 0 to 1000");
     expect_env_error("KVSHARE_FETCH_TIMEOUT_MS", "0", "milliseconds, 1 to 3600000");
     expect_env_error("KVSHARE_FETCH_TIMEOUT_MS", "5s", "milliseconds, 1 to 3600000");
     expect_env_error("KVSHARE_LEASE_TIMEOUT_MS", "-1", "milliseconds, 1 to 3600000");
@@ -85,6 +91,8 @@ Test(config, defaults_and_sizes)
     cr_assert_eq(c.fetch_timeout_ms, 5000);
     cr_assert_eq(c.lease_timeout_ms, 30000);
     cr_assert_eq(c.progress, KVS_PROGRESS_THREAD);
+    cr_assert_eq(c.poll_us, KVS__POLL_US_DEFAULT);
+    cr_assert_eq(c.thread_poll_us, KVS__THREAD_POLL_US_DEFAULT);
     cr_assert_eq(c.log_level, KVS_LOG_OFF);
     /* One size grammar (util/size.c, tested in test_util.c): "GB" is a power of 1024 here as
      * in the shim's KVSHARE_KV_MIN_BYTES (it was once 1e9 here and refused there). */
@@ -99,6 +107,15 @@ Test(config, defaults_and_sizes)
         cr_expect_eq(c.capacity_bytes, sizes[i].out, "%s", sizes[i].in);
     }
     unsetenv("KVSHARE_CAPACITY");
+    /* KVSHARE_POLL_US: both ends of its range are taken as given. */
+    static const char *const polls[] = {"0", "1000", "37"};
+    static const uint32_t poll_us[] = {0, 1000, 37};
+    for (size_t i = 0; i < sizeof(polls) / sizeof(polls[0]); i++) {
+        setenv("KVSHARE_POLL_US", polls[i], 1);
+        cr_assert_eq(kvs__config_resolve(&p, &c, NULL, 0), KVS_OK, "%s", polls[i]);
+        cr_expect_eq(c.poll_us, poll_us[i], "%s", polls[i]);
+    }
+    unsetenv("KVSHARE_POLL_US");
 }
 
 /* The newest file write_tmp() made: removed at exit too, so a test that

@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static char tok_a[64], tok_b[64];
@@ -43,6 +45,10 @@ static void teardown(void)
 }
 
 TestSuite(peer, .init = setup, .fini = teardown, .timeout = 60);
+
+/* A JSON config file every context of this test reads (NULL: none). Each
+ * test runs in its own process. */
+static const char *cfg_file;
 
 static kvs_ctx_h make_ctx(const char *transport, bool listen, const char *token, int pool_node,
                           uint32_t lease_ms)
@@ -72,6 +78,10 @@ static kvs_ctx_h make_ctx(const char *transport, bool listen, const char *token,
     if (lease_ms > 0) {
         p.field_mask |= KVS_CTX_FIELD_LEASE_TIMEOUT;
         p.lease_timeout_ms = lease_ms;
+    }
+    if (cfg_file != NULL) {
+        p.field_mask |= KVS_CTX_FIELD_CONFIG_FILE;
+        p.config_file = cfg_file;
     }
     kvs_ctx_h ctx = NULL;
     cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK, "kvs_ctx_create: %s", err);
@@ -867,6 +877,106 @@ Test(peer, holder_gone_fails_cleanly)
     cr_assert(s == KVS_ERR_PEER_FAILED || s == KVS_ERR_TIMED_OUT, "got %s", kvs_status_string(s));
     test_pool_free(&pr.pb);
     kvs_ctx_destroy(pr.b);
+}
+
+/* --- polling before sleeping (KVSHARE_POLL_US, issue 15) ----------------- */
+static char poll_cfg[64];
+
+static void poll_cfg_remove(void)
+{
+    if (poll_cfg[0] != '\0')
+        unlink(poll_cfg);
+}
+
+/* Makes every context of this test poll for @us microseconds (callers and
+ * progress threads). */
+static void set_poll_us(unsigned us)
+{
+    poll_cfg_remove();
+    snprintf(poll_cfg, sizeof(poll_cfg), "/tmp/kvs-peer-cfg-XXXXXX");
+    int fd = mkstemp(poll_cfg);
+    cr_assert(fd >= 0);
+    atexit(poll_cfg_remove);
+    char text[96];
+    int len = snprintf(text, sizeof(text), "{\"poll_us\": %u, \"thread_poll_us\": %u}", us, us);
+    cr_assert_eq(write(fd, text, (size_t)len), (ssize_t)len);
+    close(fd);
+    cfg_file = poll_cfg;
+}
+
+typedef struct looker {
+    pair_t *pr;
+    pthread_t th;
+    int ok, failed;
+} looker_t;
+
+static void *look_repeatedly(void *arg)
+{
+    looker_t *lk = arg;
+    for (int i = 0; i < 200; i++) {
+        kvs_lease_h l = NULL;
+        if (peer_lookup(lk->pr, 8, 0, &l) == KVS_OK && kvs_lease_hits(l) == 8)
+            lk->ok++;
+        else
+            lk->failed++;
+        kvs_lease_release(l);
+    }
+    return NULL;
+}
+
+/* With the window off (0, the sleeping waits as before) and at its longest,
+ * lookups complete, also from two threads at once: while one polls for its
+ * reply the progress thread stands aside, and the other's reply must still
+ * reach it. */
+Test(peer, lookups_complete_with_polling_off_and_on)
+{
+    static const unsigned windows[] = {0, 1000};
+    for (size_t w = 0; w < sizeof(windows) / sizeof(windows[0]); w++) {
+        set_poll_us(windows[w]);
+        pair_t pr;
+        pair_init(&pr, "loop", tok_a, 8, 0);
+        fetch_all_and_check(&pr, 8);
+        looker_t lk[2] = {{.pr = &pr}, {.pr = &pr}};
+        for (int i = 0; i < 2; i++)
+            cr_assert_eq(pthread_create(&lk[i].th, NULL, look_repeatedly, &lk[i]), 0);
+        for (int i = 0; i < 2; i++) {
+            pthread_join(lk[i].th, NULL);
+            cr_assert_eq(lk[i].failed, 0, "window %u us: %d of 200 lookups failed", windows[w],
+                         lk[i].failed);
+            cr_assert_eq(lk[i].ok, 200);
+        }
+        fetch_all_and_check(&pr, 8);
+        pair_fini(&pr);
+    }
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    cr_assert_eq(getrusage(RUSAGE_SELF, &ru), 0);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* The window is counted from the last work and never renewed by polling
+ * itself: once traffic stops, both contexts' progress threads go back to
+ * sleep. A thread that kept polling would burn its core for the whole idle
+ * second; sleeping ones wake every IDLE_WAKE_MS for housekeeping and use
+ * well under a tenth of it. (CPU time, not speed: a correctness property.) */
+Test(peer, idle_engine_sleeps_once_its_polling_window_closes)
+{
+    set_poll_us(1000);
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 8, 0);
+    for (int i = 0; i < 20; i++)
+        fetch_all_and_check(&pr, 8); /* every thread has had work just now */
+    double before = cpu_seconds();
+    struct timespec idle = {1, 0};
+    while (nanosleep(&idle, &idle) != 0)
+        ;
+    double used = cpu_seconds() - before;
+    cr_assert_lt(used, 0.1, "%.3f s of CPU over an idle second", used);
+    pair_fini(&pr);
 }
 
 /* --- across views (issue 13) ------------------------------------------------ */
