@@ -30,16 +30,6 @@ static int buses[NNODES + 1]; /* cluster bus ports */
 static char ids[NNODES][48];
 static const long ranges[NNODES][2] = {{0, 5460}, {5461, 10922}, {10923, 16383}};
 
-static int run_wait(char *const *argv)
-{
-    kvs__spawn_t sp = {.argv = argv, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1};
-    pid_t pid = kvs__spawn(&sp);
-    int st = 0;
-    if (pid < 0 || waitpid(pid, &st, 0) != pid)
-        return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static redisContext *admin(int i)
 {
     redisContext *c = redisConnect("127.0.0.1", ports[i]);
@@ -158,7 +148,7 @@ static void teardown(void)
         }
     if (dir[0] != '\0') {
         char *argv[] = {"/bin/rm", "-rf", dir, NULL};
-        run_wait(argv);
+        redis_test_run_wait(argv);
         dir[0] = '\0';
     }
 }

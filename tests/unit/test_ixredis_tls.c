@@ -42,16 +42,6 @@ static const char certs_sh[] =
     "leaf client ca 'extendedKeyUsage=clientAuth'\n"
     "leaf stranger other 'extendedKeyUsage=clientAuth'\n";
 
-static int run_wait(char *const *argv)
-{
-    kvs__spawn_t sp = {.argv = argv, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1};
-    pid_t pid = kvs__spawn(&sp);
-    int st = 0;
-    if (pid < 0 || waitpid(pid, &st, 0) != pid)
-        return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* dir/name, in a ring of buffers large enough for every path one test holds at once. */
 static char *path(const char *name)
 {
@@ -112,7 +102,7 @@ static void setup(void)
     cr_assert_not_null(mkdtemp(help));
     snprintf(dir, sizeof(dir), "%s", help);
     char *argv[] = {"/bin/sh", "-c", (char *)certs_sh, "certs", dir, NULL};
-    cr_assert_eq(run_wait(argv), 0, "openssl could not make the certificates");
+    cr_assert_eq(redis_test_run_wait(argv), 0, "openssl could not make the certificates");
     unsetenv("KVSHARE_REDIS_CA_FILE");
     unsetenv("KVSHARE_REDIS_CERT_FILE");
     unsetenv("KVSHARE_REDIS_KEY_FILE");
@@ -130,7 +120,7 @@ static void teardown(void)
     }
     if (dir[0] != '\0') {
         char *argv[] = {"/bin/rm", "-rf", dir, NULL};
-        run_wait(argv);
+        redis_test_run_wait(argv);
         dir[0] = '\0';
     }
 }
