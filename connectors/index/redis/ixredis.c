@@ -810,6 +810,33 @@ static int redirect_node(kvs__ixr_t *r, client_t *cl, const redisReply *rep, uns
     return n;
 }
 
+bool kvs__ixr_parse_slots_reply(kvs__ixr_t *r, const redisReply *rep, int16_t *map, char *why,
+                                size_t wl)
+{
+    return parse_slots(r, &r->rd, rep, NULL, map, why, wl);
+}
+
+int kvs__ixr_parse_redirect(kvs__ixr_t *r, const redisReply *rep, unsigned slot, char *why,
+                            size_t wl)
+{
+    if (!is_err(rep, "MOVED ") && !is_err(rep, "ASK "))
+        return -2;
+    if (slot >= NSLOTS) {
+        snprintf(why, wl, "slot %u out of range", slot);
+        return -1;
+    }
+    return redirect_node(r, &r->rd, rep, slot, NULL, why, wl);
+}
+
+bool kvs__ixr_node_addr(const kvs__ixr_t *r, int i, const char **host, int *port)
+{
+    if (i < 0 || (size_t)i >= r->rd.nnodes)
+        return false;
+    *host = r->rd.nodes[i]->host;
+    *port = r->rd.nodes[i]->port;
+    return true;
+}
+
 /* Runs one command for slot; NULL (counted, connection dropped) on failure or an error reply.
  * For a script (script >= 0; argv[0..1] are filled here), EVALSHA first, and on NOSCRIPT (the
  * server's script cache was flushed) EVAL with the body, reloading it for the next call. In a
