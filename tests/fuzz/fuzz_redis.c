@@ -11,6 +11,7 @@
 #include "ixredis_int.h"
 
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,13 +20,19 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void node_ok(const kvs__ixr_t *r, int n, long want_port)
+#define SEED "seed.example"
+
+/* Node n exists, has a host and a port; want_port (when > 0) and want_host (when not NULL,
+ * hl bytes) are what the reply named. */
+static void node_ok(const kvs__ixr_t *r, int n, long want_port, const char *want_host, size_t hl)
 {
     const char *host;
     int port;
     if (!kvs__ixr_node_addr(r, n, &host, &port) || host[0] == '\0' || port < 1 || port > 65535)
         abort();
     if (want_port > 0 && port != want_port)
+        abort();
+    if (want_host != NULL && (strlen(host) != hl || memcmp(host, want_host, hl) != 0))
         abort();
 }
 
@@ -41,7 +48,7 @@ static void check_slots(kvs__ixr_t *r, const redisReply *rep)
     size_t served = 0;
     for (size_t s = 0; s < NSLOTS; s++)
         if (map[s] >= 0) {
-            node_ok(r, map[s], 0);
+            node_ok(r, map[s], 0, NULL, 0);
             served++;
         } else if (map[s] != -1) {
             abort();
@@ -53,8 +60,11 @@ static void check_slots(kvs__ixr_t *r, const redisReply *rep)
     long long lo = e->element[0]->integer, hi = e->element[1]->integer;
     if (lo < 0 || hi >= NSLOTS || lo > hi)
         abort();
+    const redisReply *h = e->element[2]->element[0];
+    bool asker = h->len == 0 || (h->len == 1 && h->str[0] == '?'); /* the node that answered */
     for (long long s = lo; s <= hi; s++)
-        node_ok(r, map[s], (long)e->element[2]->element[1]->integer);
+        node_ok(r, map[s], (long)e->element[2]->element[1]->integer, asker ? SEED : h->str,
+                asker ? strlen(SEED) : h->len);
 }
 
 static void check_redirect(kvs__ixr_t *r, const redisReply *rep)
@@ -86,7 +96,7 @@ static void check_redirect(kvs__ixr_t *r, const redisReply *rep)
         const char *colon = memrchr(rep->str, ':', rep->len);
         if (colon == NULL)
             abort();
-        node_ok(r, n, strtol(colon + 1, NULL, 10));
+        node_ok(r, n, strtol(colon + 1, NULL, 10), NULL, 0);
         /* The same redirect for any other slot is refused. */
         why[0] = '\0';
         if (kvs__ixr_parse_redirect(r, rep, (unsigned)(slot + 1) % NSLOTS, why, sizeof(why)) !=
@@ -104,7 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char why[300];
     /* A fresh client per input: the nodes a reply adds stay, and a full table (1024 nodes)
      * would make runs depend on earlier inputs. */
-    kvs__ixr_t *r = kvs__ixr_create("redis://seed.example:7000", "fuzz", 3000, NULL, true, why,
+    kvs__ixr_t *r = kvs__ixr_create("redis://" SEED ":7000", "fuzz", 3000, NULL, true, why,
                                     sizeof(why));
     if (r == NULL)
         abort();

@@ -664,3 +664,46 @@ Test(ixredis_cluster_hostile, bad_redirects)
     cr_assert(strstr(why, "--redis-cluster") != NULL, "%s", why);
     cr_assert_null(kvs__ixr_create("unix:/x.sock", "me", 5000, NULL, true, why, sizeof(why)));
 }
+
+/* ---- the reply parsers on their own (found by tests/fuzz/fuzz_redis.c) ---- */
+
+static redisReply *read_reply(const char *resp, size_t len)
+{
+    redisReader *rd = redisReaderCreate();
+    cr_assert(rd != NULL && redisReaderFeed(rd, resp, len) == REDIS_OK);
+    void *v = NULL;
+    cr_assert(redisReaderGetReply(rd, &v) == REDIS_OK && v != NULL);
+    redisReaderFree(rd);
+    return v;
+}
+
+/* A NUL byte inside an address cut it short: "MOVED 5 h:1\0:7002" was taken for h:1. */
+Test(ixredis_cluster_parse, nul_in_an_address_is_refused)
+{
+    char why[300];
+    kvs__ixr_t *r = kvs__ixr_create("redis://seed.example:7000", "p", 3000, NULL, true, why,
+                                    sizeof(why));
+    cr_assert(r != NULL, "%s", why);
+    static const char moved[] = "-MOVED 5 h:1\0:7002\r\n", moved_ok[] = "-MOVED 5 h:7002\r\n";
+    redisReply *rep = read_reply(moved_ok, sizeof(moved_ok) - 1);
+    cr_assert_geq(kvs__ixr_parse_redirect(r, rep, 5, why, sizeof(why)), 0, "%s", why);
+    freeReplyObject(rep);
+    rep = read_reply(moved, sizeof(moved) - 1);
+    why[0] = '\0';
+    cr_assert_eq(kvs__ixr_parse_redirect(r, rep, 5, why, sizeof(why)), -1);
+    cr_assert(strstr(why, "NUL") != NULL, "%s", why);
+    freeReplyObject(rep);
+
+    static int16_t map[16384];
+    static const char slots[] = "*1\r\n*3\r\n:0\r\n:9\r\n*2\r\n$3\r\nab\0\r\n:7001\r\n",
+                      slots_ok[] = "*1\r\n*3\r\n:0\r\n:9\r\n*2\r\n$3\r\nabc\r\n:7001\r\n";
+    rep = read_reply(slots_ok, sizeof(slots_ok) - 1);
+    cr_assert(kvs__ixr_parse_slots_reply(r, rep, map, why, sizeof(why)), "%s", why);
+    freeReplyObject(rep);
+    rep = read_reply(slots, sizeof(slots) - 1);
+    why[0] = '\0';
+    cr_assert(!kvs__ixr_parse_slots_reply(r, rep, map, why, sizeof(why)));
+    cr_assert(strstr(why, "NUL") != NULL, "%s", why);
+    freeReplyObject(rep);
+    kvs__ixr_destroy(r);
+}

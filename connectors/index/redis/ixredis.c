@@ -645,6 +645,10 @@ static int node_of_addr(kvs__ixr_t *r, client_t *cl, const char *s, size_t len, 
         snprintf(why, wl, "address of %zu bytes", len);
         return -1;
     }
+    if (memchr(s, '\0', len) != NULL) { /* would cut the text short: "h:1\0:2" is not h:1 */
+        snprintf(why, wl, "address with a NUL byte");
+        return -1;
+    }
     memcpy(a, s, len);
     a[len] = '\0';
     char *colon = strrchr(a, ':'), *e;
@@ -702,6 +706,10 @@ static bool parse_slots(kvs__ixr_t *r, client_t *cl, const redisReply *rep, cons
         char addr[300];
         if (h->len >= 256) {
             snprintf(why, wl, "entry %zu: a host of %zu bytes", i, (size_t)h->len);
+            return false;
+        }
+        if (memchr(h->str, '\0', h->len) != NULL) {
+            snprintf(why, wl, "entry %zu: a host with a NUL byte", i);
             return false;
         }
         /* "?" or "": the endpoint is unknown / the node asked */
