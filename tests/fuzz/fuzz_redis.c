@@ -2,7 +2,7 @@
 /* fuzz_redis.c - libFuzzer target: the Redis Cluster replies `kvshare index --redis-cluster`
  * reads from the network (connectors/index/redis/ixredis_int.h).
  *
- * Input: RESP bytes, read by hiredis's own reader into reply trees (up to 8); each goes to
+ * Input: RESP bytes, read by hiredis's reader as our connections set it up into reply trees (up to 8); each goes to
  * the CLUSTER SLOTS parser and, when it is an error, to the MOVED/ASK parser. An accepted
  * slot map must point every served slot at a node with a host and a port in 1..65535, and
  * the last entry's slots at that entry's port; a refusal must say why. A redirect is parsed
@@ -118,7 +118,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                     sizeof(why));
     if (r == NULL)
         abort();
-    redisReader *rd = redisReaderCreate();
+    redisReader *rd = kvs__ixr_reader_create();
     if (rd == NULL || redisReaderFeed(rd, (const char *)data, size) != REDIS_OK)
         abort();
     for (int i = 0; i < 8; i++) {

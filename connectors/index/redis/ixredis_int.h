@@ -127,6 +127,9 @@ bool kvs__ixr_parse_slots_reply(kvs__ixr_t *r, const struct redisReply *rep, int
  * slot >= 16384; -2 when rep is not a MOVED or ASK error. */
 int kvs__ixr_parse_redirect(kvs__ixr_t *r, const struct redisReply *rep, unsigned slot, char *why,
                             size_t wl);
+/* hiredis's reply reader as our connections use it: arrays over 2^24 elements are refused
+ * (hiredis 0.14 would allocate their table from the header alone). NULL: out of memory. */
+struct redisReader *kvs__ixr_reader_create(void);
 /* Node i of r's reader connections: its host and port; false when there is no such node. */
 bool kvs__ixr_node_addr(const kvs__ixr_t *r, int i, const char **host, int *port);
 
