@@ -556,7 +556,7 @@ Test(ixredis_cluster_hostile, malformed_cluster_slots)
     struct {
         char reply[1024];
         const char *want;
-    } cases[16];
+    } cases[20];
     size_t n = 0;
 #define CASE(want_, ...)                                                                           \
     do {                                                                                           \
@@ -578,6 +578,8 @@ Test(ixredis_cluster_hostile, malformed_cluster_slots)
     CASE("host of 300 bytes", "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$300\r\n%s\r\n:1\r\n", big);
     CASE("host 'a b'", "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$3\r\na b\r\n:1\r\n");
     CASE("no slot served", "*0\r\n");
+    /* hiredis 0.14 would allocate 160 MB for the header alone and wait for the rest */
+    CASE("more than 2^24 elements", "*20000000\r\n");
     CASE("entry 1 is not", "*2\r\n*3\r\n:0\r\n:1\r\n%s*3\r\n:2\r\n:3\r\n*0\r\n", node);
 #undef CASE
     for (size_t i = 0; i < n; i++) {
@@ -653,4 +655,47 @@ Test(ixredis_cluster_hostile, bad_redirects)
     cr_assert_null(kvs__ixr_create("redis://h:1/2", "me", 5000, NULL, true, why, sizeof(why)));
     cr_assert(strstr(why, "--redis-cluster") != NULL, "%s", why);
     cr_assert_null(kvs__ixr_create("unix:/x.sock", "me", 5000, NULL, true, why, sizeof(why)));
+}
+
+/* ---- the reply parsers on their own (found by tests/fuzz/fuzz_redis.c) ---- */
+
+static redisReply *read_reply(const char *resp, size_t len)
+{
+    redisReader *rd = redisReaderCreate();
+    cr_assert(rd != NULL && redisReaderFeed(rd, resp, len) == REDIS_OK);
+    void *v = NULL;
+    cr_assert(redisReaderGetReply(rd, &v) == REDIS_OK && v != NULL);
+    redisReaderFree(rd);
+    return v;
+}
+
+/* A NUL byte inside an address cut it short: "MOVED 5 h:1\0:7002" was taken for h:1. */
+Test(ixredis_cluster_parse, nul_in_an_address_is_refused)
+{
+    char why[300];
+    kvs__ixr_t *r = kvs__ixr_create("redis://seed.example:7000", "p", 3000, NULL, true, why,
+                                    sizeof(why));
+    cr_assert(r != NULL, "%s", why);
+    static const char moved[] = "-MOVED 5 h:1\0:7002\r\n", moved_ok[] = "-MOVED 5 h:7002\r\n";
+    redisReply *rep = read_reply(moved_ok, sizeof(moved_ok) - 1);
+    cr_assert_geq(kvs__ixr_parse_redirect(r, rep, 5, why, sizeof(why)), 0, "%s", why);
+    freeReplyObject(rep);
+    rep = read_reply(moved, sizeof(moved) - 1);
+    why[0] = '\0';
+    cr_assert_eq(kvs__ixr_parse_redirect(r, rep, 5, why, sizeof(why)), -1);
+    cr_assert(strstr(why, "NUL") != NULL, "%s", why);
+    freeReplyObject(rep);
+
+    static int16_t map[16384];
+    static const char slots[] = "*1\r\n*3\r\n:0\r\n:9\r\n*2\r\n$3\r\nab\0\r\n:7001\r\n",
+                      slots_ok[] = "*1\r\n*3\r\n:0\r\n:9\r\n*2\r\n$3\r\nabc\r\n:7001\r\n";
+    rep = read_reply(slots_ok, sizeof(slots_ok) - 1);
+    cr_assert(kvs__ixr_parse_slots_reply(r, rep, map, why, sizeof(why)), "%s", why);
+    freeReplyObject(rep);
+    rep = read_reply(slots, sizeof(slots) - 1);
+    why[0] = '\0';
+    cr_assert(!kvs__ixr_parse_slots_reply(r, rep, map, why, sizeof(why)));
+    cr_assert(strstr(why, "NUL") != NULL, "%s", why);
+    freeReplyObject(rep);
+    kvs__ixr_destroy(r);
 }

@@ -372,6 +372,46 @@ bad:
     return NULL;
 }
 
+/* hiredis 0.14 allocates an array reply's element table as soon as it reads the "*N" header:
+ * 12 bytes from a hostile or broken server would reserve gigabytes. Our readers refuse arrays
+ * over MAX_ARRAY elements (hiredis then fails the reply as out of memory and we drop the
+ * connection); a snapshot answer holds 2 per block of one pod. */
+#define MAX_ARRAY (1 << 24)
+static redisReplyObjectFunctions capped_fns;
+static void *(*hiredis_create_array)(const redisReadTask *, int);
+static pthread_once_t capped_once = PTHREAD_ONCE_INIT;
+
+static void *create_array_capped(const redisReadTask *t, int n)
+{
+    return n > MAX_ARRAY ? NULL : hiredis_create_array(t, n);
+}
+
+static void capped_init(void)
+{
+    redisReader *rd = redisReaderCreate(); /* hiredis's own functions, to wrap */
+    if (rd == NULL)
+        return;
+    capped_fns = *rd->fn;
+    hiredis_create_array = capped_fns.createArray;
+    capped_fns.createArray = create_array_capped;
+    redisReaderFree(rd);
+}
+
+static void reader_cap(redisReader *rd)
+{
+    pthread_once(&capped_once, capped_init);
+    if (hiredis_create_array != NULL)
+        rd->fn = &capped_fns;
+}
+
+redisReader *kvs__ixr_reader_create(void)
+{
+    redisReader *rd = redisReaderCreate();
+    if (rd != NULL)
+        reader_cap(rd);
+    return rd;
+}
+
 static void conn_drop(conn_t *c)
 {
     if (c->c != NULL)
@@ -493,6 +533,8 @@ static void failed_why(kvs__ixr_t *r, conn_t *c, const node_t *where, const char
         hint = " (this Redis is a cluster node: add --redis-cluster)";
     else if (r->cluster && strstr(detail, "cluster support disabled") != NULL)
         hint = " (--redis-cluster, but this Redis is not a cluster)";
+    else if (strcmp(detail, "Out of memory") == 0) /* hiredis's word for a refused array too */
+        hint = " (or an array reply of more than 2^24 elements, refused)";
     log_failure(r, where, what, detail, hint);
     conn_drop(c);
     c->next_try_ms = mono_ms() + RETRY_MS;
@@ -587,6 +629,7 @@ static redisContext *conn_get(kvs__ixr_t *r, client_t *cl, conn_t *c, const node
         failed(r, c, where, "connect");
         return NULL;
     }
+    reader_cap(c->c->reader);
     if (r->pass[0] != '\0') {
         const char *argv[] = {"AUTH", r->user, r->pass};
         bool ok = r->user[0] ? setup_cmd(r, c, where, 3, argv, REDIS_REPLY_STATUS, "AUTH")
@@ -643,6 +686,10 @@ static int node_of_addr(kvs__ixr_t *r, client_t *cl, const char *s, size_t len, 
     char a[300];
     if (len == 0 || len >= sizeof(a)) {
         snprintf(why, wl, "address of %zu bytes", len);
+        return -1;
+    }
+    if (memchr(s, '\0', len) != NULL) { /* would cut the text short: "h:1\0:2" is not h:1 */
+        snprintf(why, wl, "address with a NUL byte");
         return -1;
     }
     memcpy(a, s, len);
@@ -702,6 +749,10 @@ static bool parse_slots(kvs__ixr_t *r, client_t *cl, const redisReply *rep, cons
         char addr[300];
         if (h->len >= 256) {
             snprintf(why, wl, "entry %zu: a host of %zu bytes", i, (size_t)h->len);
+            return false;
+        }
+        if (memchr(h->str, '\0', h->len) != NULL) {
+            snprintf(why, wl, "entry %zu: a host with a NUL byte", i);
             return false;
         }
         /* "?" or "": the endpoint is unknown / the node asked */
@@ -808,6 +859,33 @@ static int redirect_node(kvs__ixr_t *r, client_t *cl, const redisReply *rep, uns
     if (n < 0)
         snprintf(why, wl, "malformed redirect '%.100s': %.150s", rep->str, nwhy);
     return n;
+}
+
+bool kvs__ixr_parse_slots_reply(kvs__ixr_t *r, const redisReply *rep, int16_t *map, char *why,
+                                size_t wl)
+{
+    return parse_slots(r, &r->rd, rep, NULL, map, why, wl);
+}
+
+int kvs__ixr_parse_redirect(kvs__ixr_t *r, const redisReply *rep, unsigned slot, char *why,
+                            size_t wl)
+{
+    if (!is_err(rep, "MOVED ") && !is_err(rep, "ASK "))
+        return -2;
+    if (slot >= NSLOTS) {
+        snprintf(why, wl, "slot %u out of range", slot);
+        return -1;
+    }
+    return redirect_node(r, &r->rd, rep, slot, NULL, why, wl);
+}
+
+bool kvs__ixr_node_addr(const kvs__ixr_t *r, int i, const char **host, int *port)
+{
+    if (i < 0 || (size_t)i >= r->rd.nnodes)
+        return false;
+    *host = r->rd.nodes[i]->host;
+    *port = r->rd.nodes[i]->port;
+    return true;
 }
 
 /* Runs one command for slot; NULL (counted, connection dropped) on failure or an error reply.

@@ -113,4 +113,24 @@ unsigned long long kvs__ixr_redirects(const kvs__ixr_t *r);
  * the first '{' and the next '}', when not empty) or of the whole key, mod 16384. Pure. */
 unsigned kvs__ixr_key_slot(const char *key, size_t len);
 
+/* ---- the cluster reply parsers on their own, no network (tests/fuzz/fuzz_redis.c) ---- */
+struct redisReply;
+
+/* Reads a CLUSTER SLOTS reply (a hiredis reply tree, as from the network) into map (16384
+ * entries: slot -> node index of r's reader connections, -1 unserved) with the same code
+ * the client runs; the nodes it names are added to r (a cluster r). false with why filled
+ * when it is not [[start, end, [host, port, ...], ...], ...] or serves no slot. */
+bool kvs__ixr_parse_slots_reply(kvs__ixr_t *r, const struct redisReply *rep, int16_t *map,
+                                char *why, size_t wl);
+/* Interprets a MOVED/ASK error reply ("MOVED SLOT HOST:PORT") received for slot: the node
+ * index it names (added to r), -1 with why filled when malformed, about another slot, or
+ * slot >= 16384; -2 when rep is not a MOVED or ASK error. */
+int kvs__ixr_parse_redirect(kvs__ixr_t *r, const struct redisReply *rep, unsigned slot, char *why,
+                            size_t wl);
+/* hiredis's reply reader as our connections use it: arrays over 2^24 elements are refused
+ * (hiredis 0.14 would allocate their table from the header alone). NULL: out of memory. */
+struct redisReader *kvs__ixr_reader_create(void);
+/* Node i of r's reader connections: its host and port; false when there is no such node. */
+bool kvs__ixr_node_addr(const kvs__ixr_t *r, int i, const char **host, int *port);
+
 #endif
