@@ -6,7 +6,8 @@
  * kvs__shm_parse_reply). An accepted answer must keep every promise the
  * reader relies on before it maps anything: a known kind per descriptor,
  * a region of some bytes inside its object without wrapping, and exactly
- * one descriptor per entry of status 0. */
+ * one descriptor per entry of status 0 (none for the identify answer, which
+ * has no entries). */
 #include "proto_int.h"
 
 #include <stdlib.h>
@@ -25,7 +26,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort(); /* a refusal always says why */
         return 0;
     }
-    if (n == 0 || n > KVS_SHM_MAX_IDS)
+    /* n = 0 is the answer to an identify request (no regions): accepted only
+     * with no descriptor, which the count check below enforces. */
+    if (n > KVS_SHM_MAX_IDS)
         abort();
     uint32_t withfd = 0;
     for (uint32_t i = 0; i < n; i++) {

@@ -106,6 +106,8 @@ shm_seeds = {
     "cuda_vmm": shm_reply([(0, CUDA_VMM, 0x7f8000000000, 1 << 21, 1 << 21, 1 << 22)]),
     "mixed": shm_reply([(0, MEMFD, 0x1000, 4096, 0, 4096), (-3, 0, 0x9000, 64, 0, 0),
                         (0, CUDA_VMM, 0x200000, 65536, 0, 65536)]),
+    # The answer to an identify request (same-host direct put reads): no regions.
+    "identify": shm_reply([]),
 }
 for name, data in shm_seeds.items():
     with open(f"tests/fuzz/corpus-fuzz_shm/{name}", "wb") as f:
