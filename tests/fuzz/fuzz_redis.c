@@ -2,9 +2,9 @@
 /* fuzz_redis.c - libFuzzer target: the Redis Cluster replies `kvshare index --redis-cluster`
  * reads from the network (connectors/index/redis/ixredis_int.h).
  *
- * Input: RESP bytes, read by hiredis's reader as our connections set it up into reply trees (up to 8); each goes to
- * the CLUSTER SLOTS parser and, when it is an error, to the MOVED/ASK parser. An accepted
- * slot map must point every served slot at a node with a host and a port in 1..65535, and
+ * Input: RESP bytes, read by hiredis's reader as our connections set it up into reply trees (up to
+ * 8); each goes to the CLUSTER SLOTS parser and, when it is an error, to the MOVED/ASK parser. An
+ * accepted slot map must point every served slot at a node with a host and a port in 1..65535, and
  * the last entry's slots at that entry's port; a refusal must say why. A redirect is parsed
  * for the slot it names: accepted, its node has a host and the port it names; the same text
  * for another slot, or a slot >= 16384, is refused with a reason. */
@@ -114,8 +114,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char why[300];
     /* A fresh client per input: the nodes a reply adds stay, and a full table (1024 nodes)
      * would make runs depend on earlier inputs. */
-    kvs__ixr_t *r = kvs__ixr_create("redis://" SEED ":7000", "fuzz", 3000, NULL, true, why,
-                                    sizeof(why));
+    kvs__ixr_t *r =
+        kvs__ixr_create("redis://" SEED ":7000", "fuzz", 3000, NULL, true, why, sizeof(why));
     if (r == NULL)
         abort();
     redisReader *rd = kvs__ixr_reader_create();

@@ -673,8 +673,8 @@ static redisReply *read_reply(const char *resp, size_t len)
 Test(ixredis_cluster_parse, nul_in_an_address_is_refused)
 {
     char why[300];
-    kvs__ixr_t *r = kvs__ixr_create("redis://seed.example:7000", "p", 3000, NULL, true, why,
-                                    sizeof(why));
+    kvs__ixr_t *r =
+        kvs__ixr_create("redis://seed.example:7000", "p", 3000, NULL, true, why, sizeof(why));
     cr_assert(r != NULL, "%s", why);
     static const char moved[] = "-MOVED 5 h:1\0:7002\r\n", moved_ok[] = "-MOVED 5 h:7002\r\n";
     redisReply *rep = read_reply(moved_ok, sizeof(moved_ok) - 1);
