@@ -46,6 +46,8 @@
 #include <unistd.h>
 
 #define IDLE_WAKE_MS 20
+/* A progress step longer than this is logged (stall_check). */
+#define STALL_WARN_NS 1000000000ull
 /* Coalesced GETs stop growing here: past it UCX's CMA path slows down
  * (measured: 16 MiB GETs ran at a tenth of 256 KiB ones). */
 #define MAX_RUN    (1u << 20)
@@ -280,12 +282,13 @@ struct kvs__peer {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool thread_mode;
-    uint64_t poll_ns;      /* KVSHARE_POLL_US: callers' polling window (see poll_window) */
-    uint64_t tpoll_ns;     /* KVSHARE_THREAD_POLL_US: the progress thread's */
-    uint64_t last_work_ns; /* when the progress thread last found something to do */
-    unsigned pollers;      /* callers polling for a reply (wait_idle) */
-    poll_odds_t wait_odds; /* did callers' windows catch their replies (lock held) */
-    poll_odds_t spin_odds; /* did the progress thread's windows catch work (its own) */
+    uint64_t poll_ns;         /* KVSHARE_POLL_US: callers' polling window (see poll_window) */
+    uint64_t tpoll_ns;        /* KVSHARE_THREAD_POLL_US: the progress thread's */
+    uint64_t last_work_ns;    /* when the progress thread last found something to do */
+    uint64_t stall_warned_ns; /* the last stall warning (stall_check) */
+    unsigned pollers;         /* callers polling for a reply (wait_idle) */
+    poll_odds_t wait_odds;    /* did callers' windows catch their replies (lock held) */
+    poll_odds_t spin_odds;    /* did the progress thread's windows catch work (its own) */
     pthread_t thread;
     bool thread_started, thread_running, stopping;
     int wakefd;
@@ -2226,6 +2229,8 @@ static void cpu_relax(void)
 /* Polls the bootstrap sockets (listener and every connection's) for at
  * most @timeout_ms, with the lock released while waiting, and handles what
  * is ready. The transport's event fd and the wake fd are polled too. */
+static void stall_check(kvs__peer_t *pp, uint64_t t0, uint64_t allowed_ns, const char *what);
+
 static int boot_poll(kvs__peer_t *pp, int timeout_ms)
 {
     /* The arrays persist and grow only with the number of connections: no
@@ -2284,10 +2289,15 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
         cpu_relax();
     if (spin)
         poll_learn(&pp->spin_odds, r > 0); /* only this thread: no lock needed */
+    uint64_t t0 = now_ns();
     if (r == 0)
         r = poll(fds, (nfds_t)n, timeout_ms);
     if (timeout_ms > 0)
         lock(pp);
+    /* Late back from poll() (and the lock): this thread did not run. */
+    stall_check(pp, t0, (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u,
+                "getting the CPU and the lock back after polling");
+    t0 = now_ns();
     int done = 0;
     for (size_t i = 0; i < n; i++) {
         if (r > 0 && fds[i].revents != 0) {
@@ -2307,6 +2317,7 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
             conn_unref(who[i]);
     }
     boot_deadlines(pp);
+    stall_check(pp, t0, 0, "handling the bootstrap sockets");
     return done;
 }
 
@@ -2365,6 +2376,21 @@ static int progress_locked(kvs__peer_t *pp)
 
 static void cond_sleep(kvs__peer_t *pp, uint64_t until_ns);
 
+/* A progress round that takes seconds stalls every peer of this node: their
+ * requests time out while the replies wait here. Said at most every 10 s,
+ * so that a log tells a stall on this side from a message lost on the way
+ * (the host starved of CPU, or a transport call that blocked). */
+static void stall_check(kvs__peer_t *pp, uint64_t t0, uint64_t allowed_ns, const char *what)
+{
+    uint64_t t = now_ns();
+    if (t - t0 < allowed_ns + STALL_WARN_NS ||
+        (pp->stall_warned_ns != 0 && t - pp->stall_warned_ns < 10000000000ull))
+        return;
+    pp->stall_warned_ns = t;
+    kvs__warn(pp->log, "progress thread: %s took %llu ms; peers' requests waited meanwhile", what,
+              (unsigned long long)((t - t0 - allowed_ns) / 1000000u));
+}
+
 static void *progress_thread(void *arg)
 {
     kvs__peer_t *pp = arg;
@@ -2385,8 +2411,10 @@ static void *progress_thread(void *arg)
             continue;
         }
         stood_aside = false;
+        uint64_t t0 = now_ns();
         if (progress_locked(pp) > 0)
             pp->last_work_ns = now_ns(); /* opens the polling window */
+        stall_check(pp, t0, 0, "one round of transport progress");
         if (!pp->ops->arm(pp->tl)) {
             /* Events pending: progress again, but let callers take the lock
              * in between, and stop spinning if it never settles (a dead

@@ -197,6 +197,12 @@ class Env:
             # The library logs nothing by default; a failed run's stderr tail
             # should say which connection or request went wrong.
             "KVSHARE_LOG": "info",
+            # A test checks what moved, not how fast: on a 2-core CI host
+            # running two of these at once (a dozen processes importing
+            # torch) one lookup once took over the connector's 5 s default
+            # and failed the load. Dead-peer scenarios fail fast (refused
+            # connections, closed sockets), not on this deadline.
+            "KVSHARE_FETCH_TIMEOUT_MS": "20000",
         })
         if self.library:
             e["KVSHARE_LIBRARY"] = str(self.library)
