@@ -2496,6 +2496,11 @@ static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
         else
             boot_poll(pp, 0);
     }
+    /* At the deadline, take what has arrived before calling it lost: after
+     * this process was descheduled for a while (a loaded host, a paused
+     * VM) the reply may be waiting in the transport already. */
+    if (!*flag)
+        progress_locked(pp);
     if (polls)
         poll_learn(&pp->wait_odds, *flag && now_ns() <= poll_until);
     return *flag;
