@@ -322,7 +322,7 @@ def is_free(e):
 
 
 def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6, p_budget=256, d_tp=None,
-           hold_rank=None, **model):
+           hold_rank=None, p_env=None, **model):
     """@hold_rank: that D rank starts its load only once P has freed the
     request's blocks or had 3 s to (engine.py's KVS_TEST_HOLD_*)."""
     d_tp = tp if d_tp is None else d_tp
@@ -330,7 +330,7 @@ def run_pd(env, rng, tp=1, partial=False, plen=77, max_tokens=6, p_budget=256, d
     args_d = eng_args("kv_consumer", d_tp, **model)
     print(f"info: P/D with tp={tp}" + (f", D tp={d_tp}" if d_tp != tp else "") +
           f" {model or ''}", flush=True)
-    p = env.engine("prefill", args_p, KVSHARE_LISTEN="127.0.0.1:0")
+    p = env.engine("prefill", args_p, KVSHARE_LISTEN="127.0.0.1:0", **(p_env or {}))
     gate = Path(env.work) / "d-hold"
     d = env.engine("decode", args_d, **(dict(KVS_TEST_HOLD_RANK=hold_rank, KVS_TEST_HOLD_FILE=gate)
                                         if hold_rank is not None else {}))
@@ -405,6 +405,20 @@ def sc_tp2to1(env, rng):
     # D fetches every block from both P ranks (half the heads from each).
     p, _, _ = run_pd(env, rng, tp=2, d_tp=1, plen=70, p_budget=32)
     all_free(p, "P (TP=2) frees its blocks once D (TP=1) has them from both ranks")
+
+
+def sc_tp2to1rep(env, rng):
+    need_connector()
+    # One KV head over P's two ranks: vLLM replicates it, D (TP 1) reads P rank
+    # 0 only and tells rank 1, which no D rank reads, that it is done. P's lease
+    # is 60 s: a rank left waiting for it would hold the request past all_free's
+    # 20 s, and would log that it freed at the lease's end.
+    p, _, _ = run_pd(env, rng, tp=2, d_tp=1, plen=70, p_budget=32, num_kv_heads=1,
+                     p_env=dict(KVSHARE_LEASE_TIMEOUT_MS=60000))
+    all_free(p, "P (TP=2, one head replicated) frees its blocks once D (TP=1) has read one "
+             "replica")
+    check("before the lease ended" not in p.tail(1000),
+          "no P rank waited for its lease to end (the unread replica was told)")
 
 
 def sc_tp1to2(env, rng):
@@ -658,7 +672,7 @@ def _check_call_order(trace, num_layers, tp):
 
 
 SCENARIOS = {"selftest": sc_selftest, "pd": sc_pd, "tp2": sc_tp2, "tp2to1": sc_tp2to1,
-             "tp1to2": sc_tp1to2, "tp1to2rep": sc_tp1to2rep,
+             "tp2to1rep": sc_tp2to1rep, "tp1to2": sc_tp1to2, "tp1to2rep": sc_tp1to2rep,
              "partial": sc_partial,
              "pool": sc_pool, "killed": sc_killed, "abort": sc_abort}
 

@@ -270,6 +270,28 @@ class WorkerSide:
             self._readers[ptp] = counts
         return counts[prank]
 
+    def _unread_mine(self, ptp):
+        """Producer ranks (of a producer at TP size @ptp) that none of our
+        ranks reads, the ones this rank tells it is done: where the producer
+        runs more ranks than it has KV heads, the replicas of a head read
+        from a lower rank. Without a word they would hold the request's
+        blocks until their lease ends, and vLLM frees a request only once
+        every rank has reported it. Spread over our ranks: the i-th unread
+        rank is told by our rank i % tp_size."""
+        self._readers_of(ptp, 0)  # fills the counts
+        unread = [r for r in range(ptp) if self._readers[ptp][r] == 0]
+        return [r for i, r in enumerate(unread) if i % self.tp_size == self.tp_rank]
+
+    def _notify_unread(self, spec):
+        for r in self._unread_mine(self._producer_tp(spec)):
+            peer = spec.peers[r]
+            try:
+                _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
+                          peer=peer, timeout_ms=self.s.fetch_timeout_ms, readers=1)
+            except _lib.KvsError as e:
+                log.info("kvshare_vllm: %s: notifying %s (a replica no rank reads): %s",
+                         spec.req_id, peer, e)
+
     def _notify_needed(self, spec, lease):
         """True when the lookup never asked the producer (cheaper sources held
         the whole chain): tell it we are done. When it was asked, the library
@@ -392,6 +414,7 @@ class WorkerSide:
                                   readers=readers[peer])
                     except _lib.KvsError as e:
                         log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
+            self._notify_unread(spec)
 
     # -- reporting -----------------------------------------------------------
     def finished(self, finished_req_ids):
