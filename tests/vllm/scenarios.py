@@ -421,6 +421,18 @@ def sc_tp2to1rep(env, rng):
           "no P rank waited for its lease to end (the unread replica was told)")
 
 
+def sc_mla_tp2to1(env, rng):
+    need_connector()
+    # MLA at different TP sizes: every rank holds the whole latent, so D (TP 1)
+    # reads P rank 0 as it is (one layout for every rank) and tells rank 1,
+    # which no D rank reads, that it is done (P's lease 60 s, as above).
+    p, _, _ = run_pd(env, rng, tp=2, d_tp=1, plen=70, p_budget=32, use_mla=True,
+                     dtype="float32", p_env=dict(KVSHARE_LEASE_TIMEOUT_MS=60000))
+    all_free(p, "P (MLA, TP=2) frees its blocks once D (MLA, TP=1) has read rank 0's latent")
+    check("before the lease ended" not in p.tail(1000),
+          "no P rank waited for its lease to end (rank 1 was told)")
+
+
 def sc_tp1to2(env, rng):
     need_connector()
     # Decode TP > prefill TP: both D ranks (2 KV heads each) read P's one rank
@@ -672,7 +684,7 @@ def _check_call_order(trace, num_layers, tp):
 
 
 SCENARIOS = {"selftest": sc_selftest, "pd": sc_pd, "tp2": sc_tp2, "tp2to1": sc_tp2to1,
-             "tp2to1rep": sc_tp2to1rep, "tp1to2": sc_tp1to2, "tp1to2rep": sc_tp1to2rep,
+             "tp2to1rep": sc_tp2to1rep, "mla_tp2to1": sc_mla_tp2to1, "tp1to2": sc_tp1to2, "tp1to2rep": sc_tp1to2rep,
              "partial": sc_partial,
              "pool": sc_pool, "killed": sc_killed, "abort": sc_abort}
 

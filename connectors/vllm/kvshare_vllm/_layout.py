@@ -122,6 +122,12 @@ def layout_args(model_id, info, block_size, tp_rank, tp_size, total_kv_heads=Non
     if key_tokens is not None and (key_tokens <= 0 or block_size % key_tokens != 0):
         raise ValueError(f"kvshare_vllm: hash block size {key_tokens} does not divide the KV "
                          f"block size {block_size}")
+    if info.get("mla"):
+        # Every rank holds the whole latent, the same bytes at any TP size:
+        # described as the whole model's view (rank 0 of 1), so that ranks of
+        # engines at different TP sizes share one layout and read each other's
+        # blocks as they are (no per-head plan exists for a latent).
+        tp_rank, tp_size = 0, 1
     return dict(model_id=model_id, dtype=dtype, block_tokens=block_size,
                 num_layers=info["num_layers"], num_kv_heads=heads,
                 head_dim=info["head_dim"], tp_rank=tp_rank, tp_size=tp_size,

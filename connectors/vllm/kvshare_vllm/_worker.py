@@ -55,6 +55,7 @@ class WorkerSide:
         self._is_cuda = False
         self._must_drain = False
         self._last = {}  # req_id -> (last published block, its reads right after publishing)
+        self._mla = False  # register(): every rank holds the whole latent
         self._threads = []
 
     # -- registration -------------------------------------------------------
@@ -68,6 +69,7 @@ class WorkerSide:
         args = _layout.layout_args(model, info, self.s.block_size, self.tp_rank, self.tp_size,
                                    total_kv_heads=total() if callable(total) else None)
         self._layout_args = args
+        self._mla = bool(info.get("mla"))
         self._sources = {}  # producer TP size -> its ranks holding our heads
         self._readers = {}  # producer TP size -> Counter: producer rank -> our ranks reading it
         self.ctx = self._registry.worker_context(self.s, self.tp_rank)
@@ -209,7 +211,9 @@ class WorkerSide:
                         self._refs[b] += 1
                     mine.extend(new)
                     self._last[sp.req_id] = (new[-1], base)
-        if sp.put:
+        if sp.put and (not self._mla or self.tp_rank == 0):
+            # (MLA: every rank holds the same latent under one layout; rank 0
+            # offloads it for all.)
             try:
                 req = self.pool.put(sp.hashes, sp.block_ids)
             except _lib.KvsError as e:
@@ -248,6 +252,10 @@ class WorkerSide:
         when the producer runs at another TP size (kvs_layout_source_ranks()):
         readers is how many of our ranks read that producer rank."""
         ptp = self._producer_tp(spec)
+        if self._mla:
+            # Every producer rank holds the whole latent: read one, spread.
+            r = self.tp_rank % ptp
+            return [(spec.peers[r], self._readers_of(ptp, r))]
         ranks = self._sources.get(ptp)
         if ranks is None:
             ranks = self._sources[ptp] = _lib.layout_source_ranks(self._layout_args, ptp)
@@ -263,6 +271,8 @@ class WorkerSide:
         frees after the last of them (decode TP > prefill TP), as vLLM's
         NIXL connector counts tp_ratio notifications."""
         counts = self._readers.get(ptp)
+        if counts is None and self._mla:
+            counts = self._readers[ptp] = collections.Counter(q % ptp for q in range(self.tp_size))
         if counts is None:
             counts = collections.Counter()
             for r in range(self.tp_size):

@@ -143,11 +143,34 @@ class Readers(unittest.TestCase):
 
     INFO, args = View.INFO, View.args
 
-    def counts(self, total, ptp, dtp):
+    def worker(self, total, dtp, rank=0, mla=False):
         w = object.__new__(_worker.WorkerSide)
-        w.tp_size, w._readers = dtp, {}
-        w._layout_args = self.args(max(1, total // dtp), 0, dtp, total=total)
+        w.tp_size, w.tp_rank, w._readers, w._mla = dtp, rank, {}, mla
+        w._layout_args = self.args(max(1, total // dtp), rank, dtp, total=total)
+        return w
+
+    def counts(self, total, ptp, dtp, mla=False):
+        w = self.worker(total, dtp, mla=mla)
         return {r: w._readers_of(ptp, r) for r in range(ptp)}
+
+    def test_mla_ranks_read_their_rank_modulo_the_producers(self):
+        # Every rank holds the whole latent: our rank q reads producer rank q % ptp.
+        for (ptp, dtp), want in [((2, 1), {0: 1, 1: 0}), ((1, 2), {0: 2}),
+                                 ((4, 2), {0: 1, 1: 1, 2: 0, 3: 0}), ((2, 2), {0: 1, 1: 1})]:
+            with self.subTest(prefill_tp=ptp, decode_tp=dtp):
+                self.assertEqual(self.counts(1, ptp, dtp, mla=True), want)
+
+    def test_unread_replicas_are_told_by_one_rank_each(self):
+        # (KV heads, prefill TP, decode TP, MLA) -> {our rank: producer ranks it tells}
+        cases = [((2, 4, 1, False), {0: [1, 3]}),
+                 ((1, 4, 2, False), {0: [1, 3], 1: [2]}),
+                 ((4, 2, 1, False), {0: []}),          # no replica: nothing to tell
+                 ((1, 2, 1, True), {0: [1]}),           # vllm_mla_tp2to1
+                 ((1, 4, 2, True), {0: [2], 1: [3]})]
+        for (total, ptp, dtp, mla), want in cases:
+            with self.subTest(heads=total, prefill_tp=ptp, decode_tp=dtp, mla=mla):
+                got = {q: self.worker(total, dtp, q, mla)._unread_mine(ptp) for q in range(dtp)}
+                self.assertEqual(got, want)
 
     def test_each_producer_rank_counts_its_readers(self):
         cases = [  # (KV heads, prefill TP, decode TP) -> readers per prefill rank
