@@ -2387,7 +2387,7 @@ static void stall_check(kvs__peer_t *pp, uint64_t t0, uint64_t allowed_ns, const
         (pp->stall_warned_ns != 0 && t - pp->stall_warned_ns < 10000000000ull))
         return;
     pp->stall_warned_ns = t;
-    kvs__warn(pp->log, "progress thread: %s took %llu ms; peers' requests waited meanwhile", what,
+    kvs__warn(pp->log, "progress: %s took %llu ms; peers' requests waited meanwhile", what,
               (unsigned long long)((t - t0 - allowed_ns) / 1000000u));
 }
 
