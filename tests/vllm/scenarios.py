@@ -407,30 +407,29 @@ def sc_tp2to1(env, rng):
     all_free(p, "P (TP=2) frees its blocks once D (TP=1) has them from both ranks")
 
 
+def _unread_rank_told(env, rng, what, **model):
+    """P at TP 2, D at TP 1, where D reads P rank 0 only: P rank 1, which no D
+    rank reads, must be told D is done. P's lease is 60 s: a rank left waiting
+    for it would hold the request past all_free's 20 s, and would log that it
+    freed at the lease's end."""
+    p, _, _ = run_pd(env, rng, tp=2, d_tp=1, plen=70, p_budget=32,
+                     p_env=dict(KVSHARE_LEASE_TIMEOUT_MS=60000), **model)
+    all_free(p, f"P (TP=2, {what}) frees its blocks once D (TP=1) has read rank 0's copy")
+    check("before the lease ended" not in p.tail(1000),
+          "no P rank waited for its lease to end (rank 1 was told)")
+
+
 def sc_tp2to1rep(env, rng):
     need_connector()
-    # One KV head over P's two ranks: vLLM replicates it, D (TP 1) reads P rank
-    # 0 only and tells rank 1, which no D rank reads, that it is done. P's lease
-    # is 60 s: a rank left waiting for it would hold the request past all_free's
-    # 20 s, and would log that it freed at the lease's end.
-    p, _, _ = run_pd(env, rng, tp=2, d_tp=1, plen=70, p_budget=32, num_kv_heads=1,
-                     p_env=dict(KVSHARE_LEASE_TIMEOUT_MS=60000))
-    all_free(p, "P (TP=2, one head replicated) frees its blocks once D (TP=1) has read one "
-             "replica")
-    check("before the lease ended" not in p.tail(1000),
-          "no P rank waited for its lease to end (the unread replica was told)")
+    # One KV head over P's two ranks: vLLM replicates it, D reads the lowest rank.
+    _unread_rank_told(env, rng, "one KV head replicated", num_kv_heads=1)
 
 
 def sc_mla_tp2to1(env, rng):
     need_connector()
-    # MLA at different TP sizes: every rank holds the whole latent, so D (TP 1)
-    # reads P rank 0 as it is (one layout for every rank) and tells rank 1,
-    # which no D rank reads, that it is done (P's lease 60 s, as above).
-    p, _, _ = run_pd(env, rng, tp=2, d_tp=1, plen=70, p_budget=32, use_mla=True,
-                     dtype="float32", p_env=dict(KVSHARE_LEASE_TIMEOUT_MS=60000))
-    all_free(p, "P (MLA, TP=2) frees its blocks once D (MLA, TP=1) has read rank 0's latent")
-    check("before the lease ended" not in p.tail(1000),
-          "no P rank waited for its lease to end (rank 1 was told)")
+    # MLA at different TP sizes: every rank holds the whole latent, so D reads
+    # P rank 0 as it is (one layout for every rank).
+    _unread_rank_told(env, rng, "MLA", use_mla=True, dtype="float32")
 
 
 def sc_tp1to2(env, rng):

@@ -294,13 +294,16 @@ class WorkerSide:
 
     def _notify_unread(self, spec):
         for r in self._unread_mine(self._producer_tp(spec)):
-            peer = spec.peers[r]
-            try:
-                _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
-                          peer=peer, timeout_ms=self.s.fetch_timeout_ms, readers=1)
-            except _lib.KvsError as e:
-                log.info("kvshare_vllm: %s: notifying %s (a replica no rank reads): %s",
-                         spec.req_id, peer, e)
+            self._tell_done(spec, spec.peers[r], 1)
+
+    def _tell_done(self, spec, peer, readers):
+        """Tells producer @peer this rank is done with the request's blocks
+        without reading them (a lookup and its release: one counted read)."""
+        try:
+            _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
+                      peer=peer, timeout_ms=self.s.fetch_timeout_ms, readers=readers)
+        except _lib.KvsError as e:
+            log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
 
     def _notify_needed(self, spec, lease):
         """True when the lookup never asked the producer (cheaper sources held
@@ -347,11 +350,7 @@ class WorkerSide:
             if peer and notify:
                 # Loaded from elsewhere: still tell the producer we are done,
                 # so it frees now rather than at expiry.
-                try:
-                    _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
-                              peer=peer, timeout_ms=self.s.fetch_timeout_ms, readers=readers)
-                except _lib.KvsError as e:
-                    log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
+                self._tell_done(spec, peer, readers)
 
     def _load_split(self, spec):
         """_load_one from a producer at another TP size: one lease per producer
@@ -418,12 +417,7 @@ class WorkerSide:
                 notify = self._notify_needed(spec, lease)
                 lease.release()
                 if notify:
-                    try:
-                        _lib.held(self.ctx, self.pool.layout_id, spec.hashes, _lib.SOURCE_PEER,
-                                  peer=peer, timeout_ms=self.s.fetch_timeout_ms,
-                                  readers=readers[peer])
-                    except _lib.KvsError as e:
-                        log.info("kvshare_vllm: %s: notifying %s: %s", spec.req_id, peer, e)
+                    self._tell_done(spec, peer, readers[peer])
             self._notify_unread(spec)
 
     # -- reporting -----------------------------------------------------------
