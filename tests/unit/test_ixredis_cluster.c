@@ -304,27 +304,52 @@ static redisReply *node_dbsize(int i)
     return cmd(i, 1, (const char *[]){"DBSIZE"});
 }
 
+/* What both cluster tests start from: a cluster client through master @node and a
+ * standalone one, a writer each, and write_both() of the three models (one per master) with
+ * block hashes base + i * step. */
+typedef struct pair {
+    char models[NNODES][16];
+    kvs__ixr_t *rc, *rs; /* cluster, standalone */
+    kvs__ixr_w_t *wc, *ws;
+    uint64_t h[NB];
+} pair_t;
+
+static void pair_open(pair_t *p, int node, uint64_t base, uint64_t step)
+{
+    memset(p->models, 0, sizeof(p->models));
+    models_per_node(p->models);
+    p->rc = open_r(ports[node], true, "A");
+    p->rs = open_r(ports[NNODES], false, "A");
+    p->wc = kvs__ixr_writer_create(p->rc);
+    p->ws = kvs__ixr_writer_create(p->rs);
+    for (size_t i = 0; i < NB; i++)
+        p->h[i] = base + i * step;
+    write_both(p->wc, p->ws, p->models, p->h);
+}
+
+static void pair_close(pair_t *p)
+{
+    kvs__ixr_writer_destroy(p->wc);
+    kvs__ixr_writer_destroy(p->ws);
+    kvs__ixr_destroy(p->rc);
+    kvs__ixr_destroy(p->rs);
+}
+
 /* Models on three masters score, and snapshot, exactly as on one Redis. */
 Test(ixredis_cluster, scores_match_one_redis)
 {
-    char models[NNODES][16] = {{0}};
-    models_per_node(models);
-    kvs__ixr_t *rc = open_r(ports[0], true, "A"), *rs = open_r(ports[NNODES], false, "A");
-    kvs__ixr_w_t *wc = kvs__ixr_writer_create(rc), *ws = kvs__ixr_writer_create(rs);
-    static uint64_t h[NB];
-    for (size_t i = 0; i < NB; i++)
-        h[i] = 0xabc000 + i * 104729;
-    write_both(wc, ws, models, h);
+    static pair_t p;
+    pair_open(&p, 0, 0xabc000, 104729);
     for (int i = 0; i < NNODES; i++) {
         redisReply *n = node_dbsize(i);
-        cr_assert_gt(n->integer, 0, "node %d holds keys (model %s)", i, models[i]);
+        cr_assert_gt(n->integer, 0, "node %d holds keys (model %s)", i, p.models[i]);
         freeReplyObject(n);
     }
     for (int m = 0; m < NNODES; m++)
-        scores_equal(rc, rs, models[m], h, (uint32_t)(NB - 3 * m));
+        scores_equal(p.rc, p.rs, p.models[m], p.h, (uint32_t)(NB - 3 * m));
     unsigned long long sc[3] = {0}, ss[3] = {0};
-    cr_assert_eq(kvs__ixr_snapshot(rc, pod_seen, copy_sum, sc), 0);
-    cr_assert_eq(kvs__ixr_snapshot(rs, pod_seen, copy_sum, ss), 0);
+    cr_assert_eq(kvs__ixr_snapshot(p.rc, pod_seen, copy_sum, sc), 0);
+    cr_assert_eq(kvs__ixr_snapshot(p.rs, pod_seen, copy_sum, ss), 0);
     cr_assert_gt(sc[0], 0);
     cr_assert(sc[0] == ss[0] && sc[1] == ss[1] && sc[2] == ss[2],
               "snapshot: %llu copies / %llu pods on the cluster, %llu / %llu on one Redis", sc[0],
@@ -332,20 +357,17 @@ Test(ixredis_cluster, scores_match_one_redis)
     /* A lease while writes are queued (a gap's degraded flag, then the next batch) reads
      * its own reply, not the first queued write's. */
     for (int k = 0; k < 2; k++) {
-        kvs__ixr_w_t *w = k ? ws : wc;
+        kvs__ixr_w_t *w = k ? p.ws : p.wc;
         uint64_t e, x = 0x999;
-        kvs__ixr_store(w, models[0], "pod-0", &x, 1, "GPU");
-        kvs__ixr_set_degraded(w, models[0], "pod-0", false);
-        cr_assert_eq(kvs__ixr_lease(w, models[0], "pod-0", &e), 1, "%s: renewed",
+        kvs__ixr_store(w, p.models[0], "pod-0", &x, 1, "GPU");
+        kvs__ixr_set_degraded(w, p.models[0], "pod-0", false);
+        cr_assert_eq(kvs__ixr_lease(w, p.models[0], "pod-0", &e), 1, "%s: renewed",
                      k ? "one Redis" : "cluster");
         cr_assert_eq(kvs__ixr_flush(w), 0);
     }
-    cr_assert_eq(kvs__ixr_errors(rc), 0);
-    cr_assert_eq(kvs__ixr_errors(rs), 0);
-    kvs__ixr_writer_destroy(wc);
-    kvs__ixr_writer_destroy(ws);
-    kvs__ixr_destroy(rc);
-    kvs__ixr_destroy(rs);
+    cr_assert_eq(kvs__ixr_errors(p.rc), 0);
+    cr_assert_eq(kvs__ixr_errors(p.rs), 0);
+    pair_close(&p);
 }
 
 /* Moves slot from node a to node b as redis-cli --cluster reshard does: IMPORTING on b,
@@ -383,54 +405,45 @@ static void finish_migration(unsigned slot, int b)
  * and the rewrite lands on the new master. */
 Test(ixredis_cluster, ask_and_moved_are_followed)
 {
-    char models[NNODES][16] = {{0}};
-    models_per_node(models);
-    kvs__ixr_t *rc = open_r(ports[1], true, "A"), *rs = open_r(ports[NNODES], false, "A");
-    kvs__ixr_w_t *wc = kvs__ixr_writer_create(rc), *ws = kvs__ixr_writer_create(rs);
-    static uint64_t h[NB];
-    for (size_t i = 0; i < NB; i++)
-        h[i] = 0x5eed00 + i * 7919;
-    write_both(wc, ws, models, h);
-    const char *m = models[0];
+    static pair_t p;
+    pair_open(&p, 1, 0x5eed00, 7919);
+    const char *m = p.models[0];
     unsigned slot = model_slot(m);
-    scores_equal(rc, rs, m, h, NB);
+    scores_equal(p.rc, p.rs, m, p.h, NB);
     uint64_t e0 = 0, e1 = 0;
-    cr_assert_eq(kvs__ixr_lease(wc, m, "pod-0", &e0), 1, "the writer maps the slot to node 0");
-    unsigned long long red0 = kvs__ixr_redirects(rc);
+    cr_assert_eq(kvs__ixr_lease(p.wc, m, "pod-0", &e0), 1, "the writer maps the slot to node 0");
+    unsigned long long red0 = kvs__ixr_redirects(p.rc);
 
     migrate_keys(slot, 0, 2);
-    scores_equal(rc, rs, m, h, NB);
-    unsigned long long red1 = kvs__ixr_redirects(rc);
+    scores_equal(p.rc, p.rs, m, p.h, NB);
+    unsigned long long red1 = kvs__ixr_redirects(p.rc);
     cr_assert_gt(red1, red0, "the old master answered ASK, and it was followed");
 
     finish_migration(slot, 2);
-    scores_equal(rc, rs, m, h, NB);
-    cr_assert_gt(kvs__ixr_redirects(rc), red1,
+    scores_equal(p.rc, p.rs, m, p.h, NB);
+    cr_assert_gt(kvs__ixr_redirects(p.rc), red1,
                  "the old master answered MOVED, and it was followed");
 
     /* The writer still maps the slot to node 0: its pipelined writes there come back MOVED,
      * are reported lost, and a new epoch makes the lease holder resync on the new master. */
     uint64_t extra[2] = {0x77770001, 0x77770002};
-    kvs__ixr_store(wc, m, "pod-0", extra, 2, "GPU");
-    cr_assert_eq(kvs__ixr_flush(wc), -1, "a write pipelined to the old master is lost");
-    cr_assert_eq(kvs__ixr_lease(wc, m, "pod-0", &e1), 1, "the lease renews on the new master");
+    kvs__ixr_store(p.wc, m, "pod-0", extra, 2, "GPU");
+    cr_assert_eq(kvs__ixr_flush(p.wc), -1, "a write pipelined to the old master is lost");
+    cr_assert_eq(kvs__ixr_lease(p.wc, m, "pod-0", &e1), 1, "the lease renews on the new master");
     cr_assert_neq(e1, e0, "a new epoch: the lease holder resyncs");
-    kvs__ixr_store(wc, m, "pod-0", extra, 2, "GPU");
-    cr_assert_eq(kvs__ixr_flush(wc), 0, "the rewrite lands on the new master");
-    kvs__ixr_store(ws, m, "pod-0", extra, 2, "GPU");
-    cr_assert_eq(kvs__ixr_flush(ws), 0);
+    kvs__ixr_store(p.wc, m, "pod-0", extra, 2, "GPU");
+    cr_assert_eq(kvs__ixr_flush(p.wc), 0, "the rewrite lands on the new master");
+    kvs__ixr_store(p.ws, m, "pod-0", extra, 2, "GPU");
+    cr_assert_eq(kvs__ixr_flush(p.ws), 0);
     kvs__ixr_score_t out[8];
-    cr_assert_eq(kvs__ixr_score(rc, m, extra, 2, NULL, 0, out, 8), 1);
+    cr_assert_eq(kvs__ixr_score(p.rc, m, extra, 2, NULL, 0, out, 8), 1);
     cr_assert_str_eq(out[0].pod, "pod-0");
     cr_assert_eq(out[0].blocks, 2);
-    scores_equal(rc, rs, m, h, NB);
-    /* The other models never moved. */
-    scores_equal(rc, rs, models[1], h, NB - 3);
-    scores_equal(rc, rs, models[2], h, NB - 6);
-    kvs__ixr_writer_destroy(wc);
-    kvs__ixr_writer_destroy(ws);
-    kvs__ixr_destroy(rc);
-    kvs__ixr_destroy(rs);
+    scores_equal(p.rc, p.rs, m, p.h, NB);
+    /* The other p.models never moved. */
+    scores_equal(p.rc, p.rs, p.models[1], p.h, NB - 3);
+    scores_equal(p.rc, p.rs, p.models[2], p.h, NB - 6);
+    pair_close(&p);
 }
 
 /* ---- a fake node answering nonsense ---- */

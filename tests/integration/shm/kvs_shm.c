@@ -314,6 +314,15 @@ static child_t start_holder(void)
     return c;
 }
 
+/* start_holder() with a holder of @kind (HOLD_*), the next one a host holder again. */
+static child_t start_holder_of(int kind)
+{
+    hold_kind = kind;
+    child_t h = start_holder();
+    hold_kind = HOLD_HOST;
+    return h;
+}
+
 static void stop_holder(child_t *c)
 {
     if (c->pid <= 0)
@@ -525,9 +534,7 @@ static void mid_copy(void)
  * check: KVS_ERR_STALE, then the new bytes, every byte over the mapping. */
 static void midread_case(const char *name, int kind, const char *what)
 {
-    hold_kind = kind;
-    child_t h = start_holder();
-    hold_kind = HOLD_HOST;
+    child_t h = start_holder_of(kind);
     reader_t r = reader_new();
     mid_holder = &h;
     mid_calls = 0;
@@ -650,9 +657,7 @@ static void s_xview(void)
 static void s_cudaxview(void)
 {
     xview_case(true);
-    hold_kind = HOLD_CUDA_FD;
-    child_t h = start_holder();
-    hold_kind = HOLD_HOST;
+    child_t h = start_holder_of(HOLD_CUDA_FD);
     kvs_layout_t l = layout();
     l.kv_order = KVS_KV_ORDER_BLOCK_OUTER;
     reader_t r = reader_cuda_as(&l, BB);
@@ -991,9 +996,7 @@ static int cuda_maps(int *writable)
 
 static void s_cuda(void)
 {
-    hold_kind = HOLD_CUDA_FD;
-    child_t h = start_holder();
-    hold_kind = HOLD_HOST;
+    child_t h = start_holder_of(HOLD_CUDA_FD);
     reader_t r = reader_new();
     unsigned long imports = fakecuda_calls("cuMemImportFromShareableHandle");
     unsigned long dtoh = fakecuda_calls("cuMemcpyDtoH_v2");
@@ -1042,9 +1045,7 @@ static void s_cudanofd(void)
         const char *shm;
     } cases[] = {{HOLD_CUDA, NULL}, {HOLD_CUDA_FD, "off"}};
     for (size_t k = 0; k < 2; k++) {
-        hold_kind = cases[k].kind;
-        child_t h = start_holder();
-        hold_kind = HOLD_HOST;
+        child_t h = start_holder_of(cases[k].kind);
         if (cases[k].shm != NULL)
             setenv("KVSHARE_SHM", cases[k].shm, 1);
         reader_t r = reader_new();
@@ -1082,9 +1083,7 @@ static void s_cudadst(void)
                  {HOLD_CUDA_FD, "CUDA VMM source", "cuMemcpyDtoDAsync_v2", "cuMemcpyHtoDAsync_v2"}};
     for (size_t k = 0; k < 2; k++) {
         const char *what = cases[k].what;
-        hold_kind = cases[k].kind;
-        child_t h = start_holder();
-        hold_kind = HOLD_HOST;
+        child_t h = start_holder_of(cases[k].kind);
         long streams = fakecuda_live_streams();
         reader_t r = reader_cuda();
         unsigned long copies = fakecuda_calls(cases[k].copy);
