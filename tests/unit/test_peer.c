@@ -290,18 +290,25 @@ Test(peer, server_leases_expire_at_their_deadline)
     pair_fini(&pr);
 }
 
+/* A loop pair whose holder publishes four zero-copy blocks @zc, keys
+ * test_key(key0 + i), contents tagged fill0 + i (the reader-count tests). */
+static void pair_publish_four(pair_t *pr, const uint32_t zc[4], uint64_t key0, uint64_t fill0)
+{
+    pair_init(pr, "loop", tok_a, 0, 300);
+    for (uint32_t i = 0; i < 4; i++) {
+        pr->keys[i] = test_key(key0 + i);
+        test_fill_block(&pr->pa, zc[i], fill0 + i);
+    }
+    cr_assert_eq(kvs_publish(pr->pa.pool, pr->keys, zc, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+}
+
 /* kvs_pool_reads: a reader's RELEASE counts on the holder's zero-copy
  * blocks; a lease left to expire does not, and republishing starts over. */
 Test(peer, reads_count_released_leases_only)
 {
     pair_t pr;
-    pair_init(&pr, "loop", tok_a, 0, 300);
     uint32_t zc[4] = {40, 41, 42, 43};
-    for (uint32_t i = 0; i < 4; i++) {
-        pr.keys[i] = test_key(7000 + i);
-        test_fill_block(&pr.pa, zc[i], 900 + i);
-    }
-    cr_assert_eq(kvs_publish(pr.pa.pool, pr.keys, zc, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    pair_publish_four(&pr, zc, 7000, 900);
     uint32_t reads[4];
     cr_assert_eq(kvs_pool_reads(pr.pa.pool, zc, 4, reads), KVS_OK);
     for (int i = 0; i < 4; i++)
@@ -385,13 +392,8 @@ static void read_announcing(pair_t *pr, uint32_t n, uint32_t readers, const uint
 Test(peer, release_announces_the_readers_to_expect)
 {
     pair_t pr;
-    pair_init(&pr, "loop", tok_a, 0, 300);
     uint32_t zc[4] = {40, 41, 42, 43};
-    for (uint32_t i = 0; i < 4; i++) {
-        pr.keys[i] = test_key(7100 + i);
-        test_fill_block(&pr.pa, zc[i], 700 + i);
-    }
-    cr_assert_eq(kvs_publish(pr.pa.pool, pr.keys, zc, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    pair_publish_four(&pr, zc, 7100, 700);
     uint32_t reads[4], expected[4];
     cr_assert_eq(kvs_pool_readers(pr.pa.pool, zc, 4, reads, expected), KVS_OK);
     for (int i = 0; i < 4; i++)
