@@ -556,6 +556,16 @@ static const char *captured(kvs__ixr_t *r, long *rc)
     return buf;
 }
 
+/* A client of the fake node (@cluster: as with --redis-cluster). */
+static kvs__ixr_t *fake_client(bool cluster)
+{
+    char url[64], why[300];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", fake_port);
+    kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, cluster, why, sizeof(why));
+    cr_assert_not_null(r, "%s", why);
+    return r;
+}
+
 TestSuite(ixredis_cluster_hostile, .init = fake_setup, .fini = fake_teardown);
 
 /* CLUSTER SLOTS answers that are not a slot map: each fails the call with an error naming
@@ -597,10 +607,7 @@ Test(ixredis_cluster_hostile, malformed_cluster_slots)
 #undef CASE
     for (size_t i = 0; i < n; i++) {
         fake_answers(cases[i].reply, ":0\r\n");
-        char url[64], why[300];
-        snprintf(url, sizeof(url), "redis://127.0.0.1:%d", fake_port);
-        kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, true, why, sizeof(why));
-        cr_assert_not_null(r, "%s", why);
+        kvs__ixr_t *r = fake_client(true);
         long rc;
         const char *log = captured(r, &rc);
         cr_assert_eq(rc, -1, "case %zu", i);
@@ -643,10 +650,7 @@ Test(ixredis_cluster_hostile, bad_redirects)
     cases[n++].want = "more than 5 redirects";
     for (size_t i = 0; i < n; i++) {
         fake_answers(slots, cases[i].reply);
-        char url[64], why[300];
-        snprintf(url, sizeof(url), "redis://127.0.0.1:%d", fake_port);
-        kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, true, why, sizeof(why));
-        cr_assert_not_null(r, "%s", why);
+        kvs__ixr_t *r = fake_client(true);
         long rc;
         const char *log = captured(r, &rc);
         cr_assert_eq(rc, -1, "case %zu", i);
@@ -656,9 +660,8 @@ Test(ixredis_cluster_hostile, bad_redirects)
     }
     /* Without --redis-cluster, a MOVED names the likely cause. */
     fake_answers(slots, cases[0].reply);
-    char url[64], why[300];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", fake_port);
-    kvs__ixr_t *r = kvs__ixr_create(url, "me", 5000, NULL, false, why, sizeof(why));
+    char why[300];
+    kvs__ixr_t *r = fake_client(false);
     long rc;
     const char *log = captured(r, &rc);
     cr_assert_eq(rc, -1);
