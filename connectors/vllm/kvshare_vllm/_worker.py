@@ -263,9 +263,9 @@ class WorkerSide:
             raise _lib.KvsError("kvshare_peers", _lib.ERR_INVALID_PARAM)
         return [(spec.peers[r], self._readers_of(ptp, r)) for r in ranks]
 
-    def _readers_of(self, ptp, prank):
-        """How many of this engine's TP ranks read producer rank @prank of a
-        producer at TP size @ptp: the inverse of kvs_layout_source_ranks(),
+    def _reader_counts(self, ptp):
+        """Per producer rank of a producer at TP size @ptp, how many of this
+        engine's TP ranks read it: the inverse of kvs_layout_source_ranks(),
         the same on every rank (it depends only on the two TP sizes and the
         heads). Each reader announces it with its RELEASE, so the producer
         frees after the last of them (decode TP > prefill TP), as vLLM's
@@ -278,7 +278,10 @@ class WorkerSide:
             for r in range(self.tp_size):
                 counts.update(_lib.layout_source_ranks(dict(self._layout_args, tp_rank=r), ptp))
             self._readers[ptp] = counts
-        return counts[prank]
+        return counts
+
+    def _readers_of(self, ptp, prank):
+        return self._reader_counts(ptp)[prank]
 
     def _unread_mine(self, ptp):
         """Producer ranks (of a producer at TP size @ptp) that none of our
@@ -288,8 +291,8 @@ class WorkerSide:
         blocks until their lease ends, and vLLM frees a request only once
         every rank has reported it. Spread over our ranks: the i-th unread
         rank is told by our rank i % tp_size."""
-        self._readers_of(ptp, 0)  # fills the counts
-        unread = [r for r in range(ptp) if self._readers[ptp][r] == 0]
+        counts = self._reader_counts(ptp)
+        unread = [r for r in range(ptp) if counts[r] == 0]
         return [r for i, r in enumerate(unread) if i % self.tp_size == self.tp_rank]
 
     def _notify_unread(self, spec):
