@@ -51,6 +51,17 @@ int kvs__size_parse(const char *s, uint64_t *bytes_p, char *why, size_t why_len)
 /* What kvs__size_parse accepts, for error messages and --help. */
 #define KVS__SIZE_GRAMMAR "bytes, or a number with K, M, G or T (also KiB/KB, ...: powers of 1024)"
 
+/* ---- transparent huge pages for shmem (memfds) ---- */
+
+/* The word in brackets of a sysfs THP setting ("always [never] advise" -> "never"): 0, or -1
+ * when there is none, it is not lowercase letters and '_', or does not fit @out_len. */
+int kvs__thp_bracketed(const char *text, char *out, size_t out_len);
+/* The kernel's shmem huge-page mode for 2 MiB pages (the per-size setting where it is not
+ * "inherit", else the global one), or "unknown"; written to @out and returned. */
+const char *kvs__shmem_thp(char *out, size_t out_len);
+/* True for "never" and "deny": memfds get 4 KiB pages whatever we advise. */
+bool kvs__shmem_thp_off(const char *mode);
+
 /* ---- DNS names (Kubernetes object names) ---- */
 
 /* The label must start with a letter (RFC 1035: what a Service name must be). */

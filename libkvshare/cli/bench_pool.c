@@ -2,6 +2,7 @@
 /* bench_pool.c - `kvshare bench pool`: put and fetch speed through cache-pool nodes, and the
  * hit rate of a shared-prefix workload. */
 #include "cli.h"
+#include "util_int.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@ typedef struct popts {
     const char *pool;
     uint64_t nodes, prefixes, prefix_blocks, prompts, suffix_blocks, block_bytes, depth;
     bool json, prefault, warm;
+    bool heap; /* --client-mem heap: the clients' blocks in malloc memory */
 } popts_t;
 
 static void usage(FILE *f)
@@ -21,7 +23,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: kvshare bench pool [--pool HOST:PORT,...] [--nodes N] [--prefixes S]\n"
                "                          [--prefix-blocks B] [--prompts P] [--suffix-blocks K]\n"
                "                          [--block-bytes BYTES] [--depth D] [--prefault] [--warm]\n"
-               "                          [--json]\n"
+               "                          [--client-mem memfd|heap] [--json]\n"
                "\n"
                "A shared-prefix workload, like llm-d's: P prompts, each one of S long system\n"
                "prefixes followed by its own suffix. Client A offloads every prompt's chain with\n"
@@ -43,6 +45,9 @@ static void usage(FILE *f)
                "each local node is sent throw-away prompts of its whole capacity (untimed), so\n"
                "eviction has cycled its arena; A then puts the same prompts again under new keys\n"
                "(the same bytes, landing in reused slots: put_gbps), and B fetches those.\n"
+               "--client-mem: where the clients' blocks live. memfd (default): kvs_mem_alloc,\n"
+               "which a node on this host maps and copies puts from; heap: the engine's own\n"
+               "memory, which it reads with process_vm_readv (or UCX where it cannot).\n"
                "Defaults: --prefixes 8 --prefix-blocks 128 --prompts 64 --suffix-blocks 32\n"
                "          --block-bytes 65536 --depth 4\n");
 }
@@ -84,10 +89,23 @@ static kvs_ctx_h client(const char *pool)
 }
 
 /* @copies prompts' worth of blocks: one set per request in flight. */
+static void free_mem(const popts_t *o, uint8_t *mem)
+{
+    if (o->heap)
+        free(mem);
+    else
+        kvs_mem_free(NULL, mem);
+}
+
 static kvs_pool_h make_pool(kvs_ctx_h ctx, const popts_t *o, uint64_t copies, uint8_t **mem_p)
 {
     uint64_t n = (o->prefix_blocks + o->suffix_blocks) * copies;
-    uint8_t *mem = aligned_alloc(4096, (size_t)((n * o->block_bytes + 4095) / 4096 * 4096));
+    size_t bytes = (size_t)((n * o->block_bytes + 4095) / 4096 * 4096);
+    uint8_t *mem = NULL;
+    if (o->heap)
+        mem = aligned_alloc(4096, bytes);
+    else if (kvs_mem_alloc(ctx, bytes, KVS_MEM_HOST, (void **)&mem) != KVS_OK)
+        mem = NULL;
     if (mem == NULL)
         return NULL;
     for (size_t j = 0; j < n * o->block_bytes; j += 8) {
@@ -107,7 +125,7 @@ static kvs_pool_h make_pool(kvs_ctx_h ctx, const popts_t *o, uint64_t copies, ui
         .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = (uint32_t)n};
     kvs_pool_h pool = NULL;
     if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK) {
-        free(mem);
+        free_mem(o, mem);
         return NULL;
     }
     *mem_p = mem;
@@ -125,7 +143,8 @@ enum {
     O_SUFFIX_BLOCKS,
     O_BLOCK_BYTES,
     O_DEPTH,
-    O_WARM
+    O_WARM,
+    O_CLIENT_MEM,
 };
 
 static const struct option pool_options[] = {
@@ -140,6 +159,7 @@ static const struct option pool_options[] = {
     {"block-bytes", required_argument, NULL, O_BLOCK_BYTES},
     {"depth", required_argument, NULL, O_DEPTH},
     {"warm", no_argument, NULL, O_WARM},
+    {"client-mem", required_argument, NULL, O_CLIENT_MEM},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t pool_cmd = {"bench pool", usage, pool_options};
@@ -163,6 +183,11 @@ static int parse_opts(int argc, char **argv, popts_t *o)
             continue;
         case O_POOL:
             o->pool = optarg;
+            continue;
+        case O_CLIENT_MEM:
+            if (strcmp(optarg, "memfd") != 0 && strcmp(optarg, "heap") != 0)
+                return kvs_cli_usage_error(&pool_cmd, "--client-mem '%s': memfd or heap", optarg);
+            o->heap = strcmp(optarg, "heap") == 0;
             continue;
         case O_BLOCK_BYTES:
             if (!kvs_cli_parse_size("--block-bytes", optarg, 8, 1u << 30, &o->block_bytes))
@@ -278,7 +303,7 @@ static kvs_status_t fill_nodes(const popts_t *o, const char *list, uint64_t cap,
         *bytes_p += (double)stored;
         kvs_pool_destroy(pool);
         kvs_ctx_destroy(c);
-        free(mem);
+        free_mem(o, mem);
     }
     free(nodes);
     return st;
@@ -472,6 +497,11 @@ int kvs_cli_bench_pool(int argc, char **argv)
         cJSON_AddBoolToObject(j, "prefault", o.prefault);
         cJSON_AddBoolToObject(j, "warm", o.warm);
         cJSON_AddNumberToObject(j, "depth", (double)o.depth);
+        cJSON_AddStringToObject(j, "client_mem", o.heap ? "heap" : "memfd");
+        /* The kernel's huge pages for memfds (the nodes' arenas): "never"
+         * makes puts several times slower on a VM (util/thp.c). */
+        char thp[32];
+        cJSON_AddStringToObject(j, "shmem_thp", kvs__shmem_thp(thp, sizeof(thp)));
         /* put_gbps and ratio_put_fetch: warm puts with --warm, else the cold
          * ones (put_gbps_cold, always the first timed puts, into fresh pages). */
         cJSON_AddStringToObject(j, "put", o.warm ? "warm" : "cold");
@@ -494,6 +524,10 @@ int kvs_cli_bench_pool(int argc, char **argv)
         printf("  put    %8.2f GB/s  cold (into arena pages never written before)\n"
                "         after filling the nodes with %.0f MiB (%.1f s, untimed):\n",
                put_gbps_cold, fill_bytes / 1048576.0, fill_s);
+    char thp[32];
+    kvs__shmem_thp(thp, sizeof(thp));
+    if (kvs__shmem_thp_off(thp))
+        printf("  (memfds get no huge pages here: shmem_enabled %s; see docs/transport.md)\n", thp);
     printf("  put    %8.2f GB/s  (%.0f MiB stored, prefixes once)\n"
            "  fetch  %8.2f GB/s  (%llu blocks)\n"
            "  hit rate %6.3f     (blocks fetched / blocks asked for)\n",
@@ -510,8 +544,8 @@ out:
     kvs_pool_destroy(pb);
     kvs_ctx_destroy(a);
     kvs_ctx_destroy(b);
-    free(mema);
-    free(memb);
+    free_mem(&o, mema);
+    free_mem(&o, memb);
     free(keys);
     free(ids);
 out_nodes:

@@ -2,6 +2,7 @@
 /* bench_transfer.c - `kvshare bench transfer`: fetch speed between two processes, beside
  * one core's memcpy of the same blocks and UCX's own ucx_perftest at the same size. */
 #include "cli.h"
+#include "util_int.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -896,6 +897,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         cJSON_AddStringToObject(j, "bench", "transfer");
         cJSON_AddStringToObject(j, "path", ran);
         cJSON_AddStringToObject(j, "tls", o.tls);
+        char thp[32];
+        cJSON_AddStringToObject(j, "shmem_thp", kvs__shmem_thp(thp, sizeof(thp)));
         cJSON_AddNumberToObject(j, "block_bytes", (double)moved);
         cJSON_AddNumberToObject(j, "blocks", (double)o.blocks);
         cJSON_AddNumberToObject(j, "batch", (double)o.batch);

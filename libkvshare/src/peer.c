@@ -122,6 +122,16 @@ struct conn {
     bool put_direct;
     pid_t put_pid;
     int put_pidfd;
+    /* Server: the client's memory it offered on that socket, mapped
+     * read-only: its pull puts from these regions are copied with memcpy
+     * (mapped_reads), no kernel copy. Kept for the connection's life. */
+    kvs__shm_pmap_t *pmaps[KVS_PEER_MAX_PUT_MAPS];
+    uint32_t npmaps;
+    bool pmap_said; /* the first put copied from them was logged */
+    /* Client: the regions of our puts considered for an offer (shm.c
+     * decides which have a memfd); a new one makes the next put offer. */
+    uint32_t offered[KVS_PEER_MAX_PUT_MAPS];
+    uint32_t noffered;
     /* Set inside transport callbacks, where endpoints must not be closed;
      * progress_locked() fails the connection right after. */
     kvs_status_t doom_status;
@@ -327,6 +337,8 @@ struct kvs__peer {
     /* Our puts' blocks stored by the node's reads vs by our pushes, and
      * connections that fell back from pull to push (lock held). */
     uint64_t put_pulled_blocks, put_pushed_blocks, put_fallbacks;
+    /* Server: bytes of pull puts copied from clients' mapped memory (lock held). */
+    uint64_t put_mapped_bytes;
 };
 
 static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...) KVS_PRINTF(3, 4);
@@ -457,6 +469,8 @@ static void conn_free(conn_t *c)
     kvs__shm_peer_free(c->shm);
     if (c->put_direct)
         close(c->put_pidfd);
+    for (uint32_t i = 0; i < c->npmaps; i++)
+        kvs__shm_pmap_free(c->pmaps[i]);
     release_server_leases(c);
     conn_close_io(c);
     kvs__free(c->boot);
@@ -1231,6 +1245,64 @@ fail:
     return false;
 }
 
+/* The mapping of the client's region @id that holds [addr, addr + len), or NULL. */
+static const uint8_t *pmap_at(const conn_t *c, uint32_t id, uint64_t addr, uint64_t len)
+{
+    for (uint32_t i = 0; i < c->npmaps; i++) {
+        const kvs__shm_pmap_t *m = c->pmaps[i];
+        if (m->id != id)
+            continue;
+        if (addr < m->base || len > m->len || addr - m->base > m->len - len)
+            return NULL;
+        return m->at + (addr - m->base);
+    }
+    return NULL;
+}
+
+/* Same host, the client offered the memory these reads lie in (its memfds,
+ * mapped read-only here): copies each planned read into its slot with
+ * memcpy, runs adjacent on both sides as one. All or nothing: false (nothing
+ * copied) when any read lies outside what is mapped, and the put is read
+ * another way. The mapping's pages live as long as it does, so a client
+ * that exits or frees its memory mid-copy cannot make this fault. */
+static bool mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
+                         uint8_t *const *addrs, uint32_t n, uint16_t nch)
+{
+    const size_t nreads = (size_t)n * nch;
+    if (c->npmaps == 0)
+        return false;
+    for (size_t j = 0; j < nreads; j++)
+        if (pmap_at(c, c->rr[reads[j].region].id, reads[j].raddr, reads[j].len) == NULL)
+            return false;
+    const uint8_t *run_src = NULL;
+    uint8_t *run_dst = NULL;
+    size_t run_len = 0, total = 0;
+    for (size_t j = 0; j <= nreads; j++) {
+        const kvs__pull_read_t *rd = j < nreads ? &reads[j] : NULL;
+        const uint8_t *src = rd ? pmap_at(c, c->rr[rd->region].id, rd->raddr, rd->len) : NULL;
+        uint8_t *dst = rd ? addrs[j / nch] + rd->off : NULL;
+        if (rd != NULL && run_len > 0 && run_src + run_len == src && run_dst + run_len == dst) {
+            run_len += rd->len;
+            continue;
+        }
+        if (run_len > 0)
+            memcpy(run_dst, run_src, run_len);
+        total += run_len;
+        if (rd == NULL)
+            break;
+        run_src = src;
+        run_dst = dst;
+        run_len = rd->len;
+    }
+    if (!c->pmap_said) {
+        c->pmap_said = true;
+        kvs__debug(pp->log, "peer %s: its puts are copied from its memory mapped here", c->peer);
+    }
+    pp->put_mapped_bytes += total;
+    p->bytes_expected = p->bytes_got = total;
+    return true;
+}
+
 /* A pull PUT: check every read against the regions the client advertised,
  * reserve arena slots, GET each block straight into its slot (runs adjacent
  * on both sides coalesced), one flush. finish_puts publishes the slots when
@@ -1306,7 +1378,8 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     c->staging_bytes += (uint64_t)n * block_bytes;
     keys = NULL;
     populate_slots(addrs, n, block_bytes);
-    if (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch))
+    if (mapped_reads(pp, c, p, reads, addrs, n, nch) ||
+        (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch)))
         goto posted;
     uint8_t *run_local = NULL;
     uint64_t run_remote = 0;
@@ -3642,6 +3715,25 @@ static bool can_pull(const conn_t *c, const struct kvs_pool *src)
     return true;
 }
 
+/* The regions of @src not yet considered for an offer on @c, marked
+ * considered (bounded: past KVS_PEER_MAX_PUT_MAPS, none). */
+static uint32_t offers_due(conn_t *c, const struct kvs_pool *src, kvs__shm_offer_t *out)
+{
+    uint32_t n = 0;
+    for (size_t s = 0; s < src->nsegs; s++) {
+        const region_t *rg = src->seg_memh[s];
+        bool seen = false;
+        for (uint32_t k = 0; k < c->noffered && !seen; k++)
+            seen = c->offered[k] == rg->id;
+        if (seen || c->noffered == KVS_PEER_MAX_PUT_MAPS)
+            continue;
+        c->offered[c->noffered++] = rg->id;
+        out[n++] =
+            (kvs__shm_offer_t){.id = rg->id, .base = (uint64_t)(uintptr_t)rg->base, .len = rg->len};
+    }
+    return n;
+}
+
 /* Offloads by pull: each batch is one PUT carrying our regions (what the
  * node may read), the segments' layout and the block ids; the node GETs the
  * blocks it lacks straight into arena slots and answers PUT_DONE. A few
@@ -3748,13 +3840,19 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     kvs_status_t st = get_conn(pp, node, src->layout_id, deadline, &c);
     if (st != KVS_OK)
         goto out;
-    if (c->shm != NULL && !c->identify_tried && can_pull(c, src)) {
+    kvs__shm_offer_t offers[KVS_PROTO_MAX_PIECES];
+    uint32_t noffers = 0;
+    if (c->shm != NULL && can_pull(c, src))
+        noffers = offers_due(c, src, offers);
+    if (noffers > 0 || (c->shm != NULL && !c->identify_tried && can_pull(c, src))) {
         /* Same host: tell the node our pid once, so it reads our puts
-         * itself (direct_reads). The handover is socket I/O with the
-         * node's thread: not under our lock (we may be that node). */
+         * itself (direct_reads), and offer it our memfds (kvs_mem_alloc
+         * memory), so it copies them from a mapping (mapped_reads). The
+         * handover is socket I/O with the node's thread: not under our
+         * lock (we may be that node). */
         c->identify_tried = true;
         unlock(pp);
-        kvs__shm_peer_identify(c->shm);
+        kvs__shm_peer_offer(c->shm, offers, noffers);
         lock(pp);
         if (c->state != S_READY) {
             st = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
@@ -3971,13 +4069,41 @@ static int shm_region(void *arg, const uint8_t *session, pid_t pid, uint32_t id,
     return found;
 }
 
+/* The shm server's offer (its own thread): a same-host client's memory,
+ * mapped, kept for its connection when we are a pool node. */
+static bool shm_offer(void *arg, const uint8_t *session, kvs__shm_pmap_t *m)
+{
+    kvs__peer_t *pp = arg;
+    bool kept = false;
+    lock(pp);
+    conn_t *c = conn_by_session(pp, session, true);
+    if (c != NULL && pp->ctx->cfg.pool_node) {
+        uint32_t i = 0;
+        while (i < c->npmaps && c->pmaps[i]->id != m->id)
+            i++;
+        if (i < c->npmaps) { /* offered again (a new connection's worth): the newer wins */
+            kvs__shm_pmap_free(c->pmaps[i]);
+            c->pmaps[i] = m;
+            kept = true;
+        } else if (c->npmaps < KVS_PEER_MAX_PUT_MAPS) {
+            c->pmaps[c->npmaps++] = m;
+            kept = true;
+        }
+        if (kept)
+            kvs__debug(pp->log, "peer %s: its region %u (%llu bytes) is mapped here for its puts",
+                       c->peer, m->id, (unsigned long long)m->len);
+    }
+    unlock(pp);
+    return kept;
+}
+
 /* Offers our memfds to same-host readers; without it they use the transport. */
 static void shm_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
 {
     char err[256] = "";
     /* No directory configured: an abstract socket (see kvs__shm_srv_start). */
     if (kvs__shm_srv_start(cfg->host_socket_dir, pp->secret, pp->secret_len, pp->open, shm_region,
-                           pp, pp->log, &pp->shm_srv, err, sizeof(err)) != KVS_OK) {
+                           shm_offer, pp, pp->log, &pp->shm_srv, err, sizeof(err)) != KVS_OK) {
         pp->shm_srv = NULL;
         kvs__warn(pp->log, "shm: same-host peers will use the transport: %s", err);
     }

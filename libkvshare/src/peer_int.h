@@ -74,6 +74,7 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq);
 #define KVS_PEER_MAX_LEASES      16384u       /* server leases one peer may hold */
 #define KVS_PEER_MAX_PUSHES      32u          /* FETCH pushes one peer may have running */
 #define KVS_PEER_MAX_PUTS        16u          /* PUTs one peer may have landing */
+#define KVS_PEER_MAX_PUT_MAPS    64u          /* client regions a node maps per connection */
 #define KVS_PEER_MAX_STAGING     (1ull << 30) /* staging bytes one peer may hold */
 #define KVS_PEER_MAX_INBOX       256u         /* queued messages per connection */
 #define KVS_PEER_PUSH_WINDOW     128u         /* sends one push keeps in flight */

@@ -819,3 +819,70 @@ out:
         *why = bad;
     return bad == NULL ? KVS_OK : KVS_ERR_PROTOCOL;
 }
+
+void kvs__shm_put_offer(uint8_t *out, const uint8_t *session, const uint8_t *mac,
+                        const kvs__shm_offer_t *e, uint32_t n)
+{
+    kvs__buf_t b = {.data = out, .cap = KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n};
+    kvs__buf_u32(&b, KVS_SHM_OFFER_MAGIC);
+    memcpy(out + 4, session, KVS_PROTO_SESSION_LEN);
+    memcpy(out + 4 + KVS_PROTO_SESSION_LEN, mac, KVS_PROTO_MAC_LEN);
+    b.len = KVS_SHM_OFFER_FIXED - 4;
+    kvs__buf_u32(&b, n);
+    for (uint32_t i = 0; i < n; i++) {
+        kvs__buf_u32(&b, e[i].id);
+        kvs__buf_u64(&b, e[i].base);
+        kvs__buf_u64(&b, e[i].len);
+        kvs__buf_u64(&b, e[i].off);
+    }
+}
+
+kvs_status_t kvs__shm_parse_offer(const uint8_t *req, size_t len, uint32_t nfds,
+                                  const uint8_t **session_p, const uint8_t **mac_p,
+                                  kvs__shm_offer_t *out, uint32_t *n_p, const char **why)
+{
+    const char *bad = NULL;
+    rd_t r = {.p = req, .left = len};
+    uint32_t n = 0;
+    if (len < KVS_SHM_OFFER_FIXED) {
+        bad = "wrong length";
+        goto out;
+    }
+    if (rd_u32(&r) != KVS_SHM_OFFER_MAGIC) {
+        bad = "wrong magic";
+        goto out;
+    }
+    const uint8_t *session = take(&r, KVS_PROTO_SESSION_LEN), *mac = take(&r, KVS_PROTO_MAC_LEN);
+    n = rd_u32(&r);
+    if (n > KVS_SHM_MAX_IDS || len != KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n) {
+        bad = "wrong length or count";
+        goto out;
+    }
+    if (nfds != n) {
+        bad = "descriptors do not match the entries";
+        goto out;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        kvs__shm_offer_t *e = &out[i];
+        e->id = rd_u32(&r);
+        e->base = rd_u64(&r);
+        e->len = rd_u64(&r);
+        e->off = rd_u64(&r);
+        if (e->len == 0 || e->base + e->len < e->base || e->off + e->len < e->off) {
+            bad = "a region with no bytes, or wrapping";
+            goto out;
+        }
+        for (uint32_t k = 0; k < i; k++)
+            if (out[k].id == e->id) {
+                bad = "a region named twice";
+                goto out;
+            }
+    }
+    *session_p = session;
+    *mac_p = mac;
+out:
+    *n_p = bad == NULL ? n : 0;
+    if (why != NULL)
+        *why = bad;
+    return bad == NULL ? KVS_OK : KVS_ERR_PROTOCOL;
+}

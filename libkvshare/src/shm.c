@@ -119,6 +119,13 @@ void *kvs__shm_alloc(size_t len, const char *what)
             return NULL;
         }
     }
+    /* Huge pages where the kernel's shmem setting allows them ("advise"):
+     * KV memory is large and dense, and 4 KiB pages cost a TLB entry each
+     * (util/thp.c). Below 2 MiB there is nothing to gain. A hint only. */
+#ifdef MADV_HUGEPAGE
+    if (bytes >= (2u << 20))
+        (void)madvise(p, bytes, MADV_HUGEPAGE);
+#endif
     s->base = p;
     s->len = bytes;
     s->fd = fd;
@@ -264,9 +271,11 @@ struct kvs__shm_srv {
     size_t secret_len;
     bool open;
     kvs__shm_region_fn fn;
+    kvs__shm_offer_fn offer_fn;
     void *arg;
     const kvs__logger_t *log;
     uint64_t refused;
+    bool offer_said; /* an offered memfd that cannot be mapped was logged */
     /* Callers served at once, oldest first: one that stays silent holds
      * its slot until its deadline, never the thread. */
     sconn_t conns[SHM_MAX_CONNS];
@@ -357,21 +366,19 @@ static void srv_greet(kvs__shm_srv_t *s, int fd)
     memcpy(c->nonce, hello + 8, sizeof(c->nonce));
 }
 
-/* The request of caller @c, which has one to read (or hung up), and the
- * answer: one memfd per region, or nothing. */
-static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
+/* A region or identify request of @n bytes from caller @c, and the answer:
+ * one memfd per region, or nothing. */
+static void srv_answer_regions(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t *req, size_t n)
 {
     int fd = c->fd;
-    uint8_t req[4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4 + 4 * SHM_MAX_IDS + 1];
-    ssize_t n = recv(fd, req, sizeof(req), MSG_DONTWAIT);
     const size_t fixed = 4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4;
-    if (n < (ssize_t)fixed || get32(req) != SHM_MAGIC) {
+    if (n < fixed || get32(req) != SHM_MAGIC) {
         srv_refuse(s, "malformed request");
         return;
     }
     const uint8_t *session = req + 4, *mac = req + 4 + KVS_PROTO_SESSION_LEN;
     uint32_t nids = get32(req + fixed - 4);
-    if (nids > SHM_MAX_IDS || (size_t)n != fixed + 4 * (size_t)nids) {
+    if (nids > SHM_MAX_IDS || n != fixed + 4 * (size_t)nids) {
         srv_refuse(s, "malformed request");
         return;
     }
@@ -451,6 +458,148 @@ close_owned:
     for (uint32_t i = 0; i < nfds; i++)
         if (owned[i])
             close(fds[i]);
+}
+
+kvs__shm_pmap_t *kvs__shm_pmap_open(int fd, const kvs__shm_offer_t *o, const char **why_p)
+{
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    /* A memfd sealed against shrinking and big enough: no read of the
+     * mapping can fault, whatever the client does with it afterwards. */
+    if (seals < 0) {
+        *why_p = "not a memfd";
+        return NULL;
+    }
+    if (!(seals & F_SEAL_SHRINK)) {
+        *why_p = "not sealed against shrinking";
+        return NULL;
+    }
+    if (fstat(fd, &st) != 0 || o->len == 0 || o->off > (uint64_t)st.st_size ||
+        o->len > (uint64_t)st.st_size - o->off || o->base + o->len < o->base ||
+        o->len > SIZE_MAX - pg) {
+        *why_p = "the region lies outside the memfd";
+        return NULL;
+    }
+    kvs__shm_pmap_t *m = kvs__calloc(1, sizeof(*m));
+    if (m == NULL) {
+        *why_p = "out of memory";
+        return NULL;
+    }
+    uint64_t aoff = o->off / pg * pg;
+    m->map_len = (size_t)(o->off - aoff + o->len);
+    m->map = mmap(NULL, m->map_len, PROT_READ, MAP_SHARED, fd, (off_t)aoff);
+    if (m->map == MAP_FAILED) {
+        *why_p = strerror(errno);
+        kvs__free(m);
+        return NULL;
+    }
+    m->id = o->id;
+    m->base = o->base;
+    m->len = o->len;
+    m->at = (const uint8_t *)m->map + (o->off - aoff);
+    return m;
+}
+
+void kvs__shm_pmap_free(kvs__shm_pmap_t *m)
+{
+    if (m == NULL)
+        return;
+    munmap(m->map, m->map_len);
+    kvs__free(m);
+}
+
+/* A pool client's offer: it proves the session as a region request does,
+ * counts as its identify request, and each region it offers that maps
+ * (kvs__shm_pmap_open) goes to s->offer_fn, which keeps it for that
+ * connection; the answer is the identify answer. */
+static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t *req, size_t len,
+                             const int *fds, uint32_t nfds)
+{
+    kvs__shm_offer_t offers[SHM_MAX_IDS];
+    const uint8_t *session = NULL, *mac = NULL;
+    const char *why = NULL;
+    uint32_t n = 0;
+    if (kvs__shm_parse_offer(req, len, nfds, &session, &mac, offers, &n, &why) != KVS_OK) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "malformed offer (%s)", why);
+        srv_refuse(s, msg);
+        return;
+    }
+    uint8_t want[KVS_PROTO_MAC_LEN];
+    shm_mac(s->secret, s->secret_len, s->open, session, c->nonce, want);
+    bool ok = CRYPTO_memcmp(want, mac, sizeof(want)) == 0;
+    OPENSSL_cleanse(want, sizeof(want));
+    if (!ok) {
+        srv_refuse(s, "the session proof does not hold");
+        return;
+    }
+    uint64_t ib, il;
+    if (s->fn(s->arg, session, c->pid, KVS_SHM_IDENTIFY, &ib, &il, NULL) < 0) {
+        srv_refuse(s, "no such session");
+        return;
+    }
+    for (uint32_t i = 0; i < n && s->offer_fn != NULL; i++) {
+        kvs__shm_pmap_t *m = kvs__shm_pmap_open(fds[i], &offers[i], &why);
+        if (m == NULL) {
+            if (!s->offer_said) {
+                s->offer_said = true;
+                kvs__warn(s->log,
+                          "shm: a client offered region %u (%#llx+%llu) that cannot be mapped "
+                          "(%s): its puts of it are read another way",
+                          offers[i].id, (unsigned long long)offers[i].base,
+                          (unsigned long long)offers[i].len, why);
+            }
+            continue;
+        }
+        if (!s->offer_fn(s->arg, session, m))
+            kvs__shm_pmap_free(m);
+    }
+    uint8_t rep[8];
+    put32(rep, SHM_MAGIC);
+    put32(rep + 4, 0);
+    if (send(c->fd, rep, sizeof(rep), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        kvs__debug(s->log, "shm: send: %s", strerror(errno));
+}
+
+static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t *req, size_t len,
+                             const int *fds, uint32_t nfds);
+
+/* The request of caller @c, which has one to read (or hung up): a region
+ * request or an identify request (KVSM), or a pool client's offer of its
+ * memory (KVSP). Descriptors a caller sends are closed here, whatever
+ * became of the request (an offer's mappings hold their own references). */
+static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
+{
+    uint8_t req[KVS_SHM_OFFER_FIXED + KVS_SHM_OFFER_ENTRY_LEN * SHM_MAX_IDS + 1];
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {.iov_base = req, .iov_len = sizeof(req)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    int fds[SHM_MAX_IDS];
+    uint32_t nfds = 0;
+    for (struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
+         cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t j = 0; j < k && nfds < SHM_MAX_IDS; j++)
+            memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
+    }
+    if (n <= 0 || (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)))
+        srv_refuse(s, "malformed request");
+    else if (n >= 4 && get32(req) == KVS_SHM_OFFER_MAGIC)
+        srv_answer_offer(s, c, req, (size_t)n, fds, nfds);
+    else if (nfds > 0)
+        srv_refuse(s, "descriptors with a region request");
+    else
+        srv_answer_regions(s, c, req, (size_t)n);
+    for (uint32_t i = 0; i < nfds; i++)
+        close(fds[i]);
 }
 
 /* One thread polls the listener and every caller between greeting and
@@ -551,9 +700,9 @@ static void sweep_dead(const char *dir, const kvs__logger_t *log)
 }
 
 kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t secret_len,
-                                bool open, kvs__shm_region_fn fn, void *arg,
-                                const kvs__logger_t *log, kvs__shm_srv_t **srv_p, char *err,
-                                size_t errlen)
+                                bool open, kvs__shm_region_fn fn, kvs__shm_offer_fn offer_fn,
+                                void *arg, const kvs__logger_t *log, kvs__shm_srv_t **srv_p,
+                                char *err, size_t errlen)
 {
     kvs__shm_srv_t *s = kvs__calloc(1, sizeof(*s));
     if (s == NULL)
@@ -563,6 +712,7 @@ kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t s
     s->secret_len = secret_len;
     s->open = open;
     s->fn = fn;
+    s->offer_fn = offer_fn;
     s->arg = arg;
     s->log = log;
     uint8_t rnd[4] = {0};
@@ -680,7 +830,11 @@ struct kvs__shm_peer {
     bool dst_failed;              /* a CUDA destination cannot be set up: logged */
     dst_dev_t devs[SHM_MAX_DEVS]; /* devices of CUDA destinations (lock held) */
     uint32_t ndevs;
-    bool identify_tried, identified; /* kvs__shm_peer_identify */
+    bool identify_tried, identified; /* kvs__shm_peer_offer */
+    bool offer_refused;              /* the node took no offer: identify only */
+    bool identify_plain;             /* the plain identify request was tried */
+    uint32_t offered[SHM_MAX_MAPS];  /* region ids offered (or without a memfd) */
+    uint32_t noffered;
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
@@ -714,12 +868,88 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
 }
 
 static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
+static int dial(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p);
 
-bool kvs__shm_peer_identify(kvs__shm_peer_t *sp)
+/* Sends an offer of @n regions (@fds: their memfds, the registry's) and
+ * reads the node's answer (lock held): true when the node took it. */
+static bool offer_xchg(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, const int *fds,
+                       uint32_t n)
 {
+    uint8_t nonce[KVS_PROTO_NONCE_LEN], mac[KVS_PROTO_MAC_LEN];
+    uint8_t req[KVS_SHM_OFFER_FIXED + KVS_SHM_OFFER_ENTRY_LEN * SHM_MAX_IDS];
+    const char *why = NULL;
+    int fd = dial(sp, nonce, &why);
+    if (fd < 0)
+        return false;
+    shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, nonce, mac);
+    kvs__shm_put_offer(req, sp->session, mac, regions, n);
+    struct iovec iov = {.iov_base = req,
+                        .iov_len = KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (n > 0) {
+        memset(&u, 0, sizeof(u));
+        mh.msg_control = u.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
+    }
+    uint8_t rep[8 + 1];
+    bool ok = sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)iov.iov_len &&
+              recv(fd, rep, sizeof(rep), 0) == 8 &&
+              kvs__shm_parse_reply(rep, 8, 0, 0, NULL, NULL) == KVS_OK;
+    close(fd);
+    return ok;
+}
+
+static bool was_offered(const kvs__shm_peer_t *sp, uint32_t id)
+{
+    for (uint32_t i = 0; i < sp->noffered; i++)
+        if (sp->offered[i] == id)
+            return true;
+    return false;
+}
+
+bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, uint32_t n)
+{
+    kvs__shm_offer_t fresh[SHM_MAX_IDS];
+    int fds[SHM_MAX_IDS];
+    uint32_t nf = 0;
     pthread_mutex_lock(&sp->lock);
-    if (!sp->identify_tried) {
+    /* Each region is considered once per connection, whatever comes of it. */
+    for (uint32_t i = 0; i < n && nf < SHM_MAX_IDS && !sp->offer_refused; i++) {
+        if (was_offered(sp, regions[i].id) || sp->noffered == SHM_MAX_MAPS)
+            continue;
+        sp->offered[sp->noffered++] = regions[i].id;
+        uint64_t off = 0;
+        int fd =
+            kvs__shm_fd_of((const void *)(uintptr_t)regions[i].base, (size_t)regions[i].len, &off);
+        if (fd < 0)
+            continue; /* not kvshare's memory: the node reads it with process_vm_readv */
+        fresh[nf] = regions[i];
+        fresh[nf].off = off;
+        fds[nf++] = fd;
+    }
+    if (!sp->offer_refused && (nf > 0 || !sp->identify_tried)) {
         sp->identify_tried = true;
+        if (offer_xchg(sp, fresh, fds, nf)) {
+            sp->identified = true;
+        } else {
+            sp->offer_refused = true;
+            kvs__info(sp->log,
+                      "peer %s: the node took no offer of our memory (a node that predates "
+                      "offers, or see its log): it reads our puts another way",
+                      sp->peer);
+        }
+    }
+    if (!sp->identified && sp->offer_refused && !sp->identify_plain) {
+        sp->identify_plain = true;
         sp->identified = attach(sp, NULL, 0);
     }
     bool ok = sp->identified;
@@ -797,30 +1027,46 @@ static bool map_cuda(map_t *m, int fd, const kvs__shm_entry_t *e, const char **w
 
 /* Asks the holder for @n regions (lock held). False: the exchange itself
  * failed, and the connection keeps to the transport. */
-static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
+/* Connects to the holder's socket and reads its greeting: the socket, with
+ * the nonce in @nonce, or -1 with *why_p set (errno says more). */
+static int dial(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p)
 {
     struct sockaddr_un sa;
     const socklen_t salen = sock_addr(sp->path, &sa);
     int fd = salen == 0 ? -1 : socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    const char *why = "socket";
+    *why_p = "socket";
+    if (fd < 0)
+        return -1;
+    io_timeouts(fd);
+    *why_p = "connect";
+    if (connect(fd, (struct sockaddr *)&sa, salen) != 0)
+        goto fail;
+    uint8_t hello[8 + KVS_PROTO_NONCE_LEN + 1];
+    *why_p = "no greeting";
+    if (recv(fd, hello, sizeof(hello), 0) != 8 + KVS_PROTO_NONCE_LEN || get32(hello) != SHM_MAGIC ||
+        get32(hello + 4) != SHM_VERSION)
+        goto fail;
+    memcpy(nonce, hello + 8, KVS_PROTO_NONCE_LEN);
+    return fd;
+fail:
+    close(fd);
+    return -1;
+}
+
+static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
+{
+    const char *why = NULL;
     bool ok = false;
     int fds[SHM_MAX_IDS];
     uint32_t nfds = 0;
+    uint8_t nonce[KVS_PROTO_NONCE_LEN];
+    int fd = dial(sp, nonce, &why);
     if (fd < 0)
-        goto out;
-    io_timeouts(fd);
-    why = "connect";
-    if (connect(fd, (struct sockaddr *)&sa, salen) != 0)
-        goto out;
-    uint8_t hello[8 + KVS_PROTO_NONCE_LEN + 1];
-    why = "no greeting";
-    if (recv(fd, hello, sizeof(hello), 0) != 8 + KVS_PROTO_NONCE_LEN || get32(hello) != SHM_MAGIC ||
-        get32(hello + 4) != SHM_VERSION)
         goto out;
     uint8_t req[4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4 + 4 * SHM_MAX_IDS];
     put32(req, SHM_MAGIC);
     memcpy(req + 4, sp->session, KVS_PROTO_SESSION_LEN);
-    shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, hello + 8,
+    shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, nonce,
             req + 4 + KVS_PROTO_SESSION_LEN);
     size_t fixed = 4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4;
     put32(req + fixed - 4, n);

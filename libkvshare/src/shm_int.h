@@ -15,6 +15,11 @@
  *                     (n = 0: "identify": the reader maps nothing, it only tells the
  *                     holder its pid, so that a pool node can read the reader's pull
  *                     puts itself with process_vm_readv; see peer.c, direct reads)
+ *   or, from a pool client instead (an identify request that also offers memory):
+ *                     "KVSP" | session[16] | mac[32] | n u32 (<= 64)
+ *                     | n x {id u32, base u64, len u64, off u64} with n SCM_RIGHTS
+ *                     memfds, answered "KVSM" | 0: the node maps each read-only
+ *                     and copies the client's pull puts from it (peer.c, mapped reads)
  *   holder -> reader  "KVSM" | n u32 | n x {status i32, kind u32, base u64, len u64, off u64,
  *                     size u64} with one SCM_RIGHTS fd per entry of status 0, in order
  *                     (proto_int.h: kvs__shm_parse_reply, strict and fuzzed)
@@ -75,12 +80,33 @@ typedef struct kvs__shm_srv kvs__shm_srv_t;
 #define KVS_SHM_IDENTIFY UINT32_MAX
 typedef int (*kvs__shm_region_fn)(void *arg, const uint8_t *session, pid_t pid, uint32_t region,
                                   uint64_t *base_p, uint64_t *len_p, kvs_mem_type_t *type_p);
+/* A pool client's region mapped read-only here (its offer, proto_int.h):
+ * [base, base + len) of the client's address space lies at @at. */
+typedef struct kvs__shm_pmap {
+    uint32_t id;
+    uint64_t base, len;
+    const uint8_t *at;
+    void *map;
+    size_t map_len;
+} kvs__shm_pmap_t;
+struct kvs__shm_offer;
+/* Maps offered region @o from descriptor @fd (not closed here): only a memfd
+ * sealed against shrinking that holds the whole region, so no read of the
+ * mapping can fault. NULL with *why_p saying why. */
+kvs__shm_pmap_t *kvs__shm_pmap_open(int fd, const struct kvs__shm_offer *o, const char **why_p);
+/* Unmaps and frees; accepts NULL. */
+void kvs__shm_pmap_free(kvs__shm_pmap_t *m);
+/* Called on the server's thread for each region of a client's offer that
+ * mapped, after the client proved @session: true when the callee keeps @m
+ * (and frees it with kvs__shm_pmap_free), false to have it unmapped. */
+typedef bool (*kvs__shm_offer_fn)(void *arg, const uint8_t *session, kvs__shm_pmap_t *m);
 /* Listens on a new socket in @dir and serves it on a thread of its own.
- * @secret is borrowed and must outlive the server. */
+ * @secret is borrowed and must outlive the server. @offer_fn may be NULL
+ * (offers are then proved and answered, and nothing is kept). */
 kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t secret_len,
-                                bool open, kvs__shm_region_fn fn, void *arg,
-                                const kvs__logger_t *log, kvs__shm_srv_t **srv_p, char *err,
-                                size_t errlen);
+                                bool open, kvs__shm_region_fn fn, kvs__shm_offer_fn offer_fn,
+                                void *arg, const kvs__logger_t *log, kvs__shm_srv_t **srv_p,
+                                char *err, size_t errlen);
 /* Stops the thread, unlinks the socket, frees; accepts NULL. */
 void kvs__shm_srv_stop(kvs__shm_srv_t *srv);
 const char *kvs__shm_srv_path(const kvs__shm_srv_t *srv);
@@ -98,9 +124,14 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
                                    bool open, const char *peer, const kvs__logger_t *log);
 /* Unmaps everything; accepts NULL. */
 void kvs__shm_peer_free(kvs__shm_peer_t *sp);
-/* Tells the holder our pid (an identify request), once per connection:
- * true when it took it. Blocking socket I/O (bounded): no lock held. */
-bool kvs__shm_peer_identify(kvs__shm_peer_t *sp);
+/* Before a pull put to a pool node: tells the node our pid (an identify
+ * request) once per connection, and offers it the memfds behind @regions
+ * ({id, base, len}; off is ignored) not offered before, so that it copies
+ * our puts from a mapping of them. Regions without a memfd are skipped. A
+ * node that predates offers is identified the old way (and not offered
+ * again). True when the node knows our pid. Blocking socket I/O (bounded):
+ * no lock held. */
+bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const struct kvs__shm_offer *regions, uint32_t n);
 /* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
  * @ids of @dst, host or CUDA memory (into CUDA memory on our own stream per
  * device, synchronised before the check after the copies). KVS_OK (bytes in

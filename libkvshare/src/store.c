@@ -3,8 +3,10 @@
 #include "catalog_int.h"
 #include "pool_int.h"
 #include "shm_int.h"
+#include "util_int.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -154,14 +156,23 @@ kvs_status_t kvs__store_class_add(kvs__store_t *s, size_t slot_bytes, uint32_t *
         kvs__error(s->log, "mapping %zu bytes for a block arena failed", bytes);
         goto err_nomem;
     }
-    /* Huge pages where the kernel allows them (THP "madvise" mode is the
-     * common default): every 4 KiB page is otherwise faulted in by the
-     * first block written there, inside the transport (10-15 us a page
-     * measured on this VM, which held a pull put to a tenth of a fetch). A
-     * hint only: failure changes nothing. */
-#ifdef MADV_HUGEPAGE
-    (void)madvise(base, bytes, MADV_HUGEPAGE);
-#endif
+    /* kvs__shm_alloc asks for huge pages: every 4 KiB page is otherwise
+     * faulted in by the first block written there, inside the transport
+     * (10-15 us a page measured on this VM), and each is a TLB entry, on a
+     * VM with shadow paging an exit when it goes cold. The arena is a
+     * memfd, so what counts is the kernel's *shmem* setting, "never" by
+     * default on Debian: said once, with the fix (util/thp.c has the
+     * figures). */
+    static atomic_flag thp_said = ATOMIC_FLAG_INIT;
+    char thp[32];
+    if (bytes >= (64u << 20) && kvs__shmem_thp_off(kvs__shmem_thp(thp, sizeof(thp))) &&
+        !atomic_flag_test_and_set(&thp_said))
+        kvs__warn(s->log,
+                  "arena: the kernel gives memfds no huge pages (shmem_enabled: %s), so this "
+                  "%zu MiB arena is 4 KiB pages and puts into it run several times slower "
+                  "(on a VM, 3-5x measured); as root: echo advise > "
+                  "/sys/kernel/mm/transparent_hugepage/shmem_enabled (docs/transport.md)",
+                  thp, bytes >> 20);
     /* KVSHARE_PREFAULT=1 (a pool node started with KVSHARE_SLOT_BYTES makes
      * its arena at start): commit the memory now, so that no block ever
      * lands in a page not yet there. The arena is empty and unpublished:

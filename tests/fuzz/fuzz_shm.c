@@ -1,23 +1,57 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* fuzz_shm.c - libFuzzer target: the same-host handover's answer, as a reader receives it.
+/* fuzz_shm.c - libFuzzer target: the same-host handover's answer, as a reader receives it,
+ * and a pool client's offer of its memory, as a node receives it.
  *
- * Input: byte 0 is how many descriptors came with the answer, byte 1 how
- * many regions the reader asked for; the rest is the answer (proto_int.h,
+ * Input: byte 0 below 0x80 is how many descriptors came with the answer, byte 1
+ * how many regions the reader asked for; the rest is the answer (proto_int.h,
  * kvs__shm_parse_reply). An accepted answer must keep every promise the
  * reader relies on before it maps anything: a known kind per descriptor,
  * a region of some bytes inside its object without wrapping, and exactly
  * one descriptor per entry of status 0 (none for the identify answer, which
- * has no entries). */
+ * has no entries).
+ * Byte 0 of 0x80 or more: an offer (kvs__shm_parse_offer) that came with
+ * byte 0 - 0x80 descriptors, from byte 2 on. An accepted offer has one
+ * descriptor per entry, at most KVS_SHM_MAX_IDS, each a region of some bytes
+ * wrapping neither the address space nor its memfd, no id twice, and its
+ * session and mac inside the input. */
 #include "proto_int.h"
 
 #include <stdlib.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static int offer(uint32_t nfds, const uint8_t *req, size_t len)
+{
+    kvs__shm_offer_t out[KVS_SHM_MAX_IDS];
+    const uint8_t *session = NULL, *mac = NULL;
+    const char *why = NULL;
+    uint32_t n = 99;
+    if (kvs__shm_parse_offer(req, len, nfds, &session, &mac, out, &n, &why) != KVS_OK) {
+        if (why == NULL || n != 0)
+            abort(); /* a refusal says why and yields no entries */
+        return 0;
+    }
+    if (n != nfds || n > KVS_SHM_MAX_IDS ||
+        len != KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n || session != req + 4 ||
+        mac != req + 4 + KVS_PROTO_SESSION_LEN)
+        abort();
+    for (uint32_t i = 0; i < n; i++) {
+        const kvs__shm_offer_t *e = &out[i];
+        if (e->len == 0 || e->base + e->len < e->base || e->off + e->len < e->off)
+            abort();
+        for (uint32_t k = 0; k < i; k++)
+            if (out[k].id == e->id)
+                abort();
+    }
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
+    if (data[0] >= 0x80)
+        return offer(data[0] - 0x80u, data + 2, size - 2);
     const uint32_t nfds = data[0], n = data[1];
     kvs__shm_entry_t out[KVS_SHM_MAX_IDS];
     const char *why = NULL;

@@ -109,6 +109,23 @@ shm_seeds = {
     # The answer to an identify request (same-host direct put reads): no regions.
     "identify": shm_reply([]),
 }
+# A pool client's offer of its memory (the node parses it): byte 0 is 0x80 + the
+# descriptor count, byte 1 unused, then "KVSP" | session[16] | mac[32] | n |
+# n x {id u32, base, len, off u64}.
+SHM_OFFER_MAGIC = 0x5053564B
+
+
+def shm_offer(entries):
+    body = struct.pack("<I", SHM_OFFER_MAGIC) + bytes(range(16)) + bytes(32)
+    body += struct.pack("<I", len(entries))
+    for e in entries:
+        body += struct.pack("<IQQQ", *e)
+    return bytes([0x80 + len(entries), 0]) + body
+
+
+shm_seeds["offer"] = shm_offer([(1, 0x7f0000001000, 10 << 20, 4096)])
+shm_seeds["offer_two"] = shm_offer([(1, 0x1000, 4096, 0), (7, 0x7f0000000000, 1 << 21, 1 << 21)])
+shm_seeds["offer_identify"] = shm_offer([])
 for name, data in shm_seeds.items():
     with open(f"tests/fuzz/corpus-fuzz_shm/{name}", "wb") as f:
         f.write(data)

@@ -15,6 +15,8 @@
  *                                              messages (the server must stay up)
  * common: --blocks N --block-bytes B --segments S --seed X --model M --zero-copy
  *         --batch K --expect STATUS --timeout-ms T
+ *         --mem-alloc (the pool's memory from kvs_mem_alloc: a memfd a same-host
+ *         node maps to copy our puts from)
  * fetch:  --repeat R (passes), --inflight K (K fetches of --batch blocks in flight at
  *         once under one lease), --touch H:P (connect to a second peer first)
  *         --token-keys: block keys are vLLM's (sha256_cbor, PYTHONHASHSEED "0", 16 tokens
@@ -43,6 +45,7 @@ typedef struct opts {
     uint64_t seed;
     bool zero_copy;
     bool token_keys;
+    bool mem_alloc; /* --mem-alloc: the pool's memory from kvs_mem_alloc (a memfd) */
 } opts_t;
 
 static uint64_t mix(uint64_t x)
@@ -114,7 +117,17 @@ static double now_ms(void)
 typedef struct pool {
     kvs_pool_h h;
     uint8_t *mem;
+    bool memfd;
 } pool_t;
+
+static void pool_mem_free(pool_t *p)
+{
+    if (p->memfd)
+        kvs_mem_free(NULL, p->mem);
+    else
+        free(p->mem);
+    p->mem = NULL;
+}
 
 static kvs_status_t make_pool(kvs_ctx_h ctx, const opts_t *o, pool_t *p)
 {
@@ -127,7 +140,12 @@ static kvs_status_t make_pool(kvs_ctx_h ctx, const opts_t *o, pool_t *p)
                       .tp_size = 1};
     kvs_segment_t segs[128];
     size_t seg_bytes = o->block_bytes / o->segments;
-    p->mem = aligned_alloc(4096, ((size_t)o->blocks * o->block_bytes + 4095) / 4096 * 4096);
+    size_t bytes = ((size_t)o->blocks * o->block_bytes + 4095) / 4096 * 4096;
+    p->memfd = o->mem_alloc;
+    if (o->mem_alloc && kvs_mem_alloc(ctx, bytes, KVS_MEM_HOST, (void **)&p->mem) != KVS_OK)
+        p->mem = NULL;
+    else if (!o->mem_alloc)
+        p->mem = aligned_alloc(4096, bytes);
     if (p->mem == NULL)
         return KVS_ERR_NO_MEMORY;
     memset(p->mem, 0, (size_t)o->blocks * o->block_bytes);
@@ -219,7 +237,7 @@ static int serve(const opts_t *o)
         ;
     kvs_pool_destroy(p.h);
     kvs_ctx_destroy(ctx);
-    free(p.mem);
+    pool_mem_free(&p);
     free(keys);
     free(ids);
     return 0;
@@ -347,7 +365,7 @@ static int put_mode(const opts_t *o)
     printf("put blocks=%u status=%s\n", o->blocks, st == KVS_OK ? "OK" : kvs_status_string(st));
     kvs_pool_destroy(p.h);
     kvs_ctx_destroy(ctx);
-    free(p.mem);
+    pool_mem_free(&p);
     free(keys);
     free(ids);
     return st == KVS_OK ? 0 : 1;
@@ -457,7 +475,7 @@ static int fetch_mode(const opts_t *o)
            hits, bytes, status_name(st));
     kvs_pool_destroy(p.h);
     kvs_ctx_destroy(ctx);
-    free(p.mem);
+    pool_mem_free(&p);
     if (o->expect != NULL)
         return strcmp(o->expect, status_name(st)) == 0 ? 0 : 1;
     return st == KVS_OK && hits == o->blocks ? 0 : 1;
@@ -500,7 +518,7 @@ static int soak(const opts_t *o)
     }
     kvs_pool_destroy(p.h);
     kvs_ctx_destroy(ctx);
-    free(p.mem);
+    pool_mem_free(&p);
     return rc;
 }
 
@@ -585,6 +603,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--from-pool") == 0) {
             o.from_pool = true;
+            continue;
+        }
+        if (strcmp(a, "--mem-alloc") == 0) {
+            o.mem_alloc = true;
             continue;
         }
         i++;

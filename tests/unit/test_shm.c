@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -197,13 +198,13 @@ Test(shm, fuzz_seeds_are_valid_answers)
 {
     DIR *dir = opendir(KVS_CORPUS_DIR);
     cr_assert_not_null(dir, "%s", KVS_CORPUS_DIR);
-    int seen = 0;
+    int seen = 0, offers_seen = 0;
     for (struct dirent *de; (de = readdir(dir)) != NULL;) {
         if (de->d_name[0] == '.')
             continue;
         char path[1024];
         snprintf(path, sizeof(path), "%s/%s", KVS_CORPUS_DIR, de->d_name);
-        uint8_t buf[8 + KVS_SHM_ENTRY_LEN * KVS_SHM_MAX_IDS + 2];
+        uint8_t buf[KVS_SHM_OFFER_FIXED + KVS_SHM_OFFER_ENTRY_LEN * KVS_SHM_MAX_IDS + 2];
         FILE *f = fopen(path, "rb");
         cr_assert_not_null(f, "%s", path);
         size_t len = fread(buf, 1, sizeof(buf), f);
@@ -211,10 +212,196 @@ Test(shm, fuzz_seeds_are_valid_answers)
         cr_assert_geq(len, 2, "%s", path);
         kvs__shm_entry_t out[KVS_SHM_MAX_IDS];
         const char *why = NULL;
+        if (buf[0] >= 0x80) { /* an offer (fuzz_shm.c) */
+            kvs__shm_offer_t offers[KVS_SHM_MAX_IDS];
+            const uint8_t *session, *mac;
+            uint32_t n = 0;
+            cr_expect_eq(kvs__shm_parse_offer(buf + 2, len - 2, buf[0] - 0x80u, &session, &mac,
+                                              offers, &n, &why),
+                         KVS_OK, "%s: %s", de->d_name, why);
+            offers_seen++;
+            continue;
+        }
         cr_expect_eq(kvs__shm_parse_reply(buf + 2, len - 2, buf[1], buf[0], out, &why), KVS_OK,
                      "%s: %s", de->d_name, why);
         seen++;
     }
     closedir(dir);
     cr_expect_geq(seen, 3);
+    cr_expect_geq(offers_seen, 3);
+}
+
+static size_t offer_msg(uint8_t *out, const kvs__shm_offer_t *e, uint32_t n)
+{
+    uint8_t session[KVS_PROTO_SESSION_LEN], mac[KVS_PROTO_MAC_LEN];
+    for (size_t i = 0; i < sizeof(session); i++)
+        session[i] = (uint8_t)i;
+    memset(mac, 0xAB, sizeof(mac));
+    kvs__shm_put_offer(out, session, mac, e, n);
+    return KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n;
+}
+
+Test(shm, offer_round_trips)
+{
+    const kvs__shm_offer_t in[2] = {
+        {.id = 3, .base = 0x7f0000001000ull, .len = 1 << 20, .off = 4096},
+        {.id = 9, .base = 0x2000, .len = 64, .off = 0}};
+    uint8_t buf[KVS_SHM_OFFER_FIXED + 2 * KVS_SHM_OFFER_ENTRY_LEN];
+    size_t len = offer_msg(buf, in, 2);
+    kvs__shm_offer_t out[KVS_SHM_MAX_IDS];
+    const uint8_t *session = NULL, *mac = NULL;
+    const char *why = "x";
+    uint32_t n = 0;
+    cr_assert_eq(kvs__shm_parse_offer(buf, len, 2, &session, &mac, out, &n, &why), KVS_OK, "%s",
+                 why);
+    cr_assert_null(why);
+    cr_assert_eq(n, 2);
+    cr_expect_eq(session, buf + 4);
+    cr_expect_eq(mac, buf + 4 + KVS_PROTO_SESSION_LEN);
+    cr_expect_eq(session[5], 5);
+    cr_expect_eq(mac[31], 0xAB);
+    for (int i = 0; i < 2; i++) {
+        cr_expect_eq(out[i].id, in[i].id);
+        cr_expect_eq(out[i].base, in[i].base);
+        cr_expect_eq(out[i].len, in[i].len);
+        cr_expect_eq(out[i].off, in[i].off);
+    }
+    /* No regions: an identify request that offers nothing. */
+    len = offer_msg(buf, in, 0);
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 0, &session, &mac, out, &n, NULL), KVS_OK);
+    cr_expect_eq(n, 0);
+}
+
+Test(shm, offer_is_parsed_strictly)
+{
+    const kvs__shm_offer_t good = {.id = 1, .base = 0x10000, .len = 4096, .off = 0};
+    uint8_t buf[KVS_SHM_OFFER_FIXED + 2 * KVS_SHM_OFFER_ENTRY_LEN + 8];
+    kvs__shm_offer_t out[KVS_SHM_MAX_IDS];
+    const uint8_t *session, *mac;
+    const char *why = NULL;
+    uint32_t n = 7;
+    size_t len = offer_msg(buf, &good, 1);
+    cr_assert_eq(kvs__shm_parse_offer(buf, len, 1, &session, &mac, out, &n, NULL), KVS_OK);
+    /* Length (short, long, below the fixed part), magic, descriptors, count. */
+    cr_expect_eq(kvs__shm_parse_offer(buf, len - 1, 1, &session, &mac, out, &n, &why),
+                 KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "wrong length or count");
+    cr_expect_eq(n, 0);
+    cr_expect_eq(kvs__shm_parse_offer(buf, len + 1, 1, &session, &mac, out, &n, NULL),
+                 KVS_ERR_PROTOCOL);
+    cr_expect_eq(kvs__shm_parse_offer(buf, 10, 1, &session, &mac, out, &n, &why), KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "wrong length");
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 0, &session, &mac, out, &n, &why),
+                 KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "descriptors do not match the entries");
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 2, &session, &mac, out, &n, NULL),
+                 KVS_ERR_PROTOCOL);
+    buf[0] ^= 1;
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 1, &session, &mac, out, &n, &why),
+                 KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "wrong magic");
+    buf[0] ^= 1;
+    /* A count past the bound, with a length to match it. */
+    uint8_t big[KVS_SHM_OFFER_FIXED + KVS_SHM_OFFER_ENTRY_LEN * (KVS_SHM_MAX_IDS + 1)];
+    memset(big, 0, sizeof(big));
+    memcpy(big, buf, KVS_SHM_OFFER_FIXED);
+    big[KVS_SHM_OFFER_FIXED - 4] = KVS_SHM_MAX_IDS + 1;
+    cr_expect_eq(
+        kvs__shm_parse_offer(big, sizeof(big), KVS_SHM_MAX_IDS + 1, &session, &mac, out, &n, &why),
+        KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "wrong length or count");
+    /* Each entry. */
+    const struct {
+        kvs__shm_offer_t e[2];
+        uint32_t n;
+        const char *why;
+    } bad[] = {
+        {{{.id = 1, .base = 0x1000, .len = 0}}, 1, "a region with no bytes, or wrapping"},
+        {{{.id = 1, .base = UINT64_MAX - 10, .len = 64}}, 1, "a region with no bytes, or wrapping"},
+        {{{.id = 1, .base = 0x1000, .len = 64, .off = UINT64_MAX - 3}},
+         1,
+         "a region with no bytes, or wrapping"},
+        {{{.id = 4, .base = 0x1000, .len = 64}, {.id = 4, .base = 0x9000, .len = 64}},
+         2,
+         "a region named twice"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        len = offer_msg(buf, bad[i].e, bad[i].n);
+        why = NULL;
+        cr_expect_eq(kvs__shm_parse_offer(buf, len, bad[i].n, &session, &mac, out, &n, &why),
+                     KVS_ERR_PROTOCOL, "case %zu", i);
+        cr_expect(why != NULL && strcmp(why, bad[i].why) == 0, "case %zu: %s", i, why);
+    }
+}
+
+/* Whether [p, p + len) is mapped read-only and shared (/proc/self/maps). */
+static bool mapped_read_only(const void *p)
+{
+    char line[512];
+    FILE *f = fopen("/proc/self/maps", "r");
+    bool ro = false;
+    uintptr_t a = (uintptr_t)p;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        unsigned long lo, hi;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && a >= lo && a < hi)
+            ro = strcmp(perms, "r--s") == 0;
+    }
+    if (f != NULL)
+        fclose(f);
+    return ro;
+}
+
+/* A node maps an offered region only from a memfd sealed against shrinking
+ * that holds all of it: a pipe, an unsealed memfd or one too small for the
+ * region are refused (a read of the mapping could fault or mean nothing). */
+Test(shm, offered_memory_maps_only_from_a_sealed_memfd_that_holds_it)
+{
+    const char *why = NULL;
+    uint8_t *mem = kvs__shm_alloc(3 * 4096, "test-offer");
+    cr_assert_not_null(mem);
+    for (int i = 0; i < 3 * 4096; i++)
+        mem[i] = (uint8_t)(i * 7);
+    uint64_t off = 99;
+    int fd = kvs__shm_fd_of(mem + 4096, 8192, &off);
+    cr_assert_geq(fd, 0);
+    kvs__shm_offer_t o = {.id = 5, .base = 0x50000, .len = 8192, .off = off};
+    kvs__shm_pmap_t *m = kvs__shm_pmap_open(fd, &o, &why);
+    cr_assert_not_null(m, "%s", why);
+    cr_expect_eq(m->id, 5);
+    cr_expect_eq(m->base, 0x50000);
+    cr_expect_eq(m->len, 8192);
+    cr_expect_eq(memcmp(m->at, mem + 4096, 8192), 0);
+    cr_expect(mapped_read_only(m->at));
+    mem[4096 + 17] ^= 0xFF; /* the same pages: a write on the client's side shows */
+    cr_expect_eq(m->at[17], mem[4096 + 17]);
+    kvs__shm_pmap_free(m);
+    kvs__shm_pmap_free(NULL);
+
+    o.len = 3 * 4096 - off + 1; /* one byte past the memfd */
+    cr_expect_null(kvs__shm_pmap_open(fd, &o, &why));
+    cr_expect_str_eq(why, "the region lies outside the memfd");
+    o.off = UINT64_MAX - 1;
+    o.len = 8;
+    cr_expect_null(kvs__shm_pmap_open(fd, &o, &why));
+    kvs__shm_free(mem);
+
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    o = (kvs__shm_offer_t){.id = 1, .base = 0x1000, .len = 4096};
+    cr_expect_null(kvs__shm_pmap_open(p[0], &o, &why));
+    cr_expect_str_eq(why, "not a memfd");
+    close(p[0]);
+    close(p[1]);
+
+    int unsealed = memfd_create("kvs-test-unsealed", MFD_ALLOW_SEALING);
+    cr_assert_geq(unsealed, 0);
+    cr_assert_eq(ftruncate(unsealed, 8192), 0);
+    cr_expect_null(kvs__shm_pmap_open(unsealed, &o, &why));
+    cr_expect_str_eq(why, "not sealed against shrinking");
+    cr_assert_eq(fcntl(unsealed, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+    m = kvs__shm_pmap_open(unsealed, &o, &why);
+    cr_expect_not_null(m, "%s", why);
+    kvs__shm_pmap_free(m);
+    close(unsealed);
 }

@@ -273,3 +273,28 @@ Test(util_spawn, env_edits_envp_and_exec_failure)
     close(devnull);
     unsetenv("KVS_UTIL_GONE");
 }
+
+Test(util_thp, bracketed_word_of_a_sysfs_setting)
+{
+    char out[16];
+    cr_assert_eq(
+        kvs__thp_bracketed("always within_size advise [never] deny force\n", out, sizeof(out)), 0);
+    cr_expect_str_eq(out, "never");
+    cr_assert_eq(kvs__thp_bracketed("always [inherit] within_size advise never", out, sizeof(out)),
+                 0);
+    cr_expect_str_eq(out, "inherit");
+    cr_assert_eq(kvs__thp_bracketed("[within_size] advise", out, sizeof(out)), 0);
+    cr_expect_str_eq(out, "within_size");
+    cr_expect_eq(kvs__thp_bracketed("always advise never", out, sizeof(out)), -1);
+    cr_expect_eq(kvs__thp_bracketed("always [] never", out, sizeof(out)), -1);
+    cr_expect_eq(kvs__thp_bracketed("always [never", out, sizeof(out)), -1);
+    cr_expect_eq(kvs__thp_bracketed("[Never]", out, sizeof(out)), -1);
+    cr_expect_eq(kvs__thp_bracketed("[within_size]", out, 8), -1); /* does not fit */
+    cr_expect(kvs__shmem_thp_off("never"));
+    cr_expect(kvs__shmem_thp_off("deny"));
+    cr_expect(!kvs__shmem_thp_off("advise"));
+    cr_expect(!kvs__shmem_thp_off("unknown"));
+    /* This machine's answer is one of the kernel's words, or "unknown". */
+    const char *m = kvs__shmem_thp(out, sizeof(out));
+    cr_expect(m == out && strlen(out) > 0);
+}

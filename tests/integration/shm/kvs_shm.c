@@ -17,6 +17,10 @@
  *   unauth     connections to the holder's Unix socket that prove nothing (garbage, a wrong
  *              MAC, a right MAC over an unknown session) get no descriptor, and the holder
  *              keeps serving mapped fetches
+ *   offers     offers of memory (a pool client's request, KVSP) of the wrong length, with a
+ *              wrong MAC, over an unknown session, a region request carrying descriptors,
+ *              70 descriptors at once: no answer, each refused for its reason in the log,
+ *              every descriptor closed in the holder, and it keeps serving mapped fetches
  *   silent     callers that connect and stop (silent, after the greeting, a request cut
  *              short), and a flood of more than the holder keeps at once, held open while
  *              a reader's handover still gets the mapped path
@@ -819,6 +823,159 @@ static void s_unauth(void)
     stop_holder(&h);
 }
 
+/* Descriptors process @pid has open. */
+static int open_fds(pid_t pid)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* A pool client's offer (KVSP) that is not what it should be, sent with
+ * @nfds pipe ends attached. @mode: 0 a wrong length, 1 a wrong MAC, 2 a
+ * right MAC over a session the holder never made, 3 a region request (KVSM)
+ * that carries descriptors, 4 more descriptors than the holder takes.
+ * Returns whether the holder answered, and counts the descriptors it sent. */
+static bool raw_offer(const char *path, int mode, int nfds, int *got_p)
+{
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+        FAIL("offers: connect %s: %s", path, strerror(errno));
+    uint8_t hello[8 + KVS_PROTO_NONCE_LEN];
+    if (recv(fd, hello, sizeof(hello), 0) != (ssize_t)sizeof(hello))
+        FAIL("offers: no greeting");
+    uint8_t session[16], mac[32];
+    for (size_t i = 0; i < 16; i++)
+        session[i] = (uint8_t)(0xB0 + i); /* a session nobody has */
+    memset(mac, 0x55, sizeof(mac));
+    if (mode == 2) {
+        uint8_t msg[11 + 16 + 32];
+        memcpy(msg, "kvshare-shm", 11);
+        memcpy(msg + 11, session, 16);
+        memcpy(msg + 27, hello + 8, 32);
+        unsigned int ml = 0;
+        HMAC(EVP_sha256(), token, (int)strlen(token), msg, sizeof(msg), mac, &ml);
+    }
+    int pipes[80][2], np = 0, sent[80];
+    for (; np < nfds; np++) {
+        if (pipe(pipes[np]) != 0)
+            FAIL("offers: pipe");
+        sent[np] = pipes[np][0];
+    }
+    uint8_t req[KVS_SHM_OFFER_FIXED + KVS_SHM_OFFER_ENTRY_LEN * 64];
+    kvs__shm_offer_t e[64];
+    uint32_t n = nfds > 64 ? 64 : (uint32_t)nfds;
+    for (uint32_t i = 0; i < n; i++)
+        e[i] = (kvs__shm_offer_t){.id = i + 1, .base = 0x10000u * (i + 1), .len = 4096};
+    kvs__shm_put_offer(req, session, mac, e, n);
+    size_t len = KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n;
+    if (mode == 0)
+        len -= 3;
+    if (mode == 3) { /* a region request for ids 0..3, as raw_try sends, plus descriptors */
+        memcpy(req, "KVSM", 4);
+        memset(req + 52, 0, 20);
+        req[52] = 4;
+        len = 4 + 16 + 32 + 4 + 16;
+    }
+    struct iovec iov = {.iov_base = req, .iov_len = len};
+    union {
+        char b[CMSG_SPACE(sizeof(int) * 80)];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = u.b,
+                        .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(cm), sent, sizeof(int) * (size_t)nfds);
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)len)
+        FAIL("offers: sendmsg: %s", strerror(errno));
+    for (int i = 0; i < np; i++) {
+        close(pipes[i][0]);
+        close(pipes[i][1]);
+    }
+    uint8_t buf[512];
+    union {
+        char b[CMSG_SPACE(sizeof(int) * 64)];
+        struct cmsghdr align;
+    } ru;
+    struct iovec riov = {.iov_base = buf, .iov_len = sizeof(buf)};
+    struct msghdr rmh = {
+        .msg_iov = &riov, .msg_iovlen = 1, .msg_control = ru.b, .msg_controllen = sizeof(ru.b)};
+    ssize_t got = recvmsg(fd, &rmh, MSG_CMSG_CLOEXEC);
+    *got_p = 0;
+    for (struct cmsghdr *c = got >= 0 ? CMSG_FIRSTHDR(&rmh) : NULL; c != NULL;
+         c = CMSG_NXTHDR(&rmh, c))
+        if (c->cmsg_type == SCM_RIGHTS)
+            *got_p += (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    close(fd);
+    return got > 0;
+}
+
+static void holder_socket(char *path, size_t len);
+
+/* Offers of memory (a pool client's KVSP request) that prove nothing or
+ * carry what they should not: refused with no answer, every descriptor
+ * they brought closed in the holder, and the holder keeps serving. */
+static void s_offers(void)
+{
+    child_t h = start_holder();
+    char path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
+    holder_socket(path, sizeof(path));
+    if (path[0] == '\0')
+        FAIL("offers: the holder made no socket in %s", work);
+    static const struct {
+        int nfds;
+        const char *what, *why;
+    } cases[] = {{3, "an offer of the wrong length", "malformed offer"},
+                 {2, "an offer with a wrong MAC", "the session proof does not hold"},
+                 {2, "an offer with a right MAC, unknown session", "no such session"},
+                 {2, "a region request carrying descriptors", "descriptors with a region request"},
+                 {70, "an offer with 70 descriptors", "malformed request"}};
+    const int before = open_fds(h.pid);
+    for (int mode = 0; mode < 5; mode++) {
+        int got = 0;
+        bool answered = raw_offer(path, mode, cases[mode].nfds, &got);
+        if (answered || got != 0)
+            FAIL("offers: %s was answered (%d descriptors)", cases[mode].what, got);
+        for (int i = 0; i < 100 && !logged(cases[mode].why); i++)
+            sleep_ms(10);
+        if (!logged(cases[mode].why))
+            FAIL("offers: %s was not refused for '%s'", cases[mode].what, cases[mode].why);
+        printf("ok: offers: %s: refused ('%s'), no answer\n", cases[mode].what, cases[mode].why);
+    }
+    int after = open_fds(h.pid);
+    for (int i = 0; i < 100 && after > before; i++) {
+        sleep_ms(10);
+        after = open_fds(h.pid);
+    }
+    if (after > before)
+        FAIL("offers: the holder keeps %d more descriptors than before (%d -> %d)", after - before,
+             before, after);
+    printf("ok: offers: every descriptor the offers brought is closed in the holder (%d open)\n",
+           after);
+    reader_t r = reader_new();
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK || shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
+        FAIL("offers: the holder stopped serving mapped fetches (%s)", kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    printf("ok: offers: the holder still serves mapped fetches\n");
+    reader_free(&r);
+    stop_holder(&h);
+}
+
 /* The holder's socket in WORK. */
 static void holder_socket(char *path, size_t len)
 {
@@ -1193,7 +1350,8 @@ int main(int argc, char **argv)
     } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
                {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
                {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
-               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview}};
+               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
+               {"offers", s_offers}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)

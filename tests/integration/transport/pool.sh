@@ -39,6 +39,18 @@ grep -q "its puts are read directly" "$WORK/near.err" \
 ! grep -q "directly failed" "$WORK/near.err" || fail "$(grep 'directly failed' "$WORK/near.err" | head -3)"
 ok "same host: the node read the put straight from the client's memory, fetched back whole ($out)"
 
+# --- same host, the client's blocks in kvs_mem_alloc memory (a sealed memfd): the
+# client offers the memfd over the same-host socket and the node copies the put
+# from its own read-only mapping of it, no kernel copy
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" put --mem-alloc --blocks 300 $G --seed 8 2>"$WORK/p4.err") || fail "put from kvs_mem_alloc memory: $out"
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" fetch --from-pool --blocks 300 $G --seed 8 --batch 300 2>"$WORK/f4.err") || fail "fetch: $out"
+grep -q "is mapped here for its puts" "$WORK/near.err" \
+  || fail "the node did not map the client's offered memory: $(grep -iE 'offer|mapped' "$WORK/near.err" "$WORK/p4.err" | head -5)"
+grep -q "its puts are copied from its memory mapped here" "$WORK/near.err" \
+  || fail "the node did not copy the put from the mapping: $(grep -i put "$WORK/near.err" | tail -5)"
+! grep -q "took no offer" "$WORK/p4.err" || fail "$(grep 'took no offer' "$WORK/p4.err")"
+ok "same host, kvs_mem_alloc memory: the node mapped the client's memfd and copied the put from it, fetched back whole ($out)"
+
 # --- capacity: 64 MiB holds 2048 blocks of 32 KiB; put 3000 -> the node evicts, keeps serving
 out=$(KVSHARE_POOL=$one "$PEER" put --blocks 3000 $G --seed 4 2>"$WORK/p2.err") || fail "put beyond capacity: $out"
 out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 100 $G --seed 4 --batch 100 --expect OK 2>/dev/null) || fail "$out"
