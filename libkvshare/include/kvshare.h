@@ -835,7 +835,10 @@ typedef struct kvs_put_params {
  * kvs_put() with a params struct (@params may be NULL: all defaults);
  * kvs_put() is deprecated in its favour and kept for the ABI. Same contract:
  * on KVS_OK the caller owns *req_p and must keep the blocks unchanged until
- * the request completes.
+ * the request completes. A pool in CUDA memory offloads only to a node on
+ * this host that maps its allocations (cuMemCreate with
+ * CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, KVSHARE_SHM=auto): the transport
+ * takes no CUDA memory; otherwise KVS_ERR_UNSUPPORTED.
  * Errors: KVS_ERR_INVALID_PARAM, UNSUPPORTED, PEER_FAILED, TIMED_OUT,
  * LAYOUT_MISMATCH, NO_MEMORY; *req_p is then not written.
  */

@@ -396,10 +396,9 @@ kvs_status_t kvs_put_ex(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t *
         kvs__error(&ctx->log, "kvs_put: no cache pool: set KVSHARE_POOL (and build with UCX)");
         return KVS_ERR_UNSUPPORTED;
     }
-    if (!pool->host_only) {
-        kvs__error(&ctx->log, "kvs_put: offloading CUDA blocks needs a CUDA-enabled transport");
-        return KVS_ERR_UNSUPPORTED;
-    }
+    /* CUDA blocks: only a node on this host that maps our allocations can
+     * take them (the transport takes no CUDA memory); kvs__peer_put decides,
+     * per node, and says why not (KVS_ERR_UNSUPPORTED). */
     char node[300];
     kvs_status_t st = kvs__pool_node_for(ctx, &keys[0], node, sizeof(node));
     if (st != KVS_OK)

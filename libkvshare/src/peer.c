@@ -129,9 +129,13 @@ struct conn {
     uint32_t npmaps;
     bool pmap_said; /* the first put copied from them was logged */
     /* Client: the regions of our puts considered for an offer (shm.c
-     * decides which have a memfd); a new one makes the next put offer. */
+     * decides which have something to offer); a new one makes the next put
+     * offer; offered_ok: the node said it mapped it (a CUDA region's puts
+     * need that: the node cannot read CUDA memory any other way). */
     uint32_t offered[KVS_PEER_MAX_PUT_MAPS];
+    bool offered_ok[KVS_PEER_MAX_PUT_MAPS];
     uint32_t noffered;
+    bool cuda_put_said; /* a CUDA put refused on this connection was logged */
     /* Set inside transport callbacks, where endpoints must not be closed;
      * progress_locked() fails the connection right after. */
     kvs_status_t doom_status;
@@ -722,6 +726,7 @@ typedef struct pull_src {
     kvs__put_seg_t segs[KVS_PROTO_MAX_PIECES];
     kvs__region_desc_t regs[KVS_PROTO_MAX_PIECES];
     uint8_t *rkeys; /* the regions' packed keys, copied */
+    bool cuda;      /* CUDA blocks: read only from the node's mapping, never pushed */
     size_t n;
     kvs_key_t *keys;
     uint32_t *ids;
@@ -761,6 +766,8 @@ static kvs_status_t batch_send(preq_t *r, uint32_t k)
     size_t cnt, off = batch_span(r, k, &cnt);
     kvs__buf_t buf;
     kvs__buf_init(&buf);
+    if (c->push_puts && ps->cuda)
+        return KVS_ERR_UNSUPPORTED; /* the transport takes no CUDA memory */
     if (c->push_puts) {
         r->batch_how[k] = BATCH_PUSH_ASKED;
         kvs__enc_put(&buf, r->req_id + k, c->session, ps->layout_id, ps->chunks, ps->nsegs,
@@ -1245,62 +1252,81 @@ fail:
     return false;
 }
 
-/* The mapping of the client's region @id that holds [addr, addr + len), or NULL. */
-static const uint8_t *pmap_at(const conn_t *c, uint32_t id, uint64_t addr, uint64_t len)
+/* The client's region @id mapped here, or NULL. */
+static const kvs__shm_pmap_t *pmap_of(const conn_t *c, uint32_t id)
 {
-    for (uint32_t i = 0; i < c->npmaps; i++) {
-        const kvs__shm_pmap_t *m = c->pmaps[i];
-        if (m->id != id)
-            continue;
-        if (addr < m->base || len > m->len || addr - m->base > m->len - len)
-            return NULL;
-        return m->at + (addr - m->base);
-    }
+    for (uint32_t i = 0; i < c->npmaps; i++)
+        if (c->pmaps[i]->id == id)
+            return c->pmaps[i];
     return NULL;
 }
 
-/* Same host, the client offered the memory these reads lie in (its memfds,
- * mapped read-only here): copies each planned read into its slot with
- * memcpy, runs adjacent on both sides as one. All or nothing: false (nothing
- * copied) when any read lies outside what is mapped, and the put is read
- * another way. The mapping's pages live as long as it does, so a client
- * that exits or frees its memory mid-copy cannot make this fault. */
-static bool mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
-                         uint8_t *const *addrs, uint32_t n, uint16_t nch)
+/* Where [addr, addr + len) of @m lies in our mapping, or NULL. */
+static const uint8_t *pmap_at(const kvs__shm_pmap_t *m, uint64_t addr, uint64_t len)
+{
+    if (m == NULL || addr < m->base || len > m->len || addr - m->base > m->len - len)
+        return NULL;
+    return m->at + (addr - m->base);
+}
+
+/* Same host, the client offered the memory these reads lie in (its memfds
+ * mapped read-only here, or its CUDA allocations imported read-only): copies
+ * each planned read into its slot, runs adjacent on both sides and in one
+ * mapping as one (memcpy, or cuMemcpyDtoH). All or nothing: 0 (nothing
+ * copied) when a read lies outside what is mapped, and the put is read
+ * another way; -1 when one of those reads names a CUDA region, which no
+ * other way may read (the put is refused). 1: copied, or failed in the
+ * driver (the put is dead). A mapping's pages live as long as it does, so a
+ * client that exits or frees its memory mid-copy cannot make this fault. */
+static int mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
+                        uint8_t *const *addrs, uint32_t n, uint16_t nch)
 {
     const size_t nreads = (size_t)n * nch;
-    if (c->npmaps == 0)
-        return false;
-    for (size_t j = 0; j < nreads; j++)
-        if (pmap_at(c, c->rr[reads[j].region].id, reads[j].raddr, reads[j].len) == NULL)
-            return false;
+    bool cuda = false, all = c->npmaps > 0;
+    for (size_t j = 0; j < nreads; j++) {
+        const kvs__shm_pmap_t *m = pmap_of(c, c->rr[reads[j].region].id);
+        cuda = cuda || (m != NULL && m->cuda != NULL);
+        all = all && pmap_at(m, reads[j].raddr, reads[j].len) != NULL;
+    }
+    if (!all)
+        return cuda ? -1 : 0;
+    const kvs__shm_pmap_t *run_m = NULL;
     const uint8_t *run_src = NULL;
     uint8_t *run_dst = NULL;
     size_t run_len = 0, total = 0;
-    for (size_t j = 0; j <= nreads; j++) {
+    const char *why = NULL;
+    for (size_t j = 0; j <= nreads && why == NULL; j++) {
         const kvs__pull_read_t *rd = j < nreads ? &reads[j] : NULL;
-        const uint8_t *src = rd ? pmap_at(c, c->rr[rd->region].id, rd->raddr, rd->len) : NULL;
+        const kvs__shm_pmap_t *m = rd ? pmap_of(c, c->rr[rd->region].id) : NULL;
+        const uint8_t *src = rd ? pmap_at(m, rd->raddr, rd->len) : NULL;
         uint8_t *dst = rd ? addrs[j / nch] + rd->off : NULL;
-        if (rd != NULL && run_len > 0 && run_src + run_len == src && run_dst + run_len == dst) {
+        if (rd != NULL && run_len > 0 && m == run_m && run_src + run_len == src &&
+            run_dst + run_len == dst) {
             run_len += rd->len;
             continue;
         }
-        if (run_len > 0)
-            memcpy(run_dst, run_src, run_len);
-        total += run_len;
-        if (rd == NULL)
+        if (run_len > 0 && !kvs__shm_pmap_copy(run_m, run_dst, run_src, run_len, &why))
             break;
+        total += run_len;
+        run_m = m;
         run_src = src;
         run_dst = dst;
-        run_len = rd->len;
+        run_len = rd ? rd->len : 0;
+    }
+    if (why != NULL) {
+        kvs__warn(pp->log, "peer %s: copying its put from its mapped CUDA memory failed (%s)",
+                  c->peer, why);
+        p->dead = true;
+        return 1;
     }
     if (!c->pmap_said) {
         c->pmap_said = true;
-        kvs__debug(pp->log, "peer %s: its puts are copied from its memory mapped here", c->peer);
+        kvs__debug(pp->log, "peer %s: its puts are copied from its memory mapped here%s", c->peer,
+                   cuda ? " (CUDA)" : "");
     }
     pp->put_mapped_bytes += total;
     p->bytes_expected = p->bytes_got = total;
-    return true;
+    return 1;
 }
 
 /* A pull PUT: check every read against the regions the client advertised,
@@ -1378,8 +1404,16 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     c->staging_bytes += (uint64_t)n * block_bytes;
     keys = NULL;
     populate_slots(addrs, n, block_bytes);
-    if (mapped_reads(pp, c, p, reads, addrs, n, nch) ||
-        (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch)))
+    int mr = mapped_reads(pp, c, p, reads, addrs, n, nch);
+    if (mr < 0) {
+        kvs__warn(pp->log,
+                  "peer %s: pull PUT refused: it reads CUDA memory outside what the "
+                  "client offered",
+                  c->peer);
+        p->dead = true;
+        goto posted;
+    }
+    if (mr > 0 || (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch)))
         goto posted;
     uint8_t *run_local = NULL;
     uint64_t run_remote = 0;
@@ -1845,6 +1879,12 @@ static void pull_fall_back(preq_t *r, uint32_t k, const kvs__msg_t *m)
         /* Our blocks are gone (the pool was destroyed mid-put): that is why
          * the reads failed, not the transport; nothing is left to push. */
         r->status = KVS_ERR_PEER_FAILED;
+        return;
+    }
+    if (r->src->cuda) {
+        kvs__warn(pp->log, "peer %s: the node could not read our CUDA blocks (%.*s)", c->peer,
+                  (int)m->u.error.text_len, m->u.error.text);
+        r->status = KVS_ERR_UNSUPPORTED; /* and never pushed: no CUDA transport */
         return;
     }
     if (!c->push_puts) {
@@ -3703,11 +3743,11 @@ static void put_sent(void *arg, kvs_status_t st, size_t len)
         r->status = KVS_ERR_PEER_FAILED;
 }
 
-/* The node can read @src itself: native RMA to it, and every segment of
- * @src registered (host memory, at kvs_pool_create). */
-static bool can_pull(const conn_t *c, const struct kvs_pool *src)
+/* A pull put could carry @src: native RMA to the node, pulls not given up
+ * on this connection, and every segment of @src registered. */
+static bool pull_capable(const conn_t *c, const struct kvs_pool *src)
 {
-    if (!c->rma || c->push_puts || !src->host_only || src->seg_memh == NULL)
+    if (!c->rma || c->push_puts || src->seg_memh == NULL)
         return false;
     for (size_t s = 0; s < src->nsegs; s++)
         if (src->seg_memh[s] == NULL)
@@ -3715,9 +3755,33 @@ static bool can_pull(const conn_t *c, const struct kvs_pool *src)
     return true;
 }
 
+/* The node said it mapped every region of @src (offered_ok). */
+static bool all_mapped(const conn_t *c, const struct kvs_pool *src)
+{
+    for (size_t s = 0; s < src->nsegs; s++) {
+        const region_t *rg = src->seg_memh[s];
+        bool ok = false;
+        for (uint32_t k = 0; k < c->noffered && !ok; k++)
+            ok = c->offered[k] == rg->id && c->offered_ok[k];
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* The node can read @src itself: host memory by any of its ways, CUDA
+ * memory only from its mapping of our allocations (it could not read
+ * device memory any other way, and must never try). */
+static bool can_pull(const conn_t *c, const struct kvs_pool *src)
+{
+    return pull_capable(c, src) && (src->host_only || all_mapped(c, src));
+}
+
 /* The regions of @src not yet considered for an offer on @c, marked
- * considered (bounded: past KVS_PEER_MAX_PUT_MAPS, none). */
-static uint32_t offers_due(conn_t *c, const struct kvs_pool *src, kvs__shm_offer_t *out)
+ * considered (bounded: past KVS_PEER_MAX_PUT_MAPS, none), into @out and
+ * their slots in c->offered into @slot. */
+static uint32_t offers_due(conn_t *c, const struct kvs_pool *src, kvs__shm_offer_t *out,
+                           uint32_t *slot)
 {
     uint32_t n = 0;
     for (size_t s = 0; s < src->nsegs; s++) {
@@ -3725,11 +3789,18 @@ static uint32_t offers_due(conn_t *c, const struct kvs_pool *src, kvs__shm_offer
         bool seen = false;
         for (uint32_t k = 0; k < c->noffered && !seen; k++)
             seen = c->offered[k] == rg->id;
+        for (uint32_t k = 0; k < n && !seen; k++)
+            seen = out[k].id == rg->id;
         if (seen || c->noffered == KVS_PEER_MAX_PUT_MAPS)
             continue;
+        slot[n] = c->noffered;
+        c->offered_ok[c->noffered] = false;
         c->offered[c->noffered++] = rg->id;
-        out[n++] =
-            (kvs__shm_offer_t){.id = rg->id, .base = (uint64_t)(uintptr_t)rg->base, .len = rg->len};
+        out[n++] = (kvs__shm_offer_t){.id = rg->id,
+                                      .kind = rg->type == KVS_MEM_CUDA ? KVS_SHM_KIND_CUDA_VMM
+                                                                       : KVS_SHM_KIND_MEMFD,
+                                      .base = (uint64_t)(uintptr_t)rg->base,
+                                      .len = rg->len};
     }
     return n;
 }
@@ -3763,6 +3834,7 @@ static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
     memcpy(ps->keys, keys, n * sizeof(*keys));
     memcpy(ps->ids, ids, n * sizeof(*ids));
     ps->n = n;
+    ps->cuda = !src->host_only;
     ps->layout_id = src->layout_id;
     ps->nsegs = (uint16_t)src->nsegs;
     size_t rk_off = 0;
@@ -3841,23 +3913,39 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     if (st != KVS_OK)
         goto out;
     kvs__shm_offer_t offers[KVS_PROTO_MAX_PIECES];
-    uint32_t noffers = 0;
-    if (c->shm != NULL && can_pull(c, src))
-        noffers = offers_due(c, src, offers);
-    if (noffers > 0 || (c->shm != NULL && !c->identify_tried && can_pull(c, src))) {
+    uint32_t slot[KVS_PROTO_MAX_PIECES], noffers = 0;
+    bool mapped[KVS_PROTO_MAX_PIECES];
+    if (c->shm != NULL && pull_capable(c, src))
+        noffers = offers_due(c, src, offers, slot);
+    if (noffers > 0 || (c->shm != NULL && !c->identify_tried && pull_capable(c, src))) {
         /* Same host: tell the node our pid once, so it reads our puts
-         * itself (direct_reads), and offer it our memfds (kvs_mem_alloc
-         * memory), so it copies them from a mapping (mapped_reads). The
-         * handover is socket I/O with the node's thread: not under our
-         * lock (we may be that node). */
+         * itself (direct_reads), and offer it our memory (kvs_mem_alloc
+         * memfds, exportable CUDA allocations), so it copies them from a
+         * mapping (mapped_reads). The handover is socket I/O with the
+         * node's thread: not under our lock (we may be that node). */
         c->identify_tried = true;
         unlock(pp);
-        kvs__shm_peer_offer(c->shm, offers, noffers);
+        kvs__shm_peer_offer(c->shm, offers, noffers, mapped);
         lock(pp);
         if (c->state != S_READY) {
             st = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
             goto out;
         }
+        for (uint32_t k = 0; k < noffers; k++)
+            c->offered_ok[slot[k]] = mapped[k];
+    }
+    if (!src->host_only && !can_pull(c, src)) {
+        /* CUDA blocks leave only through a node's mapping of them. */
+        if (!c->cuda_put_said) {
+            c->cuda_put_said = true;
+            kvs__warn(pp->log,
+                      "peer %s: cannot offload CUDA blocks to this node: it maps them only on "
+                      "this host (KVSHARE_SHM=auto), from cuMemCreate allocations exportable as "
+                      "POSIX fds, and the transport takes no CUDA memory",
+                      c->peer);
+        }
+        st = KVS_ERR_UNSUPPORTED;
+        goto out;
     }
     if (can_pull(c, src)) {
         st = put_pull(pp, c, src, keys, ids, n, deadline, preq_p);

@@ -831,9 +831,11 @@ void kvs__shm_put_offer(uint8_t *out, const uint8_t *session, const uint8_t *mac
     kvs__buf_u32(&b, n);
     for (uint32_t i = 0; i < n; i++) {
         kvs__buf_u32(&b, e[i].id);
+        kvs__buf_u32(&b, e[i].kind);
         kvs__buf_u64(&b, e[i].base);
         kvs__buf_u64(&b, e[i].len);
         kvs__buf_u64(&b, e[i].off);
+        kvs__buf_u64(&b, e[i].size);
     }
 }
 
@@ -865,11 +867,18 @@ kvs_status_t kvs__shm_parse_offer(const uint8_t *req, size_t len, uint32_t nfds,
     for (uint32_t i = 0; i < n; i++) {
         kvs__shm_offer_t *e = &out[i];
         e->id = rd_u32(&r);
+        e->kind = rd_u32(&r);
         e->base = rd_u64(&r);
         e->len = rd_u64(&r);
         e->off = rd_u64(&r);
-        if (e->len == 0 || e->base + e->len < e->base || e->off + e->len < e->off) {
-            bad = "a region with no bytes, or wrapping";
+        e->size = rd_u64(&r);
+        if (e->kind != KVS_SHM_KIND_MEMFD && e->kind != KVS_SHM_KIND_CUDA_VMM) {
+            bad = "unknown kind";
+            goto out;
+        }
+        if (e->len == 0 || e->base + e->len < e->base || e->off > e->size ||
+            e->len > e->size - e->off) {
+            bad = "a region with no bytes, wrapping, or outside its object";
             goto out;
         }
         for (uint32_t k = 0; k < i; k++)
@@ -882,6 +891,24 @@ kvs_status_t kvs__shm_parse_offer(const uint8_t *req, size_t len, uint32_t nfds,
     *mac_p = mac;
 out:
     *n_p = bad == NULL ? n : 0;
+    if (why != NULL)
+        *why = bad;
+    return bad == NULL ? KVS_OK : KVS_ERR_PROTOCOL;
+}
+
+kvs_status_t kvs__shm_parse_offer_reply(const uint8_t *rep, size_t len, uint32_t n, int32_t *status,
+                                        const char **why)
+{
+    const char *bad = NULL;
+    rd_t r = {.p = rep, .left = len};
+    if (n > KVS_SHM_MAX_IDS || len != 8 + 4 * (size_t)n) {
+        bad = "wrong length";
+    } else if (rd_u32(&r) != KVS_SHM_MAGIC || rd_u32(&r) != n) {
+        bad = "wrong magic or count";
+    } else {
+        for (uint32_t i = 0; i < n; i++)
+            status[i] = (int32_t)rd_u32(&r);
+    }
     if (why != NULL)
         *why = bad;
     return bad == NULL ? KVS_OK : KVS_ERR_PROTOCOL;

@@ -364,20 +364,23 @@ kvs_status_t kvs__shm_parse_reply(const uint8_t *rep, size_t len, uint32_t n, ui
 
 /* --- a pool client's offer of its own memory (client -> node, same socket) ---
  *   "KVSP" u32 | session[16] | mac[32] | n u32 (<= KVS_SHM_MAX_IDS)
- *   | n x {id u32, base u64, len u64, off u64}
- * with one SCM_RIGHTS descriptor per entry, in order: the sealed memfd that
- * holds the client's registered region @id, [base, base+len) of its address
- * space, at offset off of the memfd. Also an identify request (the node takes
+ *   | n x {id u32, kind u32, base u64, len u64, off u64, size u64}
+ * with one SCM_RIGHTS descriptor per entry, in order: the client's registered
+ * region @id, [base, base+len) of its address space, lies at offset off of an
+ * object of size bytes: a sealed memfd (kind 1) or a CUDA VMM allocation
+ * exported as a POSIX fd (kind 2). Also an identify request (the node takes
  * the client's pid from SO_PEERCRED). The node maps each read-only and copies
- * the client's pull puts from it (peer.c, mapped reads); it answers as to an
- * identify request ("KVSM" | 0). A node that predates it refuses the magic and
- * closes the socket: the client then identifies the old way. */
+ * the client's pull puts from it (peer.c, mapped reads), and answers
+ *   "KVSM" u32 | n u32 | n x status i32   (0: mapped and kept; else why not)
+ * A node that predates it refuses the magic and closes the socket: the client
+ * then identifies the old way. */
 #define KVS_SHM_OFFER_MAGIC     0x5053564Bu /* "KVSP" */
 #define KVS_SHM_OFFER_FIXED     (4u + 16u + 32u + 4u)
-#define KVS_SHM_OFFER_ENTRY_LEN 28u
+#define KVS_SHM_OFFER_ENTRY_LEN 40u
 typedef struct kvs__shm_offer {
     uint32_t id;
-    uint64_t base, len, off;
+    uint32_t kind; /* KVS_SHM_KIND_* */
+    uint64_t base, len, off, size;
 } kvs__shm_offer_t;
 /* Writes an offer of @n entries (session and mac given) into @out, which
  * holds KVS_SHM_OFFER_FIXED + n * KVS_SHM_OFFER_ENTRY_LEN bytes. */
@@ -387,11 +390,16 @@ void kvs__shm_put_offer(uint8_t *out, const uint8_t *session, const uint8_t *mac
  * with its session and mac (pointers into @req) and *n_p entries in @out
  * (room for KVS_SHM_MAX_IDS); KVS_ERR_PROTOCOL (@why, if given, says what)
  * for a wrong length or magic, more than KVS_SHM_MAX_IDS entries,
- * descriptors that do not match the entries one to one, an entry with no
- * bytes, wrapping in the address space or in its object, or an id named
+ * descriptors that do not match the entries one to one, an unknown kind, an
+ * entry with no bytes, wrapping, or outside its object, or an id named
  * twice. Pure; fuzzed (fuzz_shm.c). */
 kvs_status_t kvs__shm_parse_offer(const uint8_t *req, size_t len, uint32_t nfds,
                                   const uint8_t **session_p, const uint8_t **mac_p,
                                   kvs__shm_offer_t *out, uint32_t *n_p, const char **why);
+/* The node's answer to an offer of @n entries: "KVSM" | n | n statuses
+ * (@len bytes) into @status. KVS_OK, or KVS_ERR_PROTOCOL (@why) for a wrong
+ * length, magic or count. Pure; fuzzed (fuzz_shm.c). */
+kvs_status_t kvs__shm_parse_offer_reply(const uint8_t *rep, size_t len, uint32_t n, int32_t *status,
+                                        const char **why);
 
 #endif

@@ -462,28 +462,49 @@ close_owned:
 
 kvs__shm_pmap_t *kvs__shm_pmap_open(int fd, const kvs__shm_offer_t *o, const char **why_p)
 {
+    kvs__shm_pmap_t *m = kvs__calloc(1, sizeof(*m));
+    if (m == NULL) {
+        *why_p = "out of memory";
+        return NULL;
+    }
+    m->id = o->id;
+    m->base = o->base;
+    m->len = o->len;
+    if (o->kind == KVS_SHM_KIND_CUDA_VMM) {
+        /* Imported read-only, as a reader imports a holder's allocation. */
+        const kvs_cuda_driver_t *drv = cu(why_p);
+        CUresult res = CUDA_SUCCESS;
+        m->cuda = kvs__calloc(1, sizeof(*m->cuda));
+        if (drv == NULL || m->cuda == NULL || o->off > o->size || o->len > o->size - o->off ||
+            kvs_cuda_vmm_import(drv, fd, o->size, m->cuda, &res) != KVS_OK) {
+            if (drv != NULL && m->cuda != NULL)
+                *why_p = res != CUDA_SUCCESS ? kvs_cuda_result_string(drv, res)
+                                             : "the region lies outside the allocation";
+            else if (drv != NULL)
+                *why_p = "out of memory";
+            kvs__free(m->cuda);
+            kvs__free(m);
+            return NULL;
+        }
+        m->at = (const uint8_t *)(uintptr_t)m->cuda->va + o->off;
+        return m;
+    }
     struct stat st;
     int seals = fcntl(fd, F_GET_SEALS);
     size_t pg = (size_t)sysconf(_SC_PAGESIZE);
     /* A memfd sealed against shrinking and big enough: no read of the
      * mapping can fault, whatever the client does with it afterwards. */
-    if (seals < 0) {
+    *why_p = NULL;
+    if (seals < 0)
         *why_p = "not a memfd";
-        return NULL;
-    }
-    if (!(seals & F_SEAL_SHRINK)) {
+    else if (!(seals & F_SEAL_SHRINK))
         *why_p = "not sealed against shrinking";
-        return NULL;
-    }
-    if (fstat(fd, &st) != 0 || o->len == 0 || o->off > (uint64_t)st.st_size ||
-        o->len > (uint64_t)st.st_size - o->off || o->base + o->len < o->base ||
-        o->len > SIZE_MAX - pg) {
+    else if (fstat(fd, &st) != 0 || o->len == 0 || o->off > (uint64_t)st.st_size ||
+             o->len > (uint64_t)st.st_size - o->off || o->base + o->len < o->base ||
+             o->len > SIZE_MAX - pg)
         *why_p = "the region lies outside the memfd";
-        return NULL;
-    }
-    kvs__shm_pmap_t *m = kvs__calloc(1, sizeof(*m));
-    if (m == NULL) {
-        *why_p = "out of memory";
+    if (*why_p != NULL) {
+        kvs__free(m);
         return NULL;
     }
     uint64_t aoff = o->off / pg * pg;
@@ -494,25 +515,51 @@ kvs__shm_pmap_t *kvs__shm_pmap_open(int fd, const kvs__shm_offer_t *o, const cha
         kvs__free(m);
         return NULL;
     }
-    m->id = o->id;
-    m->base = o->base;
-    m->len = o->len;
     m->at = (const uint8_t *)m->map + (o->off - aoff);
     return m;
+}
+
+bool kvs__shm_pmap_copy(const kvs__shm_pmap_t *m, void *dst, const uint8_t *src, size_t len,
+                        const char **why_p)
+{
+    if (m->cuda == NULL) {
+        memcpy(dst, src, len);
+        return true;
+    }
+    const char *unused = NULL;
+    const kvs_cuda_driver_t *drv = cu(&unused); /* non-NULL: it imported @m */
+    CUcontext prev = NULL;
+    CUresult res = drv->cuCtxGetCurrent(&prev);
+    bool swap = res == CUDA_SUCCESS && prev != m->cuda->ctx;
+    if (swap)
+        res = drv->cuCtxSetCurrent(m->cuda->ctx);
+    if (res == CUDA_SUCCESS)
+        res = drv->cuMemcpyDtoH_v2(dst, (CUdeviceptr)(uintptr_t)src, len);
+    if (swap)
+        (void)drv->cuCtxSetCurrent(prev);
+    if (res != CUDA_SUCCESS)
+        *why_p = kvs_cuda_result_string(drv, res);
+    return res == CUDA_SUCCESS;
 }
 
 void kvs__shm_pmap_free(kvs__shm_pmap_t *m)
 {
     if (m == NULL)
         return;
-    munmap(m->map, m->map_len);
+    if (m->cuda != NULL) {
+        const char *why = NULL;
+        kvs_cuda_vmm_unmap(cu(&why), m->cuda);
+        kvs__free(m->cuda);
+    } else {
+        munmap(m->map, m->map_len);
+    }
     kvs__free(m);
 }
 
 /* A pool client's offer: it proves the session as a region request does,
  * counts as its identify request, and each region it offers that maps
  * (kvs__shm_pmap_open) goes to s->offer_fn, which keeps it for that
- * connection; the answer is the identify answer. */
+ * connection; the answer says, per region, whether it was kept. */
 static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t *req, size_t len,
                              const int *fds, uint32_t nfds)
 {
@@ -539,26 +586,30 @@ static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t 
         srv_refuse(s, "no such session");
         return;
     }
-    for (uint32_t i = 0; i < n && s->offer_fn != NULL; i++) {
+    uint8_t rep[8 + 4 * SHM_MAX_IDS];
+    put32(rep, SHM_MAGIC);
+    put32(rep + 4, n);
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t status = KVS_ERR_UNSUPPORTED; /* not kept: no pool node, or a full table */
         kvs__shm_pmap_t *m = kvs__shm_pmap_open(fds[i], &offers[i], &why);
         if (m == NULL) {
             if (!s->offer_said) {
                 s->offer_said = true;
                 kvs__warn(s->log,
-                          "shm: a client offered region %u (%#llx+%llu) that cannot be mapped "
-                          "(%s): its puts of it are read another way",
+                          "shm: a client offered region %u (%#llx+%llu, %s) that cannot be "
+                          "mapped (%s): its puts of it are read another way, or refused",
                           offers[i].id, (unsigned long long)offers[i].base,
-                          (unsigned long long)offers[i].len, why);
+                          (unsigned long long)offers[i].len,
+                          offers[i].kind == KVS_SHM_KIND_CUDA_VMM ? "CUDA" : "memfd", why);
             }
-            continue;
-        }
-        if (!s->offer_fn(s->arg, session, m))
+        } else if (s->offer_fn != NULL && s->offer_fn(s->arg, session, m)) {
+            status = 0;
+        } else {
             kvs__shm_pmap_free(m);
+        }
+        put32(rep + 8 + 4 * i, (uint32_t)status);
     }
-    uint8_t rep[8];
-    put32(rep, SHM_MAGIC);
-    put32(rep + 4, 0);
-    if (send(c->fd, rep, sizeof(rep), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+    if (send(c->fd, rep, 8 + 4 * (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         kvs__debug(s->log, "shm: send: %s", strerror(errno));
 }
 
@@ -833,7 +884,8 @@ struct kvs__shm_peer {
     bool identify_tried, identified; /* kvs__shm_peer_offer */
     bool offer_refused;              /* the node took no offer: identify only */
     bool identify_plain;             /* the plain identify request was tried */
-    uint32_t offered[SHM_MAX_MAPS];  /* region ids offered (or without a memfd) */
+    uint32_t offered[SHM_MAX_MAPS];  /* region ids offered (or with nothing to offer) */
+    bool offered_ok[SHM_MAX_MAPS];   /* ... and whether the node mapped it */
     uint32_t noffered;
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
@@ -870,10 +922,10 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
 static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
 static int dial(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p);
 
-/* Sends an offer of @n regions (@fds: their memfds, the registry's) and
- * reads the node's answer (lock held): true when the node took it. */
+/* Sends an offer of @n regions (@fds: their descriptors) and reads the
+ * node's answer into @status (lock held): true when the node answered. */
 static bool offer_xchg(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, const int *fds,
-                       uint32_t n)
+                       uint32_t n, int32_t *status)
 {
     uint8_t nonce[KVS_PROTO_NONCE_LEN], mac[KVS_PROTO_MAC_LEN];
     uint8_t req[KVS_SHM_OFFER_FIXED + KVS_SHM_OFFER_ENTRY_LEN * SHM_MAX_IDS];
@@ -900,46 +952,83 @@ static bool offer_xchg(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, con
         cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
         memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
     }
-    uint8_t rep[8 + 1];
-    bool ok = sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)iov.iov_len &&
-              recv(fd, rep, sizeof(rep), 0) == 8 &&
-              kvs__shm_parse_reply(rep, 8, 0, 0, NULL, NULL) == KVS_OK;
+    uint8_t rep[8 + 4 * SHM_MAX_IDS + 1];
+    ssize_t got = -1;
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)iov.iov_len)
+        got = recv(fd, rep, sizeof(rep), 0);
     close(fd);
-    return ok;
+    return got > 0 && kvs__shm_parse_offer_reply(rep, (size_t)got, n, status, NULL) == KVS_OK;
 }
 
-static bool was_offered(const kvs__shm_peer_t *sp, uint32_t id)
+static int offered_at(const kvs__shm_peer_t *sp, uint32_t id)
 {
     for (uint32_t i = 0; i < sp->noffered; i++)
         if (sp->offered[i] == id)
-            return true;
-    return false;
+            return (int)i;
+    return -1;
 }
 
-bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, uint32_t n)
+/* The descriptor that holds region @r ({id, kind, base, len}), with its
+ * offset and object size written into @r; -1 when it has none. *own_p: the
+ * descriptor is ours to close (an export), not the memfd registry's. */
+static int offer_fd(kvs__shm_peer_t *sp, kvs__shm_offer_t *r, bool *own_p)
+{
+    *own_p = false;
+    if (r->kind == KVS_SHM_KIND_CUDA_VMM) {
+        const char *why = NULL;
+        const kvs_cuda_driver_t *drv = cu(&why);
+        CUresult res = CUDA_SUCCESS;
+        int fd = -1;
+        if (drv != NULL &&
+            kvs_cuda_vmm_export(drv, (const void *)(uintptr_t)r->base, (size_t)r->len, &fd, &r->off,
+                                &r->size, &res) == KVS_OK) {
+            *own_p = true;
+            return fd;
+        }
+        kvs__info(sp->log,
+                  "peer %s: our CUDA region %u cannot be offered to the node (%s; only "
+                  "cuMemCreate allocations that request CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR "
+                  "export)",
+                  sp->peer, r->id, drv != NULL ? kvs_cuda_result_string(drv, res) : why);
+        return -1;
+    }
+    int fd = kvs__shm_fd_of((const void *)(uintptr_t)r->base, (size_t)r->len, &r->off);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        return -1; /* not kvshare's memory: the node reads it with process_vm_readv */
+    r->size = (uint64_t)st.st_size;
+    return fd;
+}
+
+bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, uint32_t n,
+                         bool *mapped)
 {
     kvs__shm_offer_t fresh[SHM_MAX_IDS];
-    int fds[SHM_MAX_IDS];
+    int fds[SHM_MAX_IDS], at[SHM_MAX_IDS];
+    bool own[SHM_MAX_IDS];
     uint32_t nf = 0;
     pthread_mutex_lock(&sp->lock);
     /* Each region is considered once per connection, whatever comes of it. */
     for (uint32_t i = 0; i < n && nf < SHM_MAX_IDS && !sp->offer_refused; i++) {
-        if (was_offered(sp, regions[i].id) || sp->noffered == SHM_MAX_MAPS)
+        if (offered_at(sp, regions[i].id) >= 0 || sp->noffered == SHM_MAX_MAPS)
             continue;
+        sp->offered_ok[sp->noffered] = false;
         sp->offered[sp->noffered++] = regions[i].id;
-        uint64_t off = 0;
-        int fd =
-            kvs__shm_fd_of((const void *)(uintptr_t)regions[i].base, (size_t)regions[i].len, &off);
+        kvs__shm_offer_t r = regions[i];
+        int fd = offer_fd(sp, &r, &own[nf]);
         if (fd < 0)
-            continue; /* not kvshare's memory: the node reads it with process_vm_readv */
-        fresh[nf] = regions[i];
-        fresh[nf].off = off;
+            continue;
+        at[nf] = (int)sp->noffered - 1;
+        fresh[nf] = r;
         fds[nf++] = fd;
     }
     if (!sp->offer_refused && (nf > 0 || !sp->identify_tried)) {
+        int32_t status[SHM_MAX_IDS];
         sp->identify_tried = true;
-        if (offer_xchg(sp, fresh, fds, nf)) {
+        if (offer_xchg(sp, fresh, fds, nf, status)) {
             sp->identified = true;
+            for (uint32_t k = 0; k < nf; k++)
+                sp->offered_ok[at[k]] = status[k] == 0;
         } else {
             sp->offer_refused = true;
             kvs__info(sp->log,
@@ -948,9 +1037,16 @@ bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, u
                       sp->peer);
         }
     }
+    for (uint32_t k = 0; k < nf; k++)
+        if (own[k])
+            close(fds[k]);
     if (!sp->identified && sp->offer_refused && !sp->identify_plain) {
         sp->identify_plain = true;
         sp->identified = attach(sp, NULL, 0);
+    }
+    for (uint32_t i = 0; mapped != NULL && i < n; i++) {
+        int k = offered_at(sp, regions[i].id);
+        mapped[i] = k >= 0 && sp->offered_ok[k];
     }
     bool ok = sp->identified;
     pthread_mutex_unlock(&sp->lock);

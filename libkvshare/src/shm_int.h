@@ -81,19 +81,30 @@ typedef struct kvs__shm_srv kvs__shm_srv_t;
 typedef int (*kvs__shm_region_fn)(void *arg, const uint8_t *session, pid_t pid, uint32_t region,
                                   uint64_t *base_p, uint64_t *len_p, kvs_mem_type_t *type_p);
 /* A pool client's region mapped read-only here (its offer, proto_int.h):
- * [base, base + len) of the client's address space lies at @at. */
+ * [base, base + len) of the client's address space lies at @at, host memory
+ * (a memfd), or a device address when @cuda is set (an imported CUDA VMM
+ * allocation: copy out with kvs__shm_pmap_copy). */
 typedef struct kvs__shm_pmap {
     uint32_t id;
     uint64_t base, len;
     const uint8_t *at;
     void *map;
     size_t map_len;
+    struct kvs_cuda_vmm_map *cuda; /* NULL: a memfd's mapping */
 } kvs__shm_pmap_t;
 struct kvs__shm_offer;
-/* Maps offered region @o from descriptor @fd (not closed here): only a memfd
- * sealed against shrinking that holds the whole region, so no read of the
- * mapping can fault. NULL with *why_p saying why. */
+/* Maps offered region @o from descriptor @fd (not closed here). A memfd
+ * only if sealed against shrinking and holding the whole region, so no read
+ * of the mapping can fault; a CUDA VMM allocation imported read-only
+ * (cuMemImportFromShareableHandle, as a reader imports a holder's). NULL
+ * with *why_p saying why. */
 kvs__shm_pmap_t *kvs__shm_pmap_open(int fd, const struct kvs__shm_offer *o, const char **why_p);
+/* Copies @len bytes at @src (inside @m's mapping) to host memory @dst:
+ * memcpy, or cuMemcpyDtoH in the context of the device that holds a CUDA
+ * allocation (the caller's context put back). False with *why_p when the
+ * driver refuses. */
+bool kvs__shm_pmap_copy(const kvs__shm_pmap_t *m, void *dst, const uint8_t *src, size_t len,
+                        const char **why_p);
 /* Unmaps and frees; accepts NULL. */
 void kvs__shm_pmap_free(kvs__shm_pmap_t *m);
 /* Called on the server's thread for each region of a client's offer that
@@ -125,13 +136,18 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
 /* Unmaps everything; accepts NULL. */
 void kvs__shm_peer_free(kvs__shm_peer_t *sp);
 /* Before a pull put to a pool node: tells the node our pid (an identify
- * request) once per connection, and offers it the memfds behind @regions
- * ({id, base, len}; off is ignored) not offered before, so that it copies
- * our puts from a mapping of them. Regions without a memfd are skipped. A
+ * request) once per connection, and offers it the memory behind @regions
+ * ({id, kind, base, len}: kind KVS_SHM_KIND_MEMFD for host memory, whose
+ * memfd is looked up, KVS_SHM_KIND_CUDA_VMM for CUDA memory, exported as a
+ * POSIX fd; off and size are found here) not offered before, so that it
+ * copies our puts from a mapping of them. Host regions without a memfd and
+ * CUDA regions that do not export are not offered. @mapped[i] (may be NULL):
+ * whether the node said it mapped region i, now or at an earlier offer. A
  * node that predates offers is identified the old way (and not offered
  * again). True when the node knows our pid. Blocking socket I/O (bounded):
  * no lock held. */
-bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const struct kvs__shm_offer *regions, uint32_t n);
+bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const struct kvs__shm_offer *regions, uint32_t n,
+                         bool *mapped);
 /* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
  * @ids of @dst, host or CUDA memory (into CUDA memory on our own stream per
  * device, synchronised before the check after the copies). KVS_OK (bytes in

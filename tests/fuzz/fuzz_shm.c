@@ -9,11 +9,13 @@
  * a region of some bytes inside its object without wrapping, and exactly
  * one descriptor per entry of status 0 (none for the identify answer, which
  * has no entries).
- * Byte 0 of 0x80 or more: an offer (kvs__shm_parse_offer) that came with
- * byte 0 - 0x80 descriptors, from byte 2 on. An accepted offer has one
- * descriptor per entry, at most KVS_SHM_MAX_IDS, each a region of some bytes
- * wrapping neither the address space nor its memfd, no id twice, and its
- * session and mac inside the input. */
+ * Byte 0 of 0x80 or more, byte 1 of 0: an offer (kvs__shm_parse_offer) that
+ * came with byte 0 - 0x80 descriptors, from byte 2 on. An accepted offer has
+ * one descriptor per entry, at most KVS_SHM_MAX_IDS, each of a known kind, a
+ * region of some bytes inside its object without wrapping, no id twice, and
+ * its session and mac inside the input. Byte 1 of 1: the node's answer to an
+ * offer of byte 0 - 0x80 regions (kvs__shm_parse_offer_reply): accepted only
+ * at its exact length. */
 #include "proto_int.h"
 
 #include <stdlib.h>
@@ -37,7 +39,8 @@ static int offer(uint32_t nfds, const uint8_t *req, size_t len)
         abort();
     for (uint32_t i = 0; i < n; i++) {
         const kvs__shm_offer_t *e = &out[i];
-        if (e->len == 0 || e->base + e->len < e->base || e->off + e->len < e->off)
+        if ((e->kind != KVS_SHM_KIND_MEMFD && e->kind != KVS_SHM_KIND_CUDA_VMM) || e->len == 0 ||
+            e->base + e->len < e->base || e->off > e->size || e->len > e->size - e->off)
             abort();
         for (uint32_t k = 0; k < i; k++)
             if (out[k].id == e->id)
@@ -50,6 +53,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
+    if (data[0] >= 0x80 && data[1] == 1) {
+        int32_t status[KVS_SHM_MAX_IDS + 64];
+        const uint32_t n = data[0] - 0x80u;
+        const char *why = NULL;
+        if (kvs__shm_parse_offer_reply(data + 2, size - 2, n, status, &why) != KVS_OK)
+            return why == NULL ? (abort(), 0) : 0;
+        if (n > KVS_SHM_MAX_IDS || size - 2 != 8 + 4 * (size_t)n)
+            abort();
+        return 0;
+    }
     if (data[0] >= 0x80)
         return offer(data[0] - 0x80u, data + 2, size - 2);
     const uint32_t nfds = data[0], n = data[1];

@@ -110,8 +110,9 @@ shm_seeds = {
     "identify": shm_reply([]),
 }
 # A pool client's offer of its memory (the node parses it): byte 0 is 0x80 + the
-# descriptor count, byte 1 unused, then "KVSP" | session[16] | mac[32] | n |
-# n x {id u32, base, len, off u64}.
+# descriptor count, byte 1 is 0, then "KVSP" | session[16] | mac[32] | n |
+# n x {id u32, kind u32, base, len, off, size u64}. Byte 1 of 1: the node's
+# answer to an offer of (byte 0 - 0x80) regions, "KVSM" | n | n x status i32.
 SHM_OFFER_MAGIC = 0x5053564B
 
 
@@ -119,13 +120,23 @@ def shm_offer(entries):
     body = struct.pack("<I", SHM_OFFER_MAGIC) + bytes(range(16)) + bytes(32)
     body += struct.pack("<I", len(entries))
     for e in entries:
-        body += struct.pack("<IQQQ", *e)
+        body += struct.pack("<IIQQQQ", *e)
     return bytes([0x80 + len(entries), 0]) + body
 
 
-shm_seeds["offer"] = shm_offer([(1, 0x7f0000001000, 10 << 20, 4096)])
-shm_seeds["offer_two"] = shm_offer([(1, 0x1000, 4096, 0), (7, 0x7f0000000000, 1 << 21, 1 << 21)])
+def shm_offer_reply(statuses):
+    body = struct.pack("<II", SHM_MAGIC, len(statuses))
+    for st in statuses:
+        body += struct.pack("<i", st)
+    return bytes([0x80 + len(statuses), 1]) + body
+
+
+shm_seeds["offer"] = shm_offer([(1, MEMFD, 0x7f0000001000, 10 << 20, 4096, (10 << 20) + 4096)])
+shm_seeds["offer_two"] = shm_offer([(1, MEMFD, 0x1000, 4096, 0, 4096),
+                                    (7, CUDA_VMM, 0x7f0000000000, 1 << 21, 1 << 21, 1 << 22)])
 shm_seeds["offer_identify"] = shm_offer([])
+shm_seeds["offer_reply"] = shm_offer_reply([0, -3])
+shm_seeds["offer_reply_none"] = shm_offer_reply([])
 for name, data in shm_seeds.items():
     with open(f"tests/fuzz/corpus-fuzz_shm/{name}", "wb") as f:
         f.write(data)

@@ -212,6 +212,13 @@ Test(shm, fuzz_seeds_are_valid_answers)
         cr_assert_geq(len, 2, "%s", path);
         kvs__shm_entry_t out[KVS_SHM_MAX_IDS];
         const char *why = NULL;
+        if (buf[0] >= 0x80 && buf[1] == 1) { /* a node's answer to an offer (fuzz_shm.c) */
+            int32_t status[KVS_SHM_MAX_IDS];
+            cr_expect_eq(kvs__shm_parse_offer_reply(buf + 2, len - 2, buf[0] - 0x80u, status, &why),
+                         KVS_OK, "%s: %s", de->d_name, why);
+            offers_seen++;
+            continue;
+        }
         if (buf[0] >= 0x80) { /* an offer (fuzz_shm.c) */
             kvs__shm_offer_t offers[KVS_SHM_MAX_IDS];
             const uint8_t *session, *mac;
@@ -228,7 +235,7 @@ Test(shm, fuzz_seeds_are_valid_answers)
     }
     closedir(dir);
     cr_expect_geq(seen, 3);
-    cr_expect_geq(offers_seen, 3);
+    cr_expect_geq(offers_seen, 5);
 }
 
 static size_t offer_msg(uint8_t *out, const kvs__shm_offer_t *e, uint32_t n)
@@ -243,9 +250,18 @@ static size_t offer_msg(uint8_t *out, const kvs__shm_offer_t *e, uint32_t n)
 
 Test(shm, offer_round_trips)
 {
-    const kvs__shm_offer_t in[2] = {
-        {.id = 3, .base = 0x7f0000001000ull, .len = 1 << 20, .off = 4096},
-        {.id = 9, .base = 0x2000, .len = 64, .off = 0}};
+    const kvs__shm_offer_t in[2] = {{.id = 3,
+                                     .kind = KVS_SHM_KIND_MEMFD,
+                                     .base = 0x7f0000001000ull,
+                                     .len = 1 << 20,
+                                     .off = 4096,
+                                     .size = (1 << 20) + 4096},
+                                    {.id = 9,
+                                     .kind = KVS_SHM_KIND_CUDA_VMM,
+                                     .base = 0x2000,
+                                     .len = 64,
+                                     .off = 0,
+                                     .size = 1 << 21}};
     uint8_t buf[KVS_SHM_OFFER_FIXED + 2 * KVS_SHM_OFFER_ENTRY_LEN];
     size_t len = offer_msg(buf, in, 2);
     kvs__shm_offer_t out[KVS_SHM_MAX_IDS];
@@ -265,6 +281,8 @@ Test(shm, offer_round_trips)
         cr_expect_eq(out[i].base, in[i].base);
         cr_expect_eq(out[i].len, in[i].len);
         cr_expect_eq(out[i].off, in[i].off);
+        cr_expect_eq(out[i].kind, in[i].kind);
+        cr_expect_eq(out[i].size, in[i].size);
     }
     /* No regions: an identify request that offers nothing. */
     len = offer_msg(buf, in, 0);
@@ -272,9 +290,12 @@ Test(shm, offer_round_trips)
     cr_expect_eq(n, 0);
 }
 
+#define OUTSIDE "a region with no bytes, wrapping, or outside its object"
+
 Test(shm, offer_is_parsed_strictly)
 {
-    const kvs__shm_offer_t good = {.id = 1, .base = 0x10000, .len = 4096, .off = 0};
+    const kvs__shm_offer_t good = {
+        .id = 1, .kind = KVS_SHM_KIND_MEMFD, .base = 0x10000, .len = 4096, .off = 0, .size = 4096};
     uint8_t buf[KVS_SHM_OFFER_FIXED + 2 * KVS_SHM_OFFER_ENTRY_LEN + 8];
     kvs__shm_offer_t out[KVS_SHM_MAX_IDS];
     const uint8_t *session, *mac;
@@ -316,12 +337,33 @@ Test(shm, offer_is_parsed_strictly)
         uint32_t n;
         const char *why;
     } bad[] = {
-        {{{.id = 1, .base = 0x1000, .len = 0}}, 1, "a region with no bytes, or wrapping"},
-        {{{.id = 1, .base = UINT64_MAX - 10, .len = 64}}, 1, "a region with no bytes, or wrapping"},
-        {{{.id = 1, .base = 0x1000, .len = 64, .off = UINT64_MAX - 3}},
+        {{{.id = 1, .kind = 3, .base = 0x1000, .len = 64, .size = 64}}, 1, "unknown kind"},
+        {{{.id = 1, .kind = 0, .base = 0x1000, .len = 64, .size = 64}}, 1, "unknown kind"},
+        {{{.id = 1, .kind = KVS_SHM_KIND_MEMFD, .base = 0x1000, .len = 0, .size = 64}}, 1, OUTSIDE},
+        {{{.id = 1, .kind = KVS_SHM_KIND_MEMFD, .base = UINT64_MAX - 10, .len = 64, .size = 64}},
          1,
-         "a region with no bytes, or wrapping"},
-        {{{.id = 4, .base = 0x1000, .len = 64}, {.id = 4, .base = 0x9000, .len = 64}},
+         OUTSIDE},
+        {{{.id = 1,
+           .kind = KVS_SHM_KIND_CUDA_VMM,
+           .base = 0x1000,
+           .len = 64,
+           .off = 4096,
+           .size = 4100}},
+         1,
+         OUTSIDE},
+        {{{.id = 1,
+           .kind = KVS_SHM_KIND_MEMFD,
+           .base = 0x1000,
+           .len = 64,
+           .off = UINT64_MAX - 3,
+           .size = UINT64_MAX}},
+         1,
+         OUTSIDE},
+        {{{.id = 1, .kind = KVS_SHM_KIND_MEMFD, .base = 0x1000, .len = 64, .off = 8, .size = 4}},
+         1,
+         OUTSIDE},
+        {{{.id = 4, .kind = KVS_SHM_KIND_MEMFD, .base = 0x1000, .len = 64, .size = 64},
+          {.id = 4, .kind = KVS_SHM_KIND_MEMFD, .base = 0x9000, .len = 64, .size = 64}},
          2,
          "a region named twice"},
     };
@@ -365,13 +407,23 @@ Test(shm, offered_memory_maps_only_from_a_sealed_memfd_that_holds_it)
     uint64_t off = 99;
     int fd = kvs__shm_fd_of(mem + 4096, 8192, &off);
     cr_assert_geq(fd, 0);
-    kvs__shm_offer_t o = {.id = 5, .base = 0x50000, .len = 8192, .off = off};
+    kvs__shm_offer_t o = {.id = 5,
+                          .kind = KVS_SHM_KIND_MEMFD,
+                          .base = 0x50000,
+                          .len = 8192,
+                          .off = off,
+                          .size = 3 * 4096};
     kvs__shm_pmap_t *m = kvs__shm_pmap_open(fd, &o, &why);
     cr_assert_not_null(m, "%s", why);
     cr_expect_eq(m->id, 5);
     cr_expect_eq(m->base, 0x50000);
     cr_expect_eq(m->len, 8192);
+    cr_expect_null(m->cuda);
     cr_expect_eq(memcmp(m->at, mem + 4096, 8192), 0);
+    uint8_t back[100];
+    const char *cwhy = NULL;
+    cr_expect(kvs__shm_pmap_copy(m, back, m->at + 5, sizeof(back), &cwhy));
+    cr_expect_eq(memcmp(back, mem + 4096 + 5, sizeof(back)), 0);
     cr_expect(mapped_read_only(m->at));
     mem[4096 + 17] ^= 0xFF; /* the same pages: a write on the client's side shows */
     cr_expect_eq(m->at[17], mem[4096 + 17]);
@@ -388,7 +440,7 @@ Test(shm, offered_memory_maps_only_from_a_sealed_memfd_that_holds_it)
 
     int p[2];
     cr_assert_eq(pipe(p), 0);
-    o = (kvs__shm_offer_t){.id = 1, .base = 0x1000, .len = 4096};
+    o = (kvs__shm_offer_t){.id = 1, .kind = KVS_SHM_KIND_MEMFD, .base = 0x1000, .len = 4096};
     cr_expect_null(kvs__shm_pmap_open(p[0], &o, &why));
     cr_expect_str_eq(why, "not a memfd");
     close(p[0]);
@@ -404,4 +456,26 @@ Test(shm, offered_memory_maps_only_from_a_sealed_memfd_that_holds_it)
     cr_expect_not_null(m, "%s", why);
     kvs__shm_pmap_free(m);
     close(unsealed);
+}
+
+Test(shm, offer_reply_is_parsed_strictly)
+{
+    uint8_t rep[8 + 4 * 3];
+    const uint32_t words[5] = {KVS_SHM_MAGIC, 3, 0, (uint32_t)KVS_ERR_UNSUPPORTED, 0};
+    for (int i = 0; i < 5; i++)
+        for (int b = 0; b < 4; b++)
+            rep[4 * i + b] = (uint8_t)(words[i] >> (8 * b));
+    int32_t st[KVS_SHM_MAX_IDS];
+    const char *why = NULL;
+    cr_assert_eq(kvs__shm_parse_offer_reply(rep, sizeof(rep), 3, st, &why), KVS_OK, "%s", why);
+    cr_expect_eq(st[0], 0);
+    cr_expect_eq(st[1], KVS_ERR_UNSUPPORTED);
+    cr_expect_eq(st[2], 0);
+    cr_expect_eq(kvs__shm_parse_offer_reply(rep, sizeof(rep) - 1, 3, st, &why), KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "wrong length");
+    cr_expect_eq(kvs__shm_parse_offer_reply(rep, sizeof(rep) - 4, 2, st, &why), KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "wrong magic or count");
+    rep[0] ^= 1;
+    cr_expect_eq(kvs__shm_parse_offer_reply(rep, sizeof(rep), 3, st, &why), KVS_ERR_PROTOCOL);
+    cr_expect_eq(kvs__shm_parse_offer_reply(rep, 8, 65, st, &why), KVS_ERR_PROTOCOL);
 }

@@ -17,6 +17,10 @@
  *   unauth     connections to the holder's Unix socket that prove nothing (garbage, a wrong
  *              MAC, a right MAC over an unknown session) get no descriptor, and the holder
  *              keeps serving mapped fetches
+ *   cudaput    an engine's CUDA pool (exportable VMM) offloads to a pool node on its host:
+ *              the node imports the allocation and copies the put out of it; a reader
+ *              fetches every byte back; a non-exportable allocation and KVSHARE_SHM=off
+ *              are refused with KVS_ERR_UNSUPPORTED and the node keeps serving
  *   offers     offers of memory (a pool client's request, KVSP) of the wrong length, with a
  *              wrong MAC, over an unknown session, a region request carrying descriptors,
  *              70 descriptors at once: no answer, each refused for its reason in the log,
@@ -874,7 +878,11 @@ static bool raw_offer(const char *path, int mode, int nfds, int *got_p)
     kvs__shm_offer_t e[64];
     uint32_t n = nfds > 64 ? 64 : (uint32_t)nfds;
     for (uint32_t i = 0; i < n; i++)
-        e[i] = (kvs__shm_offer_t){.id = i + 1, .base = 0x10000u * (i + 1), .len = 4096};
+        e[i] = (kvs__shm_offer_t){.id = i + 1,
+                                  .kind = KVS_SHM_KIND_MEMFD,
+                                  .base = 0x10000u * (i + 1),
+                                  .len = 4096,
+                                  .size = 4096};
     kvs__shm_put_offer(req, session, mac, e, n);
     size_t len = KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n;
     if (mode == 0)
@@ -1058,6 +1066,172 @@ static void s_silent(void)
     for (int i = 0; i < nheld; i++)
         close(held[i]);
     stop_holder(&h);
+}
+
+/* --- a pool node (a child process), for puts --------------------------- */
+static void pool_node(int in, int out)
+{
+    char log[300];
+    snprintf(log, sizeof(log), "%s/node.log", work);
+    FILE *lf = fopen(log, "w");
+    if (lf == NULL || dup2(fileno(lf), 2) < 0)
+        FAIL("node: %s", log);
+    setenv("KVSHARE_LOG", "debug", 1);
+    char err[512] = "";
+    kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT |
+                                         KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_LISTEN |
+                                         KVS_CTX_FIELD_POOL_NODE,
+                           .errbuf = err,
+                           .errbuf_len = sizeof(err),
+                           .transport = "ucx",
+                           .capacity_bytes = 64u << 20,
+                           .listen = "127.0.0.1:0",
+                           .pool_node = 1};
+    kvs_ctx_h ctx = NULL;
+    if (kvs_ctx_create(&cp, &ctx) != KVS_OK)
+        FAIL("node: kvs_ctx_create: %s", err);
+    char addr[300], line[128];
+    kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
+    dprintf(out, "ready %s\n", addr);
+    FILE *f = fdopen(in, "r");
+    while (fgets(line, sizeof(line), f) != NULL)
+        ;
+    kvs_ctx_destroy(ctx);
+    exit(0);
+}
+
+static child_t start_node(void)
+{
+    int a[2], b[2];
+    if (pipe(a) != 0 || pipe(b) != 0)
+        FAIL("pipe");
+    fflush(stdout);
+    fflush(stderr);
+    child_t c = {.pid = fork()};
+    if (c.pid < 0)
+        FAIL("fork");
+    if (c.pid == 0) {
+        close(a[1]);
+        close(b[0]);
+        pool_node(a[0], b[1]);
+    }
+    close(a[0]);
+    close(b[1]);
+    c.to = a[1];
+    c.from = fdopen(b[0], "r");
+    char line[400];
+    if (fgets(line, sizeof(line), c.from) == NULL || sscanf(line, "ready %299s", c.addr) != 1)
+        FAIL("the pool node did not start");
+    return c;
+}
+
+/* Whether WORK/@file says @what. */
+static bool logged_in(const char *file, const char *what)
+{
+    char path[300], line[1024];
+    snprintf(path, sizeof(path), "%s/%s", work, file);
+    FILE *f = fopen(path, "r");
+    bool found = false;
+    while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL)
+        found = strstr(line, what) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return found;
+}
+
+/* The warning and error lines of WORK/@file, joined (for failure messages). */
+static const char *warnings_in(const char *file)
+{
+    static char all[2048];
+    char path[300], line[1024];
+    size_t used = 0;
+    snprintf(path, sizeof(path), "%s/%s", work, file);
+    snprintf(all, sizeof(all), "(no warning in %s)", file);
+    FILE *f = fopen(path, "r");
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL && used < sizeof(all) - 1)
+        if (strstr(line, " warn: ") != NULL || strstr(line, " error: ") != NULL) {
+            int k = snprintf(all + used, sizeof(all) - used, "%s", line);
+            used += k > 0 ? (size_t)k : 0;
+        }
+    if (f != NULL)
+        fclose(f);
+    return all;
+}
+
+/* Offloads keys @first.. from a CUDA pool (a fake VMM allocation, exportable
+ * or not) to the node at @addr: kvs_put_ex's status, or the request's. */
+static kvs_status_t cuda_put(const char *addr, bool posix_fd, uint32_t first, uint64_t *pulled_p)
+{
+    setenv("KVSHARE_POOL", addr, 1);
+    kvs_ctx_h ctx = make_ctx(NULL);
+    unsetenv("KVSHARE_POOL");
+    vmm_t v;
+    kvs_pool_h pool = make_cuda_pool(ctx, &v, posix_fd);
+    kvs_key_t keys[NBLOCKS];
+    uint32_t ids[NBLOCKS];
+    for (uint32_t i = 0; i < NBLOCKS; i++) {
+        keys[i] = key_of(first + i);
+        ids[i] = i;
+        put_block(NULL, &v, i, first + i, 1);
+    }
+    kvs_request_h req = NULL;
+    kvs_status_t st = kvs_put_ex(pool, keys, ids, NBLOCKS, NULL, &req);
+    if (st == KVS_OK) {
+        st = kvs_request_wait(req, -1);
+        kvs_request_free(req);
+    }
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_PUTS};
+    kvs_stats_query(ctx, &ks);
+    *pulled_p = ks.put_pulled_blocks;
+    kvs_pool_destroy(pool);
+    kvs_ctx_destroy(ctx);
+    free_vmm(&v);
+    return st;
+}
+
+/* An engine whose KV is on the GPU offloads to a pool node on its host: the
+ * node imports the engine's exportable VMM allocation (read-only) and copies
+ * the put out of it (cuMemcpyDtoH); a reader then fetches every byte from
+ * the node. An allocation that cannot be exported, and KVSHARE_SHM=off, are
+ * refused with KVS_ERR_UNSUPPORTED (the transport takes no CUDA memory, and
+ * the node must never try to read device memory another way); the node
+ * keeps serving. */
+static void s_cudaput(void)
+{
+    child_t n = start_node();
+    uint64_t pulled = 0;
+    kvs_status_t st = cuda_put(n.addr, true, 3 * NBLOCKS, &pulled);
+    if (st != KVS_OK || pulled != NBLOCKS)
+        FAIL("cudaput: put from an exportable CUDA pool: %s, %llu blocks stored (node: %s)",
+             kvs_status_string(st), (unsigned long long)pulled, warnings_in("node.log"));
+    if (!logged_in("node.log", "its puts are copied from its memory mapped here (CUDA)"))
+        FAIL("cudaput: the node did not copy the put from the imported allocation (%s/node.log)",
+             work);
+    reader_t r = reader_new();
+    if ((st = fetch(&r, n.addr, 3 * NBLOCKS, NBLOCKS)) != KVS_OK)
+        FAIL("cudaput: fetch back: %s", kvs_status_string(st));
+    check(&r, 3 * NBLOCKS, NBLOCKS, 1);
+    printf("ok: cudaput: %u CUDA blocks offloaded through the node's import of the allocation, "
+           "fetched back byte for byte\n",
+           NBLOCKS);
+    st = cuda_put(n.addr, false, 4 * NBLOCKS, &pulled);
+    if (st != KVS_ERR_UNSUPPORTED || pulled != 0)
+        FAIL("cudaput: a put from a CUDA allocation that cannot be exported: %s, %llu stored "
+             "(expected UNSUPPORTED)",
+             kvs_status_string(st), (unsigned long long)pulled);
+    setenv("KVSHARE_SHM", "off", 1);
+    st = cuda_put(n.addr, true, 4 * NBLOCKS, &pulled);
+    unsetenv("KVSHARE_SHM");
+    if (st != KVS_ERR_UNSUPPORTED || pulled != 0)
+        FAIL("cudaput: a CUDA put with KVSHARE_SHM=off: %s (expected UNSUPPORTED)",
+             kvs_status_string(st));
+    if ((st = fetch(&r, n.addr, 3 * NBLOCKS, NBLOCKS)) != KVS_OK)
+        FAIL("cudaput: the node stopped serving: %s", kvs_status_string(st));
+    check(&r, 3 * NBLOCKS, NBLOCKS, 1);
+    printf("ok: cudaput: a non-exportable allocation and KVSHARE_SHM=off are refused "
+           "(UNSUPPORTED); the node keeps serving\n");
+    reader_free(&r);
+    stop_holder(&n);
 }
 
 /* Sockets in WORK. */
@@ -1351,7 +1525,7 @@ int main(int argc, char **argv)
                {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
                {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
                {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
-               {"offers", s_offers}};
+               {"offers", s_offers},       {"cudaput", s_cudaput}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
