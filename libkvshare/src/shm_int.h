@@ -17,9 +17,11 @@
  *                     puts itself with process_vm_readv; see peer.c, direct reads)
  *   or, from a pool client instead (an identify request that also offers memory):
  *                     "KVSP" | session[16] | mac[32] | n u32 (<= 64)
- *                     | n x {id u32, base u64, len u64, off u64} with n SCM_RIGHTS
- *                     memfds, answered "KVSM" | 0: the node maps each read-only
- *                     and copies the client's pull puts from it (peer.c, mapped reads)
+ *                     | n x {id u32, kind u32, base u64, len u64, off u64, size u64}
+ *                     with n SCM_RIGHTS descriptors (memfds, exported CUDA VMM
+ *                     allocations), answered "KVSM" | n | n x status i32: the node
+ *                     maps each read-only and copies the client's pull puts from it
+ *                     (peer.c, mapped reads; CUDA blocks have no other way out)
  *   holder -> reader  "KVSM" | n u32 | n x {status i32, kind u32, base u64, len u64, off u64,
  *                     size u64} with one SCM_RIGHTS fd per entry of status 0, in order
  *                     (proto_int.h: kvs__shm_parse_reply, strict and fuzzed)
