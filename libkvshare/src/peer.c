@@ -341,8 +341,6 @@ struct kvs__peer {
     /* Our puts' blocks stored by the node's reads vs by our pushes, and
      * connections that fell back from pull to push (lock held). */
     uint64_t put_pulled_blocks, put_pushed_blocks, put_fallbacks;
-    /* Server: bytes of pull puts copied from clients' mapped memory (lock held). */
-    uint64_t put_mapped_bytes;
 };
 
 static void conn_fail(conn_t *c, kvs_status_t st, const char *fmt, ...) KVS_PRINTF(3, 4);
@@ -1324,7 +1322,6 @@ static int mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_r
         kvs__debug(pp->log, "peer %s: its puts are copied from its memory mapped here%s", c->peer,
                    cuda ? " (CUDA)" : "");
     }
-    pp->put_mapped_bytes += total;
     p->bytes_expected = p->bytes_got = total;
     return 1;
 }
