@@ -44,6 +44,7 @@ class WorkerSide:
         self._refs = collections.Counter()  # block id -> requests holding it published
         self._published = {}  # req_id -> block ids this rank published
         self._sends = {}  # req_id -> _Send
+        self._puts_unsupported = 0  # offloads the library refused as UNSUPPORTED
         self._done_recv = queue.Queue()
         self._invalid = set()
         self._saves = queue.Queue()
@@ -217,7 +218,17 @@ class WorkerSide:
             try:
                 req = self.pool.put(sp.hashes, sp.block_ids)
             except _lib.KvsError as e:
-                log.warning("kvshare_vllm: offload of %s to the pool: %s", sp.req_id, e)
+                # UNSUPPORTED repeats for every request (KV on the GPU and a
+                # pool node on another host: the transport takes no CUDA
+                # memory): said once, then counted, not once per request.
+                if e.status == _lib.ERR_UNSUPPORTED:
+                    self._puts_unsupported += 1
+                    n = self._puts_unsupported
+                    if n & (n - 1) == 0:
+                        log.warning("kvshare_vllm: offload of %s to the pool: %s "
+                                    "(%d offloads refused so far)", sp.req_id, e, n)
+                else:
+                    log.warning("kvshare_vllm: offload of %s to the pool: %s", sp.req_id, e)
                 return
             with self._lock:
                 self._sends.setdefault(sp.req_id, _Send()).puts.append(req)

@@ -195,6 +195,39 @@ def vconf(algo="sha256_cbor", role="kv_both", extra=None):
               cache_config=NS(block_size=16, prefix_caching_hash_algo=algo))
 
 
+class Offload(unittest.TestCase):
+    """A put the library refuses as UNSUPPORTED (GPU KV, a pool node on another
+    host) is said once and then counted, not logged for every request; other
+    failures are logged each time."""
+
+    def worker(self, status):
+        w = object.__new__(_worker.WorkerSide)
+        w.tp_rank, w._mla, w._puts_unsupported = 0, False, 0
+
+        def put(hashes, block_ids):
+            raise _lib.KvsError("kvs_put_ex", status)
+        w.pool = NS(put=put)
+        return w
+
+    def saves(self, w, n):
+        spec = NS(publish=False, put=True, hashes=[b"k" * 32], block_ids=[0], req_id="r")
+        with self.assertLogs("kvshare_vllm", level="WARNING") as cm:
+            for _ in range(n):
+                w._save_one(spec)
+        return cm.output
+
+    def test_unsupported_is_said_at_powers_of_two(self):
+        w = self.worker(_lib.ERR_UNSUPPORTED)
+        out = self.saves(w, 9)
+        self.assertEqual(len(out), 4, out)  # the 1st, 2nd, 4th and 8th
+        self.assertIn("(8 offloads refused so far)", out[-1])
+        self.assertEqual(w._puts_unsupported, 9)
+
+    def test_other_failures_each_time(self):
+        out = self.saves(self.worker(_lib.ERR_BUSY), 3)
+        self.assertEqual(len(out), 3, out)
+
+
 class Settings(unittest.TestCase):
     def setUp(self):
         self.env = dict(os.environ)
