@@ -136,6 +136,13 @@ ok "PUT with a duplicated piece ($out) and a missing one ($out2): refused, nothi
 M=$(sed -n 's/.*metrics on \([0-9.]*:[0-9]*\).*/\1/p' "$WORK/node.err")
 [ -n "$M" ] || fail "the node printed no metrics address"
 leased() { curl -fsS "http://$M/metrics" | awk '/^kvshare_pool_leased_blocks /{print $2}'; }
+# (and the node says whether its arena may have huge pages: 0 under shmem_enabled never)
+huge=$(curl -fsS "http://$M/metrics" | awk '/^kvshare_pool_shmem_huge_pages /{print $2}')
+thp=/sys/kernel/mm/transparent_hugepage
+mode=$(sed -n 's/.*\[\(.*\)\].*/\1/p' $thp/hugepages-2048kB/shmem_enabled 2>/dev/null)
+[ -n "$mode" ] && [ "$mode" != inherit ] || mode=$(sed -n 's/.*\[\(.*\)\].*/\1/p' $thp/shmem_enabled 2>/dev/null)
+case $mode in never|deny) want=0 ;; *) want=1 ;; esac
+[ "$huge" = "$want" ] || fail "kvshare_pool_shmem_huge_pages is '$huge', the kernel's shmem mode is '$mode'"
 mkfifo "$WORK/hold.in"
 ATTACK_MODEL=any ATTACK client "$N" hold <"$WORK/hold.in" >"$WORK/hold.out" 2>"$WORK/hold.err" &
 HOLD=$!; PIDS+=($HOLD)
