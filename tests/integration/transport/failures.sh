@@ -51,13 +51,18 @@ case "$out" in *status=TIMED_OUT*) ;; *) fail "stopped peer: $out";; esac
 ok "stopped peer: TIMED_OUT after ${ms} ms (deadline 1500 ms)"
 
 # --- a killed peer: the fetch in flight fails with PEER_FAILED within its
-# deadline, other peers are unaffected, and the next use reconnects
+# deadline, other peers are unaffected, and the next use reconnects. The
+# deadline is 10 s: each batch is 16 MiB over UCX's GET (an active-message
+# emulation between processes here), and under ASan beside other tests on 2
+# cores one batch from the other peer once took over 5 s (the check is that
+# it fails within its deadline and the other peer serves, not how fast).
+SOAK_MS=10000
 start_server victim --listen 127.0.0.1:0 --blocks 512 --segments 2 --block-bytes 262144; v=$ADDR
 vport=${v##*:}
 start_server other --listen 127.0.0.1:0 --blocks 512 --segments 2 --block-bytes 262144; o=$ADDR
 mkfifo "$WORK/soak.in"
 "$PEER" soak --peer "$v" --peer2 "$o" --blocks 512 --segments 2 --block-bytes 262144 --batch 64 \
-  --timeout-ms 5000 <"$WORK/soak.in" >"$WORK/soak.out" 2>"$WORK/soak.err" &
+  --timeout-ms "$SOAK_MS" <"$WORK/soak.in" >"$WORK/soak.out" 2>"$WORK/soak.err" &
 soak=$!
 PIDS+=($soak)
 exec {sfd}>"$WORK/soak.in"
@@ -72,7 +77,7 @@ done
 line=$(grep '^failed' "$WORK/soak.out")
 case "$line" in *status=PEER_FAILED*|*status=TIMED_OUT*) ;; *) fail "killed peer: $line";; esac
 after=$(sed -n 's/.*after_ms=\([0-9]*\).*/\1/p' <<<"$line")
-((after <= 5500)) || fail "failure took ${after} ms, deadline 5000 ms"
+((after <= SOAK_MS + 500)) || fail "failure took ${after} ms, deadline $SOAK_MS ms"
 grep -q 'other peer: status=OK hits=512' "$WORK/soak.out" || fail "other peer: $(cat "$WORK/soak.out")"
 # Restart the victim on the same port; the same client process reconnects.
 start_server victim2 --listen "127.0.0.1:$vport" --blocks 512 --segments 2 --block-bytes 262144
