@@ -242,6 +242,55 @@ static void shm_mac(const uint8_t *secret, size_t secret_len, bool open, const u
         HMAC(EVP_sha256(), secret, (int)secret_len, msg, sizeof(msg), out, &n);
 }
 
+/* Sends @len bytes at @buf as one datagram with @n descriptors attached
+ * (SCM_RIGHTS): the bytes sent, or -1. */
+static ssize_t send_fds(int fd, const void *buf, size_t len, const int *fds, uint32_t n, int flags)
+{
+    struct iovec iov = {.iov_base = (void *)(uintptr_t)buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (n > 0) {
+        memset(&u, 0, sizeof(u));
+        mh.msg_control = u.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
+    }
+    return sendmsg(fd, &mh, flags | MSG_NOSIGNAL);
+}
+
+/* Receives one datagram into @buf (@cap bytes) and the descriptors that
+ * came with it into @fds (SHM_MAX_IDS at most; *nfds_p of them, which the
+ * caller closes whatever this returns). Its length, or -1 when nothing
+ * came or it was cut short (more bytes or descriptors than fit). */
+static ssize_t recv_fds(int fd, void *buf, size_t cap, int *fds, uint32_t *nfds_p, int flags)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {.iov_base = buf, .iov_len = cap};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t n = recvmsg(fd, &mh, flags | MSG_CMSG_CLOEXEC);
+    *nfds_p = 0;
+    for (struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
+         cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t j = 0; j < k && *nfds_p < SHM_MAX_IDS; j++)
+            memcpy(&fds[(*nfds_p)++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
+    }
+    return n <= 0 || (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) ? -1 : n;
+}
+
 static void io_timeouts(int fd)
 {
     struct timeval tv = {.tv_sec = SHM_IO_MS / 1000, .tv_usec = (SHM_IO_MS % 1000) * 1000};
@@ -302,6 +351,20 @@ static void srv_drop(kvs__shm_srv_t *s, uint32_t i)
     close(s->conns[i].fd);
     memmove(&s->conns[i], &s->conns[i + 1], (s->nconns - i - 1) * sizeof(s->conns[0]));
     s->nconns--;
+}
+
+/* Whether @mac proves @session for caller @c's nonce (refused and logged
+ * if not). */
+static bool srv_proved(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t *session,
+                       const uint8_t *mac)
+{
+    uint8_t want[KVS_PROTO_MAC_LEN];
+    shm_mac(s->secret, s->secret_len, s->open, session, c->nonce, want);
+    bool ok = CRYPTO_memcmp(want, mac, sizeof(want)) == 0;
+    OPENSSL_cleanse(want, sizeof(want));
+    if (!ok)
+        srv_refuse(s, "the session proof does not hold");
+    return ok;
 }
 
 /* A POSIX fd for the CUDA VMM allocation under region @id (the caller
@@ -382,14 +445,8 @@ static void srv_answer_regions(kvs__shm_srv_t *s, const sconn_t *c, const uint8_
         srv_refuse(s, "malformed request");
         return;
     }
-    uint8_t want[KVS_PROTO_MAC_LEN];
-    shm_mac(s->secret, s->secret_len, s->open, session, c->nonce, want);
-    bool ok = CRYPTO_memcmp(want, mac, sizeof(want)) == 0;
-    OPENSSL_cleanse(want, sizeof(want));
-    if (!ok) {
-        srv_refuse(s, "the session proof does not hold");
+    if (!srv_proved(s, c, session, mac))
         return;
-    }
     uint8_t rep[8 + SHM_ENTRY_LEN * SHM_MAX_IDS];
     int fds[SHM_MAX_IDS];
     bool owned[SHM_MAX_IDS]; /* exported for this answer: closed after it */
@@ -434,25 +491,9 @@ static void srv_answer_regions(kvs__shm_srv_t *s, const sconn_t *c, const uint8_
         }
         kvs__shm_put_entry(rep + 8 + SHM_ENTRY_LEN * i, &e);
     }
-    struct iovec iov = {.iov_base = rep, .iov_len = 8 + SHM_ENTRY_LEN * (size_t)nids};
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
-        struct cmsghdr align;
-    } u;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        memset(&u, 0, sizeof(u));
-        mh.msg_control = u.buf;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-        memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-    }
     /* The caller sent one datagram and reads one: its buffer is empty, the
      * answer (under 3 KiB) fits; a caller that cannot take it loses it. */
-    if (sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+    if (send_fds(fd, rep, 8 + SHM_ENTRY_LEN * (size_t)nids, fds, nfds, MSG_DONTWAIT) < 0)
         kvs__debug(s->log, "shm: sendmsg: %s", strerror(errno));
 close_owned:
     for (uint32_t i = 0; i < nfds; i++)
@@ -573,14 +614,8 @@ static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t 
         srv_refuse(s, msg);
         return;
     }
-    uint8_t want[KVS_PROTO_MAC_LEN];
-    shm_mac(s->secret, s->secret_len, s->open, session, c->nonce, want);
-    bool ok = CRYPTO_memcmp(want, mac, sizeof(want)) == 0;
-    OPENSSL_cleanse(want, sizeof(want));
-    if (!ok) {
-        srv_refuse(s, "the session proof does not hold");
+    if (!srv_proved(s, c, session, mac))
         return;
-    }
     uint64_t ib, il;
     if (s->fn(s->arg, session, c->pid, KVS_SHM_IDENTIFY, &ib, &il, NULL) < 0) {
         srv_refuse(s, "no such session");
@@ -623,25 +658,10 @@ static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t 
 static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
 {
     uint8_t req[KVS_SHM_OFFER_FIXED + KVS_SHM_OFFER_ENTRY_LEN * SHM_MAX_IDS + 1];
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
-        struct cmsghdr align;
-    } u;
-    struct iovec iov = {.iov_base = req, .iov_len = sizeof(req)};
-    struct msghdr mh = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
-    ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     int fds[SHM_MAX_IDS];
     uint32_t nfds = 0;
-    for (struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
-         cm = CMSG_NXTHDR(&mh, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t j = 0; j < k && nfds < SHM_MAX_IDS; j++)
-            memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
-    }
-    if (n <= 0 || (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)))
+    ssize_t n = recv_fds(c->fd, req, sizeof(req), fds, &nfds, MSG_DONTWAIT);
+    if (n < 0)
         srv_refuse(s, "malformed request");
     else if (n >= 4 && get32(req) == KVS_SHM_OFFER_MAGIC)
         srv_answer_offer(s, c, req, (size_t)n, fds, nfds);
@@ -935,26 +955,10 @@ static bool offer_xchg(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, con
         return false;
     shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, nonce, mac);
     kvs__shm_put_offer(req, sp->session, mac, regions, n);
-    struct iovec iov = {.iov_base = req,
-                        .iov_len = KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n};
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
-        struct cmsghdr align;
-    } u;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (n > 0) {
-        memset(&u, 0, sizeof(u));
-        mh.msg_control = u.buf;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
-        memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
-    }
+    const size_t len = KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n;
     uint8_t rep[8 + 4 * SHM_MAX_IDS + 1];
     ssize_t got = -1;
-    if (sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)iov.iov_len)
+    if (send_fds(fd, req, len, fds, n, 0) == (ssize_t)len)
         got = recv(fd, rep, sizeof(rep), 0);
     close(fd);
     return got > 0 && kvs__shm_parse_offer_reply(rep, (size_t)got, n, status, NULL) == KVS_OK;
@@ -1171,25 +1175,10 @@ static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
     why = "send";
     if (send(fd, req, fixed + 4 * (size_t)n, MSG_NOSIGNAL) != (ssize_t)(fixed + 4 * (size_t)n))
         goto out;
-    uint8_t rep[8 + SHM_ENTRY_LEN * SHM_MAX_IDS];
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_IDS)];
-        struct cmsghdr align;
-    } u;
-    struct iovec iov = {.iov_base = rep, .iov_len = sizeof(rep)};
-    struct msghdr mh = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
-    ssize_t got = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-    for (struct cmsghdr *cm = got > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
-         cm = CMSG_NXTHDR(&mh, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t j = 0; j < k && nfds < SHM_MAX_IDS; j++)
-            memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
-    }
+    uint8_t rep[8 + SHM_ENTRY_LEN * SHM_MAX_IDS + 1];
+    ssize_t got = recv_fds(fd, rep, sizeof(rep), fds, &nfds, 0);
     why = "refused (see the holder's log)";
-    if (got <= 0 || (mh.msg_flags & MSG_CTRUNC))
+    if (got < 0)
         goto out;
     kvs__shm_entry_t ents[SHM_MAX_IDS];
     const char *bad = NULL;

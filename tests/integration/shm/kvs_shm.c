@@ -234,6 +234,17 @@ static void put_block(uint8_t *mem, const vmm_t *v, uint32_t i, uint32_t key, ui
     CU_OK(cuMemcpyHtoD_v2(v->va + (CUdeviceptr)i * BB, buf, BB));
 }
 
+/* A child's stderr goes to WORK/@file, its library logging at @level. */
+static void child_log(const char *file, const char *level)
+{
+    char log[300];
+    snprintf(log, sizeof(log), "%s/%s", work, file);
+    FILE *lf = fopen(log, "w");
+    if (lf == NULL || dup2(fileno(lf), 2) < 0)
+        FAIL("child: %s", log);
+    setenv("KVSHARE_LOG", level, 1);
+}
+
 /* --- the holder (a child process) ------------------------------------- */
 /* Keys 0..N-1 zero-copy from its pool (block i = key i), keys N..2N-1
  * copied into its arena. Commands on @in: "rewrite I" (force-unpublish
@@ -241,12 +252,7 @@ static void put_block(uint8_t *mem, const vmm_t *v, uint32_t i, uint32_t key, ui
 static void holder(int in, int out)
 {
     /* Its warnings (refused mapping requests) go to WORK/holder.log. */
-    char log[300];
-    snprintf(log, sizeof(log), "%s/holder.log", work);
-    FILE *lf = fopen(log, "w");
-    if (lf == NULL || dup2(fileno(lf), 2) < 0)
-        FAIL("holder: %s", log);
-    setenv("KVSHARE_LOG", "warn", 1);
+    child_log("holder.log", "warn");
     kvs_ctx_h ctx = make_ctx("127.0.0.1:0");
     uint8_t *mem = NULL;
     vmm_t vmm, *v = hold_kind == HOLD_HOST ? NULL : &vmm;
@@ -297,7 +303,9 @@ typedef struct child {
     char addr[300];
 } child_t;
 
-static child_t start_holder(void)
+/* A child process running @body(commands in, answers out), once it said
+ * "ready ADDR". */
+static child_t start_child(void (*body)(int, int), const char *what)
 {
     int a[2], b[2];
     if (pipe(a) != 0 || pipe(b) != 0)
@@ -310,7 +318,7 @@ static child_t start_holder(void)
     if (c.pid == 0) {
         close(a[1]);
         close(b[0]);
-        holder(a[0], b[1]);
+        body(a[0], b[1]);
     }
     close(a[0]);
     close(b[1]);
@@ -318,8 +326,13 @@ static child_t start_holder(void)
     c.from = fdopen(b[0], "r");
     char line[400];
     if (fgets(line, sizeof(line), c.from) == NULL || sscanf(line, "ready %299s", c.addr) != 1)
-        FAIL("the holder did not start");
+        FAIL("the %s did not start", what);
     return c;
+}
+
+static child_t start_holder(void)
+{
+    return start_child(holder, "holder");
 }
 
 /* start_holder() with a holder of @kind (HOLD_*), the next one a host holder again. */
@@ -725,39 +738,10 @@ static void s_otherhost(void)
     stop_holder(&h);
 }
 
-/* One raw exchange on the holder's socket. @mode: 0 garbage, 1 a wrong MAC,
- * 2 a right MAC over a session the holder never made. Returns the number of
- * descriptors received (the holder must send none) and whether it answered. */
-static int raw_try(const char *path, int mode, bool *answered)
+/* Reads the holder's answer on @fd: whether one came; *nfds_p: how many
+ * descriptors came with it (each closed here). */
+static bool raw_answer(int fd, int *nfds_p)
 {
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
-        FAIL("unauth: connect %s: %s", path, strerror(errno));
-    uint8_t hello[8 + KVS_PROTO_NONCE_LEN];
-    if (recv(fd, hello, sizeof(hello), 0) != (ssize_t)sizeof(hello))
-        FAIL("unauth: no greeting");
-    uint8_t req[4 + 16 + 32 + 4 + 4 * 4] = {'K', 'V', 'S', 'M'};
-    size_t len = sizeof(req);
-    for (size_t i = 4; i < 20; i++)
-        req[i] = (uint8_t)(0xA0 + i); /* a session nobody has */
-    if (mode == 0) {
-        memset(req, 0x41, sizeof(req));
-    } else if (mode == 2) {
-        uint8_t msg[11 + 16 + 32];
-        memcpy(msg, "kvshare-shm", 11);
-        memcpy(msg + 11, req + 4, 16);
-        memcpy(msg + 27, hello + 8, 32);
-        unsigned int ml = 0;
-        HMAC(EVP_sha256(), token, (int)strlen(token), msg, sizeof(msg), req + 20, &ml);
-    } else {
-        memset(req + 20, 0x55, 32);
-    }
-    req[52] = 4; /* four region ids: 0..3 */
-    for (uint8_t i = 0; i < 4; i++)
-        req[56 + 4 * i] = i;
-    send(fd, req, len, MSG_NOSIGNAL);
     uint8_t buf[512];
     union {
         char b[CMSG_SPACE(sizeof(int) * 64)];
@@ -767,21 +751,96 @@ static int raw_try(const char *path, int mode, bool *answered)
     struct msghdr mh = {
         .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof(u.b)};
     ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-    int nfds = 0;
+    *nfds_p = 0;
     for (struct cmsghdr *cm = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
-         cm = CMSG_NXTHDR(&mh, cm))
-        if (cm->cmsg_type == SCM_RIGHTS)
-            nfds += (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    *answered = n > 0;
+         cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int j = 0; j < k; j++) {
+            int got;
+            memcpy(&got, CMSG_DATA(cm) + (size_t)j * sizeof(int), sizeof(int));
+            close(got);
+        }
+        *nfds_p += k;
+    }
+    return n > 0;
+}
+
+/* One raw exchange on the holder's socket. @mode: 0 garbage, 1 a wrong MAC,
+ * 2 a right MAC over a session the holder never made. Returns the number of
+ * descriptors received (the holder must send none) and whether it answered. */
+/* Connects to the holder's socket at @path and reads its greeting: the
+ * socket, the greeting's nonce in @nonce. */
+static int raw_dial(const char *path, const char *what, uint8_t *nonce)
+{
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+        FAIL("%s: connect %s: %s", what, path, strerror(errno));
+    uint8_t hello[8 + KVS_PROTO_NONCE_LEN];
+    if (recv(fd, hello, sizeof(hello), 0) != (ssize_t)sizeof(hello))
+        FAIL("%s: no greeting", what);
+    memcpy(nonce, hello + 8, KVS_PROTO_NONCE_LEN);
+    return fd;
+}
+
+/* The right MAC (the test's token) over @session and @nonce, into @mac. */
+static void raw_mac(const uint8_t *session, const uint8_t *nonce, uint8_t *mac)
+{
+    uint8_t msg[11 + 16 + 32];
+    memcpy(msg, "kvshare-shm", 11);
+    memcpy(msg + 11, session, 16);
+    memcpy(msg + 27, nonce, 32);
+    unsigned int ml = 0;
+    HMAC(EVP_sha256(), token, (int)strlen(token), msg, sizeof(msg), mac, &ml);
+}
+
+static int raw_try(const char *path, int mode, bool *answered)
+{
+    uint8_t nonce[KVS_PROTO_NONCE_LEN];
+    int fd = raw_dial(path, "unauth", nonce);
+    uint8_t req[4 + 16 + 32 + 4 + 4 * 4] = {'K', 'V', 'S', 'M'};
+    size_t len = sizeof(req);
+    for (size_t i = 4; i < 20; i++)
+        req[i] = (uint8_t)(0xA0 + i); /* a session nobody has */
+    if (mode == 0) {
+        memset(req, 0x41, sizeof(req));
+    } else if (mode == 2) {
+        raw_mac(req + 4, nonce, req + 20);
+    } else {
+        memset(req + 20, 0x55, 32);
+    }
+    req[52] = 4; /* four region ids: 0..3 */
+    for (uint8_t i = 0; i < 4; i++)
+        req[56 + 4 * i] = i;
+    send(fd, req, len, MSG_NOSIGNAL);
+    int nfds = 0;
+    *answered = raw_answer(fd, &nfds);
     close(fd);
     return nfds;
 }
 
-/* Whether the holder's log says @what. */
-static bool logged(const char *what)
+/* After hostile callers: holder @h still serves a reader every byte over the
+ * mapping; then it is stopped. */
+static void still_serves(child_t *h, const char *scenario)
+{
+    reader_t r = reader_new();
+    kvs_status_t st = fetch(&r, h->addr, 0, NBLOCKS);
+    if (st != KVS_OK || shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
+        FAIL("%s: the holder stopped serving mapped fetches (%s)", scenario, kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    printf("ok: %s: the holder still serves mapped fetches\n", scenario);
+    reader_free(&r);
+    stop_holder(h);
+}
+
+/* Whether WORK/@file says @what. */
+static bool logged_in(const char *file, const char *what)
 {
     char path[300], line[1024];
-    snprintf(path, sizeof(path), "%s/holder.log", work);
+    snprintf(path, sizeof(path), "%s/%s", work, file);
     FILE *f = fopen(path, "r");
     bool found = false;
     while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL)
@@ -789,6 +848,12 @@ static bool logged(const char *what)
     if (f != NULL)
         fclose(f);
     return found;
+}
+
+/* Whether the holder's log says @what. */
+static bool logged(const char *what)
+{
+    return logged_in("holder.log", what);
 }
 
 static void s_unauth(void)
@@ -817,14 +882,7 @@ static void s_unauth(void)
             FAIL("unauth: %s was not refused for '%s'", what[mode], why[mode]);
         printf("ok: unauth: %s: no answer, no descriptor\n", what[mode]);
     }
-    reader_t r = reader_new();
-    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
-    if (st != KVS_OK || shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
-        FAIL("unauth: the holder stopped serving mapped fetches (%s)", kvs_status_string(st));
-    check(&r, 0, NBLOCKS, 1);
-    printf("ok: unauth: the holder still serves mapped fetches\n");
-    reader_free(&r);
-    stop_holder(&h);
+    still_serves(&h, "unauth");
 }
 
 /* Descriptors process @pid has open. */
@@ -848,26 +906,14 @@ static int open_fds(pid_t pid)
  * Returns whether the holder answered, and counts the descriptors it sent. */
 static bool raw_offer(const char *path, int mode, int nfds, int *got_p)
 {
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
-        FAIL("offers: connect %s: %s", path, strerror(errno));
-    uint8_t hello[8 + KVS_PROTO_NONCE_LEN];
-    if (recv(fd, hello, sizeof(hello), 0) != (ssize_t)sizeof(hello))
-        FAIL("offers: no greeting");
+    uint8_t nonce[KVS_PROTO_NONCE_LEN];
+    int fd = raw_dial(path, "offers", nonce);
     uint8_t session[16], mac[32];
     for (size_t i = 0; i < 16; i++)
         session[i] = (uint8_t)(0xB0 + i); /* a session nobody has */
     memset(mac, 0x55, sizeof(mac));
-    if (mode == 2) {
-        uint8_t msg[11 + 16 + 32];
-        memcpy(msg, "kvshare-shm", 11);
-        memcpy(msg + 11, session, 16);
-        memcpy(msg + 27, hello + 8, 32);
-        unsigned int ml = 0;
-        HMAC(EVP_sha256(), token, (int)strlen(token), msg, sizeof(msg), mac, &ml);
-    }
+    if (mode == 2)
+        raw_mac(session, nonce, mac);
     int pipes[80][2], np = 0, sent[80];
     for (; np < nfds; np++) {
         if (pipe(pipes[np]) != 0)
@@ -914,22 +960,9 @@ static bool raw_offer(const char *path, int mode, int nfds, int *got_p)
         close(pipes[i][0]);
         close(pipes[i][1]);
     }
-    uint8_t buf[512];
-    union {
-        char b[CMSG_SPACE(sizeof(int) * 64)];
-        struct cmsghdr align;
-    } ru;
-    struct iovec riov = {.iov_base = buf, .iov_len = sizeof(buf)};
-    struct msghdr rmh = {
-        .msg_iov = &riov, .msg_iovlen = 1, .msg_control = ru.b, .msg_controllen = sizeof(ru.b)};
-    ssize_t got = recvmsg(fd, &rmh, MSG_CMSG_CLOEXEC);
-    *got_p = 0;
-    for (struct cmsghdr *c = got >= 0 ? CMSG_FIRSTHDR(&rmh) : NULL; c != NULL;
-         c = CMSG_NXTHDR(&rmh, c))
-        if (c->cmsg_type == SCM_RIGHTS)
-            *got_p += (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    bool answered = raw_answer(fd, got_p);
     close(fd);
-    return got > 0;
+    return answered;
 }
 
 static void holder_socket(char *path, size_t len);
@@ -974,14 +1007,7 @@ static void s_offers(void)
              before, after);
     printf("ok: offers: every descriptor the offers brought is closed in the holder (%d open)\n",
            after);
-    reader_t r = reader_new();
-    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
-    if (st != KVS_OK || shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
-        FAIL("offers: the holder stopped serving mapped fetches (%s)", kvs_status_string(st));
-    check(&r, 0, NBLOCKS, 1);
-    printf("ok: offers: the holder still serves mapped fetches\n");
-    reader_free(&r);
-    stop_holder(&h);
+    still_serves(&h, "offers");
 }
 
 /* The holder's socket in WORK. */
@@ -1071,12 +1097,7 @@ static void s_silent(void)
 /* --- a pool node (a child process), for puts --------------------------- */
 static void pool_node(int in, int out)
 {
-    char log[300];
-    snprintf(log, sizeof(log), "%s/node.log", work);
-    FILE *lf = fopen(log, "w");
-    if (lf == NULL || dup2(fileno(lf), 2) < 0)
-        FAIL("node: %s", log);
-    setenv("KVSHARE_LOG", "debug", 1);
+    child_log("node.log", "debug");
     char err[512] = "";
     kvs_ctx_params_t cp = {.field_mask = KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_TRANSPORT |
                                          KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_LISTEN |
@@ -1102,41 +1123,7 @@ static void pool_node(int in, int out)
 
 static child_t start_node(void)
 {
-    int a[2], b[2];
-    if (pipe(a) != 0 || pipe(b) != 0)
-        FAIL("pipe");
-    fflush(stdout);
-    fflush(stderr);
-    child_t c = {.pid = fork()};
-    if (c.pid < 0)
-        FAIL("fork");
-    if (c.pid == 0) {
-        close(a[1]);
-        close(b[0]);
-        pool_node(a[0], b[1]);
-    }
-    close(a[0]);
-    close(b[1]);
-    c.to = a[1];
-    c.from = fdopen(b[0], "r");
-    char line[400];
-    if (fgets(line, sizeof(line), c.from) == NULL || sscanf(line, "ready %299s", c.addr) != 1)
-        FAIL("the pool node did not start");
-    return c;
-}
-
-/* Whether WORK/@file says @what. */
-static bool logged_in(const char *file, const char *what)
-{
-    char path[300], line[1024];
-    snprintf(path, sizeof(path), "%s/%s", work, file);
-    FILE *f = fopen(path, "r");
-    bool found = false;
-    while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL)
-        found = strstr(line, what) != NULL;
-    if (f != NULL)
-        fclose(f);
-    return found;
+    return start_child(pool_node, "pool node");
 }
 
 /* The warning and error lines of WORK/@file, joined (for failure messages). */
