@@ -1267,27 +1267,32 @@ static const uint8_t *pmap_at(const kvs__shm_pmap_t *m, uint64_t addr, uint64_t 
     return m->at + (addr - m->base);
 }
 
-/* Same host, the client offered the memory these reads lie in (its memfds
- * mapped read-only here, or its CUDA allocations imported read-only): copies
- * each planned read into its slot, runs adjacent on both sides and in one
- * mapping as one (memcpy, or cuMemcpyDtoH). All or nothing: 0 (nothing
- * copied) when a read lies outside what is mapped, and the put is read
- * another way; -1 when one of those reads names a CUDA region, which no
- * other way may read (the put is refused). 1: copied, or failed in the
- * driver (the put is dead). A mapping's pages live as long as it does, so a
- * client that exits or frees its memory mid-copy cannot make this fault. */
-static int mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
-                        uint8_t *const *addrs, uint32_t n, uint16_t nch)
+/* Whether the client's mapped memory holds every one of @nreads reads: 1
+ * (also for none), 0 when one lies outside it, -1 when such a read names a
+ * CUDA region, which no other way may read. */
+static int pmaps_cover(const conn_t *c, const kvs__pull_read_t *reads, size_t nreads)
 {
-    const size_t nreads = (size_t)n * nch;
-    bool cuda = false, all = c->npmaps > 0;
+    bool cuda = false, all = true;
     for (size_t j = 0; j < nreads; j++) {
         const kvs__shm_pmap_t *m = pmap_of(c, c->rr[reads[j].region].id);
         cuda = cuda || (m != NULL && m->cuda != NULL);
         all = all && pmap_at(m, reads[j].raddr, reads[j].len) != NULL;
     }
-    if (!all)
-        return cuda ? -1 : 0;
+    return all ? 1 : cuda ? -1 : 0;
+}
+
+/* Same host, the client offered the memory these reads lie in (its memfds
+ * mapped read-only here, or its CUDA allocations imported read-only), which
+ * pmaps_cover() checked: copies each planned read into its slot, runs
+ * adjacent on both sides and in one mapping as one (memcpy, or
+ * cuMemcpyDtoH). True: copied, or failed in the driver (the put is dead). A
+ * mapping's pages live as long as it does, so a client that exits or frees
+ * its memory mid-copy cannot make this fault. */
+static bool mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
+                         uint8_t *const *addrs, uint32_t n, uint16_t nch)
+{
+    const size_t nreads = (size_t)n * nch;
+    bool cuda = false;
     const kvs__shm_pmap_t *run_m = NULL;
     const uint8_t *run_src = NULL;
     uint8_t *run_dst = NULL;
@@ -1296,6 +1301,7 @@ static int mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_r
     for (size_t j = 0; j <= nreads && why == NULL; j++) {
         const kvs__pull_read_t *rd = j < nreads ? &reads[j] : NULL;
         const kvs__shm_pmap_t *m = rd ? pmap_of(c, c->rr[rd->region].id) : NULL;
+        cuda = cuda || (m != NULL && m->cuda != NULL);
         const uint8_t *src = rd ? pmap_at(m, rd->raddr, rd->len) : NULL;
         uint8_t *dst = rd ? addrs[j / nch] + rd->off : NULL;
         if (rd != NULL && run_len > 0 && m == run_m && run_src + run_len == src &&
@@ -1315,7 +1321,7 @@ static int mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_r
         kvs__warn(pp->log, "peer %s: copying its put from its mapped CUDA memory failed (%s)",
                   c->peer, why);
         p->dead = true;
-        return 1;
+        return true;
     }
     if (!c->pmap_said) {
         c->pmap_said = true;
@@ -1323,7 +1329,7 @@ static int mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_r
                    cuda ? " (CUDA)" : "");
     }
     p->bytes_expected = p->bytes_got = total;
-    return 1;
+    return true;
 }
 
 /* A pull PUT: check every read against the regions the client advertised,
@@ -1334,19 +1340,14 @@ static int mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_r
 static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
 {
     uint64_t rid = m->hdr.req_id;
-    char why[256];
-    if (!c->rma) {
-        /* KVS_ERR_TRANSPORT: the client pushes this batch instead. */
-        send_error(c, rid, KVS_ERR_TRANSPORT,
-                   "this node has no native RMA to this client: put with active messages");
-        return;
-    }
+    char why[256] = "";
     kvs_status_t st = take_regions(c, m);
     if (st != KVS_OK) {
         send_error(c, rid, st, "cannot take the put's regions");
         return;
     }
-    unpack_rkeys(c);
+    if (c->rma)
+        unpack_rkeys(c);
     uint32_t nk = m->u.put.nkeys;
     uint16_t nch = m->u.put.nchunks;
     size_t block_bytes = 0;
@@ -1377,6 +1378,22 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
         kvs__warn(pp->log, "peer %s: pull PUT refused: %s", c->peer, why);
         goto fail;
     }
+    /* Copied from the client's mapped memory, or read by RMA; neither: the
+     * client pushes this batch (KVS_ERR_TRANSPORT). CUDA memory has no
+     * other way than its mapping. */
+    const int cover = pmaps_cover(c, reads, nreads);
+    if (cover < 0) {
+        st = KVS_ERR_PROTOCOL;
+        snprintf(why, sizeof(why), "it reads CUDA memory outside what the client offered");
+        kvs__warn(pp->log, "peer %s: pull PUT refused: %s", c->peer, why);
+        goto fail;
+    }
+    if (cover == 0 && !c->rma) {
+        st = KVS_ERR_TRANSPORT;
+        snprintf(why, sizeof(why),
+                 "this node has no native RMA to this client: put with active messages");
+        goto fail;
+    }
     uint32_t got = 0;
     if (n > 0 && (st = kvs__reserve_slots(pp->ctx, block_bytes, n, &p->cls, p->slots, addrs,
                                           &got)) != KVS_OK)
@@ -1401,17 +1418,9 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     c->staging_bytes += (uint64_t)n * block_bytes;
     keys = NULL;
     populate_slots(addrs, n, block_bytes);
-    int mr = mapped_reads(pp, c, p, reads, addrs, n, nch);
-    if (mr < 0) {
-        kvs__warn(pp->log,
-                  "peer %s: pull PUT refused: it reads CUDA memory outside what the "
-                  "client offered",
-                  c->peer);
-        p->dead = true;
-        goto posted;
-    }
-    if (mr > 0 || (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch)))
-        goto posted;
+    if (nreads == 0 || (cover > 0 && mapped_reads(pp, c, p, reads, addrs, n, nch)) ||
+        (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch)))
+        goto posted; /* (nothing to read: complete as it stands) */
     uint8_t *run_local = NULL;
     uint64_t run_remote = 0;
     size_t run_len = 0;
@@ -1464,7 +1473,7 @@ fail:
     kvs__free(regs);
     kvs__free(reads);
     kvs__free(addrs);
-    send_error(c, rid, st, st == KVS_ERR_PROTOCOL ? why : kvs_status_string(st));
+    send_error(c, rid, st, why[0] != '\0' ? why : kvs_status_string(st));
 }
 
 static void srv_put(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
@@ -3740,11 +3749,11 @@ static void put_sent(void *arg, kvs_status_t st, size_t len)
         r->status = KVS_ERR_PEER_FAILED;
 }
 
-/* A pull put could carry @src: native RMA to the node, pulls not given up
- * on this connection, and every segment of @src registered. */
+/* A pull put could carry @src, given a way for the node to read it: pulls
+ * not given up on this connection, and every segment of @src registered. */
 static bool pull_capable(const conn_t *c, const struct kvs_pool *src)
 {
-    if (!c->rma || c->push_puts || src->seg_memh == NULL)
+    if (c->push_puts || src->seg_memh == NULL)
         return false;
     for (size_t s = 0; s < src->nsegs; s++)
         if (src->seg_memh[s] == NULL)
@@ -3766,12 +3775,14 @@ static bool all_mapped(const conn_t *c, const struct kvs_pool *src)
     return true;
 }
 
-/* The node can read @src itself: host memory by any of its ways, CUDA
- * memory only from its mapping of our allocations (it could not read
- * device memory any other way, and must never try). */
+/* The node can read @src itself: from its mapping of our memory (no RMA
+ * needed: across PID namespaces, where the transport has none), or host
+ * memory by native RMA (GET, or process_vm_readv on this host); CUDA memory
+ * only from the mapping (it could not read device memory any other way, and
+ * must never try). */
 static bool can_pull(const conn_t *c, const struct kvs_pool *src)
 {
-    return pull_capable(c, src) && (src->host_only || all_mapped(c, src));
+    return pull_capable(c, src) && (all_mapped(c, src) || (c->rma && src->host_only));
 }
 
 /* The regions of @src not yet considered for an offer on @c, marked
