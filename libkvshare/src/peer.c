@@ -1285,10 +1285,10 @@ static int pmaps_cover(const conn_t *c, const kvs__pull_read_t *reads, size_t nr
  * mapped read-only here, or its CUDA allocations imported read-only), which
  * pmaps_cover() checked: copies each planned read into its slot, runs
  * adjacent on both sides and in one mapping as one (memcpy, or
- * cuMemcpyDtoH). True: copied, or failed in the driver (the put is dead). A
- * mapping's pages live as long as it does, so a client that exits or frees
- * its memory mid-copy cannot make this fault. */
-static bool mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
+ * cuMemcpyDtoH); a copy the driver refuses kills the put. A mapping's pages
+ * live as long as it does, so a client that exits or frees its memory
+ * mid-copy cannot make this fault. */
+static void mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
                          uint8_t *const *addrs, uint32_t n, uint16_t nch)
 {
     const size_t nreads = (size_t)n * nch;
@@ -1321,7 +1321,7 @@ static bool mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_
         kvs__warn(pp->log, "peer %s: copying its put from its mapped CUDA memory failed (%s)",
                   c->peer, why);
         p->dead = true;
-        return true;
+        return;
     }
     if (!c->pmap_said) {
         c->pmap_said = true;
@@ -1329,7 +1329,6 @@ static bool mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_
                    cuda ? " (CUDA)" : "");
     }
     p->bytes_expected = p->bytes_got = total;
-    return true;
 }
 
 /* A pull PUT: check every read against the regions the client advertised,
@@ -1418,8 +1417,9 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     c->staging_bytes += (uint64_t)n * block_bytes;
     keys = NULL;
     populate_slots(addrs, n, block_bytes);
-    if (nreads == 0 || (cover > 0 && mapped_reads(pp, c, p, reads, addrs, n, nch)) ||
-        (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch)))
+    if (nreads > 0 && cover > 0)
+        mapped_reads(pp, c, p, reads, addrs, n, nch);
+    if (nreads == 0 || cover > 0 || (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch)))
         goto posted; /* (nothing to read: complete as it stands) */
     uint8_t *run_local = NULL;
     uint64_t run_remote = 0;

@@ -904,9 +904,6 @@ struct kvs__shm_peer {
     bool identify_tried, identified; /* kvs__shm_peer_offer */
     bool offer_refused;              /* the node took no offer: identify only */
     bool identify_plain;             /* the plain identify request was tried */
-    uint32_t offered[SHM_MAX_MAPS];  /* region ids offered (or with nothing to offer) */
-    bool offered_ok[SHM_MAX_MAPS];   /* ... and whether the node mapped it */
-    uint32_t noffered;
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
@@ -964,14 +961,6 @@ static bool offer_xchg(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, con
     return got > 0 && kvs__shm_parse_offer_reply(rep, (size_t)got, n, status, NULL) == KVS_OK;
 }
 
-static int offered_at(const kvs__shm_peer_t *sp, uint32_t id)
-{
-    for (uint32_t i = 0; i < sp->noffered; i++)
-        if (sp->offered[i] == id)
-            return (int)i;
-    return -1;
-}
-
 /* The descriptor that holds region @r ({id, kind, base, len}), with its
  * offset and object size written into @r; -1 when it has none. *own_p: the
  * descriptor is ours to close (an export), not the memfd registry's. */
@@ -1008,21 +997,18 @@ bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, u
                          bool *mapped)
 {
     kvs__shm_offer_t fresh[SHM_MAX_IDS];
-    int fds[SHM_MAX_IDS], at[SHM_MAX_IDS];
+    int fds[SHM_MAX_IDS];
+    uint32_t at[SHM_MAX_IDS], nf = 0;
     bool own[SHM_MAX_IDS];
-    uint32_t nf = 0;
+    for (uint32_t i = 0; i < n; i++)
+        mapped[i] = false;
     pthread_mutex_lock(&sp->lock);
-    /* Each region is considered once per connection, whatever comes of it. */
     for (uint32_t i = 0; i < n && nf < SHM_MAX_IDS && !sp->offer_refused; i++) {
-        if (offered_at(sp, regions[i].id) >= 0 || sp->noffered == SHM_MAX_MAPS)
-            continue;
-        sp->offered_ok[sp->noffered] = false;
-        sp->offered[sp->noffered++] = regions[i].id;
         kvs__shm_offer_t r = regions[i];
         int fd = offer_fd(sp, &r, &own[nf]);
         if (fd < 0)
             continue;
-        at[nf] = (int)sp->noffered - 1;
+        at[nf] = i;
         fresh[nf] = r;
         fds[nf++] = fd;
     }
@@ -1032,7 +1018,7 @@ bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, u
         if (offer_xchg(sp, fresh, fds, nf, status)) {
             sp->identified = true;
             for (uint32_t k = 0; k < nf; k++)
-                sp->offered_ok[at[k]] = status[k] == 0;
+                mapped[at[k]] = status[k] == 0;
         } else {
             sp->offer_refused = true;
             kvs__info(sp->log,
@@ -1047,10 +1033,6 @@ bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, u
     if (!sp->identified && sp->offer_refused && !sp->identify_plain) {
         sp->identify_plain = true;
         sp->identified = attach(sp, NULL, 0);
-    }
-    for (uint32_t i = 0; mapped != NULL && i < n; i++) {
-        int k = offered_at(sp, regions[i].id);
-        mapped[i] = k >= 0 && sp->offered_ok[k];
     }
     bool ok = sp->identified;
     pthread_mutex_unlock(&sp->lock);

@@ -141,13 +141,13 @@ void kvs__shm_peer_free(kvs__shm_peer_t *sp);
  * request) once per connection, and offers it the memory behind @regions
  * ({id, kind, base, len}: kind KVS_SHM_KIND_MEMFD for host memory, whose
  * memfd is looked up, KVS_SHM_KIND_CUDA_VMM for CUDA memory, exported as a
- * POSIX fd; off and size are found here) not offered before, so that it
- * copies our puts from a mapping of them. Host regions without a memfd and
- * CUDA regions that do not export are not offered. @mapped[i] (may be NULL):
- * whether the node said it mapped region i, now or at an earlier offer. A
- * node that predates offers is identified the old way (and not offered
- * again). True when the node knows our pid. Blocking socket I/O (bounded):
- * no lock held. */
+ * POSIX fd; off and size are found here; the caller offers each region
+ * once per connection), so that it copies our puts from a mapping of them.
+ * Host regions without a memfd and CUDA regions that do not export are not
+ * offered. @mapped[i]: whether the node said it mapped region i. A node
+ * that predates offers is identified the old way (and not offered again).
+ * True when the node knows our pid. Blocking socket I/O (bounded): no lock
+ * held. */
 bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const struct kvs__shm_offer *regions, uint32_t n,
                          bool *mapped);
 /* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
