@@ -501,6 +501,35 @@ close_owned:
             close(fds[i]);
 }
 
+/* Maps [off, off + len) of memfd @fd read-only (the region @base.. of the
+ * other process): only a memfd sealed against shrinking that holds all of
+ * it, so no read of the mapping can fault, whatever the other side does
+ * with it afterwards. NULL with the mapping in *map_p and *map_len_p and the
+ * region's first byte in *at_p, or why not. Reader and node both map so. */
+static const char *map_memfd(int fd, uint64_t base, uint64_t len, uint64_t off, void **map_p,
+                             size_t *map_len_p, const uint8_t **at_p)
+{
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    if (seals < 0)
+        return "not a memfd";
+    if (!(seals & F_SEAL_SHRINK))
+        return "not sealed against shrinking";
+    if (fstat(fd, &st) != 0 || len == 0 || off > (uint64_t)st.st_size ||
+        len > (uint64_t)st.st_size - off || base + len < base || len > SIZE_MAX - pg)
+        return "the region lies outside the memfd";
+    uint64_t aoff = off / pg * pg;
+    size_t map_len = (size_t)(off - aoff + len);
+    void *p = mmap(NULL, map_len, PROT_READ, MAP_SHARED, fd, (off_t)aoff);
+    if (p == MAP_FAILED)
+        return strerror(errno);
+    *map_p = p;
+    *map_len_p = map_len;
+    *at_p = (const uint8_t *)p + (off - aoff);
+    return NULL;
+}
+
 kvs__shm_pmap_t *kvs__shm_pmap_open(int fd, const kvs__shm_offer_t *o, const char **why_p)
 {
     kvs__shm_pmap_t *m = kvs__calloc(1, sizeof(*m));
@@ -530,33 +559,10 @@ kvs__shm_pmap_t *kvs__shm_pmap_open(int fd, const kvs__shm_offer_t *o, const cha
         m->at = (const uint8_t *)(uintptr_t)m->cuda->va + o->off;
         return m;
     }
-    struct stat st;
-    int seals = fcntl(fd, F_GET_SEALS);
-    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-    /* A memfd sealed against shrinking and big enough: no read of the
-     * mapping can fault, whatever the client does with it afterwards. */
-    *why_p = NULL;
-    if (seals < 0)
-        *why_p = "not a memfd";
-    else if (!(seals & F_SEAL_SHRINK))
-        *why_p = "not sealed against shrinking";
-    else if (fstat(fd, &st) != 0 || o->len == 0 || o->off > (uint64_t)st.st_size ||
-             o->len > (uint64_t)st.st_size - o->off || o->base + o->len < o->base ||
-             o->len > SIZE_MAX - pg)
-        *why_p = "the region lies outside the memfd";
-    if (*why_p != NULL) {
+    if ((*why_p = map_memfd(fd, o->base, o->len, o->off, &m->map, &m->map_len, &m->at)) != NULL) {
         kvs__free(m);
         return NULL;
     }
-    uint64_t aoff = o->off / pg * pg;
-    m->map_len = (size_t)(o->off - aoff + o->len);
-    m->map = mmap(NULL, m->map_len, PROT_READ, MAP_SHARED, fd, (off_t)aoff);
-    if (m->map == MAP_FAILED) {
-        *why_p = strerror(errno);
-        kvs__free(m);
-        return NULL;
-    }
-    m->at = (const uint8_t *)m->map + (o->off - aoff);
     return m;
 }
 
@@ -647,9 +653,6 @@ static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t 
     if (send(c->fd, rep, 8 + 4 * (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         kvs__debug(s->log, "shm: send: %s", strerror(errno));
 }
-
-static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t *req, size_t len,
-                             const int *fds, uint32_t nfds);
 
 /* The request of caller @c, which has one to read (or hung up): a region
  * request or an identify request (KVSM), or a pool client's offer of its
@@ -1070,24 +1073,8 @@ static map_t *map_find(kvs__shm_peer_t *sp, uint32_t id)
 /* Maps one received fd for entry @e; false leaves nothing mapped. */
 static bool map_fd(map_t *m, int fd, uint64_t off)
 {
-    struct stat st;
-    int seals = fcntl(fd, F_GET_SEALS);
-    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-    /* Sealed against shrinking, and big enough: no access can fault. */
-    if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) != 0 || m->len == 0 ||
-        off > (uint64_t)st.st_size || m->len > (uint64_t)st.st_size - off ||
-        m->base + m->len < m->base)
-        return false;
-    uint64_t aoff = off / pg * pg;
-    size_t maplen = (size_t)(off - aoff + m->len);
-    void *p = mmap(NULL, maplen, PROT_READ, MAP_SHARED, fd, (off_t)aoff);
-    if (p == MAP_FAILED)
-        return false;
-    m->map = p;
-    m->map_len = maplen;
-    m->at = (const uint8_t *)p + (off - aoff);
-    m->ok = true;
-    return true;
+    m->ok = map_memfd(fd, m->base, m->len, off, &m->map, &m->map_len, &m->at) == NULL;
+    return m->ok;
 }
 
 /* Imports the CUDA VMM allocation behind one received fd for entry @e and
