@@ -671,6 +671,30 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
     return KVS_OK;
 }
 
+/* A holder's reply that carries its whole region table (put_regions sends
+ * it whenever the table changed): our mappings of regions it no longer has
+ * are let go (a pool destroyed, kvs_mem_free, the shim seeing the engine
+ * release its KV memory), or they would keep that memory alive for as long
+ * as we stay connected. A table of KVS_PROTO_MAX_REGIONS entries may have
+ * been cut short, so nothing is let go on one. */
+static void forget_regions(conn_t *c, const kvs__msg_t *m)
+{
+    if (c->shm == NULL || !(m->hdr.flags & KVS_PROTO_FLAG_REGIONS) ||
+        m->nregions >= KVS_PROTO_MAX_REGIONS)
+        return;
+    uint32_t *ids = kvs__malloc((m->nregions ? m->nregions : 1) * sizeof(*ids));
+    if (ids == NULL)
+        return; /* kept until the next table, or the connection's end */
+    const uint8_t *cur = m->regions;
+    for (uint32_t i = 0; i < m->nregions; i++) {
+        kvs__region_desc_t d;
+        kvs__proto_region(&cur, &d);
+        ids[i] = d.id;
+    }
+    kvs__shm_peer_keep_only(c->shm, ids, m->nregions);
+    kvs__free(ids);
+}
+
 /* Unpacks every region's rkey not unpacked yet, so the first fetch does not
  * pay for it (UCX: "rkey unpack is not intended for data path"). A region
  * that fails here is retried, and refused, at first use. */
@@ -2971,6 +2995,8 @@ static kvs_status_t warm_conn(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
     }
     if (st == KVS_OK)
         st = take_regions(c, &m);
+    if (st == KVS_OK)
+        forget_regions(c, &m);
     if (st == KVS_OK && c->rma)
         unpack_rkeys(c);
     waiter_del(pp, w);
@@ -3170,6 +3196,7 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
     }
     if ((st = take_regions(c, &m)) != KVS_OK)
         goto out;
+    forget_regions(c, &m);
     if (c->rma)
         unpack_rkeys(c);
     rl = kvs__calloc(1, sizeof(*rl));

@@ -873,6 +873,7 @@ typedef struct map {
     uint32_t id;
     bool ok;   /* false: the holder cannot share it (the transport reads it) */
     bool said; /* that it is not shared was logged */
+    bool gone; /* the holder no longer has the region: unmapped once no copy reads it */
     uint64_t base, len;
     const uint8_t *at; /* where base is mapped (a device address for CUDA) */
     void *map;         /* a memfd's mapping, or NULL */
@@ -910,6 +911,7 @@ struct kvs__shm_peer {
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
+    uint32_t copying; /* copies reading the mappings outside the lock */
 };
 
 kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, size_t path_len,
@@ -1042,17 +1044,22 @@ bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, u
     return ok;
 }
 
+static void unmap_one(map_t *m)
+{
+    const char *why = NULL;
+    if (m->map != NULL)
+        munmap(m->map, m->map_len);
+    if (m->vm.va != 0)
+        kvs_cuda_vmm_unmap(cu(&why), &m->vm);
+}
+
 void kvs__shm_peer_free(kvs__shm_peer_t *sp)
 {
     if (sp == NULL)
         return;
     const char *why = NULL;
-    for (uint32_t i = 0; i < sp->nmaps; i++) {
-        if (sp->maps[i].map != NULL)
-            munmap(sp->maps[i].map, sp->maps[i].map_len);
-        if (sp->maps[i].vm.va != 0)
-            kvs_cuda_vmm_unmap(cu(&why), &sp->maps[i].vm);
-    }
+    for (uint32_t i = 0; i < sp->nmaps; i++)
+        unmap_one(&sp->maps[i]);
     for (uint32_t i = 0; i < sp->ndevs; i++) {
         const kvs_cuda_driver_t *drv = cu(&why); /* non-NULL: it made the stream */
         (void)drv->cuStreamDestroy_v2(sp->devs[i].stream);
@@ -1065,9 +1072,59 @@ void kvs__shm_peer_free(kvs__shm_peer_t *sp)
 static map_t *map_find(kvs__shm_peer_t *sp, uint32_t id)
 {
     for (uint32_t i = 0; i < sp->nmaps; i++)
-        if (sp->maps[i].id == id)
+        if (sp->maps[i].id == id && !sp->maps[i].gone)
             return &sp->maps[i];
     return NULL;
+}
+
+/* Unmaps the regions marked gone (lock held, no copy running); their slots
+ * are reused, so a holder that keeps replacing its memory never fills the
+ * table. */
+static void reap(kvs__shm_peer_t *sp)
+{
+    for (uint32_t i = 0; i < sp->nmaps;) {
+        if (!sp->maps[i].gone) {
+            i++;
+            continue;
+        }
+        unmap_one(&sp->maps[i]);
+        sp->maps[i] = sp->maps[--sp->nmaps];
+    }
+}
+
+void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint32_t *ids, size_t n)
+{
+    if (sp == NULL)
+        return;
+    pthread_mutex_lock(&sp->lock);
+    uint32_t dropped = 0;
+    for (uint32_t i = 0; i < sp->nmaps; i++) {
+        map_t *m = &sp->maps[i];
+        bool kept = m->gone;
+        for (size_t k = 0; k < n && !kept; k++)
+            kept = ids[k] == m->id;
+        if (!kept) {
+            m->gone = true;
+            dropped++;
+        }
+    }
+    if (dropped > 0) {
+        kvs__debug(sp->log, "peer %s: %u mapped regions of the holder are gone: unmapping them%s",
+                   sp->peer, dropped, sp->copying > 0 ? " after the copies reading them" : "");
+        if (sp->copying == 0)
+            reap(sp);
+    }
+    pthread_mutex_unlock(&sp->lock);
+}
+
+/* The end of a copy that read the mappings: the last one out unmaps what
+ * went while it ran. */
+static void copy_end(kvs__shm_peer_t *sp)
+{
+    pthread_mutex_lock(&sp->lock);
+    if (--sp->copying == 0)
+        reap(sp);
+    pthread_mutex_unlock(&sp->lock);
 }
 
 /* Maps one received fd for entry @e; false leaves nothing mapped. */
@@ -1546,9 +1603,13 @@ kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
     pthread_mutex_lock(&sp->lock);
     if (attach_for(sp, block_at, count))
         st = plan(sp, block_at, dst, ids, count, runs, &nruns, gens, dd);
-    pthread_mutex_unlock(&sp->lock);
     if (st == KVS_OK)
+        sp->copying++;
+    pthread_mutex_unlock(&sp->lock);
+    if (st == KVS_OK) {
         st = copy_checked(sp, block_at, gens, count, runs, nruns, bytes_p);
+        copy_end(sp);
+    }
 out:
     kvs__free(runs);
     kvs__free(gens);
@@ -1664,9 +1725,13 @@ kvs_status_t kvs__shm_fetch_planned(kvs__shm_peer_t *sp, const uint8_t *const *b
     pthread_mutex_lock(&sp->lock);
     if (attach_for(sp, block_at, x->count))
         st = plan_x(sp, block_at, x, staging, dst, ids, runs, &nruns, gens, dd);
-    pthread_mutex_unlock(&sp->lock);
     if (st == KVS_OK)
+        sp->copying++;
+    pthread_mutex_unlock(&sp->lock);
+    if (st == KVS_OK) {
         st = copy_checked(sp, block_at, gens, x->count, runs, nruns, &bytes);
+        copy_end(sp);
+    }
     /* Staging lands only once every generation held (as on the transport). */
     if (st == KVS_OK && !dst->host_only)
         st = apply_cuda(sp, x, staging, dst, ids, dd);

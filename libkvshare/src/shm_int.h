@@ -137,6 +137,12 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
                                    bool open, const char *peer, const kvs__logger_t *log);
 /* Unmaps everything; accepts NULL. */
 void kvs__shm_peer_free(kvs__shm_peer_t *sp);
+/* The holder's whole region table is now @ids (n of them): mappings of
+ * regions not in it are let go, once no copy reads them. A mapping keeps
+ * its memory alive (a freed memfd, a released CUDA allocation: an engine's
+ * GPU memory would not come back to it), so it must not outlive the
+ * region. Accepts NULL. */
+void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint32_t *ids, size_t n);
 /* Before a pull put to a pool node: tells the node our pid (an identify
  * request) once per connection, and offers it the memory behind @regions
  * ({id, kind, base, len}: kind KVS_SHM_KIND_MEMFD for host memory, whose

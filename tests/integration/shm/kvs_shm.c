@@ -28,6 +28,10 @@
  *   silent     callers that connect and stop (silent, after the greeting, a request cut
  *              short), and a flood of more than the holder keeps at once, held open while
  *              a reader's handover still gets the mapped path
+ *   forget     the holder replaces its pool (destroyed, its memory freed: kvs_mem_free, or a
+ *              CUDA allocation released) with a new one: the reader's next lookups learn
+ *              the new region table, it unmaps the old memory (else it would keep it alive
+ *              for the connection's life) and maps the new, every byte right each time
  *   exit       the holder is killed while the reader holds a lease: the reader's fetch does
  *              not crash, and its mappings of the holder go once the connection is gone
  *   cuda       the holder's KV is a CUDA VMM allocation (the fake driver, tests/fakecuda)
@@ -248,7 +252,9 @@ static void child_log(const char *file, const char *level)
 /* --- the holder (a child process) ------------------------------------- */
 /* Keys 0..N-1 zero-copy from its pool (block i = key i), keys N..2N-1
  * copied into its arena. Commands on @in: "rewrite I" (force-unpublish
- * key I, write version 2, publish it again; answers "done"). */
+ * key I, write version 2, publish it again; answers "done"), "replace"
+ * (destroy the pool, free its memory, make a new one whose blocks hold
+ * version 3 of keys 0..N-1; answers "done"). */
 static void holder(int in, int out)
 {
     /* Its warnings (refused mapping requests) go to WORK/holder.log. */
@@ -285,6 +291,20 @@ static void holder(int in, int out)
             put_block(mem, v, i, i, 2);
             if (kvs_publish(pool, &keys[i], &i, 1, KVS_PUBLISH_ZERO_COPY, NULL) != KVS_OK)
                 FAIL("holder: republish");
+            dprintf(out, "done\n");
+        } else if (strcmp(line, "replace\n") == 0) {
+            kvs_pool_destroy(pool);
+            if (v == NULL) {
+                kvs_mem_free(ctx, mem);
+                pool = make_pool(ctx, &mem);
+            } else {
+                free_vmm(v);
+                pool = make_cuda_pool(ctx, v, hold_kind == HOLD_CUDA_FD);
+            }
+            for (uint32_t k = 0; k < NBLOCKS; k++)
+                put_block(mem, v, k, k, 3);
+            if (kvs_publish(pool, keys, ids, NBLOCKS, KVS_PUBLISH_ZERO_COPY, NULL) != KVS_OK)
+                FAIL("holder: publish into the new pool");
             dprintf(out, "done\n");
         }
     }
@@ -1233,6 +1253,106 @@ static int sockets(void)
     return n;
 }
 
+static int cuda_maps(int *writable);
+
+static reader_t *forget_reader;
+static child_t *forget_holder;
+static int forget_calls;
+
+/* Between a fetch's copy and its check: the holder replaces its pool, and a
+ * lookup (this thread) learns the new table while the copy's mapping is
+ * still being read. */
+static void replace_mid_copy(void)
+{
+    if (forget_calls++ > 0)
+        return;
+    char line[64];
+    dprintf(forget_holder->to, "replace\n");
+    if (fgets(line, sizeof(line), forget_holder->from) == NULL || strcmp(line, "done\n") != 0)
+        FAIL("forget: the holder did not replace its pool");
+    kvs_key_t k = key_of(0);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = forget_holder->addr};
+    kvs_lease_h lease = NULL;
+    if (kvs_lookup(forget_reader->ctx, kvs_pool_layout_id(forget_reader->pool), &k, 1, &lp,
+                   &lease) != KVS_OK)
+        FAIL("forget: the lookup during the copy");
+    kvs_lease_release(lease);
+}
+
+/* Mappings this reader holds of a holder of @kind's KV memory. */
+static int kv_maps(int kind, pid_t holder)
+{
+    int writable = 0;
+    return kind == HOLD_HOST ? maps_of(holder) : cuda_maps(&writable);
+}
+
+static void forget_case(int kind, const char *what)
+{
+    child_t h = start_holder_of(kind);
+    reader_t r = reader_new();
+    if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK)
+        FAIL("forget (%s): the first fetch", what);
+    check(&r, 0, NBLOCKS, 1);
+    int before = kv_maps(kind, h.pid);
+    unsigned long released = fakecuda_calls("cuMemRelease");
+    if (before == 0 || shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
+        FAIL("forget (%s): the first fetch did not map the holder's memory", what);
+    char line[64];
+    for (int round = 1; round <= 3; round++) {
+        dprintf(h.to, "replace\n");
+        if (fgets(line, sizeof(line), h.from) == NULL || strcmp(line, "done\n") != 0)
+            FAIL("forget (%s): the holder did not replace its pool", what);
+        kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+        if (st != KVS_OK)
+            FAIL("forget (%s): fetch after replacement %d: %s", what, round, kvs_status_string(st));
+        check(&r, 0, NBLOCKS, 3);
+        if (shm_bytes(&r) != (uint64_t)(round + 1) * NBLOCKS * BB)
+            FAIL("forget (%s): the new pool's blocks did not come through mapped memory", what);
+        int now = kv_maps(kind, h.pid);
+        if (now != before)
+            FAIL("forget (%s): %d mappings of the holder's KV memory after %d replacements, "
+                 "%d before: the freed memory stays mapped",
+                 what, now, round, before);
+    }
+    if (kind != HOLD_HOST && fakecuda_calls("cuMemRelease") != released + 3)
+        FAIL("forget (%s): %lu imported allocations released, expected 3", what,
+             fakecuda_calls("cuMemRelease") - released);
+    printf("ok: forget (%s): the pool replaced 3 times, every byte right through %d mapping(s) "
+           "each time; the old memory unmapped\n",
+           what, before);
+    /* The table changes while a copy reads the old mapping: it is unmapped
+     * only after that copy (an unmap under it would crash the check). */
+    forget_reader = &r;
+    forget_holder = &h;
+    forget_calls = 0;
+    kvs__shm_test_mid_copy = replace_mid_copy;
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    kvs__shm_test_mid_copy = NULL;
+    if (forget_calls == 0 || (st != KVS_OK && st != KVS_ERR_STALE))
+        FAIL("forget (%s): the fetch across the replacement: %s", what, kvs_status_string(st));
+    if (st == KVS_OK)
+        check(&r, 0, NBLOCKS, 3);
+    if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK)
+        FAIL("forget (%s): the fetch after", what);
+    check(&r, 0, NBLOCKS, 3);
+    if (kv_maps(kind, h.pid) != before)
+        FAIL("forget (%s): %d mappings after a replacement during a copy, %d before", what,
+             kv_maps(kind, h.pid), before);
+    printf("ok: forget (%s): replaced during a copy: the copy ended %s, the old mapping went "
+           "after it\n",
+           what, kvs_status_string(st));
+    reader_free(&r);
+    stop_holder(&h);
+}
+
+static void s_forget(void)
+{
+    forget_case(HOLD_HOST, "kvs_mem_alloc memory");
+    forget_case(HOLD_CUDA_FD, "CUDA VMM allocation");
+}
+
 static void s_exit(void)
 {
     child_t h = start_holder();
@@ -1512,7 +1632,7 @@ int main(int argc, char **argv)
                {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
                {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
                {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
-               {"offers", s_offers},       {"cudaput", s_cudaput}};
+               {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
