@@ -682,17 +682,7 @@ static void forget_regions(conn_t *c, const kvs__msg_t *m)
     if (c->shm == NULL || !(m->hdr.flags & KVS_PROTO_FLAG_REGIONS) ||
         m->nregions >= KVS_PROTO_MAX_REGIONS)
         return;
-    uint32_t *ids = kvs__malloc((m->nregions ? m->nregions : 1) * sizeof(*ids));
-    if (ids == NULL)
-        return; /* kept until the next table, or the connection's end */
-    const uint8_t *cur = m->regions;
-    for (uint32_t i = 0; i < m->nregions; i++) {
-        kvs__region_desc_t d;
-        kvs__proto_region(&cur, &d);
-        ids[i] = d.id;
-    }
-    kvs__shm_peer_keep_only(c->shm, ids, m->nregions);
-    kvs__free(ids);
+    kvs__shm_peer_keep_only(c->shm, m->regions, m->nregions);
 }
 
 /* Unpacks every region's rkey not unpacked yet, so the first fetch does not
@@ -3826,11 +3816,16 @@ static uint32_t offers_due(conn_t *c, const struct kvs_pool *src, kvs__shm_offer
             seen = c->offered[k] == rg->id;
         for (uint32_t k = 0; k < n && !seen; k++)
             seen = out[k].id == rg->id;
-        if (seen || c->noffered == KVS_PEER_MAX_PUT_MAPS)
+        uint32_t k = 0; /* a slot a withdrawal freed (id 0), or a new one */
+        while (k < c->noffered && c->offered[k] != 0)
+            k++;
+        if (seen || k == KVS_PEER_MAX_PUT_MAPS)
             continue;
-        slot[n] = c->noffered;
-        c->offered_ok[c->noffered] = false;
-        c->offered[c->noffered++] = rg->id;
+        if (k == c->noffered)
+            c->noffered++;
+        slot[n] = k;
+        c->offered_ok[k] = false;
+        c->offered[k] = rg->id;
         out[n++] = (kvs__shm_offer_t){.id = rg->id,
                                       .kind = rg->type == KVS_MEM_CUDA ? KVS_SHM_KIND_CUDA_VMM
                                                                        : KVS_SHM_KIND_MEMFD,
@@ -3966,8 +3961,9 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
             st = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
             goto out;
         }
-        for (uint32_t k = 0; k < noffers; k++)
-            c->offered_ok[slot[k]] = mapped[k];
+        for (uint32_t k = 0; k < noffers; k++) /* unless withdrawn meanwhile */
+            if (c->offered[slot[k]] == offers[k].id)
+                c->offered_ok[slot[k]] = mapped[k];
     }
     if (!src->host_only && !can_pull(c, src)) {
         /* CUDA blocks leave only through a node's mapping of them. */
@@ -4099,8 +4095,42 @@ void kvs__peer_mem_dereg(kvs__peer_t *pp, void *memh)
         }
     }
     pp->regions_version++;
+    /* Pool nodes on this host that mapped the region for our puts are told
+     * to let go of it (socket I/O: without our lock), or their mapping would
+     * keep the memory alive (an engine's freed GPU memory included) for as
+     * long as the connection lasts. Its slot in c->offered is freed. */
+    size_t need = 0, ntell = 0;
+    for (conn_t *c = pp->conns; c != NULL; c = c->next)
+        for (uint32_t k = 0; k < c->noffered; k++)
+            need +=
+                c->offered[k] == r->id && c->offered_ok[k] && c->shm != NULL && c->state == S_READY;
+    /* Allocated only when there is a node to tell (then, without it, the
+     * node keeps the mapping until the connection ends). */
+    conn_t **tell = need > 0 ? kvs__malloc(need * sizeof(*tell)) : NULL;
+    for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+        for (uint32_t k = 0; k < c->noffered; k++) {
+            if (c->offered[k] != r->id)
+                continue;
+            if (c->offered_ok[k] && c->shm != NULL && c->state == S_READY && tell != NULL &&
+                ntell < need) {
+                c->refs++;
+                tell[ntell++] = c;
+            }
+            c->offered[k] = 0;
+            c->offered_ok[k] = false;
+        }
+    }
     pp->ops->mem_dereg(pp->tl, r->memh);
     unlock(pp);
+    for (size_t i = 0; i < ntell; i++)
+        kvs__shm_peer_withdraw(tell[i]->shm, &r->id, 1);
+    if (ntell > 0) {
+        lock(pp);
+        for (size_t i = 0; i < ntell; i++)
+            conn_unref(tell[i]);
+        unlock(pp);
+    }
+    kvs__free(tell);
     kvs__free(r);
 }
 
@@ -4194,13 +4224,25 @@ static int shm_region(void *arg, const uint8_t *session, pid_t pid, uint32_t id,
 
 /* The shm server's offer (its own thread): a same-host client's memory,
  * mapped, kept for its connection when we are a pool node. */
-static bool shm_offer(void *arg, const uint8_t *session, kvs__shm_pmap_t *m)
+static bool shm_offer(void *arg, const uint8_t *session, uint32_t id, kvs__shm_pmap_t *m)
 {
     kvs__peer_t *pp = arg;
     bool kept = false;
     lock(pp);
     conn_t *c = conn_by_session(pp, session, true);
-    if (c != NULL && pp->ctx->cfg.pool_node) {
+    if (c != NULL && m == NULL) {
+        /* Withdrawn: the client deregistered it (puts run under our lock,
+         * so none is reading it now). */
+        for (uint32_t i = 0; i < c->npmaps && !kept; i++) {
+            if (c->pmaps[i]->id != id)
+                continue;
+            kvs__shm_pmap_free(c->pmaps[i]);
+            c->pmaps[i] = c->pmaps[--c->npmaps];
+            kept = true;
+            kvs__debug(pp->log, "peer %s: its region %u is deregistered: unmapped here", c->peer,
+                       id);
+        }
+    } else if (c != NULL && pp->ctx->cfg.pool_node) {
         uint32_t i = 0;
         while (i < c->npmaps && c->pmaps[i]->id != m->id)
             i++;

@@ -860,10 +860,7 @@ kvs_status_t kvs__shm_parse_offer(const uint8_t *req, size_t len, uint32_t nfds,
         bad = "wrong length or count";
         goto out;
     }
-    if (nfds != n) {
-        bad = "descriptors do not match the entries";
-        goto out;
-    }
+    uint32_t want_fds = 0;
     for (uint32_t i = 0; i < n; i++) {
         kvs__shm_offer_t *e = &out[i];
         e->id = rd_u32(&r);
@@ -872,20 +869,30 @@ kvs_status_t kvs__shm_parse_offer(const uint8_t *req, size_t len, uint32_t nfds,
         e->len = rd_u64(&r);
         e->off = rd_u64(&r);
         e->size = rd_u64(&r);
-        if (e->kind != KVS_SHM_KIND_MEMFD && e->kind != KVS_SHM_KIND_CUDA_VMM) {
+        if (e->kind == KVS_SHM_KIND_WITHDRAW) {
+            if (e->base != 0 || e->len != 0 || e->off != 0 || e->size != 0) {
+                bad = "a withdrawal that describes a region";
+                goto out;
+            }
+        } else if (e->kind != KVS_SHM_KIND_MEMFD && e->kind != KVS_SHM_KIND_CUDA_VMM) {
             bad = "unknown kind";
             goto out;
-        }
-        if (e->len == 0 || e->base + e->len < e->base || e->off > e->size ||
-            e->len > e->size - e->off) {
+        } else if (e->len == 0 || e->base + e->len < e->base || e->off > e->size ||
+                   e->len > e->size - e->off) {
             bad = "a region with no bytes, wrapping, or outside its object";
             goto out;
+        } else {
+            want_fds++;
         }
         for (uint32_t k = 0; k < i; k++)
             if (out[k].id == e->id) {
                 bad = "a region named twice";
                 goto out;
             }
+    }
+    if (nfds != want_fds) {
+        bad = "descriptors do not match the entries";
+        goto out;
     }
     *session_p = session;
     *mac_p = mac;

@@ -346,6 +346,7 @@ void kvs__enc_data(uint8_t *out, uint64_t req_id, uint32_t flags, const uint8_t 
 #define KVS_SHM_ENTRY_LEN     40u
 #define KVS_SHM_KIND_MEMFD    1u
 #define KVS_SHM_KIND_CUDA_VMM 2u
+#define KVS_SHM_KIND_WITHDRAW 3u /* offers only: forget the region of this id */
 typedef struct kvs__shm_entry {
     int32_t status; /* 0: a descriptor came for it; else why not (a kvs_status_t) */
     uint32_t kind;  /* KVS_SHM_KIND_*; 0 when status != 0 */
@@ -368,7 +369,11 @@ kvs_status_t kvs__shm_parse_reply(const uint8_t *rep, size_t len, uint32_t n, ui
  * with one SCM_RIGHTS descriptor per entry, in order: the client's registered
  * region @id, [base, base+len) of its address space, lies at offset off of an
  * object of size bytes: a sealed memfd (kind 1) or a CUDA VMM allocation
- * exported as a POSIX fd (kind 2). Also an identify request (the node takes
+ * exported as a POSIX fd (kind 2); or, kind 3 with base, len, off and size 0
+ * and no descriptor, a withdrawal: the client deregistered region @id, and
+ * the node lets go of its mapping (else it would keep the memory alive, an
+ * engine's GPU memory included, until the connection ends; status 0: it was
+ * mapped and is gone). Also an identify request (the node takes
  * the client's pid from SO_PEERCRED). The node maps each read-only and copies
  * the client's pull puts from it (peer.c, mapped reads), and answers
  *   "KVSM" u32 | n u32 | n x status i32   (0: mapped and kept; else why not)
@@ -390,9 +395,10 @@ void kvs__shm_put_offer(uint8_t *out, const uint8_t *session, const uint8_t *mac
  * with its session and mac (pointers into @req) and *n_p entries in @out
  * (room for KVS_SHM_MAX_IDS); KVS_ERR_PROTOCOL (@why, if given, says what)
  * for a wrong length or magic, more than KVS_SHM_MAX_IDS entries,
- * descriptors that do not match the entries one to one, an unknown kind, an
- * entry with no bytes, wrapping, or outside its object, or an id named
- * twice. Pure; fuzzed (fuzz_shm.c). */
+ * descriptors that do not match the offered (not withdrawn) entries one to
+ * one, an unknown kind, an entry with no bytes, wrapping, or outside its
+ * object, a withdrawal with any of them set, or an id named twice. Pure;
+ * fuzzed (fuzz_shm.c). */
 kvs_status_t kvs__shm_parse_offer(const uint8_t *req, size_t len, uint32_t nfds,
                                   const uint8_t **session_p, const uint8_t **mac_p,
                                   kvs__shm_offer_t *out, uint32_t *n_p, const char **why);

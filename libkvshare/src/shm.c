@@ -630,9 +630,15 @@ static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t 
     uint8_t rep[8 + 4 * SHM_MAX_IDS];
     put32(rep, SHM_MAGIC);
     put32(rep + 4, n);
+    uint32_t used = 0; /* descriptors: one per offered entry, in order */
     for (uint32_t i = 0; i < n; i++) {
         int32_t status = KVS_ERR_UNSUPPORTED; /* not kept: no pool node, or a full table */
-        kvs__shm_pmap_t *m = kvs__shm_pmap_open(fds[i], &offers[i], &why);
+        if (offers[i].kind == KVS_SHM_KIND_WITHDRAW) {
+            bool gone = s->offer_fn != NULL && s->offer_fn(s->arg, session, offers[i].id, NULL);
+            put32(rep + 8 + 4 * i, (uint32_t)(gone ? 0 : KVS_ERR_NOT_FOUND));
+            continue;
+        }
+        kvs__shm_pmap_t *m = kvs__shm_pmap_open(fds[used++], &offers[i], &why);
         if (m == NULL) {
             if (!s->offer_said) {
                 s->offer_said = true;
@@ -643,7 +649,7 @@ static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t 
                           (unsigned long long)offers[i].len,
                           offers[i].kind == KVS_SHM_KIND_CUDA_VMM ? "CUDA" : "memfd", why);
             }
-        } else if (s->offer_fn != NULL && s->offer_fn(s->arg, session, m)) {
+        } else if (s->offer_fn != NULL && s->offer_fn(s->arg, session, offers[i].id, m)) {
             status = 0;
         } else {
             kvs__shm_pmap_free(m);
@@ -944,10 +950,11 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
 static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
 static int dial(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p);
 
-/* Sends an offer of @n regions (@fds: their descriptors) and reads the
- * node's answer into @status (lock held): true when the node answered. */
+/* Sends an offer of @n entries (@nfds descriptors in @fds, one per offered
+ * region; withdrawals have none) and reads the node's answer into @status
+ * (lock held): true when the node answered. */
 static bool offer_xchg(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, const int *fds,
-                       uint32_t n, int32_t *status)
+                       uint32_t nfds, uint32_t n, int32_t *status)
 {
     uint8_t nonce[KVS_PROTO_NONCE_LEN], mac[KVS_PROTO_MAC_LEN];
     uint8_t req[KVS_SHM_OFFER_FIXED + KVS_SHM_OFFER_ENTRY_LEN * SHM_MAX_IDS];
@@ -960,7 +967,7 @@ static bool offer_xchg(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, con
     const size_t len = KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n;
     uint8_t rep[8 + 4 * SHM_MAX_IDS + 1];
     ssize_t got = -1;
-    if (send_fds(fd, req, len, fds, n, 0) == (ssize_t)len)
+    if (send_fds(fd, req, len, fds, nfds, 0) == (ssize_t)len)
         got = recv(fd, rep, sizeof(rep), 0);
     close(fd);
     return got > 0 && kvs__shm_parse_offer_reply(rep, (size_t)got, n, status, NULL) == KVS_OK;
@@ -1020,7 +1027,7 @@ bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, u
     if (!sp->offer_refused && (nf > 0 || !sp->identify_tried)) {
         int32_t status[SHM_MAX_IDS];
         sp->identify_tried = true;
-        if (offer_xchg(sp, fresh, fds, nf, status)) {
+        if (offer_xchg(sp, fresh, fds, nf, nf, status)) {
             sp->identified = true;
             for (uint32_t k = 0; k < nf; k++)
                 mapped[at[k]] = status[k] == 0;
@@ -1041,6 +1048,28 @@ bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const kvs__shm_offer_t *regions, u
     }
     bool ok = sp->identified;
     pthread_mutex_unlock(&sp->lock);
+    return ok;
+}
+
+bool kvs__shm_peer_withdraw(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
+{
+    if (sp == NULL || n == 0 || n > SHM_MAX_IDS)
+        return false;
+    kvs__shm_offer_t w[SHM_MAX_IDS];
+    int32_t status[SHM_MAX_IDS];
+    for (uint32_t i = 0; i < n; i++)
+        w[i] = (kvs__shm_offer_t){.id = ids[i], .kind = KVS_SHM_KIND_WITHDRAW};
+    pthread_mutex_lock(&sp->lock);
+    bool ok = offer_xchg(sp, w, NULL, 0, n, status);
+    pthread_mutex_unlock(&sp->lock);
+    if (!ok)
+        kvs__warn(sp->log,
+                  "peer %s: the node did not confirm it let go of our region %u%s (an older "
+                  "node, or see its log): it may keep that memory mapped until this "
+                  "connection ends",
+                  sp->peer, ids[0], n > 1 ? " and others" : "");
+    else
+        kvs__debug(sp->log, "peer %s: the node let go of %u of our regions", sp->peer, n);
     return ok;
 }
 
@@ -1092,7 +1121,7 @@ static void reap(kvs__shm_peer_t *sp)
     }
 }
 
-void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint32_t *ids, size_t n)
+void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint8_t *regions, uint32_t n)
 {
     if (sp == NULL)
         return;
@@ -1101,8 +1130,12 @@ void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint32_t *ids, size_t n)
     for (uint32_t i = 0; i < sp->nmaps; i++) {
         map_t *m = &sp->maps[i];
         bool kept = m->gone;
-        for (size_t k = 0; k < n && !kept; k++)
-            kept = ids[k] == m->id;
+        const uint8_t *cur = regions;
+        for (uint32_t k = 0; k < n && !kept; k++) {
+            kvs__region_desc_t d;
+            kvs__proto_region(&cur, &d);
+            kept = d.id == m->id;
+        }
         if (!kept) {
             m->gone = true;
             dropped++;

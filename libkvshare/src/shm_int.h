@@ -109,10 +109,13 @@ bool kvs__shm_pmap_copy(const kvs__shm_pmap_t *m, void *dst, const uint8_t *src,
                         const char **why_p);
 /* Unmaps and frees; accepts NULL. */
 void kvs__shm_pmap_free(kvs__shm_pmap_t *m);
-/* Called on the server's thread for each region of a client's offer that
- * mapped, after the client proved @session: true when the callee keeps @m
- * (and frees it with kvs__shm_pmap_free), false to have it unmapped. */
-typedef bool (*kvs__shm_offer_fn)(void *arg, const uint8_t *session, kvs__shm_pmap_t *m);
+/* Called on the server's thread, after the client proved @session, for
+ * each region of its offer that mapped (@m, region @id): true when the
+ * callee keeps @m (and frees it with kvs__shm_pmap_free), false to have it
+ * unmapped; and for each region it withdraws (@m NULL): true when the
+ * callee had it mapped and let it go. */
+typedef bool (*kvs__shm_offer_fn)(void *arg, const uint8_t *session, uint32_t id,
+                                  kvs__shm_pmap_t *m);
 /* Listens on a new socket in @dir and serves it on a thread of its own.
  * @secret is borrowed and must outlive the server. @offer_fn may be NULL
  * (offers are then proved and answered, and nothing is kept). */
@@ -137,12 +140,13 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
                                    bool open, const char *peer, const kvs__logger_t *log);
 /* Unmaps everything; accepts NULL. */
 void kvs__shm_peer_free(kvs__shm_peer_t *sp);
-/* The holder's whole region table is now @ids (n of them): mappings of
- * regions not in it are let go, once no copy reads them. A mapping keeps
- * its memory alive (a freed memfd, a released CUDA allocation: an engine's
- * GPU memory would not come back to it), so it must not outlive the
- * region. Accepts NULL. */
-void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint32_t *ids, size_t n);
+/* The holder's whole region table is now @regions (@n encoded region
+ * descriptors, as a parsed message holds them): mappings of regions not in
+ * it are let go, once no copy reads them. A mapping keeps its memory alive
+ * (a freed memfd, a released CUDA allocation: an engine's GPU memory would
+ * not come back to it), so it must not outlive the region. Allocates
+ * nothing. Accepts NULL. */
+void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint8_t *regions, uint32_t n);
 /* Before a pull put to a pool node: tells the node our pid (an identify
  * request) once per connection, and offers it the memory behind @regions
  * ({id, kind, base, len}: kind KVS_SHM_KIND_MEMFD for host memory, whose
@@ -156,6 +160,14 @@ void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint32_t *ids, size_t n)
  * held. */
 bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const struct kvs__shm_offer *regions, uint32_t n,
                          bool *mapped);
+/* Tells the node that our regions @ids (n of them, at most
+ * KVS_SHM_MAX_IDS), offered before, are deregistered, so that it lets go of
+ * its mappings of them (a mapping keeps the memory alive: an engine that
+ * frees its KV memory, GPU memory included, would not get it back while
+ * the connection lasts). Waits for the node's answer (bounded socket I/O;
+ * no lock of the caller's held). False, logged, when the node did not
+ * confirm. */
+bool kvs__shm_peer_withdraw(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
 /* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
  * @ids of @dst, host or CUDA memory (into CUDA memory on our own stream per
  * device, synchronised before the check after the copies). KVS_OK (bytes in

@@ -11,9 +11,10 @@
  * has no entries).
  * Byte 0 of 0x80 or more, byte 1 of 0: an offer (kvs__shm_parse_offer) that
  * came with byte 0 - 0x80 descriptors, from byte 2 on. An accepted offer has
- * one descriptor per entry, at most KVS_SHM_MAX_IDS, each of a known kind, a
- * region of some bytes inside its object without wrapping, no id twice, and
- * its session and mac inside the input. Byte 1 of 1: the node's answer to an
+ * at most KVS_SHM_MAX_IDS entries, one descriptor per offered (not
+ * withdrawn) entry, each offered entry of a known kind and a region of some
+ * bytes inside its object without wrapping, each withdrawal an id alone, no
+ * id twice, and its session and mac inside the input. Byte 1 of 1: the node's answer to an
  * offer of byte 0 - 0x80 regions (kvs__shm_parse_offer_reply): accepted only
  * at its exact length. */
 #include "proto_int.h"
@@ -33,19 +34,28 @@ static int offer(uint32_t nfds, const uint8_t *req, size_t len)
             abort(); /* a refusal says why and yields no entries */
         return 0;
     }
-    if (n != nfds || n > KVS_SHM_MAX_IDS ||
-        len != KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n || session != req + 4 ||
-        mac != req + 4 + KVS_PROTO_SESSION_LEN)
+    if (n > KVS_SHM_MAX_IDS || len != KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n ||
+        session != req + 4 || mac != req + 4 + KVS_PROTO_SESSION_LEN)
         abort();
+    uint32_t offered = 0;
     for (uint32_t i = 0; i < n; i++) {
         const kvs__shm_offer_t *e = &out[i];
-        if ((e->kind != KVS_SHM_KIND_MEMFD && e->kind != KVS_SHM_KIND_CUDA_VMM) || e->len == 0 ||
-            e->base + e->len < e->base || e->off > e->size || e->len > e->size - e->off)
+        if (e->kind == KVS_SHM_KIND_WITHDRAW) {
+            if (e->base != 0 || e->len != 0 || e->off != 0 || e->size != 0)
+                abort();
+        } else if ((e->kind != KVS_SHM_KIND_MEMFD && e->kind != KVS_SHM_KIND_CUDA_VMM) ||
+                   e->len == 0 || e->base + e->len < e->base || e->off > e->size ||
+                   e->len > e->size - e->off) {
             abort();
+        } else {
+            offered++;
+        }
         for (uint32_t k = 0; k < i; k++)
             if (out[k].id == e->id)
                 abort();
     }
+    if (offered != nfds)
+        abort();
     return 0;
 }
 

@@ -110,10 +110,11 @@ shm_seeds = {
     "identify": shm_reply([]),
 }
 # A pool client's offer of its memory (the node parses it): byte 0 is 0x80 + the
-# descriptor count, byte 1 is 0, then "KVSP" | session[16] | mac[32] | n |
+# descriptor count (one per entry but withdrawals, kind 3), byte 1 is 0, then "KVSP" | session[16] | mac[32] | n |
 # n x {id u32, kind u32, base, len, off, size u64}. Byte 1 of 1: the node's
 # answer to an offer of (byte 0 - 0x80) regions, "KVSM" | n | n x status i32.
 SHM_OFFER_MAGIC = 0x5053564B
+WITHDRAW = 3
 
 
 def shm_offer(entries):
@@ -121,7 +122,8 @@ def shm_offer(entries):
     body += struct.pack("<I", len(entries))
     for e in entries:
         body += struct.pack("<IIQQQQ", *e)
-    return bytes([0x80 + len(entries), 0]) + body
+    fds = sum(1 for e in entries if e[1] != WITHDRAW)
+    return bytes([0x80 + fds, 0]) + body
 
 
 def shm_offer_reply(statuses):
@@ -135,6 +137,8 @@ shm_seeds["offer"] = shm_offer([(1, MEMFD, 0x7f0000001000, 10 << 20, 4096, (10 <
 shm_seeds["offer_two"] = shm_offer([(1, MEMFD, 0x1000, 4096, 0, 4096),
                                     (7, CUDA_VMM, 0x7f0000000000, 1 << 21, 1 << 21, 1 << 22)])
 shm_seeds["offer_identify"] = shm_offer([])
+shm_seeds["offer_withdraw"] = shm_offer([(3, WITHDRAW, 0, 0, 0, 0),
+                                         (8, MEMFD, 0x2000, 4096, 0, 8192)])
 shm_seeds["offer_reply"] = shm_offer_reply([0, -3])
 shm_seeds["offer_reply_none"] = shm_offer_reply([])
 for name, data in shm_seeds.items():

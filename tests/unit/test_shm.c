@@ -290,6 +290,57 @@ Test(shm, offer_round_trips)
     cr_expect_eq(n, 0);
 }
 
+/* A withdrawal (kind 3) names a region id only and brings no descriptor; it
+ * may share an offer with regions that do. */
+Test(shm, withdrawal_is_parsed_strictly)
+{
+    const kvs__shm_offer_t in[3] = {
+        {.id = 4, .kind = KVS_SHM_KIND_WITHDRAW},
+        {.id = 5, .kind = KVS_SHM_KIND_MEMFD, .base = 0x10000, .len = 4096, .size = 4096},
+        {.id = 6, .kind = KVS_SHM_KIND_WITHDRAW}};
+    uint8_t buf[KVS_SHM_OFFER_FIXED + 3 * KVS_SHM_OFFER_ENTRY_LEN];
+    kvs__shm_offer_t out[KVS_SHM_MAX_IDS];
+    const uint8_t *session, *mac;
+    const char *why = NULL;
+    uint32_t n = 0;
+    size_t len = offer_msg(buf, in, 3);
+    cr_assert_eq(kvs__shm_parse_offer(buf, len, 1, &session, &mac, out, &n, &why), KVS_OK, "%s",
+                 why);
+    cr_assert_eq(n, 3);
+    cr_expect_eq(out[0].kind, KVS_SHM_KIND_WITHDRAW);
+    cr_expect_eq(out[0].id, 4);
+    cr_expect_eq(out[2].id, 6);
+    /* One descriptor per offered region only: none, or one per entry, is wrong. */
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 0, &session, &mac, out, &n, &why),
+                 KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "descriptors do not match the entries");
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 3, &session, &mac, out, &n, &why),
+                 KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "descriptors do not match the entries");
+    /* Withdrawals alone: no descriptor at all. */
+    len = offer_msg(buf, in, 1);
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 0, &session, &mac, out, &n, NULL), KVS_OK);
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 1, &session, &mac, out, &n, NULL),
+                 KVS_ERR_PROTOCOL);
+    /* A withdrawal that describes a region (any of base, len, off, size). */
+    for (int f = 0; f < 4; f++) {
+        kvs__shm_offer_t w = {.id = 4, .kind = KVS_SHM_KIND_WITHDRAW};
+        *(f == 0 ? &w.base : f == 1 ? &w.len : f == 2 ? &w.off : &w.size) = 1;
+        len = offer_msg(buf, &w, 1);
+        cr_expect_eq(kvs__shm_parse_offer(buf, len, 0, &session, &mac, out, &n, &why),
+                     KVS_ERR_PROTOCOL, "field %d", f);
+        cr_expect_str_eq(why, "a withdrawal that describes a region");
+        cr_expect_eq(n, 0);
+    }
+    /* The same id withdrawn twice. */
+    const kvs__shm_offer_t twice[2] = {{.id = 7, .kind = KVS_SHM_KIND_WITHDRAW},
+                                       {.id = 7, .kind = KVS_SHM_KIND_WITHDRAW}};
+    len = offer_msg(buf, twice, 2);
+    cr_expect_eq(kvs__shm_parse_offer(buf, len, 0, &session, &mac, out, &n, &why),
+                 KVS_ERR_PROTOCOL);
+    cr_expect_str_eq(why, "a region named twice");
+}
+
 #define OUTSIDE "a region with no bytes, wrapping, or outside its object"
 
 Test(shm, offer_is_parsed_strictly)
@@ -337,7 +388,7 @@ Test(shm, offer_is_parsed_strictly)
         uint32_t n;
         const char *why;
     } bad[] = {
-        {{{.id = 1, .kind = 3, .base = 0x1000, .len = 64, .size = 64}}, 1, "unknown kind"},
+        {{{.id = 1, .kind = 4, .base = 0x1000, .len = 64, .size = 64}}, 1, "unknown kind"},
         {{{.id = 1, .kind = 0, .base = 0x1000, .len = 64, .size = 64}}, 1, "unknown kind"},
         {{{.id = 1, .kind = KVS_SHM_KIND_MEMFD, .base = 0x1000, .len = 0, .size = 64}}, 1, OUTSIDE},
         {{{.id = 1, .kind = KVS_SHM_KIND_MEMFD, .base = UINT64_MAX - 10, .len = 64, .size = 64}},

@@ -21,6 +21,11 @@
  *              the node imports the allocation and copies the put out of it; a reader
  *              fetches every byte back; a non-exportable allocation and KVSHARE_SHM=off
  *              are refused with KVS_ERR_UNSUPPORTED and the node keeps serving
+ *   withdraw   a client that offloaded to a node from kvs_mem_alloc memory, and one from an
+ *              exportable CUDA allocation, free that memory with the connection still
+ *              open: the node lets go of its mapping (it would keep the memory alive,
+ *              the engine's GPU memory included); a new pool's put is mapped and copied
+ *              again, and every byte comes back
  *   offers     offers of memory (a pool client's request, KVSP) of the wrong length, with a
  *              wrong MAC, over an unknown session, a region request carrying descriptors,
  *              70 descriptors at once: no answer, each refused for its reason in the log,
@@ -1241,6 +1246,100 @@ static void s_cudaput(void)
     stop_holder(&n);
 }
 
+/* Lines of process @pid's mappings that name @what. */
+static int maps_in(pid_t pid, const char *what)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, what) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+/* A put of keys @first.. from @pool (blocks 0..N-1, version 1 written):
+ * KVS_OK only when the node copied all N from its mapping of our memory. */
+static kvs_status_t put_mapped(kvs_ctx_h ctx, kvs_pool_h pool, uint32_t first)
+{
+    kvs_key_t keys[NBLOCKS];
+    uint32_t ids[NBLOCKS];
+    for (uint32_t i = 0; i < NBLOCKS; i++) {
+        keys[i] = key_of(first + i);
+        ids[i] = i;
+    }
+    kvs_stats_t before = {.field_mask = KVS_STATS_FIELD_PUTS}, after = before;
+    kvs_stats_query(ctx, &before);
+    kvs_request_h req = NULL;
+    kvs_status_t st = kvs_put_ex(pool, keys, ids, NBLOCKS, NULL, &req);
+    if (st == KVS_OK) {
+        st = kvs_request_wait(req, -1);
+        kvs_request_free(req);
+    }
+    kvs_stats_query(ctx, &after);
+    if (st == KVS_OK && after.put_pulled_blocks - before.put_pulled_blocks != NBLOCKS)
+        st = KVS_ERR_TRANSPORT;
+    return st;
+}
+
+static void withdraw_case(int kind, const char *what)
+{
+    child_t n = start_node();
+    char needle[64];
+    if (kind == HOLD_HOST)
+        snprintf(needle, sizeof(needle), "memfd:kvshare:%d:mem", (int)getpid());
+    else
+        snprintf(needle, sizeof(needle), "memfd:fakecuda");
+    setenv("KVSHARE_POOL", n.addr, 1);
+    kvs_ctx_h ctx = make_ctx(NULL);
+    unsetenv("KVSHARE_POOL");
+    const int base = maps_in(n.pid, needle);
+    for (uint32_t round = 0; round < 2; round++) {
+        uint8_t *mem = NULL;
+        vmm_t v, *vp = kind == HOLD_HOST ? NULL : &v;
+        kvs_pool_h pool = vp == NULL ? make_pool(ctx, &mem) : make_cuda_pool(ctx, vp, true);
+        const uint32_t first = 5 * NBLOCKS + round * NBLOCKS;
+        for (uint32_t i = 0; i < NBLOCKS; i++)
+            put_block(mem, vp, i, first + i, 1);
+        kvs_status_t st = put_mapped(ctx, pool, first);
+        if (st != KVS_OK)
+            FAIL("withdraw (%s): put %u: %s (node: %s)", what, round, kvs_status_string(st),
+                 warnings_in("node.log"));
+        const int mapped = maps_in(n.pid, needle);
+        if (mapped <= base)
+            FAIL("withdraw (%s): the node holds no mapping of our memory after put %u", what,
+                 round);
+        kvs_pool_destroy(pool);
+        if (vp == NULL)
+            kvs_mem_free(ctx, mem);
+        else
+            free_vmm(vp);
+        const int left = maps_in(n.pid, needle);
+        if (left != base)
+            FAIL("withdraw (%s): the node keeps %d mapping(s) of memory we freed (%d before the "
+                 "put, %d after)",
+                 what, left - base, base, mapped);
+        reader_t r = reader_new();
+        if ((st = fetch(&r, n.addr, first, NBLOCKS)) != KVS_OK)
+            FAIL("withdraw (%s): fetch back: %s", what, kvs_status_string(st));
+        check(&r, first, NBLOCKS, 1);
+        reader_free(&r);
+    }
+    printf("ok: withdraw (%s): twice, a put copied from the node's mapping of our memory, the "
+           "mapping gone once we freed it with the connection open, every byte fetched back\n",
+           what);
+    kvs_ctx_destroy(ctx);
+    stop_holder(&n);
+}
+
+static void s_withdraw(void)
+{
+    withdraw_case(HOLD_HOST, "kvs_mem_alloc memory");
+    withdraw_case(HOLD_CUDA_FD, "CUDA VMM allocation");
+}
+
 /* Sockets in WORK. */
 static int sockets(void)
 {
@@ -1632,7 +1731,8 @@ int main(int argc, char **argv)
                {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
                {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
                {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
-               {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget}};
+               {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget},
+               {"withdraw", s_withdraw}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
