@@ -913,7 +913,9 @@ struct kvs__shm_peer {
     uint32_t ndevs;
     bool identify_tried, identified; /* kvs__shm_peer_offer */
     bool offer_refused;              /* the node took no offer: identify only */
-    bool identify_plain;             /* the plain identify request was tried */
+    bool withdraw_failed; /* a withdrawal went unanswered: none tried again (a hung node would
+                             hold up each of the engine's frees for the I/O timeouts) */
+    bool identify_plain;  /* the plain identify request was tried */
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
@@ -1060,15 +1062,18 @@ bool kvs__shm_peer_withdraw(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n
     for (uint32_t i = 0; i < n; i++)
         w[i] = (kvs__shm_offer_t){.id = ids[i], .kind = KVS_SHM_KIND_WITHDRAW};
     pthread_mutex_lock(&sp->lock);
-    bool ok = offer_xchg(sp, w, NULL, 0, n, status);
+    const bool tried = !sp->withdraw_failed;
+    bool ok = tried && offer_xchg(sp, w, NULL, 0, n, status);
+    if (tried && !ok)
+        sp->withdraw_failed = true;
     pthread_mutex_unlock(&sp->lock);
-    if (!ok)
+    if (tried && !ok)
         kvs__warn(sp->log,
                   "peer %s: the node did not confirm it let go of our region %u%s (an older "
-                  "node, or see its log): it may keep that memory mapped until this "
-                  "connection ends",
+                  "node, or see its log): it may keep our freed memory mapped until this "
+                  "connection ends; no more withdrawals are sent to it",
                   sp->peer, ids[0], n > 1 ? " and others" : "");
-    else
+    else if (ok)
         kvs__debug(sp->log, "peer %s: the node let go of %u of our regions", sp->peer, n);
     return ok;
 }

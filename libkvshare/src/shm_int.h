@@ -166,7 +166,7 @@ bool kvs__shm_peer_offer(kvs__shm_peer_t *sp, const struct kvs__shm_offer *regio
  * frees its KV memory, GPU memory included, would not get it back while
  * the connection lasts). Waits for the node's answer (bounded socket I/O;
  * no lock of the caller's held). False, logged, when the node did not
- * confirm. */
+ * confirm; after that none is sent on this connection. */
 bool kvs__shm_peer_withdraw(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
 /* Copies @count leased blocks (encoded descriptors at @block_at[i]) into
  * @ids of @dst, host or CUDA memory (into CUDA memory on our own stream per

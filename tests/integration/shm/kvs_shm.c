@@ -1330,6 +1330,35 @@ static void withdraw_case(int kind, const char *what)
     printf("ok: withdraw (%s): twice, a put copied from the node's mapping of our memory, the "
            "mapping gone once we freed it with the connection open, every byte fetched back\n",
            what);
+    if (kind == HOLD_HOST) {
+        /* A node that does not answer (stopped): the free still returns (the
+         * withdrawal gives up at its socket timeouts, logged), later frees do
+         * not wait on it again, and the node serves once it runs again. */
+        uint8_t *m1 = NULL, *m2 = NULL;
+        kvs_pool_h p1 = make_pool(ctx, &m1), p2 = make_pool(ctx, &m2);
+        for (uint32_t i = 0; i < NBLOCKS; i++) {
+            put_block(m1, NULL, i, 8 * NBLOCKS + i, 1);
+            put_block(m2, NULL, i, 9 * NBLOCKS + i, 1);
+        }
+        if (put_mapped(ctx, p1, 8 * NBLOCKS) != KVS_OK ||
+            put_mapped(ctx, p2, 9 * NBLOCKS) != KVS_OK)
+            FAIL("withdraw (%s): the puts before the node stops", what);
+        kill(n.pid, SIGSTOP);
+        kvs_pool_destroy(p1);
+        kvs_mem_free(ctx, m1);
+        kvs_pool_destroy(p2);
+        kvs_mem_free(ctx, m2);
+        kill(n.pid, SIGCONT);
+        reader_t r = reader_new();
+        kvs_status_t st = fetch(&r, n.addr, 9 * NBLOCKS, NBLOCKS);
+        if (st != KVS_OK)
+            FAIL("withdraw (%s): the node after it ran again: %s", what, kvs_status_string(st));
+        check(&r, 9 * NBLOCKS, NBLOCKS, 1);
+        reader_free(&r);
+        printf("ok: withdraw (%s): freeing memory a stopped node mapped returns; the node serves "
+               "once it runs again\n",
+               what);
+    }
     kvs_ctx_destroy(ctx);
     stop_holder(&n);
 }
