@@ -530,7 +530,13 @@ KVS_API kvs_status_t kvs_mem_register_ex(kvs_ctx_h ctx, void *base, size_t lengt
                                          const kvs_mem_register_params_t *params,
                                          kvs_region_h *region_p);
 
-/** Ends a registration; accepts NULL. */
+/**
+ * Ends a registration; accepts NULL. A same-host pool node that mapped the
+ * region for this context's puts is told to unmap it before this returns
+ * (socket I/O on this thread: well under a millisecond; a node that does
+ * not answer is given up on after a second or two, logged, and not asked
+ * again), so the memory is really free once the caller frees it.
+ */
 KVS_API void kvs_mem_deregister(kvs_region_h region);
 
 /** Number of regions registered now (for stats and tests). */
