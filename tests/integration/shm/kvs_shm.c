@@ -28,9 +28,9 @@
  *              again, and every byte comes back
  *   offers     offers of memory (a pool client's request, KVSP) of the wrong length, with a
  *              wrong MAC, over an unknown session, a region request carrying descriptors,
- *              70 descriptors at once: no answer, each refused for its reason in the log,
- *              every descriptor closed in the holder, and it keeps serving mapped fetches
- *   silent     callers that connect and stop (silent, after the greeting, a request cut
+ *              70 descriptors at once, withdrawals carrying descriptors: no answer, each refused
+ * for its reason in the log, every descriptor closed in the holder, and it keeps serving mapped
+ * fetches silent     callers that connect and stop (silent, after the greeting, a request cut
  *              short), and a flood of more than the holder keeps at once, held open while
  *              a reader's handover still gets the mapped path
  *   forget     the holder replaces its pool (destroyed, its memory freed: kvs_mem_free, or a
@@ -954,6 +954,8 @@ static bool raw_offer(const char *path, int mode, int nfds, int *got_p)
                                   .base = 0x10000u * (i + 1),
                                   .len = 4096,
                                   .size = 4096};
+    for (uint32_t i = 0; mode == 5 && i < n; i++) /* withdrawals, which bring no descriptor */
+        e[i] = (kvs__shm_offer_t){.id = i + 1, .kind = KVS_SHM_KIND_WITHDRAW};
     kvs__shm_put_offer(req, session, mac, e, n);
     size_t len = KVS_SHM_OFFER_FIXED + (size_t)KVS_SHM_OFFER_ENTRY_LEN * n;
     if (mode == 0)
@@ -1009,9 +1011,11 @@ static void s_offers(void)
                  {2, "an offer with a wrong MAC", "the session proof does not hold"},
                  {2, "an offer with a right MAC, unknown session", "no such session"},
                  {2, "a region request carrying descriptors", "descriptors with a region request"},
-                 {70, "an offer with 70 descriptors", "malformed request"}};
+                 {70, "an offer with 70 descriptors", "malformed request"},
+                 {2, "withdrawals carrying descriptors",
+                  "malformed offer (descriptors do not match the entries)"}};
     const int before = open_fds(h.pid);
-    for (int mode = 0; mode < 5; mode++) {
+    for (int mode = 0; mode < 6; mode++) {
         int got = 0;
         bool answered = raw_offer(path, mode, cases[mode].nfds, &got);
         if (answered || got != 0)
