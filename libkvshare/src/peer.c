@@ -4082,6 +4082,18 @@ kvs_status_t kvs__peer_mem_reg(kvs__peer_t *pp, void *base, size_t length, kvs_m
     return KVS_OK;
 }
 
+/* Whether @c's node mapped our region @id for our puts and can be told it
+ * is gone (lock held). */
+static bool node_maps_ours(const conn_t *c, uint32_t id)
+{
+    if (c->shm == NULL || c->state != S_READY)
+        return false;
+    for (uint32_t k = 0; k < c->noffered; k++)
+        if (c->offered[k] == id && c->offered_ok[k])
+            return true;
+    return false;
+}
+
 void kvs__peer_mem_dereg(kvs__peer_t *pp, void *memh)
 {
     region_t *r = memh;
@@ -4101,23 +4113,20 @@ void kvs__peer_mem_dereg(kvs__peer_t *pp, void *memh)
      * long as the connection lasts. Its slot in c->offered is freed. */
     size_t need = 0, ntell = 0;
     for (conn_t *c = pp->conns; c != NULL; c = c->next)
-        for (uint32_t k = 0; k < c->noffered; k++)
-            need +=
-                c->offered[k] == r->id && c->offered_ok[k] && c->shm != NULL && c->state == S_READY;
+        need += node_maps_ours(c, r->id);
     /* Allocated only when there is a node to tell (then, without it, the
      * node keeps the mapping until the connection ends). */
     conn_t **tell = need > 0 ? kvs__malloc(need * sizeof(*tell)) : NULL;
     for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+        if (tell != NULL && ntell < need && node_maps_ours(c, r->id)) {
+            c->refs++;
+            tell[ntell++] = c;
+        }
         for (uint32_t k = 0; k < c->noffered; k++) {
-            if (c->offered[k] != r->id)
-                continue;
-            if (c->offered_ok[k] && c->shm != NULL && c->state == S_READY && tell != NULL &&
-                ntell < need) {
-                c->refs++;
-                tell[ntell++] = c;
+            if (c->offered[k] == r->id) {
+                c->offered[k] = 0;
+                c->offered_ok[k] = false;
             }
-            c->offered[k] = 0;
-            c->offered_ok[k] = false;
         }
     }
     pp->ops->mem_dereg(pp->tl, r->memh);

@@ -516,18 +516,26 @@ static void check(const reader_t *r, uint32_t first, uint32_t n, uint64_t versio
             FAIL("block of key %u has wrong bytes", first + i);
 }
 
-/* Mappings in this process of memfds that process @pid made. */
-static int maps_of(pid_t pid)
+/* Lines of process @pid's mappings that name @what. */
+static int maps_in(pid_t pid, const char *what)
 {
-    char want[64], line[512];
-    snprintf(want, sizeof(want), "memfd:kvshare:%d:", (int)pid);
-    FILE *f = fopen("/proc/self/maps", "r");
+    char path[64], line[512];
+    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "r");
     int n = 0;
     while (f != NULL && fgets(line, sizeof(line), f) != NULL)
-        n += strstr(line, want) != NULL;
+        n += strstr(line, what) != NULL;
     if (f != NULL)
         fclose(f);
     return n;
+}
+
+/* Mappings in this process of memfds that process @pid made. */
+static int maps_of(pid_t pid)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "memfd:kvshare:%d:", (int)pid);
+    return maps_in(getpid(), want);
 }
 
 static void sleep_ms(int ms)
@@ -563,6 +571,16 @@ static void s_mapped(void)
     stop_holder(&h);
 }
 
+/* Sends holder @h the command @cmd ("rewrite 0", "replace") and waits for
+ * its "done". */
+static void ask(child_t *h, const char *cmd, const char *what)
+{
+    char line[64];
+    dprintf(h->to, "%s\n", cmd);
+    if (fgets(line, sizeof(line), h->from) == NULL || strcmp(line, "done\n") != 0)
+        FAIL("%s: the holder did not do '%s'", what, cmd);
+}
+
 static child_t *mid_holder;
 static int mid_calls;
 
@@ -570,10 +588,7 @@ static void mid_copy(void)
 {
     if (mid_calls++ > 0)
         return;
-    char line[64];
-    dprintf(mid_holder->to, "rewrite 0\n");
-    if (fgets(line, sizeof(line), mid_holder->from) == NULL || strcmp(line, "done\n") != 0)
-        FAIL("midread: the holder did not rewrite");
+    ask(mid_holder, "rewrite 0", "midread");
 }
 
 /* A holder of @kind rewrites block 0 between the reader's copy and its
@@ -1250,20 +1265,6 @@ static void s_cudaput(void)
     stop_holder(&n);
 }
 
-/* Lines of process @pid's mappings that name @what. */
-static int maps_in(pid_t pid, const char *what)
-{
-    char path[64], line[512];
-    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-    FILE *f = fopen(path, "r");
-    int n = 0;
-    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
-        n += strstr(line, what) != NULL;
-    if (f != NULL)
-        fclose(f);
-    return n;
-}
-
 /* A put of keys @first.. from @pool (blocks 0..N-1, version 1 written):
  * KVS_OK only when the node copied all N from its mapping of our memory. */
 static kvs_status_t put_mapped(kvs_ctx_h ctx, kvs_pool_h pool, uint32_t first)
@@ -1398,10 +1399,7 @@ static void replace_mid_copy(void)
 {
     if (forget_calls++ > 0)
         return;
-    char line[64];
-    dprintf(forget_holder->to, "replace\n");
-    if (fgets(line, sizeof(line), forget_holder->from) == NULL || strcmp(line, "done\n") != 0)
-        FAIL("forget: the holder did not replace its pool");
+    ask(forget_holder, "replace", "forget");
     kvs_key_t k = key_of(0);
     kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
                               .sources = KVS_SOURCE_PEER,
@@ -1431,11 +1429,8 @@ static void forget_case(int kind, const char *what)
     unsigned long released = fakecuda_calls("cuMemRelease");
     if (before == 0 || shm_bytes(&r) != (uint64_t)NBLOCKS * BB)
         FAIL("forget (%s): the first fetch did not map the holder's memory", what);
-    char line[64];
     for (int round = 1; round <= 3; round++) {
-        dprintf(h.to, "replace\n");
-        if (fgets(line, sizeof(line), h.from) == NULL || strcmp(line, "done\n") != 0)
-            FAIL("forget (%s): the holder did not replace its pool", what);
+        ask(&h, "replace", "forget");
         kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
         if (st != KVS_OK)
             FAIL("forget (%s): fetch after replacement %d: %s", what, round, kvs_status_string(st));
