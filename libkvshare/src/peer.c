@@ -77,6 +77,10 @@ typedef struct rregion {
     uint8_t *rkey_buf;
     uint32_t rkey_len;
     void *rkey;
+    /* Nonzero once the holder's table no longer has it: the last request
+     * id of the connection then. New GETs cannot name it; the rkey goes
+     * once no request up to that id has a GET in flight (reap_rregions). */
+    uint64_t gone_after;
 } rregion_t;
 
 typedef struct srv_lease {
@@ -141,7 +145,8 @@ struct conn {
     kvs_status_t doom_status;
     char doom_why[160];
     rregion_t *rr;
-    size_t nrr, caprr;
+    size_t nrr, caprr, nrr_gone;
+    bool warming;         /* warm_get's GET may be using an rkey of rr */
     kvs__shm_peer_t *shm; /* client, same host: the holder's memory mapped (shm.c) */
     bool cuda_dst_said;   /* client: a fetch into CUDA memory it could not serve was logged */
     srv_lease_t *leases;
@@ -635,6 +640,32 @@ static void put_regions(kvs__peer_t *pp, conn_t *c, kvs__buf_t *b)
     c->regions_sent = pp->regions_version;
 }
 
+/* The regions the holder no longer has whose rkeys no GET can be using
+ * any more are dropped (lock held): every request that could have named
+ * one (ids up to its gone_after) is done with the transport. */
+static void reap_rregions(conn_t *c)
+{
+    if (c->nrr_gone == 0 || c->warming)
+        return;
+    kvs__peer_t *pp = c->pp;
+    uint64_t busy = UINT64_MAX; /* the oldest request still reading */
+    for (const preq_t *r = pp->reqs; r != NULL; r = r->next)
+        if (r->conn == c && r->outstanding > 0 && r->req_id < busy)
+            busy = r->req_id;
+    for (size_t k = 0; k < c->nrr;) {
+        rregion_t *r = &c->rr[k];
+        if (r->gone_after == 0 || r->gone_after >= busy) {
+            k++;
+            continue;
+        }
+        if (r->rkey != NULL)
+            pp->ops->rkey_destroy(pp->tl, r->rkey);
+        kvs__free(r->rkey_buf);
+        *r = c->rr[--c->nrr]; /* nothing keeps an index into rr across the lock */
+        c->nrr_gone--;
+    }
+}
+
 static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
 {
     const uint8_t *cur = m->regions;
@@ -643,10 +674,12 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
         kvs__proto_region(&cur, &d);
         bool known = false;
         for (size_t k = 0; k < c->nrr && !known; k++)
-            known = c->rr[k].id == d.id;
+            known = c->rr[k].id == d.id && c->rr[k].gone_after == 0;
         if (known)
-            continue; /* unpacked once, cached for the connection's life */
-        if (c->nrr >= KVS_PROTO_MAX_REGIONS)
+            continue; /* unpacked once, cached while the holder has it */
+        if (c->nrr - c->nrr_gone >= KVS_PROTO_MAX_REGIONS)
+            reap_rregions(c);
+        if (c->nrr - c->nrr_gone >= KVS_PROTO_MAX_REGIONS)
             return KVS_ERR_BUSY; /* a peer cannot grow this table without end */
         if (c->nrr == c->caprr) {
             size_t cap = c->caprr ? c->caprr * 2 : 8;
@@ -679,10 +712,21 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
  * been cut short, so nothing is let go on one. */
 static void forget_regions(conn_t *c, const kvs__msg_t *m)
 {
-    if (c->shm == NULL || !(m->hdr.flags & KVS_PROTO_FLAG_REGIONS) ||
-        m->nregions >= KVS_PROTO_MAX_REGIONS)
+    if (!(m->hdr.flags & KVS_PROTO_FLAG_REGIONS) || m->nregions >= KVS_PROTO_MAX_REGIONS)
         return;
-    kvs__shm_peer_keep_only(c->shm, m->regions, m->nregions);
+    /* Their rkeys too: a holder that keeps replacing its memory (an engine
+     * that sleeps and wakes) would otherwise fill the table, and every
+     * lookup after would fail BUSY. */
+    for (size_t k = 0; k < c->nrr; k++) {
+        rregion_t *r = &c->rr[k];
+        if (r->gone_after != 0 || kvs__proto_regions_have(m->regions, m->nregions, r->id))
+            continue;
+        r->gone_after = c->next_req_id; /* every request that may use it has an id <= this */
+        c->nrr_gone++;
+    }
+    reap_rregions(c);
+    if (c->shm != NULL)
+        kvs__shm_peer_keep_only(c->shm, m->regions, m->nregions);
 }
 
 /* Unpacks every region's rkey not unpacked yet, so the first fetch does not
@@ -693,7 +737,7 @@ static void unpack_rkeys(conn_t *c)
     kvs__peer_t *pp = c->pp;
     for (size_t k = 0; k < c->nrr && c->ep != NULL; k++) {
         rregion_t *r = &c->rr[k];
-        if (r->rkey == NULL &&
+        if (r->rkey == NULL && r->gone_after == 0 &&
             pp->ops->rkey_unpack(pp->tl, c->ep, r->rkey_buf, r->rkey_len, &r->rkey) != KVS_OK)
             r->rkey = NULL;
     }
@@ -704,7 +748,7 @@ static rregion_t *rregion(conn_t *c, uint32_t id, uint64_t addr, uint64_t len)
     kvs__peer_t *pp = c->pp;
     for (size_t k = 0; k < c->nrr; k++) {
         rregion_t *r = &c->rr[k];
-        if (r->id != id)
+        if (r->id != id || r->gone_after != 0)
             continue;
         if (addr < r->base || len > r->len || addr - r->base > r->len - len)
             return NULL; /* a descriptor outside its region: refuse it */
@@ -716,6 +760,17 @@ static rregion_t *rregion(conn_t *c, uint32_t id, uint64_t addr, uint64_t len)
         return r;
     }
     return NULL;
+}
+
+/* Why rregion() found nothing for region @id: the holder let it go since
+ * the lookup (its blocks are stale), or a descriptor that names no region
+ * or lies outside it. */
+static kvs_status_t no_rregion(const conn_t *c, uint32_t id)
+{
+    for (size_t k = 0; k < c->nrr; k++)
+        if (c->rr[k].id == id && c->rr[k].gone_after != 0)
+            return KVS_ERR_STALE;
+    return KVS_ERR_PROTOCOL;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -3024,6 +3079,7 @@ static kvs_status_t warm_get(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
     if (w == NULL)
         return KVS_ERR_NO_MEMORY;
     w->left = 1; /* ours, dropped below once both are posted */
+    c->warming = true;
     kvs_status_t st =
         pp->ops->get(pp->tl, c->ep, w->buf, sizeof(w->buf), rr->base, rr->rkey, warm_get_done, w);
     if (st == KVS_INPROGRESS)
@@ -3040,8 +3096,10 @@ static kvs_status_t warm_get(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
     if (!wait_until(pp, &w->done, deadline)) {
         /* The transport may still call back into @w: it stays allocated. */
         conn_fail(c, KVS_ERR_TIMED_OUT, "warm-up GET timed out");
-        return KVS_ERR_TIMED_OUT;
+        return KVS_ERR_TIMED_OUT; /* still warming: no rkey of it is destroyed before it */
     }
+    c->warming = false;
+    reap_rregions(c);
     st = w->status;
     kvs__free(w);
     return st;
@@ -3302,7 +3360,7 @@ static kvs_status_t add_get(preq_t *r, get_run_t *run, const kvs__block_desc_t *
     uint64_t raddr = pc.addr + (off - pbase);
     rregion_t *rr = rregion(r->conn, pc.region, raddr, len);
     if (rr == NULL)
-        return KVS_ERR_PROTOCOL;
+        return no_rregion(r->conn, pc.region);
     if (run->len > 0 && run->rkey == rr->rkey && run->local + run->len == local &&
         run->remote + run->len == raddr && run->len + len <= MAX_RUN) {
         run->len += len;
@@ -3376,7 +3434,7 @@ static kvs_status_t post_gen_gets(preq_t *r)
     if (r->count > 1 && one_region && hi - lo <= GEN_WINDOW) {
         rregion_t *rr = rregion(c, region, lo, hi - lo);
         if (rr == NULL)
-            return KVS_ERR_PROTOCOL;
+            return no_rregion(c, region);
         r->genwin = kvs__malloc((size_t)(hi - lo));
         if (r->genwin == NULL)
             return KVS_ERR_NO_MEMORY;
@@ -3390,7 +3448,7 @@ static kvs_status_t post_gen_gets(preq_t *r)
             kvs__proto_block(&cur, &d);
             rregion_t *rr = rregion(c, d.gen_region, d.gen_addr, 8);
             if (rr == NULL)
-                return KVS_ERR_PROTOCOL;
+                return no_rregion(c, d.gen_region);
             r->bytes_expected += 8;
             post_get(r, &r->gens_now[i], 8, d.gen_addr, rr->rkey);
         }
@@ -3667,7 +3725,8 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         if (st != KVS_OK)
             r->status = st;
     }
-    kick(pp);
+    if (r->status == KVS_INPROGRESS)
+        kick(pp); /* a finished request (mapped copy, failure) posted nothing */
     unlock(pp);
     *preq_p = r;
     return KVS_OK;
@@ -3743,6 +3802,8 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq)
             break;
         }
     }
+    if (r->outstanding == 0)
+        reap_rregions(r->conn); /* rkeys of gone regions this one kept */
     conn_unref(r->conn);
     r->conn = NULL;
     if (r->outstanding > 0) {

@@ -382,6 +382,18 @@ void kvs__proto_region(const uint8_t **cursor, kvs__region_desc_t *out)
     *cursor = p + REGION_FIXED + out->rkey_len;
 }
 
+bool kvs__proto_regions_have(const uint8_t *regions, uint32_t n, uint32_t id)
+{
+    const uint8_t *cur = regions;
+    for (uint32_t k = 0; k < n; k++) {
+        kvs__region_desc_t d;
+        kvs__proto_region(&cur, &d);
+        if (d.id == id)
+            return true;
+    }
+    return false;
+}
+
 void kvs__proto_block(const uint8_t **cursor, kvs__block_desc_t *out)
 {
     const uint8_t *p = *cursor;

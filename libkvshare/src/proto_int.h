@@ -245,6 +245,8 @@ kvs_status_t kvs__proto_decode_hdr(const void *buf, size_t len, uint32_t max_bod
 
 /* Iterators over validated arrays inside a decoded message. */
 void kvs__proto_region(const uint8_t **cursor, kvs__region_desc_t *out);
+/* Whether a validated table of @n regions has region @id. */
+bool kvs__proto_regions_have(const uint8_t *regions, uint32_t n, uint32_t id);
 void kvs__proto_block(const uint8_t **cursor, kvs__block_desc_t *out);
 void kvs__proto_piece(const uint8_t *pieces, uint16_t i, kvs__piece_t *out);
 uint64_t kvs__proto_u64_at(const uint8_t *p, size_t i);

@@ -1134,14 +1134,7 @@ void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint8_t *regions, uint32
     uint32_t dropped = 0;
     for (uint32_t i = 0; i < sp->nmaps; i++) {
         map_t *m = &sp->maps[i];
-        bool kept = m->gone;
-        const uint8_t *cur = regions;
-        for (uint32_t k = 0; k < n && !kept; k++) {
-            kvs__region_desc_t d;
-            kvs__proto_region(&cur, &d);
-            kept = d.id == m->id;
-        }
-        if (!kept) {
+        if (!m->gone && !kvs__proto_regions_have(regions, n, m->id)) {
             m->gone = true;
             dropped++;
         }

@@ -37,6 +37,10 @@
  *              CUDA allocation released) with a new one: the reader's next lookups learn
  *              the new region table, it unmaps the old memory (else it would keep it alive
  *              for the connection's life) and maps the new, every byte right each time
+ *   churn      the holder registers a new small region and deregisters the last one, more
+ *              times than a reader keeps regions of one peer (KVS_PROTO_MAX_REGIONS),
+ *              with a reader (mapped path) and a KVSHARE_SHM=off one (UCX GETs) looking
+ *              up and fetching after each: neither fails BUSY, every byte right
  *   exit       the holder is killed while the reader holds a lease: the reader's fetch does
  *              not crash, and its mappings of the holder go once the connection is gone
  *   cuda       the holder's KV is a CUDA VMM allocation (the fake driver, tests/fakecuda)
@@ -288,8 +292,19 @@ static void holder(int in, int out)
     kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
     dprintf(out, "ready %s\n", addr);
     FILE *f = fdopen(in, "r");
+    static _Alignas(4096) uint8_t extra[4096];
+    kvs_region_h extra_reg = NULL;
     while (fgets(line, sizeof(line), f) != NULL) {
         uint32_t i;
+        if (strcmp(line, "churn\n") == 0) {
+            /* One region more in its table, a new one each time. */
+            kvs_mem_deregister(extra_reg);
+            extra_reg = NULL;
+            if (kvs_mem_register_ex(ctx, extra, sizeof(extra), NULL, &extra_reg) != KVS_OK)
+                FAIL("holder: kvs_mem_register_ex");
+            dprintf(out, "done\n");
+            continue;
+        }
         if (sscanf(line, "rewrite %u", &i) == 1 && i < NBLOCKS) {
             if (kvs_unpublish(pool, &i, 1, KVS_UNPUBLISH_FORCE) != KVS_OK)
                 FAIL("holder: unpublish");
@@ -313,6 +328,7 @@ static void holder(int in, int out)
             dprintf(out, "done\n");
         }
     }
+    kvs_mem_deregister(extra_reg);
     kvs_pool_destroy(pool);
     kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
@@ -1420,7 +1436,12 @@ static int kv_maps(int kind, pid_t holder)
 
 static void forget_case(int kind, const char *what)
 {
+    /* The replacement during a copy waits in the holder's kvs_pool_destroy
+     * for the reader's lease, which that copy holds until the holder's
+     * answer: it ends when the lease expires (30 s by default). */
+    setenv("KVSHARE_LEASE_TIMEOUT_MS", "1500", 1);
     child_t h = start_holder_of(kind);
+    unsetenv("KVSHARE_LEASE_TIMEOUT_MS");
     reader_t r = reader_new();
     if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK)
         FAIL("forget (%s): the first fetch", what);
@@ -1478,6 +1499,35 @@ static void s_forget(void)
 {
     forget_case(HOLD_HOST, "kvs_mem_alloc memory");
     forget_case(HOLD_CUDA_FD, "CUDA VMM allocation");
+}
+
+static void s_churn(void)
+{
+    child_t h = start_holder();
+    reader_t r = reader_new();
+    setenv("KVSHARE_SHM", "off", 1);
+    reader_t u = reader_new();
+    unsetenv("KVSHARE_SHM");
+    const int rounds = (int)KVS_PROTO_MAX_REGIONS + 100;
+    for (int i = 0; i < rounds; i++) {
+        ask(&h, "churn", "churn");
+        uint32_t n = i % 512 == 0 || i == rounds - 1 ? NBLOCKS : 1;
+        kvs_status_t st = fetch(&r, h.addr, 0, n), su = fetch(&u, h.addr, 0, n);
+        if (st != KVS_OK || su != KVS_OK)
+            FAIL("churn: after %d new regions of the holder: mapped %s, UCX %s", i + 1,
+                 kvs_status_string(st), kvs_status_string(su));
+        check(&r, 0, n, 1);
+        check(&u, 0, n, 1);
+    }
+    if (shm_bytes(&r) == 0 || shm_bytes(&u) != 0)
+        FAIL("churn: the readers did not take the paths asked (mapped %llu, UCX %llu bytes)",
+             (unsigned long long)shm_bytes(&r), (unsigned long long)shm_bytes(&u));
+    printf("ok: churn: the holder replaced a region %d times; both readers looked up and "
+           "fetched after each, every byte right\n",
+           rounds);
+    reader_free(&u);
+    reader_free(&r);
+    stop_holder(&h);
 }
 
 static void s_exit(void)
@@ -1755,12 +1805,12 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         void (*fn)(void);
-    } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
-               {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
-               {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
-               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
-               {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget},
-               {"withdraw", s_withdraw}};
+    } all[] = {{"mapped", s_mapped},       {"midread", s_midread},  {"xview", s_xview},
+               {"otherhost", s_otherhost}, {"unauth", s_unauth},    {"silent", s_silent},
+               {"exit", s_exit},           {"cuda", s_cuda},        {"cudamid", s_cudamid},
+               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst},  {"cudaxview", s_cudaxview},
+               {"offers", s_offers},       {"cudaput", s_cudaput},  {"forget", s_forget},
+               {"churn", s_churn},         {"withdraw", s_withdraw}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
