@@ -666,6 +666,31 @@ static void reap_rregions(conn_t *c)
     }
 }
 
+/* A node's table of a client's regions is full: a pull PUT carries the
+ * regions it reads, not the client's whole table, so the node cannot tell
+ * which the client let go (an engine that keeps replacing its KV memory).
+ * When no put is reading (no rkey in use), every region this message does
+ * not carry is dropped; a later put that reads one carries it again. */
+static void drop_unused_rregions(conn_t *c, const kvs__msg_t *m)
+{
+    if (c->nputs > 0)
+        return;
+    kvs__peer_t *pp = c->pp;
+    for (size_t k = 0; k < c->nrr;) {
+        rregion_t *r = &c->rr[k];
+        if (kvs__proto_regions_have(m->regions, m->nregions, r->id)) {
+            k++;
+            continue;
+        }
+        if (r->rkey != NULL)
+            pp->ops->rkey_destroy(pp->tl, r->rkey);
+        kvs__free(r->rkey_buf);
+        *r = c->rr[--c->nrr];
+    }
+    kvs__debug(pp->log, "peer %s: its regions filled our table: kept the %zu its put reads",
+               c->peer, c->nrr);
+}
+
 static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
 {
     const uint8_t *cur = m->regions;
@@ -677,8 +702,12 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
             known = c->rr[k].id == d.id && c->rr[k].gone_after == 0;
         if (known)
             continue; /* unpacked once, cached while the holder has it */
-        if (c->nrr - c->nrr_gone >= KVS_PROTO_MAX_REGIONS)
-            reap_rregions(c);
+        if (c->nrr - c->nrr_gone >= KVS_PROTO_MAX_REGIONS) {
+            if (c->server)
+                drop_unused_rregions(c, m);
+            else
+                reap_rregions(c);
+        }
         if (c->nrr - c->nrr_gone >= KVS_PROTO_MAX_REGIONS)
             return KVS_ERR_BUSY; /* a peer cannot grow this table without end */
         if (c->nrr == c->caprr) {

@@ -40,7 +40,9 @@
  *   churn      the holder registers a new small region and deregisters the last one, more
  *              times than a reader keeps regions of one peer (KVS_PROTO_MAX_REGIONS),
  *              with a reader (mapped path) and a KVSHARE_SHM=off one (UCX GETs) looking
- *              up and fetching after each: neither fails BUSY, every byte right
+ *              up and fetching after each: neither fails BUSY, every byte right; then a
+ *              client (KVSHARE_SHM=off: the node GETs) offloads one block from a new pool
+ *              each time, as many times: every put pulled by the node, none BUSY
  *   exit       the holder is killed while the reader holds a lease: the reader's fetch does
  *              not crash, and its mappings of the holder go once the connection is gone
  *   cuda       the holder's KV is a CUDA VMM allocation (the fake driver, tests/fakecuda)
@@ -1528,6 +1530,47 @@ static void s_churn(void)
     reader_free(&u);
     reader_free(&r);
     stop_holder(&h);
+
+    /* The node's table of a client's regions: each put from a new pool. */
+    child_t n = start_node();
+    setenv("KVSHARE_POOL", n.addr, 1);
+    setenv("KVSHARE_SHM", "off", 1);
+    kvs_ctx_h ctx = make_ctx(NULL);
+    unsetenv("KVSHARE_SHM");
+    unsetenv("KVSHARE_POOL");
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_PUTS};
+    for (int i = 0; i < rounds; i++) {
+        uint8_t *mem = NULL;
+        kvs_pool_h pool = make_pool(ctx, &mem);
+        uint32_t key = 10 * NBLOCKS + (uint32_t)i, id = 0; /* a new key each time */
+        kvs_key_t k = key_of(key);
+        put_block(mem, NULL, 0, key, 1);
+        kvs_request_h req = NULL;
+        kvs_status_t st = kvs_put_ex(pool, &k, &id, 1, NULL, &req);
+        if (st == KVS_OK) {
+            st = kvs_request_wait(req, -1);
+            kvs_request_free(req);
+        }
+        kvs_pool_destroy(pool);
+        kvs_mem_free(ctx, mem);
+        kvs_stats_query(ctx, &ks);
+        if (st != KVS_OK || ks.put_pulled_blocks != (uint64_t)i + 1)
+            FAIL("churn: put %d, from a new pool each time: %s, %llu pulled (node: %s)", i + 1,
+                 kvs_status_string(st), (unsigned long long)ks.put_pulled_blocks,
+                 warnings_in("node.log"));
+    }
+    /* The node's arena holds 1024 of them: the newest are there. */
+    reader_t b = reader_new();
+    const uint32_t newest = 10 * NBLOCKS + (uint32_t)rounds - NBLOCKS;
+    if (fetch(&b, n.addr, newest, NBLOCKS) != KVS_OK)
+        FAIL("churn: fetch back from the node");
+    check(&b, newest, NBLOCKS, 1);
+    printf("ok: churn: %d puts, each from a new pool, all read by the node; the newest %u "
+           "fetched back\n",
+           rounds, NBLOCKS);
+    reader_free(&b);
+    kvs_ctx_destroy(ctx);
+    stop_holder(&n);
 }
 
 static void s_exit(void)
