@@ -803,7 +803,11 @@ typedef struct kvs_fetch_params {
  * prompt's first key does), and with blocks larger than keys several hits name the same destination
  * block. On KVS_OK the caller owns *req_p: poll it with kvs_request_test() or kvs_request_wait(),
  * then kvs_request_free(). Each block's generation is checked after its data lands; a changed block
- * fails the request with KVS_ERR_STALE rather than deliver wrong KV. A @dst in CUDA memory is
+ * fails the request with KVS_ERR_STALE rather than deliver wrong KV. From a same-host holder into
+ * host memory, the copy from the holder's mapped memory runs on the first thread of this context
+ * that waits: kvs_request_test()/kvs_request_wait() on this request, kvs_progress_ex(), or a
+ * kvs_lookup() waiting for its reply, so a caller that looks its next batch up before it waits
+ * for this one overlaps the copy with that lookup's round trip. A @dst in CUDA memory is
  * filled only from a same-host holder's mapped memory (docs/transport.md); when that path is off
  * (KVSHARE_SHM=off), the holder is on another host or its memory cannot be mapped, the fetch
  * fails UNSUPPORTED at start. Errors at start: INVALID_PARAM (count beyond the hits, bad block id),

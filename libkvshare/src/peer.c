@@ -215,8 +215,15 @@ typedef struct preq {
     kvs__xfer_t *x;
     uint8_t *xbuf;
     size_t *range_at;
+    /* Same host, into host memory: the copy from the holder's mapping waits
+     * (MAPPED_PENDING) for the first thread of ours that waits: on this
+     * request, or on a lookup's reply, so a pipelined caller's next lookup
+     * crosses the wire while this copy runs (run_mapped_copy). */
+    uint8_t mapped;
     struct preq *next;
 } preq_t;
+
+enum { MAPPED_NONE = 0, MAPPED_PENDING = 1, MAPPED_RUNNING = 2 };
 
 /* Blocks a peer is putting into this pool node (server). */
 typedef struct sput {
@@ -306,6 +313,7 @@ struct kvs__peer {
     uint64_t last_work_ns;    /* when the progress thread last found something to do */
     uint64_t stall_warned_ns; /* the last stall warning (stall_check) */
     unsigned pollers;         /* callers polling for a reply (wait_idle) */
+    unsigned mapped_pending;  /* requests whose mapped copy waits (MAPPED_PENDING) */
     poll_odds_t wait_odds;    /* did callers' windows catch their replies (lock held) */
     poll_odds_t spin_odds;    /* did the progress thread's windows catch work (its own) */
     pthread_t thread;
@@ -417,7 +425,8 @@ static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b)
     kvs_status_t st =
         pp->ops->am_send(pp->tl, c->ep, data, KVS_PROTO_HDR_LEN, data + KVS_PROTO_HDR_LEN,
                          len - KVS_PROTO_HDR_LEN, msg_sent, data);
-    kick(pp);
+    if (st == KVS_INPROGRESS)
+        kick(pp); /* the transport kept it: progress must send it */
     if (st != KVS_INPROGRESS)
         kvs__free(data);
     return st == KVS_INPROGRESS ? KVS_OK : st;
@@ -2547,7 +2556,8 @@ static void check_deadlines(kvs__peer_t *pp)
 {
     uint64_t t = now_ns();
     for (preq_t *r = pp->reqs; r != NULL; r = r->next) {
-        if (r->status == KVS_INPROGRESS && t > r->deadline_ns && r->conn->state != S_FAILED) {
+        if (r->status == KVS_INPROGRESS && t > r->deadline_ns && r->conn->state != S_FAILED &&
+            r->mapped != MAPPED_RUNNING) { /* a copy running ends by itself */
             /* Closing the connection cancels what is in flight, so nothing
              * lands in the destination after we report the timeout. */
             conn_fail(r->conn, KVS_ERR_TIMED_OUT, "request timed out");
@@ -2592,6 +2602,7 @@ static int progress_locked(kvs__peer_t *pp)
 }
 
 static void cond_sleep(kvs__peer_t *pp, uint64_t until_ns);
+static bool run_a_mapped_copy(kvs__peer_t *pp);
 
 /* A progress round that takes seconds stalls every peer of this node: their
  * requests time out while the replies wait here. Said at most every 10 s,
@@ -2707,6 +2718,10 @@ static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
         if (t >= deadline_ns)
             break;
         if (progress_locked(pp) > 0 || *flag)
+            continue;
+        /* Rather than idle, a deferred copy of ours (a pipelined caller's
+         * last fetch) runs while the reply crosses the wire. */
+        if (run_a_mapped_copy(pp))
             continue;
         if (pp->thread_mode)
             wait_idle(pp, t, poll_until, deadline_ns);
@@ -3527,7 +3542,8 @@ static int advance_requests(kvs__peer_t *pp)
 {
     int moved = 0;
     for (preq_t *r = pp->reqs; r != NULL; r = r->next) {
-        if (r->status != KVS_INPROGRESS || r->outstanding > 0 || r->is_put)
+        if (r->status != KVS_INPROGRESS || r->outstanding > 0 || r->is_put ||
+            r->mapped != MAPPED_NONE)
             continue;
         if (!r->push) {
             if (r->bytes_got != r->bytes_expected) {
@@ -3662,6 +3678,34 @@ static kvs_status_t cuda_dst_refused(kvs__peer_t *pp, conn_t *c, const char *why
     return KVS_ERR_UNSUPPORTED;
 }
 
+/* Starts fetch @r over the transport (lock held): GETs where the
+ * endpoint has native RMA, else the holder pushes; across views, the plan's
+ * ranges. A failure to start is the request's status. */
+static void fetch_transport(preq_t *r)
+{
+    conn_t *c = r->conn;
+    kvs_status_t st = KVS_OK;
+    if (c->xview) {
+        st = xfetch_start(r);
+    } else if (!r->push) {
+        st = post_data_gets(r);
+    } else {
+        /* No native RMA (TCP): the holder pushes, cut into our segments. */
+        uint32_t chunks[KVS_PROTO_MAX_PIECES];
+        for (size_t s = 0; s < r->dst->nsegs; s++) {
+            chunks[s] = (uint32_t)r->dst->segs[s].block_bytes;
+            r->bytes_expected += r->dst->segs[s].block_bytes * r->count;
+        }
+        kvs__buf_t b;
+        kvs__buf_init(&b);
+        kvs__enc_fetch(&b, r->req_id, c->session, r->rl->lease_id, (uint32_t)r->first,
+                       (uint32_t)r->count, chunks, (uint16_t)r->dst->nsegs);
+        st = send_buf(c, &b);
+    }
+    if (st != KVS_OK)
+        r->status = st;
+}
+
 kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst,
                              const uint32_t *ids, size_t count, size_t first, uint32_t timeout_ms,
                              void **preq_p)
@@ -3688,15 +3732,20 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         return KVS_ERR_NO_MEMORY;
     }
     memcpy(r->dst_ids, ids, count * sizeof(*ids));
-    /* Same host: copy from the holder's mapped memory, outside the lock. */
+    /* Same host: copy from the holder's mapped memory, outside the lock.
+     * Into host memory the copy is deferred to the first of our threads
+     * that waits (run_mapped_copy); into CUDA memory it runs now, as the
+     * transport cannot stand in for it. */
     size_t shm_bytes = 0;
     kvs_status_t shm_st = KVS_ERR_UNSUPPORTED;
-    bool live = false;
+    bool live = false, defer = false;
     if (rl->conn->shm != NULL && count > 0) { /* set once, before the lease existed */
         lock(pp);
         live = rl->conn->state == S_READY;
         unlock(pp);
-        if (live && rl->conn->xview)
+        if (live && dst->host_only)
+            defer = kvs__shm_peer_usable(rl->conn->shm);
+        else if (live && rl->conn->xview)
             shm_st = shm_xfetch(rl->conn, rl, dst, ids, count, first, &shm_bytes);
         else if (live)
             shm_st =
@@ -3727,48 +3776,83 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
         r->status = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
     } else if (count == 0) {
         r->status = KVS_OK;
+    } else if (defer) {
+        r->mapped = MAPPED_PENDING;
+        pp->mapped_pending++;
     } else if (shm_st != KVS_ERR_UNSUPPORTED) {
         r->status = shm_st;
         if (shm_st == KVS_OK)
             __atomic_fetch_add(&pp->shm_bytes, shm_bytes, __ATOMIC_RELAXED);
-    } else if (c->xview) {
-        kvs_status_t st = xfetch_start(r);
-        if (st != KVS_OK)
-            r->status = st;
-    } else if (!r->push) {
-        kvs_status_t st = post_data_gets(r);
-        if (st != KVS_OK)
-            r->status = st;
     } else {
-        /* No native RMA (TCP): the holder pushes, cut into our segments. */
-        uint32_t chunks[KVS_PROTO_MAX_PIECES];
-        for (size_t s = 0; s < dst->nsegs; s++) {
-            chunks[s] = (uint32_t)dst->segs[s].block_bytes;
-            r->bytes_expected += dst->segs[s].block_bytes * count;
-        }
-        kvs__buf_t b;
-        kvs__buf_init(&b);
-        kvs__enc_fetch(&b, r->req_id, c->session, rl->lease_id, (uint32_t)first, (uint32_t)count,
-                       chunks, (uint16_t)dst->nsegs);
-        kvs_status_t st = send_buf(c, &b);
-        if (st != KVS_OK)
-            r->status = st;
+        fetch_transport(r);
     }
-    if (r->status == KVS_INPROGRESS)
-        kick(pp); /* a finished request (mapped copy, failure) posted nothing */
+    if (r->status == KVS_INPROGRESS && !defer)
+        kick(pp); /* only posted transport work needs the progress thread */
     unlock(pp);
     *preq_p = r;
     return KVS_OK;
+}
+
+/* Runs request @r's deferred copy from the holder's mapping on this thread
+ * (lock held on entry and return; let go during the copy, so the progress
+ * thread takes replies meanwhile). A copy the mapping cannot serve takes
+ * the transport from here. */
+static void run_mapped_copy(kvs__peer_t *pp, preq_t *r)
+{
+    conn_t *c = r->conn;
+    r->mapped = MAPPED_RUNNING;
+    pp->mapped_pending--;
+    bool live = c->state == S_READY && r->status == KVS_INPROGRESS;
+    size_t bytes = 0;
+    kvs_status_t st = KVS_ERR_UNSUPPORTED;
+    unlock(pp);
+    if (live && c->xview)
+        st = shm_xfetch(c, r->rl, r->dst, r->dst_ids, r->count, r->first, &bytes);
+    else if (live)
+        st = kvs__shm_fetch(c->shm, r->rl->block_at + r->first, r->dst, r->dst_ids, r->count,
+                            &bytes);
+    lock(pp);
+    r->mapped = MAPPED_NONE;
+    if (r->status != KVS_INPROGRESS) {
+        /* The connection failed meanwhile: that status stands. */
+    } else if (st != KVS_ERR_UNSUPPORTED) {
+        r->status = st;
+        if (st == KVS_OK)
+            __atomic_fetch_add(&pp->shm_bytes, bytes, __ATOMIC_RELAXED);
+    } else {
+        fetch_transport(r);
+        kick(pp);
+    }
+    pthread_cond_broadcast(&pp->cond);
+}
+
+/* Runs the oldest deferred copy, if any (lock held): true when one ran. */
+static bool run_a_mapped_copy(kvs__peer_t *pp)
+{
+    if (pp->mapped_pending == 0)
+        return false;
+    preq_t *oldest = NULL; /* requests are pushed at the head */
+    for (preq_t *r = pp->reqs; r != NULL; r = r->next)
+        if (r->mapped == MAPPED_PENDING)
+            oldest = r;
+    if (oldest == NULL)
+        return false;
+    run_mapped_copy(pp, oldest);
+    return true;
 }
 
 kvs_status_t kvs__peer_req_test(kvs__peer_t *pp, void *preq)
 {
     preq_t *r = preq;
     lock(pp);
+    if (r->mapped == MAPPED_PENDING)
+        run_mapped_copy(pp, r);
     if (!pp->thread_mode)
         progress_locked(pp);
     kvs_status_t st =
-        r->outstanding > 0 && r->status != KVS_INPROGRESS ? KVS_INPROGRESS : r->status;
+        (r->outstanding > 0 || r->mapped == MAPPED_RUNNING) && r->status != KVS_INPROGRESS
+            ? KVS_INPROGRESS
+            : r->status;
     unlock(pp);
     return st;
 }
@@ -3777,7 +3861,8 @@ kvs_status_t kvs__peer_req_test(kvs__peer_t *pp, void *preq)
  * a connection whose endpoints are closed (so nothing can land any more). */
 static bool req_settled(const preq_t *r)
 {
-    return r->status != KVS_INPROGRESS && (r->outstanding == 0 || r->conn->state == S_FAILED);
+    return r->status != KVS_INPROGRESS && r->mapped != MAPPED_RUNNING &&
+           (r->outstanding == 0 || r->conn->state == S_FAILED);
 }
 
 kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
@@ -3788,6 +3873,8 @@ kvs_status_t kvs__peer_req_wait(kvs__peer_t *pp, void *preq, int timeout_ms)
     lock(pp);
     bool polls = pp->thread_mode && pp->poll_ns > 0 && poll_try(&pp->wait_odds);
     uint64_t poll_until = polls ? poll_window(pp, now_ns()) : 0;
+    if (r->mapped == MAPPED_PENDING)
+        run_mapped_copy(pp, r); /* a wait with no time left still makes it */
     while (!req_settled(r)) {
         uint64_t t = now_ns();
         if (t >= deadline)
@@ -3808,6 +3895,16 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq)
 {
     preq_t *r = preq;
     lock(pp);
+    /* Another thread's wait may be copying into our destination: it ends by
+     * itself (a memcpy), and the caller may reuse the memory only after. */
+    while (r->mapped == MAPPED_RUNNING)
+        cond_sleep(pp, now_ns() + 1000000u);
+    if (r->mapped == MAPPED_PENDING) {
+        r->mapped = MAPPED_NONE; /* never started: nothing to stop */
+        pp->mapped_pending--;
+        if (r->status == KVS_INPROGRESS)
+            r->status = KVS_ERR_CANCELED;
+    }
     /* The node of a pull put may still be reading our blocks, and closing
      * the connection cannot stop its reads (CMA needs no key): wait for its
      * answer, up to the request's deadline, before the caller may reuse
@@ -4237,6 +4334,8 @@ int kvs__peer_progress(kvs__peer_t *pp)
 {
     lock(pp);
     int n = progress_locked(pp);
+    while (run_a_mapped_copy(pp)) /* the caller's deferred copies are progress too */
+        n++;
     unlock(pp);
     return n;
 }

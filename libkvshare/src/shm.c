@@ -1618,6 +1618,16 @@ static bool attach_for(kvs__shm_peer_t *sp, const uint8_t *const *block_at, size
     return !sp->broken && !sp->cu_failed;
 }
 
+bool kvs__shm_peer_usable(kvs__shm_peer_t *sp)
+{
+    if (sp == NULL)
+        return false;
+    pthread_mutex_lock(&sp->lock);
+    bool ok = !sp->broken && !sp->cu_failed;
+    pthread_mutex_unlock(&sp->lock);
+    return ok;
+}
+
 kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                             struct kvs_pool *dst, const uint32_t *ids, size_t count,
                             size_t *bytes_p)

@@ -178,6 +178,11 @@ bool kvs__shm_peer_withdraw(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n
 kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                             struct kvs_pool *dst, const uint32_t *ids, size_t count,
                             size_t *bytes_p);
+/* Whether fetches from this holder may still take the mapped path (the
+ * handover did not fail, no CUDA copy failed): callers that defer a copy
+ * start the transport at once when not. */
+bool kvs__shm_peer_usable(kvs__shm_peer_t *sp);
+
 struct kvs__xfer;
 /* A fetch across views (plan_int.h) from the mapping: each block's planned
  * ranges into @staging (x->stage_bytes) and its long runs straight into

@@ -43,6 +43,11 @@
  *              up and fetching after each: neither fails BUSY, every byte right; then a
  *              client (KVSHARE_SHM=off: the node GETs) offloads one block from a new pool
  *              each time, as many times: every put pulled by the node, none BUSY
+ *   defer      the copy of a fetch from the mapping waits for a thread that waits: a lookup
+ *              whose reply is held up (the holder stopped for 200 ms) copies the last
+ *              fetch meanwhile (kvs_request_test then says OK, every byte right); a
+ *              kvs_request_wait with no time left still copies; a fetch freed before any
+ *              wait never copies, and the next one does
  *   exit       the holder is killed while the reader holds a lease: the reader's fetch does
  *              not crash, and its mappings of the holder go once the connection is gone
  *   cuda       the holder's KV is a CUDA VMM allocation (the fake driver, tests/fakecuda)
@@ -72,6 +77,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1573,6 +1579,102 @@ static void s_churn(void)
     stop_holder(&n);
 }
 
+/* Lookup of keys first..first+n-1 at @addr, every one a hit. */
+static kvs_lease_h lookup_all(reader_t *r, const char *addr, uint32_t first, uint32_t n)
+{
+    kvs_key_t keys[2 * NBLOCKS];
+    for (uint32_t i = 0; i < n; i++)
+        keys[i] = key_of(first + i);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = addr};
+    kvs_lease_h lease = NULL;
+    if (kvs_lookup(r->ctx, kvs_pool_layout_id(r->pool), keys, n, &lp, &lease) != KVS_OK ||
+        kvs_lease_hits(lease) != n)
+        FAIL("lookup of keys %u..%u", first, first + n - 1);
+    return lease;
+}
+
+/* The lease's hits into blocks 0..n-1. */
+static kvs_request_h fetch_start(reader_t *r, kvs_lease_h lease, uint32_t n)
+{
+    uint32_t ids[NBLOCKS];
+    for (uint32_t i = 0; i < n; i++)
+        ids[i] = i;
+    kvs_request_h req = NULL;
+    if (kvs_fetch(lease, r->pool, ids, n, NULL, &req) != KVS_OK)
+        FAIL("kvs_fetch");
+    return req;
+}
+
+static bool all_zero(const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != 0)
+            return false;
+    return true;
+}
+
+static void *cont_later(void *arg)
+{
+    struct timespec ts = {0, 200 * 1000000L};
+    nanosleep(&ts, NULL);
+    kill(*(pid_t *)arg, SIGCONT);
+    return NULL;
+}
+
+static void s_defer(void)
+{
+    child_t h = start_holder();
+    reader_t r = reader_new();
+    const uint32_t half = NBLOCKS / 2;
+    kvs_lease_h l1 = lookup_all(&r, h.addr, 0, half);
+    uint64_t before = shm_bytes(&r);
+    kvs_request_h f1 = fetch_start(&r, l1, half);
+    if (shm_bytes(&r) != before)
+        FAIL("defer: kvs_fetch copied in the call");
+    /* The next lookup's reply cannot come for 200 ms: its wait copies f1. */
+    kill(h.pid, SIGSTOP);
+    pthread_t th;
+    if (pthread_create(&th, NULL, cont_later, &h.pid) != 0)
+        FAIL("pthread_create");
+    kvs_lease_h l2 = lookup_all(&r, h.addr, half, half);
+    pthread_join(th, NULL);
+    if (shm_bytes(&r) != before + (uint64_t)half * BB)
+        FAIL("defer: the lookup's wait did not copy the fetch before it (%llu bytes, %llu "
+             "expected)",
+             (unsigned long long)(shm_bytes(&r) - before), (unsigned long long)half * BB);
+    kvs_status_t st = kvs_request_test(f1);
+    if (st != KVS_OK)
+        FAIL("defer: the fetch copied during the lookup: %s", kvs_status_string(st));
+    check(&r, 0, half, 1);
+    kvs_request_free(f1);
+    kvs_lease_release(l1);
+    printf("ok: defer: a lookup waiting for its reply copied the fetch before it\n");
+    kvs_request_h f2 = fetch_start(&r, l2, half);
+    if ((st = kvs_request_wait(f2, 0)) != KVS_OK)
+        FAIL("defer: kvs_request_wait(0) of a mapped fetch: %s", kvs_status_string(st));
+    check(&r, half, half, 1);
+    kvs_request_free(f2);
+    kvs_lease_release(l2);
+    kvs_lease_h l3 = lookup_all(&r, h.addr, 0, half);
+    before = shm_bytes(&r);
+    memset(r.mem, 0, (size_t)half * BB);
+    kvs_request_free(fetch_start(&r, l3, half));
+    if (shm_bytes(&r) != before || !all_zero(r.mem, (size_t)half * BB))
+        FAIL("defer: a fetch freed before any wait copied");
+    kvs_request_h f3 = fetch_start(&r, l3, half);
+    if ((st = kvs_request_wait(f3, -1)) != KVS_OK)
+        FAIL("defer: the fetch after a freed one: %s", kvs_status_string(st));
+    check(&r, 0, half, 1);
+    kvs_request_free(f3);
+    kvs_lease_release(l3);
+    printf("ok: defer: kvs_request_wait with no time left copies; a fetch freed before any "
+           "wait never copies\n");
+    reader_free(&r);
+    stop_holder(&h);
+}
+
 static void s_exit(void)
 {
     child_t h = start_holder();
@@ -1848,12 +1950,12 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         void (*fn)(void);
-    } all[] = {{"mapped", s_mapped},       {"midread", s_midread},  {"xview", s_xview},
-               {"otherhost", s_otherhost}, {"unauth", s_unauth},    {"silent", s_silent},
-               {"exit", s_exit},           {"cuda", s_cuda},        {"cudamid", s_cudamid},
-               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst},  {"cudaxview", s_cudaxview},
-               {"offers", s_offers},       {"cudaput", s_cudaput},  {"forget", s_forget},
-               {"churn", s_churn},         {"withdraw", s_withdraw}};
+    } all[] = {{"mapped", s_mapped},       {"midread", s_midread}, {"xview", s_xview},
+               {"otherhost", s_otherhost}, {"unauth", s_unauth},   {"silent", s_silent},
+               {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
+               {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
+               {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget},
+               {"churn", s_churn},         {"defer", s_defer},     {"withdraw", s_withdraw}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
