@@ -2557,7 +2557,7 @@ static void check_deadlines(kvs__peer_t *pp)
     uint64_t t = now_ns();
     for (preq_t *r = pp->reqs; r != NULL; r = r->next) {
         if (r->status == KVS_INPROGRESS && t > r->deadline_ns && r->conn->state != S_FAILED &&
-            r->mapped != MAPPED_RUNNING) { /* a copy running ends by itself */
+            r->mapped == MAPPED_NONE) { /* a mapped copy needs no peer: it runs when waited for */
             /* Closing the connection cancels what is in flight, so nothing
              * lands in the destination after we report the timeout. */
             conn_fail(r->conn, KVS_ERR_TIMED_OUT, "request timed out");

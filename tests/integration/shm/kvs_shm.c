@@ -1635,6 +1635,9 @@ static void s_defer(void)
         FAIL("defer: kvs_fetch copied in the call");
     /* The next lookup's reply cannot come for 200 ms: its wait copies f1. */
     kill(h.pid, SIGSTOP);
+    int ws = 0; /* stopped for sure: it could answer between kill() and its stop */
+    if (waitpid(h.pid, &ws, WUNTRACED) != h.pid || !WIFSTOPPED(ws))
+        FAIL("defer: the holder did not stop");
     pthread_t th;
     if (pthread_create(&th, NULL, cont_later, &h.pid) != 0)
         FAIL("pthread_create");
