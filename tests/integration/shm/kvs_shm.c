@@ -47,7 +47,8 @@
  *              whose reply is held up (the holder stopped for 200 ms) copies the last
  *              fetch meanwhile (kvs_request_test then says OK, every byte right); a
  *              kvs_request_wait with no time left still copies; a fetch freed before any
- *              wait never copies, and the next one does
+ *              wait never copies, and the next one does; one waited for only after its
+ *              deadline is not timed out (the copy needs no peer)
  *   exit       the holder is killed while the reader holds a lease: the reader's fetch does
  *              not crash, and its mappings of the holder go once the connection is gone
  *   cuda       the holder's KV is a CUDA VMM allocation (the fake driver, tests/fakecuda)
@@ -1672,8 +1673,27 @@ static void s_defer(void)
     check(&r, 0, half, 1);
     kvs_request_free(f3);
     kvs_lease_release(l3);
+    /* Waited for after its deadline: a copy not started needs no peer, so
+     * it is not timed out (which would also close the connection). */
+    kvs_lease_h l4 = lookup_all(&r, h.addr, half, half);
+    uint32_t ids4[NBLOCKS];
+    for (uint32_t i = 0; i < half; i++)
+        ids4[i] = i;
+    kvs_fetch_params_t fp = {.field_mask = KVS_FETCH_FIELD_TIMEOUT_MS, .timeout_ms = 20};
+    kvs_request_h f4 = NULL;
+    if (kvs_fetch(l4, r.pool, ids4, half, &fp, &f4) != KVS_OK)
+        FAIL("defer: kvs_fetch with a 20 ms deadline");
+    struct timespec pause = {0, 150 * 1000000L};
+    nanosleep(&pause, NULL);
+    if ((st = kvs_request_wait(f4, -1)) != KVS_OK)
+        FAIL("defer: a mapped fetch waited for after its deadline: %s", kvs_status_string(st));
+    check(&r, half, half, 1);
+    kvs_request_free(f4);
+    kvs_lease_release(l4);
+    if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK)
+        FAIL("defer: the connection after a late wait");
     printf("ok: defer: kvs_request_wait with no time left copies; a fetch freed before any "
-           "wait never copies\n");
+           "wait never copies; one waited for past its deadline still copies\n");
     reader_free(&r);
     stop_holder(&h);
 }
