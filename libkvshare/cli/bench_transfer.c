@@ -256,8 +256,9 @@ static int serve(const xopts_t *o)
 }
 
 /* Where a pass's time went, summed over its batches (microseconds): the
- * lookup (a round trip to the holder), kvs_fetch() (on the mapped path the
- * copy itself), the wait for its end and the release. */
+ * lookup (a round trip to the holder), kvs_fetch(), the wait for its end
+ * (on the mapped path the copy itself, unless the next batch's lookup ran
+ * it while waiting for its reply: --inflight 2) and the release. */
 typedef struct phases {
     double lookup, fetch, wait, release;
     uint64_t batches;

@@ -2560,7 +2560,13 @@ static void check_deadlines(kvs__peer_t *pp)
             r->mapped == MAPPED_NONE) { /* a mapped copy needs no peer: it runs when waited for */
             /* Closing the connection cancels what is in flight, so nothing
              * lands in the destination after we report the timeout. */
-            conn_fail(r->conn, KVS_ERR_TIMED_OUT, "request timed out");
+            conn_fail(r->conn, KVS_ERR_TIMED_OUT,
+                      "request timed out (%s, stage %d: %zu of %zu bytes, %d transport "
+                      "operations outstanding)",
+                      r->is_put ? "put"
+                      : r->push ? "fetch pushed"
+                                : "fetch by GET",
+                      r->stage, r->bytes_got, r->bytes_expected, r->outstanding);
             r->status = KVS_ERR_TIMED_OUT;
         }
     }
