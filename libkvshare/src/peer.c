@@ -3712,6 +3712,19 @@ static void fetch_transport(preq_t *r)
         r->status = st;
 }
 
+/* The end of fetch @r's copy from the mapping (lock held): its status, or
+ * for a copy the mapping could not serve (UNSUPPORTED), the transport. */
+static void mapped_result(kvs__peer_t *pp, preq_t *r, kvs_status_t st, size_t bytes)
+{
+    if (st == KVS_ERR_UNSUPPORTED) {
+        fetch_transport(r);
+        return;
+    }
+    r->status = st;
+    if (st == KVS_OK)
+        __atomic_fetch_add(&pp->shm_bytes, bytes, __ATOMIC_RELAXED);
+}
+
 kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst,
                              const uint32_t *ids, size_t count, size_t first, uint32_t timeout_ms,
                              void **preq_p)
@@ -3785,12 +3798,8 @@ kvs_status_t kvs__peer_fetch(kvs__peer_t *pp, void *rlease, struct kvs_pool *dst
     } else if (defer) {
         r->mapped = MAPPED_PENDING;
         pp->mapped_pending++;
-    } else if (shm_st != KVS_ERR_UNSUPPORTED) {
-        r->status = shm_st;
-        if (shm_st == KVS_OK)
-            __atomic_fetch_add(&pp->shm_bytes, shm_bytes, __ATOMIC_RELAXED);
     } else {
-        fetch_transport(r);
+        mapped_result(pp, r, shm_st, shm_bytes); /* not tried (UNSUPPORTED): the transport */
     }
     if (r->status == KVS_INPROGRESS && !defer)
         kick(pp); /* only posted transport work needs the progress thread */
@@ -3819,15 +3828,10 @@ static void run_mapped_copy(kvs__peer_t *pp, preq_t *r)
                             &bytes);
     lock(pp);
     r->mapped = MAPPED_NONE;
-    if (r->status != KVS_INPROGRESS) {
-        /* The connection failed meanwhile: that status stands. */
-    } else if (st != KVS_ERR_UNSUPPORTED) {
-        r->status = st;
-        if (st == KVS_OK)
-            __atomic_fetch_add(&pp->shm_bytes, bytes, __ATOMIC_RELAXED);
-    } else {
-        fetch_transport(r);
-        kick(pp);
+    if (r->status == KVS_INPROGRESS) { /* else the connection failed meanwhile: that stands */
+        mapped_result(pp, r, st, bytes);
+        if (r->status == KVS_INPROGRESS)
+            kick(pp);
     }
     pthread_cond_broadcast(&pp->cond);
 }
