@@ -500,25 +500,35 @@ static uint64_t shm_bytes(const reader_t *r)
     return st.shm_fetched_bytes;
 }
 
+/* Looks up keys first..first+n-1 at @addr: the lookup's status; one that
+ * answers must hit every key. */
+static kvs_status_t lookup_keys(reader_t *r, const char *addr, uint32_t first, uint32_t n,
+                                kvs_lease_h *lease_p)
+{
+    kvs_key_t keys[2 * NBLOCKS];
+    for (uint32_t i = 0; i < n; i++)
+        keys[i] = key_of(first + i);
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = addr};
+    *lease_p = NULL;
+    kvs_status_t st = kvs_lookup(r->ctx, kvs_pool_layout_id(r->pool), keys, n, &lp, lease_p);
+    if (st == KVS_OK && kvs_lease_hits(*lease_p) != n)
+        FAIL("lookup: %zu of %u hits", kvs_lease_hits(*lease_p), n);
+    return st;
+}
+
 /* Looks up keys first..first+n-1 at @addr and fetches them into blocks
  * 0..n-1; returns the fetch's status (the lookup must hit every key). */
 static kvs_status_t fetch(reader_t *r, const char *addr, uint32_t first, uint32_t n)
 {
-    kvs_key_t keys[2 * NBLOCKS];
     uint32_t ids[NBLOCKS];
-    for (uint32_t i = 0; i < n; i++) {
-        keys[i] = key_of(first + i);
+    for (uint32_t i = 0; i < n; i++)
         ids[i] = i;
-    }
-    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
-                              .sources = KVS_SOURCE_PEER,
-                              .peer = addr};
     kvs_lease_h lease = NULL;
-    kvs_status_t st = kvs_lookup(r->ctx, kvs_pool_layout_id(r->pool), keys, n, &lp, &lease);
+    kvs_status_t st = lookup_keys(r, addr, first, n, &lease);
     if (st != KVS_OK)
         return st;
-    if (kvs_lease_hits(lease) != n)
-        FAIL("lookup: %zu of %u hits", kvs_lease_hits(lease), n);
     kvs_request_h req = NULL;
     memset(r->mem, r->unset, (size_t)NBLOCKS * r->bb);
     if (r->dev != 0)
@@ -1425,13 +1435,8 @@ static void replace_mid_copy(void)
     if (forget_calls++ > 0)
         return;
     ask(forget_holder, "replace", "forget");
-    kvs_key_t k = key_of(0);
-    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
-                              .sources = KVS_SOURCE_PEER,
-                              .peer = forget_holder->addr};
     kvs_lease_h lease = NULL;
-    if (kvs_lookup(forget_reader->ctx, kvs_pool_layout_id(forget_reader->pool), &k, 1, &lp,
-                   &lease) != KVS_OK)
+    if (lookup_keys(forget_reader, forget_holder->addr, 0, 1, &lease) != KVS_OK)
         FAIL("forget: the lookup during the copy");
     kvs_lease_release(lease);
 }
@@ -1583,15 +1588,8 @@ static void s_churn(void)
 /* Lookup of keys first..first+n-1 at @addr, every one a hit. */
 static kvs_lease_h lookup_all(reader_t *r, const char *addr, uint32_t first, uint32_t n)
 {
-    kvs_key_t keys[2 * NBLOCKS];
-    for (uint32_t i = 0; i < n; i++)
-        keys[i] = key_of(first + i);
-    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
-                              .sources = KVS_SOURCE_PEER,
-                              .peer = addr};
     kvs_lease_h lease = NULL;
-    if (kvs_lookup(r->ctx, kvs_pool_layout_id(r->pool), keys, n, &lp, &lease) != KVS_OK ||
-        kvs_lease_hits(lease) != n)
+    if (lookup_keys(r, addr, first, n, &lease) != KVS_OK)
         FAIL("lookup of keys %u..%u", first, first + n - 1);
     return lease;
 }
@@ -1704,19 +1702,10 @@ static void s_exit(void)
     reader_t r = reader_new();
     if (fetch(&r, h.addr, 0, 8) != KVS_OK || shm_bytes(&r) == 0 || maps_of(h.pid) == 0)
         FAIL("exit: the first fetch did not map the holder's memory");
-    kvs_key_t keys[8];
     uint32_t ids[8];
-    for (uint32_t i = 0; i < 8; i++) {
-        keys[i] = key_of(i);
+    for (uint32_t i = 0; i < 8; i++)
         ids[i] = i;
-    }
-    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
-                              .sources = KVS_SOURCE_PEER,
-                              .peer = h.addr};
-    kvs_lease_h lease = NULL;
-    if (kvs_lookup(r.ctx, kvs_pool_layout_id(r.pool), keys, 8, &lp, &lease) != KVS_OK ||
-        kvs_lease_hits(lease) != 8)
-        FAIL("exit: lookup");
+    kvs_lease_h lease = lookup_all(&r, h.addr, 0, 8);
     pid_t pid = h.pid;
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
