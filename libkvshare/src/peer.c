@@ -649,6 +649,18 @@ static void put_regions(kvs__peer_t *pp, conn_t *c, kvs__buf_t *b)
     c->regions_sent = pp->regions_version;
 }
 
+/* Entry @k of the peer's region table goes: its rkey destroyed, the last
+ * entry moved into its place (nothing keeps an index into rr across the
+ * lock). Lock held. */
+static void drop_rregion(conn_t *c, size_t k)
+{
+    rregion_t *r = &c->rr[k];
+    if (r->rkey != NULL)
+        c->pp->ops->rkey_destroy(c->pp->tl, r->rkey);
+    kvs__free(r->rkey_buf);
+    *r = c->rr[--c->nrr];
+}
+
 /* The regions the holder no longer has whose rkeys no GET can be using
  * any more are dropped (lock held): every request that could have named
  * one (ids up to its gone_after) is done with the transport. */
@@ -662,15 +674,11 @@ static void reap_rregions(conn_t *c)
         if (r->conn == c && r->outstanding > 0 && r->req_id < busy)
             busy = r->req_id;
     for (size_t k = 0; k < c->nrr;) {
-        rregion_t *r = &c->rr[k];
-        if (r->gone_after == 0 || r->gone_after >= busy) {
+        if (c->rr[k].gone_after == 0 || c->rr[k].gone_after >= busy) {
             k++;
             continue;
         }
-        if (r->rkey != NULL)
-            pp->ops->rkey_destroy(pp->tl, r->rkey);
-        kvs__free(r->rkey_buf);
-        *r = c->rr[--c->nrr]; /* nothing keeps an index into rr across the lock */
+        drop_rregion(c, k);
         c->nrr_gone--;
     }
 }
@@ -684,19 +692,13 @@ static void drop_unused_rregions(conn_t *c, const kvs__msg_t *m)
 {
     if (c->nputs > 0)
         return;
-    kvs__peer_t *pp = c->pp;
     for (size_t k = 0; k < c->nrr;) {
-        rregion_t *r = &c->rr[k];
-        if (kvs__proto_regions_have(m->regions, m->nregions, r->id)) {
+        if (kvs__proto_regions_have(m->regions, m->nregions, c->rr[k].id))
             k++;
-            continue;
-        }
-        if (r->rkey != NULL)
-            pp->ops->rkey_destroy(pp->tl, r->rkey);
-        kvs__free(r->rkey_buf);
-        *r = c->rr[--c->nrr];
+        else
+            drop_rregion(c, k);
     }
-    kvs__debug(pp->log, "peer %s: its regions filled our table: kept the %zu its put reads",
+    kvs__debug(c->pp->log, "peer %s: its regions filled our table: kept the %zu its put reads",
                c->peer, c->nrr);
 }
 
