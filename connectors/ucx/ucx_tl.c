@@ -401,7 +401,25 @@ static kvs_status_t u_init(const kvs__config_t *cfg, const kvs__logger_t *log,
                        .features =
                            UCP_FEATURE_AM | UCP_FEATURE_RMA | (tl->wakeup ? UCP_FEATURE_WAKEUP : 0),
                        .mt_workers_shared = 0};
-    ucs_status_t s = ucp_init(&up, NULL, &tl->ucp);
+    /* Unless UCX_TLS says otherwise: no shared-memory FIFO transports (mm:
+     * posix, sysv, xpmem). A sender claims a slot of the receiver's FIFO,
+     * writes it, then marks it written, and the receiver reads the slots in
+     * order: a peer killed in between leaves a slot that is never marked, and
+     * every later message to this process through that FIFO, from any peer
+     * on the host, waits behind it for good (transport_failures saw the next
+     * peer's GETs stall: 0 bytes, every operation outstanding, while its
+     * lookups over TCP were answered). Same-host GETs still take CMA (mm
+     * cannot register memory it did not allocate, so it never read ours);
+     * messages take TCP. */
+    ucp_config_t *ucfg = NULL;
+    if (getenv("UCX_TLS") == NULL && ucp_config_read(NULL, NULL, &ucfg) == UCS_OK &&
+        ucp_config_modify(ucfg, "TLS", "^mm") != UCS_OK) {
+        ucp_config_release(ucfg);
+        ucfg = NULL;
+    }
+    ucs_status_t s = ucp_init(&up, ucfg, &tl->ucp);
+    if (ucfg != NULL)
+        ucp_config_release(ucfg);
     if (s != UCS_OK) {
         snprintf(err, errlen, "ucp_init: %s", ucs_status_string(s));
         tl->ucp = NULL;
