@@ -97,17 +97,6 @@ static void run_probe(probe_run_t *r, const char *exe, const char *how, const ch
     }
     envp[n++] = preload;
     envp[n++] = libpath;
-    if (KVS_TEST_ASAN_RUNTIME[0] != '\0' && getenv("UCX_TLS") == NULL) {
-        /* The sanitizer's bug, not ours: with libkvshare and UCX dlopen'ed
-         * (the shim loads them lazily), ASan's strict_string_checks=1 and
-         * kvshare's default transport set (cma, no mm), LeakSanitizer's
-         * tracer reads a dynamic-TLS entry of garbage at exit and dies
-         * with SIGSEGV ("DTLS 7 at 0x0000000000d2-..." under
-         * LSAN_OPTIONS=verbosity=1:log_threads=1). UCX's own set does not
-         * trip it; these probes never move bytes between processes. See
-         * docs/transport.md (item 3b). */
-        envp[n++] = "UCX_TLS=all";
-    }
     for (size_t i = 0; env != NULL && env[i] != NULL && n < 254; i++) {
         envp[n++] = (char *)env[i];
     }
