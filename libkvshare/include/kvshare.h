@@ -874,6 +874,7 @@ enum kvs_stats_field {
     KVS_STATS_FIELD_PEERS = 1u << 0, /* fill `peers` (a later field) */
     KVS_STATS_FIELD_SHM = 1u << 1,   /* fill `shm_fetched_bytes` */
     KVS_STATS_FIELD_PUTS = 1u << 2,  /* fill `put_pulled_blocks` .. `put_fallbacks` */
+    KVS_STATS_FIELD_COPY = 1u << 3,  /* fill `shm_helper_bytes` */
 };
 
 /* The fields before `peers` are always filled; later ones only when their
@@ -903,6 +904,10 @@ typedef struct kvs_stats {
     uint64_t put_pulled_blocks;
     uint64_t put_pushed_blocks;
     uint64_t put_fallbacks;
+    /* Of shm_fetched_bytes, those this context's copy helper threads copied
+     * (KVS_STATS_FIELD_COPY; KVSHARE_COPY_THREADS): a copy of 256 KiB or
+     * more is shared between the thread that waits for it and the helpers. */
+    uint64_t shm_helper_bytes;
 } kvs_stats_t;
 
 /** Fills *stats (a consistent-enough snapshot; counters are relaxed). */

@@ -140,6 +140,11 @@ static kvs_status_t p_thread_poll_us(const char *s, kvs__config_t *c)
     return parse_u32(s, 0, KVS__POLL_US_MAX, &c->thread_poll_us);
 }
 
+static kvs_status_t p_copy_threads(const char *s, kvs__config_t *c)
+{
+    return parse_u32(s, 0, KVS__COPY_THREADS_MAX, &c->copy_threads);
+}
+
 static kvs_status_t p_listen(const char *s, kvs__config_t *c)
 {
     /* HOST:PORT (util/endpoint.c; port 0 picks one); "" turns the listener off. */
@@ -221,6 +226,9 @@ static const setting_t settings[] = {
      p_poll_us, 0},
     {"thread_poll_us", "KVSHARE_THREAD_POLL_US",
      "microseconds, 0 to 1000 (0: the progress thread sleeps at once)", p_thread_poll_us, 0},
+    {"copy_threads", "KVSHARE_COPY_THREADS",
+     "0 to 8 (helper threads for same-host copies; 0: the waiting thread copies alone)",
+     p_copy_threads, 0},
     {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_fetch_timeout,
      KVS_CTX_FIELD_FETCH_TIMEOUT},
     {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout,
@@ -406,6 +414,7 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     cfg->progress = KVS_PROGRESS_THREAD;
     cfg->poll_us = KVS__POLL_US_DEFAULT;
     cfg->thread_poll_us = KVS__THREAD_POLL_US_DEFAULT;
+    cfg->copy_threads = KVS__COPY_THREADS_DEFAULT;
     cfg->fetch_timeout_ms = 5000;
     cfg->lease_timeout_ms = 30000;
     strcpy(cfg->transport, "auto");

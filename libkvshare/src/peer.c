@@ -20,6 +20,7 @@
 #include "peer_int.h"
 
 #include "auth_int.h"
+#include "copier_int.h"
 #include "boot_int.h"
 #include "pool_int.h"
 #include "proto_int.h"
@@ -351,6 +352,7 @@ struct kvs__peer {
     bool shm_on;             /* KVSHARE_SHM=auto */
     kvs__shm_srv_t *shm_srv; /* hands our memfds to same-host readers */
     uint64_t shm_bytes;      /* fetched through mapped memory (atomic builtins) */
+    kvs__copier_t *copier;   /* KVSHARE_COPY_THREADS: shares those copies (copier_int.h) */
     /* Our puts' blocks stored by the node's reads vs by our pushes, and
      * connections that fell back from pull to push (lock held). */
     uint64_t put_pulled_blocks, put_pushed_blocks, put_fallbacks;
@@ -3040,6 +3042,7 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
         c->shm = kvs__shm_peer_new(m.u.hello_ack.boot_id, m.u.hello_ack.shm_path,
                                    m.u.hello_ack.shm_path_len, c->session, pp->secret,
                                    pp->secret_len, pp->open, c->peer, pp->log);
+    kvs__shm_peer_set_copier(c->shm, pp->copier);
     bool rma = false;
     if (st == KVS_OK)
         st = pp->ops->connect(pp->tl, m.u.hello_ack.addr, m.u.hello_ack.addr_len, c, &c->ep, &rma);
@@ -4484,6 +4487,11 @@ static void shm_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
     }
 }
 
+uint64_t kvs__peer_copy_helped(kvs__peer_t *pp)
+{
+    return kvs__copier_helped(pp->copier);
+}
+
 uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp)
 {
     return __atomic_load_n(&pp->shm_bytes, __ATOMIC_RELAXED);
@@ -4567,6 +4575,11 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     pp->shm_on = cfg->shm;
     if (pp->lfd >= 0 && cfg->shm && !pp->no_secret)
         shm_serve(pp, cfg);
+    /* Helpers for the copies from same-host holders' mappings; none on a
+     * single CPU, where they could only take turns with the caller. */
+    if (cfg->shm && sysconf(_SC_NPROCESSORS_ONLN) > 1 &&
+        (st = kvs__copier_new(cfg->copy_threads, pp->log, &pp->copier)) != KVS_OK)
+        goto fail;
     if (pp->thread_mode) {
         st = KVS_ERR_IO;
         pp->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -4670,6 +4683,7 @@ void kvs__peer_destroy(kvs__peer_t *pp)
     kvs__free(pp->scratch_pieces);
     kvs__free(pp->poll_fds);
     kvs__free(pp->poll_who);
+    kvs__copier_free(pp->copier); /* every copy ended with its request */
     pthread_cond_destroy(&pp->cond);
     pthread_mutex_destroy(&pp->lock);
     kvs__free(pp);

@@ -34,6 +34,8 @@ kvs_status_t kvs__peer_listen_addr(kvs__peer_t *pp, char *buf, size_t len);
 size_t kvs__peer_count(kvs__peer_t *pp);
 /* Bytes fetched by copying from a same-host holder's mapped memory. */
 uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp);
+/* Of those, the bytes the context's copy helpers copied (KVSHARE_COPY_THREADS). */
+uint64_t kvs__peer_copy_helped(kvs__peer_t *pp);
 /* Our puts' blocks the nodes stored by reading them (pull) and by our
  * pushes, and connections whose puts fell back from pull to push. */
 void kvs__peer_put_stats(kvs__peer_t *pp, uint64_t *pulled_p, uint64_t *pushed_p,

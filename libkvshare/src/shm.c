@@ -2,6 +2,8 @@
 /* shm.c - memfd-backed memory, the holder's Unix-socket handover and the reader's mapped copy. */
 #include "shm_int.h"
 
+#include "copier_int.h"
+
 #include "kvs_cuda.h"
 #include "plan_int.h"
 #include "pool_int.h"
@@ -919,8 +921,15 @@ struct kvs__shm_peer {
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
-    uint32_t copying; /* copies reading the mappings outside the lock */
+    uint32_t copying;      /* copies reading the mappings outside the lock */
+    kvs__copier_t *copier; /* the context's copy helpers (the peer plane's), or NULL */
 };
+
+void kvs__shm_peer_set_copier(kvs__shm_peer_t *sp, struct kvs__copier *cp)
+{
+    if (sp != NULL)
+        sp->copier = cp;
+}
 
 kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, size_t path_len,
                                    const uint8_t *session, const uint8_t *secret, size_t secret_len,
@@ -1525,8 +1534,33 @@ static CUresult copy_cuda(const kvs_cuda_driver_t *drv, const run_t *r)
  * before this returns (even after a failure), so the generation check
  * after it follows every read of the source. False when the driver failed
  * a copy: this connection takes the transport. */
+static void run_item(void *arg, size_t i, void **dst, const void **src, size_t *len)
+{
+    const run_t *r = (const run_t *)arg + i;
+    *dst = r->dst;
+    *src = r->src;
+    *len = r->len;
+}
+
+/* Host runs only: shared with the context's copy helpers when large enough
+ * (copier_int.h); true. */
+static bool copy_host_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns, size_t *bytes_p)
+{
+    for (size_t i = 0; i < nruns; i++)
+        if (runs[i].ctx != NULL || runs[i].dst_ctx != NULL)
+            return false;
+    kvs__copier_run(sp->copier, nruns, run_item, (void *)runs);
+    size_t bytes = 0;
+    for (size_t i = 0; i < nruns; i++)
+        bytes += runs[i].len;
+    *bytes_p = bytes;
+    return true;
+}
+
 static bool copy_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns, size_t *bytes_p)
 {
+    if (sp->copier != NULL && copy_host_runs(sp, runs, nruns, bytes_p))
+        return true;
     const kvs_cuda_driver_t *drv = NULL;
     const char *why = NULL;
     CUcontext prev = NULL, cur = NULL;

@@ -135,6 +135,10 @@ typedef struct kvs__shm_peer kvs__shm_peer_t;
 /* The same-host state of one connection, or NULL when the holder is on
  * another host (boot ids differ) or the path is unusable. @secret and @log
  * are borrowed. */
+struct kvs__copier;
+/* The context's copy helpers, which share large host copies from the
+ * mapping (copier_int.h); NULL: the copying thread alone. */
+void kvs__shm_peer_set_copier(kvs__shm_peer_t *sp, struct kvs__copier *cp);
 kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, size_t path_len,
                                    const uint8_t *session, const uint8_t *secret, size_t secret_len,
                                    bool open, const char *peer, const kvs__logger_t *log);

@@ -1696,6 +1696,62 @@ static void s_defer(void)
     stop_holder(&h);
 }
 
+static uint64_t helper_bytes(const reader_t *r)
+{
+    kvs_stats_t st = {.field_mask = KVS_STATS_FIELD_COPY};
+    kvs_stats_query(r->ctx, &st);
+    return st.shm_helper_bytes;
+}
+
+/* Copies of 256 KiB or more are shared with the context's copy helper
+ * (KVSHARE_COPY_THREADS, default 1): whole blocks and a TP view's planned
+ * copies land byte for byte whoever copied them; with 0 the waiting thread
+ * copies alone. */
+static void s_helpers(void)
+{
+    child_t h = start_holder();
+    reader_t r = reader_new();
+    reader_t x = reader_tp2();
+    setenv("KVSHARE_COPY_THREADS", "0", 1);
+    reader_t a = reader_new();
+    unsetenv("KVSHARE_COPY_THREADS");
+    for (int i = 0; i < 20; i++) {
+        memset(r.mem, 0, (size_t)NBLOCKS * BB);
+        memset(a.mem, 0, (size_t)NBLOCKS * BB);
+        memset(x.mem, x.unset, (size_t)NBLOCKS * XBB);
+        kvs_status_t sr = fetch(&r, h.addr, 0, NBLOCKS), sx = fetch(&x, h.addr, 0, NBLOCKS),
+                     sa = fetch(&a, h.addr, 0, NBLOCKS);
+        if (sr != KVS_OK || sx != KVS_OK || sa != KVS_OK)
+            FAIL("helpers: round %d: blocks %s, TP view %s, alone %s", i, kvs_status_string(sr),
+                 kvs_status_string(sx), kvs_status_string(sa));
+        check(&r, 0, NBLOCKS, 1);
+        x_check(&x, 0, NBLOCKS, 1, 1, "helpers");
+        check(&a, 0, NBLOCKS, 1);
+    }
+    const uint64_t whole = 20ull * NBLOCKS * BB;
+    if (shm_bytes(&r) != whole || shm_bytes(&a) != whole || shm_bytes(&x) != whole / 2)
+        FAIL("helpers: not every fetch took the mapped path (%llu, %llu, %llu bytes)",
+             (unsigned long long)shm_bytes(&r), (unsigned long long)shm_bytes(&a),
+             (unsigned long long)shm_bytes(&x));
+    /* A helper that wakes late can miss one copy, not all twenty. */
+    bool cpus = sysconf(_SC_NPROCESSORS_ONLN) > 1;
+    if (helper_bytes(&a) != 0 || (cpus && (helper_bytes(&r) == 0 || helper_bytes(&x) == 0)) ||
+        helper_bytes(&r) > whole || helper_bytes(&x) > whole / 2)
+        FAIL("helpers: bytes copied by helpers: %llu of %llu (blocks), %llu of %llu (TP view), "
+             "%llu with KVSHARE_COPY_THREADS=0",
+             (unsigned long long)helper_bytes(&r), (unsigned long long)whole,
+             (unsigned long long)helper_bytes(&x), (unsigned long long)whole / 2,
+             (unsigned long long)helper_bytes(&a));
+    printf("ok: helpers: 20 fetches of %u blocks each way, every byte; the helper copied %llu of "
+           "%llu bytes (%llu of %llu of the TP view's), none with KVSHARE_COPY_THREADS=0\n",
+           NBLOCKS, (unsigned long long)helper_bytes(&r), (unsigned long long)whole,
+           (unsigned long long)helper_bytes(&x), (unsigned long long)whole / 2);
+    reader_free(&a);
+    reader_free(&x);
+    reader_free(&r);
+    stop_holder(&h);
+}
+
 static void s_exit(void)
 {
     child_t h = start_holder();
@@ -1967,7 +2023,8 @@ int main(int argc, char **argv)
                {"exit", s_exit},           {"cuda", s_cuda},       {"cudamid", s_cudamid},
                {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
                {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget},
-               {"churn", s_churn},         {"defer", s_defer},     {"withdraw", s_withdraw}};
+               {"churn", s_churn},         {"defer", s_defer},     {"withdraw", s_withdraw},
+               {"helpers", s_helpers}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)

@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* copier.c - helper threads that share a large memcpy with the thread that asked for it.
+ * See copier_int.h. */
+#include "copier_int.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+/* A claim: items [i0, i1), the first from byte off0, the last (i1 - 1 when
+ * off1 == 0, else i1) up to byte off1. */
+typedef struct claim {
+    size_t i0, off0, i1, off1;
+} claim_t;
+
+struct kvs__copier {
+    pthread_mutex_t mu;
+    pthread_cond_t wake; /* helpers: a job, or stop */
+    pthread_cond_t idle; /* the caller: no helper inside the job */
+    pthread_t th[KVS__COPIER_MAX_THREADS];
+    unsigned started, running;
+    bool stop;
+    pid_t pid; /* the process the helpers belong to */
+    const kvs__logger_t *log;
+    /* The job (mu held). */
+    bool busy;
+    uint64_t job; /* bumped per job: a helper joins each once */
+    kvs__copier_item_fn item;
+    void *arg;
+    size_t n, next, off; /* the claim cursor */
+    unsigned inside;     /* helpers copying a chunk of this job */
+    size_t helped_job;
+    _Atomic uint64_t helped;
+};
+
+static void *helper(void *arg);
+
+kvs_status_t kvs__copier_new(unsigned threads, const kvs__logger_t *log, kvs__copier_t **cp_p)
+{
+    *cp_p = NULL;
+    if (threads == 0)
+        return KVS_OK;
+    kvs__copier_t *cp = kvs__calloc(1, sizeof(*cp));
+    if (cp == NULL)
+        return KVS_ERR_NO_MEMORY;
+    pthread_mutex_init(&cp->mu, NULL);
+    pthread_cond_init(&cp->wake, NULL);
+    pthread_cond_init(&cp->idle, NULL);
+    cp->pid = getpid();
+    cp->log = log;
+    /* Started now, and running before this returns, as the progress thread
+     * is: a fork while a thread starts up can leave the child holding a
+     * lock (peer.c, kvs__peer_create). Their signals stay with the
+     * engine's threads. */
+    unsigned want = threads < KVS__COPIER_MAX_THREADS ? threads : KVS__COPIER_MAX_THREADS;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = 0;
+    pthread_mutex_lock(&cp->mu);
+    while (cp->started < want &&
+           (err = pthread_create(&cp->th[cp->started], NULL, helper, cp)) == 0)
+        cp->started++;
+    while (cp->running < cp->started)
+        pthread_cond_wait(&cp->idle, &cp->mu);
+    pthread_mutex_unlock(&cp->mu);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (cp->started < want)
+        kvs__warn(log, "copy helper threads: %u of %u started (%s)%s", cp->started, want,
+                  strerror(err), cp->started == 0 ? "; same-host copies run on one thread" : "");
+    if (cp->started == 0)
+        kvs__copier_free(cp);
+    else
+        *cp_p = cp;
+    return KVS_OK;
+}
+
+/* The next chunk of about KVS__COPIER_CHUNK bytes (mu held): whole items
+ * while they fit, an item larger than what is left split. */
+static bool claim(kvs__copier_t *cp, claim_t *c)
+{
+    size_t budget = KVS__COPIER_CHUNK;
+    c->i0 = cp->next;
+    c->off0 = cp->off;
+    while (cp->next < cp->n && budget > 0) {
+        void *dst;
+        const void *src;
+        size_t len;
+        cp->item(cp->arg, cp->next, &dst, &src, &len);
+        size_t left = len - cp->off;
+        if (left <= budget) {
+            budget -= left;
+            cp->next++;
+            cp->off = 0;
+        } else {
+            cp->off += budget;
+            budget = 0;
+        }
+    }
+    c->i1 = cp->next;
+    c->off1 = cp->off;
+    return c->i0 != c->i1 || c->off0 != c->off1;
+}
+
+/* Copies a claim (mu not held: the items are the caller's, fixed for the
+ * job); returns its bytes. */
+static size_t copy_claim(kvs__copier_item_fn item, void *arg, const claim_t *c)
+{
+    size_t bytes = 0;
+    for (size_t i = c->i0; i < c->i1 || (i == c->i1 && c->off1 > 0); i++) {
+        void *dst;
+        const void *src;
+        size_t len;
+        item(arg, i, &dst, &src, &len);
+        size_t from = i == c->i0 ? c->off0 : 0, to = i == c->i1 ? c->off1 : len;
+        memcpy((uint8_t *)dst + from, (const uint8_t *)src + from, to - from);
+        bytes += to - from;
+    }
+    return bytes;
+}
+
+static void *helper(void *arg)
+{
+    kvs__copier_t *cp = arg;
+    uint64_t seen = 0;
+    pthread_setname_np(pthread_self(), "kvs-copy");
+    pthread_mutex_lock(&cp->mu);
+    cp->running++;
+    pthread_cond_broadcast(&cp->idle);
+    for (;;) {
+        while (!cp->stop && (!cp->busy || seen == cp->job))
+            pthread_cond_wait(&cp->wake, &cp->mu);
+        if (cp->stop)
+            break;
+        seen = cp->job;
+        cp->inside++;
+        claim_t c;
+        while (claim(cp, &c)) {
+            kvs__copier_item_fn item = cp->item;
+            void *iarg = cp->arg;
+            pthread_mutex_unlock(&cp->mu);
+            size_t bytes = copy_claim(item, iarg, &c);
+            pthread_mutex_lock(&cp->mu);
+            cp->helped_job += bytes;
+        }
+        if (--cp->inside == 0)
+            pthread_cond_broadcast(&cp->idle);
+    }
+    pthread_mutex_unlock(&cp->mu);
+    return NULL;
+}
+
+size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, void *arg)
+{
+    claim_t all = {.i0 = 0, .off0 = 0, .i1 = n, .off1 = 0};
+    size_t total = 0;
+    for (size_t i = 0; cp != NULL && i < n && total < KVS__COPIER_MIN_BYTES; i++) {
+        void *dst;
+        const void *src;
+        size_t len;
+        item(arg, i, &dst, &src, &len);
+        total += len;
+    }
+    /* A forked child has none of the helpers (nor, maybe, a usable mu). */
+    if (cp == NULL || total < KVS__COPIER_MIN_BYTES || cp->pid != getpid()) {
+        copy_claim(item, arg, &all);
+        return 0;
+    }
+    pthread_mutex_lock(&cp->mu);
+    if (cp->busy || cp->stop) {
+        pthread_mutex_unlock(&cp->mu);
+        copy_claim(item, arg, &all);
+        return 0;
+    }
+    cp->busy = true;
+    cp->job++;
+    cp->item = item;
+    cp->arg = arg;
+    cp->n = n;
+    cp->next = cp->off = 0;
+    cp->helped_job = 0;
+    pthread_cond_broadcast(&cp->wake);
+    claim_t c;
+    while (claim(cp, &c)) {
+        pthread_mutex_unlock(&cp->mu);
+        copy_claim(item, arg, &c);
+        pthread_mutex_lock(&cp->mu);
+    }
+    while (cp->inside > 0)
+        pthread_cond_wait(&cp->idle, &cp->mu);
+    size_t helped = cp->helped_job;
+    cp->busy = false;
+    cp->item = NULL;
+    cp->arg = NULL;
+    cp->n = 0;
+    pthread_mutex_unlock(&cp->mu);
+    atomic_fetch_add_explicit(&cp->helped, helped, memory_order_relaxed);
+    return helped;
+}
+
+uint64_t kvs__copier_helped(const kvs__copier_t *cp)
+{
+    return cp == NULL ? 0 : atomic_load_explicit(&cp->helped, memory_order_relaxed);
+}
+
+void kvs__copier_free(kvs__copier_t *cp)
+{
+    if (cp == NULL)
+        return;
+    if (cp->pid == getpid()) {
+        pthread_mutex_lock(&cp->mu);
+        cp->stop = true;
+        pthread_cond_broadcast(&cp->wake);
+        pthread_mutex_unlock(&cp->mu);
+        for (unsigned i = 0; i < cp->started; i++)
+            pthread_join(cp->th[i], NULL);
+        pthread_cond_destroy(&cp->idle);
+        pthread_cond_destroy(&cp->wake);
+        pthread_mutex_destroy(&cp->mu);
+    }
+    kvs__free(cp);
+}

@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_copier.c - copy helper threads: every byte where it belongs, whoever copied it; a
+ * second caller, a forked child and a context without helpers copy alone. */
+#include "copier_int.h"
+
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct job {
+    uint8_t *src, *dst;
+    size_t n;
+    size_t *off, *len; /* item i: len[i] bytes at off[i] of src, to the same offset of dst */
+    size_t bytes;
+} job_t;
+
+static void item_of(void *arg, size_t i, void **dst, const void **src, size_t *len)
+{
+    job_t *j = arg;
+    *dst = j->dst + j->off[i];
+    *src = j->src + j->off[i];
+    *len = j->len[i];
+}
+
+/* @n items of random sizes (some empty, some over a chunk), apart by gaps
+ * that must stay untouched. */
+static job_t job_new(size_t n, size_t max_len, unsigned seed)
+{
+    job_t j = {.n = n};
+    j.off = calloc(n, sizeof(size_t));
+    j.len = calloc(n, sizeof(size_t));
+    size_t at = 0;
+    srand(seed);
+    for (size_t i = 0; i < n; i++) {
+        j.len[i] = i % 17 == 5 ? 0 : (size_t)rand() % max_len + 1;
+        at += (size_t)rand() % 64; /* a gap */
+        j.off[i] = at;
+        at += j.len[i];
+        j.bytes += j.len[i];
+    }
+    at += 64;
+    j.src = malloc(at);
+    j.dst = malloc(at);
+    for (size_t k = 0; k < at; k++)
+        j.src[k] = (uint8_t)(rand() >> 7);
+    memset(j.dst, 0xA5, at);
+    cr_assert(j.src && j.dst && j.off && j.len);
+    return j;
+}
+
+static void job_check(const job_t *j, const char *what)
+{
+    size_t at = 0;
+    for (size_t i = 0; i < j->n; i++) {
+        for (size_t k = at; k < j->off[i]; k++)
+            cr_assert_eq(j->dst[k], 0xA5, "%s: byte %zu before item %zu written", what, k, i);
+        cr_assert(memcmp(j->dst + j->off[i], j->src + j->off[i], j->len[i]) == 0,
+                  "%s: item %zu (%zu bytes at %zu) differs", what, i, j->len[i], j->off[i]);
+        at = j->off[i] + j->len[i];
+    }
+}
+
+static void job_free(job_t *j)
+{
+    free(j->src);
+    free(j->dst);
+    free(j->off);
+    free(j->len);
+}
+
+Test(copier, every_byte_lands_with_and_without_helpers)
+{
+    for (unsigned threads = 0; threads <= 3; threads++) {
+        kvs__copier_t *cp = NULL;
+        cr_assert_eq(kvs__copier_new(threads, NULL, &cp), KVS_OK);
+        cr_assert_eq(cp == NULL, threads == 0);
+        /* Small items, one item larger than many chunks, and a job under
+         * the threshold (copied by the caller alone). */
+        const size_t shapes[][2] = {{512, 16384}, {3, 3u << 20}, {4, 1000}};
+        for (size_t s = 0; s < 3; s++) {
+            job_t j = job_new(shapes[s][0], shapes[s][1], 7 + threads + (unsigned)s);
+            size_t helped = kvs__copier_run(cp, j.n, item_of, &j);
+            cr_assert_leq(helped, j.bytes);
+            if (cp == NULL || j.bytes < KVS__COPIER_MIN_BYTES)
+                cr_assert_eq(helped, 0, "%zu bytes: helped %zu", j.bytes, helped);
+            job_check(&j, threads ? "with helpers" : "alone");
+            job_free(&j);
+        }
+        kvs__copier_free(cp);
+    }
+}
+
+Test(copier, helpers_take_part)
+{
+    /* One job can end before a helper wakes; over 50 jobs of 8 MiB one
+     * cannot miss them all unless it never copies. */
+    kvs__copier_t *cp = NULL;
+    cr_assert_eq(kvs__copier_new(1, NULL, &cp), KVS_OK);
+    cr_assert_not_null(cp);
+    job_t j = job_new(512, 32768, 3);
+    size_t helped = 0;
+    for (int r = 0; r < 50; r++) {
+        memset(j.dst, 0xA5, j.off[j.n - 1] + j.len[j.n - 1]);
+        helped += kvs__copier_run(cp, j.n, item_of, &j);
+        job_check(&j, "helped");
+    }
+    cr_assert_gt(helped, 0, "the helper never copied a chunk");
+    cr_assert_eq(kvs__copier_helped(cp), helped);
+    job_free(&j);
+    kvs__copier_free(cp);
+}
+
+typedef struct racer {
+    kvs__copier_t *cp;
+    job_t j;
+} racer_t;
+
+static void *race(void *arg)
+{
+    racer_t *r = arg;
+    for (int k = 0; k < 20; k++)
+        kvs__copier_run(r->cp, r->j.n, item_of, &r->j);
+    return NULL;
+}
+
+Test(copier, callers_at_once_each_get_their_bytes)
+{
+    kvs__copier_t *cp = NULL;
+    cr_assert_eq(kvs__copier_new(2, NULL, &cp), KVS_OK);
+    racer_t r[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        r[i] = (racer_t){.cp = cp, .j = job_new(256, 20000, 100 + (unsigned)i)};
+        cr_assert_eq(pthread_create(&th[i], NULL, race, &r[i]), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        job_check(&r[i].j, "racing callers");
+        job_free(&r[i].j);
+    }
+    kvs__copier_free(cp);
+}
+
+Test(copier, a_forked_child_copies_alone)
+{
+    kvs__copier_t *cp = NULL;
+    cr_assert_eq(kvs__copier_new(1, NULL, &cp), KVS_OK);
+    job_t j = job_new(256, 20000, 9);
+    kvs__copier_run(cp, j.n, item_of, &j); /* the helper has run once */
+    memset(j.dst, 0xA5, j.off[j.n - 1] + j.len[j.n - 1]);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        /* No helper crossed the fork: waiting for one would hang. */
+        alarm(10);
+        size_t helped = kvs__copier_run(cp, j.n, item_of, &j);
+        int bad = helped != 0;
+        for (size_t i = 0; i < j.n && !bad; i++)
+            bad = memcmp(j.dst + j.off[i], j.src + j.off[i], j.len[i]) != 0;
+        kvs__copier_free(cp);
+        _exit(bad ? 1 : 0);
+    }
+    int ws = 0;
+    cr_assert_eq(waitpid(pid, &ws, 0), pid);
+    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "child: status 0x%x", ws);
+    job_free(&j);
+    kvs__copier_free(cp);
+}
