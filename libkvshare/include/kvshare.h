@@ -807,7 +807,8 @@ typedef struct kvs_fetch_params {
  * host memory, the copy from the holder's mapped memory runs on the first thread of this context
  * that waits: kvs_request_test()/kvs_request_wait() on this request, kvs_progress_ex(), or a
  * kvs_lookup() waiting for its reply, so a caller that looks its next batch up before it waits
- * for this one overlaps the copy with that lookup's round trip. A @dst in CUDA memory is
+ * for this one overlaps the copy with that lookup's round trip; a copy of 256 KiB or more is
+ * shared with the context's copy helper threads (KVSHARE_COPY_THREADS). A @dst in CUDA memory is
  * filled only from a same-host holder's mapped memory (docs/transport.md); when that path is off
  * (KVSHARE_SHM=off), the holder is on another host or its memory cannot be mapped, the fetch
  * fails UNSUPPORTED at start. Errors at start: INVALID_PARAM (count beyond the hits, bad block id),

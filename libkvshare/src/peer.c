@@ -1399,10 +1399,48 @@ static int pmaps_cover(const conn_t *c, const kvs__pull_read_t *reads, size_t nr
  * cuMemcpyDtoH); a copy the driver refuses kills the put. A mapping's pages
  * live as long as it does, so a client that exits or frees its memory
  * mid-copy cannot make this fault. */
+typedef struct mread_job {
+    const conn_t *c;
+    const kvs__pull_read_t *reads;
+    uint8_t *const *addrs;
+    uint16_t nch;
+} mread_job_t;
+
+/* Read @j of a put copied from host mappings (pmaps_cover checked it). */
+static void mread_item(void *arg, size_t j, void **dst, const void **src, size_t *len)
+{
+    const mread_job_t *mj = arg;
+    const kvs__pull_read_t *rd = &mj->reads[j];
+    *src = pmap_at(pmap_of(mj->c, mj->c->rr[rd->region].id), rd->raddr, rd->len);
+    *dst = mj->addrs[j / mj->nch] + rd->off;
+    *len = rd->len;
+}
+
 static void mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
                          uint8_t *const *addrs, uint32_t n, uint16_t nch)
 {
     const size_t nreads = (size_t)n * nch;
+    /* Host memory only: shared with the copy helpers when large enough
+     * (copier_int.h), as a reader's fetch from a mapping is. */
+    bool host = pp->copier != NULL;
+    for (size_t j = 0; j < nreads && host; j++) {
+        const kvs__shm_pmap_t *m = pmap_of(c, c->rr[reads[j].region].id);
+        host = m != NULL && m->cuda == NULL;
+    }
+    if (host) {
+        mread_job_t mj = {.c = c, .reads = reads, .addrs = addrs, .nch = nch};
+        kvs__copier_run(pp->copier, nreads, mread_item, &mj);
+        size_t bytes = 0;
+        for (size_t j = 0; j < nreads; j++)
+            bytes += reads[j].len;
+        if (!c->pmap_said) {
+            c->pmap_said = true;
+            kvs__debug(pp->log, "peer %s: its puts are copied from its memory mapped here",
+                       c->peer);
+        }
+        p->bytes_expected = p->bytes_got = bytes;
+        return;
+    }
     bool cuda = false;
     const kvs__shm_pmap_t *run_m = NULL;
     const uint8_t *run_src = NULL;
