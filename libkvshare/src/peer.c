@@ -20,8 +20,8 @@
 #include "peer_int.h"
 
 #include "auth_int.h"
-#include "copier_int.h"
 #include "boot_int.h"
+#include "copier_int.h"
 #include "pool_int.h"
 #include "proto_int.h"
 #include "pull_int.h"
@@ -1392,13 +1392,6 @@ static int pmaps_cover(const conn_t *c, const kvs__pull_read_t *reads, size_t nr
     return all ? 1 : cuda ? -1 : 0;
 }
 
-/* Same host, the client offered the memory these reads lie in (its memfds
- * mapped read-only here, or its CUDA allocations imported read-only), which
- * pmaps_cover() checked: copies each planned read into its slot, runs
- * adjacent on both sides and in one mapping as one (memcpy, or
- * cuMemcpyDtoH); a copy the driver refuses kills the put. A mapping's pages
- * live as long as it does, so a client that exits or frees its memory
- * mid-copy cannot make this fault. */
 typedef struct mread_job {
     const conn_t *c;
     const kvs__pull_read_t *reads;
@@ -1416,6 +1409,14 @@ static void mread_item(void *arg, size_t j, void **dst, const void **src, size_t
     *len = rd->len;
 }
 
+/* Same host, the client offered the memory these reads lie in (its memfds
+ * mapped read-only here, or its CUDA allocations imported read-only), which
+ * pmaps_cover() checked: copies each planned read into its slot, runs
+ * adjacent on both sides and in one mapping as one (memcpy, shared with
+ * the copy helpers from host mappings; or cuMemcpyDtoH); a copy the driver
+ * refuses kills the put. A mapping's pages
+ * live as long as it does, so a client that exits or frees its memory
+ * mid-copy cannot make this fault. */
 static void mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
                          uint8_t *const *addrs, uint32_t n, uint16_t nch)
 {
