@@ -37,6 +37,16 @@ static uint64_t shm_fetched(kvs_ctx_h ctx)
     return ks.shm_fetched_bytes;
 }
 
+/* Of the bytes this context copied from mapped memory, the share its copy
+ * helper threads copied (KVSHARE_COPY_THREADS); 0 when none was mapped. */
+static double helper_share(kvs_ctx_h ctx)
+{
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_SHM | KVS_STATS_FIELD_COPY};
+    kvs_stats_query(ctx, &ks);
+    return ks.shm_fetched_bytes > 0 ? (double)ks.shm_helper_bytes / (double)ks.shm_fetched_bytes
+                                    : 0;
+}
+
 /* The path that moved @all bytes, @shm of them from mapped memory. */
 static const char *path_of(uint64_t shm, uint64_t all)
 {
@@ -61,7 +71,9 @@ static void usage(FILE *f)
         "copy then counts in the lookup's time; --lookup-thread looks each next batch up on\n"
         "a second thread instead, two leases at most). Where a batch's time went (lookup,\n"
         "kvs_fetch, wait, release: means; and the median lookup) is printed\n"
-        "too. Printed beside it, from the same run: one core's memcpy of the same blocks\n"
+        "too, and the share of the mapped bytes the copy helper threads copied\n"
+        "(KVSHARE_COPY_THREADS; helper_share in the JSON). Printed beside it, from the same run: "
+        "one core's memcpy of the same blocks\n"
         "(the limit of a shared-memory path), and ucx_perftest at the same size and UCX_TLS\n"
         "(ucp_get on shared memory, ucp_am_bw on tcp).\n"
         "--path memfd needs the same-host path (this process maps the server's memfds and\n"
@@ -926,6 +938,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         kvs_cli_json_num(j, "fetch_us", ph.fetch / per_b, 1);
         kvs_cli_json_num(j, "wait_us", ph.wait / per_b, 1);
         kvs_cli_json_num(j, "release_us", ph.release / per_b, 1);
+        kvs_cli_json_num(j, "helper_share", helper_share(ctx), 3);
         if (tp) { /* block_bytes above is what each fetch moved */
             cJSON_AddNumberToObject(j, "prefill_tp", (double)o.prefill_tp);
             cJSON_AddNumberToObject(j, "decode_tp", (double)o.decode_tp);
@@ -951,6 +964,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                "us, release %.0f us\n",
                ph.lookup / per_b, lookup_p50, ph.fetch / per_b, ph.wait / per_b,
                ph.release / per_b);
+        if (strcmp(ran, "ucx") != 0)
+            printf("  copy helpers         %.0f %% of the mapped bytes (KVSHARE_COPY_THREADS)\n",
+                   100 * helper_share(ctx));
         if (tp)
             printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s, path %s)\n",
                    wgbps, wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",

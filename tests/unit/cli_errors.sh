@@ -279,6 +279,26 @@ inflight_default() {
   fi
 }
 inflight_default
+# bench transfer reports the share of mapped bytes the copy helpers copied: a number in
+# [0, 1], and 0 with KVSHARE_COPY_THREADS=0 (transport_shm helpers checks that they copy).
+helper_share() {
+  local on off
+  on=$("$k" bench transfer --blocks 64 --batch 64 --repeats 2 --block-bytes 65536 --path memfd \
+    --no-perftest --json 2>/dev/null | sed -n 's/.*"helper_share":\([0-9.]*\).*/\1/p')
+  off=$(KVSHARE_COPY_THREADS=0 "$k" bench transfer --blocks 64 --batch 64 --repeats 2 \
+    --block-bytes 65536 --path memfd --no-perftest --json 2>/dev/null |
+    sed -n 's/.*"helper_share":\([0-9.]*\).*/\1/p')
+  if [ -z "$on" ] && [ -z "$off" ]; then
+    echo "skip: bench transfer --path memfd did not run here"
+  elif [ -z "$on" ] || [ -z "$off" ] || [ "$off" != 0 ] ||
+    ! awk -v s="$on" 'BEGIN { exit !(s >= 0 && s <= 1) }'; then
+    echo "FAIL: bench transfer helper_share: '$on' with helpers, '$off' with KVSHARE_COPY_THREADS=0"
+    fail=1
+  else
+    echo "ok: bench transfer helper_share $on (0 with KVSHARE_COPY_THREADS=0)"
+  fi
+}
+helper_share
 # bench transfer across TP sizes: sliced fetches (prefill TP 2 -> decode TP 4, HND) timed next
 # to whole-block fetches of the same bytes, in one run. Required wherever the plain run works.
 tp_sliced_whole() {
