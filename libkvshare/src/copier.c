@@ -155,8 +155,10 @@ static void *helper(void *arg)
     return NULL;
 }
 
-size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, void *arg)
+size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, void *arg,
+                       size_t *helped_p)
 {
+    *helped_p = 0;
     claim_t all = {.i0 = 0, .off0 = 0, .i1 = n, .off1 = 0};
     size_t total = 0;
     for (size_t i = 0; cp != NULL && i < n && total < KVS__COPIER_MIN_BYTES; i++) {
@@ -167,15 +169,12 @@ size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, vo
         total += len;
     }
     /* A forked child has none of the helpers (nor, maybe, a usable mu). */
-    if (cp == NULL || total < KVS__COPIER_MIN_BYTES || cp->pid != getpid()) {
-        copy_claim(item, arg, &all);
-        return 0;
-    }
+    if (cp == NULL || total < KVS__COPIER_MIN_BYTES || cp->pid != getpid())
+        return copy_claim(item, arg, &all);
     pthread_mutex_lock(&cp->mu);
     if (cp->busy || cp->stop) {
         pthread_mutex_unlock(&cp->mu);
-        copy_claim(item, arg, &all);
-        return 0;
+        return copy_claim(item, arg, &all);
     }
     cp->busy = true;
     cp->job++;
@@ -186,9 +185,10 @@ size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, vo
     cp->helped_job = 0;
     pthread_cond_broadcast(&cp->wake);
     claim_t c;
+    size_t own = 0;
     while (claim(cp, &c)) {
         pthread_mutex_unlock(&cp->mu);
-        copy_claim(item, arg, &c);
+        own += copy_claim(item, arg, &c);
         pthread_mutex_lock(&cp->mu);
     }
     while (cp->inside > 0)
@@ -200,7 +200,8 @@ size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, vo
     cp->n = 0;
     pthread_mutex_unlock(&cp->mu);
     atomic_fetch_add_explicit(&cp->helped, helped, memory_order_relaxed);
-    return helped;
+    *helped_p = helped;
+    return own + helped;
 }
 
 uint64_t kvs__copier_helped(const kvs__copier_t *cp)

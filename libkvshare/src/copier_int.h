@@ -37,10 +37,11 @@ kvs_status_t kvs__copier_new(unsigned threads, const kvs__logger_t *log, kvs__co
 /* Stops and joins the helpers (none in a forked child: they did not cross). */
 void kvs__copier_free(kvs__copier_t *cp);
 
-/* Copies the @n items; returns the bytes helpers copied (0: the caller
- * copied all of them). Every byte is written when it returns. @cp may be
- * NULL. */
-size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, void *arg);
+/* Copies the @n items; returns their bytes, of which *helped_p the helpers
+ * copied (0: the caller copied all of them). Every byte is written when it
+ * returns. @cp may be NULL. */
+size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, void *arg,
+                       size_t *helped_p);
 
 /* Bytes helpers have copied since kvs__copier_new. */
 uint64_t kvs__copier_helped(const kvs__copier_t *cp);

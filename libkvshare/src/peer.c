@@ -1430,10 +1430,8 @@ static void mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_
     }
     if (host) {
         mread_job_t mj = {.c = c, .reads = reads, .addrs = addrs, .nch = nch};
-        kvs__copier_run(pp->copier, nreads, mread_item, &mj);
-        size_t bytes = 0;
-        for (size_t j = 0; j < nreads; j++)
-            bytes += reads[j].len;
+        size_t helped;
+        size_t bytes = kvs__copier_run(pp->copier, nreads, mread_item, &mj, &helped);
         if (!c->pmap_said) {
             c->pmap_said = true;
             kvs__debug(pp->log, "peer %s: its puts are copied from its memory mapped here",

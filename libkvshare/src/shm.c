@@ -1527,13 +1527,6 @@ static CUresult copy_cuda(const kvs_cuda_driver_t *drv, const run_t *r)
     return drv->cuMemcpyPeerAsync(d, r->dst_ctx, s, r->ctx, r->len, r->stream);
 }
 
-/* The copies: memcpy between host memory; the driver where either side is
- * CUDA memory, in the context of the destination's device (a CUDA source
- * into host memory: the source's), the caller's context put back. Copies
- * into CUDA memory are asynchronous on our streams, each synchronised
- * before this returns (even after a failure), so the generation check
- * after it follows every read of the source. False when the driver failed
- * a copy: this connection takes the transport. */
 static void run_item(void *arg, size_t i, void **dst, const void **src, size_t *len)
 {
     const run_t *r = (const run_t *)arg + i;
@@ -1549,14 +1542,19 @@ static bool copy_host_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns,
     for (size_t i = 0; i < nruns; i++)
         if (runs[i].ctx != NULL || runs[i].dst_ctx != NULL)
             return false;
-    kvs__copier_run(sp->copier, nruns, run_item, (void *)runs);
-    size_t bytes = 0;
-    for (size_t i = 0; i < nruns; i++)
-        bytes += runs[i].len;
-    *bytes_p = bytes;
+    size_t helped;
+    *bytes_p = kvs__copier_run(sp->copier, nruns, run_item, (void *)runs, &helped);
     return true;
 }
 
+/* The copies: memcpy between host memory (with the copy helpers:
+ * copy_host_runs); the driver where either side is
+ * CUDA memory, in the context of the destination's device (a CUDA source
+ * into host memory: the source's), the caller's context put back. Copies
+ * into CUDA memory are asynchronous on our streams, each synchronised
+ * before this returns (even after a failure), so the generation check
+ * after it follows every read of the source. False when the driver failed
+ * a copy: this connection takes the transport. */
 static bool copy_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns, size_t *bytes_p)
 {
     if (sp->copier != NULL && copy_host_runs(sp, runs, nruns, bytes_p))

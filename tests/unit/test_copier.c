@@ -83,7 +83,8 @@ Test(copier, every_byte_lands_with_and_without_helpers)
         const size_t shapes[][2] = {{512, 16384}, {3, 3u << 20}, {4, 1000}};
         for (size_t s = 0; s < 3; s++) {
             job_t j = job_new(shapes[s][0], shapes[s][1], 7 + threads + (unsigned)s);
-            size_t helped = kvs__copier_run(cp, j.n, item_of, &j);
+            size_t helped;
+            cr_assert_eq(kvs__copier_run(cp, j.n, item_of, &j, &helped), j.bytes);
             cr_assert_leq(helped, j.bytes);
             if (cp == NULL || j.bytes < KVS__COPIER_MIN_BYTES)
                 cr_assert_eq(helped, 0, "%zu bytes: helped %zu", j.bytes, helped);
@@ -105,7 +106,9 @@ Test(copier, helpers_take_part)
     size_t helped = 0;
     for (int r = 0; r < 50; r++) {
         memset(j.dst, 0xA5, j.off[j.n - 1] + j.len[j.n - 1]);
-        helped += kvs__copier_run(cp, j.n, item_of, &j);
+        size_t h;
+        cr_assert_eq(kvs__copier_run(cp, j.n, item_of, &j, &h), j.bytes);
+        helped += h;
         job_check(&j, "helped");
     }
     cr_assert_gt(helped, 0, "the helper never copied a chunk");
@@ -122,8 +125,9 @@ typedef struct racer {
 static void *race(void *arg)
 {
     racer_t *r = arg;
+    size_t helped;
     for (int k = 0; k < 20; k++)
-        kvs__copier_run(r->cp, r->j.n, item_of, &r->j);
+        kvs__copier_run(r->cp, r->j.n, item_of, &r->j, &helped);
     return NULL;
 }
 
@@ -150,15 +154,15 @@ Test(copier, a_forked_child_copies_alone)
     kvs__copier_t *cp = NULL;
     cr_assert_eq(kvs__copier_new(1, NULL, &cp), KVS_OK);
     job_t j = job_new(256, 20000, 9);
-    kvs__copier_run(cp, j.n, item_of, &j); /* the helper has run once */
+    size_t helped;
+    kvs__copier_run(cp, j.n, item_of, &j, &helped); /* the helper has run once */
     memset(j.dst, 0xA5, j.off[j.n - 1] + j.len[j.n - 1]);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         /* No helper crossed the fork: waiting for one would hang. */
         alarm(10);
-        size_t helped = kvs__copier_run(cp, j.n, item_of, &j);
-        int bad = helped != 0;
+        int bad = kvs__copier_run(cp, j.n, item_of, &j, &helped) != j.bytes || helped != 0;
         for (size_t i = 0; i < j.n && !bad; i++)
             bad = memcmp(j.dst + j.off[i], j.src + j.off[i], j.len[i]) != 0;
         kvs__copier_free(cp);
