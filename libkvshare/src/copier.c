@@ -4,6 +4,10 @@
 #include "copier_int.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -225,4 +229,66 @@ void kvs__copier_free(kvs__copier_t *cp)
         pthread_mutex_destroy(&cp->mu);
     }
     kvs__free(cp);
+}
+
+/* The first line of @dir/@name, or false. */
+static bool read_line(const char *dir, const char *name, char *buf, size_t cap)
+{
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, name) >= sizeof(path))
+        return false;
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return false;
+    bool ok = fgets(buf, (int)cap, f) != NULL;
+    fclose(f);
+    return ok;
+}
+
+/* ceil(quota / period) for a positive quota and period; 0 (no limit) else. */
+static unsigned quota_cpus(long long quota, long long period)
+{
+    if (quota <= 0 || period <= 0)
+        return 0;
+    long long n = (quota + period - 1) / period;
+    return n > (long long)UINT_MAX ? UINT_MAX : (unsigned)n;
+}
+
+/* The cgroup's CPU quota in whole CPUs (rounded up); 0: none, or unreadable. */
+static unsigned cgroup_cpus(const char *root)
+{
+    char line[128], dir[PATH_MAX];
+    long long quota = 0, period = 0;
+    if (read_line(root, "cpu.max", line, sizeof(line))) { /* v2: "max 100000" or "150000 100000" */
+        if (strncmp(line, "max", 3) == 0 || sscanf(line, "%lld %lld", &quota, &period) != 2)
+            return 0;
+        return quota_cpus(quota, period);
+    }
+    /* v1: the cpu controller's own directory, alone or joined with cpuacct */
+    static const char *const v1[] = {"cpu", "cpu,cpuacct", "cpuacct,cpu"};
+    for (size_t i = 0; i < sizeof(v1) / sizeof(v1[0]); i++) {
+        char q[64], p[64];
+        if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", root, v1[i]) >= sizeof(dir) ||
+            !read_line(dir, "cpu.cfs_quota_us", q, sizeof(q)) ||
+            !read_line(dir, "cpu.cfs_period_us", p, sizeof(p)))
+            continue;
+        char *end;
+        quota = strtoll(q, &end, 10);
+        period = strtoll(p, &end, 10);
+        return quota_cpus(quota, period);
+    }
+    return 0;
+}
+
+unsigned kvs__usable_cpus(const char *cgroup_root)
+{
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = online > 0 ? (unsigned)online : 1;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+        n = (unsigned)CPU_COUNT(&set);
+    unsigned q = cgroup_cpus(cgroup_root != NULL ? cgroup_root : "/sys/fs/cgroup");
+    if (q > 0 && q < n)
+        n = q;
+    return n > 0 ? n : 1;
 }

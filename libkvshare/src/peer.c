@@ -4612,10 +4612,16 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     pp->shm_on = cfg->shm;
     if (pp->lfd >= 0 && cfg->shm && !pp->no_secret)
         shm_serve(pp, cfg);
-    /* Helpers for the copies from same-host holders' mappings; none on a
-     * single CPU, where they could only take turns with the caller. */
-    if (cfg->shm && sysconf(_SC_NPROCESSORS_ONLN) > 1 &&
-        (st = kvs__copier_new(cfg->copy_threads, pp->log, &pp->copier)) != KVS_OK)
+    /* Helpers for the copies from same-host holders' mappings; none with a
+     * single usable CPU (affinity, or a container's CPU quota), where they
+     * could only take turns with the caller. */
+    unsigned cpus = cfg->shm && cfg->copy_threads > 0 ? kvs__usable_cpus(NULL) : 0;
+    if (cpus == 1)
+        kvs__info(pp->log,
+                  "copy helpers off: this process may use one CPU (its affinity or "
+                  "its cgroup's CPU quota); KVSHARE_COPY_THREADS=%u not started",
+                  cfg->copy_threads);
+    if (cpus > 1 && (st = kvs__copier_new(cfg->copy_threads, pp->log, &pp->copier)) != KVS_OK)
         goto fail;
     if (pp->thread_mode) {
         st = KVS_ERR_IO;

@@ -5,9 +5,12 @@
 
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -173,4 +176,87 @@ Test(copier, a_forked_child_copies_alone)
     cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "child: status 0x%x", ws);
     job_free(&j);
     kvs__copier_free(cp);
+}
+
+/* A cgroup tree of one file under a fresh directory: @rel (may hold a
+ * subdirectory) with @text. Returns the root. */
+static char *cg_tree(const char *rel, const char *text)
+{
+    char *root = strdup("/tmp/kvs-cg-XXXXXX");
+    cr_assert(root != NULL && mkdtemp(root) != NULL);
+    if (rel == NULL)
+        return root;
+    char path[512];
+    const char *slash = strrchr(rel, '/');
+    if (slash != NULL) {
+        snprintf(path, sizeof(path), "%s/%.*s", root, (int)(slash - rel), rel);
+        cr_assert_eq(mkdir(path, 0700), 0);
+    }
+    snprintf(path, sizeof(path), "%s/%s", root, rel);
+    FILE *f = fopen(path, "w");
+    cr_assert(f != NULL);
+    fputs(text, f);
+    fclose(f);
+    return root;
+}
+
+static void cg_add(const char *root, const char *rel, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", root, rel);
+    FILE *f = fopen(path, "w");
+    cr_assert(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void cg_free(char *root)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+    cr_assert_eq(system(cmd), 0);
+    free(root);
+}
+
+static unsigned at_most(unsigned a, unsigned b)
+{
+    return a < b ? a : b;
+}
+
+/* Helpers are started only with two usable CPUs: a container's quota counts,
+ * not the host's cores. */
+Test(copier, usable_cpus_follow_the_cgroup_quota)
+{
+    char *none = cg_tree(NULL, NULL);
+    unsigned all = kvs__usable_cpus(none); /* the affinity mask alone */
+    cg_free(none);
+    cr_assert_geq(all, 1);
+    cpu_set_t set;
+    cr_assert_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+    cr_assert_eq(all, (unsigned)CPU_COUNT(&set));
+    const struct {
+        const char *file, *text, *file2, *text2;
+        unsigned want;
+    } cases[] = {
+        {"cpu.max", "max 100000\n", NULL, NULL, all},
+        {"cpu.max", "150000 100000\n", NULL, NULL, at_most(all, 2)}, /* 1.5 CPUs: 2 */
+        {"cpu.max", "100000 100000\n", NULL, NULL, 1},
+        {"cpu.max", "20000 100000\n", NULL, NULL, 1}, /* a fifth of one */
+        {"cpu.max", "banana\n", NULL, NULL, all},     /* unreadable: no limit */
+        {"cpu.max", "", NULL, NULL, all},
+        {"cpu/cpu.cfs_quota_us", "50000\n", "cpu/cpu.cfs_period_us", "100000\n", 1},
+        {"cpu,cpuacct/cpu.cfs_quota_us", "-1\n", "cpu,cpuacct/cpu.cfs_period_us", "100000\n", all},
+        {"cpu,cpuacct/cpu.cfs_quota_us", "300000\n", "cpu,cpuacct/cpu.cfs_period_us", "100000\n",
+         at_most(all, 3)},
+        {"cpu/cpu.cfs_quota_us", "100000\n", NULL, NULL, all}, /* no period: no limit */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *root = cg_tree(cases[i].file, cases[i].text);
+        if (cases[i].file2 != NULL)
+            cg_add(root, cases[i].file2, cases[i].text2);
+        unsigned got = kvs__usable_cpus(root);
+        cr_expect_eq(got, cases[i].want, "case %zu (%s): %u CPUs, want %u", i, cases[i].file, got,
+                     cases[i].want);
+        cg_free(root);
+    }
 }
