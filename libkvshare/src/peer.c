@@ -1380,8 +1380,9 @@ static const uint8_t *pmap_at(const kvs__shm_pmap_t *m, uint64_t addr, uint64_t 
 
 /* Whether the client's mapped memory holds every one of @nreads reads: 1
  * (also for none), 0 when one lies outside it, -1 when such a read names a
- * CUDA region, which no other way may read. */
-static int pmaps_cover(const conn_t *c, const kvs__pull_read_t *reads, size_t nreads)
+ * CUDA region, which no other way may read. *host_p: none of them is CUDA
+ * memory (mapped_reads may share the copy with the helpers). */
+static int pmaps_cover(const conn_t *c, const kvs__pull_read_t *reads, size_t nreads, bool *host_p)
 {
     bool cuda = false, all = true;
     for (size_t j = 0; j < nreads; j++) {
@@ -1389,6 +1390,7 @@ static int pmaps_cover(const conn_t *c, const kvs__pull_read_t *reads, size_t nr
         cuda = cuda || (m != NULL && m->cuda != NULL);
         all = all && pmap_at(m, reads[j].raddr, reads[j].len) != NULL;
     }
+    *host_p = !cuda;
     return all ? 1 : cuda ? -1 : 0;
 }
 
@@ -1418,17 +1420,13 @@ static void mread_item(void *arg, size_t j, void **dst, const void **src, size_t
  * live as long as it does, so a client that exits or frees its memory
  * mid-copy cannot make this fault. */
 static void mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_read_t *reads,
-                         uint8_t *const *addrs, uint32_t n, uint16_t nch)
+                         uint8_t *const *addrs, uint32_t n, uint16_t nch, bool host)
 {
     const size_t nreads = (size_t)n * nch;
-    /* Host memory only: shared with the copy helpers when large enough
-     * (copier_int.h), as a reader's fetch from a mapping is. */
-    bool host = pp->copier != NULL;
-    for (size_t j = 0; j < nreads && host; j++) {
-        const kvs__shm_pmap_t *m = pmap_of(c, c->rr[reads[j].region].id);
-        host = m != NULL && m->cuda == NULL;
-    }
-    if (host) {
+    /* Host memory only (pmaps_cover saw no CUDA mapping): shared with the
+     * copy helpers when large enough (copier_int.h), as a reader's fetch
+     * from a mapping is. */
+    if (host && pp->copier != NULL) {
         mread_job_t mj = {.c = c, .reads = reads, .addrs = addrs, .nch = nch};
         size_t helped;
         size_t bytes = kvs__copier_run(pp->copier, nreads, mread_item, &mj, &helped);
@@ -1528,7 +1526,8 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     /* Copied from the client's mapped memory, or read by RMA; neither: the
      * client pushes this batch (KVS_ERR_TRANSPORT). CUDA memory has no
      * other way than its mapping. */
-    const int cover = pmaps_cover(c, reads, nreads);
+    bool host = false;
+    const int cover = pmaps_cover(c, reads, nreads, &host);
     if (cover < 0) {
         st = KVS_ERR_PROTOCOL;
         snprintf(why, sizeof(why), "it reads CUDA memory outside what the client offered");
@@ -1566,7 +1565,7 @@ static void srv_put_pull(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     keys = NULL;
     populate_slots(addrs, n, block_bytes);
     if (nreads > 0 && cover > 0)
-        mapped_reads(pp, c, p, reads, addrs, n, nch);
+        mapped_reads(pp, c, p, reads, addrs, n, nch, host);
     if (nreads == 0 || cover > 0 || (c->put_direct && direct_reads(pp, c, p, reads, addrs, n, nch)))
         goto posted; /* (nothing to read: complete as it stands) */
     uint8_t *run_local = NULL;

@@ -68,6 +68,7 @@
  *              other K/V order from a CUDA VMM holder: whole planes go straight from the
  *              mapping into the device (cuMemcpyDtoDAsync)
  * Uses the internal test hook kvs__shm_test_mid_copy (linked against kvshare_static). */
+#include "copier_int.h"
 #include "fakecuda.h"
 #include "kvshare.h"
 #include "proto_int.h"
@@ -1194,8 +1195,13 @@ static void pool_node(int in, int out)
     kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
     dprintf(out, "ready %s\n", addr);
     FILE *f = fdopen(in, "r");
-    while (fgets(line, sizeof(line), f) != NULL)
-        ;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strcmp(line, "helped\n") == 0) { /* the bytes its copy helpers copied */
+            kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_COPY};
+            kvs_stats_query(ctx, &ks);
+            dprintf(out, "helped %llu\n", (unsigned long long)ks.shm_helper_bytes);
+        }
+    }
     kvs_ctx_destroy(ctx);
     exit(0);
 }
@@ -1734,7 +1740,7 @@ static void s_helpers(void)
              (unsigned long long)shm_bytes(&r), (unsigned long long)shm_bytes(&a),
              (unsigned long long)shm_bytes(&x));
     /* A helper that wakes late can miss one copy, not all twenty. */
-    bool cpus = sysconf(_SC_NPROCESSORS_ONLN) > 1;
+    bool cpus = kvs__usable_cpus(NULL) > 1; /* else no helper starts */
     if (helper_bytes(&a) != 0 || (cpus && (helper_bytes(&r) == 0 || helper_bytes(&x) == 0)) ||
         helper_bytes(&r) > whole || helper_bytes(&x) > whole / 2)
         FAIL("helpers: bytes copied by helpers: %llu of %llu (blocks), %llu of %llu (TP view), "
@@ -1750,6 +1756,62 @@ static void s_helpers(void)
     reader_free(&x);
     reader_free(&r);
     stop_holder(&h);
+
+    /* A pool node shares its copies of puts from a client's memfds too:
+     * 10 puts of 4 MiB under new keys, the node's helper bytes asked for,
+     * the last puts fetched back (the node holds 64 MiB). Started with no
+     * context in this process: a child forked from one that has UCX
+     * running inherits its threads' state, which UCX does not support. */
+    child_t n = start_node();
+    setenv("KVSHARE_POOL", n.addr, 1);
+    kvs_ctx_h ctx = make_ctx(NULL);
+    unsetenv("KVSHARE_POOL");
+    uint8_t *mem = NULL;
+    kvs_pool_h pool = make_pool(ctx, &mem);
+    const int puts = 10;
+    for (int i = 0; i < puts; i++) {
+        kvs_key_t keys[NBLOCKS];
+        uint32_t ids[NBLOCKS];
+        for (uint32_t k = 0; k < NBLOCKS; k++) {
+            keys[k] = key_of(20 * NBLOCKS + (uint32_t)i * NBLOCKS + k);
+            ids[k] = k;
+            put_block(mem, NULL, k, 20 * NBLOCKS + (uint32_t)i * NBLOCKS + k, 1);
+        }
+        kvs_request_h req = NULL;
+        kvs_status_t st = kvs_put_ex(pool, keys, ids, NBLOCKS, NULL, &req);
+        if (st == KVS_OK) {
+            st = kvs_request_wait(req, -1);
+            kvs_request_free(req);
+        }
+        if (st != KVS_OK)
+            FAIL("helpers: put %d to the node: %s (node: %s)", i + 1, kvs_status_string(st),
+                 warnings_in("node.log"));
+    }
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_PUTS};
+    kvs_stats_query(ctx, &ks);
+    char line[128];
+    unsigned long long node_helped = 0;
+    dprintf(n.to, "helped\n");
+    if (fgets(line, sizeof(line), n.from) == NULL || sscanf(line, "helped %llu", &node_helped) != 1)
+        FAIL("helpers: the node did not say what its helpers copied");
+    const uint64_t put_bytes = (uint64_t)puts * NBLOCKS * BB;
+    if (ks.put_pulled_blocks != (uint64_t)puts * NBLOCKS || node_helped > put_bytes ||
+        (cpus && node_helped == 0))
+        FAIL("helpers: the node's helpers copied %llu of the %llu bytes put (%llu blocks pulled)",
+             node_helped, (unsigned long long)put_bytes, (unsigned long long)ks.put_pulled_blocks);
+    const uint32_t last = 20 * NBLOCKS + (uint32_t)(puts - 1) * NBLOCKS;
+    reader_t b = reader_new();
+    if (fetch(&b, n.addr, last, NBLOCKS) != KVS_OK)
+        FAIL("helpers: fetch back the last put from the node");
+    check(&b, last, NBLOCKS, 1);
+    printf("ok: helpers: %d puts of %u blocks to a pool node, read from the client's memfd; its "
+           "helper copied %llu of %llu bytes; the last put fetched back, every byte\n",
+           puts, NBLOCKS, node_helped, (unsigned long long)put_bytes);
+    kvs_pool_destroy(pool);
+    kvs_mem_free(ctx, mem);
+    kvs_ctx_destroy(ctx);
+    reader_free(&b);
+    stop_holder(&n);
 }
 
 static void s_exit(void)
