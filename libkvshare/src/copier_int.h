@@ -24,6 +24,8 @@
 /* What one claim takes: small enough that a late helper still gets work. */
 #define KVS__COPIER_CHUNK       (64u * 1024u)
 #define KVS__COPIER_MAX_THREADS 8
+/* How long the caller watches for the last helper's chunk before it sleeps. */
+#define KVS__COPIER_TAIL_SPIN_NS (50u * 1000u)
 
 typedef struct kvs__copier kvs__copier_t;
 
