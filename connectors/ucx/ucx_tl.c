@@ -14,6 +14,9 @@
 #include "transport_int.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +38,35 @@ typedef struct utl {
     ucp_address_t *waddr;
     size_t waddr_len;
     bool wakeup;
+    bool counted; /* in live_workers */
     int efd;
 } utl_t;
+
+/* UCX keeps process-wide state for its async thread (the thread, and who
+ * it is), made with the first worker and kept while any lives. A child
+ * forked while one lived inherits that state without the thread: its own
+ * workers then have no async progress (the parent's connects to the
+ * child's UCX TCP port were refused), and UCX takes the child's first
+ * thread for the async one and aborts on an endpoint failure
+ * (ucp_ep_set_failed: `!ucs_async_is_from_async`; a pool node forked from
+ * a test process that held a context aborted when a client disconnected).
+ * So a process forked while a worker of ours lived makes none: its context
+ * fails with the reason (the shim steps aside), rather than running until
+ * a peer goes away. A fork after the last context was destroyed is fine. */
+static atomic_uint live_workers;
+static atomic_bool forked_live;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_child(void)
+{
+    if (atomic_load(&live_workers) > 0)
+        atomic_store(&forked_live, true);
+}
+
+static void fork_watch(void)
+{
+    (void)pthread_atfork(NULL, NULL, fork_child);
+}
 
 typedef struct uep {
     utl_t *tl;
@@ -390,6 +420,14 @@ static void u_fini(void *arg);
 static kvs_status_t u_init(const kvs__config_t *cfg, const kvs__logger_t *log,
                            const kvs__tl_events_t *ev, void **tl_p, char *err, size_t errlen)
 {
+    pthread_once(&fork_once, fork_watch);
+    if (atomic_load(&forked_live)) {
+        snprintf(err, errlen,
+                 "UCX cannot run in this process: it was forked from one whose kvshare context "
+                 "was running, and UCX's process-wide state came across without its thread; "
+                 "make contexts after the fork (or start workers with spawn)");
+        return KVS_ERR_UNSUPPORTED;
+    }
     utl_t *tl = kvs__calloc(1, sizeof(*tl));
     if (tl == NULL)
         return KVS_ERR_NO_MEMORY;
@@ -433,6 +471,8 @@ static kvs_status_t u_init(const kvs__config_t *cfg, const kvs__logger_t *log,
         tl->worker = NULL;
         goto fail;
     }
+    atomic_fetch_add(&live_workers, 1);
+    tl->counted = true;
     s = ucp_worker_get_address(tl->worker, &tl->waddr, &tl->waddr_len);
     if (s != UCS_OK) {
         snprintf(err, errlen, "ucp_worker_get_address: %s", ucs_status_string(s));
@@ -481,6 +521,8 @@ static void u_fini(void *arg)
         ucp_worker_destroy(tl->worker);
     if (tl->ucp != NULL)
         ucp_cleanup(tl->ucp);
+    if (tl->counted)
+        atomic_fetch_sub(&live_workers, 1);
     while (tl->live != NULL) {
         uop_t *op = tl->live;
         op_unlink(op);

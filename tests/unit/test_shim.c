@@ -148,6 +148,15 @@ static void run_probe(probe_run_t *r, const char *exe, const char *how, const ch
     r->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
 }
 
+static int count_lines(const char *text)
+{
+    int n = 0;
+    for (const char *c = text; *c != '\0'; c++) {
+        n += *c == '\n';
+    }
+    return n;
+}
+
 static void expect_ok(const probe_run_t *r, const char *what)
 {
     cr_assert_eq(r->status, 0, "%s: probe exited %d; stderr:\n%s", what, r->status, r->err);
@@ -324,11 +333,14 @@ Test(shim, eight_threads_allocate_and_free)
     expect_ok(&r, "procaddr");
 }
 
+/* The parent's context runs UCX when it forks; a child of such a process
+ * cannot run UCX (ucx_tl.c), so the child's shim says why once and steps
+ * aside at its first KV region, and every call of the engine still works. */
 Test(shim, forked_child_reinitialises)
 {
     char stats[128], path[384];
     /* The child cannot tear down the UCX state it inherits (see the file). */
-    const char *env[] = {stats, "KVSHARE_KV_MIN_BYTES=1MiB",
+    const char *env[] = {stats, "KVSHARE_KV_MIN_BYTES=1MiB", "KVSHARE_LOG=error",
                          "LSAN_OPTIONS=suppressions=" KVS_TEST_LSAN_FORK_SUPP, NULL};
     probe_run_t r;
     DIR *d;
@@ -338,6 +350,10 @@ Test(shim, forked_child_reinitialises)
     snprintf(stats, sizeof(stats), "KVSHARE_STATS_FILE=%s/stats.%%p.json", g_dir);
     run_probe(&r, KVS_TEST_PROBE_DIRECT, "linked", "fork", "on", env);
     expect_ok(&r, "fork");
+    cr_expect_not_null(strstr(r.err, "UCX cannot run in this process: it was forked from one whose "
+                                     "kvshare context was running"),
+                       "the child did not say why it stepped aside; stderr:\n%s", r.err);
+    cr_expect_eq(count_lines(r.err), 1, "one line, the child's; stderr:\n%s", r.err);
     /* One stats file per process, each with its own counters. */
     d = opendir(g_dir);
     cr_assert_not_null(d);
@@ -350,16 +366,21 @@ Test(shim, forked_child_reinitialises)
         snprintf(path, sizeof(path), "%s/%s", g_dir, e->d_name);
         s = read_stats(path);
         cr_expect_eq(num(s, "allocations"), 1);
-        cr_expect_eq(num(s, "kv_registered"), 1);
+        cr_expect_eq(num(s, "kv_regions"), 1);
         cr_expect_eq(num(s, "kvs_regions"), 0);
         if (num(s, "pid") == (double)r.pid) {
             parent++;
+            cr_expect_eq(num(s, "kv_registered"), 1);
             cr_expect_eq(num(s, "frees"), 1);
             cr_expect_eq(num(s, "copies_htod"), 1);
+            cr_expect_eq(num(s, "errors"), 0);
         } else {
-            child++;
-            cr_expect_eq(num(s, "frees"), 2);
-            cr_expect_eq(num(s, "copies_htod"), 1);
+            child++; /* stepped aside at its KV region: nothing registered, calls forwarded */
+            cr_expect_eq(num(s, "kv_registered"), 0);
+            cr_expect_eq(num(s, "errors"), 1);
+            const cJSON *mode = cJSON_GetObjectItemCaseSensitive(s, "mode");
+            cr_expect(cJSON_IsString(mode) && strcmp(mode->valuestring, "passthrough") == 0,
+                      "the child's shim is not in pass-through");
         }
         cJSON_Delete(s);
     }

@@ -511,16 +511,19 @@ static void scenario_fork(void)
     pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
-        /* The child starts over: fresh counters, fresh libkvshare context. */
+        /* The child starts over: fresh counters. Its libkvshare context
+         * cannot be made (UCX does not run in a child forked while the
+         * parent's context ran: ucx_tl.c), so at its first KV region the
+         * shim says why once and steps aside; the engine's calls work. */
         CHECK(counter("allocations") == 0 && counter("tracked") == 0);
         CHECK(counter("kvs_regions") == 0);
         CU(A.cuMemAlloc_v2(&kv2, KV_BYTES));
-        CHECK(counter("kvs_regions") == 1 && query(kv2, "kv") == 1);
+        CHECK(counter("kvs_regions") == 0 && counter("errors") == 1);
         fill(buf, sizeof(buf), 9);
         CU(A.cuMemcpyHtoD_v2(kv2, buf, sizeof(buf)));
         CU(A.cuMemFree_v2(kv2));
         CU(A.cuMemFree_v2(kv)); /* the parent's, untracked here: forwarded */
-        CHECK(counter("kvs_regions") == 0 && counter("frees") == 2);
+        CHECK(counter("kvs_regions") == 0);
         exit(0);
     }
     CHECK(waitpid(pid, &status, 0) == pid);

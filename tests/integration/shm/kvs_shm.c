@@ -1760,8 +1760,8 @@ static void s_helpers(void)
     /* A pool node shares its copies of puts from a client's memfds too:
      * 10 puts of 4 MiB under new keys, the node's helper bytes asked for,
      * the last puts fetched back (the node holds 64 MiB). Started with no
-     * context in this process: a child forked from one that has UCX
-     * running inherits its threads' state, which UCX does not support. */
+     * context in this process: a child forked while one ran cannot run UCX
+     * (ucx_tl.c: its kvs_ctx_create fails). */
     child_t n = start_node();
     setenv("KVSHARE_POOL", n.addr, 1);
     kvs_ctx_h ctx = make_ctx(NULL);
