@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1153,4 +1154,79 @@ Test(peer, across_views_get_path)
 Test(peer, across_views_push_path)
 {
     across_views("loop-am");
+}
+
+/* In a child forked while a UCX context of ours ran, UCX cannot run (its
+ * process-wide async state came across without its thread): the child's
+ * kvs_ctx_create fails and says why. Forked after the last UCX context went,
+ * the child makes one as any process does. The transport's "none" is
+ * unaffected either way. */
+static int child_create(const char *transport, char *err, size_t errlen)
+{
+    kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_NO_ENV | KVS_CTX_FIELD_TRANSPORT |
+                                        KVS_CTX_FIELD_ERRBUF | KVS_CTX_FIELD_LISTEN |
+                                        KVS_CTX_FIELD_AUTH_TOKEN_FILE,
+                          .transport = transport,
+                          .listen = "127.0.0.1:0",
+                          .auth_token_file = tok_a,
+                          .errbuf = err,
+                          .errbuf_len = errlen};
+    if (strcmp(transport, "none") == 0)
+        p.field_mask &= ~(uint64_t)(KVS_CTX_FIELD_LISTEN | KVS_CTX_FIELD_AUTH_TOKEN_FILE);
+    kvs_ctx_h ctx = NULL;
+    kvs_status_t st = kvs_ctx_create(&p, &ctx);
+    kvs_ctx_destroy(ctx);
+    return (int)st;
+}
+
+/* Forks; the child creates a context of @transport and reports its status
+ * and message through a pipe. */
+static kvs_status_t create_in_child(const char *transport, char *err, size_t errlen)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(fds[0]);
+        alarm(20);
+        char e[512] = "";
+        int st = child_create(transport, e, sizeof(e));
+        dprintf(fds[1], "%d %s", st, e);
+        _exit(0);
+    }
+    close(fds[1]);
+    char buf[600] = "";
+    size_t used = 0;
+    ssize_t got;
+    while (used + 1 < sizeof(buf) && (got = read(fds[0], buf + used, sizeof(buf) - 1 - used)) > 0)
+        used += (size_t)got;
+    close(fds[0]);
+    int ws = 0;
+    cr_assert_eq(waitpid(pid, &ws, 0), pid);
+    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "child status 0x%x", ws);
+    int st = 0, off = 0;
+    cr_assert_eq(sscanf(buf, "%d %n", &st, &off), 1, "child said '%s'", buf);
+    snprintf(err, errlen, "%s", buf + off);
+    return (kvs_status_t)st;
+}
+
+Test(peer, a_child_forked_while_ucx_ran_refuses_ucx_and_says_why)
+{
+    char err[600];
+    kvs_ctx_h ctx = make_ctx("ucx", true, tok_a, 0, 0);
+    kvs_status_t st = create_in_child("ucx", err, sizeof(err));
+    cr_expect_eq(st, KVS_ERR_UNSUPPORTED, "forked while UCX ran: %s (%s)", kvs_status_string(st),
+                 err);
+    cr_expect_not_null(strstr(err, "UCX cannot run in this process: it was forked from one whose "
+                                   "kvshare context was running"),
+                       "message: %s", err);
+    st = create_in_child("none", err, sizeof(err));
+    cr_expect_eq(st, KVS_OK, "transport none in the same child: %s (%s)", kvs_status_string(st),
+                 err);
+    kvs_ctx_destroy(ctx);
+    st = create_in_child("ucx", err, sizeof(err));
+    cr_expect_eq(st, KVS_OK, "forked after the last UCX context went: %s (%s)",
+                 kvs_status_string(st), err);
 }
