@@ -5,13 +5,13 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <time.h>
@@ -285,8 +285,8 @@ static unsigned quota_cpus(long long quota, long long period)
 static unsigned cgroup_cpus(const char *root)
 {
     char line[128], dir[PATH_MAX];
-    long long quota = 0, period = 0;
     if (read_line(root, "cpu.max", line, sizeof(line))) { /* v2: "max 100000" or "150000 100000" */
+        long long quota = 0, period = 0;
         if (strncmp(line, "max", 3) == 0 || sscanf(line, "%lld %lld", &quota, &period) != 2)
             return 0;
         return quota_cpus(quota, period);
@@ -299,10 +299,7 @@ static unsigned cgroup_cpus(const char *root)
             !read_line(dir, "cpu.cfs_quota_us", q, sizeof(q)) ||
             !read_line(dir, "cpu.cfs_period_us", p, sizeof(p)))
             continue;
-        char *end;
-        quota = strtoll(q, &end, 10);
-        period = strtoll(p, &end, 10);
-        return quota_cpus(quota, period);
+        return quota_cpus(strtoll(q, NULL, 10), strtoll(p, NULL, 10)); /* "-1": no quota */
     }
     return 0;
 }
