@@ -178,28 +178,7 @@ Test(copier, a_forked_child_copies_alone)
     kvs__copier_free(cp);
 }
 
-/* A cgroup tree of one file under a fresh directory: @rel (may hold a
- * subdirectory) with @text. Returns the root. */
-static char *cg_tree(const char *rel, const char *text)
-{
-    char *root = strdup("/tmp/kvs-cg-XXXXXX");
-    cr_assert(root != NULL && mkdtemp(root) != NULL);
-    if (rel == NULL)
-        return root;
-    char path[512];
-    const char *slash = strrchr(rel, '/');
-    if (slash != NULL) {
-        snprintf(path, sizeof(path), "%s/%.*s", root, (int)(slash - rel), rel);
-        cr_assert_eq(mkdir(path, 0700), 0);
-    }
-    snprintf(path, sizeof(path), "%s/%s", root, rel);
-    FILE *f = fopen(path, "w");
-    cr_assert(f != NULL);
-    fputs(text, f);
-    fclose(f);
-    return root;
-}
-
+/* Writes @text to @root/@rel. */
 static void cg_add(const char *root, const char *rel, const char *text)
 {
     char path[512];
@@ -208,6 +187,24 @@ static void cg_add(const char *root, const char *rel, const char *text)
     cr_assert(f != NULL);
     fputs(text, f);
     fclose(f);
+}
+
+/* A cgroup tree of one file under a fresh directory: @rel (may hold a
+ * subdirectory) with @text. Returns the root. */
+static char *cg_tree(const char *rel, const char *text)
+{
+    char *root = strdup("/tmp/kvs-cg-XXXXXX");
+    cr_assert(root != NULL && mkdtemp(root) != NULL);
+    if (rel == NULL)
+        return root;
+    const char *slash = strrchr(rel, '/');
+    if (slash != NULL) {
+        char dir[512];
+        snprintf(dir, sizeof(dir), "%s/%.*s", root, (int)(slash - rel), rel);
+        cr_assert_eq(mkdir(dir, 0700), 0);
+    }
+    cg_add(root, rel, text);
+    return root;
 }
 
 static void cg_free(char *root)
