@@ -147,6 +147,7 @@ struct conn {
     char doom_why[160];
     rregion_t *rr;
     size_t nrr, caprr, nrr_gone;
+    uint32_t rr_max_id;   /* the highest region id the peer has named (they only grow) */
     bool warming;         /* warm_get's GET may be using an rkey of rr */
     kvs__shm_peer_t *shm; /* client, same host: the holder's memory mapped (shm.c) */
     bool cuda_dst_said;   /* client: a fetch into CUDA memory it could not serve was logged */
@@ -738,6 +739,8 @@ static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
             return KVS_ERR_NO_MEMORY;
         memcpy(rr->rkey_buf, d.rkey, d.rkey_len);
         rr->id = d.id;
+        if (d.id > c->rr_max_id)
+            c->rr_max_id = d.id;
         rr->base = d.base;
         rr->len = d.length;
         rr->rkey_len = d.rkey_len;
@@ -806,13 +809,15 @@ static rregion_t *rregion(conn_t *c, uint32_t id, uint64_t addr, uint64_t len)
 
 /* Why rregion() found nothing for region @id: the holder let it go since
  * the lookup (its blocks are stale), or a descriptor that names no region
- * or lies outside it. */
+ * or lies outside it. A region we no longer list at all was dropped once
+ * gone (reap_rregions): the holder's ids only grow, so one at or below the
+ * highest it named was in its table, and a lease naming it is stale. */
 static kvs_status_t no_rregion(const conn_t *c, uint32_t id)
 {
     for (size_t k = 0; k < c->nrr; k++)
-        if (c->rr[k].id == id && c->rr[k].gone_after != 0)
-            return KVS_ERR_STALE;
-    return KVS_ERR_PROTOCOL;
+        if (c->rr[k].id == id)
+            return c->rr[k].gone_after != 0 ? KVS_ERR_STALE : KVS_ERR_PROTOCOL;
+    return id != 0 && id <= c->rr_max_id ? KVS_ERR_STALE : KVS_ERR_PROTOCOL;
 }
 
 /* ---------------------------------------------------------------------- */

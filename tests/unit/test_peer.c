@@ -359,6 +359,52 @@ Test(peer, reads_count_released_leases_only)
     pair_fini(&pr);
 }
 
+/* A lease on memory the holder has let go since (its pool replaced) is
+ * stale, even once a later lookup's region table made us forget that
+ * memory: KVS_ERR_STALE (look up again), not a protocol error, and the
+ * connection keeps serving the new lease. */
+Test(peer, a_lease_on_memory_the_holder_let_go_is_stale)
+{
+    pair_t pr;
+    pair_init(&pr, "loop", tok_a, 0, 300);
+    for (uint32_t i = 0; i < 4; i++) { /* zero-copy: the blocks live in the pool's memory */
+        pr.keys[i] = test_key(1000 + i);
+        pr.ids[i] = 20 + i;
+        test_fill_block(&pr.pa, pr.ids[i], 500 + i);
+    }
+    cr_assert_eq(kvs_publish(pr.pa.pool, pr.keys, pr.ids, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    kvs_lease_h old = NULL;
+    cr_assert_eq(peer_lookup(&pr, 4, 0, &old), KVS_OK);
+    cr_assert_eq(kvs_lease_hits(old), 4);
+    /* The holder's pool goes (after the 300 ms lease) and another takes
+     * its place, with new bytes under the same keys. */
+    test_pool_free(&pr.pa);
+    test_pool_init(&pr.pa, pr.a, "m", 64, 3, 1024);
+    for (uint32_t i = 0; i < 4; i++)
+        test_fill_block(&pr.pa, pr.ids[i], 600 + i);
+    cr_assert_eq(kvs_publish(pr.pa.pool, pr.keys, pr.ids, 4, KVS_PUBLISH_ZERO_COPY, NULL), KVS_OK);
+    kvs_lease_h now = NULL;
+    cr_assert_eq(peer_lookup(&pr, 4, 0, &now), KVS_OK); /* brings the new region table */
+    cr_assert_eq(kvs_lease_hits(now), 4);
+    uint32_t dst[4] = {10, 11, 12, 13};
+    kvs_request_h rq = NULL;
+    cr_assert_eq(kvs_fetch(old, pr.pb.pool, dst, 4, NULL, &rq), KVS_OK);
+    kvs_status_t st = kvs_request_wait(rq, 10000);
+    cr_assert_eq(st, KVS_ERR_STALE, "a fetch from memory the holder let go: %s",
+                 kvs_status_string(st));
+    kvs_request_free(rq);
+    kvs_lease_release(old);
+    rq = NULL;
+    cr_assert_eq(kvs_fetch(now, pr.pb.pool, dst, 4, NULL, &rq), KVS_OK);
+    st = kvs_request_wait(rq, 10000);
+    cr_assert_eq(st, KVS_OK, "the new lease after a stale one: %s", kvs_status_string(st));
+    kvs_request_free(rq);
+    for (uint32_t i = 0; i < 4; i++)
+        cr_assert(test_block_is(&pr.pb, dst[i], 600 + i), "block %u differs", i);
+    kvs_lease_release(now);
+    pair_fini(&pr);
+}
+
 /* A peer lookup of the first @n keys announcing @readers (0: not said),
  * fetched whole and released; returns once the holder counted the read. */
 static void read_announcing(pair_t *pr, uint32_t n, uint32_t readers, const uint32_t *zc,
