@@ -70,12 +70,14 @@ static void usage(FILE *f)
         "batch's copy runs on this thread while the lookup's reply is on its way, so the\n"
         "copy then counts in the lookup's time; --lookup-thread looks each next batch up on\n"
         "a second thread instead, two leases at most). Where a batch's time went (lookup,\n"
-        "kvs_fetch, wait, release: means; and the median lookup) is printed\n"
-        "too, and the share of the mapped bytes the copy helper threads copied\n"
-        "(KVSHARE_COPY_THREADS; helper_share in the JSON). Printed beside it, from the same run: "
-        "one core's memcpy of the same blocks\n"
-        "(the limit of a shared-memory path), and ucx_perftest at the same size and UCX_TLS\n"
-        "(ucp_get on shared memory, ucp_am_bw on tcp).\n"
+        "kvs_fetch, wait, release: means; and the median lookup) is printed too, and the\n"
+        "share of the mapped bytes the copy helper threads copied (KVSHARE_COPY_THREADS;\n"
+        "helper_share in the JSON). Printed beside it, from the same run: one core's memcpy\n"
+        "of the same blocks (the limit of a shared-memory path) and, on shared memory, the\n"
+        "kernel's cross-process copy of them (CMA), one pass of each in every round of ours,\n"
+        "so that a machine whose speed drifts moves both sides of a ratio alike; and\n"
+        "ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw on\n"
+        "tcp).\n"
         "--path memfd needs the same-host path (this process maps the server's memfds and\n"
         "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
@@ -389,6 +391,34 @@ static void *ahead_thread(void *arg)
             break;
     }
     return NULL;
+}
+
+/* The anchors' passes: one core copying the same blocks (same shuffled ids
+ * both sides) with memcpy, and the kernel's cross-process copy (CMA,
+ * process_vm_readv) of them from the server process: the ceiling of a
+ * shared-memory path when the holder's memory cannot be mapped (no
+ * xpmem/knem). Each returns its seconds (CMA: -1 when a read failed). */
+static double memcpy_pass(const xopts_t *o, uint8_t *mem, const uint8_t *src, const uint32_t *sids,
+                          const uint32_t *dst, uint64_t moved)
+{
+    double t0 = kvs_cli_now();
+    for (uint64_t i = 0; i < o->blocks; i++)
+        memcpy(mem + (size_t)dst[i] * o->side_bytes, src + (size_t)sids[i] * moved, moved);
+    return kvs_cli_now() - t0;
+}
+
+static double cma_pass(const xopts_t *o, uint8_t *mem, pid_t srv, void *srv_base,
+                       uint64_t srv_bytes, const uint32_t *sids, const uint32_t *dst,
+                       uint64_t moved)
+{
+    double t0 = kvs_cli_now();
+    for (uint64_t i = 0; i < o->blocks; i++) {
+        struct iovec l = {mem + (size_t)dst[i] * o->side_bytes, moved};
+        struct iovec rm = {(uint8_t *)srv_base + (size_t)sids[i] * srv_bytes, moved};
+        if (process_vm_readv(srv, &l, 1, &rm, 1, 0) != (ssize_t)moved)
+            return -1;
+    }
+    return kvs_cli_now() - t0;
 }
 
 /* One pass over all the blocks: looked up at @addr and fetched into @dst of
@@ -789,6 +819,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     kvs_ctx_h ctx = make_ctx(NULL);
     uint8_t *mem = NULL, *wmem = NULL;
     kvs_pool_h pool = NULL, wpool = NULL;
+    uint8_t *src = NULL;   /* the memcpy anchor's source */
+    uint32_t *sids = NULL; /* its (and CMA's) shuffled source ids */
+    double *mt = NULL, *ct = NULL;
     kvs_key_t *keys = malloc(o.blocks * sizeof(*keys));
     kvs_key_t *wkeys = tp ? malloc(o.blocks * sizeof(*wkeys)) : NULL;
     uint32_t *dst = block_ids(o.blocks, o.seed + 2, o.contiguous);
@@ -815,7 +848,30 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     /* Bytes each kind of pass read from mapped memory (with TP the sliced
      * and the whole passes can take different paths). */
     uint64_t shm_sliced = 0, shm_whole = 0;
+    /* The anchors run in the same rounds as our passes, each round one of
+     * each, so that a machine whose speed drifts (a VM's neighbours) moves
+     * both sides of a ratio alike; our pass goes last, so the pool holds
+     * what it fetched when checked. */
+    src = aligned_alloc(4096, (size_t)bytes_total);
+    sids = block_ids(o.blocks, o.seed + 1, o.contiguous);
+    mt = calloc(o.repeats, sizeof(double));
+    ct = calloc(o.repeats, sizeof(double));
+    bool mc_ok = src != NULL && sids != NULL && mt != NULL,
+         cma_ok = shm && sids != NULL && ct != NULL;
+    if (src != NULL)
+        memset(src, 1, (size_t)bytes_total);
     for (uint64_t r = 0; r <= o.repeats && st == KVS_OK; r++) {
+        if (mc_ok) {
+            double t = memcpy_pass(&o, mem, src, sids, dst, moved);
+            if (r > 0)
+                mt[r - 1] = t;
+        }
+        if (cma_ok) {
+            double t = cma_pass(&o, mem, srv, srv_base, srv_bytes, sids, dst, moved);
+            cma_ok = t >= 0;
+            if (r > 0)
+                ct[r - 1] = t;
+        }
         double secs = 0;
         uint64_t s0 = shm_fetched(ctx);
         st = fetch_pass(ctx, &o, addr, pool, keys, dst, r > 0 ? lat : NULL, &nlat, &ph, &secs);
@@ -855,50 +911,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     double p50 = lat[(size_t)((double)(nlat - 1) * 0.5)],
            p99 = lat[(size_t)((double)(nlat - 1) * 0.99)]; /* the same rank rule: p50 <= p99 */
 
-    /* 3. One core copying the same blocks, same shuffled ids both sides. */
-    uint8_t *src = aligned_alloc(4096, (size_t)bytes_total);
-    uint32_t *sids = block_ids(o.blocks, o.seed + 1, o.contiguous);
-    double mc = 0;
-    if (src != NULL && sids != NULL) {
-        memset(src, 1, (size_t)bytes_total);
-        double *mt = calloc(o.repeats, sizeof(double));
-        for (uint64_t r = 0; r <= o.repeats && mt != NULL; r++) {
-            double t0 = kvs_cli_now();
-            for (uint64_t i = 0; i < o.blocks; i++)
-                memcpy(mem + (size_t)dst[i] * o.side_bytes, src + (size_t)sids[i] * moved, moved);
-            if (r > 0)
-                mt[r - 1] = kvs_cli_now() - t0;
-        }
-        if (mt != NULL)
-            mc = bytes_total / kvs_cli_median(mt, (int)o.repeats) / 1e9;
-        free(mt);
-    }
-    free(src);
-    free(sids);
-
-    /* 3b. The kernel's cross-process copy (CMA, process_vm_readv) of the
-     * same blocks from the server process: the ceiling of a shared-memory
-     * path when the holder's memory cannot be mapped (no xpmem/knem). */
-    double cma = 0;
-    if (shm) {
-        uint32_t *sids2 = block_ids(o.blocks, o.seed + 1, o.contiguous);
-        double *ct = calloc(o.repeats, sizeof(double));
-        bool ok = sids2 != NULL && ct != NULL;
-        for (uint64_t r = 0; ok && r <= o.repeats; r++) {
-            double t0 = kvs_cli_now();
-            for (uint64_t i = 0; ok && i < o.blocks; i++) {
-                struct iovec l = {mem + (size_t)dst[i] * o.side_bytes, moved};
-                struct iovec rm = {(uint8_t *)srv_base + (size_t)sids2[i] * srv_bytes, moved};
-                ok = process_vm_readv(srv, &l, 1, &rm, 1, 0) == (ssize_t)moved;
-            }
-            if (r > 0)
-                ct[r - 1] = kvs_cli_now() - t0;
-        }
-        if (ok)
-            cma = bytes_total / kvs_cli_median(ct, (int)o.repeats) / 1e9;
-        free(ct);
-        free(sids2);
-    }
+    /* 3. The anchors' medians (their passes ran beside ours, above). */
+    double mc = mc_ok ? bytes_total / kvs_cli_median(mt, (int)o.repeats) / 1e9 : 0;
+    double cma = cma_ok ? bytes_total / kvs_cli_median(ct, (int)o.repeats) / 1e9 : 0;
 
     /* 4. ucx_perftest at the same size and transports. */
     char note[128] = "";
@@ -996,5 +1011,9 @@ out:
     free(lookups);
     free(rep);
     free(wrep);
+    free(src);
+    free(sids);
+    free(mt);
+    free(ct);
     return rc;
 }
