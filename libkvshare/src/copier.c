@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -281,37 +282,124 @@ static unsigned quota_cpus(long long quota, long long period)
     return n > (long long)UINT_MAX ? UINT_MAX : (unsigned)n;
 }
 
-/* The cgroup's CPU quota in whole CPUs (rounded up); 0: none, or unreadable. */
-static unsigned cgroup_cpus(const char *root)
+/* A cgroup directory's CPU quota in whole CPUs (rounded up); 0: none, or
+ * unreadable. v2: cpu.max, "max 100000" or "150000 100000". */
+static unsigned v2_quota(const char *dir)
 {
-    char line[128], dir[PATH_MAX];
-    if (read_line(root, "cpu.max", line, sizeof(line))) { /* v2: "max 100000" or "150000 100000" */
-        long long quota = 0, period = 0;
-        if (strncmp(line, "max", 3) == 0 || sscanf(line, "%lld %lld", &quota, &period) != 2)
-            return 0;
-        return quota_cpus(quota, period);
+    char line[128];
+    long long quota = 0, period = 0;
+    if (!read_line(dir, "cpu.max", line, sizeof(line)) || strncmp(line, "max", 3) == 0 ||
+        sscanf(line, "%lld %lld", &quota, &period) != 2)
+        return 0;
+    return quota_cpus(quota, period);
+}
+
+/* v1: cpu.cfs_quota_us over cpu.cfs_period_us ("-1": no quota). */
+static unsigned v1_quota(const char *dir)
+{
+    char q[64], p[64];
+    if (!read_line(dir, "cpu.cfs_quota_us", q, sizeof(q)) ||
+        !read_line(dir, "cpu.cfs_period_us", p, sizeof(p)))
+        return 0;
+    return quota_cpus(strtoll(q, NULL, 10), strtoll(p, NULL, 10));
+}
+
+static bool is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The smallest quota from @base/@rel up to @base: a cgroup may use no more
+ * than any of its ancestors allows (a service in a systemd slice with
+ * CPUQuota=, a process in a pod's cgroup seen without a cgroup namespace).
+ * A @rel that is not under @base (a container that sees its own cgroup
+ * mounted at @base while /proc/self/cgroup names the host's path) counts
+ * @base alone. */
+static unsigned walk_up(const char *base, const char *rel, unsigned (*quota)(const char *dir))
+{
+    char dir[PATH_MAX];
+    size_t blen = strlen(base);
+    if (rel[0] != '/' || strstr(rel, "/..") != NULL ||
+        (size_t)snprintf(dir, sizeof(dir), "%s%s", base, rel) >= sizeof(dir) || !is_dir(dir))
+        return quota(base);
+    size_t len = strlen(dir);
+    while (len > blen && dir[len - 1] == '/')
+        dir[--len] = '\0';
+    unsigned best = 0;
+    for (;;) {
+        unsigned q = quota(dir);
+        if (q > 0 && (best == 0 || q < best))
+            best = q;
+        char *slash = strrchr(dir + blen, '/');
+        if (slash == NULL || len <= blen)
+            break;
+        *slash = '\0';
+        len = strlen(dir);
     }
-    /* v1: the cpu controller's own directory, alone or joined with cpuacct */
-    static const char *const v1[] = {"cpu", "cpu,cpuacct", "cpuacct,cpu"};
-    for (size_t i = 0; i < sizeof(v1) / sizeof(v1[0]); i++) {
-        char q[64], p[64];
-        if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", root, v1[i]) >= sizeof(dir) ||
-            !read_line(dir, "cpu.cfs_quota_us", q, sizeof(q)) ||
-            !read_line(dir, "cpu.cfs_period_us", p, sizeof(p)))
+    return best;
+}
+
+/* This process's cgroup paths from @file (/proc/self/cgroup): the v2 one
+ * ("0::PATH") and the v1 cpu controller's ("N:cpu,cpuacct:PATH", with its
+ * controller list, which names its directory). Empty where not said. */
+static void self_cgroups(const char *file, char *v2, char *v1, char *v1dir, size_t cap)
+{
+    v2[0] = v1[0] = v1dir[0] = '\0';
+    FILE *f = fopen(file, "re");
+    if (f == NULL)
+        return;
+    char line[PATH_MAX + 128];
+    while (fgets(line, (int)sizeof(line), f) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':'), *c2 = c1 != NULL ? strchr(c1 + 1, ':') : NULL;
+        if (c2 == NULL || strlen(c2 + 1) >= cap)
             continue;
-        return quota_cpus(strtoll(q, NULL, 10), strtoll(p, NULL, 10)); /* "-1": no quota */
+        *c2 = '\0';
+        const char *ctls = c1 + 1, *path = c2 + 1;
+        if (ctls[0] == '\0' && strncmp(line, "0:", 2) == 0) {
+            snprintf(v2, cap, "%s", path);
+            continue;
+        }
+        char list[256];
+        snprintf(list, sizeof(list), ",%s,", ctls);
+        if (strstr(list, ",cpu,") != NULL && strlen(ctls) < cap) {
+            snprintf(v1, cap, "%s", path);
+            snprintf(v1dir, cap, "%s", ctls);
+        }
+    }
+    fclose(f);
+}
+
+/* The CPU quota of this process's cgroup in whole CPUs; 0: none. */
+static unsigned cgroup_cpus(const char *root, const char *self)
+{
+    char v2[PATH_MAX], v1[PATH_MAX], v1dir[PATH_MAX], dir[PATH_MAX];
+    self_cgroups(self, v2, v1, v1dir, sizeof(v2));
+    unsigned q = walk_up(root, v2[0] != '\0' ? v2 : "/", v2_quota);
+    if (q > 0)
+        return q;
+    /* v1: the cpu controller's own directory, alone or joined with cpuacct */
+    const char *const names[] = {v1dir, "cpu", "cpu,cpuacct", "cpuacct,cpu"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (names[i][0] == '\0' ||
+            (size_t)snprintf(dir, sizeof(dir), "%s/%s", root, names[i]) >= sizeof(dir) ||
+            !is_dir(dir))
+            continue;
+        return walk_up(dir, v1[0] != '\0' ? v1 : "/", v1_quota);
     }
     return 0;
 }
 
-unsigned kvs__usable_cpus(const char *cgroup_root)
+unsigned kvs__usable_cpus(const char *cgroup_root, const char *self_cgroup)
 {
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned n = online > 0 ? (unsigned)online : 1;
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
         n = (unsigned)CPU_COUNT(&set);
-    unsigned q = cgroup_cpus(cgroup_root != NULL ? cgroup_root : "/sys/fs/cgroup");
+    unsigned q = cgroup_cpus(cgroup_root != NULL ? cgroup_root : "/sys/fs/cgroup",
+                             self_cgroup != NULL ? self_cgroup : "/proc/self/cgroup");
     if (q > 0 && q < n)
         n = q;
     return n > 0 ? n : 1;

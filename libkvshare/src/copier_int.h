@@ -47,11 +47,14 @@ size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, vo
 
 /* The CPUs this process may use: its affinity mask, cut to its cgroup's CPU
  * quota rounded up (cgroup v2 cpu.max, else v1 cpu.cfs_quota_us over
- * cpu.cfs_period_us, read under @cgroup_root, NULL: /sys/fs/cgroup, which a
- * container sees as its own). A pod with `limits.cpu: 1` on a 64-core node
- * counts 1 here, where sysconf counts 64: a helper there would only take
- * turns with the caller. At least 1; what cannot be read does not count. */
-unsigned kvs__usable_cpus(const char *cgroup_root);
+ * cpu.cfs_period_us), the smallest from its own cgroup up to the root. Its
+ * cgroup is the path @self_cgroup (NULL: /proc/self/cgroup) names under
+ * @cgroup_root (NULL: /sys/fs/cgroup); where that path is not there (a
+ * container sees its own cgroup mounted as the root), the root's own files
+ * count. A pod with `limits.cpu: 1` on a 64-core node counts 1 here, where
+ * sysconf counts 64: a helper there would only take turns with the caller.
+ * At least 1; what cannot be read does not count. */
+unsigned kvs__usable_cpus(const char *cgroup_root, const char *self_cgroup);
 
 /* Bytes helpers have copied since kvs__copier_new. */
 uint64_t kvs__copier_helped(const kvs__copier_t *cp);

@@ -4619,7 +4619,7 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     /* Helpers for the copies from same-host holders' mappings; none with a
      * single usable CPU (affinity, or a container's CPU quota), where they
      * could only take turns with the caller. */
-    unsigned cpus = cfg->shm && cfg->copy_threads > 0 ? kvs__usable_cpus(NULL) : 0;
+    unsigned cpus = cfg->shm && cfg->copy_threads > 0 ? kvs__usable_cpus(NULL, NULL) : 0;
     if (cpus == 1)
         kvs__info(pp->log,
                   "copy helpers off: this process may use one CPU (its affinity or "

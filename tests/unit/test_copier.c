@@ -4,6 +4,7 @@
 #include "copier_int.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -189,21 +190,22 @@ static void cg_add(const char *root, const char *rel, const char *text)
     fclose(f);
 }
 
-/* A cgroup tree of one file under a fresh directory: @rel (may hold a
- * subdirectory) with @text. Returns the root. */
-static char *cg_tree(const char *rel, const char *text)
+/* Writes @text to @root/@rel, making the directories on the way. */
+static void cg_put(const char *root, const char *rel, const char *text)
+{
+    char dir[512];
+    for (const char *p = strchr(rel, '/'); p != NULL; p = strchr(p + 1, '/')) {
+        snprintf(dir, sizeof(dir), "%s/%.*s", root, (int)(p - rel), rel);
+        cr_assert(mkdir(dir, 0700) == 0 || errno == EEXIST, "mkdir %s", dir);
+    }
+    cg_add(root, rel, text);
+}
+
+/* A fresh directory, the root of a cgroup tree. */
+static char *cg_tree(void)
 {
     char *root = strdup("/tmp/kvs-cg-XXXXXX");
     cr_assert(root != NULL && mkdtemp(root) != NULL);
-    if (rel == NULL)
-        return root;
-    const char *slash = strrchr(rel, '/');
-    if (slash != NULL) {
-        char dir[512];
-        snprintf(dir, sizeof(dir), "%s/%.*s", root, (int)(slash - rel), rel);
-        cr_assert_eq(mkdir(dir, 0700), 0);
-    }
-    cg_add(root, rel, text);
     return root;
 }
 
@@ -221,39 +223,72 @@ static unsigned at_most(unsigned a, unsigned b)
 }
 
 /* Helpers are started only with two usable CPUs: a container's quota counts,
- * not the host's cores. */
+ * not the host's cores; so does every cgroup above ours. */
 Test(copier, usable_cpus_follow_the_cgroup_quota)
 {
-    char *none = cg_tree(NULL, NULL);
-    unsigned all = kvs__usable_cpus(none); /* the affinity mask alone */
+    char *none = cg_tree();
+    cg_add(none, "self", "0::/\n");
+    char self[600];
+    snprintf(self, sizeof(self), "%s/self", none);
+    unsigned all = kvs__usable_cpus(none, self); /* the affinity mask alone */
+    cr_assert_eq(kvs__usable_cpus(none, "/nonexistent/cgroup"), all);
     cg_free(none);
     cr_assert_geq(all, 1);
     cpu_set_t set;
     cr_assert_eq(sched_getaffinity(0, sizeof(set), &set), 0);
     cr_assert_eq(all, (unsigned)CPU_COUNT(&set));
+    /* Each case: /proc/self/cgroup's text (NULL: "0::/"), then up to three
+     * files with their text, and the CPUs to count. */
     const struct {
-        const char *file, *text, *file2, *text2;
+        const char *self;
+        const char *f[3][2];
         unsigned want;
     } cases[] = {
-        {"cpu.max", "max 100000\n", NULL, NULL, all},
-        {"cpu.max", "150000 100000\n", NULL, NULL, at_most(all, 2)}, /* 1.5 CPUs: 2 */
-        {"cpu.max", "100000 100000\n", NULL, NULL, 1},
-        {"cpu.max", "20000 100000\n", NULL, NULL, 1}, /* a fifth of one */
-        {"cpu.max", "banana\n", NULL, NULL, all},     /* unreadable: no limit */
-        {"cpu.max", "", NULL, NULL, all},
-        {"cpu/cpu.cfs_quota_us", "50000\n", "cpu/cpu.cfs_period_us", "100000\n", 1},
-        {"cpu,cpuacct/cpu.cfs_quota_us", "-1\n", "cpu,cpuacct/cpu.cfs_period_us", "100000\n", all},
-        {"cpu,cpuacct/cpu.cfs_quota_us", "300000\n", "cpu,cpuacct/cpu.cfs_period_us", "100000\n",
+        {NULL, {{"cpu.max", "max 100000\n"}}, all},
+        {NULL, {{"cpu.max", "150000 100000\n"}}, at_most(all, 2)}, /* 1.5 CPUs: 2 */
+        {NULL, {{"cpu.max", "100000 100000\n"}}, 1},
+        {NULL, {{"cpu.max", "20000 100000\n"}}, 1}, /* a fifth of one */
+        {NULL, {{"cpu.max", "banana\n"}}, all},     /* unreadable: no limit */
+        {NULL, {{"cpu.max", ""}}, all},
+        {NULL, {{"cpu/cpu.cfs_quota_us", "50000\n"}, {"cpu/cpu.cfs_period_us", "100000\n"}}, 1},
+        {NULL,
+         {{"cpu,cpuacct/cpu.cfs_quota_us", "-1\n"}, {"cpu,cpuacct/cpu.cfs_period_us", "100000\n"}},
+         all},
+        {NULL,
+         {{"cpu,cpuacct/cpu.cfs_quota_us", "300000\n"},
+          {"cpu,cpuacct/cpu.cfs_period_us", "100000\n"}},
          at_most(all, 3)},
-        {"cpu/cpu.cfs_quota_us", "100000\n", NULL, NULL, all}, /* no period: no limit */
+        {NULL, {{"cpu/cpu.cfs_quota_us", "100000\n"}}, all}, /* no period: no limit */
+        /* v2, our cgroup deep in the tree: the smallest quota on the way up */
+        {"0::/app.slice/kv.service\n",
+         {{"app.slice/cpu.max", "100000 100000\n"},
+          {"app.slice/kv.service/cpu.max", "max 100000\n"}},
+         1},
+        {"0::/app.slice/kv.service/\n",
+         {{"cpu.max", "max 100000\n"},
+          {"app.slice/cpu.max", "max 100000\n"},
+          {"app.slice/kv.service/cpu.max", "200000 100000\n"}},
+         at_most(all, 2)},
+        /* a host path that is not under the root (a container's own view):
+         * the root's files count */
+        {"0::/kubepods/pod1/c1\n", {{"cpu.max", "100000 100000\n"}}, 1},
+        {"0::/../etc\n", {{"cpu.max", "100000 100000\n"}}, 1},
+        /* v1, hybrid: the cpu controller's line names its directory and path */
+        {"12:memory:/x\n4:cpuacct,cpu:/system.slice/kv.service\n0::/\n",
+         {{"cpuacct,cpu/system.slice/cpu.cfs_quota_us", "100000\n"},
+          {"cpuacct,cpu/system.slice/cpu.cfs_period_us", "100000\n"},
+          {"cpuacct,cpu/system.slice/kv.service/cpu.cfs_quota_us", "-1\n"}},
+         1},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        char *root = cg_tree(cases[i].file, cases[i].text);
-        if (cases[i].file2 != NULL)
-            cg_add(root, cases[i].file2, cases[i].text2);
-        unsigned got = kvs__usable_cpus(root);
-        cr_expect_eq(got, cases[i].want, "case %zu (%s): %u CPUs, want %u", i, cases[i].file, got,
-                     cases[i].want);
+        char *root = cg_tree();
+        cg_add(root, "self", cases[i].self != NULL ? cases[i].self : "0::/\n");
+        snprintf(self, sizeof(self), "%s/self", root);
+        for (size_t k = 0; k < 3 && cases[i].f[k][0] != NULL; k++)
+            cg_put(root, cases[i].f[k][0], cases[i].f[k][1]);
+        unsigned got = kvs__usable_cpus(root, self);
+        cr_expect_eq(got, cases[i].want, "case %zu (%s): %u CPUs, want %u", i, cases[i].f[0][0],
+                     got, cases[i].want);
         cg_free(root);
     }
 }
