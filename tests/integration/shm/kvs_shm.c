@@ -1740,7 +1740,7 @@ static void s_helpers(void)
              (unsigned long long)shm_bytes(&r), (unsigned long long)shm_bytes(&a),
              (unsigned long long)shm_bytes(&x));
     /* A helper that wakes late can miss one copy, not all twenty. */
-    bool cpus = kvs__usable_cpus(NULL) > 1; /* else no helper starts */
+    bool cpus = kvs__usable_cpus(NULL, NULL) > 1; /* else no helper starts */
     if (helper_bytes(&a) != 0 || (cpus && (helper_bytes(&r) == 0 || helper_bytes(&x) == 0)) ||
         helper_bytes(&r) > whole || helper_bytes(&x) > whole / 2)
         FAIL("helpers: bytes copied by helpers: %llu of %llu (blocks), %llu of %llu (TP view), "
