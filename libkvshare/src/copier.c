@@ -343,7 +343,8 @@ static unsigned walk_up(const char *base, const char *rel, unsigned (*quota)(con
 /* This process's cgroup paths from @file (/proc/self/cgroup): the v2 one
  * ("0::PATH") and the v1 cpu controller's ("N:cpu,cpuacct:PATH", with its
  * controller list, which names its directory). Empty where not said. */
-static void self_cgroups(const char *file, char *v2, char *v1, char *v1dir, size_t cap)
+static void self_cgroups(const char *file, char *v2, char *v1, size_t cap, char *v1dir,
+                         size_t dircap)
 {
     v2[0] = v1[0] = v1dir[0] = '\0';
     FILE *f = fopen(file, "re");
@@ -363,9 +364,9 @@ static void self_cgroups(const char *file, char *v2, char *v1, char *v1dir, size
         }
         char list[256];
         snprintf(list, sizeof(list), ",%s,", ctls);
-        if (strstr(list, ",cpu,") != NULL && strlen(ctls) < cap) {
+        if (strstr(list, ",cpu,") != NULL && strlen(ctls) < dircap) {
             snprintf(v1, cap, "%s", path);
-            snprintf(v1dir, cap, "%s", ctls);
+            snprintf(v1dir, dircap, "%s", ctls);
         }
     }
     fclose(f);
@@ -374,8 +375,8 @@ static void self_cgroups(const char *file, char *v2, char *v1, char *v1dir, size
 /* The CPU quota of this process's cgroup in whole CPUs; 0: none. */
 static unsigned cgroup_cpus(const char *root, const char *self)
 {
-    char v2[PATH_MAX], v1[PATH_MAX], v1dir[PATH_MAX], dir[PATH_MAX];
-    self_cgroups(self, v2, v1, v1dir, sizeof(v2));
+    char v2[PATH_MAX], v1[PATH_MAX], v1dir[256], dir[PATH_MAX];
+    self_cgroups(self, v2, v1, sizeof(v2), v1dir, sizeof(v1dir));
     unsigned q = walk_up(root, v2[0] != '\0' ? v2 : "/", v2_quota);
     if (q > 0)
         return q;
