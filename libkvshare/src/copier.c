@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <time.h>
 #include <unistd.h>
 
 /* A claim: items [i0, i1), the first from byte off0, the last (i1 - 1 when
@@ -161,13 +160,6 @@ static void *helper(void *arg)
     return NULL;
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Waits (mu held) until no helper is inside the job. What is left is the
  * rest of one chunk (a few microseconds of memcpy), so the caller watches
  * for it for up to KVS__COPIER_TAIL_SPIN_NS before it sleeps: a sleep and
@@ -179,9 +171,9 @@ static void wait_helpers(kvs__copier_t *cp)
 {
     if (atomic_load(&cp->inside) == 0)
         return;
-    uint64_t until = mono_ns() + KVS__COPIER_TAIL_SPIN_NS;
+    uint64_t until = kvs__now_ns() + KVS__COPIER_TAIL_SPIN_NS;
     pthread_mutex_unlock(&cp->mu);
-    while (atomic_load(&cp->inside) > 0 && mono_ns() < until)
+    while (atomic_load(&cp->inside) > 0 && kvs__now_ns() < until)
         sched_yield();
     pthread_mutex_lock(&cp->mu);
     while (atomic_load(&cp->inside) > 0)

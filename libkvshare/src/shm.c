@@ -29,7 +29,6 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #define SHM_MAGIC     KVS_SHM_MAGIC
@@ -341,13 +340,6 @@ static void srv_refuse(kvs__shm_srv_t *s, const char *why)
                   (unsigned long long)s->refused);
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void srv_drop(kvs__shm_srv_t *s, uint32_t i)
 {
     close(s->conns[i].fd);
@@ -427,7 +419,7 @@ static void srv_greet(kvs__shm_srv_t *s, int fd)
     sconn_t *c = &s->conns[s->nconns++];
     c->fd = fd;
     c->pid = cr.pid;
-    c->deadline_ns = mono_ns() + (uint64_t)SHM_IO_MS * 1000000u;
+    c->deadline_ns = kvs__now_ns() + (uint64_t)SHM_IO_MS * 1000000u;
     memcpy(c->nonce, hello + 8, sizeof(c->nonce));
 }
 
@@ -695,7 +687,7 @@ static void *srv_thread(void *arg)
         p[1] = (struct pollfd){.fd = s->stopfd, .events = POLLIN};
         const uint32_t polled = s->nconns;
         int timeout = -1;
-        const uint64_t now = mono_ns();
+        const uint64_t now = kvs__now_ns();
         for (uint32_t i = 0; i < polled; i++) {
             p[2 + i] = (struct pollfd){.fd = s->conns[i].fd, .events = POLLIN};
             uint64_t left = s->conns[i].deadline_ns > now ? s->conns[i].deadline_ns - now : 0;
@@ -711,7 +703,7 @@ static void *srv_thread(void *arg)
         if (p[1].revents)
             break;
         /* Callers first (their slots move as others go), newest to oldest. */
-        const uint64_t t = mono_ns();
+        const uint64_t t = kvs__now_ns();
         for (uint32_t i = polled; i-- > 0;) {
             if (p[2 + i].revents != 0) {
                 srv_answer(s, &s->conns[i]);
