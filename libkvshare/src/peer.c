@@ -29,6 +29,7 @@
 #include "xfer_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -40,6 +41,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -112,6 +114,11 @@ struct conn {
     kvs__view_t lview, rview;
     uint8_t session[KVS_PROTO_SESSION_LEN];
     int fd;                /* bootstrap socket: the handshake, then liveness */
+    /* Same host: the control channel (kvs__shm_peer_ctl), a Unix socket
+     * beside the transport for LOOKUP, LOOKUP_REPLY and RELEASE; -1: none. */
+    int ctl_fd;
+    bool ctl_tried;        /* client: asked for one (once per connection) */
+    unsigned ctl_waiters;  /* client: callers waiting for a reply that may come on it */
     kvs__boot_srv_t *boot; /* server, pre-auth: the handshake (boot.c) */
     uint64_t boot_deadline_ns;
     uint64_t accepted_seq;
@@ -341,6 +348,7 @@ struct kvs__peer {
     dialer_t *dialers;
     uint32_t ndialers;
     inmsg_t *inbox, **inbox_tail;
+    uint8_t *ctl_buf; /* KVS_PEER_CTL_MAX: a control channel's record (ctl_read) */
     uint64_t next_lease_id;
     uint64_t last_boot_poll_ns;
     uint64_t dropped;       /* messages that matched no session */
@@ -411,6 +419,39 @@ static void msg_sent(void *arg, kvs_status_t st, size_t len)
 
 /* Sends a finished message: its header as the AM header, the body as the
  * payload. Takes the buffer. */
+/* The control channel (same host, kvs__shm_peer_ctl) carries what a
+ * fetch's every batch sends: LOOKUP and RELEASE one way, LOOKUP_REPLY the
+ * other, each one SOCK_SEQPACKET record. On the 2-core VM a LOOKUP round
+ * trip and a RELEASE through the transport (UCX over TCP) cost about 53 us
+ * a batch; bare sockets with the same sizes and timing, 37 us over TCP and
+ * 30 us over a Unix socket (tests kept in docs/transport.md). Other messages,
+ * and any that does not fit or finds the socket full, take the transport:
+ * a reply may so overtake an earlier one, which costs nothing but when both
+ * carry region tables (see take_regions), and the older then wins until the
+ * next table: a fetch of the regions it lacks fails STALE, never reads the
+ * wrong memory (the generations). True when sent. */
+static bool ctl_send(conn_t *c, const uint8_t *data, size_t len)
+{
+    kvs__hdr_t h;
+    if (len > KVS_PEER_CTL_MAX ||
+        kvs__proto_decode_hdr(data, len, KVS_PROTO_MAX_BODY, &h, NULL, 0) != KVS_OK)
+        return false;
+    bool ours = c->server ? h.type == KVS_MSG_LOOKUP_REPLY
+                          : h.type == KVS_MSG_LOOKUP || h.type == KVS_MSG_RELEASE;
+    if (!ours)
+        return false;
+    ssize_t k = send(c->ctl_fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k == (ssize_t)len)
+        return true;
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return false;
+    kvs__debug(c->pp->log, "peer %s: control channel closed (%s): the transport only", c->peer,
+               k < 0 ? strerror(errno) : "short send");
+    close(c->ctl_fd);
+    c->ctl_fd = -1;
+    return false;
+}
+
 static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b)
 {
     kvs__peer_t *pp = c->pp;
@@ -424,6 +465,10 @@ static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b)
     if (c->ep == NULL || c->state != S_READY) {
         kvs__free(data);
         return KVS_ERR_PEER_FAILED;
+    }
+    if (c->ctl_fd >= 0 && ctl_send(c, data, len)) {
+        kvs__free(data);
+        return KVS_OK;
     }
     kvs_status_t st =
         pp->ops->am_send(pp->tl, c->ep, data, KVS_PROTO_HDR_LEN, data + KVS_PROTO_HDR_LEN,
@@ -473,6 +518,10 @@ static void conn_close_io(conn_t *c)
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
+    }
+    if (c->ctl_fd >= 0) {
+        close(c->ctl_fd);
+        c->ctl_fd = -1;
     }
 }
 
@@ -578,6 +627,7 @@ static conn_t *conn_new(kvs__peer_t *pp, bool server)
     c->pp = pp;
     c->server = server;
     c->fd = -1;
+    c->ctl_fd = -1;
     c->refs = 1; /* the list's */
     c->next = pp->conns;
     pp->conns = c;
@@ -1052,6 +1102,34 @@ static void msg_landed(void *arg, kvs_status_t st, size_t len)
     }
 }
 
+/* A message of @len bytes (its header included) queued for @c, its buffer
+ * to fill and ready to set; NULL, the connection doomed, when its queue is
+ * full or memory short. Lock held. */
+static inmsg_t *inbox_add(kvs__peer_t *pp, conn_t *c, size_t len)
+{
+    if (c->ninbox >= KVS_PEER_MAX_INBOX) {
+        conn_doom(c, KVS_ERR_PROTOCOL, "more than %u messages queued", KVS_PEER_MAX_INBOX);
+        return NULL;
+    }
+    inmsg_t *m = kvs__calloc(1, sizeof(*m));
+    uint8_t *buf = kvs__malloc(len);
+    if (m == NULL || buf == NULL) {
+        kvs__free(m);
+        kvs__free(buf);
+        conn_doom(c, KVS_ERR_NO_MEMORY, "out of memory receiving a message");
+        return NULL;
+    }
+    m->conn = c;
+    c->refs++;
+    c->ninbox++;
+    m->buf = buf;
+    m->len = len;
+    m->next = NULL;
+    *pp->inbox_tail = m;
+    pp->inbox_tail = &m->next;
+    return m;
+}
+
 static void on_am(void *arg, const void *hdr, size_t hlen, void *data, size_t len, bool rndv)
 {
     kvs__peer_t *pp = arg;
@@ -1084,24 +1162,11 @@ static void on_am(void *arg, const void *hdr, size_t hlen, void *data, size_t le
                   h.body_len);
         return;
     }
-    if (c->ninbox >= KVS_PEER_MAX_INBOX) {
-        conn_doom(c, KVS_ERR_PROTOCOL, "more than %u messages queued", KVS_PEER_MAX_INBOX);
+    inmsg_t *m = inbox_add(pp, c, KVS_PROTO_HDR_LEN + len);
+    if (m == NULL)
         return;
-    }
-    inmsg_t *m = kvs__calloc(1, sizeof(*m));
-    uint8_t *buf = kvs__malloc(KVS_PROTO_HDR_LEN + len);
-    if (m == NULL || buf == NULL) {
-        kvs__free(m);
-        kvs__free(buf);
-        conn_doom(c, KVS_ERR_NO_MEMORY, "out of memory receiving a message");
-        return;
-    }
+    uint8_t *buf = m->buf;
     memcpy(buf, hdr, KVS_PROTO_HDR_LEN);
-    m->conn = c;
-    c->refs++;
-    c->ninbox++;
-    m->buf = buf;
-    m->len = KVS_PROTO_HDR_LEN + len;
     if (rndv) {
         kvs__debug(pp->log, "peer %s: receiving a %zu-byte message (type %u) by rendezvous",
                    c->peer, len, h.type);
@@ -1115,9 +1180,54 @@ static void on_am(void *arg, const void *hdr, size_t hlen, void *data, size_t le
         memcpy(buf + KVS_PROTO_HDR_LEN, data, len);
         m->ready = true;
     }
-    m->next = NULL;
-    *pp->inbox_tail = m;
-    pp->inbox_tail = &m->next;
+}
+
+/* Reads what the control channel of @c holds (lock held), into the inbox
+ * as the transport's messages go; each record is one whole message, from
+ * the peer that proved this connection's session (kvs__shm_peer_ctl), and
+ * is checked as any other: its header names this connection, and the
+ * handler decodes it strictly. A record too long for the channel, one
+ * whose header names another session, or a full queue fails the
+ * connection; end of file closes the channel (the transport stays). */
+static int ctl_read(kvs__peer_t *pp, conn_t *c)
+{
+    int n = 0;
+    if (pp->ctl_buf == NULL && (pp->ctl_buf = kvs__malloc(KVS_PEER_CTL_MAX)) == NULL)
+        return 0;
+    while (c->ctl_fd >= 0 && c->state == S_READY && n < 64) {
+        ssize_t k = recv(c->ctl_fd, pp->ctl_buf, KVS_PEER_CTL_MAX, MSG_DONTWAIT | MSG_TRUNC);
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            break;
+        if (k <= 0) {
+            kvs__debug(pp->log, "peer %s: control channel closed (%s): the transport only",
+                       c->peer, k < 0 ? strerror(errno) : "end of file");
+            close(c->ctl_fd);
+            c->ctl_fd = -1;
+            break;
+        }
+        n++;
+        kvs__hdr_t h;
+        char why[128];
+        if ((size_t)k > KVS_PEER_CTL_MAX) {
+            conn_doom(c, KVS_ERR_PROTOCOL, "a %zd-byte message on the control channel (at most %u)",
+                      k, KVS_PEER_CTL_MAX);
+            break;
+        }
+        if (kvs__proto_decode_hdr(pp->ctl_buf, (size_t)k, KVS_PEER_CTL_MAX, &h, why,
+                                  sizeof(why)) != KVS_OK ||
+            (size_t)k != KVS_PROTO_HDR_LEN + (size_t)h.body_len || h.type == KVS_MSG_DATA ||
+            ((h.flags & KVS_PROTO_FLAG_FROM_SERVER) != 0) == c->server ||
+            CRYPTO_memcmp(h.session, c->session, KVS_PROTO_SESSION_LEN) != 0) {
+            conn_doom(c, KVS_ERR_PROTOCOL, "malformed message on the control channel");
+            break;
+        }
+        inmsg_t *m = inbox_add(pp, c, (size_t)k);
+        if (m == NULL)
+            break;
+        memcpy(m->buf, pp->ctl_buf, (size_t)k);
+        m->ready = true;
+    }
+    return n;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -2508,7 +2618,7 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
      * allocation per round in the progress thread. */
     size_t cap = 3;
     for (conn_t *c = pp->conns; c != NULL; c = c->next)
-        cap++;
+        cap += 2; /* its bootstrap socket, its control channel */
     if (cap > pp->poll_cap) {
         size_t want = cap * 2;
         struct pollfd *f = kvs__realloc(pp->poll_fds, want * sizeof(*f));
@@ -2545,6 +2655,11 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
             who[n++] = c;
             c->refs++; /* it may fail while we wait unlocked */
         }
+        if (c->ctl_fd >= 0 && n < cap) {
+            fds[n] = (struct pollfd){.fd = c->ctl_fd, .events = POLLIN};
+            who[n++] = c;
+            c->refs++;
+        }
     }
     /* The progress thread, a moment after it had work: poll without
      * sleeping until KVSHARE_THREAD_POLL_US since that work have passed
@@ -2575,6 +2690,8 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
             if (who[i] != NULL) {
                 if (who[i]->state != S_FAILED && who[i]->fd == fds[i].fd)
                     boot_readable(pp, who[i]);
+                else if (who[i]->state == S_READY && who[i]->ctl_fd == fds[i].fd)
+                    ctl_read(pp, who[i]);
                 done++;
             } else if (fds[i].fd == pp->lfd) {
                 done += boot_accept(pp);
@@ -2625,6 +2742,11 @@ static int progress_locked(kvs__peer_t *pp)
         n++;
     for (conn_t *c = pp->conns, *next; c != NULL; c = next) {
         next = c->next;
+        /* A caller waits for a reply that may come on the channel: read it
+         * here, with no wake-up. Otherwise the progress thread reads when
+         * poll says so; without one, every round does. */
+        if (c->ctl_fd >= 0 && (c->ctl_waiters > 0 || !pp->thread_mode))
+            n += ctl_read(pp, c);
         if (c->doom_status != KVS_OK && c->state != S_FAILED) {
             char why[sizeof(c->doom_why)];
             memcpy(why, c->doom_why, sizeof(why));
@@ -3310,6 +3432,26 @@ static void rlease_free(rlease_t *rl)
     kvs__free(rl);
 }
 
+/* Asks a same-host holder for a control channel, once per connection,
+ * before the first lookup (lock held; let go for the socket I/O, which is
+ * bounded). Other threads' messages take the transport meanwhile. */
+static void ctl_open(kvs__peer_t *pp, conn_t *c)
+{
+    if (c->ctl_tried || c->shm == NULL || c->state != S_READY)
+        return;
+    c->ctl_tried = true;
+    kvs__shm_peer_t *sp = c->shm;
+    unlock(pp);
+    int fd = kvs__shm_peer_ctl(sp);
+    lock(pp);
+    if (fd >= 0 && c->state == S_READY && c->ctl_fd < 0) {
+        c->ctl_fd = fd;
+        kick(pp); /* into the progress thread's poll set */
+    } else if (fd >= 0) {
+        close(fd);
+    }
+}
+
 kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout_id,
                               const kvs_key_t *keys, size_t n, uint32_t lease_ms,
                               uint32_t timeout_ms, void **rlease_p, size_t *hits_p)
@@ -3326,11 +3468,14 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
     st = get_conn(pp, peer, layout_id, deadline, &c);
     if (st != KVS_OK)
         goto out;
+    ctl_open(pp, c);
     kvs__buf_t b;
     kvs__buf_init(&b);
     uint64_t rid = ++c->next_req_id;
     kvs__enc_lookup(&b, rid, c->session, layout_id, lease_ms, keys, n);
+    c->ctl_waiters++;
     st = request(pp, c, &b, rid, deadline, &w, &m);
+    c->ctl_waiters--;
     if (st != KVS_OK)
         goto out;
     if (m.hdr.type != KVS_MSG_LOOKUP_REPLY || m.u.lookup_reply.hits > n) {
@@ -4516,13 +4661,39 @@ static bool shm_offer(void *arg, const uint8_t *session, uint32_t id, kvs__shm_p
     return kept;
 }
 
+/* A same-host reader that proved @session asks for a control channel
+ * (kvs__shm_peer_ctl): a duplicate of its socket becomes the channel of
+ * that connection, one per connection; the progress thread polls it. */
+static bool shm_ctl(void *arg, const uint8_t *session, int fd)
+{
+    kvs__peer_t *pp = arg;
+    bool kept = false;
+    lock(pp);
+    conn_t *c = conn_by_session(pp, session, true);
+    if (c != NULL && c->ctl_fd < 0) {
+        int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        int fl = dfd < 0 ? -1 : fcntl(dfd, F_GETFL);
+        if (fl >= 0 && fcntl(dfd, F_SETFL, fl | O_NONBLOCK) == 0) {
+            c->ctl_fd = dfd;
+            kept = true;
+            kick(pp); /* into the progress thread's poll set */
+            kvs__debug(pp->log, "peer %s: control channel open", c->peer);
+        } else if (dfd >= 0) {
+            close(dfd);
+        }
+    }
+    unlock(pp);
+    return kept;
+}
+
 /* Offers our memfds to same-host readers; without it they use the transport. */
 static void shm_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
 {
     char err[256] = "";
     /* No directory configured: an abstract socket (see kvs__shm_srv_start). */
     if (kvs__shm_srv_start(cfg->host_socket_dir, pp->secret, pp->secret_len, pp->open, shm_region,
-                           shm_offer, pp, pp->log, &pp->shm_srv, err, sizeof(err)) != KVS_OK) {
+                           shm_offer, shm_ctl, pp, pp->log, &pp->shm_srv, err,
+                           sizeof(err)) != KVS_OK) {
         pp->shm_srv = NULL;
         kvs__warn(pp->log, "shm: same-host peers will use the transport: %s", err);
     }
@@ -4729,6 +4900,7 @@ void kvs__peer_destroy(kvs__peer_t *pp)
     kvs__free(pp->scratch_locs);
     kvs__free(pp->scratch_pieces);
     kvs__free(pp->poll_fds);
+    kvs__free(pp->ctl_buf);
     kvs__free(pp->poll_who);
     kvs__copier_free(pp->copier); /* every copy ended with its request */
     pthread_cond_destroy(&pp->cond);

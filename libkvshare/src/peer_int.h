@@ -79,6 +79,7 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq);
 #define KVS_PEER_MAX_PUT_MAPS    64u          /* client regions a node maps per connection */
 #define KVS_PEER_MAX_STAGING     (1ull << 30) /* staging bytes one peer may hold */
 #define KVS_PEER_MAX_INBOX       256u         /* queued messages per connection */
+#define KVS_PEER_CTL_MAX         65536u       /* bytes of a message on a control channel */
 #define KVS_PEER_PUSH_WINDOW     128u         /* sends one push keeps in flight */
 #define KVS_PEER_MAX_DIALERS     64u          /* background connects at once */
 #define KVS_PEER_PUT_WINDOW      4u           /* batches one pull put has out at once */

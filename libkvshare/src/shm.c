@@ -322,6 +322,7 @@ struct kvs__shm_srv {
     bool open;
     kvs__shm_region_fn fn;
     kvs__shm_offer_fn offer_fn;
+    kvs__shm_ctl_fn ctl_fn;
     void *arg;
     const kvs__logger_t *log;
     uint64_t refused;
@@ -654,6 +655,27 @@ static void srv_answer_offer(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t 
         kvs__debug(s->log, "shm: send: %s", strerror(errno));
 }
 
+/* A reader's request for a control channel: proved, then handed to
+ * s->ctl_fn, which keeps a duplicate of the socket; answered either way. */
+static void srv_answer_ctl(kvs__shm_srv_t *s, const sconn_t *c, const uint8_t *req, size_t n)
+{
+    if (n != KVS_SHM_CTL_LEN) {
+        srv_refuse(s, "malformed control-channel request");
+        return;
+    }
+    const uint8_t *session = req + 4, *mac = req + 4 + KVS_PROTO_SESSION_LEN;
+    if (!srv_proved(s, c, session, mac))
+        return;
+    int32_t status = KVS_OK;
+    if (s->ctl_fn == NULL || !s->ctl_fn(s->arg, session, c->fd))
+        status = KVS_ERR_NOT_FOUND; /* no such session, or it has a channel */
+    uint8_t rep[8];
+    put32(rep, KVS_SHM_CTL_MAGIC);
+    put32(rep + 4, (uint32_t)status);
+    if (send(c->fd, rep, sizeof(rep), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        kvs__debug(s->log, "shm: send: %s", strerror(errno));
+}
+
 /* The request of caller @c, which has one to read (or hung up): a region
  * request or an identify request (KVSM), or a pool client's offer of its
  * memory (KVSP). Descriptors a caller sends are closed here, whatever
@@ -670,6 +692,8 @@ static void srv_answer(kvs__shm_srv_t *s, const sconn_t *c)
         srv_answer_offer(s, c, req, (size_t)n, fds, nfds);
     else if (nfds > 0)
         srv_refuse(s, "descriptors with a region request");
+    else if (n >= 4 && get32(req) == KVS_SHM_CTL_MAGIC)
+        srv_answer_ctl(s, c, req, (size_t)n);
     else
         srv_answer_regions(s, c, req, (size_t)n);
     for (uint32_t i = 0; i < nfds; i++)
@@ -775,8 +799,8 @@ static void sweep_dead(const char *dir, const kvs__logger_t *log)
 
 kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t secret_len,
                                 bool open, kvs__shm_region_fn fn, kvs__shm_offer_fn offer_fn,
-                                void *arg, const kvs__logger_t *log, kvs__shm_srv_t **srv_p,
-                                char *err, size_t errlen)
+                                kvs__shm_ctl_fn ctl_fn, void *arg, const kvs__logger_t *log,
+                                kvs__shm_srv_t **srv_p, char *err, size_t errlen)
 {
     kvs__shm_srv_t *s = kvs__calloc(1, sizeof(*s));
     if (s == NULL)
@@ -787,6 +811,7 @@ kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t s
     s->open = open;
     s->fn = fn;
     s->offer_fn = offer_fn;
+    s->ctl_fn = ctl_fn;
     s->arg = arg;
     s->log = log;
     uint8_t rnd[4] = {0};
@@ -1208,6 +1233,38 @@ static int dial(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p)
     return fd;
 fail:
     close(fd);
+    return -1;
+}
+
+int kvs__shm_peer_ctl(kvs__shm_peer_t *sp)
+{
+    const char *why = NULL;
+    uint8_t nonce[KVS_PROTO_NONCE_LEN];
+    int fd = dial(sp, nonce, &why);
+    if (fd < 0)
+        goto fail;
+    uint8_t req[KVS_SHM_CTL_LEN];
+    put32(req, KVS_SHM_CTL_MAGIC);
+    memcpy(req + 4, sp->session, KVS_PROTO_SESSION_LEN);
+    shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, nonce,
+            req + 4 + KVS_PROTO_SESSION_LEN);
+    why = "send";
+    if (send(fd, req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req))
+        goto fail;
+    uint8_t rep[9];
+    why = "refused (a holder that predates control channels, or see its log)";
+    if (recv(fd, rep, sizeof(rep), 0) != 8 || get32(rep) != KVS_SHM_CTL_MAGIC || get32(rep + 4) != 0)
+        goto fail;
+    int fl = fcntl(fd, F_GETFL);
+    why = "fcntl";
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+        goto fail;
+    return fd;
+fail:
+    kvs__debug(sp->log, "peer %s: no control channel through %s (%s): messages take the transport",
+               sp->peer, sp->path, why);
+    if (fd >= 0)
+        close(fd);
     return -1;
 }
 

@@ -116,13 +116,19 @@ void kvs__shm_pmap_free(kvs__shm_pmap_t *m);
  * callee had it mapped and let it go. */
 typedef bool (*kvs__shm_offer_fn)(void *arg, const uint8_t *session, uint32_t id,
                                   kvs__shm_pmap_t *m);
+/* Called on the server's thread when a reader on this host proved
+ * @session and asks for a control channel (KVS_SHM_CTL_MAGIC): @fd is its
+ * socket; the callee keeps a duplicate of it as that connection's channel
+ * (true) or refuses (false). The socket stays ours, closed after. */
+typedef bool (*kvs__shm_ctl_fn)(void *arg, const uint8_t *session, int fd);
 /* Listens on a new socket in @dir and serves it on a thread of its own.
  * @secret is borrowed and must outlive the server. @offer_fn may be NULL
- * (offers are then proved and answered, and nothing is kept). */
+ * (offers are then proved and answered, and nothing is kept); so may
+ * @ctl_fn (control channels are then refused). */
 kvs_status_t kvs__shm_srv_start(const char *dir, const uint8_t *secret, size_t secret_len,
                                 bool open, kvs__shm_region_fn fn, kvs__shm_offer_fn offer_fn,
-                                void *arg, const kvs__logger_t *log, kvs__shm_srv_t **srv_p,
-                                char *err, size_t errlen);
+                                kvs__shm_ctl_fn ctl_fn, void *arg, const kvs__logger_t *log,
+                                kvs__shm_srv_t **srv_p, char *err, size_t errlen);
 /* Stops the thread, unlinks the socket, frees; accepts NULL. */
 void kvs__shm_srv_stop(kvs__shm_srv_t *srv);
 const char *kvs__shm_srv_path(const kvs__shm_srv_t *srv);
@@ -144,6 +150,14 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
                                    bool open, const char *peer, const kvs__logger_t *log);
 /* Unmaps everything; accepts NULL. */
 void kvs__shm_peer_free(kvs__shm_peer_t *sp);
+/* Opens this connection's control channel: a second socket to the
+ * holder's, proved as a region request is (KVS_SHM_CTL_MAGIC), over which
+ * peer.c then sends LOOKUP and RELEASE and takes LOOKUP_REPLY, one
+ * SOCK_SEQPACKET record per message: a Unix socket's send costs less than
+ * the transport's (see peer.c, ctl_send). A non-blocking descriptor, or -1
+ * when the holder refused it or predates it (logged at debug level).
+ * Blocking socket I/O (bounded): no lock of the caller's held. */
+int kvs__shm_peer_ctl(kvs__shm_peer_t *sp);
 /* The holder's whole region table is now @regions (@n encoded region
  * descriptors, as a parsed message holds them): mappings of regions not in
  * it are let go, once no copy reads them. A mapping keeps its memory alive
