@@ -47,6 +47,15 @@ static double helper_share(kvs_ctx_h ctx)
                                     : 0;
 }
 
+/* Messages this context sent on same-host control channels (lookups and
+ * releases over the holder's Unix socket instead of the transport). */
+static uint64_t ctl_messages(kvs_ctx_h ctx)
+{
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_CTL};
+    kvs_stats_query(ctx, &ks);
+    return ks.ctl_messages;
+}
+
 /* The path that moved @all bytes, @shm of them from mapped memory. */
 static const char *path_of(uint64_t shm, uint64_t all)
 {
@@ -954,6 +963,11 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         kvs_cli_json_num(j, "wait_us", ph.wait / per_b, 1);
         kvs_cli_json_num(j, "release_us", ph.release / per_b, 1);
         kvs_cli_json_num(j, "helper_share", helper_share(ctx), 3);
+        /* Where lookups and releases went: the holder's Unix socket
+         * ("unix", same host) or the transport. */
+        uint64_t cm = ctl_messages(ctx);
+        cJSON_AddStringToObject(j, "control", cm > 0 ? "unix" : "transport");
+        cJSON_AddNumberToObject(j, "ctl_messages", (double)cm);
         if (tp) { /* block_bytes above is what each fetch moved */
             cJSON_AddNumberToObject(j, "prefill_tp", (double)o.prefill_tp);
             cJSON_AddNumberToObject(j, "decode_tp", (double)o.decode_tp);
@@ -982,6 +996,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         if (strcmp(ran, "ucx") != 0)
             printf("  copy helpers         %.0f %% of the mapped bytes (KVSHARE_COPY_THREADS)\n",
                    100 * helper_share(ctx));
+        uint64_t cm = ctl_messages(ctx);
+        printf("  lookups, releases    %s (%llu messages on the holder's Unix socket)\n",
+               cm > 0 ? "unix" : "transport", (unsigned long long)cm);
         if (tp)
             printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s, path %s)\n",
                    wgbps, wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",

@@ -876,6 +876,7 @@ enum kvs_stats_field {
     KVS_STATS_FIELD_SHM = 1u << 1,   /* fill `shm_fetched_bytes` */
     KVS_STATS_FIELD_PUTS = 1u << 2,  /* fill `put_pulled_blocks` .. `put_fallbacks` */
     KVS_STATS_FIELD_COPY = 1u << 3,  /* fill `shm_helper_bytes` */
+    KVS_STATS_FIELD_CTL = 1u << 4,   /* fill `ctl_messages` */
 };
 
 /* The fields before `peers` are always filled; later ones only when their
@@ -909,6 +910,11 @@ typedef struct kvs_stats {
      * (KVS_STATS_FIELD_COPY; KVSHARE_COPY_THREADS): a copy of 256 KiB or
      * more is shared between the thread that waits for it and the helpers. */
     uint64_t shm_helper_bytes;
+    /* Messages this context sent on same-host control channels
+     * (KVS_STATS_FIELD_CTL): lookups, their replies and releases between
+     * processes on one host go over a Unix socket beside the transport,
+     * which costs less per message; the rest take the transport. */
+    uint64_t ctl_messages;
 } kvs_stats_t;
 
 /** Fills *stats (a consistent-enough snapshot; counters are relaxed). */

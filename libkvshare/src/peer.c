@@ -349,6 +349,7 @@ struct kvs__peer {
     uint32_t ndialers;
     inmsg_t *inbox, **inbox_tail;
     uint8_t *ctl_buf; /* KVS_PEER_CTL_MAX: a control channel's record (ctl_read) */
+    uint64_t ctl_sent; /* messages sent on control channels (lock held; read relaxed) */
     uint64_t next_lease_id;
     uint64_t last_boot_poll_ns;
     uint64_t dropped;       /* messages that matched no session */
@@ -441,8 +442,10 @@ static bool ctl_send(conn_t *c, const uint8_t *data, size_t len)
     if (!ours)
         return false;
     ssize_t k = send(c->ctl_fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (k == (ssize_t)len)
+    if (k == (ssize_t)len) {
+        __atomic_fetch_add(&c->pp->ctl_sent, 1, __ATOMIC_RELAXED);
         return true;
+    }
     if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return false;
     kvs__debug(c->pp->log, "peer %s: control channel closed (%s): the transport only", c->peer,
@@ -4702,6 +4705,11 @@ static void shm_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
 uint64_t kvs__peer_copy_helped(kvs__peer_t *pp)
 {
     return kvs__copier_helped(pp->copier);
+}
+
+uint64_t kvs__peer_ctl_messages(kvs__peer_t *pp)
+{
+    return __atomic_load_n(&pp->ctl_sent, __ATOMIC_RELAXED);
 }
 
 uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp)

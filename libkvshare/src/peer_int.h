@@ -36,6 +36,8 @@ size_t kvs__peer_count(kvs__peer_t *pp);
 uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp);
 /* Of those, the bytes the context's copy helpers copied (KVSHARE_COPY_THREADS). */
 uint64_t kvs__peer_copy_helped(kvs__peer_t *pp);
+/* Messages sent on same-host control channels (KVS_STATS_FIELD_CTL). */
+uint64_t kvs__peer_ctl_messages(kvs__peer_t *pp);
 /* Our puts' blocks the nodes stored by reading them (pull) and by our
  * pushes, and connections whose puts fell back from pull to push. */
 void kvs__peer_put_stats(kvs__peer_t *pp, uint64_t *pulled_p, uint64_t *pushed_p,

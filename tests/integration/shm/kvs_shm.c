@@ -1104,6 +1104,143 @@ static void holder_socket(char *path, size_t len)
         FAIL("the holder made no socket in %s", work);
 }
 
+/* Messages the reader sent on its control channel (KVS_STATS_FIELD_CTL). */
+static uint64_t ctl_sent(const reader_t *r)
+{
+    kvs_stats_t st = {.field_mask = KVS_STATS_FIELD_CTL};
+    kvs_stats_query(r->ctx, &st);
+    return st.ctl_messages;
+}
+
+/* Our socket connected to the holder's at @path: the control channel the
+ * library opened (the handover's sockets are closed after each request). */
+static int ctl_fd_to(const char *path)
+{
+    int found = -1;
+    for (int fd = 3; fd < 1024; fd++) {
+        struct sockaddr_un sa;
+        socklen_t sl = sizeof(sa);
+        int type = 0;
+        socklen_t tl = sizeof(type);
+        if (getpeername(fd, (struct sockaddr *)&sa, &sl) != 0 || sa.sun_family != AF_UNIX ||
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_SEQPACKET)
+            continue;
+        if (strncmp(sa.sun_path, path, sizeof(sa.sun_path)) == 0) {
+            if (found >= 0)
+                FAIL("ctl: two sockets connected to %s", path);
+            found = fd;
+        }
+    }
+    return found;
+}
+
+/* A raw control-channel request on the holder's socket: @mode 0 a
+ * request of the wrong length, 1 a wrong MAC, 2 a right MAC over a session
+ * the holder never made. Returns whether the holder answered with status 0. */
+static bool raw_ctl(const char *path, int mode, bool *answered)
+{
+    uint8_t nonce[KVS_PROTO_NONCE_LEN];
+    int fd = raw_dial(path, "ctl", nonce);
+    uint8_t req[KVS_SHM_CTL_LEN + 4] = {'K', 'V', 'S', 'C'};
+    for (size_t i = 4; i < 20; i++)
+        req[i] = (uint8_t)(0xB0 + i); /* a session nobody has */
+    if (mode == 1)
+        memset(req + 20, 0x55, 32);
+    else
+        raw_mac(req + 4, nonce, req + 20);
+    send(fd, req, mode == 0 ? sizeof(req) : KVS_SHM_CTL_LEN, MSG_NOSIGNAL);
+    uint8_t rep[16];
+    ssize_t n = recv(fd, rep, sizeof(rep), 0);
+    *answered = n > 0;
+    bool ok = n == 8 && memcmp(rep, "KVSC", 4) == 0 && rep[4] == 0 && rep[5] == 0 && rep[6] == 0 &&
+              rep[7] == 0;
+    uint8_t more;
+    if (n > 0 && recv(fd, &more, 1, 0) != 0)
+        FAIL("ctl: the holder kept a refused caller's socket open");
+    close(fd);
+    return ok;
+}
+
+/* Lookups and releases between same-host peers go over the control
+ * channel; one that cannot prove a session gets none; a peer that sends
+ * garbage or an oversized message on its channel loses its connection, and
+ * the holder serves every other reader on. */
+static void s_ctl(void)
+{
+    child_t h = start_holder();
+    char path[600];
+    holder_socket(path, sizeof(path));
+    reader_t r = reader_new();
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("ctl: fetch: %s", kvs_status_string(st));
+    check(&r, 0, NBLOCKS, 1);
+    uint64_t sent = ctl_sent(&r);
+    if (sent < 2) /* the lookup and its release */
+        FAIL("ctl: %llu messages on the control channel", (unsigned long long)sent);
+    st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK || ctl_sent(&r) < sent + 2)
+        FAIL("ctl: a second fetch: %s, %llu messages on the channel (had %llu)",
+             kvs_status_string(st), (unsigned long long)ctl_sent(&r), (unsigned long long)sent);
+    check(&r, 0, NBLOCKS, 1);
+    printf("ok: ctl: %llu lookups and releases on the control channel\n",
+           (unsigned long long)ctl_sent(&r));
+    reader_free(&r); /* its channel closes: the one found below is the attacker's */
+
+    static const char *what[] = {"a request of the wrong length", "a wrong MAC",
+                                 "a right MAC, unknown session"};
+    static const char *why[] = {"malformed control-channel request",
+                                "the session proof does not hold", NULL};
+    for (int mode = 0; mode < 3; mode++) {
+        bool answered = false;
+        if (raw_ctl(path, mode, &answered))
+            FAIL("ctl: %s got a control channel", what[mode]);
+        if (why[mode] != NULL) {
+            for (int i = 0; i < 100 && !logged(why[mode]); i++)
+                sleep_ms(10);
+            if (answered || !logged(why[mode]))
+                FAIL("ctl: %s was not refused for '%s'", what[mode], why[mode]);
+        } else if (!answered) {
+            FAIL("ctl: %s got no answer", what[mode]);
+        }
+        printf("ok: ctl: %s: no channel\n", what[mode]);
+    }
+
+    /* Garbage, then an oversized record, each on an established channel. */
+    static const char *bad[] = {"malformed message on the control channel",
+                                "message on the control channel (at most"};
+    for (int k = 0; k < 2; k++) {
+        reader_t a = reader_new();
+        if ((st = fetch(&a, h.addr, 0, NBLOCKS)) != KVS_OK)
+            FAIL("ctl: attacker's fetch: %s", kvs_status_string(st));
+        int fd = ctl_fd_to(path);
+        if (fd < 0)
+            FAIL("ctl: no control channel to %s", path);
+        size_t len = k == 0 ? 100 : 70000;
+        uint8_t *junk = malloc(len);
+        memset(junk, 0x5A, len);
+        if (k == 1) /* a valid header's start would not matter: it is too long */
+            memcpy(junk, "KVSH", 4);
+        if (send(fd, junk, len, MSG_NOSIGNAL) != (ssize_t)len)
+            FAIL("ctl: send %zu bytes: %s", len, strerror(errno));
+        free(junk);
+        for (int i = 0; i < 200 && !logged(bad[k]); i++)
+            sleep_ms(10);
+        if (!logged(bad[k]))
+            FAIL("ctl: the holder did not refuse it for '%s'", bad[k]);
+        printf("ok: ctl: %s: the connection failed\n", k == 0 ? "garbage" : "70000 bytes");
+        /* The same reader's next fetch reconnects. */
+        for (int i = 0; i < 100 && (st = fetch(&a, h.addr, 0, NBLOCKS)) != KVS_OK; i++)
+            sleep_ms(10);
+        if (st != KVS_OK)
+            FAIL("ctl: after its channel failed, the reader could not fetch again: %s",
+                 kvs_status_string(st));
+        check(&a, 0, NBLOCKS, 1);
+        reader_free(&a);
+    }
+    still_serves(&h, "ctl");
+}
+
 /* A caller that connects and then stops: @what 0 says nothing, 1 reads the
  * greeting and says nothing, 2 reads it and sends a request cut short. */
 static int stalled_caller(const char *path, int what)
@@ -2086,7 +2223,7 @@ int main(int argc, char **argv)
                {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
                {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget},
                {"churn", s_churn},         {"defer", s_defer},     {"withdraw", s_withdraw},
-               {"helpers", s_helpers}};
+               {"helpers", s_helpers},     {"ctl", s_ctl}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
