@@ -113,7 +113,7 @@ struct conn {
     bool xview;               /* client: the holder's view differs; fetches plan (xfer.c) */
     kvs__view_t lview, rview;
     uint8_t session[KVS_PROTO_SESSION_LEN];
-    int fd;                /* bootstrap socket: the handshake, then liveness */
+    int fd; /* bootstrap socket: the handshake, then liveness */
     /* Same host: the control channel (kvs__shm_peer_ctl), a Unix socket
      * beside the transport for LOOKUP, LOOKUP_REPLY and RELEASE; -1: none. */
     int ctl_fd;
@@ -348,7 +348,7 @@ struct kvs__peer {
     dialer_t *dialers;
     uint32_t ndialers;
     inmsg_t *inbox, **inbox_tail;
-    uint8_t *ctl_buf; /* KVS_PEER_CTL_MAX: a control channel's record (ctl_read) */
+    uint8_t *ctl_buf;  /* KVS_PEER_CTL_MAX: a control channel's record (ctl_read) */
     uint64_t ctl_sent; /* messages sent on control channels (lock held; read relaxed) */
     uint64_t next_lease_id;
     uint64_t last_boot_poll_ns;
@@ -418,8 +418,6 @@ static void msg_sent(void *arg, kvs_status_t st, size_t len)
     kvs__free(arg);
 }
 
-/* Sends a finished message: its header as the AM header, the body as the
- * payload. Takes the buffer. */
 /* The control channel (same host, kvs__shm_peer_ctl) carries what a
  * fetch's every batch sends: LOOKUP and RELEASE one way, LOOKUP_REPLY the
  * other, each one SOCK_SEQPACKET record. On the 2-core VM a LOOKUP round
@@ -455,6 +453,8 @@ static bool ctl_send(conn_t *c, const uint8_t *data, size_t len)
     return false;
 }
 
+/* Sends a finished message: on the control channel when it takes it, else
+ * its header as the AM header, the body as the payload. Takes the buffer. */
 static kvs_status_t send_buf(conn_t *c, kvs__buf_t *b)
 {
     kvs__peer_t *pp = c->pp;
@@ -1202,8 +1202,8 @@ static int ctl_read(kvs__peer_t *pp, conn_t *c)
         if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             break;
         if (k <= 0) {
-            kvs__debug(pp->log, "peer %s: control channel closed (%s): the transport only",
-                       c->peer, k < 0 ? strerror(errno) : "end of file");
+            kvs__debug(pp->log, "peer %s: control channel closed (%s): the transport only", c->peer,
+                       k < 0 ? strerror(errno) : "end of file");
             close(c->ctl_fd);
             c->ctl_fd = -1;
             break;
@@ -1216,8 +1216,8 @@ static int ctl_read(kvs__peer_t *pp, conn_t *c)
                       k, KVS_PEER_CTL_MAX);
             break;
         }
-        if (kvs__proto_decode_hdr(pp->ctl_buf, (size_t)k, KVS_PEER_CTL_MAX, &h, why,
-                                  sizeof(why)) != KVS_OK ||
+        if (kvs__proto_decode_hdr(pp->ctl_buf, (size_t)k, KVS_PEER_CTL_MAX, &h, why, sizeof(why)) !=
+                KVS_OK ||
             (size_t)k != KVS_PROTO_HDR_LEN + (size_t)h.body_len || h.type == KVS_MSG_DATA ||
             ((h.flags & KVS_PROTO_FLAG_FROM_SERVER) != 0) == c->server ||
             CRYPTO_memcmp(h.session, c->session, KVS_PROTO_SESSION_LEN) != 0) {

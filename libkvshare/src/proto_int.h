@@ -381,13 +381,13 @@ kvs_status_t kvs__shm_parse_reply(const uint8_t *rep, size_t len, uint32_t n, ui
  *   "KVSM" u32 | n u32 | n x status i32   (0: mapped and kept; else why not)
  * A node that predates it refuses the magic and closes the socket: the client
  * then identifies the old way. */
-#define KVS_SHM_OFFER_MAGIC     0x5053564Bu /* "KVSP" */
+#define KVS_SHM_OFFER_MAGIC 0x5053564Bu /* "KVSP" */
 /* A reader's request for a control channel on the same socket (shm_int.h,
  * kvs__shm_peer_ctl): "KVSC" | session[16] | mac[32], proved as a region
  * request is, answered "KVSC" | status i32 (0: kept as that connection's
  * channel). A holder that predates it refuses the magic and closes. */
-#define KVS_SHM_CTL_MAGIC 0x4353564Bu /* "KVSC" */
-#define KVS_SHM_CTL_LEN   (4u + 16u + 32u)
+#define KVS_SHM_CTL_MAGIC       0x4353564Bu /* "KVSC" */
+#define KVS_SHM_CTL_LEN         (4u + 16u + 32u)
 #define KVS_SHM_OFFER_FIXED     (4u + 16u + 32u + 4u)
 #define KVS_SHM_OFFER_ENTRY_LEN 40u
 typedef struct kvs__shm_offer {

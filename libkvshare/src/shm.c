@@ -1253,7 +1253,8 @@ int kvs__shm_peer_ctl(kvs__shm_peer_t *sp)
         goto fail;
     uint8_t rep[9];
     why = "refused (a holder that predates control channels, or see its log)";
-    if (recv(fd, rep, sizeof(rep), 0) != 8 || get32(rep) != KVS_SHM_CTL_MAGIC || get32(rep + 4) != 0)
+    if (recv(fd, rep, sizeof(rep), 0) != 8 || get32(rep) != KVS_SHM_CTL_MAGIC ||
+        get32(rep + 4) != 0)
         goto fail;
     int fl = fcntl(fd, F_GETFL);
     why = "fcntl";

@@ -25,6 +25,10 @@
  *   holder -> reader  "KVSM" | n u32 | n x {status i32, kind u32, base u64, len u64, off u64,
  *                     size u64} with one SCM_RIGHTS fd per entry of status 0, in order
  *                     (proto_int.h: kvs__shm_parse_reply, strict and fuzzed)
+ *   or, for a control channel (kvs__shm_peer_ctl):
+ *                     "KVSC" | session[16] | mac[32], answered "KVSC" | status i32; on 0
+ *                     the socket stays open as that connection's channel: LOOKUP,
+ *                     LOOKUP_REPLY and RELEASE, one record each (peer.c, ctl_send)
  * kind 1: a sealed memfd (kvshare's memory). kind 2: a CUDA region whose memory
  * is a VMM allocation (cuMemCreate + cuMemMap) made with
  * CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR in requestedHandleTypes, exported by
