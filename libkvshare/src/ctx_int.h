@@ -55,12 +55,19 @@ typedef struct kvs__block_loc {
 /* Looks up @keys in the local store and leases the hits (for a peer). */
 kvs_status_t kvs__serve_lookup(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,
                                size_t n, uint32_t lease_ms, kvs_lease_h *lease_p);
-/* Where hit @i of a local lease lives. KVS_ERR_STALE if it is gone. */
 /* Counts one read on each block @lease still holds: a remote reader ended
  * it with RELEASE after its fetch, saying @readers would read them in all
  * (0: it did not say); each block keeps the largest such count. */
 void kvs__lease_mark_read(kvs_lease_h lease, uint32_t readers);
+/* Where hit @i of a local lease lives. KVS_ERR_STALE if it is gone. */
 kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc);
+/* The same for many hits: kvs__lease_locate_held() between
+ * kvs__lease_hold() and kvs__lease_unhold(), which take and let go of the
+ * store's lock (shared) once for all of them (a LOOKUP's reply describes
+ * every hit: a lock round per block cost a holder ~1 us per 64 hits). */
+void kvs__lease_hold(kvs_lease_h lease);
+kvs_status_t kvs__lease_locate_held(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc);
+void kvs__lease_unhold(kvs_lease_h lease);
 /* The generation hit @i has now (for a pushed block's final check). */
 uint64_t kvs__lease_gen_now(kvs_lease_h lease, size_t i);
 /* True when a pool of @layout_id exists; else writes the ids served to @list. */

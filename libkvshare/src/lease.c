@@ -163,13 +163,30 @@ void kvs__lease_mark_read(kvs_lease_h lease, uint32_t readers)
     pthread_rwlock_unlock(&s->lock);
 }
 
+void kvs__lease_hold(kvs_lease_h lease)
+{
+    pthread_rwlock_rdlock(&lease->ctx->store.lock);
+}
+
+void kvs__lease_unhold(kvs_lease_h lease)
+{
+    pthread_rwlock_unlock(&lease->ctx->store.lock);
+}
+
 kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc)
+{
+    kvs__lease_hold(lease);
+    kvs_status_t st = kvs__lease_locate_held(lease, i, loc);
+    kvs__lease_unhold(lease);
+    return st;
+}
+
+kvs_status_t kvs__lease_locate_held(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc)
 {
     kvs__store_t *s = &lease->ctx->store;
     kvs_status_t status = KVS_OK;
     if (i >= lease->hits || lease->source != KVS_SOURCE_LOCAL || !lease->holds)
         return KVS_ERR_INVALID_PARAM;
-    pthread_rwlock_rdlock(&s->lock);
     const kvs__entry_t *e = &s->entries[lease->refs[i].idx];
     if (e->serial != lease->refs[i].serial) {
         status = KVS_ERR_STALE;
@@ -191,7 +208,6 @@ kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *lo
     }
     if (status == KVS_OK)
         loc->gen = e->gen;
-    pthread_rwlock_unlock(&s->lock);
     return status;
 }
 

@@ -1279,9 +1279,11 @@ static void srv_lookup(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
     kvs__piece_loc_t *locs = pp->scratch_locs;
     kvs__piece_t *pieces = pp->scratch_pieces;
     size_t described = 0;
+    if (hits > 0)
+        kvs__lease_hold(lease);
     for (size_t i = 0; i < hits; i++) {
         kvs__block_loc_t loc = {.npieces = MAX_PIECES, .pieces = locs};
-        if (kvs__lease_locate(lease, i, &loc) != KVS_OK)
+        if (kvs__lease_locate_held(lease, i, &loc) != KVS_OK)
             break; /* the prefix ends where a block cannot be described */
         const region_t *gr = region_of(pp, loc.gen_addr, 8);
         bool ok = gr != NULL;
@@ -1306,6 +1308,8 @@ static void srv_lookup(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
         kvs__proto_put_block(&b, &d, pieces);
         described++;
     }
+    if (hits > 0)
+        kvs__lease_unhold(lease);
     kvs__buf_patch_u32(&b, hits_at, (uint32_t)described);
     if (kvs__proto_finish(&b) != KVS_OK)
         goto fail;
