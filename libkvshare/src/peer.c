@@ -3440,16 +3440,20 @@ static void rlease_free(rlease_t *rl)
 }
 
 /* Asks a same-host holder for a control channel, once per connection,
- * before the first lookup (lock held; let go for the socket I/O, which is
- * bounded). Other threads' messages take the transport meanwhile. */
-static void ctl_open(kvs__peer_t *pp, conn_t *c)
+ * before the first lookup (lock held; let go for the socket I/O). Its four
+ * blocking steps take at most half of what is left of the lookup's time
+ * (and 1 s each); a lookup with under 20 ms left leaves it to the next.
+ * Other threads' messages take the transport meanwhile. */
+static void ctl_open(kvs__peer_t *pp, conn_t *c, uint64_t deadline_ns)
 {
-    if (c->ctl_tried || c->shm == NULL || c->state != S_READY)
+    uint64_t t = now_ns();
+    if (c->ctl_tried || c->shm == NULL || c->state != S_READY || deadline_ns < t + 20000000u)
         return;
     c->ctl_tried = true;
+    uint64_t step_ms = (deadline_ns - t) / 8000000u; /* four steps: half the time left */
     kvs__shm_peer_t *sp = c->shm;
     unlock(pp);
-    int fd = kvs__shm_peer_ctl(sp);
+    int fd = kvs__shm_peer_ctl(sp, (unsigned)(step_ms < 1000 ? step_ms : 1000));
     lock(pp);
     if (fd >= 0 && c->state == S_READY && c->ctl_fd < 0) {
         c->ctl_fd = fd;
@@ -3475,7 +3479,7 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
     st = get_conn(pp, peer, layout_id, deadline, &c);
     if (st != KVS_OK)
         goto out;
-    ctl_open(pp, c);
+    ctl_open(pp, c, deadline);
     kvs__buf_t b;
     kvs__buf_init(&b);
     uint64_t rid = ++c->next_req_id;

@@ -292,9 +292,10 @@ static ssize_t recv_fds(int fd, void *buf, size_t cap, int *fds, uint32_t *nfds_
     return n <= 0 || (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) ? -1 : n;
 }
 
-static void io_timeouts(int fd)
+/* Each blocking step on @fd (connect, send, recv) waits at most @ms. */
+static void io_timeouts_ms(int fd, unsigned ms)
 {
-    struct timeval tv = {.tv_sec = SHM_IO_MS / 1000, .tv_usec = (SHM_IO_MS % 1000) * 1000};
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
@@ -1212,7 +1213,14 @@ static bool map_cuda(map_t *m, int fd, const kvs__shm_entry_t *e, const char **w
  * failed, and the connection keeps to the transport. */
 /* Connects to the holder's socket and reads its greeting: the socket, with
  * the nonce in @nonce, or -1 with *why_p set (errno says more). */
+static int dial_ms(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p, unsigned ms);
 static int dial(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p)
+{
+    return dial_ms(sp, nonce, why_p, SHM_IO_MS);
+}
+
+/* dial(), each blocking step (connect, the greeting) waiting at most @ms. */
+static int dial_ms(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p, unsigned ms)
 {
     struct sockaddr_un sa;
     const socklen_t salen = sock_addr(sp->path, &sa);
@@ -1220,7 +1228,7 @@ static int dial(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p)
     *why_p = "socket";
     if (fd < 0)
         return -1;
-    io_timeouts(fd);
+    io_timeouts_ms(fd, ms);
     *why_p = "connect";
     if (connect(fd, (struct sockaddr *)&sa, salen) != 0)
         goto fail;
@@ -1236,11 +1244,11 @@ fail:
     return -1;
 }
 
-int kvs__shm_peer_ctl(kvs__shm_peer_t *sp)
+int kvs__shm_peer_ctl(kvs__shm_peer_t *sp, unsigned step_ms)
 {
     const char *why = NULL;
     uint8_t nonce[KVS_PROTO_NONCE_LEN];
-    int fd = dial(sp, nonce, &why);
+    int fd = dial_ms(sp, nonce, &why, step_ms);
     if (fd < 0)
         goto fail;
     uint8_t req[KVS_SHM_CTL_LEN];

@@ -160,8 +160,9 @@ void kvs__shm_peer_free(kvs__shm_peer_t *sp);
  * SOCK_SEQPACKET record per message: a Unix socket's send costs less than
  * the transport's (see peer.c, ctl_send). A non-blocking descriptor, or -1
  * when the holder refused it or predates it (logged at debug level).
- * Blocking socket I/O (bounded): no lock of the caller's held. */
-int kvs__shm_peer_ctl(kvs__shm_peer_t *sp);
+ * Blocking socket I/O, at most @step_ms for each of its four steps
+ * (connect, greeting, request, answer); no lock of the caller's held. */
+int kvs__shm_peer_ctl(kvs__shm_peer_t *sp, unsigned step_ms);
 /* The holder's whole region table is now @regions (@n encoded region
  * descriptors, as a parsed message holds them): mappings of regions not in
  * it are let go, once no copy reads them. A mapping keeps its memory alive
