@@ -4681,17 +4681,14 @@ static bool shm_ctl(void *arg, const uint8_t *session, int fd)
     bool kept = false;
     lock(pp);
     conn_t *c = conn_by_session(pp, session, true);
-    if (c != NULL && c->ctl_fd < 0) {
-        int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-        int fl = dfd < 0 ? -1 : fcntl(dfd, F_GETFL);
-        if (fl >= 0 && fcntl(dfd, F_SETFL, fl | O_NONBLOCK) == 0) {
-            c->ctl_fd = dfd;
-            kept = true;
-            kick(pp); /* into the progress thread's poll set */
-            kvs__debug(pp->log, "peer %s: control channel open", c->peer);
-        } else if (dfd >= 0) {
-            close(dfd);
-        }
+    /* The server accepts its callers non-blocking (accept4), and a
+     * duplicate shares that: nothing here waits on the socket. */
+    int dfd = c != NULL && c->ctl_fd < 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (dfd >= 0) {
+        c->ctl_fd = dfd;
+        kept = true;
+        kick(pp); /* into the progress thread's poll set */
+        kvs__debug(pp->log, "peer %s: control channel open", c->peer);
     }
     unlock(pp);
     return kept;

@@ -979,6 +979,16 @@ kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, siz
 static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
 static int dial(kvs__shm_peer_t *sp, uint8_t *nonce, const char **why_p);
 
+/* A request's first bytes: @magic, our session and its proof over the
+ * holder's @nonce (4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN bytes). */
+static void put_proof(const kvs__shm_peer_t *sp, uint32_t magic, const uint8_t *nonce, uint8_t *out)
+{
+    put32(out, magic);
+    memcpy(out + 4, sp->session, KVS_PROTO_SESSION_LEN);
+    shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, nonce,
+            out + 4 + KVS_PROTO_SESSION_LEN);
+}
+
 /* Sends an offer of @n entries (@nfds descriptors in @fds, one per offered
  * region; withdrawals have none) and reads the node's answer into @status
  * (lock held): true when the node answered. */
@@ -1252,10 +1262,7 @@ int kvs__shm_peer_ctl(kvs__shm_peer_t *sp, unsigned step_ms)
     if (fd < 0)
         goto fail;
     uint8_t req[KVS_SHM_CTL_LEN];
-    put32(req, KVS_SHM_CTL_MAGIC);
-    memcpy(req + 4, sp->session, KVS_PROTO_SESSION_LEN);
-    shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, nonce,
-            req + 4 + KVS_PROTO_SESSION_LEN);
+    put_proof(sp, KVS_SHM_CTL_MAGIC, nonce, req);
     why = "send";
     if (send(fd, req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req))
         goto fail;
@@ -1288,10 +1295,7 @@ static bool attach(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
     if (fd < 0)
         goto out;
     uint8_t req[4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4 + 4 * SHM_MAX_IDS];
-    put32(req, SHM_MAGIC);
-    memcpy(req + 4, sp->session, KVS_PROTO_SESSION_LEN);
-    shm_mac(sp->secret, sp->secret_len, sp->open, sp->session, nonce,
-            req + 4 + KVS_PROTO_SESSION_LEN);
+    put_proof(sp, SHM_MAGIC, nonce, req);
     size_t fixed = 4 + KVS_PROTO_SESSION_LEN + KVS_PROTO_MAC_LEN + 4;
     put32(req + fixed - 4, n);
     for (uint32_t i = 0; i < n; i++)
