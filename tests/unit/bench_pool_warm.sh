@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # bench_pool_warm.sh - `kvshare bench pool --warm` fills every node past its capacity before
 # the warm puts (else they would land in fresh pages, as the cold ones do), then fetches what
-# the warm puts stored. Figures are not judged here, only that the run is what it says.
+# the warm puts stored, and prints the cold puts' anchor (one core's first writes). Figures are
+# not judged here, only that the run is what it says.
 set -u
 k=$1
 py=/usr/bin/python3
@@ -26,8 +27,14 @@ want(j.get("fill_bytes", 0) >= j["nodes"] * j.get("node_capacity_bytes", 1 << 62
      "fill_bytes >= nodes * node_capacity_bytes")
 # The fetch reads what the warm puts stored (their keys, not the cold ones, now evicted).
 want(j.get("hit_rate") == 1, "hit_rate 1")
-for f in ("put_gbps", "put_gbps_cold", "fetch_gbps", "ratio_put_fetch", "ratio_put_fetch_cold"):
+for f in ("put_gbps", "put_gbps_cold", "fetch_gbps", "ratio_put_fetch", "ratio_put_fetch_cold",
+          "first_touch_gbps", "ratio_put_cold_first_touch"):
     want(isinstance(j.get(f), (int, float)) and j[f] > 0, f + " > 0")
+# The anchor's ratio is the cold puts over it, to the JSON's three places.
+if j.get("first_touch_gbps", 0) > 0:
+    r = j["put_gbps_cold"] / j["first_touch_gbps"]
+    want(abs(j.get("ratio_put_cold_first_touch", -1) - r) <= 0.002 + 0.002 * r,
+         "ratio_put_cold_first_touch = put_gbps_cold / first_touch_gbps")
 if bad:
     print("FAIL:", "; ".join(bad), "in", sys.argv[1])
     sys.exit(1)
