@@ -90,7 +90,8 @@ typedef struct srv_lease {
     uint64_t id;
     kvs_lease_h lease;
     uint64_t deadline_ns;
-    int pushes; /* pushes still reading it */
+    int pushes;             /* pushes still reading it */
+    uint64_t table_version; /* the region table its reply carried (0: none) */
     struct srv_lease *next;
 } srv_lease_t;
 
@@ -118,6 +119,7 @@ struct conn {
      * beside the transport for LOOKUP, LOOKUP_REPLY and RELEASE; -1: none. */
     int ctl_fd;
     bool ctl_tried;        /* client: asked for one (once per connection) */
+    bool ctl_had;          /* server: had one; replies took two carriers (take_regions) */
     unsigned ctl_waiters;  /* client: callers waiting for a reply that may come on it */
     kvs__boot_srv_t *boot; /* server, pre-auth: the handshake (boot.c) */
     uint64_t boot_deadline_ns;
@@ -163,6 +165,11 @@ struct conn {
     uint32_t npushes, nputs, ninbox;
     uint64_t staging_bytes;
     uint64_t regions_sent;
+    /* Server: the newest region table the client is known to have applied
+     * (a RELEASE of a lease whose reply carried it). Client: the lease id
+     * of the newest LOOKUP_REPLY whose table it applied. See table_newer. */
+    uint64_t regions_acked;
+    uint64_t table_lease;
     uint64_t next_req_id;
     int refs; /* +1 while listed; client leases and requests hold more */
     conn_t *next;
@@ -425,10 +432,10 @@ static void msg_sent(void *arg, kvs_status_t st, size_t len)
  * a batch; bare sockets with the same sizes and timing, 37 us over TCP and
  * 30 us over a Unix socket (tests kept in docs/transport.md). Other messages,
  * and any that does not fit or finds the socket full, take the transport:
- * a reply may so overtake an earlier one, which costs nothing but when both
- * carry region tables (see take_regions), and the older then wins until the
- * next table: a fetch of the regions it lacks fails STALE, never reads the
- * wrong memory (the generations). True when sent. */
+ * a reply may so overtake an earlier one. Region tables are what that could
+ * break (a reply naming a region whose table is still on its way, or an
+ * older table applied after a newer one); srv_lookup and table_newer see to
+ * both. True when sent. */
 static bool ctl_send(conn_t *c, const uint8_t *data, size_t len)
 {
     kvs__hdr_t h;
@@ -756,6 +763,23 @@ static void drop_unused_rregions(conn_t *c, const kvs__msg_t *m)
     }
     kvs__debug(c->pp->log, "peer %s: its regions filled our table: kept the %zu its put reads",
                c->peer, c->nrr);
+}
+
+/* Whether LOOKUP_REPLY @m's region table (if it carries one) is newer
+ * than every one applied: the holder numbers its leases in the order it
+ * answers, so a reply that overtook a later one on the other carrier (the
+ * control channel or the transport) has the lower lease id, and its table
+ * is dropped, not applied over the newer one (which would forget regions
+ * the newer has). Its blocks stand: a region they name that the newer
+ * table lacks was let go since, and fetching them fails STALE. */
+static bool table_newer(conn_t *c, const kvs__msg_t *m)
+{
+    if (!(m->hdr.flags & KVS_PROTO_FLAG_REGIONS))
+        return true; /* nothing to apply */
+    if (m->u.lookup_reply.lease_id < c->table_lease)
+        return false;
+    c->table_lease = m->u.lookup_reply.lease_id;
+    return true;
 }
 
 static kvs_status_t take_regions(conn_t *c, const kvs__msg_t *m)
@@ -1266,7 +1290,13 @@ static void srv_lookup(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
         goto fail;
     size_t hits = kvs_lease_hits(lease);
     uint64_t lease_id = ++pp->next_lease_id;
-    bool with_regions = c->regions_sent != pp->regions_version;
+    /* Once replies may take two carriers (a control channel), one can
+     * overtake the reply that carried a new table: every reply carries the
+     * table until the client has shown it applied it (a RELEASE of a lease
+     * whose reply carried it), so that none names a region the client may
+     * not know yet. The client drops tables older than one it applied. */
+    bool with_regions = c->regions_sent != pp->regions_version ||
+                        (c->ctl_had && c->regions_acked != pp->regions_version);
     kvs__proto_begin(&b, KVS_MSG_LOOKUP_REPLY,
                      KVS_PROTO_FLAG_FROM_SERVER | (with_regions ? KVS_PROTO_FLAG_REGIONS : 0), rid,
                      c->session);
@@ -1319,6 +1349,7 @@ static void srv_lookup(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
             goto fail;
         sl->id = lease_id;
         sl->lease = lease;
+        sl->table_version = with_regions ? pp->regions_version : 0;
         sl->deadline_ns = now_ns() + (uint64_t)lease_ms * 1000000u;
         sl->next = c->leases;
         c->leases = sl;
@@ -1895,6 +1926,8 @@ static void srv_release(conn_t *c, const kvs__msg_t *m)
      * before they may go, so a producer waiting on kvs_pool_readers() sees it
      * (with how many readers this one says to expect). */
     kvs__lease_mark_read((*lp)->lease, m->u.release.readers);
+    if ((*lp)->table_version > c->regions_acked) /* its reply, and so its table, arrived */
+        c->regions_acked = (*lp)->table_version;
     if ((*lp)->pushes > 0) {
         (*lp)->deadline_ns = 0; /* ends when its last push does */
         return;
@@ -3263,9 +3296,10 @@ static kvs_status_t warm_conn(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
         conn_fail(c, KVS_ERR_PROTOCOL, "bad LOOKUP_REPLY");
         st = KVS_ERR_PROTOCOL;
     }
-    if (st == KVS_OK)
+    bool newer = st == KVS_OK && table_newer(c, &m);
+    if (newer)
         st = take_regions(c, &m);
-    if (st == KVS_OK)
+    if (newer && st == KVS_OK)
         forget_regions(c, &m);
     if (st == KVS_OK && c->rma)
         unpack_rkeys(c);
@@ -3430,6 +3464,8 @@ out:
 /* ---------------------------------------------------------------------- */
 /* Client side: lookup, release, fetch, put                                 */
 /* ---------------------------------------------------------------------- */
+void (*kvs__peer_test_reply)(size_t nkeys);
+
 static void rlease_free(rlease_t *rl)
 {
     if (rl == NULL)
@@ -3494,9 +3530,17 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
         st = KVS_ERR_PROTOCOL;
         goto out;
     }
-    if ((st = take_regions(c, &m)) != KVS_OK)
-        goto out;
-    forget_regions(c, &m);
+    if (kvs__peer_test_reply !=
+        NULL) { /* tests only: the reply is here, its table not yet applied */
+        unlock(pp);
+        kvs__peer_test_reply(n);
+        lock(pp);
+    }
+    if (table_newer(c, &m)) {
+        if ((st = take_regions(c, &m)) != KVS_OK)
+            goto out;
+        forget_regions(c, &m);
+    }
     if (c->rma)
         unpack_rkeys(c);
     rl = kvs__calloc(1, sizeof(*rl));
@@ -4686,6 +4730,7 @@ static bool shm_ctl(void *arg, const uint8_t *session, int fd)
     int dfd = c != NULL && c->ctl_fd < 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     if (dfd >= 0) {
         c->ctl_fd = dfd;
+        c->ctl_had = true;
         kept = true;
         kick(pp); /* into the progress thread's poll set */
         kvs__debug(pp->log, "peer %s: control channel open", c->peer);

@@ -88,4 +88,8 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq);
 #define KVS_PEER_PUT_BATCH_MAX   128u         /* blocks per pull PUT batch */
 #define KVS_PEER_PUT_BATCH_BYTES (8u << 20)   /* bytes per pull PUT batch, at most */
 
+/* Test hook: called by a lookup of @nkeys keys once its reply is here and
+ * before the region table it may carry is applied, with no lock held. */
+extern void (*kvs__peer_test_reply)(size_t nkeys);
+
 #endif

@@ -37,6 +37,12 @@
  *              CUDA allocation released) with a new one: the reader's next lookups learn
  *              the new region table, it unmaps the old memory (else it would keep it alive
  *              for the connection's life) and maps the new, every byte right each time
+ *   order      replies on two carriers: the holder's region table no longer fits the control
+ *              channel, so each new one (a new heap pool each round, read with GETs) goes
+ *              over UCX; a lookup held (test hook kvs__peer_test_reply) between its reply
+ *              with the new table and applying it, while another thread fetches the new
+ *              pool, then a newer one, then again after the held lookup applied (or dropped)
+ *              its older table: every fetch right
  *   churn      the holder registers a new small region and deregisters the last one, more
  *              times than a reader keeps regions of one peer (KVS_PROTO_MAX_REGIONS),
  *              with a reader (mapped path) and a KVSHARE_SHM=off one (UCX GETs) looking
@@ -67,10 +73,12 @@
  *              (cuMemcpyHtoDAsync) only once the generations held; and a reader of the
  *              other K/V order from a CUDA VMM holder: whole planes go straight from the
  *              mapping into the device (cuMemcpyDtoDAsync)
- * Uses the internal test hook kvs__shm_test_mid_copy (linked against kvshare_static). */
+ * Uses the internal test hooks kvs__shm_test_mid_copy and kvs__peer_test_reply (linked
+ * against kvshare_static). */
 #include "copier_int.h"
 #include "fakecuda.h"
 #include "kvshare.h"
+#include "peer_int.h"
 #include "proto_int.h"
 #include "shm_int.h"
 
@@ -80,6 +88,7 @@
 #include <openssl/hmac.h>
 #include <poll.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,8 +99,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NBLOCKS 64u
-#define BB      (64u << 10)
+#define NBLOCKS      64u
+#define BB           (64u << 10)
+#define GROW_REGIONS 2500u                          /* the holder's table then exceeds 64 KiB */
+#define FRESH_KEY(v) (100u * NBLOCKS + (v)*NBLOCKS) /* "fresh V"'s first key */
 
 static char work[256];
 static const char token[] = "kvs-shm-test-token-0123456789abcdef";
@@ -181,6 +192,23 @@ static kvs_pool_h make_pool_as(kvs_ctx_h ctx, const kvs_layout_t *lp, size_t bb,
     kvs_pool_h pool = NULL;
     if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK)
         FAIL("kvs_pool_create");
+    return pool;
+}
+
+/* The same in the process's own heap: memory no peer can map, which a
+ * same-host reader reads with UCX GETs (their rkeys from the region table). */
+static kvs_pool_h make_heap_pool(kvs_ctx_h ctx, uint8_t **mem_p)
+{
+    if ((*mem_p = aligned_alloc(4096, (size_t)NBLOCKS * BB)) == NULL)
+        FAIL("aligned_alloc");
+    kvs_layout_t l = layout();
+    kvs_segment_t seg = {
+        .base = *mem_p, .block_stride = BB, .block_bytes = BB, .mem_type = KVS_MEM_HOST};
+    kvs_pool_params_t pp = {
+        .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = NBLOCKS};
+    kvs_pool_h pool = NULL;
+    if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK)
+        FAIL("kvs_pool_create (heap)");
     return pool;
 }
 
@@ -304,8 +332,45 @@ static void holder(int in, int out)
     FILE *f = fdopen(in, "r");
     static _Alignas(4096) uint8_t extra[4096];
     kvs_region_h extra_reg = NULL;
+    /* "grow": GROW_REGIONS pages registered one by one, so that its region
+     * table no longer fits a control-channel message; "fresh V": a new
+     * pool in its heap (a new region, which no peer can map) holding
+     * version V of keys FRESH_KEY(V)..+NBLOCKS-1, the last one destroyed;
+     * "ctl": how many messages it sent on control channels. */
+    static _Alignas(4096) uint8_t grown[GROW_REGIONS][4096];
+    kvs_region_h grown_reg[GROW_REGIONS] = {0};
+    kvs_pool_h fresh = NULL;
+    uint8_t *fresh_mem = NULL;
     while (fgets(line, sizeof(line), f) != NULL) {
         uint32_t i;
+        if (strcmp(line, "grow\n") == 0) {
+            for (uint32_t g = 0; g < GROW_REGIONS; g++)
+                if (kvs_mem_register_ex(ctx, grown[g], sizeof(grown[g]), NULL, &grown_reg[g]) !=
+                    KVS_OK)
+                    FAIL("holder: kvs_mem_register_ex (grow)");
+            dprintf(out, "done\n");
+            continue;
+        }
+        if (sscanf(line, "fresh %u", &i) == 1) {
+            kvs_pool_destroy(fresh);
+            free(fresh_mem);
+            fresh = make_heap_pool(ctx, &fresh_mem);
+            kvs_key_t fk[NBLOCKS];
+            for (uint32_t k = 0; k < NBLOCKS; k++) {
+                fk[k] = key_of(FRESH_KEY(i) + k);
+                fill(fresh_mem + (size_t)k * BB, FRESH_KEY(i) + k, i);
+            }
+            if (kvs_publish(fresh, fk, ids, NBLOCKS, KVS_PUBLISH_ZERO_COPY, NULL) != KVS_OK)
+                FAIL("holder: publish into the fresh pool");
+            dprintf(out, "done\n");
+            continue;
+        }
+        if (strcmp(line, "ctl\n") == 0) {
+            kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_CTL};
+            kvs_stats_query(ctx, &ks);
+            dprintf(out, "ctl %llu\n", (unsigned long long)ks.ctl_messages);
+            continue;
+        }
         if (strcmp(line, "churn\n") == 0) {
             /* One region more in its table, a new one each time. */
             kvs_mem_deregister(extra_reg);
@@ -339,6 +404,10 @@ static void holder(int in, int out)
         }
     }
     kvs_mem_deregister(extra_reg);
+    for (uint32_t g = 0; g < GROW_REGIONS; g++)
+        kvs_mem_deregister(grown_reg[g]);
+    kvs_pool_destroy(fresh);
+    free(fresh_mem);
     kvs_pool_destroy(pool);
     kvs_mem_free(ctx, mem);
     kvs_ctx_destroy(ctx);
@@ -1239,6 +1308,123 @@ static void s_ctl(void)
         reader_free(&a);
     }
     still_serves(&h, "ctl");
+}
+
+/* The holder's count of messages it sent on control channels. */
+static uint64_t holder_ctl(child_t *h)
+{
+    char line[64];
+    unsigned long long n = 0;
+    dprintf(h->to, "ctl\n");
+    if (fgets(line, sizeof(line), h->from) == NULL || sscanf(line, "ctl %llu", &n) != 1)
+        FAIL("the holder did not say its control-channel count");
+    return n;
+}
+
+/* The paused lookup: kvs__peer_test_reply stops the one-key lookup (and
+ * only it) once its reply is here, before its table is applied, until the
+ * scenario lets it go. */
+static sem_t order_paused, order_go;
+
+static void order_hook(size_t nkeys)
+{
+    if (nkeys != 1)
+        return;
+    sem_post(&order_paused);
+    while (sem_wait(&order_go) != 0)
+        ;
+}
+
+typedef struct order_arg {
+    reader_t *r;
+    const char *addr;
+    kvs_status_t st;
+} order_arg_t;
+
+/* One key of the holder's first pool: its reply carries the holder's new
+ * (large) region table over UCX, and is held at the hook. */
+static void *order_lookup(void *arg)
+{
+    order_arg_t *a = arg;
+    kvs_lease_h lease = NULL;
+    a->st = lookup_keys(a->r, a->addr, 0, 1, &lease);
+    kvs_lease_release(lease);
+    return NULL;
+}
+
+/* Fetches the NBLOCKS keys of "fresh @v" and checks their bytes. */
+static void order_fetch(reader_t *r, const char *addr, uint32_t v, const char *when)
+{
+    kvs_status_t st = fetch(r, addr, FRESH_KEY(v), NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("order: round %u: fetch of the new pool %s: %s", v, when, kvs_status_string(st));
+    for (uint32_t i = 0; i < NBLOCKS; i++)
+        if (!same(r->mem + (size_t)i * BB, FRESH_KEY(v) + i, v))
+            FAIL("order: round %u: block of key %u has wrong bytes (%s)", v, FRESH_KEY(v) + i,
+                 when);
+}
+
+/* Replies on two carriers. The holder's region table no longer fits a
+ * control-channel message, so a reply that carries a new one takes UCX,
+ * and a later reply on the channel can be read first. Each round the
+ * holder makes a pool in its heap (a new region, which the reader reads
+ * with UCX GETs: their rkeys come from the table), and:
+ *   1. a thread's lookup gets the reply with the new table, and is held
+ *      (test hook) before it applies it;
+ *   2. this thread looks up and fetches the new pool's blocks: its reply
+ *      must bring the table itself (else the GETs name a region the reader
+ *      does not know: KVS_ERR_PROTOCOL);
+ *   3. the holder replaces that pool with another (a newer table) and this
+ *      thread fetches those blocks;
+ *   4. the held lookup goes on: its older table must not be applied over
+ *      the newer (it would forget the newest pool's region), so this
+ *      thread's fetch of the newest blocks again must succeed.
+ * Every byte right each time. */
+static void s_order(void)
+{
+    if (sem_init(&order_paused, 0, 0) != 0 || sem_init(&order_go, 0, 0) != 0)
+        FAIL("order: sem_init");
+    child_t h = start_holder();
+    ask(&h, "grow", "order");
+    reader_t r = reader_new();
+    kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
+    if (st != KVS_OK)
+        FAIL("order: first fetch: %s", kvs_status_string(st));
+    uint64_t ctl0 = holder_ctl(&h);
+    kvs__peer_test_reply = order_hook;
+    const uint32_t rounds = 5;
+    char cmd[32];
+    for (uint32_t v = 1; v <= 2 * rounds; v += 2) {
+        snprintf(cmd, sizeof(cmd), "fresh %u", v);
+        ask(&h, cmd, "order");
+        order_arg_t a = {.r = &r, .addr = h.addr};
+        pthread_t th;
+        if (pthread_create(&th, NULL, order_lookup, &a) != 0)
+            FAIL("order: pthread_create");
+        while (sem_wait(&order_paused) != 0)
+            ;
+        order_fetch(&r, h.addr, v, "while the reply with its table waits");
+        snprintf(cmd, sizeof(cmd), "fresh %u", v + 1);
+        ask(&h, cmd, "order");
+        order_fetch(&r, h.addr, v + 1, "after the holder replaced it");
+        sem_post(&order_go);
+        pthread_join(th, NULL);
+        if (a.st != KVS_OK)
+            FAIL("order: round %u: the held lookup: %s", v, kvs_status_string(a.st));
+        order_fetch(&r, h.addr, v + 1, "after the held lookup went on");
+    }
+    kvs__peer_test_reply = NULL;
+    /* The small replies took the channel, the tables UCX. */
+    uint64_t ctl = holder_ctl(&h) - ctl0;
+    if (ctl == 0)
+        FAIL("order: no reply on the control channel");
+    printf("ok: order: %u rounds of replies overtaking a new region table (%llu replies on the "
+           "control channel), every fetch right\n",
+           rounds, (unsigned long long)ctl);
+    reader_free(&r);
+    stop_holder(&h);
+    sem_destroy(&order_paused);
+    sem_destroy(&order_go);
 }
 
 /* A caller that connects and then stops: @what 0 says nothing, 1 reads the
@@ -2223,7 +2409,7 @@ int main(int argc, char **argv)
                {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
                {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget},
                {"churn", s_churn},         {"defer", s_defer},     {"withdraw", s_withdraw},
-               {"helpers", s_helpers},     {"ctl", s_ctl}};
+               {"helpers", s_helpers},     {"ctl", s_ctl},         {"order", s_order}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
