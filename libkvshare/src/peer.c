@@ -3530,8 +3530,9 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
         st = KVS_ERR_PROTOCOL;
         goto out;
     }
-    if (kvs__peer_test_reply !=
-        NULL) { /* tests only: the reply is here, its table not yet applied */
+    /* Tests only (transport_shm order): the reply is here, its table not
+     * yet applied. */
+    if (kvs__peer_test_reply != NULL) {
         unlock(pp);
         kvs__peer_test_reply(n);
         lock(pp);
