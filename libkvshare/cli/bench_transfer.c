@@ -5,11 +5,13 @@
 #include "util_int.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -19,6 +21,7 @@ typedef struct xopts {
     const char *tls, *path;
     uint64_t block_bytes, blocks, batch, repeats, seed, inflight;
     bool json, contiguous, serve, no_perftest, lookup_thread;
+    int rtt_fd; /* --serve: the round-trip anchor's socket (-1: none) */
     /* --prefill-tp P --decode-tp D: the server publishes TP rank 0 of P's
      * share of the 8 KV heads, we fetch rank 0 of D's; block_bytes is a
      * whole block (all heads), side_bytes this process's share of it. */
@@ -238,6 +241,49 @@ static kvs_ctx_h make_ctx(const char *listen)
     return ctx;
 }
 
+/* The round-trip anchor (same host): a bare Unix SOCK_SEQPACKET socket
+ * between the two processes, carrying what a batch's lookup, its reply and
+ * its release carry, with none of kvshare in it. Sizes as our encoder
+ * writes them (proto.c): a LOOKUP is 56 bytes and 32 a key, its reply 32
+ * and 38 a block of one piece, a RELEASE 48. */
+#define RTT_MAX 65536u
+static size_t rtt_req_len(uint64_t n)
+{
+    size_t l = 56 + 32 * (size_t)n;
+    return l < RTT_MAX ? l : RTT_MAX;
+}
+static size_t rtt_rep_len(uint64_t n)
+{
+    size_t l = 32 + 38 * (size_t)n;
+    return l < RTT_MAX ? l : RTT_MAX;
+}
+
+/* The server's end: a thread asleep in poll() between messages, as the
+ * holder's progress thread is; a request ('Q', then the reply's length) is
+ * answered with that many bytes, a release ('R') with nothing. */
+static void *rtt_echo(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    uint8_t *buf = malloc(RTT_MAX);
+    while (buf != NULL) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR)
+            break;
+        ssize_t n = recv(fd, buf, RTT_MAX, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0)
+            break; /* the client closed its end */
+        uint32_t want = 0;
+        if (n >= 8 && buf[0] == 'Q')
+            memcpy(&want, buf + 4, 4);
+        if (want > 0 && send(fd, buf, want < RTT_MAX ? want : RTT_MAX, MSG_NOSIGNAL) < 0)
+            break;
+    }
+    free(buf);
+    return NULL;
+}
+
 /* The server half: publish, say where, serve until stdin closes. */
 static int serve(const xopts_t *o)
 {
@@ -264,12 +310,19 @@ static int serve(const xopts_t *o)
     }
     char addr[300];
     kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
+    pthread_t echo;
+    bool echoing = o->rtt_fd >= 0 &&
+                   pthread_create(&echo, NULL, rtt_echo, (void *)(intptr_t)o->rtt_fd) == 0;
     /* The pool's address lets the client time raw CMA on the same blocks. */
     printf("ready %s %p\n", addr, (void *)mem);
     fflush(stdout);
     char buf[16];
     while (read(0, buf, sizeof(buf)) > 0)
         ;
+    if (echoing) {
+        shutdown(o->rtt_fd, SHUT_RDWR); /* its recv ends */
+        pthread_join(echo, NULL);
+    }
     kvs_pool_destroy(wpool);
     kvs_pool_destroy(pool);
     kvs_mem_free(ctx, mem);
@@ -428,6 +481,40 @@ static double cma_pass(const xopts_t *o, uint8_t *mem, pid_t srv, void *srv_base
             return -1;
     }
     return kvs_cli_now() - t0;
+}
+
+/* The round-trip anchor's pass (client end): per batch, a request of the
+ * batch's LOOKUP size and its reply (timed: @rtt gets each), then
+ * @copy_s of busy waiting (one batch of the memcpy anchor: the copy a
+ * fetch would do meanwhile, so the server's thread falls asleep as the
+ * holder's does), then a release (timed into *release_s). False when the
+ * socket failed. */
+static bool rtt_pass(const xopts_t *o, int fd, double copy_s, double *rtt, size_t *nrtt,
+                     double *release_s)
+{
+    static uint8_t buf[RTT_MAX];
+    const uint64_t nbatches = (o->blocks + o->batch - 1) / o->batch;
+    for (uint64_t b = 0; b < nbatches; b++) {
+        uint64_t n = o->blocks - b * o->batch < o->batch ? o->blocks - b * o->batch : o->batch;
+        size_t q = rtt_req_len(n);
+        uint32_t want = (uint32_t)rtt_rep_len(n);
+        memset(buf, 0, 8);
+        buf[0] = 'Q';
+        memcpy(buf + 4, &want, 4);
+        double t0 = kvs_cli_now();
+        if (send(fd, buf, q, MSG_NOSIGNAL) != (ssize_t)q || recv(fd, buf, RTT_MAX, 0) != want)
+            return false;
+        double t1 = kvs_cli_now();
+        rtt[(*nrtt)++] = (t1 - t0) * 1e6;
+        while (kvs_cli_now() < t1 + copy_s)
+            ;
+        buf[0] = 'R';
+        double t2 = kvs_cli_now();
+        if (send(fd, buf, 48, MSG_NOSIGNAL) != 48)
+            return false;
+        *release_s += kvs_cli_now() - t2;
+    }
+    return true;
 }
 
 /* One pass over all the blocks: looked up at @addr and fetched into @dst of
@@ -608,7 +695,8 @@ enum {
     O_DECODE_TP,
     O_KV_LAYOUT,
     O_PATH,
-    O_LOOKUP_THREAD
+    O_LOOKUP_THREAD,
+    O_RTT_FD
 };
 
 static const struct option xfer_options[] = {
@@ -628,6 +716,7 @@ static const struct option xfer_options[] = {
     {"kv-layout", required_argument, NULL, O_KV_LAYOUT},
     {"path", required_argument, NULL, O_PATH},
     {"lookup-thread", no_argument, NULL, O_LOOKUP_THREAD},
+    {"rtt-fd", required_argument, NULL, O_RTT_FD}, /* internal: the anchor's socket */
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
 static const kvs_cli_cmd_t xfer_cmd = {"bench transfer", usage, xfer_options};
@@ -653,6 +742,13 @@ static int parse_opts(int argc, char **argv, xopts_t *o)
         case O_LOOKUP_THREAD:
             o->lookup_thread = true;
             break;
+        case O_RTT_FD: {
+            uint64_t fd;
+            if (!kvs_cli_parse_u64("--rtt-fd", optarg, 3, 65535, &fd))
+                return 2;
+            o->rtt_fd = (int)fd;
+            break;
+        }
         case O_TLS:
             if (optarg[0] == '\0')
                 return kvs_cli_usage_error(&xfer_cmd, "--tls '': name UCX transports");
@@ -728,7 +824,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                  .seed = 42,
                  .inflight = 1,
                  .prefill_tp = 1,
-                 .decode_tp = 1};
+                 .decode_tp = 1,
+                 .rtt_fd = -1};
     int prc = parse_opts(argc, argv, &o);
     if (prc >= 0)
         return prc;
@@ -790,6 +887,17 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     if (sl <= 0)
         return 1;
     self[sl] = '\0';
+    /* The round-trip anchor's socket, on shared memory (where lookups take
+     * the holder's Unix socket): the server's end crosses exec, ours not. */
+    int rtt_sv[2] = {-1, -1};
+    char rf[32] = "";
+    if (shm && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, rtt_sv) == 0) {
+        int theirs = dup(rtt_sv[1]); /* a duplicate is not close-on-exec */
+        close(rtt_sv[1]);
+        rtt_sv[1] = theirs;
+        if (theirs >= 0)
+            snprintf(rf, sizeof(rf), "--rtt-fd=%d", theirs);
+    }
     char *sargv[] = {self,
                      "bench",
                      "transfer",
@@ -809,10 +917,13 @@ int kvs_cli_bench_transfer(int argc, char **argv)
                      db,
                      "--kv-layout",
                      o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",
+                     rf[0] != '\0' ? rf : NULL,
                      NULL};
     int to;
     FILE *from;
     pid_t srv = kvs_cli_spawn(sargv, &to, &from);
+    if (rtt_sv[1] >= 0)
+        close(rtt_sv[1]); /* the server has it; later children must not */
     char line[512] = "", addr[300] = "";
     void *srv_base = NULL;
     if (srv < 0 || fgets(line, sizeof(line), from) == NULL ||
@@ -837,12 +948,15 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     uint64_t nbatches = (o.blocks + o.batch - 1) / o.batch;
     double *lat = calloc(nbatches * o.repeats, sizeof(double));
     double *lookups = calloc(nbatches * o.repeats, sizeof(double));
+    double *rtts = calloc(nbatches * o.repeats, sizeof(double));
+    size_t nrtts = 0;
+    double rtt_release_s = 0;
     double *rep = calloc(o.repeats, sizeof(double));
     double *wrep = calloc(o.repeats, sizeof(double));
     const kvs_layout_t lay = bench_layout(&o, "kvshare-bench", o.decode_tp),
                        wlay = bench_layout(&o, WHOLE_MODEL, whole_tp(&o));
     if (ctx == NULL || keys == NULL || (tp && wkeys == NULL) || dst == NULL || lat == NULL ||
-        lookups == NULL || rep == NULL || wrep == NULL ||
+        lookups == NULL || rtts == NULL || rep == NULL || wrep == NULL ||
         make_pool(ctx, &o, &lay, o.side_bytes, &mem, &pool) != KVS_OK ||
         (tp && make_pool(ctx, &o, &wlay, moved, &wmem, &wpool) != KVS_OK))
         goto out;
@@ -869,11 +983,24 @@ int kvs_cli_bench_transfer(int argc, char **argv)
          cma_ok = shm && sids != NULL && ct != NULL;
     if (src != NULL)
         memset(src, 1, (size_t)bytes_total);
+    bool rtt_ok = rtt_sv[0] >= 0;
     for (uint64_t r = 0; r <= o.repeats && st == KVS_OK; r++) {
+        double mpass = 0;
         if (mc_ok) {
             double t = memcpy_pass(&o, mem, src, sids, dst, moved);
+            mpass = t;
             if (r > 0)
                 mt[r - 1] = t;
+        }
+        if (rtt_ok) { /* the warm-up pass's samples are dropped */
+            size_t n0 = nrtts;
+            double rel0 = rtt_release_s;
+            rtt_ok = rtt_pass(&o, rtt_sv[0], mpass / (double)nbatches, rtts, &nrtts,
+                              &rtt_release_s);
+            if (r == 0) {
+                nrtts = n0;
+                rtt_release_s = rel0;
+            }
         }
         if (cma_ok) {
             double t = cma_pass(&o, mem, srv, srv_base, srv_bytes, sids, dst, moved);
@@ -917,6 +1044,19 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     kvs_cli_sort(lat, nlat);
     kvs_cli_sort(ph.lookups, ph.nlookups);
     double lookup_p50 = ph.nlookups > 0 ? ph.lookups[ph.nlookups / 2] : 0;
+    /* The round-trip anchor: its median, its mean release, and the most a
+     * fetch that makes one round trip and one release a batch could reach
+     * against memcpy with them (ratio_memcpy_bound: a batch of memcpy over
+     * that plus both; a guide, from the same run's anchors). */
+    rtt_ok = rtt_ok && nrtts > 0 && mc_ok;
+    double rtt_p50 = 0, rtt_rel = 0, bound = 0;
+    if (rtt_ok) {
+        kvs_cli_sort(rtts, nrtts);
+        rtt_p50 = rtts[nrtts / 2];
+        rtt_rel = rtt_release_s * 1e6 / (double)nrtts;
+        double mb = kvs_cli_median(mt, (int)o.repeats) / (double)nbatches * 1e6;
+        bound = mb / (mb + rtt_p50 + rtt_rel);
+    }
     double p50 = lat[(size_t)((double)(nlat - 1) * 0.5)],
            p99 = lat[(size_t)((double)(nlat - 1) * 0.99)]; /* the same rank rule: p50 <= p99 */
 
@@ -968,6 +1108,11 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         uint64_t cm = ctl_messages(ctx);
         cJSON_AddStringToObject(j, "control", cm > 0 ? "unix" : "transport");
         cJSON_AddNumberToObject(j, "ctl_messages", (double)cm);
+        if (rtt_ok) {
+            kvs_cli_json_num(j, "rtt_bare_p50_us", rtt_p50, 1);
+            kvs_cli_json_num(j, "release_bare_us", rtt_rel, 1);
+            kvs_cli_json_num(j, "ratio_memcpy_bound", bound, 3);
+        }
         if (tp) { /* block_bytes above is what each fetch moved */
             cJSON_AddNumberToObject(j, "prefill_tp", (double)o.prefill_tp);
             cJSON_AddNumberToObject(j, "decode_tp", (double)o.decode_tp);
@@ -999,6 +1144,11 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         uint64_t cm = ctl_messages(ctx);
         printf("  lookups, releases    %s (%llu messages on the holder's Unix socket)\n",
                cm > 0 ? "unix" : "transport", (unsigned long long)cm);
+        if (rtt_ok)
+            printf("  bare Unix socket     round trip %.0f us (median), release %.0f us: with "
+                   "one of each a batch,\n"
+                   "                       ratio_memcpy_bound %.2f\n",
+                   rtt_p50, rtt_rel, bound);
         if (tp)
             printf("  whole, same bytes    %8.2f GB/s   ratio_sliced_whole %.2f (%s, path %s)\n",
                    wgbps, wgbps > 0 ? gbps / wgbps : 0, o.kv_layout == KVS_KV_HND ? "hnd" : "nhd",
@@ -1026,6 +1176,9 @@ out:
     free(dst);
     free(lat);
     free(lookups);
+    free(rtts);
+    if (rtt_sv[0] >= 0)
+        close(rtt_sv[0]);
     free(rep);
     free(wrep);
     free(src);
