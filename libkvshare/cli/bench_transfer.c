@@ -89,7 +89,12 @@ static void usage(FILE *f)
         "kernel's cross-process copy of them (CMA), one pass of each in every round of ours,\n"
         "so that a machine whose speed drifts moves both sides of a ratio alike; and\n"
         "ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw on\n"
-        "tcp).\n"
+        "tcp). On shared memory also a round trip with nothing of kvshare in it: a bare Unix\n"
+        "socket between the same two processes, the server's end asleep in poll() as the\n"
+        "holder's is, carrying a batch's lookup and its reply (rtt_bare_p50_us), then, after\n"
+        "a batch of the memcpy anchor's time, its release (release_bare_us); and\n"
+        "ratio_memcpy_bound, that batch of memcpy over itself plus both: the most any fetch\n"
+        "with one round trip and one release a batch gets against memcpy on this host.\n"
         "--path memfd needs the same-host path (this process maps the server's memfds and\n"
         "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
@@ -311,8 +316,8 @@ static int serve(const xopts_t *o)
     char addr[300];
     kvs_ctx_listen_addr(ctx, addr, sizeof(addr));
     pthread_t echo;
-    bool echoing = o->rtt_fd >= 0 &&
-                   pthread_create(&echo, NULL, rtt_echo, (void *)(intptr_t)o->rtt_fd) == 0;
+    bool echoing =
+        o->rtt_fd >= 0 && pthread_create(&echo, NULL, rtt_echo, (void *)(intptr_t)o->rtt_fd) == 0;
     /* The pool's address lets the client time raw CMA on the same blocks. */
     printf("ready %s %p\n", addr, (void *)mem);
     fflush(stdout);
@@ -995,8 +1000,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         if (rtt_ok) { /* the warm-up pass's samples are dropped */
             size_t n0 = nrtts;
             double rel0 = rtt_release_s;
-            rtt_ok = rtt_pass(&o, rtt_sv[0], mpass / (double)nbatches, rtts, &nrtts,
-                              &rtt_release_s);
+            rtt_ok =
+                rtt_pass(&o, rtt_sv[0], mpass / (double)nbatches, rtts, &nrtts, &rtt_release_s);
             if (r == 0) {
                 nrtts = n0;
                 rtt_release_s = rel0;

@@ -279,6 +279,37 @@ inflight_default() {
   fi
 }
 inflight_default
+# bench transfer's round-trip anchor (shared memory): a bare Unix socket between the same two
+# processes timed with a batch's lookup, reply and release sizes, and the bound they set;
+# the bound is a batch of the memcpy anchor over that batch plus both. Not run over TCP.
+rtt_anchor() {
+  local out tcp
+  out=$("$k" bench transfer --blocks 64 --batch 16 --repeats 2 --block-bytes 65536 --path memfd \
+    --no-perftest --json 2>/dev/null)
+  tcp=$("$k" bench transfer --tls tcp --blocks 8 --batch 4 --repeats 1 --block-bytes 4096 \
+    --no-perftest --json 2>/dev/null)
+  if [ -z "$out" ]; then
+    echo "skip: bench transfer --path memfd did not run here"
+    return
+  fi
+  if /usr/bin/python3 - "$out" "$tcp" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+rtt, rel, b = j.get("rtt_bare_p50_us", 0), j.get("release_bare_us", 0), j.get("ratio_memcpy_bound", 0)
+mb = j["batch"] * j["block_bytes"] / (j["memcpy_gbps"] * 1e9) * 1e6  # a batch of memcpy, us
+want = mb / (mb + rtt + rel)
+ok = rtt > 0 and rel > 0 and 0 < b < 1 and abs(b - want) <= 0.01
+if sys.argv[2]:  # over TCP lookups do not take a Unix socket: no anchor
+    ok = ok and "rtt_bare_p50_us" not in json.loads(sys.argv[2])
+sys.exit(0 if ok else 1)
+PY
+  then
+    echo "ok: bench transfer rtt_bare_p50_us, release_bare_us, ratio_memcpy_bound (none over tcp)"
+  else
+    echo "FAIL: bench transfer round-trip anchor: $out / tcp: $tcp"; fail=1
+  fi
+}
+
 # bench transfer reports the share of mapped bytes the copy helpers copied: a number in
 # [0, 1], and 0 with KVSHARE_COPY_THREADS=0 (transport_shm helpers checks that they copy).
 helper_share() {
@@ -299,6 +330,7 @@ helper_share() {
   fi
 }
 helper_share
+rtt_anchor
 # bench transfer across TP sizes: sliced fetches (prefill TP 2 -> decode TP 4, HND) timed next
 # to whole-block fetches of the same bytes, in one run. Required wherever the plain run works.
 tp_sliced_whole() {
