@@ -897,6 +897,11 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     int rtt_sv[2] = {-1, -1};
     char rf[32] = "";
     if (shm && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, rtt_sv) == 0) {
+        /* A server that does not answer (its thread did not start) costs
+         * the anchor, not a hang: rtt_pass fails after 2 s. */
+        struct timeval tv = {.tv_sec = 2};
+        setsockopt(rtt_sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(rtt_sv[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
         int theirs = dup(rtt_sv[1]); /* a duplicate is not close-on-exec */
         close(rtt_sv[1]);
         rtt_sv[1] = theirs;
