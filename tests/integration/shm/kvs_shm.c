@@ -179,20 +179,26 @@ static kvs_ctx_h make_ctx(const char *listen)
     return ctx;
 }
 
-/* A pool of NBLOCKS blocks of @bb bytes (one segment) in kvs_mem_alloc memory. */
-static kvs_pool_h make_pool_as(kvs_ctx_h ctx, const kvs_layout_t *lp, size_t bb, uint8_t **mem_p)
+/* A pool of NBLOCKS blocks of @bb bytes (one segment) over host memory @mem. */
+static kvs_pool_h pool_over(kvs_ctx_h ctx, const kvs_layout_t *lp, size_t bb, uint8_t *mem)
 {
-    if (kvs_mem_alloc(ctx, (size_t)NBLOCKS * bb, KVS_MEM_HOST, (void **)mem_p) != KVS_OK)
-        FAIL("kvs_mem_alloc");
     kvs_layout_t l = *lp;
     kvs_segment_t seg = {
-        .base = *mem_p, .block_stride = bb, .block_bytes = bb, .mem_type = KVS_MEM_HOST};
+        .base = mem, .block_stride = bb, .block_bytes = bb, .mem_type = KVS_MEM_HOST};
     kvs_pool_params_t pp = {
         .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = NBLOCKS};
     kvs_pool_h pool = NULL;
     if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK)
         FAIL("kvs_pool_create");
     return pool;
+}
+
+/* The same in kvs_mem_alloc memory. */
+static kvs_pool_h make_pool_as(kvs_ctx_h ctx, const kvs_layout_t *lp, size_t bb, uint8_t **mem_p)
+{
+    if (kvs_mem_alloc(ctx, (size_t)NBLOCKS * bb, KVS_MEM_HOST, (void **)mem_p) != KVS_OK)
+        FAIL("kvs_mem_alloc");
+    return pool_over(ctx, lp, bb, *mem_p);
 }
 
 /* The same in the process's own heap: memory no peer can map, which a
@@ -202,14 +208,7 @@ static kvs_pool_h make_heap_pool(kvs_ctx_h ctx, uint8_t **mem_p)
     if ((*mem_p = aligned_alloc(4096, (size_t)NBLOCKS * BB)) == NULL)
         FAIL("aligned_alloc");
     kvs_layout_t l = layout();
-    kvs_segment_t seg = {
-        .base = *mem_p, .block_stride = BB, .block_bytes = BB, .mem_type = KVS_MEM_HOST};
-    kvs_pool_params_t pp = {
-        .layout = &l, .segments = &seg, .num_segments = 1, .num_blocks = NBLOCKS};
-    kvs_pool_h pool = NULL;
-    if (kvs_pool_create(ctx, &pp, &pool) != KVS_OK)
-        FAIL("kvs_pool_create (heap)");
-    return pool;
+    return pool_over(ctx, &l, BB, *mem_p);
 }
 
 static kvs_pool_h make_pool(kvs_ctx_h ctx, uint8_t **mem_p)
