@@ -571,11 +571,9 @@ int kvs_cli_bench_pool(int argc, char **argv)
         goto out;
     }
     if (o.warm)
-        printf("  put    %8.2f GB/s  cold (into arena pages never written before)\n",
-               put_gbps_cold);
-    if (o.warm)
-        printf("         after filling the nodes with %.0f MiB (%.1f s, untimed):\n",
-               fill_bytes / 1048576.0, fill_s);
+        printf("  put    %8.2f GB/s  cold (into arena pages never written before)\n"
+               "         after filling the nodes with %.0f MiB (%.1f s, untimed):\n",
+               put_gbps_cold, fill_bytes / 1048576.0, fill_s);
     char thp[32];
     kvs__shmem_thp(thp, sizeof(thp));
     if (kvs__shmem_thp_off(thp))

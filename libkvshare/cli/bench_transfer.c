@@ -249,8 +249,9 @@ static kvs_ctx_h make_ctx(const char *listen)
 /* The round-trip anchor (same host): a bare Unix SOCK_SEQPACKET socket
  * between the two processes, carrying what a batch's lookup, its reply and
  * its release carry, with none of kvshare in it. Sizes as our encoder
- * writes them (proto.c): a LOOKUP is 56 bytes and 32 a key, its reply 32
- * and 38 a block of one piece, a RELEASE 48. */
+ * writes them (proto.c: a 40-byte header, then the body): a LOOKUP is 56
+ * bytes and 32 a key, its reply 56 and 38 a block of one piece, a RELEASE
+ * 48. */
 #define RTT_MAX 65536u
 static size_t rtt_req_len(uint64_t n)
 {
@@ -259,7 +260,7 @@ static size_t rtt_req_len(uint64_t n)
 }
 static size_t rtt_rep_len(uint64_t n)
 {
-    size_t l = 32 + 38 * (size_t)n;
+    size_t l = 56 + 38 * (size_t)n;
     return l < RTT_MAX ? l : RTT_MAX;
 }
 
