@@ -180,13 +180,23 @@ static void wait_helpers(kvs__copier_t *cp)
         pthread_cond_wait(&cp->idle, &cp->mu);
 }
 
+static _Thread_local bool solo; /* kvs__copier_solo */
+
+bool kvs__copier_solo(bool on)
+{
+    bool was = solo;
+    solo = on;
+    return was;
+}
+
 size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, void *arg,
                        size_t *helped_p)
 {
     *helped_p = 0;
     claim_t all = {.i0 = 0, .off0 = 0, .i1 = n, .off1 = 0};
     size_t total = 0;
-    for (size_t i = 0; cp != NULL && i < n && total < KVS__COPIER_MIN_BYTES; i++) {
+    const size_t enough = solo ? KVS__COPIER_SOLO_MAX_BYTES + 1 : KVS__COPIER_MIN_BYTES;
+    for (size_t i = 0; cp != NULL && i < n && total < enough; i++) {
         void *dst;
         const void *src;
         size_t len;
@@ -194,7 +204,8 @@ size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, vo
         total += len;
     }
     /* A forked child has none of the helpers (nor, maybe, a usable mu). */
-    if (cp == NULL || total < KVS__COPIER_MIN_BYTES || cp->pid != getpid())
+    if (cp == NULL || total < KVS__COPIER_MIN_BYTES ||
+        (solo && total <= KVS__COPIER_SOLO_MAX_BYTES) || cp->pid != getpid())
         return copy_claim(item, arg, &all);
     pthread_mutex_lock(&cp->mu);
     if (cp->busy || cp->stop) {

@@ -15,6 +15,7 @@
 
 #include "kvs_int.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,6 +56,21 @@ size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, vo
  * sysconf counts 64: a helper there would only take turns with the caller.
  * At least 1; what cannot be read does not count. */
 unsigned kvs__usable_cpus(const char *cgroup_root, const char *self_cgroup);
+
+/* While @on, the copies this thread asks for of at most
+ * KVS__COPIER_SOLO_MAX_BYTES run on it alone, no helper joining (it
+ * returns the previous setting). For a thread that copies while a peer on
+ * this host computes the answer it waits for: where the caller and the
+ * helpers take every usable CPU, a helper takes the core that peer needs,
+ * and the answer comes only after the copy (peer.c, wait_until). That
+ * costs a round trip after the copy; going alone costs what the helper
+ * would have saved. With a helper making a copy about 1.4x faster and a
+ * round trip of 30-40 us (2-core VM), alone wins below about 3.5 round
+ * trips of copying, 1.5-2 MiB: measured at 16 KiB, two batches of 1 MiB
+ * in flight, 8.4-8.9 GB/s with the helper and 9.6-11.1 alone; `bench pool`
+ * fetches of 10 MiB prompts, 7.3-8.5 GB/s with it and 5.5-6.9 alone. */
+#define KVS__COPIER_SOLO_MAX_BYTES (2u << 20)
+bool kvs__copier_solo(bool on);
 
 /* Bytes helpers have copied since kvs__copier_new. */
 uint64_t kvs__copier_helped(const kvs__copier_t *cp);

@@ -370,6 +370,9 @@ struct kvs__peer {
     kvs__shm_srv_t *shm_srv; /* hands our memfds to same-host readers */
     uint64_t shm_bytes;      /* fetched through mapped memory (atomic builtins) */
     kvs__copier_t *copier;   /* KVSHARE_COPY_THREADS: shares those copies (copier_int.h) */
+    /* The caller and the helpers take every CPU this process may use: a
+     * copy run while waiting for a reply goes without helpers (wait_until). */
+    bool copy_leaves_core;
     /* Our puts' blocks stored by the node's reads vs by our pushes, and
      * connections that fell back from pull to push (lock held). */
     uint64_t put_pulled_blocks, put_pushed_blocks, put_fallbacks;
@@ -2933,8 +2936,15 @@ static bool wait_until(kvs__peer_t *pp, const bool *flag, uint64_t deadline_ns)
         if (progress_locked(pp) > 0 || *flag)
             continue;
         /* Rather than idle, a deferred copy of ours (a pipelined caller's
-         * last fetch) runs while the reply crosses the wire. */
-        if (run_a_mapped_copy(pp))
+         * last fetch) runs while the reply crosses the wire. Mapped
+         * copies come from a holder on this host, which may be computing
+         * that reply: where our helpers would take its core, a small copy
+         * goes without them (kvs__copier_solo). */
+        bool was = pp->copy_leaves_core && kvs__copier_solo(true);
+        bool ran = run_a_mapped_copy(pp);
+        if (pp->copy_leaves_core)
+            kvs__copier_solo(was);
+        if (ran)
             continue;
         if (pp->thread_mode)
             wait_idle(pp, t, poll_until, deadline_ns);
@@ -4857,6 +4867,7 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
                   cfg->copy_threads);
     if (cpus > 1 && (st = kvs__copier_new(cfg->copy_threads, pp->log, &pp->copier)) != KVS_OK)
         goto fail;
+    pp->copy_leaves_core = pp->copier != NULL && cpus < cfg->copy_threads + 2u;
     if (pp->thread_mode) {
         st = KVS_ERR_IO;
         pp->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

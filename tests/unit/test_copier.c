@@ -121,6 +121,49 @@ Test(copier, helpers_take_part)
     kvs__copier_free(cp);
 }
 
+/* kvs__copier_solo: a job of at most KVS__COPIER_SOLO_MAX_BYTES is the
+ * caller's alone, every time; a larger one is still shared (over 50 jobs
+ * a helper copies some); the setting is per thread, and put back. */
+static void *solo_elsewhere(void *arg)
+{
+    *(bool *)arg = kvs__copier_solo(false); /* another thread: not solo */
+    return NULL;
+}
+
+Test(copier, solo_keeps_small_jobs_on_the_caller)
+{
+    kvs__copier_t *cp = NULL;
+    cr_assert_eq(kvs__copier_new(1, NULL, &cp), KVS_OK);
+    cr_assert_not_null(cp);
+    cr_assert_eq(kvs__copier_solo(true), false);
+    bool other = true;
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, solo_elsewhere, &other), 0);
+    pthread_join(th, NULL);
+    cr_assert_eq(other, false, "solo leaked to another thread");
+    job_t small = job_new(96, 16384, 11), big = job_new(512, 32768, 12);
+    cr_assert(small.bytes >= KVS__COPIER_MIN_BYTES && small.bytes <= KVS__COPIER_SOLO_MAX_BYTES,
+              "%zu bytes", small.bytes);
+    cr_assert_gt(big.bytes, KVS__COPIER_SOLO_MAX_BYTES);
+    size_t big_helped = 0;
+    for (int r = 0; r < 50; r++) {
+        size_t h;
+        memset(small.dst, 0xA5, small.off[small.n - 1] + small.len[small.n - 1]);
+        memset(big.dst, 0xA5, big.off[big.n - 1] + big.len[big.n - 1]);
+        cr_assert_eq(kvs__copier_run(cp, small.n, item_of, &small, &h), small.bytes);
+        cr_assert_eq(h, 0, "round %d: a helper copied %zu bytes of a solo job", r, h);
+        job_check(&small, "solo");
+        cr_assert_eq(kvs__copier_run(cp, big.n, item_of, &big, &h), big.bytes);
+        big_helped += h;
+        job_check(&big, "solo, large");
+    }
+    cr_assert_gt(big_helped, 0, "no helper took part in a job over the solo limit");
+    cr_assert_eq(kvs__copier_solo(false), true);
+    job_free(&small);
+    job_free(&big);
+    kvs__copier_free(cp);
+}
+
 typedef struct racer {
     kvs__copier_t *cp;
     job_t j;
