@@ -310,28 +310,6 @@ PY
   fi
 }
 
-# With two batches in flight each copy runs while this process waits for the holder's next
-# answer (wait_until); where the caller and one helper take every CPU (2 here), those copies of
-# 1 MiB go without the helper, leaving the holder its core (kvs__copier_solo): only the last
-# batch's copy, waited for alone, may be helped.
-solo_when_pipelined() {
-  local share
-  if [ "$(nproc)" -gt 2 ]; then
-    echo "skip: $(nproc) CPUs: the copy helper leaves the holder a core anyway"
-    return
-  fi
-  share=$("$k" bench transfer --blocks 256 --batch 16 --repeats 2 --block-bytes 65536 \
-    --path memfd --inflight 2 --no-perftest --json 2>/dev/null |
-    sed -n 's/.*"helper_share":\([0-9.]*\).*/\1/p')
-  if [ -z "$share" ]; then
-    echo "skip: bench transfer --path memfd did not run here"
-  elif awk -v s="$share" 'BEGIN { exit !(s <= 0.1) }'; then
-    echo "ok: bench transfer --inflight 2: helper_share $share (copies overlapping a lookup alone)"
-  else
-    echo "FAIL: bench transfer --inflight 2 on $(nproc) CPUs: helper_share $share (> 0.1)"; fail=1
-  fi
-}
-
 # bench transfer reports the share of mapped bytes the copy helpers copied: a number in
 # [0, 1], and 0 with KVSHARE_COPY_THREADS=0 (transport_shm helpers checks that they copy).
 helper_share() {
@@ -353,7 +331,6 @@ helper_share() {
 }
 helper_share
 rtt_anchor
-solo_when_pipelined
 # bench transfer across TP sizes: sliced fetches (prefill TP 2 -> decode TP 4, HND) timed next
 # to whole-block fetches of the same bytes, in one run. Required wherever the plain run works.
 tp_sliced_whole() {

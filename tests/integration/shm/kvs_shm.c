@@ -51,7 +51,8 @@
  *              each time, as many times: every put pulled by the node, none BUSY
  *   defer      the copy of a fetch from the mapping waits for a thread that waits: a lookup
  *              whose reply is held up (the holder stopped for 200 ms) copies the last
- *              fetch meanwhile (kvs_request_test then says OK, every byte right); a
+ *              fetch meanwhile (kvs_request_test then says OK, every byte right; on 2
+ *              CPUs without the copy helper, which would take the holder's core); a
  *              kvs_request_wait with no time left still copies; a fetch freed before any
  *              wait never copies, and the next one does; one waited for only after its
  *              deadline is not timed out (the copy needs no peer)
@@ -1950,13 +1951,15 @@ static void *cont_later(void *arg)
     return NULL;
 }
 
+static uint64_t helper_bytes(const reader_t *r);
+
 static void s_defer(void)
 {
     child_t h = start_holder();
     reader_t r = reader_new();
     const uint32_t half = NBLOCKS / 2;
     kvs_lease_h l1 = lookup_all(&r, h.addr, 0, half);
-    uint64_t before = shm_bytes(&r);
+    uint64_t before = shm_bytes(&r), helped = helper_bytes(&r);
     kvs_request_h f1 = fetch_start(&r, l1, half);
     if (shm_bytes(&r) != before)
         FAIL("defer: kvs_fetch copied in the call");
@@ -1980,7 +1983,15 @@ static void s_defer(void)
     check(&r, 0, half, 1);
     kvs_request_free(f1);
     kvs_lease_release(l1);
-    printf("ok: defer: a lookup waiting for its reply copied the fetch before it\n");
+    /* That copy (2 MiB) overlapped a lookup whose answer a holder on this
+     * host computes: where the waiting thread and the default one helper
+     * take every usable CPU, the helper left it alone (kvs__copier_solo). */
+    unsigned cpus = kvs__usable_cpus(NULL, NULL);
+    if (cpus == 2 && helper_bytes(&r) != helped)
+        FAIL("defer: on %u CPUs a helper copied %llu bytes of a copy that overlapped a lookup",
+             cpus, (unsigned long long)(helper_bytes(&r) - helped));
+    printf("ok: defer: a lookup waiting for its reply copied the fetch before it%s\n",
+           cpus == 2 ? ", without the helper (2 CPUs)" : "");
     kvs_request_h f2 = fetch_start(&r, l2, half);
     if ((st = kvs_request_wait(f2, 0)) != KVS_OK)
         FAIL("defer: kvs_request_wait(0) of a mapped fetch: %s", kvs_status_string(st));
