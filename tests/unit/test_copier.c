@@ -99,6 +99,17 @@ Test(copier, every_byte_lands_with_and_without_helpers)
     }
 }
 
+/* Job @j copied again into a cleared destination: every byte checked;
+ * returns the bytes helpers copied. */
+static size_t run_checked(kvs__copier_t *cp, job_t *j, const char *what)
+{
+    memset(j->dst, 0xA5, j->off[j->n - 1] + j->len[j->n - 1]);
+    size_t h;
+    cr_assert_eq(kvs__copier_run(cp, j->n, item_of, j, &h), j->bytes, "%s", what);
+    job_check(j, what);
+    return h;
+}
+
 Test(copier, helpers_take_part)
 {
     /* One job can end before a helper wakes; over 50 jobs of 8 MiB one
@@ -108,13 +119,8 @@ Test(copier, helpers_take_part)
     cr_assert_not_null(cp);
     job_t j = job_new(512, 32768, 3);
     size_t helped = 0;
-    for (int r = 0; r < 50; r++) {
-        memset(j.dst, 0xA5, j.off[j.n - 1] + j.len[j.n - 1]);
-        size_t h;
-        cr_assert_eq(kvs__copier_run(cp, j.n, item_of, &j, &h), j.bytes);
-        helped += h;
-        job_check(&j, "helped");
-    }
+    for (int r = 0; r < 50; r++)
+        helped += run_checked(cp, &j, "helped");
     cr_assert_gt(helped, 0, "the helper never copied a chunk");
     cr_assert_eq(kvs__copier_helped(cp), helped);
     job_free(&j);
@@ -147,15 +153,9 @@ Test(copier, solo_keeps_small_jobs_on_the_caller)
     cr_assert_gt(big.bytes, KVS__COPIER_SOLO_MAX_BYTES);
     size_t big_helped = 0;
     for (int r = 0; r < 50; r++) {
-        size_t h;
-        memset(small.dst, 0xA5, small.off[small.n - 1] + small.len[small.n - 1]);
-        memset(big.dst, 0xA5, big.off[big.n - 1] + big.len[big.n - 1]);
-        cr_assert_eq(kvs__copier_run(cp, small.n, item_of, &small, &h), small.bytes);
+        size_t h = run_checked(cp, &small, "solo");
         cr_assert_eq(h, 0, "round %d: a helper copied %zu bytes of a solo job", r, h);
-        job_check(&small, "solo");
-        cr_assert_eq(kvs__copier_run(cp, big.n, item_of, &big, &h), big.bytes);
-        big_helped += h;
-        job_check(&big, "solo, large");
+        big_helped += run_checked(cp, &big, "solo, large");
     }
     cr_assert_gt(big_helped, 0, "no helper took part in a job over the solo limit");
     cr_assert_eq(kvs__copier_solo(false), true);
