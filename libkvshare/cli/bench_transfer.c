@@ -85,8 +85,10 @@ static void usage(FILE *f)
         "kvs_fetch, wait, release: means; and the median lookup) is printed too, and the\n"
         "share of the mapped bytes the copy helper threads copied (KVSHARE_COPY_THREADS;\n"
         "helper_share in the JSON). Printed beside it, from the same run: one core's memcpy\n"
-        "of the same blocks (the limit of a shared-memory path) and, on shared memory, the\n"
-        "kernel's cross-process copy of them (CMA), one pass of each in every round of ours,\n"
+        "of the same blocks (the limit of a shared-memory path), one core's copy of them\n"
+        "with stores that go around the caches, as a same-host fetch of 256 KiB or more a\n"
+        "batch copies (stream_gbps, ratio_stream) and, on shared memory, the kernel's\n"
+        "cross-process copy of them (CMA), one pass of each in every round of ours,\n"
         "so that a machine whose speed drifts moves both sides of a ratio alike; and\n"
         "ucx_perftest at the same size and UCX_TLS (ucp_get on shared memory, ucp_am_bw on\n"
         "tcp). On shared memory also a round trip with nothing of kvshare in it: a bare Unix\n"
@@ -462,16 +464,24 @@ static void *ahead_thread(void *arg)
 }
 
 /* The anchors' passes: one core copying the same blocks (same shuffled ids
- * both sides) with memcpy, and the kernel's cross-process copy (CMA,
- * process_vm_readv) of them from the server process: the ceiling of a
- * shared-memory path when the holder's memory cannot be mapped (no
- * xpmem/knem). Each returns its seconds (CMA: -1 when a read failed). */
+ * both sides) with memcpy, or (@stream) with the stores around the caches
+ * that a same-host fetch of a large batch uses (kvs__copy_stream), and the
+ * kernel's cross-process copy (CMA, process_vm_readv) of them from the
+ * server process: the ceiling of a shared-memory path when the holder's
+ * memory cannot be mapped (no xpmem/knem). Each returns its seconds (CMA:
+ * -1 when a read failed). */
 static double memcpy_pass(const xopts_t *o, uint8_t *mem, const uint8_t *src, const uint32_t *sids,
-                          const uint32_t *dst, uint64_t moved)
+                          const uint32_t *dst, uint64_t moved, bool stream)
 {
     double t0 = kvs_cli_now();
-    for (uint64_t i = 0; i < o->blocks; i++)
-        memcpy(mem + (size_t)dst[i] * o->side_bytes, src + (size_t)sids[i] * moved, moved);
+    for (uint64_t i = 0; i < o->blocks; i++) {
+        uint8_t *to = mem + (size_t)dst[i] * o->side_bytes;
+        const uint8_t *from = src + (size_t)sids[i] * moved;
+        if (stream)
+            kvs__copy_stream(to, from, moved);
+        else
+            memcpy(to, from, moved);
+    }
     return kvs_cli_now() - t0;
 }
 
@@ -952,7 +962,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     kvs_pool_h pool = NULL, wpool = NULL;
     uint8_t *src = NULL;   /* the memcpy anchor's source */
     uint32_t *sids = NULL; /* its (and CMA's) shuffled source ids */
-    double *mt = NULL, *ct = NULL;
+    double *mt = NULL, *st_t = NULL, *ct = NULL;
     kvs_key_t *keys = malloc(o.blocks * sizeof(*keys));
     kvs_key_t *wkeys = tp ? malloc(o.blocks * sizeof(*wkeys)) : NULL;
     uint32_t *dst = block_ids(o.blocks, o.seed + 2, o.contiguous);
@@ -989,8 +999,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     src = aligned_alloc(4096, (size_t)bytes_total);
     sids = block_ids(o.blocks, o.seed + 1, o.contiguous);
     mt = calloc(o.repeats, sizeof(double));
+    st_t = calloc(o.repeats, sizeof(double));
     ct = calloc(o.repeats, sizeof(double));
-    bool mc_ok = src != NULL && sids != NULL && mt != NULL,
+    bool mc_ok = src != NULL && sids != NULL && mt != NULL && st_t != NULL,
          cma_ok = shm && sids != NULL && ct != NULL;
     if (src != NULL)
         memset(src, 1, (size_t)bytes_total);
@@ -998,10 +1009,13 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     for (uint64_t r = 0; r <= o.repeats && st == KVS_OK; r++) {
         double mpass = 0;
         if (mc_ok) {
-            double t = memcpy_pass(&o, mem, src, sids, dst, moved);
+            double t = memcpy_pass(&o, mem, src, sids, dst, moved, false);
             mpass = t;
             if (r > 0)
                 mt[r - 1] = t;
+            t = memcpy_pass(&o, mem, src, sids, dst, moved, true);
+            if (r > 0)
+                st_t[r - 1] = t;
         }
         if (rtt_ok) { /* the warm-up pass's samples are dropped */
             size_t n0 = nrtts;
@@ -1073,6 +1087,7 @@ int kvs_cli_bench_transfer(int argc, char **argv)
 
     /* 3. The anchors' medians (their passes ran beside ours, above). */
     double mc = mc_ok ? bytes_total / kvs_cli_median(mt, (int)o.repeats) / 1e9 : 0;
+    double sc = mc_ok ? bytes_total / kvs_cli_median(st_t, (int)o.repeats) / 1e9 : 0;
     double cma = cma_ok ? bytes_total / kvs_cli_median(ct, (int)o.repeats) / 1e9 : 0;
 
     /* 4. ucx_perftest at the same size and transports. */
@@ -1098,6 +1113,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         kvs_cli_json_num(j, "gbps", gbps, 3);
         kvs_cli_json_num(j, "memcpy_gbps", mc, 3);
         kvs_cli_json_num(j, "ratio_memcpy", mc > 0 ? gbps / mc : 0, 3);
+        kvs_cli_json_num(j, "stream_gbps", sc, 3);
+        kvs_cli_json_num(j, "ratio_stream", sc > 0 ? gbps / sc : 0, 3);
         cJSON_AddStringToObject(j, "perftest_test", pt_test);
         kvs_cli_json_num(j, "perftest_gbps", pt > 0 ? pt : 0, 3);
         kvs_cli_json_num(j, "ratio_perftest", pt > 0 ? gbps / pt : 0, 3);
@@ -1142,8 +1159,9 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     } else {
         printf(
             "  kvshare fetch        %8.2f GB/s   path %s, batch latency p50 %.0f us, p99 %.0f us\n"
-            "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n",
-            gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0);
+            "  memcpy, one core     %8.2f GB/s   ratio_memcpy   %.2f\n"
+            "  streaming stores     %8.2f GB/s   ratio_stream   %.2f (one core)\n",
+            gbps, ran, p50, p99, mc, mc > 0 ? gbps / mc : 0, sc, sc > 0 ? gbps / sc : 0);
         double per_b = ph.batches > 0 ? (double)ph.batches : 1;
         printf("  per batch            lookup %.0f us (median %.0f), kvs_fetch %.0f us, wait %.0f "
                "us, release %.0f us\n",
@@ -1195,6 +1213,7 @@ out:
     free(src);
     free(sids);
     free(mt);
+    free(st_t);
     free(ct);
     return rc;
 }

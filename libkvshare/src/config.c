@@ -191,6 +191,14 @@ static kvs_status_t p_shm(const char *s, kvs__config_t *c)
     return KVS_OK;
 }
 
+static kvs_status_t p_copy_stream(const char *s, kvs__config_t *c)
+{
+    if (strcmp(s, "auto") != 0 && strcmp(s, "off") != 0)
+        return KVS_ERR_CONFIG;
+    c->copy_stream = s[0] == 'a';
+    return KVS_OK;
+}
+
 static kvs_status_t p_host_socket_dir(const char *s, kvs__config_t *c)
 {
     if (s[0] != '/')
@@ -229,6 +237,10 @@ static const setting_t settings[] = {
     {"copy_threads", "KVSHARE_COPY_THREADS",
      "0 to 8 (helper threads for same-host copies; 0: the waiting thread copies alone)",
      p_copy_threads, 0},
+    {"copy_stream", "KVSHARE_COPY_STREAM",
+     "auto (same-host copies of 256 KiB or more, and a pool node's puts, store around the CPU "
+     "caches) or off (memcpy)",
+     p_copy_stream, 0},
     {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_fetch_timeout,
      KVS_CTX_FIELD_FETCH_TIMEOUT},
     {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout,
@@ -419,6 +431,7 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     cfg->lease_timeout_ms = 30000;
     strcpy(cfg->transport, "auto");
     cfg->shm = true;
+    cfg->copy_stream = true;
 
     const char *file = NULL;
     if (m & KVS_CTX_FIELD_CONFIG_FILE)

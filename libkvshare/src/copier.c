@@ -38,6 +38,7 @@ struct kvs__copier {
     kvs__copier_item_fn item;
     void *arg;
     size_t n, next, off;     /* the claim cursor */
+    bool stream;             /* kvs__copy_stream, not memcpy */
     _Atomic unsigned inside; /* helpers copying a chunk of this job (changed under mu) */
     size_t helped_job;
     _Atomic uint64_t helped;
@@ -114,7 +115,7 @@ static bool claim(kvs__copier_t *cp, claim_t *c)
 
 /* Copies a claim (mu not held: the items are the caller's, fixed for the
  * job); returns its bytes. */
-static size_t copy_claim(kvs__copier_item_fn item, void *arg, const claim_t *c)
+static size_t copy_claim(kvs__copier_item_fn item, void *arg, bool stream, const claim_t *c)
 {
     size_t bytes = 0;
     for (size_t i = c->i0; i < c->i1 || (i == c->i1 && c->off1 > 0); i++) {
@@ -123,7 +124,10 @@ static size_t copy_claim(kvs__copier_item_fn item, void *arg, const claim_t *c)
         size_t len;
         item(arg, i, &dst, &src, &len);
         size_t from = i == c->i0 ? c->off0 : 0, to = i == c->i1 ? c->off1 : len;
-        memcpy((uint8_t *)dst + from, (const uint8_t *)src + from, to - from);
+        if (stream)
+            kvs__copy_stream((uint8_t *)dst + from, (const uint8_t *)src + from, to - from);
+        else
+            memcpy((uint8_t *)dst + from, (const uint8_t *)src + from, to - from);
         bytes += to - from;
     }
     return bytes;
@@ -148,8 +152,9 @@ static void *helper(void *arg)
         while (claim(cp, &c)) {
             kvs__copier_item_fn item = cp->item;
             void *iarg = cp->arg;
+            bool stream = cp->stream;
             pthread_mutex_unlock(&cp->mu);
-            size_t bytes = copy_claim(item, iarg, &c);
+            size_t bytes = copy_claim(item, iarg, stream, &c);
             pthread_mutex_lock(&cp->mu);
             cp->helped_job += bytes;
         }
@@ -190,7 +195,7 @@ bool kvs__copier_solo(bool on)
 }
 
 size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, void *arg,
-                       size_t *helped_p)
+                       bool stream, size_t *helped_p)
 {
     *helped_p = 0;
     claim_t all = {.i0 = 0, .off0 = 0, .i1 = n, .off1 = 0};
@@ -206,16 +211,17 @@ size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, vo
     /* A forked child has none of the helpers (nor, maybe, a usable mu). */
     if (cp == NULL || total < KVS__COPIER_MIN_BYTES ||
         (solo && total <= KVS__COPIER_SOLO_MAX_BYTES) || cp->pid != getpid())
-        return copy_claim(item, arg, &all);
+        return copy_claim(item, arg, stream, &all);
     pthread_mutex_lock(&cp->mu);
     if (cp->busy || cp->stop) {
         pthread_mutex_unlock(&cp->mu);
-        return copy_claim(item, arg, &all);
+        return copy_claim(item, arg, stream, &all);
     }
     cp->busy = true;
     cp->job++;
     cp->item = item;
     cp->arg = arg;
+    cp->stream = stream;
     cp->n = n;
     cp->next = cp->off = 0;
     cp->helped_job = 0;
@@ -224,7 +230,7 @@ size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, vo
     size_t own = 0;
     while (claim(cp, &c)) {
         pthread_mutex_unlock(&cp->mu);
-        own += copy_claim(item, arg, &c);
+        own += copy_claim(item, arg, stream, &c);
         pthread_mutex_lock(&cp->mu);
     }
     wait_helpers(cp);

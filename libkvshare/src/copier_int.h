@@ -14,6 +14,7 @@
 #define KVS_COPIER_INT_H
 
 #include "kvs_int.h"
+#include "util_int.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -22,6 +23,11 @@
 /* Below this a job is copied by the caller alone: waking a helper costs
  * more than it saves (a 2-core VM's wake-up is 10-20 us). */
 #define KVS__COPIER_MIN_BYTES (256u * 1024u)
+/* A job of this many bytes or more that lands in an engine's memory (a
+ * same-host fetch) is stored around the caches (kvs__copy_stream): KV that
+ * large goes on to a GPU or is read once, and memcpy's stores into memory
+ * not in cache cost a read of every line first. */
+#define KVS__COPIER_STREAM_MIN_BYTES (256u * 1024u)
 /* What one claim takes: small enough that a late helper still gets work. */
 #define KVS__COPIER_CHUNK       (64u * 1024u)
 #define KVS__COPIER_MAX_THREADS 8
@@ -42,9 +48,11 @@ void kvs__copier_free(kvs__copier_t *cp);
 
 /* Copies the @n items; returns their bytes, of which *helped_p the helpers
  * copied (0: the caller copied all of them). Every byte is written when it
- * returns. @cp may be NULL. */
+ * returns. @cp may be NULL. @stream: with kvs__copy_stream (stores around
+ * the caches: for data nobody on this host reads back soon, see
+ * KVS__COPIER_STREAM_MIN_BYTES), else memcpy. */
 size_t kvs__copier_run(kvs__copier_t *cp, size_t n, kvs__copier_item_fn item, void *arg,
-                       size_t *helped_p);
+                       bool stream, size_t *helped_p);
 
 /* The CPUs this process may use: its affinity mask, cut to its cgroup's CPU
  * quota rounded up (cgroup v2 cpu.max, else v1 cpu.cfs_quota_us over

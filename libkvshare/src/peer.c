@@ -373,6 +373,7 @@ struct kvs__peer {
     /* The caller and the helpers take every CPU this process may use: a
      * copy run while waiting for a reply goes without helpers (wait_until). */
     bool copy_leaves_core;
+    bool copy_stream; /* KVSHARE_COPY_STREAM: large same-host copies store around the caches */
     /* Our puts' blocks stored by the node's reads vs by our pushes, and
      * connections that fell back from pull to push (lock held). */
     uint64_t put_pulled_blocks, put_pushed_blocks, put_fallbacks;
@@ -1581,11 +1582,13 @@ static void mapped_reads(kvs__peer_t *pp, conn_t *c, sput_t *p, const kvs__pull_
     const size_t nreads = (size_t)n * nch;
     /* Host memory only (pmaps_cover saw no CUDA mapping): shared with the
      * copy helpers when large enough (copier_int.h), as a reader's fetch
-     * from a mapping is. */
-    if (host && pp->copier != NULL) {
+     * from a mapping is, and stored around the caches: this process never
+     * reads a stored block, its readers map it (kvs__copy_stream). */
+    if (host) {
         mread_job_t mj = {.c = c, .reads = reads, .addrs = addrs, .nch = nch};
         size_t helped;
-        size_t bytes = kvs__copier_run(pp->copier, nreads, mread_item, &mj, &helped);
+        size_t bytes =
+            kvs__copier_run(pp->copier, nreads, mread_item, &mj, pp->copy_stream, &helped);
         if (!c->pmap_said) {
             c->pmap_said = true;
             kvs__debug(pp->log, "peer %s: its puts are copied from its memory mapped here",
@@ -3255,7 +3258,7 @@ static kvs_status_t get_conn_as(kvs__peer_t *pp, const char *peer, uint64_t layo
         c->shm = kvs__shm_peer_new(m.u.hello_ack.boot_id, m.u.hello_ack.shm_path,
                                    m.u.hello_ack.shm_path_len, c->session, pp->secret,
                                    pp->secret_len, pp->open, c->peer, pp->log);
-    kvs__shm_peer_set_copier(c->shm, pp->copier);
+    kvs__shm_peer_set_copier(c->shm, pp->copier, pp->copy_stream);
     bool rma = false;
     if (st == KVS_OK)
         st = pp->ops->connect(pp->tl, m.u.hello_ack.addr, m.u.hello_ack.addr_len, c, &c->ep, &rma);
@@ -4868,6 +4871,7 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
     if (cpus > 1 && (st = kvs__copier_new(cfg->copy_threads, pp->log, &pp->copier)) != KVS_OK)
         goto fail;
     pp->copy_leaves_core = pp->copier != NULL && cpus < cfg->copy_threads + 2u;
+    pp->copy_stream = cfg->copy_stream;
     if (pp->thread_mode) {
         st = KVS_ERR_IO;
         pp->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -941,12 +941,15 @@ struct kvs__shm_peer {
     uint32_t nmaps;
     uint32_t copying;      /* copies reading the mappings outside the lock */
     kvs__copier_t *copier; /* the context's copy helpers (the peer plane's), or NULL */
+    bool stream;           /* KVSHARE_COPY_STREAM: large copies store around the caches */
 };
 
-void kvs__shm_peer_set_copier(kvs__shm_peer_t *sp, struct kvs__copier *cp)
+void kvs__shm_peer_set_copier(kvs__shm_peer_t *sp, struct kvs__copier *cp, bool stream)
 {
-    if (sp != NULL)
+    if (sp != NULL) {
         sp->copier = cp;
+        sp->stream = stream;
+    }
 }
 
 kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, size_t path_len,
@@ -1598,14 +1601,19 @@ static void run_item(void *arg, size_t i, void **dst, const void **src, size_t *
 }
 
 /* Host runs only: shared with the context's copy helpers when large enough
- * (copier_int.h); true. */
+ * (copier_int.h), and stored around the caches when the job is large
+ * (KVS__COPIER_STREAM_MIN_BYTES); true. */
 static bool copy_host_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns, size_t *bytes_p)
 {
-    for (size_t i = 0; i < nruns; i++)
+    size_t total = 0;
+    for (size_t i = 0; i < nruns; i++) {
         if (runs[i].ctx != NULL || runs[i].dst_ctx != NULL)
             return false;
+        total += runs[i].len;
+    }
     size_t helped;
-    *bytes_p = kvs__copier_run(sp->copier, nruns, run_item, (void *)runs, &helped);
+    *bytes_p = kvs__copier_run(sp->copier, nruns, run_item, (void *)runs,
+                               sp->stream && total >= KVS__COPIER_STREAM_MIN_BYTES, &helped);
     return true;
 }
 
@@ -1619,7 +1627,7 @@ static bool copy_host_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns,
  * a copy: this connection takes the transport. */
 static bool copy_runs(kvs__shm_peer_t *sp, const run_t *runs, size_t nruns, size_t *bytes_p)
 {
-    if (sp->copier != NULL && copy_host_runs(sp, runs, nruns, bytes_p))
+    if (copy_host_runs(sp, runs, nruns, bytes_p))
         return true;
     const kvs_cuda_driver_t *drv = NULL;
     const char *why = NULL;

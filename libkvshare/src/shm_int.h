@@ -147,8 +147,10 @@ typedef struct kvs__shm_peer kvs__shm_peer_t;
  * are borrowed. */
 struct kvs__copier;
 /* The context's copy helpers, which share large host copies from the
- * mapping (copier_int.h); NULL: the copying thread alone. */
-void kvs__shm_peer_set_copier(kvs__shm_peer_t *sp, struct kvs__copier *cp);
+ * mapping (copier_int.h); NULL: the copying thread alone. @stream
+ * (KVSHARE_COPY_STREAM auto): a copy of KVS__COPIER_STREAM_MIN_BYTES or
+ * more stores around the caches. */
+void kvs__shm_peer_set_copier(kvs__shm_peer_t *sp, struct kvs__copier *cp, bool stream);
 kvs__shm_peer_t *kvs__shm_peer_new(const uint8_t *boot_id, const char *path, size_t path_len,
                                    const uint8_t *session, const uint8_t *secret, size_t secret_len,
                                    bool open, const char *peer, const kvs__logger_t *log);

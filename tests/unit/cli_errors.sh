@@ -282,6 +282,7 @@ inflight_default
 # bench transfer's round-trip anchor (shared memory): a bare Unix socket between the same two
 # processes timed with a batch's lookup, reply and release sizes, and the bound they set;
 # the bound is a batch of the memcpy anchor over that batch plus both. Not run over TCP.
+# Beside it, the streaming-stores copy anchor and its ratio.
 rtt_anchor() {
   local out tcp
   out=$("$k" bench transfer --blocks 64 --batch 16 --repeats 2 --block-bytes 65536 --path memfd \
@@ -299,12 +300,15 @@ rtt, rel, b = j.get("rtt_bare_p50_us", 0), j.get("release_bare_us", 0), j.get("r
 mb = j["batch"] * j["block_bytes"] / (j["memcpy_gbps"] * 1e9) * 1e6  # a batch of memcpy, us
 want = mb / (mb + rtt + rel)
 ok = rtt > 0 and rel > 0 and 0 < b < 1 and abs(b - want) <= 0.01
+# The streaming-stores anchor beside memcpy's, and its ratio of the same fetch.
+sg = j.get("stream_gbps", 0)
+ok = ok and sg > 0 and abs(j.get("ratio_stream", -1) - j["gbps"] / sg) <= 0.002
 if sys.argv[2]:  # over TCP lookups do not take a Unix socket: no anchor
     ok = ok and "rtt_bare_p50_us" not in json.loads(sys.argv[2])
 sys.exit(0 if ok else 1)
 PY
   then
-    echo "ok: bench transfer rtt_bare_p50_us, release_bare_us, ratio_memcpy_bound (none over tcp)"
+    echo "ok: bench transfer rtt_bare_p50_us, release_bare_us, ratio_memcpy_bound (none over tcp), stream_gbps, ratio_stream"
   else
     echo "FAIL: bench transfer round-trip anchor: $out / tcp: $tcp"; fail=1
   fi

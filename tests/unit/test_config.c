@@ -58,6 +58,8 @@ Test(config, every_bad_env_value_names_variable_and_accepted_values)
     expect_env_error("KVSHARE_COPY_THREADS", "9", "0 to 8 (helper threads");
     expect_env_error("KVSHARE_COPY_THREADS", "-1", "0 to 8 (helper threads");
     expect_env_error("KVSHARE_COPY_THREADS", "two", "0 to 8 (helper threads");
+    expect_env_error("KVSHARE_COPY_STREAM", "on", "auto (same-host copies");
+    expect_env_error("KVSHARE_COPY_STREAM", "", "auto (same-host copies");
     expect_env_error("KVSHARE_FETCH_TIMEOUT_MS", "0", "milliseconds, 1 to 3600000");
     expect_env_error("KVSHARE_FETCH_TIMEOUT_MS", "5s", "milliseconds, 1 to 3600000");
     expect_env_error("KVSHARE_LEASE_TIMEOUT_MS", "-1", "milliseconds, 1 to 3600000");
@@ -97,6 +99,13 @@ Test(config, defaults_and_sizes)
     cr_assert_eq(c.poll_us, KVS__POLL_US_DEFAULT);
     cr_assert_eq(c.thread_poll_us, KVS__THREAD_POLL_US_DEFAULT);
     cr_assert_eq(c.copy_threads, KVS__COPY_THREADS_DEFAULT);
+    cr_assert(c.copy_stream);
+    p.field_mask = 0;
+    setenv("KVSHARE_COPY_STREAM", "off", 1);
+    cr_assert_eq(kvs__config_resolve(&p, &c, NULL, 0), KVS_OK);
+    cr_assert(!c.copy_stream);
+    unsetenv("KVSHARE_COPY_STREAM");
+    p.field_mask = KVS_CTX_FIELD_NO_ENV;
     cr_assert_eq(c.log_level, KVS_LOG_OFF);
     /* One size grammar (util/size.c, tested in test_util.c): "GB" is a power of 1024 here as
      * in the shim's KVSHARE_KV_MIN_BYTES (it was once 1e9 here and refused there). */

@@ -85,14 +85,18 @@ Test(copier, every_byte_lands_with_and_without_helpers)
         /* Small items, one item larger than many chunks, and a job under
          * the threshold (copied by the caller alone). */
         const size_t shapes[][2] = {{512, 16384}, {3, 3u << 20}, {4, 1000}};
-        for (size_t s = 0; s < 3; s++) {
-            job_t j = job_new(shapes[s][0], shapes[s][1], 7 + threads + (unsigned)s);
+        /* Each twice: memcpy, then stores around the caches (whose
+         * helpers' chunks start and end anywhere in an item). */
+        for (size_t s = 0; s < 6; s++) {
+            bool stream = s >= 3;
+            job_t j = job_new(shapes[s % 3][0], shapes[s % 3][1], 7 + threads + (unsigned)s);
             size_t helped;
-            cr_assert_eq(kvs__copier_run(cp, j.n, item_of, &j, &helped), j.bytes);
+            cr_assert_eq(kvs__copier_run(cp, j.n, item_of, &j, stream, &helped), j.bytes);
             cr_assert_leq(helped, j.bytes);
             if (cp == NULL || j.bytes < KVS__COPIER_MIN_BYTES)
                 cr_assert_eq(helped, 0, "%zu bytes: helped %zu", j.bytes, helped);
-            job_check(&j, threads ? "with helpers" : "alone");
+            job_check(&j, threads ? (stream ? "streamed with helpers" : "with helpers")
+                                  : (stream ? "streamed alone" : "alone"));
             job_free(&j);
         }
         kvs__copier_free(cp);
@@ -105,7 +109,7 @@ static size_t run_checked(kvs__copier_t *cp, job_t *j, const char *what)
 {
     memset(j->dst, 0xA5, j->off[j->n - 1] + j->len[j->n - 1]);
     size_t h;
-    cr_assert_eq(kvs__copier_run(cp, j->n, item_of, j, &h), j->bytes, "%s", what);
+    cr_assert_eq(kvs__copier_run(cp, j->n, item_of, j, false, &h), j->bytes, "%s", what);
     job_check(j, what);
     return h;
 }
@@ -174,7 +178,7 @@ static void *race(void *arg)
     racer_t *r = arg;
     size_t helped;
     for (int k = 0; k < 20; k++)
-        kvs__copier_run(r->cp, r->j.n, item_of, &r->j, &helped);
+        kvs__copier_run(r->cp, r->j.n, item_of, &r->j, false, &helped);
     return NULL;
 }
 
@@ -202,14 +206,14 @@ Test(copier, a_forked_child_copies_alone)
     cr_assert_eq(kvs__copier_new(1, NULL, &cp), KVS_OK);
     job_t j = job_new(256, 20000, 9);
     size_t helped;
-    kvs__copier_run(cp, j.n, item_of, &j, &helped); /* the helper has run once */
+    kvs__copier_run(cp, j.n, item_of, &j, false, &helped); /* the helper has run once */
     memset(j.dst, 0xA5, j.off[j.n - 1] + j.len[j.n - 1]);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         /* No helper crossed the fork: waiting for one would hang. */
         alarm(10);
-        int bad = kvs__copier_run(cp, j.n, item_of, &j, &helped) != j.bytes || helped != 0;
+        int bad = kvs__copier_run(cp, j.n, item_of, &j, false, &helped) != j.bytes || helped != 0;
         for (size_t i = 0; i < j.n && !bad; i++)
             bad = memcmp(j.dst + j.off[i], j.src + j.off[i], j.len[i]) != 0;
         kvs__copier_free(cp);

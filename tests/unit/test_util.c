@@ -298,3 +298,33 @@ Test(util_thp, bracketed_word_of_a_sysfs_setting)
     const char *m = kvs__shmem_thp(out, sizeof(out));
     cr_expect(m == out && strlen(out) > 0);
 }
+
+/* Every alignment of both sides and lengths around the 16-byte head, the
+ * 64-byte body and KVS__STREAM_MIN_BYTES: each byte of the range copied,
+ * none beside it touched. */
+Test(util_stream, copies_exactly_the_range_at_any_alignment)
+{
+    enum { CAP = 4096 + 256 };
+    static uint8_t src[CAP], dst[CAP];
+    for (size_t k = 0; k < CAP; k++)
+        src[k] = (uint8_t)(k * 131u + 7u);
+    const size_t lens[] = {0,   1,   15,  16,  17,  63,  64,   65,   127,  255,
+                           256, 257, 271, 319, 320, 333, 1000, 2048, 4095, 4096};
+    for (size_t so = 0; so < 64; so += 3) {
+        for (size_t dof = 0; dof < 64; dof++) {
+            for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+                size_t len = lens[li];
+                memset(dst, 0xA5, CAP);
+                kvs__copy_stream(dst + 64 + dof, src + so, len);
+                for (size_t k = 0; k < 64 + dof; k++)
+                    cr_assert_eq(dst[k], 0xA5, "src +%zu dst +%zu len %zu: byte %zu before", so,
+                                 dof, len, k);
+                cr_assert(memcmp(dst + 64 + dof, src + so, len) == 0,
+                          "src +%zu dst +%zu len %zu: the copy differs", so, dof, len);
+                for (size_t k = 64 + dof + len; k < CAP; k++)
+                    cr_assert_eq(dst[k], 0xA5, "src +%zu dst +%zu len %zu: byte %zu after", so, dof,
+                                 len, k);
+            }
+        }
+    }
+}
