@@ -96,7 +96,8 @@ static void usage(FILE *f)
         "holder's is, carrying a batch's lookup and its reply (rtt_bare_p50_us), then, after\n"
         "a batch of the memcpy anchor's time, its release (release_bare_us); and\n"
         "ratio_memcpy_bound, that batch of memcpy over itself plus both: the most any fetch\n"
-        "with one round trip and one release a batch gets against memcpy on this host.\n"
+        "with one round trip and one release a batch and a copy at memcpy's speed gets\n"
+        "against memcpy on this host (a copy with streaming stores can pass it).\n"
         "--path memfd needs the same-host path (this process maps the server's memfds and\n"
         "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
@@ -1070,8 +1071,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     kvs_cli_sort(ph.lookups, ph.nlookups);
     double lookup_p50 = ph.nlookups > 0 ? ph.lookups[ph.nlookups / 2] : 0;
     /* The round-trip anchor: its median, its mean release, and the most a
-     * fetch that makes one round trip and one release a batch could reach
-     * against memcpy with them (ratio_memcpy_bound: a batch of memcpy over
+     * fetch that makes one round trip and one release a batch, and copies at
+     * memcpy's speed, could reach against memcpy with them (ratio_memcpy_bound: a batch of memcpy over
      * that plus both; a guide, from the same run's anchors). */
     rtt_ok = rtt_ok && nrtts > 0 && mc_ok;
     double rtt_p50 = 0, rtt_rel = 0, bound = 0;
