@@ -70,7 +70,7 @@ typedef enum kvs_status {
     KVS_ERR_NO_MEMORY = -2,       /* an allocation failed */
     KVS_ERR_NOT_FOUND = -3,       /* no such key, block, peer or file */
     KVS_ERR_NO_SPACE = -4,        /* the store is full of leased blocks */
-    KVS_ERR_BUSY = -5,            /* the block is leased; try after release */
+    KVS_ERR_BUSY = -5,            /* the block is leased, or the peer is at a limit; retry */
     KVS_ERR_TIMED_OUT = -6,       /* a deadline passed */
     KVS_ERR_PEER_FAILED = -7,     /* the remote side died or closed */
     KVS_ERR_LAYOUT_MISMATCH = -8, /* peers or blocks of different layouts */

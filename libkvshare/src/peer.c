@@ -163,6 +163,11 @@ struct conn {
     srv_lease_t *leases;
     uint32_t nleases;
     uint32_t npushes, nputs, ninbox;
+    /* Client: PUT batches sent here that the node has not answered (a
+     * PUT_DONE, or an ERROR that ends the batch). The node takes at most
+     * KVS_PEER_MAX_PUTS at once from a connection and refuses more BUSY,
+     * so the rest wait here (put_more). */
+    uint32_t puts_out;
     uint64_t staging_bytes;
     uint64_t regions_sent;
     /* Server: the newest region table the client is known to have applied
@@ -216,6 +221,9 @@ typedef struct preq {
      * not outlive kvs_put(). */
     bool pull;
     uint32_t nreq, sent, answered, per_batch;
+    /* Put batches the node has answered, by PUT_DONE or an ERROR that ends
+     * them (c->puts_out counts sent - settled; push puts count as one). */
+    uint32_t settled;
     uint8_t *batch_done;
     uint8_t *batch_how; /* per batch: BATCH_PULL, BATCH_PUSH_ASKED or BATCH_PUSH_SENT */
     struct pull_src *src;
@@ -976,10 +984,49 @@ static kvs_status_t batch_send(preq_t *r, uint32_t k)
     return send_buf(c, &buf);
 }
 
-/* Sends the next batch of a pull put. */
+/* Sends the next batch of a pull put; it counts against the connection's
+ * room at the node until answered (put_settle). */
 static kvs_status_t pull_send_next(preq_t *r)
 {
+    r->conn->puts_out++;
     return batch_send(r, r->sent++);
+}
+
+/* Sends waiting pull-put batches on @c while the node has room for them
+ * (KVS_PEER_MAX_PUTS a connection) and their request is under its window
+ * (KVS_PEER_PUT_WINDOW), the oldest request first. Lock held. */
+static void put_more(conn_t *c)
+{
+    while (c->state == S_READY && c->puts_out < KVS_PEER_MAX_PUTS) {
+        preq_t *oldest = NULL; /* the list is newest first */
+        for (preq_t *r = c->pp->reqs; r != NULL; r = r->next)
+            if (r->conn == c && r->is_put && r->pull && r->status == KVS_INPROGRESS &&
+                r->sent < r->nreq && r->sent - r->settled < KVS_PEER_PUT_WINDOW)
+                oldest = r;
+        if (oldest == NULL)
+            return;
+        kvs_status_t st = pull_send_next(oldest);
+        if (st != KVS_OK)
+            oldest->status = st;
+    }
+}
+
+/* One of @r's batches was answered: its room at the node is free again. */
+static void put_settle(preq_t *r)
+{
+    r->settled++;
+    if (r->conn->puts_out > 0)
+        r->conn->puts_out--;
+}
+
+/* Batch @k of pull put @r is over at the node (answered, and not sent
+ * again): settled once, and the room it frees goes to what waits. */
+static void put_batch_ends(preq_t *r, uint32_t k)
+{
+    if (bit_claim(r->batch_done, k)) {
+        put_settle(r);
+        put_more(r->conn);
+    }
 }
 
 static preq_t *req_on(conn_t *c, uint64_t id)
@@ -2193,12 +2240,14 @@ static void pull_fall_back(preq_t *r, uint32_t k, const kvs__msg_t *m)
         /* Our blocks are gone (the pool was destroyed mid-put): that is why
          * the reads failed, not the transport; nothing is left to push. */
         r->status = KVS_ERR_PEER_FAILED;
+        put_batch_ends(r, k);
         return;
     }
     if (r->src->cuda) {
         kvs__warn(pp->log, "peer %s: the node could not read our CUDA blocks (%.*s)", c->peer,
                   (int)m->u.error.text_len, m->u.error.text);
         r->status = KVS_ERR_UNSUPPORTED; /* and never pushed: no CUDA transport */
+        put_batch_ends(r, k);
         return;
     }
     if (!c->push_puts) {
@@ -2210,8 +2259,10 @@ static void pull_fall_back(preq_t *r, uint32_t k, const kvs__msg_t *m)
                   c->peer, (int)m->u.error.text_len, m->u.error.text);
     }
     kvs_status_t st = batch_send(r, k);
-    if (st != KVS_OK)
+    if (st != KVS_OK) {
         r->status = st;
+        put_batch_ends(r, k);
+    }
 }
 
 /* PUT_ACK for batch @k of a pull put that fell back to push: send the
@@ -2257,6 +2308,16 @@ static void pull_batch_ack(preq_t *r, uint32_t k, const kvs__msg_t *m)
         }
     }
     kick(pp);
+}
+
+/* An ERROR for put request @r (message @id): true when it ends a batch the
+ * node counted (its room is free again), once per batch. */
+static bool put_error_ends(preq_t *r, uint64_t id)
+{
+    if (!r->pull) /* a push put: its PUT or its pieces refused */
+        return r->settled == 0 && r->sent == 1;
+    uint64_t k = id - r->req_id;
+    return k < r->sent && bit_claim(r->batch_done, k);
 }
 
 /* Replies for a pull put's batches that are not its PUT_DONE: true when
@@ -2326,6 +2387,10 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
         if (pull_batch_reply(c, &m))
             return;
         preq_t *r = req_on(c, m.hdr.req_id);
+        if (r != NULL && r->is_put && put_error_ends(r, m.hdr.req_id)) {
+            put_settle(r);
+            put_more(c);
+        }
         if (r != NULL && r->status == KVS_INPROGRESS) {
             kvs__warn(pp->log, "peer %s: %.*s", c->peer, (int)m.u.error.text_len, m.u.error.text);
             r->status = m.u.error.status < 0 ? (kvs_status_t)m.u.error.status : KVS_ERR_PROTOCOL;
@@ -2336,13 +2401,20 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
     }
     case KVS_MSG_PUT_DONE: {
         preq_t *r = req_on(c, m.hdr.req_id);
-        if (r == NULL || !r->is_put || r->status != KVS_INPROGRESS)
+        if (r == NULL || !r->is_put)
             return;
         kvs_status_t st = (kvs_status_t)m.u.put_done.status;
         if (!r->pull) {
-            if (st == KVS_OK)
+            if (r->settled > 0) {
+                conn_fail(c, KVS_ERR_PROTOCOL, "PUT_DONE for a put answered before");
+                return;
+            }
+            put_settle(r);
+            if (st == KVS_OK && r->status == KVS_INPROGRESS)
                 pp->put_pushed_blocks += m.u.put_done.stored;
-            r->status = st;
+            if (r->status == KVS_INPROGRESS)
+                r->status = st;
+            put_more(c);
             return;
         }
         uint64_t k = m.hdr.req_id - r->req_id;
@@ -2350,17 +2422,19 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
             conn_fail(c, KVS_ERR_PROTOCOL, "PUT_DONE for a batch not sent, or twice");
             return;
         }
-        if (st == KVS_OK && r->batch_how[k] == BATCH_PULL)
-            pp->put_pulled_blocks += m.u.put_done.stored;
-        else if (st == KVS_OK)
-            pp->put_pushed_blocks += m.u.put_done.stored;
-        r->answered++;
-        if (st != KVS_OK)
-            r->status = st;
-        else if (r->answered == r->nreq)
-            r->status = KVS_OK;
-        else if (r->sent < r->nreq && (st = pull_send_next(r)) != KVS_OK)
-            r->status = st;
+        put_settle(r);
+        if (r->status == KVS_INPROGRESS) {
+            if (st == KVS_OK && r->batch_how[k] == BATCH_PULL)
+                pp->put_pulled_blocks += m.u.put_done.stored;
+            else if (st == KVS_OK)
+                pp->put_pushed_blocks += m.u.put_done.stored;
+            r->answered++;
+            if (st != KVS_OK)
+                r->status = st;
+            else if (r->answered == r->nreq)
+                r->status = KVS_OK;
+        }
+        put_more(c);
         return;
     }
     case KVS_MSG_FETCH_DONE:
@@ -2764,6 +2838,13 @@ static void check_deadlines(kvs__peer_t *pp)
 {
     uint64_t t = now_ns();
     for (preq_t *r = pp->reqs; r != NULL; r = r->next) {
+        if (r->status == KVS_INPROGRESS && t > r->deadline_ns && r->is_put && r->pull &&
+            r->settled == r->sent) {
+            /* Nothing of it at the node: its batches waited for room
+             * there (put_more) until its deadline. It alone times out. */
+            r->status = KVS_ERR_TIMED_OUT;
+            continue;
+        }
         if (r->status == KVS_INPROGRESS && t > r->deadline_ns && r->conn->state != S_FAILED &&
             r->mapped == MAPPED_NONE) { /* a mapped copy needs no peer: it runs when waited for */
             /* Closing the connection cancels what is in flight, so nothing
@@ -4179,9 +4260,19 @@ void kvs__peer_req_free(kvs__peer_t *pp, void *preq)
      * the connection cannot stop its reads (CMA needs no key): wait for its
      * answer, up to the request's deadline, before the caller may reuse
      * them. */
-    while (r->pull && r->status == KVS_INPROGRESS && now_ns() < r->deadline_ns) {
+    while (r->pull && (r->status == KVS_INPROGRESS || r->settled < r->sent) &&
+           r->conn->state == S_READY && now_ns() < r->deadline_ns) {
         if (progress_locked(pp) == 0 && pp->thread_mode)
             cond_sleep(pp, now_ns() + 1000000u);
+    }
+    if (r->is_put && r->status != KVS_INPROGRESS && r->settled < r->sent &&
+        r->conn->state == S_READY) {
+        /* A batch the node still holds (the put failed on another, or ran
+         * past its deadline): the connection goes, or that batch would
+         * count against our room there for good, and its reads would go on
+         * into memory the caller now reuses. */
+        conn_fail(r->conn, KVS_ERR_TIMED_OUT, "a put ended with %u of its batches unanswered",
+                  r->sent - r->settled);
     }
     if (r->status == KVS_INPROGRESS) {
         /* Cancel: closing the connection stops every operation that could
@@ -4365,11 +4456,7 @@ static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
     r->deadline_ns = deadline;
     r->next = pp->reqs;
     pp->reqs = r;
-    while (r->sent < r->nreq && r->sent < KVS_PEER_PUT_WINDOW && r->status == KVS_INPROGRESS) {
-        kvs_status_t st = pull_send_next(r);
-        if (st != KVS_OK)
-            r->status = st;
-    }
+    put_more(c); /* the node's room allowing: else as earlier batches are answered */
     kick(pp);
     *preq_p = r;
     return KVS_OK;
@@ -4381,6 +4468,21 @@ nomem:
     }
     kvs__free(r);
     return KVS_ERR_NO_MEMORY;
+}
+
+/* Waits (lock held) until the node has room on @c for one more put of
+ * ours (KVS_PEER_MAX_PUTS), or the deadline. */
+static kvs_status_t put_room(kvs__peer_t *pp, conn_t *c, uint64_t deadline_ns)
+{
+    while (c->state == S_READY && c->puts_out >= KVS_PEER_MAX_PUTS) {
+        if (now_ns() >= deadline_ns)
+            return KVS_ERR_TIMED_OUT;
+        if (progress_locked(pp) == 0 && pp->thread_mode)
+            cond_sleep(pp, now_ns() + 1000000u);
+    }
+    if (c->state == S_READY)
+        return KVS_OK;
+    return c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
 }
 
 kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *src,
@@ -4442,14 +4544,21 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     uint32_t chunks[KVS_PROTO_MAX_PIECES];
     for (size_t s = 0; s < src->nsegs; s++)
         chunks[s] = (uint32_t)src->segs[s].block_bytes;
+    if ((st = put_room(pp, c, deadline)) != KVS_OK)
+        goto out;
     kvs__buf_t b;
     kvs__buf_init(&b);
     uint64_t rid = ++c->next_req_id;
     kvs__enc_put(&b, rid, c->session, src->layout_id, chunks, (uint16_t)src->nsegs, keys,
                  (uint32_t)n);
+    c->puts_out++; /* until its PUT_DONE, or a refusal */
     st = request(pp, c, &b, rid, deadline, &w, &m);
-    if (st != KVS_OK)
+    if (st != KVS_OK) {
+        if (c->puts_out > 0) /* refused (or the connection is gone) */
+            c->puts_out--;
+        put_more(c);
         goto out;
+    }
     if (m.hdr.type != KVS_MSG_PUT_ACK || m.u.put_ack.count > n) {
         conn_fail(c, KVS_ERR_PROTOCOL, "bad PUT_ACK");
         st = KVS_ERR_PROTOCOL;
@@ -4465,7 +4574,10 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     c->refs++;
     r->req_id = rid;
     r->is_put = true;
-    r->status = m.u.put_ack.count == 0 ? KVS_OK : KVS_INPROGRESS;
+    r->sent = 1; /* counted in c->puts_out until its PUT_DONE */
+    /* Done at its PUT_DONE, even with nothing wanted: till then the node
+     * counts it against our room. */
+    r->status = KVS_INPROGRESS;
     r->deadline_ns = deadline + (uint64_t)timeout_ms * 1000000u;
     r->next = pp->reqs;
     pp->reqs = r;

@@ -22,7 +22,7 @@ const char *kvs_status_string(kvs_status_t status)
     case KVS_ERR_NO_SPACE:
         return "no space: store full of leased blocks";
     case KVS_ERR_BUSY:
-        return "busy: block is leased";
+        return "busy: the block is leased, or the peer is at a limit; retry later";
     case KVS_ERR_TIMED_OUT:
         return "timed out";
     case KVS_ERR_PEER_FAILED:

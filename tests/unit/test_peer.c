@@ -640,6 +640,77 @@ Test(peer, pull_put_in_batches_stores_every_block)
     kvs_ctx_destroy(node);
 }
 
+/* More puts in flight at once than the node takes from one connection
+ * (KVS_PEER_MAX_PUTS, 16: it refuses more BUSY): 40 requests of two batches
+ * each, none waited for until all are out. The client holds back what the
+ * node has no room for, so every put lands, byte-exact. */
+static void many_puts_at_once(const char *transport)
+{
+    enum { NREQ = 40, PER = 130 }; /* 130 blocks: batches of 128 and 2 */
+    kvs_ctx_h node = make_ctx(transport, true, tok_a, 1, 0);
+    char addr[300];
+    cr_assert_eq(kvs_ctx_listen_addr(node, addr, sizeof(addr)), KVS_OK);
+    kvs_ctx_h cl = make_client(transport, addr, 0);
+    test_pool_t src, dst;
+    test_pool_init(&src, cl, "m", NREQ * PER, 3, 512);
+    test_pool_init(&dst, cl, "m", PER, 3, 512);
+    static kvs_key_t keys[NREQ * PER];
+    static uint32_t ids[NREQ * PER];
+    for (uint32_t i = 0; i < NREQ * PER; i++) {
+        keys[i] = test_key(30000 + i);
+        ids[i] = i;
+        test_fill_block(&src, i, 30000 + i);
+    }
+    kvs_request_h rq[NREQ];
+    for (uint32_t r = 0; r < NREQ; r++)
+        cr_assert_eq(kvs_put_ex(src.pool, keys + r * PER, ids + r * PER, PER, NULL, &rq[r]),
+                     KVS_OK);
+    for (uint32_t r = 0; r < NREQ; r++) {
+        kvs_status_t st = kvs_request_wait(rq[r], 20000);
+        cr_assert_eq(st, KVS_OK, "%s: put %u of %u: %s", transport, r, NREQ,
+                     kvs_status_string(st));
+        kvs_request_free(rq[r]);
+    }
+    kvs_stats_t ns = {0};
+    cr_assert_eq(kvs_stats_query(node, &ns), KVS_OK);
+    cr_assert_eq(ns.blocks, NREQ * PER);
+    /* The first, a middle and the last request's blocks come back intact. */
+    const uint32_t back[3] = {0, NREQ / 2, NREQ - 1};
+    for (int k = 0; k < 3; k++) {
+        kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES,
+                                  .sources = KVS_SOURCE_POOL};
+        kvs_lease_h l = NULL;
+        const kvs_key_t *kk = keys + back[k] * PER;
+        cr_assert_eq(kvs_lookup(cl, kvs_pool_layout_id(dst.pool), kk, PER, &lp, &l), KVS_OK);
+        cr_assert_eq(kvs_lease_hits(l), PER);
+        uint32_t d[PER];
+        for (uint32_t i = 0; i < PER; i++)
+            d[i] = PER - 1 - i;
+        kvs_request_h f = NULL;
+        cr_assert_eq(kvs_fetch(l, dst.pool, d, PER, NULL, &f), KVS_OK);
+        cr_assert_eq(kvs_request_wait(f, 10000), KVS_OK);
+        kvs_request_free(f);
+        kvs_lease_release(l);
+        for (uint32_t i = 0; i < PER; i++)
+            cr_assert(test_block_is(&dst, d[i], 30000 + back[k] * PER + i),
+                      "%s: put %u, block %u differs", transport, back[k], i);
+    }
+    test_pool_free(&src);
+    test_pool_free(&dst);
+    kvs_ctx_destroy(cl);
+    kvs_ctx_destroy(node);
+}
+
+Test(peer, more_pull_puts_than_the_node_takes_at_once_all_land)
+{
+    many_puts_at_once("loop");
+}
+
+Test(peer, more_push_puts_than_the_node_takes_at_once_all_land)
+{
+    many_puts_at_once("loop-am");
+}
+
 /* Puts @n keys (5000 + i, block ids scattered) from @src into the node
  * and checks every block comes back byte-exact through a fetch. */
 static void put_and_read_back(kvs_ctx_h cl, test_pool_t *src, test_pool_t *dst, uint32_t n,
