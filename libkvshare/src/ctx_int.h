@@ -77,9 +77,13 @@ const kvs__logger_t *kvs__ctx_log(struct kvs_ctx *ctx);
  * @block_bytes (*got_p of them, with their addresses in @addrs), which the
  * node then fills with GET. Each is published with kvs__publish_slots
  * (all at once, when every byte has landed) or given back with
- * kvs__unreserve_slots; until then no reader can find them. */
+ * kvs__unreserve_slots; until then no reader can find them. @fresh (may be
+ * NULL): per slot, true when its pages may never have been touched (it has
+ * held nothing since the arena was made, and the arena was not faulted in
+ * at start: KVSHARE_PREFAULT). */
 kvs_status_t kvs__reserve_slots(struct kvs_ctx *ctx, size_t block_bytes, uint32_t n,
-                                uint32_t *cls_p, uint32_t *slots, uint8_t **addrs, uint32_t *got_p);
+                                uint32_t *cls_p, uint32_t *slots, uint8_t **addrs, bool *fresh,
+                                uint32_t *got_p);
 void kvs__unreserve_slots(struct kvs_ctx *ctx, uint32_t cls, const uint32_t *slots, uint32_t n);
 kvs_status_t kvs__publish_slots(struct kvs_ctx *ctx, uint64_t layout_id, const kvs_key_t *keys,
                                 uint32_t cls, const uint32_t *slots, uint32_t n, size_t block_bytes,

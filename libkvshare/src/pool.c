@@ -473,7 +473,8 @@ kvs_status_t kvs__publish_staged(struct kvs_ctx *ctx, uint64_t layout_id, const 
 }
 
 kvs_status_t kvs__reserve_slots(struct kvs_ctx *ctx, size_t block_bytes, uint32_t n,
-                                uint32_t *cls_p, uint32_t *slots, uint8_t **addrs, uint32_t *got_p)
+                                uint32_t *cls_p, uint32_t *slots, uint8_t **addrs, bool *fresh,
+                                uint32_t *got_p)
 {
     kvs__store_t *s = &ctx->store;
     uint32_t cls;
@@ -485,8 +486,14 @@ kvs_status_t kvs__reserve_slots(struct kvs_ctx *ctx, size_t block_bytes, uint32_
     pthread_rwlock_wrlock(&s->lock);
     uint32_t got = kvs__store_reserve(s, cls, n, slots);
     const kvs__arena_t *a = &s->arenas[cls];
-    for (uint32_t i = 0; i < got; i++)
+    for (uint32_t i = 0; i < got; i++) {
         addrs[i] = a->base + (size_t)slots[i] * a->slot_bytes;
+        /* A slot's generation moves each time it is given back, and the
+         * arena never returns pages: one that moved was written before. */
+        if (fresh != NULL)
+            fresh[i] =
+                !s->prefault && atomic_load_explicit(&a->gen[slots[i]], memory_order_relaxed) == 0;
+    }
     pthread_rwlock_unlock(&s->lock);
     *cls_p = cls;
     *got_p = got;

@@ -884,3 +884,47 @@ Test(store, prefault_makes_every_arena_page_resident_and_zero)
         cr_assert_eq(((const uint8_t *)a->base)[i], 0, "arena byte %zu", i);
     kvs_ctx_destroy(ctx);
 }
+
+/* A pool node commits the pages of the slots a pull put lands in only where
+ * they may never have been touched: a slot is fresh until it is first given
+ * back (its generation moves then, and the arena keeps its pages), and no
+ * slot of an arena faulted in at start is. */
+static void reserve_all(kvs_ctx_h ctx, uint32_t n, uint32_t *slots, bool *fresh, uint32_t *cls)
+{
+    uint8_t *addrs[16];
+    uint32_t got = 0;
+    cr_assert_eq(kvs__reserve_slots(ctx, 4096, n, cls, slots, addrs, fresh, &got), KVS_OK);
+    cr_assert_eq(got, n);
+}
+
+Test(store, reserved_slots_are_fresh_until_first_given_back)
+{
+    for (int prefault = 0; prefault <= 1; prefault++) {
+        if (prefault)
+            setenv("KVSHARE_PREFAULT", "1", 1);
+        kvs_ctx_params_t p = {.field_mask = KVS_CTX_FIELD_TRANSPORT | KVS_CTX_FIELD_POOL_NODE |
+                                            KVS_CTX_FIELD_CAPACITY | KVS_CTX_FIELD_SLOT_BYTES,
+                              .transport = "none",
+                              .pool_node = 1,
+                              .capacity_bytes = 16 * 4096,
+                              .slot_bytes = 4096};
+        if (!prefault)
+            p.field_mask |= KVS_CTX_FIELD_NO_ENV;
+        kvs_ctx_h ctx = NULL;
+        cr_assert_eq(kvs_ctx_create(&p, &ctx), KVS_OK);
+        unsetenv("KVSHARE_PREFAULT");
+        uint32_t slots[16], again[8], cls = 0;
+        bool fresh[16];
+        reserve_all(ctx, 16, slots, fresh, &cls);
+        for (int i = 0; i < 16; i++)
+            cr_assert_eq(fresh[i], !prefault, "prefault %d: slot %u", prefault, slots[i]);
+        kvs__unreserve_slots(ctx, cls, slots, 8); /* given back: written, or at least committed */
+        reserve_all(ctx, 8, again, fresh, &cls);
+        for (int i = 0; i < 8; i++)
+            cr_assert(!fresh[i], "prefault %d: slot %u given back is fresh again", prefault,
+                      again[i]);
+        kvs__unreserve_slots(ctx, cls, again, 8);
+        kvs__unreserve_slots(ctx, cls, slots + 8, 8);
+        kvs_ctx_destroy(ctx);
+    }
+}
