@@ -850,6 +850,9 @@ typedef struct kvs_put_params {
  * this host that maps its allocations (cuMemCreate with
  * CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, KVSHARE_SHM=auto): the transport
  * takes no CUDA memory; otherwise KVS_ERR_UNSUPPORTED.
+ * Any number of puts may be in flight: a node takes 16 batches (of at most
+ * 128 blocks or 8 MiB) at once from a context, and the rest wait in the
+ * library for room, each within its own deadline.
  * Errors: KVS_ERR_INVALID_PARAM, UNSUPPORTED, PEER_FAILED, TIMED_OUT,
  * LAYOUT_MISMATCH, NO_MEMORY; *req_p is then not written.
  */
