@@ -852,7 +852,9 @@ typedef struct kvs_put_params {
  * takes no CUDA memory; otherwise KVS_ERR_UNSUPPORTED.
  * Any number of puts may be in flight: a node takes 16 batches (of at most
  * 128 blocks or 8 MiB) at once from a context, and the rest wait in the
- * library for room, each within its own deadline.
+ * library for room, each within its own deadline (where the node cannot
+ * read the blocks itself, over TCP, kvs_put_ex waits for room before it
+ * returns).
  * Errors: KVS_ERR_INVALID_PARAM, UNSUPPORTED, PEER_FAILED, TIMED_OUT,
  * LAYOUT_MISMATCH, NO_MEMORY; *req_p is then not written.
  */
