@@ -9,7 +9,8 @@
  *                                              how it failed and how long it took; then
  *                                              fetch from --peer2, then wait for a line on
  *                                              stdin and fetch from --peer once more
- *   kvs_peer put                               offload every block to KVSHARE_POOL
+ *   kvs_peer put [--inflight K]                offload every block to KVSHARE_POOL, in K
+ *                                              requests all in flight at once (default 1)
  *   kvs_peer fetch --from-pool                 fetch from the pool instead of a peer
  *   kvs_peer garbage --peer H:P                connect to the bootstrap port and send malformed
  *                                              messages (the server must stay up)
@@ -356,13 +357,31 @@ static int put_mode(const opts_t *o)
         for (uint32_t s = 0; s < o->segments; s++)
             fill(o, seg_block(o, &p, s, ids[i]), i, s, o->block_bytes / o->segments);
     }
-    kvs_request_h req = NULL;
-    kvs_status_t st = kvs_put_ex(p.h, keys, ids, o->blocks, NULL, &req);
-    if (st == KVS_OK) {
-        st = kvs_request_wait(req, -1);
-        kvs_request_free(req);
+    /* --inflight K: K requests of consecutive blocks, none waited for until
+     * all are out (more than a node takes at once from one connection
+     * must wait for room, not fail). */
+    uint32_t nreq = o->inflight > 1 ? o->inflight : 1;
+    uint32_t per = (o->blocks + nreq - 1) / nreq;
+    kvs_request_h *reqs = calloc(nreq, sizeof(*reqs));
+    kvs_status_t st = reqs != NULL ? KVS_OK : KVS_ERR_NO_MEMORY;
+    uint32_t sent = 0;
+    for (uint32_t first = 0; st == KVS_OK && first < o->blocks; first += per, sent++) {
+        uint32_t cnt = o->blocks - first < per ? o->blocks - first : per;
+        st = kvs_put_ex(p.h, keys + first, ids + first, cnt, NULL, &reqs[sent]);
+        if (st != KVS_OK)
+            break;
     }
-    printf("put blocks=%u status=%s\n", o->blocks, st == KVS_OK ? "OK" : kvs_status_string(st));
+    for (uint32_t r = 0; reqs != NULL && r < sent; r++) {
+        kvs_status_t w = kvs_request_wait(reqs[r], -1);
+        if (st == KVS_OK && w != KVS_OK)
+            fprintf(stderr, "kvs_peer put: request %u of %u: %s\n", r, sent, kvs_status_string(w));
+        if (st == KVS_OK)
+            st = w;
+        kvs_request_free(reqs[r]);
+    }
+    free(reqs);
+    printf("put blocks=%u requests=%u status=%s\n", o->blocks, sent,
+           st == KVS_OK ? "OK" : kvs_status_string(st));
     kvs_pool_destroy(p.h);
     kvs_ctx_destroy(ctx);
     pool_mem_free(&p);

@@ -643,7 +643,10 @@ Test(peer, pull_put_in_batches_stores_every_block)
 /* More puts in flight at once than the node takes from one connection
  * (KVS_PEER_MAX_PUTS, 16: it refuses more BUSY): 40 requests of two batches
  * each, none waited for until all are out. The client holds back what the
- * node has no room for, so every put lands, byte-exact. */
+ * node has no room for, so every put lands, byte-exact. Pulled, it fails
+ * without that count; pushed ("loop-am"), each kvs_put_ex waits for its
+ * PUT_ACK and the pieces land before the node reads the next PUT, so the
+ * node never holds 16: that twin checks only that all land. */
 static void many_puts_at_once(const char *transport)
 {
     enum { NREQ = 40, PER = 130 }; /* 130 blocks: batches of 128 and 2 */

@@ -28,6 +28,16 @@ out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 300 $G --seed 3 --bat
 out2=$(UCX_TLS=tcp KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 300 $G --seed 3 --batch 300 2>"$WORK/f2.err") || fail "fetch over tcp: $out2"
 ok "put 300 blocks, fetched them back from the pool (GET: $out; TCP: $out2)"
 
+# --- 40 puts in flight at once over TCP, where the client pushes: more than the node takes at
+# once from one connection (16, then BUSY). They all land. (The node takes a connection's
+# messages in order, each PUT behind the last one's landing data, so pushes seldom reach the
+# 16 the client counts; test_peer's pull twin is the check that fails without the count.)
+out=$(UCX_TLS=tcp KVSHARE_POOL=$one "$PEER" put --blocks 1200 $G --seed 9 --inflight 40 2>"$WORK/p5.err") \
+  || fail "40 puts at once over tcp: $out $(tail -3 "$WORK/p5.err")"
+out=$(KVSHARE_POOL=$one "$PEER" fetch --from-pool --blocks 1200 $G --seed 9 --batch 300 2>"$WORK/f5.err") \
+  || fail "fetch of the 40 puts: $out"
+ok "40 puts in flight at once over tcp all landed, fetched back whole ($out)"
+
 # --- same host with KVSHARE_SHM=auto: the node reads each put straight out
 # of the client's memory (process_vm_readv after the same-host handover),
 # not through UCX's GET (an active-message emulation in UCX 1.13)
