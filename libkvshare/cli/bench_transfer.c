@@ -1072,8 +1072,8 @@ int kvs_cli_bench_transfer(int argc, char **argv)
     double lookup_p50 = ph.nlookups > 0 ? ph.lookups[ph.nlookups / 2] : 0;
     /* The round-trip anchor: its median, its mean release, and the most a
      * fetch that makes one round trip and one release a batch, and copies at
-     * memcpy's speed, could reach against memcpy with them (ratio_memcpy_bound: a batch of memcpy over
-     * that plus both; a guide, from the same run's anchors). */
+     * memcpy's speed, could reach against memcpy with them (ratio_memcpy_bound: a batch of memcpy
+     * over that plus both; a guide, from the same run's anchors). */
     rtt_ok = rtt_ok && nrtts > 0 && mc_ok;
     double rtt_p50 = 0, rtt_rel = 0, bound = 0;
     if (rtt_ok) {

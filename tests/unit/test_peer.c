@@ -670,8 +670,7 @@ static void many_puts_at_once(const char *transport)
                      KVS_OK);
     for (uint32_t r = 0; r < NREQ; r++) {
         kvs_status_t st = kvs_request_wait(rq[r], 20000);
-        cr_assert_eq(st, KVS_OK, "%s: put %u of %u: %s", transport, r, NREQ,
-                     kvs_status_string(st));
+        cr_assert_eq(st, KVS_OK, "%s: put %u of %u: %s", transport, r, NREQ, kvs_status_string(st));
         kvs_request_free(rq[r]);
     }
     kvs_stats_t ns = {0};
