@@ -22,15 +22,6 @@
 #define KVS_STREAM_STORES 1
 #endif
 
-bool kvs__copy_stream_native(void)
-{
-#ifdef KVS_STREAM_STORES
-    return true;
-#else
-    return false;
-#endif
-}
-
 void kvs__copy_stream(void *dst, const void *src, size_t len)
 {
 #ifdef KVS_STREAM_STORES

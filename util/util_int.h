@@ -51,16 +51,17 @@ int kvs__size_parse(const char *s, uint64_t *bytes_p, char *why, size_t why_len)
 /* What kvs__size_parse accepts, for error messages and --help. */
 #define KVS__SIZE_GRAMMAR "bytes, or a number with K, M, G or T (also KiB/KB, ...: powers of 1024)"
 
-/* ---- transparent huge pages for shmem (memfds) ---- */
+/* ---- copies that go around the CPU caches ---- */
 
 /* Copies @len bytes as memcpy does, but with stores that go around the CPU's
  * caches (non-temporal, x86-64), fenced before it returns: for data this
  * thread will not read back soon, a copy into memory not in cache runs
  * 1.5-1.8x faster (streamcopy.c). Below KVS__STREAM_MIN_BYTES, and on CPUs
- * without such stores (kvs__copy_stream_native false), it is memcpy. */
+ * without such stores, it is memcpy. */
 #define KVS__STREAM_MIN_BYTES 256u
 void kvs__copy_stream(void *dst, const void *src, size_t len);
-bool kvs__copy_stream_native(void);
+
+/* ---- transparent huge pages for shmem (memfds) ---- */
 
 /* The word in brackets of a sysfs THP setting ("always [never] advise" -> "never"): 0, or -1
  * when there is none, it is not lowercase letters and '_', or does not fit @out_len. */
