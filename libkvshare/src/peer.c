@@ -2322,14 +2322,17 @@ static void pull_batch_ack(preq_t *r, uint32_t k, const kvs__msg_t *m)
     kick(pp);
 }
 
-/* An ERROR for put request @r (message @id): true when it ends a batch the
- * node counted (its room is free again), once per batch. */
-static bool put_error_ends(preq_t *r, uint64_t id)
+/* An ERROR for put request @r (message @id) ends the batch it answers at
+ * the node: its room is free again (once per batch). */
+static void put_error_ends(preq_t *r, uint64_t id)
 {
-    if (!r->pull) /* a push put: its PUT or its pieces refused */
-        return r->settled == 0 && r->sent == 1;
     uint64_t k = id - r->req_id;
-    return k < r->sent && bit_claim(r->batch_done, k);
+    if (r->pull && k < r->sent) {
+        put_batch_ends(r, (uint32_t)k);
+    } else if (!r->pull && r->settled == 0 && r->sent == 1) { /* its PUT or pieces refused */
+        put_settle(r);
+        put_more(r->conn);
+    }
 }
 
 /* Replies for a pull put's batches that are not its PUT_DONE: true when
@@ -2399,10 +2402,8 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
         if (pull_batch_reply(c, &m))
             return;
         preq_t *r = req_on(c, m.hdr.req_id);
-        if (r != NULL && r->is_put && put_error_ends(r, m.hdr.req_id)) {
-            put_settle(r);
-            put_more(c);
-        }
+        if (r != NULL && r->is_put)
+            put_error_ends(r, m.hdr.req_id);
         if (r != NULL && r->status == KVS_INPROGRESS) {
             kvs__warn(pp->log, "peer %s: %.*s", c->peer, (int)m.u.error.text_len, m.u.error.text);
             r->status = m.u.error.status < 0 ? (kvs_status_t)m.u.error.status : KVS_ERR_PROTOCOL;
