@@ -397,7 +397,8 @@ static void child_free(child_t *c)
 /* ------------------------------------------------------------------------ */
 typedef struct engine_run {
     double prefill_ms, ttft_ms, lookup_ms, fetch_ms, fetch_gbps, decode_ms_per_token;
-    /* --fetch-again: the same prefix fetched a second time by the same engine */
+    /* --fetch-again: the same prefix fetched again by the same engine (the
+     * median of three fetches) */
     double warm_lookup_ms, warm_fetch_ms, warm_fetch_gbps;
     uint64_t hit_tokens, computed_tokens, fetch_bytes;
     double gather_ms;  /* decode rank 0: adding the other ranks' shares */
@@ -838,8 +839,8 @@ static void print_table(const demo_t *d, const results_t *r)
            (double)r->decode.fetch_bytes / 1048576.0, (unsigned long long)r->decode.fetch_bytes,
            (unsigned long long)r->decode.hit_tokens,
            d->decode_tp > 1 ? ", decode rank 0's share" : "", r->decode.fetch_gbps);
-    printf("  fetch warm     %10.1f ms  (the same prefix again, same engine: lookup %.1f ms, "
-           "%.2f GB/s; cold %.2f GB/s)\n",
+    printf("  fetch warm     %10.1f ms  (the same prefix again, same engine, median of 3: lookup "
+           "%.1f ms, %.2f GB/s; cold %.2f GB/s)\n",
            r->decode.warm_fetch_ms, r->decode.warm_lookup_ms, r->decode.warm_fetch_gbps,
            r->decode.fetch_gbps);
     if (d->prefill_tp > 1 || d->decode_tp > 1 || strcmp(d->prefill_layout, "nhd") != 0 ||
