@@ -882,6 +882,7 @@ enum kvs_stats_field {
     KVS_STATS_FIELD_PUTS = 1u << 2,  /* fill `put_pulled_blocks` .. `put_fallbacks` */
     KVS_STATS_FIELD_COPY = 1u << 3,  /* fill `shm_helper_bytes` */
     KVS_STATS_FIELD_CTL = 1u << 4,   /* fill `ctl_messages` */
+    KVS_STATS_FIELD_INDEX = 1u << 5, /* fill `index_lookups`, `index_asked` */
 };
 
 /* The fields before `peers` are always filled; later ones only when their
@@ -920,6 +921,14 @@ typedef struct kvs_stats {
      * processes on one host go over a Unix socket beside the transport,
      * which costs less per message; the rest take the transport. */
     uint64_t ctl_messages;
+    /* Lookups at same-host holders (KVS_STATS_FIELD_INDEX) that their
+     * mapped block index answered, with no message to the holder and no
+     * lease (KVSHARE_SHM_INDEX; docs/transport.md); and those that asked
+     * the holder instead although it has an index (its region table
+     * changed, a block it does not describe there, a prefix it may not
+     * show whole, memory not mapped here). */
+    uint64_t index_lookups;
+    uint64_t index_asked;
 } kvs_stats_t;
 
 /** Fills *stats (a consistent-enough snapshot; counters are relaxed). */

@@ -199,6 +199,14 @@ static kvs_status_t p_copy_stream(const char *s, kvs__config_t *c)
     return KVS_OK;
 }
 
+static kvs_status_t p_shm_index(const char *s, kvs__config_t *c)
+{
+    if (strcmp(s, "auto") != 0 && strcmp(s, "off") != 0)
+        return KVS_ERR_CONFIG;
+    c->shm_index = s[0] == 'a';
+    return KVS_OK;
+}
+
 static kvs_status_t p_host_socket_dir(const char *s, kvs__config_t *c)
 {
     if (s[0] != '/')
@@ -241,6 +249,10 @@ static const setting_t settings[] = {
      "auto (same-host copies of 256 KiB or more, and a pool node's puts, store around the CPU "
      "caches) or off (memcpy)",
      p_copy_stream, 0},
+    {"shm_index", "KVSHARE_SHM_INDEX",
+     "auto (a holder shows its blocks to same-host readers in a mapped index, which they read "
+     "instead of asking it) or off (every lookup asks the holder, and leases)",
+     p_shm_index, 0},
     {"fetch_timeout_ms", "KVSHARE_FETCH_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_fetch_timeout,
      KVS_CTX_FIELD_FETCH_TIMEOUT},
     {"lease_timeout_ms", "KVSHARE_LEASE_TIMEOUT_MS", "milliseconds, 1 to 3600000", p_lease_timeout,
@@ -432,6 +444,7 @@ kvs_status_t kvs__config_resolve(const kvs_ctx_params_t *p, kvs__config_t *cfg, 
     strcpy(cfg->transport, "auto");
     cfg->shm = true;
     cfg->copy_stream = true;
+    cfg->shm_index = true;
 
     const char *file = NULL;
     if (m & KVS_CTX_FIELD_CONFIG_FILE)

@@ -41,6 +41,7 @@ typedef struct kvs__config {
     uint32_t poll_us;        /* KVSHARE_POLL_US: see KVS__POLL_US_DEFAULT */
     uint32_t thread_poll_us; /* KVSHARE_THREAD_POLL_US: see KVS__THREAD_POLL_US_DEFAULT */
     uint32_t copy_threads;   /* KVSHARE_COPY_THREADS: see KVS__COPY_THREADS_DEFAULT */
+    bool shm_index;          /* KVSHARE_SHM_INDEX: auto (true) or off (index_int.h) */
     bool copy_stream;        /* KVSHARE_COPY_STREAM: auto (true) or off (copier_int.h) */
     uint32_t fetch_timeout_ms;
     uint32_t lease_timeout_ms;

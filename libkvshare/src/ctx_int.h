@@ -60,6 +60,13 @@ kvs_status_t kvs__serve_lookup(struct kvs_ctx *ctx, uint64_t layout_id, const kv
  * (0: it did not say); each block keeps the largest such count. */
 void kvs__lease_mark_read(kvs_lease_h lease, uint32_t readers);
 /* Where hit @i of a local lease lives. KVS_ERR_STALE if it is gone. */
+/* A same-host reader's READ (proto_int.h): it copied entries @idx (with
+ * @serial, as the holder's mapped index showed them) under @layout_id.
+ * Each entry still there counts a read (as a RELEASE would, with @readers)
+ * and an access (for eviction), and a hit in the stats. Returns how many
+ * counted. */
+uint32_t kvs__serve_read(struct kvs_ctx *ctx, uint64_t layout_id, const uint32_t *idx,
+                         const uint64_t *serial, uint32_t n, uint32_t readers);
 kvs_status_t kvs__lease_locate(kvs_lease_h lease, size_t i, kvs__block_loc_t *loc);
 /* The same for many hits: kvs__lease_locate_held() between
  * kvs__lease_hold() and kvs__lease_unhold(), which take and let go of the

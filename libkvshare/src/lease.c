@@ -163,6 +163,36 @@ void kvs__lease_mark_read(kvs_lease_h lease, uint32_t readers)
     pthread_rwlock_unlock(&s->lock);
 }
 
+uint32_t kvs__serve_read(struct kvs_ctx *ctx, uint64_t layout_id, const uint32_t *idx,
+                         const uint64_t *serial, uint32_t n, uint32_t readers)
+{
+    kvs__store_t *s = &ctx->store;
+    uint32_t counted = 0;
+    pthread_rwlock_rdlock(&s->lock);
+    uint64_t now = atomic_fetch_add_explicit(&s->clock, 1, memory_order_relaxed) + 1;
+    for (uint32_t i = 0; i < n; i++) {
+        /* The reader names entries as the index showed them: one gone or
+         * replaced since (another serial), or of another layout, is skipped. */
+        if (idx[i] >= s->entries_cap)
+            continue;
+        kvs__entry_t *e = &s->entries[idx[i]];
+        if (serial[i] == 0 || e->serial != serial[i] || e->layout_id != layout_id)
+            continue;
+        atomic_store_explicit(&e->atime, now, memory_order_relaxed);
+        atomic_fetch_add_explicit(&e->freq, 1, memory_order_relaxed);
+        uint32_t had = atomic_load_explicit(&e->readers, memory_order_relaxed);
+        while (had < readers &&
+               !atomic_compare_exchange_weak_explicit(&e->readers, &had, readers,
+                                                      memory_order_relaxed, memory_order_relaxed))
+            ;
+        atomic_fetch_add_explicit(&e->reads, 1, memory_order_release);
+        counted++;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    atomic_fetch_add_explicit(&s->hits, counted, memory_order_relaxed);
+    return counted;
+}
+
 void kvs__lease_hold(kvs_lease_h lease)
 {
     pthread_rwlock_rdlock(&lease->ctx->store.lock);

@@ -22,6 +22,7 @@
 #include "auth_int.h"
 #include "boot_int.h"
 #include "copier_int.h"
+#include "index_int.h"
 #include "pool_int.h"
 #include "proto_int.h"
 #include "pull_int.h"
@@ -160,6 +161,17 @@ struct conn {
     bool warming;         /* warm_get's GET may be using an rkey of rr */
     kvs__shm_peer_t *shm; /* client, same host: the holder's memory mapped (shm.c) */
     bool cuda_dst_said;   /* client: a fetch into CUDA memory it could not serve was logged */
+    /* Client: the holder's mapped index (index_int.h) is not used on this
+     * connection: it has none, or what it showed was no index (logged). */
+    bool ix_off;
+    /* Client: the holder's index as mapped (kvs__shm_peer_index; it lasts
+     * as long as c->shm), and the holder's region table version our table
+     * is known to be at least as new as (ix_known: one is): the region
+     * version the index showed before a LOOKUP whose reply we applied. */
+    const uint8_t *ix_map;
+    size_t ix_len;
+    bool ix_known;
+    uint64_t ix_regions;
     srv_lease_t *leases;
     uint32_t nleases;
     uint32_t npushes, nputs, ninbox;
@@ -196,6 +208,12 @@ typedef struct rlease {
     uint8_t *blocks;
     size_t blocks_len;
     const uint8_t **block_at;
+    /* Found in the holder's mapped index (index_lookup): no lease at the
+     * holder, only generations stand between an eviction and the copy; the
+     * holder's entries read, for the READ that ends it. */
+    bool via_index;
+    uint32_t *ix_idx;
+    uint64_t *ix_serial;
 } rlease_t;
 
 /* A fetch or put in flight (client). */
@@ -382,6 +400,13 @@ struct kvs__peer {
      * copy run while waiting for a reply goes without helpers (wait_until). */
     bool copy_leaves_core;
     bool copy_stream; /* KVSHARE_COPY_STREAM: large same-host copies store around the caches */
+    /* KVSHARE_SHM_INDEX: ours, which same-host readers map (holder; NULL:
+     * none), and whether we read holders' (reader). */
+    struct kvs__index *index;
+    bool index_on;
+    /* Lookups the holder's index answered, and those it sent to the holder
+     * instead (busy, unsure or incomplete), on every connection (lock held). */
+    uint64_t index_answered, index_asked;
     /* Our puts' blocks stored by the node's reads vs by our pushes, and
      * connections that fell back from pull to push (lock held). */
     uint64_t put_pulled_blocks, put_pushed_blocks, put_fallbacks;
@@ -454,8 +479,9 @@ static bool ctl_send(conn_t *c, const uint8_t *data, size_t len)
     if (len > KVS_PEER_CTL_MAX ||
         kvs__proto_decode_hdr(data, len, KVS_PROTO_MAX_BODY, &h, NULL, 0) != KVS_OK)
         return false;
-    bool ours = c->server ? h.type == KVS_MSG_LOOKUP_REPLY
-                          : h.type == KVS_MSG_LOOKUP || h.type == KVS_MSG_RELEASE;
+    bool ours =
+        c->server ? h.type == KVS_MSG_LOOKUP_REPLY
+                  : h.type == KVS_MSG_LOOKUP || h.type == KVS_MSG_RELEASE || h.type == KVS_MSG_READ;
     if (!ours)
         return false;
     ssize_t k = send(c->ctl_fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -2000,6 +2026,26 @@ static void srv_release(conn_t *c, const kvs__msg_t *m)
     lease_drop(c, lp);
 }
 
+/* A same-host reader read blocks it found in our index (no lease): count
+ * the reads and the accesses. Only a reader we handed the index sends it. */
+static void srv_read(kvs__peer_t *pp, conn_t *c, const kvs__msg_t *m)
+{
+    if (pp->index == NULL) {
+        conn_fail(c, KVS_ERR_PROTOCOL, "READ, but we have no index to read from");
+        return;
+    }
+    uint32_t n = m->u.read.count;
+    uint32_t *idx = kvs__malloc(n * sizeof(*idx));
+    uint64_t *serial = kvs__malloc(n * sizeof(*serial));
+    if (idx != NULL && serial != NULL) {
+        for (uint32_t i = 0; i < n; i++)
+            kvs__proto_read_ref(m->u.read.refs, i, &idx[i], &serial[i]);
+        kvs__serve_read(pp->ctx, c->layout_id, idx, serial, n, m->u.read.readers);
+    }
+    kvs__free(idx);
+    kvs__free(serial);
+}
+
 /* Leases end at their deadline, not only at RELEASE or disconnect. */
 static int sweep_leases(kvs__peer_t *pp)
 {
@@ -2377,6 +2423,9 @@ static void handle(kvs__peer_t *pp, inmsg_t *in)
             return;
         case KVS_MSG_RELEASE:
             srv_release(c, &m);
+            return;
+        case KVS_MSG_READ:
+            srv_read(pp, c, &m);
             return;
         case KVS_MSG_FETCH:
             srv_fetch(pp, c, &m);
@@ -3579,7 +3628,169 @@ static void rlease_free(rlease_t *rl)
         return;
     kvs__free(rl->blocks);
     kvs__free(rl->block_at);
+    kvs__free(rl->ix_idx);
+    kvs__free(rl->ix_serial);
     kvs__free(rl);
+}
+
+/* The holder's region (as its table named it to us, and still has it) that
+ * holds [addr, addr + len): its id, or 0 (ids start at 1). Lock held. */
+static uint32_t rregion_at(const conn_t *c, uint64_t addr, uint64_t len, size_t *hint)
+{
+    for (size_t n = 0; n < c->nrr; n++) {
+        size_t k = (*hint + n) % c->nrr; /* a block's pieces mostly share one */
+        const rregion_t *r = &c->rr[k];
+        if (r->gone_after == 0 && addr >= r->base && len <= r->len &&
+            addr - r->base <= r->len - len) {
+            *hint = k;
+            return r->id;
+        }
+    }
+    return 0;
+}
+
+/* Encodes index hit @h (with its pool's record @g) as a LOOKUP_REPLY's
+ * block descriptor, each address named by the holder's region that holds
+ * it (lock held). False when one is in no region we know (a region the
+ * holder added since its last table reached us), a piece is too long for
+ * the wire, or the numbers overflow: the holder is asked then. */
+static bool index_block(const conn_t *c, const kvs__index_hit_t *h, const kvs__index_geo_t *g,
+                        kvs__buf_t *b, size_t *hint)
+{
+    kvs__piece_t pieces[KVS_INDEX_SEGS];
+    uint16_t np = 0;
+    if (h->pool == KVS_INDEX_ARENA) {
+        pieces[0] = (kvs__piece_t){.addr = h->addr, .len = (uint32_t)h->len};
+        if (h->len == 0 || h->len > UINT32_MAX)
+            return false;
+        np = 1;
+    } else {
+        for (uint32_t k = 0; k < g->nsegs; k++) {
+            uint64_t off, at;
+            if (__builtin_mul_overflow((uint64_t)h->block, g->seg[k].stride, &off) ||
+                __builtin_add_overflow(g->seg[k].base, off, &at) || g->seg[k].bytes == 0 ||
+                g->seg[k].bytes > UINT32_MAX)
+                return false;
+            pieces[np++] = (kvs__piece_t){.addr = at, .len = (uint32_t)g->seg[k].bytes};
+        }
+    }
+    for (uint16_t k = 0; k < np; k++)
+        if ((pieces[k].region = rregion_at(c, pieces[k].addr, pieces[k].len, hint)) == 0)
+            return false;
+    uint32_t gr = rregion_at(c, h->gen_addr, 8, hint);
+    if (gr == 0)
+        return false;
+    kvs__block_desc_t d = {.gen_region = gr, .gen_addr = h->gen_addr, .gen = h->gen, .npieces = np};
+    kvs__proto_put_block(b, &d, pieces);
+    return true;
+}
+
+/* Same host: the chain's longest prefix from the holder's mapped index,
+ * with no message to the holder (index_int.h). Lock held (let go while the
+ * index is mapped and read). KVS_OK with *rl_p (0 hits included, when the
+ * index holds every block); KVS_ERR_UNSUPPORTED: ask the holder. */
+static kvs_status_t index_lookup(kvs__peer_t *pp, conn_t *c, uint64_t layout_id,
+                                 const kvs_key_t *keys, size_t n, rlease_t **rl_p)
+{
+    if (!pp->index_on || c->ix_off || c->shm == NULL || c->xview || c->state != S_READY ||
+        layout_id != c->layout_id || n == 0 || !kvs__shm_peer_usable(c->shm))
+        return KVS_ERR_UNSUPPORTED;
+    /* Until a LOOKUP's reply told us the holder's regions as of a version
+     * the index shows, its addresses cannot be named: ask the holder. */
+    if (c->ix_map != NULL && !c->ix_known)
+        return KVS_ERR_UNSUPPORTED;
+    kvs__shm_peer_t *sp = c->shm;
+    kvs__index_hit_t *hits = kvs__malloc(n * sizeof(*hits));
+    kvs__index_geo_t *geo = kvs__malloc(KVS_INDEX_POOLS * sizeof(*geo));
+    rlease_t *rl = kvs__calloc(1, sizeof(*rl));
+    kvs_status_t st = KVS_ERR_UNSUPPORTED;
+    size_t got = 0;
+    bool complete = false;
+    kvs__index_res_t res = KVS_INDEX_BAD;
+    if (hits == NULL || geo == NULL || rl == NULL)
+        goto out; /* out of memory: the holder answers this one */
+    unlock(pp);
+    size_t len = 0;
+    const uint8_t *map = kvs__shm_peer_index(sp, &len);
+    uint64_t v1 = kvs__index_regions(map, len), v2 = 0;
+    if (map != NULL)
+        res = kvs__index_read(map, len, layout_id, keys, n, hits, geo, &got, &complete);
+    v2 = kvs__index_regions(map, len);
+    lock(pp);
+    if (map == NULL) {
+        c->ix_off = true; /* it has none (or predates them) */
+        goto out;
+    }
+    if (c->ix_map == NULL) {
+        c->ix_map = map;
+        c->ix_len = len;
+    }
+    /* Regions registered or let go since our table: it may not name these
+     * addresses right (a new region at a freed one's address). */
+    if (!c->ix_known || v1 != v2 || v1 != c->ix_regions)
+        goto out;
+    if (res == KVS_INDEX_BAD) {
+        kvs__warn(pp->log, "peer %s: its shared block index is not one we read: lookups ask it",
+                  c->peer);
+        c->ix_off = true;
+        goto out;
+    }
+    if (res != KVS_INDEX_READ || (got < n && !complete))
+        goto out;
+    kvs__buf_t b;
+    kvs__buf_init(&b);
+    size_t hint = 0;
+    for (size_t i = 0; i < got; i++)
+        if (!index_block(c, &hits[i], hits[i].pool < KVS_INDEX_POOLS ? &geo[hits[i].pool] : NULL,
+                         &b, &hint)) {
+            kvs__buf_free(&b);
+            goto out;
+        }
+    if (b.failed) {
+        kvs__buf_free(&b);
+        goto out;
+    }
+    rl->via_index = true;
+    rl->hits = (uint32_t)got;
+    rl->blocks_len = b.len;
+    rl->blocks = b.len > 0 ? b.data : kvs__malloc(1);
+    if (b.len == 0)
+        kvs__buf_free(&b);
+    rl->block_at = kvs__calloc(got ? got : 1, sizeof(*rl->block_at));
+    rl->ix_idx = kvs__malloc((got ? got : 1) * sizeof(*rl->ix_idx));
+    rl->ix_serial = kvs__malloc((got ? got : 1) * sizeof(*rl->ix_serial));
+    if (rl->blocks == NULL || rl->block_at == NULL || rl->ix_idx == NULL || rl->ix_serial == NULL)
+        goto out;
+    const uint8_t *cur = rl->blocks;
+    for (size_t i = 0; i < got; i++) {
+        rl->block_at[i] = cur;
+        kvs__block_desc_t d;
+        kvs__proto_block(&cur, &d);
+        rl->ix_idx[i] = hits[i].idx;
+        rl->ix_serial[i] = hits[i].serial;
+    }
+    /* Only memory we map is read without a lease: other memory (not in a
+     * memfd: a plain malloc'ed pool) goes through the holder. Mapped once,
+     * an answer kept per region: later lookups cost no I/O here. */
+    unlock(pp);
+    bool maps = kvs__shm_peer_maps(sp, (const uint8_t *const *)rl->block_at, got);
+    lock(pp);
+    if (!maps || c->state != S_READY)
+        goto out;
+    rl->conn = c;
+    c->refs++;
+    *rl_p = rl;
+    rl = NULL;
+    st = KVS_OK;
+out:
+    if (st == KVS_OK)
+        pp->index_answered++;
+    else if (!c->ix_off)
+        pp->index_asked++;
+    rlease_free(rl);
+    kvs__free(hits);
+    kvs__free(geo);
+    return st;
 }
 
 /* Asks a same-host holder for a control channel, once per connection,
@@ -3623,6 +3834,15 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
     if (st != KVS_OK)
         goto out;
     ctl_open(pp, c, deadline);
+    if (index_lookup(pp, c, layout_id, keys, n, &rl) == KVS_OK) {
+        *rlease_p = rl; /* it holds its own reference to c */
+        *hits_p = rl->hits;
+        rl = NULL;
+        goto out;
+    }
+    /* The holder's region version now: the reply's table (or the one we
+     * already have, when it carries none) is at least this new. */
+    uint64_t ix_v = kvs__index_regions(c->ix_map, c->ix_len);
     kvs__buf_t b;
     kvs__buf_init(&b);
     uint64_t rid = ++c->next_req_id;
@@ -3651,6 +3871,10 @@ kvs_status_t kvs__peer_lookup(kvs__peer_t *pp, const char *peer, uint64_t layout
     }
     if (c->rma)
         unpack_rkeys(c);
+    if (c->ix_map != NULL && ix_v != UINT64_MAX && (!c->ix_known || ix_v > c->ix_regions)) {
+        c->ix_regions = ix_v;
+        c->ix_known = true;
+    }
     rl = kvs__calloc(1, sizeof(*rl));
     if (rl == NULL) {
         st = KVS_ERR_NO_MEMORY;
@@ -3696,7 +3920,13 @@ void kvs__peer_release(kvs__peer_t *pp, void *rlease, uint32_t readers)
     if (c->state == S_READY && rl->hits > 0) {
         kvs__buf_t b;
         kvs__buf_init(&b);
-        kvs__enc_release(&b, ++c->next_req_id, c->session, rl->lease_id, readers);
+        /* From the index: no lease to end, but the holder counts what was
+         * read (a producer may be waiting on it) and when (eviction). */
+        if (rl->via_index)
+            kvs__enc_read(&b, ++c->next_req_id, c->session, readers, rl->ix_idx, rl->ix_serial,
+                          rl->hits);
+        else
+            kvs__enc_release(&b, ++c->next_req_id, c->session, rl->lease_id, readers);
         send_buf(c, &b); /* fire and forget: the lease deadline backs it up */
     }
     conn_unref(c);
@@ -4070,6 +4300,19 @@ static void fetch_transport(preq_t *r)
  * for a copy the mapping could not serve (UNSUPPORTED), the transport. */
 static void mapped_result(kvs__peer_t *pp, preq_t *r, kvs_status_t st, size_t bytes)
 {
+    if (st == KVS_ERR_UNSUPPORTED && r->rl->via_index) {
+        /* Blocks found in the index hold no lease: the holder may let
+         * their memory go, and a GET through a region we still think it
+         * has could read what replaced it. Only the mapping (which keeps
+         * that memory, generations included) is read; rare, as the index
+         * is read only where the holder's memory maps. */
+        kvs__debug(pp->log,
+                   "peer %s: blocks found in its index cannot be copied from the "
+                   "mapping: stale (look them up again)",
+                   r->conn->peer);
+        r->status = KVS_ERR_STALE;
+        return;
+    }
     if (st == KVS_ERR_UNSUPPORTED) {
         fetch_transport(r);
         return;
@@ -4659,6 +4902,7 @@ kvs_status_t kvs__peer_mem_reg(kvs__peer_t *pp, void *base, size_t length, kvs_m
     r->next = pp->regions;
     pp->regions = r;
     pp->regions_version++;
+    kvs__index_set_regions(pp->index, pp->regions_version);
     unlock(pp);
     *memh_p = r;
     return KVS_OK;
@@ -4689,6 +4933,7 @@ void kvs__peer_mem_dereg(kvs__peer_t *pp, void *memh)
         }
     }
     pp->regions_version++;
+    kvs__index_set_regions(pp->index, pp->regions_version);
     /* Pool nodes on this host that mapped the region for our puts are told
      * to let go of it (socket I/O: without our lock), or their mapping would
      * keep the memory alive (an engine's freed GPU memory included) for as
@@ -4784,7 +5029,16 @@ static int shm_region(void *arg, const uint8_t *session, pid_t pid, uint32_t id,
     int found = -1;
     lock(pp);
     conn_t *c = conn_by_session(pp, session, true);
-    if (c != NULL) {
+    if (c != NULL && id == KVS_SHM_INDEX_ID) {
+        found = 0;
+        if (pp->index != NULL && type_p != NULL) {
+            size_t len;
+            *base_p = (uint64_t)(uintptr_t)kvs__index_mem(pp->index, &len);
+            *len_p = len;
+            *type_p = KVS_MEM_HOST;
+            found = 1;
+        }
+    } else if (c != NULL) {
         found = 0;
         /* A client in another process on this host: a pool node reads its
          * pull puts itself (direct_reads). Our own process keeps the
@@ -4878,6 +5132,31 @@ static bool shm_ctl(void *arg, const uint8_t *session, int fd)
     return kept;
 }
 
+/* Our block index for same-host readers (index_int.h), sized for the
+ * store's capacity in blocks of 64 KiB, between 64 Ki and 1 Mi entries
+ * (6-96 MiB of address space, committed as blocks come): a store with more
+ * blocks than half of that marks it incomplete, and readers then ask us
+ * about what it does not show. */
+static void index_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
+{
+    uint64_t want = 2 * (cfg->capacity_bytes / (64u << 10));
+    uint32_t n = 1u << 16;
+    while (n < want && n < (1u << 20))
+        n <<= 1;
+    pp->index = kvs__index_new(n);
+    if (pp->index == NULL) {
+        kvs__warn(pp->log, "shm: no memory for the block index: same-host readers ask us instead");
+        return;
+    }
+    lock(pp);
+    kvs__index_set_regions(pp->index, pp->regions_version);
+    unlock(pp);
+    kvs__store_t *s = &pp->ctx->store;
+    pthread_rwlock_wrlock(&s->lock);
+    kvs__store_set_index(s, pp->index);
+    pthread_rwlock_unlock(&s->lock);
+}
+
 /* Offers our memfds to same-host readers; without it they use the transport. */
 static void shm_serve(kvs__peer_t *pp, const kvs__config_t *cfg)
 {
@@ -4904,6 +5183,14 @@ uint64_t kvs__peer_ctl_messages(kvs__peer_t *pp)
 uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp)
 {
     return __atomic_load_n(&pp->shm_bytes, __ATOMIC_RELAXED);
+}
+
+void kvs__peer_index_stats(kvs__peer_t *pp, uint64_t *answered_p, uint64_t *asked_p)
+{
+    lock(pp);
+    *answered_p = pp->index_answered;
+    *asked_p = pp->index_asked;
+    unlock(pp);
 }
 
 void kvs__peer_put_stats(kvs__peer_t *pp, uint64_t *pulled_p, uint64_t *pushed_p,
@@ -4982,8 +5269,11 @@ kvs_status_t kvs__peer_create(struct kvs_ctx *ctx, const kvs__config_t *cfg,
                   pp->open ? "OFF" : "on");
     }
     pp->shm_on = cfg->shm;
+    pp->index_on = cfg->shm && cfg->shm_index;
     if (pp->lfd >= 0 && cfg->shm && !pp->no_secret)
         shm_serve(pp, cfg);
+    if (pp->shm_srv != NULL && cfg->shm_index)
+        index_serve(pp, cfg);
     /* Helpers for the copies from same-host holders' mappings; none with a
      * single usable CPU (affinity, or a container's CPU quota), where they
      * could only take turns with the caller. */
@@ -5102,6 +5392,14 @@ void kvs__peer_destroy(kvs__peer_t *pp)
     kvs__free(pp->ctl_buf);
     kvs__free(pp->poll_who);
     kvs__copier_free(pp->copier); /* every copy ended with its request */
+    if (pp->index != NULL) {
+        /* Readers' mappings keep the memory; the store stops writing to it. */
+        kvs__store_t *s = &pp->ctx->store;
+        pthread_rwlock_wrlock(&s->lock);
+        kvs__store_set_index(s, NULL);
+        pthread_rwlock_unlock(&s->lock);
+        kvs__index_free(pp->index);
+    }
     pthread_cond_destroy(&pp->cond);
     pthread_mutex_destroy(&pp->lock);
     kvs__free(pp);

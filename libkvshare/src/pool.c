@@ -340,6 +340,7 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
                 goto out;
             pool->entry_of_block[b] = (uint32_t)(e - s->entries) + 1;
             e->nbytes = (uint32_t)pool->block_bytes;
+            kvs__store_index(s, e);
         } else {
             status = kvs__store_insert(s, pool->layout_id, &keys[i], NULL, cls, 0, &e);
             if (status != KVS_OK) {
@@ -353,6 +354,7 @@ kvs_status_t kvs_publish(kvs_pool_h pool, const kvs_key_t *keys, const uint32_t 
             }
             copy_to_arena(pool, b, kvs__arena_slot(s, e));
             e->nbytes = (uint32_t)pool->block_bytes;
+            kvs__store_index(s, e); /* its bytes are in place */
         }
         published++;
     }
@@ -465,6 +467,7 @@ kvs_status_t kvs__publish_staged(struct kvs_ctx *ctx, uint64_t layout_id, const 
             break;
         memcpy(kvs__arena_slot(s, e), data + i * block_bytes, block_bytes);
         e->nbytes = (uint32_t)block_bytes;
+        kvs__store_index(s, e);
         stored++;
     }
     pthread_rwlock_unlock(&s->lock);
@@ -528,6 +531,7 @@ kvs_status_t kvs__publish_slots(struct kvs_ctx *ctx, uint64_t layout_id, const k
             continue;
         }
         e->nbytes = (uint32_t)block_bytes;
+        kvs__store_index(s, e);
         stored++;
     }
     pthread_rwlock_unlock(&s->lock);

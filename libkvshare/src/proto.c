@@ -277,6 +277,16 @@ kvs_status_t kvs__proto_decode(const void *buf, size_t len, kvs__msg_t *m, char 
                            KVS_PROTO_MAX_READERS);
         }
         break;
+    case KVS_MSG_READ:
+        m->u.read.readers = rd_u32(&r);
+        m->u.read.count = rd_u32(&r);
+        if (!r.bad && m->u.read.readers > KVS_PROTO_MAX_READERS)
+            return bad(why, wl, "READ for %u readers (0..%u)", m->u.read.readers,
+                       KVS_PROTO_MAX_READERS);
+        if (!r.bad && (m->u.read.count == 0 || m->u.read.count > KVS_PROTO_MAX_KEYS))
+            return bad(why, wl, "READ of %u blocks", m->u.read.count);
+        m->u.read.refs = take(&r, (size_t)m->u.read.count * KVS_PROTO_READ_REF_LEN);
+        break;
     case KVS_MSG_ERROR:
         m->u.error.status = (int32_t)rd_u32(&r);
         m->u.error.text_len = rd_u16(&r);
@@ -628,6 +638,28 @@ kvs_status_t kvs__enc_lookup(kvs__buf_t *b, uint64_t req_id, const uint8_t *sess
     kvs__buf_u32(b, (uint32_t)n);
     kvs__buf_put(b, keys, n * KVS_KEY_BYTES);
     return kvs__proto_finish(b);
+}
+
+kvs_status_t kvs__enc_read(kvs__buf_t *b, uint64_t req_id, const uint8_t *session, uint32_t readers,
+                           const uint32_t *idx, const uint64_t *serial, uint32_t count)
+{
+    if (readers > KVS_PROTO_MAX_READERS || count == 0 || count > KVS_PROTO_MAX_KEYS)
+        return KVS_ERR_INVALID_PARAM;
+    kvs__proto_begin(b, KVS_MSG_READ, 0, req_id, session);
+    kvs__buf_u32(b, readers);
+    kvs__buf_u32(b, count);
+    for (uint32_t i = 0; i < count; i++) {
+        kvs__buf_u32(b, idx[i]);
+        kvs__buf_u64(b, serial[i]);
+    }
+    return kvs__proto_finish(b);
+}
+
+void kvs__proto_read_ref(const uint8_t *refs, uint32_t i, uint32_t *idx_p, uint64_t *serial_p)
+{
+    const uint8_t *p = refs + (size_t)i * KVS_PROTO_READ_REF_LEN;
+    *idx_p = (uint32_t)le(p, 4);
+    *serial_p = le(p + 4, 8);
 }
 
 kvs_status_t kvs__enc_release(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,

@@ -58,7 +58,8 @@ typedef enum kvs__msg_type {
     KVS_MSG_EVENT = 13,       /* reserved: block stored/removed */
     KVS_MSG_PUT_ACK = 14,     /* node->c: which offered blocks it wants */
     KVS_MSG_PUT_DONE = 15,    /* node->c: the wanted blocks are stored */
-    KVS_MSG_TYPE_MAX = 15,
+    KVS_MSG_READ = 16,        /* c->s: blocks read through the holder's mapped index */
+    KVS_MSG_TYPE_MAX = 16,
 } kvs__msg_type_t;
 
 /* Header flag: the LOOKUP_REPLY / HELLO_ACK carries a region table. */
@@ -181,6 +182,14 @@ typedef struct kvs__msg {
             uint32_t readers; /* 0: not said (KVS_PROTO_FLAG_READERS unset) */
         } release;
         struct {
+            /* Sent only by a reader that mapped the holder's index, which
+             * only a holder that knows this message hands out. */
+            uint32_t readers; /* as RELEASE's (0: not said) */
+            uint32_t count;
+            const uint8_t *refs; /* count x (u32 entry index, u64 serial): read with
+                                    kvs__proto_read_ref */
+        } read;
+        struct {
             int32_t status;
             uint16_t text_len;
             const char *text;
@@ -298,6 +307,14 @@ kvs_status_t kvs__enc_lookup(kvs__buf_t *b, uint64_t req_id, const uint8_t *sess
                              size_t n);
 /* @readers > 0: KVS_PROTO_FLAG_READERS with that count (at most
  * KVS_PROTO_MAX_READERS, else KVS_ERR_INVALID_PARAM); 0: a plain RELEASE. */
+/* READ: blocks a same-host reader copied through the holder's mapped index
+ * (index_int.h), for the holder's reads counts and access times: @count
+ * (at most KVS_PROTO_MAX_KEYS) entry indices and serials as the index gave
+ * them; @readers as RELEASE's. */
+#define KVS_PROTO_READ_REF_LEN 12u
+kvs_status_t kvs__enc_read(kvs__buf_t *b, uint64_t req_id, const uint8_t *session, uint32_t readers,
+                           const uint32_t *idx, const uint64_t *serial, uint32_t count);
+void kvs__proto_read_ref(const uint8_t *refs, uint32_t i, uint32_t *idx_p, uint64_t *serial_p);
 kvs_status_t kvs__enc_release(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,
                               uint64_t lease_id, uint32_t readers);
 kvs_status_t kvs__enc_fetch(kvs__buf_t *b, uint64_t req_id, const uint8_t *session,

@@ -936,6 +936,7 @@ struct kvs__shm_peer {
     bool withdraw_failed; /* a withdrawal went unanswered: none tried again (a hung node would
                              hold up each of the engine's frees for the I/O timeouts) */
     bool identify_plain;  /* the plain identify request was tried */
+    bool index_tried;     /* kvs__shm_peer_index asked for the holder's index */
     const kvs__logger_t *log;
     map_t maps[SHM_MAX_MAPS];
     uint32_t nmaps;
@@ -1174,7 +1175,8 @@ void kvs__shm_peer_keep_only(kvs__shm_peer_t *sp, const uint8_t *regions, uint32
     uint32_t dropped = 0;
     for (uint32_t i = 0; i < sp->nmaps; i++) {
         map_t *m = &sp->maps[i];
-        if (!m->gone && !kvs__proto_regions_have(regions, n, m->id)) {
+        /* The index is no region of the table; it lasts as long as we do. */
+        if (!m->gone && m->id != KVS_SHM_INDEX_ID && !kvs__proto_regions_have(regions, n, m->id)) {
             m->gone = true;
             dropped++;
         }
@@ -1718,6 +1720,50 @@ static bool attach_for(kvs__shm_peer_t *sp, const uint8_t *const *block_at, size
     if (n > 0 && sp->nmaps + n <= SHM_MAX_MAPS && !attach(sp, want, n))
         sp->broken = true;
     return !sp->broken && !sp->cu_failed;
+}
+
+bool kvs__shm_peer_maps(kvs__shm_peer_t *sp, const uint8_t *const *block_at, size_t count)
+{
+    if (sp == NULL)
+        return false;
+    pthread_mutex_lock(&sp->lock);
+    bool ok = attach_for(sp, block_at, count);
+    for (size_t i = 0; ok && i < count; i++) {
+        kvs__block_desc_t d;
+        const uint8_t *cur = block_at[i];
+        kvs__proto_block(&cur, &d);
+        ok = gen_of(sp, &d) != NULL;
+        for (uint16_t k = 0; ok && k < d.npieces; k++) {
+            kvs__piece_t pc;
+            CUcontext ctx = NULL;
+            kvs__proto_piece(d.pieces, k, &pc);
+            ok = xlate(sp, pc.region, pc.addr, pc.len, &ctx) != NULL;
+        }
+    }
+    pthread_mutex_unlock(&sp->lock);
+    return ok;
+}
+
+const uint8_t *kvs__shm_peer_index(kvs__shm_peer_t *sp, size_t *len_p)
+{
+    if (sp == NULL)
+        return NULL;
+    pthread_mutex_lock(&sp->lock);
+    if (!sp->index_tried && !sp->broken && sp->nmaps < SHM_MAX_MAPS) {
+        sp->index_tried = true;
+        uint32_t id = KVS_SHM_INDEX_ID;
+        /* A holder without one answers "no such region": nothing breaks. */
+        if (!attach(sp, &id, 1))
+            sp->broken = true;
+    }
+    const map_t *m = map_find(sp, KVS_SHM_INDEX_ID);
+    const uint8_t *at = NULL;
+    if (m != NULL && m->ok && m->map != NULL) { /* host memory only, never a CUDA mapping */
+        at = m->at;
+        *len_p = (size_t)m->len;
+    }
+    pthread_mutex_unlock(&sp->lock);
+    return at;
 }
 
 bool kvs__shm_peer_usable(kvs__shm_peer_t *sp)

@@ -84,6 +84,9 @@ typedef struct kvs__shm_srv kvs__shm_srv_t;
  * session. An identify request (no regions) calls it once with @region
  * KVS_SHM_IDENTIFY. */
 #define KVS_SHM_IDENTIFY UINT32_MAX
+/* The region id under which a holder hands out its block index
+ * (index_int.h), when it has one. Region ids count up from 1, never this. */
+#define KVS_SHM_INDEX_ID (UINT32_MAX - 1u)
 typedef int (*kvs__shm_region_fn)(void *arg, const uint8_t *session, pid_t pid, uint32_t region,
                                   uint64_t *base_p, uint64_t *len_p, kvs_mem_type_t *type_p);
 /* A pool client's region mapped read-only here (its offer, proto_int.h):
@@ -203,6 +206,19 @@ bool kvs__shm_peer_withdraw(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n
 kvs_status_t kvs__shm_fetch(kvs__shm_peer_t *sp, const uint8_t *const *block_at,
                             struct kvs_pool *dst, const uint32_t *ids, size_t count,
                             size_t *bytes_p);
+/* The holder's block index (index_int.h), mapped read-only on first call
+ * (blocking socket I/O, bounded: no lock of the caller's held): its first
+ * byte, with its length in *len_p; NULL when the holder has none (it
+ * predates the index, or runs with KVSHARE_SHM_INDEX=off), the handover
+ * failed, or the path is off. Asked once per connection; the mapping lasts
+ * as long as the connection. */
+const uint8_t *kvs__shm_peer_index(kvs__shm_peer_t *sp, size_t *len_p);
+/* Whether every byte and generation of the @count blocks (encoded
+ * descriptors at @block_at[i]) lies in memory of the holder mapped here,
+ * mapping what is not mapped yet (blocking socket I/O, bounded: no lock of
+ * the caller's held). Blocks found in the holder's index are fetched only
+ * so (peer.c, index_lookup). */
+bool kvs__shm_peer_maps(kvs__shm_peer_t *sp, const uint8_t *const *block_at, size_t count);
 /* Whether fetches from this holder may still take the mapped path (the
  * handover did not fail, no CUDA copy failed): callers that defer a copy
  * start the transport at once when not. */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* store.c - store entries, the host arenas (one per slot size), leases and watermark eviction. */
 #include "catalog_int.h"
+#include "index_int.h"
 #include "pool_int.h"
 #include "shm_int.h"
 #include "util_int.h"
@@ -528,9 +529,46 @@ static kvs_status_t insert_entry(kvs__store_t *s, uint64_t layout_id, const kvs_
     return KVS_OK;
 }
 
+void kvs__store_index(kvs__store_t *s, const kvs__entry_t *e)
+{
+    if (s->index == NULL)
+        return;
+    kvs__index_seg_t segs[KVS_INDEX_SEGS];
+    kvs__index_loc_t loc = {.block = e->block, .gen = e->gen};
+    if (e->pool == NULL) {
+        loc.addr = (uint64_t)(uintptr_t)kvs__arena_slot(s, e);
+        loc.len = e->nbytes;
+        loc.gen_addr = (uint64_t)(uintptr_t)kvs__arena_gen(s, e);
+    } else {
+        loc.pool = e->pool;
+        loc.nsegs = e->pool->nsegs;
+        for (size_t k = 0; k < e->pool->nsegs && k < KVS_INDEX_SEGS; k++) {
+            const kvs_segment_t *sg = &e->pool->segs[k];
+            segs[k] = (kvs__index_seg_t){.base = (uint64_t)(uintptr_t)sg->base,
+                                         .stride = sg->block_stride,
+                                         .bytes = sg->block_bytes};
+        }
+        loc.segs = segs;
+        loc.gen_addr = (uint64_t)(uintptr_t)&e->pool->gen[e->block];
+    }
+    kvs__index_add(s->index, e->layout_id, &e->key, (uint32_t)(e - s->entries), e->serial, &loc);
+}
+
+void kvs__store_set_index(kvs__store_t *s, struct kvs__index *ix)
+{
+    s->index = ix;
+    for (uint32_t i = 0; ix != NULL && i < s->entries_cap; i++)
+        if (s->entries[i].serial != 0)
+            kvs__store_index(s, &s->entries[i]);
+}
+
 void kvs__store_remove(kvs__store_t *s, kvs__entry_t *e)
 {
     uint32_t idx = (uint32_t)(e - s->entries);
+    /* Out of the index first: no mapped reader finds it from here on (one
+     * that already did is told by the generation, which moves below or when
+     * the pool's block is unpublished). */
+    kvs__index_del(s->index, e->layout_id, &e->key);
     emit(s, KVS_BLOCK_EVENT_REMOVED, e);
     kvs__catalog_del(s, kvs__catalog_hash(e->layout_id, &e->key), idx);
     if (e->pool == NULL) {

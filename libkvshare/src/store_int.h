@@ -105,6 +105,10 @@ typedef struct kvs__store {
     uint64_t capacity_bytes;
     double high_wm, low_wm;
     uint32_t lease_timeout_ms;
+    /* The index same-host readers map (index_int.h); NULL: none. Set once
+     * under the exclusive lock, and kept in step by kvs__store_index() and
+     * kvs__store_remove(). */
+    struct kvs__index *index;
     /* the observer of stores and removals (kvs_ctx_params_t.block_event_fn); NULL: none */
     kvs_block_event_fn event_fn;
     void *event_arg;
@@ -145,6 +149,14 @@ kvs_status_t kvs__store_insert(kvs__store_t *s, uint64_t layout_id, const kvs_ke
                                struct kvs_pool *pool, uint32_t block, uint64_t gen,
                                kvs__entry_t **entry_p);
 void kvs__store_remove(kvs__store_t *s, kvs__entry_t *e);
+/* Shows entry @e to same-host readers through the store's index, if any:
+ * called once its bytes are in place and nbytes is set (an insert alone
+ * must not: a copy-mode entry is catalogued before its bytes are copied,
+ * which local readers cannot see under the lock, but mapped readers would). */
+void kvs__store_index(kvs__store_t *s, const kvs__entry_t *e);
+/* Gives the store index @ix (exclusive lock held): every entry present is
+ * added to it. */
+void kvs__store_set_index(kvs__store_t *s, struct kvs__index *ix);
 bool kvs__entry_leased(const kvs__entry_t *e, uint64_t now_ms);
 /* Slots for blocks still landing (a pull PUT writes into them first):
  * kvs__store_reserve takes up to @n free slots of class @cls, evicting as

@@ -105,6 +105,13 @@ Test(config, defaults_and_sizes)
     cr_assert_eq(kvs__config_resolve(&p, &c, NULL, 0), KVS_OK);
     cr_assert(!c.copy_stream);
     unsetenv("KVSHARE_COPY_STREAM");
+    cr_assert(c.shm_index);
+    setenv("KVSHARE_SHM_INDEX", "off", 1);
+    cr_assert_eq(kvs__config_resolve(&p, &c, NULL, 0), KVS_OK);
+    cr_assert(!c.shm_index);
+    setenv("KVSHARE_SHM_INDEX", "yes", 1);
+    cr_assert_eq(kvs__config_resolve(&p, &c, NULL, 0), KVS_ERR_CONFIG);
+    unsetenv("KVSHARE_SHM_INDEX");
     p.field_mask = KVS_CTX_FIELD_NO_ENV;
     cr_assert_eq(c.log_level, KVS_LOG_OFF);
     /* One size grammar (util/size.c, tested in test_util.c): "GB" is a power of 1024 here as

@@ -49,6 +49,10 @@
  *              up and fetching after each: neither fails BUSY, every byte right; then a
  *              client (KVSHARE_SHM=off: the node GETs) offloads one block from a new pool
  *              each time, as many times: every put pulled by the node, none BUSY
+ *   index      lookups answered by the holder's mapped block index: nothing sent to the
+ *              holder, every byte right (pool, arena), a miss; reads counted by READ; a
+ *              block rewritten after the lookup or mid-copy is KVS_ERR_STALE; new memory at
+ *              the holder makes the next lookup ask it
  *   defer      the copy of a fetch from the mapping waits for a thread that waits: a lookup
  *              whose reply is held up (the holder stopped for 200 ms) copies the last
  *              fetch meanwhile (kvs_request_test then says OK, every byte right; on 2
@@ -363,6 +367,12 @@ static void holder(int in, int out)
             if (kvs_publish(fresh, fk, ids, NBLOCKS, KVS_PUBLISH_ZERO_COPY, NULL) != KVS_OK)
                 FAIL("holder: publish into the fresh pool");
             dprintf(out, "done\n");
+            continue;
+        }
+        if (sscanf(line, "reads %u", &i) == 1 && i < NBLOCKS) {
+            uint32_t reads = 0;
+            kvs_pool_reads(pool, &i, 1, &reads);
+            dprintf(out, "reads %u\n", reads);
             continue;
         }
         if (strcmp(line, "ctl\n") == 0) {
@@ -730,6 +740,146 @@ static void midread_case(const char *name, int kind, const char *what)
 static void s_midread(void)
 {
     midread_case("midread", HOLD_HOST, "host memory");
+}
+
+static uint64_t ctl_sent(const reader_t *r);
+static uint64_t holder_ctl(child_t *h);
+
+static void index_stats(const reader_t *r, uint64_t *answered, uint64_t *asked)
+{
+    kvs_stats_t st = {.field_mask = KVS_STATS_FIELD_INDEX};
+    kvs_stats_query(r->ctx, &st);
+    *answered = st.index_lookups;
+    *asked = st.index_asked;
+}
+
+static uint32_t holder_reads(child_t *h, uint32_t block)
+{
+    char line[64];
+    unsigned v = 0;
+    dprintf(h->to, "reads %u\n", block);
+    if (fgets(line, sizeof(line), h->from) == NULL || sscanf(line, "reads %u", &v) != 1)
+        FAIL("index: the holder did not answer 'reads'");
+    return v;
+}
+
+/* The holder's count of messages it sent on control channels. */
+static uint64_t holder_ctl(child_t *h)
+{
+    char line[64];
+    unsigned long long n = 0;
+    dprintf(h->to, "ctl\n");
+    if (fgets(line, sizeof(line), h->from) == NULL || sscanf(line, "ctl %llu", &n) != 1)
+        FAIL("the holder did not say its control-channel count");
+    return n;
+}
+
+/* Lookups answered by the holder's mapped index: no message to the holder
+ * (its control channel sends nothing), every byte right from the pool and
+ * the arena, a miss answered too; what was read counted at the holder by
+ * the READ that ends it; a block rewritten after the lookup (no lease held
+ * it) and one rewritten mid-copy are KVS_ERR_STALE, never other bytes; and
+ * a holder that replaces its memory is asked again (its regions changed). */
+static void s_index(void)
+{
+    child_t h = start_holder();
+    reader_t r = reader_new();
+    uint64_t ans0, ask0, ans, asked;
+    /* The first lookup asks the holder (it learns the regions the index's
+     * addresses lie in). */
+    if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK)
+        FAIL("index: first fetch");
+    check(&r, 0, NBLOCKS, 1);
+    index_stats(&r, &ans0, &ask0);
+    uint64_t ctl0 = holder_ctl(&h), rctl0 = ctl_sent(&r);
+    uint32_t reads0 = holder_reads(&h, 0);
+    for (int k = 0; k < 3; k++) {
+        if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK)
+            FAIL("index: fetch %d", k);
+        check(&r, 0, NBLOCKS, 1);
+        if (fetch(&r, h.addr, NBLOCKS, NBLOCKS) != KVS_OK)
+            FAIL("index: arena fetch %d", k);
+        check(&r, NBLOCKS, NBLOCKS, 1);
+    }
+    index_stats(&r, &ans, &asked);
+    if (ans - ans0 != 6 || asked != ask0)
+        FAIL("index: %llu of 6 lookups answered by the index, %llu asked the holder",
+             (unsigned long long)(ans - ans0), (unsigned long long)(asked - ask0));
+    if (holder_ctl(&h) != ctl0)
+        FAIL("index: the holder answered lookups the index should have");
+    if (ctl_sent(&r) != rctl0 + 6) /* one READ a fetch, on the control channel */
+        FAIL("index: %llu messages on the control channel for 6 fetches (want 6 READs)",
+             (unsigned long long)(ctl_sent(&r) - rctl0));
+    uint32_t reads = reads0;
+    for (int t = 0; t < 500 && reads < reads0 + 3; t++) {
+        sleep_ms(2); /* READ is one-way */
+        reads = holder_reads(&h, 0);
+    }
+    if (reads != reads0 + 3)
+        FAIL("index: block 0 counted %u reads after 3 fetches (had %u)", reads, reads0);
+    /* A miss: keys the holder never had. */
+    kvs_key_t none[2] = {key_of(9000), key_of(9001)};
+    kvs_lookup_params_t lp = {.field_mask = KVS_LOOKUP_FIELD_SOURCES | KVS_LOOKUP_FIELD_PEER,
+                              .sources = KVS_SOURCE_PEER,
+                              .peer = h.addr};
+    kvs_lease_h l = NULL;
+    if (kvs_lookup(r.ctx, kvs_pool_layout_id(r.pool), none, 2, &lp, &l) != KVS_OK ||
+        kvs_lease_hits(l) != 0)
+        FAIL("index: a miss");
+    kvs_lease_release(l);
+    index_stats(&r, &ans, &asked);
+    if (ans - ans0 != 7)
+        FAIL("index: the miss asked the holder");
+    /* Rewritten after the lookup, before the fetch: nothing held it. */
+    l = NULL;
+    if (lookup_keys(&r, h.addr, 0, 4, &l) != KVS_OK)
+        FAIL("index: lookup before the rewrite");
+    ask(&h, "rewrite 0", "index");
+    uint32_t ids[4] = {0, 1, 2, 3};
+    kvs_request_h q = NULL;
+    if (kvs_fetch(l, r.pool, ids, 4, NULL, &q) != KVS_OK)
+        FAIL("index: kvs_fetch");
+    kvs_status_t st = kvs_request_wait(q, -1);
+    kvs_request_free(q);
+    kvs_lease_release(l);
+    if (st != KVS_ERR_STALE)
+        FAIL("index: a block rewritten after its lookup gave %s, expected KVS_ERR_STALE",
+             kvs_status_string(st));
+    /* Rewritten between the copy and the check. */
+    mid_holder = &h;
+    mid_calls = 0;
+    kvs__shm_test_mid_copy = mid_copy;
+    st = fetch(&r, h.addr, 0, 4);
+    kvs__shm_test_mid_copy = NULL;
+    if (mid_calls != 1 || st != KVS_ERR_STALE)
+        FAIL("index: a block rewritten mid-copy gave %s (%d copies), expected KVS_ERR_STALE",
+             kvs_status_string(st), mid_calls);
+    if (fetch(&r, h.addr, 0, 4) != KVS_OK)
+        FAIL("index: fetch after the rewrites");
+    check(&r, 0, 1, 2);
+    index_stats(&r, &ans, &asked);
+    if (asked != ask0)
+        FAIL("index: the rewrites made lookups ask the holder (republished in known memory)");
+    /* New memory: the regions changed, so the holder is asked once. */
+    ask(&h, "replace", "index");
+    if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK)
+        FAIL("index: fetch after replace");
+    check(&r, 0, NBLOCKS, 3);
+    if (fetch(&r, h.addr, 0, NBLOCKS) != KVS_OK)
+        FAIL("index: second fetch after replace");
+    check(&r, 0, NBLOCKS, 3);
+    uint64_t ans1 = ans;
+    index_stats(&r, &ans, &asked);
+    if (asked - ask0 != 1 || ans - ans1 != 1)
+        FAIL("index: after new memory, %llu lookups asked the holder (want 1) and the index "
+             "answered %llu (want 1)",
+             (unsigned long long)(asked - ask0), (unsigned long long)(ans - ans1));
+    printf("ok: index: %llu lookups answered by the mapped index with no message to the holder "
+           "(pool and arena, a miss), reads counted by READ, rewrites after the lookup and "
+           "mid-copy KVS_ERR_STALE, new memory asked the holder once\n",
+           (unsigned long long)(ans - ans0));
+    reader_free(&r);
+    stop_holder(&h);
 }
 
 static uint64_t ucx_bytes(const reader_t *r)
@@ -1239,7 +1389,9 @@ static void s_ctl(void)
     child_t h = start_holder();
     char path[600];
     holder_socket(path, sizeof(path));
+    setenv("KVSHARE_SHM_INDEX", "off", 1); /* every lookup asks the holder (see s_index) */
     reader_t r = reader_new();
+    unsetenv("KVSHARE_SHM_INDEX");
     kvs_status_t st = fetch(&r, h.addr, 0, NBLOCKS);
     if (st != KVS_OK)
         FAIL("ctl: fetch: %s", kvs_status_string(st));
@@ -1308,17 +1460,6 @@ static void s_ctl(void)
         reader_free(&a);
     }
     still_serves(&h, "ctl");
-}
-
-/* The holder's count of messages it sent on control channels. */
-static uint64_t holder_ctl(child_t *h)
-{
-    char line[64];
-    unsigned long long n = 0;
-    dprintf(h->to, "ctl\n");
-    if (fgets(line, sizeof(line), h->from) == NULL || sscanf(line, "ctl %llu", &n) != 1)
-        FAIL("the holder did not say its control-channel count");
-    return n;
 }
 
 /* The paused lookup: kvs__peer_test_reply stops the one-key lookup (and
@@ -1956,7 +2097,11 @@ static uint64_t helper_bytes(const reader_t *r);
 static void s_defer(void)
 {
     child_t h = start_holder();
+    /* Lookups that wait for the holder's answer: the index would answer
+     * them at once (s_index). */
+    setenv("KVSHARE_SHM_INDEX", "off", 1);
     reader_t r = reader_new();
+    unsetenv("KVSHARE_SHM_INDEX");
     const uint32_t half = NBLOCKS / 2;
     kvs_lease_h l1 = lookup_all(&r, h.addr, 0, half);
     uint64_t before = shm_bytes(&r), helped = helper_bytes(&r);
@@ -2419,7 +2564,8 @@ int main(int argc, char **argv)
                {"cudanofd", s_cudanofd},   {"cudadst", s_cudadst}, {"cudaxview", s_cudaxview},
                {"offers", s_offers},       {"cudaput", s_cudaput}, {"forget", s_forget},
                {"churn", s_churn},         {"defer", s_defer},     {"withdraw", s_withdraw},
-               {"helpers", s_helpers},     {"ctl", s_ctl},         {"order", s_order}};
+               {"helpers", s_helpers},     {"ctl", s_ctl},         {"order", s_order},
+               {"index", s_index}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         bool run = argc < 2;
         for (int a = 1; a < argc; a++)
