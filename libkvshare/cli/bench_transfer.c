@@ -59,6 +59,16 @@ static uint64_t ctl_messages(kvs_ctx_h ctx)
     return ks.ctl_messages;
 }
 
+/* Lookups the holder's mapped block index answered, and those that asked
+ * the holder though it has one (KVSHARE_SHM_INDEX). */
+static void index_counts(kvs_ctx_h ctx, uint64_t *answered, uint64_t *asked)
+{
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_INDEX};
+    kvs_stats_query(ctx, &ks);
+    *answered = ks.index_lookups;
+    *asked = ks.index_asked;
+}
+
 /* The path that moved @all bytes, @shm of them from mapped memory. */
 static const char *path_of(uint64_t shm, uint64_t all)
 {
@@ -97,7 +107,11 @@ static void usage(FILE *f)
         "a batch of the memcpy anchor's time, its release (release_bare_us); and\n"
         "ratio_memcpy_bound, that batch of memcpy over itself plus both: the most any fetch\n"
         "with one round trip and one release a batch and a copy at memcpy's speed gets\n"
-        "against memcpy on this host (a copy with streaming stores can pass it).\n"
+        "against memcpy on this host (a copy with streaming stores can pass it). Lookups on\n"
+        "the same host read the holder's mapped block index and send it nothing (lookup:\n"
+        "index, index_lookups; KVSHARE_SHM_INDEX=off asks the holder each batch, and then\n"
+        "that bound applies); the first lookup of a connection, and any after the holder's\n"
+        "memory changed, ask the holder (index_asked).\n"
         "--path memfd needs the same-host path (this process maps the server's memfds and\n"
         "copies them itself), ucx turns it off (KVSHARE_SHM=off); auto takes what works.\n"
         "Defaults: --tls posix,cma,self --block-bytes 262144 --blocks 4096 --batch 64\n"
@@ -1137,6 +1151,13 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         uint64_t cm = ctl_messages(ctx);
         cJSON_AddStringToObject(j, "control", cm > 0 ? "unix" : "transport");
         cJSON_AddNumberToObject(j, "ctl_messages", (double)cm);
+        /* Where lookups were answered: the holder's mapped index ("index":
+         * no message, no lease) or the holder itself. */
+        uint64_t ixa, ixq;
+        index_counts(ctx, &ixa, &ixq);
+        cJSON_AddStringToObject(j, "lookup", ixa > 0 ? "index" : "holder");
+        cJSON_AddNumberToObject(j, "index_lookups", (double)ixa);
+        cJSON_AddNumberToObject(j, "index_asked", (double)ixq);
         if (rtt_ok) {
             kvs_cli_json_num(j, "rtt_bare_p50_us", rtt_p50, 1);
             kvs_cli_json_num(j, "release_bare_us", rtt_rel, 1);
@@ -1174,6 +1195,10 @@ int kvs_cli_bench_transfer(int argc, char **argv)
         uint64_t cm = ctl_messages(ctx);
         printf("  lookups, releases    %s (%llu messages on the holder's Unix socket)\n",
                cm > 0 ? "unix" : "transport", (unsigned long long)cm);
+        uint64_t ixa, ixq;
+        index_counts(ctx, &ixa, &ixq);
+        printf("  lookups answered by  %s (%llu from the holder's mapped index, %llu asked it)\n",
+               ixa > 0 ? "index" : "holder", (unsigned long long)ixa, (unsigned long long)ixq);
         if (rtt_ok)
             printf("  bare Unix socket     round trip %.0f us (median), release %.0f us: with "
                    "one of each a batch,\n"

@@ -703,6 +703,16 @@ typedef struct kvs_lookup_params {
  * @layout_id, trying sources from cheapest to dearest, and leases it.
  * Always returns a lease handle on KVS_OK, even for 0 hits; the caller owns
  * it and ends it with kvs_lease_release(). A layout mismatch is a miss.
+ * A holder on this host whose memory is mapped here (docs/transport.md)
+ * also maps its block index to us (KVSHARE_SHM_INDEX=auto): the lookup
+ * then reads that index and sends the holder nothing, and takes no lease.
+ * A block the holder evicts or withdraws before the fetch has copied it
+ * fails the fetch with KVS_ERR_STALE (each block's generation is checked
+ * before and after the copy), never hands over other bytes; look it up
+ * again. kvs_lease_release() then tells the holder what was read (its
+ * kvs_pool_reads() counts it, with the readers announced). The first
+ * lookup of a connection, and the first after the holder registered or
+ * let go of memory, ask the holder as before.
  * Errors: KVS_ERR_INVALID_PARAM (also readers over KVS_LOOKUP_MAX_READERS),
  * NO_MEMORY, TIMED_OUT, PEER_FAILED.
  */

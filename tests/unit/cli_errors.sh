@@ -314,6 +314,39 @@ PY
   fi
 }
 
+# bench transfer names where lookups were answered: the holder's mapped index on the same
+# host (no message to the holder), the holder itself with KVSHARE_SHM_INDEX=off or over TCP.
+lookup_path() {
+  local on off tcp
+  on=$("$k" bench transfer --blocks 64 --batch 16 --repeats 2 --block-bytes 65536 --path memfd \
+    --no-perftest --json 2>/dev/null)
+  off=$(KVSHARE_SHM_INDEX=off "$k" bench transfer --blocks 64 --batch 16 --repeats 2 \
+    --block-bytes 65536 --path memfd --no-perftest --json 2>/dev/null)
+  tcp=$("$k" bench transfer --tls tcp --path ucx --blocks 8 --batch 4 --repeats 1 \
+    --block-bytes 4096 --no-perftest --json 2>/dev/null)
+  if [ -z "$on" ] || [ -z "$off" ]; then
+    echo "skip: bench transfer --path memfd did not run here"
+    return
+  fi
+  if /usr/bin/python3 - "$on" "$off" "$tcp" <<'PY'
+import json, sys
+on, off = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+# 64 blocks in batches of 16, 2 timed passes and a warm-up: 12 lookups, the first asks
+ok = on["lookup"] == "index" and on["index_lookups"] >= 8 and on["index_asked"] >= 1
+ok = ok and off["lookup"] == "holder" and off["index_lookups"] == 0 and off["index_asked"] == 0
+if sys.argv[3]:
+    t = json.loads(sys.argv[3])
+    ok = ok and t["lookup"] == "holder" and t["index_lookups"] == 0
+sys.exit(0 if ok else 1)
+PY
+  then
+    echo "ok: bench transfer lookup: index on the same host, holder with KVSHARE_SHM_INDEX=off and over tcp"
+  else
+    echo "FAIL: bench transfer lookup path: $on / off: $off / tcp: $tcp"; fail=1
+  fi
+}
+lookup_path
+
 # bench transfer reports the share of mapped bytes the copy helpers copied: a number in
 # [0, 1], and 0 with KVSHARE_COPY_THREADS=0 (transport_shm helpers checks that they copy).
 helper_share() {
