@@ -36,6 +36,8 @@
 /* reader: the longest probe run it follows (at load <= 1/2 runs are short;
  * a longer one is a hostile or broken index, and the holder is asked) */
 #define MAX_PROBES 4096u
+/* reader: keys ahead whose first entries are fetched into the cache */
+#define PREFETCH 8u
 
 struct kvs__index {
     uint8_t *mem;
@@ -301,8 +303,21 @@ static kvs__index_res_t read_once(const uint8_t *map, uint32_t nslots, uint64_t 
     size_t mask = nslots - 1;
     uint32_t have_geo = 0;
     size_t h = 0;
+    /* The holder wrote these lines: each first probe is a miss to another
+     * core's cache or to memory. Fetch a few keys ahead, as the store's
+     * own lookup does, so that a chain's misses overlap. */
+    for (size_t k = 0; k < n && k < PREFETCH; k++) {
+        const uint8_t *e = cent(map, key_hash(layout_id, keys[k].bytes) & mask);
+        __builtin_prefetch(e);
+        __builtin_prefetch(e + KVS_INDEX_ENT_BYTES - 1);
+    }
     for (; h < n; h++) {
         const uint8_t *key = keys[h].bytes;
+        if (h + PREFETCH < n) {
+            const uint8_t *e = cent(map, key_hash(layout_id, keys[h + PREFETCH].bytes) & mask);
+            __builtin_prefetch(e);
+            __builtin_prefetch(e + KVS_INDEX_ENT_BYTES - 1);
+        }
         size_t i = key_hash(layout_id, key) & mask;
         const uint8_t *e = NULL;
         uint32_t probes = 0;

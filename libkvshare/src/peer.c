@@ -170,6 +170,10 @@ struct conn {
      * version the index showed before a LOOKUP whose reply we applied. */
     const uint8_t *ix_map;
     size_t ix_len;
+    /* Client: pool records as the last lookup copied them (98 KiB: kept,
+     * not allocated per lookup), taken by one lookup at a time. */
+    kvs__index_geo_t *ix_geo;
+    bool ix_geo_busy;
     bool ix_known;
     uint64_t ix_regions;
     srv_lease_t *leases;
@@ -582,6 +586,7 @@ static void conn_free(conn_t *c)
         kvs__free(c->rr[i].rkey_buf);
     }
     kvs__free(c->rr);
+    kvs__free(c->ix_geo);
     kvs__shm_peer_free(c->shm);
     if (c->put_direct)
         close(c->put_pidfd);
@@ -3649,40 +3654,68 @@ static uint32_t rregion_at(const conn_t *c, uint64_t addr, uint64_t len, size_t 
     return 0;
 }
 
-/* Encodes index hit @h (with its pool's record @g) as a LOOKUP_REPLY's
- * block descriptor, each address named by the holder's region that holds
- * it (lock held). False when one is in no region we know (a region the
- * holder added since its last table reached us), a piece is too long for
- * the wire, or the numbers overflow: the holder is asked then. */
-static bool index_block(const conn_t *c, const kvs__index_hit_t *h, const kvs__index_geo_t *g,
-                        kvs__buf_t *b, size_t *hint)
+/* The regions of the holder one lookup's hits lie in, for the check that
+ * they map here (few: a pool's segments and generations, an arena's). */
+#define IX_REGIONS 8u
+typedef struct ix_regions {
+    uint32_t id[IX_REGIONS];
+    uint32_t n;
+    bool over; /* more than IX_REGIONS */
+} ix_regions_t;
+
+static void ix_region_add(ix_regions_t *r, uint32_t id)
 {
-    kvs__piece_t pieces[KVS_INDEX_SEGS];
-    uint16_t np = 0;
+    for (uint32_t i = 0; i < r->n; i++)
+        if (r->id[i] == id)
+            return;
+    if (r->n < IX_REGIONS)
+        r->id[r->n++] = id;
+    else
+        r->over = true;
+}
+
+/* The pieces of index hit @h (with its pool's record @g): their count, or
+ * 0 when a piece is too long for the wire or the numbers overflow. */
+static uint16_t index_pieces(const kvs__index_hit_t *h, const kvs__index_geo_t *g,
+                             kvs__piece_t *pieces)
+{
     if (h->pool == KVS_INDEX_ARENA) {
-        pieces[0] = (kvs__piece_t){.addr = h->addr, .len = (uint32_t)h->len};
         if (h->len == 0 || h->len > UINT32_MAX)
-            return false;
-        np = 1;
-    } else {
-        for (uint32_t k = 0; k < g->nsegs; k++) {
-            uint64_t off, at;
-            if (__builtin_mul_overflow((uint64_t)h->block, g->seg[k].stride, &off) ||
-                __builtin_add_overflow(g->seg[k].base, off, &at) || g->seg[k].bytes == 0 ||
-                g->seg[k].bytes > UINT32_MAX)
-                return false;
-            pieces[np++] = (kvs__piece_t){.addr = at, .len = (uint32_t)g->seg[k].bytes};
-        }
+            return 0;
+        pieces[0] = (kvs__piece_t){.addr = h->addr, .len = (uint32_t)h->len};
+        return 1;
     }
-    for (uint16_t k = 0; k < np; k++)
-        if ((pieces[k].region = rregion_at(c, pieces[k].addr, pieces[k].len, hint)) == 0)
-            return false;
+    for (uint32_t k = 0; k < g->nsegs; k++) {
+        uint64_t off, at;
+        if (__builtin_mul_overflow((uint64_t)h->block, g->seg[k].stride, &off) ||
+            __builtin_add_overflow(g->seg[k].base, off, &at) || g->seg[k].bytes == 0 ||
+            g->seg[k].bytes > UINT32_MAX)
+            return 0;
+        pieces[k] = (kvs__piece_t){.addr = at, .len = (uint32_t)g->seg[k].bytes};
+    }
+    return (uint16_t)g->nsegs;
+}
+
+/* Encodes index hit @h at @p as a LOOKUP_REPLY's block descriptor, each
+ * address named by the holder's region that holds it (lock held); returns
+ * the byte after it. NULL when one lies in no region we know (a region the
+ * holder added since its last table reached us): the holder is asked then. */
+static uint8_t *index_block(const conn_t *c, const kvs__index_hit_t *h, const kvs__piece_t *pieces,
+                            uint16_t np, uint8_t *p, size_t *hint, ix_regions_t *regs)
+{
+    kvs__piece_t named[KVS_INDEX_SEGS];
+    for (uint16_t k = 0; k < np; k++) {
+        named[k] = pieces[k];
+        if ((named[k].region = rregion_at(c, pieces[k].addr, pieces[k].len, hint)) == 0)
+            return NULL;
+        ix_region_add(regs, named[k].region);
+    }
     uint32_t gr = rregion_at(c, h->gen_addr, 8, hint);
     if (gr == 0)
-        return false;
+        return NULL;
+    ix_region_add(regs, gr);
     kvs__block_desc_t d = {.gen_region = gr, .gen_addr = h->gen_addr, .gen = h->gen, .npieces = np};
-    kvs__proto_put_block(b, &d, pieces);
-    return true;
+    return kvs__proto_write_block(p, &d, named);
 }
 
 /* Same host: the chain's longest prefix from the holder's mapped index,
@@ -3701,7 +3734,11 @@ static kvs_status_t index_lookup(kvs__peer_t *pp, conn_t *c, uint64_t layout_id,
         return KVS_ERR_UNSUPPORTED;
     kvs__shm_peer_t *sp = c->shm;
     kvs__index_hit_t *hits = kvs__malloc(n * sizeof(*hits));
-    kvs__index_geo_t *geo = kvs__malloc(KVS_INDEX_POOLS * sizeof(*geo));
+    if (c->ix_geo == NULL)
+        c->ix_geo = kvs__malloc(KVS_INDEX_POOLS * sizeof(*c->ix_geo));
+    bool own_geo = c->ix_geo_busy || c->ix_geo == NULL; /* another lookup has it */
+    kvs__index_geo_t *geo = own_geo ? kvs__malloc(KVS_INDEX_POOLS * sizeof(*geo)) : c->ix_geo;
+    c->ix_geo_busy = c->ix_geo_busy || !own_geo;
     rlease_t *rl = kvs__calloc(1, sizeof(*rl));
     kvs_status_t st = KVS_ERR_UNSUPPORTED;
     size_t got = 0;
@@ -3737,43 +3774,39 @@ static kvs_status_t index_lookup(kvs__peer_t *pp, conn_t *c, uint64_t layout_id,
     }
     if (res != KVS_INDEX_READ || (got < n && !complete))
         goto out;
-    kvs__buf_t b;
-    kvs__buf_init(&b);
-    size_t hint = 0;
+    /* One allocation for every descriptor: their lengths first. */
+    size_t blen = 0;
     for (size_t i = 0; i < got; i++)
-        if (!index_block(c, &hits[i], hits[i].pool < KVS_INDEX_POOLS ? &geo[hits[i].pool] : NULL,
-                         &b, &hint)) {
-            kvs__buf_free(&b);
-            goto out;
-        }
-    if (b.failed) {
-        kvs__buf_free(&b);
-        goto out;
-    }
-    rl->via_index = true;
-    rl->hits = (uint32_t)got;
-    rl->blocks_len = b.len;
-    rl->blocks = b.len > 0 ? b.data : kvs__malloc(1);
-    if (b.len == 0)
-        kvs__buf_free(&b);
+        blen += kvs__proto_block_len(
+            hits[i].pool == KVS_INDEX_ARENA ? 1 : (uint16_t)geo[hits[i].pool].nsegs);
+    rl->blocks = kvs__malloc(blen ? blen : 1);
     rl->block_at = kvs__calloc(got ? got : 1, sizeof(*rl->block_at));
     rl->ix_idx = kvs__malloc((got ? got : 1) * sizeof(*rl->ix_idx));
     rl->ix_serial = kvs__malloc((got ? got : 1) * sizeof(*rl->ix_serial));
     if (rl->blocks == NULL || rl->block_at == NULL || rl->ix_idx == NULL || rl->ix_serial == NULL)
         goto out;
-    const uint8_t *cur = rl->blocks;
+    size_t hint = 0;
+    ix_regions_t regs = {.n = 0};
+    uint8_t *p = rl->blocks;
     for (size_t i = 0; i < got; i++) {
-        rl->block_at[i] = cur;
-        kvs__block_desc_t d;
-        kvs__proto_block(&cur, &d);
+        kvs__piece_t pieces[KVS_INDEX_SEGS];
+        uint16_t np = index_pieces(
+            &hits[i], hits[i].pool == KVS_INDEX_ARENA ? NULL : &geo[hits[i].pool], pieces);
+        rl->block_at[i] = p;
+        if (np == 0 || (p = index_block(c, &hits[i], pieces, np, p, &hint, &regs)) == NULL)
+            goto out;
         rl->ix_idx[i] = hits[i].idx;
         rl->ix_serial[i] = hits[i].serial;
     }
+    rl->via_index = true;
+    rl->hits = (uint32_t)got;
+    rl->blocks_len = blen;
     /* Only memory we map is read without a lease: other memory (not in a
      * memfd: a plain malloc'ed pool) goes through the holder. Mapped once,
      * an answer kept per region: later lookups cost no I/O here. */
     unlock(pp);
-    bool maps = kvs__shm_peer_maps(sp, (const uint8_t *const *)rl->block_at, got);
+    bool maps = regs.over ? kvs__shm_peer_maps(sp, (const uint8_t *const *)rl->block_at, got)
+                          : kvs__shm_peer_maps_ids(sp, regs.id, regs.n);
     lock(pp);
     if (!maps || c->state != S_READY)
         goto out;
@@ -3789,7 +3822,10 @@ out:
         pp->index_asked++;
     rlease_free(rl);
     kvs__free(hits);
-    kvs__free(geo);
+    if (own_geo)
+        kvs__free(geo);
+    else
+        c->ix_geo_busy = false;
     return st;
 }
 

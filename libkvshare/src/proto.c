@@ -550,6 +550,27 @@ void kvs__proto_put_region(kvs__buf_t *b, const kvs__region_desc_t *r)
     kvs__buf_put(b, r->rkey, r->rkey_len);
 }
 
+static uint8_t *w_le(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+    return p + n;
+}
+
+uint8_t *kvs__proto_write_block(uint8_t *p, const kvs__block_desc_t *d, const kvs__piece_t *pieces)
+{
+    p = w_le(p, d->gen_region, 4);
+    p = w_le(p, d->gen_addr, 8);
+    p = w_le(p, d->gen, 8);
+    p = w_le(p, d->npieces, 2);
+    for (uint16_t i = 0; i < d->npieces; i++) {
+        p = w_le(p, pieces[i].region, 4);
+        p = w_le(p, pieces[i].len, 4);
+        p = w_le(p, pieces[i].addr, 8);
+    }
+    return p;
+}
+
 void kvs__proto_put_block(kvs__buf_t *b, const kvs__block_desc_t *d, const kvs__piece_t *pieces)
 {
     kvs__buf_u32(b, d->gen_region);

@@ -286,6 +286,14 @@ void kvs__proto_begin(kvs__buf_t *b, kvs__msg_type_t type, uint32_t flags, uint6
                       const uint8_t *session);
 kvs_status_t kvs__proto_finish(kvs__buf_t *b);
 void kvs__proto_put_region(kvs__buf_t *b, const kvs__region_desc_t *r);
+/* The encoded length of a block descriptor of @npieces pieces, and the
+ * same encoding as kvs__proto_put_block written at @p (that many bytes):
+ * returns the byte after it. */
+static inline size_t kvs__proto_block_len(uint16_t npieces)
+{
+    return 22u + 16u * (size_t)npieces;
+}
+uint8_t *kvs__proto_write_block(uint8_t *p, const kvs__block_desc_t *d, const kvs__piece_t *pieces);
 void kvs__proto_put_block(kvs__buf_t *b, const kvs__block_desc_t *d, const kvs__piece_t *pieces);
 /* Patches the u32 at byte @off (e.g. a count written before it was known). */
 void kvs__buf_patch_u32(kvs__buf_t *b, size_t off, uint32_t v);

@@ -1744,6 +1744,27 @@ bool kvs__shm_peer_maps(kvs__shm_peer_t *sp, const uint8_t *const *block_at, siz
     return ok;
 }
 
+bool kvs__shm_peer_maps_ids(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n)
+{
+    if (sp == NULL || n > SHM_MAX_IDS)
+        return false;
+    pthread_mutex_lock(&sp->lock);
+    uint32_t want[SHM_MAX_IDS], nw = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (map_find(sp, ids[i]) == NULL)
+            want[nw++] = ids[i];
+    if (nw > 0 && !sp->broken && !sp->cu_failed && sp->nmaps + nw <= SHM_MAX_MAPS &&
+        !attach(sp, want, nw))
+        sp->broken = true;
+    bool ok = !sp->broken && !sp->cu_failed;
+    for (uint32_t i = 0; ok && i < n; i++) {
+        const map_t *m = map_find(sp, ids[i]);
+        ok = m != NULL && m->ok;
+    }
+    pthread_mutex_unlock(&sp->lock);
+    return ok;
+}
+
 const uint8_t *kvs__shm_peer_index(kvs__shm_peer_t *sp, size_t *len_p)
 {
     if (sp == NULL)

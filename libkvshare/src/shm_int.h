@@ -219,6 +219,10 @@ const uint8_t *kvs__shm_peer_index(kvs__shm_peer_t *sp, size_t *len_p);
  * the caller's held). Blocks found in the holder's index are fetched only
  * so (peer.c, index_lookup). */
 bool kvs__shm_peer_maps(kvs__shm_peer_t *sp, const uint8_t *const *block_at, size_t count);
+/* The same for the holder's regions @ids (n of them, at most
+ * KVS_SHM_MAX_IDS), each mapped whole: what a lookup's blocks lie in, once
+ * the caller checked them against those regions' bounds. */
+bool kvs__shm_peer_maps_ids(kvs__shm_peer_t *sp, const uint32_t *ids, uint32_t n);
 /* Whether fetches from this holder may still take the mapped path (the
  * handover did not fail, no CUDA copy failed): callers that defer a copy
  * start the transport at once when not. */
