@@ -50,6 +50,13 @@
 #include <unistd.h>
 
 #define IDLE_WAKE_MS 20
+/* A release of blocks found in a holder's index (no lease) is told to the
+ * holder in a READ at most this late, with the other releases to it by
+ * then (at most READ_BATCH blocks a message): each message wakes the
+ * holder, which cost a same-host fetch of 64 blocks of 16 KiB 10-95 us a
+ * batch when sent with every release (docs/transport.md). */
+#define READ_DEFER_NS 2000000u
+#define READ_BATCH    4096u
 /* A progress step longer than this is logged (stall_check). */
 #define STALL_WARN_NS 1000000000ull
 /* Coalesced GETs stop growing here: past it UCX's CMA path slows down
@@ -174,6 +181,13 @@ struct conn {
      * not allocated per lookup), taken by one lookup at a time. */
     kvs__index_geo_t *ix_geo;
     bool ix_geo_busy;
+    /* Client: blocks read through the index whose READ has not gone yet
+     * (read_flush): one message for many releases, so that a reader does
+     * not wake the holder once a batch. All with the same readers count. */
+    uint32_t *rd_idx;
+    uint64_t *rd_serial;
+    uint32_t rd_n, rd_cap, rd_readers;
+    uint64_t rd_since_ns; /* when the oldest of them was released */
     bool ix_known;
     uint64_t ix_regions;
     srv_lease_t *leases;
@@ -587,6 +601,8 @@ static void conn_free(conn_t *c)
     }
     kvs__free(c->rr);
     kvs__free(c->ix_geo);
+    kvs__free(c->rd_idx);
+    kvs__free(c->rd_serial);
     kvs__shm_peer_free(c->shm);
     if (c->put_direct)
         close(c->put_pidfd);
@@ -2901,6 +2917,8 @@ static int boot_poll(kvs__peer_t *pp, int timeout_ms)
 /* ---------------------------------------------------------------------- */
 static int advance_requests(kvs__peer_t *pp);
 
+static bool reads_due(kvs__peer_t *pp, uint64_t t);
+
 static void check_deadlines(kvs__peer_t *pp)
 {
     uint64_t t = now_ns();
@@ -2961,6 +2979,7 @@ static int progress_locked(kvs__peer_t *pp)
         if (!pp->thread_mode)
             n += boot_poll(pp, 0);
         n += sweep_leases(pp);
+        reads_due(pp, t);
         check_deadlines(pp);
     }
     if (n > 0)
@@ -3026,7 +3045,10 @@ static void *progress_thread(void *arg)
             continue;
         }
         busy = 0;
-        boot_poll(pp, IDLE_WAKE_MS);
+        /* READs waiting to go: back within their deferral, not the idle
+         * wake's 20 ms (a wake-up of our own thread, not the holder's). */
+        bool reads = reads_due(pp, now_ns());
+        boot_poll(pp, reads ? (int)(READ_DEFER_NS / 1000000u) : IDLE_WAKE_MS);
     }
     unlock(pp);
     return NULL;
@@ -3946,6 +3968,70 @@ out:
     return st;
 }
 
+/* Sends what c's releases of index-found blocks left to tell (lock held). */
+static void read_flush(conn_t *c)
+{
+    if (c->rd_n == 0)
+        return;
+    if (c->state == S_READY) {
+        kvs__buf_t b;
+        kvs__buf_init(&b);
+        if (kvs__enc_read(&b, ++c->next_req_id, c->session, c->rd_readers, c->rd_idx, c->rd_serial,
+                          c->rd_n) == KVS_OK)
+            send_buf(c, &b); /* one-way: the holder answers nothing */
+        else
+            kvs__buf_free(&b);
+    }
+    c->rd_n = 0;
+}
+
+/* READs older than READ_DEFER_NS go out (lock held): from the housekeeping
+ * of whichever thread drives progress, at most a millisecond apart while
+ * one waits, and from the progress thread, which sleeps less while any
+ * wait (progress_thread). True when some are still waiting. */
+static bool reads_due(kvs__peer_t *pp, uint64_t t)
+{
+    bool left = false;
+    for (conn_t *c = pp->conns; c != NULL; c = c->next) {
+        if (c->rd_n > 0 && t - c->rd_since_ns >= READ_DEFER_NS)
+            read_flush(c);
+        left = left || c->rd_n > 0;
+    }
+    return left;
+}
+
+/* Keeps a release of blocks found in the index for the next READ to @c
+ * (lock held); false when it could not (out of memory): send it now. */
+static bool read_defer(conn_t *c, const rlease_t *rl, uint32_t readers)
+{
+    if (c->rd_n > 0 && (c->rd_readers != readers || c->rd_n + rl->hits > READ_BATCH))
+        read_flush(c);
+    if (rl->hits > READ_BATCH)
+        return false;
+    if (c->rd_n + rl->hits > c->rd_cap) {
+        uint32_t cap = c->rd_cap ? c->rd_cap : 256;
+        while (cap < c->rd_n + rl->hits)
+            cap *= 2;
+        uint32_t *ni = kvs__realloc(c->rd_idx, cap * sizeof(*ni));
+        if (ni != NULL)
+            c->rd_idx = ni;
+        uint64_t *ns = kvs__realloc(c->rd_serial, cap * sizeof(*ns));
+        if (ns != NULL)
+            c->rd_serial = ns;
+        if (ni == NULL || ns == NULL)
+            return false;
+        c->rd_cap = cap;
+    }
+    if (c->rd_n == 0) {
+        c->rd_since_ns = now_ns();
+        c->rd_readers = readers;
+    }
+    memcpy(c->rd_idx + c->rd_n, rl->ix_idx, rl->hits * sizeof(*rl->ix_idx));
+    memcpy(c->rd_serial + c->rd_n, rl->ix_serial, rl->hits * sizeof(*rl->ix_serial));
+    c->rd_n += rl->hits;
+    return true;
+}
+
 void kvs__peer_release(kvs__peer_t *pp, void *rlease, uint32_t readers)
 {
     rlease_t *rl = rlease;
@@ -3954,16 +4040,20 @@ void kvs__peer_release(kvs__peer_t *pp, void *rlease, uint32_t readers)
     lock(pp);
     conn_t *c = rl->conn;
     if (c->state == S_READY && rl->hits > 0) {
+        /* From the index: no lease to end, but the holder counts what was
+         * read (a producer may be waiting on it) and when (eviction), told
+         * within READ_DEFER_NS in one message with other releases. */
         kvs__buf_t b;
         kvs__buf_init(&b);
-        /* From the index: no lease to end, but the holder counts what was
-         * read (a producer may be waiting on it) and when (eviction). */
-        if (rl->via_index)
+        if (rl->via_index && !read_defer(c, rl, readers)) {
+            read_flush(c);
             kvs__enc_read(&b, ++c->next_req_id, c->session, readers, rl->ix_idx, rl->ix_serial,
                           rl->hits);
-        else
+            send_buf(c, &b);
+        } else if (!rl->via_index) {
             kvs__enc_release(&b, ++c->next_req_id, c->session, rl->lease_id, readers);
-        send_buf(c, &b); /* fire and forget: the lease deadline backs it up */
+            send_buf(c, &b); /* fire and forget: the lease deadline backs it up */
+        }
     }
     conn_unref(c);
     unlock(pp);
@@ -5367,7 +5457,7 @@ void kvs__peer_destroy(kvs__peer_t *pp)
     }
     lock(pp);
     pp->stopping = true;
-    /* Background connects end within their handshake deadline. */
+    reads_due(pp, UINT64_MAX / 2); /* every READ still waiting, before connections close */
     while (pp->dialers != NULL) {
         dialer_t *d = pp->dialers;
         while (!d->done)
