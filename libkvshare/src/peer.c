@@ -1314,6 +1314,8 @@ static void on_am(void *arg, const void *hdr, size_t hlen, void *data, size_t le
  * handler decodes it strictly. A record too long for the channel, one
  * whose header names another session, or a full queue fails the
  * connection; end of file closes the channel (the transport stays). */
+static int drain_inbox(kvs__peer_t *pp);
+
 static int ctl_read(kvs__peer_t *pp, conn_t *c)
 {
     int n = 0;
@@ -2674,9 +2676,14 @@ static void boot_readable(kvs__peer_t *pp, conn_t *c)
         /* After the handshake the socket only says the peer is alive. */
         uint8_t b[64];
         ssize_t n = recv(c->fd, b, sizeof(b), MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            /* What it sent on its control channel before it went (a
+             * context that goes sends its last READs, then closes) is
+             * still queued there: handle it before the channel closes. */
+            if (c->ctl_fd >= 0 && ctl_read(pp, c) > 0)
+                drain_inbox(pp);
             conn_fail(c, KVS_ERR_PEER_FAILED, "bootstrap connection closed");
-        else if (n > 0)
+        } else if (n > 0)
             conn_fail(c, KVS_ERR_PROTOCOL, "unexpected bytes on the bootstrap connection");
         return;
     }

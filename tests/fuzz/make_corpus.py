@@ -74,6 +74,9 @@ seeds = {
                         + struct.pack("<HHH", 0, 1, 0), RANGES, session=SESSION),
     "put_ack": msg(14, struct.pack("<iII", 0, 1, 0), FROM_SERVER, session=SESSION),
     "put_done": msg(15, struct.pack("<iI", 0, 1), FROM_SERVER, session=SESSION),
+    # A same-host reader's READ: readers, count, then (entry index u32, serial u64) each.
+    "read": msg(16, struct.pack("<II", 2, 2) + struct.pack("<IQ", 7, 1) + struct.pack("<IQ", 9, 4),
+                session=SESSION),
 }
 os.makedirs("tests/fuzz/corpus-fuzz_proto", exist_ok=True)
 for name, data in seeds.items():

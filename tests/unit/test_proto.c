@@ -592,3 +592,51 @@ Test(proto, release_with_readers_round_trips_and_is_bounded)
     kvs__buf_patch_u32(&b, 8, KVS_PROTO_FLAG_READERS);
     expect_refused("readers flag");
 }
+
+/* --- v4: READ, blocks a same-host reader copied through the holder's index ----- */
+
+Test(proto, read_round_trips_and_is_bounded)
+{
+    kvs__msg_t m;
+    const uint32_t idx[3] = {7, 0, 0xfffffffeu};
+    const uint64_t serial[3] = {1, 99, 0x0102030405060708ull};
+    cr_assert_eq(kvs__enc_read(&b, 5, sess, 2, idx, serial, 3), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.hdr.type, KVS_MSG_READ);
+    cr_assert_eq(m.u.read.readers, 2);
+    cr_assert_eq(m.u.read.count, 3);
+    for (uint32_t i = 0; i < 3; i++) {
+        uint32_t x;
+        uint64_t s;
+        kvs__proto_read_ref(m.u.read.refs, i, &x, &s);
+        cr_assert_eq(x, idx[i]);
+        cr_assert_eq(s, serial[i]);
+    }
+    every_truncation_fails();
+    /* Readers not said (0) is a READ too; counts out of bounds are not encoded. */
+    cr_assert_eq(kvs__enc_read(&b, 5, sess, 0, idx, serial, 1), KVS_OK);
+    decode_ok(&m);
+    cr_assert_eq(m.u.read.readers, 0);
+    cr_assert_eq(kvs__enc_read(&b, 5, sess, KVS_PROTO_MAX_READERS + 1, idx, serial, 1),
+                 KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs__enc_read(&b, 5, sess, 1, idx, serial, 0), KVS_ERR_INVALID_PARAM);
+    cr_assert_eq(kvs__enc_read(&b, 5, sess, 1, idx, serial, KVS_PROTO_MAX_KEYS + 1),
+                 KVS_ERR_INVALID_PARAM);
+    /* Hostile counts: readers over the bound, no blocks, more blocks than the
+     * body holds, fewer (trailing bytes), a flag it does not take. */
+    cr_assert_eq(kvs__enc_read(&b, 5, sess, 2, idx, serial, 3), KVS_OK);
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN, KVS_PROTO_MAX_READERS + 1);
+    expect_refused("READ for 4097 readers");
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN, 2);
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 4, 0);
+    expect_refused("READ of 0 blocks");
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 4, KVS_PROTO_MAX_KEYS + 1);
+    expect_refused("READ of 65537 blocks");
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 4, 4);
+    expect_refused("truncated");
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 4, 2);
+    expect_refused("trailing bytes");
+    kvs__buf_patch_u32(&b, KVS_PROTO_HDR_LEN + 4, 3);
+    kvs__buf_patch_u32(&b, 8, KVS_PROTO_FLAG_READERS);
+    expect_refused("readers flag");
+}
