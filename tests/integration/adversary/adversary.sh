@@ -160,6 +160,14 @@ wait $HOLD
 ok "a lease never released ended within $((SECONDS - t0 + 1)) s (lease timeout 1.5 s) with its peer still connected"
 
 # --- 8. FETCH amplification
+# READs go only to a holder with a block index: one on the same-host path (KVSHARE_SHM=auto).
+export KVSHARE_SHM=auto
+start_server iholder --listen 127.0.0.1:0 $G; IH=$ADDR; IHPID=$SERVER_PID_iholder
+export KVSHARE_SHM=off
+out=$(ATTACK client "$IH" reads 2>"$WORK/reads.err") || fail "reads: $out $(cat "$WORK/reads.err")"
+alive $IHPID iholder
+legit "$IH"
+ok "READs of 4 x 65536 entries that are not there: counted nothing, the connection still answers ($out); the holder serves on"
 out=$(ATTACK client "$H" amplify 2>"$WORK/amp.err") || fail "amplify: $out $(cat "$WORK/amp.err")"
 alive $HPID holder
 legit "$H"

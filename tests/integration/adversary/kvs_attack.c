@@ -13,6 +13,8 @@
  *       amplify  FETCHes asking for empty or millions of pieces
  *       stall    a 2 MiB LOOKUP whose rendezvous this process never completes
  *       badsession  requests carrying another (random) session on our endpoint
+ *       reads    READs of 65536 entries that are not there (random, the largest index,
+ *                serial all ones), then a LOOKUP that must still be answered
  *   kvs_attack server --listen H:P           an authenticated but hostile holder: answers
  *                                            LOOKUPs with no hits and sprays DATA at every
  *                                            client's worker (its own, random and zero
@@ -523,6 +525,35 @@ static int client(const char *addr, const char *attack, const char *model, uint3
         inmsg_t *r = ux_reply(&u, 5, 1500, &m);
         printf("result badsession answered=%d\n", r != NULL);
         rc = r != NULL; /* nothing may answer a session that is not ours */
+    } else if (strcmp(attack, "reads") == 0) {
+        /* READs (what a same-host reader read through the holder's index)
+         * naming entries that are not there: random ones, the largest
+         * index, a serial of all ones, as many as a message holds. */
+        uint32_t n = KVS_PROTO_MAX_KEYS;
+        uint32_t *idx = malloc(n * sizeof(*idx));
+        uint64_t *ser = malloc(n * sizeof(*ser));
+        if (idx == NULL || ser == NULL)
+            die("out of memory");
+        RAND_bytes((unsigned char *)idx, (int)(n * sizeof(*idx)));
+        RAND_bytes((unsigned char *)ser, (int)(n * sizeof(*ser)));
+        idx[0] = UINT32_MAX;
+        ser[1] = UINT64_MAX;
+        idx[2] = 0;
+        for (uint32_t k = 0; k < 4; k++) {
+            kvs__enc_read(&b, 20 + k, s.id, k, idx, ser, n);
+            ux_send_msg(&u, ep, &b);
+        }
+        free(idx);
+        free(ser);
+        /* The connection still serves: a LOOKUP after them is answered. */
+        kvs_key_t keys[4];
+        random_keys(keys, 4);
+        kvs__enc_lookup(&b, 30, s.id, layout, 1000, keys, 4);
+        ux_send_msg(&u, ep, &b);
+        kvs__msg_t m;
+        inmsg_t *r = ux_reply(&u, 30, 5000, &m);
+        printf("result reads answered=%d\n", r != NULL);
+        rc = r == NULL;
     } else if (strcmp(attack, "dup") == 0) {
         rc = put_attack(&u, ep, &s, layout, 0);
     } else if (strcmp(attack, "missing") == 0) {
@@ -716,7 +747,7 @@ int main(int argc, char **argv)
     if (argc >= 4 && strcmp(argv[1], "server") == 0 && strcmp(argv[2], "--listen") == 0)
         return server(argv[3]);
     fprintf(stderr, "usage: kvs_attack ports PID | garbage H:P | flood H:P N | "
-                    "client H:P inject|dup|missing|hold|amplify|stall|badsession | "
+                    "client H:P inject|dup|missing|hold|amplify|stall|badsession|reads | "
                     "server --listen H:P\n");
     return 2;
 }

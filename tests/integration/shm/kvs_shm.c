@@ -706,18 +706,29 @@ static void mid_copy(void)
     ask(mid_holder, "rewrite 0", "midread");
 }
 
+/* Fetches keys 0..3 from holder @h while it rewrites block 0 between the
+ * copy and the generation check: the fetch's status, *calls_p the mapped
+ * copies that ran (1 when the fetch took the mapped path). */
+static kvs_status_t fetch_rewritten_mid_copy(child_t *h, reader_t *r, int *calls_p)
+{
+    mid_holder = h;
+    mid_calls = 0;
+    kvs__shm_test_mid_copy = mid_copy;
+    kvs_status_t st = fetch(r, h->addr, 0, 4);
+    kvs__shm_test_mid_copy = NULL;
+    *calls_p = mid_calls;
+    return st;
+}
+
 /* A holder of @kind rewrites block 0 between the reader's copy and its
  * check: KVS_ERR_STALE, then the new bytes, every byte over the mapping. */
 static void midread_case(const char *name, int kind, const char *what)
 {
     child_t h = start_holder_of(kind);
     reader_t r = reader_new();
-    mid_holder = &h;
-    mid_calls = 0;
-    kvs__shm_test_mid_copy = mid_copy;
-    kvs_status_t st = fetch(&r, h.addr, 0, 4);
-    kvs__shm_test_mid_copy = NULL;
-    if (mid_calls != 1)
+    int calls = 0;
+    kvs_status_t st = fetch_rewritten_mid_copy(&h, &r, &calls);
+    if (calls != 1)
         FAIL("%s: the fetch did not take the mapped path", name);
     if (st != KVS_ERR_STALE)
         FAIL("%s: a block rewritten mid-read gave %s, expected KVS_ERR_STALE", name,
@@ -849,14 +860,11 @@ static void s_index(void)
         FAIL("index: a block rewritten after its lookup gave %s, expected KVS_ERR_STALE",
              kvs_status_string(st));
     /* Rewritten between the copy and the check. */
-    mid_holder = &h;
-    mid_calls = 0;
-    kvs__shm_test_mid_copy = mid_copy;
-    st = fetch(&r, h.addr, 0, 4);
-    kvs__shm_test_mid_copy = NULL;
-    if (mid_calls != 1 || st != KVS_ERR_STALE)
+    int calls = 0;
+    st = fetch_rewritten_mid_copy(&h, &r, &calls);
+    if (calls != 1 || st != KVS_ERR_STALE)
         FAIL("index: a block rewritten mid-copy gave %s (%d copies), expected KVS_ERR_STALE",
-             kvs_status_string(st), mid_calls);
+             kvs_status_string(st), calls);
     if (fetch(&r, h.addr, 0, 4) != KVS_OK)
         FAIL("index: fetch after the rewrites");
     check(&r, 0, 1, 2);
@@ -959,12 +967,9 @@ static void xview_case(bool cuda)
            NBLOCKS, NBLOCKS, cuda ? "CUDA" : "host");
     /* A rewrite between the copy and the check: STALE, and nothing from staging lands
      * (every copy of this plan is short, so all of it goes through staging). */
-    mid_holder = &h;
-    mid_calls = 0;
-    kvs__shm_test_mid_copy = mid_copy;
-    st = fetch(&r, h.addr, 0, 4);
-    kvs__shm_test_mid_copy = NULL;
-    if (mid_calls != 1)
+    int calls = 0;
+    st = fetch_rewritten_mid_copy(&h, &r, &calls);
+    if (calls != 1)
         FAIL("xview: the fetch did not take the mapped path");
     if (st != KVS_ERR_STALE)
         FAIL("xview: a block rewritten mid-read gave %s, expected KVS_ERR_STALE",
@@ -1015,12 +1020,9 @@ static void s_cudaxview(void)
              (unsigned long long)shm_bytes(&r), (unsigned long long)ucx_bytes(&r),
              fakecuda_calls("cuMemcpyDtoDAsync_v2") - dtod,
              fakecuda_calls("cuMemcpyHtoDAsync_v2") - htod);
-    mid_holder = &h;
-    mid_calls = 0;
-    kvs__shm_test_mid_copy = mid_copy;
-    st = fetch(&r, h.addr, 0, 4);
-    kvs__shm_test_mid_copy = NULL;
-    if (mid_calls != 1 || st != KVS_ERR_STALE)
+    int calls = 0;
+    st = fetch_rewritten_mid_copy(&h, &r, &calls);
+    if (calls != 1 || st != KVS_ERR_STALE)
         FAIL("cudaxview: direct runs: a rewrite between copy and check gave %s",
              kvs_status_string(st));
     if ((st = fetch(&r, h.addr, 0, 4)) != KVS_OK)
@@ -2496,15 +2498,12 @@ static void s_cudadst(void)
                  fakecuda_calls("cuStreamSynchronize") - syncs);
         printf("ok: cudadst: %s: %u blocks into CUDA memory with %s, all through the mapping\n",
                what, NBLOCKS, cases[k].copy);
-        mid_holder = &h;
-        mid_calls = 0;
-        kvs__shm_test_mid_copy = mid_copy;
-        st = fetch(&r, h.addr, 0, 4);
-        kvs__shm_test_mid_copy = NULL;
-        if (mid_calls != 1 || st != KVS_ERR_STALE)
+        int calls = 0;
+        st = fetch_rewritten_mid_copy(&h, &r, &calls);
+        if (calls != 1 || st != KVS_ERR_STALE)
             FAIL("cudadst: %s: a rewrite between copy and check gave %s (%d mapped copies), "
                  "expected KVS_ERR_STALE",
-                 what, kvs_status_string(st), mid_calls);
+                 what, kvs_status_string(st), calls);
         if ((st = fetch(&r, h.addr, 0, 4)) != KVS_OK)
             FAIL("cudadst: %s: fetch after the rewrite: %s", what, kvs_status_string(st));
         check(&r, 0, 1, 2);
