@@ -183,6 +183,14 @@ static void ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
                                                              : KVS_ERR_TRANSPORT);
 }
 
+/* The GET endpoint's error callback (u_connect): handled, nothing to do. */
+static void data_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    (void)arg;
+    (void)ep;
+    (void)status;
+}
+
 static void ep_close(utl_t *tl, ucp_ep_h ep)
 {
     if (ep == NULL)
@@ -246,11 +254,23 @@ static kvs_status_t u_connect(void *arg, const void *addr, size_t len, void *use
         return KVS_ERR_TRANSPORT;
     }
     /* The GET endpoint: error mode NONE, so UCX may pick shared memory or
-     * CMA (which PEER error mode would exclude). */
+     * CMA (which PEER error mode would exclude). With an error callback all
+     * the same: UCX 1.13 turns a transport error on an endpoint without one
+     * into a fatal error of the process. Its wire-up runs over TCP, so a
+     * peer that went away while it was being wired up (a short-lived client
+     * of a pool node) aborted the node (seen once in transport_pool, in
+     * ucp_wireup_msg_progress -> uct_tcp_ep_am_bcopy -> ucp_ep_set_failed).
+     * The callback does nothing: the control endpoint (error mode PEER)
+     * reports the peer's failure, and a GET on a failed endpoint fails its
+     * request. It takes no argument: UCX 1.13 may call it after the
+     * endpoint was force-closed (seen at every disconnect over TCP), when
+     * our state for the connection is gone. */
     ucp_ep_params_t dp = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
-                                        UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE,
+                                        UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                                        UCP_EP_PARAM_FIELD_ERR_HANDLER,
                           .address = addr,
-                          .err_mode = UCP_ERR_HANDLING_MODE_NONE};
+                          .err_mode = UCP_ERR_HANDLING_MODE_NONE,
+                          .err_handler = {.cb = data_ep_error, .arg = NULL}};
     ucp_ep_h dep = NULL;
     if (ucp_ep_create(tl->worker, &dp, &dep) == UCS_OK) {
         if (has_native_rma(tl, dep))
