@@ -183,28 +183,28 @@ static kvs_status_t p_prefault(const char *s, kvs__config_t *c)
     return KVS_OK;
 }
 
-static kvs_status_t p_shm(const char *s, kvs__config_t *c)
+/* A switch whose values are "auto" and "off". */
+static kvs_status_t auto_off(const char *s, bool *on)
 {
     if (strcmp(s, "auto") != 0 && strcmp(s, "off") != 0)
         return KVS_ERR_CONFIG;
-    c->shm = s[0] == 'a';
+    *on = s[0] == 'a';
     return KVS_OK;
+}
+
+static kvs_status_t p_shm(const char *s, kvs__config_t *c)
+{
+    return auto_off(s, &c->shm);
 }
 
 static kvs_status_t p_copy_stream(const char *s, kvs__config_t *c)
 {
-    if (strcmp(s, "auto") != 0 && strcmp(s, "off") != 0)
-        return KVS_ERR_CONFIG;
-    c->copy_stream = s[0] == 'a';
-    return KVS_OK;
+    return auto_off(s, &c->copy_stream);
 }
 
 static kvs_status_t p_shm_index(const char *s, kvs__config_t *c)
 {
-    if (strcmp(s, "auto") != 0 && strcmp(s, "off") != 0)
-        return KVS_ERR_CONFIG;
-    c->shm_index = s[0] == 'a';
-    return KVS_OK;
+    return auto_off(s, &c->shm_index);
 }
 
 static kvs_status_t p_host_socket_dir(const char *s, kvs__config_t *c)
