@@ -177,6 +177,8 @@ struct conn {
      * version the index showed before a LOOKUP whose reply we applied. */
     const uint8_t *ix_map;
     size_t ix_len;
+    bool ix_known;
+    uint64_t ix_regions;
     /* Client: pool records as the last lookup copied them (98 KiB: kept,
      * not allocated per lookup), taken by one lookup at a time. */
     kvs__index_geo_t *ix_geo;
@@ -188,8 +190,6 @@ struct conn {
     uint64_t *rd_serial;
     uint32_t rd_n, rd_cap, rd_readers;
     uint64_t rd_since_ns; /* when the oldest of them was released */
-    bool ix_known;
-    uint64_t ix_regions;
     srv_lease_t *leases;
     uint32_t nleases;
     uint32_t npushes, nputs, ninbox;
