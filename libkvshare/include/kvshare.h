@@ -892,7 +892,7 @@ enum kvs_stats_field {
     KVS_STATS_FIELD_PUTS = 1u << 2,  /* fill `put_pulled_blocks` .. `put_fallbacks` */
     KVS_STATS_FIELD_COPY = 1u << 3,  /* fill `shm_helper_bytes` */
     KVS_STATS_FIELD_CTL = 1u << 4,   /* fill `ctl_messages` */
-    KVS_STATS_FIELD_INDEX = 1u << 5, /* fill `index_lookups`, `index_asked` */
+    KVS_STATS_FIELD_INDEX = 1u << 5, /* fill `index_lookups` .. `index_put_held` */
 };
 
 /* The fields before `peers` are always filled; later ones only when their
@@ -939,6 +939,9 @@ typedef struct kvs_stats {
      * show whole, memory not mapped here). */
     uint64_t index_lookups;
     uint64_t index_asked;
+    /* Blocks kvs_put did not offer to a pool node on this host because its
+     * index showed the node held them already (KVS_STATS_FIELD_INDEX). */
+    uint64_t index_put_held;
 } kvs_stats_t;
 
 /** Fills *stats (a consistent-enough snapshot; counters are relaxed). */

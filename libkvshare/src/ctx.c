@@ -232,9 +232,10 @@ kvs_status_t kvs_stats_query(kvs_ctx_h ctx, kvs_stats_t *st)
     if (st->field_mask & KVS_STATS_FIELD_CTL)
         st->ctl_messages = ctx->peer != NULL ? kvs__peer_ctl_messages(ctx->peer) : 0;
     if (st->field_mask & KVS_STATS_FIELD_INDEX) {
-        st->index_lookups = st->index_asked = 0;
+        st->index_lookups = st->index_asked = st->index_put_held = 0;
         if (ctx->peer != NULL)
-            kvs__peer_index_stats(ctx->peer, &st->index_lookups, &st->index_asked);
+            kvs__peer_index_stats(ctx->peer, &st->index_lookups, &st->index_asked,
+                                  &st->index_put_held);
     }
     if (st->field_mask & KVS_STATS_FIELD_PUTS) {
         st->put_pulled_blocks = st->put_pushed_blocks = st->put_fallbacks = 0;

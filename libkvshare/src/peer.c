@@ -425,6 +425,9 @@ struct kvs__peer {
     /* Lookups the holder's index answered, and those it sent to the holder
      * instead (busy, unsure or incomplete), on every connection (lock held). */
     uint64_t index_answered, index_asked;
+    /* Blocks our puts did not offer because the node's index showed it
+     * held them (atomic builtins). */
+    uint64_t put_held_blocks;
     /* Our puts' blocks stored by the node's reads vs by our pushes, and
      * connections that fell back from pull to push (lock held). */
     uint64_t put_pulled_blocks, put_pushed_blocks, put_fallbacks;
@@ -4874,6 +4877,63 @@ static kvs_status_t put_room(kvs__peer_t *pp, conn_t *c, uint64_t deadline_ns)
     return c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
 }
 
+/* How many leading keys of a chain to put to same-host node @c it already
+ * holds, as its mapped index shows them (lock held; let go to read it): a
+ * prefill engine offloads every prompt, and prompts that share a system
+ * prompt offload its blocks again and again. Only presence is read (no
+ * address is used), so no region table need be known. 0 when the index
+ * cannot say. */
+static size_t index_held(kvs__peer_t *pp, conn_t *c, uint64_t layout_id, const kvs_key_t *keys,
+                         size_t n)
+{
+    if (!pp->index_on || c->ix_off || c->shm == NULL || c->xview || c->state != S_READY ||
+        layout_id != c->layout_id || n == 0)
+        return 0;
+    kvs__index_hit_t *hits = kvs__malloc(n * sizeof(*hits));
+    kvs__index_geo_t *geo = kvs__malloc(KVS_INDEX_POOLS * sizeof(*geo));
+    size_t got = 0;
+    bool complete;
+    kvs__index_res_t res = KVS_INDEX_BAD;
+    kvs__shm_peer_t *sp = c->shm;
+    unlock(pp);
+    size_t len = 0;
+    const uint8_t *map = hits != NULL && geo != NULL ? kvs__shm_peer_index(sp, &len) : NULL;
+    if (map != NULL)
+        res = kvs__index_read(map, len, layout_id, keys, n, hits, geo, &got, &complete);
+    lock(pp);
+    kvs__free(hits);
+    kvs__free(geo);
+    if (map != NULL && c->ix_map == NULL) {
+        c->ix_map = map;
+        c->ix_len = len;
+    }
+    if (hits == NULL || geo == NULL)
+        return 0;
+    if (map == NULL || res == KVS_INDEX_BAD) {
+        c->ix_off = true; /* none, or not one we read (index_lookup logs that one) */
+        return 0;
+    }
+    return res == KVS_INDEX_READ ? got : 0;
+}
+
+/* A put that has nothing left to send: done at once (lock held). */
+static preq_t *put_done_now(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
+{
+    preq_t *r = kvs__calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->pp = pp;
+    r->conn = c;
+    c->refs++;
+    r->req_id = ++c->next_req_id;
+    r->is_put = true;
+    r->status = KVS_OK;
+    r->deadline_ns = deadline;
+    r->next = pp->reqs;
+    pp->reqs = r;
+    return r;
+}
+
 kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *src,
                            const kvs_key_t *keys, const uint32_t *ids, size_t n,
                            uint32_t timeout_ms, void **preq_p)
@@ -4890,6 +4950,23 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
     kvs_status_t st = get_conn(pp, node, src->layout_id, deadline, &c);
     if (st != KVS_OK)
         goto out;
+    /* What the node already holds is not offered again: on this host its
+     * index says so, with no message (the node would only have answered
+     * that it keeps them). */
+    size_t held = index_held(pp, c, src->layout_id, keys, n);
+    if (held > 0) {
+        __atomic_fetch_add(&pp->put_held_blocks, held, __ATOMIC_RELAXED);
+        keys += held;
+        ids += held;
+        n -= held;
+    }
+    if (n == 0) {
+        if ((r = put_done_now(pp, c, deadline)) == NULL)
+            st = KVS_ERR_NO_MEMORY;
+        else
+            *preq_p = r;
+        goto out;
+    }
     kvs__shm_offer_t offers[KVS_PROTO_MAX_PIECES];
     uint32_t slot[KVS_PROTO_MAX_PIECES], noffers = 0;
     bool mapped[KVS_PROTO_MAX_PIECES];
@@ -5318,12 +5395,14 @@ uint64_t kvs__peer_shm_bytes(kvs__peer_t *pp)
     return __atomic_load_n(&pp->shm_bytes, __ATOMIC_RELAXED);
 }
 
-void kvs__peer_index_stats(kvs__peer_t *pp, uint64_t *answered_p, uint64_t *asked_p)
+void kvs__peer_index_stats(kvs__peer_t *pp, uint64_t *answered_p, uint64_t *asked_p,
+                           uint64_t *put_held_p)
 {
     lock(pp);
     *answered_p = pp->index_answered;
     *asked_p = pp->index_asked;
     unlock(pp);
+    *put_held_p = __atomic_load_n(&pp->put_held_blocks, __ATOMIC_RELAXED);
 }
 
 void kvs__peer_put_stats(kvs__peer_t *pp, uint64_t *pulled_p, uint64_t *pushed_p,

@@ -40,9 +40,11 @@ uint64_t kvs__peer_copy_helped(kvs__peer_t *pp);
 uint64_t kvs__peer_ctl_messages(kvs__peer_t *pp);
 /* Our puts' blocks the nodes stored by reading them (pull) and by our
  * pushes, and connections whose puts fell back from pull to push. */
-/* Lookups a holder's mapped index answered, and those that asked the
- * holder instead (kvs_stats_t.index_lookups, index_asked). */
-void kvs__peer_index_stats(kvs__peer_t *pp, uint64_t *answered_p, uint64_t *asked_p);
+/* Lookups a holder's mapped index answered, those that asked the holder
+ * instead, and blocks puts did not offer because a node's index showed them
+ * (kvs_stats_t.index_lookups, index_asked, index_put_held). */
+void kvs__peer_index_stats(kvs__peer_t *pp, uint64_t *answered_p, uint64_t *asked_p,
+                           uint64_t *put_held_p);
 void kvs__peer_put_stats(kvs__peer_t *pp, uint64_t *pulled_p, uint64_t *pushed_p,
                          uint64_t *fallbacks_p);
 

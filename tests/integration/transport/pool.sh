@@ -48,6 +48,19 @@ grep -q "its puts are read directly" "$WORK/near.err" \
   || fail "the node did not read the same-host put directly: $(grep -i put "$WORK/near.err" | head -5)"
 ! grep -q "directly failed" "$WORK/near.err" || fail "$(grep 'directly failed' "$WORK/near.err" | head -3)"
 ok "same host: the node read the put straight from the client's memory, fetched back whole ($out)"
+# The same chain again: the node's mapped index shows it holds every block, so the client
+# offers none of them (no PUT reaches the node), and a chain that extends it offers only its
+# new blocks.
+batches=$(grep -c "put blocks" "$WORK/near.err")
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" put --blocks 300 $G --seed 7 2>"$WORK/p3b.err") || fail "put again: $out"
+[ "$(grep -c "put blocks" "$WORK/near.err")" = "$batches" ] \
+  || fail "a put of blocks the node's index shows sent PUTs: $(grep "put blocks" "$WORK/near.err" | tail -3)"
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" put --blocks 310 $G --seed 7 2>"$WORK/p3c.err") || fail "put of 310: $out"
+grep "put blocks" "$WORK/near.err" | tail -1 | grep -q "stored 10 of 10 put blocks" \
+  || fail "a chain extending a held one: $(grep "put blocks" "$WORK/near.err" | tail -2)"
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" fetch --from-pool --blocks 310 $G --seed 7 --batch 310 2>"$WORK/f3c.err") || fail "fetch of 310: $out"
+[[ "$out" == *"hits=310 "* ]] || fail "fetch of the extended chain: $out"
+ok "same host: a chain the node's index shows is not offered again, one that extends it offers only its 10 new blocks ($out)"
 
 # --- same host, the client's blocks in kvs_mem_alloc memory (a sealed memfd): the
 # client offers the memfd over the same-host socket and the node copies the put
