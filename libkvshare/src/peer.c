@@ -3754,11 +3754,19 @@ static uint8_t *index_block(const conn_t *c, const kvs__index_hit_t *h, const kv
  * with no message to the holder (index_int.h). Lock held (let go while the
  * index is mapped and read). KVS_OK with *rl_p (0 hits included, when the
  * index holds every block); KVS_ERR_UNSUPPORTED: ask the holder. */
+/* Whether a chain of @n keys under @layout_id may be read from the mapped
+ * index of @c's holder (lock held): same host, same view, an index not
+ * known to be absent or broken. */
+static bool index_may(const kvs__peer_t *pp, const conn_t *c, uint64_t layout_id, size_t n)
+{
+    return pp->index_on && !c->ix_off && c->shm != NULL && !c->xview && c->state == S_READY &&
+           layout_id == c->layout_id && n > 0;
+}
+
 static kvs_status_t index_lookup(kvs__peer_t *pp, conn_t *c, uint64_t layout_id,
                                  const kvs_key_t *keys, size_t n, rlease_t **rl_p)
 {
-    if (!pp->index_on || c->ix_off || c->shm == NULL || c->xview || c->state != S_READY ||
-        layout_id != c->layout_id || n == 0 || !kvs__shm_peer_usable(c->shm))
+    if (!index_may(pp, c, layout_id, n) || !kvs__shm_peer_usable(c->shm))
         return KVS_ERR_UNSUPPORTED;
     /* Until a LOOKUP's reply told us the holder's regions as of a version
      * the index shows, its addresses cannot be named: ask the holder. */
@@ -4886,8 +4894,7 @@ static kvs_status_t put_room(kvs__peer_t *pp, conn_t *c, uint64_t deadline_ns)
 static size_t index_held(kvs__peer_t *pp, conn_t *c, uint64_t layout_id, const kvs_key_t *keys,
                          size_t n)
 {
-    if (!pp->index_on || c->ix_off || c->shm == NULL || c->xview || c->state != S_READY ||
-        layout_id != c->layout_id || n == 0)
+    if (!index_may(pp, c, layout_id, n))
         return 0;
     kvs__index_hit_t *hits = kvs__malloc(n * sizeof(*hits));
     kvs__index_geo_t *geo = kvs__malloc(KVS_INDEX_POOLS * sizeof(*geo));
@@ -4916,8 +4923,10 @@ static size_t index_held(kvs__peer_t *pp, conn_t *c, uint64_t layout_id, const k
     return res == KVS_INDEX_READ ? got : 0;
 }
 
-/* A put that has nothing left to send: done at once (lock held). */
-static preq_t *put_done_now(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
+/* A put request on @c, listed with the others (lock held); NULL when out
+ * of memory. */
+static preq_t *put_req_new(kvs__peer_t *pp, conn_t *c, uint64_t req_id, kvs_status_t status,
+                           uint64_t deadline_ns)
 {
     preq_t *r = kvs__calloc(1, sizeof(*r));
     if (r == NULL)
@@ -4925,10 +4934,10 @@ static preq_t *put_done_now(kvs__peer_t *pp, conn_t *c, uint64_t deadline)
     r->pp = pp;
     r->conn = c;
     c->refs++;
-    r->req_id = ++c->next_req_id;
+    r->req_id = req_id;
     r->is_put = true;
-    r->status = KVS_OK;
-    r->deadline_ns = deadline;
+    r->status = status;
+    r->deadline_ns = deadline_ns;
     r->next = pp->reqs;
     pp->reqs = r;
     return r;
@@ -4961,7 +4970,8 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
         n -= held;
     }
     if (n == 0) {
-        if ((r = put_done_now(pp, c, deadline)) == NULL)
+        /* Nothing left to send: done at once. */
+        if ((r = put_req_new(pp, c, ++c->next_req_id, KVS_OK, deadline)) == NULL)
             st = KVS_ERR_NO_MEMORY;
         else
             *preq_p = r;
@@ -5030,23 +5040,14 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
         st = KVS_ERR_PROTOCOL;
         goto out;
     }
-    r = kvs__calloc(1, sizeof(*r));
+    /* Done at its PUT_DONE, even with nothing wanted: till then the node
+     * counts it against our room. */
+    r = put_req_new(pp, c, rid, KVS_INPROGRESS, deadline + (uint64_t)timeout_ms * 1000000u);
     if (r == NULL) {
         st = KVS_ERR_NO_MEMORY;
         goto out;
     }
-    r->pp = pp;
-    r->conn = c;
-    c->refs++;
-    r->req_id = rid;
-    r->is_put = true;
     r->sent = 1; /* counted in c->puts_out until its PUT_DONE */
-    /* Done at its PUT_DONE, even with nothing wanted: till then the node
-     * counts it against our room. */
-    r->status = KVS_INPROGRESS;
-    r->deadline_ns = deadline + (uint64_t)timeout_ms * 1000000u;
-    r->next = pp->reqs;
-    pp->reqs = r;
     /* Push the wanted blocks; the node lands them where it chooses. */
     for (uint32_t k = 0; k < m.u.put_ack.count && r->status == KVS_INPROGRESS; k++) {
         uint32_t i = kvs__proto_u32_at(m.u.put_ack.idx, k);
