@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "util_int.h"
 
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 typedef struct popts {
     const char *pool;
     uint64_t nodes, prefixes, prefix_blocks, prompts, suffix_blocks, block_bytes, depth;
+    uint64_t rounds; /* --warm: timed rounds of puts, each followed by its fetches */
     bool json, prefault, warm;
     bool heap; /* --client-mem heap: the clients' blocks in malloc memory */
 } popts_t;
@@ -24,7 +26,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: kvshare bench pool [--pool HOST:PORT,...] [--nodes N] [--prefixes S]\n"
                "                          [--prefix-blocks B] [--prompts P] [--suffix-blocks K]\n"
                "                          [--block-bytes BYTES] [--depth D] [--prefault] [--warm]\n"
-               "                          [--client-mem memfd|heap] [--json]\n"
+               "                          [--rounds R] [--client-mem memfd|heap] [--json]\n"
                "\n"
                "A shared-prefix workload, like llm-d's: P prompts, each one of S long system\n"
                "prefixes followed by its own suffix. Client A offloads every prompt's chain with\n"
@@ -45,7 +47,12 @@ static void usage(FILE *f)
                "before (eviction hands them back). After the timed puts above (put_gbps_cold),\n"
                "each local node is sent throw-away prompts of its whole capacity (untimed), so\n"
                "eviction has cycled its arena; A then puts the same prompts again under new keys\n"
-               "(the same bytes, landing in reused slots: put_gbps), and B fetches those.\n"
+               "(the same bytes, landing in reused slots), and B fetches those; R rounds\n"
+               "(--rounds, default 5) of both, each round under new keys, so that eviction\n"
+               "hands the next round's puts the slots of the one before. put_gbps and\n"
+               "fetch_gbps are the medians of the rounds (each round's figures are printed\n"
+               "too): one put round lasts a few tens of milliseconds, and on a shared host a\n"
+               "single stall moves a single round's figure by a fifth.\n"
                "--client-mem: where the clients' blocks live. memfd (default): kvs_mem_alloc,\n"
                "which a node on this host maps and copies puts from; heap: the engine's own\n"
                "memory, which it reads with process_vm_readv (or UCX where it cannot).\n"
@@ -56,7 +63,7 @@ static void usage(FILE *f)
                "VM whose host backs each guest page at its first write, that write is the\n"
                "bound of a cold put, whatever kvshare does.\n"
                "Defaults: --prefixes 8 --prefix-blocks 128 --prompts 64 --suffix-blocks 32\n"
-               "          --block-bytes 65536 --depth 4\n");
+               "          --block-bytes 65536 --depth 4 --rounds 5 (1 without --warm)\n");
 }
 
 /* The anchor of a cold put: one core storing @bytes (at most 1 GiB) into
@@ -188,6 +195,7 @@ enum {
     O_BLOCK_BYTES,
     O_DEPTH,
     O_WARM,
+    O_ROUNDS,
     O_CLIENT_MEM,
 };
 
@@ -203,6 +211,7 @@ static const struct option pool_options[] = {
     {"block-bytes", required_argument, NULL, O_BLOCK_BYTES},
     {"depth", required_argument, NULL, O_DEPTH},
     {"warm", no_argument, NULL, O_WARM},
+    {"rounds", required_argument, NULL, O_ROUNDS},
     {"client-mem", required_argument, NULL, O_CLIENT_MEM},
     KVS_CLI_OPT_HELP_ENTRY,
     KVS_CLI_OPT_END};
@@ -260,6 +269,10 @@ static int parse_opts(int argc, char **argv, popts_t *o)
             dst = &o->depth;
             max = 64;
             break;
+        case O_ROUNDS:
+            dst = &o->rounds;
+            max = 100;
+            break;
         default:
             return c == KVS_CLI_OPT_HELP ? 0 : 2;
         }
@@ -275,6 +288,11 @@ static int parse_opts(int argc, char **argv, popts_t *o)
         return kvs_cli_usage_error(&pool_cmd,
                                    "--warm fills the nodes it starts (it knows their capacity); "
                                    "not with --pool");
+    if (o->rounds > 1 && !o->warm)
+        return kvs_cli_usage_error(&pool_cmd,
+                                   "--rounds needs --warm (a put into fresh pages happens once)");
+    if (o->rounds == 0)
+        o->rounds = o->warm ? 5 : 1;
     return -1;
 }
 
@@ -301,6 +319,46 @@ static kvs_status_t put_prompts(const popts_t *o, kvs_pool_h pool, uint64_t epoc
         chain(o, epoch, shared, p, keys);
         st = kvs_put_ex(pool, keys, ids, per_prompt, NULL, &reqs[s]);
     }
+    return st;
+}
+
+/* B serves every prompt of @epoch, in another order than they were put: a
+ * lookup, then a fetch into slot s's blocks, waited for --depth prompts
+ * later. Adds the blocks asked for to *asked_p; *hit_p: blocks fetched,
+ * *s_p: seconds. Every request and lease is over when it returns. */
+static kvs_status_t fetch_prompts(const popts_t *o, kvs_ctx_h b, kvs_pool_h pb, uint64_t epoch,
+                                  const uint32_t *ids, kvs_key_t *keys, kvs_request_h *reqs,
+                                  kvs_lease_h *leases, uint64_t *asked_p, uint64_t *hit_p,
+                                  double *s_p)
+{
+    uint64_t per_prompt = o->prefix_blocks + o->suffix_blocks;
+    kvs_status_t st = KVS_OK;
+    double t0 = kvs_cli_now();
+    for (uint64_t q = 0; q < o->prompts + o->depth; q++) {
+        uint64_t s = q % o->depth;
+        if (reqs[s] != NULL) {
+            kvs_status_t w = kvs_request_wait(reqs[s], -1);
+            kvs_request_free(reqs[s]);
+            reqs[s] = NULL;
+            if (st == KVS_OK)
+                st = w;
+        }
+        kvs_lease_release(leases[s]);
+        leases[s] = NULL;
+        if (q >= o->prompts || st != KVS_OK)
+            continue;
+        uint64_t p = (q * 7919) % o->prompts;
+        chain(o, epoch, true, p, keys);
+        st = kvs_lookup(b, kvs_pool_layout_id(pb), keys, per_prompt, NULL, &leases[s]);
+        if (st != KVS_OK)
+            continue;
+        size_t h = kvs_lease_hits(leases[s]);
+        *asked_p += per_prompt;
+        *hit_p += h;
+        if (h > 0)
+            st = kvs_fetch(leases[s], pb, ids + s * per_prompt, h, NULL, &reqs[s]);
+    }
+    *s_p = kvs_cli_now() - t0;
     return st;
 }
 
@@ -383,6 +441,7 @@ int kvs_cli_bench_pool(int argc, char **argv)
     char list[16 * 64] = "";
     int rc = 1;
     uint64_t cap_bytes = 0;
+    double *put_r = NULL, *fetch_r = NULL; /* each round's figures */
     if (o.pool == NULL) {
         char self[4096], cap[32];
         ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -476,58 +535,61 @@ int kvs_cli_bench_pool(int argc, char **argv)
         fprintf(stderr, "kvshare bench pool: put: %s\n", kvs_status_string(st));
         goto out;
     }
-    /* --warm: fill every node (untimed), then the same prompts again under
-     * the keys of epoch 1, into slots eviction hands back (put_gbps). */
-    uint64_t epoch = 0;
+    /* --warm: fill every node (untimed), then rounds of the same prompts
+     * under new keys, into slots eviction hands back, each round's puts
+     * followed by B's fetches of them. */
+    uint64_t asked = 0, hit = 0;
+    put_r = calloc(o.rounds, sizeof(double));
+    fetch_r = calloc(o.rounds, sizeof(double));
+    if (put_r == NULL || fetch_r == NULL) {
+        fprintf(stderr, "kvshare bench pool: out of memory\n");
+        goto out;
+    }
     if (o.warm) {
         t0 = kvs_cli_now();
         st = fill_nodes(&o, o.pool, cap_bytes, ids, keys, reqs, &fill_bytes);
         fill_s = kvs_cli_now() - t0;
         if (st != KVS_OK)
             goto out;
-        epoch = 1;
-        t0 = kvs_cli_now();
-        st = put_prompts(&o, pa, epoch, true, o.prompts, ids, keys, reqs);
-        put_s = kvs_cli_now() - t0;
+    }
+    for (uint64_t r = 0; r < o.rounds; r++) {
+        /* Round keys: epochs past the fill's (2 + node, at most 17). */
+        uint64_t epoch = o.warm ? 32 + r : 0;
+        if (o.warm) {
+            t0 = kvs_cli_now();
+            st = put_prompts(&o, pa, epoch, true, o.prompts, ids, keys, reqs);
+            put_s = kvs_cli_now() - t0;
+            if (st != KVS_OK) {
+                fprintf(stderr, "kvshare bench pool: warm put, round %llu: %s\n",
+                        (unsigned long long)r + 1, kvs_status_string(st));
+                goto out;
+            }
+        }
+        put_r[r] = unique_bytes / put_s / 1e9;
+        double f_s = 0;
+        uint64_t f_hit = 0;
+        st = fetch_prompts(&o, b, pb, epoch, ids, keys, reqs, leases, &asked, &f_hit, &f_s);
         if (st != KVS_OK) {
-            fprintf(stderr, "kvshare bench pool: warm put: %s\n", kvs_status_string(st));
+            fprintf(stderr, "kvshare bench pool: fetch, round %llu: %s\n",
+                    (unsigned long long)r + 1, kvs_status_string(st));
             goto out;
         }
+        hit += f_hit;
+        fetch_r[r] = (double)f_hit * (double)o.block_bytes / f_s / 1e9;
+        if (!o.json && o.rounds > 1)
+            fprintf(stderr, "bench pool: round %llu of %llu: put %.2f GB/s, fetch %.2f GB/s\n",
+                    (unsigned long long)r + 1, (unsigned long long)o.rounds, put_r[r], fetch_r[r]);
     }
-
-    /* 2. Client B serves the same prompts, in another order: a lookup, then
-     * a fetch into slot s's blocks, waited for --depth prompts later. */
-    uint64_t asked = 0, hit = 0;
-    t0 = kvs_cli_now();
-    for (uint64_t q = 0; q < o.prompts + o.depth && st == KVS_OK; q++) {
-        uint64_t s = q % o.depth;
-        if (reqs[s] != NULL) {
-            st = kvs_request_wait(reqs[s], -1);
-            kvs_request_free(reqs[s]);
-            reqs[s] = NULL;
-        }
-        kvs_lease_release(leases[s]);
-        leases[s] = NULL;
-        if (q >= o.prompts || st != KVS_OK)
-            continue;
-        uint64_t p = (q * 7919) % o.prompts;
-        chain(&o, epoch, true, p, keys);
-        st = kvs_lookup(b, kvs_pool_layout_id(pb), keys, per_prompt, NULL, &leases[s]);
-        if (st != KVS_OK)
-            break;
-        size_t h = kvs_lease_hits(leases[s]);
-        asked += per_prompt;
-        hit += h;
-        if (h > 0)
-            st = kvs_fetch(leases[s], pb, ids + s * per_prompt, h, NULL, &reqs[s]);
-    }
-    double fetch_s = kvs_cli_now() - t0;
-    if (st != KVS_OK) {
-        fprintf(stderr, "kvshare bench pool: fetch: %s\n", kvs_status_string(st));
+    /* The rounds' medians (kvs_cli_median sorts: on copies). */
+    double *sorted = calloc(2 * o.rounds, sizeof(double));
+    if (sorted == NULL)
         goto out;
-    }
-    double put_gbps = unique_bytes / put_s / 1e9, put_gbps_cold = unique_bytes / put_cold_s / 1e9;
-    double fetch_gbps = (double)hit * (double)o.block_bytes / fetch_s / 1e9;
+    memcpy(sorted, put_r, o.rounds * sizeof(double));
+    memcpy(sorted + o.rounds, fetch_r, o.rounds * sizeof(double));
+    double put_gbps = kvs_cli_median(sorted, (int)o.rounds);
+    double fetch_gbps = kvs_cli_median(sorted + o.rounds, (int)o.rounds);
+    free(sorted);
+    double put_gbps_cold = unique_bytes / put_cold_s / 1e9;
     double hit_rate = asked ? (double)hit / (double)asked : 0;
     double touch_gbps = first_touch_gbps(unique_bytes);
     if (o.json) {
@@ -561,6 +623,18 @@ int kvs_cli_bench_pool(int argc, char **argv)
             kvs_cli_json_num(j, "first_touch_gbps", touch_gbps, 3);
             kvs_cli_json_num(j, "ratio_put_cold_first_touch", put_gbps_cold / touch_gbps, 3);
         }
+        /* Each round's figures, in order, and its own ratio; the figures
+         * above are their medians. */
+        cJSON_AddNumberToObject(j, "rounds", (double)o.rounds);
+        cJSON *pr = cJSON_AddArrayToObject(j, "put_gbps_rounds");
+        cJSON *fr = cJSON_AddArrayToObject(j, "fetch_gbps_rounds");
+        cJSON *rr = cJSON_AddArrayToObject(j, "ratio_put_fetch_rounds");
+        for (uint64_t r = 0; r < o.rounds; r++) {
+            cJSON_AddItemToArray(pr, cJSON_CreateNumber(round(put_r[r] * 1e3) / 1e3));
+            cJSON_AddItemToArray(fr, cJSON_CreateNumber(round(fetch_r[r] * 1e3) / 1e3));
+            double ratio = fetch_r[r] > 0 ? put_r[r] / fetch_r[r] : 0.0;
+            cJSON_AddItemToArray(rr, cJSON_CreateNumber(round(ratio * 1e3) / 1e3));
+        }
         if (o.warm) {
             cJSON_AddNumberToObject(j, "node_capacity_bytes", (double)cap_bytes);
             cJSON_AddNumberToObject(j, "fill_bytes", fill_bytes);
@@ -579,15 +653,21 @@ int kvs_cli_bench_pool(int argc, char **argv)
     if (kvs__shmem_thp_off(thp))
         printf("  (memfds get no huge pages here: shmem_enabled %s; see docs/transport.md)\n", thp);
     printf("  put    %8.2f GB/s  (%.0f MiB stored, prefixes once)\n"
-           "  fetch  %8.2f GB/s  (%llu blocks)\n"
-           "  hit rate %6.3f     (blocks fetched / blocks asked for)\n",
-           put_gbps, unique_bytes / 1048576.0, fetch_gbps, (unsigned long long)hit, hit_rate);
+           "  fetch  %8.2f GB/s  (%llu blocks)\n",
+           put_gbps, unique_bytes / 1048576.0, fetch_gbps, (unsigned long long)(hit / o.rounds));
+    if (o.rounds > 1)
+        printf("         (medians of %llu rounds, each its puts then its fetches; put/fetch "
+               "%.2f)\n",
+               (unsigned long long)o.rounds, fetch_gbps > 0 ? put_gbps / fetch_gbps : 0.0);
+    printf("  hit rate %6.3f     (blocks fetched / blocks asked for)\n", hit_rate);
     if (touch_gbps > 0)
         printf("  first touch %4.2f GB/s  one core writing as many bytes into never-touched memfd\n"
                "                         pages: the bound of a cold put (cold put / it: %.2f)\n",
                touch_gbps, put_gbps_cold / touch_gbps);
     rc = 0;
 out:
+    free(put_r);
+    free(fetch_r);
     for (uint64_t s = 0; reqs != NULL && s < o.depth; s++)
         kvs_request_free(reqs[s]);
     for (uint64_t s = 0; leases != NULL && s < o.depth; s++)

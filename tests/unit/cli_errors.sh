@@ -70,6 +70,8 @@ expect 2 "--nodes '17': expected an integer in 1..16" -- bench pool --nodes 17
 expect 2 "--block-bytes '12': not a multiple of 8" -- bench pool --block-bytes 12
 expect 2 "--pool needs a value" -- bench pool --pool
 expect 2 "--warm fills the nodes it starts" -- bench pool --warm --pool 127.0.0.1:1
+expect 2 "--rounds needs --warm" -- bench pool --rounds 3
+expect 2 "--rounds '0': expected an integer in 1..100" -- bench pool --warm --rounds 0
 if "$k" bench --help | grep -q '^  index '; then
   expect 2 "--samples '1': expected an integer" -- bench index --samples 1
 fi
