@@ -927,9 +927,10 @@ typedef struct kvs_stats {
      * more is shared between the thread that waits for it and the helpers. */
     uint64_t shm_helper_bytes;
     /* Messages this context sent on same-host control channels
-     * (KVS_STATS_FIELD_CTL): lookups, their replies and releases between
-     * processes on one host go over a Unix socket beside the transport,
-     * which costs less per message; the rest take the transport. */
+     * (KVS_STATS_FIELD_CTL): lookups, their replies and releases, and a
+     * pull put's PUT and PUT_DONE, between processes on one host go over a
+     * Unix socket beside the transport, which costs less per message; the
+     * rest take the transport. */
     uint64_t ctl_messages;
     /* Lookups at same-host holders (KVS_STATS_FIELD_INDEX) that their
      * mapped block index answered, with no message to the holder and no

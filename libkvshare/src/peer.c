@@ -379,6 +379,7 @@ struct kvs__peer {
     pthread_t thread;
     bool thread_started, thread_running, stopping;
     int wakefd;
+    bool kick_due; /* kick(): the progress thread is woken at the next unlock */
     int lfd;
     char listen_addr[300];
     uint8_t secret[4096];
@@ -445,18 +446,43 @@ static void lock(kvs__peer_t *pp)
     pthread_mutex_lock(&pp->lock);
 }
 
-static void unlock(kvs__peer_t *pp)
-{
-    pthread_mutex_unlock(&pp->lock);
-}
-
-static void kick(kvs__peer_t *pp)
+/* Wakes the progress thread from its poll(). */
+static void wake(kvs__peer_t *pp)
 {
     if (pp->wakefd >= 0) {
         uint64_t one = 1;
         ssize_t n = write(pp->wakefd, &one, sizeof(one));
         (void)n; /* a full counter already means "wake up" */
     }
+}
+
+/* A kick asked for under the lock, now (lock held; before a wait on the
+ * condition, which lets the lock go without unlock()). */
+static void kick_now(kvs__peer_t *pp)
+{
+    if (pp->kick_due) {
+        pp->kick_due = false;
+        wake(pp);
+    }
+}
+
+static void unlock(kvs__peer_t *pp)
+{
+    bool due = pp->kick_due;
+    pp->kick_due = false;
+    pthread_mutex_unlock(&pp->lock);
+    if (due)
+        wake(pp);
+}
+
+/* The progress thread has work (lock held): it is woken once the lock is
+ * let go. Woken before, it would only wait for the lock the caller holds,
+ * and be woken a second time when the caller lets it go: two context
+ * switches where one will do (seen as a pair per kvs_put between an
+ * engine's thread and its progress thread, `kvshare bench pool`). */
+static void kick(kvs__peer_t *pp)
+{
+    pp->kick_due = true;
 }
 
 static bool bit_test(const uint8_t *bits, size_t i)
@@ -484,8 +510,10 @@ static void msg_sent(void *arg, kvs_status_t st, size_t len)
 }
 
 /* The control channel (same host, kvs__shm_peer_ctl) carries what a
- * fetch's every batch sends: LOOKUP and RELEASE one way, LOOKUP_REPLY the
- * other, each one SOCK_SEQPACKET record. On the 2-core VM a LOOKUP round
+ * fetch's every batch sends: LOOKUP, RELEASE and READ one way, LOOKUP_REPLY
+ * the other; and a pull put's batches, PUT one way and PUT_DONE the other
+ * (over UCX's TCP loopback they cost the nodes a quarter of their time in
+ * `kvshare bench pool`). Each is one SOCK_SEQPACKET record. On the 2-core VM a LOOKUP round
  * trip and a RELEASE through the transport (UCX over TCP) cost about 53 us
  * a batch; bare sockets with the same sizes and timing, 37 us over TCP and
  * 30 us over a Unix socket (tests kept in docs/transport.md). Other messages,
@@ -493,16 +521,18 @@ static void msg_sent(void *arg, kvs_status_t st, size_t len)
  * a reply may so overtake an earlier one. Region tables are what that could
  * break (a reply naming a region whose table is still on its way, or an
  * older table applied after a newer one); srv_lookup and table_newer see to
- * both. True when sent. */
+ * both. Put batches do not care: each is answered once, and a PUT's regions
+ * only add to what the node knows (ids are never reused). True when sent. */
 static bool ctl_send(conn_t *c, const uint8_t *data, size_t len)
 {
     kvs__hdr_t h;
     if (len > KVS_PEER_CTL_MAX ||
         kvs__proto_decode_hdr(data, len, KVS_PROTO_MAX_BODY, &h, NULL, 0) != KVS_OK)
         return false;
-    bool ours =
-        c->server ? h.type == KVS_MSG_LOOKUP_REPLY
-                  : h.type == KVS_MSG_LOOKUP || h.type == KVS_MSG_RELEASE || h.type == KVS_MSG_READ;
+    bool ours = c->server ? h.type == KVS_MSG_LOOKUP_REPLY || h.type == KVS_MSG_PUT_DONE
+                          : h.type == KVS_MSG_LOOKUP || h.type == KVS_MSG_RELEASE ||
+                                h.type == KVS_MSG_READ ||
+                                (h.type == KVS_MSG_PUT && (h.flags & KVS_PROTO_FLAG_PULL));
     if (!ours)
         return false;
     ssize_t k = send(c->ctl_fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -3081,6 +3111,7 @@ static void cond_sleep(kvs__peer_t *pp, uint64_t until_ns)
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000L;
     }
+    kick_now(pp);
     pthread_cond_timedwait(&pp->cond, &pp->lock, &ts);
 }
 
@@ -3870,7 +3901,8 @@ out:
 }
 
 /* Asks a same-host holder for a control channel, once per connection,
- * before the first lookup (lock held; let go for the socket I/O). Its four
+ * before the first lookup or pull put (lock held; let go for the socket
+ * I/O). Its four
  * blocking steps take at most half of what is left of the lookup's time
  * (and 1 s each); a lookup with under 20 ms left leaves it to the next.
  * Other threads' messages take the transport meanwhile. */
@@ -5014,6 +5046,11 @@ kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *s
         goto out;
     }
     if (can_pull(c, src)) {
+        ctl_open(pp, c, deadline);
+        if (c->state != S_READY) {
+            st = c->fail_status != KVS_OK ? c->fail_status : KVS_ERR_PEER_FAILED;
+            goto out;
+        }
         st = put_pull(pp, c, src, keys, ids, n, deadline, preq_p);
         goto out;
     }
@@ -5538,8 +5575,8 @@ void kvs__peer_destroy(kvs__peer_t *pp)
     if (pp->thread_started) {
         lock(pp);
         pp->stopping = true;
-        unlock(pp);
         kick(pp);
+        unlock(pp);
         pthread_join(pp->thread, NULL);
     }
     lock(pp);
@@ -5547,8 +5584,10 @@ void kvs__peer_destroy(kvs__peer_t *pp)
     reads_due(pp, UINT64_MAX / 2); /* every READ still waiting, before connections close */
     while (pp->dialers != NULL) {
         dialer_t *d = pp->dialers;
-        while (!d->done)
+        while (!d->done) {
+            kick_now(pp);
             pthread_cond_wait(&pp->cond, &pp->lock);
+        }
         reap_dialers(pp);
     }
     while (pp->conns != NULL) {

@@ -380,8 +380,12 @@ static int put_mode(const opts_t *o)
         kvs_request_free(reqs[r]);
     }
     free(reqs);
-    printf("put blocks=%u requests=%u status=%s\n", o->blocks, sent,
-           st == KVS_OK ? "OK" : kvs_status_string(st));
+    /* ctl: messages sent on same-host control channels (pull PUTs go there) */
+    kvs_stats_t ks = {.field_mask = KVS_STATS_FIELD_CTL};
+    if (kvs_stats_query(ctx, &ks) != KVS_OK)
+        ks.ctl_messages = 0;
+    printf("put blocks=%u requests=%u status=%s ctl=%llu\n", o->blocks, sent,
+           st == KVS_OK ? "OK" : kvs_status_string(st), (unsigned long long)ks.ctl_messages);
     kvs_pool_destroy(p.h);
     kvs_ctx_destroy(ctx);
     pool_mem_free(&p);

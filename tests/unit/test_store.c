@@ -187,6 +187,43 @@ Test(store, lfu_evicts_least_frequently_used)
     kvs_ctx_destroy(ctx);
 }
 
+/* Many candidates (the store selects the ones a batch takes before putting
+ * them in order): exactly the least used go, whatever order they were
+ * stored and used in. */
+Test(store, eviction_of_many_takes_exactly_the_least_used)
+{
+    enum { SLOTS = 400, STORED = 360 }; /* high 0.9: the 361st evicts, down to 0.5 */
+    kvs_ctx_h ctx = test_ctx(SLOTS * BLK, KVS_STRATEGY_LFU, 0.9, 0.5);
+    test_pool_t p;
+    test_pool_init(&p, ctx, "m", STORED + 1, NSEG, SEG);
+    uint64_t lay = kvs_pool_layout_id(p.pool);
+    uint32_t uses[STORED];
+    for (uint32_t i = 0; i < STORED; i++)
+        uses[i] = i;
+    uint64_t x = 0x9e3779b97f4a7c15ull; /* a fixed shuffle: key k is used uses[k] times */
+    for (uint32_t i = STORED - 1; i > 0; i--) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t j = (uint32_t)((x >> 33) % (i + 1)), t = uses[i];
+        uses[i] = uses[j];
+        uses[j] = t;
+    }
+    for (uint32_t k = 0; k < STORED; k++)
+        publish_one(&p, k, k, 0);
+    for (uint32_t k = 0; k < STORED; k++)
+        for (uint32_t u = 0; u < uses[k]; u++)
+            cr_assert(present(ctx, lay, k));
+    publish_one(&p, 100000, STORED, 0); /* 360 -> 200 slots: 160 go */
+    kvs_stats_t st;
+    kvs_stats_query(ctx, &st);
+    cr_assert_eq(st.evictions, 160, "360 -> 200 of 400 slots: %llu",
+                 (unsigned long long)st.evictions);
+    for (uint32_t k = 0; k < STORED; k++)
+        cr_assert_eq(present(ctx, lay, k), uses[k] >= 160, "key %u, used %u times", k, uses[k]);
+    cr_assert(present(ctx, lay, 100000));
+    test_pool_free(&p);
+    kvs_ctx_destroy(ctx);
+}
+
 Test(store, leased_blocks_survive_eviction_and_full_store_says_no_space)
 {
     kvs_ctx_h ctx;

@@ -48,6 +48,21 @@ grep -q "its puts are read directly" "$WORK/near.err" \
   || fail "the node did not read the same-host put directly: $(grep -i put "$WORK/near.err" | head -5)"
 ! grep -q "directly failed" "$WORK/near.err" || fail "$(grep 'directly failed' "$WORK/near.err" | head -3)"
 ok "same host: the node read the put straight from the client's memory, fetched back whole ($out)"
+# Its PUTs went over the same-host control channel, a Unix socket beside the transport (UCX
+# over TCP, whose loopback cost the nodes a quarter of their time in `kvshare bench pool`);
+# over the transport alone (KVSHARE_SHM=off) none does.
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" put --blocks 40 $G --seed 70 2>"$WORK/p3d.err") \
+  || fail "put of 40: $out"
+[[ "$out" =~ ctl=([0-9]+) ]] && [ "${BASH_REMATCH[1]}" -ge 1 ] \
+  || fail "same-host pull PUTs took no control channel: $out"
+on=${BASH_REMATCH[1]}
+out=$(KVSHARE_SHM=off KVSHARE_POOL=$near "$PEER" put --blocks 40 $G --seed 71 2>"$WORK/p3e.err") \
+  || fail "put of 40 without same-host sharing: $out"
+[[ "$out" == *"status=OK ctl=0" ]] || fail "a put without same-host sharing used a control channel: $out"
+out=$(KVSHARE_SHM=auto KVSHARE_POOL=$near "$PEER" fetch --from-pool --blocks 40 $G --seed 70 --batch 40 2>"$WORK/f3d.err") \
+  || fail "fetch of 40: $out"
+[[ "$out" == *"hits=40 "* ]] || fail "fetch of the put sent over the control channel: $out"
+ok "same host: pull PUTs went over the control channel (ctl=$on; KVSHARE_SHM=off: 0), fetched back whole"
 # The same chain again: the node's mapped index shows it holds every block, so the client
 # offers none of them (no PUT reaches the node), and a chain that extends it offers only its
 # new blocks.
