@@ -296,6 +296,18 @@ static int parse_opts(int argc, char **argv, popts_t *o)
     return -1;
 }
 
+/* Waits for and frees a depth slot's request, if any: @st, or the
+ * request's failure when @st is KVS_OK. */
+static kvs_status_t slot_wait(kvs_request_h *req, kvs_status_t st)
+{
+    if (*req == NULL)
+        return st;
+    kvs_status_t w = kvs_request_wait(*req, -1);
+    kvs_request_free(*req);
+    *req = NULL;
+    return st == KVS_OK ? w : st;
+}
+
 /* Puts @prompts prompts of @epoch from @pool's first prompt-sized set of
  * blocks, up to --depth requests in flight (kvs_put copies the keys and
  * ids; the blocks stay put throughout). */
@@ -307,13 +319,7 @@ static kvs_status_t put_prompts(const popts_t *o, kvs_pool_h pool, uint64_t epoc
     kvs_status_t st = KVS_OK;
     for (uint64_t p = 0; p < prompts + o->depth; p++) {
         uint64_t s = p % o->depth;
-        if (reqs[s] != NULL) {
-            kvs_status_t w = kvs_request_wait(reqs[s], -1);
-            kvs_request_free(reqs[s]);
-            reqs[s] = NULL;
-            if (st == KVS_OK)
-                st = w;
-        }
+        st = slot_wait(&reqs[s], st);
         if (p >= prompts || st != KVS_OK)
             continue;
         chain(o, epoch, shared, p, keys);
@@ -336,13 +342,7 @@ static kvs_status_t fetch_prompts(const popts_t *o, kvs_ctx_h b, kvs_pool_h pb, 
     double t0 = kvs_cli_now();
     for (uint64_t q = 0; q < o->prompts + o->depth; q++) {
         uint64_t s = q % o->depth;
-        if (reqs[s] != NULL) {
-            kvs_status_t w = kvs_request_wait(reqs[s], -1);
-            kvs_request_free(reqs[s]);
-            reqs[s] = NULL;
-            if (st == KVS_OK)
-                st = w;
-        }
+        st = slot_wait(&reqs[s], st);
         kvs_lease_release(leases[s]);
         leases[s] = NULL;
         if (q >= o->prompts || st != KVS_OK)
