@@ -4815,6 +4815,26 @@ static uint32_t offers_due(conn_t *c, const struct kvs_pool *src, kvs__shm_offer
     return n;
 }
 
+/* A put request on @c, listed with the others (lock held); NULL when out
+ * of memory. */
+static preq_t *put_req_new(kvs__peer_t *pp, conn_t *c, uint64_t req_id, kvs_status_t status,
+                           uint64_t deadline_ns)
+{
+    preq_t *r = kvs__calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->pp = pp;
+    r->conn = c;
+    c->refs++;
+    r->req_id = req_id;
+    r->is_put = true;
+    r->status = status;
+    r->deadline_ns = deadline_ns;
+    r->next = pp->reqs;
+    pp->reqs = r;
+    return r;
+}
+
 /* Offloads by pull: each batch is one PUT carrying our regions (what the
  * node may read), the segments' layout and the block ids; the node GETs the
  * blocks it lacks straight into arena slots and answers PUT_DONE. A few
@@ -4830,8 +4850,9 @@ static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
         if (ids[i] >= src->num_blocks)
             return KVS_ERR_INVALID_PARAM;
     pull_src_t *ps = kvs__calloc(1, sizeof(*ps));
-    preq_t *r = kvs__calloc(1, sizeof(*r));
-    if (ps == NULL || r == NULL)
+    uint8_t *done = NULL, *how = NULL;
+    preq_t *r = NULL;
+    if (ps == NULL)
         goto nomem;
     size_t rkey_bytes = 0;
     for (size_t s = 0; s < src->nsegs; s++)
@@ -4870,35 +4891,26 @@ static kvs_status_t put_pull(kvs__peer_t *pp, conn_t *c, struct kvs_pool *src,
     size_t per = KVS_PEER_PUT_BATCH_BYTES / (src->block_bytes ? src->block_bytes : 1);
     per = per < 1 ? 1 : per > KVS_PEER_PUT_BATCH_MAX ? KVS_PEER_PUT_BATCH_MAX : per;
     size_t nb = n == 0 ? 1 : (n + per - 1) / per;
-    r->batch_done = kvs__calloc(nb / 8 + 1, 1);
-    r->batch_how = kvs__calloc(nb, 1);
-    if (r->batch_done == NULL || r->batch_how == NULL)
+    done = kvs__calloc(nb / 8 + 1, 1);
+    how = kvs__calloc(nb, 1);
+    if (done == NULL || how == NULL ||
+        (r = put_req_new(pp, c, c->next_req_id + 1, KVS_INPROGRESS, deadline)) == NULL)
         goto nomem;
-    r->pp = pp;
-    r->conn = c;
-    c->refs++;
-    r->req_id = c->next_req_id + 1;
     c->next_req_id += nb;
+    r->batch_done = done;
+    r->batch_how = how;
     r->nreq = (uint32_t)nb;
     r->per_batch = (uint32_t)per;
     r->src = ps;
-    r->is_put = true;
     r->pull = true;
-    r->status = KVS_INPROGRESS;
-    r->deadline_ns = deadline;
-    r->next = pp->reqs;
-    pp->reqs = r;
     put_more(c); /* the node's room allowing: else as earlier batches are answered */
     kick(pp);
     *preq_p = r;
     return KVS_OK;
 nomem:
     pull_src_free(ps);
-    if (r != NULL) {
-        kvs__free(r->batch_done);
-        kvs__free(r->batch_how);
-    }
-    kvs__free(r);
+    kvs__free(done);
+    kvs__free(how);
     return KVS_ERR_NO_MEMORY;
 }
 
@@ -4953,26 +4965,6 @@ static size_t index_held(kvs__peer_t *pp, conn_t *c, uint64_t layout_id, const k
         return 0;
     }
     return res == KVS_INDEX_READ ? got : 0;
-}
-
-/* A put request on @c, listed with the others (lock held); NULL when out
- * of memory. */
-static preq_t *put_req_new(kvs__peer_t *pp, conn_t *c, uint64_t req_id, kvs_status_t status,
-                           uint64_t deadline_ns)
-{
-    preq_t *r = kvs__calloc(1, sizeof(*r));
-    if (r == NULL)
-        return NULL;
-    r->pp = pp;
-    r->conn = c;
-    c->refs++;
-    r->req_id = req_id;
-    r->is_put = true;
-    r->status = status;
-    r->deadline_ns = deadline_ns;
-    r->next = pp->reqs;
-    pp->reqs = r;
-    return r;
 }
 
 kvs_status_t kvs__peer_put(kvs__peer_t *pp, const char *node, struct kvs_pool *src,
