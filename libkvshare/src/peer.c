@@ -513,8 +513,8 @@ static void msg_sent(void *arg, kvs_status_t st, size_t len)
  * fetch's every batch sends: LOOKUP, RELEASE and READ one way, LOOKUP_REPLY
  * the other; and a pull put's batches, PUT one way and PUT_DONE the other
  * (over UCX's TCP loopback they cost the nodes a quarter of their time in
- * `kvshare bench pool`). Each is one SOCK_SEQPACKET record. On the 2-core VM a LOOKUP round
- * trip and a RELEASE through the transport (UCX over TCP) cost about 53 us
+ * `kvshare bench pool`). Each is one SOCK_SEQPACKET record. On the 2-core
+ * VM a LOOKUP round trip and a RELEASE through the transport (UCX over TCP) cost about 53 us
  * a batch; bare sockets with the same sizes and timing, 37 us over TCP and
  * 30 us over a Unix socket (tests kept in docs/transport.md). Other messages,
  * and any that does not fit or finds the socket full, take the transport:
@@ -3902,9 +3902,9 @@ out:
 
 /* Asks a same-host holder for a control channel, once per connection,
  * before the first lookup or pull put (lock held; let go for the socket
- * I/O). Its four
- * blocking steps take at most half of what is left of the lookup's time
- * (and 1 s each); a lookup with under 20 ms left leaves it to the next.
+ * I/O). Its four blocking steps take at most half of what is left of the
+ * request's time (and 1 s each); a request with under 20 ms left leaves it
+ * to the next.
  * Other threads' messages take the transport meanwhile. */
 static void ctl_open(kvs__peer_t *pp, conn_t *c, uint64_t deadline_ns)
 {

@@ -401,9 +401,10 @@ static uint32_t evict_to(kvs__store_t *s, uint64_t target)
     }
     /* One pass per eviction batch (high - low): only the candidates the
      * batch can take are put in order, at most one per smallest slot of
-     * the bytes to free (each frees a slot). Sorting all of them cost the
-     * put that hit the watermark about 1 ms a batch (5600 slots; `kvshare
-     * bench pool --warm`, where sorting was 4-6% of the nodes' time). */
+     * the bytes to free (each frees at least that). Sorting every
+     * candidate was 4-6% of the nodes' profile samples during `kvshare
+     * bench pool --warm`'s puts (5600 slots a node, 10% evicted a batch),
+     * on the thread the put waits for. */
     uint64_t min_slot = UINT64_MAX;
     for (uint32_t k = 0; k < s->narenas; k++)
         if (s->arenas[k].slot_bytes < min_slot)
