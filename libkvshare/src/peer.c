@@ -514,9 +514,10 @@ static void msg_sent(void *arg, kvs_status_t st, size_t len)
  * the other; and a pull put's batches, PUT one way and PUT_DONE the other
  * (over UCX's TCP loopback they cost the nodes a quarter of their time in
  * `kvshare bench pool`). Each is one SOCK_SEQPACKET record. On the 2-core
- * VM a LOOKUP round trip and a RELEASE through the transport (UCX over TCP) cost about 53 us
- * a batch; bare sockets with the same sizes and timing, 37 us over TCP and
- * 30 us over a Unix socket (tests kept in docs/transport.md). Other messages,
+ * VM a LOOKUP round trip and a RELEASE through the transport (UCX over
+ * TCP) cost about 53 us a batch; bare sockets with the same sizes and
+ * timing, 37 us over TCP and 30 us over a Unix socket (tests kept in
+ * docs/transport.md). Other messages,
  * and any that does not fit or finds the socket full, take the transport:
  * a reply may so overtake an earlier one. Region tables are what that could
  * break (a reply naming a region whose table is still on its way, or an
